@@ -1,0 +1,596 @@
+//! Configuration from `MTCP_*` environment variables, parsed once.
+//!
+//! Every error names the variable, repeats the value and says what a good value looks like, so a
+//! user who typed it wrong can fix it from the message alone. `docs/configuration.md` holds the
+//! same table for people; `ConfigError`'s messages are pinned by tests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// Which DPDK device carries the stack's frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevSpec {
+    /// `net_tap`: a kernel tap netdev named `iface` is created by the PMD.
+    Tap { iface: String },
+    /// `net_af_packet` on an existing kernel interface (e.g. one end of a veth pair).
+    AfPacket { iface: String },
+    /// `net_af_xdp` on an existing kernel interface, queue 0.
+    AfXdp { iface: String },
+    /// `net_memif` over a unix socket; `server` chooses the role.
+    Memif { socket: String, server: bool },
+    /// A PCI NIC bound to a DPDK-compatible driver (needs the `pci` feature of dpdk-sys).
+    Pci { addr: String },
+    /// Any `--vdev` string, passed to the EAL as is.
+    Vdev { raw: String },
+}
+
+impl DevSpec {
+    /// A short name for logs: `tap:mtcp0`, `af_packet:veth1`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            DevSpec::Tap { iface } => format!("tap:{iface}"),
+            DevSpec::AfPacket { iface } => format!("af_packet:{iface}"),
+            DevSpec::AfXdp { iface } => format!("af_xdp:{iface}"),
+            DevSpec::Memif { socket, server } => {
+                format!("memif:{socket},{}", if *server { "server" } else { "client" })
+            }
+            DevSpec::Pci { addr } => format!("pci:{addr}"),
+            DevSpec::Vdev { raw } => format!("vdev:{raw}"),
+        }
+    }
+
+    /// The kernel interface this device needs to exist before start, if any.
+    pub fn kernel_iface(&self) -> Option<&str> {
+        match self {
+            DevSpec::AfPacket { iface } | DevSpec::AfXdp { iface } => Some(iface),
+            _ => None,
+        }
+    }
+}
+
+/// Hugepage policy (`MTCP_HUGEPAGES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hugepages {
+    /// Use reserved 2 MB hugepages if enough are free, else run without; the log says which.
+    Auto,
+    /// Require hugepages; fail if none are free.
+    Yes,
+    /// Never use hugepages (`--no-huge`).
+    No,
+}
+
+/// TCP congestion control (`MTCP_CC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CongestionControl {
+    None,
+    Reno,
+    Cubic,
+}
+
+/// Fault injection (`MTCP_FAULTS`), in percent per frame and direction.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Faults {
+    pub loss: f64,
+    pub dup: f64,
+    pub reorder: f64,
+    pub seed: u64,
+}
+
+impl Faults {
+    pub fn active(&self) -> bool {
+        self.loss > 0.0 || self.dup > 0.0 || self.reorder > 0.0
+    }
+}
+
+/// An IPv4 address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+        Ipv4Addr::from(bits)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask());
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        let mask = u32::from(self.netmask());
+        Ipv4Addr::from(u32::from(self.addr) | !mask)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The whole configuration of one stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub dev: DevSpec,
+    pub addr: Cidr,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: Option<[u8; 6]>,
+    pub hugepages: Hugepages,
+    pub eal_args: Vec<String>,
+    pub log: String,
+    pub tap_peer: Option<Cidr>,
+    pub pcap: Option<String>,
+    pub pcap_max_bytes: u64,
+    pub faults: Faults,
+    pub mbufs: u32,
+    pub mem_mb: u32,
+    pub rcvbuf: usize,
+    pub sndbuf: usize,
+    pub ack_delay: Option<Duration>,
+    pub cc: CongestionControl,
+    pub spin: Duration,
+    pub idle_sleep: Duration,
+}
+
+/// A configuration value that cannot be used. `Display` is the message users see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?}: {}", self.var, self.value, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const DEFAULT_ADDR: &str = "198.18.0.2/24";
+pub const DEFAULT_TAP_IFACE: &str = "mtcp0";
+
+fn err(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { var, value: value.to_string(), problem: problem.into() }
+}
+
+/// Parses `A.B.C.D/N`.
+pub fn parse_cidr(var: &'static str, s: &str) -> Result<Cidr, ConfigError> {
+    let bad = || err(var, s, "expected an IPv4 address with a prefix length, e.g. 198.18.0.2/24");
+    let (a, p) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+    let prefix: u8 = p.parse().map_err(|_| bad())?;
+    if !(1..=32).contains(&prefix) {
+        return Err(err(var, s, "the prefix length must be between 1 and 32"));
+    }
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+        return Err(err(var, s, "the address must be a unicast, non-loopback IPv4 address"));
+    }
+    Ok(Cidr { addr, prefix })
+}
+
+fn parse_mac(var: &'static str, s: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || err(var, s, "expected a MAC address like 02:00:00:00:00:01");
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(err(var, s, "a multicast MAC address cannot be an interface address"));
+    }
+    if mac == [0; 6] {
+        return Err(err(var, s, "the all-zero MAC address cannot be an interface address"));
+    }
+    Ok(mac)
+}
+
+/// Linux interface names: 1..=15 bytes, no '/', no whitespace, no ':' or ','.
+fn check_ifname(var: &'static str, value: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(err(var, value, "an interface name must be 1 to 15 characters long"));
+    }
+    if name.chars().any(|c| c == '/' || c == ',' || c == ':' || c == '=' || c.is_whitespace()) {
+        return Err(err(var, value, "an interface name cannot contain '/', ',', ':', '=' or spaces"));
+    }
+    Ok(())
+}
+
+pub fn parse_dev(s: &str) -> Result<DevSpec, ConfigError> {
+    const V: &str = "MTCP_DEV";
+    let (kind, arg) = match s.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (s, None),
+    };
+    let need = |what: &str| -> Result<&str, ConfigError> {
+        match arg {
+            Some(a) if !a.is_empty() => Ok(a),
+            _ => Err(err(V, s, format!("{kind} needs {what}, e.g. {kind}:{}", example(kind)))),
+        }
+    };
+    fn example(kind: &str) -> &'static str {
+        match kind {
+            "af_packet" | "af_xdp" => "veth0",
+            "memif" => "/run/mtcp-memif.sock,server",
+            "pci" => "0000:03:00.0",
+            _ => "net_ring0",
+        }
+    }
+    match kind {
+        "tap" => {
+            let iface = arg.unwrap_or(DEFAULT_TAP_IFACE).to_string();
+            check_ifname(V, s, &iface)?;
+            Ok(DevSpec::Tap { iface })
+        }
+        "af_packet" | "af_xdp" => {
+            let iface = need("an interface name")?.to_string();
+            check_ifname(V, s, &iface)?;
+            Ok(if kind == "af_packet" {
+                DevSpec::AfPacket { iface }
+            } else {
+                DevSpec::AfXdp { iface }
+            })
+        }
+        "memif" => {
+            let a = need("a socket path")?;
+            let (socket, role) = match a.rsplit_once(',') {
+                Some((p, r)) => (p, r),
+                None => (a, "server"),
+            };
+            let server = match role {
+                "server" => true,
+                "client" => false,
+                _ => return Err(err(V, s, "the memif role must be 'server' or 'client'")),
+            };
+            if !socket.starts_with('/') {
+                return Err(err(V, s, "the memif socket must be an absolute path"));
+            }
+            if socket.contains(',') || socket.contains('=') {
+                return Err(err(V, s, "the memif socket path cannot contain ',' or '='"));
+            }
+            Ok(DevSpec::Memif { socket: socket.to_string(), server })
+        }
+        "pci" => {
+            let addr = need("a PCI address")?;
+            let ok = addr.len() >= 7
+                && addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+            if !ok {
+                return Err(err(V, s, "expected a PCI address like 0000:03:00.0"));
+            }
+            Ok(DevSpec::Pci { addr: addr.to_string() })
+        }
+        "vdev" => Ok(DevSpec::Vdev { raw: need("a DPDK --vdev string")?.to_string() }),
+        _ => Err(err(
+            V,
+            s,
+            "unknown device kind; expected tap[:IFNAME], af_packet:IFACE, af_xdp:IFACE, \
+             memif:SOCKET[,server|client], pci:ADDR or vdev:RAW",
+        )),
+    }
+}
+
+fn parse_faults(s: &str) -> Result<Faults, ConfigError> {
+    const V: &str = "MTCP_FAULTS";
+    let mut f = Faults::default();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| err(V, s, format!("{item:?} is not key=value (keys: loss, dup, reorder, seed)")))?;
+        if k == "seed" {
+            f.seed = v.parse().map_err(|_| err(V, s, "seed must be an unsigned integer"))?;
+            continue;
+        }
+        let pct: f64 = v
+            .parse()
+            .ok()
+            .filter(|p: &f64| (0.0..=100.0).contains(p))
+            .ok_or_else(|| err(V, s, format!("{k} must be a percentage between 0 and 100")))?;
+        match k {
+            "loss" => f.loss = pct,
+            "dup" => f.dup = pct,
+            "reorder" => f.reorder = pct,
+            _ => return Err(err(V, s, format!("unknown fault {k:?} (keys: loss, dup, reorder, seed)"))),
+        }
+    }
+    Ok(f)
+}
+
+fn parse_num<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
+    var: &'static str,
+    s: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v: T = s
+        .parse()
+        .map_err(|_| err(var, s, format!("expected a whole number between {min} and {max}")))?;
+    if v < min || v > max {
+        return Err(err(var, s, format!("must be between {min} and {max}")));
+    }
+    Ok(v)
+}
+
+/// Parses a size with an optional K/M/G suffix (powers of two).
+fn parse_size(var: &'static str, s: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let (digits, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let bad = || err(var, s, format!("expected a size between {min} and {max} bytes (suffixes K, M, G)"));
+    let v = digits.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    if v < min || v > max {
+        return Err(bad());
+    }
+    Ok(v)
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+        Config::from_map(&vars)
+    }
+
+    /// Reads the configuration from a map of variables (the environment, or a test's).
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let dev = parse_dev(get("MTCP_DEV").unwrap_or("tap"))?;
+        let addr = parse_cidr("MTCP_ADDR", get("MTCP_ADDR").unwrap_or(DEFAULT_ADDR))?;
+        let gateway = match get("MTCP_GW") {
+            None => None,
+            Some(g) => {
+                let ip: Ipv4Addr =
+                    g.parse().map_err(|_| err("MTCP_GW", g, "expected an IPv4 address, e.g. 198.18.0.1"))?;
+                if !addr.contains(ip) || ip == addr.addr {
+                    return Err(err(
+                        "MTCP_GW",
+                        g,
+                        format!("the gateway must be another address inside MTCP_ADDR's subnet {addr}"),
+                    ));
+                }
+                Some(ip)
+            }
+        };
+        let mac = get("MTCP_MAC").map(|m| parse_mac("MTCP_MAC", m)).transpose()?;
+        let hugepages = match get("MTCP_HUGEPAGES").unwrap_or("auto") {
+            "auto" => Hugepages::Auto,
+            "yes" | "1" | "on" | "true" => Hugepages::Yes,
+            "no" | "0" | "off" | "false" => Hugepages::No,
+            other => return Err(err("MTCP_HUGEPAGES", other, "expected auto, yes or no")),
+        };
+        let eal_args: Vec<String> =
+            get("MTCP_EAL_ARGS").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default();
+        let log = get("MTCP_LOG").unwrap_or("warn").to_string();
+        tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| {
+            err("MTCP_LOG", &log, format!("not a log filter ({e}); e.g. warn, info, userstack=debug"))
+        })?;
+        let tap_peer = match get("MTCP_TAP_PEER") {
+            None => None,
+            Some(p) => {
+                if !matches!(dev, DevSpec::Tap { .. }) {
+                    return Err(err("MTCP_TAP_PEER", p, "only applies to MTCP_DEV=tap"));
+                }
+                let c = parse_cidr("MTCP_TAP_PEER", p)?;
+                if c.addr == addr.addr {
+                    return Err(err("MTCP_TAP_PEER", p, "the tap's kernel side needs an address other than MTCP_ADDR's"));
+                }
+                if !c.contains(addr.addr) {
+                    return Err(err(
+                        "MTCP_TAP_PEER",
+                        p,
+                        format!("must be in the same subnet as MTCP_ADDR ({addr}) so the kernel can reach the stack"),
+                    ));
+                }
+                Some(c)
+            }
+        };
+        let pcap = get("MTCP_PCAP").map(String::from);
+        let pcap_max_bytes = match get("MTCP_PCAP_MAX") {
+            None => 256 << 20,
+            Some(s) => parse_size("MTCP_PCAP_MAX", s, 4096, 1 << 40)?,
+        };
+        let faults = get("MTCP_FAULTS").map(parse_faults).transpose()?.unwrap_or_default();
+        let mbufs = match get("MTCP_MBUFS") {
+            None => 4095,
+            Some(s) => parse_num("MTCP_MBUFS", s, 511u32, 1 << 20)?,
+        };
+        let mem_mb = match get("MTCP_MEM_MB") {
+            None => 128,
+            Some(s) => parse_num("MTCP_MEM_MB", s, 64u32, 1 << 16)?,
+        };
+        let rcvbuf = match get("MTCP_RCVBUF") {
+            None => 64 << 10,
+            Some(s) => parse_size("MTCP_RCVBUF", s, 2048, 64 << 20)? as usize,
+        };
+        let sndbuf = match get("MTCP_SNDBUF") {
+            None => 64 << 10,
+            Some(s) => parse_size("MTCP_SNDBUF", s, 2048, 64 << 20)? as usize,
+        };
+        let ack_delay = match get("MTCP_ACK_DELAY_US") {
+            None => Some(Duration::from_micros(1000)),
+            Some(s) => match parse_num("MTCP_ACK_DELAY_US", s, 0u64, 500_000)? {
+                0 => None,
+                us => Some(Duration::from_micros(us)),
+            },
+        };
+        let cc = match get("MTCP_CC").unwrap_or("cubic") {
+            "cubic" => CongestionControl::Cubic,
+            "reno" => CongestionControl::Reno,
+            "none" => CongestionControl::None,
+            other => return Err(err("MTCP_CC", other, "expected cubic, reno or none")),
+        };
+        let spin = match get("MTCP_SPIN_US") {
+            None => Duration::from_micros(50),
+            Some(s) => Duration::from_micros(parse_num("MTCP_SPIN_US", s, 0u64, 10_000_000)?),
+        };
+        let idle_sleep = match get("MTCP_IDLE_SLEEP_US") {
+            None => Duration::from_micros(200),
+            Some(s) => Duration::from_micros(parse_num("MTCP_IDLE_SLEEP_US", s, 1u64, 1_000_000)?),
+        };
+        Ok(Config {
+            dev,
+            addr,
+            gateway,
+            mac,
+            hugepages,
+            eal_args,
+            log,
+            tap_peer,
+            pcap,
+            pcap_max_bytes,
+            faults,
+            mbufs,
+            mem_mb,
+            rcvbuf,
+            sndbuf,
+            ack_delay,
+            cc,
+            spin,
+            idle_sleep,
+        })
+    }
+
+    /// The stack's MAC address: `MTCP_MAC`, else for net_tap a locally administered address
+    /// derived from MTCP_ADDR (the tap netdev itself gets the port's MAC, so the stack needs its
+    /// own), else `None` (use the port's).
+    pub fn stack_mac(&self) -> Option<[u8; 6]> {
+        if let Some(m) = self.mac {
+            return Some(m);
+        }
+        match self.dev {
+            DevSpec::Tap { .. } => {
+                let o = self.addr.addr.octets();
+                Some([0x02, 0x6d, o[0], o[1], o[2], o[3]])
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_map(&m)
+    }
+
+    fn msg(pairs: &[(&str, &str)]) -> String {
+        cfg(pairs).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.dev, DevSpec::Tap { iface: "mtcp0".into() });
+        assert_eq!(c.addr.to_string(), "198.18.0.2/24");
+        assert_eq!(c.hugepages, Hugepages::Auto);
+        assert_eq!(c.stack_mac(), Some([0x02, 0x6d, 198, 18, 0, 2]));
+        assert!(!c.faults.active());
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(parse_dev("tap:t1").unwrap(), DevSpec::Tap { iface: "t1".into() });
+        assert_eq!(parse_dev("af_packet:veth1").unwrap(), DevSpec::AfPacket { iface: "veth1".into() });
+        assert_eq!(parse_dev("af_xdp:veth1").unwrap(), DevSpec::AfXdp { iface: "veth1".into() });
+        assert_eq!(
+            parse_dev("memif:/tmp/m.sock,client").unwrap(),
+            DevSpec::Memif { socket: "/tmp/m.sock".into(), server: false }
+        );
+        assert_eq!(parse_dev("memif:/tmp/m.sock").unwrap(), DevSpec::Memif { socket: "/tmp/m.sock".into(), server: true });
+        assert_eq!(parse_dev("pci:0000:03:00.0").unwrap(), DevSpec::Pci { addr: "0000:03:00.0".into() });
+        assert_eq!(parse_dev("vdev:net_ring0").unwrap(), DevSpec::Vdev { raw: "net_ring0".into() });
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        assert_eq!(
+            msg(&[("MTCP_DEV", "eth9")]),
+            "MTCP_DEV=\"eth9\": unknown device kind; expected tap[:IFNAME], af_packet:IFACE, \
+             af_xdp:IFACE, memif:SOCKET[,server|client], pci:ADDR or vdev:RAW"
+        );
+        assert_eq!(
+            msg(&[("MTCP_DEV", "af_packet")]),
+            "MTCP_DEV=\"af_packet\": af_packet needs an interface name, e.g. af_packet:veth0"
+        );
+        assert_eq!(
+            msg(&[("MTCP_DEV", "tap:averyveryverylongname")]),
+            "MTCP_DEV=\"tap:averyveryverylongname\": an interface name must be 1 to 15 characters long"
+        );
+        assert_eq!(
+            msg(&[("MTCP_DEV", "memif:rel.sock")]),
+            "MTCP_DEV=\"memif:rel.sock\": the memif socket must be an absolute path"
+        );
+        assert_eq!(
+            msg(&[("MTCP_ADDR", "198.18.0.300/24")]),
+            "MTCP_ADDR=\"198.18.0.300/24\": expected an IPv4 address with a prefix length, e.g. 198.18.0.2/24"
+        );
+        assert_eq!(
+            msg(&[("MTCP_ADDR", "198.18.0.2")]),
+            "MTCP_ADDR=\"198.18.0.2\": expected an IPv4 address with a prefix length, e.g. 198.18.0.2/24"
+        );
+        assert_eq!(
+            msg(&[("MTCP_ADDR", "198.18.0.2/33")]),
+            "MTCP_ADDR=\"198.18.0.2/33\": the prefix length must be between 1 and 32"
+        );
+        assert_eq!(
+            msg(&[("MTCP_GW", "10.0.0.1")]),
+            "MTCP_GW=\"10.0.0.1\": the gateway must be another address inside MTCP_ADDR's subnet 198.18.0.2/24"
+        );
+        assert_eq!(msg(&[("MTCP_MAC", "01:00:5e:00:00:01")]), "MTCP_MAC=\"01:00:5e:00:00:01\": a multicast MAC address cannot be an interface address");
+        assert_eq!(msg(&[("MTCP_MAC", "zz")]), "MTCP_MAC=\"zz\": expected a MAC address like 02:00:00:00:00:01");
+        assert_eq!(msg(&[("MTCP_HUGEPAGES", "maybe")]), "MTCP_HUGEPAGES=\"maybe\": expected auto, yes or no");
+        assert_eq!(
+            msg(&[("MTCP_TAP_PEER", "198.19.0.1/24")]),
+            "MTCP_TAP_PEER=\"198.19.0.1/24\": must be in the same subnet as MTCP_ADDR (198.18.0.2/24) so the kernel can reach the stack"
+        );
+        assert_eq!(
+            msg(&[("MTCP_DEV", "af_packet:v0"), ("MTCP_TAP_PEER", "198.18.0.1/24")]),
+            "MTCP_TAP_PEER=\"198.18.0.1/24\": only applies to MTCP_DEV=tap"
+        );
+        assert_eq!(
+            msg(&[("MTCP_FAULTS", "loss=200")]),
+            "MTCP_FAULTS=\"loss=200\": loss must be a percentage between 0 and 100"
+        );
+        assert_eq!(
+            msg(&[("MTCP_FAULTS", "jitter=1")]),
+            "MTCP_FAULTS=\"jitter=1\": unknown fault \"jitter\" (keys: loss, dup, reorder, seed)"
+        );
+        assert_eq!(msg(&[("MTCP_RCVBUF", "1")]), "MTCP_RCVBUF=\"1\": expected a size between 2048 and 67108864 bytes (suffixes K, M, G)");
+        assert_eq!(msg(&[("MTCP_CC", "bbr")]), "MTCP_CC=\"bbr\": expected cubic, reno or none");
+        assert!(msg(&[("MTCP_LOG", "a=b=c")]).starts_with("MTCP_LOG=\"a=b=c\": not a log filter"));
+    }
+
+    #[test]
+    fn faults_parse() {
+        let f = cfg(&[("MTCP_FAULTS", "loss=2,dup=1,reorder=1,seed=7")]).unwrap().faults;
+        assert_eq!(f, Faults { loss: 2.0, dup: 1.0, reorder: 1.0, seed: 7 });
+        assert!(f.active());
+    }
+
+    #[test]
+    fn cidr_math() {
+        let c = parse_cidr("X", "198.18.3.7/24").unwrap();
+        assert!(c.contains("198.18.3.200".parse().unwrap()));
+        assert!(!c.contains("198.18.4.1".parse().unwrap()));
+        assert_eq!(c.broadcast(), "198.18.3.255".parse::<Ipv4Addr>().unwrap());
+    }
+}

@@ -1,0 +1,25 @@
+//! userstack: a user-space TCP/IPv4 stack over DPDK, usable on its own (no LD_PRELOAD).
+//!
+//! Layers, bottom up:
+//! - [`link`]: Ethernet frames in and out of a device without copies ([`dpdk`] for real ports).
+//! - [`net`]: Ethernet and ARP for the whole stack; routing to the gateway; pcap and faults.
+//! - [`stack`]: demux, one smoltcp interface per connection, timers, backlog, socket calls.
+//! - [`config`]: every `MTCP_*` variable, parsed once.
+//!
+//! See `docs/architecture.md` for why the stack is shaped this way.
+#![deny(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod faults;
+pub mod link;
+pub mod net;
+pub mod pcap;
+pub mod stack;
+pub mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use config::Config;
+pub use stack::{ConnId, Event, Readiness, SockError, Stack, TcpOptions};
+pub use stats::Stats;

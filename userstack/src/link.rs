@@ -1,0 +1,133 @@
+//! The link layer below the stack: Ethernet frames in and out, without copies.
+//!
+//! [`crate::dpdk::DpdkLink`] is the real implementation (received mbufs are lent to the stack
+//! and freed on drop; transmitted frames are written into fresh mbufs and sent in one burst per
+//! poll). [`MemLink`] joins two stacks back to back in memory, for the stack's unit tests.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+/// A received frame. Dropping it returns its buffer to the device.
+pub trait RxFrame {
+    fn data(&self) -> &[u8];
+}
+
+/// A frame being built for transmission, `len` bytes long as asked for in `Link::tx_alloc`.
+pub trait TxFrame {
+    fn data_mut(&mut self) -> &mut [u8];
+}
+
+/// Drop counters that only the link can see.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinkCounters {
+    /// Frames not sent because the device's transmit ring stayed full.
+    pub tx_ring_full: u64,
+    /// Frames the device itself reported as missed/dropped on receive (e.g. rx ring overflow).
+    pub rx_missed: u64,
+    /// Mbufs in use / total in the pool, where the link has a pool.
+    pub pool_in_use: u64,
+    pub pool_size: u64,
+}
+
+pub trait Link {
+    type Rx: RxFrame;
+    type Tx: TxFrame;
+
+    /// Appends up to `max` received frames to `out`.
+    fn rx_burst(&mut self, out: &mut Vec<Self::Rx>, max: usize);
+    /// A buffer for one frame of `len` bytes, or `None` when the buffer pool is empty.
+    fn tx_alloc(&mut self, len: usize) -> Option<Self::Tx>;
+    /// Queues a finished frame; it leaves at the latest on the next `tx_flush`.
+    fn tx_push(&mut self, frame: Self::Tx);
+    /// Sends every queued frame (one burst).
+    fn tx_flush(&mut self);
+    /// The port's own MAC address.
+    fn mac(&self) -> [u8; 6];
+    /// The largest IP packet the link carries (1500 on Ethernet).
+    fn ip_mtu(&self) -> usize;
+    /// A file descriptor that becomes readable when frames arrive, if the device has one.
+    fn wake_fd(&self) -> Option<RawFd>;
+    /// Re-arms the wake-up fd before the caller blocks on it (a no-op where not needed).
+    fn arm_wake(&mut self) {}
+    fn counters(&self) -> LinkCounters;
+}
+
+/// One end of an in-memory Ethernet cable, for unit tests of the stack logic.
+pub struct MemLink {
+    mac: [u8; 6],
+    tx_queue: Vec<Vec<u8>>,
+    inbox: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    peer_inbox: Arc<Mutex<VecDeque<Vec<u8>>>>,
+}
+
+impl MemLink {
+    /// Two connected ends.
+    pub fn pair(mac_a: [u8; 6], mac_b: [u8; 6]) -> (MemLink, MemLink) {
+        let a_in = Arc::new(Mutex::new(VecDeque::new()));
+        let b_in = Arc::new(Mutex::new(VecDeque::new()));
+        let a = MemLink { mac: mac_a, tx_queue: Vec::new(), inbox: a_in.clone(), peer_inbox: b_in.clone() };
+        let b = MemLink { mac: mac_b, tx_queue: Vec::new(), inbox: b_in, peer_inbox: a_in };
+        (a, b)
+    }
+
+    /// Frames waiting to be received on this end.
+    pub fn pending(&self) -> usize {
+        self.inbox.lock().unwrap().len()
+    }
+
+    /// Puts a raw frame on this end's receive side, as if the peer sent it.
+    pub fn inject(&self, frame: Vec<u8>) {
+        self.inbox.lock().unwrap().push_back(frame);
+    }
+}
+
+pub struct VecFrame(pub Vec<u8>);
+
+impl RxFrame for VecFrame {
+    fn data(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl TxFrame for VecFrame {
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Link for MemLink {
+    type Rx = VecFrame;
+    type Tx = VecFrame;
+
+    fn rx_burst(&mut self, out: &mut Vec<VecFrame>, max: usize) {
+        let mut q = self.inbox.lock().unwrap();
+        for _ in 0..max {
+            match q.pop_front() {
+                Some(f) => out.push(VecFrame(f)),
+                None => break,
+            }
+        }
+    }
+    fn tx_alloc(&mut self, len: usize) -> Option<VecFrame> {
+        Some(VecFrame(vec![0; len]))
+    }
+    fn tx_push(&mut self, frame: VecFrame) {
+        self.tx_queue.push(frame.0);
+    }
+    fn tx_flush(&mut self) {
+        self.peer_inbox.lock().unwrap().extend(self.tx_queue.drain(..));
+    }
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+    fn ip_mtu(&self) -> usize {
+        1500
+    }
+    fn wake_fd(&self) -> Option<RawFd> {
+        None
+    }
+    fn counters(&self) -> LinkCounters {
+        LinkCounters::default()
+    }
+}

@@ -1,0 +1,1126 @@
+//! The stack: receive burst → demux → one small smoltcp interface per connection → transmit
+//! burst, with O(1) work per packet and per poll whatever the number of connections.
+//!
+//! smoltcp scans its whole socket set for every packet and every poll. Here every connection
+//! owns a smoltcp `Interface` (medium IP) and a `SocketSet` holding just its own socket, so
+//! those scans are over one socket. In front of them:
+//! - a hash map from (peer address, peer port, local port) to the connection's slot (the local
+//!   address is always the stack's one address);
+//! - a timer heap of `(deadline, slot, generation)` fed from each interface's `poll_at`;
+//! - a dirty list of connections the application wrote to.
+//!
+//! A poll touches only connections that received a packet, whose timer expired or that were
+//! written to. A SYN for a listening port creates a new connection (and its interface) only if
+//! the listener's backlog has room; otherwise it is dropped, as Linux does, and the peer
+//! retransmits it: a burst of SYNs is queued, never reset.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::RawFd;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration as SDuration, Instant};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Packet, TcpPacket};
+
+use crate::config::{Cidr, CongestionControl, Config};
+use crate::faults::{FaultAction, FaultInjector};
+use crate::link::{Link, LinkCounters, RxFrame};
+use crate::net::{Micros, Net, TxTrack, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR};
+use crate::pcap::PcapWriter;
+use crate::stats::Stats;
+
+const RX_BURST: usize = 32;
+/// Linux's default `net.core.somaxconn`.
+pub const SOMAXCONN: usize = 4096;
+const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
+
+/// A connection handle. The generation changes whenever a slot is reused, so a handle kept
+/// after its connection was freed can never reach the connection that took the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub slot: u32,
+    pub gen: u32,
+}
+
+/// What changed since the last `take_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A connection's readiness or queued data changed.
+    Conn(ConnId),
+    /// A listener's accept queue became non-empty.
+    Accept(u16),
+}
+
+/// Readiness of a connection, with the meaning of the epoll bits of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer sent FIN (EPOLLRDHUP).
+    pub rdhup: bool,
+    /// Both directions are closed, or the connection was reset (EPOLLHUP).
+    pub hup: bool,
+    /// A pending error (EPOLLERR).
+    pub error: bool,
+}
+
+/// Errors of socket operations, mapped one to one onto errno by callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockError {
+    /// EAGAIN
+    WouldBlock,
+    /// ECONNRESET
+    Reset,
+    /// ETIMEDOUT
+    TimedOut,
+    /// ECONNREFUSED (an active open answered by RST)
+    Refused,
+    /// EPIPE: writing after shutdown(SHUT_WR) or after the connection closed.
+    Pipe,
+    /// ENOTCONN
+    NotConnected,
+    /// EBADF: the handle was closed or its slot reused.
+    BadHandle,
+    /// EADDRINUSE
+    AddrInUse,
+    /// EADDRNOTAVAIL: no free ephemeral port.
+    AddrNotAvail,
+    /// EINVAL
+    Invalid,
+    /// ENETUNREACH
+    NetUnreachable,
+}
+
+impl SockError {
+    pub fn errno(self) -> i32 {
+        match self {
+            SockError::WouldBlock => libc::EAGAIN,
+            SockError::Reset => libc::ECONNRESET,
+            SockError::TimedOut => libc::ETIMEDOUT,
+            SockError::Refused => libc::ECONNREFUSED,
+            SockError::Pipe => libc::EPIPE,
+            SockError::NotConnected => libc::ENOTCONN,
+            SockError::BadHandle => libc::EBADF,
+            SockError::AddrInUse => libc::EADDRINUSE,
+            SockError::AddrNotAvail => libc::EADDRNOTAVAIL,
+            SockError::Invalid => libc::EINVAL,
+            SockError::NetUnreachable => libc::ENETUNREACH,
+        }
+    }
+}
+
+impl std::fmt::Display for SockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.errno()))
+    }
+}
+
+impl std::error::Error for SockError {}
+
+/// Per-socket TCP options; a listener's are inherited by the connections it accepts, as on Linux.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpOptions {
+    pub nodelay: bool,
+    pub keepalive: Option<std::time::Duration>,
+    pub rcvbuf: usize,
+    pub sndbuf: usize,
+    pub ack_delay: Option<std::time::Duration>,
+    pub cc: CongestionControl,
+}
+
+impl TcpOptions {
+    pub fn from_config(c: &Config) -> Self {
+        TcpOptions { nodelay: false, keepalive: None, rcvbuf: c.rcvbuf, sndbuf: c.sndbuf, ack_delay: c.ack_delay, cc: c.cc }
+    }
+
+    fn apply(&self, s: &mut tcp::Socket<'_>) {
+        s.set_nagle_enabled(!self.nodelay);
+        s.set_ack_delay(self.ack_delay.map(to_sdur));
+        s.set_keep_alive(self.keepalive.map(to_sdur));
+        s.set_congestion_control(match self.cc {
+            CongestionControl::None => tcp::CongestionControl::None,
+            CongestionControl::Reno => tcp::CongestionControl::Reno,
+            CongestionControl::Cubic => tcp::CongestionControl::Cubic,
+        });
+    }
+}
+
+fn to_sdur(d: std::time::Duration) -> SDuration {
+    SDuration::from_micros(d.as_micros() as u64)
+}
+
+struct Listener {
+    backlog: usize,
+    /// Connections born from this listener and not yet accepted (SYN-RECEIVED or ESTABLISHED).
+    pending: usize,
+    queue: VecDeque<ConnId>,
+    opts: TcpOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// From a listener on this port, not yet accepted.
+    Passive(u16),
+    /// Accepted, or actively opened.
+    Owned,
+}
+
+struct Conn {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    key: u64,
+    peer: SocketAddrV4,
+    local_port: u16,
+    origin: Origin,
+    app_closed: bool,
+    /// Deadline currently in the timer heap for this connection.
+    armed: Option<Micros>,
+    dirty: bool,
+    event_queued: bool,
+    last_state: tcp::State,
+    last_ready: Readiness,
+    last_recv_queue: usize,
+    error: Option<SockError>,
+    track: TxTrack,
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Box<Conn>>,
+}
+
+/// The part of the stack every connection's interface sends through.
+struct IpDev<'a, L: Link> {
+    rx: Option<&'a [u8]>,
+    net: &'a mut Net<L>,
+    now: Micros,
+    track: Option<&'a mut TxTrack>,
+    caps: &'a DeviceCapabilities,
+}
+
+struct IpRx<'a>(&'a [u8]);
+
+struct IpTx<'a, L: Link> {
+    net: &'a mut Net<L>,
+    now: Micros,
+    track: Option<&'a mut TxTrack>,
+}
+
+impl smoltcp::phy::RxToken for IpRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<L: Link> smoltcp::phy::TxToken for IpTx<'_, L> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.net.send_ip(self.now, len, self.track, f)
+    }
+}
+
+impl<L: Link> Device for IpDev<'_, L> {
+    type RxToken<'b>
+        = IpRx<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = IpTx<'b, L>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _ts: Instant) -> Option<(IpRx<'_>, IpTx<'_, L>)> {
+        let data = self.rx.take()?;
+        Some((IpRx(data), IpTx { net: self.net, now: self.now, track: self.track.as_deref_mut() }))
+    }
+
+    fn transmit(&mut self, _ts: Instant) -> Option<IpTx<'_, L>> {
+        Some(IpTx { net: self.net, now: self.now, track: self.track.as_deref_mut() })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+/// Only used to hand capabilities to `Interface::new`.
+struct CapsDev(DeviceCapabilities);
+
+impl Device for CapsDev {
+    type RxToken<'b>
+        = IpRx<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = IpRx<'b>
+    where
+        Self: 'b;
+    fn receive(&mut self, _: Instant) -> Option<(IpRx<'_>, IpRx<'_>)> {
+        None
+    }
+    fn transmit(&mut self, _: Instant) -> Option<IpRx<'_>> {
+        None
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.0.clone()
+    }
+}
+
+impl smoltcp::phy::TxToken for IpRx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, _len: usize, _f: F) -> R {
+        unreachable!("CapsDev never hands out tokens")
+    }
+}
+
+fn key(peer: Ipv4Addr, peer_port: u16, local_port: u16) -> u64 {
+    (u64::from(u32::from(peer)) << 32) | (u64::from(peer_port) << 16) | u64::from(local_port)
+}
+
+/// The user-space TCP/IPv4 stack over one link.
+pub struct Stack<L: Link> {
+    net: Net<L>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    demux: HashMap<u64, u32, foldhash::fast::RandomState>,
+    listeners: HashMap<u16, Listener, foldhash::fast::RandomState>,
+    timers: BinaryHeap<Reverse<(Micros, u32, u32)>>,
+    expired: Vec<(u32, u32)>,
+    dirty: Vec<u32>,
+    events: Vec<Event>,
+    control: Interface,
+    control_sockets: SocketSet<'static>,
+    conn_caps: DeviceCapabilities,
+    control_caps: DeviceCapabilities,
+    rx: Vec<L::Rx>,
+    held_rx: Option<L::Rx>,
+    seed: u64,
+    next_ephemeral: u16,
+    defaults: TcpOptions,
+    live: usize,
+}
+
+impl<L: Link> Stack<L> {
+    /// A stack over `link` with the configuration's address, gateway, MAC, pcap and faults.
+    pub fn new(link: L, cfg: &Config, now: Instant) -> std::io::Result<Self> {
+        let mac = cfg.stack_mac().unwrap_or_else(|| link.mac());
+        let mut net = Net::new(link, mac, cfg.addr, cfg.gateway);
+        if let Some(path) = &cfg.pcap {
+            net.pcap = Some(PcapWriter::create(path, cfg.pcap_max_bytes).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("MTCP_PCAP={path:?}: cannot create the capture file: {e}"))
+            })?);
+        }
+        if cfg.faults.active() {
+            net.faults = Some(FaultInjector::new(cfg.faults));
+        }
+        Ok(Self::with_net(net, TcpOptions::from_config(cfg), now))
+    }
+
+    fn with_net(net: Net<L>, defaults: TcpOptions, now: Instant) -> Self {
+        let mtu = net.link.ip_mtu();
+        // Unpredictable initial sequence numbers need an unpredictable seed: std's RandomState
+        // is keyed from the OS random source.
+        let mut seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0x6d74_6370u64);
+        seed ^= now.total_micros() as u64;
+
+        let mut conn_caps = DeviceCapabilities::default();
+        conn_caps.medium = Medium::Ip;
+        conn_caps.max_transmission_unit = mtu;
+        // The demux verifies IPv4 header and TCP checksums before a segment reaches a
+        // connection, so smoltcp only computes them on transmit.
+        let mut cs = ChecksumCapabilities::default();
+        cs.ipv4 = Checksum::Tx;
+        cs.tcp = Checksum::Tx;
+        conn_caps.checksum = cs;
+
+        let mut control_caps = conn_caps.clone();
+        control_caps.checksum = ChecksumCapabilities::default();
+        let mut control = Interface::new(
+            IfaceConfig::new(HardwareAddress::Ip),
+            &mut CapsDev(control_caps.clone()),
+            now,
+        );
+        let cidr = IpCidr::new(IpAddress::Ipv4(net.addr.addr), net.addr.prefix);
+        control.update_ip_addrs(|a| {
+            let _ = a.push(cidr);
+        });
+        Stack {
+            net,
+            slots: Vec::new(),
+            free: Vec::new(),
+            demux: HashMap::default(),
+            listeners: HashMap::default(),
+            timers: BinaryHeap::new(),
+            expired: Vec::new(),
+            dirty: Vec::new(),
+            events: Vec::new(),
+            control,
+            control_sockets: SocketSet::new(Vec::new()),
+            conn_caps,
+            control_caps,
+            rx: Vec::with_capacity(RX_BURST),
+            held_rx: None,
+            seed,
+            next_ephemeral: EPHEMERAL.start + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
+            defaults,
+            live: 0,
+        }
+    }
+
+    /// A stack over any link with an explicit address (unit tests, other embedders).
+    pub fn with_link(link: L, addr: Cidr, mac: Option<[u8; 6]>, gateway: Option<Ipv4Addr>, opts: TcpOptions, now: Instant) -> Self {
+        let mac = mac.unwrap_or_else(|| link.mac());
+        Self::with_net(Net::new(link, mac, addr, gateway), opts, now)
+    }
+
+    /// The TCP options new sockets start with (from the configuration).
+    pub fn default_options(&self) -> TcpOptions {
+        self.defaults
+    }
+
+    pub fn addr(&self) -> Cidr {
+        self.net.addr
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.net.mac
+    }
+
+    pub fn link(&self) -> &L {
+        &self.net.link
+    }
+
+    pub fn link_mut(&mut self) -> &mut L {
+        &mut self.net.link
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.net.stats;
+        let lc = self.net.link.counters();
+        s.drop_tx_ring_full = lc.tx_ring_full;
+        s
+    }
+
+    pub fn link_counters(&self) -> LinkCounters {
+        self.net.link.counters()
+    }
+
+    /// Open connections (including those draining after close).
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    pub fn wake_fd(&self) -> Option<RawFd> {
+        self.net.link.wake_fd()
+    }
+
+    /// Turns fault injection on or off at run time (tests start clean, then degrade the link).
+    pub fn set_faults(&mut self, faults: Option<crate::config::Faults>) {
+        self.net.faults = faults.filter(|f| f.active()).map(FaultInjector::new);
+    }
+
+    /// Neighbour cache lookup (diagnostics, tests).
+    pub fn neighbor(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        self.net.neighbor(ip)
+    }
+
+    /// The earliest time at which `poll` has timer work to do, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let t = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let a = self.net.arp_deadline();
+        let d = match (t, a) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        if !self.dirty.is_empty() {
+            return Some(Instant::from_micros(0));
+        }
+        d.map(|us| Instant::from_micros(us as i64))
+    }
+
+    // ---------------------------------------------------------------- polling
+
+    /// Does all pending work: received frames, expired timers, queued writes, then one
+    /// transmit burst. Returns whether anything was done.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        let us = now.total_micros() as Micros;
+        self.net.stats.polls += 1;
+        let mut work = false;
+
+        let mut rx = std::mem::take(&mut self.rx);
+        self.net.link.rx_burst(&mut rx, RX_BURST);
+        if !rx.is_empty() {
+            work = true;
+        }
+        for frame in rx.drain(..) {
+            self.rx_faulty(now, frame);
+        }
+        self.rx = rx;
+        if let Some(held) = self.held_rx.take() {
+            self.rx_frame(now, held.data());
+        }
+
+        if let Some(&Reverse((t, _, _))) = self.timers.peek() {
+            if t <= us {
+                work = true;
+                self.run_timers(now);
+            }
+        }
+        if self.net.arp_deadline().is_some_and(|d| d <= us) {
+            work = true;
+            self.net.arp_timers(us);
+        }
+        if !self.dirty.is_empty() {
+            work = true;
+            self.run_dirty(now);
+        }
+        self.net.flush();
+        if !work {
+            self.net.stats.polls_idle += 1;
+        }
+        work
+    }
+
+    /// Transmits what the application queued since the last poll, without receiving.
+    pub fn flush(&mut self, now: Instant) {
+        if !self.dirty.is_empty() {
+            self.run_dirty(now);
+            self.net.flush();
+        }
+    }
+
+    fn run_dirty(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for idx in dirty.drain(..) {
+            if let Some(c) = self.slots[idx as usize].conn.as_mut() {
+                c.dirty = false;
+                self.poll_conn(now, idx, None);
+            }
+        }
+        // Keep the allocation; anything marked dirty meanwhile is in self.dirty.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        let us = now.total_micros() as Micros;
+        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
+            if t > us {
+                break;
+            }
+            self.timers.pop();
+            self.expired.push((idx, gen));
+        }
+        let mut expired = std::mem::take(&mut self.expired);
+        for (idx, gen) in expired.drain(..) {
+            let slot = &mut self.slots[idx as usize];
+            if slot.gen != gen {
+                continue;
+            }
+            if let Some(c) = slot.conn.as_mut() {
+                if c.armed.is_some_and(|a| a <= us) {
+                    c.armed = None;
+                    self.poll_conn(now, idx, None);
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    fn rx_faulty(&mut self, now: Instant, frame: L::Rx) {
+        let action = self.net.faults.as_mut().map_or(FaultAction::Pass, |f| f.decide());
+        match action {
+            FaultAction::Pass => self.rx_frame(now, frame.data()),
+            FaultAction::Drop => {
+                self.net.stats.fault_dropped += 1;
+                return;
+            }
+            FaultAction::Duplicate => {
+                self.net.stats.fault_duplicated += 1;
+                self.rx_frame(now, frame.data());
+                self.rx_frame(now, frame.data());
+            }
+            FaultAction::Reorder => {
+                self.net.stats.fault_reordered += 1;
+                if let Some(prev) = self.held_rx.replace(frame) {
+                    self.rx_frame(now, prev.data());
+                }
+                return;
+            }
+        }
+        if let Some(held) = self.held_rx.take() {
+            self.rx_frame(now, held.data());
+        }
+    }
+
+    /// One received Ethernet frame.
+    fn rx_frame(&mut self, now: Instant, f: &[u8]) {
+        let stats = &mut self.net.stats;
+        stats.rx_frames += 1;
+        stats.rx_bytes += f.len() as u64;
+        if let Some(p) = self.net.pcap.as_mut() {
+            p.record(f, &mut self.net.stats);
+        }
+        if f.len() < ETH_HDR {
+            self.net.stats.drop_malformed += 1;
+            return;
+        }
+        let dst: [u8; 6] = f[0..6].try_into().expect("6 bytes");
+        if dst != self.net.mac && dst != crate::net::BROADCAST_MAC {
+            self.net.stats.drop_not_ours += 1;
+            return;
+        }
+        let us = now.total_micros() as Micros;
+        match u16::from_be_bytes([f[12], f[13]]) {
+            ETHERTYPE_IPV4 => self.rx_ipv4(now, &f[ETH_HDR..]),
+            ETHERTYPE_ARP => self.net.rx_arp(us, &f[ETH_HDR..]),
+            _ => self.net.stats.drop_unsupported += 1,
+        }
+    }
+
+    fn rx_ipv4(&mut self, now: Instant, p: &[u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(p) else {
+            self.net.stats.drop_malformed += 1;
+            return;
+        };
+        if ip.version() != 4 || !ip.verify_checksum() {
+            self.net.stats.drop_malformed += 1;
+            return;
+        }
+        let src = ip.src_addr();
+        let dst = ip.dst_addr();
+        if dst != self.net.addr.addr {
+            self.net.stats.drop_not_ours += 1;
+            return;
+        }
+        if src.is_broadcast() || src.is_multicast() || src.is_unspecified() || src == self.net.addr.broadcast() {
+            self.net.stats.drop_malformed += 1;
+            return;
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            self.net.stats.drop_fragment += 1;
+            return;
+        }
+        let total = usize::from(ip.total_len());
+        let packet = &p[..total];
+        match ip.next_header() {
+            smoltcp::wire::IpProtocol::Tcp => self.rx_tcp(now, packet, src, usize::from(ip.header_len())),
+            smoltcp::wire::IpProtocol::Icmp => self.control_input(now, packet),
+            _ => self.net.stats.drop_unsupported += 1,
+        }
+    }
+
+    fn rx_tcp(&mut self, now: Instant, packet: &[u8], src: Ipv4Addr, ihl: usize) {
+        let Ok(tcp) = TcpPacket::new_checked(&packet[ihl..]) else {
+            self.net.stats.drop_malformed += 1;
+            return;
+        };
+        if !tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(self.net.addr.addr)) {
+            self.net.stats.drop_bad_checksum += 1;
+            return;
+        }
+        let (sport, dport) = (tcp.src_port(), tcp.dst_port());
+        if sport == 0 || dport == 0 {
+            self.net.stats.drop_malformed += 1;
+            return;
+        }
+        let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
+        let k = key(src, sport, dport);
+        if let Some(&idx) = self.demux.get(&k) {
+            // A new SYN on a 4-tuple whose old connection is over (TIME-WAIT or closed by the
+            // application and draining) starts a new connection, as on Linux.
+            let reuse = syn_only && {
+                let c = self.slots[idx as usize].conn.as_ref().expect("demux points at live slots");
+                let st = c.sockets.get::<tcp::Socket>(c.handle).state();
+                st == tcp::State::TimeWait || (c.app_closed && st == tcp::State::Closed)
+            };
+            if !reuse {
+                self.poll_conn(now, idx, Some(packet));
+                return;
+            }
+            self.free_conn(idx);
+        }
+        if syn_only {
+            if let Some(l) = self.listeners.get(&dport) {
+                if l.pending >= l.backlog {
+                    self.net.stats.drop_syn_backlog += 1;
+                    return;
+                }
+                let opts = l.opts;
+                let idx = self.new_conn(now, k, SocketAddrV4::new(src, sport), dport, Origin::Passive(dport), &opts, |s| {
+                    s.listen(IpListenEndpoint { addr: None, port: dport }).map_err(|_| SockError::Invalid)
+                });
+                if let Ok(idx) = idx {
+                    if let Some(l) = self.listeners.get_mut(&dport) {
+                        l.pending += 1;
+                    }
+                    self.poll_conn(now, idx, Some(packet));
+                }
+                return;
+            }
+        }
+        // No connection wants it: smoltcp's control interface answers with RST (never to a RST).
+        if !tcp.rst() {
+            self.net.stats.tcp_rst_sent += 1;
+        }
+        self.control_input(now, packet);
+    }
+
+    fn control_input(&mut self, now: Instant, packet: &[u8]) {
+        let mut dev =
+            IpDev { rx: Some(packet), net: &mut self.net, now: now.total_micros() as Micros, track: None, caps: &self.control_caps };
+        self.control.poll(now, &mut dev, &mut self.control_sockets);
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        // splitmix64 step
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_conn(
+        &mut self,
+        now: Instant,
+        k: u64,
+        peer: SocketAddrV4,
+        local_port: u16,
+        origin: Origin,
+        opts: &TcpOptions,
+        open: impl FnOnce(&mut tcp::Socket<'static>) -> Result<(), SockError>,
+    ) -> Result<u32, SockError> {
+        let mut cfg = IfaceConfig::new(HardwareAddress::Ip);
+        cfg.random_seed = self.next_seed();
+        let mut iface = Interface::new(cfg, &mut CapsDev(self.conn_caps.clone()), now);
+        let cidr = IpCidr::new(IpAddress::Ipv4(self.net.addr.addr), self.net.addr.prefix);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(cidr);
+        });
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; opts.rcvbuf]),
+            tcp::SocketBuffer::new(vec![0u8; opts.sndbuf]),
+        );
+        opts.apply(&mut sock);
+        open(&mut sock)?;
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(sock);
+        let state = sockets.get::<tcp::Socket>(handle).state();
+        let conn = Box::new(Conn {
+            iface,
+            sockets,
+            handle,
+            key: k,
+            peer,
+            local_port,
+            origin,
+            app_closed: false,
+            armed: None,
+            dirty: false,
+            event_queued: false,
+            last_state: state,
+            last_ready: Readiness::default(),
+            last_recv_queue: 0,
+            error: None,
+            track: TxTrack::default(),
+        });
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize].conn = Some(conn);
+                i
+            }
+            None => {
+                self.slots.push(Slot { gen: 0, conn: Some(conn) });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.demux.insert(k, idx);
+        self.live += 1;
+        self.net.stats.conns_opened += 1;
+        Ok(idx)
+    }
+
+    fn free_conn(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(c) = slot.conn.take() else { return };
+        slot.gen = slot.gen.wrapping_add(1);
+        if self.demux.get(&c.key) == Some(&idx) {
+            self.demux.remove(&c.key);
+        }
+        if let Origin::Passive(port) = c.origin {
+            if let Some(l) = self.listeners.get_mut(&port) {
+                l.pending = l.pending.saturating_sub(1);
+            }
+        }
+        self.free.push(idx);
+        self.live -= 1;
+        self.net.stats.conns_freed += 1;
+    }
+
+    /// Runs one connection's interface: ingress of `rx` if given, then egress; then updates
+    /// its timer, its readiness and the listener's accept queue.
+    fn poll_conn(&mut self, now: Instant, idx: u32, rx: Option<&[u8]>) {
+        let us = now.total_micros() as Micros;
+        let gen = self.slots[idx as usize].gen;
+        let c = self.slots[idx as usize].conn.as_mut().expect("polled slot is live");
+        let mut dev = IpDev { rx, net: &mut self.net, now: us, track: Some(&mut c.track), caps: &self.conn_caps };
+        c.iface.poll(now, &mut dev, &mut c.sockets);
+
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        let state = sock.state();
+        let prev = c.last_state;
+        if state != prev {
+            c.last_state = state;
+            if state == tcp::State::Closed && c.error.is_none() && !c.app_closed {
+                c.error = match prev {
+                    tcp::State::SynSent => Some(SockError::Refused),
+                    tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing => None,
+                    _ => Some(if sock.timeout().is_some() { SockError::TimedOut } else { SockError::Reset }),
+                };
+            }
+        }
+
+        // Handshake results for connections still owned by their listener.
+        if let Origin::Passive(port) = c.origin {
+            match state {
+                tcp::State::Listen | tcp::State::Closed => {
+                    // Reset or timed out during the handshake, or reset while queued.
+                    self.free_conn(idx);
+                    return;
+                }
+                _ if prev == tcp::State::SynReceived && state != tcp::State::SynReceived => {
+                    if let Some(l) = self.listeners.get_mut(&port) {
+                        let was_empty = l.queue.is_empty();
+                        l.queue.push_back(ConnId { slot: idx, gen });
+                        if was_empty {
+                            self.events.push(Event::Accept(port));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        } else if c.app_closed {
+            if state == tcp::State::Closed {
+                self.free_conn(idx);
+                return;
+            }
+        } else {
+            let ready = readiness(sock, c.error);
+            let rq = sock.recv_queue();
+            if (ready != c.last_ready || rq > c.last_recv_queue) && !c.event_queued {
+                c.event_queued = true;
+                self.events.push(Event::Conn(ConnId { slot: idx, gen }));
+            }
+            c.last_ready = ready;
+            c.last_recv_queue = rq;
+        }
+
+        if let Some(at) = c.iface.poll_at(now, &c.sockets) {
+            let at = (at.total_micros().max(0) as Micros).max(us);
+            if c.armed.is_none_or(|a| at < a) {
+                c.armed = Some(at);
+                self.timers.push(Reverse((at, idx, gen)));
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, idx: u32) {
+        let c = self.slots[idx as usize].conn.as_mut().expect("live");
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    /// Moves the pending events into `out` (cleared first).
+    pub fn take_events(&mut self, out: &mut Vec<Event>) {
+        out.clear();
+        std::mem::swap(out, &mut self.events);
+        for e in out.iter() {
+            if let Event::Conn(id) = e {
+                if let Some(c) = self.slots[id.slot as usize].conn.as_mut() {
+                    c.event_queued = false;
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- sockets
+
+    /// Listens on `port` (all of the stack's addresses). Backlog as in listen(2): capped at
+    /// SOMAXCONN, at least 1.
+    pub fn listen(&mut self, port: u16, backlog: usize, opts: TcpOptions) -> Result<(), SockError> {
+        if port == 0 {
+            return Err(SockError::Invalid);
+        }
+        if self.listeners.contains_key(&port) {
+            return Err(SockError::AddrInUse);
+        }
+        let backlog = backlog.clamp(1, SOMAXCONN);
+        self.listeners.insert(port, Listener { backlog, pending: 0, queue: VecDeque::new(), opts });
+        Ok(())
+    }
+
+    /// Changes a listener's backlog (listen(2) called again).
+    pub fn set_backlog(&mut self, port: u16, backlog: usize) -> Result<(), SockError> {
+        let l = self.listeners.get_mut(&port).ok_or(SockError::Invalid)?;
+        l.backlog = backlog.clamp(1, SOMAXCONN);
+        Ok(())
+    }
+
+    /// Stops listening; connections not yet accepted are reset, as Linux does.
+    pub fn unlisten(&mut self, port: u16) {
+        let Some(mut l) = self.listeners.remove(&port) else { return };
+        let victims: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.as_ref().is_some_and(|c| c.origin == Origin::Passive(port)))
+            .map(|(i, _)| i as u32)
+            .collect();
+        l.queue.clear();
+        for idx in victims {
+            let c = self.slots[idx as usize].conn.as_mut().expect("live");
+            c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+            c.origin = Origin::Owned;
+            c.app_closed = true;
+            self.mark_dirty(idx);
+        }
+    }
+
+    pub fn accept_queue_len(&self, port: u16) -> usize {
+        self.listeners.get(&port).map_or(0, |l| l.queue.len())
+    }
+
+    /// Takes the next established connection from the listener's queue.
+    pub fn accept(&mut self, port: u16) -> Result<(ConnId, SocketAddrV4), SockError> {
+        loop {
+            let l = self.listeners.get_mut(&port).ok_or(SockError::Invalid)?;
+            let id = l.queue.pop_front().ok_or(SockError::WouldBlock)?;
+            let slot = &mut self.slots[id.slot as usize];
+            if slot.gen != id.gen {
+                continue; // reset while queued and already freed
+            }
+            let Some(c) = slot.conn.as_mut() else { continue };
+            l.pending = l.pending.saturating_sub(1);
+            c.origin = Origin::Owned;
+            let sock = c.sockets.get::<tcp::Socket>(c.handle);
+            c.last_ready = readiness(sock, c.error);
+            c.last_recv_queue = sock.recv_queue();
+            return Ok((id, c.peer));
+        }
+    }
+
+    /// Opens a connection to `remote` from an ephemeral port.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddrV4, opts: TcpOptions) -> Result<ConnId, SockError> {
+        if remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_broadcast() || remote.ip().is_multicast() {
+            return Err(SockError::Invalid);
+        }
+        if !self.net.addr.contains(*remote.ip()) && self.net.gateway.is_none() {
+            return Err(SockError::NetUnreachable);
+        }
+        let span = EPHEMERAL.end - EPHEMERAL.start;
+        let mut port = None;
+        for _ in 0..span {
+            let p = self.next_ephemeral;
+            self.next_ephemeral = if p + 1 >= EPHEMERAL.end { EPHEMERAL.start } else { p + 1 };
+            if !self.listeners.contains_key(&p) && !self.demux.contains_key(&key(*remote.ip(), remote.port(), p)) {
+                port = Some(p);
+                break;
+            }
+        }
+        let local_port = port.ok_or(SockError::AddrNotAvail)?;
+        let k = key(*remote.ip(), remote.port(), local_port);
+        let local = IpEndpoint::new(IpAddress::Ipv4(self.net.addr.addr), local_port);
+        let remote_ep = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
+        // connect() needs the interface's context, so the socket is opened after the
+        // connection (and its interface) exists.
+        let idx = self.new_conn(now, k, remote, local_port, Origin::Owned, &opts, |_| Ok(()))?;
+        let c = self.slots[idx as usize].conn.as_mut().expect("just created");
+        let cx = c.iface.context();
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        if sock.connect(cx, remote_ep, local).is_err() {
+            self.free_conn(idx);
+            return Err(SockError::Invalid);
+        }
+        c.last_state = tcp::State::SynSent;
+        let gen = self.slots[idx as usize].gen;
+        self.mark_dirty(idx);
+        Ok(ConnId { slot: idx, gen })
+    }
+
+    fn conn(&self, id: ConnId) -> Result<&Conn, SockError> {
+        let slot = self.slots.get(id.slot as usize).ok_or(SockError::BadHandle)?;
+        match slot.conn.as_deref() {
+            Some(c) if slot.gen == id.gen && !c.app_closed => Ok(c),
+            _ => Err(SockError::BadHandle),
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Result<&mut Conn, SockError> {
+        let slot = self.slots.get_mut(id.slot as usize).ok_or(SockError::BadHandle)?;
+        match slot.conn.as_deref_mut() {
+            Some(c) if slot.gen == id.gen && !c.app_closed => Ok(c),
+            _ => Err(SockError::BadHandle),
+        }
+    }
+
+    pub fn peer_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
+        Ok(self.conn(id)?.peer)
+    }
+
+    pub fn local_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
+        Ok(SocketAddrV4::new(self.net.addr.addr, self.conn(id)?.local_port))
+    }
+
+    pub fn state(&self, id: ConnId) -> Result<tcp::State, SockError> {
+        let c = self.conn(id)?;
+        Ok(c.sockets.get::<tcp::Socket>(c.handle).state())
+    }
+
+    pub fn readiness(&self, id: ConnId) -> Result<Readiness, SockError> {
+        let c = self.conn(id)?;
+        Ok(readiness(c.sockets.get::<tcp::Socket>(c.handle), c.error))
+    }
+
+    /// Bytes waiting to be read (FIONREAD).
+    pub fn recv_queue(&self, id: ConnId) -> Result<usize, SockError> {
+        let c = self.conn(id)?;
+        Ok(c.sockets.get::<tcp::Socket>(c.handle).recv_queue())
+    }
+
+    /// Reads into `buf`. `Ok(0)` is end of stream (the peer's FIN, after all data).
+    pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, SockError> {
+        let rcvbuf_half;
+        let n = {
+            let c = self.conn_mut(id)?;
+            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+            rcvbuf_half = sock.recv_capacity() / 2;
+            let queued = sock.recv_queue();
+            if buf.is_empty() {
+                return Ok(0);
+            }
+            match sock.recv_slice(buf) {
+                Ok(0) | Err(tcp::RecvError::InvalidState) | Err(tcp::RecvError::Finished) => {
+                    if let Some(e) = c.error {
+                        return Err(e);
+                    }
+                    return match sock.state() {
+                        tcp::State::SynSent | tcp::State::SynReceived => Err(SockError::WouldBlock),
+                        tcp::State::Listen => Err(SockError::NotConnected),
+                        _ if sock.may_recv() => Err(SockError::WouldBlock),
+                        _ => Ok(0),
+                    };
+                }
+                Ok(n) => {
+                    c.last_recv_queue = sock.recv_queue();
+                    (n, queued)
+                }
+            }
+        };
+        // Reading from a more than half full buffer may open the window enough to tell the
+        // peer now (smoltcp decides); otherwise the next segment carries the update.
+        if n.1 > rcvbuf_half {
+            self.mark_dirty(id.slot);
+        }
+        Ok(n.0)
+    }
+
+    /// Queues `data` for sending; it leaves on the next `poll` or `flush`.
+    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SockError> {
+        let n = {
+            let c = self.conn_mut(id)?;
+            if let Some(e) = c.error {
+                return Err(e);
+            }
+            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+            match sock.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => return Err(SockError::WouldBlock),
+                tcp::State::Listen => return Err(SockError::NotConnected),
+                _ => {}
+            }
+            if !sock.may_send() {
+                return Err(SockError::Pipe);
+            }
+            if data.is_empty() {
+                return Ok(0);
+            }
+            match sock.send_slice(data) {
+                Ok(0) => return Err(SockError::WouldBlock),
+                Ok(n) => n,
+                Err(_) => return Err(SockError::Pipe),
+            }
+        };
+        self.mark_dirty(id.slot);
+        Ok(n)
+    }
+
+    /// shutdown(SHUT_WR): FIN after the queued data; reading goes on.
+    pub fn shutdown_write(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) {
+            return Err(SockError::NotConnected);
+        }
+        sock.close();
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
+    /// Sets TCP_NODELAY / keepalive on an open connection.
+    pub fn set_nodelay(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.sockets.get_mut::<tcp::Socket>(c.handle).set_nagle_enabled(!on);
+        Ok(())
+    }
+
+    pub fn set_keepalive(&mut self, id: ConnId, interval: Option<std::time::Duration>) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.sockets.get_mut::<tcp::Socket>(c.handle).set_keep_alive(interval.map(to_sdur));
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
+    /// close(2): the handle is dead at once; queued data is still delivered, then FIN, unless
+    /// unread data is left, in which case the connection is reset (as Linux does).
+    pub fn close(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.app_closed = true;
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        if sock.recv_queue() > 0 {
+            sock.abort();
+        } else {
+            sock.close();
+        }
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
+    /// close(2) with SO_LINGER {on, 0}: reset now.
+    pub fn abort(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.app_closed = true;
+        c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+}
+
+fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>) -> Readiness {
+    let state = sock.state();
+    let handshaking = matches!(state, tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen);
+    let closed = state == tcp::State::Closed || state == tcp::State::TimeWait;
+    let rdhup = !handshaking && !sock.may_recv();
+    Readiness {
+        readable: sock.can_recv() || rdhup || error.is_some(),
+        writable: (!handshaking && sock.can_send()) || error.is_some() || (!handshaking && !sock.may_send()),
+        rdhup,
+        hup: error.is_some() || closed || (rdhup && !sock.may_send()),
+        error: error.is_some(),
+    }
+}

@@ -1,0 +1,81 @@
+//! Counters: every frame the stack drops is counted under a reason.
+
+use std::fmt;
+
+macro_rules! counters {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct $name { $($(#[$fm])* pub $field: u64,)* }
+
+        impl $name {
+            /// `(name, value)` for every counter, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Stack counters. `drop_*` are frames thrown away, by reason.
+    pub struct Stats {
+        rx_frames,
+        rx_bytes,
+        tx_frames,
+        tx_bytes,
+        /// Too short, bad Ethernet/IP/TCP header or length, bad IP header checksum.
+        drop_malformed,
+        /// TCP or ICMP checksum wrong.
+        drop_bad_checksum,
+        /// Not addressed to our MAC (promiscuous devices) or IP.
+        drop_not_ours,
+        /// EtherTypes and IP protocols the stack does not speak (IPv6, UDP answered by ICMP).
+        drop_unsupported,
+        /// IPv4 fragments (the stack does not reassemble; peers use path MTU discovery).
+        drop_fragment,
+        /// The mbuf pool was empty when a frame had to be built.
+        drop_mempool_empty,
+        /// The device's transmit ring stayed full.
+        drop_tx_ring_full,
+        /// Packets for a peer whose MAC address never resolved (ARP gave no answer).
+        drop_arp_unresolved,
+        /// Packets to a destination outside the subnet with no gateway configured.
+        drop_no_route,
+        /// SYNs dropped (not reset) because the listener's backlog was full; the peer retries.
+        drop_syn_backlog,
+        /// Frames dropped, duplicated or reordered on purpose by MTCP_FAULTS.
+        fault_dropped,
+        fault_duplicated,
+        fault_reordered,
+        arp_requests_sent,
+        arp_replies_sent,
+        /// TCP resets sent for segments no connection wanted.
+        tcp_rst_sent,
+        /// Connections opened (passive and active) and freed.
+        conns_opened,
+        conns_freed,
+        /// Segments retransmitted by smoltcp (estimated from sequence numbers going backwards).
+        tcp_retransmits,
+        /// Calls to `Stack::poll` and those that found no work.
+        polls,
+        polls_idle,
+        /// pcap records written and skipped (file size limit).
+        pcap_written,
+        pcap_truncated,
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (k, v) in self.fields() {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
+}
