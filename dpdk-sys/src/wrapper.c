@@ -1,0 +1,98 @@
+/*
+ * Out-of-line copies of DPDK's static inline functions and macros, so Rust
+ * can call them. Each mtcp_X forwards to DPDK's X unchanged.
+ */
+#include "wrapper.h"
+
+uint16_t mtcp_rte_eth_rx_burst(uint16_t port_id, uint16_t queue_id,
+                               struct rte_mbuf **rx_pkts, uint16_t nb_pkts)
+{
+	return rte_eth_rx_burst(port_id, queue_id, rx_pkts, nb_pkts);
+}
+
+uint16_t mtcp_rte_eth_tx_burst(uint16_t port_id, uint16_t queue_id,
+                               struct rte_mbuf **tx_pkts, uint16_t nb_pkts)
+{
+	return rte_eth_tx_burst(port_id, queue_id, tx_pkts, nb_pkts);
+}
+
+struct rte_mbuf *mtcp_rte_pktmbuf_alloc(struct rte_mempool *mp)
+{
+	return rte_pktmbuf_alloc(mp);
+}
+
+int mtcp_rte_pktmbuf_alloc_bulk(struct rte_mempool *mp,
+                                struct rte_mbuf **mbufs, unsigned int count)
+{
+	return rte_pktmbuf_alloc_bulk(mp, mbufs, count);
+}
+
+void mtcp_rte_pktmbuf_free(struct rte_mbuf *m)
+{
+	rte_pktmbuf_free(m);
+}
+
+void *mtcp_rte_pktmbuf_mtod(struct rte_mbuf *m)
+{
+	return rte_pktmbuf_mtod(m, void *);
+}
+
+uint16_t mtcp_rte_pktmbuf_data_len(const struct rte_mbuf *m)
+{
+	return rte_pktmbuf_data_len(m);
+}
+
+uint32_t mtcp_rte_pktmbuf_pkt_len(const struct rte_mbuf *m)
+{
+	return rte_pktmbuf_pkt_len(m);
+}
+
+uint16_t mtcp_rte_pktmbuf_headroom(const struct rte_mbuf *m)
+{
+	return rte_pktmbuf_headroom(m);
+}
+
+uint16_t mtcp_rte_pktmbuf_tailroom(const struct rte_mbuf *m)
+{
+	return rte_pktmbuf_tailroom(m);
+}
+
+char *mtcp_rte_pktmbuf_append(struct rte_mbuf *m, uint16_t len)
+{
+	return rte_pktmbuf_append(m, len);
+}
+
+char *mtcp_rte_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len)
+{
+	return rte_pktmbuf_prepend(m, len);
+}
+
+char *mtcp_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len)
+{
+	return rte_pktmbuf_adj(m, len);
+}
+
+int mtcp_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len)
+{
+	return rte_pktmbuf_trim(m, len);
+}
+
+void mtcp_rte_pktmbuf_refcnt_update(struct rte_mbuf *m, int16_t v)
+{
+	rte_pktmbuf_refcnt_update(m, v);
+}
+
+uint16_t mtcp_rte_mbuf_refcnt_read(const struct rte_mbuf *m)
+{
+	return rte_mbuf_refcnt_read(m);
+}
+
+int mtcp_rte_errno(void)
+{
+	return rte_errno;
+}
+
+unsigned int mtcp_rte_lcore_id(void)
+{
+	return rte_lcore_id();
+}

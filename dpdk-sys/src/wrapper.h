@@ -1,0 +1,47 @@
+/*
+ * Headers that dpdk-sys generates Rust bindings for, plus the prototypes of
+ * the out-of-line wrappers (src/wrapper.c) around DPDK's static inline
+ * functions and macros. The wrappers are named mtcp_<dpdk name>.
+ */
+#ifndef MTCP_DPDK_WRAPPER_H
+#define MTCP_DPDK_WRAPPER_H
+
+#include <stdint.h>
+
+#include <rte_config.h>
+#include <rte_version.h>
+#include <rte_errno.h>
+#include <rte_eal.h>
+#include <rte_lcore.h>
+#include <rte_mempool.h>
+#include <rte_mbuf.h>
+#include <rte_ether.h>
+#include <rte_ethdev.h>
+#include <rte_bus_vdev.h>
+
+uint16_t mtcp_rte_eth_rx_burst(uint16_t port_id, uint16_t queue_id,
+                               struct rte_mbuf **rx_pkts, uint16_t nb_pkts);
+uint16_t mtcp_rte_eth_tx_burst(uint16_t port_id, uint16_t queue_id,
+                               struct rte_mbuf **tx_pkts, uint16_t nb_pkts);
+
+struct rte_mbuf *mtcp_rte_pktmbuf_alloc(struct rte_mempool *mp);
+int mtcp_rte_pktmbuf_alloc_bulk(struct rte_mempool *mp,
+                                struct rte_mbuf **mbufs, unsigned int count);
+void mtcp_rte_pktmbuf_free(struct rte_mbuf *m);
+
+void *mtcp_rte_pktmbuf_mtod(struct rte_mbuf *m);
+uint16_t mtcp_rte_pktmbuf_data_len(const struct rte_mbuf *m);
+uint32_t mtcp_rte_pktmbuf_pkt_len(const struct rte_mbuf *m);
+uint16_t mtcp_rte_pktmbuf_headroom(const struct rte_mbuf *m);
+uint16_t mtcp_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
+char *mtcp_rte_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
+char *mtcp_rte_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);
+char *mtcp_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
+int mtcp_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
+void mtcp_rte_pktmbuf_refcnt_update(struct rte_mbuf *m, int16_t v);
+uint16_t mtcp_rte_mbuf_refcnt_read(const struct rte_mbuf *m);
+
+int mtcp_rte_errno(void);
+unsigned int mtcp_rte_lcore_id(void);
+
+#endif
