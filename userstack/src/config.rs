@@ -34,7 +34,10 @@ impl DevSpec {
             DevSpec::AfPacket { iface } => format!("af_packet:{iface}"),
             DevSpec::AfXdp { iface } => format!("af_xdp:{iface}"),
             DevSpec::Memif { socket, server } => {
-                format!("memif:{socket},{}", if *server { "server" } else { "client" })
+                format!(
+                    "memif:{socket},{}",
+                    if *server { "server" } else { "client" }
+                )
             }
             DevSpec::Pci { addr } => format!("pci:{addr}"),
             DevSpec::Vdev { raw } => format!("vdev:{raw}"),
@@ -93,7 +96,11 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn netmask(&self) -> Ipv4Addr {
-        let bits = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+        let bits = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
         Ipv4Addr::from(bits)
     }
 
@@ -158,12 +165,22 @@ pub const DEFAULT_ADDR: &str = "198.18.0.2/24";
 pub const DEFAULT_TAP_IFACE: &str = "mtcp0";
 
 fn err(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { var, value: value.to_string(), problem: problem.into() }
+    ConfigError {
+        var,
+        value: value.to_string(),
+        problem: problem.into(),
+    }
 }
 
 /// Parses `A.B.C.D/N`.
 pub fn parse_cidr(var: &'static str, s: &str) -> Result<Cidr, ConfigError> {
-    let bad = || err(var, s, "expected an IPv4 address with a prefix length, e.g. 198.18.0.2/24");
+    let bad = || {
+        err(
+            var,
+            s,
+            "expected an IPv4 address with a prefix length, e.g. 198.18.0.2/24",
+        )
+    };
     let (a, p) = s.split_once('/').ok_or_else(bad)?;
     let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
     let prefix: u8 = p.parse().map_err(|_| bad())?;
@@ -171,7 +188,11 @@ pub fn parse_cidr(var: &'static str, s: &str) -> Result<Cidr, ConfigError> {
         return Err(err(var, s, "the prefix length must be between 1 and 32"));
     }
     if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
-        return Err(err(var, s, "the address must be a unicast, non-loopback IPv4 address"));
+        return Err(err(
+            var,
+            s,
+            "the address must be a unicast, non-loopback IPv4 address",
+        ));
     }
     Ok(Cidr { addr, prefix })
 }
@@ -190,10 +211,18 @@ fn parse_mac(var: &'static str, s: &str) -> Result<[u8; 6], ConfigError> {
         mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
     if mac[0] & 1 == 1 {
-        return Err(err(var, s, "a multicast MAC address cannot be an interface address"));
+        return Err(err(
+            var,
+            s,
+            "a multicast MAC address cannot be an interface address",
+        ));
     }
     if mac == [0; 6] {
-        return Err(err(var, s, "the all-zero MAC address cannot be an interface address"));
+        return Err(err(
+            var,
+            s,
+            "the all-zero MAC address cannot be an interface address",
+        ));
     }
     Ok(mac)
 }
@@ -201,10 +230,21 @@ fn parse_mac(var: &'static str, s: &str) -> Result<[u8; 6], ConfigError> {
 /// Linux interface names: 1..=15 bytes, no '/', no whitespace, no ':' or ','.
 fn check_ifname(var: &'static str, value: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 15 {
-        return Err(err(var, value, "an interface name must be 1 to 15 characters long"));
+        return Err(err(
+            var,
+            value,
+            "an interface name must be 1 to 15 characters long",
+        ));
     }
-    if name.chars().any(|c| c == '/' || c == ',' || c == ':' || c == '=' || c.is_whitespace()) {
-        return Err(err(var, value, "an interface name cannot contain '/', ',', ':', '=' or spaces"));
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ',' || c == ':' || c == '=' || c.is_whitespace())
+    {
+        return Err(err(
+            var,
+            value,
+            "an interface name cannot contain '/', ',', ':', '=' or spaces",
+        ));
     }
     Ok(())
 }
@@ -218,7 +258,11 @@ pub fn parse_dev(s: &str) -> Result<DevSpec, ConfigError> {
     let need = |what: &str| -> Result<&str, ConfigError> {
         match arg {
             Some(a) if !a.is_empty() => Ok(a),
-            _ => Err(err(V, s, format!("{kind} needs {what}, e.g. {kind}:{}", example(kind)))),
+            _ => Err(err(
+                V,
+                s,
+                format!("{kind} needs {what}, e.g. {kind}:{}", example(kind)),
+            )),
         }
     };
     fn example(kind: &str) -> &'static str {
@@ -261,18 +305,27 @@ pub fn parse_dev(s: &str) -> Result<DevSpec, ConfigError> {
             if socket.contains(',') || socket.contains('=') {
                 return Err(err(V, s, "the memif socket path cannot contain ',' or '='"));
             }
-            Ok(DevSpec::Memif { socket: socket.to_string(), server })
+            Ok(DevSpec::Memif {
+                socket: socket.to_string(),
+                server,
+            })
         }
         "pci" => {
             let addr = need("a PCI address")?;
             let ok = addr.len() >= 7
-                && addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+                && addr
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
             if !ok {
                 return Err(err(V, s, "expected a PCI address like 0000:03:00.0"));
             }
-            Ok(DevSpec::Pci { addr: addr.to_string() })
+            Ok(DevSpec::Pci {
+                addr: addr.to_string(),
+            })
         }
-        "vdev" => Ok(DevSpec::Vdev { raw: need("a DPDK --vdev string")?.to_string() }),
+        "vdev" => Ok(DevSpec::Vdev {
+            raw: need("a DPDK --vdev string")?.to_string(),
+        }),
         _ => Err(err(
             V,
             s,
@@ -286,11 +339,17 @@ fn parse_faults(s: &str) -> Result<Faults, ConfigError> {
     const V: &str = "MTCP_FAULTS";
     let mut f = Faults::default();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| err(V, s, format!("{item:?} is not key=value (keys: loss, dup, reorder, seed)")))?;
+        let (k, v) = item.split_once('=').ok_or_else(|| {
+            err(
+                V,
+                s,
+                format!("{item:?} is not key=value (keys: loss, dup, reorder, seed)"),
+            )
+        })?;
         if k == "seed" {
-            f.seed = v.parse().map_err(|_| err(V, s, "seed must be an unsigned integer"))?;
+            f.seed = v
+                .parse()
+                .map_err(|_| err(V, s, "seed must be an unsigned integer"))?;
             continue;
         }
         let pct: f64 = v
@@ -302,7 +361,13 @@ fn parse_faults(s: &str) -> Result<Faults, ConfigError> {
             "loss" => f.loss = pct,
             "dup" => f.dup = pct,
             "reorder" => f.reorder = pct,
-            _ => return Err(err(V, s, format!("unknown fault {k:?} (keys: loss, dup, reorder, seed)"))),
+            _ => {
+                return Err(err(
+                    V,
+                    s,
+                    format!("unknown fault {k:?} (keys: loss, dup, reorder, seed)"),
+                ))
+            }
         }
     }
     Ok(f)
@@ -314,9 +379,13 @@ fn parse_num<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
     min: T,
     max: T,
 ) -> Result<T, ConfigError> {
-    let v: T = s
-        .parse()
-        .map_err(|_| err(var, s, format!("expected a whole number between {min} and {max}")))?;
+    let v: T = s.parse().map_err(|_| {
+        err(
+            var,
+            s,
+            format!("expected a whole number between {min} and {max}"),
+        )
+    })?;
     if v < min || v > max {
         return Err(err(var, s, format!("must be between {min} and {max}")));
     }
@@ -331,8 +400,18 @@ fn parse_size(var: &'static str, s: &str, min: u64, max: u64) -> Result<u64, Con
         Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let bad = || err(var, s, format!("expected a size between {min} and {max} bytes (suffixes K, M, G)"));
-    let v = digits.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    let bad = || {
+        err(
+            var,
+            s,
+            format!("expected a size between {min} and {max} bytes (suffixes K, M, G)"),
+        )
+    };
+    let v = digits
+        .parse::<u64>()
+        .map_err(|_| bad())?
+        .checked_mul(mult)
+        .ok_or_else(bad)?;
     if v < min || v > max {
         return Err(bad());
     }
@@ -342,8 +421,9 @@ fn parse_size(var: &'static str, s: &str, min: u64, max: u64) -> Result<u64, Con
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> =
-            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+        let vars: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
         Config::from_map(&vars)
     }
 
@@ -355,30 +435,40 @@ impl Config {
         let gateway = match get("MTCP_GW") {
             None => None,
             Some(g) => {
-                let ip: Ipv4Addr =
-                    g.parse().map_err(|_| err("MTCP_GW", g, "expected an IPv4 address, e.g. 198.18.0.1"))?;
+                let ip: Ipv4Addr = g
+                    .parse()
+                    .map_err(|_| err("MTCP_GW", g, "expected an IPv4 address, e.g. 198.18.0.1"))?;
                 if !addr.contains(ip) || ip == addr.addr {
                     return Err(err(
                         "MTCP_GW",
                         g,
-                        format!("the gateway must be another address inside MTCP_ADDR's subnet {addr}"),
+                        format!(
+                            "the gateway must be another address inside MTCP_ADDR's subnet {addr}"
+                        ),
                     ));
                 }
                 Some(ip)
             }
         };
-        let mac = get("MTCP_MAC").map(|m| parse_mac("MTCP_MAC", m)).transpose()?;
+        let mac = get("MTCP_MAC")
+            .map(|m| parse_mac("MTCP_MAC", m))
+            .transpose()?;
         let hugepages = match get("MTCP_HUGEPAGES").unwrap_or("auto") {
             "auto" => Hugepages::Auto,
             "yes" | "1" | "on" | "true" => Hugepages::Yes,
             "no" | "0" | "off" | "false" => Hugepages::No,
             other => return Err(err("MTCP_HUGEPAGES", other, "expected auto, yes or no")),
         };
-        let eal_args: Vec<String> =
-            get("MTCP_EAL_ARGS").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default();
+        let eal_args: Vec<String> = get("MTCP_EAL_ARGS")
+            .map(|a| a.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
         let log = get("MTCP_LOG").unwrap_or("warn").to_string();
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| {
-            err("MTCP_LOG", &log, format!("not a log filter ({e}); e.g. warn, info, userstack=debug"))
+            err(
+                "MTCP_LOG",
+                &log,
+                format!("not a log filter ({e}); e.g. warn, info, userstack=debug"),
+            )
         })?;
         let tap_peer = match get("MTCP_TAP_PEER") {
             None => None,
@@ -388,7 +478,11 @@ impl Config {
                 }
                 let c = parse_cidr("MTCP_TAP_PEER", p)?;
                 if c.addr == addr.addr {
-                    return Err(err("MTCP_TAP_PEER", p, "the tap's kernel side needs an address other than MTCP_ADDR's"));
+                    return Err(err(
+                        "MTCP_TAP_PEER",
+                        p,
+                        "the tap's kernel side needs an address other than MTCP_ADDR's",
+                    ));
                 }
                 if !c.contains(addr.addr) {
                     return Err(err(
@@ -405,7 +499,10 @@ impl Config {
             None => 256 << 20,
             Some(s) => parse_size("MTCP_PCAP_MAX", s, 4096, 1 << 40)?,
         };
-        let faults = get("MTCP_FAULTS").map(parse_faults).transpose()?.unwrap_or_default();
+        let faults = get("MTCP_FAULTS")
+            .map(parse_faults)
+            .transpose()?
+            .unwrap_or_default();
         let mbufs = match get("MTCP_MBUFS") {
             None => 4095,
             Some(s) => parse_num("MTCP_MBUFS", s, 511u32, 1 << 20)?,
@@ -488,7 +585,10 @@ mod tests {
     use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_map(&m)
     }
 
@@ -499,7 +599,12 @@ mod tests {
     #[test]
     fn defaults() {
         let c = cfg(&[]).unwrap();
-        assert_eq!(c.dev, DevSpec::Tap { iface: "mtcp0".into() });
+        assert_eq!(
+            c.dev,
+            DevSpec::Tap {
+                iface: "mtcp0".into()
+            }
+        );
         assert_eq!(c.addr.to_string(), "198.18.0.2/24");
         assert_eq!(c.hugepages, Hugepages::Auto);
         assert_eq!(c.stack_mac(), Some([0x02, 0x6d, 198, 18, 0, 2]));
@@ -508,16 +613,48 @@ mod tests {
 
     #[test]
     fn devices() {
-        assert_eq!(parse_dev("tap:t1").unwrap(), DevSpec::Tap { iface: "t1".into() });
-        assert_eq!(parse_dev("af_packet:veth1").unwrap(), DevSpec::AfPacket { iface: "veth1".into() });
-        assert_eq!(parse_dev("af_xdp:veth1").unwrap(), DevSpec::AfXdp { iface: "veth1".into() });
+        assert_eq!(
+            parse_dev("tap:t1").unwrap(),
+            DevSpec::Tap { iface: "t1".into() }
+        );
+        assert_eq!(
+            parse_dev("af_packet:veth1").unwrap(),
+            DevSpec::AfPacket {
+                iface: "veth1".into()
+            }
+        );
+        assert_eq!(
+            parse_dev("af_xdp:veth1").unwrap(),
+            DevSpec::AfXdp {
+                iface: "veth1".into()
+            }
+        );
         assert_eq!(
             parse_dev("memif:/tmp/m.sock,client").unwrap(),
-            DevSpec::Memif { socket: "/tmp/m.sock".into(), server: false }
+            DevSpec::Memif {
+                socket: "/tmp/m.sock".into(),
+                server: false
+            }
         );
-        assert_eq!(parse_dev("memif:/tmp/m.sock").unwrap(), DevSpec::Memif { socket: "/tmp/m.sock".into(), server: true });
-        assert_eq!(parse_dev("pci:0000:03:00.0").unwrap(), DevSpec::Pci { addr: "0000:03:00.0".into() });
-        assert_eq!(parse_dev("vdev:net_ring0").unwrap(), DevSpec::Vdev { raw: "net_ring0".into() });
+        assert_eq!(
+            parse_dev("memif:/tmp/m.sock").unwrap(),
+            DevSpec::Memif {
+                socket: "/tmp/m.sock".into(),
+                server: true
+            }
+        );
+        assert_eq!(
+            parse_dev("pci:0000:03:00.0").unwrap(),
+            DevSpec::Pci {
+                addr: "0000:03:00.0".into()
+            }
+        );
+        assert_eq!(
+            parse_dev("vdev:net_ring0").unwrap(),
+            DevSpec::Vdev {
+                raw: "net_ring0".into()
+            }
+        );
     }
 
     #[test]
@@ -556,14 +693,23 @@ mod tests {
             "MTCP_GW=\"10.0.0.1\": the gateway must be another address inside MTCP_ADDR's subnet 198.18.0.2/24"
         );
         assert_eq!(msg(&[("MTCP_MAC", "01:00:5e:00:00:01")]), "MTCP_MAC=\"01:00:5e:00:00:01\": a multicast MAC address cannot be an interface address");
-        assert_eq!(msg(&[("MTCP_MAC", "zz")]), "MTCP_MAC=\"zz\": expected a MAC address like 02:00:00:00:00:01");
-        assert_eq!(msg(&[("MTCP_HUGEPAGES", "maybe")]), "MTCP_HUGEPAGES=\"maybe\": expected auto, yes or no");
+        assert_eq!(
+            msg(&[("MTCP_MAC", "zz")]),
+            "MTCP_MAC=\"zz\": expected a MAC address like 02:00:00:00:00:01"
+        );
+        assert_eq!(
+            msg(&[("MTCP_HUGEPAGES", "maybe")]),
+            "MTCP_HUGEPAGES=\"maybe\": expected auto, yes or no"
+        );
         assert_eq!(
             msg(&[("MTCP_TAP_PEER", "198.19.0.1/24")]),
             "MTCP_TAP_PEER=\"198.19.0.1/24\": must be in the same subnet as MTCP_ADDR (198.18.0.2/24) so the kernel can reach the stack"
         );
         assert_eq!(
-            msg(&[("MTCP_DEV", "af_packet:v0"), ("MTCP_TAP_PEER", "198.18.0.1/24")]),
+            msg(&[
+                ("MTCP_DEV", "af_packet:v0"),
+                ("MTCP_TAP_PEER", "198.18.0.1/24")
+            ]),
             "MTCP_TAP_PEER=\"198.18.0.1/24\": only applies to MTCP_DEV=tap"
         );
         assert_eq!(
@@ -574,15 +720,31 @@ mod tests {
             msg(&[("MTCP_FAULTS", "jitter=1")]),
             "MTCP_FAULTS=\"jitter=1\": unknown fault \"jitter\" (keys: loss, dup, reorder, seed)"
         );
-        assert_eq!(msg(&[("MTCP_RCVBUF", "1")]), "MTCP_RCVBUF=\"1\": expected a size between 2048 and 67108864 bytes (suffixes K, M, G)");
-        assert_eq!(msg(&[("MTCP_CC", "bbr")]), "MTCP_CC=\"bbr\": expected cubic, reno or none");
+        assert_eq!(
+            msg(&[("MTCP_RCVBUF", "1")]),
+            "MTCP_RCVBUF=\"1\": expected a size between 2048 and 67108864 bytes (suffixes K, M, G)"
+        );
+        assert_eq!(
+            msg(&[("MTCP_CC", "bbr")]),
+            "MTCP_CC=\"bbr\": expected cubic, reno or none"
+        );
         assert!(msg(&[("MTCP_LOG", "a=b=c")]).starts_with("MTCP_LOG=\"a=b=c\": not a log filter"));
     }
 
     #[test]
     fn faults_parse() {
-        let f = cfg(&[("MTCP_FAULTS", "loss=2,dup=1,reorder=1,seed=7")]).unwrap().faults;
-        assert_eq!(f, Faults { loss: 2.0, dup: 1.0, reorder: 1.0, seed: 7 });
+        let f = cfg(&[("MTCP_FAULTS", "loss=2,dup=1,reorder=1,seed=7")])
+            .unwrap()
+            .faults;
+        assert_eq!(
+            f,
+            Faults {
+                loss: 2.0,
+                dup: 1.0,
+                reorder: 1.0,
+                seed: 7
+            }
+        );
         assert!(f.active());
     }
 

@@ -22,7 +22,10 @@ impl FaultInjector {
         let mut z = cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        FaultInjector { cfg, state: (z ^ (z >> 31)) | 1 }
+        FaultInjector {
+            cfg,
+            state: (z ^ (z >> 31)) | 1,
+        }
     }
 
     /// A uniform number in [0, 100).
@@ -55,15 +58,32 @@ mod tests {
 
     #[test]
     fn rates_match_configuration() {
-        let mut f = FaultInjector::new(Faults { loss: 2.0, dup: 1.0, reorder: 1.0, seed: 1 });
+        let mut f = FaultInjector::new(Faults {
+            loss: 2.0,
+            dup: 1.0,
+            reorder: 1.0,
+            seed: 1,
+        });
         let n = 200_000;
         let mut counts = [0u32; 4];
         for _ in 0..n {
             counts[f.decide() as usize] += 1;
         }
         let pct = |c: u32| f64::from(c) * 100.0 / f64::from(n);
-        assert!((pct(counts[1]) - 2.0).abs() < 0.2, "loss {}", pct(counts[1]));
-        assert!((pct(counts[2]) - 1.0).abs() < 0.15, "dup {}", pct(counts[2]));
-        assert!((pct(counts[3]) - 1.0).abs() < 0.15, "reorder {}", pct(counts[3]));
+        assert!(
+            (pct(counts[1]) - 2.0).abs() < 0.2,
+            "loss {}",
+            pct(counts[1])
+        );
+        assert!(
+            (pct(counts[2]) - 1.0).abs() < 0.15,
+            "dup {}",
+            pct(counts[2])
+        );
+        assert!(
+            (pct(counts[3]) - 1.0).abs() < 0.15,
+            "reorder {}",
+            pct(counts[3])
+        );
     }
 }

@@ -11,6 +11,8 @@
 
 pub mod clock;
 pub mod config;
+#[allow(unsafe_code)]
+pub mod dpdk;
 pub mod faults;
 pub mod link;
 pub mod net;

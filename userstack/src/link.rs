@@ -66,8 +66,18 @@ impl MemLink {
     pub fn pair(mac_a: [u8; 6], mac_b: [u8; 6]) -> (MemLink, MemLink) {
         let a_in = Arc::new(Mutex::new(VecDeque::new()));
         let b_in = Arc::new(Mutex::new(VecDeque::new()));
-        let a = MemLink { mac: mac_a, tx_queue: Vec::new(), inbox: a_in.clone(), peer_inbox: b_in.clone() };
-        let b = MemLink { mac: mac_b, tx_queue: Vec::new(), inbox: b_in, peer_inbox: a_in };
+        let a = MemLink {
+            mac: mac_a,
+            tx_queue: Vec::new(),
+            inbox: a_in.clone(),
+            peer_inbox: b_in.clone(),
+        };
+        let b = MemLink {
+            mac: mac_b,
+            tx_queue: Vec::new(),
+            inbox: b_in,
+            peer_inbox: a_in,
+        };
         (a, b)
     }
 
@@ -116,7 +126,10 @@ impl Link for MemLink {
         self.tx_queue.push(frame.0);
     }
     fn tx_flush(&mut self) {
-        self.peer_inbox.lock().unwrap().extend(self.tx_queue.drain(..));
+        self.peer_inbox
+            .lock()
+            .unwrap()
+            .extend(self.tx_queue.drain(..));
     }
     fn mac(&self) -> [u8; 6] {
         self.mac

@@ -108,9 +108,16 @@ impl<L: Link> Net<L> {
         if dst.is_broadcast() || dst == self.addr.broadcast() {
             return NextHop::Mac(BROADCAST_MAC);
         }
-        let Some(hop) = self.route(dst) else { return NextHop::Unroutable };
+        let Some(hop) = self.route(dst) else {
+            return NextHop::Unroutable;
+        };
         let (mac, refresh) = match self.neighbors.get(&hop) {
-            Some(n) => (n.mac, n.mac.is_some() && now.saturating_sub(n.updated) > ARP_REFRESH_US && n.next_try <= now),
+            Some(n) => (
+                n.mac,
+                n.mac.is_some()
+                    && now.saturating_sub(n.updated) > ARP_REFRESH_US
+                    && n.next_try <= now,
+            ),
             None => (None, false),
         };
         if refresh {
@@ -127,7 +134,13 @@ impl<L: Link> Net<L> {
 
     /// Builds one IPv4 packet of `len` bytes with `f` and sends it in an Ethernet frame.
     /// This is the only transmit path; smoltcp's tx tokens end here.
-    pub fn send_ip<R>(&mut self, now: Micros, len: usize, track: Option<&mut TxTrack>, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    pub fn send_ip<R>(
+        &mut self,
+        now: Micros,
+        len: usize,
+        track: Option<&mut TxTrack>,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> R {
         let Some(mut frame) = self.link.tx_alloc(ETH_HDR + len) else {
             self.stats.drop_mempool_empty += 1;
             let mut scratch = std::mem::take(&mut self.scratch);
@@ -159,7 +172,10 @@ impl<L: Link> Net<L> {
 
     /// Sends a finished frame: pcap, fault injection, counters, then the link's tx batch.
     fn emit(&mut self, mut frame: L::Tx) {
-        let action = self.faults.as_mut().map_or(FaultAction::Pass, |f| f.decide());
+        let action = self
+            .faults
+            .as_mut()
+            .map_or(FaultAction::Pass, |f| f.decide());
         match action {
             FaultAction::Pass => self.emit_now(frame),
             FaultAction::Drop => self.stats.fault_dropped += 1,
@@ -218,9 +234,18 @@ impl<L: Link> Net<L> {
             self.unresolved += 1;
             self.neighbors.insert(
                 hop,
-                Neighbor { mac: None, updated: now, pending: VecDeque::new(), tries: 1, next_try: now + ARP_RETRY_US },
+                Neighbor {
+                    mac: None,
+                    updated: now,
+                    pending: VecDeque::new(),
+                    tries: 1,
+                    next_try: now + ARP_RETRY_US,
+                },
             );
-            self.arp_deadline = Some(self.arp_deadline.map_or(now + ARP_RETRY_US, |d| d.min(now + ARP_RETRY_US)));
+            self.arp_deadline = Some(
+                self.arp_deadline
+                    .map_or(now + ARP_RETRY_US, |d| d.min(now + ARP_RETRY_US)),
+            );
             self.send_arp(now, 1, hop, BROADCAST_MAC, [0; 6]);
         }
         let n = self.neighbors.get_mut(&hop).expect("inserted above");
@@ -266,7 +291,14 @@ impl<L: Link> Net<L> {
         }
     }
 
-    fn send_arp(&mut self, _now: Micros, op: u16, target_ip: Ipv4Addr, dst_mac: [u8; 6], target_mac: [u8; 6]) {
+    fn send_arp(
+        &mut self,
+        _now: Micros,
+        op: u16,
+        target_ip: Ipv4Addr,
+        dst_mac: [u8; 6],
+        target_mac: [u8; 6],
+    ) {
         let Some(mut frame) = self.link.tx_alloc(ETH_MIN_FRAME) else {
             self.stats.drop_mempool_empty += 1;
             return;
@@ -307,7 +339,11 @@ impl<L: Link> Net<L> {
         let sha: [u8; 6] = p[8..14].try_into().expect("6 bytes");
         let spa = Ipv4Addr::new(p[14], p[15], p[16], p[17]);
         let tpa = Ipv4Addr::new(p[24], p[25], p[26], p[27]);
-        let sender_ok = sha[0] & 1 == 0 && sha != [0; 6] && sha != self.mac && self.addr.contains(spa) && spa != self.addr.addr;
+        let sender_ok = sha[0] & 1 == 0
+            && sha != [0; 6]
+            && sha != self.mac
+            && self.addr.contains(spa)
+            && spa != self.addr.addr;
         let for_us = tpa == self.addr.addr;
         if !sender_ok {
             if for_us {
@@ -384,7 +420,9 @@ fn count_retransmit(ip: &[u8], t: &mut TxTrack, stats: &mut Stats) {
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let doff = usize::from(tcp[12] >> 4) * 4;
     let flags = tcp[13];
-    let seg_len = tcp.len().saturating_sub(doff) as u32 + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
+    let seg_len = tcp.len().saturating_sub(doff) as u32
+        + u32::from(flags & 0x02 != 0)
+        + u32::from(flags & 0x01 != 0);
     if seg_len == 0 {
         return;
     }

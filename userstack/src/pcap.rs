@@ -31,7 +31,12 @@ impl PcapWriter {
         h.extend_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
         out.write_all(&h)?;
         out.flush()?;
-        Ok(PcapWriter { out, written: 24, max, dirty: false })
+        Ok(PcapWriter {
+            out,
+            written: 24,
+            max,
+            dirty: false,
+        })
     }
 
     pub fn record(&mut self, frame: &[u8], stats: &mut Stats) {
@@ -40,13 +45,20 @@ impl PcapWriter {
             stats.pcap_truncated += 1;
             return;
         }
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&(ts.as_secs() as u32).to_le_bytes());
         h[4..8].copy_from_slice(&ts.subsec_micros().to_le_bytes());
         h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
         h[12..16].copy_from_slice(&(frame.len() as u32).to_le_bytes());
-        if self.out.write_all(&h).and_then(|_| self.out.write_all(&frame[..len])).is_ok() {
+        if self
+            .out
+            .write_all(&h)
+            .and_then(|_| self.out.write_all(&frame[..len]))
+            .is_ok()
+        {
             self.written += 16 + len as u64;
             self.dirty = true;
             stats.pcap_written += 1;

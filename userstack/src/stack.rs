@@ -23,9 +23,11 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SDuration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Packet, TcpPacket,
+};
 
-use crate::config::{Cidr, CongestionControl, Config};
+use crate::config::{Cidr, Config, CongestionControl};
 use crate::faults::{FaultAction, FaultInjector};
 use crate::link::{Link, LinkCounters, RxFrame};
 use crate::net::{Micros, Net, TxTrack, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR};
@@ -133,7 +135,14 @@ pub struct TcpOptions {
 
 impl TcpOptions {
     pub fn from_config(c: &Config) -> Self {
-        TcpOptions { nodelay: false, keepalive: None, rcvbuf: c.rcvbuf, sndbuf: c.sndbuf, ack_delay: c.ack_delay, cc: c.cc }
+        TcpOptions {
+            nodelay: false,
+            keepalive: None,
+            rcvbuf: c.rcvbuf,
+            sndbuf: c.sndbuf,
+            ack_delay: c.ack_delay,
+            cc: c.cc,
+        }
     }
 
     fn apply(&self, s: &mut tcp::Socket<'_>) {
@@ -234,11 +243,22 @@ impl<L: Link> Device for IpDev<'_, L> {
 
     fn receive(&mut self, _ts: Instant) -> Option<(IpRx<'_>, IpTx<'_, L>)> {
         let data = self.rx.take()?;
-        Some((IpRx(data), IpTx { net: self.net, now: self.now, track: self.track.as_deref_mut() }))
+        Some((
+            IpRx(data),
+            IpTx {
+                net: self.net,
+                now: self.now,
+                track: self.track.as_deref_mut(),
+            },
+        ))
     }
 
     fn transmit(&mut self, _ts: Instant) -> Option<IpTx<'_, L>> {
-        Some(IpTx { net: self.net, now: self.now, track: self.track.as_deref_mut() })
+        Some(IpTx {
+            net: self.net,
+            now: self.now,
+            track: self.track.as_deref_mut(),
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -309,7 +329,10 @@ impl<L: Link> Stack<L> {
         let mut net = Net::new(link, mac, cfg.addr, cfg.gateway);
         if let Some(path) = &cfg.pcap {
             net.pcap = Some(PcapWriter::create(path, cfg.pcap_max_bytes).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("MTCP_PCAP={path:?}: cannot create the capture file: {e}"))
+                std::io::Error::new(
+                    e.kind(),
+                    format!("MTCP_PCAP={path:?}: cannot create the capture file: {e}"),
+                )
             })?);
         }
         if cfg.faults.active() {
@@ -322,7 +345,10 @@ impl<L: Link> Stack<L> {
         let mtu = net.link.ip_mtu();
         // Unpredictable initial sequence numbers need an unpredictable seed: std's RandomState
         // is keyed from the OS random source.
-        let mut seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0x6d74_6370u64);
+        let mut seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            0x6d74_6370u64,
+        );
         seed ^= now.total_micros() as u64;
 
         let mut conn_caps = DeviceCapabilities::default();
@@ -363,14 +389,22 @@ impl<L: Link> Stack<L> {
             rx: Vec::with_capacity(RX_BURST),
             held_rx: None,
             seed,
-            next_ephemeral: EPHEMERAL.start + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
+            next_ephemeral: EPHEMERAL.start
+                + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
             defaults,
             live: 0,
         }
     }
 
     /// A stack over any link with an explicit address (unit tests, other embedders).
-    pub fn with_link(link: L, addr: Cidr, mac: Option<[u8; 6]>, gateway: Option<Ipv4Addr>, opts: TcpOptions, now: Instant) -> Self {
+    pub fn with_link(
+        link: L,
+        addr: Cidr,
+        mac: Option<[u8; 6]>,
+        gateway: Option<Ipv4Addr>,
+        opts: TcpOptions,
+        now: Instant,
+    ) -> Self {
         let mac = mac.unwrap_or_else(|| link.mac());
         Self::with_net(Net::new(link, mac, addr, gateway), opts, now)
     }
@@ -531,7 +565,11 @@ impl<L: Link> Stack<L> {
     }
 
     fn rx_faulty(&mut self, now: Instant, frame: L::Rx) {
-        let action = self.net.faults.as_mut().map_or(FaultAction::Pass, |f| f.decide());
+        let action = self
+            .net
+            .faults
+            .as_mut()
+            .map_or(FaultAction::Pass, |f| f.decide());
         match action {
             FaultAction::Pass => self.rx_frame(now, frame.data()),
             FaultAction::Drop => {
@@ -596,7 +634,11 @@ impl<L: Link> Stack<L> {
             self.net.stats.drop_not_ours += 1;
             return;
         }
-        if src.is_broadcast() || src.is_multicast() || src.is_unspecified() || src == self.net.addr.broadcast() {
+        if src.is_broadcast()
+            || src.is_multicast()
+            || src.is_unspecified()
+            || src == self.net.addr.broadcast()
+        {
             self.net.stats.drop_malformed += 1;
             return;
         }
@@ -607,7 +649,9 @@ impl<L: Link> Stack<L> {
         let total = usize::from(ip.total_len());
         let packet = &p[..total];
         match ip.next_header() {
-            smoltcp::wire::IpProtocol::Tcp => self.rx_tcp(now, packet, src, usize::from(ip.header_len())),
+            smoltcp::wire::IpProtocol::Tcp => {
+                self.rx_tcp(now, packet, src, usize::from(ip.header_len()))
+            }
             smoltcp::wire::IpProtocol::Icmp => self.control_input(now, packet),
             _ => self.net.stats.drop_unsupported += 1,
         }
@@ -633,7 +677,10 @@ impl<L: Link> Stack<L> {
             // A new SYN on a 4-tuple whose old connection is over (TIME-WAIT or closed by the
             // application and draining) starts a new connection, as on Linux.
             let reuse = syn_only && {
-                let c = self.slots[idx as usize].conn.as_ref().expect("demux points at live slots");
+                let c = self.slots[idx as usize]
+                    .conn
+                    .as_ref()
+                    .expect("demux points at live slots");
                 let st = c.sockets.get::<tcp::Socket>(c.handle).state();
                 st == tcp::State::TimeWait || (c.app_closed && st == tcp::State::Closed)
             };
@@ -650,9 +697,21 @@ impl<L: Link> Stack<L> {
                     return;
                 }
                 let opts = l.opts;
-                let idx = self.new_conn(now, k, SocketAddrV4::new(src, sport), dport, Origin::Passive(dport), &opts, |s| {
-                    s.listen(IpListenEndpoint { addr: None, port: dport }).map_err(|_| SockError::Invalid)
-                });
+                let idx = self.new_conn(
+                    now,
+                    k,
+                    SocketAddrV4::new(src, sport),
+                    dport,
+                    Origin::Passive(dport),
+                    &opts,
+                    |s| {
+                        s.listen(IpListenEndpoint {
+                            addr: None,
+                            port: dport,
+                        })
+                        .map_err(|_| SockError::Invalid)
+                    },
+                );
                 if let Ok(idx) = idx {
                     if let Some(l) = self.listeners.get_mut(&dport) {
                         l.pending += 1;
@@ -670,8 +729,13 @@ impl<L: Link> Stack<L> {
     }
 
     fn control_input(&mut self, now: Instant, packet: &[u8]) {
-        let mut dev =
-            IpDev { rx: Some(packet), net: &mut self.net, now: now.total_micros() as Micros, track: None, caps: &self.control_caps };
+        let mut dev = IpDev {
+            rx: Some(packet),
+            net: &mut self.net,
+            now: now.total_micros() as Micros,
+            track: None,
+            caps: &self.control_caps,
+        };
         self.control.poll(now, &mut dev, &mut self.control_sockets);
     }
 
@@ -735,7 +799,10 @@ impl<L: Link> Stack<L> {
                 i
             }
             None => {
-                self.slots.push(Slot { gen: 0, conn: Some(conn) });
+                self.slots.push(Slot {
+                    gen: 0,
+                    conn: Some(conn),
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -767,8 +834,17 @@ impl<L: Link> Stack<L> {
     fn poll_conn(&mut self, now: Instant, idx: u32, rx: Option<&[u8]>) {
         let us = now.total_micros() as Micros;
         let gen = self.slots[idx as usize].gen;
-        let c = self.slots[idx as usize].conn.as_mut().expect("polled slot is live");
-        let mut dev = IpDev { rx, net: &mut self.net, now: us, track: Some(&mut c.track), caps: &self.conn_caps };
+        let c = self.slots[idx as usize]
+            .conn
+            .as_mut()
+            .expect("polled slot is live");
+        let mut dev = IpDev {
+            rx,
+            net: &mut self.net,
+            now: us,
+            track: Some(&mut c.track),
+            caps: &self.conn_caps,
+        };
         c.iface.poll(now, &mut dev, &mut c.sockets);
 
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
@@ -780,7 +856,11 @@ impl<L: Link> Stack<L> {
                 c.error = match prev {
                     tcp::State::SynSent => Some(SockError::Refused),
                     tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing => None,
-                    _ => Some(if sock.timeout().is_some() { SockError::TimedOut } else { SockError::Reset }),
+                    _ => Some(if sock.timeout().is_some() {
+                        SockError::TimedOut
+                    } else {
+                        SockError::Reset
+                    }),
                 };
             }
         }
@@ -862,7 +942,15 @@ impl<L: Link> Stack<L> {
             return Err(SockError::AddrInUse);
         }
         let backlog = backlog.clamp(1, SOMAXCONN);
-        self.listeners.insert(port, Listener { backlog, pending: 0, queue: VecDeque::new(), opts });
+        self.listeners.insert(
+            port,
+            Listener {
+                backlog,
+                pending: 0,
+                queue: VecDeque::new(),
+                opts,
+            },
+        );
         Ok(())
     }
 
@@ -875,12 +963,18 @@ impl<L: Link> Stack<L> {
 
     /// Stops listening; connections not yet accepted are reset, as Linux does.
     pub fn unlisten(&mut self, port: u16) {
-        let Some(mut l) = self.listeners.remove(&port) else { return };
+        let Some(mut l) = self.listeners.remove(&port) else {
+            return;
+        };
         let victims: Vec<u32> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.conn.as_ref().is_some_and(|c| c.origin == Origin::Passive(port)))
+            .filter(|(_, s)| {
+                s.conn
+                    .as_ref()
+                    .is_some_and(|c| c.origin == Origin::Passive(port))
+            })
             .map(|(i, _)| i as u32)
             .collect();
         l.queue.clear();
@@ -906,7 +1000,9 @@ impl<L: Link> Stack<L> {
             if slot.gen != id.gen {
                 continue; // reset while queued and already freed
             }
-            let Some(c) = slot.conn.as_mut() else { continue };
+            let Some(c) = slot.conn.as_mut() else {
+                continue;
+            };
             l.pending = l.pending.saturating_sub(1);
             c.origin = Origin::Owned;
             let sock = c.sockets.get::<tcp::Socket>(c.handle);
@@ -917,8 +1013,17 @@ impl<L: Link> Stack<L> {
     }
 
     /// Opens a connection to `remote` from an ephemeral port.
-    pub fn connect(&mut self, now: Instant, remote: SocketAddrV4, opts: TcpOptions) -> Result<ConnId, SockError> {
-        if remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_broadcast() || remote.ip().is_multicast() {
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddrV4,
+        opts: TcpOptions,
+    ) -> Result<ConnId, SockError> {
+        if remote.port() == 0
+            || remote.ip().is_unspecified()
+            || remote.ip().is_broadcast()
+            || remote.ip().is_multicast()
+        {
             return Err(SockError::Invalid);
         }
         if !self.net.addr.contains(*remote.ip()) && self.net.gateway.is_none() {
@@ -928,8 +1033,16 @@ impl<L: Link> Stack<L> {
         let mut port = None;
         for _ in 0..span {
             let p = self.next_ephemeral;
-            self.next_ephemeral = if p + 1 >= EPHEMERAL.end { EPHEMERAL.start } else { p + 1 };
-            if !self.listeners.contains_key(&p) && !self.demux.contains_key(&key(*remote.ip(), remote.port(), p)) {
+            self.next_ephemeral = if p + 1 >= EPHEMERAL.end {
+                EPHEMERAL.start
+            } else {
+                p + 1
+            };
+            if !self.listeners.contains_key(&p)
+                && !self
+                    .demux
+                    .contains_key(&key(*remote.ip(), remote.port(), p))
+            {
                 port = Some(p);
                 break;
             }
@@ -941,7 +1054,10 @@ impl<L: Link> Stack<L> {
         // connect() needs the interface's context, so the socket is opened after the
         // connection (and its interface) exists.
         let idx = self.new_conn(now, k, remote, local_port, Origin::Owned, &opts, |_| Ok(()))?;
-        let c = self.slots[idx as usize].conn.as_mut().expect("just created");
+        let c = self.slots[idx as usize]
+            .conn
+            .as_mut()
+            .expect("just created");
         let cx = c.iface.context();
         let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
         if sock.connect(cx, remote_ep, local).is_err() {
@@ -955,7 +1071,10 @@ impl<L: Link> Stack<L> {
     }
 
     fn conn(&self, id: ConnId) -> Result<&Conn, SockError> {
-        let slot = self.slots.get(id.slot as usize).ok_or(SockError::BadHandle)?;
+        let slot = self
+            .slots
+            .get(id.slot as usize)
+            .ok_or(SockError::BadHandle)?;
         match slot.conn.as_deref() {
             Some(c) if slot.gen == id.gen && !c.app_closed => Ok(c),
             _ => Err(SockError::BadHandle),
@@ -963,7 +1082,10 @@ impl<L: Link> Stack<L> {
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Result<&mut Conn, SockError> {
-        let slot = self.slots.get_mut(id.slot as usize).ok_or(SockError::BadHandle)?;
+        let slot = self
+            .slots
+            .get_mut(id.slot as usize)
+            .ok_or(SockError::BadHandle)?;
         match slot.conn.as_deref_mut() {
             Some(c) if slot.gen == id.gen && !c.app_closed => Ok(c),
             _ => Err(SockError::BadHandle),
@@ -975,7 +1097,10 @@ impl<L: Link> Stack<L> {
     }
 
     pub fn local_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
-        Ok(SocketAddrV4::new(self.net.addr.addr, self.conn(id)?.local_port))
+        Ok(SocketAddrV4::new(
+            self.net.addr.addr,
+            self.conn(id)?.local_port,
+        ))
     }
 
     pub fn state(&self, id: ConnId) -> Result<tcp::State, SockError> {
@@ -1075,13 +1200,21 @@ impl<L: Link> Stack<L> {
     /// Sets TCP_NODELAY / keepalive on an open connection.
     pub fn set_nodelay(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        c.sockets.get_mut::<tcp::Socket>(c.handle).set_nagle_enabled(!on);
+        c.sockets
+            .get_mut::<tcp::Socket>(c.handle)
+            .set_nagle_enabled(!on);
         Ok(())
     }
 
-    pub fn set_keepalive(&mut self, id: ConnId, interval: Option<std::time::Duration>) -> Result<(), SockError> {
+    pub fn set_keepalive(
+        &mut self,
+        id: ConnId,
+        interval: Option<std::time::Duration>,
+    ) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        c.sockets.get_mut::<tcp::Socket>(c.handle).set_keep_alive(interval.map(to_sdur));
+        c.sockets
+            .get_mut::<tcp::Socket>(c.handle)
+            .set_keep_alive(interval.map(to_sdur));
         self.mark_dirty(id.slot);
         Ok(())
     }
@@ -1113,12 +1246,17 @@ impl<L: Link> Stack<L> {
 
 fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>) -> Readiness {
     let state = sock.state();
-    let handshaking = matches!(state, tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen);
+    let handshaking = matches!(
+        state,
+        tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen
+    );
     let closed = state == tcp::State::Closed || state == tcp::State::TimeWait;
     let rdhup = !handshaking && !sock.may_recv();
     Readiness {
         readable: sock.can_recv() || rdhup || error.is_some(),
-        writable: (!handshaking && sock.can_send()) || error.is_some() || (!handshaking && !sock.may_send()),
+        writable: (!handshaking && sock.can_send())
+            || error.is_some()
+            || (!handshaking && !sock.may_send()),
         rdhup,
         hup: error.is_some() || closed || (rdhup && !sock.may_send()),
         error: error.is_some(),

@@ -33,9 +33,27 @@ impl Pair {
     fn new() -> Pair {
         let (a, b) = MemLink::pair(SERVER_MAC, CLIENT_MAC);
         let now = Instant::from_secs(1);
-        let server = Stack::with_link(a, parse_cidr("t", "198.18.0.2/24").unwrap(), None, None, opts(), now);
-        let client = Stack::with_link(b, parse_cidr("t", "198.18.0.1/24").unwrap(), None, None, opts(), now);
-        Pair { server, client, now }
+        let server = Stack::with_link(
+            a,
+            parse_cidr("t", "198.18.0.2/24").unwrap(),
+            None,
+            None,
+            opts(),
+            now,
+        );
+        let client = Stack::with_link(
+            b,
+            parse_cidr("t", "198.18.0.1/24").unwrap(),
+            None,
+            None,
+            opts(),
+            now,
+        );
+        Pair {
+            server,
+            client,
+            now,
+        }
     }
 
     /// Polls both sides until neither has work, advancing time by `step` each round.
@@ -74,17 +92,32 @@ impl Pair {
 fn handshake_echo_close() {
     let mut p = Pair::new();
     p.server.listen(7777, 16, opts()).unwrap();
-    let c = p.client.connect(p.now, p.server_addr(7777), opts()).unwrap();
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
     p.run();
     // ARP resolved both ways (the server learnt the client from its request).
-    assert_eq!(p.client.neighbor(Ipv4Addr::new(198, 18, 0, 2)), Some(SERVER_MAC));
-    assert_eq!(p.server.neighbor(Ipv4Addr::new(198, 18, 0, 1)), Some(CLIENT_MAC));
+    assert_eq!(
+        p.client.neighbor(Ipv4Addr::new(198, 18, 0, 2)),
+        Some(SERVER_MAC)
+    );
+    assert_eq!(
+        p.server.neighbor(Ipv4Addr::new(198, 18, 0, 1)),
+        Some(CLIENT_MAC)
+    );
 
     let mut ev = Vec::new();
     p.server.take_events(&mut ev);
     assert!(ev.contains(&Event::Accept(7777)), "{ev:?}");
     let (s, peer) = p.server.accept(7777).unwrap();
-    assert_eq!(peer, SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), p.client.local_addr(c).unwrap().port()));
+    assert_eq!(
+        peer,
+        SocketAddrV4::new(
+            Ipv4Addr::new(198, 18, 0, 1),
+            p.client.local_addr(c).unwrap().port()
+        )
+    );
     assert_eq!(p.server.accept(7777), Err(SockError::WouldBlock));
 
     assert_eq!(p.client.send(c, b"hello").unwrap(), 5);
@@ -150,7 +183,13 @@ fn closed_port_resets_and_connect_is_refused() {
 fn syn_burst_beyond_backlog_is_queued_not_reset() {
     let mut p = Pair::new();
     p.server.listen(6379, 4, opts()).unwrap();
-    let clients: Vec<_> = (0..12).map(|_| p.client.connect(p.now, p.server_addr(6379), opts()).unwrap()).collect();
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            p.client
+                .connect(p.now, p.server_addr(6379), opts())
+                .unwrap()
+        })
+        .collect();
     p.run();
     let st = p.server.stats();
     assert_eq!(st.tcp_rst_sent, 0);
@@ -169,7 +208,10 @@ fn syn_burst_beyond_backlog_is_queued_not_reset() {
     }
     assert_eq!(accepted, 12);
     for c in clients {
-        assert_eq!(p.client.state(c).unwrap(), smoltcp::socket::tcp::State::Established);
+        assert_eq!(
+            p.client.state(c).unwrap(),
+            smoltcp::socket::tcp::State::Established
+        );
     }
     assert_eq!(p.server.stats().tcp_rst_sent, 0);
 }
@@ -178,11 +220,19 @@ fn syn_burst_beyond_backlog_is_queued_not_reset() {
 fn bulk_transfer_with_faults_is_intact() {
     let mut p = Pair::new();
     p.server.listen(5001, 16, opts()).unwrap();
-    let c = p.client.connect(p.now, p.server_addr(5001), opts()).unwrap();
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(5001), opts())
+        .unwrap();
     p.run();
     let (s, _) = p.server.accept(5001).unwrap();
     // Turn faults on for both directions once connected.
-    let f = crate::config::Faults { loss: 3.0, dup: 1.0, reorder: 1.0, seed: 42 };
+    let f = crate::config::Faults {
+        loss: 3.0,
+        dup: 1.0,
+        reorder: 1.0,
+        seed: 42,
+    };
     p.server.set_faults(Some(f));
     p.client.set_faults(Some(f));
     let total = 2 << 20;
@@ -238,10 +288,14 @@ fn malformed_frames_are_counted_and_dropped() {
     syn[6..12].copy_from_slice(&CLIENT_MAC);
     syn[12..14].copy_from_slice(&[0x08, 0x00]);
     let ip = &mut syn[14..34];
-    ip.copy_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2]);
+    ip.copy_from_slice(&[
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+    ]);
     let mut ipp = smoltcp::wire::Ipv4Packet::new_unchecked(&mut syn[14..34]);
     ipp.fill_checksum();
-    syn[34..54].copy_from_slice(&[0x30, 0x39, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xde, 0xad, 0, 0]);
+    syn[34..54].copy_from_slice(&[
+        0x30, 0x39, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xde, 0xad, 0, 0,
+    ]);
     inject(&mut p, syn);
     // Unknown EtherType, and a frame for another MAC.
     let mut v6 = f.clone();
@@ -270,7 +324,9 @@ fn icmp_echo_is_answered() {
     f[..6].copy_from_slice(&SERVER_MAC);
     f[6..12].copy_from_slice(&CLIENT_MAC);
     f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14..34].copy_from_slice(&[0x45, 0, 0, 28, 0, 2, 0, 0, 64, 1, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2]);
+    f[14..34].copy_from_slice(&[
+        0x45, 0, 0, 28, 0, 2, 0, 0, 64, 1, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+    ]);
     smoltcp::wire::Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
     f[34..42].copy_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
     let ck = !ones_sum(&f[34..42]);

@@ -1,0 +1,643 @@
+//! The DPDK port as a [`Link`]: EAL start-up from a [`Config`], one rx and one tx queue,
+//! received mbufs lent to the stack without a copy, transmitted frames written into fresh
+//! mbufs and sent in one burst per poll.
+//!
+//! All of the stack's unsafe code is in this file.
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dpdk_sys as sys;
+
+use crate::config::{Config, DevSpec, Hugepages};
+use crate::link::{Link, LinkCounters, RxFrame, TxFrame};
+
+const TX_BATCH: usize = 64;
+const RING_SIZE: u16 = 1024;
+const MBUF_CACHE: u32 = 256;
+
+static EAL_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Why the device could not be started. `Display` is the message for users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, StartError> {
+    Err(StartError(msg.into()))
+}
+
+fn rte_err(code: i32) -> String {
+    let code = code.abs();
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(sys::rte_strerror(code)) };
+    format!("{} (errno {code})", s.to_string_lossy())
+}
+
+/// What the EAL was started with, for logs.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    pub eal_args: Vec<String>,
+    pub hugepages: bool,
+    pub port_name: String,
+}
+
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 2 MB pages the mbuf pool (and net_tap's GSO pool of the same size) need, plus EAL overhead.
+fn hugepages_needed(cfg: &Config) -> u64 {
+    let pool = u64::from(cfg.mbufs) * (u64::from(sys::RTE_MBUF_DEFAULT_BUF_SIZE) + 192);
+    let tap_gso = if matches!(cfg.dev, DevSpec::Tap { .. }) {
+        pool
+    } else {
+        0
+    };
+    (pool + tap_gso + (12 << 20)).div_ceil(2 << 20)
+}
+
+fn capabilities_effective() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Checks what can be checked before the EAL starts, so a mistake leaves nothing half-started.
+fn preflight(cfg: &Config) -> Result<(), StartError> {
+    let dev = cfg.dev.describe();
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_NET_RAW: u64 = 1 << 13;
+    let caps = capabilities_effective();
+    if caps & (CAP_NET_ADMIN | CAP_NET_RAW) != CAP_NET_ADMIN | CAP_NET_RAW {
+        return fail(format!(
+            "MTCP_DEV={dev}: no permission: DPDK devices need CAP_NET_ADMIN and CAP_NET_RAW (run as root)"
+        ));
+    }
+    if let Some(iface) = cfg.dev.kernel_iface() {
+        if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+            return fail(format!(
+                "MTCP_DEV={dev}: no network interface named {iface:?}"
+            ));
+        }
+    }
+    if let DevSpec::Tap { iface } = &cfg.dev {
+        if std::path::Path::new("/sys/class/net").join(iface).exists() {
+            return fail(format!(
+                "MTCP_DEV={dev}: an interface named {iface:?} already exists; name the tap with MTCP_DEV=tap:NAME"
+            ));
+        }
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return fail(format!(
+                "MTCP_DEV={dev}: /dev/net/tun is missing (load the tun module)"
+            ));
+        }
+    }
+    if let DevSpec::Memif { socket, .. } = &cfg.dev {
+        let dir = std::path::Path::new(socket)
+            .parent()
+            .unwrap_or(std::path::Path::new("/"));
+        if !dir.is_dir() {
+            return fail(format!(
+                "MTCP_DEV={dev}: the directory {} does not exist",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The current thread's CPUs, as an EAL cpuset: the EAL pins the calling thread to lcore 0's
+/// set, so lcore 0 gets exactly the CPUs the application already had.
+fn current_cpus() -> String {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    let cpus: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return "0".into();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    };
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn dpdk_log_level(filter: &str) -> &'static str {
+    // DPDK's own messages: as verbose as the most verbose level named in MTCP_LOG.
+    if filter.contains("trace") || filter.contains("debug") {
+        "7"
+    } else if filter.contains("info") {
+        "6"
+    } else if filter.contains("warn") {
+        "5"
+    } else {
+        "4"
+    }
+}
+
+/// The `--vdev`/`-a` arguments and the port name DPDK will give the device.
+fn device_args(dev: &DevSpec) -> (Vec<String>, String) {
+    match dev {
+        DevSpec::Tap { iface } => (
+            vec!["--vdev".into(), format!("net_tap0,iface={iface}")],
+            "net_tap0".into(),
+        ),
+        DevSpec::AfPacket { iface } => (
+            vec![
+                "--vdev".into(),
+                format!("net_af_packet0,iface={iface},qpairs=1"),
+            ],
+            "net_af_packet0".into(),
+        ),
+        DevSpec::AfXdp { iface } => (
+            vec![
+                "--vdev".into(),
+                format!("net_af_xdp0,iface={iface},start_queue=0,queue_count=1"),
+            ],
+            "net_af_xdp0".into(),
+        ),
+        DevSpec::Memif { socket, server } => (
+            vec![
+                "--vdev".into(),
+                format!(
+                    "net_memif0,role={},socket={socket},id=0",
+                    if *server { "server" } else { "client" }
+                ),
+            ],
+            "net_memif0".into(),
+        ),
+        DevSpec::Pci { addr } => (vec!["-a".into(), addr.clone()], addr.clone()),
+        DevSpec::Vdev { raw } => (
+            vec!["--vdev".into(), raw.clone()],
+            raw.split(',').next().unwrap_or(raw).to_string(),
+        ),
+    }
+}
+
+/// The EAL command line for `cfg`, and whether it uses hugepages.
+pub fn eal_args(cfg: &Config) -> Result<(Vec<String>, bool), StartError> {
+    let mut args: Vec<String> = vec!["mtcpshim".into()];
+    let free = free_hugepages();
+    let need = hugepages_needed(cfg);
+    let huge = match cfg.hugepages {
+        Hugepages::No => false,
+        Hugepages::Auto => free >= need,
+        Hugepages::Yes if free >= need => true,
+        Hugepages::Yes => {
+            return fail(format!(
+                "MTCP_HUGEPAGES=yes: {free} free 2 MB hugepages, {need} needed \
+                 (echo {need} > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)"
+            ))
+        }
+    };
+    if huge {
+        args.push("--in-memory".into());
+    } else {
+        args.extend([
+            "--no-huge".into(),
+            "-m".into(),
+            cfg.mem_mb.to_string(),
+            "--no-shconf".into(),
+        ]);
+    }
+    if !matches!(cfg.dev, DevSpec::Pci { .. }) {
+        args.push("--no-pci".into());
+    }
+    args.extend([
+        "--no-telemetry".into(),
+        "--lcores".into(),
+        format!("0@({})", current_cpus()),
+        format!("--log-level={}", dpdk_log_level(&cfg.log)),
+    ]);
+    let (dev_args, _) = device_args(&cfg.dev);
+    args.extend(dev_args);
+    args.extend(cfg.eal_args.iter().cloned());
+    Ok((args, huge))
+}
+
+fn start_eal(args: &[String]) -> Result<(), StartError> {
+    if EAL_STARTED.swap(true, Ordering::SeqCst) {
+        return fail("the DPDK EAL was already started in this process (one stack per process)");
+    }
+    // The EAL keeps pointers into argv: the strings live for the rest of the process.
+    let mut argv: Vec<*mut libc::c_char> = Vec::with_capacity(args.len() + 1);
+    for a in args {
+        let c = CString::new(a.as_str())
+            .map_err(|_| StartError(format!("EAL argument {a:?} contains a NUL byte")))?;
+        argv.push(c.into_raw());
+    }
+    argv.push(std::ptr::null_mut());
+    let argv = Box::leak(argv.into_boxed_slice());
+    // SAFETY: argv is a NULL-terminated array of NUL-terminated strings that outlive the process.
+    let rc = unsafe { sys::rte_eal_init(args.len() as i32, argv.as_mut_ptr()) };
+    if rc < 0 {
+        return fail(format!(
+            "DPDK EAL initialisation failed: {} (DPDK's own messages above say why; EAL arguments: {})",
+            rte_err(sys::rte_errno()),
+            args.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+/// A received mbuf, lent to the stack; freed on drop.
+pub struct Mbuf(NonNull<sys::rte_mbuf>);
+
+impl RxFrame for Mbuf {
+    fn data(&self) -> &[u8] {
+        // SAFETY: the mbuf is a valid single-segment mbuf we own; mtod points at data_len bytes.
+        unsafe {
+            let m = self.0.as_ptr();
+            std::slice::from_raw_parts(
+                sys::rte_pktmbuf_mtod(m) as *const u8,
+                usize::from(sys::rte_pktmbuf_data_len(m)),
+            )
+        }
+    }
+}
+
+impl TxFrame for Mbuf {
+    fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and we hold the only reference to this mbuf.
+        unsafe {
+            let m = self.0.as_ptr();
+            std::slice::from_raw_parts_mut(
+                sys::rte_pktmbuf_mtod(m) as *mut u8,
+                usize::from(sys::rte_pktmbuf_data_len(m)),
+            )
+        }
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf and nobody else frees it.
+        unsafe { sys::rte_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+/// A started DPDK port.
+pub struct DpdkLink {
+    port: u16,
+    pool: NonNull<sys::rte_mempool>,
+    mac: [u8; 6],
+    mtu: usize,
+    wake_fd: Option<RawFd>,
+    rx_burst: [*mut sys::rte_mbuf; 64],
+    tx: [*mut sys::rte_mbuf; TX_BATCH],
+    ntx: usize,
+    tx_ring_full: u64,
+    rx_multiseg: u64,
+    pub info: StartInfo,
+}
+
+// SAFETY: the port and pool are process-wide DPDK objects; a DpdkLink is used by one thread at a
+// time (the owner of the stack, behind its lock).
+unsafe impl Send for DpdkLink {}
+
+impl DpdkLink {
+    /// Starts the EAL and the configured port. Call once per process, after main() started.
+    pub fn start(cfg: &Config) -> Result<DpdkLink, StartError> {
+        preflight(cfg)?;
+        let (args, huge) = eal_args(cfg)?;
+        let (_, port_name) = device_args(&cfg.dev);
+        start_eal(&args)?;
+        let info = StartInfo {
+            eal_args: args,
+            hugepages: huge,
+            port_name: port_name.clone(),
+        };
+        let name = CString::new(port_name.clone()).expect("no NUL in port names");
+        let mut port = 0u16;
+        // SAFETY: name is a valid C string, port a valid out pointer.
+        if unsafe { sys::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut port) } != 0 {
+            return fail(format!(
+                "MTCP_DEV={}: DPDK created no port named {port_name} (is the driver for it linked? see docs/troubleshooting.md)",
+                cfg.dev.describe()
+            ));
+        }
+        let pool_name = CString::new("mtcp_mbufs").expect("static");
+        // SAFETY: valid arguments; DPDK returns NULL and sets rte_errno on failure.
+        let pool = unsafe {
+            sys::rte_pktmbuf_pool_create(
+                pool_name.as_ptr(),
+                cfg.mbufs,
+                MBUF_CACHE,
+                0,
+                sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+                sys::rte_socket_id() as i32,
+            )
+        };
+        let Some(pool) = NonNull::new(pool) else {
+            return fail(format!(
+                "cannot create a pool of {} mbufs: {} (lower MTCP_MBUFS or raise MTCP_MEM_MB / reserve hugepages)",
+                cfg.mbufs,
+                rte_err(sys::rte_errno())
+            ));
+        };
+        let is_tap = matches!(cfg.dev, DevSpec::Tap { .. });
+        let mut link = DpdkLink {
+            port,
+            pool,
+            mac: [0; 6],
+            mtu: 1500,
+            wake_fd: None,
+            rx_burst: [std::ptr::null_mut(); 64],
+            tx: [std::ptr::null_mut(); TX_BATCH],
+            ntx: 0,
+            tx_ring_full: 0,
+            rx_multiseg: 0,
+            info,
+        };
+        link.configure(is_tap, cfg)?;
+        Ok(link)
+    }
+
+    fn configure(&mut self, rx_intr: bool, cfg: &Config) -> Result<(), StartError> {
+        let dev = cfg.dev.describe();
+        let port = self.port;
+        // SAFETY: plain-data structs filled in by DPDK; port id valid.
+        unsafe {
+            let mut info: sys::rte_eth_dev_info = std::mem::zeroed();
+            let rc = sys::rte_eth_dev_info_get(port, &mut info);
+            if rc != 0 {
+                return fail(format!(
+                    "MTCP_DEV={dev}: cannot query the port: {}",
+                    rte_err(rc)
+                ));
+            }
+            if info.max_mtu < 1500 {
+                self.mtu = usize::from(info.max_mtu);
+            }
+            let mut conf: sys::rte_eth_conf = std::mem::zeroed();
+            conf.rxmode.mtu = self.mtu as u32;
+            // Checksums are computed and verified in software by the stack (once per
+            // direction); virtual devices would compute them in software too. The one offload
+            // taken when offered: freeing transmitted mbufs without refcount checks (all ours
+            // come from one pool with refcount 1).
+            let fast_free = u64::from(sys::RTE_ETH_TX_OFFLOAD_MBUF_FAST_FREE);
+            if info.tx_offload_capa & fast_free != 0 {
+                conf.txmode.offloads |= fast_free;
+            }
+            if rx_intr {
+                conf.intr_conf.set_rxq(1);
+            }
+            let rc = sys::rte_eth_dev_configure(port, 1, 1, &conf);
+            if rc != 0 {
+                return fail(format!(
+                    "MTCP_DEV={dev}: cannot configure the port: {}",
+                    rte_err(rc)
+                ));
+            }
+            let (mut nrx, mut ntx) = (RING_SIZE, RING_SIZE);
+            sys::rte_eth_dev_adjust_nb_rx_tx_desc(port, &mut nrx, &mut ntx);
+            let socket = sys::rte_eth_dev_socket_id(port);
+            let socket = if socket < 0 {
+                sys::rte_socket_id() as i32
+            } else {
+                socket
+            };
+            let rc = sys::rte_eth_rx_queue_setup(
+                port,
+                0,
+                nrx,
+                socket as u32,
+                std::ptr::null(),
+                self.pool.as_ptr(),
+            );
+            if rc != 0 {
+                return fail(format!(
+                    "MTCP_DEV={dev}: cannot set up the receive queue: {}",
+                    rte_err(rc)
+                ));
+            }
+            let mut txconf = info.default_txconf;
+            txconf.offloads = conf.txmode.offloads;
+            let rc = sys::rte_eth_tx_queue_setup(port, 0, ntx, socket as u32, &txconf);
+            if rc != 0 {
+                return fail(format!(
+                    "MTCP_DEV={dev}: cannot set up the transmit queue: {}",
+                    rte_err(rc)
+                ));
+            }
+            let rc = sys::rte_eth_dev_start(port);
+            if rc != 0 {
+                return fail(format!(
+                    "MTCP_DEV={dev}: cannot start the port: {}",
+                    rte_err(rc)
+                ));
+            }
+            let mut mac: sys::rte_ether_addr = std::mem::zeroed();
+            sys::rte_eth_macaddr_get(port, &mut mac);
+            self.mac = mac.addr_bytes;
+            // The stack may use a MAC of its own (always on net_tap, whose kernel side has the
+            // port's MAC): receive everything, the stack filters by its own address.
+            if cfg.stack_mac().is_some_and(|m| m != self.mac) {
+                let rc = sys::rte_eth_promiscuous_enable(port);
+                if rc != 0 {
+                    return fail(format!(
+                        "MTCP_DEV={dev}: MTCP_MAC differs from the port's MAC but promiscuous mode failed: {}",
+                        rte_err(rc)
+                    ));
+                }
+            }
+            if rx_intr {
+                // net_tap returns -ENOTSUP here but its fd works (level-triggered on the tap fd).
+                let _ = sys::rte_eth_dev_rx_intr_enable(port, 0);
+                let fd = sys::rte_eth_dev_rx_intr_ctl_q_get_fd(port, 0);
+                if fd >= 0 {
+                    self.wake_fd = Some(fd);
+                }
+            }
+        }
+        if let (DevSpec::Tap { iface }, Some(peer)) = (&cfg.dev, cfg.tap_peer) {
+            set_kernel_addr(iface, peer).map_err(|e| {
+                StartError(format!(
+                    "MTCP_TAP_PEER={peer}: cannot give {iface} that address: {e}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Gives a kernel interface an IPv4 address and brings it up (SIOCSIFADDR, SIOCSIFNETMASK,
+/// SIOCSIFFLAGS), without depending on iproute2.
+fn set_kernel_addr(iface: &str, cidr: crate::config::Cidr) -> std::io::Result<()> {
+    fn sockaddr(ip: std::net::Ipv4Addr) -> libc::sockaddr {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_in and sockaddr have the same size on Linux; plain data.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    }
+    // SAFETY: ifreq is plain data; the socket is closed on every path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in iface.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        let result = (|| {
+            req.ifr_ifru.ifru_addr = sockaddr(cidr.addr);
+            if libc::ioctl(fd, libc::SIOCSIFADDR, &req) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            req.ifr_ifru.ifru_netmask = sockaddr(cidr.netmask());
+            if libc::ioctl(fd, libc::SIOCSIFNETMASK, &req) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        libc::close(fd);
+        result
+    }
+}
+
+impl Link for DpdkLink {
+    type Rx = Mbuf;
+    type Tx = Mbuf;
+
+    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) {
+        let max = max.min(self.rx_burst.len());
+        // SAFETY: rx_burst has room for max pointers; each returned mbuf is ours to free.
+        let n =
+            unsafe { sys::rte_eth_rx_burst(self.port, 0, self.rx_burst.as_mut_ptr(), max as u16) };
+        for &m in &self.rx_burst[..usize::from(n)] {
+            let m = Mbuf(NonNull::new(m).expect("rx_burst returns valid mbufs"));
+            // SAFETY: valid mbuf.
+            let single = unsafe { (*m.0.as_ptr()).nb_segs == 1 };
+            if single {
+                out.push(m);
+            } else {
+                // We configure no scatter; a chained frame is larger than our MTU anyway.
+                self.rx_multiseg += 1;
+            }
+        }
+    }
+
+    fn tx_alloc(&mut self, len: usize) -> Option<Mbuf> {
+        // SAFETY: pool is valid; append returns NULL if the tailroom is too small.
+        unsafe {
+            let m = NonNull::new(sys::rte_pktmbuf_alloc(self.pool.as_ptr()))?;
+            let m = Mbuf(m);
+            if len > usize::from(u16::MAX)
+                || sys::rte_pktmbuf_append(m.0.as_ptr(), len as u16).is_null()
+            {
+                return None;
+            }
+            Some(m)
+        }
+    }
+
+    fn tx_push(&mut self, frame: Mbuf) {
+        self.tx[self.ntx] = frame.0.as_ptr();
+        std::mem::forget(frame);
+        self.ntx += 1;
+        if self.ntx == TX_BATCH {
+            self.tx_flush();
+        }
+    }
+
+    fn tx_flush(&mut self) {
+        let mut done = 0;
+        // A full ring is retried a few times (the device drains it meanwhile), then the rest
+        // is counted and freed: TCP retransmits it.
+        for _ in 0..4 {
+            if done == self.ntx {
+                break;
+            }
+            // SAFETY: tx[done..ntx] are valid mbufs we own; tx_burst takes ownership of those sent.
+            let n = unsafe {
+                sys::rte_eth_tx_burst(
+                    self.port,
+                    0,
+                    self.tx.as_mut_ptr().add(done),
+                    (self.ntx - done) as u16,
+                )
+            };
+            done += usize::from(n);
+        }
+        for &m in &self.tx[done..self.ntx] {
+            self.tx_ring_full += 1;
+            // SAFETY: not sent, still ours.
+            unsafe { sys::rte_pktmbuf_free(m) };
+        }
+        self.ntx = 0;
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn ip_mtu(&self) -> usize {
+        self.mtu
+    }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        self.wake_fd
+    }
+
+    fn counters(&self) -> LinkCounters {
+        // SAFETY: plain data out-param; pool valid.
+        unsafe {
+            let mut st: sys::rte_eth_stats = std::mem::zeroed();
+            sys::rte_eth_stats_get(self.port, &mut st);
+            let size = (*self.pool.as_ptr()).size;
+            LinkCounters {
+                tx_ring_full: self.tx_ring_full,
+                rx_missed: st.imissed + st.ierrors + self.rx_multiseg,
+                pool_in_use: u64::from(sys::rte_mempool_in_use_count(self.pool.as_ptr())),
+                pool_size: u64::from(size),
+            }
+        }
+    }
+}
+
+impl Drop for DpdkLink {
+    fn drop(&mut self) {
+        self.tx_flush();
+        // SAFETY: the port was started by us; stopping and closing it removes net_tap's netdev.
+        unsafe {
+            sys::rte_eth_dev_stop(self.port);
+            sys::rte_eth_dev_close(self.port);
+        }
+    }
+}
