@@ -836,6 +836,23 @@ impl ServerProcess {
         }
     }
 
+    /// SIGTERM (SIGKILL after the stop timeout), then waits until stderr is closed and returns
+    /// the exit status with the whole of stderr (a server's last words, e.g. its counters).
+    pub fn stop_with_stderr(&mut self) -> Result<(ExitStatus, String)> {
+        let st = self.terminate()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut g = self.err.text.lock().unwrap();
+        while !g.1 && Instant::now() < deadline {
+            g = self
+                .err
+                .cv
+                .wait_timeout(g, Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+        Ok((st, g.0.clone()))
+    }
+
     /// SIGTERM, wait up to the stop timeout, then SIGKILL; returns the exit status.
     pub fn stop(mut self) -> Result<ExitStatus> {
         self.terminate()
