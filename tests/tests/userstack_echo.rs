@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use mtcp_tests::{kv_get, parse_summary, unique_ifname, Netns, ServerProcess, Subnet, VethPair};
 

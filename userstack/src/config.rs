@@ -143,6 +143,7 @@ pub struct Config {
     pub cc: CongestionControl,
     pub spin: Duration,
     pub idle_sleep: Duration,
+    pub rto_min: Duration,
 }
 
 /// A configuration value that cannot be used. `Display` is the message users see.
@@ -540,6 +541,10 @@ impl Config {
             None => Duration::from_micros(200),
             Some(s) => Duration::from_micros(parse_num("MTCP_IDLE_SLEEP_US", s, 1u64, 1_000_000)?),
         };
+        let rto_min = match get("MTCP_RTO_MIN_MS") {
+            None => Duration::from_millis(30),
+            Some(s) => Duration::from_millis(parse_num("MTCP_RTO_MIN_MS", s, 1u64, 1000)?),
+        };
         Ok(Config {
             dev,
             addr,
@@ -560,6 +565,7 @@ impl Config {
             cc,
             spin,
             idle_sleep,
+            rto_min,
         })
     }
 

@@ -284,7 +284,7 @@ impl TxFrame for Mbuf {
         unsafe {
             let m = self.0.as_ptr();
             std::slice::from_raw_parts_mut(
-                sys::rte_pktmbuf_mtod(m) as *mut u8,
+                sys::rte_pktmbuf_mtod(m),
                 usize::from(sys::rte_pktmbuf_data_len(m)),
             )
         }
@@ -397,7 +397,7 @@ impl DpdkLink {
             // direction); virtual devices would compute them in software too. The one offload
             // taken when offered: freeing transmitted mbufs without refcount checks (all ours
             // come from one pool with refcount 1).
-            let fast_free = u64::from(sys::RTE_ETH_TX_OFFLOAD_MBUF_FAST_FREE);
+            let fast_free = sys::RTE_ETH_TX_OFFLOAD_MBUF_FAST_FREE;
             if info.tx_offload_capa & fast_free != 0 {
                 conf.txmode.offloads |= fast_free;
             }

@@ -17,6 +17,7 @@ pub mod faults;
 pub mod link;
 pub mod net;
 pub mod pcap;
+pub mod recovery;
 pub mod stack;
 pub mod stats;
 #[cfg(test)]

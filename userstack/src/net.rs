@@ -41,10 +41,14 @@ struct Neighbor {
     next_try: Micros,
 }
 
-/// Per-connection record of the highest sequence number sent, to count retransmissions.
+/// What a connection's transmitted segments tell us: the highest sequence number sent (to
+/// count retransmissions), the last acknowledgement number sent (our rcv_nxt), and how many
+/// retransmissions left.
 #[derive(Default, Clone, Copy)]
 pub struct TxTrack {
     pub snd_max: Option<u32>,
+    pub last_ack_sent: Option<u32>,
+    pub retransmits: u32,
 }
 
 pub struct Net<L: Link> {
@@ -403,7 +407,7 @@ fn ipv4_dst(ip: &[u8]) -> Ipv4Addr {
 }
 
 /// Compares sequence numbers modulo 2^32.
-fn seq_lt(a: u32, b: u32) -> bool {
+pub fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
@@ -420,6 +424,9 @@ fn count_retransmit(ip: &[u8], t: &mut TxTrack, stats: &mut Stats) {
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let doff = usize::from(tcp[12] >> 4) * 4;
     let flags = tcp[13];
+    if flags & 0x10 != 0 {
+        t.last_ack_sent = Some(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]));
+    }
     let seg_len = tcp.len().saturating_sub(doff) as u32
         + u32::from(flags & 0x02 != 0)
         + u32::from(flags & 0x01 != 0);
@@ -430,6 +437,7 @@ fn count_retransmit(ip: &[u8], t: &mut TxTrack, stats: &mut Stats) {
     match t.snd_max {
         Some(max) if seq_lt(seq, max) => {
             stats.tcp_retransmits += 1;
+            t.retransmits = t.retransmits.wrapping_add(1);
             if seq_lt(max, end) {
                 t.snd_max = Some(end);
             }

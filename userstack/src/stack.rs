@@ -32,6 +32,7 @@ use crate::faults::{FaultAction, FaultInjector};
 use crate::link::{Link, LinkCounters, RxFrame};
 use crate::net::{Micros, Net, TxTrack, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR};
 use crate::pcap::PcapWriter;
+use crate::recovery::{synth_ack, Recovery};
 use crate::stats::Stats;
 
 const RX_BURST: usize = 32;
@@ -195,6 +196,9 @@ struct Conn {
     last_recv_queue: usize,
     error: Option<SockError>,
     track: TxTrack,
+    rec: Recovery,
+    /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
+    skew: i64,
 }
 
 struct Slot {
@@ -320,6 +324,7 @@ pub struct Stack<L: Link> {
     next_ephemeral: u16,
     defaults: TcpOptions,
     live: usize,
+    rto_min_us: Micros,
 }
 
 impl<L: Link> Stack<L> {
@@ -338,7 +343,9 @@ impl<L: Link> Stack<L> {
         if cfg.faults.active() {
             net.faults = Some(FaultInjector::new(cfg.faults));
         }
-        Ok(Self::with_net(net, TcpOptions::from_config(cfg), now))
+        let mut stack = Self::with_net(net, TcpOptions::from_config(cfg), now);
+        stack.rto_min_us = cfg.rto_min.as_micros() as Micros;
+        Ok(stack)
     }
 
     fn with_net(net: Net<L>, defaults: TcpOptions, now: Instant) -> Self {
@@ -393,6 +400,7 @@ impl<L: Link> Stack<L> {
                 + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
             defaults,
             live: 0,
+            rto_min_us: crate::recovery::DEFAULT_RTO_MIN_US,
         }
     }
 
@@ -685,7 +693,17 @@ impl<L: Link> Stack<L> {
                 st == tcp::State::TimeWait || (c.app_closed && st == tcp::State::Closed)
             };
             if !reuse {
+                let c = self.slots[idx as usize].conn.as_mut().expect("live");
+                let payload = packet
+                    .len()
+                    .saturating_sub(ihl + usize::from(tcp.header_len()));
+                let retx =
+                    c.rec
+                        .on_segment(&tcp, payload, c.track.snd_max, now.total_micros() as Micros);
                 self.poll_conn(now, idx, Some(packet));
+                if retx {
+                    self.provoke_fast_retransmit(now, idx);
+                }
                 return;
             }
             self.free_conn(idx);
@@ -792,6 +810,8 @@ impl<L: Link> Stack<L> {
             last_recv_queue: 0,
             error: None,
             track: TxTrack::default(),
+            rec: Recovery::new(self.rto_min_us),
+            skew: 0,
         });
         let idx = match self.free.pop() {
             Some(i) => {
@@ -838,6 +858,27 @@ impl<L: Link> Stack<L> {
             .conn
             .as_mut()
             .expect("polled slot is live");
+        if c.rec.deadline().is_some_and(|d| d <= us) {
+            // Our retransmission timer: bring smoltcp's own retransmission time forward to now.
+            let vnow = now + SDuration::from_micros(c.skew as u64);
+            if let Some(at) = c.iface.poll_at(vnow, &c.sockets) {
+                if at > vnow {
+                    c.skew += (at - vnow).total_micros() as i64;
+                }
+            }
+            tracing::debug!(
+                peer = %c.peer,
+                una = ?c.rec.snd_una(),
+                max = ?c.track.snd_max,
+                retx = c.track.retransmits,
+                state = %c.sockets.get::<tcp::Socket>(c.handle).state(),
+                sendq = c.sockets.get::<tcp::Socket>(c.handle).send_queue(),
+                "retransmission timeout (assisted)"
+            );
+            c.rec.on_timeout(us);
+            self.net.stats.tcp_rto_assists += 1;
+        }
+        let vnow = now + SDuration::from_micros(c.skew as u64);
         let mut dev = IpDev {
             rx,
             net: &mut self.net,
@@ -845,7 +886,8 @@ impl<L: Link> Stack<L> {
             track: Some(&mut c.track),
             caps: &self.conn_caps,
         };
-        c.iface.poll(now, &mut dev, &mut c.sockets);
+        c.iface.poll(vnow, &mut dev, &mut c.sockets);
+        c.rec.on_sent(c.track.snd_max, c.track.retransmits, us);
 
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         let state = sock.state();
@@ -900,11 +942,55 @@ impl<L: Link> Stack<L> {
             c.last_recv_queue = rq;
         }
 
-        if let Some(at) = c.iface.poll_at(now, &c.sockets) {
-            let at = (at.total_micros().max(0) as Micros).max(us);
+        let smol_at = c
+            .iface
+            .poll_at(vnow, &c.sockets)
+            .map(|at| (at.total_micros() - c.skew).max(0) as Micros);
+        let at = match (smol_at, c.rec.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = at {
+            let at = at.max(us);
             if c.armed.is_none_or(|a| at < a) {
                 c.armed = Some(at);
                 self.timers.push(Reverse((at, idx, gen)));
+            }
+        }
+    }
+
+    /// Hands smoltcp duplicate ACKs (at most three) until it retransmits the first
+    /// unacknowledged segment; see recovery.rs for why.
+    fn provoke_fast_retransmit(&mut self, now: Instant, idx: u32) {
+        self.net.stats.tcp_fast_retransmit_assists += 1;
+        let gen = self.slots[idx as usize].gen;
+        let mut seg = [0u8; 40];
+        for _ in 0..3 {
+            let slot = &self.slots[idx as usize];
+            let Some(c) = slot.conn.as_ref().filter(|_| slot.gen == gen) else {
+                return;
+            };
+            let seq = match (c.track.last_ack_sent, c.rec.peer_next()) {
+                (Some(a), Some(p)) if crate::net::seq_lt(a, p) => p,
+                (a, p) => match a.or(p) {
+                    Some(x) => x,
+                    None => return,
+                },
+            };
+            let (Some(una), Some(max)) = (c.rec.snd_una(), c.track.snd_max) else {
+                return;
+            };
+            if !crate::net::seq_lt(una, max) {
+                return;
+            }
+            let before = c.track.retransmits;
+            let local = SocketAddrV4::new(self.net.addr.addr, c.local_port);
+            synth_ack(&mut seg, c.peer, local, seq, una, c.rec.window_raw());
+            self.poll_conn(now, idx, Some(&seg));
+            let slot = &self.slots[idx as usize];
+            match slot.conn.as_ref() {
+                Some(c) if slot.gen == gen && c.track.retransmits == before => {}
+                _ => return,
             }
         }
     }

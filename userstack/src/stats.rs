@@ -57,6 +57,10 @@ counters! {
         conns_freed,
         /// Segments retransmitted by smoltcp (estimated from sequence numbers going backwards).
         tcp_retransmits,
+        /// Fast retransmissions our loss detection provoked (recovery.rs), and retransmission
+        /// timeouts it brought forward from smoltcp's 1 s minimum.
+        tcp_fast_retransmit_assists,
+        tcp_rto_assists,
         /// Calls to `Stack::poll` and those that found no work.
         polls,
         polls_idle,

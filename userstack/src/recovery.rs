@@ -1,0 +1,265 @@
+//! Loss recovery assist: Linux-like loss detection in front of smoltcp's TCP.
+//!
+//! smoltcp 0.14 retransmits early only on exactly three duplicate ACKs that also carry the same
+//! window, has no SACK, does not act on partial ACKs (NewReno), and never retransmits on timeout
+//! sooner than 1 s. Through 2% loss that is one timeout per lost segment: 0.2 MB/s. We see every
+//! segment before smoltcp does, so without changing smoltcp this module:
+//! - counts ACKs that repeat the cumulative ACK while data is outstanding — pure ones whatever
+//!   their window says (a receiver with out-of-order data advertises a changing window), and
+//!   data-bearing ones that carry a SACK block (in a bidirectional stream the duplicate ACKs
+//!   ride on data, and smoltcp ignores them) — and after the
+//!   third, or after a partial ACK during recovery (RFC 6582), asks the stack to hand smoltcp
+//!   duplicate ACKs until it retransmits the first unacknowledged segment;
+//! - keeps a retransmission timer of its own (RFC 6298 from its own RTT samples, at least
+//!   MTCP_RTO_MIN_MS, doubling while nothing is acknowledged); when it passes, the connection's private clock is moved forward
+//!   to smoltcp's own retransmission time, so smoltcp retransmits now. Each connection has its own
+//!   smoltcp interface, so the skew touches no other connection.
+
+use smoltcp::wire::TcpPacket;
+
+use crate::net::{seq_lt, Micros};
+
+/// Default retransmission timeout floor (MTCP_RTO_MIN_MS): FreeBSD's 30 ms. Linux's floor is
+/// 200 ms, but Linux also sends tail-loss probes after two RTTs, which smoltcp does not.
+pub const DEFAULT_RTO_MIN_US: Micros = 30_000;
+const MAX_BACKOFF: u32 = 6;
+/// A conservative segment size for "three segments' worth" (the smallest common MSS is 536).
+const SEGMENT_GUESS: u32 = 1200;
+
+pub struct Recovery {
+    rto_min: Micros,
+    /// One segment timed at a time (RFC 6298, Karn): its end sequence and send time, and the
+    /// retransmission count then (a retransmission invalidates the sample).
+    timing: Option<(u32, Micros, u32)>,
+    srtt: Option<Micros>,
+    rttvar: Micros,
+    snd_una: Option<u32>,
+    dup: u8,
+    /// snd_max when recovery started: ACKs below it are partial.
+    recover: Option<u32>,
+    win_raw: u16,
+    /// Since when the oldest outstanding data has waited for an ACK.
+    stalled_since: Option<Micros>,
+    backoff: u32,
+    /// The end of the highest sequence the peer has sent: a synthetic ACK carries it, so it is
+    /// never older than smoltcp's rcv_nxt (which would make smoltcp discard it).
+    peer_next: Option<u32>,
+}
+
+impl Recovery {
+    pub fn new(rto_min: Micros) -> Recovery {
+        Recovery {
+            rto_min,
+            timing: None,
+            srtt: None,
+            rttvar: 0,
+            snd_una: None,
+            dup: 0,
+            recover: None,
+            win_raw: 0,
+            stalled_since: None,
+            backoff: 0,
+            peer_next: None,
+        }
+    }
+
+    /// RFC 6298: srtt + 4 rttvar, at least the floor.
+    fn rto(&self) -> Micros {
+        match self.srtt {
+            Some(srtt) => (srtt + 4 * self.rttvar).max(self.rto_min),
+            None => self.rto_min.max(DEFAULT_RTO_MIN_US),
+        }
+    }
+
+    fn rtt_sample(&mut self, r: Micros) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                self.rttvar = (3 * self.rttvar + srtt.abs_diff(r)) / 4;
+                self.srtt = Some((7 * srtt + r) / 8);
+            }
+        }
+    }
+    /// Looks at a segment from the peer before smoltcp does. `snd_max` is the highest sequence
+    /// number we have sent. Returns whether a fast retransmission should be provoked.
+    pub fn on_segment(
+        &mut self,
+        seg: &TcpPacket<&[u8]>,
+        payload_len: usize,
+        snd_max: Option<u32>,
+        now: Micros,
+    ) -> bool {
+        if seg.rst() || seg.syn() || !seg.ack() {
+            return false;
+        }
+        let end = (seg.seq_number().0 as u32)
+            .wrapping_add(payload_len as u32)
+            .wrapping_add(u32::from(seg.fin()));
+        if self.peer_next.is_none_or(|n| seq_lt(n, end)) {
+            self.peer_next = Some(end);
+        }
+        let ack = seg.ack_number().0 as u32;
+        let Some(max) = snd_max else {
+            self.snd_una = Some(ack);
+            return false;
+        };
+        match self.snd_una {
+            Some(una) if seq_lt(una, ack) => {
+                if let Some((end, at, _)) = self.timing {
+                    if !seq_lt(ack, end) {
+                        self.rtt_sample(now.saturating_sub(at));
+                        self.timing = None;
+                    }
+                }
+                self.snd_una = Some(ack);
+                self.dup = 0;
+                self.win_raw = seg.window_len();
+                self.backoff = 0;
+                self.stalled_since = if seq_lt(ack, max) { Some(now) } else { None };
+                match self.recover {
+                    Some(r) if seq_lt(ack, r) => true,
+                    _ => {
+                        self.recover = None;
+                        false
+                    }
+                }
+            }
+            // A duplicate ACK: pure, or carrying data with a SACK block (the receiver holds data
+            // above a hole: RFC 6675's loss signal; a bidirectional stream's duplicate ACKs
+            // ride on data).
+            Some(una) if una == ack && seq_lt(ack, max) && !seg.fin() => {
+                self.win_raw = seg.window_len();
+                let sacked = sack_high(seg);
+                if payload_len > 0 && sacked.is_none() {
+                    return false;
+                }
+                self.dup = self.dup.saturating_add(1);
+                // Lost (RFC 6675): three duplicates, or three segments' worth SACKed above the
+                // hole, or everything sent after it SACKed (no further duplicates will come,
+                // the case RFC 5827's early retransmit covers).
+                let lost = self.dup >= 3
+                    || sacked.is_some_and(|h| h.wrapping_sub(una) >= 3 * SEGMENT_GUESS || h == max);
+                if lost && self.recover.is_none() {
+                    self.recover = Some(max);
+                    return true;
+                }
+                false
+            }
+            None => {
+                self.snd_una = Some(ack);
+                self.win_raw = seg.window_len();
+                false
+            }
+            _ => {
+                self.win_raw = seg.window_len();
+                false
+            }
+        }
+    }
+
+    /// Called after each transmission burst of the connection.
+    pub fn on_sent(&mut self, snd_max: Option<u32>, retransmits: u32, now: Micros) {
+        match self.timing {
+            Some((_, _, r)) if r != retransmits => self.timing = None,
+            None => {
+                if let Some(max) = snd_max {
+                    if self.snd_una.is_none_or(|una| seq_lt(una, max)) {
+                        self.timing = Some((max, now, retransmits));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let (Some(max), None) = (snd_max, self.stalled_since) {
+            if self.snd_una.is_none_or(|una| seq_lt(una, max)) {
+                self.stalled_since = Some(now);
+            }
+        }
+    }
+
+    /// When our retransmission timer fires, if data is outstanding.
+    pub fn deadline(&self) -> Option<Micros> {
+        self.stalled_since.map(|t| t + (self.rto() << self.backoff))
+    }
+
+    /// Our timer fired: back off and restart it.
+    pub fn on_timeout(&mut self, now: Micros) {
+        self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
+        self.stalled_since = Some(now);
+        self.recover = None;
+        self.dup = 0;
+        self.timing = None;
+    }
+
+    pub fn snd_una(&self) -> Option<u32> {
+        self.snd_una
+    }
+
+    pub fn peer_next(&self) -> Option<u32> {
+        self.peer_next
+    }
+
+    pub fn window_raw(&self) -> u16 {
+        self.win_raw
+    }
+}
+
+/// The highest right edge among the segment's SACK blocks (option kind 5), if any.
+fn sack_high(seg: &TcpPacket<&[u8]>) -> Option<u32> {
+    let mut opts = seg.options();
+    let mut high: Option<u32> = None;
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => break,
+            1 => opts = &opts[1..],
+            _ => {
+                let len = usize::from(*opts.get(1).unwrap_or(&0));
+                if len < 2 || len > opts.len() {
+                    break;
+                }
+                if kind == 5 {
+                    for block in opts[2..len].chunks_exact(8) {
+                        let right = u32::from_be_bytes([block[4], block[5], block[6], block[7]]);
+                        if high.is_none_or(|h| seq_lt(h, right)) {
+                            high = Some(right);
+                        }
+                    }
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    high
+}
+
+/// A pure ACK from `peer` to `local` as the peer would send it: sequence `seq` (our rcv_nxt),
+/// acknowledging `ack`, advertising the raw window `win`. Checksums are left zero: connection
+/// interfaces do not verify them (the demux already did, for real segments).
+pub fn synth_ack(
+    buf: &mut [u8; 40],
+    peer: std::net::SocketAddrV4,
+    local: std::net::SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    win: u16,
+) {
+    buf.fill(0);
+    buf[0] = 0x45;
+    buf[2..4].copy_from_slice(&40u16.to_be_bytes());
+    buf[6] = 0x40; // DF
+    buf[8] = 64;
+    buf[9] = 6;
+    buf[12..16].copy_from_slice(&peer.ip().octets());
+    buf[16..20].copy_from_slice(&local.ip().octets());
+    let t = &mut buf[20..40];
+    t[0..2].copy_from_slice(&peer.port().to_be_bytes());
+    t[2..4].copy_from_slice(&local.port().to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x10;
+    t[14..16].copy_from_slice(&win.to_be_bytes());
+}
