@@ -376,12 +376,12 @@ fn send_all(out: &PacketSocket, frames: &[Vec<u8>], c: &Counters) {
         })
         .collect();
     let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(frames.len());
-    for i in 0..frames.len() {
+    for v in iov.iter_mut() {
         // SAFETY: plain data.
         let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
         h.msg_hdr.msg_name = &mut sll as *mut _ as *mut libc::c_void;
         h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        h.msg_hdr.msg_iov = &mut iov[i];
+        h.msg_hdr.msg_iov = v;
         h.msg_hdr.msg_iovlen = 1;
         hdrs.push(h);
     }
@@ -450,7 +450,7 @@ fn forward(
         }
         for i in 0..n {
             let len = batch.hdrs[i].msg_len as usize;
-            let outgoing = batch.addrs[i].sll_pkttype == libc::PACKET_OUTGOING as u8;
+            let outgoing = batch.addrs[i].sll_pkttype == libc::PACKET_OUTGOING;
             if outgoing {
                 continue;
             }
@@ -497,7 +497,7 @@ fn forward(
             out.push(h);
         }
         send_all(to, &out, c);
-        spare.extend(out.drain(..));
+        spare.append(&mut out);
         spare.truncate(4 * BATCH);
     }
     Ok(())
