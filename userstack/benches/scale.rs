@@ -209,14 +209,16 @@ impl Bench {
         batch: usize,
         picked: &mut Vec<usize>,
         measured: bool,
+        active: usize,
     ) -> u64 {
         self.now += STEP;
         picked.clear();
         let msg = [0x5au8; MSG];
         // `batch` distinct connections (at most all of them).
-        let batch = batch.min(self.conns.len());
+        let active = active.min(self.conns.len());
+        let batch = batch.min(active);
         while picked.len() < batch {
-            let i = rng.below(self.conns.len());
+            let i = rng.below(active);
             if picked.contains(&i) {
                 continue;
             }
@@ -298,6 +300,7 @@ fn client_poll(client: &mut Stack<MemLink>, now: Instant) {
     }
 }
 
+#[derive(Clone)]
 struct Result1 {
     n: usize,
     server_ns_per_rx: f64,
@@ -309,7 +312,7 @@ struct Result1 {
     setup_secs: f64,
 }
 
-fn run(n: usize, p: &Params) -> Result1 {
+fn run(n: usize, p: &Params) -> (Result1, Result1) {
     let t_setup = WallInstant::now();
     let mut b = Bench::new(p);
     b.open(n, p);
@@ -345,7 +348,30 @@ fn run(n: usize, p: &Params) -> Result1 {
         }
     }
     for _ in 0..(p.exchanges / p.batch / 10).max(10) {
-        b.round(&mut rng, p.batch, &mut picked, false);
+        b.round(&mut rng, p.batch, &mut picked, false, n);
+    }
+    let all = measure(&mut b, &mut rng, &mut picked, p, n, setup_secs);
+    // The same stack, with traffic on the first ACTIVE_SET connections only: what N idle open
+    // connections cost the active ones (the question smoltcp's linear scans fail).
+    let active = measure(&mut b, &mut rng, &mut picked, p, ACTIVE_SET, setup_secs);
+    assert_eq!(b.server.connections(), n, "connections were lost");
+    (all, active)
+}
+
+/// Connections carrying traffic in the "active set" measurement.
+const ACTIVE_SET: usize = 10;
+
+fn measure(
+    b: &mut Bench,
+    rng: &mut Xorshift,
+    picked: &mut Vec<usize>,
+    p: &Params,
+    active: usize,
+    setup_secs: f64,
+) -> Result1 {
+    let n = b.conns.len();
+    for _ in 0..(p.exchanges / p.batch / 10).max(10) {
+        b.round(rng, p.batch, picked, false, active);
     }
     let mut best: Option<Result1> = None;
     for _ in 0..p.reps {
@@ -354,7 +380,7 @@ fn run(n: usize, p: &Params) -> Result1 {
         let mut exchanges = 0u64;
         let t = WallInstant::now();
         while exchanges < p.exchanges as u64 {
-            server_ns += b.round(&mut rng, p.batch, &mut picked, true);
+            server_ns += b.round(rng, p.batch, picked, true, active);
             exchanges += picked.len() as u64;
         }
         let wall = t.elapsed().as_nanos() as f64;
@@ -378,7 +404,6 @@ fn run(n: usize, p: &Params) -> Result1 {
             best = Some(r);
         }
     }
-    assert_eq!(b.server.connections(), n, "connections were lost");
     best.expect("at least one repetition")
 }
 
@@ -400,9 +425,18 @@ fn main() {
          (poll + take_events + recv/send echo + flush)",
         p.exchanges, p.reps, p.batch, p.buf
     );
-    let results: Vec<Result1> = ns.iter().map(|&n| run(n, &p)).collect();
+    let both: Vec<(Result1, Result1)> = ns.iter().map(|&n| run(n, &p)).collect();
+    let spread: Vec<Result1> = both.iter().map(|r| r.0.clone()).collect();
+    let active: Vec<Result1> = both.iter().map(|r| r.1.clone()).collect();
+    println!("\n(1) traffic spread over all open connections (each exchange on a random one):");
+    table(&spread);
+    println!("\n(2) traffic on {ACTIVE_SET} connections while the others stay open and idle:");
+    table(&active);
+}
+
+fn table(results: &[Result1]) {
     let mut head = format!("{:<34}", "open connections");
-    for r in &results {
+    for r in results {
         head += &format!("{:>12}", r.n);
     }
     if results.len() == 2 {
@@ -429,7 +463,7 @@ fn main() {
     ];
     for (name, f, ratio) in rows {
         let mut line = format!("{name:<34}");
-        for r in &results {
+        for r in results {
             let v = f(r);
             line += &if v >= 1000.0 || v.fract() == 0.0 {
                 format!("{v:>12.0}")

@@ -17,6 +17,8 @@ pub mod faults;
 pub mod link;
 pub mod net;
 pub mod pcap;
+#[allow(unsafe_code)]
+mod prefetch;
 pub mod recovery;
 pub mod stack;
 pub mod stats;
