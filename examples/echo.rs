@@ -6,13 +6,12 @@
 //! left and closes. It prints `echo: listening on ADDR:PORT (...)` once ready, and its counters
 //! on stderr when stopped with SIGINT or SIGTERM.
 //!
-//! The loop is the polling model the shim uses: poll the stack, serve events, spin for
-//! MTCP_SPIN_US after the last work, then block on the device's wake-up fd (or sleep
-//! MTCP_IDLE_SLEEP_US on devices without one) until the next timer.
+//! The loop is the polling model the shim uses: poll the stack, serve events, then
+//! `userstack::idle::Idler`: spin for MTCP_SPIN_US after the last work, then block on the
+//! device's wake-up fd (or sleep with a backoff on devices without one) until the next timer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use userstack::dpdk::DpdkLink;
 use userstack::{clock, Config, ConnId, Event, SockError, Stack};
@@ -112,7 +111,7 @@ fn main() {
     let mut clients: HashMap<ConnId, Client> = HashMap::new();
     let mut events = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
-    let mut last_work = std::time::Instant::now();
+    let mut idler = userstack::idle::Idler::new(&cfg);
     while !STOP.load(Ordering::Relaxed) {
         let now = clock::now();
         let mut work = stack.poll(now);
@@ -137,40 +136,12 @@ fn main() {
         }
         stack.flush(clock::now());
         if work {
-            last_work = std::time::Instant::now();
-            continue;
+            idler.work();
+        } else {
+            idler.idle(&mut stack);
         }
-        if last_work.elapsed() < cfg.spin {
-            continue;
-        }
-        idle_wait(&mut stack, cfg.idle_sleep);
     }
     eprintln!("echo: stopped; {}", stack.stats());
-}
-
-/// Blocks until a frame may have arrived or the next timer is due.
-fn idle_wait(stack: &mut Stack<DpdkLink>, idle_sleep: Duration) {
-    let until_timer = stack
-        .next_deadline()
-        .map(clock::until)
-        .unwrap_or(Duration::from_secs(1));
-    match stack.wake_fd() {
-        Some(fd) => {
-            let t = until_timer.min(Duration::from_secs(1));
-            let ts = libc::timespec {
-                tv_sec: t.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-            };
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, a valid timespec, no signal mask change.
-            unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        }
-        None => std::thread::sleep(until_timer.min(idle_sleep)),
-    }
 }
 
 fn serve(

@@ -377,3 +377,32 @@ fn without_privileges_the_error_says_so() {
         format!("echo: MTCP_DEV=tap:{tap}: no permission: DPDK devices need CAP_NET_ADMIN and CAP_NET_RAW (run as root)\n")
     );
 }
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// An idle server blocks instead of spinning: on net_tap (its rx interrupt fd) and on
+/// af_packet (the link's own AF_PACKET wake-up socket). Served once first, so the stack is
+/// warm and has connections' timers behind it.
+#[test]
+fn idle_server_uses_no_cpu() {
+    for dev in [Dev::Tap, Dev::AfPacket] {
+        let mut bed = Bed::new(dev, &[]);
+        let a = bed.addr();
+        bed.client(&["conns", "--addr", &a, "--conns", "10", "--msgs", "10"]);
+        let pid = bed.server.pid();
+        let before = cpu_ticks(pid);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let used = cpu_ticks(pid) - before;
+        // 300 ticks would be a core spinning; allow scheduler noise, not a poll loop.
+        assert!(used <= 6, "idle server used {used} ticks of CPU in 3 s");
+        // And it still answers at once after idling.
+        bed.client(&["conns", "--addr", &a, "--conns", "1", "--msgs", "5"]);
+    }
+}

@@ -538,7 +538,7 @@ impl Config {
             Some(s) => Duration::from_micros(parse_num("MTCP_SPIN_US", s, 0u64, 10_000_000)?),
         };
         let idle_sleep = match get("MTCP_IDLE_SLEEP_US") {
-            None => Duration::from_micros(200),
+            None => Duration::from_micros(2000),
             Some(s) => Duration::from_micros(parse_num("MTCP_IDLE_SLEEP_US", s, 1u64, 1_000_000)?),
         };
         let rto_min = match get("MTCP_RTO_MIN_MS") {

@@ -298,8 +298,131 @@ impl Drop for Mbuf {
     }
 }
 
+/// A wake-up fd for devices whose PMD has none (af_packet, af_xdp): our own AF_PACKET socket
+/// on the same kernel interface, whose classic-BPF filter drops every frame while the stack
+/// runs, and keeps one byte of each while the stack sleeps, so `poll` on it wakes the loop when a
+/// frame arrives. Two setsockopt calls per sleep; nothing per packet while busy beyond the
+/// kernel running a one-instruction filter.
+struct PacketWake {
+    fd: RawFd,
+    armed: bool,
+}
+
+const SO_ATTACH_FILTER: libc::c_int = 26;
+const SOL_PACKET: libc::c_int = 263;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+impl PacketWake {
+    fn open(iface: &str) -> std::io::Result<PacketWake> {
+        let name = CString::new(iface)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: plain socket calls with valid arguments; the fd is closed on error paths.
+        unsafe {
+            let ifindex = libc::if_nametoindex(name.as_ptr());
+            if ifindex == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let w = PacketWake { fd, armed: true };
+            w.set_filter(false)?;
+            let one: libc::c_int = 1;
+            // Frames the stack itself sends must not wake it (Linux >= 4.20; ignored if older).
+            libc::setsockopt(
+                fd,
+                SOL_PACKET,
+                PACKET_IGNORE_OUTGOING,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = ifindex as i32;
+            if libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut w = w;
+            w.armed = false;
+            Ok(w)
+        }
+    }
+
+    fn set_filter(&self, accept: bool) -> std::io::Result<()> {
+        // One instruction: BPF_RET | BPF_K with the number of bytes to keep (0 drops the frame).
+        let mut insn = libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: u32::from(accept),
+        };
+        let prog = libc::sock_fprog {
+            len: 1,
+            filter: &mut insn,
+        };
+        // SAFETY: prog points at one valid instruction for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn arm(&mut self) {
+        if !self.armed && self.set_filter(true).is_ok() {
+            self.armed = true;
+        }
+        // Drop what was queued before: readiness from now on means a new frame.
+        let mut b = [0u8; 1];
+        // SAFETY: reading at most one byte into a valid buffer, non-blocking.
+        while unsafe {
+            libc::recv(
+                self.fd,
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        } >= 0
+        {}
+    }
+
+    fn disarm(&mut self) {
+        if self.armed && self.set_filter(false).is_ok() {
+            self.armed = false;
+        }
+    }
+}
+
+impl Drop for PacketWake {
+    fn drop(&mut self) {
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
 /// A started DPDK port.
 pub struct DpdkLink {
+    packet_wake: Option<PacketWake>,
     port: u16,
     pool: NonNull<sys::rte_mempool>,
     mac: [u8; 6],
@@ -370,8 +493,20 @@ impl DpdkLink {
             tx_ring_full: 0,
             rx_multiseg: 0,
             info,
+            packet_wake: None,
         };
         link.configure(is_tap, cfg)?;
+        if let Some(iface) = cfg.dev.kernel_iface() {
+            match PacketWake::open(iface) {
+                Ok(w) => {
+                    link.wake_fd = Some(w.fd);
+                    link.packet_wake = Some(w);
+                }
+                Err(e) => {
+                    tracing::warn!("no wake-up fd on {iface} ({e}): idle loops will sleep and poll")
+                }
+            }
+        }
         Ok(link)
     }
 
@@ -613,6 +748,18 @@ impl Link for DpdkLink {
 
     fn wake_fd(&self) -> Option<RawFd> {
         self.wake_fd
+    }
+
+    fn arm_wake(&mut self) {
+        if let Some(w) = self.packet_wake.as_mut() {
+            w.arm();
+        }
+    }
+
+    fn disarm_wake(&mut self) {
+        if let Some(w) = self.packet_wake.as_mut() {
+            w.disarm();
+        }
     }
 
     fn counters(&self) -> LinkCounters {

@@ -14,6 +14,7 @@ pub mod config;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod faults;
+pub mod idle;
 pub mod link;
 pub mod net;
 pub mod pcap;

@@ -48,8 +48,10 @@ pub trait Link {
     fn ip_mtu(&self) -> usize;
     /// A file descriptor that becomes readable when frames arrive, if the device has one.
     fn wake_fd(&self) -> Option<RawFd>;
-    /// Re-arms the wake-up fd before the caller blocks on it (a no-op where not needed).
+    /// Arms the wake-up fd before the caller blocks on it (a no-op where it is always armed).
     fn arm_wake(&mut self) {}
+    /// Disarms it after the caller woke up.
+    fn disarm_wake(&mut self) {}
     fn counters(&self) -> LinkCounters;
 }
 

@@ -458,6 +458,22 @@ impl<L: Link> Stack<L> {
         self.net.link.wake_fd()
     }
 
+    /// Prepares to block on `wake_fd`: arms it, then polls once more so a frame that arrived
+    /// before arming is not left waiting. Returns false if that poll found work (do not block).
+    pub fn arm_wake(&mut self, now: Instant) -> bool {
+        self.net.link.arm_wake();
+        if self.poll(now) {
+            self.net.link.disarm_wake();
+            return false;
+        }
+        true
+    }
+
+    /// After waking up from `wake_fd`.
+    pub fn disarm_wake(&mut self) {
+        self.net.link.disarm_wake();
+    }
+
     /// Turns fault injection on or off at run time (tests start clean, then degrade the link).
     pub fn set_faults(&mut self, faults: Option<crate::config::Faults>) {
         self.net.faults = faults.filter(|f| f.active()).map(FaultInjector::new);
