@@ -348,3 +348,82 @@ fn ones_sum(b: &[u8]) -> u16 {
     }
     s as u16
 }
+
+#[test]
+fn off_subnet_peers_go_through_the_gateway() {
+    // The client routes 198.19.0.0/16 via the server's address, its gateway: it must resolve
+    // the gateway's MAC and send the SYN there (the server, not being 198.19.7.7, drops it).
+    let (a, b) = MemLink::pair(SERVER_MAC, CLIENT_MAC);
+    let mut now = Instant::from_secs(1);
+    let mut server = Stack::with_link(
+        a,
+        parse_cidr("t", "198.18.0.2/24").unwrap(),
+        None,
+        None,
+        opts(),
+        now,
+    );
+    let gw = Ipv4Addr::new(198, 18, 0, 2);
+    let mut client = Stack::with_link(
+        b,
+        parse_cidr("t", "198.18.0.1/24").unwrap(),
+        None,
+        Some(gw),
+        opts(),
+        now,
+    );
+    client
+        .connect(
+            now,
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 7, 7), 80),
+            opts(),
+        )
+        .unwrap();
+    for _ in 0..10 {
+        now += Duration::from_micros(10);
+        client.poll(now);
+        server.poll(now);
+    }
+    assert_eq!(client.neighbor(gw), Some(SERVER_MAC), "gateway resolved");
+    assert_eq!(client.stats().arp_requests_sent, 1);
+    assert!(
+        server.stats().drop_not_ours >= 1,
+        "SYN for 198.19.7.7 reached the gateway's MAC"
+    );
+}
+
+#[test]
+fn off_subnet_without_gateway_is_unreachable() {
+    let mut p = Pair::new();
+    let r = p.client.connect(
+        p.now,
+        SocketAddrV4::new(Ipv4Addr::new(198, 19, 7, 7), 80),
+        opts(),
+    );
+    assert_eq!(r, Err(SockError::NetUnreachable));
+}
+
+#[test]
+fn unanswered_arp_gives_up_and_counts() {
+    // Nobody answers for 198.18.0.9: three requests a second apart, then the queued SYN is
+    // dropped and counted.
+    let mut p = Pair::new();
+    p.client
+        .connect(
+            p.now,
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 9), 80),
+            opts(),
+        )
+        .unwrap();
+    p.advance(Duration::from_millis(2900), Duration::from_millis(10));
+    let st = p.client.stats();
+    assert_eq!(st.arp_requests_sent, 3, "{st}");
+    assert_eq!(st.drop_arp_unresolved, 0, "still waiting: {st}");
+    p.advance(Duration::from_millis(200), Duration::from_millis(10));
+    let st = p.client.stats();
+    assert!(
+        st.drop_arp_unresolved >= 1,
+        "gave up after the third request: {st}"
+    );
+    assert_eq!(p.client.neighbor(Ipv4Addr::new(198, 18, 0, 9)), None);
+}
