@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 pub use anyhow::{anyhow, bail, Context, Error, Result};
 
+pub mod workload;
+
 /// Prefix of every network namespace this crate creates: `mtcp-<pid>-<n>`.
 pub const NETNS_PREFIX: &str = "mtcp-";
 /// Prefix of every interface name this crate creates: `mt<pid hex>-<n hex><tag>`.

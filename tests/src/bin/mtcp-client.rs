@@ -4,7 +4,6 @@
 //! prints exactly one summary line `mode=<sub> key=value ...` on stdout and exits 0 only if
 //! every check passed; problems go to stderr, prefixed `mtcp-client <sub>:`.
 
-use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,6 +11,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use mtcp_tests::workload::{
+    bulk_line, exit_code, hex, lat_summary, latency_rounds, subcommand, Args, BulkOpts,
+    LatencyOpts, Rng, Stream,
+};
 use sha2::{Digest, Sha256};
 
 const USAGE: &str = "\
@@ -26,17 +29,12 @@ usage: mtcp-client <subcommand> [--key value ...]
 Each prints one line `mode=<sub> key=value ...` and exits non-zero on any mismatch.";
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some(sub) = argv.first().cloned() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+    let (sub, args) = match subcommand(USAGE) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
-    if sub == "-h" || sub == "--help" || sub == "help" {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
     raise_nofile();
-    let r = Args::parse(&argv[1..]).and_then(|a| match sub.as_str() {
+    let r = Args::parse(&args).and_then(|a| match sub.as_str() {
         "conns" => cmd_conns(a),
         "bulk" => cmd_bulk(a),
         "burst" => cmd_burst(a),
@@ -45,13 +43,7 @@ fn main() -> ExitCode {
         "serve" => cmd_serve(a),
         _ => Err(anyhow!("unknown subcommand {sub:?}\n{USAGE}")),
     });
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mtcp-client {sub}: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("mtcp-client", &sub, r)
 }
 
 /// Soft RLIMIT_NOFILE up to the hard limit (20000 on the project machines).
@@ -66,95 +58,7 @@ fn raise_nofile() {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Arguments
-// ---------------------------------------------------------------------------------------
-
-struct Args {
-    map: HashMap<String, String>,
-    used: std::cell::RefCell<Vec<String>>,
-}
-
-impl Args {
-    fn parse(v: &[String]) -> Result<Args> {
-        let mut map = HashMap::new();
-        let mut i = 0;
-        while i < v.len() {
-            let k = v[i]
-                .strip_prefix("--")
-                .ok_or_else(|| anyhow!("expected --option, got {:?}", v[i]))?;
-            if let Some((k, val)) = k.split_once('=') {
-                map.insert(k.to_string(), val.to_string());
-                i += 1;
-            } else {
-                let val = v.get(i + 1).ok_or_else(|| anyhow!("--{k} needs a value"))?;
-                map.insert(k.to_string(), val.clone());
-                i += 2;
-            }
-        }
-        Ok(Args {
-            map,
-            used: Default::default(),
-        })
-    }
-
-    fn get<T: std::str::FromStr>(&self, k: &str, default: Option<T>) -> Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        self.used.borrow_mut().push(k.to_string());
-        match self.map.get(k) {
-            Some(v) => v.parse().map_err(|e| anyhow!("--{k} {v:?}: {e}")),
-            None => default.ok_or_else(|| anyhow!("--{k} is required")),
-        }
-    }
-
-    /// Rejects options that no `get` asked for (typos).
-    fn finish(&self) -> Result<()> {
-        let used = self.used.borrow();
-        let mut extra: Vec<&String> = self.map.keys().filter(|k| !used.contains(k)).collect();
-        extra.sort();
-        if !extra.is_empty() {
-            bail!("unknown option(s): {extra:?}");
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Deterministic pseudo-random bytes (SplitMix64)
-// ---------------------------------------------------------------------------------------
-
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut r = Rng(seed ^ 0x6a09_e667_f3bc_c908);
-        r.next();
-        r
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next().to_le_bytes());
-        }
-        let rem = chunks.into_remainder();
-        if !rem.is_empty() {
-            let x = self.next().to_le_bytes();
-            let n = rem.len();
-            rem.copy_from_slice(&x[..n]);
-        }
-    }
-}
-
+/// Seed of connection `i`'s message stream.
 fn conn_seed(base: u64, i: usize) -> u64 {
     base.wrapping_mul(0x1000_0000_01b3) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
@@ -837,15 +741,13 @@ fn cmd_conns(a: Args) -> Result<()> {
 
 fn cmd_bulk(a: Args) -> Result<()> {
     let addr: SocketAddr = a.get("addr", None)?;
-    let total: u64 = a.get("bytes", Some(1 << 30))?;
-    let chunk: usize = a.get("chunk", Some(65536))?;
-    let stall: f64 = a.get("stall-timeout", Some(30.0))?;
-    let seed: u64 = a.get("seed", Some(1))?;
+    let BulkOpts {
+        total,
+        chunk,
+        stall,
+        seed,
+    } = BulkOpts::from_args(&a)?;
     a.finish()?;
-    if chunk == 0 {
-        bail!("--chunk must be > 0");
-    }
-    let stall = Duration::from_secs_f64(stall);
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(stall))?;
@@ -853,24 +755,19 @@ fn cmd_bulk(a: Args) -> Result<()> {
     let mut w = s.try_clone()?;
     let t0 = Instant::now();
     let writer = std::thread::spawn(move || -> Result<[u8; 32]> {
-        let mut rng = Rng::new(seed);
+        let mut tx = Stream::new(seed, chunk, total);
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; chunk];
-        let mut left = total;
-        while left > 0 {
-            let n = (left as usize).min(chunk);
-            rng.fill(&mut buf[..n]);
-            h.update(&buf[..n]);
-            w.write_all(&buf[..n]).map_err(|e| {
-                anyhow!("write after {} bytes: {e}", total - left).context(
-                    if classify(&e) == Fail::Timeout {
-                        "send stalled (peer not reading?)"
-                    } else {
-                        "send failed"
-                    },
-                )
+        let mut sent: u64 = 0;
+        while let Some(buf) = tx.next_chunk() {
+            h.update(buf);
+            w.write_all(buf).map_err(|e| {
+                anyhow!("write after {sent} bytes: {e}").context(if classify(&e) == Fail::Timeout {
+                    "send stalled (peer not reading?)"
+                } else {
+                    "send failed"
+                })
             })?;
-            left -= n as u64;
+            sent += buf.len() as u64;
         }
         w.shutdown(Shutdown::Write).context("shutdown(Write)")?;
         Ok(h.finalize().into())
@@ -909,14 +806,8 @@ fn cmd_bulk(a: Args) -> Result<()> {
     read_res?;
     let sent_hash = sent_hash?;
     let recv_hash: [u8; 32] = h.finalize().into();
-    let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let mbps = got as f64 * 8.0 / secs / 1e6;
-    println!(
-        "mode=bulk bytes={got} secs={secs:.3} mbps={mbps:.1} mb_per_s={:.1} sha256={} match={}",
-        got as f64 / secs / 1e6,
-        hex(&recv_hash),
-        got == total && sent_hash == recv_hash
-    );
+    let ok = got == total && sent_hash == recv_hash;
+    println!("{}", bulk_line(got, secs, &recv_hash, ok));
     if got != total {
         bail!("received {got} bytes, sent {total}");
     }
@@ -974,70 +865,22 @@ fn cmd_burst(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i] as f64 / 1e3
-}
-
-fn lat_summary(lat: &mut [u32]) -> String {
-    lat.sort_unstable();
-    let mean = if lat.is_empty() {
-        0.0
-    } else {
-        lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1e3
-    };
-    format!(
-        "p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} mean_us={mean:.1} min_us={:.1} max_us={:.1}",
-        percentile(lat, 0.50),
-        percentile(lat, 0.90),
-        percentile(lat, 0.99),
-        percentile(lat, 0.999),
-        lat.first().map_or(0.0, |&x| x as f64 / 1e3),
-        lat.last().map_or(0.0, |&x| x as f64 / 1e3),
-    )
-}
-
 fn cmd_latency(a: Args) -> Result<()> {
     let addr: SocketAddr = a.get("addr", None)?;
-    let count: usize = a.get("count", Some(20000))?;
-    let size: usize = a.get("size", Some(16))?;
-    let warmup: usize = a.get("warmup", Some(1000))?;
-    let timeout: f64 = a.get("timeout", Some(10.0))?;
+    let o = LatencyOpts::from_args(&a)?;
     a.finish()?;
-    if size == 0 {
-        bail!("--size must be > 0");
-    }
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .with_context(|| format!("connect {addr}"))?;
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs_f64(timeout)))?;
-    s.set_write_timeout(Some(Duration::from_secs_f64(timeout)))?;
-    let mut rng = Rng::new(42);
-    let mut msg = vec![0u8; size];
-    let mut back = vec![0u8; size];
-    let mut lat = Vec::with_capacity(count);
-    for i in 0..warmup + count {
-        rng.fill(&mut msg);
-        let t = Instant::now();
-        s.write_all(&msg)
+    s.set_read_timeout(Some(o.timeout))?;
+    s.set_write_timeout(Some(o.timeout))?;
+    let line = latency_rounds(&o, |i, msg, back| {
+        s.write_all(msg)
             .with_context(|| format!("write, round trip {i}"))?;
-        s.read_exact(&mut back)
-            .with_context(|| format!("read echo, round trip {i}"))?;
-        let ns = t.elapsed().as_nanos().min(u32::MAX as u128) as u32;
-        if msg != back {
-            bail!("round trip {i}: echo differs from what was sent");
-        }
-        if i >= warmup {
-            lat.push(ns);
-        }
-    }
-    println!(
-        "mode=latency count={count} size={size} {}",
-        lat_summary(&mut lat)
-    );
+        s.read_exact(back)
+            .with_context(|| format!("read echo, round trip {i}"))
+    })?;
+    println!("{line}");
     Ok(())
 }
 
