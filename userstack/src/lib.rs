@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod dpdk;
+pub mod epoll;
 pub mod faults;
 pub mod idle;
 pub mod link;

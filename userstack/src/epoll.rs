@@ -1,0 +1,448 @@
+//! epoll semantics for user-space sockets, as Linux has them, independent of any fd table.
+//!
+//! An [`EpollSet`] is one epoll instance's interest list for the sockets the stack owns (the
+//! application's kernel fds stay in a real kernel epoll set beside it). The owner tells it when
+//! a socket's readiness may have changed ([`EpollSet::notify`]) and asks for events
+//! ([`EpollSet::wait`]), giving a function that reads a socket's current readiness. Semantics
+//! (as epoll(7) specifies them; pinned by the tests below, to be compared call for call with the
+//! kernel by the shim's with/without tests):
+//! - level-triggered entries are reported on every wait while any requested condition holds;
+//! - `EPOLLET` entries are reported once per notification that found them ready (new data, a
+//!   state change), not again until the next notification;
+//! - `EPOLLONESHOT` entries are disabled after one report until `EPOLL_CTL_MOD` re-arms them;
+//! - `EPOLLERR` and `EPOLLHUP` are reported whether asked for or not;
+//! - an entry added (or modified) while already ready is reported by the next wait;
+//! - the application's 64-bit `data` comes back untouched;
+//! - entries that keep being ready are reported round-robin, so `maxevents` smaller than the
+//!   ready count starves nobody.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::stack::Readiness;
+
+pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
+pub const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
+pub const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
+pub const EPOLLPRI: u32 = libc::EPOLLPRI as u32;
+pub const EPOLLET: u32 = libc::EPOLLET as u32;
+pub const EPOLLONESHOT: u32 = libc::EPOLLONESHOT as u32;
+pub const EPOLLEXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
+pub const EPOLLWAKEUP: u32 = libc::EPOLLWAKEUP as u32;
+
+/// The input flags that select behaviour rather than conditions.
+const FLAGS: u32 = EPOLLET | EPOLLONESHOT | EPOLLEXCLUSIVE | EPOLLWAKEUP;
+
+/// Readiness as epoll condition bits.
+pub fn bits(r: Readiness) -> u32 {
+    let mut b = 0;
+    if r.readable {
+        b |= EPOLLIN;
+    }
+    if r.writable {
+        b |= EPOLLOUT;
+    }
+    if r.rdhup {
+        b |= EPOLLRDHUP;
+    }
+    if r.hup {
+        b |= EPOLLHUP;
+    }
+    if r.error {
+        b |= EPOLLERR;
+    }
+    b
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtlError {
+    /// EEXIST: ADD of an fd already in the set.
+    Exists,
+    /// ENOENT: MOD or DEL of an fd not in the set.
+    NotFound,
+    /// EINVAL: EPOLLEXCLUSIVE with MOD, or other invalid flags.
+    Invalid,
+}
+
+impl CtlError {
+    pub fn errno(self) -> i32 {
+        match self {
+            CtlError::Exists => libc::EEXIST,
+            CtlError::NotFound => libc::ENOENT,
+            CtlError::Invalid => libc::EINVAL,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Requested conditions and flags, as given to epoll_ctl.
+    events: u32,
+    data: u64,
+    /// ONESHOT entry already reported and not re-armed.
+    disabled: bool,
+    /// In `ready` (at most once).
+    queued: bool,
+}
+
+/// One epoll instance's user-space sockets, keyed by the socket's key (the shim uses the fd).
+#[derive(Debug, Default)]
+pub struct EpollSet {
+    entries: HashMap<i32, Entry>,
+    /// Keys that may have something to report, in report order.
+    ready: VecDeque<i32>,
+}
+
+/// One reported event, as `struct epoll_event` holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollEvent {
+    pub events: u32,
+    pub data: u64,
+}
+
+impl EpollSet {
+    pub fn new() -> EpollSet {
+        EpollSet::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn contains(&self, key: i32) -> bool {
+        self.entries.contains_key(&key)
+    }
+
+    /// Whether a wait could report something now (cheap; may be a false positive).
+    pub fn maybe_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// EPOLL_CTL_ADD. `now` is the socket's current readiness: if it matches, the next wait
+    /// reports it (an fd added while data is already waiting is not missed).
+    pub fn add(
+        &mut self,
+        key: i32,
+        events: u32,
+        data: u64,
+        now: Readiness,
+    ) -> Result<(), CtlError> {
+        if self.entries.contains_key(&key) {
+            return Err(CtlError::Exists);
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                events,
+                data,
+                disabled: false,
+                queued: false,
+            },
+        );
+        self.consider(key, bits(now));
+        Ok(())
+    }
+
+    /// EPOLL_CTL_MOD: new conditions and data; re-arms a ONESHOT entry.
+    pub fn modify(
+        &mut self,
+        key: i32,
+        events: u32,
+        data: u64,
+        now: Readiness,
+    ) -> Result<(), CtlError> {
+        if events & EPOLLEXCLUSIVE != 0 {
+            return Err(CtlError::Invalid);
+        }
+        let e = self.entries.get_mut(&key).ok_or(CtlError::NotFound)?;
+        if e.events & EPOLLEXCLUSIVE != 0 {
+            return Err(CtlError::Invalid);
+        }
+        e.events = events;
+        e.data = data;
+        e.disabled = false;
+        self.consider(key, bits(now));
+        Ok(())
+    }
+
+    /// EPOLL_CTL_DEL.
+    pub fn delete(&mut self, key: i32) -> Result<(), CtlError> {
+        self.entries
+            .remove(&key)
+            .map(|_| ())
+            .ok_or(CtlError::NotFound)
+        // A stale key left in `ready` is skipped by `wait`.
+    }
+
+    /// The socket's readiness may have changed (data arrived, buffer space freed, state
+    /// changed). For EPOLLET entries this is the edge that allows one more report.
+    pub fn notify(&mut self, key: i32, now: Readiness) {
+        self.consider(key, bits(now));
+    }
+
+    fn consider(&mut self, key: i32, now: u32) {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        if e.disabled || e.queued || !wanted(e.events, now) {
+            return;
+        }
+        e.queued = true;
+        self.ready.push_back(key);
+    }
+
+    /// Fills `out` (up to its capacity, at least 1) with events, reading each candidate's
+    /// current readiness through `readiness` (`None`: the socket is gone; its entry stays until
+    /// DEL, as a closed fd's entry would on Linux, but reports nothing). Returns how many.
+    pub fn wait(
+        &mut self,
+        out: &mut Vec<EpollEvent>,
+        max: usize,
+        mut readiness: impl FnMut(i32) -> Option<Readiness>,
+    ) -> usize {
+        out.clear();
+        let max = max.max(1);
+        // Each queued key is looked at once per call; level-triggered ones that are still
+        // ready go to the back, behind the others (round-robin).
+        let mut budget = self.ready.len();
+        let mut requeue = Vec::new();
+        while budget > 0 && out.len() < max {
+            budget -= 1;
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(e) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            e.queued = false;
+            if e.disabled {
+                continue;
+            }
+            let Some(r) = readiness(key) else { continue };
+            let got = report_bits(e.events, bits(r));
+            if got == 0 {
+                continue;
+            }
+            out.push(EpollEvent {
+                events: got,
+                data: e.data,
+            });
+            if e.events & EPOLLONESHOT != 0 {
+                e.disabled = true;
+            } else if e.events & EPOLLET == 0 {
+                e.queued = true;
+                requeue.push(key);
+            }
+        }
+        self.ready.extend(requeue);
+        out.len()
+    }
+}
+
+/// Whether any requested condition (or ERR/HUP, always requested) holds.
+fn wanted(events: u32, now: u32) -> bool {
+    report_bits(events, now) != 0
+}
+
+fn report_bits(events: u32, now: u32) -> u32 {
+    now & ((events & !FLAGS) | EPOLLERR | EPOLLHUP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: Readiness = Readiness {
+        readable: true,
+        writable: false,
+        rdhup: false,
+        hup: false,
+        error: false,
+    };
+    const W: Readiness = Readiness {
+        readable: false,
+        writable: true,
+        rdhup: false,
+        hup: false,
+        error: false,
+    };
+    const RW: Readiness = Readiness {
+        readable: true,
+        writable: true,
+        rdhup: false,
+        hup: false,
+        error: false,
+    };
+    const NONE: Readiness = Readiness {
+        readable: false,
+        writable: false,
+        rdhup: false,
+        hup: false,
+        error: false,
+    };
+
+    fn wait_all(s: &mut EpollSet, state: &HashMap<i32, Readiness>) -> Vec<EpollEvent> {
+        let mut out = Vec::new();
+        s.wait(&mut out, 64, |k| state.get(&k).copied());
+        out
+    }
+
+    #[test]
+    fn level_triggered_reports_while_ready() {
+        let mut s = EpollSet::new();
+        let mut st = HashMap::from([(5, NONE)]);
+        s.add(5, EPOLLIN, 0xdead_beef_0000_0005, NONE).unwrap();
+        assert!(wait_all(&mut s, &st).is_empty());
+        st.insert(5, R);
+        s.notify(5, R);
+        let ev = wait_all(&mut s, &st);
+        assert_eq!(
+            ev,
+            vec![EpollEvent {
+                events: EPOLLIN,
+                data: 0xdead_beef_0000_0005
+            }]
+        );
+        // Still readable: reported again without a new notification.
+        assert_eq!(wait_all(&mut s, &st).len(), 1);
+        st.insert(5, NONE);
+        assert!(wait_all(&mut s, &st).is_empty());
+        assert!(wait_all(&mut s, &st).is_empty());
+    }
+
+    #[test]
+    fn edge_triggered_reports_once_per_notification() {
+        let mut s = EpollSet::new();
+        let st = HashMap::from([(3, R)]);
+        s.add(3, EPOLLIN | EPOLLET, 3, R).unwrap();
+        assert_eq!(
+            wait_all(&mut s, &st).len(),
+            1,
+            "ready at ADD counts as an edge"
+        );
+        assert!(wait_all(&mut s, &st).is_empty(), "no new edge, no report");
+        s.notify(3, R); // more data arrived
+        assert_eq!(wait_all(&mut s, &st).len(), 1);
+        assert!(wait_all(&mut s, &st).is_empty());
+    }
+
+    #[test]
+    fn oneshot_disables_until_mod() {
+        let mut s = EpollSet::new();
+        let st = HashMap::from([(7, R)]);
+        s.add(7, EPOLLIN | EPOLLONESHOT, 1, R).unwrap();
+        assert_eq!(wait_all(&mut s, &st).len(), 1);
+        s.notify(7, R);
+        assert!(
+            wait_all(&mut s, &st).is_empty(),
+            "disabled after one report"
+        );
+        s.modify(7, EPOLLIN | EPOLLONESHOT, 2, R).unwrap();
+        assert_eq!(
+            wait_all(&mut s, &st),
+            vec![EpollEvent {
+                events: EPOLLIN,
+                data: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn err_and_hup_are_always_reported() {
+        let mut s = EpollSet::new();
+        let gone = Readiness {
+            readable: true,
+            writable: true,
+            rdhup: true,
+            hup: true,
+            error: true,
+        };
+        let st = HashMap::from([(9, gone)]);
+        s.add(9, EPOLLOUT, 9, NONE).unwrap();
+        s.notify(9, gone);
+        let ev = wait_all(&mut s, &st);
+        assert_eq!(
+            ev[0].events,
+            EPOLLOUT | EPOLLERR | EPOLLHUP,
+            "RDHUP only when asked"
+        );
+        s.modify(9, EPOLLIN | EPOLLRDHUP, 9, gone).unwrap();
+        let ev = wait_all(&mut s, &st);
+        assert_eq!(ev[0].events, EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP);
+    }
+
+    #[test]
+    fn ctl_errors_match_linux() {
+        let mut s = EpollSet::new();
+        s.add(1, EPOLLIN, 0, NONE).unwrap();
+        assert_eq!(s.add(1, EPOLLIN, 0, NONE), Err(CtlError::Exists));
+        assert_eq!(s.modify(2, EPOLLIN, 0, NONE), Err(CtlError::NotFound));
+        assert_eq!(s.delete(2), Err(CtlError::NotFound));
+        assert_eq!(
+            s.modify(1, EPOLLIN | EPOLLEXCLUSIVE, 0, NONE),
+            Err(CtlError::Invalid)
+        );
+        assert_eq!(CtlError::Exists.errno(), libc::EEXIST);
+        s.delete(1).unwrap();
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn deleted_entries_are_not_reported() {
+        let mut s = EpollSet::new();
+        let st = HashMap::from([(4, R)]);
+        s.add(4, EPOLLIN, 0, R).unwrap();
+        s.delete(4).unwrap();
+        assert!(wait_all(&mut s, &st).is_empty());
+        // Re-added with other data: the new data comes back.
+        s.add(4, EPOLLIN, 44, R).unwrap();
+        assert_eq!(
+            wait_all(&mut s, &st),
+            vec![EpollEvent {
+                events: EPOLLIN,
+                data: 44
+            }]
+        );
+    }
+
+    #[test]
+    fn maxevents_round_robin_starves_nobody() {
+        let mut s = EpollSet::new();
+        let st: HashMap<i32, Readiness> = (0..10).map(|k| (k, RW)).collect();
+        for k in 0..10 {
+            s.add(k, EPOLLIN | EPOLLOUT, k as u64, RW).unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(s.wait(&mut out, 2, |k| st.get(&k).copied()), 2);
+            for e in &out {
+                seen.insert(e.data);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            10,
+            "every ready entry reported within 5 waits of 2"
+        );
+    }
+
+    #[test]
+    fn write_readiness_and_condition_changes() {
+        let mut s = EpollSet::new();
+        let mut st = HashMap::from([(2, W)]);
+        s.add(2, EPOLLOUT, 2, W).unwrap();
+        assert_eq!(wait_all(&mut s, &st)[0].events, EPOLLOUT);
+        // Interest changed to input only: writable no longer reported.
+        s.modify(2, EPOLLIN, 2, W).unwrap();
+        assert!(wait_all(&mut s, &st).is_empty());
+        st.insert(2, RW);
+        s.notify(2, RW);
+        assert_eq!(wait_all(&mut s, &st)[0].events, EPOLLIN);
+    }
+}
