@@ -28,5 +28,5 @@ pub mod stats;
 mod tests;
 
 pub use config::Config;
-pub use stack::{ConnId, Event, Readiness, SockError, Stack, TcpOptions};
+pub use stack::{ConnId, Event, Keepalive, Readiness, SockError, Stack, TcpOptions};
 pub use stats::Stats;

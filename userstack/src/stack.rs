@@ -123,6 +123,14 @@ impl std::fmt::Display for SockError {
 
 impl std::error::Error for SockError {}
 
+/// TCP keepalive parameters (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: std::time::Duration,
+    pub intvl: std::time::Duration,
+    pub cnt: u32,
+}
+
 /// Per-socket TCP options; a listener's are inherited by the connections it accepts, as on Linux.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpOptions {
@@ -194,7 +202,11 @@ struct Conn {
     last_state: tcp::State,
     last_ready: Readiness,
     last_recv_queue: usize,
+    /// The error to report once (recv/send/SO_ERROR consume it, as Linux's sk_err).
     error: Option<SockError>,
+    /// The connection ended by an error (reset, timeout, refused): after the error was reported,
+    /// reads give end of stream and writes EPIPE.
+    failed: bool,
     track: TxTrack,
     rec: Recovery,
     /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
@@ -872,6 +884,7 @@ impl<L: Link> Stack<L> {
             last_ready: Readiness::default(),
             last_recv_queue: 0,
             error: None,
+            failed: false,
             track: TxTrack::default(),
             rec: Recovery::new(self.rto_min_us),
             skew: 0,
@@ -957,8 +970,8 @@ impl<L: Link> Stack<L> {
         let prev = c.last_state;
         if state != prev {
             c.last_state = state;
-            if state == tcp::State::Closed && c.error.is_none() && !c.app_closed {
-                c.error = match prev {
+            if state == tcp::State::Closed && !c.failed && !c.app_closed {
+                let error = match prev {
                     tcp::State::SynSent => Some(SockError::Refused),
                     tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing => None,
                     _ => Some(if sock.timeout().is_some() {
@@ -967,6 +980,10 @@ impl<L: Link> Stack<L> {
                         SockError::Reset
                     }),
                 };
+                if error.is_some() {
+                    c.error = error;
+                    c.failed = true;
+                }
             }
         }
 
@@ -995,7 +1012,7 @@ impl<L: Link> Stack<L> {
                 return;
             }
         } else {
-            let ready = readiness(sock, c.error);
+            let ready = readiness(sock, c.error, c.failed);
             let rq = sock.recv_queue();
             if (ready != c.last_ready || rq > c.last_recv_queue) && !c.event_queued {
                 c.event_queued = true;
@@ -1161,7 +1178,7 @@ impl<L: Link> Stack<L> {
             l.pending = l.pending.saturating_sub(1);
             c.origin = Origin::Owned;
             let sock = c.sockets.get::<tcp::Socket>(c.handle);
-            c.last_ready = readiness(sock, c.error);
+            c.last_ready = readiness(sock, c.error, c.failed);
             c.last_recv_queue = sock.recv_queue();
             return Ok((id, c.peer));
         }
@@ -1265,7 +1282,11 @@ impl<L: Link> Stack<L> {
 
     pub fn readiness(&self, id: ConnId) -> Result<Readiness, SockError> {
         let c = self.conn(id)?;
-        Ok(readiness(c.sockets.get::<tcp::Socket>(c.handle), c.error))
+        Ok(readiness(
+            c.sockets.get::<tcp::Socket>(c.handle),
+            c.error,
+            c.failed,
+        ))
     }
 
     /// Bytes waiting to be read (FIONREAD).
@@ -1274,8 +1295,18 @@ impl<L: Link> Stack<L> {
         Ok(c.sockets.get::<tcp::Socket>(c.handle).recv_queue())
     }
 
-    /// Reads into `buf`. `Ok(0)` is end of stream (the peer's FIN, after all data).
+    /// Reads into `buf`. `Ok(0)` is end of stream (the peer's FIN, after all data). A
+    /// connection that ended in error reports the error once, then end of stream.
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, SockError> {
+        self.recv_inner(id, buf, false)
+    }
+
+    /// recv(MSG_PEEK): copies without consuming.
+    pub fn peek(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, SockError> {
+        self.recv_inner(id, buf, true)
+    }
+
+    fn recv_inner(&mut self, id: ConnId, buf: &mut [u8], peek: bool) -> Result<usize, SockError> {
         let rcvbuf_half;
         let n = {
             let c = self.conn_mut(id)?;
@@ -1285,10 +1316,18 @@ impl<L: Link> Stack<L> {
             if buf.is_empty() {
                 return Ok(0);
             }
-            match sock.recv_slice(buf) {
+            let got = if peek {
+                sock.peek_slice(buf)
+            } else {
+                sock.recv_slice(buf)
+            };
+            match got {
                 Ok(0) | Err(tcp::RecvError::InvalidState) | Err(tcp::RecvError::Finished) => {
-                    if let Some(e) = c.error {
+                    if let Some(e) = c.error.take() {
                         return Err(e);
+                    }
+                    if c.failed {
+                        return Ok(0);
                     }
                     return match sock.state() {
                         tcp::State::SynSent | tcp::State::SynReceived => Err(SockError::WouldBlock),
@@ -1305,7 +1344,7 @@ impl<L: Link> Stack<L> {
         };
         // Reading from a more than half full buffer may open the window enough to tell the
         // peer now (smoltcp decides); otherwise the next segment carries the update.
-        if n.1 > rcvbuf_half {
+        if !peek && n.1 > rcvbuf_half {
             self.mark_dirty(id.slot);
         }
         Ok(n.0)
@@ -1315,8 +1354,11 @@ impl<L: Link> Stack<L> {
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SockError> {
         let n = {
             let c = self.conn_mut(id)?;
-            if let Some(e) = c.error {
+            if let Some(e) = c.error.take() {
                 return Err(e);
+            }
+            if c.failed {
+                return Err(SockError::Pipe);
             }
             let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
             match sock.state() {
@@ -1361,17 +1403,30 @@ impl<L: Link> Stack<L> {
         Ok(())
     }
 
-    pub fn set_keepalive(
-        &mut self,
-        id: ConnId,
-        interval: Option<std::time::Duration>,
-    ) -> Result<(), SockError> {
+    /// SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT, or off. smoltcp has one
+    /// keepalive interval and an inactivity timeout: the first probe goes after `idle` (then
+    /// every `idle`), and the connection is aborted (ETIMEDOUT) after `idle + intvl * cnt` without
+    /// hearing from the peer, which is when Linux gives up too.
+    pub fn set_keepalive(&mut self, id: ConnId, ka: Option<Keepalive>) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        c.sockets
-            .get_mut::<tcp::Socket>(c.handle)
-            .set_keep_alive(interval.map(to_sdur));
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        match ka {
+            Some(k) => {
+                sock.set_keep_alive(Some(to_sdur(k.idle)));
+                sock.set_timeout(Some(to_sdur(k.idle + k.intvl * k.cnt)));
+            }
+            None => {
+                sock.set_keep_alive(None);
+                sock.set_timeout(None);
+            }
+        }
         self.mark_dirty(id.slot);
         Ok(())
+    }
+
+    /// getsockopt(SO_ERROR): the pending error, cleared by reading it.
+    pub fn take_error(&mut self, id: ConnId) -> Result<Option<SockError>, SockError> {
+        Ok(self.conn_mut(id)?.error.take())
     }
 
     /// close(2): the handle is dead at once; queued data is still delivered, then FIN, unless
@@ -1399,7 +1454,7 @@ impl<L: Link> Stack<L> {
     }
 }
 
-fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>) -> Readiness {
+fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>, failed: bool) -> Readiness {
     let state = sock.state();
     let handshaking = matches!(
         state,
@@ -1408,12 +1463,10 @@ fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>) -> Readiness {
     let closed = state == tcp::State::Closed || state == tcp::State::TimeWait;
     let rdhup = !handshaking && !sock.may_recv();
     Readiness {
-        readable: sock.can_recv() || rdhup || error.is_some(),
-        writable: (!handshaking && sock.can_send())
-            || error.is_some()
-            || (!handshaking && !sock.may_send()),
-        rdhup,
-        hup: error.is_some() || closed || (rdhup && !sock.may_send()),
+        readable: sock.can_recv() || rdhup || failed,
+        writable: (!handshaking && sock.can_send()) || failed || (!handshaking && !sock.may_send()),
+        rdhup: rdhup || failed,
+        hup: failed || closed || (rdhup && !sock.may_send()),
         error: error.is_some(),
     }
 }

@@ -175,8 +175,69 @@ fn closed_port_resets_and_connect_is_refused() {
     p.run();
     assert_eq!(p.server.stats().tcp_rst_sent, 1);
     let mut buf = [0u8; 4];
+    // Like Linux: EPOLLERR|EPOLLHUP until the error is read, the error once, then EOF / EPIPE.
+    let r = p.client.readiness(c).unwrap();
+    assert!(r.error && r.hup && r.writable, "{r:?}");
     assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Refused));
-    assert!(p.client.readiness(c).unwrap().error);
+    assert!(!p.client.readiness(c).unwrap().error);
+    assert_eq!(p.client.recv(c, &mut buf), Ok(0));
+    assert_eq!(p.client.send(c, b"x"), Err(SockError::Pipe));
+    assert_eq!(p.client.take_error(c), Ok(None));
+}
+
+#[test]
+fn reset_is_reported_once_and_peek_does_not_consume() {
+    let mut p = Pair::new();
+    p.server.listen(8, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(8), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(8).unwrap();
+    p.client.send(c, b"peek me").unwrap();
+    p.run();
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.peek(s, &mut buf), Ok(7));
+    assert_eq!(p.server.recv(s, &mut buf), Ok(7));
+    assert_eq!(&buf[..7], b"peek me");
+    // The client resets (close with SO_LINGER 0): the server sees ECONNRESET once via SO_ERROR.
+    p.client.abort(c).unwrap();
+    p.run();
+    assert!(p.server.readiness(s).unwrap().error);
+    assert_eq!(p.server.take_error(s), Ok(Some(SockError::Reset)));
+    assert_eq!(p.server.take_error(s), Ok(None));
+    assert_eq!(p.server.recv(s, &mut buf), Ok(0));
+    assert_eq!(p.server.send(s, b"x"), Err(SockError::Pipe));
+    let r = p.server.readiness(s).unwrap();
+    assert!(r.hup && r.readable && !r.error, "{r:?}");
+}
+
+#[test]
+fn keepalive_finds_a_dead_peer() {
+    let mut p = Pair::new();
+    p.server.listen(9, 4, opts()).unwrap();
+    p.client.connect(p.now, p.server_addr(9), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(9).unwrap();
+    let ka = crate::stack::Keepalive {
+        idle: std::time::Duration::from_secs(2),
+        intvl: std::time::Duration::from_secs(1),
+        cnt: 3,
+    };
+    p.server.set_keepalive(s, Some(ka)).unwrap();
+    // The client vanishes (its frames stop reaching the server): after idle + intvl * cnt the
+    // server gives up with ETIMEDOUT, having sent probes meanwhile.
+    let before = p.server.stats().tx_frames;
+    let end = p.now + Duration::from_secs(7);
+    while p.now < end {
+        p.now += Duration::from_millis(10);
+        p.server.poll(p.now);
+        p.client.link().pending(); // the client no longer polls: its inbox just fills
+    }
+    assert!(
+        p.server.stats().tx_frames > before,
+        "keepalive probes were sent"
+    );
+    let mut buf = [0u8; 4];
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::TimedOut));
 }
 
 #[test]
