@@ -8,4 +8,10 @@ cd "$(dirname "$0")/.."
 # The integration tests run target/release/echo (a binary of another package than the tests').
 cargo build --release --workspace --bins
 # Two test threads: each integration test runs a DPDK server and a client on a 2-core machine.
-cargo test --release --workspace -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace -- --test-threads=2 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo's own last line is a crate's doc-tests).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
