@@ -265,6 +265,11 @@ fn start_eal(args: &[String]) -> Result<(), StartError> {
 /// A received mbuf, lent to the stack; freed on drop.
 pub struct Mbuf(NonNull<sys::rte_mbuf>);
 
+// SAFETY: an Mbuf is the only owner of its mbuf. Moving it to another thread and freeing it
+// there is allowed by DPDK: the pool is a multi-producer/multi-consumer ring, and threads that
+// are not EAL lcores (rte_lcore_id() == LCORE_ID_ANY) bypass the per-lcore cache.
+unsafe impl Send for Mbuf {}
+
 impl RxFrame for Mbuf {
     fn data(&self) -> &[u8] {
         // SAFETY: the mbuf is a valid single-segment mbuf we own; mtod points at data_len bytes.

@@ -1470,3 +1470,10 @@ fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>, failed: bool) -> 
         error: error.is_some(),
     }
 }
+
+// The shim keeps one stack behind a lock shared by the application's threads.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Stack<crate::dpdk::DpdkLink>>();
+    assert_send::<Stack<crate::link::MemLink>>();
+};
