@@ -9,7 +9,8 @@ apt-get install -y --no-install-recommends \
     libdpdk-dev dpdk-dev \
     clang libclang-dev pkg-config build-essential \
     libxdp-dev libbpf-dev libnuma-dev libbsd-dev libelf-dev zlib1g-dev \
-    iproute2 ethtool iputils-ping tcpdump socat util-linux procps
+    iproute2 ethtool iputils-ping tcpdump socat util-linux procps \
+    redis-server redis-tools python3 valgrind
 
 # The tap PMD needs /dev/net/tun.
 if [ ! -e /dev/net/tun ]; then

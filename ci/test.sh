@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The integration tests run target/release/echo (a binary of another package than the tests').
-cargo build --release --workspace --bins
+# The integration tests run target/release/echo and target/release/libmtcpshim.so (artifacts of
+# other packages than the tests'), so build the whole workspace first.
+cargo build --release --workspace
 # Two test threads: each integration test runs a DPDK server and a client on a 2-core machine.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

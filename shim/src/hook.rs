@@ -1,0 +1,453 @@
+//! The machinery every hook shares: the `intercept!` macro that expands the table, the lazy
+//! resolution of the originals, the mode word, the slow path and `MTCP_SHIM_TRACE`.
+//!
+//! Every hook has one shape:
+//!
+//! 1. Load the cached original (an `AtomicUsize` per call). Zero the first time: resolve it
+//!    with `dlsym(RTLD_NEXT, name)` (after reading the environment, once per process), or
+//!    abort with one line on stderr if libc has no such symbol. A hook entered again *while this
+//!    thread is inside dlsym* cannot wait for it and makes the raw syscall instead.
+//! 2. Load the mode word. None of the bits this call's gate depends on is set (always so with
+//!    `MTCP_PORTS` and `MTCP_SHIM_TRACE` unset; for fd calls, also while no fd was ever ours):
+//!    tail-call the original with the caller's arguments. errno is never touched on this path.
+//! 3. Otherwise the slow path ([`slow`]). The call is counted if tracing (unless the library
+//!    made it itself). If the call's gate says it may be ours (the fd is in the fd table;
+//!    `MTCP_PORTS` is set, for socket/bind/listen/epoll_create; some fd is ours, for
+//!    poll/select) and the thread is not inside the library already (guard; else the original
+//!    runs), the hook enters the library (guard),
+//!    saves errno, runs the op under `catch_unwind`, leaves, and acts on its [`Outcome`]:
+//!    `Bypass` restores errno and calls the original *outside* the library (a blocking call
+//!    stays interruptible and signal handlers see normal hooks), `Done(v)` restores errno and
+//!    returns `v`, `Error(e)` sets errno to `e` and returns -1.
+//!    A panic prints one line and aborts.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use libc::{c_int, ssize_t};
+
+use crate::ops::Outcome;
+
+/// Mode bit: `MTCP_SHIM_TRACE` is set; every hook call is counted.
+pub const MODE_TRACE: u32 = 1;
+/// Mode bit: `MTCP_PORTS` is set (valid or not).
+pub const MODE_CONFIG: u32 = 2;
+/// Mode bit: the fd table exists (some fd was ours at some point).
+pub const MODE_TABLE: u32 = 4;
+
+/// Zero means "pure passthrough": the hooks forward without looking further.
+pub(crate) static MODE: AtomicU32 = AtomicU32::new(0);
+
+/// Sets mode bits (they are never cleared).
+pub(crate) fn set_mode(bits: u32) {
+    MODE.fetch_or(bits, Ordering::Release);
+}
+
+/// The current mode bits.
+pub fn mode() -> u32 {
+    MODE.load(Ordering::Relaxed)
+}
+
+/// What a failed call returns: -1 for both `int` and `ssize_t` calls.
+pub trait CRet: Copy {
+    const FAIL: Self;
+}
+
+impl CRet for c_int {
+    const FAIL: Self = -1;
+}
+
+impl CRet for ssize_t {
+    const FAIL: Self = -1;
+}
+
+/// The C type of an original: `orig_type!((a, b, c) ; ret)` or, for variadic calls,
+/// `orig_type!((a, b) ; vararg ; ret)`.
+macro_rules! orig_type {
+    (($($t:ty),*) ; $vt:ty ; $ret:ty) => { unsafe extern "C" fn($($t,)* ...) -> $ret };
+    (($($t:ty),*) ; $ret:ty) => { unsafe extern "C" fn($($t),*) -> $ret };
+}
+
+/// Expands the table of intercepted calls (see `table.rs` for the syntax) into:
+/// - `Id`, one variant per call, `COUNT` and `NAMES`;
+/// - `ORIG`, the saved originals, and `C_NAMES` for dlsym;
+/// - one exported `#[no_mangle] extern "C"` hook per call, which forwards to the original or
+///   to `crate::ops::<name>` with the same arguments.
+///
+/// A variadic C call (`fcntl(int, int, ...)`) is written `fcntl(fd: c_int, cmd: c_int;
+/// ... arg: c_ulong)`: the hook takes the one optional argument as a pointer-sized integer (on
+/// x86-64 it arrives in the same register whether or not the caller passed it) and calls the
+/// original as the variadic function it is.
+macro_rules! intercept {
+    ( $(
+        $(#[doc = $doc:literal])*
+        fn $name:ident ( $($a:ident : $t:ty),* $(; ... $va:ident : $vt:ty)? ) -> $ret:ty
+            where $gk:ident ( $($ga:expr),* ), raw $raw:expr ;
+    )* ) => {
+        /// One variant per intercepted call, in table order.
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Id { $($name),* }
+
+        /// Number of intercepted calls.
+        pub const COUNT: usize = [$(Id::$name),*].len();
+
+        /// Their C names, indexed by `Id`.
+        pub static NAMES: [&str; COUNT] = [$(stringify!($name)),*];
+
+        /// NUL-terminated names for dlsym.
+        pub(crate) static C_NAMES: [&[u8]; COUNT] = [$(concat!(stringify!($name), "\0").as_bytes()),*];
+
+        /// The originals (addresses from dlsym; 0 until the first call of any hook).
+        pub(crate) static ORIG: [::std::sync::atomic::AtomicUsize; COUNT] =
+            [const { ::std::sync::atomic::AtomicUsize::new(0) }; COUNT];
+
+        $(
+            $(#[doc = $doc])*
+            #[doc = ""]
+            #[doc = "# Safety"]
+            #[doc = ""]
+            #[doc = concat!("The C contract of libc's `", stringify!($name), "`.")]
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($a: $t),* $(, $va: $vt)?) -> $ret {
+                type Orig = orig_type!(($($t),*) $(; $vt)? ; $ret);
+
+                /// Everything but the passthrough fast path, out of line so that the hook
+                /// itself is two loads, a test and a jump (no argument spills).
+                #[inline(never)]
+                unsafe fn not_fast($($a: $t),* $(, $va: $vt)?) -> $ret {
+                    let p = ORIG[Id::$name as usize].load(::std::sync::atomic::Ordering::Acquire);
+                    let p = if p != 0 {
+                        p
+                    } else {
+                        match $crate::hook::resolve(Id::$name) {
+                            Some(p) => p,
+                            // SAFETY: re-entered from inside dlsym on this thread: the raw
+                            // syscall with the caller's own arguments.
+                            None => return unsafe { $raw } as $ret,
+                        }
+                    };
+                    // SAFETY: `p` is what dlsym returned for this very name in libc, whose C
+                    // type is `Orig`.
+                    let real = unsafe { ::std::mem::transmute::<usize, Orig>(p) };
+                    if $crate::hook::MODE.load(::std::sync::atomic::Ordering::Relaxed) & gate::mask::$gk == 0 {
+                        // SAFETY: forwarding the caller's arguments unchanged.
+                        return unsafe { real($($a),* $(, $va)?) };
+                    }
+                    $crate::hook::slow(
+                        Id::$name,
+                        move || gate::$gk($($ga),*),
+                        // SAFETY: the op gets the caller's arguments, under the C contract.
+                        move || unsafe { $crate::ops::$name($($a),* $(, $va)?) },
+                        // SAFETY: forwarding the caller's arguments unchanged.
+                        move || unsafe { real($($a),* $(, $va)?) },
+                    )
+                }
+
+                let p = ORIG[Id::$name as usize].load(::std::sync::atomic::Ordering::Acquire);
+                if p != 0
+                    && $crate::hook::MODE.load(::std::sync::atomic::Ordering::Relaxed) & gate::mask::$gk == 0
+                {
+                    // SAFETY: `p` is what dlsym returned for this very name in libc, whose C
+                    // type is `Orig`; the caller's arguments are forwarded unchanged.
+                    return unsafe { ::std::mem::transmute::<usize, Orig>(p)($($a),* $(, $va)?) };
+                }
+                // SAFETY: the caller's arguments, under the C contract.
+                unsafe { not_fast($($a),* $(, $va)?) }
+            }
+        )*
+    };
+}
+
+thread_local! {
+    /// Set while this thread is inside dlsym.
+    static RESOLVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Resolves the original of `id` (cold path). `None` when this thread is already inside dlsym
+/// (the hook then makes the raw syscall).
+///
+/// The first resolution resolves every call of the table at once (about 50 dlsym calls, tens
+/// of microseconds), so that a hook first called later, e.g. `write` from a signal handler,
+/// finds its original without calling dlsym (which is not async-signal-safe). A name libc lacks
+/// stays unresolved and is reported when, and only if, the program calls it. An address inside
+/// this library itself (it would recurse forever) is never stored.
+#[cold]
+#[inline(never)]
+pub(crate) fn resolve(id: Id) -> Option<usize> {
+    crate::init::ensure();
+    if RESOLVING.with(|r| r.replace(true)) {
+        return None;
+    }
+    let saved = crate::errno::get();
+    let own = object_base(resolve as *const libc::c_void);
+    for (i, slot) in ORIG.iter().enumerate() {
+        if slot.load(Ordering::Acquire) != 0 {
+            continue;
+        }
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, C_NAMES[i].as_ptr().cast()) };
+        if !p.is_null() && (own.is_none() || object_base(p) != own) {
+            slot.store(p as usize, Ordering::Release);
+        }
+    }
+    RESOLVING.with(|r| r.set(false));
+    let p = ORIG[id as usize].load(Ordering::Acquire);
+    if p == 0 {
+        unresolvable(id);
+    }
+    crate::errno::set(saved);
+    Some(p)
+}
+
+/// The base address of the loaded object that contains `addr`.
+fn object_base(addr: *const libc::c_void) -> Option<usize> {
+    // SAFETY: all-zero is a valid Dl_info; dladdr only writes it.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr on any address is allowed; it fills `info` on success.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 {
+        return None;
+    }
+    Some(info.dli_fbase as usize)
+}
+
+/// The program called `id`, whose original cannot be found: say why, abort.
+#[cold]
+fn unresolvable(id: Id) -> ! {
+    let name = NAMES[id as usize];
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, C_NAMES[id as usize].as_ptr().cast()) };
+    if !p.is_null() {
+        crate::shim_die!(
+            "dlsym(RTLD_NEXT, \"{name}\") found mtcpshim itself: the library is loaded ahead of \
+             itself; put it in LD_PRELOAD only once"
+        );
+    }
+    // SAFETY: dlerror returns NULL or a NUL-terminated message.
+    let err = unsafe { libc::dlerror() };
+    let why = if err.is_null() {
+        &b"no error message"[..]
+    } else {
+        // SAFETY: non-null dlerror result is a C string.
+        unsafe { std::ffi::CStr::from_ptr(err) }.to_bytes()
+    };
+    crate::shim_die!(
+        "the C library has no `{name}` (dlsym(RTLD_NEXT, \"{name}\"): {}); the program called \
+         it through mtcpshim, which cannot forward it",
+        why.escape_ascii()
+    );
+}
+
+/// The slow path of a hook (see the module comment). `gate` says whether the call may be the
+/// library's; `op` is the library's version; `real` the original with the caller's arguments.
+#[inline(never)]
+pub(crate) fn slow<R: CRet>(
+    id: Id,
+    gate: impl FnOnce() -> bool,
+    op: impl FnOnce() -> Outcome<R>,
+    real: impl FnOnce() -> R,
+) -> R {
+    if MODE.load(Ordering::Relaxed) & MODE_TRACE != 0 && !crate::guard::active() {
+        // Calls the library makes itself are not counted.
+        TRACE_COUNTS[id as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    // The gate first: it is a load or two, the guard is a TLS access.
+    if !gate() || crate::guard::active() {
+        return real();
+    }
+    let saved = crate::errno::get();
+    let res = {
+        let _inside = crate::guard::Entered::new();
+        catch_unwind(AssertUnwindSafe(op))
+    };
+    match res {
+        Ok(Outcome::Bypass(_why)) => {
+            crate::errno::set(saved);
+            real()
+        }
+        Ok(Outcome::Done(v)) => {
+            crate::errno::set(saved);
+            v
+        }
+        Ok(Outcome::Error(e)) => {
+            crate::errno::set(e);
+            R::FAIL
+        }
+        Err(_) => crate::shim_die!(
+            "panic inside the `{}` hook (message above); aborting: a panic must not unwind \
+             into C and the socket layer's state can no longer be trusted",
+            NAMES[id as usize]
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MTCP_SHIM_TRACE=1: count hook calls, print the counts at exit
+// ---------------------------------------------------------------------------------------------
+
+static TRACE_COUNTS: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];
+
+/// How many times the hook `id` was called since tracing started (0 unless `MTCP_SHIM_TRACE`).
+pub fn trace_count(id: Id) -> u64 {
+    TRACE_COUNTS[id as usize].load(Ordering::Relaxed)
+}
+
+/// Writes `mtcpshim: trace pid=N: name=count ...` (calls with a non-zero count, table order)
+/// to stderr with raw writes. Run at exit (`.fini_array`) when tracing.
+pub fn write_trace_line() {
+    use std::fmt::Write as _;
+    let mut b = crate::rawio::StackBuf::<4096>::new();
+    // SAFETY: getpid has no preconditions.
+    let _ = write!(b, "mtcpshim: trace pid={}:", unsafe { libc::getpid() });
+    for (i, c) in TRACE_COUNTS.iter().enumerate() {
+        let n = c.load(Ordering::Relaxed);
+        if n != 0 {
+            let _ = write!(b, " {}={n}", NAMES[i]);
+        }
+    }
+    b.push_bytes(b"\n");
+    crate::rawio::write_all(2, b.as_bytes());
+}
+
+extern "C" fn at_exit() {
+    if MODE.load(Ordering::Relaxed) & MODE_TRACE != 0 {
+        write_trace_line();
+    }
+}
+
+/// Runs at exit(3) (and at dlclose); does nothing unless tracing.
+#[used]
+#[link_section = ".fini_array"]
+static AT_EXIT: extern "C" fn() = at_exit;
+
+pub use crate::table::{Id, COUNT, NAMES};
+use crate::table::{C_NAMES, ORIG};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Bypass;
+
+    // `slow` is exercised directly: the mode word of the test process is whatever other tests
+    // left (the hooks are live in this test binary too), which `slow` does not depend on.
+
+    #[test]
+    fn slow_path_outcomes_and_errno() {
+        let id = Id::read;
+        // Bypass: the original runs with the caller's errno.
+        crate::errno::set(libc::ENOTCONN);
+        let r: c_int = slow(
+            id,
+            || true,
+            || {
+                crate::errno::set(libc::EIO); // the op's own errno must not leak
+                Outcome::Bypass(Bypass::NotOurs)
+            },
+            || {
+                assert_eq!(crate::errno::get(), libc::ENOTCONN);
+                7
+            },
+        );
+        assert_eq!(r, 7);
+        // Done: the value, errno untouched.
+        crate::errno::set(libc::ENOTCONN);
+        let r: ssize_t = slow(
+            id,
+            || true,
+            || {
+                crate::errno::set(libc::EIO);
+                Outcome::Done(42)
+            },
+            || unreachable!(),
+        );
+        assert_eq!((r, crate::errno::get()), (42, libc::ENOTCONN));
+        // Error: -1 and that errno.
+        let r: c_int = slow(
+            id,
+            || true,
+            || Outcome::Error(libc::EAGAIN),
+            || unreachable!(),
+        );
+        assert_eq!((r, crate::errno::get()), (-1, libc::EAGAIN));
+        // Gate closed: the op does not run.
+        let r: c_int = slow(id, || false, || unreachable!(), || 3);
+        assert_eq!(r, 3);
+    }
+
+    #[test]
+    fn op_runs_inside_the_guard_and_nested_calls_bypass() {
+        let r: c_int = slow(
+            Id::close,
+            || true,
+            || {
+                assert!(crate::guard::active());
+                // A hook entered from inside the library goes straight to the original.
+                let inner: c_int = slow(Id::close, || true, || unreachable!(), || 9);
+                Outcome::Done(inner)
+            },
+            || unreachable!(),
+        );
+        assert_eq!(r, 9);
+        assert!(!crate::guard::active());
+    }
+
+    #[test]
+    fn resolve_inside_dlsym_falls_back() {
+        RESOLVING.with(|r| r.set(true));
+        assert_eq!(resolve(Id::epoll_pwait2), None);
+        RESOLVING.with(|r| r.set(false));
+        let p = resolve(Id::epoll_pwait2).expect("glibc 2.35+ has epoll_pwait2");
+        assert_ne!(p, 0);
+        assert_eq!(ORIG[Id::epoll_pwait2 as usize].load(Ordering::Relaxed), p);
+        // Every call of the table got resolved on the way, none to this binary's own hooks.
+        let own = object_base(resolve as *const libc::c_void);
+        for (i, slot) in ORIG.iter().enumerate() {
+            let p = slot.load(Ordering::Relaxed);
+            assert_ne!(p, 0, "{} unresolved", NAMES[i]);
+            assert_ne!(object_base(p as *const libc::c_void), own, "{}", NAMES[i]);
+        }
+    }
+
+    #[test]
+    fn hooks_forward_and_keep_errno() {
+        // The exported hooks are live in this binary; call one directly.
+        let mut b = [0u8; 4];
+        crate::errno::set(0);
+        // SAFETY: read(2) on an invalid fd into a valid buffer.
+        let r = unsafe { crate::table::read(-1, b.as_mut_ptr().cast(), b.len()) };
+        assert_eq!((r, crate::errno::get()), (-1, libc::EBADF));
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) into a 2-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        crate::errno::set(libc::EXDEV);
+        // SAFETY: write/read/close on the pipe this test opened.
+        unsafe {
+            assert_eq!(crate::table::write(fds[1], b"ok".as_ptr().cast(), 2), 2);
+            assert_eq!(
+                crate::table::__read_chk(fds[0], b.as_mut_ptr().cast(), 2, 4),
+                2
+            );
+            assert_eq!(
+                crate::errno::get(),
+                libc::EXDEV,
+                "success leaves errno alone"
+            );
+            assert_eq!(crate::table::fcntl(fds[0], libc::F_GETFD, 0), 0);
+            assert_eq!(crate::table::close(fds[0]), 0);
+            assert_eq!(crate::table::close(fds[1]), 0);
+        }
+        assert_eq!(&b[..2], b"ok");
+    }
+
+    #[test]
+    fn table_names_match_ids() {
+        assert_eq!(NAMES.len(), COUNT);
+        assert_eq!(NAMES[Id::socket as usize], "socket");
+        assert_eq!(NAMES[Id::__ppoll_chk as usize], "__ppoll_chk");
+        for (i, n) in C_NAMES.iter().enumerate() {
+            assert_eq!(&n[..n.len() - 1], NAMES[i].as_bytes());
+            assert_eq!(n.last(), Some(&0));
+        }
+    }
+}
