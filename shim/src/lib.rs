@@ -43,5 +43,6 @@ mod init;
 pub mod ops;
 mod raw;
 pub mod table;
+mod user;
 
 pub use hook::{Id, COUNT, NAMES};

@@ -8,8 +8,6 @@
 //! on stderr, that a flagged port is served by the kernel in this build (pitfall 15: never
 //! fall back silently).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use libc::{
     c_int, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off64_t,
     off_t, pollfd, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
@@ -39,6 +37,108 @@ pub enum Bypass {
 
 use Outcome::Bypass as B;
 
+const NOT_OURS_SZ: Outcome<ssize_t> = B(Bypass::NotOurs);
+
+/// A user.rs answer as an outcome: `None` hands the call to the kernel.
+fn out(r: Option<Result<c_int, c_int>>) -> Outcome<c_int> {
+    match r {
+        None => B(Bypass::NotOurs),
+        Some(Ok(v)) => Outcome::Done(v),
+        Some(Err(e)) => Outcome::Error(e),
+    }
+}
+
+fn out_len(r: Option<Result<usize, c_int>>) -> Outcome<ssize_t> {
+    match r {
+        None => B(Bypass::NotOurs),
+        Some(Ok(n)) => Outcome::Done(n as ssize_t),
+        Some(Err(e)) => Outcome::Error(e),
+    }
+}
+
+/// readv/recvmsg on a connection of ours: fills the iovecs in order; stops at the first short
+/// read (what is there is returned; the rest would block).
+///
+/// # Safety
+/// `iov` points to `cnt` valid iovecs whose buffers are writable.
+unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
+    if !crate::user::is_conn(fd) {
+        return NOT_OURS_SZ;
+    }
+    if cnt < 0 || cnt > libc::UIO_MAXIOV {
+        return Outcome::Error(libc::EINVAL);
+    }
+    let mut total = 0usize;
+    for i in 0..cnt as usize {
+        // SAFETY: the caller's iovec array (see above).
+        let v = unsafe { iov.add(i).read_unaligned() };
+        if v.iov_len == 0 {
+            continue;
+        }
+        // SAFETY: each iovec describes a writable buffer (readv contract).
+        let b = unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
+        // After the first bytes, never block for more.
+        let f = if total > 0 {
+            flags | libc::MSG_DONTWAIT
+        } else {
+            flags
+        };
+        match crate::user::recv(fd, b, f) {
+            None => return NOT_OURS_SZ,
+            Some(Ok(n)) => {
+                total += n;
+                if n < v.iov_len {
+                    break;
+                }
+            }
+            Some(Err(e)) if total == 0 => return Outcome::Error(e),
+            Some(Err(_)) => break,
+        }
+    }
+    Outcome::Done(total as ssize_t)
+}
+
+/// writev/sendmsg on a connection of ours: sends the iovecs in order; stops when the socket
+/// takes less than offered.
+///
+/// # Safety
+/// `iov` points to `cnt` valid iovecs whose buffers are readable.
+unsafe fn send_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
+    if !crate::user::is_conn(fd) {
+        return NOT_OURS_SZ;
+    }
+    if cnt < 0 || cnt > libc::UIO_MAXIOV {
+        return Outcome::Error(libc::EINVAL);
+    }
+    let mut total = 0usize;
+    for i in 0..cnt as usize {
+        // SAFETY: the caller's iovec array (see above).
+        let v = unsafe { iov.add(i).read_unaligned() };
+        if v.iov_len == 0 {
+            continue;
+        }
+        // SAFETY: each iovec describes a readable buffer (writev contract).
+        let b = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
+        let f = if total > 0 {
+            flags | libc::MSG_DONTWAIT
+        } else {
+            flags
+        };
+        match crate::user::send(fd, b, f) {
+            None => return NOT_OURS_SZ,
+            Some(Ok(n)) => {
+                total += n;
+                if n < v.iov_len {
+                    break;
+                }
+            }
+            Some(Err(e)) if total == 0 => return Outcome::Error(e),
+            Some(Err(_)) => break,
+        }
+    }
+    Outcome::Done(total as ssize_t)
+}
+
 const NOT_OURS: Outcome<c_int> = B(Bypass::NotOurs);
 
 /// Ops on an fd of ours: unreachable until the stack is plugged in.
@@ -59,122 +159,154 @@ pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> O
     let Some(port) = (unsafe { sockaddr_port(addr, len) }) else {
         return NOT_OURS;
     };
-    if crate::config::is_flagged(port) && is_stream(fd) {
-        static SAID: AtomicBool = AtomicBool::new(false);
-        if crate::config::state() == crate::config::State::Ports
-            && !SAID.swap(true, Ordering::Relaxed)
-        {
-            crate::shim_log!(
-                "port {port} is in MTCP_PORTS, but this build of mtcpshim has no user-space \
-                 stack yet: the kernel serves it (said once)"
-            );
-        }
-        return B(Bypass::NoStack);
+    if !crate::config::is_flagged(port) || !is_stream(fd) {
+        return NOT_OURS;
     }
-    NOT_OURS
+    // SAFETY: sockaddr_port checked the family and that `len` covers the address.
+    let family = c_int::from(unsafe { std::ptr::addr_of!((*addr).sa_family).read_unaligned() });
+    if family != libc::AF_INET {
+        // IPv6 listeners stay the kernel's: the stack speaks IPv4 only.
+        return NOT_OURS;
+    }
+    // SAFETY: an AF_INET address of sufficient length (checked above).
+    let sin = unsafe { addr.cast::<libc::sockaddr_in>().read_unaligned() };
+    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+    out(crate::user::bind(fd, ip, port))
 }
 
-pub(crate) unsafe fn listen(_fd: c_int, _backlog: c_int) -> Outcome<c_int> {
-    NOT_OURS
+pub(crate) unsafe fn listen(fd: c_int, backlog: c_int) -> Outcome<c_int> {
+    out(crate::user::listen(fd, backlog))
 }
 
-pub(crate) unsafe fn accept(_fd: c_int, _a: *mut sockaddr, _l: *mut socklen_t) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn accept(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
+    out(crate::user::accept(fd, a, l, 0))
 }
 
 pub(crate) unsafe fn accept4(
-    _fd: c_int,
-    _a: *mut sockaddr,
-    _l: *mut socklen_t,
-    _flags: c_int,
+    fd: c_int,
+    a: *mut sockaddr,
+    l: *mut socklen_t,
+    flags: c_int,
 ) -> Outcome<c_int> {
-    no_stack()
+    if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        return Outcome::Error(libc::EINVAL);
+    }
+    out(crate::user::accept(fd, a, l, flags))
 }
 
 pub(crate) unsafe fn connect(_fd: c_int, _a: *const sockaddr, _l: socklen_t) -> Outcome<c_int> {
     no_stack()
 }
 
-pub(crate) unsafe fn shutdown(_fd: c_int, _how: c_int) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn shutdown(fd: c_int, how: c_int) -> Outcome<c_int> {
+    out(crate::user::shutdown(fd, how))
 }
 
 pub(crate) unsafe fn getsockopt(
-    _fd: c_int,
-    _level: c_int,
-    _name: c_int,
-    _val: *mut c_void,
-    _len: *mut socklen_t,
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
 ) -> Outcome<c_int> {
-    no_stack()
+    out(crate::user::getsockopt(fd, level, name, val, len))
 }
 
 pub(crate) unsafe fn setsockopt(
-    _fd: c_int,
-    _level: c_int,
-    _name: c_int,
-    _val: *const c_void,
-    _len: socklen_t,
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
 ) -> Outcome<c_int> {
-    no_stack()
+    out(crate::user::setsockopt(fd, level, name, val, len))
 }
 
-pub(crate) unsafe fn getsockname(
-    _fd: c_int,
-    _a: *mut sockaddr,
-    _l: *mut socklen_t,
-) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn getsockname(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
+    out(crate::user::peer_or_local(fd, false, a, l))
 }
 
-pub(crate) unsafe fn getpeername(
-    _fd: c_int,
-    _a: *mut sockaddr,
-    _l: *mut socklen_t,
-) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn getpeername(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
+    out(crate::user::peer_or_local(fd, true, a, l))
 }
 
 // --- data -----------------------------------------------------------------------------------
 
-pub(crate) unsafe fn read(_fd: c_int, _buf: *mut c_void, _n: size_t) -> Outcome<ssize_t> {
-    no_stack()
+pub(crate) unsafe fn read(fd: c_int, buf: *mut c_void, n: size_t) -> Outcome<ssize_t> {
+    // SAFETY: read's contract: buf has room for n bytes.
+    unsafe { recv(fd, buf, n, 0) }
 }
 
-pub(crate) unsafe fn write(_fd: c_int, _buf: *const c_void, _n: size_t) -> Outcome<ssize_t> {
-    no_stack()
+pub(crate) unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> Outcome<ssize_t> {
+    // SAFETY: write's contract: buf holds n readable bytes.
+    unsafe { send(fd, buf, n, 0) }
 }
 
-pub(crate) unsafe fn readv(_fd: c_int, _iov: *const iovec, _cnt: c_int) -> Outcome<ssize_t> {
-    no_stack()
+pub(crate) unsafe fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> Outcome<ssize_t> {
+    // SAFETY: readv's contract.
+    unsafe { recv_iov(fd, iov, cnt, 0) }
 }
 
-pub(crate) unsafe fn writev(_fd: c_int, _iov: *const iovec, _cnt: c_int) -> Outcome<ssize_t> {
-    no_stack()
+pub(crate) unsafe fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> Outcome<ssize_t> {
+    // SAFETY: writev's contract.
+    unsafe { send_iov(fd, iov, cnt, 0) }
 }
 
 pub(crate) unsafe fn recv(
-    _fd: c_int,
-    _buf: *mut c_void,
-    _len: size_t,
-    _flags: c_int,
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
 ) -> Outcome<ssize_t> {
-    no_stack()
+    if !crate::user::is_conn(fd) {
+        return NOT_OURS_SZ;
+    }
+    if len == 0 {
+        return Outcome::Done(0);
+    }
+    if buf.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: recv's contract: buf has room for len bytes.
+    let b = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+    out_len(crate::user::recv(fd, b, flags))
 }
 
 pub(crate) unsafe fn recvfrom(
-    _fd: c_int,
-    _buf: *mut c_void,
-    _len: size_t,
-    _flags: c_int,
-    _a: *mut sockaddr,
-    _l: *mut socklen_t,
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    a: *mut sockaddr,
+    l: *mut socklen_t,
 ) -> Outcome<ssize_t> {
-    no_stack()
+    // SAFETY: recvfrom's contract.
+    let r = unsafe { recv(fd, buf, len, flags) };
+    if matches!(r, Outcome::Done(_)) && !a.is_null() && !l.is_null() {
+        // A connected TCP socket reports no source address, as Linux does.
+        // SAFETY: l is a valid socklen_t pointer (recvfrom contract).
+        unsafe { *l = 0 };
+    }
+    r
 }
 
-pub(crate) unsafe fn recvmsg(_fd: c_int, _msg: *mut msghdr, _flags: c_int) -> Outcome<ssize_t> {
-    no_stack()
+pub(crate) unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> Outcome<ssize_t> {
+    if !crate::user::is_conn(fd) {
+        return NOT_OURS_SZ;
+    }
+    if msg.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: recvmsg's contract: msg is a valid msghdr with msg_iovlen iovecs.
+    unsafe {
+        let r = recv_iov(fd, (*msg).msg_iov, (*msg).msg_iovlen as c_int, flags);
+        if matches!(r, Outcome::Done(_)) {
+            (*msg).msg_namelen = 0;
+            (*msg).msg_controllen = 0;
+            (*msg).msg_flags = 0;
+        }
+        r
+    }
 }
 
 pub(crate) unsafe fn recvmmsg(
@@ -188,27 +320,47 @@ pub(crate) unsafe fn recvmmsg(
 }
 
 pub(crate) unsafe fn send(
-    _fd: c_int,
-    _buf: *const c_void,
-    _len: size_t,
-    _flags: c_int,
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
 ) -> Outcome<ssize_t> {
-    no_stack()
+    if !crate::user::is_conn(fd) {
+        return NOT_OURS_SZ;
+    }
+    if len == 0 {
+        return Outcome::Done(0);
+    }
+    if buf.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: send's contract: buf holds len readable bytes.
+    let b = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
+    out_len(crate::user::send(fd, b, flags))
 }
 
 pub(crate) unsafe fn sendto(
-    _fd: c_int,
-    _buf: *const c_void,
-    _len: size_t,
-    _flags: c_int,
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
     _a: *const sockaddr,
     _l: socklen_t,
 ) -> Outcome<ssize_t> {
-    no_stack()
+    // A connected TCP socket ignores the destination, as Linux does.
+    // SAFETY: sendto's contract.
+    unsafe { send(fd, buf, len, flags) }
 }
 
-pub(crate) unsafe fn sendmsg(_fd: c_int, _msg: *const msghdr, _flags: c_int) -> Outcome<ssize_t> {
-    no_stack()
+pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Outcome<ssize_t> {
+    if !crate::user::is_conn(fd) {
+        return NOT_OURS_SZ;
+    }
+    if msg.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: sendmsg's contract: msg is a valid msghdr with msg_iovlen iovecs.
+    unsafe { send_iov(fd, (*msg).msg_iov, (*msg).msg_iovlen as c_int, flags) }
 }
 
 pub(crate) unsafe fn sendmmsg(
@@ -240,24 +392,39 @@ pub(crate) unsafe fn sendfile64(
 
 // --- fds ------------------------------------------------------------------------------------
 
-pub(crate) unsafe fn close(_fd: c_int) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn close(fd: c_int) -> Outcome<c_int> {
+    // Our bookkeeping goes; the kernel then closes the fd (the eventfd or the kernel socket).
+    crate::user::close(fd);
+    NOT_OURS
 }
 
 pub(crate) unsafe fn dup(_fd: c_int) -> Outcome<c_int> {
-    no_stack()
+    // Sharing a stack connection between two fds is not supported yet (docs/shim.md).
+    Outcome::Error(libc::EOPNOTSUPP)
 }
 
-pub(crate) unsafe fn dup2(_old: c_int, _new: c_int) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn dup2(old: c_int, new: c_int) -> Outcome<c_int> {
+    if crate::fdtable::is_ours(old) {
+        return Outcome::Error(libc::EOPNOTSUPP);
+    }
+    // dup2 closes `new` first: drop our side of it, then the kernel does the rest.
+    crate::user::close(new);
+    NOT_OURS
 }
 
-pub(crate) unsafe fn dup3(_old: c_int, _new: c_int, _flags: c_int) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn dup3(old: c_int, new: c_int, _flags: c_int) -> Outcome<c_int> {
+    // SAFETY: the same call, for our purposes.
+    unsafe { dup2(old, new) }
 }
 
-pub(crate) unsafe fn fcntl(_fd: c_int, _cmd: c_int, _arg: c_ulong) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> Outcome<c_int> {
+    match cmd {
+        libc::F_SETFL => crate::user::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => return Outcome::Error(libc::EOPNOTSUPP),
+        _ => {}
+    }
+    // The kernel applies the flags to the identity fd too (F_GETFL then reads them back).
+    NOT_OURS
 }
 
 pub(crate) unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> Outcome<c_int> {
@@ -265,8 +432,28 @@ pub(crate) unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> Outcome<c_i
     unsafe { fcntl(fd, cmd, arg) }
 }
 
-pub(crate) unsafe fn ioctl(_fd: c_int, _request: c_ulong, _arg: *mut c_void) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Outcome<c_int> {
+    match request {
+        libc::FIONREAD => match crate::user::fionread(fd) {
+            None => NOT_OURS,
+            Some(Err(e)) => Outcome::Error(e),
+            Some(Ok(n)) => {
+                if arg.is_null() {
+                    return Outcome::Error(libc::EFAULT);
+                }
+                // SAFETY: FIONREAD's contract: arg points to an int.
+                unsafe { arg.cast::<c_int>().write_unaligned(n) };
+                Outcome::Done(0)
+            }
+        },
+        libc::FIONBIO if !arg.is_null() => {
+            // SAFETY: FIONBIO's contract: arg points to an int.
+            let on = unsafe { arg.cast::<c_int>().read_unaligned() } != 0;
+            crate::user::set_nonblock(fd, on);
+            NOT_OURS
+        }
+        _ => NOT_OURS,
+    }
 }
 
 // --- readiness ------------------------------------------------------------------------------
@@ -280,41 +467,58 @@ pub(crate) unsafe fn epoll_create1(_flags: c_int) -> Outcome<c_int> {
 }
 
 pub(crate) unsafe fn epoll_ctl(
-    _epfd: c_int,
-    _op: c_int,
-    _fd: c_int,
-    _event: *mut epoll_event,
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
 ) -> Outcome<c_int> {
-    no_stack()
+    out(crate::user::epoll_ctl(epfd, op, fd, event))
 }
 
 pub(crate) unsafe fn epoll_wait(
-    _epfd: c_int,
-    _events: *mut epoll_event,
-    _max: c_int,
-    _timeout: c_int,
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
 ) -> Outcome<c_int> {
-    no_stack()
+    out(crate::user::epoll_wait(
+        epfd,
+        events,
+        max,
+        timeout,
+        std::ptr::null(),
+    ))
 }
 
 pub(crate) unsafe fn epoll_pwait(
-    _epfd: c_int,
-    _events: *mut epoll_event,
-    _max: c_int,
-    _timeout: c_int,
-    _sigmask: *const sigset_t,
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+    sigmask: *const sigset_t,
 ) -> Outcome<c_int> {
-    no_stack()
+    out(crate::user::epoll_wait(epfd, events, max, timeout, sigmask))
 }
 
 pub(crate) unsafe fn epoll_pwait2(
-    _epfd: c_int,
-    _events: *mut epoll_event,
-    _max: c_int,
-    _timeout: *const timespec,
-    _sigmask: *const sigset_t,
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
 ) -> Outcome<c_int> {
-    no_stack()
+    let ms = if timeout.is_null() {
+        -1
+    } else {
+        // SAFETY: epoll_pwait2's contract: a valid timespec.
+        let t = unsafe { timeout.read_unaligned() };
+        if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+            return Outcome::Error(libc::EINVAL);
+        }
+        (t.tv_sec as i64 * 1000 + (t.tv_nsec as i64 + 999_999) / 1_000_000).min(i32::MAX as i64)
+            as c_int
+    };
+    out(crate::user::epoll_wait(epfd, events, max, ms, sigmask))
 }
 
 pub(crate) unsafe fn poll(_fds: *mut pollfd, _nfds: nfds_t, _timeout: c_int) -> Outcome<c_int> {

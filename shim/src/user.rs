@@ -1,0 +1,923 @@
+//! The user-space sockets behind the hooks: flagged listeners, the stack's connections, and the
+//! epoll instances that watch them. Everything here runs inside the hook's re-entrancy guard, so
+//! libc calls made from here reach libc's own functions.
+//!
+//! - A listening TCP socket bound to a port in MTCP_PORTS on the wildcard address is a *dual
+//!   listener*: the kernel socket keeps listening (so `redis-cli -h 127.0.0.1` still works) and
+//!   the stack listens on the same port. Bound to MTCP_ADDR (which the kernel does not have), it
+//!   is a stack-only listener. Bound to any other address, it stays the kernel's.
+//! - Each connection accepted from the stack is identified by a real, small kernel fd: an
+//!   eventfd, claimed in the fd table. Closing the fd closes the connection.
+//! - An epoll instance the application adds one of our fds to keeps its kernel epoll (for its
+//!   kernel fds, and the kernel side of dual listeners) and gets an `EpollSet` for our fds.
+//!   `epoll_wait` polls the stack, reports our fds' events and the kernel's, spins
+//!   MTCP_SPIN_US, then blocks on a private epoll holding the application's epoll fd and the
+//!   device's wake-up fd, until the earlier of the application's timeout and the next stack timer.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use libc::{c_int, c_void, sockaddr, socklen_t};
+use userstack::dpdk::DpdkLink;
+use userstack::epoll::{EpollEvent, EpollSet};
+use userstack::{clock, Config, ConnId, Event, Keepalive, Readiness, SockError, Stack};
+
+use crate::fdtable::{self, FdState};
+
+/// What one of our fds is.
+enum Obj {
+    Listener {
+        port: u16,
+        kernel: bool,
+    },
+    Conn {
+        id: ConnId,
+        nonblock: bool,
+        rd_shut: bool,
+        keepalive: Option<Keepalive>,
+        ka_on: bool,
+    },
+    Epoll {
+        set: EpollSet,
+        outer: c_int,
+    },
+}
+
+pub struct Shim {
+    stack: Option<Stack<DpdkLink>>,
+    /// Why the stack could not be started (said once on stderr; every flagged listen fails).
+    failed: Option<String>,
+    objs: Vec<Option<Obj>>,
+    free: Vec<u32>,
+    conn_fd: HashMap<ConnId, c_int>,
+    port_fds: HashMap<u16, Vec<c_int>>,
+    /// Our fd -> the epoll fds watching it.
+    watchers: HashMap<c_int, Vec<c_int>>,
+    /// Sockets bound to a flagged port, waiting for listen(): fd -> (port, kernel side).
+    binds: HashMap<c_int, (u16, bool)>,
+    events: Vec<Event>,
+    scratch: Vec<EpollEvent>,
+}
+
+static SHIM: OnceLock<Mutex<Shim>> = OnceLock::new();
+
+fn shim() -> MutexGuard<'static, Shim> {
+    SHIM.get_or_init(|| {
+        Mutex::new(Shim {
+            stack: None,
+            failed: None,
+            objs: Vec::new(),
+            free: Vec::new(),
+            conn_fd: HashMap::new(),
+            port_fds: HashMap::new(),
+            watchers: HashMap::new(),
+            binds: HashMap::new(),
+            events: Vec::new(),
+            scratch: Vec::new(),
+        })
+    })
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The stack's configuration, read once.
+fn config() -> &'static Result<Config, String> {
+    static CFG: OnceLock<Result<Config, String>> = OnceLock::new();
+    CFG.get_or_init(|| Config::from_env().map_err(|e| e.to_string()))
+}
+
+fn index_of(fd: c_int) -> Option<u32> {
+    match fdtable::global()?.lookup(fd) {
+        FdState::Ours(i) => Some(i),
+        FdState::NotOurs => None,
+    }
+}
+
+impl Shim {
+    fn obj(&mut self, fd: c_int) -> Option<&mut Obj> {
+        let i = index_of(fd)?;
+        self.objs.get_mut(i as usize)?.as_mut()
+    }
+
+    fn insert(&mut self, fd: c_int, obj: Obj) -> Result<(), c_int> {
+        let table = fdtable::global_or_init().ok_or(libc::ENOMEM)?;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.objs[i as usize] = Some(obj);
+                i
+            }
+            None => {
+                self.objs.push(Some(obj));
+                (self.objs.len() - 1) as u32
+            }
+        };
+        if table.claim(fd, i).is_err() {
+            self.objs[i as usize] = None;
+            self.free.push(i);
+            return Err(libc::EMFILE);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, fd: c_int) -> Option<Obj> {
+        let i = fdtable::global()?.release(fd)?;
+        let obj = self.objs.get_mut(i as usize)?.take();
+        self.free.push(i);
+        obj
+    }
+
+    /// Starts the stack on first use. On failure says why, once, and remembers it.
+    fn ensure_stack(&mut self) -> Result<&mut Stack<DpdkLink>, c_int> {
+        if self.stack.is_none() {
+            if self.failed.is_some() {
+                return Err(libc::EADDRNOTAVAIL);
+            }
+            let started = match config() {
+                Err(e) => Err(e.clone()),
+                Ok(cfg) => DpdkLink::start(cfg)
+                    .map_err(|e| e.to_string())
+                    .and_then(|link| {
+                        Stack::new(link, cfg, clock::now()).map_err(|e| e.to_string())
+                    }),
+            };
+            match started {
+                Ok(s) => self.stack = Some(s),
+                Err(e) => {
+                    crate::shim_log!(
+                        "cannot serve the ports in MTCP_PORTS: {e}; listen() on them fails"
+                    );
+                    self.failed = Some(e);
+                    return Err(libc::EADDRNOTAVAIL);
+                }
+            }
+        }
+        Ok(self.stack.as_mut().expect("just started"))
+    }
+
+    /// Polls the stack and tells every epoll set watching a changed fd.
+    fn pump(&mut self) -> bool {
+        let Some(stack) = self.stack.as_mut() else {
+            return false;
+        };
+        let mut work = stack.poll(clock::now());
+        stack.take_events(&mut self.events);
+        work |= !self.events.is_empty();
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            let fds: Vec<c_int> = match *ev {
+                Event::Conn(id) => self.conn_fd.get(&id).copied().into_iter().collect(),
+                Event::Accept(port) => self.port_fds.get(&port).cloned().unwrap_or_default(),
+            };
+            for fd in fds {
+                let r = self.readiness(fd);
+                let Some(r) = r else { continue };
+                for ep in self.watchers.get(&fd).cloned().unwrap_or_default() {
+                    if let Some(Obj::Epoll { set, .. }) = self.obj(ep) {
+                        set.notify(fd, r);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        work
+    }
+
+    fn readiness(&self, fd: c_int) -> Option<Readiness> {
+        let i = index_of(fd)?;
+        let stack = self.stack.as_ref()?;
+        match self.objs.get(i as usize)?.as_ref()? {
+            Obj::Listener { port, .. } => Some(Readiness {
+                readable: stack.accept_queue_len(*port) > 0,
+                ..Readiness::default()
+            }),
+            Obj::Conn { id, .. } => stack.readiness(*id).ok(),
+            Obj::Epoll { .. } => None,
+        }
+    }
+}
+
+fn so_errno(e: SockError) -> c_int {
+    e.errno()
+}
+
+// ------------------------------------------------------------------ listeners
+
+/// bind(): remembers a stream socket bound to a flagged port. Returns `None` when the kernel
+/// should do the bind as usual, `Some(result)` when we handle it (MTCP_ADDR, which the kernel
+/// does not have).
+pub fn bind(fd: c_int, ip: Ipv4Addr, port: u16) -> Option<Result<c_int, c_int>> {
+    let cfg = match config() {
+        Ok(c) => c,
+        Err(e) => {
+            let mut s = shim();
+            if s.failed.is_none() {
+                crate::shim_log!(
+                    "cannot serve the ports in MTCP_PORTS: {e}; listen() on them fails"
+                );
+                s.failed = Some(e.clone());
+            }
+            // Let the kernel bind; listen() will fail loudly.
+            s.binds.insert(fd, (port, true));
+            return None;
+        }
+    };
+    let mut s = shim();
+    if ip.is_unspecified() {
+        s.binds.insert(fd, (port, true));
+        None
+    } else if ip == cfg.addr.addr {
+        s.binds.insert(fd, (port, false));
+        Some(Ok(0))
+    } else {
+        // 127.0.0.1 or another kernel address: never reachable from the DPDK port.
+        s.binds.remove(&fd);
+        None
+    }
+}
+
+/// listen() on a socket bound to a flagged port: the stack listens too.
+pub fn listen(fd: c_int, backlog: c_int) -> Option<Result<c_int, c_int>> {
+    let mut s = shim();
+    let (port, kernel) = *s.binds.get(&fd)?;
+    if let Some(Obj::Listener { .. }) = s.obj(fd) {
+        // listen() again: a new backlog.
+        if kernel {
+            // SAFETY: plain listen on the application's own socket.
+            if unsafe { libc::listen(fd, backlog) } < 0 {
+                return Some(Err(crate::errno::get()));
+            }
+        }
+        let stack = s.stack.as_mut()?;
+        return Some(
+            stack
+                .set_backlog(port, backlog.max(0) as usize)
+                .map(|_| 0)
+                .map_err(so_errno),
+        );
+    }
+    let stack = match s.ensure_stack() {
+        Ok(st) => st,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut opts = stack.default_options();
+    opts.nodelay = false;
+    if let Err(e) = stack.listen(port, backlog.max(0) as usize, opts) {
+        return Some(Err(so_errno(e)));
+    }
+    if kernel {
+        // SAFETY: plain listen on the application's own socket.
+        if unsafe { libc::listen(fd, backlog) } < 0 {
+            let e = crate::errno::get();
+            if let Some(st) = s.stack.as_mut() {
+                st.unlisten(port);
+            }
+            return Some(Err(e));
+        }
+    }
+    if let Err(e) = s.insert(fd, Obj::Listener { port, kernel }) {
+        return Some(Err(e));
+    }
+    s.binds.remove(&fd);
+    s.port_fds.entry(port).or_default().push(fd);
+    Some(Ok(0))
+}
+
+fn write_sockaddr(addr: SocketAddrV4, out: *mut sockaddr, len: *mut socklen_t) {
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let size = std::mem::size_of::<libc::sockaddr_in>();
+    // SAFETY: the caller's buffer holds *len bytes (accept/getpeername contract); we copy at
+    // most that many and report the full size, as the kernel does (truncation).
+    unsafe {
+        let room = (*len as usize).min(size);
+        std::ptr::copy_nonoverlapping(
+            (&sin as *const libc::sockaddr_in).cast::<u8>(),
+            out.cast::<u8>(),
+            room,
+        );
+        *len = size as socklen_t;
+    }
+}
+
+/// accept4() on a listener of ours: a stack connection if one is queued, else the kernel's.
+/// `None`: hand the call to the kernel socket.
+pub fn accept(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> Option<Result<c_int, c_int>> {
+    loop {
+        let mut s = shim();
+        let Some(Obj::Listener { port, kernel }) = s.obj(fd) else {
+            return None;
+        };
+        let (port, kernel) = (*port, *kernel);
+        s.pump();
+        let stack = s.stack.as_mut()?;
+        match stack.accept(port) {
+            Ok((id, peer)) => {
+                let efd_flags = (flags & (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)) as c_int;
+                // SAFETY: eventfd with valid flags (SOCK_* and EFD_* flags have the same values).
+                let efd = unsafe { libc::eventfd(0, efd_flags) };
+                if efd < 0 {
+                    let e = crate::errno::get();
+                    let _ = stack.abort(id);
+                    return Some(Err(e));
+                }
+                let nonblock = flags & libc::SOCK_NONBLOCK != 0;
+                if let Err(e) = s.insert(
+                    efd,
+                    Obj::Conn {
+                        id,
+                        nonblock,
+                        rd_shut: false,
+                        keepalive: None,
+                        ka_on: false,
+                    },
+                ) {
+                    // SAFETY: our own fresh fd.
+                    unsafe { libc::close(efd) };
+                    return Some(Err(e));
+                }
+                s.conn_fd.insert(id, efd);
+                write_sockaddr(peer, addr, len);
+                return Some(Ok(efd));
+            }
+            Err(SockError::WouldBlock) => {}
+            Err(e) => return Some(Err(so_errno(e))),
+        }
+        drop(s);
+        if kernel {
+            // Non-blocking listener: the kernel answers (a connection or EAGAIN). Blocking: wait
+            // for either kind without starving the stack's.
+            // SAFETY: F_GETFL on the application's socket.
+            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+                return None;
+            }
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 1) } > 0 {
+                return None;
+            }
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ connections
+
+/// Whether `fd` is one of our connections (or listeners): the data ops only act then.
+pub fn is_conn(fd: c_int) -> bool {
+    matches!(shim().obj(fd), Some(Obj::Conn { .. }))
+}
+
+enum Io<'a> {
+    Read(&'a mut [u8], bool),
+    Write(&'a [u8]),
+}
+
+/// recv/send on a connection of ours, blocking or not. `Ok(n)` or an errno.
+fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Option<Result<usize, c_int>> {
+    loop {
+        let mut s = shim();
+        let Some(Obj::Conn {
+            id,
+            nonblock,
+            rd_shut,
+            ..
+        }) = s.obj(fd)
+        else {
+            return None;
+        };
+        let (id, nonblock, rd_shut) = (*id, *nonblock || dontwait, *rd_shut);
+        let stack = s.stack.as_mut()?;
+        let r = match &mut op {
+            Io::Read(_, _) if rd_shut => Ok(0),
+            Io::Read(buf, peek) => {
+                let r = if *peek {
+                    stack.peek(id, buf)
+                } else {
+                    stack.recv(id, buf)
+                };
+                if r == Err(SockError::WouldBlock) {
+                    s.pump();
+                    let stack = s.stack.as_mut()?;
+                    if *peek {
+                        stack.peek(id, buf)
+                    } else {
+                        stack.recv(id, buf)
+                    }
+                } else {
+                    r
+                }
+            }
+            Io::Write(data) => {
+                let r = stack.send(id, data);
+                if r.is_ok() {
+                    stack.flush(clock::now());
+                }
+                r
+            }
+        };
+        match r {
+            Ok(n) => return Some(Ok(n)),
+            Err(SockError::WouldBlock) if nonblock => return Some(Err(libc::EAGAIN)),
+            Err(SockError::WouldBlock) => {
+                s.pump();
+                drop(s);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Err(e) => return Some(Err(so_errno(e))),
+        }
+    }
+}
+
+pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<Result<usize, c_int>> {
+    io(
+        fd,
+        Io::Read(buf, flags & libc::MSG_PEEK != 0),
+        flags & libc::MSG_DONTWAIT != 0,
+    )
+}
+
+/// send: EPIPE raises SIGPIPE unless MSG_NOSIGNAL, as the kernel does.
+pub fn send(fd: c_int, data: &[u8], flags: c_int) -> Option<Result<usize, c_int>> {
+    let r = io(fd, Io::Write(data), flags & libc::MSG_DONTWAIT != 0)?;
+    if r == Err(libc::EPIPE) && flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: signalling the calling thread, as the kernel's send would.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
+    }
+    Some(r)
+}
+
+/// close(): our bookkeeping first; the kernel then closes the fd itself (returns false if the fd
+/// is not ours).
+pub fn close(fd: c_int) -> bool {
+    let mut s = shim();
+    let Some(obj) = s.remove(fd) else {
+        return false;
+    };
+    for ep in s.watchers.remove(&fd).unwrap_or_default() {
+        if let Some(Obj::Epoll { set, .. }) = s.obj(ep) {
+            let _ = set.delete(fd);
+        }
+    }
+    match obj {
+        Obj::Conn { id, .. } => {
+            s.conn_fd.remove(&id);
+            if let Some(stack) = s.stack.as_mut() {
+                let _ = stack.close(id);
+                stack.flush(clock::now());
+            }
+        }
+        Obj::Listener { port, .. } => {
+            let last = match s.port_fds.get_mut(&port) {
+                Some(v) => {
+                    v.retain(|&f| f != fd);
+                    v.is_empty()
+                }
+                None => true,
+            };
+            if last {
+                s.port_fds.remove(&port);
+                if let Some(stack) = s.stack.as_mut() {
+                    stack.unlisten(port);
+                }
+            }
+        }
+        Obj::Epoll { outer, .. } => {
+            for list in s.watchers.values_mut() {
+                list.retain(|&e| e != fd);
+            }
+            if outer >= 0 {
+                // SAFETY: our private epoll fd.
+                unsafe { libc::close(outer) };
+            }
+        }
+    }
+    true
+}
+
+pub fn shutdown(fd: c_int, how: c_int) -> Option<Result<c_int, c_int>> {
+    let mut s = shim();
+    let Some(Obj::Conn { id, rd_shut, .. }) = s.obj(fd) else {
+        return None;
+    };
+    let id = *id;
+    if how == libc::SHUT_RD || how == libc::SHUT_RDWR {
+        *rd_shut = true;
+    }
+    if how != libc::SHUT_RD && how != libc::SHUT_WR && how != libc::SHUT_RDWR {
+        return Some(Err(libc::EINVAL));
+    }
+    let stack = s.stack.as_mut()?;
+    if how != libc::SHUT_RD {
+        if let Err(e) = stack.shutdown_write(id) {
+            return Some(Err(so_errno(e)));
+        }
+        stack.flush(clock::now());
+    }
+    Some(Ok(0))
+}
+
+pub fn peer_or_local(
+    fd: c_int,
+    peer: bool,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> Option<Result<c_int, c_int>> {
+    let mut s = shim();
+    let cfg_addr = config().as_ref().ok().map(|c| c.addr.addr);
+    match s.obj(fd)? {
+        Obj::Conn { id, .. } => {
+            let id = *id;
+            let stack = s.stack.as_ref()?;
+            let a = if peer {
+                stack.peer_addr(id)
+            } else {
+                stack.local_addr(id)
+            };
+            match a {
+                Ok(a) => {
+                    write_sockaddr(a, addr, len);
+                    Some(Ok(0))
+                }
+                Err(e) => Some(Err(so_errno(e))),
+            }
+        }
+        Obj::Listener {
+            port,
+            kernel: false,
+        } if !peer => {
+            write_sockaddr(
+                SocketAddrV4::new(cfg_addr.unwrap_or(Ipv4Addr::UNSPECIFIED), *port),
+                addr,
+                len,
+            );
+            Some(Ok(0))
+        }
+        _ => None,
+    }
+}
+
+/// setsockopt on a connection: the options Redis and friends set take effect.
+pub fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> Option<Result<c_int, c_int>> {
+    let mut s = shim();
+    let Some(Obj::Conn {
+        id,
+        keepalive,
+        ka_on,
+        ..
+    }) = s.obj(fd)
+    else {
+        return None;
+    };
+    let id = *id;
+    if val.is_null() || (len as usize) < std::mem::size_of::<c_int>() {
+        return Some(Err(libc::EINVAL));
+    }
+    // SAFETY: the caller passes at least sizeof(int) readable bytes (checked above).
+    let v = unsafe { std::ptr::read_unaligned(val.cast::<c_int>()) };
+    let mut ka = keepalive.unwrap_or(Keepalive {
+        idle: Duration::from_secs(7200),
+        intvl: Duration::from_secs(75),
+        cnt: 9,
+    });
+    let mut on = *ka_on;
+    match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => on = v != 0,
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) if v > 0 => ka.idle = Duration::from_secs(v as u64),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) if v > 0 => {
+            ka.intvl = Duration::from_secs(v as u64)
+        }
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) if v > 0 => ka.cnt = v as u32,
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE | libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT) => {
+            return Some(Err(libc::EINVAL));
+        }
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY) => {
+            let stack = s.stack.as_mut()?;
+            return Some(stack.set_nodelay(id, v != 0).map(|_| 0).map_err(so_errno));
+        }
+        // Accepted and without effect on the stack (buffer sizes are MTCP_RCVBUF/SNDBUF).
+        _ => return Some(Ok(0)),
+    }
+    if let Some(Obj::Conn {
+        keepalive, ka_on, ..
+    }) = s.obj(fd)
+    {
+        *keepalive = Some(ka);
+        *ka_on = on;
+    }
+    let stack = s.stack.as_mut()?;
+    Some(
+        stack
+            .set_keepalive(id, on.then_some(ka))
+            .map(|_| 0)
+            .map_err(so_errno),
+    )
+}
+
+pub fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> Option<Result<c_int, c_int>> {
+    let mut s = shim();
+    let Some(Obj::Conn { id, ka_on, .. }) = s.obj(fd) else {
+        return None;
+    };
+    let (id, ka_on) = (*id, *ka_on);
+    let stack = s.stack.as_mut()?;
+    let v: c_int = match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_ERROR) => match stack.take_error(id) {
+            Ok(e) => e.map_or(0, so_errno),
+            Err(e) => return Some(Err(so_errno(e))),
+        },
+        (libc::SOL_SOCKET, libc::SO_TYPE) => libc::SOCK_STREAM,
+        (libc::SOL_SOCKET, libc::SO_DOMAIN) => libc::AF_INET,
+        (libc::SOL_SOCKET, libc::SO_PROTOCOL) => libc::IPPROTO_TCP,
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => c_int::from(ka_on),
+        (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => 0,
+        _ => return Some(Err(libc::ENOPROTOOPT)),
+    };
+    if val.is_null() || len.is_null() {
+        return Some(Err(libc::EFAULT));
+    }
+    // SAFETY: the caller's buffer holds *len bytes; we write at most sizeof(int) of them.
+    unsafe {
+        let room = (*len as usize).min(std::mem::size_of::<c_int>());
+        std::ptr::copy_nonoverlapping((&v as *const c_int).cast::<u8>(), val.cast::<u8>(), room);
+        *len = room as socklen_t;
+    }
+    Some(Ok(0))
+}
+
+/// fcntl F_SETFL and ioctl FIONBIO: track O_NONBLOCK (the kernel applies it to the eventfd too).
+pub fn set_nonblock(fd: c_int, on: bool) {
+    if let Some(Obj::Conn { nonblock, .. }) = shim().obj(fd) {
+        *nonblock = on;
+    }
+}
+
+/// ioctl FIONREAD.
+pub fn fionread(fd: c_int) -> Option<Result<c_int, c_int>> {
+    let mut s = shim();
+    let Some(Obj::Conn { id, .. }) = s.obj(fd) else {
+        return None;
+    };
+    let id = *id;
+    let stack = s.stack.as_ref()?;
+    Some(stack.recv_queue(id).map(|n| n as c_int).map_err(so_errno))
+}
+
+// ------------------------------------------------------------------ epoll
+
+/// epoll_ctl when `epfd` or `fd` is ours. `None`: the kernel does it alone.
+pub fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut libc::epoll_event,
+) -> Option<Result<c_int, c_int>> {
+    let mut s = shim();
+    let (is_listener, kernel_side) = match s.obj(fd) {
+        Some(Obj::Listener { kernel, .. }) => (true, *kernel),
+        Some(Obj::Conn { .. }) => (false, false),
+        _ => return None, // a kernel fd (maybe into an epoll of ours): the kernel's set
+    };
+    let _ = is_listener;
+    // The epoll instance becomes ours the first time one of our fds joins it.
+    if s.obj(epfd).is_none() {
+        if op != libc::EPOLL_CTL_ADD {
+            return Some(Err(libc::ENOENT));
+        }
+        // SAFETY: fstat-free check that epfd is an epoll instance: a zero-timeout wait on it.
+        let probe = unsafe { libc::epoll_wait(epfd, std::ptr::null_mut(), 0, 0) };
+        if probe < 0 && crate::errno::get() != libc::EINVAL {
+            return Some(Err(crate::errno::get()));
+        }
+        if let Err(e) = s.insert(
+            epfd,
+            Obj::Epoll {
+                set: EpollSet::new(),
+                outer: -1,
+            },
+        ) {
+            return Some(Err(e));
+        }
+    }
+    let (events, data) = if event.is_null() {
+        (0, 0)
+    } else {
+        // SAFETY: epoll_ctl's contract: event points to a valid epoll_event for ADD/MOD.
+        let ev = unsafe { std::ptr::read_unaligned(event) };
+        (ev.events, ev.u64)
+    };
+    if op != libc::EPOLL_CTL_DEL && event.is_null() {
+        return Some(Err(libc::EFAULT));
+    }
+    let now = s.readiness(fd).unwrap_or_default();
+    let r = match s.obj(epfd) {
+        Some(Obj::Epoll { set, .. }) => match op {
+            libc::EPOLL_CTL_ADD => set.add(fd, events, data, now),
+            libc::EPOLL_CTL_MOD => set.modify(fd, events, data, now),
+            libc::EPOLL_CTL_DEL => set.delete(fd),
+            _ => return Some(Err(libc::EINVAL)),
+        },
+        _ => return Some(Err(libc::EINVAL)),
+    };
+    if let Err(e) = r {
+        return Some(Err(e.errno()));
+    }
+    match op {
+        libc::EPOLL_CTL_ADD => s.watchers.entry(fd).or_default().push(epfd),
+        libc::EPOLL_CTL_DEL => {
+            if let Some(v) = s.watchers.get_mut(&fd) {
+                v.retain(|&e| e != epfd);
+            }
+        }
+        _ => {}
+    }
+    drop(s);
+    if kernel_side {
+        // The kernel side of a dual listener is watched by the kernel epoll as well.
+        // SAFETY: the application's own arguments.
+        if unsafe { libc::epoll_ctl(epfd, op, fd, event) } < 0 {
+            return Some(Err(crate::errno::get()));
+        }
+    }
+    Some(Ok(0))
+}
+
+/// epoll_wait / epoll_pwait on an epoll instance of ours.
+pub fn epoll_wait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    maxevents: c_int,
+    timeout_ms: c_int,
+    sigmask: *const libc::sigset_t,
+) -> Option<Result<c_int, c_int>> {
+    if maxevents <= 0 || events.is_null() {
+        return Some(Err(libc::EINVAL));
+    }
+    let max = maxevents as usize;
+    let deadline =
+        (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    let spin = config().as_ref().map(|c| c.spin).unwrap_or(Duration::ZERO);
+    let mut last_work = Instant::now();
+    let mut kernel_first = false;
+    loop {
+        // Our fds first (or the kernel's, alternately, so neither kind starves the other).
+        let mut n = 0usize;
+        {
+            let mut s = shim();
+            if !matches!(s.obj(epfd), Some(Obj::Epoll { .. })) {
+                return None;
+            }
+            if s.pump() {
+                last_work = Instant::now();
+            }
+            let mut out = std::mem::take(&mut s.scratch);
+            // The set is taken out of its slot while it reads the other objects' readiness.
+            let mut set = match s.obj(epfd) {
+                Some(Obj::Epoll { set, .. }) => std::mem::take(set),
+                _ => return None,
+            };
+            let room = if kernel_first { max.div_ceil(2) } else { max };
+            set.wait(&mut out, room, |fd| s.readiness(fd));
+            if let Some(Obj::Epoll { set: slot, .. }) = s.obj(epfd) {
+                *slot = set;
+            }
+            for (i, e) in out.iter().enumerate().take(max) {
+                // SAFETY: events has room for maxevents entries (epoll_wait contract).
+                unsafe {
+                    events.add(i).write(libc::epoll_event {
+                        events: e.events,
+                        u64: e.data,
+                    })
+                };
+                n += 1;
+            }
+            s.scratch = out;
+        }
+        kernel_first = !kernel_first;
+        // The kernel's fds, without blocking.
+        if n < max {
+            // SAFETY: the remaining room of the caller's array.
+            let k = unsafe { libc::epoll_wait(epfd, events.add(n), (max - n) as c_int, 0) };
+            if k < 0 {
+                if n == 0 {
+                    return Some(Err(crate::errno::get()));
+                }
+            } else {
+                n += k as usize;
+            }
+        }
+        if n > 0 {
+            return Some(Ok(n as c_int));
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Some(Ok(0));
+        }
+        if now.duration_since(last_work) < spin {
+            continue;
+        }
+        // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
+        let (outer, until_timer) = {
+            let mut s = shim();
+            let wake = s.stack.as_ref().and_then(|st| st.wake_fd());
+            let armed = match s.stack.as_mut() {
+                Some(st) => st.arm_wake(clock::now()),
+                None => true,
+            };
+            if !armed {
+                last_work = Instant::now();
+                continue;
+            }
+            let until = s
+                .stack
+                .as_ref()
+                .and_then(|st| st.next_deadline())
+                .map(clock::until);
+            let outer = match s.obj(epfd) {
+                Some(Obj::Epoll { outer, .. }) => {
+                    if *outer < 0 {
+                        // SAFETY: creating and filling our own epoll instance.
+                        unsafe {
+                            let o = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                            if o >= 0 {
+                                let mut ev = libc::epoll_event {
+                                    events: libc::EPOLLIN as u32,
+                                    u64: 0,
+                                };
+                                libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, epfd, &mut ev);
+                                if let Some(w) = wake {
+                                    let mut ev = libc::epoll_event {
+                                        events: libc::EPOLLIN as u32,
+                                        u64: 1,
+                                    };
+                                    libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, w, &mut ev);
+                                }
+                            }
+                            *outer = o;
+                        }
+                    }
+                    *outer
+                }
+                _ => return None,
+            };
+            (outer, until)
+        };
+        let mut wait = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        if let Some(t) = until_timer {
+            wait = wait.min(t);
+        }
+        let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int;
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        // SAFETY: our private epoll fd and a local array; the caller's signal mask while blocked.
+        let r = unsafe {
+            if sigmask.is_null() {
+                libc::epoll_wait(outer, evs.as_mut_ptr(), 2, ms)
+            } else {
+                libc::epoll_pwait(outer, evs.as_mut_ptr(), 2, ms, sigmask)
+            }
+        };
+        let err = crate::errno::get();
+        if let Some(st) = shim().stack.as_mut() {
+            st.disarm_wake();
+        }
+        if r < 0 && err == libc::EINTR {
+            return Some(Err(libc::EINTR));
+        }
+        last_work = Instant::now();
+    }
+}
