@@ -65,7 +65,7 @@ unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
     if !crate::user::is_conn(fd) {
         return NOT_OURS_SZ;
     }
-    if cnt < 0 || cnt > libc::UIO_MAXIOV {
+    if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
         return Outcome::Error(libc::EINVAL);
     }
     let mut total = 0usize;
@@ -107,7 +107,7 @@ unsafe fn send_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
     if !crate::user::is_conn(fd) {
         return NOT_OURS_SZ;
     }
-    if cnt < 0 || cnt > libc::UIO_MAXIOV {
+    if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
         return Outcome::Error(libc::EINVAL);
     }
     let mut total = 0usize;
@@ -515,8 +515,7 @@ pub(crate) unsafe fn epoll_pwait2(
         if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
             return Outcome::Error(libc::EINVAL);
         }
-        (t.tv_sec as i64 * 1000 + (t.tv_nsec as i64 + 999_999) / 1_000_000).min(i32::MAX as i64)
-            as c_int
+        (t.tv_sec * 1000 + (t.tv_nsec + 999_999) / 1_000_000).min(i32::MAX as i64) as c_int
     };
     out(crate::user::epoll_wait(epfd, events, max, ms, sigmask))
 }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,52 @@ pub struct Shim {
 }
 
 static SHIM: OnceLock<Mutex<Shim>> = OnceLock::new();
+
+/// When the stack was last polled (µs on the stack clock), by anyone.
+static LAST_POLL: AtomicU64 = AtomicU64::new(0);
+/// An eventfd in every blocked waiter's private epoll: the keeper writes it when its poll found
+/// events, so a thread blocked in epoll_wait looks at them at once.
+static NOTIFY_FD: AtomicI32 = AtomicI32::new(-1);
+/// The keeper polls when nobody else did for this long.
+const KEEPER_PERIOD: Duration = Duration::from_millis(10);
+
+/// The keeper thread: serves timers, ARP, pings and new connections while no application
+/// thread polls the stack (the application is busy, or its epoll has none of our fds).
+fn start_keeper() {
+    // SAFETY: plain eventfd creation.
+    let nfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    NOTIFY_FD.store(nfd, Ordering::Release);
+    let spawned = std::thread::Builder::new()
+        .name("mtcp-keeper".into())
+        .spawn(|| {
+            // Its own calls (sleeping, the eventfd) go straight to libc.
+            crate::guard::mark_thread_internal();
+            loop {
+                std::thread::sleep(KEEPER_PERIOD);
+                let idle_for = (clock::now().total_micros() as u64)
+                    .saturating_sub(LAST_POLL.load(Ordering::Relaxed));
+                if idle_for < KEEPER_PERIOD.as_micros() as u64 {
+                    continue;
+                }
+                let Some(lock) = SHIM.get() else { continue };
+                // Never wait for the lock: whoever holds it is polling anyway.
+                let Ok(mut s) = lock.try_lock() else { continue };
+                if s.pump() {
+                    let fd = NOTIFY_FD.load(Ordering::Acquire);
+                    if fd >= 0 {
+                        let one: u64 = 1;
+                        // SAFETY: writing 8 bytes to our own eventfd.
+                        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        crate::shim_log!(
+            "cannot start the keeper thread ({e}): the stack is polled only inside socket calls"
+        );
+    }
+}
 
 fn shim() -> MutexGuard<'static, Shim> {
     SHIM.get_or_init(|| {
@@ -143,7 +190,10 @@ impl Shim {
                     }),
             };
             match started {
-                Ok(s) => self.stack = Some(s),
+                Ok(s) => {
+                    self.stack = Some(s);
+                    start_keeper();
+                }
                 Err(e) => {
                     crate::shim_log!(
                         "cannot serve the ports in MTCP_PORTS: {e}; listen() on them fails"
@@ -161,7 +211,9 @@ impl Shim {
         let Some(stack) = self.stack.as_mut() else {
             return false;
         };
-        let mut work = stack.poll(clock::now());
+        let now = clock::now();
+        LAST_POLL.store(now.total_micros() as u64, Ordering::Relaxed);
+        let mut work = stack.poll(now);
         stack.take_events(&mut self.events);
         work |= !self.events.is_empty();
         let events = std::mem::take(&mut self.events);
@@ -231,8 +283,11 @@ pub fn bind(fd: c_int, ip: Ipv4Addr, port: u16) -> Option<Result<c_int, c_int>> 
         s.binds.insert(fd, (port, false));
         Some(Ok(0))
     } else {
-        // 127.0.0.1 or another kernel address: never reachable from the DPDK port.
+        // 127.0.0.1 or another kernel address: the kernel's alone, never reachable from the DPDK
+        // port. The stack still runs (the process is configured for it), and answers a SYN for
+        // this port with a reset, like any closed port.
         s.binds.remove(&fd);
+        let _ = s.ensure_stack();
         None
     }
 }
@@ -885,6 +940,14 @@ pub fn epoll_wait(
                                     };
                                     libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, w, &mut ev);
                                 }
+                                let nfd = NOTIFY_FD.load(Ordering::Acquire);
+                                if nfd >= 0 {
+                                    let mut ev = libc::epoll_event {
+                                        events: libc::EPOLLIN as u32,
+                                        u64: 2,
+                                    };
+                                    libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, nfd, &mut ev);
+                                }
                             }
                             *outer = o;
                         }
@@ -912,6 +975,17 @@ pub fn epoll_wait(
             }
         };
         let err = crate::errno::get();
+        if evs[..r.max(0) as usize].iter().any(|e| e.u64 == 2) {
+            let mut v = 0u64;
+            // SAFETY: draining our own eventfd (non-blocking).
+            unsafe {
+                libc::read(
+                    NOTIFY_FD.load(Ordering::Acquire),
+                    (&mut v as *mut u64).cast(),
+                    8,
+                )
+            };
+        }
         if let Some(st) = shim().stack.as_mut() {
             st.disarm_wake();
         }

@@ -835,24 +835,34 @@ fn bad_mtcp_ports_is_reported_once_and_changes_nothing() {
 }
 
 #[test]
-fn flagged_port_is_not_served_silently() {
-    // This build has no stack: binding a flagged port must say so (once), not fall back quietly.
+fn misconfigured_flagged_port_fails_listen_loudly_once() {
+    // A flagged port that cannot be served is never handed to the kernel quietly: listen()
+    // fails, and the reason is said once on stderr however many sockets try.
     let port = free_port();
     let script = format!(
         "import socket\nfor _ in range(2):\n    s = socket.socket()\n    \
          s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    \
-         s.bind(('127.0.0.1', {port}))\n    s.listen()\n    s.close()\nprint('ok')\n"
+         s.bind(('0.0.0.0', {port}))\n    try:\n        s.listen()\n        print('listening')\n    \
+         except OSError as e:\n        print('errno', e.errno)\n    s.close()\n"
     );
     let mut c = command(PYTHON, true);
-    c.args(["-c", &script]).env("MTCP_PORTS", port.to_string());
+    c.args(["-c", &script])
+        .env("MTCP_PORTS", port.to_string())
+        .env("MTCP_DEV", "bogus");
     let out = run(c, None);
-    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("errno {0}\nerrno {0}\n", libc::EADDRNOTAVAIL),
+        "{}",
+        text(&out.stderr)
+    );
     let err = text(&out.stderr);
-    let notes = err
-        .lines()
-        .filter(|l| l.starts_with("mtcpshim: ") && l.contains(&format!("port {port}")))
-        .count();
-    assert_eq!(notes, 1, "expected one notice about port {port}:\n{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line:\n{err}");
+    assert!(
+        lines[0].starts_with("mtcpshim: cannot serve the ports in MTCP_PORTS: MTCP_DEV=\"bogus\": unknown device kind"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+//! Debian's unmodified redis-server under `LD_PRELOAD=libmtcpshim.so`, its flagged port served by
+//! the user-space stack over net_tap; redis-cli and redis-benchmark in a network namespace the
+//! test creates (the tap is moved into it).
+//!
+//! The library is `target/<profile>/libmtcpshim.so` (ci/test.sh builds the workspace first), or
+//! `$MTCP_SHIM_LIB`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use mtcp_tests::{unique_ifname, Netns, ServerProcess, Subnet};
+
+fn shim_lib() -> PathBuf {
+    if let Some(p) = std::env::var_os("MTCP_SHIM_LIB") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("libmtcpshim.so");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (ci/test.sh)",
+        p.display()
+    );
+    p
+}
+
+/// redis-server under the shim, and a namespace holding the tap's kernel side.
+/// Field order is drop order: the server (and its tap) first, then the namespace.
+struct Bed {
+    server: ServerProcess,
+    ns: Netns,
+    subnet: Subnet,
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Bed {
+    fn new(bind: &str) -> Bed {
+        let subnet = Subnet::allocate().expect("subnet");
+        let ns = Netns::new().expect("netns");
+        let tap = unique_ifname("r");
+        // A port of its own per test (the kernel side of a wildcard listener is in the root
+        // namespace), inside MTCP_PORTS.
+        let port = 16000 + subnet.index();
+        let dir = std::env::temp_dir().join(format!("mtcp-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bind = bind.replace("STACK", &subnet.addr(2).to_string());
+        let mut args = vec![
+            "--port".to_string(),
+            port.to_string(),
+            "--save".into(),
+            String::new(),
+        ];
+        args.extend(["--appendonly", "no", "--protected-mode", "no", "--dir"].map(String::from));
+        args.push(dir.to_str().unwrap().into());
+        args.push("--bind".into());
+        args.extend(bind.split_whitespace().map(String::from));
+        let server = ServerProcess::builder("redis-server")
+            .args(&args)
+            .env("LD_PRELOAD", shim_lib())
+            .env("MTCP_PORTS", port.to_string())
+            .env("MTCP_DEV", format!("tap:{tap}"))
+            .env("MTCP_ADDR", subnet.cidr(2))
+            .ready_prefix("")
+            .spawn()
+            .expect("redis-server starts");
+        // Move the tap only once Redis listens: the port is started then (the netdev appears
+        // earlier, during the EAL's probe, and must not leave the namespace before its start).
+        let mut server = server;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server.stdout().contains("Ready to accept connections") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never got ready\n{}",
+                server.diagnostics()
+            );
+            assert!(
+                server.try_status().unwrap().is_none(),
+                "redis-server exited\n{}",
+                server.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ns.adopt_link(&tap, &subnet.cidr(1))
+            .expect("tap moved into the namespace");
+        Bed {
+            server,
+            ns,
+            subnet,
+            port,
+            _dir: TempDir(dir),
+        }
+    }
+
+    fn stack_addr(&self) -> String {
+        self.subnet.addr(2).to_string()
+    }
+
+    /// redis-cli in the namespace, against the stack's address.
+    fn cli(&mut self, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let mut all = vec!["-h", &self.subnet_addr_leak(), "-p", &port];
+        all.extend_from_slice(args);
+        self.ns.exec("redis-cli", &all).expect("redis-cli runs")
+    }
+
+    fn subnet_addr_leak(&self) -> &'static str {
+        Box::leak(self.stack_addr().into_boxed_str())
+    }
+
+    fn cli_ok(&mut self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {text}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.server.diagnostics()
+        );
+        text
+    }
+
+    /// Waits until the server answers PING through the stack.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.cli(&["ping"]);
+            if out.stdout.starts_with(b"PONG") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no PONG through the stack: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.server.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn redis_is_served_through_the_stack_and_on_loopback_at_once() {
+    let mut bed = Bed::new("0.0.0.0");
+    bed.wait_ready();
+    assert_eq!(
+        bed.cli_ok(&["set", "greeting", "hello from the stack"]),
+        "OK\n"
+    );
+    assert_eq!(bed.cli_ok(&["get", "greeting"]), "hello from the stack\n");
+    assert_eq!(bed.cli_ok(&["incrby", "n", "41"]), "41\n");
+    assert_eq!(bed.cli_ok(&["incr", "n"]), "42\n");
+    assert_eq!(bed.cli_ok(&["rpush", "l", "a", "b", "c"]), "3\n");
+    assert_eq!(bed.cli_ok(&["lrange", "l", "0", "-1"]), "a\nb\nc\n");
+    assert_eq!(bed.cli_ok(&["hset", "h", "f", "v"]), "1\n");
+    assert_eq!(bed.cli_ok(&["hgetall", "h"]), "f\nv\n");
+    // CLIENT LIST tells the truth: the client's own address in the namespace, the stack's as laddr.
+    let list = bed.cli_ok(&["client", "list"]);
+    let want_peer = format!("addr={}:", bed.subnet.addr(1));
+    let want_local = format!("laddr={}:{}", bed.stack_addr(), bed.port);
+    assert!(
+        list.contains(&want_peer) && list.contains(&want_local),
+        "{list}"
+    );
+    // The kernel side of the same listener, at the same time.
+    let out = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &bed.port.to_string(),
+            "get",
+            "greeting",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the stack\n"
+    );
+}
+
+#[test]
+fn redis_benchmark_through_the_stack_has_no_errors() {
+    let mut bed = Bed::new("0.0.0.0");
+    bed.wait_ready();
+    let (h, p) = (bed.stack_addr(), bed.port.to_string());
+    for pipeline in ["1", "16"] {
+        let out = bed
+            .ns
+            .exec(
+                "redis-benchmark",
+                [
+                    "-h", &h, "-p", &p, "-q", "-n", "20000", "-c", "50", "-P", pipeline, "-t",
+                    "get,set",
+                ],
+            )
+            .expect("redis-benchmark runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "-P {pipeline}: {text}{err}\n{}",
+            bed.server.diagnostics()
+        );
+        // -q prints the final figures after carriage-return progress lines.
+        let finals: Vec<&str> = text
+            .split(['\r', '\n'])
+            .filter(|l| l.contains("requests per second"))
+            .collect();
+        assert!(
+            finals.iter().any(|l| l.starts_with("SET:"))
+                && finals.iter().any(|l| l.starts_with("GET:")),
+            "-P {pipeline}: {text}"
+        );
+        assert!(
+            !text.to_lowercase().contains("error") && !err.to_lowercase().contains("error"),
+            "-P {pipeline}: {text}{err}"
+        );
+    }
+}
+
+#[test]
+fn bound_to_loopback_the_stack_refuses() {
+    let mut bed = Bed::new("127.0.0.1");
+    // The stack runs (its address answers ping) but the port is the kernel's loopback one only.
+    bed.ns
+        .wait_ping(bed.subnet.addr(2), Duration::from_secs(10))
+        .expect("the stack answers ping");
+    let out = bed.cli(&["ping"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Connection refused"),
+        "expected a refusal from the stack, got: {text}"
+    );
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &bed.port.to_string(), "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PONG\n");
+}
