@@ -735,6 +735,14 @@ impl<L: Link> Stack<L> {
                 let payload = packet
                     .len()
                     .saturating_sub(ihl + usize::from(tcp.header_len()));
+                if c.app_closed && payload > 0 {
+                    // Data for a connection the application closed has no reader: Linux resets
+                    // the connection (tcp_rcv_state_process), which is how a writer learns the
+                    // server is gone. Keeping it would fill the window and stall the peer.
+                    c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                    self.poll_conn(now, idx, None);
+                    return;
+                }
                 let retx =
                     c.rec
                         .on_segment(&tcp, payload, c.track.snd_max, now.total_micros() as Micros);
@@ -1273,6 +1281,14 @@ impl<L: Link> Stack<L> {
             self.net.addr.addr,
             self.conn(id)?.local_port,
         ))
+    }
+
+    /// The TCP state of a slot's connection, also after the application closed it (diagnostics).
+    pub fn slot_state(&self, id: ConnId) -> Option<(tcp::State, bool, usize)> {
+        let slot = self.slots.get(id.slot as usize)?;
+        let c = slot.conn.as_ref().filter(|_| slot.gen == id.gen)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        Some((sock.state(), c.dirty, sock.recv_queue()))
     }
 
     pub fn state(&self, id: ConnId) -> Result<tcp::State, SockError> {

@@ -488,3 +488,43 @@ fn unanswered_arp_gives_up_and_counts() {
     );
     assert_eq!(p.client.neighbor(Ipv4Addr::new(198, 18, 0, 9)), None);
 }
+
+#[test]
+fn close_with_unread_data_resets_like_linux() {
+    let mut p = Pair::new();
+    p.server.listen(10, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(10), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(10).unwrap();
+    p.client.send(c, b"never read").unwrap();
+    p.run();
+    p.server.send(s, b"reply").unwrap();
+    p.run();
+    p.server.close(s).unwrap();
+    p.run();
+    assert_eq!(p.server.connections(), 0, "the server's connection is gone");
+    let mut buf = [0u8; 16];
+    // The reply that arrived before the reset is still readable, then ECONNRESET.
+    assert_eq!(p.client.recv(c, &mut buf), Ok(5));
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
+}
+
+#[test]
+fn data_after_close_resets_like_linux() {
+    // The server reads everything and closes; the client keeps writing: the server must reset
+    // (an orphaned connection has no reader), not advertise a shrinking window forever.
+    let mut p = Pair::new();
+    p.server.listen(11, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(11), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(11).unwrap();
+    p.server.close(s).unwrap();
+    p.run();
+    p.client.send(c, b"more data after the close").unwrap();
+    p.run();
+    assert_eq!(p.server.connections(), 0);
+    let mut buf = [0u8; 8];
+    // As Linux's tcp_recvmsg: the pending error is reported before end of stream.
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
+    assert_eq!(p.client.recv(c, &mut buf), Ok(0));
+}
