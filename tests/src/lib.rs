@@ -926,3 +926,47 @@ pub fn kv_get<T: std::str::FromStr>(kv: &HashMap<String, String>, key: &str) -> 
     v.parse()
         .map_err(|_| anyhow!("summary value {key}={v} does not parse"))
 }
+
+/// A file the workspace build put beside this test's executable (`target/<profile>/NAME`:
+/// the echo example, libmtcpshim.so), or the path in `$env_var`. `ci/test.sh` builds the whole
+/// workspace before the tests, so these exist.
+pub fn built_artifact(name: &str, env_var: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return std::path::PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --release, see ci/test.sh), or set {env_var}",
+        p.display()
+    );
+    p
+}
+
+/// Waits until a server's stdout contains `text` anywhere in a line (Redis prefixes its log
+/// lines with pid and time, so a prefix match cannot be used); fails if it exits first.
+pub fn wait_stdout_contains(
+    server: &mut ServerProcess,
+    text: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !server.stdout().contains(text) {
+        if server.try_status()?.is_some() {
+            bail!(
+                "server exited before printing {text:?}\n{}",
+                server.diagnostics()
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!("no {text:?} within {timeout:?}\n{}", server.diagnostics());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

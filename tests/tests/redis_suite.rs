@@ -8,7 +8,7 @@
 //! as CI has it) or at `$MTCP_REDIS_SUITE`. Without it this test says so and checks nothing.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
 
@@ -22,21 +22,7 @@ fn suite_script() -> Option<PathBuf> {
 }
 
 fn shim_lib() -> PathBuf {
-    if let Some(p) = std::env::var_os("MTCP_SHIM_LIB") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("libmtcpshim.so");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (ci/test.sh)",
-        p.display()
-    );
-    p
+    mtcp_tests::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB")
 }
 
 #[test]
@@ -82,15 +68,12 @@ fn redis_own_quick_suite_passes_through_the_shim() {
         .ready_prefix("")
         .spawn()
         .expect("redis-server starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.stdout().contains("Ready to accept connections") {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server never got ready\n{}",
-            server.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mtcp_tests::wait_stdout_contains(
+        &mut server,
+        "Ready to accept connections",
+        Duration::from_secs(30),
+    )
+    .expect("redis-server gets ready");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .args([

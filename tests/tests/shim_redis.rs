@@ -12,21 +12,7 @@ use std::time::{Duration, Instant};
 use mtcp_tests::{unique_ifname, Netns, ServerProcess, Subnet};
 
 fn shim_lib() -> PathBuf {
-    if let Some(p) = std::env::var_os("MTCP_SHIM_LIB") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("libmtcpshim.so");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (ci/test.sh)",
-        p.display()
-    );
-    p
+    mtcp_tests::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB")
 }
 
 /// redis-server under the shim, and a namespace holding the tap's kernel side.
@@ -80,20 +66,12 @@ impl Bed {
         // Move the tap only once Redis listens: the port is started then (the netdev appears
         // earlier, during the EAL's probe, and must not leave the namespace before its start).
         let mut server = server;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !server.stdout().contains("Ready to accept connections") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server never got ready\n{}",
-                server.diagnostics()
-            );
-            assert!(
-                server.try_status().unwrap().is_none(),
-                "redis-server exited\n{}",
-                server.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        mtcp_tests::wait_stdout_contains(
+            &mut server,
+            "Ready to accept connections",
+            Duration::from_secs(30),
+        )
+        .expect("redis-server gets ready");
         ns.adopt_link(&tap, &subnet.cidr(1))
             .expect("tap moved into the namespace");
         Bed {

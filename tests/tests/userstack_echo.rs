@@ -18,22 +18,7 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_mtcp-client");
 const PORT: u16 = 7777;
 
 fn echo_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MTCP_ECHO_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/<test> -> target/<profile>/echo
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("echo");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo build --release --bins, see ci/test.sh)",
-        p.display()
-    );
-    p
+    mtcp_tests::built_artifact("echo", "MTCP_ECHO_BIN")
 }
 
 enum Dev {
