@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -69,12 +69,28 @@ static LAST_POLL: AtomicU64 = AtomicU64::new(0);
 /// An eventfd in every blocked waiter's private epoll: the keeper writes it when its poll found
 /// events, so a thread blocked in epoll_wait looks at them at once.
 static NOTIFY_FD: AtomicI32 = AtomicI32::new(-1);
+/// Set in a forked child (pthread_atfork). The child shares DPDK's memory with the parent and
+/// may have copied the shim's lock while another thread held it: it must never touch either.
+/// Closing an inherited stack fd in the child (Redis's BGSAVE child does) only drops the child's
+/// copy of the fd-table entry; the parent's connection is untouched.
+static IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn after_fork_in_child() {
+    IN_CHILD.store(true, Ordering::SeqCst);
+}
+
+fn in_child() -> bool {
+    IN_CHILD.load(Ordering::Relaxed)
+}
+
 /// The keeper polls when nobody else did for this long.
 const KEEPER_PERIOD: Duration = Duration::from_millis(10);
 
 /// The keeper thread: serves timers, ARP, pings and new connections while no application
 /// thread polls the stack (the application is busy, or its epoll has none of our fds).
 fn start_keeper() {
+    // SAFETY: registering a handler that only stores an atomic.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     // SAFETY: plain eventfd creation.
     let nfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     NOTIFY_FD.store(nfd, Ordering::Release);
@@ -260,6 +276,9 @@ fn so_errno(e: SockError) -> c_int {
 /// should do the bind as usual, `Some(result)` when we handle it (MTCP_ADDR, which the kernel
 /// does not have).
 pub fn bind(fd: c_int, ip: Ipv4Addr, port: u16) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let cfg = match config() {
         Ok(c) => c,
         Err(e) => {
@@ -294,6 +313,9 @@ pub fn bind(fd: c_int, ip: Ipv4Addr, port: u16) -> Option<Result<c_int, c_int>> 
 
 /// listen() on a socket bound to a flagged port: the stack listens too.
 pub fn listen(fd: c_int, backlog: c_int) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let mut s = shim();
     let (port, kernel) = *s.binds.get(&fd)?;
     if let Some(Obj::Listener { .. }) = s.obj(fd) {
@@ -373,6 +395,9 @@ pub fn accept(
     len: *mut socklen_t,
     flags: c_int,
 ) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     loop {
         let mut s = shim();
         let Some(Obj::Listener { port, kernel }) = s.obj(fd) else {
@@ -441,6 +466,9 @@ pub fn accept(
 
 /// Whether `fd` is one of our connections (or listeners): the data ops only act then.
 pub fn is_conn(fd: c_int) -> bool {
+    if in_child() {
+        return false;
+    }
     matches!(shim().obj(fd), Some(Obj::Conn { .. }))
 }
 
@@ -451,6 +479,9 @@ enum Io<'a> {
 
 /// recv/send on a connection of ours, blocking or not. `Ok(n)` or an errno.
 fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Option<Result<usize, c_int>> {
+    if in_child() {
+        return None;
+    }
     loop {
         let mut s = shim();
         let Some(Obj::Conn {
@@ -526,6 +557,9 @@ pub fn send(fd: c_int, data: &[u8], flags: c_int) -> Option<Result<usize, c_int>
 /// close(): our bookkeeping first; the kernel then closes the fd itself (returns false if the fd
 /// is not ours).
 pub fn close(fd: c_int) -> bool {
+    if in_child() {
+        return fdtable::global().and_then(|t| t.release(fd)).is_some();
+    }
     let mut s = shim();
     let Some(obj) = s.remove(fd) else {
         return false;
@@ -572,6 +606,9 @@ pub fn close(fd: c_int) -> bool {
 }
 
 pub fn shutdown(fd: c_int, how: c_int) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let mut s = shim();
     let Some(Obj::Conn { id, rd_shut, .. }) = s.obj(fd) else {
         return None;
@@ -599,6 +636,9 @@ pub fn peer_or_local(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let mut s = shim();
     let cfg_addr = config().as_ref().ok().map(|c| c.addr.addr);
     match s.obj(fd)? {
@@ -641,6 +681,9 @@ pub fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let mut s = shim();
     let Some(Obj::Conn {
         id,
@@ -703,6 +746,9 @@ pub fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let mut s = shim();
     let Some(Obj::Conn { id, ka_on, .. }) = s.obj(fd) else {
         return None;
@@ -735,6 +781,9 @@ pub fn getsockopt(
 
 /// fcntl F_SETFL and ioctl FIONBIO: track O_NONBLOCK (the kernel applies it to the eventfd too).
 pub fn set_nonblock(fd: c_int, on: bool) {
+    if in_child() {
+        return;
+    }
     if let Some(Obj::Conn { nonblock, .. }) = shim().obj(fd) {
         *nonblock = on;
     }
@@ -742,6 +791,9 @@ pub fn set_nonblock(fd: c_int, on: bool) {
 
 /// ioctl FIONREAD.
 pub fn fionread(fd: c_int) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let mut s = shim();
     let Some(Obj::Conn { id, .. }) = s.obj(fd) else {
         return None;
@@ -760,6 +812,9 @@ pub fn epoll_ctl(
     fd: c_int,
     event: *mut libc::epoll_event,
 ) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     let mut s = shim();
     let (is_listener, kernel_side) = match s.obj(fd) {
         Some(Obj::Listener { kernel, .. }) => (true, *kernel),
@@ -838,6 +893,9 @@ pub fn epoll_wait(
     timeout_ms: c_int,
     sigmask: *const libc::sigset_t,
 ) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
     if maxevents <= 0 || events.is_null() {
         return Some(Err(libc::EINVAL));
     }

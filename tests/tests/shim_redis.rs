@@ -232,3 +232,50 @@ fn bound_to_loopback_the_stack_refuses() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "PONG\n");
 }
+
+/// Redis forks for BGSAVE; the child closes the sockets it inherited. Under load, 10 BGSAVEs:
+/// every one succeeds, the clients see no error, and the parent keeps serving every key.
+#[test]
+fn bgsave_children_leave_the_parents_connections_alone() {
+    let mut bed = Bed::new("0.0.0.0");
+    bed.wait_ready();
+    let (h, p) = (bed.stack_addr(), bed.port.to_string());
+    let mut bench = bed
+        .ns
+        .command("redis-benchmark")
+        .args([
+            "-h", &h, "-p", &p, "-q", "-n", "100000", "-c", "20", "-r", "5000", "-t", "set",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-benchmark starts");
+    let mut started = 0;
+    for _ in 0..10 {
+        if bed.cli_ok(&["bgsave"]).contains("started") {
+            started += 1;
+        }
+        // Wait for that save to end before asking for the next one.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while bed
+            .cli_ok(&["info", "persistence"])
+            .contains("rdb_bgsave_in_progress:1")
+        {
+            assert!(Instant::now() < deadline, "BGSAVE never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let out = bench.wait_with_output().expect("redis-benchmark ends");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.to_lowercase().contains("error"),
+        "{text}"
+    );
+    assert_eq!(started, 10);
+    let info = bed.cli_ok(&["info", "persistence"]);
+    assert!(info.contains("rdb_last_bgsave_status:ok"), "{info}");
+    let keys: u64 = bed.cli_ok(&["dbsize"]).trim().parse().unwrap();
+    assert!(keys > 0 && keys <= 5000, "{keys}");
+    assert_eq!(bed.cli_ok(&["ping"]), "PONG\n");
+}
