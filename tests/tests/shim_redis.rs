@@ -240,7 +240,7 @@ fn bgsave_children_leave_the_parents_connections_alone() {
     let mut bed = Bed::new("0.0.0.0");
     bed.wait_ready();
     let (h, p) = (bed.stack_addr(), bed.port.to_string());
-    let mut bench = bed
+    let bench = bed
         .ns
         .command("redis-benchmark")
         .args([
