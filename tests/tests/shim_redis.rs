@@ -279,3 +279,123 @@ fn bgsave_children_leave_the_parents_connections_alone() {
     assert!(keys > 0 && keys <= 5000, "{keys}");
     assert_eq!(bed.cli_ok(&["ping"]), "PONG\n");
 }
+
+/// The behaviours issue 4 names, through the stack: pub/sub with 100 subscribers, BLPOP with a
+/// timeout, MULTI/EXEC, CLIENT KILL, QUIT. (1,000 concurrent clients: an open bug, see
+/// docs/shim.md.)
+#[test]
+fn redis_client_behaviours_through_the_stack() {
+    let mut bed = Bed::new("0.0.0.0");
+    bed.wait_ready();
+    let (h, p) = (bed.stack_addr(), bed.port.to_string());
+
+    // MULTI/EXEC, and WATCH aborting a transaction whose key changed.
+    let script = "MULTI\nSET a 1\nINCR a\nEXEC\nWATCH a\nMULTI\nINCR a\nEXEC\n";
+    let out = bed
+        .ns
+        .command("redis-cli")
+        .args(["-h", &h, "-p", &p])
+        .stdin_bytes(script);
+    assert_eq!(out, "OK\nQUEUED\nQUEUED\nOK\n2\nOK\nOK\nQUEUED\n3\n");
+
+    // BLPOP with a timeout returns nil after it; with data it returns at once.
+    let t = Instant::now();
+    assert_eq!(bed.cli_ok(&["blpop", "nolist", "1"]), "\n");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "BLPOP returned early"
+    );
+    bed.cli_ok(&["rpush", "q", "job"]);
+    assert_eq!(bed.cli_ok(&["blpop", "q", "5"]), "q\njob\n");
+
+    // Pub/sub: 100 subscribers each get the message.
+    let mut subs = Vec::new();
+    for _ in 0..100 {
+        let child = bed
+            .ns
+            .command("redis-cli")
+            .args(["-h", &h, "-p", &p, "subscribe", "news"])
+            .stdout(std::process::Stdio::piped())
+            // CLIENT KILL ends them with "Server closed the connection": expected.
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("subscriber starts");
+        subs.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: u64 = bed
+            .cli_ok(&["pubsub", "numsub", "news"])
+            .lines()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        if n == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {n} subscribers registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        bed.cli_ok(&["publish", "news", "hello-subscribers"]),
+        "100\n"
+    );
+    // CLIENT KILL of every pubsub client ends the subscribers (their connections are closed).
+    let killed: u64 = bed
+        .cli_ok(&["client", "kill", "type", "pubsub"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(killed, 100);
+    for child in subs {
+        let out = child.wait_with_output().expect("subscriber ends");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("hello-subscribers"),
+            "a subscriber missed the message: {text}"
+        );
+    }
+    // QUIT: the same as through the kernel side of the same server (127.0.0.1).
+    let script = "PING\nQUIT\n";
+    let through_stack = bed
+        .ns
+        .command("redis-cli")
+        .args(["-h", &h, "-p", &p])
+        .stdin_bytes(script);
+    let through_kernel = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &p])
+        .stdin_bytes(script);
+    assert_eq!(through_stack, through_kernel);
+    assert!(through_stack.starts_with("PONG\n"), "{through_stack}");
+}
+
+/// Runs a command with `input` on stdin; returns its stdout (asserting success).
+trait StdinBytes {
+    fn stdin_bytes(&mut self, input: &str) -> String;
+}
+
+impl StdinBytes for Command {
+    fn stdin_bytes(&mut self, input: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
