@@ -56,12 +56,19 @@ fn out_len(r: Option<Result<usize, c_int>>) -> Outcome<ssize_t> {
     }
 }
 
-/// readv/recvmsg on a connection of ours: fills the iovecs in order; stops at the first short
-/// read (what is there is returned; the rest would block).
+/// readv/writev/recvmsg/sendmsg on a connection of ours: one call of `each` per non-empty iovec,
+/// in order, stopping at the first short transfer (the rest would block) or error (reported
+/// only if nothing was transferred). Later iovecs never block.
 ///
 /// # Safety
-/// `iov` points to `cnt` valid iovecs whose buffers are writable.
-unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
+/// `iov` points to `cnt` valid iovecs whose buffers are valid for `each`'s access.
+unsafe fn each_iov(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    flags: c_int,
+    mut each: impl FnMut(*mut u8, usize, c_int) -> Option<Result<usize, c_int>>,
+) -> Outcome<ssize_t> {
     if !crate::user::is_conn(fd) {
         return NOT_OURS_SZ;
     }
@@ -75,15 +82,12 @@ unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
         if v.iov_len == 0 {
             continue;
         }
-        // SAFETY: each iovec describes a writable buffer (readv contract).
-        let b = unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
-        // After the first bytes, never block for more.
         let f = if total > 0 {
             flags | libc::MSG_DONTWAIT
         } else {
             flags
         };
-        match crate::user::recv(fd, b, f) {
+        match each(v.iov_base.cast::<u8>(), v.iov_len, f) {
             None => return NOT_OURS_SZ,
             Some(Ok(n)) => {
                 total += n;
@@ -98,45 +102,26 @@ unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
     Outcome::Done(total as ssize_t)
 }
 
-/// writev/sendmsg on a connection of ours: sends the iovecs in order; stops when the socket
-/// takes less than offered.
-///
+/// # Safety
+/// `iov` points to `cnt` valid iovecs whose buffers are writable.
+unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
+    // SAFETY: each iovec describes a writable buffer (readv contract).
+    unsafe {
+        each_iov(fd, iov, cnt, flags, |p, n, f| {
+            crate::user::recv(fd, std::slice::from_raw_parts_mut(p, n), f)
+        })
+    }
+}
+
 /// # Safety
 /// `iov` points to `cnt` valid iovecs whose buffers are readable.
 unsafe fn send_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
-    if !crate::user::is_conn(fd) {
-        return NOT_OURS_SZ;
+    // SAFETY: each iovec describes a readable buffer (writev contract).
+    unsafe {
+        each_iov(fd, iov, cnt, flags, |p, n, f| {
+            crate::user::send(fd, std::slice::from_raw_parts(p, n), f)
+        })
     }
-    if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
-        return Outcome::Error(libc::EINVAL);
-    }
-    let mut total = 0usize;
-    for i in 0..cnt as usize {
-        // SAFETY: the caller's iovec array (see above).
-        let v = unsafe { iov.add(i).read_unaligned() };
-        if v.iov_len == 0 {
-            continue;
-        }
-        // SAFETY: each iovec describes a readable buffer (writev contract).
-        let b = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
-        let f = if total > 0 {
-            flags | libc::MSG_DONTWAIT
-        } else {
-            flags
-        };
-        match crate::user::send(fd, b, f) {
-            None => return NOT_OURS_SZ,
-            Some(Ok(n)) => {
-                total += n;
-                if n < v.iov_len {
-                    break;
-                }
-            }
-            Some(Err(e)) if total == 0 => return Outcome::Error(e),
-            Some(Err(_)) => break,
-        }
-    }
-    Outcome::Done(total as ssize_t)
 }
 
 const NOT_OURS: Outcome<c_int> = B(Bypass::NotOurs);
