@@ -48,6 +48,22 @@ fn out(r: Option<Result<c_int, c_int>>) -> Outcome<c_int> {
     }
 }
 
+/// A zero-length or null buffer is answered without touching it (on our connections; the
+/// kernel answers for its own). Otherwise `None`: the op goes on, and `user::recv`/`send` hand
+/// kernel fds back themselves, so the common path takes the shim's lock only once.
+fn empty_or_null(fd: c_int, len: size_t, null: bool) -> Option<Outcome<ssize_t>> {
+    if len != 0 && !null {
+        return None;
+    }
+    Some(if !crate::user::is_conn(fd) {
+        NOT_OURS_SZ
+    } else if len == 0 {
+        Outcome::Done(0)
+    } else {
+        Outcome::Error(libc::EFAULT)
+    })
+}
+
 fn out_len(r: Option<Result<usize, c_int>>) -> Outcome<ssize_t> {
     match r {
         None => B(Bypass::NotOurs),
@@ -243,14 +259,8 @@ pub(crate) unsafe fn recv(
     len: size_t,
     flags: c_int,
 ) -> Outcome<ssize_t> {
-    if !crate::user::is_conn(fd) {
-        return NOT_OURS_SZ;
-    }
-    if len == 0 {
-        return Outcome::Done(0);
-    }
-    if buf.is_null() {
-        return Outcome::Error(libc::EFAULT);
+    if let Some(r) = empty_or_null(fd, len, buf.is_null()) {
+        return r;
     }
     // SAFETY: recv's contract: buf has room for len bytes.
     let b = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
@@ -310,14 +320,8 @@ pub(crate) unsafe fn send(
     len: size_t,
     flags: c_int,
 ) -> Outcome<ssize_t> {
-    if !crate::user::is_conn(fd) {
-        return NOT_OURS_SZ;
-    }
-    if len == 0 {
-        return Outcome::Done(0);
-    }
-    if buf.is_null() {
-        return Outcome::Error(libc::EFAULT);
+    if let Some(r) = empty_or_null(fd, len, buf.is_null()) {
+        return r;
     }
     // SAFETY: send's contract: buf holds len readable bytes.
     let b = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
