@@ -305,13 +305,70 @@ pub(crate) unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> Outco
 }
 
 pub(crate) unsafe fn recvmmsg(
-    _fd: c_int,
-    _vec: *mut mmsghdr,
-    _vlen: c_uint,
-    _flags: c_int,
-    _timeout: *mut timespec,
+    fd: c_int,
+    vec: *mut mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+    timeout: *mut timespec,
 ) -> Outcome<c_int> {
-    no_stack()
+    // SAFETY: recvmmsg's contract.
+    let until = match unsafe { timespec_arg(timeout) } {
+        Ok(t) => t.map(|t| std::time::Instant::now() + t),
+        Err(e) => return Outcome::Error(e),
+    };
+    let first = flags & !libc::MSG_WAITFORONE;
+    let rest = if flags & libc::MSG_WAITFORONE != 0 {
+        first | libc::MSG_DONTWAIT
+    } else {
+        first
+    };
+    // SAFETY: as above: vec holds vlen mmsghdrs.
+    unsafe { each_mmsg(fd, vec, vlen, first, rest, until, |m, f| recvmsg(fd, m, f)) }
+}
+
+/// recvmmsg/sendmmsg on a connection of ours: one recvmsg/sendmsg per entry, its length in
+/// `msg_len`; stops at the first error (reported only if no entry was done), at end of stream,
+/// or when `until` has passed after an entry (recvmmsg's timeout, checked as Linux does).
+///
+/// # Safety
+/// `vec` is null or points to `vlen` mmsghdrs valid for `one`.
+unsafe fn each_mmsg(
+    fd: c_int,
+    vec: *mut mmsghdr,
+    vlen: c_uint,
+    first: c_int,
+    rest: c_int,
+    until: Option<std::time::Instant>,
+    mut one: impl FnMut(*mut msghdr, c_int) -> Outcome<ssize_t>,
+) -> Outcome<c_int> {
+    if !crate::user::is_conn(fd) {
+        return NOT_OURS;
+    }
+    if vec.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    let vlen = vlen.min(libc::UIO_MAXIOV as c_uint);
+    let mut done = 0;
+    for i in 0..vlen as usize {
+        // SAFETY: see above.
+        let m = unsafe { vec.add(i) };
+        // SAFETY: as above.
+        let hdr = unsafe { std::ptr::addr_of_mut!((*m).msg_hdr) };
+        match one(hdr, if i == 0 { first } else { rest }) {
+            Outcome::Done(n) => {
+                // SAFETY: as above.
+                unsafe { (*m).msg_len = n as c_uint };
+                done += 1;
+                if n == 0 || until.is_some_and(|u| std::time::Instant::now() >= u) {
+                    break;
+                }
+            }
+            Outcome::Error(e) if done == 0 => return Outcome::Error(e),
+            Outcome::Error(_) => break,
+            B(b) => return B(b),
+        }
+    }
+    Outcome::Done(done)
 }
 
 pub(crate) unsafe fn send(
@@ -353,30 +410,92 @@ pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Out
 }
 
 pub(crate) unsafe fn sendmmsg(
-    _fd: c_int,
-    _vec: *mut mmsghdr,
-    _vlen: c_uint,
-    _flags: c_int,
+    fd: c_int,
+    vec: *mut mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
 ) -> Outcome<c_int> {
-    no_stack()
+    // SAFETY: sendmmsg's contract: vec holds vlen mmsghdrs.
+    unsafe { each_mmsg(fd, vec, vlen, flags, flags, None, |m, f| sendmsg(fd, m, f)) }
 }
 
 pub(crate) unsafe fn sendfile(
-    _out: c_int,
-    _in: c_int,
-    _off: *mut off_t,
-    _n: size_t,
+    out_fd: c_int,
+    in_fd: c_int,
+    off: *mut off_t,
+    n: size_t,
 ) -> Outcome<ssize_t> {
-    no_stack()
+    // SAFETY: sendfile's contract (off_t and off64_t are the same on x86-64).
+    unsafe { sendfile64(out_fd, in_fd, off.cast(), n) }
 }
 
 pub(crate) unsafe fn sendfile64(
-    _out: c_int,
-    _in: c_int,
-    _off: *mut off64_t,
-    _n: size_t,
+    out_fd: c_int,
+    in_fd: c_int,
+    off: *mut off64_t,
+    count: size_t,
 ) -> Outcome<ssize_t> {
-    no_stack()
+    // A stack socket as the source is what the kernel refuses too (EINVAL: not a file).
+    if !crate::user::is_conn(out_fd) {
+        return NOT_OURS_SZ;
+    }
+    // Read at an offset (the caller's, or the file position, moved afterwards by what was sent,
+    // so nothing read but unsent is lost), send, until `count` or the socket takes no more.
+    let start = if off.is_null() {
+        // SAFETY: lseek on the caller's fd.
+        unsafe { libc::lseek64(in_fd, 0, libc::SEEK_CUR) }
+    } else {
+        // SAFETY: sendfile's contract: off points to an offset.
+        unsafe { off.read_unaligned() }
+    };
+    if start < 0 {
+        let e = crate::errno::get();
+        return Outcome::Error(if e == libc::ESPIPE { libc::EINVAL } else { e });
+    }
+    let mut buf = vec![0u8; count.min(256 * 1024)];
+    let mut total = 0usize;
+    while total < count {
+        let want = (count - total).min(buf.len());
+        // SAFETY: reading into our own buffer.
+        let got = unsafe {
+            libc::pread64(
+                in_fd,
+                buf.as_mut_ptr().cast(),
+                want,
+                start + total as off64_t,
+            )
+        };
+        if got < 0 {
+            if total == 0 {
+                return Outcome::Error(crate::errno::get());
+            }
+            break;
+        }
+        if got == 0 {
+            break;
+        }
+        let flags = if total > 0 { libc::MSG_DONTWAIT } else { 0 };
+        match crate::user::send(out_fd, &buf[..got as usize], flags) {
+            None => return NOT_OURS_SZ,
+            Some(Ok(sent)) => {
+                total += sent;
+                if sent < got as usize {
+                    break;
+                }
+            }
+            Some(Err(e)) if total == 0 => return Outcome::Error(e),
+            Some(Err(_)) => break,
+        }
+    }
+    let end = start + total as off64_t;
+    if off.is_null() {
+        // SAFETY: lseek on the caller's fd.
+        unsafe { libc::lseek64(in_fd, end, libc::SEEK_SET) };
+    } else {
+        // SAFETY: as above.
+        unsafe { off.write_unaligned(end) };
+    }
+    Outcome::Done(total as ssize_t)
 }
 
 // --- fds ------------------------------------------------------------------------------------
@@ -387,29 +506,67 @@ pub(crate) unsafe fn close(fd: c_int) -> Outcome<c_int> {
     NOT_OURS
 }
 
-pub(crate) unsafe fn dup(_fd: c_int) -> Outcome<c_int> {
-    // Sharing a stack connection between two fds is not supported yet (docs/shim.md).
-    Outcome::Error(libc::EOPNOTSUPP)
+/// After the kernel made `new` a duplicate of `old`: `new` refers to `old`'s object too.
+fn dup_done(old: c_int, new: c_int) -> Outcome<c_int> {
+    if new < 0 {
+        return Outcome::Error(crate::errno::get());
+    }
+    match crate::user::alias(old, new) {
+        Ok(()) => Outcome::Done(new),
+        Err(e) => {
+            // SAFETY: the fd the kernel just made for this call.
+            unsafe { libc::close(new) };
+            Outcome::Error(e)
+        }
+    }
+}
+
+pub(crate) unsafe fn dup(fd: c_int) -> Outcome<c_int> {
+    // SAFETY: plain dup (inside the guard: libc's).
+    dup_done(fd, unsafe { libc::dup(fd) })
 }
 
 pub(crate) unsafe fn dup2(old: c_int, new: c_int) -> Outcome<c_int> {
-    if crate::fdtable::is_ours(old) {
-        return Outcome::Error(libc::EOPNOTSUPP);
-    }
-    // dup2 closes `new` first: drop our side of it, then the kernel does the rest.
-    crate::user::close(new);
-    NOT_OURS
+    // SAFETY: the same call with no flags.
+    unsafe { dup_to(old, new, None) }
 }
 
-pub(crate) unsafe fn dup3(old: c_int, new: c_int, _flags: c_int) -> Outcome<c_int> {
-    // SAFETY: the same call, for our purposes.
-    unsafe { dup2(old, new) }
+pub(crate) unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> Outcome<c_int> {
+    // SAFETY: as above.
+    unsafe { dup_to(old, new, Some(flags)) }
+}
+
+/// dup2 (`flags` None) and dup3: the kernel closes `new` silently if `old` is valid and
+/// different; our side of `new` goes first.
+unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int> {
+    if old == new {
+        return NOT_OURS; // dup2: `new` if valid; dup3: EINVAL (the kernel says which).
+    }
+    // SAFETY: F_GETFD has no side effect.
+    if unsafe { libc::fcntl(old, libc::F_GETFD) } < 0 {
+        return Outcome::Error(libc::EBADF);
+    }
+    if flags.is_some_and(|f| f & !libc::O_CLOEXEC != 0) {
+        return Outcome::Error(libc::EINVAL);
+    }
+    crate::user::close(new);
+    // SAFETY: the application's own arguments.
+    let r = unsafe {
+        match flags {
+            None => libc::dup2(old, new),
+            Some(f) => libc::dup3(old, new, f),
+        }
+    };
+    dup_done(old, r)
 }
 
 pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> Outcome<c_int> {
     match cmd {
         libc::F_SETFL => crate::user::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
-        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => return Outcome::Error(libc::EOPNOTSUPP),
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            // SAFETY: the application's own arguments.
+            return dup_done(fd, unsafe { libc::fcntl(fd, cmd, arg as c_int) });
+        }
         _ => {}
     }
     // The kernel applies the flags to the identity fd too (F_GETFL then reads them back).
@@ -509,38 +666,191 @@ pub(crate) unsafe fn epoll_pwait2(
     out(crate::user::epoll_wait(epfd, events, max, ms, sigmask))
 }
 
-pub(crate) unsafe fn poll(_fds: *mut pollfd, _nfds: nfds_t, _timeout: c_int) -> Outcome<c_int> {
-    no_stack()
+pub(crate) unsafe fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> Outcome<c_int> {
+    let t = (timeout >= 0).then(|| std::time::Duration::from_millis(timeout as u64));
+    // SAFETY: poll's contract.
+    unsafe { poll_with(fds, nfds, t, std::ptr::null()) }
+}
+
+/// poll/ppoll: the array as a slice, for `user::poll` (which hands back `None` when no fd in it
+/// is ours).
+///
+/// # Safety
+/// `fds` points to `nfds` pollfds (or nfds is 0).
+unsafe fn poll_with(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: Option<std::time::Duration>,
+    sigmask: *const sigset_t,
+) -> Outcome<c_int> {
+    if nfds == 0 || fds.is_null() {
+        return NOT_OURS;
+    }
+    // SAFETY: the caller's array (poll contract).
+    let list = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
+    out(crate::user::poll(list, timeout, sigmask))
 }
 
 pub(crate) unsafe fn ppoll(
-    _fds: *mut pollfd,
-    _nfds: nfds_t,
-    _timeout: *const timespec,
-    _sigmask: *const sigset_t,
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
 ) -> Outcome<c_int> {
-    no_stack()
+    // SAFETY: ppoll's contract: timeout is null or a valid timespec.
+    let t = match unsafe { timespec_arg(timeout) } {
+        Ok(t) => t,
+        Err(e) => return Outcome::Error(e),
+    };
+    // SAFETY: ppoll's contract.
+    unsafe { poll_with(fds, nfds, t, sigmask) }
+}
+
+/// A timeout argument: null is "forever"; a negative or unnormalized one is EINVAL.
+///
+/// # Safety
+/// `t` is null or points to a timespec.
+unsafe fn timespec_arg(t: *const timespec) -> Result<Option<std::time::Duration>, c_int> {
+    if t.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: see above.
+    let t = unsafe { t.read_unaligned() };
+    if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+        return Err(libc::EINVAL);
+    }
+    Ok(Some(std::time::Duration::new(
+        t.tv_sec as u64,
+        t.tv_nsec as u32,
+    )))
 }
 
 pub(crate) unsafe fn select(
-    _nfds: c_int,
-    _r: *mut fd_set,
-    _w: *mut fd_set,
-    _e: *mut fd_set,
-    _timeout: *mut timeval,
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    timeout: *mut timeval,
 ) -> Outcome<c_int> {
-    no_stack()
+    let t = if timeout.is_null() {
+        None
+    } else {
+        // SAFETY: select's contract: a valid timeval.
+        let tv = unsafe { timeout.read_unaligned() };
+        // Linux takes microseconds beyond a second (it normalizes them); negatives are EINVAL.
+        if tv.tv_sec < 0 || tv.tv_usec < 0 {
+            return Outcome::Error(libc::EINVAL);
+        }
+        Some(
+            std::time::Duration::from_secs(tv.tv_sec as u64)
+                + std::time::Duration::from_micros(tv.tv_usec as u64),
+        )
+    };
+    let start = std::time::Instant::now();
+    // SAFETY: select's contract.
+    let res = unsafe { select_with(nfds, r, w, e, t, std::ptr::null()) };
+    if let (Some(t), false) = (t, timeout.is_null()) {
+        if !matches!(res, B(_)) {
+            // Linux's select writes back the time not slept.
+            let left = t.saturating_sub(start.elapsed());
+            // SAFETY: as above.
+            unsafe {
+                timeout.write_unaligned(timeval {
+                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_usec: left.subsec_micros() as libc::suseconds_t,
+                })
+            };
+        }
+    }
+    res
+}
+
+/// select/pselect as a poll over the fds in the three sets, when some of them are ours.
+///
+/// # Safety
+/// Each set is null or an fd_set with at least `nfds` bits.
+unsafe fn select_with(
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    timeout: Option<std::time::Duration>,
+    sigmask: *const sigset_t,
+) -> Outcome<c_int> {
+    if nfds < 0 {
+        return Outcome::Error(libc::EINVAL);
+    }
+    let sets = [(r, libc::POLLIN), (w, libc::POLLOUT), (e, libc::POLLPRI)];
+    let mut list: Vec<pollfd> = Vec::new();
+    for fd in 0..nfds {
+        let mut events = 0;
+        for (set, ev) in sets {
+            // SAFETY: the set holds nfds bits (select contract).
+            if !set.is_null() && unsafe { libc::FD_ISSET(fd, set) } {
+                events |= ev;
+            }
+        }
+        if events != 0 {
+            list.push(pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+        }
+    }
+    if !list.iter().any(|p| crate::fdtable::is_ours(p.fd)) {
+        return NOT_OURS;
+    }
+    match crate::user::poll(&mut list, timeout, sigmask) {
+        None => return NOT_OURS,
+        Some(Err(e)) => return Outcome::Error(e),
+        Some(Ok(_)) => {}
+    }
+    if list.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+        return Outcome::Error(libc::EBADF);
+    }
+    // What Linux counts as ready for each set (fs/select.c POLLIN_SET, POLLOUT_SET, POLLEX_SET).
+    let ready = [
+        libc::POLLIN | libc::POLLRDNORM | libc::POLLHUP | libc::POLLERR,
+        libc::POLLOUT | libc::POLLWRNORM | libc::POLLERR,
+        libc::POLLPRI,
+    ];
+    for (set, _) in sets {
+        if !set.is_null() {
+            for p in &list {
+                // SAFETY: as above.
+                unsafe { libc::FD_CLR(p.fd, set) };
+            }
+        }
+    }
+    let mut n = 0;
+    for p in &list {
+        for ((set, ev), mask) in sets.iter().zip(ready) {
+            if !set.is_null() && p.events & ev != 0 && p.revents & mask != 0 {
+                // SAFETY: as above.
+                unsafe { libc::FD_SET(p.fd, *set) };
+                n += 1;
+            }
+        }
+    }
+    Outcome::Done(n)
 }
 
 pub(crate) unsafe fn pselect(
-    _nfds: c_int,
-    _r: *mut fd_set,
-    _w: *mut fd_set,
-    _e: *mut fd_set,
-    _timeout: *const timespec,
-    _sigmask: *const sigset_t,
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
 ) -> Outcome<c_int> {
-    no_stack()
+    // SAFETY: pselect's contract (glibc's pselect leaves the timeout unchanged).
+    let t = match unsafe { timespec_arg(timeout) } {
+        Ok(t) => t,
+        Err(e) => return Outcome::Error(e),
+    };
+    // SAFETY: as above.
+    unsafe { select_with(nfds, r, w, e, t, sigmask) }
 }
 
 // --- _FORTIFY_SOURCE twins: glibc's check, then the plain call's op ------------------------

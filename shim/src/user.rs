@@ -46,13 +46,22 @@ enum Obj {
     },
 }
 
+/// One of our sockets (or epoll instances) and the fds that refer to it: more than one after
+/// dup/dup2/dup3/F_DUPFD, as with the kernel's open file descriptions. The object goes when the
+/// last of them is closed.
+struct Entry {
+    obj: Obj,
+    fds: Vec<c_int>,
+}
+
 pub struct Shim {
     stack: Option<Stack<DpdkLink>>,
     /// Why the stack could not be started (said once on stderr; every flagged listen fails).
     failed: Option<String>,
-    objs: Vec<Option<Obj>>,
+    objs: Vec<Option<Entry>>,
     free: Vec<u32>,
-    conn_fd: HashMap<ConnId, c_int>,
+    /// A stack connection -> its entry's index.
+    conn_fd: HashMap<ConnId, u32>,
     port_fds: HashMap<u16, Vec<c_int>>,
     /// Our fd -> the epoll fds watching it.
     watchers: HashMap<c_int, Vec<c_int>>,
@@ -161,18 +170,20 @@ fn index_of(fd: c_int) -> Option<u32> {
 impl Shim {
     fn obj(&mut self, fd: c_int) -> Option<&mut Obj> {
         let i = index_of(fd)?;
-        self.objs.get_mut(i as usize)?.as_mut()
+        self.objs.get_mut(i as usize)?.as_mut().map(|e| &mut e.obj)
     }
 
-    fn insert(&mut self, fd: c_int, obj: Obj) -> Result<(), c_int> {
+    /// Makes `fd` ours, as a new object. Returns its index.
+    fn insert(&mut self, fd: c_int, obj: Obj) -> Result<u32, c_int> {
         let table = fdtable::global_or_init().ok_or(libc::ENOMEM)?;
+        let entry = Entry { obj, fds: vec![fd] };
         let i = match self.free.pop() {
             Some(i) => {
-                self.objs[i as usize] = Some(obj);
+                self.objs[i as usize] = Some(entry);
                 i
             }
             None => {
-                self.objs.push(Some(obj));
+                self.objs.push(Some(entry));
                 (self.objs.len() - 1) as u32
             }
         };
@@ -181,14 +192,51 @@ impl Shim {
             self.free.push(i);
             return Err(libc::EMFILE);
         }
-        Ok(())
+        Ok(i)
     }
 
-    fn remove(&mut self, fd: c_int) -> Option<Obj> {
+    /// Forgets `fd`. `None`: it was not ours. `Some(None)`: other fds still refer to its
+    /// object. `Some(Some(obj))`: it was the last one; the object is the caller's to close.
+    fn remove(&mut self, fd: c_int) -> Option<Option<Obj>> {
         let i = fdtable::global()?.release(fd)?;
-        let obj = self.objs.get_mut(i as usize)?.take();
+        let slot = self.objs.get_mut(i as usize)?;
+        let entry = slot.as_mut()?;
+        entry.fds.retain(|&f| f != fd);
+        if !entry.fds.is_empty() {
+            return Some(None);
+        }
+        let obj = slot.take().map(|e| e.obj);
         self.free.push(i);
-        obj
+        Some(obj)
+    }
+
+    /// Tells every epoll set watching `fd` its readiness now.
+    fn notify_watchers(&mut self, fd: c_int, r: Readiness) {
+        let Some(eps) = self.watchers.get(&fd) else {
+            return;
+        };
+        for &ep in eps {
+            let Some(j) = index_of(ep) else { continue };
+            if let Some(Some(Entry {
+                obj: Obj::Epoll { set, .. },
+                ..
+            })) = self.objs.get_mut(j as usize)
+            {
+                set.notify(fd, r);
+            }
+        }
+    }
+
+    /// Tells the watchers of every fd of entry `i`.
+    fn notify_entry(&mut self, i: u32) {
+        let Some(r) = self.readiness_at(i) else {
+            return;
+        };
+        let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
+        for k in 0..n {
+            let fd = self.objs[i as usize].as_ref().map_or(-1, |e| e.fds[k]);
+            self.notify_watchers(fd, r);
+        }
     }
 
     /// Starts the stack on first use. On failure says why, once, and remembers it.
@@ -234,16 +282,19 @@ impl Shim {
         work |= !self.events.is_empty();
         let events = std::mem::take(&mut self.events);
         for ev in &events {
-            let fds: Vec<c_int> = match *ev {
-                Event::Conn(id) => self.conn_fd.get(&id).copied().into_iter().collect(),
-                Event::Accept(port) => self.port_fds.get(&port).cloned().unwrap_or_default(),
-            };
-            for fd in fds {
-                let r = self.readiness(fd);
-                let Some(r) = r else { continue };
-                for ep in self.watchers.get(&fd).cloned().unwrap_or_default() {
-                    if let Some(Obj::Epoll { set, .. }) = self.obj(ep) {
-                        set.notify(fd, r);
+            match *ev {
+                Event::Conn(id) => {
+                    if let Some(&i) = self.conn_fd.get(&id) {
+                        self.notify_entry(i);
+                    }
+                }
+                Event::Accept(port) => {
+                    let n = self.port_fds.get(&port).map_or(0, Vec::len);
+                    for k in 0..n {
+                        let fd = self.port_fds[&port][k];
+                        if let Some(r) = self.readiness(fd) {
+                            self.notify_watchers(fd, r);
+                        }
                     }
                 }
             }
@@ -253,9 +304,12 @@ impl Shim {
     }
 
     fn readiness(&self, fd: c_int) -> Option<Readiness> {
-        let i = index_of(fd)?;
+        self.readiness_at(index_of(fd)?)
+    }
+
+    fn readiness_at(&self, i: u32) -> Option<Readiness> {
         let stack = self.stack.as_ref()?;
-        match self.objs.get(i as usize)?.as_ref()? {
+        match &self.objs.get(i as usize)?.as_ref()?.obj {
             Obj::Listener { port, .. } => Some(Readiness {
                 readable: stack.accept_queue_len(*port) > 0,
                 ..Readiness::default()
@@ -417,7 +471,7 @@ pub fn accept(
                     return Some(Err(e));
                 }
                 let nonblock = flags & libc::SOCK_NONBLOCK != 0;
-                if let Err(e) = s.insert(
+                let i = match s.insert(
                     efd,
                     Obj::Conn {
                         id,
@@ -427,11 +481,17 @@ pub fn accept(
                         ka_on: false,
                     },
                 ) {
-                    // SAFETY: our own fresh fd.
-                    unsafe { libc::close(efd) };
-                    return Some(Err(e));
-                }
-                s.conn_fd.insert(id, efd);
+                    Ok(i) => i,
+                    Err(e) => {
+                        // SAFETY: our own fresh fd.
+                        unsafe { libc::close(efd) };
+                        if let Some(st) = s.stack.as_mut() {
+                            let _ = st.abort(id);
+                        }
+                        return Some(Err(e));
+                    }
+                };
+                s.conn_fd.insert(id, i);
                 write_sockaddr(peer, addr, len);
                 return Some(Ok(efd));
             }
@@ -561,7 +621,11 @@ pub fn close(fd: c_int) -> bool {
         return fdtable::global().and_then(|t| t.release(fd)).is_some();
     }
     let mut s = shim();
-    let Some(obj) = s.remove(fd) else {
+    let listener_port = match s.obj(fd) {
+        Some(Obj::Listener { port, .. }) => Some(*port),
+        _ => None,
+    };
+    let Some(last) = s.remove(fd) else {
         return false;
     };
     for ep in s.watchers.remove(&fd).unwrap_or_default() {
@@ -569,6 +633,15 @@ pub fn close(fd: c_int) -> bool {
             let _ = set.delete(fd);
         }
     }
+    if let Some(port) = listener_port {
+        if let Some(v) = s.port_fds.get_mut(&port) {
+            v.retain(|&f| f != fd);
+        }
+    }
+    // Other fds (dups) still refer to the object: it stays.
+    let Some(obj) = last else {
+        return true;
+    };
     match obj {
         Obj::Conn { id, .. } => {
             s.conn_fd.remove(&id);
@@ -578,14 +651,7 @@ pub fn close(fd: c_int) -> bool {
             }
         }
         Obj::Listener { port, .. } => {
-            let last = match s.port_fds.get_mut(&port) {
-                Some(v) => {
-                    v.retain(|&f| f != fd);
-                    v.is_empty()
-                }
-                None => true,
-            };
-            if last {
+            if s.port_fds.get(&port).is_none_or(Vec::is_empty) {
                 s.port_fds.remove(&port);
                 if let Some(stack) = s.stack.as_mut() {
                     stack.unlisten(port);
@@ -603,6 +669,38 @@ pub fn close(fd: c_int) -> bool {
         }
     }
     true
+}
+
+/// dup/dup2/dup3/F_DUPFD made `new` (a kernel fd: the dup of `old`'s identity fd): it now
+/// refers to the same object as `old`, as a dup refers to the same open file description.
+/// `Err(errno)`: it could not be recorded (the caller closes `new` and fails the call).
+pub fn alias(old: c_int, new: c_int) -> Result<(), c_int> {
+    let table = fdtable::global().ok_or(libc::EBADF)?;
+    let FdState::Ours(i) = table.lookup(old) else {
+        return Ok(());
+    };
+    if in_child() {
+        // The child never touches the shim's state; its copy of the table is its own.
+        return table.claim(new, i).map_err(|_| libc::EMFILE);
+    }
+    let mut s = shim();
+    if table.claim(new, i).is_err() {
+        return Err(libc::EMFILE);
+    }
+    let port = match s.objs.get_mut(i as usize) {
+        Some(Some(e)) => {
+            e.fds.push(new);
+            match e.obj {
+                Obj::Listener { port, .. } => Some(port),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some(port) = port {
+        s.port_fds.entry(port).or_default().push(new);
+    }
+    Ok(())
 }
 
 pub fn shutdown(fd: c_int, how: c_int) -> Option<Result<c_int, c_int>> {
@@ -963,66 +1061,23 @@ pub fn epoll_wait(
             continue;
         }
         // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
-        let (outer, until_timer) = {
+        let Some(Blocking { wake, until_timer }) = prepare_block() else {
+            last_work = Instant::now();
+            continue;
+        };
+        let outer = {
             let mut s = shim();
-            let wake = s.stack.as_ref().and_then(|st| st.wake_fd());
-            let armed = match s.stack.as_mut() {
-                Some(st) => st.arm_wake(clock::now()),
-                None => true,
-            };
-            if !armed {
-                last_work = Instant::now();
-                continue;
-            }
-            let until = s
-                .stack
-                .as_ref()
-                .and_then(|st| st.next_deadline())
-                .map(clock::until);
-            let outer = match s.obj(epfd) {
+            match s.obj(epfd) {
                 Some(Obj::Epoll { outer, .. }) => {
                     if *outer < 0 {
-                        // SAFETY: creating and filling our own epoll instance.
-                        unsafe {
-                            let o = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-                            if o >= 0 {
-                                let mut ev = libc::epoll_event {
-                                    events: libc::EPOLLIN as u32,
-                                    u64: 0,
-                                };
-                                libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, epfd, &mut ev);
-                                if let Some(w) = wake {
-                                    let mut ev = libc::epoll_event {
-                                        events: libc::EPOLLIN as u32,
-                                        u64: 1,
-                                    };
-                                    libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, w, &mut ev);
-                                }
-                                let nfd = NOTIFY_FD.load(Ordering::Acquire);
-                                if nfd >= 0 {
-                                    let mut ev = libc::epoll_event {
-                                        events: libc::EPOLLIN as u32,
-                                        u64: 2,
-                                    };
-                                    libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, nfd, &mut ev);
-                                }
-                            }
-                            *outer = o;
-                        }
+                        *outer = private_epoll(epfd, wake);
                     }
                     *outer
                 }
                 _ => return None,
-            };
-            (outer, until)
+            }
         };
-        let mut wait = deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
-        if let Some(t) = until_timer {
-            wait = wait.min(t);
-        }
-        let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int;
+        let ms = block_ms(deadline, until_timer);
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2];
         // SAFETY: our private epoll fd and a local array; the caller's signal mask while blocked.
         let r = unsafe {
@@ -1033,20 +1088,226 @@ pub fn epoll_wait(
             }
         };
         let err = crate::errno::get();
-        if evs[..r.max(0) as usize].iter().any(|e| e.u64 == 2) {
-            let mut v = 0u64;
-            // SAFETY: draining our own eventfd (non-blocking).
-            unsafe {
-                libc::read(
-                    NOTIFY_FD.load(Ordering::Acquire),
-                    (&mut v as *mut u64).cast(),
-                    8,
-                )
-            };
+        after_block(evs[..r.max(0) as usize].iter().any(|e| e.u64 == 2));
+        if r < 0 && err == libc::EINTR {
+            return Some(Err(libc::EINTR));
         }
-        if let Some(st) = shim().stack.as_mut() {
-            st.disarm_wake();
+        last_work = Instant::now();
+    }
+}
+
+/// What a waiter blocks on, besides the application's own fds.
+struct Blocking {
+    /// The device's wake-up fd, if it has one.
+    wake: Option<c_int>,
+    /// Time to the stack's next timer.
+    until_timer: Option<Duration>,
+}
+
+/// Before a waiter blocks: arms the device's wake-up fd. `None`: frames arrived meanwhile (poll
+/// again instead of blocking).
+fn prepare_block() -> Option<Blocking> {
+    let mut s = shim();
+    let Some(st) = s.stack.as_mut() else {
+        return Some(Blocking {
+            wake: None,
+            until_timer: None,
+        });
+    };
+    if !st.arm_wake(clock::now()) {
+        return None;
+    }
+    Some(Blocking {
+        wake: st.wake_fd(),
+        until_timer: st.next_deadline().map(clock::until),
+    })
+}
+
+/// After a waiter blocked: drains the keeper's notification if it fired, disarms the wake-up.
+fn after_block(notified: bool) {
+    if notified {
+        let mut v = 0u64;
+        // SAFETY: draining our own eventfd (non-blocking).
+        unsafe {
+            libc::read(
+                NOTIFY_FD.load(Ordering::Acquire),
+                (&mut v as *mut u64).cast(),
+                8,
+            )
+        };
+    }
+    if let Some(st) = shim().stack.as_mut() {
+        st.disarm_wake();
+    }
+}
+
+/// The timeout to block for: the earlier of the caller's deadline and the next stack timer,
+/// in milliseconds rounded up (an hour if neither).
+fn block_ms(deadline: Option<Instant>, until_timer: Option<Duration>) -> c_int {
+    let mut wait = deadline
+        .map(|d| d.saturating_duration_since(Instant::now()))
+        .unwrap_or(Duration::from_secs(3600));
+    if let Some(t) = until_timer {
+        wait = wait.min(t);
+    }
+    wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
+}
+
+/// A private epoll instance for blocking on the application's epoll fd (data 0), the wake-up
+/// fd (1) and the keeper's notification eventfd (2).
+fn private_epoll(epfd: c_int, wake: Option<c_int>) -> c_int {
+    // SAFETY: creating and filling our own epoll instance.
+    unsafe {
+        let o = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        if o < 0 {
+            return o;
         }
+        let nfd = NOTIFY_FD.load(Ordering::Acquire);
+        for (fd, tag) in [
+            (Some(epfd), 0u64),
+            (wake, 1),
+            ((nfd >= 0).then_some(nfd), 2),
+        ] {
+            if let Some(fd) = fd {
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: tag,
+                };
+                libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, fd, &mut ev);
+            }
+        }
+        o
+    }
+}
+
+// ------------------------------------------------------------------ poll / select
+
+/// How poll sees one of the caller's entries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PollKind {
+    /// The kernel's fd (or negative: ignored).
+    Kernel,
+    /// A stack connection or stack-only listener: the kernel must not look at its identity fd.
+    Stack,
+    /// A dual listener: the stack's accept queue and the kernel socket both count.
+    Both,
+}
+
+/// Readiness as poll bits, limited to what was asked (errors and hang-ups always).
+fn poll_bits(r: Readiness, events: i16) -> i16 {
+    let b = userstack::epoll::bits(r) as i32;
+    let mut rev = b & (events as i32 | libc::POLLERR as i32 | libc::POLLHUP as i32);
+    if r.readable && events & libc::POLLRDNORM != 0 {
+        rev |= libc::POLLRDNORM as i32;
+    }
+    if r.writable && events & libc::POLLWRNORM != 0 {
+        rev |= libc::POLLWRNORM as i32;
+    }
+    rev as i16
+}
+
+/// poll/ppoll over the caller's array when some of its fds are ours: our fds' readiness from
+/// the stack, the kernel's from a zero-timeout poll with our identity fds hidden (negative),
+/// then the same spin-then-block as epoll_wait. `None`: none of the fds is ours.
+pub fn poll(
+    fds: &mut [libc::pollfd],
+    timeout: Option<Duration>,
+    sigmask: *const libc::sigset_t,
+) -> Option<Result<c_int, c_int>> {
+    if in_child() {
+        return None;
+    }
+    let kinds: Vec<PollKind> = {
+        let mut s = shim();
+        fds.iter()
+            .map(|p| match s.obj(p.fd) {
+                Some(Obj::Conn { .. }) | Some(Obj::Listener { kernel: false, .. }) => {
+                    PollKind::Stack
+                }
+                Some(Obj::Listener { kernel: true, .. }) => PollKind::Both,
+                _ => PollKind::Kernel,
+            })
+            .collect()
+    };
+    if kinds.iter().all(|k| *k == PollKind::Kernel) {
+        return None;
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let spin = config().as_ref().map(|c| c.spin).unwrap_or(Duration::ZERO);
+    let mut last_work = Instant::now();
+    let mut mine = vec![0i16; fds.len()];
+    loop {
+        {
+            let mut s = shim();
+            if s.pump() {
+                last_work = Instant::now();
+            }
+            for (i, p) in fds.iter().enumerate() {
+                mine[i] = match kinds[i] {
+                    PollKind::Kernel => 0,
+                    _ => s.readiness(p.fd).map_or(0, |r| poll_bits(r, p.events)),
+                };
+            }
+        }
+        // The kernel's fds, without blocking; ours hidden from it.
+        for (p, k) in fds.iter_mut().zip(&kinds) {
+            if *k == PollKind::Stack {
+                p.fd = !p.fd;
+            }
+        }
+        // SAFETY: the caller's array of fds.len() entries.
+        let k = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        let err = crate::errno::get();
+        for ((p, kind), m) in fds.iter_mut().zip(&kinds).zip(&mine) {
+            if *kind == PollKind::Stack {
+                p.fd = !p.fd;
+                p.revents = *m;
+            } else {
+                p.revents |= *m;
+            }
+        }
+        if k < 0 {
+            return Some(Err(err));
+        }
+        let n = fds.iter().filter(|p| p.revents != 0).count();
+        if n > 0 {
+            return Some(Ok(n as c_int));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(Ok(0));
+        }
+        if last_work.elapsed() < spin {
+            continue;
+        }
+        let Some(Blocking { wake, until_timer }) = prepare_block() else {
+            last_work = Instant::now();
+            continue;
+        };
+        // Block on the kernel's fds, the wake-up fd and the keeper's notification.
+        let mut blk: Vec<libc::pollfd> = fds
+            .iter()
+            .zip(&kinds)
+            .filter(|(_, k)| **k != PollKind::Stack)
+            .map(|(p, _)| libc::pollfd { revents: 0, ..*p })
+            .collect();
+        let nfd = NOTIFY_FD.load(Ordering::Acquire);
+        for fd in [wake, (nfd >= 0).then_some(nfd)].into_iter().flatten() {
+            blk.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let ms = block_ms(deadline, until_timer);
+        let ts = libc::timespec {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+        };
+        // SAFETY: a local array; the caller's signal mask while blocked.
+        let r = unsafe { libc::ppoll(blk.as_mut_ptr(), blk.len() as libc::nfds_t, &ts, sigmask) };
+        let err = crate::errno::get();
+        let notified = nfd >= 0 && blk.last().is_some_and(|p| p.fd == nfd && p.revents != 0);
+        after_block(notified);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }

@@ -1,0 +1,701 @@
+//! `stack-seq`: the same sequence of socket calls on *accepted* TCP connections, printed one line
+//! per call (`name ret errno [what came back]`), for comparing the kernel with mtcpshim's stack.
+//!
+//! `stack-seq server PORT` listens on 0.0.0.0:PORT, prints `ready`, and runs the sequence on two
+//! connections from `stack-seq client ADDR PORT` (a kernel client, in another namespace). The two
+//! sides move in lock step over the connection itself, so every call sees the same state on
+//! every run: the server never races the client. `tests/tests/shim_semantics.rs` runs the server
+//! with and without `LD_PRELOAD=libmtcpshim.so MTCP_PORTS=PORT` and compares the outputs.
+//!
+//! Printed values are those a program could depend on and that do not vary between runs: fd
+//! numbers only where the caller chose them (dup2), addresses by their last octet (both setups
+//! use .1 for the client and .2 for the server), peer ports as "ephemeral".
+//!
+//! Client protocol (lines from the server): `A` -> send `0123456789`; `B` -> send `xyz`;
+//! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; end of stream -> answer `eof` and close.
+//! Second connection: send `abc`, wait for `go`, then reset (SO_LINGER 0).
+
+use std::ffi::c_int;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, TcpStream};
+use std::ptr::null_mut;
+
+use libc::{c_void, iovec, mmsghdr, pollfd, sockaddr_in, socklen_t};
+
+const SENTINEL: c_int = 7777;
+
+fn errno() -> c_int {
+    // SAFETY: this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(v: c_int) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = v }
+}
+
+/// Runs one call with errno set to the sentinel, prints `name ret errno extra`.
+fn call<T: Copy + std::fmt::Display>(name: &str, f: impl FnOnce() -> T) -> T {
+    set_errno(SENTINEL);
+    let r = f();
+    let e = errno();
+    println!("{name} {r} {e}");
+    r
+}
+
+/// As `call`, for calls that return a new fd: only whether they did (the shim's own fds shift
+/// the numbers the kernel hands out).
+fn call_fd(name: &str, f: impl FnOnce() -> c_int) -> c_int {
+    set_errno(SENTINEL);
+    let r = f();
+    let e = errno();
+    let shown = if r >= 0 {
+        "fd".to_string()
+    } else {
+        r.to_string()
+    };
+    println!("{name} {shown} {e}");
+    r
+}
+
+/// As `call`, with a note after the errno (what the call wrote back).
+fn note(what: impl std::fmt::Display) {
+    println!("  -> {what}");
+}
+
+fn last_octet(sin: &sockaddr_in) -> u8 {
+    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).octets()[3]
+}
+
+fn sockaddr_note(sin: &sockaddr_in, len: socklen_t, port: Option<u16>) {
+    let p = u16::from_be(sin.sin_port);
+    let shown = match port {
+        Some(want) if p == want => "listening".to_string(),
+        _ if p >= 1024 => "ephemeral".to_string(),
+        _ => p.to_string(),
+    };
+    note(format!(
+        "family={} addr=.{} port={shown} len={len}",
+        sin.sin_family,
+        last_octet(sin)
+    ));
+}
+
+/// Waits (not printed) until `fd` has something to read or a condition, 10 s at most.
+fn wait_in(fd: c_int) -> i16 {
+    let mut p = pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd.
+    unsafe { libc::poll(&mut p, 1, 10_000) };
+    p.revents
+}
+
+/// Reads one line (not printed call by call), waiting for it.
+fn read_line(fd: c_int) -> String {
+    let mut line = Vec::new();
+    loop {
+        wait_in(fd);
+        let mut b = 0u8;
+        // SAFETY: one byte into a local.
+        let r = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        if r <= 0 || b == b'\n' {
+            return String::from_utf8_lossy(&line).into_owned();
+        }
+        line.push(b);
+    }
+}
+
+fn send_line(fd: c_int, s: &str) {
+    let data = format!("{s}\n");
+    // SAFETY: our buffer.
+    let r = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    assert_eq!(r, data.len() as isize, "write of a control line");
+}
+
+fn getsockopt_int(fd: c_int, level: c_int, name: c_int, label: &str) {
+    let mut v: c_int = -1;
+    let mut len = size_of::<c_int>() as socklen_t;
+    // SAFETY: an int and its size.
+    call(label, || unsafe {
+        libc::getsockopt(fd, level, name, (&mut v as *mut c_int).cast(), &mut len)
+    });
+    note(format!("value={v} len={len}"));
+}
+
+fn setsockopt_int(fd: c_int, level: c_int, name: c_int, v: c_int, label: &str) {
+    // SAFETY: an int and its size.
+    call(label, || unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const c_int).cast(),
+            size_of::<c_int>() as socklen_t,
+        )
+    });
+}
+
+fn poll_one(fd: c_int, events: i16, timeout: c_int, label: &str) {
+    let mut p = pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one pollfd.
+    call(label, || unsafe { libc::poll(&mut p, 1, timeout) });
+    note(format!("revents={:#x}", p.revents));
+}
+
+fn select_one(fd: c_int, read: bool, timeout_us: i64, label: &str) {
+    // SAFETY: zeroed fd_sets are empty.
+    let mut set: libc::fd_set = unsafe { zeroed() };
+    // SAFETY: fd < FD_SETSIZE in these tests.
+    unsafe { libc::FD_SET(fd, &mut set) };
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: timeout_us,
+    };
+    let (r, w) = if read {
+        (&mut set as *mut libc::fd_set, null_mut())
+    } else {
+        (null_mut(), &mut set as *mut libc::fd_set)
+    };
+    // SAFETY: valid sets and timeout.
+    call(label, || unsafe {
+        libc::select(fd + 1, r, w, null_mut(), &mut tv)
+    });
+    // SAFETY: as above.
+    note(format!("isset={}", unsafe { libc::FD_ISSET(fd, &set) }));
+}
+
+fn recv_note(fd: c_int, len: usize, flags: c_int, label: &str) {
+    let mut buf = vec![0u8; len];
+    // SAFETY: our buffer.
+    let r = call(label, || unsafe {
+        libc::recv(fd, buf.as_mut_ptr().cast(), len, flags)
+    });
+    if r > 0 {
+        note(format!(
+            "data={:?}",
+            String::from_utf8_lossy(&buf[..r as usize])
+        ));
+    }
+}
+
+fn server(port: u16) {
+    // SAFETY: plain socket calls on fds this program owns; every pointer is to a local.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(s >= 0);
+        let one: c_int = 1;
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const c_int).cast(),
+            4,
+        );
+        let mut sin: sockaddr_in = zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = port.to_be();
+        let slen = size_of::<sockaddr_in>() as socklen_t;
+        call("bind", || {
+            libc::bind(s, (&sin as *const sockaddr_in).cast(), slen)
+        });
+        call("listen", || libc::listen(s, 16));
+        println!("ready");
+        let _ = std::io::stdout().flush();
+
+        // --- connection 1 ----------------------------------------------------------------
+        poll_one(s, libc::POLLIN, 10_000, "poll(listener)");
+        let mut peer: sockaddr_in = zeroed();
+        let mut plen = slen;
+        let c = call_fd("accept4(CLOEXEC)", || {
+            libc::accept4(
+                s,
+                (&mut peer as *mut sockaddr_in).cast(),
+                &mut plen,
+                libc::SOCK_CLOEXEC,
+            )
+        });
+        sockaddr_note(&peer, plen, None);
+        assert!(c >= 0, "accept failed");
+        call("fcntl(F_GETFD)", || libc::fcntl(c, libc::F_GETFD));
+        let mut a: sockaddr_in = zeroed();
+        let mut alen = slen;
+        call("getsockname", || {
+            libc::getsockname(c, (&mut a as *mut sockaddr_in).cast(), &mut alen)
+        });
+        sockaddr_note(&a, alen, Some(port));
+        let mut alen = slen;
+        call("getpeername", || {
+            libc::getpeername(c, (&mut a as *mut sockaddr_in).cast(), &mut alen)
+        });
+        sockaddr_note(&a, alen, None);
+        let mut short = 4 as socklen_t;
+        call("getpeername(short buffer)", || {
+            libc::getpeername(c, (&mut a as *mut sockaddr_in).cast(), &mut short)
+        });
+        note(format!("len={short}"));
+        getsockopt_int(c, libc::SOL_SOCKET, libc::SO_TYPE, "getsockopt(SO_TYPE)");
+        getsockopt_int(c, libc::SOL_SOCKET, libc::SO_ERROR, "getsockopt(SO_ERROR)");
+        getsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            "getsockopt(SO_KEEPALIVE)",
+        );
+        setsockopt_int(
+            c,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            1,
+            "setsockopt(TCP_NODELAY)",
+        );
+        setsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            1,
+            "setsockopt(SO_KEEPALIVE)",
+        );
+        setsockopt_int(
+            c,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            0,
+            "setsockopt(TCP_KEEPIDLE=0)",
+        );
+        setsockopt_int(
+            c,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            60,
+            "setsockopt(TCP_KEEPIDLE)",
+        );
+        setsockopt_int(
+            c,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            10,
+            "setsockopt(TCP_KEEPINTVL)",
+        );
+        setsockopt_int(
+            c,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPCNT,
+            3,
+            "setsockopt(TCP_KEEPCNT)",
+        );
+        getsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            "getsockopt(SO_KEEPALIVE)",
+        );
+        call("setsockopt(short)", || {
+            libc::setsockopt(
+                c,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const c_int).cast(),
+                2,
+            )
+        });
+
+        // Non-blocking, nothing to read yet.
+        let fl = call("fcntl(F_GETFL)", || libc::fcntl(c, libc::F_GETFL));
+        call("fcntl(F_SETFL O_NONBLOCK)", || {
+            libc::fcntl(c, libc::F_SETFL, fl | libc::O_NONBLOCK)
+        });
+        call("fcntl(F_GETFL)", || {
+            libc::fcntl(c, libc::F_GETFL) & libc::O_NONBLOCK
+        });
+        let mut b = [0u8; 16];
+        call("read(empty)", || libc::read(c, b.as_mut_ptr().cast(), 16));
+        call("recv(empty, MSG_DONTWAIT)", || {
+            libc::recv(c, b.as_mut_ptr().cast(), 16, libc::MSG_DONTWAIT)
+        });
+        call("read(len 0)", || libc::read(c, b.as_mut_ptr().cast(), 0));
+        let mut n: c_int = -1;
+        call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
+        note(format!("value={n}"));
+        poll_one(c, libc::POLLIN | libc::POLLOUT, 0, "poll(c, IN|OUT, 0)");
+        select_one(c, true, 0, "select(read, 0)");
+        select_one(c, false, 0, "select(write, 0)");
+        // A kernel fd beside ours: a pipe with a byte in it.
+        let mut pipe = [0 as c_int; 2];
+        libc::pipe(pipe.as_mut_ptr());
+        libc::write(pipe[1], b"p".as_ptr().cast(), 1);
+        let mut two = [
+            pollfd {
+                fd: c,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            pollfd {
+                fd: pipe[0],
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        call("poll(c + pipe, 0)", || libc::poll(two.as_mut_ptr(), 2, 0));
+        note(format!(
+            "revents={:#x},{:#x}",
+            two[0].revents, two[1].revents
+        ));
+
+        // Data arrives.
+        send_line(c, "A");
+        poll_one(c, libc::POLLIN, 10_000, "poll(c, IN, 10s)");
+        let mut n: c_int = -1;
+        while n < 10 {
+            wait_in(c);
+            libc::ioctl(c, libc::FIONREAD, &mut n);
+        }
+        call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
+        note(format!("value={n}"));
+        select_one(c, true, 1_000_000, "select(read, 1s)");
+        recv_note(c, 4, libc::MSG_PEEK, "recv(MSG_PEEK)");
+        recv_note(c, 4, 0, "recv");
+        let (mut x, mut y) = ([0u8; 3], [0u8; 3]);
+        let iov = [
+            iovec {
+                iov_base: x.as_mut_ptr().cast(),
+                iov_len: 3,
+            },
+            iovec {
+                iov_base: y.as_mut_ptr().cast(),
+                iov_len: 3,
+            },
+        ];
+        call("readv", || libc::readv(c, iov.as_ptr(), 2));
+        note(format!(
+            "data={:?}{:?}",
+            String::from_utf8_lossy(&x),
+            String::from_utf8_lossy(&y)
+        ));
+        call("read(drained)", || libc::read(c, b.as_mut_ptr().cast(), 16));
+
+        // epoll, edge-triggered, with the application's data.
+        let ep = call_fd("epoll_create1", || libc::epoll_create1(libc::EPOLL_CLOEXEC));
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0xabc,
+        };
+        call("epoll_ctl(ADD)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        call("epoll_ctl(ADD again)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        call("epoll_wait(0)", || {
+            libc::epoll_wait(ep, out.as_mut_ptr(), 4, 0)
+        });
+        send_line(c, "B");
+        let k = call("epoll_wait(10s)", || {
+            libc::epoll_wait(ep, out.as_mut_ptr(), 4, 10_000)
+        });
+        if k > 0 {
+            let (e, d) = (out[0].events, out[0].u64);
+            note(format!("events={e:#x} data={d:#x}"));
+        }
+        call("epoll_wait(ET, again)", || {
+            libc::epoll_wait(ep, out.as_mut_ptr(), 4, 0)
+        });
+        let mut n: c_int = -1;
+        while n < 3 {
+            wait_in(c);
+            libc::ioctl(c, libc::FIONREAD, &mut n);
+        }
+        recv_note(c, 16, 0, "recv(xyz)");
+        ev.events = (libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
+        call("epoll_ctl(MOD OUT)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, c, &mut ev)
+        });
+        let k = call("epoll_wait(OUT)", || {
+            libc::epoll_wait(ep, out.as_mut_ptr(), 4, 1000)
+        });
+        if k > 0 {
+            let (e, d) = (out[0].events, out[0].u64);
+            note(format!("events={e:#x} data={d:#x}"));
+        }
+        call("epoll_ctl(DEL)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, c, null_mut())
+        });
+        call("epoll_ctl(DEL again)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, c, null_mut())
+        });
+        call("close(epoll)", || libc::close(ep));
+
+        // Blocking again; writes and their delivery.
+        call("fcntl(F_SETFL 0)", || libc::fcntl(c, libc::F_SETFL, fl));
+        let msg = b"say:write\n";
+        call("write", || libc::write(c, msg.as_ptr().cast(), msg.len()));
+        note(read_line(c));
+        let parts: [&[u8]; 3] = [b"say:", b"write", b"v\n"];
+        let iov: Vec<iovec> = parts
+            .iter()
+            .map(|p| iovec {
+                iov_base: p.as_ptr() as *mut c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        call("writev", || libc::writev(c, iov.as_ptr(), 3));
+        note(read_line(c));
+        let msg = b"say:send\n";
+        call("send(MSG_NOSIGNAL)", || {
+            libc::send(c, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL)
+        });
+        note(read_line(c));
+
+        // dup and friends: the connection lives until its last fd is closed.
+        let d = call_fd("dup", || libc::dup(c));
+        call("close(original)", || libc::close(c));
+        let msg = b"say:dup\n";
+        call("write(dup)", || {
+            libc::write(d, msg.as_ptr().cast(), msg.len())
+        });
+        note(read_line(d));
+        let f = libc::fcntl(d, libc::F_DUPFD_CLOEXEC, 50);
+        call("fcntl(F_DUPFD_CLOEXEC, 50) >= 50", || (f >= 50) as c_int);
+        call("close(F_DUPFD)", || libc::close(f));
+        let d2 = call("dup2(d, 60)", || libc::dup2(d, 60));
+        call("dup3(60, 60)", || libc::dup3(60, 60, 0));
+        call("dup3(d, 61, bad flags)", || libc::dup3(d, 61, 0x4000_0000));
+        call("dup2(bad, 62)", || libc::dup2(9999, 62));
+        call("close(d)", || libc::close(d));
+        let mut a: sockaddr_in = zeroed();
+        let mut alen = slen;
+        call("getpeername(60)", || {
+            libc::getpeername(d2, (&mut a as *mut sockaddr_in).cast(), &mut alen)
+        });
+        sockaddr_note(&a, alen, None);
+
+        // sendfile from a file, at an offset and from the file position.
+        let path = std::env::temp_dir().join(format!("stack-seq-{}", std::process::id()));
+        std::fs::write(&path, b"XXXXXsay:sendfile\nsay:filepos\n").unwrap();
+        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let file = libc::open(cpath.as_ptr(), libc::O_RDONLY);
+        let _ = std::fs::remove_file(&path);
+        let mut off: libc::off_t = 5;
+        call("sendfile(offset 5, 13)", || {
+            libc::sendfile(d2, file, &mut off, 13)
+        });
+        note(format!("offset={off}"));
+        note(read_line(d2));
+        libc::lseek(file, 18, libc::SEEK_SET);
+        call("sendfile(file position, 100)", || {
+            libc::sendfile(d2, file, null_mut(), 100)
+        });
+        note(format!("position={}", libc::lseek(file, 0, libc::SEEK_CUR)));
+        note(read_line(d2));
+        libc::close(file);
+
+        // sendmmsg / recvmmsg.
+        let m1 = b"say:m1\n";
+        let m2 = b"say:m2\n";
+        let mut iovs = [
+            iovec {
+                iov_base: m1.as_ptr() as *mut c_void,
+                iov_len: m1.len(),
+            },
+            iovec {
+                iov_base: m2.as_ptr() as *mut c_void,
+                iov_len: m2.len(),
+            },
+        ];
+        let mut msgs: [mmsghdr; 2] = zeroed();
+        for (m, v) in msgs.iter_mut().zip(iovs.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        call("sendmmsg", || libc::sendmmsg(d2, msgs.as_mut_ptr(), 2, 0));
+        note(format!("lens={},{}", msgs[0].msg_len, msgs[1].msg_len));
+        note(read_line(d2));
+        note(read_line(d2));
+        send_line(d2, "R");
+        let mut n: c_int = -1;
+        while n < 6 {
+            wait_in(d2);
+            libc::ioctl(d2, libc::FIONREAD, &mut n);
+        }
+        let (mut r1, mut r2) = ([0u8; 4], [0u8; 4]);
+        let mut riov = [
+            iovec {
+                iov_base: r1.as_mut_ptr().cast(),
+                iov_len: 4,
+            },
+            iovec {
+                iov_base: r2.as_mut_ptr().cast(),
+                iov_len: 4,
+            },
+        ];
+        let mut rmsgs: [mmsghdr; 2] = zeroed();
+        for (m, v) in rmsgs.iter_mut().zip(riov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        call("recvmmsg", || {
+            libc::recvmmsg(d2, rmsgs.as_mut_ptr(), 2, 0, null_mut())
+        });
+        note(format!("lens={},{}", rmsgs[0].msg_len, rmsgs[1].msg_len));
+
+        // Half-close: the peer sees EOF, answers, closes.
+        call("shutdown(bad how)", || libc::shutdown(d2, 7));
+        call("shutdown(SHUT_WR)", || libc::shutdown(d2, libc::SHUT_WR));
+        let msg = b"late";
+        call("send(after SHUT_WR, NOSIGNAL)", || {
+            libc::send(d2, msg.as_ptr().cast(), 4, libc::MSG_NOSIGNAL)
+        });
+        note(read_line(d2));
+        let mut p = pollfd {
+            fd: d2,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        for _ in 0..100 {
+            if libc::poll(&mut p, 1, 100) > 0 && p.revents & libc::POLLRDHUP != 0 {
+                break;
+            }
+        }
+        call("read(EOF)", || libc::read(d2, b.as_mut_ptr().cast(), 16));
+        poll_one(
+            d2,
+            libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
+            0,
+            "poll(after both FINs)",
+        );
+        call("close(60)", || libc::close(d2));
+        call("close(60 again)", || libc::close(d2));
+
+        // --- connection 2: reset by the peer ---------------------------------------------
+        let c = libc::accept(s, null_mut(), null_mut());
+        assert!(c >= 0, "second accept");
+        let mut n: c_int = -1;
+        while n < 3 {
+            wait_in(c);
+            libc::ioctl(c, libc::FIONREAD, &mut n);
+        }
+        recv_note(c, 16, 0, "recv(abc)");
+        send_line(c, "go");
+        let ev = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP;
+        let mut p = pollfd {
+            fd: c,
+            events: ev,
+            revents: 0,
+        };
+        for _ in 0..100 {
+            libc::poll(&mut p, 1, 100);
+            if p.revents & libc::POLLHUP != 0 {
+                break;
+            }
+        }
+        poll_one(c, ev, 0, "poll(after RST)");
+        call("read(after RST)", || {
+            libc::read(c, b.as_mut_ptr().cast(), 16)
+        });
+        call("read(after the error)", || {
+            libc::read(c, b.as_mut_ptr().cast(), 16)
+        });
+        getsockopt_int(c, libc::SOL_SOCKET, libc::SO_ERROR, "getsockopt(SO_ERROR)");
+        call("send(after RST, NOSIGNAL)", || {
+            libc::send(c, msg.as_ptr().cast(), 4, libc::MSG_NOSIGNAL)
+        });
+        call("close", || libc::close(c));
+
+        // The listener.
+        let fl = libc::fcntl(s, libc::F_GETFL);
+        libc::fcntl(s, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        call("accept4(nothing queued, nonblocking)", || {
+            libc::accept4(s, null_mut(), null_mut(), libc::SOCK_NONBLOCK)
+        });
+        call("accept4(bad flags)", || {
+            libc::accept4(s, null_mut(), null_mut(), 0x10)
+        });
+        let mut alen = slen;
+        call("getsockname(listener)", || {
+            libc::getsockname(s, (&mut a as *mut sockaddr_in).cast(), &mut alen)
+        });
+        note(format!(
+            "listening port={}",
+            u16::from_be(a.sin_port) == port
+        ));
+        getsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            "getsockopt(SO_ACCEPTCONN)",
+        );
+        call("close(listener)", || libc::close(s));
+    }
+    println!("done");
+}
+
+fn client(addr: &str, port: u16) {
+    let target = format!("{addr}:{port}");
+    let s = TcpStream::connect(&target).expect("connect 1");
+    s.set_nodelay(true).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).expect("read") == 0 {
+            w.write_all(b"ok:eof\n").unwrap();
+            break;
+        }
+        let line = line.trim_end_matches('\n');
+        match line {
+            "A" => w.write_all(b"0123456789").unwrap(),
+            "B" => w.write_all(b"xyz").unwrap(),
+            "R" => w.write_all(b"rrrrr\n").unwrap(),
+            _ => {
+                if let Some(t) = line.strip_prefix("say:") {
+                    w.write_all(format!("ok:{t}\n").as_bytes()).unwrap();
+                }
+            }
+        }
+    }
+    drop(w);
+    drop(r);
+    let mut s = TcpStream::connect(&target).expect("connect 2");
+    s.write_all(b"abc").unwrap();
+    let mut buf = [0u8; 3];
+    s.read_exact(&mut buf).expect("go");
+    assert_eq!(&buf, b"go\n");
+    // Reset: SO_LINGER with a zero timeout, then close.
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a linger struct and its size on our own socket.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            size_of::<libc::linger>() as socklen_t,
+        )
+    };
+    drop(s);
+    println!("client done");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("server") => server(args[2].parse().expect("port")),
+        Some("client") => client(&args[2], args[3].parse().expect("port")),
+        _ => {
+            eprintln!("usage: stack-seq server PORT | stack-seq client ADDR PORT");
+            std::process::exit(2);
+        }
+    }
+}

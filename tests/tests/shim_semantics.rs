@@ -1,0 +1,109 @@
+//! The same socket calls on accepted connections, served by the kernel and by mtcpshim's stack,
+//! give the same return values, errno and data (`tests/src/bin/stack-seq.rs` is the sequence:
+//! getsockname/getpeername, get/setsockopt, fcntl, ioctl, read/recv/readv with MSG_PEEK and
+//! MSG_DONTWAIT, poll and select (also beside a kernel fd), epoll LT/ET/MOD/DEL, write/writev/
+//! send, dup/dup2/dup3/F_DUPFD, sendfile, sendmmsg/recvmmsg, shutdown, EOF, a reset by the peer,
+//! accept4 flags, the listener).
+//!
+//! Kernel: the server in one namespace, the client in another, over a veth pair. Stack: the
+//! server in the root namespace under `LD_PRELOAD=libmtcpshim.so` on net_af_packet over the
+//! veth's root end, the client in a namespace. Same addresses (.2 server, .1 client) in both.
+
+use std::time::{Duration, Instant};
+
+use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+
+fn seq_bin() -> std::path::PathBuf {
+    mtcp_tests::built_artifact("stack-seq", "MTCP_STACK_SEQ")
+}
+
+fn shim_lib() -> std::path::PathBuf {
+    mtcp_tests::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB")
+}
+
+/// Runs the client against the started server, waits for the server to finish, returns its
+/// output.
+fn run(mut server: ServerProcess, client_ns: &Netns, addr: &str, port: u16) -> String {
+    let client = client_ns
+        .exec(seq_bin(), ["client", addr, &port.to_string()])
+        .expect("client runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.try_status().expect("status").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not finish:\n{}",
+            server.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        client.status.success(),
+        "client failed: {}\nserver:\n{}",
+        String::from_utf8_lossy(&client.stderr),
+        server.diagnostics()
+    );
+    let out = server.stdout();
+    assert!(
+        out.lines().any(|l| l == "done"),
+        "server did not finish its sequence:\n{out}\n{}",
+        server.diagnostics()
+    );
+    out
+}
+
+fn kernel_run() -> String {
+    let subnet = Subnet::allocate().expect("subnet");
+    let (sns, cns) = (Netns::new().expect("netns"), Netns::new().expect("netns"));
+    let _veth = VethPair::between(&sns, &subnet.cidr(2), &cns, &subnet.cidr(1)).expect("veth");
+    let port = 18000 + subnet.index();
+    let server = ServerProcess::builder_in(&sns, seq_bin())
+        .args(["server", &port.to_string()])
+        .ready_prefix("ready")
+        .spawn()
+        .expect("server starts");
+    run(server, &cns, &subnet.addr(2).to_string(), port)
+}
+
+fn stack_run() -> String {
+    let subnet = Subnet::allocate().expect("subnet");
+    let cns = Netns::new().expect("netns");
+    let veth = VethPair::new(&cns, &subnet.cidr(1)).expect("veth");
+    let port = 18000 + subnet.index();
+    let server = ServerProcess::builder(seq_bin())
+        .args(["server", &port.to_string()])
+        .env("LD_PRELOAD", shim_lib())
+        .env("MTCP_PORTS", port.to_string())
+        .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
+        .env("MTCP_ADDR", subnet.cidr(2))
+        .ready_prefix("ready")
+        .spawn()
+        .expect("server starts under the shim");
+    run(server, &cns, &subnet.addr(2).to_string(), port)
+}
+
+#[test]
+fn accepted_sockets_behave_as_the_kernels() {
+    let kernel = kernel_run();
+    let stack = stack_run();
+    let (k, s): (Vec<&str>, Vec<&str>) = (kernel.lines().collect(), stack.lines().collect());
+    let mut diffs = Vec::new();
+    for i in 0..k.len().max(s.len()) {
+        let (a, b) = (k.get(i).copied(), s.get(i).copied());
+        if a != b {
+            diffs.push(format!(
+                "line {}: kernel {:?} / stack {:?}",
+                i + 1,
+                a.unwrap_or("<none>"),
+                b.unwrap_or("<none>")
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}\n\nkernel:\n{kernel}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    // The sequence really ran: it has more than a hundred lines and ends with "done".
+    assert!(k.len() > 100, "{kernel}");
+}
