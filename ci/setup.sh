@@ -10,7 +10,7 @@ apt-get install -y --no-install-recommends \
     clang libclang-dev pkg-config build-essential \
     libxdp-dev libbpf-dev libnuma-dev libbsd-dev libelf-dev zlib1g-dev \
     iproute2 ethtool iputils-ping tcpdump socat util-linux procps \
-    redis-server redis-tools python3 valgrind tcl
+    redis-server redis-tools python3 python3-redis valgrind tcl
 
 # The tap PMD needs /dev/net/tun.
 if [ ! -e /dev/net/tun ]; then
