@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# ci/redis-bench.sh: Debian's redis-server under redis-benchmark, on the kernel and through
+# mtcpshim, side by side in one run: the same client, the same machine, the same scenarios.
+#
+#     sudo ci/redis-bench.sh          # from the repository root; about 10 minutes
+#
+# Paths (server in one namespace on CPU 1, redis-benchmark in another on CPU 0, one veth pair):
+#   kernel        redis-server on kernel TCP over the veth pair (offloads off, as for the others)
+#   af_packet     redis-server under LD_PRELOAD=libmtcpshim.so, its port on the stack over
+#                 net_af_packet on the veth's server end (MTCP_SPIN_US default: 50 µs)
+#   af_packet-s0  the same with MTCP_SPIN_US=0 (block as soon as there is no work: the CPU a
+#                 request really costs, without the spin)
+#   tap           under the shim over net_tap (the tap moved into the client's namespace)
+#   unix          kernel redis-server over a unix socket (client in the server's namespace):
+#                 the ceiling without TCP at all
+# Scenarios: c50 (-c 50 -P 1), p16 (-c 50 -P 16), d1024 (-d 1024), d65536 (-d 65536),
+# c1000 (-c 1000), c10000 (-c 10000); tests GET SET INCR LPUSH LRANGE_100, each its own run.
+#
+# Per run: rps, p50 and p99 (ms) from `redis-benchmark --csv`, and server CPU µs per request
+# (utime+stime of the server from /proc/PID/stat across the run, divided by requests). Per path:
+# syscalls per request (strace -c -f on every server thread during 50,000 GETs at -c 50) and
+# idle CPU (% of one core over 5 s with connections closed).
+#
+# Results: a table on stdout, $OUT/redis.csv (default bench-out/), and, if python3 has
+# matplotlib, $OUT/redis-*.png charts (ci/charts.py); $OUT/strace-PATH.txt (the syscalls).
+#
+# Environment: N (requests per run, default 100000; x10 for p16, /10 for d65536), TESTS
+# (default get,set,incr,lpush,lrange_100), SCENARIOS (default "c50 p16 d1024 d65536 c1000
+# c10000"), PATHS (default "kernel af_packet af_packet-s0 tap unix"), SKIP_BUILD=1,
+# CARGO_TARGET_DIR (default target), OUT.
+
+set -uo pipefail
+NAME=redis-bench.sh
+
+echo "# $0 $*"
+echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  $(uname -r)  $(nproc) CPUs  $(git describe --always --dirty 2>/dev/null || echo "?")  $(redis-server --version | grep -o 'v=[^ ]*')"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "$NAME: must run as root (network namespaces, DPDK)" >&2
+    exit 2
+fi
+if [[ ! -f Cargo.toml || ! -d shim ]]; then
+    echo "$NAME: run from the repository root" >&2
+    exit 2
+fi
+# shellcheck source=ci/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+TARGET=${CARGO_TARGET_DIR:-target}
+LIB=$(realpath -m "$TARGET/release/libmtcpshim.so")
+N=${N:-100000}
+TESTS=${TESTS:-get,set,incr,lpush,lrange_100}
+SCENARIOS=${SCENARIOS:-c50 p16 d1024 d65536 c1000 c10000}
+PATHS=${PATHS:-kernel af_packet af_packet-s0 tap unix}
+OUT=${OUT:-bench-out}
+SRV_CPU=${SRV_CPU:-1}
+CLI_CPU=${CLI_CPU:-0}
+PORT=6379
+export MTCP_HUGEPAGES=${MTCP_HUGEPAGES:-auto}
+HZ=$(getconf CLK_TCK)
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    cargo build --release -p mtcpshim >&2 || exit 1
+fi
+[[ -f $LIB ]] || { echo "$NAME: $LIB missing (build it)" >&2; exit 1; }
+# -c 10000 needs 10,000 fds in the client and the server: the hard limit is enough (on these
+# machines it is 20000 and cannot be raised; Redis turns maxclients 20000 into 19968).
+ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < 10100)) && [[ $SCENARIOS == *c10000* ]]; then
+    echo "$NAME: the fd limit $(ulimit -n) is below 10100: scenario c10000 dropped" >&2
+    SCENARIOS=${SCENARIOS//c10000/}
+fi
+mkdir -p "$OUT"
+CSV=$OUT/redis.csv
+echo "path,scenario,test,rps,p50_ms,p99_ms,cpu_us_per_req" >"$CSV"
+
+cpu_ticks() { # PID: utime + stime of the whole process, in clock ticks
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# ------------------------------------------------------------------------- one server
+
+SRV_PID=
+CLI_NS=
+SRV_NS=
+TARGET_ARGS=()
+
+start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_PID etc.
+    local path=$1 sif cif tap env=() ready
+    new_ns SRV_NS || return 1
+    new_ns CLI_NS || return 1
+    local args=(--port "$PORT" --bind 0.0.0.0 --save '' --appendonly no --protected-mode no
+        --maxclients 20000 --dir "$TMP")
+    case $path in
+    kernel | af_packet | af_packet-s0)
+        new_if sif s
+        new_if cif c
+        veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
+        setup_end "$CLI_NS" "$cif" "$NET.1/24" || return 1
+        if [[ $path == kernel ]]; then
+            setup_end "$SRV_NS" "$sif" "$NET.2/24" || return 1
+        else
+            setup_end "$SRV_NS" "$sif" || return 1
+            env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="af_packet:$sif" MTCP_ADDR="$NET.2/24")
+            [[ $path == af_packet-s0 ]] && env+=(MTCP_SPIN_US=0)
+        fi
+        ;;
+    tap)
+        new_if tap t
+        env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="tap:$tap" MTCP_ADDR="$NET.2/24")
+        ;;
+    unix)
+        args+=(--unixsocket "$TMP/redis.sock" --unixsocketperm 700)
+        ;;
+    esac
+    start_bg "redis-$path" "" 30 ip netns exec "$SRV_NS" env "${env[@]}" \
+        taskset -c "$SRV_CPU" redis-server "${args[@]}" || return 1
+    SRV_PID=$LAST_PID
+    for _ in $(seq 600); do
+        grep -q "Ready to accept connections" "$TMP/redis-$path.out" && break
+        kill -0 "$SRV_PID" 2>/dev/null || { cat "$TMP/redis-$path.out" "$TMP/redis-$path.err" >&2; return 1; }
+        sleep 0.05
+    done
+    if [[ $path == tap ]]; then
+        # The tap leaves the server's namespace only once its port started.
+        ip -n "$SRV_NS" link set "$tap" netns "$CLI_NS" || return 1
+        setup_end "$CLI_NS" "$tap" "$NET.1/24" || return 1
+    fi
+    if [[ $path == unix ]]; then
+        TARGET_ARGS=(-s "$TMP/redis.sock")
+        CLI_NS=$SRV_NS
+    else
+        TARGET_ARGS=(-h "$NET.2" -p "$PORT")
+    fi
+    for _ in $(seq 200); do
+        [[ $(ip netns exec "$CLI_NS" redis-cli "${TARGET_ARGS[@]}" ping 2>/dev/null) == PONG ]] && return 0
+        sleep 0.05
+    done
+    echo "$NAME: $path: no PONG" >&2
+    return 1
+}
+
+stop_path() {
+    stop_bg "$SRV_PID"
+    del_ns "$CLI_NS"
+    [[ $SRV_NS != "$CLI_NS" ]] && del_ns "$SRV_NS"
+    SRV_PID=
+}
+
+bench() { # PATH SCENARIO TEST ARGS...: one redis-benchmark run, one CSV row
+    local path=$1 scen=$2 test=$3 t0 t1 line rps p50 p99 n cpu
+    shift 3
+    n=$N
+    [[ $scen == p16 ]] && n=$((N * 10))
+    [[ $scen == d65536 ]] && n=$((N / 10))
+    t0=$(cpu_ticks "$SRV_PID")
+    line=$(timeout 300 ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark \
+        "${TARGET_ARGS[@]}" --csv -n "$n" -t "$test" -r 10000 "$@" 2>"$TMP/bench.err" | tail -1)
+    t1=$(cpu_ticks "$SRV_PID")
+    IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"${line//\"/}"
+    if [[ -z $rps || $rps == rps ]]; then
+        echo "  $path $scen $test: failed: $(tail -2 "$TMP/bench.err")" >&2
+        return
+    fi
+    cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')
+    printf '  %-13s %-7s %-11s %12s rps  p50 %7s ms  p99 %7s ms  cpu %7s us/req\n' \
+        "$path" "$scen" "$test" "$rps" "$p50" "$p99" "$cpu"
+    echo "$path,$scen,$test,$rps,$p50,$p99,$cpu" >>"$CSV"
+}
+
+syscalls_per_request() { # PATH: strace -c over every server thread during 50,000 GETs
+    local tids=() t total
+    for t in /proc/"$SRV_PID"/task/*; do tids+=(-p "${t##*/}"); done
+    strace -c -f -o "$TMP/strace.txt" "${tids[@]}" 2>/dev/null &
+    local spid=$!
+    PIDS+=("$spid")
+    sleep 1 # strace attaches asynchronously; it prints nothing to wait on
+    ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark "${TARGET_ARGS[@]}" -q \
+        -n 50000 -c 50 -t get >/dev/null 2>&1
+    kill -INT "$spid" 2>/dev/null
+    wait "$spid" 2>/dev/null
+    cp "$TMP/strace.txt" "$OUT/strace-$1.txt"
+    total=$(awk '$NF == "total" {print $4}' "$TMP/strace.txt")
+    awk -v t="${total:-0}" 'BEGIN{printf "%.2f", t / 50000}'
+}
+
+idle_cpu() { # PATH: % of one core the server uses over 5 s with no client
+    local t0 t1
+    t0=$(cpu_ticks "$SRV_PID")
+    sleep 5
+    t1=$(cpu_ticks "$SRV_PID")
+    awk -v d=$((t1 - t0)) -v hz="$HZ" 'BEGIN{printf "%.1f", d * 100 / hz / 5}'
+}
+
+declare -A SYSC IDLE
+for path in $PATHS; do
+    echo "== $path"
+    if ! start_path "$path"; then
+        echo "  $path: could not start, skipped" >&2
+        [[ -n $SRV_PID ]] && stop_path
+        continue
+    fi
+    for scen in $SCENARIOS; do
+        case $scen in
+        c50) a=(-c 50) ;;
+        p16) a=(-c 50 -P 16) ;;
+        d1024) a=(-c 50 -d 1024) ;;
+        d65536) a=(-c 50 -d 65536) ;;
+        c1000) a=(-c 1000) ;;
+        c10000) a=(-c 10000) ;;
+        *) echo "$NAME: unknown scenario $scen" >&2; continue ;;
+        esac
+        for test in ${TESTS//,/ }; do
+            bench "$path" "$scen" "$test" "${a[@]}"
+        done
+    done
+    SYSC[$path]=$(syscalls_per_request "$path")
+    IDLE[$path]=$(idle_cpu "$path")
+    echo "  $path: syscalls/request ${SYSC[$path]}  idle CPU ${IDLE[$path]}%"
+    echo "$path,idle,cpu_percent,,,,${IDLE[$path]}" >>"$CSV"
+    echo "$path,syscalls,get_c50,,,,${SYSC[$path]}" >>"$CSV"
+    stop_path
+done
+
+# ------------------------------------------------------------------------- summary
+
+echo
+echo "== side by side (rps; cpu us/request), GET"
+python3 - "$CSV" "$PATHS" "$SCENARIOS" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+paths, scens = sys.argv[2].split(), sys.argv[3].split()
+get = {(r["path"], r["scenario"]): r for r in rows if r["test"].lower() == "get"}
+print("%-8s" % "" + "".join("%26s" % p for p in paths))
+for s in scens:
+    cells = []
+    for p in paths:
+        r = get.get((p, s))
+        cells.append("%26s" % ("%s; %s" % (r["rps"], r["cpu_us_per_req"]) if r else "-"))
+    print("%-8s" % s + "".join(cells))
+for p in paths:
+    extra = {r["scenario"]: r["cpu_us_per_req"] for r in rows if r["path"] == p and r["scenario"] in ("idle", "syscalls")}
+    if extra:
+        print("%-13s syscalls/request %s, idle CPU %s%%" % (p, extra.get("syscalls", "-"), extra.get("idle", "-")))
+k = get.get(("kernel", "c50"))
+for p in paths:
+    r = get.get((p, "c50"))
+    if k and r and p != "kernel" and float(k["cpu_us_per_req"]) > 0:
+        print("%-13s server CPU per GET at -c 50: %.2fx the kernel's" % (p, float(r["cpu_us_per_req"]) / float(k["cpu_us_per_req"])))
+u = get.get(("unix", "p16"))
+for p in paths:
+    r = get.get((p, "p16"))
+    if u and r and p != "unix":
+        print("%-13s GET -P 16: %.0f%% of the unix socket's rate" % (p, 100 * float(r["rps"]) / float(u["rps"])))
+EOF
+if python3 -c "import matplotlib" 2>/dev/null; then
+    python3 "$(dirname "$0")/charts.py" "$CSV" "$OUT" && echo "charts: $OUT/redis-*.png"
+fi
+echo "results: $CSV"
