@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use anyhow::{anyhow, bail, Context, Error, Result};
 
+pub mod redis;
 pub mod workload;
 
 /// Prefix of every network namespace this crate creates: `mtcp-<pid>-<n>`.

@@ -5,135 +5,23 @@
 //! The library is `target/<profile>/libmtcpshim.so` (ci/test.sh builds the workspace first), or
 //! `$MTCP_SHIM_LIB`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::{unique_ifname, Netns, ServerProcess, Subnet};
+use mtcp_tests::redis::{py_file, BedOptions, RedisBed, TempDir};
+use mtcp_tests::ServerProcess;
 
-fn shim_lib() -> PathBuf {
-    mtcp_tests::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB")
-}
-
-/// redis-server under the shim, and a namespace holding the tap's kernel side.
-/// Field order is drop order: the server (and its tap) first, then the namespace.
-struct Bed {
-    server: ServerProcess,
-    ns: Netns,
-    subnet: Subnet,
-    port: u16,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Bed {
-    fn new(bind: &str) -> Bed {
-        let subnet = Subnet::allocate().expect("subnet");
-        let ns = Netns::new().expect("netns");
-        let tap = unique_ifname("r");
-        // A port of its own per test (the kernel side of a wildcard listener is in the root
-        // namespace), inside MTCP_PORTS.
-        let port = 16000 + subnet.index();
-        let dir = std::env::temp_dir().join(format!("mtcp-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bind = bind.replace("STACK", &subnet.addr(2).to_string());
-        let mut args = vec![
-            "--port".to_string(),
-            port.to_string(),
-            "--save".into(),
-            String::new(),
-        ];
-        args.extend(["--appendonly", "no", "--protected-mode", "no", "--dir"].map(String::from));
-        args.push(dir.to_str().unwrap().into());
-        args.push("--bind".into());
-        args.extend(bind.split_whitespace().map(String::from));
-        let server = ServerProcess::builder("redis-server")
-            .args(&args)
-            .env("LD_PRELOAD", shim_lib())
-            .env("MTCP_PORTS", port.to_string())
-            .env("MTCP_DEV", format!("tap:{tap}"))
-            .env("MTCP_ADDR", subnet.cidr(2))
-            .ready_prefix("")
-            .spawn()
-            .expect("redis-server starts");
-        // Move the tap only once Redis listens: the port is started then (the netdev appears
-        // earlier, during the EAL's probe, and must not leave the namespace before its start).
-        let mut server = server;
-        mtcp_tests::wait_stdout_contains(
-            &mut server,
-            "Ready to accept connections",
-            Duration::from_secs(30),
-        )
-        .expect("redis-server gets ready");
-        ns.adopt_link(&tap, &subnet.cidr(1))
-            .expect("tap moved into the namespace");
-        Bed {
-            server,
-            ns,
-            subnet,
-            port,
-            _dir: TempDir(dir),
-        }
-    }
-
-    fn stack_addr(&self) -> String {
-        self.subnet.addr(2).to_string()
-    }
-
-    /// redis-cli in the namespace, against the stack's address.
-    fn cli(&mut self, args: &[&str]) -> Output {
-        let port = self.port.to_string();
-        let mut all = vec!["-h", &self.subnet_addr_leak(), "-p", &port];
-        all.extend_from_slice(args);
-        self.ns.exec("redis-cli", &all).expect("redis-cli runs")
-    }
-
-    fn subnet_addr_leak(&self) -> &'static str {
-        Box::leak(self.stack_addr().into_boxed_str())
-    }
-
-    fn cli_ok(&mut self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "redis-cli {args:?}: {text}{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.server.diagnostics()
-        );
-        text
-    }
-
-    /// Waits until the server answers PING through the stack.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = self.cli(&["ping"]);
-            if out.stdout.starts_with(b"PONG") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no PONG through the stack: {}{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                self.server.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+/// The bed every test here uses: net_tap, Redis bound as given.
+fn bed(bind: &str) -> RedisBed {
+    RedisBed::new(BedOptions {
+        bind: bind.into(),
+        ..Default::default()
+    })
 }
 
 #[test]
 fn redis_is_served_through_the_stack_and_on_loopback_at_once() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
     assert_eq!(
         bed.cli_ok(&["set", "greeting", "hello from the stack"]),
@@ -149,7 +37,7 @@ fn redis_is_served_through_the_stack_and_on_loopback_at_once() {
     // CLIENT LIST tells the truth: the client's own address in the namespace, the stack's as laddr.
     let list = bed.cli_ok(&["client", "list"]);
     let want_peer = format!("addr={}:", bed.subnet.addr(1));
-    let want_local = format!("laddr={}:{}", bed.stack_addr(), bed.port);
+    let want_local = format!("laddr={}:{}", bed.addr(), bed.port);
     assert!(
         list.contains(&want_peer) && list.contains(&want_local),
         "{list}"
@@ -176,9 +64,9 @@ fn redis_is_served_through_the_stack_and_on_loopback_at_once() {
 /// LRANGE_100..600, MSET) at -c 50, -P 1 and -P 16: no error, every test reports a rate.
 #[test]
 fn redis_benchmark_through_the_stack_has_no_errors() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
-    let (h, p) = (bed.stack_addr(), bed.port.to_string());
+    let (h, p) = (bed.addr(), bed.port.to_string());
     for pipeline in ["1", "16"] {
         let out = bed
             .ns
@@ -235,7 +123,7 @@ fn redis_benchmark_through_the_stack_has_no_errors() {
 
 #[test]
 fn bound_to_loopback_the_stack_refuses() {
-    let mut bed = Bed::new("127.0.0.1");
+    let bed = bed("127.0.0.1");
     // The stack runs (its address answers ping) but the port is the kernel's loopback one only.
     bed.ns
         .wait_ping(bed.subnet.addr(2), Duration::from_secs(10))
@@ -258,9 +146,9 @@ fn bound_to_loopback_the_stack_refuses() {
 /// every one succeeds, the clients see no error, and the parent keeps serving every key.
 #[test]
 fn bgsave_children_leave_the_parents_connections_alone() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
-    let (h, p) = (bed.stack_addr(), bed.port.to_string());
+    let (h, p) = (bed.addr(), bed.port.to_string());
     let bench = bed
         .ns
         .command("redis-benchmark")
@@ -306,9 +194,9 @@ fn bgsave_children_leave_the_parents_connections_alone() {
 /// concurrent writer: tests below.)
 #[test]
 fn redis_client_behaviours_through_the_stack() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
-    let (h, p) = (bed.stack_addr(), bed.port.to_string());
+    let (h, p) = (bed.addr(), bed.port.to_string());
 
     // MULTI/EXEC, and WATCH aborting a transaction whose key changed.
     let script = "MULTI\nSET a 1\nINCR a\nEXEC\nWATCH a\nMULTI\nINCR a\nEXEC\n";
@@ -421,20 +309,14 @@ impl StdinBytes for Command {
     }
 }
 
-fn py_file(name: &str) -> String {
-    format!("{}/py/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Every data type (strings, lists, hashes, sets, sorted sets, streams), errors, a 200 kB value:
 /// the raw reply bytes from Redis served by the stack are the same as from the same Redis
 /// served by the kernel (started in the client's namespace, on its loopback).
 #[test]
 fn replies_are_byte_for_byte_the_kernels() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
-    let dir = std::env::temp_dir().join(format!("mtcp-kredis-{}-{}", std::process::id(), bed.port));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _d = TempDir(dir.clone());
+    let dir = TempDir::new("kredis");
     let p = bed.port.to_string();
     let mut kernel = ServerProcess::builder_in(&bed.ns, "redis-server")
         .args([
@@ -449,7 +331,7 @@ fn replies_are_byte_for_byte_the_kernels() {
             "--protected-mode",
             "no",
             "--dir",
-            dir.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
         ])
         .ready_prefix("")
         .spawn()
@@ -480,7 +362,7 @@ fn replies_are_byte_for_byte_the_kernels() {
         );
         out.stdout
     };
-    let through_stack = replay(&bed.stack_addr());
+    let through_stack = replay(&bed.addr());
     let through_kernel = replay("127.0.0.1");
     assert!(
         through_kernel.len() > 200_000 && through_kernel.ends_with(b"+OK\r\n"),
@@ -510,7 +392,7 @@ fn replies_are_byte_for_byte_the_kernels() {
 /// concurrent write, pub/sub, a 10 MB value, 50 threads on a pool, 100 asyncio clients.
 #[test]
 fn redis_py_through_the_stack() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
     let out = bed
         .ns
@@ -518,7 +400,7 @@ fn redis_py_through_the_stack() {
             "/usr/bin/python3",
             [
                 &py_file("redis_py_check.py"),
-                &bed.stack_addr(),
+                &bed.addr(),
                 &bed.port.to_string(),
             ],
         )
@@ -536,9 +418,9 @@ fn redis_py_through_the_stack() {
 /// and Redis saw every connection.
 #[test]
 fn a_thousand_concurrent_clients() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
-    let (h, p) = (bed.stack_addr(), bed.port.to_string());
+    let (h, p) = (bed.addr(), bed.port.to_string());
     let out = bed
         .ns
         .exec(

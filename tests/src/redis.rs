@@ -1,0 +1,245 @@
+//! A test bed for Debian's redis-server under `LD_PRELOAD=libmtcpshim.so`: its flagged port on
+//! the stack over a device the bed creates, clients (redis-cli, redis-benchmark, python3) in a
+//! network namespace the bed creates. Everything goes when the bed is dropped (server first,
+//! then its device and the namespace), also when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::{unique_ifname, Netns, ServerProcess, Subnet, VethPair};
+
+/// The shim library the workspace build made (or `$MTCP_SHIM_LIB`).
+pub fn shim_lib() -> PathBuf {
+    crate::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB")
+}
+
+/// A file of tests/py/.
+pub fn py_file(name: &str) -> String {
+    format!("{}/py/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Which DPDK device carries the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dev {
+    /// net_tap; the tap is moved into the clients' namespace once Redis listens.
+    Tap,
+    /// net_af_packet on the root end of a veth pair whose other end is in the namespace.
+    AfPacket,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!(
+            "mtcp-{tag}-{}-{}",
+            std::process::id(),
+            crate::unique_ifname("")
+        ));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        TempDir(d)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Options of a bed.
+pub struct BedOptions {
+    pub dev: Dev,
+    /// `--bind` value; `STACK` stands for the stack's address.
+    pub bind: String,
+    /// More redis-server arguments.
+    pub args: Vec<String>,
+    /// More environment for the server.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for BedOptions {
+    fn default() -> Self {
+        BedOptions {
+            dev: Dev::Tap,
+            bind: "0.0.0.0".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// redis-server under the shim and a namespace for its clients. Field order is drop order.
+pub struct RedisBed {
+    pub server: ServerProcess,
+    _veth: Option<VethPair>,
+    pub ns: Netns,
+    pub subnet: Subnet,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl RedisBed {
+    pub fn new(opts: BedOptions) -> RedisBed {
+        let subnet = Subnet::allocate().expect("subnet");
+        let ns = Netns::new().expect("netns");
+        // A port of its own per bed (the kernel side of a wildcard listener is in the root
+        // namespace), inside MTCP_PORTS.
+        let port = 16000 + subnet.index();
+        let dir = TempDir::new("redis");
+        let bind = opts.bind.replace("STACK", &subnet.addr(2).to_string());
+        let mut args = vec![
+            "--port".to_string(),
+            port.to_string(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--protected-mode".into(),
+            "no".into(),
+            "--dir".into(),
+            dir.path().to_str().unwrap().into(),
+            "--bind".into(),
+        ];
+        args.extend(bind.split_whitespace().map(String::from));
+        args.extend(opts.args.iter().cloned());
+        let (veth, dev, tap) = match opts.dev {
+            Dev::Tap => {
+                let tap = unique_ifname("r");
+                (None, format!("tap:{tap}"), Some(tap))
+            }
+            Dev::AfPacket => {
+                let v = VethPair::new(&ns, &subnet.cidr(1)).expect("veth");
+                let d = format!("af_packet:{}", v.root_if());
+                (Some(v), d, None)
+            }
+        };
+        let mut b = ServerProcess::builder("redis-server")
+            .args(&args)
+            .env("LD_PRELOAD", shim_lib())
+            .env("MTCP_PORTS", port.to_string())
+            .env("MTCP_DEV", dev)
+            .env("MTCP_ADDR", subnet.cidr(2))
+            .ready_prefix("");
+        for (k, v) in &opts.env {
+            b = b.env(k, v);
+        }
+        let mut server = b.spawn().expect("redis-server starts");
+        crate::wait_stdout_contains(
+            &mut server,
+            "Ready to accept connections",
+            Duration::from_secs(30),
+        )
+        .expect("redis-server gets ready");
+        if let Some(tap) = tap {
+            // Only once Redis listens: the port is started then (the netdev appears earlier,
+            // during the EAL's probe, and must not leave the namespace before its start).
+            ns.adopt_link(&tap, &subnet.cidr(1))
+                .expect("tap moved into the namespace");
+        }
+        let mut bed = RedisBed {
+            server,
+            _veth: veth,
+            ns,
+            subnet,
+            port,
+            dir,
+        };
+        bed.wait_ready();
+        bed
+    }
+
+    /// The stack's address.
+    pub fn addr(&self) -> String {
+        self.subnet.addr(2).to_string()
+    }
+
+    /// redis-cli in the namespace, against the stack's address.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let (h, p) = (self.addr(), self.port.to_string());
+        let mut all = vec!["-h", &h, "-p", &p];
+        all.extend_from_slice(args);
+        self.ns.exec("redis-cli", &all).expect("redis-cli runs")
+    }
+
+    /// redis-cli, asserting success; its stdout.
+    pub fn cli_ok(&mut self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {text}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.server.diagnostics()
+        );
+        text
+    }
+
+    /// One field of INFO.
+    pub fn info_field(&mut self, section: &str, key: &str) -> Option<String> {
+        let text = self.cli_ok(&["info", section]);
+        let prefix = format!("{key}:");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_string())
+    }
+
+    /// Waits until `cond` holds, polling every 20 ms, `timeout` at most; fails with `what`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&mut Self) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}\n{}",
+                self.server.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the server answers PING through the stack.
+    pub fn wait_ready(&mut self) {
+        self.wait_for("PONG through the stack", Duration::from_secs(20), |b| {
+            b.cli(&["ping"]).stdout.starts_with(b"PONG")
+        });
+    }
+
+    /// A tool in the namespace, asserting success and no "error" in its output; its stdout.
+    pub fn run_ok(&mut self, program: &str, args: &[&str]) -> String {
+        let out = self.ns.exec(program, args).expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success() && !text.to_lowercase().contains("error"),
+            "{program} {args:?}: {text}{err}\n{}",
+            self.server.diagnostics()
+        );
+        text
+    }
+
+    /// The server's open fds and resident memory (kB).
+    pub fn fds_and_rss(&self) -> (usize, u64) {
+        let pid = self.server.pid();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        (fds, rss)
+    }
+}
