@@ -143,6 +143,10 @@ impl RedisBed {
             ns.adopt_link(&tap, &subnet.cidr(1))
                 .expect("tap moved into the namespace");
         }
+        // Served through the stack only if bound to the wildcard or the stack's address.
+        let served = bind
+            .split_whitespace()
+            .any(|a| a == "0.0.0.0" || a == subnet.addr(2).to_string());
         let mut bed = RedisBed {
             server,
             _veth: veth,
@@ -151,7 +155,9 @@ impl RedisBed {
             port,
             dir,
         };
-        bed.wait_ready();
+        if served {
+            bed.wait_ready();
+        }
         bed
     }
 

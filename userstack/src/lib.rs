@@ -15,6 +15,8 @@ pub mod config;
 pub mod dpdk;
 pub mod epoll;
 pub mod faults;
+#[cfg(test)]
+mod handshake_tests;
 pub mod idle;
 pub mod link;
 pub mod net;

@@ -92,7 +92,14 @@ impl Recovery {
         snd_max: Option<u32>,
         now: Micros,
     ) -> bool {
-        if seg.rst() || seg.syn() || !seg.ack() {
+        if seg.rst() || !seg.ack() {
+            return false;
+        }
+        if seg.syn() {
+            // An active open's SYN-ACK acknowledges our SYN: the handshake's first ACK.
+            if let (None, Some(max)) = (self.snd_una, snd_max) {
+                self.first_ack(seg.ack_number().0 as u32, max, seg.window_len(), now);
+            }
             return false;
         }
         let end = (seg.seq_number().0 as u32)
@@ -149,8 +156,7 @@ impl Recovery {
                 false
             }
             None => {
-                self.snd_una = Some(ack);
-                self.win_raw = seg.window_len();
+                self.first_ack(ack, max, seg.window_len(), now);
                 false
             }
             _ => {
@@ -160,29 +166,43 @@ impl Recovery {
         }
     }
 
-    /// Called after each transmission burst of the connection.
+    /// The handshake's ACK of our SYN or SYN-ACK: from here on the timer runs while data is
+    /// outstanding, and not before (see `on_sent`).
+    fn first_ack(&mut self, ack: u32, max: u32, win: u16, now: Micros) {
+        self.snd_una = Some(ack);
+        self.win_raw = win;
+        self.stalled_since = if seq_lt(ack, max) { Some(now) } else { None };
+        self.backoff = 0;
+    }
+
+    /// Called after each transmission burst of the connection. Nothing happens during the
+    /// handshake (no ACK seen yet): SYN and SYN-ACK retransmissions are left to smoltcp's own
+    /// timer (1 s, doubling: RFC 6298's initial RTO, Linux's TCP_TIMEOUT_INIT). A 30 ms timer
+    /// there would resend SYN-ACKs to a thousand clients that are merely slow, and an armed
+    /// timer left over from the handshake would fire on a connection with nothing outstanding.
     pub fn on_sent(&mut self, snd_max: Option<u32>, retransmits: u32, now: Micros) {
+        let (Some(una), Some(max)) = (self.snd_una, snd_max) else {
+            return;
+        };
         match self.timing {
             Some((_, _, r)) if r != retransmits => self.timing = None,
-            None => {
-                if let Some(max) = snd_max {
-                    if self.snd_una.is_none_or(|una| seq_lt(una, max)) {
-                        self.timing = Some((max, now, retransmits));
-                    }
-                }
-            }
+            None if seq_lt(una, max) => self.timing = Some((max, now, retransmits)),
             _ => {}
         }
-        if let (Some(max), None) = (snd_max, self.stalled_since) {
-            if self.snd_una.is_none_or(|una| seq_lt(una, max)) {
-                self.stalled_since = Some(now);
-            }
+        if self.stalled_since.is_none() && seq_lt(una, max) {
+            self.stalled_since = Some(now);
         }
     }
 
     /// When our retransmission timer fires, if data is outstanding.
     pub fn deadline(&self) -> Option<Micros> {
         self.stalled_since.map(|t| t + (self.rto() << self.backoff))
+    }
+
+    /// Stops the timer: nothing is outstanding.
+    pub fn stop(&mut self) {
+        self.stalled_since = None;
+        self.backoff = 0;
     }
 
     /// Our timer fired: back off and restart it.

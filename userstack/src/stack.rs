@@ -39,6 +39,14 @@ const RX_BURST: usize = 32;
 /// Linux's default `net.core.somaxconn`.
 pub const SOMAXCONN: usize = 4096;
 const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
+/// A half-open connection whose SYN-ACK goes unanswered is dropped silently when Linux drops
+/// it: after tcp_synack_retries (5) retransmissions, 1 + 2 + 4 + 8 + 16 + 32 s after the SYN
+/// (smoltcp's own SYN-ACK timer has the same schedule but never gives up, so vanished clients
+/// would hold backlog places for good).
+const SYN_RECV_LIFETIME_US: Micros = 63_000_000;
+/// A retransmitted SYN is answered with the SYN-ACK at once, at most this often per connection
+/// (Linux's tcp_invalid_ratelimit).
+const DUP_SYN_ANSWER_GAP_US: Micros = 500_000;
 
 /// A connection handle. The generation changes whenever a slot is reused, so a handle kept
 /// after its connection was freed can never reach the connection that took the slot.
@@ -178,6 +186,17 @@ struct Listener {
     opts: TcpOptions,
 }
 
+/// A passive open's handshake, while the connection is in SYN-RECEIVED.
+#[derive(Debug, Clone, Copy)]
+struct Handshake {
+    /// The client's initial sequence number: a SYN carrying it again is a retransmission.
+    peer_isn: u32,
+    /// When the connection is dropped if the handshake has not completed.
+    expires: Micros,
+    /// When a retransmitted SYN was last answered.
+    answered: Option<Micros>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
     /// From a listener on this port, not yet accepted.
@@ -194,6 +213,7 @@ struct Conn {
     peer: SocketAddrV4,
     local_port: u16,
     origin: Origin,
+    handshake: Option<Handshake>,
     app_closed: bool,
     /// Deadline currently in the timer heap for this connection.
     armed: Option<Micros>,
@@ -211,6 +231,41 @@ struct Conn {
     rec: Recovery,
     /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
     skew: i64,
+}
+
+impl Conn {
+    /// Sequence space we sent is waiting for the peer's acknowledgement (not counting the
+    /// handshake's SYN).
+    fn outstanding(&self) -> bool {
+        matches!((self.rec.snd_una(), self.track.snd_max),
+            (Some(una), Some(max)) if crate::net::seq_lt(una, max))
+    }
+
+    /// Whether `syn` retransmits the SYN of this connection's handshake, still in progress, and
+    /// deserves an answer now (rate limited).
+    fn retransmitted_syn(&mut self, syn: &TcpPacket<&[u8]>, us: Micros) -> bool {
+        let Some(h) = self.handshake.as_mut() else {
+            return false;
+        };
+        if syn.seq_number().0 as u32 != h.peer_isn
+            || h.answered.is_some_and(|t| us < t + DUP_SYN_ANSWER_GAP_US)
+        {
+            return false;
+        }
+        h.answered = Some(us);
+        true
+    }
+
+    /// Moves this connection's clock forward to smoltcp's next timer, so that what smoltcp
+    /// would do then (here: a retransmission) happens on the next poll.
+    fn skip_to_smoltcp_timer(&mut self, now: Instant) {
+        let vnow = now + SDuration::from_micros(self.skew as u64);
+        if let Some(at) = self.iface.poll_at(vnow, &self.sockets) {
+            if at > vnow {
+                self.skew += (at - vnow).total_micros() as i64;
+            }
+        }
+    }
 }
 
 struct Slot {
@@ -720,18 +775,26 @@ impl<L: Link> Stack<L> {
         let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
         let k = key(src, sport, dport);
         if let Some(&idx) = self.demux.get(&k) {
-            // A new SYN on a 4-tuple whose old connection is over (TIME-WAIT or closed by the
-            // application and draining) starts a new connection, as on Linux.
+            // A new SYN on a 4-tuple whose old connection is over (TIME-WAIT, or closed: reset,
+            // timed out, or closed by the application and draining) starts a new connection, as
+            // on Linux, where such a socket is out of the lookup tables.
             let reuse = syn_only && {
                 let c = self.slots[idx as usize]
                     .conn
                     .as_ref()
                     .expect("demux points at live slots");
                 let st = c.sockets.get::<tcp::Socket>(c.handle).state();
-                st == tcp::State::TimeWait || (c.app_closed && st == tcp::State::Closed)
+                st == tcp::State::TimeWait || st == tcp::State::Closed
             };
             if !reuse {
+                let us = now.total_micros() as Micros;
                 let c = self.slots[idx as usize].conn.as_mut().expect("live");
+                if syn_only && c.retransmitted_syn(&tcp, us) {
+                    // Its SYN-ACK was lost or is late. smoltcp ignores the SYN and would resend
+                    // the SYN-ACK only on its timer; Linux (tcp_check_req) resends it now.
+                    c.skip_to_smoltcp_timer(now);
+                    self.net.stats.tcp_dup_syn_answered += 1;
+                }
                 let payload = packet
                     .len()
                     .saturating_sub(ihl + usize::from(tcp.header_len()));
@@ -752,7 +815,17 @@ impl<L: Link> Stack<L> {
                 }
                 return;
             }
-            self.free_conn(idx);
+            if self.slots[idx as usize]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.app_closed)
+            {
+                self.free_conn(idx);
+            } else {
+                // The application still holds the old connection (to read its error or its
+                // last data): it stays, out of the demux.
+                self.demux.remove(&k);
+            }
         }
         if syn_only {
             if let Some(l) = self.listeners.get(&dport) {
@@ -780,6 +853,15 @@ impl<L: Link> Stack<L> {
                     if let Some(l) = self.listeners.get_mut(&dport) {
                         l.pending += 1;
                     }
+                    let c = self.slots[idx as usize]
+                        .conn
+                        .as_mut()
+                        .expect("just created");
+                    c.handshake = Some(Handshake {
+                        peer_isn: tcp.seq_number().0 as u32,
+                        expires: now.total_micros() as Micros + SYN_RECV_LIFETIME_US,
+                        answered: None,
+                    });
                     self.poll_conn(now, idx, Some(packet));
                 }
                 return;
@@ -884,6 +966,7 @@ impl<L: Link> Stack<L> {
             peer,
             local_port,
             origin,
+            handshake: None,
             app_closed: false,
             armed: None,
             dirty: false,
@@ -942,14 +1025,19 @@ impl<L: Link> Stack<L> {
             .conn
             .as_mut()
             .expect("polled slot is live");
+        if c.handshake.is_some_and(|h| h.expires <= us) {
+            self.net.stats.syn_recv_expired += 1;
+            self.free_conn(idx);
+            return;
+        }
+        if c.rec.deadline().is_some_and(|d| d <= us) && !c.outstanding() {
+            c.rec.stop();
+        }
         if c.rec.deadline().is_some_and(|d| d <= us) {
-            // Our retransmission timer: bring smoltcp's own retransmission time forward to now.
-            let vnow = now + SDuration::from_micros(c.skew as u64);
-            if let Some(at) = c.iface.poll_at(vnow, &c.sockets) {
-                if at > vnow {
-                    c.skew += (at - vnow).total_micros() as i64;
-                }
-            }
+            // Our retransmission timer, with data outstanding: bring smoltcp's own
+            // retransmission time forward to now. (With nothing outstanding smoltcp's next timer
+            // is another one, keepalive or TIME-WAIT, which must not be brought forward.)
+            c.skip_to_smoltcp_timer(now);
             tracing::debug!(
                 peer = %c.peer,
                 una = ?c.rec.snd_una(),
@@ -1004,6 +1092,7 @@ impl<L: Link> Stack<L> {
                     return;
                 }
                 _ if prev == tcp::State::SynReceived && state != tcp::State::SynReceived => {
+                    c.handshake = None;
                     if let Some(l) = self.listeners.get_mut(&port) {
                         let was_empty = l.queue.is_empty();
                         l.queue.push_back(ConnId { slot: idx, gen });
@@ -1034,10 +1123,10 @@ impl<L: Link> Stack<L> {
             .iface
             .poll_at(vnow, &c.sockets)
             .map(|at| (at.total_micros() - c.skew).max(0) as Micros);
-        let at = match (smol_at, c.rec.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let at = [smol_at, c.rec.deadline(), c.handshake.map(|h| h.expires)]
+            .into_iter()
+            .flatten()
+            .min();
         // A later deadline keeps the earlier heap entry (it fires, finds work or not, and
         // re-arms), so the heap does not grow by an entry per packet when a retransmission
         // timer restarts on every ACK; no deadline at all makes the pending entry stale.

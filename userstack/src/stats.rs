@@ -52,6 +52,11 @@ counters! {
         arp_replies_sent,
         /// TCP resets sent for segments no connection wanted.
         tcp_rst_sent,
+        /// SYN-ACKs resent at once for a retransmitted SYN (the first SYN-ACK was lost or late).
+        tcp_dup_syn_answered,
+        /// Half-open connections dropped (silently, as Linux) after their SYN-ACK went
+        /// unanswered through 5 retransmissions.
+        syn_recv_expired,
         /// Connections opened (passive and active) and freed.
         conns_opened,
         conns_freed,

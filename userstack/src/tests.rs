@@ -9,10 +9,10 @@ use crate::config::{parse_cidr, CongestionControl};
 use crate::link::MemLink;
 use crate::stack::{Event, SockError, Stack, TcpOptions};
 
-const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub(crate) const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+pub(crate) const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
-fn opts() -> TcpOptions {
+pub(crate) fn opts() -> TcpOptions {
     TcpOptions {
         nodelay: true,
         keepalive: None,
@@ -21,6 +21,18 @@ fn opts() -> TcpOptions {
         ack_delay: None,
         cc: CongestionControl::Reno,
     }
+}
+
+/// A stack with address `cidr` and the test options on one end of a cable.
+pub(crate) fn stack_on(link: MemLink, cidr: &str, now: Instant) -> Stack<MemLink> {
+    Stack::with_link(
+        link,
+        parse_cidr("t", cidr).unwrap(),
+        None,
+        None,
+        opts(),
+        now,
+    )
 }
 
 struct Pair {
@@ -33,25 +45,9 @@ impl Pair {
     fn new() -> Pair {
         let (a, b) = MemLink::pair(SERVER_MAC, CLIENT_MAC);
         let now = Instant::from_secs(1);
-        let server = Stack::with_link(
-            a,
-            parse_cidr("t", "198.18.0.2/24").unwrap(),
-            None,
-            None,
-            opts(),
-            now,
-        );
-        let client = Stack::with_link(
-            b,
-            parse_cidr("t", "198.18.0.1/24").unwrap(),
-            None,
-            None,
-            opts(),
-            now,
-        );
         Pair {
-            server,
-            client,
+            server: stack_on(a, "198.18.0.2/24", now),
+            client: stack_on(b, "198.18.0.1/24", now),
             now,
         }
     }
