@@ -13,6 +13,7 @@ printing `ok: ...` lines and exiting non-zero with `FAILED: ...` on the first wr
 """
 
 import hashlib
+import os
 import socket
 import sys
 import time
@@ -141,14 +142,43 @@ def checksums(host, port, n):
 
 
 def queued(host, port, n, secs):
+    # Redis is busy (DEBUG SLEEP): a PING gets no answer for half a second.
+    probe = connect(host, port, timeout=secs)
+    probe.sendall(cmd("PING"))
+    probe.settimeout(0.5)
+    try:
+        probe.recv(16)
+        fail("Redis answered at once: it is not busy")
+    except socket.timeout:
+        print("ok: Redis is busy", flush=True)
+    # All n connects at once (non-blocking), then wait for every handshake.
+    import select
     t0 = time.monotonic()
     socks = []
     for i in range(n):
-        try:
-            socks.append(connect(host, port, timeout=secs))
-        except OSError as e:
-            fail("connection %d: %s" % (i, e))
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        socks.append(s)
+    pending = set(socks)
+    poller = select.poll()
+    for s in socks:
+        poller.register(s, select.POLLOUT)
+    by_fd = {s.fileno(): s for s in socks}
+    while pending:
+        left = secs - (time.monotonic() - t0)
+        if left <= 0:
+            fail("%d of %d connections not established within %s s" % (len(pending), n, secs))
+        for fd, ev in poller.poll(left * 1000):
+            s = by_fd[fd]
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                fail("connect: %s" % os.strerror(err))
+            poller.unregister(s)
+            pending.discard(s)
     took = time.monotonic() - t0
+    for s in socks:
+        s.setblocking(True)
     print("ok: %d connections established in %.2f s" % (n, took), flush=True)
     for s in socks:
         s.sendall(cmd("PING"))
@@ -160,6 +190,8 @@ def queued(host, port, n, secs):
                 pongs += 1
         except (ConnectionResetError, BrokenPipeError):
             resets += 1
+    probe.settimeout(60)
+    expect(Reader(probe).reply(), b"+PONG", "the busy probe's PING")
     print("connected_in=%.2f pongs=%d resets=%d" % (took, pongs, resets), flush=True)
     if pongs != n:
         fail("%d of %d connections answered PONG (%d reset)" % (pongs, n, resets))
