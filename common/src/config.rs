@@ -715,6 +715,63 @@ impl Config {
     }
 }
 
+fn capabilities_effective() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Checks what can be checked before the EAL starts, so a mistake leaves nothing half-started:
+/// permissions, that an af_packet/af_xdp interface exists, that a tap name is free, that a memif
+/// socket's directory exists. `mtcprun` runs the same checks before it starts a program.
+pub fn preflight(cfg: &Config) -> Result<(), String> {
+    let dev = cfg.dev.describe();
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_NET_RAW: u64 = 1 << 13;
+    let caps = capabilities_effective();
+    if caps & (CAP_NET_ADMIN | CAP_NET_RAW) != CAP_NET_ADMIN | CAP_NET_RAW {
+        return Err(format!(
+            "MTCP_DEV={dev}: no permission: DPDK devices need CAP_NET_ADMIN and CAP_NET_RAW (run as root)"
+        ));
+    }
+    if let Some(iface) = cfg.dev.kernel_iface() {
+        if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+            return Err(format!(
+                "MTCP_DEV={dev}: no network interface named {iface:?}"
+            ));
+        }
+    }
+    if let DevSpec::Tap { iface } = &cfg.dev {
+        if std::path::Path::new("/sys/class/net").join(iface).exists() {
+            return Err(format!(
+                "MTCP_DEV={dev}: an interface named {iface:?} already exists; name the tap with MTCP_DEV=tap:NAME"
+            ));
+        }
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return Err(format!(
+                "MTCP_DEV={dev}: /dev/net/tun is missing (load the tun module)"
+            ));
+        }
+    }
+    if let DevSpec::Memif { socket, .. } = &cfg.dev {
+        let dir = std::path::Path::new(socket)
+            .parent()
+            .unwrap_or(std::path::Path::new("/"));
+        if !dir.is_dir() {
+            return Err(format!(
+                "MTCP_DEV={dev}: the directory {} does not exist",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
