@@ -240,7 +240,11 @@ pub fn main(args: &[String]) -> i32 {
             to_text(&s, r.as_deref())
         };
         let mut out = std::io::stdout().lock();
-        if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             return 0; // the reader went away (| head)
         }
         n += 1;

@@ -5,135 +5,20 @@
 //! The library is `target/<profile>/libmtcpshim.so` (ci/test.sh builds the workspace first), or
 //! `$MTCP_SHIM_LIB`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::{unique_ifname, Netns, ServerProcess, Subnet};
+use mtcp_tests::redis::{Launch, RedisBed};
 
-fn shim_lib() -> PathBuf {
-    mtcp_tests::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB")
-}
-
-/// redis-server under the shim, and a namespace holding the tap's kernel side.
-/// Field order is drop order: the server (and its tap) first, then the namespace.
-struct Bed {
-    server: ServerProcess,
-    ns: Netns,
-    subnet: Subnet,
-    port: u16,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Bed {
-    fn new(bind: &str) -> Bed {
-        let subnet = Subnet::allocate().expect("subnet");
-        let ns = Netns::new().expect("netns");
-        let tap = unique_ifname("r");
-        // A port of its own per test (the kernel side of a wildcard listener is in the root
-        // namespace), inside MTCP_PORTS.
-        let port = 16000 + subnet.index();
-        let dir = std::env::temp_dir().join(format!("mtcp-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bind = bind.replace("STACK", &subnet.addr(2).to_string());
-        let mut args = vec![
-            "--port".to_string(),
-            port.to_string(),
-            "--save".into(),
-            String::new(),
-        ];
-        args.extend(["--appendonly", "no", "--protected-mode", "no", "--dir"].map(String::from));
-        args.push(dir.to_str().unwrap().into());
-        args.push("--bind".into());
-        args.extend(bind.split_whitespace().map(String::from));
-        let server = ServerProcess::builder("redis-server")
-            .args(&args)
-            .env("LD_PRELOAD", shim_lib())
-            .env("MTCP_PORTS", port.to_string())
-            .env("MTCP_DEV", format!("tap:{tap}"))
-            .env("MTCP_ADDR", subnet.cidr(2))
-            .ready_prefix("")
-            .spawn()
-            .expect("redis-server starts");
-        // Move the tap only once Redis listens: the port is started then (the netdev appears
-        // earlier, during the EAL's probe, and must not leave the namespace before its start).
-        let mut server = server;
-        mtcp_tests::wait_stdout_contains(
-            &mut server,
-            "Ready to accept connections",
-            Duration::from_secs(30),
-        )
-        .expect("redis-server gets ready");
-        ns.adopt_link(&tap, &subnet.cidr(1))
-            .expect("tap moved into the namespace");
-        Bed {
-            server,
-            ns,
-            subnet,
-            port,
-            _dir: TempDir(dir),
-        }
-    }
-
-    fn stack_addr(&self) -> String {
-        self.subnet.addr(2).to_string()
-    }
-
-    /// redis-cli in the namespace, against the stack's address.
-    fn cli(&mut self, args: &[&str]) -> Output {
-        let port = self.port.to_string();
-        let mut all = vec!["-h", &self.subnet_addr_leak(), "-p", &port];
-        all.extend_from_slice(args);
-        self.ns.exec("redis-cli", &all).expect("redis-cli runs")
-    }
-
-    fn subnet_addr_leak(&self) -> &'static str {
-        Box::leak(self.stack_addr().into_boxed_str())
-    }
-
-    fn cli_ok(&mut self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "redis-cli {args:?}: {text}{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.server.diagnostics()
-        );
-        text
-    }
-
-    /// Waits until the server answers PING through the stack.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = self.cli(&["ping"]);
-            if out.stdout.starts_with(b"PONG") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no PONG through the stack: {}{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                self.server.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+/// redis-server under the shim (`target/<profile>/libmtcpshim.so` or `$MTCP_SHIM_LIB`).
+fn bed(bind: &str) -> RedisBed {
+    let lib = mtcp_tests::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB");
+    RedisBed::new(Launch::Preload(lib), bind)
 }
 
 #[test]
 fn redis_is_served_through_the_stack_and_on_loopback_at_once() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
     assert_eq!(
         bed.cli_ok(&["set", "greeting", "hello from the stack"]),
@@ -174,7 +59,7 @@ fn redis_is_served_through_the_stack_and_on_loopback_at_once() {
 
 #[test]
 fn redis_benchmark_through_the_stack_has_no_errors() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
     let (h, p) = (bed.stack_addr(), bed.port.to_string());
     for pipeline in ["1", "16"] {
@@ -214,7 +99,7 @@ fn redis_benchmark_through_the_stack_has_no_errors() {
 
 #[test]
 fn bound_to_loopback_the_stack_refuses() {
-    let mut bed = Bed::new("127.0.0.1");
+    let mut bed = bed("127.0.0.1");
     // The stack runs (its address answers ping) but the port is the kernel's loopback one only.
     bed.ns
         .wait_ping(bed.subnet.addr(2), Duration::from_secs(10))
@@ -237,7 +122,7 @@ fn bound_to_loopback_the_stack_refuses() {
 /// every one succeeds, the clients see no error, and the parent keeps serving every key.
 #[test]
 fn bgsave_children_leave_the_parents_connections_alone() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
     let (h, p) = (bed.stack_addr(), bed.port.to_string());
     let bench = bed
@@ -285,7 +170,7 @@ fn bgsave_children_leave_the_parents_connections_alone() {
 /// docs/shim.md.)
 #[test]
 fn redis_client_behaviours_through_the_stack() {
-    let mut bed = Bed::new("0.0.0.0");
+    let mut bed = bed("0.0.0.0");
     bed.wait_ready();
     let (h, p) = (bed.stack_addr(), bed.port.to_string());
 
