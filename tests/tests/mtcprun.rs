@@ -492,3 +492,60 @@ fn debian_package_runs_redis_through_the_stack() {
     let v = stats_json(&installed, bed.server.pid());
     assert!(num(&v, "stack", "rx_frames") > 0, "{v}");
 }
+
+/// A forked child that exits through exit(3) runs the parent's atexit handlers: the statistics
+/// file must survive it (only its creator removes it), and go away when the parent exits.
+#[test]
+fn forked_child_exiting_leaves_the_parents_statistics_file() {
+    let subnet = mtcp_tests::Subnet::allocate().expect("subnet");
+    let tap = unique_ifname("f");
+    let port = 16000 + subnet.index();
+    let dir = TempDir::new("mtcp-fork");
+    let stop = dir.path().join("stop");
+    let script = format!(
+        r#"
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+s = socket.socket()
+s.bind(("0.0.0.0", {port}))
+s.listen(16)
+child = os.fork()
+if child == 0:
+    sys.exit(0)  # Python's exit calls exit(3): atexit handlers run in the child
+os.waitpid(child, 0)
+print("child exited", flush=True)
+while not os.path.exists("{stop}"):
+    time.sleep(0.02)
+sys.exit(0)
+"#,
+        stop = stop.display()
+    );
+    let mut cmd = Command::new(mtcprun_bin());
+    let (dev, addr, ports) = (format!("tap:{tap}"), subnet.cidr(2), port.to_string());
+    cmd.args(["--dev", &dev, "--addr", &addr, "--ports", &ports, "--"])
+        .args(["python3", "-c", &script]);
+    let mut server = mtcp_tests::ServerProcess::builder_for(cmd)
+        .ready_prefix("child exited")
+        .spawn()
+        .expect("python3 under mtcprun");
+    let shm = PathBuf::from(format!("/dev/shm/mtcpshim.{}", server.pid()));
+    assert!(
+        shm.exists(),
+        "the child's exit removed {}\n{}",
+        shm.display(),
+        server.diagnostics()
+    );
+    let v = stats_json(&mtcprun_bin(), server.pid());
+    assert_eq!(v["listeners"][0]["port"], port);
+    std::fs::write(&stop, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.try_status().expect("waitpid").is_none() {
+        assert!(Instant::now() < deadline, "{}", server.diagnostics());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !shm.exists(),
+        "{} left after the parent exited",
+        shm.display()
+    );
+}
