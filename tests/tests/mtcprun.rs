@@ -489,8 +489,9 @@ fn debian_package_runs_redis_through_the_stack() {
     bed.wait_ready();
     assert_eq!(bed.cli_ok(&["set", "pkg", "installed"]), "OK\n");
     assert_eq!(bed.cli_ok(&["get", "pkg"]), "installed\n");
-    let v = stats_json(&installed, bed.server.pid());
-    assert!(num(&v, "stack", "rx_frames") > 0, "{v}");
+    wait_stats(&installed, bed.server.pid(), "frames received", |v| {
+        num(v, "stack", "rx_frames") > 0
+    });
 }
 
 /// A forked child that exits through exit(3) runs the parent's atexit handlers: the statistics
@@ -535,8 +536,10 @@ sys.exit(0)
         shm.display(),
         server.diagnostics()
     );
-    let v = stats_json(&mtcprun_bin(), server.pid());
-    assert_eq!(v["listeners"][0]["port"], port);
+    // The listener is published at the stack's next poll (the keeper's, within tens of ms).
+    wait_stats(&mtcprun_bin(), server.pid(), "the listener", |v| {
+        v["listeners"][0]["port"] == port
+    });
     std::fs::write(&stop, b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.try_status().expect("waitpid").is_none() {
