@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing mtcpshim needs on Debian 12 (run as root).
 # This is README.md's "set up" command; .ci/run runs it on a fresh machine.
+# dpkg-dev (dpkg-shlibdeps) and binutils (strip) are for ci/deb.sh, which a test runs.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -10,7 +11,8 @@ apt-get install -y --no-install-recommends \
     clang libclang-dev pkg-config build-essential \
     libxdp-dev libbpf-dev libnuma-dev libbsd-dev libelf-dev zlib1g-dev \
     iproute2 ethtool iputils-ping tcpdump socat util-linux procps \
-    redis-server redis-tools python3 python3-redis valgrind tcl
+    redis-server redis-tools python3 python3-redis valgrind tcl strace \
+    dpkg-dev binutils
 
 # The tap PMD needs /dev/net/tun.
 if [ ! -e /dev/net/tun ]; then

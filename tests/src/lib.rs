@@ -42,7 +42,7 @@ pub const IFNAME_PREFIX: &str = "mt";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static STALE_CLEANUP: Once = Once::new();
 
-fn next_id() -> u32 {
+pub(crate) fn next_id() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 

@@ -53,8 +53,17 @@ impl Drop for TempDir {
     }
 }
 
+/// How redis-server is started.
+pub enum Launch {
+    /// `LD_PRELOAD=LIB MTCP_PORTS=.. MTCP_DEV=.. MTCP_ADDR=.. redis-server ...`
+    Preload(PathBuf),
+    /// `MTCPRUN --dev .. --addr .. --ports .. EXTRA... -- redis-server ...`
+    Mtcprun { bin: PathBuf, extra: Vec<String> },
+}
+
 /// Options of a bed.
 pub struct BedOptions {
+    pub launch: Launch,
     pub dev: Dev,
     /// `--bind` value; `STACK` stands for the stack's address.
     pub bind: String,
@@ -67,6 +76,7 @@ pub struct BedOptions {
 impl Default for BedOptions {
     fn default() -> Self {
         BedOptions {
+            launch: Launch::Preload(shim_lib()),
             dev: Dev::Tap,
             bind: "0.0.0.0".into(),
             args: Vec::new(),
@@ -120,13 +130,25 @@ impl RedisBed {
                 (Some(v), d, None)
             }
         };
-        let mut b = ServerProcess::builder("redis-server")
-            .args(&args)
-            .env("LD_PRELOAD", shim_lib())
-            .env("MTCP_PORTS", port.to_string())
-            .env("MTCP_DEV", dev)
-            .env("MTCP_ADDR", subnet.cidr(2))
-            .ready_prefix("");
+        let (addr, ports) = (subnet.cidr(2), port.to_string());
+        let mut b = match opts.launch {
+            Launch::Preload(lib) => ServerProcess::builder("redis-server")
+                .args(&args)
+                .env("LD_PRELOAD", lib)
+                .env("MTCP_PORTS", ports)
+                .env("MTCP_DEV", dev)
+                .env("MTCP_ADDR", addr),
+            Launch::Mtcprun { bin, extra } => {
+                let mut cmd = std::process::Command::new(bin);
+                cmd.args(["--dev", &dev, "--addr", &addr, "--ports", &ports])
+                    .args(extra)
+                    .arg("--")
+                    .arg("redis-server")
+                    .args(&args);
+                ServerProcess::builder_for(cmd)
+            }
+        }
+        .ready_prefix("");
         for (k, v) in &opts.env {
             b = b.env(k, v);
         }
@@ -164,6 +186,11 @@ impl RedisBed {
     /// The stack's address.
     pub fn addr(&self) -> String {
         self.subnet.addr(2).to_string()
+    }
+
+    /// The same (the name mtcprun's tests use).
+    pub fn stack_addr(&self) -> String {
+        self.addr()
     }
 
     /// redis-cli in the namespace, against the stack's address.

@@ -70,61 +70,6 @@ fn hugepages_needed(cfg: &Config) -> u64 {
     (pool + tap_gso + (12 << 20)).div_ceil(2 << 20)
 }
 
-fn capabilities_effective() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Checks what can be checked before the EAL starts, so a mistake leaves nothing half-started.
-fn preflight(cfg: &Config) -> Result<(), StartError> {
-    let dev = cfg.dev.describe();
-    const CAP_NET_ADMIN: u64 = 1 << 12;
-    const CAP_NET_RAW: u64 = 1 << 13;
-    let caps = capabilities_effective();
-    if caps & (CAP_NET_ADMIN | CAP_NET_RAW) != CAP_NET_ADMIN | CAP_NET_RAW {
-        return fail(format!(
-            "MTCP_DEV={dev}: no permission: DPDK devices need CAP_NET_ADMIN and CAP_NET_RAW (run as root)"
-        ));
-    }
-    if let Some(iface) = cfg.dev.kernel_iface() {
-        if !std::path::Path::new("/sys/class/net").join(iface).exists() {
-            return fail(format!(
-                "MTCP_DEV={dev}: no network interface named {iface:?}"
-            ));
-        }
-    }
-    if let DevSpec::Tap { iface } = &cfg.dev {
-        if std::path::Path::new("/sys/class/net").join(iface).exists() {
-            return fail(format!(
-                "MTCP_DEV={dev}: an interface named {iface:?} already exists; name the tap with MTCP_DEV=tap:NAME"
-            ));
-        }
-        if !std::path::Path::new("/dev/net/tun").exists() {
-            return fail(format!(
-                "MTCP_DEV={dev}: /dev/net/tun is missing (load the tun module)"
-            ));
-        }
-    }
-    if let DevSpec::Memif { socket, .. } = &cfg.dev {
-        let dir = std::path::Path::new(socket)
-            .parent()
-            .unwrap_or(std::path::Path::new("/"));
-        if !dir.is_dir() {
-            return fail(format!(
-                "MTCP_DEV={dev}: the directory {} does not exist",
-                dir.display()
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The current thread's CPUs, as an EAL cpuset: the EAL pins the calling thread to lcore 0's
 /// set, so lcore 0 gets exactly the CPUs the application already had.
 fn current_cpus() -> String {
@@ -448,7 +393,7 @@ unsafe impl Send for DpdkLink {}
 impl DpdkLink {
     /// Starts the EAL and the configured port. Call once per process, after main() started.
     pub fn start(cfg: &Config) -> Result<DpdkLink, StartError> {
-        preflight(cfg)?;
+        crate::config::preflight(cfg).map_err(StartError)?;
         let (args, huge) = eal_args(cfg)?;
         let (_, port_name) = device_args(&cfg.dev);
         start_eal(&args)?;

@@ -11,6 +11,8 @@
 //!   starts at 20 µs and doubles while nothing happens,
 //!   up to `MTCP_IDLE_SLEEP_US` (2 ms by default): a long idle period costs ~500 wake-ups a
 //!   second (well under 1% of a core here), and the first frame after it waits up to that cap.
+//!
+//! Both count in the stack's `sleeps`; `wakeups` counts the sleeps that frames ended.
 
 use std::time::{Duration, Instant};
 
@@ -27,8 +29,6 @@ pub struct Idler {
     max_sleep: Duration,
     sleep: Duration,
     last_work: Instant,
-    pub sleeps: u64,
-    pub wakeups: u64,
 }
 
 impl Idler {
@@ -38,8 +38,6 @@ impl Idler {
             max_sleep: cfg.idle_sleep.max(FIRST_SLEEP),
             sleep: FIRST_SLEEP,
             last_work: Instant::now(),
-            sleeps: 0,
-            wakeups: 0,
         }
     }
 
@@ -57,7 +55,6 @@ impl Idler {
         }
         let until_timer = stack.next_deadline().map(crate::clock::until);
         let limit = until_timer.unwrap_or(MAX_BLOCK).min(MAX_BLOCK);
-        self.sleeps += 1;
         match stack.wake_fd() {
             Some(fd) => {
                 if !stack.arm_wake(crate::clock::now()) {
@@ -73,12 +70,11 @@ impl Idler {
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                if ppoll(&mut pfd, &ts) > 0 {
-                    self.wakeups += 1;
-                }
+                ppoll(&mut pfd, &ts);
                 stack.disarm_wake();
             }
             None => {
+                stack.note_sleep();
                 std::thread::sleep(self.sleep.min(limit));
                 self.sleep = (self.sleep * 2).min(self.max_sleep);
             }

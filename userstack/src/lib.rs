@@ -4,13 +4,14 @@
 //! - [`link`]: Ethernet frames in and out of a device without copies ([`dpdk`] for real ports).
 //! - [`net`]: Ethernet and ARP for the whole stack; routing to the gateway; pcap and faults.
 //! - [`stack`]: demux, one smoltcp interface per connection, timers, backlog, socket calls.
-//! - [`config`]: every `MTCP_*` variable, parsed once.
+//! - [`config`]: every `MTCP_*` variable, parsed once (from `mtcp-common`, shared with mtcprun).
+//! - [`mtcp_common::statshm`]: live statistics in `/dev/shm/mtcpshim.<pid>`, published by `poll`.
 //!
 //! See `docs/architecture.md` for why the stack is shaped this way.
 #![deny(unsafe_code)]
 
 pub mod clock;
-pub mod config;
+pub use mtcp_common::config;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod epoll;

@@ -35,6 +35,8 @@ use crate::pcap::PcapWriter;
 use crate::recovery::{synth_ack, Recovery};
 use crate::stats::Stats;
 
+mod publish;
+
 const RX_BURST: usize = 32;
 /// Linux's default `net.core.somaxconn`.
 pub const SOMAXCONN: usize = 4096;
@@ -392,6 +394,8 @@ pub struct Stack<L: Link> {
     defaults: TcpOptions,
     live: usize,
     rto_min_us: Micros,
+    /// Live statistics in /dev/shm and the TCP state counts they show (stack/publish.rs).
+    shm: publish::Shm,
 }
 
 impl<L: Link> Stack<L> {
@@ -412,6 +416,7 @@ impl<L: Link> Stack<L> {
         }
         let mut stack = Self::with_net(net, TcpOptions::from_config(cfg), now);
         stack.rto_min_us = cfg.rto_min.as_micros() as Micros;
+        stack.start_publishing(cfg, now);
         Ok(stack)
     }
 
@@ -468,6 +473,7 @@ impl<L: Link> Stack<L> {
             defaults,
             live: 0,
             rto_min_us: crate::recovery::DEFAULT_RTO_MIN_US,
+            shm: publish::Shm::default(),
         }
     }
 
@@ -533,6 +539,7 @@ impl<L: Link> Stack<L> {
             self.net.link.disarm_wake();
             return false;
         }
+        self.note_sleep();
         true
     }
 
@@ -576,6 +583,7 @@ impl<L: Link> Stack<L> {
 
         let mut rx = std::mem::take(&mut self.rx);
         self.net.link.rx_burst(&mut rx, RX_BURST);
+        self.shm.after_rx(!rx.is_empty(), &mut self.net.stats);
         if !rx.is_empty() {
             work = true;
         }
@@ -612,6 +620,9 @@ impl<L: Link> Stack<L> {
         self.net.flush();
         if !work {
             self.net.stats.polls_idle += 1;
+        }
+        if self.shm.due(us) {
+            self.publish(us);
         }
         work
     }
@@ -995,6 +1006,7 @@ impl<L: Link> Stack<L> {
         };
         self.demux.insert(k, idx);
         self.live += 1;
+        self.shm.states.add(state);
         self.net.stats.conns_opened += 1;
         Ok(idx)
     }
@@ -1013,6 +1025,7 @@ impl<L: Link> Stack<L> {
         }
         self.free.push(idx);
         self.live -= 1;
+        self.shm.states.remove(c.last_state);
         self.net.stats.conns_freed += 1;
     }
 
@@ -1066,6 +1079,7 @@ impl<L: Link> Stack<L> {
         let prev = c.last_state;
         if state != prev {
             c.last_state = state;
+            self.shm.states.moved(prev, state);
             if state == tcp::State::Closed && !c.failed && !c.app_closed {
                 let error = match prev {
                     tcp::State::SynSent => Some(SockError::Refused),
@@ -1333,6 +1347,7 @@ impl<L: Link> Stack<L> {
             self.free_conn(idx);
             return Err(SockError::Invalid);
         }
+        self.shm.states.moved(c.last_state, tcp::State::SynSent);
         c.last_state = tcp::State::SynSent;
         let gen = self.slots[idx as usize].gen;
         self.mark_dirty(idx);

@@ -9,6 +9,16 @@ macro_rules! counters {
         pub struct $name { $($(#[$fm])* pub $field: u64,)* }
 
         impl $name {
+            /// How many counters there are.
+            pub const COUNT: usize = [$(stringify!($field)),*].len();
+            /// Every counter's name, in declaration order.
+            pub const NAMES: [&'static str; Self::COUNT] = [$(stringify!($field)),*];
+
+            /// Every counter's value, in declaration order (no allocation).
+            pub fn values(&self) -> [u64; Self::COUNT] {
+                [$(self.$field),*]
+            }
+
             /// `(name, value)` for every counter, in declaration order.
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($field), self.$field),)*]
@@ -69,6 +79,11 @@ counters! {
         /// Calls to `Stack::poll` and those that found no work.
         polls,
         polls_idle,
+        /// Times a polling loop went to sleep: blocked on the device's wake-up fd
+        /// (`Stack::arm_wake`), or slept on a device without one (`Stack::note_sleep`).
+        sleeps,
+        /// Sleeps ended by the network: the first poll after the sleep received frames.
+        wakeups,
         /// pcap records written and skipped (file size limit).
         pcap_written,
         pcap_truncated,

@@ -144,6 +144,8 @@ pub struct Config {
     pub spin: Duration,
     pub idle_sleep: Duration,
     pub rto_min: Duration,
+    /// Publish live statistics in `/dev/shm/mtcpshim.<pid>` (`MTCP_STATS`).
+    pub stats: bool,
 }
 
 /// A configuration value that cannot be used. `Display` is the message users see.
@@ -419,13 +421,134 @@ fn parse_size(var: &'static str, s: &str, min: u64, max: u64) -> Result<u64, Con
     Ok(v)
 }
 
+/// Every variable [`Config`] reads, and `MTCP_PORTS` (read by the shim, checked by
+/// [`check_ports`]). A launcher can warn about `MTCP_*` names that are not here (typos).
+pub const VARIABLES: &[&str] = &[
+    "MTCP_DEV",
+    "MTCP_ADDR",
+    "MTCP_GW",
+    "MTCP_MAC",
+    "MTCP_TAP_PEER",
+    "MTCP_HUGEPAGES",
+    "MTCP_MEM_MB",
+    "MTCP_MBUFS",
+    "MTCP_EAL_ARGS",
+    "MTCP_LOG",
+    "MTCP_PCAP",
+    "MTCP_PCAP_MAX",
+    "MTCP_FAULTS",
+    "MTCP_RCVBUF",
+    "MTCP_SNDBUF",
+    "MTCP_ACK_DELAY_US",
+    "MTCP_CC",
+    "MTCP_RTO_MIN_MS",
+    "MTCP_SPIN_US",
+    "MTCP_IDLE_SLEEP_US",
+    "MTCP_STATS",
+    "MTCP_PORTS",
+    "MTCP_SHIM_TRACE",
+];
+
+/// Why a value of `MTCP_PORTS` is not a list of ports: the first bad item and what is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortsError<'a> {
+    pub item: &'a [u8],
+    pub why: &'static str,
+}
+
+/// Parses a `MTCP_PORTS` value, calling `add` for every valid port. Items are separated by
+/// commas and may be surrounded by blanks. All items are looked at; the result is the number of
+/// valid items, or the first bad one. Allocates nothing (the shim calls it before its hooks are
+/// ready).
+pub fn parse_ports(value: &[u8], mut add: impl FnMut(u16)) -> Result<usize, PortsError<'_>> {
+    let mut first_err = None;
+    let mut n = 0;
+    for raw in value.split(|&b| b == b',') {
+        let item = raw.trim_ascii();
+        match parse_port(item) {
+            Ok(p) => {
+                add(p);
+                n += 1;
+            }
+            Err(why) => {
+                first_err.get_or_insert(PortsError { item, why });
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
+}
+
+fn parse_port(item: &[u8]) -> Result<u16, &'static str> {
+    if item.is_empty() {
+        return Err("is an empty item");
+    }
+    if !item.iter().all(u8::is_ascii_digit) {
+        return Err("is not a port number");
+    }
+    // At most 5 significant digits fit; longer runs (other than leading zeros) are too big.
+    let digits = {
+        let nz = item.iter().position(|&b| b != b'0').unwrap_or(item.len());
+        &item[nz..]
+    };
+    if digits.len() > 5 {
+        return Err("is out of range");
+    }
+    let v = digits
+        .iter()
+        .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'));
+    if v == 0 || v > 65535 {
+        return Err("is out of range");
+    }
+    Ok(v as u16)
+}
+
+/// What a good `MTCP_PORTS` looks like (the shim's message ends the same way).
+pub const PORTS_EXPECTED: &str =
+    "expected a comma-separated list of TCP ports 1-65535, e.g. 6379,6380";
+
+/// Checks a `MTCP_PORTS` value as the shim will read it; the ports, in the order given.
+pub fn check_ports(value: &str) -> Result<Vec<u16>, ConfigError> {
+    let mut ports = Vec::new();
+    parse_ports(value.as_bytes(), |p| ports.push(p))
+        .map(|_| ports)
+        .map_err(|e| {
+            err(
+                "MTCP_PORTS",
+                value,
+                format!(
+                    "\"{}\" {}; {PORTS_EXPECTED}",
+                    String::from_utf8_lossy(e.item),
+                    e.why
+                ),
+            )
+        })
+}
+
 impl Config {
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+    /// Reads the configuration from `(name, value)` pairs, e.g. the environment a launcher is
+    /// about to give a program. A later pair overrides an earlier one of the same name.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: HashMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
             .collect();
         Config::from_map(&vars)
+    }
+
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_pairs(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
     }
 
     /// Reads the configuration from a map of variables (the environment, or a test's).
@@ -545,6 +668,11 @@ impl Config {
             None => Duration::from_millis(30),
             Some(s) => Duration::from_millis(parse_num("MTCP_RTO_MIN_MS", s, 1u64, 1000)?),
         };
+        let stats = match get("MTCP_STATS").unwrap_or("on") {
+            "on" | "yes" | "1" | "true" => true,
+            "off" | "no" | "0" | "false" => false,
+            other => return Err(err("MTCP_STATS", other, "expected on or off")),
+        };
         Ok(Config {
             dev,
             addr,
@@ -566,6 +694,7 @@ impl Config {
             spin,
             idle_sleep,
             rto_min,
+            stats,
         })
     }
 
@@ -584,6 +713,63 @@ impl Config {
             _ => None,
         }
     }
+}
+
+fn capabilities_effective() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Checks what can be checked before the EAL starts, so a mistake leaves nothing half-started:
+/// permissions, that an af_packet/af_xdp interface exists, that a tap name is free, that a memif
+/// socket's directory exists. `mtcprun` runs the same checks before it starts a program.
+pub fn preflight(cfg: &Config) -> Result<(), String> {
+    let dev = cfg.dev.describe();
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_NET_RAW: u64 = 1 << 13;
+    let caps = capabilities_effective();
+    if caps & (CAP_NET_ADMIN | CAP_NET_RAW) != CAP_NET_ADMIN | CAP_NET_RAW {
+        return Err(format!(
+            "MTCP_DEV={dev}: no permission: DPDK devices need CAP_NET_ADMIN and CAP_NET_RAW (run as root)"
+        ));
+    }
+    if let Some(iface) = cfg.dev.kernel_iface() {
+        if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+            return Err(format!(
+                "MTCP_DEV={dev}: no network interface named {iface:?}"
+            ));
+        }
+    }
+    if let DevSpec::Tap { iface } = &cfg.dev {
+        if std::path::Path::new("/sys/class/net").join(iface).exists() {
+            return Err(format!(
+                "MTCP_DEV={dev}: an interface named {iface:?} already exists; name the tap with MTCP_DEV=tap:NAME"
+            ));
+        }
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return Err(format!(
+                "MTCP_DEV={dev}: /dev/net/tun is missing (load the tun module)"
+            ));
+        }
+    }
+    if let DevSpec::Memif { socket, .. } = &cfg.dev {
+        let dir = std::path::Path::new(socket)
+            .parent()
+            .unwrap_or(std::path::Path::new("/"));
+        if !dir.is_dir() {
+            return Err(format!(
+                "MTCP_DEV={dev}: the directory {} does not exist",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -735,6 +921,97 @@ mod tests {
             "MTCP_CC=\"bbr\": expected cubic, reno or none"
         );
         assert!(msg(&[("MTCP_LOG", "a=b=c")]).starts_with("MTCP_LOG=\"a=b=c\": not a log filter"));
+        assert_eq!(
+            msg(&[("MTCP_STATS", "maybe")]),
+            "MTCP_STATS=\"maybe\": expected on or off"
+        );
+    }
+
+    #[test]
+    fn pairs_later_wins_and_env_matches() {
+        let c = Config::from_pairs([
+            ("MTCP_SPIN_US", "5"),
+            ("MTCP_SPIN_US", "7"),
+            ("MTCP_STATS", "off"),
+        ])
+        .unwrap();
+        assert_eq!(c.spin, Duration::from_micros(7));
+        assert!(!c.stats);
+        assert!(cfg(&[]).unwrap().stats);
+    }
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        // Each variable, set to a value this parser rejects, must be named in the error: it
+        // is read. MTCP_PORTS and MTCP_SHIM_TRACE are the shim's.
+        for v in VARIABLES {
+            if matches!(
+                *v,
+                "MTCP_PORTS" | "MTCP_SHIM_TRACE" | "MTCP_EAL_ARGS" | "MTCP_PCAP"
+            ) {
+                continue;
+            }
+            let e = cfg(&[(v, "\u{1}bad")]).unwrap_err();
+            assert_eq!(e.var, *v);
+        }
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(check_ports("6379, 6380").unwrap(), vec![6379, 6380]);
+        assert_eq!(
+            check_ports("6379,x").unwrap_err().to_string(),
+            "MTCP_PORTS=\"6379,x\": \"x\" is not a port number; expected a comma-separated \
+             list of TCP ports 1-65535, e.g. 6379,6380"
+        );
+    }
+
+    fn parse(s: &str) -> Result<Vec<u16>, (String, &'static str)> {
+        let mut v = Vec::new();
+        match parse_ports(s.as_bytes(), |p| v.push(p)) {
+            Ok(n) => {
+                assert_eq!(n, v.len());
+                Ok(v)
+            }
+            Err(e) => Err((String::from_utf8_lossy(e.item).into_owned(), e.why)),
+        }
+    }
+
+    #[test]
+    fn valid_port_lists() {
+        assert_eq!(parse("6379"), Ok(vec![6379]));
+        assert_eq!(parse("6379,6380"), Ok(vec![6379, 6380]));
+        assert_eq!(parse(" 1 , 65535 "), Ok(vec![1, 65535]));
+        assert_eq!(parse("080"), Ok(vec![80]));
+        assert_eq!(parse("0000000000443"), Ok(vec![443]));
+        assert_eq!(parse("7,7"), Ok(vec![7, 7]));
+    }
+
+    #[test]
+    fn bad_port_items_are_named() {
+        assert_eq!(parse("0"), Err(("0".into(), "is out of range")));
+        assert_eq!(parse("65536"), Err(("65536".into(), "is out of range")));
+        assert_eq!(
+            parse("99999999999"),
+            Err(("99999999999".into(), "is out of range"))
+        );
+        assert_eq!(parse("abc"), Err(("abc".into(), "is not a port number")));
+        assert_eq!(parse("-1"), Err(("-1".into(), "is not a port number")));
+        assert_eq!(
+            parse("6379-6380"),
+            Err(("6379-6380".into(), "is not a port number"))
+        );
+        assert_eq!(parse("6379,"), Err(("".into(), "is an empty item")));
+        assert_eq!(parse("6379,,1"), Err(("".into(), "is an empty item")));
+        assert_eq!(parse("+80"), Err(("+80".into(), "is not a port number")));
+    }
+
+    #[test]
+    fn valid_items_of_a_bad_list_are_still_reported() {
+        let mut v = Vec::new();
+        let e = parse_ports(b"6379,x,6380", |p| v.push(p)).unwrap_err();
+        assert_eq!(e.item, b"x");
+        assert_eq!(v, vec![6379, 6380]);
     }
 
     #[test]

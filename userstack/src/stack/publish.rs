@@ -1,0 +1,205 @@
+//! The stack's side of the live statistics (`mtcp_common::statshm`): what it publishes, and when.
+//!
+//! Per poll this costs one comparison (`Shm::due`) and one branch (`Shm::after_rx`); a
+//! publication, at most every [`INTERVAL`], copies the counters, the link's counters (mempool
+//! use), the connection counts by TCP state and the listeners' queues into the mapped file. The
+//! counts by state are kept up to date where a connection changes state (`StateCounts`), so a
+//! publication never walks the connections; the listener table walks the listeners (a handful).
+//! While a loop sleeps nothing is published: the shim's keeper thread polls an idle stack every
+//! 10 ms, and `examples/echo` wakes at least once a second, so the file is never older than that.
+
+use std::time::Duration;
+
+use mtcp_common::statshm::{ListenerStat, Writer, MAX_LISTENERS};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+
+use super::Stack;
+use crate::config::Config;
+use crate::link::Link;
+use crate::net::Micros;
+use crate::stats::Stats;
+
+/// The shortest time between two publications.
+pub const INTERVAL: Duration = Duration::from_millis(1);
+
+/// TCP states in the order of [`STATE_NAMES`].
+const STATES: usize = 11;
+
+/// `tcp.<state>` names, in smoltcp's order of states.
+pub const STATE_NAMES: [&str; STATES] = [
+    "closed",
+    "listen",
+    "syn_sent",
+    "syn_received",
+    "established",
+    "fin_wait_1",
+    "fin_wait_2",
+    "close_wait",
+    "closing",
+    "last_ack",
+    "time_wait",
+];
+
+fn state_index(s: tcp::State) -> usize {
+    match s {
+        tcp::State::Closed => 0,
+        tcp::State::Listen => 1,
+        tcp::State::SynSent => 2,
+        tcp::State::SynReceived => 3,
+        tcp::State::Established => 4,
+        tcp::State::FinWait1 => 5,
+        tcp::State::FinWait2 => 6,
+        tcp::State::CloseWait => 7,
+        tcp::State::Closing => 8,
+        tcp::State::LastAck => 9,
+        tcp::State::TimeWait => 10,
+    }
+}
+
+/// Connections by the TCP state the stack last saw them in (`Conn::last_state`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateCounts([u64; STATES]);
+
+impl StateCounts {
+    pub(super) fn add(&mut self, s: tcp::State) {
+        self.0[state_index(s)] += 1;
+    }
+
+    pub(super) fn remove(&mut self, s: tcp::State) {
+        let c = &mut self.0[state_index(s)];
+        *c = c.saturating_sub(1);
+    }
+
+    pub(super) fn moved(&mut self, from: tcp::State, to: tcp::State) {
+        self.remove(from);
+        self.add(to);
+    }
+
+    /// `(state name, connections)` in smoltcp's order of states.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        STATE_NAMES.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+/// Groups after the stack's counters: link, mempool, connections, then the TCP states.
+const EXTRA: [&str; 6] = [
+    "link.rx_missed",
+    "mempool.in_use",
+    "mempool.avail",
+    "mempool.size",
+    "conns.live",
+    "conns.listeners",
+];
+const VALUES: usize = Stats::COUNT + EXTRA.len() + STATES;
+
+#[derive(Default)]
+pub(super) struct Shm {
+    writer: Option<Writer>,
+    pub(super) states: StateCounts,
+    /// The loop went to sleep since the last poll (for `Stats::wakeups`).
+    slept: bool,
+}
+
+impl Shm {
+    /// Whether to publish now: one comparison, false when not publishing.
+    #[inline]
+    pub(super) fn due(&self, now_us: Micros) -> bool {
+        self.writer.as_ref().is_some_and(|w| w.due(now_us))
+    }
+
+    /// After the receive burst of a poll: a sleep that ended with frames is a wake-up.
+    #[inline]
+    pub(super) fn after_rx(&mut self, got_frames: bool, stats: &mut Stats) {
+        if self.slept {
+            self.slept = false;
+            stats.wakeups += u64::from(got_frames);
+        }
+    }
+}
+
+/// Every published name, in the order of [`Stack::publish`]'s values.
+pub fn value_names() -> Vec<String> {
+    let mut v: Vec<String> = Stats::NAMES.iter().map(|n| format!("stack.{n}")).collect();
+    v.extend(EXTRA.iter().map(|n| n.to_string()));
+    v.extend(STATE_NAMES.iter().map(|n| format!("tcp.{n}")));
+    debug_assert_eq!(v.len(), VALUES);
+    v
+}
+
+impl<L: Link> Stack<L> {
+    /// Creates this process's statistics file (unless `MTCP_STATS=off`). A failure is logged and
+    /// the stack runs without it.
+    pub(super) fn start_publishing(&mut self, cfg: &Config, now: Instant) {
+        if !cfg.stats {
+            return;
+        }
+        let us = now.total_micros() as Micros;
+        match Writer::create(&value_names(), INTERVAL, us) {
+            Ok(w) => {
+                tracing::info!("statistics in {}", w.path().display());
+                self.shm.writer = Some(w);
+                self.publish(us);
+            }
+            Err(e) => tracing::warn!("no live statistics (mtcprun stats): {e}"),
+        }
+    }
+
+    /// The loop is going to sleep (blocked on the wake-up fd, or a timed sleep on devices
+    /// without one): counted in `sleeps`, and the next poll tells whether frames woke it.
+    pub fn note_sleep(&mut self) {
+        self.net.stats.sleeps += 1;
+        self.shm.slept = true;
+    }
+
+    /// Connections by TCP state.
+    pub fn tcp_states(&self) -> StateCounts {
+        self.shm.states
+    }
+
+    /// Every listener's backlog and queues, by port.
+    pub fn listener_stats(&self) -> Vec<ListenerStat> {
+        let mut v: Vec<ListenerStat> = self.listeners_iter().collect();
+        v.sort_by_key(|l| l.port);
+        v
+    }
+
+    fn listeners_iter(&self) -> impl Iterator<Item = ListenerStat> + '_ {
+        self.listeners.iter().map(|(&port, l)| ListenerStat {
+            port,
+            backlog: l.backlog as u64,
+            syn_received: l.pending.saturating_sub(l.queue.len()) as u64,
+            accept_queue: l.queue.len() as u64,
+        })
+    }
+
+    /// Copies every value into the statistics file (no allocation, no system call).
+    pub(super) fn publish(&mut self, now_us: Micros) {
+        let stats = self.stats();
+        let link = self.net.link.counters();
+        let mut values = [0u64; VALUES];
+        values[..Stats::COUNT].copy_from_slice(&stats.values());
+        let extra = [
+            link.rx_missed,
+            link.pool_in_use,
+            link.pool_size.saturating_sub(link.pool_in_use),
+            link.pool_size,
+            self.live as u64,
+            self.listeners.len() as u64,
+        ];
+        values[Stats::COUNT..Stats::COUNT + EXTRA.len()].copy_from_slice(&extra);
+        for (i, (_, n)) in self.shm.states.iter().enumerate() {
+            values[Stats::COUNT + EXTRA.len() + i] = n;
+        }
+        let mut table = [ListenerStat::default(); MAX_LISTENERS];
+        let mut n = 0;
+        for (slot, l) in table.iter_mut().zip(self.listeners_iter()) {
+            *slot = l;
+            n += 1;
+        }
+        table[..n].sort_unstable_by_key(|l| l.port);
+        if let Some(w) = self.shm.writer.as_mut() {
+            w.publish(now_us, &values, &table[..n]);
+        }
+    }
+}
