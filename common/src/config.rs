@@ -665,7 +665,7 @@ impl Config {
             Some(s) => Duration::from_micros(parse_num("MTCP_IDLE_SLEEP_US", s, 1u64, 1_000_000)?),
         };
         let rto_min = match get("MTCP_RTO_MIN_MS") {
-            None => Duration::from_millis(30),
+            None => Duration::from_millis(200),
             Some(s) => Duration::from_millis(parse_num("MTCP_RTO_MIN_MS", s, 1u64, 1000)?),
         };
         let stats = match get("MTCP_STATS").unwrap_or("on") {

@@ -41,10 +41,11 @@ fn load(bed: &mut RedisBed, what: &str, args: &[&str]) -> String {
 /// redis-benchmark in the namespace against the stack, in the background.
 fn bench_bg(bed: &RedisBed, args: &[&str]) -> std::process::Child {
     let (h, p) = (bed.addr(), bed.port.to_string());
-    let mut all = vec!["-h", &h, "-p", &p, "-q"];
+    // A client whose connection never completes would wait forever: 10 minutes at most.
+    let mut all = vec!["600", "redis-benchmark", "-h", &h, "-p", &p, "-q"];
     all.extend_from_slice(args);
     bed.ns
-        .command("redis-benchmark")
+        .command("timeout")
         .args(&all)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
