@@ -226,7 +226,7 @@ done
 
 echo
 echo "== side by side (rps; cpu us/request), GET"
-python3 - "$CSV" "$PATHS" "$SCENARIOS" <<'EOF'
+/usr/bin/python3 - "$CSV" "$PATHS" "$SCENARIOS" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 paths, scens = sys.argv[2].split(), sys.argv[3].split()
@@ -253,7 +253,7 @@ for p in paths:
     if u and r and p != "unix":
         print("%-13s GET -P 16: %.0f%% of the unix socket's rate" % (p, 100 * float(r["rps"]) / float(u["rps"])))
 EOF
-if python3 -c "import matplotlib" 2>/dev/null; then
-    python3 "$(dirname "$0")/charts.py" "$CSV" "$OUT" && echo "charts: $OUT/redis-*.png"
+if /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
+    /usr/bin/python3 "$(dirname "$0")/charts.py" "$CSV" "$OUT" && echo "charts: $OUT/redis-*.png"
 fi
 echo "results: $CSV"

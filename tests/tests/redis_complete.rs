@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 use mtcp_tests::redis::{py_file, BedOptions, Dev, RedisBed, TempDir};
 use mtcp_tests::ServerProcess;
 
+/// One test of this file at a time: each loads both CPUs on its own (io-threads spin, 10,000
+/// clients, 200,000 connects), and two at once on 2 cores only measure the contention.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The file's lock, held by a test from its first line (declared before the bed, so dropped
+/// after it: the next test starts once this one's server and namespace are gone).
+struct Serial<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, ()>);
+
+fn serial() -> Serial<'static> {
+    Serial(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 fn bed_with(args: &[&str], env: &[(&str, &str)]) -> RedisBed {
     RedisBed::new(BedOptions {
         dev: Dev::AfPacket,
@@ -80,6 +92,7 @@ fn wait_no_bg_save(bed: &mut RedisBed) {
 /// parent keeps serving; the RDB then loads into a kernel-served Redis with the same digest.
 #[test]
 fn hundred_bgsaves_under_load_and_the_rdb_loads_back() {
+    let _serial = serial();
     let mut bed = bed_with(&["--enable-debug-command", "yes"], &[]);
     let bench = bench_bg(
         &bed,
@@ -156,10 +169,11 @@ fn hundred_bgsaves_under_load_and_the_rdb_loads_back() {
 /// (counters from 50 threads, pipelines, WATCH, pub/sub, asyncio) all hold.
 #[test]
 fn io_threads_serve_200_clients() {
+    let _serial = serial();
     let mut bed = bed_with(&["--io-threads", "4", "--io-threads-do-reads", "yes"], &[]);
     let bench = bench_bg(
         &bed,
-        &["-n", "200000", "-c", "200", "-t", "set,get,incr,lpush,lpop"],
+        &["-n", "100000", "-c", "200", "-t", "set,get,incr,lpush,lpop"],
     );
     let (h, p) = (bed.addr(), bed.port.to_string());
     let out = bed
@@ -189,6 +203,7 @@ fn io_threads_serve_200_clients() {
 /// 10,000 clients at once (maxclients 20000): every request answered, every connection seen.
 #[test]
 fn ten_thousand_clients() {
+    let _serial = serial();
     let mut bed = bed_with(&["--maxclients", "20000"], &[]);
     let bench = bench_bg(
         &bed,
@@ -217,6 +232,7 @@ fn ten_thousand_clients() {
 /// 200,000 connect / command / close cycles: the server's fd count and RSS stay flat.
 #[test]
 fn connect_close_churn_leaves_nothing_behind() {
+    let _serial = serial();
     let mut bed = bed_with(&[], &[]);
     // The client side recycles its ports (TIME_WAIT) as fast as the cycles come.
     for (k, v) in [
@@ -254,6 +270,7 @@ fn connect_close_churn_leaves_nothing_behind() {
 /// A 100 MB value through SET/GET, and a pipeline of 10,000 commands.
 #[test]
 fn hundred_megabyte_values_and_long_pipelines() {
+    let _serial = serial();
     let mut bed = bed_with(&[], &[]);
     let out = load(&mut bed, "bigvalue", &["100"]);
     assert!(out.contains("ok: 100 MB value round-trips"), "{out}");
@@ -265,6 +282,7 @@ fn hundred_megabyte_values_and_long_pipelines() {
 /// and answers every one of them, none reset.
 #[test]
 fn connections_queue_while_redis_is_busy() {
+    let _serial = serial();
     let mut bed = bed_with(&["--enable-debug-command", "yes"], &[]);
     let (h, p) = (bed.addr(), bed.port.to_string());
     let sleeper = bed
@@ -297,6 +315,7 @@ fn connections_queue_while_redis_is_busy() {
 /// command leave no connection and no fd behind.
 #[test]
 fn slow_and_vanishing_clients() {
+    let _serial = serial();
     let mut bed = bed_with(
         &["--client-output-buffer-limit", "normal", "8mb", "4mb", "10"],
         &[],
@@ -357,6 +376,7 @@ fn slow_and_vanishing_clients() {
 /// checksummed values written and read back intact.
 #[test]
 fn values_survive_a_lossy_network() {
+    let _serial = serial();
     let mut bed = bed_with(&[], &[("MTCP_FAULTS", "loss=2,dup=1,reorder=1")]);
     let out = load(&mut bed, "checksums", &["100000"]);
     assert!(out.contains("ok: 100000 values read back intact"), "{out}");
@@ -365,6 +385,7 @@ fn values_survive_a_lossy_network() {
 /// SIGTERM while redis-benchmark runs: Redis saves and exits within 2 s, cleanly.
 #[test]
 fn sigterm_under_load_saves_and_exits() {
+    let _serial = serial();
     let mut bed = bed_with(&["--save", "3600 1"], &[]);
     let bench = bench_bg(
         &bed,
