@@ -405,9 +405,9 @@ fn pcap_option_records_the_syn_the_request_and_the_reply() {
     }
 }
 
-/// The package built by ci/deb.sh, unpacked (dpkg -x) into a temporary root: its Depends are
-/// installed here and name nothing of DPDK, and its mtcprun finds its library at
-/// ../lib/mtcpshim/ and serves Redis through the stack.
+/// The package built by ci/deb.sh, installed with dpkg -i (and removed at the end): its Depends
+/// name nothing of DPDK and are satisfied here, and the installed /usr/bin/mtcprun finds its
+/// library at ../lib/mtcpshim/ and serves Redis through the stack.
 #[test]
 fn debian_package_runs_redis_through_the_stack() {
     // Built from the artifacts of the workspace build (ci/test.sh builds first).
@@ -459,14 +459,25 @@ fn debian_package_runs_redis_through_the_stack() {
         }
     }
 
-    let tree = TempDir::new("mtcp-deb");
-    mtcp_tests::run_checked(
-        Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(tree.path()),
-    )
-    .expect("dpkg-deb -x");
+    // Installed for real (dpkg -i), removed again at the end (dpkg -r), also on failure. A
+    // machine that already has the package installed is left alone: the test stops there.
+    let have = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", "mtcpshim"])
+        .output()
+        .expect("dpkg-query");
+    assert!(
+        !text(&have.stdout).contains("installed"),
+        "the mtcpshim package is already installed here; this test installs and removes its own"
+    );
+    struct Installed;
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["-r", "mtcpshim"]).output();
+        }
+    }
+    mtcp_tests::run_checked(Command::new("dpkg").arg("-i").arg(&deb)).expect("dpkg -i");
+    let _installed = Installed;
+    let root_dir = Path::new("/");
     for f in [
         "usr/bin/mtcprun",
         "usr/lib/mtcpshim/libmtcpshim.so",
@@ -474,10 +485,10 @@ fn debian_package_runs_redis_through_the_stack() {
         "usr/share/doc/mtcpshim/docs/configuration.md",
         "usr/share/doc/mtcpshim/docs/operating.md",
     ] {
-        assert!(tree.path().join(f).is_file(), "{f} not in the package");
+        assert!(root_dir.join(f).is_file(), "{f} not installed by the package");
     }
     let ldd = mtcp_tests::run_checked(
-        Command::new("ldd").arg(tree.path().join("usr/lib/mtcpshim/libmtcpshim.so")),
+        Command::new("ldd").arg(root_dir.join("usr/lib/mtcpshim/libmtcpshim.so")),
     )
     .expect("ldd");
     assert!(
@@ -486,7 +497,7 @@ fn debian_package_runs_redis_through_the_stack() {
         text(&ldd.stdout)
     );
 
-    let installed = tree.path().join("usr/bin/mtcprun");
+    let installed = root_dir.join("usr/bin/mtcprun");
     let mut bed = RedisBed::new(opts(Launch::Mtcprun {
         bin: installed.clone(),
         extra: vec![],
