@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,9 @@ static SHIM: OnceLock<Mutex<Shim>> = OnceLock::new();
 
 /// When the stack was last polled (µs on the stack clock), by anyone.
 static LAST_POLL: AtomicU64 = AtomicU64::new(0);
+/// Application threads blocked in our epoll_wait/poll with the device's wake-up armed: they wake
+/// for frames and for the stack's next timer themselves, so the keeper has nothing to do.
+static BLOCKED_WAITERS: AtomicUsize = AtomicUsize::new(0);
 /// An eventfd in every blocked waiter's private epoll: the keeper writes it when its poll found
 /// events, so a thread blocked in epoll_wait looks at them at once.
 static NOTIFY_FD: AtomicI32 = AtomicI32::new(-1);
@@ -112,7 +115,9 @@ fn start_keeper() {
                 std::thread::sleep(KEEPER_PERIOD);
                 let idle_for = (clock::now().total_micros() as u64)
                     .saturating_sub(LAST_POLL.load(Ordering::Relaxed));
-                if idle_for < KEEPER_PERIOD.as_micros() as u64 {
+                if idle_for < KEEPER_PERIOD.as_micros() as u64
+                    || BLOCKED_WAITERS.load(Ordering::Relaxed) > 0
+                {
                     continue;
                 }
                 let Some(lock) = SHIM.get() else { continue };
@@ -1088,7 +1093,7 @@ pub fn epoll_wait(
             }
         };
         let err = crate::errno::get();
-        after_block(evs[..r.max(0) as usize].iter().any(|e| e.u64 == 2));
+        after_block(evs[..r.max(0) as usize].iter().any(|e| e.u64 == 2), wake);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }
@@ -1117,14 +1122,22 @@ fn prepare_block() -> Option<Blocking> {
     if !st.arm_wake(clock::now()) {
         return None;
     }
+    let wake = st.wake_fd();
+    // Only a waiter that frames wake up stands in for the keeper (memif has no wake-up fd).
+    if wake.is_some() {
+        BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
+    }
     Some(Blocking {
-        wake: st.wake_fd(),
+        wake,
         until_timer: st.next_deadline().map(clock::until),
     })
 }
 
 /// After a waiter blocked: drains the keeper's notification if it fired, disarms the wake-up.
-fn after_block(notified: bool) {
+fn after_block(notified: bool, wake: Option<c_int>) {
+    if wake.is_some() {
+        BLOCKED_WAITERS.fetch_sub(1, Ordering::Relaxed);
+    }
     if notified {
         let mut v = 0u64;
         // SAFETY: draining our own eventfd (non-blocking).
@@ -1307,7 +1320,7 @@ pub fn poll(
         let r = unsafe { libc::ppoll(blk.as_mut_ptr(), blk.len() as libc::nfds_t, &ts, sigmask) };
         let err = crate::errno::get();
         let notified = nfd >= 0 && blk.last().is_some_and(|p| p.fd == nfd && p.revents != 0);
-        after_block(notified);
+        after_block(notified, wake);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }

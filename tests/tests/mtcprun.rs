@@ -485,7 +485,10 @@ fn debian_package_runs_redis_through_the_stack() {
         "usr/share/doc/mtcpshim/docs/configuration.md",
         "usr/share/doc/mtcpshim/docs/operating.md",
     ] {
-        assert!(root_dir.join(f).is_file(), "{f} not installed by the package");
+        assert!(
+            root_dir.join(f).is_file(),
+            "{f} not installed by the package"
+        );
     }
     let ldd = mtcp_tests::run_checked(
         Command::new("ldd").arg(root_dir.join("usr/lib/mtcpshim/libmtcpshim.so")),

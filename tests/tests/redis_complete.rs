@@ -253,6 +253,12 @@ fn connect_close_churn_leaves_nothing_behind() {
     churn(&mut bed, "20000"); // warm-up: allocator and tables reach their working size
     let (fds0, rss0) = bed.fds_and_rss();
     churn(&mut bed, "200000");
+    // The last redis-cli's connection may still be open in either count: compare once the
+    // server is down to at most the count before.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.fds_and_rss().0 > fds0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (fds1, rss1) = bed.fds_and_rss();
     let got: u64 = bed
         .info_field("stats", "total_connections_received")
@@ -260,7 +266,10 @@ fn connect_close_churn_leaves_nothing_behind() {
         .parse()
         .unwrap();
     assert!(got >= 220_000, "{got} connections");
-    assert_eq!(fds1, fds0, "open fds before and after 200,000 cycles");
+    assert!(
+        fds1 <= fds0,
+        "open fds: {fds0} before and {fds1} after 200,000 cycles"
+    );
     assert!(
         rss1 <= rss0 + rss0 / 10 + 4096,
         "RSS grew from {rss0} kB to {rss1} kB over 200,000 cycles"
@@ -367,8 +376,9 @@ fn slow_and_vanishing_clients() {
         Duration::from_secs(30),
         |b| b.info_field("clients", "connected_clients").as_deref() == Some("1"),
     );
+    // (fds0 may include the connection of the redis-cli that just ran, not yet closed then.)
     bed.wait_for("their fds are closed", Duration::from_secs(10), |b| {
-        b.fds_and_rss().0 == fds0
+        b.fds_and_rss().0 <= fds0
     });
 }
 
