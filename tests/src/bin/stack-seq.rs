@@ -585,14 +585,18 @@ fn server(port: u16) {
         recv_note(c, 16, 0, "recv(abc)");
         send_line(c, "go");
         let ev = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP;
+        // Wait (without POLLOUT, which is ready all along and would end every poll at once)
+        // until the reset is fully seen: Linux sets the state (POLLHUP) and then the shutdown
+        // bits (POLLIN|POLLRDHUP), and a lockless poll can fall between.
         let mut p = pollfd {
             fd: c,
-            events: ev,
+            events: libc::POLLRDHUP,
             revents: 0,
         };
+        let done = libc::POLLHUP | libc::POLLRDHUP;
         for _ in 0..100 {
             libc::poll(&mut p, 1, 100);
-            if p.revents & libc::POLLHUP != 0 {
+            if p.revents & done == done {
                 break;
             }
         }
