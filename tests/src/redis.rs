@@ -61,6 +61,14 @@ pub enum Launch {
     Mtcprun { bin: PathBuf, extra: Vec<String> },
 }
 
+/// The final lines of `redis-benchmark -q` output, one per test ("GET: N requests per
+/// second, ..."), after its carriage-return progress lines.
+pub fn bench_results(text: &str) -> Vec<&str> {
+    text.split(['\r', '\n'])
+        .filter(|l| l.contains("requests per second"))
+        .collect()
+}
+
 /// Options of a bed.
 pub struct BedOptions {
     pub launch: Launch,
@@ -259,6 +267,40 @@ impl RedisBed {
             self.server.diagnostics()
         );
         text
+    }
+
+    /// redis-benchmark in the namespace against the stack (`-q` and ARGS), in the background,
+    /// under `timeout 600` (a client whose connection never completes would wait forever).
+    pub fn bench_bg(&self, args: &[&str]) -> std::process::Child {
+        let (h, p) = (self.addr(), self.port.to_string());
+        let mut all = vec!["600", "redis-benchmark", "-h", &h, "-p", &p, "-q"];
+        all.extend_from_slice(args);
+        self.ns
+            .command("timeout")
+            .args(&all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-benchmark starts")
+    }
+
+    /// Waits for a `bench_bg` run; asserts it succeeded with no error. Its stdout and stderr.
+    pub fn bench_done(&mut self, child: std::process::Child) -> String {
+        let out = child.wait_with_output().expect("redis-benchmark ends");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !text.to_lowercase().contains("error"),
+            "{text}\n{}",
+            self.server.diagnostics()
+        );
+        text
+    }
+
+    /// `bench_bg` + `bench_done`.
+    pub fn bench(&mut self, args: &[&str]) -> String {
+        let child = self.bench_bg(args);
+        self.bench_done(child)
     }
 
     /// The server's open fds and resident memory (kB).

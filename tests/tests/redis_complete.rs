@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{py_file, BedOptions, Dev, RedisBed, TempDir};
+use mtcp_tests::redis::{bench_results, py_file, BedOptions, Dev, RedisBed, TempDir};
 use mtcp_tests::ServerProcess;
 
 /// One test of this file at a time: each loads both CPUs on its own (io-threads spin, 10,000
@@ -50,33 +50,6 @@ fn load(bed: &mut RedisBed, what: &str, args: &[&str]) -> String {
     text
 }
 
-/// redis-benchmark in the namespace against the stack, in the background.
-fn bench_bg(bed: &RedisBed, args: &[&str]) -> std::process::Child {
-    let (h, p) = (bed.addr(), bed.port.to_string());
-    // A client whose connection never completes would wait forever: 10 minutes at most.
-    let mut all = vec!["600", "redis-benchmark", "-h", &h, "-p", &p, "-q"];
-    all.extend_from_slice(args);
-    bed.ns
-        .command("timeout")
-        .args(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("redis-benchmark starts")
-}
-
-fn bench_done(bed: &mut RedisBed, child: std::process::Child) -> String {
-    let out = child.wait_with_output().expect("redis-benchmark ends");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.to_lowercase().contains("error"),
-        "{text}\n{}",
-        bed.server.diagnostics()
-    );
-    text
-}
-
 fn wait_no_bg_save(bed: &mut RedisBed) {
     bed.wait_for(
         "background save/rewrite ends",
@@ -94,10 +67,7 @@ fn wait_no_bg_save(bed: &mut RedisBed) {
 fn hundred_bgsaves_under_load_and_the_rdb_loads_back() {
     let _serial = serial();
     let mut bed = bed_with(&["--enable-debug-command", "yes"], &[]);
-    let bench = bench_bg(
-        &bed,
-        &["-n", "400000", "-c", "20", "-r", "20000", "-t", "set"],
-    );
+    let bench = bed.bench_bg(&["-n", "400000", "-c", "20", "-r", "20000", "-t", "set"]);
     for i in 0..100 {
         let r = bed.cli_ok(&["bgsave"]);
         assert!(r.contains("started"), "BGSAVE {i}: {r}");
@@ -117,7 +87,7 @@ fn hundred_bgsaves_under_load_and_the_rdb_loads_back() {
             "BGREWRITEAOF {i}: {p}"
         );
     }
-    bench_done(&mut bed, bench);
+    bed.bench_done(bench);
     assert_eq!(bed.cli_ok(&["save"]), "OK\n");
     let keys = bed.cli_ok(&["dbsize"]);
     let digest = bed.cli_ok(&["debug", "digest"]);
@@ -171,10 +141,7 @@ fn hundred_bgsaves_under_load_and_the_rdb_loads_back() {
 fn io_threads_serve_200_clients() {
     let _serial = serial();
     let mut bed = bed_with(&["--io-threads", "4", "--io-threads-do-reads", "yes"], &[]);
-    let bench = bench_bg(
-        &bed,
-        &["-n", "100000", "-c", "200", "-t", "set,get,incr,lpush,lpop"],
-    );
+    let bench = bed.bench_bg(&["-n", "100000", "-c", "200", "-t", "set,get,incr,lpush,lpop"]);
     let (h, p) = (bed.addr(), bed.port.to_string());
     let out = bed
         .ns
@@ -186,14 +153,8 @@ fn io_threads_serve_200_clients() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = bench_done(&mut bed, bench);
-    assert_eq!(
-        text.split(['\r', '\n'])
-            .filter(|l| l.contains("requests per second"))
-            .count(),
-        5,
-        "{text}"
-    );
+    let text = bed.bench_done(bench);
+    assert_eq!(bench_results(&text).len(), 5, "{text}");
     let threads = std::fs::read_dir(format!("/proc/{}/task", bed.server.pid()))
         .unwrap()
         .count();
@@ -205,18 +166,9 @@ fn io_threads_serve_200_clients() {
 fn ten_thousand_clients() {
     let _serial = serial();
     let mut bed = bed_with(&["--maxclients", "20000"], &[]);
-    let bench = bench_bg(
-        &bed,
-        &["-n", "100000", "-c", "10000", "-t", "ping_mbulk,get"],
-    );
-    let text = bench_done(&mut bed, bench);
-    assert_eq!(
-        text.split(['\r', '\n'])
-            .filter(|l| l.contains("requests per second"))
-            .count(),
-        2,
-        "{text}"
-    );
+    let bench = bed.bench_bg(&["-n", "100000", "-c", "10000", "-t", "ping_mbulk,get"]);
+    let text = bed.bench_done(bench);
+    assert_eq!(bench_results(&text).len(), 2, "{text}");
     let got: u64 = bed
         .info_field("stats", "total_connections_received")
         .unwrap()
@@ -244,8 +196,7 @@ fn connect_close_churn_leaves_nothing_behind() {
             .unwrap();
     }
     let churn = |bed: &mut RedisBed, n: &str| {
-        let b = bench_bg(bed, &["-n", n, "-c", "50", "-k", "0", "-t", "ping_mbulk"]);
-        bench_done(bed, b);
+        bed.bench(&["-n", n, "-c", "50", "-k", "0", "-t", "ping_mbulk"]);
         bed.wait_for("clients gone", Duration::from_secs(30), |b| {
             b.info_field("clients", "connected_clients").as_deref() == Some("1")
         });
@@ -397,10 +348,7 @@ fn values_survive_a_lossy_network() {
 fn sigterm_under_load_saves_and_exits() {
     let _serial = serial();
     let mut bed = bed_with(&["--save", "3600 1"], &[]);
-    let bench = bench_bg(
-        &bed,
-        &["-n", "10000000", "-c", "50", "-r", "10000", "-t", "set"],
-    );
+    let bench = bed.bench_bg(&["-n", "10000000", "-c", "50", "-r", "10000", "-t", "set"]);
     bed.wait_for("keys written", Duration::from_secs(30), |b| {
         b.cli_ok(&["dbsize"]).trim().parse::<u64>().unwrap_or(0) > 1000
     });

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{py_file, BedOptions, RedisBed, TempDir};
+use mtcp_tests::redis::{bench_results, py_file, BedOptions, RedisBed, TempDir};
 use mtcp_tests::ServerProcess;
 
 /// The bed every test here uses: net_tap, Redis bound as given.
@@ -332,35 +332,9 @@ fn thousand_clients_connect_while_the_cpus_are_loaded() {
         ..Default::default()
     });
     bed.wait_ready();
-    let (h, p) = (bed.addr(), bed.port.to_string());
     let hogs = CpuHogs::start(8);
-    let out = bed
-        .ns
-        .exec(
-            "redis-benchmark",
-            [
-                "-h",
-                &h,
-                "-p",
-                &p,
-                "-q",
-                "-c",
-                "1000",
-                "-n",
-                "20000",
-                "-t",
-                "ping_mbulk",
-            ],
-        )
-        .expect("redis-benchmark runs");
+    let text = bed.bench(&["-c", "1000", "-n", "20000", "-t", "ping_mbulk"]);
     drop(hogs);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.to_lowercase().contains("error"),
-        "{text}\n{}",
-        bed.server.diagnostics()
-    );
     assert!(text.contains("PING_MBULK"), "{text}");
     assert_eq!(bed.cli_ok(&["ping"]), "PONG\n");
 }
@@ -506,44 +480,13 @@ fn redis_py_through_the_stack() {
 fn a_thousand_concurrent_clients() {
     let mut bed = bed("0.0.0.0");
     bed.wait_ready();
-    let (h, p) = (bed.addr(), bed.port.to_string());
-    let out = bed
-        .ns
-        .exec(
-            "redis-benchmark",
-            [
-                "-h",
-                &h,
-                "-p",
-                &p,
-                "-q",
-                "-n",
-                "30000",
-                "-c",
-                "1000",
-                "-t",
-                "ping_mbulk,set,get",
-            ],
-        )
-        .expect("redis-benchmark runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.to_lowercase().contains("error"),
-        "{text}\n{}",
-        bed.server.diagnostics()
-    );
-    let finals = text
-        .split(['\r', '\n'])
-        .filter(|l| l.contains("requests per second"))
-        .count();
+    let text = bed.bench(&["-n", "30000", "-c", "1000", "-t", "ping_mbulk,set,get"]);
+    let finals = bench_results(&text).len();
     assert_eq!(finals, 3, "{text}");
-    let stats = bed.cli_ok(&["info", "stats"]);
-    let received: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .and_then(|v| v.trim().parse().ok())
+    let received: u64 = bed
+        .info_field("stats", "total_connections_received")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     // Each of the three tests opens its 1,000 connections.
-    assert!(received >= 3000, "{stats}");
+    assert!(received >= 3000, "{received} connections received");
 }
