@@ -24,9 +24,16 @@
 # Results: a table on stdout, $OUT/redis.csv (default bench-out/), and, if python3 has
 # matplotlib, $OUT/redis-*.png charts (ci/charts.py); $OUT/strace-PATH.txt (the syscalls).
 #
+# With PROFILE=1 (needs `perf`, Debian's linux-perf): per path, a CPU profile of the server's
+# CPU during 100,000 GETs at -c 50 (cpu-clock sampling, which works without hardware counters,
+# kernel symbols included; PROFILE_ARGS, default "-c 50", are redis-benchmark's options for
+# it): $OUT/profile-PATH.txt, the top symbols and the split between
+# redis-server, the shim (libmtcpshim.so) and the kernel.
+#
 # Environment: N (requests per run, default 100000; x10 for p16, /10 for d65536), TESTS
 # (default get,set,incr,lpush,lrange_100), SCENARIOS (default "c50 p16 d1024 d65536 c1000
-# c10000"), PATHS (default "kernel af_packet af_packet-s0 tap unix"), SKIP_BUILD=1,
+# c10000"), PATHS (default "kernel af_packet af_packet-s0 tap unix"), MTCP_ENV (extra
+# VAR=VALUE words for the shim paths, e.g. "MTCP_TX_DEFER=off" to compare), SKIP_BUILD=1,
 # CARGO_TARGET_DIR (default target), OUT.
 
 set -uo pipefail
@@ -72,10 +79,13 @@ if (($(ulimit -n) < 10100)) && [[ $SCENARIOS == *c10000* ]]; then
 fi
 mkdir -p "$OUT"
 CSV=$OUT/redis.csv
-echo "path,scenario,test,rps,p50_ms,p99_ms,cpu_us_per_req" >"$CSV"
+echo "path,scenario,test,rps,p50_ms,p99_ms,cpu_us_per_req,user_us_per_req,sys_us_per_req" >"$CSV"
 
 cpu_ticks() { # PID: utime + stime of the whole process, in clock ticks
     awk '{print $14 + $15}' "/proc/$1/stat"
+}
+user_ticks() { # PID: utime alone
+    awk '{print $14}' "/proc/$1/stat"
 }
 
 # ------------------------------------------------------------------------- one server
@@ -113,6 +123,8 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         args+=(--unixsocket "$TMP/redis.sock" --unixsocketperm 700)
         ;;
     esac
+    # shellcheck disable=SC2206 # MTCP_ENV is a list of words
+    [[ ${#env[@]} -gt 0 && -n ${MTCP_ENV:-} ]] && env+=($MTCP_ENV)
     start_bg "redis-$path" "" 30 ip netns exec "$SRV_NS" env "${env[@]}" \
         taskset -c "$SRV_CPU" redis-server "${args[@]}" || return 1
     SRV_PID=$LAST_PID
@@ -152,24 +164,29 @@ stop_path() {
 }
 
 bench() { # PATH SCENARIO TEST ARGS...: one redis-benchmark run, one CSV row
-    local path=$1 scen=$2 test=$3 t0 t1 line rps p50 p99 n cpu
+    local path=$1 scen=$2 test=$3 t0 t1 u0 u1 line rps p50 p99 n cpu usr sys
     shift 3
     n=$N
     [[ $scen == p16 ]] && n=$((N * 10))
     [[ $scen == d65536 ]] && n=$((N / 10))
     t0=$(cpu_ticks "$SRV_PID")
+    u0=$(user_ticks "$SRV_PID")
     line=$(timeout 300 ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark \
         "${TARGET_ARGS[@]}" --csv -n "$n" -t "$test" -r 10000 "$@" 2>"$TMP/bench.err" | tail -1)
     t1=$(cpu_ticks "$SRV_PID")
+    u1=$(user_ticks "$SRV_PID")
     IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"${line//\"/}"
     if [[ -z $rps || $rps == rps ]]; then
         echo "  $path $scen $test: failed: $(tail -2 "$TMP/bench.err")" >&2
         return
     fi
-    cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')
-    printf '  %-13s %-7s %-11s %12s rps  p50 %7s ms  p99 %7s ms  cpu %7s us/req\n' \
-        "$path" "$scen" "$test" "$rps" "$p50" "$p99" "$cpu"
-    echo "$path,$scen,$test,$rps,$p50,$p99,$cpu" >>"$CSV"
+    per_req() { awk -v d="$1" -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}'; }
+    cpu=$(per_req $((t1 - t0)))
+    usr=$(per_req $((u1 - u0)))
+    sys=$(per_req $((t1 - t0 - u1 + u0)))
+    printf '  %-13s %-7s %-11s %12s rps  p50 %7s ms  p99 %7s ms  cpu %6s us/req (user %s, sys %s)\n' \
+        "$path" "$scen" "$test" "$rps" "$p50" "$p99" "$cpu" "$usr" "$sys"
+    echo "$path,$scen,$test,$rps,$p50,$p99,$cpu,$usr,$sys" >>"$CSV"
 }
 
 syscalls_per_request() { # PATH: strace -c over every server thread during 50,000 GETs
@@ -186,6 +203,30 @@ syscalls_per_request() { # PATH: strace -c over every server thread during 50,00
     cp "$TMP/strace.txt" "$OUT/strace-$1.txt"
     total=$(awk '$NF == "total" {print $4}' "$TMP/strace.txt")
     awk -v t="${total:-0}" 'BEGIN{printf "%.2f", t / 50000}'
+}
+
+profile() { # PATH: where the server's CPU goes during 100,000 GETs at -c 50
+    local f=$OUT/profile-$1.txt
+    perf record -q -e cpu-clock -F 4999 -C "$SRV_CPU" -g -o "$TMP/perf.data" 2>/dev/null &
+    local ppid=$!
+    PIDS+=("$ppid")
+    sleep 1 # perf record attaches asynchronously; it prints nothing to wait on
+    # shellcheck disable=SC2086 # PROFILE_ARGS is a list of words
+    ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark "${TARGET_ARGS[@]}" -q \
+        -n 100000 -t get ${PROFILE_ARGS:--c 50} >/dev/null 2>&1
+    kill -INT "$ppid" 2>/dev/null
+    wait "$ppid" 2>/dev/null
+    {
+        echo "# $1: samples on CPU $SRV_CPU during 100,000 GETs (${PROFILE_ARGS:--c 50}), by object"
+        perf report -i "$TMP/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+        echo "# $1: inclusive share of kernel entry points (children included)"
+        perf report -i "$TMP/perf.data" --children --sort sym --stdio -g none 2>/dev/null |
+            grep -E '\] (packet_sendmsg|tpacket_rcv|net_rx_action|__netif_receive_skb_core|tcp_v4_rcv|tcp_sendmsg|tcp_recvmsg|ep_poll|do_epoll_wait|__x64_sys_epoll_wait|__x64_sys_read|__x64_sys_write|__x64_sys_sendto|__x64_sys_ppoll|__x64_sys_poll)$' |
+            head -20
+        echo "# $1: top symbols"
+        perf report -i "$TMP/perf.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+    } >"$f"
+    sed -n '1,6p' "$f" | sed 's/^/  /'
 }
 
 idle_cpu() { # PATH: % of one core the server uses over 5 s with no client
@@ -226,10 +267,11 @@ for path in $PATHS; do
         done
     done
     SYSC[$path]=$(syscalls_per_request "$path")
+    [[ -n ${PROFILE:-} ]] && profile "$path"
     IDLE[$path]=$(idle_cpu "$path")
     echo "  $path: syscalls/request ${SYSC[$path]}  idle CPU ${IDLE[$path]}%"
-    echo "$path,idle,cpu_percent,,,,${IDLE[$path]}" >>"$CSV"
-    echo "$path,syscalls,get_c50,,,,${SYSC[$path]}" >>"$CSV"
+    echo "$path,idle,cpu_percent,,,,${IDLE[$path]},," >>"$CSV"
+    echo "$path,syscalls,get_c50,,,,${SYSC[$path]},," >>"$CSV"
     stop_path
 done
 

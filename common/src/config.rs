@@ -146,6 +146,8 @@ pub struct Config {
     pub rto_min: Duration,
     /// Publish live statistics in `/dev/shm/mtcpshim.<pid>` (`MTCP_STATS`).
     pub stats: bool,
+    /// Writes inside an event-loop iteration leave together at its end (`MTCP_TX_DEFER`).
+    pub tx_defer: bool,
 }
 
 /// A configuration value that cannot be used. `Display` is the message users see.
@@ -445,6 +447,7 @@ pub const VARIABLES: &[&str] = &[
     "MTCP_SPIN_US",
     "MTCP_IDLE_SLEEP_US",
     "MTCP_STATS",
+    "MTCP_TX_DEFER",
     "MTCP_PORTS",
     "MTCP_SHIM_TRACE",
 ];
@@ -668,11 +671,13 @@ impl Config {
             None => Duration::from_millis(200),
             Some(s) => Duration::from_millis(parse_num("MTCP_RTO_MIN_MS", s, 1u64, 1000)?),
         };
-        let stats = match get("MTCP_STATS").unwrap_or("on") {
-            "on" | "yes" | "1" | "true" => true,
-            "off" | "no" | "0" | "false" => false,
-            other => return Err(err("MTCP_STATS", other, "expected on or off")),
+        let on_off = |name: &'static str| match get(name).unwrap_or("on") {
+            "on" | "yes" | "1" | "true" => Ok(true),
+            "off" | "no" | "0" | "false" => Ok(false),
+            other => Err(err(name, other, "expected on or off")),
         };
+        let stats = on_off("MTCP_STATS")?;
+        let tx_defer = on_off("MTCP_TX_DEFER")?;
         Ok(Config {
             dev,
             addr,
@@ -695,6 +700,7 @@ impl Config {
             idle_sleep,
             rto_min,
             stats,
+            tx_defer,
         })
     }
 
@@ -925,6 +931,10 @@ mod tests {
             msg(&[("MTCP_STATS", "maybe")]),
             "MTCP_STATS=\"maybe\": expected on or off"
         );
+        assert_eq!(
+            msg(&[("MTCP_TX_DEFER", "later")]),
+            "MTCP_TX_DEFER=\"later\": expected on or off"
+        );
     }
 
     #[test]
@@ -938,6 +948,8 @@ mod tests {
         assert_eq!(c.spin, Duration::from_micros(7));
         assert!(!c.stats);
         assert!(cfg(&[]).unwrap().stats);
+        assert!(cfg(&[]).unwrap().tx_defer);
+        assert!(!cfg(&[("MTCP_TX_DEFER", "off")]).unwrap().tx_defer);
     }
 
     #[test]

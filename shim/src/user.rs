@@ -14,7 +14,7 @@
 //!   MTCP_SPIN_US, then blocks on a private epoll holding the application's epoll fd and the
 //!   device's wake-up fd, until the earlier of the application's timeout and the next stack timer.
 
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use userstack::dpdk::DpdkLink;
 use userstack::epoll::{EpollEvent, EpollSet};
-use userstack::{clock, Config, ConnId, Event, Keepalive, Readiness, SockError, Stack};
+use userstack::{clock, Config, ConnId, Event, FastMap, Keepalive, Readiness, SockError, Stack};
 
 use crate::fdtable::{self, FdState};
 
@@ -61,12 +61,12 @@ pub struct Shim {
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
-    conn_fd: HashMap<ConnId, u32>,
-    port_fds: HashMap<u16, Vec<c_int>>,
+    conn_fd: FastMap<ConnId, u32>,
+    port_fds: FastMap<u16, Vec<c_int>>,
     /// Our fd -> the epoll fds watching it.
-    watchers: HashMap<c_int, Vec<c_int>>,
+    watchers: FastMap<c_int, Vec<c_int>>,
     /// Sockets bound to a flagged port, waiting for listen(): fd -> (port, kernel side).
-    binds: HashMap<c_int, (u16, bool)>,
+    binds: FastMap<c_int, (u16, bool)>,
     events: Vec<Event>,
     scratch: Vec<EpollEvent>,
 }
@@ -147,10 +147,10 @@ fn shim() -> MutexGuard<'static, Shim> {
             failed: None,
             objs: Vec::new(),
             free: Vec::new(),
-            conn_fd: HashMap::new(),
-            port_fds: HashMap::new(),
-            watchers: HashMap::new(),
-            binds: HashMap::new(),
+            conn_fd: FastMap::default(),
+            port_fds: FastMap::default(),
+            watchers: FastMap::default(),
+            binds: FastMap::default(),
             events: Vec::new(),
             scratch: Vec::new(),
         })
@@ -542,6 +542,40 @@ enum Io<'a> {
     Write(&'a [u8]),
 }
 
+thread_local! {
+    /// Whether this thread is between a wait of ours that returned events and its next wait:
+    /// an event loop's iteration, at whose end the thread comes back to wait.
+    static IN_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Connections with deferred writes beyond which a write transmits at once.
+const DEFER_MAX: usize = 32;
+
+/// Whether a write may leave its data for the thread's next wait to transmit, with the other
+/// replies of the same event-loop iteration: one transmit burst (with af_packet or af_xdp, one
+/// system call) per iteration instead of one per reply. Only inside an event loop's
+/// iteration, only while no other thread is blocked (it would not see the data), and for at
+/// most `DEFER_MAX` connections; the keeper thread sends whatever a thread that stops waiting
+/// leaves behind. `MTCP_TX_DEFER=0` sends every write at once.
+fn defer_tx(pending: usize) -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| config().as_ref().map_or(true, |c| c.tx_defer))
+        && pending <= DEFER_MAX
+        && IN_LOOP.with(Cell::get)
+        && BLOCKED_WAITERS.load(Ordering::Relaxed) == 0
+}
+
+/// Ends this thread's event-loop iteration at a wait that is not ours (the kernel's fds only):
+/// writes it deferred leave now, as that wait will not poll the stack.
+fn leave_loop_for_kernel() {
+    if IN_LOOP.replace(false) {
+        let mut s = shim();
+        if let Some(st) = s.stack.as_mut() {
+            st.flush(clock::now());
+        }
+    }
+}
+
 /// recv/send on a connection of ours, blocking or not. `Ok(n)` or an errno.
 fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Option<Result<usize, c_int>> {
     if in_child() {
@@ -582,7 +616,7 @@ fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Option<Result<usize, c_int>>
             }
             Io::Write(data) => {
                 let r = stack.send(id, data);
-                if r.is_ok() {
+                if r.is_ok() && !defer_tx(stack.pending_writes()) {
                     stack.flush(clock::now());
                 }
                 r
@@ -1003,6 +1037,8 @@ pub fn epoll_wait(
         return Some(Err(libc::EINVAL));
     }
     let max = maxevents as usize;
+    // The first pump below transmits what this thread deferred.
+    let in_loop = IN_LOOP.replace(false);
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let spin = config().as_ref().map(|c| c.spin).unwrap_or(Duration::ZERO);
@@ -1014,6 +1050,12 @@ pub fn epoll_wait(
         {
             let mut s = shim();
             if !matches!(s.obj(epfd), Some(Obj::Epoll { .. })) {
+                // The kernel's epoll: what this thread deferred leaves now.
+                if in_loop {
+                    if let Some(st) = s.stack.as_mut() {
+                        st.flush(clock::now());
+                    }
+                }
                 return None;
             }
             if s.pump() {
@@ -1056,6 +1098,7 @@ pub fn epoll_wait(
             }
         }
         if n > 0 {
+            IN_LOOP.set(true);
             return Some(Ok(n as c_int));
         }
         let now = Instant::now();
@@ -1243,8 +1286,11 @@ pub fn poll(
             .collect()
     };
     if kinds.iter().all(|k| *k == PollKind::Kernel) {
+        leave_loop_for_kernel();
         return None;
     }
+    // The first pump below transmits what this thread deferred.
+    IN_LOOP.set(false);
     let deadline = timeout.map(|t| Instant::now() + t);
     let spin = config().as_ref().map(|c| c.spin).unwrap_or(Duration::ZERO);
     let mut last_work = Instant::now();
@@ -1284,6 +1330,7 @@ pub fn poll(
         }
         let n = fds.iter().filter(|p| p.revents != 0).count();
         if n > 0 {
+            IN_LOOP.set(true);
             return Some(Ok(n as c_int));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -16,7 +16,7 @@
 //! - entries that keep being ready are reported round-robin, so `maxevents` smaller than the
 //!   ready count starves nobody.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::stack::Readiness;
 
@@ -89,7 +89,7 @@ struct Entry {
 /// One epoll instance's user-space sockets, keyed by the socket's key (the shim uses the fd).
 #[derive(Debug, Default)]
 pub struct EpollSet {
-    entries: HashMap<i32, Entry>,
+    entries: crate::FastMap<i32, Entry>,
     /// Keys that may have something to report, in report order.
     ready: VecDeque<i32>,
 }
@@ -256,6 +256,7 @@ fn report_bits(events: u32, now: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     const R: Readiness = Readiness {
         readable: true,

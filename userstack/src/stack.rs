@@ -219,6 +219,11 @@ struct Conn {
     app_closed: bool,
     /// Deadline currently in the timer heap for this connection.
     armed: Option<Micros>,
+    /// The deadline the connection really has now (never earlier than `armed`): when a later
+    /// deadline supersedes the armed one, the heap entry stays and, when it fires, re-arms at
+    /// this one instead of polling the connection for nothing (with a 1 ms delayed ACK that
+    /// would be a whole poll of the connection for most requests).
+    want: Option<Micros>,
     dirty: bool,
     event_queued: bool,
     last_state: tcp::State,
@@ -627,6 +632,11 @@ impl<L: Link> Stack<L> {
         work
     }
 
+    /// How many connections have writes queued that the next `poll` or `flush` transmits.
+    pub fn pending_writes(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// Transmits what the application queued since the last poll, without receiving.
     pub fn flush(&mut self, now: Instant) {
         if !self.dirty.is_empty() {
@@ -668,8 +678,16 @@ impl<L: Link> Stack<L> {
             // superseded by an earlier deadline, or by "no timer needed", are dropped here.
             if let Some(c) = slot.conn.as_mut() {
                 if c.armed == Some(t) {
-                    c.armed = None;
-                    self.poll_conn(now, idx, None);
+                    match c.want {
+                        Some(w) if w > us => {
+                            c.armed = Some(w);
+                            self.timers.push(Reverse((w, idx, gen)));
+                        }
+                        _ => {
+                            c.armed = None;
+                            self.poll_conn(now, idx, None);
+                        }
+                    }
                 }
             }
         }
@@ -980,6 +998,7 @@ impl<L: Link> Stack<L> {
             handshake: None,
             app_closed: false,
             armed: None,
+            want: None,
             dirty: false,
             event_queued: false,
             last_state: state,
@@ -1144,6 +1163,7 @@ impl<L: Link> Stack<L> {
         // A later deadline keeps the earlier heap entry (it fires, finds work or not, and
         // re-arms), so the heap does not grow by an entry per packet when a retransmission
         // timer restarts on every ACK; no deadline at all makes the pending entry stale.
+        c.want = at.map(|at| at.max(us));
         match at {
             None => c.armed = None,
             Some(at) => {

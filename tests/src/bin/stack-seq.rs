@@ -414,6 +414,21 @@ fn server(port: u16) {
             libc::ioctl(c, libc::FIONREAD, &mut n);
         }
         recv_note(c, 16, 0, "recv(xyz)");
+        // A write inside an event-loop iteration (the poll above returned), then no socket
+        // call for 300 ms: the kernel sends it at once; the stack may keep it for the thread's
+        // next wait, but must send it anyway when that wait does not come. By then the
+        // client's answer is here.
+        let msg = b"say:deferred\n";
+        call("write(deferred)", || {
+            libc::write(c, msg.as_ptr().cast(), msg.len())
+        });
+        libc::usleep(300_000);
+        let mut n: c_int = -1;
+        call("ioctl(FIONREAD, 300 ms later)", || {
+            libc::ioctl(c, libc::FIONREAD, &mut n)
+        });
+        note(format!("FIONREAD={n}"));
+        note(read_line(c));
         ev.events = (libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
         call("epoll_ctl(MOD OUT)", || {
             libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, c, &mut ev)
