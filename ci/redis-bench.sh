@@ -22,7 +22,8 @@
 # idle CPU (% of one core over 5 s with connections closed).
 #
 # Results: a table on stdout, $OUT/redis.csv (default bench-out/), and, if python3 has
-# matplotlib, $OUT/redis-*.png charts (ci/charts.py); $OUT/strace-PATH.txt (the syscalls).
+# matplotlib, $OUT/redis-*.png charts (ci/charts.py); $OUT/strace-PATH.txt (the syscalls);
+# $OUT/stats-PATH.txt (the stack's counters at the end of a shim path, `mtcprun stats`).
 #
 # With PROFILE=1 (needs `perf`, Debian's linux-perf): per path, a CPU profile of the server's
 # CPU during 100,000 GETs at -c 50 (cpu-clock sampling, which works without hardware counters,
@@ -67,7 +68,7 @@ export MTCP_HUGEPAGES=${MTCP_HUGEPAGES:-auto}
 HZ=$(getconf CLK_TCK)
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    cargo build --release -p mtcpshim >&2 || exit 1
+    cargo build --release -p mtcpshim -p mtcprun >&2 || exit 1
 fi
 [[ -f $LIB ]] || { echo "$NAME: $LIB missing (build it)" >&2; exit 1; }
 # -c 10000 needs 10,000 fds in the client and the server: the hard limit is enough (on these
@@ -107,6 +108,11 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         new_if cif c
         veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
         setup_end "$CLI_NS" "$cif" "$NET.1/24" || return 1
+        # Each end's receive processing on its own side's CPU (RPS), as between two machines:
+        # otherwise the client's whole TCP receive path runs in softirq on the server's CPU
+        # (veth hands a frame over on the sender's CPU) and counts as server CPU.
+        rps "$CLI_NS" "$cif" "$CLI_CPU" || return 1
+        rps "$SRV_NS" "$sif" "$SRV_CPU" || return 1
         if [[ $path == kernel ]]; then
             setup_end "$SRV_NS" "$sif" "$NET.2/24" || return 1
         else
@@ -154,6 +160,10 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
     done
     echo "$NAME: $path: no PONG" >&2
     return 1
+}
+
+rps() { # NS IF CPU: the interface's receive processing on CPU
+    ip netns exec "$1" sh -c "printf %x $((1 << $3)) >/sys/class/net/$2/queues/rx-0/rps_cpus"
 }
 
 stop_path() {
@@ -217,14 +227,14 @@ profile() { # PATH: where the server's CPU goes during 100,000 GETs at -c 50
     kill -INT "$ppid" 2>/dev/null
     wait "$ppid" 2>/dev/null
     {
-        echo "# $1: samples on CPU $SRV_CPU during 100,000 GETs (${PROFILE_ARGS:--c 50}), by object"
-        perf report -i "$TMP/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+        echo "# $1: the server's samples on CPU $SRV_CPU during 100,000 GETs (${PROFILE_ARGS:--c 50}), by object"
+        perf report -i "$TMP/perf.data" --pid "$SRV_PID" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
         echo "# $1: inclusive share of kernel entry points (children included)"
-        perf report -i "$TMP/perf.data" --children --sort sym --stdio -g none 2>/dev/null |
-            grep -E '\] (packet_sendmsg|tpacket_rcv|net_rx_action|__netif_receive_skb_core|tcp_v4_rcv|tcp_sendmsg|tcp_recvmsg|ep_poll|do_epoll_wait|__x64_sys_epoll_wait|__x64_sys_read|__x64_sys_write|__x64_sys_sendto|__x64_sys_ppoll|__x64_sys_poll)$' |
+        perf report -i "$TMP/perf.data" --pid "$SRV_PID" --children --sort sym --stdio -g none 2>/dev/null |
+            grep -E '\] (entry_SYSCALL_64|asm_common_interrupt|asm_sysvec_call_function_single|irq_exit_rcu|packet_sendmsg|tpacket_rcv|net_rx_action|__netif_receive_skb_core|tcp_v4_rcv|tcp_sendmsg|tcp_recvmsg|ep_poll|do_epoll_wait|__x64_sys_epoll_wait|__x64_sys_read|__x64_sys_write|__x64_sys_sendto|__x64_sys_ppoll|__x64_sys_poll)$' |
             head -20
         echo "# $1: top symbols"
-        perf report -i "$TMP/perf.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+        perf report -i "$TMP/perf.data" --pid "$SRV_PID" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
     } >"$f"
     sed -n '1,6p' "$f" | sed 's/^/  /'
 }
@@ -272,6 +282,10 @@ for path in $PATHS; do
     echo "  $path: syscalls/request ${SYSC[$path]}  idle CPU ${IDLE[$path]}%"
     echo "$path,idle,cpu_percent,,,,${IDLE[$path]},," >>"$CSV"
     echo "$path,syscalls,get_c50,,,,${SYSC[$path]},," >>"$CSV"
+    # The stack's counters after all of the path's runs (drops, retransmissions, ...).
+    if [[ $path == af_packet* || $path == tap ]] && [[ -x $TARGET/release/mtcprun ]]; then
+        "$TARGET/release/mtcprun" stats "$SRV_PID" >"$OUT/stats-$path.txt" 2>&1
+    fi
     stop_path
 done
 
