@@ -19,7 +19,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SDuration, Instant};
@@ -579,7 +579,7 @@ impl<L: Link> Stack<L> {
 
     // ---------------------------------------------------------------- polling
 
-    /// Does all pending work: received frames, expired timers, queued writes, then one
+    /// Does all pending work: received frames, queued writes, expired timers, then one
     /// transmit burst. Returns whether anything was done.
     pub fn poll(&mut self, now: Instant) -> bool {
         let us = now.total_micros() as Micros;
@@ -608,6 +608,13 @@ impl<L: Link> Stack<L> {
             self.rx_frame(now, held.data());
         }
 
+        // Writes before timers: a connection the application wrote to is polled here anyway,
+        // and its reply carries what a due delayed-ACK timer would have sent, so that timer
+        // then finds its deadline moved (re-armed, no second poll of the connection).
+        if !self.dirty.is_empty() {
+            work = true;
+            self.run_dirty(now);
+        }
         if let Some(&Reverse((t, _, _))) = self.timers.peek() {
             if t <= us {
                 work = true;
@@ -617,10 +624,6 @@ impl<L: Link> Stack<L> {
         if self.net.arp_deadline().is_some_and(|d| d <= us) {
             work = true;
             self.net.arp_timers(us);
-        }
-        if !self.dirty.is_empty() {
-            work = true;
-            self.run_dirty(now);
         }
         self.net.flush();
         if !work {
@@ -657,6 +660,22 @@ impl<L: Link> Stack<L> {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
+    }
+
+    /// Drops superseded heap entries once they outnumber the live ones (at most one per
+    /// connection, its `armed`): every request supersedes a retransmission deadline with a
+    /// delayed-ACK one, and popping each stale entry one by one cost a log-sized sift per
+    /// request (the heap held ~1 entry per request of the last RTO); `retain` rebuilds it in
+    /// one linear pass.
+    fn prune_timers(&mut self) {
+        if self.timers.len() <= 2 * self.live + 64 {
+            return;
+        }
+        let slots = &self.slots;
+        self.timers.retain(|Reverse((t, idx, gen))| {
+            let slot = &slots[*idx as usize];
+            slot.gen == *gen && slot.conn.as_ref().is_some_and(|c| c.armed == Some(*t))
+        });
     }
 
     fn run_timers(&mut self, now: Instant) {
@@ -1090,7 +1109,29 @@ impl<L: Link> Stack<L> {
             track: Some(&mut c.track),
             caps: &self.conn_caps,
         };
-        c.iface.poll(vnow, &mut dev, &mut c.sockets);
+        // A received segment: ingress, then egress only if smoltcp has something to send now.
+        // A request with a delayed ACK usually has nothing (its ACK leaves with the reply, when
+        // the application writes): an egress pass that finds nothing costs about as much as
+        // the ingress. Replies smoltcp makes during ingress (RST, challenge ACKs) leave from
+        // within it. Writes and timers: egress.
+        // Egress: smoltcp sends at most one segment per pass; after a pass that sent, its
+        // poll_at (needed anyway, for the timer) says whether another is due now, instead of
+        // a last pass that finds nothing (as `Interface::poll` does). No fragmentation or
+        // SLAAC features are built, so `poll_maintenance` has nothing to do.
+        let mut smol_at = None;
+        if rx.is_some() {
+            c.iface.poll_ingress_single(vnow, &mut dev, &mut c.sockets);
+            smol_at = Some(c.iface.poll_at(vnow, &c.sockets));
+        }
+        while smol_at.is_none_or(|at| at.is_some_and(|t| t <= vnow)) {
+            smol_at = match c.iface.poll_egress(vnow, &mut dev, &mut c.sockets) {
+                PollResult::None => None,
+                PollResult::SocketStateChanged => Some(c.iface.poll_at(vnow, &c.sockets)),
+            };
+            if smol_at.is_none() {
+                break;
+            }
+        }
         c.rec.on_sent(c.track.snd_max, c.track.retransmits, us);
 
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
@@ -1152,9 +1193,9 @@ impl<L: Link> Stack<L> {
             c.last_recv_queue = rq;
         }
 
-        let smol_at = c
-            .iface
-            .poll_at(vnow, &c.sockets)
+        // (Nothing was sent since an ingress's poll_at: it still holds.)
+        let smol_at = smol_at
+            .unwrap_or_else(|| c.iface.poll_at(vnow, &c.sockets))
             .map(|at| (at.total_micros() - c.skew).max(0) as Micros);
         let at = [smol_at, c.rec.deadline(), c.handshake.map(|h| h.expires)]
             .into_iter()
@@ -1171,6 +1212,7 @@ impl<L: Link> Stack<L> {
                 if c.armed.is_none_or(|a| at < a) {
                     c.armed = Some(at);
                     self.timers.push(Reverse((at, idx, gen)));
+                    self.prune_timers();
                 }
             }
         }
