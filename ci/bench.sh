@@ -35,15 +35,6 @@ set -uo pipefail
 echo "# $0 $*"
 echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  $(uname -r)  $(nproc) CPUs  $(git describe --always --dirty 2>/dev/null || echo "?")"
 
-if [[ $(id -u) -ne 0 ]]; then
-    echo "bench.sh: must run as root (network namespaces, DPDK)" >&2
-    exit 2
-fi
-if [[ ! -f Cargo.toml || ! -d userstack ]]; then
-    echo "bench.sh: run from the repository root" >&2
-    exit 2
-fi
-
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release
 BULK_BYTES=${BULK_BYTES:-268435456}

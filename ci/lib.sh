@@ -1,11 +1,20 @@
 # ci/lib.sh: what the benchmark scripts share: their namespaces, interfaces and processes, and
 # removing all of them on exit (also on failure or Ctrl-C). Sourced; the caller sets NAME (for
-# messages) and may define `extra_cleanup`.
+# messages) and may define `extra_cleanup`. Exits 2 unless run as root from the repository root.
 #
 # Hygiene: every namespace is `mtcp-<pid>-<n>` and every interface `mt<pid hex>-<n><tag>` (the
 # tests crate's convention, so its stale-object cleanup also recognises leftovers of a killed
 # run); addresses are 198.19.<pid%250>.0/24 inside those namespaces only; only processes started
 # here are stopped, by pid.
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "$NAME: must run as root (network namespaces, DPDK)" >&2
+    exit 2
+fi
+if [[ ! -f Cargo.toml || ! -d shim ]]; then
+    echo "$NAME: run from the repository root" >&2
+    exit 2
+fi
 
 PIDHEX=$(printf %x $$)
 NET=198.19.$(($$ % 250))

@@ -43,14 +43,6 @@ NAME=redis-bench.sh
 echo "# $0 $*"
 echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  $(uname -r)  $(nproc) CPUs  $(git describe --always --dirty 2>/dev/null || echo "?")  $(redis-server --version | grep -o 'v=[^ ]*')"
 
-if [[ $(id -u) -ne 0 ]]; then
-    echo "$NAME: must run as root (network namespaces, DPDK)" >&2
-    exit 2
-fi
-if [[ ! -f Cargo.toml || ! -d shim ]]; then
-    echo "$NAME: run from the repository root" >&2
-    exit 2
-fi
 # shellcheck source=ci/lib.sh
 source "$(dirname "$0")/lib.sh"
 

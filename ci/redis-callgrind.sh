@@ -19,14 +19,6 @@
 
 set -uo pipefail
 NAME=redis-callgrind.sh
-if [[ $(id -u) -ne 0 ]]; then
-    echo "$NAME: must run as root (network namespaces, DPDK)" >&2
-    exit 2
-fi
-if [[ ! -f Cargo.toml || ! -d shim ]]; then
-    echo "$NAME: run from the repository root" >&2
-    exit 2
-fi
 # shellcheck source=ci/lib.sh
 source "$(dirname "$0")/lib.sh"
 
