@@ -112,7 +112,15 @@ fn start_keeper() {
             // Its own calls (sleeping, the eventfd) go straight to libc.
             crate::guard::mark_thread_internal();
             loop {
-                std::thread::sleep(KEEPER_PERIOD);
+                // While an application thread is blocked in our wait, it wakes for frames and
+                // timers itself: check back less often (idle Redis: 20 wake-ups a second
+                // instead of 100, 0.3% of a core less).
+                let period = if BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+                    KEEPER_PERIOD * 5
+                } else {
+                    KEEPER_PERIOD
+                };
+                std::thread::sleep(period);
                 let idle_for = (clock::now().total_micros() as u64)
                     .saturating_sub(LAST_POLL.load(Ordering::Relaxed));
                 if idle_for < KEEPER_PERIOD.as_micros() as u64
