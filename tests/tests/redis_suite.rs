@@ -77,7 +77,12 @@ fn redis_own_quick_suite_passes_through_the_shim() {
     let out = std::process::Command::new("bash")
         .arg(&script)
         .args([
-            "--quick",
+            // MTCP_REDIS_SUITE_FULL=1: the whole suite (~4 min) instead of the quick subset.
+            if std::env::var_os("MTCP_REDIS_SUITE_FULL").is_some() {
+                "--full"
+            } else {
+                "--quick"
+            },
             "--netns",
             ns.name(),
             &subnet.addr(2).to_string(),
