@@ -12,7 +12,7 @@ apt-get install -y --no-install-recommends \
     libxdp-dev libbpf-dev libnuma-dev libbsd-dev libelf-dev zlib1g-dev \
     iproute2 ethtool iputils-ping tcpdump socat util-linux procps \
     redis-server redis-tools python3 python3-redis valgrind tcl strace \
-    dpkg-dev binutils python3-matplotlib
+    dpkg-dev binutils python3-matplotlib linux-perf
 
 # The tap PMD needs /dev/net/tun.
 if [ ! -e /dev/net/tun ]; then
