@@ -191,17 +191,25 @@ bench() { # PATH SCENARIO TEST ARGS...: one redis-benchmark run, one CSV row
     echo "$path,$scen,$test,$rps,$p50,$p99,$cpu,$usr,$sys" >>"$CSV"
 }
 
+traced_gets() { # N "BENCH ARGS" TRACER...: TRACER runs (in the background) while
+    # redis-benchmark sends N GETs with BENCH ARGS, then gets SIGINT, as strace and perf want.
+    local n=$1 args=$2 tpid
+    shift 2
+    "$@" 2>/dev/null &
+    tpid=$!
+    PIDS+=("$tpid")
+    sleep 1 # strace and perf attach asynchronously; they print nothing to wait on
+    # shellcheck disable=SC2086 # args is a list of words
+    ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark "${TARGET_ARGS[@]}" -q \
+        -n "$n" -t get $args >/dev/null 2>&1
+    kill -INT "$tpid" 2>/dev/null
+    wait "$tpid" 2>/dev/null
+}
+
 syscalls_per_request() { # PATH: strace -c over every server thread during 50,000 GETs
     local tids=() t total
     for t in /proc/"$SRV_PID"/task/*; do tids+=(-p "${t##*/}"); done
-    strace -c -f -o "$TMP/strace.txt" "${tids[@]}" 2>/dev/null &
-    local spid=$!
-    PIDS+=("$spid")
-    sleep 1 # strace attaches asynchronously; it prints nothing to wait on
-    ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark "${TARGET_ARGS[@]}" -q \
-        -n 50000 -c 50 -t get >/dev/null 2>&1
-    kill -INT "$spid" 2>/dev/null
-    wait "$spid" 2>/dev/null
+    traced_gets 50000 "-c 50" strace -c -f -o "$TMP/strace.txt" "${tids[@]}"
     cp "$TMP/strace.txt" "$OUT/strace-$1.txt"
     total=$(awk '$NF == "total" {print $4}' "$TMP/strace.txt")
     awk -v t="${total:-0}" 'BEGIN{printf "%.2f", t / 50000}'
@@ -209,15 +217,8 @@ syscalls_per_request() { # PATH: strace -c over every server thread during 50,00
 
 profile() { # PATH: where the server's CPU goes during 100,000 GETs at -c 50
     local f=$OUT/profile-$1.txt
-    perf record -q -e cpu-clock -F 4999 -C "$SRV_CPU" -g -o "$TMP/perf.data" 2>/dev/null &
-    local ppid=$!
-    PIDS+=("$ppid")
-    sleep 1 # perf record attaches asynchronously; it prints nothing to wait on
-    # shellcheck disable=SC2086 # PROFILE_ARGS is a list of words
-    ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark "${TARGET_ARGS[@]}" -q \
-        -n 100000 -t get ${PROFILE_ARGS:--c 50} >/dev/null 2>&1
-    kill -INT "$ppid" 2>/dev/null
-    wait "$ppid" 2>/dev/null
+    traced_gets 100000 "${PROFILE_ARGS:--c 50}" \
+        perf record -q -e cpu-clock -F 4999 -C "$SRV_CPU" -g -o "$TMP/perf.data"
     {
         echo "# $1: the server's samples on CPU $SRV_CPU during 100,000 GETs (${PROFILE_ARGS:--c 50}), by object"
         perf report -i "$TMP/perf.data" --pid "$SRV_PID" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12

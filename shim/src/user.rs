@@ -283,6 +283,13 @@ impl Shim {
         Ok(self.stack.as_mut().expect("just started"))
     }
 
+    /// Transmits the writes threads deferred (`defer_tx`), without receiving.
+    fn flush_deferred(&mut self) {
+        if let Some(st) = self.stack.as_mut() {
+            st.flush(clock::now());
+        }
+    }
+
     /// Polls the stack and tells every epoll set watching a changed fd.
     fn pump(&mut self) -> bool {
         let Some(stack) = self.stack.as_mut() else {
@@ -577,10 +584,7 @@ fn defer_tx(pending: usize) -> bool {
 /// writes it deferred leave now, as that wait will not poll the stack.
 fn leave_loop_for_kernel() {
     if IN_LOOP.replace(false) {
-        let mut s = shim();
-        if let Some(st) = s.stack.as_mut() {
-            st.flush(clock::now());
-        }
+        shim().flush_deferred();
     }
 }
 
@@ -1060,9 +1064,7 @@ pub fn epoll_wait(
             if !matches!(s.obj(epfd), Some(Obj::Epoll { .. })) {
                 // The kernel's epoll: what this thread deferred leaves now.
                 if in_loop {
-                    if let Some(st) = s.stack.as_mut() {
-                        st.flush(clock::now());
-                    }
+                    s.flush_deferred();
                 }
                 return None;
             }

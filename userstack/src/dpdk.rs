@@ -275,6 +275,9 @@ const SO_ATTACH_BPF: libc::c_int = 50;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 
+const SOL_PACKET: libc::c_int = 263;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
 /// The start of `union bpf_attr` for BPF_PROG_LOAD (the kernel accepts a shorter attr).
 #[repr(C)]
 struct BpfProgLoad {
@@ -322,8 +325,6 @@ fn load_socket_filter(keep: i32) -> Option<RawFd> {
     };
     (fd >= 0).then_some(fd as RawFd)
 }
-const SOL_PACKET: libc::c_int = 263;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
 impl PacketWake {
     fn open(iface: &str) -> std::io::Result<PacketWake> {

@@ -1118,19 +1118,22 @@ impl<L: Link> Stack<L> {
         // poll_at (needed anyway, for the timer) says whether another is due now, instead of
         // a last pass that finds nothing (as `Interface::poll` does). No fragmentation or
         // SLAAC features are built, so `poll_maintenance` has nothing to do.
-        let mut smol_at = None;
-        if rx.is_some() {
+        // `smol_at`: smoltcp's poll_at, when nothing was sent since it was asked.
+        let due = |at: Option<Instant>| at.is_some_and(|t| t <= vnow);
+        let mut smol_at = rx.is_some().then(|| {
             c.iface.poll_ingress_single(vnow, &mut dev, &mut c.sockets);
-            smol_at = Some(c.iface.poll_at(vnow, &c.sockets));
-        }
-        while smol_at.is_none_or(|at| at.is_some_and(|t| t <= vnow)) {
-            smol_at = match c.iface.poll_egress(vnow, &mut dev, &mut c.sockets) {
-                PollResult::None => None,
-                PollResult::SocketStateChanged => Some(c.iface.poll_at(vnow, &c.sockets)),
+            c.iface.poll_at(vnow, &c.sockets)
+        });
+        if smol_at.is_none_or(due) {
+            smol_at = loop {
+                if c.iface.poll_egress(vnow, &mut dev, &mut c.sockets) == PollResult::None {
+                    break None;
+                }
+                let at = c.iface.poll_at(vnow, &c.sockets);
+                if !due(at) {
+                    break Some(at);
+                }
             };
-            if smol_at.is_none() {
-                break;
-            }
         }
         c.rec.on_sent(c.track.snd_max, c.track.retransmits, us);
 
