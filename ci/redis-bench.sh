@@ -72,7 +72,7 @@ if (($(ulimit -n) < 10100)) && [[ $SCENARIOS == *c10000* ]]; then
 fi
 mkdir -p "$OUT"
 CSV=$OUT/redis.csv
-echo "path,scenario,test,rps,p50_ms,p99_ms,cpu_us_per_req,user_us_per_req,sys_us_per_req" >"$CSV"
+echo "path,scenario,test,rps,p50_ms,p99_ms,cpu_us_per_req,user_us_per_req,sys_us_per_req,frames_in_per_req,frames_out_per_req" >"$CSV"
 
 cpu_ticks() { # PID: utime + stime of the whole process, in clock ticks
     awk '{print $14 + $15}' "/proc/$1/stat"
@@ -86,10 +86,12 @@ user_ticks() { # PID: utime alone
 SRV_PID=
 CLI_NS=
 SRV_NS=
+CLI_IF= # the client's end of the link (its counters give frames per request); none for unix
 TARGET_ARGS=()
 
 start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_PID etc.
     local path=$1 sif cif tap env=() ready
+    CLI_IF=
     new_ns SRV_NS || return 1
     new_ns CLI_NS || return 1
     local args=(--port "$PORT" --bind 0.0.0.0 --save '' --appendonly no --protected-mode no
@@ -100,6 +102,7 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         new_if cif c
         veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
         setup_end "$CLI_NS" "$cif" "$NET.1/24" || return 1
+        CLI_IF=$cif
         # Each end's receive processing on its own side's CPU (RPS), as between two machines:
         # otherwise the client's whole TCP receive path runs in softirq on the server's CPU
         # (veth hands a frame over on the sender's CPU) and counts as server CPU.
@@ -135,6 +138,7 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         # The tap leaves the server's namespace only once its port started.
         ip -n "$SRV_NS" link set "$tap" netns "$CLI_NS" || return 1
         setup_end "$CLI_NS" "$tap" "$NET.1/24" || return 1
+        CLI_IF=$tap
     fi
     # Thousands of client connections per run, run after run: the client recycles its ports
     # out of TIME_WAIT (else the second -c 10000 run finds none left).
@@ -158,6 +162,14 @@ rps() { # NS IF CPU: the interface's receive processing on CPU
     ip netns exec "$1" sh -c "printf %x $((1 << $3)) >/sys/class/net/$2/queues/rx-0/rps_cpus"
 }
 
+frames() { # tx|rx: the client's end's frame counter (tx: to the server), or - without a link
+    if [[ -n $CLI_IF ]]; then
+        ip netns exec "$CLI_NS" cat "/sys/class/net/$CLI_IF/statistics/$1_packets"
+    else
+        echo -
+    fi
+}
+
 stop_path() {
     stop_bg "$SRV_PID"
     del_ns "$CLI_NS"
@@ -166,17 +178,21 @@ stop_path() {
 }
 
 bench() { # PATH SCENARIO TEST ARGS...: one redis-benchmark run, one CSV row
-    local path=$1 scen=$2 test=$3 t0 t1 u0 u1 line rps p50 p99 n cpu usr sys
+    local path=$1 scen=$2 test=$3 t0 t1 u0 u1 i0 i1 o0 o1 line rps p50 p99 n cpu usr sys fin fout
     shift 3
     n=$N
     [[ $scen == p16 ]] && n=$((N * 10))
     [[ $scen == d65536 ]] && n=$((N / 10))
     t0=$(cpu_ticks "$SRV_PID")
     u0=$(user_ticks "$SRV_PID")
+    i0=$(frames tx)
+    o0=$(frames rx)
     line=$(timeout 300 ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark \
         "${TARGET_ARGS[@]}" --csv -n "$n" -t "$test" -r 10000 "$@" 2>"$TMP/bench.err" | tail -1)
     t1=$(cpu_ticks "$SRV_PID")
     u1=$(user_ticks "$SRV_PID")
+    i1=$(frames tx)
+    o1=$(frames rx)
     IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"${line//\"/}"
     if [[ -z $rps || $rps == rps ]]; then
         echo "  $path $scen $test: failed: $(tail -2 "$TMP/bench.err")" >&2
@@ -186,9 +202,14 @@ bench() { # PATH SCENARIO TEST ARGS...: one redis-benchmark run, one CSV row
     cpu=$(per_req $((t1 - t0)))
     usr=$(per_req $((u1 - u0)))
     sys=$(per_req $((t1 - t0 - u1 + u0)))
-    printf '  %-13s %-7s %-11s %12s rps  p50 %7s ms  p99 %7s ms  cpu %6s us/req (user %s, sys %s)\n' \
-        "$path" "$scen" "$test" "$rps" "$p50" "$p99" "$cpu" "$usr" "$sys"
-    echo "$path,$scen,$test,$rps,$p50,$p99,$cpu,$usr,$sys" >>"$CSV"
+    fin=- fout=-
+    if [[ $i0 != - ]]; then # frames on the link per request, each way (in: to the server)
+        fin=$(awk -v d=$((i1 - i0)) -v n="$n" 'BEGIN{printf "%.2f", d / n}')
+        fout=$(awk -v d=$((o1 - o0)) -v n="$n" 'BEGIN{printf "%.2f", d / n}')
+    fi
+    printf '  %-13s %-7s %-11s %12s rps  p50 %7s ms  p99 %7s ms  cpu %6s us/req (user %s, sys %s)  frames/req in %s out %s\n' \
+        "$path" "$scen" "$test" "$rps" "$p50" "$p99" "$cpu" "$usr" "$sys" "$fin" "$fout"
+    echo "$path,$scen,$test,$rps,$p50,$p99,$cpu,$usr,$sys,$fin,$fout" >>"$CSV"
 }
 
 traced_gets() { # N "BENCH ARGS" TRACER...: TRACER runs (in the background) while
@@ -276,8 +297,8 @@ for path in $PATHS; do
     [[ -n ${PROFILE:-} ]] && profile "$path"
     IDLE[$path]=$(idle_cpu "$path")
     echo "  $path: syscalls/request ${SYSC[$path]}  idle CPU ${IDLE[$path]}%"
-    echo "$path,idle,cpu_percent,,,,${IDLE[$path]},," >>"$CSV"
-    echo "$path,syscalls,get_c50,,,,${SYSC[$path]},," >>"$CSV"
+    echo "$path,idle,cpu_percent,,,,${IDLE[$path]},,,," >>"$CSV"
+    echo "$path,syscalls,get_c50,,,,${SYSC[$path]},,,," >>"$CSV"
     # The stack's counters after all of the path's runs (drops, retransmissions, ...).
     if [[ $path == af_packet* || $path == tap ]] && [[ -x $TARGET/release/mtcprun ]]; then
         "$TARGET/release/mtcprun" stats "$SRV_PID" >"$OUT/stats-$path.txt" 2>&1

@@ -394,6 +394,9 @@ pub struct Stack<L: Link> {
     control_caps: DeviceCapabilities,
     rx: Vec<L::Rx>,
     held_rx: Option<L::Rx>,
+    /// Set while `poll` hands a received burst to the connections: the egress a segment makes
+    /// due (an ACK) waits for the end of the burst (see `poll_conn`).
+    in_rx_burst: bool,
     seed: u64,
     next_ephemeral: u16,
     defaults: TcpOptions,
@@ -472,6 +475,7 @@ impl<L: Link> Stack<L> {
             control_caps,
             rx: Vec::with_capacity(RX_BURST),
             held_rx: None,
+            in_rx_burst: false,
             seed,
             next_ephemeral: EPHEMERAL.start
                 + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
@@ -600,6 +604,7 @@ impl<L: Link> Stack<L> {
                 self.prefetch_conn(frame.data());
             }
         }
+        self.in_rx_burst = true;
         for frame in rx.drain(..) {
             self.rx_faulty(now, frame);
         }
@@ -607,6 +612,7 @@ impl<L: Link> Stack<L> {
         if let Some(held) = self.held_rx.take() {
             self.rx_frame(now, held.data());
         }
+        self.in_rx_burst = false;
 
         // Writes before timers: a connection the application wrote to is polled here anyway,
         // and its reply carries what a due delayed-ACK timer would have sent, so that timer
@@ -653,7 +659,7 @@ impl<L: Link> Stack<L> {
         for idx in dirty.drain(..) {
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
                 c.dirty = false;
-                self.poll_conn(now, idx, None);
+                self.poll_conn(now, idx, None, false);
             }
         }
         // Keep the allocation; anything marked dirty meanwhile is in self.dirty.
@@ -704,7 +710,7 @@ impl<L: Link> Stack<L> {
                         }
                         _ => {
                             c.armed = None;
-                            self.poll_conn(now, idx, None);
+                            self.poll_conn(now, idx, None, false);
                         }
                     }
                 }
@@ -851,13 +857,13 @@ impl<L: Link> Stack<L> {
                     // the connection (tcp_rcv_state_process), which is how a writer learns the
                     // server is gone. Keeping it would fill the window and stall the peer.
                     c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
-                    self.poll_conn(now, idx, None);
+                    self.poll_conn(now, idx, None, false);
                     return;
                 }
                 let retx =
                     c.rec
                         .on_segment(&tcp, payload, c.track.snd_max, now.total_micros() as Micros);
-                self.poll_conn(now, idx, Some(packet));
+                self.poll_conn(now, idx, Some(packet), self.in_rx_burst);
                 if retx {
                     self.provoke_fast_retransmit(now, idx);
                 }
@@ -910,7 +916,7 @@ impl<L: Link> Stack<L> {
                         expires: now.total_micros() as Micros + SYN_RECV_LIFETIME_US,
                         answered: None,
                     });
-                    self.poll_conn(now, idx, Some(packet));
+                    self.poll_conn(now, idx, Some(packet), false);
                 }
                 return;
             }
@@ -1069,7 +1075,13 @@ impl<L: Link> Stack<L> {
 
     /// Runs one connection's interface: ingress of `rx` if given, then egress; then updates
     /// its timer, its readiness and the listener's accept queue.
-    fn poll_conn(&mut self, now: Instant, idx: u32, rx: Option<&[u8]>) {
+    ///
+    /// `coalesce`: an egress the segment makes due now waits until the end of the received
+    /// burst (the connection goes on the dirty list, which `poll` runs right after the burst).
+    /// smoltcp acknowledges every second full segment at once; a bulk sender's burst of 32
+    /// segments then cost 16 ACK frames, each a transmit through the device, where one ACK
+    /// after the burst acknowledges all of it, as Linux's NAPI/GRO batching does.
+    fn poll_conn(&mut self, now: Instant, idx: u32, rx: Option<&[u8]>, coalesce: bool) {
         let us = now.total_micros() as Micros;
         let gen = self.slots[idx as usize].gen;
         let c = self.slots[idx as usize]
@@ -1124,7 +1136,14 @@ impl<L: Link> Stack<L> {
             c.iface.poll_ingress_single(vnow, &mut dev, &mut c.sockets);
             c.iface.poll_at(vnow, &c.sockets)
         });
-        if smol_at.is_none_or(due) {
+        let mut deferred = false;
+        if coalesce && smol_at.is_some_and(due) {
+            deferred = true;
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(idx);
+            }
+        } else if smol_at.is_none_or(due) {
             smol_at = loop {
                 if c.iface.poll_egress(vnow, &mut dev, &mut c.sockets) == PollResult::None {
                     break None;
@@ -1196,6 +1215,10 @@ impl<L: Link> Stack<L> {
             c.last_recv_queue = rq;
         }
 
+        if deferred {
+            // The dirty pass after the burst polls it again and sets its timer.
+            return;
+        }
         // (Nothing was sent since an ingress's poll_at: it still holds.)
         let smol_at = smol_at
             .unwrap_or_else(|| c.iface.poll_at(vnow, &c.sockets))
@@ -1248,7 +1271,7 @@ impl<L: Link> Stack<L> {
             let before = c.track.retransmits;
             let local = SocketAddrV4::new(self.net.addr.addr, c.local_port);
             synth_ack(&mut seg, c.peer, local, seq, una, c.rec.window_raw());
-            self.poll_conn(now, idx, Some(&seg));
+            self.poll_conn(now, idx, Some(&seg), false);
             let slot = &self.slots[idx as usize];
             match slot.conn.as_ref() {
                 Some(c) if slot.gen == gen && c.track.retransmits == before => {}

@@ -583,3 +583,48 @@ fn tcp_state_counts_follow_connections() {
     assert_eq!(total(&p.client), 2);
     assert_eq!(total(&p.server), 2);
 }
+
+#[test]
+fn a_received_burst_is_acknowledged_once() {
+    let mut p = Pair::new();
+    let o = TcpOptions {
+        rcvbuf: 64 << 10,
+        sndbuf: 64 << 10,
+        cc: CongestionControl::None,
+        ..opts()
+    };
+    p.server.listen(7777, 16, o).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(7777), o).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(7777).unwrap();
+
+    // 16 KiB leave the client in one poll: a dozen full segments on the server's side.
+    let data: Vec<u8> = (0..16 << 10)
+        .map(|i: u32| (i * 7 + i / 251) as u8)
+        .collect();
+    assert_eq!(p.client.send(c, &data).unwrap(), data.len());
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now);
+    let segments = p.server.link().pending();
+    assert!(
+        segments >= 8,
+        "the client sent only {segments} segments at once"
+    );
+
+    // ack_delay None: smoltcp wants an ACK after every segment; the burst gets one.
+    let before = p.server.stats().tx_frames;
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    assert_eq!(
+        p.server.stats().tx_frames - before,
+        1,
+        "frames the server sent for a burst of {segments} segments"
+    );
+
+    p.run();
+    let mut got = vec![0u8; data.len() + 1];
+    assert_eq!(p.server.recv(s, &mut got).unwrap(), data.len());
+    assert_eq!(&got[..data.len()], &data[..]);
+    // The ACK covered everything: nothing left in flight, the client's buffer is free.
+    assert_eq!(p.client.send(c, &data).unwrap(), data.len());
+}
