@@ -97,7 +97,7 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
     local args=(--port "$PORT" --bind 0.0.0.0 --save '' --appendonly no --protected-mode no
         --maxclients 20000 --dir "$TMP")
     case $path in
-    kernel | af_packet | af_packet-s0)
+    kernel | af_packet | af_packet-s0 | af_xdp-s0)
         new_if sif s
         new_if cif c
         veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
@@ -112,8 +112,8 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
             setup_end "$SRV_NS" "$sif" "$NET.2/24" || return 1
         else
             setup_end "$SRV_NS" "$sif" || return 1
-            env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="af_packet:$sif" MTCP_ADDR="$NET.2/24")
-            [[ $path == af_packet-s0 ]] && env+=(MTCP_SPIN_US=0)
+            env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="${path%%-*}:$sif" MTCP_ADDR="$NET.2/24")
+            [[ $path == *-s0 ]] && env+=(MTCP_SPIN_US=0)
         fi
         ;;
     tap)

@@ -104,16 +104,19 @@ pub struct LatencyOpts {
     pub size: usize,
     pub warmup: usize,
     pub timeout: Duration,
+    /// A pause before each round trip (not counted): the server goes idle between requests.
+    pub pause: Duration,
 }
 
 impl LatencyOpts {
-    /// `[--count 20000] [--size 16] [--warmup 1000] [--timeout 10]`.
+    /// `[--count 20000] [--size 16] [--warmup 1000] [--timeout 10] [--pause-ms 0]`.
     pub fn from_args(a: &Args) -> Result<Self> {
         let o = LatencyOpts {
             count: a.get("count", Some(20000))?,
             size: a.get("size", Some(16))?,
             warmup: a.get("warmup", Some(1000))?,
             timeout: Duration::from_secs_f64(a.get("timeout", Some(10.0))?),
+            pause: Duration::from_secs_f64(a.get::<f64>("pause-ms", Some(0.0))? / 1e3),
         };
         if o.size == 0 {
             bail!("--size must be > 0");
@@ -292,6 +295,9 @@ pub fn latency_rounds(
     let mut lat: Vec<u32> = Vec::with_capacity(o.count);
     for i in 0..o.warmup + o.count {
         rng.fill(&mut msg);
+        if !o.pause.is_zero() {
+            std::thread::sleep(o.pause);
+        }
         let t = Instant::now();
         round_trip(i, &msg, &mut back)?;
         let ns = t.elapsed().as_nanos().min(u32::MAX as u128) as u32;

@@ -21,9 +21,11 @@ fn echo_bin() -> PathBuf {
     mtcp_tests::built_artifact("echo", "MTCP_ECHO_BIN")
 }
 
+#[derive(Debug, Clone, Copy)]
 enum Dev {
     Tap,
     AfPacket,
+    AfXdp,
 }
 
 /// A running echo server on userstack and a client namespace that reaches it.
@@ -41,9 +43,14 @@ impl Bed {
         let ns = Netns::new().expect("netns");
         let (spec, veth) = match dev {
             Dev::Tap => (format!("tap:{}", unique_ifname("t")), None),
-            Dev::AfPacket => {
+            Dev::AfPacket | Dev::AfXdp => {
                 let v = VethPair::new(&ns, &subnet.cidr(1)).expect("veth");
-                (format!("af_packet:{}", v.root_if()), Some(v))
+                let kind = if matches!(dev, Dev::AfXdp) {
+                    "af_xdp"
+                } else {
+                    "af_packet"
+                };
+                (format!("{kind}:{}", v.root_if()), Some(v))
             }
         };
         let mut b = ServerProcess::builder(echo_bin())
@@ -190,13 +197,13 @@ fn tap_burst_of_511_connects_all_accepted_none_reset() {
     assert_eq!(st["tcp_rst_sent"], 0, "{st:?}");
 }
 
-#[test]
-fn af_packet_ping_echo_and_bulk() {
-    let mut bed = Bed::new(Dev::AfPacket, &[]);
+/// Ping, 200 connections x 50 messages and 256 MiB checked end to end over a veth device.
+fn ping_echo_and_bulk(dev: Dev) {
+    let mut bed = Bed::new(dev, &[]);
     let out = bed.ns.ping(bed.subnet.addr(2), 3).expect("ping runs");
     assert!(
         out.status.success(),
-        "ping over af_packet failed: {}",
+        "ping over {dev:?} failed: {}",
         String::from_utf8_lossy(&out.stdout)
     );
     let a = bed.addr();
@@ -206,6 +213,16 @@ fn af_packet_ping_echo_and_bulk() {
     assert_eq!(kv_get::<u64>(&s, "ok").unwrap(), 200);
     let s = bed.client(&["bulk", "--addr", &a, "--bytes", "268435456"]);
     assert_eq!(s["match"], "true");
+}
+
+#[test]
+fn af_packet_ping_echo_and_bulk() {
+    ping_echo_and_bulk(Dev::AfPacket);
+}
+
+#[test]
+fn af_xdp_ping_echo_and_bulk() {
+    ping_echo_and_bulk(Dev::AfXdp);
 }
 
 #[test]
@@ -372,13 +389,14 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-/// An idle server blocks instead of spinning: on net_tap (its rx interrupt fd) and on
-/// af_packet (the link's own AF_PACKET wake-up socket). Served once first, so the stack is
+/// An idle server blocks instead of spinning: on net_tap (its rx interrupt fd), on af_packet
+/// (the link's own AF_PACKET wake-up socket) and on af_xdp (the PMD's AF_XDP socket). Served once first, so the stack is
 /// warm and has connections' timers behind it.
 #[test]
 fn idle_server_uses_no_cpu() {
-    for dev in [Dev::Tap, Dev::AfPacket] {
-        let mut bed = Bed::new(dev, &[]);
+    for dev in [Dev::Tap, Dev::AfPacket, Dev::AfXdp] {
+        // No spinning: every frame after a pause needs the wake-up.
+        let mut bed = Bed::new(dev, &[("MTCP_SPIN_US", "0")]);
         let a = bed.addr();
         bed.client(&["conns", "--addr", &a, "--conns", "10", "--msgs", "10"]);
         let pid = bed.server.pid();
@@ -387,7 +405,24 @@ fn idle_server_uses_no_cpu() {
         let used = cpu_ticks(pid) - before;
         // 300 ticks would be a core spinning; allow scheduler noise, not a poll loop.
         assert!(used <= 6, "idle server used {used} ticks of CPU in 3 s");
-        // And it still answers at once after idling.
-        bed.client(&["conns", "--addr", &a, "--conns", "1", "--msgs", "5"]);
+        // And it still answers at once after idling: each of 20 requests, sent after a 20 ms
+        // pause, wakes the blocked loop (a lost wake-up leaves it to the loop's next timeout,
+        // up to a second).
+        let s = bed.client(&[
+            "latency",
+            "--addr",
+            &a,
+            "--count",
+            "20",
+            "--warmup",
+            "0",
+            "--pause-ms",
+            "20",
+        ]);
+        let max: f64 = kv_get(&s, "max_us").unwrap();
+        assert!(
+            max < 100_000.0,
+            "{dev:?}: a round trip after a pause took {max} µs"
+        );
     }
 }

@@ -254,7 +254,34 @@ impl Drop for Mbuf {
     }
 }
 
-/// A wake-up fd for devices whose PMD has none (af_packet, af_xdp): our own AF_PACKET socket
+const AF_XDP: libc::c_int = 44;
+
+/// The process's AF_XDP sockets (net_af_xdp does not export its socket's fd).
+fn xdp_socket_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| {
+            let mut domain: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: SO_DOMAIN writes one int into a valid buffer; on a closed fd or one that
+            // is not a socket it fails and leaves the buffer alone.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_DOMAIN,
+                    (&mut domain as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            rc == 0 && domain == AF_XDP
+        })
+        .collect()
+}
+
+/// A wake-up fd for af_packet, whose PMD has none: our own AF_PACKET socket
 /// on the same kernel interface, whose classic-BPF filter drops every frame while the stack
 /// runs, and keeps one byte of each while the stack sleeps, so `poll` on it wakes the loop when a
 /// frame arrives. Two setsockopt calls per sleep; nothing per packet while busy beyond the
@@ -529,6 +556,8 @@ impl DpdkLink {
             ));
         };
         let is_tap = matches!(cfg.dev, DevSpec::Tap { .. });
+        let is_xdp = matches!(cfg.dev, DevSpec::AfXdp { .. });
+        let xsk_before = if is_xdp { xdp_socket_fds() } else { Vec::new() };
         let mut link = DpdkLink {
             port,
             pool,
@@ -544,7 +573,22 @@ impl DpdkLink {
             packet_wake: None,
         };
         link.configure(is_tap, cfg)?;
-        if let Some(iface) = cfg.dev.kernel_iface() {
+        if is_xdp {
+            // The PMD's AF_XDP socket: poll() on it reports POLLIN while its receive ring
+            // holds frames (level-triggered), which is the wake-up we need. An AF_PACKET
+            // socket would never see a frame: XDP redirects them before any packet tap.
+            let new: Vec<RawFd> = xdp_socket_fds()
+                .into_iter()
+                .filter(|fd| !xsk_before.contains(fd))
+                .collect();
+            match new[..] {
+                [fd] => link.wake_fd = Some(fd),
+                _ => tracing::warn!(
+                    sockets = new.len(),
+                    "cannot tell net_af_xdp's socket: idle loops will sleep and poll"
+                ),
+            }
+        } else if let Some(iface) = cfg.dev.kernel_iface() {
             match PacketWake::open(iface) {
                 Ok(w) => {
                     link.wake_fd = Some(w.fd);

@@ -4,9 +4,11 @@
 //! that window is served without a wake-up). Then it blocks until the next stack timer:
 //! - on devices with a wake-up fd, in `ppoll` on that fd: idle CPU is zero and the first frame
 //!   wakes the loop at once. net_tap's is its rx interrupt fd (the tap fd, level-triggered).
-//!   net_af_packet and net_af_xdp have none in DPDK 22.11, so the link opens its own AF_PACKET
-//!   socket on the interface, with a filter that keeps frames only while the loop is blocked
-//!   (`Stack::arm_wake` / `disarm_wake`, see dpdk.rs);
+//!   net_af_xdp's is its AF_XDP socket (readable while its receive ring holds frames; DPDK
+//!   22.11 does not export it, the link finds it among the process's fds). net_af_packet has
+//!   none, so the link opens its own AF_PACKET socket on the interface, with a filter that
+//!   keeps frames only while the loop is blocked (`Stack::arm_wake` / `disarm_wake`, see
+//!   dpdk.rs);
 //! - on devices without one (net_memif: shared memory, no kernel to wake us), in a sleep that
 //!   starts at 20 µs and doubles while nothing happens,
 //!   up to `MTCP_IDLE_SLEEP_US` (2 ms by default): a long idle period costs ~500 wake-ups a

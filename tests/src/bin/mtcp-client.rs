@@ -23,7 +23,7 @@ usage: mtcp-client <subcommand> [--key value ...]
           [--parallel-connects 128] [--timeout 120] [--seed 1]
   bulk    --addr IP:PORT [--bytes 1073741824] [--chunk 65536] [--stall-timeout 30] [--seed 1]
   burst   --addr IP:PORT [--conns 511] [--size 16] [--timeout 30]
-  latency --addr IP:PORT [--count 20000] [--size 16] [--warmup 1000] [--timeout 10]
+  latency --addr IP:PORT [--count 20000] [--size 16] [--warmup 1000] [--timeout 10] [--pause-ms 0]
   rr      --addr IP:PORT [--conns 1] [--secs 5] [--size 16] [--threads 1] [--timeout 30]
   serve   --listen IP:PORT [--backlog 1024] [--exit-after SECS]
 Each prints one line `mode=<sub> key=value ...` and exits non-zero on any mismatch.";

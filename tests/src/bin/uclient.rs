@@ -33,7 +33,7 @@ use userstack::{clock, Config, ConnId, SockError, Stack};
 
 const USAGE: &str = "\
 usage: uclient <subcommand> [--key value ...]   (device and address from MTCP_* variables)
-  latency --addr IP:PORT [--count 20000] [--size 16] [--warmup 1000] [--timeout 10]
+  latency --addr IP:PORT [--count 20000] [--size 16] [--warmup 1000] [--timeout 10] [--pause-ms 0]
   bulk    --addr IP:PORT [--bytes 1073741824] [--chunk 65536] [--stall-timeout 30] [--seed 1]
 Each prints one line `mode=<sub> key=value ...` (as mtcp-client) and exits non-zero on any mismatch.";
 
