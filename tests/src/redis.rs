@@ -26,6 +26,8 @@ pub enum Dev {
     Tap,
     /// net_af_packet on the root end of a veth pair whose other end is in the namespace.
     AfPacket,
+    /// net_af_xdp on the root end of such a veth pair.
+    AfXdp,
 }
 
 /// A directory removed on drop.
@@ -132,9 +134,14 @@ impl RedisBed {
                 let tap = unique_ifname("r");
                 (None, format!("tap:{tap}"), Some(tap))
             }
-            Dev::AfPacket => {
+            Dev::AfPacket | Dev::AfXdp => {
                 let v = VethPair::new(&ns, &subnet.cidr(1)).expect("veth");
-                let d = format!("af_packet:{}", v.root_if());
+                let kind = if opts.dev == Dev::AfXdp {
+                    "af_xdp"
+                } else {
+                    "af_packet"
+                };
+                let d = format!("{kind}:{}", v.root_if());
                 (Some(v), d, None)
             }
         };

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{bench_results, py_file, BedOptions, RedisBed, TempDir};
+use mtcp_tests::redis::{bench_results, py_file, BedOptions, Dev, RedisBed, TempDir};
 use mtcp_tests::ServerProcess;
 
 /// The bed every test here uses: net_tap, Redis bound as given.
@@ -117,6 +117,63 @@ fn redis_benchmark_through_the_stack_has_no_errors() {
         assert!(
             !text.to_lowercase().contains("error") && !err.to_lowercase().contains("error"),
             "-P {pipeline}: {text}{err}"
+        );
+    }
+}
+
+/// Requests after pauses, on every device, without spinning: each one must wake Redis's
+/// blocked event loop through the device's wake-up (tap: its fd; af_packet: our AF_PACKET
+/// socket; af_xdp: the PMD's AF_XDP socket). A lost wake-up leaves the request to the next
+/// timeout of the loop (Redis's 100 ms cron, the shim's keeper): a median round trip of
+/// milliseconds instead of a fraction of one.
+#[test]
+fn requests_after_a_pause_wake_redis_on_every_device() {
+    const PINGS: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rtt = []
+for _ in range(30):
+    time.sleep(0.02)
+    t = time.perf_counter()
+    s.sendall(b"PING\r\n")
+    got = b""
+    while not got.endswith(b"\r\n"):
+        got += s.recv(64)
+    assert got == b"+PONG\r\n", got
+    rtt.append(time.perf_counter() - t)
+rtt.sort()
+print("median_us=%d max_us=%d" % (rtt[len(rtt) // 2] * 1e6, rtt[-1] * 1e6))
+"#;
+    for dev in [Dev::Tap, Dev::AfPacket, Dev::AfXdp] {
+        let mut bed = RedisBed::new(BedOptions {
+            dev,
+            env: vec![("MTCP_SPIN_US".into(), "0".into())],
+            ..Default::default()
+        });
+        bed.wait_ready();
+        let (h, p) = (bed.addr(), bed.port.to_string());
+        let out = bed
+            .ns
+            .exec("python3", ["-c", PINGS, &h, &p])
+            .expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{dev:?}: {text}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            bed.server.diagnostics()
+        );
+        let median: u64 = text
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("median_us="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{dev:?}: no median in {text:?}"));
+        eprintln!("{dev:?}: {}", text.trim());
+        assert!(
+            median < 3_000,
+            "{dev:?}: PING after a 20 ms pause: {}",
+            text.trim()
         );
     }
 }
