@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: unit tests, and integration tests that start the
-# example servers over real DPDK devices (net_tap, net_af_packet) with kernel clients in network
+# example servers over real DPDK devices (net_tap, net_af_packet, net_af_xdp) with kernel clients in network
 # namespaces they create and delete. Needs root. This is README.md's "test" command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
