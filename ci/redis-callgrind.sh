@@ -15,7 +15,9 @@
 #
 # Output: $OUT/callgrind-PATH.txt and the raw $OUT/callgrind-PATH.out (callgrind_annotate,
 # kcachegrind). Environment: N (default 20000), OUT (default bench-out), PATHS (default
-# "kernel af_packet"), SKIP_BUILD=1, CARGO_TARGET_DIR.
+# "kernel af_packet"), BENCH (redis-benchmark's options, default "-c 50 -t get"; e.g.
+# "-c 50 -t lrange_100 -d 1024", where each of the N LRANGEs comes after one of N LPUSHes,
+# so "per request" is per LPUSH+LRANGE pair), SKIP_BUILD=1, CARGO_TARGET_DIR.
 
 set -uo pipefail
 NAME=redis-callgrind.sh
@@ -27,13 +29,14 @@ LIB=$(realpath -m "$TARGET/release/libmtcpshim.so")
 N=${N:-20000}
 OUT=${OUT:-bench-out}
 PATHS=${PATHS:-kernel af_packet}
+BENCH=${BENCH:--c 50 -t get}
 PORT=6379
 if [[ -z ${SKIP_BUILD:-} ]]; then
     cargo build --release -p mtcpshim >&2 || exit 1
 fi
 command -v valgrind >/dev/null || { echo "$NAME: valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
 mkdir -p "$OUT"
-echo "# $0: $(date -u '+%Y-%m-%d %H:%M:%S UTC')  $(git describe --always --dirty 2>/dev/null)  N=$N GETs at -c 50"
+echo "# $0: $(date -u '+%Y-%m-%d %H:%M:%S UTC')  $(git describe --always --dirty 2>/dev/null)  N=$N, redis-benchmark $BENCH"
 
 for path in $PATHS; do
     new_ns SRV || exit 1
@@ -65,9 +68,11 @@ for path in $PATHS; do
         sleep 0.1
     done
     [[ -n $ok ]] || { echo "$NAME: $path: redis-server under valgrind did not answer" >&2; cat "$TMP/redis-$path.err" >&2; exit 1; }
-    ip netns exec "$CLI" redis-benchmark -h "$NET.2" -p "$PORT" -q -n 2000 -c 50 -t get >/dev/null 2>&1
+    # shellcheck disable=SC2086 # BENCH is a list of words
+    ip netns exec "$CLI" redis-benchmark -h "$NET.2" -p "$PORT" -q -n 2000 $BENCH >/dev/null 2>&1
     callgrind_control -z "$pid" >/dev/null 2>&1
-    ip netns exec "$CLI" redis-benchmark -h "$NET.2" -p "$PORT" -q -n "$N" -c 50 -t get 2>/dev/null | tr '\r' '\n' | tail -1
+    # shellcheck disable=SC2086
+    ip netns exec "$CLI" redis-benchmark -h "$NET.2" -p "$PORT" -q -n "$N" $BENCH 2>/dev/null | tr '\r' '\n' | tail -1
     callgrind_control -d "$pid" >/dev/null 2>&1
     stop_bg "$pid"
     # The dump after the measured run is the file's part 1.

@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod clock;
+mod csum;
 pub use mtcp_common::config;
 #[allow(unsafe_code)]
 pub mod dpdk;
