@@ -10,14 +10,18 @@
 #                 net_af_packet on the veth's server end (MTCP_SPIN_US default: 50 µs)
 #   af_packet-s0  the same with MTCP_SPIN_US=0 (block as soon as there is no work: the CPU a
 #                 request really costs, without the spin)
+#   af_xdp-s0     the shim over net_af_xdp on the same veth end, MTCP_SPIN_US=0 (not in the
+#                 default PATHS; on a veth, XDP's receive work runs on the sending CPU: the
+#                 client's, which RPS cannot change)
 #   tap           under the shim over net_tap (the tap moved into the client's namespace)
 #   unix          kernel redis-server over a unix socket (client in the server's namespace):
 #                 the ceiling without TCP at all
 # Scenarios: c50 (-c 50 -P 1), p16 (-c 50 -P 16), d1024 (-d 1024), d65536 (-d 65536),
 # c1000 (-c 1000), c10000 (-c 10000); tests GET SET INCR LPUSH LRANGE_100, each its own run.
 #
-# Per run: rps, p50 and p99 (ms) from `redis-benchmark --csv`, and server CPU µs per request
-# (utime+stime of the server from /proc/PID/stat across the run, divided by requests). Per path:
+# Per run: rps, p50 and p99 (ms) from `redis-benchmark --csv`, server CPU µs per request
+# (utime+stime of the server from /proc/PID/stat across the run, divided by requests), and
+# frames per request each way (the client's end of the link: its tx and rx packet counters). Per path:
 # syscalls per request (strace -c -f on every server thread during 50,000 GETs at -c 50) and
 # idle CPU (% of one core over 5 s with connections closed).
 #
