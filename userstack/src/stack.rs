@@ -617,7 +617,8 @@ impl<L: Link> Stack<L> {
                 self.prefetch_conn(frame.data());
             }
         }
-        self.in_rx_burst = true;
+        // (A burst of one frame has nothing to coalesce: its egress goes at once.)
+        self.in_rx_burst = rx.len() > 1;
         for frame in rx.drain(..) {
             self.rx_faulty(now, frame);
         }
