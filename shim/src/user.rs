@@ -882,7 +882,7 @@ pub fn setsockopt(
     let stack = s.stack.as_mut()?;
     Some(
         stack
-            .set_keepalive(id, on.then_some(ka))
+            .set_keepalive(clock::now(), id, on.then_some(ka))
             .map(|_| 0)
             .map_err(so_errno),
     )

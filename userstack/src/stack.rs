@@ -224,6 +224,9 @@ struct Conn {
     /// this one instead of polling the connection for nothing (with a 1 ms delayed ACK that
     /// would be a whole poll of the connection for most requests).
     want: Option<Micros>,
+    /// Keepalive asked for (setsockopt) but not yet given to smoltcp, and when it is due: see
+    /// `set_keepalive`.
+    keepalive: Option<(Keepalive, Micros)>,
     dirty: bool,
     event_queued: bool,
     last_state: tcp::State,
@@ -1038,6 +1041,7 @@ impl<L: Link> Stack<L> {
             app_closed: false,
             armed: None,
             want: None,
+            keepalive: None,
             dirty: false,
             event_queued: false,
             last_state: state,
@@ -1126,6 +1130,14 @@ impl<L: Link> Stack<L> {
             );
             c.rec.on_timeout(us);
             self.net.stats.tcp_rto_assists += 1;
+        }
+        if let Some((k, due)) = c.keepalive {
+            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+            if due <= us || sock.send_queue() > 0 {
+                c.keepalive = None;
+                sock.set_keep_alive(Some(to_sdur(k.idle)));
+                sock.set_timeout(Some(to_sdur(k.idle + k.intvl * k.cnt)));
+            }
         }
         let vnow = now + SDuration::from_micros(c.skew as u64);
         let mut dev = IpDev {
@@ -1243,10 +1255,15 @@ impl<L: Link> Stack<L> {
         let smol_at = smol_at
             .unwrap_or_else(|| c.iface.poll_at(vnow, &c.sockets))
             .map(|at| (at.total_micros() - c.skew).max(0) as Micros);
-        let at = [smol_at, c.rec.deadline(), c.handshake.map(|h| h.expires)]
-            .into_iter()
-            .flatten()
-            .min();
+        let at = [
+            smol_at,
+            c.rec.deadline(),
+            c.handshake.map(|h| h.expires),
+            c.keepalive.map(|(_, due)| due),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         // A later deadline keeps the earlier heap entry (it fires, finds work or not, and
         // re-arms), so the heap does not grow by an entry per packet when a retransmission
         // timer restarts on every ACK; no deadline at all makes the pending entry stale.
@@ -1635,20 +1652,33 @@ impl<L: Link> Stack<L> {
     /// keepalive interval and an inactivity timeout: the first probe goes after `idle` (then
     /// every `idle`), and the connection is aborted (ETIMEDOUT) after `idle + intvl * cnt` without
     /// hearing from the peer, which is when Linux gives up too.
-    pub fn set_keepalive(&mut self, id: ConnId, ka: Option<Keepalive>) -> Result<(), SockError> {
+    /// SO_KEEPALIVE and its TCP_KEEP* values. As on Linux the first probe goes out after
+    /// `idle` without traffic. smoltcp, given a keep-alive interval on an idle connection,
+    /// probes at once (its timer starts at time 0 until a segment moves it), which Redis's
+    /// SO_KEEPALIVE on every accepted client turned into a probe (and the client's duplicate
+    /// ACK) per connection, counted as a retransmission. So the setting waits: it is handed to
+    /// smoltcp just before the connection next sends (the send restarts smoltcp's idle timer)
+    /// or, if it stays silent, `idle` from now, when a probe is due anyway.
+    pub fn set_keepalive(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        ka: Option<Keepalive>,
+    ) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
         match ka {
             Some(k) => {
-                sock.set_keep_alive(Some(to_sdur(k.idle)));
-                sock.set_timeout(Some(to_sdur(k.idle + k.intvl * k.cnt)));
+                let due = now.total_micros() as Micros + k.idle.as_micros() as Micros;
+                c.keepalive = Some((k, due));
+                self.mark_dirty(id.slot);
             }
             None => {
+                c.keepalive = None;
+                let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
                 sock.set_keep_alive(None);
                 sock.set_timeout(None);
             }
         }
-        self.mark_dirty(id.slot);
         Ok(())
     }
 
