@@ -1155,8 +1155,8 @@ impl<L: Link> Stack<L> {
         // Egress: smoltcp sends at most one segment per pass; after a pass that sent, its
         // poll_at (needed anyway, for the timer) says whether another is due now, instead of
         // a last pass that finds nothing (as `Interface::poll` does): a one-segment reply costs
-        // one pass and one poll_at. A run of segments then goes out pass after pass. No fragmentation or
-        // SLAAC features are built, so `poll_maintenance` has nothing to do.
+        // one pass and one poll_at. A run of segments then goes out pass after pass. No
+        // fragmentation or SLAAC features are built, so `poll_maintenance` has nothing to do.
         // `smol_at`: smoltcp's poll_at, when nothing was sent since it was asked.
         let due = |at: Option<Instant>| at.is_some_and(|t| t <= vnow);
         let mut smol_at = rx.is_some().then(|| {
@@ -1652,8 +1652,9 @@ impl<L: Link> Stack<L> {
     /// keepalive interval and an inactivity timeout: the first probe goes after `idle` (then
     /// every `idle`), and the connection is aborted (ETIMEDOUT) after `idle + intvl * cnt` without
     /// hearing from the peer, which is when Linux gives up too.
-    /// SO_KEEPALIVE and its TCP_KEEP* values. As on Linux the first probe goes out after
-    /// `idle` without traffic. smoltcp, given a keep-alive interval on an idle connection,
+    ///
+    /// As on Linux the first probe goes out after `idle` without traffic. smoltcp, given a
+    /// keep-alive interval on an idle connection,
     /// probes at once (its timer starts at time 0 until a segment moves it), which Redis's
     /// SO_KEEPALIVE on every accepted client turned into a probe (and the client's duplicate
     /// ACK) per connection, counted as a retransmission. So the setting waits: it is handed to
@@ -1670,6 +1671,8 @@ impl<L: Link> Stack<L> {
             Some(k) => {
                 let due = now.total_micros() as Micros + k.idle.as_micros() as Micros;
                 c.keepalive = Some((k, due));
+                // Polled once so that its timer includes `due` (a silent connection is
+                // polled again only then).
                 self.mark_dirty(id.slot);
             }
             None => {
