@@ -13,6 +13,12 @@
 #   af_xdp-s0     the shim over net_af_xdp on the same veth end, MTCP_SPIN_US=0 (not in the
 #                 default PATHS; on a veth, XDP's receive work runs on the sending CPU: the
 #                 client's, which RPS cannot change)
+#   memif-s0      the shim over net_memif (server role), MTCP_SPIN_US=0; the frames cross
+#                 `mtcp-faultbridge --b dpdk:memif:...` (a DPDK process on the client's CPU that
+#                 plays the NIC: it moves frames between the memif and the veth's server end).
+#                 The only path with no kernel in the server's data path, as on a real NIC: the
+#                 server CPU it shows is the shim, the stack and Redis alone (not in the default
+#                 PATHS; needs the mtcp-tests binaries built)
 #   tap           under the shim over net_tap (the tap moved into the client's namespace)
 #   unix          kernel redis-server over a unix socket (client in the server's namespace):
 #                 the ceiling without TCP at all
@@ -65,6 +71,9 @@ HZ=$(getconf CLK_TCK)
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     cargo build --release -p mtcpshim -p mtcprun >&2 || exit 1
+    if [[ $PATHS == *memif* ]]; then
+        cargo build --release -p mtcp-tests --bin mtcp-faultbridge >&2 || exit 1
+    fi
 fi
 [[ -f $LIB ]] || { echo "$NAME: $LIB missing (build it)" >&2; exit 1; }
 # -c 10000 needs 10,000 fds in the client and the server: the hard limit is enough (on these
@@ -88,6 +97,7 @@ user_ticks() { # PID: utime alone
 # ------------------------------------------------------------------------- one server
 
 SRV_PID=
+BRIDGE_PID=
 CLI_NS=
 SRV_NS=
 CLI_IF= # the client's end of the link (its counters give frames per request); none for unix
@@ -120,6 +130,20 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
             [[ $path == *-s0 ]] && env+=(MTCP_SPIN_US=0)
         fi
         ;;
+    memif-s0)
+        new_if sif s
+        new_if cif c
+        veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
+        setup_end "$CLI_NS" "$cif" "$NET.1/24" || return 1
+        setup_end "$SRV_NS" "$sif" || return 1
+        CLI_IF=$cif
+        # Both ends' kernel receive work on the client's CPU: the bridge is the NIC there.
+        rps "$CLI_NS" "$cif" "$CLI_CPU" || return 1
+        rps "$SRV_NS" "$sif" "$CLI_CPU" || return 1
+        MEMIF_SOCK=$TMP/memif.sock
+        env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="memif:$MEMIF_SOCK,server"
+            MTCP_ADDR="$NET.2/24" MTCP_SPIN_US=0)
+        ;;
     tap)
         new_if tap t
         env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="tap:$tap" MTCP_ADDR="$NET.2/24")
@@ -138,6 +162,12 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         kill -0 "$SRV_PID" 2>/dev/null || { cat "$TMP/redis-$path.out" "$TMP/redis-$path.err" >&2; return 1; }
         sleep 0.05
     done
+    if [[ $path == memif* ]]; then
+        start_bg "bridge-$path" "faultbridge: ready" 30 ip netns exec "$SRV_NS" env MTCP_LOG=error \
+            taskset -c "$CLI_CPU" chrt --idle 0 "$TARGET/release/mtcp-faultbridge" --a "$sif" \
+            --b "dpdk:memif:$MEMIF_SOCK,client" --faults "" || return 1
+        BRIDGE_PID=$LAST_PID
+    fi
     if [[ $path == tap ]]; then
         # The tap leaves the server's namespace only once its port started.
         ip -n "$SRV_NS" link set "$tap" netns "$CLI_NS" || return 1
@@ -175,6 +205,8 @@ frames() { # tx|rx: the client's end's frame counter (tx: to the server), or - w
 }
 
 stop_path() {
+    [[ -n $BRIDGE_PID ]] && stop_bg "$BRIDGE_PID"
+    BRIDGE_PID=
     stop_bg "$SRV_PID"
     del_ns "$CLI_NS"
     [[ $SRV_NS != "$CLI_NS" ]] && del_ns "$SRV_NS"
@@ -304,7 +336,7 @@ for path in $PATHS; do
     echo "$path,idle,cpu_percent,,,,${IDLE[$path]},,,," >>"$CSV"
     echo "$path,syscalls,get_c50,,,,${SYSC[$path]},,,," >>"$CSV"
     # The stack's counters after all of the path's runs (drops, retransmissions, ...).
-    if [[ $path == af_packet* || $path == tap ]] && [[ -x $TARGET/release/mtcprun ]]; then
+    if [[ $path != kernel && $path != unix ]] && [[ -x $TARGET/release/mtcprun ]]; then
         "$TARGET/release/mtcprun" stats "$SRV_PID" >"$OUT/stats-$path.txt" 2>&1
     fi
     stop_path

@@ -16,6 +16,15 @@
 //! the current receive batch ends, as the stack does within one poll. Frames the bridge itself
 //! sent (PACKET_OUTGOING) are never forwarded back.
 //!
+//! Side b can also be a DPDK port instead of a kernel interface: `--b dpdk:SPEC`, SPEC as
+//! `MTCP_DEV` (e.g. `dpdk:memif:/tmp/m.sock,client`; the other MTCP_* variables such as
+//! MTCP_HUGEPAGES and MTCP_LOG apply). That makes the bridge the "NIC" of a server whose stack
+//! runs over net_memif, so kernel clients can reach it while the server's process has no
+//! kernel in its data path (ci/redis-bench.sh path `memif-s0`). Both directions then run on
+//! one thread, which polls both sides while frames flow, keeps polling for 200 µs after the
+//! last one, then blocks on the kernel side's socket for up to 20 µs, doubling to 1 ms (the
+//! DPDK side has no wake-up fd: a frame from it waits at most that long after an idle period).
+//!
 //! The interfaces must be up, without IPv4/IPv6 addresses the host would answer on, and with TX
 //! checksum/TSO/GSO offloads off on the kernel ends (otherwise the bridge would see partial
 //! checksums and 64 KB super-frames). Prints `faultbridge: ready ...` once both sockets are
@@ -27,13 +36,17 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use userstack::config::{Config, Faults};
+use userstack::dpdk::DpdkLink;
 use userstack::faults::{FaultAction, FaultInjector};
+use userstack::link::{Link, RxFrame, TxFrame};
 
 const USAGE: &str = "\
-usage: mtcp-faultbridge --a IFACE --b IFACE [--faults SPEC]
+usage: mtcp-faultbridge --a IFACE --b IFACE|dpdk:DEV [--faults SPEC]
+  DEV as MTCP_DEV, e.g. memif:/tmp/m.sock,client (side b is then that DPDK port)
   SPEC as MTCP_FAULTS (default: $MTCP_FAULTS), e.g. loss=2,dup=1,reorder=1,seed=7";
 
 /// Frames read (and written) per system call.
@@ -90,7 +103,10 @@ fn run() -> Result<()> {
     let faults = parse_faults(spec.as_deref().unwrap_or(""))?;
 
     let a = PacketSocket::open(&a_if)?;
-    let b = PacketSocket::open(&b_if)?;
+    let b = match b_if.strip_prefix("dpdk:") {
+        Some(dev) => Side::Dpdk(Box::new(start_dpdk(dev)?)),
+        None => Side::Packet(PacketSocket::open(&b_if)?),
+    };
     // SAFETY: installing an async-signal-safe handler that only stores an atomic. No
     // SA_RESTART: a blocked poll() returns EINTR at once.
     unsafe {
@@ -100,8 +116,6 @@ fn run() -> Result<()> {
         libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
         libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
     }
-    let a = Arc::new(a);
-    let b = Arc::new(b);
     let ab = Arc::new(Counters::default());
     let ba = Arc::new(Counters::default());
     // Independent but reproducible decisions per direction.
@@ -119,6 +133,55 @@ fn run() -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    let (r1, r2) = match b {
+        Side::Packet(b) => {
+            let (r1, r2) = forward_threads(a, b, fa, fb, &ab, &ba)?;
+            (r1, r2)
+        }
+        Side::Dpdk(mut link) => {
+            let r = forward_dpdk(&a, &mut link, fa, fb, &ab, &ba);
+            (r, Ok(()))
+        }
+    };
+    println!(
+        "faultbridge: stopped a_to_b: {} b_to_a: {}",
+        ab.summary(),
+        ba.summary()
+    );
+    r1.context("forwarding a->b")?;
+    r2.context("forwarding b->a")?;
+    Ok(())
+}
+
+/// Side b: a kernel interface or a DPDK port.
+enum Side {
+    Packet(PacketSocket),
+    Dpdk(Box<DpdkLink>),
+}
+
+/// Starts the DPDK port `dev` (an MTCP_DEV value); the other MTCP_* variables apply.
+fn start_dpdk(dev: &str) -> Result<DpdkLink> {
+    let mut vars: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MTCP_"))
+        .collect();
+    vars.insert("MTCP_DEV".into(), dev.into());
+    let cfg = Config::from_map(&vars).map_err(|e| anyhow!("{e}"))?;
+    DpdkLink::start(&cfg).map_err(|e| anyhow!("{e}"))
+}
+
+type Joined = (Result<()>, Result<()>);
+
+/// Two kernel interfaces: one thread per direction, each blocking on its own socket.
+fn forward_threads(
+    a: PacketSocket,
+    b: PacketSocket,
+    fa: Option<FaultInjector>,
+    fb: Option<FaultInjector>,
+    ab: &Arc<Counters>,
+    ba: &Arc<Counters>,
+) -> Result<Joined> {
+    let a = Arc::new(a);
+    let b = Arc::new(b);
     let t1 = {
         let (a, b, c) = (a.clone(), b.clone(), ab.clone());
         std::thread::spawn(move || forward(&a, &b, fa, &c))
@@ -129,14 +192,7 @@ fn run() -> Result<()> {
     };
     let r1 = t1.join().map_err(|_| anyhow!("a->b thread panicked"))?;
     let r2 = t2.join().map_err(|_| anyhow!("b->a thread panicked"))?;
-    println!(
-        "faultbridge: stopped a_to_b: {} b_to_a: {}",
-        ab.summary(),
-        ba.summary()
-    );
-    r1.context("forwarding a->b")?;
-    r2.context("forwarding b->a")?;
-    Ok(())
+    Ok((r1, r2))
 }
 
 /// The fault specification, checked by the userstack's own configuration parser.
@@ -283,6 +339,21 @@ impl PacketSocket {
         {}
     }
 
+    /// Waits up to `t` (µs resolution) for a frame to read.
+    fn wait_readable_for(&self, t: Duration) {
+        let mut p = libc::pollfd {
+            fd: self.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+        };
+        // SAFETY: one valid pollfd and timespec; no signal mask change.
+        unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
+    }
+
     /// Waits up to `ms` for a frame to read; false on timeout or signal.
     fn wait_readable(&self, ms: i32) -> bool {
         let mut p = libc::pollfd {
@@ -354,6 +425,23 @@ impl Batch {
             };
         }
         Ok(n as usize)
+    }
+
+    /// Calls `f` on each of the first `n` received frames that the bridge did not send itself;
+    /// truncated ones are counted and skipped.
+    fn each_frame(&self, n: usize, c: &Counters, mut f: impl FnMut(&[u8])) {
+        for i in 0..n {
+            if self.addrs[i].sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let len = self.hdrs[i].msg_len as usize;
+            if len > FRAME_MAX || self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                c.rx.fetch_add(1, Ordering::Relaxed);
+                c.oversize.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            f(&self.bufs[i][..len]);
+        }
     }
 }
 
@@ -428,18 +516,88 @@ fn send_all(out: &PacketSocket, frames: &[Vec<u8>], c: &Counters) {
     }
 }
 
+/// One direction's faults: decides each frame's fate and queues what goes out, in order.
+struct Shaper {
+    faults: Option<FaultInjector>,
+    /// A frame held back to be overtaken (reorder).
+    held: Option<Vec<u8>>,
+    /// Spare buffers, so steady-state forwarding does not allocate.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Shaper {
+    fn new(faults: Option<FaultInjector>) -> Shaper {
+        Shaper {
+            faults,
+            held: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Passes one received frame through the faults into `out`.
+    fn push(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>, c: &Counters) {
+        c.rx.fetch_add(1, Ordering::Relaxed);
+        if data.len() > FRAME_MAX {
+            c.oversize.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut v = self.spare.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(data);
+        match self
+            .faults
+            .as_mut()
+            .map_or(FaultAction::Pass, |f| f.decide())
+        {
+            FaultAction::Pass => out.push(v),
+            FaultAction::Drop => {
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+                self.spare.push(v);
+                return;
+            }
+            FaultAction::Duplicate => {
+                c.duplicated.fetch_add(1, Ordering::Relaxed);
+                out.push(v.clone());
+                out.push(v);
+            }
+            FaultAction::Reorder => {
+                c.reordered.fetch_add(1, Ordering::Relaxed);
+                if let Some(prev) = self.held.replace(v) {
+                    out.push(prev);
+                }
+                return;
+            }
+        }
+        // A held frame goes out right behind the frame that overtook it.
+        if let Some(h) = self.held.take() {
+            out.push(h);
+        }
+    }
+
+    /// End of a receive batch: nothing else can overtake a held frame now.
+    fn end_batch(&mut self, out: &mut Vec<Vec<u8>>) {
+        if let Some(h) = self.held.take() {
+            out.push(h);
+        }
+    }
+
+    /// Takes back the buffers of frames that were sent.
+    fn recycle(&mut self, out: &mut Vec<Vec<u8>>) {
+        self.spare.append(out);
+        self.spare.truncate(4 * BATCH);
+    }
+}
+
 /// Forwards every frame received on `from` out of `to`, through `faults`, until STOP.
 fn forward(
     from: &PacketSocket,
     to: &PacketSocket,
-    mut faults: Option<FaultInjector>,
+    faults: Option<FaultInjector>,
     c: &Counters,
 ) -> Result<()> {
     let mut batch = Batch::new();
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(2 * BATCH);
-    // Spare buffers, so steady-state forwarding does not allocate.
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut held: Option<Vec<u8>> = None;
+    let mut shaper = Shaper::new(faults);
     while !STOP.load(Ordering::Relaxed) {
         let n = batch
             .recv(from)
@@ -448,57 +606,74 @@ fn forward(
             from.wait_readable(100);
             continue;
         }
-        for i in 0..n {
-            let len = batch.hdrs[i].msg_len as usize;
-            let outgoing = batch.addrs[i].sll_pkttype == libc::PACKET_OUTGOING;
-            if outgoing {
-                continue;
-            }
-            c.rx.fetch_add(1, Ordering::Relaxed);
-            if len > FRAME_MAX || batch.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                c.oversize.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let data = &batch.bufs[i][..len];
-            let mut copy = || {
-                let mut v = spare.pop().unwrap_or_default();
-                v.clear();
-                v.extend_from_slice(data);
-                v
-            };
-            match faults.as_mut().map_or(FaultAction::Pass, |f| f.decide()) {
-                FaultAction::Pass => out.push(copy()),
-                FaultAction::Drop => {
-                    c.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                FaultAction::Duplicate => {
-                    c.duplicated.fetch_add(1, Ordering::Relaxed);
-                    let f = copy();
-                    out.push(f.clone());
-                    out.push(f);
-                }
-                FaultAction::Reorder => {
-                    c.reordered.fetch_add(1, Ordering::Relaxed);
-                    let f = copy();
-                    if let Some(prev) = held.replace(f) {
-                        out.push(prev);
-                    }
-                    continue;
-                }
-            }
-            // A held frame goes out right behind the frame that overtook it.
-            if let Some(h) = held.take() {
-                out.push(h);
-            }
-        }
-        // End of the batch: nothing else to overtake a held frame now.
-        if let Some(h) = held.take() {
-            out.push(h);
-        }
+        batch.each_frame(n, c, |data| shaper.push(data, &mut out, c));
+        shaper.end_batch(&mut out);
         send_all(to, &out, c);
-        spare.append(&mut out);
-        spare.truncate(4 * BATCH);
+        shaper.recycle(&mut out);
+    }
+    Ok(())
+}
+
+/// How long the DPDK bridge keeps polling after the last frame before it blocks.
+const SPIN: Duration = Duration::from_micros(200);
+/// Its first and longest block on the kernel side's socket.
+const FIRST_BLOCK: Duration = Duration::from_micros(20);
+const MAX_BLOCK: Duration = Duration::from_millis(1);
+
+/// Forwards both ways between kernel interface `a` and DPDK port `link`, on this thread.
+fn forward_dpdk(
+    a: &PacketSocket,
+    link: &mut DpdkLink,
+    fa: Option<FaultInjector>,
+    fb: Option<FaultInjector>,
+    ab: &Counters,
+    ba: &Counters,
+) -> Result<()> {
+    let mut batch = Batch::new();
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(2 * BATCH);
+    let mut to_b = Shaper::new(fa);
+    let mut to_a = Shaper::new(fb);
+    let mut rx: Vec<<DpdkLink as Link>::Rx> = Vec::with_capacity(BATCH);
+    let mut last_work = Instant::now();
+    let mut block = FIRST_BLOCK;
+    while !STOP.load(Ordering::Relaxed) {
+        let n = batch
+            .recv(a)
+            .with_context(|| format!("recv on {}", a.name))?;
+        batch.each_frame(n, ab, |data| to_b.push(data, &mut out, ab));
+        to_b.end_batch(&mut out);
+        for f in &out {
+            match link.tx_alloc(f.len()) {
+                Some(mut m) => {
+                    m.data_mut().copy_from_slice(f);
+                    link.tx_push(m);
+                    ab.tx.fetch_add(1, Ordering::Relaxed);
+                    ab.bytes.fetch_add(f.len() as u64, Ordering::Relaxed);
+                }
+                None => {
+                    ab.send_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        link.tx_flush();
+        to_b.recycle(&mut out);
+
+        link.rx_burst(&mut rx, BATCH);
+        let m = rx.len();
+        for f in rx.drain(..) {
+            to_a.push(f.data(), &mut out, ba);
+        }
+        to_a.end_batch(&mut out);
+        send_all(a, &out, ba);
+        to_a.recycle(&mut out);
+
+        if n + m > 0 {
+            last_work = Instant::now();
+            block = FIRST_BLOCK;
+        } else if last_work.elapsed() >= SPIN {
+            a.wait_readable_for(block);
+            block = (block * 2).min(MAX_BLOCK);
+        }
     }
     Ok(())
 }
