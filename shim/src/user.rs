@@ -240,11 +240,8 @@ impl Shim {
         }
     }
 
-    /// Tells the watchers of every fd of entry `i`.
-    fn notify_entry(&mut self, i: u32) {
-        let Some(r) = self.readiness_at(i) else {
-            return;
-        };
+    /// Tells the watchers of every fd of entry `i` that its readiness is `r`.
+    fn notify_entry_with(&mut self, i: u32, r: Readiness) {
         let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
         for k in 0..n {
             let fd = self.objs[i as usize].as_ref().map_or(-1, |e| e.fds[k]);
@@ -303,9 +300,9 @@ impl Shim {
         let events = std::mem::take(&mut self.events);
         for ev in &events {
             match *ev {
-                Event::Conn(id) => {
+                Event::Conn(id, r) => {
                     if let Some(&i) = self.conn_fd.get(&id) {
-                        self.notify_entry(i);
+                        self.notify_entry_with(i, r);
                     }
                 }
                 Event::Accept(port) => {

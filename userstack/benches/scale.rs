@@ -266,7 +266,7 @@ fn turn(server: &mut Stack<MemLink>, now: Instant, events: &mut Vec<Event>, buf:
         server.poll(now);
         server.take_events(events);
         for ev in events.iter() {
-            if let Event::Conn(id) = *ev {
+            if let Event::Conn(id, _) = *ev {
                 loop {
                     match server.recv(id, buf) {
                         Ok(0) => break,

@@ -7,7 +7,7 @@ use smoltcp::time::{Duration, Instant};
 
 use crate::config::{parse_cidr, CongestionControl};
 use crate::link::MemLink;
-use crate::stack::{Event, SockError, Stack, TcpOptions};
+use crate::stack::{ConnId, Event, SockError, Stack, TcpOptions};
 
 pub(crate) const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub(crate) const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -77,6 +77,21 @@ impl Pair {
 
     fn run(&mut self) {
         self.settle(Duration::from_micros(10));
+    }
+
+    /// A connection from the client to the server's port 7777, both ends with `o`, accepted:
+    /// (client's end, server's end). Pending events are taken.
+    fn connected(&mut self, o: TcpOptions) -> (ConnId, ConnId) {
+        self.server.listen(7777, 16, o).unwrap();
+        let c = self
+            .client
+            .connect(self.now, self.server_addr(7777), o)
+            .unwrap();
+        self.run();
+        let (s, _) = self.server.accept(7777).unwrap();
+        let mut ev = Vec::new();
+        self.server.take_events(&mut ev);
+        (c, s)
     }
 
     fn server_addr(&self, port: u16) -> SocketAddrV4 {
@@ -634,4 +649,97 @@ fn a_received_burst_is_acknowledged_once() {
     assert_eq!(&got[..data.len()], &data[..]);
     // The ACK covered everything: nothing left in flight, the client's buffer is free.
     assert_eq!(p.client.send(c, &data).unwrap(), data.len());
+}
+
+/// A connection event carries the readiness the shim hands to epoll without asking again: it
+/// must be the connection's readiness when the events are taken, also when a later poll in the
+/// same round changed it after the event was queued (the send buffer filled: not writable, an
+/// event; then the peer's ACKs emptied it: writable again, no second event).
+#[test]
+fn a_connection_event_carries_its_current_readiness() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let mut ev = Vec::new();
+    let chunk = [7u8; 4096];
+    while p.server.send(s, &chunk).is_ok() {}
+    assert!(!p.server.readiness(s).unwrap().writable);
+    p.run();
+    p.server.take_events(&mut ev);
+    let now = p.server.readiness(s).unwrap();
+    assert!(now.writable, "{now:?}");
+    let carried: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Conn(id, r) if id == s => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(carried, vec![now], "{ev:?}");
+    let mut buf = [0u8; 4096];
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 4096);
+}
+
+/// A request whose reply is written before the next poll arms no delayed-ACK timer (the reply
+/// carries the ACK): the request adds no timer-heap entry (the reply may add its
+/// retransmission timer). A request left unanswered still gets its delayed ACK on time.
+#[test]
+fn a_replied_request_arms_no_delayed_ack_timer() {
+    let mut p = Pair::new();
+    let ack_delay = std::time::Duration::from_millis(1);
+    let o = TcpOptions {
+        ack_delay: Some(ack_delay),
+        ..opts()
+    };
+    let (c, s) = p.connected(o);
+    let step = Duration::from_micros(10);
+    let mut buf = [0u8; 64];
+    for round in 0..20 {
+        assert_eq!(p.client.send(c, b"GET k\r\n").unwrap(), 7);
+        p.now += step;
+        p.client.poll(p.now);
+        let entries = p.server.timer_entries();
+        p.now += step;
+        p.server.poll(p.now); // the request: its ACK may wait 1 ms
+        assert_eq!(
+            p.server.timer_entries(),
+            entries,
+            "round {round}: the request added a timer entry"
+        );
+        assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+        p.server.send(s, b"$1\r\nv\r\n").unwrap();
+        p.now += step;
+        p.server.poll(p.now); // the reply, with the ACK
+        assert!(
+            p.server.timer_entries() <= entries + 1,
+            "round {round}: {entries} -> {} timer entries",
+            p.server.timer_entries()
+        );
+        p.run();
+        assert_eq!(p.client.recv(c, &mut buf).unwrap(), 7);
+        // Longer than the ACK delay between requests: each request needs a fresh timer.
+        p.advance(Duration::from_millis(3), Duration::from_micros(500));
+    }
+
+    // No reply: the ACK alone, after the delay, and not much later.
+    assert_eq!(p.client.send(c, b"GET k\r\n").unwrap(), 7);
+    p.now += step;
+    p.client.poll(p.now);
+    let sent = p.now;
+    let before = p.server.stats().tx_frames;
+    while p.server.stats().tx_frames == before {
+        assert!(
+            p.now - sent <= Duration::from_micros(1100),
+            "no ACK within {:?}",
+            p.now - sent
+        );
+        p.now += step;
+        p.server.poll(p.now);
+    }
+    assert!(
+        p.now - sent >= Duration::from_micros(900),
+        "ACK after {:?}",
+        p.now - sent
+    );
+    p.client.poll(p.now);
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
 }
