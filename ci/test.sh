@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: unit tests, and integration tests that start the
-# example servers over real DPDK devices (net_tap, net_af_packet, net_af_xdp) with kernel clients in network
-# namespaces they create and delete. Needs root. This is README.md's "test" command.
+# example servers over real DPDK devices (net_tap, net_af_packet, net_af_xdp; net_memif for Redis, its
+# frames forwarded to a veth pair by mtcp-faultbridge) with kernel clients in network namespaces they
+# create and delete. Needs root. This is README.md's "test" command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

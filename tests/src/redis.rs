@@ -1,7 +1,8 @@
 //! A test bed for Debian's redis-server under `LD_PRELOAD=libmtcpshim.so`: its flagged port on
-//! the stack over a device the bed creates, clients (redis-cli, redis-benchmark, python3) in a
+//! the stack over a device the bed creates (net_tap, net_af_packet, net_af_xdp, or net_memif
+//! with `mtcp-faultbridge` as its NIC), clients (redis-cli, redis-benchmark, python3) in a
 //! network namespace the bed creates. Everything goes when the bed is dropped (server first,
-//! then its device and the namespace), also when a test fails.
+//! then the bridge, its device and the namespace), also when a test fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -12,6 +13,11 @@ use crate::{unique_ifname, Netns, ServerProcess, Subnet, VethPair};
 /// The shim library the workspace build made (or `$MTCP_SHIM_LIB`).
 pub fn shim_lib() -> PathBuf {
     crate::built_artifact("libmtcpshim.so", "MTCP_SHIM_LIB")
+}
+
+/// The kernel-to-DPDK bridge the workspace build made (or `$MTCP_FAULTBRIDGE_BIN`).
+pub fn faultbridge_bin() -> PathBuf {
+    crate::built_artifact("mtcp-faultbridge", "MTCP_FAULTBRIDGE_BIN")
 }
 
 /// A file of tests/py/.
@@ -28,6 +34,12 @@ pub enum Dev {
     AfPacket,
     /// net_af_xdp on the root end of such a veth pair.
     AfXdp,
+    /// net_memif (server role) on a socket in the bed's directory; `mtcp-faultbridge --b
+    /// dpdk:memif:SOCKET,client` is its NIC: it forwards frames between the memif and the root
+    /// end of such a veth pair (as ci/redis-bench.sh's path memif-s0). memif has no wake-up fd:
+    /// a frame that arrives while the stack is idle waits for its next poll, and a frame from
+    /// the memif waits up to 1 ms in an idle bridge (its longest block on the kernel side).
+    Memif,
 }
 
 /// A directory removed on drop.
@@ -71,6 +83,24 @@ pub fn bench_results(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The memif socket of a [`Dev::Memif`] bed: in the bed's own directory, so unique and removed
+/// with it.
+fn memif_socket(dir: &TempDir) -> PathBuf {
+    dir.path().join("memif.sock")
+}
+
+/// `mtcp-faultbridge --a ROOT_IF --b dpdk:memif:SOCKET,client` (the memif's client role, the
+/// server being Redis's stack), once it reports ready. If it does not, the panic also shows the
+/// server's state (the caller's guards, the server's included, go as it unwinds).
+fn start_bridge(root_if: &str, socket: &Path, server: &mut ServerProcess) -> ServerProcess {
+    let b = format!("dpdk:memif:{},client", socket.display());
+    ServerProcess::builder(faultbridge_bin())
+        .args(["--a", root_if, "--b", &b, "--faults", ""])
+        .ready_prefix("faultbridge: ready")
+        .spawn()
+        .unwrap_or_else(|e| panic!("mtcp-faultbridge starts: {e:#}\n{}", server.diagnostics()))
+}
+
 /// Options of a bed.
 pub struct BedOptions {
     pub launch: Launch,
@@ -98,6 +128,8 @@ impl Default for BedOptions {
 /// redis-server under the shim and a namespace for its clients. Field order is drop order.
 pub struct RedisBed {
     pub server: ServerProcess,
+    /// `mtcp-faultbridge` of a [`Dev::Memif`] bed, stopped (by its pid) after the server.
+    pub bridge: Option<ServerProcess>,
     _veth: Option<VethPair>,
     pub ns: Netns,
     pub subnet: Subnet,
@@ -134,14 +166,14 @@ impl RedisBed {
                 let tap = unique_ifname("r");
                 (None, format!("tap:{tap}"), Some(tap))
             }
-            Dev::AfPacket | Dev::AfXdp => {
+            Dev::AfPacket | Dev::AfXdp | Dev::Memif => {
                 let v = VethPair::new(&ns, &subnet.cidr(1)).expect("veth");
-                let kind = if opts.dev == Dev::AfXdp {
-                    "af_xdp"
-                } else {
-                    "af_packet"
+                let d = match opts.dev {
+                    Dev::AfXdp => format!("af_xdp:{}", v.root_if()),
+                    // The bridge connects once Redis listens, to the veth's root end.
+                    Dev::Memif => format!("memif:{},server", memif_socket(&dir).display()),
+                    _ => format!("af_packet:{}", v.root_if()),
                 };
-                let d = format!("{kind}:{}", v.root_if());
                 (Some(v), d, None)
             }
         };
@@ -174,6 +206,11 @@ impl RedisBed {
             Duration::from_secs(30),
         )
         .expect("redis-server gets ready");
+        // Once Redis listens, its memif port has started and its socket exists.
+        let bridge = (opts.dev == Dev::Memif).then(|| {
+            let root_if = veth.as_ref().expect("memif bed has a veth pair").root_if();
+            start_bridge(root_if, &memif_socket(&dir), &mut server)
+        });
         if let Some(tap) = tap {
             // Only once Redis listens: the port is started then (the netdev appears earlier,
             // during the EAL's probe, and must not leave the namespace before its start).
@@ -186,6 +223,7 @@ impl RedisBed {
             .any(|a| a == "0.0.0.0" || a == subnet.addr(2).to_string());
         let mut bed = RedisBed {
             server,
+            bridge,
             _veth: veth,
             ns,
             subnet,
@@ -196,6 +234,29 @@ impl RedisBed {
             bed.wait_ready();
         }
         bed
+    }
+
+    /// For assertion messages: the server's state and output, and the bridge's if there is one.
+    pub fn diagnostics(&mut self) -> String {
+        let mut d = self.server.diagnostics();
+        if let Some(b) = &mut self.bridge {
+            d = format!("{d}\n--- bridge ---\n{}", b.diagnostics());
+        }
+        d
+    }
+
+    /// Stops the bridge of a [`Dev::Memif`] bed (SIGTERM to its pid) and returns its counters
+    /// line, `faultbridge: stopped a_to_b: rx=.. tx=.. .. b_to_a: ..` (a: the clients' side).
+    pub fn stop_bridge(&mut self) -> String {
+        let mut b = self.bridge.take().expect("a memif bed has a bridge");
+        let (status, _) = b.stop_with_stderr().expect("the bridge stops");
+        let line = b.wait_stdout("faultbridge: stopped", Duration::from_secs(5));
+        assert!(
+            status.success(),
+            "the bridge exited with {status}\n{}",
+            b.diagnostics()
+        );
+        line.expect("the bridge prints its counters when it stops")
     }
 
     /// The stack's address.
@@ -224,7 +285,7 @@ impl RedisBed {
             out.status.success(),
             "redis-cli {args:?}: {text}{}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            self.server.diagnostics()
+            self.diagnostics()
         );
         text
     }
@@ -250,7 +311,7 @@ impl RedisBed {
             assert!(
                 Instant::now() < deadline,
                 "{what}: not within {timeout:?}\n{}",
-                self.server.diagnostics()
+                self.diagnostics()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -271,7 +332,7 @@ impl RedisBed {
         assert!(
             out.status.success() && !text.to_lowercase().contains("error"),
             "{program} {args:?}: {text}{err}\n{}",
-            self.server.diagnostics()
+            self.diagnostics()
         );
         text
     }
@@ -299,7 +360,7 @@ impl RedisBed {
         assert!(
             out.status.success() && !text.to_lowercase().contains("error"),
             "{text}\n{}",
-            self.server.diagnostics()
+            self.diagnostics()
         );
         text
     }
