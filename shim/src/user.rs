@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use userstack::dpdk::DpdkLink;
 use userstack::epoll::{EpollEvent, EpollSet};
+use userstack::idle::Backoff;
 use userstack::{clock, Config, ConnId, Event, FastMap, Keepalive, Readiness, SockError, Stack};
 
 use crate::fdtable::{self, FdState};
@@ -1052,6 +1053,7 @@ pub fn epoll_wait(
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let spin = config().as_ref().map(|c| c.spin).unwrap_or(Duration::ZERO);
     let mut last_work = Instant::now();
+    let mut naps = backoff();
     let mut kernel_first = false;
     loop {
         // Our fds first (or the kernel's, alternately, so neither kind starves the other).
@@ -1067,6 +1069,7 @@ pub fn epoll_wait(
             }
             if s.pump() {
                 last_work = Instant::now();
+                naps.reset();
             }
             let mut out = std::mem::take(&mut s.scratch);
             // The set is taken out of its slot while it reads the other objects' readiness.
@@ -1116,10 +1119,11 @@ pub fn epoll_wait(
             continue;
         }
         // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
-        let Some(Blocking { wake, until_timer }) = prepare_block() else {
+        let Some(b) = prepare_block() else {
             last_work = Instant::now();
             continue;
         };
+        let wake = b.wake;
         let outer = {
             let mut s = shim();
             match s.obj(epfd) {
@@ -1132,14 +1136,28 @@ pub fn epoll_wait(
                 _ => return None,
             }
         };
-        let ms = block_ms(deadline, until_timer);
+        let t = block_for(deadline, &b, &mut naps);
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2];
-        // SAFETY: our private epoll fd and a local array; the caller's signal mask while blocked.
+        // SAFETY: our private epoll fd, local arrays; the caller's signal mask while blocked.
         let r = unsafe {
-            if sigmask.is_null() {
-                libc::epoll_wait(outer, evs.as_mut_ptr(), 2, ms)
+            if b.nap {
+                // Naps are microseconds, below epoll_wait's resolution: ppoll on the private
+                // epoll (readable while it has events), then read which.
+                let mut p = libc::pollfd {
+                    fd: outer,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let r = libc::ppoll(&mut p, 1, &timespec(t), sigmask);
+                if r > 0 {
+                    libc::epoll_wait(outer, evs.as_mut_ptr(), 2, 0)
+                } else {
+                    r
+                }
+            } else if sigmask.is_null() {
+                libc::epoll_wait(outer, evs.as_mut_ptr(), 2, ceil_ms(t))
             } else {
-                libc::epoll_pwait(outer, evs.as_mut_ptr(), 2, ms, sigmask)
+                libc::epoll_pwait(outer, evs.as_mut_ptr(), 2, ceil_ms(t), sigmask)
             }
         };
         let err = crate::errno::get();
@@ -1157,6 +1175,26 @@ struct Blocking {
     wake: Option<c_int>,
     /// Time to the stack's next timer.
     until_timer: Option<Duration>,
+    /// The stack runs over a device without a wake-up fd (net_memif): no frame ends the
+    /// block, so it lasts at most one step of the waiter's `Backoff` (20 µs doubling to
+    /// MTCP_IDLE_SLEEP_US), then the waiter polls again.
+    nap: bool,
+}
+
+/// The sleeps of a waiter on a device without a wake-up fd.
+fn backoff() -> Backoff {
+    match config() {
+        Ok(c) => Backoff::new(c),
+        Err(_) => Backoff::with_max(Duration::from_millis(2)),
+    }
+}
+
+/// A timespec for `d`.
+fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+    }
 }
 
 /// Before a waiter blocks: arms the device's wake-up fd. `None`: frames arrived meanwhile (poll
@@ -1167,6 +1205,7 @@ fn prepare_block() -> Option<Blocking> {
         return Some(Blocking {
             wake: None,
             until_timer: None,
+            nap: false,
         });
     };
     if !st.arm_wake(clock::now()) {
@@ -1176,10 +1215,13 @@ fn prepare_block() -> Option<Blocking> {
     // Only a waiter that frames wake up stands in for the keeper (memif has no wake-up fd).
     if wake.is_some() {
         BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        st.note_sleep();
     }
     Some(Blocking {
         wake,
         until_timer: st.next_deadline().map(clock::until),
+        nap: wake.is_none(),
     })
 }
 
@@ -1204,16 +1246,24 @@ fn after_block(notified: bool, wake: Option<c_int>) {
     }
 }
 
-/// The timeout to block for: the earlier of the caller's deadline and the next stack timer,
-/// in milliseconds rounded up (an hour if neither).
-fn block_ms(deadline: Option<Instant>, until_timer: Option<Duration>) -> c_int {
+/// How long to block: the earlier of the caller's deadline and the next stack timer (an hour
+/// if neither), and on a device without a wake-up fd at most the next step of `backoff`.
+fn block_for(deadline: Option<Instant>, b: &Blocking, backoff: &mut Backoff) -> Duration {
     let mut wait = deadline
         .map(|d| d.saturating_duration_since(Instant::now()))
         .unwrap_or(Duration::from_secs(3600));
-    if let Some(t) = until_timer {
+    if let Some(t) = b.until_timer {
         wait = wait.min(t);
     }
-    wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
+    if b.nap {
+        wait = backoff.take(wait);
+    }
+    wait
+}
+
+/// `d` in milliseconds, rounded up (epoll_wait's timeout).
+fn ceil_ms(d: Duration) -> c_int {
+    d.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
 }
 
 /// A private epoll instance for blocking on the application's epoll fd (data 0), the wake-up
@@ -1301,12 +1351,14 @@ pub fn poll(
     let deadline = timeout.map(|t| Instant::now() + t);
     let spin = config().as_ref().map(|c| c.spin).unwrap_or(Duration::ZERO);
     let mut last_work = Instant::now();
+    let mut naps = backoff();
     let mut mine = vec![0i16; fds.len()];
     loop {
         {
             let mut s = shim();
             if s.pump() {
                 last_work = Instant::now();
+                naps.reset();
             }
             for (i, p) in fds.iter().enumerate() {
                 mine[i] = match kinds[i] {
@@ -1346,10 +1398,11 @@ pub fn poll(
         if last_work.elapsed() < spin {
             continue;
         }
-        let Some(Blocking { wake, until_timer }) = prepare_block() else {
+        let Some(b) = prepare_block() else {
             last_work = Instant::now();
             continue;
         };
+        let wake = b.wake;
         // Block on the kernel's fds, the wake-up fd and the keeper's notification.
         let mut blk: Vec<libc::pollfd> = fds
             .iter()
@@ -1365,11 +1418,7 @@ pub fn poll(
                 revents: 0,
             });
         }
-        let ms = block_ms(deadline, until_timer);
-        let ts = libc::timespec {
-            tv_sec: (ms / 1000) as libc::time_t,
-            tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
-        };
+        let ts = timespec(block_for(deadline, &b, &mut naps));
         // SAFETY: a local array; the caller's signal mask while blocked.
         let r = unsafe { libc::ppoll(blk.as_mut_ptr(), blk.len() as libc::nfds_t, &ts, sigmask) };
         let err = crate::errno::get();

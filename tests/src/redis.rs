@@ -259,6 +259,28 @@ impl RedisBed {
         line.expect("the bridge prints its counters when it stops")
     }
 
+    /// One of the server's stack counters, as `mtcprun stats PID` prints it (e.g.
+    /// "drop_tx_ring_full").
+    pub fn stack_counter(&self, name: &str) -> u64 {
+        let bin = crate::built_artifact("mtcprun", "MTCPRUN_BIN");
+        let out = std::process::Command::new(&bin)
+            .args(["stats", &self.server.pid().to_string()])
+            .output()
+            .expect("mtcprun runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no counter {name} in `mtcprun stats`: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    }
+
     /// The stack's address.
     pub fn addr(&self) -> String {
         self.subnet.addr(2).to_string()

@@ -129,11 +129,15 @@ fn device_args(dev: &DevSpec) -> (Vec<String>, String) {
             ],
             "net_af_xdp0".into(),
         ),
+        // 2^13 slots per ring instead of the PMD's 2^10 (the client side's value is used):
+        // a burst of large replies (redis-benchmark's LRANGE_600, ~100 frames each, 50 at a
+        // time) overflowed 1024 slots while the peer drained them, and every frame dropped
+        // there costs a retransmission. 16 MB of shared memory per ring.
         DevSpec::Memif { socket, server } => (
             vec![
                 "--vdev".into(),
                 format!(
-                    "net_memif0,role={},socket={socket},id=0",
+                    "net_memif0,role={},socket={socket},id=0,rsize=13",
                     if *server { "server" } else { "client" }
                 ),
             ],

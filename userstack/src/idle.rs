@@ -28,17 +28,48 @@ const MAX_BLOCK: Duration = Duration::from_secs(1);
 
 pub struct Idler {
     spin: Duration,
-    max_sleep: Duration,
-    sleep: Duration,
+    sleep: Backoff,
     last_work: Instant,
+}
+
+/// The sleeps of a loop on a device without a wake-up fd: 20 µs, doubling while nothing
+/// happens, up to `MTCP_IDLE_SLEEP_US`. The shim's blocking calls use it too.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(cfg: &Config) -> Backoff {
+        Backoff::with_max(cfg.idle_sleep)
+    }
+
+    pub fn with_max(max: Duration) -> Backoff {
+        Backoff {
+            next: FIRST_SLEEP,
+            max: max.max(FIRST_SLEEP),
+        }
+    }
+
+    /// Work was done: the next sleep is the shortest again.
+    pub fn reset(&mut self) {
+        self.next = FIRST_SLEEP;
+    }
+
+    /// The next sleep, at most `limit`; the one after it is twice as long.
+    pub fn take(&mut self, limit: Duration) -> Duration {
+        let d = self.next.min(limit);
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
 }
 
 impl Idler {
     pub fn new(cfg: &Config) -> Idler {
         Idler {
             spin: cfg.spin,
-            max_sleep: cfg.idle_sleep.max(FIRST_SLEEP),
-            sleep: FIRST_SLEEP,
+            sleep: Backoff::new(cfg),
             last_work: Instant::now(),
         }
     }
@@ -46,7 +77,7 @@ impl Idler {
     /// The loop did something: stay hot.
     pub fn work(&mut self) {
         self.last_work = Instant::now();
-        self.sleep = FIRST_SLEEP;
+        self.sleep.reset();
     }
 
     /// The loop found nothing to do. Returns at once while spinning; otherwise blocks on the
@@ -77,8 +108,7 @@ impl Idler {
             }
             None => {
                 stack.note_sleep();
-                std::thread::sleep(self.sleep.min(limit));
-                self.sleep = (self.sleep * 2).min(self.max_sleep);
+                std::thread::sleep(self.sleep.take(limit));
             }
         }
     }

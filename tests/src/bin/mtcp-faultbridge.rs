@@ -140,6 +140,11 @@ fn run() -> Result<()> {
         }
         Side::Dpdk(mut link) => {
             let r = forward_dpdk(&a, &mut link, fa, fb, &ab, &ba);
+            // Frames the port's transmit ring refused: counted by the link after they were
+            // handed to it (and counted as tx).
+            let refused = link.counters().tx_ring_full;
+            ab.tx.fetch_sub(refused, Ordering::Relaxed);
+            ab.send_errors.fetch_add(refused, Ordering::Relaxed);
             (r, Ok(()))
         }
     };
