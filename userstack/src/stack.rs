@@ -1406,8 +1406,10 @@ impl<L: Link> Stack<L> {
             if let Event::Conn(id, ready) = e {
                 if let Some(c) = self.slots[id.slot as usize].conn.as_mut() {
                     c.event_queued = false;
-                    // Every poll_conn since the event was queued updated last_ready (and no
-                    // application call ran in between): it is the connection's readiness now.
+                    // What the connection's last poll_conn computed. Application calls since
+                    // then (an event queued by `flush` waits for the next poll) can only have
+                    // cleared bits: recv (readable), send (writable), SO_ERROR (error); epoll
+                    // re-reads the readiness of every candidate it reports.
                     *ready = c.last_ready;
                 }
             }
@@ -1798,7 +1800,19 @@ fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>, failed: bool) -> 
         tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen
     );
     let closed = state == tcp::State::Closed || state == tcp::State::TimeWait;
-    let rdhup = !handshaking && !sock.may_recv();
+    // The peer's FIN arrived (Linux: RCV_SHUTDOWN, set when the FIN is processed, whether or
+    // not data is still queued before it). smoltcp's may_recv stays true until that data is
+    // read; with it alone, EPOLLRDHUP appeared only when the application emptied the buffer.
+    // (Closed without an error is the end of a graceful close: after the peer's FIN too.)
+    let fin_received = matches!(
+        state,
+        tcp::State::CloseWait
+            | tcp::State::LastAck
+            | tcp::State::Closing
+            | tcp::State::TimeWait
+            | tcp::State::Closed
+    );
+    let rdhup = !handshaking && (fin_received || !sock.may_recv());
     Readiness {
         readable: sock.can_recv() || rdhup || failed,
         writable: (!handshaking && sock.can_send()) || failed || (!handshaking && !sock.may_send()),

@@ -720,11 +720,20 @@ fn a_replied_request_arms_no_delayed_ack_timer() {
         p.advance(Duration::from_millis(3), Duration::from_micros(500));
     }
 
-    // No reply: the ACK alone, after the delay, and not much later.
+    // No reply: the ACK alone, after the delay, and not much later. The deadline waits in the
+    // queue, not in the heap, for a poll: `next_deadline` (what a blocked loop sleeps until)
+    // must show it.
     assert_eq!(p.client.send(c, b"GET k\r\n").unwrap(), 7);
     p.now += step;
     p.client.poll(p.now);
     let sent = p.now;
+    p.now += step;
+    p.server.poll(p.now);
+    let wake = p.server.next_deadline().expect("a delayed ACK is due");
+    assert!(
+        wake <= sent + Duration::from_micros(1100),
+        "the loop would sleep until {wake} (request at {sent})"
+    );
     let before = p.server.stats().tx_frames;
     while p.server.stats().tx_frames == before {
         assert!(
@@ -742,4 +751,27 @@ fn a_replied_request_arms_no_delayed_ack_timer() {
     );
     p.client.poll(p.now);
     assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+}
+
+/// EPOLLRDHUP as soon as the peer's FIN arrives, also with data still unread before it, as on
+/// Linux (RCV_SHUTDOWN); and EPOLLHUP once both directions are shut, whatever is still queued.
+#[test]
+fn the_peers_fin_is_reported_with_data_still_unread() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    p.client.send(c, b"last words").unwrap();
+    p.client.close(c).unwrap();
+    p.run();
+    let r = p.server.readiness(s).unwrap();
+    assert!(r.readable && r.rdhup && !r.hup, "{r:?}");
+    // Reading the data changes none of that.
+    let mut buf = [0u8; 64];
+    assert_eq!(p.server.recv(s, &mut buf[..4]).unwrap(), 4);
+    assert_eq!(p.server.readiness(s).unwrap(), r);
+    p.server.shutdown_write(s).unwrap();
+    p.run();
+    let r = p.server.readiness(s).unwrap();
+    assert!(r.readable && r.rdhup && r.hup, "{r:?}");
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 6);
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 0);
 }

@@ -568,7 +568,8 @@ fn server(port: u16) {
         call("send(after SHUT_WR, NOSIGNAL)", || {
             libc::send(d2, msg.as_ptr().cast(), 4, libc::MSG_NOSIGNAL)
         });
-        note(read_line(d2));
+        // The peer answers `eof` and closes: its FIN arrives behind that line, still unread.
+        // Linux reports POLLRDHUP at once (RCV_SHUTDOWN), not only once the line was read.
         let mut p = pollfd {
             fd: d2,
             events: libc::POLLRDHUP,
@@ -579,6 +580,13 @@ fn server(port: u16) {
                 break;
             }
         }
+        poll_one(
+            d2,
+            libc::POLLIN | libc::POLLRDHUP,
+            0,
+            "poll(FIN behind unread data)",
+        );
+        note(read_line(d2));
         call("read(EOF)", || libc::read(d2, b.as_mut_ptr().cast(), 16));
         poll_one(
             d2,
