@@ -17,8 +17,13 @@
 #                 `mtcp-faultbridge --b dpdk:memif:...` (a DPDK process on the client's CPU that
 #                 plays the NIC: it moves frames between the memif and the veth's server end).
 #                 The only path with no kernel in the server's data path, as on a real NIC: the
-#                 server CPU it shows is the shim, the stack and Redis alone (not in the default
-#                 PATHS; needs the mtcp-tests binaries built)
+#                 server CPU it shows is the shim, the stack and Redis alone. The bridge shares
+#                 the client's CPU at normal priority (BRIDGE_PRIO, default "nice -n 0"), which
+#                 bounds throughput; "chrt --idle 0" gives it only the client's idle time (more
+#                 rps at -c 50, but at -c 1000+ the CPU-bound client starves it and the server's
+#                 memif ring overflows: frames lost, seconds of p99) (not in the default
+#                 PATHS; needs the mtcp-tests binaries built); `memif`: the same with the
+#                 default MTCP_SPIN_US
 #   tap           under the shim over net_tap (the tap moved into the client's namespace)
 #   unix          kernel redis-server over a unix socket (client in the server's namespace):
 #                 the ceiling without TCP at all
@@ -130,7 +135,7 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
             [[ $path == *-s0 ]] && env+=(MTCP_SPIN_US=0)
         fi
         ;;
-    memif-s0)
+    memif | memif-s0)
         new_if sif s
         new_if cif c
         veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
@@ -142,7 +147,8 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         rps "$SRV_NS" "$sif" "$CLI_CPU" || return 1
         MEMIF_SOCK=$TMP/memif.sock
         env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="memif:$MEMIF_SOCK,server"
-            MTCP_ADDR="$NET.2/24" MTCP_SPIN_US=0)
+            MTCP_ADDR="$NET.2/24")
+        [[ $path == *-s0 ]] && env+=(MTCP_SPIN_US=0)
         ;;
     tap)
         new_if tap t
@@ -164,7 +170,7 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
     done
     if [[ $path == memif* ]]; then
         start_bg "bridge-$path" "faultbridge: ready" 30 ip netns exec "$SRV_NS" env MTCP_LOG=error \
-            taskset -c "$CLI_CPU" chrt --idle 0 "$TARGET/release/mtcp-faultbridge" --a "$sif" \
+            taskset -c "$CLI_CPU" ${BRIDGE_PRIO:-nice -n 0} "$TARGET/release/mtcp-faultbridge" --a "$sif" \
             --b "dpdk:memif:$MEMIF_SOCK,client" --faults "" || return 1
         BRIDGE_PID=$LAST_PID
     fi

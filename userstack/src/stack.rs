@@ -575,6 +575,11 @@ impl<L: Link> Stack<L> {
     /// Prepares to block on `wake_fd`: arms it, then polls once more so a frame that arrived
     /// before arming is not left waiting. Returns false if that poll found work (do not block).
     pub fn arm_wake(&mut self, now: Instant) -> bool {
+        if self.net.link.wake_fd().is_none() {
+            // Nothing to arm, no race to close: the caller's own poll just found nothing.
+            self.note_sleep();
+            return true;
+        }
         self.net.link.arm_wake();
         if self.poll(now) {
             self.net.link.disarm_wake();
