@@ -208,9 +208,9 @@ impl EpollSet {
         out.clear();
         let max = max.max(1);
         // Each queued key is looked at once per call; level-triggered ones that are still
-        // ready go to the back, behind the others (round-robin).
+        // ready go to the back, behind the others (round-robin): the budget ends the call
+        // before it reaches them again.
         let mut budget = self.ready.len();
-        let mut requeue = Vec::new();
         while budget > 0 && out.len() < max {
             budget -= 1;
             let Some(key) = self.ready.pop_front() else {
@@ -236,10 +236,9 @@ impl EpollSet {
                 e.disabled = true;
             } else if e.events & EPOLLET == 0 {
                 e.queued = true;
-                requeue.push(key);
+                self.ready.push_back(key);
             }
         }
-        self.ready.extend(requeue);
         out.len()
     }
 }
