@@ -83,6 +83,18 @@ pub fn bench_results(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// An MTCP_DEV value for a memif port on `socket` in `role`, with rings of 2^`ring_log2`
+/// slots if given.
+fn memif_spec(socket: &Path, role: &str, ring_log2: Option<u8>) -> String {
+    match ring_log2 {
+        None => format!("memif:{},{role}", socket.display()),
+        Some(n) => format!(
+            "vdev:net_memif0,role={role},socket={},id=0,rsize={n}",
+            socket.display()
+        ),
+    }
+}
+
 /// The memif socket of a [`Dev::Memif`] bed: in the bed's own directory, so unique and removed
 /// with it.
 fn memif_socket(dir: &TempDir) -> PathBuf {
@@ -92,8 +104,13 @@ fn memif_socket(dir: &TempDir) -> PathBuf {
 /// `mtcp-faultbridge --a ROOT_IF --b dpdk:memif:SOCKET,client` (the memif's client role, the
 /// server being Redis's stack), once it reports ready. If it does not, the panic also shows the
 /// server's state (the caller's guards, the server's included, go as it unwinds).
-fn start_bridge(root_if: &str, socket: &Path, server: &mut ServerProcess) -> ServerProcess {
-    let b = format!("dpdk:memif:{},client", socket.display());
+fn start_bridge(
+    root_if: &str,
+    socket: &Path,
+    ring_log2: Option<u8>,
+    server: &mut ServerProcess,
+) -> ServerProcess {
+    let b = format!("dpdk:{}", memif_spec(socket, "client", ring_log2));
     ServerProcess::builder(faultbridge_bin())
         .args(["--a", root_if, "--b", &b, "--faults", ""])
         .ready_prefix("faultbridge: ready")
@@ -111,6 +128,8 @@ pub struct BedOptions {
     pub args: Vec<String>,
     /// More environment for the server.
     pub env: Vec<(String, String)>,
+    /// [`Dev::Memif`]: rings of 2^N slots on both sides instead of the stack's default.
+    pub memif_ring_log2: Option<u8>,
 }
 
 impl Default for BedOptions {
@@ -121,6 +140,7 @@ impl Default for BedOptions {
             bind: "0.0.0.0".into(),
             args: Vec::new(),
             env: Vec::new(),
+            memif_ring_log2: None,
         }
     }
 }
@@ -171,7 +191,7 @@ impl RedisBed {
                 let d = match opts.dev {
                     Dev::AfXdp => format!("af_xdp:{}", v.root_if()),
                     // The bridge connects once Redis listens, to the veth's root end.
-                    Dev::Memif => format!("memif:{},server", memif_socket(&dir).display()),
+                    Dev::Memif => memif_spec(&memif_socket(&dir), "server", opts.memif_ring_log2),
                     _ => format!("af_packet:{}", v.root_if()),
                 };
                 (Some(v), d, None)
@@ -209,7 +229,12 @@ impl RedisBed {
         // Once Redis listens, its memif port has started and its socket exists.
         let bridge = (opts.dev == Dev::Memif).then(|| {
             let root_if = veth.as_ref().expect("memif bed has a veth pair").root_if();
-            start_bridge(root_if, &memif_socket(&dir), &mut server)
+            start_bridge(
+                root_if,
+                &memif_socket(&dir),
+                opts.memif_ring_log2,
+                &mut server,
+            )
         });
         if let Some(tap) = tap {
             // Only once Redis listens: the port is started then (the netdev appears earlier,

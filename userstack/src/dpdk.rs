@@ -4,6 +4,7 @@
 //!
 //! All of the stack's unsafe code is in this file.
 
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::os::fd::RawFd;
@@ -16,6 +17,9 @@ use crate::config::{Config, DevSpec, Hugepages};
 use crate::link::{Link, LinkCounters, RxFrame, TxFrame};
 
 const TX_BATCH: usize = 64;
+/// A transmit backlog the device took nothing of for this long is dropped (while frames wait
+/// the loop polls without sleeping; a memif peer that went away would keep it polling).
+const BACKLOG_GIVE_UP: std::time::Duration = std::time::Duration::from_millis(500);
 const RING_SIZE: u16 = 1024;
 const MBUF_CACHE: u32 = 256;
 /// Frames the tap's kernel side may queue for us (its txqueuelen).
@@ -510,6 +514,16 @@ pub struct DpdkLink {
     rx_burst: [*mut sys::rte_mbuf; 64],
     tx: [*mut sys::rte_mbuf; TX_BATCH],
     ntx: usize,
+    /// Frames the device's transmit ring had no room for, oldest first (see `tx_flush`).
+    backlog: VecDeque<*mut sys::rte_mbuf>,
+    /// At most this many (a quarter of the mbuf pool: receiving needs mbufs too).
+    backlog_cap: usize,
+    /// Since when the backlog has waited without the device taking a frame of it.
+    backlog_since: Option<std::time::Instant>,
+    /// The device took nothing for BACKLOG_GIVE_UP: no backlog (frames it refuses are dropped
+    /// at once, as before) until it takes a frame again.
+    stalled: bool,
+    tx_delayed: u64,
     tx_ring_full: u64,
     rx_multiseg: u64,
     pub info: StartInfo,
@@ -571,6 +585,11 @@ impl DpdkLink {
             rx_burst: [std::ptr::null_mut(); 64],
             tx: [std::ptr::null_mut(); TX_BATCH],
             ntx: 0,
+            backlog: VecDeque::new(),
+            backlog_cap: cfg.mbufs as usize / 4,
+            backlog_since: None,
+            stalled: false,
+            tx_delayed: 0,
             tx_ring_full: 0,
             rx_multiseg: 0,
             info,
@@ -840,30 +859,53 @@ impl Link for DpdkLink {
     }
 
     fn tx_flush(&mut self) {
-        let mut done = 0;
-        // A full ring is retried a few times (the device drains it meanwhile), then the rest
-        // is counted and freed: TCP retransmits it.
-        for _ in 0..4 {
-            if done == self.ntx {
-                break;
-            }
-            // SAFETY: tx[done..ntx] are valid mbufs we own; tx_burst takes ownership of those sent.
-            let n = unsafe {
-                sys::rte_eth_tx_burst(
-                    self.port,
-                    0,
-                    self.tx.as_mut_ptr().add(done),
-                    (self.ntx - done) as u16,
-                )
-            };
-            done += usize::from(n);
+        if !self.backlog.is_empty() {
+            self.drain_backlog();
         }
+        let mut done = 0;
+        if self.backlog.is_empty() {
+            // A full ring is retried once at once (the device drains it meanwhile).
+            for _ in 0..2 {
+                if done == self.ntx {
+                    break;
+                }
+                // SAFETY: tx[done..ntx] are valid mbufs we own; tx_burst takes ownership of
+                // those sent.
+                let n = unsafe {
+                    sys::rte_eth_tx_burst(
+                        self.port,
+                        0,
+                        self.tx.as_mut_ptr().add(done),
+                        (self.ntx - done) as u16,
+                    )
+                };
+                done += usize::from(n);
+            }
+            if done > 0 {
+                self.stalled = false;
+            }
+        }
+        // What the ring did not take waits, in order, behind what already waits (as a qdisc
+        // holds frames for a full driver queue); past the backlog's bound it is counted and
+        // freed, and TCP retransmits it.
         for &m in &self.tx[done..self.ntx] {
-            self.tx_ring_full += 1;
-            // SAFETY: not sent, still ours.
-            unsafe { sys::rte_pktmbuf_free(m) };
+            if !self.stalled && self.backlog.len() < self.backlog_cap {
+                self.backlog.push_back(m);
+                self.tx_delayed += 1;
+            } else {
+                self.tx_ring_full += 1;
+                // SAFETY: not sent, still ours.
+                unsafe { sys::rte_pktmbuf_free(m) };
+            }
+        }
+        if !self.backlog.is_empty() && self.backlog_since.is_none() {
+            self.backlog_since = Some(std::time::Instant::now());
         }
         self.ntx = 0;
+    }
+
+    fn tx_pending(&self) -> usize {
+        self.backlog.len()
     }
 
     fn mac(&self) -> [u8; 6] {
@@ -898,6 +940,7 @@ impl Link for DpdkLink {
             let size = (*self.pool.as_ptr()).size;
             LinkCounters {
                 tx_ring_full: self.tx_ring_full,
+                tx_delayed: self.tx_delayed,
                 rx_missed: st.imissed + st.ierrors + self.rx_multiseg,
                 pool_in_use: u64::from(sys::rte_mempool_in_use_count(self.pool.as_ptr())),
                 pool_size: u64::from(size),
@@ -906,9 +949,45 @@ impl Link for DpdkLink {
     }
 }
 
+impl DpdkLink {
+    /// Hands the device as much of the backlog as its ring takes now. A device that took
+    /// nothing for `BACKLOG_GIVE_UP` (a memif peer that went away) gets the backlog dropped:
+    /// the loop polls without sleeping while frames wait, and must not do so forever.
+    fn drain_backlog(&mut self) {
+        let waiting = self.backlog.make_contiguous();
+        let len = waiting.len().min(usize::from(u16::MAX));
+        // SAFETY: valid mbufs we own; tx_burst takes ownership of the first n.
+        let n = usize::from(unsafe {
+            sys::rte_eth_tx_burst(self.port, 0, waiting.as_mut_ptr(), len as u16)
+        });
+        self.backlog.drain(..n);
+        if self.backlog.is_empty() {
+            self.backlog_since = None;
+        } else if n > 0 {
+            self.backlog_since = Some(std::time::Instant::now());
+        } else if self
+            .backlog_since
+            .is_some_and(|t| t.elapsed() >= BACKLOG_GIVE_UP)
+        {
+            self.drop_backlog();
+            self.stalled = true;
+        }
+    }
+
+    fn drop_backlog(&mut self) {
+        for m in self.backlog.drain(..) {
+            self.tx_ring_full += 1;
+            // SAFETY: not sent, still ours.
+            unsafe { sys::rte_pktmbuf_free(m) };
+        }
+        self.backlog_since = None;
+    }
+}
+
 impl Drop for DpdkLink {
     fn drop(&mut self) {
         self.tx_flush();
+        self.drop_backlog();
         // SAFETY: the port was started by us; stopping and closing it removes net_tap's netdev.
         unsafe {
             sys::rte_eth_dev_stop(self.port);

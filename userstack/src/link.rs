@@ -23,6 +23,8 @@ pub trait TxFrame {
 pub struct LinkCounters {
     /// Frames not sent because the device's transmit ring stayed full.
     pub tx_ring_full: u64,
+    /// Frames held back while the ring was full, then sent.
+    pub tx_delayed: u64,
     /// Frames the device itself reported as missed/dropped on receive (e.g. rx ring overflow).
     pub rx_missed: u64,
     /// Mbufs in use / total in the pool, where the link has a pool.
@@ -40,8 +42,13 @@ pub trait Link {
     fn tx_alloc(&mut self, len: usize) -> Option<Self::Tx>;
     /// Queues a finished frame; it leaves at the latest on the next `tx_flush`.
     fn tx_push(&mut self, frame: Self::Tx);
-    /// Sends every queued frame (one burst).
+    /// Sends every queued frame (one burst). Frames the device has no room for now may stay
+    /// queued in the link (`tx_pending`) and go first on the next flush.
     fn tx_flush(&mut self);
+    /// Frames waiting for room in the device; the owner must flush again soon (not block).
+    fn tx_pending(&self) -> usize {
+        0
+    }
     /// The port's own MAC address.
     fn mac(&self) -> [u8; 6];
     /// The largest IP packet the link carries (1500 on Ethernet).

@@ -556,6 +556,7 @@ impl<L: Link> Stack<L> {
         let mut s = self.net.stats;
         let lc = self.net.link.counters();
         s.drop_tx_ring_full = lc.tx_ring_full;
+        s.tx_delayed = lc.tx_delayed;
         s
     }
 
@@ -622,7 +623,7 @@ impl<L: Link> Stack<L> {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
         };
-        if !self.dirty.is_empty() {
+        if !self.dirty.is_empty() || self.net.link.tx_pending() > 0 {
             return Some(Instant::from_micros(0));
         }
         d.map(|us| Instant::from_micros(us as i64))

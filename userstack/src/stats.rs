@@ -46,8 +46,12 @@ counters! {
         drop_fragment,
         /// The mbuf pool was empty when a frame had to be built.
         drop_mempool_empty,
-        /// The device's transmit ring stayed full.
+        /// The device's transmit ring stayed full: past the link's backlog (a quarter of the mbuf
+        /// pool), or the device took nothing for half a second.
         drop_tx_ring_full,
+        /// Frames the device's transmit ring had no room for at first: held back, in order, and
+        /// sent as it drained (not lost).
+        tx_delayed,
         /// Packets for a peer whose MAC address never resolved (ARP gave no answer).
         drop_arp_unresolved,
         /// Packets to a destination outside the subnet with no gateway configured.
