@@ -24,6 +24,7 @@ use libc::{c_int, c_void, sockaddr, socklen_t};
 use userstack::dpdk::DpdkLink;
 use userstack::epoll::{EpollEvent, EpollSet};
 use userstack::idle::Backoff;
+use userstack::link::Link;
 use userstack::{clock, Config, ConnId, Event, FastMap, Keepalive, Readiness, SockError, Stack};
 
 use crate::fdtable::{self, FdState};
@@ -285,7 +286,7 @@ impl Shim {
     /// Transmits the writes threads deferred (`defer_tx`), without receiving.
     fn flush_deferred(&mut self) {
         if let Some(st) = self.stack.as_mut() {
-            st.flush(clock::now());
+            flush(st);
         }
     }
 
@@ -579,6 +580,21 @@ fn defer_tx(pending: usize) -> bool {
         && BLOCKED_WAITERS.load(Ordering::Relaxed) == 0
 }
 
+/// Transmits queued writes outside a wait. Frames the device had no room for then wait in the
+/// link and need a poll soon; the keeper leaves that to threads blocked in our waits, so one of
+/// them is woken (its block may have been timed before the frames were queued).
+fn flush(stack: &mut Stack<DpdkLink>) {
+    stack.flush(clock::now());
+    if stack.link().tx_pending() > 0 && BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+        let fd = NOTIFY_FD.load(Ordering::Acquire);
+        if fd >= 0 {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes to our own eventfd.
+            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
 /// Ends this thread's event-loop iteration at a wait that is not ours (the kernel's fds only):
 /// writes it deferred leave now, as that wait will not poll the stack.
 fn leave_loop_for_kernel() {
@@ -628,7 +644,7 @@ fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Option<Result<usize, c_int>>
             Io::Write(data) => {
                 let r = stack.send(id, data);
                 if r.is_ok() && !defer_tx(stack.pending_writes()) {
-                    stack.flush(clock::now());
+                    flush(stack);
                 }
                 r
             }
@@ -697,7 +713,7 @@ pub fn close(fd: c_int) -> bool {
             s.conn_fd.remove(&id);
             if let Some(stack) = s.stack.as_mut() {
                 let _ = stack.close(id);
-                stack.flush(clock::now());
+                flush(stack);
             }
         }
         Obj::Listener { port, .. } => {
@@ -773,7 +789,7 @@ pub fn shutdown(fd: c_int, how: c_int) -> Option<Result<c_int, c_int>> {
         if let Err(e) = stack.shutdown_write(id) {
             return Some(Err(so_errno(e)));
         }
-        stack.flush(clock::now());
+        flush(stack);
     }
     Some(Ok(0))
 }
@@ -1254,6 +1270,13 @@ fn prepare_block() -> Option<Blocking> {
             nap: false,
         });
     };
+    if st.link().tx_pending() > 0 {
+        // Frames wait for room in the device: poll again instead of blocking, but let a peer
+        // that shares this CPU (a memif process) run and drain the ring.
+        drop(s);
+        std::thread::yield_now();
+        return None;
+    }
     if !st.arm_wake(clock::now()) {
         return None;
     }

@@ -86,6 +86,12 @@ impl Idler {
         if self.last_work.elapsed() < self.spin {
             return;
         }
+        if stack.link().tx_pending() > 0 {
+            // Frames wait for room in the device: poll again without sleeping (and without
+            // growing the sleep), but let a peer that shares this CPU drain the ring.
+            std::thread::yield_now();
+            return;
+        }
         let until_timer = stack.next_deadline().map(crate::clock::until);
         let limit = until_timer.unwrap_or(MAX_BLOCK).min(MAX_BLOCK);
         match stack.wake_fd() {

@@ -23,7 +23,7 @@ pub trait TxFrame {
 pub struct LinkCounters {
     /// Frames not sent because the device's transmit ring stayed full.
     pub tx_ring_full: u64,
-    /// Frames held back while the ring was full, then sent.
+    /// Frames held back while the ring was full (then sent, or dropped if it stayed full).
     pub tx_delayed: u64,
     /// Frames the device itself reported as missed/dropped on receive (e.g. rx ring overflow).
     pub rx_missed: u64,

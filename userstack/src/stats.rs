@@ -50,7 +50,7 @@ counters! {
         /// pool), or the device took nothing for half a second.
         drop_tx_ring_full,
         /// Frames the device's transmit ring had no room for at first: held back, in order, and
-        /// sent as it drained (not lost).
+        /// sent as it drained (those dropped later, see drop_tx_ring_full, count here too).
         tx_delayed,
         /// Packets for a peer whose MAC address never resolved (ARP gave no answer).
         drop_arp_unresolved,

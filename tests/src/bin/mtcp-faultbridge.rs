@@ -140,9 +140,14 @@ fn run() -> Result<()> {
         }
         Side::Dpdk(mut link) => {
             let r = forward_dpdk(&a, &mut link, fa, fb, &ab, &ba);
+            // Frames still waiting for room in the port's ring get a last chance.
+            let t = Instant::now();
+            while link.tx_pending() > 0 && t.elapsed() < Duration::from_secs(1) {
+                link.tx_flush();
+            }
             // Frames the port's transmit ring refused: counted by the link after they were
             // handed to it (and counted as tx).
-            let refused = link.counters().tx_ring_full;
+            let refused = link.counters().tx_ring_full + link.tx_pending() as u64;
             ab.tx.fetch_sub(refused, Ordering::Relaxed);
             ab.send_errors.fetch_add(refused, Ordering::Relaxed);
             (r, Ok(()))
@@ -672,7 +677,7 @@ fn forward_dpdk(
         send_all(a, &out, ba);
         to_a.recycle(&mut out);
 
-        if n + m > 0 {
+        if n + m > 0 || link.tx_pending() > 0 {
             last_work = Instant::now();
             block = FIRST_BLOCK;
         } else if last_work.elapsed() >= SPIN {
