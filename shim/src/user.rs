@@ -135,12 +135,7 @@ fn start_keeper() {
                 // Never wait for the lock: whoever holds it is polling anyway.
                 let Ok(mut s) = lock.try_lock() else { continue };
                 if s.pump() {
-                    let fd = NOTIFY_FD.load(Ordering::Acquire);
-                    if fd >= 0 {
-                        let one: u64 = 1;
-                        // SAFETY: writing 8 bytes to our own eventfd.
-                        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-                    }
+                    notify_waiters();
                 }
             }
         });
@@ -586,12 +581,17 @@ fn defer_tx(pending: usize) -> bool {
 fn flush(stack: &mut Stack<DpdkLink>) {
     stack.flush(clock::now());
     if stack.link().tx_pending() > 0 && BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
-        let fd = NOTIFY_FD.load(Ordering::Acquire);
-        if fd >= 0 {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes to our own eventfd.
-            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-        }
+        notify_waiters();
+    }
+}
+
+/// Wakes the threads blocked in our waits (the eventfd in their private epoll).
+fn notify_waiters() {
+    let fd = NOTIFY_FD.load(Ordering::Acquire);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our own eventfd.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
     }
 }
 
@@ -1173,7 +1173,7 @@ pub fn epoll_wait(
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                let r = libc::ppoll(&mut p, 1, &timespec(t), sigmask);
+                let r = libc::ppoll(&mut p, 1, &clock::timespec(t), sigmask);
                 if r > 0 {
                     libc::epoll_wait(outer, evs.as_mut_ptr(), 2, 0)
                 } else {
@@ -1248,14 +1248,6 @@ fn nap(limit: Duration) -> Duration {
         n.set(Some(b));
         d
     })
-}
-
-/// A timespec for `d`.
-fn timespec(d: Duration) -> libc::timespec {
-    libc::timespec {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
-    }
 }
 
 /// Before a waiter blocks: arms the device's wake-up fd. `None`: frames arrived meanwhile (poll
@@ -1483,7 +1475,7 @@ pub fn poll(
                 revents: 0,
             });
         }
-        let ts = timespec(block_for(deadline, &b));
+        let ts = clock::timespec(block_for(deadline, &b));
         // SAFETY: a local array; the caller's signal mask while blocked.
         let r = unsafe { libc::ppoll(blk.as_mut_ptr(), blk.len() as libc::nfds_t, &ts, sigmask) };
         let err = crate::errno::get();

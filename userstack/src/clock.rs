@@ -20,3 +20,11 @@ pub fn until(deadline: smoltcp::time::Instant) -> std::time::Duration {
         std::time::Duration::from_micros((deadline - n).total_micros())
     }
 }
+
+/// `d` as a `timespec` (for ppoll's microsecond timeouts).
+pub fn timespec(d: std::time::Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+    }
+}

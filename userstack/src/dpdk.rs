@@ -869,17 +869,9 @@ impl Link for DpdkLink {
                 if done == self.ntx {
                     break;
                 }
-                // SAFETY: tx[done..ntx] are valid mbufs we own; tx_burst takes ownership of
-                // those sent.
-                let n = unsafe {
-                    sys::rte_eth_tx_burst(
-                        self.port,
-                        0,
-                        self.tx.as_mut_ptr().add(done),
-                        (self.ntx - done) as u16,
-                    )
-                };
-                done += usize::from(n);
+                // SAFETY: tx[done..ntx] are valid mbufs we own.
+                done +=
+                    unsafe { burst(self.port, self.tx.as_mut_ptr().add(done), self.ntx - done) };
             }
             if done > 0 {
                 self.stalled = false;
@@ -949,17 +941,26 @@ impl Link for DpdkLink {
     }
 }
 
+/// Offers `n` frames to `port`'s transmit queue; returns how many it took (the first ones,
+/// now the device's).
+///
+/// # Safety
+/// `frames` points at `n` valid mbufs owned by the caller.
+unsafe fn burst(port: u16, frames: *mut *mut sys::rte_mbuf, n: usize) -> usize {
+    let n = n.min(usize::from(u16::MAX)) as u16;
+    // SAFETY: as the caller promises; tx_burst takes ownership of those it sends.
+    usize::from(unsafe { sys::rte_eth_tx_burst(port, 0, frames, n) })
+}
+
 impl DpdkLink {
     /// Hands the device as much of the backlog as its ring takes now. A device that took
     /// nothing for `BACKLOG_GIVE_UP` (a memif peer that went away) gets the backlog dropped:
     /// the loop polls without sleeping while frames wait, and must not do so forever.
     fn drain_backlog(&mut self) {
+        let port = self.port;
         let waiting = self.backlog.make_contiguous();
-        let len = waiting.len().min(usize::from(u16::MAX));
-        // SAFETY: valid mbufs we own; tx_burst takes ownership of the first n.
-        let n = usize::from(unsafe {
-            sys::rte_eth_tx_burst(self.port, 0, waiting.as_mut_ptr(), len as u16)
-        });
+        // SAFETY: valid mbufs we own.
+        let n = unsafe { burst(port, waiting.as_mut_ptr(), waiting.len()) };
         self.backlog.drain(..n);
         if self.backlog.is_empty() {
             self.backlog_since = None;

@@ -100,10 +100,7 @@ impl Idler {
                     self.work();
                     return;
                 }
-                let ts = libc::timespec {
-                    tv_sec: limit.as_secs() as libc::time_t,
-                    tv_nsec: libc::c_long::from(limit.subsec_nanos() as i32),
-                };
+                let ts = crate::clock::timespec(limit);
                 let mut pfd = libc::pollfd {
                     fd,
                     events: libc::POLLIN,

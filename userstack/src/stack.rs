@@ -1808,17 +1808,18 @@ fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>, failed: bool) -> 
     let closed = state == tcp::State::Closed || state == tcp::State::TimeWait;
     // The peer's FIN arrived (Linux: RCV_SHUTDOWN, set when the FIN is processed, whether or
     // not data is still queued before it). smoltcp's may_recv stays true until that data is
-    // read; with it alone, EPOLLRDHUP appeared only when the application emptied the buffer.
-    // (Closed without an error is the end of a graceful close: after the peer's FIN too.)
-    let fin_received = matches!(
-        state,
-        tcp::State::CloseWait
-            | tcp::State::LastAck
-            | tcp::State::Closing
-            | tcp::State::TimeWait
-            | tcp::State::Closed
-    );
-    let rdhup = !handshaking && (fin_received || !sock.may_recv());
+    // read; with it, EPOLLRDHUP appeared only when the application emptied the buffer.
+    // (Closed without an error is the end of a graceful close: after the peer's FIN too.) Past
+    // the handshake, these are exactly the states where may_recv can be false.
+    let rdhup = !handshaking
+        && matches!(
+            state,
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+                | tcp::State::Closed
+        );
     Readiness {
         readable: sock.can_recv() || rdhup || failed,
         writable: (!handshaking && sock.can_send()) || failed || (!handshaking && !sock.may_send()),

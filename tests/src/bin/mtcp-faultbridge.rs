@@ -356,10 +356,7 @@ impl PacketSocket {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ts = libc::timespec {
-            tv_sec: t.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-        };
+        let ts = userstack::clock::timespec(t);
         // SAFETY: one valid pollfd and timespec; no signal mask change.
         unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
     }
