@@ -50,6 +50,37 @@ fn load(bed: &mut RedisBed, what: &str, args: &[&str]) -> String {
     text
 }
 
+/// A kernel-served redis-server in the bed's namespace on 127.0.0.1:`port`, data in `dir`,
+/// once its output shows `ready`.
+fn kernel_redis(
+    bed: &mut RedisBed,
+    port: &str,
+    dir: &TempDir,
+    extra: &[&str],
+    ready: &str,
+) -> ServerProcess {
+    let mut server = ServerProcess::builder_in(&bed.ns, "redis-server")
+        .args([
+            "--port",
+            port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--enable-debug-command",
+            "yes",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .args(extra)
+        .ready_prefix("")
+        .spawn()
+        .expect("kernel redis-server starts");
+    mtcp_tests::wait_stdout_contains(&mut server, ready, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", server.diagnostics(), bed.diagnostics()));
+    server
+}
+
 fn wait_no_bg_save(bed: &mut RedisBed) {
     bed.wait_for(
         "background save/rewrite ends",
@@ -100,28 +131,7 @@ fn hundred_bgsaves_under_load_and_the_rdb_loads_back() {
     )
     .unwrap();
     let p = bed.port.to_string();
-    let mut kernel = ServerProcess::builder_in(&bed.ns, "redis-server")
-        .args([
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--enable-debug-command",
-            "yes",
-            "--dir",
-            kdir.path().to_str().unwrap(),
-        ])
-        .ready_prefix("")
-        .spawn()
-        .expect("kernel redis-server starts");
-    mtcp_tests::wait_stdout_contains(
-        &mut kernel,
-        "Ready to accept connections",
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let _kernel = kernel_redis(&mut bed, &p, &kdir, &[], "Ready to accept connections");
     let kcli = |args: &[&str]| {
         let mut all = vec!["-h", "127.0.0.1", "-p", &p];
         all.extend_from_slice(args);
@@ -133,6 +143,77 @@ fn hundred_bgsaves_under_load_and_the_rdb_loads_back() {
         digest,
         "the same data loads back"
     );
+}
+
+/// Replication from a master under the shim, which forks a child to stream its RDB through a
+/// pipe that the parent copies to the replica's socket, waiting for EPOLLOUT whenever the
+/// socket's buffer is full: `redis-cli --rdb` 20 times each from a disk-based and a diskless
+/// master, then a real replica (kernel-served, in the namespace) that syncs and follows writes.
+/// A lost EPOLLOUT (room freed by an ACK in the poll right after the send that filled the
+/// buffer) stalled the transfer until the replica's 60 s timeout.
+#[test]
+fn replicas_get_the_whole_rdb_and_the_stream() {
+    let _serial = serial();
+    let mut bed = bed_with(&["--enable-debug-command", "yes"], &[]);
+    bed.cli_ok(&["debug", "populate", "100000", "key", "10"]);
+    let rdb = bed.dir.path().join("cli.rdb");
+    let rdb_arg = rdb.to_str().unwrap().to_string();
+    for diskless in ["no", "yes"] {
+        bed.cli_ok(&["config", "set", "repl-diskless-sync", diskless]);
+        bed.cli_ok(&["config", "set", "repl-diskless-sync-delay", "0"]);
+        for i in 0..20 {
+            let (h, p) = (bed.addr(), bed.port.to_string());
+            let t0 = Instant::now();
+            let out = bed
+                .ns
+                .exec(
+                    "timeout",
+                    ["30", "redis-cli", "-h", &h, "-p", &p, "--rdb", &rdb_arg],
+                )
+                .expect("redis-cli runs");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && text.contains("Transfer finished with success"),
+                "diskless {diskless}, transfer {i} (after {:?}): {text}\n{}",
+                t0.elapsed(),
+                bed.diagnostics()
+            );
+            let size = std::fs::metadata(&rdb).map(|m| m.len()).unwrap_or(0);
+            assert!(
+                size > 1 << 20,
+                "diskless {diskless}, transfer {i}: {size} bytes"
+            );
+            std::fs::remove_file(&rdb).unwrap();
+        }
+    }
+
+    // A replica: the initial sync (diskless, as last set), then the write stream.
+    let rdir = TempDir::new("replica");
+    let rport = (bed.port + 1).to_string();
+    let (maddr, mport) = (bed.addr(), bed.port.to_string());
+    let _replica = kernel_redis(
+        &mut bed,
+        &rport,
+        &rdir,
+        &["--replicaof", &maddr, &mport],
+        "MASTER <-> REPLICA sync: Finished with success",
+    );
+    bed.bench(&["-n", "50000", "-c", "20", "-r", "50000", "-t", "set,lpush"]);
+    // WAIT: the replica acknowledged every write so far.
+    assert_eq!(bed.cli_ok(&["wait", "1", "10000"]), "1\n");
+    let (digest, keys) = (bed.cli_ok(&["debug", "digest"]), bed.cli_ok(&["dbsize"]));
+    let rcli = |args: &[&str]| {
+        let mut all = vec!["-h", "127.0.0.1", "-p", &rport];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&bed.ns.exec("redis-cli", &all).unwrap().stdout).into_owned()
+    };
+    assert_eq!(
+        rcli(&["debug", "digest"]),
+        digest,
+        "the replica has the master's data"
+    );
+    assert_eq!(rcli(&["dbsize"]), keys);
 }
 
 /// io-threads 4 with threaded reads under 200 clients: no error, and redis-py's checks

@@ -74,8 +74,16 @@ fn redis_own_quick_suite_passes_through_the_shim() {
         Duration::from_secs(30),
     )
     .expect("redis-server gets ready");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
+    let log = dir.with_extension("log");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(&script);
+    // MTCP_REDIS_SUITE_UNITS="integration/redis-cli unit/info": only these units (to chase one).
+    if let Some(units) = std::env::var_os("MTCP_REDIS_SUITE_UNITS") {
+        cmd.arg("--units").arg(units);
+    }
+    let out = cmd
+        .arg("--log")
+        .arg(&log)
         .args([
             // MTCP_REDIS_SUITE_FULL=1: the whole suite (~4 min) instead of the quick subset.
             if std::env::var_os("MTCP_REDIS_SUITE_FULL").is_some() {
@@ -93,6 +101,8 @@ fn redis_own_quick_suite_passes_through_the_shim() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("{text}");
+    let details = failure_details(&std::fs::read_to_string(&log).unwrap_or_default());
+    let _ = std::fs::remove_file(&log);
     let last = text
         .lines()
         .rev()
@@ -114,9 +124,45 @@ fn redis_own_quick_suite_passes_through_the_shim() {
         });
     assert!(
         out.status.success() && failed == 0 && passed > 0,
-        "{last}\n{text}\n{}",
+        "{last}\n{text}\nwhat runtest said about the failures:\n{details}\n{}",
         server.diagnostics()
     );
     drop(server);
     drop(veth);
+}
+
+/// The lines of runtest's log around each `[err]` and exception: what a failed test asserted and
+/// what it got, so that a failure in CI can be understood without rerunning it.
+fn failure_details(log: &str) -> String {
+    let log = strip_colours(log);
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains("[err]") || l.contains("[exception]") || l.contains("Killing") {
+            for l in &lines[i.saturating_sub(3)..(i + 12).min(lines.len())] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out.push_str("...\n");
+        }
+    }
+    out
+}
+
+/// runtest colours its `[ok]`/`[err]` tags with ANSI escapes (`ESC [ ... m`).
+fn strip_colours(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -1701,11 +1701,19 @@ impl<L: Link> Stack<L> {
             if data.is_empty() {
                 return Ok(0);
             }
-            match sock.send_slice(data) {
+            let n = match sock.send_slice(data) {
                 Ok(0) => return Err(SockError::WouldBlock),
                 Ok(n) => n,
                 Err(_) => return Err(SockError::Pipe),
+            };
+            if !sock.can_send() {
+                // Events are queued when a poll finds the readiness changed since the last
+                // one. The buffer is full now: if the next poll takes an ACK that frees room
+                // before it polls this write, it finds "writable" again, and must see that as a
+                // change, or a writer waiting for EPOLLOUT is never woken.
+                c.last_ready.writable = false;
             }
+            n
         };
         self.mark_dirty(id.slot);
         Ok(n)

@@ -775,3 +775,37 @@ fn the_peers_fin_is_reported_with_data_still_unread() {
     assert_eq!(p.server.recv(s, &mut buf).unwrap(), 6);
     assert_eq!(p.server.recv(s, &mut buf).unwrap(), 0);
 }
+
+/// The application fills the send buffer (not writable any more) and, before the stack polls
+/// again, the peer's ACK for earlier data frees room: the poll that takes the ACK must report
+/// the connection writable. It is the wake-up a writer blocked on EPOLLOUT waits for; Redis's
+/// diskless replication (redis-cli --rdb) stalled for its 60 s timeout without it: the
+/// readiness the last poll had computed (writable, before the send) was compared with the new
+/// one (writable again) and no event was queued.
+#[test]
+fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let mut ev = Vec::new();
+    let half = [5u8; 8 << 10];
+    assert_eq!(p.server.send(s, &half).unwrap(), half.len());
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now); // the first half leaves; room is left: writable
+    p.server.take_events(&mut ev);
+    assert!(p.server.readiness(s).unwrap().writable);
+    while p.server.send(s, &half).is_ok() {}
+    assert!(!p.server.readiness(s).unwrap().writable);
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now); // the client takes the first half and ACKs it at once
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now); // the ACK, then the queued rest leaves
+    assert!(p.server.readiness(s).unwrap().writable);
+    p.server.take_events(&mut ev);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.writable)),
+        "no writable event: {ev:?}"
+    );
+    let mut buf = vec![0u8; 32 << 10];
+    assert!(p.client.recv(c, &mut buf).unwrap() > 0);
+}
