@@ -64,7 +64,7 @@ pub enum Event {
     /// A connection's readiness or queued data changed; its readiness as of `take_events`
     /// (what `readiness` would return then, without computing it again).
     Conn(ConnId, Readiness),
-    /// A listener's accept queue became non-empty.
+    /// A connection joined a listener's accept queue (one event per connection).
     Accept(u16),
 }
 
@@ -1291,11 +1291,10 @@ impl<L: Link> Stack<L> {
                 _ if prev == tcp::State::SynReceived && state != tcp::State::SynReceived => {
                     c.handshake = None;
                     if let Some(l) = self.listeners.get_mut(&port) {
-                        let was_empty = l.queue.is_empty();
                         l.queue.push_back(ConnId { slot: idx, gen });
-                        if was_empty {
-                            self.events.push(Event::Accept(port));
-                        }
+                        // One event per connection, also when others are still queued: for an
+                        // EPOLLET listener each new connection is an edge, as on Linux.
+                        self.events.push(Event::Accept(port));
                     }
                 }
                 _ => {}

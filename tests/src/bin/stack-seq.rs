@@ -13,10 +13,11 @@
 //!
 //! Client protocol (lines from the server): `A` -> send `0123456789`; `B` -> send `xyz`;
 //! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; end of stream -> answer `eof` and close.
-//! Second connection: send `abc`, wait for `go`, then reset (SO_LINGER 0).
+//! Second connection: send `abc`; on `connect` open one more connection (kept); on `go` reset
+//! (SO_LINGER 0).
 
 use std::ffi::c_int;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, TcpStream};
 use std::ptr::null_mut;
@@ -606,6 +607,38 @@ fn server(port: u16) {
             libc::ioctl(c, libc::FIONREAD, &mut n);
         }
         recv_note(c, 16, 0, "recv(abc)");
+        // The listener under EPOLLET: every new connection is an edge, also while an earlier
+        // one is still queued (Linux wakes the listener once per connection).
+        let ep = libc::epoll_create1(0);
+        let mut reg = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 1,
+        };
+        call("epoll_ctl(ADD listener, ET)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s, &mut reg)
+        });
+        let mut got = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        call("epoll_wait(ET listener, nothing queued)", || {
+            libc::epoll_wait(ep, got.as_mut_ptr(), 4, 0)
+        });
+        send_line(c, "connect");
+        call("epoll_wait(ET listener, a connection)", || {
+            libc::epoll_wait(ep, got.as_mut_ptr(), 4, 10_000)
+        });
+        call("epoll_wait(ET listener, nothing new)", || {
+            libc::epoll_wait(ep, got.as_mut_ptr(), 4, 0)
+        });
+        send_line(c, "connect");
+        call(
+            "epoll_wait(ET listener, another, the first still queued)",
+            || libc::epoll_wait(ep, got.as_mut_ptr(), 4, 10_000),
+        );
+        for _ in 0..2 {
+            let a = libc::accept4(s, null_mut(), null_mut(), libc::SOCK_NONBLOCK);
+            note(format!("accepted a queued connection: {}", a >= 0));
+            libc::close(a);
+        }
+        call("close(epoll)", || libc::close(ep));
         send_line(c, "go");
         let ev = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP;
         // Wait (without POLLOUT, which is ready all along and would end every poll at once)
@@ -692,9 +725,18 @@ fn client(addr: &str, port: u16) {
     drop(r);
     let mut s = TcpStream::connect(&target).expect("connect 2");
     s.write_all(b"abc").unwrap();
-    let mut buf = [0u8; 3];
-    s.read_exact(&mut buf).expect("go");
-    assert_eq!(&buf, b"go\n");
+    // `connect` (the listener's EPOLLET part): one more connection, kept open; then `go`.
+    let mut more = Vec::new();
+    let mut r2 = BufReader::new(s.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        r2.read_line(&mut line).expect("read on connection 2");
+        match line.as_str() {
+            "connect\n" => more.push(TcpStream::connect(&target).expect("connect more")),
+            "go\n" => break,
+            other => panic!("unexpected line on connection 2: {other:?}"),
+        }
+    }
     // Reset: SO_LINGER with a zero timeout, then close.
     let lin = libc::linger {
         l_onoff: 1,
