@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use userstack::dpdk::DpdkLink;
 use userstack::epoll::{EpollEvent, EpollSet};
-use userstack::idle::Backoff;
+use userstack::idle::{Backoff, TxWait};
 use userstack::link::Link;
 use userstack::{clock, Config, ConnId, Event, FastMap, Keepalive, Readiness, SockError, Stack};
 
@@ -1225,6 +1225,8 @@ thread_local! {
     /// starting each call over at 20 µs doubled the wake-ups of an idle Redis on memif
     /// (~1,100 a second instead of ~500).
     static NAPS: std::cell::Cell<Option<Backoff>> = const { std::cell::Cell::new(None) };
+    /// This thread's wait for a full transmit ring (`prepare_block`).
+    static TX_WAIT: std::cell::Cell<Option<TxWait>> = const { std::cell::Cell::new(None) };
 }
 
 /// Work was found: this thread's next nap is the shortest again.
@@ -1262,11 +1264,17 @@ fn prepare_block() -> Option<Blocking> {
             nap: false,
         });
     };
-    if st.link().tx_pending() > 0 {
-        // Frames wait for room in the device: poll again instead of blocking, but let a peer
-        // that shares this CPU (a memif process) run and drain the ring.
+    let pending = st.link().tx_pending();
+    if pending > 0 {
+        // Frames wait for room in the device: poll again instead of blocking, after letting a
+        // peer that shares this CPU (a memif process) drain the ring, or a short nap if the
+        // device stays full (idle::TxWait).
         drop(s);
-        std::thread::yield_now();
+        TX_WAIT.with(|t| {
+            let mut w = t.get().unwrap_or_default();
+            w.wait(pending);
+            t.set(Some(w));
+        });
         return None;
     }
     if !st.arm_wake(clock::now()) {

@@ -634,9 +634,14 @@ fn a_thousand_concurrent_clients() {
 #[test]
 fn a_full_transmit_ring_delays_frames_and_drops_none() {
     let mut bed = small_ring_bed();
-    let (held, dropped) = burst_into_a_stopped_nic(&mut bed, Resume::WhenHeld);
-    eprintln!("tx_delayed +{held}, drop_tx_ring_full +{dropped}");
+    let (held, dropped, cpu) = burst_into_a_stopped_nic(&mut bed, Resume::WhenHeld);
+    eprintln!("tx_delayed +{held}, drop_tx_ring_full +{dropped}, CPU while held {cpu:.3}");
     assert_eq!(dropped, 0, "frames dropped at the full ring");
+    assert!(
+        cpu < 0.25,
+        "the server used {:.0}% of a core while its frames waited for a stopped device",
+        cpu * 100.0
+    );
 }
 
 /// A device that takes nothing for longer than the link's give-up time (500 ms) loses the frames
@@ -646,10 +651,10 @@ fn a_full_transmit_ring_delays_frames_and_drops_none() {
 #[test]
 fn a_stopped_device_loses_the_held_frames_and_tcp_recovers_them() {
     let mut bed = small_ring_bed();
-    let (_, dropped) = burst_into_a_stopped_nic(&mut bed, Resume::WhenDropped);
+    let (_, dropped, _) = burst_into_a_stopped_nic(&mut bed, Resume::WhenDropped);
     assert!(dropped > 0);
     assert!(bed.stack_counter("tcp_retransmits") > 0);
-    let (held, dropped) = burst_into_a_stopped_nic(&mut bed, Resume::WhenHeld);
+    let (held, dropped, _) = burst_into_a_stopped_nic(&mut bed, Resume::WhenHeld);
     eprintln!("after the device resumed: tx_delayed +{held}, drop_tx_ring_full +{dropped}");
     assert_eq!(
         dropped, 0,
@@ -688,8 +693,9 @@ enum Resume {
 /// 200 clients send `GET k` while Redis sleeps (the stack accepts and ACKs them); the bridge is
 /// stopped; Redis wakes and answers all of them at once into the small ring; the bridge resumes
 /// as `resume` says. Every reply must arrive intact. Returns how much `tx_delayed` and
-/// `drop_tx_ring_full` grew.
-fn burst_into_a_stopped_nic(bed: &mut RedisBed, resume: Resume) -> (u64, u64) {
+/// `drop_tx_ring_full` grew and, for [`Resume::WhenHeld`], the share of a core the server used
+/// during 250 ms while frames waited for the stopped device.
+fn burst_into_a_stopped_nic(bed: &mut RedisBed, resume: Resume) -> (u64, u64, f64) {
     const CLIENTS: &str = r#"
 import fcntl, socket, struct, sys, termios, time
 host, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -769,6 +775,21 @@ print("replies=%d" % n, flush=True)
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Frames wait for the stopped device: the server must not spin a core meanwhile. 250 ms
+    // with frames held (the link gives up on a device after 500 ms without progress).
+    let cpu = if resume == Resume::WhenHeld {
+        let pid = bed.server.pid();
+        let (c0, t0) = (cpu_ns(pid), Instant::now());
+        std::thread::sleep(Duration::from_millis(250));
+        let share = (cpu_ns(pid) - c0) as f64 / t0.elapsed().as_nanos() as f64;
+        assert!(
+            bed.stack_counter("tx_backlog") > 0,
+            "frames no longer held after 250 ms"
+        );
+        share
+    } else {
+        0.0
+    };
     // SAFETY: as above.
     unsafe { libc::kill(bridge, libc::SIGCONT) };
 
@@ -785,5 +806,15 @@ print("replies=%d" % n, flush=True)
     (
         bed.stack_counter("tx_delayed") - held0,
         bed.stack_counter("drop_tx_ring_full") - dropped0,
+        cpu,
     )
+}
+
+/// CPU time (ns) all threads of `pid` have run so far (/proc/PID/task/*/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }

@@ -30,6 +30,7 @@ pub struct Idler {
     spin: Duration,
     sleep: Backoff,
     last_work: Instant,
+    tx_wait: TxWait,
 }
 
 /// The sleeps of a loop on a device without a wake-up fd: 20 µs, doubling while nothing
@@ -65,12 +66,73 @@ impl Backoff {
     }
 }
 
+/// How a loop waits while frames wait for room in the device's transmit ring (the link's
+/// backlog, `Link::tx_pending`): for the first 50 µs it only yields the CPU (a peer sharing it,
+/// a memif process, may be what drains the ring, and a NIC's ring drains in microseconds);
+/// then it naps 20 µs, doubling to 1 ms while the backlog does not shrink. Any progress starts
+/// over. A device that stays slow (a stopped or starved memif peer) then costs a few percent
+/// of a core instead of all of it, and the frames wait at most a millisecond longer.
+#[derive(Debug, Clone, Copy)]
+pub struct TxWait {
+    start: Instant,
+    last: Instant,
+    pending: usize,
+    nap: Duration,
+}
+
+const TX_YIELD_FOR: Duration = Duration::from_micros(50);
+const TX_NAP_MAX: Duration = Duration::from_millis(1);
+
+impl TxWait {
+    pub fn new() -> TxWait {
+        let now = Instant::now();
+        TxWait {
+            start: now,
+            last: now,
+            pending: 0,
+            nap: FIRST_SLEEP,
+        }
+    }
+
+    /// `pending` frames wait for the device. `None`: yield the CPU and poll again; `Some(d)`:
+    /// sleep `d` first. A call more than 2 ms after the previous one starts a new wait.
+    pub fn step(&mut self, pending: usize, now: Instant) -> Option<Duration> {
+        if pending < self.pending || now.duration_since(self.last) > 2 * TX_NAP_MAX {
+            self.start = now;
+            self.nap = FIRST_SLEEP;
+        }
+        self.pending = pending;
+        self.last = now;
+        if now.duration_since(self.start) < TX_YIELD_FOR {
+            return None;
+        }
+        let d = self.nap;
+        self.nap = (self.nap * 2).min(TX_NAP_MAX);
+        Some(d)
+    }
+
+    /// Yields or sleeps as `step` says.
+    pub fn wait(&mut self, pending: usize) {
+        match self.step(pending, Instant::now()) {
+            None => std::thread::yield_now(),
+            Some(d) => std::thread::sleep(d),
+        }
+    }
+}
+
+impl Default for TxWait {
+    fn default() -> Self {
+        TxWait::new()
+    }
+}
+
 impl Idler {
     pub fn new(cfg: &Config) -> Idler {
         Idler {
             spin: cfg.spin,
             sleep: Backoff::new(cfg),
             last_work: Instant::now(),
+            tx_wait: TxWait::new(),
         }
     }
 
@@ -86,10 +148,11 @@ impl Idler {
         if self.last_work.elapsed() < self.spin {
             return;
         }
-        if stack.link().tx_pending() > 0 {
-            // Frames wait for room in the device: poll again without sleeping (and without
-            // growing the sleep), but let a peer that shares this CPU drain the ring.
-            std::thread::yield_now();
+        let pending = stack.link().tx_pending();
+        if pending > 0 {
+            // Frames wait for room in the device: poll again soon (without growing the idle
+            // sleep), letting a peer that shares this CPU drain the ring.
+            self.tx_wait.wait(pending);
             return;
         }
         let until_timer = stack.next_deadline().map(crate::clock::until);
@@ -121,4 +184,31 @@ impl Idler {
 fn ppoll(pfd: &mut libc::pollfd, ts: &libc::timespec) -> i32 {
     // SAFETY: one valid pollfd and a valid timespec; no signal mask change.
     unsafe { libc::ppoll(pfd, 1, ts, std::ptr::null()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_that_stays_full_gets_naps_growing_to_a_millisecond() {
+        let mut w = TxWait::new();
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let us = |n: u64| t0 + Duration::from_micros(n);
+        assert_eq!(w.step(10, us(0)), None);
+        assert_eq!(w.step(12, us(30)), None, "yields during the first 50 µs");
+        let mut t = 60;
+        let mut naps = Vec::new();
+        for _ in 0..8 {
+            let d = w.step(12, us(t)).expect("a nap after 50 µs");
+            naps.push(d.as_micros());
+            t += d.as_micros() as u64;
+        }
+        assert_eq!(naps, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // The device took frames: yield again, then the shortest nap.
+        assert_eq!(w.step(11, us(t)), None);
+        assert_eq!(w.step(11, us(t + 60)), Some(FIRST_SLEEP));
+        // A new wait long after the last one starts over.
+        assert_eq!(w.step(11, us(t + 5_000)), None);
+    }
 }

@@ -83,11 +83,12 @@ impl StateCounts {
 }
 
 /// Groups after the stack's counters: link, mempool, connections, then the TCP states.
-const EXTRA: [&str; 6] = [
+const EXTRA: [&str; 7] = [
     "link.rx_missed",
     "mempool.in_use",
     "mempool.avail",
     "mempool.size",
+    "mempool.tx_backlog",
     "conns.live",
     "conns.listeners",
 ];
@@ -184,6 +185,7 @@ impl<L: Link> Stack<L> {
             link.pool_in_use,
             link.pool_size.saturating_sub(link.pool_in_use),
             link.pool_size,
+            self.net.link.tx_pending() as u64,
             self.live as u64,
             self.listeners.len() as u64,
         ];
