@@ -84,14 +84,19 @@ struct Entry {
     disabled: bool,
     /// In `ready` (at most once).
     queued: bool,
+    /// Which ADD made this entry: a key left in `ready` by a deleted entry (DEL, or close and
+    /// the fd number reused by the next accept) must not be taken for the new one's.
+    gen: u32,
 }
 
 /// One epoll instance's user-space sockets, keyed by the socket's key (the shim uses the fd).
 #[derive(Debug, Default)]
 pub struct EpollSet {
     entries: crate::FastMap<i32, Entry>,
-    /// Keys that may have something to report, in report order.
-    ready: VecDeque<i32>,
+    /// Keys (with their entry's `gen`) that may have something to report, in report order.
+    ready: VecDeque<(i32, u32)>,
+    /// The next entry's `gen`.
+    next_gen: u32,
 }
 
 /// One reported event, as `struct epoll_event` holds it.
@@ -135,6 +140,7 @@ impl EpollSet {
         if self.entries.contains_key(&key) {
             return Err(CtlError::Exists);
         }
+        self.next_gen = self.next_gen.wrapping_add(1);
         self.entries.insert(
             key,
             Entry {
@@ -142,6 +148,7 @@ impl EpollSet {
                 data,
                 disabled: false,
                 queued: false,
+                gen: self.next_gen,
             },
         );
         self.consider(key, bits(now));
@@ -176,7 +183,7 @@ impl EpollSet {
             .remove(&key)
             .map(|_| ())
             .ok_or(CtlError::NotFound)
-        // A stale key left in `ready` is skipped by `wait`.
+        // A key left in `ready` is skipped by `wait` (no entry, or one of another `gen`).
     }
 
     /// The socket's readiness may have changed (data arrived, buffer space freed, state
@@ -193,7 +200,7 @@ impl EpollSet {
             return;
         }
         e.queued = true;
-        self.ready.push_back(key);
+        self.ready.push_back((key, e.gen));
     }
 
     /// Fills `out` (up to its capacity, at least 1) with events, reading each candidate's
@@ -213,10 +220,10 @@ impl EpollSet {
         let mut budget = self.ready.len();
         while budget > 0 && out.len() < max {
             budget -= 1;
-            let Some(key) = self.ready.pop_front() else {
+            let Some((key, gen)) = self.ready.pop_front() else {
                 break;
             };
-            let Some(e) = self.entries.get_mut(&key) else {
+            let Some(e) = self.entries.get_mut(&key).filter(|e| e.gen == gen) else {
                 continue;
             };
             e.queued = false;
@@ -236,7 +243,7 @@ impl EpollSet {
                 e.disabled = true;
             } else if e.events & EPOLLET == 0 {
                 e.queued = true;
-                self.ready.push_back(key);
+                self.ready.push_back((key, gen));
             }
         }
         out.len()
@@ -444,5 +451,43 @@ mod tests {
         st.insert(2, RW);
         s.notify(2, RW);
         assert_eq!(wait_all(&mut s, &st)[0].events, EPOLLIN);
+    }
+
+    /// DEL (or close, and the next accept reusing the fd number) then ADD of the same key: the
+    /// old entry's place in the ready list is not the new one's, which is reported once per
+    /// wait (it was twice, in every wait while it stayed ready: Linux never reports one fd
+    /// twice in a call, and an application freeing its `data` object on the first report
+    /// would use it after free on the second).
+    #[test]
+    fn a_readded_fd_is_reported_once_per_wait() {
+        let mut s = EpollSet::new();
+        let mut out = Vec::new();
+        s.add(5, EPOLLIN, 1, R).unwrap();
+        assert_eq!(s.wait(&mut out, 64, |_| Some(R)), 1);
+        s.delete(5).unwrap();
+        s.add(5, EPOLLIN, 2, R).unwrap(); // ready at ADD
+        s.wait(&mut out, 64, |_| Some(R));
+        assert_eq!(
+            out,
+            [EpollEvent {
+                events: EPOLLIN,
+                data: 2
+            }]
+        );
+
+        s.delete(5).unwrap();
+        s.add(5, EPOLLIN, 3, NONE).unwrap(); // not ready at ADD; data comes before the wait
+        s.notify(5, R);
+        for round in 0..3 {
+            s.wait(&mut out, 64, |_| Some(R));
+            assert_eq!(
+                out,
+                [EpollEvent {
+                    events: EPOLLIN,
+                    data: 3
+                }],
+                "round {round}"
+            );
+        }
     }
 }
