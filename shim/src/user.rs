@@ -38,7 +38,6 @@ enum Obj {
     Conn {
         id: ConnId,
         nonblock: bool,
-        rd_shut: bool,
         keepalive: Option<Keepalive>,
         ka_on: bool,
     },
@@ -491,7 +490,6 @@ pub fn accept(
                     Obj::Conn {
                         id,
                         nonblock,
-                        rd_shut: false,
                         keepalive: None,
                         ka_on: false,
                     },
@@ -610,19 +608,12 @@ fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Option<Result<usize, c_int>>
     }
     loop {
         let mut s = shim();
-        let Some(Obj::Conn {
-            id,
-            nonblock,
-            rd_shut,
-            ..
-        }) = s.obj(fd)
-        else {
+        let Some(Obj::Conn { id, nonblock, .. }) = s.obj(fd) else {
             return None;
         };
-        let (id, nonblock, rd_shut) = (*id, *nonblock || dontwait, *rd_shut);
+        let (id, nonblock) = (*id, *nonblock || dontwait);
         let stack = s.stack.as_mut()?;
         let r = match &mut op {
-            Io::Read(_, _) if rd_shut => Ok(0),
             Io::Read(buf, peek) => {
                 let r = if *peek {
                     stack.peek(id, buf)
@@ -774,24 +765,36 @@ pub fn shutdown(fd: c_int, how: c_int) -> Option<Result<c_int, c_int>> {
         return None;
     }
     let mut s = shim();
-    let Some(Obj::Conn { id, rd_shut, .. }) = s.obj(fd) else {
+    let Some(Obj::Conn { id, .. }) = s.obj(fd) else {
         return None;
     };
     let id = *id;
-    if how == libc::SHUT_RD || how == libc::SHUT_RDWR {
-        *rd_shut = true;
-    }
     if how != libc::SHUT_RD && how != libc::SHUT_WR && how != libc::SHUT_RDWR {
         return Some(Err(libc::EINVAL));
     }
     let stack = s.stack.as_mut()?;
+    let mut result = Ok(0);
     if how != libc::SHUT_RD {
         if let Err(e) = stack.shutdown_write(id) {
-            return Some(Err(so_errno(e)));
+            result = Err(so_errno(e));
         }
         flush(stack);
     }
-    Some(Ok(0))
+    if how != libc::SHUT_WR {
+        if let Err(e) = stack.shutdown_read(id) {
+            result = Err(so_errno(e));
+        }
+    }
+    // Readiness changed now (RDHUP, HUP, writable after SHUT_WR), not at the next packet: tell
+    // the epoll sets, and wake threads blocked in our waits ("shutdown() from another thread
+    // wakes the reader" is a common way to stop one).
+    if let (Some(i), Ok(r)) = (index_of(fd), stack.readiness(id)) {
+        s.notify_entry_with(i, r);
+    }
+    if BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+        notify_waiters();
+    }
+    Some(result)
 }
 
 pub fn peer_or_local(

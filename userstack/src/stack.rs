@@ -241,6 +241,9 @@ struct Conn {
     /// The connection ended by an error (reset, timeout, refused): after the error was reported,
     /// reads give end of stream and writes EPIPE.
     failed: bool,
+    /// shutdown(SHUT_RD): reads give what is buffered, then end of stream instead of EAGAIN;
+    /// readable and RDHUP from now on (and HUP once sending is shut too), as on Linux.
+    rd_shut: bool,
     track: TxTrack,
     rec: Recovery,
     /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
@@ -1118,6 +1121,7 @@ impl<L: Link> Stack<L> {
             last_recv_queue: 0,
             error: None,
             failed: false,
+            rd_shut: false,
             track: TxTrack::default(),
             rec: Recovery::new(self.rto_min_us),
             skew: 0,
@@ -1305,7 +1309,7 @@ impl<L: Link> Stack<L> {
                 return;
             }
         } else {
-            let ready = readiness(sock, c.error, c.failed);
+            let ready = readiness(sock, c);
             let rq = sock.recv_queue();
             if (ready != c.last_ready || rq > c.last_recv_queue) && !c.event_queued {
                 c.event_queued = true;
@@ -1497,7 +1501,7 @@ impl<L: Link> Stack<L> {
             l.pending = l.pending.saturating_sub(1);
             c.origin = Origin::Owned;
             let sock = c.sockets.get::<tcp::Socket>(c.handle);
-            c.last_ready = readiness(sock, c.error, c.failed);
+            c.last_ready = readiness(sock, c);
             c.last_recv_queue = sock.recv_queue();
             return Ok((id, c.peer));
         }
@@ -1610,11 +1614,7 @@ impl<L: Link> Stack<L> {
 
     pub fn readiness(&self, id: ConnId) -> Result<Readiness, SockError> {
         let c = self.conn(id)?;
-        Ok(readiness(
-            c.sockets.get::<tcp::Socket>(c.handle),
-            c.error,
-            c.failed,
-        ))
+        Ok(readiness(c.sockets.get::<tcp::Socket>(c.handle), c))
     }
 
     /// Bytes waiting to be read (FIONREAD).
@@ -1660,7 +1660,7 @@ impl<L: Link> Stack<L> {
                     return match sock.state() {
                         tcp::State::SynSent | tcp::State::SynReceived => Err(SockError::WouldBlock),
                         tcp::State::Listen => Err(SockError::NotConnected),
-                        _ if sock.may_recv() => Err(SockError::WouldBlock),
+                        _ if sock.may_recv() && !c.rd_shut => Err(SockError::WouldBlock),
                         _ => Ok(0),
                     };
                 }
@@ -1716,6 +1716,21 @@ impl<L: Link> Stack<L> {
         };
         self.mark_dirty(id.slot);
         Ok(n)
+    }
+
+    /// shutdown(SHUT_RD): what is buffered (and what still arrives) can be read, and then reads
+    /// give end of stream instead of waiting; the socket is readable with RDHUP from now on.
+    /// Returns the new readiness, for the caller to tell epoll at once.
+    pub fn shutdown_read(&mut self, id: ConnId) -> Result<Readiness, SockError> {
+        let c = self.conn_mut(id)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) && !c.failed {
+            return Err(SockError::NotConnected);
+        }
+        c.rd_shut = true;
+        let r = readiness(sock, c);
+        c.last_ready = r;
+        Ok(r)
     }
 
     /// shutdown(SHUT_WR): FIN after the queued data; reading goes on.
@@ -1806,7 +1821,8 @@ impl<L: Link> Stack<L> {
     }
 }
 
-fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>, failed: bool) -> Readiness {
+fn readiness(sock: &tcp::Socket<'_>, c: &Conn) -> Readiness {
+    let (error, failed) = (c.error, c.failed);
     let state = sock.state();
     let handshaking = matches!(
         state,
@@ -1818,15 +1834,17 @@ fn readiness(sock: &tcp::Socket<'_>, error: Option<SockError>, failed: bool) -> 
     // read; with it, EPOLLRDHUP appeared only when the application emptied the buffer.
     // (Closed without an error is the end of a graceful close: after the peer's FIN too.) Past
     // the handshake, these are exactly the states where may_recv can be false.
+    // shutdown(SHUT_RD) is RCV_SHUTDOWN too.
     let rdhup = !handshaking
-        && matches!(
-            state,
-            tcp::State::CloseWait
-                | tcp::State::LastAck
-                | tcp::State::Closing
-                | tcp::State::TimeWait
-                | tcp::State::Closed
-        );
+        && (c.rd_shut
+            || matches!(
+                state,
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+                    | tcp::State::Closed
+            ));
     Readiness {
         readable: sock.can_recv() || rdhup || failed,
         writable: (!handshaking && sock.can_send()) || failed || (!handshaking && !sock.may_send()),

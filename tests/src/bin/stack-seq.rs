@@ -13,8 +13,8 @@
 //!
 //! Client protocol (lines from the server): `A` -> send `0123456789`; `B` -> send `xyz`;
 //! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; end of stream -> answer `eof` and close.
-//! Second connection: send `abc`; on `connect` open one more connection (kept); on `go` reset
-//! (SO_LINGER 0).
+//! Second connection: send `abc`; on `connect` open one more connection (kept); on `data` send
+//! `xyz`; on `go` reset (SO_LINGER 0).
 
 use std::ffi::c_int;
 use std::io::{BufRead, BufReader, Write};
@@ -639,6 +639,38 @@ fn server(port: u16) {
             libc::close(a);
         }
         call("close(epoll)", || libc::close(ep));
+
+        // shutdown(SHUT_RD) with data queued: readable with RDHUP at once, the data, then end
+        // of stream instead of EAGAIN; data arriving afterwards is still delivered.
+        let queued = |want: c_int| {
+            let mut n: c_int = -1;
+            for _ in 0..10_000 {
+                libc::ioctl(c, libc::FIONREAD, &mut n);
+                if n >= want {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        send_line(c, "data");
+        queued(3);
+        call("shutdown(SHUT_RD)", || libc::shutdown(c, libc::SHUT_RD));
+        poll_one(
+            c,
+            libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
+            0,
+            "poll(after SHUT_RD, data queued)",
+        );
+        recv_note(c, 16, 0, "recv(after SHUT_RD)");
+        recv_note(
+            c,
+            16,
+            libc::MSG_DONTWAIT,
+            "recv(after SHUT_RD, nothing left)",
+        );
+        send_line(c, "data");
+        queued(3);
+        recv_note(c, 16, 0, "recv(after SHUT_RD, arrived since)");
         send_line(c, "go");
         let ev = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP;
         // Wait (without POLLOUT, which is ready all along and would end every poll at once)
@@ -649,12 +681,14 @@ fn server(port: u16) {
             events: libc::POLLRDHUP,
             revents: 0,
         };
+        // (After shutdown(SHUT_RD) POLLRDHUP holds from the start and poll returns at once.)
         let done = libc::POLLHUP | libc::POLLRDHUP;
-        for _ in 0..100 {
+        for _ in 0..1000 {
             libc::poll(&mut p, 1, 100);
             if p.revents & done == done {
                 break;
             }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         poll_one(c, ev, 0, "poll(after RST)");
         call("read(after RST)", || {
@@ -733,6 +767,7 @@ fn client(addr: &str, port: u16) {
         r2.read_line(&mut line).expect("read on connection 2");
         match line.as_str() {
             "connect\n" => more.push(TcpStream::connect(&target).expect("connect more")),
+            "data\n" => s.write_all(b"xyz").unwrap(),
             "go\n" => break,
             other => panic!("unexpected line on connection 2: {other:?}"),
         }
