@@ -45,6 +45,9 @@ pub struct Recovery {
     win_raw: u16,
     /// Since when the oldest outstanding data has waited for an ACK.
     stalled_since: Option<Micros>,
+    /// Since when data has been outstanding with no segment at all from the peer (an answered
+    /// zero-window probe or a duplicate ACK counts as heard): when to give up (stack.rs).
+    silent_since: Option<Micros>,
     backoff: u32,
     /// The end of the highest sequence the peer has sent: a synthetic ACK carries it, so it is
     /// never older than smoltcp's rcv_nxt (which would make smoltcp discard it).
@@ -63,6 +66,7 @@ impl Recovery {
             recover: None,
             win_raw: 0,
             stalled_since: None,
+            silent_since: None,
             backoff: 0,
             peer_next: None,
         }
@@ -103,6 +107,9 @@ impl Recovery {
         if seg.rst() || !seg.ack() {
             return false;
         }
+        if self.silent_since.is_some() {
+            self.silent_since = Some(now);
+        }
         if seg.syn() {
             // An active open's SYN-ACK acknowledges our SYN: the handshake's first ACK.
             if let (None, Some(max)) = (self.snd_una, snd_max) {
@@ -134,6 +141,7 @@ impl Recovery {
                 self.win_raw = seg.window_len();
                 self.backoff = 0;
                 self.stalled_since = if seq_lt(ack, max) { Some(now) } else { None };
+                self.silent_since = self.stalled_since;
                 match self.recover {
                     Some(r) if seq_lt(ack, r) => true,
                     _ => {
@@ -180,6 +188,7 @@ impl Recovery {
         self.snd_una = Some(ack);
         self.win_raw = win;
         self.stalled_since = if seq_lt(ack, max) { Some(now) } else { None };
+        self.silent_since = self.stalled_since;
         self.backoff = 0;
     }
 
@@ -200,6 +209,14 @@ impl Recovery {
         if self.stalled_since.is_none() && seq_lt(una, max) {
             self.stalled_since = Some(now);
         }
+        if self.silent_since.is_none() && seq_lt(una, max) {
+            self.silent_since = Some(now);
+        }
+    }
+
+    /// Since when data has been outstanding and the peer silent.
+    pub fn silent_since(&self) -> Option<Micros> {
+        self.silent_since
     }
 
     /// When our retransmission timer fires, if data is outstanding.
@@ -210,6 +227,7 @@ impl Recovery {
     /// Stops the timer: nothing is outstanding.
     pub fn stop(&mut self) {
         self.stalled_since = None;
+        self.silent_since = None;
         self.backoff = 0;
     }
 

@@ -189,6 +189,18 @@ struct Listener {
     opts: TcpOptions,
 }
 
+/// Give up on a connection whose data has been unacknowledged, with nothing at all heard
+/// from the peer, for this long: Linux's tcp_retries2 (15) with a 200 ms minimum RTO comes to
+/// 924.6 s. A peer that answers (zero-window probes, duplicate ACKs) is not given up on.
+const GIVE_UP_US: Micros = 924_600_000;
+/// The same for an orphan (the application closed it): Linux gives orphans tcp_orphan_retries
+/// (8 at its default of 0), ~100 s; 60 s here, as tcp_fin_timeout.
+const ORPHAN_GIVE_UP_US: Micros = 60_000_000;
+/// An unanswered connect: Linux's tcp_syn_retries (6) with a 1 s initial RTO, 127 s.
+const CONNECT_TIMEOUT_US: Micros = 127_000_000;
+/// An orphan in FIN-WAIT-2 (our FIN acknowledged, the peer's never comes): tcp_fin_timeout.
+const FIN_TIMEOUT_US: Micros = 60_000_000;
+
 /// A passive open's handshake, while the connection is in SYN-RECEIVED.
 #[derive(Debug, Clone, Copy)]
 struct Handshake {
@@ -244,6 +256,12 @@ struct Conn {
     /// shutdown(SHUT_RD): reads give what is buffered, then end of stream instead of EAGAIN;
     /// readable and RDHUP from now on (and HUP once sending is shut too), as on Linux.
     rd_shut: bool,
+    /// An active open gives up (ETIMEDOUT) at this time if still in SYN-SENT.
+    connect_expires: Option<Micros>,
+    /// An orphan (closed by the application) in FIN-WAIT-2 is freed at this time.
+    orphan_expires: Option<Micros>,
+    /// The stack gave up on the connection (`tcp_timeouts`): its error is ETIMEDOUT.
+    timed_out: bool,
     track: TxTrack,
     rec: Recovery,
     /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
@@ -256,6 +274,21 @@ impl Conn {
     fn outstanding(&self) -> bool {
         matches!((self.rec.snd_una(), self.track.snd_max),
             (Some(una), Some(max)) if crate::net::seq_lt(una, max))
+    }
+
+    /// When the stack gives up on this connection, as Linux does (see the constants).
+    fn give_up_at(&self) -> Option<Micros> {
+        let silent = self.rec.silent_since().map(|t| {
+            t + if self.app_closed {
+                ORPHAN_GIVE_UP_US
+            } else {
+                GIVE_UP_US
+            }
+        });
+        [silent, self.connect_expires, self.orphan_expires]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether `syn` retransmits the SYN of this connection's handshake, still in progress, and
@@ -1122,6 +1155,9 @@ impl<L: Link> Stack<L> {
             error: None,
             failed: false,
             rd_shut: false,
+            connect_expires: None,
+            orphan_expires: None,
+            timed_out: false,
             track: TxTrack::default(),
             rec: Recovery::new(self.rto_min_us),
             skew: 0,
@@ -1186,6 +1222,12 @@ impl<L: Link> Stack<L> {
         }
         if c.rec.deadline().is_some_and(|d| d <= us) && !c.outstanding() {
             c.rec.stop();
+        }
+        if !c.timed_out && c.give_up_at().is_some_and(|t| t <= us) {
+            tracing::debug!(peer = %c.peer, app_closed = c.app_closed, "giving up on the connection");
+            c.timed_out = true;
+            c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+            self.net.stats.tcp_timeouts += 1;
         }
         if c.rec.deadline().is_some_and(|d| d <= us) {
             // Our retransmission timer, with data outstanding: bring smoltcp's own
@@ -1264,11 +1306,18 @@ impl<L: Link> Stack<L> {
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         let state = sock.state();
         let prev = c.last_state;
+        if state != tcp::State::SynSent {
+            c.connect_expires = None;
+        }
+        if state == tcp::State::FinWait2 && c.app_closed && c.orphan_expires.is_none() {
+            c.orphan_expires = Some(us + FIN_TIMEOUT_US);
+        }
         if state != prev {
             c.last_state = state;
             self.shm.states.moved(prev, state);
             if state == tcp::State::Closed && !c.failed && !c.app_closed {
                 let error = match prev {
+                    _ if c.timed_out => Some(SockError::TimedOut),
                     tcp::State::SynSent => Some(SockError::Refused),
                     tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing => None,
                     _ => Some(if sock.timeout().is_some() {
@@ -1333,6 +1382,7 @@ impl<L: Link> Stack<L> {
             c.rec.deadline(),
             c.handshake.map(|h| h.expires),
             c.keepalive.map(|(_, due)| due),
+            c.give_up_at(),
         ]
         .into_iter()
         .flatten()
@@ -1561,6 +1611,7 @@ impl<L: Link> Stack<L> {
         }
         self.shm.states.moved(c.last_state, tcp::State::SynSent);
         c.last_state = tcp::State::SynSent;
+        c.connect_expires = Some(now.total_micros() as Micros + CONNECT_TIMEOUT_US);
         let gen = self.slots[idx as usize].gen;
         self.mark_dirty(idx);
         Ok(ConnId { slot: idx, gen })

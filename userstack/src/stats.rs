@@ -80,6 +80,10 @@ counters! {
         /// timeouts it brought forward from smoltcp's 1 s minimum.
         tcp_fast_retransmit_assists,
         tcp_rto_assists,
+        /// Connections given up on, as Linux does: data unacknowledged and nothing heard from
+        /// the peer for ~15 min (an orphan: 60 s), a connect unanswered for 127 s, an orphan
+        /// in FIN-WAIT-2 for 60 s. The application (if it still has the socket) gets ETIMEDOUT.
+        tcp_timeouts,
         /// Calls to `Stack::poll` and those that found no work.
         polls,
         polls_idle,

@@ -809,3 +809,120 @@ fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
     let mut buf = vec![0u8; 32 << 10];
     assert!(p.client.recv(c, &mut buf).unwrap() > 0);
 }
+
+/// Polls the server alone (the client is gone: nothing it sent arrives, nothing answers) from
+/// now until `until`, in 100 ms steps; returns when `stop` holds, with the time.
+fn server_alone_until(
+    p: &mut Pair,
+    until: Duration,
+    mut stop: impl FnMut(&mut Stack<MemLink>) -> bool,
+) -> Option<Instant> {
+    let end = p.now + until;
+    while p.now < end {
+        p.now += Duration::from_millis(100);
+        p.server.poll(p.now);
+        if stop(&mut p.server) {
+            return Some(p.now);
+        }
+    }
+    None
+}
+
+/// A peer that vanished with our data unacknowledged: the connection is given up after
+/// ~15 minutes of silence, as Linux does after tcp_retries2, and a writer waiting for
+/// EPOLLOUT wakes with an error (ETIMEDOUT). Smoltcp alone retransmitted for ever.
+#[test]
+fn a_vanished_peer_is_given_up_after_fifteen_minutes() {
+    let mut p = Pair::new();
+    let (_c, s) = p.connected(opts());
+    let chunk = [1u8; 4096];
+    while p.server.send(s, &chunk).is_ok() {}
+    let mut ev = Vec::new();
+    p.server.take_events(&mut ev);
+    let start = p.now;
+    let failed = server_alone_until(&mut p, Duration::from_secs(1200), |st| {
+        st.readiness(s).is_ok_and(|r| r.error)
+    })
+    .expect("given up within 20 minutes");
+    let after = failed - start;
+    assert!(
+        after >= Duration::from_secs(924) && after <= Duration::from_secs(990),
+        "given up after {after}"
+    );
+    p.server.take_events(&mut ev);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.error && r.hup)),
+        "{ev:?}"
+    );
+    assert_eq!(p.server.send(s, b"x"), Err(SockError::TimedOut));
+    assert_eq!(p.server.stats().tcp_timeouts, 1);
+}
+
+/// A peer that is alive but does not read (zero window; a paused client) is never given up:
+/// it answers the window probes.
+#[test]
+fn a_peer_that_does_not_read_is_not_given_up() {
+    let mut p = Pair::new();
+    let (_c, s) = p.connected(opts());
+    let chunk = [1u8; 4096];
+    let end = p.now + Duration::from_secs(1500);
+    while p.now < end {
+        while p.server.send(s, &chunk).is_ok() {}
+        p.advance(Duration::from_secs(10), Duration::from_millis(100));
+    }
+    let r = p.server.readiness(s).unwrap();
+    assert!(!r.error && !r.writable, "{r:?}");
+    assert_eq!(p.server.stats().tcp_timeouts, 0);
+}
+
+/// A connect nobody answers (the listener's backlog is full, so its SYNs are dropped) fails
+/// with ETIMEDOUT after 127 s, as Linux's does after tcp_syn_retries.
+#[test]
+fn an_unanswered_connect_times_out() {
+    let mut p = Pair::new();
+    p.server.listen(7777, 1, opts()).unwrap();
+    let _first = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run(); // established, never accepted: the backlog is full
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    let start = p.now;
+    let end = p.now + Duration::from_secs(200);
+    while p.now < end && !p.client.readiness(c).unwrap().error {
+        p.now += Duration::from_millis(100);
+        p.server.poll(p.now);
+        p.client.poll(p.now);
+    }
+    assert!(p.server.stats().drop_syn_backlog > 0);
+    let after = p.now - start;
+    assert!(
+        after >= Duration::from_secs(127) && after <= Duration::from_secs(128),
+        "connect failed after {after} ({:?})",
+        p.client.state(c)
+    );
+    assert_eq!(p.client.take_error(c), Ok(Some(SockError::TimedOut)));
+}
+
+/// An orphan in FIN-WAIT-2 (closed by the application, its FIN acknowledged, the peer's FIN
+/// never comes) is freed after 60 s, as Linux frees it after tcp_fin_timeout.
+#[test]
+fn an_orphan_in_fin_wait_2_is_freed_after_a_minute() {
+    let mut p = Pair::new();
+    let (_c, s) = p.connected(opts());
+    p.server.close(s).unwrap();
+    p.run(); // our FIN is acknowledged; the client then vanishes
+    assert_eq!(p.server.connections(), 1);
+    let start = p.now;
+    let freed = server_alone_until(&mut p, Duration::from_secs(120), |st| st.connections() == 0)
+        .expect("freed within 2 minutes");
+    let after = freed - start;
+    assert!(
+        after >= Duration::from_secs(60) && after <= Duration::from_secs(61),
+        "freed after {after}"
+    );
+}
