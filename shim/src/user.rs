@@ -16,7 +16,7 @@
 
 use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -80,9 +80,41 @@ static LAST_POLL: AtomicU64 = AtomicU64::new(0);
 /// napping on a device without one: they wake for frames (or within a nap) and for the stack's
 /// next timer themselves, so the keeper has nothing to do.
 static BLOCKED_WAITERS: AtomicUsize = AtomicUsize::new(0);
-/// An eventfd in every blocked waiter's private epoll: the keeper writes it when its poll found
-/// events, so a thread blocked in epoll_wait looks at them at once.
-static NOTIFY_FD: AtomicI32 = AtomicI32::new(-1);
+/// The eventfds of the threads blocked in our waits, one each: `notify_waiters` writes them all
+/// when another thread made work for them (its poll delivered events, an epoll_ctl queued an
+/// entry, a shutdown, frames left waiting). One eventfd shared by all waiters could not wake
+/// several: the first to drain it hid the wake-up from the others.
+static WAITER_FDS: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+/// Eventfds of threads that exited, for the next thread that blocks.
+static SPARE_FDS: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+
+/// A thread's own wake-up eventfd, handed back to `SPARE_FDS` when the thread exits.
+struct ThreadEventfd(c_int);
+
+impl Drop for ThreadEventfd {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            if let Ok(mut v) = SPARE_FDS.lock() {
+                v.push(self.0);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static WAKE_EFD: ThreadEventfd = ThreadEventfd({
+        let spare = SPARE_FDS.lock().ok().and_then(|mut v| v.pop());
+        // SAFETY: plain eventfd creation.
+        spare.unwrap_or_else(|| unsafe {
+            libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        })
+    });
+}
+
+/// This thread's wake-up eventfd (-1 if it has none).
+fn my_eventfd() -> c_int {
+    WAKE_EFD.try_with(|e| e.0).unwrap_or(-1)
+}
 /// Set in a forked child (pthread_atfork). The child shares DPDK's memory with the parent and
 /// may have copied the shim's lock while another thread held it: it must never touch either.
 /// Closing an inherited stack fd in the child (Redis's BGSAVE child does) only drops the child's
@@ -105,9 +137,6 @@ const KEEPER_PERIOD: Duration = Duration::from_millis(10);
 fn start_keeper() {
     // SAFETY: registering a handler that only stores an atomic.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-    // SAFETY: plain eventfd creation.
-    let nfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    NOTIFY_FD.store(nfd, Ordering::Release);
     let spawned = std::thread::Builder::new()
         .name("mtcp-keeper".into())
         .spawn(|| {
@@ -123,16 +152,27 @@ fn start_keeper() {
                     KEEPER_PERIOD
                 };
                 std::thread::sleep(period);
-                let idle_for = (clock::now().total_micros() as u64)
-                    .saturating_sub(LAST_POLL.load(Ordering::Relaxed));
-                if idle_for < KEEPER_PERIOD.as_micros() as u64
-                    || BLOCKED_WAITERS.load(Ordering::Relaxed) > 0
-                {
+                let now = clock::now();
+                let idle_for =
+                    (now.total_micros() as u64).saturating_sub(LAST_POLL.load(Ordering::Relaxed));
+                if idle_for < KEEPER_PERIOD.as_micros() as u64 {
                     continue;
                 }
+                let blocked = BLOCKED_WAITERS.load(Ordering::Relaxed) > 0;
                 let Some(lock) = SHIM.get() else { continue };
                 // Never wait for the lock: whoever holds it is polling anyway.
                 let Ok(mut s) = lock.try_lock() else { continue };
+                // Blocked waiters wake for frames and for the timers they knew of when they
+                // blocked; work another thread made since (a write left for the next poll, a
+                // timer armed earlier than theirs) is the keeper's.
+                let overdue = s
+                    .stack
+                    .as_ref()
+                    .and_then(|st| st.next_deadline())
+                    .is_some_and(|d| d <= now);
+                if blocked && !overdue {
+                    continue;
+                }
                 if s.pump() {
                     notify_waiters();
                 }
@@ -312,6 +352,11 @@ impl Shim {
                     }
                 }
             }
+        }
+        // Events for fds a thread blocked in our wait may be watching: that thread relies on
+        // the device's wake-up, which this poll just took from it.
+        if !events.is_empty() && BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+            notify_waiters();
         }
         self.events = events;
         work
@@ -583,10 +628,10 @@ fn flush(stack: &mut Stack<DpdkLink>) {
     }
 }
 
-/// Wakes the threads blocked in our waits (the eventfd in their private epoll).
+/// Wakes the threads blocked in our waits (each one's eventfd).
 fn notify_waiters() {
-    let fd = NOTIFY_FD.load(Ordering::Acquire);
-    if fd >= 0 {
+    let Ok(fds) = WAITER_FDS.lock() else { return };
+    for &fd in fds.iter() {
         let one: u64 = 1;
         // SAFETY: writing 8 bytes to our own eventfd.
         unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
@@ -1021,12 +1066,21 @@ pub fn epoll_ctl(
     }
     let now = s.readiness(fd).unwrap_or_default();
     let r = match s.obj(epfd) {
-        Some(Obj::Epoll { set, .. }) => match op {
-            libc::EPOLL_CTL_ADD => set.add(fd, events, data, now),
-            libc::EPOLL_CTL_MOD => set.modify(fd, events, data, now),
-            libc::EPOLL_CTL_DEL => set.delete(fd),
-            _ => return Some(Err(libc::EINVAL)),
-        },
+        Some(Obj::Epoll { set, .. }) => {
+            let r = match op {
+                libc::EPOLL_CTL_ADD => set.add(fd, events, data, now),
+                libc::EPOLL_CTL_MOD => set.modify(fd, events, data, now),
+                libc::EPOLL_CTL_DEL => set.delete(fd),
+                _ => return Some(Err(libc::EINVAL)),
+            };
+            // An fd added (or re-armed) while ready: a thread blocked on this set must look,
+            // as Linux wakes it (an acceptor thread handing connections to workers' sets, a
+            // worker re-arming an EPOLLONESHOT entry).
+            if r.is_ok() && set.maybe_ready() && BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+                notify_waiters();
+            }
+            r
+        }
         _ => return Some(Err(libc::EINVAL)),
     };
     if let Err(e) = r {
@@ -1164,32 +1218,11 @@ pub fn epoll_wait(
                 }
             }
         };
-        let t = block_for(deadline, &b);
-        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2];
-        // SAFETY: our private epoll fd, local arrays; the caller's signal mask while blocked.
-        let r = unsafe {
-            if b.nap {
-                // Naps are microseconds, below epoll_wait's resolution: ppoll on the private
-                // epoll (readable while it has events), then read which.
-                let mut p = libc::pollfd {
-                    fd: outer,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let r = libc::ppoll(&mut p, 1, &clock::timespec(t), sigmask);
-                if r > 0 {
-                    libc::epoll_wait(outer, evs.as_mut_ptr(), 2, 0)
-                } else {
-                    r
-                }
-            } else if sigmask.is_null() {
-                libc::epoll_wait(outer, evs.as_mut_ptr(), 2, ceil_ms(t))
-            } else {
-                libc::epoll_pwait(outer, evs.as_mut_ptr(), 2, ceil_ms(t), sigmask)
-            }
-        };
+        // Naps are microseconds, below epoll_wait's resolution: ppoll on the private epoll
+        // (readable while it has events) for every block.
+        let (r, notified) = block_on(outer, block_for(deadline, &b), sigmask);
         let err = crate::errno::get();
-        after_block(evs[..r.max(0) as usize].iter().any(|e| e.u64 == 2), &b);
+        after_block(notified, &b);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }
@@ -1285,6 +1318,14 @@ fn prepare_block() -> Option<Blocking> {
     }
     let wake = st.wake_fd();
     BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
+    // Registered under the shim's lock: whoever makes work for this thread after this point
+    // (under the same lock) writes its eventfd.
+    let me = my_eventfd();
+    if me >= 0 {
+        if let Ok(mut v) = WAITER_FDS.lock() {
+            v.push(me);
+        }
+    }
     Some(Blocking {
         counted: true,
         wake,
@@ -1293,25 +1334,51 @@ fn prepare_block() -> Option<Blocking> {
     })
 }
 
-/// After a waiter blocked: drains the keeper's notification if it fired, disarms the wake-up.
+/// After a waiter blocked: unregisters it, drains its eventfd if it was written, and disarms
+/// the device's wake-up if no other thread is still blocked on it.
 fn after_block(notified: bool, b: &Blocking) {
+    let me = my_eventfd();
+    let mut last = true;
     if b.counted {
-        BLOCKED_WAITERS.fetch_sub(1, Ordering::Relaxed);
+        last = BLOCKED_WAITERS.fetch_sub(1, Ordering::Relaxed) == 1;
+        if let Ok(mut v) = WAITER_FDS.lock() {
+            if let Some(i) = v.iter().position(|&fd| fd == me) {
+                v.swap_remove(i);
+            }
+        }
     }
     if notified {
         let mut v = 0u64;
-        // SAFETY: draining our own eventfd (non-blocking).
-        unsafe {
-            libc::read(
-                NOTIFY_FD.load(Ordering::Acquire),
-                (&mut v as *mut u64).cast(),
-                8,
-            )
-        };
+        // SAFETY: draining this thread's own eventfd (non-blocking).
+        unsafe { libc::read(me, (&mut v as *mut u64).cast(), 8) };
     }
-    if let Some(st) = shim().stack.as_mut() {
-        st.disarm_wake();
+    if last {
+        if let Some(st) = shim().stack.as_mut() {
+            st.disarm_wake();
+        }
     }
+}
+
+/// Blocks on `fd` (readable) and this thread's wake-up eventfd for at most `t`, with the
+/// caller's signal mask. Returns ppoll's result and whether the eventfd was written.
+fn block_on(fd: c_int, t: Duration, sigmask: *const libc::sigset_t) -> (c_int, bool) {
+    let me = my_eventfd();
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: me,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let n = if me >= 0 { 2 } else { 1 };
+    // SAFETY: a local array of `n` pollfds; the caller's signal mask while blocked.
+    let r = unsafe { libc::ppoll(p.as_mut_ptr(), n, &clock::timespec(t), sigmask) };
+    (r, me >= 0 && p[1].revents != 0)
 }
 
 /// How long to block: the earlier of the caller's deadline and the next stack timer (an hour
@@ -1329,13 +1396,8 @@ fn block_for(deadline: Option<Instant>, b: &Blocking) -> Duration {
     wait
 }
 
-/// `d` in milliseconds, rounded up (epoll_wait's timeout).
-fn ceil_ms(d: Duration) -> c_int {
-    d.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
-}
-
-/// A private epoll instance for blocking on the application's epoll fd (data 0), the wake-up
-/// fd (1) and the keeper's notification eventfd (2).
+/// A private epoll instance for blocking on the application's epoll fd (data 0) and the
+/// device's wake-up fd (1); the thread's own eventfd is polled beside it (`block_on`).
 fn private_epoll(epfd: c_int, wake: Option<c_int>) -> c_int {
     // SAFETY: creating and filling our own epoll instance.
     unsafe {
@@ -1343,12 +1405,7 @@ fn private_epoll(epfd: c_int, wake: Option<c_int>) -> c_int {
         if o < 0 {
             return o;
         }
-        let nfd = NOTIFY_FD.load(Ordering::Acquire);
-        for (fd, tag) in [
-            (Some(epfd), 0u64),
-            (wake, 1),
-            ((nfd >= 0).then_some(nfd), 2),
-        ] {
+        for (fd, tag) in [(Some(epfd), 0u64), (wake, 1)] {
             if let Some(fd) = fd {
                 let mut ev = libc::epoll_event {
                     events: libc::EPOLLIN as u32,
@@ -1478,8 +1535,8 @@ pub fn poll(
             .filter(|(_, k)| **k != PollKind::Stack)
             .map(|(p, _)| libc::pollfd { revents: 0, ..*p })
             .collect();
-        let nfd = NOTIFY_FD.load(Ordering::Acquire);
-        for fd in [wake, (nfd >= 0).then_some(nfd)].into_iter().flatten() {
+        let me = my_eventfd();
+        for fd in [wake, (me >= 0).then_some(me)].into_iter().flatten() {
             blk.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -1490,7 +1547,7 @@ pub fn poll(
         // SAFETY: a local array; the caller's signal mask while blocked.
         let r = unsafe { libc::ppoll(blk.as_mut_ptr(), blk.len() as libc::nfds_t, &ts, sigmask) };
         let err = crate::errno::get();
-        let notified = nfd >= 0 && blk.last().is_some_and(|p| p.fd == nfd && p.revents != 0);
+        let notified = me >= 0 && blk.last().is_some_and(|p| p.fd == me && p.revents != 0);
         after_block(notified, &b);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
