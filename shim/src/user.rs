@@ -278,6 +278,7 @@ impl Shim {
     }
 
     /// Tells the watchers of every fd of entry `i` that its readiness is `r`.
+    #[inline]
     fn notify_entry_with(&mut self, i: u32, r: Readiness) {
         let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
         for k in 0..n {

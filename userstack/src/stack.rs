@@ -277,18 +277,22 @@ impl Conn {
     }
 
     /// When the stack gives up on this connection, as Linux does (see the constants).
+    #[inline]
     fn give_up_at(&self) -> Option<Micros> {
-        let silent = self.rec.silent_since().map(|t| {
-            t + if self.app_closed {
-                ORPHAN_GIVE_UP_US
-            } else {
-                GIVE_UP_US
-            }
-        });
-        [silent, self.connect_expires, self.orphan_expires]
+        let limit = if self.app_closed {
+            ORPHAN_GIVE_UP_US
+        } else {
+            GIVE_UP_US
+        };
+        let mut at = self.rec.silent_since().map(|t| t + limit);
+        // Both are None for an established connection the application holds.
+        for x in [self.connect_expires, self.orphan_expires]
             .into_iter()
             .flatten()
-            .min()
+        {
+            at = Some(at.map_or(x, |a| a.min(x)));
+        }
+        at
     }
 
     /// Whether `syn` retransmits the SYN of this connection's handshake, still in progress, and
