@@ -728,9 +728,27 @@ pub fn close(fd: c_int) -> bool {
         Some(Obj::Listener { port, .. }) => Some(*port),
         _ => None,
     };
+    let epoll_entry = match s.obj(fd) {
+        Some(Obj::Epoll { .. }) => index_of(fd),
+        _ => None,
+    };
     let Some(last) = s.remove(fd) else {
         return false;
     };
+    if let (None, Some(i)) = (&last, epoll_entry) {
+        // An epoll fd with dups left: the sets' watchers name it by number, so they name a dup
+        // now (or its notifications were lost with the closed number).
+        let other = s.objs[i as usize]
+            .as_ref()
+            .and_then(|e| e.fds.first().copied());
+        if let Some(other) = other {
+            for list in s.watchers.values_mut() {
+                for e in list.iter_mut().filter(|e| **e == fd) {
+                    *e = other;
+                }
+            }
+        }
+    }
     for ep in s.watchers.remove(&fd).unwrap_or_default() {
         if let Some(Obj::Epoll { set, .. }) = s.obj(ep) {
             let _ = set.delete(fd);

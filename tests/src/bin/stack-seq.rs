@@ -447,7 +447,23 @@ fn server(port: u16) {
         call("epoll_ctl(DEL again)", || {
             libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, c, null_mut())
         });
-        call("close(epoll)", || libc::close(ep));
+        // The epoll fd dup'd and the original closed: the dup still reports what arrives.
+        ev.events = libc::EPOLLIN as u32;
+        call("epoll_ctl(ADD IN)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        let ep2 = libc::dup(ep);
+        call("close(epoll, its dup left)", || libc::close(ep));
+        send_line(c, "say:dup");
+        let k = call("epoll_wait(the dup, a line arrives)", || {
+            libc::epoll_wait(ep2, out.as_mut_ptr(), 4, 10_000)
+        });
+        if k > 0 {
+            let (e, d) = (out[0].events, out[0].u64);
+            note(format!("events={e:#x} data={d:#x}"));
+        }
+        note(read_line(c));
+        call("close(the dup)", || libc::close(ep2));
 
         // Blocking again; writes and their delivery.
         call("fcntl(F_SETFL 0)", || libc::fcntl(c, libc::F_SETFL, fl));
