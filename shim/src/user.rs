@@ -93,7 +93,8 @@ struct ThreadEventfd(c_int);
 
 impl Drop for ThreadEventfd {
     fn drop(&mut self) {
-        if self.0 >= 0 {
+        // (In a forked child the lock may have been copied held: leave it alone.)
+        if self.0 >= 0 && !in_child() {
             if let Ok(mut v) = SPARE_FDS.lock() {
                 v.push(self.0);
             }
@@ -1214,10 +1215,15 @@ pub fn epoll_wait(
             continue;
         }
         // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
-        let Some(b) = prepare_block() else {
-            last_work = Instant::now();
-            naps_reset();
-            continue;
+        let b = match prepare_block() {
+            Prep::Block(b) => b,
+            Prep::Work => {
+                last_work = Instant::now();
+                naps_reset();
+                continue;
+            }
+            // Waited for the device's ring: poll again, without the spin of a wake-up.
+            Prep::TxWait => continue,
         };
         let wake = b.wake;
         let outer = {
@@ -1239,7 +1245,13 @@ pub fn epoll_wait(
         };
         // Naps are microseconds, below epoll_wait's resolution: ppoll on the private epoll
         // (readable while it has events) for every block.
-        let (r, notified) = block_on(outer, block_for(deadline, &b), sigmask);
+        // Without a private epoll (it could not be created: EMFILE) the application's kernel
+        // fds and the device are not watched: block no longer than a short nap.
+        let mut t = block_for(deadline, &b);
+        if outer < 0 {
+            t = t.min(Duration::from_millis(1));
+        }
+        let (r, notified) = block_on(outer, t, sigmask);
         let err = crate::errno::get();
         after_block(notified, &b);
         if r < 0 && err == libc::EINTR {
@@ -1309,31 +1321,32 @@ fn nap(limit: Duration) -> Duration {
 
 /// Before a waiter blocks: arms the device's wake-up fd. `None`: frames arrived meanwhile (poll
 /// again instead of blocking).
-fn prepare_block() -> Option<Blocking> {
+fn prepare_block() -> Prep {
     let mut s = shim();
     let Some(st) = s.stack.as_mut() else {
-        return Some(Blocking {
+        return Prep::Block(Blocking {
             counted: false,
             wake: None,
             until_timer: None,
             nap: false,
         });
     };
-    let pending = st.link().tx_pending();
-    if pending > 0 {
+    if st.link().tx_pending() > 0 {
         // Frames wait for room in the device: poll again instead of blocking, after letting a
         // peer that shares this CPU (a memif process) drain the ring, or a short nap if the
         // device stays full (idle::TxWait).
+        let taken = st.link().tx_taken();
         drop(s);
         TX_WAIT.with(|t| {
             let mut w = t.get().unwrap_or_default();
-            w.wait(pending);
+            w.wait(taken);
             t.set(Some(w));
         });
-        return None;
+        return Prep::TxWait;
     }
-    if !st.arm_wake(clock::now()) {
-        return None;
+    // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
+    if !st.arm_wake(clock::now(), BLOCKED_WAITERS.load(Ordering::Relaxed) > 0) {
+        return Prep::Work;
     }
     let wake = st.wake_fd();
     BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
@@ -1345,7 +1358,7 @@ fn prepare_block() -> Option<Blocking> {
             v.push(me);
         }
     }
-    Some(Blocking {
+    Prep::Block(Blocking {
         counted: true,
         wake,
         until_timer: st.next_deadline().map(clock::until),
@@ -1353,10 +1366,28 @@ fn prepare_block() -> Option<Blocking> {
     })
 }
 
+/// What `prepare_block` found.
+enum Prep {
+    /// Nothing to do: block.
+    Block(Blocking),
+    /// The last poll found work: poll again (and spin, work is likely to follow).
+    Work,
+    /// Frames wait for room in the device; the thread yielded or napped: poll again.
+    TxWait,
+}
+
 /// After a waiter blocked: unregisters it, drains its eventfd if it was written, and disarms
 /// the device's wake-up if no other thread is still blocked on it.
 fn after_block(notified: bool, b: &Blocking) {
     let me = my_eventfd();
+    if notified {
+        let mut v = 0u64;
+        // SAFETY: draining this thread's own eventfd (non-blocking).
+        unsafe { libc::read(me, (&mut v as *mut u64).cast(), 8) };
+    }
+    // Under the shim's lock, as prepare_block counts and arms under it: the last thread out
+    // disarms, and a thread blocking meanwhile finds the count and the armed state agreeing.
+    let mut s = shim();
     let mut last = true;
     if b.counted {
         last = BLOCKED_WAITERS.fetch_sub(1, Ordering::Relaxed) == 1;
@@ -1366,13 +1397,8 @@ fn after_block(notified: bool, b: &Blocking) {
             }
         }
     }
-    if notified {
-        let mut v = 0u64;
-        // SAFETY: draining this thread's own eventfd (non-blocking).
-        unsafe { libc::read(me, (&mut v as *mut u64).cast(), 8) };
-    }
     if last {
-        if let Some(st) = shim().stack.as_mut() {
+        if let Some(st) = s.stack.as_mut() {
             st.disarm_wake();
         }
     }
@@ -1541,10 +1567,15 @@ pub fn poll(
         if last_work.elapsed() < spin {
             continue;
         }
-        let Some(b) = prepare_block() else {
-            last_work = Instant::now();
-            naps_reset();
-            continue;
+        let b = match prepare_block() {
+            Prep::Block(b) => b,
+            Prep::Work => {
+                last_work = Instant::now();
+                naps_reset();
+                continue;
+            }
+            // Waited for the device's ring: poll again, without the spin of a wake-up.
+            Prep::TxWait => continue,
         };
         let wake = b.wake;
         // Block on the kernel's fds, the wake-up fd and the keeper's notification.

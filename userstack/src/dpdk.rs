@@ -524,6 +524,8 @@ pub struct DpdkLink {
     /// at once, as before) until it takes a frame again.
     stalled: bool,
     tx_delayed: u64,
+    /// Frames the device's ring took (`Link::tx_taken`).
+    tx_taken: u64,
     tx_ring_full: u64,
     rx_multiseg: u64,
     pub info: StartInfo,
@@ -590,6 +592,7 @@ impl DpdkLink {
             backlog_since: None,
             stalled: false,
             tx_delayed: 0,
+            tx_taken: 0,
             tx_ring_full: 0,
             rx_multiseg: 0,
             info,
@@ -873,6 +876,7 @@ impl Link for DpdkLink {
                 done +=
                     unsafe { burst(self.port, self.tx.as_mut_ptr().add(done), self.ntx - done) };
             }
+            self.tx_taken += done as u64;
             if done > 0 {
                 self.stalled = false;
             }
@@ -898,6 +902,10 @@ impl Link for DpdkLink {
 
     fn tx_pending(&self) -> usize {
         self.backlog.len()
+    }
+
+    fn tx_taken(&self) -> u64 {
+        self.tx_taken
     }
 
     fn mac(&self) -> [u8; 6] {
@@ -962,6 +970,7 @@ impl DpdkLink {
         // SAFETY: valid mbufs we own.
         let n = unsafe { burst(port, waiting.as_mut_ptr(), waiting.len()) };
         self.backlog.drain(..n);
+        self.tx_taken += n as u64;
         if self.backlog.is_empty() {
             self.backlog_since = None;
         } else if n > 0 {

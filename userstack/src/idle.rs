@@ -69,14 +69,15 @@ impl Backoff {
 /// How a loop waits while frames wait for room in the device's transmit ring (the link's
 /// backlog, `Link::tx_pending`): for the first 50 µs it only yields the CPU (a peer sharing it,
 /// a memif process, may be what drains the ring, and a NIC's ring drains in microseconds);
-/// then it naps 20 µs, doubling to 1 ms while the backlog does not shrink. Any progress starts
-/// over. A device that stays slow (a stopped or starved memif peer) then costs a few percent
+/// then it naps 20 µs, doubling to 1 ms while the device takes nothing. Any frame the device
+/// takes (`Link::tx_taken` moved: a bulk sender keeps the backlog as long while the device
+/// drains it) starts over. A device that stays slow (a stopped or starved memif peer) then costs a few percent
 /// of a core instead of all of it, and the frames wait at most a millisecond longer.
 #[derive(Debug, Clone, Copy)]
 pub struct TxWait {
     start: Instant,
     last: Instant,
-    pending: usize,
+    taken: u64,
     nap: Duration,
 }
 
@@ -89,19 +90,20 @@ impl TxWait {
         TxWait {
             start: now,
             last: now,
-            pending: 0,
+            taken: 0,
             nap: FIRST_SLEEP,
         }
     }
 
-    /// `pending` frames wait for the device. `None`: yield the CPU and poll again; `Some(d)`:
-    /// sleep `d` first. A call more than 2 ms after the previous one starts a new wait.
-    pub fn step(&mut self, pending: usize, now: Instant) -> Option<Duration> {
-        if pending < self.pending || now.duration_since(self.last) > 2 * TX_NAP_MAX {
+    /// Frames wait for the device, which has taken `taken` so far. `None`: yield the CPU and
+    /// poll again; `Some(d)`: sleep `d` first. A call more than 2 ms after the previous one
+    /// starts a new wait.
+    pub fn step(&mut self, taken: u64, now: Instant) -> Option<Duration> {
+        if taken != self.taken || now.duration_since(self.last) > 2 * TX_NAP_MAX {
             self.start = now;
             self.nap = FIRST_SLEEP;
         }
-        self.pending = pending;
+        self.taken = taken;
         self.last = now;
         if now.duration_since(self.start) < TX_YIELD_FOR {
             return None;
@@ -112,8 +114,8 @@ impl TxWait {
     }
 
     /// Yields or sleeps as `step` says.
-    pub fn wait(&mut self, pending: usize) {
-        match self.step(pending, Instant::now()) {
+    pub fn wait(&mut self, taken: u64) {
+        match self.step(taken, Instant::now()) {
             None => std::thread::yield_now(),
             Some(d) => std::thread::sleep(d),
         }
@@ -148,18 +150,17 @@ impl Idler {
         if self.last_work.elapsed() < self.spin {
             return;
         }
-        let pending = stack.link().tx_pending();
-        if pending > 0 {
+        if stack.link().tx_pending() > 0 {
             // Frames wait for room in the device: poll again soon (without growing the idle
             // sleep), letting a peer that shares this CPU drain the ring.
-            self.tx_wait.wait(pending);
+            self.tx_wait.wait(stack.link().tx_taken());
             return;
         }
         let until_timer = stack.next_deadline().map(crate::clock::until);
         let limit = until_timer.unwrap_or(MAX_BLOCK).min(MAX_BLOCK);
         match stack.wake_fd() {
             Some(fd) => {
-                if !stack.arm_wake(crate::clock::now()) {
+                if !stack.arm_wake(crate::clock::now(), false) {
                     self.work();
                     return;
                 }
@@ -195,20 +196,20 @@ mod tests {
         let mut w = TxWait::new();
         let t0 = Instant::now() + Duration::from_secs(1);
         let us = |n: u64| t0 + Duration::from_micros(n);
-        assert_eq!(w.step(10, us(0)), None);
-        assert_eq!(w.step(12, us(30)), None, "yields during the first 50 µs");
+        assert_eq!(w.step(100, us(0)), None);
+        assert_eq!(w.step(100, us(30)), None, "yields during the first 50 µs");
         let mut t = 60;
         let mut naps = Vec::new();
         for _ in 0..8 {
-            let d = w.step(12, us(t)).expect("a nap after 50 µs");
+            let d = w.step(100, us(t)).expect("a nap after 50 µs");
             naps.push(d.as_micros());
             t += d.as_micros() as u64;
         }
         assert_eq!(naps, [20, 40, 80, 160, 320, 640, 1000, 1000]);
         // The device took frames: yield again, then the shortest nap.
-        assert_eq!(w.step(11, us(t)), None);
-        assert_eq!(w.step(11, us(t + 60)), Some(FIRST_SLEEP));
+        assert_eq!(w.step(101, us(t)), None);
+        assert_eq!(w.step(101, us(t + 60)), Some(FIRST_SLEEP));
         // A new wait long after the last one starts over.
-        assert_eq!(w.step(11, us(t + 5_000)), None);
+        assert_eq!(w.step(101, us(t + 5_000)), None);
     }
 }

@@ -49,6 +49,11 @@ pub trait Link {
     fn tx_pending(&self) -> usize {
         0
     }
+    /// Frames the device has taken so far (a count that moves while a backlog drains, even
+    /// if new frames keep it as long).
+    fn tx_taken(&self) -> u64 {
+        0
+    }
     /// The port's own MAC address.
     fn mac(&self) -> [u8; 6];
     /// The largest IP packet the link carries (1500 on Ethernet).

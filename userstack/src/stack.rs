@@ -279,6 +279,10 @@ impl Conn {
     /// When the stack gives up on this connection, as Linux does (see the constants).
     #[inline]
     fn give_up_at(&self) -> Option<Micros> {
+        if self.failed || self.timed_out {
+            // Over already (reset, timed out, refused): nothing to give up on.
+            return None;
+        }
         let limit = if self.app_closed {
             ORPHAN_GIVE_UP_US
         } else {
@@ -614,8 +618,9 @@ impl<L: Link> Stack<L> {
     }
 
     /// Prepares to block on `wake_fd`: arms it, then polls once more so a frame that arrived
-    /// before arming is not left waiting. Returns false if that poll found work (do not block).
-    pub fn arm_wake(&mut self, now: Instant) -> bool {
+    /// before arming is not left waiting. Returns false if that poll found work (do not block);
+    /// the wake-up is then disarmed unless `others_blocked` (other threads blocked on it).
+    pub fn arm_wake(&mut self, now: Instant, others_blocked: bool) -> bool {
         if self.net.link.wake_fd().is_none() {
             // Nothing to arm, no race to close: the caller's own poll just found nothing.
             self.note_sleep();
@@ -623,7 +628,9 @@ impl<L: Link> Stack<L> {
         }
         self.net.link.arm_wake();
         if self.poll(now) {
-            self.net.link.disarm_wake();
+            if !others_blocked {
+                self.net.link.disarm_wake();
+            }
             return false;
         }
         self.note_sleep();
@@ -1305,7 +1312,9 @@ impl<L: Link> Stack<L> {
                 }
             };
         }
-        c.rec.on_sent(c.track.snd_max, c.track.retransmits, us);
+        if !c.failed {
+            c.rec.on_sent(c.track.snd_max, c.track.retransmits, us);
+        }
 
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         let state = sock.state();
@@ -1313,7 +1322,10 @@ impl<L: Link> Stack<L> {
         if state != tcp::State::SynSent {
             c.connect_expires = None;
         }
-        if state == tcp::State::FinWait2 && c.app_closed && c.orphan_expires.is_none() {
+        if state != tcp::State::FinWait2 {
+            // (On to TIME-WAIT: that has its own end.)
+            c.orphan_expires = None;
+        } else if c.app_closed && c.orphan_expires.is_none() {
             c.orphan_expires = Some(us + FIN_TIMEOUT_US);
         }
         if state != prev {
@@ -1333,6 +1345,8 @@ impl<L: Link> Stack<L> {
                 if error.is_some() {
                     c.error = error;
                     c.failed = true;
+                    // Nothing will be acknowledged any more: no retransmission timer.
+                    c.rec.stop();
                 }
             }
         }
@@ -1779,10 +1793,11 @@ impl<L: Link> Stack<L> {
     pub fn shutdown_read(&mut self, id: ConnId) -> Result<Readiness, SockError> {
         let c = self.conn_mut(id)?;
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
-        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) && !c.failed {
+        // Linux sets the flag and still says ENOTCONN for a closed (e.g. reset) socket.
+        c.rd_shut = true;
+        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) {
             return Err(SockError::NotConnected);
         }
-        c.rd_shut = true;
         let r = readiness(sock, c);
         c.last_ready = r;
         Ok(r)

@@ -857,6 +857,40 @@ fn a_vanished_peer_is_given_up_after_fifteen_minutes() {
     );
     assert_eq!(p.server.send(s, b"x"), Err(SockError::TimedOut));
     assert_eq!(p.server.stats().tcp_timeouts, 1);
+    // Given up, still held by the application: no timer left due (a deadline in the past
+    // would make every loop poll at once, for as long as the socket stays open).
+    p.now += Duration::from_millis(100);
+    p.server.poll(p.now);
+    assert!(
+        p.server.next_deadline().is_none_or(|d| d > p.now),
+        "{:?} at {}",
+        p.server.next_deadline(),
+        p.now
+    );
+}
+
+/// A peer that resets the connection while our data is outstanding: the connection is over,
+/// no retransmission or give-up timer stays due, and it is not counted as given up on.
+#[test]
+fn a_reset_with_data_outstanding_leaves_no_timer_due() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let chunk = [1u8; 4096];
+    while p.server.send(s, &chunk).is_ok() {}
+    p.client.abort(c).unwrap();
+    p.run();
+    assert!(p.server.readiness(s).unwrap().error);
+    for _ in 0..10 {
+        p.now += Duration::from_secs(100);
+        p.server.poll(p.now);
+        assert!(
+            p.server.next_deadline().is_none_or(|d| d > p.now),
+            "{:?} at {}",
+            p.server.next_deadline(),
+            p.now
+        );
+    }
+    assert_eq!(p.server.stats().tcp_timeouts, 0);
 }
 
 /// A peer that is alive but does not read (zero window; a paused client) is never given up:
