@@ -1215,15 +1215,8 @@ pub fn epoll_wait(
             continue;
         }
         // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
-        let b = match prepare_block() {
-            Prep::Block(b) => b,
-            Prep::Work => {
-                last_work = Instant::now();
-                naps_reset();
-                continue;
-            }
-            // Waited for the device's ring: poll again, without the spin of a wake-up.
-            Prep::TxWait => continue,
+        let Some(b) = prepare_block(&mut last_work) else {
+            continue;
         };
         let wake = b.wake;
         let outer = {
@@ -1319,9 +1312,24 @@ fn nap(limit: Duration) -> Duration {
     })
 }
 
-/// Before a waiter blocks: arms the device's wake-up fd. `None`: frames arrived meanwhile (poll
-/// again instead of blocking).
-fn prepare_block() -> Prep {
+/// Before a waiter blocks: `prepare`. `None`: poll again instead of blocking (after work, with
+/// `last_work` now, so the caller spins; after a wait for the device's ring, without).
+fn prepare_block(last_work: &mut Instant) -> Option<Blocking> {
+    match prepare() {
+        Prep::Block(b) => Some(b),
+        Prep::Work => {
+            *last_work = Instant::now();
+            naps_reset();
+            None
+        }
+        // Waited for the device's ring: poll again, without the spin of a wake-up.
+        Prep::TxWait => None,
+    }
+}
+
+/// Arms the device's wake-up fd and counts the thread as blocked, unless frames arrived
+/// meanwhile or wait for room in the device.
+fn prepare() -> Prep {
     let mut s = shim();
     let Some(st) = s.stack.as_mut() else {
         return Prep::Block(Blocking {
@@ -1567,15 +1575,8 @@ pub fn poll(
         if last_work.elapsed() < spin {
             continue;
         }
-        let b = match prepare_block() {
-            Prep::Block(b) => b,
-            Prep::Work => {
-                last_work = Instant::now();
-                naps_reset();
-                continue;
-            }
-            // Waited for the device's ring: poll again, without the spin of a wake-up.
-            Prep::TxWait => continue,
+        let Some(b) = prepare_block(&mut last_work) else {
+            continue;
         };
         let wake = b.wake;
         // Block on the kernel's fds, the wake-up fd and the keeper's notification.

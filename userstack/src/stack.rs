@@ -1788,9 +1788,9 @@ impl<L: Link> Stack<L> {
     }
 
     /// shutdown(SHUT_RD): what is buffered (and what still arrives) can be read, and then reads
-    /// give end of stream instead of waiting; the socket is readable with RDHUP from now on.
-    /// Returns the new readiness, for the caller to tell epoll at once.
-    pub fn shutdown_read(&mut self, id: ConnId) -> Result<Readiness, SockError> {
+    /// give end of stream instead of waiting; the socket is readable with RDHUP from now on
+    /// (the caller tells its epoll sets: no event is queued for its own call, as for `send`).
+    pub fn shutdown_read(&mut self, id: ConnId) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         // Linux sets the flag and still says ENOTCONN for a closed (e.g. reset) socket.
@@ -1798,9 +1798,8 @@ impl<L: Link> Stack<L> {
         if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) {
             return Err(SockError::NotConnected);
         }
-        let r = readiness(sock, c);
-        c.last_ready = r;
-        Ok(r)
+        c.last_ready = readiness(sock, c);
+        Ok(())
     }
 
     /// shutdown(SHUT_WR): FIN after the queued data; reading goes on.
