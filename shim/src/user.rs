@@ -1269,6 +1269,8 @@ struct Blocking {
     /// block, so it lasts at most one of the thread's naps (20 µs doubling to
     /// MTCP_IDLE_SLEEP_US while nothing happens), then the waiter polls again.
     nap: bool,
+    /// That device says its link is down (memif: no peer): the naps may grow longer.
+    link_down: bool,
 }
 
 /// Whether a waiter that blocked with `b` and got `r` from the blocking call goes back to
@@ -1299,14 +1301,14 @@ fn naps_reset() {
     });
 }
 
-/// This thread's next nap, at most `limit`.
-fn nap(limit: Duration) -> Duration {
+/// This thread's next nap, at most `limit` (longer naps while the device's link is down).
+fn nap(limit: Duration, link_down: bool) -> Duration {
     NAPS.with(|n| {
         let mut b = n.get().unwrap_or_else(|| match config() {
             Ok(c) => Backoff::new(c),
             Err(_) => Backoff::with_max(Duration::from_millis(2)),
         });
-        let d = b.take(limit);
+        let d = b.take(limit, link_down);
         n.set(Some(b));
         d
     })
@@ -1337,6 +1339,7 @@ fn prepare() -> Prep {
             wake: None,
             until_timer: None,
             nap: false,
+            link_down: false,
         });
     };
     if st.link().tx_pending() > 0 {
@@ -1371,6 +1374,7 @@ fn prepare() -> Prep {
         wake,
         until_timer: st.next_deadline().map(clock::until),
         nap: wake.is_none(),
+        link_down: wake.is_none() && st.link().link_down(),
     })
 }
 
@@ -1444,7 +1448,7 @@ fn block_for(deadline: Option<Instant>, b: &Blocking) -> Duration {
         wait = wait.min(t);
     }
     if b.nap {
-        wait = nap(wait);
+        wait = nap(wait, b.link_down);
     }
     wait
 }

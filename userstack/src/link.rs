@@ -58,6 +58,11 @@ pub trait Link {
     fn mac(&self) -> [u8; 6];
     /// The largest IP packet the link carries (1500 on Ethernet).
     fn ip_mtu(&self) -> usize;
+    /// The device says its link is down (no carrier; net_memif: no peer connected): nothing
+    /// can arrive, so a loop without a wake-up fd may nap longer (`idle::LINK_DOWN_NAP`).
+    fn link_down(&self) -> bool {
+        false
+    }
     /// A file descriptor that becomes readable when frames arrive, if the device has one.
     fn wake_fd(&self) -> Option<RawFd>;
     /// Arms the wake-up fd before the caller blocks on it (a no-op where it is always armed).

@@ -732,7 +732,7 @@ impl<L: Link> Stack<L> {
         if !work {
             self.net.stats.polls_idle += 1;
         }
-        if self.shm.due(us) {
+        if self.shm.due(us, work) {
             self.publish(us);
         }
         work
