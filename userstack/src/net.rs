@@ -43,12 +43,25 @@ struct Neighbor {
 
 /// What a connection's transmitted segments tell us: the highest sequence number sent (to
 /// count retransmissions), the last acknowledgement number sent (our rcv_nxt), and how many
-/// retransmissions left.
+/// retransmissions left; and the connection's next hop, resolved.
 #[derive(Default, Clone, Copy)]
 pub struct TxTrack {
     pub snd_max: Option<u32>,
     pub last_ack_sent: Option<u32>,
     pub retransmits: u32,
+    hop: Option<HopCache>,
+}
+
+/// A connection's resolved next hop, so that its segments skip the neighbour table (a route,
+/// a hash lookup and the refresh check: ~70 instructions per segment). Valid while no
+/// neighbour entry changed (`Net::hop_epoch`) and until the entry is due for a refresh (then
+/// `next_hop` runs, and sends the refresh).
+#[derive(Clone, Copy)]
+struct HopCache {
+    dst: Ipv4Addr,
+    mac: [u8; 6],
+    until: Micros,
+    epoch: u64,
 }
 
 pub struct Net<L: Link> {
@@ -65,6 +78,8 @@ pub struct Net<L: Link> {
     pub faults: Option<FaultInjector>,
     held_tx: Option<L::Tx>,
     scratch: Vec<u8>,
+    /// Moves whenever a neighbour entry changes: connections' cached next hops are stale then.
+    hop_epoch: u64,
 }
 
 enum NextHop {
@@ -88,6 +103,7 @@ impl<L: Link> Net<L> {
             faults: None,
             held_tx: None,
             scratch: Vec::new(),
+            hop_epoch: 0,
         }
     }
 
@@ -106,6 +122,16 @@ impl<L: Link> Net<L> {
         } else {
             self.gateway
         }
+    }
+
+    /// Until when `dst`'s resolved next hop needs no refresh (`None`: not resolved, or a
+    /// broadcast).
+    fn fresh_until(&self, dst: Ipv4Addr) -> Option<Micros> {
+        if dst.is_broadcast() || dst == self.addr.broadcast() {
+            return None;
+        }
+        let n = self.neighbors.get(&self.route(dst)?)?;
+        n.mac.map(|_| n.updated + ARP_REFRESH_US)
     }
 
     fn next_hop(&mut self, now: Micros, dst: Ipv4Addr) -> NextHop {
@@ -155,11 +181,31 @@ impl<L: Link> Net<L> {
         };
         let buf = frame.data_mut();
         let r = f(&mut buf[ETH_HDR..]);
-        if let Some(t) = track {
+        let mut track = track;
+        if let Some(t) = track.as_deref_mut() {
             count_retransmit(&buf[ETH_HDR..], t, &mut self.stats);
         }
         let dst = ipv4_dst(&buf[ETH_HDR..]);
-        match self.next_hop(now, dst) {
+        let cached = track
+            .as_ref()
+            .and_then(|t| t.hop)
+            .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until);
+        let hop = match cached {
+            Some(h) => NextHop::Mac(h.mac),
+            None => {
+                let hop = self.next_hop(now, dst);
+                if let (NextHop::Mac(mac), Some(t)) = (&hop, track) {
+                    t.hop = self.fresh_until(dst).map(|until| HopCache {
+                        dst,
+                        mac: *mac,
+                        until,
+                        epoch: self.hop_epoch,
+                    });
+                }
+                hop
+            }
+        };
+        match hop {
             NextHop::Mac(mac) => {
                 write_eth(frame.data_mut(), mac, self.mac, ETHERTYPE_IPV4);
                 self.emit(frame);
@@ -269,6 +315,7 @@ impl<L: Link> Net<L> {
         let mut retry = Vec::new();
         let mut next: Option<Micros> = None;
         let mut given_up = 0u64;
+        self.hop_epoch += 1;
         self.neighbors.retain(|ip, n| {
             if n.mac.is_some() {
                 return true;
@@ -366,6 +413,7 @@ impl<L: Link> Net<L> {
     }
 
     fn learn(&mut self, now: Micros, ip: Ipv4Addr, mac: [u8; 6]) {
+        self.hop_epoch += 1;
         let n = self.neighbors.entry(ip).or_insert(Neighbor {
             mac: None,
             updated: now,

@@ -960,3 +960,54 @@ fn an_orphan_in_fin_wait_2_is_freed_after_a_minute() {
         "freed after {after}"
     );
 }
+
+/// An ARP request from `sha`/`spa` for `tpa`, broadcast.
+fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 28];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&sha);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa);
+    f[38..42].copy_from_slice(&tpa);
+    f
+}
+
+/// Connections cache their resolved next hop (net.rs, `HopCache`); a neighbour's new MAC must
+/// reach the next segment all the same, and the old one none.
+#[test]
+fn a_peers_new_mac_is_used_by_its_connections_next_segment() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.send(s, b"one").unwrap(), 3);
+    p.run();
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 3);
+    // The client's address moved to another MAC (a failover): the server learns it from ARP.
+    let moved = [2, 0, 0, 0, 0, 0x99];
+    let (client_ip, server_ip) = ([198, 18, 0, 1], [198, 18, 0, 2]);
+    p.server
+        .link()
+        .inject(arp_request(moved, client_ip, server_ip));
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    let lost_before = p.client.stats().drop_not_ours;
+    assert_eq!(p.server.send(s, b"two").unwrap(), 3);
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    p.client.poll(p.now);
+    assert!(
+        p.client.stats().drop_not_ours > lost_before,
+        "the segment went to the old MAC: {}",
+        p.client.stats()
+    );
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::WouldBlock));
+    // Back to the real MAC: the retransmission arrives.
+    p.server
+        .link()
+        .inject(arp_request(CLIENT_MAC, client_ip, server_ip));
+    p.advance(Duration::from_secs(2), Duration::from_millis(1));
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"two");
+}
