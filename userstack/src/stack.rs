@@ -1398,7 +1398,11 @@ impl<L: Link> Stack<L> {
                 self.free_conn(idx);
                 return;
             }
-        } else {
+        } else if rx.is_some() || state != prev {
+            // (Without a received segment or a change of state the readiness is what it was:
+            // egress frees no buffer room and fills none, `send` records a full buffer itself,
+            // and errors come with a change of state. The reply's poll of every request skips
+            // this.)
             let ready = readiness(sock, c);
             let rq = sock.recv_queue();
             // Only what a waiter could want: a bit that was not set, or more data to read (an
