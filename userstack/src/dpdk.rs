@@ -530,6 +530,10 @@ pub struct DpdkLink {
     rx_multiseg: u64,
     /// The EAL's lcores: the only mempool caches that can hold mbufs (`pool_in_use`).
     lcores: Vec<u32>,
+    /// net_memif: its link word says whether a peer is connected (`Link::link_down`). Other
+    /// drivers are not asked: a PCI NIC's link_update reads registers, and net_tap says down
+    /// when its netdev is in another namespace while frames flow.
+    link_is_peer: bool,
     pub info: StartInfo,
 }
 
@@ -598,6 +602,7 @@ impl DpdkLink {
             tx_ring_full: 0,
             rx_multiseg: 0,
             lcores: eal_lcores(),
+            link_is_peer: port_name.starts_with("net_memif"),
             info,
             packet_wake: None,
         };
@@ -924,6 +929,9 @@ impl Link for DpdkLink {
     }
 
     fn link_down(&self) -> bool {
+        if !self.link_is_peer {
+            return false;
+        }
         // SAFETY: a plain out-parameter; the port is started. (memif's link_update does
         // nothing in a primary process: this is a copy of the port's link word.)
         unsafe {
@@ -965,7 +973,9 @@ impl DpdkLink {
     /// The pool's mbufs in use: its size less what its ring and the EAL lcores' caches hold.
     /// rte_mempool_in_use_count reads the caches of all RTE_MAX_LCORE (128) lcores, a cache
     /// miss each (~15 µs here, a quarter of an idle memif loop's CPU when it was published at
-    /// every nap); threads that are not EAL lcores (the application's) have no cache.
+    /// every nap). Threads that are not lcores (the application's, unregistered) have no cache;
+    /// this process registers none (`rte_thread_register`) and runs no service lcores, so the
+    /// EAL's lcores, read once at start, are all the caches there are.
     fn pool_in_use(&self) -> u64 {
         let mp = self.pool.as_ptr();
         // SAFETY: the pool is valid for the process's life; local_cache has RTE_MAX_LCORE

@@ -54,8 +54,9 @@ pub struct TxTrack {
 
 /// A connection's resolved next hop, so that its segments skip the neighbour table (a route,
 /// a hash lookup and the refresh check: ~70 instructions per segment). Valid while no
-/// neighbour entry changed (`Net::hop_epoch`) and until the entry is due for a refresh (then
-/// `next_hop` runs, and sends the refresh).
+/// neighbour's MAC changed (`Net::hop_epoch`; only resolved entries are cached, and a resolved
+/// entry is never removed) and until the entry is due for a refresh (then `next_hop` runs,
+/// and sends the refresh).
 #[derive(Clone, Copy)]
 struct HopCache {
     dst: Ipv4Addr,
@@ -195,12 +196,17 @@ impl<L: Link> Net<L> {
             None => {
                 let hop = self.next_hop(now, dst);
                 if let (NextHop::Mac(mac), Some(t)) = (&hop, track) {
-                    t.hop = self.fresh_until(dst).map(|until| HopCache {
-                        dst,
-                        mac: *mac,
-                        until,
-                        epoch: self.hop_epoch,
-                    });
+                    // (An entry due for its refresh is not cached: the next segment looks it
+                    // up again, as it would have, until the neighbour answers.)
+                    t.hop = self
+                        .fresh_until(dst)
+                        .filter(|&until| until >= now)
+                        .map(|until| HopCache {
+                            dst,
+                            mac: *mac,
+                            until,
+                            epoch: self.hop_epoch,
+                        });
                 }
                 hop
             }
@@ -315,7 +321,7 @@ impl<L: Link> Net<L> {
         let mut retry = Vec::new();
         let mut next: Option<Micros> = None;
         let mut given_up = 0u64;
-        self.hop_epoch += 1;
+        // (Only unresolved entries go: no connection cached one.)
         self.neighbors.retain(|ip, n| {
             if n.mac.is_some() {
                 return true;
@@ -413,7 +419,6 @@ impl<L: Link> Net<L> {
     }
 
     fn learn(&mut self, now: Micros, ip: Ipv4Addr, mac: [u8; 6]) {
-        self.hop_epoch += 1;
         let n = self.neighbors.entry(ip).or_insert(Neighbor {
             mac: None,
             updated: now,
@@ -422,6 +427,10 @@ impl<L: Link> Net<L> {
             next_try: 0,
         });
         let was_unresolved = n.mac.is_none() && n.tries > 0;
+        if n.mac != Some(mac) {
+            // Connections that cached the old MAC look it up again.
+            self.hop_epoch += 1;
+        }
         n.mac = Some(mac);
         n.updated = now;
         n.tries = 0;

@@ -1377,8 +1377,14 @@ impl<L: Link> Stack<L> {
         // Handshake results for connections still owned by their listener.
         if let Origin::Passive(port) = c.origin {
             match state {
+                tcp::State::Closed if c.handshake.is_none() => {
+                    // Reset while queued for accept: it stays queued, as on Linux, where accept
+                    // hands it out and the first read says ECONNRESET (its error is set above).
+                    // Freeing it left the listener readable for a connection accept no longer
+                    // found (EAGAIN).
+                }
                 tcp::State::Listen | tcp::State::Closed => {
-                    // Reset or timed out during the handshake, or reset while queued.
+                    // Reset or timed out during the handshake.
                     self.free_conn(idx);
                     return;
                 }
@@ -1417,6 +1423,13 @@ impl<L: Link> Stack<L> {
             }
             c.last_ready = ready;
             c.last_recv_queue = rq;
+        } else if cfg!(debug_assertions) {
+            let ready = readiness(sock, c);
+            debug_assert!(
+                !ready.gained_since(c.last_ready) && sock.recv_queue() <= c.last_recv_queue,
+                "readiness gained without a segment or a change of state: {ready:?} after {:?}",
+                c.last_ready
+            );
         }
 
         if deferred {

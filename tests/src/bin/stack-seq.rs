@@ -14,7 +14,8 @@
 //! Client protocol (lines from the server): `A` -> send `0123456789`; `B` -> send `xyz`;
 //! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; end of stream -> answer `eof` and close.
 //! Second connection: send `abc`; on `connect` open one more connection (kept); on `data` send
-//! `xyz`; on `go` reset (SO_LINGER 0).
+//! `xyz`; on `rstq` open one more and reset it at once, then send `reset\n`; on `go` reset
+//! (SO_LINGER 0).
 
 use std::ffi::c_int;
 use std::io::{BufRead, BufReader, Write};
@@ -656,6 +657,40 @@ fn server(port: u16) {
         }
         call("close(epoll)", || libc::close(ep));
 
+        // A connection reset while it waits in the accept queue: the client resets it, then
+        // says so on this connection (the reset reached us first: same path, in order).
+        send_line(c, "rstq");
+        note(read_line(c));
+        poll_one(
+            s,
+            libc::POLLIN,
+            0,
+            "poll(listener, a reset connection queued)",
+        );
+        // (A non-blocking listener for this accept: a stack that lost the connection says
+        // EAGAIN instead of blocking the sequence.)
+        let fl = libc::fcntl(s, libc::F_GETFL);
+        libc::fcntl(s, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        let q = libc::accept4(s, null_mut(), null_mut(), libc::SOCK_NONBLOCK);
+        libc::fcntl(s, libc::F_SETFL, fl);
+        note(format!("accepted the reset connection: {}", q >= 0));
+        if q >= 0 {
+            poll_one(
+                q,
+                libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
+                0,
+                "poll(accepted after its reset)",
+            );
+            call("read(accepted after its reset)", || {
+                libc::read(q, b.as_mut_ptr().cast(), 16)
+            });
+            call("read(accepted after its reset, again)", || {
+                libc::read(q, b.as_mut_ptr().cast(), 16)
+            });
+            libc::close(q);
+        }
+        poll_one(s, libc::POLLIN, 0, "poll(listener, nothing left)");
+
         // shutdown(SHUT_RD) with data queued: readable with RDHUP at once, the data, then end
         // of stream instead of EAGAIN; data arriving afterwards is still delivered.
         let queued = |want: c_int| {
@@ -784,11 +819,23 @@ fn client(addr: &str, port: u16) {
         match line.as_str() {
             "connect\n" => more.push(TcpStream::connect(&target).expect("connect more")),
             "data\n" => s.write_all(b"xyz").unwrap(),
+            "rstq\n" => {
+                let q = TcpStream::connect(&target).expect("connect, to reset");
+                reset(&q);
+                drop(q);
+                s.write_all(b"reset\n").unwrap();
+            }
             "go\n" => break,
             other => panic!("unexpected line on connection 2: {other:?}"),
         }
     }
-    // Reset: SO_LINGER with a zero timeout, then close.
+    reset(&s);
+    drop(s);
+    println!("client done");
+}
+
+/// Makes the close of `s` a reset: SO_LINGER with a zero timeout.
+fn reset(s: &TcpStream) {
     let lin = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -804,8 +851,6 @@ fn client(addr: &str, port: u16) {
             size_of::<libc::linger>() as socklen_t,
         )
     };
-    drop(s);
-    println!("client done");
 }
 
 fn main() {
