@@ -1007,6 +1007,21 @@ impl<L: Link> Stack<L> {
                 let payload = packet
                     .len()
                     .saturating_sub(ihl + usize::from(tcp.header_len()));
+                if c.rd_shut && payload > 0 {
+                    // New data after shutdown(SHUT_RD) once our FIN is out (SHUT_RDWR, or
+                    // SHUT_RD then SHUT_WR): Linux resets the connection (RFC 1122, 4.2.2.13;
+                    // tcp_rcv_state_process in FIN-WAIT-1/2), where RFC 793 would queue it for
+                    // a reader that said it will not read.
+                    let end = (tcp.seq_number().0 as u32).wrapping_add(payload as u32);
+                    let st = c.sockets.get::<tcp::Socket>(c.handle).state();
+                    if matches!(st, tcp::State::FinWait1 | tcp::State::FinWait2)
+                        && c.rec.peer_next().is_none_or(|n| crate::net::seq_lt(n, end))
+                    {
+                        c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                        self.poll_conn(now, idx, None, false);
+                        return;
+                    }
+                }
                 if c.app_closed && payload > 0 {
                     // Data for a connection the application closed has no reader: Linux resets
                     // the connection (tcp_rcv_state_process), which is how a writer learns the

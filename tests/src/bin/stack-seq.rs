@@ -14,8 +14,9 @@
 //! Client protocol (lines from the server): `A` -> send `0123456789`; `B` -> send `xyz`;
 //! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; end of stream -> answer `eof` and close.
 //! Second connection: send `abc`; on `connect` open one more connection (kept); on `data` send
-//! `xyz`; on `rstq` open one more and reset it at once, then send `reset\n`; on `go` reset
-//! (SO_LINGER 0).
+//! `xyz`; on `rstq` open one more and reset it at once, then send `reset\n`; on `late` open one
+//! more, wait for its end of stream, send `xyz` on it, read again (2 s at most), then send what
+//! that read gave; on `go` reset (SO_LINGER 0).
 
 use std::ffi::c_int;
 use std::io::{BufRead, BufReader, Write};
@@ -109,6 +110,21 @@ fn read_line(fd: c_int) -> String {
         }
         line.push(b);
     }
+}
+
+/// On a connection that was reset: its poll bits, then two reads (the error, then EOF).
+fn after_reset(fd: c_int, what: &str) {
+    let ev = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP;
+    poll_one(fd, ev, 0, &format!("poll({what})"));
+    let mut b = [0u8; 16];
+    // SAFETY: reads into a local buffer.
+    call(&format!("read({what})"), || unsafe {
+        libc::read(fd, b.as_mut_ptr().cast(), 16)
+    });
+    // SAFETY: as above.
+    call(&format!("read({what}, again)"), || unsafe {
+        libc::read(fd, b.as_mut_ptr().cast(), 16)
+    });
 }
 
 fn send_line(fd: c_int, s: &str) {
@@ -675,21 +691,24 @@ fn server(port: u16) {
         libc::fcntl(s, libc::F_SETFL, fl);
         note(format!("accepted the reset connection: {}", q >= 0));
         if q >= 0 {
-            poll_one(
-                q,
-                libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
-                0,
-                "poll(accepted after its reset)",
-            );
-            call("read(accepted after its reset)", || {
-                libc::read(q, b.as_mut_ptr().cast(), 16)
-            });
-            call("read(accepted after its reset, again)", || {
-                libc::read(q, b.as_mut_ptr().cast(), 16)
-            });
+            after_reset(q, "accepted after its reset");
             libc::close(q);
         }
         poll_one(s, libc::POLLIN, 0, "poll(listener, nothing left)");
+
+        // shutdown(SHUT_RDWR), then the peer sends: Linux resets (RFC 1122). The client opens
+        // one more connection, waits for our FIN, sends, reads until the reset (or 2 s), then
+        // says so on this connection.
+        send_line(c, "late");
+        let l = libc::accept(s, null_mut(), null_mut());
+        assert!(l >= 0, "accept (late)");
+        call("shutdown(SHUT_RDWR)", || libc::shutdown(l, libc::SHUT_RDWR));
+        note(read_line(c));
+        after_reset(l, "SHUT_RDWR, then the peer sent");
+        call("send(SHUT_RDWR, then the peer sent, NOSIGNAL)", || {
+            libc::send(l, msg.as_ptr().cast(), 4, libc::MSG_NOSIGNAL)
+        });
+        call("close(late)", || libc::close(l));
 
         // shutdown(SHUT_RD) with data queued: readable with RDHUP at once, the data, then end
         // of stream instead of EAGAIN; data arriving afterwards is still delivered.
@@ -819,6 +838,20 @@ fn client(addr: &str, port: u16) {
         match line.as_str() {
             "connect\n" => more.push(TcpStream::connect(&target).expect("connect more")),
             "data\n" => s.write_all(b"xyz").unwrap(),
+            "late\n" => {
+                let mut l = TcpStream::connect(&target).expect("connect (late)");
+                l.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                let mut buf = [0u8; 16];
+                let eof = matches!(std::io::Read::read(&mut l, &mut buf), Ok(0));
+                l.write_all(b"xyz").unwrap();
+                let after = match std::io::Read::read(&mut l, &mut buf) {
+                    Ok(n) => format!("read {n}"),
+                    Err(e) => format!("{:?}", e.kind()),
+                };
+                s.write_all(format!("late: eof={eof} then {after}\n").as_bytes())
+                    .unwrap();
+            }
             "rstq\n" => {
                 let q = TcpStream::connect(&target).expect("connect, to reset");
                 reset(&q);
