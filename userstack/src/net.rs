@@ -79,12 +79,14 @@ pub struct Net<L: Link> {
     pub faults: Option<FaultInjector>,
     held_tx: Option<L::Tx>,
     scratch: Vec<u8>,
-    /// Moves whenever a neighbour entry changes: connections' cached next hops are stale then.
+    /// Moves whenever a neighbour's MAC changes: connections' cached next hops are stale then.
     hop_epoch: u64,
 }
 
 enum NextHop {
-    Mac([u8; 6]),
+    /// The MAC, and until when a resolved neighbour's needs no refresh (`None`: broadcast, or
+    /// from a connection's cache).
+    Mac([u8; 6], Option<Micros>),
     Pending(Ipv4Addr),
     Unroutable,
 }
@@ -125,31 +127,22 @@ impl<L: Link> Net<L> {
         }
     }
 
-    /// Until when `dst`'s resolved next hop needs no refresh (`None`: not resolved, or a
-    /// broadcast).
-    fn fresh_until(&self, dst: Ipv4Addr) -> Option<Micros> {
-        if dst.is_broadcast() || dst == self.addr.broadcast() {
-            return None;
-        }
-        let n = self.neighbors.get(&self.route(dst)?)?;
-        n.mac.map(|_| n.updated + ARP_REFRESH_US)
-    }
-
     fn next_hop(&mut self, now: Micros, dst: Ipv4Addr) -> NextHop {
         if dst.is_broadcast() || dst == self.addr.broadcast() {
-            return NextHop::Mac(BROADCAST_MAC);
+            return NextHop::Mac(BROADCAST_MAC, None);
         }
         let Some(hop) = self.route(dst) else {
             return NextHop::Unroutable;
         };
-        let (mac, refresh) = match self.neighbors.get(&hop) {
+        let (mac, refresh, fresh_until) = match self.neighbors.get(&hop) {
             Some(n) => (
                 n.mac,
                 n.mac.is_some()
                     && now.saturating_sub(n.updated) > ARP_REFRESH_US
                     && n.next_try <= now,
+                n.updated + ARP_REFRESH_US,
             ),
-            None => (None, false),
+            None => (None, false, 0),
         };
         if refresh {
             if let Some(n) = self.neighbors.get_mut(&hop) {
@@ -158,7 +151,7 @@ impl<L: Link> Net<L> {
             self.send_arp(now, 1, hop, BROADCAST_MAC, [0; 6]);
         }
         match mac {
-            Some(m) => NextHop::Mac(m),
+            Some(m) => NextHop::Mac(m, Some(fresh_until)),
             None => NextHop::Pending(hop),
         }
     }
@@ -169,7 +162,7 @@ impl<L: Link> Net<L> {
         &mut self,
         now: Micros,
         len: usize,
-        track: Option<&mut TxTrack>,
+        mut track: Option<&mut TxTrack>,
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> R {
         let Some(mut frame) = self.link.tx_alloc(ETH_HDR + len) else {
@@ -182,7 +175,6 @@ impl<L: Link> Net<L> {
         };
         let buf = frame.data_mut();
         let r = f(&mut buf[ETH_HDR..]);
-        let mut track = track;
         if let Some(t) = track.as_deref_mut() {
             count_retransmit(&buf[ETH_HDR..], t, &mut self.stats);
         }
@@ -192,27 +184,24 @@ impl<L: Link> Net<L> {
             .and_then(|t| t.hop)
             .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until);
         let hop = match cached {
-            Some(h) => NextHop::Mac(h.mac),
+            Some(h) => NextHop::Mac(h.mac, None),
             None => {
                 let hop = self.next_hop(now, dst);
-                if let (NextHop::Mac(mac), Some(t)) = (&hop, track) {
+                if let (NextHop::Mac(mac, fresh), Some(t)) = (&hop, track) {
                     // (An entry due for its refresh is not cached: the next segment looks it
                     // up again, as it would have, until the neighbour answers.)
-                    t.hop = self
-                        .fresh_until(dst)
-                        .filter(|&until| until >= now)
-                        .map(|until| HopCache {
-                            dst,
-                            mac: *mac,
-                            until,
-                            epoch: self.hop_epoch,
-                        });
+                    t.hop = fresh.filter(|&until| until >= now).map(|until| HopCache {
+                        dst,
+                        mac: *mac,
+                        until,
+                        epoch: self.hop_epoch,
+                    });
                 }
                 hop
             }
         };
         match hop {
-            NextHop::Mac(mac) => {
+            NextHop::Mac(mac, _) => {
                 write_eth(frame.data_mut(), mac, self.mac, ETHERTYPE_IPV4);
                 self.emit(frame);
             }
