@@ -4,7 +4,7 @@
 //! library is a pure passthrough. A value that cannot be used is reported once on stderr,
 //! naming the variable and repeating the value, and the state is [`State::Invalid`]: the
 //! library serves no port then, and the ports that did parse stay recorded so that the bind
-//! of such a port can be refused rather than quietly handed to the kernel (pitfall 15).
+//! of such a port can be refused rather than quietly handed to the kernel.
 //!
 //! Read once, lazily, on the first call of any hook (never in an ELF constructor), into
 //! statics: no allocation, nothing hooked is called while parsing.

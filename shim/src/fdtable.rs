@@ -215,7 +215,7 @@ pub fn global_or_init() -> Option<&'static FdTable> {
         Ordering::Acquire,
     ) {
         Ok(_) => {
-            crate::hook::set_mode(crate::hook::MODE_TABLE);
+            crate::mode::set_mode(crate::mode::MODE_TABLE);
             // SAFETY: just published; never freed.
             Some(unsafe { &*fresh })
         }

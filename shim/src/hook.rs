@@ -22,31 +22,12 @@
 //!    A panic prints one line and aborts.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use libc::{c_int, ssize_t};
 
-use crate::ops::Outcome;
-
-/// Mode bit: `MTCP_SHIM_TRACE` is set; every hook call is counted.
-pub const MODE_TRACE: u32 = 1;
-/// Mode bit: `MTCP_PORTS` is set (valid or not).
-pub const MODE_CONFIG: u32 = 2;
-/// Mode bit: the fd table exists (some fd was ours at some point).
-pub const MODE_TABLE: u32 = 4;
-
-/// Zero means "pure passthrough": the hooks forward without looking further.
-pub(crate) static MODE: AtomicU32 = AtomicU32::new(0);
-
-/// Sets mode bits (they are never cleared).
-pub(crate) fn set_mode(bits: u32) {
-    MODE.fetch_or(bits, Ordering::Release);
-}
-
-/// The current mode bits.
-pub fn mode() -> u32 {
-    MODE.load(Ordering::Relaxed)
-}
+use crate::mode::{MODE, MODE_TRACE};
+use crate::outcome::Outcome;
 
 /// What a failed call returns: -1 for both `int` and `ssize_t` calls.
 pub trait CRet: Copy {
@@ -103,6 +84,10 @@ macro_rules! intercept {
         pub(crate) static ORIG: [::std::sync::atomic::AtomicUsize; COUNT] =
             [const { ::std::sync::atomic::AtomicUsize::new(0) }; COUNT];
 
+        /// Calls per hook, counted while `MTCP_SHIM_TRACE` is set.
+        pub(crate) static TRACE_COUNTS: [::std::sync::atomic::AtomicU64; COUNT] =
+            [const { ::std::sync::atomic::AtomicU64::new(0) }; COUNT];
+
         $(
             $(#[doc = $doc])*
             #[doc = ""]
@@ -121,7 +106,7 @@ macro_rules! intercept {
                     let p = if p != 0 {
                         p
                     } else {
-                        match $crate::hook::resolve(Id::$name) {
+                        match $crate::hook::resolve(Id::$name as usize, &ORIG, &C_NAMES, &NAMES) {
                             Some(p) => p,
                             // SAFETY: re-entered from inside dlsym on this thread: the raw
                             // syscall with the caller's own arguments.
@@ -131,12 +116,13 @@ macro_rules! intercept {
                     // SAFETY: `p` is what dlsym returned for this very name in libc, whose C
                     // type is `Orig`.
                     let real = unsafe { ::std::mem::transmute::<usize, Orig>(p) };
-                    if $crate::hook::MODE.load(::std::sync::atomic::Ordering::Relaxed) & gate::mask::$gk == 0 {
+                    if $crate::mode::MODE.load(::std::sync::atomic::Ordering::Relaxed) & gate::mask::$gk == 0 {
                         // SAFETY: forwarding the caller's arguments unchanged.
                         return unsafe { real($($a),* $(, $va)?) };
                     }
                     $crate::hook::slow(
-                        Id::$name,
+                        &TRACE_COUNTS[Id::$name as usize],
+                        NAMES[Id::$name as usize],
                         move || gate::$gk($($ga),*),
                         // SAFETY: the op gets the caller's arguments, under the C contract.
                         move || unsafe { $crate::ops::$name($($a),* $(, $va)?) },
@@ -147,7 +133,7 @@ macro_rules! intercept {
 
                 let p = ORIG[Id::$name as usize].load(::std::sync::atomic::Ordering::Acquire);
                 if p != 0
-                    && $crate::hook::MODE.load(::std::sync::atomic::Ordering::Relaxed) & gate::mask::$gk == 0
+                    && $crate::mode::MODE.load(::std::sync::atomic::Ordering::Relaxed) & gate::mask::$gk == 0
                 {
                     // SAFETY: `p` is what dlsym returned for this very name in libc, whose C
                     // type is `Orig`; the caller's arguments are forwarded unchanged.
@@ -175,27 +161,32 @@ thread_local! {
 /// this library itself (it would recurse forever) is never stored.
 #[cold]
 #[inline(never)]
-pub(crate) fn resolve(id: Id) -> Option<usize> {
+pub(crate) fn resolve(
+    id: usize,
+    orig: &[AtomicUsize],
+    c_names: &[&[u8]],
+    names: &[&str],
+) -> Option<usize> {
     crate::init::ensure();
     if RESOLVING.with(|r| r.replace(true)) {
         return None;
     }
     let saved = crate::errno::get();
     let own = object_base(resolve as *const libc::c_void);
-    for (i, slot) in ORIG.iter().enumerate() {
+    for (slot, name) in orig.iter().zip(c_names) {
         if slot.load(Ordering::Acquire) != 0 {
             continue;
         }
         // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, C_NAMES[i].as_ptr().cast()) };
+        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) };
         if !p.is_null() && (own.is_none() || object_base(p) != own) {
             slot.store(p as usize, Ordering::Release);
         }
     }
     RESOLVING.with(|r| r.set(false));
-    let p = ORIG[id as usize].load(Ordering::Acquire);
+    let p = orig[id].load(Ordering::Acquire);
     if p == 0 {
-        unresolvable(id);
+        unresolvable(names[id], c_names[id]);
     }
     crate::errno::set(saved);
     Some(p)
@@ -214,10 +205,9 @@ fn object_base(addr: *const libc::c_void) -> Option<usize> {
 
 /// The program called `id`, whose original cannot be found: say why, abort.
 #[cold]
-fn unresolvable(id: Id) -> ! {
-    let name = NAMES[id as usize];
+fn unresolvable(name: &str, c_name: &[u8]) -> ! {
     // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, C_NAMES[id as usize].as_ptr().cast()) };
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c_name.as_ptr().cast()) };
     if !p.is_null() {
         crate::shim_die!(
             "dlsym(RTLD_NEXT, \"{name}\") found mtcpshim itself: the library is loaded ahead of \
@@ -239,18 +229,20 @@ fn unresolvable(id: Id) -> ! {
     );
 }
 
-/// The slow path of a hook (see the module comment). `gate` says whether the call may be the
-/// library's; `op` is the library's version; `real` the original with the caller's arguments.
+/// The slow path of a hook (see the module comment): `count` is the hook's trace counter and
+/// `name` its C name. `gate` says whether the call may be the library's; `op` is the library's
+/// version; `real` the original with the caller's arguments.
 #[inline(never)]
 pub(crate) fn slow<R: CRet>(
-    id: Id,
+    count: &AtomicU64,
+    name: &str,
     gate: impl FnOnce() -> bool,
     op: impl FnOnce() -> Outcome<R>,
     real: impl FnOnce() -> R,
 ) -> R {
     if MODE.load(Ordering::Relaxed) & MODE_TRACE != 0 && !crate::guard::active() {
         // Calls the library makes itself are not counted.
-        TRACE_COUNTS[id as usize].fetch_add(1, Ordering::Relaxed);
+        count.fetch_add(1, Ordering::Relaxed);
     }
     // The gate first: it is a load or two, the guard is a TLS access.
     if !gate() || crate::guard::active() {
@@ -277,7 +269,7 @@ pub(crate) fn slow<R: CRet>(
         Err(_) => crate::shim_die!(
             "panic inside the `{}` hook (message above); aborting: a panic must not unwind \
              into C and the socket layer's state can no longer be trusted",
-            NAMES[id as usize]
+            name
         ),
     }
 }
@@ -286,48 +278,42 @@ pub(crate) fn slow<R: CRet>(
 // MTCP_SHIM_TRACE=1: count hook calls, print the counts at exit
 // ---------------------------------------------------------------------------------------------
 
-static TRACE_COUNTS: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];
-
-/// How many times the hook `id` was called since tracing started (0 unless `MTCP_SHIM_TRACE`).
-pub fn trace_count(id: Id) -> u64 {
-    TRACE_COUNTS[id as usize].load(Ordering::Relaxed)
-}
-
 /// Writes `mtcpshim: trace pid=N: name=count ...` (calls with a non-zero count, table order)
-/// to stderr with raw writes. Run at exit (`.fini_array`) when tracing.
-pub fn write_trace_line() {
+/// to stderr with raw writes. Run at exit (`.fini_array`, in `table`) when tracing.
+pub fn write_trace_line(counts: &[AtomicU64], names: &[&str]) {
     use std::fmt::Write as _;
     let mut b = crate::rawio::StackBuf::<4096>::new();
     // SAFETY: getpid has no preconditions.
     let _ = write!(b, "mtcpshim: trace pid={}:", unsafe { libc::getpid() });
-    for (i, c) in TRACE_COUNTS.iter().enumerate() {
+    for (c, name) in counts.iter().zip(names) {
         let n = c.load(Ordering::Relaxed);
         if n != 0 {
-            let _ = write!(b, " {}={n}", NAMES[i]);
+            let _ = write!(b, " {name}={n}");
         }
     }
     b.push_bytes(b"\n");
     crate::rawio::write_all(2, b.as_bytes());
 }
 
-extern "C" fn at_exit() {
-    if MODE.load(Ordering::Relaxed) & MODE_TRACE != 0 {
-        write_trace_line();
-    }
-}
-
-/// Runs at exit(3) (and at dlclose); does nothing unless tracing.
-#[used]
-#[link_section = ".fini_array"]
-static AT_EXIT: extern "C" fn() = at_exit;
-
-pub use crate::table::{Id, COUNT, NAMES};
-use crate::table::{C_NAMES, ORIG};
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::Bypass;
+    use crate::outcome::Bypass;
+    use crate::table::{Id, COUNT, C_NAMES, NAMES, ORIG, TRACE_COUNTS};
+
+    /// `slow` as hook `id` calls it.
+    fn slow_as<R: CRet>(
+        id: Id,
+        gate: impl FnOnce() -> bool,
+        op: impl FnOnce() -> Outcome<R>,
+        real: impl FnOnce() -> R,
+    ) -> R {
+        slow(&TRACE_COUNTS[id as usize], NAMES[id as usize], gate, op, real)
+    }
+
+    fn resolve_id(id: Id) -> Option<usize> {
+        resolve(id as usize, &ORIG, &C_NAMES, &NAMES)
+    }
 
     // `slow` is exercised directly: the mode word of the test process is whatever other tests
     // left (the hooks are live in this test binary too), which `slow` does not depend on.
@@ -337,7 +323,7 @@ mod tests {
         let id = Id::read;
         // Bypass: the original runs with the caller's errno.
         crate::errno::set(libc::ENOTCONN);
-        let r: c_int = slow(
+        let r: c_int = slow_as(
             id,
             || true,
             || {
@@ -352,7 +338,7 @@ mod tests {
         assert_eq!(r, 7);
         // Done: the value, errno untouched.
         crate::errno::set(libc::ENOTCONN);
-        let r: ssize_t = slow(
+        let r: ssize_t = slow_as(
             id,
             || true,
             || {
@@ -363,7 +349,7 @@ mod tests {
         );
         assert_eq!((r, crate::errno::get()), (42, libc::ENOTCONN));
         // Error: -1 and that errno.
-        let r: c_int = slow(
+        let r: c_int = slow_as(
             id,
             || true,
             || Outcome::Error(libc::EAGAIN),
@@ -371,19 +357,19 @@ mod tests {
         );
         assert_eq!((r, crate::errno::get()), (-1, libc::EAGAIN));
         // Gate closed: the op does not run.
-        let r: c_int = slow(id, || false, || unreachable!(), || 3);
+        let r: c_int = slow_as(id, || false, || unreachable!(), || 3);
         assert_eq!(r, 3);
     }
 
     #[test]
     fn op_runs_inside_the_guard_and_nested_calls_bypass() {
-        let r: c_int = slow(
+        let r: c_int = slow_as(
             Id::close,
             || true,
             || {
                 assert!(crate::guard::active());
                 // A hook entered from inside the library goes straight to the original.
-                let inner: c_int = slow(Id::close, || true, || unreachable!(), || 9);
+                let inner: c_int = slow_as(Id::close, || true, || unreachable!(), || 9);
                 Outcome::Done(inner)
             },
             || unreachable!(),
@@ -395,9 +381,9 @@ mod tests {
     #[test]
     fn resolve_inside_dlsym_falls_back() {
         RESOLVING.with(|r| r.set(true));
-        assert_eq!(resolve(Id::epoll_pwait2), None);
+        assert_eq!(resolve_id(Id::epoll_pwait2), None);
         RESOLVING.with(|r| r.set(false));
-        let p = resolve(Id::epoll_pwait2).expect("glibc 2.35+ has epoll_pwait2");
+        let p = resolve_id(Id::epoll_pwait2).expect("glibc 2.35+ has epoll_pwait2");
         assert_ne!(p, 0);
         assert_eq!(ORIG[Id::epoll_pwait2 as usize].load(Ordering::Relaxed), p);
         // Every call of the table got resolved on the way, none to this binary's own hooks.

@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::hook::{set_mode, MODE_CONFIG, MODE_TRACE};
+use crate::mode::{set_mode, MODE_CONFIG, MODE_TRACE};
 
 const UNINIT: u8 = 0;
 const BUSY: u8 = 1;

@@ -1,21 +1,26 @@
-//! libmtcpshim: the LD_PRELOAD layer (issue 4).
+//! libmtcpshim: the LD_PRELOAD layer.
 //!
 //! `LD_PRELOAD=libmtcpshim.so MTCP_PORTS=6379 redis-server` puts this library in front of libc
-//! for every socket call. This first layer is the hook machinery and the passthrough path: every
-//! fd that is not ours (today: every fd) goes to libc's own function, with the same arguments,
-//! the same return value and the same errno. The user-space stack plugs in behind [`ops`].
+//! for every socket call. Listening sockets on the flagged ports, the connections they accept
+//! and the epoll instances that watch them are served by the user-space stack (`userstack`);
+//! every other fd goes to libc's own function, with the same arguments, the same return value
+//! and the same errno.
 //!
-//! Layout:
-//! - `table`: the ONE list of intercepted calls with their C signatures. The `intercept!`
-//!   macro (in `hook`) expands it into the saved originals and the exported hooks.
-//! - `hook`: the expansion, the lazy `dlsym(RTLD_NEXT)` resolution, the slow path (trace
-//!   counts, gate, re-entrancy guard, panic barrier, errno), and `MTCP_SHIM_TRACE`.
-//! - `ops`: what the library does with a call that may be its own. Returns
-//!   `ops::Outcome`: `Bypass(reason)` (libc runs the call), `Done(value)` or `Error(errno)`.
-//! - `fdtable`: which fds are ours; one relaxed atomic load per lookup.
-//! - `config`: `MTCP_PORTS`.
-//! - `guard`: the thread-local re-entrancy guard. `rawio`: the library's own output, by raw
-//!   syscalls only. `errno`: errno access.
+//! Layout, bottom up (a module only uses those above it in this list, or its own children):
+//! - `mode`: the mode word every hook loads first; `outcome`: what an op tells its hook
+//!   (`Bypass`: libc runs the call, `Done(value)`, `Error(errno)`); `errno`, `guard` (the
+//!   thread-local re-entrancy guard), `rawio` (the library's own output, by raw syscalls).
+//! - `config`: `MTCP_PORTS`. `fdtable`: which fds are ours; one relaxed atomic load per lookup.
+//! - `sockets`: the socket table with Linux's meaning, generic over the stack's link, with no
+//!   global state, no system call and no raw pointer; unit-tested over `MemLink`.
+//! - `runtime`: the process's one table behind a lock, the keeper thread, fork, waiting and
+//!   naps, wake-ups between threads.
+//! - `ops`: the C-ABI translation: one function per intercepted call, from raw pointers to
+//!   slices and values and back. The only module that dereferences the caller's pointers.
+//! - `table`: the ONE list of intercepted calls with their C signatures; `hook`: the
+//!   `intercept!` macro that expands it into the saved originals and the exported hooks, the
+//!   lazy `dlsym(RTLD_NEXT)` resolution, the slow path (trace counts, gate, re-entrancy guard,
+//!   panic barrier, errno) and `MTCP_SHIM_TRACE`. `init`: reading the environment once.
 //!
 //! Nothing runs in an ELF constructor: the first call of any hook reads the environment
 //! (`init`) and resolves every original with `dlsym(RTLD_NEXT)`. With `MTCP_PORTS` and
@@ -27,7 +32,7 @@
 //! Panic policy: a panic inside the library is caught at the hook (it never unwinds into C),
 //! reported on stderr and the process aborts. Returning -1/EIO instead would keep a process
 //! running whose socket layer just failed halfway through a change of its own state, and would
-//! hand the application an error the kernel never produces: a silent misbehaviour (pitfall 15).
+//! hand the application an error the kernel never produces: a silent misbehaviour.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -35,6 +40,8 @@ pub mod config;
 pub mod errno;
 pub mod fdtable;
 pub mod guard;
+pub mod mode;
+pub mod outcome;
 #[macro_use]
 pub mod rawio;
 #[macro_use]
@@ -42,7 +49,8 @@ pub mod hook;
 mod init;
 pub mod ops;
 mod raw;
+mod runtime;
+pub mod sockets;
 pub mod table;
-mod user;
 
-pub use hook::{Id, COUNT, NAMES};
+pub use table::{Id, COUNT, NAMES};

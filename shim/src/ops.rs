@@ -2,60 +2,37 @@
 //! with the same arguments, called by the hook (inside the re-entrancy guard, under
 //! `catch_unwind`, errno saved) only when the line's gate passes.
 //!
-//! This layer has no user-space stack behind it yet: no fd ever becomes ours, so the ops that
-//! need an fd of ours are unreachable and hand the call back ([`Bypass::NoStack`]). The ops gated
-//! on `MTCP_PORTS` (socket, bind, listen, epoll_create*) run when it is set; `bind` says once,
-//! on stderr, that a flagged port is served by the kernel in this build (pitfall 15: never
-//! fall back silently).
+//! This is the C-ABI translation: each op checks and reads the caller's pointers (buffers,
+//! iovecs, sockaddrs, option values, event arrays, signal masks), calls `runtime` with slices
+//! and values, and writes the answer back as the kernel would (truncated addresses, option
+//! lengths, `msg_len`). An answer of `None` from the runtime hands the call to libc
+//! ([`Bypass::NotOurs`]); outgoing connects are always the kernel's ([`Bypass::NoStack`]).
 
 use libc::{
     c_int, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off64_t,
     off_t, pollfd, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
 };
 
+use crate::outcome::{Bypass, Outcome};
 use crate::raw::{check_fds, check_len};
-
-/// The result of an op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome<T> {
-    /// Not the library's business after all: libc's function runs with the same arguments.
-    Bypass(Bypass),
-    /// Handled: the hook returns this value (errno untouched).
-    Done(T),
-    /// Handled, failed: the hook sets errno to this value and returns -1.
-    Error(c_int),
-}
-
-/// Why a call went to libc.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bypass {
-    /// The call is not about one of the library's sockets.
-    NotOurs,
-    /// It would be ours, but this build has no user-space stack: the kernel handles it.
-    NoStack,
-}
+use crate::runtime;
 
 use Outcome::Bypass as B;
 
 const NOT_OURS_SZ: Outcome<ssize_t> = B(Bypass::NotOurs);
 
-/// A user.rs answer as an outcome: `None` hands the call to the kernel.
-fn out(r: Option<Result<c_int, c_int>>) -> Outcome<c_int> {
-    match r {
-        None => B(Bypass::NotOurs),
-        Some(Ok(v)) => Outcome::Done(v),
-        Some(Err(e)) => Outcome::Error(e),
-    }
+fn out<T>(r: Option<Result<T, c_int>>) -> Outcome<T> {
+    Outcome::from_answer(r)
 }
 
 /// A zero-length or null buffer is answered without touching it (on our connections; the
-/// kernel answers for its own). Otherwise `None`: the op goes on, and `user::recv`/`send` hand
+/// kernel answers for its own). Otherwise `None`: the op goes on, and `runtime::recv`/`send` hand
 /// kernel fds back themselves, so the common path takes the shim's lock only once.
 fn empty_or_null(fd: c_int, len: size_t, null: bool) -> Option<Outcome<ssize_t>> {
     if len != 0 && !null {
         return None;
     }
-    Some(if !crate::user::is_conn(fd) {
+    Some(if !runtime::is_conn(fd) {
         NOT_OURS_SZ
     } else if len == 0 {
         Outcome::Done(0)
@@ -65,11 +42,7 @@ fn empty_or_null(fd: c_int, len: size_t, null: bool) -> Option<Outcome<ssize_t>>
 }
 
 fn out_len(r: Option<Result<usize, c_int>>) -> Outcome<ssize_t> {
-    match r {
-        None => B(Bypass::NotOurs),
-        Some(Ok(n)) => Outcome::Done(n as ssize_t),
-        Some(Err(e)) => Outcome::Error(e),
-    }
+    Outcome::from_answer(r.map(|r| r.map(|n| n as ssize_t)))
 }
 
 /// readv/writev/recvmsg/sendmsg on a connection of ours: one call of `each` per non-empty iovec,
@@ -85,7 +58,7 @@ unsafe fn each_iov(
     flags: c_int,
     mut each: impl FnMut(*mut u8, usize, c_int) -> Option<Result<usize, c_int>>,
 ) -> Outcome<ssize_t> {
-    if !crate::user::is_conn(fd) {
+    if !runtime::is_conn(fd) {
         return NOT_OURS_SZ;
     }
     if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
@@ -124,7 +97,7 @@ unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
     // SAFETY: each iovec describes a writable buffer (readv contract).
     unsafe {
         each_iov(fd, iov, cnt, flags, |p, n, f| {
-            crate::user::recv(fd, std::slice::from_raw_parts_mut(p, n), f)
+            runtime::recv(fd, std::slice::from_raw_parts_mut(p, n), f)
         })
     }
 }
@@ -135,14 +108,14 @@ unsafe fn send_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
     // SAFETY: each iovec describes a readable buffer (writev contract).
     unsafe {
         each_iov(fd, iov, cnt, flags, |p, n, f| {
-            crate::user::send(fd, std::slice::from_raw_parts(p, n), f)
+            runtime::send(fd, std::slice::from_raw_parts(p, n), f)
         })
     }
 }
 
 const NOT_OURS: Outcome<c_int> = B(Bypass::NotOurs);
 
-/// Ops on an fd of ours: unreachable until the stack is plugged in.
+/// Calls the stack does not serve (outgoing connects): the kernel's.
 #[inline]
 fn no_stack<T>() -> Outcome<T> {
     B(Bypass::NoStack)
@@ -172,15 +145,38 @@ pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> O
     // SAFETY: an AF_INET address of sufficient length (checked above).
     let sin = unsafe { addr.cast::<libc::sockaddr_in>().read_unaligned() };
     let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-    out(crate::user::bind(fd, ip, port))
+    out(runtime::bind(fd, ip, port))
 }
 
 pub(crate) unsafe fn listen(fd: c_int, backlog: c_int) -> Outcome<c_int> {
-    out(crate::user::listen(fd, backlog))
+    out(runtime::listen(fd, backlog))
 }
 
 pub(crate) unsafe fn accept(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
-    out(crate::user::accept(fd, a, l, 0))
+    // SAFETY: accept's contract.
+    unsafe { accept_with(fd, a, l, 0) }
+}
+
+/// accept/accept4 on a listener of ours: the new fd, its peer's address written as the kernel
+/// writes it.
+///
+/// # Safety
+/// `a` and `l` are null or a buffer of `*l` bytes and its length (accept's contract).
+unsafe fn accept_with(
+    fd: c_int,
+    a: *mut sockaddr,
+    l: *mut socklen_t,
+    flags: c_int,
+) -> Outcome<c_int> {
+    match runtime::accept(fd, flags) {
+        None => NOT_OURS,
+        Some(Err(e)) => Outcome::Error(e),
+        Some(Ok((new, peer))) => {
+            // SAFETY: see above.
+            unsafe { write_sockaddr(peer, a, l) };
+            Outcome::Done(new)
+        }
+    }
 }
 
 pub(crate) unsafe fn accept4(
@@ -192,7 +188,8 @@ pub(crate) unsafe fn accept4(
     if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
         return Outcome::Error(libc::EINVAL);
     }
-    out(crate::user::accept(fd, a, l, flags))
+    // SAFETY: accept4's contract.
+    unsafe { accept_with(fd, a, l, flags) }
 }
 
 pub(crate) unsafe fn connect(_fd: c_int, _a: *const sockaddr, _l: socklen_t) -> Outcome<c_int> {
@@ -200,7 +197,7 @@ pub(crate) unsafe fn connect(_fd: c_int, _a: *const sockaddr, _l: socklen_t) -> 
 }
 
 pub(crate) unsafe fn shutdown(fd: c_int, how: c_int) -> Outcome<c_int> {
-    out(crate::user::shutdown(fd, how))
+    out(runtime::shutdown(fd, how))
 }
 
 pub(crate) unsafe fn getsockopt(
@@ -210,7 +207,21 @@ pub(crate) unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> Outcome<c_int> {
-    out(crate::user::getsockopt(fd, level, name, val, len))
+    let v = match runtime::getsockopt(fd, level, name) {
+        None => return NOT_OURS,
+        Some(Err(e)) => return Outcome::Error(e),
+        Some(Ok(v)) => v,
+    };
+    if val.is_null() || len.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: the caller's buffer holds *len bytes; we write at most sizeof(int) of them.
+    unsafe {
+        let room = (*len as usize).min(std::mem::size_of::<c_int>());
+        std::ptr::copy_nonoverlapping((&v as *const c_int).cast::<u8>(), val.cast::<u8>(), room);
+        *len = room as socklen_t;
+    }
+    Outcome::Done(0)
 }
 
 pub(crate) unsafe fn setsockopt(
@@ -220,15 +231,69 @@ pub(crate) unsafe fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> Outcome<c_int> {
-    out(crate::user::setsockopt(fd, level, name, val, len))
+    let v = if val.is_null() || (len as usize) < std::mem::size_of::<c_int>() {
+        None
+    } else {
+        // SAFETY: the caller passes at least sizeof(int) readable bytes (checked above).
+        Some(unsafe { std::ptr::read_unaligned(val.cast::<c_int>()) })
+    };
+    out(runtime::setsockopt(fd, level, name, v))
 }
 
 pub(crate) unsafe fn getsockname(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
-    out(crate::user::peer_or_local(fd, false, a, l))
+    // SAFETY: getsockname's contract.
+    unsafe { name(fd, false, a, l) }
 }
 
 pub(crate) unsafe fn getpeername(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
-    out(crate::user::peer_or_local(fd, true, a, l))
+    // SAFETY: getpeername's contract.
+    unsafe { name(fd, true, a, l) }
+}
+
+/// getpeername (`peer`) or getsockname of a socket of ours.
+///
+/// # Safety
+/// As `write_sockaddr`.
+unsafe fn name(fd: c_int, peer: bool, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
+    match runtime::name(fd, peer) {
+        None => NOT_OURS,
+        Some(Err(e)) => Outcome::Error(e),
+        Some(Ok(addr)) => {
+            // SAFETY: see above.
+            unsafe { write_sockaddr(addr, a, l) };
+            Outcome::Done(0)
+        }
+    }
+}
+
+/// Writes `addr` to the caller's buffer as a sockaddr_in, truncated to `*len` bytes, and the
+/// full size to `*len`, as the kernel does. Nothing if either pointer is null.
+///
+/// # Safety
+/// `out` and `len` are null, or `out` has room for `*len` bytes (accept/getpeername contract).
+unsafe fn write_sockaddr(addr: std::net::SocketAddrV4, out: *mut sockaddr, len: *mut socklen_t) {
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let size = std::mem::size_of::<libc::sockaddr_in>();
+    // SAFETY: see above: at most *len bytes are copied.
+    unsafe {
+        let room = (*len as usize).min(size);
+        std::ptr::copy_nonoverlapping(
+            (&sin as *const libc::sockaddr_in).cast::<u8>(),
+            out.cast::<u8>(),
+            room,
+        );
+        *len = size as socklen_t;
+    }
 }
 
 // --- data -----------------------------------------------------------------------------------
@@ -264,7 +329,7 @@ pub(crate) unsafe fn recv(
     }
     // SAFETY: recv's contract: buf has room for len bytes.
     let b = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
-    out_len(crate::user::recv(fd, b, flags))
+    out_len(runtime::recv(fd, b, flags))
 }
 
 pub(crate) unsafe fn recvfrom(
@@ -286,7 +351,7 @@ pub(crate) unsafe fn recvfrom(
 }
 
 pub(crate) unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> Outcome<ssize_t> {
-    if !crate::user::is_conn(fd) {
+    if !runtime::is_conn(fd) {
         return NOT_OURS_SZ;
     }
     if msg.is_null() {
@@ -341,7 +406,7 @@ unsafe fn each_mmsg(
     until: Option<std::time::Instant>,
     mut one: impl FnMut(*mut msghdr, c_int) -> Outcome<ssize_t>,
 ) -> Outcome<c_int> {
-    if !crate::user::is_conn(fd) {
+    if !runtime::is_conn(fd) {
         return NOT_OURS;
     }
     if vec.is_null() {
@@ -382,7 +447,7 @@ pub(crate) unsafe fn send(
     }
     // SAFETY: send's contract: buf holds len readable bytes.
     let b = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
-    out_len(crate::user::send(fd, b, flags))
+    out_len(runtime::send(fd, b, flags))
 }
 
 pub(crate) unsafe fn sendto(
@@ -399,7 +464,7 @@ pub(crate) unsafe fn sendto(
 }
 
 pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Outcome<ssize_t> {
-    if !crate::user::is_conn(fd) {
+    if !runtime::is_conn(fd) {
         return NOT_OURS_SZ;
     }
     if msg.is_null() {
@@ -436,7 +501,7 @@ pub(crate) unsafe fn sendfile64(
     count: size_t,
 ) -> Outcome<ssize_t> {
     // A stack socket as the source is what the kernel refuses too (EINVAL: not a file).
-    if !crate::user::is_conn(out_fd) {
+    if !runtime::is_conn(out_fd) {
         return NOT_OURS_SZ;
     }
     // Read at an offset (the caller's, or the file position, moved afterwards by what was sent,
@@ -475,7 +540,7 @@ pub(crate) unsafe fn sendfile64(
             break;
         }
         let flags = if total > 0 { libc::MSG_DONTWAIT } else { 0 };
-        match crate::user::send(out_fd, &buf[..got as usize], flags) {
+        match runtime::send(out_fd, &buf[..got as usize], flags) {
             None => return NOT_OURS_SZ,
             Some(Ok(sent)) => {
                 total += sent;
@@ -502,7 +567,7 @@ pub(crate) unsafe fn sendfile64(
 
 pub(crate) unsafe fn close(fd: c_int) -> Outcome<c_int> {
     // Our bookkeeping goes; the kernel then closes the fd (the eventfd or the kernel socket).
-    crate::user::close(fd);
+    runtime::close(fd);
     NOT_OURS
 }
 
@@ -511,7 +576,7 @@ fn dup_done(old: c_int, new: c_int) -> Outcome<c_int> {
     if new < 0 {
         return Outcome::Error(crate::errno::get());
     }
-    match crate::user::alias(old, new) {
+    match runtime::alias(old, new) {
         Ok(()) => Outcome::Done(new),
         Err(e) => {
             // SAFETY: the fd the kernel just made for this call.
@@ -549,7 +614,7 @@ unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int>
     if flags.is_some_and(|f| f & !libc::O_CLOEXEC != 0) {
         return Outcome::Error(libc::EINVAL);
     }
-    crate::user::close(new);
+    runtime::close(new);
     // SAFETY: the application's own arguments.
     let r = unsafe {
         match flags {
@@ -562,7 +627,7 @@ unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int>
 
 pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> Outcome<c_int> {
     match cmd {
-        libc::F_SETFL => crate::user::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
+        libc::F_SETFL => runtime::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             // SAFETY: the application's own arguments.
             return dup_done(fd, unsafe { libc::fcntl(fd, cmd, arg as c_int) });
@@ -580,7 +645,7 @@ pub(crate) unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> Outcome<c_i
 
 pub(crate) unsafe fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Outcome<c_int> {
     match request {
-        libc::FIONREAD => match crate::user::fionread(fd) {
+        libc::FIONREAD => match runtime::fionread(fd) {
             None => NOT_OURS,
             Some(Err(e)) => Outcome::Error(e),
             Some(Ok(n)) => {
@@ -595,7 +660,7 @@ pub(crate) unsafe fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Out
         libc::FIONBIO if !arg.is_null() => {
             // SAFETY: FIONBIO's contract: arg points to an int.
             let on = unsafe { arg.cast::<c_int>().read_unaligned() } != 0;
-            crate::user::set_nonblock(fd, on);
+            runtime::set_nonblock(fd, on);
             NOT_OURS
         }
         _ => NOT_OURS,
@@ -618,7 +683,25 @@ pub(crate) unsafe fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> Outcome<c_int> {
-    out(crate::user::epoll_ctl(epfd, op, fd, event))
+    let ev = if event.is_null() {
+        None
+    } else {
+        // SAFETY: epoll_ctl's contract: event points to a valid epoll_event for ADD/MOD.
+        let ev = unsafe { std::ptr::read_unaligned(event) };
+        Some((ev.events, ev.u64))
+    };
+    match runtime::epoll_ctl(epfd, op, fd, ev) {
+        None => NOT_OURS,
+        Some(Err(e)) => Outcome::Error(e),
+        Some(Ok(kernel_side)) => {
+            // The kernel side of a dual listener is watched by the kernel epoll as well.
+            // SAFETY: the application's own arguments.
+            if kernel_side && unsafe { libc::epoll_ctl(epfd, op, fd, event) } < 0 {
+                return Outcome::Error(crate::errno::get());
+            }
+            Outcome::Done(0)
+        }
+    }
 }
 
 pub(crate) unsafe fn epoll_wait(
@@ -627,13 +710,34 @@ pub(crate) unsafe fn epoll_wait(
     max: c_int,
     timeout: c_int,
 ) -> Outcome<c_int> {
-    out(crate::user::epoll_wait(
-        epfd,
-        events,
-        max,
-        timeout,
-        std::ptr::null(),
-    ))
+    // SAFETY: epoll_wait's contract.
+    unsafe { epoll_wait_with(epfd, events, max, timeout, std::ptr::null()) }
+}
+
+/// epoll_wait/epoll_pwait/epoll_pwait2 on an epoll instance of ours.
+///
+/// # Safety
+/// `events` has room for `max` entries; `sigmask` is null or a valid signal set.
+unsafe fn epoll_wait_with(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout_ms: c_int,
+    sigmask: *const sigset_t,
+) -> Outcome<c_int> {
+    if max <= 0 || events.is_null() {
+        return Outcome::Error(libc::EINVAL);
+    }
+    // SAFETY: see above; the entries are only written.
+    let slots = unsafe {
+        std::slice::from_raw_parts_mut(
+            events.cast::<std::mem::MaybeUninit<epoll_event>>(),
+            max as usize,
+        )
+    };
+    // SAFETY: see above.
+    let mask = unsafe { sigmask.as_ref() };
+    out(runtime::epoll_wait(epfd, slots, timeout_ms, mask))
 }
 
 pub(crate) unsafe fn epoll_pwait(
@@ -643,7 +747,8 @@ pub(crate) unsafe fn epoll_pwait(
     timeout: c_int,
     sigmask: *const sigset_t,
 ) -> Outcome<c_int> {
-    out(crate::user::epoll_wait(epfd, events, max, timeout, sigmask))
+    // SAFETY: epoll_pwait's contract.
+    unsafe { epoll_wait_with(epfd, events, max, timeout, sigmask) }
 }
 
 pub(crate) unsafe fn epoll_pwait2(
@@ -663,7 +768,8 @@ pub(crate) unsafe fn epoll_pwait2(
         }
         (t.tv_sec * 1000 + (t.tv_nsec + 999_999) / 1_000_000).min(i32::MAX as i64) as c_int
     };
-    out(crate::user::epoll_wait(epfd, events, max, ms, sigmask))
+    // SAFETY: epoll_pwait2's contract.
+    unsafe { epoll_wait_with(epfd, events, max, ms, sigmask) }
 }
 
 pub(crate) unsafe fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> Outcome<c_int> {
@@ -672,7 +778,7 @@ pub(crate) unsafe fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> Out
     unsafe { poll_with(fds, nfds, t, std::ptr::null()) }
 }
 
-/// poll/ppoll: the array as a slice, for `user::poll` (which hands back `None` when no fd in it
+/// poll/ppoll: the array as a slice, for `runtime::poll` (which hands back `None` when no fd in it
 /// is ours).
 ///
 /// # Safety
@@ -688,7 +794,9 @@ unsafe fn poll_with(
     }
     // SAFETY: the caller's array (poll contract).
     let list = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
-    out(crate::user::poll(list, timeout, sigmask))
+    // SAFETY: ppoll's contract: null or a valid signal set.
+    let mask = unsafe { sigmask.as_ref() };
+    out(runtime::poll(list, timeout, mask))
 }
 
 pub(crate) unsafe fn ppoll(
@@ -801,7 +909,9 @@ unsafe fn select_with(
     if !list.iter().any(|p| crate::fdtable::is_ours(p.fd)) {
         return NOT_OURS;
     }
-    match crate::user::poll(&mut list, timeout, sigmask) {
+    // SAFETY: pselect's contract: null or a valid signal set.
+    let mask = unsafe { sigmask.as_ref() };
+    match runtime::poll(&mut list, timeout, mask) {
         None => return NOT_OURS,
         Some(Err(e)) => return Outcome::Error(e),
         Some(Ok(_)) => {}

@@ -33,7 +33,7 @@ use crate::raw;
 /// bits without which it is certainly not (then the hook forwards at once).
 #[allow(non_upper_case_globals)]
 mod gate {
-    use crate::hook::{MODE_CONFIG, MODE_TABLE, MODE_TRACE};
+    use crate::mode::{MODE_CONFIG, MODE_TABLE, MODE_TRACE};
     use libc::c_int;
 
     /// `fd` is one of ours.
@@ -51,7 +51,7 @@ mod gate {
     /// MTCP_PORTS is set (calls that decide whether an fd becomes ours).
     #[inline]
     pub(super) fn active() -> bool {
-        crate::hook::mode() & MODE_CONFIG != 0
+        crate::mode::mode() & MODE_CONFIG != 0
     }
 
     /// Some fd is ours (calls that take sets of fds).
@@ -180,3 +180,19 @@ intercept! {
     fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fdslen: size_t) -> c_int
         where any_ours(), raw raw::ppoll_chk(fds, nfds, timeout, sigmask, fdslen);
 }
+
+/// How many times the hook `id` was called since tracing started (0 unless `MTCP_SHIM_TRACE`).
+pub fn trace_count(id: Id) -> u64 {
+    TRACE_COUNTS[id as usize].load(std::sync::atomic::Ordering::Relaxed)
+}
+
+extern "C" fn at_exit() {
+    if crate::mode::mode() & crate::mode::MODE_TRACE != 0 {
+        crate::hook::write_trace_line(&TRACE_COUNTS, &NAMES);
+    }
+}
+
+/// Runs at exit(3) (and at dlclose); does nothing unless tracing.
+#[used]
+#[link_section = ".fini_array"]
+static AT_EXIT: extern "C" fn() = at_exit;

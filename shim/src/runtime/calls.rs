@@ -1,0 +1,406 @@
+//! The entry points `ops` calls: each takes the table's lock (never in a forked child), asks
+//! the socket table, and where the call blocks, waits as `wait` says. Answers as in
+//! `sockets`: `None` hands the call to the kernel.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use libc::{c_int, sigset_t};
+use userstack::SockError;
+
+use super::wait::{
+    after_block, block_for, block_on, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
+    private_epoll, woke_for_work, IN_LOOP,
+};
+use super::{child, config, shim, with};
+use crate::sockets::{Accepted, Answer, Io, PollKind};
+
+/// The caller's signal mask for the time it blocks, as ppoll takes it.
+fn mask_ptr(m: Option<&sigset_t>) -> *const sigset_t {
+    m.map_or(std::ptr::null(), |m| m as *const sigset_t)
+}
+
+/// MTCP_SPIN_US.
+fn spin() -> Duration {
+    config().as_ref().map(|c| c.spin).unwrap_or(Duration::ZERO)
+}
+
+// ------------------------------------------------------------------ listeners
+
+pub fn bind(fd: c_int, ip: Ipv4Addr, port: u16) -> Answer<c_int> {
+    with(|s| s.bind(fd, ip, port))
+}
+
+pub fn listen(fd: c_int, backlog: c_int) -> Answer<c_int> {
+    with(|s| s.listen(fd, backlog))
+}
+
+/// accept4() on a listener of ours: a stack connection if one is queued, else the kernel's
+/// (a dual listener), else, on a blocking socket, wait for either.
+pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddrV4)> {
+    loop {
+        let kernel = match with(|s| s.accept(fd, flags))? {
+            Ok(Accepted::Conn { fd, peer }) => return Some(Ok((fd, peer))),
+            Ok(Accepted::Empty { kernel }) => kernel,
+            Err(e) => return Some(Err(e)),
+        };
+        if kernel {
+            // Non-blocking listener: the kernel answers (a connection or EAGAIN). Blocking: wait
+            // for either kind without starving the stack's.
+            // SAFETY: F_GETFL on the application's socket.
+            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+                return None;
+            }
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 1) } > 0 {
+                return None;
+            }
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ connections
+
+/// Whether `fd` is one of our connections: the data ops only act then.
+pub fn is_conn(fd: c_int) -> bool {
+    with(|s| Some(s.is_conn(fd))).unwrap_or(false)
+}
+
+/// recv/send on a connection of ours, blocking or not. `Ok(n)` or an errno.
+fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Answer<usize> {
+    if super::in_child() {
+        return None;
+    }
+    loop {
+        let mut s = shim()?;
+        let t = s.io(fd, &mut op, defer_tx)?;
+        match t.result {
+            Ok(n) => return Some(Ok(n)),
+            Err(SockError::WouldBlock) if t.nonblock || dontwait => return Some(Err(libc::EAGAIN)),
+            Err(SockError::WouldBlock) => {
+                s.pump();
+                drop(s);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Err(e) => return Some(Err(e.errno())),
+        }
+    }
+}
+
+pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Answer<usize> {
+    io(
+        fd,
+        Io::Read(buf, flags & libc::MSG_PEEK != 0),
+        flags & libc::MSG_DONTWAIT != 0,
+    )
+}
+
+/// send: EPIPE raises SIGPIPE unless MSG_NOSIGNAL, as the kernel does.
+pub fn send(fd: c_int, data: &[u8], flags: c_int) -> Answer<usize> {
+    let r = io(fd, Io::Write(data), flags & libc::MSG_DONTWAIT != 0)?;
+    if r == Err(libc::EPIPE) && flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: signalling the calling thread, as the kernel's send would.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
+    }
+    Some(r)
+}
+
+/// close(): our bookkeeping first; the kernel then closes the fd itself (returns false if the fd
+/// is not ours).
+pub fn close(fd: c_int) -> bool {
+    if let Some(c) = child() {
+        return c.close(fd);
+    }
+    let Some(table) = crate::fdtable::global() else {
+        return false;
+    };
+    if !table.lookup(fd).is_ours() {
+        return false;
+    }
+    shim().is_some_and(|mut s| s.close(fd))
+}
+
+/// dup/dup2/dup3/F_DUPFD made `new`, a dup of `old`: if `old` is ours, so is `new`.
+pub fn alias(old: c_int, new: c_int) -> Result<(), c_int> {
+    if let Some(c) = child() {
+        return c.alias(old, new);
+    }
+    match crate::fdtable::global() {
+        Some(t) if t.lookup(old).is_ours() => {}
+        _ => return Ok(()),
+    }
+    match shim() {
+        Some(mut s) => s.alias(old, new),
+        None => Ok(()),
+    }
+}
+
+pub fn shutdown(fd: c_int, how: c_int) -> Answer<c_int> {
+    with(|s| s.shutdown(fd, how))
+}
+
+/// getpeername (`peer`) or getsockname.
+pub fn name(fd: c_int, peer: bool) -> Answer<SocketAddrV4> {
+    with(|s| s.name(fd, peer))
+}
+
+pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: Option<c_int>) -> Answer<c_int> {
+    with(|s| s.setsockopt(fd, level, name, v))
+}
+
+pub fn getsockopt(fd: c_int, level: c_int, name: c_int) -> Answer<c_int> {
+    with(|s| s.getsockopt(fd, level, name))
+}
+
+/// fcntl F_SETFL and ioctl FIONBIO.
+pub fn set_nonblock(fd: c_int, on: bool) {
+    with(|s| {
+        s.set_nonblock(fd, on);
+        Some(())
+    });
+}
+
+pub fn fionread(fd: c_int) -> Answer<c_int> {
+    with(|s| s.fionread(fd))
+}
+
+// ------------------------------------------------------------------ epoll
+
+/// epoll_ctl when `fd` is ours. `Some(Ok(true))`: done, and the same call must also go to the
+/// kernel's epoll (the kernel side of a dual listener).
+pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<(u32, u64)>) -> Answer<bool> {
+    with(|s| s.epoll_ctl(epfd, op, fd, event)).map(|r| r.map(|c| c.kernel_side))
+}
+
+/// epoll_wait / epoll_pwait on an epoll instance of ours: our fds' events and the kernel's,
+/// alternately first, then the spin and the block.
+pub fn epoll_wait(
+    epfd: c_int,
+    events: &mut [std::mem::MaybeUninit<libc::epoll_event>],
+    timeout_ms: c_int,
+    sigmask: Option<&sigset_t>,
+) -> Answer<c_int> {
+    if super::in_child() {
+        return None;
+    }
+    let max = events.len();
+    if max == 0 {
+        return Some(Err(libc::EINVAL));
+    }
+    // The first pass below transmits what this thread deferred.
+    let in_loop = IN_LOOP.replace(false);
+    let deadline =
+        (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    let spin = spin();
+    let mut last_work = Instant::now();
+    let mut kernel_quiet = false;
+    let mut kernel_first = false;
+    loop {
+        // Our fds first (or the kernel's, alternately, so neither kind starves the other).
+        let mut n = {
+            let mut s = shim()?;
+            let room = if kernel_first { max.div_ceil(2) } else { max };
+            match s.epoll_pass(epfd, room, events) {
+                Some((work, n)) => {
+                    if work {
+                        last_work = Instant::now();
+                        naps_reset();
+                    }
+                    n
+                }
+                None => {
+                    // The kernel's epoll: what this thread deferred leaves now.
+                    if in_loop {
+                        s.flush();
+                    }
+                    return None;
+                }
+            }
+        };
+        kernel_first = !kernel_first;
+        // The kernel's fds, without blocking. Not right after a nap that timed out: its ppoll
+        // saw none of them ready, and the next one returns at once if one is (a system call
+        // less per nap of an idle thread on memif).
+        if n < max && !std::mem::take(&mut kernel_quiet) {
+            let rest = &mut events[n..];
+            // SAFETY: the remaining room of the caller's array.
+            let k =
+                unsafe { libc::epoll_wait(epfd, rest.as_mut_ptr().cast(), rest.len() as c_int, 0) };
+            if k < 0 {
+                if n == 0 {
+                    return Some(Err(crate::errno::get()));
+                }
+            } else {
+                n += k as usize;
+            }
+        }
+        if n > 0 {
+            IN_LOOP.set(true);
+            return Some(Ok(n as c_int));
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Some(Ok(0));
+        }
+        if now.duration_since(last_work) < spin {
+            continue;
+        }
+        // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
+        let Some(b) = prepare_block(&mut last_work) else {
+            continue;
+        };
+        let wake = b.wake;
+        let outer = shim().and_then(|mut s| s.private_epoll(epfd, || private_epoll(epfd, wake)));
+        let Some(outer) = outer else {
+            // Another thread closed the epoll fd meanwhile.
+            after_block(false, &b);
+            return None;
+        };
+        // Naps are microseconds, below epoll_wait's resolution: ppoll on the private epoll
+        // (readable while it has events) for every block.
+        // Without a private epoll (it could not be created: EMFILE) the application's kernel
+        // fds and the device are not watched: block no longer than a short nap.
+        let mut t = block_for(deadline, &b);
+        if outer < 0 {
+            t = t.min(Duration::from_millis(1));
+        }
+        let (r, notified) = block_on(outer, t, mask_ptr(sigmask));
+        let err = crate::errno::get();
+        after_block(notified, &b);
+        if r < 0 && err == libc::EINTR {
+            return Some(Err(libc::EINTR));
+        }
+        if woke_for_work(&b, r) {
+            last_work = Instant::now();
+        }
+        kernel_quiet = b.nap && r == 0;
+    }
+}
+
+// ------------------------------------------------------------------ poll / select
+
+/// Readiness as poll bits, limited to what was asked (errors and hang-ups always).
+fn poll_bits(r: userstack::Readiness, events: i16) -> i16 {
+    let b = userstack::epoll::bits(r) as i32;
+    let mut rev = b & (events as i32 | libc::POLLERR as i32 | libc::POLLHUP as i32);
+    if r.readable && events & libc::POLLRDNORM != 0 {
+        rev |= libc::POLLRDNORM as i32;
+    }
+    if r.writable && events & libc::POLLWRNORM != 0 {
+        rev |= libc::POLLWRNORM as i32;
+    }
+    rev as i16
+}
+
+/// poll/ppoll over the caller's array when some of its fds are ours: our fds' readiness from
+/// the stack, the kernel's from a zero-timeout poll with our identity fds hidden (negative),
+/// then the same spin-then-block as epoll_wait. `None`: none of the fds is ours.
+pub fn poll(
+    fds: &mut [libc::pollfd],
+    timeout: Option<Duration>,
+    sigmask: Option<&sigset_t>,
+) -> Answer<c_int> {
+    let kinds: Vec<PollKind> = with(|s| Some(fds.iter().map(|p| s.poll_kind(p.fd)).collect()))?;
+    if kinds.iter().all(|k| *k == PollKind::Kernel) {
+        leave_loop_for_kernel();
+        return None;
+    }
+    // The first pump below transmits what this thread deferred.
+    IN_LOOP.set(false);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let spin = spin();
+    let mut last_work = Instant::now();
+    let mut mine = vec![0i16; fds.len()];
+    loop {
+        {
+            let mut s = shim()?;
+            if s.pump() {
+                last_work = Instant::now();
+                naps_reset();
+            }
+            for (i, p) in fds.iter().enumerate() {
+                mine[i] = match kinds[i] {
+                    PollKind::Kernel => 0,
+                    _ => s.readiness(p.fd).map_or(0, |r| poll_bits(r, p.events)),
+                };
+            }
+        }
+        // The kernel's fds, without blocking; ours hidden from it.
+        for (p, k) in fds.iter_mut().zip(&kinds) {
+            if *k == PollKind::Stack {
+                p.fd = !p.fd;
+            }
+        }
+        // SAFETY: the caller's array of fds.len() entries.
+        let k = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        let err = crate::errno::get();
+        for ((p, kind), m) in fds.iter_mut().zip(&kinds).zip(&mine) {
+            if *kind == PollKind::Stack {
+                p.fd = !p.fd;
+                p.revents = *m;
+            } else {
+                p.revents |= *m;
+            }
+        }
+        if k < 0 {
+            return Some(Err(err));
+        }
+        let n = fds.iter().filter(|p| p.revents != 0).count();
+        if n > 0 {
+            IN_LOOP.set(true);
+            return Some(Ok(n as c_int));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(Ok(0));
+        }
+        if last_work.elapsed() < spin {
+            continue;
+        }
+        let Some(b) = prepare_block(&mut last_work) else {
+            continue;
+        };
+        let wake = b.wake;
+        // Block on the kernel's fds, the wake-up fd and the keeper's notification.
+        let mut blk: Vec<libc::pollfd> = fds
+            .iter()
+            .zip(&kinds)
+            .filter(|(_, k)| **k != PollKind::Stack)
+            .map(|(p, _)| libc::pollfd { revents: 0, ..*p })
+            .collect();
+        let me = super::wait::my_eventfd();
+        for fd in [wake, (me >= 0).then_some(me)].into_iter().flatten() {
+            blk.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let ts = userstack::clock::timespec(block_for(deadline, &b));
+        // SAFETY: a local array; the caller's signal mask while blocked.
+        let r = unsafe {
+            libc::ppoll(
+                blk.as_mut_ptr(),
+                blk.len() as libc::nfds_t,
+                &ts,
+                mask_ptr(sigmask),
+            )
+        };
+        let err = crate::errno::get();
+        let notified = me >= 0 && blk.last().is_some_and(|p| p.fd == me && p.revents != 0);
+        after_block(notified, &b);
+        if r < 0 && err == libc::EINTR {
+            return Some(Err(libc::EINTR));
+        }
+        if woke_for_work(&b, r) {
+            last_work = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The runtime around the socket table: the process's one [`Sockets`] behind a lock, the
+//! kernel and process services it asks for ([`Proc`]), the keeper thread, fork, and (in
+//! `wait`) everything that blocks. `calls` has the entry points `ops` calls.
+//!
+//! Everything here runs inside the hook's re-entrancy guard, so the libc calls made from here
+//! reach libc's own functions.
+//!
+//! Locks, in the order they may be taken: the table's lock (`shim()`), then `WAITER_FDS`
+//! or `SPARE_FDS` (never the other way round, and never both). The keeper only ever tries the
+//! table's lock (it never waits for it). A forked child takes neither: it may have copied
+//! them held ([`in_child`]).
+
+mod calls;
+mod wait;
+
+pub(crate) use calls::*;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use libc::c_int;
+use userstack::dpdk::DpdkLink;
+use userstack::{clock, Config, Stack};
+
+use crate::fdtable::{self, FdTable};
+use crate::sockets::{fork::Child, Host, Sockets};
+use wait::{notify_waiters, BLOCKED_WAITERS};
+
+/// The process's socket table.
+type Table = Sockets<'static, DpdkLink, Proc>;
+
+static SHIM: OnceLock<Option<Mutex<Table>>> = OnceLock::new();
+
+/// When the stack was last polled (µs on the stack clock), by anyone.
+static LAST_POLL: AtomicU64 = AtomicU64::new(0);
+
+/// The stack's configuration, read once.
+fn config() -> &'static Result<Config, String> {
+    static CFG: OnceLock<Result<Config, String>> = OnceLock::new();
+    CFG.get_or_init(|| Config::from_env().map_err(|e| e.to_string()))
+}
+
+/// The process's socket table, locked; made (with the fd table) on first use. `None` only if
+/// the fd table cannot be mapped (said once): then no fd is ever ours.
+fn shim() -> Option<MutexGuard<'static, Table>> {
+    let lock = SHIM.get_or_init(|| match fdtable::global_or_init() {
+        Some(t) => Some(Mutex::new(Sockets::new(Proc, t, config().clone()))),
+        None => {
+            crate::shim_log!(
+                "cannot serve the ports in MTCP_PORTS: no memory for the fd table; they stay \
+                 the kernel's"
+            );
+            None
+        }
+    });
+    Some(lock.as_ref()?.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The process as the socket table's host: DPDK, the kernel's own calls, stderr.
+struct Proc;
+
+impl Host<DpdkLink> for Proc {
+    fn start(&mut self, cfg: &Config) -> Result<Stack<DpdkLink>, String> {
+        DpdkLink::start(cfg)
+            .map_err(|e| e.to_string())
+            .and_then(|link| Stack::new(link, cfg, clock::now()).map_err(|e| e.to_string()))
+    }
+
+    fn started(&mut self) {
+        start_keeper();
+    }
+
+    fn say(&mut self, msg: &str) {
+        crate::shim_log!("{msg}");
+    }
+
+    #[inline]
+    fn now(&self) -> smoltcp::time::Instant {
+        clock::now()
+    }
+
+    #[inline]
+    fn poll_time(&mut self) -> smoltcp::time::Instant {
+        let now = clock::now();
+        LAST_POLL.store(now.total_micros() as u64, Ordering::Relaxed);
+        now
+    }
+
+    fn kernel_listen(&mut self, fd: c_int, backlog: c_int) -> Result<(), c_int> {
+        // SAFETY: plain listen on the application's own socket.
+        if unsafe { libc::listen(fd, backlog) } < 0 {
+            return Err(crate::errno::get());
+        }
+        Ok(())
+    }
+
+    fn identity_fd(&mut self, flags: c_int) -> Result<c_int, c_int> {
+        // SAFETY: eventfd with valid flags (SOCK_* and EFD_* flags have the same values).
+        let fd = unsafe { libc::eventfd(0, flags) };
+        if fd < 0 {
+            return Err(crate::errno::get());
+        }
+        Ok(fd)
+    }
+
+    fn close_fd(&mut self, fd: c_int) {
+        // SAFETY: an fd the socket table made and owns.
+        unsafe { libc::close(fd) };
+    }
+
+    fn check_epoll(&mut self, fd: c_int) -> Result<(), c_int> {
+        // SAFETY: fstat-free check that fd is an epoll instance: a zero-timeout wait on it
+        // (EINVAL for the empty array, EBADF or EINVAL for what is no epoll).
+        let probe = unsafe { libc::epoll_wait(fd, std::ptr::null_mut(), 0, 0) };
+        if probe < 0 && crate::errno::get() != libc::EINVAL {
+            return Err(crate::errno::get());
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn wake_waiters(&mut self) {
+        if BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+            notify_waiters();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ fork
+
+/// Set in a forked child (pthread_atfork): see `sockets::fork` for what the child may do.
+static IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn after_fork_in_child() {
+    IN_CHILD.store(true, Ordering::SeqCst);
+}
+
+#[inline]
+fn in_child() -> bool {
+    IN_CHILD.load(Ordering::Relaxed)
+}
+
+/// A forked child's view of its fds (`None` in the parent, or before any fd was ours).
+fn child() -> Option<Child<'static>> {
+    if !in_child() {
+        return None;
+    }
+    Some(Child(fdtable::global().unwrap_or_else(empty_table)))
+}
+
+/// A child whose parent never had an fd of ours has nothing to forget.
+fn empty_table() -> &'static FdTable {
+    static EMPTY: OnceLock<Option<FdTable>> = OnceLock::new();
+    EMPTY
+        .get_or_init(|| FdTable::with_len(1))
+        .as_ref()
+        .expect("a one-page mapping")
+}
+
+/// Runs `f` on the locked table: the common preamble of every call. `None` (the call is the
+/// kernel's) in a forked child, which must not touch the table.
+#[inline]
+fn with<T>(f: impl FnOnce(&mut Table) -> Option<T>) -> Option<T> {
+    if in_child() {
+        return None;
+    }
+    f(&mut *shim()?)
+}
+
+// ------------------------------------------------------------------ keeper
+
+/// The keeper polls when nobody else did for this long.
+const KEEPER_PERIOD: Duration = Duration::from_millis(10);
+
+/// The keeper thread: serves timers, ARP, pings and new connections while no application
+/// thread polls the stack (the application is busy, or its epoll has none of our fds).
+fn start_keeper() {
+    // SAFETY: registering a handler that only stores an atomic.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    let spawned = std::thread::Builder::new()
+        .name("mtcp-keeper".into())
+        .spawn(|| {
+            // Its own calls (sleeping, the eventfd) go straight to libc.
+            crate::guard::mark_thread_internal();
+            loop {
+                // While an application thread is blocked in our wait, it wakes for frames and
+                // timers itself: check back less often (idle Redis: 20 wake-ups a second
+                // instead of 100, 0.3% of a core less).
+                let period = if BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+                    KEEPER_PERIOD * 5
+                } else {
+                    KEEPER_PERIOD
+                };
+                std::thread::sleep(period);
+                let now = clock::now();
+                let idle_for =
+                    (now.total_micros() as u64).saturating_sub(LAST_POLL.load(Ordering::Relaxed));
+                if idle_for < KEEPER_PERIOD.as_micros() as u64 {
+                    continue;
+                }
+                let blocked = BLOCKED_WAITERS.load(Ordering::Relaxed) > 0;
+                let Some(Some(lock)) = SHIM.get() else {
+                    continue;
+                };
+                // Never wait for the lock: whoever holds it is polling anyway.
+                let Ok(mut s) = lock.try_lock() else { continue };
+                // Blocked waiters wake for frames and for the timers they knew of when they
+                // blocked; work another thread made since (a write left for the next poll, a
+                // timer armed earlier than theirs) is the keeper's.
+                let overdue = s
+                    .stack()
+                    .and_then(|st| st.next_deadline())
+                    .is_some_and(|d| d <= now);
+                if blocked && !overdue {
+                    continue;
+                }
+                if s.pump() {
+                    notify_waiters();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        crate::shim_log!(
+            "cannot start the keeper thread ({e}): the stack is polled only inside socket calls"
+        );
+    }
+}

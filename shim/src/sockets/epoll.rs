@@ -1,0 +1,137 @@
+//! epoll instances that watch our fds: epoll_ctl, and one pass of epoll_wait over our fds.
+
+use libc::c_int;
+use userstack::epoll::EpollSet;
+use userstack::link::Link;
+
+use super::{Answer, Host, Obj, Sockets};
+
+/// What an epoll_ctl of ours leaves to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctl {
+    /// The fd is a dual listener: the same call must go to the kernel's epoll too, for the
+    /// listener's kernel side.
+    pub kernel_side: bool,
+}
+
+impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
+    /// epoll_ctl when `fd` is ours (`event`: the caller's events and data, `None` if it
+    /// passed none). `None`: `fd` is a kernel fd, for the kernel's set alone. The epoll
+    /// instance becomes ours the first time one of our fds joins it.
+    pub fn epoll_ctl(
+        &mut self,
+        epfd: c_int,
+        op: c_int,
+        fd: c_int,
+        event: Option<(u32, u64)>,
+    ) -> Answer<Ctl> {
+        let kernel_side = match self.obj(fd) {
+            Some(Obj::Listener { kernel, .. }) => *kernel,
+            Some(Obj::Conn { .. }) => false,
+            _ => return None,
+        };
+        if self.obj(epfd).is_none() {
+            if op != libc::EPOLL_CTL_ADD {
+                return Some(Err(libc::ENOENT));
+            }
+            if let Err(e) = self.host.check_epoll(epfd) {
+                return Some(Err(e));
+            }
+            let set = Obj::Epoll {
+                set: EpollSet::new(),
+                outer: -1,
+            };
+            if let Err(e) = self.insert(epfd, set) {
+                return Some(Err(e));
+            }
+        }
+        let (events, data) = event.unwrap_or((0, 0));
+        if op != libc::EPOLL_CTL_DEL && event.is_none() {
+            return Some(Err(libc::EFAULT));
+        }
+        let now = self.readiness(fd).unwrap_or_default();
+        let Some(Obj::Epoll { set, .. }) = self.obj(epfd) else {
+            return Some(Err(libc::EINVAL));
+        };
+        let r = match op {
+            libc::EPOLL_CTL_ADD => set.add(fd, events, data, now),
+            libc::EPOLL_CTL_MOD => set.modify(fd, events, data, now),
+            libc::EPOLL_CTL_DEL => set.delete(fd),
+            _ => return Some(Err(libc::EINVAL)),
+        };
+        if let Err(e) = r {
+            return Some(Err(e.errno()));
+        }
+        // An fd added (or re-armed) while ready: a thread blocked on this set must look, as
+        // Linux wakes it (an acceptor thread handing connections to workers' sets, a worker
+        // re-arming an EPOLLONESHOT entry).
+        if set.maybe_ready() {
+            self.host.wake_waiters();
+        }
+        match op {
+            libc::EPOLL_CTL_ADD => self.watchers.entry(fd).or_default().push(epfd),
+            libc::EPOLL_CTL_DEL => {
+                if let Some(v) = self.watchers.get_mut(&fd) {
+                    v.retain(|&e| e != epfd);
+                }
+            }
+            _ => {}
+        }
+        Some(Ok(Ctl { kernel_side }))
+    }
+
+    /// Whether `epfd` is an epoll instance of ours.
+    pub fn is_epoll(&mut self, epfd: c_int) -> bool {
+        matches!(self.obj(epfd), Some(Obj::Epoll { .. }))
+    }
+
+    /// One pass of epoll_wait over our fds in `epfd`'s set: polls the stack, then writes up
+    /// to `room` ready entries (at most `out.len()`) to `out`. Returns whether the poll found
+    /// work and how many entries were written; `None`: `epfd` is not an epoll of ours.
+    pub fn epoll_pass(
+        &mut self,
+        epfd: c_int,
+        room: usize,
+        out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
+    ) -> Option<(bool, usize)> {
+        if !self.is_epoll(epfd) {
+            return None;
+        }
+        let work = self.pump();
+        let mut ready = std::mem::take(&mut self.scratch);
+        // The set is taken out of its slot while it reads the other objects' readiness.
+        let mut set = match self.obj(epfd) {
+            Some(Obj::Epoll { set, .. }) => std::mem::take(set),
+            _ => return None,
+        };
+        set.wait(&mut ready, room, |fd| self.readiness(fd));
+        if let Some(Obj::Epoll { set: slot, .. }) = self.obj(epfd) {
+            *slot = set;
+        }
+        let mut n = 0;
+        for (slot, e) in out.iter_mut().zip(&ready) {
+            slot.write(libc::epoll_event {
+                events: e.events,
+                u64: e.data,
+            });
+            n += 1;
+        }
+        self.scratch = ready;
+        Some((work, n))
+    }
+
+    /// The private epoll the runtime blocks on for set `epfd`, made by `make` the first time
+    /// (a negative result is kept and retried next time). `None`: `epfd` is not ours (any
+    /// more: another thread closed it).
+    pub fn private_epoll(&mut self, epfd: c_int, make: impl FnOnce() -> c_int) -> Option<c_int> {
+        match self.obj(epfd) {
+            Some(Obj::Epoll { outer, .. }) => {
+                if *outer < 0 {
+                    *outer = make();
+                }
+                Some(*outer)
+            }
+            _ => None,
+        }
+    }
+}

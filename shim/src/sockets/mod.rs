@@ -1,0 +1,454 @@
+//! The shim's sockets: what each fd of ours is and what the calls on it mean, with Linux's
+//! semantics, over the user-space stack. This module knows no global state and makes no system
+//! call: it is generic over the stack's [`Link`], and what it needs of the kernel or of the
+//! process (a new identity fd, the kernel side of a dual listener, starting the stack, a line
+//! on stderr) it asks of its [`Host`]. The runtime (`crate::runtime`) holds the process's one
+//! table behind a lock and adds what blocks (waits, naps, wake-ups between threads); unit
+//! tests drive a table over `MemLink` against a second stack playing the client.
+//!
+//! - A listening TCP socket bound to a port in MTCP_PORTS on the wildcard address is a *dual
+//!   listener*: the kernel socket keeps listening (so `redis-cli -h 127.0.0.1` still works) and
+//!   the stack listens on the same port. Bound to MTCP_ADDR (which the kernel does not have), it
+//!   is a stack-only listener. Bound to any other address, it stays the kernel's.
+//! - Each connection accepted from the stack is identified by a real, small kernel fd (the
+//!   host's identity fd: an eventfd), claimed in the fd table. Closing the fd closes the
+//!   connection.
+//! - An epoll instance the application adds one of our fds to keeps its kernel epoll (for its
+//!   kernel fds, and the kernel side of dual listeners) and gets an [`EpollSet`] for our fds.
+//! - dup/dup2/dup3/F_DUPFD give an object more fds; it goes with the last of them.
+//!
+//! Answers follow one convention ([`Answer`]): `None` means "not ours, the kernel answers",
+//! `Some(Err(errno))` fails the call as Linux would.
+
+mod conn;
+mod epoll;
+pub mod fork;
+mod listen;
+#[cfg(test)]
+mod tests;
+
+use libc::c_int;
+use userstack::epoll::{EpollEvent, EpollSet};
+use userstack::link::Link;
+use userstack::{Config, ConnId, Event, FastMap, Keepalive, Readiness, SockError, Stack};
+
+use crate::fdtable::{FdState, FdTable};
+pub use crate::outcome::Answer;
+
+pub use conn::Io;
+pub use epoll::Ctl;
+pub use listen::Accepted;
+
+/// What the socket table needs from the process it runs in.
+pub trait Host<L: Link> {
+    /// Starts the stack (called once, when a flagged port is first bound or listened on).
+    fn start(&mut self, cfg: &Config) -> Result<Stack<L>, String>;
+    /// The stack just started (the runtime starts its keeper thread).
+    fn started(&mut self) {}
+    /// One line for the user, on stderr.
+    fn say(&mut self, msg: &str);
+    /// The stack clock.
+    fn now(&self) -> smoltcp::time::Instant;
+    /// The stack clock, for a poll of the stack (the runtime notes when the stack was last
+    /// polled).
+    fn poll_time(&mut self) -> smoltcp::time::Instant {
+        self.now()
+    }
+    /// listen() on the kernel side of a dual listener.
+    fn kernel_listen(&mut self, fd: c_int, backlog: c_int) -> Result<(), c_int>;
+    /// A new fd to stand for a connection (`flags`: SOCK_NONBLOCK, SOCK_CLOEXEC).
+    fn identity_fd(&mut self, flags: c_int) -> Result<c_int, c_int>;
+    /// Closes an fd the table made (identity fd, private epoll).
+    fn close_fd(&mut self, fd: c_int);
+    /// Whether `fd` is a kernel epoll instance (`Err(errno)` as epoll_ctl would fail if not).
+    fn check_epoll(&mut self, fd: c_int) -> Result<(), c_int>;
+    /// Threads blocked in the runtime's waits may have work now: this call delivered events
+    /// to epoll sets, queued a ready epoll entry, shut a socket down, or left frames waiting
+    /// for room in the device. (They rely on the device's wake-up, which this call's poll
+    /// may have taken from them.)
+    fn wake_waiters(&mut self);
+}
+
+/// What one of our fds is.
+pub(crate) enum Obj {
+    Listener {
+        port: u16,
+        /// A dual listener: the kernel socket listens too.
+        kernel: bool,
+    },
+    Conn {
+        id: ConnId,
+        nonblock: bool,
+        keepalive: Option<Keepalive>,
+        ka_on: bool,
+    },
+    Epoll {
+        set: EpollSet,
+        /// The runtime's private epoll for blocking on this set (-1: none yet), closed with
+        /// the set.
+        outer: c_int,
+    },
+}
+
+/// One of our sockets (or epoll instances) and the fds that refer to it: more than one after
+/// dup/dup2/dup3/F_DUPFD, as with the kernel's open file descriptions. The object goes when the
+/// last of them is closed.
+struct Entry {
+    obj: Obj,
+    fds: Vec<c_int>,
+}
+
+/// How poll/select must look at one fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollKind {
+    /// The kernel's fd (or negative: ignored).
+    Kernel,
+    /// A stack connection or stack-only listener: the kernel must not look at its identity fd.
+    Stack,
+    /// A dual listener: the stack's accept queue and the kernel socket both count.
+    Both,
+}
+
+/// The socket table of one process.
+pub struct Sockets<'t, L: Link, H: Host<L>> {
+    host: H,
+    table: &'t FdTable,
+    cfg: Result<Config, String>,
+    stack: Option<Stack<L>>,
+    /// Why the stack could not be started (said once on stderr; every flagged listen fails).
+    failed: Option<String>,
+    objs: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    /// A stack connection -> its entry's index.
+    conn_fd: FastMap<ConnId, u32>,
+    port_fds: FastMap<u16, Vec<c_int>>,
+    /// Our fd -> the epoll fds watching it.
+    watchers: FastMap<c_int, Vec<c_int>>,
+    /// Sockets bound to a flagged port, waiting for listen(): fd -> (port, kernel side).
+    binds: FastMap<c_int, (u16, bool)>,
+    events: Vec<Event>,
+    scratch: Vec<EpollEvent>,
+}
+
+fn so_errno(e: SockError) -> c_int {
+    e.errno()
+}
+
+impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
+    /// An empty table over `table`; `cfg` is the stack's configuration (or why it is unusable).
+    pub fn new(host: H, table: &'t FdTable, cfg: Result<Config, String>) -> Self {
+        Sockets {
+            host,
+            table,
+            cfg,
+            stack: None,
+            failed: None,
+            objs: Vec::new(),
+            free: Vec::new(),
+            conn_fd: FastMap::default(),
+            port_fds: FastMap::default(),
+            watchers: FastMap::default(),
+            binds: FastMap::default(),
+            events: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn host(&mut self) -> &mut H {
+        &mut self.host
+    }
+
+    pub fn config(&self) -> Option<&Config> {
+        self.cfg.as_ref().ok()
+    }
+
+    /// The stack, once started.
+    pub fn stack(&self) -> Option<&Stack<L>> {
+        self.stack.as_ref()
+    }
+
+    pub fn stack_mut(&mut self) -> Option<&mut Stack<L>> {
+        self.stack.as_mut()
+    }
+
+    fn index_of(&self, fd: c_int) -> Option<u32> {
+        match self.table.lookup(fd) {
+            FdState::Ours(i) => Some(i),
+            FdState::NotOurs => None,
+        }
+    }
+
+    pub(crate) fn obj(&mut self, fd: c_int) -> Option<&mut Obj> {
+        let i = self.index_of(fd)?;
+        self.objs.get_mut(i as usize)?.as_mut().map(|e| &mut e.obj)
+    }
+
+    /// How poll/select sees `fd`.
+    pub fn poll_kind(&mut self, fd: c_int) -> PollKind {
+        match self.obj(fd) {
+            Some(Obj::Conn { .. }) | Some(Obj::Listener { kernel: false, .. }) => PollKind::Stack,
+            Some(Obj::Listener { kernel: true, .. }) => PollKind::Both,
+            _ => PollKind::Kernel,
+        }
+    }
+
+    /// Makes `fd` ours, as a new object. Returns its index.
+    fn insert(&mut self, fd: c_int, obj: Obj) -> Result<u32, c_int> {
+        let entry = Entry { obj, fds: vec![fd] };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.objs[i as usize] = Some(entry);
+                i
+            }
+            None => {
+                self.objs.push(Some(entry));
+                (self.objs.len() - 1) as u32
+            }
+        };
+        if self.table.claim(fd, i).is_err() {
+            self.objs[i as usize] = None;
+            self.free.push(i);
+            return Err(libc::EMFILE);
+        }
+        Ok(i)
+    }
+
+    /// Forgets `fd`. `None`: it was not ours. `Some(None)`: other fds still refer to its
+    /// object. `Some(Some(obj))`: it was the last one; the object is the caller's to close.
+    fn remove(&mut self, fd: c_int) -> Option<Option<Obj>> {
+        let i = self.table.release(fd)?;
+        let slot = self.objs.get_mut(i as usize)?;
+        let entry = slot.as_mut()?;
+        entry.fds.retain(|&f| f != fd);
+        if !entry.fds.is_empty() {
+            return Some(None);
+        }
+        let obj = slot.take().map(|e| e.obj);
+        self.free.push(i);
+        Some(obj)
+    }
+
+    /// Tells every epoll set watching `fd` its readiness now.
+    fn notify_watchers(&mut self, fd: c_int, r: Readiness) {
+        let Some(eps) = self.watchers.get(&fd) else {
+            return;
+        };
+        for &ep in eps {
+            let FdState::Ours(j) = self.table.lookup(ep) else {
+                continue;
+            };
+            if let Some(Some(Entry {
+                obj: Obj::Epoll { set, .. },
+                ..
+            })) = self.objs.get_mut(j as usize)
+            {
+                set.notify(fd, r);
+            }
+        }
+    }
+
+    /// Tells the watchers of every fd of entry `i` that its readiness is `r`.
+    #[inline]
+    fn notify_entry_with(&mut self, i: u32, r: Readiness) {
+        let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
+        for k in 0..n {
+            let fd = self.objs[i as usize].as_ref().map_or(-1, |e| e.fds[k]);
+            self.notify_watchers(fd, r);
+        }
+    }
+
+    /// Starts the stack on first use. On failure says why, once, and remembers it.
+    fn ensure_stack(&mut self) -> Result<&mut Stack<L>, c_int> {
+        if self.stack.is_none() {
+            if self.failed.is_some() {
+                return Err(libc::EADDRNOTAVAIL);
+            }
+            let started = match &self.cfg {
+                Err(e) => Err(e.clone()),
+                Ok(cfg) => self.host.start(cfg),
+            };
+            match started {
+                Ok(s) => {
+                    self.stack = Some(s);
+                    self.host.started();
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return Err(libc::EADDRNOTAVAIL);
+                }
+            }
+        }
+        Ok(self.stack.as_mut().expect("just started"))
+    }
+
+    /// The stack cannot serve the flagged ports: say so once.
+    fn fail(&mut self, why: String) {
+        if self.failed.is_none() {
+            self.host.say(&format!(
+                "cannot serve the ports in MTCP_PORTS: {why}; listen() on them fails"
+            ));
+            self.failed = Some(why);
+        }
+    }
+
+    /// Transmits what the stack has queued, without receiving. Frames the device had no room
+    /// for wait in the link and need a poll soon: threads blocked in waits are told.
+    pub fn flush(&mut self) {
+        let now = self.host.now();
+        if let Some(st) = self.stack.as_mut() {
+            st.flush(now);
+            if st.link().tx_pending() > 0 {
+                self.host.wake_waiters();
+            }
+        }
+    }
+
+    /// Polls the stack and tells every epoll set watching a changed fd. Returns whether the
+    /// stack did work (frames, timers, events).
+    pub fn pump(&mut self) -> bool {
+        let now = self.host.poll_time();
+        let Some(stack) = self.stack.as_mut() else {
+            return false;
+        };
+        let mut work = stack.poll(now);
+        stack.take_events(&mut self.events);
+        work |= !self.events.is_empty();
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            match *ev {
+                Event::Conn(id, r) => {
+                    if let Some(&i) = self.conn_fd.get(&id) {
+                        self.notify_entry_with(i, r);
+                    }
+                }
+                Event::Accept(port) => {
+                    let n = self.port_fds.get(&port).map_or(0, Vec::len);
+                    for k in 0..n {
+                        let fd = self.port_fds[&port][k];
+                        if let Some(r) = self.readiness(fd) {
+                            self.notify_watchers(fd, r);
+                        }
+                    }
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.host.wake_waiters();
+        }
+        self.events = events;
+        work
+    }
+
+    /// The readiness of our socket `fd` (`None`: not a socket of ours, or no stack).
+    pub fn readiness(&self, fd: c_int) -> Option<Readiness> {
+        self.readiness_at(self.index_of(fd)?)
+    }
+
+    fn readiness_at(&self, i: u32) -> Option<Readiness> {
+        let stack = self.stack.as_ref()?;
+        match &self.objs.get(i as usize)?.as_ref()?.obj {
+            Obj::Listener { port, .. } => Some(Readiness {
+                readable: stack.accept_queue_len(*port) > 0,
+                ..Readiness::default()
+            }),
+            Obj::Conn { id, .. } => stack.readiness(*id).ok(),
+            Obj::Epoll { .. } => None,
+        }
+    }
+
+    /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
+    /// fd was ours.
+    pub fn close(&mut self, fd: c_int) -> bool {
+        let listener_port = match self.obj(fd) {
+            Some(Obj::Listener { port, .. }) => Some(*port),
+            _ => None,
+        };
+        let epoll_entry = match self.obj(fd) {
+            Some(Obj::Epoll { .. }) => self.index_of(fd),
+            _ => None,
+        };
+        let Some(last) = self.remove(fd) else {
+            return false;
+        };
+        if let (None, Some(i)) = (&last, epoll_entry) {
+            // An epoll fd with dups left: the sets' watchers name it by number, so they name a
+            // dup now (or its notifications were lost with the closed number).
+            let other = self.objs[i as usize]
+                .as_ref()
+                .and_then(|e| e.fds.first().copied());
+            if let Some(other) = other {
+                for list in self.watchers.values_mut() {
+                    for e in list.iter_mut().filter(|e| **e == fd) {
+                        *e = other;
+                    }
+                }
+            }
+        }
+        for ep in self.watchers.remove(&fd).unwrap_or_default() {
+            if let Some(Obj::Epoll { set, .. }) = self.obj(ep) {
+                let _ = set.delete(fd);
+            }
+        }
+        if let Some(port) = listener_port {
+            if let Some(v) = self.port_fds.get_mut(&port) {
+                v.retain(|&f| f != fd);
+            }
+        }
+        // Other fds (dups) still refer to the object: it stays.
+        let Some(obj) = last else {
+            return true;
+        };
+        match obj {
+            Obj::Conn { id, .. } => {
+                self.conn_fd.remove(&id);
+                if let Some(stack) = self.stack.as_mut() {
+                    let _ = stack.close(id);
+                    self.flush();
+                }
+            }
+            Obj::Listener { port, .. } => {
+                if self.port_fds.get(&port).is_none_or(Vec::is_empty) {
+                    self.port_fds.remove(&port);
+                    if let Some(stack) = self.stack.as_mut() {
+                        stack.unlisten(port);
+                    }
+                }
+            }
+            Obj::Epoll { outer, .. } => {
+                for list in self.watchers.values_mut() {
+                    list.retain(|&e| e != fd);
+                }
+                if outer >= 0 {
+                    self.host.close_fd(outer);
+                }
+            }
+        }
+        true
+    }
+
+    /// dup/dup2/dup3/F_DUPFD made `new` (a kernel fd: the dup of `old`'s identity fd): it now
+    /// refers to the same object as `old`, as a dup refers to the same open file description.
+    /// `Err(errno)`: it could not be recorded (the caller closes `new` and fails the call).
+    pub fn alias(&mut self, old: c_int, new: c_int) -> Result<(), c_int> {
+        let FdState::Ours(i) = self.table.lookup(old) else {
+            return Ok(());
+        };
+        if self.table.claim(new, i).is_err() {
+            return Err(libc::EMFILE);
+        }
+        let port = match self.objs.get_mut(i as usize) {
+            Some(Some(e)) => {
+                e.fds.push(new);
+                match e.obj {
+                    Obj::Listener { port, .. } => Some(port),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(port) = port {
+            self.port_fds.entry(port).or_default().push(new);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,813 @@
+//! The socket table over an in-memory cable, against a second stack playing the client: what
+//! the comparison program (`tests/src/bin/stack-seq.rs`) checks against the kernel end to end,
+//! checked here at the table's level, with simulated time and a host that records what the
+//! table asked of the kernel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::rc::Rc;
+
+use libc::c_int;
+use smoltcp::time::{Duration, Instant};
+use userstack::link::MemLink;
+use userstack::{Config, ConnId, SockError, Stack};
+
+use super::fork::Child;
+use super::{Accepted, Host, Io, PollKind, Sockets};
+use crate::fdtable::FdTable;
+
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const PORT: u16 = 6379;
+/// The fds the tests' "kernel" hands out for sockets the application made itself.
+const LISTEN_FD: c_int = 10;
+const EPOLL_FD: c_int = 11;
+/// Identity fds start here.
+const FIRST_IDENTITY: c_int = 100;
+
+/// What the table asked of the kernel and the process.
+#[derive(Default)]
+struct Log {
+    started: usize,
+    said: Vec<String>,
+    kernel_listens: Vec<(c_int, c_int)>,
+    closed: Vec<c_int>,
+    wakes: usize,
+}
+
+struct TestHost {
+    link: Option<MemLink>,
+    /// `Err`: starting the stack fails with this reason.
+    start_error: Option<String>,
+    now: Rc<Cell<Instant>>,
+    next_fd: c_int,
+    epolls: HashSet<c_int>,
+    log: Rc<RefCell<Log>>,
+}
+
+impl Host<MemLink> for TestHost {
+    fn start(&mut self, cfg: &Config) -> Result<Stack<MemLink>, String> {
+        if let Some(e) = &self.start_error {
+            return Err(e.clone());
+        }
+        let link = self.link.take().expect("the stack starts once");
+        Stack::new(link, cfg, self.now.get()).map_err(|e| e.to_string())
+    }
+
+    fn started(&mut self) {
+        self.log.borrow_mut().started += 1;
+    }
+
+    fn say(&mut self, msg: &str) {
+        self.log.borrow_mut().said.push(msg.to_string());
+    }
+
+    fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    fn kernel_listen(&mut self, fd: c_int, backlog: c_int) -> Result<(), c_int> {
+        self.log.borrow_mut().kernel_listens.push((fd, backlog));
+        Ok(())
+    }
+
+    fn identity_fd(&mut self, _flags: c_int) -> Result<c_int, c_int> {
+        self.next_fd += 1;
+        Ok(self.next_fd - 1)
+    }
+
+    fn close_fd(&mut self, fd: c_int) {
+        self.log.borrow_mut().closed.push(fd);
+    }
+
+    fn check_epoll(&mut self, fd: c_int) -> Result<(), c_int> {
+        if self.epolls.contains(&fd) {
+            Ok(())
+        } else {
+            Err(libc::EINVAL)
+        }
+    }
+
+    fn wake_waiters(&mut self) {
+        self.log.borrow_mut().wakes += 1;
+    }
+}
+
+fn config(pairs: &[(&str, &str)]) -> Result<Config, String> {
+    let mut all = vec![
+        ("MTCP_ADDR", "198.18.0.2/24"),
+        ("MTCP_STATS", "off"),
+        ("MTCP_RCVBUF", "65536"),
+        ("MTCP_SNDBUF", "65536"),
+    ];
+    all.extend_from_slice(pairs);
+    Config::from_pairs(all.iter().map(|&(k, v)| (k, v))).map_err(|e| e.to_string())
+}
+
+/// A socket table on one end of a cable and a client stack on the other.
+struct Net {
+    s: Sockets<'static, MemLink, TestHost>,
+    client: Stack<MemLink>,
+    now: Rc<Cell<Instant>>,
+    log: Rc<RefCell<Log>>,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net::with(config(&[]), None)
+    }
+
+    fn with(cfg: Result<Config, String>, start_error: Option<&str>) -> Net {
+        let (a, b) = MemLink::pair(SERVER_MAC, CLIENT_MAC);
+        let now = Rc::new(Cell::new(Instant::from_secs(1)));
+        let log = Rc::new(RefCell::new(Log::default()));
+        let host = TestHost {
+            link: Some(a),
+            start_error: start_error.map(String::from),
+            now: now.clone(),
+            next_fd: FIRST_IDENTITY,
+            epolls: [EPOLL_FD, EPOLL_FD + 1].into_iter().collect(),
+            log: log.clone(),
+        };
+        let table: &'static FdTable = Box::leak(Box::new(FdTable::with_len(4096).unwrap()));
+        let client_cfg = config(&[("MTCP_ADDR", "198.18.0.1/24")]).unwrap();
+        let client = Stack::new(b, &client_cfg, now.get()).unwrap();
+        Net {
+            s: Sockets::new(host, table, cfg),
+            client,
+            now,
+            log,
+        }
+    }
+
+    /// Both sides poll until neither has work, 10 µs of simulated time a round.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            self.now.set(self.now.get() + Duration::from_micros(10));
+            let a = self.s.pump();
+            let b = self.client.poll(self.now.get());
+            let quiet = self.client.link().pending() == 0
+                && self.s.stack().is_none_or(|st| st.link().pending() == 0);
+            if !a && !b && quiet {
+                return;
+            }
+        }
+        panic!("the two sides never settled");
+    }
+
+    /// A dual listener on PORT (bound to the wildcard address).
+    fn listen_dual(&mut self) {
+        assert_eq!(self.s.bind(LISTEN_FD, Ipv4Addr::UNSPECIFIED, PORT), None);
+        assert_eq!(self.s.listen(LISTEN_FD, 128), Some(Ok(0)));
+    }
+
+    /// A client connection to PORT: (client's id, our fd).
+    fn connect(&mut self, flags: c_int) -> (ConnId, c_int) {
+        let c = self
+            .client
+            .connect(
+                self.now.get(),
+                SocketAddrV4::new(SERVER, PORT),
+                self.client.default_options(),
+            )
+            .unwrap();
+        self.settle();
+        match self.s.accept(LISTEN_FD, flags) {
+            Some(Ok(Accepted::Conn { fd, peer })) => {
+                assert_eq!(*peer.ip(), CLIENT);
+                (c, fd)
+            }
+            other => panic!("accept: {other:?}"),
+        }
+    }
+
+    fn read(&mut self, fd: c_int, peek: bool) -> Result<Vec<u8>, SockError> {
+        let mut buf = [0u8; 256];
+        let t = self
+            .s
+            .io(fd, &mut Io::Read(&mut buf, peek), |_| false)
+            .unwrap();
+        t.result.map(|n| buf[..n].to_vec())
+    }
+
+    fn write(&mut self, fd: c_int, data: &[u8]) -> Result<usize, SockError> {
+        self.s
+            .io(fd, &mut Io::Write(data), |_| false)
+            .unwrap()
+            .result
+    }
+
+    fn client_reads(&mut self, c: ConnId) -> Result<Vec<u8>, SockError> {
+        self.settle();
+        let mut buf = [0u8; 256];
+        self.client.recv(c, &mut buf).map(|n| buf[..n].to_vec())
+    }
+
+    fn said(&self) -> Vec<String> {
+        self.log.borrow().said.clone()
+    }
+}
+
+// ------------------------------------------------------------------ bind, listen, accept
+
+#[test]
+fn a_wildcard_bind_is_the_kernels_and_listen_makes_a_dual_listener() {
+    let mut n = Net::new();
+    n.listen_dual();
+    assert_eq!(n.log.borrow().kernel_listens, vec![(LISTEN_FD, 128)]);
+    assert_eq!(n.log.borrow().started, 1);
+    assert_eq!(n.s.poll_kind(LISTEN_FD), PollKind::Both);
+    // Nothing queued: a blocking caller also asks the kernel side.
+    assert_eq!(
+        n.s.accept(LISTEN_FD, 0),
+        Some(Ok(Accepted::Empty { kernel: true }))
+    );
+    let (_, fd) = n.connect(0);
+    assert!(fd >= FIRST_IDENTITY);
+    assert_eq!(n.s.poll_kind(fd), PollKind::Stack);
+    assert!(n.s.is_conn(fd));
+    assert!(!n.s.is_conn(LISTEN_FD));
+}
+
+#[test]
+fn a_bind_to_mtcp_addr_is_the_stacks_alone() {
+    let mut n = Net::new();
+    assert_eq!(n.s.bind(LISTEN_FD, SERVER, PORT), Some(Ok(0)));
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Ok(0)));
+    assert!(n.log.borrow().kernel_listens.is_empty());
+    assert_eq!(n.s.poll_kind(LISTEN_FD), PollKind::Stack);
+    assert_eq!(
+        n.s.accept(LISTEN_FD, 0),
+        Some(Ok(Accepted::Empty { kernel: false }))
+    );
+    // getsockname says MTCP_ADDR:port; getpeername is the kernel's (ENOTCONN there).
+    assert_eq!(
+        n.s.name(LISTEN_FD, false),
+        Some(Ok(SocketAddrV4::new(SERVER, PORT)))
+    );
+    assert_eq!(n.s.name(LISTEN_FD, true), None);
+    let (_, fd) = n.connect(0);
+    assert_eq!(
+        n.s.name(fd, false),
+        Some(Ok(SocketAddrV4::new(SERVER, PORT)))
+    );
+}
+
+#[test]
+fn a_loopback_bind_is_never_reachable_from_the_device() {
+    let mut n = Net::new();
+    assert_eq!(n.s.bind(LISTEN_FD, Ipv4Addr::LOCALHOST, PORT), None);
+    // The kernel's socket: listen() is not ours.
+    assert_eq!(n.s.listen(LISTEN_FD, 16), None);
+    // The stack runs and answers a SYN for that port with a reset.
+    assert_eq!(n.log.borrow().started, 1);
+    let c = n
+        .client
+        .connect(
+            n.now.get(),
+            SocketAddrV4::new(SERVER, PORT),
+            n.client.default_options(),
+        )
+        .unwrap();
+    n.settle();
+    assert_eq!(n.client.take_error(c), Ok(Some(SockError::Refused)));
+}
+
+#[test]
+fn listen_on_an_unflagged_socket_is_the_kernels() {
+    let mut n = Net::new();
+    assert_eq!(n.s.listen(LISTEN_FD, 16), None);
+    assert_eq!(n.s.accept(LISTEN_FD, 0), None);
+    assert_eq!(n.log.borrow().started, 0);
+}
+
+#[test]
+fn a_bad_configuration_is_said_once_and_every_flagged_listen_fails() {
+    let mut n = Net::with(Err("MTCP_DEV=\"nope\": unknown device".into()), None);
+    // The kernel binds (so the port is taken), listen fails loudly.
+    assert_eq!(n.s.bind(LISTEN_FD, Ipv4Addr::UNSPECIFIED, PORT), None);
+    assert_eq!(
+        n.s.bind(LISTEN_FD + 1, Ipv4Addr::UNSPECIFIED, PORT + 1),
+        None
+    );
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Err(libc::EADDRNOTAVAIL)));
+    assert_eq!(
+        n.s.listen(LISTEN_FD + 1, 16),
+        Some(Err(libc::EADDRNOTAVAIL))
+    );
+    let said = n.said();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("unknown device") && said[0].contains("listen() on them fails"));
+    assert!(n.log.borrow().kernel_listens.is_empty());
+}
+
+#[test]
+fn a_stack_that_cannot_start_is_said_once() {
+    let mut n = Net::with(config(&[]), Some("no hugepages and no memory"));
+    n.s.bind(LISTEN_FD, Ipv4Addr::UNSPECIFIED, PORT);
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Err(libc::EADDRNOTAVAIL)));
+    n.s.bind(LISTEN_FD, Ipv4Addr::UNSPECIFIED, PORT);
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Err(libc::EADDRNOTAVAIL)));
+    assert_eq!(n.said().len(), 1);
+    assert_eq!(n.log.borrow().started, 0);
+}
+
+#[test]
+fn accept_flags_give_a_nonblocking_connection() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, blocking) = n.connect(0);
+    let (_, nonblocking) = n.connect(libc::SOCK_NONBLOCK);
+    let mut buf = [0u8; 8];
+    let t = n.s.io(blocking, &mut Io::Read(&mut buf, false), |_| false);
+    assert_eq!(t.map(|t| t.nonblock), Some(false));
+    let t =
+        n.s.io(nonblocking, &mut Io::Read(&mut buf, false), |_| false);
+    assert_eq!(
+        t.map(|t| (t.result, t.nonblock)),
+        Some((Err(SockError::WouldBlock), true))
+    );
+    n.s.set_nonblock(blocking, true);
+    let t = n.s.io(blocking, &mut Io::Read(&mut buf, false), |_| false);
+    assert_eq!(t.map(|t| t.nonblock), Some(true));
+}
+
+#[test]
+fn a_listener_is_readable_while_a_connection_is_queued() {
+    let mut n = Net::new();
+    n.listen_dual();
+    assert!(!n.s.readiness(LISTEN_FD).unwrap().readable);
+    n.client
+        .connect(
+            n.now.get(),
+            SocketAddrV4::new(SERVER, PORT),
+            n.client.default_options(),
+        )
+        .unwrap();
+    n.settle();
+    assert!(n.s.readiness(LISTEN_FD).unwrap().readable);
+    assert!(matches!(
+        n.s.accept(LISTEN_FD, 0),
+        Some(Ok(Accepted::Conn { .. }))
+    ));
+    assert!(!n.s.readiness(LISTEN_FD).unwrap().readable);
+}
+
+// ------------------------------------------------------------------ data
+
+#[test]
+fn data_both_ways_peek_and_fionread() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    assert_eq!(n.read(fd, false), Err(SockError::WouldBlock));
+    n.client.send(c, b"hello").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert_eq!(n.s.fionread(fd), Some(Ok(5)));
+    assert_eq!(n.read(fd, true).unwrap(), b"hello");
+    assert_eq!(n.read(fd, false).unwrap(), b"hello");
+    assert_eq!(n.s.fionread(fd), Some(Ok(0)));
+    assert_eq!(n.write(fd, b"world"), Ok(5));
+    assert_eq!(n.client_reads(c).unwrap(), b"world");
+}
+
+#[test]
+fn a_read_that_finds_nothing_polls_the_stack_once_more() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    n.client.send(c, b"late").unwrap();
+    n.client.flush(n.now.get());
+    // The frame waits on our side of the cable: no poll has received it yet.
+    assert_eq!(n.read(fd, false).unwrap(), b"late");
+}
+
+#[test]
+fn a_deferred_write_leaves_at_the_next_flush() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    let mut pending = None;
+    let t = n.s.io(fd, &mut Io::Write(b"later"), |p| {
+        pending = Some(p);
+        true
+    });
+    assert_eq!(t.unwrap().result, Ok(5));
+    assert_eq!(pending, Some(1));
+    n.client.poll(n.now.get());
+    let mut buf = [0u8; 16];
+    assert_eq!(n.client.recv(c, &mut buf), Err(SockError::WouldBlock));
+    n.s.flush();
+    assert_eq!(n.client_reads(c).unwrap(), b"later");
+}
+
+#[test]
+fn calls_on_fds_that_are_not_ours_are_the_kernels() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let mut buf = [0u8; 4];
+    assert!(n
+        .s
+        .io(3, &mut Io::Read(&mut buf, false), |_| false)
+        .is_none());
+    assert_eq!(n.s.shutdown(3, libc::SHUT_WR), None);
+    assert_eq!(n.s.name(3, true), None);
+    assert_eq!(
+        n.s.setsockopt(3, libc::SOL_SOCKET, libc::SO_KEEPALIVE, Some(1)),
+        None
+    );
+    assert_eq!(n.s.getsockopt(3, libc::SOL_SOCKET, libc::SO_TYPE), None);
+    assert_eq!(n.s.fionread(3), None);
+    assert_eq!(n.s.poll_kind(3), PollKind::Kernel);
+    assert!(!n.s.close(3));
+    // A listener is no connection: the data calls are the kernel's.
+    assert!(n
+        .s
+        .io(LISTEN_FD, &mut Io::Read(&mut buf, false), |_| false)
+        .is_none());
+}
+
+// ------------------------------------------------------------------ shutdown and close
+
+#[test]
+fn shutdown_write_sends_fin_and_reading_goes_on() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    assert_eq!(n.s.shutdown(fd, 7), Some(Err(libc::EINVAL)));
+    let wakes = n.log.borrow().wakes;
+    assert_eq!(n.s.shutdown(fd, libc::SHUT_WR), Some(Ok(0)));
+    // Threads blocked in waits are told at once.
+    assert!(n.log.borrow().wakes > wakes);
+    assert_eq!(n.client_reads(c), Ok(Vec::new()));
+    assert_eq!(n.write(fd, b"x"), Err(SockError::Pipe));
+    n.client.send(c, b"still").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert_eq!(n.read(fd, false).unwrap(), b"still");
+}
+
+#[test]
+fn shutdown_read_keeps_buffered_data_then_says_end_of_stream() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    n.client.send(c, b"buffered").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert_eq!(n.s.shutdown(fd, libc::SHUT_RD), Some(Ok(0)));
+    let r = n.s.readiness(fd).unwrap();
+    assert!(r.readable && r.rdhup);
+    assert_eq!(n.read(fd, false).unwrap(), b"buffered");
+    assert_eq!(n.read(fd, false).unwrap(), b"");
+}
+
+#[test]
+fn close_of_the_last_fd_closes_the_connection() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    assert!(n.s.close(fd));
+    assert!(!n.s.is_conn(fd));
+    assert_eq!(n.client_reads(c), Ok(Vec::new()));
+    // The fd is free for the kernel's next socket.
+    assert!(!n.s.close(fd));
+}
+
+#[test]
+fn closing_the_last_listener_fd_stops_listening() {
+    let mut n = Net::new();
+    n.listen_dual();
+    assert!(n.s.close(LISTEN_FD));
+    let c = n
+        .client
+        .connect(
+            n.now.get(),
+            SocketAddrV4::new(SERVER, PORT),
+            n.client.default_options(),
+        )
+        .unwrap();
+    n.settle();
+    assert_eq!(n.client.take_error(c), Ok(Some(SockError::Refused)));
+}
+
+// ------------------------------------------------------------------ dup
+
+#[test]
+fn a_dup_refers_to_the_same_connection_until_the_last_close() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    let dup = 50;
+    assert_eq!(n.s.alias(fd, dup), Ok(()));
+    assert!(n.s.close(fd));
+    // Still open through the dup: the peer saw no FIN, and data flows through it.
+    assert_eq!(n.write(dup, b"via dup"), Ok(7));
+    assert_eq!(n.client_reads(c).unwrap(), b"via dup");
+    // O_NONBLOCK is the open file description's: shared by the dups.
+    n.s.set_nonblock(dup, true);
+    assert!(n.s.close(dup));
+    assert_eq!(n.client_reads(c), Ok(Vec::new()));
+}
+
+#[test]
+fn a_dup_of_a_kernel_fd_is_not_ours() {
+    let mut n = Net::new();
+    assert_eq!(n.s.alias(3, 51), Ok(()));
+    assert_eq!(n.s.poll_kind(51), PollKind::Kernel);
+}
+
+#[test]
+fn a_dup_of_a_listener_accepts_too() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let dup = 52;
+    assert_eq!(n.s.alias(LISTEN_FD, dup), Ok(()));
+    assert!(n.s.close(LISTEN_FD));
+    n.client
+        .connect(
+            n.now.get(),
+            SocketAddrV4::new(SERVER, PORT),
+            n.client.default_options(),
+        )
+        .unwrap();
+    n.settle();
+    assert!(matches!(
+        n.s.accept(dup, 0),
+        Some(Ok(Accepted::Conn { .. }))
+    ));
+}
+
+// ------------------------------------------------------------------ options
+
+#[test]
+fn options_set_are_read_back_and_bad_values_fail() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, fd) = n.connect(0);
+    let (sol, tcp) = (libc::SOL_SOCKET, libc::IPPROTO_TCP);
+    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_KEEPALIVE), Some(Ok(0)));
+    assert_eq!(
+        n.s.setsockopt(fd, sol, libc::SO_KEEPALIVE, Some(1)),
+        Some(Ok(0))
+    );
+    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_KEEPALIVE), Some(Ok(1)));
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_KEEPIDLE, Some(30)),
+        Some(Ok(0))
+    );
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_KEEPIDLE, Some(0)),
+        Some(Err(libc::EINVAL))
+    );
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_NODELAY, Some(1)),
+        Some(Ok(0))
+    );
+    // An option value shorter than an int.
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_NODELAY, None),
+        Some(Err(libc::EINVAL))
+    );
+    assert_eq!(
+        n.s.getsockopt(fd, sol, libc::SO_TYPE),
+        Some(Ok(libc::SOCK_STREAM))
+    );
+    assert_eq!(
+        n.s.getsockopt(fd, sol, libc::SO_DOMAIN),
+        Some(Ok(libc::AF_INET))
+    );
+    assert_eq!(
+        n.s.getsockopt(fd, sol, libc::SO_PROTOCOL),
+        Some(Ok(libc::IPPROTO_TCP))
+    );
+    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_ACCEPTCONN), Some(Ok(0)));
+    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_ERROR), Some(Ok(0)));
+    assert_eq!(n.s.getsockopt(fd, 9999, 1), Some(Err(libc::ENOPROTOOPT)));
+}
+
+#[test]
+fn so_error_reports_a_reset_once() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    n.client.abort(c).unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert_eq!(
+        n.s.getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR),
+        Some(Ok(libc::ECONNRESET))
+    );
+    assert_eq!(
+        n.s.getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR),
+        Some(Ok(0))
+    );
+}
+
+#[test]
+fn peer_and_local_names_of_a_connection() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    let client_port = n.client.local_addr(c).unwrap().port();
+    assert_eq!(
+        n.s.name(fd, true),
+        Some(Ok(SocketAddrV4::new(CLIENT, client_port)))
+    );
+    assert_eq!(
+        n.s.name(fd, false),
+        Some(Ok(SocketAddrV4::new(SERVER, PORT)))
+    );
+    // A dual listener's name is the kernel socket's.
+    assert_eq!(n.s.name(LISTEN_FD, false), None);
+}
+
+// ------------------------------------------------------------------ epoll
+
+fn pass(n: &mut Net, epfd: c_int) -> Vec<(u32, u64)> {
+    let mut out = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); 8];
+    let (_, k) = n.s.epoll_pass(epfd, 8, &mut out).expect("an epoll of ours");
+    out[..k]
+        .iter()
+        // SAFETY: epoll_pass wrote the first k entries.
+        .map(|e| unsafe { e.assume_init() })
+        .map(|e| (e.events, e.u64))
+        .collect()
+}
+
+const IN: u32 = libc::EPOLLIN as u32;
+const OUT: u32 = libc::EPOLLOUT as u32;
+const ET: u32 = libc::EPOLLET as u32;
+
+#[test]
+fn epoll_ctl_follows_linux() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, fd) = n.connect(0);
+    // A kernel fd: the kernel's set alone.
+    assert_eq!(
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, 3, Some((IN, 0))),
+        None
+    );
+    // Not an epoll instance.
+    assert_eq!(
+        n.s.epoll_ctl(20, libc::EPOLL_CTL_ADD, fd, Some((IN, 0))),
+        Some(Err(libc::EINVAL))
+    );
+    // MOD/DEL before any ADD: ENOENT.
+    assert_eq!(
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_MOD, fd, Some((IN, 0))),
+        Some(Err(libc::ENOENT))
+    );
+    assert_eq!(
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, None),
+        Some(Err(libc::EFAULT))
+    );
+    let added =
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((IN, 7)));
+    assert_eq!(added.map(|r| r.map(|c| c.kernel_side)), Some(Ok(false)));
+    assert_eq!(
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((IN, 7))),
+        Some(Err(libc::EEXIST))
+    );
+    assert_eq!(
+        n.s.epoll_ctl(EPOLL_FD, 99, fd, Some((IN, 7))),
+        Some(Err(libc::EINVAL))
+    );
+    // The kernel side of a dual listener joins the kernel's set too.
+    let l =
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, LISTEN_FD, Some((IN, 1)));
+    assert_eq!(l.map(|r| r.map(|c| c.kernel_side)), Some(Ok(true)));
+    assert_eq!(
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_DEL, fd, None)
+            .map(|r| r.is_ok()),
+        Some(true)
+    );
+    assert_eq!(
+        n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_DEL, fd, None),
+        Some(Err(libc::ENOENT))
+    );
+}
+
+#[test]
+fn epoll_reports_data_and_writability_and_adding_a_ready_fd_wakes_waiters() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    assert!(!n.s.is_epoll(EPOLL_FD));
+    let wakes = n.log.borrow().wakes;
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((IN | OUT, 42)))
+        .unwrap()
+        .unwrap();
+    assert!(n.s.is_epoll(EPOLL_FD));
+    // Writable at once: a thread blocked on the set must look.
+    assert!(n.log.borrow().wakes > wakes);
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![(OUT, 42)]);
+    n.client.send(c, b"ping").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![(IN | OUT, 42)]);
+    // Level-triggered: reported again while it holds.
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![(IN | OUT, 42)]);
+    assert_eq!(n.read(fd, false).unwrap(), b"ping");
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![(OUT, 42)]);
+}
+
+#[test]
+fn an_edge_triggered_listener_reports_each_queued_connection() {
+    let mut n = Net::new();
+    n.listen_dual();
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, LISTEN_FD, Some((IN | ET, 1)))
+        .unwrap()
+        .unwrap();
+    for round in 0..2 {
+        n.client
+            .connect(
+                n.now.get(),
+                SocketAddrV4::new(SERVER, PORT),
+                n.client.default_options(),
+            )
+            .unwrap();
+        n.settle();
+        assert_eq!(pass(&mut n, EPOLL_FD), vec![(IN, 1)], "connection {round}");
+        assert_eq!(pass(&mut n, EPOLL_FD), vec![], "connection {round}, again");
+    }
+    assert_eq!(n.s.stack().unwrap().accept_queue_len(PORT), 2);
+}
+
+#[test]
+fn a_closed_fd_leaves_the_epoll_set_and_a_closed_set_closes_its_private_epoll() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, fd) = n.connect(0);
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((OUT, 5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.s.private_epoll(EPOLL_FD, || 77), Some(77));
+    // Made once.
+    assert_eq!(n.s.private_epoll(EPOLL_FD, || 78), Some(77));
+    assert!(n.s.close(fd));
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![]);
+    assert!(n.s.close(EPOLL_FD));
+    assert_eq!(n.log.borrow().closed, vec![77]);
+    assert_eq!(n.s.private_epoll(EPOLL_FD, || 79), None);
+}
+
+#[test]
+fn a_dup_of_an_epoll_fd_reports_after_the_original_is_closed() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((IN, 9)))
+        .unwrap()
+        .unwrap();
+    let dup = 60;
+    n.s.alias(EPOLL_FD, dup).unwrap();
+    assert!(n.s.close(EPOLL_FD));
+    n.client.send(c, b"x").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert_eq!(pass(&mut n, dup), vec![(IN, 9)]);
+}
+
+#[test]
+fn events_delivered_by_a_poll_wake_waiters() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((IN, 3)))
+        .unwrap()
+        .unwrap();
+    let wakes = n.log.borrow().wakes;
+    n.client.send(c, b"wake").unwrap();
+    n.client.flush(n.now.get());
+    assert!(n.s.pump());
+    assert!(n.log.borrow().wakes > wakes);
+}
+
+// ------------------------------------------------------------------ fork
+
+#[test]
+fn a_forked_child_forgets_its_copies_and_leaves_the_parents_connection() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    // The child's copy of the fd table (here: a table of its own with the same entry).
+    let child_table = FdTable::with_len(4096).unwrap();
+    child_table.claim(fd, 0).unwrap();
+    let child = Child(&child_table);
+    assert_eq!(child.alias(fd, 61), Ok(()));
+    assert!(child_table.lookup(61).is_ours());
+    assert_eq!(child.alias(3, 62), Ok(()));
+    assert!(!child_table.lookup(62).is_ours());
+    assert!(child.close(fd));
+    assert!(child.close(61));
+    assert!(!child.close(fd));
+    // The parent's connection is untouched: no FIN, data still flows.
+    assert_eq!(n.write(fd, b"parent"), Ok(6));
+    assert_eq!(n.client_reads(c).unwrap(), b"parent");
+}
