@@ -26,6 +26,7 @@ pub mod pcap;
 #[allow(unsafe_code)]
 mod prefetch;
 pub mod recovery;
+pub mod seq;
 pub mod stack;
 pub mod stats;
 #[cfg(test)]

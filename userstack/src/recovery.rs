@@ -17,7 +17,8 @@
 
 use smoltcp::wire::TcpPacket;
 
-use crate::net::{seq_lt, Micros};
+use crate::net::Micros;
+use crate::seq::seq_lt;
 
 /// Default retransmission timeout floor (MTCP_RTO_MIN_MS): Linux's 200 ms. It must stay above
 /// the peers' delayed-ACK timer (Linux: 40 ms and more; others up to 200 ms): with a 30 ms

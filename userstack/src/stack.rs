@@ -30,7 +30,7 @@ use smoltcp::wire::{
 use crate::config::{Cidr, Config, CongestionControl};
 use crate::faults::{FaultAction, FaultInjector};
 use crate::link::{Link, LinkCounters, RxFrame};
-use crate::net::{Micros, Net, TxTrack, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR};
+use crate::net::{Micros, Net, TxTrack, ETHERTYPE_IPV4, ETH_HDR};
 use crate::pcap::PcapWriter;
 use crate::recovery::{synth_ack, Recovery};
 use crate::stats::Stats;
@@ -286,7 +286,7 @@ impl Conn {
     /// handshake's SYN).
     fn outstanding(&self) -> bool {
         matches!((self.rec.snd_una(), self.track.snd_max),
-            (Some(una), Some(max)) if crate::net::seq_lt(una, max))
+            (Some(una), Some(max)) if crate::seq::seq_lt(una, max))
     }
 
     /// When the stack gives up on this connection, as Linux does (see the constants).
@@ -508,15 +508,17 @@ impl<L: Link> Stack<L> {
         let mac = cfg.stack_mac().unwrap_or_else(|| link.mac());
         let mut net = Net::new(link, mac, cfg.addr, cfg.gateway);
         if let Some(path) = &cfg.pcap {
-            net.pcap = Some(PcapWriter::create(path, cfg.pcap_max_bytes).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("MTCP_PCAP={path:?}: cannot create the capture file: {e}"),
-                )
-            })?);
+            net.set_pcap(Some(PcapWriter::create(path, cfg.pcap_max_bytes).map_err(
+                |e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("MTCP_PCAP={path:?}: cannot create the capture file: {e}"),
+                    )
+                },
+            )?));
         }
         if cfg.faults.active() {
-            net.faults = Some(FaultInjector::new(cfg.faults));
+            net.set_faults(Some(FaultInjector::new(cfg.faults)));
         }
         let mut stack = Self::with_net(net, TcpOptions::from_config(cfg), now);
         stack.rto_min_us = cfg.rto_min.as_micros() as Micros;
@@ -525,7 +527,7 @@ impl<L: Link> Stack<L> {
     }
 
     fn with_net(net: Net<L>, defaults: TcpOptions, now: Instant) -> Self {
-        let mtu = net.link.ip_mtu();
+        let mtu = net.link().ip_mtu();
         // Unpredictable initial sequence numbers need an unpredictable seed: std's RandomState
         // is keyed from the OS random source.
         let mut seed = std::hash::BuildHasher::hash_one(
@@ -552,7 +554,7 @@ impl<L: Link> Stack<L> {
             &mut CapsDev(control_caps.clone()),
             now,
         );
-        let cidr = IpCidr::new(IpAddress::Ipv4(net.addr.addr), net.addr.prefix);
+        let cidr = IpCidr::new(IpAddress::Ipv4(net.addr().addr), net.addr().prefix);
         control.update_ip_addrs(|a| {
             let _ = a.push(cidr);
         });
@@ -604,31 +606,31 @@ impl<L: Link> Stack<L> {
     }
 
     pub fn addr(&self) -> Cidr {
-        self.net.addr
+        self.net.addr()
     }
 
     pub fn mac(&self) -> [u8; 6] {
-        self.net.mac
+        self.net.mac()
     }
 
     pub fn link(&self) -> &L {
-        &self.net.link
+        self.net.link()
     }
 
     pub fn link_mut(&mut self) -> &mut L {
-        &mut self.net.link
+        self.net.link_mut()
     }
 
     pub fn stats(&self) -> Stats {
-        let mut s = self.net.stats;
-        let lc = self.net.link.counters();
+        let mut s = *self.net.stats();
+        let lc = self.net.link().counters();
         s.drop_tx_ring_full = lc.tx_ring_full;
         s.tx_delayed = lc.tx_delayed;
         s
     }
 
     pub fn link_counters(&self) -> LinkCounters {
-        self.net.link.counters()
+        self.net.link().counters()
     }
 
     /// Open connections (including those draining after close).
@@ -637,22 +639,22 @@ impl<L: Link> Stack<L> {
     }
 
     pub fn wake_fd(&self) -> Option<RawFd> {
-        self.net.link.wake_fd()
+        self.net.link().wake_fd()
     }
 
     /// Prepares to block on `wake_fd`: arms it, then polls once more so a frame that arrived
     /// before arming is not left waiting. Returns false if that poll found work (do not block);
     /// the wake-up is then disarmed unless `others_blocked` (other threads blocked on it).
     pub fn arm_wake(&mut self, now: Instant, others_blocked: bool) -> bool {
-        if self.net.link.wake_fd().is_none() {
+        if self.net.link().wake_fd().is_none() {
             // Nothing to arm, no race to close: the caller's own poll just found nothing.
             self.note_sleep();
             return true;
         }
-        self.net.link.arm_wake();
+        self.net.link_mut().arm_wake();
         if self.poll(now) {
             if !others_blocked {
-                self.net.link.disarm_wake();
+                self.net.link_mut().disarm_wake();
             }
             return false;
         }
@@ -662,12 +664,13 @@ impl<L: Link> Stack<L> {
 
     /// After waking up from `wake_fd`.
     pub fn disarm_wake(&mut self) {
-        self.net.link.disarm_wake();
+        self.net.link_mut().disarm_wake();
     }
 
     /// Turns fault injection on or off at run time (tests start clean, then degrade the link).
     pub fn set_faults(&mut self, faults: Option<crate::config::Faults>) {
-        self.net.faults = faults.filter(|f| f.active()).map(FaultInjector::new);
+        self.net
+            .set_faults(faults.filter(|f| f.active()).map(FaultInjector::new));
     }
 
     /// Neighbour cache lookup (diagnostics, tests).
@@ -693,7 +696,7 @@ impl<L: Link> Stack<L> {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
         };
-        if !self.dirty.is_empty() || self.net.link.tx_pending() > 0 {
+        if !self.dirty.is_empty() || self.net.link().tx_pending() > 0 {
             return Some(Instant::from_micros(0));
         }
         d.map(|us| Instant::from_micros(us as i64))
@@ -705,12 +708,12 @@ impl<L: Link> Stack<L> {
     /// transmit burst. Returns whether anything was done.
     pub fn poll(&mut self, now: Instant) -> bool {
         let us = now.total_micros() as Micros;
-        self.net.stats.polls += 1;
+        self.net.stats_mut().polls += 1;
         let mut work = false;
 
         let mut rx = std::mem::take(&mut self.rx);
-        self.net.link.rx_burst(&mut rx, RX_BURST);
-        self.shm.after_rx(!rx.is_empty(), &mut self.net.stats);
+        self.net.link_mut().rx_burst(&mut rx, RX_BURST);
+        self.shm.after_rx(!rx.is_empty(), self.net.stats_mut());
         if !rx.is_empty() {
             work = true;
         }
@@ -753,7 +756,7 @@ impl<L: Link> Stack<L> {
         }
         self.net.flush();
         if !work {
-            self.net.stats.polls_idle += 1;
+            self.net.stats_mut().polls_idle += 1;
         }
         if self.shm.due(us, work) {
             self.publish(us);
@@ -875,24 +878,14 @@ impl<L: Link> Stack<L> {
     }
 
     fn rx_faulty(&mut self, now: Instant, frame: L::Rx) {
-        let action = self
-            .net
-            .faults
-            .as_mut()
-            .map_or(FaultAction::Pass, |f| f.decide());
-        match action {
+        match self.net.rx_fault() {
             FaultAction::Pass => self.rx_frame(now, frame.data()),
-            FaultAction::Drop => {
-                self.net.stats.fault_dropped += 1;
-                return;
-            }
+            FaultAction::Drop => return,
             FaultAction::Duplicate => {
-                self.net.stats.fault_duplicated += 1;
                 self.rx_frame(now, frame.data());
                 self.rx_frame(now, frame.data());
             }
             FaultAction::Reorder => {
-                self.net.stats.fault_reordered += 1;
                 if let Some(prev) = self.held_rx.replace(frame) {
                     self.rx_frame(now, prev.data());
                 }
@@ -906,54 +899,37 @@ impl<L: Link> Stack<L> {
 
     /// One received Ethernet frame.
     fn rx_frame(&mut self, now: Instant, f: &[u8]) {
-        let stats = &mut self.net.stats;
-        stats.rx_frames += 1;
-        stats.rx_bytes += f.len() as u64;
-        if let Some(p) = self.net.pcap.as_mut() {
-            p.record(f, &mut self.net.stats);
-        }
-        if f.len() < ETH_HDR {
-            self.net.stats.drop_malformed += 1;
-            return;
-        }
-        let dst: [u8; 6] = f[0..6].try_into().expect("6 bytes");
-        if dst != self.net.mac && dst != crate::net::BROADCAST_MAC {
-            self.net.stats.drop_not_ours += 1;
-            return;
-        }
         let us = now.total_micros() as Micros;
-        match u16::from_be_bytes([f[12], f[13]]) {
-            ETHERTYPE_IPV4 => self.rx_ipv4(now, &f[ETH_HDR..]),
-            ETHERTYPE_ARP => self.net.rx_arp(us, &f[ETH_HDR..]),
-            _ => self.net.stats.drop_unsupported += 1,
+        if let Some(ip) = self.net.rx_frame(us, f) {
+            self.rx_ipv4(now, ip);
         }
     }
 
     fn rx_ipv4(&mut self, now: Instant, p: &[u8]) {
         let Ok(ip) = Ipv4Packet::new_checked(p) else {
-            self.net.stats.drop_malformed += 1;
+            self.net.stats_mut().drop_malformed += 1;
             return;
         };
         if ip.version() != 4 || !ip.verify_checksum() {
-            self.net.stats.drop_malformed += 1;
+            self.net.stats_mut().drop_malformed += 1;
             return;
         }
         let src = ip.src_addr();
         let dst = ip.dst_addr();
-        if dst != self.net.addr.addr {
-            self.net.stats.drop_not_ours += 1;
+        if dst != self.net.addr().addr {
+            self.net.stats_mut().drop_not_ours += 1;
             return;
         }
         if src.is_broadcast()
             || src.is_multicast()
             || src.is_unspecified()
-            || src == self.net.addr.broadcast()
+            || src == self.net.addr().broadcast()
         {
-            self.net.stats.drop_malformed += 1;
+            self.net.stats_mut().drop_malformed += 1;
             return;
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
-            self.net.stats.drop_fragment += 1;
+            self.net.stats_mut().drop_fragment += 1;
             return;
         }
         let total = usize::from(ip.total_len());
@@ -963,22 +939,22 @@ impl<L: Link> Stack<L> {
                 self.rx_tcp(now, packet, src, usize::from(ip.header_len()))
             }
             smoltcp::wire::IpProtocol::Icmp => self.control_input(now, packet),
-            _ => self.net.stats.drop_unsupported += 1,
+            _ => self.net.stats_mut().drop_unsupported += 1,
         }
     }
 
     fn rx_tcp(&mut self, now: Instant, packet: &[u8], src: Ipv4Addr, ihl: usize) {
         let Ok(tcp) = TcpPacket::new_checked(&packet[ihl..]) else {
-            self.net.stats.drop_malformed += 1;
+            self.net.stats_mut().drop_malformed += 1;
             return;
         };
         if !crate::csum::tcp_checksum_ok(packet, ihl) {
-            self.net.stats.drop_bad_checksum += 1;
+            self.net.stats_mut().drop_bad_checksum += 1;
             return;
         }
         let (sport, dport) = (tcp.src_port(), tcp.dst_port());
         if sport == 0 || dport == 0 {
-            self.net.stats.drop_malformed += 1;
+            self.net.stats_mut().drop_malformed += 1;
             return;
         }
         let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
@@ -1002,7 +978,7 @@ impl<L: Link> Stack<L> {
                     // Its SYN-ACK was lost or is late. smoltcp ignores the SYN and would resend
                     // the SYN-ACK only on its timer; Linux (tcp_check_req) resends it now.
                     c.skip_to_smoltcp_timer(now);
-                    self.net.stats.tcp_dup_syn_answered += 1;
+                    self.net.stats_mut().tcp_dup_syn_answered += 1;
                 }
                 let payload = packet
                     .len()
@@ -1015,7 +991,7 @@ impl<L: Link> Stack<L> {
                     let end = (tcp.seq_number().0 as u32).wrapping_add(payload as u32);
                     let st = c.sockets.get::<tcp::Socket>(c.handle).state();
                     if matches!(st, tcp::State::FinWait1 | tcp::State::FinWait2)
-                        && c.rec.peer_next().is_none_or(|n| crate::net::seq_lt(n, end))
+                        && c.rec.peer_next().is_none_or(|n| crate::seq::seq_lt(n, end))
                     {
                         c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
                         self.poll_conn(now, idx, None, false);
@@ -1054,7 +1030,7 @@ impl<L: Link> Stack<L> {
         if syn_only {
             if let Some(l) = self.listeners.get(&dport) {
                 if l.pending >= l.backlog {
-                    self.net.stats.drop_syn_backlog += 1;
+                    self.net.stats_mut().drop_syn_backlog += 1;
                     return;
                 }
                 let opts = l.opts;
@@ -1093,7 +1069,7 @@ impl<L: Link> Stack<L> {
         }
         // No connection wants it: smoltcp's control interface answers with RST (never to a RST).
         if !tcp.rst() {
-            self.net.stats.tcp_rst_sent += 1;
+            self.net.stats_mut().tcp_rst_sent += 1;
         }
         self.control_input(now, packet);
     }
@@ -1169,7 +1145,10 @@ impl<L: Link> Stack<L> {
         let mut cfg = IfaceConfig::new(HardwareAddress::Ip);
         cfg.random_seed = self.next_seed();
         let mut iface = Interface::new(cfg, &mut CapsDev(self.conn_caps.clone()), now);
-        let cidr = IpCidr::new(IpAddress::Ipv4(self.net.addr.addr), self.net.addr.prefix);
+        let cidr = IpCidr::new(
+            IpAddress::Ipv4(self.net.addr().addr),
+            self.net.addr().prefix,
+        );
         iface.update_ip_addrs(|a| {
             let _ = a.push(cidr);
         });
@@ -1227,7 +1206,7 @@ impl<L: Link> Stack<L> {
         self.demux.insert(k, idx);
         self.live += 1;
         self.shm.states.add(state);
-        self.net.stats.conns_opened += 1;
+        self.net.stats_mut().conns_opened += 1;
         Ok(idx)
     }
 
@@ -1246,7 +1225,7 @@ impl<L: Link> Stack<L> {
         self.free.push(idx);
         self.live -= 1;
         self.shm.states.remove(c.last_state);
-        self.net.stats.conns_freed += 1;
+        self.net.stats_mut().conns_freed += 1;
     }
 
     /// Runs one connection's interface: ingress of `rx` if given, then egress; then updates
@@ -1265,7 +1244,7 @@ impl<L: Link> Stack<L> {
             .as_mut()
             .expect("polled slot is live");
         if c.handshake.is_some_and(|h| h.expires <= us) {
-            self.net.stats.syn_recv_expired += 1;
+            self.net.stats_mut().syn_recv_expired += 1;
             self.free_conn(idx);
             return;
         }
@@ -1276,7 +1255,7 @@ impl<L: Link> Stack<L> {
             tracing::debug!(peer = %c.peer, app_closed = c.app_closed, "giving up on the connection");
             c.timed_out = true;
             c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
-            self.net.stats.tcp_timeouts += 1;
+            self.net.stats_mut().tcp_timeouts += 1;
         }
         if c.rec.deadline().is_some_and(|d| d <= us) {
             // Our retransmission timer, with data outstanding: bring smoltcp's own
@@ -1293,7 +1272,7 @@ impl<L: Link> Stack<L> {
                 "retransmission timeout (assisted)"
             );
             c.rec.on_timeout(us);
-            self.net.stats.tcp_rto_assists += 1;
+            self.net.stats_mut().tcp_rto_assists += 1;
         }
         if let Some((k, due)) = c.keepalive {
             let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
@@ -1494,7 +1473,7 @@ impl<L: Link> Stack<L> {
     /// Hands smoltcp duplicate ACKs (at most three) until it retransmits the first
     /// unacknowledged segment; see recovery.rs for why.
     fn provoke_fast_retransmit(&mut self, now: Instant, idx: u32) {
-        self.net.stats.tcp_fast_retransmit_assists += 1;
+        self.net.stats_mut().tcp_fast_retransmit_assists += 1;
         let gen = self.slots[idx as usize].gen;
         let mut seg = [0u8; 40];
         for _ in 0..3 {
@@ -1503,7 +1482,7 @@ impl<L: Link> Stack<L> {
                 return;
             };
             let seq = match (c.track.last_ack_sent, c.rec.peer_next()) {
-                (Some(a), Some(p)) if crate::net::seq_lt(a, p) => p,
+                (Some(a), Some(p)) if crate::seq::seq_lt(a, p) => p,
                 (a, p) => match a.or(p) {
                     Some(x) => x,
                     None => return,
@@ -1512,11 +1491,11 @@ impl<L: Link> Stack<L> {
             let (Some(una), Some(max)) = (c.rec.snd_una(), c.track.snd_max) else {
                 return;
             };
-            if !crate::net::seq_lt(una, max) {
+            if !crate::seq::seq_lt(una, max) {
                 return;
             }
             let before = c.track.retransmits;
-            let local = SocketAddrV4::new(self.net.addr.addr, c.local_port);
+            let local = SocketAddrV4::new(self.net.addr().addr, c.local_port);
             synth_ack(&mut seg, c.peer, local, seq, una, c.rec.window_raw());
             self.poll_conn(now, idx, Some(&seg), false);
             let slot = &self.slots[idx as usize];
@@ -1649,7 +1628,7 @@ impl<L: Link> Stack<L> {
         {
             return Err(SockError::Invalid);
         }
-        if !self.net.addr.contains(*remote.ip()) && self.net.gateway.is_none() {
+        if !self.net.addr().contains(*remote.ip()) && self.net.gateway().is_none() {
             return Err(SockError::NetUnreachable);
         }
         let span = EPHEMERAL.end - EPHEMERAL.start;
@@ -1672,7 +1651,7 @@ impl<L: Link> Stack<L> {
         }
         let local_port = port.ok_or(SockError::AddrNotAvail)?;
         let k = key(*remote.ip(), remote.port(), local_port);
-        let local = IpEndpoint::new(IpAddress::Ipv4(self.net.addr.addr), local_port);
+        let local = IpEndpoint::new(IpAddress::Ipv4(self.net.addr().addr), local_port);
         let remote_ep = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
         // connect() needs the interface's context, so the socket is opened after the
         // connection (and its interface) exists.
@@ -1723,7 +1702,7 @@ impl<L: Link> Stack<L> {
 
     pub fn local_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
         Ok(SocketAddrV4::new(
-            self.net.addr.addr,
+            self.net.addr().addr,
             self.conn(id)?.local_port,
         ))
     }
