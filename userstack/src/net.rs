@@ -543,3 +543,6 @@ pub fn write_eth(buf: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
 fn ipv4_dst(ip: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])
 }
+
+#[cfg(test)]
+mod tests;

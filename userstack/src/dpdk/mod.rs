@@ -3,11 +3,11 @@
 //! without a copy, transmitted frames written into fresh mbufs and sent in one burst per poll.
 //!
 //! All of the stack's unsafe code is in this module:
-//! - [`eal`]: the EAL command line from the configuration, and starting the EAL;
-//! - [`mbuf`]: the mbuf a frame lives in, received or to transmit;
-//! - [`wake`]: wake-up fds for drivers without one (af_packet's filter, af_xdp's socket);
-//! - [`netdev`]: ioctls on the kernel side of a port (tap address, queue length);
-//! - [`link`]: the started port, [`DpdkLink`], and its transmit backlog.
+//! - `eal`: the EAL command line from the configuration, and starting the EAL;
+//! - `mbuf`: the mbuf a frame lives in, received or to transmit;
+//! - `wake`: wake-up fds for drivers without one (af_packet's filter, af_xdp's socket);
+//! - `netdev`: ioctls on the kernel side of a port (tap address, queue length);
+//! - `link`: the started port, [`DpdkLink`], and its transmit backlog.
 
 use std::ffi::CStr;
 use std::fmt;
