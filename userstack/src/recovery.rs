@@ -47,7 +47,7 @@ pub struct Recovery {
     /// Since when the oldest outstanding data has waited for an ACK.
     stalled_since: Option<Micros>,
     /// Since when data has been outstanding with no segment at all from the peer (an answered
-    /// zero-window probe or a duplicate ACK counts as heard): when to give up (stack.rs).
+    /// zero-window probe or a duplicate ACK counts as heard): when to give up (stack/conn.rs).
     silent_since: Option<Micros>,
     backoff: u32,
     /// The end of the highest sequence the peer has sent: a synthetic ACK carries it, so it is

@@ -17,6 +17,7 @@ use super::{Slot, Stack};
 use crate::link::Link;
 use crate::net::{Micros, TxTrack};
 use crate::recovery::{synth_ack, Recovery};
+use crate::stats::Stats;
 
 /// A retransmitted SYN is answered with the SYN-ACK at once, at most this often per connection
 /// (Linux's tcp_invalid_ratelimit).
@@ -146,6 +147,48 @@ impl Conn {
         }
         h.answered = Some(us);
         true
+    }
+
+    /// The stack's own timers of this connection that are due, before its interface runs:
+    /// giving up on it (see the constants), our retransmission timer (brought to smoltcp), and
+    /// keepalive handed to smoltcp when due (see `Stack::set_keepalive`). One step of
+    /// `poll_conn`, inlined there.
+    #[inline(always)]
+    fn due_timers(&mut self, now: Instant, us: Micros, stats: &mut Stats) {
+        if self.rec.deadline().is_some_and(|d| d <= us) && !self.outstanding() {
+            self.rec.stop();
+        }
+        if !self.timed_out && self.give_up_at().is_some_and(|t| t <= us) {
+            tracing::debug!(peer = %self.peer, app_closed = self.app_closed, "giving up on the connection");
+            self.timed_out = true;
+            self.sockets.get_mut::<tcp::Socket>(self.handle).abort();
+            stats.tcp_timeouts += 1;
+        }
+        if self.rec.deadline().is_some_and(|d| d <= us) {
+            // Our retransmission timer, with data outstanding: bring smoltcp's own
+            // retransmission time forward to now. (With nothing outstanding smoltcp's next timer
+            // is another one, keepalive or TIME-WAIT, which must not be brought forward.)
+            self.skip_to_smoltcp_timer(now);
+            tracing::debug!(
+                peer = %self.peer,
+                una = ?self.rec.snd_una(),
+                max = ?self.track.snd_max,
+                retx = self.track.retransmits,
+                state = %self.sockets.get::<tcp::Socket>(self.handle).state(),
+                sendq = self.sockets.get::<tcp::Socket>(self.handle).send_queue(),
+                "retransmission timeout (assisted)"
+            );
+            self.rec.on_timeout(us);
+            stats.tcp_rto_assists += 1;
+        }
+        if let Some((k, due)) = self.keepalive {
+            let sock = self.sockets.get_mut::<tcp::Socket>(self.handle);
+            if due <= us || sock.send_queue() > 0 {
+                self.keepalive = None;
+                sock.set_keep_alive(Some(to_sdur(k.idle)));
+                sock.set_timeout(Some(to_sdur(k.idle + k.intvl * k.cnt)));
+            }
+        }
     }
 
     /// Moves this connection's clock forward to smoltcp's next timer, so that what smoltcp
@@ -298,40 +341,7 @@ impl<L: Link> Stack<L> {
             self.free_conn(idx);
             return;
         }
-        if c.rec.deadline().is_some_and(|d| d <= us) && !c.outstanding() {
-            c.rec.stop();
-        }
-        if !c.timed_out && c.give_up_at().is_some_and(|t| t <= us) {
-            tracing::debug!(peer = %c.peer, app_closed = c.app_closed, "giving up on the connection");
-            c.timed_out = true;
-            c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
-            self.net.stats_mut().tcp_timeouts += 1;
-        }
-        if c.rec.deadline().is_some_and(|d| d <= us) {
-            // Our retransmission timer, with data outstanding: bring smoltcp's own
-            // retransmission time forward to now. (With nothing outstanding smoltcp's next timer
-            // is another one, keepalive or TIME-WAIT, which must not be brought forward.)
-            c.skip_to_smoltcp_timer(now);
-            tracing::debug!(
-                peer = %c.peer,
-                una = ?c.rec.snd_una(),
-                max = ?c.track.snd_max,
-                retx = c.track.retransmits,
-                state = %c.sockets.get::<tcp::Socket>(c.handle).state(),
-                sendq = c.sockets.get::<tcp::Socket>(c.handle).send_queue(),
-                "retransmission timeout (assisted)"
-            );
-            c.rec.on_timeout(us);
-            self.net.stats_mut().tcp_rto_assists += 1;
-        }
-        if let Some((k, due)) = c.keepalive {
-            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-            if due <= us || sock.send_queue() > 0 {
-                c.keepalive = None;
-                sock.set_keep_alive(Some(to_sdur(k.idle)));
-                sock.set_timeout(Some(to_sdur(k.idle + k.intvl * k.cnt)));
-            }
-        }
+        c.due_timers(now, us, self.net.stats_mut());
         let vnow = now + SDuration::from_micros(c.skew as u64);
         let mut dev = IpDev {
             rx,
