@@ -8,7 +8,7 @@
 //!   22.11 does not export it, the link finds it among the process's fds). net_af_packet has
 //!   none, so the link opens its own AF_PACKET socket on the interface, with a filter that
 //!   keeps frames only while the loop is blocked (`Stack::arm_wake` / `disarm_wake`, see
-//!   dpdk.rs);
+//!   dpdk/wake.rs);
 //! - on devices without one (net_memif: shared memory, no kernel to wake us), in a sleep that
 //!   starts at 20 µs and doubles while nothing happens,
 //!   up to `MTCP_IDLE_SLEEP_US` (2 ms by default): a long idle period costs ~500 wake-ups a

@@ -17,8 +17,6 @@ pub use mtcp_common::config;
 pub mod dpdk;
 pub mod epoll;
 pub mod faults;
-#[cfg(test)]
-mod handshake_tests;
 pub mod idle;
 pub mod link;
 pub mod net;
@@ -26,10 +24,9 @@ pub mod pcap;
 #[allow(unsafe_code)]
 mod prefetch;
 pub mod recovery;
+pub mod seq;
 pub mod stack;
 pub mod stats;
-#[cfg(test)]
-mod tests;
 
 pub use config::Config;
 pub use stack::{ConnId, Event, Keepalive, Readiness, SockError, Stack, TcpOptions};

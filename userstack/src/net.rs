@@ -1,5 +1,6 @@
-//! The Ethernet/ARP layer shared by every connection: frame building, neighbour resolution,
-//! routing to the gateway, pcap and fault injection on the way out.
+//! The Ethernet/ARP layer shared by every connection: received frames checked, counted and
+//! captured (ARP answered and learnt here, IPv4 handed to the stack's demux); frame building,
+//! neighbour resolution, routing to the gateway, pcap and fault injection on the way out.
 //!
 //! smoltcp runs with `Medium::Ip` inside each connection; this layer adds and strips the
 //! Ethernet header, so ARP lives in one table for the whole stack instead of one per
@@ -12,6 +13,7 @@ use crate::config::Cidr;
 use crate::faults::{FaultAction, FaultInjector};
 use crate::link::{Link, TxFrame};
 use crate::pcap::PcapWriter;
+use crate::seq::count_retransmit;
 use crate::stats::Stats;
 
 pub const ETH_HDR: usize = 14;
@@ -66,17 +68,17 @@ struct HopCache {
 }
 
 pub struct Net<L: Link> {
-    pub link: L,
-    pub mac: [u8; 6],
-    pub addr: Cidr,
-    pub gateway: Option<Ipv4Addr>,
-    pub stats: Stats,
+    link: L,
+    mac: [u8; 6],
+    addr: Cidr,
+    gateway: Option<Ipv4Addr>,
+    stats: Stats,
     neighbors: HashMap<Ipv4Addr, Neighbor, foldhash::fast::RandomState>,
     unresolved: usize,
     /// Earliest pending ARP retry.
     arp_deadline: Option<Micros>,
-    pub pcap: Option<PcapWriter>,
-    pub faults: Option<FaultInjector>,
+    pcap: Option<PcapWriter>,
+    faults: Option<FaultInjector>,
     held_tx: Option<L::Tx>,
     scratch: Vec<u8>,
     /// Moves whenever a neighbour's MAC changes: connections' cached next hops are stale then.
@@ -108,6 +110,53 @@ impl<L: Link> Net<L> {
             scratch: Vec::new(),
             hop_epoch: 0,
         }
+    }
+
+    #[inline]
+    pub(crate) fn link(&self) -> &L {
+        &self.link
+    }
+
+    #[inline]
+    pub(crate) fn link_mut(&mut self) -> &mut L {
+        &mut self.link
+    }
+
+    #[inline]
+    pub(crate) fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    #[inline]
+    pub(crate) fn addr(&self) -> Cidr {
+        self.addr
+    }
+
+    #[inline]
+    pub(crate) fn gateway(&self) -> Option<Ipv4Addr> {
+        self.gateway
+    }
+
+    /// The stack's counters: this layer counts frames and drops, the layers above count theirs
+    /// here too.
+    #[inline]
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    #[inline]
+    pub(crate) fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
+    /// Captures every frame received and sent from now on (`None`: stops capturing).
+    pub(crate) fn set_pcap(&mut self, pcap: Option<PcapWriter>) {
+        self.pcap = pcap;
+    }
+
+    /// Injects faults into the frames received and sent from now on (`None`: a clean link).
+    pub(crate) fn set_faults(&mut self, faults: Option<FaultInjector>) {
+        self.faults = faults;
     }
 
     pub fn arp_deadline(&self) -> Option<Micros> {
@@ -370,6 +419,49 @@ impl<L: Link> Net<L> {
         self.emit_now(frame);
     }
 
+    /// What fault injection does to a received frame (counted here); `Pass` on a clean link.
+    /// The caller holds a reordered frame back.
+    #[inline]
+    pub(crate) fn rx_fault(&mut self) -> FaultAction {
+        let action = self
+            .faults
+            .as_mut()
+            .map_or(FaultAction::Pass, |f| f.decide());
+        match action {
+            FaultAction::Pass => {}
+            FaultAction::Drop => self.stats.fault_dropped += 1,
+            FaultAction::Duplicate => self.stats.fault_duplicated += 1,
+            FaultAction::Reorder => self.stats.fault_reordered += 1,
+        }
+        action
+    }
+
+    /// One received Ethernet frame: counted and captured; ARP is handled here, and the IPv4
+    /// packet of a frame for our MAC (or broadcast) is returned for the stack's demux.
+    #[inline]
+    pub(crate) fn rx_frame<'f>(&mut self, now: Micros, f: &'f [u8]) -> Option<&'f [u8]> {
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += f.len() as u64;
+        if let Some(p) = self.pcap.as_mut() {
+            p.record(f, &mut self.stats);
+        }
+        if f.len() < ETH_HDR {
+            self.stats.drop_malformed += 1;
+            return None;
+        }
+        let dst: [u8; 6] = f[0..6].try_into().expect("6 bytes");
+        if dst != self.mac && dst != BROADCAST_MAC {
+            self.stats.drop_not_ours += 1;
+            return None;
+        }
+        match u16::from_be_bytes([f[12], f[13]]) {
+            ETHERTYPE_IPV4 => return Some(&f[ETH_HDR..]),
+            ETHERTYPE_ARP => self.rx_arp(now, &f[ETH_HDR..]),
+            _ => self.stats.drop_unsupported += 1,
+        }
+        None
+    }
+
     /// Handles an ARP packet (the Ethernet payload).
     pub fn rx_arp(&mut self, now: Micros, p: &[u8]) {
         if p.len() < 28
@@ -452,42 +544,5 @@ fn ipv4_dst(ip: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])
 }
 
-/// Compares sequence numbers modulo 2^32.
-pub fn seq_lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
-
-fn count_retransmit(ip: &[u8], t: &mut TxTrack, stats: &mut Stats) {
-    if ip.len() < 20 || ip[9] != 6 {
-        return;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
-    if total < ihl + 20 {
-        return;
-    }
-    let tcp = &ip[ihl..total];
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    let flags = tcp[13];
-    if flags & 0x10 != 0 {
-        t.last_ack_sent = Some(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]));
-    }
-    let seg_len = tcp.len().saturating_sub(doff) as u32
-        + u32::from(flags & 0x02 != 0)
-        + u32::from(flags & 0x01 != 0);
-    if seg_len == 0 {
-        return;
-    }
-    let end = seq.wrapping_add(seg_len);
-    match t.snd_max {
-        Some(max) if seq_lt(seq, max) => {
-            stats.tcp_retransmits += 1;
-            t.retransmits = t.retransmits.wrapping_add(1);
-            if seq_lt(max, end) {
-                t.snd_max = Some(end);
-            }
-        }
-        _ => t.snd_max = Some(end),
-    }
-}
+#[cfg(test)]
+mod tests;

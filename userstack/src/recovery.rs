@@ -17,7 +17,8 @@
 
 use smoltcp::wire::TcpPacket;
 
-use crate::net::{seq_lt, Micros};
+use crate::net::Micros;
+use crate::seq::seq_lt;
 
 /// Default retransmission timeout floor (MTCP_RTO_MIN_MS): Linux's 200 ms. It must stay above
 /// the peers' delayed-ACK timer (Linux: 40 ms and more; others up to 200 ms): with a 30 ms
@@ -46,7 +47,7 @@ pub struct Recovery {
     /// Since when the oldest outstanding data has waited for an ACK.
     stalled_since: Option<Micros>,
     /// Since when data has been outstanding with no segment at all from the peer (an answered
-    /// zero-window probe or a duplicate ACK counts as heard): when to give up (stack.rs).
+    /// zero-window probe or a duplicate ACK counts as heard): when to give up (stack/conn.rs).
     silent_since: Option<Micros>,
     backoff: u32,
     /// The end of the highest sequence the peer has sent: a synthetic ACK carries it, so it is

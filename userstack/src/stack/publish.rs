@@ -160,7 +160,7 @@ impl<L: Link> Stack<L> {
     /// The loop is going to sleep (blocked on the wake-up fd, or a timed sleep on devices
     /// without one): counted in `sleeps`, and the next poll tells whether frames woke it.
     pub fn note_sleep(&mut self) {
-        self.net.stats.sleeps += 1;
+        self.net.stats_mut().sleeps += 1;
         self.shm.slept = true;
     }
 
@@ -189,7 +189,7 @@ impl<L: Link> Stack<L> {
     pub(super) fn publish(&mut self, now_us: Micros) {
         self.shm.last_us = now_us;
         let stats = self.stats();
-        let link = self.net.link.counters();
+        let link = self.net.link().counters();
         let mut values = [0u64; VALUES];
         values[..Stats::COUNT].copy_from_slice(&stats.values());
         let extra = [
@@ -197,7 +197,7 @@ impl<L: Link> Stack<L> {
             link.pool_in_use,
             link.pool_size.saturating_sub(link.pool_in_use),
             link.pool_size,
-            self.net.link.tx_pending() as u64,
+            self.net.link().tx_pending() as u64,
             self.live as u64,
             self.listeners.len() as u64,
         ];

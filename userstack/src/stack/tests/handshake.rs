@@ -15,9 +15,9 @@ use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
+use super::{opts, stack_on, CLIENT_MAC as PEER_MAC, SERVER_MAC};
 use crate::link::{Link, MemLink, VecFrame};
 use crate::stack::{ConnId, Keepalive, SockError, Stack};
-use crate::tests::{opts, stack_on, CLIENT_MAC as PEER_MAC, SERVER_MAC};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

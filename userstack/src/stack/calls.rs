@@ -1,0 +1,435 @@
+//! The socket calls: listen, accept, connect, recv, send, shutdown, close, the options and
+//! the queries an application makes of a connection, and the events it takes.
+
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+use super::api::{ConnId, Event, Keepalive, Readiness, SockError, TcpOptions};
+use super::conn::{readiness, Conn, Origin, CONNECT_TIMEOUT_US};
+use super::demux::key;
+use super::{Listener, Stack, EPHEMERAL};
+use crate::link::Link;
+use crate::net::Micros;
+
+/// Linux's default `net.core.somaxconn`.
+pub const SOMAXCONN: usize = 4096;
+
+impl<L: Link> Stack<L> {
+    /// Moves the pending events into `out` (cleared first).
+    pub fn take_events(&mut self, out: &mut Vec<Event>) {
+        out.clear();
+        std::mem::swap(out, &mut self.events);
+        for e in out.iter_mut() {
+            if let Event::Conn(id, ready) = e {
+                if let Some(c) = self.slots[id.slot as usize].conn.as_mut() {
+                    c.event_queued = false;
+                    // What the connection's last poll_conn computed. Application calls since
+                    // then (an event queued by `flush` waits for the next poll) can only have
+                    // cleared bits: recv (readable), send (writable), SO_ERROR (error); epoll
+                    // re-reads the readiness of every candidate it reports.
+                    *ready = c.last_ready;
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- sockets
+
+    /// Listens on `port` (all of the stack's addresses). Backlog as in listen(2): capped at
+    /// SOMAXCONN, at least 1.
+    pub fn listen(&mut self, port: u16, backlog: usize, opts: TcpOptions) -> Result<(), SockError> {
+        if port == 0 {
+            return Err(SockError::Invalid);
+        }
+        if self.listeners.contains_key(&port) {
+            return Err(SockError::AddrInUse);
+        }
+        let backlog = backlog.clamp(1, SOMAXCONN);
+        self.listeners.insert(
+            port,
+            Listener {
+                backlog,
+                pending: 0,
+                queue: VecDeque::new(),
+                opts,
+            },
+        );
+        Ok(())
+    }
+
+    /// Changes a listener's backlog (listen(2) called again).
+    pub fn set_backlog(&mut self, port: u16, backlog: usize) -> Result<(), SockError> {
+        let l = self.listeners.get_mut(&port).ok_or(SockError::Invalid)?;
+        l.backlog = backlog.clamp(1, SOMAXCONN);
+        Ok(())
+    }
+
+    /// Stops listening; connections not yet accepted are reset, as Linux does.
+    pub fn unlisten(&mut self, port: u16) {
+        let Some(mut l) = self.listeners.remove(&port) else {
+            return;
+        };
+        let victims: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.conn
+                    .as_ref()
+                    .is_some_and(|c| c.origin == Origin::Passive(port))
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        l.queue.clear();
+        for idx in victims {
+            let c = self.slots[idx as usize].conn.as_mut().expect("live");
+            c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+            c.origin = Origin::Owned;
+            c.app_closed = true;
+            self.mark_dirty(idx);
+        }
+    }
+
+    pub fn accept_queue_len(&self, port: u16) -> usize {
+        self.listeners.get(&port).map_or(0, |l| l.queue.len())
+    }
+
+    /// Takes the next established connection from the listener's queue.
+    pub fn accept(&mut self, port: u16) -> Result<(ConnId, SocketAddrV4), SockError> {
+        loop {
+            let l = self.listeners.get_mut(&port).ok_or(SockError::Invalid)?;
+            let id = l.queue.pop_front().ok_or(SockError::WouldBlock)?;
+            let slot = &mut self.slots[id.slot as usize];
+            if slot.gen != id.gen {
+                continue; // reset while queued and already freed
+            }
+            let Some(c) = slot.conn.as_mut() else {
+                continue;
+            };
+            l.pending = l.pending.saturating_sub(1);
+            c.origin = Origin::Owned;
+            let sock = c.sockets.get::<tcp::Socket>(c.handle);
+            c.last_ready = readiness(sock, c);
+            c.last_recv_queue = sock.recv_queue();
+            return Ok((id, c.peer));
+        }
+    }
+
+    /// Opens a connection to `remote` from an ephemeral port.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddrV4,
+        opts: TcpOptions,
+    ) -> Result<ConnId, SockError> {
+        if remote.port() == 0
+            || remote.ip().is_unspecified()
+            || remote.ip().is_broadcast()
+            || remote.ip().is_multicast()
+        {
+            return Err(SockError::Invalid);
+        }
+        if !self.net.addr().contains(*remote.ip()) && self.net.gateway().is_none() {
+            return Err(SockError::NetUnreachable);
+        }
+        let span = EPHEMERAL.end - EPHEMERAL.start;
+        let mut port = None;
+        for _ in 0..span {
+            let p = self.next_ephemeral;
+            self.next_ephemeral = if p + 1 >= EPHEMERAL.end {
+                EPHEMERAL.start
+            } else {
+                p + 1
+            };
+            if !self.listeners.contains_key(&p)
+                && !self
+                    .demux
+                    .contains_key(&key(*remote.ip(), remote.port(), p))
+            {
+                port = Some(p);
+                break;
+            }
+        }
+        let local_port = port.ok_or(SockError::AddrNotAvail)?;
+        let k = key(*remote.ip(), remote.port(), local_port);
+        let local = IpEndpoint::new(IpAddress::Ipv4(self.net.addr().addr), local_port);
+        let remote_ep = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
+        // connect() needs the interface's context, so the socket is opened after the
+        // connection (and its interface) exists.
+        let idx = self.new_conn(now, k, remote, local_port, Origin::Owned, &opts, |_| Ok(()))?;
+        let c = self.slots[idx as usize]
+            .conn
+            .as_mut()
+            .expect("just created");
+        let cx = c.iface.context();
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        if sock.connect(cx, remote_ep, local).is_err() {
+            self.free_conn(idx);
+            return Err(SockError::Invalid);
+        }
+        self.shm.states.moved(c.last_state, tcp::State::SynSent);
+        c.last_state = tcp::State::SynSent;
+        c.connect_expires = Some(now.total_micros() as Micros + CONNECT_TIMEOUT_US);
+        let gen = self.slots[idx as usize].gen;
+        self.mark_dirty(idx);
+        Ok(ConnId { slot: idx, gen })
+    }
+
+    fn conn(&self, id: ConnId) -> Result<&Conn, SockError> {
+        let slot = self
+            .slots
+            .get(id.slot as usize)
+            .ok_or(SockError::BadHandle)?;
+        match slot.conn.as_ref() {
+            Some(c) if slot.gen == id.gen && !c.app_closed => Ok(c),
+            _ => Err(SockError::BadHandle),
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Result<&mut Conn, SockError> {
+        let slot = self
+            .slots
+            .get_mut(id.slot as usize)
+            .ok_or(SockError::BadHandle)?;
+        match slot.conn.as_mut() {
+            Some(c) if slot.gen == id.gen && !c.app_closed => Ok(c),
+            _ => Err(SockError::BadHandle),
+        }
+    }
+
+    pub fn peer_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
+        Ok(self.conn(id)?.peer)
+    }
+
+    pub fn local_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
+        Ok(SocketAddrV4::new(
+            self.net.addr().addr,
+            self.conn(id)?.local_port,
+        ))
+    }
+
+    /// The TCP state of a slot's connection, also after the application closed it (diagnostics).
+    pub fn slot_state(&self, id: ConnId) -> Option<(tcp::State, bool, usize)> {
+        let slot = self.slots.get(id.slot as usize)?;
+        let c = slot.conn.as_ref().filter(|_| slot.gen == id.gen)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        Some((sock.state(), c.dirty, sock.recv_queue()))
+    }
+
+    pub fn state(&self, id: ConnId) -> Result<tcp::State, SockError> {
+        let c = self.conn(id)?;
+        Ok(c.sockets.get::<tcp::Socket>(c.handle).state())
+    }
+
+    pub fn readiness(&self, id: ConnId) -> Result<Readiness, SockError> {
+        let c = self.conn(id)?;
+        Ok(readiness(c.sockets.get::<tcp::Socket>(c.handle), c))
+    }
+
+    /// Bytes waiting to be read (FIONREAD).
+    pub fn recv_queue(&self, id: ConnId) -> Result<usize, SockError> {
+        let c = self.conn(id)?;
+        Ok(c.sockets.get::<tcp::Socket>(c.handle).recv_queue())
+    }
+
+    /// Reads into `buf`. `Ok(0)` is end of stream (the peer's FIN, after all data). A
+    /// connection that ended in error reports the error once, then end of stream.
+    pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, SockError> {
+        self.recv_inner(id, buf, false)
+    }
+
+    /// recv(MSG_PEEK): copies without consuming.
+    pub fn peek(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, SockError> {
+        self.recv_inner(id, buf, true)
+    }
+
+    fn recv_inner(&mut self, id: ConnId, buf: &mut [u8], peek: bool) -> Result<usize, SockError> {
+        let rcvbuf_half;
+        let n = {
+            let c = self.conn_mut(id)?;
+            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+            rcvbuf_half = sock.recv_capacity() / 2;
+            let queued = sock.recv_queue();
+            if buf.is_empty() {
+                return Ok(0);
+            }
+            let got = if peek {
+                sock.peek_slice(buf)
+            } else {
+                sock.recv_slice(buf)
+            };
+            match got {
+                Ok(0) | Err(tcp::RecvError::InvalidState) | Err(tcp::RecvError::Finished) => {
+                    if let Some(e) = c.error.take() {
+                        return Err(e);
+                    }
+                    if c.failed {
+                        return Ok(0);
+                    }
+                    return match sock.state() {
+                        tcp::State::SynSent | tcp::State::SynReceived => Err(SockError::WouldBlock),
+                        tcp::State::Listen => Err(SockError::NotConnected),
+                        _ if sock.may_recv() && !c.rd_shut => Err(SockError::WouldBlock),
+                        _ => Ok(0),
+                    };
+                }
+                Ok(n) => {
+                    c.last_recv_queue = sock.recv_queue();
+                    (n, queued)
+                }
+            }
+        };
+        // Reading from a more than half full buffer may open the window enough to tell the
+        // peer now (smoltcp decides); otherwise the next segment carries the update.
+        if !peek && n.1 > rcvbuf_half {
+            self.mark_dirty(id.slot);
+        }
+        Ok(n.0)
+    }
+
+    /// Queues `data` for sending; it leaves on the next `poll` or `flush`.
+    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SockError> {
+        let n = {
+            let c = self.conn_mut(id)?;
+            if let Some(e) = c.error.take() {
+                return Err(e);
+            }
+            if c.failed {
+                return Err(SockError::Pipe);
+            }
+            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+            match sock.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => return Err(SockError::WouldBlock),
+                tcp::State::Listen => return Err(SockError::NotConnected),
+                _ => {}
+            }
+            if !sock.may_send() {
+                return Err(SockError::Pipe);
+            }
+            if data.is_empty() {
+                return Ok(0);
+            }
+            let n = match sock.send_slice(data) {
+                Ok(0) => return Err(SockError::WouldBlock),
+                Ok(n) => n,
+                Err(_) => return Err(SockError::Pipe),
+            };
+            if !sock.can_send() {
+                // Events are queued when a poll finds the readiness changed since the last
+                // one. The buffer is full now: if the next poll takes an ACK that frees room
+                // before it polls this write, it finds "writable" again, and must see that as a
+                // change, or a writer waiting for EPOLLOUT is never woken.
+                c.last_ready.writable = false;
+            }
+            n
+        };
+        self.mark_dirty(id.slot);
+        Ok(n)
+    }
+
+    /// shutdown(SHUT_RD): what is buffered (and what still arrives) can be read, and then reads
+    /// give end of stream instead of waiting; the socket is readable with RDHUP from now on
+    /// (the caller tells its epoll sets: no event is queued for its own call, as for `send`).
+    pub fn shutdown_read(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        // Linux sets the flag and still says ENOTCONN for a closed (e.g. reset) socket.
+        c.rd_shut = true;
+        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) {
+            return Err(SockError::NotConnected);
+        }
+        c.last_ready = readiness(sock, c);
+        Ok(())
+    }
+
+    /// shutdown(SHUT_WR): FIN after the queued data; reading goes on.
+    pub fn shutdown_write(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) {
+            return Err(SockError::NotConnected);
+        }
+        sock.close();
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
+    /// Sets TCP_NODELAY / keepalive on an open connection.
+    pub fn set_nodelay(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.sockets
+            .get_mut::<tcp::Socket>(c.handle)
+            .set_nagle_enabled(!on);
+        Ok(())
+    }
+
+    /// SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT, or off. smoltcp has one
+    /// keepalive interval and an inactivity timeout: the first probe goes after `idle` (then
+    /// every `idle`), and the connection is aborted (ETIMEDOUT) after `idle + intvl * cnt` without
+    /// hearing from the peer, which is when Linux gives up too.
+    ///
+    /// As on Linux the first probe goes out after `idle` without traffic. smoltcp, given a
+    /// keep-alive interval on an idle connection,
+    /// probes at once (its timer starts at time 0 until a segment moves it), which Redis's
+    /// SO_KEEPALIVE on every accepted client turned into a probe (and the client's duplicate
+    /// ACK) per connection, counted as a retransmission. So the setting waits: it is handed to
+    /// smoltcp just before the connection next sends (the send restarts smoltcp's idle timer)
+    /// or, if it stays silent, `idle` from now, when a probe is due anyway.
+    pub fn set_keepalive(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        ka: Option<Keepalive>,
+    ) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        match ka {
+            Some(k) => {
+                let due = now.total_micros() as Micros + k.idle.as_micros() as Micros;
+                c.keepalive = Some((k, due));
+                // Polled once so that its timer includes `due` (a silent connection is
+                // polled again only then).
+                self.mark_dirty(id.slot);
+            }
+            None => {
+                c.keepalive = None;
+                let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+                sock.set_keep_alive(None);
+                sock.set_timeout(None);
+            }
+        }
+        Ok(())
+    }
+
+    /// getsockopt(SO_ERROR): the pending error, cleared by reading it.
+    pub fn take_error(&mut self, id: ConnId) -> Result<Option<SockError>, SockError> {
+        Ok(self.conn_mut(id)?.error.take())
+    }
+
+    /// close(2): the handle is dead at once; queued data is still delivered, then FIN, unless
+    /// unread data is left, in which case the connection is reset (as Linux does).
+    pub fn close(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.app_closed = true;
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        if sock.recv_queue() > 0 {
+            sock.abort();
+        } else {
+            sock.close();
+        }
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
+    /// close(2) with SO_LINGER {on, 0}: reset now.
+    pub fn abort(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.app_closed = true;
+        c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+}

@@ -1,0 +1,601 @@
+//! A connection: its state (one smoltcp interface and socket, its timers, what its
+//! application was told), its creation and end, and its lifecycle: `poll_conn` runs its
+//! interface and turns what happened into timers, events and the listener's accept queue.
+//! Linux's timeouts (give up, unanswered connect, orphans) and its readiness rules live here.
+
+use std::cmp::Reverse;
+use std::net::SocketAddrV4;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration as SDuration, Instant};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, TcpPacket};
+
+use super::api::{to_sdur, ConnId, Event, Keepalive, Readiness, SockError, TcpOptions};
+use super::device::{CapsDev, IpDev};
+use super::{Slot, Stack};
+use crate::link::Link;
+use crate::net::{Micros, TxTrack};
+use crate::recovery::{synth_ack, Recovery};
+use crate::stats::Stats;
+
+/// A retransmitted SYN is answered with the SYN-ACK at once, at most this often per connection
+/// (Linux's tcp_invalid_ratelimit).
+const DUP_SYN_ANSWER_GAP_US: Micros = 500_000;
+
+/// Give up on a connection whose data has been unacknowledged, with nothing at all heard
+/// from the peer, for this long: Linux's tcp_retries2 (15) with a 200 ms minimum RTO comes to
+/// 924.6 s. A peer that answers (zero-window probes, duplicate ACKs) is not given up on.
+const GIVE_UP_US: Micros = 924_600_000;
+/// The same for an orphan (the application closed it): Linux gives orphans tcp_orphan_retries
+/// (8 at its default of 0), ~100 s; 60 s here, as tcp_fin_timeout.
+const ORPHAN_GIVE_UP_US: Micros = 60_000_000;
+/// An unanswered connect: Linux's tcp_syn_retries (6) with a 1 s initial RTO, 127 s.
+pub(super) const CONNECT_TIMEOUT_US: Micros = 127_000_000;
+/// An orphan in FIN-WAIT-2 (our FIN acknowledged, the peer's never comes): tcp_fin_timeout.
+const FIN_TIMEOUT_US: Micros = 60_000_000;
+
+/// A passive open's handshake, while the connection is in SYN-RECEIVED.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Handshake {
+    /// The client's initial sequence number: a SYN carrying it again is a retransmission.
+    pub(super) peer_isn: u32,
+    /// When the connection is dropped if the handshake has not completed.
+    pub(super) expires: Micros,
+    /// When a retransmitted SYN was last answered.
+    pub(super) answered: Option<Micros>,
+}
+
+/// Who holds a connection: its listener (until accepted), or the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// From a listener on this port, not yet accepted.
+    Passive(u16),
+    /// Accepted, or actively opened.
+    Owned,
+}
+
+/// One connection: its own smoltcp interface and socket, and what the stack keeps around them.
+pub(super) struct Conn {
+    pub(super) iface: Interface,
+    pub(super) sockets: SocketSet<'static>,
+    pub(super) handle: SocketHandle,
+    pub(super) key: u64,
+    pub(super) peer: SocketAddrV4,
+    pub(super) local_port: u16,
+    pub(super) origin: Origin,
+    pub(super) handshake: Option<Handshake>,
+    pub(super) app_closed: bool,
+    /// Deadline currently in the timer heap for this connection.
+    pub(super) armed: Option<Micros>,
+    /// The deadline the connection really has now: when a later deadline supersedes the
+    /// armed one, the heap entry stays and, when it fires, re-arms at this one instead of
+    /// polling the connection for nothing (with a 1 ms delayed ACK that would be a whole poll
+    /// of the connection for most requests). Earlier than `armed` only while the connection
+    /// waits in `Stack::arm_next`/`arm_now` (see there).
+    pub(super) want: Option<Micros>,
+    /// In `Stack::arm_next` or `arm_now`.
+    pub(super) arm_queued: bool,
+    /// Keepalive asked for (setsockopt) but not yet given to smoltcp, and when it is due: see
+    /// `set_keepalive`.
+    pub(super) keepalive: Option<(Keepalive, Micros)>,
+    pub(super) dirty: bool,
+    pub(super) event_queued: bool,
+    pub(super) last_state: tcp::State,
+    pub(super) last_ready: Readiness,
+    pub(super) last_recv_queue: usize,
+    /// The error to report once (recv/send/SO_ERROR consume it, as Linux's sk_err).
+    pub(super) error: Option<SockError>,
+    /// The connection ended by an error (reset, timeout, refused): after the error was reported,
+    /// reads give end of stream and writes EPIPE.
+    pub(super) failed: bool,
+    /// shutdown(SHUT_RD): reads give what is buffered, then end of stream instead of EAGAIN;
+    /// readable and RDHUP from now on (and HUP once sending is shut too), as on Linux.
+    pub(super) rd_shut: bool,
+    /// An active open gives up (ETIMEDOUT) at this time if still in SYN-SENT.
+    pub(super) connect_expires: Option<Micros>,
+    /// An orphan (closed by the application) in FIN-WAIT-2 is freed at this time.
+    pub(super) orphan_expires: Option<Micros>,
+    /// The stack gave up on the connection (`tcp_timeouts`): its error is ETIMEDOUT.
+    pub(super) timed_out: bool,
+    pub(super) track: TxTrack,
+    pub(super) rec: Recovery,
+    /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
+    pub(super) skew: i64,
+}
+
+impl Conn {
+    /// Sequence space we sent is waiting for the peer's acknowledgement (not counting the
+    /// handshake's SYN).
+    pub(super) fn outstanding(&self) -> bool {
+        matches!((self.rec.snd_una(), self.track.snd_max),
+            (Some(una), Some(max)) if crate::seq::seq_lt(una, max))
+    }
+
+    /// When the stack gives up on this connection, as Linux does (see the constants).
+    #[inline]
+    pub(super) fn give_up_at(&self) -> Option<Micros> {
+        if self.failed || self.timed_out {
+            // Over already (reset, timed out, refused): nothing to give up on.
+            return None;
+        }
+        let limit = if self.app_closed {
+            ORPHAN_GIVE_UP_US
+        } else {
+            GIVE_UP_US
+        };
+        // Both are None for an established connection the application holds.
+        earliest(
+            earliest(
+                self.rec.silent_since().map(|t| t + limit),
+                self.connect_expires,
+            ),
+            self.orphan_expires,
+        )
+    }
+
+    /// Whether `syn` retransmits the SYN of this connection's handshake, still in progress, and
+    /// deserves an answer now (rate limited).
+    pub(super) fn retransmitted_syn(&mut self, syn: &TcpPacket<&[u8]>, us: Micros) -> bool {
+        let Some(h) = self.handshake.as_mut() else {
+            return false;
+        };
+        if syn.seq_number().0 as u32 != h.peer_isn
+            || h.answered.is_some_and(|t| us < t + DUP_SYN_ANSWER_GAP_US)
+        {
+            return false;
+        }
+        h.answered = Some(us);
+        true
+    }
+
+    /// The stack's own timers of this connection that are due, before its interface runs:
+    /// giving up on it (see the constants), our retransmission timer (brought to smoltcp), and
+    /// keepalive handed to smoltcp when due (see `Stack::set_keepalive`). One step of
+    /// `poll_conn`, inlined there.
+    #[inline(always)]
+    fn due_timers(&mut self, now: Instant, us: Micros, stats: &mut Stats) {
+        if self.rec.deadline().is_some_and(|d| d <= us) && !self.outstanding() {
+            self.rec.stop();
+        }
+        if !self.timed_out && self.give_up_at().is_some_and(|t| t <= us) {
+            tracing::debug!(peer = %self.peer, app_closed = self.app_closed, "giving up on the connection");
+            self.timed_out = true;
+            self.sockets.get_mut::<tcp::Socket>(self.handle).abort();
+            stats.tcp_timeouts += 1;
+        }
+        if self.rec.deadline().is_some_and(|d| d <= us) {
+            // Our retransmission timer, with data outstanding: bring smoltcp's own
+            // retransmission time forward to now. (With nothing outstanding smoltcp's next timer
+            // is another one, keepalive or TIME-WAIT, which must not be brought forward.)
+            self.skip_to_smoltcp_timer(now);
+            tracing::debug!(
+                peer = %self.peer,
+                una = ?self.rec.snd_una(),
+                max = ?self.track.snd_max,
+                retx = self.track.retransmits,
+                state = %self.sockets.get::<tcp::Socket>(self.handle).state(),
+                sendq = self.sockets.get::<tcp::Socket>(self.handle).send_queue(),
+                "retransmission timeout (assisted)"
+            );
+            self.rec.on_timeout(us);
+            stats.tcp_rto_assists += 1;
+        }
+        if let Some((k, due)) = self.keepalive {
+            let sock = self.sockets.get_mut::<tcp::Socket>(self.handle);
+            if due <= us || sock.send_queue() > 0 {
+                self.keepalive = None;
+                sock.set_keep_alive(Some(to_sdur(k.idle)));
+                sock.set_timeout(Some(to_sdur(k.idle + k.intvl * k.cnt)));
+            }
+        }
+    }
+
+    /// Moves this connection's clock forward to smoltcp's next timer, so that what smoltcp
+    /// would do then (here: a retransmission) happens on the next poll.
+    pub(super) fn skip_to_smoltcp_timer(&mut self, now: Instant) {
+        let vnow = now + SDuration::from_micros(self.skew as u64);
+        if let Some(at) = self.iface.poll_at(vnow, &self.sockets) {
+            if at > vnow {
+                self.skew += (at - vnow).total_micros() as i64;
+            }
+        }
+    }
+}
+
+/// The earlier of two optional deadlines (an iterator chain over five of them cost ~100
+/// instructions per request).
+#[inline(always)]
+fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl<L: Link> Stack<L> {
+    fn next_seed(&mut self) -> u64 {
+        // splitmix64 step
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_conn(
+        &mut self,
+        now: Instant,
+        k: u64,
+        peer: SocketAddrV4,
+        local_port: u16,
+        origin: Origin,
+        opts: &TcpOptions,
+        open: impl FnOnce(&mut tcp::Socket<'static>) -> Result<(), SockError>,
+    ) -> Result<u32, SockError> {
+        let mut cfg = IfaceConfig::new(HardwareAddress::Ip);
+        cfg.random_seed = self.next_seed();
+        let mut iface = Interface::new(cfg, &mut CapsDev(self.conn_caps.clone()), now);
+        let cidr = IpCidr::new(
+            IpAddress::Ipv4(self.net.addr().addr),
+            self.net.addr().prefix,
+        );
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(cidr);
+        });
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; opts.rcvbuf]),
+            tcp::SocketBuffer::new(vec![0u8; opts.sndbuf]),
+        );
+        opts.apply(&mut sock);
+        open(&mut sock)?;
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(sock);
+        let state = sockets.get::<tcp::Socket>(handle).state();
+        let conn = Conn {
+            iface,
+            sockets,
+            handle,
+            key: k,
+            peer,
+            local_port,
+            origin,
+            handshake: None,
+            app_closed: false,
+            armed: None,
+            want: None,
+            arm_queued: false,
+            keepalive: None,
+            dirty: false,
+            event_queued: false,
+            last_state: state,
+            last_ready: Readiness::default(),
+            last_recv_queue: 0,
+            error: None,
+            failed: false,
+            rd_shut: false,
+            connect_expires: None,
+            orphan_expires: None,
+            timed_out: false,
+            track: TxTrack::default(),
+            rec: Recovery::new(self.rto_min_us),
+            skew: 0,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize].conn = Some(conn);
+                i
+            }
+            None => {
+                self.slots.push(Slot {
+                    gen: 0,
+                    conn: Some(conn),
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.demux.insert(k, idx);
+        self.live += 1;
+        self.shm.states.add(state);
+        self.net.stats_mut().conns_opened += 1;
+        Ok(idx)
+    }
+
+    pub(super) fn free_conn(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(c) = slot.conn.take() else { return };
+        slot.gen = slot.gen.wrapping_add(1);
+        if self.demux.get(&c.key) == Some(&idx) {
+            self.demux.remove(&c.key);
+        }
+        if let Origin::Passive(port) = c.origin {
+            if let Some(l) = self.listeners.get_mut(&port) {
+                l.pending = l.pending.saturating_sub(1);
+            }
+        }
+        self.free.push(idx);
+        self.live -= 1;
+        self.shm.states.remove(c.last_state);
+        self.net.stats_mut().conns_freed += 1;
+    }
+
+    /// Runs one connection's interface: ingress of `rx` if given, then egress; then updates
+    /// its timer, its readiness and the listener's accept queue.
+    ///
+    /// `coalesce`: an egress the segment makes due now waits until the end of the received
+    /// burst (the connection goes on the dirty list, which `poll` runs right after the burst).
+    /// smoltcp acknowledges every second full segment at once; a bulk sender's burst of 32
+    /// segments then cost 16 ACK frames, each a transmit through the device, where one ACK
+    /// after the burst acknowledges all of it, as Linux's NAPI/GRO batching does.
+    pub(super) fn poll_conn(&mut self, now: Instant, idx: u32, rx: Option<&[u8]>, coalesce: bool) {
+        let us = now.total_micros() as Micros;
+        let gen = self.slots[idx as usize].gen;
+        let c = self.slots[idx as usize]
+            .conn
+            .as_mut()
+            .expect("polled slot is live");
+        if c.handshake.is_some_and(|h| h.expires <= us) {
+            self.net.stats_mut().syn_recv_expired += 1;
+            self.free_conn(idx);
+            return;
+        }
+        c.due_timers(now, us, self.net.stats_mut());
+        let vnow = now + SDuration::from_micros(c.skew as u64);
+        let mut dev = IpDev {
+            rx,
+            net: &mut self.net,
+            now: us,
+            track: Some(&mut c.track),
+            caps: &self.conn_caps,
+        };
+        // A received segment: ingress, then egress only if smoltcp has something to send now.
+        // A request with a delayed ACK usually has nothing (its ACK leaves with the reply, when
+        // the application writes): an egress pass that finds nothing costs about as much as
+        // the ingress. Replies smoltcp makes during ingress (RST, challenge ACKs) leave from
+        // within it. Writes and timers: egress.
+        // Egress: smoltcp sends at most one segment per pass; after a pass that sent, its
+        // poll_at (needed anyway, for the timer) says whether another is due now, instead of
+        // a last pass that finds nothing (as `Interface::poll` does): a one-segment reply costs
+        // one pass and one poll_at. A run of segments then goes out pass after pass. No
+        // fragmentation or SLAAC features are built, so `poll_maintenance` has nothing to do.
+        // `smol_at`: smoltcp's poll_at, when nothing was sent since it was asked.
+        let due = |at: Option<Instant>| at.is_some_and(|t| t <= vnow);
+        let mut smol_at = rx.is_some().then(|| {
+            c.iface.poll_ingress_single(vnow, &mut dev, &mut c.sockets);
+            c.iface.poll_at(vnow, &c.sockets)
+        });
+        let mut deferred = false;
+        if coalesce && smol_at.is_some_and(due) {
+            deferred = true;
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(idx);
+            }
+        } else if smol_at.is_none_or(due) {
+            smol_at = if c.iface.poll_egress(vnow, &mut dev, &mut c.sockets) == PollResult::None {
+                None
+            } else {
+                let at = c.iface.poll_at(vnow, &c.sockets);
+                if due(at) {
+                    // More is due at once: a run of segments (a large reply, an ACK opening
+                    // the window). Pass after pass until one sends nothing, and ask poll_at
+                    // once afterwards, not after every segment.
+                    while c.iface.poll_egress(vnow, &mut dev, &mut c.sockets) != PollResult::None {}
+                    None
+                } else {
+                    Some(at)
+                }
+            };
+        }
+        if !c.failed {
+            c.rec.on_sent(c.track.snd_max, c.track.retransmits, us);
+        }
+
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        let state = sock.state();
+        let prev = c.last_state;
+        if state != tcp::State::SynSent {
+            c.connect_expires = None;
+        }
+        if state != tcp::State::FinWait2 {
+            // (On to TIME-WAIT: that has its own end.)
+            c.orphan_expires = None;
+        } else if c.app_closed && c.orphan_expires.is_none() {
+            c.orphan_expires = Some(us + FIN_TIMEOUT_US);
+        }
+        if state != prev {
+            c.last_state = state;
+            self.shm.states.moved(prev, state);
+            if state == tcp::State::Closed && !c.failed && !c.app_closed {
+                let error = match prev {
+                    _ if c.timed_out => Some(SockError::TimedOut),
+                    tcp::State::SynSent => Some(SockError::Refused),
+                    tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing => None,
+                    _ => Some(if sock.timeout().is_some() {
+                        SockError::TimedOut
+                    } else {
+                        SockError::Reset
+                    }),
+                };
+                if error.is_some() {
+                    c.error = error;
+                    c.failed = true;
+                    // Nothing will be acknowledged any more: no retransmission timer.
+                    c.rec.stop();
+                }
+            }
+        }
+
+        // Handshake results for connections still owned by their listener.
+        if let Origin::Passive(port) = c.origin {
+            match state {
+                tcp::State::Closed if c.handshake.is_none() => {
+                    // Reset while queued for accept: it stays queued, as on Linux, where accept
+                    // hands it out and the first read says ECONNRESET (its error is set above).
+                    // Freeing it left the listener readable for a connection accept no longer
+                    // found (EAGAIN).
+                }
+                tcp::State::Listen | tcp::State::Closed => {
+                    // Reset or timed out during the handshake.
+                    self.free_conn(idx);
+                    return;
+                }
+                _ if prev == tcp::State::SynReceived && state != tcp::State::SynReceived => {
+                    c.handshake = None;
+                    if let Some(l) = self.listeners.get_mut(&port) {
+                        l.queue.push_back(ConnId { slot: idx, gen });
+                        // One event per connection, also when others are still queued: for an
+                        // EPOLLET listener each new connection is an edge, as on Linux.
+                        self.events.push(Event::Accept(port));
+                    }
+                }
+                _ => {}
+            }
+        } else if c.app_closed {
+            if state == tcp::State::Closed {
+                self.free_conn(idx);
+                return;
+            }
+        } else if rx.is_some() || state != prev {
+            // (Without a received segment or a change of state the readiness is what it was:
+            // egress frees no buffer room and fills none, `send` records a full buffer itself,
+            // and errors come with a change of state. The reply's poll of every request skips
+            // this.)
+            let ready = readiness(sock, c);
+            let rq = sock.recv_queue();
+            // Only what a waiter could want: a bit that was not set, or more data to read (an
+            // edge for EPOLLET). A lost bit (the application read everything, filled the send
+            // buffer) wakes nobody, and every epoll wait re-reads the readiness of what it
+            // reports: it was an event per request for nothing (the reply's poll, after Redis
+            // had read the request), two hash lookups and a readiness read in the shim.
+            if (ready.gained_since(c.last_ready) || rq > c.last_recv_queue) && !c.event_queued {
+                c.event_queued = true;
+                self.events
+                    .push(Event::Conn(ConnId { slot: idx, gen }, ready));
+            }
+            c.last_ready = ready;
+            c.last_recv_queue = rq;
+        } else if cfg!(debug_assertions) {
+            let ready = readiness(sock, c);
+            debug_assert!(
+                !ready.gained_since(c.last_ready) && sock.recv_queue() <= c.last_recv_queue,
+                "readiness gained without a segment or a change of state: {ready:?} after {:?}",
+                c.last_ready
+            );
+        }
+
+        if deferred {
+            // The dirty pass after the burst polls it again and sets its timer.
+            return;
+        }
+        // (Nothing was sent since an ingress's poll_at: it still holds.)
+        let smol_at = smol_at
+            .unwrap_or_else(|| c.iface.poll_at(vnow, &c.sockets))
+            .map(|at| (at.total_micros() - c.skew).max(0) as Micros);
+        let at = earliest(
+            earliest(smol_at, c.rec.deadline()),
+            earliest(
+                earliest(
+                    c.handshake.map(|h| h.expires),
+                    c.keepalive.map(|(_, due)| due),
+                ),
+                c.give_up_at(),
+            ),
+        );
+        // A later deadline keeps the earlier heap entry (it fires, finds work or not, and
+        // re-arms), so the heap does not grow by an entry per packet when a retransmission
+        // timer restarts on every ACK; no deadline at all makes the pending entry stale.
+        c.want = at.map(|at| at.max(us));
+        match at {
+            None => c.armed = None,
+            Some(at) => {
+                let at = at.max(us);
+                if c.arm_queued {
+                    // Armed from the queue (with `want` as it is then).
+                } else if c.armed.is_none_or(|a| at < a) {
+                    if rx.is_some() && at > us {
+                        // A received segment: most likely a request whose reply will carry the
+                        // ACK (see `arm_next`).
+                        c.arm_queued = true;
+                        self.arm_next.push((idx, gen));
+                    } else {
+                        c.armed = Some(at);
+                        self.timers.push(Reverse((at, idx, gen)));
+                        self.prune_timers();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands smoltcp duplicate ACKs (at most three) until it retransmits the first
+    /// unacknowledged segment; see recovery.rs for why.
+    pub(super) fn provoke_fast_retransmit(&mut self, now: Instant, idx: u32) {
+        self.net.stats_mut().tcp_fast_retransmit_assists += 1;
+        let gen = self.slots[idx as usize].gen;
+        let mut seg = [0u8; 40];
+        for _ in 0..3 {
+            let slot = &self.slots[idx as usize];
+            let Some(c) = slot.conn.as_ref().filter(|_| slot.gen == gen) else {
+                return;
+            };
+            let seq = match (c.track.last_ack_sent, c.rec.peer_next()) {
+                (Some(a), Some(p)) if crate::seq::seq_lt(a, p) => p,
+                (a, p) => match a.or(p) {
+                    Some(x) => x,
+                    None => return,
+                },
+            };
+            let (Some(una), Some(max)) = (c.rec.snd_una(), c.track.snd_max) else {
+                return;
+            };
+            if !crate::seq::seq_lt(una, max) {
+                return;
+            }
+            let before = c.track.retransmits;
+            let local = SocketAddrV4::new(self.net.addr().addr, c.local_port);
+            synth_ack(&mut seg, c.peer, local, seq, una, c.rec.window_raw());
+            self.poll_conn(now, idx, Some(&seg), false);
+            let slot = &self.slots[idx as usize];
+            match slot.conn.as_ref() {
+                Some(c) if slot.gen == gen && c.track.retransmits == before => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+pub(super) fn readiness(sock: &tcp::Socket<'_>, c: &Conn) -> Readiness {
+    let (error, failed) = (c.error, c.failed);
+    let state = sock.state();
+    let handshaking = matches!(
+        state,
+        tcp::State::SynSent | tcp::State::SynReceived | tcp::State::Listen
+    );
+    let closed = state == tcp::State::Closed || state == tcp::State::TimeWait;
+    // The peer's FIN arrived (Linux: RCV_SHUTDOWN, set when the FIN is processed, whether or
+    // not data is still queued before it). smoltcp's may_recv stays true until that data is
+    // read; with it, EPOLLRDHUP appeared only when the application emptied the buffer.
+    // (Closed without an error is the end of a graceful close: after the peer's FIN too.) Past
+    // the handshake, these are exactly the states where may_recv can be false.
+    // shutdown(SHUT_RD) is RCV_SHUTDOWN too.
+    let rdhup = !handshaking
+        && (c.rd_shut
+            || matches!(
+                state,
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+                    | tcp::State::Closed
+            ));
+    Readiness {
+        readable: sock.can_recv() || rdhup || failed,
+        writable: (!handshaking && sock.can_send()) || failed || (!handshaking && !sock.may_send()),
+        rdhup: rdhup || failed,
+        hup: failed || closed || (rdhup && !sock.may_send()),
+        error: error.is_some(),
+    }
+}

@@ -1,0 +1,274 @@
+//! Received packets to their connections: IPv4 checks, the TCP checksum, the lookup of
+//! (peer address, peer port, local port) in the demux map, new connections for a listener's
+//! SYNs (within its backlog), and everything else to the control interface (RST, ICMP echo).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{IpListenEndpoint, Ipv4Packet, TcpPacket};
+
+use super::api::SockError;
+use super::conn::{Conn, Handshake, Origin};
+use super::device::IpDev;
+use super::Stack;
+use crate::faults::FaultAction;
+use crate::link::{Link, RxFrame};
+use crate::net::{Micros, ETHERTYPE_IPV4, ETH_HDR};
+
+/// A half-open connection whose SYN-ACK goes unanswered is dropped silently when Linux drops
+/// it: after tcp_synack_retries (5) retransmissions, 1 + 2 + 4 + 8 + 16 + 32 s after the SYN
+/// (smoltcp's own SYN-ACK timer has the same schedule but never gives up, so vanished clients
+/// would hold backlog places for good).
+const SYN_RECV_LIFETIME_US: Micros = 63_000_000;
+
+impl<L: Link> Stack<L> {
+    pub(super) fn rx_faulty(&mut self, now: Instant, frame: L::Rx) {
+        match self.net.rx_fault() {
+            FaultAction::Pass => self.rx_frame(now, frame.data()),
+            FaultAction::Drop => return,
+            FaultAction::Duplicate => {
+                self.rx_frame(now, frame.data());
+                self.rx_frame(now, frame.data());
+            }
+            FaultAction::Reorder => {
+                if let Some(prev) = self.held_rx.replace(frame) {
+                    self.rx_frame(now, prev.data());
+                }
+                return;
+            }
+        }
+        if let Some(held) = self.held_rx.take() {
+            self.rx_frame(now, held.data());
+        }
+    }
+
+    /// One received Ethernet frame.
+    pub(super) fn rx_frame(&mut self, now: Instant, f: &[u8]) {
+        let us = now.total_micros() as Micros;
+        if let Some(ip) = self.net.rx_frame(us, f) {
+            self.rx_ipv4(now, ip);
+        }
+    }
+
+    fn rx_ipv4(&mut self, now: Instant, p: &[u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(p) else {
+            self.net.stats_mut().drop_malformed += 1;
+            return;
+        };
+        if ip.version() != 4 || !ip.verify_checksum() {
+            self.net.stats_mut().drop_malformed += 1;
+            return;
+        }
+        let src = ip.src_addr();
+        let dst = ip.dst_addr();
+        if dst != self.net.addr().addr {
+            self.net.stats_mut().drop_not_ours += 1;
+            return;
+        }
+        if src.is_broadcast()
+            || src.is_multicast()
+            || src.is_unspecified()
+            || src == self.net.addr().broadcast()
+        {
+            self.net.stats_mut().drop_malformed += 1;
+            return;
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            self.net.stats_mut().drop_fragment += 1;
+            return;
+        }
+        let total = usize::from(ip.total_len());
+        let packet = &p[..total];
+        match ip.next_header() {
+            smoltcp::wire::IpProtocol::Tcp => {
+                self.rx_tcp(now, packet, src, usize::from(ip.header_len()))
+            }
+            smoltcp::wire::IpProtocol::Icmp => self.control_input(now, packet),
+            _ => self.net.stats_mut().drop_unsupported += 1,
+        }
+    }
+
+    fn rx_tcp(&mut self, now: Instant, packet: &[u8], src: Ipv4Addr, ihl: usize) {
+        let Ok(tcp) = TcpPacket::new_checked(&packet[ihl..]) else {
+            self.net.stats_mut().drop_malformed += 1;
+            return;
+        };
+        if !crate::csum::tcp_checksum_ok(packet, ihl) {
+            self.net.stats_mut().drop_bad_checksum += 1;
+            return;
+        }
+        let (sport, dport) = (tcp.src_port(), tcp.dst_port());
+        if sport == 0 || dport == 0 {
+            self.net.stats_mut().drop_malformed += 1;
+            return;
+        }
+        let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
+        let k = key(src, sport, dport);
+        if let Some(&idx) = self.demux.get(&k) {
+            // A new SYN on a 4-tuple whose old connection is over (TIME-WAIT, or closed: reset,
+            // timed out, or closed by the application and draining) starts a new connection, as
+            // on Linux, where such a socket is out of the lookup tables.
+            let reuse = syn_only && {
+                let c = self.slots[idx as usize]
+                    .conn
+                    .as_ref()
+                    .expect("demux points at live slots");
+                let st = c.sockets.get::<tcp::Socket>(c.handle).state();
+                st == tcp::State::TimeWait || st == tcp::State::Closed
+            };
+            if !reuse {
+                let us = now.total_micros() as Micros;
+                let c = self.slots[idx as usize].conn.as_mut().expect("live");
+                if syn_only && c.retransmitted_syn(&tcp, us) {
+                    // Its SYN-ACK was lost or is late. smoltcp ignores the SYN and would resend
+                    // the SYN-ACK only on its timer; Linux (tcp_check_req) resends it now.
+                    c.skip_to_smoltcp_timer(now);
+                    self.net.stats_mut().tcp_dup_syn_answered += 1;
+                }
+                let payload = packet
+                    .len()
+                    .saturating_sub(ihl + usize::from(tcp.header_len()));
+                if c.rd_shut && payload > 0 {
+                    // New data after shutdown(SHUT_RD) once our FIN is out (SHUT_RDWR, or
+                    // SHUT_RD then SHUT_WR): Linux resets the connection (RFC 1122, 4.2.2.13;
+                    // tcp_rcv_state_process in FIN-WAIT-1/2), where RFC 793 would queue it for
+                    // a reader that said it will not read.
+                    let end = (tcp.seq_number().0 as u32).wrapping_add(payload as u32);
+                    let st = c.sockets.get::<tcp::Socket>(c.handle).state();
+                    if matches!(st, tcp::State::FinWait1 | tcp::State::FinWait2)
+                        && c.rec.peer_next().is_none_or(|n| crate::seq::seq_lt(n, end))
+                    {
+                        c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                        self.poll_conn(now, idx, None, false);
+                        return;
+                    }
+                }
+                if c.app_closed && payload > 0 {
+                    // Data for a connection the application closed has no reader: Linux resets
+                    // the connection (tcp_rcv_state_process), which is how a writer learns the
+                    // server is gone. Keeping it would fill the window and stall the peer.
+                    c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                    self.poll_conn(now, idx, None, false);
+                    return;
+                }
+                let retx =
+                    c.rec
+                        .on_segment(&tcp, payload, c.track.snd_max, now.total_micros() as Micros);
+                self.poll_conn(now, idx, Some(packet), self.in_rx_burst);
+                if retx {
+                    self.provoke_fast_retransmit(now, idx);
+                }
+                return;
+            }
+            if self.slots[idx as usize]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.app_closed)
+            {
+                self.free_conn(idx);
+            } else {
+                // The application still holds the old connection (to read its error or its
+                // last data): it stays, out of the demux.
+                self.demux.remove(&k);
+            }
+        }
+        if syn_only {
+            if let Some(l) = self.listeners.get(&dport) {
+                if l.pending >= l.backlog {
+                    self.net.stats_mut().drop_syn_backlog += 1;
+                    return;
+                }
+                let opts = l.opts;
+                let idx = self.new_conn(
+                    now,
+                    k,
+                    SocketAddrV4::new(src, sport),
+                    dport,
+                    Origin::Passive(dport),
+                    &opts,
+                    |s| {
+                        s.listen(IpListenEndpoint {
+                            addr: None,
+                            port: dport,
+                        })
+                        .map_err(|_| SockError::Invalid)
+                    },
+                );
+                if let Ok(idx) = idx {
+                    if let Some(l) = self.listeners.get_mut(&dport) {
+                        l.pending += 1;
+                    }
+                    let c = self.slots[idx as usize]
+                        .conn
+                        .as_mut()
+                        .expect("just created");
+                    c.handshake = Some(Handshake {
+                        peer_isn: tcp.seq_number().0 as u32,
+                        expires: now.total_micros() as Micros + SYN_RECV_LIFETIME_US,
+                        answered: None,
+                    });
+                    self.poll_conn(now, idx, Some(packet), false);
+                }
+                return;
+            }
+        }
+        // No connection wants it: smoltcp's control interface answers with RST (never to a RST).
+        if !tcp.rst() {
+            self.net.stats_mut().tcp_rst_sent += 1;
+        }
+        self.control_input(now, packet);
+    }
+
+    /// Looks up the connection a frame is for and prefetches its state. Parses only what the
+    /// lookup needs; `rx_frame` validates everything afterwards.
+    pub(super) fn prefetch_conn(&self, f: &[u8]) {
+        if f.len() < ETH_HDR + 40
+            || f[12..14] != ETHERTYPE_IPV4.to_be_bytes()
+            || f[ETH_HDR + 9] != 6
+        {
+            return;
+        }
+        let ihl = usize::from(f[ETH_HDR] & 0x0f) * 4;
+        let t = ETH_HDR + ihl;
+        if f.len() < t + 4 {
+            return;
+        }
+        let src = Ipv4Addr::new(
+            f[ETH_HDR + 12],
+            f[ETH_HDR + 13],
+            f[ETH_HDR + 14],
+            f[ETH_HDR + 15],
+        );
+        let k = key(
+            src,
+            u16::from_be_bytes([f[t], f[t + 1]]),
+            u16::from_be_bytes([f[t + 2], f[t + 3]]),
+        );
+        if let Some(&idx) = self.demux.get(&k) {
+            if let Some(c) = self.slots[idx as usize].conn.as_ref() {
+                crate::prefetch::lines(c as *const Conn as *const u8, std::mem::size_of::<Conn>());
+                let sock = c.sockets.get::<tcp::Socket>(c.handle);
+                crate::prefetch::lines(
+                    sock as *const tcp::Socket as *const u8,
+                    std::mem::size_of::<tcp::Socket>(),
+                );
+            }
+        }
+    }
+
+    fn control_input(&mut self, now: Instant, packet: &[u8]) {
+        let mut dev = IpDev {
+            rx: Some(packet),
+            net: &mut self.net,
+            now: now.total_micros() as Micros,
+            track: None,
+            caps: &self.control_caps,
+        };
+        self.control.poll(now, &mut dev, &mut self.control_sockets);
+    }
+}
+
+pub(super) fn key(peer: Ipv4Addr, peer_port: u16, local_port: u16) -> u64 {
+    (u64::from(u32::from(peer)) << 32) | (u64::from(peer_port) << 16) | u64::from(local_port)
+}

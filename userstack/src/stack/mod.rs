@@ -1,0 +1,504 @@
+//! The stack: receive burst → demux → one small smoltcp interface per connection → transmit
+//! burst, with O(1) work per packet and per poll whatever the number of connections.
+//!
+//! smoltcp scans its whole socket set for every packet and every poll. Here every connection
+//! owns a smoltcp `Interface` (medium IP) and a `SocketSet` holding just its own socket, so
+//! those scans are over one socket. In front of them:
+//! - a hash map from (peer address, peer port, local port) to the connection's slot (the local
+//!   address is always the stack's one address);
+//! - a timer heap of `(deadline, slot, generation)` fed from each interface's `poll_at`;
+//! - a dirty list of connections the application wrote to.
+//!
+//! A poll touches only connections that received a packet, whose timer expired or that were
+//! written to. A SYN for a listening port creates a new connection (and its interface) only if
+//! the listener's backlog has room; otherwise it is dropped, as Linux does, and the peer
+//! retransmits it: a burst of SYNs is queued, never reset.
+//!
+//! Its rooms:
+//! - this file: the [`Stack`] itself, its construction, `poll` (receive burst, writes, timers,
+//!   transmit burst), the timer heap and the dirty list;
+//! - `api`: the public types of the socket calls (handles, events, readiness, errors, options);
+//! - `demux`: a received IPv4 packet to its connection, a listener or the control interface;
+//! - `conn`: a connection's state and lifecycle (`poll_conn`), its timeouts and readiness;
+//! - `calls`: the socket calls (listen, accept, connect, recv, send, shutdown, close, options);
+//! - `device`: the smoltcp `Device` every connection's interface receives and sends through;
+//! - `publish`: the live statistics file.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::phy::{Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+use crate::config::{Cidr, Config};
+use crate::faults::FaultInjector;
+use crate::link::{Link, LinkCounters, RxFrame};
+use crate::net::{Micros, Net};
+use crate::pcap::PcapWriter;
+use crate::stats::Stats;
+
+mod api;
+mod calls;
+mod conn;
+mod demux;
+mod device;
+mod publish;
+#[cfg(test)]
+pub(crate) mod tests;
+
+pub use api::{ConnId, Event, Keepalive, Readiness, SockError, TcpOptions};
+pub use calls::SOMAXCONN;
+use conn::Conn;
+use device::CapsDev;
+
+const RX_BURST: usize = 32;
+const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
+
+/// A listening port: its backlog, and the connections it gave birth to, accepted or not.
+struct Listener {
+    backlog: usize,
+    /// Connections born from this listener and not yet accepted (SYN-RECEIVED or ESTABLISHED).
+    pending: usize,
+    queue: VecDeque<ConnId>,
+    opts: TcpOptions,
+}
+
+/// A connection's place; its generation changes whenever it is reused (see [`ConnId`]).
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+/// The user-space TCP/IPv4 stack over one link.
+pub struct Stack<L: Link> {
+    net: Net<L>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    demux: HashMap<u64, u32, foldhash::fast::RandomState>,
+    listeners: HashMap<u16, Listener, foldhash::fast::RandomState>,
+    timers: BinaryHeap<Reverse<(Micros, u32, u32)>>,
+    expired: Vec<(Micros, u32, u32)>,
+    /// Connections whose received segment made their deadline earlier than the armed one,
+    /// queued during this poll (`arm_next`) and the previous one (`arm_now`); the heap gets
+    /// their deadline only after the next poll's writes ran. A request's segment arms the
+    /// delayed-ACK timer, and the reply the application writes before the next poll carries
+    /// that ACK and moves the deadline back to a retransmission time later than the armed
+    /// one: then no heap entry is needed at all. Arming at once cost a push and, later, a pop
+    /// per request (~250 instructions of ~12,000 per Redis GET). `next_deadline` and `poll`
+    /// account for both queues, so no timer fires late.
+    arm_next: Vec<(u32, u32)>,
+    arm_now: Vec<(u32, u32)>,
+    dirty: Vec<u32>,
+    events: Vec<Event>,
+    control: Interface,
+    control_sockets: SocketSet<'static>,
+    conn_caps: DeviceCapabilities,
+    control_caps: DeviceCapabilities,
+    rx: Vec<L::Rx>,
+    held_rx: Option<L::Rx>,
+    /// Set while `poll` hands a received burst to the connections: the egress a segment makes
+    /// due (an ACK) waits for the end of the burst (see `poll_conn`).
+    in_rx_burst: bool,
+    seed: u64,
+    next_ephemeral: u16,
+    defaults: TcpOptions,
+    live: usize,
+    rto_min_us: Micros,
+    /// Live statistics in /dev/shm and the TCP state counts they show (stack/publish.rs).
+    shm: publish::Shm,
+}
+
+impl<L: Link> Stack<L> {
+    /// A stack over `link` with the configuration's address, gateway, MAC, pcap and faults.
+    pub fn new(link: L, cfg: &Config, now: Instant) -> std::io::Result<Self> {
+        let mac = cfg.stack_mac().unwrap_or_else(|| link.mac());
+        let mut net = Net::new(link, mac, cfg.addr, cfg.gateway);
+        if let Some(path) = &cfg.pcap {
+            net.set_pcap(Some(PcapWriter::create(path, cfg.pcap_max_bytes).map_err(
+                |e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("MTCP_PCAP={path:?}: cannot create the capture file: {e}"),
+                    )
+                },
+            )?));
+        }
+        if cfg.faults.active() {
+            net.set_faults(Some(FaultInjector::new(cfg.faults)));
+        }
+        let mut stack = Self::with_net(net, TcpOptions::from_config(cfg), now);
+        stack.rto_min_us = cfg.rto_min.as_micros() as Micros;
+        stack.start_publishing(cfg, now);
+        Ok(stack)
+    }
+
+    fn with_net(net: Net<L>, defaults: TcpOptions, now: Instant) -> Self {
+        let mtu = net.link().ip_mtu();
+        // Unpredictable initial sequence numbers need an unpredictable seed: std's RandomState
+        // is keyed from the OS random source.
+        let mut seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            0x6d74_6370u64,
+        );
+        seed ^= now.total_micros() as u64;
+
+        let mut conn_caps = DeviceCapabilities::default();
+        conn_caps.medium = Medium::Ip;
+        conn_caps.max_transmission_unit = mtu;
+        // The demux verifies IPv4 header and TCP checksums before a segment reaches a
+        // connection, so smoltcp only computes the IPv4 one on transmit; the TCP checksum of
+        // what it sends is ours too (csum.rs: the same result, a fraction of the work).
+        let mut cs = ChecksumCapabilities::default();
+        cs.ipv4 = Checksum::Tx;
+        cs.tcp = Checksum::None;
+        conn_caps.checksum = cs;
+
+        let mut control_caps = conn_caps.clone();
+        control_caps.checksum = ChecksumCapabilities::default();
+        let mut control = Interface::new(
+            IfaceConfig::new(HardwareAddress::Ip),
+            &mut CapsDev(control_caps.clone()),
+            now,
+        );
+        let cidr = IpCidr::new(IpAddress::Ipv4(net.addr().addr), net.addr().prefix);
+        control.update_ip_addrs(|a| {
+            let _ = a.push(cidr);
+        });
+        Stack {
+            net,
+            slots: Vec::new(),
+            free: Vec::new(),
+            demux: HashMap::default(),
+            listeners: HashMap::default(),
+            timers: BinaryHeap::new(),
+            expired: Vec::new(),
+            arm_next: Vec::new(),
+            arm_now: Vec::new(),
+            dirty: Vec::new(),
+            events: Vec::new(),
+            control,
+            control_sockets: SocketSet::new(Vec::new()),
+            conn_caps,
+            control_caps,
+            rx: Vec::with_capacity(RX_BURST),
+            held_rx: None,
+            in_rx_burst: false,
+            seed,
+            next_ephemeral: EPHEMERAL.start
+                + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
+            defaults,
+            live: 0,
+            rto_min_us: crate::recovery::DEFAULT_RTO_MIN_US,
+            shm: publish::Shm::default(),
+        }
+    }
+
+    /// A stack over any link with an explicit address (unit tests, other embedders).
+    pub fn with_link(
+        link: L,
+        addr: Cidr,
+        mac: Option<[u8; 6]>,
+        gateway: Option<Ipv4Addr>,
+        opts: TcpOptions,
+        now: Instant,
+    ) -> Self {
+        let mac = mac.unwrap_or_else(|| link.mac());
+        Self::with_net(Net::new(link, mac, addr, gateway), opts, now)
+    }
+
+    /// The TCP options new sockets start with (from the configuration).
+    pub fn default_options(&self) -> TcpOptions {
+        self.defaults
+    }
+
+    pub fn addr(&self) -> Cidr {
+        self.net.addr()
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.net.mac()
+    }
+
+    pub fn link(&self) -> &L {
+        self.net.link()
+    }
+
+    pub fn link_mut(&mut self) -> &mut L {
+        self.net.link_mut()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = *self.net.stats();
+        let lc = self.net.link().counters();
+        s.drop_tx_ring_full = lc.tx_ring_full;
+        s.tx_delayed = lc.tx_delayed;
+        s
+    }
+
+    pub fn link_counters(&self) -> LinkCounters {
+        self.net.link().counters()
+    }
+
+    /// Open connections (including those draining after close).
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    pub fn wake_fd(&self) -> Option<RawFd> {
+        self.net.link().wake_fd()
+    }
+
+    /// Prepares to block on `wake_fd`: arms it, then polls once more so a frame that arrived
+    /// before arming is not left waiting. Returns false if that poll found work (do not block);
+    /// the wake-up is then disarmed unless `others_blocked` (other threads blocked on it).
+    pub fn arm_wake(&mut self, now: Instant, others_blocked: bool) -> bool {
+        if self.net.link().wake_fd().is_none() {
+            // Nothing to arm, no race to close: the caller's own poll just found nothing.
+            self.note_sleep();
+            return true;
+        }
+        self.net.link_mut().arm_wake();
+        if self.poll(now) {
+            if !others_blocked {
+                self.net.link_mut().disarm_wake();
+            }
+            return false;
+        }
+        self.note_sleep();
+        true
+    }
+
+    /// After waking up from `wake_fd`.
+    pub fn disarm_wake(&mut self) {
+        self.net.link_mut().disarm_wake();
+    }
+
+    /// Turns fault injection on or off at run time (tests start clean, then degrade the link).
+    pub fn set_faults(&mut self, faults: Option<crate::config::Faults>) {
+        self.net
+            .set_faults(faults.filter(|f| f.active()).map(FaultInjector::new));
+    }
+
+    /// Neighbour cache lookup (diagnostics, tests).
+    pub fn neighbor(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        self.net.neighbor(ip)
+    }
+
+    /// The earliest time at which `poll` has timer work to do, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let t = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let queued = self
+            .arm_now
+            .iter()
+            .chain(self.arm_next.iter())
+            .filter_map(|&(idx, gen)| self.live_conn(idx, gen)?.want)
+            .min();
+        let t = match (t, queued) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        let a = self.net.arp_deadline();
+        let d = match (t, a) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        if !self.dirty.is_empty() || self.net.link().tx_pending() > 0 {
+            return Some(Instant::from_micros(0));
+        }
+        d.map(|us| Instant::from_micros(us as i64))
+    }
+
+    // ---------------------------------------------------------------- polling
+
+    /// Does all pending work: received frames, queued writes, expired timers, then one
+    /// transmit burst. Returns whether anything was done.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        let us = now.total_micros() as Micros;
+        self.net.stats_mut().polls += 1;
+        let mut work = false;
+
+        let mut rx = std::mem::take(&mut self.rx);
+        self.net.link_mut().rx_burst(&mut rx, RX_BURST);
+        self.shm.after_rx(!rx.is_empty(), self.net.stats_mut());
+        if !rx.is_empty() {
+            work = true;
+        }
+        // Start the cache misses of the whole burst's connections at once (hash bucket, slot,
+        // socket), so they overlap instead of stalling one frame at a time; at 10,000
+        // connections the stack is bound by these misses, not by instructions.
+        if rx.len() > 1 {
+            for frame in rx.iter() {
+                self.prefetch_conn(frame.data());
+            }
+        }
+        // (A burst of one frame has nothing to coalesce: its egress goes at once.)
+        self.in_rx_burst = rx.len() > 1;
+        for frame in rx.drain(..) {
+            self.rx_faulty(now, frame);
+        }
+        self.rx = rx;
+        if let Some(held) = self.held_rx.take() {
+            self.rx_frame(now, held.data());
+        }
+        self.in_rx_burst = false;
+
+        // Writes before timers: a connection the application wrote to is polled here anyway,
+        // and its reply carries what a due delayed-ACK timer would have sent, so that timer
+        // then finds its deadline moved (re-armed, no second poll of the connection).
+        if !self.dirty.is_empty() {
+            work = true;
+            self.run_dirty(now);
+        }
+        self.arm_queued();
+        if let Some(&Reverse((t, _, _))) = self.timers.peek() {
+            if t <= us {
+                work = true;
+                self.run_timers(now);
+            }
+        }
+        if self.net.arp_deadline().is_some_and(|d| d <= us) {
+            work = true;
+            self.net.arp_timers(us);
+        }
+        self.net.flush();
+        if !work {
+            self.net.stats_mut().polls_idle += 1;
+        }
+        if self.shm.due(us, work) {
+            self.publish(us);
+        }
+        work
+    }
+
+    /// How many connections have writes queued that the next `poll` or `flush` transmits.
+    pub fn pending_writes(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Transmits what the application queued since the last poll, without receiving.
+    pub fn flush(&mut self, now: Instant) {
+        if !self.dirty.is_empty() {
+            self.run_dirty(now);
+            self.net.flush();
+        }
+    }
+
+    /// Entries in the timer heap (live and superseded).
+    #[cfg(test)]
+    pub(crate) fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The connection in `slot` if it is still generation `gen`.
+    fn live_conn(&self, idx: u32, gen: u32) -> Option<&Conn> {
+        let slot = &self.slots[idx as usize];
+        slot.conn.as_ref().filter(|_| slot.gen == gen)
+    }
+
+    /// Gives the heap the deadlines queued in the previous poll (whatever they are now, after
+    /// this poll's writes); this poll's queue waits for the next one.
+    fn arm_queued(&mut self) {
+        let mut now = std::mem::take(&mut self.arm_now);
+        for (idx, gen) in now.drain(..) {
+            let slot = &mut self.slots[idx as usize];
+            let Some(c) = slot.conn.as_mut().filter(|_| slot.gen == gen) else {
+                continue;
+            };
+            c.arm_queued = false;
+            if let Some(w) = c.want {
+                if c.armed.is_none_or(|a| w < a) {
+                    c.armed = Some(w);
+                    self.timers.push(Reverse((w, idx, gen)));
+                }
+            }
+        }
+        self.arm_now = std::mem::replace(&mut self.arm_next, now);
+        if !self.arm_now.is_empty() {
+            self.prune_timers();
+        }
+    }
+
+    fn run_dirty(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for idx in dirty.drain(..) {
+            if let Some(c) = self.slots[idx as usize].conn.as_mut() {
+                c.dirty = false;
+                self.poll_conn(now, idx, None, false);
+            }
+        }
+        // Keep the allocation; anything marked dirty meanwhile is in self.dirty.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Drops superseded heap entries once they outnumber the live ones (at most one per
+    /// connection, its `armed`): every request supersedes a retransmission deadline with a
+    /// delayed-ACK one, and popping each stale entry one by one cost a log-sized sift per
+    /// request (the heap held ~1 entry per request of the last RTO); `retain` rebuilds it in
+    /// one linear pass.
+    fn prune_timers(&mut self) {
+        if self.timers.len() <= 2 * self.live + 64 {
+            return;
+        }
+        let slots = &self.slots;
+        self.timers.retain(|Reverse((t, idx, gen))| {
+            let slot = &slots[*idx as usize];
+            slot.gen == *gen && slot.conn.as_ref().is_some_and(|c| c.armed == Some(*t))
+        });
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        let us = now.total_micros() as Micros;
+        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
+            if t > us {
+                break;
+            }
+            self.timers.pop();
+            self.expired.push((t, idx, gen));
+        }
+        let mut expired = std::mem::take(&mut self.expired);
+        for (t, idx, gen) in expired.drain(..) {
+            let slot = &mut self.slots[idx as usize];
+            if slot.gen != gen {
+                continue;
+            }
+            // An entry is live only while it is the connection's armed deadline; entries
+            // superseded by an earlier deadline, or by "no timer needed", are dropped here.
+            if let Some(c) = slot.conn.as_mut() {
+                if c.armed == Some(t) {
+                    match c.want {
+                        Some(w) if w > us => {
+                            c.armed = Some(w);
+                            self.timers.push(Reverse((w, idx, gen)));
+                        }
+                        _ => {
+                            c.armed = None;
+                            self.poll_conn(now, idx, None, false);
+                        }
+                    }
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    fn mark_dirty(&mut self, idx: u32) {
+        let c = self.slots[idx as usize].conn.as_mut().expect("live");
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+}
+
+// The shim keeps one stack behind a lock shared by the application's threads.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Stack<crate::dpdk::DpdkLink>>();
+    assert_send::<Stack<crate::link::MemLink>>();
+};

@@ -1,0 +1,168 @@
+//! Socket calls (stack/calls.rs): the basic exchange, stale handles, errors reported once, peek,
+//! close with unread data, writability after a full send buffer.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::time::Duration;
+
+use super::{opts, Pair, CLIENT_MAC, SERVER_MAC};
+use crate::stack::{Event, SockError};
+
+#[test]
+fn handshake_echo_close() {
+    let mut p = Pair::new();
+    p.server.listen(7777, 16, opts()).unwrap();
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run();
+    // ARP resolved both ways (the server learnt the client from its request).
+    assert_eq!(
+        p.client.neighbor(Ipv4Addr::new(198, 18, 0, 2)),
+        Some(SERVER_MAC)
+    );
+    assert_eq!(
+        p.server.neighbor(Ipv4Addr::new(198, 18, 0, 1)),
+        Some(CLIENT_MAC)
+    );
+
+    let mut ev = Vec::new();
+    p.server.take_events(&mut ev);
+    assert!(ev.contains(&Event::Accept(7777)), "{ev:?}");
+    let (s, peer) = p.server.accept(7777).unwrap();
+    assert_eq!(
+        peer,
+        SocketAddrV4::new(
+            Ipv4Addr::new(198, 18, 0, 1),
+            p.client.local_addr(c).unwrap().port()
+        )
+    );
+    assert_eq!(p.server.accept(7777), Err(SockError::WouldBlock));
+
+    assert_eq!(p.client.send(c, b"hello").unwrap(), 5);
+    p.run();
+    let mut buf = [0u8; 64];
+    assert!(p.server.readiness(s).unwrap().readable);
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
+    p.server.send(s, b"world").unwrap();
+    p.run();
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"world");
+
+    // Client half-closes: the server reads EOF but can still send.
+    p.client.shutdown_write(c).unwrap();
+    p.run();
+    assert_eq!(p.server.recv(s, &mut buf), Ok(0));
+    assert!(p.server.readiness(s).unwrap().rdhup);
+    p.server.send(s, b"late").unwrap();
+    p.server.close(s).unwrap();
+    p.run();
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 4);
+    assert_eq!(p.client.recv(c, &mut buf), Ok(0));
+    // The server's handle is dead at once, and its connection is freed once closed.
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::BadHandle));
+    assert_eq!(p.server.connections(), 0);
+}
+
+#[test]
+fn stale_handle_never_reaches_new_connection() {
+    let mut p = Pair::new();
+    p.server.listen(80, 16, opts()).unwrap();
+    let c1 = p.client.connect(p.now, p.server_addr(80), opts()).unwrap();
+    p.run();
+    let (s1, _) = p.server.accept(80).unwrap();
+    p.client.close(c1).unwrap();
+    p.server.close(s1).unwrap();
+    p.advance(Duration::from_secs(12), Duration::from_millis(5)); // through TIME-WAIT
+    assert_eq!(p.server.connections(), 0);
+    assert_eq!(p.client.connections(), 0);
+    let _c2 = p.client.connect(p.now, p.server_addr(80), opts()).unwrap();
+    p.run();
+    let (s2, _) = p.server.accept(80).unwrap();
+    assert_eq!(s2.slot, s1.slot, "the slot is reused");
+    assert_ne!(s2.gen, s1.gen);
+    assert_eq!(p.server.send(s1, b"x"), Err(SockError::BadHandle));
+    assert!(p.server.send(s2, b"x").is_ok());
+}
+
+#[test]
+fn reset_is_reported_once_and_peek_does_not_consume() {
+    let mut p = Pair::new();
+    p.server.listen(8, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(8), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(8).unwrap();
+    p.client.send(c, b"peek me").unwrap();
+    p.run();
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.peek(s, &mut buf), Ok(7));
+    assert_eq!(p.server.recv(s, &mut buf), Ok(7));
+    assert_eq!(&buf[..7], b"peek me");
+    // The client resets (close with SO_LINGER 0): the server sees ECONNRESET once via SO_ERROR.
+    p.client.abort(c).unwrap();
+    p.run();
+    assert!(p.server.readiness(s).unwrap().error);
+    assert_eq!(p.server.take_error(s), Ok(Some(SockError::Reset)));
+    assert_eq!(p.server.take_error(s), Ok(None));
+    assert_eq!(p.server.recv(s, &mut buf), Ok(0));
+    assert_eq!(p.server.send(s, b"x"), Err(SockError::Pipe));
+    let r = p.server.readiness(s).unwrap();
+    assert!(r.hup && r.readable && !r.error, "{r:?}");
+}
+
+#[test]
+fn close_with_unread_data_resets_like_linux() {
+    let mut p = Pair::new();
+    p.server.listen(10, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(10), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(10).unwrap();
+    p.client.send(c, b"never read").unwrap();
+    p.run();
+    p.server.send(s, b"reply").unwrap();
+    p.run();
+    p.server.close(s).unwrap();
+    p.run();
+    assert_eq!(p.server.connections(), 0, "the server's connection is gone");
+    let mut buf = [0u8; 16];
+    // The reply that arrived before the reset is still readable, then ECONNRESET.
+    assert_eq!(p.client.recv(c, &mut buf), Ok(5));
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
+}
+
+/// The application fills the send buffer (not writable any more) and, before the stack polls
+/// again, the peer's ACK for earlier data frees room: the poll that takes the ACK must report
+/// the connection writable. It is the wake-up a writer blocked on EPOLLOUT waits for; Redis's
+/// diskless replication (redis-cli --rdb) stalled for its 60 s timeout without it: the
+/// readiness the last poll had computed (writable, before the send) was compared with the new
+/// one (writable again) and no event was queued.
+#[test]
+fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let mut ev = Vec::new();
+    let half = [5u8; 8 << 10];
+    assert_eq!(p.server.send(s, &half).unwrap(), half.len());
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now); // the first half leaves; room is left: writable
+    p.server.take_events(&mut ev);
+    assert!(p.server.readiness(s).unwrap().writable);
+    while p.server.send(s, &half).is_ok() {}
+    assert!(!p.server.readiness(s).unwrap().writable);
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now); // the client takes the first half and ACKs it at once
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now); // the ACK, then the queued rest leaves
+    assert!(p.server.readiness(s).unwrap().writable);
+    p.server.take_events(&mut ev);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.writable)),
+        "no writable event: {ev:?}"
+    );
+    let mut buf = vec![0u8; 32 << 10];
+    assert!(p.client.recv(c, &mut buf).unwrap() > 0);
+}

@@ -1,0 +1,166 @@
+//! The demux (stack/demux.rs): closed ports, a listener's backlog, malformed frames, ICMP echo,
+//! data for a closed connection.
+
+use smoltcp::time::Duration;
+
+use super::{opts, Pair, CLIENT_MAC, SERVER_MAC};
+use crate::stack::SockError;
+
+#[test]
+fn closed_port_resets_and_connect_is_refused() {
+    let mut p = Pair::new();
+    let c = p.client.connect(p.now, p.server_addr(9), opts()).unwrap();
+    p.run();
+    assert_eq!(p.server.stats().tcp_rst_sent, 1);
+    let mut buf = [0u8; 4];
+    // Like Linux: EPOLLERR|EPOLLHUP until the error is read, the error once, then EOF / EPIPE.
+    let r = p.client.readiness(c).unwrap();
+    assert!(r.error && r.hup && r.writable, "{r:?}");
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Refused));
+    assert!(!p.client.readiness(c).unwrap().error);
+    assert_eq!(p.client.recv(c, &mut buf), Ok(0));
+    assert_eq!(p.client.send(c, b"x"), Err(SockError::Pipe));
+    assert_eq!(p.client.take_error(c), Ok(None));
+}
+
+#[test]
+fn syn_burst_beyond_backlog_is_queued_not_reset() {
+    let mut p = Pair::new();
+    p.server.listen(6379, 4, opts()).unwrap();
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            p.client
+                .connect(p.now, p.server_addr(6379), opts())
+                .unwrap()
+        })
+        .collect();
+    p.run();
+    let st = p.server.stats();
+    assert_eq!(st.tcp_rst_sent, 0);
+    assert!(st.drop_syn_backlog >= 8, "{st}");
+    assert_eq!(p.server.accept_queue_len(6379), 4);
+    // Accepting makes room; the clients' SYN retransmissions (1 s RTO) get in.
+    let mut accepted = 0;
+    for _ in 0..80 {
+        while p.server.accept(6379).is_ok() {
+            accepted += 1;
+        }
+        p.advance(Duration::from_millis(100), Duration::from_millis(1));
+    }
+    while p.server.accept(6379).is_ok() {
+        accepted += 1;
+    }
+    assert_eq!(accepted, 12);
+    for c in clients {
+        assert_eq!(
+            p.client.state(c).unwrap(),
+            smoltcp::socket::tcp::State::Established
+        );
+    }
+    assert_eq!(p.server.stats().tcp_rst_sent, 0);
+}
+
+#[test]
+fn malformed_frames_are_counted_and_dropped() {
+    let mut p = Pair::new();
+    p.server.listen(7, 4, opts()).unwrap();
+    let mac = SERVER_MAC;
+    let inject = |p: &mut Pair, f: Vec<u8>| {
+        p.server.link().inject(f);
+        p.now += Duration::from_micros(1);
+        p.server.poll(p.now);
+    };
+    // Too short.
+    inject(&mut p, vec![1, 2, 3]);
+    // IPv4 with a truncated header.
+    let mut f = Vec::new();
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40]);
+    inject(&mut p, f.clone());
+    // A TCP SYN with a wrong checksum.
+    let mut syn = vec![0u8; 54];
+    syn[..6].copy_from_slice(&mac);
+    syn[6..12].copy_from_slice(&CLIENT_MAC);
+    syn[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut syn[14..34];
+    ip.copy_from_slice(&[
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+    ]);
+    let mut ipp = smoltcp::wire::Ipv4Packet::new_unchecked(&mut syn[14..34]);
+    ipp.fill_checksum();
+    syn[34..54].copy_from_slice(&[
+        0x30, 0x39, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xde, 0xad, 0, 0,
+    ]);
+    inject(&mut p, syn);
+    // Unknown EtherType, and a frame for another MAC.
+    let mut v6 = f.clone();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    inject(&mut p, v6);
+    let mut other = f;
+    other[0] = 0x04;
+    inject(&mut p, other);
+    let st = p.server.stats();
+    assert_eq!(st.drop_malformed, 2, "{st}");
+    assert_eq!(st.drop_bad_checksum, 1, "{st}");
+    assert_eq!(st.drop_unsupported, 1, "{st}");
+    assert_eq!(st.drop_not_ours, 1, "{st}");
+    assert_eq!(p.server.connections(), 0);
+    assert_eq!(st.tx_frames, 0, "nothing answered a bad frame");
+}
+
+#[test]
+fn icmp_echo_is_answered() {
+    let mut p = Pair::new();
+    // Resolve the client first via a TCP exchange's ARP, then ping from a raw frame.
+    p.server.listen(1, 1, opts()).unwrap();
+    p.client.connect(p.now, p.server_addr(1), opts()).unwrap();
+    p.run();
+    let mut f = vec![0u8; 14 + 28];
+    f[..6].copy_from_slice(&SERVER_MAC);
+    f[6..12].copy_from_slice(&CLIENT_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14..34].copy_from_slice(&[
+        0x45, 0, 0, 28, 0, 2, 0, 0, 64, 1, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+    ]);
+    smoltcp::wire::Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+    f[34..42].copy_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
+    let ck = !ones_sum(&f[34..42]);
+    f[36..38].copy_from_slice(&ck.to_be_bytes());
+    let before = p.server.stats().tx_frames;
+    p.server.link().inject(f);
+    p.now += Duration::from_micros(1);
+    p.server.poll(p.now);
+    assert_eq!(p.server.stats().tx_frames, before + 1);
+}
+
+fn ones_sum(b: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+#[test]
+fn data_after_close_resets_like_linux() {
+    // The server reads everything and closes; the client keeps writing: the server must reset
+    // (an orphaned connection has no reader), not advertise a shrinking window forever.
+    let mut p = Pair::new();
+    p.server.listen(11, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(11), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(11).unwrap();
+    p.server.close(s).unwrap();
+    p.run();
+    p.client.send(c, b"more data after the close").unwrap();
+    p.run();
+    assert_eq!(p.server.connections(), 0);
+    let mut buf = [0u8; 8];
+    // As Linux's tcp_recvmsg: the pending error is reported before end of stream.
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
+    assert_eq!(p.client.recv(c, &mut buf), Ok(0));
+}
