@@ -15,14 +15,15 @@
 //! Rust drops locals in reverse order, so the server stops before its namespace disappears.
 //!
 //! Modules, by fixture:
-//! * [`names`]: the names of the objects created, [`cleanup_stale`];
-//! * [`command`]: [`run_checked`] for helper programs, [`built_artifact`] for built ones;
-//! * [`subnet`]: [`Subnet`];
-//! * [`netns`]: [`Netns`];
-//! * [`links`]: [`VethPair`], [`LinkGuard`];
-//! * [`server`]: [`ServerProcess`], [`ServerBuilder`], [`wait_stdout_contains`];
-//! * [`report`]: the load clients' summary lines ([`parse_summary`]);
-//! * [`redis`]: Redis test beds; [`workload`]: the load clients' request streams.
+//! * [`names`] — the names of the objects created, [`cleanup_stale`];
+//! * [`command`] — [`run_checked`] for helper programs, [`built_artifact`] for built ones;
+//! * [`subnet`] — [`Subnet`];
+//! * [`netns`] — [`Netns`];
+//! * [`links`] — [`VethPair`], [`LinkGuard`];
+//! * [`server`] — [`ServerProcess`], [`ServerBuilder`], [`wait_stdout_contains`];
+//! * [`report`] — the load clients' summary lines ([`parse_summary`]);
+//! * [`steps`] — the comparison programs' step-headed output and its comparison;
+//! * [`redis`] — Redis test beds; [`workload`] — the load clients' request streams.
 
 pub use anyhow::{anyhow, bail, Context, Error, Result};
 
@@ -33,6 +34,7 @@ pub mod netns;
 pub mod redis;
 pub mod report;
 pub mod server;
+pub mod steps;
 pub mod subnet;
 pub mod workload;
 
