@@ -5,7 +5,8 @@
 //!   compared byte for byte with a redis-server started without the library;
 //! - a Python program (sockets, select/poll/epoll, selectors, asyncio echo server and clients);
 //! - `syscall-seq` (tests/src/bin): every intercepted call, with error cases, `name ret errno`
-//!   per call, identical with and without the library, and with `MTCP_PORTS` set (slow path);
+//!   per call in named steps, identical with and without the library, and with `MTCP_PORTS` set
+//!   (slow path); a difference names its step;
 //! - a C program built with `-O2 -D_FORTIFY_SOURCE=2`: the `__*_chk` hooks are hit
 //!   (`MTCP_SHIM_TRACE=1` counts) and fortify's overflow abort still happens;
 //! - the cost of a passthrough hook (printed; bounded loosely).
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::ServerProcess;
+use mtcp_tests::{steps, ServerProcess};
 
 const SEQ: &str = env!("CARGO_BIN_EXE_syscall-seq");
 
@@ -760,6 +761,14 @@ fn seq(preload: bool, env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// Fails unless `got` (syscall-seq under the shim) printed what `want` (without it) did,
+/// naming the first step that differs, what each side said, then every differing line.
+fn same_sequence(want: &str, got: &str, what: &str) {
+    if let Some(report) = steps::compare(want, got, "kernel", "shim") {
+        panic!("{what}:\n{report}\n\nkernel:\n{want}");
+    }
+}
+
 #[test]
 fn library_exports_every_listed_call() {
     let exported = exported_hooks();
@@ -783,16 +792,16 @@ fn syscall_sequence_is_identical_under_the_shim() {
         text(&want.stderr)
     );
     assert!(
-        want_out.lines().count() > 150,
+        steps::call_lines(&want_out) > 150,
         "sequence too short:\n{want_out}"
     );
 
     // Pure passthrough (mode word 0).
     let got = seq(true, &[]);
-    assert_eq!(
-        text(&got.stdout),
-        want_out,
-        "passthrough changed a return value or errno"
+    same_sequence(
+        &want_out,
+        &text(&got.stdout),
+        "passthrough changed a return value or errno",
     );
     assert!(got.status.success());
     assert_eq!(text(&got.stderr), "", "the library printed something");
@@ -800,10 +809,10 @@ fn syscall_sequence_is_identical_under_the_shim() {
     // Slow path: MTCP_PORTS set (the gates, the guard, the ops' Bypass and the errno restore
     // all run) and tracing on.
     let slow = seq(true, &[("MTCP_PORTS", "1,2"), ("MTCP_SHIM_TRACE", "1")]);
-    assert_eq!(
-        text(&slow.stdout),
-        want_out,
-        "the slow path changed a return value or errno"
+    same_sequence(
+        &want_out,
+        &text(&slow.stdout),
+        "the slow path changed a return value or errno",
     );
     let counts = trace_counts(&text(&slow.stderr));
     let unexercised: Vec<String> = exported_hooks()
@@ -820,7 +829,11 @@ fn syscall_sequence_is_identical_under_the_shim() {
 fn bad_mtcp_ports_is_reported_once_and_changes_nothing() {
     let want = seq(false, &[]);
     let got = seq(true, &[("MTCP_PORTS", "6379,abc")]);
-    assert_eq!(text(&got.stdout), text(&want.stdout));
+    same_sequence(
+        &text(&want.stdout),
+        &text(&got.stdout),
+        "a bad MTCP_PORTS changed a return value or errno",
+    );
     let err = text(&got.stderr);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line:\n{err}");

@@ -3,7 +3,8 @@
 //! getsockname/getpeername, get/setsockopt, fcntl, ioctl, read/recv/readv with MSG_PEEK and
 //! MSG_DONTWAIT, poll and select (also beside a kernel fd), epoll LT/ET/MOD/DEL, write/writev/
 //! send, dup/dup2/dup3/F_DUPFD, sendfile, sendmmsg/recvmmsg, shutdown, EOF, a reset by the peer,
-//! accept4 flags, the listener).
+//! accept4 flags, the listener). Its calls are grouped into steps named after the Linux
+//! behaviour they check; a difference is reported as `step NAME: kernel said X, shim said Y`.
 //!
 //! Kernel: the server in one namespace, the client in another, over a veth pair. Stack: the
 //! server in the root namespace under `LD_PRELOAD=libmtcpshim.so` on net_af_packet over the
@@ -11,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+use mtcp_tests::{steps, Netns, ServerProcess, Subnet, VethPair};
 
 fn seq_bin() -> std::path::PathBuf {
     mtcp_tests::built_artifact("stack-seq", "MTCP_STACK_SEQ")
@@ -85,25 +86,11 @@ fn stack_run() -> String {
 fn accepted_sockets_behave_as_the_kernels() {
     let kernel = kernel_run();
     let stack = stack_run();
-    let (k, s): (Vec<&str>, Vec<&str>) = (kernel.lines().collect(), stack.lines().collect());
-    let mut diffs = Vec::new();
-    for i in 0..k.len().max(s.len()) {
-        let (a, b) = (k.get(i).copied(), s.get(i).copied());
-        if a != b {
-            diffs.push(format!(
-                "line {}: kernel {:?} / stack {:?}",
-                i + 1,
-                a.unwrap_or("<none>"),
-                b.unwrap_or("<none>")
-            ));
-        }
+    // The first step that differs (with what each side said), then every differing line.
+    if let Some(report) = steps::compare(&kernel, &stack, "kernel", "shim") {
+        panic!("{report}\n\nkernel:\n{kernel}");
     }
-    assert!(
-        diffs.is_empty(),
-        "{} differences:\n{}\n\nkernel:\n{kernel}",
-        diffs.len(),
-        diffs.join("\n")
-    );
-    // The sequence really ran: it has more than a hundred lines and ends with "done".
-    assert!(k.len() > 100, "{kernel}");
+    // The sequence really ran: it has more than a hundred lines (step headers aside) and ends
+    // with "done".
+    assert!(steps::call_lines(&kernel) > 100, "{kernel}");
 }

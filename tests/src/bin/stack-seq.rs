@@ -1,5 +1,8 @@
 //! `stack-seq`: the same sequence of socket calls on *accepted* TCP connections, printed one line
 //! per call (`name ret errno [what came back]`), for comparing the kernel with mtcpshim's stack.
+//! The calls are grouped into steps, each under a header line `step: NAME` that names the Linux
+//! behaviour they check (`docs/linux-semantics.md` lists them), so a difference names the
+//! behaviour that broke.
 //!
 //! `stack-seq server PORT` listens on 0.0.0.0:PORT, prints `ready`, and runs the sequence on two
 //! connections from `stack-seq client ADDR PORT` (a kernel client, in another namespace). The two
@@ -36,6 +39,12 @@ fn errno() -> c_int {
 fn set_errno(v: c_int) {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = v }
+}
+
+/// Starts a step: a header line `step: NAME` naming the Linux behaviour the calls after it
+/// check, up to the next header. The comparing test names the first step whose lines differ.
+fn step(name: &str) {
+    println!("{}{name}", mtcp_tests::steps::STEP_PREFIX);
 }
 
 /// Runs one call with errno set to the sentinel, prints `name ret errno extra`.
@@ -221,6 +230,7 @@ fn server(port: u16) {
         sin.sin_family = libc::AF_INET as libc::sa_family_t;
         sin.sin_port = port.to_be();
         let slen = size_of::<sockaddr_in>() as socklen_t;
+        step("bind and listen on the port");
         call("bind", || {
             libc::bind(s, (&sin as *const sockaddr_in).cast(), slen)
         });
@@ -229,7 +239,9 @@ fn server(port: u16) {
         let _ = std::io::stdout().flush();
 
         // --- connection 1 ----------------------------------------------------------------
+        step("a listener with a connection queued polls POLLIN");
         poll_one(s, libc::POLLIN, 10_000, "poll(listener)");
+        step("accept4(SOCK_CLOEXEC) gives the peer address and sets FD_CLOEXEC");
         let mut peer: sockaddr_in = zeroed();
         let mut plen = slen;
         let c = call_fd("accept4(CLOEXEC)", || {
@@ -243,6 +255,7 @@ fn server(port: u16) {
         sockaddr_note(&peer, plen, None);
         assert!(c >= 0, "accept failed");
         call("fcntl(F_GETFD)", || libc::fcntl(c, libc::F_GETFD));
+        step("getsockname and getpeername give the connection addresses; a short buffer truncates and returns the full length");
         let mut a: sockaddr_in = zeroed();
         let mut alen = slen;
         call("getsockname", || {
@@ -259,6 +272,7 @@ fn server(port: u16) {
             libc::getpeername(c, (&mut a as *mut sockaddr_in).cast(), &mut short)
         });
         note(format!("len={short}"));
+        step("getsockopt on a new connection: SO_TYPE, SO_ERROR, SO_KEEPALIVE");
         getsockopt_int(c, libc::SOL_SOCKET, libc::SO_TYPE, "getsockopt(SO_TYPE)");
         getsockopt_int(c, libc::SOL_SOCKET, libc::SO_ERROR, "getsockopt(SO_ERROR)");
         getsockopt_int(
@@ -267,6 +281,7 @@ fn server(port: u16) {
             libc::SO_KEEPALIVE,
             "getsockopt(SO_KEEPALIVE)",
         );
+        step("setsockopt of TCP_NODELAY and keepalive options; TCP_KEEPIDLE 0 and a short optlen are EINVAL");
         setsockopt_int(
             c,
             libc::IPPROTO_TCP,
@@ -325,6 +340,7 @@ fn server(port: u16) {
             )
         });
 
+        step("fcntl(F_SETFL, O_NONBLOCK) shows in F_GETFL");
         // Non-blocking, nothing to read yet.
         let fl = call("fcntl(F_GETFL)", || libc::fcntl(c, libc::F_GETFL));
         call("fcntl(F_SETFL O_NONBLOCK)", || {
@@ -333,6 +349,7 @@ fn server(port: u16) {
         call("fcntl(F_GETFL)", || {
             libc::fcntl(c, libc::F_GETFL) & libc::O_NONBLOCK
         });
+        step("non-blocking read with nothing buffered is EAGAIN, a zero-length read returns 0, FIONREAD 0");
         let mut b = [0u8; 16];
         call("read(empty)", || libc::read(c, b.as_mut_ptr().cast(), 16));
         call("recv(empty, MSG_DONTWAIT)", || {
@@ -342,6 +359,7 @@ fn server(port: u16) {
         let mut n: c_int = -1;
         call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
         note(format!("value={n}"));
+        step("an idle connection is writable, not readable: poll and select, also beside a kernel fd");
         poll_one(c, libc::POLLIN | libc::POLLOUT, 0, "poll(c, IN|OUT, 0)");
         select_one(c, true, 0, "select(read, 0)");
         select_one(c, false, 0, "select(write, 0)");
@@ -367,6 +385,7 @@ fn server(port: u16) {
             two[0].revents, two[1].revents
         ));
 
+        step("arrived data makes the connection readable and FIONREAD counts it");
         // Data arrives.
         send_line(c, "A");
         poll_one(c, libc::POLLIN, 10_000, "poll(c, IN, 10s)");
@@ -378,6 +397,7 @@ fn server(port: u16) {
         call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
         note(format!("value={n}"));
         select_one(c, true, 1_000_000, "select(read, 1s)");
+        step("MSG_PEEK leaves the data; recv and readv take it in order, then EAGAIN");
         recv_note(c, 4, libc::MSG_PEEK, "recv(MSG_PEEK)");
         recv_note(c, 4, 0, "recv");
         let (mut x, mut y) = ([0u8; 3], [0u8; 3]);
@@ -399,6 +419,7 @@ fn server(port: u16) {
         ));
         call("read(drained)", || libc::read(c, b.as_mut_ptr().cast(), 16));
 
+        step("EPOLLET reports new data once with the caller's data; a second EPOLL_CTL_ADD is EEXIST");
         // epoll, edge-triggered, with the application's data.
         let ep = call_fd("epoll_create1", || libc::epoll_create1(libc::EPOLL_CLOEXEC));
         let mut ev = libc::epoll_event {
@@ -432,6 +453,7 @@ fn server(port: u16) {
             libc::ioctl(c, libc::FIONREAD, &mut n);
         }
         recv_note(c, 16, 0, "recv(xyz)");
+        step("a write is sent at once, with no further call (the answer is back within 300 ms)");
         // A write inside an event-loop iteration (the poll above returned), then no socket
         // call for 300 ms: the kernel sends it at once; the stack may keep it for the thread's
         // next wait, but must send it anyway when that wait does not come. By then the
@@ -447,6 +469,7 @@ fn server(port: u16) {
         });
         note(format!("FIONREAD={n}"));
         note(read_line(c));
+        step("EPOLL_CTL_MOD to EPOLLOUT reports writable; a second EPOLL_CTL_DEL is ENOENT");
         ev.events = (libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
         call("epoll_ctl(MOD OUT)", || {
             libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, c, &mut ev)
@@ -464,6 +487,7 @@ fn server(port: u16) {
         call("epoll_ctl(DEL again)", || {
             libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, c, null_mut())
         });
+        step("an epoll fd's dup keeps reporting after the original is closed");
         // The epoll fd dup'd and the original closed: the dup still reports what arrives.
         ev.events = libc::EPOLLIN as u32;
         call("epoll_ctl(ADD IN)", || {
@@ -482,6 +506,7 @@ fn server(port: u16) {
         note(read_line(c));
         call("close(the dup)", || libc::close(ep2));
 
+        step("blocking write, writev and send(MSG_NOSIGNAL) deliver in order");
         // Blocking again; writes and their delivery.
         call("fcntl(F_SETFL 0)", || libc::fcntl(c, libc::F_SETFL, fl));
         let msg = b"say:write\n";
@@ -503,6 +528,7 @@ fn server(port: u16) {
         });
         note(read_line(c));
 
+        step("a dup keeps the connection open after the original fd is closed");
         // dup and friends: the connection lives until its last fd is closed.
         let d = call_fd("dup", || libc::dup(c));
         call("close(original)", || libc::close(c));
@@ -511,6 +537,7 @@ fn server(port: u16) {
             libc::write(d, msg.as_ptr().cast(), msg.len())
         });
         note(read_line(d));
+        step("F_DUPFD_CLOEXEC, dup2 and dup3 choose the fd number; dup3 to itself or with bad flags is EINVAL, dup2 of a bad fd EBADF");
         let f = libc::fcntl(d, libc::F_DUPFD_CLOEXEC, 50);
         call("fcntl(F_DUPFD_CLOEXEC, 50) >= 50", || (f >= 50) as c_int);
         call("close(F_DUPFD)", || libc::close(f));
@@ -526,6 +553,7 @@ fn server(port: u16) {
         });
         sockaddr_note(&a, alen, None);
 
+        step("sendfile sends from an offset (and advances it) or from the file position (and moves it)");
         // sendfile from a file, at an offset and from the file position.
         let path = std::env::temp_dir().join(format!("stack-seq-{}", std::process::id()));
         std::fs::write(&path, b"XXXXXsay:sendfile\nsay:filepos\n").unwrap();
@@ -546,6 +574,7 @@ fn server(port: u16) {
         note(read_line(d2));
         libc::close(file);
 
+        step("sendmmsg and recvmmsg on a TCP connection");
         // sendmmsg / recvmmsg.
         let m1 = b"say:m1\n";
         let m2 = b"say:m2\n";
@@ -595,6 +624,7 @@ fn server(port: u16) {
         });
         note(format!("lens={},{}", rmsgs[0].msg_len, rmsgs[1].msg_len));
 
+        step("shutdown with a bad how is EINVAL; after shutdown(SHUT_WR) send is EPIPE");
         // Half-close: the peer sees EOF, answers, closes.
         call("shutdown(bad how)", || libc::shutdown(d2, 7));
         call("shutdown(SHUT_WR)", || libc::shutdown(d2, libc::SHUT_WR));
@@ -602,6 +632,7 @@ fn server(port: u16) {
         call("send(after SHUT_WR, NOSIGNAL)", || {
             libc::send(d2, msg.as_ptr().cast(), 4, libc::MSG_NOSIGNAL)
         });
+        step("POLLRDHUP as soon as the peer's FIN arrives, data still unread before it");
         // The peer answers `eof` and closes: its FIN arrives behind that line, still unread.
         // Linux reports POLLRDHUP at once (RCV_SHUTDOWN), not only once the line was read.
         let mut p = pollfd {
@@ -620,8 +651,10 @@ fn server(port: u16) {
             0,
             "poll(FIN behind unread data)",
         );
+        step("recv after peer FIN returns the data, then 0");
         note(read_line(d2));
         call("read(EOF)", || libc::read(d2, b.as_mut_ptr().cast(), 16));
+        step("after both FINs poll reports POLLIN|POLLOUT|POLLRDHUP|POLLHUP; close twice is EBADF");
         poll_one(
             d2,
             libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
@@ -631,6 +664,7 @@ fn server(port: u16) {
         call("close(60)", || libc::close(d2));
         call("close(60 again)", || libc::close(d2));
 
+        step("blocking accept of the next connection; its data");
         // --- connection 2: reset by the peer ---------------------------------------------
         let c = libc::accept(s, null_mut(), null_mut());
         assert!(c >= 0, "second accept");
@@ -640,6 +674,7 @@ fn server(port: u16) {
             libc::ioctl(c, libc::FIONREAD, &mut n);
         }
         recv_note(c, 16, 0, "recv(abc)");
+        step("EPOLLET listener reports each queued connection");
         // The listener under EPOLLET: every new connection is an edge, also while an earlier
         // one is still queued (Linux wakes the listener once per connection).
         let ep = libc::epoll_create1(0);
@@ -673,6 +708,9 @@ fn server(port: u16) {
         }
         call("close(epoll)", || libc::close(ep));
 
+        step(
+            "a connection reset while queued for accept is accepted; its first read is ECONNRESET",
+        );
         // A connection reset while it waits in the accept queue: the client resets it, then
         // says so on this connection (the reset reached us first: same path, in order).
         send_line(c, "rstq");
@@ -696,6 +734,7 @@ fn server(port: u16) {
         }
         poll_one(s, libc::POLLIN, 0, "poll(listener, nothing left)");
 
+        step("data arriving after shutdown(SHUT_RDWR) resets the connection: ECONNRESET, 0, EPIPE");
         // shutdown(SHUT_RDWR), then the peer sends: Linux resets (RFC 1122). The client opens
         // one more connection, waits for our FIN, sends, reads until the reset (or 2 s), then
         // says so on this connection.
@@ -710,6 +749,7 @@ fn server(port: u16) {
         });
         call("close(late)", || libc::close(l));
 
+        step("shutdown(SHUT_RD) keeps buffered data readable, then 0 instead of EAGAIN");
         // shutdown(SHUT_RD) with data queued: readable with RDHUP at once, the data, then end
         // of stream instead of EAGAIN; data arriving afterwards is still delivered.
         let queued = |want: c_int| {
@@ -738,9 +778,11 @@ fn server(port: u16) {
             libc::MSG_DONTWAIT,
             "recv(after SHUT_RD, nothing left)",
         );
+        step("data arriving after shutdown(SHUT_RD) is still delivered");
         send_line(c, "data");
         queued(3);
         recv_note(c, 16, 0, "recv(after SHUT_RD, arrived since)");
+        step("recv after peer RST returns ECONNRESET then 0; SO_ERROR is then 0, send EPIPE");
         send_line(c, "go");
         let ev = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP;
         // Wait (without POLLOUT, which is ready all along and would end every poll at once)
@@ -773,6 +815,7 @@ fn server(port: u16) {
         });
         call("close", || libc::close(c));
 
+        step("listener: non-blocking accept4 with nothing queued is EAGAIN, bad flags EINVAL; SO_ACCEPTCONN is 1");
         // The listener.
         let fl = libc::fcntl(s, libc::F_GETFL);
         libc::fcntl(s, libc::F_SETFL, fl | libc::O_NONBLOCK);

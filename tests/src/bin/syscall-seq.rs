@@ -6,8 +6,9 @@
 //! printed too: a preloaded library that opens fds of its own shifts them. The sequence covers
 //! every call mtcpshim intercepts, with error cases (EBADF, ENOTCONN, EAGAIN, EINVAL,
 //! ECONNREFUSED, EPIPE with MSG_NOSIGNAL, EISCONN, EEXIST, ENOENT, ENOTSOCK, ENOTTY,
-//! ENOPROTOOPT). `shim_passthrough.rs` runs it with and without `LD_PRELOAD=libmtcpshim.so` and
-//! compares the outputs.
+//! ENOPROTOOPT). The calls are grouped into steps, each under a header line `step: NAME` that
+//! names the behaviour they check. `shim_passthrough.rs` runs it with and without
+//! `LD_PRELOAD=libmtcpshim.so` and compares the outputs, naming the first step that differs.
 //!
 //! `syscall-seq bench [N]` instead times N calls of a few cheap hooked functions and prints
 //! `bench <what> ns_per_call=<best of 7 rounds>`; `syscall-seq loop N` makes N `read(-1, ..)`
@@ -69,6 +70,11 @@ struct Log(Vec<String>);
 impl Log {
     fn line(&mut self, s: String) {
         self.0.push(s);
+    }
+    /// Starts a step: a header line `step: NAME` naming the behaviour the calls after it
+    /// check, up to the next header. The comparing test names the first step that differs.
+    fn step(&mut self, name: &str) {
+        self.line(format!("{}{name}", mtcp_tests::steps::STEP_PREFIX));
     }
     fn check(&mut self, what: &str, ok: bool) {
         self.line(format!("check {what} {}", if ok { "ok" } else { "FAILED" }));
@@ -145,6 +151,7 @@ fn sequence(log: &mut Log) {
     let zero: c_int = 0;
     let int_len = size_of::<c_int>() as socklen_t;
 
+    log.step("setsockopt with a short optlen is EINVAL, with an unknown level ENOPROTOOPT");
     // --- listener -------------------------------------------------------------------------
     let lfd = call!(
         log,
@@ -172,6 +179,9 @@ fn sequence(log: &mut Log) {
         "setsockopt/bad-level-ENOPROTOOPT",
         libc::setsockopt(lfd, 9999, 1, int_opt(&one), int_len)
     );
+    log.step(
+        "bind a second time or with a short address is EINVAL; getsockname gives the chosen port",
+    );
     let any = loopback(0);
     call!(log, "bind", libc::bind(lfd, sa(&any), SIN_LEN));
     call!(log, "bind/again-EINVAL", libc::bind(lfd, sa(&any), SIN_LEN));
@@ -187,6 +197,7 @@ fn sequence(log: &mut Log) {
     );
     let lport = port_of(&laddr);
     log.check("getsockname-port", lport != 0 && alen == SIN_LEN);
+    log.step("accept on a non-blocking listener with nothing queued is EAGAIN");
     call!(
         log,
         "fcntl/F_SETFL-nonblock",
@@ -208,6 +219,7 @@ fn sequence(log: &mut Log) {
         libc::fcntl(lfd, libc::F_SETFL, 0)
     );
 
+    log.step("an unconnected socket: getpeername, recv, read and shutdown are ENOTCONN, send EPIPE; listen binds it");
     // --- an unconnected socket --------------------------------------------------------------
     let cfd = call!(
         log,
@@ -246,6 +258,7 @@ fn sequence(log: &mut Log) {
     call!(log, "listen/on-unbound", libc::listen(cfd, 1));
     call!(log, "close", libc::close(cfd));
 
+    log.step("connect a second time is EISCONN; accept4 with bad flags is EINVAL, with SOCK_CLOEXEC sets FD_CLOEXEC");
     // --- a connection -----------------------------------------------------------------------
     let cfd = call!(
         log,
@@ -296,6 +309,9 @@ fn sequence(log: &mut Log) {
         libc::fcntl(sfd, libc::F_GETFD)
     );
 
+    log.step(
+        "socket options read back; SO_ERROR 0; getsockopt with an unknown level is EOPNOTSUPP",
+    );
     // options
     call!(
         log,
@@ -377,6 +393,7 @@ fn sequence(log: &mut Log) {
         )
     );
 
+    log.step("write then read delivers the bytes");
     // data: write/read
     call!(log, "write", libc::write(cfd, b"hello".as_ptr().cast(), 5));
     let n = call!(
@@ -386,6 +403,7 @@ fn sequence(log: &mut Log) {
     );
     log.check("read-data", &buf[..n.max(0) as usize] == b"hello");
 
+    log.step("O_NONBLOCK through fcntl: a read with nothing buffered is EAGAIN; an unknown fcntl command is EINVAL");
     // fcntl flags, EAGAIN
     call!(log, "fcntl/F_GETFL", libc::fcntl(sfd, libc::F_GETFL));
     call!(
@@ -415,6 +433,7 @@ fn sequence(log: &mut Log) {
     call!(log, "fcntl/F_SETFD", libc::fcntl(sfd, libc::F_SETFD, 0));
     call!(log, "fcntl/F_GETFD", libc::fcntl(sfd, libc::F_GETFD));
 
+    log.step("ioctl(FIONBIO) sets and clears O_NONBLOCK; TIOCGWINSZ on a socket is ENOTTY");
     // ioctl
     let mut nb: c_int = 1;
     call!(
@@ -442,6 +461,9 @@ fn sequence(log: &mut Log) {
         libc::ioctl(sfd, libc::TIOCGWINSZ, &mut ws as *mut libc::winsize)
     );
 
+    log.step(
+        "writev and readv gather and scatter, FIONREAD counts; iovcnt -1 is EINVAL, a bad fd EBADF",
+    );
     // readv/writev, FIONREAD
     let parts: [&[u8]; 3] = [b"ab", b"cde", b"fghij"];
     let iov: Vec<iovec> = parts
@@ -487,6 +509,7 @@ fn sequence(log: &mut Log) {
     );
     call!(log, "readv/EBADF", libc::readv(-1, riov.as_ptr(), 2));
 
+    log.step("MSG_PEEK leaves the data; sendto and recvfrom without addresses act as send and recv on TCP");
     // send/recv, sendto/recvfrom on TCP
     call!(
         log,
@@ -516,6 +539,7 @@ fn sequence(log: &mut Log) {
         libc::recv(sfd, buf.as_mut_ptr().cast(), 100, 0)
     );
 
+    log.step("sendmsg and recvmsg gather and scatter; recvmsg(MSG_DONTWAIT) with nothing buffered is EAGAIN");
     // sendmsg/recvmsg
     let siov = [
         iovec {
@@ -547,6 +571,7 @@ fn sequence(log: &mut Log) {
         libc::recvmsg(sfd, &mut rh, libc::MSG_DONTWAIT)
     );
 
+    log.step("poll, ppoll, select and pselect report readiness; too many fds or nfds -1 is EINVAL");
     // readiness: poll, ppoll, select, pselect, epoll
     let mut pfd = [pollfd {
         fd: sfd,
@@ -611,6 +636,7 @@ fn sequence(log: &mut Log) {
         libc::pselect(cfd + 1, null_mut(), &mut ws_set, null_mut(), &t0, null())
     );
 
+    log.step("epoll: a size 0 or bad flags are EINVAL, ADD twice EEXIST, itself EINVAL, a bad fd EBADF; EPOLLET reports once; DEL twice ENOENT");
     let ep0 = call!(log, "epoll_create", libc::epoll_create(1)) as c_int;
     call!(log, "epoll_create/EINVAL", libc::epoll_create(0));
     let ep = call!(
@@ -699,6 +725,7 @@ fn sequence(log: &mut Log) {
     );
     call!(log, "read", libc::read(sfd, buf.as_mut_ptr().cast(), 16));
 
+    log.step("the fortified entry points (__read_chk, __recv_chk, __poll_chk, ...) act as the plain calls");
     // fortified twins (called directly, with the sizes the compiler would pass)
     call!(
         log,
@@ -746,6 +773,7 @@ fn sequence(log: &mut Log) {
         __ppoll_chk(pfd.as_mut_ptr(), 1, &t0, null(), size_of::<[pollfd; 1]>())
     );
 
+    log.step("sendfile and sendfile64 advance the offset; a bad in-fd is EBADF; setsockopt on a non-socket is ENOTSOCK");
     // sendfile / sendfile64 from a memfd
     let mfd = call!(log, "memfd_create", libc::memfd_create(c"seq".as_ptr(), 0)) as c_int;
     let blob: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
@@ -795,6 +823,7 @@ fn sequence(log: &mut Log) {
     );
     call!(log, "close", libc::close(mfd));
 
+    log.step("dup, dup2, dup3 and F_DUPFD_CLOEXEC share the socket; dup2 to itself returns it, dup3 to itself is EINVAL, a bad fd EBADF");
     // dup, dup2, dup3, F_DUPFD_CLOEXEC
     let d = call!(log, "dup", libc::dup(sfd)) as c_int;
     call!(log, "dup2", libc::dup2(sfd, 100));
@@ -820,6 +849,7 @@ fn sequence(log: &mut Log) {
         call!(log, "close", libc::close(fd));
     }
 
+    log.step("UDP: recvfrom gives the sender address; sendmmsg and recvmmsg, then EAGAIN with nothing queued");
     // UDP: sendto/recvfrom with addresses, sendmmsg/recvmmsg
     let u1 = call!(
         log,
@@ -921,6 +951,7 @@ fn sequence(log: &mut Log) {
     call!(log, "close", libc::close(u1));
     call!(log, "close", libc::close(u2));
 
+    log.step("after shutdown(SHUT_WR) the peer reads 0 and a send is EPIPE; a bad how is EINVAL, a non-socket ENOTSOCK");
     // shutdown, EOF, EPIPE
     call!(log, "shutdown/SHUT_WR", libc::shutdown(cfd, libc::SHUT_WR));
     call!(
@@ -943,6 +974,7 @@ fn sequence(log: &mut Log) {
     call!(log, "write", libc::write(sfd, b"back".as_ptr().cast(), 4));
     call!(log, "read", libc::read(cfd, buf.as_mut_ptr().cast(), 16));
 
+    log.step("calls on a closed fd are EBADF; poll reports POLLNVAL");
     // closed fds
     call!(log, "close", libc::close(sfd));
     call!(log, "close/again-EBADF", libc::close(sfd));
@@ -990,6 +1022,7 @@ fn sequence(log: &mut Log) {
     call!(log, "close", libc::close(ep));
     call!(log, "close", libc::close(ep0));
 
+    log.step("connect to a port nobody listens on is ECONNREFUSED; socket with an unknown family is EAFNOSUPPORT, an unknown type EINVAL");
     // ECONNREFUSED: the listener's port after the listener is gone
     call!(log, "close", libc::close(lfd));
     let rfd = call!(

@@ -1,0 +1,35 @@
+//! Reading what the load clients report: the `key=value` summary line every `mtcp-client`
+//! subcommand prints last.
+
+use std::collections::HashMap;
+
+use crate::{anyhow, Result};
+
+/// Parses `key=value` tokens of a summary line (tokens without `=` are ignored).
+pub fn parse_kv(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The key=value pairs of the last stdout line that starts with `mode=` (the summary line
+/// every `mtcp-client` subcommand prints).
+pub fn parse_summary(stdout: &[u8]) -> Result<HashMap<String, String>> {
+    let s = String::from_utf8_lossy(stdout);
+    let line = s
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("mode="))
+        .ok_or_else(|| anyhow!("no summary line (mode=...) in output: {s:?}"))?;
+    Ok(parse_kv(line))
+}
+
+/// Fetches and parses `key` from a parsed summary.
+pub fn kv_get<T: std::str::FromStr>(kv: &HashMap<String, String>, key: &str) -> Result<T> {
+    let v = kv
+        .get(key)
+        .ok_or_else(|| anyhow!("summary has no {key}=: {kv:?}"))?;
+    v.parse()
+        .map_err(|_| anyhow!("summary value {key}={v} does not parse"))
+}
