@@ -1,4 +1,4 @@
-//! Redis as production runs it, under the shim (issue 5): forks for BGSAVE and AOF rewrites,
+//! Redis as production runs it, under the shim: forks for BGSAVE and AOF rewrites,
 //! io-threads, 10,000 clients, connect/close churn, 100 MB values, a busy server (DEBUG SLEEP),
 //! slow and vanishing clients, a lossy network, SIGTERM under load. Debian's redis-server over
 //! net_af_packet; clients (redis-benchmark, redis-cli, python3) in a namespace.

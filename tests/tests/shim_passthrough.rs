@@ -1,4 +1,4 @@
-//! The passthrough path of libmtcpshim (issue 4): with `LD_PRELOAD=libmtcpshim.so` and
+//! The passthrough path of libmtcpshim: with `LD_PRELOAD=libmtcpshim.so` and
 //! `MTCP_PORTS` unset, real programs behave exactly as without the library.
 //!
 //! - Debian's redis-server, redis-cli and redis-benchmark (all preloaded) on 127.0.0.1, replies

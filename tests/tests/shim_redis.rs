@@ -369,7 +369,7 @@ fn bgsave_children_leave_the_parents_connections_alone() {
     assert_eq!(bed.cli_ok(&["ping"]), "PONG\n");
 }
 
-/// The behaviours issue 4 names, through the stack: pub/sub with 100 subscribers, BLPOP with a
+/// Redis behaviours that depend on the socket layer, through the stack: pub/sub with 100 subscribers, BLPOP with a
 /// timeout, MULTI/EXEC, CLIENT KILL, QUIT. (1,000 concurrent clients and WATCH with a
 /// concurrent writer: tests below.)
 #[test]

@@ -22,7 +22,7 @@ use crate::seq::seq_lt;
 
 /// Default retransmission timeout floor (MTCP_RTO_MIN_MS): Linux's 200 ms. It must stay above
 /// the peers' delayed-ACK timer (Linux: 40 ms and more; others up to 200 ms): with a 30 ms
-/// floor (session 1's choice, FreeBSD's), 10,000 Redis clients on a busy machine acknowledged
+/// floor (FreeBSD's), 10,000 Redis clients on a busy machine acknowledged
 /// replies later than that and 36,000 of 100,000 replies were retransmitted for nothing, each
 /// one a go-back-N with the window reset, until throughput collapsed for seconds.
 pub const DEFAULT_RTO_MIN_US: Micros = 200_000;
