@@ -33,8 +33,6 @@
 //! reported on stderr and the process aborts. Returning -1/EIO instead would keep a process
 //! running whose socket layer just failed halfway through a change of its own state, and would
 //! hand the application an error the kernel never produces: a silent misbehaviour.
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
 pub mod errno;
