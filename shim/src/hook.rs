@@ -308,7 +308,13 @@ mod tests {
         op: impl FnOnce() -> Outcome<R>,
         real: impl FnOnce() -> R,
     ) -> R {
-        slow(&TRACE_COUNTS[id as usize], NAMES[id as usize], gate, op, real)
+        slow(
+            &TRACE_COUNTS[id as usize],
+            NAMES[id as usize],
+            gate,
+            op,
+            real,
+        )
     }
 
     fn resolve_id(id: Id) -> Option<usize> {

@@ -52,10 +52,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// listen() on a socket bound to a flagged port: the stack listens too. `None`: not bound
     /// to a flagged port (the kernel's).
     pub fn listen(&mut self, fd: c_int, backlog: c_int) -> Answer<c_int> {
-        let (port, kernel) = *self.binds.get(&fd)?;
         let depth = backlog.max(0) as usize;
-        if let Some(Obj::Listener { .. }) = self.obj(fd) {
-            // listen() again: a new backlog.
+        if let Some(Obj::Listener { port, kernel }) = self.obj(fd) {
+            // listen() again: a new backlog, on both sides. The kernel side of a stack-only
+            // listener is not bound: a listen() there would bind it to an ephemeral port on
+            // every address.
+            let (port, kernel) = (*port, *kernel);
             if kernel {
                 if let Err(e) = self.host.kernel_listen(fd, backlog) {
                     return Some(Err(e));
@@ -64,6 +66,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             let stack = self.stack.as_mut()?;
             return Some(stack.set_backlog(port, depth).map(|_| 0).map_err(so_errno));
         }
+        let (port, kernel) = *self.binds.get(&fd)?;
         let stack = match self.ensure_stack() {
             Ok(st) => st,
             Err(e) => return Some(Err(e)),

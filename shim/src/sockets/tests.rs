@@ -316,6 +316,38 @@ fn a_stack_that_cannot_start_is_said_once() {
 }
 
 #[test]
+fn listen_again_changes_the_backlog_of_both_sides() {
+    let mut n = Net::new();
+    n.listen_dual();
+    assert_eq!(n.s.listen(LISTEN_FD, 1), Some(Ok(0)));
+    assert_eq!(
+        n.log.borrow().kernel_listens,
+        vec![(LISTEN_FD, 128), (LISTEN_FD, 1)]
+    );
+    // A backlog of one: the second connection waits in SYN-RECEIVED, the first is queued.
+    for _ in 0..2 {
+        n.client
+            .connect(
+                n.now.get(),
+                SocketAddrV4::new(SERVER, PORT),
+                n.client.default_options(),
+            )
+            .unwrap();
+    }
+    n.settle();
+    assert_eq!(n.s.stack().unwrap().accept_queue_len(PORT), 1);
+}
+
+#[test]
+fn listen_again_on_a_stack_only_listener_leaves_the_kernel_alone() {
+    let mut n = Net::new();
+    assert_eq!(n.s.bind(LISTEN_FD, SERVER, PORT), Some(Ok(0)));
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Ok(0)));
+    assert_eq!(n.s.listen(LISTEN_FD, 4), Some(Ok(0)));
+    assert!(n.log.borrow().kernel_listens.is_empty());
+}
+
+#[test]
 fn accept_flags_give_a_nonblocking_connection() {
     let mut n = Net::new();
     n.listen_dual();
