@@ -42,7 +42,11 @@ fn signal_state(pid: u32) -> Vec<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .filter(|l| ["SigBlk:", "SigIgn:", "SigCgt:"].iter().any(|k| l.starts_with(k)))
+        .filter(|l| {
+            ["SigBlk:", "SigIgn:", "SigCgt:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
 }
@@ -73,7 +77,15 @@ fn plain_redis_signal_state() -> Vec<String> {
     let dir = TempDir::new("plain-redis");
     let sock = dir.path().join("redis.sock");
     let mut plain = ServerProcess::builder("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
         .arg(&sock)
         .arg("--dir")
         .arg(dir.path())
@@ -228,7 +240,14 @@ print("echoed=200")
     let client = ns
         .exec(
             "timeout",
-            ["30", "python3", "-c", CLIENT, &subnet.addr(2).to_string(), &port],
+            [
+                "30",
+                "python3",
+                "-c",
+                CLIENT,
+                &subnet.addr(2).to_string(),
+                &port,
+            ],
         )
         .expect("the client runs");
     let done = server.wait_stdout("signals", Duration::from_secs(10));
@@ -247,9 +266,9 @@ print("echoed=200")
 
 /// A normal start over net_tap prints nothing on the application's stderr (DPDK's messages are
 /// kept unless MTCP_LOG asks for them, or the start fails); with MTCP_LOG set, DPDK's messages
-/// of that level are there.
+/// of that level are there; a start that fails shows DPDK's reason before the shim's line.
 #[test]
-fn a_normal_start_prints_nothing_and_mtcp_log_shows_dpdk() {
+fn dpdk_says_nothing_unless_asked_or_the_start_fails() {
     let mut bed = RedisBed::new(BedOptions::default());
     bed.cli_ok(&["ping"]);
     let (status, stderr) = bed.server.stop_with_stderr().expect("redis-server stops");
@@ -263,6 +282,31 @@ fn a_normal_start_prints_nothing_and_mtcp_log_shows_dpdk() {
     bed.cli_ok(&["ping"]);
     let (_, stderr) = bed.server.stop_with_stderr().expect("redis-server stops");
     for line in ["EAL: ", "Failed to send start req to secondary"] {
-        assert!(stderr.contains(line), "MTCP_LOG=debug: no {line:?} in\n{stderr}");
+        assert!(
+            stderr.contains(line),
+            "MTCP_LOG=debug: no {line:?} in\n{stderr}"
+        );
     }
+
+    let subnet = Subnet::allocate().expect("subnet");
+    let port = (19700 + subnet.index()).to_string();
+    let out = std::process::Command::new("timeout")
+        .args(["30", "redis-server", "--port", &port, "--save", ""])
+        .env("LD_PRELOAD", shim_lib())
+        .env("MTCP_PORTS", &port)
+        .env("MTCP_DEV", format!("tap:{}", unique_ifname("f")))
+        .env("MTCP_ADDR", subnet.cidr(2))
+        .env("MTCP_EAL_ARGS", "--vdev=net_nonexistent0")
+        .output()
+        .expect("redis-server runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (dpdk, ours) = (
+        stderr.find("EAL: failed to parse device \"net_nonexistent0\""),
+        stderr.find("DPDK EAL initialisation failed"),
+    );
+    assert!(
+        !out.status.success() && dpdk.is_some() && dpdk < ours,
+        "{}: {stderr}",
+        out.status
+    );
 }

@@ -116,8 +116,14 @@ mod tests {
 
     #[test]
     fn the_tap_pmds_no_signal_notices_are_recognised() {
-        assert!(is_rt_signal_notice(b"rte_eth_tap: tun_alloc(): All rt-signals are in use\n"));
-        assert!(is_rt_signal_notice(b"tun_alloc(): No Rx trigger signal available\n"));
-        assert!(!is_rt_signal_notice(b"tun_alloc(): Unable to set net_tap0 to nonblocking\n"));
+        assert!(is_rt_signal_notice(
+            b"rte_eth_tap: tun_alloc(): All rt-signals are in use\n"
+        ));
+        assert!(is_rt_signal_notice(
+            b"tun_alloc(): No Rx trigger signal available\n"
+        ));
+        assert!(!is_rt_signal_notice(
+            b"tun_alloc(): Unable to set net_tap0 to nonblocking\n"
+        ));
     }
 }
