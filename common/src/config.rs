@@ -131,6 +131,9 @@ pub struct Config {
     pub hugepages: Hugepages,
     pub eal_args: Vec<String>,
     pub log: String,
+    /// MTCP_LOG was set: DPDK's own messages are printed (at its level), not only when the
+    /// start fails.
+    pub log_given: bool,
     pub tap_peer: Option<Cidr>,
     pub pcap: Option<String>,
     pub pcap_max_bytes: u64,
@@ -589,6 +592,7 @@ impl Config {
         let eal_args: Vec<String> = get("MTCP_EAL_ARGS")
             .map(|a| a.split_whitespace().map(String::from).collect())
             .unwrap_or_default();
+        let log_given = get("MTCP_LOG").is_some();
         let log = get("MTCP_LOG").unwrap_or("warn").to_string();
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| {
             err(
@@ -686,6 +690,7 @@ impl Config {
             hugepages,
             eal_args,
             log,
+            log_given,
             tap_peer,
             pcap,
             pcap_max_bytes,

@@ -86,7 +86,18 @@ mod wrap {
         pub fn mtcp_rte_mbuf_refcnt_read(m: *const rte_mbuf) -> u16;
         pub fn mtcp_rte_errno() -> c_int;
         pub fn mtcp_rte_lcore_id() -> c_uint;
+        pub fn mtcp_rte_log_to(sink: extern "C" fn(buf: *const c_char, len: usize)) -> c_int;
     }
+}
+
+/// Sends DPDK's log (every `rte_log` message, from any thread) to `sink` instead of the EAL's
+/// default stream (stderr and syslog): `rte_openlog_stream` with a stream whose writes call
+/// `sink` with the bytes written (not NUL-terminated). DPDK flushes after each message, so one
+/// call carries one whole message. May be called before `rte_eal_init`, and again to change the
+/// sink. Returns false if the stream cannot be made (the log stays where it was).
+pub fn rte_log_to(sink: extern "C" fn(buf: *const std::os::raw::c_char, len: usize)) -> bool {
+    // SAFETY: the stream is made once and lives for the process; `sink` is a plain function.
+    unsafe { wrap::mtcp_rte_log_to(sink) == 0 }
 }
 
 /// `rte_eth_rx_burst()`: receive up to `nb_pkts` packets from an Rx queue

@@ -1,7 +1,14 @@
 /*
  * Out-of-line copies of DPDK's static inline functions and macros, so Rust
- * can call them. Each mtcp_X forwards to DPDK's X unchanged.
+ * can call them. Each mtcp_X forwards to DPDK's X unchanged. Also the log
+ * stream DPDK writes its messages to (mtcp_rte_log_to).
  */
+#define _GNU_SOURCE /* fopencookie */
+#include <stdio.h>
+#include <sys/types.h>
+
+#include <rte_log.h>
+
 #include "wrapper.h"
 
 uint16_t mtcp_rte_eth_rx_burst(uint16_t port_id, uint16_t queue_id,
@@ -95,4 +102,26 @@ int mtcp_rte_errno(void)
 unsigned int mtcp_rte_lcore_id(void)
 {
 	return rte_lcore_id();
+}
+
+static mtcp_log_sink log_sink;
+
+static ssize_t log_write(void *cookie, const char *buf, size_t size)
+{
+	(void)cookie;
+	log_sink(buf, size);
+	return (ssize_t)size;
+}
+
+int mtcp_rte_log_to(mtcp_log_sink sink)
+{
+	static FILE *stream;
+	cookie_io_functions_t io = { .write = log_write };
+
+	log_sink = sink;
+	if (stream == NULL)
+		stream = fopencookie(NULL, "w", io);
+	if (stream == NULL)
+		return -1;
+	return rte_openlog_stream(stream);
 }

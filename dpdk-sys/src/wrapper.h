@@ -6,6 +6,7 @@
 #ifndef MTCP_DPDK_WRAPPER_H
 #define MTCP_DPDK_WRAPPER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <rte_config.h>
@@ -43,5 +44,14 @@ uint16_t mtcp_rte_mbuf_refcnt_read(const struct rte_mbuf *m);
 
 int mtcp_rte_errno(void);
 unsigned int mtcp_rte_lcore_id(void);
+
+/*
+ * DPDK's log stream (rte_openlog_stream) set to a stream whose every write
+ * goes to `sink` (buf, len: not NUL-terminated), instead of the EAL's default
+ * (stderr and syslog). rte_vlog flushes after each message, so a message
+ * reaches the sink whole. Returns 0, or -1 if the stream cannot be made.
+ */
+typedef void (*mtcp_log_sink)(const char *buf, size_t len);
+int mtcp_rte_log_to(mtcp_log_sink sink);
 
 #endif

@@ -10,8 +10,10 @@ use std::ptr::NonNull;
 use dpdk_sys as sys;
 
 use super::eal::{device_args, eal_args, eal_lcores, start_eal, StartInfo};
+use super::log::{self, QuietRtSignals};
 use super::mbuf::Mbuf;
 use super::netdev::{set_kernel_addr, set_tx_queue_len, TAP_QUEUE_LEN};
+use super::signals::{signals_on, RtSignalsTaken};
 use super::wake::{xdp_socket_fds, PacketWake};
 use super::{fail, rte_err, StartError};
 use crate::config::{Config, DevSpec};
@@ -68,6 +70,23 @@ impl DpdkLink {
         crate::config::preflight(cfg).map_err(StartError)?;
         let (args, huge) = eal_args(cfg)?;
         let (_, port_name) = device_args(&cfg.dev);
+        // DPDK's messages: printed if MTCP_LOG asks, else shown only if the start fails.
+        log::capture(cfg.log_given);
+        let link = Self::start_port(cfg, args, huge, port_name);
+        log::start_over(link.is_err());
+        link
+    }
+
+    fn start_port(
+        cfg: &Config,
+        args: Vec<String>,
+        huge: bool,
+        port_name: String,
+    ) -> Result<DpdkLink, StartError> {
+        // net_tap receives without a signal if it finds no free real-time signal while it opens
+        // its fds (at probe, in the EAL's start, and at queue setup): signals.rs.
+        let tap = port_name.starts_with("net_tap") || port_name.starts_with("net_tun");
+        let no_signals = tap.then(|| (RtSignalsTaken::take(), QuietRtSignals::new()));
         start_eal(&args)?;
         let info = StartInfo {
             eal_args: args,
@@ -128,6 +147,10 @@ impl DpdkLink {
             packet_wake: None,
         };
         link.configure(is_tap, cfg)?;
+        drop(no_signals);
+        if let Some(fd) = link.wake_fd.filter(|&fd| tap && signals_on(fd)) {
+            tracing::warn!(fd, "net_tap's queue fd asks for signals (O_ASYNC)");
+        }
         if is_xdp {
             // The PMD's AF_XDP socket: poll() on it reports POLLIN while its receive ring
             // holds frames (level-triggered), which is the wake-up we need. An AF_PACKET

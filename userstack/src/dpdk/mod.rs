@@ -6,6 +6,8 @@
 //! - `eal`: the EAL command line from the configuration, and starting the EAL;
 //! - `mbuf`: the mbuf a frame lives in, received or to transmit;
 //! - `wake`: wake-up fds for drivers without one (af_packet's filter, af_xdp's socket);
+//! - `signals`: net_tap receiving without a signal to the process;
+//! - `log`: where DPDK's own messages go (stderr only if MTCP_LOG asks, or the start fails);
 //! - `netdev`: ioctls on the kernel side of a port (tap address, queue length);
 //! - `link`: the started port, [`DpdkLink`], and its transmit backlog.
 
@@ -16,8 +18,10 @@ use dpdk_sys as sys;
 
 mod eal;
 mod link;
+mod log;
 mod mbuf;
 mod netdev;
+mod signals;
 mod wake;
 
 pub use eal::{eal_args, StartInfo};
