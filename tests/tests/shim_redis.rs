@@ -329,8 +329,21 @@ fn bound_to_loopback_the_stack_refuses() {
 /// the shim, and Redis, for which that address is optional, says so and goes on.
 #[test]
 fn redis_default_bind_is_served_on_ipv4_and_its_v6only_listener_fails_loudly() {
-    let mut bed = bed("* -::*");
+    // A Unix socket too: Redis makes it after the TCP listeners, on the fd number the failed
+    // IPv6 socket had (its record of a flagged bind goes with it).
+    let sock_dir = TempDir::new("redis-unix");
+    let sock = sock_dir.path().join("redis.sock");
+    let mut bed = RedisBed::new(BedOptions {
+        bind: "* -::*".into(),
+        args: vec!["--unixsocket".into(), sock.to_str().unwrap().into()],
+        ..Default::default()
+    });
     assert_eq!(bed.cli_ok(&["ping"]), "PONG\n");
+    let out = Command::new("redis-cli")
+        .args(["-s", sock.to_str().unwrap(), "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PONG\n");
     assert!(bed.stack_counter("conns_opened") >= 1);
     // Its IPv4 listener took the client: a plain IPv4 address, as on the kernel.
     let list = bed.cli_ok(&["client", "list"]);

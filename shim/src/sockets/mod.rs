@@ -207,6 +207,12 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
     }
 
+    /// Whether some socket is bound to a flagged port and not listening yet (its close must
+    /// reach [`Sockets::close`]).
+    pub fn has_pending_binds(&self) -> bool {
+        !self.binds.is_empty()
+    }
+
     pub fn host(&mut self) -> &mut H {
         &mut self.host
     }
@@ -410,8 +416,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     }
 
     /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
-    /// fd was ours.
+    /// fd was ours. A socket bound to a flagged port and never listening is not ours yet, but
+    /// its bind goes with it: the fd number's next socket starts afresh.
     pub fn close(&mut self, fd: c_int) -> bool {
+        self.binds.remove(&fd);
         let listener_port = match self.obj(fd) {
             Some(Obj::Listener { port, .. }) => Some(*port),
             _ => None,

@@ -393,6 +393,27 @@ fn a_v6only_wildcard_listener_is_refused_once_with_one_message() {
 }
 
 #[test]
+fn a_socket_closed_before_listen_takes_its_flagged_bind_along() {
+    let mut n = Net::new();
+    // A refused V6ONLY socket, closed (Redis's optional "-::*"); the next socket gets its fd
+    // number (Redis's Unix socket), binds elsewhere (not ours) and listens: the kernel's.
+    assert_eq!(
+        n.s.bind6(LISTEN_FD, Ipv6Addr::UNSPECIFIED, true, PORT),
+        None
+    );
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Err(libc::EADDRNOTAVAIL)));
+    assert!(n.s.has_pending_binds());
+    assert!(!n.s.close(LISTEN_FD));
+    assert!(!n.s.has_pending_binds());
+    assert_eq!(n.s.listen(LISTEN_FD, 16), None);
+    // The same for a wildcard bind whose socket never listened.
+    assert_eq!(n.s.bind(LISTEN_FD, Ipv4Addr::UNSPECIFIED, PORT), None);
+    assert!(!n.s.close(LISTEN_FD));
+    assert_eq!(n.s.listen(LISTEN_FD, 16), None);
+    assert_eq!(n.log.borrow().started, 0);
+}
+
+#[test]
 fn other_ipv6_addresses_are_the_kernels() {
     let mut n = Net::new();
     // ::1, as 127.0.0.1: the kernel's; the stack runs and resets SYNs to the port.
