@@ -14,7 +14,7 @@
 //! limit.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use libc::c_int;
 
@@ -236,6 +236,22 @@ pub fn is_ours(fd: c_int) -> bool {
         None => false,
         Some(t) => t.lookup(fd).is_ours(),
     }
+}
+
+/// Some socket is bound to a flagged port and not listening yet. Such an fd is not ours, but
+/// its close must reach the socket table (which forgets the bind), or the fd number's next
+/// socket would inherit it. Set by the runtime under the table's lock.
+static PENDING_BINDS: AtomicBool = AtomicBool::new(false);
+
+/// Notes whether some socket is bound to a flagged port and not listening yet.
+pub fn set_pending_binds(on: bool) {
+    PENDING_BINDS.store(on, Ordering::Relaxed);
+}
+
+/// Whether some socket is bound to a flagged port and not listening yet (close's gate).
+#[inline]
+pub fn pending_binds() -> bool {
+    PENDING_BINDS.load(Ordering::Relaxed)
 }
 
 /// Whether any fd is ours right now (poll/select only look at their sets when one is).

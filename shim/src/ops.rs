@@ -138,9 +138,19 @@ pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> O
     }
     // SAFETY: sockaddr_port checked the family and that `len` covers the address.
     let family = c_int::from(unsafe { std::ptr::addr_of!((*addr).sa_family).read_unaligned() });
-    if family != libc::AF_INET {
-        // IPv6 listeners stay the kernel's: the stack speaks IPv4 only.
+    // An address of another family than the socket's: the kernel's error (EINVAL, EAFNOSUPPORT).
+    if sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) != Some(family) {
         return NOT_OURS;
+    }
+    if family == libc::AF_INET6 {
+        // SAFETY: an AF_INET6 address of sufficient length (checked above).
+        let sin6 = unsafe { addr.cast::<libc::sockaddr_in6>().read_unaligned() };
+        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+        // IPV6_V6ONLY cannot change once the socket is bound (EINVAL): asked now, it holds.
+        let Some(v6only) = sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) else {
+            return NOT_OURS;
+        };
+        return out(runtime::bind6(fd, ip, v6only != 0, port));
     }
     // SAFETY: an AF_INET address of sufficient length (checked above).
     let sin = unsafe { addr.cast::<libc::sockaddr_in>().read_unaligned() };
@@ -266,32 +276,56 @@ unsafe fn name(fd: c_int, peer: bool, a: *mut sockaddr, l: *mut socklen_t) -> Ou
     }
 }
 
-/// Writes `addr` to the caller's buffer as a sockaddr_in, truncated to `*len` bytes, and the
-/// full size to `*len`, as the kernel does. Nothing if either pointer is null.
+/// Writes `addr` to the caller's buffer as a sockaddr_in or sockaddr_in6 (flow info and scope
+/// as `addr` has them), truncated to `*len` bytes, and the full size to `*len`, as the kernel
+/// does. Nothing if either pointer is null.
 ///
 /// # Safety
 /// `out` and `len` are null, or `out` has room for `*len` bytes (accept/getpeername contract).
-unsafe fn write_sockaddr(addr: std::net::SocketAddrV4, out: *mut sockaddr, len: *mut socklen_t) {
+unsafe fn write_sockaddr(addr: std::net::SocketAddr, out: *mut sockaddr, len: *mut socklen_t) {
     if out.is_null() || len.is_null() {
         return;
     }
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let size = std::mem::size_of::<libc::sockaddr_in>();
-    // SAFETY: see above: at most *len bytes are copied.
+    match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: see above.
+            unsafe { copy_sockaddr(&sin, out, len) }
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: see above.
+            unsafe { copy_sockaddr(&sin6, out, len) }
+        }
+    }
+}
+
+/// Copies the address `a` into the caller's buffer, at most `*len` bytes of it, and sets `*len`
+/// to its full size.
+///
+/// # Safety
+/// As `write_sockaddr`, with neither pointer null.
+unsafe fn copy_sockaddr<T>(a: &T, out: *mut sockaddr, len: *mut socklen_t) {
+    let size = std::mem::size_of::<T>();
+    // SAFETY: at most *len bytes are copied into `out`, which has room for them.
     unsafe {
         let room = (*len as usize).min(size);
-        std::ptr::copy_nonoverlapping(
-            (&sin as *const libc::sockaddr_in).cast::<u8>(),
-            out.cast::<u8>(),
-            room,
-        );
+        std::ptr::copy_nonoverlapping((a as *const T).cast::<u8>(), out.cast::<u8>(), room);
         *len = size as socklen_t;
     }
 }
@@ -1051,22 +1085,19 @@ pub unsafe fn sockaddr_port(addr: *const sockaddr, len: socklen_t) -> Option<u16
     Some(u16::from_be(port))
 }
 
-/// Whether `fd` is a SOCK_STREAM socket (asked of the kernel; inside the guard, so libc's
-/// getsockopt runs).
+/// Whether `fd` is a SOCK_STREAM socket (asked of the kernel).
 fn is_stream(fd: c_int) -> bool {
-    let mut ty: c_int = 0;
+    sock_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+}
+
+/// An int socket option of `fd`, asked of the kernel (inside the guard, so libc's getsockopt
+/// runs). `None`: the kernel has none (not a socket, not that kind of socket).
+fn sock_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as socklen_t;
     // SAFETY: getsockopt into a c_int with its size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && ty == libc::SOCK_STREAM
+    let r = unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut c_int).cast(), &mut len) };
+    (r == 0).then_some(v)
 }
 
 #[cfg(test)]
@@ -1107,6 +1138,32 @@ mod tests {
         unsafe {
             let pu = (&un as *const libc::sockaddr_un).cast::<sockaddr>();
             assert_eq!(sockaddr_port(pu, 110), None);
+        }
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_written_as_linux_writes_them() {
+        let a = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+            std::net::Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped(),
+            0xc40a,
+            0,
+            0,
+        ));
+        // As Linux wrote them for an IPv4 client of a `::` listener (AF_INET6 = 10, port,
+        // flow info 0, ::ffff:198.18.0.1, scope 0), and the full length 28 whatever the room.
+        let want: [u8; 28] = [
+            10, 0, 0xc4, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1,
+            0, 0, 0, 0,
+        ];
+        for room in [64usize, 28, 16, 4, 0] {
+            let mut buf = [0xeeu8; 64];
+            let mut len = room as socklen_t;
+            // SAFETY: `buf` has room for `len` bytes.
+            unsafe { write_sockaddr(a, buf.as_mut_ptr().cast(), &mut len) };
+            assert_eq!(len, 28, "room {room}");
+            let n = room.min(28);
+            assert_eq!(buf[..n], want[..n], "room {room}");
+            assert!(buf[n..].iter().all(|&b| b == 0xee), "room {room}");
         }
     }
 

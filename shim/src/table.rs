@@ -42,6 +42,13 @@ mod gate {
         crate::fdtable::is_ours(fd)
     }
 
+    /// `fd` is one of ours, or some socket's bind to a flagged port waits for listen() (close
+    /// must tell the socket table).
+    #[inline]
+    pub(super) fn closing(fd: c_int) -> bool {
+        ours(fd) || crate::fdtable::pending_binds()
+    }
+
     /// Either fd is one of ours.
     #[inline]
     pub(super) fn ours2(a: c_int, b: c_int) -> bool {
@@ -65,6 +72,7 @@ mod gate {
         use super::*;
         pub(in super::super) const ours: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const ours2: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const active: u32 = MODE_TRACE | MODE_CONFIG;
         pub(in super::super) const any_ours: u32 = MODE_TRACE | MODE_TABLE;
     }
@@ -131,7 +139,7 @@ intercept! {
 
     // --- fds ------------------------------------------------------------------------------
     fn close(fd: c_int) -> c_int
-        where ours(fd), raw sys!(SYS_close, fd);
+        where closing(fd), raw sys!(SYS_close, fd);
     fn dup(fd: c_int) -> c_int
         where ours(fd), raw sys!(SYS_dup, fd);
     fn dup2(old: c_int, new: c_int) -> c_int

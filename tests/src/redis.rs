@@ -25,6 +25,28 @@ pub fn py_file(name: &str) -> String {
     format!("{}/py/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// One of process `pid`'s stack counters, as `mtcprun stats PID` prints it (e.g.
+/// "conns_opened").
+pub fn stack_counter(pid: u32, name: &str) -> u64 {
+    let bin = crate::built_artifact("mtcprun", "MTCPRUN_BIN");
+    let out = std::process::Command::new(&bin)
+        .args(["stats", &pid.to_string()])
+        .output()
+        .expect("mtcprun runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no counter {name} in `mtcprun stats`: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 /// Which DPDK device carries the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dev {
@@ -242,10 +264,11 @@ impl RedisBed {
             ns.adopt_link(&tap, &subnet.cidr(1))
                 .expect("tap moved into the namespace");
         }
-        // Served through the stack only if bound to the wildcard or the stack's address.
+        // Served through the stack only if bound to the wildcard or the stack's address (Redis's
+        // IPv6 listeners are IPV6_V6ONLY: never the stack's).
         let served = bind
             .split_whitespace()
-            .any(|a| a == "0.0.0.0" || a == subnet.addr(2).to_string());
+            .any(|a| a == "0.0.0.0" || a == "*" || a == subnet.addr(2).to_string());
         let mut bed = RedisBed {
             server,
             bridge,
@@ -287,23 +310,7 @@ impl RedisBed {
     /// One of the server's stack counters, as `mtcprun stats PID` prints it (e.g.
     /// "drop_tx_ring_full").
     pub fn stack_counter(&self, name: &str) -> u64 {
-        let bin = crate::built_artifact("mtcprun", "MTCPRUN_BIN");
-        let out = std::process::Command::new(&bin)
-            .args(["stats", &self.server.pid().to_string()])
-            .output()
-            .expect("mtcprun runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| {
-                let mut w = l.split_whitespace();
-                (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no counter {name} in `mtcprun stats`: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })
+        stack_counter(self.server.pid(), name)
     }
 
     /// The stack's address.

@@ -878,6 +878,37 @@ fn misconfigured_flagged_port_fails_listen_loudly_once() {
     );
 }
 
+#[test]
+fn a_v6only_wildcard_listener_on_a_flagged_port_fails_listen_loudly_once() {
+    // `::` with IPV6_V6ONLY asks for the port's IPv6 clients alone; the stack speaks IPv4 only.
+    // listen() fails (the kernel socket stays bound, not listening) and the shim says why once,
+    // however many times the server tries.
+    let port = free_port();
+    let mut c = command(PYTHON, true);
+    c.args([
+        &mtcp_tests::redis::py_file("v6_listener.py"),
+        "v6only",
+        &port.to_string(),
+    ])
+    .env("MTCP_PORTS", port.to_string());
+    let out = run(c, None);
+    assert_eq!(
+        text(&out.stdout),
+        format!("errno {0}\nerrno {0}\n", libc::EADDRNOTAVAIL),
+        "{}",
+        text(&out.stderr)
+    );
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line:\n{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "mtcpshim: cannot serve port {port} on [::] with IPV6_V6ONLY"
+        )),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // _FORTIFY_SOURCE
 // ---------------------------------------------------------------------------------------------

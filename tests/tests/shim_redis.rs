@@ -322,6 +322,146 @@ fn bound_to_loopback_the_stack_refuses() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "PONG\n");
 }
 
+/// Redis's default bind, `* -::*`: an IPv4 wildcard listener and an optional IPv6 one, which
+/// Redis makes IPV6_V6ONLY (every IPv6 listener of Redis is; so `--bind ::` never takes IPv4
+/// clients, on Linux either). The IPv4 one is served through the stack (and the kernel, for
+/// 127.0.0.1); the IPv6 one cannot be, so its listen() fails with EADDRNOTAVAIL and one line from
+/// the shim, and Redis, for which that address is optional, says so and goes on.
+#[test]
+fn redis_default_bind_is_served_on_ipv4_and_its_v6only_listener_fails_loudly() {
+    // A Unix socket too: Redis makes it after the TCP listeners, on the fd number the failed
+    // IPv6 socket had (its record of a flagged bind goes with it).
+    let sock_dir = TempDir::new("redis-unix");
+    let sock = sock_dir.path().join("redis.sock");
+    let mut bed = RedisBed::new(BedOptions {
+        bind: "* -::*".into(),
+        args: vec!["--unixsocket".into(), sock.to_str().unwrap().into()],
+        ..Default::default()
+    });
+    assert_eq!(bed.cli_ok(&["ping"]), "PONG\n");
+    let out = Command::new("redis-cli")
+        .args(["-s", sock.to_str().unwrap(), "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PONG\n");
+    assert!(bed.stack_counter("conns_opened") >= 1);
+    // Its IPv4 listener took the client: a plain IPv4 address, as on the kernel.
+    let list = bed.cli_ok(&["client", "list"]);
+    let want_peer = format!("addr={}:", bed.subnet.addr(1));
+    assert!(list.contains(&want_peer), "{list}");
+    let log = bed.server.stdout();
+    let want = format!(
+        "Could not create server TCP listening socket ::*:{}: listen: Cannot assign requested address",
+        bed.port
+    );
+    assert!(log.contains(&want), "{log}");
+    let err = bed.server.stderr();
+    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("mtcpshim:")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains(&format!(
+            "cannot serve port {} on [::] with IPV6_V6ONLY",
+            bed.port
+        )),
+        "{err}"
+    );
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &bed.port.to_string(), "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PONG\n");
+}
+
+/// Reads the one line `v6_listener.py dual` answers a connection to HOST PORT with.
+const V6_CLIENT: &str = "import socket, sys\n\
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+b = b''\n\
+while not b.endswith(b'\\n'):\n    d = s.recv(512)\n    if not d:\n        break\n    b += d\n\
+print(b.decode(), end='')\n";
+
+/// A listener on `::` with IPV6_V6ONLY off (Python, as Node's `server.listen(port)` and
+/// nginx's `listen [::]:80 ipv6only=off` make one) over net_tap: an IPv4 client in the
+/// namespace is served through the stack, and the server sees it as Linux shows an IPv4 client
+/// of such a listener: v4-mapped, AF_INET6 (accept's address, getpeername, getsockname,
+/// SO_DOMAIN). The kernel side keeps serving 127.0.0.1 (v4-mapped too) and ::1.
+#[test]
+fn a_v6_wildcard_listener_serves_ipv4_clients_through_the_stack_v4_mapped() {
+    let subnet = mtcp_tests::Subnet::allocate().expect("subnet");
+    let ns = mtcp_tests::Netns::new().expect("netns");
+    let port = 16000 + subnet.index();
+    let tap = mtcp_tests::unique_ifname("r");
+    let mut server = ServerProcess::builder("/usr/bin/python3")
+        .args([py_file("v6_listener.py"), "dual".into(), port.to_string()])
+        .env("LD_PRELOAD", mtcp_tests::redis::shim_lib())
+        .env("MTCP_PORTS", port.to_string())
+        .env("MTCP_DEV", format!("tap:{tap}"))
+        .env("MTCP_ADDR", subnet.cidr(2))
+        .ready_prefix("listening")
+        .spawn()
+        .expect("the server starts under the shim");
+    assert!(
+        server.stdout().starts_with("v6only 0\n"),
+        "{}",
+        server.diagnostics()
+    );
+    ns.adopt_link(&tap, &subnet.cidr(1))
+        .expect("tap moved into the namespace");
+    let (c, s) = (subnet.addr(1), subnet.addr(2));
+    let line = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let p = port.to_string();
+    let stack = line(
+        ns.exec("/usr/bin/python3", ["-c", V6_CLIENT, &s.to_string(), &p])
+            .expect("the client runs"),
+    );
+    assert_eq!(
+        stack,
+        format!(
+            "accept=::ffff:{c} flowinfo=0 scope_id=0 peername=::ffff:{c} \
+             sockname=::ffff:{s}:{port} family=AF_INET6 domain=10\n"
+        ),
+        "{}",
+        server.diagnostics()
+    );
+    assert!(mtcp_tests::redis::stack_counter(server.pid(), "conns_opened") >= 1);
+    // The kernel side: IPv4 on loopback, v4-mapped the same way; IPv6 itself.
+    let kernel = |host: &str| {
+        line(
+            Command::new("/usr/bin/python3")
+                .args(["-c", V6_CLIENT, host, &p])
+                .output()
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        kernel("127.0.0.1"),
+        format!(
+            "accept=::ffff:127.0.0.1 flowinfo=0 scope_id=0 peername=::ffff:127.0.0.1 \
+             sockname=::ffff:127.0.0.1:{port} family=AF_INET6 domain=10\n"
+        )
+    );
+    assert_eq!(
+        kernel("::1"),
+        format!(
+            "accept=::1 flowinfo=0 scope_id=0 peername=::1 sockname=::1:{port} \
+             family=AF_INET6 domain=10\n"
+        )
+    );
+    let said: Vec<String> = server
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with("mtcpshim:"))
+        .map(String::from)
+        .collect();
+    assert!(said.is_empty(), "{said:?}");
+}
+
 /// Redis forks for BGSAVE; the child closes the sockets it inherited. Under load, 10 BGSAVEs:
 /// every one succeeds, the clients see no error, and the parent keeps serving every key.
 #[test]

@@ -2,7 +2,7 @@
 //! the socket table, and where the call blocks, waits as `wait` says. Answers as in
 //! `sockets`: `None` hands the call to the kernel.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, sigset_t};
@@ -27,17 +27,31 @@ fn spin() -> Duration {
 
 // ------------------------------------------------------------------ listeners
 
+/// Runs a call that may record or drop a pending bind, and notes whether any is left.
+fn with_binds<T>(f: impl FnOnce(&mut super::Table) -> Answer<T>) -> Answer<T> {
+    with(|s| {
+        let r = f(s);
+        crate::fdtable::set_pending_binds(s.has_pending_binds());
+        Some(r)
+    })?
+}
+
 pub fn bind(fd: c_int, ip: Ipv4Addr, port: u16) -> Answer<c_int> {
-    with(|s| s.bind(fd, ip, port))
+    with_binds(|s| s.bind(fd, ip, port))
+}
+
+/// bind() of an AF_INET6 stream socket to a flagged port (`v6only`: its IPV6_V6ONLY).
+pub fn bind6(fd: c_int, ip: Ipv6Addr, v6only: bool, port: u16) -> Answer<c_int> {
+    with_binds(|s| s.bind6(fd, ip, v6only, port))
 }
 
 pub fn listen(fd: c_int, backlog: c_int) -> Answer<c_int> {
-    with(|s| s.listen(fd, backlog))
+    with_binds(|s| s.listen(fd, backlog))
 }
 
 /// accept4() on a listener of ours: a stack connection if one is queued, else the kernel's
 /// (a dual listener), else, on a blocking socket, wait for either.
-pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddrV4)> {
+pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
     loop {
         let kernel = match with(|s| s.accept(fd, flags))? {
             Ok(Accepted::Conn { fd, peer }) => return Some(Ok((fd, peer))),
@@ -122,10 +136,14 @@ pub fn close(fd: c_int) -> bool {
     let Some(table) = crate::fdtable::global() else {
         return false;
     };
-    if !table.lookup(fd).is_ours() {
+    if !table.lookup(fd).is_ours() && !crate::fdtable::pending_binds() {
         return false;
     }
-    shim().is_some_and(|mut s| s.close(fd))
+    shim().is_some_and(|mut s| {
+        let ours = s.close(fd);
+        crate::fdtable::set_pending_binds(s.has_pending_binds());
+        ours
+    })
 }
 
 /// dup/dup2/dup3/F_DUPFD made `new`, a dup of `old`: if `old` is ours, so is `new`.
@@ -148,7 +166,7 @@ pub fn shutdown(fd: c_int, how: c_int) -> Answer<c_int> {
 }
 
 /// getpeername (`peer`) or getsockname.
-pub fn name(fd: c_int, peer: bool) -> Answer<SocketAddrV4> {
+pub fn name(fd: c_int, peer: bool) -> Answer<SocketAddr> {
     with(|s| s.name(fd, peer))
 }
 

@@ -1,6 +1,6 @@
 //! Connections: data in and out, shutdown, addresses, socket options, O_NONBLOCK, FIONREAD.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use libc::c_int;
@@ -118,9 +118,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     }
 
     /// getpeername (`peer`) or getsockname of a connection or stack-only listener of ours.
-    pub fn name(&mut self, fd: c_int, peer: bool) -> Answer<SocketAddrV4> {
-        let id = match self.obj(fd)? {
-            Obj::Conn { id, .. } => *id,
+    pub fn name(&mut self, fd: c_int, peer: bool) -> Answer<SocketAddr> {
+        let (id, family) = match self.obj(fd)? {
+            Obj::Conn { id, family, .. } => (*id, *family),
             Obj::Listener { kernel: false, .. } if !peer => return self.listener_name(fd).map(Ok),
             _ => return None,
         };
@@ -130,7 +130,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         } else {
             stack.local_addr(id)
         };
-        Some(a.map_err(so_errno))
+        Some(a.map(|a| family.addr(a)).map_err(so_errno))
     }
 
     /// setsockopt on a connection, with the option's value as an int (`None`: the caller's
@@ -195,10 +195,13 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
 
     /// getsockopt on a connection: the option's value, an int.
     pub fn getsockopt(&mut self, fd: c_int, level: c_int, name: c_int) -> Answer<c_int> {
-        let Some(Obj::Conn { id, ka_on, .. }) = self.obj(fd) else {
+        let Some(Obj::Conn {
+            id, ka_on, family, ..
+        }) = self.obj(fd)
+        else {
             return None;
         };
-        let (id, ka_on) = (*id, *ka_on);
+        let (id, ka_on, family) = (*id, *ka_on, *family);
         let stack = self.stack.as_mut()?;
         let v: c_int = match (level, name) {
             (libc::SOL_SOCKET, libc::SO_ERROR) => match stack.take_error(id) {
@@ -206,7 +209,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 Err(e) => return Some(Err(so_errno(e))),
             },
             (libc::SOL_SOCKET, libc::SO_TYPE) => libc::SOCK_STREAM,
-            (libc::SOL_SOCKET, libc::SO_DOMAIN) => libc::AF_INET,
+            (libc::SOL_SOCKET, libc::SO_DOMAIN) => family.domain(),
             (libc::SOL_SOCKET, libc::SO_PROTOCOL) => libc::IPPROTO_TCP,
             (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => c_int::from(ka_on),
             (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => 0,

@@ -1,43 +1,82 @@
 //! Listeners: bind() on a flagged port, listen(), accept().
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use libc::c_int;
 use userstack::link::Link;
 use userstack::SockError;
 
-use super::{so_errno, Answer, Host, Obj, Sockets};
+use super::{so_errno, Answer, Bound, Family, Host, Obj, Sockets};
 
 /// What an accept() found on a listener of ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accepted {
-    /// A stack connection, as a new fd of ours.
-    Conn { fd: c_int, peer: SocketAddrV4 },
+    /// A stack connection, as a new fd of ours; its peer's address as the listener's family
+    /// gives it.
+    Conn { fd: c_int, peer: SocketAddr },
     /// None queued on the stack's side. `kernel`: a dual listener, whose kernel socket may have
     /// one.
     Empty { kernel: bool },
 }
 
 impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
-    /// bind() of a stream socket to a flagged port. `None`: the kernel binds as usual (and
-    /// the wildcard address makes a dual listener at listen()); `Some(Ok(0))`: bound to
+    /// bind() of an AF_INET stream socket to a flagged port. `None`: the kernel binds as usual
+    /// (and the wildcard address makes a dual listener at listen()); `Some(Ok(0))`: bound to
     /// MTCP_ADDR, which the kernel does not have, so only the stack's.
     pub fn bind(&mut self, fd: c_int, ip: Ipv4Addr, port: u16) -> Answer<c_int> {
+        self.bind_v4(fd, ip, port, Family::Inet)
+    }
+
+    /// bind() of an AF_INET6 stream socket to a flagged port (`v6only`: its IPV6_V6ONLY). As
+    /// on Linux, `::` without V6ONLY takes IPv4 clients too: a dual listener whose stack
+    /// connections are v4-mapped; `::ffff:a.b.c.d` is the IPv4 address a.b.c.d. `::` with
+    /// V6ONLY is IPv6 alone: the kernel binds, listen() fails. Any other IPv6 address is the
+    /// kernel's.
+    pub fn bind6(&mut self, fd: c_int, ip: Ipv6Addr, v6only: bool, port: u16) -> Answer<c_int> {
+        match ip.to_ipv4_mapped() {
+            // Linux refuses a v4-mapped address on a V6ONLY socket (EINVAL): the kernel says so.
+            Some(_) if v6only => {
+                self.binds.remove(&fd);
+                None
+            }
+            Some(v4) => self.bind_v4(fd, v4, port, Family::Inet6),
+            None if ip.is_unspecified() && v6only => {
+                self.binds.insert(fd, Bound::V6Only { port });
+                None
+            }
+            None if ip.is_unspecified() => {
+                self.bind_v4(fd, Ipv4Addr::UNSPECIFIED, port, Family::Inet6)
+            }
+            None => {
+                // ::1 or another IPv6 address: the kernel's, as 127.0.0.1 is.
+                self.binds.remove(&fd);
+                let _ = self.ensure_stack();
+                None
+            }
+        }
+    }
+
+    fn bind_v4(&mut self, fd: c_int, ip: Ipv4Addr, port: u16, family: Family) -> Answer<c_int> {
+        let serve = |kernel| Bound::Serve {
+            port,
+            kernel,
+            family,
+        };
         let addr = match &self.cfg {
             Ok(c) => c.addr.addr,
             Err(e) => {
                 let e = e.clone();
                 self.fail(e);
                 // Let the kernel bind; listen() will fail loudly.
-                self.binds.insert(fd, (port, true));
+                self.binds.insert(fd, serve(true));
                 return None;
             }
         };
         if ip.is_unspecified() {
-            self.binds.insert(fd, (port, true));
+            self.binds.insert(fd, serve(true));
             None
         } else if ip == addr {
-            self.binds.insert(fd, (port, false));
+            self.binds.insert(fd, serve(false));
             Some(Ok(0))
         } else {
             // 127.0.0.1 or another kernel address: the kernel's alone, never reachable from the
@@ -53,7 +92,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// to a flagged port (the kernel's).
     pub fn listen(&mut self, fd: c_int, backlog: c_int) -> Answer<c_int> {
         let depth = backlog.max(0) as usize;
-        if let Some(Obj::Listener { port, kernel }) = self.obj(fd) {
+        if let Some(Obj::Listener { port, kernel, .. }) = self.obj(fd) {
             // listen() again: a new backlog, on both sides. The kernel side of a stack-only
             // listener is not bound: a listen() there would bind it to an ephemeral port on
             // every address.
@@ -66,7 +105,14 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             let stack = self.stack.as_mut()?;
             return Some(stack.set_backlog(port, depth).map(|_| 0).map_err(so_errno));
         }
-        let (port, kernel) = *self.binds.get(&fd)?;
+        let (port, kernel, family) = match *self.binds.get(&fd)? {
+            Bound::Serve {
+                port,
+                kernel,
+                family,
+            } => (port, kernel, family),
+            Bound::V6Only { port } => return Some(Err(self.refuse_v6only(port))),
+        };
         let stack = match self.ensure_stack() {
             Ok(st) => st,
             Err(e) => return Some(Err(e)),
@@ -84,7 +130,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 return Some(Err(e));
             }
         }
-        if let Err(e) = self.insert(fd, Obj::Listener { port, kernel }) {
+        let listener = Obj::Listener {
+            port,
+            kernel,
+            family,
+        };
+        if let Err(e) = self.insert(fd, listener) {
             return Some(Err(e));
         }
         self.binds.remove(&fd);
@@ -96,10 +147,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// connection becomes a new fd of ours (`flags`: SOCK_NONBLOCK, SOCK_CLOEXEC). `None`:
     /// `fd` is not a listener of ours.
     pub fn accept(&mut self, fd: c_int, flags: c_int) -> Answer<Accepted> {
-        let Some(Obj::Listener { port, kernel }) = self.obj(fd) else {
+        let Some(Obj::Listener {
+            port,
+            kernel,
+            family,
+        }) = self.obj(fd)
+        else {
             return None;
         };
-        let (port, kernel) = (*port, *kernel);
+        let (port, kernel, family) = (*port, *kernel, *family);
         self.pump();
         let stack = self.stack.as_mut()?;
         let (id, peer) = match stack.accept(port) {
@@ -122,6 +178,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let nonblock = flags & libc::SOCK_NONBLOCK != 0;
         let conn = Obj::Conn {
             id,
+            family,
             nonblock,
             keepalive: None,
             ka_on: false,
@@ -137,20 +194,38 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
         };
         self.conn_fd.insert(id, i);
+        let peer = family.addr(peer);
         Some(Ok(Accepted::Conn { fd: efd, peer }))
     }
 
-    /// getsockname of a stack-only listener (MTCP_ADDR:port). `None`: not one.
-    pub(crate) fn listener_name(&mut self, fd: c_int) -> Option<SocketAddrV4> {
+    /// listen() on a `::` socket with IPV6_V6ONLY on a flagged port: the application asked for
+    /// the port's IPv6 clients alone, and the stack speaks IPv4 only. Said once per port; the
+    /// listen fails as the other flagged ports that cannot be served do.
+    fn refuse_v6only(&mut self, port: u16) -> c_int {
+        if !self.refused_v6only.contains(&port) {
+            self.refused_v6only.push(port);
+            self.host.say(&format!(
+                "cannot serve port {port} on [::] with IPV6_V6ONLY: that listener takes IPv6 \
+                 clients only, and the stack speaks IPv4; listen() on it fails (clear \
+                 IPV6_V6ONLY to serve IPv4 clients through the stack, or bind 0.0.0.0)"
+            ));
+        }
+        libc::EADDRNOTAVAIL
+    }
+
+    /// getsockname of a stack-only listener (MTCP_ADDR:port, v4-mapped on an AF_INET6 socket).
+    /// `None`: not one.
+    pub(crate) fn listener_name(&mut self, fd: c_int) -> Option<SocketAddr> {
         let ip = self.cfg.as_ref().ok().map(|c| c.addr.addr);
         match self.obj(fd)? {
             Obj::Listener {
                 port,
                 kernel: false,
-            } => Some(SocketAddrV4::new(
+                family,
+            } => Some(family.addr(SocketAddrV4::new(
                 ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 *port,
-            )),
+            ))),
             _ => None,
         }
     }

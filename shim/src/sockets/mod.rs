@@ -10,6 +10,11 @@
 //!   listener*: the kernel socket keeps listening (so `redis-cli -h 127.0.0.1` still works) and
 //!   the stack listens on the same port. Bound to MTCP_ADDR (which the kernel does not have), it
 //!   is a stack-only listener. Bound to any other address, it stays the kernel's.
+//! - An AF_INET6 socket bound to `::` with IPV6_V6ONLY off takes IPv4 clients as well, as on
+//!   Linux: a dual listener too, whose stack connections are AF_INET6 with v4-mapped addresses
+//!   (`::ffff:a.b.c.d`); `::ffff:MTCP_ADDR` is stack-only, as MTCP_ADDR is. `::` with
+//!   IPV6_V6ONLY on asks for IPv6 alone, which the stack does not speak: its listen() fails,
+//!   said once. Other IPv6 addresses (`::1`, ...) stay the kernel's.
 //! - Each connection accepted from the stack is identified by a real, small kernel fd (the
 //!   host's identity fd: an eventfd), claimed in the fd table. Closing the fd closes the
 //!   connection.
@@ -26,6 +31,8 @@ pub mod fork;
 mod listen;
 #[cfg(test)]
 mod tests;
+
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use libc::c_int;
 use userstack::epoll::{EpollEvent, EpollSet};
@@ -69,15 +76,58 @@ pub trait Host<L: Link> {
     fn wake_waiters(&mut self);
 }
 
+/// The address family a socket of ours has for the application. The stack speaks IPv4 alone;
+/// an AF_INET6 socket sees its IPv4 peers as v4-mapped IPv6 addresses, as on Linux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    /// The stack's address as this family shows it (`::ffff:a.b.c.d`, flow info and scope 0).
+    pub fn addr(self, a: SocketAddrV4) -> SocketAddr {
+        match self {
+            Family::Inet => SocketAddr::V4(a),
+            Family::Inet6 => {
+                SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+            }
+        }
+    }
+
+    /// SO_DOMAIN.
+    pub fn domain(self) -> c_int {
+        match self {
+            Family::Inet => libc::AF_INET,
+            Family::Inet6 => libc::AF_INET6,
+        }
+    }
+}
+
+/// A socket bound to a flagged port, waiting for listen().
+#[derive(Clone, Copy, Debug)]
+enum Bound {
+    /// The stack listens at listen(); `kernel`: the kernel socket too (a dual listener).
+    Serve {
+        port: u16,
+        kernel: bool,
+        family: Family,
+    },
+    /// `::` with IPV6_V6ONLY: IPv6 alone, which the stack cannot serve; listen() fails.
+    V6Only { port: u16 },
+}
+
 /// What one of our fds is.
 pub(crate) enum Obj {
     Listener {
         port: u16,
         /// A dual listener: the kernel socket listens too.
         kernel: bool,
+        family: Family,
     },
     Conn {
         id: ConnId,
+        family: Family,
         nonblock: bool,
         keepalive: Option<Keepalive>,
         ka_on: bool,
@@ -124,8 +174,10 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     port_fds: FastMap<u16, Vec<c_int>>,
     /// Our fd -> the epoll fds watching it.
     watchers: FastMap<c_int, Vec<c_int>>,
-    /// Sockets bound to a flagged port, waiting for listen(): fd -> (port, kernel side).
-    binds: FastMap<c_int, (u16, bool)>,
+    /// Sockets bound to a flagged port, waiting for listen().
+    binds: FastMap<c_int, Bound>,
+    /// Ports whose IPV6_V6ONLY listener was refused (said once per port).
+    refused_v6only: Vec<u16>,
     events: Vec<Event>,
     scratch: Vec<EpollEvent>,
 }
@@ -149,9 +201,16 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             port_fds: FastMap::default(),
             watchers: FastMap::default(),
             binds: FastMap::default(),
+            refused_v6only: Vec::new(),
             events: Vec::new(),
             scratch: Vec::new(),
         }
+    }
+
+    /// Whether some socket is bound to a flagged port and not listening yet (its close must
+    /// reach [`Sockets::close`]).
+    pub fn has_pending_binds(&self) -> bool {
+        !self.binds.is_empty()
     }
 
     pub fn host(&mut self) -> &mut H {
@@ -357,8 +416,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     }
 
     /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
-    /// fd was ours.
+    /// fd was ours. A socket bound to a flagged port and never listening is not ours yet, but
+    /// its bind goes with it: the fd number's next socket starts afresh.
     pub fn close(&mut self, fd: c_int) -> bool {
+        self.binds.remove(&fd);
         let listener_port = match self.obj(fd) {
             Some(Obj::Listener { port, .. }) => Some(*port),
             _ => None,

@@ -5,7 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::rc::Rc;
 
 use libc::c_int;
@@ -166,6 +166,13 @@ impl Net {
 
     /// A client connection to PORT: (client's id, our fd).
     fn connect(&mut self, flags: c_int) -> (ConnId, c_int) {
+        let (c, fd, peer) = self.connect_peer(flags);
+        assert_eq!(peer.ip(), IpAddr::V4(CLIENT));
+        (c, fd)
+    }
+
+    /// A client connection to PORT: (client's id, our fd, its peer address as accept gave it).
+    fn connect_peer(&mut self, flags: c_int) -> (ConnId, c_int, SocketAddr) {
         let c = self
             .client
             .connect(
@@ -176,10 +183,7 @@ impl Net {
             .unwrap();
         self.settle();
         match self.s.accept(LISTEN_FD, flags) {
-            Some(Ok(Accepted::Conn { fd, peer })) => {
-                assert_eq!(*peer.ip(), CLIENT);
-                (c, fd)
-            }
+            Some(Ok(Accepted::Conn { fd, peer })) => (c, fd, peer),
             other => panic!("accept: {other:?}"),
         }
     }
@@ -246,13 +250,13 @@ fn a_bind_to_mtcp_addr_is_the_stacks_alone() {
     // getsockname says MTCP_ADDR:port; getpeername is the kernel's (ENOTCONN there).
     assert_eq!(
         n.s.name(LISTEN_FD, false),
-        Some(Ok(SocketAddrV4::new(SERVER, PORT)))
+        Some(Ok(SocketAddrV4::new(SERVER, PORT).into()))
     );
     assert_eq!(n.s.name(LISTEN_FD, true), None);
     let (_, fd) = n.connect(0);
     assert_eq!(
         n.s.name(fd, false),
-        Some(Ok(SocketAddrV4::new(SERVER, PORT)))
+        Some(Ok(SocketAddrV4::new(SERVER, PORT).into()))
     );
 }
 
@@ -274,6 +278,158 @@ fn a_loopback_bind_is_never_reachable_from_the_device() {
         .unwrap();
     n.settle();
     assert_eq!(n.client.take_error(c), Ok(Some(SockError::Refused)));
+}
+
+// ------------------------------------------------------------------ IPv6 sockets
+
+/// `a`, v4-mapped, as Linux shows an IPv4 peer of an AF_INET6 socket.
+fn mapped(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V6(SocketAddrV6::new(ip.to_ipv6_mapped(), port, 0, 0))
+}
+
+#[test]
+fn a_v6_wildcard_without_v6only_is_a_dual_listener_with_v4_mapped_connections() {
+    let mut n = Net::new();
+    assert_eq!(
+        n.s.bind6(LISTEN_FD, Ipv6Addr::UNSPECIFIED, false, PORT),
+        None
+    );
+    assert_eq!(n.s.listen(LISTEN_FD, 128), Some(Ok(0)));
+    // The kernel socket listens too (IPv4 and IPv6 on the kernel's interfaces).
+    assert_eq!(n.log.borrow().kernel_listens, vec![(LISTEN_FD, 128)]);
+    assert_eq!(n.s.poll_kind(LISTEN_FD), PollKind::Both);
+    // Its name is the kernel socket's.
+    assert_eq!(n.s.name(LISTEN_FD, false), None);
+    let (c, fd, peer) = n.connect_peer(0);
+    let client_port = n.client.local_addr(c).unwrap().port();
+    assert_eq!(peer, mapped(CLIENT, client_port));
+    assert_eq!(n.s.name(fd, true), Some(Ok(mapped(CLIENT, client_port))));
+    assert_eq!(n.s.name(fd, false), Some(Ok(mapped(SERVER, PORT))));
+    let sol = libc::SOL_SOCKET;
+    assert_eq!(
+        n.s.getsockopt(fd, sol, libc::SO_DOMAIN),
+        Some(Ok(libc::AF_INET6))
+    );
+    // A dup is the same AF_INET6 socket.
+    n.s.alias(fd, 70).unwrap();
+    assert_eq!(n.s.name(70, true), Some(Ok(mapped(CLIENT, client_port))));
+    // Data flows as on any connection.
+    assert_eq!(n.write(fd, b"v4 via ::"), Ok(9));
+    assert_eq!(n.client_reads(c).unwrap(), b"v4 via ::");
+}
+
+#[test]
+fn an_ipv4_listener_beside_a_v6_one_keeps_its_family() {
+    let mut n = Net::new();
+    assert_eq!(
+        n.s.bind6(LISTEN_FD, Ipv6Addr::UNSPECIFIED, false, PORT),
+        None
+    );
+    assert_eq!(n.s.listen(LISTEN_FD, 8), Some(Ok(0)));
+    let (_, v6) = {
+        let (c, fd, _) = n.connect_peer(0);
+        (c, fd)
+    };
+    n.s.close(LISTEN_FD);
+    n.listen_dual();
+    let (_, v4) = n.connect(0);
+    let sol = libc::SOL_SOCKET;
+    assert_eq!(
+        n.s.getsockopt(v4, sol, libc::SO_DOMAIN),
+        Some(Ok(libc::AF_INET))
+    );
+    assert_eq!(
+        n.s.getsockopt(v6, sol, libc::SO_DOMAIN),
+        Some(Ok(libc::AF_INET6))
+    );
+}
+
+#[test]
+fn a_v4_mapped_mtcp_addr_bind_is_the_stacks_alone() {
+    let mut n = Net::new();
+    let ip = SERVER.to_ipv6_mapped();
+    assert_eq!(n.s.bind6(LISTEN_FD, ip, false, PORT), Some(Ok(0)));
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Ok(0)));
+    assert!(n.log.borrow().kernel_listens.is_empty());
+    assert_eq!(n.s.poll_kind(LISTEN_FD), PollKind::Stack);
+    assert_eq!(n.s.name(LISTEN_FD, false), Some(Ok(mapped(SERVER, PORT))));
+    let (c, fd, peer) = n.connect_peer(0);
+    let client_port = n.client.local_addr(c).unwrap().port();
+    assert_eq!(peer, mapped(CLIENT, client_port));
+    assert_eq!(n.s.name(fd, false), Some(Ok(mapped(SERVER, PORT))));
+}
+
+#[test]
+fn a_v6only_wildcard_listener_is_refused_once_with_one_message() {
+    let mut n = Net::new();
+    // The kernel binds (the port is taken, as on Linux); listen() fails.
+    assert_eq!(
+        n.s.bind6(LISTEN_FD, Ipv6Addr::UNSPECIFIED, true, PORT),
+        None
+    );
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Err(libc::EADDRNOTAVAIL)));
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Err(libc::EADDRNOTAVAIL)));
+    // Another such socket on the port (a server retrying): no second line.
+    assert_eq!(
+        n.s.bind6(LISTEN_FD + 1, Ipv6Addr::UNSPECIFIED, true, PORT),
+        None
+    );
+    assert_eq!(
+        n.s.listen(LISTEN_FD + 1, 16),
+        Some(Err(libc::EADDRNOTAVAIL))
+    );
+    let said = n.said();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains(&format!("port {PORT}")) && said[0].contains("IPV6_V6ONLY"),
+        "{said:?}"
+    );
+    assert!(n.log.borrow().kernel_listens.is_empty());
+    assert_eq!(n.s.poll_kind(LISTEN_FD), PollKind::Kernel);
+    // The stack is not failed: an IPv4 listener on the port is served (Redis's "* -::*").
+    n.listen_dual();
+    n.connect(0);
+    assert_eq!(n.said().len(), 1);
+}
+
+#[test]
+fn a_socket_closed_before_listen_takes_its_flagged_bind_along() {
+    let mut n = Net::new();
+    // A refused V6ONLY socket, closed (Redis's optional "-::*"); the next socket gets its fd
+    // number (Redis's Unix socket), binds elsewhere (not ours) and listens: the kernel's.
+    assert_eq!(
+        n.s.bind6(LISTEN_FD, Ipv6Addr::UNSPECIFIED, true, PORT),
+        None
+    );
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Err(libc::EADDRNOTAVAIL)));
+    assert!(n.s.has_pending_binds());
+    assert!(!n.s.close(LISTEN_FD));
+    assert!(!n.s.has_pending_binds());
+    assert_eq!(n.s.listen(LISTEN_FD, 16), None);
+    // The same for a wildcard bind whose socket never listened.
+    assert_eq!(n.s.bind(LISTEN_FD, Ipv4Addr::UNSPECIFIED, PORT), None);
+    assert!(!n.s.close(LISTEN_FD));
+    assert_eq!(n.s.listen(LISTEN_FD, 16), None);
+    assert_eq!(n.log.borrow().started, 0);
+}
+
+#[test]
+fn other_ipv6_addresses_are_the_kernels() {
+    let mut n = Net::new();
+    // ::1, as 127.0.0.1: the kernel's; the stack runs and resets SYNs to the port.
+    assert_eq!(n.s.bind6(LISTEN_FD, Ipv6Addr::LOCALHOST, false, PORT), None);
+    assert_eq!(n.s.listen(LISTEN_FD, 16), None);
+    assert_eq!(n.log.borrow().started, 1);
+    // A v4-mapped kernel address, as that IPv4 address.
+    let lo = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+    assert_eq!(n.s.bind6(LISTEN_FD + 1, lo, false, PORT), None);
+    assert_eq!(n.s.listen(LISTEN_FD + 1, 16), None);
+    // A v4-mapped address on a V6ONLY socket: the kernel refuses it (EINVAL), even MTCP_ADDR.
+    let ours = SERVER.to_ipv6_mapped();
+    assert_eq!(n.s.bind6(LISTEN_FD + 2, ours, true, PORT), None);
+    assert_eq!(n.s.listen(LISTEN_FD + 2, 16), None);
+    assert!(n.said().is_empty());
+    assert!(n.log.borrow().kernel_listens.is_empty());
 }
 
 #[test]
@@ -648,11 +804,11 @@ fn peer_and_local_names_of_a_connection() {
     let client_port = n.client.local_addr(c).unwrap().port();
     assert_eq!(
         n.s.name(fd, true),
-        Some(Ok(SocketAddrV4::new(CLIENT, client_port)))
+        Some(Ok(SocketAddrV4::new(CLIENT, client_port).into()))
     );
     assert_eq!(
         n.s.name(fd, false),
-        Some(Ok(SocketAddrV4::new(SERVER, PORT)))
+        Some(Ok(SocketAddrV4::new(SERVER, PORT).into()))
     );
     // A dual listener's name is the kernel socket's.
     assert_eq!(n.s.name(LISTEN_FD, false), None);

@@ -10,6 +10,11 @@
 //! every run: the server never races the client. `tests/tests/shim_semantics.rs` runs the server
 //! with and without `LD_PRELOAD=libmtcpshim.so MTCP_PORTS=PORT` and compares the outputs.
 //!
+//! `stack-seq server6 PORT` listens on `::` (IPV6_V6ONLY off, as Linux's default) instead, and
+//! runs the calls whose answers depend on the family (accept's address, getsockname,
+//! getpeername, short buffers, SO_DOMAIN) on two connections from `stack-seq client6 ADDR PORT`,
+//! an IPv4 client: Linux shows it as a v4-mapped IPv6 address (`::ffff:a.b.c.d`).
+//!
 //! Printed values are those a program could depend on and that do not vary between runs: fd
 //! numbers only where the caller chose them (dup2), addresses by their last octet (both setups
 //! use .1 for the client and .2 for the server), peer ports as "ephemeral".
@@ -20,6 +25,8 @@
 //! `xyz`; on `rstq` open one more and reset it at once, then send `reset\n`; on `late` open one
 //! more, wait for its end of stream, send `xyz` on it, read again (2 s at most), then send what
 //! that read gave; on `go` reset (SO_LINGER 0).
+//! client6: first connection as the first above; at its end of stream, a second one, which
+//! waits for the server's end of stream.
 
 use std::ffi::c_int;
 use std::io::{BufRead, BufReader, Write};
@@ -844,6 +851,243 @@ fn server(port: u16) {
     println!("done");
 }
 
+/// An address the kernel or the shim wrote into a 28-byte buffer (`room` of it offered): its
+/// fields, as `sockaddr_note` prints them for IPv4, with a v4-mapped address as `::ffff:.N`;
+/// `len` as returned; whether the bytes past the room were left alone. A truncated address
+/// shows the bytes written (the port as `pp`).
+fn sockaddr6_note(buf: &[u8; 64], room: usize, len: socklen_t, port: u16) {
+    let untouched = buf[room..].iter().all(|&b| b == 0xee);
+    if room < size_of::<libc::sockaddr_in6>() {
+        let shown: Vec<String> = buf[..room]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if i == 2 || i == 3 {
+                    "pp".into()
+                } else {
+                    format!("{b:02x}")
+                }
+            })
+            .collect();
+        note(format!(
+            "len={len} written={} rest untouched={untouched}",
+            shown.concat()
+        ));
+        return;
+    }
+    // SAFETY: 28 bytes of the buffer, read unaligned.
+    let a: libc::sockaddr_in6 = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+    let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+    let shown_ip = match ip.to_ipv4_mapped() {
+        Some(v4) => format!("::ffff:.{}", v4.octets()[3]),
+        None => ip.to_string(),
+    };
+    let p = u16::from_be(a.sin6_port);
+    let shown_port = if p == port {
+        "listening".to_string()
+    } else if p >= 1024 {
+        "ephemeral".to_string()
+    } else {
+        p.to_string()
+    };
+    note(format!(
+        "family={} addr={shown_ip} port={shown_port} flowinfo={} scope_id={} len={len} rest untouched={untouched}",
+        a.sin6_family, a.sin6_flowinfo, a.sin6_scope_id
+    ));
+}
+
+/// One call that writes an address (accept4, getsockname, getpeername) into a buffer of which
+/// it is offered `room` bytes; its answer and what it wrote. Returns the call's result.
+fn with_addr6(
+    label: &str,
+    room: usize,
+    port: u16,
+    f: impl FnOnce(*mut libc::sockaddr, *mut socklen_t) -> c_int,
+    returns_fd: bool,
+) -> c_int {
+    let mut buf = [0xeeu8; 64];
+    let mut len = room as socklen_t;
+    let p = buf.as_mut_ptr().cast::<libc::sockaddr>();
+    let r = if returns_fd {
+        call_fd(label, || f(p, &mut len))
+    } else {
+        call(label, || f(p, &mut len))
+    };
+    if r >= 0 {
+        sockaddr6_note(&buf, room, len, port);
+    }
+    r
+}
+
+fn server6(port: u16) {
+    let full = size_of::<libc::sockaddr_in6>();
+    // SAFETY: plain socket calls on fds this program owns; every pointer is to a local.
+    unsafe {
+        step("an AF_INET6 socket: IPV6_V6ONLY is off by default; bind to :: and listen");
+        let s = libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
+        assert!(s >= 0);
+        let one: c_int = 1;
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const c_int).cast(),
+            4,
+        );
+        getsockopt_int(
+            s,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            "getsockopt(IPV6_V6ONLY)",
+        );
+        let mut sin6: libc::sockaddr_in6 = zeroed();
+        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sin6.sin6_port = port.to_be();
+        call("bind(::)", || {
+            libc::bind(
+                s,
+                (&sin6 as *const libc::sockaddr_in6).cast(),
+                full as socklen_t,
+            )
+        });
+        call("listen", || libc::listen(s, 16));
+        println!("ready");
+        let _ = std::io::stdout().flush();
+
+        step("accept4 on a :: listener gives an IPv4 client's address v4-mapped, AF_INET6, length 28");
+        poll_one(s, libc::POLLIN, 10_000, "poll(listener)");
+        let c = with_addr6(
+            "accept4(CLOEXEC)",
+            full,
+            port,
+            |a, l| libc::accept4(s, a, l, libc::SOCK_CLOEXEC),
+            true,
+        );
+        assert!(c >= 0, "accept failed");
+        step("getsockname and getpeername of an IPv4 client of a :: listener are v4-mapped sockaddr_in6");
+        with_addr6(
+            "getsockname",
+            full,
+            port,
+            |a, l| libc::getsockname(c, a, l),
+            false,
+        );
+        with_addr6(
+            "getpeername",
+            full,
+            port,
+            |a, l| libc::getpeername(c, a, l),
+            false,
+        );
+        with_addr6(
+            "getpeername(room 64)",
+            64,
+            port,
+            |a, l| libc::getpeername(c, a, l),
+            false,
+        );
+        step("a buffer shorter than a sockaddr_in6 gets what fits, and the length 28");
+        for room in [16, 4, 0] {
+            with_addr6(
+                &format!("getpeername(room {room})"),
+                room,
+                port,
+                |a, l| libc::getpeername(c, a, l),
+                false,
+            );
+            with_addr6(
+                &format!("getsockname(room {room})"),
+                room,
+                port,
+                |a, l| libc::getsockname(c, a, l),
+                false,
+            );
+        }
+        step("SO_DOMAIN of an IPv4 client's connection on a :: listener is AF_INET6; SO_TYPE, SO_PROTOCOL");
+        getsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            "getsockopt(SO_DOMAIN)",
+        );
+        getsockopt_int(c, libc::SOL_SOCKET, libc::SO_TYPE, "getsockopt(SO_TYPE)");
+        getsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_PROTOCOL,
+            "getsockopt(SO_PROTOCOL)",
+        );
+        step("data both ways on an IPv4 client's connection of a :: listener");
+        send_line(c, "say:through ::");
+        note(read_line(c));
+        call("close", || libc::close(c));
+
+        step("accept with room for a sockaddr_in only (16 bytes) on a :: listener: what fits, length 28");
+        // The client opens its second connection once it sees the first one's end of stream.
+        let c = with_addr6(
+            "accept(room 16)",
+            16,
+            port,
+            |a, l| libc::accept(s, a, l),
+            true,
+        );
+        assert!(c >= 0, "second accept failed");
+        with_addr6(
+            "getpeername",
+            full,
+            port,
+            |a, l| libc::getpeername(c, a, l),
+            false,
+        );
+        call("close", || libc::close(c));
+
+        step("the :: listener: its name, SO_DOMAIN, SO_ACCEPTCONN");
+        with_addr6(
+            "getsockname(listener)",
+            full,
+            port,
+            |a, l| libc::getsockname(s, a, l),
+            false,
+        );
+        getsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            "getsockopt(listener SO_DOMAIN)",
+        );
+        getsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            "getsockopt(SO_ACCEPTCONN)",
+        );
+        call("close(listener)", || libc::close(s));
+    }
+    println!("done");
+}
+
+/// The client of `server6`: an IPv4 client, two connections one after the other.
+fn client6(addr: &str, port: u16) {
+    let target = format!("{addr}:{port}");
+    let s = TcpStream::connect(&target).expect("connect 1");
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).expect("read") == 0 {
+            break;
+        }
+        if let Some(t) = line.trim_end_matches('\n').strip_prefix("say:") {
+            w.write_all(format!("ok:{t}\n").as_bytes()).unwrap();
+        }
+    }
+    drop((w, r));
+    let mut s = TcpStream::connect(&target).expect("connect 2");
+    let mut buf = [0u8; 16];
+    while !matches!(std::io::Read::read(&mut s, &mut buf), Ok(0) | Err(_)) {}
+    println!("client done");
+}
+
 fn client(addr: &str, port: u16) {
     let target = format!("{addr}:{port}");
     let s = TcpStream::connect(&target).expect("connect 1");
@@ -934,8 +1178,10 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("server") => server(args[2].parse().expect("port")),
         Some("client") => client(&args[2], args[3].parse().expect("port")),
+        Some("server6") => server6(args[2].parse().expect("port")),
+        Some("client6") => client6(&args[2], args[3].parse().expect("port")),
         _ => {
-            eprintln!("usage: stack-seq server PORT | stack-seq client ADDR PORT");
+            eprintln!("usage: stack-seq server|server6 PORT | stack-seq client|client6 ADDR PORT");
             std::process::exit(2);
         }
     }
