@@ -47,7 +47,9 @@ fn out_len(r: Option<Result<usize, c_int>>) -> Outcome<ssize_t> {
 
 /// readv/writev/recvmsg/sendmsg on a connection of ours: one call of `each` per non-empty iovec,
 /// in order, stopping at the first short transfer (the rest would block) or error (reported
-/// only if nothing was transferred). Later iovecs never block.
+/// only if nothing was transferred). A blocking write blocks for every iovec (it returns when
+/// all is queued, as Linux's does); a read blocks only for the first (it returns what is
+/// there), unless MSG_WAITALL.
 ///
 /// # Safety
 /// `iov` points to `cnt` valid iovecs whose buffers are valid for `each`'s access.
@@ -56,6 +58,7 @@ unsafe fn each_iov(
     iov: *const iovec,
     cnt: c_int,
     flags: c_int,
+    write: bool,
     mut each: impl FnMut(*mut u8, usize, c_int) -> Option<Result<usize, c_int>>,
 ) -> Outcome<ssize_t> {
     if !runtime::is_conn(fd) {
@@ -71,7 +74,7 @@ unsafe fn each_iov(
         if v.iov_len == 0 {
             continue;
         }
-        let f = if total > 0 {
+        let f = if total > 0 && !write && flags & libc::MSG_WAITALL == 0 {
             flags | libc::MSG_DONTWAIT
         } else {
             flags
@@ -96,7 +99,7 @@ unsafe fn each_iov(
 unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
     // SAFETY: each iovec describes a writable buffer (readv contract).
     unsafe {
-        each_iov(fd, iov, cnt, flags, |p, n, f| {
+        each_iov(fd, iov, cnt, flags, false, |p, n, f| {
             runtime::recv(fd, std::slice::from_raw_parts_mut(p, n), f)
         })
     }
@@ -107,7 +110,7 @@ unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
 unsafe fn send_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
     // SAFETY: each iovec describes a readable buffer (writev contract).
     unsafe {
-        each_iov(fd, iov, cnt, flags, |p, n, f| {
+        each_iov(fd, iov, cnt, flags, true, |p, n, f| {
             runtime::send(fd, std::slice::from_raw_parts(p, n), f)
         })
     }
@@ -217,21 +220,29 @@ pub(crate) unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> Outcome<c_int> {
-    let v = match runtime::getsockopt(fd, level, name) {
-        None => return NOT_OURS,
-        Some(Err(e)) => return Outcome::Error(e),
-        Some(Ok(v)) => v,
-    };
+    if !runtime::is_ours(fd) {
+        return NOT_OURS;
+    }
     if val.is_null() || len.is_null() {
-        return Outcome::Error(libc::EFAULT);
+        // The kernel says EFAULT (or answers an option that needs no buffer).
+        return NOT_OURS;
     }
-    // SAFETY: the caller's buffer holds *len bytes; we write at most sizeof(int) of them.
-    unsafe {
-        let room = (*len as usize).min(std::mem::size_of::<c_int>());
-        std::ptr::copy_nonoverlapping((&v as *const c_int).cast::<u8>(), val.cast::<u8>(), room);
-        *len = room as socklen_t;
+    // SAFETY: getsockopt's contract: `len` points to the room of the buffer `val`.
+    let room = unsafe { len.read_unaligned() } as c_int;
+    if room < 0 {
+        return Outcome::Error(libc::EINVAL);
     }
-    Outcome::Done(0)
+    // SAFETY: as above: `val` has `room` writable bytes.
+    let out = unsafe { std::slice::from_raw_parts_mut(val.cast::<u8>(), room as usize) };
+    match runtime::getsockopt(fd, level, name, out) {
+        None => NOT_OURS,
+        Some(Err(e)) => Outcome::Error(e),
+        Some(Ok(n)) => {
+            // SAFETY: as above.
+            unsafe { len.write_unaligned(n as socklen_t) };
+            Outcome::Done(0)
+        }
+    }
 }
 
 pub(crate) unsafe fn setsockopt(
@@ -241,13 +252,18 @@ pub(crate) unsafe fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> Outcome<c_int> {
-    let v = if val.is_null() || (len as usize) < std::mem::size_of::<c_int>() {
-        None
+    if !runtime::is_ours(fd) {
+        return NOT_OURS;
+    }
+    let value: &[u8] = if len == 0 {
+        &[]
+    } else if val.is_null() {
+        return Outcome::Error(libc::EFAULT);
     } else {
-        // SAFETY: the caller passes at least sizeof(int) readable bytes (checked above).
-        Some(unsafe { std::ptr::read_unaligned(val.cast::<c_int>()) })
+        // SAFETY: setsockopt's contract: `val` points to `len` readable bytes.
+        unsafe { std::slice::from_raw_parts(val.cast::<u8>(), len as usize) }
     };
-    out(runtime::setsockopt(fd, level, name, v))
+    out(runtime::setsockopt(fd, level, name, value))
 }
 
 pub(crate) unsafe fn getsockname(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> Outcome<c_int> {
@@ -573,8 +589,9 @@ pub(crate) unsafe fn sendfile64(
         if got == 0 {
             break;
         }
-        let flags = if total > 0 { libc::MSG_DONTWAIT } else { 0 };
-        match runtime::send(out_fd, &buf[..got as usize], flags) {
+        // Blocking socket: each chunk is queued whole before the next is read, so the call
+        // returns when `count` bytes are queued (or at end of file), as Linux's does.
+        match runtime::send(out_fd, &buf[..got as usize], 0) {
             None => return NOT_OURS_SZ,
             Some(Ok(sent)) => {
                 total += sent;

@@ -10,7 +10,7 @@ use userstack::SockError;
 
 use super::wait::{
     after_block, block_for, block_on, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
-    private_epoll, woke_for_work, IN_LOOP,
+    private_epoll, restarts, wait_once, woke_for_work, Waited, IN_LOOP,
 };
 use super::{child, config, shim, with};
 use crate::sockets::{Accepted, Answer, Io, PollKind};
@@ -50,76 +50,171 @@ pub fn listen(fd: c_int, backlog: c_int) -> Answer<c_int> {
 }
 
 /// accept4() on a listener of ours: a stack connection if one is queued, else the kernel's
-/// (a dual listener), else, on a blocking socket, wait for either.
+/// (a dual listener), else, on a blocking socket, wait for either (at most SO_RCVTIMEO).
 pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
+    let mut deadline = None;
     loop {
         let kernel = match with(|s| s.accept(fd, flags))? {
             Ok(Accepted::Conn { fd, peer }) => return Some(Ok((fd, peer))),
             Ok(Accepted::Empty { kernel }) => kernel,
             Err(e) => return Some(Err(e)),
         };
-        if kernel {
-            // Non-blocking listener: the kernel answers (a connection or EAGAIN). Blocking: wait
-            // for either kind without starving the stack's.
-            // SAFETY: F_GETFL on the application's socket.
-            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-            if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-                return None;
-            }
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
+        // A connection on the kernel side: the kernel's accept takes it.
+        if kernel && kernel_readable(fd) {
+            return None;
+        }
+        // SAFETY: F_GETFL on the application's socket.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+            // The kernel says EAGAIN for a dual listener; a stack-only one's is ours to say.
+            return if kernel {
+                None
+            } else {
+                Some(Err(libc::EAGAIN))
             };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut p, 1, 1) } > 0 {
-                return None;
-            }
-        } else {
-            std::thread::sleep(Duration::from_micros(200));
+        }
+        let timeout = *deadline.get_or_insert_with(|| timeout_of(fd, libc::SO_RCVTIMEO));
+        let until = timeout.map(|(at, _)| at);
+        match wait_once(kernel.then_some(fd), until) {
+            Waited::Again => {}
+            Waited::TimedOut => return Some(Err(libc::EAGAIN)),
+            Waited::Interrupted if restarts(timeout.is_some()) => {}
+            Waited::Interrupted => return Some(Err(libc::EINTR)),
         }
     }
 }
 
+/// Whether the kernel socket `fd` is readable now.
+fn kernel_readable(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+/// The deadline of a blocking call on kernel socket `fd` from its SO_RCVTIMEO or SO_SNDTIMEO
+/// (`opt`), with the timeout: `None` without one.
+fn timeout_of(fd: c_int, opt: c_int) -> Option<(Instant, Duration)> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local timeval of its size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        return None;
+    }
+    let d = Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);
+    Some((Instant::now() + d, d))
+}
+
 // ------------------------------------------------------------------ connections
+
+/// Whether `fd` is one of our sockets or epoll instances (a lookup, no lock).
+pub fn is_ours(fd: c_int) -> bool {
+    crate::fdtable::is_ours(fd)
+}
 
 /// Whether `fd` is one of our connections: the data ops only act then.
 pub fn is_conn(fd: c_int) -> bool {
     with(|s| Some(s.is_conn(fd))).unwrap_or(false)
 }
 
-/// recv/send on a connection of ours, blocking or not. `Ok(n)` or an errno.
-fn io(fd: c_int, mut op: Io<'_>, dontwait: bool) -> Answer<usize> {
+/// The part of `op` after its first `done` bytes.
+fn rest<'b>(op: &'b mut Io<'_>, done: usize) -> Io<'b> {
+    match op {
+        Io::Read(buf, peek) => Io::Read(&mut buf[done..], *peek),
+        Io::Write(data) => Io::Write(&data[done..]),
+    }
+}
+
+/// recv/send on a connection of ours, as Linux does them: a non-blocking call (O_NONBLOCK,
+/// MSG_DONTWAIT) takes what it can now or says EAGAIN; a blocking receive returns as soon as
+/// some data is there (with MSG_WAITALL, when the buffer is full or the stream ends); a
+/// blocking send returns when everything is queued. Either waits at most the socket's
+/// SO_RCVTIMEO/SO_SNDTIMEO; on a timeout, an error or a signal, what was transferred is the
+/// answer, or else EAGAIN, the error, or EINTR (or, for a handler with SA_RESTART and no
+/// timeout, the call goes on).
+fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
     if super::in_child() {
         return None;
     }
+    let dontwait = flags & libc::MSG_DONTWAIT != 0;
+    let (len, waitall) = match &op {
+        Io::Read(buf, peek) => (buf.len(), !*peek && flags & libc::MSG_WAITALL != 0),
+        Io::Write(data) => (data.len(), false),
+    };
+    let write = matches!(op, Io::Write(_));
+    let mut done = 0usize;
+    let mut deadline = None;
     loop {
         let mut s = shim()?;
-        let t = s.io(fd, &mut op, defer_tx)?;
+        let t = s.io(fd, &mut rest(&mut op, done), defer_tx)?;
         match t.result {
-            Ok(n) => return Some(Ok(n)),
-            Err(SockError::WouldBlock) if t.nonblock || dontwait => return Some(Err(libc::EAGAIN)),
-            Err(SockError::WouldBlock) => {
-                s.pump();
-                drop(s);
-                std::thread::sleep(Duration::from_micros(50));
+            Ok(n) => {
+                done += n;
+                let more = if write {
+                    done < len
+                } else {
+                    waitall && n > 0 && done < len
+                };
+                if !more || t.nonblock || dontwait {
+                    return Some(Ok(done));
+                }
             }
-            Err(e) => return Some(Err(e.errno())),
+            Err(SockError::WouldBlock) if t.nonblock || dontwait => {
+                return Some(if done > 0 {
+                    Ok(done)
+                } else {
+                    Err(libc::EAGAIN)
+                });
+            }
+            Err(SockError::WouldBlock) => {}
+            Err(e) => return Some(if done > 0 { Ok(done) } else { Err(e.errno()) }),
+        }
+        // Blocking, and more to do: poll the stack (an ACK may have made room, data may have
+        // come), and wait if that found nothing.
+        if s.pump() {
+            continue;
+        }
+        drop(s);
+        let until = *deadline.get_or_insert_with(|| t.timeout.map(|d| Instant::now() + d));
+        match wait_once(None, until) {
+            Waited::Again => {}
+            Waited::TimedOut => {
+                return Some(if done > 0 {
+                    Ok(done)
+                } else {
+                    Err(libc::EAGAIN)
+                });
+            }
+            Waited::Interrupted if done == 0 && restarts(t.timeout.is_some()) => {}
+            Waited::Interrupted => {
+                return Some(if done > 0 { Ok(done) } else { Err(libc::EINTR) });
+            }
         }
     }
 }
 
 pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Answer<usize> {
-    io(
-        fd,
-        Io::Read(buf, flags & libc::MSG_PEEK != 0),
-        flags & libc::MSG_DONTWAIT != 0,
-    )
+    io(fd, Io::Read(buf, flags & libc::MSG_PEEK != 0), flags)
 }
 
 /// send: EPIPE raises SIGPIPE unless MSG_NOSIGNAL, as the kernel does.
 pub fn send(fd: c_int, data: &[u8], flags: c_int) -> Answer<usize> {
-    let r = io(fd, Io::Write(data), flags & libc::MSG_DONTWAIT != 0)?;
+    let r = io(fd, Io::Write(data), flags)?;
     if r == Err(libc::EPIPE) && flags & libc::MSG_NOSIGNAL == 0 {
         // SAFETY: signalling the calling thread, as the kernel's send would.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
@@ -170,12 +265,13 @@ pub fn name(fd: c_int, peer: bool) -> Answer<SocketAddr> {
     with(|s| s.name(fd, peer))
 }
 
-pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: Option<c_int>) -> Answer<c_int> {
-    with(|s| s.setsockopt(fd, level, name, v))
+pub fn setsockopt(fd: c_int, level: c_int, name: c_int, value: &[u8]) -> Answer<c_int> {
+    with(|s| s.setsockopt(fd, level, name, value))
 }
 
-pub fn getsockopt(fd: c_int, level: c_int, name: c_int) -> Answer<c_int> {
-    with(|s| s.getsockopt(fd, level, name))
+/// getsockopt into the caller's room: the value's length.
+pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> Answer<usize> {
+    with(|s| s.getsockopt(fd, level, name, out))
 }
 
 /// fcntl F_SETFL and ioctl FIONBIO.

@@ -11,6 +11,7 @@
 //! them held ([`in_child`]).
 
 mod calls;
+mod sockopt;
 mod wait;
 
 pub(crate) use calls::*;
@@ -24,7 +25,7 @@ use userstack::dpdk::DpdkLink;
 use userstack::{clock, Config, Stack};
 
 use crate::fdtable::{self, FdTable};
-use crate::sockets::{fork::Child, Host, Sockets};
+use crate::sockets::{fork::Child, Family, Host, SockOpt, Sockets};
 use wait::{notify_waiters, BLOCKED_WAITERS};
 
 /// The process's socket table.
@@ -95,13 +96,27 @@ impl Host<DpdkLink> for Proc {
         Ok(())
     }
 
-    fn identity_fd(&mut self, flags: c_int) -> Result<c_int, c_int> {
-        // SAFETY: eventfd with valid flags (SOCK_* and EFD_* flags have the same values).
-        let fd = unsafe { libc::eventfd(0, flags) };
-        if fd < 0 {
-            return Err(crate::errno::get());
-        }
-        Ok(fd)
+    fn identity_fd(
+        &mut self,
+        flags: c_int,
+        family: Family,
+        inherit: &[SockOpt],
+    ) -> Result<c_int, c_int> {
+        sockopt::identity_socket(flags, family, inherit)
+    }
+
+    fn listener_options(&mut self, fd: c_int, family: Family) -> Vec<SockOpt> {
+        sockopt::listener_options(fd, family)
+    }
+
+    fn kernel_setsockopt(
+        &mut self,
+        fd: c_int,
+        level: c_int,
+        name: c_int,
+        value: &[u8],
+    ) -> Result<(), c_int> {
+        sockopt::set(fd, level, name, value)
     }
 
     fn close_fd(&mut self, fd: c_int) {

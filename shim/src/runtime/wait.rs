@@ -325,3 +325,70 @@ pub(super) fn private_epoll(epfd: c_int, wake: Option<c_int>) -> c_int {
         o
     }
 }
+
+// ------------------------------------------------------------------ blocking socket calls
+
+/// How one wait of a blocking socket call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Waited {
+    /// Something may have changed: try the call again.
+    Again,
+    /// The call's deadline (SO_RCVTIMEO, SO_SNDTIMEO) passed.
+    TimedOut,
+    /// A signal handler of the application ran.
+    Interrupted,
+}
+
+/// One wait of a blocking recv/send/accept: until a frame arrives from the device, another
+/// thread makes work for this one (its eventfd), `kernel_fd` becomes readable (a dual
+/// listener's kernel side), the stack's next timer, or `deadline`. On a device without a
+/// wake-up fd the wait is one of the thread's naps.
+pub(super) fn wait_once(kernel_fd: Option<c_int>, deadline: Option<Instant>) -> Waited {
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Waited::TimedOut;
+    }
+    let mut last_work = Instant::now();
+    let Some(b) = prepare_block(&mut last_work) else {
+        return Waited::Again;
+    };
+    let me = my_eventfd();
+    let watch = |fd: Option<c_int>| libc::pollfd {
+        fd: fd.unwrap_or(-1),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut p = [
+        watch(kernel_fd),
+        watch(b.wake),
+        watch((me >= 0).then_some(me)),
+    ];
+    let ts = clock::timespec(block_for(deadline, &b));
+    // SAFETY: a local array of three pollfds (negative fds are ignored); no signal mask.
+    let r = unsafe { libc::ppoll(p.as_mut_ptr(), 3, &ts, std::ptr::null()) };
+    let err = crate::errno::get();
+    after_block(p[2].revents != 0, &b);
+    if r < 0 && err == libc::EINTR {
+        return Waited::Interrupted;
+    }
+    Waited::Again
+}
+
+/// Whether a blocking recv/send/accept that a signal handler interrupted starts again, as Linux
+/// restarts it: when the handler was installed with SA_RESTART and the socket has no timeout
+/// for the call (`timeout`). Which signal arrived is not known here, so the call restarts only
+/// if every signal with a handler has SA_RESTART; otherwise it fails with EINTR.
+pub(super) fn restarts(timeout: bool) -> bool {
+    if timeout {
+        return false;
+    }
+    (1..=libc::SIGRTMAX()).all(|sig| {
+        // SAFETY: all-zero is a valid sigaction to receive the current one.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reading the signal's disposition, changing nothing.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            return true;
+        }
+        let h = old.sa_sigaction;
+        h == libc::SIG_DFL || h == libc::SIG_IGN || old.sa_flags & libc::SA_RESTART != 0
+    })
+}

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use libc::c_int;
 use userstack::link::Link;
-use userstack::{Keepalive, SockError};
+use userstack::SockError;
 
+use super::options::{self, Effect, Policy};
 use super::{so_errno, Answer, Host, Obj, Sockets};
 
 /// One data transfer on a connection.
@@ -22,14 +23,9 @@ pub struct IoTry {
     pub result: Result<usize, SockError>,
     /// The socket is in non-blocking mode (O_NONBLOCK).
     pub nonblock: bool,
+    /// How long a blocking call may wait (SO_RCVTIMEO for a read, SO_SNDTIMEO for a write).
+    pub timeout: Option<Duration>,
 }
-
-/// Linux's keepalive defaults (tcp_keepalive_time, _intvl, _probes).
-const KEEPALIVE_DEFAULT: Keepalive = Keepalive {
-    idle: Duration::from_secs(7200),
-    intvl: Duration::from_secs(75),
-    cnt: 9,
-};
 
 impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// Whether `fd` is one of our connections: the data calls only act then.
@@ -48,10 +44,17 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         op: &mut Io<'_>,
         defer: impl FnOnce(usize) -> bool,
     ) -> Option<IoTry> {
-        let Some(Obj::Conn { id, nonblock, .. }) = self.obj(fd) else {
+        let Some(Obj::Conn {
+            id, nonblock, opts, ..
+        }) = self.obj(fd)
+        else {
             return None;
         };
         let (id, nonblock) = (*id, *nonblock);
+        let timeout = match op {
+            Io::Read(..) => opts.rcvtimeo,
+            Io::Write(_) => opts.sndtimeo,
+        };
         let stack = self.stack.as_mut()?;
         let result = match op {
             Io::Read(buf, peek) => {
@@ -80,7 +83,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 r
             }
         };
-        Some(IoTry { result, nonblock })
+        Some(IoTry {
+            result,
+            nonblock,
+            timeout,
+        })
     }
 
     /// shutdown() of connection `fd`.
@@ -133,89 +140,94 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         Some(a.map(|a| family.addr(a)).map_err(so_errno))
     }
 
-    /// setsockopt on a connection, with the option's value as an int (`None`: the caller's
-    /// value is too short for one, or missing): the options Redis and friends set take effect.
+    /// setsockopt on a connection or a listener of ours (`value`: the caller's bytes). The
+    /// kernel socket behind the fd checks and keeps the value first (see `options`); on a
+    /// connection the option then takes effect on the stack, or fails with ENOPROTOOPT if the
+    /// stack cannot honour it; on a listener it is remembered for the connections it accepts.
     pub fn setsockopt(
         &mut self,
         fd: c_int,
         level: c_int,
         name: c_int,
-        v: Option<c_int>,
+        value: &[u8],
     ) -> Answer<c_int> {
-        let Some(Obj::Conn {
-            id,
-            keepalive,
-            ka_on,
-            ..
-        }) = self.obj(fd)
-        else {
-            return None;
+        let (id, mut opts) = match self.obj(fd)? {
+            Obj::Conn { id, opts, .. } => (*id, *opts),
+            Obj::Listener { family, .. } => {
+                let family = *family;
+                if let Err(e) = self.host.kernel_setsockopt(fd, level, name, value) {
+                    return Some(Err(e));
+                }
+                let inherit = self.host.listener_options(fd, family);
+                if let Some(Obj::Listener { inherit: slot, .. }) = self.obj(fd) {
+                    *slot = inherit;
+                }
+                return Some(Ok(0));
+            }
+            Obj::Epoll { .. } => return None,
         };
-        let id = *id;
-        let Some(v) = v else {
-            return Some(Err(libc::EINVAL));
-        };
-        let mut ka = keepalive.unwrap_or(KEEPALIVE_DEFAULT);
-        let mut on = *ka_on;
-        match (level, name) {
-            (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => on = v != 0,
-            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) if v > 0 => {
-                ka.idle = Duration::from_secs(v as u64)
-            }
-            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) if v > 0 => {
-                ka.intvl = Duration::from_secs(v as u64)
-            }
-            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) if v > 0 => ka.cnt = v as u32,
-            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE | libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT) => {
-                return Some(Err(libc::EINVAL));
-            }
-            (libc::IPPROTO_TCP, libc::TCP_NODELAY) => {
-                let stack = self.stack.as_mut()?;
-                return Some(stack.set_nodelay(id, v != 0).map(|_| 0).map_err(so_errno));
-            }
-            // Accepted and without effect on the stack (buffer sizes are MTCP_RCVBUF/SNDBUF).
-            _ => return Some(Ok(0)),
+        let policy = options::policy(level, name);
+        if let Err(e) = self.host.kernel_setsockopt(fd, level, name, value) {
+            return Some(Err(e));
         }
-        if let Some(Obj::Conn {
-            keepalive, ka_on, ..
-        }) = self.obj(fd)
-        {
-            *keepalive = Some(ka);
-            *ka_on = on;
+        match policy {
+            Policy::Kept => return Some(Ok(0)),
+            Policy::Unsupported => return Some(Err(libc::ENOPROTOOPT)),
+            Policy::Mirror => {}
+        }
+        let effect = opts.apply(level, name, value);
+        if let Some(Obj::Conn { opts: slot, .. }) = self.obj(fd) {
+            *slot = opts;
         }
         let now = self.host.now();
         let stack = self.stack.as_mut()?;
-        Some(
-            stack
-                .set_keepalive(now, id, on.then_some(ka))
-                .map(|_| 0)
-                .map_err(so_errno),
-        )
+        let r = match effect {
+            Effect::None => Ok(()),
+            Effect::Nodelay(on) => stack.set_nodelay(id, on),
+            Effect::Keepalive => {
+                let ka = opts.keepalive.unwrap_or(options::KEEPALIVE_DEFAULT);
+                stack.set_keepalive(now, id, opts.ka_on.then_some(ka))
+            }
+        };
+        Some(r.map(|_| 0).map_err(so_errno))
     }
 
-    /// getsockopt on a connection: the option's value, an int.
-    pub fn getsockopt(&mut self, fd: c_int, level: c_int, name: c_int) -> Answer<c_int> {
-        let Some(Obj::Conn {
-            id, ka_on, family, ..
-        }) = self.obj(fd)
-        else {
+    /// getsockopt on a connection of ours into `out` (the caller's room): the length of the
+    /// value. `None`: the kernel socket behind the fd answers (every option but what only the
+    /// connection knows).
+    pub fn getsockopt(
+        &mut self,
+        fd: c_int,
+        level: c_int,
+        name: c_int,
+        out: &mut [u8],
+    ) -> Answer<usize> {
+        let Some(Obj::Conn { id, .. }) = self.obj(fd) else {
             return None;
         };
-        let (id, ka_on, family) = (*id, *ka_on, *family);
+        let id = *id;
+        if !options::answered_by_connection(level, name) {
+            return None;
+        }
+        let rcvbuf = self.cfg.as_ref().map_or(0, |c| c.rcvbuf);
+        let sndbuf = self.cfg.as_ref().map_or(0, |c| c.sndbuf);
         let stack = self.stack.as_mut()?;
         let v: c_int = match (level, name) {
             (libc::SOL_SOCKET, libc::SO_ERROR) => match stack.take_error(id) {
                 Ok(e) => e.map_or(0, so_errno),
                 Err(e) => return Some(Err(so_errno(e))),
             },
-            (libc::SOL_SOCKET, libc::SO_TYPE) => libc::SOCK_STREAM,
-            (libc::SOL_SOCKET, libc::SO_DOMAIN) => family.domain(),
-            (libc::SOL_SOCKET, libc::SO_PROTOCOL) => libc::IPPROTO_TCP,
-            (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => c_int::from(ka_on),
-            (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => 0,
+            // The buffers the connection really has.
+            (libc::SOL_SOCKET, libc::SO_RCVBUF) => rcvbuf as c_int,
+            (libc::SOL_SOCKET, libc::SO_SNDBUF) => sndbuf as c_int,
+            // TCP_INFO and TCP_MAXSEG: the stack does not report them yet.
             _ => return Some(Err(libc::ENOPROTOOPT)),
         };
-        Some(Ok(v))
+        // An int, truncated to the caller's room as Linux does.
+        let bytes = v.to_ne_bytes();
+        let n = out.len().min(bytes.len());
+        out[..n].copy_from_slice(&bytes[..n]);
+        Some(Ok(n))
     }
 
     /// fcntl F_SETFL and ioctl FIONBIO: track O_NONBLOCK (the kernel applies it to the

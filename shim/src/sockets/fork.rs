@@ -5,9 +5,9 @@
 //! touches the table or the stack. Its copy of the fd table is its own: closing an inherited
 //! fd of ours only drops the child's entry (Redis's BGSAVE child closes its listeners and
 //! clients; the parent's connections are untouched), and a dup in the child refers to the same
-//! entry. Every other call on such an fd goes to the kernel, which sees the identity fd (an
-//! eventfd) or the kernel socket of a dual listener: reads and writes on an inherited
-//! connection are not served in the child.
+//! entry. Every other call on such an fd goes to the kernel, which sees the identity socket
+//! (never connected: reads and writes say ENOTCONN or EPIPE) or the kernel socket of a dual
+//! listener: an inherited connection is not served in the child.
 
 use libc::c_int;
 

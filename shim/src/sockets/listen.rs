@@ -6,6 +6,7 @@ use libc::c_int;
 use userstack::link::Link;
 use userstack::SockError;
 
+use super::options::{self, ConnOpts, Effect, Policy};
 use super::{so_errno, Answer, Bound, Family, Host, Obj, Sockets};
 
 /// What an accept() found on a listener of ours.
@@ -130,10 +131,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 return Some(Err(e));
             }
         }
+        let inherit = self.host.listener_options(fd, family);
         let listener = Obj::Listener {
             port,
             kernel,
             family,
+            inherit,
         };
         if let Err(e) = self.insert(fd, listener) {
             return Some(Err(e));
@@ -151,11 +154,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             port,
             kernel,
             family,
+            inherit,
         }) = self.obj(fd)
         else {
             return None;
         };
-        let (port, kernel, family) = (*port, *kernel, *family);
+        let (port, kernel, family, inherit) = (*port, *kernel, *family, inherit.clone());
         self.pump();
         let stack = self.stack.as_mut()?;
         let (id, peer) = match stack.accept(port) {
@@ -163,10 +167,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Err(SockError::WouldBlock) => return Some(Ok(Accepted::Empty { kernel })),
             Err(e) => return Some(Err(so_errno(e))),
         };
-        let efd = match self
-            .host
-            .identity_fd(flags & (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))
-        {
+        let efd = match self.host.identity_fd(
+            flags & (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC),
+            family,
+            &inherit,
+        ) {
             Ok(fd) => fd,
             Err(e) => {
                 if let Some(st) = self.stack.as_mut() {
@@ -176,12 +181,33 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
         };
         let nonblock = flags & libc::SOCK_NONBLOCK != 0;
+        // What the inherited options change on the connection (TCP_NODELAY, keepalive, ...).
+        let mut opts = ConnOpts::default();
+        let mut effects = (None, false);
+        for o in &inherit {
+            if options::policy(o.level, o.name) == Policy::Mirror {
+                match opts.apply(o.level, o.name, &o.value) {
+                    Effect::Nodelay(on) => effects.0 = Some(on),
+                    Effect::Keepalive => effects.1 = true,
+                    Effect::None => {}
+                }
+            }
+        }
+        let now = self.host.now();
+        if let Some(st) = self.stack.as_mut() {
+            if let Some(on) = effects.0 {
+                let _ = st.set_nodelay(id, on);
+            }
+            if effects.1 {
+                let ka = opts.keepalive.unwrap_or(options::KEEPALIVE_DEFAULT);
+                let _ = st.set_keepalive(now, id, opts.ka_on.then_some(ka));
+            }
+        }
         let conn = Obj::Conn {
             id,
             family,
             nonblock,
-            keepalive: None,
-            ka_on: false,
+            opts,
         };
         let i = match self.insert(efd, conn) {
             Ok(i) => i,
@@ -222,6 +248,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 port,
                 kernel: false,
                 family,
+                ..
             } => Some(family.addr(SocketAddrV4::new(
                 ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 *port,

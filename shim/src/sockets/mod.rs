@@ -16,8 +16,9 @@
 //!   IPV6_V6ONLY on asks for IPv6 alone, which the stack does not speak: its listen() fails,
 //!   said once. Other IPv6 addresses (`::1`, ...) stay the kernel's.
 //! - Each connection accepted from the stack is identified by a real, small kernel fd (the
-//!   host's identity fd: an eventfd), claimed in the fd table. Closing the fd closes the
-//!   connection.
+//!   host's identity fd: a kernel TCP socket that is never connected, which also keeps the
+//!   connection's socket options; see `options`), claimed in the fd table. Closing the fd
+//!   closes the connection.
 //! - An epoll instance the application adds one of our fds to keeps its kernel epoll (for its
 //!   kernel fds, and the kernel side of dual listeners) and gets an [`EpollSet`] for our fds.
 //! - dup/dup2/dup3/F_DUPFD give an object more fds; it goes with the last of them.
@@ -29,6 +30,7 @@ mod conn;
 mod epoll;
 pub mod fork;
 mod listen;
+pub mod options;
 #[cfg(test)]
 mod tests;
 
@@ -37,7 +39,7 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use libc::c_int;
 use userstack::epoll::{EpollEvent, EpollSet};
 use userstack::link::Link;
-use userstack::{Config, ConnId, Event, FastMap, Keepalive, Readiness, SockError, Stack};
+use userstack::{Config, ConnId, Event, FastMap, Readiness, SockError, Stack};
 
 use crate::fdtable::{FdState, FdTable};
 pub use crate::outcome::Answer;
@@ -45,6 +47,7 @@ pub use crate::outcome::Answer;
 pub use conn::Io;
 pub use epoll::Ctl;
 pub use listen::Accepted;
+pub use options::{ConnOpts, SockOpt};
 
 /// What the socket table needs from the process it runs in.
 pub trait Host<L: Link> {
@@ -63,8 +66,26 @@ pub trait Host<L: Link> {
     }
     /// listen() on the kernel side of a dual listener.
     fn kernel_listen(&mut self, fd: c_int, backlog: c_int) -> Result<(), c_int>;
-    /// A new fd to stand for a connection (`flags`: SOCK_NONBLOCK, SOCK_CLOEXEC).
-    fn identity_fd(&mut self, flags: c_int) -> Result<c_int, c_int>;
+    /// A new fd to stand for a connection: a kernel TCP socket of `family`, never connected,
+    /// that keeps its options (`flags`: SOCK_NONBLOCK, SOCK_CLOEXEC; `inherit`: the options set
+    /// on the listener that its accepted sockets inherit).
+    fn identity_fd(
+        &mut self,
+        flags: c_int,
+        family: Family,
+        inherit: &[SockOpt],
+    ) -> Result<c_int, c_int>;
+    /// The options of listener `fd` (a kernel socket) that its accepted sockets inherit on
+    /// Linux, those not at their default.
+    fn listener_options(&mut self, fd: c_int, family: Family) -> Vec<SockOpt>;
+    /// setsockopt on the kernel socket `fd`: the kernel checks and keeps the value.
+    fn kernel_setsockopt(
+        &mut self,
+        fd: c_int,
+        level: c_int,
+        name: c_int,
+        value: &[u8],
+    ) -> Result<(), c_int>;
     /// Closes an fd the table made (identity fd, private epoll).
     fn close_fd(&mut self, fd: c_int);
     /// Whether `fd` is a kernel epoll instance (`Err(errno)` as epoll_ctl would fail if not).
@@ -124,13 +145,14 @@ pub(crate) enum Obj {
         /// A dual listener: the kernel socket listens too.
         kernel: bool,
         family: Family,
+        /// The options its accepted connections inherit.
+        inherit: Vec<SockOpt>,
     },
     Conn {
         id: ConnId,
         family: Family,
         nonblock: bool,
-        keepalive: Option<Keepalive>,
-        ka_on: bool,
+        opts: ConnOpts,
     },
     Epoll {
         set: EpollSet,
@@ -460,10 +482,16 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             return true;
         };
         match obj {
-            Obj::Conn { id, .. } => {
+            Obj::Conn { id, opts, .. } => {
                 self.conn_fd.remove(&id);
                 if let Some(stack) = self.stack.as_mut() {
-                    let _ = stack.close(id);
+                    // SO_LINGER on with a zero timeout: close resets the connection and drops
+                    // what was not sent, as Linux does.
+                    let _ = if opts.linger == Some(std::time::Duration::ZERO) {
+                        stack.abort(id)
+                    } else {
+                        stack.close(id)
+                    };
                     self.flush();
                 }
             }

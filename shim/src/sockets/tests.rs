@@ -14,7 +14,7 @@ use userstack::link::MemLink;
 use userstack::{Config, ConnId, SockError, Stack};
 
 use super::fork::Child;
-use super::{Accepted, Host, Io, PollKind, Sockets};
+use super::{Accepted, Family, Host, Io, PollKind, SockOpt, Sockets};
 use crate::fdtable::FdTable;
 
 const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -36,6 +36,12 @@ struct Log {
     kernel_listens: Vec<(c_int, c_int)>,
     closed: Vec<c_int>,
     wakes: usize,
+    /// Options set on the kernel sockets: (fd, level, name, value).
+    kernel_opts: Vec<(c_int, c_int, c_int, Vec<u8>)>,
+    /// What each identity socket inherited.
+    inherited: Vec<Vec<SockOpt>>,
+    /// Each identity socket's fd and family (SO_DOMAIN is then the kernel socket's answer).
+    families: Vec<(c_int, Family)>,
 }
 
 struct TestHost {
@@ -74,9 +80,60 @@ impl Host<MemLink> for TestHost {
         Ok(())
     }
 
-    fn identity_fd(&mut self, _flags: c_int) -> Result<c_int, c_int> {
+    fn identity_fd(
+        &mut self,
+        _flags: c_int,
+        family: Family,
+        inherit: &[SockOpt],
+    ) -> Result<c_int, c_int> {
+        self.log.borrow_mut().inherited.push(inherit.to_vec());
+        self.log.borrow_mut().families.push((self.next_fd, family));
         self.next_fd += 1;
         Ok(self.next_fd - 1)
+    }
+
+    /// The listener's options as set on it (a real kernel keeps those not at their default).
+    fn listener_options(&mut self, fd: c_int, _family: Family) -> Vec<SockOpt> {
+        let log = self.log.borrow();
+        let mut v: Vec<SockOpt> = Vec::new();
+        for (f, level, name, value) in &log.kernel_opts {
+            if *f != fd {
+                continue;
+            }
+            v.retain(|o| (o.level, o.name) != (*level, *name));
+            v.push(SockOpt {
+                level: *level,
+                name: *name,
+                value: value.clone(),
+            });
+        }
+        v
+    }
+
+    /// The kernel's checks for an int option: at least four bytes, keepalive values positive.
+    fn kernel_setsockopt(
+        &mut self,
+        fd: c_int,
+        level: c_int,
+        name: c_int,
+        value: &[u8],
+    ) -> Result<(), c_int> {
+        if level == 9999 {
+            return Err(libc::ENOPROTOOPT);
+        }
+        let Some(v) = value.get(..4) else {
+            return Err(libc::EINVAL);
+        };
+        let v = c_int::from_ne_bytes(v.try_into().unwrap());
+        let keep = [libc::TCP_KEEPIDLE, libc::TCP_KEEPINTVL, libc::TCP_KEEPCNT];
+        if level == libc::IPPROTO_TCP && keep.contains(&name) && v < 1 {
+            return Err(libc::EINVAL);
+        }
+        self.log
+            .borrow_mut()
+            .kernel_opts
+            .push((fd, level, name, value.to_vec()));
+        Ok(())
     }
 
     fn close_fd(&mut self, fd: c_int) {
@@ -305,10 +362,11 @@ fn a_v6_wildcard_without_v6only_is_a_dual_listener_with_v4_mapped_connections() 
     assert_eq!(peer, mapped(CLIENT, client_port));
     assert_eq!(n.s.name(fd, true), Some(Ok(mapped(CLIENT, client_port))));
     assert_eq!(n.s.name(fd, false), Some(Ok(mapped(SERVER, PORT))));
-    let sol = libc::SOL_SOCKET;
+    // Its identity fd is an AF_INET6 socket: SO_DOMAIN and the IPv6 options are its answers.
+    assert!(n.log.borrow().families.contains(&(fd, Family::Inet6)));
     assert_eq!(
-        n.s.getsockopt(fd, sol, libc::SO_DOMAIN),
-        Some(Ok(libc::AF_INET6))
+        n.s.getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, &mut [0; 4]),
+        None
     );
     // A dup is the same AF_INET6 socket.
     n.s.alias(fd, 70).unwrap();
@@ -333,15 +391,9 @@ fn an_ipv4_listener_beside_a_v6_one_keeps_its_family() {
     n.s.close(LISTEN_FD);
     n.listen_dual();
     let (_, v4) = n.connect(0);
-    let sol = libc::SOL_SOCKET;
-    assert_eq!(
-        n.s.getsockopt(v4, sol, libc::SO_DOMAIN),
-        Some(Ok(libc::AF_INET))
-    );
-    assert_eq!(
-        n.s.getsockopt(v6, sol, libc::SO_DOMAIN),
-        Some(Ok(libc::AF_INET6))
-    );
+    let families = n.log.borrow().families.clone();
+    assert!(families.contains(&(v4, Family::Inet)));
+    assert!(families.contains(&(v6, Family::Inet6)));
 }
 
 #[test]
@@ -605,10 +657,13 @@ fn calls_on_fds_that_are_not_ours_are_the_kernels() {
     assert_eq!(n.s.shutdown(3, libc::SHUT_WR), None);
     assert_eq!(n.s.name(3, true), None);
     assert_eq!(
-        n.s.setsockopt(3, libc::SOL_SOCKET, libc::SO_KEEPALIVE, Some(1)),
+        n.s.setsockopt(3, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &int(1)),
         None
     );
-    assert_eq!(n.s.getsockopt(3, libc::SOL_SOCKET, libc::SO_TYPE), None);
+    assert_eq!(
+        n.s.getsockopt(3, libc::SOL_SOCKET, libc::SO_ERROR, &mut [0; 4]),
+        None
+    );
     assert_eq!(n.s.fionread(3), None);
     assert_eq!(n.s.poll_kind(3), PollKind::Kernel);
     assert!(!n.s.close(3));
@@ -732,50 +787,171 @@ fn a_dup_of_a_listener_accepts_too() {
 
 // ------------------------------------------------------------------ options
 
+fn int(v: c_int) -> [u8; 4] {
+    v.to_ne_bytes()
+}
+
+/// getsockopt of an int the connection answers.
+fn get_int(n: &mut Net, fd: c_int, level: c_int, name: c_int) -> Option<Result<c_int, c_int>> {
+    let mut b = [0u8; 4];
+    n.s.getsockopt(fd, level, name, &mut b)
+        .map(|r| r.map(|k| c_int::from_ne_bytes(b[..k].try_into().unwrap())))
+}
+
 #[test]
-fn options_set_are_read_back_and_bad_values_fail() {
+fn options_go_to_the_kernel_socket_first_then_take_effect() {
     let mut n = Net::new();
     n.listen_dual();
     let (_, fd) = n.connect(0);
     let (sol, tcp) = (libc::SOL_SOCKET, libc::IPPROTO_TCP);
-    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_KEEPALIVE), Some(Ok(0)));
     assert_eq!(
-        n.s.setsockopt(fd, sol, libc::SO_KEEPALIVE, Some(1)),
-        Some(Ok(0))
-    );
-    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_KEEPALIVE), Some(Ok(1)));
-    assert_eq!(
-        n.s.setsockopt(fd, tcp, libc::TCP_KEEPIDLE, Some(30)),
+        n.s.setsockopt(fd, sol, libc::SO_KEEPALIVE, &int(1)),
         Some(Ok(0))
     );
     assert_eq!(
-        n.s.setsockopt(fd, tcp, libc::TCP_KEEPIDLE, Some(0)),
+        n.s.setsockopt(fd, tcp, libc::TCP_KEEPIDLE, &int(30)),
+        Some(Ok(0))
+    );
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_NODELAY, &int(1)),
+        Some(Ok(0))
+    );
+    // The kernel's errors are the call's: a bad value, a short value, an unknown level.
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_KEEPIDLE, &int(0)),
         Some(Err(libc::EINVAL))
     );
     assert_eq!(
-        n.s.setsockopt(fd, tcp, libc::TCP_NODELAY, Some(1)),
-        Some(Ok(0))
-    );
-    // An option value shorter than an int.
-    assert_eq!(
-        n.s.setsockopt(fd, tcp, libc::TCP_NODELAY, None),
+        n.s.setsockopt(fd, tcp, libc::TCP_NODELAY, &[1, 0]),
         Some(Err(libc::EINVAL))
     );
     assert_eq!(
-        n.s.getsockopt(fd, sol, libc::SO_TYPE),
-        Some(Ok(libc::SOCK_STREAM))
+        n.s.setsockopt(fd, 9999, 1, &int(1)),
+        Some(Err(libc::ENOPROTOOPT))
+    );
+    // Kept by the kernel, no effect to show: fine.
+    assert_eq!(
+        n.s.setsockopt(fd, sol, libc::SO_REUSEADDR, &int(1)),
+        Some(Ok(0))
+    );
+    // Accepted by the kernel, not honoured by the stack: fails as unsupported.
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_CORK, &int(1)),
+        Some(Err(libc::ENOPROTOOPT))
+    );
+    let kernel: Vec<_> = n
+        .log
+        .borrow()
+        .kernel_opts
+        .iter()
+        .map(|o| (o.0, o.2))
+        .collect();
+    assert!(
+        kernel.contains(&(fd, libc::TCP_KEEPIDLE)) && kernel.contains(&(fd, libc::TCP_NODELAY))
+    );
+    // What only the connection knows.
+    assert_eq!(get_int(&mut n, fd, sol, libc::SO_ERROR), Some(Ok(0)));
+    assert_eq!(get_int(&mut n, fd, sol, libc::SO_RCVBUF), Some(Ok(65536)));
+    assert_eq!(get_int(&mut n, fd, sol, libc::SO_SNDBUF), Some(Ok(65536)));
+    // The rest is the kernel socket's answer.
+    assert_eq!(
+        n.s.getsockopt(fd, sol, libc::SO_KEEPALIVE, &mut [0; 4]),
+        None
     );
     assert_eq!(
-        n.s.getsockopt(fd, sol, libc::SO_DOMAIN),
-        Some(Ok(libc::AF_INET))
+        n.s.getsockopt(fd, tcp, libc::TCP_NODELAY, &mut [0; 4]),
+        None
+    );
+    // A short buffer gets the first bytes, as Linux gives.
+    let mut one = [0u8; 1];
+    assert_eq!(
+        n.s.getsockopt(fd, sol, libc::SO_SNDBUF, &mut one),
+        Some(Ok(1))
+    );
+}
+
+#[test]
+fn accepted_connections_inherit_the_listeners_options() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (sol, tcp) = (libc::SOL_SOCKET, libc::IPPROTO_TCP);
+    // Set on the listener (after listen: still inherited by later connections).
+    assert_eq!(
+        n.s.setsockopt(LISTEN_FD, tcp, libc::TCP_NODELAY, &int(1)),
+        Some(Ok(0))
     );
     assert_eq!(
-        n.s.getsockopt(fd, sol, libc::SO_PROTOCOL),
-        Some(Ok(libc::IPPROTO_TCP))
+        n.s.setsockopt(LISTEN_FD, sol, libc::SO_KEEPALIVE, &int(1)),
+        Some(Ok(0))
     );
-    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_ACCEPTCONN), Some(Ok(0)));
-    assert_eq!(n.s.getsockopt(fd, sol, libc::SO_ERROR), Some(Ok(0)));
-    assert_eq!(n.s.getsockopt(fd, 9999, 1), Some(Err(libc::ENOPROTOOPT)));
+    let (_, fd) = n.connect(0);
+    let inherited = n.log.borrow().inherited.last().cloned().unwrap();
+    let names: Vec<_> = inherited.iter().map(|o| o.name).collect();
+    assert_eq!(names, vec![libc::TCP_NODELAY, libc::SO_KEEPALIVE]);
+    // And the stack's connection has them: keepalive probes an idle peer.
+    let id = match n.s.obj(fd) {
+        Some(super::Obj::Conn { id, opts, .. }) => {
+            assert!(opts.ka_on);
+            *id
+        }
+        _ => panic!("a connection"),
+    };
+    assert!(n.s.stack().unwrap().readiness(id).is_ok());
+}
+
+#[test]
+fn linger_zero_resets_on_close() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    let linger = [int(1), int(0)].concat();
+    assert_eq!(
+        n.s.setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger),
+        Some(Ok(0))
+    );
+    assert!(n.s.close(fd));
+    n.settle();
+    let mut buf = [0u8; 8];
+    assert_eq!(n.client.recv(c, &mut buf), Err(SockError::Reset));
+}
+
+#[test]
+fn receive_and_send_timeouts_reach_the_blocking_calls() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, fd) = n.connect(0);
+    let tv = |ms: i64| {
+        [
+            (ms / 1000).to_ne_bytes(),
+            ((ms % 1000) * 1000).to_ne_bytes(),
+        ]
+        .concat()
+    };
+    let sol = libc::SOL_SOCKET;
+    assert_eq!(
+        n.s.setsockopt(fd, sol, libc::SO_RCVTIMEO, &tv(200)),
+        Some(Ok(0))
+    );
+    assert_eq!(
+        n.s.setsockopt(fd, sol, libc::SO_SNDTIMEO, &tv(1500)),
+        Some(Ok(0))
+    );
+    let mut buf = [0u8; 4];
+    let t =
+        n.s.io(fd, &mut Io::Read(&mut buf, false), |_| false)
+            .unwrap();
+    assert_eq!(t.timeout, Some(std::time::Duration::from_millis(200)));
+    let t = n.s.io(fd, &mut Io::Write(b"x"), |_| false).unwrap();
+    assert_eq!(t.timeout, Some(std::time::Duration::from_millis(1500)));
+    // Zero: no timeout.
+    assert_eq!(
+        n.s.setsockopt(fd, sol, libc::SO_RCVTIMEO, &tv(0)),
+        Some(Ok(0))
+    );
+    let t =
+        n.s.io(fd, &mut Io::Read(&mut buf, false), |_| false)
+            .unwrap();
+    assert_eq!(t.timeout, None);
 }
 
 #[test]
@@ -787,11 +963,11 @@ fn so_error_reports_a_reset_once() {
     n.client.flush(n.now.get());
     n.settle();
     assert_eq!(
-        n.s.getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR),
+        get_int(&mut n, fd, libc::SOL_SOCKET, libc::SO_ERROR),
         Some(Ok(libc::ECONNRESET))
     );
     assert_eq!(
-        n.s.getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR),
+        get_int(&mut n, fd, libc::SOL_SOCKET, libc::SO_ERROR),
         Some(Ok(0))
     );
 }

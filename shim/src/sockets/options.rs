@@ -1,0 +1,161 @@
+//! Socket options of a stack connection.
+//!
+//! Every connection's identity fd is a real (never connected) kernel TCP socket of its
+//! listener's family, created with the options the listener's accepted sockets inherit on
+//! Linux. setsockopt goes to that socket first: the kernel checks the level, the name, the
+//! length and the value, rounds it (SO_RCVTIMEO to the tick, ...) and keeps it, so every error
+//! and every value read back is Linux's own. Then the option takes effect on the stack's
+//! connection ([`Policy::Mirror`]), or is one without an effect a connected TCP socket could
+//! show ([`Policy::Kept`]), or is one the stack cannot honour: the call fails with
+//! ENOPROTOOPT, as Linux fails for an option it does not support ([`Policy::Unsupported`]; the
+//! list is in docs/linux-semantics.md). getsockopt reads the kernel socket, except for what
+//! only the connection knows (SO_ERROR, the buffer sizes, TCP_INFO, TCP_MAXSEG).
+
+use std::time::Duration;
+
+use libc::c_int;
+use userstack::Keepalive;
+
+/// One option's raw value, as setsockopt takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockOpt {
+    pub level: c_int,
+    pub name: c_int,
+    pub value: Vec<u8>,
+}
+
+/// What setsockopt of an option means on a stack connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// It takes effect on the stack's connection.
+    Mirror,
+    /// No effect a connected TCP socket could show (SO_REUSEADDR, ...): the kernel keeps it.
+    Kept,
+    /// The stack cannot honour it: ENOPROTOOPT.
+    Unsupported,
+}
+
+/// SO_RCVTIMEO and SO_SNDTIMEO with a 64-bit time_t (glibc's `SO_RCVTIMEO` on x86-64 is the
+/// "old" number, which has the same layout there).
+const SO_RCVTIMEO_NEW: c_int = 66;
+const SO_SNDTIMEO_NEW: c_int = 67;
+
+/// The policy for (`level`, `name`).
+pub fn policy(level: c_int, name: c_int) -> Policy {
+    match (level, name) {
+        (
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE
+            | libc::SO_RCVTIMEO
+            | libc::SO_SNDTIMEO
+            | SO_RCVTIMEO_NEW
+            | SO_SNDTIMEO_NEW
+            | libc::SO_LINGER,
+        ) => Policy::Mirror,
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY | libc::TCP_KEEPIDLE | libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT,
+        ) => Policy::Mirror,
+        // Binding and broadcast options mean nothing to a connected TCP socket; SO_DEBUG and
+        // the credential options only change what the kernel records or passes on unix
+        // sockets.
+        (
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR
+            | libc::SO_REUSEPORT
+            | libc::SO_DEBUG
+            | libc::SO_BROADCAST
+            | libc::SO_PASSCRED
+            | libc::SO_PASSSEC,
+        ) => Policy::Kept,
+        _ => Policy::Unsupported,
+    }
+}
+
+/// Whether getsockopt of (`level`, `name`) is answered by the connection rather than by the
+/// kernel socket.
+pub fn answered_by_connection(level: c_int, name: c_int) -> bool {
+    matches!(
+        (level, name),
+        (
+            libc::SOL_SOCKET,
+            libc::SO_ERROR | libc::SO_RCVBUF | libc::SO_SNDBUF
+        ) | (libc::IPPROTO_TCP, libc::TCP_INFO | libc::TCP_MAXSEG)
+    )
+}
+
+/// The options of a connection that change what the shim or the stack does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnOpts {
+    pub keepalive: Option<Keepalive>,
+    pub ka_on: bool,
+    /// SO_RCVTIMEO: how long a blocking receive (or accept) waits.
+    pub rcvtimeo: Option<Duration>,
+    /// SO_SNDTIMEO: how long a blocking send waits for room.
+    pub sndtimeo: Option<Duration>,
+    /// SO_LINGER on: how long close() may take to send what is queued (0: reset at once).
+    pub linger: Option<Duration>,
+}
+
+/// Linux's keepalive defaults (tcp_keepalive_time, _intvl, _probes).
+pub const KEEPALIVE_DEFAULT: Keepalive = Keepalive {
+    idle: Duration::from_secs(7200),
+    intvl: Duration::from_secs(75),
+    cnt: 9,
+};
+
+/// What an option the kernel accepted changes on the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    Nodelay(bool),
+    Keepalive,
+}
+
+fn int(v: &[u8]) -> Option<c_int> {
+    Some(c_int::from_ne_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+/// A timeval as Linux reads it for SO_RCVTIMEO/SO_SNDTIMEO: zero is "no timeout".
+fn timeval(v: &[u8]) -> Option<Option<Duration>> {
+    let sec = i64::from_ne_bytes(v.get(..8)?.try_into().ok()?);
+    let usec = i64::from_ne_bytes(v.get(8..16)?.try_into().ok()?);
+    if sec < 0 {
+        // Linux: a negative timeout is "no timeout" (it warns once in its log).
+        return Some(None);
+    }
+    let d = Duration::from_secs(sec as u64) + Duration::from_micros(usec.max(0) as u64);
+    Some((!d.is_zero()).then_some(d))
+}
+
+impl ConnOpts {
+    /// Records an option the kernel accepted (so its value is valid) and says what it changes
+    /// on the stack's connection.
+    pub fn apply(&mut self, level: c_int, name: c_int, value: &[u8]) -> Effect {
+        let v = int(value).unwrap_or(0);
+        let ka = self.keepalive.get_or_insert(KEEPALIVE_DEFAULT);
+        match (level, name) {
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY) => return Effect::Nodelay(v != 0),
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => self.ka_on = v != 0,
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => ka.idle = Duration::from_secs(v as u64),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => ka.intvl = Duration::from_secs(v as u64),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => ka.cnt = v as u32,
+            (libc::SOL_SOCKET, libc::SO_RCVTIMEO | SO_RCVTIMEO_NEW) => {
+                self.rcvtimeo = timeval(value).unwrap_or(None);
+                return Effect::None;
+            }
+            (libc::SOL_SOCKET, libc::SO_SNDTIMEO | SO_SNDTIMEO_NEW) => {
+                self.sndtimeo = timeval(value).unwrap_or(None);
+                return Effect::None;
+            }
+            (libc::SOL_SOCKET, libc::SO_LINGER) => {
+                let on = int(value).unwrap_or(0);
+                let secs = value.get(4..8).and_then(int).unwrap_or(0);
+                self.linger = (on != 0).then(|| Duration::from_secs(secs.max(0) as u64));
+                return Effect::None;
+            }
+            _ => return Effect::None,
+        }
+        Effect::Keepalive
+    }
+}
