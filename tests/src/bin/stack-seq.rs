@@ -20,7 +20,8 @@
 //! use .1 for the client and .2 for the server), peer ports as "ephemeral".
 //!
 //! Client protocol (lines from the server): `A` -> send `0123456789`; `B` -> send `xyz`;
-//! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; end of stream -> answer `eof` and close.
+//! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; `sink:N` -> read N bytes, answer
+//! `ok:sunk N`; end of stream -> answer `eof` and close.
 //! Second connection: send `abc`; on `connect` open one more connection (kept); on `data` send
 //! `xyz`; on `rstq` open one more and reset it at once, then send `reset\n`; on `late` open one
 //! more, wait for its end of stream, send `xyz` on it, read again (2 s at most), then send what
@@ -171,6 +172,55 @@ fn setsockopt_int(fd: c_int, level: c_int, name: c_int, v: c_int, label: &str) {
             size_of::<c_int>() as socklen_t,
         )
     });
+}
+
+/// setsockopt of a struct (`T`: a timeval, a linger), then getsockopt of it back, printed as
+/// two numbers.
+fn set_get_pair<T: Copy>(fd: c_int, name: c_int, v: T, label: &str, show: impl Fn(&T) -> String) {
+    // SAFETY: a `T` and its size.
+    call(&format!("setsockopt({label})"), || unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&v as *const T).cast(),
+            size_of::<T>() as socklen_t,
+        )
+    });
+    let mut back = v;
+    let mut len = size_of::<T>() as socklen_t;
+    // SAFETY: as above.
+    call(&format!("getsockopt({label})"), || unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&mut back as *mut T).cast(),
+            &mut len,
+        )
+    });
+    note(format!("{} len={len}", show(&back)));
+}
+
+fn timeval_ms(ms: i64) -> libc::timeval {
+    libc::timeval {
+        tv_sec: ms / 1000,
+        tv_usec: (ms % 1000) * 1000,
+    }
+}
+
+fn show_timeval(t: &libc::timeval) -> String {
+    format!("tv={}.{:06}", t.tv_sec, t.tv_usec)
+}
+
+/// A blocking receive that should time out: its result, and whether it waited about `ms`.
+fn timed_recv(fd: c_int, len: usize, flags: c_int, ms: u64, label: &str) {
+    let start = std::time::Instant::now();
+    recv_note(fd, len, flags, label);
+    let waited = start.elapsed();
+    let ok = waited >= std::time::Duration::from_millis(ms * 9 / 10)
+        && waited < std::time::Duration::from_millis(ms * 5 + 500);
+    note(format!("waited about {ms} ms: {ok}"));
 }
 
 fn poll_one(fd: c_int, events: i16, timeout: c_int, label: &str) {
@@ -346,6 +396,68 @@ fn server(port: u16) {
                 2,
             )
         });
+        step("getsockopt reads back what setsockopt set; unknown options are ENOPROTOOPT; the listener's SO_REUSEADDR is inherited");
+        let tcp = libc::IPPROTO_TCP;
+        getsockopt_int(c, tcp, libc::TCP_NODELAY, "getsockopt(TCP_NODELAY)");
+        getsockopt_int(c, tcp, libc::TCP_KEEPIDLE, "getsockopt(TCP_KEEPIDLE)");
+        getsockopt_int(c, tcp, libc::TCP_KEEPINTVL, "getsockopt(TCP_KEEPINTVL)");
+        getsockopt_int(c, tcp, libc::TCP_KEEPCNT, "getsockopt(TCP_KEEPCNT)");
+        getsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            "getsockopt(SO_REUSEADDR)",
+        );
+        setsockopt_int(c, libc::SOL_SOCKET, 9999, 1, "setsockopt(SOL_SOCKET, 9999)");
+        getsockopt_int(c, libc::SOL_SOCKET, 9999, "getsockopt(SOL_SOCKET, 9999)");
+        setsockopt_int(c, tcp, 9999, 1, "setsockopt(IPPROTO_TCP, 9999)");
+        setsockopt_int(c, 555, 1, 1, "setsockopt(level 555)");
+        let mut v: c_int = -1;
+        let mut short = 2 as socklen_t;
+        call("getsockopt(TCP_NODELAY, 2 bytes)", || {
+            libc::getsockopt(
+                c,
+                tcp,
+                libc::TCP_NODELAY,
+                (&mut v as *mut c_int).cast(),
+                &mut short,
+            )
+        });
+        note(format!("len={short}"));
+        step("SO_LINGER, SO_RCVTIMEO and SO_SNDTIMEO read back as set (rounded to the kernel's tick)");
+        let lin = |on, secs| libc::linger {
+            l_onoff: on,
+            l_linger: secs,
+        };
+        let show_lin = |l: &libc::linger| format!("onoff={} linger={}", l.l_onoff, l.l_linger);
+        set_get_pair(c, libc::SO_LINGER, lin(1, 5), "SO_LINGER 1 5", show_lin);
+        set_get_pair(c, libc::SO_LINGER, lin(0, 0), "SO_LINGER off", show_lin);
+        set_get_pair(
+            c,
+            libc::SO_RCVTIMEO,
+            timeval_ms(1500),
+            "SO_RCVTIMEO 1.5 s",
+            show_timeval,
+        );
+        let tick = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 1,
+        };
+        set_get_pair(c, libc::SO_SNDTIMEO, tick, "SO_SNDTIMEO 1 us", show_timeval);
+        set_get_pair(
+            c,
+            libc::SO_RCVTIMEO,
+            timeval_ms(0),
+            "SO_RCVTIMEO 0",
+            show_timeval,
+        );
+        set_get_pair(
+            c,
+            libc::SO_SNDTIMEO,
+            timeval_ms(0),
+            "SO_SNDTIMEO 0",
+            show_timeval,
+        );
 
         step("fcntl(F_SETFL, O_NONBLOCK) shows in F_GETFL");
         // Non-blocking, nothing to read yet.
@@ -580,6 +692,52 @@ fn server(port: u16) {
         note(format!("position={}", libc::lseek(file, 0, libc::SEEK_CUR)));
         note(read_line(d2));
         libc::close(file);
+
+        step("a blocking sendfile of 100,000 bytes and a blocking write of 1,000,000 return when all is queued");
+        let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&path, &big).unwrap();
+        let file = libc::open(cpath.as_ptr(), libc::O_RDONLY);
+        let _ = std::fs::remove_file(&path);
+        send_line(d2, "sink:100000");
+        call("sendfile(100000)", || {
+            libc::sendfile(d2, file, null_mut(), 100_000)
+        });
+        note(read_line(d2));
+        libc::close(file);
+        let mega = vec![b'm'; 1_000_000];
+        send_line(d2, "sink:1000000");
+        call("write(1000000)", || {
+            libc::write(d2, mega.as_ptr().cast(), mega.len())
+        });
+        note(read_line(d2));
+
+        step("SO_RCVTIMEO: a blocking recv with nothing to read says EAGAIN after the timeout; MSG_WAITALL returns what came when it expires");
+        let t = timeval_ms(200);
+        let tlen = size_of::<libc::timeval>() as socklen_t;
+        libc::setsockopt(
+            d2,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&t as *const libc::timeval).cast(),
+            tlen,
+        );
+        timed_recv(d2, 16, 0, 200, "recv(SO_RCVTIMEO 200 ms, nothing sent)");
+        send_line(d2, "A");
+        timed_recv(
+            d2,
+            16,
+            libc::MSG_WAITALL,
+            200,
+            "recv(16, MSG_WAITALL, 10 bytes sent)",
+        );
+        let t = timeval_ms(0);
+        libc::setsockopt(
+            d2,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&t as *const libc::timeval).cast(),
+            tlen,
+        );
 
         step("sendmmsg and recvmmsg on a TCP connection");
         // sendmmsg / recvmmsg.
@@ -1092,6 +1250,10 @@ fn client(addr: &str, port: u16) {
     let target = format!("{addr}:{port}");
     let s = TcpStream::connect(&target).expect("connect 1");
     s.set_nodelay(true).unwrap();
+    // A server that hangs (a blocking call that never returns) ends the client, and so the
+    // comparison, with an error instead of a wait for ever.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     loop {
@@ -1108,6 +1270,12 @@ fn client(addr: &str, port: u16) {
             _ => {
                 if let Some(t) = line.strip_prefix("say:") {
                     w.write_all(format!("ok:{t}\n").as_bytes()).unwrap();
+                } else if let Some(n) = line.strip_prefix("sink:") {
+                    // Reads exactly n bytes (after the line), says how many arrived.
+                    let n: usize = n.parse().expect("sink length");
+                    let mut buf = vec![0u8; n];
+                    std::io::Read::read_exact(&mut r, &mut buf).expect("the sink's bytes");
+                    w.write_all(format!("ok:sunk {n}\n").as_bytes()).unwrap();
                 }
             }
         }
@@ -1115,6 +1283,8 @@ fn client(addr: &str, port: u16) {
     drop(w);
     drop(r);
     let mut s = TcpStream::connect(&target).expect("connect 2");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     s.write_all(b"abc").unwrap();
     // `connect` (the listener's EPOLLET part): one more connection, kept open; then `go`.
     let mut more = Vec::new();
