@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use libc::c_int;
 use userstack::link::Link;
-use userstack::SockError;
+use userstack::{ConnId, SockError};
 
-use super::options::{self, Effect, Policy};
+use super::options::{self, ConnOpts, Effect, Policy};
 use super::{so_errno, Answer, Host, Obj, Sockets};
 
 /// One data transfer on a connection.
@@ -179,17 +179,35 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let Some(Obj::Conn { opts: slot, .. }) = self.obj(fd) {
             *slot = opts;
         }
+        self.stack.as_ref()?;
+        Some(
+            self.take_effect(id, effect, &opts)
+                .map(|_| 0)
+                .map_err(so_errno),
+        )
+    }
+
+    /// Makes an option's effect real on the stack's connection `id` (`opts`: its options with
+    /// the new value).
+    pub(super) fn take_effect(
+        &mut self,
+        id: ConnId,
+        effect: Effect,
+        opts: &ConnOpts,
+    ) -> Result<(), SockError> {
         let now = self.host.now();
-        let stack = self.stack.as_mut()?;
-        let r = match effect {
+        let Some(stack) = self.stack.as_mut() else {
+            return Ok(());
+        };
+        match effect {
             Effect::None => Ok(()),
             Effect::Nodelay(on) => stack.set_nodelay(id, on),
             Effect::Keepalive => {
                 let ka = opts.keepalive.unwrap_or(options::KEEPALIVE_DEFAULT);
                 stack.set_keepalive(now, id, opts.ka_on.then_some(ka))
             }
-        };
-        Some(r.map(|_| 0).map_err(so_errno))
+            Effect::UserTimeout(t) => stack.set_user_timeout(id, t),
+        }
     }
 
     /// getsockopt on a connection of ours into `out` (the caller's room): the length of the

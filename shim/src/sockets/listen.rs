@@ -6,7 +6,7 @@ use libc::c_int;
 use userstack::link::Link;
 use userstack::SockError;
 
-use super::options::{self, ConnOpts, Effect, Policy};
+use super::options::{self, ConnOpts, Policy};
 use super::{so_errno, Answer, Bound, Family, Host, Obj, Sockets};
 
 /// What an accept() found on a listener of ours.
@@ -183,24 +183,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let nonblock = flags & libc::SOCK_NONBLOCK != 0;
         // What the inherited options change on the connection (TCP_NODELAY, keepalive, ...).
         let mut opts = ConnOpts::default();
-        let mut effects = (None, false);
         for o in &inherit {
             if options::policy(o.level, o.name) == Policy::Mirror {
-                match opts.apply(o.level, o.name, &o.value) {
-                    Effect::Nodelay(on) => effects.0 = Some(on),
-                    Effect::Keepalive => effects.1 = true,
-                    Effect::None => {}
-                }
-            }
-        }
-        let now = self.host.now();
-        if let Some(st) = self.stack.as_mut() {
-            if let Some(on) = effects.0 {
-                let _ = st.set_nodelay(id, on);
-            }
-            if effects.1 {
-                let ka = opts.keepalive.unwrap_or(options::KEEPALIVE_DEFAULT);
-                let _ = st.set_keepalive(now, id, opts.ka_on.then_some(ka));
+                let effect = opts.apply(o.level, o.name, &o.value);
+                let _ = self.take_effect(id, effect, &opts);
             }
         }
         let conn = Obj::Conn {

@@ -54,7 +54,11 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
         ) => Policy::Mirror,
         (
             libc::IPPROTO_TCP,
-            libc::TCP_NODELAY | libc::TCP_KEEPIDLE | libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT,
+            libc::TCP_NODELAY
+            | libc::TCP_KEEPIDLE
+            | libc::TCP_KEEPINTVL
+            | libc::TCP_KEEPCNT
+            | libc::TCP_USER_TIMEOUT,
         ) => Policy::Mirror,
         // Binding and broadcast options mean nothing to a connected TCP socket; SO_DEBUG and
         // the credential options only change what the kernel records or passes on unix
@@ -110,6 +114,8 @@ pub enum Effect {
     None,
     Nodelay(bool),
     Keepalive,
+    /// TCP_USER_TIMEOUT (`None`: 0, the default).
+    UserTimeout(Option<Duration>),
 }
 
 fn int(v: &[u8]) -> Option<c_int> {
@@ -136,6 +142,10 @@ impl ConnOpts {
         let ka = self.keepalive.get_or_insert(KEEPALIVE_DEFAULT);
         match (level, name) {
             (libc::IPPROTO_TCP, libc::TCP_NODELAY) => return Effect::Nodelay(v != 0),
+            (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT) => {
+                let ms = v.max(0) as u64;
+                return Effect::UserTimeout((ms > 0).then(|| Duration::from_millis(ms)));
+            }
             (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => self.ka_on = v != 0,
             (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => ka.idle = Duration::from_secs(v as u64),
             (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => ka.intvl = Duration::from_secs(v as u64),

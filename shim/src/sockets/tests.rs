@@ -829,6 +829,10 @@ fn options_go_to_the_kernel_socket_first_then_take_effect() {
         n.s.setsockopt(fd, 9999, 1, &int(1)),
         Some(Err(libc::ENOPROTOOPT))
     );
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_USER_TIMEOUT, &int(5000)),
+        Some(Ok(0))
+    );
     // Kept by the kernel, no effect to show: fine.
     assert_eq!(
         n.s.setsockopt(fd, sol, libc::SO_REUSEADDR, &int(1)),

@@ -396,7 +396,7 @@ fn server(port: u16) {
                 2,
             )
         });
-        step("getsockopt reads back what setsockopt set; unknown options are ENOPROTOOPT; the listener's SO_REUSEADDR is inherited");
+        step("getsockopt reads back what setsockopt set (TCP_USER_TIMEOUT too; -1 is EINVAL); unknown options are ENOPROTOOPT; the listener's SO_REUSEADDR is inherited");
         let tcp = libc::IPPROTO_TCP;
         getsockopt_int(c, tcp, libc::TCP_NODELAY, "getsockopt(TCP_NODELAY)");
         getsockopt_int(c, tcp, libc::TCP_KEEPIDLE, "getsockopt(TCP_KEEPIDLE)");
@@ -407,6 +407,26 @@ fn server(port: u16) {
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR,
             "getsockopt(SO_REUSEADDR)",
+        );
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_USER_TIMEOUT,
+            5000,
+            "setsockopt(TCP_USER_TIMEOUT)",
+        );
+        getsockopt_int(
+            c,
+            tcp,
+            libc::TCP_USER_TIMEOUT,
+            "getsockopt(TCP_USER_TIMEOUT)",
+        );
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_USER_TIMEOUT,
+            -1,
+            "setsockopt(TCP_USER_TIMEOUT=-1)",
         );
         setsockopt_int(c, libc::SOL_SOCKET, 9999, 1, "setsockopt(SOL_SOCKET, 9999)");
         getsockopt_int(c, libc::SOL_SOCKET, 9999, "getsockopt(SOL_SOCKET, 9999)");

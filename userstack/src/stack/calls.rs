@@ -404,6 +404,21 @@ impl<L: Link> Stack<L> {
         Ok(())
     }
 
+    /// TCP_USER_TIMEOUT: the connection is given up (ETIMEDOUT) when data it sent stays
+    /// unacknowledged, with nothing heard from the peer, for `timeout` (`None`: Linux's
+    /// default, tcp_retries2).
+    pub fn set_user_timeout(
+        &mut self,
+        id: ConnId,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.user_timeout = timeout.map(|t| t.as_micros() as Micros);
+        // Polled once so that its timer includes the new give-up time.
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
     /// getsockopt(SO_ERROR): the pending error, cleared by reading it.
     pub fn take_error(&mut self, id: ConnId) -> Result<Option<SockError>, SockError> {
         Ok(self.conn_mut(id)?.error.take())

@@ -98,6 +98,10 @@ pub(super) struct Conn {
     pub(super) orphan_expires: Option<Micros>,
     /// The stack gave up on the connection (`tcp_timeouts`): its error is ETIMEDOUT.
     pub(super) timed_out: bool,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged, with nothing heard from
+    /// the peer, before the connection is given up (in place of the default, also for an
+    /// orphan). `None`: the default.
+    pub(super) user_timeout: Option<Micros>,
     pub(super) track: TxTrack,
     pub(super) rec: Recovery,
     /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
@@ -119,10 +123,10 @@ impl Conn {
             // Over already (reset, timed out, refused): nothing to give up on.
             return None;
         }
-        let limit = if self.app_closed {
-            ORPHAN_GIVE_UP_US
-        } else {
-            GIVE_UP_US
+        let limit = match self.user_timeout {
+            Some(t) => t,
+            None if self.app_closed => ORPHAN_GIVE_UP_US,
+            None => GIVE_UP_US,
         };
         // Both are None for an established connection the application holds.
         earliest(
@@ -279,6 +283,7 @@ impl<L: Link> Stack<L> {
             connect_expires: None,
             orphan_expires: None,
             timed_out: false,
+            user_timeout: None,
             track: TxTrack::default(),
             rec: Recovery::new(self.rto_min_us),
             skew: 0,

@@ -248,6 +248,42 @@ fn a_vanished_peer_is_given_up_after_fifteen_minutes() {
     );
 }
 
+/// TCP_USER_TIMEOUT: a vanished peer is given up once our data has been unacknowledged, with
+/// nothing heard, for the user timeout instead of ~15 minutes.
+#[test]
+fn a_user_timeout_gives_up_on_a_vanished_peer_sooner() {
+    let mut p = Pair::new();
+    let (_c, s) = p.connected(opts());
+    p.server
+        .set_user_timeout(s, Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let chunk = [1u8; 4096];
+    while p.server.send(s, &chunk).is_ok() {}
+    let start = p.now;
+    let failed = server_alone_until(&mut p, Duration::from_secs(60), |st| {
+        st.readiness(s).is_ok_and(|r| r.error)
+    })
+    .expect("given up within a minute");
+    let after = failed - start;
+    assert!(
+        after >= Duration::from_secs(5) && after <= Duration::from_secs(7),
+        "given up after {after}"
+    );
+    assert_eq!(p.server.send(s, b"x"), Err(SockError::TimedOut));
+    // Back to the default: not given up after the same time.
+    let mut q = Pair::new();
+    let (_c, s) = q.connected(opts());
+    q.server
+        .set_user_timeout(s, Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    q.server.set_user_timeout(s, None).unwrap();
+    while q.server.send(s, &chunk).is_ok() {}
+    let failed = server_alone_until(&mut q, Duration::from_secs(60), |st| {
+        st.readiness(s).is_ok_and(|r| r.error)
+    });
+    assert!(failed.is_none(), "given up at {failed:?}");
+}
+
 /// A peer that resets the connection while our data is outstanding: the connection is over,
 /// no retransmission or give-up timer stays due, and it is not counted as given up on.
 #[test]
