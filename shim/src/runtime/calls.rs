@@ -142,7 +142,8 @@ fn rest<'b>(op: &'b mut Io<'_>, done: usize) -> Io<'b> {
 
 /// recv/send on a connection of ours, as Linux does them: a non-blocking call (O_NONBLOCK,
 /// MSG_DONTWAIT) takes what it can now or says EAGAIN; a blocking receive returns as soon as
-/// some data is there (with MSG_WAITALL, when the buffer is full or the stream ends); a
+/// SO_RCVLOWAT bytes (one by default) are there (with MSG_WAITALL, when the buffer is full), or
+/// at the end of the stream; a
 /// blocking send returns when everything is queued. Either waits at most the socket's
 /// SO_RCVTIMEO/SO_SNDTIMEO; on a timeout, an error or a signal, what was transferred is the
 /// answer, or else EAGAIN, the error, or EINTR (or, for a handler with SA_RESTART and no
@@ -152,9 +153,9 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
         return None;
     }
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
-    let (len, waitall) = match &op {
-        Io::Read(buf, peek) => (buf.len(), !*peek && flags & libc::MSG_WAITALL != 0),
-        Io::Write(data) => (data.len(), false),
+    let (len, waitall, peek) = match &op {
+        Io::Read(buf, peek) => (buf.len(), !*peek && flags & libc::MSG_WAITALL != 0, *peek),
+        Io::Write(data) => (data.len(), false, false),
     };
     let write = matches!(op, Io::Write(_));
     let mut done = 0usize;
@@ -165,10 +166,16 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
         match t.result {
             Ok(n) => {
                 done += n;
+                // A blocking receive waits for SO_RCVLOWAT bytes (all, with MSG_WAITALL).
+                let target = if waitall {
+                    len
+                } else {
+                    t.rcvlowat.clamp(1, len.max(1))
+                };
                 let more = if write {
                     done < len
                 } else {
-                    waitall && n > 0 && done < len
+                    !peek && n > 0 && done < target
                 };
                 if !more || t.nonblock || dontwait {
                     return Some(Ok(done));

@@ -25,6 +25,8 @@ pub struct IoTry {
     pub nonblock: bool,
     /// How long a blocking call may wait (SO_RCVTIMEO for a read, SO_SNDTIMEO for a write).
     pub timeout: Option<Duration>,
+    /// SO_RCVLOWAT: how many bytes a blocking receive waits for (at most the buffer's size).
+    pub rcvlowat: usize,
 }
 
 impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
@@ -55,6 +57,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Io::Read(..) => opts.rcvtimeo,
             Io::Write(_) => opts.sndtimeo,
         };
+        let rcvlowat = opts.rcvlowat;
         let stack = self.stack.as_mut()?;
         let result = match op {
             Io::Read(buf, peek) => {
@@ -87,6 +90,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             result,
             nonblock,
             timeout,
+            rcvlowat,
         })
     }
 

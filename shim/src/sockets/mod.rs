@@ -208,6 +208,20 @@ fn so_errno(e: SockError) -> c_int {
     e.errno()
 }
 
+/// SO_RCVLOWAT: a connection is readable for poll, select and epoll only once `lowat` bytes
+/// are buffered, or at end of stream or an error, as on Linux.
+#[inline]
+fn low_water<L: Link>(stack: &Stack<L>, id: ConnId, lowat: usize, mut r: Readiness) -> Readiness {
+    if lowat > 1
+        && r.readable
+        && !(r.rdhup || r.hup || r.error)
+        && stack.recv_queue(id).is_ok_and(|n| n < lowat)
+    {
+        r.readable = false;
+    }
+    r
+}
+
 impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// An empty table over `table`; `cfg` is the stack's configuration (or why it is unusable).
     pub fn new(host: H, table: &'t FdTable, cfg: Result<Config, String>) -> Self {
@@ -399,6 +413,16 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             match *ev {
                 Event::Conn(id, r) => {
                     if let Some(&i) = self.conn_fd.get(&id) {
+                        let r = match &self.objs[i as usize] {
+                            Some(Entry {
+                                obj: Obj::Conn { opts, .. },
+                                ..
+                            }) if opts.rcvlowat > 1 => match self.stack.as_ref() {
+                                Some(st) => low_water(st, id, opts.rcvlowat, r),
+                                None => r,
+                            },
+                            _ => r,
+                        };
                         self.notify_entry_with(i, r);
                     }
                 }
@@ -432,7 +456,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 readable: stack.accept_queue_len(*port) > 0,
                 ..Readiness::default()
             }),
-            Obj::Conn { id, .. } => stack.readiness(*id).ok(),
+            Obj::Conn { id, opts, .. } => {
+                let r = stack.readiness(*id).ok()?;
+                Some(low_water(stack, *id, opts.rcvlowat, r))
+            }
             Obj::Epoll { .. } => None,
         }
     }

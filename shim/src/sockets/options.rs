@@ -46,6 +46,7 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
         (
             libc::SOL_SOCKET,
             libc::SO_KEEPALIVE
+            | libc::SO_RCVLOWAT
             | libc::SO_RCVTIMEO
             | libc::SO_SNDTIMEO
             | SO_RCVTIMEO_NEW
@@ -99,6 +100,9 @@ pub struct ConnOpts {
     pub sndtimeo: Option<Duration>,
     /// SO_LINGER on: how long close() may take to send what is queued (0: reset at once).
     pub linger: Option<Duration>,
+    /// SO_RCVLOWAT: bytes that must be buffered for the connection to be readable, and that a
+    /// blocking receive waits for (0 here: never set, which is 1).
+    pub rcvlowat: usize,
 }
 
 /// Linux's keepalive defaults (tcp_keepalive_time, _intvl, _probes).
@@ -156,6 +160,15 @@ impl ConnOpts {
             }
             (libc::SOL_SOCKET, libc::SO_SNDTIMEO | SO_SNDTIMEO_NEW) => {
                 self.sndtimeo = timeval(value).unwrap_or(None);
+                return Effect::None;
+            }
+            (libc::SOL_SOCKET, libc::SO_RCVLOWAT) => {
+                // Linux: a negative value is INT_MAX, 0 is 1.
+                self.rcvlowat = if v < 0 {
+                    c_int::MAX as usize
+                } else {
+                    v.max(1) as usize
+                };
                 return Effect::None;
             }
             (libc::SOL_SOCKET, libc::SO_LINGER) => {

@@ -904,6 +904,45 @@ fn accepted_connections_inherit_the_listeners_options() {
 }
 
 #[test]
+fn so_rcvlowat_holds_readiness_until_enough_is_buffered() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    // The client sends each piece at once (no Nagle wait for our delayed ACK).
+    n.client.set_nodelay(c, true).unwrap();
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((IN, 4)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        n.s.setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, &int(5)),
+        Some(Ok(0))
+    );
+    n.client.send(c, b"abc").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert!(!n.s.readiness(fd).unwrap().readable);
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![]);
+    // A blocking receive is told to wait for five bytes.
+    let mut buf = [0u8; 16];
+    let t =
+        n.s.io(fd, &mut Io::Read(&mut buf, true), |_| false)
+            .unwrap();
+    assert_eq!((t.result, t.rcvlowat), (Ok(3), 5));
+    n.client.send(c, b"de").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert!(n.s.readiness(fd).unwrap().readable);
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![(IN, 4)]);
+    // Below the mark again, then the end of the stream: readable.
+    assert_eq!(n.read(fd, false).unwrap(), b"abcde");
+    n.client.send(c, b"f").unwrap();
+    n.client.close(c).unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert!(n.s.readiness(fd).unwrap().readable);
+}
+
+#[test]
 fn linger_zero_resets_on_close() {
     let mut n = Net::new();
     n.listen_dual();

@@ -759,6 +759,42 @@ fn server(port: u16) {
             tlen,
         );
 
+        step("SO_RCVLOWAT: not readable below the mark; a blocking recv waits for it");
+        setsockopt_int(
+            d2,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            5,
+            "setsockopt(SO_RCVLOWAT 5)",
+        );
+        getsockopt_int(
+            d2,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            "getsockopt(SO_RCVLOWAT)",
+        );
+        send_line(d2, "B");
+        poll_one(d2, libc::POLLIN, 300, "poll(3 bytes buffered, mark 5)");
+        send_line(d2, "B");
+        poll_one(d2, libc::POLLIN, 10_000, "poll(6 bytes buffered, mark 5)");
+        recv_note(d2, 16, 0, "recv(mark 5)");
+        send_line(d2, "B");
+        send_line(d2, "B");
+        recv_note(d2, 16, 0, "recv(blocking, mark 5, 3 then 3 bytes sent)");
+        setsockopt_int(
+            d2,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            0,
+            "setsockopt(SO_RCVLOWAT 0)",
+        );
+        getsockopt_int(
+            d2,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            "getsockopt(SO_RCVLOWAT)",
+        );
+
         step("sendmmsg and recvmmsg on a TCP connection");
         // sendmmsg / recvmmsg.
         let m1 = b"say:m1\n";
