@@ -208,12 +208,12 @@ fn so_errno(e: SockError) -> c_int {
     e.errno()
 }
 
-/// SO_RCVLOWAT: a connection is readable for poll, select and epoll only once `lowat` bytes
-/// are buffered, or at end of stream or an error, as on Linux.
-#[inline]
+/// SO_RCVLOWAT (`lowat` > 1): a connection is readable for poll, select and epoll only once
+/// `lowat` bytes are buffered, or at end of stream or an error, as on Linux. Out of line: the
+/// readiness of a connection without a mark is on every request's path.
+#[inline(never)]
 fn low_water<L: Link>(stack: &Stack<L>, id: ConnId, lowat: usize, mut r: Readiness) -> Readiness {
-    if lowat > 1
-        && r.readable
+    if r.readable
         && !(r.rdhup || r.hup || r.error)
         && stack.recv_queue(id).is_ok_and(|n| n < lowat)
     {
@@ -445,10 +445,12 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     }
 
     /// The readiness of our socket `fd` (`None`: not a socket of ours, or no stack).
+    #[inline]
     pub fn readiness(&self, fd: c_int) -> Option<Readiness> {
         self.readiness_at(self.index_of(fd)?)
     }
 
+    #[inline]
     fn readiness_at(&self, i: u32) -> Option<Readiness> {
         let stack = self.stack.as_ref()?;
         match &self.objs.get(i as usize)?.as_ref()?.obj {
@@ -458,7 +460,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             }),
             Obj::Conn { id, opts, .. } => {
                 let r = stack.readiness(*id).ok()?;
-                Some(low_water(stack, *id, opts.rcvlowat, r))
+                if opts.rcvlowat > 1 {
+                    return Some(low_water(stack, *id, opts.rcvlowat, r));
+                }
+                Some(r)
             }
             Obj::Epoll { .. } => None,
         }
