@@ -41,6 +41,14 @@ fn empty_or_null(fd: c_int, len: size_t, null: bool) -> Option<Outcome<ssize_t>>
     })
 }
 
+/// A send's outcome: EPIPE raises SIGPIPE (unless MSG_NOSIGNAL), as the kernel does.
+fn sigpipe<T>(r: Outcome<T>, flags: c_int) -> Outcome<T> {
+    if matches!(r, Outcome::Error(libc::EPIPE)) {
+        runtime::raise_sigpipe(flags);
+    }
+    r
+}
+
 fn out_len(r: Option<Result<usize, c_int>>) -> Outcome<ssize_t> {
     Outcome::from_answer(r.map(|r| r.map(|n| n as ssize_t)))
 }
@@ -88,7 +96,10 @@ unsafe fn each_iov(
                 }
             }
             Some(Err(e)) if total == 0 => return Outcome::Error(e),
-            Some(Err(_)) => break,
+            Some(Err(e)) => {
+                runtime::keep_errno(fd, e);
+                break;
+            }
         }
     }
     Outcome::Done(total as ssize_t)
@@ -109,11 +120,12 @@ unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Ou
 /// `iov` points to `cnt` valid iovecs whose buffers are readable.
 unsafe fn send_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
     // SAFETY: each iovec describes a readable buffer (writev contract).
-    unsafe {
+    let r = unsafe {
         each_iov(fd, iov, cnt, flags, true, |p, n, f| {
             runtime::send(fd, std::slice::from_raw_parts(p, n), f)
         })
-    }
+    };
+    sigpipe(r, flags)
 }
 
 const NOT_OURS: Outcome<c_int> = B(Bypass::NotOurs);
@@ -258,7 +270,8 @@ pub(crate) unsafe fn setsockopt(
     let value: &[u8] = if len == 0 {
         &[]
     } else if val.is_null() {
-        return Outcome::Error(libc::EFAULT);
+        // The kernel's answer on the identity socket (EINVAL or EFAULT, as Linux checks).
+        return NOT_OURS;
     } else {
         // SAFETY: setsockopt's contract: `val` points to `len` readable bytes.
         unsafe { std::slice::from_raw_parts(val.cast::<u8>(), len as usize) }
@@ -497,7 +510,7 @@ pub(crate) unsafe fn send(
     }
     // SAFETY: send's contract: buf holds len readable bytes.
     let b = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
-    out_len(runtime::send(fd, b, flags))
+    sigpipe(out_len(runtime::send(fd, b, flags)), flags)
 }
 
 pub(crate) unsafe fn sendto(
@@ -599,8 +612,11 @@ pub(crate) unsafe fn sendfile64(
                     break;
                 }
             }
-            Some(Err(e)) if total == 0 => return Outcome::Error(e),
-            Some(Err(_)) => break,
+            Some(Err(e)) if total == 0 => return sigpipe(Outcome::Error(e), 0),
+            Some(Err(e)) => {
+                runtime::keep_errno(out_fd, e);
+                break;
+            }
         }
     }
     let end = start + total as off64_t;

@@ -117,7 +117,7 @@ fn timeout_of(fd: c_int, opt: c_int) -> Option<(Instant, Duration)> {
         return None;
     }
     let d = Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);
-    Some((Instant::now() + d, d))
+    Some((Instant::now().checked_add(d)?, d))
 }
 
 // ------------------------------------------------------------------ connections
@@ -154,7 +154,7 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
     }
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let (len, waitall, peek) = match &op {
-        Io::Read(buf, peek) => (buf.len(), !*peek && flags & libc::MSG_WAITALL != 0, *peek),
+        Io::Read(buf, peek) => (buf.len(), flags & libc::MSG_WAITALL != 0, *peek),
         Io::Write(data) => (data.len(), false, false),
     };
     let write = matches!(op, Io::Write(_));
@@ -162,10 +162,15 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
     let mut deadline = None;
     loop {
         let mut s = shim()?;
-        let t = s.io(fd, &mut rest(&mut op, done), defer_tx)?;
+        // A peek looks at the whole buffer again each time (nothing was consumed).
+        let t = s.io(
+            fd,
+            &mut rest(&mut op, if peek { 0 } else { done }),
+            defer_tx,
+        )?;
         match t.result {
             Ok(n) => {
-                done += n;
+                done = if peek { n } else { done + n };
                 // A blocking receive waits for SO_RCVLOWAT bytes (all, with MSG_WAITALL).
                 let target = if waitall {
                     len
@@ -175,7 +180,7 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
                 let more = if write {
                     done < len
                 } else {
-                    !peek && n > 0 && done < target
+                    n > 0 && done < target
                 };
                 if !more || t.nonblock || dontwait {
                     return Some(Ok(done));
@@ -189,7 +194,12 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
                 });
             }
             Err(SockError::WouldBlock) => {}
-            Err(e) => return Some(if done > 0 { Ok(done) } else { Err(e.errno()) }),
+            Err(e) if done > 0 => {
+                // The bytes moved are the answer; the error is the next call's, as on Linux.
+                s.keep_error(fd, e);
+                return Some(Ok(done));
+            }
+            Err(e) => return Some(Err(e.errno())),
         }
         // Blocking, and more to do: poll the stack (an ACK may have made room, data may have
         // come), and wait if that found nothing.
@@ -197,7 +207,8 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
             continue;
         }
         drop(s);
-        let until = *deadline.get_or_insert_with(|| t.timeout.map(|d| Instant::now() + d));
+        let until =
+            *deadline.get_or_insert_with(|| t.timeout.and_then(|d| Instant::now().checked_add(d)));
         match wait_once(None, until) {
             Waited::Again => {}
             Waited::TimedOut => {
@@ -219,14 +230,34 @@ pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Answer<usize> {
     io(fd, Io::Read(buf, flags & libc::MSG_PEEK != 0), flags)
 }
 
-/// send: EPIPE raises SIGPIPE unless MSG_NOSIGNAL, as the kernel does.
+/// send (SIGPIPE is the caller's to raise: `raise_sigpipe`, once per call of the
+/// application's).
 pub fn send(fd: c_int, data: &[u8], flags: c_int) -> Answer<usize> {
-    let r = io(fd, Io::Write(data), flags)?;
-    if r == Err(libc::EPIPE) && flags & libc::MSG_NOSIGNAL == 0 {
+    io(fd, Io::Write(data), flags)
+}
+
+/// An error a later piece of a call met (an iovec of writev, a chunk of sendfile) after earlier
+/// pieces moved bytes: the call returns those, and the error stays for the next call.
+pub fn keep_errno(fd: c_int, errno: c_int) {
+    let e = match errno {
+        libc::ECONNRESET => SockError::Reset,
+        libc::ETIMEDOUT => SockError::TimedOut,
+        libc::ECONNREFUSED => SockError::Refused,
+        _ => return,
+    };
+    with(|s| {
+        s.keep_error(fd, e);
+        Some(())
+    });
+}
+
+/// A send that failed with EPIPE raises SIGPIPE unless MSG_NOSIGNAL, as the kernel does (only
+/// when nothing was sent: a call that moved bytes returns their count, silently).
+pub fn raise_sigpipe(flags: c_int) {
+    if flags & libc::MSG_NOSIGNAL == 0 {
         // SAFETY: signalling the calling thread, as the kernel's send would.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
     }
-    Some(r)
 }
 
 /// close(): our bookkeeping first; the kernel then closes the fd itself (returns false if the fd

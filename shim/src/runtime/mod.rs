@@ -109,6 +109,20 @@ impl Host<DpdkLink> for Proc {
         sockopt::listener_options(fd, family)
     }
 
+    fn kernel_check(
+        &mut self,
+        family: Family,
+        level: c_int,
+        name: c_int,
+        value: &[u8],
+    ) -> Result<(), c_int> {
+        sockopt::check(family, level, name, value)
+    }
+
+    fn kernel_getsockopt_int(&mut self, fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+        sockopt::get_int(fd, level, name)
+    }
+
     fn kernel_setsockopt(
         &mut self,
         fd: c_int,

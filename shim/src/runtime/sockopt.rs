@@ -127,3 +127,26 @@ pub(super) fn identity_socket(
     }
     Ok(fd)
 }
+
+/// Whether the kernel takes setsockopt(`level`, `name`, `value`) on a TCP socket of `family`:
+/// tried on a socket of our own, one per family, that nobody else uses.
+pub(super) fn check(family: Family, level: c_int, name: c_int, value: &[u8]) -> Result<(), c_int> {
+    static INET: OnceLock<c_int> = OnceLock::new();
+    static INET6: OnceLock<c_int> = OnceLock::new();
+    let cell = match family {
+        Family::Inet => &INET,
+        Family::Inet6 => &INET6,
+    };
+    let fd = *cell.get_or_init(|| socket(family, libc::SOCK_CLOEXEC).unwrap_or(-1));
+    if fd < 0 {
+        // No socket to try on (EMFILE): the option is not one the stack honours anyway.
+        return Ok(());
+    }
+    set(fd, level, name, value)
+}
+
+/// getsockopt of an int option.
+pub(super) fn get_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let v = get(fd, level, name)?;
+    Some(c_int::from_ne_bytes(v.get(..4)?.try_into().ok()?))
+}

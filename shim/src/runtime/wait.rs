@@ -218,6 +218,10 @@ fn prepare() -> Prep {
     }
     // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
     if !st.arm_wake(clock::now(), BLOCKED_WAITERS.load(Ordering::Relaxed) > 0) {
+        // That poll may have taken frames for other threads' connections: their events go to
+        // their epoll sets and blocked threads now (a blocking recv that retries and succeeds
+        // would not poll again, and those threads' device wake-up is spent).
+        s.pump();
         return Prep::Work;
     }
     let wake = st.wake_fd();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use libc::c_int;
 use userstack::link::Link;
-use userstack::{ConnId, SockError};
+use userstack::{ConnId, Keepalive, SockError};
 
 use super::options::{self, ConnOpts, Effect, Policy};
 use super::{so_errno, Answer, Host, Obj, Sockets};
@@ -155,8 +155,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         name: c_int,
         value: &[u8],
     ) -> Answer<c_int> {
-        let (id, mut opts) = match self.obj(fd)? {
-            Obj::Conn { id, opts, .. } => (*id, *opts),
+        let (id, family, mut opts) = match self.obj(fd)? {
+            Obj::Conn {
+                id, family, opts, ..
+            } => (*id, *family, *opts),
             Obj::Listener { family, .. } => {
                 let family = *family;
                 if let Err(e) = self.host.kernel_setsockopt(fd, level, name, value) {
@@ -170,14 +172,26 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             Obj::Epoll { .. } => return None,
         };
-        let policy = options::policy(level, name);
+        match options::policy(level, name) {
+            Policy::Kept => {
+                return Some(
+                    self.host
+                        .kernel_setsockopt(fd, level, name, value)
+                        .map(|_| 0),
+                )
+            }
+            // The kernel's own checks first (a bad length or value fails as on Linux), on a
+            // socket of nobody's: a call that fails leaves the option as it was.
+            Policy::Unsupported => {
+                return Some(match self.host.kernel_check(family, level, name, value) {
+                    Err(e) => Err(e),
+                    Ok(()) => Err(libc::ENOPROTOOPT),
+                });
+            }
+            Policy::Mirror => {}
+        }
         if let Err(e) = self.host.kernel_setsockopt(fd, level, name, value) {
             return Some(Err(e));
-        }
-        match policy {
-            Policy::Kept => return Some(Ok(0)),
-            Policy::Unsupported => return Some(Err(libc::ENOPROTOOPT)),
-            Policy::Mirror => {}
         }
         let effect = opts.apply(level, name, value);
         if let Some(Obj::Conn { opts: slot, .. }) = self.obj(fd) {
@@ -185,32 +199,60 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         self.stack.as_ref()?;
         Some(
-            self.take_effect(id, effect, &opts)
+            self.take_effect(fd, id, effect, &opts)
                 .map(|_| 0)
                 .map_err(so_errno),
         )
     }
 
-    /// Makes an option's effect real on the stack's connection `id` (`opts`: its options with
-    /// the new value).
+    /// Makes an option's effect real on the stack's connection `id`, whose identity socket is
+    /// `fd` (`opts`: its options with the new value).
     pub(super) fn take_effect(
         &mut self,
+        fd: c_int,
         id: ConnId,
         effect: Effect,
         opts: &ConnOpts,
     ) -> Result<(), SockError> {
         let now = self.host.now();
+        // Keepalive's times as the identity socket holds them: set, inherited, or the
+        // system's defaults (the tcp_keepalive_* sysctls), as Linux would use them.
+        let ka = match effect {
+            Effect::Keepalive if opts.ka_on => {
+                let d = options::KEEPALIVE_DEFAULT;
+                let mut get = |name, default: u64| {
+                    self.host
+                        .kernel_getsockopt_int(fd, libc::IPPROTO_TCP, name)
+                        .filter(|v| *v > 0)
+                        .map_or(default, |v| v as u64)
+                };
+                Some(Keepalive {
+                    idle: Duration::from_secs(get(libc::TCP_KEEPIDLE, d.idle.as_secs())),
+                    intvl: Duration::from_secs(get(libc::TCP_KEEPINTVL, d.intvl.as_secs())),
+                    cnt: get(libc::TCP_KEEPCNT, u64::from(d.cnt)) as u32,
+                })
+            }
+            _ => None,
+        };
         let Some(stack) = self.stack.as_mut() else {
             return Ok(());
         };
         match effect {
             Effect::None => Ok(()),
             Effect::Nodelay(on) => stack.set_nodelay(id, on),
-            Effect::Keepalive => {
-                let ka = opts.keepalive.unwrap_or(options::KEEPALIVE_DEFAULT);
-                stack.set_keepalive(now, id, opts.ka_on.then_some(ka))
-            }
+            Effect::Keepalive => stack.set_keepalive(now, id, ka),
             Effect::UserTimeout(t) => stack.set_user_timeout(id, t),
+        }
+    }
+
+    /// An error a transfer on `fd` met after moving some bytes (the call returns those): the
+    /// next call reports it, as on Linux.
+    pub fn keep_error(&mut self, fd: c_int, e: SockError) {
+        if let Some(Obj::Conn { id, .. }) = self.obj(fd) {
+            let id = *id;
+            if let Some(st) = self.stack.as_mut() {
+                let _ = st.keep_error(id, e);
+            }
         }
     }
 

@@ -186,7 +186,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         for o in &inherit {
             if options::policy(o.level, o.name) == Policy::Mirror {
                 let effect = opts.apply(o.level, o.name, &o.value);
-                let _ = self.take_effect(id, effect, &opts);
+                let _ = self.take_effect(efd, id, effect, &opts);
             }
         }
         let conn = Obj::Conn {

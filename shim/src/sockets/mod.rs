@@ -78,6 +78,18 @@ pub trait Host<L: Link> {
     /// The options of listener `fd` (a kernel socket) that its accepted sockets inherit on
     /// Linux, those not at their default.
     fn listener_options(&mut self, fd: c_int, family: Family) -> Vec<SockOpt>;
+    /// Whether the kernel takes setsockopt(`level`, `name`, `value`) on a TCP socket of
+    /// `family` (Linux's checks of the length and the value), without changing any socket of
+    /// the application.
+    fn kernel_check(
+        &mut self,
+        family: Family,
+        level: c_int,
+        name: c_int,
+        value: &[u8],
+    ) -> Result<(), c_int>;
+    /// getsockopt of an int option on the kernel socket `fd`.
+    fn kernel_getsockopt_int(&mut self, fd: c_int, level: c_int, name: c_int) -> Option<c_int>;
     /// setsockopt on the kernel socket `fd`: the kernel checks and keeps the value.
     fn kernel_setsockopt(
         &mut self,
@@ -213,9 +225,7 @@ fn so_errno(e: SockError) -> c_int {
 /// readiness of a connection without a mark is on every request's path.
 #[inline(never)]
 fn low_water<L: Link>(stack: &Stack<L>, id: ConnId, lowat: usize, mut r: Readiness) -> Readiness {
-    if r.readable
-        && !(r.rdhup || r.hup || r.error)
-        && stack.recv_queue(id).is_ok_and(|n| n < lowat)
+    if r.readable && !(r.rdhup || r.hup || r.error) && stack.recv_queue(id).is_ok_and(|n| n < lowat)
     {
         r.readable = false;
     }

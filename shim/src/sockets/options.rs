@@ -92,7 +92,7 @@ pub fn answered_by_connection(level: c_int, name: c_int) -> bool {
 /// The options of a connection that change what the shim or the stack does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnOpts {
-    pub keepalive: Option<Keepalive>,
+    /// SO_KEEPALIVE (its times are the identity socket's: `Sockets::take_effect`).
     pub ka_on: bool,
     /// SO_RCVTIMEO: how long a blocking receive (or accept) waits.
     pub rcvtimeo: Option<Duration>,
@@ -105,7 +105,8 @@ pub struct ConnOpts {
     pub rcvlowat: usize,
 }
 
-/// Linux's keepalive defaults (tcp_keepalive_time, _intvl, _probes).
+/// Linux's keepalive defaults (tcp_keepalive_time, _intvl, _probes), if the kernel socket
+/// cannot be asked.
 pub const KEEPALIVE_DEFAULT: Keepalive = Keepalive {
     idle: Duration::from_secs(7200),
     intvl: Duration::from_secs(75),
@@ -126,16 +127,21 @@ fn int(v: &[u8]) -> Option<c_int> {
     Some(c_int::from_ne_bytes(v.get(..4)?.try_into().ok()?))
 }
 
-/// A timeval as Linux reads it for SO_RCVTIMEO/SO_SNDTIMEO: zero is "no timeout".
+/// Timeouts at or beyond this are "no timeout" (Linux caps them at MAX_SCHEDULE_TIMEOUT
+/// ticks, ~10^16 s at its highest tick rate; a century is far beyond any real use).
+const TIMEOUT_CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A timeval as Linux reads it for SO_RCVTIMEO/SO_SNDTIMEO: zero (or one beyond the cap) is
+/// "no timeout"; a negative one is a timeout of zero (the call fails at once with EAGAIN).
 fn timeval(v: &[u8]) -> Option<Option<Duration>> {
     let sec = i64::from_ne_bytes(v.get(..8)?.try_into().ok()?);
     let usec = i64::from_ne_bytes(v.get(8..16)?.try_into().ok()?);
     if sec < 0 {
-        // Linux: a negative timeout is "no timeout" (it warns once in its log).
-        return Some(None);
+        return Some(Some(Duration::ZERO));
     }
-    let d = Duration::from_secs(sec as u64) + Duration::from_micros(usec.max(0) as u64);
-    Some((!d.is_zero()).then_some(d))
+    let d =
+        Duration::from_secs(sec as u64).saturating_add(Duration::from_micros(usec.max(0) as u64));
+    Some((!d.is_zero() && d < TIMEOUT_CAP).then_some(d))
 }
 
 impl ConnOpts {
@@ -143,7 +149,6 @@ impl ConnOpts {
     /// on the stack's connection.
     pub fn apply(&mut self, level: c_int, name: c_int, value: &[u8]) -> Effect {
         let v = int(value).unwrap_or(0);
-        let ka = self.keepalive.get_or_insert(KEEPALIVE_DEFAULT);
         match (level, name) {
             (libc::IPPROTO_TCP, libc::TCP_NODELAY) => return Effect::Nodelay(v != 0),
             (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT) => {
@@ -151,9 +156,7 @@ impl ConnOpts {
                 return Effect::UserTimeout((ms > 0).then(|| Duration::from_millis(ms)));
             }
             (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => self.ka_on = v != 0,
-            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => ka.idle = Duration::from_secs(v as u64),
-            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => ka.intvl = Duration::from_secs(v as u64),
-            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => ka.cnt = v as u32,
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE | libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT) => {}
             (libc::SOL_SOCKET, libc::SO_RCVTIMEO | SO_RCVTIMEO_NEW) => {
                 self.rcvtimeo = timeval(value).unwrap_or(None);
                 return Effect::None;

@@ -110,6 +110,35 @@ impl Host<MemLink> for TestHost {
         v
     }
 
+    fn kernel_check(
+        &mut self,
+        _family: Family,
+        level: c_int,
+        name: c_int,
+        value: &[u8],
+    ) -> Result<(), c_int> {
+        check_int_option(level, name, value).map(|_| ())
+    }
+
+    /// What was last set, or Linux's default keepalive times.
+    fn kernel_getsockopt_int(&mut self, fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+        let log = self.log.borrow();
+        let set = log
+            .kernel_opts
+            .iter()
+            .rev()
+            .find(|o| (o.0, o.1, o.2) == (fd, level, name));
+        if let Some(o) = set {
+            return Some(c_int::from_ne_bytes(o.3[..4].try_into().unwrap()));
+        }
+        match (level, name) {
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => Some(7200),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => Some(75),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => Some(9),
+            _ => None,
+        }
+    }
+
     /// The kernel's checks for an int option: at least four bytes, keepalive values positive.
     fn kernel_setsockopt(
         &mut self,
@@ -118,17 +147,7 @@ impl Host<MemLink> for TestHost {
         name: c_int,
         value: &[u8],
     ) -> Result<(), c_int> {
-        if level == 9999 {
-            return Err(libc::ENOPROTOOPT);
-        }
-        let Some(v) = value.get(..4) else {
-            return Err(libc::EINVAL);
-        };
-        let v = c_int::from_ne_bytes(v.try_into().unwrap());
-        let keep = [libc::TCP_KEEPIDLE, libc::TCP_KEEPINTVL, libc::TCP_KEEPCNT];
-        if level == libc::IPPROTO_TCP && keep.contains(&name) && v < 1 {
-            return Err(libc::EINVAL);
-        }
+        check_int_option(level, name, value)?;
         self.log
             .borrow_mut()
             .kernel_opts
@@ -151,6 +170,23 @@ impl Host<MemLink> for TestHost {
     fn wake_waiters(&mut self) {
         self.log.borrow_mut().wakes += 1;
     }
+}
+
+/// The test kernel's checks of an option: at least four bytes, keepalive values positive, level
+/// 9999 unknown.
+fn check_int_option(level: c_int, name: c_int, value: &[u8]) -> Result<c_int, c_int> {
+    if level == 9999 {
+        return Err(libc::ENOPROTOOPT);
+    }
+    let Some(v) = value.get(..4) else {
+        return Err(libc::EINVAL);
+    };
+    let v = c_int::from_ne_bytes(v.try_into().unwrap());
+    let keep = [libc::TCP_KEEPIDLE, libc::TCP_KEEPINTVL, libc::TCP_KEEPCNT];
+    if level == libc::IPPROTO_TCP && keep.contains(&name) && v < 1 {
+        return Err(libc::EINVAL);
+    }
+    Ok(v)
 }
 
 fn config(pairs: &[(&str, &str)]) -> Result<Config, String> {
@@ -940,6 +976,112 @@ fn so_rcvlowat_holds_readiness_until_enough_is_buffered() {
     n.client.flush(n.now.get());
     n.settle();
     assert!(n.s.readiness(fd).unwrap().readable);
+}
+
+fn timeval_bytes(sec: i64, usec: i64) -> Vec<u8> {
+    [sec.to_ne_bytes(), usec.to_ne_bytes()].concat()
+}
+
+/// The timeout a blocking read of `fd` gets after SO_RCVTIMEO = `tv`.
+fn read_timeout(n: &mut Net, fd: c_int, tv: &[u8]) -> Option<std::time::Duration> {
+    let sol = libc::SOL_SOCKET;
+    assert_eq!(n.s.setsockopt(fd, sol, libc::SO_RCVTIMEO, tv), Some(Ok(0)));
+    let mut buf = [0u8; 4];
+    n.s.io(fd, &mut Io::Read(&mut buf, false), |_| false)
+        .unwrap()
+        .timeout
+}
+
+#[test]
+fn timeouts_beyond_any_deadline_are_none_and_negative_ones_zero() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, fd) = n.connect(0);
+    // Linux: "for ever" (a deadline computed from it must not overflow).
+    assert_eq!(read_timeout(&mut n, fd, &timeval_bytes(i64::MAX, 0)), None);
+    // Linux: zero ticks, EAGAIN at once.
+    assert_eq!(
+        read_timeout(&mut n, fd, &timeval_bytes(-1, 0)),
+        Some(std::time::Duration::ZERO)
+    );
+    assert_eq!(read_timeout(&mut n, fd, &timeval_bytes(0, 0)), None);
+}
+
+#[test]
+fn an_unsupported_option_leaves_the_identity_socket_unchanged() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, fd) = n.connect(0);
+    assert_eq!(
+        n.s.setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, &int(1)),
+        Some(Err(libc::ENOPROTOOPT))
+    );
+    // The kernel's checks still come first.
+    assert_eq!(
+        n.s.setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, &[1]),
+        Some(Err(libc::EINVAL))
+    );
+    let touched = n
+        .log
+        .borrow()
+        .kernel_opts
+        .iter()
+        .any(|o| (o.0, o.2) == (fd, libc::TCP_CORK));
+    assert!(
+        !touched,
+        "the identity socket holds the value of a failed call"
+    );
+}
+
+#[test]
+fn an_error_after_a_partial_transfer_is_the_next_calls() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    n.client.send(c, b"abc").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    n.client.abort(c).unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    // What the runtime's MSG_WAITALL loop does: 3 bytes, then the reset; it returns 3 and
+    // keeps the error.
+    let mut buf = [0u8; 10];
+    let t =
+        n.s.io(fd, &mut Io::Read(&mut buf[..], false), |_| false)
+            .unwrap();
+    assert_eq!(t.result, Ok(3));
+    let t =
+        n.s.io(fd, &mut Io::Read(&mut buf[3..], false), |_| false)
+            .unwrap();
+    assert_eq!(t.result, Err(SockError::Reset));
+    n.s.keep_error(fd, SockError::Reset);
+    assert_eq!(n.read(fd, false), Err(SockError::Reset));
+    assert_eq!(n.read(fd, false).unwrap(), b"");
+}
+
+#[test]
+fn keepalive_times_are_the_identity_sockets() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (_, fd) = n.connect(0);
+    let (sol, tcp) = (libc::SOL_SOCKET, libc::IPPROTO_TCP);
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_KEEPIDLE, &int(42)),
+        Some(Ok(0))
+    );
+    assert_eq!(
+        n.s.setsockopt(fd, sol, libc::SO_KEEPALIVE, &int(1)),
+        Some(Ok(0))
+    );
+    // The stack probes after the socket's idle time: an idle connection is probed after 42 s,
+    // not 7200 s (seen as a keepalive timer due within a minute).
+    let now = n.now.get();
+    let due = n.s.stack().unwrap().next_deadline().unwrap();
+    assert!(
+        due <= now + smoltcp::time::Duration::from_secs(43),
+        "{due} vs {now}"
+    );
 }
 
 #[test]

@@ -419,6 +419,20 @@ impl<L: Link> Stack<L> {
         Ok(())
     }
 
+    /// An error `recv` or `send` reported that the caller could not pass on yet (it returns the
+    /// bytes it moved before the error, as Linux does): it stays pending for the next call or
+    /// SO_ERROR, as Linux keeps sk_err until a call reports it. Only a connection's own errors
+    /// (reset, timed out, refused) are kept.
+    pub fn keep_error(&mut self, id: ConnId, e: SockError) -> Result<(), SockError> {
+        if matches!(
+            e,
+            SockError::Reset | SockError::TimedOut | SockError::Refused
+        ) {
+            self.conn_mut(id)?.error = Some(e);
+        }
+        Ok(())
+    }
+
     /// getsockopt(SO_ERROR): the pending error, cleared by reading it.
     pub fn take_error(&mut self, id: ConnId) -> Result<Option<SockError>, SockError> {
         Ok(self.conn_mut(id)?.error.take())
