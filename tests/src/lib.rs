@@ -23,6 +23,7 @@
 //! * [`server`] — [`ServerProcess`], [`ServerBuilder`], [`wait_stdout_contains`];
 //! * [`report`] — the load clients' summary lines ([`parse_summary`]);
 //! * [`steps`] — the comparison programs' step-headed output and its comparison;
+//! * [`stackdev`] — [`stackdev::StackDevice`], the device under any server run with the shim;
 //! * [`redis`] — Redis test beds; [`workload`] — the load clients' request streams.
 
 pub use anyhow::{anyhow, bail, Context, Error, Result};
@@ -34,6 +35,7 @@ pub mod netns;
 pub mod redis;
 pub mod report;
 pub mod server;
+pub mod stackdev;
 pub mod steps;
 pub mod subnet;
 pub mod workload;

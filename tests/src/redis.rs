@@ -107,7 +107,7 @@ pub fn bench_results(text: &str) -> Vec<&str> {
 
 /// An MTCP_DEV value for a memif port on `socket` in `role`, with rings of 2^`ring_log2`
 /// slots if given.
-fn memif_spec(socket: &Path, role: &str, ring_log2: Option<u8>) -> String {
+pub(crate) fn memif_spec(socket: &Path, role: &str, ring_log2: Option<u8>) -> String {
     match ring_log2 {
         None => format!("memif:{},{role}", socket.display()),
         Some(n) => format!(
@@ -126,7 +126,7 @@ fn memif_socket(dir: &TempDir) -> PathBuf {
 /// `mtcp-faultbridge --a ROOT_IF --b dpdk:memif:SOCKET,client` (the memif's client role, the
 /// server being Redis's stack), once it reports ready. If it does not, the panic also shows the
 /// server's state (the caller's guards, the server's included, go as it unwinds).
-fn start_bridge(
+pub(crate) fn start_bridge(
     root_if: &str,
     socket: &Path,
     ring_log2: Option<u8>,

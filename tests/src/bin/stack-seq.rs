@@ -21,7 +21,8 @@
 //!
 //! Client protocol (lines from the server): `A` -> send `0123456789`; `B` -> send `xyz`;
 //! `R` -> send `rrrrr\n`; `say:TEXT` -> answer `ok:TEXT`; `sink:N` -> read N bytes, answer
-//! `ok:sunk N`; end of stream -> answer `eof` and close.
+//! `ok:sunk N`; `burst:N` -> send N chunks of 4,000 bytes, 20 ms apart (no answer); end of
+//! stream -> answer `eof` and close.
 //! Second connection: send `abc`; on `connect` open one more connection (kept); on `data` send
 //! `xyz`; on `rstq` open one more and reset it at once, then send `reset\n`; on `late` open one
 //! more, wait for its end of stream, send `xyz` on it, read again (2 s at most), then send what
@@ -34,6 +35,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, TcpStream};
 use std::ptr::null_mut;
+use std::time::{Duration, Instant};
 
 use libc::{c_void, iovec, mmsghdr, pollfd, sockaddr_in, socklen_t};
 
@@ -268,6 +270,137 @@ fn recv_note(fd: c_int, len: usize, flags: c_int, label: &str) {
             String::from_utf8_lossy(&buf[..r as usize])
         ));
     }
+}
+
+/// What a blocking call in another thread did: its return value and errno, when it started
+/// and when it returned.
+struct Timed {
+    ret: isize,
+    errno: c_int,
+    start: Instant,
+    end: Instant,
+}
+
+impl Timed {
+    /// Runs `f` (a blocking call) with errno set to the sentinel, timing it.
+    fn run(f: impl FnOnce() -> isize) -> Timed {
+        set_errno(SENTINEL);
+        let start = Instant::now();
+        let ret = f();
+        let errno = errno();
+        Timed {
+            ret,
+            errno,
+            start,
+            end: Instant::now(),
+        }
+    }
+
+    /// Whether one of `arrivals` came while the call blocked.
+    fn saw(&self, arrivals: &[Instant]) -> bool {
+        arrivals.iter().any(|&t| t > self.start && t < self.end)
+    }
+}
+
+/// Chunks of the client's burst (`burst:N`): N of [`BURST_CHUNK`] bytes, 20 ms apart (400 ms,
+/// longer than the 300 ms the sleep and the pipe's read block).
+const BURST_CHUNKS: usize = 20;
+const BURST_CHUNK: usize = 4000;
+
+/// The byte at `i` of the client's burst.
+fn burst_byte(i: usize) -> u8 {
+    b'a' + (i % 26) as u8
+}
+
+/// On the blocking connection `fd`: the client sends a burst of data, paced over 400 ms; while
+/// it arrives through the stack (this thread receives it with blocking recvs), one thread sleeps
+/// 300 ms (nanosleep) and another blocks in read() on a pipe that a third writes 300 ms later.
+/// Neither call is interrupted (0, and the pipe's 5 bytes, no EINTR), each lasts until its end
+/// (the 300 ms, the write), and frames arrived while each blocked.
+fn sleep_and_pipe_read_during_a_burst(fd: c_int) {
+    let mut p = [-1 as c_int; 2];
+    // SAFETY: room for the pipe's two fds.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0, "pipe");
+    let (rd, wr) = (p[0], p[1]);
+    send_line(fd, &format!("burst:{BURST_CHUNKS}"));
+    let sleeper = std::thread::spawn(|| {
+        Timed::run(|| {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 300_000_000,
+            };
+            // SAFETY: a timespec; no remainder wanted.
+            unsafe { libc::nanosleep(&ts, null_mut()) as isize }
+        })
+    });
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        // SAFETY: reads into a local buffer.
+        let t = Timed::run(|| unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) });
+        let data = String::from_utf8_lossy(&buf[..t.ret.max(0) as usize]).into_owned();
+        (t, data)
+    });
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let written = Instant::now();
+        // SAFETY: five bytes of a constant.
+        let r = unsafe { libc::write(wr, b"pipe!".as_ptr().cast(), 5) };
+        assert_eq!(r, 5, "write to the pipe");
+        written
+    });
+    // The burst, through the stack, with blocking recvs; when each part came.
+    let total = BURST_CHUNKS * BURST_CHUNK;
+    let mut got = Vec::with_capacity(total);
+    let mut arrivals = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    set_errno(SENTINEL);
+    let mut last = 0;
+    while got.len() < total {
+        // SAFETY: our buffer.
+        last = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len().min(total - got.len()),
+                0,
+            )
+        };
+        if last <= 0 {
+            break;
+        }
+        arrivals.push(Instant::now());
+        got.extend_from_slice(&buf[..last as usize]);
+    }
+    let recv_errno = errno();
+    let slept = sleeper.join().expect("the sleeping thread");
+    let (read, data) = reader.join().expect("the reading thread");
+    let written = writer.join().expect("the writing thread");
+    // SAFETY: the pipe's fds, closed once.
+    unsafe {
+        libc::close(rd);
+        libc::close(wr);
+    }
+    println!("nanosleep(300 ms) {} {}", slept.ret, slept.errno);
+    note(format!(
+        "lasted 300 ms: {}; frames arrived meanwhile: {}",
+        slept.end - slept.start >= Duration::from_millis(300),
+        slept.saw(&arrivals)
+    ));
+    println!(
+        "read(pipe, written 300 ms later) {} {}",
+        read.ret, read.errno
+    );
+    note(format!(
+        "data={data:?}; returned after the write: {}; frames arrived meanwhile: {}",
+        read.end >= written,
+        read.saw(&arrivals)
+    ));
+    let in_order = got.iter().enumerate().all(|(i, &b)| b == burst_byte(i));
+    println!(
+        "recv(blocking, until the burst's {total} bytes) {} {recv_errno}",
+        if last > 0 { got.len() as isize } else { last }
+    );
+    note(format!("received={} in order: {in_order}", got.len()));
 }
 
 fn server(port: u16) {
@@ -794,6 +927,9 @@ fn server(port: u16) {
             libc::SO_RCVLOWAT,
             "getsockopt(SO_RCVLOWAT)",
         );
+
+        step("a sleep and a blocking read on a kernel fd are not interrupted while frames arrive through the stack");
+        sleep_and_pipe_read_during_a_burst(d2);
 
         step("sendmmsg and recvmmsg on a TCP connection");
         // sendmmsg / recvmmsg.
@@ -1326,6 +1462,16 @@ fn client(addr: &str, port: u16) {
             _ => {
                 if let Some(t) = line.strip_prefix("say:") {
                     w.write_all(format!("ok:{t}\n").as_bytes()).unwrap();
+                } else if let Some(n) = line.strip_prefix("burst:") {
+                    // N chunks of the burst, 20 ms apart; no answer.
+                    let n: usize = n.parse().expect("burst chunks");
+                    for c in 0..n {
+                        let chunk: Vec<u8> = (c * BURST_CHUNK..(c + 1) * BURST_CHUNK)
+                            .map(burst_byte)
+                            .collect();
+                        w.write_all(&chunk).unwrap();
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 } else if let Some(n) = line.strip_prefix("sink:") {
                     // Reads exactly n bytes (after the line), says how many arrived.
                     let n: usize = n.parse().expect("sink length");
