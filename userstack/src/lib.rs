@@ -29,7 +29,7 @@ pub mod stack;
 pub mod stats;
 
 pub use config::Config;
-pub use stack::{ConnId, Event, Keepalive, Readiness, SockError, Stack, TcpOptions};
+pub use stack::{ConnId, Event, Keepalive, Readiness, SockError, Stack, TcpInfo, TcpOptions};
 pub use stats::Stats;
 
 /// The hash map for the per-packet and per-call lookups (connections, fds, epoll entries):

@@ -78,6 +78,7 @@ pub struct MemLink {
     tx_queue: Vec<Vec<u8>>,
     inbox: Arc<Mutex<VecDeque<Vec<u8>>>>,
     peer_inbox: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    ip_mtu: usize,
 }
 
 impl MemLink {
@@ -90,12 +91,14 @@ impl MemLink {
             tx_queue: Vec::new(),
             inbox: a_in.clone(),
             peer_inbox: b_in.clone(),
+            ip_mtu: 1500,
         };
         let b = MemLink {
             mac: mac_b,
             tx_queue: Vec::new(),
             inbox: b_in,
             peer_inbox: a_in,
+            ip_mtu: 1500,
         };
         (a, b)
     }
@@ -103,6 +106,19 @@ impl MemLink {
     /// Frames waiting to be received on this end.
     pub fn pending(&self) -> usize {
         self.inbox.lock().unwrap().len()
+    }
+
+    /// Sets the IP MTU this end reports (1500 unless set); a stack reads it when it starts.
+    pub fn set_ip_mtu(&mut self, mtu: usize) {
+        self.ip_mtu = mtu;
+    }
+
+    /// Loses the frames waiting to be received on this end: how many there were.
+    pub fn discard(&self) -> usize {
+        let mut q = self.inbox.lock().unwrap();
+        let n = q.len();
+        q.clear();
+        n
     }
 
     /// Puts a raw frame on this end's receive side, as if the peer sent it.
@@ -154,7 +170,7 @@ impl Link for MemLink {
         self.mac
     }
     fn ip_mtu(&self) -> usize {
-        1500
+        self.ip_mtu
     }
     fn wake_fd(&self) -> Option<RawFd> {
         None

@@ -53,6 +53,9 @@ pub struct Recovery {
     /// The end of the highest sequence the peer has sent: a synthetic ACK carries it, so it is
     /// never older than smoltcp's rcv_nxt (which would make smoltcp discard it).
     peer_next: Option<u32>,
+    /// The MSS option of the peer's SYN or SYN-ACK, as smoltcp takes it (none or 0: 536; at
+    /// least 48), recorded once at the handshake: TCP_INFO and TCP_MAXSEG report it.
+    peer_mss: Option<u16>,
 }
 
 impl Recovery {
@@ -70,6 +73,7 @@ impl Recovery {
             silent_since: None,
             backoff: 0,
             peer_next: None,
+            peer_mss: None,
         }
     }
 
@@ -113,6 +117,7 @@ impl Recovery {
         }
         if seg.syn() {
             // An active open's SYN-ACK acknowledges our SYN: the handshake's first ACK.
+            self.note_syn(seg);
             if let (None, Some(max)) = (self.snd_una, snd_max) {
                 self.first_ack(seg.ack_number().0 as u32, max, seg.window_len(), now);
             }
@@ -241,6 +246,36 @@ impl Recovery {
         self.timing = None;
     }
 
+    /// The peer's SYN (a passive open's, or an active open's SYN-ACK): records its MSS option.
+    pub fn note_syn(&mut self, seg: &TcpPacket<&[u8]>) {
+        self.peer_mss = Some(syn_mss(seg));
+    }
+
+    /// The MSS the peer announced in its SYN (`None`: no SYN from the peer seen yet).
+    pub fn peer_mss(&self) -> Option<u16> {
+        self.peer_mss
+    }
+
+    /// The smoothed RTT in microseconds (`None` before the first sample).
+    pub fn srtt(&self) -> Option<Micros> {
+        self.srtt
+    }
+
+    /// The RTT variation in microseconds (0 before the first sample).
+    pub fn rttvar(&self) -> Micros {
+        self.rttvar
+    }
+
+    /// The retransmission timeout now, backoff included (Linux's icsk_rto).
+    pub fn current_rto(&self) -> Micros {
+        self.rto() << self.backoff
+    }
+
+    /// How many times the timer has backed off since data was last acknowledged.
+    pub fn backoff(&self) -> u32 {
+        self.backoff
+    }
+
     pub fn snd_una(&self) -> Option<u32> {
         self.snd_una
     }
@@ -252,6 +287,36 @@ impl Recovery {
     pub fn window_raw(&self) -> u16 {
         self.win_raw
     }
+}
+
+/// The MSS a SYN announces, as smoltcp takes it: the option's value, at least 48; without
+/// the option (or with 0): 536, RFC 9293's default (Linux's too).
+fn syn_mss(seg: &TcpPacket<&[u8]>) -> u16 {
+    const DEFAULT_MSS: u16 = 536;
+    const MIN_REMOTE_MSS: u16 = 48;
+    let mut opts = seg.options();
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => break,
+            1 => opts = &opts[1..],
+            _ => {
+                let len = usize::from(*opts.get(1).unwrap_or(&0));
+                if len < 2 || len > opts.len() {
+                    break;
+                }
+                if kind == 2 && len == 4 {
+                    let mss = u16::from_be_bytes([opts[2], opts[3]]);
+                    return if mss == 0 {
+                        DEFAULT_MSS
+                    } else {
+                        mss.max(MIN_REMOTE_MSS)
+                    };
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    DEFAULT_MSS
 }
 
 /// The highest right edge among the segment's SACK blocks (option kind 5), if any.

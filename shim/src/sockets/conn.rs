@@ -276,6 +276,17 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let rcvbuf = self.cfg.as_ref().map_or(0, |c| c.rcvbuf);
         let sndbuf = self.cfg.as_ref().map_or(0, |c| c.sndbuf);
         let stack = self.stack.as_mut()?;
+        if (level, name) == (libc::IPPROTO_TCP, libc::TCP_INFO) {
+            let info = match stack.tcp_info(id) {
+                Ok(i) => i,
+                Err(e) => return Some(Err(so_errno(e))),
+            };
+            // Linux copies min(len, sizeof(struct tcp_info)) and writes that length back.
+            let bytes = options::tcp_info_bytes(&info);
+            let n = out.len().min(bytes.len());
+            out[..n].copy_from_slice(&bytes[..n]);
+            return Some(Ok(n));
+        }
         let v: c_int = match (level, name) {
             (libc::SOL_SOCKET, libc::SO_ERROR) => match stack.take_error(id) {
                 Ok(e) => e.map_or(0, so_errno),
@@ -284,7 +295,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             // The buffers the connection really has.
             (libc::SOL_SOCKET, libc::SO_RCVBUF) => rcvbuf as c_int,
             (libc::SOL_SOCKET, libc::SO_SNDBUF) => sndbuf as c_int,
-            // TCP_INFO and TCP_MAXSEG: the stack does not report them yet.
+            // The MSS the connection sends with (Linux's tp->mss_cache).
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => match stack.tcp_info(id) {
+                Ok(i) => i.snd_mss as c_int,
+                Err(e) => return Some(Err(so_errno(e))),
+            },
             _ => return Some(Err(libc::ENOPROTOOPT)),
         };
         // An int, truncated to the caller's room as Linux does.

@@ -13,8 +13,10 @@
 
 use std::time::Duration;
 
+use std::mem::{offset_of, size_of};
+
 use libc::c_int;
-use userstack::Keepalive;
+use userstack::{Keepalive, TcpInfo};
 
 /// One option's raw value, as setsockopt takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,4 +186,33 @@ impl ConnOpts {
         }
         Effect::Keepalive
     }
+}
+
+/// Linux's `struct tcp_info` (libc's layout for linux-gnu) for getsockopt(TCP_INFO), from what
+/// the stack knows of the connection; the fields it does not know are zero (the list is in
+/// docs/linux-semantics.md). Built field by field at the struct's offsets, in native byte order.
+pub fn tcp_info_bytes(i: &TcpInfo) -> [u8; size_of::<libc::tcp_info>()] {
+    let mut b = [0u8; size_of::<libc::tcp_info>()];
+    let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+    macro_rules! set {
+        ($field:ident, $v:expr) => {
+            put(offset_of!(libc::tcp_info, $field), &$v.to_ne_bytes())
+        };
+    }
+    set!(tcpi_state, i.state);
+    set!(tcpi_backoff, i.backoff);
+    set!(tcpi_rto, i.rto_us);
+    set!(tcpi_ato, i.ato_us);
+    set!(tcpi_snd_mss, i.snd_mss);
+    set!(tcpi_rcv_mss, i.rcv_mss);
+    set!(tcpi_unacked, i.unacked_segs);
+    set!(tcpi_pmtu, i.pmtu);
+    set!(tcpi_rtt, i.srtt_us);
+    set!(tcpi_rttvar, i.rttvar_us);
+    set!(tcpi_advmss, i.advmss);
+    set!(tcpi_rcv_space, i.rcv_wnd);
+    set!(tcpi_total_retrans, i.total_retrans);
+    set!(tcpi_notsent_bytes, i.notsent_bytes);
+    set!(tcpi_rcv_wnd, i.rcv_wnd);
+    b
 }

@@ -1360,3 +1360,85 @@ fn a_forked_child_forgets_its_copies_and_leaves_the_parents_connection() {
     assert_eq!(n.write(fd, b"parent"), Ok(6));
     assert_eq!(n.client_reads(c).unwrap(), b"parent");
 }
+
+/// getsockopt(TCP_INFO) of a connection into a buffer of `len` bytes: (length written, the
+/// bytes as a `tcp_info`, zero beyond what was written).
+fn tcp_info(n: &mut Net, fd: c_int, len: usize) -> (usize, Vec<u8>) {
+    let mut b = vec![0u8; len];
+    match n
+        .s
+        .getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut b)
+    {
+        Some(Ok(k)) => {
+            b.resize(std::mem::size_of::<libc::tcp_info>().max(len), 0);
+            (k, b)
+        }
+        other => panic!("getsockopt(TCP_INFO): {other:?}"),
+    }
+}
+
+fn field_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn tcp_info_and_tcp_maxseg_are_the_connections() {
+    use std::mem::{offset_of, size_of};
+    let mut n = Net::new();
+    n.listen_dual();
+    let (c, fd) = n.connect(0);
+    let size = size_of::<libc::tcp_info>();
+    let (k, b) = tcp_info(&mut n, fd, size + 16);
+    // Linux writes sizeof(struct tcp_info) at most.
+    assert_eq!(k, size);
+    assert_eq!(b[offset_of!(libc::tcp_info, tcpi_state)], 1, "ESTABLISHED");
+    let mss = field_u32(&b, offset_of!(libc::tcp_info, tcpi_snd_mss));
+    assert_eq!(mss, 1460);
+    assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_advmss)), 1460);
+    assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_pmtu)), 1500);
+    assert_eq!(
+        field_u32(&b, offset_of!(libc::tcp_info, tcpi_rto)),
+        1_000_000
+    );
+    assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_rtt)), 0);
+    // Fields the stack does not know are zero.
+    assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_snd_cwnd)), 0);
+    assert_eq!(
+        get_int(&mut n, fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG),
+        Some(Ok(1460))
+    );
+
+    // Data the client acknowledged: an RTT sample.
+    assert_eq!(n.write(fd, b"hello"), Ok(5));
+    assert_eq!(n.client_reads(c).unwrap(), b"hello");
+    // (Past the client's delayed ACK.)
+    for _ in 0..500 {
+        n.now.set(n.now.get() + Duration::from_millis(1));
+        n.s.pump();
+        n.client.poll(n.now.get());
+    }
+    let (_, b) = tcp_info(&mut n, fd, size);
+    assert!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_rtt)) > 0);
+
+    // A shorter buffer gets the first bytes and that length, as Linux gives; the state is the
+    // first byte.
+    let (k, b) = tcp_info(&mut n, fd, 8);
+    assert_eq!(k, 8);
+    assert_eq!(b[0], 1);
+    assert_eq!(&b[8..], &vec![0u8; size - 8][..]);
+    let (k, _) = tcp_info(&mut n, fd, 0);
+    assert_eq!(k, 0);
+    let mut two = [0u8; 2];
+    assert_eq!(
+        n.s.getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, &mut two),
+        Some(Ok(2))
+    );
+    assert_eq!(two, (1460 as c_int).to_ne_bytes()[..2]);
+
+    // The peer's FIN: CLOSE-WAIT (8).
+    let peer = n.client.shutdown_write(c);
+    assert_eq!(peer, Ok(()));
+    n.settle();
+    let (_, b) = tcp_info(&mut n, fd, size);
+    assert_eq!(b[0], 8, "CLOSE_WAIT");
+}

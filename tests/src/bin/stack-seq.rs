@@ -163,6 +163,51 @@ fn getsockopt_int(fd: c_int, level: c_int, name: c_int, label: &str) {
     note(format!("value={v} len={len}"));
 }
 
+/// getsockopt(TCP_INFO) and TCP_MAXSEG of `fd`: the return values, the lengths written, the
+/// state, and whether the RTT and the MSS are plausible (their values differ between the
+/// kernel and the stack).
+fn tcp_info_note(fd: c_int) {
+    // SAFETY: an all-zero tcp_info is a valid value (integers only).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let size = size_of::<libc::tcp_info>() as socklen_t;
+    let mut len = size;
+    // SAFETY: a tcp_info and its size.
+    call("getsockopt(TCP_INFO)", || unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    });
+    let mss = info.tcpi_snd_mss;
+    note(format!(
+        "len_is_sizeof={} state={} rtt_set={} snd_mss_plausible={}",
+        len == size,
+        info.tcpi_state,
+        info.tcpi_rtt > 0,
+        (500..=65535).contains(&mss)
+    ));
+    let mut v: c_int = -1;
+    let mut len = size_of::<c_int>() as socklen_t;
+    // SAFETY: an int and its size.
+    call("getsockopt(TCP_MAXSEG)", || unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mut v as *mut c_int).cast(),
+            &mut len,
+        )
+    });
+    note(format!(
+        "len={len} plausible={} equals_snd_mss={}",
+        (500..=65535).contains(&v),
+        v as u32 == mss
+    ));
+}
+
 fn setsockopt_int(fd: c_int, level: c_int, name: c_int, v: c_int, label: &str) {
     // SAFETY: an int and its size.
     call(label, || unsafe {
@@ -741,6 +786,8 @@ fn server(port: u16) {
         });
         note(format!("FIONREAD={n}"));
         note(read_line(c));
+        step("TCP_INFO of an established connection: its whole length, ESTABLISHED, an RTT once data was acknowledged, the send MSS; TCP_MAXSEG is that MSS");
+        tcp_info_note(c);
         step("EPOLL_CTL_MOD to EPOLLOUT reports writable; a second EPOLL_CTL_DEL is ENOENT");
         ev.events = (libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
         call("epoll_ctl(MOD OUT)", || {

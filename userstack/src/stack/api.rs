@@ -149,3 +149,65 @@ impl TcpOptions {
 pub(super) fn to_sdur(d: std::time::Duration) -> SDuration {
     SDuration::from_micros(d.as_micros() as u64)
 }
+
+/// What the stack knows of a connection, as Linux's TCP_INFO and TCP_MAXSEG report it
+/// ([`Stack::tcp_info`](super::Stack::tcp_info)). Times in microseconds, sizes in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpInfo {
+    /// The TCP state in Linux's numbering: see [`linux_state`].
+    pub state: u8,
+    /// The retransmission timeout now, backoff included (tcpi_rto).
+    pub rto_us: u32,
+    /// The delayed-ACK timeout (tcpi_ato; 0: ACKs are not delayed).
+    pub ato_us: u32,
+    /// The smoothed RTT (tcpi_rtt); 0 before the first sample (the first acknowledged data).
+    pub srtt_us: u32,
+    /// The RTT variation (tcpi_rttvar); 0 before the first sample.
+    pub rttvar_us: u32,
+    /// Backoffs of the retransmission timer since data was last acknowledged (tcpi_backoff).
+    pub backoff: u8,
+    /// The MSS the connection sends with: the smaller of ours (from the MTU) and the peer's
+    /// SYN option, less the timestamp option if in use (tcpi_snd_mss, TCP_MAXSEG).
+    pub snd_mss: u32,
+    /// The largest segment the peer is expected to send: the smaller of ours and the peer's
+    /// (tcpi_rcv_mss).
+    pub rcv_mss: u32,
+    /// The MSS we announce in our SYN: the MTU less the IPv4 and TCP headers (tcpi_advmss).
+    pub advmss: u32,
+    /// The IP MTU (tcpi_pmtu).
+    pub pmtu: u32,
+    /// Segments retransmitted over the connection's life (tcpi_total_retrans).
+    pub total_retrans: u32,
+    /// Bytes sent and not yet acknowledged.
+    pub unacked_bytes: u32,
+    /// Segments sent and not yet acknowledged, counted in `snd_mss` units (tcpi_unacked).
+    pub unacked_segs: u32,
+    /// Bytes in the send buffer not yet sent (tcpi_notsent_bytes).
+    pub notsent_bytes: u32,
+    /// Bytes in the send buffer, sent or not (SIOCOUTQ).
+    pub send_queue: u32,
+    /// Bytes waiting to be read (FIONREAD).
+    pub recv_queue: u32,
+    /// The receive window we offer: free room in the receive buffer (tcpi_rcv_wnd,
+    /// tcpi_rcv_space).
+    pub rcv_wnd: u32,
+}
+
+/// smoltcp's state in Linux's numbering (include/net/tcp_states.h): TCP_ESTABLISHED 1,
+/// TCP_SYN_SENT 2, TCP_SYN_RECV 3, TCP_FIN_WAIT1 4, TCP_FIN_WAIT2 5, TCP_TIME_WAIT 6,
+/// TCP_CLOSE 7, TCP_CLOSE_WAIT 8, TCP_LAST_ACK 9, TCP_LISTEN 10, TCP_CLOSING 11.
+pub fn linux_state(s: tcp::State) -> u8 {
+    match s {
+        tcp::State::Established => 1,
+        tcp::State::SynSent => 2,
+        tcp::State::SynReceived => 3,
+        tcp::State::FinWait1 => 4,
+        tcp::State::FinWait2 => 5,
+        tcp::State::TimeWait => 6,
+        tcp::State::Closed => 7,
+        tcp::State::CloseWait => 8,
+        tcp::State::LastAck => 9,
+        tcp::State::Listen => 10,
+        tcp::State::Closing => 11,
+    }
+}

@@ -8,7 +8,9 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::api::{ConnId, Event, Keepalive, Readiness, SockError, TcpOptions};
+use super::api::{
+    linux_state, ConnId, Event, Keepalive, Readiness, SockError, TcpInfo, TcpOptions,
+};
 use super::conn::{readiness, Conn, Origin, CONNECT_TIMEOUT_US};
 use super::demux::key;
 use super::{Listener, Stack, EPHEMERAL};
@@ -431,6 +433,50 @@ impl<L: Link> Stack<L> {
             self.conn_mut(id)?.error = Some(e);
         }
         Ok(())
+    }
+
+    /// What the stack knows of the connection, for getsockopt(TCP_INFO) and TCP_MAXSEG: its
+    /// state, RTT estimates and timeout (recovery.rs), segment sizes (the MTU and the MSS of
+    /// the peer's SYN), retransmissions and queues. No per-packet work: everything is read
+    /// from what the connection keeps anyway.
+    pub fn tcp_info(&self, id: ConnId) -> Result<TcpInfo, SockError> {
+        let c = self.conn(id)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        let sat = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        // smoltcp's local MSS (and the one its SYN announces): the IP MTU less the IPv4 and
+        // TCP headers.
+        let pmtu = self.conn_caps.max_transmission_unit;
+        let advmss = pmtu.saturating_sub(40);
+        // Before the peer's SYN is seen (an active open in SYN-SENT): smoltcp's default, 536.
+        let peer = usize::from(c.rec.peer_mss().unwrap_or(536));
+        let path_mss = advmss.min(peer);
+        let options = if sock.timestamp_enabled() { 12 } else { 0 };
+        let snd_mss = path_mss.saturating_sub(options).max(1);
+        let unacked = match (c.rec.snd_una(), c.track.snd_max) {
+            (Some(una), Some(max)) if crate::seq::seq_lt(una, max) => max.wrapping_sub(una),
+            _ => 0,
+        } as usize;
+        let send_queue = sock.send_queue();
+        Ok(TcpInfo {
+            state: linux_state(sock.state()),
+            rto_us: sat(c.rec.current_rto()),
+            ato_us: sock.ack_delay().map_or(0, |d| sat(d.total_micros())),
+            srtt_us: c.rec.srtt().map_or(0, sat),
+            rttvar_us: c.rec.srtt().map_or(0, |_| sat(c.rec.rttvar())),
+            backoff: c.rec.backoff().min(u32::from(u8::MAX)) as u8,
+            snd_mss: snd_mss as u32,
+            rcv_mss: path_mss as u32,
+            advmss: advmss as u32,
+            pmtu: pmtu as u32,
+            total_retrans: c.track.retransmits,
+            unacked_bytes: unacked as u32,
+            unacked_segs: unacked.div_ceil(snd_mss) as u32,
+            // (The unacknowledged bytes may include a SYN or FIN, which take no buffer room.)
+            notsent_bytes: send_queue.saturating_sub(unacked) as u32,
+            send_queue: send_queue as u32,
+            recv_queue: sock.recv_queue() as u32,
+            rcv_wnd: (sock.recv_capacity() - sock.recv_queue()) as u32,
+        })
     }
 
     /// getsockopt(SO_ERROR): the pending error, cleared by reading it.

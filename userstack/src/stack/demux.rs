@@ -203,6 +203,7 @@ impl<L: Link> Stack<L> {
                         .conn
                         .as_mut()
                         .expect("just created");
+                    c.rec.note_syn(&tcp);
                     c.handshake = Some(Handshake {
                         peer_isn: tcp.seq_number().0 as u32,
                         expires: now.total_micros() as Micros + SYN_RECV_LIFETIME_US,

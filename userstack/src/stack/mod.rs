@@ -50,7 +50,7 @@ mod publish;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use api::{ConnId, Event, Keepalive, Readiness, SockError, TcpOptions};
+pub use api::{linux_state, ConnId, Event, Keepalive, Readiness, SockError, TcpInfo, TcpOptions};
 pub use calls::SOMAXCONN;
 use conn::Conn;
 use device::CapsDev;

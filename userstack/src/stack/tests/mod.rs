@@ -7,6 +7,7 @@ mod calls;
 mod conn;
 mod demux;
 mod handshake;
+mod info;
 mod publish;
 mod timers;
 
