@@ -1,0 +1,372 @@
+//! A classic blocking server, one thread per connection (tests/py/blocking_server.py: blocking
+//! accept, SO_RCVTIMEO as a timeval, recv with MSG_WAITALL, sendall, os.sendfile of 100,000 and
+//! 3,000,000 bytes on blocking sockets), served by the kernel and under the shim, with 8
+//! connections at once from tests/py/blocking_client.py in a namespace. On each side: every
+//! byte as expected (SHA-256), every timeout (a silent client, a partial request, idle accepts
+//! on two listeners, a timeout inherited from the listener) within 2 ms before / 150 ms after
+//! its SO_RCVTIMEO, no reset, every thread ended, no socket left open, a clean exit on QUIT;
+//! and the server's and the client's lines the same under the shim as on the kernel.
+//!
+//! Kernel: the server in a namespace of its own, over a veth pair. Shim: the server in the root
+//! namespace under `LD_PRELOAD=libmtcpshim.so` (or `$MTCP_SHIM_LIB`) over net_af_packet or
+//! net_af_xdp on the veth's root end, or over net_tap (moved into the client's namespace). The
+//! same addresses in all (.2 server, .1 client); Debian's python3 on both ends.
+
+use std::process::Output;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mtcp_tests::redis::{py_file, shim_lib};
+use mtcp_tests::{unique_ifname, Netns, ServerProcess, Subnet, VethPair};
+
+const PYTHON: &str = "/usr/bin/python3";
+/// A timeout may end this much before its SO_RCVTIMEO or this much after it (as the scripts'
+/// classes say).
+const EARLY_MS: f64 = 2.0;
+const LATE_MS: f64 = 150.0;
+
+#[derive(Clone, Copy, Debug)]
+enum Dev {
+    AfPacket,
+    AfXdp,
+    Tap,
+}
+
+/// What one run printed.
+struct Run {
+    what: String,
+    server: String,
+    client: String,
+    client_ok: bool,
+    server_ok: bool,
+    /// Both sides' output and the server's state, for failure messages.
+    report: String,
+    took: Duration,
+}
+
+/// Starts the client against the started server, waits for both, checks what holds on any side.
+fn run(
+    what: String,
+    stack: Option<&str>,
+    mut server: ServerProcess,
+    client_ns: &Netns,
+    addr: &str,
+    port: u16,
+) -> Run {
+    let t0 = Instant::now();
+    // `timeout`: a client that hangs (it gives up after 15 s without an answer itself) fails.
+    let client: Output = client_ns
+        .exec(
+            "timeout",
+            [
+                "180",
+                PYTHON,
+                &py_file("blocking_client.py"),
+                addr,
+                &port.to_string(),
+            ],
+        )
+        .expect("the client runs");
+    let client_out = String::from_utf8_lossy(&client.stdout).into_owned();
+    let client_err = String::from_utf8_lossy(&client.stderr).into_owned();
+    // The server exits by itself after QUIT (at most ~30 s when threads are stuck).
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let status = loop {
+        if let Some(st) = server.try_status().expect("server status") {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    // Let the stdout reader take the last lines.
+    let _ = server.wait_stdout("done", Duration::from_secs(2));
+    let out = server.stdout();
+    // A server under the shim that did not exit: its stack's counters (retransmits, drops...).
+    // and the counters of the kernel's end of its device (a veth's XDP drops...).
+    let mut stats = String::new();
+    if let (None, Some(dev_if)) = (status, stack) {
+        let mtcprun = mtcp_tests::built_artifact("mtcprun", "MTCPRUN_BIN");
+        let pid = server.pid().to_string();
+        for (tag, prog, args) in [
+            ("mtcprun stats", mtcprun.as_os_str(), vec!["stats", &pid]),
+            ("ethtool -S", "ethtool".as_ref(), vec!["-S", dev_if]),
+        ] {
+            let got = std::process::Command::new(prog).args(&args).output();
+            stats += &match got {
+                Ok(o) => format!(
+                    "\n--- {tag} ---\n{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => format!("\n{tag}: {e}"),
+            };
+        }
+    }
+    let report = format!(
+        "{what}: client ({}):\n{client_out}{client_err}\nserver:\n{out}\n{}{stats}",
+        client.status,
+        server.diagnostics()
+    );
+    assert!(
+        status.is_some(),
+        "{what}: the server did not exit within 45 s of the client's end\n{report}"
+    );
+    eprintln!("{what}: {took:?}");
+    Run {
+        what,
+        server: out,
+        client: client_out,
+        client_ok: client.status.success(),
+        server_ok: status.is_some_and(|s| s.success()),
+        report,
+        took,
+    }
+}
+
+fn kernel_run() -> Run {
+    let subnet = Subnet::allocate().expect("subnet");
+    let (sns, cns) = (Netns::new().expect("netns"), Netns::new().expect("netns"));
+    let _veth = VethPair::between(&sns, &subnet.cidr(2), &cns, &subnet.cidr(1)).expect("veth");
+    let port = 21000 + 2 * subnet.index();
+    let server = ServerProcess::builder_in(&sns, PYTHON)
+        .args([py_file("blocking_server.py"), port.to_string()])
+        .ready_prefix("ready")
+        .spawn()
+        .expect("the server starts");
+    run(
+        "kernel".into(),
+        None,
+        server,
+        &cns,
+        &subnet.addr(2).to_string(),
+        port,
+    )
+}
+
+fn shim_run(dev: Dev) -> Run {
+    let subnet = Subnet::allocate().expect("subnet");
+    let cns = Netns::new().expect("netns");
+    let port = 21000 + 2 * subnet.index();
+    let (veth, tap) = match dev {
+        Dev::Tap => (None, Some(unique_ifname("b"))),
+        _ => (
+            Some(VethPair::new(&cns, &subnet.cidr(1)).expect("veth")),
+            None,
+        ),
+    };
+    let mtcp_dev = match (dev, &veth, &tap) {
+        (Dev::AfPacket, Some(v), _) => format!("af_packet:{}", v.root_if()),
+        (Dev::AfXdp, Some(v), _) => format!("af_xdp:{}", v.root_if()),
+        (Dev::Tap, _, Some(t)) => format!("tap:{t}"),
+        _ => unreachable!(),
+    };
+    let server = ServerProcess::builder(PYTHON)
+        .args([py_file("blocking_server.py"), port.to_string()])
+        .env("LD_PRELOAD", shim_lib())
+        .env("MTCP_PORTS", format!("{port},{}", port + 1))
+        .env("MTCP_DEV", mtcp_dev)
+        .env("MTCP_ADDR", subnet.cidr(2))
+        .ready_prefix("ready")
+        .spawn()
+        .expect("the server starts under the shim");
+    let dev_if = match (&veth, &tap) {
+        (Some(v), _) => v.root_if().to_string(),
+        (_, Some(t)) => t.clone(),
+        _ => unreachable!(),
+    };
+    if let Some(tap) = &tap {
+        // Once the server listens: the port has started (the tap goes with the namespace or
+        // with the server's exit).
+        cns.adopt_link(tap, &subnet.cidr(1))
+            .expect("tap moved into the namespace");
+    }
+    run(
+        format!("shim over {dev:?}"),
+        Some(dev_if.as_str()),
+        server,
+        &cns,
+        &subnet.addr(2).to_string(),
+        port,
+    )
+}
+
+/// The lines compared between the kernel and the shim: all but the raw timings, grouped by
+/// their prefix (`conn 3`, `quit`...) in a stable order: the connections run at once, so only
+/// the order within one of them is fixed.
+fn events(text: &str) -> Vec<&str> {
+    let mut v: Vec<&str> = text.lines().filter(|l| !l.starts_with("timing ")).collect();
+    v.sort_by_key(|l| l.split_once(':').map_or(*l, |(k, _)| k));
+    v
+}
+
+/// Checks that hold on every side, the kernel's included: the raw timings within tolerance of
+/// their SO_RCVTIMEO, every transfer and timeout as expected.
+fn check_alone(run: &Run) {
+    let what = &run.what;
+    assert!(run.client_ok, "{what}: the client failed\n{}", run.report);
+    assert!(
+        run.server_ok && run.server.lines().any(|l| l == "done"),
+        "{what}: the server did not finish cleanly\n{}",
+        run.report
+    );
+    let mut timings = 0;
+    for line in run.server.lines().chain(run.client.lines()) {
+        // "timing conn 3 silent 301.2 ms (SO_RCVTIMEO 300 ms)"
+        let Some(rest) = line.strip_prefix("timing ") else {
+            continue;
+        };
+        let nums: Vec<f64> = rest
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let (ms, want) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+        assert!(
+            ms >= want - EARLY_MS && ms <= want + LATE_MS,
+            "{what}: {line}: not within -{EARLY_MS}/+{LATE_MS} ms of its SO_RCVTIMEO\n{}",
+            run.server
+        );
+        timings += 1;
+    }
+    // Server: 2 silent, 2 partial, 2 idle accepts, 1 inherited; client: 4 silent + 1 inherited.
+    assert_eq!(
+        timings, 12,
+        "{what}: timings\n{}\n{}",
+        run.server, run.client
+    );
+    for line in run.server.lines().chain(run.client.lines()) {
+        if line.starts_with("timing ") {
+            eprintln!("{what}: {line}");
+        }
+    }
+    let count = |text: &str, needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    let s = &run.server;
+    for (needle, n) in [
+        ("sendfile sent 100000 in 1 call(s)", 8),
+        ("sendfile sent 3000000 in 1 call(s)", 8),
+        ("in 1 call(s), sent back", 16),
+        ("silent client: EAGAIN after about", 2),
+        ("returned 10 bytes after about", 2),
+        ("idle second listener: EAGAIN after about 250 ms", 1),
+        (
+            "second listener's silent connection: EAGAIN after about 250 ms",
+            1,
+        ),
+        ("idle main listener: EAGAIN after about 300 ms", 1),
+        ("end of stream after", 4),
+        (": closed", 8),
+        ("quit: 8 connections served, threads still running: []", 1),
+        ("quit: the client closed: True", 1),
+        ("fds: 0 sockets open beyond those of the start", 1),
+        ("error", 0),
+        ("failed", 0),
+        ("not about", 0),
+        ("not EAGAIN", 0),
+        ("unexpected", 0),
+    ] {
+        assert_eq!(
+            count(s, needle),
+            n,
+            "{what}: server lines with {needle:?}\n{s}"
+        );
+    }
+    let c = &run.client;
+    for (needle, n) in [
+        ("sha256", 32),
+        ("as expected", 32),
+        (": closed by the server", 8),
+        (
+            "second listener's connection closed by the server after about 250 ms",
+            1,
+        ),
+        ("FAIL", 0),
+        ("not about", 0),
+        ("quit: the server says 'BYE'", 1),
+    ] {
+        assert_eq!(
+            count(c, needle),
+            n,
+            "{what}: client lines with {needle:?}\n{c}"
+        );
+    }
+}
+
+fn kernel() -> &'static Run {
+    static KERNEL: OnceLock<Run> = OnceLock::new();
+    KERNEL.get_or_init(|| {
+        let run = kernel_run();
+        check_alone(&run);
+        run
+    })
+}
+
+fn same_as_the_kernel(dev: Dev) {
+    let kernel = kernel();
+    let shim = shim_run(dev);
+    let mut differences = String::new();
+    for (side, k, s) in [
+        ("server", &kernel.server, &shim.server),
+        ("client", &kernel.client, &shim.client),
+    ] {
+        let (ke, se) = (events(k), events(s));
+        if ke != se {
+            differences += &format!(
+                "the {side}'s lines differ ({} on the kernel, {} under the shim):\n\
+                 only on the kernel:\n{}\nonly under the shim:\n{}\n",
+                ke.len(),
+                se.len(),
+                only_in(&ke, &se),
+                only_in(&se, &ke)
+            );
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{}: {differences}\n{}\n\nthe kernel's server:\n{}",
+        shim.what,
+        shim.report,
+        kernel.server
+    );
+    check_alone(&shim);
+    eprintln!(
+        "kernel run {:?}, {} run {:?}",
+        kernel.took, shim.what, shim.took
+    );
+}
+
+/// The lines of `a` that `b` does not have (as many times as `a` has them more), in `a`'s
+/// order.
+fn only_in(a: &[&str], b: &[&str]) -> String {
+    let mut rest: Vec<&str> = b.to_vec();
+    let mut out = String::new();
+    for l in a {
+        match rest.iter().position(|r| r == l) {
+            Some(i) => {
+                rest.remove(i);
+            }
+            None => out += &format!("  {l}\n"),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_blocking_thread_per_connection_server_over_af_packet_is_served_as_by_the_kernel() {
+    same_as_the_kernel(Dev::AfPacket);
+}
+
+#[test]
+fn a_blocking_thread_per_connection_server_over_tap_is_served_as_by_the_kernel() {
+    same_as_the_kernel(Dev::Tap);
+}
+
+/// Ignored: under this load net_af_xdp's transmissions stall for seconds (the stack's pcap shows
+/// its ACKs and retransmissions sent, the client's namespace does not see them), and the
+/// connections give up. Run with `--ignored` to see it.
+#[test]
+#[ignore = "net_af_xdp's transmissions stall under 8 concurrent transfers (reported)"]
+fn a_blocking_thread_per_connection_server_over_af_xdp_is_served_as_by_the_kernel() {
+    same_as_the_kernel(Dev::AfXdp);
+}
