@@ -257,6 +257,17 @@ impl Net {
         assert_eq!(self.s.listen(LISTEN_FD, 128), Some(Ok(0)));
     }
 
+    /// The client opens a connection to the server's `port` (not yet accepted).
+    fn client_connects(&mut self, port: u16) -> ConnId {
+        self.client
+            .connect(
+                self.now.get(),
+                SocketAddrV4::new(SERVER, port),
+                self.client.default_options(),
+            )
+            .unwrap()
+    }
+
     /// A client connection to PORT: (client's id, our fd).
     fn connect(&mut self, flags: c_int) -> (ConnId, c_int) {
         let (c, fd, peer) = self.connect_peer(flags);
@@ -266,14 +277,7 @@ impl Net {
 
     /// A client connection to PORT: (client's id, our fd, its peer address as accept gave it).
     fn connect_peer(&mut self, flags: c_int) -> (ConnId, c_int, SocketAddr) {
-        let c = self
-            .client
-            .connect(
-                self.now.get(),
-                SocketAddrV4::new(SERVER, PORT),
-                self.client.default_options(),
-            )
-            .unwrap();
+        let c = self.client_connects(PORT);
         self.settle();
         match self.s.accept(LISTEN_FD, flags) {
             Some(Ok(Accepted::Conn { fd, peer })) => (c, fd, peer),
@@ -361,14 +365,7 @@ fn a_loopback_bind_is_never_reachable_from_the_device() {
     assert_eq!(n.s.listen(LISTEN_FD, 16), None);
     // The stack runs and answers a SYN for that port with a reset.
     assert_eq!(n.log.borrow().started, 1);
-    let c = n
-        .client
-        .connect(
-            n.now.get(),
-            SocketAddrV4::new(SERVER, PORT),
-            n.client.default_options(),
-        )
-        .unwrap();
+    let c = n.client_connects(PORT);
     n.settle();
     assert_eq!(n.client.take_error(c), Ok(Some(SockError::Refused)));
 }
@@ -570,13 +567,7 @@ fn listen_again_changes_the_backlog_of_both_sides() {
     );
     // A backlog of one: the second connection waits in SYN-RECEIVED, the first is queued.
     for _ in 0..2 {
-        n.client
-            .connect(
-                n.now.get(),
-                SocketAddrV4::new(SERVER, PORT),
-                n.client.default_options(),
-            )
-            .unwrap();
+        n.client_connects(PORT);
     }
     n.settle();
     assert_eq!(n.s.stack().unwrap().accept_queue_len(PORT), 1);
@@ -616,13 +607,7 @@ fn a_listener_is_readable_while_a_connection_is_queued() {
     let mut n = Net::new();
     n.listen_dual();
     assert!(!n.s.readiness(LISTEN_FD).unwrap().readable);
-    n.client
-        .connect(
-            n.now.get(),
-            SocketAddrV4::new(SERVER, PORT),
-            n.client.default_options(),
-        )
-        .unwrap();
+    n.client_connects(PORT);
     n.settle();
     assert!(n.s.readiness(LISTEN_FD).unwrap().readable);
     assert!(matches!(
@@ -762,14 +747,7 @@ fn closing_the_last_listener_fd_stops_listening() {
     let mut n = Net::new();
     n.listen_dual();
     assert!(n.s.close(LISTEN_FD));
-    let c = n
-        .client
-        .connect(
-            n.now.get(),
-            SocketAddrV4::new(SERVER, PORT),
-            n.client.default_options(),
-        )
-        .unwrap();
+    let c = n.client_connects(PORT);
     n.settle();
     assert_eq!(n.client.take_error(c), Ok(Some(SockError::Refused)));
 }
@@ -807,13 +785,7 @@ fn a_dup_of_a_listener_accepts_too() {
     let dup = 52;
     assert_eq!(n.s.alias(LISTEN_FD, dup), Ok(()));
     assert!(n.s.close(LISTEN_FD));
-    n.client
-        .connect(
-            n.now.get(),
-            SocketAddrV4::new(SERVER, PORT),
-            n.client.default_options(),
-        )
-        .unwrap();
+    n.client_connects(PORT);
     n.settle();
     assert!(matches!(
         n.s.accept(dup, 0),
@@ -1274,13 +1246,7 @@ fn an_edge_triggered_listener_reports_each_queued_connection() {
         .unwrap()
         .unwrap();
     for round in 0..2 {
-        n.client
-            .connect(
-                n.now.get(),
-                SocketAddrV4::new(SERVER, PORT),
-                n.client.default_options(),
-            )
-            .unwrap();
+        n.client_connects(PORT);
         n.settle();
         assert_eq!(pass(&mut n, EPOLL_FD), vec![(IN, 1)], "connection {round}");
         assert_eq!(pass(&mut n, EPOLL_FD), vec![], "connection {round}, again");
