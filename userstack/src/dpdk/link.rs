@@ -103,16 +103,29 @@ impl DpdkLink {
             ));
         }
         let pool_name = CString::new("mtcp_mbufs").expect("static");
+        // net_af_xdp (22.11) registers the pool as its UMEM assuming the objects lie packed
+        // from the pool's first page: populated_size * object size bytes. A default pool
+        // skips to the next 2 MB page wherever an object would cross one (and may span
+        // several chunks), so its last mbufs lie past that end: the kernel counts every frame
+        // in them as an invalid TX descriptor and drops it silently (tx_invalid_descs), and
+        // under load the stack's frames came mostly from there (transfers stalled on
+        // retransmissions). For af_xdp the pool is packed (no IOVA-contiguous objects, which
+        // af_xdp does not need) and must be one chunk.
+        let packed = matches!(cfg.dev, DevSpec::AfXdp { .. });
         // SAFETY: valid arguments; DPDK returns NULL and sets rte_errno on failure.
         let pool = unsafe {
-            sys::rte_pktmbuf_pool_create(
-                pool_name.as_ptr(),
-                cfg.mbufs,
-                MBUF_CACHE,
-                0,
-                sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
-                sys::rte_socket_id() as i32,
-            )
+            if packed {
+                packed_pool(&pool_name, cfg.mbufs)
+            } else {
+                sys::rte_pktmbuf_pool_create(
+                    pool_name.as_ptr(),
+                    cfg.mbufs,
+                    MBUF_CACHE,
+                    0,
+                    sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+                    sys::rte_socket_id() as i32,
+                )
+            }
         };
         let Some(pool) = NonNull::new(pool) else {
             return fail(format!(
@@ -462,6 +475,58 @@ impl DpdkLink {
             }
             u64::from((*mp).size).saturating_sub(avail)
         }
+    }
+}
+
+/// DPDK 22.11's `struct rte_pktmbuf_pool_private` (not in the bindings).
+#[repr(C)]
+struct PktmbufPoolPrivate {
+    mbuf_data_room_size: u16,
+    mbuf_priv_size: u16,
+    flags: u32,
+}
+
+/// A pktmbuf pool whose objects are packed back to back in one virtually contiguous chunk
+/// (`RTE_MEMPOOL_F_NO_IOVA_CONTIG`: no gaps at page boundaries), as net_af_xdp's UMEM
+/// assumes; what `rte_pktmbuf_pool_create` does, with that flag. NULL (rte_errno set) on
+/// failure, or if DPDK could not place it in one chunk.
+///
+/// # Safety
+/// The EAL is initialised.
+unsafe fn packed_pool(name: &CString, n: u32) -> *mut sys::rte_mempool {
+    let room = sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
+    let elt = std::mem::size_of::<sys::rte_mbuf>() as u32 + u32::from(room);
+    // SAFETY: as the caller promises; each step checks DPDK's answer, the pool is freed on
+    // failure.
+    unsafe {
+        let mp = sys::rte_mempool_create_empty(
+            name.as_ptr(),
+            n,
+            elt,
+            MBUF_CACHE,
+            std::mem::size_of::<PktmbufPoolPrivate>() as u32,
+            sys::rte_socket_id() as i32,
+            sys::RTE_MEMPOOL_F_NO_IOVA_CONTIG,
+        );
+        if mp.is_null() {
+            return mp;
+        }
+        let ops = CString::new("ring_mp_mc").expect("static");
+        let mut private: PktmbufPoolPrivate = std::mem::zeroed();
+        private.mbuf_data_room_size = room;
+        private.mbuf_priv_size = 0;
+        let ok = sys::rte_mempool_set_ops_byname(mp, ops.as_ptr(), std::ptr::null_mut()) == 0
+            && {
+                sys::rte_pktmbuf_pool_init(mp, (&mut private as *mut PktmbufPoolPrivate).cast());
+                sys::rte_mempool_populate_default(mp) >= 0
+            }
+            && (*mp).nb_mem_chunks == 1;
+        if !ok {
+            sys::rte_mempool_free(mp);
+            return std::ptr::null_mut();
+        }
+        sys::rte_mempool_obj_iter(mp, Some(sys::rte_pktmbuf_init), std::ptr::null_mut());
+        mp
     }
 }
 
