@@ -6,9 +6,10 @@
 //! length and the value, rounds it (SO_RCVTIMEO to the tick, ...) and keeps it, so every error
 //! and every value read back is Linux's own. Then the option takes effect on the stack's
 //! connection ([`Policy::Mirror`]), or is one without an effect a connected TCP socket could
-//! show ([`Policy::Kept`]), or is one the stack cannot honour: the call fails with
-//! ENOPROTOOPT, as Linux fails for an option it does not support ([`Policy::Unsupported`]; the
-//! list is in docs/linux-semantics.md). getsockopt reads the kernel socket, except for what
+//! show ([`Policy::Kept`]), or is one the stack cannot honour ([`Policy::Unsupported`]): the
+//! kernel's checks run on a socket of nobody's (so a failed call changes nothing), then the
+//! call fails with ENOPROTOOPT, as Linux fails for an option it does not support (the list is
+//! in docs/linux-semantics.md). getsockopt reads the kernel socket, except for what
 //! only the connection knows (SO_ERROR, the buffer sizes, TCP_INFO, TCP_MAXSEG).
 
 use std::time::Duration;
