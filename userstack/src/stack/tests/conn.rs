@@ -6,7 +6,7 @@ use smoltcp::time::{Duration, Instant};
 use super::{opts, Pair};
 use crate::config::CongestionControl;
 use crate::link::MemLink;
-use crate::stack::{Event, SockError, Stack, TcpOptions};
+use crate::stack::{ConnId, Event, SockError, Stack, TcpOptions};
 
 #[test]
 fn keepalive_finds_a_dead_peer() {
@@ -207,6 +207,16 @@ fn server_alone_until(
     None
 }
 
+/// Fills the server's send buffer on `s` with the client gone silent, then runs the server
+/// alone for at most `limit`: how long until it gave the connection up, if it did.
+fn time_to_give_up(p: &mut Pair, s: ConnId, limit: Duration) -> Option<Duration> {
+    let chunk = [1u8; 4096];
+    while p.server.send(s, &chunk).is_ok() {}
+    let start = p.now;
+    let failed = server_alone_until(p, limit, |st| st.readiness(s).is_ok_and(|r| r.error))?;
+    Some(failed - start)
+}
+
 /// A peer that vanished with our data unacknowledged: the connection is given up after
 /// ~15 minutes of silence, as Linux does after tcp_retries2, and a writer waiting for
 /// EPOLLOUT wakes with an error (ETIMEDOUT). Smoltcp alone retransmitted for ever.
@@ -214,16 +224,9 @@ fn server_alone_until(
 fn a_vanished_peer_is_given_up_after_fifteen_minutes() {
     let mut p = Pair::new();
     let (_c, s) = p.connected(opts());
-    let chunk = [1u8; 4096];
-    while p.server.send(s, &chunk).is_ok() {}
     let mut ev = Vec::new();
-    p.server.take_events(&mut ev);
-    let start = p.now;
-    let failed = server_alone_until(&mut p, Duration::from_secs(1200), |st| {
-        st.readiness(s).is_ok_and(|r| r.error)
-    })
-    .expect("given up within 20 minutes");
-    let after = failed - start;
+    let after =
+        time_to_give_up(&mut p, s, Duration::from_secs(1200)).expect("given up within 20 minutes");
     assert!(
         after >= Duration::from_secs(924) && after <= Duration::from_secs(990),
         "given up after {after}"
@@ -257,14 +260,8 @@ fn a_user_timeout_gives_up_on_a_vanished_peer_sooner() {
     p.server
         .set_user_timeout(s, Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    let chunk = [1u8; 4096];
-    while p.server.send(s, &chunk).is_ok() {}
-    let start = p.now;
-    let failed = server_alone_until(&mut p, Duration::from_secs(60), |st| {
-        st.readiness(s).is_ok_and(|r| r.error)
-    })
-    .expect("given up within a minute");
-    let after = failed - start;
+    let after =
+        time_to_give_up(&mut p, s, Duration::from_secs(60)).expect("given up within a minute");
     assert!(
         after >= Duration::from_secs(5) && after <= Duration::from_secs(7),
         "given up after {after}"
@@ -277,11 +274,8 @@ fn a_user_timeout_gives_up_on_a_vanished_peer_sooner() {
         .set_user_timeout(s, Some(std::time::Duration::from_secs(5)))
         .unwrap();
     q.server.set_user_timeout(s, None).unwrap();
-    while q.server.send(s, &chunk).is_ok() {}
-    let failed = server_alone_until(&mut q, Duration::from_secs(60), |st| {
-        st.readiness(s).is_ok_and(|r| r.error)
-    });
-    assert!(failed.is_none(), "given up at {failed:?}");
+    let failed = time_to_give_up(&mut q, s, Duration::from_secs(60));
+    assert!(failed.is_none(), "given up after {failed:?}");
 }
 
 /// A peer that resets the connection while our data is outstanding: the connection is over,
