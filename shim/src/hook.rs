@@ -42,10 +42,14 @@ impl CRet for ssize_t {
     const FAIL: Self = -1;
 }
 
+impl CRet for libc::c_long {
+    const FAIL: Self = -1;
+}
+
 /// The C type of an original: `orig_type!((a, b, c) ; ret)` or, for variadic calls,
 /// `orig_type!((a, b) ; vararg ; ret)`.
 macro_rules! orig_type {
-    (($($t:ty),*) ; $vt:ty ; $ret:ty) => { unsafe extern "C" fn($($t,)* ...) -> $ret };
+    (($($t:ty),*) ; $($vt:ty),+ ; $ret:ty) => { unsafe extern "C" fn($($t,)* ...) -> $ret };
     (($($t:ty),*) ; $ret:ty) => { unsafe extern "C" fn($($t),*) -> $ret };
 }
 
@@ -56,13 +60,14 @@ macro_rules! orig_type {
 ///   to `crate::ops::<name>` with the same arguments.
 ///
 /// A variadic C call (`fcntl(int, int, ...)`) is written `fcntl(fd: c_int, cmd: c_int;
-/// ... arg: c_ulong)`: the hook takes the one optional argument as a pointer-sized integer (on
-/// x86-64 it arrives in the same register whether or not the caller passed it) and calls the
-/// original as the variadic function it is.
+/// ... arg: c_ulong)`: the hook takes the optional arguments as pointer-sized integers (on
+/// x86-64 and AArch64 Linux the first six integer arguments arrive in the same registers
+/// whether a call is variadic or not, and whether or not the caller passed them; `syscall`
+/// takes six this way) and calls the original as the variadic function it is.
 macro_rules! intercept {
     ( $(
         $(#[doc = $doc:literal])*
-        fn $name:ident ( $($a:ident : $t:ty),* $(; ... $va:ident : $vt:ty)? ) -> $ret:ty
+        fn $name:ident ( $($a:ident : $t:ty),* $(; ... $($va:ident : $vt:ty),+)? ) -> $ret:ty
             where $gk:ident ( $($ga:expr),* ), raw $raw:expr ;
     )* ) => {
         /// One variant per intercepted call, in table order.
@@ -95,13 +100,13 @@ macro_rules! intercept {
             #[doc = ""]
             #[doc = concat!("The C contract of libc's `", stringify!($name), "`.")]
             #[no_mangle]
-            pub unsafe extern "C" fn $name($($a: $t),* $(, $va: $vt)?) -> $ret {
-                type Orig = orig_type!(($($t),*) $(; $vt)? ; $ret);
+            pub unsafe extern "C" fn $name($($a: $t),* $($(, $va: $vt)+)?) -> $ret {
+                type Orig = orig_type!(($($t),*) $(; $($vt),+)? ; $ret);
 
                 /// Everything but the passthrough fast path, out of line so that the hook
                 /// itself is two loads, a test and a jump (no argument spills).
                 #[inline(never)]
-                unsafe fn not_fast($($a: $t),* $(, $va: $vt)?) -> $ret {
+                unsafe fn not_fast($($a: $t),* $($(, $va: $vt)+)?) -> $ret {
                     let p = ORIG[Id::$name as usize].load(::std::sync::atomic::Ordering::Acquire);
                     let p = if p != 0 {
                         p
@@ -118,16 +123,16 @@ macro_rules! intercept {
                     let real = unsafe { ::std::mem::transmute::<usize, Orig>(p) };
                     if $crate::mode::MODE.load(::std::sync::atomic::Ordering::Relaxed) & gate::mask::$gk == 0 {
                         // SAFETY: forwarding the caller's arguments unchanged.
-                        return unsafe { real($($a),* $(, $va)?) };
+                        return unsafe { real($($a),* $($(, $va)+)?) };
                     }
                     $crate::hook::slow(
                         &TRACE_COUNTS[Id::$name as usize],
                         NAMES[Id::$name as usize],
                         move || gate::$gk($($ga),*),
                         // SAFETY: the op gets the caller's arguments, under the C contract.
-                        move || unsafe { $crate::ops::$name($($a),* $(, $va)?) },
+                        move || unsafe { $crate::ops::$name($($a),* $($(, $va)+)?) },
                         // SAFETY: forwarding the caller's arguments unchanged.
-                        move || unsafe { real($($a),* $(, $va)?) },
+                        move || unsafe { real($($a),* $($(, $va)+)?) },
                     )
                 }
 
@@ -137,10 +142,10 @@ macro_rules! intercept {
                 {
                     // SAFETY: `p` is what dlsym returned for this very name in libc, whose C
                     // type is `Orig`; the caller's arguments are forwarded unchanged.
-                    return unsafe { ::std::mem::transmute::<usize, Orig>(p)($($a),* $(, $va)?) };
+                    return unsafe { ::std::mem::transmute::<usize, Orig>(p)($($a),* $($(, $va)+)?) };
                 }
                 // SAFETY: the caller's arguments, under the C contract.
-                unsafe { not_fast($($a),* $(, $va)?) }
+                unsafe { not_fast($($a),* $($(, $va)+)?) }
             }
         )*
     };

@@ -9,7 +9,7 @@
 //! ([`Bypass::NotOurs`]); outgoing connects are always the kernel's ([`Bypass::NoStack`]).
 
 use libc::{
-    c_int, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off64_t,
+    c_int, c_long, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off64_t,
     off_t, pollfd, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
 };
 
@@ -636,6 +636,44 @@ pub(crate) unsafe fn close(fd: c_int) -> Outcome<c_int> {
     // Our bookkeeping goes; the kernel then closes the fd (the eventfd or the kernel socket).
     runtime::close(fd);
     NOT_OURS
+}
+
+pub(crate) unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> Outcome<c_int> {
+    // Bad arguments are the kernel's to refuse (EINVAL); CLOSE_RANGE_CLOEXEC closes nothing.
+    let known = libc::CLOSE_RANGE_UNSHARE as c_int | libc::CLOSE_RANGE_CLOEXEC as c_int;
+    if first <= last && flags & !known == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        let clamp = |v: c_uint| c_int::try_from(v).unwrap_or(c_int::MAX);
+        runtime::close_range(clamp(first), clamp(last));
+    }
+    B(Bypass::NotOurs)
+}
+
+/// `syscall()` for the calls its gate lets through: close, close_range, dup2, dup3 (the same
+/// ops as their libc names; the kernel call then runs as `syscall` itself).
+pub(crate) unsafe fn syscall(
+    nr: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    _a4: c_long,
+    _a5: c_long,
+    _a6: c_long,
+) -> Outcome<c_long> {
+    let widen = |o: Outcome<c_int>| match o {
+        Outcome::Bypass(b) => Outcome::Bypass(b),
+        Outcome::Done(v) => Outcome::Done(c_long::from(v)),
+        Outcome::Error(e) => Outcome::Error(e),
+    };
+    // SAFETY: the caller's arguments, as the libc functions of the same names take them.
+    unsafe {
+        match nr {
+            libc::SYS_close => widen(close(a1 as c_int)),
+            libc::SYS_close_range => widen(close_range(a1 as c_uint, a2 as c_uint, a3 as c_int)),
+            libc::SYS_dup2 => widen(dup2(a1 as c_int, a2 as c_int)),
+            libc::SYS_dup3 => widen(dup3(a1 as c_int, a2 as c_int, a3 as c_int)),
+            _ => B(Bypass::NotOurs),
+        }
+    }
 }
 
 /// After the kernel made `new` a duplicate of `old`: `new` refers to `old`'s object too.

@@ -19,11 +19,12 @@
 //!
 //! Beyond the list in the issue: `fcntl64` (glibc >= 2.28 redirects `fcntl` to it when a
 //! program is built with `_FILE_OFFSET_BITS=64`: Debian's redis-server and python3.11 import
-//! it), `recvmmsg`/`sendmmsg`, and `__ppoll_chk`. glibc 2.36 exports every name here
+//! it), `recvmmsg`/`sendmmsg`, `__ppoll_chk`, `close_range`, and `syscall` for the calls that
+//! close or replace fds (libuv, hence Node.js, closes every fd with `syscall(SYS_close, fd)`). glibc 2.36 exports every name here
 //! (`epoll_pwait2` since 2.35).
 
 use libc::{
-    c_int, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off64_t,
+    c_int, c_long, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t, off64_t,
     off_t, pollfd, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
 };
 
@@ -61,6 +62,25 @@ mod gate {
         crate::mode::mode() & MODE_CONFIG != 0
     }
 
+    /// A raw `syscall(nr, a, b, ...)` that closes or replaces an fd number the socket table
+    /// knows (libuv closes its fds with `syscall(SYS_close, fd)`); any other system call made
+    /// through `syscall()` is never ours.
+    #[inline]
+    pub(super) fn fd_syscall(nr: libc::c_long, a: libc::c_long, b: libc::c_long) -> bool {
+        match nr {
+            libc::SYS_close => closing(a as c_int),
+            libc::SYS_close_range => closing_any(),
+            libc::SYS_dup2 | libc::SYS_dup3 => ours2(a as c_int, b as c_int),
+            _ => false,
+        }
+    }
+
+    /// Some fd is ours, or some bind waits for listen() (close_range).
+    #[inline]
+    pub(super) fn closing_any() -> bool {
+        any_ours() || crate::fdtable::pending_binds()
+    }
+
     /// Some fd is ours (calls that take sets of fds).
     #[inline]
     pub(super) fn any_ours() -> bool {
@@ -75,6 +95,8 @@ mod gate {
         pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const active: u32 = MODE_TRACE | MODE_CONFIG;
         pub(in super::super) const any_ours: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const closing_any: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const fd_syscall: u32 = MODE_TRACE | MODE_TABLE;
     }
 }
 
@@ -140,6 +162,10 @@ intercept! {
     // --- fds ------------------------------------------------------------------------------
     fn close(fd: c_int) -> c_int
         where closing(fd), raw sys!(SYS_close, fd);
+    fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int
+        where closing_any(), raw sys!(SYS_close_range, first, last, flags);
+    fn syscall(nr: c_long; ... a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long
+        where fd_syscall(nr, a1, a2), raw raw::syscall6(nr, [a1, a2, a3, a4, a5, a6]);
     fn dup(fd: c_int) -> c_int
         where ours(fd), raw sys!(SYS_dup, fd);
     fn dup2(old: c_int, new: c_int) -> c_int

@@ -279,6 +279,32 @@ pub fn close(fd: c_int) -> bool {
     })
 }
 
+/// close_range(first, last) is about to close every fd in the range: our bookkeeping for those
+/// that are ours or bound to a flagged port. One pass over the fd table's part of the range
+/// (close_range(3, ~0U) before exec covers every fd number the process may have).
+pub fn close_range(first: c_int, last: c_int) {
+    let Some(table) = crate::fdtable::global() else {
+        return;
+    };
+    let end = last.min(c_int::try_from(table.len()).unwrap_or(c_int::MAX) - 1);
+    let ours = (first..=end).filter(|&fd| table.lookup(fd).is_ours());
+    if let Some(c) = child() {
+        ours.for_each(|fd| {
+            c.close(fd);
+        });
+        return;
+    }
+    let Some(mut s) = shim() else {
+        return;
+    };
+    let mut fds: Vec<c_int> = ours.collect();
+    fds.extend(s.pending_binds_in(first, end));
+    for fd in fds {
+        s.close(fd);
+    }
+    crate::fdtable::set_pending_binds(s.has_pending_binds());
+}
+
 /// dup/dup2/dup3/F_DUPFD made `new`, a dup of `old`: if `old` is ours, so is `new`.
 pub fn alias(old: c_int, new: c_int) -> Result<(), c_int> {
     if let Some(c) = child() {

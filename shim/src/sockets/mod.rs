@@ -259,6 +259,15 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         !self.binds.is_empty()
     }
 
+    /// The fds in `first..=last` bound to a flagged port and not listening yet.
+    pub fn pending_binds_in(&self, first: c_int, last: c_int) -> Vec<c_int> {
+        self.binds
+            .keys()
+            .copied()
+            .filter(|fd| (first..=last).contains(fd))
+            .collect()
+    }
+
     pub fn host(&mut self) -> &mut H {
         &mut self.host
     }
