@@ -816,10 +816,17 @@ pub(crate) unsafe fn epoll_wait(
     timeout: c_int,
 ) -> Outcome<c_int> {
     // SAFETY: epoll_wait's contract.
-    unsafe { epoll_wait_with(epfd, events, max, timeout, std::ptr::null()) }
+    unsafe {
+        epoll_wait_with(epfd, events, max, timeout, std::ptr::null(), || {
+            libc::epoll_wait(epfd, events, max, timeout)
+        })
+    }
 }
 
-/// epoll_wait/epoll_pwait/epoll_pwait2 on an epoll instance of ours.
+/// epoll_wait/epoll_pwait/epoll_pwait2, on any epoll instance while MTCP_PORTS is set: on one
+/// that holds none of our fds, the kernel's wait (`kernel`, the caller's call), counted so
+/// that another thread adding one of ours rings this one out of it; on one of ours, the
+/// stack's wait.
 ///
 /// # Safety
 /// `events` has room for `max` entries; `sigmask` is null or a valid signal set.
@@ -827,9 +834,13 @@ unsafe fn epoll_wait_with(
     epfd: c_int,
     events: *mut epoll_event,
     max: c_int,
-    timeout_ms: c_int,
+    mut timeout_ms: c_int,
     sigmask: *const sigset_t,
+    kernel: impl FnOnce() -> c_int,
 ) -> Outcome<c_int> {
+    if !runtime::is_ours(epfd) && (max <= 0 || events.is_null()) {
+        return NOT_OURS; // the kernel's errors (EBADF before EINVAL)
+    }
     if max <= 0 || events.is_null() {
         return Outcome::Error(libc::EINVAL);
     }
@@ -840,6 +851,11 @@ unsafe fn epoll_wait_with(
             max as usize,
         )
     };
+    match runtime::kernel_epoll_wait(epfd, slots, timeout_ms, kernel) {
+        runtime::KernelWait::NotTaken => {}
+        runtime::KernelWait::Done(a) => return out(a),
+        runtime::KernelWait::Rest(ms) => timeout_ms = ms,
+    }
     // SAFETY: see above.
     let mask = unsafe { sigmask.as_ref() };
     out(runtime::epoll_wait(epfd, slots, timeout_ms, mask))
@@ -853,7 +869,11 @@ pub(crate) unsafe fn epoll_pwait(
     sigmask: *const sigset_t,
 ) -> Outcome<c_int> {
     // SAFETY: epoll_pwait's contract.
-    unsafe { epoll_wait_with(epfd, events, max, timeout, sigmask) }
+    unsafe {
+        epoll_wait_with(epfd, events, max, timeout, sigmask, || {
+            libc::epoll_pwait(epfd, events, max, timeout, sigmask)
+        })
+    }
 }
 
 pub(crate) unsafe fn epoll_pwait2(
@@ -874,7 +894,11 @@ pub(crate) unsafe fn epoll_pwait2(
         (t.tv_sec * 1000 + (t.tv_nsec + 999_999) / 1_000_000).min(i32::MAX as i64) as c_int
     };
     // SAFETY: epoll_pwait2's contract.
-    unsafe { epoll_wait_with(epfd, events, max, ms, sigmask) }
+    unsafe {
+        epoll_wait_with(epfd, events, max, ms, sigmask, || {
+            libc::epoll_pwait2(epfd, events, max, timeout, sigmask)
+        })
+    }
 }
 
 pub(crate) unsafe fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> Outcome<c_int> {

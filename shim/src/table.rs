@@ -50,6 +50,13 @@ mod gate {
         ours(fd) || crate::fdtable::pending_binds()
     }
 
+    /// An epoll wait while MTCP_PORTS is set: on an instance of ours, the stack's; on any other,
+    /// counted (another thread may make the instance ours meanwhile: `runtime::kwait`).
+    #[inline]
+    pub(super) fn waiting(epfd: c_int) -> bool {
+        ours(epfd) || active()
+    }
+
     /// Either fd is one of ours.
     #[inline]
     pub(super) fn ours2(a: c_int, b: c_int) -> bool {
@@ -95,6 +102,7 @@ mod gate {
         pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const active: u32 = MODE_TRACE | MODE_CONFIG;
         pub(in super::super) const any_ours: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const waiting: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const closing_any: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const fd_syscall: u32 = MODE_TRACE | MODE_TABLE;
     }
@@ -187,11 +195,11 @@ intercept! {
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int
         where ours2(epfd, fd), raw sys!(SYS_epoll_ctl, epfd, op, fd, event);
     fn epoll_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: c_int) -> c_int
-        where ours(epfd), raw sys!(SYS_epoll_wait, epfd, events, maxevents, timeout);
+        where waiting(epfd), raw sys!(SYS_epoll_wait, epfd, events, maxevents, timeout);
     fn epoll_pwait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: c_int, sigmask: *const sigset_t) -> c_int
-        where ours(epfd), raw sys!(SYS_epoll_pwait, epfd, events, maxevents, timeout, sigmask, raw::NSIG_BYTES);
+        where waiting(epfd), raw sys!(SYS_epoll_pwait, epfd, events, maxevents, timeout, sigmask, raw::NSIG_BYTES);
     fn epoll_pwait2(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: *const timespec, sigmask: *const sigset_t) -> c_int
-        where ours(epfd), raw sys!(SYS_epoll_pwait2, epfd, events, maxevents, timeout, sigmask, raw::NSIG_BYTES);
+        where waiting(epfd), raw sys!(SYS_epoll_pwait2, epfd, events, maxevents, timeout, sigmask, raw::NSIG_BYTES);
     fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int
         where any_ours(), raw sys!(SYS_poll, fds, nfds, timeout);
     fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int

@@ -12,7 +12,7 @@ use super::wait::{
     after_block, block_for, block_on, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
     private_epoll, restarts, wait_once, woke_for_work, Waited, IN_LOOP,
 };
-use super::{child, config, shim, with};
+use super::{child, config, kwait, shim, with};
 use crate::sockets::{Accepted, Answer, Io, PollKind};
 
 /// The caller's signal mask for the time it blocks, as ppoll takes it.
@@ -355,7 +355,116 @@ pub fn fionread(fd: c_int) -> Answer<c_int> {
 /// epoll_ctl when `fd` is ours. `Some(Ok(true))`: done, and the same call must also go to the
 /// kernel's epoll (the kernel side of a dual listener).
 pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<(u32, u64)>) -> Answer<bool> {
-    with(|s| s.epoll_ctl(epfd, op, fd, event)).map(|r| r.map(|c| c.kernel_side))
+    if !is_ours(epfd) && is_ours(fd) && !super::in_child() {
+        adopt_epoll(epfd);
+    }
+    let r = with(|s| s.epoll_ctl(epfd, op, fd, event));
+    if let Some(Ok(c)) = &r {
+        if c.created {
+            // Threads may be inside the kernel's wait on this instance, through this fd or
+            // another one: those fds become dups of this one, and the bell rings.
+            let waited = kwait::became_ours(epfd);
+            let others: Vec<c_int> = waited
+                .into_iter()
+                .filter(|&w| w != epfd && !is_ours(w))
+                .collect();
+            if !others.is_empty() {
+                let probe = kwait::probe_fd();
+                for w in others {
+                    if probe >= 0 && kwait::same_instance(epfd, w, probe) {
+                        let _ = with(|s| s.alias(epfd, w).ok());
+                    }
+                }
+                close_spare(probe);
+            }
+            kwait::ring(epfd);
+        }
+    }
+    r.map(|r| r.map(|c| c.kernel_side))
+}
+
+/// `epfd`, not ours, may be another fd of an epoll instance of ours (a dup the shim did not
+/// see being made): if a probe says so, it becomes a dup of that instance's fd. Returns
+/// whether it did.
+fn adopt_epoll(epfd: c_int) -> bool {
+    let known: Vec<c_int> = kwait::instances()
+        .into_iter()
+        .filter(|&f| f != epfd)
+        .collect();
+    if known.is_empty() {
+        return false;
+    }
+    let probe = kwait::probe_fd();
+    if probe < 0 {
+        return false;
+    }
+    let found = known
+        .into_iter()
+        .find(|&f| kwait::same_instance(f, epfd, probe));
+    close_spare(probe);
+    found.is_some_and(|f| with(|s| s.alias(f, epfd).ok()).is_some())
+}
+
+/// Closes an fd the runtime made for itself (if any).
+fn close_spare(fd: c_int) {
+    if fd >= 0 {
+        // SAFETY: an fd this module made and nobody else holds.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// What [`kernel_epoll_wait`] did.
+pub enum KernelWait {
+    /// Nothing: `epfd` is ours, or this is a forked child (the call goes on as usual).
+    NotTaken,
+    /// The kernel's wait is the answer.
+    Done(Answer<c_int>),
+    /// Only a bell came: `epfd` is ours now; the wait goes on through the stack for this
+    /// many milliseconds (-1: no limit).
+    Rest(c_int),
+}
+
+/// epoll_wait on an epoll instance that holds none of our fds: the kernel's own wait (`wait`,
+/// the application's call itself), counted so that an epoll_ctl adding one of ours from
+/// another thread can ring this thread out of it (module `kwait`).
+pub fn kernel_epoll_wait(
+    epfd: c_int,
+    events: &mut [std::mem::MaybeUninit<libc::epoll_event>],
+    timeout_ms: c_int,
+    wait: impl FnOnce() -> c_int,
+) -> KernelWait {
+    if super::in_child() {
+        return KernelWait::NotTaken;
+    }
+    // An instance of ours made since this fd was last looked at may be this very instance.
+    loop {
+        let generation = kwait::needs_probe(epfd);
+        if generation.is_some() && adopt_epoll(epfd) {
+            return KernelWait::NotTaken;
+        }
+        if kwait::enter(epfd, generation) {
+            break;
+        }
+        if is_ours(epfd) {
+            return KernelWait::NotTaken;
+        }
+    }
+    let start = Instant::now();
+    let r = wait();
+    let err = crate::errno::get();
+    kwait::leave(epfd);
+    if r < 0 {
+        return KernelWait::Done(Some(Err(err)));
+    }
+    let n = kwait::drop_bells(events, r as usize);
+    if n > 0 || r == 0 || !is_ours(epfd) {
+        return KernelWait::Done(Some(Ok(n as c_int)));
+    }
+    if timeout_ms < 0 {
+        return KernelWait::Rest(-1);
+    }
+    let spent = start.elapsed().as_millis().min(timeout_ms as u128) as c_int;
+    KernelWait::Rest(timeout_ms - spent)
 }
 
 /// epoll_wait / epoll_pwait on an epoll instance of ours: our fds' events and the kernel's,
@@ -417,7 +526,7 @@ pub fn epoll_wait(
                     return Some(Err(crate::errno::get()));
                 }
             } else {
-                n += k as usize;
+                n += kwait::drop_bells(rest, k as usize);
             }
         }
         if n > 0 {

@@ -5,12 +5,14 @@
 //! Everything here runs inside the hook's re-entrancy guard, so the libc calls made from here
 //! reach libc's own functions.
 //!
-//! Locks, in the order they may be taken: the table's lock (`shim()`), then `WAITER_FDS`
-//! or `SPARE_FDS` (never the other way round, and never both). The keeper only ever tries the
+//! Locks, in the order they may be taken: the table's lock (`shim()`), then `WAITER_FDS`,
+//! `SPARE_FDS` or the kernel waits' registry (`kwait`) (never the other way round, and never
+//! two of these). The keeper only ever tries the
 //! table's lock (it never waits for it). A forked child takes neither: it may have copied
 //! them held ([`in_child`]).
 
 mod calls;
+mod kwait;
 mod sockopt;
 mod wait;
 

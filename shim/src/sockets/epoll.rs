@@ -12,6 +12,8 @@ pub struct Ctl {
     /// The fd is a dual listener: the same call must go to the kernel's epoll too, for the
     /// listener's kernel side.
     pub kernel_side: bool,
+    /// The call made the epoll instance ours (it held none of our fds before).
+    pub created: bool,
 }
 
 impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
@@ -30,7 +32,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Some(Obj::Conn { .. }) => false,
             _ => return None,
         };
-        if self.obj(epfd).is_none() {
+        let created = self.obj(epfd).is_none();
+        if created {
             if op != libc::EPOLL_CTL_ADD {
                 return Some(Err(libc::ENOENT));
             }
@@ -77,7 +80,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             _ => {}
         }
-        Some(Ok(Ctl { kernel_side }))
+        Some(Ok(Ctl {
+            kernel_side,
+            created,
+        }))
     }
 
     /// Whether `epfd` is an epoll instance of ours.
