@@ -12,7 +12,10 @@ apt-get install -y --no-install-recommends \
     libxdp-dev libbpf-dev libnuma-dev libbsd-dev libelf-dev zlib1g-dev \
     iproute2 ethtool iputils-ping tcpdump socat util-linux procps \
     redis-server redis-tools python3 python3-redis valgrind tcl strace \
-    dpkg-dev binutils python3-matplotlib linux-perf
+    dpkg-dev binutils python3-matplotlib linux-perf \
+    memcached libmemcached-tools nginx-light wrk apache2-utils
+# Node.js for the libuv server test: the machine's own (20 here), else Debian's.
+command -v node >/dev/null || apt-get install -y --no-install-recommends nodejs
 
 # The tap PMD needs /dev/net/tun.
 if [ ! -e /dev/net/tun ]; then

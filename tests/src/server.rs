@@ -69,6 +69,7 @@ pub struct ServerBuilder {
     ready_timeout: Duration,
     stop_timeout: Duration,
     kill_on_parent_death: bool,
+    wait_ready: bool,
 }
 
 impl ServerBuilder {
@@ -91,6 +92,12 @@ impl ServerBuilder {
     /// Stdout line prefix that means "ready" (default: any first line).
     pub fn ready_prefix(mut self, p: impl Into<String>) -> Self {
         self.ready_prefix = p.into();
+        self
+    }
+    /// The server prints no ready line (memcached): `spawn` returns at once, and the caller
+    /// waits for its own sign of readiness.
+    pub fn no_ready_line(mut self) -> Self {
+        self.wait_ready = false;
         self
     }
     /// How long to wait for the ready line (default 30 s).
@@ -117,6 +124,7 @@ impl ServerBuilder {
             self.ready_timeout,
             self.stop_timeout,
             self.kill_on_parent_death,
+            self.wait_ready,
         )
     }
 }
@@ -155,6 +163,7 @@ impl ServerProcess {
             ready_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(5),
             kill_on_parent_death: true,
+            wait_ready: true,
         }
     }
 
@@ -169,7 +178,14 @@ impl ServerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self::start(cmd, ready_prefix, timeout, Duration::from_secs(5), true)
+        Self::start(
+            cmd,
+            ready_prefix,
+            timeout,
+            Duration::from_secs(5),
+            true,
+            true,
+        )
     }
 
     fn start(
@@ -178,6 +194,7 @@ impl ServerProcess {
         ready_timeout: Duration,
         stop_timeout: Duration,
         pdeathsig: bool,
+        wait_ready: bool,
     ) -> Result<ServerProcess> {
         let desc = command_line(&cmd);
         cmd.stdin(Stdio::null())
@@ -212,9 +229,11 @@ impl ServerProcess {
             stop_timeout,
             status: None,
         };
-        sp.ready_line = sp
-            .wait_stdout(ready_prefix, ready_timeout)
-            .context("server did not become ready")?;
+        if wait_ready {
+            sp.ready_line = sp
+                .wait_stdout(ready_prefix, ready_timeout)
+                .context("server did not become ready")?;
+        }
         Ok(sp)
     }
 

@@ -71,7 +71,10 @@ fn index(fd: c_int) -> Option<u32> {
 /// Whether epoll fds `a` and `b` name one kernel instance: an eventfd added through `a` (with
 /// no events, so no waiter ever sees it) is already there through `b`.
 pub(crate) fn same_instance(a: c_int, b: c_int, probe: c_int) -> bool {
-    let mut ev = epoll_event { events: 0, u64: BELL };
+    let mut ev = epoll_event {
+        events: 0,
+        u64: BELL,
+    };
     // SAFETY: adding and removing our own eventfd, with no events, to the application's epoll
     // instances.
     unsafe {

@@ -1,0 +1,244 @@
+//! Epoll servers other than Redis, unmodified, under the shim: the two shapes most servers take
+//! besides Redis's one thread, each with a client that checks every reply
+//! (tests/py/check_clients.py), run against the kernel and under the shim:
+//!
+//! - tokio's multi-threaded runtime (examples/tokio_echo.rs, 4 worker threads sharing one epoll
+//!   set, its driver thread blocked on it before the listener exists, registrations through a
+//!   dup of the epoll fd): 32 connections x 100 echoes of random sizes;
+//! - Node.js (libuv, which closes fds with `syscall(SYS_close)`): HTTP bodies of 0 to 70,000
+//!   bytes, keep-alive and a new connection per request;
+//! - memcached -t 4 (four threads, each with its own epoll set, connections handed to them by
+//!   the listening thread): set and get of 32 x 200 values of up to 20,000 bytes.
+//!
+//! Kernel: the server in a namespace of its own, over a veth pair to the client's namespace.
+//! Shim: the server in the root namespace under `LD_PRELOAD=libmtcpshim.so` over net_af_packet
+//! on the veth's root end. The same addresses on both (.2 server, .1 client). On each side:
+//! the client's checks pass (every byte as sent, no reset, no timeout), its summary line
+//! (requests, bytes and the SHA-256 of every reply) is the same under the shim as on the
+//! kernel, and the server holds as many sockets after the clients left as before they came.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use mtcp_tests::redis::{py_file, shim_lib};
+use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A server and the client that checks it.
+struct Case {
+    name: &'static str,
+    /// The server's command line; `{port}` is replaced.
+    server: Vec<String>,
+    /// Its stdout line that says it listens (`None`: it prints none; the listening socket is
+    /// waited for instead).
+    ready: Option<&'static str>,
+    /// check_clients.py's arguments after HOST PORT.
+    client: Vec<&'static str>,
+}
+
+fn tokio_echo() -> Case {
+    let bin = mtcp_tests::built_artifact("tokio-echo", "MTCP_TOKIO_ECHO_BIN");
+    Case {
+        name: "tokio",
+        server: vec![bin.display().to_string(), "{port}".into(), "4".into()],
+        ready: Some("ready"),
+        client: vec!["echo", "32", "100"],
+    }
+}
+
+fn node_http(mode: &'static str) -> Case {
+    Case {
+        name: "node",
+        server: vec![
+            "node".into(),
+            format!("{}/js/http_server.js", env!("CARGO_MANIFEST_DIR")),
+            "{port}".into(),
+        ],
+        ready: Some("ready"),
+        client: vec!["http", "16", "50", mode],
+    }
+}
+
+fn memcached() -> Case {
+    Case {
+        name: "memcached",
+        server: [
+            "memcached",
+            "-u",
+            "root",
+            "-m",
+            "1024",
+            "-t",
+            "4",
+            "-U",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(
+            ["-l", "0.0.0.0", "-p", "{port}"]
+                .iter()
+                .map(|s| s.to_string()),
+        )
+        .collect(),
+        ready: None,
+        client: vec!["memcached", "32", "200"],
+    }
+}
+
+/// Socket fds process `pid` holds now.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until something listens on TCP `port` in `ns` (the root namespace if `None`).
+fn wait_listening(ns: Option<&Netns>, port: u16, server: &mut ServerProcess) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let filter = format!("sport = :{port}");
+    loop {
+        let args = ["-Hltn", filter.as_str()];
+        let out = match ns {
+            Some(ns) => ns.exec("ss", args),
+            None => std::process::Command::new("ss")
+                .args(args)
+                .output()
+                .map_err(Into::into),
+        }
+        .expect("ss runs");
+        if !out.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            server.try_status().expect("status").is_none() && Instant::now() < deadline,
+            "the server does not listen on {port}\n{}",
+            server.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `case`'s server (under the shim if `shim`) and its client; returns the client's
+/// summary line.
+fn run(case: &Case, shim: bool) -> String {
+    let side = if shim { "shim" } else { "kernel" };
+    let subnet = Subnet::allocate().expect("subnet");
+    let port = 23000 + subnet.index();
+    let cns = Netns::new().expect("netns");
+    let sns = (!shim).then(|| Netns::new().expect("netns"));
+    let veth = match &sns {
+        Some(sns) => VethPair::between(sns, &subnet.cidr(2), &cns, &subnet.cidr(1)),
+        None => VethPair::new(&cns, &subnet.cidr(1)),
+    }
+    .expect("veth");
+    let argv: Vec<String> = case
+        .server
+        .iter()
+        .map(|a| a.replace("{port}", &port.to_string()))
+        .collect();
+    let mut b = match &sns {
+        Some(sns) => ServerProcess::builder_in(sns, &argv[0]),
+        None => ServerProcess::builder(&argv[0])
+            .env("LD_PRELOAD", shim_lib())
+            .env("MTCP_PORTS", port.to_string())
+            .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
+            .env("MTCP_ADDR", subnet.cidr(2)),
+    }
+    .args(&argv[1..]);
+    b = match case.ready {
+        Some(r) => b.ready_prefix(r),
+        None => b.no_ready_line(),
+    };
+    let mut server = b.spawn().expect("the server starts");
+    wait_listening(sns.as_ref(), port, &mut server);
+    let before = sockets_of(server.pid());
+    let mut args = vec![
+        py_file("check_clients.py"),
+        case.client[0].to_string(),
+        subnet.addr(2).to_string(),
+        port.to_string(),
+    ];
+    args.extend(case.client[1..].iter().map(|s| s.to_string()));
+    let client: Output = cns
+        .exec(
+            "timeout",
+            ["120", PYTHON]
+                .into_iter()
+                .chain(args.iter().map(String::as_str)),
+        )
+        .expect("the client runs");
+    let out = String::from_utf8_lossy(&client.stdout).into_owned();
+    let err = String::from_utf8_lossy(&client.stderr).into_owned();
+    assert!(
+        client.status.success(),
+        "{} on the {side}: the client failed ({}):\n{out}{err}\n{}",
+        case.name,
+        client.status,
+        server.diagnostics()
+    );
+    // Every connection the clients opened is closed on the server's side too.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = sockets_of(server.pid());
+        if now <= before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} on the {side}: {now} sockets 15 s after the clients left, {before} before they \
+             came\n{}",
+            case.name,
+            server.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        server.try_status().expect("status").is_none(),
+        "{} on the {side}: the server exited\n{}",
+        case.name,
+        server.diagnostics()
+    );
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("ok "))
+        .unwrap_or_else(|| panic!("{}: no summary line in {out}", case.name))
+        .to_string();
+    eprintln!("{} on the {side}: {summary}", case.name);
+    summary
+}
+
+/// The case on the kernel and under the shim: both pass, with the same replies.
+fn same_on_both(case: Case) {
+    let kernel = run(&case, false);
+    let shim = run(&case, true);
+    assert_eq!(shim, kernel, "{}: the replies differ", case.name);
+}
+
+#[test]
+fn tokio_multi_threaded_echo() {
+    same_on_both(tokio_echo());
+}
+
+#[test]
+fn node_http_keep_alive() {
+    same_on_both(node_http("keepalive"));
+}
+
+#[test]
+fn node_http_connection_per_request() {
+    same_on_both(node_http("close"));
+}
+
+#[test]
+fn memcached_four_threads() {
+    same_on_both(memcached());
+}
