@@ -137,6 +137,46 @@ pub(crate) unsafe fn ppoll_chk(
     unsafe { ppoll(fds, nfds, timeout, sigmask) }
 }
 
+/// `syscall(nr, args...)` without libc (the fallback of the `syscall` hook itself, whose libc
+/// name is the hook): the instruction, and libc's convention for the result (-1 and errno).
+///
+/// # Safety
+/// The system call `nr`'s contract for these arguments.
+pub(crate) unsafe fn syscall6(nr: c_long, a: [c_long; 6]) -> c_long {
+    let r: c_long;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the x86-64 Linux system call convention: number in rax, arguments in rdi, rsi,
+    // rdx, r10, r8, r9; the kernel clobbers rcx and r11; the caller vouches for the call.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => r,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+            in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: the AArch64 Linux system call convention: number in x8, arguments and result in
+    // x0..x5; the caller vouches for the call.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") nr,
+            inlateout("x0") a[0] => r,
+            in("x1") a[1], in("x2") a[2], in("x3") a[3], in("x4") a[4], in("x5") a[5],
+            options(nostack),
+        );
+    }
+    if (-4095..0).contains(&r) {
+        crate::errno::set(-r as c_int);
+        -1
+    } else {
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,45 +236,5 @@ mod tests {
         check_len(0, 0);
         check_fds(2, 2 * std::mem::size_of::<pollfd>());
         check_fds(0, 0);
-    }
-}
-
-/// `syscall(nr, args...)` without libc (the fallback of the `syscall` hook itself, whose libc
-/// name is the hook): the instruction, and libc's convention for the result (-1 and errno).
-///
-/// # Safety
-/// The system call `nr`'s contract for these arguments.
-pub(crate) unsafe fn syscall6(nr: c_long, a: [c_long; 6]) -> c_long {
-    let r: c_long;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the x86-64 Linux system call convention: number in rax, arguments in rdi, rsi,
-    // rdx, r10, r8, r9; the kernel clobbers rcx and r11; the caller vouches for the call.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") nr => r,
-            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
-            in("r10") a[3], in("r8") a[4], in("r9") a[5],
-            lateout("rcx") _, lateout("r11") _,
-            options(nostack),
-        );
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: the AArch64 Linux system call convention: number in x8, arguments and result in
-    // x0..x5; the caller vouches for the call.
-    unsafe {
-        std::arch::asm!(
-            "svc 0",
-            in("x8") nr,
-            inlateout("x0") a[0] => r,
-            in("x1") a[1], in("x2") a[2], in("x3") a[3], in("x4") a[4], in("x5") a[5],
-            options(nostack),
-        );
-    }
-    if (-4095..0).contains(&r) {
-        crate::errno::set(-r as c_int);
-        -1
-    } else {
-        r
     }
 }
