@@ -44,6 +44,14 @@ impl DevSpec {
         }
     }
 
+    /// Whether processes forked after listen() can each run a stack of their own on this
+    /// device (net_af_packet: every process opens its own packet socket on the interface). The
+    /// stack then starts at the first call that serves a listener, not at listen(), so a
+    /// master that listens and forks workers never starts one itself.
+    pub fn shared_by_processes(&self) -> bool {
+        matches!(self, DevSpec::AfPacket { .. })
+    }
+
     /// The kernel interface this device needs to exist before start, if any.
     pub fn kernel_iface(&self) -> Option<&str> {
         match self {

@@ -70,6 +70,10 @@ impl Host<DpdkLink> for Proc {
             .and_then(|link| Stack::new(link, cfg, clock::now()).map_err(|e| e.to_string()))
     }
 
+    fn preflight(&mut self, cfg: &Config) -> Result<(), String> {
+        userstack::config::preflight(cfg)
+    }
+
     fn started(&mut self) {
         start_keeper();
     }

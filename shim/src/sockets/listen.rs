@@ -103,6 +103,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                     return Some(Err(e));
                 }
             }
+            if let Some(d) = self.deferred.iter_mut().find(|(p, _)| *p == port) {
+                d.1 = depth;
+                return Some(Ok(0));
+            }
             let stack = self.stack.as_mut()?;
             return Some(stack.set_backlog(port, depth).map(|_| 0).map_err(so_errno));
         }
@@ -114,21 +118,45 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             } => (port, kernel, family),
             Bound::V6Only { port } => return Some(Err(self.refuse_v6only(port))),
         };
-        let stack = match self.ensure_stack() {
-            Ok(st) => st,
-            Err(e) => return Some(Err(e)),
-        };
-        let mut opts = stack.default_options();
-        opts.nodelay = false;
-        if let Err(e) = stack.listen(port, depth, opts) {
-            return Some(Err(so_errno(e)));
-        }
-        if kernel {
-            if let Err(e) = self.host.kernel_listen(fd, backlog) {
-                if let Some(st) = self.stack.as_mut() {
-                    st.unlisten(port);
+        if self.defers_start() {
+            if let Some(why) = &self.failed {
+                let _ = why;
+                return Some(Err(libc::EADDRNOTAVAIL));
+            }
+            if self.deferred.iter().any(|(p, _)| *p == port) {
+                return Some(Err(libc::EADDRINUSE));
+            }
+            let checked = match &self.cfg {
+                Ok(cfg) => self.host.preflight(cfg),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(why) = checked {
+                self.fail(why);
+                return Some(Err(libc::EADDRNOTAVAIL));
+            }
+            if kernel {
+                if let Err(e) = self.host.kernel_listen(fd, backlog) {
+                    return Some(Err(e));
                 }
-                return Some(Err(e));
+            }
+            self.deferred.push((port, depth));
+        } else {
+            let stack = match self.ensure_stack() {
+                Ok(st) => st,
+                Err(e) => return Some(Err(e)),
+            };
+            let mut opts = stack.default_options();
+            opts.nodelay = false;
+            if let Err(e) = stack.listen(port, depth, opts) {
+                return Some(Err(so_errno(e)));
+            }
+            if kernel {
+                if let Err(e) = self.host.kernel_listen(fd, backlog) {
+                    if let Some(st) = self.stack.as_mut() {
+                        st.unlisten(port);
+                    }
+                    return Some(Err(e));
+                }
             }
         }
         let inherit = self.host.listener_options(fd, family);
@@ -161,6 +189,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         };
         let (port, kernel, family, inherit) = (*port, *kernel, *family, inherit.clone());
         self.pump();
+        if self.stack.is_none() && self.failed.is_some() {
+            // A listener whose stack could not start (said once): never the kernel's alone.
+            return Some(Err(libc::ENETDOWN));
+        }
         let stack = self.stack.as_mut()?;
         let (id, peer) = match stack.accept(port) {
             Ok(c) => c,

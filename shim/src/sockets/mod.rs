@@ -51,8 +51,12 @@ pub use options::{ConnOpts, SockOpt};
 
 /// What the socket table needs from the process it runs in.
 pub trait Host<L: Link> {
-    /// Starts the stack (called once, when a flagged port is first bound or listened on).
+    /// Starts the stack (called once, when a flagged port is first listened on, or, on a
+    /// device processes share, when a listener is first served).
     fn start(&mut self, cfg: &Config) -> Result<Stack<L>, String>;
+    /// What can be checked of `cfg` without starting (permissions, the interface exists), for
+    /// a listen() whose stack starts later.
+    fn preflight(&mut self, cfg: &Config) -> Result<(), String>;
     /// The stack just started (the runtime starts its keeper thread).
     fn started(&mut self) {}
     /// One line for the user, on stderr.
@@ -201,6 +205,9 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     stack: Option<Stack<L>>,
     /// Why the stack could not be started (said once on stderr; every flagged listen fails).
     failed: Option<String>,
+    /// Listeners waiting for the stack (port, backlog): on a device processes share, the
+    /// stack starts at the first call that serves a listener (`serve_listeners`).
+    deferred: Vec<(u16, usize)>,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -241,6 +248,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             cfg,
             stack: None,
             failed: None,
+            deferred: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
             conn_fd: FastMap::default(),
@@ -398,11 +406,42 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// The stack cannot serve the flagged ports: say so once.
     fn fail(&mut self, why: String) {
         if self.failed.is_none() {
-            self.host.say(&format!(
-                "cannot serve the ports in MTCP_PORTS: {why}; listen() on them fails"
-            ));
+            let what = if self.deferred.is_empty() {
+                "listen() on them fails"
+            } else {
+                "accept() on their listeners fails (ENETDOWN)"
+            };
+            self.host
+                .say(&format!("cannot serve the ports in MTCP_PORTS: {why}; {what}"));
             self.failed = Some(why);
         }
+    }
+
+    /// Whether listen() leaves starting the stack to the first call that serves a listener:
+    /// the device can be shared by processes forked after listen(), each with a stack of its
+    /// own (nginx's master listens, its workers accept), and none is started yet.
+    fn defers_start(&self) -> bool {
+        self.stack.is_none() && self.cfg.as_ref().is_ok_and(|c| c.dev.shared_by_processes())
+    }
+
+    /// Starts the stack for the listeners waiting for it (a call is about to serve them).
+    /// Their ports listen on the stack from now on.
+    fn serve_listeners(&mut self) -> Result<(), c_int> {
+        self.ensure_stack()?;
+        let waiting = std::mem::take(&mut self.deferred);
+        let stack = self.stack.as_mut().expect("started");
+        let mut opts = stack.default_options();
+        opts.nodelay = false;
+        let refused: Vec<(u16, SockError)> = waiting
+            .into_iter()
+            .filter_map(|(port, depth)| stack.listen(port, depth, opts).err().map(|e| (port, e)))
+            .collect();
+        for (port, e) in refused {
+            let why = std::io::Error::from_raw_os_error(e.errno());
+            self.host
+                .say(&format!("cannot listen on port {port} of the stack: {why}"));
+        }
+        Ok(())
     }
 
     /// Transmits what the stack has queued, without receiving. Frames the device had no room
@@ -420,6 +459,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// Polls the stack and tells every epoll set watching a changed fd. Returns whether the
     /// stack did work (frames, timers, events).
     pub fn pump(&mut self) -> bool {
+        if !self.deferred.is_empty() && self.failed.is_none() {
+            let _ = self.serve_listeners();
+        }
         let now = self.host.poll_time();
         let Some(stack) = self.stack.as_mut() else {
             return false;
@@ -549,6 +591,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             Obj::Listener { port, .. } => {
                 if self.port_fds.get(&port).is_none_or(Vec::is_empty) {
                     self.port_fds.remove(&port);
+                    self.deferred.retain(|&(p, _)| p != port);
                     if let Some(stack) = self.stack.as_mut() {
                         stack.unlisten(port);
                     }

@@ -55,6 +55,13 @@ struct TestHost {
 }
 
 impl Host<MemLink> for TestHost {
+    fn preflight(&mut self, _cfg: &Config) -> Result<(), String> {
+        match &self.start_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     fn start(&mut self, cfg: &Config) -> Result<Stack<MemLink>, String> {
         if let Some(e) = &self.start_error {
             return Err(e.clone());
