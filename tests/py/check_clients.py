@@ -6,6 +6,18 @@
     check_clients.py http HOST PORT CONNS REQUESTS keepalive|close
         GET /SIZE/TAG (tests/js/http_server.js); every body must be SIZE bytes of TAG repeated.
         keepalive: one connection per client thread; close: a new connection per request.
+    check_clients.py static HOST PORT CONNS REQUESTS keepalive|close [PAUSE_MS]
+        GET of the files /index.txt names (each named by the SHA-256 of its content, as
+        `make_docroot` writes them), every body checked against its name; PAUSE_MS between
+        requests. Says `started` once every client thread got its first reply.
+        A kept-alive connection the server closed or reset is counted and the
+        request retried once on a new one, as clients do. Prints one line per client thread:
+        `conn I pid P ok N lost P1,P2` or `conn I pid P FAIL ...` (P: the X-Pid header, the
+        server process that answered last; lost: the processes whose connections were lost,
+        `-` if none), and the summary only if all passed.
+    check_clients.py make_docroot DIR FILES
+        Writes FILES files of 0 to 200,000 bytes into DIR, named by their SHA-256, and
+        DIR/index.txt listing them.
     check_clients.py memcached HOST PORT CONNS OPS
         set then get of OPS keys per connection (text protocol), values of 1 to 20,000 random
         bytes; every get must return the value set.
@@ -20,6 +32,7 @@ import random
 import socket
 import sys
 import threading
+import time
 
 TIMEOUT = 20
 
@@ -76,6 +89,63 @@ def http_client(host, port, i, reqs, mode, out):
     out[i] = (reqs, b"".join(got))
 
 
+def static(host, port, i, reqs, mode, pause_ms, out, index, pids, lost):
+    rng = random.Random(i)
+    conn = None
+    got = []
+    pids[i] = "-"
+    lost[i] = []
+    for _ in range(reqs):
+        name = rng.choice(index)
+        headers = {"Connection": "close"} if mode == "close" else {}
+        for attempt in (0, 1):
+            fresh = conn is None or mode == "close"
+            if fresh:
+                conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+            try:
+                conn.request("GET", f"/{name}.bin", headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # A kept-alive connection the server closed or lost (a worker that exited or
+                # was killed): a client retries an idempotent GET once on a new connection.
+                if fresh or attempt:
+                    raise
+                lost[i].append(pids[i])
+                conn.close()
+                conn = None
+        if pids[i] == "-":
+            first_reply()
+        pids[i] = resp.getheader("X-Pid", "-")
+        if resp.status != 200:
+            raise ValueError(f"status {resp.status} for /{name}.bin")
+        if hashlib.sha256(body).hexdigest() != name:
+            raise ValueError(f"/{name}.bin: {len(body)} bytes that are not the file's")
+        got.append(body)
+        if mode == "close":
+            conn.close()
+        if pause_ms:
+            time.sleep(pause_ms / 1000)
+    if conn is not None:
+        conn.close()
+    out[i] = (reqs, b"".join(got))
+
+
+def make_docroot(root, files):
+    rng = random.Random(7)
+    names = []
+    for n in range(files):
+        size = rng.choice([0, 1, 1024, 4096, 65536, 200000]) if n else 1024
+        data = rng.randbytes(size)
+        name = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(root, name + ".bin"), "wb") as f:
+            f.write(data)
+        names.append(name)
+    with open(os.path.join(root, "index.txt"), "w") as f:
+        f.write("\n".join(names) + "\n")
+
+
 def memcached(host, port, i, ops, out):
     rng = random.Random(i)
     s = socket.create_connection((host, port), timeout=TIMEOUT)
@@ -103,17 +173,59 @@ def memcached(host, port, i, ops, out):
     out[i] = (2 * ops, b"".join(got))
 
 
+def say(line):
+    """One whole line (threads print at once: a single write each)."""
+    with SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+SAY = threading.Lock()
+FIRST = {"left": 0}
+
+
+def first_reply():
+    """A client thread got its first reply: once all have, say `started` (a test acts on the
+    server only once every connection is up)."""
+    with SAY:
+        FIRST["left"] -= 1
+        if FIRST["left"] == 0:
+            sys.stdout.write("started\n")
+            sys.stdout.flush()
+
+
 def main():
+    if sys.argv[1] == "make_docroot":
+        make_docroot(sys.argv[2], int(sys.argv[3]))
+        return
     kind, host, port, conns, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     extra = sys.argv[6:]
-    fn = {"echo": echo, "http": http_client, "memcached": memcached}[kind]
+    fn = {"echo": echo, "http": http_client, "memcached": memcached, "static": static}[kind]
     out, errors = {}, []
+    pids, lost = {}, {}
+    FIRST["left"] = conns
+    if kind == "static":
+        c = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+        c.request("GET", "/index.txt")
+        index = c.getresponse().read().decode().split()
+        c.close()
+        pause = int(extra[1]) if len(extra) > 1 else 0
+        extra = [extra[0], pause]
 
     def run(i):
         try:
-            fn(host, port, i, n, *extra, out)
+            if kind == "static":
+                fn(host, port, i, n, *extra, out, index, pids, lost)
+            else:
+                fn(host, port, i, n, *extra, out)
         except Exception as e:  # noqa: BLE001 - every failure is reported
             errors.append(f"conn {i}: {type(e).__name__}: {e}")
+            if kind == "static":
+                say(f"conn {i} pid {pids.get(i, '-')} FAIL {type(e).__name__}: {e}")
+        else:
+            if kind == "static":
+                gone = ",".join(lost[i]) or "-"
+                say(f"conn {i} pid {pids[i]} ok {n} lost {gone}")
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
     for t in threads:

@@ -27,6 +27,7 @@ pub mod recovery;
 pub mod seq;
 pub mod stack;
 pub mod stats;
+pub mod steer;
 
 pub use config::Config;
 pub use stack::{ConnId, Event, Keepalive, Readiness, SockError, Stack, TcpInfo, TcpOptions};

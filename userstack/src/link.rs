@@ -70,6 +70,13 @@ pub trait Link {
     /// Disarms it after the caller woke up.
     fn disarm_wake(&mut self) {}
     fn counters(&self) -> LinkCounters;
+    /// Receives from now on only the frames `filter` keeps (a classic BPF program over
+    /// Ethernet frames, `steer::frame_filter`), where other processes share the device. Devices
+    /// that cannot be shared say why.
+    fn steer(&mut self, filter: &[crate::steer::SockFilter]) -> Result<(), String> {
+        let _ = filter;
+        Err("this device cannot be shared by processes".into())
+    }
 }
 
 /// One end of an in-memory Ethernet cable, for unit tests of the stack logic.

@@ -58,6 +58,9 @@ counters! {
         drop_no_route,
         /// SYNs dropped (not reset) because the listener's backlog was full; the peer retries.
         drop_syn_backlog,
+        /// Segments left to another process sharing the device (worker processes): SYNs of
+        /// flows another process takes, segments of connections another process may own.
+        steered_away,
         /// Frames dropped, duplicated or reordered on purpose by MTCP_FAULTS.
         fault_dropped,
         fault_duplicated,

@@ -12,6 +12,7 @@
 //! them held ([`in_child`]).
 
 mod calls;
+mod group;
 mod kwait;
 mod sockopt;
 mod wait;
@@ -71,7 +72,14 @@ impl Host<DpdkLink> for Proc {
     }
 
     fn preflight(&mut self, cfg: &Config) -> Result<(), String> {
+        // The stack starts later, maybe in worker processes forked meanwhile: they share
+        // this page to split the flows.
+        group::ensure();
         userstack::config::preflight(cfg)
+    }
+
+    fn steer(&mut self, stack: &mut Stack<DpdkLink>, serving: bool) {
+        group::steer(stack, serving);
     }
 
     fn started(&mut self) {
@@ -228,6 +236,12 @@ fn start_keeper() {
                     KEEPER_PERIOD
                 };
                 std::thread::sleep(period);
+                // Worker processes: this one's share of the flows (a worker came or went).
+                if let Some(Some(lock)) = SHIM.get() {
+                    if let Ok(mut s) = lock.try_lock() {
+                        s.steer();
+                    }
+                }
                 let now = clock::now();
                 let idle_for =
                     (now.total_micros() as u64).saturating_sub(LAST_POLL.load(Ordering::Relaxed));

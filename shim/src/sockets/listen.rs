@@ -51,7 +51,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             None => {
                 // ::1 or another IPv6 address: the kernel's, as 127.0.0.1 is.
                 self.binds.remove(&fd);
-                let _ = self.ensure_stack();
+                if !self.defers_start() {
+                    let _ = self.ensure_stack();
+                }
                 None
             }
         }
@@ -84,7 +86,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             // DPDK port. The stack still runs (the process is configured for it), and answers a
             // SYN for this port with a reset, like any closed port.
             self.binds.remove(&fd);
-            let _ = self.ensure_stack();
+            if !self.defers_start() {
+                let _ = self.ensure_stack();
+            }
             None
         }
     }
@@ -118,13 +122,28 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             } => (port, kernel, family),
             Bound::V6Only { port } => return Some(Err(self.refuse_v6only(port))),
         };
-        if self.defers_start() {
-            if let Some(why) = &self.failed {
-                let _ = why;
-                return Some(Err(libc::EADDRNOTAVAIL));
+        // Another listener of ours on this port: SO_REUSEPORT on both, as the kernel (which
+        // bound a dual listener's kernel side) allowed; they share the stack's listener, and
+        // each accepts from its queue (nginx's `listen ... reuseport`: one listener per
+        // worker, each worker with a stack of its own).
+        let shared = self.port_fds.get(&port).is_some_and(|v| !v.is_empty());
+        if shared
+            && self
+                .host
+                .kernel_getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)
+                != Some(1)
+        {
+            return Some(Err(libc::EADDRINUSE));
+        }
+        if shared {
+            if kernel {
+                if let Err(e) = self.host.kernel_listen(fd, backlog) {
+                    return Some(Err(e));
+                }
             }
-            if self.deferred.iter().any(|(p, _)| *p == port) {
-                return Some(Err(libc::EADDRINUSE));
+        } else if self.defers_start() {
+            if self.failed.is_some() {
+                return Some(Err(libc::EADDRNOTAVAIL));
             }
             let checked = match &self.cfg {
                 Ok(cfg) => self.host.preflight(cfg),

@@ -59,6 +59,12 @@ pub trait Host<L: Link> {
     fn preflight(&mut self, cfg: &Config) -> Result<(), String>;
     /// The stack just started (the runtime starts its keeper thread).
     fn started(&mut self) {}
+    /// Worker processes sharing the device: which flows are this stack's now (`serving`: the
+    /// process has listeners). Called when the stack starts serving listeners and then
+    /// periodically; a process alone on its device has nothing to do.
+    fn steer(&mut self, stack: &mut Stack<L>, serving: bool) {
+        let _ = (stack, serving);
+    }
     /// One line for the user, on stderr.
     fn say(&mut self, msg: &str);
     /// The stack clock.
@@ -411,8 +417,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             } else {
                 "accept() on their listeners fails (ENETDOWN)"
             };
-            self.host
-                .say(&format!("cannot serve the ports in MTCP_PORTS: {why}; {what}"));
+            self.host.say(&format!(
+                "cannot serve the ports in MTCP_PORTS: {why}; {what}"
+            ));
             self.failed = Some(why);
         }
     }
@@ -441,7 +448,18 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             self.host
                 .say(&format!("cannot listen on port {port} of the stack: {why}"));
         }
+        // Its share of the flows before its first poll: it must not answer another worker's.
+        self.steer();
         Ok(())
+    }
+
+    /// Worker processes sharing the device: this process's share of the flows, again (see
+    /// [`Host::steer`]).
+    pub fn steer(&mut self) {
+        let serving = !self.port_fds.is_empty();
+        if let Some(st) = self.stack.as_mut() {
+            self.host.steer(st, serving);
+        }
     }
 
     /// Transmits what the stack has queued, without receiving. Frames the device had no room

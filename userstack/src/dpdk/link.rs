@@ -14,7 +14,7 @@ use super::log::{self, QuietRtSignals};
 use super::mbuf::Mbuf;
 use super::netdev::{set_kernel_addr, set_tx_queue_len, TAP_QUEUE_LEN};
 use super::signals::{signals_on, RtSignalsTaken};
-use super::wake::{xdp_socket_fds, PacketWake};
+use super::wake::{attach_filter, packet_socket_fds, xdp_socket_fds, PacketWake};
 use super::{fail, rte_err, StartError};
 use crate::config::{Config, DevSpec};
 use crate::link::{Link, LinkCounters};
@@ -57,6 +57,9 @@ pub struct DpdkLink {
     /// drivers are not asked: a PCI NIC's link_update reads registers, and net_tap says down
     /// when its netdev is in another namespace while frames flow.
     link_is_peer: bool,
+    /// net_af_packet: the PMD's packet sockets (found by what the port's start opened), where
+    /// `steer` attaches its filter.
+    rx_sockets: Vec<RawFd>,
     pub info: StartInfo,
 }
 
@@ -87,6 +90,12 @@ impl DpdkLink {
         // its fds (at probe, in the EAL's start, and at queue setup): signals.rs.
         let tap = port_name.starts_with("net_tap") || port_name.starts_with("net_tun");
         let no_signals = tap.then(|| (RtSignalsTaken::take(), QuietRtSignals::new()));
+        let is_packet = matches!(cfg.dev, DevSpec::AfPacket { .. });
+        let packet_before = if is_packet {
+            packet_socket_fds()
+        } else {
+            Vec::new()
+        };
         start_eal(&args)?;
         let info = StartInfo {
             eal_args: args,
@@ -158,9 +167,16 @@ impl DpdkLink {
             link_is_peer: port_name.starts_with("net_memif"),
             info,
             packet_wake: None,
+            rx_sockets: Vec::new(),
         };
         link.configure(is_tap, cfg)?;
         drop(no_signals);
+        if is_packet {
+            link.rx_sockets = packet_socket_fds()
+                .into_iter()
+                .filter(|fd| !packet_before.contains(fd))
+                .collect();
+        }
         if let Some(fd) = link.wake_fd.filter(|&fd| tap && signals_on(fd)) {
             tracing::warn!(fd, "net_tap's queue fd asks for signals (O_ASYNC)");
         }
@@ -435,6 +451,20 @@ impl Link for DpdkLink {
         if let Some(w) = self.packet_wake.as_mut() {
             w.disarm();
         }
+    }
+
+    fn steer(&mut self, filter: &[crate::steer::SockFilter]) -> Result<(), String> {
+        if self.rx_sockets.is_empty() {
+            return Err(format!(
+                "{} cannot be shared by processes (net_af_packet can)",
+                self.info.port_name
+            ));
+        }
+        for &fd in &self.rx_sockets {
+            attach_filter(fd, filter)
+                .map_err(|e| format!("cannot filter {}'s frames: {e}", self.info.port_name))?;
+        }
+        Ok(())
     }
 
     fn counters(&self) -> LinkCounters {

@@ -9,6 +9,47 @@ const AF_XDP: libc::c_int = 44;
 
 /// The process's AF_XDP sockets (net_af_xdp does not export its socket's fd).
 pub(super) fn xdp_socket_fds() -> Vec<RawFd> {
+    socket_fds(AF_XDP)
+}
+
+/// The process's AF_PACKET sockets (net_af_packet does not export its sockets' fds).
+pub(super) fn packet_socket_fds() -> Vec<RawFd> {
+    socket_fds(libc::AF_PACKET)
+}
+
+/// Attaches the classic BPF program `filter` to socket `fd`.
+pub(super) fn attach_filter(fd: RawFd, filter: &[crate::steer::SockFilter]) -> std::io::Result<()> {
+    let mut insns: Vec<libc::sock_filter> = filter
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: prog points at `insns`, alive for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The process's sockets of address family `family`.
+fn socket_fds(family: libc::c_int) -> Vec<RawFd> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return Vec::new();
     };
@@ -27,7 +68,7 @@ pub(super) fn xdp_socket_fds() -> Vec<RawFd> {
                     &mut len,
                 )
             };
-            rc == 0 && domain == AF_XDP
+            rc == 0 && domain == family
         })
         .collect()
 }

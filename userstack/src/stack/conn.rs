@@ -302,6 +302,7 @@ impl<L: Link> Stack<L> {
             }
         };
         self.demux.insert(k, idx);
+        self.bucket_conns[crate::steer::flow_bucket(*peer.ip(), peer.port()) as usize] += 1;
         self.live += 1;
         self.shm.states.add(state);
         self.net.stats_mut().conns_opened += 1;
@@ -320,6 +321,8 @@ impl<L: Link> Stack<L> {
                 l.pending = l.pending.saturating_sub(1);
             }
         }
+        let b = crate::steer::flow_bucket(*c.peer.ip(), c.peer.port()) as usize;
+        self.bucket_conns[b] = self.bucket_conns[b].saturating_sub(1);
         self.free.push(idx);
         self.live -= 1;
         self.shm.states.remove(c.last_state);

@@ -173,6 +173,12 @@ impl<L: Link> Stack<L> {
                 self.demux.remove(&k);
             }
         }
+        let bucket = crate::steer::flow_bucket(src, sport);
+        if syn_only && !self.steering.takes_syn(bucket) {
+            // Another process's new connection (processes sharing the device).
+            self.net.stats_mut().steered_away += 1;
+            return;
+        }
         if syn_only {
             if let Some(l) = self.listeners.get(&dport) {
                 if l.pending >= l.backlog {
@@ -214,7 +220,12 @@ impl<L: Link> Stack<L> {
                 return;
             }
         }
-        // No connection wants it: smoltcp's control interface answers with RST (never to a RST).
+        // No connection wants it: smoltcp's control interface answers with RST (never to a RST),
+        // unless another process sharing the device may own the connection.
+        if !self.steering.resets(bucket) {
+            self.net.stats_mut().steered_away += 1;
+            return;
+        }
         if !tcp.rst() {
             self.net.stats_mut().tcp_rst_sent += 1;
         }

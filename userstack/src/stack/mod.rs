@@ -103,6 +103,10 @@ pub struct Stack<L: Link> {
     /// Set while `poll` hands a received burst to the connections: the egress a segment makes
     /// due (an ACK) waits for the end of the burst (see `poll_conn`).
     in_rx_burst: bool,
+    /// Which flows are this stack's when processes share its device (steer.rs).
+    steering: crate::steer::Steering,
+    /// Connections per steering bucket.
+    bucket_conns: [u32; crate::steer::BUCKETS as usize],
     seed: u64,
     next_ephemeral: u16,
     defaults: TcpOptions,
@@ -187,6 +191,8 @@ impl<L: Link> Stack<L> {
             rx: Vec::with_capacity(RX_BURST),
             held_rx: None,
             in_rx_burst: false,
+            steering: crate::steer::Steering::ALONE,
+            bucket_conns: [0; crate::steer::BUCKETS as usize],
             seed,
             next_ephemeral: EPHEMERAL.start
                 + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
@@ -225,6 +231,19 @@ impl<L: Link> Stack<L> {
 
     pub fn link(&self) -> &L {
         self.net.link()
+    }
+
+    /// Which flows are this stack's, where processes share its device (steer.rs): from now on
+    /// SYNs open connections only in `steering.syn`'s buckets, and unwanted segments get a
+    /// reset only in `steering.rst`'s.
+    pub fn set_steering(&mut self, steering: crate::steer::Steering) {
+        self.steering = steering;
+    }
+
+    /// Live connections per steering bucket (a process hands a bucket over, and stops seeing
+    /// its frames once its own connections there are gone).
+    pub fn bucket_conns(&self) -> &[u32; crate::steer::BUCKETS as usize] {
+        &self.bucket_conns
     }
 
     pub fn link_mut(&mut self) -> &mut L {

@@ -1,0 +1,254 @@
+//! Worker processes: the processes forked after listen() (nginx's workers, a pre-fork
+//! server's children) each run a stack of their own on the one device, and split the flows
+//! between them (userstack's `steer`: 32 buckets by the peer's address and port).
+//!
+//! The split lives in a page of memory the processes share: made by the process that listens
+//! (before it forks: every child inherits it), one word per bucket for the process that owns
+//! it (takes its new connections) and one for the process that owned it before (still serves
+//! the connections it has there). Every member runs [`steer`] when its stack starts and then
+//! from its keeper every few tens of milliseconds, under a lock in the same page:
+//!
+//! - the buckets of processes that exited (`kill(pid, 0)` says ESRCH) are nobody's; a bucket
+//!   nobody owns goes to the member with the fewest;
+//! - a member with fewer than its share (32 / members) takes buckets from the one with the
+//!   most, which keeps serving its connections there ("before") and gives the bucket up for
+//!   good once it has none left there: a new worker (a respawned one, or the new generation of
+//!   `nginx -s reload`) disturbs no connection of another. The taker takes the bucket's SYNs
+//!   only once the giver's stack stopped taking them (its next round): a SYN is never answered
+//!   by two processes (the loser would reset the connection the client made with the winner);
+//! - a member with no listener left (an old worker finishing its connections) gives its
+//!   buckets to the others the same way.
+//!
+//! A member's stack then takes SYNs in the buckets it owns, resets unknown segments only in
+//! buckets it owns alone, and its device delivers it only the frames of the buckets it owns or
+//! owned before (a classic BPF filter on the packet sockets; ARP to every member, ICMP to
+//! the owner of bucket 0). A process alone in its group owns everything and filters nothing.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use userstack::link::Link;
+use userstack::steer::{frame_filter, Steering, ALL, BUCKETS};
+use userstack::Stack;
+
+const N: usize = BUCKETS as usize;
+
+/// The shared page.
+#[repr(C)]
+struct Page {
+    /// The pid holding the lock, 0 if free.
+    lock: AtomicU32,
+    /// Per bucket: the pid that takes its new connections (0: nobody).
+    owner: [AtomicU32; N],
+    /// Per bucket: the pid that still serves its own connections there (0: none).
+    before: [AtomicU32; N],
+    /// Per bucket: the pid it was taken from, until that process stopped taking its SYNs
+    /// (the taker takes none before: a SYN is never answered by two processes).
+    handing: [AtomicU32; N],
+}
+
+static PAGE: OnceLock<Option<&'static Page>> = OnceLock::new();
+
+/// What this process last applied: the buckets its device delivers, and whether it takes
+/// other IPv4 (ICMP).
+static SEEN: AtomicU32 = AtomicU32::new(ALL);
+static OTHER_IP: AtomicU32 = AtomicU32::new(1);
+
+/// Makes the shared page (once per process; children inherit it). Called at a listen() whose
+/// stack starts later, before the process may fork workers.
+pub(super) fn ensure() {
+    PAGE.get_or_init(|| {
+        // SAFETY: a fresh shared anonymous mapping, zero-filled (every word free/nobody).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                std::mem::size_of::<Page>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            crate::shim_log!(
+                "cannot map the page worker processes share ({}): a process forked after \
+                 listen() serves alone",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        // SAFETY: the mapping is page-aligned, big enough, zeroed (valid atomics), and lives
+        // for the rest of the process.
+        Some(unsafe { &*(p as *const Page) })
+    });
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 || crate::errno::get() == libc::EPERM }
+}
+
+/// Holds the page's lock (taken from a holder that died).
+struct Locked<'p>(&'p Page);
+
+impl<'p> Locked<'p> {
+    fn take(page: &'p Page, me: u32) -> Option<Locked<'p>> {
+        for _ in 0..1000 {
+            match page
+                .lock
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Locked(page)),
+                Err(holder) if holder != me && !alive(holder) => {
+                    let _ =
+                        page.lock
+                            .compare_exchange(holder, 0, Ordering::Relaxed, Ordering::Relaxed);
+                }
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.0.lock.store(0, Ordering::Release);
+    }
+}
+
+/// One round of the protocol (module comment) for this process, whose stack has `conns`
+/// connections per bucket and which listens (`serving`) or not. Returns its steering, the
+/// buckets its device delivers, and whether it takes other IPv4.
+fn round(page: &Page, me: u32, serving: bool, conns: &[u32; N]) -> Option<(Steering, u32, bool)> {
+    let _lock = Locked::take(page, me)?;
+    let mut owner: [u32; N] = std::array::from_fn(|b| page.owner[b].load(Ordering::Relaxed));
+    let mut before: [u32; N] = std::array::from_fn(|b| page.before[b].load(Ordering::Relaxed));
+    let mut handing: [u32; N] = std::array::from_fn(|b| page.handing[b].load(Ordering::Relaxed));
+    // Who is alive (each pid asked once).
+    let mut known: Vec<(u32, bool)> = vec![(me, true)];
+    let mut is_alive = |pid: u32| -> bool {
+        if pid == 0 {
+            return false;
+        }
+        if let Some(&(_, a)) = known.iter().find(|(p, _)| *p == pid) {
+            return a;
+        }
+        let a = alive(pid);
+        known.push((pid, a));
+        a
+    };
+    for b in 0..N {
+        if !is_alive(owner[b]) {
+            owner[b] = 0;
+        }
+        if !is_alive(before[b]) || (before[b] == me && conns[b] == 0) || before[b] == owner[b] {
+            before[b] = 0;
+        }
+        // This process stops taking the SYNs of a bucket taken from it (its stack learns so
+        // before it polls again), or the process it was taken from is gone.
+        if handing[b] == me || !is_alive(handing[b]) || owner[b] == 0 {
+            handing[b] = 0;
+        }
+    }
+    // The members that take new connections.
+    let mut members: Vec<u32> = Vec::new();
+    for &o in owner.iter().filter(|&&o| o != 0 && o != me) {
+        if !members.contains(&o) {
+            members.push(o);
+        }
+    }
+    if serving {
+        members.push(me);
+    }
+    let count = |owner: &[u32; N], pid: u32| owner.iter().filter(|&&o| o == pid).count();
+    // A member that stopped listening hands its buckets to the others.
+    if !serving && !members.is_empty() {
+        for b in 0..N {
+            if owner[b] == me {
+                let to = *members
+                    .iter()
+                    .min_by_key(|&&p| count(&owner, p))
+                    .expect("non-empty");
+                owner[b] = to;
+                before[b] = if conns[b] > 0 { me } else { 0 };
+            }
+        }
+    }
+    // Buckets nobody owns go to the members with the fewest.
+    if !members.is_empty() {
+        for b in 0..N {
+            if owner[b] == 0 {
+                owner[b] = *members
+                    .iter()
+                    .min_by_key(|&&p| count(&owner, p))
+                    .expect("non-empty");
+            }
+        }
+    }
+    // Up to a fair share, taken from the member with the most (it keeps its connections).
+    if serving {
+        let share = N / members.len();
+        while count(&owner, me) < share {
+            let Some(&richest) = members
+                .iter()
+                .filter(|&&p| p != me)
+                .max_by_key(|&&p| count(&owner, p))
+            else {
+                break;
+            };
+            if count(&owner, richest) <= share {
+                break;
+            }
+            let Some(b) = (0..N).find(|&b| owner[b] == richest && before[b] == 0) else {
+                break;
+            };
+            owner[b] = me;
+            before[b] = richest;
+            handing[b] = richest;
+        }
+    }
+    for b in 0..N {
+        page.owner[b].store(owner[b], Ordering::Relaxed);
+        page.before[b].store(before[b], Ordering::Relaxed);
+        page.handing[b].store(handing[b], Ordering::Relaxed);
+    }
+    let mask = |f: &dyn Fn(usize) -> bool| (0..N).filter(|&b| f(b)).fold(0u32, |m, b| m | 1 << b);
+    let mine = mask(&|b| owner[b] == me);
+    let syn = mine & mask(&|b| handing[b] == 0);
+    let rst = mask(&|b| owner[b] == me && before[b] == 0);
+    let see = mine | mask(&|b| before[b] == me);
+    Some((Steering { syn, rst }, see, owner[0] == me))
+}
+
+/// This process's part in its group (module comment): called when its stack starts and then
+/// periodically. Nothing to do for a process whose stack started at listen() (no page).
+pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
+    let Some(Some(page)) = PAGE.get() else {
+        return;
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() } as u32;
+    let Some((steering, see, other_ip)) = round(page, me, serving, stack.bucket_conns()) else {
+        return;
+    };
+    stack.set_steering(steering);
+    let other = u32::from(other_ip);
+    if SEEN.load(Ordering::Relaxed) == see && OTHER_IP.load(Ordering::Relaxed) == other {
+        return;
+    }
+    match stack.link_mut().steer(&frame_filter(see, other_ip)) {
+        Ok(()) => {
+            SEEN.store(see, Ordering::Relaxed);
+            OTHER_IP.store(other, Ordering::Relaxed);
+        }
+        Err(e) => {
+            // Each process then receives every frame and takes only its own flows: correct,
+            // at the cost of parsing the others' frames. Said once.
+            static SAID: AtomicU32 = AtomicU32::new(0);
+            if SAID.swap(1, Ordering::Relaxed) == 0 {
+                crate::shim_log!("{e}: every worker process receives every frame");
+            }
+        }
+    }
+}

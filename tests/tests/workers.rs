@@ -1,0 +1,543 @@
+//! Worker processes forked after listen(), under the shim: nginx in its default shape (a master
+//! that listens and forks workers that accept on the inherited listener) and a Python pre-fork
+//! server, over net_af_packet, each worker with a stack of its own and the flows split between
+//! them (docs/architecture.md, "Worker processes").
+//!
+//! nginx serves files named by their SHA-256 (tests/py/check_clients.py `static`, which checks
+//! every body and notes the worker that answered, nginx's `$pid`): with 1, 2 and 4 workers,
+//! accept_mutex on and off, `listen ... reuseport`, keep-alive and a new connection per
+//! request; the replies are the same as the kernel's nginx gives. A worker killed with SIGKILL
+//! is respawned by the master, the connections of the other workers go on undisturbed, and the
+//! new worker takes its share of new connections; `nginx -s reload` starts new workers while
+//! the old ones finish, again without disturbing a connection the old workers do not close.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mtcp_tests::redis::{py_file, shim_lib, TempDir};
+use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Where a server runs: the kernel (in a namespace of its own) or the shim (the root namespace,
+/// af_packet on the veth's root end). The client is in `cns`, the server at `addr`.
+struct Bed {
+    cns: Netns,
+    sns: Option<Netns>,
+    veth: VethPair,
+    subnet: Subnet,
+    port: u16,
+}
+
+impl Bed {
+    fn new(shim: bool) -> Bed {
+        let subnet = Subnet::allocate().expect("subnet");
+        let cns = Netns::new().expect("netns");
+        let sns = (!shim).then(|| Netns::new().expect("netns"));
+        let veth = match &sns {
+            Some(sns) => VethPair::between(sns, &subnet.cidr(2), &cns, &subnet.cidr(1)),
+            None => VethPair::new(&cns, &subnet.cidr(1)),
+        }
+        .expect("veth");
+        let port = 24000 + subnet.index();
+        Bed {
+            cns,
+            sns,
+            veth,
+            subnet,
+            port,
+        }
+    }
+
+    fn side(&self) -> &'static str {
+        if self.sns.is_some() {
+            "kernel"
+        } else {
+            "shim"
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.subnet.addr(2).to_string()
+    }
+
+    /// A server command on this bed's side.
+    fn server(&self, argv: &[String]) -> mtcp_tests::ServerBuilder {
+        match &self.sns {
+            Some(sns) => ServerProcess::builder_in(sns, &argv[0]),
+            None => ServerProcess::builder(&argv[0])
+                .env("LD_PRELOAD", shim_lib())
+                .env("MTCP_PORTS", self.port.to_string())
+                .env("MTCP_DEV", format!("af_packet:{}", self.veth.root_if()))
+                .env("MTCP_ADDR", self.subnet.cidr(2)),
+        }
+        .args(&argv[1..])
+    }
+
+    /// The check client, started.
+    fn client(&self, args: &[String]) -> Child {
+        let mut all = vec![
+            "120".to_string(),
+            PYTHON.into(),
+            py_file("check_clients.py"),
+        ];
+        all.push(args[0].clone());
+        all.push(self.addr());
+        all.push(self.port.to_string());
+        all.extend(args[1..].iter().cloned());
+        self.cns
+            .command("timeout")
+            .args(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the client starts")
+    }
+
+    /// Waits until `GET /index.txt` is answered from the client's namespace.
+    fn wait_serving(&self, server: &mut ServerProcess) {
+        let url = format!("http://{}:{}/index.txt", self.addr(), self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self
+                .cns
+                .exec("curl", ["-sf", "-o", "/dev/null", "-m", "2", &url])
+                .expect("curl runs");
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline && server.try_status().expect("status").is_none(),
+                "{}: nginx does not answer {url}\n{}",
+                self.side(),
+                server.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A counter of process `pid`'s stack (`mtcprun stats`), if its stack runs.
+fn stack_stat(pid: &str, name: &str) -> Option<u64> {
+    let bin = mtcp_tests::built_artifact("mtcprun", "MTCPRUN_BIN");
+    let out = Command::new(bin).args(["stats", pid]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+    })
+}
+
+/// The children of process `pid`.
+fn children(pid: u32) -> BTreeSet<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Waits until each of `pids` runs a stack (under the shim, a worker starts its own when it
+/// first serves its listener).
+fn wait_stacks(pids: &BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.iter().any(|p| stack_stat(p, "polls").is_none()) {
+        assert!(Instant::now() < deadline, "no stack in each of {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One client thread's line of check_clients.py `static`.
+#[derive(Debug)]
+struct ConnLine {
+    pid: String,
+    ok: bool,
+    /// The workers whose kept-alive connections this client lost (and retried).
+    lost: Vec<String>,
+}
+
+fn parse_lines(out: &str) -> Vec<ConnLine> {
+    out.lines()
+        .filter(|l| l.starts_with("conn "))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let lost = match w.iter().position(|&x| x == "lost") {
+                Some(i) if w[i + 1] != "-" => w[i + 1].split(',').map(String::from).collect(),
+                _ => Vec::new(),
+            };
+            ConnLine {
+                pid: w[3].to_string(),
+                ok: w[4] == "ok",
+                lost,
+            }
+        })
+        .collect()
+}
+
+fn finish(client: Child, what: &str, server: &mut ServerProcess) -> (String, Vec<ConnLine>) {
+    finish_after(client, String::new(), what, server)
+}
+
+/// As `finish`, for a client whose first lines (`head`) were read already.
+fn finish_after(
+    client: Child,
+    head: String,
+    what: &str,
+    server: &mut ServerProcess,
+) -> (String, Vec<ConnLine>) {
+    let out: Output = client.wait_with_output().expect("client output");
+    let text = head + &String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: the client failed ({}):\n{text}{err}\n{}",
+        out.status,
+        server.diagnostics()
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("ok "))
+        .unwrap_or_else(|| panic!("{what}: no summary in {text}"))
+        .to_string();
+    (summary, parse_lines(&text))
+}
+
+/// nginx with its configuration and files in a temporary directory.
+struct Nginx {
+    dir: TempDir,
+    server: ServerProcess,
+}
+
+fn nginx_conf(dir: &Path, port: u16, workers: u32, accept_mutex: bool, reuseport: bool) -> String {
+    format!(
+        "user root;\nworker_processes {workers};\ndaemon off;\nerror_log {d}/error.log info;\n\
+         pid {d}/nginx.pid;\nevents {{ worker_connections 1024; accept_mutex {am}; }}\n\
+         http {{\n  access_log off;\n  default_type application/octet-stream;\n\
+         client_body_temp_path {d}/tmp;\n  server {{\n    listen {port}{rp};\n    root {d}/www;\n\
+             keepalive_requests 100000;\n    keepalive_timeout 60s;\n\
+             add_header X-Pid $pid always;\n  }}\n}}\n",
+        d = dir.display(),
+        am = if accept_mutex { "on" } else { "off" },
+        rp = if reuseport { " reuseport" } else { "" },
+    )
+}
+
+impl Nginx {
+    fn start(bed: &Bed, workers: u32, accept_mutex: bool, reuseport: bool) -> Nginx {
+        let dir = TempDir::new("nginx");
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(&www).expect("docroot");
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("temp dir");
+        let made = Command::new(PYTHON)
+            .args([
+                py_file("check_clients.py"),
+                "make_docroot".into(),
+                www.display().to_string(),
+                "24".into(),
+            ])
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "make_docroot");
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            nginx_conf(dir.path(), bed.port, workers, accept_mutex, reuseport),
+        )
+        .expect("nginx.conf");
+        let argv: Vec<String> = [
+            "nginx",
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &dir.path().display().to_string(),
+            "-e",
+            &dir.path().join("error.log").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut server = bed
+            .server(&argv)
+            .no_ready_line()
+            .spawn()
+            .expect("nginx starts");
+        bed.wait_serving(&mut server);
+        Nginx { dir, server }
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("nginx.conf")
+    }
+
+    /// The master's children (its workers), by pid.
+    fn workers(&self) -> BTreeSet<String> {
+        children(self.server.pid())
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+/// One nginx configuration, kernel and shim: every body right, the same replies, and (with
+/// accept_mutex off and several workers) the connections spread over more than one worker.
+fn nginx_serves(workers: u32, accept_mutex: bool, reuseport: bool, mode: &str) {
+    let mut summaries = Vec::new();
+    for shim in [false, true] {
+        let bed = Bed::new(shim);
+        let mut ng = Nginx::start(&bed, workers, accept_mutex, reuseport);
+        if shim && !accept_mutex {
+            // Every worker runs its stack before the load (with accept_mutex on, a worker
+            // starts its stack only once it first holds the mutex).
+            wait_stacks(&ng.workers());
+        }
+        let what = format!(
+            "nginx {workers} workers, accept_mutex {accept_mutex}, reuseport {reuseport}, \
+             {mode}, on the {}",
+            bed.side()
+        );
+        let args: Vec<String> = ["static", "32", "40", mode]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let client = bed.client(&args);
+        let (summary, lines) = finish(client, &what, &mut ng.server);
+        let pids: BTreeSet<&str> = lines.iter().map(|l| l.pid.as_str()).collect();
+        eprintln!("{what}: {summary}; answered by {pids:?}");
+        assert!(
+            lines.iter().all(|l| l.ok && l.lost.is_empty()),
+            "{what}: {lines:?}"
+        );
+        if workers > 1 && !accept_mutex && mode == "keepalive" {
+            assert!(
+                pids.len() > 1,
+                "{what}: every connection went to one worker: {pids:?}\n{}",
+                ng.error_log()
+            );
+        }
+        summaries.push(summary);
+    }
+    assert_eq!(summaries[0], summaries[1], "the replies differ");
+}
+
+#[test]
+fn nginx_one_worker() {
+    nginx_serves(1, false, false, "keepalive");
+}
+
+#[test]
+fn nginx_two_workers() {
+    nginx_serves(2, false, false, "keepalive");
+    nginx_serves(2, false, false, "close");
+}
+
+#[test]
+fn nginx_four_workers_accept_mutex_on() {
+    nginx_serves(4, true, false, "keepalive");
+}
+
+#[test]
+fn nginx_two_workers_reuseport() {
+    nginx_serves(2, false, true, "keepalive");
+}
+
+/// Runs a slow keep-alive load (32 connections, 150 requests each, 20 ms apart: ~3 s) and
+/// `during` it, once every connection was answered; returns the client's lines.
+fn under_load(
+    bed: &Bed,
+    ng: &mut Nginx,
+    what: &str,
+    during: impl FnOnce(&mut Nginx),
+) -> Vec<ConnLine> {
+    use std::io::BufRead;
+    let args: Vec<String> = ["static", "32", "150", "keepalive", "20"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut client = bed.client(&args);
+    // Until every connection had its first reply.
+    let mut head = String::new();
+    let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("client output") == 0 {
+            break;
+        }
+        head += &line;
+        if line.trim() == "started" {
+            break;
+        }
+    }
+    assert!(
+        head.ends_with("started\n"),
+        "the load did not start: {head}"
+    );
+    during(ng);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).expect("client output");
+    let report = ng
+        .workers()
+        .iter()
+        .map(|p| {
+            let stats = [
+                "conns_opened",
+                "steered_away",
+                "tcp_rst_sent",
+                "tcp_retransmits",
+            ]
+            .map(|c| format!("{c} {:?}", stack_stat(p, c)));
+            format!("worker {p}: {}", stats.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    finish_after(
+        client,
+        head + &rest,
+        &format!("{what}\n{report}"),
+        &mut ng.server,
+    )
+    .1
+}
+
+#[test]
+fn a_killed_worker_is_respawned_and_disturbs_no_other() {
+    let bed = Bed::new(true);
+    let mut ng = Nginx::start(&bed, 2, false, false);
+    let before = ng.workers();
+    assert_eq!(before.len(), 2, "{before:?}");
+    wait_stacks(&before);
+    let victim = before.iter().next().expect("a worker").clone();
+    let what = format!("kill -9 {victim} of {before:?}");
+    let lines = under_load(&bed, &mut ng, &what, |ng| {
+        let rc = Command::new("kill")
+            .args(["-KILL", &victim])
+            .status()
+            .expect("kill");
+        assert!(rc.success());
+        // The master respawns it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ng.workers().len() < 2 || ng.workers().contains(&victim) {
+            assert!(
+                Instant::now() < deadline,
+                "no worker respawned: {:?}",
+                ng.workers()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let after = ng.workers();
+    let survivor: Vec<&String> = before.iter().filter(|p| **p != victim).collect();
+    for l in &lines {
+        assert!(l.ok, "{lines:?}");
+        assert!(
+            l.lost.iter().all(|p| *p == victim),
+            "a connection of a worker that was not killed was lost: {l:?} (killed {victim}, \
+             survivor {survivor:?})"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| !l.lost.is_empty()),
+        "no connection of the killed worker was lost: {lines:?}"
+    );
+    // New connections: the respawned worker takes its share.
+    let args: Vec<String> = ["static", "32", "5", "keepalive"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (_, lines) = finish(bed.client(&args), "after the respawn", &mut ng.server);
+    let pids: BTreeSet<String> = lines.iter().map(|l| l.pid.clone()).collect();
+    let new: Vec<&String> = after.iter().filter(|p| !before.contains(*p)).collect();
+    assert!(
+        new.iter().all(|p| pids.contains(*p)),
+        "the respawned worker {new:?} answered none of {pids:?}\n{}",
+        ng.error_log()
+    );
+}
+
+#[test]
+fn reload_starts_new_workers_and_the_old_ones_finish() {
+    let bed = Bed::new(true);
+    let mut ng = Nginx::start(&bed, 2, false, false);
+    let old = ng.workers();
+    wait_stacks(&old);
+    let lines = under_load(&bed, &mut ng, "reload", |ng| {
+        let rc = Command::new("nginx")
+            .args(["-s", "reload", "-c"])
+            .arg(ng.conf())
+            .arg("-p")
+            .arg(ng.dir.path())
+            .output()
+            .expect("nginx -s reload");
+        assert!(
+            rc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rc.stderr)
+        );
+        // The old workers exit once their connections are done; new ones serve.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ng.workers().iter().any(|p| old.contains(p)) || ng.workers().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "old workers {old:?} still there: {:?}\n{}",
+                ng.workers(),
+                ng.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    for l in &lines {
+        assert!(l.ok, "{lines:?}");
+        // nginx closes an old worker's idle kept-alive connections (on the kernel too); no
+        // connection of a new worker is ever lost.
+        assert!(
+            l.lost.iter().all(|p| old.contains(p)),
+            "{l:?} (old: {old:?})"
+        );
+    }
+    let new = ng.workers();
+    let served: BTreeSet<String> = lines.iter().map(|l| l.pid.clone()).collect();
+    assert!(
+        served.iter().any(|p| new.contains(p)),
+        "no new worker {new:?} answered: {served:?}"
+    );
+}
+
+/// A pre-fork server in Python (listen, fork 2 children, each a blocking accept loop that
+/// echoes): both children serve, every byte comes back.
+#[test]
+fn python_prefork_server() {
+    let mut summaries = Vec::new();
+    for shim in [false, true] {
+        let bed = Bed::new(shim);
+        let argv: Vec<String> = [
+            PYTHON.to_string(),
+            py_file("prefork_server.py"),
+            bed.port.to_string(),
+            "2".into(),
+        ]
+        .to_vec();
+        let mut server = bed
+            .server(&argv)
+            .ready_prefix("ready")
+            .spawn()
+            .expect("the server starts");
+        if shim {
+            // Each child starts its stack in its first accept.
+            let kids = children(server.pid());
+            assert_eq!(kids.len(), 2, "{kids:?}");
+            wait_stacks(&kids);
+        }
+        let args: Vec<String> = ["echo", "16", "50"].iter().map(|s| s.to_string()).collect();
+        let (summary, _) = finish(bed.client(&args), "prefork", &mut server);
+        eprintln!("prefork on the {}: {summary}", bed.side());
+        let served = server.stdout();
+        let children: BTreeSet<&str> = served
+            .lines()
+            .filter_map(|l| l.strip_prefix("served by "))
+            .collect();
+        assert!(children.len() == 2, "{}: {served}", bed.side());
+        summaries.push(summary);
+    }
+    assert_eq!(summaries[0], summaries[1]);
+}
