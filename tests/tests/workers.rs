@@ -139,11 +139,24 @@ fn children(pid: u32) -> BTreeSet<String> {
 }
 
 /// Waits until each of `pids` runs a stack (under the shim, a worker starts its own when it
-/// first serves its listener).
+/// first serves its listener) and the workers split the flows between them: each takes the new
+/// connections of some of the 32 buckets, together all of them.
 fn wait_stacks(pids: &BTreeSet<String>) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pids.iter().any(|p| stack_stat(p, "polls").is_none()) {
-        assert!(Instant::now() < deadline, "no stack in each of {pids:?}");
+    loop {
+        let shares: Vec<Option<u64>> = pids
+            .iter()
+            .map(|p| stack_stat(p, "steer_buckets"))
+            .collect();
+        if shares.iter().all(|s| s.is_some_and(|n| n > 0))
+            && shares.iter().flatten().sum::<u64>() == 32
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flows are not split between {pids:?}: {shares:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -61,6 +61,9 @@ counters! {
         /// Segments left to another process sharing the device (worker processes): SYNs of
         /// flows another process takes, segments of connections another process may own.
         steered_away,
+        /// Buckets (of 32) whose new connections this stack takes, where worker processes
+        /// share the device (32 alone). A level, not a count.
+        steer_buckets,
         /// Frames dropped, duplicated or reordered on purpose by MTCP_FAULTS.
         fault_dropped,
         fault_duplicated,

@@ -51,6 +51,20 @@ impl Steering {
     }
 }
 
+/// Which connections the processes sharing a device have, so that a segment no connection of
+/// this stack wants is answered with a reset only if no other live process has its connection
+/// (during a bucket's handover two processes see its frames, and a process that died leaves
+/// connections nobody has). Keys are the stack's demux keys (peer address, peer port, local
+/// port). Kept by the embedder (the shim: a table in memory the processes share).
+pub trait FlowRegistry: Send {
+    /// This stack has a connection for `key` from now on.
+    fn opened(&mut self, key: u64);
+    /// This stack's connection for `key` is gone.
+    fn closed(&mut self, key: u64);
+    /// Another live process has a connection for `key`.
+    fn elsewhere(&mut self, key: u64) -> bool;
+}
+
 /// One classic BPF instruction (`struct sock_filter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]

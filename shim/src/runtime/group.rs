@@ -19,16 +19,20 @@
 //! - a member with no listener left (an old worker finishing its connections) gives its
 //!   buckets to the others the same way.
 //!
-//! A member's stack then takes SYNs in the buckets it owns, resets unknown segments only in
-//! buckets it owns alone, and its device delivers it only the frames of the buckets it owns or
-//! owned before (a classic BPF filter on the packet sockets; ARP to every member, ICMP to
-//! the owner of bucket 0). A process alone in its group owns everything and filters nothing.
+//! A member's stack then takes SYNs in the buckets it owns, and its device delivers it only
+//! the frames of the buckets it owns or owned before (a classic BPF filter on the packet sockets; ARP to every member, ICMP to
+//! the owner of bucket 0). A segment no connection of its stack wants is reset only if no
+//! other live member has that connection: every member registers its connections in a second
+//! shared table (key: peer address, peer port, local port), so a process that died leaves
+//! connections its buckets' new owner resets (its client learns at its next send), and in a
+//! bucket being handed over neither side resets the other's. A process alone in its group owns
+//! everything and filters nothing.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use userstack::link::Link;
-use userstack::steer::{frame_filter, Steering, ALL, BUCKETS};
+use userstack::steer::{frame_filter, FlowRegistry, Steering, ALL, BUCKETS};
 use userstack::Stack;
 
 const N: usize = BUCKETS as usize;
@@ -49,14 +53,131 @@ struct Page {
 
 static PAGE: OnceLock<Option<&'static Page>> = OnceLock::new();
 
+/// Slots of the shared connection table (a power of two): the connections of every member,
+/// so that a segment no stack wants is reset only if no live member has its connection.
+const FLOW_SLOTS: usize = 1 << 17;
+/// A lookup or insert looks at this many slots at most.
+const PROBES: usize = 64;
+/// A slot that held a connection (lookups go past it; inserts may reuse it).
+const GONE: u64 = u64::MAX;
+
+/// One slot of the shared connection table: a demux key (0: never used; GONE: freed) and the
+/// pid that has the connection.
+#[repr(C)]
+struct FlowSlot {
+    key: AtomicU64,
+    pid: AtomicU32,
+}
+
+static FLOWS: OnceLock<Option<&'static [FlowSlot]>> = OnceLock::new();
+
+/// A fresh shared anonymous mapping of `len` bytes (zero-filled), or None.
+fn shared_mapping(len: usize) -> Option<*mut libc::c_void> {
+    // SAFETY: a new mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p)
+}
+
+/// This process's view of the shared connection table (userstack's `FlowRegistry`).
+struct SharedFlows {
+    table: &'static [FlowSlot],
+    me: u32,
+    /// Pids found dead (a dead process's connections are nobody's).
+    dead: Vec<u32>,
+}
+
+impl SharedFlows {
+    fn start(key: u64) -> usize {
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize & (FLOW_SLOTS - 1)
+    }
+}
+
+impl FlowRegistry for SharedFlows {
+    fn opened(&mut self, key: u64) {
+        let s = Self::start(key);
+        for i in 0..PROBES {
+            let slot = &self.table[(s + i) & (FLOW_SLOTS - 1)];
+            let k = slot.key.load(Ordering::Acquire);
+            if (k == 0 || k == GONE)
+                && slot
+                    .key
+                    .compare_exchange(k, key, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                slot.pid.store(self.me, Ordering::Release);
+                return;
+            }
+        }
+        // Full around this key: the connection is not registered, and a member seeing its
+        // frames during a handover may reset it (64 probes of 131,072 slots: not in practice).
+    }
+
+    fn closed(&mut self, key: u64) {
+        let s = Self::start(key);
+        for i in 0..PROBES {
+            let slot = &self.table[(s + i) & (FLOW_SLOTS - 1)];
+            match slot.key.load(Ordering::Acquire) {
+                0 => return,
+                k if k == key && slot.pid.load(Ordering::Acquire) == self.me => {
+                    slot.pid.store(0, Ordering::Release);
+                    slot.key.store(GONE, Ordering::Release);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn elsewhere(&mut self, key: u64) -> bool {
+        let s = Self::start(key);
+        for i in 0..PROBES {
+            let slot = &self.table[(s + i) & (FLOW_SLOTS - 1)];
+            match slot.key.load(Ordering::Acquire) {
+                0 => return false,
+                k if k == key => {
+                    let pid = slot.pid.load(Ordering::Acquire);
+                    if pid == self.me || self.dead.contains(&pid) {
+                        continue;
+                    }
+                    // 0: being registered right now, by a live process.
+                    if pid == 0 || alive(pid) {
+                        return true;
+                    }
+                    self.dead.push(pid);
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+}
+
 /// What this process last applied: the buckets its device delivers, and whether it takes
 /// other IPv4 (ICMP).
 static SEEN: AtomicU32 = AtomicU32::new(ALL);
+/// The pid whose stack uses the shared connection table (0: none yet).
+static REGISTERED: AtomicU32 = AtomicU32::new(0);
 static OTHER_IP: AtomicU32 = AtomicU32::new(1);
 
 /// Makes the shared page (once per process; children inherit it). Called at a listen() whose
 /// stack starts later, before the process may fork workers.
 pub(super) fn ensure() {
+    FLOWS.get_or_init(|| {
+        let len = FLOW_SLOTS * std::mem::size_of::<FlowSlot>();
+        // SAFETY: the mapping is big enough, zeroed (valid atomics, every slot unused), and
+        // lives for the rest of the process.
+        shared_mapping(len)
+            .map(|p| unsafe { std::slice::from_raw_parts(p as *const FlowSlot, FLOW_SLOTS) })
+    });
     PAGE.get_or_init(|| {
         // SAFETY: a fresh shared anonymous mapping, zero-filled (every word free/nobody).
         let p = unsafe {
@@ -232,7 +353,17 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
     let Some((steering, see, other_ip)) = round(page, me, serving, stack.bucket_conns()) else {
         return;
     };
-    stack.set_steering(steering);
+    // The first round of this process's stack: its connections go in the shared table.
+    if REGISTERED.swap(me, Ordering::Relaxed) != me {
+        if let Some(Some(table)) = FLOWS.get() {
+            stack.set_flow_registry(Box::new(SharedFlows {
+                table,
+                me,
+                dead: Vec::new(),
+            }));
+        }
+    }
+    stack.set_steering(steering, userstack::clock::now());
     let other = u32::from(other_ip);
     if SEEN.load(Ordering::Relaxed) == see && OTHER_IP.load(Ordering::Relaxed) == other {
         return;

@@ -302,6 +302,9 @@ impl<L: Link> Stack<L> {
             }
         };
         self.demux.insert(k, idx);
+        if let Some(f) = self.flows.as_mut() {
+            f.opened(k);
+        }
         self.bucket_conns[crate::steer::flow_bucket(*peer.ip(), peer.port()) as usize] += 1;
         self.live += 1;
         self.shm.states.add(state);
@@ -315,6 +318,9 @@ impl<L: Link> Stack<L> {
         slot.gen = slot.gen.wrapping_add(1);
         if self.demux.get(&c.key) == Some(&idx) {
             self.demux.remove(&c.key);
+            if let Some(f) = self.flows.as_mut() {
+                f.closed(c.key);
+            }
         }
         if let Origin::Passive(port) = c.origin {
             if let Some(l) = self.listeners.get_mut(&port) {

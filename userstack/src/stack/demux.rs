@@ -171,6 +171,9 @@ impl<L: Link> Stack<L> {
                 // The application still holds the old connection (to read its error or its
                 // last data): it stays, out of the demux.
                 self.demux.remove(&k);
+                if let Some(f) = self.flows.as_mut() {
+                    f.closed(k);
+                }
             }
         }
         let bucket = crate::steer::flow_bucket(src, sport);
@@ -222,7 +225,11 @@ impl<L: Link> Stack<L> {
         }
         // No connection wants it: smoltcp's control interface answers with RST (never to a RST),
         // unless another process sharing the device may own the connection.
-        if !self.steering.resets(bucket) {
+        let theirs = match self.flows.as_mut() {
+            Some(f) => f.elsewhere(k),
+            None => !self.steering.resets(bucket),
+        };
+        if theirs {
             self.net.stats_mut().steered_away += 1;
             return;
         }

@@ -107,6 +107,8 @@ pub struct Stack<L: Link> {
     steering: crate::steer::Steering,
     /// Connections per steering bucket.
     bucket_conns: [u32; crate::steer::BUCKETS as usize],
+    /// The connections of the processes sharing the device (steer.rs), if any.
+    flows: Option<Box<dyn crate::steer::FlowRegistry>>,
     seed: u64,
     next_ephemeral: u16,
     defaults: TcpOptions,
@@ -140,7 +142,8 @@ impl<L: Link> Stack<L> {
         Ok(stack)
     }
 
-    fn with_net(net: Net<L>, defaults: TcpOptions, now: Instant) -> Self {
+    fn with_net(mut net: Net<L>, defaults: TcpOptions, now: Instant) -> Self {
+        net.stats_mut().steer_buckets = u64::from(crate::steer::BUCKETS);
         let mtu = net.link().ip_mtu();
         // Unpredictable initial sequence numbers need an unpredictable seed: std's RandomState
         // is keyed from the OS random source.
@@ -193,6 +196,7 @@ impl<L: Link> Stack<L> {
             in_rx_burst: false,
             steering: crate::steer::Steering::ALONE,
             bucket_conns: [0; crate::steer::BUCKETS as usize],
+            flows: None,
             seed,
             next_ephemeral: EPHEMERAL.start
                 + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
@@ -236,8 +240,24 @@ impl<L: Link> Stack<L> {
     /// Which flows are this stack's, where processes share its device (steer.rs): from now on
     /// SYNs open connections only in `steering.syn`'s buckets, and unwanted segments get a
     /// reset only in `steering.rst`'s.
-    pub fn set_steering(&mut self, steering: crate::steer::Steering) {
+    pub fn set_steering(&mut self, steering: crate::steer::Steering, now: Instant) {
+        if steering == self.steering {
+            return;
+        }
         self.steering = steering;
+        self.net.stats_mut().steer_buckets = u64::from(steering.syn.count_ones());
+        // Shown at once (an idle worker blocked in accept publishes nothing).
+        self.publish(now.total_micros() as crate::net::Micros);
+    }
+
+    /// Processes share the device: `flows` learns of every connection this stack opens and
+    /// frees, and decides whether a segment no connection wants gets a reset (steer.rs). The
+    /// connections already open are registered now.
+    pub fn set_flow_registry(&mut self, mut flows: Box<dyn crate::steer::FlowRegistry>) {
+        for &k in self.demux.keys() {
+            flows.opened(k);
+        }
+        self.flows = Some(flows);
     }
 
     /// Live connections per steering bucket (a process hands a bucket over, and stops seeing

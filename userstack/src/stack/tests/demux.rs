@@ -164,3 +164,93 @@ fn data_after_close_resets_like_linux() {
     assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
     assert_eq!(p.client.recv(c, &mut buf), Ok(0));
 }
+
+/// A registry of other processes' connections, for the tests: `theirs` are elsewhere.
+struct Others {
+    theirs: Vec<u64>,
+    opened: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl crate::steer::FlowRegistry for Others {
+    fn opened(&mut self, key: u64) {
+        self.opened.lock().unwrap().push(key);
+    }
+    fn closed(&mut self, key: u64) {
+        self.opened.lock().unwrap().retain(|&k| k != key);
+    }
+    fn elsewhere(&mut self, key: u64) -> bool {
+        self.theirs.contains(&key)
+    }
+}
+
+#[test]
+fn syns_of_buckets_another_process_takes_are_left_to_it() {
+    use crate::steer::Steering;
+    let mut p = Pair::new();
+    p.server.listen(6379, 16, opts()).unwrap();
+    p.server.set_steering(Steering { syn: 0, rst: 0 }, p.now);
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(6379), opts())
+        .unwrap();
+    p.advance(Duration::from_millis(50), Duration::from_millis(1));
+    let st = p.server.stats();
+    assert!(st.steered_away >= 1, "{st}");
+    assert_eq!((st.conns_opened, st.tcp_rst_sent), (0, 0), "{st}");
+    assert_eq!(
+        p.client.state(c).unwrap(),
+        smoltcp::socket::tcp::State::SynSent
+    );
+    // Its bucket becomes this stack's: the SYN's retransmission opens the connection.
+    p.server.set_steering(Steering::ALONE, p.now);
+    p.advance(Duration::from_millis(1500), Duration::from_millis(1));
+    assert_eq!(
+        p.client.state(c).unwrap(),
+        smoltcp::socket::tcp::State::Established
+    );
+}
+
+#[test]
+fn an_unknown_segment_is_reset_only_if_no_other_process_has_its_connection() {
+    use crate::steer::Steering;
+    for (theirs, resets) in [(true, 0), (false, 1)] {
+        let mut p = Pair::new();
+        p.server.listen(6379, 16, opts()).unwrap();
+        let opened = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = p
+            .client
+            .connect(p.now, p.server_addr(6379), opts())
+            .unwrap();
+        p.run();
+        let (id, _) = p.server.accept(6379).unwrap();
+        let key = {
+            p.server.set_flow_registry(Box::new(Others {
+                theirs: Vec::new(),
+                opened: opened.clone(),
+            }));
+            let keys = opened.lock().unwrap().clone();
+            assert_eq!(keys.len(), 1, "the open connection is registered");
+            keys[0]
+        };
+        // The server forgets the connection (another process has it, or nobody does).
+        p.server.abort(id).unwrap();
+        let _ = p.server.close(id);
+        p.now += Duration::from_millis(1);
+        p.server.poll(p.now);
+        p.client.link().discard();
+        assert!(opened.lock().unwrap().is_empty(), "freed: unregistered");
+        p.server.set_flow_registry(Box::new(Others {
+            theirs: if theirs { vec![key] } else { Vec::new() },
+            opened: opened.clone(),
+        }));
+        p.server.set_steering(Steering { syn: 0, rst: 0 }, p.now);
+        let before = p.server.stats().tcp_rst_sent;
+        p.client.send(c, b"PING\r\n").unwrap();
+        p.run();
+        assert_eq!(
+            p.server.stats().tcp_rst_sent - before,
+            resets,
+            "theirs: {theirs}"
+        );
+    }
+}
