@@ -7,6 +7,7 @@
 //!   dup of the epoll fd): 32 connections x 100 echoes of random sizes;
 //! - Node.js (libuv, which closes fds with `syscall(SYS_close)`): HTTP bodies of 0 to 70,000
 //!   bytes, keep-alive and a new connection per request;
+//! - uvloop (libuv under Python's asyncio): 32 connections x 100 echoes;
 //! - memcached -t 4 (four threads, each with its own epoll set, connections handed to them by
 //!   the listening thread): set and get of 32 x 200 values of up to 20,000 bytes.
 //!
@@ -57,6 +58,19 @@ fn node_http(mode: &'static str) -> Case {
         ],
         ready: Some("ready"),
         client: vec!["http", "16", "50", mode],
+    }
+}
+
+fn uvloop_echo() -> Case {
+    Case {
+        name: "uvloop",
+        server: vec![
+            "/usr/bin/python3".into(),
+            py_file("uvloop_echo.py"),
+            "{port}".into(),
+        ],
+        ready: Some("ready"),
+        client: vec!["echo", "32", "100"],
     }
 }
 
@@ -160,6 +174,25 @@ fn run(case: &Case, shim: bool) -> String {
     };
     let mut server = b.spawn().expect("the server starts");
     wait_listening(sns.as_ref(), port, &mut server);
+    if shim {
+        // On af_packet the stack starts when the server first serves its listener (its
+        // packet sockets count in the sockets held before the clients).
+        let mtcprun = mtcp_tests::built_artifact("mtcprun", "MTCPRUN_BIN");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::process::Command::new(&mtcprun)
+            .args(["stats", &server.pid().to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no stack\n{}",
+                case.name,
+                server.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let before = sockets_of(server.pid());
     let mut args = vec![
         py_file("check_clients.py"),
@@ -236,6 +269,11 @@ fn node_http_keep_alive() {
 #[test]
 fn node_http_connection_per_request() {
     same_on_both(node_http("close"));
+}
+
+#[test]
+fn uvloop_asyncio_echo() {
+    same_on_both(uvloop_echo());
 }
 
 #[test]

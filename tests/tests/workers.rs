@@ -554,3 +554,55 @@ fn python_prefork_server() {
     }
     assert_eq!(summaries[0], summaries[1]);
 }
+
+/// gunicorn with 2 sync workers (a pre-fork WSGI server: the arbiter listens, its workers
+/// accept): HTTP bodies of 0 to 70,000 bytes, a connection per request (sync workers close
+/// after each response), the same replies as on the kernel.
+#[test]
+fn gunicorn_sync_workers() {
+    let mut summaries = Vec::new();
+    for shim in [false, true] {
+        let bed = Bed::new(shim);
+        let argv: Vec<String> = [
+            "/usr/bin/gunicorn",
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--bind",
+            &format!("0.0.0.0:{}", bed.port),
+            "--chdir",
+            &format!("{}/py", env!("CARGO_MANIFEST_DIR")),
+            "wsgi_app:app",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut server = bed
+            .server(&argv)
+            .no_ready_line()
+            .spawn()
+            .expect("gunicorn starts");
+        // Its workers, each with its stack (under the shim) once it serves.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while children(server.pid()).len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "gunicorn started no workers\n{}",
+                server.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if shim {
+            wait_stacks(&children(server.pid()));
+        }
+        let args: Vec<String> = ["http", "16", "25", "close"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (summary, _) = finish(bed.client(&args), "gunicorn", &mut server);
+        eprintln!("gunicorn on the {}: {summary}", bed.side());
+        summaries.push(summary);
+    }
+    assert_eq!(summaries[0], summaries[1]);
+}
