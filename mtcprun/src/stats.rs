@@ -95,7 +95,8 @@ fn explain(pid: u32, e: &ReadError) -> String {
             Some(comm) => format!(
                 "no statistics for pid {pid} ({comm}): {} does not exist. The process does not \
                  run the user-space stack (start it with mtcprun), its stack has not started yet \
-                 (it starts at the first listen() on a port in MTCP_PORTS), or MTCP_STATS=off",
+                 (it starts at the first listen() on a port in MTCP_PORTS; on af_packet when that \
+                 listener is first served), or MTCP_STATS=off",
                 p.display()
             ),
         },
