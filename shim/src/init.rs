@@ -79,3 +79,18 @@ fn env_flag(name: &std::ffi::CStr) -> bool {
     let v = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
     !v.is_empty() && v != b"0"
 }
+
+/// At load: if MTCP_PORTS is set, a thread checks once the program runs that every flagged
+/// port it listens on goes through the shim (runtime::watch). Reads one variable, nothing else.
+extern "C" fn watch_at_load() {
+    // SAFETY: getenv with a NUL-terminated name; the result is only tested.
+    let p = unsafe { libc::getenv(c"MTCP_PORTS".as_ptr()) };
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    if !p.is_null() && unsafe { *p } != 0 {
+        crate::runtime::watch::start();
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static WATCH_AT_LOAD: extern "C" fn() = watch_at_load;

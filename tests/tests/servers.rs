@@ -280,3 +280,48 @@ fn uvloop_asyncio_echo() {
 fn memcached_four_threads() {
     same_on_both(memcached());
 }
+
+/// What a preload library cannot serve is said, once each, on stderr: a flagged port that
+/// listens through a raw system call (as Go's runtime makes them) and an io_uring the process
+/// set up (tests/py/unseen.py).
+#[test]
+fn what_the_shim_cannot_see_is_said_once() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let cns = Netns::new().expect("netns");
+    let veth = VethPair::new(&cns, &subnet.cidr(1)).expect("veth");
+    let port = 23000 + subnet.index();
+    let mut server = ServerProcess::builder(PYTHON)
+        .args([py_file("unseen.py"), port.to_string()])
+        .env("LD_PRELOAD", shim_lib())
+        .env("MTCP_PORTS", port.to_string())
+        .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
+        .env("MTCP_ADDR", subnet.cidr(2))
+        .ready_prefix("ready")
+        .spawn()
+        .expect("the program starts");
+    let want = [
+        format!("port {port} is in MTCP_PORTS but listens through the kernel"),
+        "this process uses io_uring".to_string(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !want.iter().all(|w| server.stderr().contains(w.as_str())) {
+        assert!(
+            Instant::now() < deadline,
+            "not said within 15 s:\n{}",
+            server.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The second look (10 s after the start) says nothing again.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < deadline && server.try_status().expect("status").is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        if server.stderr().matches("mtcpshim:").count() > 2 {
+            break;
+        }
+    }
+    let err = server.stderr();
+    for w in &want {
+        assert_eq!(err.matches(w.as_str()).count(), 1, "{err}");
+    }
+}

@@ -16,6 +16,7 @@ mod group;
 mod kwait;
 mod sockopt;
 mod wait;
+pub(crate) mod watch;
 
 pub(crate) use calls::*;
 
