@@ -176,6 +176,18 @@ impl<L: Link> Stack<L> {
                 }
             }
         }
+        if let Some(&end) = self.time_wait.get(&k) {
+            if syn_only || end <= now.total_micros() as Micros {
+                // A new connection for the same addresses and ports (or the record ended).
+                self.time_wait.remove(&k);
+            } else if !tcp.fin() || tcp.rst() {
+                // The peer's last ACK, or a stray segment: no reset.
+                return;
+            }
+            // A FIN retransmitted: our ACK of it was lost. Linux ACKs it again from its
+            // timewait socket; the record has no sequence numbers, and a reset frees the peer
+            // (closed on its side already) as well: below.
+        }
         let bucket = crate::steer::flow_bucket(src, sport);
         if syn_only && !self.steering.takes_syn(bucket) {
             // Another process's new connection (processes sharing the device).

@@ -29,7 +29,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -109,6 +109,12 @@ pub struct Stack<L: Link> {
     bucket_conns: [u32; crate::steer::BUCKETS as usize],
     /// The connections of the processes sharing the device (steer.rs), if any.
     flows: Option<Box<dyn crate::steer::FlowRegistry>>,
+    /// Closed sockets of freed connections, reused by new ones (`conn::SPARE_SOCKETS` at most).
+    spare: Vec<(SocketSet<'static>, SocketHandle)>,
+    /// Connections in TIME-WAIT that the application closed, by demux key: only their end
+    /// time (conn.rs, `enter_time_wait`), in the order they end.
+    time_wait: HashMap<u64, Micros, foldhash::fast::RandomState>,
+    time_wait_order: VecDeque<(Micros, u64)>,
     seed: u64,
     next_ephemeral: u16,
     defaults: TcpOptions,
@@ -197,6 +203,9 @@ impl<L: Link> Stack<L> {
             steering: crate::steer::Steering::ALONE,
             bucket_conns: [0; crate::steer::BUCKETS as usize],
             flows: None,
+            spare: Vec::new(),
+            time_wait: HashMap::default(),
+            time_wait_order: VecDeque::new(),
             seed,
             next_ephemeral: EPHEMERAL.start
                 + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
@@ -359,6 +368,7 @@ impl<L: Link> Stack<L> {
         let us = now.total_micros() as Micros;
         self.net.stats_mut().polls += 1;
         let mut work = false;
+        self.expire_time_wait(us);
 
         let mut rx = std::mem::take(&mut self.rx);
         self.net.link_mut().rx_burst(&mut rx, RX_BURST);

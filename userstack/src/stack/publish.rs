@@ -166,7 +166,10 @@ impl<L: Link> Stack<L> {
 
     /// Connections by TCP state.
     pub fn tcp_states(&self) -> StateCounts {
-        self.shm.states
+        let mut s = self.shm.states;
+        // Closed connections waiting out TIME-WAIT as a record (conn.rs) are TIME-WAIT too.
+        s.0[state_index(tcp::State::TimeWait)] += self.time_wait.len() as u64;
+        s
     }
 
     /// Every listener's backlog and queues, by port.
@@ -202,7 +205,7 @@ impl<L: Link> Stack<L> {
             self.listeners.len() as u64,
         ];
         values[Stats::COUNT..Stats::COUNT + EXTRA.len()].copy_from_slice(&extra);
-        for (i, (_, n)) in self.shm.states.iter().enumerate() {
+        for (i, (_, n)) in self.tcp_states().iter().enumerate() {
             values[Stats::COUNT + EXTRA.len() + i] = n;
         }
         let mut table = [ListenerStat::default(); MAX_LISTENERS];

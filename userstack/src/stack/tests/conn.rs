@@ -369,3 +369,42 @@ fn an_orphan_in_fin_wait_2_is_freed_after_a_minute() {
         "freed after {after}"
     );
 }
+
+/// A connection the application closed becomes a TIME-WAIT record once its last ACK is out:
+/// its socket (and buffers) serve the next connection, the record lasts Linux's 60 s, and no
+/// reset is sent on the way.
+#[test]
+fn a_closed_connection_waits_out_time_wait_as_a_record() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    p.server.close(s).unwrap();
+    p.run();
+    p.client.close(c).unwrap();
+    p.run();
+    assert_eq!(p.server.connections(), 0, "freed, not held for TIME-WAIT");
+    let st = p.server.tcp_states();
+    assert_eq!(
+        st.iter().find(|(n, _)| *n == "time_wait").map(|(_, v)| v),
+        Some(1)
+    );
+    assert_eq!(p.server.stats().tcp_rst_sent, 0);
+    // A new connection, served from the kept socket.
+    let c2 = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run();
+    let (s2, _) = p.server.accept(7777).unwrap();
+    p.client.send(c2, b"again").unwrap();
+    p.run();
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.recv(s2, &mut buf), Ok(5));
+    assert_eq!(&buf[..5], b"again");
+    assert_eq!(p.server.stats().tcp_rst_sent, 0);
+    p.advance(Duration::from_secs(61), Duration::from_millis(500));
+    let st = p.server.tcp_states();
+    assert_eq!(
+        st.iter().find(|(n, _)| *n == "time_wait").map(|(_, v)| v),
+        Some(0)
+    );
+}
