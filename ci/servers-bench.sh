@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Worker processes and threads, kernel and shim side by side in one run: nginx serving a 1 KiB
 # file under wrk (-c 100; keep-alive, and a new connection per request), memcached under
-# memaslap (memcaslap on Debian; 90% get, 10% set), each with 1 and 2 workers (nginx
-# worker_processes, memcached -t). Prints requests/s, p50/p99 latency (wrk) and the server's
+# memaslap (memcaslap on Debian; 90% get, 10% set), tokio's multi-threaded runtime echoing 64
+# bytes (examples/tokio_echo.rs under examples/echo_load.rs, 100 connections), each with 1 and
+# 2 workers (nginx worker_processes, memcached -t, tokio worker threads). Prints requests/s, p50/p99 latency (wrk) and the server's
 # CPU per request (all its processes and threads: utime+stime from /proc, µs).
 #
 # Kernel: the server in a namespace of its own, over a veth pair to the client's namespace.
@@ -14,7 +15,7 @@
 #   SKIP_BUILD=1 DURATION=5 bash ci/servers-bench.sh      (as root, from the repository root)
 #
 # Environment: DURATION (s per run, default 5), WORKERS (default "1 2"), SERVERS (default
-# "nginx nginx-close memcached"), SIDES (default "kernel shim"), SHIM_ENV (more variables for
+# "nginx nginx-close memcached tokio"), SIDES (default "kernel shim"), SHIM_ENV (more variables for
 # the shim's side, e.g. "MTCP_SPIN_US=0").
 set -euo pipefail
 NAME=servers-bench
@@ -22,13 +23,15 @@ source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-1 2}
-SERVERS=${SERVERS:-nginx nginx-close memcached}
+SERVERS=${SERVERS:-nginx nginx-close memcached tokio}
 SIDES=${SIDES:-kernel shim}
 SHIM_ENV=${SHIM_ENV:-}
 SHIM=$PWD/target/release/libmtcpshim.so
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    cargo build --release -p mtcpshim >&2
+    cargo build --release -p mtcpshim -p mtcp-examples >&2
 fi
+TOKIO=$PWD/target/release/tokio-echo
+LOAD=$PWD/target/release/echo-load
 for tool in nginx wrk memcached memcaslap; do
     command -v "$tool" >/dev/null || { echo "$NAME: $tool is missing (bash ci/setup.sh)" >&2; exit 2; }
 done
@@ -97,6 +100,10 @@ EOF
             ip netns exec "$sns" taskset -c $cpus "${pre[@]}" nginx -c "$TMP/nginx.conf" -p "$TMP" \
                 -e "$TMP/nginx-error.log" >"$TMP/srv.out" 2>"$TMP/srv.err" &
             ;;
+        tokio)
+            ip netns exec "$sns" taskset -c $cpus "${pre[@]}" "$TOKIO" $port "$w" \
+                >"$TMP/srv.out" 2>"$TMP/srv.err" &
+            ;;
         memcached)
             ip netns exec "$sns" taskset -c $cpus "${pre[@]}" memcached -u root -m 1024 -t "$w" \
                 -p $port -U 0 -l 0.0.0.0 -c 4096 >"$TMP/srv.out" 2>"$TMP/srv.err" &
@@ -110,6 +117,8 @@ EOF
     for i in $(seq 200); do
         if [[ $server == memcached ]]; then
             ip netns exec "$cns" timeout 2 memcstat --servers="$NET.2:$port" >/dev/null 2>&1 && ok=1
+        elif [[ $server == tokio ]]; then
+            ip netns exec "$cns" timeout 2 "$LOAD" "$NET.2:$port" 1 1 >/dev/null 2>&1 && ok=1
         else
             ip netns exec "$cns" curl -sf -o /dev/null -m 2 "http://$NET.2:$port/1k.bin" && ok=1
         fi
@@ -126,6 +135,7 @@ EOF
         nginx) ip netns exec "$cns" taskset -c $ccpus wrk -t 2 -c 100 -d 1 "http://$NET.2:$port/1k.bin" >/dev/null ;;
         nginx-close) ip netns exec "$cns" taskset -c $ccpus wrk -t 2 -c 100 -d 1 -H "Connection: close" "http://$NET.2:$port/1k.bin" >/dev/null ;;
         memcached) ip netns exec "$cns" taskset -c $ccpus memcaslap -s "$NET.2:$port" -T 2 -c 64 -t 1s >/dev/null 2>&1 || true ;;
+        tokio) ip netns exec "$cns" taskset -c $ccpus "$LOAD" "$NET.2:$port" 100 1 >/dev/null ;;
     esac
     pids=$(tree_of "$srv_pid" | xargs)
     before=$(ticks_of $pids)
@@ -147,6 +157,13 @@ EOF
                 -t "${DURATION}s" 2>&1)
             reqs=$(awk '/^Run time:/ {for (i = 1; i <= NF; i++) if ($i == "TPS:") print $(i + 1)}' <<<"$out")
             lat50=- lat99=-
+            ;;
+        tokio)
+            out=$(ip netns exec "$cns" taskset -c $ccpus "$LOAD" "$NET.2:$port" 100 "$DURATION")
+            reqs=$(awk '{print $2}' <<<"$out")
+            lat50=$(awk '{print $4}' <<<"$out")
+            lat99=$(awk '{print $6}' <<<"$out")
+            [[ $(awk '{print $8}' <<<"$out") == 0 ]] || echo "$NAME: tokio on the $side: $out" >&2
             ;;
     esac
     after=$(ticks_of $pids)

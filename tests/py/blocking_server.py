@@ -315,16 +315,28 @@ class Server:
         os._exit(0 if not stuck and result else 1)
 
 
+def packet_socket_inodes():
+    """Inodes of the packet sockets in this namespace (/proc/net/packet): under the shim over
+    af_packet, its device's sockets, which it opens when a listener is first served."""
+    try:
+        with open("/proc/self/net/packet") as f:
+            return {line.split()[-1] for line in f.readlines()[1:]}
+    except OSError:
+        return set()
+
+
 def open_sockets():
-    """The fds of this process that are sockets (under the shim a stack connection's fd is its
-    identity socket)."""
+    """The fds of this process that are sockets, but packet sockets (under the shim a stack
+    connection's fd is its identity socket)."""
+    packet = packet_socket_inodes()
     fds = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                fds.add(int(fd))
+            link = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass
+            continue
+        if link.startswith("socket:") and link[len("socket:["):-1] not in packet:
+            fds.add(int(fd))
     return fds
 
 

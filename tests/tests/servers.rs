@@ -325,3 +325,47 @@ fn what_the_shim_cannot_see_is_said_once() {
         assert_eq!(err.matches(w.as_str()).count(), 1, "{err}");
     }
 }
+
+/// An epoll set of ours inside another epoll set: the outer set reports it when a connection
+/// in it has data (within a second, not at a timer), and no longer once it is drained
+/// (tests/py/nested_epoll.py).
+#[test]
+fn an_epoll_set_nested_in_another_reports_our_connections() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let cns = Netns::new().expect("netns");
+    let veth = VethPair::new(&cns, &subnet.cidr(1)).expect("veth");
+    let port = 23000 + subnet.index();
+    let script = py_file("nested_epoll.py");
+    let mut server = ServerProcess::builder(PYTHON)
+        .args([script.as_str(), &port.to_string()])
+        .env("LD_PRELOAD", shim_lib())
+        .env("MTCP_PORTS", port.to_string())
+        .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
+        .env("MTCP_ADDR", subnet.cidr(2))
+        .ready_prefix("ready")
+        .spawn()
+        .expect("the server starts");
+    let addr = subnet.addr(2).to_string();
+    let client = cns
+        .exec(
+            PYTHON,
+            [script.as_str(), "client", &addr, &port.to_string()],
+        )
+        .expect("the client runs");
+    let done = server.wait_stdout("done", Duration::from_secs(30)).ok();
+    let out = server.stdout();
+    assert!(
+        done.is_some() && client.status.success(),
+        "client: {}{}\nserver: {out}\n{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr),
+        server.diagnostics()
+    );
+    assert_eq!(String::from_utf8_lossy(&client.stdout).trim(), "ok nested");
+    for check in ["quiet", "outer", "inner", "data", "drained"] {
+        assert!(
+            out.lines().any(|l| l == format!("ok {check}")),
+            "{check}: {out}"
+        );
+    }
+}

@@ -203,6 +203,27 @@ impl EpollSet {
         self.ready.push_back((key, e.gen));
     }
 
+    /// Whether a wait would report something now, reading each candidate's current readiness
+    /// through `readiness`, without reporting or consuming anything (an epoll set inside
+    /// another one: what the outer set's wait asks of it, as Linux's ep_eventpoll_poll does).
+    /// Entries found no longer ready leave the ready list.
+    pub fn ready_now(&mut self, mut readiness: impl FnMut(i32) -> Option<Readiness>) -> bool {
+        let mut kept = VecDeque::with_capacity(self.ready.len());
+        while let Some((key, gen)) = self.ready.pop_front() {
+            let Some(e) = self.entries.get_mut(&key).filter(|e| e.gen == gen) else {
+                continue;
+            };
+            let now = readiness(key).map_or(0, bits);
+            if !e.disabled && wanted(e.events, now) {
+                kept.push_back((key, gen));
+            } else {
+                e.queued = false;
+            }
+        }
+        self.ready = kept;
+        !self.ready.is_empty()
+    }
+
     /// Fills `out` (up to its capacity, at least 1) with events, reading each candidate's
     /// current readiness through `readiness` (`None`: the socket is gone; its entry stays until
     /// DEL, as a closed fd's entry would on Linux, but reports nothing). Returns how many.
@@ -297,6 +318,32 @@ mod tests {
         let mut out = Vec::new();
         s.wait(&mut out, 64, |k| state.get(&k).copied());
         out
+    }
+
+    #[test]
+    fn ready_now_looks_without_consuming() {
+        let mut s = EpollSet::new();
+        let mut st = HashMap::from([(5, NONE), (6, NONE)]);
+        s.add(5, EPOLLIN | EPOLLET, 5, NONE).unwrap();
+        s.add(6, EPOLLIN, 6, NONE).unwrap();
+        assert!(!s.ready_now(|k| st.get(&k).copied()));
+        st.insert(5, R);
+        s.notify(5, R);
+        // An edge-triggered entry looked at is still reported by the next wait.
+        assert!(s.ready_now(|k| st.get(&k).copied()));
+        assert!(s.ready_now(|k| st.get(&k).copied()));
+        assert_eq!(wait_all(&mut s, &st).len(), 1);
+        assert!(!s.ready_now(|k| st.get(&k).copied()));
+        // A level-triggered entry no longer ready leaves the list; a new notification brings
+        // it back.
+        st.insert(6, R);
+        s.notify(6, R);
+        st.insert(6, NONE);
+        assert!(!s.ready_now(|k| st.get(&k).copied()));
+        st.insert(6, R);
+        s.notify(6, R);
+        assert!(s.ready_now(|k| st.get(&k).copied()));
+        assert_eq!(wait_all(&mut s, &st).len(), 1);
     }
 
     #[test]

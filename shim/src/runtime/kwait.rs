@@ -236,3 +236,37 @@ pub(crate) fn drop_bells(events: &mut [std::mem::MaybeUninit<epoll_event>], n: u
     }
     kept
 }
+
+/// A bell for an epoll set of ours nested in another epoll set: an eventfd in `epfd`'s kernel
+/// instance with [`BELL`] as its data, not readable yet (-1 if it cannot be made).
+pub(crate) fn nest_bell(epfd: c_int) -> c_int {
+    // SAFETY: a new eventfd, owned by the socket table from now on.
+    let bell = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if bell < 0 {
+        return -1;
+    }
+    let mut ev = epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: BELL,
+    };
+    // SAFETY: adding our eventfd to the application's epoll instance, with the bell's data.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, bell, &mut ev) } < 0 {
+        // SAFETY: the eventfd made above.
+        unsafe { libc::close(bell) };
+        return -1;
+    }
+    bell
+}
+
+/// Makes a nested set's bell readable (`on`) or drains it.
+pub(crate) fn ring_bell(bell: c_int, on: bool) {
+    let mut v: u64 = 1;
+    // SAFETY: an 8-byte write to or read from our own nonblocking eventfd.
+    unsafe {
+        if on {
+            libc::write(bell, (&v as *const u64).cast(), 8);
+        } else {
+            libc::read(bell, (&mut v as *mut u64).cast(), 8);
+        }
+    }
+}

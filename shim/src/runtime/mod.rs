@@ -148,6 +148,14 @@ impl Host<DpdkLink> for Proc {
         sockopt::set(fd, level, name, value)
     }
 
+    fn bell(&mut self, epfd: c_int) -> c_int {
+        kwait::nest_bell(epfd)
+    }
+
+    fn ring(&mut self, bell: c_int, on: bool) {
+        kwait::ring_bell(bell, on);
+    }
+
     fn close_fd(&mut self, fd: c_int) {
         // SAFETY: an fd the socket table made and owns.
         unsafe { libc::close(fd) };

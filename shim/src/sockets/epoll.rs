@@ -30,6 +30,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let kernel_side = match self.obj(fd) {
             Some(Obj::Listener { kernel, .. }) => *kernel,
             Some(Obj::Conn { .. }) => false,
+            Some(Obj::Epoll { .. }) if op == libc::EPOLL_CTL_ADD => {
+                self.nest(epfd, fd);
+                return None;
+            }
             _ => return None,
         };
         let created = self.obj(epfd).is_none();
@@ -43,6 +47,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             let set = Obj::Epoll {
                 set: EpollSet::new(),
                 outer: -1,
+                bell: -1,
+                rung: false,
             };
             if let Err(e) = self.insert(epfd, set) {
                 return Some(Err(e));
@@ -70,6 +76,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         // re-arming an EPOLLONESHOT entry).
         if set.maybe_ready() {
             self.host.wake_waiters();
+            if !self.nested.is_empty() {
+                self.ring_nested();
+            }
         }
         match op {
             libc::EPOLL_CTL_ADD => self.watchers.entry(fd).or_default().push(epfd),
@@ -104,6 +113,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             return None;
         }
         let work = self.pump();
+        if !self.nested.is_empty() {
+            self.check_nested();
+        }
         let mut ready = std::mem::take(&mut self.scratch);
         // The set is taken out of its slot while it reads the other objects' readiness.
         let mut set = match self.obj(epfd) {
@@ -111,8 +123,23 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             _ => return None,
         };
         set.wait(&mut ready, room, |fd| self.readiness(fd));
-        if let Some(Obj::Epoll { set: slot, .. }) = self.obj(epfd) {
+        let mut unring = -1;
+        if let Some(Obj::Epoll {
+            set: slot,
+            bell,
+            rung,
+            ..
+        }) = self.obj(epfd)
+        {
             *slot = set;
+            // A nested set drained: the outer set stops reporting it.
+            if *rung && !slot.maybe_ready() {
+                *rung = false;
+                unring = *bell;
+            }
+        }
+        if unring >= 0 {
+            self.host.ring(unring, false);
         }
         let mut n = 0;
         for (slot, e) in out.iter_mut().zip(&ready) {
@@ -124,6 +151,65 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         self.scratch = ready;
         Some((work, n))
+    }
+
+    /// The rung bells of nested sets, checked against their sets' readiness now (the outer
+    /// set's wait is about to read them): a set whose entries are no longer ready (read by the
+    /// application since) stops making the outer one readable.
+    fn check_nested(&mut self) {
+        for k in 0..self.nested.len() {
+            let ep = self.nested[k];
+            let mut set = match self.obj(ep) {
+                Some(Obj::Epoll {
+                    set, rung: true, ..
+                }) => std::mem::take(set),
+                _ => continue,
+            };
+            let ready = set.ready_now(|fd| self.readiness(fd));
+            let mut unring = -1;
+            if let Some(Obj::Epoll {
+                set: slot,
+                bell,
+                rung,
+                ..
+            }) = self.obj(ep)
+            {
+                *slot = set;
+                if !ready {
+                    *rung = false;
+                    unring = *bell;
+                }
+            }
+            if unring >= 0 {
+                self.host.ring(unring, false);
+            }
+        }
+    }
+
+    /// Our epoll set `inner` joins epoll set `outer` (the kernel adds it there): `inner` gets a
+    /// bell, rung while it has ready entries, so that `outer` reports it as Linux does; and
+    /// `outer` becomes ours (if it is not), so that its waits poll the stack.
+    fn nest(&mut self, outer: c_int, inner: c_int) {
+        let has_bell = matches!(self.obj(inner), Some(Obj::Epoll { bell, .. }) if *bell >= 0);
+        if !has_bell {
+            let b = self.host.bell(inner);
+            if b >= 0 {
+                if let Some(Obj::Epoll { bell, .. }) = self.obj(inner) {
+                    *bell = b;
+                }
+                self.nested.push(inner);
+                self.ring_nested();
+            }
+        }
+        if self.obj(outer).is_none() && self.host.check_epoll(outer).is_ok() {
+            let set = Obj::Epoll {
+                set: EpollSet::new(),
+                outer: -1,
+                bell: -1,
+                rung: false,
+            };
+            let _ = self.insert(outer, set);
+        }
     }
 
     /// The private epoll the runtime blocks on for set `epfd`, made by `make` the first time

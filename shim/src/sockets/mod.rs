@@ -59,6 +59,17 @@ pub trait Host<L: Link> {
     fn preflight(&mut self, cfg: &Config) -> Result<(), String>;
     /// The stack just started (the runtime starts its keeper thread).
     fn started(&mut self) {}
+    /// A bell for epoll set `epfd`, which joins another epoll set: an eventfd in `epfd`'s kernel
+    /// instance whose entry no caller ever sees (the runtime drops it from every kernel
+    /// result), not readable yet. -1 if none can be made.
+    fn bell(&mut self, epfd: c_int) -> c_int {
+        let _ = epfd;
+        -1
+    }
+    /// Makes `bell` readable (`on`) or not.
+    fn ring(&mut self, bell: c_int, on: bool) {
+        let _ = (bell, on);
+    }
     /// Worker processes sharing the device: which flows are this stack's now (`serving`: the
     /// process has listeners). Called when the stack starts serving listeners and then
     /// periodically; a process alone on its device has nothing to do.
@@ -181,6 +192,12 @@ pub(crate) enum Obj {
         /// The runtime's private epoll for blocking on this set (-1: none yet), closed with
         /// the set.
         outer: c_int,
+        /// This set is inside another epoll set (glib-style nesting): an eventfd in its
+        /// kernel instance, readable while the set has ready entries, so that the outer set
+        /// reports it (-1: not nested). Closed with the set.
+        bell: c_int,
+        /// Whether the bell is readable now.
+        rung: bool,
     },
 }
 
@@ -211,6 +228,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     stack: Option<Stack<L>>,
     /// Why the stack could not be started (said once on stderr; every flagged listen fails).
     failed: Option<String>,
+    /// Our epoll sets that are inside other epoll sets (they have a bell).
+    nested: Vec<c_int>,
     /// Listeners waiting for the stack (port, backlog): on a device processes share, the
     /// stack starts at the first call that serves a listener (`serve_listeners`).
     deferred: Vec<(u16, usize)>,
@@ -255,6 +274,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             stack: None,
             failed: None,
             deferred: Vec::new(),
+            nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
             conn_fd: FastMap::default(),
@@ -518,9 +538,30 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
         if !events.is_empty() {
             self.host.wake_waiters();
+            if !self.nested.is_empty() {
+                self.ring_nested();
+            }
         }
         self.events = events;
         work
+    }
+
+    /// The bells of nested sets follow their readiness: rung while a set has ready entries.
+    fn ring_nested(&mut self) {
+        for k in 0..self.nested.len() {
+            let ep = self.nested[k];
+            if let Some(Obj::Epoll {
+                set, bell, rung, ..
+            }) = self.obj(ep)
+            {
+                let want = set.maybe_ready();
+                if want != *rung && *bell >= 0 {
+                    *rung = want;
+                    let b = *bell;
+                    self.host.ring(b, want);
+                }
+            }
+        }
     }
 
     /// The readiness of our socket `fd` (`None`: not a socket of ours, or no stack).
@@ -615,12 +656,16 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     }
                 }
             }
-            Obj::Epoll { outer, .. } => {
+            Obj::Epoll { outer, bell, .. } => {
                 for list in self.watchers.values_mut() {
                     list.retain(|&e| e != fd);
                 }
                 if outer >= 0 {
                     self.host.close_fd(outer);
+                }
+                if bell >= 0 {
+                    self.nested.retain(|&e| e != fd);
+                    self.host.close_fd(bell);
                 }
             }
         }
