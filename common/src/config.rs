@@ -461,6 +461,7 @@ pub const VARIABLES: &[&str] = &[
     "MTCP_TX_DEFER",
     "MTCP_PORTS",
     "MTCP_SHIM_TRACE",
+    "MTCP_WATCH",
 ];
 
 /// Why a value of `MTCP_PORTS` is not a list of ports: the first bad item and what is wrong.

@@ -86,9 +86,17 @@ extern "C" fn watch_at_load() {
     // SAFETY: getenv with a NUL-terminated name; the result is only tested.
     let p = unsafe { libc::getenv(c"MTCP_PORTS".as_ptr()) };
     // SAFETY: a non-null getenv result is a NUL-terminated string.
-    if !p.is_null() && unsafe { *p } != 0 {
+    if !p.is_null() && unsafe { *p } != 0 && !env_is(c"MTCP_WATCH", b"off") {
         crate::runtime::watch::start();
     }
+}
+
+/// Whether variable `name` is set to `value`.
+fn env_is(name: &std::ffi::CStr, value: &[u8]) -> bool {
+    // SAFETY: getenv with a NUL-terminated name.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: getenv returned a NUL-terminated string.
+    !p.is_null() && unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes() == value
 }
 
 #[used]

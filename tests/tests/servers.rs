@@ -21,8 +21,8 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{py_file, shim_lib};
-use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+use mtcp_tests::redis::py_file;
+use mtcp_tests::{Netns, ServerProcess, Side};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -145,63 +145,33 @@ fn wait_listening(ns: Option<&Netns>, port: u16, server: &mut ServerProcess) {
 /// summary line.
 fn run(case: &Case, shim: bool) -> String {
     let side = if shim { "shim" } else { "kernel" };
-    let subnet = Subnet::allocate().expect("subnet");
-    let port = 23000 + subnet.index();
-    let cns = Netns::new().expect("netns");
-    let sns = (!shim).then(|| Netns::new().expect("netns"));
-    let veth = match &sns {
-        Some(sns) => VethPair::between(sns, &subnet.cidr(2), &cns, &subnet.cidr(1)),
-        None => VethPair::new(&cns, &subnet.cidr(1)),
-    }
-    .expect("veth");
+    let bed = Side::new(shim, 23000);
+    let port = bed.port;
     let argv: Vec<String> = case
         .server
         .iter()
         .map(|a| a.replace("{port}", &port.to_string()))
         .collect();
-    let mut b = match &sns {
-        Some(sns) => ServerProcess::builder_in(sns, &argv[0]),
-        None => ServerProcess::builder(&argv[0])
-            .env("LD_PRELOAD", shim_lib())
-            .env("MTCP_PORTS", port.to_string())
-            .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
-            .env("MTCP_ADDR", subnet.cidr(2)),
-    }
-    .args(&argv[1..]);
+    let mut b = bed.server(&argv);
     b = match case.ready {
         Some(r) => b.ready_prefix(r),
         None => b.no_ready_line(),
     };
     let mut server = b.spawn().expect("the server starts");
-    wait_listening(sns.as_ref(), port, &mut server);
-    if shim {
-        // On af_packet the stack starts when the server first serves its listener (its
-        // packet sockets count in the sockets held before the clients).
-        let mtcprun = mtcp_tests::built_artifact("mtcprun", "MTCPRUN_BIN");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !std::process::Command::new(&mtcprun)
-            .args(["stats", &server.pid().to_string()])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{}: no stack\n{}",
-                case.name,
-                server.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    wait_listening(bed.sns.as_ref(), port, &mut server);
+    // On af_packet the stack starts when the server first serves its listener (its packet
+    // sockets count in the sockets held before the clients).
+    bed.wait_stack(&mut server);
     let before = sockets_of(server.pid());
     let mut args = vec![
         py_file("check_clients.py"),
         case.client[0].to_string(),
-        subnet.addr(2).to_string(),
+        bed.addr(),
         port.to_string(),
     ];
     args.extend(case.client[1..].iter().map(|s| s.to_string()));
-    let client: Output = cns
+    let client: Output = bed
+        .cns
         .exec(
             "timeout",
             ["120", PYTHON]
@@ -286,16 +256,10 @@ fn memcached_four_threads() {
 /// set up (tests/py/unseen.py).
 #[test]
 fn what_the_shim_cannot_see_is_said_once() {
-    let subnet = Subnet::allocate().expect("subnet");
-    let cns = Netns::new().expect("netns");
-    let veth = VethPair::new(&cns, &subnet.cidr(1)).expect("veth");
-    let port = 23000 + subnet.index();
-    let mut server = ServerProcess::builder(PYTHON)
-        .args([py_file("unseen.py"), port.to_string()])
-        .env("LD_PRELOAD", shim_lib())
-        .env("MTCP_PORTS", port.to_string())
-        .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
-        .env("MTCP_ADDR", subnet.cidr(2))
+    let bed = Side::new(true, 23000);
+    let port = bed.port;
+    let mut server = bed
+        .server(&[PYTHON.into(), py_file("unseen.py"), port.to_string()])
         .ready_prefix("ready")
         .spawn()
         .expect("the program starts");
@@ -331,22 +295,17 @@ fn what_the_shim_cannot_see_is_said_once() {
 /// (tests/py/nested_epoll.py).
 #[test]
 fn an_epoll_set_nested_in_another_reports_our_connections() {
-    let subnet = Subnet::allocate().expect("subnet");
-    let cns = Netns::new().expect("netns");
-    let veth = VethPair::new(&cns, &subnet.cidr(1)).expect("veth");
-    let port = 23000 + subnet.index();
+    let bed = Side::new(true, 23000);
+    let port = bed.port;
     let script = py_file("nested_epoll.py");
-    let mut server = ServerProcess::builder(PYTHON)
-        .args([script.as_str(), &port.to_string()])
-        .env("LD_PRELOAD", shim_lib())
-        .env("MTCP_PORTS", port.to_string())
-        .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
-        .env("MTCP_ADDR", subnet.cidr(2))
+    let mut server = bed
+        .server(&[PYTHON.into(), script.clone(), port.to_string()])
         .ready_prefix("ready")
         .spawn()
         .expect("the server starts");
-    let addr = subnet.addr(2).to_string();
-    let client = cns
+    let addr = bed.addr();
+    let client = bed
+        .cns
         .exec(
             PYTHON,
             [script.as_str(), "client", &addr, &port.to_string()],

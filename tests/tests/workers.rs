@@ -16,64 +16,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{py_file, shim_lib, TempDir};
-use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+use mtcp_tests::redis::{py_file, TempDir};
+use mtcp_tests::{ServerProcess, Side};
 
 const PYTHON: &str = "/usr/bin/python3";
 
-/// Where a server runs: the kernel (in a namespace of its own) or the shim (the root namespace,
-/// af_packet on the veth's root end). The client is in `cns`, the server at `addr`.
-struct Bed {
-    cns: Netns,
-    sns: Option<Netns>,
-    veth: VethPair,
-    subnet: Subnet,
-    port: u16,
+/// A side (kernel or shim) and its check client.
+struct Bed(Side);
+
+impl std::ops::Deref for Bed {
+    type Target = Side;
+    fn deref(&self) -> &Side {
+        &self.0
+    }
 }
 
 impl Bed {
     fn new(shim: bool) -> Bed {
-        let subnet = Subnet::allocate().expect("subnet");
-        let cns = Netns::new().expect("netns");
-        let sns = (!shim).then(|| Netns::new().expect("netns"));
-        let veth = match &sns {
-            Some(sns) => VethPair::between(sns, &subnet.cidr(2), &cns, &subnet.cidr(1)),
-            None => VethPair::new(&cns, &subnet.cidr(1)),
-        }
-        .expect("veth");
-        let port = 24000 + subnet.index();
-        Bed {
-            cns,
-            sns,
-            veth,
-            subnet,
-            port,
-        }
+        Bed(Side::new(shim, 24000))
     }
 
     fn side(&self) -> &'static str {
-        if self.sns.is_some() {
-            "kernel"
-        } else {
-            "shim"
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.subnet.addr(2).to_string()
-    }
-
-    /// A server command on this bed's side.
-    fn server(&self, argv: &[String]) -> mtcp_tests::ServerBuilder {
-        match &self.sns {
-            Some(sns) => ServerProcess::builder_in(sns, &argv[0]),
-            None => ServerProcess::builder(&argv[0])
-                .env("LD_PRELOAD", shim_lib())
-                .env("MTCP_PORTS", self.port.to_string())
-                .env("MTCP_DEV", format!("af_packet:{}", self.veth.root_if()))
-                .env("MTCP_ADDR", self.subnet.cidr(2)),
-        }
-        .args(&argv[1..])
+        self.0.name()
     }
 
     /// The check client, started.

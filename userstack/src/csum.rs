@@ -57,6 +57,14 @@ fn pseudo_sum(ip: &[u8], tcp_len: usize) -> u64 {
     ones_sum(&p)
 }
 
+/// Computes and stores the checksum of an IPv4 header (its checksum field is overwritten).
+pub fn fill_ipv4_header_checksum(header: &mut [u8]) {
+    header[10] = 0;
+    header[11] = 0;
+    let sum = fold(ones_sum_words(header));
+    header[10..12].copy_from_slice(&(!sum).to_ne_bytes());
+}
+
 /// Computes and stores the TCP checksum of the IPv4 packet `ip` (header, then the segment, up
 /// to the header's total length). Anything but a well-formed TCP packet is left alone.
 pub fn fill_tcp_checksum(ip: &mut [u8]) {

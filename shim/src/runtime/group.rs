@@ -241,7 +241,12 @@ impl Drop for Locked<'_> {
 /// One round of the protocol (module comment) for this process, whose stack has `conns`
 /// connections per bucket and which listens (`serving`) or not. Returns its steering, the
 /// buckets its device delivers, and whether it takes other IPv4.
-fn round(page: &Page, me: u32, serving: bool, conns: &[u32; N]) -> Option<(Steering, u32, bool)> {
+fn round(
+    page: &Page,
+    me: u32,
+    serving: bool,
+    conns: &[u32; N],
+) -> Option<(Steering, u32, bool, Vec<u32>)> {
     let _lock = Locked::take(page, me)?;
     let mut owner: [u32; N] = std::array::from_fn(|b| page.owner[b].load(Ordering::Relaxed));
     let mut before: [u32; N] = std::array::from_fn(|b| page.before[b].load(Ordering::Relaxed));
@@ -296,14 +301,20 @@ fn round(page: &Page, me: u32, serving: bool, conns: &[u32; N]) -> Option<(Steer
             }
         }
     }
-    // Buckets nobody owns go to the members with the fewest.
+    // Buckets nobody owns (their owner died) go to this process if it serves: it is the one
+    // that sees them at once, and resets their dead connections' peers (`steer`); the others'
+    // shares come back through handovers. Else to the member with the fewest.
     if !members.is_empty() {
         for b in 0..N {
             if owner[b] == 0 {
-                owner[b] = *members
-                    .iter()
-                    .min_by_key(|&&p| count(&owner, p))
-                    .expect("non-empty");
+                owner[b] = if serving {
+                    me
+                } else {
+                    *members
+                        .iter()
+                        .min_by_key(|&&p| count(&owner, p))
+                        .expect("non-empty")
+                };
             }
         }
     }
@@ -339,7 +350,8 @@ fn round(page: &Page, me: u32, serving: bool, conns: &[u32; N]) -> Option<(Steer
     let syn = mine & mask(&|b| handing[b] == 0);
     let rst = mask(&|b| owner[b] == me && before[b] == 0);
     let see = mine | mask(&|b| before[b] == me);
-    Some((Steering { syn, rst }, see, owner[0] == me))
+    let died: Vec<u32> = known.iter().filter(|(_, a)| !a).map(|(p, _)| *p).collect();
+    Some((Steering { syn, rst }, see, owner[0] == me, died))
 }
 
 /// This process's part in its group (module comment): called when its stack starts and then
@@ -350,7 +362,8 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
     };
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() } as u32;
-    let Some((steering, see, other_ip)) = round(page, me, serving, stack.bucket_conns()) else {
+    let Some((steering, see, other_ip, died)) = round(page, me, serving, stack.bucket_conns())
+    else {
         return;
     };
     // The first round of this process's stack: its connections go in the shared table.
@@ -363,11 +376,38 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
             }));
         }
     }
-    stack.set_steering(steering, userstack::clock::now());
+    let now = userstack::clock::now();
+    stack.set_steering(steering, now);
     let other = u32::from(other_ip);
-    if SEEN.load(Ordering::Relaxed) == see && OTHER_IP.load(Ordering::Relaxed) == other {
-        return;
+    if SEEN.load(Ordering::Relaxed) != see || OTHER_IP.load(Ordering::Relaxed) != other {
+        apply_filter(stack, see, other_ip);
     }
+    // Workers that died (this round saw it first): their connections are nobody's. The kernel
+    // resets a dead process's connections; their peers are made to here, so that a client
+    // waiting for a reply to a request the dead worker had acknowledged learns at once.
+    if !died.is_empty() {
+        if let Some(Some(table)) = FLOWS.get() {
+            for slot in table.iter() {
+                let key = slot.key.load(Ordering::Acquire);
+                if key == 0
+                    || key == GONE
+                    || !died.contains(&slot.pid.load(Ordering::Acquire))
+                    || slot
+                        .key
+                        .compare_exchange(key, GONE, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_err()
+                {
+                    continue;
+                }
+                stack.provoke_reset(now, key);
+            }
+        }
+    }
+}
+
+/// Attaches the filter for `see` (and other IPv4 if `other_ip`) to the device.
+fn apply_filter<L: Link>(stack: &mut Stack<L>, see: u32, other_ip: bool) {
+    let other = u32::from(other_ip);
     match stack.link_mut().steer(&frame_filter(see, other_ip)) {
         Ok(()) => {
             SEEN.store(see, Ordering::Relaxed);

@@ -845,9 +845,20 @@ fn sequence(log: &mut Log) {
         libc::read(100, buf.as_mut_ptr().cast(), 16)
     );
     call!(log, "dup/EBADF", libc::dup(-1));
-    for fd in [d, 100, 101, 200] {
+    for fd in [d, 100] {
         call!(log, "close", libc::close(fd));
     }
+    log.step("close through syscall(SYS_close) and close_range: the fds go, a bad range is EINVAL");
+    call!(log, "syscall/close", libc::syscall(libc::SYS_close, 101));
+    call!(
+        log,
+        "syscall/close-EBADF",
+        libc::syscall(libc::SYS_close, 101)
+    );
+    call!(log, "syscall/getppid", libc::syscall(libc::SYS_getppid) > 0);
+    call!(log, "close_range/EINVAL", libc::close_range(201, 200, 0));
+    call!(log, "close_range", libc::close_range(200, 200, 0));
+    call!(log, "fcntl/F_GETFD-EBADF", libc::fcntl(200, libc::F_GETFD));
 
     log.step("UDP: recvfrom gives the sender address; sendmmsg and recvmmsg, then EAGAIN with nothing queued");
     // UDP: sendto/recvfrom with addresses, sendmmsg/recvmmsg

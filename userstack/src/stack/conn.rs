@@ -231,7 +231,7 @@ fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
 }
 
 impl<L: Link> Stack<L> {
-    fn next_seed(&mut self) -> u64 {
+    pub(super) fn next_seed(&mut self) -> u64 {
         // splitmix64 step
         self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.seed;

@@ -269,6 +269,48 @@ impl<L: Link> Stack<L> {
         self.flows = Some(flows);
     }
 
+    /// Makes the peer of a connection this stack does not have (a worker process that died had
+    /// it; the demux key `key` names it) reset it, as the kernel resets the connections of a
+    /// process that dies: a bare ACK whose sequence and acknowledgment numbers lie outside any
+    /// window, which the peer answers with an ACK of its own (RFC 793; RFC 5961's challenge
+    /// ACK); that ACK, a segment no connection wants, gets a reset the peer accepts (its
+    /// sequence number is the ACK's acknowledgment number), from whichever process sees it.
+    pub fn provoke_reset(&mut self, now: Instant, key: u64) {
+        let peer = Ipv4Addr::from((key >> 32) as u32);
+        let peer_port = (key >> 16) as u16;
+        let local_port = key as u16;
+        let r = self.next_seed();
+        let local = self.net.addr().addr;
+        let us = now.total_micros() as Micros;
+        // Two probes, their acknowledgment numbers half the sequence space apart: one is ahead
+        // of anything the peer sent, which a stack that checks the acknowledgment before the
+        // sequence number (smoltcp) answers too; Linux answers either (its sequence number is
+        // outside the window).
+        for ack in [(r >> 32) as u32, ((r >> 32) as u32).wrapping_add(1 << 31)] {
+            self.net.send_ip(us, 40, None, |p| {
+                p.fill(0);
+                p[0] = 0x45;
+                p[2..4].copy_from_slice(&40u16.to_be_bytes());
+                p[6] = 0x40; // don't fragment
+                p[8] = 64;
+                p[9] = 6;
+                p[12..16].copy_from_slice(&local.octets());
+                p[16..20].copy_from_slice(&peer.octets());
+                crate::csum::fill_ipv4_header_checksum(&mut p[..20]);
+                let t = &mut p[20..];
+                t[0..2].copy_from_slice(&local_port.to_be_bytes());
+                t[2..4].copy_from_slice(&peer_port.to_be_bytes());
+                t[4..8].copy_from_slice(&(r as u32).to_be_bytes());
+                t[8..12].copy_from_slice(&ack.to_be_bytes());
+                t[12] = 5 << 4;
+                t[13] = 0x10; // ACK
+                t[14..16].copy_from_slice(&1024u16.to_be_bytes());
+                crate::csum::fill_tcp_checksum(p);
+            });
+        }
+        self.net.flush();
+    }
+
     /// Live connections per steering bucket (a process hands a bucket over, and stops seeing
     /// its frames once its own connections there are gone).
     pub fn bucket_conns(&self) -> &[u32; crate::steer::BUCKETS as usize] {

@@ -254,3 +254,34 @@ fn an_unknown_segment_is_reset_only_if_no_other_process_has_its_connection() {
         );
     }
 }
+
+#[test]
+fn a_connection_nobody_has_is_reset_at_its_peers_answer_to_a_probe() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let local = p.client.local_addr(c).unwrap();
+    // The server loses the connection silently (another process had it, and died).
+    p.server.abort(s).unwrap();
+    let _ = p.server.close(s);
+    p.now += Duration::from_millis(1);
+    p.server.poll(p.now);
+    p.client.link().discard();
+    assert_eq!(
+        p.client.state(c).unwrap(),
+        smoltcp::socket::tcp::State::Established
+    );
+    let key = (u64::from(u32::from(*local.ip())) << 32) | (u64::from(local.port()) << 16) | 7777;
+    p.server.provoke_reset(p.now, key);
+    p.run();
+    assert_eq!(
+        p.server.stats().tcp_rst_sent,
+        1,
+        "{}\n{}",
+        p.server.stats(),
+        p.client.stats()
+    );
+    assert_eq!(
+        p.client.state(c).unwrap(),
+        smoltcp::socket::tcp::State::Closed
+    );
+}
