@@ -969,11 +969,11 @@ mod tests {
     #[test]
     fn every_variable_read_is_listed() {
         // Each variable, set to a value this parser rejects, must be named in the error: it
-        // is read. MTCP_PORTS and MTCP_SHIM_TRACE are the shim's.
+        // is read. MTCP_PORTS, MTCP_SHIM_TRACE and MTCP_WATCH are the shim's.
         for v in VARIABLES {
             if matches!(
                 *v,
-                "MTCP_PORTS" | "MTCP_SHIM_TRACE" | "MTCP_EAL_ARGS" | "MTCP_PCAP"
+                "MTCP_PORTS" | "MTCP_SHIM_TRACE" | "MTCP_WATCH" | "MTCP_EAL_ARGS" | "MTCP_PCAP"
             ) {
                 continue;
             }
