@@ -27,7 +27,7 @@ COUNTER=0
 
 stop_pid() { # PID: SIGTERM, up to 5 s grace, then SIGKILL; only pids this script started
     local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     kill -TERM "$pid" 2>/dev/null
     for i in $(seq 50); do
         kill -0 "$pid" 2>/dev/null || break
@@ -37,7 +37,7 @@ stop_pid() { # PID: SIGTERM, up to 5 s grace, then SIGKILL; only pids this scrip
         echo "$NAME: pid $pid ignored SIGTERM, killing" >&2
         kill -KILL "$pid" 2>/dev/null
     fi
-    wait "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
     return 0
 }
 
