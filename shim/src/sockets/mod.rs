@@ -654,6 +654,12 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     if let Some(stack) = self.stack.as_mut() {
                         stack.unlisten(port);
                     }
+                    if self.port_fds.is_empty() {
+                        // Its last listener: worker processes sharing the device take its
+                        // buckets' new connections from now on (an old worker finishing after
+                        // `nginx -s reload` would refuse them until its next round).
+                        self.steer();
+                    }
                 }
             }
             Obj::Epoll { outer, bell, .. } => {
