@@ -13,7 +13,7 @@ apt-get install -y --no-install-recommends \
     iproute2 ethtool iputils-ping tcpdump socat util-linux procps \
     redis-server redis-tools python3 python3-redis valgrind tcl strace \
     dpkg-dev binutils python3-matplotlib linux-perf \
-    memcached libmemcached-tools nginx-light wrk apache2-utils gunicorn python3-uvloop
+    memcached libmemcached-tools nginx-light wrk apache2-utils gunicorn python3-uvloop curl
 # Node.js for the libuv server test: the machine's own (20 here), else Debian's.
 command -v node >/dev/null || apt-get install -y --no-install-recommends nodejs
 
