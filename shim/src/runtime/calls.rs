@@ -482,7 +482,8 @@ pub fn kernel_epoll_wait(
     timeout_ms: c_int,
     wait: impl FnOnce() -> c_int,
 ) -> KernelWait {
-    if super::in_child() {
+    // An instance of ours (every wait of an event loop serving our sockets) takes no lock here.
+    if super::in_child() || is_ours(epfd) {
         return KernelWait::NotTaken;
     }
     // An instance of ours made since this fd was last looked at may be this very instance.
