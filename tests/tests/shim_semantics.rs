@@ -104,7 +104,21 @@ impl Mode {
     }
 }
 
+/// The kernel's output of `mode`: the reference every device is held to. The kernel is not
+/// under test here, so a run that did not end well (a stall of the host's own TCP over the veth
+/// under load) is said on stderr and run once more on a fresh pair of namespaces; a second
+/// failure fails the test.
 fn kernel_run(mode: Mode) -> String {
+    match kernel_attempt(mode) {
+        Ok(out) => out,
+        Err(first) => {
+            eprintln!("kernel reference run failed, running it once more:\n{first}");
+            kernel_attempt(mode).unwrap_or_else(|p| panic!("kernel, twice: {p}\n\nfirst: {first}"))
+        }
+    }
+}
+
+fn kernel_attempt(mode: Mode) -> Result<String, String> {
     let subnet = Subnet::allocate().expect("subnet");
     let (sns, cns) = (Netns::new().expect("netns"), Netns::new().expect("netns"));
     let _veth = VethPair::between(&sns, &subnet.cidr(2), &cns, &subnet.cidr(1)).expect("veth");
@@ -116,10 +130,10 @@ fn kernel_run(mode: Mode) -> String {
         .expect("server starts");
     let addr = subnet.addr(2).to_string();
     let run = run(server, mode, &cns, &addr, port, &mut String::new);
-    if let Some(p) = run.problem {
-        panic!("kernel: {p}\n{}", run.out);
+    match run.problem {
+        Some(p) => Err(format!("{p}\n{}", run.out)),
+        None => Ok(run.out),
     }
-    run.out
 }
 
 fn stack_run(mode: Mode, dev: Dev) -> Run {

@@ -1495,11 +1495,24 @@ fn client(addr: &str, port: u16) {
         .unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
+    // The control lines so far, with when each came: what a failed read reports.
+    let start = Instant::now();
+    let mut seen: Vec<(Duration, String)> = Vec::new();
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line).expect("read") == 0 {
-            w.write_all(b"ok:eof\n").unwrap();
-            break;
+        match r.read_line(&mut line) {
+            Ok(0) => {
+                w.write_all(b"ok:eof\n").unwrap();
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                client_stuck(&w, &e, start, &seen, &line, r.buffer());
+                std::process::exit(1);
+            }
+        }
+        if line.len() < 64 {
+            seen.push((start.elapsed(), line.clone()));
         }
         let line = line.trim_end_matches('\n');
         match line {
@@ -1571,6 +1584,63 @@ fn client(addr: &str, port: u16) {
     reset(&s);
     drop(s);
     println!("client done");
+}
+
+/// Says on stderr why the client's read of a control line failed after `start`: the error, the
+/// last control lines with when each came, the bytes read past them, and the connection's
+/// TCP_INFO (what the kernel knows of the path when no line arrives).
+fn client_stuck(
+    s: &TcpStream,
+    e: &std::io::Error,
+    start: Instant,
+    seen: &[(Duration, String)],
+    partial: &str,
+    buffered: &[u8],
+) {
+    use std::os::fd::AsRawFd;
+    eprintln!(
+        "client: reading a control line failed after {:?}: {e}",
+        start.elapsed()
+    );
+    for (t, l) in seen.iter().rev().take(8).rev() {
+        eprintln!("  line at {t:?}: {l:?}");
+    }
+    eprintln!(
+        "  partial line {partial:?}, buffered {:?}",
+        String::from_utf8_lossy(buffered)
+    );
+    // SAFETY: an all-zero tcp_info is a valid value (integers only).
+    let mut i: libc::tcp_info = unsafe { zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as socklen_t;
+    // SAFETY: a tcp_info and its size, on our own socket.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut i as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    eprintln!(
+        "  TCP_INFO ({r}): state={} retransmits={} probes={} backoff={} unacked={} lost={} \
+         retrans={} total_retrans={} rtt={}us rto={}us last_data_recv={}ms last_ack_recv={}ms \
+         rcv_space={} snd_cwnd={}",
+        i.tcpi_state,
+        i.tcpi_retransmits,
+        i.tcpi_probes,
+        i.tcpi_backoff,
+        i.tcpi_unacked,
+        i.tcpi_lost,
+        i.tcpi_retrans,
+        i.tcpi_total_retrans,
+        i.tcpi_rtt,
+        i.tcpi_rto,
+        i.tcpi_last_data_recv,
+        i.tcpi_last_ack_recv,
+        i.tcpi_rcv_space,
+        i.tcpi_snd_cwnd
+    );
 }
 
 /// Makes the close of `s` a reset: SO_LINGER with a zero timeout.
