@@ -25,20 +25,44 @@ fn out<T>(r: Option<Result<T, c_int>>) -> Outcome<T> {
     Outcome::from_answer(r)
 }
 
-/// A zero-length or null buffer is answered without touching it (on our connections; the
-/// kernel answers for its own). Otherwise `None`: the op goes on, and `runtime::recv`/`send` hand
+/// A null buffer of some length is EFAULT (on our connections; the kernel answers for its
+/// own). Otherwise `None`: the op goes on (a zero-length one too: Linux's recv of 0 bytes waits
+/// for data, its send of 0 bytes says EPIPE after shutdown), and `runtime::recv`/`send` hand
 /// kernel fds back themselves, so the common path takes the shim's lock only once.
-fn empty_or_null(fd: c_int, len: size_t, null: bool) -> Option<Outcome<ssize_t>> {
-    if len != 0 && !null {
+fn null_buffer(fd: c_int, len: size_t, null: bool) -> Option<Outcome<ssize_t>> {
+    if len == 0 || !null {
         return None;
     }
     Some(if !runtime::is_conn(fd) {
         NOT_OURS_SZ
-    } else if len == 0 {
-        Outcome::Done(0)
     } else {
         Outcome::Error(libc::EFAULT)
     })
+}
+
+/// The caller's buffer as a slice (a dangling, empty one for a zero length, whose pointer may
+/// be null).
+///
+/// # Safety
+/// For a non-zero `len`, `p` points to `len` bytes valid for reads and writes.
+unsafe fn buf_mut<'a>(p: *mut u8, len: size_t) -> &'a mut [u8] {
+    if len == 0 {
+        return &mut [];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts_mut(p, len) }
+}
+
+/// As [`buf_mut`], for reading only.
+///
+/// # Safety
+/// For a non-zero `len`, `p` points to `len` bytes valid for reads.
+unsafe fn buf_ref<'a>(p: *const u8, len: size_t) -> &'a [u8] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(p, len) }
 }
 
 /// A send's outcome: EPIPE raises SIGPIPE (unless MSG_NOSIGNAL), as the kernel does.
@@ -67,6 +91,7 @@ unsafe fn each_iov(
     cnt: c_int,
     flags: c_int,
     write: bool,
+    vfs: bool,
     mut each: impl FnMut(*mut u8, usize, c_int) -> Option<Result<usize, c_int>>,
 ) -> Outcome<ssize_t> {
     if !runtime::is_conn(fd) {
@@ -76,9 +101,21 @@ unsafe fn each_iov(
         return Outcome::Error(libc::EINVAL);
     }
     let mut total = 0usize;
-    for i in 0..cnt as usize {
-        // SAFETY: the caller's iovec array (see above).
-        let v = unsafe { iov.add(i).read_unaligned() };
+    // SAFETY: the caller's iovec array (see above).
+    let iovs = (0..cnt as usize).map(|i| unsafe { iov.add(i).read_unaligned() });
+    if iovs.clone().all(|v| v.iov_len == 0) {
+        // Nothing to move: readv/writev return 0 at once (Linux's file layer does); recvmsg and
+        // sendmsg are calls of zero bytes (which wait, or fail, as Linux's do).
+        if vfs {
+            return Outcome::Done(0);
+        }
+        return match each(std::ptr::null_mut(), 0, flags) {
+            None => NOT_OURS_SZ,
+            Some(Ok(n)) => Outcome::Done(n as ssize_t),
+            Some(Err(e)) => Outcome::Error(e),
+        };
+    }
+    for v in iovs {
         if v.iov_len == 0 {
             continue;
         }
@@ -107,22 +144,36 @@ unsafe fn each_iov(
 
 /// # Safety
 /// `iov` points to `cnt` valid iovecs whose buffers are writable.
-unsafe fn recv_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
+unsafe fn recv_iov(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    flags: c_int,
+    vfs: bool,
+) -> Outcome<ssize_t> {
+    let mut call = runtime::Call::default();
     // SAFETY: each iovec describes a writable buffer (readv contract).
     unsafe {
-        each_iov(fd, iov, cnt, flags, false, |p, n, f| {
-            runtime::recv(fd, std::slice::from_raw_parts_mut(p, n), f)
+        each_iov(fd, iov, cnt, flags, false, vfs, |p, n, f| {
+            runtime::recv(fd, buf_mut(p, n), f, &mut call)
         })
     }
 }
 
 /// # Safety
 /// `iov` points to `cnt` valid iovecs whose buffers are readable.
-unsafe fn send_iov(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int) -> Outcome<ssize_t> {
+unsafe fn send_iov(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    flags: c_int,
+    vfs: bool,
+) -> Outcome<ssize_t> {
+    let mut call = runtime::Call::default();
     // SAFETY: each iovec describes a readable buffer (writev contract).
     let r = unsafe {
-        each_iov(fd, iov, cnt, flags, true, |p, n, f| {
-            runtime::send(fd, std::slice::from_raw_parts(p, n), f)
+        each_iov(fd, iov, cnt, flags, true, vfs, |p, n, f| {
+            runtime::send(fd, buf_ref(p, n), f, &mut call)
         })
     };
     sigpipe(r, flags)
@@ -362,6 +413,14 @@ unsafe fn copy_sockaddr<T>(a: &T, out: *mut sockaddr, len: *mut socklen_t) {
 // --- data -----------------------------------------------------------------------------------
 
 pub(crate) unsafe fn read(fd: c_int, buf: *mut c_void, n: size_t) -> Outcome<ssize_t> {
+    if n == 0 {
+        // Linux's file layer returns 0 for a read of zero bytes before the socket sees it.
+        return if runtime::is_conn(fd) {
+            Outcome::Done(0)
+        } else {
+            NOT_OURS_SZ
+        };
+    }
     // SAFETY: read's contract: buf has room for n bytes.
     unsafe { recv(fd, buf, n, 0) }
 }
@@ -373,12 +432,12 @@ pub(crate) unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> Outcome<
 
 pub(crate) unsafe fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> Outcome<ssize_t> {
     // SAFETY: readv's contract.
-    unsafe { recv_iov(fd, iov, cnt, 0) }
+    unsafe { recv_iov(fd, iov, cnt, 0, true) }
 }
 
 pub(crate) unsafe fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> Outcome<ssize_t> {
     // SAFETY: writev's contract.
-    unsafe { send_iov(fd, iov, cnt, 0) }
+    unsafe { send_iov(fd, iov, cnt, 0, true) }
 }
 
 pub(crate) unsafe fn recv(
@@ -387,12 +446,12 @@ pub(crate) unsafe fn recv(
     len: size_t,
     flags: c_int,
 ) -> Outcome<ssize_t> {
-    if let Some(r) = empty_or_null(fd, len, buf.is_null()) {
+    if let Some(r) = null_buffer(fd, len, buf.is_null()) {
         return r;
     }
     // SAFETY: recv's contract: buf has room for len bytes.
-    let b = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
-    out_len(runtime::recv(fd, b, flags))
+    let b = unsafe { buf_mut(buf.cast::<u8>(), len) };
+    out_len(runtime::recv(fd, b, flags, &mut runtime::Call::default()))
 }
 
 pub(crate) unsafe fn recvfrom(
@@ -422,7 +481,7 @@ pub(crate) unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> Outco
     }
     // SAFETY: recvmsg's contract: msg is a valid msghdr with msg_iovlen iovecs.
     unsafe {
-        let r = recv_iov(fd, (*msg).msg_iov, (*msg).msg_iovlen as c_int, flags);
+        let r = recv_iov(fd, (*msg).msg_iov, (*msg).msg_iovlen as c_int, flags, false);
         if matches!(r, Outcome::Done(_)) {
             (*msg).msg_namelen = 0;
             (*msg).msg_controllen = 0;
@@ -505,12 +564,15 @@ pub(crate) unsafe fn send(
     len: size_t,
     flags: c_int,
 ) -> Outcome<ssize_t> {
-    if let Some(r) = empty_or_null(fd, len, buf.is_null()) {
+    if let Some(r) = null_buffer(fd, len, buf.is_null()) {
         return r;
     }
     // SAFETY: send's contract: buf holds len readable bytes.
-    let b = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
-    sigpipe(out_len(runtime::send(fd, b, flags)), flags)
+    let b = unsafe { buf_ref(buf.cast::<u8>(), len) };
+    sigpipe(
+        out_len(runtime::send(fd, b, flags, &mut runtime::Call::default())),
+        flags,
+    )
 }
 
 pub(crate) unsafe fn sendto(
@@ -534,7 +596,7 @@ pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Out
         return Outcome::Error(libc::EFAULT);
     }
     // SAFETY: sendmsg's contract: msg is a valid msghdr with msg_iovlen iovecs.
-    unsafe { send_iov(fd, (*msg).msg_iov, (*msg).msg_iovlen as c_int, flags) }
+    unsafe { send_iov(fd, (*msg).msg_iov, (*msg).msg_iovlen as c_int, flags, false) }
 }
 
 pub(crate) unsafe fn sendmmsg(
@@ -582,6 +644,7 @@ pub(crate) unsafe fn sendfile64(
     }
     let mut buf = vec![0u8; count.min(256 * 1024)];
     let mut total = 0usize;
+    let mut call = runtime::Call::default();
     while total < count {
         let want = (count - total).min(buf.len());
         // SAFETY: reading into our own buffer.
@@ -604,7 +667,7 @@ pub(crate) unsafe fn sendfile64(
         }
         // Blocking socket: each chunk is queued whole before the next is read, so the call
         // returns when `count` bytes are queued (or at end of file), as Linux's does.
-        match runtime::send(out_fd, &buf[..got as usize], 0) {
+        match runtime::send(out_fd, &buf[..got as usize], 0, &mut call) {
             None => return NOT_OURS_SZ,
             Some(Ok(sent)) => {
                 total += sent;

@@ -10,14 +10,15 @@ use userstack::SockError;
 
 use super::wait::{
     after_block, block_for, block_on, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
-    private_epoll, restarts, wait_once, woke_for_work, Waited, IN_LOOP,
+    private_epoll, restarts, wait_once, woke_for_work, SigHold, Waited, IN_LOOP,
 };
 use super::{child, config, kwait, shim, with};
 use crate::sockets::{Accepted, Answer, Io, PollKind};
 
-/// The caller's signal mask for the time it blocks, as ppoll takes it.
-fn mask_ptr(m: Option<&sigset_t>) -> *const sigset_t {
-    m.map_or(std::ptr::null(), |m| m as *const sigset_t)
+/// The signal mask for the time a wait blocks, as ppoll takes it: the caller's (epoll_pwait,
+/// ppoll, pselect), or else the thread's own, which `hold` keeps while the wait polls.
+fn mask_or(m: Option<&sigset_t>, hold: &SigHold) -> *const sigset_t {
+    m.map_or(hold.mask(), |m| m as *const sigset_t)
 }
 
 /// MTCP_SPIN_US.
@@ -102,6 +103,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> Answer<c_int> {
 /// (a dual listener), else, on a blocking socket, wait for either (at most SO_RCVTIMEO).
 pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
     let mut deadline = None;
+    let mut hold = None;
     loop {
         let kernel = match with(|s| s.accept(fd, flags))? {
             Ok(Accepted::Conn { fd, peer }) => return Some(Ok((fd, peer))),
@@ -124,7 +126,8 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
         }
         let timeout = *deadline.get_or_insert_with(|| timeout_of(fd, libc::SO_RCVTIMEO));
         let until = timeout.map(|(at, _)| at);
-        match wait_once(kernel.then_some(fd), until) {
+        let mask = hold.get_or_insert_with(SigHold::new).mask();
+        match wait_once(kernel.then_some(fd), until, mask) {
             Waited::Again => {}
             Waited::TimedOut => return Some(Err(libc::EAGAIN)),
             Waited::Interrupted if restarts(timeout.is_some()) => {}
@@ -189,6 +192,18 @@ fn rest<'b>(op: &'b mut Io<'_>, done: usize) -> Io<'b> {
     }
 }
 
+/// One call of the application's, which may take several of ours (the iovecs of a writev, the
+/// chunks of a sendfile): its deadline (SO_RCVTIMEO/SO_SNDTIMEO from its first wait on, for
+/// the whole call, as Linux counts it) and its signals, held from its first wait to its end.
+#[derive(Default)]
+pub struct Call {
+    deadline: Option<Option<Instant>>,
+    hold: Option<SigHold>,
+    /// A wait of the call timed out or was interrupted: its later pieces take only what needs
+    /// no wait.
+    ended: bool,
+}
+
 /// recv/send on a connection of ours, as Linux does them: a non-blocking call (O_NONBLOCK,
 /// MSG_DONTWAIT) takes what it can now or says EAGAIN; a blocking receive returns as soon as
 /// SO_RCVLOWAT bytes (one by default) are there (with MSG_WAITALL, when the buffer is full), or
@@ -196,8 +211,9 @@ fn rest<'b>(op: &'b mut Io<'_>, done: usize) -> Io<'b> {
 /// blocking send returns when everything is queued. Either waits at most the socket's
 /// SO_RCVTIMEO/SO_SNDTIMEO; on a timeout, an error or a signal, what was transferred is the
 /// answer, or else EAGAIN, the error, or EINTR (or, for a handler with SA_RESTART and no
-/// timeout, the call goes on).
-fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
+/// timeout, the call goes on). A receive of zero bytes waits as one of one byte would, and
+/// returns 0 (also when its timeout passes, as Linux's does).
+fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize> {
     if super::in_child() {
         return None;
     }
@@ -207,8 +223,8 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
         Io::Write(data) => (data.len(), false, false),
     };
     let write = matches!(op, Io::Write(_));
+    let dontwait = dontwait || call.ended;
     let mut done = 0usize;
-    let mut deadline = None;
     loop {
         let mut s = shim()?;
         // A peek looks at the whole buffer again each time (nothing was consumed).
@@ -256,12 +272,15 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
             continue;
         }
         drop(s);
-        let until =
-            *deadline.get_or_insert_with(|| t.timeout.and_then(|d| Instant::now().checked_add(d)));
-        match wait_once(None, until) {
+        let until = *call
+            .deadline
+            .get_or_insert_with(|| t.timeout.and_then(|d| Instant::now().checked_add(d)));
+        let mask = call.hold.get_or_insert_with(SigHold::new).mask();
+        match wait_once(None, until, mask) {
             Waited::Again => {}
             Waited::TimedOut => {
-                return Some(if done > 0 {
+                call.ended = true;
+                return Some(if done > 0 || len == 0 {
                     Ok(done)
                 } else {
                     Err(libc::EAGAIN)
@@ -269,20 +288,22 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int) -> Answer<usize> {
             }
             Waited::Interrupted if done == 0 && restarts(t.timeout.is_some()) => {}
             Waited::Interrupted => {
+                call.ended = true;
                 return Some(if done > 0 { Ok(done) } else { Err(libc::EINTR) });
             }
         }
     }
 }
 
-pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Answer<usize> {
-    io(fd, Io::Read(buf, flags & libc::MSG_PEEK != 0), flags)
+/// recv of one call of the application's (see [`Call`]).
+pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int, call: &mut Call) -> Answer<usize> {
+    io(fd, Io::Read(buf, flags & libc::MSG_PEEK != 0), flags, call)
 }
 
-/// send (SIGPIPE is the caller's to raise: `raise_sigpipe`, once per call of the
-/// application's).
-pub fn send(fd: c_int, data: &[u8], flags: c_int) -> Answer<usize> {
-    io(fd, Io::Write(data), flags)
+/// send of one call of the application's (SIGPIPE is the caller's to raise: `raise_sigpipe`,
+/// once per call of the application's).
+pub fn send(fd: c_int, data: &[u8], flags: c_int, call: &mut Call) -> Answer<usize> {
+    io(fd, Io::Write(data), flags, call)
 }
 
 /// An error a later piece of a call met (an iovec of writev, a chunk of sendfile) after earlier
@@ -541,6 +562,7 @@ pub fn epoll_wait(
     let mut last_work = Instant::now();
     let mut kernel_quiet = false;
     let mut kernel_first = false;
+    let mut hold = None;
     loop {
         // Our fds first (or the kernel's, alternately, so neither kind starves the other).
         let mut n = {
@@ -611,7 +633,8 @@ pub fn epoll_wait(
         if outer < 0 {
             t = t.min(Duration::from_millis(1));
         }
-        let (r, notified) = block_on(outer, t, mask_ptr(sigmask));
+        let hold = hold.get_or_insert_with(SigHold::new);
+        let (r, notified) = block_on(outer, t, mask_or(sigmask, hold));
         let err = crate::errno::get();
         after_block(notified, &b);
         if r < 0 && err == libc::EINTR {
@@ -659,6 +682,7 @@ pub fn poll(
     let mut turn = SpinTurn::new();
     let mut last_work = Instant::now();
     let mut mine = vec![0i16; fds.len()];
+    let mut hold = None;
     loop {
         {
             let mut s = shim()?;
@@ -725,13 +749,14 @@ pub fn poll(
             });
         }
         let ts = userstack::clock::timespec(block_for(deadline, &b));
+        let hold = hold.get_or_insert_with(SigHold::new);
         // SAFETY: a local array; the caller's signal mask while blocked.
         let r = unsafe {
             libc::ppoll(
                 blk.as_mut_ptr(),
                 blk.len() as libc::nfds_t,
                 &ts,
-                mask_ptr(sigmask),
+                mask_or(sigmask, hold),
             )
         };
         let err = crate::errno::get();

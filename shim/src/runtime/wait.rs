@@ -11,11 +11,12 @@
 //! transmit burst per iteration.
 
 use std::cell::Cell;
+use std::mem::zeroed;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use libc::c_int;
+use libc::{c_int, sigset_t};
 use userstack::clock;
 use userstack::idle::{Backoff, TxWait};
 use userstack::link::Link;
@@ -343,11 +344,51 @@ pub(super) enum Waited {
     Interrupted,
 }
 
+/// The application's signals, held back from the first wait of a blocking call to its end:
+/// while the call polls the stack they stay pending, and the waits' ppoll, with the thread's
+/// own mask, takes them. So a handler of the application's always runs inside a wait, and the
+/// call ends with EINTR (or restarts) as Linux's would, whenever the signal came.
+pub(super) struct SigHold {
+    old: sigset_t,
+}
+
+impl SigHold {
+    pub(super) fn new() -> SigHold {
+        // SAFETY: all-zero sigset_t values, filled by the calls below.
+        let (mut all, mut old): (sigset_t, sigset_t) = unsafe { (zeroed(), zeroed()) };
+        // SAFETY: local sets; blocks every signal the thread may block (glibc keeps its own
+        // internal ones), keeping the mask it had.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        }
+        SigHold { old }
+    }
+
+    /// The thread's own mask, for the waits' ppoll.
+    pub(super) fn mask(&self) -> *const sigset_t {
+        &self.old
+    }
+}
+
+impl Drop for SigHold {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`; what arrived meanwhile is delivered now
+        // if the ppoll did not take it.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
 /// One wait of a blocking recv/send/accept: until a frame arrives from the device, another
 /// thread makes work for this one (its eventfd), `kernel_fd` becomes readable (a dual
-/// listener's kernel side), the stack's next timer, or `deadline`. On a device without a
-/// wake-up fd the wait is one of the thread's naps.
-pub(super) fn wait_once(kernel_fd: Option<c_int>, deadline: Option<Instant>) -> Waited {
+/// listener's kernel side), the stack's next timer, or `deadline`; a signal the thread's own
+/// mask lets through (`mask`, a [`SigHold`]'s) ends it. On a device without a wake-up fd the
+/// wait is one of the thread's naps.
+pub(super) fn wait_once(
+    kernel_fd: Option<c_int>,
+    deadline: Option<Instant>,
+    mask: *const sigset_t,
+) -> Waited {
     if deadline.is_some_and(|d| Instant::now() >= d) {
         return Waited::TimedOut;
     }
@@ -367,8 +408,8 @@ pub(super) fn wait_once(kernel_fd: Option<c_int>, deadline: Option<Instant>) -> 
         watch((me >= 0).then_some(me)),
     ];
     let ts = clock::timespec(block_for(deadline, &b));
-    // SAFETY: a local array of three pollfds (negative fds are ignored); no signal mask.
-    let r = unsafe { libc::ppoll(p.as_mut_ptr(), 3, &ts, std::ptr::null()) };
+    // SAFETY: a local array of three pollfds (negative fds are ignored); the caller's mask.
+    let r = unsafe { libc::ppoll(p.as_mut_ptr(), 3, &ts, mask) };
     let err = crate::errno::get();
     after_block(p[2].revents != 0, &b);
     if r < 0 && err == libc::EINTR {
@@ -377,15 +418,30 @@ pub(super) fn wait_once(kernel_fd: Option<c_int>, deadline: Option<Instant>) -> 
     Waited::Again
 }
 
+/// Signals a thread gets only for a fault of its own (SIGSEGV, ...): never the one that ended
+/// a wait. Programs install handlers for them without SA_RESTART (Rust's runtime does, for
+/// stack overflows; so do JVMs and Python's faulthandler).
+const FAULTS: [c_int; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
 /// Whether a blocking recv/send/accept that a signal handler interrupted starts again, as Linux
 /// restarts it: when the handler was installed with SA_RESTART and the socket has no timeout
 /// for the call (`timeout`). Which signal arrived is not known here, so the call restarts only
-/// if every signal with a handler has SA_RESTART; otherwise it fails with EINTR.
+/// if every signal with a handler (faults aside) has SA_RESTART; otherwise it fails with EINTR.
 pub(super) fn restarts(timeout: bool) -> bool {
     if timeout {
         return false;
     }
     (1..=libc::SIGRTMAX()).all(|sig| {
+        if FAULTS.contains(&sig) {
+            return true;
+        }
         // SAFETY: all-zero is a valid sigaction to receive the current one.
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: reading the signal's disposition, changing nothing.

@@ -448,6 +448,88 @@ fn sleep_and_pipe_read_during_a_burst(fd: c_int) {
     note(format!("received={} in order: {in_order}", got.len()));
 }
 
+extern "C" fn on_usr1(_: c_int) {}
+
+/// Installs `on_usr1` for SIGUSR1, with SA_RESTART or without.
+fn usr1_handler(restart: bool) {
+    // SAFETY: a handler that does nothing; all-zero is a valid sigaction to fill.
+    unsafe {
+        let mut sa: libc::sigaction = zeroed();
+        sa.sa_sigaction = on_usr1 as extern "C" fn(c_int) as usize;
+        sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+        libc::sigaction(libc::SIGUSR1, &sa, null_mut());
+    }
+}
+
+/// Runs `f` (a blocking call on this thread) while another thread sends this thread SIGUSR1
+/// every 100 ms until `f` returns (the first one may come before `f` blocks). Returns what `f`
+/// returned, with errno.
+fn with_signals(f: impl FnOnce() -> isize) -> (isize, c_int) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // SAFETY: this thread's id.
+    let me = unsafe { libc::pthread_self() };
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let signaller = std::thread::spawn(move || {
+        while !d.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+            if !d.load(Ordering::SeqCst) {
+                // SAFETY: the calling thread, alive until `done` is set and this one joined.
+                unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+            }
+        }
+    });
+    set_errno(SENTINEL);
+    let r = f();
+    let e = errno();
+    done.store(true, Ordering::SeqCst);
+    signaller.join().expect("the signalling thread");
+    (r, e)
+}
+
+/// A blocking recv with nothing to read and a SIGUSR1 handler without SA_RESTART: -1 EINTR.
+/// With SA_RESTART: the recv goes on through the signals and returns the peer's `xyz`
+/// (asked for 300 ms later). An epoll_wait is interrupted either way (Linux never restarts it).
+fn signal_interrupts(fd: c_int) {
+    let mut b = [0u8; 16];
+    usr1_handler(false);
+    // SAFETY: our buffer.
+    let (r, e) = with_signals(|| unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 16, 0) });
+    println!("recv(blocking, SIGUSR1 without SA_RESTART) {r} {e}");
+    usr1_handler(true);
+    let asker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        send_line(fd, "B");
+    });
+    // SAFETY: as above.
+    let (r, e) = with_signals(|| unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 16, 0) });
+    asker.join().expect("the asking thread");
+    println!("recv(blocking, SIGUSR1 with SA_RESTART) {r} {e}");
+    note(format!(
+        "data={:?}",
+        String::from_utf8_lossy(&b[..r.max(0) as usize])
+    ));
+    // SAFETY: a fresh epoll instance holding the idle connection.
+    let ep = unsafe { libc::epoll_create1(0) };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 1,
+    };
+    // SAFETY: a valid epoll fd and event.
+    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: room for 4 events.
+    let (r, e) =
+        with_signals(|| unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 5000) } as isize);
+    println!("epoll_wait(5 s, SIGUSR1 with SA_RESTART) {r} {e}");
+    // SAFETY: the epoll fd made above; SIGUSR1 back to its default.
+    unsafe {
+        libc::close(ep);
+        libc::signal(libc::SIGUSR1, libc::SIG_DFL);
+    }
+}
+
 fn server(port: u16) {
     // SAFETY: plain socket calls on fds this program owns; every pointer is to a local.
     unsafe {
@@ -673,6 +755,18 @@ fn server(port: u16) {
             libc::recv(c, b.as_mut_ptr().cast(), 16, libc::MSG_DONTWAIT)
         });
         call("read(len 0)", || libc::read(c, b.as_mut_ptr().cast(), 0));
+        step("zero bytes: readv returns 0 at once; recv and recvmsg wait for data like a read of one byte (EAGAIN when non-blocking)");
+        let mut empty_iov = iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: 0,
+        };
+        call("readv(len 0)", || libc::readv(c, &empty_iov, 1));
+        call("recv(len 0)", || libc::recv(c, b.as_mut_ptr().cast(), 0, 0));
+        call("recv(NULL, len 0)", || libc::recv(c, null_mut(), 0, 0));
+        let mut mh: libc::msghdr = zeroed();
+        mh.msg_iov = &mut empty_iov;
+        mh.msg_iovlen = 1;
+        call("recvmsg(len 0)", || libc::recvmsg(c, &mut mh, 0));
         let mut n: c_int = -1;
         call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
         note(format!("value={n}"));
@@ -714,6 +808,7 @@ fn server(port: u16) {
         call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
         note(format!("value={n}"));
         select_one(c, true, 1_000_000, "select(read, 1s)");
+        recv_note(c, 0, 0, "recv(len 0, data buffered)");
         step("MSG_PEEK leaves the data; recv and readv take it in order, then EAGAIN");
         recv_note(c, 4, libc::MSG_PEEK, "recv(MSG_PEEK)");
         recv_note(c, 4, 0, "recv");
@@ -922,6 +1017,13 @@ fn server(port: u16) {
             tlen,
         );
         timed_recv(d2, 16, 0, 200, "recv(SO_RCVTIMEO 200 ms, nothing sent)");
+        timed_recv(
+            d2,
+            0,
+            0,
+            200,
+            "recv(len 0, SO_RCVTIMEO 200 ms, nothing sent)",
+        );
         send_line(d2, "A");
         timed_recv(
             d2,
@@ -977,6 +1079,9 @@ fn server(port: u16) {
 
         step("a sleep and a blocking read on a kernel fd are not interrupted while frames arrive through the stack");
         sleep_and_pipe_read_during_a_burst(d2);
+
+        step("a handler of the program's own interrupts a blocking recv (EINTR) unless it has SA_RESTART, and always an epoll_wait");
+        signal_interrupts(d2);
 
         step("sendmmsg and recvmmsg on a TCP connection");
         // sendmmsg / recvmmsg.
@@ -1035,6 +1140,20 @@ fn server(port: u16) {
         let msg = b"late";
         call("send(after SHUT_WR, NOSIGNAL)", || {
             libc::send(d2, msg.as_ptr().cast(), 4, libc::MSG_NOSIGNAL)
+        });
+        call("send(len 0, after SHUT_WR, NOSIGNAL)", || {
+            libc::send(d2, msg.as_ptr().cast(), 0, libc::MSG_NOSIGNAL)
+        });
+        // SIGPIPE is ignored in this program (Rust's runtime sets it so).
+        call("write(len 0, after SHUT_WR)", || {
+            libc::write(d2, msg.as_ptr().cast(), 0)
+        });
+        let zero = iovec {
+            iov_base: msg.as_ptr() as *mut c_void,
+            iov_len: 0,
+        };
+        call("writev(len 0, after SHUT_WR)", || {
+            libc::writev(d2, &zero, 1)
         });
         step("POLLRDHUP as soon as the peer's FIN arrives, data still unread before it");
         // The peer answers `eof` and closes: its FIN arrives behind that line, still unread.

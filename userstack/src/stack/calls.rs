@@ -239,7 +239,8 @@ impl<L: Link> Stack<L> {
     }
 
     /// Reads into `buf`. `Ok(0)` is end of stream (the peer's FIN, after all data). A
-    /// connection that ended in error reports the error once, then end of stream.
+    /// connection that ended in error reports the error once, then end of stream. An empty
+    /// `buf` reads nothing: `Ok(0)` if data is queued, else what a read would say.
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, SockError> {
         self.recv_inner(id, buf, false)
     }
@@ -256,10 +257,14 @@ impl<L: Link> Stack<L> {
             let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
             rcvbuf_half = sock.recv_capacity() / 2;
             let queued = sock.recv_queue();
-            if buf.is_empty() {
+            if buf.is_empty() && queued > 0 {
                 return Ok(0);
             }
-            let got = if peek {
+            // An empty `buf` with nothing queued: as an empty read (would block, the end of
+            // the stream or an error), as Linux's recv of zero bytes.
+            let got = if buf.is_empty() {
+                Ok(0)
+            } else if peek {
                 sock.peek_slice(buf)
             } else {
                 sock.recv_slice(buf)
