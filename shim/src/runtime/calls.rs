@@ -3,6 +3,7 @@
 //! `sockets`: `None` hands the call to the kernel.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use libc::{c_int, sigset_t};
@@ -345,8 +346,41 @@ pub fn close(fd: c_int) -> bool {
     shim().is_some_and(|mut s| {
         let ours = s.close(fd);
         crate::fdtable::set_pending_binds(s.has_pending_binds());
+        linger(s);
         ours
     })
+}
+
+/// After close() of connections with SO_LINGER on and a timeout: waits, as Linux's close()
+/// does (on a non-blocking socket too), until each one's FIN is acknowledged, its timeout
+/// passes or a signal handler runs; the connection goes on in the background after that.
+fn linger(mut s: MutexGuard<'static, super::Table>) {
+    let list = s.take_lingering();
+    if list.is_empty() {
+        return;
+    }
+    let mut hold = None;
+    for (id, t) in list {
+        let until = Instant::now().checked_add(t);
+        loop {
+            if !s.lingers(id) {
+                break;
+            }
+            if s.pump() {
+                continue;
+            }
+            drop(s);
+            let mask = hold.get_or_insert_with(SigHold::new).mask();
+            let w = wait_once(None, until, mask);
+            s = match shim() {
+                Some(s) => s,
+                None => return,
+            };
+            if w != Waited::Again {
+                break;
+            }
+        }
+    }
 }
 
 /// close_range(first, last) is about to close every fd in the range: our bookkeeping for those
@@ -373,6 +407,7 @@ pub fn close_range(first: c_int, last: c_int) {
         s.close(fd);
     }
     crate::fdtable::set_pending_binds(s.has_pending_binds());
+    linger(s);
 }
 
 /// dup/dup2/dup3/F_DUPFD made `new`, a dup of `old`: if `old` is ours, so is `new`.

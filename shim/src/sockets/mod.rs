@@ -233,6 +233,9 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     /// Listeners waiting for the stack (port, backlog): on a device processes share, the
     /// stack starts at the first call that serves a listener (`serve_listeners`).
     deferred: Vec<(u16, usize)>,
+    /// Connections closed with SO_LINGER on and a timeout: the close() that closed each waits
+    /// (`take_lingering`, `lingers`) until its FIN is acknowledged or the timeout passes.
+    lingering: Vec<(ConnId, std::time::Duration)>,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -274,6 +277,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             stack: None,
             failed: None,
             deferred: Vec::new(),
+            lingering: Vec::new(),
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
@@ -592,6 +596,23 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
     /// fd was ours. A socket bound to a flagged port and never listening is not ours yet, but
     /// its bind goes with it: the fd number's next socket starts afresh.
+    /// The connections the last close()s left lingering (SO_LINGER with a timeout), with
+    /// their timeouts: their caller waits while [`Sockets::lingers`].
+    pub fn take_lingering(&mut self) -> Vec<(ConnId, std::time::Duration)> {
+        std::mem::take(&mut self.lingering)
+    }
+
+    /// Whether closed connection `id` still waits for the peer to acknowledge its FIN (or what
+    /// was sent before it), as Linux's close() with SO_LINGER waits: FIN-WAIT-1, CLOSING,
+    /// LAST-ACK.
+    pub fn lingers(&self, id: ConnId) -> bool {
+        use smoltcp::socket::tcp::State as S;
+        self.stack
+            .as_ref()
+            .and_then(|st| st.slot_state(id))
+            .is_some_and(|(state, ..)| matches!(state, S::FinWait1 | S::Closing | S::LastAck))
+    }
+
     pub fn close(&mut self, fd: c_int) -> bool {
         self.binds.remove(&fd);
         let listener_port = match self.obj(fd) {
@@ -644,6 +665,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     } else {
                         stack.close(id)
                     };
+                    if let Some(t) = opts.linger.filter(|t| !t.is_zero()) {
+                        self.lingering.push((id, t));
+                    }
                     self.flush();
                 }
             }

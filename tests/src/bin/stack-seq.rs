@@ -448,6 +448,24 @@ fn sleep_and_pipe_read_during_a_burst(fd: c_int) {
     note(format!("received={} in order: {in_order}", got.len()));
 }
 
+/// setsockopt(SO_LINGER on, `secs`).
+fn set_linger(fd: c_int, secs: c_int, label: &str) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: secs,
+    };
+    // SAFETY: a linger struct and its size.
+    call(label, || unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            size_of::<libc::linger>() as socklen_t,
+        )
+    });
+}
+
 extern "C" fn on_usr1(_: c_int) {}
 
 /// Installs `on_usr1` for SIGUSR1, with SA_RESTART or without.
@@ -1224,12 +1242,45 @@ fn server(port: u16) {
             "epoll_wait(ET listener, another, the first still queued)",
             || libc::epoll_wait(ep, got.as_mut_ptr(), 4, 10_000),
         );
-        for _ in 0..2 {
-            let a = libc::accept4(s, null_mut(), null_mut(), libc::SOCK_NONBLOCK);
-            note(format!("accepted a queued connection: {}", a >= 0));
-            libc::close(a);
+        let mut queued = [-1; 2];
+        for q in queued.iter_mut() {
+            *q = libc::accept4(s, null_mut(), null_mut(), libc::SOCK_NONBLOCK);
+            note(format!("accepted a queued connection: {}", *q >= 0));
         }
         call("close(epoll)", || libc::close(ep));
+
+        step("close with SO_LINGER waits until the peer acknowledges the FIN, at most the linger time, also on a non-blocking socket");
+        // The first: its peer never reads; what it cannot take stays queued, so the FIN waits
+        // behind it and close() lasts the whole second.
+        let [full, idle] = queued;
+        set_linger(full, 1, "setsockopt(SO_LINGER 1 s)");
+        let chunk = vec![b'q'; 65536];
+        let mut queued_bytes = 0usize;
+        loop {
+            let r = libc::send(full, chunk.as_ptr().cast(), chunk.len(), libc::MSG_NOSIGNAL);
+            if r <= 0 {
+                break;
+            }
+            queued_bytes += r as usize;
+        }
+        note(format!("filled: {}", queued_bytes > 0));
+        let t = Instant::now();
+        call("close(SO_LINGER 1 s, peer not reading)", || {
+            libc::close(full)
+        });
+        let took = t.elapsed();
+        note(format!(
+            "lasted the linger time: {}",
+            took >= Duration::from_millis(950) && took < Duration::from_secs(4)
+        ));
+        // The second: nothing queued; its peer's kernel acknowledges the FIN at once.
+        set_linger(idle, 5, "setsockopt(SO_LINGER 5 s)");
+        let t = Instant::now();
+        call("close(SO_LINGER 5 s, nothing queued)", || libc::close(idle));
+        note(format!(
+            "returned well before the linger time: {}",
+            t.elapsed() < Duration::from_secs(3)
+        ));
 
         step(
             "a connection reset while queued for accept is accepted; its first read is ECONNRESET",
