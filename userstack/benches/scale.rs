@@ -92,6 +92,9 @@ fn opts(buf: usize) -> TcpOptions {
         sndbuf: buf,
         ack_delay: Some(std::time::Duration::from_millis(1)),
         cc: CongestionControl::Cubic,
+        mss: None,
+        ttl: None,
+        tos: 0,
     }
 }
 

@@ -120,6 +120,11 @@ impl MemLink {
         self.ip_mtu = mtu;
     }
 
+    /// Copies of the frames waiting to be received on this end (what the peer sent).
+    pub fn waiting(&self) -> Vec<Vec<u8>> {
+        self.inbox.lock().unwrap().iter().cloned().collect()
+    }
+
     /// Loses the frames waiting to be received on this end: how many there were.
     pub fn discard(&self) -> usize {
         let mut q = self.inbox.lock().unwrap();

@@ -165,8 +165,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                     return Some(Err(e));
                 }
                 let inherit = self.host.listener_options(fd, family);
-                if let Some(Obj::Listener { inherit: slot, .. }) = self.obj(fd) {
+                if let Some(Obj::Listener {
+                    inherit: slot,
+                    port,
+                    ..
+                }) = self.obj(fd)
+                {
                     *slot = inherit;
+                    let port = *port;
+                    self.sync_listen_options(port);
                 }
                 return Some(Ok(0));
             }
@@ -234,6 +241,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             _ => None,
         };
+        // The values as the identity socket holds them (the kernel's rounding and defaults).
+        let mut get = |level, name| self.host.kernel_getsockopt_int(fd, level, name);
+        let sndbuf = match effect {
+            Effect::SendBuffer => get(libc::SOL_SOCKET, libc::SO_SNDBUF).map(options::buffer_of),
+            _ => None,
+        };
+        let ip = match effect {
+            Effect::IpHeader => Some((
+                get(libc::IPPROTO_IP, libc::IP_TTL).and_then(|v| u8::try_from(v).ok()),
+                get(libc::IPPROTO_IP, libc::IP_TOS).map_or(0, |v| (v & 0xfc) as u8),
+            )),
+            _ => None,
+        };
         let Some(stack) = self.stack.as_mut() else {
             return Ok(());
         };
@@ -242,6 +262,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Effect::Nodelay(on) => stack.set_nodelay(id, on),
             Effect::Keepalive => stack.set_keepalive(now, id, ka),
             Effect::UserTimeout(t) => stack.set_user_timeout(id, t),
+            Effect::SendBuffer => stack.set_send_cap(id, sndbuf),
+            Effect::QuickAck(on) => stack.set_quickack(id, on),
+            Effect::IpHeader => {
+                let (ttl, tos) = ip.unwrap_or((None, 0));
+                stack.set_ip_header(id, ttl, tos)
+            }
         }
     }
 
@@ -273,8 +299,6 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if !options::answered_by_connection(level, name) {
             return None;
         }
-        let rcvbuf = self.cfg.as_ref().map_or(0, |c| c.rcvbuf);
-        let sndbuf = self.cfg.as_ref().map_or(0, |c| c.sndbuf);
         let stack = self.stack.as_mut()?;
         if (level, name) == (libc::IPPROTO_TCP, libc::TCP_INFO) {
             let info = match stack.tcp_info(id) {
@@ -292,9 +316,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 Ok(e) => e.map_or(0, so_errno),
                 Err(e) => return Some(Err(so_errno(e))),
             },
-            // The buffers the connection really has.
-            (libc::SOL_SOCKET, libc::SO_RCVBUF) => rcvbuf as c_int,
-            (libc::SOL_SOCKET, libc::SO_SNDBUF) => sndbuf as c_int,
+            // The buffers the connection really has, read back as Linux reads them: twice the
+            // request that gives such a buffer (`options::buffer_of`).
+            (libc::SOL_SOCKET, libc::SO_RCVBUF | libc::SO_SNDBUF) => match stack.buffer_sizes(id) {
+                Ok((rcv, snd)) => {
+                    let b = if name == libc::SO_RCVBUF { rcv } else { snd };
+                    c_int::try_from(b * 2).unwrap_or(c_int::MAX)
+                }
+                Err(e) => return Some(Err(so_errno(e))),
+            },
             // The MSS the connection sends with (Linux's tp->mss_cache).
             (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => match stack.tcp_info(id) {
                 Ok(i) => i.snd_mss as c_int,

@@ -190,7 +190,24 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         self.binds.remove(&fd);
         self.port_fds.entry(port).or_default().push(fd);
+        self.sync_listen_options(port);
         Some(Ok(0))
+    }
+
+    /// The stack's listener on `port` takes the options set on its listening fd (the last
+    /// one, if several share the port): the sizes, MSS and IP header of its next connections.
+    pub(super) fn sync_listen_options(&mut self, port: u16) {
+        let inherit = self.port_fds.get(&port).and_then(|fds| {
+            fds.iter().rev().find_map(|&fd| match self.obj_ref(fd) {
+                Some(Obj::Listener { inherit, .. }) => Some(inherit.clone()),
+                _ => None,
+            })
+        });
+        let (Some(inherit), Some(stack)) = (inherit, self.stack.as_mut()) else {
+            return;
+        };
+        let opts = options::listen_options(stack.default_options(), &inherit);
+        let _ = stack.set_listen_options(port, opts);
     }
 
     /// One accept attempt on listener `fd` (after a poll of the stack): a queued stack

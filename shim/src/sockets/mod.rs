@@ -330,6 +330,11 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
     }
 
+    fn obj_ref(&self, fd: c_int) -> Option<&Obj> {
+        let i = self.index_of(fd)?;
+        self.objs.get(i as usize)?.as_ref().map(|e| &e.obj)
+    }
+
     pub(crate) fn obj(&mut self, fd: c_int) -> Option<&mut Obj> {
         let i = self.index_of(fd)?;
         self.objs.get_mut(i as usize)?.as_mut().map(|e| &mut e.obj)
@@ -460,6 +465,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     fn serve_listeners(&mut self) -> Result<(), c_int> {
         self.ensure_stack()?;
         let waiting = std::mem::take(&mut self.deferred);
+        let ports: Vec<u16> = waiting.iter().map(|&(p, _)| p).collect();
         let stack = self.stack.as_mut().expect("started");
         let mut opts = stack.default_options();
         opts.nodelay = false;
@@ -471,6 +477,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             let why = std::io::Error::from_raw_os_error(e.errno());
             self.host
                 .say(&format!("cannot listen on port {port} of the stack: {why}"));
+        }
+        for port in ports {
+            self.sync_listen_options(port);
         }
         // Its share of the flows before its first poll: it must not answer another worker's.
         self.steer();

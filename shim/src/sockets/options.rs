@@ -17,7 +17,7 @@ use std::time::Duration;
 use std::mem::{offset_of, size_of};
 
 use libc::c_int;
-use userstack::{Keepalive, TcpInfo};
+use userstack::{Keepalive, TcpInfo, TcpOptions};
 
 /// One option's raw value, as setsockopt takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,14 +56,21 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
             | SO_SNDTIMEO_NEW
             | libc::SO_LINGER,
         ) => Policy::Mirror,
+        (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => Policy::Mirror,
         (
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY
             | libc::TCP_KEEPIDLE
             | libc::TCP_KEEPINTVL
             | libc::TCP_KEEPCNT
-            | libc::TCP_USER_TIMEOUT,
+            | libc::TCP_USER_TIMEOUT
+            | libc::TCP_QUICKACK,
         ) => Policy::Mirror,
+        (libc::IPPROTO_IP, libc::IP_TTL | libc::IP_TOS) => Policy::Mirror,
+        // Linux applies TCP_MAXSEG at the handshake only (its mss_clamp): after it, the value
+        // is kept for getsockopt and changes nothing. On a listener it is the MSS of the
+        // connections it accepts (`listen_options`).
+        (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => Policy::Kept,
         // Binding and broadcast options mean nothing to a connected TCP socket; SO_DEBUG and
         // the credential options only change what the kernel records or passes on unix
         // sockets.
@@ -124,6 +131,12 @@ pub enum Effect {
     Keepalive,
     /// TCP_USER_TIMEOUT (`None`: 0, the default).
     UserTimeout(Option<Duration>),
+    /// SO_SNDBUF: the send buffer's size as the kernel reads it back (twice the request).
+    SendBuffer,
+    /// TCP_QUICKACK.
+    QuickAck(bool),
+    /// IP_TTL or IP_TOS: the IP header's fields as the identity socket holds them.
+    IpHeader,
 }
 
 fn int(v: &[u8]) -> Option<c_int> {
@@ -154,6 +167,11 @@ impl ConnOpts {
         let v = int(value).unwrap_or(0);
         match (level, name) {
             (libc::IPPROTO_TCP, libc::TCP_NODELAY) => return Effect::Nodelay(v != 0),
+            (libc::IPPROTO_TCP, libc::TCP_QUICKACK) => return Effect::QuickAck(v != 0),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => {
+                return Effect::SendBuffer
+            }
+            (libc::IPPROTO_IP, libc::IP_TTL | libc::IP_TOS) => return Effect::IpHeader,
             (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT) => {
                 let ms = v.max(0) as u64;
                 return Effect::UserTimeout((ms > 0).then(|| Duration::from_millis(ms)));
@@ -187,6 +205,38 @@ impl ConnOpts {
         }
         Effect::Keepalive
     }
+}
+
+/// The smallest buffer a connection gets (Linux's smallest SO_RCVBUF, 2,304 read back, is a
+/// request of 1,152 bytes).
+const MIN_BUFFER: usize = 1024;
+
+/// A buffer size as getsockopt reads it back (Linux doubles the request) -> the buffer the
+/// stack gives the connection: the request.
+pub fn buffer_of(read_back: c_int) -> usize {
+    (read_back.max(0) as usize / 2).max(MIN_BUFFER)
+}
+
+/// The options a listener's connections start with on the stack: `base` (the stack's), with
+/// what was set on the listener (`inherit`): SO_RCVBUF/SO_SNDBUF size their buffers (so the
+/// window the handshake offers), TCP_MAXSEG their MSS, IP_TTL/IP_TOS their segments' header.
+/// The rest takes effect when a connection is accepted.
+pub fn listen_options(mut base: TcpOptions, inherit: &[SockOpt]) -> TcpOptions {
+    base.nodelay = false;
+    for o in inherit {
+        let Some(v) = int(&o.value) else { continue };
+        match (o.level, o.name) {
+            (libc::SOL_SOCKET, libc::SO_RCVBUF) => base.rcvbuf = buffer_of(v),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF) => base.sndbuf = buffer_of(v),
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG) if v > 0 => {
+                base.mss = u16::try_from(v).ok();
+            }
+            (libc::IPPROTO_IP, libc::IP_TTL) => base.ttl = u8::try_from(v).ok(),
+            (libc::IPPROTO_IP, libc::IP_TOS) => base.tos = (v & 0xfc) as u8,
+            _ => {}
+        }
+    }
+    base
 }
 
 /// Linux's `struct tcp_info` (libc's layout for linux-gnu) for getsockopt(TCP_INFO), from what

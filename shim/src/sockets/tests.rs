@@ -870,8 +870,28 @@ fn options_go_to_the_kernel_socket_first_then_take_effect() {
     );
     // What only the connection knows.
     assert_eq!(get_int(&mut n, fd, sol, libc::SO_ERROR), Some(Ok(0)));
-    assert_eq!(get_int(&mut n, fd, sol, libc::SO_RCVBUF), Some(Ok(65536)));
-    assert_eq!(get_int(&mut n, fd, sol, libc::SO_SNDBUF), Some(Ok(65536)));
+    // The buffers the connection has (64 KiB each), read back as Linux reads them: doubled.
+    assert_eq!(get_int(&mut n, fd, sol, libc::SO_RCVBUF), Some(Ok(131072)));
+    assert_eq!(get_int(&mut n, fd, sol, libc::SO_SNDBUF), Some(Ok(131072)));
+    // SO_SNDBUF limits the connection's send buffer (this test kernel reads back what was
+    // set; Linux reads back twice the request, which `buffer_of` halves).
+    assert_eq!(
+        n.s.setsockopt(fd, sol, libc::SO_SNDBUF, &int(8192)),
+        Some(Ok(0))
+    );
+    assert_eq!(get_int(&mut n, fd, sol, libc::SO_SNDBUF), Some(Ok(8192)));
+    let mut big = vec![b'x'; 10_000];
+    let sent = n.s.io(fd, &mut Io::Write(&mut big), |_| false).unwrap();
+    assert_eq!(sent.result, Ok(4096));
+    // TCP_QUICKACK, IP_TTL and IP_TOS take effect; TCP_MAXSEG is kept.
+    for (level, name, v) in [
+        (tcp, libc::TCP_QUICKACK, 1),
+        (libc::IPPROTO_IP, libc::IP_TTL, 9),
+        (libc::IPPROTO_IP, libc::IP_TOS, 0x10),
+        (tcp, libc::TCP_MAXSEG, 1200),
+    ] {
+        assert_eq!(n.s.setsockopt(fd, level, name, &int(v)), Some(Ok(0)));
+    }
     // The rest is the kernel socket's answer.
     assert_eq!(
         n.s.getsockopt(fd, sol, libc::SO_KEEPALIVE, &mut [0; 4]),
@@ -903,10 +923,20 @@ fn accepted_connections_inherit_the_listeners_options() {
         n.s.setsockopt(LISTEN_FD, sol, libc::SO_KEEPALIVE, &int(1)),
         Some(Ok(0))
     );
+    // A receive buffer (read back as 16 KiB: a request of 8 KiB, as Linux reads it).
+    assert_eq!(
+        n.s.setsockopt(LISTEN_FD, sol, libc::SO_RCVBUF, &int(16384)),
+        Some(Ok(0))
+    );
     let (_, fd) = n.connect(0);
     let inherited = n.log.borrow().inherited.last().cloned().unwrap();
     let names: Vec<_> = inherited.iter().map(|o| o.name).collect();
-    assert_eq!(names, vec![libc::TCP_NODELAY, libc::SO_KEEPALIVE]);
+    assert_eq!(
+        names,
+        vec![libc::TCP_NODELAY, libc::SO_KEEPALIVE, libc::SO_RCVBUF]
+    );
+    // The connection got that buffer when its SYN came: its window is 8 KiB.
+    assert_eq!(get_int(&mut n, fd, sol, libc::SO_RCVBUF), Some(Ok(16384)));
     // And the stack's connection has them: keepalive probes an idle peer.
     let id = match n.s.obj(fd) {
         Some(super::Obj::Conn { id, opts, .. }) => {

@@ -722,6 +722,40 @@ fn server(port: u16) {
             )
         });
         note(format!("len={short}"));
+        step("SO_SNDBUF, TCP_QUICKACK, TCP_MAXSEG, IP_TTL and IP_TOS are taken on a connection; SO_SNDBUF, IP_TTL and IP_TOS read back as Linux reads them");
+        let (ip, tcp) = (libc::IPPROTO_IP, libc::IPPROTO_TCP);
+        setsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            20000,
+            "setsockopt(SO_SNDBUF 20000)",
+        );
+        getsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            "getsockopt(SO_SNDBUF)",
+        );
+        setsockopt_int(c, tcp, libc::TCP_QUICKACK, 1, "setsockopt(TCP_QUICKACK 1)");
+        setsockopt_int(c, tcp, libc::TCP_QUICKACK, 0, "setsockopt(TCP_QUICKACK 0)");
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_MAXSEG,
+            1200,
+            "setsockopt(TCP_MAXSEG 1200)",
+        );
+        setsockopt_int(c, tcp, libc::TCP_MAXSEG, 20, "setsockopt(TCP_MAXSEG 20)");
+        setsockopt_int(c, ip, libc::IP_TTL, 9, "setsockopt(IP_TTL 9)");
+        getsockopt_int(c, ip, libc::IP_TTL, "getsockopt(IP_TTL)");
+        setsockopt_int(c, ip, libc::IP_TTL, -1, "setsockopt(IP_TTL -1)");
+        getsockopt_int(c, ip, libc::IP_TTL, "getsockopt(IP_TTL, the default)");
+        setsockopt_int(c, ip, libc::IP_TTL, 256, "setsockopt(IP_TTL 256)");
+        setsockopt_int(c, ip, libc::IP_TOS, 0x13, "setsockopt(IP_TOS 0x13)");
+        getsockopt_int(c, ip, libc::IP_TOS, "getsockopt(IP_TOS)");
+        setsockopt_int(c, ip, libc::IP_TOS, 0, "setsockopt(IP_TOS 0)");
+
         step("SO_LINGER, SO_RCVTIMEO and SO_SNDTIMEO read back as set (rounded to the kernel's tick)");
         let lin = |on, secs| libc::linger {
             l_onoff: on,
@@ -1230,6 +1264,14 @@ fn server(port: u16) {
         call("epoll_wait(ET listener, nothing queued)", || {
             libc::epoll_wait(ep, got.as_mut_ptr(), 4, 0)
         });
+        // The connections from here on get the listener's receive buffer.
+        setsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            32768,
+            "setsockopt(listener SO_RCVBUF 32768)",
+        );
         send_line(c, "connect");
         call("epoll_wait(ET listener, a connection)", || {
             libc::epoll_wait(ep, got.as_mut_ptr(), 4, 10_000)
@@ -1246,6 +1288,12 @@ fn server(port: u16) {
         for q in queued.iter_mut() {
             *q = libc::accept4(s, null_mut(), null_mut(), libc::SOCK_NONBLOCK);
             note(format!("accepted a queued connection: {}", *q >= 0));
+            getsockopt_int(
+                *q,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                "getsockopt(SO_RCVBUF, the listener's)",
+            );
         }
         call("close(epoll)", || libc::close(ep));
 

@@ -116,10 +116,18 @@ pub struct Keepalive {
 pub struct TcpOptions {
     pub nodelay: bool,
     pub keepalive: Option<std::time::Duration>,
+    /// The receive buffer: the most the window offers.
     pub rcvbuf: usize,
+    /// The send buffer: the most that may be queued.
     pub sndbuf: usize,
     pub ack_delay: Option<std::time::Duration>,
     pub cc: CongestionControl,
+    /// TCP_MAXSEG: the MSS announced and used, at most this (`None`: from the MTU).
+    pub mss: Option<u16>,
+    /// IP_TTL of the segments sent (`None`: smoltcp's default, 64, Linux's ip_default_ttl).
+    pub ttl: Option<u8>,
+    /// IP_TOS of the segments sent (the ECN bits stay 0: the stack does not use ECN).
+    pub tos: u8,
 }
 
 impl TcpOptions {
@@ -131,6 +139,9 @@ impl TcpOptions {
             sndbuf: c.sndbuf,
             ack_delay: c.ack_delay,
             cc: c.cc,
+            mss: None,
+            ttl: None,
+            tos: 0,
         }
     }
 
@@ -138,6 +149,7 @@ impl TcpOptions {
         s.set_nagle_enabled(!self.nodelay);
         s.set_ack_delay(self.ack_delay.map(to_sdur));
         s.set_keep_alive(self.keepalive.map(to_sdur));
+        s.set_hop_limit(self.ttl);
         s.set_congestion_control(match self.cc {
             CongestionControl::None => tcp::CongestionControl::None,
             CongestionControl::Reno => tcp::CongestionControl::Reno,

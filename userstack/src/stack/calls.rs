@@ -15,6 +15,9 @@ use super::conn::{readiness, Conn, Origin, CONNECT_TIMEOUT_US};
 use super::demux::key;
 use super::{Listener, Stack, EPHEMERAL};
 use crate::link::Link;
+
+/// Segments TCP_QUICKACK acknowledges at once (Linux's quick-ACK mode: at most 16).
+const QUICKACK_SEGMENTS: u8 = 16;
 use crate::net::Micros;
 
 /// Linux's default `net.core.somaxconn`.
@@ -320,12 +323,17 @@ impl<L: Link> Stack<L> {
             if data.is_empty() {
                 return Ok(0);
             }
+            // SO_SNDBUF set on the connection: no more queued than that.
+            let data = match c.tuning.snd_cap {
+                Some(cap) => &data[..data.len().min(cap.saturating_sub(sock.send_queue()))],
+                None => data,
+            };
             let n = match sock.send_slice(data) {
                 Ok(0) => return Err(SockError::WouldBlock),
                 Ok(n) => n,
                 Err(_) => return Err(SockError::Pipe),
             };
-            if !sock.can_send() {
+            if !sock.can_send() || c.tuning.snd_cap.is_some_and(|cap| sock.send_queue() >= cap) {
                 // Events are queued when a poll finds the readiness changed since the last
                 // one. The buffer is full now: if the next poll takes an ACK that frees room
                 // before it polls this write, it finds "writable" again, and must see that as a
@@ -366,6 +374,60 @@ impl<L: Link> Stack<L> {
     }
 
     /// Sets TCP_NODELAY / keepalive on an open connection.
+    /// The options connections from now on get from listener `port` (a listener's
+    /// setsockopt): buffer sizes, TCP_MAXSEG, IP_TTL, IP_TOS, ...
+    pub fn set_listen_options(&mut self, port: u16, opts: TcpOptions) -> Result<(), SockError> {
+        let l = self.listeners.get_mut(&port).ok_or(SockError::Invalid)?;
+        l.opts = opts;
+        Ok(())
+    }
+
+    /// SO_SNDBUF set on a connection: at most `cap` bytes queued (`None`: the whole send
+    /// buffer, which is also the most it can be).
+    pub fn set_send_cap(&mut self, id: ConnId, cap: Option<usize>) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        c.tuning.snd_cap = cap.filter(|&n| n < sock.send_capacity());
+        Ok(())
+    }
+
+    /// The size of a connection's receive and send buffers (the send buffer as SO_SNDBUF on
+    /// the connection limits it).
+    pub fn buffer_sizes(&self, id: ConnId) -> Result<(usize, usize), SockError> {
+        let c = self.conn(id)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        let snd = c.tuning.snd_cap.unwrap_or(usize::MAX);
+        Ok((sock.recv_capacity(), sock.send_capacity().min(snd)))
+    }
+
+    /// TCP_QUICKACK: on, what is owed is acknowledged now and the next segments at once (16,
+    /// Linux's most), then the delayed ACK is back; off, the delayed ACK at once. As on Linux the
+    /// setting is not kept: it switches the mode for now.
+    pub fn set_quickack(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
+        if on {
+            c.tuning.quick = QUICKACK_SEGMENTS;
+            sock.set_ack_delay(None);
+        } else {
+            c.tuning.quick = 0;
+            sock.set_ack_delay(c.tuning.ack_delay);
+        }
+        // Polled once: an ACK owed leaves now.
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
+    /// IP_TTL (`None`: the default, 64) and IP_TOS of what a connection sends from now on.
+    pub fn set_ip_header(&mut self, id: ConnId, ttl: Option<u8>, tos: u8) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.sockets
+            .get_mut::<tcp::Socket>(c.handle)
+            .set_hop_limit(ttl);
+        c.tuning.tos = tos;
+        Ok(())
+    }
+
     pub fn set_nodelay(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         c.sockets
@@ -450,7 +512,7 @@ impl<L: Link> Stack<L> {
         let sat = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         // smoltcp's local MSS (and the one its SYN announces): the IP MTU less the IPv4 and
         // TCP headers.
-        let pmtu = self.conn_caps.max_transmission_unit;
+        let pmtu = c.tuning.mtu;
         let advmss = pmtu.saturating_sub(40);
         // Before the peer's SYN is seen (an active open in SYN-SENT): smoltcp's default, 536.
         let peer = usize::from(c.rec.peer_mss().unwrap_or(536));

@@ -118,6 +118,24 @@ pub(super) struct Conn {
     pub(super) rec: Recovery,
     /// This connection's clock runs this many microseconds ahead of the stack's (see recovery.rs).
     pub(super) skew: i64,
+    /// What the connection's options change beyond smoltcp's own settings.
+    pub(super) tuning: Tuning,
+}
+
+/// A connection's options that smoltcp has no setting for, or that change its settings for a
+/// while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Tuning {
+    /// The IP MTU its segments are sized by (its listener's TCP_MAXSEG may lower the device's).
+    pub(super) mtu: usize,
+    /// IP_TOS of every segment it sends.
+    pub(super) tos: u8,
+    /// SO_SNDBUF set on the connection: at most this much queued (at most the send buffer).
+    pub(super) snd_cap: Option<usize>,
+    /// TCP_QUICKACK: segments still acknowledged at once, before `ack_delay` is back.
+    pub(super) quick: u8,
+    /// The delayed-ACK time the connection was given (TCP_QUICKACK suspends it).
+    pub(super) ack_delay: Option<SDuration>,
 }
 
 impl Conn {
@@ -253,7 +271,13 @@ impl<L: Link> Stack<L> {
     ) -> Result<u32, SockError> {
         let mut cfg = IfaceConfig::new(HardwareAddress::Ip);
         cfg.random_seed = self.next_seed();
-        let mut iface = Interface::new(cfg, &mut CapsDev(self.conn_caps.clone()), now);
+        // TCP_MAXSEG: smoltcp sizes the MSS it announces and uses from the interface's MTU.
+        let mut caps = self.conn_caps.clone();
+        if let Some(mss) = opts.mss {
+            caps.max_transmission_unit = caps.max_transmission_unit.min(usize::from(mss) + 40);
+        }
+        let mtu = caps.max_transmission_unit;
+        let mut iface = Interface::new(cfg, &mut CapsDev(caps), now);
         let cidr = IpCidr::new(
             IpAddress::Ipv4(self.net.addr().addr),
             self.net.addr().prefix,
@@ -319,6 +343,13 @@ impl<L: Link> Stack<L> {
             track: TxTrack::default(),
             rec: Recovery::new(self.rto_min_us),
             skew: 0,
+            tuning: Tuning {
+                mtu,
+                tos: opts.tos,
+                snd_cap: None,
+                quick: 0,
+                ack_delay: opts.ack_delay.map(to_sdur),
+            },
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -429,7 +460,14 @@ impl<L: Link> Stack<L> {
             now: us,
             track: Some(&mut c.track),
             caps: &self.conn_caps,
+            tos: c.tuning.tos,
         };
+        // TCP_QUICKACK: this segment is acknowledged at once; after the last one of the quick
+        // mode, the delayed ACK is back.
+        let quick_ends = rx.is_some() && c.tuning.quick == 1;
+        if rx.is_some() {
+            c.tuning.quick = c.tuning.quick.saturating_sub(1);
+        }
         // A received segment: ingress, then egress only if smoltcp has something to send now.
         // A request with a delayed ACK usually has nothing (its ACK leaves with the reply, when
         // the application writes): an egress pass that finds nothing costs about as much as
@@ -444,6 +482,10 @@ impl<L: Link> Stack<L> {
         let due = |at: Option<Instant>| at.is_some_and(|t| t <= vnow);
         let mut smol_at = rx.is_some().then(|| {
             c.iface.poll_ingress_single(vnow, &mut dev, &mut c.sockets);
+            if quick_ends {
+                let d = c.tuning.ack_delay;
+                c.sockets.get_mut::<tcp::Socket>(c.handle).set_ack_delay(d);
+            }
             c.iface.poll_at(vnow, &c.sockets)
         });
         let mut deferred = false;
@@ -682,9 +724,10 @@ pub(super) fn readiness(sock: &tcp::Socket<'_>, c: &Conn) -> Readiness {
                     | tcp::State::TimeWait
                     | tcp::State::Closed
             ));
+    let room = sock.can_send() && c.tuning.snd_cap.is_none_or(|cap| sock.send_queue() < cap);
     Readiness {
         readable: sock.can_recv() || rdhup || failed,
-        writable: (!handshaking && sock.can_send()) || failed || (!handshaking && !sock.may_send()),
+        writable: (!handshaking && room) || failed || (!handshaking && !sock.may_send()),
         rdhup: rdhup || failed,
         hup: failed || closed || (rdhup && !sock.may_send()),
         error: error.is_some(),

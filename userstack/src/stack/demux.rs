@@ -295,6 +295,7 @@ impl<L: Link> Stack<L> {
             now: now.total_micros() as Micros,
             track: None,
             caps: &self.control_caps,
+            tos: 0,
         };
         self.control.poll(now, &mut dev, &mut self.control_sockets);
     }

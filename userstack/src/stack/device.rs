@@ -15,6 +15,8 @@ pub(super) struct IpDev<'a, L: Link> {
     pub(super) now: Micros,
     pub(super) track: Option<&'a mut TxTrack>,
     pub(super) caps: &'a DeviceCapabilities,
+    /// IP_TOS of what the connection sends (0: as smoltcp writes it, 0).
+    pub(super) tos: u8,
 }
 
 pub(super) struct IpRx<'a>(&'a [u8]);
@@ -25,6 +27,7 @@ pub(super) struct IpTx<'a, L: Link> {
     track: Option<&'a mut TxTrack>,
     /// smoltcp leaves the TCP checksum to the "device" (connection interfaces): compute it.
     fill_tcp_checksum: bool,
+    tos: u8,
 }
 
 impl smoltcp::phy::RxToken for IpRx<'_> {
@@ -35,6 +38,23 @@ impl smoltcp::phy::RxToken for IpRx<'_> {
 
 impl<L: Link> smoltcp::phy::TxToken for IpTx<'_, L> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        if self.tos != 0 {
+            // IP_TOS: smoltcp writes 0 and its IPv4 checksum; the byte and the checksum anew.
+            let fill_tcp = self.fill_tcp_checksum;
+            let tos = self.tos;
+            return self.net.send_ip(self.now, len, self.track, |ip| {
+                let r = f(ip);
+                if ip.len() >= 20 && ip[0] >> 4 == 4 {
+                    ip[1] = tos;
+                    let ihl = usize::from(ip[0] & 0xf) * 4;
+                    crate::csum::fill_ipv4_header_checksum(&mut ip[..ihl.min(len)]);
+                }
+                if fill_tcp {
+                    crate::csum::fill_tcp_checksum(ip);
+                }
+                r
+            });
+        }
         if self.fill_tcp_checksum {
             self.net.send_ip(self.now, len, self.track, |ip| {
                 let r = f(ip);
@@ -66,6 +86,7 @@ impl<L: Link> Device for IpDev<'_, L> {
                 now: self.now,
                 track: self.track.as_deref_mut(),
                 fill_tcp_checksum: !self.caps.checksum.tcp.tx(),
+                tos: self.tos,
             },
         ))
     }
@@ -76,6 +97,7 @@ impl<L: Link> Device for IpDev<'_, L> {
             now: self.now,
             track: self.track.as_deref_mut(),
             fill_tcp_checksum: !self.caps.checksum.tcp.tx(),
+            tos: self.tos,
         })
     }
 

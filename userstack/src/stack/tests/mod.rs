@@ -8,6 +8,7 @@ mod conn;
 mod demux;
 mod handshake;
 mod info;
+mod options;
 mod publish;
 mod timers;
 
@@ -30,6 +31,9 @@ pub(crate) fn opts() -> TcpOptions {
         sndbuf: 16 << 10,
         ack_delay: None,
         cc: CongestionControl::Reno,
+        mss: None,
+        ttl: None,
+        tos: 0,
     }
 }
 

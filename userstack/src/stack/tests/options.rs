@@ -1,0 +1,160 @@
+//! Per-connection options beyond smoltcp's own settings: buffer sizes and MSS from the
+//! listener, SO_SNDBUF on a connection, TCP_QUICKACK, IP_TTL and IP_TOS.
+
+use smoltcp::time::Duration;
+
+use super::{opts, Pair};
+use crate::stack::TcpOptions;
+
+/// The IPv4 headers of the frames waiting on the client's side (what the server sent; ARP
+/// aside).
+fn ip_headers(p: &Pair) -> Vec<Vec<u8>> {
+    p.client
+        .link()
+        .waiting()
+        .into_iter()
+        .filter(|f| f[12..14] == [0x08, 0x00])
+        .map(|f| f[14..34].to_vec())
+        .collect()
+}
+
+/// Whether an IPv4 header's checksum is right (its ones' complement sum is all ones).
+fn header_checksum_ok(h: &[u8]) -> bool {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[test]
+fn ttl_and_tos_are_in_every_segment_sent_and_the_data_arrives() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    p.server.set_ip_header(s, Some(7), 0x28).unwrap();
+    assert_eq!(p.server.send(s, &[b'x'; 3000]).unwrap(), 3000);
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    let headers = ip_headers(&p);
+    assert!(headers.len() >= 2, "{} segments", headers.len());
+    for h in &headers {
+        assert_eq!((h[8], h[1]), (7, 0x28), "TTL and TOS of {h:?}");
+        assert!(header_checksum_ok(h), "IPv4 checksum of {h:?}");
+    }
+    // Every segment passed the client's checksums: all the data arrived.
+    p.run();
+    let mut buf = vec![0u8; 4000];
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 3000);
+    // Back to the defaults: TTL 64, TOS 0.
+    p.server.set_ip_header(s, None, 0).unwrap();
+    p.server.send(s, b"y").unwrap();
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    let h = ip_headers(&p).pop().expect("a segment");
+    assert_eq!((h[8], h[1]), (64, 0));
+}
+
+#[test]
+fn a_listeners_options_size_the_buffers_and_the_mss_of_its_connections() {
+    let mut p = Pair::new();
+    let o = TcpOptions {
+        rcvbuf: 4096,
+        sndbuf: 6000,
+        mss: Some(1000),
+        ttl: Some(9),
+        ..opts()
+    };
+    p.server.listen(7777, 16, opts()).unwrap();
+    // Set after listen(), before the client comes: the next connections have them.
+    p.server.set_listen_options(7777, o).unwrap();
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    // The SYN-ACK (after ARP): TTL 9.
+    let mut synack = None;
+    for _ in 0..10 {
+        p.now += Duration::from_micros(10);
+        p.client.poll(p.now);
+        p.now += Duration::from_micros(10);
+        p.server.poll(p.now);
+        let frames = p.client.link().waiting();
+        synack = frames
+            .into_iter()
+            .find(|f| f[12..14] == [0x08, 0x00] && f[47] & 0x12 == 0x12);
+        if synack.is_some() {
+            break;
+        }
+    }
+    assert_eq!(synack.expect("a SYN-ACK")[14 + 8], 9);
+    p.run();
+    let (s, _) = p.server.accept(7777).unwrap();
+    assert_eq!(p.server.buffer_sizes(s).unwrap(), (4096, 6000));
+    let i = p.server.tcp_info(s).unwrap();
+    assert_eq!((i.advmss, i.pmtu, i.snd_mss), (1000, 1040, 1000));
+    // The client sends segments of at most 1,000 bytes into a window of at most 4 KiB.
+    assert_eq!(p.client.tcp_info(c).unwrap().snd_mss, 1000);
+    assert_eq!(p.client.send(c, &[b'z'; 10_000]).unwrap(), 10_000);
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now);
+    let sizes: Vec<usize> = p
+        .server
+        .link()
+        .waiting()
+        .iter()
+        .filter(|f| f[12..14] == [0x08, 0x00])
+        .map(|f| usize::from(u16::from_be_bytes([f[16], f[17]])) - 40)
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= 1000), "{sizes:?}");
+    assert!(sizes.iter().sum::<usize>() <= 4096, "{sizes:?}");
+}
+
+#[test]
+fn so_sndbuf_on_a_connection_limits_what_is_queued() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    p.server.set_send_cap(s, Some(3000)).unwrap();
+    assert_eq!(p.server.buffer_sizes(s).unwrap().1, 3000);
+    assert_eq!(p.server.send(s, &[b'a'; 10_000]).unwrap(), 3000);
+    assert!(!p.server.readiness(s).unwrap().writable);
+    assert_eq!(
+        p.server.send(s, b"b"),
+        Err(crate::stack::SockError::WouldBlock)
+    );
+    // Acknowledged: room again, and still no more than 3,000 queued.
+    p.run();
+    let mut buf = vec![0u8; 10_000];
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 3000);
+    assert!(p.server.readiness(s).unwrap().writable);
+    assert_eq!(p.server.send(s, &[b'a'; 10_000]).unwrap(), 3000);
+    // A cap at or above the buffer is the buffer.
+    p.server.set_send_cap(s, Some(1 << 20)).unwrap();
+    assert_eq!(p.server.buffer_sizes(s).unwrap().1, 16 << 10);
+}
+
+#[test]
+fn quickack_acknowledges_at_once_for_a_while_then_delays_again() {
+    let mut p = Pair::new();
+    let o = TcpOptions {
+        ack_delay: Some(std::time::Duration::from_millis(40)),
+        ..opts()
+    };
+    let (c, s) = p.connected(o);
+    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
+    p.server.set_quickack(s, true).unwrap();
+    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 0);
+    let mut buf = [0u8; 64];
+    for _ in 0..16 {
+        p.client.send(c, b"q").unwrap();
+        p.run();
+        assert_eq!(p.server.recv(s, &mut buf).unwrap(), 1);
+    }
+    // Sixteen segments acknowledged at once: the delayed ACK is back.
+    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
+    p.server.set_quickack(s, true).unwrap();
+    p.server.set_quickack(s, false).unwrap();
+    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
+}
