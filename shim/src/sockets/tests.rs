@@ -880,8 +880,8 @@ fn options_go_to_the_kernel_socket_first_then_take_effect() {
         Some(Ok(0))
     );
     assert_eq!(get_int(&mut n, fd, sol, libc::SO_SNDBUF), Some(Ok(8192)));
-    let mut big = vec![b'x'; 10_000];
-    let sent = n.s.io(fd, &mut Io::Write(&mut big), |_| false).unwrap();
+    let big = vec![b'x'; 10_000];
+    let sent = n.s.io(fd, &mut Io::Write(&big), |_| false).unwrap();
     assert_eq!(sent.result, Ok(4096));
     // TCP_QUICKACK, IP_TTL and IP_TOS take effect; TCP_MAXSEG is kept.
     for (level, name, v) in [
