@@ -3,7 +3,8 @@
 //! server, over net_af_packet, each worker with a stack of its own and the flows split between
 //! them (docs/architecture.md, "Worker processes").
 //!
-//! nginx serves files named by their SHA-256 (tests/py/check_clients.py `static`, which checks
+//! nginx, with Debian's defaults for files (`sendfile on; tcp_nopush on;`: TCP_CORK around each
+//! response), serves files named by their SHA-256 (tests/py/check_clients.py `static`, which checks
 //! every body and notes the worker that answered, nginx's `$pid`): with 1, 2 and 4 workers,
 //! accept_mutex on and off, `listen ... reuseport`, keep-alive and a new connection per
 //! request; the replies are the same as the kernel's nginx gives. A worker killed with SIGKILL
@@ -191,6 +192,7 @@ fn nginx_conf(dir: &Path, port: u16, workers: u32, accept_mutex: bool, reuseport
         "user root;\nworker_processes {workers};\ndaemon off;\nerror_log {d}/error.log info;\n\
          pid {d}/nginx.pid;\nevents {{ worker_connections 1024; accept_mutex {am}; }}\n\
          http {{\n  access_log off;\n  default_type application/octet-stream;\n\
+           sendfile on;\n  tcp_nopush on;\n\
          client_body_temp_path {d}/tmp;\n  server {{\n    listen {port}{rp};\n    root {d}/www;\n\
              keepalive_requests 100000;\n    keepalive_timeout 60s;\n\
              add_header X-Pid $pid always;\n  }}\n}}\n",

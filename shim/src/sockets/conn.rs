@@ -264,6 +264,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Effect::UserTimeout(t) => stack.set_user_timeout(id, t),
             Effect::SendBuffer => stack.set_send_cap(id, sndbuf),
             Effect::QuickAck(on) => stack.set_quickack(id, on),
+            Effect::Cork(on) => stack.set_cork(id, on),
             Effect::IpHeader => {
                 let (ttl, tos) = ip.unwrap_or((None, 0));
                 stack.set_ip_header(id, ttl, tos)

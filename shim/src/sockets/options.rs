@@ -64,7 +64,8 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
             | libc::TCP_KEEPINTVL
             | libc::TCP_KEEPCNT
             | libc::TCP_USER_TIMEOUT
-            | libc::TCP_QUICKACK,
+            | libc::TCP_QUICKACK
+            | libc::TCP_CORK,
         ) => Policy::Mirror,
         (libc::IPPROTO_IP, libc::IP_TTL | libc::IP_TOS) => Policy::Mirror,
         // Linux applies TCP_MAXSEG at the handshake only (its mss_clamp): after it, the value
@@ -135,6 +136,8 @@ pub enum Effect {
     SendBuffer,
     /// TCP_QUICKACK.
     QuickAck(bool),
+    /// TCP_CORK.
+    Cork(bool),
     /// IP_TTL or IP_TOS: the IP header's fields as the identity socket holds them.
     IpHeader,
 }
@@ -168,6 +171,7 @@ impl ConnOpts {
         match (level, name) {
             (libc::IPPROTO_TCP, libc::TCP_NODELAY) => return Effect::Nodelay(v != 0),
             (libc::IPPROTO_TCP, libc::TCP_QUICKACK) => return Effect::QuickAck(v != 0),
+            (libc::IPPROTO_TCP, libc::TCP_CORK) => return Effect::Cork(v != 0),
             (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => {
                 return Effect::SendBuffer
             }

@@ -448,6 +448,24 @@ fn sleep_and_pipe_read_during_a_burst(fd: c_int) {
     note(format!("received={} in order: {in_order}", got.len()));
 }
 
+/// TCP_INFO's count of bytes queued and not yet sent.
+fn notsent_bytes(fd: c_int) -> u32 {
+    // SAFETY: an all-zero tcp_info is a valid value (integers only).
+    let mut info: libc::tcp_info = unsafe { zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as socklen_t;
+    // SAFETY: a tcp_info and its size.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    info.tcpi_notsent_bytes
+}
+
 /// setsockopt(SO_LINGER on, `secs`).
 fn set_linger(fd: c_int, secs: c_int, label: &str) {
     let l = libc::linger {
@@ -755,6 +773,14 @@ fn server(port: u16) {
         setsockopt_int(c, ip, libc::IP_TOS, 0x13, "setsockopt(IP_TOS 0x13)");
         getsockopt_int(c, ip, libc::IP_TOS, "getsockopt(IP_TOS)");
         setsockopt_int(c, ip, libc::IP_TOS, 0, "setsockopt(IP_TOS 0)");
+
+        step("TCP_CORK holds a partial segment back until uncorked: TCP_INFO counts it as not sent, and the peer answers once it is uncorked");
+        setsockopt_int(c, tcp, libc::TCP_CORK, 1, "setsockopt(TCP_CORK 1)");
+        getsockopt_int(c, tcp, libc::TCP_CORK, "getsockopt(TCP_CORK)");
+        send_line(c, "say:corked");
+        note(format!("not sent: {} bytes", notsent_bytes(c)));
+        setsockopt_int(c, tcp, libc::TCP_CORK, 0, "setsockopt(TCP_CORK 0)");
+        note(read_line(c));
 
         step("SO_LINGER, SO_RCVTIMEO and SO_SNDTIMEO read back as set (rounded to the kernel's tick)");
         let lin = |on, secs| libc::linger {

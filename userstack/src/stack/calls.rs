@@ -323,17 +323,36 @@ impl<L: Link> Stack<L> {
             if data.is_empty() {
                 return Ok(0);
             }
-            // SO_SNDBUF set on the connection: no more queued than that.
-            let data = match c.tuning.snd_cap {
-                Some(cap) => &data[..data.len().min(cap.saturating_sub(sock.send_queue()))],
-                None => data,
-            };
+            // SO_SNDBUF set on the connection, or TCP_CORK holding bytes back: no more
+            // queued than the buffer takes.
+            if c.tuning.snd_cap.is_some() || c.cork.is_some() {
+                let room = c.send_room();
+                if room == 0 {
+                    return Err(SockError::WouldBlock);
+                }
+                let data = &data[..data.len().min(room)];
+                let n = data.len();
+                match c.cork.is_some() {
+                    true => c.corked_send(data),
+                    false => {
+                        c.sockets
+                            .get_mut::<tcp::Socket>(c.handle)
+                            .send_slice(data)
+                            .map_err(|_| SockError::Pipe)?;
+                    }
+                }
+                if c.send_room() == 0 {
+                    c.last_ready.writable = false;
+                }
+                self.mark_dirty(id.slot);
+                return Ok(n);
+            }
             let n = match sock.send_slice(data) {
                 Ok(0) => return Err(SockError::WouldBlock),
                 Ok(n) => n,
                 Err(_) => return Err(SockError::Pipe),
             };
-            if !sock.can_send() || c.tuning.snd_cap.is_some_and(|cap| sock.send_queue() >= cap) {
+            if !sock.can_send() {
                 // Events are queued when a poll finds the readiness changed since the last
                 // one. The buffer is full now: if the next poll takes an ACK that frees room
                 // before it polls this write, it finds "writable" again, and must see that as a
@@ -364,16 +383,16 @@ impl<L: Link> Stack<L> {
     /// shutdown(SHUT_WR): FIN after the queued data; reading goes on.
     pub fn shutdown_write(&mut self, id: ConnId) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) {
+        let state = c.sockets.get::<tcp::Socket>(c.handle).state();
+        if matches!(state, tcp::State::Closed | tcp::State::Listen) {
             return Err(SockError::NotConnected);
         }
-        sock.close();
+        c.release_cork();
+        c.sockets.get_mut::<tcp::Socket>(c.handle).close();
         self.mark_dirty(id.slot);
         Ok(())
     }
 
-    /// Sets TCP_NODELAY / keepalive on an open connection.
     /// The options connections from now on get from listener `port` (a listener's
     /// setsockopt): buffer sizes, TCP_MAXSEG, IP_TTL, IP_TOS, ...
     pub fn set_listen_options(&mut self, port: u16, opts: TcpOptions) -> Result<(), SockError> {
@@ -428,6 +447,21 @@ impl<L: Link> Stack<L> {
         Ok(())
     }
 
+    /// TCP_CORK: on, only full segments are sent, the rest is held (at most 200 ms, Linux's
+    /// ceiling); off, what is held is sent now. shutdown(SHUT_WR) and close() send it too.
+    pub fn set_cork(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        if on {
+            c.cork.get_or_insert_with(Default::default);
+        } else {
+            c.release_cork();
+            c.cork = None;
+        }
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
+    /// Sets TCP_NODELAY on an open connection.
     pub fn set_nodelay(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         c.sockets
@@ -514,11 +548,7 @@ impl<L: Link> Stack<L> {
         // TCP headers.
         let pmtu = c.tuning.mtu;
         let advmss = pmtu.saturating_sub(40);
-        // Before the peer's SYN is seen (an active open in SYN-SENT): smoltcp's default, 536.
-        let peer = usize::from(c.rec.peer_mss().unwrap_or(536));
-        let path_mss = advmss.min(peer);
-        let options = if sock.timestamp_enabled() { 12 } else { 0 };
-        let snd_mss = path_mss.saturating_sub(options).max(1);
+        let (path_mss, snd_mss) = c.mss();
         let unacked = match (c.rec.snd_una(), c.track.snd_max) {
             (Some(una), Some(max)) if crate::seq::seq_lt(una, max) => max.wrapping_sub(una),
             _ => 0,
@@ -539,7 +569,8 @@ impl<L: Link> Stack<L> {
             unacked_bytes: unacked as u32,
             unacked_segs: unacked.div_ceil(snd_mss) as u32,
             // (The unacknowledged bytes may include a SYN or FIN, which take no buffer room.)
-            notsent_bytes: send_queue.saturating_sub(unacked) as u32,
+            notsent_bytes: (send_queue.saturating_sub(unacked)
+                + c.cork.as_ref().map_or(0, |k| k.held.len())) as u32,
             send_queue: send_queue as u32,
             recv_queue: sock.recv_queue() as u32,
             rcv_wnd: (sock.recv_capacity() - sock.recv_queue()) as u32,
@@ -556,6 +587,7 @@ impl<L: Link> Stack<L> {
     pub fn close(&mut self, id: ConnId) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         c.app_closed = true;
+        c.release_cork();
         let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
         if sock.recv_queue() > 0 {
             sock.abort();

@@ -120,7 +120,20 @@ pub(super) struct Conn {
     pub(super) skew: i64,
     /// What the connection's options change beyond smoltcp's own settings.
     pub(super) tuning: Tuning,
+    /// TCP_CORK on: the bytes held back.
+    pub(super) cork: Option<Box<Cork>>,
 }
+
+/// TCP_CORK: what a corked connection holds back (less than a segment), and since when.
+#[derive(Debug, Default)]
+pub(super) struct Cork {
+    pub(super) held: Vec<u8>,
+    /// When the first poll after the oldest held byte came saw it (`None`: nothing held).
+    pub(super) since: Option<Micros>,
+}
+
+/// How long a corked connection holds a partial segment back (Linux's ceiling).
+const CORK_HOLD_US: Micros = 200_000;
 
 /// A connection's options that smoltcp has no setting for, or that change its settings for a
 /// while.
@@ -139,6 +152,76 @@ pub(super) struct Tuning {
 }
 
 impl Conn {
+    /// The MSS of the path (the smaller of ours and the peer's) and the payload of a full
+    /// segment (less the timestamp option's 12 bytes when it is in use).
+    pub(super) fn mss(&self) -> (usize, usize) {
+        let sock = self.sockets.get::<tcp::Socket>(self.handle);
+        let advmss = self.tuning.mtu.saturating_sub(40);
+        // Before the peer's SYN is seen (an active open in SYN-SENT): smoltcp's default, 536.
+        let peer = usize::from(self.rec.peer_mss().unwrap_or(536));
+        let path = advmss.min(peer);
+        let options = if sock.timestamp_enabled() { 12 } else { 0 };
+        (path, path.saturating_sub(options).max(1))
+    }
+
+    /// What may still be queued: the send buffer (as SO_SNDBUF limits it) less what is in it
+    /// and what TCP_CORK holds.
+    pub(super) fn send_room(&self) -> usize {
+        let sock = self.sockets.get::<tcp::Socket>(self.handle);
+        let limit = self
+            .tuning
+            .snd_cap
+            .map_or(sock.send_capacity(), |cap| cap.min(sock.send_capacity()));
+        let held = self.cork.as_ref().map_or(0, |k| k.held.len());
+        limit.saturating_sub(sock.send_queue() + held)
+    }
+
+    /// Queues `data` (which fits: `send_room`) on a corked connection: whole segments go to
+    /// smoltcp, the rest is held.
+    pub(super) fn corked_send(&mut self, data: &[u8]) {
+        let (_, seg) = self.mss();
+        let Some(k) = self.cork.as_deref_mut() else {
+            return;
+        };
+        let total = k.held.len() + data.len();
+        let whole = total - total % seg;
+        if whole == 0 {
+            k.held.extend_from_slice(data);
+            return;
+        }
+        let sock = self.sockets.get_mut::<tcp::Socket>(self.handle);
+        let from_data = whole - k.held.len();
+        let _ = sock.send_slice(&k.held);
+        let _ = sock.send_slice(&data[..from_data]);
+        k.held.clear();
+        k.held.extend_from_slice(&data[from_data..]);
+        k.since = None;
+    }
+
+    /// What TCP_CORK holds goes to smoltcp (uncorked, its time is up, the sending side ends).
+    pub(super) fn release_cork(&mut self) {
+        let Some(k) = self.cork.as_deref_mut() else {
+            return;
+        };
+        if !k.held.is_empty() {
+            let _ = self
+                .sockets
+                .get_mut::<tcp::Socket>(self.handle)
+                .send_slice(&k.held);
+            k.held.clear();
+        }
+        k.since = None;
+    }
+
+    /// When what TCP_CORK holds must leave (stamped by the first poll that sees it).
+    fn cork_due(&mut self, us: Micros) -> Option<Micros> {
+        let k = self.cork.as_deref_mut()?;
+        if k.held.is_empty() {
+            return None;
+        }
+        Some(*k.since.get_or_insert(us) + CORK_HOLD_US)
+    }
+
     /// Sequence space we sent is waiting for the peer's acknowledgement (not counting the
     /// handshake's SYN).
     pub(super) fn outstanding(&self) -> bool {
@@ -214,6 +297,9 @@ impl Conn {
             );
             self.rec.on_timeout(us);
             stats.tcp_rto_assists += 1;
+        }
+        if self.cork.is_some() && self.cork_due(us).is_some_and(|t| t <= us) {
+            self.release_cork();
         }
         if let Some((k, due)) = self.keepalive {
             let sock = self.sockets.get_mut::<tcp::Socket>(self.handle);
@@ -350,6 +436,7 @@ impl<L: Link> Stack<L> {
                 quick: 0,
                 ack_delay: opts.ack_delay.map(to_sdur),
             },
+            cork: None,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -616,8 +703,13 @@ impl<L: Link> Stack<L> {
         let smol_at = smol_at
             .unwrap_or_else(|| c.iface.poll_at(vnow, &c.sockets))
             .map(|at| (at.total_micros() - c.skew).max(0) as Micros);
+        let cork_at = if c.cork.is_some() {
+            c.cork_due(us)
+        } else {
+            None
+        };
         let at = earliest(
-            earliest(smol_at, c.rec.deadline()),
+            earliest(earliest(smol_at, c.rec.deadline()), cork_at),
             earliest(
                 earliest(
                     c.handshake.map(|h| h.expires),
@@ -724,7 +816,8 @@ pub(super) fn readiness(sock: &tcp::Socket<'_>, c: &Conn) -> Readiness {
                     | tcp::State::TimeWait
                     | tcp::State::Closed
             ));
-    let room = sock.can_send() && c.tuning.snd_cap.is_none_or(|cap| sock.send_queue() < cap);
+    let room =
+        sock.can_send() && (c.tuning.snd_cap.is_none() && c.cork.is_none() || c.send_room() > 0);
     Readiness {
         readable: sock.can_recv() || rdhup || failed,
         writable: (!handshaking && room) || failed || (!handshaking && !sock.may_send()),

@@ -158,3 +158,81 @@ fn quickack_acknowledges_at_once_for_a_while_then_delays_again() {
     p.server.set_quickack(s, false).unwrap();
     assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
 }
+
+/// Payload lengths of the TCP segments waiting on the client's side.
+fn payloads(p: &Pair) -> Vec<usize> {
+    p.client
+        .link()
+        .waiting()
+        .iter()
+        .filter(|f| f[12..14] == [0x08, 0x00])
+        .map(|f| {
+            let ip = &f[14..];
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let ihl = usize::from(ip[0] & 0xf) * 4;
+            let doff = usize::from(ip[ihl + 12] >> 4) * 4;
+            total - ihl - doff
+        })
+        .collect()
+}
+
+/// The server polls once, `after` from now.
+fn server_poll(p: &mut Pair, after: Duration) {
+    p.now += after;
+    p.server.poll(p.now);
+}
+
+#[test]
+fn cork_sends_whole_segments_only_until_uncorked() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let mss = p.server.tcp_info(s).unwrap().snd_mss as usize;
+    p.server.set_cork(s, true).unwrap();
+    // Less than a segment: held.
+    assert_eq!(p.server.send(s, &[b'h'; 100]).unwrap(), 100);
+    server_poll(&mut p, Duration::from_millis(1));
+    assert_eq!(payloads(&p), Vec::<usize>::new());
+    assert_eq!(p.server.tcp_info(s).unwrap().notsent_bytes, 100);
+    // Past a segment: the whole segment leaves, the rest is held.
+    assert_eq!(p.server.send(s, &vec![b'b'; mss]).unwrap(), mss);
+    server_poll(&mut p, Duration::from_millis(1));
+    assert_eq!(payloads(&p), vec![mss]);
+    // Uncorked: the rest leaves at once.
+    p.server.set_cork(s, false).unwrap();
+    server_poll(&mut p, Duration::from_micros(10));
+    assert_eq!(payloads(&p), vec![mss, 100]);
+    p.run();
+    let mut buf = vec![0u8; 4 * mss];
+    let n = p.client.recv(c, &mut buf).unwrap();
+    assert_eq!(n, mss + 100);
+    assert!(buf[..100].iter().all(|&b| b == b'h') && buf[100..n].iter().all(|&b| b == b'b'));
+}
+
+#[test]
+fn cork_holds_a_partial_segment_at_most_200_ms_and_close_sends_it() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    p.server.set_cork(s, true).unwrap();
+    p.server.send(s, b"partial").unwrap();
+    server_poll(&mut p, Duration::from_millis(1));
+    server_poll(&mut p, Duration::from_millis(150));
+    assert_eq!(payloads(&p), Vec::<usize>::new());
+    // The stack's next timer is the cork's.
+    let due = p.server.next_deadline().expect("a timer");
+    assert!(
+        due <= p.now + Duration::from_millis(50),
+        "{due} vs {}",
+        p.now
+    );
+    server_poll(&mut p, Duration::from_millis(50));
+    assert_eq!(payloads(&p), vec![7]);
+    p.run();
+    let mut buf = [0u8; 64];
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 7);
+    // Corked still: shutdown(SHUT_WR) sends what is held, then the FIN.
+    p.server.send(s, b"tail").unwrap();
+    p.server.shutdown_write(s).unwrap();
+    p.run();
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 4);
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 0);
+}
