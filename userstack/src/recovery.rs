@@ -56,6 +56,9 @@ pub struct Recovery {
     /// The MSS option of the peer's SYN or SYN-ACK, as smoltcp takes it (none or 0: 536; at
     /// least 48), recorded once at the handshake: TCP_INFO and TCP_MAXSEG report it.
     peer_mss: Option<u16>,
+    /// Since when the peer's latest ACKs have offered a zero window (TCP_USER_TIMEOUT gives up
+    /// on a window that stays shut, as Linux's window-probe timer does).
+    zero_since: Option<Micros>,
 }
 
 impl Recovery {
@@ -74,6 +77,7 @@ impl Recovery {
             backoff: 0,
             peer_next: None,
             peer_mss: None,
+            zero_since: None,
         }
     }
 
@@ -111,6 +115,11 @@ impl Recovery {
     ) -> bool {
         if seg.rst() || !seg.ack() {
             return false;
+        }
+        if seg.window_len() == 0 {
+            self.zero_since.get_or_insert(now);
+        } else {
+            self.zero_since = None;
         }
         if self.silent_since.is_some() {
             self.silent_since = Some(now);
@@ -218,6 +227,11 @@ impl Recovery {
         if self.silent_since.is_none() && seq_lt(una, max) {
             self.silent_since = Some(now);
         }
+    }
+
+    /// Since when the peer's window has been shut (its latest ACKs offer none).
+    pub fn zero_window_since(&self) -> Option<Micros> {
+        self.zero_since
     }
 
     /// Since when data has been outstanding and the peer silent.

@@ -241,10 +241,18 @@ impl Conn {
             None if self.app_closed => ORPHAN_GIVE_UP_US,
             None => GIVE_UP_US,
         };
-        // Both are None for an established connection the application holds.
+        // TCP_USER_TIMEOUT also gives up on a peer that answers but keeps its window shut
+        // while data waits for it (Linux's window-probe timer does, since 5.11).
+        let shut = match self.user_timeout {
+            Some(t) if self.sockets.get::<tcp::Socket>(self.handle).send_queue() > 0 => {
+                self.rec.zero_window_since().map(|z| z + t)
+            }
+            _ => None,
+        };
+        // All are None for an established connection the application holds.
         earliest(
             earliest(
-                self.rec.silent_since().map(|t| t + limit),
+                earliest(self.rec.silent_since().map(|t| t + limit), shut),
                 self.connect_expires,
             ),
             self.orphan_expires,

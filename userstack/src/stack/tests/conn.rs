@@ -319,6 +319,36 @@ fn a_peer_that_does_not_read_is_not_given_up() {
     assert_eq!(p.server.stats().tcp_timeouts, 0);
 }
 
+/// TCP_USER_TIMEOUT gives up on a peer that answers the window probes but keeps its window
+/// shut for that long, as Linux does (since 5.11); without it, such a peer is kept (above).
+#[test]
+fn a_user_timeout_gives_up_on_a_window_that_stays_shut() {
+    let mut p = Pair::new();
+    let (_c, s) = p.connected(opts());
+    p.server
+        .set_user_timeout(s, Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let chunk = [1u8; 4096];
+    let start = p.now;
+    let mut failed = None;
+    while p.now < start + Duration::from_secs(60) {
+        while p.server.send(s, &chunk).is_ok() {}
+        p.advance(Duration::from_millis(500), Duration::from_millis(50));
+        if p.server.readiness(s).unwrap().error {
+            failed = Some(p.now - start);
+            break;
+        }
+    }
+    // The client's 16 KiB buffer fills in well under a second; then 5 s of a shut window.
+    let after = failed.expect("given up within a minute");
+    assert!(
+        after >= Duration::from_secs(5) && after <= Duration::from_secs(8),
+        "given up after {after}"
+    );
+    assert_eq!(p.server.send(s, b"x"), Err(SockError::TimedOut));
+    assert_eq!(p.server.stats().tcp_timeouts, 1);
+}
+
 /// A connect nobody answers (the listener's backlog is full, so its SYNs are dropped) fails
 /// with ETIMEDOUT after 127 s, as Linux's does after tcp_syn_retries.
 #[test]
