@@ -51,6 +51,8 @@ pub struct TxTrack {
     pub snd_max: Option<u32>,
     pub last_ack_sent: Option<u32>,
     pub retransmits: u32,
+    /// The window scale our SYN or SYN-ACK announced (0 without the option).
+    pub wshift: u8,
     hop: Option<HopCache>,
 }
 

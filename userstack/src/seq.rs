@@ -10,6 +10,27 @@ pub fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
+/// The window scale option's shift in a SYN's options (0 without one).
+fn window_scale(mut opts: &[u8]) -> u8 {
+    while let [kind, rest @ ..] = opts {
+        match *kind {
+            0 => break,
+            1 => opts = rest,
+            _ => {
+                let len = usize::from(*rest.first().unwrap_or(&0));
+                if len < 2 || len > opts.len() {
+                    break;
+                }
+                if *kind == 3 && len == 3 {
+                    return opts[2].min(14);
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    0
+}
+
 pub(crate) fn count_retransmit(ip: &[u8], t: &mut TxTrack, stats: &mut Stats) {
     if ip.len() < 20 || ip[9] != 6 {
         return;
@@ -25,6 +46,9 @@ pub(crate) fn count_retransmit(ip: &[u8], t: &mut TxTrack, stats: &mut Stats) {
     let flags = tcp[13];
     if flags & 0x10 != 0 {
         t.last_ack_sent = Some(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]));
+    }
+    if flags & 0x02 != 0 {
+        t.wshift = window_scale(&tcp[20.min(tcp.len())..doff.min(tcp.len())]);
     }
     let seg_len = tcp.len().saturating_sub(doff) as u32
         + u32::from(flags & 0x02 != 0)

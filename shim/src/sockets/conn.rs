@@ -243,8 +243,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         };
         // The values as the identity socket holds them (the kernel's rounding and defaults).
         let mut get = |level, name| self.host.kernel_getsockopt_int(fd, level, name);
-        let sndbuf = match effect {
+        let buffer = match effect {
             Effect::SendBuffer => get(libc::SOL_SOCKET, libc::SO_SNDBUF).map(options::buffer_of),
+            Effect::RecvBuffer => get(libc::SOL_SOCKET, libc::SO_RCVBUF).map(options::buffer_of),
             _ => None,
         };
         let ip = match effect {
@@ -262,7 +263,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Effect::Nodelay(on) => stack.set_nodelay(id, on),
             Effect::Keepalive => stack.set_keepalive(now, id, ka),
             Effect::UserTimeout(t) => stack.set_user_timeout(id, t),
-            Effect::SendBuffer => stack.set_send_cap(id, sndbuf),
+            Effect::SendBuffer => stack.set_send_cap(id, buffer),
+            Effect::RecvBuffer => stack.set_recv_cap(id, buffer),
             Effect::QuickAck(on) => stack.set_quickack(id, on),
             Effect::Cork(on) => stack.set_cork(id, on),
             Effect::IpHeader => {

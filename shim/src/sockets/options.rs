@@ -56,7 +56,10 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
             | SO_SNDTIMEO_NEW
             | libc::SO_LINGER,
         ) => Policy::Mirror,
-        (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => Policy::Mirror,
+        (
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF | libc::SO_SNDBUFFORCE | libc::SO_RCVBUF | libc::SO_RCVBUFFORCE,
+        ) => Policy::Mirror,
         (
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY
@@ -134,6 +137,8 @@ pub enum Effect {
     UserTimeout(Option<Duration>),
     /// SO_SNDBUF: the send buffer's size as the kernel reads it back (twice the request).
     SendBuffer,
+    /// SO_RCVBUF: the receive buffer's, likewise.
+    RecvBuffer,
     /// TCP_QUICKACK.
     QuickAck(bool),
     /// TCP_CORK.
@@ -174,6 +179,9 @@ impl ConnOpts {
             (libc::IPPROTO_TCP, libc::TCP_CORK) => return Effect::Cork(v != 0),
             (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => {
                 return Effect::SendBuffer
+            }
+            (libc::SOL_SOCKET, libc::SO_RCVBUF | libc::SO_RCVBUFFORCE) => {
+                return Effect::RecvBuffer
             }
             (libc::IPPROTO_IP, libc::IP_TTL | libc::IP_TOS) => return Effect::IpHeader,
             (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT) => {

@@ -740,8 +740,18 @@ fn server(port: u16) {
             )
         });
         note(format!("len={short}"));
-        step("SO_SNDBUF, TCP_QUICKACK, TCP_MAXSEG, IP_TTL and IP_TOS are taken on a connection; SO_SNDBUF, IP_TTL and IP_TOS read back as Linux reads them");
+        step("SO_RCVBUF, SO_SNDBUF, TCP_QUICKACK, TCP_MAXSEG, IP_TTL and IP_TOS are taken on a connection; SO_RCVBUF, SO_SNDBUF, IP_TTL and IP_TOS read back as Linux reads them");
         let (ip, tcp) = (libc::IPPROTO_IP, libc::IPPROTO_TCP);
+        // (The burst and the sinks further on then go through a window of this buffer.)
+        let sol = libc::SOL_SOCKET;
+        setsockopt_int(
+            c,
+            sol,
+            libc::SO_RCVBUF,
+            20000,
+            "setsockopt(SO_RCVBUF 20000)",
+        );
+        getsockopt_int(c, sol, libc::SO_RCVBUF, "getsockopt(SO_RCVBUF)");
         setsockopt_int(
             c,
             libc::SOL_SOCKET,

@@ -13,6 +13,7 @@ use super::api::{
 };
 use super::conn::{readiness, Conn, Origin, CONNECT_TIMEOUT_US};
 use super::demux::key;
+use super::device::WinClamp;
 use super::{Listener, Stack, EPHEMERAL};
 use crate::link::Link;
 
@@ -298,6 +299,16 @@ impl<L: Link> Stack<L> {
         if !peek && n.1 > rcvbuf_half {
             self.mark_dirty(id.slot);
         }
+        if !peek {
+            if let Ok(c) = self.conn_mut(id) {
+                if c.clamp.is_some() {
+                    c.note_read();
+                    if c.clamp.is_some_and(|w| w.nudge) {
+                        self.mark_dirty(id.slot);
+                    }
+                }
+            }
+        }
         Ok(n.0)
     }
 
@@ -416,7 +427,37 @@ impl<L: Link> Stack<L> {
         let c = self.conn(id)?;
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         let snd = c.tuning.snd_cap.unwrap_or(usize::MAX);
-        Ok((sock.recv_capacity(), sock.send_capacity().min(snd)))
+        let rcv = c.clamp.map_or(usize::MAX, |w| w.cap as usize);
+        Ok((sock.recv_capacity().min(rcv), sock.send_capacity().min(snd)))
+    }
+
+    /// SO_RCVBUF set on an established connection: the window it offers is at most what
+    /// `cap` bytes leave room for (`None`, or at least the receive buffer: the whole buffer,
+    /// the most it can be). The edge offered before is never moved back.
+    pub fn set_recv_cap(&mut self, id: ConnId, cap: Option<usize>) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        let (capacity, queued) = (sock.recv_capacity(), sock.recv_queue());
+        let Some(cap) = cap.filter(|&n| n < capacity) else {
+            c.clamp = None;
+            return Ok(());
+        };
+        // What smoltcp may have offered last (at most its free room then): kept.
+        let edge = c.track.last_ack_sent.map(|a| {
+            let free = capacity.saturating_sub(queued);
+            match c.clamp.and_then(|w| w.edge) {
+                Some(e) => e,
+                None => a.wrapping_add(free as u32),
+            }
+        });
+        c.clamp = Some(WinClamp {
+            cap: cap as u32,
+            room: 0,
+            shift: c.track.wshift,
+            edge,
+            nudge: false,
+        });
+        Ok(())
     }
 
     /// TCP_QUICKACK: on, what is owed is acknowledged now and the next segments at once (16,

@@ -12,7 +12,7 @@ use smoltcp::time::{Duration as SDuration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, TcpPacket};
 
 use super::api::{to_sdur, ConnId, Event, Keepalive, Readiness, SockError, TcpOptions};
-use super::device::{CapsDev, IpDev};
+use super::device::{CapsDev, IpDev, WinClamp};
 use super::{Slot, Stack};
 use crate::link::Link;
 
@@ -122,6 +122,8 @@ pub(super) struct Conn {
     pub(super) tuning: Tuning,
     /// TCP_CORK on: the bytes held back.
     pub(super) cork: Option<Box<Cork>>,
+    /// SO_RCVBUF lowered after the handshake: the window offered is that buffer's room.
+    pub(super) clamp: Option<WinClamp>,
 }
 
 /// TCP_CORK: what a corked connection holds back (less than a segment), and since when.
@@ -211,6 +213,54 @@ impl Conn {
             k.held.clear();
         }
         k.since = None;
+    }
+
+    /// After a read made room in a lowered receive buffer: whether the peer, which was offered
+    /// less than half of it, should hear of the room now (the window grew by twice and by a
+    /// segment at least, as Linux's tcp_cleanup_rbuf decides) rather than at its next probe.
+    pub(super) fn note_read(&mut self) {
+        let (_, seg) = self.mss();
+        let queued = self.sockets.get::<tcp::Socket>(self.handle).recv_queue();
+        let (Some(w), Some(ack)) = (self.clamp.as_mut(), self.track.last_ack_sent) else {
+            return;
+        };
+        let offered = w
+            .edge
+            .map_or(0, |e| (e.wrapping_sub(ack) as i32).max(0) as u32);
+        let room = w
+            .cap
+            .saturating_sub(u32::try_from(queued).unwrap_or(u32::MAX));
+        if room >= 2 * offered && room - offered >= seg as u32 {
+            w.nudge = true;
+        }
+    }
+
+    /// A segment that makes smoltcp acknowledge at once with its window (which `WinClamp`
+    /// lowers on the way out): one byte the peer sent long ago, outside the window, which RFC
+    /// 9293 answers with an ACK, whatever the ACK timer says. `None` unless a read asked for
+    /// it (`note_read`).
+    pub(super) fn window_nudge(&mut self) -> Option<[u8; 41]> {
+        let w = self.clamp.as_mut().filter(|w| w.nudge)?;
+        w.nudge = false;
+        let (rcv_nxt, una) = (self.track.last_ack_sent?, self.rec.snd_una()?);
+        let mut seg = [0u8; 41];
+        let local = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, self.local_port);
+        let local = match self.iface.ip_addrs().first() {
+            Some(IpCidr::Ipv4(c)) => std::net::SocketAddrV4::new(c.address(), self.local_port),
+            _ => local,
+        };
+        let mut head = [0u8; 40];
+        synth_ack(
+            &mut head,
+            self.peer,
+            local,
+            rcv_nxt.wrapping_sub(1),
+            una,
+            self.rec.window_raw(),
+        );
+        seg[..40].copy_from_slice(&head);
+        seg[2..4].copy_from_slice(&41u16.to_be_bytes());
+        Some(seg)
     }
 
     /// When what TCP_CORK holds must leave (stamped by the first poll that sees it).
@@ -445,6 +495,7 @@ impl<L: Link> Stack<L> {
                 ack_delay: opts.ack_delay.map(to_sdur),
             },
             cork: None,
+            clamp: None,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -549,6 +600,13 @@ impl<L: Link> Stack<L> {
         }
         c.due_timers(now, us, self.net.stats_mut());
         let vnow = now + SDuration::from_micros(c.skew as u64);
+        if let Some(w) = c.clamp.as_mut() {
+            let queued = c.sockets.get::<tcp::Socket>(c.handle).recv_queue();
+            w.room = w
+                .cap
+                .saturating_sub(u32::try_from(queued).unwrap_or(u32::MAX));
+            w.shift = c.track.wshift;
+        }
         let mut dev = IpDev {
             rx,
             net: &mut self.net,
@@ -556,6 +614,7 @@ impl<L: Link> Stack<L> {
             track: Some(&mut c.track),
             caps: &self.conn_caps,
             tos: c.tuning.tos,
+            win: c.clamp.as_mut(),
         };
         // TCP_QUICKACK: this segment is acknowledged at once; after the last one of the quick
         // mode, the delayed ACK is back.

@@ -296,6 +296,7 @@ impl<L: Link> Stack<L> {
             track: None,
             caps: &self.control_caps,
             tos: 0,
+            win: None,
         };
         self.control.poll(now, &mut dev, &mut self.control_sockets);
     }

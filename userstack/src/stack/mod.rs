@@ -518,7 +518,13 @@ impl<L: Link> Stack<L> {
         for idx in dirty.drain(..) {
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
                 c.dirty = false;
-                self.poll_conn(now, idx, None, false);
+                // A read made room in a lowered receive buffer: the peer hears of it now.
+                let nudge = if c.clamp.is_some() {
+                    c.window_nudge()
+                } else {
+                    None
+                };
+                self.poll_conn(now, idx, nudge.as_ref().map(|s| &s[..]), false);
             }
         }
         // Keep the allocation; anything marked dirty meanwhile is in self.dirty.

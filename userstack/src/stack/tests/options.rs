@@ -236,3 +236,47 @@ fn cork_holds_a_partial_segment_at_most_200_ms_and_close_sends_it() {
     assert_eq!(p.client.recv(c, &mut buf).unwrap(), 4);
     assert_eq!(p.client.recv(c, &mut buf).unwrap(), 0);
 }
+
+#[test]
+fn so_rcvbuf_on_a_connection_lowers_the_window_and_reads_reopen_it_at_once() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    p.server.set_recv_cap(s, Some(4096)).unwrap();
+    assert_eq!(p.server.buffer_sizes(s).unwrap().0, 4096);
+    let data: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut most_queued_later = 0;
+    for round in 0..200 {
+        if sent < data.len() {
+            sent += p.client.send(c, &data[sent..]).unwrap_or(0);
+        }
+        // Only the immediate exchange: no timer (a window probe) is needed to go on.
+        p.run();
+        let queued = p.server.recv_queue(s).unwrap();
+        if round > 0 {
+            // The window offered before the buffer was lowered is used up in the first round;
+            // from then on the peer sends no more than the lowered buffer's room.
+            most_queued_later = most_queued_later.max(queued);
+        }
+        let n = p.server.recv(s, &mut buf).unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+        if got.len() == data.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        got.len(),
+        data.len(),
+        "all the data, without waiting for a probe"
+    );
+    assert!(got == data, "in order");
+    assert!(
+        most_queued_later <= 4096,
+        "{most_queued_later} bytes queued"
+    );
+    // Back to the whole buffer.
+    p.server.set_recv_cap(s, None).unwrap();
+    assert_eq!(p.server.buffer_sizes(s).unwrap().0, 16 << 10);
+}
