@@ -100,7 +100,7 @@ impl<L: Link> smoltcp::phy::TxToken for IpTx<'_, L> {
                         let ihl = usize::from(ip[0] & 0xf) * 4;
                         crate::csum::fill_ipv4_header_checksum(&mut ip[..ihl.min(len)]);
                     }
-                    if let Some(w) = win.as_deref_mut() {
+                    if let Some(w) = win.as_mut() {
                         w.apply(ip);
                     }
                 }
