@@ -203,6 +203,11 @@ impl EpollSet {
         self.ready.push_back((key, e.gen));
     }
 
+    /// Whether entries are queued as ready (maybe stale: a wait looks at each again).
+    pub fn has_queued(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Whether a wait would report something now, reading each candidate's current readiness
     /// through `readiness`, without reporting or consuming anything (an epoll set inside
     /// another one: what the outer set's wait asks of it, as Linux's ep_eventpoll_poll does).

@@ -106,7 +106,9 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
     let mut deadline = None;
     let mut hold = None;
     loop {
-        let kernel = match with(|s| s.accept(fd, flags))? {
+        // (What blocked threads were last woken for, as this attempt saw it.)
+        let (accepted, seen) = with(|s| s.accept(fd, flags).map(|r| (r, s.wakes())))?;
+        let kernel = match accepted {
             Ok(Accepted::Conn { fd, peer }) => return Some(Ok((fd, peer))),
             Ok(Accepted::Empty { kernel }) => kernel,
             Err(e) => return Some(Err(e)),
@@ -128,7 +130,7 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
         let timeout = *deadline.get_or_insert_with(|| timeout_of(fd, libc::SO_RCVTIMEO));
         let until = timeout.map(|(at, _)| at);
         let mask = hold.get_or_insert_with(SigHold::new).mask();
-        match wait_once(kernel.then_some(fd), until, mask) {
+        match wait_once(kernel.then_some(fd), until, mask, |s| s.wakes() != seen) {
             Waited::Again => {}
             Waited::TimedOut => return Some(Err(libc::EAGAIN)),
             Waited::Interrupted if restarts(timeout.is_some()) => {}
@@ -224,6 +226,17 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
         Io::Write(data) => (data.len(), false, false),
     };
     let write = matches!(op, Io::Write(_));
+    if flags & libc::MSG_OOB != 0 {
+        // No urgent data: the stack keeps it in the stream and sends none.
+        if !shim()?.is_conn(fd) {
+            return None;
+        }
+        return Some(Err(if write {
+            libc::EOPNOTSUPP
+        } else {
+            libc::EINVAL
+        }));
+    }
     let dontwait = dontwait || call.ended;
     let mut done = 0usize;
     loop {
@@ -272,12 +285,13 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
         if s.pump() {
             continue;
         }
+        let seen = s.wakes();
         drop(s);
         let until = *call
             .deadline
             .get_or_insert_with(|| t.timeout.and_then(|d| Instant::now().checked_add(d)));
         let mask = call.hold.get_or_insert_with(SigHold::new).mask();
-        match wait_once(None, until, mask) {
+        match wait_once(None, until, mask, |s| s.wakes() != seen) {
             Waited::Again => {}
             Waited::TimedOut => {
                 call.ended = true;
@@ -371,7 +385,7 @@ fn linger(mut s: MutexGuard<'static, super::Table>) {
             }
             drop(s);
             let mask = hold.get_or_insert_with(SigHold::new).mask();
-            let w = wait_once(None, until, mask);
+            let w = wait_once(None, until, mask, |s| !s.lingers(id));
             s = match shim() {
                 Some(s) => s,
                 None => return,
@@ -650,7 +664,7 @@ pub fn epoll_wait(
         }
         turn.release();
         // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
-        let Some(b) = prepare_block(&mut last_work) else {
+        let Some(b) = prepare_block(&mut last_work, |s| s.epoll_has_queued(epfd)) else {
             continue;
         };
         let wake = b.wake;
@@ -719,7 +733,8 @@ pub fn poll(
     let mut mine = vec![0i16; fds.len()];
     let mut hold = None;
     loop {
-        {
+        // (What blocked threads were last woken for, as this look saw it.)
+        let seen = {
             let mut s = shim()?;
             if s.pump() {
                 last_work = Instant::now();
@@ -731,7 +746,8 @@ pub fn poll(
                     _ => s.readiness(p.fd).map_or(0, |r| poll_bits(r, p.events)),
                 };
             }
-        }
+            s.wakes()
+        };
         // The kernel's fds, without blocking; ours hidden from it.
         for (p, k) in fds.iter_mut().zip(&kinds) {
             if *k == PollKind::Stack {
@@ -764,7 +780,7 @@ pub fn poll(
             continue;
         }
         turn.release();
-        let Some(b) = prepare_block(&mut last_work) else {
+        let Some(b) = prepare_block(&mut last_work, |s| s.wakes() != seen) else {
             continue;
         };
         let wake = b.wake;

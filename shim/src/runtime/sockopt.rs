@@ -8,7 +8,7 @@ use crate::sockets::{Family, SockOpt};
 
 /// The options a socket accepted on Linux inherits from its listener (the child socket is a
 /// copy of the listener's), as far as a program can read them back.
-const INHERITED: [(c_int, c_int); 20] = [
+const INHERITED: [(c_int, c_int); 21] = [
     (libc::SOL_SOCKET, libc::SO_REUSEADDR),
     (libc::SOL_SOCKET, libc::SO_REUSEPORT),
     (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
@@ -27,6 +27,7 @@ const INHERITED: [(c_int, c_int); 20] = [
     (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
     (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
     (libc::IPPROTO_TCP, libc::TCP_MAXSEG),
+    (libc::IPPROTO_TCP, libc::TCP_CONGESTION),
     (libc::IPPROTO_IP, libc::IP_TOS),
     (libc::IPPROTO_IP, libc::IP_TTL),
 ];

@@ -21,7 +21,7 @@ use userstack::clock;
 use userstack::idle::{Backoff, TxWait};
 use userstack::link::Link;
 
-use super::{config, in_child, shim};
+use super::{config, in_child, shim, Table};
 
 /// Application threads blocked in our epoll_wait/poll with the device's wake-up armed, or
 /// napping on a device without one: they wake for frames (or within a nap) and for the stack's
@@ -164,8 +164,13 @@ fn nap(limit: Duration, link_down: bool) -> Duration {
 
 /// Before a waiter blocks: `prepare`. `None`: poll again instead of blocking (after work, with
 /// `last_work` now, so the caller spins; after a wait for the device's ring, without).
-pub(super) fn prepare_block(last_work: &mut Instant) -> Option<Blocking> {
-    match prepare() {
+/// `ready` says, under the table's lock, whether what the waiter waits for is there already
+/// (another thread's poll delivered it after the waiter last looked and before it registered).
+pub(super) fn prepare_block(
+    last_work: &mut Instant,
+    ready: impl FnOnce(&mut Table) -> bool,
+) -> Option<Blocking> {
+    match prepare(ready) {
         Prep::Block(b) => Some(b),
         Prep::Work => {
             *last_work = Instant::now();
@@ -196,11 +201,15 @@ const NOT_COUNTED: Blocking = Blocking {
 };
 
 /// Arms the device's wake-up fd and counts the thread as blocked, unless frames arrived
-/// meanwhile or wait for room in the device.
-fn prepare() -> Prep {
+/// meanwhile or wait for room in the device, or what the thread waits for came meanwhile
+/// (`ready`): other threads' polls wake only the threads counted here, under the same lock.
+fn prepare(ready: impl FnOnce(&mut Table) -> bool) -> Prep {
     let Some(mut s) = shim() else {
         return Prep::Block(NOT_COUNTED);
     };
+    if ready(&mut s) {
+        return Prep::Work;
+    }
     let Some(st) = s.stack_mut() else {
         return Prep::Block(NOT_COUNTED);
     };
@@ -388,12 +397,13 @@ pub(super) fn wait_once(
     kernel_fd: Option<c_int>,
     deadline: Option<Instant>,
     mask: *const sigset_t,
+    ready: impl FnOnce(&mut Table) -> bool,
 ) -> Waited {
     if deadline.is_some_and(|d| Instant::now() >= d) {
         return Waited::TimedOut;
     }
     let mut last_work = Instant::now();
-    let Some(b) = prepare_block(&mut last_work) else {
+    let Some(b) = prepare_block(&mut last_work, ready) else {
         return Waited::Again;
     };
     let me = my_eventfd();

@@ -124,7 +124,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let (Some(i), Ok(r)) = (self.index_of(fd), ready) {
             self.notify_entry_with(i, r);
         }
-        self.host.wake_waiters();
+        self.wake_waiters();
         Some(result)
     }
 
@@ -179,6 +179,24 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             Obj::Epoll { .. } => return None,
         };
+        match (level, name) {
+            // A congestion control the stack does not have: as Linux fails for one that is not
+            // available, after the kernel's own checks (an unknown name is its ENOENT too).
+            (libc::IPPROTO_TCP, libc::TCP_CONGESTION) if options::congestion(value).is_none() => {
+                return Some(match self.host.kernel_check(family, level, name, value) {
+                    Err(e) => Err(e),
+                    Ok(()) => Err(libc::ENOENT),
+                });
+            }
+            // Linux takes a clamp of 0 only before the connection exists (the identity socket
+            // never does).
+            (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP)
+                if value.len() >= 4 && options::int_value(value) == Some(0) =>
+            {
+                return Some(Err(libc::EINVAL));
+            }
+            _ => {}
+        }
         match options::policy(level, name) {
             Policy::Kept => {
                 return Some(
@@ -243,6 +261,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         };
         // The values as the identity socket holds them (the kernel's rounding and defaults).
         let mut get = |level, name| self.host.kernel_getsockopt_int(fd, level, name);
+        let int_back = match effect {
+            Effect::WindowClamp => get(libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP),
+            Effect::NotsentLowat => get(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
+            _ => None,
+        };
         let buffer = match effect {
             Effect::SendBuffer => get(libc::SOL_SOCKET, libc::SO_SNDBUF).map(options::buffer_of),
             Effect::RecvBuffer => get(libc::SOL_SOCKET, libc::SO_RCVBUF).map(options::buffer_of),
@@ -267,6 +290,14 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Effect::RecvBuffer => stack.set_recv_cap(id, buffer),
             Effect::QuickAck(on) => stack.set_quickack(id, on),
             Effect::Cork(on) => stack.set_cork(id, on),
+            Effect::Congestion(cc) => stack.set_congestion(id, cc),
+            Effect::WindowClamp => {
+                stack.set_window_clamp(id, int_back.filter(|&v| v > 0).map(|v| v as usize))
+            }
+            // An unsigned value: -1 (UINT_MAX) is no limit.
+            Effect::NotsentLowat => {
+                stack.set_notsent_lowat(id, int_back.and_then(|v| usize::try_from(v).ok()))
+            }
             Effect::IpHeader => {
                 let (ttl, tos) = ip.unwrap_or((None, 0));
                 stack.set_ip_header(id, ttl, tos)
@@ -331,6 +362,16 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             // The MSS the connection sends with (Linux's tp->mss_cache).
             (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => match stack.tcp_info(id) {
                 Ok(i) => i.snd_mss as c_int,
+                Err(e) => return Some(Err(so_errno(e))),
+            },
+            // The path's MTU (the kernel socket, never connected, has none: ENOTCONN).
+            (libc::IPPROTO_IP, libc::IP_MTU) => match stack.tcp_info(id) {
+                Ok(i) => i.pmtu as c_int,
+                Err(e) => return Some(Err(so_errno(e))),
+            },
+            // The clamp set, or else what bounds the window: the receive buffer.
+            (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP) => match stack.window_clamp(id) {
+                Ok(w) => c_int::try_from(w).unwrap_or(c_int::MAX),
                 Err(e) => return Some(Err(so_errno(e))),
             },
             _ => return Some(Err(libc::ENOPROTOOPT)),

@@ -75,7 +75,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         // Linux wakes it (an acceptor thread handing connections to workers' sets, a worker
         // re-arming an EPOLLONESHOT entry).
         if set.maybe_ready() {
-            self.host.wake_waiters();
+            self.wake_waiters();
             if !self.nested.is_empty() {
                 self.ring_nested();
             }

@@ -236,6 +236,10 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     /// Connections closed with SO_LINGER on and a timeout: the close() that closed each waits
     /// (`take_lingering`, `lingers`) until its FIN is acknowledged or the timeout passes.
     lingering: Vec<(ConnId, std::time::Duration)>,
+    /// Counts what may have made a blocked thread's call able to go on (events delivered, an
+    /// epoll_ctl that queued a ready entry, a shutdown): a blocking call notes it when it
+    /// finds nothing to do, and blocks only if it is unchanged when it registers as blocked.
+    wakes: u64,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -278,6 +282,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             failed: None,
             deferred: Vec::new(),
             lingering: Vec::new(),
+            wakes: 0,
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
@@ -502,7 +507,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         if let Some(st) = self.stack.as_mut() {
             st.flush(now);
             if st.link().tx_pending() > 0 {
-                self.host.wake_waiters();
+                self.wake_waiters();
             }
         }
     }
@@ -550,7 +555,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             }
         }
         if !events.is_empty() {
-            self.host.wake_waiters();
+            self.wake_waiters();
             if !self.nested.is_empty() {
                 self.ring_nested();
             }
@@ -605,6 +610,26 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
     /// fd was ours. A socket bound to a flagged port and never listening is not ours yet, but
     /// its bind goes with it: the fd number's next socket starts afresh.
+    /// Counts a change blocked threads must see, and wakes them.
+    fn wake_waiters(&mut self) {
+        self.wakes = self.wakes.wrapping_add(1);
+        self.host.wake_waiters();
+    }
+
+    /// What `wakes` counted so far (see there).
+    pub fn wakes(&self) -> u64 {
+        self.wakes
+    }
+
+    /// Whether epoll set `epfd` has entries queued as ready (a thread about to block on it
+    /// looks again instead).
+    pub fn epoll_has_queued(&mut self, epfd: c_int) -> bool {
+        match self.obj(epfd) {
+            Some(Obj::Epoll { set, .. }) => set.has_queued(),
+            _ => false,
+        }
+    }
+
     /// The connections the last close()s left lingering (SO_LINGER with a timeout), with
     /// their timeouts: their caller waits while [`Sockets::lingers`].
     pub fn take_lingering(&mut self) -> Vec<(ConnId, std::time::Duration)> {

@@ -68,7 +68,10 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
             | libc::TCP_KEEPCNT
             | libc::TCP_USER_TIMEOUT
             | libc::TCP_QUICKACK
-            | libc::TCP_CORK,
+            | libc::TCP_CORK
+            | libc::TCP_CONGESTION
+            | libc::TCP_WINDOW_CLAMP
+            | libc::TCP_NOTSENT_LOWAT,
         ) => Policy::Mirror,
         (libc::IPPROTO_IP, libc::IP_TTL | libc::IP_TOS) => Policy::Mirror,
         // Linux applies TCP_MAXSEG at the handshake only (its mss_clamp): after it, the value
@@ -77,7 +80,9 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
         (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => Policy::Kept,
         // Binding and broadcast options mean nothing to a connected TCP socket; SO_DEBUG and
         // the credential options only change what the kernel records or passes on unix
-        // sockets.
+        // sockets. SO_PRIORITY, SO_MARK, SO_BUSY_POLL and SO_INCOMING_CPU steer the kernel's
+        // own queueing, filtering, routing and polling, which the stack's device bypasses;
+        // SO_OOBINLINE on is what the stack does anyway (urgent data stays in the stream).
         (
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR
@@ -85,7 +90,18 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
             | libc::SO_DEBUG
             | libc::SO_BROADCAST
             | libc::SO_PASSCRED
-            | libc::SO_PASSSEC,
+            | libc::SO_PASSSEC
+            | libc::SO_PRIORITY
+            | libc::SO_MARK
+            | libc::SO_BUSY_POLL
+            | libc::SO_INCOMING_CPU
+            | libc::SO_OOBINLINE,
+        ) => Policy::Kept,
+        // Options of connect() and bind(): Linux ignores them on a connected socket too.
+        (libc::IPPROTO_TCP, libc::TCP_SYNCNT) => Policy::Kept,
+        (
+            libc::IPPROTO_IP,
+            libc::IP_FREEBIND | libc::IP_TRANSPARENT | libc::IP_BIND_ADDRESS_NO_PORT,
         ) => Policy::Kept,
         _ => Policy::Unsupported,
     }
@@ -99,7 +115,10 @@ pub fn answered_by_connection(level: c_int, name: c_int) -> bool {
         (
             libc::SOL_SOCKET,
             libc::SO_ERROR | libc::SO_RCVBUF | libc::SO_SNDBUF
-        ) | (libc::IPPROTO_TCP, libc::TCP_INFO | libc::TCP_MAXSEG)
+        ) | (
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO | libc::TCP_MAXSEG | libc::TCP_WINDOW_CLAMP
+        ) | (libc::IPPROTO_IP, libc::IP_MTU)
     )
 }
 
@@ -143,8 +162,19 @@ pub enum Effect {
     QuickAck(bool),
     /// TCP_CORK.
     Cork(bool),
+    /// TCP_CONGESTION: one the stack has (`congestion`).
+    Congestion(userstack::config::CongestionControl),
+    /// TCP_WINDOW_CLAMP, as the kernel reads it back.
+    WindowClamp,
+    /// TCP_NOTSENT_LOWAT, likewise.
+    NotsentLowat,
     /// IP_TTL or IP_TOS: the IP header's fields as the identity socket holds them.
     IpHeader,
+}
+
+/// An int option's value (its first four bytes).
+pub fn int_value(v: &[u8]) -> Option<c_int> {
+    int(v)
 }
 
 fn int(v: &[u8]) -> Option<c_int> {
@@ -177,6 +207,11 @@ impl ConnOpts {
             (libc::IPPROTO_TCP, libc::TCP_NODELAY) => return Effect::Nodelay(v != 0),
             (libc::IPPROTO_TCP, libc::TCP_QUICKACK) => return Effect::QuickAck(v != 0),
             (libc::IPPROTO_TCP, libc::TCP_CORK) => return Effect::Cork(v != 0),
+            (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => {
+                return congestion(value).map_or(Effect::None, Effect::Congestion)
+            }
+            (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP) => return Effect::WindowClamp,
+            (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) => return Effect::NotsentLowat,
             (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => {
                 return Effect::SendBuffer
             }
@@ -219,6 +254,19 @@ impl ConnOpts {
     }
 }
 
+/// The congestion control TCP_CONGESTION names (the name up to its NUL, as Linux reads it), if
+/// it is one the stack has: Linux's "cubic" and "reno". Another name the kernel knows fails as
+/// Linux fails for one that is not available (ENOENT).
+pub fn congestion(value: &[u8]) -> Option<userstack::config::CongestionControl> {
+    use userstack::config::CongestionControl as Cc;
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    match &value[..end] {
+        b"cubic" => Some(Cc::Cubic),
+        b"reno" => Some(Cc::Reno),
+        _ => None,
+    }
+}
+
 /// The smallest buffer a connection gets (Linux's smallest SO_RCVBUF, 2,304 read back, is a
 /// request of 1,152 bytes).
 const MIN_BUFFER: usize = 1024;
@@ -242,6 +290,11 @@ pub fn listen_options(mut base: TcpOptions, inherit: &[SockOpt]) -> TcpOptions {
             (libc::SOL_SOCKET, libc::SO_SNDBUF) => base.sndbuf = buffer_of(v),
             (libc::IPPROTO_TCP, libc::TCP_MAXSEG) if v > 0 => {
                 base.mss = u16::try_from(v).ok();
+            }
+            (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => {
+                if let Some(cc) = congestion(&o.value) {
+                    base.cc = cc;
+                }
             }
             (libc::IPPROTO_IP, libc::IP_TTL) => base.ttl = u8::try_from(v).ok(),
             (libc::IPPROTO_IP, libc::IP_TOS) => base.tos = (v & 0xfc) as u8,

@@ -448,6 +448,29 @@ fn sleep_and_pipe_read_during_a_burst(fd: c_int) {
     note(format!("received={} in order: {in_order}", got.len()));
 }
 
+/// setsockopt of a string option (TCP_CONGESTION), `v` as given (its length is optlen).
+fn set_name(fd: c_int, level: c_int, name: c_int, v: &[u8], label: &str) {
+    // SAFETY: the bytes and their length.
+    call(label, || unsafe {
+        libc::setsockopt(fd, level, name, v.as_ptr().cast(), v.len() as socklen_t)
+    });
+}
+
+/// getsockopt of a string option: the name up to its NUL, and the length written.
+fn get_name(fd: c_int, level: c_int, name: c_int, label: &str) {
+    let mut b = [0u8; 16];
+    let mut len = b.len() as socklen_t;
+    // SAFETY: a local buffer and its size.
+    call(label, || unsafe {
+        libc::getsockopt(fd, level, name, b.as_mut_ptr().cast(), &mut len)
+    });
+    let end = b.iter().position(|&x| x == 0).unwrap_or(b.len());
+    note(format!(
+        "name={:?} len={len}",
+        String::from_utf8_lossy(&b[..end])
+    ));
+}
+
 /// TCP_INFO's count of bytes queued and not yet sent.
 fn notsent_bytes(fd: c_int) -> u32 {
     // SAFETY: an all-zero tcp_info is a valid value (integers only).
@@ -784,6 +807,103 @@ fn server(port: u16) {
         getsockopt_int(c, ip, libc::IP_TOS, "getsockopt(IP_TOS)");
         setsockopt_int(c, ip, libc::IP_TOS, 0, "setsockopt(IP_TOS 0)");
 
+        step("TCP_CONGESTION, TCP_WINDOW_CLAMP, TCP_NOTSENT_LOWAT, SO_PRIORITY and TCP_SYNCNT on a connection: taken and read back as Linux does, an unknown algorithm is ENOENT, a clamp of 0 EINVAL");
+        set_name(
+            c,
+            tcp,
+            libc::TCP_CONGESTION,
+            b"reno",
+            "setsockopt(TCP_CONGESTION reno)",
+        );
+        get_name(c, tcp, libc::TCP_CONGESTION, "getsockopt(TCP_CONGESTION)");
+        set_name(
+            c,
+            tcp,
+            libc::TCP_CONGESTION,
+            b"no-such-cc",
+            "setsockopt(TCP_CONGESTION no-such-cc)",
+        );
+        set_name(
+            c,
+            tcp,
+            libc::TCP_CONGESTION,
+            b"cubic\0",
+            "setsockopt(TCP_CONGESTION cubic)",
+        );
+        get_name(
+            c,
+            tcp,
+            libc::TCP_CONGESTION,
+            "getsockopt(TCP_CONGESTION, again)",
+        );
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_WINDOW_CLAMP,
+            0,
+            "setsockopt(TCP_WINDOW_CLAMP 0)",
+        );
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_WINDOW_CLAMP,
+            100,
+            "setsockopt(TCP_WINDOW_CLAMP 100)",
+        );
+        getsockopt_int(
+            c,
+            tcp,
+            libc::TCP_WINDOW_CLAMP,
+            "getsockopt(TCP_WINDOW_CLAMP)",
+        );
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_WINDOW_CLAMP,
+            30000,
+            "setsockopt(TCP_WINDOW_CLAMP 30000)",
+        );
+        getsockopt_int(
+            c,
+            tcp,
+            libc::TCP_WINDOW_CLAMP,
+            "getsockopt(TCP_WINDOW_CLAMP, again)",
+        );
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_NOTSENT_LOWAT,
+            16384,
+            "setsockopt(TCP_NOTSENT_LOWAT 16384)",
+        );
+        getsockopt_int(
+            c,
+            tcp,
+            libc::TCP_NOTSENT_LOWAT,
+            "getsockopt(TCP_NOTSENT_LOWAT)",
+        );
+        setsockopt_int(
+            c,
+            tcp,
+            libc::TCP_NOTSENT_LOWAT,
+            -1,
+            "setsockopt(TCP_NOTSENT_LOWAT -1)",
+        );
+        setsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            3,
+            "setsockopt(SO_PRIORITY 3)",
+        );
+        getsockopt_int(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            "getsockopt(SO_PRIORITY)",
+        );
+        setsockopt_int(c, tcp, libc::TCP_SYNCNT, 3, "setsockopt(TCP_SYNCNT 3)");
+
         step("TCP_CORK holds a partial segment back until uncorked: TCP_INFO counts it as not sent, and the peer answers once it is uncorked");
         setsockopt_int(c, tcp, libc::TCP_CORK, 1, "setsockopt(TCP_CORK 1)");
         getsockopt_int(c, tcp, libc::TCP_CORK, "getsockopt(TCP_CORK)");
@@ -843,6 +963,9 @@ fn server(port: u16) {
             libc::recv(c, b.as_mut_ptr().cast(), 16, libc::MSG_DONTWAIT)
         });
         call("read(len 0)", || libc::read(c, b.as_mut_ptr().cast(), 0));
+        let mut n: c_int = -1;
+        call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
+        note(format!("value={n}"));
         step("zero bytes: readv returns 0 at once; recv and recvmsg wait for data like a read of one byte (EAGAIN when non-blocking)");
         let mut empty_iov = iovec {
             iov_base: b.as_mut_ptr().cast(),
@@ -855,9 +978,10 @@ fn server(port: u16) {
         mh.msg_iov = &mut empty_iov;
         mh.msg_iovlen = 1;
         call("recvmsg(len 0)", || libc::recvmsg(c, &mut mh, 0));
-        let mut n: c_int = -1;
-        call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
-        note(format!("value={n}"));
+        step("recv(MSG_OOB) with no urgent data is EINVAL");
+        call("recv(MSG_OOB)", || {
+            libc::recv(c, b.as_mut_ptr().cast(), 16, libc::MSG_OOB)
+        });
         step("an idle connection is writable, not readable: poll and select, also beside a kernel fd");
         poll_one(c, libc::POLLIN | libc::POLLOUT, 0, "poll(c, IN|OUT, 0)");
         select_one(c, true, 0, "select(read, 0)");

@@ -150,11 +150,16 @@ impl TcpOptions {
         s.set_ack_delay(self.ack_delay.map(to_sdur));
         s.set_keep_alive(self.keepalive.map(to_sdur));
         s.set_hop_limit(self.ttl);
-        s.set_congestion_control(match self.cc {
-            CongestionControl::None => tcp::CongestionControl::None,
-            CongestionControl::Reno => tcp::CongestionControl::Reno,
-            CongestionControl::Cubic => tcp::CongestionControl::Cubic,
-        });
+        s.set_congestion_control(smoltcp_cc(self.cc));
+    }
+}
+
+/// smoltcp's name for a congestion control.
+pub(super) fn smoltcp_cc(cc: CongestionControl) -> tcp::CongestionControl {
+    match cc {
+        CongestionControl::None => tcp::CongestionControl::None,
+        CongestionControl::Reno => tcp::CongestionControl::Reno,
+        CongestionControl::Cubic => tcp::CongestionControl::Cubic,
     }
 }
 

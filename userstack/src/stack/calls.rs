@@ -15,6 +15,7 @@ use super::conn::{readiness, Conn, Origin, CONNECT_TIMEOUT_US};
 use super::demux::key;
 use super::device::WinClamp;
 use super::{Listener, Stack, EPHEMERAL};
+use crate::config::CongestionControl;
 use crate::link::Link;
 
 /// Segments TCP_QUICKACK acknowledges at once (Linux's quick-ACK mode: at most 16).
@@ -322,6 +323,7 @@ impl<L: Link> Stack<L> {
             if c.failed {
                 return Err(SockError::Pipe);
             }
+            let limited = c.limits_sending();
             let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
             match sock.state() {
                 tcp::State::SynSent | tcp::State::SynReceived => return Err(SockError::WouldBlock),
@@ -336,7 +338,7 @@ impl<L: Link> Stack<L> {
             }
             // SO_SNDBUF set on the connection, or TCP_CORK holding bytes back: no more
             // queued than the buffer takes.
-            if c.tuning.snd_cap.is_some() || c.cork.is_some() {
+            if limited {
                 let room = c.send_room();
                 if room == 0 {
                     return Err(SockError::WouldBlock);
@@ -431,33 +433,81 @@ impl<L: Link> Stack<L> {
         Ok((sock.recv_capacity().min(rcv), sock.send_capacity().min(snd)))
     }
 
+    /// TCP_CONGESTION: the connection's congestion control from now on.
+    pub fn set_congestion(&mut self, id: ConnId, cc: CongestionControl) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.sockets
+            .get_mut::<tcp::Socket>(c.handle)
+            .set_congestion_control(super::api::smoltcp_cc(cc));
+        Ok(())
+    }
+
+    /// TCP_WINDOW_CLAMP: the window offered is at most `clamp` bytes (`None`: as the buffer
+    /// allows). As for a lowered receive buffer, an edge offered before is never moved back.
+    pub fn set_window_clamp(&mut self, id: ConnId, clamp: Option<usize>) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        let capacity = c.sockets.get::<tcp::Socket>(c.handle).recv_capacity();
+        let cap = c.clamp.map_or(capacity, |w| w.cap as usize);
+        let clamp = clamp.filter(|&n| n < capacity);
+        Self::clamp_window(c, (cap < capacity).then_some(cap), clamp);
+        Ok(())
+    }
+
+    /// The most a window of the connection offers: TCP_WINDOW_CLAMP if set, else the receive
+    /// buffer (as lowered by SO_RCVBUF).
+    pub fn window_clamp(&self, id: ConnId) -> Result<usize, SockError> {
+        let c = self.conn(id)?;
+        let capacity = c.sockets.get::<tcp::Socket>(c.handle).recv_capacity();
+        Ok(match c.clamp {
+            Some(w) => w.window.unwrap_or(w.cap) as usize,
+            None => capacity,
+        })
+    }
+
+    /// TCP_NOTSENT_LOWAT: writable, and a send takes more, only while fewer than `lowat`
+    /// bytes wait unsent (`None`: no such limit, Linux's default).
+    pub fn set_notsent_lowat(&mut self, id: ConnId, lowat: Option<usize>) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.tuning.notsent_lowat = lowat;
+        // Writable again, or not: the readiness changes without a segment.
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
     /// SO_RCVBUF set on an established connection: the window it offers is at most what
     /// `cap` bytes leave room for (`None`, or at least the receive buffer: the whole buffer,
     /// the most it can be). The edge offered before is never moved back.
     pub fn set_recv_cap(&mut self, id: ConnId, cap: Option<usize>) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
+        let capacity = c.sockets.get::<tcp::Socket>(c.handle).recv_capacity();
+        let window = c.clamp.and_then(|w| w.window).map(|w| w as usize);
+        Self::clamp_window(c, cap.filter(|&n| n < capacity), window);
+        Ok(())
+    }
+
+    /// Lowers the window `c` offers to `cap` bytes of buffer and at most `window` bytes, or
+    /// lifts the clamp (both `None`).
+    fn clamp_window(c: &mut Conn, cap: Option<usize>, window: Option<usize>) {
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         let (capacity, queued) = (sock.recv_capacity(), sock.recv_queue());
-        let Some(cap) = cap.filter(|&n| n < capacity) else {
+        if cap.is_none() && window.is_none() {
             c.clamp = None;
-            return Ok(());
-        };
+            return;
+        }
         // What smoltcp may have offered last (at most its free room then): kept.
-        let edge = c.track.last_ack_sent.map(|a| {
-            let free = capacity.saturating_sub(queued);
-            match c.clamp.and_then(|w| w.edge) {
-                Some(e) => e,
-                None => a.wrapping_add(free as u32),
-            }
+        let edge = c.clamp.and_then(|w| w.edge).or_else(|| {
+            c.track
+                .last_ack_sent
+                .map(|a| a.wrapping_add(capacity.saturating_sub(queued) as u32))
         });
         c.clamp = Some(WinClamp {
-            cap: cap as u32,
+            cap: cap.unwrap_or(capacity) as u32,
+            window: window.map(|w| w as u32),
             room: 0,
             shift: c.track.wshift,
             edge,
             nudge: false,
         });
-        Ok(())
     }
 
     /// TCP_QUICKACK: on, what is owed is acknowledged now and the next segments at once (16,

@@ -151,6 +151,8 @@ pub(super) struct Tuning {
     pub(super) quick: u8,
     /// The delayed-ACK time the connection was given (TCP_QUICKACK suspends it).
     pub(super) ack_delay: Option<SDuration>,
+    /// TCP_NOTSENT_LOWAT: at most this much queued and not yet sent.
+    pub(super) notsent_lowat: Option<usize>,
 }
 
 impl Conn {
@@ -175,7 +177,28 @@ impl Conn {
             .snd_cap
             .map_or(sock.send_capacity(), |cap| cap.min(sock.send_capacity()));
         let held = self.cork.as_ref().map_or(0, |k| k.held.len());
-        limit.saturating_sub(sock.send_queue() + held)
+        let room = limit.saturating_sub(sock.send_queue() + held);
+        match self.tuning.notsent_lowat {
+            Some(lowat) => room.min(lowat.saturating_sub(self.notsent() + held)),
+            None => room,
+        }
+    }
+
+    /// Bytes in smoltcp's send buffer not yet sent.
+    pub(super) fn notsent(&self) -> usize {
+        let queued = self.sockets.get::<tcp::Socket>(self.handle).send_queue();
+        let unacked = match (self.rec.snd_una(), self.track.snd_max) {
+            (Some(una), Some(max)) if crate::seq::seq_lt(una, max) => max.wrapping_sub(una),
+            _ => 0,
+        } as usize;
+        queued.saturating_sub(unacked)
+    }
+
+    /// Whether an option limits what may be queued below the send buffer (SO_SNDBUF,
+    /// TCP_CORK, TCP_NOTSENT_LOWAT): sends and readiness then ask `send_room`.
+    #[inline]
+    pub(super) fn limits_sending(&self) -> bool {
+        self.tuning.snd_cap.is_some() || self.cork.is_some() || self.tuning.notsent_lowat.is_some()
     }
 
     /// Queues `data` (which fits: `send_room`) on a corked connection: whole segments go to
@@ -229,7 +252,8 @@ impl Conn {
             .map_or(0, |e| (e.wrapping_sub(ack) as i32).max(0) as u32);
         let room = w
             .cap
-            .saturating_sub(u32::try_from(queued).unwrap_or(u32::MAX));
+            .saturating_sub(u32::try_from(queued).unwrap_or(u32::MAX))
+            .min(w.window.unwrap_or(u32::MAX));
         if room >= 2 * offered && room - offered >= seg as u32 {
             w.nudge = true;
         }
@@ -493,6 +517,7 @@ impl<L: Link> Stack<L> {
                 snd_cap: None,
                 quick: 0,
                 ack_delay: opts.ack_delay.map(to_sdur),
+                notsent_lowat: None,
             },
             cork: None,
             clamp: None,
@@ -605,6 +630,9 @@ impl<L: Link> Stack<L> {
             w.room = w
                 .cap
                 .saturating_sub(u32::try_from(queued).unwrap_or(u32::MAX));
+            if let Some(max) = w.window {
+                w.room = w.room.min(max);
+            }
             w.shift = c.track.wshift;
         }
         let mut dev = IpDev {
@@ -883,8 +911,7 @@ pub(super) fn readiness(sock: &tcp::Socket<'_>, c: &Conn) -> Readiness {
                     | tcp::State::TimeWait
                     | tcp::State::Closed
             ));
-    let room =
-        sock.can_send() && (c.tuning.snd_cap.is_none() && c.cork.is_none() || c.send_room() > 0);
+    let room = sock.can_send() && (!c.limits_sending() || c.send_room() > 0);
     Readiness {
         readable: sock.can_recv() || rdhup || failed,
         writable: (!handshaking && room) || failed || (!handshaking && !sock.may_send()),

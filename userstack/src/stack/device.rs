@@ -8,14 +8,18 @@ use smoltcp::time::Instant;
 use crate::link::Link;
 use crate::net::{Micros, Net, TxTrack};
 
-/// SO_RCVBUF lowered on an established connection: the window its segments offer is at most
-/// what that buffer has room for (smoltcp's own window comes from its larger buffer), never
-/// moving the right edge offered before back (RFC 9293 3.8.6.2.2).
+/// SO_RCVBUF lowered on an established connection, or TCP_WINDOW_CLAMP: the window its
+/// segments offer is at most what that buffer has room for, and at most the clamp (smoltcp's
+/// own window comes from its larger buffer), never moving the right edge offered before back
+/// (RFC 9293 3.8.6.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct WinClamp {
     /// The buffer's size.
     pub(super) cap: u32,
-    /// Room in it now (`cap` less what waits to be read), set before each poll.
+    /// TCP_WINDOW_CLAMP: the most any window offers.
+    pub(super) window: Option<u32>,
+    /// Room in it now (`cap` less what waits to be read, at most `window`), set before each
+    /// poll.
     pub(super) room: u32,
     /// The window scale our SYN-ACK announced.
     pub(super) shift: u8,
@@ -48,6 +52,7 @@ impl WinClamp {
         let new = u16::try_from(want.div_ceil(unit))
             .unwrap_or(u16::MAX)
             .min(field);
+
         t[14..16].copy_from_slice(&new.to_be_bytes());
         self.edge = Some(ack.wrapping_add(u32::from(new) << self.shift));
     }

@@ -280,3 +280,91 @@ fn so_rcvbuf_on_a_connection_lowers_the_window_and_reads_reopen_it_at_once() {
     p.server.set_recv_cap(s, None).unwrap();
     assert_eq!(p.server.buffer_sizes(s).unwrap().0, 16 << 10);
 }
+
+/// The windows of the TCP segments (not SYNs) waiting on the client's side.
+fn windows(p: &Pair) -> Vec<u32> {
+    p.client
+        .link()
+        .waiting()
+        .iter()
+        .filter(|f| f[12..14] == [0x08, 0x00] && f[14 + 9] == 6)
+        .map(|f| &f[14 + usize::from(f[14] & 0xf) * 4..])
+        .filter(|t| t[13] & 0x02 == 0)
+        .map(|t| u32::from(u16::from_be_bytes([t[14], t[15]])))
+        .collect()
+}
+
+#[test]
+fn tcp_window_clamp_bounds_every_window_offered() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    p.server.set_window_clamp(s, Some(3000)).unwrap();
+    assert_eq!(p.server.window_clamp(s).unwrap(), 3000);
+    let data = vec![b'w'; 60_000];
+    let (mut sent, mut got) = (0, 0);
+    let mut buf = vec![0u8; 65536];
+    // The window offered before the clamp is kept (its edge never moves back); once a window
+    // within the clamp was offered, none is larger.
+    let mut clamped = false;
+    let mut windows_seen = 0;
+    for _ in 0..5000 {
+        if sent < data.len() {
+            sent += p.client.send(c, &data[sent..]).unwrap_or(0);
+        }
+        p.now += Duration::from_micros(10);
+        p.client.poll(p.now);
+        p.now += Duration::from_micros(10);
+        p.server.poll(p.now);
+        for w in windows(&p) {
+            assert!(!clamped || w <= 3000, "a window of {w} after the clamp");
+            clamped |= w <= 3000;
+            windows_seen += 1;
+        }
+        got += p.server.recv(s, &mut buf).unwrap_or(0);
+        if got == data.len() {
+            break;
+        }
+    }
+    assert_eq!(got, data.len());
+    assert!(clamped && windows_seen > 10, "{windows_seen} windows seen");
+    p.server.set_window_clamp(s, None).unwrap();
+    assert_eq!(p.server.window_clamp(s).unwrap(), 16 << 10);
+}
+
+#[test]
+fn notsent_lowat_limits_what_waits_unsent() {
+    let mut p = Pair::new();
+    let big = TcpOptions {
+        sndbuf: 64 << 10,
+        ..opts()
+    };
+    p.server.listen(7777, 16, big).unwrap();
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run();
+    let (s, _) = p.server.accept(7777).unwrap();
+    p.server.set_notsent_lowat(s, Some(1000)).unwrap();
+    // The client does not read: its 16 KiB window fills, then at most 1,000 bytes wait unsent.
+    for _ in 0..10 {
+        while p.server.send(s, &[b'n'; 4096]).is_ok() {}
+        p.run();
+    }
+    let i = p.server.tcp_info(s).unwrap();
+    assert!(i.notsent_bytes <= 1000, "{} unsent", i.notsent_bytes);
+    assert!(i.send_queue < 20_000, "{} queued", i.send_queue);
+    // A send takes no more than what keeps fewer than 1,000 bytes unsent (Linux: writable
+    // while fewer than the mark wait).
+    let took = p.server.send(s, &[b'n'; 4096]).unwrap_or(0);
+    assert!(
+        took + i.notsent_bytes as usize <= 1000,
+        "{took} more with {} unsent",
+        i.notsent_bytes
+    );
+    // The client reads: room again.
+    let mut buf = vec![0u8; 65536];
+    while p.client.recv(c, &mut buf).unwrap_or(0) > 0 {}
+    p.run();
+    assert!(p.server.readiness(s).unwrap().writable);
+}
