@@ -95,6 +95,7 @@ fn opts(buf: usize) -> TcpOptions {
         mss: None,
         ttl: None,
         tos: 0,
+        defer_accept: None,
     }
 }
 

@@ -161,6 +161,14 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             } => (*id, *family, *opts),
             Obj::Listener { family, .. } => {
                 let family = *family;
+                if (level, name) == (libc::IPPROTO_TCP, libc::TCP_FASTOPEN) {
+                    // The stack cannot take data in a SYN: as Linux fails for an option it
+                    // does not support, after its own checks, changing nothing.
+                    return Some(match self.host.kernel_check(family, level, name, value) {
+                        Err(e) => Err(e),
+                        Ok(()) => Err(libc::ENOPROTOOPT),
+                    });
+                }
                 if let Err(e) = self.host.kernel_setsockopt(fd, level, name, value) {
                     return Some(Err(e));
                 }

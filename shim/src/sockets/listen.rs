@@ -197,16 +197,27 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// The stack's listener on `port` takes the options set on its listening fd (the last
     /// one, if several share the port): the sizes, MSS and IP header of its next connections.
     pub(super) fn sync_listen_options(&mut self, port: u16) {
-        let inherit = self.port_fds.get(&port).and_then(|fds| {
+        let found = self.port_fds.get(&port).and_then(|fds| {
             fds.iter().rev().find_map(|&fd| match self.obj_ref(fd) {
-                Some(Obj::Listener { inherit, .. }) => Some(inherit.clone()),
+                Some(Obj::Listener { inherit, .. }) => Some((fd, inherit.clone())),
                 _ => None,
             })
         });
-        let (Some(inherit), Some(stack)) = (inherit, self.stack.as_mut()) else {
+        let Some((fd, inherit)) = found else {
             return;
         };
-        let opts = options::listen_options(stack.default_options(), &inherit);
+        // TCP_DEFER_ACCEPT is the listener's own (accepted sockets do not inherit it), in
+        // seconds as the kernel rounds it.
+        let defer = self
+            .host
+            .kernel_getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT)
+            .filter(|&s| s > 0)
+            .map(|s| std::time::Duration::from_secs(s as u64));
+        let Some(stack) = self.stack.as_mut() else {
+            return;
+        };
+        let mut opts = options::listen_options(stack.default_options(), &inherit);
+        opts.defer_accept = defer;
         let _ = stack.set_listen_options(port, opts);
     }
 

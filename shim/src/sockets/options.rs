@@ -298,6 +298,7 @@ pub fn listen_options(mut base: TcpOptions, inherit: &[SockOpt]) -> TcpOptions {
             }
             (libc::IPPROTO_IP, libc::IP_TTL) => base.ttl = u8::try_from(v).ok(),
             (libc::IPPROTO_IP, libc::IP_TOS) => base.tos = (v & 0xfc) as u8,
+
             _ => {}
         }
     }

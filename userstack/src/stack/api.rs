@@ -128,6 +128,9 @@ pub struct TcpOptions {
     pub ttl: Option<u8>,
     /// IP_TOS of the segments sent (the ECN bits stay 0: the stack does not use ECN).
     pub tos: u8,
+    /// A listener's TCP_DEFER_ACCEPT: a connection is queued for accept when its first data
+    /// comes (or its FIN), or after this long without.
+    pub defer_accept: Option<std::time::Duration>,
 }
 
 impl TcpOptions {
@@ -142,6 +145,7 @@ impl TcpOptions {
             mss: None,
             ttl: None,
             tos: 0,
+            defer_accept: None,
         }
     }
 

@@ -124,6 +124,9 @@ pub(super) struct Conn {
     pub(super) cork: Option<Box<Cork>>,
     /// SO_RCVBUF lowered after the handshake: the window offered is that buffer's room.
     pub(super) clamp: Option<WinClamp>,
+    /// Established, waiting for its first data before it is queued for accept (its listener's
+    /// TCP_DEFER_ACCEPT): until then at the latest.
+    pub(super) deferred_until: Option<Micros>,
 }
 
 /// TCP_CORK: what a corked connection holds back (less than a segment), and since when.
@@ -521,6 +524,7 @@ impl<L: Link> Stack<L> {
             },
             cork: None,
             clamp: None,
+            deferred_until: None,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -748,10 +752,30 @@ impl<L: Link> Stack<L> {
                 }
                 _ if prev == tcp::State::SynReceived && state != tcp::State::SynReceived => {
                     c.handshake = None;
+                    let defer = self.listeners.get(&port).and_then(|l| l.opts.defer_accept);
+                    match defer {
+                        // TCP_DEFER_ACCEPT: not before its first data (or its FIN).
+                        Some(d) if sock.recv_queue() == 0 && state == tcp::State::Established => {
+                            c.deferred_until = Some(us + d.as_micros() as Micros);
+                        }
+                        _ => {
+                            if let Some(l) = self.listeners.get_mut(&port) {
+                                l.queue.push_back(ConnId { slot: idx, gen });
+                                // One event per connection, also when others are still queued:
+                                // for an EPOLLET listener each new connection is an edge, as on
+                                // Linux.
+                                self.events.push(Event::Accept(port));
+                            }
+                        }
+                    }
+                }
+                _ if c.deferred_until.is_some_and(|t| {
+                    t <= us || sock.recv_queue() > 0 || state != tcp::State::Established
+                }) =>
+                {
+                    c.deferred_until = None;
                     if let Some(l) = self.listeners.get_mut(&port) {
                         l.queue.push_back(ConnId { slot: idx, gen });
-                        // One event per connection, also when others are still queued: for an
-                        // EPOLLET listener each new connection is an edge, as on Linux.
                         self.events.push(Event::Accept(port));
                     }
                 }
@@ -804,7 +828,10 @@ impl<L: Link> Stack<L> {
             None
         };
         let at = earliest(
-            earliest(earliest(smol_at, c.rec.deadline()), cork_at),
+            earliest(
+                earliest(smol_at, c.rec.deadline()),
+                earliest(cork_at, c.deferred_until),
+            ),
             earliest(
                 earliest(
                     c.handshake.map(|h| h.expires),

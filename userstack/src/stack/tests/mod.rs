@@ -34,6 +34,7 @@ pub(crate) fn opts() -> TcpOptions {
         mss: None,
         ttl: None,
         tos: 0,
+        defer_accept: None,
     }
 }
 

@@ -368,3 +368,43 @@ fn notsent_lowat_limits_what_waits_unsent() {
     p.run();
     assert!(p.server.readiness(s).unwrap().writable);
 }
+
+#[test]
+fn defer_accept_queues_a_connection_at_its_first_data_or_after_the_time() {
+    let mut p = Pair::new();
+    let o = TcpOptions {
+        defer_accept: Some(std::time::Duration::from_secs(5)),
+        ..opts()
+    };
+    p.server.listen(7777, 16, o).unwrap();
+    let quiet = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    let talker = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run();
+    // Both handshakes are done; neither has sent anything: nothing to accept.
+    assert_eq!(
+        p.client.state(quiet).unwrap(),
+        smoltcp::socket::tcp::State::Established
+    );
+    assert!(p.server.accept(7777).is_err());
+    // The first data queues its connection, with the data.
+    p.client.send(talker, b"hello").unwrap();
+    p.run();
+    let (s, _) = p
+        .server
+        .accept(7777)
+        .expect("the connection that sent data");
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 5);
+    assert!(p.server.accept(7777).is_err());
+    // The quiet one after 5 s.
+    p.advance(Duration::from_millis(4900), Duration::from_millis(100));
+    assert!(p.server.accept(7777).is_err());
+    p.advance(Duration::from_millis(200), Duration::from_millis(100));
+    assert!(p.server.accept(7777).is_ok(), "accepted after the deferral");
+}
