@@ -118,7 +118,7 @@ impl Recovery {
         }
         if seg.window_len() == 0 {
             self.zero_since.get_or_insert(now);
-        } else {
+        } else if self.zero_since.is_some() {
             self.zero_since = None;
         }
         if self.silent_since.is_some() {

@@ -420,6 +420,7 @@ impl<L: Link> Stack<L> {
         let c = self.conn_mut(id)?;
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         c.tuning.snd_cap = cap.filter(|&n| n < sock.send_capacity());
+        c.note_limits();
         Ok(())
     }
 
@@ -469,6 +470,7 @@ impl<L: Link> Stack<L> {
     pub fn set_notsent_lowat(&mut self, id: ConnId, lowat: Option<usize>) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         c.tuning.notsent_lowat = lowat;
+        c.note_limits();
         // Writable again, or not: the readiness changes without a segment.
         self.mark_dirty(id.slot);
         Ok(())
@@ -544,9 +546,11 @@ impl<L: Link> Stack<L> {
         let c = self.conn_mut(id)?;
         if on {
             c.cork.get_or_insert_with(Default::default);
+            c.note_limits();
         } else {
             c.release_cork();
             c.cork = None;
+            c.note_limits();
         }
         self.mark_dirty(id.slot);
         Ok(())

@@ -156,6 +156,9 @@ pub(super) struct Tuning {
     pub(super) ack_delay: Option<SDuration>,
     /// TCP_NOTSENT_LOWAT: at most this much queued and not yet sent.
     pub(super) notsent_lowat: Option<usize>,
+    /// Any of SO_SNDBUF (lowered), TCP_CORK, TCP_NOTSENT_LOWAT is set: sends and readiness
+    /// ask `send_room` (one test on every readiness check instead of three).
+    pub(super) limited: bool,
 }
 
 impl Conn {
@@ -172,7 +175,8 @@ impl Conn {
     }
 
     /// What may still be queued: the send buffer (as SO_SNDBUF limits it) less what is in it
-    /// and what TCP_CORK holds.
+    /// and what TCP_CORK holds. (Out of line: only for connections with such options.)
+    #[inline(never)]
     pub(super) fn send_room(&self) -> usize {
         let sock = self.sockets.get::<tcp::Socket>(self.handle);
         let limit = self
@@ -201,7 +205,14 @@ impl Conn {
     /// TCP_CORK, TCP_NOTSENT_LOWAT): sends and readiness then ask `send_room`.
     #[inline]
     pub(super) fn limits_sending(&self) -> bool {
-        self.tuning.snd_cap.is_some() || self.cork.is_some() || self.tuning.notsent_lowat.is_some()
+        self.tuning.limited
+    }
+
+    /// Records whether an option limits sending (after one changed).
+    pub(super) fn note_limits(&mut self) {
+        self.tuning.limited = self.tuning.snd_cap.is_some()
+            || self.cork.is_some()
+            || self.tuning.notsent_lowat.is_some();
     }
 
     /// Queues `data` (which fits: `send_room`) on a corked connection: whole segments go to
@@ -521,6 +532,7 @@ impl<L: Link> Stack<L> {
                 quick: 0,
                 ack_delay: opts.ack_delay.map(to_sdur),
                 notsent_lowat: None,
+                limited: false,
             },
             cork: None,
             clamp: None,
@@ -650,10 +662,10 @@ impl<L: Link> Stack<L> {
         };
         // TCP_QUICKACK: this segment is acknowledged at once; after the last one of the quick
         // mode, the delayed ACK is back.
-        let quick_ends = rx.is_some() && c.tuning.quick == 1;
-        if rx.is_some() {
-            c.tuning.quick = c.tuning.quick.saturating_sub(1);
-        }
+        let quick_ends = c.tuning.quick > 0 && rx.is_some() && {
+            c.tuning.quick -= 1;
+            c.tuning.quick == 0
+        };
         // A received segment: ingress, then egress only if smoltcp has something to send now.
         // A request with a delayed ACK usually has nothing (its ACK leaves with the reply, when
         // the application writes): an egress pass that finds nothing costs about as much as
@@ -822,16 +834,14 @@ impl<L: Link> Stack<L> {
         let smol_at = smol_at
             .unwrap_or_else(|| c.iface.poll_at(vnow, &c.sockets))
             .map(|at| (at.total_micros() - c.skew).max(0) as Micros);
-        let cork_at = if c.cork.is_some() {
-            c.cork_due(us)
+        // TCP_CORK's and TCP_DEFER_ACCEPT's times.
+        let extra_at = if c.cork.is_some() || c.deferred_until.is_some() {
+            earliest(c.cork_due(us), c.deferred_until)
         } else {
             None
         };
         let at = earliest(
-            earliest(
-                earliest(smol_at, c.rec.deadline()),
-                earliest(cork_at, c.deferred_until),
-            ),
+            earliest(earliest(smol_at, c.rec.deadline()), extra_at),
             earliest(
                 earliest(
                     c.handshake.map(|h| h.expires),
