@@ -167,20 +167,14 @@ fn getsockopt_int(fd: c_int, level: c_int, name: c_int, label: &str) {
 /// state, and whether the RTT and the MSS are plausible (their values differ between the
 /// kernel and the stack).
 fn tcp_info_note(fd: c_int) {
-    // SAFETY: an all-zero tcp_info is a valid value (integers only).
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let size = size_of::<libc::tcp_info>() as socklen_t;
-    let mut len = size;
-    // SAFETY: a tcp_info and its size.
-    call("getsockopt(TCP_INFO)", || unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
+    let (mut info, mut len) = (None, 0);
+    call("getsockopt(TCP_INFO)", || {
+        let (r, i, l) = tcp_info_of(fd);
+        (info, len) = (Some(i), l);
+        r
     });
+    let info = info.expect("getsockopt ran");
     let mss = info.tcpi_snd_mss;
     note(format!(
         "len_is_sizeof={} state={} rtt_set={} snd_mss_plausible={}",
@@ -473,11 +467,16 @@ fn get_name(fd: c_int, level: c_int, name: c_int, label: &str) {
 
 /// TCP_INFO's count of bytes queued and not yet sent.
 fn notsent_bytes(fd: c_int) -> u32 {
+    tcp_info_of(fd).1.tcpi_notsent_bytes
+}
+
+/// getsockopt(TCP_INFO) of `fd`: its return value, the struct, the length written.
+fn tcp_info_of(fd: c_int) -> (c_int, libc::tcp_info, socklen_t) {
     // SAFETY: an all-zero tcp_info is a valid value (integers only).
     let mut info: libc::tcp_info = unsafe { zeroed() };
     let mut len = size_of::<libc::tcp_info>() as socklen_t;
     // SAFETY: a tcp_info and its size.
-    unsafe {
+    let r = unsafe {
         libc::getsockopt(
             fd,
             libc::IPPROTO_TCP,
@@ -486,7 +485,7 @@ fn notsent_bytes(fd: c_int) -> u32 {
             &mut len,
         )
     };
-    info.tcpi_notsent_bytes
+    (r, info, len)
 }
 
 /// setsockopt(SO_LINGER on, `secs`).
@@ -1987,19 +1986,7 @@ fn client_stuck(
         "  partial line {partial:?}, buffered {:?}",
         String::from_utf8_lossy(buffered)
     );
-    // SAFETY: an all-zero tcp_info is a valid value (integers only).
-    let mut i: libc::tcp_info = unsafe { zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as socklen_t;
-    // SAFETY: a tcp_info and its size, on our own socket.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut i as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
+    let (r, i, _) = tcp_info_of(s.as_raw_fd());
     eprintln!(
         "  TCP_INFO ({r}): state={} retransmits={} probes={} backoff={} unacked={} lost={} \
          retrans={} total_retrans={} rtt={}us rto={}us last_data_recv={}ms last_ack_recv={}ms \
