@@ -315,20 +315,27 @@ class Server:
         os._exit(0 if not stuck and result else 1)
 
 
-def packet_socket_inodes():
-    """Inodes of the packet sockets in this namespace (/proc/net/packet): under the shim over
-    af_packet, its device's sockets, which it opens when a listener is first served."""
-    try:
-        with open("/proc/self/net/packet") as f:
-            return {line.split()[-1] for line in f.readlines()[1:]}
-    except OSError:
-        return set()
+def device_socket_inodes():
+    """Inodes of the packet and unix sockets in this namespace (/proc/net/packet, /proc/net/unix):
+    under the shim, its device's sockets (af_packet's rings, memif's control channel), which it
+    opens when a listener is first served. This server has no unix socket of its own."""
+    inodes = set()
+    for table, column in (("packet", -1), ("unix", 6)):
+        try:
+            with open(f"/proc/self/net/{table}") as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    if len(cols) > abs(column):
+                        inodes.add(cols[column])
+        except OSError:
+            pass
+    return inodes
 
 
 def open_sockets():
-    """The fds of this process that are sockets, but packet sockets (under the shim a stack
+    """The fds of this process that are sockets, but the device's (under the shim a stack
     connection's fd is its identity socket)."""
-    packet = packet_socket_inodes()
+    packet = device_socket_inodes()
     fds = set()
     for fd in os.listdir("/proc/self/fd"):
         try:

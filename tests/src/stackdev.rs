@@ -49,6 +49,14 @@ impl StackDevice {
         self.veth.as_ref().expect("a veth-backed device").root_if()
     }
 
+    /// The kernel's interface of the device (the veth's root end, or the tap): for its counters.
+    pub fn kernel_if(&self) -> &str {
+        match &self.tap {
+            Some(t) => t,
+            None => self.root_if(),
+        }
+    }
+
     /// The server's `MTCP_DEV`.
     pub fn mtcp_dev(&self) -> String {
         match self.dev {

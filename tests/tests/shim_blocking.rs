@@ -9,28 +9,23 @@
 //!
 //! Kernel: the server in a namespace of its own, over a veth pair. Shim: the server in the root
 //! namespace under `LD_PRELOAD=libmtcpshim.so` (or `$MTCP_SHIM_LIB`) over net_af_packet or
-//! net_af_xdp on the veth's root end, or over net_tap (moved into the client's namespace). The
+//! net_af_xdp on the veth's root end, over net_tap (moved into the client's namespace), or over
+//! net_memif with `mtcp-faultbridge` as its NIC ([`StackDevice`]). The
 //! same addresses in all (.2 server, .1 client); Debian's python3 on both ends.
 
 use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{py_file, shim_lib};
-use mtcp_tests::{unique_ifname, Netns, ServerProcess, Subnet, VethPair};
+use mtcp_tests::redis::{py_file, shim_lib, Dev};
+use mtcp_tests::stackdev::StackDevice;
+use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
 
 const PYTHON: &str = "/usr/bin/python3";
 /// A timeout may end this much before its SO_RCVTIMEO or this much after it (as the scripts'
 /// classes say).
 const EARLY_MS: f64 = 2.0;
 const LATE_MS: f64 = 150.0;
-
-#[derive(Clone, Copy, Debug)]
-enum Dev {
-    AfPacket,
-    AfXdp,
-    Tap,
-}
 
 /// What one run printed.
 struct Run {
@@ -150,39 +145,23 @@ fn shim_run(dev: Dev) -> Run {
     let subnet = Subnet::allocate().expect("subnet");
     let cns = Netns::new().expect("netns");
     let port = 21000 + 2 * subnet.index();
-    let (veth, tap) = match dev {
-        Dev::Tap => (None, Some(unique_ifname("b"))),
-        _ => (
-            Some(VethPair::new(&cns, &subnet.cidr(1)).expect("veth")),
-            None,
-        ),
-    };
-    let mtcp_dev = match (dev, &veth, &tap) {
-        (Dev::AfPacket, Some(v), _) => format!("af_packet:{}", v.root_if()),
-        (Dev::AfXdp, Some(v), _) => format!("af_xdp:{}", v.root_if()),
-        (Dev::Tap, _, Some(t)) => format!("tap:{t}"),
-        _ => unreachable!(),
-    };
-    let server = ServerProcess::builder(PYTHON)
+    // Dropped after the server (declared first): a memif bridge stops, the veth goes.
+    let mut device = StackDevice::new(dev, &cns, &subnet.cidr(1)).expect("the device");
+    let mut server = ServerProcess::builder(PYTHON)
         .args([py_file("blocking_server.py"), port.to_string()])
         .env("LD_PRELOAD", shim_lib())
         .env("MTCP_PORTS", format!("{port},{}", port + 1))
-        .env("MTCP_DEV", mtcp_dev)
+        .env("MTCP_DEV", device.mtcp_dev())
         .env("MTCP_ADDR", subnet.cidr(2))
         .ready_prefix("ready")
         .spawn()
         .expect("the server starts under the shim");
-    let dev_if = match (&veth, &tap) {
-        (Some(v), _) => v.root_if().to_string(),
-        (_, Some(t)) => t.clone(),
-        _ => unreachable!(),
-    };
-    if let Some(tap) = &tap {
-        // Once the server listens: the port has started (the tap goes with the namespace or
-        // with the server's exit).
-        cns.adopt_link(tap, &subnet.cidr(1))
-            .expect("tap moved into the namespace");
-    }
+    // Once the server listens: the tap moves into the clients' namespace, memif's bridge
+    // starts.
+    device
+        .attach(&cns, &subnet.cidr(1), &mut server)
+        .expect("the device attached");
+    let dev_if = device.kernel_if().to_string();
     run(
         format!("shim over {dev:?}"),
         Some(dev_if.as_str()),
@@ -367,4 +346,10 @@ fn a_blocking_thread_per_connection_server_over_tap_is_served_as_by_the_kernel()
 #[test]
 fn a_blocking_thread_per_connection_server_over_af_xdp_is_served_as_by_the_kernel() {
     same_as_the_kernel(Dev::AfXdp);
+}
+
+/// Over net_memif (mtcp-faultbridge as its NIC): no wake-up fd, the blocked threads nap.
+#[test]
+fn a_blocking_thread_per_connection_server_over_memif_is_served_as_by_the_kernel() {
+    same_as_the_kernel(Dev::Memif);
 }
