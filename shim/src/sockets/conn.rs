@@ -272,6 +272,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let int_back = match effect {
             Effect::WindowClamp => get(libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP),
             Effect::NotsentLowat => get(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
+            Effect::Linger2 => get(libc::IPPROTO_TCP, libc::TCP_LINGER2),
             _ => None,
         };
         let buffer = match effect {
@@ -305,6 +306,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             // An unsigned value: -1 (UINT_MAX) is no limit.
             Effect::NotsentLowat => {
                 stack.set_notsent_lowat(id, int_back.and_then(|v| usize::try_from(v).ok()))
+            }
+            // Seconds as the kernel reads them back (0 set reads tcp_fin_timeout); -1: no wait.
+            Effect::Linger2 => {
+                stack.set_fin_timeout(id, int_back.map(|v| Duration::from_secs(v.max(0) as u64)))
             }
             Effect::IpHeader => {
                 let (ttl, tos) = ip.unwrap_or((None, 0));

@@ -71,7 +71,8 @@ pub fn policy(level: c_int, name: c_int) -> Policy {
             | libc::TCP_CORK
             | libc::TCP_CONGESTION
             | libc::TCP_WINDOW_CLAMP
-            | libc::TCP_NOTSENT_LOWAT,
+            | libc::TCP_NOTSENT_LOWAT
+            | libc::TCP_LINGER2,
         ) => Policy::Mirror,
         (libc::IPPROTO_IP, libc::IP_TTL | libc::IP_TOS) => Policy::Mirror,
         // Linux applies TCP_MAXSEG at the handshake only (its mss_clamp): after it, the value
@@ -168,6 +169,8 @@ pub enum Effect {
     WindowClamp,
     /// TCP_NOTSENT_LOWAT, likewise.
     NotsentLowat,
+    /// TCP_LINGER2, likewise (seconds, -1 for a negative one).
+    Linger2,
     /// IP_TTL or IP_TOS: the IP header's fields as the identity socket holds them.
     IpHeader,
 }
@@ -212,6 +215,7 @@ impl ConnOpts {
             }
             (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP) => return Effect::WindowClamp,
             (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) => return Effect::NotsentLowat,
+            (libc::IPPROTO_TCP, libc::TCP_LINGER2) => return Effect::Linger2,
             (libc::SOL_SOCKET, libc::SO_SNDBUF | libc::SO_SNDBUFFORCE) => {
                 return Effect::SendBuffer
             }

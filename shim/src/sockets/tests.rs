@@ -855,7 +855,7 @@ fn options_go_to_the_kernel_socket_first_then_take_effect() {
     );
     // Accepted by the kernel, not honoured by the stack: fails as unsupported.
     assert_eq!(
-        n.s.setsockopt(fd, tcp, libc::TCP_LINGER2, &int(1)),
+        n.s.setsockopt(fd, tcp, libc::TCP_THIN_LINEAR_TIMEOUTS, &int(1)),
         Some(Err(libc::ENOPROTOOPT))
     );
     let kernel: Vec<_> = n
@@ -1022,12 +1022,17 @@ fn an_unsupported_option_leaves_the_identity_socket_unchanged() {
     n.listen_dual();
     let (_, fd) = n.connect(0);
     assert_eq!(
-        n.s.setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_LINGER2, &int(1)),
+        n.s.setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_THIN_LINEAR_TIMEOUTS,
+            &int(1)
+        ),
         Some(Err(libc::ENOPROTOOPT))
     );
     // The kernel's checks still come first.
     assert_eq!(
-        n.s.setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_LINGER2, &[1]),
+        n.s.setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, &[1]),
         Some(Err(libc::EINVAL))
     );
     let touched = n
@@ -1035,7 +1040,7 @@ fn an_unsupported_option_leaves_the_identity_socket_unchanged() {
         .borrow()
         .kernel_opts
         .iter()
-        .any(|o| (o.0, o.2) == (fd, libc::TCP_LINGER2));
+        .any(|o| (o.0, o.2) == (fd, libc::TCP_THIN_LINEAR_TIMEOUTS));
     assert!(
         !touched,
         "the identity socket holds the value of a failed call"

@@ -806,7 +806,7 @@ fn server(port: u16) {
         getsockopt_int(c, ip, libc::IP_TOS, "getsockopt(IP_TOS)");
         setsockopt_int(c, ip, libc::IP_TOS, 0, "setsockopt(IP_TOS 0)");
 
-        step("TCP_CONGESTION, TCP_WINDOW_CLAMP, TCP_NOTSENT_LOWAT, SO_PRIORITY and TCP_SYNCNT on a connection: taken and read back as Linux does, an unknown algorithm is ENOENT, a clamp of 0 EINVAL");
+        step("TCP_CONGESTION, TCP_WINDOW_CLAMP, TCP_NOTSENT_LOWAT, TCP_LINGER2, SO_PRIORITY and TCP_SYNCNT on a connection: taken and read back as Linux does, an unknown algorithm is ENOENT, a clamp of 0 EINVAL");
         set_name(
             c,
             tcp,
@@ -902,6 +902,16 @@ fn server(port: u16) {
             "getsockopt(SO_PRIORITY)",
         );
         setsockopt_int(c, tcp, libc::TCP_SYNCNT, 3, "setsockopt(TCP_SYNCNT 3)");
+        setsockopt_int(c, tcp, libc::TCP_LINGER2, 5, "setsockopt(TCP_LINGER2 5)");
+        getsockopt_int(c, tcp, libc::TCP_LINGER2, "getsockopt(TCP_LINGER2)");
+        setsockopt_int(c, tcp, libc::TCP_LINGER2, -1, "setsockopt(TCP_LINGER2 -1)");
+        getsockopt_int(
+            c,
+            tcp,
+            libc::TCP_LINGER2,
+            "getsockopt(TCP_LINGER2, negative)",
+        );
+        setsockopt_int(c, tcp, libc::TCP_LINGER2, 0, "setsockopt(TCP_LINGER2 0)");
 
         step("TCP_CORK holds a partial segment back until uncorked: TCP_INFO counts it as not sent, and the peer answers once it is uncorked");
         setsockopt_int(c, tcp, libc::TCP_CORK, 1, "setsockopt(TCP_CORK 1)");

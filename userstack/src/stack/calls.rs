@@ -465,6 +465,19 @@ impl<L: Link> Stack<L> {
         })
     }
 
+    /// TCP_LINGER2: how long the connection, once closed by the application, waits in FIN-WAIT-2
+    /// for the peer's FIN (`None`: 60 s, tcp_fin_timeout; zero: not at all, it is reset then,
+    /// as Linux does for a negative TCP_LINGER2).
+    pub fn set_fin_timeout(
+        &mut self,
+        id: ConnId,
+        t: Option<std::time::Duration>,
+    ) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.tuning.fin_timeout = t.map(|t| t.as_micros() as Micros);
+        Ok(())
+    }
+
     /// TCP_NOTSENT_LOWAT: writable, and a send takes more, only while fewer than `lowat`
     /// bytes wait unsent (`None`: no such limit, Linux's default).
     pub fn set_notsent_lowat(&mut self, id: ConnId, lowat: Option<usize>) -> Result<(), SockError> {

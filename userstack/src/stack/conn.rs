@@ -156,6 +156,9 @@ pub(super) struct Tuning {
     pub(super) ack_delay: Option<SDuration>,
     /// TCP_NOTSENT_LOWAT: at most this much queued and not yet sent.
     pub(super) notsent_lowat: Option<usize>,
+    /// TCP_LINGER2: how long an orphan waits in FIN-WAIT-2 for the peer's FIN (`None`:
+    /// tcp_fin_timeout's 60 s; 0: not at all, it is reset).
+    pub(super) fin_timeout: Option<Micros>,
     /// Any of SO_SNDBUF (lowered), TCP_CORK, TCP_NOTSENT_LOWAT is set: sends and readiness
     /// ask `send_room` (one test on every readiness check instead of three).
     pub(super) limited: bool,
@@ -532,6 +535,7 @@ impl<L: Link> Stack<L> {
                 quick: 0,
                 ack_delay: opts.ack_delay.map(to_sdur),
                 notsent_lowat: None,
+                fin_timeout: None,
                 limited: false,
             },
             cork: None,
@@ -723,7 +727,7 @@ impl<L: Link> Stack<L> {
             // (On to TIME-WAIT: that has its own end.)
             c.orphan_expires = None;
         } else if c.app_closed && c.orphan_expires.is_none() {
-            c.orphan_expires = Some(us + FIN_TIMEOUT_US);
+            c.orphan_expires = Some(us + c.tuning.fin_timeout.unwrap_or(FIN_TIMEOUT_US));
         }
         if state != prev {
             c.last_state = state;

@@ -400,6 +400,30 @@ fn an_orphan_in_fin_wait_2_is_freed_after_a_minute() {
     );
 }
 
+/// TCP_LINGER2 shortens the wait of an orphan in FIN-WAIT-2; a negative one (here zero) ends it
+/// at once with a reset, as on Linux.
+#[test]
+fn tcp_linger2_sets_how_long_an_orphan_waits_for_the_peers_fin() {
+    for (linger2, least, most) in [(5, 5, 6), (0, 0, 1)] {
+        let mut p = Pair::new();
+        let (_c, s) = p.connected(opts());
+        p.server
+            .set_fin_timeout(s, Some(std::time::Duration::from_secs(linger2)))
+            .unwrap();
+        p.server.close(s).unwrap();
+        p.run();
+        let start = p.now;
+        let freed =
+            server_alone_until(&mut p, Duration::from_secs(120), |st| st.connections() == 0)
+                .expect("freed within 2 minutes");
+        let after = freed - start;
+        assert!(
+            after >= Duration::from_secs(least) && after <= Duration::from_secs(most),
+            "TCP_LINGER2 {linger2}: freed after {after}"
+        );
+    }
+}
+
 /// A connection the application closed becomes a TIME-WAIT record once its last ACK is out:
 /// its socket (and buffers) serve the next connection, the record lasts Linux's 60 s, and no
 /// reset is sent on the way.
