@@ -234,6 +234,11 @@ impl Recovery {
         self.zero_since
     }
 
+    /// The window counts as shut from the next ACK that says so (nothing waited for it).
+    pub fn clear_zero_window(&mut self) {
+        self.zero_since = None;
+    }
+
     /// Since when data has been outstanding and the peer silent.
     pub fn silent_since(&self) -> Option<Micros> {
         self.silent_since

@@ -374,6 +374,7 @@ fn linger(mut s: MutexGuard<'static, super::Table>) {
         return;
     }
     let mut hold = None;
+    s.linger_wait(true);
     for (id, t) in list {
         let until = Instant::now().checked_add(t);
         loop {
@@ -395,6 +396,7 @@ fn linger(mut s: MutexGuard<'static, super::Table>) {
             }
         }
     }
+    s.linger_wait(false);
 }
 
 /// close_range(first, last) is about to close every fd in the range: our bookkeeping for those

@@ -369,6 +369,11 @@ impl SigHold {
         // internal ones), keeping the mask it had.
         unsafe {
             libc::sigfillset(&mut all);
+            // A fault (a copy into a write-protected page a garbage collector watches) must
+            // reach its handler at once: blocked, Linux would kill the process instead.
+            for sig in FAULTS {
+                libc::sigdelset(&mut all, sig);
+            }
             libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
         }
         SigHold { old }

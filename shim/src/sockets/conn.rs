@@ -161,6 +161,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             } => (*id, *family, *opts),
             Obj::Listener { family, .. } => {
                 let family = *family;
+                let unsupported_cc = (level, name) == (libc::IPPROTO_TCP, libc::TCP_CONGESTION)
+                    && options::congestion(value).is_none();
+                if unsupported_cc {
+                    // Its connections could not have it: as on a connection, ENOENT.
+                    return Some(match self.host.kernel_check(family, level, name, value) {
+                        Err(e) => Err(e),
+                        Ok(()) => Err(libc::ENOENT),
+                    });
+                }
                 if (level, name) == (libc::IPPROTO_TCP, libc::TCP_FASTOPEN) {
                     // The stack cannot take data in a SYN: as Linux fails for an option it
                     // does not support, after its own checks, changing nothing.

@@ -240,6 +240,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     /// epoll_ctl that queued a ready entry, a shutdown): a blocking call notes it when it
     /// finds nothing to do, and blocks only if it is unchanged when it registers as blocked.
     wakes: u64,
+    /// Threads in close() waiting for a lingering connection (`linger_wait`).
+    lingerers: usize,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -283,6 +285,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             deferred: Vec::new(),
             lingering: Vec::new(),
             wakes: 0,
+            lingerers: 0,
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
@@ -559,6 +562,8 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             if !self.nested.is_empty() {
                 self.ring_nested();
             }
+        } else if work && self.lingerers > 0 {
+            self.wake_waiters();
         }
         self.events = events;
         work
@@ -607,9 +612,6 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
     }
 
-    /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
-    /// fd was ours. A socket bound to a flagged port and never listening is not ours yet, but
-    /// its bind goes with it: the fd number's next socket starts afresh.
     /// Counts a change blocked threads must see, and wakes them.
     fn wake_waiters(&mut self) {
         self.wakes = self.wakes.wrapping_add(1);
@@ -619,6 +621,17 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// What `wakes` counted so far (see there).
     pub fn wakes(&self) -> u64 {
         self.wakes
+    }
+
+    /// A close() starts (`true`) or ends waiting for a lingering connection: while any does,
+    /// every poll that did work wakes the blocked threads, since a connection the application
+    /// closed gives no event when its FIN is acknowledged.
+    pub fn linger_wait(&mut self, on: bool) {
+        if on {
+            self.lingerers += 1;
+        } else {
+            self.lingerers = self.lingerers.saturating_sub(1);
+        }
     }
 
     /// Whether epoll set `epfd` has entries queued as ready (a thread about to block on it
@@ -647,6 +660,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             .is_some_and(|(state, ..)| matches!(state, S::FinWait1 | S::Closing | S::LastAck))
     }
 
+    /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
+    /// fd was ours. A socket bound to a flagged port and never listening is not ours yet, but
+    /// its bind goes with it: the fd number's next socket starts afresh.
     pub fn close(&mut self, fd: c_int) -> bool {
         self.binds.remove(&fd);
         let listener_port = match self.obj(fd) {

@@ -923,6 +923,11 @@ fn accepted_connections_inherit_the_listeners_options() {
         n.s.setsockopt(LISTEN_FD, sol, libc::SO_KEEPALIVE, &int(1)),
         Some(Ok(0))
     );
+    // A congestion control the stack does not have: refused on the listener as on a connection.
+    assert_eq!(
+        n.s.setsockopt(LISTEN_FD, tcp, libc::TCP_CONGESTION, b"bbr\0"),
+        Some(Err(libc::ENOENT))
+    );
     // A receive buffer (read back as 16 KiB: a request of 8 KiB, as Linux reads it).
     assert_eq!(
         n.s.setsockopt(LISTEN_FD, sol, libc::SO_RCVBUF, &int(16384)),

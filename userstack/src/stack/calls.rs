@@ -421,6 +421,8 @@ impl<L: Link> Stack<L> {
         let sock = c.sockets.get::<tcp::Socket>(c.handle);
         c.tuning.snd_cap = cap.filter(|&n| n < sock.send_capacity());
         c.note_limits();
+        c.recheck = true;
+        self.mark_dirty(id.slot);
         Ok(())
     }
 
@@ -484,6 +486,7 @@ impl<L: Link> Stack<L> {
         let c = self.conn_mut(id)?;
         c.tuning.notsent_lowat = lowat;
         c.note_limits();
+        c.recheck = true;
         // Writable again, or not: the readiness changes without a segment.
         self.mark_dirty(id.slot);
         Ok(())
@@ -564,6 +567,7 @@ impl<L: Link> Stack<L> {
             c.release_cork();
             c.cork = None;
             c.note_limits();
+            c.recheck = true;
         }
         self.mark_dirty(id.slot);
         Ok(())

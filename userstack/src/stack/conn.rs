@@ -122,6 +122,10 @@ pub(super) struct Conn {
     pub(super) tuning: Tuning,
     /// TCP_CORK on: the bytes held back.
     pub(super) cork: Option<Box<Cork>>,
+    /// An option changed what readiness the connection has (TCP_NOTSENT_LOWAT or SO_SNDBUF
+    /// lifted): its next poll compares it with what its application was told, without a
+    /// segment.
+    pub(super) recheck: bool,
     /// SO_RCVBUF lowered after the handshake: the window offered is that buffer's room.
     pub(super) clamp: Option<WinClamp>,
     /// Established, waiting for its first data before it is queued for accept (its listener's
@@ -271,7 +275,7 @@ impl Conn {
             .cap
             .saturating_sub(u32::try_from(queued).unwrap_or(u32::MAX))
             .min(w.window.unwrap_or(u32::MAX));
-        if room >= 2 * offered && room - offered >= seg as u32 {
+        if room >= 2 * offered && room - offered >= (seg as u32).min(w.cap / 2) {
             w.nudge = true;
         }
     }
@@ -539,6 +543,7 @@ impl<L: Link> Stack<L> {
                 limited: false,
             },
             cork: None,
+            recheck: false,
             clamp: None,
             deferred_until: None,
         };
@@ -755,6 +760,12 @@ impl<L: Link> Stack<L> {
         // Handshake results for connections still owned by their listener.
         if let Origin::Passive(port) = c.origin {
             match state {
+                tcp::State::Closed if c.deferred_until.is_some() => {
+                    // Reset while its accept was deferred (TCP_DEFER_ACCEPT): gone, as Linux
+                    // drops the request; the application never heard of it.
+                    self.free_conn(idx);
+                    return;
+                }
                 tcp::State::Closed if c.handshake.is_none() => {
                     // Reset while queued for accept: it stays queued, as on Linux, where accept
                     // hands it out and the first read says ECONNRESET (its error is set above).
@@ -802,7 +813,8 @@ impl<L: Link> Stack<L> {
                 self.free_conn(idx);
                 return;
             }
-        } else if rx.is_some() || state != prev {
+        } else if rx.is_some() || state != prev || c.tuning.limited || c.recheck {
+            c.recheck = false;
             // (Without a received segment or a change of state the readiness is what it was:
             // egress frees no buffer room and fills none, `send` records a full buffer itself,
             // and errors come with a change of state. The reply's poll of every request skips

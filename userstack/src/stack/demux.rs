@@ -156,6 +156,16 @@ impl<L: Link> Stack<L> {
                     c.rec
                         .on_segment(&tcp, payload, c.track.snd_max, now.total_micros() as Micros);
                 self.poll_conn(now, idx, Some(packet), self.in_rx_burst);
+                if let Some(c) = self.slots[idx as usize].conn.as_mut() {
+                    if c.rec.zero_window_since().is_some()
+                        && c.sockets.get::<tcp::Socket>(c.handle).send_queue() == 0
+                    {
+                        // A shut window with nothing waiting for it (the ACK just taken
+                        // emptied the buffer): TCP_USER_TIMEOUT's clock for it starts when
+                        // data waits (Linux: at the first window probe).
+                        c.rec.clear_zero_window();
+                    }
+                }
                 if retx {
                     self.provoke_fast_retransmit(now, idx);
                 }

@@ -462,3 +462,24 @@ fn a_closed_connection_waits_out_time_wait_as_a_record() {
         Some(0)
     );
 }
+
+/// TCP_USER_TIMEOUT's clock for a shut window runs only while data waits for it: a peer that
+/// shut its window while nothing was queued, long before the next write, is not given up on at
+/// once.
+#[test]
+fn a_window_shut_while_nothing_waits_starts_no_user_timeout_clock() {
+    let mut p = Pair::new();
+    let (_c, s) = p.connected(opts());
+    p.server
+        .set_user_timeout(s, Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // Exactly the client's 16 KiB window: all acknowledged, the window shut, nothing queued.
+    assert_eq!(p.server.send(s, &[1u8; 16 << 10]).unwrap(), 16 << 10);
+    p.run();
+    p.advance(Duration::from_secs(10), Duration::from_millis(100));
+    assert!(!p.server.readiness(s).unwrap().error);
+    // A write now waits behind the shut window: given up 5 s later, not at once.
+    p.server.send(s, b"x").unwrap();
+    p.advance(Duration::from_secs(1), Duration::from_millis(100));
+    assert!(!p.server.readiness(s).unwrap().error, "given up at once");
+}

@@ -408,3 +408,61 @@ fn defer_accept_queues_a_connection_at_its_first_data_or_after_the_time() {
     p.advance(Duration::from_millis(200), Duration::from_millis(100));
     assert!(p.server.accept(7777).is_ok(), "accepted after the deferral");
 }
+
+#[test]
+fn a_deferred_connection_reset_before_its_data_is_gone() {
+    let mut p = Pair::new();
+    let o = TcpOptions {
+        defer_accept: Some(std::time::Duration::from_secs(5)),
+        ..opts()
+    };
+    p.server.listen(7777, 16, o).unwrap();
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run();
+    assert_eq!(p.server.connections(), 1);
+    p.client.abort(c).unwrap();
+    p.run();
+    // Freed (its backlog place too), never to be accepted, and no timer of its left behind.
+    assert_eq!(p.server.connections(), 0);
+    assert!(p.server.accept(7777).is_err());
+    p.advance(Duration::from_secs(6), Duration::from_millis(100));
+    assert!(p.server.accept(7777).is_err());
+    assert!(p.server.next_deadline().is_none_or(|d| d > p.now));
+}
+
+#[test]
+fn lifting_notsent_lowat_makes_the_connection_writable_at_once() {
+    let mut p = Pair::new();
+    let big = TcpOptions {
+        sndbuf: 64 << 10,
+        ..opts()
+    };
+    p.server.listen(7777, 16, big).unwrap();
+    let _c = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run();
+    let (s, _) = p.server.accept(7777).unwrap();
+    p.server.set_notsent_lowat(s, Some(1000)).unwrap();
+    // 1,000 bytes wait unsent (no poll sends them): not writable.
+    while p.server.send(s, &[b'n'; 4096]).is_ok() {}
+    assert!(!p.server.readiness(s).unwrap().writable);
+    let mut ev = Vec::new();
+    p.server.take_events(&mut ev);
+    ev.clear();
+    // The mark lifted: the 64 KiB buffer has room, and a writer waiting for EPOLLOUT hears it
+    // at the next poll, without a segment from the peer.
+    p.server.set_notsent_lowat(s, None).unwrap();
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    p.server.take_events(&mut ev);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, crate::stack::Event::Conn(id, r) if *id == s && r.writable)),
+        "{ev:?}"
+    );
+}
