@@ -55,6 +55,7 @@ impl<L: Link> Stack<L> {
         if self.listeners.contains_key(&port) {
             return Err(SockError::AddrInUse);
         }
+        self.closed_ports.retain(|&p| p != port);
         let backlog = backlog.clamp(1, SOMAXCONN);
         self.listeners.insert(
             port,
@@ -80,6 +81,9 @@ impl<L: Link> Stack<L> {
         let Some(mut l) = self.listeners.remove(&port) else {
             return;
         };
+        if self.flows.is_some() && !self.closed_ports.contains(&port) {
+            self.closed_ports.push(port);
+        }
         let victims: Vec<u32> = self
             .slots
             .iter()

@@ -244,6 +244,12 @@ impl<L: Link> Stack<L> {
                 }
                 return;
             }
+            if self.closed_ports.contains(&dport) {
+                // A port this process gave up among processes sharing the device: another
+                // takes its share of the flows (see `closed_ports`).
+                self.net.stats_mut().steered_away += 1;
+                return;
+            }
         }
         // No connection wants it: smoltcp's control interface answers with RST (never to a RST),
         // unless another process sharing the device may own the connection.

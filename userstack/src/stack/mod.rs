@@ -109,6 +109,12 @@ pub struct Stack<L: Link> {
     bucket_conns: [u32; crate::steer::BUCKETS as usize],
     /// The connections of the processes sharing the device (steer.rs), if any.
     flows: Option<Box<dyn crate::steer::FlowRegistry>>,
+    /// Ports this process stopped listening on while it shares the device with others
+    /// (`flows`): a SYN for one is dropped, not refused. It comes in the moments before
+    /// another process takes this one's share of the flows (nginx's old workers close their
+    /// listeners on reload), and the client's retransmission finds the new owner, as on Linux,
+    /// where the listener lives on in the new workers and nobody is refused.
+    closed_ports: Vec<u16>,
     /// Closed sockets of freed connections, reused by new ones (`conn::SPARE_SOCKETS` at most).
     spare: Vec<(SocketSet<'static>, SocketHandle)>,
     /// Connections in TIME-WAIT that the application closed, by demux key: only their end
@@ -203,6 +209,7 @@ impl<L: Link> Stack<L> {
             steering: crate::steer::Steering::ALONE,
             bucket_conns: [0; crate::steer::BUCKETS as usize],
             flows: None,
+            closed_ports: Vec::new(),
             spare: Vec::new(),
             time_wait: HashMap::default(),
             time_wait_order: VecDeque::new(),

@@ -210,6 +210,40 @@ fn syns_of_buckets_another_process_takes_are_left_to_it() {
     );
 }
 
+/// A port this process stopped listening on while it shares the device with others (nginx's
+/// old worker on reload): a SYN that still reaches it is dropped, not refused, and its
+/// retransmission finds the process that took the flows over.
+#[test]
+fn a_syn_for_a_port_given_up_among_processes_is_dropped_not_refused() {
+    use crate::steer::Steering;
+    let mut p = Pair::new();
+    let opened = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    p.server.set_flow_registry(Box::new(Others {
+        theirs: Vec::new(),
+        opened,
+    }));
+    p.server.listen(6379, 16, opts()).unwrap();
+    p.server.unlisten(6379);
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(6379), opts())
+        .unwrap();
+    p.advance(Duration::from_millis(50), Duration::from_millis(1));
+    assert_eq!(p.server.stats().tcp_rst_sent, 0);
+    assert_eq!(
+        p.client.state(c).unwrap(),
+        smoltcp::socket::tcp::State::SynSent
+    );
+    // Listening again (here: the process that took over): the retransmitted SYN is served.
+    p.server.set_steering(Steering::ALONE, p.now);
+    p.server.listen(6379, 16, opts()).unwrap();
+    p.advance(Duration::from_millis(1500), Duration::from_millis(1));
+    assert_eq!(
+        p.client.state(c).unwrap(),
+        smoltcp::socket::tcp::State::Established
+    );
+}
+
 #[test]
 fn an_unknown_segment_is_reset_only_if_no_other_process_has_its_connection() {
     use crate::steer::Steering;
