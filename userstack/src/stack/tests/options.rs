@@ -331,8 +331,9 @@ fn tcp_window_clamp_bounds_every_window_offered() {
     assert_eq!(p.server.window_clamp(s).unwrap(), 16 << 10);
 }
 
-#[test]
-fn notsent_lowat_limits_what_waits_unsent() {
+/// A connection (client's end, server's end) whose server end has a 64 KiB send buffer and
+/// TCP_NOTSENT_LOWAT `lowat`; the client has 16 KiB and reads nothing.
+fn with_notsent_lowat(lowat: usize) -> (Pair, crate::stack::ConnId, crate::stack::ConnId) {
     let mut p = Pair::new();
     let big = TcpOptions {
         sndbuf: 64 << 10,
@@ -345,7 +346,13 @@ fn notsent_lowat_limits_what_waits_unsent() {
         .unwrap();
     p.run();
     let (s, _) = p.server.accept(7777).unwrap();
-    p.server.set_notsent_lowat(s, Some(1000)).unwrap();
+    p.server.set_notsent_lowat(s, Some(lowat)).unwrap();
+    (p, c, s)
+}
+
+#[test]
+fn notsent_lowat_limits_what_waits_unsent() {
+    let (mut p, c, s) = with_notsent_lowat(1000);
     // The client does not read: its 16 KiB window fills, then at most 1,000 bytes wait unsent.
     for _ in 0..10 {
         while p.server.send(s, &[b'n'; 4096]).is_ok() {}
@@ -435,19 +442,7 @@ fn a_deferred_connection_reset_before_its_data_is_gone() {
 
 #[test]
 fn lifting_notsent_lowat_makes_the_connection_writable_at_once() {
-    let mut p = Pair::new();
-    let big = TcpOptions {
-        sndbuf: 64 << 10,
-        ..opts()
-    };
-    p.server.listen(7777, 16, big).unwrap();
-    let _c = p
-        .client
-        .connect(p.now, p.server_addr(7777), opts())
-        .unwrap();
-    p.run();
-    let (s, _) = p.server.accept(7777).unwrap();
-    p.server.set_notsent_lowat(s, Some(1000)).unwrap();
+    let (mut p, _c, s) = with_notsent_lowat(1000);
     // 1,000 bytes wait unsent (no poll sends them): not writable.
     while p.server.send(s, &[b'n'; 4096]).is_ok() {}
     assert!(!p.server.readiness(s).unwrap().writable);
