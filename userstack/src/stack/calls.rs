@@ -665,10 +665,7 @@ impl<L: Link> Stack<L> {
         let pmtu = c.tuning.mtu;
         let advmss = pmtu.saturating_sub(40);
         let (path_mss, snd_mss) = c.mss();
-        let unacked = match (c.rec.snd_una(), c.track.snd_max) {
-            (Some(una), Some(max)) if crate::seq::seq_lt(una, max) => max.wrapping_sub(una),
-            _ => 0,
-        } as usize;
+        let unacked = c.unacked();
         let send_queue = sock.send_queue();
         Ok(TcpInfo {
             state: linux_state(sock.state()),

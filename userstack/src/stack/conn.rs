@@ -201,11 +201,17 @@ impl Conn {
     /// Bytes in smoltcp's send buffer not yet sent.
     pub(super) fn notsent(&self) -> usize {
         let queued = self.sockets.get::<tcp::Socket>(self.handle).send_queue();
-        let unacked = match (self.rec.snd_una(), self.track.snd_max) {
-            (Some(una), Some(max)) if crate::seq::seq_lt(una, max) => max.wrapping_sub(una),
+        queued.saturating_sub(self.unacked())
+    }
+
+    /// Sequence space sent and not yet acknowledged (a SYN or FIN counts one).
+    pub(super) fn unacked(&self) -> usize {
+        match (self.rec.snd_una(), self.track.snd_max) {
+            (Some(una), Some(max)) if crate::seq::seq_lt(una, max) => {
+                max.wrapping_sub(una) as usize
+            }
             _ => 0,
-        } as usize;
-        queued.saturating_sub(unacked)
+        }
     }
 
     /// Whether an option limits what may be queued below the send buffer (SO_SNDBUF,
