@@ -26,25 +26,40 @@ pub fn py_file(name: &str) -> String {
 }
 
 /// One of process `pid`'s stack counters, as `mtcprun stats PID` prints it (e.g.
-/// "conns_opened").
+/// "conns_opened"), from a publication made after this call began: it shows everything the
+/// caller saw happen before the call (the stack publishes within milliseconds of its work).
 pub fn stack_counter(pid: u32, name: &str) -> u64 {
     let bin = crate::built_artifact("mtcprun", "MTCPRUN_BIN");
-    let out = std::process::Command::new(&bin)
-        .args(["stats", &pid.to_string()])
-        .output()
-        .expect("mtcprun runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| {
+    let start = Instant::now();
+    loop {
+        let asked = start.elapsed();
+        let out = std::process::Command::new(&bin)
+            .args(["stats", &pid.to_string()])
+            .output()
+            .expect("mtcprun runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // "pid N (comm): stack up S s, published A ms ago"
+        let age_ms: Option<f64> = text
+            .lines()
+            .next()
+            .and_then(|l| l.split("published ").nth(1))
+            .and_then(|r| r.split_whitespace().next()?.parse().ok());
+        let value = text.lines().find_map(|l| {
             let mut w = l.split_whitespace();
-            (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no counter {name} in `mtcprun stats`: {text}{}",
+            (w.next() == Some(name)).then(|| w.next()?.parse::<u64>().ok())?
+        });
+        match (age_ms, value) {
+            // Rounded to 0.1 ms: 0.1 ms of slack.
+            (Some(a), Some(v)) if a <= asked.as_secs_f64() * 1e3 + 0.1 => return v,
+            (Some(_), Some(_)) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            _ => panic!(
+                "no counter {name} published after the call in `mtcprun stats`: {text}{}",
                 String::from_utf8_lossy(&out.stderr)
-            )
-        })
+            ),
+        }
+    }
 }
 
 /// Which DPDK device carries the stack.

@@ -5,7 +5,8 @@
 //! use), the connection counts by TCP state and the listeners' queues into the mapped file. The
 //! counts by state are kept up to date where a connection changes state (`StateCounts`), so a
 //! publication never walks the connections; the listener table walks the listeners (a handful).
-//! A poll that found no work publishes only if the last publication is [`IDLE_INTERVAL`] old:
+//! A poll that found no work publishes only if work since the last publication is not shown yet
+//! or the last publication is [`IDLE_INTERVAL`] old:
 //! an idle loop on a device without a wake-up fd (memif) polls after every nap, ~500 times a
 //! second, and publishing each time (the device's counters, the mempool's use) was a quarter of
 //! its CPU. While a loop sleeps nothing is published: the shim's keeper thread polls an idle
@@ -109,15 +110,24 @@ pub(super) struct Shm {
     slept: bool,
     /// When the last publication was.
     last_us: Micros,
+    /// A poll found work the file does not show yet (it came within [`INTERVAL`] of the last
+    /// publication): the next poll publishes once the interval is over, work or not.
+    unpublished: bool,
 }
 
 impl Shm {
     /// Whether to publish now after a poll that did (`work`) or did not find work: one
-    /// comparison, false when not publishing.
+    /// comparison, false when not publishing. Work that is not published at once is published
+    /// by the first poll after [`INTERVAL`], so the file trails the stack by at most the time
+    /// to the next poll (an idle stack is polled at least every 10 ms).
     #[inline]
-    pub(super) fn due(&self, now_us: Micros, work: bool) -> bool {
-        self.writer.as_ref().is_some_and(|w| w.due(now_us))
-            && (work || now_us >= self.last_us + IDLE_INTERVAL_US)
+    pub(super) fn due(&mut self, now_us: Micros, work: bool) -> bool {
+        let allowed = self.writer.as_ref().is_some_and(|w| w.due(now_us));
+        if !allowed {
+            self.unpublished |= work;
+            return false;
+        }
+        work || self.unpublished || now_us >= self.last_us + IDLE_INTERVAL_US
     }
 
     /// After the receive burst of a poll: a sleep that ended with frames is a wake-up.
@@ -191,6 +201,7 @@ impl<L: Link> Stack<L> {
     /// Copies every value into the statistics file (no allocation, no system call).
     pub(super) fn publish(&mut self, now_us: Micros) {
         self.shm.last_us = now_us;
+        self.shm.unpublished = false;
         let stats = self.stats();
         let link = self.net.link().counters();
         let mut values = [0u64; VALUES];
@@ -218,5 +229,43 @@ impl<L: Link> Stack<L> {
         if let Some(w) = self.shm.writer.as_mut() {
             w.publish(now_us, &values, &table[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work that comes within [`INTERVAL`] of a publication is published by the first poll
+    /// after it, also one that finds no work: `mtcprun stats` shows a connection the stack
+    /// accepted while the application sleeps.
+    #[test]
+    fn work_within_the_interval_is_published_by_the_next_poll() {
+        let path = std::env::temp_dir().join(format!("mtcpshim-due-{}", std::process::id()));
+        let names = value_names();
+        let writer = Writer::create_at(&path, &names, INTERVAL, 0).expect("writer");
+        let mut shm = Shm {
+            writer: Some(writer),
+            ..Shm::default()
+        };
+        let interval = INTERVAL.as_micros() as Micros;
+        let mut publish = |shm: &mut Shm, now: Micros| {
+            shm.last_us = now;
+            shm.unpublished = false;
+            shm.writer.as_mut().unwrap().publish(now, &[], &[]);
+        };
+        publish(&mut shm, 1_000);
+        // Work, too soon: not now, and an idle poll before the interval is over: not either.
+        assert!(!shm.due(1_000 + interval / 2, true));
+        assert!(!shm.due(1_000 + interval - 1, false));
+        // The first poll after it publishes, though it found no work.
+        assert!(shm.due(1_000 + interval, false));
+        publish(&mut shm, 1_000 + interval);
+        // Nothing new: idle polls wait for the idle interval.
+        let t = 1_000 + interval;
+        assert!(!shm.due(t + 2 * interval, false));
+        assert!(shm.due(t + IDLE_INTERVAL_US, false));
+        drop(shm);
+        assert!(!path.exists() || std::fs::remove_file(&path).is_ok());
     }
 }
