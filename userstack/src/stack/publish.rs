@@ -249,7 +249,7 @@ mod tests {
             ..Shm::default()
         };
         let interval = INTERVAL.as_micros() as Micros;
-        let mut publish = |shm: &mut Shm, now: Micros| {
+        let publish = |shm: &mut Shm, now: Micros| {
             shm.last_us = now;
             shm.unpublished = false;
             shm.writer.as_mut().unwrap().publish(now, &[], &[]);
