@@ -187,20 +187,22 @@ impl EpollSet {
     }
 
     /// The socket's readiness may have changed (data arrived, buffer space freed, state
-    /// changed). For EPOLLET entries this is the edge that allows one more report.
-    pub fn notify(&mut self, key: i32, now: Readiness) {
-        self.consider(key, bits(now));
+    /// changed). For EPOLLET entries this is the edge that allows one more report. Returns
+    /// whether the entry was queued as ready by this call (a waiter on the set must look).
+    pub fn notify(&mut self, key: i32, now: Readiness) -> bool {
+        self.consider(key, bits(now))
     }
 
-    fn consider(&mut self, key: i32, now: u32) {
+    fn consider(&mut self, key: i32, now: u32) -> bool {
         let Some(e) = self.entries.get_mut(&key) else {
-            return;
+            return false;
         };
         if e.disabled || e.queued || !wanted(e.events, now) {
-            return;
+            return false;
         }
         e.queued = true;
         self.ready.push_back((key, e.gen));
+        true
     }
 
     /// Whether entries are queued as ready (maybe stale: a wait looks at each again).

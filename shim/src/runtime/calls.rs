@@ -10,8 +10,8 @@ use libc::{c_int, sigset_t};
 use userstack::SockError;
 
 use super::wait::{
-    after_block, block_for, block_on, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
-    private_epoll, restarts, wait_once, woke_for_work, SigHold, Waited, IN_LOOP,
+    after_block, block_for, block_in, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
+    restarts, wait_once, woke_for_work, SigHold, Waited, IN_LOOP,
 };
 use super::{child, config, kwait, shim, with};
 use crate::sockets::{Accepted, Answer, Io, PollKind};
@@ -107,7 +107,8 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
     let mut hold = None;
     loop {
         // (What blocked threads were last woken for, as this attempt saw it.)
-        let (accepted, seen) = with(|s| s.accept(fd, flags).map(|r| (r, s.wakes())))?;
+        let (accepted, seen, key) =
+            with(|s| s.accept(fd, flags).map(|r| (r, s.wakes(), s.key_of(fd))))?;
         let kernel = match accepted {
             Ok(Accepted::Conn { fd, peer }) => return Some(Ok((fd, peer))),
             Ok(Accepted::Empty { kernel }) => kernel,
@@ -130,7 +131,9 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
         let timeout = *deadline.get_or_insert_with(|| timeout_of(fd, libc::SO_RCVTIMEO));
         let until = timeout.map(|(at, _)| at);
         let mask = hold.get_or_insert_with(SigHold::new).mask();
-        match wait_once(kernel.then_some(fd), until, mask, |s| s.wakes() != seen) {
+        match wait_once(key, kernel.then_some(fd), until, mask, |s| {
+            s.wakes() != seen
+        }) {
             Waited::Again => {}
             Waited::TimedOut => return Some(Err(libc::EAGAIN)),
             Waited::Interrupted if restarts(timeout.is_some()) => {}
@@ -285,13 +288,13 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
         if s.pump() {
             continue;
         }
-        let seen = s.wakes();
+        let (seen, key) = (s.wakes(), s.key_of(fd));
         drop(s);
         let until = *call
             .deadline
             .get_or_insert_with(|| t.timeout.and_then(|d| Instant::now().checked_add(d)));
         let mask = call.hold.get_or_insert_with(SigHold::new).mask();
-        match wait_once(None, until, mask, |s| s.wakes() != seen) {
+        match wait_once(key, None, until, mask, |s| s.wakes() != seen) {
             Waited::Again => {}
             Waited::TimedOut => {
                 call.ended = true;
@@ -386,7 +389,7 @@ fn linger(mut s: MutexGuard<'static, super::Table>) {
             }
             drop(s);
             let mask = hold.get_or_insert_with(SigHold::new).mask();
-            let w = wait_once(None, until, mask, |s| !s.lingers(id));
+            let w = wait_once(None, None, until, mask, |s| !s.lingers(id));
             s = match shim() {
                 Some(s) => s,
                 None => return,
@@ -614,6 +617,8 @@ pub fn epoll_wait(
     let mut kernel_quiet = false;
     let mut kernel_first = false;
     let mut hold = None;
+    // The set's entry index and uid, for blocking.
+    let mut ids = None;
     loop {
         // Our fds first (or the kernel's, alternately, so neither kind starves the other).
         let mut n = {
@@ -665,27 +670,21 @@ pub fn epoll_wait(
             continue;
         }
         turn.release();
-        // Block: on a private epoll holding the application's epoll fd and the wake-up fd.
-        let Some(b) = prepare_block(&mut last_work, |s| s.epoll_has_queued(epfd)) else {
-            continue;
-        };
-        let wake = b.wake;
-        let outer = shim().and_then(|mut s| s.private_epoll(epfd, || private_epoll(epfd, wake)));
-        let Some(outer) = outer else {
+        // Block: in this thread's epoll instance, which holds the application's epoll fd, the
+        // device's wake-up fd and the thread's eventfd.
+        if ids.is_none() {
+            ids = shim().and_then(|mut s| s.epoll_ids(epfd));
+        }
+        let Some((key, uid)) = ids else {
             // Another thread closed the epoll fd meanwhile.
-            after_block(false, &b);
             return None;
         };
-        // Naps are microseconds, below epoll_wait's resolution: ppoll on the private epoll
-        // (readable while it has events) for every block.
-        // Without a private epoll (it could not be created: EMFILE) the application's kernel
-        // fds and the device are not watched: block no longer than a short nap.
-        let mut t = block_for(deadline, &b);
-        if outer < 0 {
-            t = t.min(Duration::from_millis(1));
-        }
+        let Some(b) = prepare_block(&mut last_work, Some(key), |s| s.epoll_has_queued(epfd)) else {
+            continue;
+        };
+        let t = block_for(deadline, &b);
         let hold = hold.get_or_insert_with(SigHold::new);
-        let (r, notified) = block_on(outer, t, mask_or(sigmask, hold));
+        let (r, notified) = block_in(b.wake, Some((epfd, uid)), t, mask_or(sigmask, hold));
         let err = crate::errno::get();
         after_block(notified, &b);
         if r < 0 && err == libc::EINTR {
@@ -782,7 +781,7 @@ pub fn poll(
             continue;
         }
         turn.release();
-        let Some(b) = prepare_block(&mut last_work, |s| s.wakes() != seen) else {
+        let Some(b) = prepare_block(&mut last_work, None, |s| s.wakes() != seen) else {
             continue;
         };
         let wake = b.wake;

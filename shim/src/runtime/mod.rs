@@ -172,9 +172,9 @@ impl Host<DpdkLink> for Proc {
     }
 
     #[inline]
-    fn wake_waiters(&mut self) {
+    fn wake_waiters(&mut self, only: Option<&[u32]>) {
         if BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
-            notify_waiters();
+            notify_waiters(only);
         }
     }
 }
@@ -274,7 +274,7 @@ fn start_keeper() {
                     continue;
                 }
                 if s.pump() {
-                    notify_waiters();
+                    notify_waiters(None);
                 }
             }
         });

@@ -1,11 +1,18 @@
 //! Waiting: how a thread blocked in our epoll_wait/poll sleeps and who wakes it.
 //!
-//! A waiter polls the stack, spins MTCP_SPIN_US after work, then blocks (ppoll) on what can
-//! make work for it: its own kernel fds (through a private epoll holding the application's
-//! epoll fd, or the poll array), the device's wake-up fd, and its own eventfd, which other
-//! threads write when they make work for it. On a device without a wake-up fd (net_memif) the
-//! block is a nap (20 µs doubling to MTCP_IDLE_SLEEP_US). While frames wait for room in the
-//! device's ring it does not block at all (`TxWait`).
+//! A waiter polls the stack, spins MTCP_SPIN_US after work, then blocks on what can make work
+//! for it: its own kernel fds (the application's epoll fd, or the poll array), the device's
+//! wake-up fd, and its own eventfd, which other threads write when they make work for it. On a
+//! device without a wake-up fd (net_memif) the block is a nap (20 µs doubling to
+//! MTCP_IDLE_SLEEP_US). While frames wait for room in the device's ring it does not block at
+//! all (`TxWait`).
+//!
+//! Threads of a pool do not all wake for every frame: a thread blocked in epoll_wait or in a
+//! blocking socket call blocks in an epoll instance of its own, which holds the device's
+//! wake-up fd with EPOLLEXCLUSIVE, so the kernel wakes one of them per frame; the one woken
+//! polls the stack and wakes, through their eventfds, only the threads whose epoll set or
+//! socket the poll gave something (`WaitKey`). A thread blocked in poll()/select() is woken for
+//! any delivery.
 //!
 //! Writes inside an event-loop iteration may leave together at its end (`defer_tx`): one
 //! transmit burst per iteration.
@@ -27,36 +34,120 @@ use super::{config, in_child, shim, Table};
 /// napping on a device without one: they wake for frames (or within a nap) and for the stack's
 /// next timer themselves, so the keeper has nothing to do.
 pub(super) static BLOCKED_WAITERS: AtomicUsize = AtomicUsize::new(0);
-/// The eventfds of the threads blocked in our waits, one each: `notify_waiters` writes them all
-/// when another thread made work for them (its poll delivered events, an epoll_ctl queued an
-/// entry, a shutdown, frames left waiting). One eventfd shared by all waiters could not wake
+/// What a blocked thread waits for, so that a delivery wakes only the threads it concerns: an
+/// object of the socket table (`Sockets::key_of`: the epoll set of an epoll_wait, the socket
+/// of a blocking recv/send/accept), or `None`: anything (poll, select, a lingering close).
+pub(super) type WaitKey = Option<u32>;
+
+/// The threads blocked in our waits: each one's eventfd and what it waits for.
+/// `notify_waiters` writes the eventfds of those another thread made work for (its poll
+/// delivered events to their sets or sockets, an epoll_ctl queued an entry, a shutdown), or of
+/// all (frames left waiting for the device). One eventfd shared by all waiters could not wake
 /// several: the first to drain it hid the wake-up from the others.
-static WAITER_FDS: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
-/// Eventfds of threads that exited, for the next thread that blocks.
-static SPARE_FDS: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+static WAITER_FDS: Mutex<Vec<(c_int, WaitKey)>> = Mutex::new(Vec::new());
+/// The waiting means of threads that exited, for the next thread that blocks.
+static SPARE_FDS: Mutex<Vec<Waiter>> = Mutex::new(Vec::new());
 
-/// A thread's own wake-up eventfd, handed back to `SPARE_FDS` when the thread exits.
-struct ThreadEventfd(c_int);
+/// Tags of the entries of a thread's epoll instance.
+const TAG_SET: u64 = 0;
+const TAG_WAKE: u64 = 1;
+const TAG_EFD: u64 = 2;
 
-impl Drop for ThreadEventfd {
+/// A thread's means of blocking: its eventfd, which other threads write when they make work
+/// for it, and its epoll instance, which holds that eventfd, the device's wake-up fd (with
+/// EPOLLEXCLUSIVE: a frame wakes one of the threads blocked on it) and the application's epoll
+/// set the thread last waited on (its fd and `Obj::Epoll`'s uid).
+#[derive(Clone, Copy)]
+struct Waiter {
+    efd: c_int,
+    ep: c_int,
+    wake: c_int,
+    set: Option<(c_int, u64)>,
+}
+
+impl Waiter {
+    fn new() -> Waiter {
+        // SAFETY: plain eventfd and epoll creation; the eventfd joins the epoll instance.
+        unsafe {
+            let efd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+            let mut ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            if ep >= 0 && efd >= 0 {
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: TAG_EFD,
+                };
+                if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev) != 0 {
+                    libc::close(ep);
+                    ep = -1;
+                }
+            }
+            Waiter {
+                efd,
+                ep,
+                wake: -1,
+                set: None,
+            }
+        }
+    }
+
+    /// Makes the epoll instance hold `wake` and the application's set `set` (and no other).
+    /// False if it cannot: the caller blocks briefly without it.
+    fn hold(&mut self, wake: Option<c_int>, set: Option<(c_int, u64)>) -> bool {
+        if self.ep < 0 {
+            return false;
+        }
+        let add = |fd: c_int, events: u32, tag: u64| {
+            let mut ev = libc::epoll_event { events, u64: tag };
+            // SAFETY: adding a live fd to our own epoll instance.
+            unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) == 0 }
+        };
+        if let Some(w) = wake.filter(|&w| w != self.wake) {
+            let exclusive = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+            if !add(w, exclusive, TAG_WAKE) {
+                return false;
+            }
+            self.wake = w;
+        }
+        if set != self.set {
+            if let Some((old, _)) = self.set.take() {
+                // SAFETY: removing an entry of our own epoll instance (ENOENT if the kernel
+                // removed it when the set was closed).
+                unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_DEL, old, std::ptr::null_mut()) };
+            }
+            if let Some((fd, _)) = set {
+                if !add(fd, libc::EPOLLIN as u32, TAG_SET) {
+                    return false;
+                }
+            }
+            self.set = set;
+        }
+        true
+    }
+}
+
+/// A thread's [`Waiter`], handed back to `SPARE_FDS` when the thread exits.
+struct ThreadWaiter(Cell<Waiter>);
+
+impl Drop for ThreadWaiter {
     fn drop(&mut self) {
         // (In a forked child the lock may have been copied held: leave it alone.)
-        if self.0 >= 0 && !in_child() {
+        let w = self.0.get();
+        if w.efd >= 0 && !in_child() {
             if let Ok(mut v) = SPARE_FDS.lock() {
-                v.push(self.0);
+                v.push(w);
             }
         }
     }
 }
 
 thread_local! {
-    static WAKE_EFD: ThreadEventfd = ThreadEventfd({
-        let spare = SPARE_FDS.lock().ok().and_then(|mut v| v.pop());
-        // SAFETY: plain eventfd creation.
-        spare.unwrap_or_else(|| unsafe {
-            libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-        })
-    });
+    static WAITER: ThreadWaiter = ThreadWaiter(Cell::new(
+        SPARE_FDS
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_else(Waiter::new),
+    ));
     /// Whether this thread is between a wait of ours that returned events and its next wait:
     /// an event loop's iteration, at whose end the thread comes back to wait.
     pub(super) static IN_LOOP: Cell<bool> = const { Cell::new(false) };
@@ -71,16 +162,23 @@ thread_local! {
 
 /// This thread's wake-up eventfd (-1 if it has none).
 pub(super) fn my_eventfd() -> c_int {
-    WAKE_EFD.try_with(|e| e.0).unwrap_or(-1)
+    WAITER.try_with(|w| w.0.get().efd).unwrap_or(-1)
 }
 
-/// Wakes the threads blocked in our waits (each one's eventfd).
-pub(super) fn notify_waiters() {
+/// Wakes the threads blocked in our waits (each one's eventfd): those waiting for one of the
+/// objects in `only`, and those waiting for anything; all if `only` is `None`.
+pub(super) fn notify_waiters(only: Option<&[u32]>) {
     let Ok(fds) = WAITER_FDS.lock() else { return };
-    for &fd in fds.iter() {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to our own eventfd.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    for &(fd, key) in fds.iter() {
+        let concerned = match (only, key) {
+            (Some(objs), Some(k)) => objs.contains(&k),
+            _ => true,
+        };
+        if concerned {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes to our own eventfd.
+            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        }
     }
 }
 
@@ -164,13 +262,15 @@ fn nap(limit: Duration, link_down: bool) -> Duration {
 
 /// Before a waiter blocks: `prepare`. `None`: poll again instead of blocking (after work, with
 /// `last_work` now, so the caller spins; after a wait for the device's ring, without).
-/// `ready` says, under the table's lock, whether what the waiter waits for is there already
-/// (another thread's poll delivered it after the waiter last looked and before it registered).
+/// `key` is what the waiter waits for (other threads wake it when they deliver to it); `ready`
+/// says, under the table's lock, whether that is there already (another thread's poll
+/// delivered it after the waiter last looked and before it registered).
 pub(super) fn prepare_block(
     last_work: &mut Instant,
+    key: WaitKey,
     ready: impl FnOnce(&mut Table) -> bool,
 ) -> Option<Blocking> {
-    match prepare(ready) {
+    match prepare(key, ready) {
         Prep::Block(b) => Some(b),
         Prep::Work => {
             *last_work = Instant::now();
@@ -203,7 +303,7 @@ const NOT_COUNTED: Blocking = Blocking {
 /// Arms the device's wake-up fd and counts the thread as blocked, unless frames arrived
 /// meanwhile or wait for room in the device, or what the thread waits for came meanwhile
 /// (`ready`): other threads' polls wake only the threads counted here, under the same lock.
-fn prepare(ready: impl FnOnce(&mut Table) -> bool) -> Prep {
+fn prepare(key: WaitKey, ready: impl FnOnce(&mut Table) -> bool) -> Prep {
     let Some(mut s) = shim() else {
         return Prep::Block(NOT_COUNTED);
     };
@@ -241,7 +341,7 @@ fn prepare(ready: impl FnOnce(&mut Table) -> bool) -> Prep {
     let me = my_eventfd();
     if me >= 0 {
         if let Ok(mut v) = WAITER_FDS.lock() {
-            v.push(me);
+            v.push((me, key));
         }
     }
     Prep::Block(Blocking {
@@ -269,7 +369,7 @@ pub(super) fn after_block(notified: bool, b: &Blocking) {
     if b.counted {
         last = BLOCKED_WAITERS.fetch_sub(1, Ordering::Relaxed) == 1;
         if let Ok(mut v) = WAITER_FDS.lock() {
-            if let Some(i) = v.iter().position(|&fd| fd == me) {
+            if let Some(i) = v.iter().position(|&(fd, _)| fd == me) {
                 v.swap_remove(i);
             }
         }
@@ -281,26 +381,74 @@ pub(super) fn after_block(notified: bool, b: &Blocking) {
     }
 }
 
-/// Blocks on `fd` (readable) and this thread's wake-up eventfd for at most `t`, with the
-/// caller's signal mask. Returns ppoll's result and whether the eventfd was written.
-pub(super) fn block_on(fd: c_int, t: Duration, sigmask: *const libc::sigset_t) -> (c_int, bool) {
-    let me = my_eventfd();
-    let mut p = [
-        libc::pollfd {
+/// Blocks in this thread's epoll instance for at most `t`, with the caller's signal mask: until
+/// its eventfd is written, the application's epoll set `set` (fd, uid) has kernel events, or a
+/// frame arrives for which the kernel picks this thread among those blocked on the device's
+/// wake-up `wake`. Returns the wait's result (events, 0, or -1 with errno) and whether the
+/// eventfd was written. Without an epoll instance of its own (EMFILE) the thread blocks at
+/// most a millisecond on the device and its eventfd alone.
+pub(super) fn block_in(
+    wake: Option<c_int>,
+    set: Option<(c_int, u64)>,
+    t: Duration,
+    sigmask: *const sigset_t,
+) -> (c_int, bool) {
+    let Ok(mut w) = WAITER.try_with(|w| w.0.get()) else {
+        return (0, false);
+    };
+    let held = w.hold(wake, set);
+    let _ = WAITER.try_with(|c| c.0.set(w));
+    if !held {
+        let watch = |fd: c_int| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        },
-        libc::pollfd {
-            fd: me,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let n = if me >= 0 { 2 } else { 1 };
-    // SAFETY: a local array of `n` pollfds; the caller's signal mask while blocked.
-    let r = unsafe { libc::ppoll(p.as_mut_ptr(), n, &clock::timespec(t), sigmask) };
-    (r, me >= 0 && p[1].revents != 0)
+        };
+        let mut p = [watch(wake.unwrap_or(-1)), watch(w.efd)];
+        let ts = clock::timespec(t.min(Duration::from_millis(1)));
+        // SAFETY: a local array of two pollfds (a negative fd is ignored); the caller's mask.
+        let r = unsafe { libc::ppoll(p.as_mut_ptr(), 2, &ts, sigmask) };
+        return (r, w.efd >= 0 && p[1].revents != 0);
+    }
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 3];
+    let r = epoll_pwait2(w.ep, &mut evs, t, sigmask);
+    let notified = r > 0 && evs[..r as usize].iter().any(|e| e.u64 == TAG_EFD);
+    (r, notified)
+}
+
+/// epoll_pwait2 (a timeout in nanoseconds: naps are microseconds); epoll_pwait with the timeout
+/// rounded up to a millisecond on kernels before 5.11.
+fn epoll_pwait2(
+    ep: c_int,
+    evs: &mut [libc::epoll_event],
+    t: Duration,
+    sigmask: *const sigset_t,
+) -> c_int {
+    static OLD_KERNEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let n = evs.len() as c_int;
+    if !OLD_KERNEL.load(Ordering::Relaxed) {
+        let ts = clock::timespec(t);
+        // SAFETY: epoll_pwait2(2) on our epoll instance, a local array of `n` events, the
+        // caller's signal mask (the kernel's sigset size).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                ep,
+                evs.as_mut_ptr(),
+                n,
+                &ts,
+                sigmask,
+                crate::raw::NSIG_BYTES,
+            )
+        } as c_int;
+        if r >= 0 || crate::errno::get() != libc::ENOSYS {
+            return r;
+        }
+        OLD_KERNEL.store(true, Ordering::Relaxed);
+    }
+    let ms = t.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int;
+    // SAFETY: as above, with a timeout in milliseconds.
+    unsafe { libc::epoll_pwait(ep, evs.as_mut_ptr(), n, ms, sigmask) }
 }
 
 /// How long to block: the earlier of the caller's deadline and the next stack timer (an hour
@@ -316,28 +464,6 @@ pub(super) fn block_for(deadline: Option<Instant>, b: &Blocking) -> Duration {
         wait = nap(wait, b.link_down);
     }
     wait
-}
-
-/// A private epoll instance for blocking on the application's epoll fd (data 0) and the
-/// device's wake-up fd (1); the thread's own eventfd is polled beside it (`block_on`).
-pub(super) fn private_epoll(epfd: c_int, wake: Option<c_int>) -> c_int {
-    // SAFETY: creating and filling our own epoll instance.
-    unsafe {
-        let o = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-        if o < 0 {
-            return o;
-        }
-        for (fd, tag) in [(Some(epfd), 0u64), (wake, 1)] {
-            if let Some(fd) = fd {
-                let mut ev = libc::epoll_event {
-                    events: libc::EPOLLIN as u32,
-                    u64: tag,
-                };
-                libc::epoll_ctl(o, libc::EPOLL_CTL_ADD, fd, &mut ev);
-            }
-        }
-        o
-    }
 }
 
 // ------------------------------------------------------------------ blocking socket calls
@@ -393,12 +519,13 @@ impl Drop for SigHold {
     }
 }
 
-/// One wait of a blocking recv/send/accept: until a frame arrives from the device, another
-/// thread makes work for this one (its eventfd), `kernel_fd` becomes readable (a dual
-/// listener's kernel side), the stack's next timer, or `deadline`; a signal the thread's own
-/// mask lets through (`mask`, a [`SigHold`]'s) ends it. On a device without a wake-up fd the
-/// wait is one of the thread's naps.
+/// One wait of a blocking recv/send/accept on `key`: until a frame arrives from the device (and
+/// the kernel picks this thread), another thread makes work for this one (its eventfd),
+/// `kernel_fd` becomes readable (a dual listener's kernel side), the stack's next timer, or
+/// `deadline`; a signal the thread's own mask lets through (`mask`, a [`SigHold`]'s) ends it.
+/// On a device without a wake-up fd the wait is one of the thread's naps.
 pub(super) fn wait_once(
+    key: WaitKey,
     kernel_fd: Option<c_int>,
     deadline: Option<Instant>,
     mask: *const sigset_t,
@@ -408,9 +535,20 @@ pub(super) fn wait_once(
         return Waited::TimedOut;
     }
     let mut last_work = Instant::now();
-    let Some(b) = prepare_block(&mut last_work, ready) else {
+    let Some(b) = prepare_block(&mut last_work, key, ready) else {
         return Waited::Again;
     };
+    if kernel_fd.is_none() {
+        let t = block_for(deadline, &b);
+        let (r, notified) = block_in(b.wake, None, t, mask);
+        let err = crate::errno::get();
+        after_block(notified, &b);
+        return if r < 0 && err == libc::EINTR {
+            Waited::Interrupted
+        } else {
+            Waited::Again
+        };
+    }
     let me = my_eventfd();
     let watch = |fd: Option<c_int>| libc::pollfd {
         fd: fd.unwrap_or(-1),

@@ -124,7 +124,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let (Some(i), Ok(r)) = (self.index_of(fd), ready) {
             self.notify_entry_with(i, r);
         }
-        self.wake_waiters();
+        self.wake_touched();
         Some(result)
     }
 

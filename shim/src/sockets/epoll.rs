@@ -1,7 +1,6 @@
 //! epoll instances that watch our fds: epoll_ctl, and one pass of epoll_wait over our fds.
 
 use libc::c_int;
-use userstack::epoll::EpollSet;
 use userstack::link::Link;
 
 use super::{Answer, Host, Obj, Sockets};
@@ -44,12 +43,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             if let Err(e) = self.host.check_epoll(epfd) {
                 return Some(Err(e));
             }
-            let set = Obj::Epoll {
-                set: EpollSet::new(),
-                outer: -1,
-                bell: -1,
-                rung: false,
-            };
+            let set = self.new_epoll();
             if let Err(e) = self.insert(epfd, set) {
                 return Some(Err(e));
             }
@@ -75,7 +69,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         // Linux wakes it (an acceptor thread handing connections to workers' sets, a worker
         // re-arming an EPOLLONESHOT entry).
         if set.maybe_ready() {
-            self.wake_waiters();
+            if let Some(i) = self.index_of(epfd) {
+                self.touched.push(i);
+            }
+            self.wake_touched();
             if !self.nested.is_empty() {
                 self.ring_nested();
             }
@@ -202,28 +199,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
         }
         if self.obj(outer).is_none() && self.host.check_epoll(outer).is_ok() {
-            let set = Obj::Epoll {
-                set: EpollSet::new(),
-                outer: -1,
-                bell: -1,
-                rung: false,
-            };
+            let set = self.new_epoll();
             let _ = self.insert(outer, set);
-        }
-    }
-
-    /// The private epoll the runtime blocks on for set `epfd`, made by `make` the first time
-    /// (a negative result is kept and retried next time). `None`: `epfd` is not ours (any
-    /// more: another thread closed it).
-    pub fn private_epoll(&mut self, epfd: c_int, make: impl FnOnce() -> c_int) -> Option<c_int> {
-        match self.obj(epfd) {
-            Some(Obj::Epoll { outer, .. }) => {
-                if *outer < 0 {
-                    *outer = make();
-                }
-                Some(*outer)
-            }
-            _ => None,
         }
     }
 }

@@ -126,8 +126,9 @@ pub trait Host<L: Link> {
     /// Threads blocked in the runtime's waits may have work now: this call delivered events
     /// to epoll sets, queued a ready epoll entry, shut a socket down, or left frames waiting
     /// for room in the device. (They rely on the device's wake-up, which this call's poll
-    /// may have taken from them.)
-    fn wake_waiters(&mut self);
+    /// may have taken from them.) `only`: the entries (sockets, epoll sets) that changed;
+    /// threads waiting for others may sleep on. `None`: wake every blocked thread.
+    fn wake_waiters(&mut self, only: Option<&[u32]>);
 }
 
 /// The address family a socket of ours has for the application. The stack speaks IPv4 alone;
@@ -189,9 +190,10 @@ pub(crate) enum Obj {
     },
     Epoll {
         set: EpollSet,
-        /// The runtime's private epoll for blocking on this set (-1: none yet), closed with
-        /// the set.
-        outer: c_int,
+        /// This set's number among all the sets the table ever had (never reused, unlike
+        /// fd numbers and entry indexes): the runtime's waits know by it whether the set they
+        /// registered with the kernel is still this one.
+        uid: u64,
         /// This set is inside another epoll set (glib-style nesting): an eventfd in its
         /// kernel instance, readable while the set has ready entries, so that the outer set
         /// reports it (-1: not nested). Closed with the set.
@@ -242,6 +244,12 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     wakes: u64,
     /// Threads in close() waiting for a lingering connection (`linger_wait`).
     lingerers: usize,
+    /// The entries whose readiness was told since the last wake-up, and the epoll sets that
+    /// queued an entry for it: blocked threads waiting for one of them are woken
+    /// (`Host::wake_waiters`), the others sleep on.
+    touched: Vec<u32>,
+    /// The last epoll set's uid.
+    epoll_uids: u64,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -286,6 +294,8 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             lingering: Vec::new(),
             wakes: 0,
             lingerers: 0,
+            touched: Vec::new(),
+            epoll_uids: 0,
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
@@ -407,7 +417,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 ..
             })) = self.objs.get_mut(j as usize)
             {
-                set.notify(fd, r);
+                if set.notify(fd, r) {
+                    self.touched.push(j);
+                }
             }
         }
     }
@@ -415,6 +427,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// Tells the watchers of every fd of entry `i` that its readiness is `r`.
     #[inline]
     fn notify_entry_with(&mut self, i: u32, r: Readiness) {
+        self.touched.push(i);
         let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
         for k in 0..n {
             let fd = self.objs[i as usize].as_ref().map_or(-1, |e| e.fds[k]);
@@ -551,6 +564,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     for k in 0..n {
                         let fd = self.port_fds[&port][k];
                         if let Some(r) = self.readiness(fd) {
+                            if let Some(i) = self.index_of(fd) {
+                                self.touched.push(i);
+                            }
                             self.notify_watchers(fd, r);
                         }
                     }
@@ -558,7 +574,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             }
         }
         if !events.is_empty() {
-            self.wake_waiters();
+            self.wake_touched();
             if !self.nested.is_empty() {
                 self.ring_nested();
             }
@@ -612,10 +628,46 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
     }
 
-    /// Counts a change blocked threads must see, and wakes them.
+    /// Counts a change blocked threads must see, and wakes them all.
     fn wake_waiters(&mut self) {
         self.wakes = self.wakes.wrapping_add(1);
-        self.host.wake_waiters();
+        self.touched.clear();
+        self.host.wake_waiters(None);
+    }
+
+    /// Counts a change blocked threads must see, and wakes those waiting for what changed
+    /// (`touched`).
+    fn wake_touched(&mut self) {
+        self.wakes = self.wakes.wrapping_add(1);
+        let touched = std::mem::take(&mut self.touched);
+        self.host.wake_waiters(Some(&touched));
+        self.touched = touched;
+        self.touched.clear();
+    }
+
+    /// What a thread blocking on `fd` waits for (see `touched`): its entry's index.
+    pub fn key_of(&self, fd: c_int) -> Option<u32> {
+        self.index_of(fd)
+    }
+
+    /// Epoll set `epfd`'s entry index and uid (`None`: not a set of ours).
+    pub fn epoll_ids(&mut self, epfd: c_int) -> Option<(u32, u64)> {
+        let i = self.index_of(epfd)?;
+        match self.obj(epfd) {
+            Some(Obj::Epoll { uid, .. }) => Some((i, *uid)),
+            _ => None,
+        }
+    }
+
+    /// A new epoll set of ours (`uid`: see there).
+    fn new_epoll(&mut self) -> Obj {
+        self.epoll_uids += 1;
+        Obj::Epoll {
+            set: EpollSet::new(),
+            uid: self.epoll_uids,
+            bell: -1,
+            rung: false,
+        }
     }
 
     /// What `wakes` counted so far (see there).
@@ -736,12 +788,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     }
                 }
             }
-            Obj::Epoll { outer, bell, .. } => {
+            Obj::Epoll { bell, .. } => {
                 for list in self.watchers.values_mut() {
                     list.retain(|&e| e != fd);
-                }
-                if outer >= 0 {
-                    self.host.close_fd(outer);
                 }
                 if bell >= 0 {
                     self.nested.retain(|&e| e != fd);

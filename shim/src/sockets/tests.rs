@@ -36,6 +36,8 @@ struct Log {
     kernel_listens: Vec<(c_int, c_int)>,
     closed: Vec<c_int>,
     wakes: usize,
+    /// The entries the last wake-up was for (`None`: every blocked thread).
+    woken: Option<Vec<u32>>,
     /// Options set on the kernel sockets: (fd, level, name, value).
     kernel_opts: Vec<(c_int, c_int, c_int, Vec<u8>)>,
     /// What each identity socket inherited.
@@ -174,8 +176,10 @@ impl Host<MemLink> for TestHost {
         }
     }
 
-    fn wake_waiters(&mut self) {
-        self.log.borrow_mut().wakes += 1;
+    fn wake_waiters(&mut self, only: Option<&[u32]>) {
+        let mut log = self.log.borrow_mut();
+        log.wakes += 1;
+        log.woken = only.map(<[u32]>::to_vec);
     }
 }
 
@@ -1302,21 +1306,26 @@ fn an_edge_triggered_listener_reports_each_queued_connection() {
 }
 
 #[test]
-fn a_closed_fd_leaves_the_epoll_set_and_a_closed_set_closes_its_private_epoll() {
+fn a_closed_fd_leaves_the_epoll_set_and_a_set_made_again_is_another() {
     let mut n = Net::new();
     n.listen_dual();
     let (_, fd) = n.connect(0);
     n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((OUT, 5)))
         .unwrap()
         .unwrap();
-    assert_eq!(n.s.private_epoll(EPOLL_FD, || 77), Some(77));
-    // Made once.
-    assert_eq!(n.s.private_epoll(EPOLL_FD, || 78), Some(77));
+    let (_, first) = n.s.epoll_ids(EPOLL_FD).unwrap();
     assert!(n.s.close(fd));
     assert_eq!(pass(&mut n, EPOLL_FD), vec![]);
     assert!(n.s.close(EPOLL_FD));
-    assert_eq!(n.log.borrow().closed, vec![77]);
-    assert_eq!(n.s.private_epoll(EPOLL_FD, || 79), None);
+    assert_eq!(n.s.epoll_ids(EPOLL_FD), None);
+    // The same fd number, a new set: a wait that registered the old one with the kernel must
+    // register again (the kernel dropped the old registration with the old file).
+    let (_, fd) = n.connect(0);
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, fd, Some((OUT, 5)))
+        .unwrap()
+        .unwrap();
+    let (_, second) = n.s.epoll_ids(EPOLL_FD).unwrap();
+    assert_ne!(first, second);
 }
 
 #[test]
@@ -1349,6 +1358,51 @@ fn events_delivered_by_a_poll_wake_waiters() {
     n.client.flush(n.now.get());
     assert!(n.s.pump());
     assert!(n.log.borrow().wakes > wakes);
+}
+
+/// A poll that delivers to one thread's epoll set wakes the threads waiting on that set or on
+/// that socket, not a thread waiting on another set (a thread pool's idle workers sleep on).
+#[test]
+fn a_delivery_wakes_only_the_waiters_of_the_set_and_socket_it_concerns() {
+    const OTHER_EP: c_int = 12;
+    let mut n = Net::new();
+    n.listen_dual();
+    let (ca, a) = n.connect(0);
+    let (cb, b) = n.connect(0);
+    for (ep, fd) in [(EPOLL_FD, a), (OTHER_EP, b)] {
+        n.s.epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, Some((IN, 1)))
+            .unwrap()
+            .unwrap();
+    }
+    let key = |n: &Net, fd| n.s.key_of(fd).unwrap();
+    let (set_a, set_b) = (key(&n, EPOLL_FD), key(&n, OTHER_EP));
+    n.client.send(ca, b"to a").unwrap();
+    n.client.flush(n.now.get());
+    assert!(n.s.pump());
+    let woken = n.log.borrow().woken.clone().expect("a targeted wake-up");
+    assert!(
+        woken.contains(&set_a) && woken.contains(&key(&n, a)),
+        "{woken:?}"
+    );
+    assert!(
+        !woken.contains(&set_b) && !woken.contains(&key(&n, b)),
+        "{woken:?}"
+    );
+    // Data for b while a's entry is still queued: b's set and socket only.
+    n.client.send(cb, b"to b").unwrap();
+    n.client.flush(n.now.get());
+    assert!(n.s.pump());
+    let woken = n.log.borrow().woken.clone().expect("a targeted wake-up");
+    assert!(
+        woken.contains(&set_b) && woken.contains(&key(&n, b)),
+        "{woken:?}"
+    );
+    assert!(!woken.contains(&set_a), "{woken:?}");
+    // An epoll_ctl that queues a ready entry wakes that set's waiters.
+    n.s.epoll_ctl(OTHER_EP, libc::EPOLL_CTL_ADD, a, Some((IN, 2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.log.borrow().woken, Some(vec![set_b]));
 }
 
 // ------------------------------------------------------------------ fork
