@@ -123,6 +123,11 @@ impl EpollSet {
         self.entries.contains_key(&key)
     }
 
+    /// The keys of the entries, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = i32> + '_ {
+        self.entries.keys().copied()
+    }
+
     /// Whether a wait could report something now (cheap; may be a false positive).
     pub fn maybe_ready(&self) -> bool {
         !self.ready.is_empty()

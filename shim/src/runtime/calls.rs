@@ -11,7 +11,7 @@ use userstack::SockError;
 
 use super::wait::{
     after_block, block_for, block_in, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
-    restarts, wait_once, woke_for_work, SigHold, Waited, IN_LOOP,
+    restarts, wait_once, woke_for_work, Look, SigHold, Waited, IN_LOOP,
 };
 use super::{child, config, kwait, shim, with};
 use crate::sockets::{Accepted, Answer, Io, PollKind};
@@ -132,7 +132,7 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
         let until = timeout.map(|(at, _)| at);
         let mask = hold.get_or_insert_with(SigHold::new).mask();
         match wait_once(key, kernel.then_some(fd), until, mask, |s| {
-            s.wakes() != seen
+            changed(s, seen, Look::Connections)
         }) {
             Waited::Again => {}
             Waited::TimedOut => return Some(Err(libc::EAGAIN)),
@@ -294,7 +294,7 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
             .deadline
             .get_or_insert_with(|| t.timeout.and_then(|d| Instant::now().checked_add(d)));
         let mask = call.hold.get_or_insert_with(SigHold::new).mask();
-        match wait_once(key, None, until, mask, |s| s.wakes() != seen) {
+        match wait_once(key, None, until, mask, |s| changed(s, seen, Look::Wait)) {
             Waited::Again => {}
             Waited::TimedOut => {
                 call.ended = true;
@@ -389,7 +389,13 @@ fn linger(mut s: MutexGuard<'static, super::Table>) {
             }
             drop(s);
             let mask = hold.get_or_insert_with(SigHold::new).mask();
-            let w = wait_once(None, None, until, mask, |s| !s.lingers(id));
+            let w = wait_once(None, None, until, mask, |s| {
+                if s.lingers(id) {
+                    Look::Wait
+                } else {
+                    Look::Ready
+                }
+            });
             s = match shim() {
                 Some(s) => s,
                 None => return,
@@ -592,6 +598,16 @@ pub fn kernel_epoll_wait(
     KernelWait::Rest(timeout_ms - spent)
 }
 
+/// `look` of a wait that found nothing when the blocked threads had been woken `seen` times:
+/// ready if they have been woken since (another thread's poll delivered something).
+fn changed(s: &super::Table, seen: u64, wait: Look) -> Look {
+    if s.wakes() != seen {
+        Look::Ready
+    } else {
+        wait
+    }
+}
+
 /// epoll_wait / epoll_pwait on an epoll instance of ours: our fds' events and the kernel's,
 /// alternately first, then the spin and the block.
 pub fn epoll_wait(
@@ -679,7 +695,16 @@ pub fn epoll_wait(
             // Another thread closed the epoll fd meanwhile.
             return None;
         };
-        let Some(b) = prepare_block(&mut last_work, Some(key), |s| s.epoll_has_queued(epfd)) else {
+        let look = |s: &mut super::Table| {
+            if s.epoll_has_queued(epfd) {
+                Look::Ready
+            } else if s.epoll_waits_for_connections(epfd) {
+                Look::Connections
+            } else {
+                Look::Wait
+            }
+        };
+        let Some(b) = prepare_block(&mut last_work, Some(key), look) else {
             continue;
         };
         let t = block_for(deadline, &b);
@@ -781,7 +806,7 @@ pub fn poll(
             continue;
         }
         turn.release();
-        let Some(b) = prepare_block(&mut last_work, None, |s| s.wakes() != seen) else {
+        let Some(b) = prepare_block(&mut last_work, None, |s| changed(s, seen, Look::Wait)) else {
             continue;
         };
         let wake = b.wake;

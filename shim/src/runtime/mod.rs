@@ -30,7 +30,7 @@ use userstack::{clock, Config, Stack};
 
 use crate::fdtable::{self, FdTable};
 use crate::sockets::{fork::Child, Family, Host, SockOpt, Sockets};
-use wait::{notify_waiters, BLOCKED_WAITERS};
+use wait::{notify_waiters, BLOCKED_WAITERS, WATCHERS};
 
 /// The process's socket table.
 type Table = Sockets<'static, DpdkLink, Proc>;
@@ -239,7 +239,7 @@ fn start_keeper() {
                 // While an application thread is blocked in our wait, it wakes for frames and
                 // timers itself: check back less often (idle Redis: 20 wake-ups a second
                 // instead of 100, 0.3% of a core less).
-                let period = if BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
+                let period = if WATCHERS.load(Ordering::Relaxed) > 0 {
                     KEEPER_PERIOD * 5
                 } else {
                     KEEPER_PERIOD
@@ -257,7 +257,7 @@ fn start_keeper() {
                 if idle_for < KEEPER_PERIOD.as_micros() as u64 {
                     continue;
                 }
-                let blocked = BLOCKED_WAITERS.load(Ordering::Relaxed) > 0;
+                let blocked = WATCHERS.load(Ordering::Relaxed) > 0;
                 let Some(Some(lock)) = SHIM.get() else {
                     continue;
                 };
@@ -266,10 +266,9 @@ fn start_keeper() {
                 // Blocked waiters wake for frames and for the timers they knew of when they
                 // blocked; work another thread made since (a write left for the next poll, a
                 // timer armed earlier than theirs) is the keeper's.
-                let overdue = s
-                    .stack()
-                    .and_then(|st| st.next_deadline())
-                    .is_some_and(|d| d <= now);
+                let overdue = s.stack().is_some_and(|st| {
+                    st.pending_writes() > 0 || st.next_deadline().is_some_and(|d| d <= now)
+                });
                 if blocked && !overdue {
                     continue;
                 }

@@ -34,6 +34,15 @@ use super::{config, in_child, shim, Table};
 /// napping on a device without one: they wake for frames (or within a nap) and for the stack's
 /// next timer themselves, so the keeper has nothing to do.
 pub(super) static BLOCKED_WAITERS: AtomicUsize = AtomicUsize::new(0);
+/// Of those, the threads that watch the device (its wake-up fd in their wait, or naps on a
+/// device without one).
+pub(super) static WATCHERS: AtomicUsize = AtomicUsize::new(0);
+/// Threads whose last wait was for connections' data (`Look::Wait`): blocked, or busy with
+/// what their last wait returned, and back soon to poll. While there is one, a thread that
+/// waits only for new connections (`Look::Connections`) does not watch the device: memcached's
+/// or a thread pool's acceptor sleeps while its workers take the frames, and the poll that
+/// takes a SYN wakes it (the keeper's, within 10 ms, if no worker comes back to poll).
+static DATA_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// What a blocked thread waits for, so that a delivery wakes only the threads it concerns: an
 /// object of the socket table (`Sockets::key_of`: the epoll set of an epoll_wait, the socket
 /// of a blocking recv/send/accept), or `None`: anything (poll, select, a lingering close).
@@ -101,12 +110,26 @@ impl Waiter {
             // SAFETY: adding a live fd to our own epoll instance.
             unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) == 0 }
         };
-        if let Some(w) = wake.filter(|&w| w != self.wake) {
-            let exclusive = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
-            if !add(w, exclusive, TAG_WAKE) {
-                return false;
+        if wake != Some(self.wake) {
+            if self.wake >= 0 {
+                // SAFETY: removing an entry of our own epoll instance.
+                unsafe {
+                    libc::epoll_ctl(
+                        self.ep,
+                        libc::EPOLL_CTL_DEL,
+                        self.wake,
+                        std::ptr::null_mut(),
+                    )
+                };
+                self.wake = -1;
             }
-            self.wake = w;
+            if let Some(w) = wake {
+                let exclusive = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+                if !add(w, exclusive, TAG_WAKE) {
+                    return false;
+                }
+                self.wake = w;
+            }
         }
         if set != self.set {
             if let Some((old, _)) = self.set.take() {
@@ -125,11 +148,15 @@ impl Waiter {
     }
 }
 
-/// A thread's [`Waiter`], handed back to `SPARE_FDS` when the thread exits.
-struct ThreadWaiter(Cell<Waiter>);
+/// A thread's [`Waiter`], handed back to `SPARE_FDS` when the thread exits, and whether it
+/// is counted in DATA_THREADS.
+struct ThreadWaiter(Cell<Waiter>, Cell<bool>);
 
 impl Drop for ThreadWaiter {
     fn drop(&mut self) {
+        if self.1.get() {
+            DATA_THREADS.fetch_sub(1, Ordering::Relaxed);
+        }
         // (In a forked child the lock may have been copied held: leave it alone.)
         let w = self.0.get();
         if w.efd >= 0 && !in_child() {
@@ -141,13 +168,16 @@ impl Drop for ThreadWaiter {
 }
 
 thread_local! {
-    static WAITER: ThreadWaiter = ThreadWaiter(Cell::new(
-        SPARE_FDS
-            .lock()
-            .ok()
-            .and_then(|mut v| v.pop())
-            .unwrap_or_else(Waiter::new),
-    ));
+    static WAITER: ThreadWaiter = ThreadWaiter(
+        Cell::new(
+            SPARE_FDS
+                .lock()
+                .ok()
+                .and_then(|mut v| v.pop())
+                .unwrap_or_else(Waiter::new),
+        ),
+        Cell::new(false),
+    );
     /// Whether this thread is between a wait of ours that returned events and its next wait:
     /// an event loop's iteration, at whose end the thread comes back to wait.
     pub(super) static IN_LOOP: Cell<bool> = const { Cell::new(false) };
@@ -190,15 +220,13 @@ const DEFER_MAX: usize = 32;
 /// Whether a write may leave its data for the thread's next wait to transmit, with the other
 /// replies of the same event-loop iteration: one transmit burst (with af_packet or af_xdp, one
 /// system call) per iteration instead of one per reply. Only inside an event loop's
-/// iteration, only while no other thread is blocked (it would not see the data), and for at
-/// most `DEFER_MAX` connections; the keeper thread sends whatever a thread that stops waiting
-/// leaves behind. `MTCP_TX_DEFER=0` sends every write at once.
+/// iteration, and for at most `DEFER_MAX` connections; the keeper thread sends whatever a
+/// thread that stops waiting leaves behind. `MTCP_TX_DEFER=0` sends every write at once.
 pub(super) fn defer_tx(pending: usize) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| config().as_ref().map_or(true, |c| c.tx_defer))
         && pending <= DEFER_MAX
         && IN_LOOP.with(Cell::get)
-        && BLOCKED_WAITERS.load(Ordering::Relaxed) == 0
 }
 
 /// Ends this thread's event-loop iteration at a wait that is not ours (the kernel's fds only):
@@ -217,7 +245,9 @@ pub(super) fn leave_loop_for_kernel() {
 pub(super) struct Blocking {
     /// Counted in BLOCKED_WAITERS (there is a stack): `after_block` uncounts it.
     counted: bool,
-    /// The device's wake-up fd, if it has one.
+    /// Counted in WATCHERS.
+    watching: bool,
+    /// The device's wake-up fd, if it has one and this thread watches it.
     pub(super) wake: Option<c_int>,
     /// Time to the stack's next timer.
     until_timer: Option<Duration>,
@@ -262,15 +292,14 @@ fn nap(limit: Duration, link_down: bool) -> Duration {
 
 /// Before a waiter blocks: `prepare`. `None`: poll again instead of blocking (after work, with
 /// `last_work` now, so the caller spins; after a wait for the device's ring, without).
-/// `key` is what the waiter waits for (other threads wake it when they deliver to it); `ready`
-/// says, under the table's lock, whether that is there already (another thread's poll
-/// delivered it after the waiter last looked and before it registered).
+/// `key` is what the waiter waits for (other threads wake it when they deliver to it); `look`
+/// says, under the table's lock, whether that is there already and what kind of wait it is.
 pub(super) fn prepare_block(
     last_work: &mut Instant,
     key: WaitKey,
-    ready: impl FnOnce(&mut Table) -> bool,
+    look: impl FnOnce(&mut Table) -> Look,
 ) -> Option<Blocking> {
-    match prepare(key, ready) {
+    match prepare(key, look) {
         Prep::Block(b) => Some(b),
         Prep::Work => {
             *last_work = Instant::now();
@@ -294,22 +323,50 @@ enum Prep {
 
 const NOT_COUNTED: Blocking = Blocking {
     counted: false,
+    watching: false,
     wake: None,
     until_timer: None,
     nap: false,
     link_down: false,
 };
 
+/// What a thread about to block found when it looked again, under the table's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Look {
+    /// What it waits for is there (another thread's poll delivered it after the thread last
+    /// looked): poll again instead of blocking.
+    Ready,
+    /// Block, watching the device.
+    Wait,
+    /// Block; the thread waits only for new connections (its epoll set holds listeners
+    /// alone, or a blocking accept): it watches the device only if no other blocked thread
+    /// does, and the thread whose poll takes a SYN wakes it.
+    Connections,
+}
+
 /// Arms the device's wake-up fd and counts the thread as blocked, unless frames arrived
 /// meanwhile or wait for room in the device, or what the thread waits for came meanwhile
-/// (`ready`): other threads' polls wake only the threads counted here, under the same lock.
-fn prepare(key: WaitKey, ready: impl FnOnce(&mut Table) -> bool) -> Prep {
+/// (`look`): other threads' polls wake only the threads counted here, under the same lock.
+fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
     let Some(mut s) = shim() else {
         return Prep::Block(NOT_COUNTED);
     };
-    if ready(&mut s) {
+    let look = look(&mut s);
+    if look == Look::Ready {
         return Prep::Work;
     }
+    let data = look == Look::Wait;
+    let _ = WAITER.try_with(|w| {
+        if w.1.replace(data) != data {
+            if data {
+                DATA_THREADS.fetch_add(1, Ordering::Relaxed);
+            } else {
+                DATA_THREADS.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let watch = data
+        || (WATCHERS.load(Ordering::Relaxed) == 0 && DATA_THREADS.load(Ordering::Relaxed) == 0);
     let Some(st) = s.stack_mut() else {
         return Prep::Block(NOT_COUNTED);
     };
@@ -326,8 +383,17 @@ fn prepare(key: WaitKey, ready: impl FnOnce(&mut Table) -> bool) -> Prep {
         });
         return Prep::TxWait;
     }
+    if !watch {
+        // Another thread watches the device (and serves the timers).
+        BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
+        register(key);
+        return Prep::Block(Blocking {
+            counted: true,
+            ..NOT_COUNTED
+        });
+    }
     // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
-    if !st.arm_wake(clock::now(), BLOCKED_WAITERS.load(Ordering::Relaxed) > 0) {
+    if !st.arm_wake(clock::now(), WATCHERS.load(Ordering::Relaxed) > 0) {
         // That poll may have taken frames for other threads' connections: their events go to
         // their epoll sets and blocked threads now (a blocking recv that retries and succeeds
         // would not poll again, and those threads' device wake-up is spent).
@@ -336,16 +402,11 @@ fn prepare(key: WaitKey, ready: impl FnOnce(&mut Table) -> bool) -> Prep {
     }
     let wake = st.wake_fd();
     BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
-    // Registered under the table's lock: whoever makes work for this thread after this point
-    // (under the same lock) writes its eventfd.
-    let me = my_eventfd();
-    if me >= 0 {
-        if let Ok(mut v) = WAITER_FDS.lock() {
-            v.push((me, key));
-        }
-    }
+    WATCHERS.fetch_add(1, Ordering::Relaxed);
+    register(key);
     Prep::Block(Blocking {
         counted: true,
+        watching: true,
         wake,
         until_timer: st.next_deadline().map(clock::until),
         nap: wake.is_none(),
@@ -353,8 +414,19 @@ fn prepare(key: WaitKey, ready: impl FnOnce(&mut Table) -> bool) -> Prep {
     })
 }
 
+/// Registers this thread as blocked, waiting for `key`. Under the table's lock: whoever makes
+/// work for this thread after this point (under the same lock) writes its eventfd.
+fn register(key: WaitKey) {
+    let me = my_eventfd();
+    if me >= 0 {
+        if let Ok(mut v) = WAITER_FDS.lock() {
+            v.push((me, key));
+        }
+    }
+}
+
 /// After a waiter blocked: unregisters it, drains its eventfd if it was written, and disarms
-/// the device's wake-up if no other thread is still blocked on it.
+/// the device's wake-up if no other thread still watches it.
 pub(super) fn after_block(notified: bool, b: &Blocking) {
     let me = my_eventfd();
     if notified {
@@ -365,9 +437,12 @@ pub(super) fn after_block(notified: bool, b: &Blocking) {
     // Under the table's lock, as prepare_block counts and arms under it: the last thread out
     // disarms, and a thread blocking meanwhile finds the count and the armed state agreeing.
     let mut s = shim();
-    let mut last = true;
+    let mut last = !b.counted;
+    if b.watching {
+        last = WATCHERS.fetch_sub(1, Ordering::Relaxed) == 1;
+    }
     if b.counted {
-        last = BLOCKED_WAITERS.fetch_sub(1, Ordering::Relaxed) == 1;
+        BLOCKED_WAITERS.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut v) = WAITER_FDS.lock() {
             if let Some(i) = v.iter().position(|&(fd, _)| fd == me) {
                 v.swap_remove(i);
@@ -529,13 +604,13 @@ pub(super) fn wait_once(
     kernel_fd: Option<c_int>,
     deadline: Option<Instant>,
     mask: *const sigset_t,
-    ready: impl FnOnce(&mut Table) -> bool,
+    look: impl FnOnce(&mut Table) -> Look,
 ) -> Waited {
     if deadline.is_some_and(|d| Instant::now() >= d) {
         return Waited::TimedOut;
     }
     let mut last_work = Instant::now();
-    let Some(b) = prepare_block(&mut last_work, key, ready) else {
+    let Some(b) = prepare_block(&mut last_work, key, look) else {
         return Waited::Again;
     };
     if kernel_fd.is_none() {

@@ -695,6 +695,19 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
     }
 
+    /// Whether a thread waiting on epoll set `epfd` waits only for new connections: the set
+    /// holds listeners of ours and no connection (looked at only for small sets: a set with
+    /// more than 8 entries is taken to hold connections).
+    pub fn epoll_waits_for_connections(&self, epfd: c_int) -> bool {
+        let Some(Obj::Epoll { set, .. }) = self.obj_ref(epfd) else {
+            return false;
+        };
+        set.len() <= 8
+            && set
+                .keys()
+                .all(|fd| matches!(self.obj_ref(fd), Some(Obj::Listener { .. })))
+    }
+
     /// The connections the last close()s left lingering (SO_LINGER with a timeout), with
     /// their timeouts: their caller waits while [`Sockets::lingers`].
     pub fn take_lingering(&mut self) -> Vec<(ConnId, std::time::Duration)> {
