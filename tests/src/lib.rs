@@ -39,6 +39,7 @@ pub mod sides;
 pub mod stackdev;
 pub mod steps;
 pub mod subnet;
+pub mod tcpinfo;
 pub mod workload;
 
 pub use command::{built_artifact, run_checked};

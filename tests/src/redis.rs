@@ -25,6 +25,22 @@ pub fn py_file(name: &str) -> String {
     format!("{}/py/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Everything `mtcprun stats PID` prints of process `pid`'s stack (for a failure's message).
+pub fn stats_text(pid: u32) -> String {
+    let bin = crate::built_artifact("mtcprun", "MTCPRUN_BIN");
+    match std::process::Command::new(&bin)
+        .args(["stats", &pid.to_string()])
+        .output()
+    {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("mtcprun stats {pid}: {e}"),
+    }
+}
+
 /// One of process `pid`'s stack counters, as `mtcprun stats PID` prints it (e.g.
 /// "conns_opened"), from a publication made after this call began: it shows everything the
 /// caller saw happen before the call (the stack publishes within milliseconds of its work).

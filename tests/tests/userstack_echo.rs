@@ -85,10 +85,11 @@ impl Bed {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "mtcp-client {args:?} failed ({})\nstdout: {stdout}\nstderr: {}\n{}",
+            "mtcp-client {args:?} failed ({})\nstdout: {stdout}\nstderr: {}\n{}\nthe stack now:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            self.server.diagnostics()
+            self.server.diagnostics(),
+            mtcp_tests::redis::stats_text(self.server.pid())
         );
         eprintln!("{}", stdout.trim());
         parse_summary(&out.stdout).expect("summary line")

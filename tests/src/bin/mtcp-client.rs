@@ -754,6 +754,9 @@ fn cmd_bulk(a: Args) -> Result<()> {
     s.set_write_timeout(Some(stall))?;
     let mut w = s.try_clone()?;
     let t0 = Instant::now();
+    // Bytes the writer has handed to the kernel (said when the echo stalls).
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = written.clone();
     let writer = std::thread::spawn(move || -> Result<[u8; 32]> {
         let mut tx = Stream::new(seed, chunk, total);
         let mut h = Sha256::new();
@@ -768,6 +771,7 @@ fn cmd_bulk(a: Args) -> Result<()> {
                 })
             })?;
             sent += buf.len() as u64;
+            progress.store(sent, std::sync::atomic::Ordering::Relaxed);
         }
         w.shutdown(Shutdown::Write).context("shutdown(Write)")?;
         Ok(h.finalize().into())
@@ -797,6 +801,12 @@ fn cmd_bulk(a: Args) -> Result<()> {
     };
     let secs = t0.elapsed().as_secs_f64();
     if read_res.is_err() {
+        use std::os::fd::AsRawFd;
+        eprintln!(
+            "bulk: after {secs:.1} s: {} bytes written, {got} echoed; {}",
+            written.load(std::sync::atomic::Ordering::Relaxed),
+            mtcp_tests::tcpinfo::describe(r.as_raw_fd())
+        );
         // Unblock the writer (it may be stuck on a full send buffer) before joining it.
         let _ = r.shutdown(Shutdown::Both);
     }

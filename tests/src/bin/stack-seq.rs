@@ -38,6 +38,7 @@ use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
 use libc::{c_void, iovec, mmsghdr, pollfd, sockaddr_in, socklen_t};
+use mtcp_tests::tcpinfo::tcp_info_of;
 
 const SENTINEL: c_int = 7777;
 
@@ -468,24 +469,6 @@ fn get_name(fd: c_int, level: c_int, name: c_int, label: &str) {
 /// TCP_INFO's count of bytes queued and not yet sent.
 fn notsent_bytes(fd: c_int) -> u32 {
     tcp_info_of(fd).1.tcpi_notsent_bytes
-}
-
-/// getsockopt(TCP_INFO) of `fd`: its return value, the struct, the length written.
-fn tcp_info_of(fd: c_int) -> (c_int, libc::tcp_info, socklen_t) {
-    // SAFETY: an all-zero tcp_info is a valid value (integers only).
-    let mut info: libc::tcp_info = unsafe { zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as socklen_t;
-    // SAFETY: a tcp_info and its size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (r, info, len)
 }
 
 /// setsockopt(SO_LINGER on, `secs`).
@@ -1996,26 +1979,7 @@ fn client_stuck(
         "  partial line {partial:?}, buffered {:?}",
         String::from_utf8_lossy(buffered)
     );
-    let (r, i, _) = tcp_info_of(s.as_raw_fd());
-    eprintln!(
-        "  TCP_INFO ({r}): state={} retransmits={} probes={} backoff={} unacked={} lost={} \
-         retrans={} total_retrans={} rtt={}us rto={}us last_data_recv={}ms last_ack_recv={}ms \
-         rcv_space={} snd_cwnd={}",
-        i.tcpi_state,
-        i.tcpi_retransmits,
-        i.tcpi_probes,
-        i.tcpi_backoff,
-        i.tcpi_unacked,
-        i.tcpi_lost,
-        i.tcpi_retrans,
-        i.tcpi_total_retrans,
-        i.tcpi_rtt,
-        i.tcpi_rto,
-        i.tcpi_last_data_recv,
-        i.tcpi_last_ack_recv,
-        i.tcpi_rcv_space,
-        i.tcpi_snd_cwnd
-    );
+    eprintln!("  {}", mtcp_tests::tcpinfo::describe(s.as_raw_fd()));
 }
 
 /// Makes the close of `s` a reset: SO_LINGER with a zero timeout.
