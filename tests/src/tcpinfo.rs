@@ -24,14 +24,15 @@ pub fn tcp_info_of(fd: c_int) -> (c_int, libc::tcp_info, socklen_t) {
 }
 
 /// "TCP_INFO (0): state=1 retransmits=0 ..." for `fd`: retransmissions, probes, backoff,
-/// unacknowledged and lost segments, RTT and RTO, the last data and ACK received, the
-/// receive space and the congestion window.
+/// unacknowledged and lost segments, RTT and RTO, the last data and ACK received and the last
+/// data sent, the receive space, the congestion window, the bytes written but not sent yet and
+/// the peer's window.
 pub fn describe(fd: c_int) -> String {
     let (r, i, _) = tcp_info_of(fd);
     format!(
         "TCP_INFO ({r}): state={} retransmits={} probes={} backoff={} unacked={} lost={} \
          retrans={} total_retrans={} rtt={}us rto={}us last_data_recv={}ms last_ack_recv={}ms \
-         rcv_space={} snd_cwnd={}",
+         last_data_sent={}ms rcv_space={} snd_cwnd={} notsent_bytes={} snd_wnd={}",
         i.tcpi_state,
         i.tcpi_retransmits,
         i.tcpi_probes,
@@ -44,7 +45,10 @@ pub fn describe(fd: c_int) -> String {
         i.tcpi_rto,
         i.tcpi_last_data_recv,
         i.tcpi_last_ack_recv,
+        i.tcpi_last_data_sent,
         i.tcpi_rcv_space,
-        i.tcpi_snd_cwnd
+        i.tcpi_snd_cwnd,
+        i.tcpi_notsent_bytes,
+        i.tcpi_snd_wnd
     )
 }

@@ -196,8 +196,14 @@ fn same_on_every_device(mode: Mode) -> String {
     kernel
 }
 
+/// The two tests run one after the other: the kernel's reference run of one stalled in loaded
+/// full runs while the other ran its devices beside it (the server's control line never
+/// reached the client; see stack-seq's stderr for what the server knew of it).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn accepted_sockets_behave_as_the_kernels_on_every_device() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = same_on_every_device(Mode::V4);
     // The sequence really ran: it has more than a hundred lines (step headers aside) and ends
     // with "done".
@@ -209,6 +215,7 @@ fn accepted_sockets_behave_as_the_kernels_on_every_device() {
 /// shim, whose stack serves it, on every device.
 #[test]
 fn ipv4_clients_of_a_v6_wildcard_listener_look_as_on_the_kernel_on_every_device() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = same_on_every_device(Mode::V6Wildcard);
     assert!(steps::call_lines(&kernel) > 20, "{kernel}");
     // On the kernel, as Linux answers (the comparison holds the shim to it).

@@ -396,6 +396,21 @@ fn sleep_and_pipe_read_during_a_burst(fd: c_int) {
     set_errno(SENTINEL);
     let mut last = 0;
     while got.len() < total {
+        // A burst that does not come within 10 s: what this side knows of the connection, on
+        // stderr (was the control line sent, acknowledged, held?), then wait on.
+        let mut p = pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd.
+        if unsafe { libc::poll(&mut p, 1, 10_000) } == 0 {
+            eprintln!(
+                "server: no burst data for 10 s after {} bytes; {}",
+                got.len(),
+                mtcp_tests::tcpinfo::describe(fd)
+            );
+        }
         // SAFETY: our buffer.
         last = unsafe {
             libc::recv(
