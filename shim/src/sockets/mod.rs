@@ -129,6 +129,8 @@ pub trait Host<L: Link> {
     /// may have taken from them.) `only`: the entries (sockets, epoll sets) that changed;
     /// threads waiting for others may sleep on. `None`: wake every blocked thread.
     fn wake_waiters(&mut self, only: Option<&[u32]>);
+    /// Whether a thread is blocked in a wait for entry `key` (an epoll set's index).
+    fn waits_on(&mut self, key: u32) -> bool;
 }
 
 /// The address family a socket of ours has for the application. The stack speaks IPv4 alone;
@@ -403,11 +405,15 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         Some(obj)
     }
 
-    /// Tells every epoll set watching `fd` its readiness now.
+    /// Tells every epoll set watching `fd` its readiness now. Sets that hold `fd` with
+    /// EPOLLEXCLUSIVE are told in the order they added it, up to the first one a thread is
+    /// blocked on, as Linux wakes one waiting epoll instance: an event on a listener shared
+    /// by a pool's per-thread sets wakes one thread, not the pool.
     fn notify_watchers(&mut self, fd: c_int, r: Readiness) {
         let Some(eps) = self.watchers.get(&fd) else {
             return;
         };
+        let mut woke_exclusive = false;
         for &ep in eps {
             let FdState::Ours(j) = self.table.lookup(ep) else {
                 continue;
@@ -417,8 +423,15 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 ..
             })) = self.objs.get_mut(j as usize)
             {
+                let exclusive = set.is_exclusive(fd);
+                if exclusive && woke_exclusive {
+                    continue;
+                }
                 if set.notify(fd, r) {
                     self.touched.push(j);
+                }
+                if exclusive && self.host.waits_on(j) {
+                    woke_exclusive = true;
                 }
             }
         }

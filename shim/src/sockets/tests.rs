@@ -38,6 +38,8 @@ struct Log {
     wakes: usize,
     /// The entries the last wake-up was for (`None`: every blocked thread).
     woken: Option<Vec<u32>>,
+    /// The entries threads are blocked on (`Host::waits_on`).
+    waiting: Vec<u32>,
     /// Options set on the kernel sockets: (fd, level, name, value).
     kernel_opts: Vec<(c_int, c_int, c_int, Vec<u8>)>,
     /// What each identity socket inherited.
@@ -176,6 +178,10 @@ impl Host<MemLink> for TestHost {
         }
     }
 
+    fn waits_on(&mut self, key: u32) -> bool {
+        self.log.borrow().waiting.contains(&key)
+    }
+
     fn wake_waiters(&mut self, only: Option<&[u32]>) {
         let mut log = self.log.borrow_mut();
         log.wakes += 1;
@@ -233,7 +239,7 @@ impl Net {
             start_error: start_error.map(String::from),
             now: now.clone(),
             next_fd: FIRST_IDENTITY,
-            epolls: [EPOLL_FD, EPOLL_FD + 1].into_iter().collect(),
+            epolls: [EPOLL_FD, EPOLL_FD + 1, EPOLL_FD + 2].into_iter().collect(),
             log: log.clone(),
         };
         let table: &'static FdTable = Box::leak(Box::new(FdTable::with_len(4096).unwrap()));
@@ -1508,4 +1514,42 @@ fn tcp_info_and_tcp_maxseg_are_the_connections() {
     n.settle();
     let (_, b) = tcp_info(&mut n, fd, size);
     assert_eq!(b[0], 8, "CLOSE_WAIT");
+}
+
+/// A listener in three sets with EPOLLEXCLUSIVE: a new connection is reported by the sets up
+/// to the first one a thread waits on, in the order they added it (Linux's one woken
+/// instance), and by all of them when no thread waits.
+#[test]
+fn an_exclusive_listener_is_reported_up_to_the_first_set_with_a_waiter() {
+    let exclusive = IN | libc::EPOLLEXCLUSIVE as u32;
+    let sets = [EPOLL_FD, EPOLL_FD + 1, EPOLL_FD + 2];
+    for waited in [Some(1), None] {
+        let mut n = Net::new();
+        n.listen_dual();
+        for (k, ep) in sets.iter().enumerate() {
+            n.s.epoll_ctl(
+                *ep,
+                libc::EPOLL_CTL_ADD,
+                LISTEN_FD,
+                Some((exclusive, k as u64)),
+            )
+            .unwrap()
+            .unwrap();
+        }
+        if let Some(w) = waited {
+            let key = n.s.key_of(sets[w]).unwrap();
+            n.log.borrow_mut().waiting.push(key);
+        }
+        n.client_connects(PORT);
+        n.settle();
+        let told: Vec<bool> = sets
+            .iter()
+            .map(|&ep| !pass(&mut n, ep).is_empty())
+            .collect();
+        let want = match waited {
+            Some(_) => vec![true, true, false],
+            None => vec![true, true, true],
+        };
+        assert_eq!(told, want, "waited on {waited:?}");
+    }
 }
