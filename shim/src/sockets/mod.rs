@@ -27,6 +27,7 @@
 //! `Some(Err(errno))` fails the call as Linux would.
 
 mod conn;
+mod connect;
 mod epoll;
 pub mod fork;
 mod listen;
@@ -252,6 +253,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     touched: Vec<u32>,
     /// The last epoll set's uid.
     epoll_uids: u64,
+    /// A connect() said the stack cannot start (once).
+    said_connect: bool,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -298,6 +301,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             lingerers: 0,
             touched: Vec::new(),
             epoll_uids: 0,
+            said_connect: false,
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
@@ -472,8 +476,15 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         Ok(self.stack.as_mut().expect("just started"))
     }
 
-    /// The stack cannot serve the flagged ports: say so once.
+    /// The stack cannot serve the flagged ports: say so once. (A process that never listened
+    /// has nothing to say here: its connect() says why it fails.)
     fn fail(&mut self, why: String) {
+        let listened =
+            !(self.deferred.is_empty() && self.port_fds.is_empty() && self.binds.is_empty());
+        if self.failed.is_none() && !listened {
+            self.failed = Some(why);
+            return;
+        }
         if self.failed.is_none() {
             let what = if self.deferred.is_empty() {
                 "listen() on them fails"
