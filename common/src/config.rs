@@ -80,6 +80,33 @@ pub enum CongestionControl {
     Cubic,
 }
 
+/// Which outgoing TCP connections (connect()) go through the stack (`MTCP_CONNECT`).
+/// Loopback destinations are always the kernel's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRule {
+    /// Every connect() is the kernel's.
+    Off,
+    /// Destinations inside MTCP_ADDR's subnet (the default).
+    Subnet,
+    /// Those, and every other destination through MTCP_GW (which must then be set).
+    All,
+}
+
+impl ConnectRule {
+    /// Whether a connect() to `ip` goes through a stack with address `addr` under this rule.
+    /// Never loopback, the unspecified or a multicast address, nor the stack's own address.
+    pub fn takes(self, addr: &Cidr, gateway: Option<Ipv4Addr>, ip: Ipv4Addr) -> bool {
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip == addr.addr {
+            return false;
+        }
+        match self {
+            ConnectRule::Off => false,
+            ConnectRule::Subnet => addr.contains(ip),
+            ConnectRule::All => addr.contains(ip) || gateway.is_some(),
+        }
+    }
+}
+
 /// Fault injection (`MTCP_FAULTS`), in percent per frame and direction.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Faults {
@@ -159,6 +186,8 @@ pub struct Config {
     pub stats: bool,
     /// Writes inside an event-loop iteration leave together at its end (`MTCP_TX_DEFER`).
     pub tx_defer: bool,
+    /// Which connect()s go through the stack (`MTCP_CONNECT`).
+    pub connect: ConnectRule,
 }
 
 /// A configuration value that cannot be used. `Display` is the message users see.
@@ -459,6 +488,7 @@ pub const VARIABLES: &[&str] = &[
     "MTCP_IDLE_SLEEP_US",
     "MTCP_STATS",
     "MTCP_TX_DEFER",
+    "MTCP_CONNECT",
     "MTCP_PORTS",
     "MTCP_SHIM_TRACE",
     "MTCP_WATCH",
@@ -691,6 +721,19 @@ impl Config {
         };
         let stats = on_off("MTCP_STATS")?;
         let tx_defer = on_off("MTCP_TX_DEFER")?;
+        let connect = match get("MTCP_CONNECT").unwrap_or("subnet") {
+            "subnet" => ConnectRule::Subnet,
+            "off" => ConnectRule::Off,
+            "all" if gateway.is_none() => {
+                return Err(err(
+                    "MTCP_CONNECT",
+                    "all",
+                    "destinations outside MTCP_ADDR's subnet need a gateway: set MTCP_GW",
+                ))
+            }
+            "all" => ConnectRule::All,
+            other => return Err(err("MTCP_CONNECT", other, "expected subnet, all or off")),
+        };
         Ok(Config {
             dev,
             addr,
@@ -715,6 +758,7 @@ impl Config {
             rto_min,
             stats,
             tx_defer,
+            connect,
         })
     }
 
@@ -964,6 +1008,34 @@ mod tests {
         assert!(cfg(&[]).unwrap().stats);
         assert!(cfg(&[]).unwrap().tx_defer);
         assert!(!cfg(&[("MTCP_TX_DEFER", "off")]).unwrap().tx_defer);
+    }
+
+    #[test]
+    fn connect_rule_takes_the_subnet_and_with_all_the_gateways_destinations() {
+        let c = cfg(&[("MTCP_ADDR", "198.18.5.2/24")]).unwrap();
+        assert_eq!(c.connect, ConnectRule::Subnet);
+        let takes = |c: &Config, ip: &str| c.connect.takes(&c.addr, c.gateway, ip.parse().unwrap());
+        assert!(takes(&c, "198.18.5.1"));
+        assert!(!takes(&c, "198.18.5.2"), "the stack's own address");
+        assert!(!takes(&c, "198.18.6.1"));
+        assert!(!takes(&c, "127.0.0.1"));
+        let all = cfg(&[
+            ("MTCP_ADDR", "198.18.5.2/24"),
+            ("MTCP_GW", "198.18.5.1"),
+            ("MTCP_CONNECT", "all"),
+        ])
+        .unwrap();
+        assert!(takes(&all, "198.18.6.1") && !takes(&all, "127.0.0.53"));
+        let off = cfg(&[("MTCP_ADDR", "198.18.5.2/24"), ("MTCP_CONNECT", "off")]).unwrap();
+        assert!(!takes(&off, "198.18.5.1"));
+        assert_eq!(
+            msg(&[("MTCP_CONNECT", "all")]),
+            "MTCP_CONNECT=\"all\": destinations outside MTCP_ADDR's subnet need a gateway: set MTCP_GW"
+        );
+        assert_eq!(
+            msg(&[("MTCP_CONNECT", "some")]),
+            "MTCP_CONNECT=\"some\": expected subnet, all or off"
+        );
     }
 
     #[test]

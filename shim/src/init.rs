@@ -60,7 +60,11 @@ fn run() {
         mode |= MODE_TRACE;
     }
     crate::config::init_from_env();
-    if crate::config::state() != crate::config::State::Unset {
+    // A stack is configured: listeners on MTCP_PORTS, and connect()s MTCP_CONNECT gives it.
+    if crate::config::state() != crate::config::State::Unset
+        || env_set(c"MTCP_DEV")
+        || env_set(c"MTCP_ADDR")
+    {
         mode |= MODE_CONFIG;
     }
     if mode != 0 {
@@ -92,6 +96,13 @@ extern "C" fn watch_at_load() {
 }
 
 /// Whether variable `name` is set to `value`.
+/// Whether `name` is set to a non-empty value.
+fn env_set(name: &std::ffi::CStr) -> bool {
+    // SAFETY: getenv with a NUL-terminated name; the result is read at once.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    !p.is_null() && unsafe { *p } != 0
+}
+
 fn env_is(name: &std::ffi::CStr, value: &[u8]) -> bool {
     // SAFETY: getenv with a NUL-terminated name.
     let p = unsafe { libc::getenv(name.as_ptr()) };

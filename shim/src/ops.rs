@@ -6,7 +6,7 @@
 //! iovecs, sockaddrs, option values, event arrays, signal masks), calls `runtime` with slices
 //! and values, and writes the answer back as the kernel would (truncated addresses, option
 //! lengths, `msg_len`). An answer of `None` from the runtime hands the call to libc
-//! ([`Bypass::NotOurs`]); outgoing connects are always the kernel's ([`Bypass::NoStack`]).
+//! ([`Bypass::NotOurs`]).
 
 use libc::{
     c_int, c_long, c_uint, c_ulong, c_void, epoll_event, fd_set, iovec, mmsghdr, msghdr, nfds_t,
@@ -181,11 +181,7 @@ unsafe fn send_iov(
 
 const NOT_OURS: Outcome<c_int> = B(Bypass::NotOurs);
 
-/// Calls the stack does not serve (outgoing connects): the kernel's.
-#[inline]
-fn no_stack<T>() -> Outcome<T> {
-    B(Bypass::NoStack)
-}
+
 
 // --- sockets --------------------------------------------------------------------------------
 
@@ -268,8 +264,47 @@ pub(crate) unsafe fn accept4(
     unsafe { accept_with(fd, a, l, flags) }
 }
 
-pub(crate) unsafe fn connect(_fd: c_int, _a: *const sockaddr, _l: socklen_t) -> Outcome<c_int> {
-    no_stack()
+/// connect() to a destination `MTCP_CONNECT` gives the stack (an IPv4 address, or an IPv4
+/// address v4-mapped on an AF_INET6 socket), on a stream socket of the address's family; or
+/// again on a connection of ours. Everything else is the kernel's.
+pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Outcome<c_int> {
+    // SAFETY: connect's contract: `a` points to `l` readable bytes (or the kernel answers
+    // EFAULT; we read only what `l` covers).
+    let Some(port) = (unsafe { sockaddr_port(a, l) }) else {
+        return NOT_OURS;
+    };
+    // SAFETY: sockaddr_port checked the family and that `l` covers the address.
+    let family = c_int::from(unsafe { std::ptr::addr_of!((*a).sa_family).read_unaligned() });
+    let ip = if family == libc::AF_INET6 {
+        // SAFETY: an AF_INET6 address of sufficient length (checked above).
+        let sin6 = unsafe { a.cast::<libc::sockaddr_in6>().read_unaligned() };
+        match std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => return NOT_OURS,
+        }
+    } else {
+        // SAFETY: an AF_INET address of sufficient length (checked above).
+        let sin = unsafe { a.cast::<libc::sockaddr_in>().read_unaligned() };
+        std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+    };
+    let ours = runtime::is_ours(fd);
+    if !ours
+        && (!runtime::connect_takes(ip)
+            || !is_stream(fd)
+            || sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) != Some(family))
+    {
+        return NOT_OURS;
+    }
+    let fam = if family == libc::AF_INET6 {
+        crate::sockets::Family::Inet6
+    } else {
+        crate::sockets::Family::Inet
+    };
+    out(runtime::connect(
+        fd,
+        std::net::SocketAddrV4::new(ip, port),
+        fam,
+    ))
 }
 
 pub(crate) unsafe fn shutdown(fd: c_int, how: c_int) -> Outcome<c_int> {

@@ -18,9 +18,6 @@ pub enum Outcome<T> {
 pub enum Bypass {
     /// The call is not about one of the library's sockets.
     NotOurs,
-    /// It would be ours, but the library does not serve it (outgoing connects): the kernel
-    /// handles it.
-    NoStack,
 }
 
 /// An answer of the socket layer: `None` hands the call to the kernel, `Some(Err(errno))`

@@ -63,7 +63,8 @@ mod gate {
         ours(a) || ours(b)
     }
 
-    /// MTCP_PORTS is set (calls that decide whether an fd becomes ours).
+    /// MTCP_PORTS, MTCP_DEV or MTCP_ADDR is set (calls that decide whether an fd becomes
+    /// ours).
     #[inline]
     pub(super) fn active() -> bool {
         crate::mode::mode() & MODE_CONFIG != 0
@@ -125,7 +126,7 @@ intercept! {
     fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int
         where ours(fd), raw sys!(SYS_accept4, fd, addr, len, flags);
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
-        where ours(fd), raw sys!(SYS_connect, fd, addr, len);
+        where active(), raw sys!(SYS_connect, fd, addr, len);
     fn shutdown(fd: c_int, how: c_int) -> c_int
         where ours(fd), raw sys!(SYS_shutdown, fd, how);
     fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int

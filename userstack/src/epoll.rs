@@ -123,6 +123,13 @@ impl EpollSet {
         self.entries.contains_key(&key)
     }
 
+    /// Whether `key`'s entry was added with EPOLLEXCLUSIVE.
+    pub fn is_exclusive(&self, key: i32) -> bool {
+        self.entries
+            .get(&key)
+            .is_some_and(|e| e.events & EPOLLEXCLUSIVE != 0)
+    }
+
     /// The keys of the entries, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = i32> + '_ {
         self.entries.keys().copied()

@@ -2,7 +2,7 @@
 //! the socket table, and where the call blocks, waits as `wait` says. Answers as in
 //! `sockets`: `None` hands the call to the kernel.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use super::wait::{
     restarts, wait_once, woke_for_work, Look, SigHold, Waited, IN_LOOP,
 };
 use super::{child, config, kwait, shim, with};
-use crate::sockets::{Accepted, Answer, Io, PollKind};
+use crate::sockets::{Accepted, Answer, Family, Io, PollKind};
 
 /// The signal mask for the time a wait blocks, as ppoll takes it: the caller's (epoll_pwait,
 /// ppoll, pselect), or else the thread's own, which `hold` keeps while the wait polls.
@@ -98,6 +98,61 @@ pub fn bind6(fd: c_int, ip: Ipv6Addr, v6only: bool, port: u16) -> Answer<c_int> 
 
 pub fn listen(fd: c_int, backlog: c_int) -> Answer<c_int> {
     with_binds(|s| s.listen(fd, backlog))
+}
+
+/// Whether `MTCP_CONNECT` gives a connect() to `ip` to the stack (a cheap look before the
+/// socket is asked anything).
+pub fn connect_takes(ip: Ipv4Addr) -> bool {
+    config()
+        .as_ref()
+        .is_ok_and(|c| c.connect.takes(&c.addr, c.gateway, ip))
+}
+
+/// connect() of stream socket `fd` (of `family`) to `to`: through the stack if `MTCP_CONNECT`
+/// gives it the destination (`None`: the kernel's). A blocking socket waits for the handshake,
+/// at most SO_SNDTIMEO (then EINPROGRESS, as Linux); a signal handler that runs meanwhile ends
+/// the call with EINTR, and the handshake goes on.
+pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
+    // SAFETY: F_GETFL on the application's socket.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
+    let bound = bound_port(fd);
+    match with(|s| s.connect(fd, to, family, nonblock, bound))? {
+        Err(libc::EINPROGRESS) if !nonblock => {}
+        r => return Some(r),
+    }
+    let until = timeout_of(fd, libc::SO_SNDTIMEO).map(|(at, _)| at);
+    let mut hold = None;
+    loop {
+        let (result, seen, key) = with(|s| {
+            s.pump();
+            Some((s.connect_result(fd), s.wakes(), s.key_of(fd)))
+        })?;
+        if let Some(r) = result {
+            return Some(r);
+        }
+        let mask = hold.get_or_insert_with(SigHold::new).mask();
+        match wait_once(key, None, until, mask, |s| changed(s, seen, Look::Wait)) {
+            Waited::Again => {}
+            Waited::TimedOut => return Some(Err(libc::EINPROGRESS)),
+            Waited::Interrupted => return Some(Err(libc::EINTR)),
+        }
+    }
+}
+
+/// The port kernel socket `fd` was bound to (bind() before connect()), if any.
+fn bound_port(fd: c_int) -> Option<u16> {
+    // SAFETY: an all-zero sockaddr_storage is valid; getsockname writes at most its size.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a buffer of `len` bytes.
+    let r = unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote a sockaddr of `len` bytes.
+    let port = unsafe { crate::ops::sockaddr_port((&ss as *const libc::sockaddr_storage).cast(), len) }?;
+    (port != 0).then_some(port)
 }
 
 /// accept4() on a listener of ours: a stack connection if one is queued, else the kernel's

@@ -172,6 +172,10 @@ impl Host<DpdkLink> for Proc {
     }
 
     #[inline]
+    fn waits_on(&mut self, key: u32) -> bool {
+        BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 && wait::waits_on(key)
+    }
+
     fn wake_waiters(&mut self, only: Option<&[u32]>) {
         if BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 {
             notify_waiters(only);

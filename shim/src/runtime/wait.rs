@@ -195,6 +195,13 @@ pub(super) fn my_eventfd() -> c_int {
     WAITER.try_with(|w| w.0.get().efd).unwrap_or(-1)
 }
 
+/// Whether a thread is blocked in a wait for `key`.
+pub(super) fn waits_on(key: u32) -> bool {
+    WAITER_FDS
+        .lock()
+        .is_ok_and(|v| v.iter().any(|&(_, k)| k == Some(key)))
+}
+
 /// Wakes the threads blocked in our waits (each one's eventfd): those waiting for one of the
 /// objects in `only`, and those waiting for anything; all if `only` is `None`.
 pub(super) fn notify_waiters(only: Option<&[u32]>) {

@@ -27,6 +27,7 @@
 //! `Some(Err(errno))` fails the call as Linux would.
 
 mod conn;
+mod connect;
 mod epoll;
 pub mod fork;
 mod listen;
@@ -129,6 +130,8 @@ pub trait Host<L: Link> {
     /// may have taken from them.) `only`: the entries (sockets, epoll sets) that changed;
     /// threads waiting for others may sleep on. `None`: wake every blocked thread.
     fn wake_waiters(&mut self, only: Option<&[u32]>);
+    /// Whether a thread is blocked in a wait for entry `key` (an epoll set's index).
+    fn waits_on(&mut self, key: u32) -> bool;
 }
 
 /// The address family a socket of ours has for the application. The stack speaks IPv4 alone;
@@ -250,6 +253,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     touched: Vec<u32>,
     /// The last epoll set's uid.
     epoll_uids: u64,
+    /// A connect() said the stack cannot start (once).
+    said_connect: bool,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -296,6 +301,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             lingerers: 0,
             touched: Vec::new(),
             epoll_uids: 0,
+            said_connect: false,
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
@@ -403,11 +409,15 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         Some(obj)
     }
 
-    /// Tells every epoll set watching `fd` its readiness now.
+    /// Tells every epoll set watching `fd` its readiness now. Sets that hold `fd` with
+    /// EPOLLEXCLUSIVE are told in the order they added it, up to the first one a thread is
+    /// blocked on, as Linux wakes one waiting epoll instance: an event on a listener shared
+    /// by a pool's per-thread sets wakes one thread, not the pool.
     fn notify_watchers(&mut self, fd: c_int, r: Readiness) {
         let Some(eps) = self.watchers.get(&fd) else {
             return;
         };
+        let mut woke_exclusive = false;
         for &ep in eps {
             let FdState::Ours(j) = self.table.lookup(ep) else {
                 continue;
@@ -417,8 +427,15 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 ..
             })) = self.objs.get_mut(j as usize)
             {
+                let exclusive = set.is_exclusive(fd);
+                if exclusive && woke_exclusive {
+                    continue;
+                }
                 if set.notify(fd, r) {
                     self.touched.push(j);
+                }
+                if exclusive && self.host.waits_on(j) {
+                    woke_exclusive = true;
                 }
             }
         }
@@ -459,8 +476,15 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         Ok(self.stack.as_mut().expect("just started"))
     }
 
-    /// The stack cannot serve the flagged ports: say so once.
+    /// The stack cannot serve the flagged ports: say so once. (A process that never listened
+    /// has nothing to say here: its connect() says why it fails.)
     fn fail(&mut self, why: String) {
+        let listened =
+            !(self.deferred.is_empty() && self.port_fds.is_empty() && self.binds.is_empty());
+        if self.failed.is_none() && !listened {
+            self.failed = Some(why);
+            return;
+        }
         if self.failed.is_none() {
             let what = if self.deferred.is_empty() {
                 "listen() on them fails"

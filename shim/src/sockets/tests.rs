@@ -38,6 +38,8 @@ struct Log {
     wakes: usize,
     /// The entries the last wake-up was for (`None`: every blocked thread).
     woken: Option<Vec<u32>>,
+    /// The entries threads are blocked on (`Host::waits_on`).
+    waiting: Vec<u32>,
     /// Options set on the kernel sockets: (fd, level, name, value).
     kernel_opts: Vec<(c_int, c_int, c_int, Vec<u8>)>,
     /// What each identity socket inherited.
@@ -176,6 +178,10 @@ impl Host<MemLink> for TestHost {
         }
     }
 
+    fn waits_on(&mut self, key: u32) -> bool {
+        self.log.borrow().waiting.contains(&key)
+    }
+
     fn wake_waiters(&mut self, only: Option<&[u32]>) {
         let mut log = self.log.borrow_mut();
         log.wakes += 1;
@@ -233,7 +239,7 @@ impl Net {
             start_error: start_error.map(String::from),
             now: now.clone(),
             next_fd: FIRST_IDENTITY,
-            epolls: [EPOLL_FD, EPOLL_FD + 1].into_iter().collect(),
+            epolls: [EPOLL_FD, EPOLL_FD + 1, EPOLL_FD + 2].into_iter().collect(),
             log: log.clone(),
         };
         let table: &'static FdTable = Box::leak(Box::new(FdTable::with_len(4096).unwrap()));
@@ -1508,4 +1514,152 @@ fn tcp_info_and_tcp_maxseg_are_the_connections() {
     n.settle();
     let (_, b) = tcp_info(&mut n, fd, size);
     assert_eq!(b[0], 8, "CLOSE_WAIT");
+}
+
+/// A listener in three sets with EPOLLEXCLUSIVE: a new connection is reported by the sets up
+/// to the first one a thread waits on, in the order they added it (Linux's one woken
+/// instance), and by all of them when no thread waits.
+#[test]
+fn an_exclusive_listener_is_reported_up_to_the_first_set_with_a_waiter() {
+    let exclusive = IN | libc::EPOLLEXCLUSIVE as u32;
+    let sets = [EPOLL_FD, EPOLL_FD + 1, EPOLL_FD + 2];
+    for waited in [Some(1), None] {
+        let mut n = Net::new();
+        n.listen_dual();
+        for (k, ep) in sets.iter().enumerate() {
+            n.s.epoll_ctl(
+                *ep,
+                libc::EPOLL_CTL_ADD,
+                LISTEN_FD,
+                Some((exclusive, k as u64)),
+            )
+            .unwrap()
+            .unwrap();
+        }
+        if let Some(w) = waited {
+            let key = n.s.key_of(sets[w]).unwrap();
+            n.log.borrow_mut().waiting.push(key);
+        }
+        n.client_connects(PORT);
+        n.settle();
+        let told: Vec<bool> = sets
+            .iter()
+            .map(|&ep| !pass(&mut n, ep).is_empty())
+            .collect();
+        let want = match waited {
+            Some(_) => vec![true, true, false],
+            None => vec![true, true, true],
+        };
+        assert_eq!(told, want, "waited on {waited:?}");
+    }
+}
+
+// ------------------------------------------------------------------ connect
+
+/// The application's socket that connects (a kernel socket the table has never seen).
+const CONNECT_FD: c_int = 70;
+
+fn connect_to(n: &mut Net, ip: Ipv4Addr, port: u16, bound: Option<u16>) -> super::Answer<c_int> {
+    let to = SocketAddrV4::new(ip, port);
+    n.s.connect(CONNECT_FD, to, Family::Inet, true, bound)
+}
+
+#[test]
+fn a_nonblocking_connect_is_in_progress_then_connected_and_says_so_as_linux() {
+    let mut n = Net::new();
+    n.client.listen(7000, 8, n.client.default_options()).unwrap();
+    assert_eq!(connect_to(&mut n, CLIENT, 7000, None), Some(Err(libc::EINPROGRESS)));
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, CONNECT_FD, Some((OUT, 4)))
+        .unwrap()
+        .unwrap();
+    // Before the handshake: again is EALREADY, and the socket is not writable.
+    assert_eq!(connect_to(&mut n, CLIENT, 7000, None), Some(Err(libc::EALREADY)));
+    assert_eq!(n.s.connect_result(CONNECT_FD), None);
+    n.settle();
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![(OUT, 4)]);
+    assert_eq!(n.s.connect_result(CONNECT_FD), Some(Ok(0)));
+    assert_eq!(connect_to(&mut n, CLIENT, 7000, None), Some(Err(libc::EISCONN)));
+    let (c, from) = n.client.accept(7000).unwrap();
+    assert_eq!(*from.ip(), SERVER);
+    assert!((32768..61000).contains(&from.port()), "{from}");
+    assert_eq!(
+        n.s.name(CONNECT_FD, true),
+        Some(Ok(SocketAddr::from(SocketAddrV4::new(CLIENT, 7000))))
+    );
+    assert_eq!(
+        n.s.name(CONNECT_FD, false),
+        Some(Ok(SocketAddr::from(SocketAddrV4::new(SERVER, from.port()))))
+    );
+    // Data both ways.
+    assert_eq!(n.write(CONNECT_FD, b"ping"), Ok(4));
+    assert_eq!(n.client_reads(c).unwrap(), b"ping");
+    n.client.send(c, b"pong").unwrap();
+    n.client.flush(n.now.get());
+    n.settle();
+    assert_eq!(n.read(CONNECT_FD, false).unwrap(), b"pong");
+}
+
+#[test]
+fn a_connect_to_a_closed_port_is_refused_once() {
+    let mut n = Net::new();
+    assert_eq!(connect_to(&mut n, CLIENT, 7001, None), Some(Err(libc::EINPROGRESS)));
+    n.settle();
+    let r = n.s.readiness(CONNECT_FD).unwrap();
+    assert!(r.error && r.hup, "{r:?}");
+    // A second connect() takes the error, as Linux's takes sk_err.
+    assert_eq!(connect_to(&mut n, CLIENT, 7001, None), Some(Err(libc::ECONNREFUSED)));
+}
+
+#[test]
+fn a_blocking_connects_result_is_taken_once() {
+    let mut n = Net::new();
+    assert_eq!(connect_to(&mut n, CLIENT, 7002, None), Some(Err(libc::EINPROGRESS)));
+    n.settle();
+    assert_eq!(n.s.connect_result(CONNECT_FD), Some(Err(libc::ECONNREFUSED)));
+}
+
+#[test]
+fn connect_leaves_loopback_and_other_subnets_to_the_kernel() {
+    let mut n = Net::new();
+    for ip in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(198, 18, 1, 1), SERVER] {
+        assert_eq!(connect_to(&mut n, ip, 7003, None), None, "{ip}");
+    }
+    assert!(n.s.stack().is_none(), "nothing started the stack");
+}
+
+#[test]
+fn connect_from_a_bound_port_uses_it() {
+    let mut n = Net::new();
+    n.client.listen(7004, 8, n.client.default_options()).unwrap();
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7004, Some(40123)),
+        Some(Err(libc::EINPROGRESS))
+    );
+    n.settle();
+    let (_, from) = n.client.accept(7004).unwrap();
+    assert_eq!(from.port(), 40123);
+}
+
+/// TCP_NODELAY set on the socket before connect() holds for the stack's connection: two
+/// small writes leave at once, where Nagle holds the second until the first is acknowledged.
+#[test]
+fn options_set_before_connect_reach_the_connection() {
+    for nodelay in [false, true] {
+        let mut n = Net::new();
+        n.client.listen(7005, 8, n.client.default_options()).unwrap();
+        if nodelay {
+            n.log.borrow_mut().kernel_opts.push((
+                CONNECT_FD,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                1i32.to_ne_bytes().to_vec(),
+            ));
+        }
+        assert_eq!(connect_to(&mut n, CLIENT, 7005, None), Some(Err(libc::EINPROGRESS)));
+        n.settle();
+        assert_eq!(n.write(CONNECT_FD, b"a"), Ok(1));
+        assert_eq!(n.write(CONNECT_FD, b"b"), Ok(1));
+        let frames = n.client.link().pending();
+        assert_eq!(frames, if nodelay { 2 } else { 1 }, "nodelay {nodelay}");
+    }
 }

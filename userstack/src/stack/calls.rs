@@ -137,6 +137,20 @@ impl<L: Link> Stack<L> {
         remote: SocketAddrV4,
         opts: TcpOptions,
     ) -> Result<ConnId, SockError> {
+        self.connect_from(now, remote, None, opts)
+    }
+
+    /// Opens a connection to `remote` from `local_port` (a port the caller bound), or from an
+    /// ephemeral port: the next one in Linux's range (32768-60999) that no listener and no
+    /// connection to the same peer holds. `AddrNotAvail` (Linux's EADDRNOTAVAIL) if
+    /// `local_port` already has a connection to `remote`, or if no ephemeral port is free.
+    pub fn connect_from(
+        &mut self,
+        now: Instant,
+        remote: SocketAddrV4,
+        local_port: Option<u16>,
+        opts: TcpOptions,
+    ) -> Result<ConnId, SockError> {
         if remote.port() == 0
             || remote.ip().is_unspecified()
             || remote.ip().is_broadcast()
@@ -149,7 +163,16 @@ impl<L: Link> Stack<L> {
         }
         let span = EPHEMERAL.end - EPHEMERAL.start;
         let mut port = None;
-        for _ in 0..span {
+        if let Some(p) = local_port.filter(|&p| p != 0) {
+            if self
+                .demux
+                .contains_key(&key(*remote.ip(), remote.port(), p))
+            {
+                return Err(SockError::AddrNotAvail);
+            }
+            port = Some(p);
+        }
+        for _ in 0..if port.is_some() { 0 } else { span } {
             let p = self.next_ephemeral;
             self.next_ephemeral = if p + 1 >= EPHEMERAL.end {
                 EPHEMERAL.start

@@ -253,6 +253,11 @@ impl<L: Link> Stack<L> {
         self.net.link()
     }
 
+    /// Which flows are this stack's (`Steering::ALONE` unless processes share its device).
+    pub fn steering(&self) -> crate::steer::Steering {
+        self.steering
+    }
+
     /// Which flows are this stack's, where processes share its device (steer.rs): from now on
     /// SYNs open connections only in `steering.syn`'s buckets, and unwanted segments get a
     /// reset only in `steering.rst`'s.

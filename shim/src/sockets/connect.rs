@@ -1,0 +1,172 @@
+//! Outgoing connections: connect() to a destination `MTCP_CONNECT` gives the stack.
+//!
+//! The application's socket stays a kernel socket that never connects (its identity: fstat,
+//! fcntl and close keep working on it); the connection is the stack's, and the fd becomes ours
+//! as an accepted connection's is. Loopback and every destination the rule does not take stay
+//! the kernel's. A destination the rule takes is never quietly handed to the kernel: if the
+//! stack cannot start, connect() fails and says why once.
+
+use std::net::SocketAddrV4;
+
+use libc::c_int;
+use userstack::link::Link;
+use userstack::steer::Steering;
+use userstack::{ConnId, SockError};
+
+use super::options::{ConnOpts, Effect};
+use super::{so_errno, Answer, Family, Host, Obj, Sockets};
+
+/// Options the application may have set on the kernel socket before connect(), carried to
+/// the stack's connection.
+const CARRIED: [(c_int, c_int); 2] = [
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+];
+
+impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
+    /// connect() of stream socket `fd` (of `family`) to `to`. `None`: the kernel's (the rule
+    /// does not give the destination to the stack, or the socket is not ours to decide).
+    /// A new connection answers `EINPROGRESS` (the caller waits if the socket blocks; see
+    /// [`Sockets::connect_result`]); on a connection of ours connect() answers as Linux does:
+    /// `EALREADY` while the handshake runs, `EISCONN` after it, the error it failed with once.
+    /// `nonblock`: the socket's O_NONBLOCK; `bound`: the port the kernel socket was bound to.
+    pub fn connect(
+        &mut self,
+        fd: c_int,
+        to: SocketAddrV4,
+        family: Family,
+        nonblock: bool,
+        bound: Option<u16>,
+    ) -> Answer<c_int> {
+        match self.obj(fd) {
+            Some(Obj::Conn { id, .. }) => {
+                let id = *id;
+                return Some(Err(self.connect_again(id)));
+            }
+            Some(Obj::Listener { .. }) => return Some(Err(libc::EISCONN)),
+            Some(Obj::Epoll { .. }) => return None,
+            None => {}
+        }
+        let cfg = self.cfg.as_ref().ok()?;
+        if !cfg.connect.takes(&cfg.addr, cfg.gateway, *to.ip()) {
+            return None;
+        }
+        if let Err(e) = self.ensure_stack() {
+            return Some(Err(self.cannot_connect(to, e)));
+        }
+        let stack = self.stack.as_mut().expect("started");
+        if stack.steering() != Steering::ALONE {
+            let why = "outgoing connections of worker processes that share the device are not \
+                       served yet (their replies may reach another worker's stack)";
+            self.host
+                .say(&format!("connect() to {to} through the stack fails: {why}"));
+            return Some(Err(libc::EADDRNOTAVAIL));
+        }
+        let mut tcp = stack.default_options();
+        tcp.nodelay = false;
+        let id = match stack.connect_from(self.host.now(), to, bound, tcp) {
+            Ok(id) => id,
+            Err(e) => return Some(Err(connect_errno(e))),
+        };
+        let conn = Obj::Conn {
+            id,
+            family,
+            nonblock,
+            opts: ConnOpts::default(),
+        };
+        let i = match self.insert(fd, conn) {
+            Ok(i) => i,
+            Err(e) => {
+                if let Some(st) = self.stack.as_mut() {
+                    let _ = st.abort(id);
+                }
+                return Some(Err(e));
+            }
+        };
+        self.conn_fd.insert(id, i);
+        for (level, name) in CARRIED {
+            if let Some(v) = self.host.kernel_getsockopt_int(fd, level, name) {
+                if v != 0 {
+                    self.carry(fd, id, level, name, v);
+                }
+            }
+        }
+        // The SYN leaves now, not at the next poll.
+        self.flush();
+        Some(Err(libc::EINPROGRESS))
+    }
+
+    /// An option set on the kernel socket before connect(), applied to connection `id`.
+    fn carry(&mut self, fd: c_int, id: ConnId, level: c_int, name: c_int, v: c_int) {
+        let Some(Obj::Conn { opts, .. }) = self.obj(fd) else {
+            return;
+        };
+        let effect: Effect = opts.apply(level, name, &v.to_ne_bytes());
+        let opts = *opts;
+        let _ = self.take_effect(fd, id, effect, &opts);
+    }
+
+    /// connect() again on connection `id` of ours.
+    fn connect_again(&mut self, id: ConnId) -> c_int {
+        use smoltcp::socket::tcp::State as S;
+        let Some(stack) = self.stack.as_mut() else {
+            return libc::EISCONN;
+        };
+        match stack.take_error(id) {
+            Ok(Some(e)) => return so_errno(e),
+            Err(_) => return libc::EISCONN,
+            Ok(None) => {}
+        }
+        match stack.slot_state(id) {
+            Some((S::SynSent, ..)) => libc::EALREADY,
+            _ => libc::EISCONN,
+        }
+    }
+
+    /// Where a blocking connect() of `fd` stands: `None` while the handshake runs, then its
+    /// result (the error is taken, as Linux's connect() takes `sk_err`).
+    pub fn connect_result(&mut self, fd: c_int) -> Option<Result<c_int, c_int>> {
+        use smoltcp::socket::tcp::State as S;
+        let Some(Obj::Conn { id, .. }) = self.obj(fd) else {
+            // Closed meanwhile by another thread.
+            return Some(Err(libc::EBADF));
+        };
+        let id = *id;
+        let stack = self.stack.as_mut()?;
+        match stack.take_error(id) {
+            Ok(Some(e)) => return Some(Err(so_errno(e))),
+            Err(_) => return Some(Err(libc::ECONNABORTED)),
+            Ok(None) => {}
+        }
+        match stack.slot_state(id) {
+            Some((S::SynSent, ..)) => None,
+            _ => Some(Ok(0)),
+        }
+    }
+
+    /// The stack cannot start for a connect() to `to`: said once (`why` the same as a
+    /// listener's); the call fails.
+    fn cannot_connect(&mut self, to: SocketAddrV4, e: c_int) -> c_int {
+        if let Some(why) = self.failed.clone() {
+            if !self.said_connect {
+                self.said_connect = true;
+                self.host.say(&format!(
+                    "connect() to {to} through the stack fails: the stack cannot start: {why}"
+                ));
+            }
+        }
+        if e == libc::EADDRNOTAVAIL {
+            libc::ENETUNREACH
+        } else {
+            e
+        }
+    }
+}
+
+/// The errno of a connect() the stack refused to start.
+fn connect_errno(e: SockError) -> c_int {
+    match e {
+        SockError::NetUnreachable => libc::ENETUNREACH,
+        e => so_errno(e),
+    }
+}
