@@ -181,8 +181,6 @@ unsafe fn send_iov(
 
 const NOT_OURS: Outcome<c_int> = B(Bypass::NotOurs);
 
-
-
 // --- sockets --------------------------------------------------------------------------------
 
 pub(crate) unsafe fn socket(_domain: c_int, _ty: c_int, _protocol: c_int) -> Outcome<c_int> {

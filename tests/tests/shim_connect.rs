@@ -124,13 +124,8 @@ fn redis_clients_connect_through_the_stack_to_a_kernel_server() {
 fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
     let subnet = Subnet::allocate().expect("subnet");
     let (ns_server, ns_client) = (Netns::new().expect("netns"), Netns::new().expect("netns"));
-    let veth = VethPair::between(
-        &ns_server,
-        &subnet.cidr(101),
-        &ns_client,
-        &subnet.cidr(102),
-    )
-    .expect("veth");
+    let veth = VethPair::between(&ns_server, &subnet.cidr(101), &ns_client, &subnet.cidr(102))
+        .expect("veth");
     let port = 17500 + subnet.index();
     let server_ip = subnet.addr(2);
     let mut server = redis_in(
@@ -142,7 +137,17 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
     let (h, p) = (server_ip.to_string(), port.to_string());
     let mut cmd = ns_client.command("redis-benchmark");
     cmd.args([
-        "-h", &h, "-p", &p, "-n", "20000", "-c", "50", "-t", "set,get,lpush", "-q",
+        "-h",
+        &h,
+        "-p",
+        &p,
+        "-n",
+        "20000",
+        "-c",
+        "50",
+        "-t",
+        "set,get,lpush",
+        "-q",
     ]);
     let out = shim_client(cmd, veth.ns_if(), &subnet.cidr(3))
         .output()
@@ -154,10 +159,26 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
         "{bench}\n{}",
         server.diagnostics()
     );
-    let mut cmd = ns_client.command("redis-cli");
-    cmd.args(["-h", &h, "-p", &p, "LLEN", "mylist"]);
-    let out = shim_client(cmd, veth.ns_if(), &subnet.cidr(3))
-        .output()
-        .expect("redis-cli runs");
-    assert_eq!(text(&out).trim(), "20000", "{}", server.diagnostics());
+    let cli = |args: &[&str]| {
+        let mut cmd = ns_client.command("redis-cli");
+        cmd.args(["-h", &h, "-p", &p]).args(args);
+        let out = shim_client(cmd, veth.ns_if(), &subnet.cidr(3))
+            .output()
+            .expect("redis-cli runs");
+        text(&out)
+    };
+    assert_eq!(
+        cli(&["LLEN", "mylist"]).trim(),
+        "20000",
+        "{}",
+        server.diagnostics()
+    );
+    // Both ends are stacks: the server sees the client's stack address, and its own stack
+    // opened the benchmark's connections.
+    let list = cli(&["CLIENT", "LIST"]);
+    assert!(
+        list.contains(&format!("addr={}:", subnet.addr(3))),
+        "{list}"
+    );
+    assert!(mtcp_tests::redis::stack_counter(server.pid(), "conns_opened") >= 50);
 }

@@ -146,12 +146,19 @@ fn bound_port(fd: c_int) -> Option<u16> {
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: a buffer of `len` bytes.
-    let r = unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
     if r != 0 {
         return None;
     }
     // SAFETY: the kernel wrote a sockaddr of `len` bytes.
-    let port = unsafe { crate::ops::sockaddr_port((&ss as *const libc::sockaddr_storage).cast(), len) }?;
+    let port =
+        unsafe { crate::ops::sockaddr_port((&ss as *const libc::sockaddr_storage).cast(), len) }?;
     (port != 0).then_some(port)
 }
 

@@ -51,8 +51,13 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if !cfg.connect.takes(&cfg.addr, cfg.gateway, *to.ip()) {
             return None;
         }
-        if let Err(e) = self.ensure_stack() {
-            return Some(Err(self.cannot_connect(to, e)));
+        // A failure to start is this connect()'s to say (`fail` stays quiet).
+        self.connecting = true;
+        let started = self.ensure_stack().map(|_| ());
+        self.connecting = false;
+        if let Err(e) = started {
+            let first = !std::mem::replace(&mut self.said_connect, true);
+            return Some(Err(self.cannot_connect(to, e, first)));
         }
         let stack = self.stack.as_mut().expect("started");
         if stack.steering() != Steering::ALONE {
@@ -144,16 +149,13 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
-    /// The stack cannot start for a connect() to `to`: said once (`why` the same as a
-    /// listener's); the call fails.
-    fn cannot_connect(&mut self, to: SocketAddrV4, e: c_int) -> c_int {
-        if let Some(why) = self.failed.clone() {
-            if !self.said_connect {
-                self.said_connect = true;
-                self.host.say(&format!(
-                    "connect() to {to} through the stack fails: the stack cannot start: {why}"
-                ));
-            }
+    /// The stack cannot start for a connect() to `to`: said by the `first` connect() that
+    /// found it so (`why` the same as a listener's); the call fails.
+    fn cannot_connect(&mut self, to: SocketAddrV4, e: c_int, first: bool) -> c_int {
+        if let (true, Some(why)) = (first, self.failed.clone()) {
+            self.host.say(&format!(
+                "connect() to {to} through the stack fails: the stack cannot start: {why}"
+            ));
         }
         if e == libc::EADDRNOTAVAIL {
             libc::ENETUNREACH

@@ -253,8 +253,10 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     touched: Vec<u32>,
     /// The last epoll set's uid.
     epoll_uids: u64,
-    /// A connect() said the stack cannot start (once).
+    /// A connect() said that the stack cannot start (once).
     said_connect: bool,
+    /// A connect() is starting the stack.
+    connecting: bool,
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
@@ -302,6 +304,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             touched: Vec::new(),
             epoll_uids: 0,
             said_connect: false,
+            connecting: false,
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
@@ -476,12 +479,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         Ok(self.stack.as_mut().expect("just started"))
     }
 
-    /// The stack cannot serve the flagged ports: say so once. (A process that never listened
-    /// has nothing to say here: its connect() says why it fails.)
+    /// The stack cannot serve the flagged ports: say so once. (When a connect() starts it, the
+    /// connect() says why it fails instead.)
     fn fail(&mut self, why: String) {
-        let listened =
-            !(self.deferred.is_empty() && self.port_fds.is_empty() && self.binds.is_empty());
-        if self.failed.is_none() && !listened {
+        if self.failed.is_none() && self.connecting {
             self.failed = Some(why);
             return;
         }

@@ -1567,18 +1567,29 @@ fn connect_to(n: &mut Net, ip: Ipv4Addr, port: u16, bound: Option<u16>) -> super
 #[test]
 fn a_nonblocking_connect_is_in_progress_then_connected_and_says_so_as_linux() {
     let mut n = Net::new();
-    n.client.listen(7000, 8, n.client.default_options()).unwrap();
-    assert_eq!(connect_to(&mut n, CLIENT, 7000, None), Some(Err(libc::EINPROGRESS)));
+    n.client
+        .listen(7000, 8, n.client.default_options())
+        .unwrap();
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7000, None),
+        Some(Err(libc::EINPROGRESS))
+    );
     n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, CONNECT_FD, Some((OUT, 4)))
         .unwrap()
         .unwrap();
     // Before the handshake: again is EALREADY, and the socket is not writable.
-    assert_eq!(connect_to(&mut n, CLIENT, 7000, None), Some(Err(libc::EALREADY)));
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7000, None),
+        Some(Err(libc::EALREADY))
+    );
     assert_eq!(n.s.connect_result(CONNECT_FD), None);
     n.settle();
     assert_eq!(pass(&mut n, EPOLL_FD), vec![(OUT, 4)]);
     assert_eq!(n.s.connect_result(CONNECT_FD), Some(Ok(0)));
-    assert_eq!(connect_to(&mut n, CLIENT, 7000, None), Some(Err(libc::EISCONN)));
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7000, None),
+        Some(Err(libc::EISCONN))
+    );
     let (c, from) = n.client.accept(7000).unwrap();
     assert_eq!(*from.ip(), SERVER);
     assert!((32768..61000).contains(&from.port()), "{from}");
@@ -1602,20 +1613,32 @@ fn a_nonblocking_connect_is_in_progress_then_connected_and_says_so_as_linux() {
 #[test]
 fn a_connect_to_a_closed_port_is_refused_once() {
     let mut n = Net::new();
-    assert_eq!(connect_to(&mut n, CLIENT, 7001, None), Some(Err(libc::EINPROGRESS)));
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7001, None),
+        Some(Err(libc::EINPROGRESS))
+    );
     n.settle();
     let r = n.s.readiness(CONNECT_FD).unwrap();
     assert!(r.error && r.hup, "{r:?}");
     // A second connect() takes the error, as Linux's takes sk_err.
-    assert_eq!(connect_to(&mut n, CLIENT, 7001, None), Some(Err(libc::ECONNREFUSED)));
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7001, None),
+        Some(Err(libc::ECONNREFUSED))
+    );
 }
 
 #[test]
 fn a_blocking_connects_result_is_taken_once() {
     let mut n = Net::new();
-    assert_eq!(connect_to(&mut n, CLIENT, 7002, None), Some(Err(libc::EINPROGRESS)));
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7002, None),
+        Some(Err(libc::EINPROGRESS))
+    );
     n.settle();
-    assert_eq!(n.s.connect_result(CONNECT_FD), Some(Err(libc::ECONNREFUSED)));
+    assert_eq!(
+        n.s.connect_result(CONNECT_FD),
+        Some(Err(libc::ECONNREFUSED))
+    );
 }
 
 #[test]
@@ -1630,7 +1653,9 @@ fn connect_leaves_loopback_and_other_subnets_to_the_kernel() {
 #[test]
 fn connect_from_a_bound_port_uses_it() {
     let mut n = Net::new();
-    n.client.listen(7004, 8, n.client.default_options()).unwrap();
+    n.client
+        .listen(7004, 8, n.client.default_options())
+        .unwrap();
     assert_eq!(
         connect_to(&mut n, CLIENT, 7004, Some(40123)),
         Some(Err(libc::EINPROGRESS))
@@ -1646,7 +1671,9 @@ fn connect_from_a_bound_port_uses_it() {
 fn options_set_before_connect_reach_the_connection() {
     for nodelay in [false, true] {
         let mut n = Net::new();
-        n.client.listen(7005, 8, n.client.default_options()).unwrap();
+        n.client
+            .listen(7005, 8, n.client.default_options())
+            .unwrap();
         if nodelay {
             n.log.borrow_mut().kernel_opts.push((
                 CONNECT_FD,
@@ -1655,11 +1682,34 @@ fn options_set_before_connect_reach_the_connection() {
                 1i32.to_ne_bytes().to_vec(),
             ));
         }
-        assert_eq!(connect_to(&mut n, CLIENT, 7005, None), Some(Err(libc::EINPROGRESS)));
+        assert_eq!(
+            connect_to(&mut n, CLIENT, 7005, None),
+            Some(Err(libc::EINPROGRESS))
+        );
         n.settle();
         assert_eq!(n.write(CONNECT_FD, b"a"), Ok(1));
         assert_eq!(n.write(CONNECT_FD, b"b"), Ok(1));
         let frames = n.client.link().pending();
         assert_eq!(frames, if nodelay { 2 } else { 1 }, "nodelay {nodelay}");
     }
+}
+
+/// A stack that cannot start fails a connect() the rule gives it, says why once, and never
+/// hands the destination to the kernel.
+#[test]
+fn a_connect_whose_stack_cannot_start_fails_and_says_why_once() {
+    let mut n = Net::with(config(&[]), Some("no hugepages and no memory"));
+    for _ in 0..2 {
+        assert_eq!(
+            connect_to(&mut n, CLIENT, 7006, None),
+            Some(Err(libc::ENETUNREACH))
+        );
+    }
+    let said = n.said();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with("connect() to 198.18.0.1:7006 through the stack fails")
+            && said[0].contains("no hugepages"),
+        "{said:?}"
+    );
 }
