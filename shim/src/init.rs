@@ -95,14 +95,15 @@ extern "C" fn watch_at_load() {
     }
 }
 
-/// Whether variable `name` is set to `value`.
 /// Whether `name` is set to a non-empty value.
 fn env_set(name: &std::ffi::CStr) -> bool {
     // SAFETY: getenv with a NUL-terminated name; the result is read at once.
     let p = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
     !p.is_null() && unsafe { *p } != 0
 }
 
+/// Whether variable `name` is set to `value`.
 fn env_is(name: &std::ffi::CStr, value: &[u8]) -> bool {
     // SAFETY: getenv with a NUL-terminated name.
     let p = unsafe { libc::getenv(name.as_ptr()) };
