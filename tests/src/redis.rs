@@ -25,6 +25,22 @@ pub fn py_file(name: &str) -> String {
     format!("{}/py/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Starts redis-server as `cmd` says and waits (30 s at most) until it logs "Ready to accept
+/// connections"; panics with its diagnostics if it does not.
+pub fn start_redis(cmd: std::process::Command) -> ServerProcess {
+    let mut server = ServerProcess::builder_for(cmd)
+        .ready_prefix("")
+        .spawn()
+        .expect("redis-server starts");
+    crate::wait_stdout_contains(
+        &mut server,
+        "Ready to accept connections",
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", server.diagnostics()));
+    server
+}
+
 /// Everything `mtcprun stats PID` prints of process `pid`'s stack (for a failure's message).
 pub fn stats_text(pid: u32) -> String {
     let bin = crate::built_artifact("mtcprun", "MTCPRUN_BIN");

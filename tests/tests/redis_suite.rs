@@ -8,9 +8,8 @@
 //! as CI has it) or at `$MTCP_REDIS_SUITE`. Without it this test says so and checks nothing.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+use mtcp_tests::{Netns, Subnet, VethPair};
 
 fn suite_script() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("MTCP_REDIS_SUITE") {
@@ -59,21 +58,13 @@ fn redis_own_quick_suite_passes_through_the_shim() {
         "--dir",
         dir.to_str().unwrap(),
     ];
-    let mut server = ServerProcess::builder("redis-server")
-        .args(args)
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args(args)
         .env("LD_PRELOAD", shim_lib())
         .env("MTCP_PORTS", port.to_string())
         .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
-        .env("MTCP_ADDR", subnet.cidr(2))
-        .ready_prefix("")
-        .spawn()
-        .expect("redis-server starts");
-    mtcp_tests::wait_stdout_contains(
-        &mut server,
-        "Ready to accept connections",
-        Duration::from_secs(30),
-    )
-    .expect("redis-server gets ready");
+        .env("MTCP_ADDR", subnet.cidr(2));
+    let mut server = mtcp_tests::redis::start_redis(cmd);
     let log = dir.with_extension("log");
     let mut cmd = std::process::Command::new("bash");
     cmd.arg(&script);

@@ -6,7 +6,6 @@
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use mtcp_tests::redis::shim_lib;
 use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
@@ -47,17 +46,7 @@ fn redis_in(ns: &Netns, ip: Ipv4Addr, port: u16, shim: Option<(&str, &str)>) -> 
             .env("MTCP_DEV", format!("af_packet:{dev}"))
             .env("MTCP_ADDR", cidr);
     }
-    let mut server = ServerProcess::builder_for(cmd)
-        .ready_prefix("")
-        .spawn()
-        .expect("redis-server starts");
-    mtcp_tests::wait_stdout_contains(
-        &mut server,
-        "Ready to accept connections",
-        Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", server.diagnostics()));
-    server
+    mtcp_tests::redis::start_redis(cmd)
 }
 
 /// A client under the shim in the root namespace reaches a kernel redis-server in a
