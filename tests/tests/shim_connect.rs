@@ -171,3 +171,44 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
     );
     assert!(mtcp_tests::redis::stack_counter(server.pid(), "conns_opened") >= 50);
 }
+
+/// connect() under the shim answers as the kernel's: tests/py/connect_seq.py (blocking and
+/// non-blocking connects to a listener and to a closed port, EINPROGRESS, POLLOUT, SO_ERROR once,
+/// EISCONN, SO_SNDTIMEO's EINPROGRESS against a silent address, a port bound before connect)
+/// run by the kernel and under the shim from the same namespace, to the same kernel server, print
+/// the same lines.
+#[test]
+fn connect_answers_as_the_kernels() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let (ns_server, ns_client) = (Netns::new().expect("netns"), Netns::new().expect("netns"));
+    let veth =
+        VethPair::between(&ns_server, &subnet.cidr(1), &ns_client, &subnet.cidr(2)).expect("veth");
+    let port = 18500 + subnet.index();
+    let script = mtcp_tests::redis::py_file("connect_seq.py");
+    let mut server = ServerProcess::builder_in(&ns_server, "/usr/bin/python3")
+        .args([script.as_str(), "serve", &port.to_string()])
+        .ready_prefix("listening")
+        .spawn()
+        .expect("the server starts");
+    let args = [
+        script.clone(),
+        subnet.addr(1).to_string(),
+        port.to_string(),
+        (port + 1).to_string(),
+        subnet.addr(77).to_string(),
+    ];
+    let run = |shim: bool| {
+        let mut cmd = ns_client.command("/usr/bin/python3");
+        cmd.args(&args);
+        if shim {
+            cmd = shim_client(cmd, veth.ns_if(), &subnet.cidr(3));
+        }
+        let out = cmd.output().expect("python3 runs");
+        assert!(out.status.success(), "shim {shim}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let kernel = run(false);
+    assert!(kernel.ends_with("done\n"), "{kernel}");
+    let shim = run(true);
+    assert_eq!(shim, kernel, "{}", server.diagnostics());
+}

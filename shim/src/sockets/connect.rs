@@ -39,10 +39,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         bound: Option<u16>,
     ) -> Answer<c_int> {
         match self.obj(fd) {
-            Some(Obj::Conn { id, .. }) => {
-                let id = *id;
-                return Some(Err(self.connect_again(id)));
-            }
+            Some(Obj::Conn { .. }) => return Some(self.connect_again(fd)),
             Some(Obj::Listener { .. }) => return Some(Err(libc::EISCONN)),
             Some(Obj::Epoll { .. }) => return None,
             None => {}
@@ -78,6 +75,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             family,
             nonblock,
             opts: ConnOpts::default(),
+            connecting: true,
         };
         let i = match self.insert(fd, conn) {
             Ok(i) => i,
@@ -111,20 +109,32 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let _ = self.take_effect(fd, id, effect, &opts);
     }
 
-    /// connect() again on connection `id` of ours.
-    fn connect_again(&mut self, id: ConnId) -> c_int {
+    /// connect() again on connection `fd` of ours, as Linux answers it: while the handshake
+    /// runs `EALREADY`; the first time after a non-blocking connect() completed 0, then
+    /// `EISCONN`; after it failed, its error (once).
+    fn connect_again(&mut self, fd: c_int) -> Result<c_int, c_int> {
         use smoltcp::socket::tcp::State as S;
+        let Some(Obj::Conn { id, connecting, .. }) = self.obj(fd) else {
+            return Err(libc::EBADF);
+        };
+        let (id, was_connecting) = (*id, std::mem::replace(connecting, false));
         let Some(stack) = self.stack.as_mut() else {
-            return libc::EISCONN;
+            return Err(libc::EISCONN);
         };
         match stack.take_error(id) {
-            Ok(Some(e)) => return so_errno(e),
-            Err(_) => return libc::EISCONN,
+            Ok(Some(e)) => return Err(so_errno(e)),
+            Err(_) => return Err(libc::EISCONN),
             Ok(None) => {}
         }
         match stack.slot_state(id) {
-            Some((S::SynSent, ..)) => libc::EALREADY,
-            _ => libc::EISCONN,
+            Some((S::SynSent, ..)) => {
+                if let Some(Obj::Conn { connecting, .. }) = self.obj(fd) {
+                    *connecting = was_connecting;
+                }
+                Err(libc::EALREADY)
+            }
+            _ if was_connecting => Ok(0),
+            _ => Err(libc::EISCONN),
         }
     }
 
@@ -145,7 +155,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         match stack.slot_state(id) {
             Some((S::SynSent, ..)) => None,
-            _ => Some(Ok(0)),
+            _ => {
+                if let Some(Obj::Conn { connecting, .. }) = self.obj(fd) {
+                    *connecting = false;
+                }
+                Some(Ok(0))
+            }
         }
     }
 

@@ -273,6 +273,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             family,
             nonblock,
             opts,
+            connecting: false,
         };
         let i = match self.insert(efd, conn) {
             Ok(i) => i,

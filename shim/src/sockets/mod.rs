@@ -190,6 +190,10 @@ pub(crate) enum Obj {
         family: Family,
         nonblock: bool,
         opts: ConnOpts,
+        /// An outgoing connection whose connect() said EINPROGRESS, with no connect() since:
+        /// Linux's SS_CONNECTING, where the next connect() after the handshake returns 0 (then
+        /// EISCONN).
+        connecting: bool,
     },
     Epoll {
         set: EpollSet,

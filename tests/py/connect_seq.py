@@ -1,0 +1,108 @@
+"""connect() as a program sees it, one line per case, for the kernel and the shim to be compared.
+
+`connect_seq.py SERVER OPEN_PORT CLOSED_PORT SILENT_ADDR`: SERVER listens on OPEN_PORT and
+answers each connection's line with the same line (`connect_seq.py serve PORT`, which prints
+`listening` once it does); nothing listens on CLOSED_PORT; nobody has SILENT_ADDR (its ARP goes
+unanswered). Addresses and ports that differ between runs (the
+local port, the server's address) are printed as what they are to the program: the family,
+whether the port is ephemeral.
+"""
+
+import errno
+import select
+import socket
+import sys
+import time
+
+if sys.argv[1] == "serve":
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", int(sys.argv[2])))
+    ls.listen(16)
+    print("listening", flush=True)
+    while True:
+        c, _ = ls.accept()
+        line = c.recv(64)
+        if line:
+            c.sendall(line)
+        c.close()
+
+server, open_port, closed_port, silent = (
+    sys.argv[1],
+    int(sys.argv[2]),
+    int(sys.argv[3]),
+    sys.argv[4],
+)
+
+
+def name(e):
+    return errno.errorcode.get(e, str(e)) if e else "0"
+
+
+def out(*a):
+    print(*a, flush=True)
+
+
+def ephemeral(port):
+    return 32768 <= port < 61000
+
+
+# Blocking connect to a listener: 0, the names, data both ways.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+out("blocking connect", name(s.connect_ex((server, open_port))))
+host, port = s.getsockname()
+out("getsockname family", s.family.name, "ephemeral", ephemeral(port))
+out("getpeername", s.getpeername() == (server, open_port))
+s.sendall(b"hello\n")
+out("echo", s.recv(64))
+out("connect again", name(s.connect_ex((server, open_port))))
+s.close()
+
+# Refused.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+out("blocking connect to a closed port", name(s.connect_ex((server, closed_port))))
+s.close()
+
+# Non-blocking: EINPROGRESS, EALREADY or not, POLLOUT, SO_ERROR, EISCONN.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+out("nonblocking connect", name(s.connect_ex((server, open_port))))
+p = select.poll()
+p.register(s, select.POLLOUT)
+ev = p.poll(5000)
+out("poll", [(e & (select.POLLOUT | select.POLLERR | select.POLLHUP)) for _, e in ev])
+out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+out("connect again", name(s.connect_ex((server, open_port))))
+s.close()
+
+# Non-blocking to a closed port: the error once, by SO_ERROR.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+out("nonblocking connect to a closed port", name(s.connect_ex((server, closed_port))))
+p = select.poll()
+p.register(s, select.POLLOUT)
+ev = p.poll(5000)
+out("poll", [(e & (select.POLLOUT | select.POLLERR | select.POLLHUP)) for _, e in ev])
+out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+out("SO_ERROR again", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+s.close()
+
+# Blocking with SO_SNDTIMEO to nobody: EINPROGRESS after the timeout; then EALREADY.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, b"\x00" * 8 + (300000).to_bytes(8, "little"))
+t = time.monotonic()
+r = s.connect_ex((silent, open_port))
+took = time.monotonic() - t
+out("blocking connect to nobody, SO_SNDTIMEO 300 ms", name(r), "after the timeout", 0.25 < took < 2)
+out("connect again", name(s.connect_ex((silent, open_port))))
+s.close()
+
+# A port bound before connect() is the connection's.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+# (SO_REUSEADDR: the other run's connection from this port may be in TIME-WAIT.)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 40321))
+out("bound connect", name(s.connect_ex((server, open_port))))
+out("local port", s.getsockname()[1])
+s.close()
+out("done")
