@@ -90,7 +90,7 @@ start() {
     PIDS+=("$SRV")
     local i
     for i in $(seq 100); do
-        grep -q "Ready to accept" "$TMP/srv.log" && return 0
+        grep -qi "ready to accept" "$TMP/srv.log" && return 0
         sleep 0.1
     done
     echo "$NAME: the server for $path does not start:" >&2
@@ -118,7 +118,8 @@ for path in $PATHS; do
         cli=$(
             "${CLIENT[@]}" redis-benchmark "${HOSTARGS[@]}" -n "$N" -c "$c" -P "$p" -t get \
                 --csv >"$TMP/out.csv" 2>"$TMP/err" || echo failed
-            times | tail -1
+            times >"$TMP/times"
+            tail -1 "$TMP/times"
         )
         after=$(ticks "$SRV")
         if [[ $cli == failed* ]]; then
