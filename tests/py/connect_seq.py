@@ -63,27 +63,27 @@ s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("blocking connect to a closed port", name(s.connect_ex((server, closed_port))))
 s.close()
 
-# Non-blocking: EINPROGRESS, EALREADY or not, POLLOUT, SO_ERROR, EISCONN.
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setblocking(False)
-out("nonblocking connect", name(s.connect_ex((server, open_port))))
-p = select.poll()
-p.register(s, select.POLLOUT)
-ev = p.poll(5000)
-out("poll", [(e & (select.POLLOUT | select.POLLERR | select.POLLHUP)) for _, e in ev])
-out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+def nonblocking(port, what):
+    """A non-blocking connect to `port`: its answer, what poll says, SO_ERROR."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    out("nonblocking connect" + what, name(s.connect_ex((server, port))))
+    p = select.poll()
+    p.register(s, select.POLLOUT)
+    ev = p.poll(5000)
+    out("poll", [(e & (select.POLLOUT | select.POLLERR | select.POLLHUP)) for _, e in ev])
+    out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+    return s
+
+
+# Non-blocking: EINPROGRESS, POLLOUT, SO_ERROR 0, then connect() again (0 once, then EISCONN).
+s = nonblocking(open_port, "")
+out("connect again", name(s.connect_ex((server, open_port))))
 out("connect again", name(s.connect_ex((server, open_port))))
 s.close()
 
 # Non-blocking to a closed port: the error once, by SO_ERROR.
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setblocking(False)
-out("nonblocking connect to a closed port", name(s.connect_ex((server, closed_port))))
-p = select.poll()
-p.register(s, select.POLLOUT)
-ev = p.poll(5000)
-out("poll", [(e & (select.POLLOUT | select.POLLERR | select.POLLHUP)) for _, e in ev])
-out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+s = nonblocking(closed_port, " to a closed port")
 out("SO_ERROR again", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
 s.close()
 
