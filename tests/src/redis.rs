@@ -41,6 +41,25 @@ pub fn start_redis(cmd: std::process::Command) -> ServerProcess {
     server
 }
 
+/// Waits (20 s at most) until `server`'s stack runs, as `mtcprun stats` shows it: on
+/// af_packet it starts when the server first serves its listener, after its ready line.
+pub fn wait_stack(server: &mut ServerProcess) {
+    let mtcprun = crate::built_artifact("mtcprun", "MTCPRUN_BIN");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::process::Command::new(&mtcprun)
+        .args(["stats", &server.pid().to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no stack in the server\n{}",
+            server.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Everything `mtcprun stats PID` prints of process `pid`'s stack (for a failure's message).
 pub fn stats_text(pid: u32) -> String {
     let bin = crate::built_artifact("mtcprun", "MTCPRUN_BIN");

@@ -4,8 +4,6 @@
 //! `LD_PRELOAD=libmtcpshim.so` over net_af_packet on the veth's root end. The same addresses on
 //! both (.2 server, .1 client). Everything goes when the `Side` is dropped.
 
-use std::time::{Duration, Instant};
-
 use crate::redis::shim_lib;
 use crate::{Netns, ServerBuilder, ServerProcess, Subnet, VethPair};
 
@@ -75,22 +73,8 @@ impl Side {
     /// Under the shim: waits until `server`'s stack runs (on af_packet it starts when the
     /// server first serves its listener). Nothing to wait for on the kernel's side.
     pub fn wait_stack(&self, server: &mut ServerProcess) {
-        if !self.is_shim() {
-            return;
-        }
-        let mtcprun = crate::built_artifact("mtcprun", "MTCPRUN_BIN");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !std::process::Command::new(&mtcprun)
-            .args(["stats", &server.pid().to_string()])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no stack in the server\n{}",
-                server.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        if self.is_shim() {
+            crate::redis::wait_stack(server);
         }
     }
 }

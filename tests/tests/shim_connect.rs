@@ -46,7 +46,11 @@ fn redis_in(ns: &Netns, ip: Ipv4Addr, port: u16, shim: Option<(&str, &str)>) -> 
             .env("MTCP_DEV", format!("af_packet:{dev}"))
             .env("MTCP_ADDR", cidr);
     }
-    mtcp_tests::redis::start_redis(cmd)
+    let mut server = mtcp_tests::redis::start_redis(cmd);
+    if shim.is_some() {
+        mtcp_tests::redis::wait_stack(&mut server);
+    }
+    server
 }
 
 /// A client under the shim in the root namespace reaches a kernel redis-server in a
@@ -211,4 +215,58 @@ fn connect_answers_as_the_kernels() {
     assert!(kernel.ends_with("done\n"), "{kernel}");
     let shim = run(true);
     assert_eq!(shim, kernel, "{}", server.diagnostics());
+}
+
+/// 10,000 outgoing connections at once: redis-benchmark -c 10000 under the shim against a
+/// kernel redis-server; every connection is opened (the server counts them) and every request
+/// answered.
+#[test]
+fn ten_thousand_outgoing_connections_at_once() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let ns = Netns::new().expect("netns");
+    let veth = VethPair::new(&ns, &subnet.cidr(1)).expect("veth");
+    let port = 17800 + subnet.index();
+    let ip = subnet.addr(1).to_string();
+    let p = port.to_string();
+    // (The fd limit here is 20,000: Redis takes 19,968 clients, the benchmark's 10,000 fit.)
+    let mut cmd = ns.command("redis-server");
+    cmd.args([
+        "--port",
+        &p,
+        "--bind",
+        &ip,
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+        "--maxclients",
+        "20000",
+    ]);
+    let mut server = mtcp_tests::redis::start_redis(cmd);
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args([
+        "-h", &ip, "-p", &p, "-c", "10000", "-n", "50000", "-t", "get", "-q",
+    ]);
+    let out = shim_client(cmd, veth.root_if(), &subnet.cidr(2))
+        .output()
+        .expect("redis-benchmark runs");
+    let bench = text(&out);
+    assert!(
+        out.status.success() && bench.contains("GET: ") && !bench.contains("rror"),
+        "{bench}\n{}",
+        server.diagnostics()
+    );
+    let stats = ns
+        .exec("redis-cli", ["-h", &ip, "-p", &p, "INFO", "stats"])
+        .expect("redis-cli in the namespace");
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    let field = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    assert!(field("total_connections_received") >= 10_000, "{stats}");
+    assert_eq!(field("rejected_connections"), 0, "{stats}");
 }
