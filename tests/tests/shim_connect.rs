@@ -27,8 +27,15 @@ fn shim_client(mut cmd: Command, dev: &str, cidr: &str) -> Command {
     cmd
 }
 
-/// redis-server in `ns`, bound to `ip`:`port`, ready.
-fn redis_in(ns: &Netns, ip: Ipv4Addr, port: u16, shim: Option<(&str, &str)>) -> ServerProcess {
+/// redis-server in `ns`, bound to `ip`:`port`, with `extra` arguments, ready; under the shim
+/// on af_packet device `dev` with `cidr` if `shim` says so (and its stack running).
+fn redis_in(
+    ns: &Netns,
+    ip: Ipv4Addr,
+    port: u16,
+    extra: &[&str],
+    shim: Option<(&str, &str)>,
+) -> ServerProcess {
     let mut cmd = ns.command("redis-server");
     cmd.args([
         "--port",
@@ -39,7 +46,8 @@ fn redis_in(ns: &Netns, ip: Ipv4Addr, port: u16, shim: Option<(&str, &str)>) -> 
         "",
         "--protected-mode",
         "no",
-    ]);
+    ])
+    .args(extra);
     if let Some((dev, cidr)) = shim {
         cmd.env("LD_PRELOAD", shim_lib())
             .env("MTCP_PORTS", port.to_string())
@@ -66,7 +74,7 @@ fn redis_clients_connect_through_the_stack_to_a_kernel_server() {
     let veth = VethPair::new(&ns, &subnet.cidr(1)).expect("veth");
     let port = 17000 + subnet.index();
     let (server_ip, stack_cidr) = (subnet.addr(1), subnet.cidr(2));
-    let mut server = redis_in(&ns, server_ip, port, None);
+    let mut server = redis_in(&ns, server_ip, port, &[], None);
     let (h, p) = (server_ip.to_string(), port.to_string());
     let client = |program: &str, args: &[&str]| {
         let mut cmd = Command::new(program);
@@ -125,6 +133,7 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
         &ns_server,
         Ipv4Addr::UNSPECIFIED,
         port,
+        &[],
         Some((veth.root_if(), &subnet.cidr(2))),
     );
     let (h, p) = (server_ip.to_string(), port.to_string());
@@ -226,23 +235,9 @@ fn ten_thousand_outgoing_connections_at_once() {
     let ns = Netns::new().expect("netns");
     let veth = VethPair::new(&ns, &subnet.cidr(1)).expect("veth");
     let port = 17800 + subnet.index();
-    let ip = subnet.addr(1).to_string();
-    let p = port.to_string();
     // (The fd limit here is 20,000: Redis takes 19,968 clients, the benchmark's 10,000 fit.)
-    let mut cmd = ns.command("redis-server");
-    cmd.args([
-        "--port",
-        &p,
-        "--bind",
-        &ip,
-        "--save",
-        "",
-        "--protected-mode",
-        "no",
-        "--maxclients",
-        "20000",
-    ]);
-    let mut server = mtcp_tests::redis::start_redis(cmd);
+    let mut server = redis_in(&ns, subnet.addr(1), port, &["--maxclients", "20000"], None);
+    let (ip, p) = (subnet.addr(1).to_string(), port.to_string());
     let mut cmd = Command::new("redis-benchmark");
     cmd.args([
         "-h", &ip, "-p", &p, "-c", "10000", "-n", "50000", "-t", "get", "-q",

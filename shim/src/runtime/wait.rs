@@ -346,8 +346,8 @@ pub(super) enum Look {
     /// Block, watching the device.
     Wait,
     /// Block; the thread waits only for new connections (its epoll set holds listeners
-    /// alone, or a blocking accept): it watches the device only if no other blocked thread
-    /// does, and the thread whose poll takes a SYN wakes it.
+    /// alone, or a blocking accept): it watches the device only if no thread watches it and
+    /// no thread waits for data (`DATA_THREADS`); the thread whose poll takes a SYN wakes it.
     Connections,
 }
 
@@ -391,7 +391,8 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
         return Prep::TxWait;
     }
     if !watch {
-        // Another thread watches the device (and serves the timers).
+        // A data thread watches the device or comes back to poll it (or the keeper does, within
+        // 10 ms): this one sleeps until a poll delivers to it.
         BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
         register(key);
         return Prep::Block(Blocking {

@@ -130,6 +130,12 @@ impl Shm {
         work || self.unpublished || now_us >= self.last_us + IDLE_INTERVAL_US
     }
 
+    /// A publication at `now_us`: what `due` compares with from now on.
+    fn published(&mut self, now_us: Micros) {
+        self.last_us = now_us;
+        self.unpublished = false;
+    }
+
     /// After the receive burst of a poll: a sleep that ended with frames is a wake-up.
     #[inline]
     pub(super) fn after_rx(&mut self, got_frames: bool, stats: &mut Stats) {
@@ -200,8 +206,7 @@ impl<L: Link> Stack<L> {
 
     /// Copies every value into the statistics file (no allocation, no system call).
     pub(super) fn publish(&mut self, now_us: Micros) {
-        self.shm.last_us = now_us;
-        self.shm.unpublished = false;
+        self.shm.published(now_us);
         let stats = self.stats();
         let link = self.net.link().counters();
         let mut values = [0u64; VALUES];
@@ -250,8 +255,7 @@ mod tests {
         };
         let interval = INTERVAL.as_micros() as Micros;
         let publish = |shm: &mut Shm, now: Micros| {
-            shm.last_us = now;
-            shm.unpublished = false;
+            shm.published(now);
             shm.writer.as_mut().unwrap().publish(now, &[], &[]);
         };
         publish(&mut shm, 1_000);
