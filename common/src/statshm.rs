@@ -21,7 +21,8 @@
 //! | 56 | seqlock: odd while the writer stores |
 //! | 64 | the writer's clock (µs) at the last publication |
 //! | 72 | listeners in use |
-//! | 80..128 | reserved (0) |
+//! | 80 | the writer's start time (`/proc/PID/stat` field 22, clock ticks since boot; 0 if unknown) |
+//! | 88..128 | reserved (0) |
 //! | 128 | N names, [`NAME_LEN`] bytes each, NUL-padded, `group.name` |
 //! | 128 + 40 N | N values |
 //! | then | L listeners: port, backlog, SYN-received, accept queue |
@@ -32,7 +33,8 @@
 //! The file is created when the stack starts and removed when the process exits (an `atexit`
 //! handler, or dropping the writer); never by a forked child, which shares the mapping but
 //! never writes to it. A process killed by a signal leaves its file behind: [`read`] reports a
-//! file whose process is gone.
+//! file whose process is gone, also when its pid names another process by now (the start time
+//! in the header is not that process's), and the next writer to start removes such files.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -66,6 +68,7 @@ const W_CREATED_UNIX_MS: usize = 6;
 const W_SEQ: usize = 7;
 const W_NOW_US: usize = 8;
 const W_NLISTEN: usize = 9;
+const W_START: usize = 10;
 
 /// The directory the files live in.
 pub const DIR: &str = "/dev/shm";
@@ -73,6 +76,75 @@ pub const DIR: &str = "/dev/shm";
 /// `/dev/shm/mtcpshim.<pid>`.
 pub fn path_for(pid: u32) -> PathBuf {
     Path::new(DIR).join(format!("mtcpshim.{pid}"))
+}
+
+/// When process `pid` started (`/proc/PID/stat` field 22, clock ticks since boot): with the pid,
+/// what names one process (pids are reused). `None` if there is no such process.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields 3.. follow its last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the writer of a file with pid `pid` and start time `start` (0: unknown) still runs.
+fn writer_alive(pid: u32, start: u64) -> bool {
+    match process_start(pid) {
+        None => false,
+        Some(now) => start == 0 || now == start,
+    }
+}
+
+/// Removes the files in `dir` whose writer has exited (killed by a signal, it could not remove
+/// its own), and their half-made `.new` copies. Files of other names are left alone.
+pub fn remove_stale_in(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("mtcpshim.")) else {
+            continue;
+        };
+        let (pid, half_made) = match rest.strip_suffix(".new") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let path = e.path();
+        let (start, inode) = if half_made {
+            (0, None)
+        } else {
+            header_start(&path)
+        };
+        // (The inode: a writer that renamed its new file onto the name since keeps it.)
+        let same = || {
+            use std::os::unix::fs::MetadataExt;
+            inode.is_none_or(|i| std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == i))
+        };
+        if !writer_alive(pid, start) && same() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The start-time word of a statistics file (0 if unreadable or not one) and its inode.
+fn header_start(path: &Path) -> (u64, Option<u64>) {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mut f) = File::open(path) else {
+        return (0, None);
+    };
+    let inode = f.metadata().ok().map(|m| m.ino());
+    let mut head = [0u8; (W_START + 1) * 8];
+    if f.read_exact(&mut head).is_err() || head[..8] != MAGIC {
+        return (0, inode);
+    }
+    let at = W_START * 8;
+    let start = u64::from_ne_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    (start, inode)
 }
 
 /// Whether a value of this name is a level (gauge) rather than a counter.
@@ -203,6 +275,7 @@ impl Writer {
     /// CLOCK_MONOTONIC. Fails if this process already has a writer.
     pub fn create(names: &[String], interval: Duration, now_us: u64) -> io::Result<Writer> {
         let pid = std::process::id();
+        remove_stale_in(Path::new(DIR));
         Self::create_at(&path_for(pid), names, interval, now_us)
     }
 
@@ -281,6 +354,7 @@ impl Writer {
                 (W_BASE_MONO_NS, base),
                 (W_CREATED_UNIX_MS, created),
                 (W_NOW_US, now_us),
+                (W_START, process_start(pid).unwrap_or(0)),
             ];
             for (i, v) in words {
                 map.word(i).store(v, Ordering::Relaxed);
@@ -364,6 +438,8 @@ impl Drop for Writer {
 pub struct Sample {
     pub pid: u32,
     pub created_unix_ms: u64,
+    /// The writer's start time ([`process_start`]; 0 if unknown).
+    pub start: u64,
     /// The writer's clock at the publication (µs); differences between samples are exact.
     pub now_us: u64,
     /// How long before the read the values were published.
@@ -383,7 +459,8 @@ impl Sample {
 pub enum ReadError {
     /// No file for this pid.
     Missing(PathBuf),
-    /// A file exists but its process is gone (killed before it could remove it).
+    /// A file exists but its process is gone (killed before it could remove it), maybe with
+    /// its pid reused by another process.
     Stale(PathBuf),
     /// Not a statistics file of this layout, or the writer never finished a publication.
     Invalid(PathBuf, String),
@@ -409,10 +486,14 @@ impl std::error::Error for ReadError {}
 
 /// Reads the statistics of process `pid`.
 pub fn read(pid: u32) -> Result<Sample, ReadError> {
-    let path = path_for(pid);
-    let s = read_at(&path)?;
-    if !Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(ReadError::Stale(path));
+    read_of(&path_for(pid), pid)
+}
+
+/// Reads the file at `path` if it is process `pid`'s own.
+fn read_of(path: &Path, pid: u32) -> Result<Sample, ReadError> {
+    let s = read_at(path)?;
+    if s.pid != pid || !writer_alive(pid, s.start) {
+        return Err(ReadError::Stale(path.to_path_buf()));
     }
     Ok(s)
 }
@@ -488,6 +569,7 @@ pub fn read_at(path: &Path) -> Result<Sample, ReadError> {
                 return Ok(Sample {
                     pid: w(W_PID) as u32,
                     created_unix_ms: w(W_CREATED_UNIX_MS),
+                    start: w(W_START),
                     now_us,
                     age: Duration::from_nanos(mono_ns().saturating_sub(published)),
                     values: names.into_iter().zip(values).collect(),
@@ -546,8 +628,69 @@ mod tests {
         assert_eq!(s.now_us, 6_000);
         // A second writer in the same process is refused.
         assert!(Writer::create_at(&path, &names(), Duration::from_millis(1), 0).is_err());
+        // The file names its writer by pid and start time.
+        let me = std::process::id();
+        assert_eq!(s.start, process_start(me).unwrap());
+        assert!(read_of(&path, me).is_ok());
+        assert!(matches!(read_of(&path, me + 1), Err(ReadError::Stale(_))));
+        // The same pid, another start: a process that had this pid before.
+        set_start(&path, s.start + 1);
+        assert!(matches!(read_of(&path, me), Err(ReadError::Stale(_))));
         drop(w);
         assert!(matches!(read_at(&path), Err(ReadError::Missing(_))));
+    }
+
+    /// Overwrites the start-time word of the file at `path`.
+    fn set_start(path: &Path, start: u64) {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.seek(SeekFrom::Start((W_START * 8) as u64)).unwrap();
+        f.write_all(&start.to_ne_bytes()).unwrap();
+    }
+
+    /// A pid no process has now.
+    fn unused_pid() -> u32 {
+        (2..u32::MAX)
+            .rev()
+            .step_by(7919)
+            .find(|p| process_start(*p).is_none())
+            .unwrap()
+    }
+
+    #[test]
+    fn files_of_exited_writers_are_removed() {
+        let dir = std::env::temp_dir().join(format!("mtcpstat-sweep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let mine = process_start(me).unwrap();
+        let header = |start: u64| {
+            let mut h = vec![0u8; HEADER];
+            h[..8].copy_from_slice(&MAGIC);
+            h[W_START * 8..W_START * 8 + 8].copy_from_slice(&start.to_ne_bytes());
+            h
+        };
+        let gone = unused_pid();
+        let files = [
+            // This process's own file: kept.
+            (format!("mtcpshim.{me}"), header(mine), true),
+            // Its pid, an earlier start (pid 1 started before any other process).
+            (format!("mtcpshim.1"), header(u64::MAX), false),
+            // A writer that has exited.
+            (format!("mtcpshim.{gone}"), header(mine), false),
+            (format!("mtcpshim.{gone}.new"), Vec::new(), false),
+            // A half-made file of a running writer: kept.
+            (format!("mtcpshim.{me}.new"), header(0), true),
+            // Not ours.
+            ("mtcpshim.notes".to_string(), Vec::new(), true),
+        ];
+        for (name, bytes, _) in &files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        remove_stale_in(&dir);
+        for (name, _, kept) in &files {
+            assert_eq!(dir.join(name).exists(), *kept, "{name}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

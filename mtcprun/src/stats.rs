@@ -271,6 +271,7 @@ mod tests {
         Sample {
             pid: 1,
             created_unix_ms: 0,
+            start: 0,
             now_us,
             age: Duration::from_millis(2),
             values: vec![

@@ -195,12 +195,18 @@ fn run(case: &Case, shim: bool) -> String {
         if now <= before {
             break;
         }
+
         assert!(
             Instant::now() < deadline,
             "{} on the {side}: {now} sockets 15 s after the clients left, {before} before they \
-             came\n{}",
+             came\n{}{}",
             case.name,
-            server.diagnostics()
+            server.diagnostics(),
+            if shim {
+                mtcp_tests::redis::stats_text(server.pid())
+            } else {
+                String::new()
+            }
         );
         std::thread::sleep(Duration::from_millis(20));
     }
