@@ -674,7 +674,7 @@ mod tests {
             // This process's own file: kept.
             (format!("mtcpshim.{me}"), header(mine), true),
             // Its pid, an earlier start (pid 1 started before any other process).
-            (format!("mtcpshim.1"), header(u64::MAX), false),
+            ("mtcpshim.1".to_string(), header(u64::MAX), false),
             // A writer that has exited.
             (format!("mtcpshim.{gone}"), header(mine), false),
             (format!("mtcpshim.{gone}.new"), Vec::new(), false),
