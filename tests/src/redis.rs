@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+use std::process::Command;
+
 use crate::{unique_ifname, Netns, ServerProcess, Subnet, VethPair};
 
 /// The shim library the workspace build made (or `$MTCP_SHIM_LIB`).
@@ -58,6 +61,49 @@ pub fn wait_stack(server: &mut ServerProcess) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `program` under the shim as a client: its stack on af_packet device `dev` with `cidr`.
+pub fn shim_client(mut cmd: Command, dev: &str, cidr: &str) -> Command {
+    cmd.env("LD_PRELOAD", shim_lib())
+        .env("MTCP_DEV", format!("af_packet:{dev}"))
+        .env("MTCP_ADDR", cidr)
+        .env_remove("MTCP_PORTS");
+    cmd
+}
+
+/// redis-server in `ns`, bound to `ip`:`port`, with `extra` arguments, ready; under the shim
+/// on af_packet device `dev` with `cidr` if `shim` says so (and its stack running).
+pub fn redis_in(
+    ns: &Netns,
+    ip: Ipv4Addr,
+    port: u16,
+    extra: &[&str],
+    shim: Option<(&str, &str)>,
+) -> ServerProcess {
+    let mut cmd = ns.command("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        &ip.to_string(),
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ])
+    .args(extra);
+    if let Some((dev, cidr)) = shim {
+        cmd.env("LD_PRELOAD", shim_lib())
+            .env("MTCP_PORTS", port.to_string())
+            .env("MTCP_DEV", format!("af_packet:{dev}"))
+            .env("MTCP_ADDR", cidr);
+    }
+    let mut server = start_redis(cmd);
+    if shim.is_some() {
+        wait_stack(&mut server);
+    }
+    server
 }
 
 /// Everything `mtcprun stats PID` prints of process `pid`'s stack (for a failure's message).

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 
-use mtcp_tests::redis::shim_lib;
+use mtcp_tests::redis::{redis_in, shim_client};
 use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
 
 fn text(o: &Output) -> String {
@@ -16,49 +16,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// `program` under the shim as a client: its stack on af_packet device `dev` with `cidr`.
-fn shim_client(mut cmd: Command, dev: &str, cidr: &str) -> Command {
-    cmd.env("LD_PRELOAD", shim_lib())
-        .env("MTCP_DEV", format!("af_packet:{dev}"))
-        .env("MTCP_ADDR", cidr)
-        .env_remove("MTCP_PORTS");
-    cmd
-}
-
-/// redis-server in `ns`, bound to `ip`:`port`, with `extra` arguments, ready; under the shim
-/// on af_packet device `dev` with `cidr` if `shim` says so (and its stack running).
-fn redis_in(
-    ns: &Netns,
-    ip: Ipv4Addr,
-    port: u16,
-    extra: &[&str],
-    shim: Option<(&str, &str)>,
-) -> ServerProcess {
-    let mut cmd = ns.command("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        &ip.to_string(),
-        "--save",
-        "",
-        "--protected-mode",
-        "no",
-    ])
-    .args(extra);
-    if let Some((dev, cidr)) = shim {
-        cmd.env("LD_PRELOAD", shim_lib())
-            .env("MTCP_PORTS", port.to_string())
-            .env("MTCP_DEV", format!("af_packet:{dev}"))
-            .env("MTCP_ADDR", cidr);
-    }
-    let mut server = mtcp_tests::redis::start_redis(cmd);
-    if shim.is_some() {
-        mtcp_tests::redis::wait_stack(&mut server);
-    }
-    server
 }
 
 /// A client under the shim in the root namespace reaches a kernel redis-server in a

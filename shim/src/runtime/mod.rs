@@ -22,7 +22,7 @@ pub(crate) use calls::*;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libc::c_int;
 use userstack::dpdk::DpdkLink;
@@ -85,6 +85,8 @@ impl Host<DpdkLink> for Proc {
 
     fn started(&mut self) {
         start_keeper();
+        // SAFETY: registering a handler with no arguments; it runs at exit(3).
+        unsafe { libc::atexit(close_at_exit) };
     }
 
     fn say(&mut self, msg: &str) {
@@ -222,6 +224,54 @@ fn with<T>(f: impl FnOnce(&mut Table) -> Option<T>) -> Option<T> {
         return None;
     }
     f(&mut *shim()?)
+}
+
+// ------------------------------------------------------------------ exit
+
+/// How long exit(3) waits, at most, for the peers to acknowledge the FINs of the connections
+/// the process leaves open (and what was sent before them).
+const EXIT_DRAIN: Duration = Duration::from_millis(250);
+
+/// At exit(3): the kernel would close every socket the process leaves open, sending FINs (or
+/// resets) that tell the peers; with the stack gone they would hear nothing and wait out
+/// their own timeouts (a master under the shim that exits would leave its replicas connected
+/// to nothing). So the stack closes every connection and transmits, then keeps polling until
+/// the peers acknowledged the FINs, EXIT_DRAIN at most. A process killed by a signal, or one
+/// that ends with _exit(2), closes nothing. Not in a forked child: the connections are the
+/// parent's.
+extern "C" fn close_at_exit() {
+    if in_child() {
+        return;
+    }
+    let Some(Some(lock)) = SHIM.get() else {
+        return;
+    };
+    let deadline = Instant::now() + EXIT_DRAIN;
+    // Another thread may hold the table (briefly; or for good, if it called exit itself from
+    // inside a call of ours): try for a while, never wait for it.
+    let mut s = loop {
+        match lock.try_lock() {
+            Ok(s) => break s,
+            Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        }
+    };
+    s.close_all();
+    loop {
+        s.pump();
+        if s.closing_unacked() == 0 || Instant::now() >= deadline {
+            break;
+        }
+        drop(s);
+        std::thread::sleep(Duration::from_micros(100));
+        s = match lock.lock() {
+            Ok(s) => s,
+            Err(e) => e.into_inner(),
+        };
+    }
 }
 
 // ------------------------------------------------------------------ keeper

@@ -754,6 +754,30 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             .is_some_and(|(state, ..)| matches!(state, S::FinWait1 | S::Closing | S::LastAck))
     }
 
+    /// The process exits: every connection and listener of ours closes, as the kernel closes
+    /// a process's sockets at exit (a FIN after what was sent, a reset where data was left
+    /// unread, listeners reset what they had queued). Their fds are left to the kernel.
+    pub fn close_all(&mut self) {
+        let fds: Vec<c_int> = self
+            .objs
+            .iter()
+            .flatten()
+            .filter(|e| matches!(e.obj, Obj::Conn { .. } | Obj::Listener { .. }))
+            .flat_map(|e| e.fds.iter().copied())
+            .collect();
+        for fd in fds {
+            self.close(fd);
+        }
+        self.lingering.clear();
+        self.flush();
+    }
+
+    /// Connections closed whose FIN the peer has not acknowledged yet (see
+    /// [`Stack::closing_unacked`]).
+    pub fn closing_unacked(&self) -> u64 {
+        self.stack.as_ref().map_or(0, |st| st.closing_unacked())
+    }
+
     /// close(): our bookkeeping (the kernel then closes the fd itself). Returns whether the
     /// fd was ours. A socket bound to a flagged port and never listening is not ours yet, but
     /// its bind goes with it: the fd number's next socket starts afresh.

@@ -1715,3 +1715,35 @@ fn a_connect_whose_stack_cannot_start_fails_and_says_why_once() {
         "{said:?}"
     );
 }
+
+/// At exit the stack closes what the process left open, as the kernel closes a process's
+/// sockets: a FIN after what was written (the peer reads it all, then end of stream), a reset
+/// where data was left unread, and a listener's queued connections reset.
+#[test]
+fn at_exit_every_connection_closes_as_the_kernels_would() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let (idle, fd) = n.connect(0);
+    assert_eq!(n.write(fd, b"last words"), Ok(10));
+    let (unread, _) = n.connect(0);
+    n.client.send(unread, b"never read").unwrap();
+    n.settle();
+    let queued = n.client_connects(PORT);
+    n.settle();
+    n.s.close_all();
+    n.settle();
+    // The FINs are acknowledged (the peer's delayed ACK comes within 40 ms).
+    for _ in 0..10 {
+        if n.s.closing_unacked() == 0 {
+            break;
+        }
+        n.now.set(n.now.get() + Duration::from_millis(10));
+        n.settle();
+    }
+    assert_eq!(n.s.closing_unacked(), 0);
+    assert_eq!(n.client_reads(idle), Ok(b"last words".to_vec()));
+    assert_eq!(n.client_reads(idle), Ok(Vec::new()), "end of stream");
+    let mut buf = [0u8; 8];
+    assert_eq!(n.client.recv(unread, &mut buf), Err(SockError::Reset));
+    assert_eq!(n.client.recv(queued, &mut buf), Err(SockError::Reset));
+}

@@ -188,6 +188,20 @@ impl<L: Link> Stack<L> {
         s
     }
 
+    /// Connections the application closed whose FIN the peer has not acknowledged yet (data
+    /// still to send, or the FIN itself): FIN-WAIT-1, CLOSING and LAST-ACK.
+    pub fn closing_unacked(&self) -> u64 {
+        let s = &self.shm.states.0;
+        [
+            tcp::State::FinWait1,
+            tcp::State::Closing,
+            tcp::State::LastAck,
+        ]
+        .into_iter()
+        .map(|st| s[state_index(st)])
+        .sum()
+    }
+
     /// Every listener's backlog and queues, by port.
     pub fn listener_stats(&self) -> Vec<ListenerStat> {
         let mut v: Vec<ListenerStat> = self.listeners_iter().collect();
