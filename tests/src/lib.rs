@@ -43,7 +43,7 @@ pub mod tcpinfo;
 pub mod workload;
 
 pub use command::{built_artifact, run_checked};
-pub use links::{LinkGuard, VethPair};
+pub use links::{Bridge, LinkGuard, VethPair};
 pub use names::{cleanup_stale, unique_ifname, IFNAME_PREFIX, NETNS_PREFIX};
 pub use netns::{run_in_netns, Netns};
 pub use report::{kv_get, parse_kv, parse_summary};

@@ -48,6 +48,14 @@ impl VethPair {
     /// Root end (no address, for a DPDK af_packet/af_xdp PMD) + an end inside `ns` with
     /// `ns_cidr`. Both ends up, TX checksum/TSO/GSO offloads off on both, IPv6 off.
     pub fn new(ns: &Netns, ns_cidr: &str) -> Result<VethPair> {
+        let v = Self::for_dpdk(ns)?;
+        ns.configure_end(&v.b.clone(), ns_cidr, true)?;
+        Ok(v)
+    }
+
+    /// A pair with its root end ready for DPDK (up, no IPv6, offloads off) and its other end in
+    /// `ns`, not configured.
+    fn for_dpdk(ns: &Netns) -> Result<VethPair> {
         let mut v = Self::create()?;
         v.move_b(ns)?;
         let root = v.a.clone();
@@ -57,7 +65,6 @@ impl VethPair {
         )
         .with_context(|| format!("disabling offloads on {root}"))?;
         ip(&["link", "set", "dev", &root, "up"])?;
-        ns.configure_end(&v.b.clone(), ns_cidr, true)?;
         Ok(v)
     }
 
@@ -119,5 +126,52 @@ impl Drop for VethPair {
         if delete_link_in(&self.a_ns, &self.a).is_err() {
             let _ = delete_link_in(&self.b_ns, &self.b);
         }
+    }
+}
+
+/// A bridge inside a namespace, with an address there: the namespace's kernel reaches every
+/// device on it. [`Bridge::port`] adds a veth pair whose root end is for DPDK and whose other
+/// end is a port of the bridge, so several stacks (one per root end) reach each other and the
+/// namespace. Deleted on drop (its ports with their pairs' own drop).
+#[derive(Debug)]
+pub struct Bridge {
+    ns: String,
+    name: String,
+}
+
+impl Bridge {
+    pub fn new(ns: &Netns, cidr: &str) -> Result<Bridge> {
+        let name = unique_ifname("");
+        ns.ip(&["link", "add", &name, "type", "bridge"])
+            .with_context(|| format!("creating bridge {name} in {}", ns.name()))?;
+        let b = Bridge {
+            ns: ns.name().to_string(),
+            name,
+        };
+        ns.configure_end(&b.name, cidr, false)?;
+        Ok(b)
+    }
+
+    /// A new port: the pair's root end ([`VethPair::root_if`]) is for a DPDK PMD.
+    pub fn port(&self, ns: &Netns) -> Result<VethPair> {
+        let v = VethPair::for_dpdk(ns)?;
+        let end = v.b.clone();
+        let ctx = || format!("adding {end} to bridge {}", self.name);
+        ns.exec_checked(
+            "ethtool",
+            ["-K", &end, "tx", "off", "tso", "off", "gso", "off"],
+        )
+        .with_context(ctx)?;
+        ns.ip(&["link", "set", "dev", &end, "master", &self.name])
+            .with_context(ctx)?;
+        ns.ip(&["link", "set", "dev", &end, "up"])
+            .with_context(ctx)?;
+        Ok(v)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = delete_link_in(&Some(self.ns.clone()), &self.name);
     }
 }

@@ -1,16 +1,21 @@
-//! Redis replication with no kernel TCP on either side: a replica under the shim syncs from a
-//! master under the shim, each redis-server in a namespace of its own with a stack on its end
-//! of a veth pair (the replica's connect() to the master goes through its stack). Kernel
-//! clients in the other namespace check both: every key's value (DEBUG DIGEST) the same on
-//! both after the full sync, after the stream of writes that follows, and after the link is cut
-//! and the replica resumes with a partial resync; when the master exits, the replica's link is
-//! down at once.
+//! Redis's roles with no kernel TCP between the servers, every redis-server under the shim with
+//! a stack of its own over net_af_packet, their connect()s to each other through their stacks:
+//!
+//! - replication: a replica syncs from a master, each in a namespace of its own on its end of a
+//!   veth pair; kernel clients in the other namespace check both: every key's value (DEBUG
+//!   DIGEST) the same on both after the full sync and the stream of writes that follows, and
+//!   after the link is cut and the replica resumes with a partial resync; when the master
+//!   exits, the replica's link is down at once;
+//! - Cluster: three masters on a bridge (cluster bus and MIGRATE between their stacks), created
+//!   with `redis-cli --cluster create` and resharded while a cluster client writes, every value
+//!   read back as last written.
 
-use std::process::Output;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{redis_in, TempDir};
-use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+use mtcp_tests::redis::{py_file, redis_in, shim_lib, start_redis, wait_stack, TempDir};
+use mtcp_tests::{Bridge, Netns, ServerProcess, Subnet, VethPair};
 
 /// Keys and value size of the data set the full sync carries (`MTCP_TEST_SYNC_MB` sets its
 /// size in MB; 1,024 by default).
@@ -306,4 +311,151 @@ fn a_replica_under_the_shim_syncs_from_a_master_under_the_shim() {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// Three masters under the shim, each with a stack on its own port of a bridge whose namespace
+/// holds the clients: `redis-cli --cluster create` joins them (cluster bus connections between
+/// the stacks), then 2,000 slots move from the first to the second (`--cluster reshard`: MIGRATE
+/// from one stack to another) while tests/py/cluster_load.py writes 5,000 keys round after
+/// round through redis-py's cluster client; `--cluster check` finds every slot covered and
+/// nothing open, and every key holds the value last written to it.
+#[test]
+fn a_cluster_of_three_masters_under_the_shim_reshards_while_clients_write() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let ns = Netns::new().expect("netns");
+    let bridge = Bridge::new(&ns, &subnet.cidr(1)).expect("bridge");
+    let port = 20000 + subnet.index();
+    let p = port.to_string();
+    let bus = port + 10000;
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..3u8 {
+        let veth = bridge.port(&ns).expect("a bridge port");
+        let ip = subnet.addr(11 + i);
+        let dir = TempDir::new("cluster");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &p, "--bind", &ip.to_string()])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--protected-mode", "no", "--dir"])
+            .arg(dir.path())
+            .env("LD_PRELOAD", shim_lib())
+            .env("MTCP_PORTS", format!("{port},{bus}"))
+            .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
+            .env("MTCP_ADDR", subnet.cidr(11 + i));
+        let mut server = start_redis(cmd);
+        wait_stack(&mut server);
+        nodes.push((ip.to_string(), server));
+        dirs.push(dir);
+        ports.push(veth);
+    }
+    let cli = |args: &[&str]| -> String {
+        let out = ns.exec("redis-cli", args).expect("redis-cli runs");
+        let t = text(&out);
+        assert!(out.status.success(), "redis-cli {args:?}: {t}");
+        t
+    };
+    let addrs: Vec<String> = nodes.iter().map(|(ip, _)| format!("{ip}:{p}")).collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(addrs.iter().map(String::as_str));
+    create.push("--cluster-yes");
+    let out = cli(&create);
+    assert!(out.contains("All 16384 slots covered"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (ip, server) in nodes.iter_mut() {
+        while !cli(&["-h", ip, "-p", &p, "CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            assert!(
+                Instant::now() < deadline,
+                "{ip}: the cluster is not ok after 60 s\n{}",
+                server.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let check = cli(&["--cluster", "check", &addrs[0]]);
+    let before: Vec<u64> = addrs.iter().map(|a| slots_of(&check, a)).collect();
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|(ip, _)| {
+            cli(&["-h", ip, "-p", &p, "CLUSTER", "MYID"])
+                .trim()
+                .to_string()
+        })
+        .collect();
+
+    // Clients write while slots move.
+    let stop = TempDir::new("cluster-stop");
+    let stop_file = stop.path().join("stop");
+    let mut writer = ns
+        .command("/usr/bin/python3")
+        .args([py_file("cluster_load.py").as_str(), &nodes[0].0, &p, "5000"])
+        .arg(&stop_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the writer starts");
+    let mut lines = BufReader::new(writer.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "round 1", "the writer did not write its first round");
+    let out = cli(&[
+        "--cluster",
+        "reshard",
+        &addrs[0],
+        "--cluster-from",
+        &ids[0],
+        "--cluster-to",
+        &ids[1],
+        "--cluster-slots",
+        "2000",
+        "--cluster-yes",
+    ]);
+    assert!(out.contains("Moving slot"), "{out}");
+    std::fs::write(&stop_file, b"").expect("the stop file");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = writer.wait().expect("the writer exits");
+    let mut err = String::new();
+    if let Some(mut e) = writer.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(
+        status.success() && rest.last().is_some_and(|l| l.starts_with("ok ")),
+        "the writer: {status}\n{}\n{err}",
+        rest.join("\n")
+    );
+    eprintln!("cluster writer: {}", rest.last().expect("a summary"));
+
+    let out = cli(&["--cluster", "check", &addrs[0]]);
+    assert!(
+        out.contains("[OK] All 16384 slots covered")
+            && !out.contains("[ERR]")
+            && !out.contains("[WARNING]"),
+        "{out}"
+    );
+    // 2,000 slots moved from the first to the second.
+    let after: Vec<u64> = addrs.iter().map(|a| slots_of(&out, a)).collect();
+    assert_eq!(
+        (after[0] + 2000, after[1], after[2]),
+        (before[0], before[1] + 2000, before[2]),
+        "{out}"
+    );
+    drop(ports);
+}
+
+/// The slots `redis-cli --cluster check` says master `addr` holds ("ADDR (ID) -> K keys | S slots
+/// | R slaves.").
+fn slots_of(check: &str, addr: &str) -> u64 {
+    check
+        .lines()
+        .find(|l| l.starts_with(addr))
+        .and_then(|l| l.split('|').nth(1))
+        .and_then(|s| s.trim().strip_suffix(" slots"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no slot count for {addr} in {check}"))
 }
