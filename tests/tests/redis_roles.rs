@@ -327,35 +327,24 @@ fn a_cluster_of_three_masters_under_the_shim_reshards_while_clients_write() {
     let port = 20000 + subnet.index();
     let p = port.to_string();
     let bus = port + 10000;
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    let mut ports = Vec::new();
-    for i in 0..3u8 {
-        let veth = bridge.port(&ns).expect("a bridge port");
-        let ip = subnet.addr(11 + i);
-        let dir = TempDir::new("cluster");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &p, "--bind", &ip.to_string()])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--protected-mode", "no", "--dir"])
-            .arg(dir.path())
-            .env("LD_PRELOAD", shim_lib())
-            .env("MTCP_PORTS", format!("{port},{bus}"))
-            .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
-            .env("MTCP_ADDR", subnet.cidr(11 + i));
-        let mut server = start_redis(cmd);
-        wait_stack(&mut server);
-        nodes.push((ip.to_string(), server));
-        dirs.push(dir);
-        ports.push(veth);
-    }
+    let mut members: Vec<Member> = (0..3u8)
+        .map(|i| {
+            Member::start(&bridge, &ns, &subnet, 11 + i, &[port, bus], |dir| {
+                vec![
+                    "--port".into(),
+                    p.clone(),
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--dir".into(),
+                    dir.into(),
+                ]
+            })
+        })
+        .collect();
+    let mut nodes: Vec<(String, &mut ServerProcess)> = members
+        .iter_mut()
+        .map(|m| (m.ip.clone(), &mut m.server))
+        .collect();
     let cli = |args: &[&str]| -> String {
         let out = ns.exec("redis-cli", args).expect("redis-cli runs");
         let t = text(&out);
@@ -445,7 +434,6 @@ fn a_cluster_of_three_masters_under_the_shim_reshards_while_clients_write() {
         (before[0], before[1] + 2000, before[2]),
         "{out}"
     );
-    drop(ports);
 }
 
 /// The slots `redis-cli --cluster check` says master `addr` holds ("ADDR (ID) -> K keys | S slots
@@ -458,4 +446,199 @@ fn slots_of(check: &str, addr: &str) -> u64 {
         .and_then(|s| s.trim().strip_suffix(" slots"))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no slot count for {addr} in {check}"))
+}
+
+/// A Redis process under the shim with a stack on its own port of a bridge: `redis-server`
+/// bound to the stack's address (its listeners are the stack's alone), serving `ports`.
+struct Member {
+    ip: String,
+    server: ServerProcess,
+    _dir: TempDir,
+    _veth: VethPair,
+}
+
+impl Member {
+    /// Starts `redis-server ARGS` (`args` gets the member's directory) with the stack's
+    /// address `host` of `subnet`, and waits until it is ready and its stack runs. Sentinel
+    /// (`--sentinel` among the arguments) is ready once it monitors its master.
+    fn start(
+        bridge: &Bridge,
+        ns: &Netns,
+        subnet: &Subnet,
+        host: u8,
+        ports: &[u16],
+        args: impl FnOnce(&str) -> Vec<String>,
+    ) -> Member {
+        let veth = bridge.port(ns).expect("a bridge port");
+        let ip = subnet.addr(host).to_string();
+        let dir = TempDir::new("role");
+        let args = args(&dir.path().display().to_string());
+        let sentinel = args.iter().any(|a| a == "--sentinel");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(&args)
+            .args(["--bind", &ip, "--save", "", "--protected-mode", "no"])
+            .env("LD_PRELOAD", shim_lib())
+            .env(
+                "MTCP_PORTS",
+                ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
+            .env("MTCP_ADDR", subnet.cidr(host));
+        let mut server = if sentinel {
+            let mut s = ServerProcess::builder_for(cmd)
+                .ready_prefix("")
+                .spawn()
+                .expect("redis-server --sentinel starts");
+            mtcp_tests::wait_stdout_contains(&mut s, "+monitor master", Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()));
+            s
+        } else {
+            start_redis(cmd)
+        };
+        wait_stack(&mut server);
+        Member {
+            ip,
+            server,
+            _dir: dir,
+            _veth: veth,
+        }
+    }
+}
+
+/// Three Sentinels under the shim watch a master and its replica, all under the shim on one
+/// bridge (the Sentinels' connections to the servers and to each other through their stacks):
+/// the master exits, and the Sentinels agree and promote the replica, which then holds what
+/// the master had acknowledged and takes writes.
+#[test]
+fn three_sentinels_under_the_shim_fail_a_master_over_to_its_replica() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let ns = Netns::new().expect("netns");
+    let bridge = Bridge::new(&ns, &subnet.cidr(1)).expect("bridge");
+    let port = 21000 + subnet.index();
+    let sport = 26000 + subnet.index();
+    let (p, sp) = (port.to_string(), sport.to_string());
+    let server_args = |replica_of: Option<String>| {
+        let p = p.clone();
+        move |dir: &str| {
+            let mut a = vec!["--port".to_string(), p.clone(), "--dir".into(), dir.into()];
+            if let Some(m) = replica_of {
+                a.extend(["--replicaof".to_string(), m, p]);
+            }
+            a
+        }
+    };
+    let master = Member::start(&bridge, &ns, &subnet, 11, &[port], server_args(None));
+    let m_ip = master.ip.clone();
+    let replica = Member::start(
+        &bridge,
+        &ns,
+        &subnet,
+        12,
+        &[port],
+        server_args(Some(m_ip.clone())),
+    );
+    let mut sentinels: Vec<Member> = (0..3u8)
+        .map(|i| {
+            Member::start(&bridge, &ns, &subnet, 21 + i, &[sport], |dir| {
+                let conf = format!("{dir}/sentinel.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {sport}\n\
+                         sentinel monitor mymaster {m_ip} {port} 2\n\
+                         sentinel down-after-milliseconds mymaster 1000\n\
+                         sentinel failover-timeout mymaster 10000\n"
+                    ),
+                )
+                .expect("sentinel.conf");
+                vec![conf, "--sentinel".into(), "--dir".into(), dir.into()]
+            })
+        })
+        .collect();
+    let cli = |ip: &str, port: &str, args: &[&str]| -> String {
+        let out = ns
+            .exec(
+                "redis-cli",
+                ["-h", ip, "-p", port].iter().chain(args.iter()).copied(),
+            )
+            .expect("redis-cli runs");
+        let t = text(&out);
+        assert!(out.status.success(), "redis-cli -h {ip} {args:?}: {t}");
+        t.trim().to_string()
+    };
+    let field = |reply: &str, name: &str| -> Option<String> {
+        // SENTINEL MASTER answers name and value on alternate lines.
+        let lines: Vec<&str> = reply.lines().collect();
+        lines
+            .iter()
+            .position(|l| *l == name)
+            .and_then(|i| lines.get(i + 1))
+            .map(|v| v.to_string())
+    };
+    let wait = |what: &str, limit: Duration, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let r_ip = replica.ip.clone();
+    wait(
+        "the replica syncs",
+        Duration::from_secs(30),
+        Box::new(|| cli(&r_ip, &p, &["INFO", "replication"]).contains("master_link_status:up")),
+    );
+    // Each Sentinel knows the replica and the two others (they find each other through the
+    // master's hello channel, then connect to each other).
+    for s in &sentinels {
+        let ip = s.ip.clone();
+        wait(
+            "a Sentinel knows its peers and the replica",
+            Duration::from_secs(60),
+            Box::new(|| {
+                let m = cli(&ip, &sp, &["SENTINEL", "MASTER", "mymaster"]);
+                field(&m, "num-other-sentinels").as_deref() == Some("2")
+                    && field(&m, "num-slaves").as_deref() == Some("1")
+            }),
+        );
+    }
+    // The master sees each Sentinel from its stack's address.
+    let clients = cli(&m_ip, &p, &["CLIENT", "LIST"]);
+    for s in &sentinels {
+        assert!(clients.contains(&format!("addr={}:", s.ip)), "{clients}");
+    }
+    assert_eq!(cli(&m_ip, &p, &["SET", "before", "failover"]), "OK");
+    assert_eq!(cli(&m_ip, &p, &["WAIT", "1", "10000"]), "1");
+
+    // The master goes; the Sentinels promote its replica.
+    let status = master.server.stop().expect("the master stops");
+    assert!(status.success(), "the master exited with {status}");
+    for s in &mut sentinels {
+        let ip = s.ip.clone();
+        let r = r_ip.clone();
+        wait(
+            "the Sentinels name the replica as the master",
+            Duration::from_secs(60),
+            Box::new(|| {
+                cli(
+                    &ip,
+                    &sp,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+                )
+                .starts_with(&r)
+            }),
+        );
+    }
+    wait(
+        "the replica becomes a master",
+        Duration::from_secs(30),
+        Box::new(|| cli(&r_ip, &p, &["ROLE"]).starts_with("master")),
+    );
+    assert_eq!(cli(&r_ip, &p, &["GET", "before"]), "failover");
+    assert_eq!(cli(&r_ip, &p, &["SET", "after", "failover"]), "OK");
+    drop(replica);
 }
