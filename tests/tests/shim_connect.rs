@@ -222,3 +222,71 @@ fn ten_thousand_outgoing_connections_at_once() {
     assert!(field("total_connections_received") >= 10_000, "{stats}");
     assert_eq!(field("rejected_connections"), 0, "{stats}");
 }
+
+/// No kernel anywhere on the path: redis-benchmark under the shim against redis-server under
+/// the shim over a net_memif pair (the server's stack the memif server, the client's the
+/// memif client), every request answered; then redis-cli, over the same pair, finds every
+/// LPUSH there.
+#[test]
+fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let dir = mtcp_tests::redis::TempDir::new("memif-pair");
+    let sock = dir.path().join("memif.sock");
+    let port = 17600 + subnet.index();
+    let (h, p) = (subnet.addr(2).to_string(), port.to_string());
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &p,
+        "--bind",
+        &h,
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ])
+    .env("LD_PRELOAD", mtcp_tests::redis::shim_lib())
+    .env("MTCP_PORTS", &p)
+    .env("MTCP_DEV", format!("memif:{},server", sock.display()))
+    .env("MTCP_ADDR", subnet.cidr(2));
+    let mut server = mtcp_tests::redis::start_redis(cmd);
+    mtcp_tests::redis::wait_stack(&mut server);
+    let client = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .env("LD_PRELOAD", mtcp_tests::redis::shim_lib())
+            .env("MTCP_DEV", format!("memif:{},client", sock.display()))
+            .env("MTCP_ADDR", subnet.cidr(3))
+            .env_remove("MTCP_PORTS")
+            .output()
+            .expect("the client runs");
+        text(&out)
+    };
+    let bench = client(
+        "redis-benchmark",
+        &[
+            "-h",
+            &h,
+            "-p",
+            &p,
+            "-n",
+            "20000",
+            "-c",
+            "50",
+            "-t",
+            "set,get,lpush",
+            "-q",
+        ],
+    );
+    assert!(
+        bench.contains("LPUSH: ") && !bench.contains("rror"),
+        "{bench}\n{}",
+        server.diagnostics()
+    );
+    assert_eq!(
+        client("redis-cli", &["-h", &h, "-p", &p, "LLEN", "mylist"]).trim(),
+        "20000",
+        "{}",
+        server.diagnostics()
+    );
+}
