@@ -183,8 +183,17 @@ const NOT_OURS: Outcome<c_int> = B(Bypass::NotOurs);
 
 // --- sockets --------------------------------------------------------------------------------
 
-pub(crate) unsafe fn socket(_domain: c_int, _ty: c_int, _protocol: c_int) -> Outcome<c_int> {
-    NOT_OURS
+pub(crate) unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> Outcome<c_int> {
+    // SAFETY: the raw system call with the application's arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_socket, domain, ty, protocol) } as c_int;
+    if fd < 0 {
+        return Outcome::Error(crate::errno::get());
+    }
+    let stream = ty & 0xf == libc::SOCK_STREAM;
+    if stream && matches!(domain, libc::AF_INET | libc::AF_INET6) && runtime::connects() {
+        crate::candidates::mark(fd);
+    }
+    Outcome::Done(fd)
 }
 
 pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Outcome<c_int> {
@@ -219,6 +228,9 @@ pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> O
 }
 
 pub(crate) unsafe fn listen(fd: c_int, backlog: c_int) -> Outcome<c_int> {
+    if crate::candidates::is(fd) {
+        crate::candidates::forget(fd);
+    }
     out(runtime::listen(fd, backlog))
 }
 
@@ -291,6 +303,10 @@ pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Out
             || !is_stream(fd)
             || sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) != Some(family))
     {
+        // The kernel's connection: the socket stays the kernel's.
+        if crate::candidates::is(fd) {
+            crate::candidates::forget(fd);
+        }
         return NOT_OURS;
     }
     let fam = if family == libc::AF_INET6 {
@@ -730,6 +746,9 @@ pub(crate) unsafe fn sendfile64(
 
 pub(crate) unsafe fn close(fd: c_int) -> Outcome<c_int> {
     // Our bookkeeping goes; the kernel then closes the fd (the eventfd or the kernel socket).
+    if crate::candidates::is(fd) {
+        crate::candidates::forget(fd);
+    }
     runtime::close(fd);
     NOT_OURS
 }
@@ -739,6 +758,7 @@ pub(crate) unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> O
     let known = libc::CLOSE_RANGE_UNSHARE as c_int | libc::CLOSE_RANGE_CLOEXEC as c_int;
     if first <= last && flags & !known == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
         let clamp = |v: c_uint| c_int::try_from(v).unwrap_or(c_int::MAX);
+        crate::candidates::forget_range(clamp(first), clamp(last));
         runtime::close_range(clamp(first), clamp(last));
     }
     B(Bypass::NotOurs)
@@ -892,6 +912,15 @@ pub(crate) unsafe fn epoll_ctl(
         Some((ev.events, ev.u64))
     };
     match runtime::epoll_ctl(epfd, op, fd, ev) {
+        None if crate::candidates::is(fd) => {
+            // A socket connect() may make ours: the kernel's entry, noted once it is made.
+            // SAFETY: the application's own arguments.
+            if unsafe { libc::epoll_ctl(epfd, op, fd, event) } < 0 {
+                return Outcome::Error(crate::errno::get());
+            }
+            crate::candidates::note_ctl(epfd, op, fd, ev);
+            Outcome::Done(0)
+        }
         None => NOT_OURS,
         Some(Err(e)) => Outcome::Error(e),
         Some(Ok(kernel_side)) => {

@@ -47,7 +47,14 @@ mod gate {
     /// must tell the socket table).
     #[inline]
     pub(super) fn closing(fd: c_int) -> bool {
-        ours(fd) || crate::fdtable::pending_binds()
+        ours(fd) || crate::fdtable::pending_binds() || crate::candidates::is(fd)
+    }
+
+    /// epoll_ctl: either fd is ours, or `fd` is a socket connect() may make ours (its entries
+    /// are noted: `candidates`).
+    #[inline]
+    pub(super) fn ctl(epfd: c_int, fd: c_int) -> bool {
+        ours2(epfd, fd) || crate::candidates::is(fd)
     }
 
     /// An epoll wait while MTCP_PORTS is set: on an instance of ours, the stack's; on any other,
@@ -86,7 +93,7 @@ mod gate {
     /// Some fd is ours, or some bind waits for listen() (close_range).
     #[inline]
     pub(super) fn closing_any() -> bool {
-        any_ours() || crate::fdtable::pending_binds()
+        any_ours() || crate::fdtable::pending_binds() || crate::candidates::any()
     }
 
     /// Some fd is ours (calls that take sets of fds).
@@ -100,11 +107,12 @@ mod gate {
         use super::*;
         pub(in super::super) const ours: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const ours2: u32 = MODE_TRACE | MODE_TABLE;
-        pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
+        pub(in super::super) const ctl: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const active: u32 = MODE_TRACE | MODE_CONFIG;
         pub(in super::super) const any_ours: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const waiting: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
-        pub(in super::super) const closing_any: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const closing_any: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const fd_syscall: u32 = MODE_TRACE | MODE_TABLE;
     }
 }
@@ -194,7 +202,7 @@ intercept! {
     fn epoll_create1(flags: c_int) -> c_int
         where active(), raw sys!(SYS_epoll_create1, flags);
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int
-        where ours2(epfd, fd), raw sys!(SYS_epoll_ctl, epfd, op, fd, event);
+        where ctl(epfd, fd), raw sys!(SYS_epoll_ctl, epfd, op, fd, event);
     fn epoll_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: c_int) -> c_int
         where waiting(epfd), raw sys!(SYS_epoll_wait, epfd, events, maxevents, timeout);
     fn epoll_pwait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout: c_int, sigmask: *const sigset_t) -> c_int

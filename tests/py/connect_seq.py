@@ -97,6 +97,29 @@ out("blocking connect to nobody, SO_SNDTIMEO 300 ms", name(r), "after the timeou
 out("connect again", name(s.connect_ex((silent, open_port))))
 s.close()
 
+# Added to an epoll set before connect() (as nginx adds an upstream socket), edge-triggered:
+# the connection's events come through that entry (writable, then the echo and the end).
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
+out("added to epoll before connect: connect", name(s.connect_ex((server, open_port))))
+ev = ep.poll(5)
+out("epoll", [e & (select.EPOLLIN | select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP) for _, e in ev])
+s.send(b"epoll\n")
+got = b""
+while ep.poll(5):
+    try:
+        chunk = s.recv(64)
+    except BlockingIOError:
+        continue
+    if not chunk:
+        break
+    got += chunk
+out("echo through epoll", got)
+ep.close()
+s.close()
+
 # A port bound before connect() is the connection's.
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 # (SO_REUSEADDR: the other run's connection from this port may be in TIME-WAIT.)

@@ -61,8 +61,9 @@ impl Bed {
             .expect("the client starts")
     }
 
-    /// Waits until `GET /index.txt` is answered from the client's namespace.
-    fn wait_serving(&self, server: &mut ServerProcess) {
+    /// Waits until `GET /index.txt` is answered from the client's namespace (nginx's log is
+    /// `error_log`).
+    fn wait_serving(&self, server: &mut ServerProcess, error_log: &Path) {
         let url = format!("http://{}:{}/index.txt", self.addr(), self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -73,11 +74,13 @@ impl Bed {
             if out.status.success() {
                 return;
             }
+
             assert!(
                 Instant::now() < deadline && server.try_status().expect("status").is_none(),
-                "{}: nginx does not answer {url}\n{}",
+                "{}: nginx does not answer {url}\n{}\n{}",
                 self.side(),
-                server.diagnostics()
+                server.diagnostics(),
+                std::fs::read_to_string(error_log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -181,6 +184,20 @@ fn finish_after(
     (summary, parse_lines(&text))
 }
 
+/// The check client's files (and their index) in `www`.
+fn make_docroot(www: &Path) {
+    let made = Command::new(PYTHON)
+        .args([
+            py_file("check_clients.py"),
+            "make_docroot".into(),
+            www.display().to_string(),
+            "24".into(),
+        ])
+        .status()
+        .expect("python3 runs");
+    assert!(made.success(), "make_docroot");
+}
+
 /// nginx with its configuration and files in a temporary directory.
 struct Nginx {
     dir: TempDir,
@@ -204,26 +221,22 @@ fn nginx_conf(dir: &Path, port: u16, workers: u32, accept_mutex: bool, reuseport
 
 impl Nginx {
     fn start(bed: &Bed, workers: u32, accept_mutex: bool, reuseport: bool) -> Nginx {
+        Nginx::start_with(bed, |dir| {
+            nginx_conf(dir, bed.port, workers, accept_mutex, reuseport)
+        })
+    }
+
+    /// nginx with the configuration `conf` makes for its directory (which holds `www`, the
+    /// check client's files).
+    fn start_with(bed: &Bed, conf: impl FnOnce(&Path) -> String) -> Nginx {
         let dir = TempDir::new("nginx");
         let www = dir.path().join("www");
         std::fs::create_dir_all(&www).expect("docroot");
         std::fs::create_dir_all(dir.path().join("tmp")).expect("temp dir");
-        let made = Command::new(PYTHON)
-            .args([
-                py_file("check_clients.py"),
-                "make_docroot".into(),
-                www.display().to_string(),
-                "24".into(),
-            ])
-            .status()
-            .expect("python3 runs");
-        assert!(made.success(), "make_docroot");
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(
-            &conf,
-            nginx_conf(dir.path(), bed.port, workers, accept_mutex, reuseport),
-        )
-        .expect("nginx.conf");
+        make_docroot(&www);
+        let conf_file = dir.path().join("nginx.conf");
+        std::fs::write(&conf_file, conf(dir.path())).expect("nginx.conf");
+        let conf = conf_file;
         let argv: Vec<String> = [
             "nginx",
             "-c",
@@ -241,7 +254,7 @@ impl Nginx {
             .no_ready_line()
             .spawn()
             .expect("nginx starts");
-        bed.wait_serving(&mut server);
+        bed.wait_serving(&mut server, &dir.path().join("error.log"));
         Nginx { dir, server }
     }
 
@@ -571,4 +584,70 @@ fn gunicorn_sync_workers() {
         summaries.push(summary);
     }
     assert_eq!(summaries[0], summaries[1]);
+}
+
+/// nginx's workers proxy every request to an upstream through their own stacks: two workers
+/// under the shim sharing the device, `proxy_pass` to a kernel HTTP server in the clients'
+/// namespace, a new upstream connection per request. Each worker picks the local port of its
+/// upstream connection so that the replies come back to its own stack (steer.rs): every body
+/// is right, both workers answer, and the upstream sees every connection come from the
+/// stack's address.
+#[test]
+fn nginx_workers_proxy_through_their_own_stacks() {
+    let bed = Bed::new(true);
+    let upstream_port = bed.port + 1000;
+    let upstream = format!("{}:{upstream_port}", bed.subnet.addr(1));
+    let up_dir = TempDir::new("upstream");
+    make_docroot(up_dir.path());
+    let log = up_dir.path().join("peers.log");
+    let up = ServerProcess::builder_in(&bed.cns, PYTHON)
+        .args([
+            py_file("http_upstream.py"),
+            bed.subnet.addr(1).to_string(),
+            upstream_port.to_string(),
+            up_dir.path().display().to_string(),
+            log.display().to_string(),
+        ])
+        .ready_prefix("serving")
+        .spawn()
+        .expect("the upstream starts");
+    let mut ng = Nginx::start_with(&bed, |dir| {
+        format!(
+            "user root;\nworker_processes 2;\ndaemon off;\nerror_log {d}/error.log info;\n\
+             pid {d}/nginx.pid;\nevents {{ worker_connections 1024; accept_mutex off; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n\
+               proxy_temp_path {d}/tmp;\n  server {{\n    listen {port};\n\
+                 location / {{ proxy_pass http://{upstream}; }}\n\
+                 add_header X-Pid $pid always;\n  }}\n}}\n",
+            d = dir.display(),
+            port = bed.port,
+        )
+    });
+
+    wait_stacks(&ng.workers());
+    let args: Vec<String> = ["static", "32", "20", "close"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (summary, lines) = finish(
+        bed.client(&args),
+        "nginx proxying through its workers' stacks",
+        &mut ng.server,
+    );
+    let pids: BTreeSet<&str> = lines.iter().map(|l| l.pid.as_str()).collect();
+    eprintln!("nginx proxy: {summary}; answered by {pids:?}");
+    assert!(lines.iter().all(|l| l.ok), "{lines:?}\n{}", ng.error_log());
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    drop(up.stop());
+    let peers = std::fs::read_to_string(&log).expect("the upstream's log");
+    let stack = bed.addr();
+    let from: BTreeSet<&str> = peers
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    assert!(
+        peers.lines().count() >= 32 * 20,
+        "one upstream connection per request"
+    );
+    assert_eq!(from, BTreeSet::from([stack.as_str()]), "{peers}");
 }

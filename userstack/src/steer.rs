@@ -1,8 +1,10 @@
 //! Flow steering between processes that share one device (worker processes forked after
 //! listen(), each with a stack of its own on the same af_packet interface).
 //!
-//! Every TCP flow falls in one of [`BUCKETS`] buckets, by its peer's address and port
-//! ([`flow_bucket`]). A process takes new connections (SYNs) only in the buckets it owns, and
+//! Every TCP flow falls in one of [`BUCKETS`] buckets, by its peer's address and port and its
+//! local port ([`flow_bucket`]): the flows to a listener spread by the clients' addresses and
+//! ports, and a process picks the local port of an outgoing connection so that its peer's
+//! replies fall in a bucket it owns ([`Steering::owns`]). A process takes new connections (SYNs) only in the buckets it owns, and
 //! answers a segment no connection of its own wants with a reset only in buckets it owns alone:
 //! [`Steering`]. Which process owns which bucket is decided outside the stack (the shim keeps
 //! a table in memory the processes share). The device is told to deliver only the frames of
@@ -17,11 +19,13 @@ pub const BUCKETS: u32 = 32;
 /// Every bucket.
 pub const ALL: u32 = u32::MAX;
 
-/// The bucket of a flow from `peer`:`port`: both folded into 32 bits, the halves folded
-/// together, the low 5 bits. [`frame_filter`] computes the same in the kernel.
+/// The bucket of the flow between `peer`:`port` and this host's `local_port`: the address and
+/// both ports folded into 32 bits, the halves folded together, the low 5 bits. For a given
+/// peer and port, consecutive local ports fall in different buckets. [`frame_filter`]
+/// computes the same in the kernel.
 #[inline]
-pub fn flow_bucket(peer: Ipv4Addr, port: u16) -> u32 {
-    let h = u32::from(peer) ^ u32::from(port);
+pub fn flow_bucket(peer: Ipv4Addr, port: u16, local_port: u16) -> u32 {
+    let h = u32::from(peer) ^ u32::from(port ^ local_port);
     (h ^ (h >> 16)) & (BUCKETS - 1)
 }
 
@@ -43,6 +47,13 @@ impl Steering {
     #[inline]
     pub fn takes_syn(&self, bucket: u32) -> bool {
         self.syn & (1 << bucket) != 0
+    }
+
+    /// Whether the bucket is this stack's own (it takes its new connections): an outgoing
+    /// connection whose flow falls there gets its replies.
+    #[inline]
+    pub fn owns(&self, bucket: u32) -> bool {
+        self.takes_syn(bucket)
     }
 
     #[inline]
@@ -107,30 +118,34 @@ pub fn frame_filter(see: u32, ip_other: bool) -> Vec<SockFilter> {
     let other_ip = if ip_other { KEEP } else { 0 };
     vec![
         /* 0 */ ins(LDH_ABS, 0, 0, 12), // EtherType
-        /* 1 */ ins(JEQ_K, 0, 22, 0x0800), // not IPv4: 24
+        /* 1 */ ins(JEQ_K, 0, 26, 0x0800), // not IPv4: 28
         /* 2 */ ins(LDB_ABS, 0, 0, 23), // IP protocol
-        /* 3 */ ins(JEQ_K, 0, 19, 6), // not TCP: 23
+        /* 3 */ ins(JEQ_K, 0, 23, 6), // not TCP: 27
         /* 4 */ ins(LDH_ABS, 0, 0, 20), // flags, fragment offset
-        /* 5 */ ins(JSET_K, 17, 0, 0x1fff), // a later fragment (no ports): 23
+        /* 5 */ ins(JSET_K, 21, 0, 0x1fff), // a later fragment (no ports): 27
         /* 6 */ ins(LDXB_MSH, 0, 0, 14), // X = IP header length
         /* 7 */ ins(LDH_IND, 0, 0, 14), // source port
         /* 8 */ ins(ST, 0, 0, 0),
-        /* 9 */ ins(LDW_ABS, 0, 0, 26), // source address
+        /* 9 */ ins(LDH_IND, 0, 0, 16), // destination port
         /* 10 */ ins(LDX_MEM, 0, 0, 0),
-        /* 11 */ ins(XOR_X, 0, 0, 0), // address ^ port
-        /* 12 */ ins(TAX, 0, 0, 0),
-        /* 13 */ ins(RSH_K, 0, 0, 16),
-        /* 14 */ ins(XOR_X, 0, 0, 0), // h ^ (h >> 16)
-        /* 15 */ ins(AND_K, 0, 0, BUCKETS - 1), // the bucket
+        /* 11 */ ins(XOR_X, 0, 0, 0), // source port ^ destination port
+        /* 12 */ ins(ST, 0, 0, 0),
+        /* 13 */ ins(LDW_ABS, 0, 0, 26), // source address
+        /* 14 */ ins(LDX_MEM, 0, 0, 0),
+        /* 15 */ ins(XOR_X, 0, 0, 0), // address ^ ports
         /* 16 */ ins(TAX, 0, 0, 0),
-        /* 17 */ ins(LD_IMM, 0, 0, see),
-        /* 18 */ ins(RSH_X, 0, 0, 0),
-        /* 19 */ ins(AND_K, 0, 0, 1),
-        /* 20 */ ins(JEQ_K, 1, 0, 0), // not seen: 22
-        /* 21 */ ins(RET_K, 0, 0, KEEP),
-        /* 22 */ ins(RET_K, 0, 0, 0),
-        /* 23 */ ins(RET_K, 0, 0, other_ip),
-        /* 24 */ ins(RET_K, 0, 0, KEEP),
+        /* 17 */ ins(RSH_K, 0, 0, 16),
+        /* 18 */ ins(XOR_X, 0, 0, 0), // h ^ (h >> 16)
+        /* 19 */ ins(AND_K, 0, 0, BUCKETS - 1), // the bucket
+        /* 20 */ ins(TAX, 0, 0, 0),
+        /* 21 */ ins(LD_IMM, 0, 0, see),
+        /* 22 */ ins(RSH_X, 0, 0, 0),
+        /* 23 */ ins(AND_K, 0, 0, 1),
+        /* 24 */ ins(JEQ_K, 1, 0, 0), // not seen: 26
+        /* 25 */ ins(RET_K, 0, 0, KEEP),
+        /* 26 */ ins(RET_K, 0, 0, 0),
+        /* 27 */ ins(RET_K, 0, 0, other_ip),
+        /* 28 */ ins(RET_K, 0, 0, KEEP),
     ]
 }
 
@@ -188,7 +203,7 @@ mod tests {
         }
     }
 
-    fn tcp_frame(src: Ipv4Addr, sport: u16, ihl_words: u8, frag: u16) -> Vec<u8> {
+    fn tcp_frame(src: Ipv4Addr, sport: u16, dport: u16, ihl_words: u8, frag: u16) -> Vec<u8> {
         let mut f = vec![0u8; 14 + usize::from(ihl_words) * 4 + 20];
         f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         f[14] = 0x40 | ihl_words;
@@ -197,7 +212,7 @@ mod tests {
         f[26..30].copy_from_slice(&src.octets());
         let t = 14 + usize::from(ihl_words) * 4;
         f[t..t + 2].copy_from_slice(&sport.to_be_bytes());
-        f[t + 2..t + 4].copy_from_slice(&80u16.to_be_bytes());
+        f[t + 2..t + 4].copy_from_slice(&dport.to_be_bytes());
         f
     }
 
@@ -214,10 +229,16 @@ mod tests {
             let r = next();
             let ip = Ipv4Addr::from(r as u32);
             let port = (r >> 32) as u16;
+            let local = (r >> 40) as u16;
             let see = (r >> 16) as u32;
             let ihl = 5 + (r >> 60) as u8 % 3; // with and without IP options
-            let kept = run(&frame_filter(see, false), &tcp_frame(ip, port, ihl, 0x4000)) != 0;
-            assert_eq!(kept, see & (1 << flow_bucket(ip, port)) != 0, "{ip}:{port}");
+            let frame = tcp_frame(ip, port, local, ihl, 0x4000);
+            let kept = run(&frame_filter(see, false), &frame) != 0;
+            assert_eq!(
+                kept,
+                see & (1 << flow_bucket(ip, port, local)) != 0,
+                "{ip}:{port} -> {local}"
+            );
         }
     }
 
@@ -225,17 +246,31 @@ mod tests {
     fn buckets_spread_one_clients_ports_evenly() {
         let mut n = [0u32; BUCKETS as usize];
         for port in 32768..32768 + 3200u16 {
-            n[flow_bucket(Ipv4Addr::new(198, 18, 0, 1), port) as usize] += 1;
+            n[flow_bucket(Ipv4Addr::new(198, 18, 0, 1), port, 6379) as usize] += 1;
         }
         assert!(n.iter().all(|&c| c == 100), "{n:?}");
     }
 
+    /// The outgoing connections to one server: every 32 consecutive local ports cover every
+    /// bucket once, so a process finds a port for its own buckets among the next few.
+    #[test]
+    fn local_ports_to_one_server_cover_every_bucket() {
+        let server = Ipv4Addr::new(198, 18, 0, 2);
+        for start in [32768u16, 40001, 60967] {
+            let mut seen = 0u32;
+            for local in start..start + BUCKETS as u16 {
+                seen |= 1 << flow_bucket(server, 6379, local);
+            }
+            assert_eq!(seen, ALL, "from {start}");
+        }
+    }
+
     #[test]
     fn frames_that_are_not_tcp_go_where_they_are_told() {
-        let tcp = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 40000, 5, 0);
+        let tcp = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 40000, 80, 5, 0);
         let mut icmp = tcp.clone();
         icmp[23] = 1;
-        let later_fragment = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 40000, 5, 0x2001);
+        let later_fragment = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 40000, 80, 5, 0x2001);
         let mut arp = tcp.clone();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         for ip_other in [false, true] {

@@ -117,7 +117,12 @@ pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
     let bound = bound_port(fd);
-    match with(|s| s.connect(fd, to, family, nonblock, bound))? {
+    let was_ours = is_ours(fd);
+    let first = with(|s| s.connect(fd, to, family, nonblock, bound))?;
+    if !was_ours && is_ours(fd) {
+        adopt_entries(fd);
+    }
+    match first {
         Err(libc::EINPROGRESS) if !nonblock => {}
         r => return Some(r),
     }
@@ -136,6 +141,28 @@ pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
             Waited::Again => {}
             Waited::TimedOut => return Some(Err(libc::EINPROGRESS)),
             Waited::Interrupted => return Some(Err(libc::EINTR)),
+        }
+    }
+}
+
+/// Whether connect() may give the stack some destination (MTCP_CONNECT is not `off`).
+pub fn connects() -> bool {
+    config()
+        .as_ref()
+        .is_ok_and(|c| c.connect != userstack::config::ConnectRule::Off)
+}
+
+/// connect() just made `fd` ours: the entries the application gave it in epoll instances
+/// before connecting (nginx adds an upstream socket, then connects it) move to our sets with
+/// the same events and data, and leave the kernel's instances, where the identity socket,
+/// never connected, would report EPOLLOUT|EPOLLHUP and never the connection's data. An entry
+/// the kernel no longer has (the number was reused unseen) moves nowhere.
+fn adopt_entries(fd: c_int) {
+    for (epfd, events, data) in crate::candidates::forget(fd) {
+        // SAFETY: removing the application's entry for `fd` from its own instance.
+        let had = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        if had == 0 {
+            let _ = epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, Some((events, data)));
         }
     }
 }

@@ -10,7 +10,6 @@ use std::net::SocketAddrV4;
 
 use libc::c_int;
 use userstack::link::Link;
-use userstack::steer::Steering;
 use userstack::{ConnId, SockError};
 
 use super::options::{ConnOpts, Effect};
@@ -57,11 +56,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             return Some(Err(self.cannot_connect(to, e, first)));
         }
         let stack = self.stack.as_mut().expect("started");
-        if stack.steering() != Steering::ALONE {
-            let why = "outgoing connections of worker processes that share the device are not \
-                       served yet (their replies may reach another worker's stack)";
-            self.host
-                .say(&format!("connect() to {to} through the stack fails: {why}"));
+        if stack.steering().syn == 0 {
+            // A worker process that shares the device and owns no flows (it serves no
+            // listener): no port of its would get the replies.
+            let why = "this process shares the device with other worker processes and owns \
+                       none of its flows (it serves no listener on MTCP_PORTS)";
+            if !std::mem::replace(&mut self.said_connect, true) {
+                self.host
+                    .say(&format!("connect() to {to} through the stack fails: {why}"));
+            }
             return Some(Err(libc::EADDRNOTAVAIL));
         }
         let mut tcp = stack.default_options();

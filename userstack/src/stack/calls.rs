@@ -162,12 +162,19 @@ impl<L: Link> Stack<L> {
             return Err(SockError::NetUnreachable);
         }
         let span = EPHEMERAL.end - EPHEMERAL.start;
+        // A port is free for this peer unless a connection or a TIME-WAIT record holds the
+        // same four-tuple; where processes share the device, only a port whose flow falls in
+        // a bucket this stack owns gets the replies.
+        let (ip, rport) = (*remote.ip(), remote.port());
+        let free = |s: &Self, p: u16| {
+            let k = key(ip, rport, p);
+            !s.demux.contains_key(&k)
+                && !s.time_wait.contains_key(&k)
+                && s.steering.owns(crate::steer::flow_bucket(ip, rport, p))
+        };
         let mut port = None;
         if let Some(p) = local_port.filter(|&p| p != 0) {
-            if self
-                .demux
-                .contains_key(&key(*remote.ip(), remote.port(), p))
-            {
+            if !free(self, p) {
                 return Err(SockError::AddrNotAvail);
             }
             port = Some(p);
@@ -179,11 +186,7 @@ impl<L: Link> Stack<L> {
             } else {
                 p + 1
             };
-            if !self.listeners.contains_key(&p)
-                && !self
-                    .demux
-                    .contains_key(&key(*remote.ip(), remote.port(), p))
-            {
+            if !self.listeners.contains_key(&p) && free(self, p) {
                 port = Some(p);
                 break;
             }

@@ -570,7 +570,8 @@ impl<L: Link> Stack<L> {
         if let Some(f) = self.flows.as_mut() {
             f.opened(k);
         }
-        self.bucket_conns[crate::steer::flow_bucket(*peer.ip(), peer.port()) as usize] += 1;
+        self.bucket_conns
+            [crate::steer::flow_bucket(*peer.ip(), peer.port(), local_port) as usize] += 1;
         self.live += 1;
         self.shm.states.add(state);
         self.net.stats_mut().conns_opened += 1;
@@ -621,7 +622,7 @@ impl<L: Link> Stack<L> {
                 l.pending = l.pending.saturating_sub(1);
             }
         }
-        let b = crate::steer::flow_bucket(*c.peer.ip(), c.peer.port()) as usize;
+        let b = crate::steer::flow_bucket(*c.peer.ip(), c.peer.port(), c.local_port) as usize;
         self.bucket_conns[b] = self.bucket_conns[b].saturating_sub(1);
         self.free.push(idx);
         self.live -= 1;

@@ -198,7 +198,7 @@ impl<L: Link> Stack<L> {
             // timewait socket; the record has no sequence numbers, and a reset frees the peer
             // (closed on its side already) as well: below.
         }
-        let bucket = crate::steer::flow_bucket(src, sport);
+        let bucket = crate::steer::flow_bucket(src, sport, dport);
         if syn_only && !self.steering.takes_syn(bucket) {
             // Another process's new connection (processes sharing the device).
             self.net.stats_mut().steered_away += 1;

@@ -319,3 +319,64 @@ fn a_connection_nobody_has_is_reset_at_its_peers_answer_to_a_probe() {
         smoltcp::socket::tcp::State::Closed
     );
 }
+
+/// A process that shares the device connects out: each connection's local port puts its flow
+/// in a bucket the process owns (the device delivers it those buckets' frames), and a process
+/// that owns none cannot connect (EADDRNOTAVAIL).
+#[test]
+fn outgoing_connections_take_local_ports_in_the_buckets_the_process_owns() {
+    use crate::steer::{flow_bucket, Steering};
+    let mut p = Pair::new();
+    p.server.listen(6379, 64, opts()).unwrap();
+    let own = (1 << 3) | (1 << 17) | (1 << 30);
+    p.client
+        .set_steering(Steering { syn: own, rst: own }, p.now);
+    let server = p.server_addr(6379);
+    let mut buckets = 0u32;
+    for _ in 0..12 {
+        let c = p.client.connect(p.now, server, opts()).unwrap();
+        p.run();
+        assert_eq!(
+            p.client.state(c).unwrap(),
+            smoltcp::socket::tcp::State::Established
+        );
+        let local = p.client.local_addr(c).unwrap().port();
+        buckets |= 1 << flow_bucket(*server.ip(), server.port(), local);
+    }
+    assert_eq!(
+        buckets, own,
+        "every connection in an owned bucket, each of them used"
+    );
+    p.client.set_steering(Steering { syn: 0, rst: 0 }, p.now);
+    assert_eq!(
+        p.client.connect(p.now, server, opts()),
+        Err(SockError::AddrNotAvail)
+    );
+}
+
+/// A local port whose connection to a peer waits out TIME-WAIT is not used again for that peer
+/// (Linux's connect() skips it too), but is for another.
+#[test]
+fn a_port_in_time_wait_is_not_reused_for_the_same_peer() {
+    let mut p = Pair::new();
+    p.server.listen(6380, 16, opts()).unwrap();
+    let (c, s) = p.connected(opts());
+    let local = p.client.local_addr(c).unwrap().port();
+    p.client.close(c).unwrap();
+    p.run();
+    p.server.close(s).unwrap();
+    p.run();
+    let again = p
+        .client
+        .connect_from(p.now, p.server_addr(7777), Some(local), opts());
+    assert_eq!(again, Err(SockError::AddrNotAvail));
+    let other = p
+        .client
+        .connect_from(p.now, p.server_addr(6380), Some(local), opts())
+        .unwrap();
+    p.run();
+    assert_eq!(
+        p.client.state(other).unwrap(),
+        smoltcp::socket::tcp::State::Established
+    );
+}
