@@ -10,6 +10,24 @@ use std::process::{Command, Output};
 use mtcp_tests::redis::{redis_in, shim_client};
 use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
 
+/// redis-benchmark's arguments for the shim-to-shim tests: 20,000 SETs, GETs and LPUSHes from
+/// 50 connections to `h`:`p` (LLEN mylist is 20,000 after it).
+fn bench_args<'a>(h: &'a str, p: &'a str) -> Vec<&'a str> {
+    vec![
+        "-h",
+        h,
+        "-p",
+        p,
+        "-n",
+        "20000",
+        "-c",
+        "50",
+        "-t",
+        "set,get,lpush",
+        "-q",
+    ]
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -95,19 +113,7 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
     );
     let (h, p) = (server_ip.to_string(), port.to_string());
     let mut cmd = ns_client.command("redis-benchmark");
-    cmd.args([
-        "-h",
-        &h,
-        "-p",
-        &p,
-        "-n",
-        "20000",
-        "-c",
-        "50",
-        "-t",
-        "set,get,lpush",
-        "-q",
-    ]);
+    cmd.args(bench_args(&h, &p));
     let out = shim_client(cmd, veth.ns_if(), &subnet.cidr(3))
         .output()
         .expect("redis-benchmark runs");
@@ -262,22 +268,7 @@ fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
             .expect("the client runs");
         text(&out)
     };
-    let bench = client(
-        "redis-benchmark",
-        &[
-            "-h",
-            &h,
-            "-p",
-            &p,
-            "-n",
-            "20000",
-            "-c",
-            "50",
-            "-t",
-            "set,get,lpush",
-            "-q",
-        ],
-    );
+    let bench = client("redis-benchmark", &bench_args(&h, &p));
     assert!(
         bench.contains("LPUSH: ") && !bench.contains("rror"),
         "{bench}\n{}",
