@@ -120,6 +120,20 @@ out("echo through epoll", got)
 ep.close()
 s.close()
 
+# Non-blocking to nobody (its ARP goes unanswered): EHOSTUNREACH once the neighbour is given up
+# (Linux: 3 ARP requests a second apart).
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+t = time.monotonic()
+out("nonblocking connect to nobody", name(s.connect_ex((silent, open_port))))
+p = select.poll()
+p.register(s, select.POLLOUT)
+ev = p.poll(20000)
+took = time.monotonic() - t
+out("poll", [(e & (select.POLLOUT | select.POLLERR | select.POLLHUP)) for _, e in ev])
+out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)), "within 6 s", took < 6)
+s.close()
+
 # A port bound before connect() is the connection's.
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 # (SO_REUSEADDR: the other run's connection from this port may be in TIME-WAIT.)

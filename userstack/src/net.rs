@@ -85,6 +85,8 @@ pub struct Net<L: Link> {
     scratch: Vec<u8>,
     /// Moves whenever a neighbour's MAC changes: connections' cached next hops are stale then.
     hop_epoch: u64,
+    /// Next hops whose resolution was given up since the stack last asked (`take_unreachable`).
+    unreachable: Vec<Ipv4Addr>,
 }
 
 enum NextHop {
@@ -111,6 +113,7 @@ impl<L: Link> Net<L> {
             held_tx: None,
             scratch: Vec::new(),
             hop_epoch: 0,
+            unreachable: Vec::new(),
         }
     }
 
@@ -170,7 +173,8 @@ impl<L: Link> Net<L> {
         self.neighbors.get(&ip).and_then(|n| n.mac)
     }
 
-    fn route(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+    /// The next hop of a packet to `dst`: itself on the stack's subnet, else the gateway.
+    pub fn route(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
         if self.addr.contains(dst) {
             Some(dst)
         } else {
@@ -352,6 +356,11 @@ impl<L: Link> Net<L> {
         n.pending.push_back(pkt);
     }
 
+    /// The next hops whose resolution was given up since the last call.
+    pub fn take_unreachable(&mut self) -> Vec<Ipv4Addr> {
+        std::mem::take(&mut self.unreachable)
+    }
+
     /// Retries or gives up unresolved neighbours whose time has come.
     pub fn arp_timers(&mut self, now: Micros) {
         match self.arp_deadline {
@@ -361,6 +370,7 @@ impl<L: Link> Net<L> {
         let mut retry = Vec::new();
         let mut next: Option<Micros> = None;
         let mut given_up = 0u64;
+        let mut gone = Vec::new();
         // (Only unresolved entries go: no connection cached one.)
         self.neighbors.retain(|ip, n| {
             if n.mac.is_some() {
@@ -372,6 +382,7 @@ impl<L: Link> Net<L> {
             }
             if n.tries >= ARP_TRIES {
                 given_up += n.pending.len() as u64;
+                gone.push(*ip);
                 return false;
             }
             n.tries += 1;
@@ -382,6 +393,7 @@ impl<L: Link> Net<L> {
         });
         self.unresolved = self.neighbors.values().filter(|n| n.mac.is_none()).count();
         self.stats.drop_arp_unresolved += given_up;
+        self.unreachable.extend(gone);
         self.arp_deadline = next;
         for ip in retry {
             self.send_arp(now, 1, ip, BROADCAST_MAC, [0; 6]);

@@ -75,6 +75,8 @@ pub enum SockError {
     Invalid,
     /// ENETUNREACH
     NetUnreachable,
+    /// EHOSTUNREACH: the peer's (or the gateway's) address was not resolved (ARP).
+    HostUnreachable,
 }
 
 impl SockError {
@@ -91,6 +93,7 @@ impl SockError {
             SockError::AddrNotAvail => libc::EADDRNOTAVAIL,
             SockError::Invalid => libc::EINVAL,
             SockError::NetUnreachable => libc::ENETUNREACH,
+            SockError::HostUnreachable => libc::EHOSTUNREACH,
         }
     }
 }

@@ -110,6 +110,8 @@ pub(super) struct Conn {
     pub(super) orphan_expires: Option<Micros>,
     /// The stack gave up on the connection (`tcp_timeouts`): its error is ETIMEDOUT.
     pub(super) timed_out: bool,
+    /// Its next hop was not resolved while it connected: its error is EHOSTUNREACH.
+    pub(super) unreachable: bool,
     /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged, with nothing heard from
     /// the peer, before the connection is given up (in place of the default, also for an
     /// orphan). `None`: the default.
@@ -534,6 +536,7 @@ impl<L: Link> Stack<L> {
             connect_expires: None,
             orphan_expires: None,
             timed_out: false,
+            unreachable: false,
             user_timeout: None,
             track: TxTrack::default(),
             rec: Recovery::new(self.rto_min_us),
@@ -746,6 +749,7 @@ impl<L: Link> Stack<L> {
             self.shm.states.moved(prev, state);
             if state == tcp::State::Closed && !c.failed && !c.app_closed {
                 let error = match prev {
+                    _ if c.unreachable => Some(SockError::HostUnreachable),
                     _ if c.timed_out => Some(SockError::TimedOut),
                     tcp::State::SynSent => Some(SockError::Refused),
                     tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing => None,

@@ -466,6 +466,10 @@ impl<L: Link> Stack<L> {
         if self.net.arp_deadline().is_some_and(|d| d <= us) {
             work = true;
             self.net.arp_timers(us);
+            let gone = self.net.take_unreachable();
+            if !gone.is_empty() {
+                self.unreachable(now, &gone);
+            }
         }
         self.net.flush();
         if !work {
@@ -475,6 +479,32 @@ impl<L: Link> Stack<L> {
             self.publish(us);
         }
         work
+    }
+
+    /// ARP gave up on next hops `gone`: connections still connecting through them fail with
+    /// EHOSTUNREACH, as Linux's connect() does when its neighbour is not resolved (established
+    /// ones go on retransmitting). A walk over the connections, only when ARP gives up.
+    #[cold]
+    fn unreachable(&mut self, now: Instant, gone: &[Ipv4Addr]) {
+        for idx in 0..self.slots.len() as u32 {
+            let Some(c) = self.slots[idx as usize].conn.as_mut() else {
+                continue;
+            };
+            if c.last_state != smoltcp::socket::tcp::State::SynSent
+                || !self
+                    .net
+                    .route(*c.peer.ip())
+                    .is_some_and(|h| gone.contains(&h))
+            {
+                continue;
+            }
+            c.unreachable = true;
+            c.sockets
+                .get_mut::<smoltcp::socket::tcp::Socket>(c.handle)
+                .abort();
+            // Its error and its event now, before the application looks at it again.
+            self.poll_conn(now, idx, None, false);
+        }
     }
 
     /// How many connections have writes queued that the next `poll` or `flush` transmits.

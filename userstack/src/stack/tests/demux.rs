@@ -380,3 +380,23 @@ fn a_port_in_time_wait_is_not_reused_for_the_same_peer() {
         smoltcp::socket::tcp::State::Established
     );
 }
+
+/// A connect() to an address of the subnet whose ARP nobody answers fails with EHOSTUNREACH
+/// once the neighbour is given up (3 requests a second apart), as Linux's does: the error is
+/// reported once, with the socket in error and hung up.
+#[test]
+fn a_connect_to_an_address_nobody_has_fails_with_host_unreachable() {
+    let mut p = Pair::new();
+    let nobody = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 77), 6379);
+    let c = p.client.connect(p.now, nobody, opts()).unwrap();
+    p.advance(Duration::from_millis(2500), Duration::from_millis(10));
+    assert!(
+        !p.client.readiness(c).unwrap().error,
+        "not before the third request"
+    );
+    p.advance(Duration::from_millis(1000), Duration::from_millis(10));
+    let r = p.client.readiness(c).unwrap();
+    assert!(r.error && r.hup, "{r:?}");
+    assert_eq!(p.client.take_error(c), Ok(Some(SockError::HostUnreachable)));
+    assert_eq!(p.client.take_error(c), Ok(None));
+}
