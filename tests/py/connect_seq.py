@@ -1,9 +1,10 @@
 """connect() as a program sees it, one line per case, for the kernel and the shim to be compared.
 
-`connect_seq.py SERVER OPEN_PORT CLOSED_PORT SILENT_ADDR`: SERVER listens on OPEN_PORT and
-answers each connection's line with the same line (`connect_seq.py serve PORT`, which prints
-`listening` once it does); nothing listens on CLOSED_PORT; nobody has SILENT_ADDR (its ARP goes
-unanswered). Addresses and ports that differ between runs (the
+`connect_seq.py SERVER OPEN_PORT CLOSED_PORT SILENT_ADDR SILENT_HOST`: SERVER listens on
+OPEN_PORT and answers each connection's line with the same line (`connect_seq.py serve PORT`,
+which prints `listening` once it does); nothing listens on CLOSED_PORT; nobody has SILENT_ADDR
+(its ARP goes unanswered); SILENT_HOST answers ARP and nothing else (its host drops what it
+would send from that address). Addresses and ports that differ between runs (the
 local port, the server's address) are printed as what they are to the program: the family,
 whether the port is ephemeral.
 """
@@ -27,11 +28,12 @@ if sys.argv[1] == "serve":
             c.sendall(line)
         c.close()
 
-server, open_port, closed_port, silent = (
+server, open_port, closed_port, silent, silent_host = (
     sys.argv[1],
     int(sys.argv[2]),
     int(sys.argv[3]),
     sys.argv[4],
+    sys.argv[5],
 )
 
 
@@ -132,6 +134,16 @@ ev = p.poll(20000)
 took = time.monotonic() - t
 out("poll", [(e & (select.POLLOUT | select.POLLERR | select.POLLHUP)) for _, e in ev])
 out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)), "within 6 s", took < 6)
+s.close()
+
+# A host that never answers, with TCP_SYNCNT 1: ETIMEDOUT after the SYN and one retransmission
+# (1 s, then 2 s more).
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)
+t = time.monotonic()
+r = s.connect_ex((silent_host, open_port))
+took = time.monotonic() - t
+out("blocking connect to a silent host, TCP_SYNCNT 1", name(r), "after 3 s", 2.5 < took < 5)
 s.close()
 
 # A port bound before connect() is the connection's.

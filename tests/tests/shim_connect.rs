@@ -150,9 +150,10 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
 
 /// connect() under the shim answers as the kernel's: tests/py/connect_seq.py (blocking and
 /// non-blocking connects to a listener and to a closed port, EINPROGRESS, POLLOUT, SO_ERROR once,
-/// EISCONN, SO_SNDTIMEO's EINPROGRESS against a silent address, a port bound before connect)
-/// run by the kernel and under the shim from the same namespace, to the same kernel server, print
-/// the same lines.
+/// EISCONN, SO_SNDTIMEO's EINPROGRESS against a silent address, a socket in epoll before
+/// connect, EHOSTUNREACH for an address nobody has, ETIMEDOUT with TCP_SYNCNT 1 against a host
+/// that never answers, a port bound before connect) run by the kernel and under the shim from
+/// the same namespace, to the same kernel server, print the same lines.
 #[test]
 fn connect_answers_as_the_kernels() {
     let subnet = Subnet::allocate().expect("subnet");
@@ -166,12 +167,23 @@ fn connect_answers_as_the_kernels() {
         .ready_prefix("listening")
         .spawn()
         .expect("the server starts");
+    // A host that answers ARP and nothing else: the server's namespace drops whatever it
+    // would send from that address.
+    let silent_host = subnet.addr(5).to_string();
+    for args in [
+        vec!["addr", "add", &subnet.cidr(5), "dev", veth.root_if()],
+        vec!["rule", "add", "from", &silent_host, "lookup", "100"],
+        vec!["route", "add", "blackhole", "default", "table", "100"],
+    ] {
+        ns_server.ip(&args).expect("the silent host");
+    }
     let args = [
         script.clone(),
         subnet.addr(1).to_string(),
         port.to_string(),
         (port + 1).to_string(),
         subnet.addr(77).to_string(),
+        silent_host.clone(),
     ];
     let run = |shim: bool| {
         let mut cmd = ns_client.command("/usr/bin/python3");

@@ -97,6 +97,16 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 }
             }
         }
+        // How many SYN retransmissions before ETIMEDOUT: the socket's TCP_SYNCNT, or the
+        // system's tcp_syn_retries (the kernel answers either).
+        if let Some(n) = self
+            .host
+            .kernel_getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT)
+        {
+            if let (Some(st), Ok(n)) = (self.stack.as_mut(), u32::try_from(n)) {
+                let _ = st.set_syn_retries(id, n);
+            }
+        }
         // The SYN leaves now, not at the next poll.
         self.flush();
         Some(Err(libc::EINPROGRESS))

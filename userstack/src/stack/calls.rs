@@ -216,6 +216,17 @@ impl<L: Link> Stack<L> {
         Ok(ConnId { slot: idx, gen })
     }
 
+    /// TCP_SYNCNT (or the system's tcp_syn_retries) of a connection still connecting: it is
+    /// given up (ETIMEDOUT) when Linux would give up after that many SYN retransmissions.
+    pub fn set_syn_retries(&mut self, id: ConnId, retries: u32) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        if let Some(at) = c.connect_expires {
+            let start = at - CONNECT_TIMEOUT_US;
+            c.connect_expires = Some(start + super::conn::syn_timeout_us(retries));
+        }
+        Ok(())
+    }
+
     fn conn(&self, id: ConnId) -> Result<&Conn, SockError> {
         let slot = self
             .slots

@@ -44,6 +44,17 @@ const GIVE_UP_US: Micros = 924_600_000;
 const ORPHAN_GIVE_UP_US: Micros = 60_000_000;
 /// An unanswered connect: Linux's tcp_syn_retries (6) with a 1 s initial RTO, 127 s.
 pub(super) const CONNECT_TIMEOUT_US: Micros = 127_000_000;
+
+/// How long Linux waits for an answer to a SYN sent with `retries` retransmissions
+/// (TCP_SYNCNT, tcp_syn_retries): the RTO starts at 1 s and doubles up to 120 s
+/// (tcp_model_timeout: 2^(n+1) - 1 s up to 6 retries, then 120 s more each).
+pub(super) fn syn_timeout_us(retries: u32) -> Micros {
+    const SECOND: Micros = 1_000_000;
+    match retries {
+        0..=6 => ((2 << retries) - 1) * SECOND,
+        n => (127 + 120 * Micros::from(n - 6)) * SECOND,
+    }
+}
 /// An orphan in FIN-WAIT-2 (our FIN acknowledged, the peer's never comes): tcp_fin_timeout.
 const FIN_TIMEOUT_US: Micros = 60_000_000;
 

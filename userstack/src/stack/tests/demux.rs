@@ -400,3 +400,41 @@ fn a_connect_to_an_address_nobody_has_fails_with_host_unreachable() {
     assert_eq!(p.client.take_error(c), Ok(Some(SockError::HostUnreachable)));
     assert_eq!(p.client.take_error(c), Ok(None));
 }
+
+/// TCP_SYNCNT: a connect() nobody answers is given up with ETIMEDOUT when Linux would give up
+/// after that many SYN retransmissions (0: after the first RTO, 1 s).
+#[test]
+fn syn_retries_bound_an_unanswered_connect() {
+    use crate::stack::conn::syn_timeout_us;
+    assert_eq!(
+        [0, 1, 6, 8].map(syn_timeout_us),
+        [1_000_000, 3_000_000, 127_000_000, 367_000_000]
+    );
+    let mut p = Pair::new();
+    // The server hears nothing (it never polls) once the client knows its address.
+    p.server.listen(6379, 4, opts()).unwrap();
+    let warm = p
+        .client
+        .connect(p.now, p.server_addr(6379), opts())
+        .unwrap();
+    p.run();
+    p.client.abort(warm).unwrap();
+    p.run();
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(6380), opts())
+        .unwrap();
+    p.client.set_syn_retries(c, 0).unwrap();
+    let end = p.now + Duration::from_millis(900);
+    while p.now < end {
+        p.now += Duration::from_millis(10);
+        p.client.poll(p.now);
+    }
+    assert_eq!(p.client.take_error(c), Ok(None));
+    let end = p.now + Duration::from_millis(200);
+    while p.now < end {
+        p.now += Duration::from_millis(10);
+        p.client.poll(p.now);
+    }
+    assert_eq!(p.client.take_error(c), Ok(Some(SockError::TimedOut)));
+}
