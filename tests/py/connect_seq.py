@@ -58,6 +58,11 @@ out("getpeername", s.getpeername() == (server, open_port))
 s.sendall(b"hello\n")
 out("echo", s.recv(64))
 out("connect again", name(s.connect_ex((server, open_port))))
+# The stack runs now: its own fds are out of the application's way (the next socket gets the
+# number the kernel would give it).
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+out("a new socket's fd", t.fileno())
+t.close()
 s.close()
 
 # Refused.

@@ -198,7 +198,8 @@ pub(crate) fn ring(epfd: c_int) {
         return;
     }
     // SAFETY: a new eventfd, readable from the start (counter 1), never read.
-    let bell = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    let bell =
+        super::fds::lift(unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) });
     if bell < 0 {
         crate::shim_log!(
             "cannot wake a thread waiting on epoll fd {epfd} for the socket just added to it \
@@ -241,7 +242,8 @@ pub(crate) fn drop_bells(events: &mut [std::mem::MaybeUninit<epoll_event>], n: u
 /// instance with [`BELL`] as its data, not readable yet (-1 if it cannot be made).
 pub(crate) fn nest_bell(epfd: c_int) -> c_int {
     // SAFETY: a new eventfd, owned by the socket table from now on.
-    let bell = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    let bell =
+        super::fds::lift(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) });
     if bell < 0 {
         return -1;
     }

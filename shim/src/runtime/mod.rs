@@ -12,6 +12,7 @@
 //! them held ([`in_child`]).
 
 mod calls;
+mod fds;
 mod group;
 mod kwait;
 mod sockopt;
@@ -67,6 +68,9 @@ struct Proc;
 
 impl Host<DpdkLink> for Proc {
     fn start(&mut self, cfg: &Config) -> Result<Stack<DpdkLink>, String> {
+        // DPDK's files, sockets and eventfds go above the numbers the application's own fds
+        // would get on the kernel.
+        let _low = fds::LowFds::hold();
         DpdkLink::start(cfg)
             .map_err(|e| e.to_string())
             .and_then(|link| Stack::new(link, cfg, clock::now()).map_err(|e| e.to_string()))

@@ -78,8 +78,8 @@ impl Waiter {
     fn new() -> Waiter {
         // SAFETY: plain eventfd and epoll creation; the eventfd joins the epoll instance.
         unsafe {
-            let efd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
-            let mut ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            let efd = super::fds::lift(libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC));
+            let mut ep = super::fds::lift(libc::epoll_create1(libc::EPOLL_CLOEXEC));
             if ep >= 0 && efd >= 0 {
                 let mut ev = libc::epoll_event {
                     events: libc::EPOLLIN as u32,
