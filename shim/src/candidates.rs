@@ -44,12 +44,13 @@ pub fn any() -> bool {
     COUNT.load(Ordering::Relaxed) != 0
 }
 
-/// `fd` is a new candidate (a number reused: what the old one had goes).
+/// `fd` is a new candidate (a number reused unseen: what the old one had goes).
 pub fn mark(fd: c_int) {
-    forget(fd);
     if let Some((w, b)) = word(fd) {
         if w.fetch_or(b, Ordering::Relaxed) & b == 0 {
             COUNT.fetch_add(1, Ordering::Relaxed);
+        } else {
+            take_entries(fd);
         }
     }
 }
@@ -61,6 +62,11 @@ pub fn forget(fd: c_int) -> Vec<(c_int, u32, u64)> {
             COUNT.fetch_sub(1, Ordering::Relaxed);
         }
     }
+    take_entries(fd)
+}
+
+/// Removes and returns `fd`'s entries.
+fn take_entries(fd: c_int) -> Vec<(c_int, u32, u64)> {
     let mut all = ENTRIES.lock().unwrap_or_else(|e| e.into_inner());
     let mut mine = Vec::new();
     all.retain(|&(f, ep, ev, data)| {

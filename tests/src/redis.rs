@@ -63,12 +63,26 @@ pub fn wait_stack(server: &mut ServerProcess) {
     }
 }
 
+/// `cmd` under the shim: its stack on `dev` (an MTCP_DEV value) with the address `cidr`,
+/// serving `ports` (an MTCP_PORTS value; `None`: a client, no port of its is the stack's).
+pub fn under_shim<'c>(
+    cmd: &'c mut Command,
+    dev: &str,
+    cidr: &str,
+    ports: Option<&str>,
+) -> &'c mut Command {
+    cmd.env("LD_PRELOAD", shim_lib())
+        .env("MTCP_DEV", dev)
+        .env("MTCP_ADDR", cidr);
+    match ports {
+        Some(p) => cmd.env("MTCP_PORTS", p),
+        None => cmd.env_remove("MTCP_PORTS"),
+    }
+}
+
 /// `program` under the shim as a client: its stack on af_packet device `dev` with `cidr`.
 pub fn shim_client(mut cmd: Command, dev: &str, cidr: &str) -> Command {
-    cmd.env("LD_PRELOAD", shim_lib())
-        .env("MTCP_DEV", format!("af_packet:{dev}"))
-        .env("MTCP_ADDR", cidr)
-        .env_remove("MTCP_PORTS");
+    under_shim(&mut cmd, &format!("af_packet:{dev}"), cidr, None);
     cmd
 }
 
@@ -94,10 +108,8 @@ pub fn redis_in(
     ])
     .args(extra);
     if let Some((dev, cidr)) = shim {
-        cmd.env("LD_PRELOAD", shim_lib())
-            .env("MTCP_PORTS", port.to_string())
-            .env("MTCP_DEV", format!("af_packet:{dev}"))
-            .env("MTCP_ADDR", cidr);
+        let port = port.to_string();
+        under_shim(&mut cmd, &format!("af_packet:{dev}"), cidr, Some(&port));
     }
     let mut server = start_redis(cmd);
     if shim.is_some() {

@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mtcp_tests::redis::{py_file, redis_in, shim_lib, start_redis, wait_stack, TempDir};
+use mtcp_tests::redis::{py_file, redis_in, start_redis, under_shim, wait_stack, TempDir};
 use mtcp_tests::{Bridge, Netns, ServerProcess, Subnet, VethPair};
 
 /// Keys and value size of the data set the full sync carries (`MTCP_TEST_SYNC_MB` sets its
@@ -476,18 +476,14 @@ impl Member {
         let sentinel = args.iter().any(|a| a == "--sentinel");
         let mut cmd = Command::new("redis-server");
         cmd.args(&args)
-            .args(["--bind", &ip, "--save", "", "--protected-mode", "no"])
-            .env("LD_PRELOAD", shim_lib())
-            .env(
-                "MTCP_PORTS",
-                ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-            .env("MTCP_DEV", format!("af_packet:{}", veth.root_if()))
-            .env("MTCP_ADDR", subnet.cidr(host));
+            .args(["--bind", &ip, "--save", "", "--protected-mode", "no"]);
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        under_shim(
+            &mut cmd,
+            &format!("af_packet:{}", veth.root_if()),
+            &subnet.cidr(host),
+            Some(&ports.join(",")),
+        );
         let mut server = if sentinel {
             let mut s = ServerProcess::builder_for(cmd)
                 .ready_prefix("")

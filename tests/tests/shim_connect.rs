@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 
-use mtcp_tests::redis::{redis_in, shim_client};
+use mtcp_tests::redis::{redis_in, shim_client, under_shim};
 use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
 
 /// redis-benchmark's arguments for the shim-to-shim tests: 20,000 SETs, GETs and LPUSHes from
@@ -262,20 +262,15 @@ fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
         "",
         "--protected-mode",
         "no",
-    ])
-    .env("LD_PRELOAD", mtcp_tests::redis::shim_lib())
-    .env("MTCP_PORTS", &p)
-    .env("MTCP_DEV", format!("memif:{},server", sock.display()))
-    .env("MTCP_ADDR", subnet.cidr(2));
+    ]);
+    let memif = |role: &str| format!("memif:{},{role}", sock.display());
+    under_shim(&mut cmd, &memif("server"), &subnet.cidr(2), Some(&p));
     let mut server = mtcp_tests::redis::start_redis(cmd);
     mtcp_tests::redis::wait_stack(&mut server);
     let client = |program: &str, args: &[&str]| {
-        let out = Command::new(program)
-            .args(args)
-            .env("LD_PRELOAD", mtcp_tests::redis::shim_lib())
-            .env("MTCP_DEV", format!("memif:{},client", sock.display()))
-            .env("MTCP_ADDR", subnet.cidr(3))
-            .env_remove("MTCP_PORTS")
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        let out = under_shim(&mut cmd, &memif("client"), &subnet.cidr(3), None)
             .output()
             .expect("the client runs");
         text(&out)
