@@ -9,9 +9,12 @@ local port, the server's address) are printed as what they are to the program: t
 whether the port is ephemeral.
 """
 
+import ctypes
 import errno
 import select
+import signal
 import socket
+import struct
 import sys
 import time
 
@@ -89,9 +92,12 @@ out("connect again", name(s.connect_ex((server, open_port))))
 out("connect again", name(s.connect_ex((server, open_port))))
 s.close()
 
-# Non-blocking to a closed port: the error once, by SO_ERROR.
+# Non-blocking to a closed port: the error once, by SO_ERROR; connect() then finds the
+# connection failed with its error taken (ECONNABORTED), and the next one starts anew.
 s = nonblocking(closed_port, " to a closed port")
 out("SO_ERROR again", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+out("connect again", name(s.connect_ex((server, closed_port))))
+out("connect again", name(s.connect_ex((server, closed_port))))
 s.close()
 
 # Blocking with SO_SNDTIMEO to nobody: EINPROGRESS after the timeout; then EALREADY.
@@ -149,6 +155,48 @@ t = time.monotonic()
 r = s.connect_ex((silent_host, open_port))
 took = time.monotonic() - t
 out("blocking connect to a silent host, TCP_SYNCNT 1", name(r), "after 3 s", 2.5 < took < 5)
+s.close()
+
+# A signal handler runs during a blocking connect(). libc's connect() is called directly
+# (Python's socket.connect retries EINTR itself). Without SA_RESTART: EINTR, the handshake goes
+# on (SO_ERROR 0), a second blocking connect() waits for it (ETIMEDOUT at 3 s, as if never
+# interrupted), and a third starts a new one. With SA_RESTART (and no other handler without
+# it: SIGINT's is set to the default): the call goes on as if no signal came.
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def raw_connect(s, addr):
+    ip, port = addr
+    sin = struct.pack("<HH4s8x", socket.AF_INET, socket.htons(port), socket.inet_aton(ip))
+    buf = ctypes.create_string_buffer(sin, len(sin))
+    r = libc.connect(s.fileno(), buf, len(sin))
+    return ctypes.get_errno() if r < 0 else 0
+
+
+alarms = []
+signal.signal(signal.SIGALRM, lambda *_: alarms.append(1))
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)
+t = time.monotonic()
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+r = raw_connect(s, (silent_host, open_port))
+out("blocking connect, SIGALRM at 0.5 s", name(r), "at once", time.monotonic() - t < 1.5)
+out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+r = raw_connect(s, (silent_host, open_port))
+took = time.monotonic() - t
+out("blocking connect again", name(r), "at 3 s", 2.5 < took < 5)
+s.setblocking(False)
+out("connect after it failed", name(raw_connect(s, (silent_host, open_port))))
+s.close()
+signal.siginterrupt(signal.SIGALRM, False)
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)
+t = time.monotonic()
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+r = raw_connect(s, (silent_host, open_port))
+took = time.monotonic() - t
+out("blocking connect, SIGALRM with SA_RESTART", name(r), "at 3 s", 2.5 < took < 5, "alarms", len(alarms))
 s.close()
 
 # A port bound before connect() is the connection's.

@@ -110,8 +110,9 @@ pub fn connect_takes(ip: Ipv4Addr) -> bool {
 
 /// connect() of stream socket `fd` (of `family`) to `to`: through the stack if `MTCP_CONNECT`
 /// gives it the destination (`None`: the kernel's). A blocking socket waits for the handshake,
-/// at most SO_SNDTIMEO (then EINPROGRESS, as Linux); a signal handler that runs meanwhile ends
-/// the call with EINTR, and the handshake goes on.
+/// at most SO_SNDTIMEO (then EINPROGRESS, or EALREADY for a handshake an earlier call
+/// started, as Linux); a signal handler that runs meanwhile ends the call with EINTR (unless
+/// it restarts: SA_RESTART and no SO_SNDTIMEO), and the handshake goes on.
 pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
     // SAFETY: F_GETFL on the application's socket.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -122,10 +123,11 @@ pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
     if !was_ours && is_ours(fd) {
         adopt_entries(fd);
     }
-    match first {
-        Err(libc::EINPROGRESS) if !nonblock => {}
+    // A blocking socket waits for the handshake, also one an earlier connect() started.
+    let first = match first {
+        Err(e @ (libc::EINPROGRESS | libc::EALREADY)) if !nonblock => e,
         r => return Some(r),
-    }
+    };
     let until = timeout_of(fd, libc::SO_SNDTIMEO).map(|(at, _)| at);
     let mut hold = None;
     loop {
@@ -139,7 +141,8 @@ pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
         let mask = hold.get_or_insert_with(SigHold::new).mask();
         match wait_once(key, None, until, mask, |s| changed(s, seen, Look::Wait)) {
             Waited::Again => {}
-            Waited::TimedOut => return Some(Err(libc::EINPROGRESS)),
+            Waited::TimedOut => return Some(Err(first)),
+            Waited::Interrupted if restarts(until.is_some()) => {}
             Waited::Interrupted => return Some(Err(libc::EINTR)),
         }
     }

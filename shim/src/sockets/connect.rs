@@ -13,7 +13,7 @@ use userstack::link::Link;
 use userstack::{ConnId, SockError};
 
 use super::options::{ConnOpts, Effect};
-use super::{so_errno, Answer, Family, Host, Obj, Sockets};
+use super::{so_errno, Answer, Family, Host, Obj, Phase, Sockets};
 
 /// Options the application may have set on the kernel socket before connect(), carried to
 /// the stack's connection.
@@ -27,7 +27,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// does not give the destination to the stack, or the socket is not ours to decide).
     /// A new connection answers `EINPROGRESS` (the caller waits if the socket blocks; see
     /// [`Sockets::connect_result`]); on a connection of ours connect() answers as Linux does:
-    /// `EALREADY` while the handshake runs, `EISCONN` after it, the error it failed with once.
+    /// `EALREADY` while the handshake runs (a blocking caller waits for it), `EISCONN` after
+    /// it, and once it failed its error (or `ECONNABORTED` if SO_ERROR took it), after which
+    /// the next connect() starts a new handshake.
     /// `nonblock`: the socket's O_NONBLOCK; `bound`: the port the kernel socket was bound to.
     pub fn connect(
         &mut self,
@@ -37,14 +39,23 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         nonblock: bool,
         bound: Option<u16>,
     ) -> Answer<c_int> {
-        match self.obj(fd) {
+        let again = match self.obj(fd) {
+            Some(Obj::Conn {
+                phase: Phase::Unconnected,
+                ..
+            }) => true,
             Some(Obj::Conn { .. }) => return Some(self.connect_again(fd)),
             Some(Obj::Listener { .. }) => return Some(Err(libc::EISCONN)),
             Some(Obj::Epoll { .. }) => return None,
-            None => {}
-        }
+            None => false,
+        };
         let cfg = self.cfg.as_ref().ok()?;
         if !cfg.connect.takes(&cfg.addr, cfg.gateway, *to.ip()) {
+            if again {
+                // A failed connection of ours connects anew to a destination the kernel
+                // serves: the fd is the kernel socket's again.
+                self.close(fd);
+            }
             return None;
         }
         // A failure to start is this connect()'s to say (`fail` stays quiet).
@@ -73,23 +84,27 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Ok(id) => id,
             Err(e) => return Some(Err(connect_errno(e))),
         };
-        let conn = Obj::Conn {
-            id,
-            family,
-            nonblock,
-            opts: ConnOpts::default(),
-            connecting: true,
-        };
-        let i = match self.insert(fd, conn) {
-            Ok(i) => i,
-            Err(e) => {
-                if let Some(st) = self.stack.as_mut() {
-                    let _ = st.abort(id);
+        if again {
+            self.reconnect(fd, id);
+        } else {
+            let conn = Obj::Conn {
+                id,
+                family,
+                nonblock,
+                opts: ConnOpts::default(),
+                phase: Phase::Connecting,
+            };
+            let i = match self.insert(fd, conn) {
+                Ok(i) => i,
+                Err(e) => {
+                    if let Some(st) = self.stack.as_mut() {
+                        let _ = st.abort(id);
+                    }
+                    return Some(Err(e));
                 }
-                return Some(Err(e));
-            }
-        };
-        self.conn_fd.insert(id, i);
+            };
+            self.conn_fd.insert(id, i);
+        }
         for (level, name) in CARRIED {
             if let Some(v) = self.host.kernel_getsockopt_int(fd, level, name) {
                 if v != 0 {
@@ -112,6 +127,24 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         Some(Err(libc::EINPROGRESS))
     }
 
+    /// Connection `fd`, whose handshake failed, takes new connection `id`; the failed one is
+    /// released.
+    fn reconnect(&mut self, fd: c_int, id: ConnId) {
+        let Some(i) = self.index_of(fd) else {
+            return;
+        };
+        let Some(Obj::Conn { id: old, phase, .. }) = self.obj(fd) else {
+            return;
+        };
+        let old = std::mem::replace(old, id);
+        *phase = Phase::Connecting;
+        self.conn_fd.remove(&old);
+        self.conn_fd.insert(id, i);
+        if let Some(st) = self.stack.as_mut() {
+            let _ = st.close(old);
+        }
+    }
+
     /// An option set on the kernel socket before connect(), applied to connection `id`.
     fn carry(&mut self, fd: c_int, id: ConnId, level: c_int, name: c_int, v: c_int) {
         let Some(Obj::Conn { opts, .. }) = self.obj(fd) else {
@@ -122,37 +155,23 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let _ = self.take_effect(fd, id, effect, &opts);
     }
 
-    /// connect() again on connection `fd` of ours, as Linux answers it: while the handshake
-    /// runs `EALREADY`; the first time after a non-blocking connect() completed 0, then
-    /// `EISCONN`; after it failed, its error (once).
+    /// connect() again on connection `fd` of ours, not unconnected: see [`Sockets::connect`].
     fn connect_again(&mut self, fd: c_int) -> Result<c_int, c_int> {
-        use smoltcp::socket::tcp::State as S;
-        let Some(Obj::Conn { id, connecting, .. }) = self.obj(fd) else {
+        let Some(Obj::Conn { phase, .. }) = self.obj(fd) else {
             return Err(libc::EBADF);
         };
-        let (id, was_connecting) = (*id, std::mem::replace(connecting, false));
-        let Some(stack) = self.stack.as_mut() else {
+        if *phase == Phase::Connected {
             return Err(libc::EISCONN);
-        };
-        match stack.take_error(id) {
-            Ok(Some(e)) => return Err(so_errno(e)),
-            Err(_) => return Err(libc::EISCONN),
-            Ok(None) => {}
         }
-        match stack.slot_state(id) {
-            Some((S::SynSent, ..)) => {
-                if let Some(Obj::Conn { connecting, .. }) = self.obj(fd) {
-                    *connecting = was_connecting;
-                }
-                Err(libc::EALREADY)
-            }
-            _ if was_connecting => Ok(0),
-            _ => Err(libc::EISCONN),
+        match self.connect_result(fd) {
+            None => Err(libc::EALREADY),
+            Some(r) => r,
         }
     }
 
-    /// Where a blocking connect() of `fd` stands: `None` while the handshake runs, then its
-    /// result (the error is taken, as Linux's connect() takes `sk_err`).
+    /// Where the handshake of connection `fd` (connect() said EINPROGRESS) stands: `None`
+    /// while it runs; then 0, or its error (taken, as Linux's connect() takes `sk_err`; or
+    /// `ECONNABORTED` if SO_ERROR took it) and the connection is unconnected.
     pub fn connect_result(&mut self, fd: c_int) -> Option<Result<c_int, c_int>> {
         use smoltcp::socket::tcp::State as S;
         let Some(Obj::Conn { id, .. }) = self.obj(fd) else {
@@ -161,20 +180,21 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         };
         let id = *id;
         let stack = self.stack.as_mut()?;
-        match stack.take_error(id) {
-            Ok(Some(e)) => return Some(Err(so_errno(e))),
-            Err(_) => return Some(Err(libc::ECONNABORTED)),
-            Ok(None) => {}
-        }
-        match stack.slot_state(id) {
-            Some((S::SynSent, ..)) => None,
-            _ => {
-                if let Some(Obj::Conn { connecting, .. }) = self.obj(fd) {
-                    *connecting = false;
-                }
-                Some(Ok(0))
+        let (phase, r) = match stack.slot_state(id) {
+            Some((S::SynSent | S::SynReceived, ..)) => return None,
+            Some((S::Closed, ..)) | None => {
+                let e = match stack.take_error(id) {
+                    Ok(Some(e)) => so_errno(e),
+                    _ => libc::ECONNABORTED,
+                };
+                (Phase::Unconnected, Err(e))
             }
+            Some(_) => (Phase::Connected, Ok(0)),
+        };
+        if let Some(Obj::Conn { phase: p, .. }) = self.obj(fd) {
+            *p = phase;
         }
+        Some(r)
     }
 
     /// The stack cannot start for a connect() to `to`: said by the `first` connect() that

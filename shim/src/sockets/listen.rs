@@ -7,7 +7,7 @@ use userstack::link::Link;
 use userstack::SockError;
 
 use super::options::{self, ConnOpts, Policy};
-use super::{so_errno, Answer, Bound, Family, Host, Obj, Sockets};
+use super::{so_errno, Answer, Bound, Family, Host, Obj, Phase, Sockets};
 
 /// What an accept() found on a listener of ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,7 +273,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             family,
             nonblock,
             opts,
-            connecting: false,
+            phase: Phase::Connected,
         };
         let i = match self.insert(efd, conn) {
             Ok(i) => i,

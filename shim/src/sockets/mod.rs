@@ -136,6 +136,18 @@ pub trait Host<L: Link> {
 
 /// The address family a socket of ours has for the application. The stack speaks IPv4 alone;
 /// an AF_INET6 socket sees its IPv4 peers as v4-mapped IPv6 addresses, as on Linux.
+/// Where a connection stands as connect() sees it (Linux's `sock->state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted, or connect() saw the handshake complete: connect() says EISCONN.
+    Connected,
+    /// connect() said EINPROGRESS (or was interrupted) and has not seen the outcome since:
+    /// the next connect() says EALREADY while the handshake runs, then 0 or its error.
+    Connecting,
+    /// connect() saw the handshake fail: the next connect() starts a new one.
+    Unconnected,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Inet,
@@ -190,10 +202,8 @@ pub(crate) enum Obj {
         family: Family,
         nonblock: bool,
         opts: ConnOpts,
-        /// An outgoing connection whose connect() said EINPROGRESS, with no connect() since:
-        /// Linux's SS_CONNECTING, where the next connect() after the handshake returns 0 (then
-        /// EISCONN).
-        connecting: bool,
+        /// Where connect() stands on it.
+        phase: Phase,
     },
     Epoll {
         set: EpollSet,

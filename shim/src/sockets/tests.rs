@@ -1627,6 +1627,48 @@ fn a_connect_to_a_closed_port_is_refused_once() {
         connect_to(&mut n, CLIENT, 7001, None),
         Some(Err(libc::ECONNREFUSED))
     );
+    // The socket is unconnected again: the next connect() starts a new handshake, which
+    // succeeds once someone listens, on the same fd and through the same epoll entry.
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, CONNECT_FD, Some((OUT, 9)))
+        .unwrap()
+        .unwrap();
+    n.client
+        .listen(7001, 8, n.client.default_options())
+        .unwrap();
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7001, None),
+        Some(Err(libc::EINPROGRESS))
+    );
+    n.settle();
+    assert_eq!(pass(&mut n, EPOLL_FD), vec![(OUT, 9)]);
+    assert_eq!(connect_to(&mut n, CLIENT, 7001, None), Some(Ok(0)));
+    let (c, _) = n.client.accept(7001).unwrap();
+    assert_eq!(n.write(CONNECT_FD, b"again"), Ok(5));
+    assert_eq!(n.client_reads(c).unwrap(), b"again");
+}
+
+#[test]
+fn a_failure_whose_error_so_error_took_is_econnaborted_to_connect() {
+    let mut n = Net::new();
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7005, None),
+        Some(Err(libc::EINPROGRESS))
+    );
+    n.settle();
+    let mut v = [0u8; 4];
+    assert_eq!(
+        n.s.getsockopt(CONNECT_FD, libc::SOL_SOCKET, libc::SO_ERROR, &mut v),
+        Some(Ok(4))
+    );
+    assert_eq!(c_int::from_ne_bytes(v), libc::ECONNREFUSED);
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7005, None),
+        Some(Err(libc::ECONNABORTED))
+    );
+    assert_eq!(
+        connect_to(&mut n, CLIENT, 7005, None),
+        Some(Err(libc::EINPROGRESS))
+    );
 }
 
 #[test]
