@@ -14,6 +14,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --release --workspace -- --test-threads=2 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run (cargo's own last line is a crate's doc-tests).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+# A minute of libFuzzer per fuzz target (alone: it takes a core).
+bash ci/fuzz.sh 2>&1 | tee -a "$log" || status=1
+# One closing line for the whole run (cargo's own last line is a crate's doc-tests; each fuzz
+# target counts as a test).
+awk '/^test result:/ { p += $4; f += $6 }
+     /^fuzz [a-z]+: ok/ { p++ } /^fuzz [a-z]+: FAILED/ { f++ }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"

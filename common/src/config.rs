@@ -550,6 +550,31 @@ fn parse_port(item: &[u8]) -> Result<u16, &'static str> {
     Ok(v as u16)
 }
 
+/// `MTCP_LOG`: comma-separated directives, each a level, a target, or `target=level` (a target
+/// is a Rust module path). tracing-subscriber's filters also take span and field filters
+/// (`target[span{field=value}]=level`); those are refused: its parser panics on some
+/// non-ASCII values and takes minutes on some field patterns (both found by fuzzing), and a
+/// variable must not stop a program's start.
+fn check_log(log: &str) -> Result<(), &'static str> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s));
+    let is_target = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+    };
+    for d in log.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match d.split_once('=') {
+            Some((target, level)) => is_target(target) && is_level(level),
+            None => is_level(d) || is_target(d),
+        };
+        if !ok {
+            return Err("levels, targets and target=level only");
+        }
+    }
+    Ok(())
+}
+
 /// What a good `MTCP_PORTS` looks like (the shim's message ends the same way).
 pub const PORTS_EXPECTED: &str =
     "expected a comma-separated list of TCP ports 1-65535, e.g. 6379,6380";
@@ -633,6 +658,13 @@ impl Config {
             .unwrap_or_default();
         let log_given = get("MTCP_LOG").is_some();
         let log = get("MTCP_LOG").unwrap_or("warn").to_string();
+        check_log(&log).map_err(|why| {
+            err(
+                "MTCP_LOG",
+                &log,
+                format!("not a log filter ({why}); e.g. warn, info, userstack=debug"),
+            )
+        })?;
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| {
             err(
                 "MTCP_LOG",
@@ -985,6 +1017,20 @@ mod tests {
             "MTCP_CC=\"bbr\": expected cubic, reno or none"
         );
         assert!(msg(&[("MTCP_LOG", "a=b=c")]).starts_with("MTCP_LOG=\"a=b=c\": not a log filter"));
+        // Found by fuzzing (fuzz/corpus/config/log-not-ascii): the filter parser panicked.
+        assert!(msg(&[("MTCP_LOG", "MTC\u{fffd}=P_")]).contains("target=level only"));
+        // Also found by fuzzing (log-field-pattern): a field filter whose parse took minutes.
+        let slow = std::fs::read("../fuzz/corpus/config/log-field-pattern").unwrap();
+        let slow = String::from_utf8_lossy(&slow[1..]).into_owned();
+        assert!(msg(&[("MTCP_LOG", &slow)]).contains("target=level only"));
+        for good in [
+            "warn",
+            "INFO",
+            "userstack=debug,mtcpshim::sockets=trace",
+            "userstack",
+        ] {
+            assert!(cfg(&[("MTCP_LOG", good)]).is_ok(), "{good}");
+        }
         assert_eq!(
             msg(&[("MTCP_STATS", "maybe")]),
             "MTCP_STATS=\"maybe\": expected on or off"

@@ -70,7 +70,7 @@ fn dpdk_log_level(filter: &str) -> &'static str {
 }
 
 /// The `--vdev`/`-a` arguments and the port name DPDK will give the device.
-pub(super) fn device_args(dev: &DevSpec) -> (Vec<String>, String) {
+pub fn device_args(dev: &DevSpec) -> (Vec<String>, String) {
     match dev {
         DevSpec::Tap { iface } => (
             vec!["--vdev".into(), format!("net_tap0,iface={iface}")],

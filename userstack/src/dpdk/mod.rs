@@ -24,7 +24,7 @@ mod netdev;
 mod signals;
 mod wake;
 
-pub use eal::{eal_args, StartInfo};
+pub use eal::{device_args, eal_args, StartInfo};
 pub use link::DpdkLink;
 pub use mbuf::Mbuf;
 
