@@ -287,4 +287,34 @@ fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
         "{}",
         server.diagnostics()
     );
+    // Idle between requests: each stack sleeps until the other wakes it (memif has no
+    // interrupts of its own; dpdk/memif_wake.rs), instead of napping ~500 times a second, and
+    // a request after a pause is answered at once (not at the end of a nap or of the 100 ms
+    // cap on a block).
+    let sleeps = || mtcp_tests::redis::stack_counter(server.pid(), "sleeps");
+    let before = sleeps();
+    let script = "import socket, sys, time\n\
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
+        took = []\n\
+        for _ in range(9):\n\
+        \x20   time.sleep(0.3)\n\
+        \x20   t = time.monotonic()\n\
+        \x20   s.sendall(b'PING\\r\\n')\n\
+        \x20   assert s.recv(64) == b'+PONG\\r\\n'\n\
+        \x20   took.append(time.monotonic() - t)\n\
+        print('median ms', sorted(took)[4] * 1000)\n";
+    let out = client("python3", &["-c", script, &h, &p]);
+    let slept = sleeps() - before;
+    let median: f64 = out
+        .trim()
+        .strip_prefix("median ms ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{out}\n{}", server.diagnostics()));
+    assert!(median < 20.0, "a PING after 300 ms idle took {median} ms");
+    // 2.7 s idle: ~1,350 naps without the peer's wake-ups; with them (~300), a block of at most
+    // 100 ms at a time, and a few naps after each request.
+    assert!(
+        slept < 600,
+        "the server's stack slept {slept} times in 2.7 s"
+    );
 }

@@ -65,6 +65,11 @@ pub trait Link {
     }
     /// A file descriptor that becomes readable when frames arrive, if the device has one.
     fn wake_fd(&self) -> Option<RawFd>;
+    /// The longest the caller may block on the wake-up fd (`None`: until its next timer), where
+    /// a wake-up depends on a peer's goodwill (net_memif).
+    fn wake_cap(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Arms the wake-up fd before the caller blocks on it (a no-op where it is always armed).
     fn arm_wake(&mut self) {}
     /// Disarms it after the caller woke up.

@@ -284,6 +284,11 @@ pub(super) fn naps_reset() {
     });
 }
 
+/// Whether this thread's naps have grown to their cap (no work for a few ms).
+fn naps_at_cap() -> bool {
+    NAPS.with(|n| n.get().is_some_and(|b| b.at_cap()))
+}
+
 /// This thread's next nap, at most `limit` (longer naps while the device's link is down).
 fn nap(limit: Duration, link_down: bool) -> Duration {
     NAPS.with(|n| {
@@ -400,15 +405,23 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
             ..NOT_COUNTED
         });
     }
+    // A wake-up a memif peer gives costs it a system call: while traffic comes in bursts this
+    // thread naps (polling at the end of each), and blocks on the wake fd only once its naps
+    // have grown to their cap (a few ms without work).
+    let wake = match st.link().wake_cap() {
+        Some(_) if !naps_at_cap() => None,
+        _ => st.wake_fd(),
+    };
     // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
-    if !st.arm_wake(clock::now(), WATCHERS.load(Ordering::Relaxed) > 0) {
+    if wake.is_none() {
+        st.note_sleep();
+    } else if !st.arm_wake(clock::now(), WATCHERS.load(Ordering::Relaxed) > 0) {
         // That poll may have taken frames for other threads' connections: their events go to
         // their epoll sets and blocked threads now (a blocking recv that retries and succeeds
         // would not poll again, and those threads' device wake-up is spent).
         s.pump();
         return Prep::Work;
     }
-    let wake = st.wake_fd();
     BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
     WATCHERS.fetch_add(1, Ordering::Relaxed);
     register(key);
@@ -416,7 +429,10 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
         counted: true,
         watching: true,
         wake,
-        until_timer: st.next_deadline().map(clock::until),
+        until_timer: match (st.next_deadline().map(clock::until), st.link().wake_cap()) {
+            (Some(t), Some(cap)) => Some(t.min(cap)),
+            (t, cap) => t.or(cap),
+        },
         nap: wake.is_none(),
         link_down: wake.is_none() && st.link().link_down(),
     })

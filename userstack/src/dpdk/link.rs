@@ -12,6 +12,7 @@ use dpdk_sys as sys;
 use super::eal::{device_args, eal_args, eal_lcores, start_eal, StartInfo};
 use super::log::{self, QuietRtSignals};
 use super::mbuf::Mbuf;
+use super::memif_wake::{MemifWake, WAKE_CAP};
 use super::netdev::{set_kernel_addr, set_tx_queue_len, TAP_QUEUE_LEN};
 use super::signals::{signals_on, RtSignalsTaken};
 use super::wake::{attach_filter, packet_socket_fds, xdp_socket_fds, PacketWake};
@@ -29,6 +30,8 @@ const MBUF_CACHE: u32 = 256;
 /// A started DPDK port.
 pub struct DpdkLink {
     packet_wake: Option<PacketWake>,
+    /// net_memif with a stack of ours at the other end: wake-ups each side gives the other.
+    memif_wake: Option<MemifWake>,
     port: u16,
     pool: NonNull<sys::rte_mempool>,
     mac: [u8; 6],
@@ -167,8 +170,18 @@ impl DpdkLink {
             link_is_peer: port_name.starts_with("net_memif"),
             info,
             packet_wake: None,
+            memif_wake: None,
             rx_sockets: Vec::new(),
         };
+        // Bound before the port starts: by the time a peer sees the link up, it can wake us.
+        if let DevSpec::Memif { socket, server } = &cfg.dev {
+            match MemifWake::open(socket, *server) {
+                Ok(w) => link.memif_wake = Some(w),
+                Err(e) => tracing::warn!(
+                    "no wake-up sockets beside {socket} ({e}): idle loops will sleep and poll"
+                ),
+            }
+        }
         link.configure(is_tap, cfg)?;
         drop(no_signals);
         if is_packet {
@@ -371,6 +384,7 @@ impl Link for DpdkLink {
     }
 
     fn tx_flush(&mut self) {
+        let taken_before = self.tx_taken;
         if !self.backlog.is_empty() {
             self.drain_backlog();
         }
@@ -406,6 +420,11 @@ impl Link for DpdkLink {
         if !self.backlog.is_empty() && self.backlog_since.is_none() {
             self.backlog_since = Some(std::time::Instant::now());
         }
+        if self.tx_taken != taken_before {
+            if let Some(w) = &self.memif_wake {
+                w.notify();
+            }
+        }
         self.ntx = 0;
     }
 
@@ -426,7 +445,14 @@ impl Link for DpdkLink {
     }
 
     fn wake_fd(&self) -> Option<RawFd> {
-        self.wake_fd
+        match &self.memif_wake {
+            Some(w) if !self.link_down() => w.wake_fd(),
+            _ => self.wake_fd,
+        }
+    }
+
+    fn wake_cap(&self) -> Option<std::time::Duration> {
+        self.memif_wake.as_ref().map(|_| WAKE_CAP)
     }
 
     fn link_down(&self) -> bool {
@@ -445,10 +471,16 @@ impl Link for DpdkLink {
         if let Some(w) = self.packet_wake.as_mut() {
             w.arm();
         }
+        if let Some(w) = self.memif_wake.as_mut() {
+            w.arm();
+        }
     }
 
     fn disarm_wake(&mut self) {
         if let Some(w) = self.packet_wake.as_mut() {
+            w.disarm();
+        }
+        if let Some(w) = self.memif_wake.as_mut() {
             w.disarm();
         }
     }

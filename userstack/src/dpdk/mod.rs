@@ -20,6 +20,7 @@ mod eal;
 mod link;
 mod log;
 mod mbuf;
+mod memif_wake;
 mod netdev;
 mod signals;
 mod wake;

@@ -1,0 +1,270 @@
+//! Wake-ups between two stacks joined by net_memif.
+//!
+//! DPDK 22.11's memif driver polls: it masks the interrupts of the rings it receives on, so a
+//! stack that sleeps learns of a frame only when its nap ends (`idle::Backoff`, 2 ms at most:
+//! ~500 wake-ups a second while idle, each one costing the CPU of a timer wake-up). When the
+//! peer is a stack of ours too (an application under the shim, `mtcp-faultbridge`), each side
+//! tells the other when it sleeps, and is woken by one datagram:
+//! - `SOCKET.wake`, a shared page beside the memif socket: one flag per role, "asleep on my
+//!   wake socket" (the file stays: a side that starts again maps the page its peer still has);
+//! - each side's unix datagram socket, the fd it blocks on, in the abstract namespace (named
+//!   after the page's inode and the role; nothing to clean up, gone with the process). A peer
+//!   in another network namespace cannot be reached there, and is napped for as today.
+//!
+//! A side that put frames on the ring and finds the peer's flag set clears it and sends one
+//! datagram: one system call per wake-up of the peer, none while the peer is awake. The order
+//! that loses no frame: the sleeper sets its flag, then looks at the ring once more
+//! (`Stack::arm_wake`); the sender fills the ring, then reads the flag; a full fence between
+//! the write and the read on both sides, so at least one of them sees the other's write.
+//!
+//! A peer that takes no part (another memif implementation) must never be waited for: the wake
+//! fd is given out only while a live process has the peer's socket bound (a connect() to it
+//! succeeds; asked at most once a second, ten times a second while the answer is no), and a
+//! loop blocked on it still wakes every [`WAKE_CAP`].
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The longest a loop blocks on the wake socket: a wake-up lost to something unforeseen
+/// costs at most this long.
+pub const WAKE_CAP: Duration = Duration::from_millis(100);
+/// How long an answer to "is the peer taking part" is kept: yes, and no (a peer that has just
+/// connected may bind its socket a moment later).
+const PRESENT_TTL: Duration = Duration::from_secs(1);
+const ABSENT_TTL: Duration = Duration::from_millis(100);
+const PAGE: usize = 4096;
+/// The flags' places in the page: a cache line each.
+const SLOT: [usize; 2] = [0, 64];
+
+pub(super) struct MemifWake {
+    page: *mut u8,
+    me: usize,
+    peer: usize,
+    sock: OwnedFd,
+    peer_addr: libc::sockaddr_un,
+    /// Whether the peer takes part, and when that was asked.
+    present: std::cell::Cell<Option<(bool, Instant)>>,
+    armed: bool,
+}
+
+// SAFETY: `page` is a shared mapping owned by this value; it is only reached through atomics.
+unsafe impl Send for MemifWake {}
+
+/// The abstract-namespace address `name` (a leading NUL, then the name; the rest stays zero
+/// and is part of the address: every user passes the whole struct's size).
+fn abstract_addr(name: &str) -> libc::sockaddr_un {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &s) in a.sun_path[1..].iter_mut().zip(name.as_bytes()) {
+        *d = s as libc::c_char;
+    }
+    a
+}
+
+const ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+
+fn last_err<T>() -> std::io::Result<T> {
+    Err(std::io::Error::last_os_error())
+}
+
+fn dgram_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket creation.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return last_err();
+    }
+    // SAFETY: a new fd of ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl MemifWake {
+    /// Takes part for the memif port on unix socket `socket`, as its `server` or client.
+    pub(super) fn open(socket: &str, server: bool) -> std::io::Result<MemifWake> {
+        let (me, peer) = if server { (0, 1) } else { (1, 0) };
+        let role = ["server", "client"];
+        let page_path = CString::new(format!("{socket}.wake"))
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: open, size and map a file of ours; every result is checked.
+        let (page, id) = unsafe {
+            let fd = libc::open(
+                page_path.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC,
+                0o600,
+            );
+            if fd < 0 {
+                return last_err();
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) < 0 {
+                return last_err();
+            }
+            if (st.st_size as usize) < PAGE && libc::ftruncate(fd.as_raw_fd(), PAGE as i64) < 0 {
+                return last_err();
+            }
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return last_err();
+            }
+            (p.cast::<u8>(), format!("{:x}:{:x}", st.st_dev, st.st_ino))
+        };
+        let name = |r: usize| format!("mtcp-memif-wake/{id}/{}", role[r]);
+        let w = MemifWake {
+            page,
+            me,
+            peer,
+            sock: dgram_socket()?,
+            peer_addr: abstract_addr(&name(peer)),
+            present: std::cell::Cell::new(None),
+            armed: false,
+        };
+        w.flag(me).store(0, Ordering::SeqCst);
+        let a = abstract_addr(&name(me));
+        // SAFETY: binding a socket of ours to a valid address.
+        if unsafe {
+            libc::bind(
+                w.sock.as_raw_fd(),
+                (&a as *const libc::sockaddr_un).cast(),
+                ADDR_LEN,
+            )
+        } < 0
+        {
+            return last_err();
+        }
+        Ok(w)
+    }
+
+    fn flag(&self, who: usize) -> &AtomicU32 {
+        // SAFETY: the page is mapped for our lifetime, 4096 bytes, and the slot is aligned.
+        unsafe { &*self.page.add(SLOT[who]).cast::<AtomicU32>() }
+    }
+
+    /// The fd to block on, while the peer takes part.
+    pub(super) fn wake_fd(&self) -> Option<RawFd> {
+        let now = Instant::now();
+        let present = match self.present.get() {
+            Some((p, at)) if now.duration_since(at) < if p { PRESENT_TTL } else { ABSENT_TTL } => p,
+            _ => {
+                // SAFETY: connect() a new, unbound datagram socket of ours to the peer's path:
+                // it succeeds only if a live socket is bound there.
+                let p = dgram_socket().is_ok_and(|probe| unsafe {
+                    libc::connect(
+                        probe.as_raw_fd(),
+                        (&self.peer_addr as *const libc::sockaddr_un).cast(),
+                        ADDR_LEN,
+                    ) == 0
+                });
+                self.present.set(Some((p, now)));
+                p
+            }
+        };
+        present.then(|| self.sock.as_raw_fd())
+    }
+
+    /// About to block on the wake fd (the caller then looks at the ring once more).
+    pub(super) fn arm(&mut self) {
+        self.armed = true;
+        self.flag(self.me).store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Awake again: the flag is cleared and whatever datagram came is read.
+    pub(super) fn disarm(&mut self) {
+        if !std::mem::replace(&mut self.armed, false) {
+            return;
+        }
+        self.flag(self.me).store(0, Ordering::SeqCst);
+        let mut b = [0u8; 16];
+        // SAFETY: non-blocking reads into a buffer of ours until the socket is empty.
+        while unsafe { libc::recv(self.sock.as_raw_fd(), b.as_mut_ptr().cast(), b.len(), 0) } >= 0 {
+        }
+    }
+
+    /// Frames were put on the ring: wake the peer if it sleeps.
+    pub(super) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        let f = self.flag(self.peer);
+        if f.load(Ordering::Relaxed) != 0 && f.swap(0, Ordering::SeqCst) != 0 {
+            // SAFETY: one byte to the peer's socket; a failure (the peer went away) is
+            // harmless.
+            unsafe {
+                libc::sendto(
+                    self.sock.as_raw_fd(),
+                    [1u8].as_ptr().cast(),
+                    1,
+                    libc::MSG_DONTWAIT,
+                    (&self.peer_addr as *const libc::sockaddr_un).cast(),
+                    ADDR_LEN,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for MemifWake {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.page.cast(), PAGE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(fd: RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_sleeping_side_is_woken_once_and_an_awake_one_not_at_all() {
+        let dir = std::env::temp_dir().join(format!("memif-wake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("m.sock").to_str().unwrap().to_string();
+        let mut server = MemifWake::open(&sock, true).unwrap();
+        // Alone: the peer takes no part, no fd to block on.
+        assert_eq!(server.wake_fd(), None);
+        let client = MemifWake::open(&sock, false).unwrap();
+        server.present.set(None);
+        let fd = server.wake_fd().expect("the client takes part");
+        // Awake: sending costs nothing and wakes nothing.
+        client.notify();
+        assert!(!readable(fd));
+        // Asleep: the first frame wakes it, once.
+        server.arm();
+        client.notify();
+        client.notify();
+        assert!(readable(fd));
+        server.disarm();
+        assert!(!readable(fd), "drained");
+        client.notify();
+        assert!(!readable(fd), "awake again");
+        drop(client);
+        server.present.set(None);
+        assert_eq!(server.wake_fd(), None, "the client went away");
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
