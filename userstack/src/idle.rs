@@ -13,7 +13,9 @@
 //!   starts at 20 µs and doubles while nothing happens,
 //!   up to `MTCP_IDLE_SLEEP_US` (2 ms by default): a long idle period costs ~500 wake-ups a
 //!   second (1.5-2% of a core on this VM, where a bare 2 ms sleep loop alone costs 0.9%), and
-//!   the first frame after it waits up to that cap. While the device says its link is down
+//!   the first frame after it waits up to that cap. When the memif peer is a stack of ours
+//!   (dpdk/memif_wake.rs) the link has a wake-up fd the peer writes to, used once the naps have
+//!   grown to their cap (`Link::wake_cap` bounds each block). While the device says its link is down
 //!   (memif: no peer connected yet, or it went away) nothing can arrive and the naps grow to
 //!   [`LINK_DOWN_NAP`] (20 a second): the first frame after a peer connects waits up to that.
 //!
