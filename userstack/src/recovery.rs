@@ -1,8 +1,8 @@
 //! Loss recovery assist: Linux-like loss detection in front of smoltcp's TCP.
 //!
 //! smoltcp 0.14 retransmits early only on exactly three duplicate ACKs that also carry the same
-//! window, has no SACK, does not act on partial ACKs (NewReno), and never retransmits on timeout
-//! sooner than 1 s. Through 2% loss that is one timeout per lost segment: 0.2 MB/s. We see every
+//! window (then only the first unacknowledged segment), has no SACK-based loss detection, does
+//! not act on partial ACKs (NewReno), and never retransmits on timeout sooner than 1 s. Through 2% loss that is one timeout per lost segment: 0.2 MB/s. We see every
 //! segment before smoltcp does, so without changing smoltcp this module:
 //! - counts ACKs that repeat the cumulative ACK while data is outstanding — pure ones whatever
 //!   their window says (a receiver with out-of-order data advertises a changing window), and
@@ -10,6 +10,9 @@
 //!   ride on data, and smoltcp ignores them) — and after the
 //!   third, or after a partial ACK during recovery (RFC 6582), asks the stack to hand smoltcp
 //!   duplicate ACKs until it retransmits the first unacknowledged segment;
+//! - sends a tail-loss probe (RFC 8985, simplified; `Recovery::probe_deadline`) when a flight's
+//!   ACKs stop for 2 SRTT + 10 ms: the first unacknowledged segment again, as a fast
+//!   retransmission, instead of waiting for the timeout;
 //! - keeps a retransmission timer of its own (RFC 6298 from its own RTT samples, at least
 //!   MTCP_RTO_MIN_MS, doubling while nothing is acknowledged); when it passes, the connection's private clock is moved forward
 //!   to smoltcp's own retransmission time, so smoltcp retransmits now. Each connection has its own
@@ -31,6 +34,8 @@ const INITIAL_RTO_US: Micros = 1_000_000;
 const MAX_BACKOFF: u32 = 6;
 /// A conservative segment size for "three segments' worth" (the smallest common MSS is 536).
 const SEGMENT_GUESS: u32 = 1200;
+/// A tail-loss probe (RFC 8985) fires 2 SRTT + this after the last progress.
+const PROBE_SLACK_US: Micros = 10_000;
 
 pub struct Recovery {
     rto_min: Micros,
@@ -59,6 +64,10 @@ pub struct Recovery {
     /// Since when the peer's latest ACKs have offered a zero window (TCP_USER_TIMEOUT gives up
     /// on a window that stays shut, as Linux's window-probe timer does).
     zero_since: Option<Micros>,
+    /// Bytes outstanding (snd_max - snd_una) at the last look.
+    flight: u32,
+    /// A tail-loss probe was sent since the last progress.
+    probed: bool,
 }
 
 impl Recovery {
@@ -78,6 +87,8 @@ impl Recovery {
             peer_next: None,
             peer_mss: None,
             zero_since: None,
+            flight: 0,
+            probed: false,
         }
     }
 
@@ -155,13 +166,26 @@ impl Recovery {
                 self.dup = 0;
                 self.win_raw = seg.window_len();
                 self.backoff = 0;
+                self.probed = false;
+                self.flight = max.wrapping_sub(ack);
                 self.stalled_since = if seq_lt(ack, max) { Some(now) } else { None };
                 self.silent_since = self.stalled_since;
                 match self.recover {
                     Some(r) if seq_lt(ack, r) => true,
                     _ => {
                         self.recover = None;
-                        false
+                        // An ACK that moves snd_una and SACKs data above it: the new first
+                        // unacknowledged segment is lost if everything sent after it, or three
+                        // segments' worth, arrived (RFC 6675's IsLost, on the ACK that shows it:
+                        // the duplicates that would follow may never come, at the tail of a
+                        // flight).
+                        let sacked = sack_high(seg).filter(|&h| seq_lt(ack, h));
+                        let lost = sacked
+                            .is_some_and(|h| h.wrapping_sub(ack) >= 3 * SEGMENT_GUESS || h == max);
+                        if lost && seq_lt(ack, max) {
+                            self.recover = Some(max);
+                        }
+                        lost && seq_lt(ack, max)
                     }
                 }
             }
@@ -224,6 +248,7 @@ impl Recovery {
         if self.stalled_since.is_none() && seq_lt(una, max) {
             self.stalled_since = Some(now);
         }
+        self.flight = max.wrapping_sub(una);
         if self.silent_since.is_none() && seq_lt(una, max) {
             self.silent_since = Some(now);
         }
@@ -249,6 +274,31 @@ impl Recovery {
         self.stalled_since.map(|t| t + (self.rto() << self.backoff))
     }
 
+    /// When to send a tail-loss probe (RFC 8985's TLP), if one is due at all: data outstanding
+    /// and no ACK for 2 SRTT + 10 ms, before the retransmission timer. The last ACK of a flight
+    /// may be lost, or the flight's last segments with every ACK that would show it: without a
+    /// probe only the retransmission timeout (200 ms and more) finds out. The probe (the first
+    /// unacknowledged segment again) draws an ACK that says what arrived. Only with at least
+    /// two segments' worth outstanding: one segment may wait for the peer's delayed ACK (40
+    /// ms and more). Once per flight: a second loss of the same flight waits for the timer.
+    /// Also in recovery, where it stands in for RACK's detection of a lost retransmission:
+    /// the hole's retransmission was lost when nothing moves snd_una for that long.
+    pub fn probe_deadline(&self) -> Option<Micros> {
+        if self.probed || self.backoff > 0 {
+            return None;
+        }
+        if self.flight < 2 * SEGMENT_GUESS {
+            return None;
+        }
+        let at = self.stalled_since? + 2 * self.srtt? + PROBE_SLACK_US;
+        (at < self.deadline()?).then_some(at)
+    }
+
+    /// A tail-loss probe was sent.
+    pub fn on_probe(&mut self) {
+        self.probed = true;
+    }
+
     /// Stops the timer: nothing is outstanding.
     pub fn stop(&mut self) {
         self.stalled_since = None;
@@ -258,6 +308,7 @@ impl Recovery {
 
     /// Our timer fired: back off and restart it.
     pub fn on_timeout(&mut self, now: Micros) {
+        self.probed = false;
         self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
         self.stalled_since = Some(now);
         self.recover = None;
@@ -393,4 +444,94 @@ pub fn synth_ack(
     t[12] = 5 << 4;
     t[13] = 0x10;
     t[14..16].copy_from_slice(&win.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ACK segment acknowledging `ack`, with the SACK blocks `sack`, carrying no data.
+    fn ack_segment(ack: u32, sack: &[(u32, u32)]) -> Vec<u8> {
+        let opt_len = if sack.is_empty() {
+            0
+        } else {
+            4 + 8 * sack.len()
+        };
+        let hdr = 20 + opt_len;
+        let mut b = vec![0u8; hdr];
+        b[8..12].copy_from_slice(&ack.to_be_bytes());
+        b[12] = ((hdr / 4) as u8) << 4;
+        b[13] = 0x10;
+        b[14..16].copy_from_slice(&1000u16.to_be_bytes());
+        if !sack.is_empty() {
+            // NOP, NOP, SACK kind 5 and its length.
+            b[20..24].copy_from_slice(&[1, 1, 5, (2 + 8 * sack.len()) as u8]);
+            for (i, (l, r)) in sack.iter().enumerate() {
+                b[24 + 8 * i..28 + 8 * i].copy_from_slice(&l.to_be_bytes());
+                b[28 + 8 * i..32 + 8 * i].copy_from_slice(&r.to_be_bytes());
+            }
+        }
+        b
+    }
+
+    fn on(r: &mut Recovery, ack: u32, sack: &[(u32, u32)], max: u32, now: Micros) -> bool {
+        let b = ack_segment(ack, sack);
+        r.on_segment(&TcpPacket::new_unchecked(&b[..]), 0, Some(max), now)
+    }
+
+    const MSS: u32 = 1460;
+
+    /// A connection that has sent 10 segments from 1000 and had its RTT (100 µs) measured.
+    fn sending() -> Recovery {
+        let mut r = Recovery::new(DEFAULT_RTO_MIN_US);
+        on(&mut r, 1000, &[], 1000, 0);
+        r.on_sent(Some(1000 + MSS), 0, 0);
+        on(&mut r, 1000 + MSS, &[], 1000 + MSS, 100);
+        r.on_sent(Some(1000 + 11 * MSS), 0, 1_000);
+        r
+    }
+
+    #[test]
+    fn an_ack_that_moves_una_and_sacks_the_rest_of_the_flight_marks_the_hole_lost() {
+        let mut r = sending();
+        let max = 1000 + 11 * MSS;
+        // Segment 2 arrived, segment 3 did not, everything after it did: the one ACK that says
+        // so moves snd_una (the duplicates that would follow never come at a flight's tail).
+        let hole = 1000 + 2 * MSS;
+        assert!(on(&mut r, hole, &[(hole + MSS, max)], max, 1_100));
+        // A plain cumulative ACK is no loss; neither is a D-SACK below the ACK.
+        let mut r = sending();
+        assert!(!on(&mut r, hole, &[], max, 1_100));
+        let mut r = sending();
+        assert!(!on(&mut r, hole, &[(1000 + MSS, hole)], max, 1_100));
+    }
+
+    #[test]
+    fn a_flight_whose_acks_stop_is_probed_before_the_timeout_once() {
+        let mut r = sending();
+        // 2 SRTT + 10 ms after the flight left, well before the 200 ms timer.
+        let probe = r.probe_deadline().expect("a probe is due");
+        assert_eq!(probe, 1_000 + 2 * 100 + PROBE_SLACK_US);
+        assert!(probe < r.deadline().unwrap());
+        r.on_probe();
+        assert_eq!(r.probe_deadline(), None, "one probe per flight");
+        // Progress: the next stall gets a probe of its own, counted from that ACK.
+        let max = 1000 + 11 * MSS;
+        on(&mut r, 1000 + 5 * MSS, &[], max, 20_000);
+        assert_eq!(r.probe_deadline(), Some(20_000 + 2 * 100 + PROBE_SLACK_US));
+        // After a timeout (backing off), none until data is acknowledged again.
+        r.on_timeout(300_000);
+        assert_eq!(r.probe_deadline(), None);
+    }
+
+    #[test]
+    fn a_single_segment_in_flight_is_left_to_the_timer() {
+        // One segment may be waiting for the peer's delayed ACK: no probe.
+        let mut r = Recovery::new(DEFAULT_RTO_MIN_US);
+        on(&mut r, 1000, &[], 1000, 0);
+        r.on_sent(Some(1000 + MSS), 0, 0);
+        on(&mut r, 1000 + MSS, &[], 1000 + MSS, 100);
+        r.on_sent(Some(1000 + 2 * MSS), 0, 1_000);
+        assert_eq!(r.probe_deadline(), None);
+    }
 }

@@ -879,7 +879,10 @@ impl<L: Link> Stack<L> {
             None
         };
         let at = earliest(
-            earliest(earliest(smol_at, c.rec.deadline()), extra_at),
+            earliest(
+                earliest(smol_at, c.rec.deadline()),
+                earliest(extra_at, c.rec.probe_deadline()),
+            ),
             earliest(
                 earliest(
                     c.handshake.map(|h| h.expires),
@@ -923,6 +926,22 @@ impl<L: Link> Stack<L> {
                 }
             }
         }
+    }
+
+    /// The tail-loss probe of connection `idx` (generation `gen`) if it is due: the first
+    /// unacknowledged segment again (recovery.rs, `Recovery::probe_deadline`).
+    pub(super) fn probe_if_due(&mut self, now: Instant, idx: u32, gen: u32) {
+        let us = now.total_micros() as Micros;
+        let slot = &mut self.slots[idx as usize];
+        let Some(c) = slot.conn.as_mut().filter(|_| slot.gen == gen) else {
+            return;
+        };
+        if c.failed || c.rec.probe_deadline().is_none_or(|d| d > us) {
+            return;
+        }
+        c.rec.on_probe();
+        self.net.stats_mut().tcp_loss_probes += 1;
+        self.provoke_fast_retransmit(now, idx);
     }
 
     /// Hands smoltcp duplicate ACKs (at most three) until it retransmits the first

@@ -618,6 +618,7 @@ impl<L: Link> Stack<L> {
                         _ => {
                             c.armed = None;
                             self.poll_conn(now, idx, None, false);
+                            self.probe_if_due(now, idx, gen);
                         }
                     }
                 }
