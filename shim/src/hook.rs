@@ -249,8 +249,12 @@ pub(crate) fn slow<R: CRet>(
         // Calls the library makes itself are not counted.
         count.fetch_add(1, Ordering::Relaxed);
     }
-    // The gate first: it is a load or two, the guard is a TLS access.
-    if !gate() || crate::guard::active() {
+    // The gate first: it is a load or two, the guard is a TLS access. Inside the library
+    // every call goes to libc, but one: the af_packet PMD's PACKET_FANOUT request while the
+    // stack starts its port (runtime/fanout.rs).
+    if !gate()
+        || (crate::guard::active() && !(crate::runtime::starting_dpdk() && name == "setsockopt"))
+    {
         return real();
     }
     let saved = crate::errno::get();

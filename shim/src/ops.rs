@@ -365,6 +365,10 @@ pub(crate) unsafe fn setsockopt(
     len: socklen_t,
 ) -> Outcome<c_int> {
     if !runtime::is_ours(fd) {
+        if level == libc::SOL_PACKET && name == libc::PACKET_FANOUT {
+            // SAFETY: setsockopt's contract.
+            return unsafe { runtime::packet_fanout(fd, val, len) };
+        }
         return NOT_OURS;
     }
     let value: &[u8] = if len == 0 {

@@ -64,6 +64,13 @@ mod gate {
         ours(epfd) || active()
     }
 
+    /// An fd of ours, or an AF_PACKET socket's option while the stack starts its DPDK port
+    /// (the PMD's fanout group: `runtime::packet_fanout`).
+    #[inline]
+    pub(super) fn sockopt(fd: c_int, level: c_int) -> bool {
+        ours(fd) || (level == libc::SOL_PACKET && crate::runtime::starting_dpdk())
+    }
+
     /// Either fd is one of ours.
     #[inline]
     pub(super) fn ours2(a: c_int, b: c_int) -> bool {
@@ -107,6 +114,7 @@ mod gate {
         use super::*;
         pub(in super::super) const ours: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const ours2: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const sockopt: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const ctl: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const active: u32 = MODE_TRACE | MODE_CONFIG;
@@ -140,7 +148,7 @@ intercept! {
     fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int
         where ours(fd), raw sys!(SYS_getsockopt, fd, level, name, val, len);
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int
-        where ours(fd), raw sys!(SYS_setsockopt, fd, level, name, val, len);
+        where sockopt(fd, level), raw sys!(SYS_setsockopt, fd, level, name, val, len);
     fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int
         where ours(fd), raw sys!(SYS_getsockname, fd, addr, len);
     fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int

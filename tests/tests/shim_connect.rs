@@ -318,3 +318,89 @@ fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
         "the server's stack slept {slept} times in 2.7 s"
     );
 }
+
+/// Servers under the shim in one network namespace, each on an interface of its own: DPDK's
+/// af_packet PMD names its PACKET_FANOUT group after its pid and its interface's number
+/// (`(pid ^ ifindex) & 0xffff`), and group ids belong to the whole namespace, so with
+/// sequential pids and interface numbers two servers can ask for the same id, and the second
+/// one's DPDK port failed (EINVAL: the group is on another interface). Here another process
+/// holds exactly the id this server's PMD asks for, on another interface: the shim gives the
+/// PMD a free id (shim/src/runtime/fanout.rs) and the server is served through its stack.
+#[test]
+fn a_fanout_group_another_process_holds_does_not_stop_the_stack() {
+    let subnet = Subnet::allocate().expect("subnet");
+    let ns = Netns::new().expect("netns");
+    let (dpdk, kernel, other, other_peer) = (
+        mtcp_tests::unique_ifname("f"),
+        mtcp_tests::unique_ifname("k"),
+        mtcp_tests::unique_ifname("o"),
+        mtcp_tests::unique_ifname("p"),
+    );
+    for args in [
+        vec![
+            "link", "add", &dpdk, "type", "veth", "peer", "name", &kernel,
+        ],
+        vec![
+            "link",
+            "add",
+            &other,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &other_peer,
+        ],
+        vec!["addr", "add", &subnet.cidr(1), "dev", &kernel],
+    ] {
+        ns.ip(&args).expect("the namespace's links");
+    }
+    for ifname in [&dpdk, &kernel, &other, &other_peer] {
+        let _ = ns.exec(
+            "ethtool",
+            ["-K", ifname, "tx", "off", "tso", "off", "gso", "off"],
+        );
+        ns.ip(&["link", "set", "dev", ifname, "up"]).expect("up");
+    }
+    let port = 17900 + subnet.index();
+    let (h, p) = (subnet.addr(2).to_string(), port.to_string());
+    let dir = mtcp_tests::redis::TempDir::new("fanout");
+    let held = dir.path().join("held");
+    // The holder: an AF_PACKET socket on the other interface in the group the PMD of process
+    // PID will ask for; it ends with its parent (the server, once the shell execs it).
+    let holder = "import ctypes, socket, sys, time\n\
+        ctypes.CDLL(None).prctl(1, 9)\n\
+        pid, dpdk, other, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]\n\
+        gid = (pid ^ int(open('/sys/class/net/%s/ifindex' % dpdk).read())) & 0xffff\n\
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+        s.bind((other, 0))\n\
+        s.setsockopt(263, 18, (gid | ((0x8000 | 0x1000) << 16)).to_bytes(4, 'little'))\n\
+        open(out, 'w').write(str(gid))\n\
+        time.sleep(120)\n";
+    let script = format!(
+        "python3 -c \"$HOLDER\" $$ {dpdk} {other} {held} &\n\
+         for i in $(seq 100); do [ -s {held} ] && break; sleep 0.05; done\n\
+         [ -s {held} ] || {{ echo 'the holder did not start'; exit 1; }}\n\
+         exec redis-server --port {p} --bind 0.0.0.0 --save '' --protected-mode no\n",
+        held = held.display()
+    );
+    let mut cmd = ns.command("bash");
+    cmd.args(["-c", &script]).env("HOLDER", holder);
+    under_shim(
+        &mut cmd,
+        &format!("af_packet:{dpdk}"),
+        &subnet.cidr(2),
+        Some(&p),
+    );
+    // (bash and python3 run under the shim too: they make no sockets it takes.)
+    let mut server = mtcp_tests::redis::start_redis(cmd);
+    assert!(
+        std::fs::read_to_string(&held).is_ok_and(|g| !g.is_empty()),
+        "{}",
+        server.diagnostics()
+    );
+    mtcp_tests::redis::wait_stack(&mut server);
+    let out = ns
+        .exec("redis-cli", ["-h", &h, "-p", &p, "PING"])
+        .expect("redis-cli runs");
+    assert_eq!(text(&out).trim(), "PONG", "{}", server.diagnostics());
+}

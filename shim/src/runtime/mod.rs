@@ -12,6 +12,7 @@
 //! them held ([`in_child`]).
 
 mod calls;
+mod fanout;
 mod fds;
 mod group;
 mod kwait;
@@ -20,6 +21,7 @@ mod wait;
 pub(crate) mod watch;
 
 pub(crate) use calls::*;
+pub(crate) use fanout::{packet_fanout, starting_dpdk};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -71,6 +73,7 @@ impl Host<DpdkLink> for Proc {
         // DPDK's files, sockets and eventfds go above the numbers the application's own fds
         // would get on the kernel.
         let _low = fds::LowFds::hold();
+        let _starting = fanout::Starting::begin();
         DpdkLink::start(cfg)
             .map_err(|e| e.to_string())
             .and_then(|link| Stack::new(link, cfg, clock::now()).map_err(|e| e.to_string()))

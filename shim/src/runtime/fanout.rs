@@ -1,0 +1,99 @@
+//! The af_packet PMD's fanout group, while the stack starts its port.
+//!
+//! DPDK 22.11's net_af_packet puts its socket in a PACKET_FANOUT group whose id is
+//! `(getpid() ^ ifindex) & 0xffff`. Group ids are shared by the whole network namespace: a
+//! process whose id happens to equal a group another process holds on another interface (two
+//! servers under the shim in one namespace, each on its own interface, with sequential pids
+//! and interface numbers) gets EINVAL, and DPDK creates no port. The id means nothing but
+//! "the PMD's own sockets": while the stack starts its port, a PACKET_FANOUT request that
+//! fails with EINVAL is retried with the next free id, and later requests for the same id
+//! (the PMD's other queues) get the same replacement.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use libc::{c_int, c_void, socklen_t};
+
+use crate::outcome::{Bypass, Outcome};
+
+/// The stack is starting its DPDK port (`Host::start`).
+static STARTING: AtomicBool = AtomicBool::new(false);
+/// The id the PMD asked for, and the one it got instead (0: none replaced).
+static REPLACED: AtomicU32 = AtomicU32::new(0);
+/// How many other ids to try.
+const TRIES: u32 = 1024;
+
+/// Whether the stack is starting its DPDK port now.
+#[inline]
+pub fn starting_dpdk() -> bool {
+    STARTING.load(Ordering::Relaxed)
+}
+
+/// Marks the stack's port start for as long as the guard lives.
+pub struct Starting;
+
+impl Starting {
+    pub fn begin() -> Starting {
+        STARTING.store(true, Ordering::SeqCst);
+        Starting
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        STARTING.store(false, Ordering::SeqCst);
+    }
+}
+
+fn set(fd: c_int, arg: u32) -> Result<(), c_int> {
+    let v = arg as c_int;
+    // SAFETY: the raw system call (libc's setsockopt would be our own hook), with a valid int.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_FANOUT,
+            (&v as *const c_int).cast::<c_void>(),
+            std::mem::size_of::<c_int>() as socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL))
+    }
+}
+
+/// setsockopt(SOL_PACKET, PACKET_FANOUT) on a socket that is not ours: see the module.
+///
+/// # Safety
+/// `val` points to `len` readable bytes (setsockopt's contract).
+pub unsafe fn packet_fanout(fd: c_int, val: *const c_void, len: socklen_t) -> Outcome<c_int> {
+    if !starting_dpdk() || val.is_null() || len as usize != std::mem::size_of::<c_int>() {
+        return Outcome::Bypass(Bypass::NotOurs);
+    }
+    // SAFETY: the caller's contract; an int may be unaligned in the caller's buffer.
+    let arg = unsafe { val.cast::<u32>().read_unaligned() };
+    let (id, mode) = (arg & 0xffff, arg & !0xffff);
+    let replaced = REPLACED.load(Ordering::Relaxed);
+    let asked = if replaced != 0 && replaced >> 16 == id {
+        (replaced & 0xffff) | mode
+    } else {
+        arg
+    };
+    match set(fd, asked) {
+        Ok(()) => return Outcome::Done(0),
+        Err(libc::EINVAL) => {}
+        Err(e) => return Outcome::Error(e),
+    }
+    for k in 1..=TRIES {
+        let other = (id + k) & 0xffff;
+        if set(fd, other | mode).is_ok() {
+            REPLACED.store((id << 16) | other, Ordering::Relaxed);
+            return Outcome::Done(0);
+        }
+    }
+    Outcome::Error(libc::EINVAL)
+}
