@@ -32,10 +32,24 @@ fn over_memif(check: fn(&mut RedisBed)) {
     });
     check(&mut bed);
     // Nothing lost on the way out either: the stack's memif transmit ring never overflowed
-    // (1024 slots did under redis-benchmark's LRANGE_600), so nothing was retransmitted.
-    for counter in ["drop_tx_ring_full", "tcp_retransmits"] {
-        assert_eq!(bed.stack_counter(counter), 0, "{counter}");
-    }
+    // (1024 slots did under redis-benchmark's LRANGE_600), so nothing was retransmitted but
+    // tail-loss probes: on these 2 cores the bridge, the client and the server take turns,
+    // and an ACK can come later than a probe's 2 SRTT + 10 ms (the probe's copy then arrives
+    // twice, harmlessly).
+    assert_eq!(
+        bed.stack_counter("drop_tx_ring_full"),
+        0,
+        "drop_tx_ring_full"
+    );
+    let (retx, probes) = (
+        bed.stack_counter("tcp_retransmits"),
+        bed.stack_counter("tcp_loss_probes"),
+    );
+    assert!(
+        retx <= probes,
+        "{retx} retransmissions, {probes} of them probes\n{}",
+        bed.diagnostics()
+    );
     bridge_reports_no_loss(&mut bed);
 }
 

@@ -11,7 +11,7 @@
 //!   third, or after a partial ACK during recovery (RFC 6582), asks the stack to hand smoltcp
 //!   duplicate ACKs until it retransmits the first unacknowledged segment;
 //! - sends a tail-loss probe (RFC 8985, simplified; `Recovery::probe_deadline`) when a flight's
-//!   ACKs stop for 2 SRTT + 10 ms: the first unacknowledged segment again, as a fast
+//!   ACKs stop for 2 SRTT + max(10 ms, 4 RTTVAR): the first unacknowledged segment again, as a fast
 //!   retransmission, instead of waiting for the timeout;
 //! - keeps a retransmission timer of its own (RFC 6298 from its own RTT samples, at least
 //!   MTCP_RTO_MIN_MS, doubling while nothing is acknowledged); when it passes, the connection's private clock is moved forward
@@ -34,7 +34,7 @@ const INITIAL_RTO_US: Micros = 1_000_000;
 const MAX_BACKOFF: u32 = 6;
 /// A conservative segment size for "three segments' worth" (the smallest common MSS is 536).
 const SEGMENT_GUESS: u32 = 1200;
-/// A tail-loss probe (RFC 8985) fires 2 SRTT + this after the last progress.
+/// A tail-loss probe (RFC 8985) fires 2 SRTT + max(this, 4 RTTVAR) after the last progress.
 const PROBE_SLACK_US: Micros = 10_000;
 
 pub struct Recovery {
@@ -179,7 +179,7 @@ impl Recovery {
                         // segments' worth, arrived (RFC 6675's IsLost, on the ACK that shows it:
                         // the duplicates that would follow may never come, at the tail of a
                         // flight).
-                        let sacked = sack_high(seg).filter(|&h| seq_lt(ack, h));
+                        let sacked = sack_high(seg, ack);
                         let lost = sacked
                             .is_some_and(|h| h.wrapping_sub(ack) >= 3 * SEGMENT_GUESS || h == max);
                         if lost && seq_lt(ack, max) {
@@ -194,8 +194,10 @@ impl Recovery {
             // ride on data).
             Some(una) if una == ack && seq_lt(ack, max) && !seg.fin() => {
                 self.win_raw = seg.window_len();
-                let sacked = sack_high(seg);
-                if payload_len > 0 && sacked.is_none() {
+                let sacked = sack_high(seg, una);
+                if sacked.is_none() && (payload_len > 0 || has_sack(seg)) {
+                    // Data without a SACK block, or an ACK whose SACK blocks are all D-SACKs
+                    // (a copy arrived twice): not a duplicate in RFC 6675's sense.
                     return false;
                 }
                 self.dup = self.dup.saturating_add(1);
@@ -275,7 +277,9 @@ impl Recovery {
     }
 
     /// When to send a tail-loss probe (RFC 8985's TLP), if one is due at all: data outstanding
-    /// and no ACK for 2 SRTT + 10 ms, before the retransmission timer. The last ACK of a flight
+    /// and no ACK for 2 SRTT + max(10 ms, 4 RTTVAR), before the retransmission timer (the
+    /// variance term keeps a peer whose ACKs come irregularly, a loaded machine, from being
+    /// probed for nothing). The last ACK of a flight
     /// may be lost, or the flight's last segments with every ACK that would show it: without a
     /// probe only the retransmission timeout (200 ms and more) finds out. The probe (the first
     /// unacknowledged segment again) draws an ACK that says what arrived. Only with at least
@@ -290,7 +294,7 @@ impl Recovery {
         if self.flight < 2 * SEGMENT_GUESS {
             return None;
         }
-        let at = self.stalled_since? + 2 * self.srtt? + PROBE_SLACK_US;
+        let at = self.stalled_since? + 2 * self.srtt? + (4 * self.rttvar).max(PROBE_SLACK_US);
         (at < self.deadline()?).then_some(at)
     }
 
@@ -389,8 +393,30 @@ fn syn_mss(seg: &TcpPacket<&[u8]>) -> u16 {
     DEFAULT_MSS
 }
 
-/// The highest right edge among the segment's SACK blocks (option kind 5), if any.
-fn sack_high(seg: &TcpPacket<&[u8]>) -> Option<u32> {
+/// Whether the segment carries a SACK option.
+fn has_sack(seg: &TcpPacket<&[u8]>) -> bool {
+    let mut opts = seg.options();
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => break,
+            1 => opts = &opts[1..],
+            5 => return true,
+            _ => {
+                let len = usize::from(*opts.get(1).unwrap_or(&0));
+                if len < 2 || len > opts.len() {
+                    break;
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    false
+}
+
+/// The highest right edge among the segment's SACK blocks (option kind 5) above `ack`, if
+/// any. A block at or below the cumulative ACK is a D-SACK (RFC 2883: the peer got something
+/// twice), no sign of a hole.
+fn sack_high(seg: &TcpPacket<&[u8]>, ack: u32) -> Option<u32> {
     let mut opts = seg.options();
     let mut high: Option<u32> = None;
     while let Some(&kind) = opts.first() {
@@ -405,7 +431,7 @@ fn sack_high(seg: &TcpPacket<&[u8]>) -> Option<u32> {
                 if kind == 5 {
                     for block in opts[2..len].chunks_exact(8) {
                         let right = u32::from_be_bytes([block[4], block[5], block[6], block[7]]);
-                        if high.is_none_or(|h| seq_lt(h, right)) {
+                        if seq_lt(ack, right) && high.is_none_or(|h| seq_lt(h, right)) {
                             high = Some(right);
                         }
                     }
@@ -504,6 +530,20 @@ mod tests {
         assert!(!on(&mut r, hole, &[], max, 1_100));
         let mut r = sending();
         assert!(!on(&mut r, hole, &[(1000 + MSS, hole)], max, 1_100));
+    }
+
+    #[test]
+    fn a_d_sack_says_nothing_was_lost() {
+        // A probe that was not needed: the peer acknowledges everything, then reports the
+        // probe's copy below the ACK (RFC 2883); its duplicate ACKs carrying that block are no
+        // sign of a hole.
+        let mut r = sending();
+        let max = 1000 + 11 * MSS;
+        let una = 1000 + 2 * MSS;
+        on(&mut r, una, &[], max, 1_100);
+        for _ in 0..3 {
+            assert!(!on(&mut r, una, &[(1000 + MSS, una)], max, 1_200));
+        }
     }
 
     #[test]
