@@ -87,7 +87,7 @@ counters! {
         tcp_fast_retransmit_assists,
         tcp_rto_assists,
         /// Tail-loss probes (recovery.rs): the first unacknowledged segment sent again when a
-        /// flight's ACKs stopped coming for 2 SRTT + 10 ms, before the retransmission timeout.
+        /// flight's ACKs stopped coming for 2 SRTT + max(10 ms, 4 RTTVAR), before the retransmission timeout.
         tcp_loss_probes,
         /// Connections given up on, as Linux does: data unacknowledged and nothing heard from
         /// the peer for ~15 min (an orphan: 60 s), a connect unanswered for 127 s, an orphan
