@@ -12,8 +12,9 @@
 # Environment: APPS (default "redis nginx"), N (Redis requests per run, default 100000),
 # LOADS (Redis, default "1:1 50:1 50:16 1000:1", clients:pipeline), WRK_LOADS (nginx
 # connections, default "1 50 1000"), DURATION (seconds per wrk run, default 5), PATHS (default
-# "memif loopback veth unix"; nginx skips unix: wrk has no unix sockets). The server runs on
-# CPU 1, the client on CPU 0.
+# "memif memif-spin loopback veth unix"; memif-spin is memif with MTCP_SPIN_US=1000 on both
+# sides, mtcprun's latency profile; nginx skips unix: wrk has no unix sockets). The server runs
+# on CPU 1, the client on CPU 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=memif-bench
@@ -22,7 +23,7 @@ N=${N:-100000}
 WRK_LOADS=${WRK_LOADS:-1 50 1000}
 DURATION=${DURATION:-5}
 LOADS=${LOADS:-1:1 50:1 50:16 1000:1}
-PATHS=${PATHS:-memif loopback veth unix}
+PATHS=${PATHS:-memif memif-spin loopback veth unix}
 if [[ -z ${SKIP_BUILD:-} ]]; then
     cargo build --release -p mtcpshim >&2
 fi
@@ -61,12 +62,15 @@ paths_for() {
     CLIENT=(taskset -c 0)
     SERVER=(taskset -c 1)
     case $path in
-        memif)
-            local sock=$TMP/memif.sock
+        memif | memif-spin)
+            local sock=$TMP/memif.sock spin=()
+            # memif-spin: both sides keep polling 1 ms after their last work (MTCP_SPIN_US=1000,
+            # mtcprun's latency profile) instead of 50 µs.
+            [[ $path == memif-spin ]] && spin=(MTCP_SPIN_US=1000)
             SERVER=(taskset -c 1 env LD_PRELOAD="$SHIM" MTCP_PORTS=$PORT
-                MTCP_DEV="memif:$sock,server" MTCP_ADDR=$NET.2/24)
+                MTCP_DEV="memif:$sock,server" MTCP_ADDR=$NET.2/24 "${spin[@]}")
             CLIENT=(taskset -c 0 env LD_PRELOAD="$SHIM" MTCP_DEV="memif:$sock,client"
-                MTCP_ADDR=$NET.3/24)
+                MTCP_ADDR=$NET.3/24 "${spin[@]}")
             ADDR=$NET.2 BIND=0.0.0.0
             ;;
         loopback)
@@ -154,7 +158,7 @@ EOF
     SRV=$!
     PIDS+=("$SRV")
     for i in $(seq 100); do
-        if [[ $path == memif ]]; then
+        if [[ $path == memif* ]]; then
             # The stack publishes its listeners (mtcprun stats) once nginx listens.
             ./target/release/mtcprun stats "$SRV" 2>/dev/null | grep -q "^ *port $PORT " && return 0
         else
