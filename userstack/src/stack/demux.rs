@@ -21,6 +21,10 @@ use crate::net::{Micros, ETHERTYPE_IPV4, ETH_HDR};
 /// (smoltcp's own SYN-ACK timer has the same schedule but never gives up, so vanished clients
 /// would hold backlog places for good).
 const SYN_RECV_LIFETIME_US: Micros = 63_000_000;
+/// Half-open connections a listener keeps at least (its backlog if larger): Linux's SYN queue
+/// default (`tcp_max_syn_backlog`, 1024 on small machines), which its SYN cookies extend
+/// without bound. Each costs a connection slot until its handshake completes or expires.
+const SYN_QUEUE_MIN: usize = 1024;
 
 impl<L: Link> Stack<L> {
     pub(super) fn rx_faulty(&mut self, now: Instant, frame: L::Rx) {
@@ -206,7 +210,15 @@ impl<L: Link> Stack<L> {
         }
         if syn_only {
             if let Some(l) = self.listeners.get(&dport) {
-                if l.pending >= l.backlog {
+                // As Linux with tcp_syncookies=1 (its default): a SYN is dropped when the
+                // accept queue is full (more than the backlog wait in it); half-open
+                // connections do not fill it (past its SYN queue Linux answers with a cookie).
+                // The stack has no cookies: it keeps up to SYN_QUEUE_MIN half-open (or the
+                // backlog, if larger), so a burst of connects is answered at once instead of
+                // a second later.
+                let queued = l.queue.len();
+                let half_open = l.pending.saturating_sub(queued);
+                if queued > l.backlog || half_open >= l.backlog.max(SYN_QUEUE_MIN) {
                     self.net.stats_mut().drop_syn_backlog += 1;
                     return;
                 }
