@@ -582,12 +582,18 @@ fn listen_again_changes_the_backlog_of_both_sides() {
         n.log.borrow().kernel_listens,
         vec![(LISTEN_FD, 128), (LISTEN_FD, 1)]
     );
-    // A backlog of one: the second connection waits in SYN-RECEIVED, the first is queued.
+    // A backlog of one: once two wait in the accept queue (more than the backlog) it is full,
+    // and a third connection's SYN is dropped (with 128 it would be queued).
     for _ in 0..2 {
         n.client_connects(PORT);
     }
     n.settle();
-    assert_eq!(n.s.stack().unwrap().accept_queue_len(PORT), 1);
+    assert_eq!(n.s.stack().unwrap().accept_queue_len(PORT), 2);
+    n.client_connects(PORT);
+    n.settle();
+    let st = n.s.stack().unwrap();
+    assert_eq!(st.accept_queue_len(PORT), 2);
+    assert_eq!(st.stats().drop_syn_backlog, 1);
 }
 
 #[test]
