@@ -175,12 +175,13 @@ impl Idler {
             return;
         }
         let until_timer = stack.next_deadline().map(crate::clock::until);
-        let cap = stack.link().wake_cap().unwrap_or(MAX_BLOCK).min(MAX_BLOCK);
+        let peer_cap = stack.link().wake_cap();
+        let cap = peer_cap.unwrap_or(MAX_BLOCK).min(MAX_BLOCK);
         let limit = until_timer.unwrap_or(cap).min(cap);
         // A wake-up a memif peer gives costs it a system call: while traffic comes in bursts
         // the loop naps (polling at the end of each), and blocks on the wake fd only once the
         // naps have grown to their cap.
-        let wake = match stack.link().wake_cap() {
+        let wake = match peer_cap {
             Some(_) if !self.sleep.at_cap() => None,
             _ => stack.wake_fd(),
         };

@@ -363,84 +363,57 @@ impl Recovery {
     }
 }
 
+/// The segment's TCP options as (kind, body after kind and length), NOPs skipped; stops at
+/// the end-of-list option or at a malformed length.
+fn options<'a>(seg: &'a TcpPacket<&[u8]>) -> impl Iterator<Item = (u8, &'a [u8])> {
+    let mut opts = seg.options();
+    std::iter::from_fn(move || loop {
+        let &kind = opts.first()?;
+        match kind {
+            0 => return None,
+            1 => opts = &opts[1..],
+            _ => {
+                let len = usize::from(*opts.get(1)?);
+                if len < 2 || len > opts.len() {
+                    return None;
+                }
+                let body = &opts[2..len];
+                opts = &opts[len..];
+                return Some((kind, body));
+            }
+        }
+    })
+}
+
 /// The MSS a SYN announces, as smoltcp takes it: the option's value, at least 48; without
 /// the option (or with 0): 536, RFC 9293's default (Linux's too).
 fn syn_mss(seg: &TcpPacket<&[u8]>) -> u16 {
     const DEFAULT_MSS: u16 = 536;
     const MIN_REMOTE_MSS: u16 = 48;
-    let mut opts = seg.options();
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => break,
-            1 => opts = &opts[1..],
-            _ => {
-                let len = usize::from(*opts.get(1).unwrap_or(&0));
-                if len < 2 || len > opts.len() {
-                    break;
-                }
-                if kind == 2 && len == 4 {
-                    let mss = u16::from_be_bytes([opts[2], opts[3]]);
-                    return if mss == 0 {
-                        DEFAULT_MSS
-                    } else {
-                        mss.max(MIN_REMOTE_MSS)
-                    };
-                }
-                opts = &opts[len..];
-            }
-        }
+    match options(seg).find(|&(kind, body)| kind == 2 && body.len() == 2) {
+        Some((_, mss)) => match u16::from_be_bytes([mss[0], mss[1]]) {
+            0 => DEFAULT_MSS,
+            mss => mss.max(MIN_REMOTE_MSS),
+        },
+        None => DEFAULT_MSS,
     }
-    DEFAULT_MSS
 }
 
 /// Whether the segment carries a SACK option.
 fn has_sack(seg: &TcpPacket<&[u8]>) -> bool {
-    let mut opts = seg.options();
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => break,
-            1 => opts = &opts[1..],
-            5 => return true,
-            _ => {
-                let len = usize::from(*opts.get(1).unwrap_or(&0));
-                if len < 2 || len > opts.len() {
-                    break;
-                }
-                opts = &opts[len..];
-            }
-        }
-    }
-    false
+    options(seg).any(|(kind, _)| kind == 5)
 }
 
 /// The highest right edge among the segment's SACK blocks (option kind 5) above `ack`, if
 /// any. A block at or below the cumulative ACK is a D-SACK (RFC 2883: the peer got something
 /// twice), no sign of a hole.
 fn sack_high(seg: &TcpPacket<&[u8]>, ack: u32) -> Option<u32> {
-    let mut opts = seg.options();
-    let mut high: Option<u32> = None;
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => break,
-            1 => opts = &opts[1..],
-            _ => {
-                let len = usize::from(*opts.get(1).unwrap_or(&0));
-                if len < 2 || len > opts.len() {
-                    break;
-                }
-                if kind == 5 {
-                    for block in opts[2..len].chunks_exact(8) {
-                        let right = u32::from_be_bytes([block[4], block[5], block[6], block[7]]);
-                        if seq_lt(ack, right) && high.is_none_or(|h| seq_lt(h, right)) {
-                            high = Some(right);
-                        }
-                    }
-                }
-                opts = &opts[len..];
-            }
-        }
-    }
-    high
+    options(seg)
+        .filter(|&(kind, _)| kind == 5)
+        .flat_map(|(_, blocks)| blocks.chunks_exact(8))
+        .map(|b| u32::from_be_bytes([b[4], b[5], b[6], b[7]]))
+        .filter(|&right| seq_lt(ack, right))
+        .reduce(|h, right| if seq_lt(h, right) { right } else { h })
 }
 
 /// A pure ACK from `peer` to `local` as the peer would send it: sequence `seq` (our rcv_nxt),

@@ -9,7 +9,7 @@
 //! fails with EINVAL is retried with the next free id, and later requests for the same id
 //! (the PMD's other queues) get the same replacement.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use libc::{c_int, c_void, socklen_t};
 
@@ -17,8 +17,10 @@ use crate::outcome::{Bypass, Outcome};
 
 /// The stack is starting its DPDK port (`Host::start`).
 static STARTING: AtomicBool = AtomicBool::new(false);
-/// The id the PMD asked for, and the one it got instead (0: none replaced).
-static REPLACED: AtomicU32 = AtomicU32::new(0);
+/// The id the PMD asked for (bits 16-31) and the one it got instead (bits 0-15), with bit 32
+/// set once an id was replaced.
+static REPLACED: AtomicU64 = AtomicU64::new(0);
+const REPLACED_SET: u64 = 1 << 32;
 /// How many other ids to try.
 const TRIES: u32 = 1024;
 
@@ -78,8 +80,8 @@ pub unsafe fn packet_fanout(fd: c_int, val: *const c_void, len: socklen_t) -> Ou
     let arg = unsafe { val.cast::<u32>().read_unaligned() };
     let (id, mode) = (arg & 0xffff, arg & !0xffff);
     let replaced = REPLACED.load(Ordering::Relaxed);
-    let asked = if replaced != 0 && replaced >> 16 == id {
-        (replaced & 0xffff) | mode
+    let asked = if replaced & REPLACED_SET != 0 && (replaced >> 16) & 0xffff == u64::from(id) {
+        (replaced & 0xffff) as u32 | mode
     } else {
         arg
     };
@@ -91,7 +93,10 @@ pub unsafe fn packet_fanout(fd: c_int, val: *const c_void, len: socklen_t) -> Ou
     for k in 1..=TRIES {
         let other = (id + k) & 0xffff;
         if set(fd, other | mode).is_ok() {
-            REPLACED.store((id << 16) | other, Ordering::Relaxed);
+            REPLACED.store(
+                REPLACED_SET | u64::from(id) << 16 | u64::from(other),
+                Ordering::Relaxed,
+            );
             return Outcome::Done(0);
         }
     }

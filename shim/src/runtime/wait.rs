@@ -408,7 +408,8 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
     // A wake-up a memif peer gives costs it a system call: while traffic comes in bursts this
     // thread naps (polling at the end of each), and blocks on the wake fd only once its naps
     // have grown to their cap (a few ms without work).
-    let wake = match st.link().wake_cap() {
+    let cap = st.link().wake_cap();
+    let wake = match cap {
         Some(_) if !naps_at_cap() => None,
         _ => st.wake_fd(),
     };
@@ -429,7 +430,7 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
         counted: true,
         watching: true,
         wake,
-        until_timer: match (st.next_deadline().map(clock::until), st.link().wake_cap()) {
+        until_timer: match (st.next_deadline().map(clock::until), cap) {
             (Some(t), Some(cap)) => Some(t.min(cap)),
             (t, cap) => t.or(cap),
         },
