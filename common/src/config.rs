@@ -188,6 +188,14 @@ pub struct Config {
     pub tx_defer: bool,
     /// Which connect()s go through the stack (`MTCP_CONNECT`).
     pub connect: ConnectRule,
+    /// Bytes the Redis GET cache may hold (`MTCP_REDIS_CACHE`; 0: no cache).
+    pub redis_cache: u64,
+    /// `MTCP_REDIS_CACHE_FAULT=late`: the cache applies Redis's invalidations one reply late,
+    /// for tests that must show they catch a stale reply. Never for production.
+    pub cache_fault_late: bool,
+    /// Names of values a layer above the stack publishes after the stack's own (set by that
+    /// layer before the stack starts; see `Stack::extra_stats_mut`).
+    pub extra_stats: Vec<&'static str>,
 }
 
 /// A configuration value that cannot be used. `Display` is the message users see.
@@ -489,6 +497,8 @@ pub const VARIABLES: &[&str] = &[
     "MTCP_STATS",
     "MTCP_TX_DEFER",
     "MTCP_CONNECT",
+    "MTCP_REDIS_CACHE",
+    "MTCP_REDIS_CACHE_FAULT",
     "MTCP_PORTS",
     "MTCP_SHIM_TRACE",
     "MTCP_WATCH",
@@ -753,6 +763,15 @@ impl Config {
         };
         let stats = on_off("MTCP_STATS")?;
         let tx_defer = on_off("MTCP_TX_DEFER")?;
+        let redis_cache = match get("MTCP_REDIS_CACHE") {
+            None | Some("0") => 0,
+            Some(s) => parse_size("MTCP_REDIS_CACHE", s, 1 << 20, 1 << 40)?,
+        };
+        let cache_fault_late = match get("MTCP_REDIS_CACHE_FAULT") {
+            None => false,
+            Some("late") => true,
+            Some(other) => return Err(err("MTCP_REDIS_CACHE_FAULT", other, "expected late")),
+        };
         let connect = match get("MTCP_CONNECT").unwrap_or("subnet") {
             "subnet" => ConnectRule::Subnet,
             "off" => ConnectRule::Off,
@@ -791,6 +810,9 @@ impl Config {
             stats,
             tx_defer,
             connect,
+            redis_cache,
+            cache_fault_late,
+            extra_stats: Vec::new(),
         })
     }
 

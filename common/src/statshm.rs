@@ -55,7 +55,7 @@ pub const NAME_LEN: usize = 40;
 /// Listeners the table has room for (more are not shown).
 pub const MAX_LISTENERS: usize = 64;
 /// Groups whose values are levels, not counters.
-pub const GAUGE_GROUPS: &[&str] = &["tcp", "conns", "mempool"];
+pub const GAUGE_GROUPS: &[&str] = &["tcp", "conns", "mempool", "cachemem"];
 
 const HEADER: usize = 128;
 const W_MAGIC: usize = 0;

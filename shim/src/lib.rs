@@ -34,6 +34,7 @@
 //! running whose socket layer just failed halfway through a change of its own state, and would
 //! hand the application an error the kernel never produces: a silent misbehaviour.
 
+pub mod cache;
 pub mod candidates;
 pub mod config;
 pub mod errno;

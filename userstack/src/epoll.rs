@@ -123,6 +123,11 @@ impl EpollSet {
         self.entries.contains_key(&key)
     }
 
+    /// The events `key`'s entry asks for (as given to epoll_ctl).
+    pub fn interest(&self, key: i32) -> Option<u32> {
+        self.entries.get(&key).map(|e| e.events)
+    }
+
     /// Whether `key`'s entry was added with EPOLLEXCLUSIVE.
     pub fn is_exclusive(&self, key: i32) -> bool {
         self.entries

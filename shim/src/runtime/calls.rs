@@ -732,7 +732,7 @@ pub fn epoll_wait(
         let mut n = {
             let mut s = shim()?;
             let room = if kernel_first { max.div_ceil(2) } else { max };
-            match s.epoll_pass(epfd, room, events) {
+            match s.epoll_pass(epfd, room, events, timeout_ms != 0) {
                 Some((work, n)) => {
                     if work {
                         last_work = Instant::now();

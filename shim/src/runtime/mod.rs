@@ -12,6 +12,7 @@
 //! them held ([`in_child`]).
 
 mod calls;
+mod control;
 mod fanout;
 mod fds;
 mod group;
@@ -163,6 +164,14 @@ impl Host<DpdkLink> for Proc {
 
     fn ring(&mut self, bell: c_int, on: bool) {
         kwait::ring_bell(bell, on);
+    }
+
+    fn control_io(&mut self) -> Option<&mut dyn crate::cache::ControlIo> {
+        Some(self)
+    }
+
+    fn peer_end(&mut self, fd: c_int) -> Option<c_int> {
+        control::peer_end(fd)
     }
 
     fn close_fd(&mut self, fd: c_int) {

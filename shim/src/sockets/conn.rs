@@ -46,13 +46,13 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         op: &mut Io<'_>,
         defer: impl FnOnce(usize) -> bool,
     ) -> Option<IoTry> {
-        let Some(Obj::Conn {
-            id, nonblock, opts, ..
-        }) = self.obj(fd)
-        else {
-            return None;
+        let (id, nonblock, opts) = match self.obj(fd) {
+            Some(Obj::Conn {
+                id, nonblock, opts, ..
+            }) => (*id, *nonblock, *opts),
+            Some(Obj::Watch) => return self.watch_io(op),
+            _ => return None,
         };
-        let (id, nonblock) = (*id, *nonblock);
         let timeout = match op {
             Io::Read(..) => opts.rcvtimeo,
             Io::Write(_) => opts.sndtimeo,
@@ -66,7 +66,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 } else {
                     stack.recv(id, buf)
                 };
-                if r == Err(SockError::WouldBlock) {
+                let r = if r == Err(SockError::WouldBlock) {
                     self.pump();
                     let stack = self.stack.as_mut()?;
                     if *peek {
@@ -76,7 +76,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                     }
                 } else {
                     r
+                };
+                if let (Ok(n), false) = (r, *peek) {
+                    self.cache_read(id, &buf[..n]);
                 }
+                r
             }
             Io::Write(data) => {
                 let r = stack.send(id, data);
@@ -194,7 +198,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 }
                 return Some(Ok(0));
             }
-            Obj::Epoll { .. } => return None,
+            Obj::Epoll { .. } | Obj::Watch => return None,
         };
         match (level, name) {
             // A congestion control the stack does not have: as Linux fails for one that is not

@@ -100,16 +100,27 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// One pass of epoll_wait over our fds in `epfd`'s set: polls the stack, then writes up
     /// to `room` ready entries (at most `out.len()`) to `out`. Returns whether the poll found
     /// work and how many entries were written; `None`: `epfd` is not an epoll of ours.
+    ///
+    /// `answering`: the application waits between two iterations of its event loop (an
+    /// epoll_wait with a timeout other than zero), and the data-path cache may answer requests
+    /// in this poll (see `cache`).
     pub fn epoll_pass(
         &mut self,
         epfd: c_int,
         room: usize,
         out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
+        answering: bool,
     ) -> Option<(bool, usize)> {
         if !self.is_epoll(epfd) {
             return None;
         }
+        let answering = answering && self.cache.is_some();
+        if answering {
+            self.cache_upkeep();
+        }
+        self.answering = answering;
         let work = self.pump();
+        self.answering = false;
         if !self.nested.is_empty() {
             self.check_nested();
         }

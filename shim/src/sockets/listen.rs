@@ -286,6 +286,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
         };
         self.conn_fd.insert(id, i);
+        self.cache_opened(id);
         let peer = family.addr(peer);
         Some(Ok(Accepted::Conn { fd: efd, peer }))
     }

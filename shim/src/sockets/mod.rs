@@ -26,6 +26,7 @@
 //! Answers follow one convention ([`Answer`]): `None` means "not ours, the kernel answers",
 //! `Some(Err(errno))` fails the call as Linux would.
 
+mod cache;
 mod conn;
 mod connect;
 mod epoll;
@@ -132,6 +133,22 @@ pub trait Host<L: Link> {
     fn wake_waiters(&mut self, only: Option<&[u32]>);
     /// Whether a thread is blocked in a wait for entry `key` (an epoll set's index).
     fn waits_on(&mut self, key: u32) -> bool;
+    /// Wall-clock milliseconds since the Unix epoch (the data-path cache's clock).
+    fn unix_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+    /// The kernel calls of the data-path cache's own connection (`None`: it cannot have one).
+    fn control_io(&mut self) -> Option<&mut dyn crate::cache::ControlIo> {
+        None
+    }
+    /// The fd of this process whose socket is the other end of the local TCP connection `fd`
+    /// (its peer address is `fd`'s local address, and the other way round).
+    fn peer_end(&mut self, fd: c_int) -> Option<c_int> {
+        let _ = fd;
+        None
+    }
 }
 
 /// The address family a socket of ours has for the application. The stack speaks IPv4 alone;
@@ -205,6 +222,10 @@ pub(crate) enum Obj {
         /// Where connect() stands on it.
         phase: Phase,
     },
+    /// The application's end of the data-path cache's own connection to it (a kernel
+    /// socket): what the application writes to it goes to the cache, not the kernel; every
+    /// other call is the kernel's.
+    Watch,
     Epoll {
         set: EpollSet,
         /// This set's number among all the sets the table ever had (never reused, unlike
@@ -284,6 +305,10 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     refused_v6only: Vec<u16>,
     events: Vec<Event>,
     scratch: Vec<EpollEvent>,
+    /// This poll may let the cache answer (see `cache`).
+    answering: bool,
+    /// The data-path cache (`MTCP_REDIS_CACHE`), and its buffers.
+    cache: Option<cache::Cache>,
 }
 
 fn so_errno(e: SockError) -> c_int {
@@ -304,8 +329,11 @@ fn low_water<L: Link>(stack: &Stack<L>, id: ConnId, lowat: usize, mut r: Readine
 
 impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// An empty table over `table`; `cfg` is the stack's configuration (or why it is unusable).
-    pub fn new(host: H, table: &'t FdTable, cfg: Result<Config, String>) -> Self {
+    pub fn new(host: H, table: &'t FdTable, mut cfg: Result<Config, String>) -> Self {
+        let cache = cfg.as_mut().ok().and_then(cache::Cache::configure);
         Sockets {
+            cache,
+            answering: false,
             host,
             table,
             cfg,
@@ -581,10 +609,18 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         stack.take_events(&mut self.events);
         work |= !self.events.is_empty();
         let events = std::mem::take(&mut self.events);
+        let mut answered = false;
         for ev in &events {
             match *ev {
-                Event::Conn(id, r) => {
+                Event::Conn(id, mut r) => {
                     if let Some(&i) = self.conn_fd.get(&id) {
+                        if self.answering && r.readable && self.cache_answer(id, i) {
+                            answered = true;
+                            match self.stack.as_ref().map(|st| st.readiness(id)) {
+                                Some(Ok(now)) => r = now,
+                                _ => continue,
+                            }
+                        }
                         let r = match &self.objs[i as usize] {
                             Some(Entry {
                                 obj: Obj::Conn { opts, .. },
@@ -621,6 +657,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             self.wake_waiters();
         }
         self.events = events;
+        if answered {
+            self.flush();
+        }
         work
     }
 
@@ -663,7 +702,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 }
                 Some(r)
             }
-            Obj::Epoll { .. } => None,
+            Obj::Epoll { .. } | Obj::Watch => None,
         }
     }
 
@@ -833,8 +872,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             return true;
         };
         match obj {
+            Obj::Watch => self.cache_control_closed(),
             Obj::Conn { id, opts, .. } => {
                 self.conn_fd.remove(&id);
+                self.cache_closed(id);
                 if let Some(stack) = self.stack.as_mut() {
                     // SO_LINGER on with a zero timeout: close resets the connection and drops
                     // what was not sent, as Linux does.

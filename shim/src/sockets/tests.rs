@@ -1214,7 +1214,9 @@ fn peer_and_local_names_of_a_connection() {
 
 fn pass(n: &mut Net, epfd: c_int) -> Vec<(u32, u64)> {
     let mut out = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); 8];
-    let (_, k) = n.s.epoll_pass(epfd, 8, &mut out).expect("an epoll of ours");
+    let (_, k) =
+        n.s.epoll_pass(epfd, 8, &mut out, true)
+            .expect("an epoll of ours");
     out[..k]
         .iter()
         // SAFETY: epoll_pass wrote the first k entries.

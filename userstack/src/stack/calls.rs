@@ -278,6 +278,12 @@ impl<L: Link> Stack<L> {
         Ok(readiness(c.sockets.get::<tcp::Socket>(c.handle), c))
     }
 
+    /// Bytes [`Stack::send`] would take now (the send buffer's room, as SO_SNDBUF,
+    /// TCP_CORK and TCP_NOTSENT_LOWAT leave it).
+    pub fn send_room(&self, id: ConnId) -> Result<usize, SockError> {
+        Ok(self.conn(id)?.send_room())
+    }
+
     /// Bytes waiting to be read (FIONREAD).
     pub fn recv_queue(&self, id: ConnId) -> Result<usize, SockError> {
         let c = self.conn(id)?;

@@ -113,6 +113,10 @@ pub(super) struct Shm {
     /// A poll found work the file does not show yet (it came within [`INTERVAL`] of the last
     /// publication): the next poll publishes once the interval is over, work or not.
     unpublished: bool,
+    /// Values of the layer above, published after the stack's (`Config::extra_stats`).
+    pub(super) extra: Vec<u64>,
+    /// The values of one publication (kept to reuse its allocation).
+    values: Vec<u64>,
 }
 
 impl Shm {
@@ -146,12 +150,14 @@ impl Shm {
     }
 }
 
-/// Every published name, in the order of [`Stack::publish`]'s values.
-pub fn value_names() -> Vec<String> {
+/// Every published name, in the order of [`Stack::publish`]'s values (`extra`: the layer
+/// above's, last).
+pub fn value_names(extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = Stats::NAMES.iter().map(|n| format!("stack.{n}")).collect();
     v.extend(EXTRA.iter().map(|n| n.to_string()));
     v.extend(STATE_NAMES.iter().map(|n| format!("tcp.{n}")));
     debug_assert_eq!(v.len(), VALUES);
+    v.extend(extra.iter().map(|n| n.to_string()));
     v
 }
 
@@ -163,7 +169,8 @@ impl<L: Link> Stack<L> {
             return;
         }
         let us = now.total_micros() as Micros;
-        match Writer::create(&value_names(), INTERVAL, us) {
+        self.shm.extra = vec![0; cfg.extra_stats.len()];
+        match Writer::create(&value_names(&cfg.extra_stats), INTERVAL, us) {
             Ok(w) => {
                 tracing::info!("statistics in {}", w.path().display());
                 self.shm.writer = Some(w);
@@ -171,6 +178,12 @@ impl<L: Link> Stack<L> {
             }
             Err(e) => tracing::warn!("no live statistics (mtcprun stats): {e}"),
         }
+    }
+
+    /// The values of the layer above (`Config::extra_stats`, in that order), published with
+    /// the stack's.
+    pub fn extra_stats_mut(&mut self) -> &mut [u64] {
+        &mut self.shm.extra
     }
 
     /// The loop is going to sleep (blocked on the wake-up fd, or a timed sleep on devices
@@ -223,7 +236,8 @@ impl<L: Link> Stack<L> {
         self.shm.published(now_us);
         let stats = self.stats();
         let link = self.net.link().counters();
-        let mut values = [0u64; VALUES];
+        let mut values = std::mem::take(&mut self.shm.values);
+        values.resize(VALUES + self.shm.extra.len(), 0);
         values[..Stats::COUNT].copy_from_slice(&stats.values());
         let extra = [
             link.rx_missed,
@@ -238,6 +252,7 @@ impl<L: Link> Stack<L> {
         for (i, (_, n)) in self.tcp_states().iter().enumerate() {
             values[Stats::COUNT + EXTRA.len() + i] = n;
         }
+        values[VALUES..].copy_from_slice(&self.shm.extra);
         let mut table = [ListenerStat::default(); MAX_LISTENERS];
         let mut n = 0;
         for (slot, l) in table.iter_mut().zip(self.listeners_iter()) {
@@ -248,6 +263,7 @@ impl<L: Link> Stack<L> {
         if let Some(w) = self.shm.writer.as_mut() {
             w.publish(now_us, &values, &table[..n]);
         }
+        self.shm.values = values;
     }
 }
 
@@ -261,7 +277,7 @@ mod tests {
     #[test]
     fn work_within_the_interval_is_published_by_the_next_poll() {
         let path = std::env::temp_dir().join(format!("mtcpshim-due-{}", std::process::id()));
-        let names = value_names();
+        let names = value_names(&[]);
         let writer = Writer::create_at(&path, &names, INTERVAL, 0).expect("writer");
         let mut shm = Shm {
             writer: Some(writer),

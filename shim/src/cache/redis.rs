@@ -1,0 +1,684 @@
+//! The Redis GET cache (`MTCP_REDIS_CACHE=SIZE`).
+//!
+//! **Consistency.** The cache opens a connection of its own to Redis (to 127.0.0.1 on a port
+//! Redis listens on), speaks RESP3 on it and turns on CLIENT TRACKING: every key the cache
+//! reads there is one Redis sends an invalidation for when it changes (a write by any client,
+//! a script, expiry, eviction, a flush, a master's stream). The socket table routes what Redis
+//! writes to that connection straight here ([`Responder::control_output`]) instead of the
+//! kernel, so an invalidation is applied at the moment Redis writes it. Redis writes every
+//! client's output, that connection's included, before its event loop waits again; the cache
+//! answers only while Redis waits in epoll_wait (and not in the nested, zero-timeout waits it
+//! makes inside a command). At that point every change Redis made has been invalidated, and
+//! no command is executing: a reply from the cache is the reply Redis would give then.
+//!
+//! **Fills.** A GET the cache cannot answer goes to Redis; the cache asks for the key on its
+//! own connection (`GET k` and `PEXPIRETIME k`, pipelined, which Redis runs back to back) and
+//! keeps the reply with the key's expiry time. An invalidation of the key that arrives while
+//! the fill is on its way discards it.
+//!
+//! **Per connection.** The cache follows what Redis reads from each connection (SELECT, HELLO,
+//! AUTH, MULTI, CLIENT REPLY, SUBSCRIBE, MONITOR, blocking commands) and answers only a
+//! connection whose next reply is simply the next request's: database 0, RESP2, default user,
+//! not in a transaction, nothing unanswered, no output waiting in Redis. A connection that
+//! leaves that state is left to Redis for good (`cache.aside_*`).
+//!
+//! **What Redis sees.** Every 500 ms at most, a connection's request and a key's request go
+//! to Redis although cached, so that Redis's idle times (CLIENT LIST's `idle`, the `timeout`
+//! setting, OBJECT IDLETIME and LRU eviction) stay true within that. docs/configuration.md
+//! lists what differs (INFO's command counts, MONITOR, the slowlog).
+
+use std::collections::VecDeque;
+
+use super::resp::{self, Parsed, Reply};
+use super::store::Store;
+use super::{Aside, CacheStats, ControlIo, Responder, UnixMs, Upkeep};
+
+/// The longest a connection or a key goes without Redis seeing a request for it.
+pub const SEEN_EVERY_MS: UnixMs = 500;
+/// Fills on their way at most.
+const MAX_FILLS: usize = 256;
+/// How long after losing its connection the cache tries again.
+const RETRY_MS: UnixMs = 1000;
+/// A handshake that takes longer than this is given up (and tried again later).
+const HANDSHAKE_MS: UnixMs = 2000;
+/// The client name of the cache's connection (CLIENT LIST shows it).
+pub const CLIENT_NAME: &str = "mtcp-cache";
+
+/// The cache's connection to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not connected; tries at `retry`.
+    Down { retry: UnixMs },
+    /// The handshake is sent (or waits to be), its replies come through the kernel.
+    Handshake { fd: i32, since: UnixMs },
+    /// Handshake done; the table is finding Redis's end.
+    Locating { fd: i32 },
+    /// Redis's end is watched: the cache answers.
+    Ready { fd: i32 },
+    /// The cache cannot work with this Redis (said once on stderr).
+    Off,
+}
+
+/// A reply the cache waits for on its connection, in order.
+#[derive(Debug)]
+enum Expect {
+    Hello,
+    Ok(&'static str),
+    Policy,
+    Get(Box<[u8]>),
+    Ttl(Box<[u8]>),
+}
+
+/// A fill on its way.
+#[derive(Debug, Default)]
+struct Fill {
+    /// The GET's reply: `Some(Some(v))` a value, `Some(None)` no such key.
+    value: Option<Option<Box<[u8]>>>,
+    /// An invalidation of the key came after the fill was sent: its value may be older.
+    tainted: bool,
+}
+
+/// What the cache knows of one client connection.
+#[derive(Debug, Default)]
+struct Track {
+    /// The end of what Redis read that is not a whole request yet.
+    partial: Vec<u8>,
+    db: i64,
+    multi: bool,
+    monitor: bool,
+    aside: bool,
+    /// Redis has output waiting for this connection.
+    backlog: bool,
+    /// When Redis last read from it.
+    read: UnixMs,
+}
+
+pub struct RedisCache {
+    store: Store,
+    link: Link,
+    expect: VecDeque<Expect>,
+    fills: userstack::FastMap<Box<[u8]>, Fill>,
+    /// Requests to send on the cache's connection.
+    out: Vec<u8>,
+    /// What Redis wrote on the cache's connection, not parsed yet.
+    input: Vec<u8>,
+    conns: userstack::FastMap<u64, Track>,
+    stats: CacheStats,
+    /// Connections in MONITOR mode: while any is, every request goes to Redis (MONITOR shows
+    /// what Redis executes).
+    monitors: usize,
+    /// CLIENT PAUSE: Redis answers nobody until then.
+    paused_until: UnixMs,
+    /// `MTCP_REDIS_CACHE_FAULT=late`: invalidations take effect one reply late (for tests
+    /// that must show they catch it).
+    late: bool,
+    /// The connection must be made again (a setting it checked may have changed, or Redis
+    /// wrote what the cache could not follow): nothing is answered until it is.
+    link_restart: bool,
+}
+
+/// The blocking commands: their reply comes when something happens, not in the loop
+/// iteration that read them.
+const BLOCKING: [&[u8]; 12] = [
+    b"BLPOP",
+    b"BRPOP",
+    b"BRPOPLPUSH",
+    b"BLMOVE",
+    b"BLMPOP",
+    b"BZPOPMIN",
+    b"BZPOPMAX",
+    b"BZMPOP",
+    b"WAIT",
+    b"WAITAOF",
+    b"XREAD",
+    b"XREADGROUP",
+];
+
+impl RedisCache {
+    /// A cache of at most `budget` bytes (`late`: see [`RedisCache::late`]).
+    pub fn new(budget: usize, late: bool, now: UnixMs) -> RedisCache {
+        RedisCache {
+            store: Store::new(budget),
+            link: Link::Down { retry: now },
+            expect: VecDeque::new(),
+            fills: Default::default(),
+            out: Vec::new(),
+            input: Vec::new(),
+            conns: Default::default(),
+            stats: CacheStats::default(),
+            monitors: 0,
+            paused_until: 0,
+            late,
+            link_restart: false,
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.store.len() > 0 {
+            self.stats.flushes += 1;
+        }
+        self.store.clear();
+        for f in self.fills.values_mut() {
+            f.tainted = true;
+        }
+    }
+
+    /// The connection is gone (or unusable): nothing cached can be trusted any more.
+    fn lose(&mut self, io: &mut dyn ControlIo, now: UnixMs) {
+        match self.link {
+            Link::Handshake { fd, .. } | Link::Locating { fd } | Link::Ready { fd } => io.close(fd),
+            Link::Down { .. } | Link::Off => {}
+        }
+        self.flush();
+        self.fills.clear();
+        self.expect.clear();
+        self.out.clear();
+        self.input.clear();
+        if self.link != Link::Off {
+            self.link = Link::Down {
+                retry: now + RETRY_MS,
+            };
+        }
+    }
+
+    fn off(&mut self, io: &mut dyn ControlIo, why: &str, now: UnixMs) {
+        io.say(&format!("MTCP_REDIS_CACHE: {why}; the cache stays off"));
+        self.lose(io, now);
+        self.link = Link::Off;
+    }
+
+    fn aside(&mut self, conn: u64, why: Aside) {
+        if let Some(t) = self.conns.get_mut(&conn) {
+            if !t.aside {
+                t.aside = true;
+                self.stats.aside[why as usize] += 1;
+            }
+        }
+    }
+
+    /// One request Redis read from `conn`.
+    fn follow(&mut self, conn: u64, buf: &[u8], c: &resp::Cmd, now: UnixMs) {
+        let name = c.arg(buf, 0).unwrap_or_default();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if is(b"GET") || c.argc == 0 {
+            return;
+        }
+        if is(b"SELECT") {
+            let db = c
+                .arg(buf, 1)
+                .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok());
+            match (db, self.conns.get_mut(&conn)) {
+                (Some(db), Some(t)) => t.db = db,
+                _ => self.aside(conn, Aside::Unparsed),
+            }
+            if self.conns.get(&conn).is_some_and(|t| t.db != 0) {
+                self.aside(conn, Aside::Db);
+            }
+        } else if is(b"HELLO") {
+            if (2..KEPT_ARGS).any(|i| c.arg_is(buf, i, b"AUTH")) || c.argc > KEPT_ARGS {
+                self.aside(conn, Aside::Auth);
+            } else if c.argc >= 2 && c.arg(buf, 1) != Some(b"2") {
+                self.aside(conn, Aside::Protocol);
+            }
+        } else if is(b"AUTH") {
+            self.aside(conn, Aside::Auth);
+        } else if is(b"MULTI") {
+            if let Some(t) = self.conns.get_mut(&conn) {
+                t.multi = true;
+            }
+        } else if is(b"EXEC") || is(b"DISCARD") {
+            if let Some(t) = self.conns.get_mut(&conn) {
+                t.multi = false;
+            }
+        } else if is(b"CLIENT") {
+            if c.arg_is(buf, 1, b"PAUSE") {
+                let ms = c
+                    .arg(buf, 2)
+                    .and_then(|d| std::str::from_utf8(d).ok()?.parse::<i64>().ok());
+                self.paused_until = ms.map_or(UnixMs::MAX, |ms| now.saturating_add(ms.max(0) + 1));
+            } else if c.arg_is(buf, 1, b"UNPAUSE") {
+                self.paused_until = 0;
+            } else if c.arg_is(buf, 1, b"REPLY") || c.arg_is(buf, 1, b"TRACKING") {
+                self.aside(conn, Aside::Mode);
+            }
+        } else if is(b"SUBSCRIBE") || is(b"PSUBSCRIBE") || is(b"SSUBSCRIBE") {
+            self.aside(conn, Aside::Mode);
+        } else if is(b"MONITOR") {
+            if let Some(t) = self.conns.get_mut(&conn) {
+                if !t.monitor {
+                    t.monitor = true;
+                    self.monitors += 1;
+                }
+            }
+            self.aside(conn, Aside::Mode);
+        } else if BLOCKING.iter().any(|b| is(b)) {
+            self.aside(conn, Aside::Blocking);
+        } else if is(b"SWAPDB") {
+            // Redis sends no invalidation for SWAPDB (its tracking keys are not per database).
+            self.flush();
+        } else if is(b"CONFIG") && c.arg_is(buf, 1, b"SET") || is(b"ACL") {
+            // Settings the handshake checked (maxmemory-policy), or the users' rules, may
+            // have changed: connect again and check again.
+            self.link_restart = true;
+        }
+    }
+
+    /// Parses what Redis wrote on the cache's connection.
+    fn take(&mut self, now: UnixMs) -> Result<(), String> {
+        let mut used = 0;
+        loop {
+            let buf = &self.input[used..];
+            let (r, n) = match resp::reply(buf) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(_) => return Err("Redis sent a reply the cache cannot parse".into()),
+            };
+            if let Reply::Push(kind) = r {
+                if kind == b"invalidate" {
+                    let keys = invalidated(&buf[..n])?;
+                    self.invalidate(keys);
+                }
+                used += n;
+                continue;
+            }
+            let r = match r {
+                Reply::Bulk(v) => Got::Value(Some(v.into())),
+                Reply::Null => Got::Value(None),
+                Reply::Int(i) => Got::Int(i),
+                Reply::Error(e) => Got::Error(String::from_utf8_lossy(e).into_owned()),
+                Reply::Simple(s) => Got::Simple(s.eq_ignore_ascii_case(b"OK")),
+                Reply::Push(_) => unreachable!("handled above"),
+                Reply::Other => Got::Other(buf[..n].to_vec()),
+            };
+            used += n;
+            let Some(e) = self.expect.pop_front() else {
+                return Err("Redis sent a reply the cache did not ask for".into());
+            };
+            self.answered(e, r, now)?;
+        }
+        self.input.drain(..used);
+        Ok(())
+    }
+
+    fn answered(&mut self, e: Expect, r: Got, now: UnixMs) -> Result<(), String> {
+        match (e, r) {
+            (Expect::Hello, Got::Other(_)) => {}
+            (Expect::Hello | Expect::Ok(_) | Expect::Policy, Got::Error(e)) => {
+                return Err(if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") {
+                    "Redis asks its clients for a password, and the cache has none".into()
+                } else {
+                    format!("Redis refused the cache's connection: {e}")
+                });
+            }
+            (Expect::Ok(_), Got::Simple(true)) => {}
+            (Expect::Ok(what), _) => return Err(format!("Redis did not take {what}")),
+            (Expect::Policy, Got::Other(raw)) => {
+                if raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lfu")) {
+                    return Err(
+                        "Redis evicts by access frequency (maxmemory-policy *-lfu), \
+                                which keys the cache answers would not count in"
+                            .into(),
+                    );
+                }
+            }
+            (Expect::Get(k), got) => {
+                if let Some(f) = self.fills.get_mut(&k) {
+                    match got {
+                        Got::Value(v) => f.value = Some(v),
+                        _ => f.tainted = true,
+                    }
+                }
+            }
+            (Expect::Ttl(k), got) => {
+                let Some(f) = self.fills.remove(&k) else {
+                    return Ok(());
+                };
+                let (Got::Int(t), Some(value), false) = (got, f.value, f.tainted) else {
+                    return Ok(());
+                };
+                let expires = match (t, &value) {
+                    (-1, Some(_)) | (-2, None) => None,
+                    (t, Some(_)) if t >= 0 => Some(t),
+                    _ => return Ok(()),
+                };
+                let reply = resp::get_reply(value.as_deref()).into_boxed_slice();
+                if self.store.fits(&k, &reply) {
+                    self.store.insert(&k, reply, expires, now);
+                    self.stats.fills += 1;
+                }
+            }
+            (e, _) => return Err(format!("Redis answered {e:?} unexpectedly")),
+        }
+        Ok(())
+    }
+
+    /// An invalidation: `None` for every key (a flush).
+    fn invalidate(&mut self, keys: Option<Vec<Box<[u8]>>>) {
+        let Some(keys) = keys else {
+            if self.late {
+                self.store.doom_all();
+            } else {
+                self.flush();
+            }
+            for f in self.fills.values_mut() {
+                f.tainted = true;
+            }
+            return;
+        };
+        for k in keys {
+            if let Some(f) = self.fills.get_mut(&k) {
+                f.tainted = true;
+            }
+            if self.late {
+                if let Some(e) = self.store.get_mut(&k) {
+                    e.doomed = true;
+                    self.stats.invalidations += 1;
+                }
+            } else if self.store.remove(&k) {
+                self.stats.invalidations += 1;
+            }
+        }
+    }
+
+    /// Sends a fill for `key` if none is on its way.
+    fn fill(&mut self, key: &[u8]) {
+        if !matches!(self.link, Link::Ready { .. })
+            || self.fills.len() >= MAX_FILLS
+            || self.fills.contains_key(key)
+        {
+            return;
+        }
+        self.fills.insert(key.into(), Fill::default());
+        resp::encode(&mut self.out, &[b"GET", key]);
+        resp::encode(&mut self.out, &[b"PEXPIRETIME", key]);
+        self.expect.push_back(Expect::Get(key.into()));
+        self.expect.push_back(Expect::Ttl(key.into()));
+    }
+
+    fn handshake(&mut self) {
+        resp::encode(&mut self.out, &[b"HELLO", b"3"]);
+        self.expect.push_back(Expect::Hello);
+        resp::encode(
+            &mut self.out,
+            &[b"CLIENT", b"SETNAME", CLIENT_NAME.as_bytes()],
+        );
+        self.expect.push_back(Expect::Ok("CLIENT SETNAME"));
+        resp::encode(&mut self.out, &[b"CONFIG", b"GET", b"maxmemory-policy"]);
+        self.expect.push_back(Expect::Policy);
+        resp::encode(&mut self.out, &[b"CLIENT", b"TRACKING", b"ON"]);
+        self.expect.push_back(Expect::Ok("CLIENT TRACKING"));
+    }
+
+    fn send_out(&mut self, io: &mut dyn ControlIo, fd: i32, now: UnixMs) {
+        while !self.out.is_empty() {
+            match io.send(fd, &self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(libc::EAGAIN) => return,
+                Err(_) => return self.lose(io, now),
+            }
+        }
+    }
+
+    /// Reads what came through the kernel on the cache's connection (the handshake's replies).
+    fn recv_in(&mut self, io: &mut dyn ControlIo, fd: i32, now: UnixMs) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match io.recv(fd, &mut buf) {
+                Ok(0) => return self.lose(io, now),
+                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        if let Err(why) = self.take(now) {
+            self.off(io, &why, now);
+        }
+    }
+}
+
+/// How many arguments of a request the cache sees (`resp::KEPT`).
+const KEPT_ARGS: usize = resp::KEPT;
+
+/// One reply, owned.
+enum Got {
+    Value(Option<Box<[u8]>>),
+    Int(i64),
+    Error(String),
+    Simple(bool),
+    Other(Vec<u8>),
+}
+
+/// The keys of an invalidation push (`None`: all keys).
+fn invalidated(push: &[u8]) -> Result<Option<Vec<Box<[u8]>>>, String> {
+    let bad = || "Redis sent an invalidation the cache cannot parse".to_string();
+    let el = resp::elements(push).map_err(|_| bad())?.ok_or_else(bad)?;
+    let &(a, b) = el.get(1).ok_or_else(bad)?;
+    let body = &push[a..b];
+    if matches!(resp::reply(body), Ok(Some((Reply::Null, _)))) {
+        return Ok(None);
+    }
+    let keys = resp::elements(body).map_err(|_| bad())?.ok_or_else(bad)?;
+    keys.into_iter()
+        .map(|(a, b)| match resp::reply(&body[a..b]) {
+            Ok(Some((Reply::Bulk(k) | Reply::Simple(k), _))) => Ok(k.into()),
+            _ => Err(bad()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+impl Responder for RedisCache {
+    fn opened(&mut self, conn: u64, now: UnixMs) {
+        self.conns.insert(
+            conn,
+            Track {
+                read: now,
+                ..Track::default()
+            },
+        );
+    }
+
+    fn closed(&mut self, conn: u64) {
+        if let Some(t) = self.conns.remove(&conn) {
+            if t.monitor {
+                self.monitors -= 1;
+            }
+        }
+    }
+
+    fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs) {
+        let Some(t) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        t.read = now;
+        if t.aside {
+            t.partial.clear();
+            return;
+        }
+        let mut buf = std::mem::take(&mut t.partial);
+        let joined;
+        let data: &[u8] = if buf.is_empty() {
+            bytes
+        } else {
+            buf.extend_from_slice(bytes);
+            joined = buf;
+            &joined
+        };
+        let mut used = 0;
+        loop {
+            match resp::command(&data[used..]) {
+                Parsed::Done(c) => {
+                    self.follow(conn, &data[used..], &c, now);
+                    used += c.len;
+                }
+                Parsed::Partial => break,
+                Parsed::Bad => {
+                    self.aside(conn, Aside::Unparsed);
+                    return;
+                }
+            }
+        }
+        if used < data.len() {
+            if let Some(t) = self.conns.get_mut(&conn) {
+                t.partial = data[used..].to_vec();
+            }
+        }
+    }
+
+    fn app_backlog(&mut self, conn: u64, blocked: bool) {
+        if let Some(t) = self.conns.get_mut(&conn) {
+            t.backlog = blocked;
+        }
+    }
+
+    fn answer(
+        &mut self,
+        conn: u64,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        room: usize,
+        now: UnixMs,
+    ) -> usize {
+        let Some(t) = self.conns.get(&conn) else {
+            return 0;
+        };
+        if t.aside || t.multi || t.backlog || !t.partial.is_empty() {
+            return 0;
+        }
+        let conn_seen = now - t.read < SEEN_EVERY_MS;
+        if !self.up() || self.monitors > 0 || now < self.paused_until {
+            self.stats.unavailable += 1;
+            return 0;
+        }
+        let start = out.len();
+        let mut used = 0;
+        while let Parsed::Done(c) = resp::command(&input[used..]) {
+            let buf = &input[used..];
+            if c.inline || c.argc != 2 || !c.is(buf, b"GET") {
+                break;
+            }
+            let key = c.arg(buf, 1).unwrap_or_default();
+            match self.store.get_mut(key) {
+                None => {
+                    self.stats.misses += 1;
+                    let key = key.to_vec();
+                    self.fill(&key);
+                    break;
+                }
+                Some(e) => {
+                    if e.expires.is_some_and(|t| now + 1 >= t) {
+                        self.store.remove(key);
+                        self.stats.misses += 1;
+                        break;
+                    }
+                    if !conn_seen || now - e.seen >= SEEN_EVERY_MS {
+                        // Redis sees this one (the connection's or the key's idle time).
+                        e.seen = now;
+                        self.stats.misses += 1;
+                        break;
+                    }
+                    if out.len() - start + e.reply.len() > room {
+                        break;
+                    }
+                    out.extend_from_slice(&e.reply);
+                    if e.doomed {
+                        self.store.remove(key);
+                    }
+                    self.stats.hits += 1;
+                    used += c.len;
+                }
+            }
+        }
+        used
+    }
+
+    fn upkeep(&mut self, io: &mut dyn ControlIo, port: u16, now: UnixMs) -> Upkeep {
+        if std::mem::take(&mut self.link_restart) && self.link != Link::Off {
+            self.lose(io, now);
+            self.link = Link::Down { retry: now };
+        }
+        match self.link {
+            Link::Off | Link::Locating { .. } => {}
+            Link::Down { retry } => {
+                if now >= retry {
+                    match io.connect(port) {
+                        Ok(fd) => {
+                            self.link = Link::Handshake { fd, since: now };
+                            self.handshake();
+                            self.send_out(io, fd, now);
+                        }
+                        Err(e) => {
+                            let why = std::io::Error::from_raw_os_error(e);
+                            self.off(
+                                io,
+                                &format!("cannot connect to Redis on 127.0.0.1:{port}: {why}"),
+                                now,
+                            );
+                        }
+                    }
+                }
+            }
+            Link::Handshake { fd, since } => {
+                self.send_out(io, fd, now);
+                if self.link == (Link::Handshake { fd, since }) {
+                    self.recv_in(io, fd, now);
+                }
+                if self.link == (Link::Handshake { fd, since }) {
+                    if self.expect.is_empty() {
+                        self.link = Link::Locating { fd };
+                        return Upkeep::Watch(fd);
+                    }
+                    if now - since > HANDSHAKE_MS {
+                        self.lose(io, now);
+                    }
+                }
+            }
+            Link::Ready { fd } => self.send_out(io, fd, now),
+        }
+        Upkeep::Nothing
+    }
+
+    fn watching(&mut self, io: &mut dyn ControlIo, fd: Option<i32>, now: UnixMs) {
+        let Link::Locating { fd: ours } = self.link else {
+            return;
+        };
+        if fd.is_none() {
+            return self.off(io, "cannot find Redis's end of the cache's connection", now);
+        }
+        // Anything Redis wrote before its end was watched (a flush's invalidation).
+        self.link = Link::Handshake {
+            fd: ours,
+            since: now,
+        };
+        self.recv_in(io, ours, now);
+        if matches!(self.link, Link::Handshake { .. }) {
+            self.link = Link::Ready { fd: ours };
+        }
+    }
+
+    fn control_output(&mut self, bytes: &[u8], now: UnixMs) {
+        self.input.extend_from_slice(bytes);
+        if let Err(why) = self.take(now) {
+            // Nothing can be trusted; the next upkeep connects again.
+            self.flush();
+            self.link_restart = true;
+            let _ = why;
+        }
+    }
+
+    fn control_closed(&mut self, io: &mut dyn ControlIo, now: UnixMs) {
+        self.lose(io, now);
+    }
+
+    fn stats(&self) -> CacheStats {
+        let mut s = self.stats;
+        s.entries = self.store.len() as u64;
+        s.bytes = self.store.bytes() as u64;
+        s
+    }
+
+    fn up(&self) -> bool {
+        matches!(self.link, Link::Ready { .. }) && !self.link_restart
+    }
+}

@@ -1,0 +1,470 @@
+//! RESP, as far as the cache reads it: requests as Redis parses them (multibulk arrays of bulk
+//! strings, and inline commands), and RESP3 replies on the cache's own connection.
+//!
+//! Request parsing follows Redis 7's `processMultibulkBuffer` / `processInlineBuffer` on
+//! well-formed input; on anything Redis would treat differently or reject (a bad length, a
+//! bulk not followed by CRLF, an inline line with quotes, which Redis splits by its own
+//! rules), the answer is [`Parsed::Bad`] and the caller stops interpreting that stream.
+
+/// Bytes that are not RESP as Redis writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// How many leading arguments a parsed command keeps (name, key, and two more).
+pub const KEPT: usize = 4;
+/// Redis's limit on the number of arguments of a multibulk request.
+const MAX_MULTIBULK: i64 = 1024 * 1024;
+/// Redis's default `proto-max-bulk-len`.
+const MAX_BULK: i64 = 512 * 1024 * 1024;
+/// Redis's limit on an inline request's line (`PROTO_INLINE_MAX_SIZE`).
+const MAX_INLINE: usize = 64 * 1024;
+
+/// One complete request at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cmd {
+    /// Its bytes in the buffer.
+    pub len: usize,
+    /// How many arguments it has (name included); 0 for an empty request, which Redis skips.
+    pub argc: usize,
+    /// The first [`KEPT`] arguments, as ranges of the buffer.
+    pub args: [(u32, u32); KEPT],
+    /// An inline request (a line of text), not a multibulk array.
+    pub inline: bool,
+}
+
+impl Cmd {
+    /// Argument `i` (0: the name) if kept.
+    pub fn arg<'b>(&self, buf: &'b [u8], i: usize) -> Option<&'b [u8]> {
+        if i >= self.argc.min(KEPT) {
+            return None;
+        }
+        let (a, b) = self.args[i];
+        buf.get(a as usize..b as usize)
+    }
+
+    /// Whether the name is `name` (ASCII, upper case), as Redis compares names.
+    pub fn is(&self, buf: &[u8], name: &[u8]) -> bool {
+        self.arg(buf, 0)
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether argument `i` is `word`, ignoring ASCII case.
+    pub fn arg_is(&self, buf: &[u8], i: usize, word: &[u8]) -> bool {
+        self.arg(buf, i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(word))
+    }
+}
+
+/// What the front of a buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    Done(Cmd),
+    /// A request that is not complete yet.
+    Partial,
+    /// Bytes the cache does not interpret the way Redis would.
+    Bad,
+}
+
+/// A decimal integer as Redis's `string2ll` takes it (no sign but '-', no leading zeros but
+/// "0", no spaces).
+fn int(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    if neg {
+        if v == 0 {
+            return None;
+        }
+        v = -v;
+    }
+    Some(v)
+}
+
+/// The line starting at `at` (up to its CR, which must be followed by LF): `(line, next)`.
+/// `Ok(None)`: no CR yet.
+fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, Malformed> {
+    let rest = buf.get(at..).unwrap_or_default();
+    let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
+        return if rest.len() > MAX_INLINE {
+            Err(Malformed)
+        } else {
+            Ok(None)
+        };
+    };
+    match rest.get(cr + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((&rest[..cr], at + cr + 2))),
+        Some(_) => Err(Malformed),
+    }
+}
+
+/// The request at the front of `buf`.
+pub fn command(buf: &[u8]) -> Parsed {
+    match buf.first() {
+        None => Parsed::Partial,
+        Some(b'*') => multibulk(buf).unwrap_or(Parsed::Bad),
+        Some(_) => inline(buf),
+    }
+}
+
+fn multibulk(buf: &[u8]) -> Result<Parsed, Malformed> {
+    let Some((head, mut at)) = line(buf, 0)? else {
+        return Ok(Parsed::Partial);
+    };
+    let n = int(&head[1..]).ok_or(Malformed)?;
+    if n > MAX_MULTIBULK {
+        return Err(Malformed);
+    }
+    let mut cmd = Cmd {
+        len: 0,
+        argc: n.max(0) as usize,
+        args: [(0, 0); KEPT],
+        inline: false,
+    };
+    for i in 0..cmd.argc {
+        let Some((h, data)) = line(buf, at)? else {
+            return Ok(Parsed::Partial);
+        };
+        if h.first() != Some(&b'$') {
+            return Err(Malformed);
+        }
+        let len = int(&h[1..]).ok_or(Malformed)?;
+        if !(0..=MAX_BULK).contains(&len) {
+            return Err(Malformed);
+        }
+        let end = data + len as usize;
+        if buf.len() < end + 2 {
+            return Ok(Parsed::Partial);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(Malformed);
+        }
+        if i < KEPT {
+            cmd.args[i] = (
+                u32::try_from(data).map_err(|_| Malformed)?,
+                u32::try_from(end).map_err(|_| Malformed)?,
+            );
+        }
+        at = end + 2;
+    }
+    cmd.len = at;
+    Ok(Parsed::Done(cmd))
+}
+
+fn inline(buf: &[u8]) -> Parsed {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > MAX_INLINE {
+            Parsed::Bad
+        } else {
+            Parsed::Partial
+        };
+    };
+    let text = &buf[..nl];
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text
+        .iter()
+        .any(|&b| b == b'"' || b == b'\'' || b == b'\r' || b == 0)
+    {
+        return Parsed::Bad;
+    }
+    let mut cmd = Cmd {
+        len: nl + 1,
+        argc: 0,
+        args: [(0, 0); KEPT],
+        inline: true,
+    };
+    let mut i = 0;
+    while i < text.len() {
+        while i < text.len() && text[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == text.len() {
+            break;
+        }
+        let start = i;
+        while i < text.len() && !text[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if cmd.argc < KEPT {
+            cmd.args[cmd.argc] = (start as u32, i as u32);
+        }
+        cmd.argc += 1;
+    }
+    Parsed::Done(cmd)
+}
+
+/// The top of one RESP3 reply, as the cache needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'b> {
+    /// `+...`
+    Simple(&'b [u8]),
+    /// `-...` or a blob error.
+    Error(&'b [u8]),
+    Int(i64),
+    /// A bulk string (or verbatim string).
+    Bulk(&'b [u8]),
+    /// `_`, or RESP2's null bulk and null array.
+    Null,
+    /// A push: its kind (the first element, a string) and the reply as a whole.
+    Push(&'b [u8]),
+    /// Anything else (arrays, maps, sets, numbers of other kinds).
+    Other,
+}
+
+/// Nesting deeper than this is refused (Redis's replies to our requests are shallow).
+const MAX_DEPTH: usize = 16;
+
+/// The reply at the front of `buf` and its length; `Ok(None)`: not complete yet.
+pub fn reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, Malformed> {
+    let Some(end) = skip(buf, 0, 0)? else {
+        return Ok(None);
+    };
+    let Some((head, next)) = line(buf, 0)? else {
+        return Ok(None);
+    };
+    let body = &head[1..];
+    let r = match head[0] {
+        b'+' => Reply::Simple(body),
+        b'-' => Reply::Error(body),
+        b':' => Reply::Int(int(body).ok_or(Malformed)?),
+        b'_' => Reply::Null,
+        b'$' | b'=' | b'!' => {
+            let n = int(body).ok_or(Malformed)?;
+            if n < 0 {
+                Reply::Null
+            } else if head[0] == b'!' {
+                Reply::Error(&buf[next..next + n as usize])
+            } else {
+                Reply::Bulk(&buf[next..next + n as usize])
+            }
+        }
+        b'*' if int(body) == Some(-1) => Reply::Null,
+        b'>' => match reply(&buf[next..])? {
+            Some((Reply::Bulk(kind) | Reply::Simple(kind), _)) => Reply::Push(kind),
+            _ => Reply::Push(b""),
+        },
+        _ => Reply::Other,
+    };
+    Ok(Some((r, end)))
+}
+
+/// The elements of the aggregate reply at the front of `buf` (`*`, `>`, `~`), each as a whole
+/// reply: `(start, end)` ranges. `Err`: not an aggregate, or malformed; `Ok(None)`: incomplete.
+pub fn elements(buf: &[u8]) -> Result<Option<Vec<(usize, usize)>>, Malformed> {
+    let Some((head, mut at)) = line(buf, 0)? else {
+        return Ok(None);
+    };
+    if !matches!(head[0], b'*' | b'>' | b'~') {
+        return Err(Malformed);
+    }
+    let n = int(&head[1..]).ok_or(Malformed)?;
+    let mut v = Vec::with_capacity(n.clamp(0, 64) as usize);
+    for _ in 0..n.max(0) {
+        let Some(end) = skip(buf, at, 1)? else {
+            return Ok(None);
+        };
+        v.push((at, end));
+        at = end;
+    }
+    Ok(Some(v))
+}
+
+/// The end of the reply starting at `at`. `Ok(None)`: not complete yet.
+fn skip(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Malformed> {
+    if depth > MAX_DEPTH {
+        return Err(Malformed);
+    }
+    let Some((head, next)) = line(buf, at)? else {
+        return Ok(None);
+    };
+    let Some((&kind, body)) = head.split_first() else {
+        return Err(Malformed);
+    };
+    match kind {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(Some(next)),
+        b'$' | b'=' | b'!' => {
+            let n = int(body).ok_or(Malformed)?;
+            if n < 0 {
+                return Ok(Some(next));
+            }
+            let end = next.checked_add(n as usize).ok_or(Malformed)?;
+            match buf.get(end..end + 2) {
+                None => Ok(None),
+                Some(b"\r\n") => Ok(Some(end + 2)),
+                Some(_) => Err(Malformed),
+            }
+        }
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let n = int(body).ok_or(Malformed)?;
+            if n > MAX_MULTIBULK {
+                return Err(Malformed);
+            }
+            let items = if matches!(kind, b'%' | b'|') {
+                n * 2
+            } else {
+                n
+            };
+            let mut p = next;
+            for _ in 0..items.max(0) {
+                match skip(buf, p, depth + 1)? {
+                    Some(e) => p = e,
+                    None => return Ok(None),
+                }
+            }
+            if kind == b'|' {
+                // An attribute comes before the reply it describes.
+                return skip(buf, p, depth + 1);
+            }
+            Ok(Some(p))
+        }
+        _ => Err(Malformed),
+    }
+}
+
+/// Appends `args` as a multibulk request.
+pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.push(b'*');
+    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Redis's RESP2 reply to a GET that found `value` (`None`: no such key).
+pub fn get_reply(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        None => b"$-1\r\n".to_vec(),
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len() + 16);
+            out.push(b'$');
+            out.extend_from_slice(v.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(buf: &[u8]) -> Cmd {
+        match command(buf) {
+            Parsed::Done(c) => c,
+            p => panic!("{p:?} for {buf:?}"),
+        }
+    }
+
+    #[test]
+    fn multibulk_requests() {
+        let b = b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n*1\r\n$4\r\nPING\r\n";
+        let c = done(b);
+        assert_eq!((c.len, c.argc), (22, 2));
+        assert!(c.is(b, b"get"));
+        assert_eq!(c.arg(b, 1), Some(&b"foo"[..]));
+        assert_eq!(c.arg(b, 2), None);
+        let rest = &b[c.len..];
+        assert!(done(rest).is(rest, b"PING"));
+        for cut in 0..22 {
+            assert_eq!(command(&b[..cut]), Parsed::Partial, "cut at {cut}");
+        }
+        // Binary keys, an empty argument, more arguments than are kept.
+        let b = b"*6\r\n$3\r\nSET\r\n$2\r\n\r\n\r\n$0\r\n\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n";
+        let c = done(b);
+        assert_eq!((c.argc, c.len), (6, b.len()));
+        assert_eq!(c.arg(b, 1), Some(&b"\r\n"[..]));
+        assert_eq!(c.arg(b, 2), Some(&b""[..]));
+        assert_eq!(c.arg(b, 4), None);
+    }
+
+    #[test]
+    fn empty_multibulk_requests_are_skipped_as_redis_skips_them() {
+        assert_eq!(done(b"*0\r\n").argc, 0);
+        assert_eq!(done(b"*-1\r\n").len, 5);
+    }
+
+    #[test]
+    fn what_redis_would_parse_differently_is_bad() {
+        for b in [
+            &b"*1\r\n$3\r\nGETxx"[..],
+            b"*1\r\n:3\r\n",
+            b"*x\r\n",
+            b"*01\r\n",
+            b"*1\rx",
+            b"*1\r\n$-1\r\n",
+            b"*2000000\r\n",
+            b"SET \"a b\" c\r\n",
+        ] {
+            assert_eq!(command(b), Parsed::Bad, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn inline_requests() {
+        let b = b"get  foo\r\nPING\n";
+        let c = done(b);
+        assert!(c.inline && c.is(b, b"GET"));
+        assert_eq!((c.argc, c.len), (2, 10));
+        assert_eq!(c.arg(b, 1), Some(&b"foo"[..]));
+        assert_eq!(done(&b[10..]).len, 5);
+        assert_eq!(done(b"\r\n").argc, 0);
+        assert_eq!(command(b"GET foo"), Parsed::Partial);
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(reply(b"+OK\r\n"), Ok(Some((Reply::Simple(b"OK"), 5))));
+        assert_eq!(
+            reply(b"$3\r\nbar\r\nxx"),
+            Ok(Some((Reply::Bulk(b"bar"), 9)))
+        );
+        assert_eq!(reply(b"_\r\n"), Ok(Some((Reply::Null, 3))));
+        assert_eq!(reply(b"$-1\r\n"), Ok(Some((Reply::Null, 5))));
+        assert_eq!(reply(b":-2\r\n"), Ok(Some((Reply::Int(-2), 5))));
+        assert_eq!(reply(b"$3\r\nba"), Ok(None));
+        let push = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$2\r\nbc\r\n";
+        assert_eq!(
+            reply(push),
+            Ok(Some((Reply::Push(b"invalidate"), push.len())))
+        );
+        let el = elements(push).unwrap().unwrap();
+        assert_eq!(el.len(), 2);
+        let keys = elements(&push[el[1].0..el[1].1]).unwrap().unwrap();
+        assert_eq!(keys.len(), 2);
+        let hello = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n";
+        assert_eq!(reply(hello), Ok(Some((Reply::Other, hello.len()))));
+        assert_eq!(
+            reply(b"|1\r\n+a\r\n+b\r\n:1\r\n").map(|r| r.map(|x| x.1)),
+            Ok(Some(16))
+        );
+        assert!(reply(b"?\r\n").is_err());
+        assert!(reply(b"$3\r\nbarxx").is_err());
+    }
+
+    #[test]
+    fn encoding() {
+        let mut out = Vec::new();
+        encode(&mut out, &[b"GET", b"k"]);
+        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(get_reply(Some(b"v")), b"$1\r\nv\r\n");
+        assert_eq!(get_reply(None), b"$-1\r\n");
+    }
+}

@@ -1,0 +1,234 @@
+//! The data-path cache's place in the socket table (`crate::cache`): which calls it sees, and
+//! where it may answer.
+//!
+//! - Connections accepted from the stack's listeners are the cache's clients: it follows what
+//!   the application reads from them (`io`), and is told when they close.
+//! - It answers only in a poll made by an epoll_wait of the application's with a timeout other
+//!   than zero (`epoll_pass`, [`Sockets::answering`]): Redis's event loop waiting between
+//!   iterations. A connection that received data is offered to the cache before its
+//!   readiness reaches the epoll sets; what the cache answers is consumed from the
+//!   connection's receive buffer and its replies sent, and the application sees only what
+//!   is left. A connection whose epoll entry asks for EPOLLOUT (the application has output
+//!   waiting for it) is not offered.
+//! - The cache's own connection: its upkeep runs at the same points; the application's end,
+//!   once found, becomes an [`Obj::Watch`] of the table, whose writes go to the cache.
+
+use userstack::link::Link;
+use userstack::{Config, ConnId};
+
+use super::conn::IoTry;
+use super::{Entry, Host, Io, Obj, Sockets};
+use crate::cache::redis::RedisCache;
+use crate::cache::{CacheStats, ControlIo, Responder, UnixMs, Upkeep};
+
+/// The cache, its port and its buffers.
+pub struct Cache {
+    pub(super) r: Box<dyn Responder>,
+    /// A port the application listens on (the first served), for the cache's connection.
+    port: Option<u16>,
+    input: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Cache {
+    /// The cache `cfg` asks for, if any; its statistics are published with the stack's.
+    pub fn configure(cfg: &mut Config) -> Option<Cache> {
+        if cfg.redis_cache == 0 {
+            return None;
+        }
+        cfg.extra_stats = CacheStats::NAMES.to_vec();
+        let budget = usize::try_from(cfg.redis_cache).unwrap_or(usize::MAX);
+        Some(Cache {
+            r: Box::new(RedisCache::new(budget, cfg.cache_fault_late, 0)),
+            port: None,
+            input: Vec::new(),
+            out: Vec::new(),
+        })
+    }
+}
+
+/// A connection's name for the cache.
+fn key(id: ConnId) -> u64 {
+    (u64::from(id.slot) << 32) | u64::from(id.gen)
+}
+
+/// A stand-in for a host without a cache connection (unit tests): every call fails.
+struct NoControl;
+
+impl ControlIo for NoControl {
+    fn connect(&mut self, _port: u16) -> Result<i32, i32> {
+        Err(libc::ENOSYS)
+    }
+    fn send(&mut self, _fd: i32, _bytes: &[u8]) -> Result<usize, i32> {
+        Err(libc::ENOSYS)
+    }
+    fn recv(&mut self, _fd: i32, _buf: &mut [u8]) -> Result<usize, i32> {
+        Err(libc::ENOSYS)
+    }
+    fn close(&mut self, _fd: i32) {}
+    fn say(&mut self, _msg: &str) {}
+}
+
+impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
+    /// The cache's clock and its kernel calls.
+    fn cache_io(&mut self) -> (UnixMs, &mut dyn ControlIo) {
+        let now = self.host.unix_ms();
+        let io: &mut dyn ControlIo = match self.host.control_io() {
+            Some(io) => io,
+            // Zero-sized: leaking it allocates nothing.
+            None => Box::leak(Box::new(NoControl)),
+        };
+        (now, io)
+    }
+
+    pub(super) fn cache_opened(&mut self, id: ConnId) {
+        if self.cache.is_some() {
+            let now = self.host.unix_ms();
+            if let Some(c) = self.cache.as_mut() {
+                c.r.opened(key(id), now);
+            }
+        }
+    }
+
+    pub(super) fn cache_closed(&mut self, id: ConnId) {
+        if let Some(c) = self.cache.as_mut() {
+            c.r.closed(key(id));
+        }
+    }
+
+    /// The application read `bytes` from connection `id`.
+    #[inline]
+    pub(super) fn cache_read(&mut self, id: ConnId, bytes: &[u8]) {
+        if self.cache.is_some() {
+            let now = self.host.unix_ms();
+            if let Some(c) = self.cache.as_mut() {
+                c.r.app_read(key(id), bytes, now);
+            }
+        }
+    }
+
+    /// A transfer on the application's end of the cache's connection: a write goes to the
+    /// cache (all of it taken), a read to the kernel.
+    pub(super) fn watch_io(&mut self, op: &mut Io<'_>) -> Option<IoTry> {
+        match op {
+            Io::Write(data) => {
+                let n = data.len();
+                self.cache_control_output(data);
+                Some(IoTry {
+                    result: Ok(n),
+                    nonblock: true,
+                    timeout: None,
+                    rcvlowat: 1,
+                })
+            }
+            Io::Read(..) => None,
+        }
+    }
+
+    /// The application writes `data` to its end of the cache's connection.
+    pub(super) fn cache_control_output(&mut self, data: &[u8]) {
+        let now = self.host.unix_ms();
+        if let Some(c) = self.cache.as_mut() {
+            c.r.control_output(data, now);
+        }
+    }
+
+    /// The application closed its end of the cache's connection.
+    pub(super) fn cache_control_closed(&mut self) {
+        let Some(mut c) = self.cache.take() else {
+            return;
+        };
+        let (now, io) = self.cache_io();
+        c.r.control_closed(io, now);
+        self.cache = Some(c);
+    }
+
+    /// The cache's upkeep, at a point where it may answer.
+    pub(super) fn cache_upkeep(&mut self) {
+        let Some(mut c) = self.cache.take() else {
+            return;
+        };
+        if c.port.is_none() {
+            c.port = self.port_fds.keys().next().copied();
+        }
+        if let Some(port) = c.port {
+            let (now, io) = self.cache_io();
+            if let Upkeep::Watch(ours) = c.r.upkeep(io, port, now) {
+                let theirs = self.host.peer_end(ours);
+                let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
+                let (now, io) = self.cache_io();
+                c.r.watching(io, watched, now);
+            }
+        }
+        self.publish_cache(&c);
+        self.cache = Some(c);
+    }
+
+    fn publish_cache(&mut self, c: &Cache) {
+        let values = c.r.stats().values(c.r.up());
+        if let Some(st) = self.stack.as_mut() {
+            let extra = st.extra_stats_mut();
+            if extra.len() == values.len() {
+                extra.copy_from_slice(&values);
+            }
+        }
+    }
+
+    /// Offers connection `id` (entry `i`), which received data, to the cache. Returns whether
+    /// the cache answered all of what was waiting (the application has nothing to read).
+    pub(super) fn cache_answer(&mut self, id: ConnId, i: u32) -> bool {
+        let Some(mut c) = self.cache.take() else {
+            return false;
+        };
+        let done = self.answer_with(&mut c, id, i);
+        self.cache = Some(c);
+        done
+    }
+
+    fn answer_with(&mut self, c: &mut Cache, id: ConnId, i: u32) -> bool {
+        let Some(Some(Entry {
+            obj: Obj::Conn { .. },
+            fds,
+        })) = self.objs.get(i as usize)
+        else {
+            return false;
+        };
+        // Output the application has waiting for this connection goes first.
+        for fd in fds {
+            for ep in self.watchers.get(fd).map(Vec::as_slice).unwrap_or_default() {
+                let out = match self.obj_ref(*ep) {
+                    Some(Obj::Epoll { set, .. }) => set
+                        .interest(*fd)
+                        .is_some_and(|ev| ev & libc::EPOLLOUT as u32 != 0),
+                    _ => false,
+                };
+                if out {
+                    return false;
+                }
+            }
+        }
+        let now = self.host.unix_ms();
+        let Some(stack) = self.stack.as_mut() else {
+            return false;
+        };
+        let (Ok(queued), Ok(room)) = (stack.recv_queue(id), stack.send_room(id)) else {
+            return false;
+        };
+        if queued == 0 || room == 0 {
+            return false;
+        }
+        c.input.resize(queued.min(64 * 1024), 0);
+        let Ok(n) = stack.peek(id, &mut c.input) else {
+            return false;
+        };
+        c.out.clear();
+        let used = c.r.answer(key(id), &c.input[..n], &mut c.out, room, now);
+        if used == 0 {
+            return false;
+        }
+        let _ = stack.recv(id, &mut c.input[..used]);
+        let sent = stack.send(id, &c.out);
+        debug_assert_eq!(sent, Ok(c.out.len()));
+        used == queued
+    }
+}
