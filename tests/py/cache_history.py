@@ -30,6 +30,7 @@ GET must not return less than an INCR that ended before it started returned, nor
 INCRs that started before it ended could have made.
 """
 
+import bisect
 import json
 import random
 import shlex
@@ -133,7 +134,7 @@ def worker(host, port, wid, seconds, relay_argv):
     out = sys.stdout
     end = time.monotonic() + float(seconds)
     seq = 0
-    rnd = random.Random(wid * 7919 + int(time.time()))
+    rnd = random.Random("%s:%d" % (wid, time.time_ns()))
     while time.monotonic() < end:
         seq += 1
         val = "%s:%d" % (wid, seq)
@@ -201,6 +202,23 @@ def relay_main(host, port):
         print(json.dumps(c.call(*words)), flush=True)
 
 
+class PrefixMax:
+    """max(value) over the items whose sort key is below a bound, for many bounds."""
+
+    def __init__(self, items):
+        items = sorted(items)
+        self.keys = [k for k, _ in items]
+        self.maxes = []
+        m = None
+        for _, v in items:
+            m = v if m is None or v > m else m
+            self.maxes.append(m)
+
+    def below(self, bound, default):
+        i = bisect.bisect_left(self.keys, bound)
+        return self.maxes[i - 1] if i > 0 else default
+
+
 def check(files):
     recs = []
     for f in files:
@@ -227,19 +245,33 @@ def check(files):
             writes.setdefault(key, []).append((t0, t1, None, None))
         elif op == "incr":
             incrs.setdefault(key, []).append((t0, t1, res))
-    bad = []
     slack = EXPIRY_SLACK * 1_000_000
+    # Per key: the latest start among writes (any) that ended before t; among SETs alone; the
+    # latest end among deletes/expiries that began before t.
+    any_write = {k: PrefixMax([(b, a) for a, b, _, _ in ws]) for k, ws in writes.items()}
+    sets = {k: PrefixMax([(b, a) for a, b, v, _ in ws if v is not None]) for k, ws in writes.items()}
+    gone = {}
+    for k, ws in writes.items():
+        g = [(-1, -1)]
+        for a, b, val, ttl in ws:
+            if val is None:
+                g.append((a, b))
+            elif ttl is not None:
+                g.append((a + ttl * 1_000_000 - slack, b + ttl * 1_000_000 + slack))
+        gone[k] = PrefixMax(g)
+    incr_done = {k: PrefixMax([(b, n) for a, b, n in v]) for k, v in incrs.items()}
+    incr_started = {k: PrefixMax([(a, n) for a, b, n in v]) for k, v in incrs.items()}
+    empty = PrefixMax([])
+    bad = []
     for t0, t1, wid, key, res in reads:
         if key in COUNTERS:
-            ins = incrs.get(key, [])
-            floor = max([n for (a, b, n) in ins if b < t0], default=0)
-            ceil = max([n for (a, b, n) in ins if a < t1], default=0)
+            floor = incr_done.get(key, empty).below(t0, 0)
+            ceil = incr_started.get(key, empty).below(t1, 0)
             got = 0 if res is None else int(res)
             if got < floor or got > ceil:
                 bad.append("%s read %s=%s in [%d, %d]: counters allow %d..%d"
                            % (wid, key, res, t0, t1, floor, ceil))
             continue
-        ws = writes.get(key, [])
         if res is not None:
             w = values.get((key, res))
             if w is None:
@@ -250,36 +282,23 @@ def check(files):
                 bad.append("%s read %s=%r in [%d, %d] before its write began at %d"
                            % (wid, key, res, t0, t1, wt0))
                 continue
-            later = [x for x in ws if x[0] > wt1 and x[1] < t0]
-            if later:
-                x = later[0]
-                bad.append("%s read %s=%r in [%d, %d], but write %r in [%d, %d] after its write "
-                           "[%d, %d] ended before the read began (stale by %.3f ms)"
-                           % (wid, key, res, t0, t1, x[2], x[0], x[1], wt0, wt1,
-                              (t0 - x[1]) / 1e6))
+            latest = any_write[key].below(t0, -1)
+            if latest > wt1:
+                bad.append("%s read %s=%r in [%d, %d], but a write of the key began at %d, after "
+                           "this value's write [%d, %d] ended, and ended before the read began"
+                           % (wid, key, res, t0, t1, latest, wt0, wt1))
                 continue
             if ttl is not None and t0 > wt1 + ttl * 1_000_000 + slack:
                 bad.append("%s read %s=%r in [%d, %d], expired at the latest at %d (stale by %.3f ms)"
                            % (wid, key, res, t0, t1, wt1 + ttl * 1_000_000,
                               (t0 - wt1 - ttl * 1_000_000) / 1e6))
             continue
-        # nil: some delete, expiry or the start, not followed by a write that ended before the read.
-        gone = [(-1, -1)]
-        for a, b, val, ttl in ws:
-            if val is None:
-                gone.append((a, b))
-            elif ttl is not None:
-                gone.append((a + ttl * 1_000_000 - slack, b + ttl * 1_000_000 + slack))
-        ok = False
-        for a, b in gone:
-            if a >= t1:
-                continue
-            if not any(x[2] is not None and x[0] > b and x[1] < t0 for x in ws):
-                ok = True
-                break
-        if not ok:
-            bad.append("%s read %s=nil in [%d, %d], but a write had made it exist"
-                       % (wid, key, t0, t1))
+        # nil: some delete, expiry or the start began before the read ended, and no SET began
+        # after it ended and ended before the read began.
+        last_set = sets.get(key, empty).below(t0, -2)
+        if gone.get(key, PrefixMax([(-1, -1)])).below(t1, -2) < last_set:
+            bad.append("%s read %s=nil in [%d, %d], but a SET that began at %d had made it exist"
+                       % (wid, key, t0, t1, last_set))
     for line in bad[:20]:
         print("VIOLATION:", line)
     nw = sum(len(v) for v in writes.values()) + sum(len(v) for v in incrs.values())

@@ -108,3 +108,95 @@ fn hot_gets_are_answered_by_the_cache() {
     );
     let _ = Duration::ZERO;
 }
+
+/// How long the history runs (`MTCP_CACHE_HISTORY_SECS`, 60 by default).
+fn history_secs() -> u64 {
+    std::env::var("MTCP_CACHE_HISTORY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
+}
+
+/// Runs the workers of a history against `bed` for `secs` seconds: 4 through the stack, 2
+/// through the kernel side, 1 writing through the kernel side and reading each key it wrote
+/// through the stack. Then `cache_history.py check` on their records: its status and output.
+fn history(bed: &RedisBed, secs: u64) -> (bool, String) {
+    let py = py_file("cache_history.py");
+    let port = bed.port.to_string();
+    let secs = secs.to_string();
+    let mut children = Vec::new();
+    let mut files = Vec::new();
+    let mut spawn = |mut cmd: Command, name: &str| {
+        let path = bed.dir.path().join(format!("{name}.jsonl"));
+        let file = std::fs::File::create(&path).expect("record file");
+        cmd.stdout(file).stdin(Stdio::null());
+        children.push((name.to_string(), cmd.spawn().expect("worker starts")));
+        files.push(path);
+    };
+    for i in 0..4 {
+        let mut c = bed.ns.command("timeout");
+        c.args(["600", "python3", &py, "worker", &bed.addr(), &port])
+            .arg(format!("s{i}"))
+            .arg(&secs);
+        spawn(c, &format!("s{i}"));
+    }
+    for i in 0..2 {
+        let mut c = Command::new("timeout");
+        c.args(["600", "python3", &py, "worker", "127.0.0.1", &port])
+            .arg(format!("k{i}"))
+            .arg(&secs);
+        spawn(c, &format!("k{i}"));
+    }
+    let mut c = Command::new("timeout");
+    c.args([
+        "600",
+        "python3",
+        &py,
+        "worker",
+        "127.0.0.1",
+        &port,
+        "w",
+        &secs,
+    ])
+    .args(relay_argv(bed));
+    spawn(c, "w");
+    for (name, mut child) in children {
+        let st = child.wait().expect("worker ends");
+        assert!(st.success(), "worker {name} failed: {st}");
+    }
+    let out = Command::new("python3")
+        .arg(&py)
+        .arg("check")
+        .args(&files)
+        .output()
+        .expect("checker runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Concurrent GET/SET/DEL/SET PX/INCR/MULTI/EVAL on six keys through the stack and through
+/// the kernel side: every read is one Redis could have returned, while the cache answers
+/// many of them.
+#[test]
+fn every_read_of_a_concurrent_history_is_one_redis_could_have_returned() {
+    let mut bed = cache_bed(&[]);
+    let (ok, text) = history(&bed, history_secs());
+    let hits = counter(&bed, "hits");
+    eprintln!("{text}: {hits} cache hits");
+    assert!(ok, "{text}\n{}", bed.diagnostics());
+    assert!(
+        hits > 0,
+        "the cache answered nothing\n{}",
+        mtcp_tests::redis::stats_text(bed.server.pid())
+    );
+}
+
+/// The same history with invalidations applied one reply late: the checker says so.
+#[test]
+fn the_history_checker_catches_a_cache_one_reply_late() {
+    let bed = cache_bed(&[("MTCP_REDIS_CACHE_FAULT", "late")]);
+    let (ok, text) = history(&bed, 10);
+    eprintln!("{text}");
+    assert!(!ok && text.contains("VIOLATION"), "{text}");
+}
