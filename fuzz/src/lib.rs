@@ -7,14 +7,19 @@
 //!   them. Checks that nothing panics and that every frame the stack sends is well formed.
 //! - [`config`]: the MTCP_* variables through the configuration parser. Checks that nothing
 //!   panics and that an accepted device cannot add arguments of its own to DPDK's command line.
+//! - [`resp`]: RESP through the Redis cache's parsers and through a cache whose connection is
+//!   up (client requests, Redis's replies and invalidations). Checks that nothing panics and
+//!   that the cache answers only whole GET requests.
 
 #![deny(unsafe_code)]
 
 mod config;
 mod frames;
+mod resp;
 
 pub use config::config;
 pub use frames::frames;
+pub use resp::resp;
 
 /// Reads an input front to back; past its end every read is zero.
 struct Input<'a> {

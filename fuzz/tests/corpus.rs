@@ -29,6 +29,11 @@ fn frames_corpus_replays() {
 }
 
 #[test]
+fn resp_corpus_replays() {
+    replay("resp", mtcp_fuzz::resp);
+}
+
+#[test]
 fn config_corpus_replays() {
     replay("config", mtcp_fuzz::config);
 }

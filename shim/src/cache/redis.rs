@@ -682,3 +682,302 @@ impl Responder for RedisCache {
         matches!(self.link, Link::Ready { .. }) && !self.link_restart
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel side of the cache's connection, played by the test: what the cache sent,
+    /// what it will receive through the kernel (the handshake's replies), what it said.
+    #[derive(Default)]
+    struct Io {
+        sent: Vec<u8>,
+        incoming: Vec<u8>,
+        said: Vec<String>,
+        closed: Vec<i32>,
+        refuse: Option<i32>,
+    }
+
+    impl ControlIo for Io {
+        fn connect(&mut self, _port: u16) -> Result<i32, i32> {
+            self.refuse.map_or(Ok(7), Err)
+        }
+        fn send(&mut self, _fd: i32, bytes: &[u8]) -> Result<usize, i32> {
+            self.sent.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn recv(&mut self, _fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
+            if self.incoming.is_empty() {
+                return Err(libc::EAGAIN);
+            }
+            let n = buf.len().min(self.incoming.len());
+            buf[..n].copy_from_slice(&self.incoming[..n]);
+            self.incoming.drain(..n);
+            Ok(n)
+        }
+        fn close(&mut self, fd: i32) {
+            self.closed.push(fd);
+        }
+        fn say(&mut self, msg: &str) {
+            self.said.push(msg.to_string());
+        }
+    }
+
+    const HANDSHAKE_REPLIES: &[u8] = b"%1\r\n$5\r\nproto\r\n:3\r\n+OK\r\n\
+        %1\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n+OK\r\n";
+
+    fn get(key: &str) -> Vec<u8> {
+        let mut v = Vec::new();
+        resp::encode(&mut v, &[b"GET", key.as_bytes()]);
+        v
+    }
+
+    fn req(args: &[&str]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+        resp::encode(&mut v, &a);
+        v
+    }
+
+    fn push(keys: &[&str]) -> Vec<u8> {
+        let mut v = format!(">2\r\n$10\r\ninvalidate\r\n*{}\r\n", keys.len()).into_bytes();
+        for k in keys {
+            v.extend_from_slice(format!("${}\r\n{k}\r\n", k.len()).as_bytes());
+        }
+        v
+    }
+
+    /// A cache whose connection is up, with client connection 1 open.
+    fn ready(late: bool) -> (RedisCache, Io) {
+        let mut c = RedisCache::new(1 << 20, late, 0);
+        let mut io = Io {
+            incoming: HANDSHAKE_REPLIES.to_vec(),
+            ..Io::default()
+        };
+        assert_eq!(c.upkeep(&mut io, 6379, 0), Upkeep::Nothing);
+        let sent = String::from_utf8_lossy(&io.sent).into_owned();
+        assert!(
+            sent.contains("HELLO") && sent.contains("TRACKING"),
+            "{sent}"
+        );
+        assert_eq!(c.upkeep(&mut io, 6379, 0), Upkeep::Watch(7));
+        assert!(!c.up());
+        c.watching(&mut io, Some(42), 0);
+        assert!(c.up());
+        io.sent.clear();
+        c.opened(1, 0);
+        (c, io)
+    }
+
+    /// Answers `input` on connection 1 at `now`: (bytes used, replies).
+    fn answer(c: &mut RedisCache, input: &[u8], now: UnixMs) -> (usize, Vec<u8>) {
+        let mut out = Vec::new();
+        let n = c.answer(1, input, &mut out, 1 << 20, now);
+        (n, out)
+    }
+
+    /// Misses `key`, sends its fill and takes Redis's replies to it (`value`, `ttl`).
+    fn fill(c: &mut RedisCache, io: &mut Io, key: &str, value: &str, ttl: i64, now: UnixMs) {
+        assert_eq!(answer(c, &get(key), now).0, 0);
+        c.upkeep(io, 6379, now);
+        let mut want = req(&["GET", key]);
+        want.extend(req(&["PEXPIRETIME", key]));
+        assert_eq!(io.sent, want);
+        io.sent.clear();
+        c.control_output(
+            format!("${}\r\n{value}\r\n:{ttl}\r\n", value.len()).as_bytes(),
+            now,
+        );
+    }
+
+    #[test]
+    fn a_miss_fills_and_the_next_get_is_answered_until_invalidated() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 1);
+        let two = [get("k"), get("k"), get("other")].concat();
+        let (n, out) = answer(&mut c, &two, 2);
+        assert_eq!(n, 2 * get("k").len(), "two hits, then a miss");
+        assert_eq!(out, b"$1\r\nv\r\n$1\r\nv\r\n");
+        assert_eq!(
+            (c.stats().hits, c.stats().fills, c.stats().entries),
+            (2, 1, 1)
+        );
+        c.control_output(&push(&["k"]), 3);
+        assert_eq!(answer(&mut c, &get("k"), 3).0, 0);
+        assert_eq!(c.stats().invalidations, 1);
+    }
+
+    #[test]
+    fn an_invalidation_while_a_fill_is_on_its_way_discards_it() {
+        let (mut c, mut io) = ready(false);
+        assert_eq!(answer(&mut c, &get("k"), 1).0, 0);
+        c.upkeep(&mut io, 6379, 1);
+        // The key changed after the fill was sent: its reply may hold either value.
+        let mut bytes = push(&["k"]);
+        bytes.extend_from_slice(b"$1\r\nv\r\n:-1\r\n");
+        c.control_output(&bytes, 2);
+        assert_eq!(answer(&mut c, &get("k"), 3).0, 0);
+        assert_eq!(c.stats().fills, 0);
+    }
+
+    #[test]
+    fn an_invalidation_right_after_the_fill_reply_removes_the_entry() {
+        let (mut c, mut io) = ready(false);
+        assert_eq!(answer(&mut c, &get("k"), 1).0, 0);
+        c.upkeep(&mut io, 6379, 1);
+        let mut bytes = b"$1\r\nv\r\n:-1\r\n".to_vec();
+        bytes.extend(push(&["k"]));
+        c.control_output(&bytes, 2);
+        assert_eq!(answer(&mut c, &get("k"), 3).0, 0);
+    }
+
+    #[test]
+    fn a_flush_invalidates_everything() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "a", "1", -1, 1);
+        fill(&mut c, &mut io, "b", "2", -1, 1);
+        assert_eq!(c.stats().entries, 2);
+        c.control_output(b">2\r\n$10\r\ninvalidate\r\n_\r\n", 2);
+        assert_eq!(c.stats().entries, 0);
+        assert_eq!(c.stats().flushes, 1);
+    }
+
+    #[test]
+    fn missing_keys_are_cached_as_nil_and_keys_with_a_ttl_until_just_before_it() {
+        let (mut c, mut io) = ready(false);
+        assert_eq!(answer(&mut c, &get("none"), 1).0, 0);
+        c.upkeep(&mut io, 6379, 1);
+        io.sent.clear();
+        c.control_output(b"_\r\n:-2\r\n", 1);
+        assert_eq!(answer(&mut c, &get("none"), 2).1, b"$-1\r\n");
+        fill(&mut c, &mut io, "t", "v", 100, 1);
+        assert_eq!(answer(&mut c, &get("t"), 98).1, b"$1\r\nv\r\n");
+        assert_eq!(answer(&mut c, &get("t"), 99).0, 0, "expires at 100");
+    }
+
+    #[test]
+    fn redis_sees_a_request_of_each_connection_and_key_every_500_ms() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        assert!(answer(&mut c, &get("k"), 100).0 > 0);
+        // The connection has not been read by Redis since 0.
+        assert_eq!(answer(&mut c, &get("k"), SEEN_EVERY_MS).0, 0);
+        c.app_read(1, &get("k"), SEEN_EVERY_MS);
+        assert!(answer(&mut c, &get("k"), SEEN_EVERY_MS + 1).0 > 0);
+        // The key: last seen by Redis at the request let through at SEEN_EVERY_MS.
+        c.app_read(1, &get("k"), 2 * SEEN_EVERY_MS);
+        assert!(answer(&mut c, &get("k"), 2 * SEEN_EVERY_MS - 1).0 > 0);
+        assert_eq!(answer(&mut c, &get("k"), 2 * SEEN_EVERY_MS).0, 0);
+    }
+
+    #[test]
+    fn connections_in_states_the_cache_cannot_answer_exactly_are_left_to_redis() {
+        let cases: [(&[&str], Option<Aside>); 9] = [
+            (&["SELECT", "1"], Some(Aside::Db)),
+            (&["HELLO", "3"], Some(Aside::Protocol)),
+            (&["HELLO", "2", "AUTH", "u", "p"], Some(Aside::Auth)),
+            (&["AUTH", "pw"], Some(Aside::Auth)),
+            (&["CLIENT", "REPLY", "OFF"], Some(Aside::Mode)),
+            (&["SUBSCRIBE", "ch"], Some(Aside::Mode)),
+            (&["BLPOP", "l", "0"], Some(Aside::Blocking)),
+            (&["MULTI"], None),
+            (&["SELECT", "0"], None),
+        ];
+        for (cmd, why) in cases {
+            let (mut c, mut io) = ready(false);
+            fill(&mut c, &mut io, "k", "v", -1, 0);
+            c.app_read(1, &req(cmd), 1);
+            let answered = answer(&mut c, &get("k"), 2).0 > 0;
+            let want = cmd == ["SELECT", "0"];
+            assert_eq!(answered, want, "after {cmd:?}");
+            if let Some(why) = why {
+                assert_eq!(c.stats().aside[why as usize], 1, "{cmd:?}");
+            }
+        }
+        // A transaction ends with EXEC.
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.app_read(1, &req(&["MULTI"]), 1);
+        c.app_read(1, &req(&["EXEC"]), 1);
+        assert!(answer(&mut c, &get("k"), 2).0 > 0);
+        // Half a request read by Redis: what follows it is not the next request.
+        let g = get("k");
+        c.app_read(1, &g[..5], 3);
+        assert_eq!(answer(&mut c, &g, 4).0, 0);
+        c.app_read(1, &g[5..], 5);
+        assert!(answer(&mut c, &g, 6).0 > 0);
+        // Output waiting in Redis for the connection.
+        c.app_backlog(1, true);
+        assert_eq!(answer(&mut c, &g, 7).0, 0);
+    }
+
+    #[test]
+    fn nobody_is_answered_during_client_pause_or_while_a_monitor_watches() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.opened(2, 0);
+        c.app_read(2, &req(&["CLIENT", "PAUSE", "100"]), 10);
+        assert_eq!(answer(&mut c, &get("k"), 50).0, 0);
+        assert!(answer(&mut c, &get("k"), 112).0 > 0);
+        c.app_read(2, &req(&["MONITOR"]), 120);
+        assert_eq!(answer(&mut c, &get("k"), 130).0, 0);
+        c.closed(2);
+        assert!(answer(&mut c, &get("k"), 140).0 > 0);
+    }
+
+    #[test]
+    fn swapdb_empties_the_cache() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.app_read(1, &req(&["SWAPDB", "0", "1"]), 1);
+        assert_eq!(c.stats().entries, 0);
+    }
+
+    #[test]
+    fn a_redis_that_asks_for_a_password_leaves_the_cache_off_said_once() {
+        let mut c = RedisCache::new(1 << 20, false, 0);
+        let mut io = Io {
+            incoming: b"-NOAUTH HELLO must be called with the client already authenticated\r\n"
+                .to_vec(),
+            ..Io::default()
+        };
+        c.upkeep(&mut io, 6379, 0);
+        c.upkeep(&mut io, 6379, 0);
+        assert!(!c.up());
+        assert_eq!(io.said.len(), 1, "{:?}", io.said);
+        assert!(io.said[0].contains("password"), "{:?}", io.said);
+        c.upkeep(&mut io, 6379, 10_000);
+        assert_eq!(io.said.len(), 1);
+        let mut io = Io {
+            refuse: Some(libc::ECONNREFUSED),
+            ..Io::default()
+        };
+        let mut c = RedisCache::new(1 << 20, false, 0);
+        c.upkeep(&mut io, 6379, 0);
+        assert!(io.said[0].contains("127.0.0.1:6379"), "{:?}", io.said);
+    }
+
+    #[test]
+    fn a_lost_connection_empties_the_cache_and_is_made_again() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.control_closed(&mut io, 10);
+        assert!(!c.up());
+        assert_eq!(c.stats().entries, 0);
+        assert_eq!(io.closed, [7]);
+        io.incoming = HANDSHAKE_REPLIES.to_vec();
+        c.upkeep(&mut io, 6379, 10 + RETRY_MS - 1);
+        assert!(io.sent.is_empty(), "not before {RETRY_MS} ms");
+        c.upkeep(&mut io, 6379, 10 + RETRY_MS);
+        assert_eq!(c.upkeep(&mut io, 6379, 10 + RETRY_MS), Upkeep::Watch(7));
+    }
+
+    #[test]
+    fn with_the_late_fault_an_invalidated_entry_is_answered_once_more() {
+        let (mut c, mut io) = ready(true);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.control_output(&push(&["k"]), 1);
+        assert!(answer(&mut c, &get("k"), 2).0 > 0);
+        assert_eq!(answer(&mut c, &get("k"), 3).0, 0);
+    }
+}

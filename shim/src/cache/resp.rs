@@ -265,10 +265,10 @@ pub fn elements(buf: &[u8]) -> Result<Option<Vec<(usize, usize)>>, Malformed> {
     let Some((head, mut at)) = line(buf, 0)? else {
         return Ok(None);
     };
-    if !matches!(head[0], b'*' | b'>' | b'~') {
+    let (b'*' | b'>' | b'~', count) = head.split_first().ok_or(Malformed)? else {
         return Err(Malformed);
-    }
-    let n = int(&head[1..]).ok_or(Malformed)?;
+    };
+    let n = int(count).ok_or(Malformed)?;
     let mut v = Vec::with_capacity(n.clamp(0, 64) as usize);
     for _ in 0..n.max(0) {
         let Some(end) = skip(buf, at, 1)? else {
@@ -456,6 +456,9 @@ mod tests {
             Ok(Some(16))
         );
         assert!(reply(b"?\r\n").is_err());
+        // An empty line (found by fuzzing: `elements` indexed its first byte).
+        assert_eq!(elements(b"\r\n:-1\r\n"), Err(Malformed));
+        assert!(reply(b"\r\n").is_err());
         assert!(reply(b"$3\r\nbarxx").is_err());
     }
 
