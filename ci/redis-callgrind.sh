@@ -15,7 +15,7 @@
 #
 # Output: $OUT/callgrind-PATH.txt and the raw $OUT/callgrind-PATH.out (callgrind_annotate,
 # kcachegrind). Environment: N (default 20000), OUT (default bench-out), PATHS (default
-# "kernel af_packet"), BENCH (redis-benchmark's options, default "-c 50 -t get"; e.g.
+# "kernel af_packet"; af_packet-cache: af_packet with the GET cache, MTCP_REDIS_CACHE=64M), BENCH (redis-benchmark's options, default "-c 50 -t get"; e.g.
 # "-c 50 -t lrange_100 -d 1024", where each of the N LRANGEs comes after one of N LPUSHes,
 # so "per request" is per LPUSH+LRANGE pair), SKIP_BUILD=1, CARGO_TARGET_DIR.
 
@@ -48,10 +48,11 @@ for path in $PATHS; do
     env=()
     case $path in
     kernel) setup_end "$SRV" "$sif" "$NET.2/24" || exit 1 ;;
-    af_packet)
+    af_packet | af_packet-cache)
         setup_end "$SRV" "$sif" || exit 1
         env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="af_packet:$sif" MTCP_ADDR="$NET.2/24"
             MTCP_HUGEPAGES=no MTCP_SPIN_US=0)
+        [[ $path == af_packet-cache ]] && env+=(MTCP_REDIS_CACHE=64M)
         ;;
     *) echo "$NAME: unknown path $path" >&2; exit 2 ;;
     esac

@@ -1077,11 +1077,18 @@ mod tests {
         assert!(cfg(&[]).unwrap().tx_defer);
         assert_eq!(cfg(&[]).unwrap().redis_cache, 0);
         assert_eq!(cfg(&[("MTCP_REDIS_CACHE", "0")]).unwrap().redis_cache, 0);
-        assert_eq!(cfg(&[("MTCP_REDIS_CACHE", "64M")]).unwrap().redis_cache, 64 << 20);
+        assert_eq!(
+            cfg(&[("MTCP_REDIS_CACHE", "64M")]).unwrap().redis_cache,
+            64 << 20
+        );
         let e = cfg(&[("MTCP_REDIS_CACHE", "64X")]).unwrap_err();
         assert_eq!(e.var, "MTCP_REDIS_CACHE");
         assert!(cfg(&[("MTCP_REDIS_CACHE", "1K")]).is_err(), "below 1 MiB");
-        assert!(cfg(&[("MTCP_REDIS_CACHE_FAULT", "late")]).unwrap().cache_fault_late);
+        assert!(
+            cfg(&[("MTCP_REDIS_CACHE_FAULT", "late")])
+                .unwrap()
+                .cache_fault_late
+        );
         assert!(cfg(&[("MTCP_REDIS_CACHE_FAULT", "early")]).is_err());
         assert!(!cfg(&[("MTCP_TX_DEFER", "off")]).unwrap().tx_defer);
     }

@@ -222,6 +222,11 @@ impl EpollSet {
         true
     }
 
+    /// The keys of the entries queued as ready (maybe stale), in report order.
+    pub fn queued_keys(&self) -> impl Iterator<Item = i32> + '_ {
+        self.ready.iter().map(|&(k, _)| k)
+    }
+
     /// Whether entries are queued as ready (maybe stale: a wait looks at each again).
     pub fn has_queued(&self) -> bool {
         !self.ready.is_empty()

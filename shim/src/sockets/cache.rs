@@ -28,6 +28,8 @@ pub struct Cache {
     port: Option<u16>,
     input: Vec<u8>,
     out: Vec<u8>,
+    /// The fds a pass offers.
+    fds: Vec<i32>,
 }
 
 impl Cache {
@@ -43,6 +45,7 @@ impl Cache {
             port: None,
             input: Vec::new(),
             out: Vec::new(),
+            fds: Vec::new(),
         })
     }
 }
@@ -174,8 +177,38 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
+    /// Offers the connections queued as ready in epoll set `epfd` to the cache; transmits the
+    /// replies.
+    pub(super) fn cache_answer_queued(&mut self, epfd: libc::c_int) {
+        let Some(mut c) = self.cache.take() else {
+            return;
+        };
+        let mut fds = std::mem::take(&mut c.fds);
+        fds.clear();
+        if let Some(Obj::Epoll { set, .. }) = self.obj_ref(epfd) {
+            fds.extend(set.queued_keys());
+        }
+        let mut answered = false;
+        for &fd in &fds {
+            let Some(i) = self.index_of(fd) else { continue };
+            if let Some(Some(Entry {
+                obj: Obj::Conn { id, .. },
+                ..
+            })) = self.objs.get(i as usize)
+            {
+                let id = *id;
+                answered |= self.answer_with(&mut c, id, i);
+            }
+        }
+        c.fds = fds;
+        self.cache = Some(c);
+        if answered {
+            self.flush();
+        }
+    }
+
     /// Offers connection `id` (entry `i`), which received data, to the cache. Returns whether
-    /// the cache answered all of what was waiting (the application has nothing to read).
+    /// it answered anything (its replies are queued, not sent).
     pub(super) fn cache_answer(&mut self, id: ConnId, i: u32) -> bool {
         let Some(mut c) = self.cache.take() else {
             return false;
@@ -229,6 +262,6 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let _ = stack.recv(id, &mut c.input[..used]);
         let sent = stack.send(id, &c.out);
         debug_assert_eq!(sent, Ok(c.out.len()));
-        used == queued
+        true
     }
 }

@@ -120,6 +120,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         self.answering = answering;
         let work = self.pump();
+        if answering {
+            // Requests that came in polls the cache could not answer in (the application's
+            // own reads poll the stack) and wait in the set as readable.
+            self.cache_answer_queued(epfd);
+        }
         self.answering = false;
         if !self.nested.is_empty() {
             self.check_nested();

@@ -616,6 +616,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     if let Some(&i) = self.conn_fd.get(&id) {
                         if self.answering && r.readable && self.cache_answer(id, i) {
                             answered = true;
+                            // What is left for the application to read (maybe nothing).
                             match self.stack.as_ref().map(|st| st.readiness(id)) {
                                 Some(Ok(now)) => r = now,
                                 _ => continue,
