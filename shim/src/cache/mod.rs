@@ -99,6 +99,9 @@ impl Aside {
     pub const COUNT: usize = 6;
 }
 
+/// How many bytes of a connection's data [`Responder::may_answer`] looks at.
+pub const HEAD: usize = 16;
+
 /// The kernel calls a cache's own connection needs, made by the runtime.
 pub trait ControlIo {
     /// A non-blocking TCP connection to 127.0.0.1:`port`, started: its fd.
@@ -135,6 +138,9 @@ pub trait Responder: Send {
     /// The application wrote to `conn` and not all of it was taken (`blocked`: it has output
     /// waiting), or took all of it again.
     fn app_backlog(&mut self, conn: u64, blocked: bool);
+    /// Whether [`Responder::answer`] could answer anything on `conn` whose received data
+    /// starts with `head` (at most [`HEAD`] bytes): a cheap look before the data is copied.
+    fn may_answer(&self, conn: u64, head: &[u8]) -> bool;
     /// The application is between two iterations of its event loop and executes nothing:
     /// answers what it can from the front of `input` (bytes `conn` received that the
     /// application has not read), appending the replies to `out` (at most `room` bytes);

@@ -256,7 +256,12 @@ impl RedisCache {
         } else if is(b"SWAPDB") {
             // Redis sends no invalidation for SWAPDB (its tracking keys are not per database).
             self.flush();
-        } else if is(b"CONFIG") && c.arg_is(buf, 1, b"SET") || is(b"ACL") {
+        } else if is(b"CONFIG") && c.arg_is(buf, 1, b"SET")
+            || is(b"ACL")
+                && [&b"SETUSER"[..], b"DELUSER", b"LOAD"]
+                    .iter()
+                    .any(|s| c.arg_is(buf, 1, s))
+        {
             // Settings the handshake checked (maxmemory-policy), or the users' rules, may
             // have changed: connect again and check again.
             self.link_restart = true;
@@ -530,6 +535,17 @@ impl Responder for RedisCache {
         if let Some(t) = self.conns.get_mut(&conn) {
             t.backlog = blocked;
         }
+    }
+
+    fn may_answer(&self, conn: u64, head: &[u8]) -> bool {
+        let looks_like_get = head.len() >= 11
+            && head.starts_with(b"*2\r\n$3\r\n")
+            && head[8..11].eq_ignore_ascii_case(b"GET");
+        looks_like_get
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|t| !(t.aside || t.multi || t.backlog || !t.partial.is_empty()))
     }
 
     fn answer(

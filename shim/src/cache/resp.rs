@@ -162,11 +162,47 @@ fn get_request(buf: &[u8]) -> Option<Cmd> {
     })
 }
 
+/// The number on the line starting at `at`, after its type byte, read as [`int`] reads it, in
+/// one pass: `(value, where the next line starts)`. `Ok(None)`: the line is not complete.
+/// (Junk before the line's end is malformed at once, where Redis waits for the CR to say so.)
+#[inline]
+fn number_line(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, Malformed> {
+    let mut i = at + 1;
+    let neg = buf.get(i) == Some(&b'-');
+    if neg {
+        i += 1;
+    }
+    let start = i;
+    let mut v: i64 = 0;
+    loop {
+        match buf.get(i) {
+            None => return Ok(None),
+            Some(b'\r') => break,
+            Some(&d) if d.is_ascii_digit() && i - start < 19 => {
+                v = v
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(i64::from(d - b'0')))
+                    .ok_or(Malformed)?;
+                i += 1;
+            }
+            Some(_) => return Err(Malformed),
+        }
+    }
+    let digits = i - start;
+    if digits == 0 || (digits > 1 && buf[start] == b'0') || (neg && v == 0) {
+        return Err(Malformed);
+    }
+    match buf.get(i + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((if neg { -v } else { v }, i + 2))),
+        Some(_) => Err(Malformed),
+    }
+}
+
 fn multibulk(buf: &[u8]) -> Result<Parsed, Malformed> {
-    let Some((head, mut at)) = line(buf, 0)? else {
+    let Some((n, mut at)) = number_line(buf, 0)? else {
         return Ok(Parsed::Partial);
     };
-    let n = int(&head[1..]).ok_or(Malformed)?;
     if n > MAX_MULTIBULK {
         return Err(Malformed);
     }
@@ -177,13 +213,14 @@ fn multibulk(buf: &[u8]) -> Result<Parsed, Malformed> {
         inline: false,
     };
     for i in 0..cmd.argc {
-        let Some((h, data)) = line(buf, at)? else {
+        match buf.get(at) {
+            None => return Ok(Parsed::Partial),
+            Some(b'$') => {}
+            Some(_) => return Err(Malformed),
+        }
+        let Some((len, data)) = number_line(buf, at)? else {
             return Ok(Parsed::Partial);
         };
-        if h.first() != Some(&b'$') {
-            return Err(Malformed);
-        }
-        let len = int(&h[1..]).ok_or(Malformed)?;
         if !(0..=MAX_BULK).contains(&len) {
             return Err(Malformed);
         }

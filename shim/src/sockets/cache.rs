@@ -4,12 +4,12 @@
 //! - Connections accepted from the stack's listeners are the cache's clients: it follows what
 //!   the application reads from them (`io`), and is told when they close.
 //! - It answers only in a poll made by an epoll_wait of the application's with a timeout other
-//!   than zero (`epoll_pass`, [`Sockets::answering`]): Redis's event loop waiting between
-//!   iterations. A connection that received data is offered to the cache before its
-//!   readiness reaches the epoll sets; what the cache answers is consumed from the
-//!   connection's receive buffer and its replies sent, and the application sees only what
-//!   is left. A connection whose epoll entry asks for EPOLLOUT (the application has output
-//!   waiting for it) is not offered.
+//!   than zero (`epoll_pass`): Redis's event loop waiting between
+//!   iterations. After that wait's poll, the connections queued as readable in the set are
+//!   offered to the cache before the set reports them; what the cache answers is consumed
+//!   from the connection's receive buffer and its replies sent, and the application sees only
+//!   what is left. A connection whose epoll entry asks for EPOLLOUT (the application has
+//!   output waiting for it) is not offered.
 //! - The cache's own connection: its upkeep runs at the same points; the application's end,
 //!   once found, becomes an [`Obj::Watch`] of the table, whose writes go to the cache.
 
@@ -19,7 +19,7 @@ use userstack::{Config, ConnId};
 use super::conn::IoTry;
 use super::{Entry, Host, Io, Obj, Sockets};
 use crate::cache::redis::RedisCache;
-use crate::cache::{CacheStats, ControlIo, Responder, UnixMs, Upkeep};
+use crate::cache::{CacheStats, ControlIo, Responder, UnixMs, Upkeep, HEAD};
 
 /// The cache, its port and its buffers.
 pub struct Cache {
@@ -207,18 +207,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
-    /// Offers connection `id` (entry `i`), which received data, to the cache. Returns whether
-    /// it answered anything (its replies are queued, not sent).
-    pub(super) fn cache_answer(&mut self, id: ConnId, i: u32) -> bool {
-        let Some(mut c) = self.cache.take() else {
+    /// Offers connection `id` (entry `i`) to the cache. Returns whether it answered anything
+    /// (its replies are queued, not sent).
+    fn answer_with(&mut self, c: &mut Cache, id: ConnId, i: u32) -> bool {
+        // A look at the first bytes before anything else: most requests that are not answered
+        // cost only this.
+        let Some(stack) = self.stack.as_mut() else {
             return false;
         };
-        let done = self.answer_with(&mut c, id, i);
-        self.cache = Some(c);
-        done
-    }
-
-    fn answer_with(&mut self, c: &mut Cache, id: ConnId, i: u32) -> bool {
+        let mut head = [0u8; HEAD];
+        match stack.peek(id, &mut head) {
+            Ok(n) if c.r.may_answer(key(id), &head[..n]) => {}
+            _ => return false,
+        }
         let Some(Some(Entry {
             obj: Obj::Conn { .. },
             fds,

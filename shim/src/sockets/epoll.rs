@@ -118,14 +118,13 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if answering {
             self.cache_upkeep();
         }
-        self.answering = answering;
         let work = self.pump();
         if answering {
-            // Requests that came in polls the cache could not answer in (the application's
-            // own reads poll the stack) and wait in the set as readable.
+            // Every connection with requests is queued in the set now, also those whose data
+            // came in polls the cache could not answer in (the application's own reads poll
+            // the stack): the cache answers what it can before the set reports them.
             self.cache_answer_queued(epfd);
         }
-        self.answering = false;
         if !self.nested.is_empty() {
             self.check_nested();
         }

@@ -305,8 +305,7 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     refused_v6only: Vec<u16>,
     events: Vec<Event>,
     scratch: Vec<EpollEvent>,
-    /// This poll may let the cache answer (see `cache`).
-    answering: bool,
+
     /// The data-path cache (`MTCP_REDIS_CACHE`), and its buffers.
     cache: Option<cache::Cache>,
 }
@@ -333,7 +332,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         let cache = cfg.as_mut().ok().and_then(cache::Cache::configure);
         Sockets {
             cache,
-            answering: false,
+
             host,
             table,
             cfg,
@@ -609,19 +608,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         stack.take_events(&mut self.events);
         work |= !self.events.is_empty();
         let events = std::mem::take(&mut self.events);
-        let mut answered = false;
         for ev in &events {
             match *ev {
-                Event::Conn(id, mut r) => {
+                Event::Conn(id, r) => {
                     if let Some(&i) = self.conn_fd.get(&id) {
-                        if self.answering && r.readable && self.cache_answer(id, i) {
-                            answered = true;
-                            // What is left for the application to read (maybe nothing).
-                            match self.stack.as_ref().map(|st| st.readiness(id)) {
-                                Some(Ok(now)) => r = now,
-                                _ => continue,
-                            }
-                        }
                         let r = match &self.objs[i as usize] {
                             Some(Entry {
                                 obj: Obj::Conn { opts, .. },
@@ -658,9 +648,6 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             self.wake_waiters();
         }
         self.events = events;
-        if answered {
-            self.flush();
-        }
         work
     }
 
