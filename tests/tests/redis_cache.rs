@@ -200,3 +200,75 @@ fn the_history_checker_catches_a_cache_one_reply_late() {
     eprintln!("{text}");
     assert!(!ok && text.contains("VIOLATION"), "{text}");
 }
+
+/// redis-cli on the host, through the kernel side (127.0.0.1): its stdout, asserting success.
+fn kernel_cli(bed: &RedisBed, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &bed.port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// What clients on the kernel side do that Redis's tracking does not report is followed too:
+/// SWAPDB (the cached database's keys change), CLIENT PAUSE (Redis answers nobody meanwhile)
+/// and MONITOR (it must see every command).
+#[test]
+fn swapdb_pause_and_monitor_through_the_kernel_side_are_followed() {
+    let mut bed = cache_bed(&[]);
+    bed.cli_ok(&["set", "k", "db0"]);
+    kernel_cli(&bed, &["-n", "1", "set", "k", "db1"]);
+    let out = bed.cli_ok(&["-r", "50", "get", "k"]);
+    assert!(out.lines().all(|l| l == "db0"), "{out}");
+    assert!(counter(&bed, "hits") > 0);
+    assert_eq!(kernel_cli(&bed, &["swapdb", "0", "1"]), "OK");
+    assert_eq!(bed.cli_ok(&["get", "k"]).trim(), "db1", "after SWAPDB");
+
+    // A pause: a cached GET waits for its end, as Redis's own would.
+    let _ = bed.cli_ok(&["-r", "20", "get", "k"]);
+    assert_eq!(kernel_cli(&bed, &["client", "pause", "600", "all"]), "OK");
+    let t = std::time::Instant::now();
+    assert_eq!(bed.cli_ok(&["get", "k"]).trim(), "db1");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "a GET during CLIENT PAUSE 600 returned after {waited:?}"
+    );
+
+    // MONITOR through the kernel side sees the GETs made through the stack.
+    let mut monitor = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &bed.port.to_string(), "monitor"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("redis-cli monitor");
+    let mut stdout = std::io::BufReader::new(monitor.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("monitor says OK");
+    let _ = bed.cli_ok(&["-r", "5", "get", "k"]);
+    let mut seen = 0;
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut stdout, &mut line).unwrap_or(0) > 0 {
+            if line.contains("\"get\" \"k\"") {
+                seen += 1;
+                if seen == 5 {
+                    break;
+                }
+            }
+            line.clear();
+        }
+        seen
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let seen = reader.join().unwrap();
+    assert_eq!(seen, 5, "MONITOR saw {seen} of the 5 GETs");
+}

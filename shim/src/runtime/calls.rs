@@ -208,14 +208,14 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
         };
         // A connection on the kernel side: the kernel's accept takes it.
         if kernel && kernel_readable(fd) {
-            return None;
+            return kernel_accept(fd, flags);
         }
         // SAFETY: F_GETFL on the application's socket.
         let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
             // The kernel says EAGAIN for a dual listener; a stack-only one's is ours to say.
             return if kernel {
-                None
+                kernel_accept(fd, flags)
             } else {
                 Some(Err(libc::EAGAIN))
             };
@@ -232,6 +232,41 @@ pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
             Waited::Interrupted => return Some(Err(libc::EINTR)),
         }
     }
+}
+
+/// The kernel side of dual listener `fd` accepts (`flags`: accept4's). `None` (the kernel's
+/// own accept, as the application called it) unless the socket table follows the kernel's
+/// connections (the data-path cache): then the kernel's accept4 here, and the new fd is
+/// followed ([`Sockets::follow`]).
+fn kernel_accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
+    if !with(|s| Some(s.follows_kernel_clients()))? {
+        return None;
+    }
+    // SAFETY: sockaddr_storage is plain data, large enough for any address.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the application's listener; the address buffer and its length are ours.
+    let new = unsafe {
+        libc::accept4(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            flags,
+        )
+    };
+    if new < 0 {
+        return Some(Err(crate::errno::get()));
+    }
+    let Some(peer) = super::control::socket_addr(&ss) else {
+        // Not an IP peer (cannot be, on a TCP listener): the connection is not followed.
+        return Some(Ok((new, SocketAddr::from(([0, 0, 0, 0], 0)))));
+    };
+    with(|s| {
+        s.follow(new);
+        Some(())
+    });
+    FOLLOWING.store(true, std::sync::atomic::Ordering::Relaxed);
+    Some(Ok((new, peer)))
 }
 
 /// Whether the kernel socket `fd` is readable now.
@@ -321,6 +356,11 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
         Io::Write(data) => (data.len(), false, false),
     };
     let write = matches!(op, Io::Write(_));
+    if !write && !peek && FOLLOWING.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(key) = shim().and_then(|s| s.followed(fd)) {
+            return Some(followed_read(fd, key, &mut op, flags));
+        }
+    }
     if flags & libc::MSG_OOB != 0 {
         // No urgent data: the stack keeps it in the stream and sends none.
         if !shim()?.is_conn(fd) {
@@ -403,6 +443,30 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
             }
         }
     }
+}
+
+/// Some connection of the kernel's is followed by the data-path cache (see [`Sockets::follow`]).
+pub(super) static FOLLOWING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A read of a followed connection: the kernel's recv, as the application asked for it
+/// (outside the table's lock: it may block), then what it read to the cache.
+fn followed_read(fd: c_int, key: u64, op: &mut Io<'_>, flags: c_int) -> Result<usize, c_int> {
+    let Io::Read(buf, _) = op else {
+        return Err(libc::EINVAL);
+    };
+    // SAFETY: the application's socket and buffer.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        return Err(crate::errno::get());
+    }
+    let n = n as usize;
+    if n > 0 {
+        if let Some(mut s) = shim() {
+            s.cache_read_followed(key, &buf[..n]);
+        }
+    }
+    Ok(n)
 }
 
 /// recv of one call of the application's (see [`Call`]).

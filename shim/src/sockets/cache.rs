@@ -13,6 +13,7 @@
 //! - The cache's own connection: its upkeep runs at the same points; the application's end,
 //!   once found, becomes an [`Obj::Watch`] of the table, whose writes go to the cache.
 
+use libc::c_int;
 use userstack::link::Link;
 use userstack::{Config, ConnId};
 
@@ -55,6 +56,10 @@ fn key(id: ConnId) -> u64 {
     (u64::from(id.slot) << 32) | u64::from(id.gen)
 }
 
+/// Followed kernel connections are named by their entry's index with this bit (a stack
+/// connection's slot never reaches it).
+const FOLLOWED: u64 = 1 << 63;
+
 /// A stand-in for a host without a cache connection (unit tests): every call fails.
 struct NoControl;
 
@@ -94,8 +99,48 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     }
 
     pub(super) fn cache_closed(&mut self, id: ConnId) {
+        self.cache_closed_key(key(id));
+    }
+
+    pub(super) fn cache_closed_key(&mut self, key: u64) {
         if let Some(c) = self.cache.as_mut() {
-            c.r.closed(key(id));
+            c.r.closed(key);
+        }
+    }
+
+    /// Whether the kernel's connections of dual listeners are to be followed
+    /// ([`Sockets::follow`]): the cache is on.
+    pub fn follows_kernel_clients(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The kernel side of a dual listener accepted `fd`: the cache follows what the application
+    /// reads from it ([`Obj::Follow`]).
+    pub fn follow(&mut self, fd: c_int) {
+        if self.cache.is_none() || self.insert(fd, Obj::Follow).is_err() {
+            return;
+        }
+        if let Some(k) = self.followed(fd) {
+            let now = self.host.unix_ms();
+            if let Some(c) = self.cache.as_mut() {
+                c.r.opened(k, now);
+            }
+        }
+    }
+
+    /// The cache's name for followed connection `fd` (`None`: not one).
+    pub fn followed(&self, fd: c_int) -> Option<u64> {
+        match self.obj_ref(fd) {
+            Some(Obj::Follow) => Some(FOLLOWED | u64::from(self.index_of(fd)?)),
+            _ => None,
+        }
+    }
+
+    /// The application read `bytes` from followed connection `key`.
+    pub fn cache_read_followed(&mut self, key: u64, bytes: &[u8]) {
+        let now = self.host.unix_ms();
+        if let Some(c) = self.cache.as_mut() {
+            c.r.app_read(key, bytes, now);
         }
     }
 
@@ -158,6 +203,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             let (now, io) = self.cache_io();
             if let Upkeep::Watch(ours) = c.r.upkeep(io, port, now) {
                 let theirs = self.host.peer_end(ours);
+                if let Some(key) = theirs.and_then(|fd| self.followed(fd)) {
+                    // Accepted on the kernel side and followed as a client: it is the cache's.
+                    self.cache_closed_key(key);
+                    let _ = self.remove(theirs.unwrap_or(-1));
+                }
                 let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
                 let (now, io) = self.cache_io();
                 c.r.watching(io, watched, now);

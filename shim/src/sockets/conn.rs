@@ -198,7 +198,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 }
                 return Some(Ok(0));
             }
-            Obj::Epoll { .. } | Obj::Watch => return None,
+            Obj::Epoll { .. } | Obj::Watch | Obj::Follow => return None,
         };
         match (level, name) {
             // A congestion control the stack does not have: as Linux fails for one that is not

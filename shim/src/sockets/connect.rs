@@ -46,7 +46,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }) => true,
             Some(Obj::Conn { .. }) => return Some(self.connect_again(fd)),
             Some(Obj::Listener { .. }) => return Some(Err(libc::EISCONN)),
-            Some(Obj::Epoll { .. } | Obj::Watch) => return None,
+            Some(Obj::Epoll { .. } | Obj::Watch | Obj::Follow) => return None,
             None => false,
         };
         let cfg = self.cfg.as_ref().ok()?;

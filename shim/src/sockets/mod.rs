@@ -226,6 +226,11 @@ pub(crate) enum Obj {
     /// socket): what the application writes to it goes to the cache, not the kernel; every
     /// other call is the kernel's.
     Watch,
+    /// A client connection the kernel side of a dual listener accepted, while the data-path
+    /// cache is on: the cache follows what the application reads from it (its requests may
+    /// change what the cache can answer for everyone: SWAPDB, CLIENT PAUSE, MONITOR); every
+    /// call on it is the kernel's.
+    Follow,
     Epoll {
         set: EpollSet,
         /// This set's number among all the sets the table ever had (never reused, unlike
@@ -690,7 +695,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 }
                 Some(r)
             }
-            Obj::Epoll { .. } | Obj::Watch => None,
+            Obj::Epoll { .. } | Obj::Watch | Obj::Follow => None,
         }
     }
 
@@ -828,6 +833,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             Some(Obj::Epoll { .. }) => self.index_of(fd),
             _ => None,
         };
+        let followed = self.followed(fd);
         let Some(last) = self.remove(fd) else {
             return false;
         };
@@ -861,6 +867,11 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         };
         match obj {
             Obj::Watch => self.cache_control_closed(),
+            Obj::Follow => {
+                if let Some(key) = followed {
+                    self.cache_closed_key(key);
+                }
+            }
             Obj::Conn { id, opts, .. } => {
                 self.conn_fd.remove(&id);
                 self.cache_closed(id);
