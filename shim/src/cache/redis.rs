@@ -65,6 +65,8 @@ enum Expect {
     Hello,
     Ok(&'static str),
     Policy,
+    Timeout,
+    Touch,
     Get(Box<[u8]>),
     Ttl(Box<[u8]>),
 }
@@ -115,6 +117,11 @@ pub struct RedisCache {
     /// The connection must be made again (a setting it checked may have changed, or Redis
     /// wrote what the cache could not follow): nothing is answered until it is.
     link_restart: bool,
+    /// Redis closes idle clients (its `timeout` setting is not 0).
+    idle_timeout: bool,
+    /// Keys answered from the cache whose last access Redis has not seen for
+    /// [`SEEN_EVERY_MS`]: the next upkeep sends them in a TOUCH.
+    touch: Vec<Box<[u8]>>,
 }
 
 /// The blocking commands: their reply comes when something happens, not in the loop
@@ -150,6 +157,8 @@ impl RedisCache {
             paused_until: 0,
             late,
             link_restart: false,
+            idle_timeout: false,
+            touch: Vec::new(),
         }
     }
 
@@ -174,6 +183,7 @@ impl RedisCache {
         self.expect.clear();
         self.out.clear();
         self.input.clear();
+        self.touch.clear();
         if self.link != Link::Off {
             self.link = Link::Down {
                 retry: now + RETRY_MS,
@@ -308,7 +318,7 @@ impl RedisCache {
     fn answered(&mut self, e: Expect, r: Got, now: UnixMs) -> Result<(), String> {
         match (e, r) {
             (Expect::Hello, Got::Other(_)) => {}
-            (Expect::Hello | Expect::Ok(_) | Expect::Policy, Got::Error(e)) => {
+            (Expect::Hello | Expect::Ok(_) | Expect::Policy | Expect::Timeout, Got::Error(e)) => {
                 return Err(if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") {
                     "Redis asks its clients for a password, and the cache has none".into()
                 } else {
@@ -317,6 +327,11 @@ impl RedisCache {
             }
             (Expect::Ok(_), Got::Simple(true)) => {}
             (Expect::Ok(what), _) => return Err(format!("Redis did not take {what}")),
+            (Expect::Timeout, Got::Other(raw)) => {
+                // A map of one: `timeout` and its value, in seconds.
+                self.idle_timeout = config_value(&raw).is_some_and(|v| v != b"0");
+            }
+            (Expect::Touch, _) => {}
             (Expect::Policy, Got::Other(raw)) => {
                 if raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lfu")) {
                     return Err(
@@ -410,6 +425,8 @@ impl RedisCache {
         self.expect.push_back(Expect::Ok("CLIENT SETNAME"));
         resp::encode(&mut self.out, &[b"CONFIG", b"GET", b"maxmemory-policy"]);
         self.expect.push_back(Expect::Policy);
+        resp::encode(&mut self.out, &[b"CONFIG", b"GET", b"timeout"]);
+        self.expect.push_back(Expect::Timeout);
         resp::encode(&mut self.out, &[b"CLIENT", b"TRACKING", b"ON"]);
         self.expect.push_back(Expect::Ok("CLIENT TRACKING"));
     }
@@ -452,6 +469,16 @@ enum Got {
     Error(String),
     Simple(bool),
     Other(Vec<u8>),
+}
+
+/// The value in Redis's RESP3 reply to `CONFIG GET name` (a map of one).
+fn config_value(raw: &[u8]) -> Option<&[u8]> {
+    let head = raw.iter().position(|&b| b == b'\n')? + 1;
+    let (_, k) = resp::reply(&raw[head..]).ok()??;
+    match resp::reply(&raw[head + k..]).ok()?? {
+        (Reply::Bulk(v), _) => Some(v),
+        _ => None,
+    }
 }
 
 /// The keys of an invalidation push (`None`: all keys).
@@ -562,7 +589,9 @@ impl Responder for RedisCache {
         if t.aside || t.multi || t.backlog || !t.partial.is_empty() {
             return 0;
         }
-        let conn_seen = now - t.read < SEEN_EVERY_MS;
+        // Under a `timeout`, Redis must see each connection's requests often enough that its
+        // idle time stays true.
+        let conn_seen = !self.idle_timeout || now - t.read < SEEN_EVERY_MS;
         if !self.up() || self.monitors > 0 || now < self.paused_until {
             self.stats.unavailable += 1;
             return 0;
@@ -588,14 +617,19 @@ impl Responder for RedisCache {
                         self.stats.misses += 1;
                         break;
                     }
-                    if !conn_seen || now - e.seen >= SEEN_EVERY_MS {
-                        // Redis sees this one (the connection's or the key's idle time).
-                        e.seen = now;
+                    if !conn_seen {
+                        // Redis sees this one (the connection's idle time).
                         self.stats.misses += 1;
                         break;
                     }
                     if out.len() - start + e.reply.len() > room {
                         break;
+                    }
+                    if now - e.seen >= SEEN_EVERY_MS {
+                        // Redis's idea of the key's last access (OBJECT IDLETIME, LRU
+                        // eviction) is brought up to date by a TOUCH, batched.
+                        e.seen = now;
+                        self.touch.push(key.into());
                     }
                     out.extend_from_slice(&e.reply);
                     if e.doomed {
@@ -650,7 +684,17 @@ impl Responder for RedisCache {
                     }
                 }
             }
-            Link::Ready { fd } => self.send_out(io, fd, now),
+            Link::Ready { fd } => {
+                for keys in self.touch.chunks(512) {
+                    let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+                    args.push(b"TOUCH");
+                    args.extend(keys.iter().map(|k| &k[..]));
+                    resp::encode(&mut self.out, &args);
+                    self.expect.push_back(Expect::Touch);
+                }
+                self.touch.clear();
+                self.send_out(io, fd, now);
+            }
         }
         Upkeep::Nothing
     }
@@ -740,7 +784,8 @@ mod tests {
     }
 
     const HANDSHAKE_REPLIES: &[u8] = b"%1\r\n$5\r\nproto\r\n:3\r\n+OK\r\n\
-        %1\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n+OK\r\n";
+        %1\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n\
+        %1\r\n$7\r\ntimeout\r\n$1\r\n0\r\n+OK\r\n";
 
     fn get(key: &str) -> Vec<u8> {
         let mut v = Vec::new();
@@ -872,18 +917,45 @@ mod tests {
     }
 
     #[test]
-    fn redis_sees_a_request_of_each_connection_and_key_every_500_ms() {
+    fn keys_answered_are_touched_in_redis_every_500_ms() {
         let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        fill(&mut c, &mut io, "j", "w", -1, 0);
+        assert!(answer(&mut c, &get("k"), 100).0 > 0);
+        c.upkeep(&mut io, 6379, 100);
+        assert!(io.sent.is_empty(), "filled at 0: Redis saw the keys then");
+        assert!(answer(&mut c, &[get("k"), get("j")].concat(), SEEN_EVERY_MS).0 > 0);
+        assert!(answer(&mut c, &get("k"), SEEN_EVERY_MS + 1).0 > 0);
+        c.upkeep(&mut io, 6379, SEEN_EVERY_MS + 1);
+        assert_eq!(
+            io.sent,
+            req(&["TOUCH", "k", "j"]),
+            "one TOUCH for both, once"
+        );
+        c.control_output(b":2\r\n", SEEN_EVERY_MS + 2);
+        assert!(c.up());
+    }
+
+    #[test]
+    fn under_a_timeout_redis_sees_a_request_of_each_connection_every_500_ms() {
+        let mut c = RedisCache::new(1 << 20, false, 0);
+        let replies =
+            String::from_utf8_lossy(HANDSHAKE_REPLIES).replace("$1\r\n0\r\n", "$3\r\n300\r\n");
+        let mut io = Io {
+            incoming: replies.into_bytes(),
+            ..Io::default()
+        };
+        c.upkeep(&mut io, 6379, 0);
+        assert_eq!(c.upkeep(&mut io, 6379, 0), Upkeep::Watch(7));
+        c.watching(&mut io, Some(42), 0);
+        io.sent.clear();
+        c.opened(1, 0);
         fill(&mut c, &mut io, "k", "v", -1, 0);
         assert!(answer(&mut c, &get("k"), 100).0 > 0);
         // The connection has not been read by Redis since 0.
         assert_eq!(answer(&mut c, &get("k"), SEEN_EVERY_MS).0, 0);
         c.app_read(1, &get("k"), SEEN_EVERY_MS);
         assert!(answer(&mut c, &get("k"), SEEN_EVERY_MS + 1).0 > 0);
-        // The key: last seen by Redis at the request let through at SEEN_EVERY_MS.
-        c.app_read(1, &get("k"), 2 * SEEN_EVERY_MS);
-        assert!(answer(&mut c, &get("k"), 2 * SEEN_EVERY_MS - 1).0 > 0);
-        assert_eq!(answer(&mut c, &get("k"), 2 * SEEN_EVERY_MS).0, 0);
     }
 
     #[test]
