@@ -81,6 +81,26 @@ fn a_write_through_the_kernel_side_is_seen_by_the_next_get_through_the_stack() {
     );
 }
 
+/// The same with Redis's I/O threads reading and writing the clients (and the cache's
+/// connection).
+#[test]
+fn a_write_is_seen_by_the_next_get_with_io_threads() {
+    let mut bed = RedisBed::new(BedOptions {
+        env: vec![("MTCP_REDIS_CACHE".into(), "16M".into())],
+        args: ["--io-threads", "2", "--io-threads-do-reads", "yes"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let (ok, text) = causal(&bed, 200);
+    assert!(ok, "{text}\n{}", bed.diagnostics());
+    assert!(
+        counter(&bed, "hits") >= 200,
+        "{}",
+        mtcp_tests::redis::stats_text(bed.server.pid())
+    );
+}
+
 /// The same with the cache's invalidations applied one reply late: the check catches it.
 #[test]
 fn a_cache_that_invalidates_one_reply_late_is_caught() {

@@ -138,6 +138,10 @@ pub trait Responder: Send {
     /// The application wrote to `conn` and not all of it was taken (`blocked`: it has output
     /// waiting), or took all of it again.
     fn app_backlog(&mut self, conn: u64, blocked: bool);
+    /// Whether `conn` is worth a look at its received data now (its state allows answering,
+    /// and it is the kind of connection that sends what the cache answers): the cheapest look,
+    /// before any data is touched.
+    fn wants(&self, conn: u64) -> bool;
     /// Whether [`Responder::answer`] could answer anything on `conn` whose received data
     /// starts with `head` (at most [`HEAD`] bytes): a cheap look before the data is copied.
     fn may_answer(&self, conn: u64, head: &[u8]) -> bool;

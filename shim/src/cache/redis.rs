@@ -35,6 +35,9 @@ use super::{Aside, CacheStats, ControlIo, Responder, UnixMs, Upkeep};
 
 /// The longest a connection or a key goes without Redis seeing a request for it.
 pub const SEEN_EVERY_MS: UnixMs = 500;
+/// A connection whose last this many requests held no GET is no longer looked at (its data is
+/// not peeked at in every wait); its next GET that Redis reads makes it looked at again.
+const QUIET_AFTER: u32 = 64;
 /// Fills on their way at most.
 const MAX_FILLS: usize = 256;
 /// How long after losing its connection the cache tries again.
@@ -93,6 +96,9 @@ struct Track {
     backlog: bool,
     /// When Redis last read from it.
     read: UnixMs,
+    /// Requests Redis read from it since its last GET (a connection that sends no GETs is not
+    /// worth a look at its data: see [`Responder::wants`]).
+    since_get: u32,
 }
 
 pub struct RedisCache {
@@ -210,9 +216,6 @@ impl RedisCache {
     fn follow(&mut self, conn: u64, buf: &[u8], c: &resp::Cmd, now: UnixMs) {
         let name = c.arg(buf, 0).unwrap_or_default();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        if is(b"GET") || c.argc == 0 {
-            return;
-        }
         if is(b"SELECT") {
             let db = c
                 .arg(buf, 1)
@@ -459,6 +462,23 @@ impl RedisCache {
     }
 }
 
+/// Whether a request named `name` may change what the cache follows ([`RedisCache::follow`]):
+/// most (GET, SET, ...) cannot, and one look at the name's length and first letter says so.
+#[inline]
+fn followed_name(name: &[u8]) -> bool {
+    matches!(
+        (name.len(), name.first().map(u8::to_ascii_uppercase)),
+        (3, Some(b'A'))
+            | (4, Some(b'A' | b'E' | b'W'))
+            | (5, Some(b'H' | b'M' | b'B' | b'X'))
+            | (6, Some(b'S' | b'C' | b'B'))
+            | (7, Some(b'D' | b'M' | b'W'))
+            | (8, Some(b'B'))
+            | (9, Some(b'S'))
+            | (10, Some(b'P' | b'S' | b'B' | b'X'))
+    )
+}
+
 /// How many arguments of a request the cache sees (`resp::KEPT`).
 const KEPT_ARGS: usize = resp::KEPT;
 
@@ -538,10 +558,20 @@ impl Responder for RedisCache {
             &joined
         };
         let mut used = 0;
+        // Requests since the last GET, counted here and stored once.
+        let mut since_get = t.since_get;
         loop {
             match resp::command(&data[used..]) {
                 Parsed::Done(c) => {
-                    self.follow(conn, &data[used..], &c, now);
+                    let name = c.arg(&data[used..], 0).unwrap_or_default();
+                    if name.eq_ignore_ascii_case(b"GET") {
+                        since_get = 0;
+                    } else {
+                        since_get = since_get.saturating_add(1);
+                        if followed_name(name) {
+                            self.follow(conn, &data[used..], &c, now);
+                        }
+                    }
                     used += c.len;
                 }
                 Parsed::Partial => break,
@@ -551,8 +581,9 @@ impl Responder for RedisCache {
                 }
             }
         }
-        if used < data.len() {
-            if let Some(t) = self.conns.get_mut(&conn) {
+        if let Some(t) = self.conns.get_mut(&conn) {
+            t.since_get = since_get;
+            if used < data.len() {
                 t.partial = data[used..].to_vec();
             }
         }
@@ -564,15 +595,16 @@ impl Responder for RedisCache {
         }
     }
 
-    fn may_answer(&self, conn: u64, head: &[u8]) -> bool {
-        let looks_like_get = head.len() >= 11
+    fn wants(&self, conn: u64) -> bool {
+        self.conns.get(&conn).is_some_and(|t| {
+            !(t.aside || t.multi || t.backlog || !t.partial.is_empty()) && t.since_get < QUIET_AFTER
+        })
+    }
+
+    fn may_answer(&self, _conn: u64, head: &[u8]) -> bool {
+        head.len() >= 11
             && head.starts_with(b"*2\r\n$3\r\n")
-            && head[8..11].eq_ignore_ascii_case(b"GET");
-        looks_like_get
-            && self
-                .conns
-                .get(&conn)
-                .is_some_and(|t| !(t.aside || t.multi || t.backlog || !t.partial.is_empty()))
+            && head[8..11].eq_ignore_ascii_case(b"GET")
     }
 
     fn answer(
@@ -1011,6 +1043,18 @@ mod tests {
         assert_eq!(answer(&mut c, &get("k"), 130).0, 0);
         c.closed(2);
         assert!(answer(&mut c, &get("k"), 140).0 > 0);
+    }
+
+    #[test]
+    fn a_connection_that_sends_no_gets_is_not_looked_at_until_it_does() {
+        let (mut c, _io) = ready(false);
+        assert!(c.wants(1));
+        for _ in 0..QUIET_AFTER {
+            c.app_read(1, &req(&["SET", "k", "v"]), 1);
+        }
+        assert!(!c.wants(1));
+        c.app_read(1, &get("k"), 2);
+        assert!(c.wants(1));
     }
 
     #[test]

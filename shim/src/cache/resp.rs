@@ -111,7 +111,7 @@ fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, Malformed> {
 
 /// The request at the front of `buf`.
 pub fn command(buf: &[u8]) -> Parsed {
-    if let Some(c) = get_request(buf) {
+    if let Some(c) = get_request(buf).or_else(|| whole_multibulk(buf)) {
         return Parsed::Done(c);
     }
     match buf.first() {
@@ -160,6 +160,61 @@ fn get_request(buf: &[u8]) -> Option<Cmd> {
         args,
         inline: false,
     })
+}
+
+/// A number of 1 to 9 digits (no leading zero) after the type byte at `at`, then CRLF:
+/// `(value, where the next line starts)`; `None` for anything else, also an incomplete line.
+#[inline]
+fn small_number(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let mut i = at + 1;
+    let mut v = 0usize;
+    while let Some(&d) = buf.get(i).filter(|d| d.is_ascii_digit()) {
+        if i - at > 9 || (i > at + 1 && v == 0) {
+            return None;
+        }
+        v = v * 10 + usize::from(d - b'0');
+        i += 1;
+    }
+    if i == at + 1 || buf.get(i..i + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((v, i + 2))
+}
+
+/// A whole multibulk request with small numbers at the front of `buf`, in one tight pass (the
+/// general parser, [`multibulk`], gives the same answer for it; anything else, also an
+/// incomplete request, is left to that parser).
+#[inline]
+fn whole_multibulk(buf: &[u8]) -> Option<Cmd> {
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut at) = small_number(buf, 0)?;
+    if n == 0 || n as i64 > MAX_MULTIBULK {
+        return None;
+    }
+    let mut cmd = Cmd {
+        len: 0,
+        argc: n,
+        args: [(0, 0); KEPT],
+        inline: false,
+    };
+    for i in 0..n {
+        if buf.get(at) != Some(&b'$') {
+            return None;
+        }
+        let (len, data) = small_number(buf, at)?;
+        let end = data + len;
+        if buf.get(end..end + 2)? != b"\r\n" {
+            return None;
+        }
+        if i < KEPT {
+            cmd.args[i] = (u32::try_from(data).ok()?, u32::try_from(end).ok()?);
+        }
+        at = end + 2;
+    }
+    cmd.len = at;
+    Some(cmd)
 }
 
 /// The number on the line starting at `at`, after its type byte, read as [`int`] reads it, in
@@ -503,6 +558,30 @@ mod tests {
             }
         }
         assert!(get_request(cases[0]).is_some() && get_request(cases[2]).is_some());
+    }
+
+    /// So does the one-pass multibulk path.
+    #[test]
+    fn the_multibulk_fast_path_agrees_with_the_parser() {
+        let cases: [&[u8]; 6] = [
+            b"*3\r\n$3\r\nSET\r\n$3\r\nfoo\r\n$0\r\n\r\n",
+            b"*1\r\n$4\r\nPING\r\n*1\r\n",
+            b"*2\r\n$3\r\nSET\r\n$03\r\nfoo\r\n",
+            b"*02\r\n$3\r\nSET\r\n",
+            b"*6\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n$1\r\ne\r\n$1\r\nf\r\n",
+            b"*1\r\n$10000000000\r\n",
+        ];
+        for b in cases {
+            for cut in 0..=b.len() {
+                let buf = &b[..cut];
+                let general = multibulk(buf).unwrap_or(Parsed::Bad);
+                if let Some(c) = whole_multibulk(buf) {
+                    assert_eq!(Parsed::Done(c), general, "{buf:?}");
+                }
+                assert_eq!(command(buf), general, "{buf:?}");
+            }
+        }
+        assert!(whole_multibulk(cases[0]).is_some() && whole_multibulk(cases[4]).is_some());
     }
 
     #[test]

@@ -356,11 +356,7 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
         Io::Write(data) => (data.len(), false, false),
     };
     let write = matches!(op, Io::Write(_));
-    if !write && !peek && FOLLOWING.load(std::sync::atomic::Ordering::Relaxed) {
-        if let Some(key) = shim().and_then(|s| s.followed(fd)) {
-            return Some(followed_read(fd, key, &mut op, flags));
-        }
-    }
+
     if flags & libc::MSG_OOB != 0 {
         // No urgent data: the stack keeps it in the stream and sends none.
         if !shim()?.is_conn(fd) {
@@ -377,11 +373,17 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
     loop {
         let mut s = shim()?;
         // A peek looks at the whole buffer again each time (nothing was consumed).
-        let t = s.io(
+        let Some(t) = s.io(
             fd,
             &mut rest(&mut op, if peek { 0 } else { done }),
             defer_tx,
-        )?;
+        ) else {
+            // Not a connection of ours: the kernel's, or one the data-path cache follows.
+            let key = (!write && !peek && FOLLOWING.load(std::sync::atomic::Ordering::Relaxed))
+                .then(|| s.followed(fd))??;
+            drop(s);
+            return Some(followed_read(fd, key, &mut op, flags));
+        };
         match t.result {
             Ok(n) => {
                 done = if peek { n } else { done + n };

@@ -262,6 +262,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     fn answer_with(&mut self, c: &mut Cache, id: ConnId, i: u32) -> bool {
         // A look at the first bytes before anything else: most requests that are not answered
         // cost only this.
+        if !c.r.wants(key(id)) {
+            return false;
+        }
         let Some(stack) = self.stack.as_mut() else {
             return false;
         };

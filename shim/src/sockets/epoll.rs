@@ -53,9 +53,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             return Some(Err(libc::EFAULT));
         }
         let now = self.readiness(fd).unwrap_or_default();
-        let Some(Obj::Epoll { set, .. }) = self.obj(epfd) else {
+        let is_listener = matches!(self.obj_ref(fd), Some(Obj::Listener { .. }));
+        let Some(Obj::Epoll { set, listens, .. }) = self.obj(epfd) else {
             return Some(Err(libc::EINVAL));
         };
+        *listens |= is_listener && op == libc::EPOLL_CTL_ADD;
         let r = match op {
             libc::EPOLL_CTL_ADD => set.add(fd, events, data, now),
             libc::EPOLL_CTL_MOD => set.modify(fd, events, data, now),
@@ -114,7 +116,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if !self.is_epoll(epfd) {
             return None;
         }
-        let answering = answering && self.cache.is_some();
+        // Only in the event loop of the served listeners: another thread's epoll (a module's)
+        // waits while that loop may be executing a command.
+        let answering = answering
+            && self.cache.is_some()
+            && matches!(self.obj_ref(epfd), Some(Obj::Epoll { listens: true, .. }));
         if answering {
             self.cache_upkeep();
         }

@@ -243,6 +243,9 @@ pub(crate) enum Obj {
         bell: c_int,
         /// Whether the bell is readable now.
         rung: bool,
+        /// A listener of ours was added to it: the application's event loop for the served
+        /// ports (the data-path cache answers only in the waits of such a set).
+        listens: bool,
     },
 }
 
@@ -738,6 +741,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             uid: self.epoll_uids,
             bell: -1,
             rung: false,
+            listens: false,
         }
     }
 
