@@ -139,29 +139,29 @@ def worker(host, port, wid, seconds, relay_argv):
         seq += 1
         val = "%s:%d" % (wid, seq)
         # A worker with a relay only writes (and reads through the relay).
-        r = rnd.random() if relay is None else 0.58 + 0.42 * rnd.random()
+        r = rnd.random() if relay is None else 0.85 + 0.15 * rnd.random()
         key = rnd.choice(VALUE_KEYS)
         t0 = now()
-        if r < 0.50:
+        if r < 0.80:
             res = c.call("GET", key)
             record(out, t0, now(), wid, "get", key, None, res)
             continue
-        if r < 0.58:
+        if r < 0.85:
             ck = rnd.choice(COUNTERS)
             res = c.call("GET", ck)
             record(out, t0, now(), wid, "get", ck, None, res)
             continue
-        if r < 0.70:
+        if r < 0.90:
             res = c.call("SET", key, val)
             record(out, t0, now(), wid, "set", key, val, res)
-        elif r < 0.76:
+        elif r < 0.93:
             res = c.call("DEL", key)
             record(out, t0, now(), wid, "del", key, None, res)
-        elif r < 0.82:
+        elif r < 0.95:
             ttl = rnd.randint(TTL_MIN, TTL_MAX)
             res = c.call("SET", key, val, "PX", ttl)
             record(out, t0, now(), wid, "setpx", key, [val, ttl], res)
-        elif r < 0.88:
+        elif r < 0.97:
             ck = rnd.choice(COUNTERS)
             res = c.call("INCR", ck)
             record(out, t0, now(), wid, "incr", ck, None, res)
@@ -170,7 +170,7 @@ def worker(host, port, wid, seconds, relay_argv):
                 got = c.call("GET", ck)
                 record(out, t2, now(), wid, "get", ck, None, got)
             key = None
-        elif r < 0.94:
+        elif r < 0.985:
             other = rnd.choice(VALUE_KEYS)
             c.s.sendall(cmd("MULTI") + cmd("SET", key, val) + cmd("SET", other, val + "m") + cmd("EXEC"))
             replies = [c.reply() for _ in range(4)]

@@ -713,6 +713,30 @@ impl StdinBytes for Command {
 #[test]
 fn replies_are_byte_for_byte_the_kernels() {
     let mut bed = bed("0.0.0.0");
+    replies_match_the_kernels(&mut bed);
+}
+
+/// The same with the GET cache on (MTCP_REDIS_CACHE).
+#[test]
+fn replies_are_byte_for_byte_the_kernels_with_the_get_cache_on() {
+    let mut bed = RedisBed::new(BedOptions {
+        env: vec![("MTCP_REDIS_CACHE".into(), "16M".into())],
+        ..Default::default()
+    });
+    replies_match_the_kernels(&mut bed);
+}
+
+/// redis-py's checks with the GET cache on.
+#[test]
+fn redis_py_with_the_get_cache_on() {
+    let mut bed = RedisBed::new(BedOptions {
+        env: vec![("MTCP_REDIS_CACHE".into(), "16M".into())],
+        ..Default::default()
+    });
+    redis_py_checks(&mut bed);
+}
+
+fn replies_match_the_kernels(bed: &mut RedisBed) {
     bed.wait_ready();
     let dir = TempDir::new("kredis");
     let p = bed.port.to_string();
@@ -791,6 +815,10 @@ fn replies_are_byte_for_byte_the_kernels() {
 #[test]
 fn redis_py_through_the_stack() {
     let mut bed = bed("0.0.0.0");
+    redis_py_checks(&mut bed);
+}
+
+fn redis_py_checks(bed: &mut RedisBed) {
     bed.wait_ready();
     let out = bed
         .ns

@@ -38,6 +38,14 @@ pub const SEEN_EVERY_MS: UnixMs = 500;
 /// A connection whose last this many requests held no GET is no longer looked at (its data is
 /// not peeked at in every wait); its next GET that Redis reads makes it looked at again.
 const QUIET_AFTER: u32 = 64;
+/// A connection whose last this many requests held no GET is left to Redis for good
+/// ([`Aside::Writer`]).
+pub const WRITER_AFTER: u32 = 1024;
+/// How long a key whose entry was invalidated before any hit is not filled again (a
+/// fill costs Redis two commands; a key written that often pays them back rarely).
+const COLD_MS: UnixMs = 10;
+/// Such keys remembered at most.
+const MAX_COLD: usize = 65536;
 /// Fills on their way at most.
 const MAX_FILLS: usize = 256;
 /// How long after losing its connection the cache tries again.
@@ -69,6 +77,7 @@ enum Expect {
     Ok(&'static str),
     Policy,
     Timeout,
+    Slowlog,
     Touch,
     Get(Box<[u8]>),
     Ttl(Box<[u8]>),
@@ -125,6 +134,11 @@ pub struct RedisCache {
     link_restart: bool,
     /// Redis closes idle clients (its `timeout` setting is not 0).
     idle_timeout: bool,
+    /// The cache is off because of one of Redis's settings (LFU eviction, every command in the
+    /// slowlog): a CONFIG SET makes it connect and check again.
+    off_by_setting: bool,
+    /// Keys not to fill until then (see [`COLD_MS`]).
+    cold: userstack::FastMap<Box<[u8]>, UnixMs>,
     /// Keys answered from the cache whose last access Redis has not seen for
     /// [`SEEN_EVERY_MS`]: the next upkeep sends them in a TOUCH.
     touch: Vec<Box<[u8]>>,
@@ -164,6 +178,8 @@ impl RedisCache {
             late,
             link_restart: false,
             idle_timeout: false,
+            off_by_setting: false,
+            cold: Default::default(),
             touch: Vec::new(),
         }
     }
@@ -198,7 +214,14 @@ impl RedisCache {
     }
 
     fn off(&mut self, io: &mut dyn ControlIo, why: &str, now: UnixMs) {
-        io.say(&format!("MTCP_REDIS_CACHE: {why}; the cache stays off"));
+        let until = if self.off_by_setting {
+            "while that holds (checked again after a CONFIG SET)"
+        } else {
+            "from now on"
+        };
+        io.say(&format!(
+            "MTCP_REDIS_CACHE: {why}; the cache is off {until}"
+        ));
         self.lose(io, now);
         self.link = Link::Off;
     }
@@ -294,7 +317,7 @@ impl RedisCache {
             if let Reply::Push(kind) = r {
                 if kind == b"invalidate" {
                     let keys = invalidated(&buf[..n])?;
-                    self.invalidate(keys);
+                    self.invalidate(keys, now);
                 }
                 used += n;
                 continue;
@@ -321,7 +344,10 @@ impl RedisCache {
     fn answered(&mut self, e: Expect, r: Got, now: UnixMs) -> Result<(), String> {
         match (e, r) {
             (Expect::Hello, Got::Other(_)) => {}
-            (Expect::Hello | Expect::Ok(_) | Expect::Policy | Expect::Timeout, Got::Error(e)) => {
+            (
+                Expect::Hello | Expect::Ok(_) | Expect::Policy | Expect::Timeout | Expect::Slowlog,
+                Got::Error(e),
+            ) => {
                 return Err(if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") {
                     "Redis asks its clients for a password, and the cache has none".into()
                 } else {
@@ -334,9 +360,19 @@ impl RedisCache {
                 // A map of one: `timeout` and its value, in seconds.
                 self.idle_timeout = config_value(&raw).is_some_and(|v| v != b"0");
             }
+            (Expect::Slowlog, Got::Other(raw)) => {
+                if config_value(&raw) == Some(b"0") {
+                    self.off_by_setting = true;
+                    return Err("Redis logs every command in its slowlog \
+                                (slowlog-log-slower-than 0), where the requests the cache \
+                                answered would be missing"
+                        .into());
+                }
+            }
             (Expect::Touch, _) => {}
             (Expect::Policy, Got::Other(raw)) => {
                 if raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lfu")) {
+                    self.off_by_setting = true;
                     return Err(
                         "Redis evicts by access frequency (maxmemory-policy *-lfu), \
                                 which keys the cache answers would not count in"
@@ -376,7 +412,7 @@ impl RedisCache {
     }
 
     /// An invalidation: `None` for every key (a flush).
-    fn invalidate(&mut self, keys: Option<Vec<Box<[u8]>>>) {
+    fn invalidate(&mut self, keys: Option<Vec<Box<[u8]>>>, now: UnixMs) {
         let Some(keys) = keys else {
             if self.late {
                 self.store.doom_all();
@@ -397,19 +433,35 @@ impl RedisCache {
                     e.doomed = true;
                     self.stats.invalidations += 1;
                 }
-            } else if self.store.remove(&k) {
+            } else if let Some(e) = self.store.take(&k) {
                 self.stats.invalidations += 1;
+                if e.hits == 0 {
+                    // Written again before any hit paid for its fill: not filled for a while.
+                    if self.cold.len() >= MAX_COLD {
+                        self.cold.retain(|_, until| *until > now);
+                    }
+                    if self.cold.len() < MAX_COLD {
+                        self.cold.insert(k, now + COLD_MS);
+                    }
+                }
             }
         }
     }
 
-    /// Sends a fill for `key` if none is on its way.
-    fn fill(&mut self, key: &[u8]) {
+    /// Sends a fill for `key` if none is on its way (and the key is not one written too often
+    /// to be worth it).
+    fn fill(&mut self, key: &[u8], now: UnixMs) {
         if !matches!(self.link, Link::Ready { .. })
             || self.fills.len() >= MAX_FILLS
             || self.fills.contains_key(key)
         {
             return;
+        }
+        if let Some(&until) = self.cold.get(key) {
+            if now < until {
+                return;
+            }
+            self.cold.remove(key);
         }
         self.fills.insert(key.into(), Fill::default());
         resp::encode(&mut self.out, &[b"GET", key]);
@@ -430,6 +482,11 @@ impl RedisCache {
         self.expect.push_back(Expect::Policy);
         resp::encode(&mut self.out, &[b"CONFIG", b"GET", b"timeout"]);
         self.expect.push_back(Expect::Timeout);
+        resp::encode(
+            &mut self.out,
+            &[b"CONFIG", b"GET", b"slowlog-log-slower-than"],
+        );
+        self.expect.push_back(Expect::Slowlog);
         resp::encode(&mut self.out, &[b"CLIENT", b"TRACKING", b"ON"]);
         self.expect.push_back(Expect::Ok("CLIENT TRACKING"));
     }
@@ -540,6 +597,10 @@ impl Responder for RedisCache {
     }
 
     fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs) {
+        if self.link == Link::Off && !self.off_by_setting {
+            // Off for good: nothing to follow.
+            return;
+        }
         let Some(t) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -586,6 +647,9 @@ impl Responder for RedisCache {
             if used < data.len() {
                 t.partial = data[used..].to_vec();
             }
+        }
+        if since_get >= WRITER_AFTER {
+            self.aside(conn, Aside::Writer);
         }
     }
 
@@ -640,7 +704,7 @@ impl Responder for RedisCache {
                 None => {
                     self.stats.misses += 1;
                     let key = key.to_vec();
-                    self.fill(&key);
+                    self.fill(&key, now);
                     break;
                 }
                 Some(e) => {
@@ -664,6 +728,7 @@ impl Responder for RedisCache {
                         self.touch.push(key.into());
                     }
                     out.extend_from_slice(&e.reply);
+                    e.hits = e.hits.saturating_add(1);
                     if e.doomed {
                         self.store.remove(key);
                     }
@@ -676,7 +741,9 @@ impl Responder for RedisCache {
     }
 
     fn upkeep(&mut self, io: &mut dyn ControlIo, port: u16, now: UnixMs) -> Upkeep {
-        if std::mem::take(&mut self.link_restart) && self.link != Link::Off {
+        if std::mem::take(&mut self.link_restart) && (self.link != Link::Off || self.off_by_setting)
+        {
+            self.off_by_setting = false;
             self.lose(io, now);
             self.link = Link::Down { retry: now };
         }
@@ -817,7 +884,8 @@ mod tests {
 
     const HANDSHAKE_REPLIES: &[u8] = b"%1\r\n$5\r\nproto\r\n:3\r\n+OK\r\n\
         %1\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n\
-        %1\r\n$7\r\ntimeout\r\n$1\r\n0\r\n+OK\r\n";
+        %1\r\n$7\r\ntimeout\r\n$1\r\n0\r\n\
+        %1\r\n$23\r\nslowlog-log-slower-than\r\n$5\r\n10000\r\n+OK\r\n";
 
     fn get(key: &str) -> Vec<u8> {
         let mut v = Vec::new();
@@ -1055,6 +1123,25 @@ mod tests {
         assert!(!c.wants(1));
         c.app_read(1, &get("k"), 2);
         assert!(c.wants(1));
+        for _ in 0..WRITER_AFTER {
+            c.app_read(1, &req(&["SET", "k", "v"]), 3);
+        }
+        c.app_read(1, &get("k"), 4);
+        assert!(!c.wants(1), "a writer for good");
+        assert_eq!(c.stats().aside[Aside::Writer as usize], 1);
+    }
+
+    #[test]
+    fn a_key_written_again_before_any_hit_is_not_filled_for_a_while() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.control_output(&push(&["k"]), 2);
+        assert_eq!(answer(&mut c, &get("k"), 3).0, 0);
+        c.upkeep(&mut io, 6379, 3);
+        assert!(io.sent.is_empty(), "no fill for {COLD_MS} ms");
+        // Later it is filled again.
+        fill(&mut c, &mut io, "k", "v2", -1, 2 + COLD_MS);
+        assert_eq!(answer(&mut c, &get("k"), 3 + COLD_MS).1, b"$2\r\nv2\r\n");
     }
 
     #[test]
@@ -1087,6 +1174,31 @@ mod tests {
         let mut c = RedisCache::new(1 << 20, false, 0);
         c.upkeep(&mut io, 6379, 0);
         assert!(io.said[0].contains("127.0.0.1:6379"), "{:?}", io.said);
+        // Every command in the slowlog: the cache's answers would be missing there.
+        let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES).replace("$5\r\n10000", "$1\r\n0");
+        let mut io = Io {
+            incoming: replies.into_bytes(),
+            ..Io::default()
+        };
+        let mut c = RedisCache::new(1 << 20, false, 0);
+        c.upkeep(&mut io, 6379, 0);
+        c.upkeep(&mut io, 6379, 0);
+        assert!(!c.up());
+        assert!(io.said[0].contains("slowlog"), "{:?}", io.said);
+        // Until a CONFIG SET, which makes it check again.
+        c.upkeep(&mut io, 6379, 5_000);
+        assert!(!c.up());
+        io.sent.clear();
+        c.opened(1, 5_000);
+        c.app_read(
+            1,
+            &req(&["CONFIG", "SET", "slowlog-log-slower-than", "10000"]),
+            5_001,
+        );
+        io.incoming = HANDSHAKE_REPLIES.to_vec();
+        c.upkeep(&mut io, 6379, 5_002);
+        assert!(String::from_utf8_lossy(&io.sent).contains("HELLO"));
+        assert_eq!(c.upkeep(&mut io, 6379, 5_002), Upkeep::Watch(7));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Entry {
     /// invalidations one reply late (`MTCP_REDIS_CACHE_FAULT=late`): answer once more, then
     /// drop it.
     pub doomed: bool,
+    /// Requests answered from it.
+    pub hits: u32,
     gen: u64,
 }
 
@@ -84,6 +86,7 @@ impl Store {
                 expires,
                 seen: now,
                 doomed: false,
+                hits: 0,
                 gen: self.next_gen,
             },
         );
@@ -106,13 +109,14 @@ impl Store {
 
     /// Removes `key`'s entry. Returns whether there was one.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        match self.map.remove(key) {
-            Some(e) => {
-                self.bytes -= cost(key, &e.reply);
-                true
-            }
-            None => false,
-        }
+        self.take(key).is_some()
+    }
+
+    /// Removes `key`'s entry and returns it.
+    pub fn take(&mut self, key: &[u8]) -> Option<Entry> {
+        let e = self.map.remove(key)?;
+        self.bytes -= cost(key, &e.reply);
+        Some(e)
     }
 
     /// Every entry goes.
