@@ -62,6 +62,10 @@ impl Store {
         cost(key, reply) <= self.budget / 16
     }
 
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.map.get(key)
+    }
+
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         self.map.get_mut(key)
     }
