@@ -292,3 +292,32 @@ fn swapdb_pause_and_monitor_through_the_kernel_side_are_followed() {
     let seen = reader.join().unwrap();
     assert_eq!(seen, 5, "MONITOR saw {seen} of the 5 GETs");
 }
+
+/// Redis also listening on a unix socket, whose clients the shim does not see: the cache stays
+/// off and says why, once, on stderr; Redis serves every GET as without it.
+#[test]
+fn a_redis_with_a_unix_socket_keeps_the_cache_off_and_says_why() {
+    let dir = mtcp_tests::redis::TempDir::new("cacheunix");
+    let sock = dir.path().join("redis.sock");
+    let mut bed = RedisBed::new(BedOptions {
+        env: vec![("MTCP_REDIS_CACHE".into(), "16M".into())],
+        args: vec!["--unixsocket".into(), sock.to_str().unwrap().into()],
+        ..Default::default()
+    });
+    bed.cli_ok(&["set", "k", "v"]);
+    let out = bed.cli_ok(&["-r", "50", "get", "k"]);
+    assert!(out.lines().all(|l| l == "v"), "{out}");
+    bed.wait_for(
+        "the cache says why it is off",
+        Duration::from_secs(10),
+        |b| {
+            b.server
+                .stderr()
+                .contains("MTCP_REDIS_CACHE: Redis also listens on the unix socket")
+        },
+    );
+    let said = bed.server.stderr().matches("MTCP_REDIS_CACHE").count();
+    assert_eq!(said, 1, "{}", bed.server.stderr());
+    assert_eq!(counter(&bed, "hits"), 0);
+    assert_eq!(counter(&bed, "up"), 0);
+}

@@ -81,6 +81,7 @@ enum Expect {
     Policy,
     Timeout,
     Slowlog,
+    Listeners,
     Touch,
     Get(Box<[u8]>),
     Ttl(Box<[u8]>),
@@ -140,6 +141,8 @@ pub struct RedisCache {
     /// The cache is off because of one of Redis's settings (LFU eviction, every command in the
     /// slowlog): a CONFIG SET makes it connect and check again.
     off_by_setting: bool,
+    /// The stack's address (a bind address of Redis's the shim serves).
+    stack_addr: Option<std::net::Ipv4Addr>,
     /// Keys not to fill until then (see [`COLD_MS`]).
     cold: userstack::FastMap<Box<[u8]>, UnixMs>,
     /// Keys answered from the cache whose last access Redis has not seen for
@@ -182,9 +185,16 @@ impl RedisCache {
             link_restart: false,
             idle_timeout: false,
             off_by_setting: false,
+            stack_addr: None,
             cold: Default::default(),
             touch: Vec::new(),
         }
+    }
+
+    /// The stack's address, which Redis may bind to (a listener the shim serves).
+    pub fn with_stack_addr(mut self, addr: std::net::Ipv4Addr) -> RedisCache {
+        self.stack_addr = Some(addr);
+        self
     }
 
     fn flush(&mut self) {
@@ -348,7 +358,12 @@ impl RedisCache {
         match (e, r) {
             (Expect::Hello, Got::Other(_)) => {}
             (
-                Expect::Hello | Expect::Ok(_) | Expect::Policy | Expect::Timeout | Expect::Slowlog,
+                Expect::Hello
+                | Expect::Ok(_)
+                | Expect::Policy
+                | Expect::Timeout
+                | Expect::Slowlog
+                | Expect::Listeners,
                 Got::Error(e),
             ) => {
                 return Err(if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") {
@@ -362,6 +377,12 @@ impl RedisCache {
             (Expect::Timeout, Got::Other(raw)) => {
                 // A map of one: `timeout` and its value, in seconds.
                 self.idle_timeout = config_value(&raw).is_some_and(|v| v != b"0");
+            }
+            (Expect::Listeners, Got::Other(raw)) => {
+                if let Some(why) = self.unfollowed_listener(&raw) {
+                    self.off_by_setting = true;
+                    return Err(why);
+                }
             }
             (Expect::Slowlog, Got::Other(raw)) => {
                 if config_value(&raw) == Some(b"0") {
@@ -473,6 +494,45 @@ impl RedisCache {
         self.expect.push_back(Expect::Ttl(key.into()));
     }
 
+    /// A listener of Redis's whose clients the cache cannot follow (from Redis's reply to
+    /// `CONFIG GET unixsocket tls-port bind`): a unix socket, a TLS port, or a bind address
+    /// other than the wildcard and the stack's (a kernel-only listener the shim leaves alone).
+    fn unfollowed_listener(&self, raw: &[u8]) -> Option<String> {
+        let mut it = config_values(raw).into_iter();
+        let mut why = None;
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            let v = String::from_utf8_lossy(v);
+            match k {
+                b"unixsocket" if !v.is_empty() => {
+                    why = Some(format!("Redis also listens on the unix socket {v}"));
+                }
+                b"tls-port" if v != "0" => {
+                    why = Some(format!("Redis also listens for TLS on port {v}"));
+                }
+                b"bind" => {
+                    let own = self.stack_addr.map(|a| a.to_string());
+                    let other = v
+                        .split_whitespace()
+                        .map(|a| a.trim_start_matches('-'))
+                        .find(|a| {
+                            !matches!(*a, "*" | "0.0.0.0" | "::" | "::*")
+                                && Some(*a) != own.as_deref()
+                        });
+                    if let Some(a) = other {
+                        why = Some(format!("Redis also listens on {a} (bind)"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        why.map(|w| {
+            format!(
+                "{w}, whose clients the shim does not see (a SWAPDB, CLIENT PAUSE or MONITOR \
+                 there would go unnoticed)"
+            )
+        })
+    }
+
     fn handshake(&mut self) {
         resp::encode(&mut self.out, &[b"HELLO", b"3"]);
         self.expect.push_back(Expect::Hello);
@@ -490,6 +550,11 @@ impl RedisCache {
             &[b"CONFIG", b"GET", b"slowlog-log-slower-than"],
         );
         self.expect.push_back(Expect::Slowlog);
+        resp::encode(
+            &mut self.out,
+            &[b"CONFIG", b"GET", b"unixsocket", b"tls-port", b"bind"],
+        );
+        self.expect.push_back(Expect::Listeners);
         resp::encode(&mut self.out, &[b"CLIENT", b"TRACKING", b"ON"]);
         self.expect.push_back(Expect::Ok("CLIENT TRACKING"));
     }
@@ -553,12 +618,23 @@ enum Got {
 
 /// The value in Redis's RESP3 reply to `CONFIG GET name` (a map of one).
 fn config_value(raw: &[u8]) -> Option<&[u8]> {
-    let head = raw.iter().position(|&b| b == b'\n')? + 1;
-    let (_, k) = resp::reply(&raw[head..]).ok()??;
-    match resp::reply(&raw[head + k..]).ok()?? {
-        (Reply::Bulk(v), _) => Some(v),
-        _ => None,
+    config_values(raw).get(1).copied()
+}
+
+/// The strings of Redis's RESP3 reply to `CONFIG GET ...` (a map): name, value, name, ...
+fn config_values(raw: &[u8]) -> Vec<&[u8]> {
+    let mut v = Vec::new();
+    let Some(mut at) = raw.iter().position(|&b| b == b'\n').map(|p| p + 1) else {
+        return v;
+    };
+    while let Ok(Some((r, n))) = resp::reply(&raw[at..]) {
+        match r {
+            Reply::Bulk(s) | Reply::Simple(s) => v.push(s),
+            _ => v.push(b""),
+        }
+        at += n;
     }
+    v
 }
 
 /// The keys of an invalidation push (`None`: all keys).
@@ -916,7 +992,9 @@ mod tests {
     const HANDSHAKE_REPLIES: &[u8] = b"%1\r\n$5\r\nproto\r\n:3\r\n+OK\r\n\
         %1\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n\
         %1\r\n$7\r\ntimeout\r\n$1\r\n0\r\n\
-        %1\r\n$23\r\nslowlog-log-slower-than\r\n$5\r\n10000\r\n+OK\r\n";
+        %1\r\n$23\r\nslowlog-log-slower-than\r\n$5\r\n10000\r\n\
+        %3\r\n$10\r\nunixsocket\r\n$0\r\n\r\n$8\r\ntls-port\r\n$1\r\n0\r\n\
+        $4\r\nbind\r\n$7\r\n0.0.0.0\r\n+OK\r\n";
 
     fn get(key: &str) -> Vec<u8> {
         let mut v = Vec::new();
@@ -1078,8 +1156,8 @@ mod tests {
     #[test]
     fn under_a_timeout_redis_sees_a_request_of_each_connection_every_500_ms() {
         let mut c = RedisCache::new(1 << 20, false, 0);
-        let replies =
-            String::from_utf8_lossy(HANDSHAKE_REPLIES).replace("$1\r\n0\r\n", "$3\r\n300\r\n");
+        let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES)
+            .replace("timeout\r\n$1\r\n0\r\n", "timeout\r\n$3\r\n300\r\n");
         let mut io = Io {
             incoming: replies.into_bytes(),
             ..Io::default()
@@ -1224,6 +1302,38 @@ mod tests {
         c.upkeep(&mut io, 6379, 0);
         assert!(!c.up());
         assert!(io.said[0].contains("slowlog"), "{:?}", io.said);
+        // Listeners whose clients the shim does not see.
+        for (from, to, says) in [
+            ("$0\r\n\r\n$8", "$5\r\n/tmp/\r\n$8", "unix socket /tmp/"),
+            ("$1\r\n0\r\n$4", "$4\r\n6380\r\n$4", "TLS on port 6380"),
+            ("$7\r\n0.0.0.0", "$7\r\n0.0.0.1", "0.0.0.1 (bind)"),
+        ] {
+            let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES).replace(from, to);
+            let mut io = Io {
+                incoming: replies.into_bytes(),
+                ..Io::default()
+            };
+            let mut c = RedisCache::new(1 << 20, false, 0);
+            c.upkeep(&mut io, 6379, 0);
+            c.upkeep(&mut io, 6379, 0);
+            assert!(!c.up(), "{says}");
+            assert!(io.said[0].contains(says), "{:?}", io.said);
+        }
+        // The stack's own address and the wildcards are served or followed.
+        let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES)
+            .replace("$7\r\n0.0.0.0", "$19\r\n198.18.0.2 * -::*  ");
+        let mut io = Io {
+            incoming: replies.into_bytes(),
+            ..Io::default()
+        };
+        let mut c = RedisCache::new(1 << 20, false, 0).with_stack_addr([198, 18, 0, 2].into());
+        c.upkeep(&mut io, 6379, 0);
+        assert_eq!(
+            c.upkeep(&mut io, 6379, 0),
+            Upkeep::Watch(7),
+            "{:?}",
+            io.said
+        );
         // Until a CONFIG SET, which makes it check again.
         c.upkeep(&mut io, 6379, 5_000);
         assert!(!c.up());

@@ -42,7 +42,9 @@ impl Cache {
         cfg.extra_stats = CacheStats::NAMES.to_vec();
         let budget = usize::try_from(cfg.redis_cache).unwrap_or(usize::MAX);
         Some(Cache {
-            r: Box::new(RedisCache::new(budget, cfg.cache_fault_late, 0)),
+            r: Box::new(
+                RedisCache::new(budget, cfg.cache_fault_late, 0).with_stack_addr(cfg.addr.addr),
+            ),
             port: None,
             input: Vec::new(),
             out: Vec::new(),
