@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use mtcp_tests::redis::{py_file, BedOptions, RedisBed};
 
-fn cache_bed(extra_env: &[(&str, &str)]) -> RedisBed {
+/// A bed whose Redis has the cache on, with `extra_env` and redis-server arguments `args`.
+fn cache_bed_with(extra_env: &[(&str, &str)], args: &[&str]) -> RedisBed {
     let mut env = vec![("MTCP_REDIS_CACHE".to_string(), "16M".to_string())];
     env.extend(
         extra_env
@@ -20,8 +21,13 @@ fn cache_bed(extra_env: &[(&str, &str)]) -> RedisBed {
     );
     RedisBed::new(BedOptions {
         env,
+        args: args.iter().map(|a| a.to_string()).collect(),
         ..Default::default()
     })
+}
+
+fn cache_bed(extra_env: &[(&str, &str)]) -> RedisBed {
+    cache_bed_with(extra_env, &[])
 }
 
 /// `cache_history.py relay` in the bed's namespace, against the stack, as an argv.
@@ -85,13 +91,7 @@ fn a_write_through_the_kernel_side_is_seen_by_the_next_get_through_the_stack() {
 /// connection).
 #[test]
 fn a_write_is_seen_by_the_next_get_with_io_threads() {
-    let mut bed = RedisBed::new(BedOptions {
-        env: vec![("MTCP_REDIS_CACHE".into(), "16M".into())],
-        args: ["--io-threads", "2", "--io-threads-do-reads", "yes"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    });
+    let mut bed = cache_bed_with(&[], &["--io-threads", "2", "--io-threads-do-reads", "yes"]);
     let (ok, text) = causal(&bed, 200);
     assert!(ok, "{text}\n{}", bed.diagnostics());
     assert!(
@@ -299,11 +299,7 @@ fn swapdb_pause_and_monitor_through_the_kernel_side_are_followed() {
 fn a_redis_with_a_unix_socket_keeps_the_cache_off_and_says_why() {
     let dir = mtcp_tests::redis::TempDir::new("cacheunix");
     let sock = dir.path().join("redis.sock");
-    let mut bed = RedisBed::new(BedOptions {
-        env: vec![("MTCP_REDIS_CACHE".into(), "16M".into())],
-        args: vec!["--unixsocket".into(), sock.to_str().unwrap().into()],
-        ..Default::default()
-    });
+    let mut bed = cache_bed_with(&[], &["--unixsocket", sock.to_str().unwrap()]);
     bed.cli_ok(&["set", "k", "v"]);
     let out = bed.cli_ok(&["-r", "50", "get", "k"]);
     assert!(out.lines().all(|l| l == "v"), "{out}");

@@ -139,9 +139,7 @@ pub trait Responder: Send {
     fn closed(&mut self, conn: u64);
     /// The application read `bytes` from `conn`: requests it will answer itself.
     fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs);
-    /// The application wrote to `conn` and not all of it was taken (`blocked`: it has output
-    /// waiting), or took all of it again.
-    fn app_backlog(&mut self, conn: u64, blocked: bool);
+
     /// Whether `conn` is worth a look at its received data now (its state allows answering,
     /// and it is the kind of connection that sends what the cache answers): the cheapest look,
     /// before any data is touched.

@@ -105,13 +105,19 @@ struct Track {
     multi: bool,
     monitor: bool,
     aside: bool,
-    /// Redis has output waiting for this connection.
-    backlog: bool,
     /// When Redis last read from it.
     read: UnixMs,
     /// Requests Redis read from it since its last GET (a connection that sends no GETs is not
     /// worth a look at its data: see [`Responder::wants`]).
     since_get: u32,
+}
+
+impl Track {
+    /// Whether Redis's reply to the next request would simply be the next reply: not left to
+    /// Redis, not in a transaction, no request of it half read.
+    fn answerable(&self) -> bool {
+        !(self.aside || self.multi || !self.partial.is_empty())
+    }
 }
 
 pub struct RedisCache {
@@ -732,16 +738,10 @@ impl Responder for RedisCache {
         }
     }
 
-    fn app_backlog(&mut self, conn: u64, blocked: bool) {
-        if let Some(t) = self.conns.get_mut(&conn) {
-            t.backlog = blocked;
-        }
-    }
-
     fn wants(&self, conn: u64) -> bool {
-        self.conns.get(&conn).is_some_and(|t| {
-            !(t.aside || t.multi || t.backlog || !t.partial.is_empty()) && t.since_get < QUIET_AFTER
-        })
+        self.conns
+            .get(&conn)
+            .is_some_and(|t| t.answerable() && t.since_get < QUIET_AFTER)
     }
 
     fn may_answer(&self, _conn: u64, head: &[u8]) -> bool {
@@ -761,7 +761,7 @@ impl Responder for RedisCache {
         let Some(t) = self.conns.get(&conn) else {
             return 0;
         };
-        if t.aside || t.multi || t.backlog || !t.partial.is_empty() {
+        if !t.answerable() {
             return 0;
         }
         // Under a `timeout`, Redis must see each connection's requests often enough that its
@@ -1019,9 +1019,14 @@ mod tests {
 
     /// A cache whose connection is up, with client connection 1 open.
     fn ready(late: bool) -> (RedisCache, Io) {
+        ready_with(late, HANDSHAKE_REPLIES.to_vec())
+    }
+
+    /// The same with Redis's handshake replies `replies`.
+    fn ready_with(late: bool, replies: Vec<u8>) -> (RedisCache, Io) {
         let mut c = RedisCache::new(1 << 20, late, 0);
         let mut io = Io {
-            incoming: HANDSHAKE_REPLIES.to_vec(),
+            incoming: replies,
             ..Io::default()
         };
         assert_eq!(c.upkeep(&mut io, 6379, 0), Upkeep::Nothing);
@@ -1155,18 +1160,9 @@ mod tests {
 
     #[test]
     fn under_a_timeout_redis_sees_a_request_of_each_connection_every_500_ms() {
-        let mut c = RedisCache::new(1 << 20, false, 0);
         let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES)
             .replace("timeout\r\n$1\r\n0\r\n", "timeout\r\n$3\r\n300\r\n");
-        let mut io = Io {
-            incoming: replies.into_bytes(),
-            ..Io::default()
-        };
-        c.upkeep(&mut io, 6379, 0);
-        assert_eq!(c.upkeep(&mut io, 6379, 0), Upkeep::Watch(7));
-        c.watching(&mut io, Some(42), 0);
-        io.sent.clear();
-        c.opened(1, 0);
+        let (mut c, mut io) = ready_with(false, replies.into_bytes());
         fill(&mut c, &mut io, "k", "v", -1, 0);
         assert!(answer(&mut c, &get("k"), 100).0 > 0);
         // The connection has not been read by Redis since 0.
@@ -1211,9 +1207,6 @@ mod tests {
         assert_eq!(answer(&mut c, &g, 4).0, 0);
         c.app_read(1, &g[5..], 5);
         assert!(answer(&mut c, &g, 6).0 > 0);
-        // Output waiting in Redis for the connection.
-        c.app_backlog(1, true);
-        assert_eq!(answer(&mut c, &g, 7).0, 0);
     }
 
     #[test]

@@ -62,33 +62,12 @@ fn key(id: ConnId) -> u64 {
 /// connection's slot never reaches it).
 const FOLLOWED: u64 = 1 << 63;
 
-/// A stand-in for a host without a cache connection (unit tests): every call fails.
-struct NoControl;
-
-impl ControlIo for NoControl {
-    fn connect(&mut self, _port: u16) -> Result<i32, i32> {
-        Err(libc::ENOSYS)
-    }
-    fn send(&mut self, _fd: i32, _bytes: &[u8]) -> Result<usize, i32> {
-        Err(libc::ENOSYS)
-    }
-    fn recv(&mut self, _fd: i32, _buf: &mut [u8]) -> Result<usize, i32> {
-        Err(libc::ENOSYS)
-    }
-    fn close(&mut self, _fd: i32) {}
-    fn say(&mut self, _msg: &str) {}
-}
-
 impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
-    /// The cache's clock and its kernel calls.
-    fn cache_io(&mut self) -> (UnixMs, &mut dyn ControlIo) {
+    /// The cache's clock and its kernel calls (`None`: a host that cannot give the cache a
+    /// connection; it then stays down).
+    fn cache_io(&mut self) -> Option<(UnixMs, &mut dyn ControlIo)> {
         let now = self.host.unix_ms();
-        let io: &mut dyn ControlIo = match self.host.control_io() {
-            Some(io) => io,
-            // Zero-sized: leaking it allocates nothing.
-            None => Box::leak(Box::new(NoControl)),
-        };
-        (now, io)
+        Some((now, self.host.control_io()?))
     }
 
     pub(super) fn cache_opened(&mut self, id: ConnId) {
@@ -188,8 +167,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let Some(mut c) = self.cache.take() else {
             return;
         };
-        let (now, io) = self.cache_io();
-        c.r.control_closed(io, now);
+        if let Some((now, io)) = self.cache_io() {
+            c.r.control_closed(io, now);
+        }
         self.cache = Some(c);
     }
 
@@ -201,17 +181,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if c.port.is_none() {
             c.port = self.port_fds.keys().next().copied();
         }
-        if let Some(port) = c.port {
-            let (now, io) = self.cache_io();
-            if let Upkeep::Watch(ours) = c.r.upkeep(io, port, now) {
-                let theirs = self.host.peer_end(ours);
-                if let Some(key) = theirs.and_then(|fd| self.followed(fd)) {
-                    // Accepted on the kernel side and followed as a client: it is the cache's.
-                    self.cache_closed_key(key);
-                    let _ = self.remove(theirs.unwrap_or(-1));
-                }
-                let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
-                let (now, io) = self.cache_io();
+        let upkeep = match (c.port, self.cache_io()) {
+            (Some(port), Some((now, io))) => c.r.upkeep(io, port, now),
+            _ => Upkeep::Nothing,
+        };
+        if let Upkeep::Watch(ours) = upkeep {
+            let theirs = self.host.peer_end(ours);
+            if let Some((fd, key)) = theirs.and_then(|fd| Some((fd, self.followed(fd)?))) {
+                // Accepted on the kernel side and followed as a client: it is the cache's.
+                self.cache_closed_key(key);
+                let _ = self.remove(fd);
+            }
+            let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
+            if let Some((now, io)) = self.cache_io() {
                 c.r.watching(io, watched, now);
             }
         }

@@ -837,7 +837,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             Some(Obj::Epoll { .. }) => self.index_of(fd),
             _ => None,
         };
-        let followed = self.followed(fd);
+        let followed = self.cache.as_ref().and_then(|_| self.followed(fd));
         let Some(last) = self.remove(fd) else {
             return false;
         };
