@@ -28,6 +28,7 @@ pub mod seq;
 pub mod stack;
 pub mod stats;
 pub mod steer;
+pub mod tcp;
 
 pub use config::Config;
 pub use stack::{ConnId, Event, Keepalive, Readiness, SockError, Stack, TcpInfo, TcpOptions};

@@ -1,0 +1,1399 @@
+//! The stack's own TCP engine: one connection's state machine, without I/O.
+//!
+//! The caller hands it received segments ([`Tcb::input`], header and options parsed by
+//! [`seg::parse`], checksum already verified) and the application's bytes ([`Tcb::send`],
+//! [`Tcb::recv`], [`Tcb::close`]); [`Tcb::output`] gives back the segments to send, each as a
+//! header description ([`seg::Out`]) and its payload as at most two slices of the send queue,
+//! for the caller to write into a frame; [`Tcb::poll_at`] says when it next needs `output`
+//! without any input.
+//!
+//! What it does, and where it follows whom:
+//! - RFC 9293's state machine from SYN-SENT/SYN-RECEIVED to TIME-WAIT, with RFC 5961's
+//!   challenge ACKs for an in-window RST or SYN.
+//! - Window scaling, timestamps (echoed; RTT is timed on our own clock) and SACK (RFC 7323,
+//!   2018): a receiver keeps out-of-order data in place in its buffer and reports up to three
+//!   SACK blocks, the most recent first.
+//! - Loss recovery by the SACK scoreboard (RFC 6675): a hole is lost once three segments' worth
+//!   (or three ranges) above it were SACKed, or after three duplicate ACKs; every lost hole is
+//!   repaired while the estimated flight (`pipe`) is below the congestion window, so several
+//!   holes go in one round trip; a partial ACK keeps recovery going (RFC 6582 without SACK).
+//!   After a retransmission timeout everything unSACKed is lost and sent again from the first
+//!   hole, skipping what the peer holds: no go-back-N over data SACK says arrived.
+//! - A tail-loss probe (RFC 8985's TLP, simplified): when a flight's ACKs stop for
+//!   2 SRTT + max(10 ms, 4 RTTVAR), its last segment again, so a lost tail is found by SACK
+//!   instead of the timeout.
+//! - RTO per RFC 6298 (floor `rto_min`, Linux's 200 ms by default), Karn's rule; NewReno
+//!   congestion control with an initial window of ten segments (RFC 6928, Linux's), byte
+//!   counting (RFC 3465).
+//! - Delayed ACKs as Linux's: at once for more than one full segment unacknowledged,
+//!   out-of-order data, a filled hole, a FIN, or in quick-ACK mode; else after `ack_delay`.
+//!   A window update is sent when reading doubles a window that was at most half the buffer.
+//! - Nagle (unless `nodelay`), sender-side silly-window avoidance, zero-window probes and
+//!   keepalive probes as Linux sends them (an old sequence number, no data).
+
+pub mod ranges;
+pub mod ring;
+pub mod seg;
+#[cfg(test)]
+mod tests;
+
+use crate::net::Micros;
+use crate::seq::seq_lt;
+use ranges::Ranges;
+use ring::Ring;
+use seg::{Out, Seg, ACK, FIN, PSH, RST, SYN};
+
+/// The retransmission timeout before any RTT sample (RFC 6298).
+const INITIAL_RTO_US: Micros = 1_000_000;
+/// The largest retransmission timeout (Linux's TCP_RTO_MAX).
+const MAX_RTO_US: Micros = 120_000_000;
+/// Initial congestion window, in segments (RFC 6928).
+const INITIAL_CWND_SEGS: u32 = 10;
+/// Duplicate ACKs (or SACKed segments above a hole) that mean loss.
+const DUP_THRESH: u32 = 3;
+/// A tail-loss probe waits at least 2 SRTT + max(this, 4 RTTVAR).
+const PROBE_SLACK_US: Micros = 10_000;
+/// How long TIME-WAIT lasts (Linux's TCP_TIMEWAIT_LEN).
+pub const TIME_WAIT_US: Micros = 60_000_000;
+/// Segments acknowledged at once after the handshake (Linux's quick-ACK mode at the start).
+const QUICK_ACKS: u8 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+    Closed,
+}
+
+/// How a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer reset it.
+    Reset,
+    /// The peer answered our SYN with a reset.
+    Refused,
+    /// Keepalive probes went unanswered.
+    TimedOut,
+}
+
+/// Keepalive (SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle_us: Micros,
+    pub interval_us: Micros,
+    pub probes: u32,
+}
+
+/// What a connection starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The MSS we announce (the device's MTU less 40).
+    pub mss: u16,
+    pub rx_capacity: usize,
+    pub tx_capacity: usize,
+    pub nodelay: bool,
+    pub ack_delay_us: Micros,
+    pub rto_min_us: Micros,
+    pub timestamps: bool,
+    pub sack: bool,
+    pub window_scaling: bool,
+    pub keepalive: Option<Keepalive>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mss: 1460,
+            rx_capacity: 64 * 1024,
+            tx_capacity: 64 * 1024,
+            nodelay: false,
+            ack_delay_us: 1_000,
+            rto_min_us: 200_000,
+            timestamps: true,
+            sack: true,
+            window_scaling: true,
+            keepalive: None,
+        }
+    }
+}
+
+/// What the engine counted (for the stack's statistics and TCP_INFO).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Segments sent again (any reason).
+    pub retransmits: u64,
+    /// Recoveries entered on duplicate ACKs or SACK.
+    pub fast_recoveries: u64,
+    pub timeouts: u64,
+    pub loss_probes: u64,
+    pub segs_in: u64,
+    pub segs_out: u64,
+}
+
+/// One connection.
+pub struct Tcb {
+    state: State,
+    failure: Option<Failure>,
+    set: Settings,
+
+    // Sending.
+    tx: Ring,
+    iss: u32,
+    /// Sequence number of the send queue's first byte.
+    tx_seq: u32,
+    snd_una: u32,
+    /// The next new sequence number to send (the highest sent + 1).
+    snd_nxt: u32,
+    /// The peer's window, in bytes.
+    snd_wnd: u32,
+    snd_wl1: u32,
+    snd_wl2: u32,
+    /// The peer's window scale shift.
+    snd_shift: u8,
+    /// Largest payload per segment (the path's MSS less the timestamp option).
+    payload_max: u32,
+    fin_queued: bool,
+    cwnd: u32,
+    ssthresh: u32,
+    /// Bytes acknowledged toward the next congestion-avoidance increase.
+    ca_acked: u32,
+    dupacks: u32,
+    in_recovery: bool,
+    /// Recovery after a timeout: every unSACKed byte is lost.
+    rto_recovery: bool,
+    /// snd_nxt when recovery began: it ends when that is acknowledged.
+    recover: u32,
+    /// The highest sequence number retransmitted in this recovery.
+    high_rxt: u32,
+    sacked: Ranges,
+    sack_ok: bool,
+    /// Window scaling is on (both SYNs carried the option).
+    ws_on: bool,
+    srtt: Option<Micros>,
+    rttvar: Micros,
+    rto: Micros,
+    backoff: u32,
+    rtx_at: Option<Micros>,
+    /// One segment timed at a time: its end and when it left.
+    timing: Option<(u32, Micros)>,
+    probe_at: Option<Micros>,
+    probe_done: bool,
+    persist_at: Option<Micros>,
+    /// Since when data has been outstanding with nothing heard from the peer.
+    silent_since: Option<Micros>,
+    syn_due: bool,
+    /// A reset to send: its sequence number, and whether it carries an ACK.
+    rst_due: Option<(u32, bool)>,
+
+    // Receiving.
+    rx: Ring,
+    irs: u32,
+    rcv_nxt: u32,
+    rcv_shift: u8,
+    /// The right edge of the window last advertised.
+    rcv_adv: u32,
+    ooo: Ranges,
+    peer_fin: Option<u32>,
+    ack_now: bool,
+    ack_at: Option<Micros>,
+    unacked_bytes: u32,
+    /// The largest segment received (Linux's rcv_mss).
+    rcv_mss: u32,
+    quick: u8,
+    ts_ok: bool,
+    ts_recent: u32,
+    ts_offset: u32,
+    /// Last time anything came from the peer (keepalive).
+    last_rx: Micros,
+    ka_sent: u32,
+    time_wait_until: Option<Micros>,
+    pub counters: Counters,
+}
+
+/// Where an emitted segment's payload comes from: up to two slices of the send queue.
+pub type Payload<'a> = (&'a [u8], &'a [u8]);
+
+impl Tcb {
+    fn new(set: Settings, now: Micros, iss: u32, state: State) -> Self {
+        let shift = if set.window_scaling {
+            wscale_for(set.rx_capacity)
+        } else {
+            0
+        };
+        Tcb {
+            state,
+            failure: None,
+            set,
+            tx: Ring::new(set.tx_capacity),
+            iss,
+            tx_seq: iss.wrapping_add(1),
+            snd_una: iss,
+            snd_nxt: iss.wrapping_add(1),
+            snd_wnd: 0,
+            snd_wl1: 0,
+            snd_wl2: 0,
+            snd_shift: 0,
+            payload_max: 536,
+            fin_queued: false,
+            cwnd: 0,
+            ssthresh: u32::MAX,
+            ca_acked: 0,
+            dupacks: 0,
+            in_recovery: false,
+            rto_recovery: false,
+            recover: iss,
+            high_rxt: iss,
+            sacked: Ranges::default(),
+            sack_ok: false,
+            ws_on: false,
+            srtt: None,
+            rttvar: 0,
+            rto: INITIAL_RTO_US,
+            backoff: 0,
+            rtx_at: None,
+            timing: None,
+            probe_at: None,
+            probe_done: false,
+            persist_at: None,
+            silent_since: None,
+            syn_due: true,
+            rst_due: None,
+            rx: Ring::new(set.rx_capacity),
+            irs: 0,
+            rcv_nxt: 0,
+            rcv_shift: shift,
+            rcv_adv: 0,
+            ooo: Ranges::default(),
+            peer_fin: None,
+            ack_now: false,
+            ack_at: None,
+            unacked_bytes: 0,
+            rcv_mss: 536,
+            quick: QUICK_ACKS,
+            ts_ok: false,
+            ts_recent: 0,
+            ts_offset: iss.rotate_left(13),
+            last_rx: now,
+            ka_sent: 0,
+            time_wait_until: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// An active open: SYN-SENT, its SYN due now.
+    pub fn connect(set: Settings, now: Micros, iss: u32) -> Self {
+        Self::new(set, now, iss, State::SynSent)
+    }
+
+    /// A passive open from a peer's SYN: SYN-RECEIVED, the SYN-ACK due now.
+    pub fn accept(set: Settings, now: Micros, iss: u32, syn: &Seg) -> Self {
+        let mut t = Self::new(set, now, iss, State::SynReceived);
+        t.take_syn(syn);
+        t
+    }
+
+    /// What a SYN from the peer tells: its sequence number and options.
+    fn take_syn(&mut self, syn: &Seg) {
+        self.irs = syn.seq;
+        self.rcv_nxt = syn.seq.wrapping_add(1);
+        self.rcv_adv = self.rcv_nxt;
+        let peer_mss = u32::from(syn.opts.mss.unwrap_or(536)).max(64);
+        let mss = peer_mss.min(u32::from(self.set.mss));
+        match syn.opts.wscale {
+            Some(s) if self.set.window_scaling => {
+                self.snd_shift = s;
+                self.ws_on = true;
+            }
+            _ => self.rcv_shift = 0,
+        }
+        self.sack_ok = self.set.sack && syn.opts.sack_perm;
+        if let (true, Some((val, _))) = (self.set.timestamps, syn.opts.ts) {
+            self.ts_ok = true;
+            self.ts_recent = val;
+        }
+        self.payload_max = mss - if self.ts_ok { 12 } else { 0 };
+        self.snd_wnd = u32::from(syn.wnd);
+        self.snd_wl1 = syn.seq;
+        self.cwnd = INITIAL_CWND_SEGS * self.payload_max;
+        self.rcv_mss = self.payload_max.min(536);
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure
+    }
+
+    /// Bytes waiting to be read.
+    pub fn recv_queue(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Bytes queued to send, sent or not, until acknowledged.
+    pub fn send_queue(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn send_capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+
+    pub fn recv_capacity(&self) -> usize {
+        self.rx.capacity()
+    }
+
+    /// The application may still queue data (its side is open and the connection is up).
+    pub fn may_send(&self) -> bool {
+        matches!(self.state, State::Established | State::CloseWait) && !self.fin_queued
+    }
+
+    /// The peer may still send data (no FIN from it yet).
+    pub fn may_recv(&self) -> bool {
+        matches!(
+            self.state,
+            State::SynSent
+                | State::SynReceived
+                | State::Established
+                | State::FinWait1
+                | State::FinWait2
+        )
+    }
+
+    pub fn timestamps(&self) -> bool {
+        self.ts_ok
+    }
+
+    /// The path's largest payload per segment.
+    pub fn payload_max(&self) -> u32 {
+        self.payload_max
+    }
+
+    pub fn srtt_us(&self) -> Option<Micros> {
+        self.srtt
+    }
+
+    pub fn rttvar_us(&self) -> Micros {
+        self.rttvar
+    }
+
+    pub fn rto_us(&self) -> Micros {
+        self.rto
+    }
+
+    pub fn cwnd(&self) -> u32 {
+        self.cwnd
+    }
+
+    pub fn ssthresh(&self) -> u32 {
+        self.ssthresh
+    }
+
+    /// Bytes sent and not yet acknowledged.
+    pub fn in_flight(&self) -> u32 {
+        self.snd_nxt.wrapping_sub(self.snd_una)
+    }
+
+    /// Since when sent data has waited with nothing at all heard from the peer.
+    pub fn silent_since(&self) -> Option<Micros> {
+        self.silent_since
+    }
+
+    pub fn set_nodelay(&mut self, on: bool) {
+        self.set.nodelay = on;
+    }
+
+    pub fn set_ack_delay(&mut self, us: Micros) {
+        self.set.ack_delay_us = us;
+    }
+
+    pub fn set_keepalive(&mut self, ka: Option<Keepalive>, now: Micros) {
+        self.set.keepalive = ka;
+        self.last_rx = now;
+        self.ka_sent = 0;
+    }
+
+    /// Queues as much of `data` as fits; 0 when the connection does not take data.
+    pub fn send(&mut self, data: &[u8]) -> usize {
+        if !self.may_send() {
+            return 0;
+        }
+        self.tx.push(data)
+    }
+
+    /// Reads up to `out.len()` bytes; a window update is made due when reading opened the
+    /// window enough (see the module's documentation).
+    pub fn recv(&mut self, out: &mut [u8]) -> usize {
+        let n = self.rx.pop(out);
+        if n > 0 {
+            self.after_read();
+        }
+        n
+    }
+
+    /// Copies up to `out.len()` bytes without taking them.
+    pub fn peek(&self, out: &mut [u8]) -> usize {
+        self.rx.peek(out)
+    }
+
+    /// Drops `n` read bytes (after `peek`).
+    pub fn consume(&mut self, n: usize) {
+        self.rx.consume(n.min(self.rx.len()));
+        self.after_read();
+    }
+
+    fn after_read(&mut self) {
+        let cur = self.rcv_adv.wrapping_sub(self.rcv_nxt);
+        if (cur as usize) * 2 <= self.rx.capacity() {
+            let new = self.window_to_offer();
+            if new > 0 && new >= cur.saturating_mul(2) {
+                self.ack_now = true;
+            }
+        }
+    }
+
+    /// The application closes its sending side (close or shutdown(SHUT_WR)): a FIN follows
+    /// the queued data.
+    pub fn close(&mut self) {
+        match self.state {
+            State::SynSent => self.state = State::Closed,
+            State::SynReceived | State::Established => {
+                self.fin_queued = true;
+                self.state = State::FinWait1;
+            }
+            State::CloseWait => {
+                self.fin_queued = true;
+                self.state = State::LastAck;
+            }
+            _ => {}
+        }
+    }
+
+    /// Resets the connection: a RST is sent (from a synchronized state) and it is closed.
+    pub fn abort(&mut self) {
+        if !matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
+            self.rst_due = Some((self.snd_nxt, true));
+        }
+        self.state = State::Closed;
+    }
+
+    /// When `output` is next needed without input (0: now).
+    pub fn poll_at(&self) -> Option<Micros> {
+        if self.ack_now || self.rst_due.is_some() || (self.syn_due && self.rtx_at.is_none()) {
+            return Some(0);
+        }
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut at = None;
+        for t in [
+            self.ack_at,
+            self.rtx_at,
+            self.probe_at,
+            self.persist_at,
+            self.keepalive_at(),
+            self.time_wait_until,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            at = Some(at.map_or(t, |a: Micros| a.min(t)));
+        }
+        if self.next_data() > 0 || self.fin_sendable() {
+            at = Some(0);
+        }
+        at
+    }
+
+    fn keepalive_at(&self) -> Option<Micros> {
+        let ka = self.set.keepalive?;
+        if !matches!(self.state, State::Established | State::CloseWait)
+            || self.snd_una != self.snd_nxt
+            || !self.tx.is_empty()
+        {
+            return None;
+        }
+        Some(self.last_rx + ka.idle_us + Micros::from(self.ka_sent) * ka.interval_us)
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// A received segment.
+    pub fn input(&mut self, now: Micros, seg: &Seg) {
+        self.counters.segs_in += 1;
+        match self.state {
+            State::Closed => return,
+            State::SynSent => return self.input_syn_sent(now, seg),
+            State::SynReceived if seg.has(SYN) && !seg.has(ACK) && seg.seq == self.irs => {
+                self.syn_due = true; // its SYN again: our SYN-ACK was lost
+                self.rtx_at = None;
+                return;
+            }
+            _ => {}
+        }
+        if !self.acceptable(seg) {
+            if !seg.has(RST) {
+                self.ack_now = true;
+            }
+            return;
+        }
+        self.last_rx = now;
+        self.ka_sent = 0;
+        if seg.has(RST) {
+            if seg.seq == self.rcv_nxt {
+                self.fail(Failure::Reset);
+            } else {
+                self.ack_now = true; // RFC 5961: a challenge ACK
+            }
+            return;
+        }
+        if seg.has(SYN) {
+            self.ack_now = true; // RFC 5961: a challenge ACK
+            return;
+        }
+        if !seg.has(ACK) {
+            return;
+        }
+        if let (true, Some((val, _))) = (self.ts_ok, seg.opts.ts) {
+            if !seq_lt(self.rcv_nxt, seg.seq) && seq_lt(self.ts_recent, val.wrapping_add(1)) {
+                self.ts_recent = val;
+            }
+        }
+        if self.state == State::SynReceived {
+            if seg.ack != self.iss.wrapping_add(1) {
+                self.rst_due = Some((seg.ack, false));
+                return;
+            }
+            self.established(now, seg);
+        } else if seq_lt(self.snd_nxt, seg.ack) {
+            self.ack_now = true; // acknowledges what was never sent
+            return;
+        } else if !seq_lt(seg.ack, self.snd_una) {
+            self.on_ack(now, seg);
+        }
+        if !seg.payload.is_empty() {
+            if matches!(
+                self.state,
+                State::Established | State::FinWait1 | State::FinWait2
+            ) {
+                self.on_data(now, seg);
+            } else {
+                self.ack_now = true;
+            }
+        }
+        if seg.has(FIN) {
+            if self.state == State::TimeWait {
+                self.ack_now = true;
+                self.time_wait_until = Some(now + TIME_WAIT_US);
+            } else if self.peer_fin.is_none() && self.may_recv() {
+                self.peer_fin = Some(seg.seq.wrapping_add(seg.payload.len() as u32));
+            }
+        }
+        self.take_fin(now);
+    }
+
+    /// Whether a segment falls in the window (RFC 9293 3.10.7.4), for its ACK and RST at least.
+    fn acceptable(&self, seg: &Seg) -> bool {
+        let wnd =
+            self.rcv_adv
+                .wrapping_sub(self.rcv_nxt)
+                .max(if self.state == State::SynReceived {
+                    1
+                } else {
+                    0
+                });
+        let len = seg.seq_len();
+        let in_wnd = |s: u32| !seq_lt(s, self.rcv_nxt) && seq_lt(s, self.rcv_nxt.wrapping_add(wnd));
+        if seg.seq == self.rcv_nxt {
+            return true; // zero window: its ACK and RST still count; data beyond is trimmed
+        }
+        if len == 0 {
+            return in_wnd(seg.seq);
+        }
+        in_wnd(seg.seq)
+            || in_wnd(seg.seq.wrapping_add(len - 1))
+            || (seq_lt(seg.seq, self.rcv_nxt) && seq_lt(self.rcv_nxt, seg.seq.wrapping_add(len)))
+    }
+
+    fn input_syn_sent(&mut self, now: Micros, seg: &Seg) {
+        let ack_ok = seg.has(ACK) && seg.ack == self.iss.wrapping_add(1);
+        if seg.has(ACK) && !ack_ok {
+            if !seg.has(RST) {
+                self.rst_due = Some((seg.ack, false));
+            }
+            return;
+        }
+        if seg.has(RST) {
+            if ack_ok {
+                self.fail(Failure::Refused);
+            }
+            return;
+        }
+        if !seg.has(SYN) || !ack_ok {
+            return; // a simultaneous open is not supported: the peer's SYN is ignored
+        }
+        // Our SYN offered our options; the peer's answer decides which are on.
+        self.take_syn(seg);
+        self.established(now, seg);
+        self.ack_now = true;
+        self.last_rx = now;
+    }
+
+    /// The handshake completed by `seg` (the ACK of our SYN).
+    fn established(&mut self, now: Micros, seg: &Seg) {
+        self.state = State::Established;
+        self.snd_una = self.iss.wrapping_add(1);
+        // The window of a SYN is never scaled.
+        let shift = if seg.has(SYN) { 0 } else { self.snd_shift };
+        self.snd_wnd = u32::from(seg.wnd) << shift;
+        self.snd_wl1 = seg.seq;
+        self.snd_wl2 = seg.ack;
+        self.rtx_at = None;
+        self.syn_due = false;
+        if let Some((_, sent)) = self.timing.take() {
+            if self.backoff == 0 {
+                self.rtt_sample(now.saturating_sub(sent));
+            }
+        }
+        self.backoff = 0;
+        self.rto = self.rto_now();
+    }
+
+    fn fail(&mut self, f: Failure) {
+        self.failure = Some(f);
+        self.state = State::Closed;
+        self.rtx_at = None;
+        self.ack_now = false;
+    }
+
+    fn on_ack(&mut self, now: Micros, seg: &Seg) {
+        let ack = seg.ack;
+        let acked = ack.wrapping_sub(self.snd_una);
+        let wnd = u32::from(seg.wnd) << self.snd_shift;
+        let wnd_changed = wnd != self.snd_wnd;
+        if seq_lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && !seq_lt(ack, self.snd_wl2))
+        {
+            self.snd_wnd = wnd;
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = ack;
+            if wnd > 0 {
+                self.persist_at = None;
+            }
+        }
+        let mut new_sack = false;
+        if self.sack_ok {
+            for &(s, e) in &seg.opts.sack[..usize::from(seg.opts.nsack)] {
+                // Blocks at or below the cumulative ACK are D-SACKs: nothing was lost.
+                if seq_lt(ack, e) && !seq_lt(self.snd_nxt, e) && seq_lt(s, e) && !seq_lt(s, ack) {
+                    let before = self.sacked.bytes();
+                    self.sacked.add(s, e);
+                    new_sack |= self.sacked.bytes() != before;
+                }
+            }
+        }
+        self.silent_since = None;
+        if acked > 0 {
+            self.take_acked(now, ack);
+        } else if self.snd_una != self.snd_nxt
+            && ((seg.payload.is_empty() && !seg.has(FIN) && !wnd_changed) || new_sack)
+        {
+            self.dupacks += 1;
+        }
+        if self.snd_una != self.snd_nxt {
+            self.silent_since.get_or_insert(now);
+            if !self.in_recovery
+                && (self.dupacks >= DUP_THRESH || (new_sack && self.is_lost(self.snd_una)))
+                && seq_lt(self.recover, self.snd_una.wrapping_add(1))
+            {
+                self.enter_recovery();
+            }
+        }
+    }
+
+    fn take_acked(&mut self, now: Micros, ack: u32) {
+        let acked = ack.wrapping_sub(self.snd_una);
+        let data = (ack.wrapping_sub(self.tx_seq) as usize).min(self.tx.len());
+        self.tx.consume(data);
+        self.tx_seq = self.tx_seq.wrapping_add(data as u32);
+        self.snd_una = ack;
+        self.sacked.trim_below(ack);
+        if let Some((end, sent)) = self.timing {
+            if !seq_lt(ack, end) {
+                self.timing = None;
+                self.rtt_sample(now.saturating_sub(sent));
+            }
+        }
+        self.backoff = 0;
+        self.rto = self.rto_now();
+        self.dupacks = 0;
+        self.probe_done = false;
+        if self.in_recovery {
+            if !seq_lt(ack, self.recover) {
+                self.in_recovery = false;
+                if !self.rto_recovery {
+                    self.cwnd = self.ssthresh;
+                }
+                self.rto_recovery = false;
+            } else if self.rto_recovery {
+                self.grow(acked);
+            }
+        } else {
+            self.grow(acked);
+        }
+        if self.snd_una == self.snd_nxt {
+            self.rtx_at = None;
+            self.probe_at = None;
+        } else {
+            self.rtx_at = Some(now + self.rto);
+            self.arm_probe(now);
+        }
+        // Our FIN acknowledged.
+        if self.fin_queued && self.tx.is_empty() && self.snd_una == self.fin_end() {
+            match self.state {
+                State::FinWait1 => self.state = State::FinWait2,
+                State::Closing => self.enter_time_wait(now),
+                State::LastAck => self.state = State::Closed,
+                _ => {}
+            }
+        }
+    }
+
+    /// Slow start, then congestion avoidance, by bytes acknowledged (RFC 3465, L = 1 SMSS).
+    fn grow(&mut self, acked: u32) {
+        let smss = self.payload_max;
+        if self.cwnd < self.ssthresh {
+            self.cwnd = self.cwnd.saturating_add(acked.min(smss));
+        } else {
+            self.ca_acked = self.ca_acked.saturating_add(acked);
+            if self.ca_acked >= self.cwnd {
+                self.ca_acked -= self.cwnd;
+                self.cwnd = self.cwnd.saturating_add(smss);
+            }
+        }
+    }
+
+    fn enter_recovery(&mut self) {
+        self.counters.fast_recoveries += 1;
+        self.ssthresh = (self.in_flight() / 2).max(2 * self.payload_max);
+        self.in_recovery = true;
+        self.rto_recovery = false;
+        self.recover = self.snd_nxt;
+        self.high_rxt = self.snd_una;
+        self.cwnd = self.ssthresh;
+        self.ca_acked = 0;
+        self.timing = None;
+        self.probe_at = None;
+    }
+
+    fn rtt_sample(&mut self, rtt: Micros) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                self.rttvar = (3 * self.rttvar + srtt.abs_diff(rtt)) / 4;
+                self.srtt = Some((7 * srtt + rtt) / 8);
+            }
+        }
+    }
+
+    /// RFC 6298's RTO, with the floor, the backoff and the ceiling.
+    fn rto_now(&self) -> Micros {
+        let base = match self.srtt {
+            Some(srtt) => (srtt + (4 * self.rttvar).max(1_000)).max(self.set.rto_min_us),
+            None => INITIAL_RTO_US,
+        };
+        (base << self.backoff.min(16)).min(MAX_RTO_US)
+    }
+
+    fn arm_probe(&mut self, now: Micros) {
+        if self.probe_done || self.in_recovery {
+            return;
+        }
+        if let Some(srtt) = self.srtt {
+            let pto = 2 * srtt + PROBE_SLACK_US.max(4 * self.rttvar);
+            if self.rtx_at.is_none_or(|r| now + pto < r) {
+                self.probe_at = Some(now + pto);
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Micros, seg: &Seg) {
+        let mut seq = seg.seq;
+        let mut data = seg.payload;
+        if seq_lt(seq, self.rcv_nxt) {
+            let skip = self.rcv_nxt.wrapping_sub(seq) as usize;
+            if skip >= data.len() {
+                self.ack_now = true; // all of it was here already: the peer missed our ACK
+                return;
+            }
+            data = &data[skip..];
+            seq = self.rcv_nxt;
+        }
+        self.rcv_mss = self.rcv_mss.max(seg.payload.len() as u32);
+        let off = seq.wrapping_sub(self.rcv_nxt) as usize;
+        let room = self.rx.free();
+        if off >= room {
+            self.ack_now = true;
+            return;
+        }
+        let n = data.len().min(room - off);
+        if off == 0 {
+            let had_holes = !self.ooo.is_empty();
+            let len = self.rx.len();
+            self.rx.write_at(len, &data[..n]);
+            self.rx.commit(n);
+            self.rcv_nxt = self.rcv_nxt.wrapping_add(n as u32);
+            self.unacked_bytes += n as u32;
+            if had_holes {
+                self.ooo.trim_below(self.rcv_nxt);
+                while let Some(r) = self.ooo.take_at(self.rcv_nxt) {
+                    let more = r.end.wrapping_sub(self.rcv_nxt);
+                    self.rx.commit(more as usize);
+                    self.rcv_nxt = r.end;
+                }
+                self.ack_now = true;
+            } else if self.quick > 0 || self.unacked_bytes > self.rcv_mss {
+                self.quick = self.quick.saturating_sub(1);
+                self.ack_now = true;
+            } else if self.ack_at.is_none() {
+                self.ack_at = Some(now + self.set.ack_delay_us);
+            }
+        } else {
+            self.rx.write_at(self.rx.len() + off, &data[..n]);
+            self.ooo.add(seq, seq.wrapping_add(n as u32));
+            self.ack_now = true;
+        }
+    }
+
+    /// The peer's FIN, once everything before it arrived.
+    fn take_fin(&mut self, now: Micros) {
+        if self.peer_fin != Some(self.rcv_nxt) {
+            return;
+        }
+        self.peer_fin = None;
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        self.ack_now = true;
+        match self.state {
+            State::SynReceived | State::Established => self.state = State::CloseWait,
+            State::FinWait1 => {
+                if self.fin_queued && self.snd_una == self.fin_end() && self.tx.is_empty() {
+                    self.enter_time_wait(now);
+                } else {
+                    self.state = State::Closing;
+                }
+            }
+            State::FinWait2 => self.enter_time_wait(now),
+            _ => {}
+        }
+    }
+
+    fn enter_time_wait(&mut self, now: Micros) {
+        self.state = State::TimeWait;
+        self.time_wait_until = Some(now + TIME_WAIT_US);
+        self.rtx_at = None;
+        self.probe_at = None;
+        self.persist_at = None;
+    }
+
+    // ---------------------------------------------------------------- loss
+
+    /// Whether the hole at `seq` is lost by the SACK rule (RFC 6675 IsLost).
+    fn is_lost(&self, seq: u32) -> bool {
+        let (bytes, ranges) = self.sacked.above(seq);
+        ranges >= DUP_THRESH as usize || bytes > (DUP_THRESH - 1) * self.payload_max
+    }
+
+    /// The end of the sequence space we have to send (the FIN included once queued).
+    fn fin_end(&self) -> u32 {
+        self.tx_seq
+            .wrapping_add(self.tx.len() as u32)
+            .wrapping_add(u32::from(self.fin_queued))
+    }
+
+    /// The next lost and not yet retransmitted hole: its start and end.
+    fn next_lost(&self) -> Option<(u32, u32)> {
+        let at = if seq_lt(self.high_rxt, self.snd_una) {
+            self.snd_una
+        } else {
+            self.high_rxt
+        };
+        self.next_lost_from(at)
+    }
+
+    /// The first lost hole at or above `at`.
+    fn next_lost_from(&self, mut at: u32) -> Option<(u32, u32)> {
+        let limit = if self.rto_recovery {
+            self.snd_nxt
+        } else if self.sack_ok {
+            self.sacked
+                .high()
+                .unwrap_or(self.snd_una.wrapping_add(self.payload_max))
+        } else {
+            self.snd_una.wrapping_add(self.payload_max)
+        };
+        let limit = if seq_lt(self.snd_nxt, limit) {
+            self.snd_nxt
+        } else {
+            limit
+        };
+        while seq_lt(at, limit) {
+            if let Some(end) = self.sacked.covering(at) {
+                at = end;
+                continue;
+            }
+            let end = self
+                .sacked
+                .iter()
+                .find(|r| seq_lt(at, r.start))
+                .map_or(limit, |r| {
+                    if seq_lt(r.start, limit) {
+                        r.start
+                    } else {
+                        limit
+                    }
+                });
+            if self.rto_recovery || at == self.snd_una || self.is_lost(at) {
+                return Some((at, end));
+            }
+            return None;
+        }
+        None
+    }
+
+    /// RFC 6675's pipe: bytes in flight, less what is SACKed and what is lost and not sent again.
+    fn pipe(&self) -> u32 {
+        let out = self
+            .snd_nxt
+            .wrapping_sub(self.snd_una)
+            .saturating_sub(self.sacked.bytes());
+        if !self.in_recovery {
+            return out;
+        }
+        let mut lost = 0u32;
+        let mut at = if seq_lt(self.high_rxt, self.snd_una) {
+            self.snd_una
+        } else {
+            self.high_rxt
+        };
+        while let Some((s, e)) = self.next_lost_from(at) {
+            lost += e.wrapping_sub(s);
+            at = e;
+        }
+        out.saturating_sub(lost)
+    }
+
+    fn on_rto(&mut self, now: Micros) {
+        self.counters.timeouts += 1;
+        self.backoff += 1;
+        self.rto = self.rto_now();
+        self.timing = None;
+        self.probe_at = None;
+        if matches!(self.state, State::SynSent | State::SynReceived) {
+            self.syn_due = true;
+            self.rtx_at = None;
+            return;
+        }
+        self.ssthresh = (self.in_flight() / 2).max(2 * self.payload_max);
+        self.cwnd = self.payload_max;
+        self.ca_acked = 0;
+        self.in_recovery = true;
+        self.rto_recovery = true;
+        self.recover = self.snd_nxt;
+        self.high_rxt = self.snd_una;
+        self.dupacks = 0;
+        self.rtx_at = Some(now + self.rto);
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// The window we offer now: the buffer's room, in the scale's steps, never moving the
+    /// right edge back.
+    fn window_to_offer(&self) -> u32 {
+        let max = 65535u32 << self.rcv_shift;
+        let room = (self.rx.free() as u32).min(max) & !((1u32 << self.rcv_shift) - 1);
+        room.max(self.rcv_adv.wrapping_sub(self.rcv_nxt))
+    }
+
+    /// Queued bytes not sent yet.
+    fn unsent(&self) -> u32 {
+        let end = self.tx_seq.wrapping_add(self.tx.len() as u32);
+        if seq_lt(self.snd_nxt, end) {
+            end.wrapping_sub(self.snd_nxt)
+        } else {
+            0
+        }
+    }
+
+    /// New bytes that may go now by the peer's window (not the congestion window).
+    fn sendable_ignoring_cwnd(&self) -> u32 {
+        if !self.sends_data() {
+            return 0;
+        }
+        let wnd_end = self.snd_una.wrapping_add(self.snd_wnd);
+        let by_wnd = if seq_lt(self.snd_nxt, wnd_end) {
+            wnd_end.wrapping_sub(self.snd_nxt)
+        } else {
+            0
+        };
+        self.unsent().min(by_wnd)
+    }
+
+    /// New bytes that may go now (window and congestion window permitting).
+    fn sendable(&self) -> u32 {
+        let can = self.sendable_ignoring_cwnd();
+        if can == 0 {
+            return 0;
+        }
+        can.min(self.cwnd.saturating_sub(self.pipe()))
+    }
+
+    /// The length of the new data segment due now: 0 when there is none, or when Nagle (a
+    /// partial segment while data is in flight) or silly-window avoidance (a segment cut
+    /// short by a window while data is in flight) holds it back.
+    fn next_data(&self) -> u32 {
+        let can = self.sendable();
+        let n = can.min(self.payload_max);
+        if n == 0 || n == self.payload_max || self.snd_nxt == self.snd_una {
+            return n;
+        }
+        let unsent = self.unsent();
+        if n < unsent || (!self.set.nodelay && !self.fin_queued) {
+            return 0;
+        }
+        n
+    }
+
+    fn fin_sendable(&self) -> bool {
+        self.fin_queued
+            && self.snd_nxt == self.tx_seq.wrapping_add(self.tx.len() as u32)
+            && matches!(
+                self.state,
+                State::FinWait1 | State::LastAck | State::Closing
+            )
+    }
+
+    fn header(&mut self, now: Micros, seq: u32, flags: u8) -> Out {
+        let wnd = self.window_to_offer();
+        let mut out = Out {
+            seq,
+            ack: self.rcv_nxt,
+            flags,
+            wnd: (wnd >> self.rcv_shift).min(65535) as u16,
+            ..Out::default()
+        };
+        if self.ts_ok {
+            out.ts = Some((self.ts_val(now), self.ts_recent));
+        }
+        if self.sack_ok && !self.ooo.is_empty() {
+            let (blocks, n) = self.ooo.recent::<{ seg::MAX_SACK_OUT }>();
+            for (i, b) in blocks[..n].iter().enumerate() {
+                out.sack[i] = (b.start, b.end);
+            }
+            out.nsack = n as u8;
+        }
+        out
+    }
+
+    /// Our timestamp clock: milliseconds, from a per-connection offset.
+    fn ts_val(&self, now: Micros) -> u32 {
+        ((now / 1000) as u32).wrapping_add(self.ts_offset)
+    }
+
+    /// After a segment carrying our ACK left.
+    fn acked_sent(&mut self, out: &Out) {
+        self.counters.segs_out += 1;
+        if out.flags & ACK != 0 {
+            self.rcv_adv = self
+                .rcv_nxt
+                .wrapping_add(u32::from(out.wnd) << self.rcv_shift);
+            self.ack_now = false;
+            self.ack_at = None;
+            self.unacked_bytes = 0;
+        }
+    }
+
+    /// Emits the segment covering `[seq, end)` of the sequence space (data from the send
+    /// queue, the FIN if it falls inside). Returns whether `emit` took it.
+    fn emit_range<F>(&mut self, now: Micros, seq: u32, end: u32, emit: &mut F) -> bool
+    where
+        F: FnMut(&Out, Payload) -> bool,
+    {
+        let data_end = self.tx_seq.wrapping_add(self.tx.len() as u32);
+        let pay_end = if seq_lt(data_end, end) { data_end } else { end };
+        let n = if seq_lt(seq, pay_end) {
+            pay_end.wrapping_sub(seq)
+        } else {
+            0
+        };
+        let fin = self.fin_queued && seq_lt(data_end, end);
+        let mut flags = ACK;
+        if fin {
+            flags |= FIN;
+        }
+        if n > 0 && seq.wrapping_add(n) == data_end {
+            flags |= PSH;
+        }
+        let out = self.header(now, seq, flags);
+        let off = seq.wrapping_sub(self.tx_seq) as usize;
+        if !emit(&out, self.tx.slices(off, n as usize)) {
+            return false;
+        }
+        self.acked_sent(&out);
+        true
+    }
+
+    /// Sends what is due: a SYN or SYN-ACK, a reset, retransmissions, new data, a FIN, probes,
+    /// or an ACK. `emit` gets each segment and returns false when it cannot take more (the
+    /// rest waits for the next call).
+    pub fn output<F>(&mut self, now: Micros, emit: &mut F)
+    where
+        F: FnMut(&Out, Payload) -> bool,
+    {
+        if let Some((seq, with_ack)) = self.rst_due {
+            let mut out = Out {
+                seq,
+                flags: RST,
+                ..Out::default()
+            };
+            if with_ack {
+                out.flags |= ACK;
+                out.ack = self.rcv_nxt;
+            }
+            if emit(&out, (&[], &[])) {
+                self.rst_due = None;
+                self.counters.segs_out += 1;
+            }
+            return;
+        }
+        if self.state == State::Closed {
+            return;
+        }
+        if self.time_wait_until.is_some_and(|t| now >= t) {
+            self.state = State::Closed;
+            return;
+        }
+        if self.rtx_at.is_some_and(|t| now >= t) {
+            self.on_rto(now);
+        }
+        if self.ack_at.is_some_and(|t| now >= t) {
+            self.ack_now = true;
+        }
+        match self.state {
+            State::SynSent | State::SynReceived => return self.output_syn(now, emit),
+            State::TimeWait => {
+                if self.ack_now {
+                    let out = self.header(now, self.snd_nxt, ACK);
+                    if emit(&out, (&[], &[])) {
+                        self.acked_sent(&out);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+
+        // Retransmissions of lost holes, while the flight allows.
+        if self.in_recovery {
+            while self.pipe() < self.cwnd {
+                let Some((s, e)) = self.next_lost() else {
+                    break;
+                };
+                let e = if seq_lt(s.wrapping_add(self.payload_max), e) {
+                    s.wrapping_add(self.payload_max)
+                } else {
+                    e
+                };
+                if !self.emit_range(now, s, e, emit) {
+                    return;
+                }
+                self.high_rxt = e;
+                self.counters.retransmits += 1;
+                self.timing = None;
+                if self.rtx_at.is_none() || s == self.snd_una {
+                    self.rtx_at = Some(now + self.rto);
+                }
+            }
+        }
+        // A tail-loss probe.
+        if self.probe_at.is_some_and(|t| now >= t) {
+            self.probe_at = None;
+            self.probe_done = true;
+            let fresh = self.sendable_ignoring_cwnd();
+            let (s, e) = if fresh > 0 {
+                (
+                    self.snd_nxt,
+                    self.snd_nxt.wrapping_add(fresh.min(self.payload_max)),
+                )
+            } else {
+                let end = self.snd_nxt;
+                let start = end.wrapping_sub(self.payload_max.min(self.in_flight()));
+                (start, end)
+            };
+            if seq_lt(s, e) {
+                if !self.emit_range(now, s, e, emit) {
+                    return;
+                }
+                self.counters.loss_probes += 1;
+                if s == self.snd_nxt {
+                    self.snd_nxt = e;
+                } else {
+                    self.counters.retransmits += 1;
+                    self.timing = None;
+                }
+            }
+        }
+        // New data.
+        loop {
+            let n = self.next_data();
+            if n == 0 {
+                break;
+            }
+            let unsent = self.unsent();
+            let s = self.snd_nxt;
+            let e = s
+                .wrapping_add(n)
+                .wrapping_add(u32::from(self.fin_queued && n == unsent));
+            if !self.emit_range(now, s, e, emit) {
+                return;
+            }
+            self.snd_nxt = e;
+            self.timing.get_or_insert((e, now));
+            if self.rtx_at.is_none() {
+                self.rtx_at = Some(now + self.rto);
+            }
+            self.arm_probe(now);
+            self.silent_since.get_or_insert(now);
+        }
+        // The FIN alone, once all data went.
+        if self.fin_sendable() {
+            let s = self.snd_nxt;
+            if !self.emit_range(now, s, s.wrapping_add(1), emit) {
+                return;
+            }
+            self.snd_nxt = s.wrapping_add(1);
+            if self.rtx_at.is_none() {
+                self.rtx_at = Some(now + self.rto);
+            }
+        }
+        // Zero window: probe it (Linux: an old sequence number, no data).
+        if self.snd_wnd == 0 && self.unsent() > 0 && self.snd_nxt == self.snd_una {
+            match self.persist_at {
+                None => self.persist_at = Some(now + self.rto),
+                Some(t) if now >= t => {
+                    let out = self.header(now, self.snd_una.wrapping_sub(1), ACK);
+                    if !emit(&out, (&[], &[])) {
+                        return;
+                    }
+                    self.acked_sent(&out);
+                    self.backoff = (self.backoff + 1).min(16);
+                    self.persist_at = Some(now + self.rto_now());
+                }
+                Some(_) => {}
+            }
+        }
+        // Keepalive.
+        if let (Some(at), Some(ka)) = (self.keepalive_at(), self.set.keepalive) {
+            if now >= at {
+                if self.ka_sent >= ka.probes {
+                    self.fail(Failure::TimedOut);
+                    self.rst_due = Some((self.snd_nxt, true));
+                    return self.output(now, emit);
+                }
+                let out = self.header(now, self.snd_una.wrapping_sub(1), ACK);
+                if !emit(&out, (&[], &[])) {
+                    return;
+                }
+                self.acked_sent(&out);
+                self.ka_sent += 1;
+            }
+        }
+        if self.ack_now {
+            let out = self.header(now, self.snd_nxt, ACK);
+            if emit(&out, (&[], &[])) {
+                self.acked_sent(&out);
+            }
+        }
+    }
+
+    /// States in which queued data still goes out.
+    fn sends_data(&self) -> bool {
+        matches!(
+            self.state,
+            State::Established
+                | State::CloseWait
+                | State::FinWait1
+                | State::Closing
+                | State::LastAck
+        )
+    }
+
+    fn output_syn<F>(&mut self, now: Micros, emit: &mut F)
+    where
+        F: FnMut(&Out, Payload) -> bool,
+    {
+        if !self.syn_due {
+            return;
+        }
+        let passive = self.state == State::SynReceived;
+        let mut out = Out {
+            seq: self.iss,
+            ack: if passive { self.rcv_nxt } else { 0 },
+            flags: if passive { SYN | ACK } else { SYN },
+            wnd: self.rx.free().min(65535) as u16,
+            mss: Some(self.set.mss),
+            ..Out::default()
+        };
+        // Passive: answer with the options the peer offered; active: offer what we do.
+        let ws = if passive {
+            self.ws_on
+        } else {
+            self.set.window_scaling
+        };
+        if ws {
+            out.wscale = Some(self.rcv_shift);
+        }
+        out.sack_perm = if passive { self.sack_ok } else { self.set.sack };
+        let ts = if passive {
+            self.ts_ok
+        } else {
+            self.set.timestamps
+        };
+        if ts {
+            out.ts = Some((self.ts_val(now), if passive { self.ts_recent } else { 0 }));
+        }
+        if !emit(&out, (&[], &[])) {
+            return;
+        }
+        self.counters.segs_out += 1;
+        if self.backoff > 0 {
+            self.counters.retransmits += 1;
+        }
+        self.syn_due = false;
+        if self.backoff == 0 {
+            self.timing = Some((self.iss.wrapping_add(1), now));
+        }
+        self.rtx_at = Some(now + self.rto);
+        if passive {
+            self.rcv_adv = self.rcv_nxt.wrapping_add(u32::from(out.wnd));
+        }
+    }
+}
+
+/// The smallest shift that lets a window of `capacity` bytes be advertised.
+fn wscale_for(capacity: usize) -> u8 {
+    let mut shift = 0;
+    while shift < 14 && (capacity >> shift) > 65535 {
+        shift += 1;
+    }
+    shift
+}

@@ -1,0 +1,536 @@
+//! The engine against itself: two connections over a simulated wire (delay, loss,
+//! duplication, reordering; simulated time), and single steps checked segment by segment.
+
+use super::seg::{self, Out, Seg, ACK, RST, SYN};
+use super::*;
+
+/// A segment on the wire: its bytes (header and payload, as `Out::write` lays them out).
+fn encode(out: &Out, payload: Payload) -> Vec<u8> {
+    let mut buf = vec![0u8; out.header_len() + payload.0.len() + payload.1.len()];
+    let n = out.write(1, 2, &mut buf);
+    buf[n..n + payload.0.len()].copy_from_slice(payload.0);
+    buf[n + payload.0.len()..].copy_from_slice(payload.1);
+    buf
+}
+
+fn collect(t: &mut Tcb, now: Micros) -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    t.output(now, &mut |o: &Out, p: Payload| {
+        v.push(encode(o, p));
+        true
+    });
+    v
+}
+
+fn feed(t: &mut Tcb, now: Micros, bytes: &[u8]) {
+    let s = seg::parse(bytes).expect("well formed");
+    t.input(now, &s);
+}
+
+fn parsed(bytes: &[u8]) -> Seg<'_> {
+    seg::parse(bytes).unwrap()
+}
+
+/// A deterministic generator for the wire's faults.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 1000 < percent * 10
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Faults {
+    loss: u64,
+    dup: u64,
+    reorder: u64,
+}
+
+/// Two engines and the wire between them.
+struct Pair {
+    a: Tcb,
+    b: Tcb,
+    now: Micros,
+    /// (delivery time, to b?, bytes)
+    wire: Vec<(Micros, bool, Vec<u8>)>,
+    delay: Micros,
+    faults: Faults,
+    rng: Rng,
+    /// Per-direction link rate: a segment takes this long per 1,000 bytes.
+    per_kb: Micros,
+    busy: [Micros; 2],
+}
+
+impl Pair {
+    fn new(a_set: Settings, b_set: Settings, faults: Faults, seed: u64) -> Self {
+        let mut a = Tcb::connect(a_set, 0, 0xffff_f000);
+        let syn = collect(&mut a, 0);
+        assert_eq!(syn.len(), 1);
+        let b = Tcb::accept(b_set, 0, 0x7000_0000, &parsed(&syn[0]));
+        let mut p = Pair {
+            a,
+            b,
+            now: 0,
+            wire: Vec::new(),
+            delay: 50,
+            faults,
+            rng: Rng(seed),
+            per_kb: 1,
+            busy: [0; 2],
+        };
+        p.flush();
+        p
+    }
+
+    fn put(&mut self, to_b: bool, bytes: Vec<u8>) {
+        let f = self.faults;
+        if self.rng.chance(f.loss) {
+            return;
+        }
+        let dir = usize::from(to_b);
+        let start = self.busy[dir].max(self.now);
+        let done = start + self.per_kb * (bytes.len() as Micros).div_ceil(1000);
+        self.busy[dir] = done;
+        let mut at = done + self.delay;
+        if self.rng.chance(f.reorder) {
+            at += 3 * self.delay; // overtaken by the next few
+        }
+        if self.rng.chance(f.dup) {
+            self.wire.push((at + 1, to_b, bytes.clone()));
+        }
+        self.wire.push((at, to_b, bytes));
+    }
+
+    fn flush(&mut self) {
+        let now = self.now;
+        for s in collect(&mut self.a, now) {
+            self.put(true, s);
+        }
+        for s in collect(&mut self.b, now) {
+            self.put(false, s);
+        }
+    }
+
+    /// Runs until `done` or `limit` of simulated time; false on the limit.
+    fn run(&mut self, limit: Micros, mut step: impl FnMut(&mut Pair) -> bool) -> bool {
+        let mut stuck = 0;
+        loop {
+            if step(self) {
+                return true;
+            }
+            self.flush();
+            let next_wire = self.wire.iter().map(|w| w.0).min();
+            let next = [next_wire, self.a.poll_at(), self.b.poll_at()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| t.max(self.now));
+            let Some(next) = next else { return step(self) };
+            if next > limit {
+                return false;
+            }
+            stuck = if next == self.now { stuck + 1 } else { 0 };
+            assert!(
+                stuck < 10_000,
+                "no progress at {}: a {:?} poll_at {:?}, b {:?} poll_at {:?}",
+                self.now,
+                self.a.state(),
+                self.a.poll_at(),
+                self.b.state(),
+                self.b.poll_at()
+            );
+            self.now = next;
+            let now = self.now;
+            let mut due: Vec<_> = Vec::new();
+            self.wire.retain(|w| {
+                if w.0 <= now {
+                    due.push(w.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            due.sort_by_key(|w| w.0);
+            for (_, to_b, bytes) in due {
+                let t = if to_b { &mut self.b } else { &mut self.a };
+                feed(t, now, &bytes);
+            }
+        }
+    }
+}
+
+fn no_faults() -> Faults {
+    Faults {
+        loss: 0,
+        dup: 0,
+        reorder: 0,
+    }
+}
+
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// Sends `total` bytes from a to b; returns (simulated time, a's counters).
+fn transfer(total: usize, faults: Faults, seed: u64) -> (Micros, Counters) {
+    let mut p = Pair::new(Settings::default(), Settings::default(), faults, seed);
+    assert!(p.run(10_000_000, |p| p.a.state() == State::Established
+        && p.b.state() == State::Established));
+    let start = p.now;
+    let mut sent = 0;
+    let mut got = 0;
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut chunk = vec![0u8; 16 * 1024];
+    let ok = p.run(600_000_000, |p| {
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            for (i, c) in chunk[..n].iter_mut().enumerate() {
+                *c = pattern(sent + i);
+            }
+            let k = p.a.send(&chunk[..n]);
+            if k == 0 {
+                break;
+            }
+            sent += k;
+        }
+        loop {
+            let n = p.b.recv(&mut buf);
+            if n == 0 {
+                break;
+            }
+            for (i, c) in buf[..n].iter().enumerate() {
+                assert_eq!(*c, pattern(got + i), "byte {} differs", got + i);
+            }
+            got += n;
+        }
+        got == total
+    });
+    assert!(ok, "{got} of {total} bytes arrived; a: {:?}", p.a.counters);
+    (p.now - start, p.a.counters)
+}
+
+#[test]
+fn a_handshake_agrees_on_options() {
+    let mut p = Pair::new(
+        Settings::default(),
+        Settings {
+            rx_capacity: 1 << 20,
+            ..Settings::default()
+        },
+        no_faults(),
+        1,
+    );
+    assert!(p.run(1_000_000, |p| p.a.state() == State::Established
+        && p.b.state() == State::Established));
+    assert!(p.a.timestamps() && p.b.timestamps());
+    assert!(p.a.sack_ok && p.b.sack_ok);
+    assert_eq!(p.b.rcv_shift, 5, "a window of 1 MiB needs a shift of 5");
+    assert_eq!(p.a.snd_shift, 5);
+    assert_eq!(p.a.payload_max(), 1448);
+    // Without the options on one side, neither uses them.
+    let plain = Settings {
+        timestamps: false,
+        sack: false,
+        window_scaling: false,
+        ..Settings::default()
+    };
+    let mut p = Pair::new(Settings::default(), plain, no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.a.state() == State::Established
+        && p.b.state() == State::Established));
+    assert!(!p.a.timestamps() && !p.a.sack_ok && p.a.snd_shift == 0 && p.a.rcv_shift == 0);
+    assert_eq!(p.a.payload_max(), 1460);
+}
+
+#[test]
+fn a_lost_syn_and_syn_ack_are_sent_again() {
+    let mut a = Tcb::connect(Settings::default(), 0, 100);
+    assert_eq!(collect(&mut a, 0).len(), 1);
+    assert_eq!(a.poll_at(), Some(1_000_000));
+    let again = collect(&mut a, 1_000_000);
+    assert_eq!(parsed(&again[0]).flags, SYN);
+    assert_eq!(a.poll_at(), Some(3_000_000), "the RTO doubles");
+    let mut b = Tcb::accept(Settings::default(), 0, 5, &parsed(&again[0]));
+    let synack = collect(&mut b, 0);
+    assert_eq!(parsed(&synack[0]).flags, SYN | ACK);
+    // The SYN again (our SYN-ACK was lost): answered again at once.
+    feed(&mut b, 10, &again[0]);
+    assert_eq!(b.poll_at(), Some(0));
+    assert_eq!(parsed(&collect(&mut b, 10)[0]).flags, SYN | ACK);
+}
+
+#[test]
+fn a_request_is_acknowledged_by_its_reply_or_after_the_delay() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    // Past quick-ACK mode.
+    p.b.quick = 0;
+    p.a.send(b"GET k\r\n");
+    p.flush();
+    let now = p.now;
+    assert!(p.run(now + 200, |p| p.b.recv_queue() > 0));
+    // The ACK waits for the delay...
+    assert!(collect(&mut p.b, p.now).is_empty());
+    let due = p.b.poll_at().unwrap();
+    assert_eq!(due, p.now + 1_000);
+    // ...unless the reply goes first and carries it.
+    let mut req = [0u8; 16];
+    assert_eq!(p.b.recv(&mut req), 7);
+    p.b.send(b"$1\r\nv\r\n");
+    let out = collect(&mut p.b, p.now);
+    assert_eq!(out.len(), 1);
+    let s = parsed(&out[0]);
+    assert_eq!(s.payload, b"$1\r\nv\r\n");
+    assert_eq!(s.ack, p.b.rcv_nxt);
+    assert_ne!(p.b.poll_at(), Some(due), "the delayed ACK is no longer due");
+}
+
+#[test]
+fn out_of_order_data_is_held_and_sacked() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let data: Vec<u8> = (0..8 * 1448).map(pattern).collect();
+    p.a.send(&data);
+    let segs = collect(&mut p.a, p.now);
+    assert_eq!(segs.len(), 8);
+    // Segments 0 and 2 are lost; each of the others draws an ACK at once, with SACK blocks.
+    let mut acks = Vec::new();
+    for s in [1, 3, 4, 5, 6, 7] {
+        feed(&mut p.b, p.now, &segs[s]);
+        acks.extend(collect(&mut p.b, p.now));
+    }
+    assert_eq!(acks.len(), 6);
+    let ack = parsed(&acks[1]);
+    assert_eq!(ack.ack, parsed(&segs[0]).seq);
+    assert_eq!(ack.opts.nsack, 2);
+    assert_eq!(
+        ack.opts.sack[0].0,
+        parsed(&segs[3]).seq,
+        "the latest block first"
+    );
+    assert_eq!(ack.opts.sack[1].0, parsed(&segs[1]).seq);
+    // Two duplicates are not yet loss; the third is.
+    feed(&mut p.a, p.now, &acks[0]);
+    feed(&mut p.a, p.now, &acks[1]);
+    assert!(!p.a.in_recovery);
+    feed(&mut p.a, p.now, &acks[2]);
+    assert!(p.a.in_recovery);
+    for a in &acks[3..] {
+        feed(&mut p.a, p.now, a);
+    }
+    // Both holes are repaired in the same round trip.
+    let rtx = collect(&mut p.a, p.now);
+    let seqs: Vec<u32> = rtx.iter().map(|s| parsed(s).seq).collect();
+    assert_eq!(seqs, vec![parsed(&segs[0]).seq, parsed(&segs[2]).seq]);
+    for s in &rtx {
+        feed(&mut p.b, p.now, s);
+    }
+    let mut got = vec![0u8; data.len()];
+    assert_eq!(p.b.recv(&mut got), data.len());
+    assert_eq!(got, data);
+}
+
+#[test]
+fn a_d_sack_is_not_a_loss() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.a.send(&[7u8; 3000]);
+    let segs = collect(&mut p.a, p.now);
+    for s in &segs {
+        feed(&mut p.b, p.now, s);
+    }
+    // The first segment again (a needless retransmission): b reports a D-SACK.
+    feed(&mut p.b, p.now, &segs[0]);
+    let acks = collect(&mut p.b, p.now);
+    for a in &acks {
+        for _ in 0..4 {
+            feed(&mut p.a, p.now, a);
+        }
+    }
+    assert!(!p.a.in_recovery);
+    assert_eq!(p.a.counters.retransmits, 0);
+}
+
+#[test]
+fn the_close_handshake_walks_the_states_on_both_sides() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.a.send(b"bye");
+    p.a.close();
+    assert_eq!(p.a.state(), State::FinWait1);
+    assert!(!p.a.may_send());
+    assert!(p.run(p.now + 10_000, |p| p.b.state() == State::CloseWait));
+    let mut buf = [0u8; 8];
+    assert_eq!(p.b.recv(&mut buf), 3);
+    assert!(!p.b.may_recv());
+    assert!(p.run(p.now + 10_000, |p| p.a.state() == State::FinWait2));
+    p.b.send(b"ok");
+    p.b.close();
+    assert_eq!(p.b.state(), State::LastAck);
+    assert!(p.run(p.now + 10_000, |p| p.a.state() == State::TimeWait
+        && p.b.state() == State::Closed));
+    assert_eq!(p.a.recv(&mut buf), 2);
+    let end = p.a.time_wait_until.unwrap();
+    assert!(p.run(end + 1, |p| p.a.state() == State::Closed));
+    assert!(p.now >= end);
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.a.close();
+    p.b.close();
+    let fa = collect(&mut p.a, p.now);
+    let fb = collect(&mut p.b, p.now);
+    feed(&mut p.a, p.now, &fb[0]);
+    feed(&mut p.b, p.now, &fa[0]);
+    assert_eq!((p.a.state(), p.b.state()), (State::Closing, State::Closing));
+    assert!(p.run(p.now + 10_000, |p| p.a.state() == State::TimeWait
+        && p.b.state() == State::TimeWait));
+}
+
+#[test]
+fn a_reset_in_the_window_is_challenged_and_one_at_rcv_nxt_resets() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let rst = |seq: u32| {
+        let o = Out {
+            seq,
+            flags: RST,
+            ..Out::default()
+        };
+        encode(&o, (&[], &[]))
+    };
+    let nxt = p.b.rcv_nxt;
+    feed(&mut p.b, p.now, &rst(nxt.wrapping_add(100)));
+    assert_eq!(p.b.state(), State::Established);
+    let ch = collect(&mut p.b, p.now);
+    assert_eq!(parsed(&ch[0]).flags, ACK, "a challenge ACK");
+    feed(&mut p.b, p.now, &rst(nxt.wrapping_sub(1)));
+    assert_eq!(
+        p.b.state(),
+        State::Established,
+        "out of the window: ignored"
+    );
+    feed(&mut p.b, p.now, &rst(nxt));
+    assert_eq!(
+        (p.b.state(), p.b.failure()),
+        (State::Closed, Some(Failure::Reset))
+    );
+    // An active open answered by a reset is refused.
+    let mut c = Tcb::connect(Settings::default(), 0, 42);
+    collect(&mut c, 0);
+    let o = Out {
+        seq: 0,
+        ack: 43,
+        flags: RST | ACK,
+        ..Out::default()
+    };
+    feed(&mut c, 1, &encode(&o, (&[], &[])));
+    assert_eq!(c.failure(), Some(Failure::Refused));
+}
+
+#[test]
+fn abort_sends_a_reset() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.a.abort();
+    let out = collect(&mut p.a, p.now);
+    assert_eq!(parsed(&out[0]).flags, RST | ACK);
+    feed(&mut p.b, p.now, &out[0]);
+    assert_eq!(p.b.failure(), Some(Failure::Reset));
+}
+
+#[test]
+fn a_zero_window_is_probed_until_it_opens() {
+    let small = Settings {
+        rx_capacity: 4096,
+        ..Settings::default()
+    };
+    let mut p = Pair::new(Settings::default(), small, no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let data: Vec<u8> = (0..10_000).map(pattern).collect();
+    assert_eq!(p.a.send(&data), data.len());
+    // b never reads: a fills its window, then probes.
+    let t0 = p.now;
+    assert!(!p.run(t0 + 3_000_000, |_| false));
+    assert_eq!(p.b.recv_queue(), 4096);
+    assert!(p.a.persist_at.is_some());
+    assert_eq!(p.a.state(), State::Established);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1000];
+    assert!(p.run(p.now + 30_000_000, |p| {
+        loop {
+            let n = p.b.recv(&mut buf);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() == data.len()
+    }));
+    assert_eq!(got, data);
+}
+
+#[test]
+fn keepalive_probes_then_gives_up() {
+    let ka = Keepalive {
+        idle_us: 1_000_000,
+        interval_us: 100_000,
+        probes: 3,
+    };
+    let mut a = Tcb::connect(
+        Settings {
+            keepalive: Some(ka),
+            ..Settings::default()
+        },
+        0,
+        9,
+    );
+    let syn = collect(&mut a, 0);
+    let mut b = Tcb::accept(Settings::default(), 0, 77, &parsed(&syn[0]));
+    let synack = collect(&mut b, 0);
+    feed(&mut a, 10, &synack[0]);
+    collect(&mut a, 10);
+    assert_eq!(a.poll_at(), Some(1_000_010));
+    for i in 0..3u64 {
+        let at = 1_000_010 + i * 100_000;
+        let probe = collect(&mut a, at);
+        let s = parsed(&probe[0]);
+        assert_eq!(
+            (s.seq, s.payload.len()),
+            (9, 0),
+            "an old sequence number, no data"
+        );
+    }
+    let end = collect(&mut a, 1_300_010);
+    assert_eq!(parsed(&end[0]).flags, RST | ACK);
+    assert_eq!(a.failure(), Some(Failure::TimedOut));
+}
+
+#[test]
+fn a_clean_transfer_needs_no_retransmission() {
+    let (_, c) = transfer(4 << 20, no_faults(), 7);
+    assert_eq!((c.retransmits, c.timeouts), (0, 0), "{c:?}");
+}
+
+#[test]
+fn a_transfer_through_loss_duplication_and_reordering_arrives_whole() {
+    let faults = Faults {
+        loss: 2,
+        dup: 1,
+        reorder: 1,
+    };
+    let (lossy, c) = transfer(8 << 20, faults, 11);
+    let (clean, _) = transfer(8 << 20, no_faults(), 11);
+    eprintln!("lossy {lossy} us, clean {clean} us, {c:?}");
+    // Holes are repaired by SACK, several per round trip: timeouts stay rare.
+    assert!(c.fast_recoveries > 0);
+    assert!(c.timeouts * 10 <= c.fast_recoveries, "{c:?}");
+}
