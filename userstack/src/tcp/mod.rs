@@ -133,6 +133,8 @@ pub struct Counters {
     pub fast_recoveries: u64,
     pub timeouts: u64,
     pub loss_probes: u64,
+    /// Retransmissions found lost themselves (and sent again).
+    pub lost_retransmits: u64,
     pub segs_in: u64,
     pub segs_out: u64,
 }
@@ -172,6 +174,10 @@ pub struct Tcb {
     recover: u32,
     /// The highest sequence number retransmitted in this recovery.
     high_rxt: u32,
+    /// This recovery's retransmissions not yet acknowledged (at most `MAX_RXTS` followed).
+    rxts: Vec<Rxt>,
+    /// Retransmissions found lost: sent again before any other hole.
+    again: Vec<(u32, u32)>,
     sacked: Ranges,
     sack_ok: bool,
     /// Window scaling is on (both SYNs carried the option).
@@ -217,6 +223,18 @@ pub struct Tcb {
     pub counters: Counters,
 }
 
+/// A retransmission: what it covered, when it left, and snd_nxt then.
+#[derive(Debug, Clone, Copy)]
+struct Rxt {
+    start: u32,
+    end: u32,
+    sent: Micros,
+    nxt: u32,
+}
+
+/// Retransmissions followed per recovery for loss of their own.
+const MAX_RXTS: usize = 256;
+
 /// Where an emitted segment's payload comes from: up to two slices of the send queue.
 pub type Payload<'a> = (&'a [u8], &'a [u8]);
 
@@ -250,6 +268,8 @@ impl Tcb {
             rto_recovery: false,
             recover: iss,
             high_rxt: iss,
+            rxts: Vec::new(),
+            again: Vec::new(),
             sacked: Ranges::default(),
             sack_ok: false,
             ws_on: false,
@@ -707,6 +727,9 @@ impl Tcb {
         {
             self.dupacks += 1;
         }
+        if self.in_recovery && !self.rxts.is_empty() {
+            self.check_retransmissions(now);
+        }
         if self.snd_una != self.snd_nxt {
             self.silent_since.get_or_insert(now);
             if !self.in_recovery
@@ -738,6 +761,8 @@ impl Tcb {
         if self.in_recovery {
             if !seq_lt(ack, self.recover) {
                 self.in_recovery = false;
+                self.rxts.clear();
+                self.again.clear();
                 if !self.rto_recovery {
                     self.cwnd = self.ssthresh;
                 }
@@ -791,6 +816,72 @@ impl Tcb {
         self.ca_acked = 0;
         self.timing = None;
         self.probe_at = None;
+    }
+
+    /// A retransmission is lost too (RFC 8985's rule, for retransmissions): once data sent
+    /// after it was SACKed, or once it has gone unacknowledged for an RTT and a quarter
+    /// while ACKs still come.
+    fn check_retransmissions(&mut self, now: Micros) {
+        let una = self.snd_una;
+        let high = self.sacked.high();
+        let overdue = self.srtt.map(|s| s + s / 4 + 1_000);
+        let mut i = 0;
+        while i < self.rxts.len() {
+            let r = self.rxts[i];
+            if !seq_lt(una, r.end) {
+                self.rxts.swap_remove(i);
+                continue;
+            }
+            let later_arrived = high.is_some_and(|h| seq_lt(r.nxt, h));
+            if later_arrived || overdue.is_some_and(|d| now >= r.sent + d) {
+                self.rxts.swap_remove(i);
+                self.counters.lost_retransmits += 1;
+                if self.again.len() < MAX_RXTS {
+                    let s = if seq_lt(r.start, una) { una } else { r.start };
+                    self.again.push((s, r.end));
+                }
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// The next piece of a lost retransmission to send again: its start and end (at most a
+    /// segment, stopping at SACKed data); spent pieces are dropped from `again`.
+    fn next_again(&mut self) -> Option<(u32, u32)> {
+        while let Some(&(s0, e)) = self.again.first() {
+            let mut s = if seq_lt(s0, self.snd_una) {
+                self.snd_una
+            } else {
+                s0
+            };
+            while let Some(end) = self.sacked.covering(s) {
+                s = end;
+            }
+            if !seq_lt(s, e) {
+                self.again.remove(0);
+                continue;
+            }
+            let mut end = if seq_lt(s.wrapping_add(self.payload_max), e) {
+                s.wrapping_add(self.payload_max)
+            } else {
+                e
+            };
+            if let Some(r) = self
+                .sacked
+                .iter()
+                .find(|r| seq_lt(s, r.start) && seq_lt(r.start, end))
+            {
+                end = r.start;
+            }
+            if end == e {
+                self.again.remove(0);
+            } else {
+                self.again[0].0 = end;
+            }
+            return Some((s, end));
+        }
+        None
     }
 
     fn rtt_sample(&mut self, rtt: Micros) {
@@ -989,11 +1080,25 @@ impl Tcb {
             lost += e.wrapping_sub(s);
             at = e;
         }
+        // Retransmissions found lost are not in flight either (SACKed parts aside: rare, and
+        // an underestimate only sends them a little sooner).
+        for &(s, e) in &self.again {
+            let s = if seq_lt(s, self.snd_una) {
+                self.snd_una
+            } else {
+                s
+            };
+            if seq_lt(s, e) {
+                lost += e.wrapping_sub(s);
+            }
+        }
         out.saturating_sub(lost)
     }
 
     fn on_rto(&mut self, now: Micros) {
         self.counters.timeouts += 1;
+        self.rxts.clear();
+        self.again.clear();
         self.backoff += 1;
         self.rto = self.rto_now();
         self.timing = None;
@@ -1205,18 +1310,37 @@ impl Tcb {
         // Retransmissions of lost holes, while the flight allows.
         if self.in_recovery {
             while self.pipe() < self.cwnd {
-                let Some((s, e)) = self.next_lost() else {
-                    break;
-                };
-                let e = if seq_lt(s.wrapping_add(self.payload_max), e) {
-                    s.wrapping_add(self.payload_max)
-                } else {
-                    e
+                let (s, e, again) = match self.next_again() {
+                    Some((s, e)) => (s, e, true),
+                    None => {
+                        let Some((s, e)) = self.next_lost() else {
+                            break;
+                        };
+                        let e = if seq_lt(s.wrapping_add(self.payload_max), e) {
+                            s.wrapping_add(self.payload_max)
+                        } else {
+                            e
+                        };
+                        (s, e, false)
+                    }
                 };
                 if !self.emit_range(now, s, e, emit) {
+                    if again {
+                        self.again.insert(0, (s, e));
+                    }
                     return;
                 }
-                self.high_rxt = e;
+                if !again {
+                    self.high_rxt = e;
+                }
+                if self.rxts.len() < MAX_RXTS {
+                    self.rxts.push(Rxt {
+                        start: s,
+                        end: e,
+                        sent: now,
+                        nxt: self.snd_nxt,
+                    });
+                }
                 self.counters.retransmits += 1;
                 self.timing = None;
                 if self.rtx_at.is_none() || s == self.snd_una {
