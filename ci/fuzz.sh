@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the stack's receive path, the configuration parser and the cache's RESP with libFuzzer, on stable Rust
+# Fuzzes the stack's receive path, its TCP engine, the configuration parser and the cache's RESP with libFuzzer, on stable Rust
 # (coverage instrumentation through -C passes=sancov-module; no cargo-fuzz, no nightly).
-# Targets: fuzz/src (frames, config, resp); their libFuzzer binaries: fuzz/libfuzzer.
+# Targets: fuzz/src (frames, config, resp, tcp); their libFuzzer binaries: fuzz/libfuzzer.
 #
 #   bash ci/fuzz.sh                    every target, FUZZ_SECONDS each (default 60)
 #   bash ci/fuzz.sh frames             one target
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=fuzz
-TARGETS=(frames config resp)
+TARGETS=(frames config resp tcp)
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 TRIPLE=$(rustc -vV | awk '/^host:/ {print $2}')
 BIN=$PWD/fuzz/libfuzzer/target/$TRIPLE/release

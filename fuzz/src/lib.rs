@@ -10,16 +10,22 @@
 //! - [`resp`]: RESP through the Redis cache's parsers and through a cache whose connection is
 //!   up (client requests, Redis's replies and invalidations). Checks that nothing panics and
 //!   that the cache answers only whole GET requests.
+//! - [`tcp`]: segments into the stack's TCP engine (`userstack::tcp`) in a connection with
+//!   data both ways: raw, or the peer's own with fields and SACK blocks rewritten, with time
+//!   passing and the application's calls between them. Checks that nothing panics, that the
+//!   engine's invariants hold after every step, and that what it sends parses back.
 
 #![deny(unsafe_code)]
 
 mod config;
 mod frames;
 mod resp;
+mod tcp;
 
 pub use config::config;
 pub use frames::frames;
 pub use resp::resp;
+pub use tcp::tcp;
 
 /// Reads an input front to back; past its end every read is zero.
 struct Input<'a> {

@@ -34,6 +34,11 @@ fn resp_corpus_replays() {
 }
 
 #[test]
+fn tcp_corpus_replays() {
+    replay("tcp", mtcp_fuzz::tcp);
+}
+
+#[test]
 fn config_corpus_replays() {
     replay("config", mtcp_fuzz::config);
 }

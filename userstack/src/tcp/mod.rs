@@ -427,6 +427,58 @@ impl Tcb {
         self.silent_since
     }
 
+    /// What must hold between any two calls (the fuzz target and the tests check it): the
+    /// sequence variables in order, the queues within their buffers, SACK and out-of-order
+    /// ranges inside the space they describe, the advertised window inside the buffer's room.
+    pub fn check(&self) -> Result<(), String> {
+        let synced = !matches!(
+            self.state,
+            State::SynSent | State::SynReceived | State::Closed
+        );
+        let end = self
+            .tx_seq
+            .wrapping_add(self.tx.len() as u32)
+            .wrapping_add(u32::from(self.fin_queued));
+        let within = |lo: u32, x: u32, hi: u32| !seq_lt(x, lo) && !seq_lt(hi, x);
+        if synced && !within(self.snd_una, self.snd_nxt, end) {
+            return Err(format!(
+                "snd_una {} snd_nxt {} end {end}",
+                self.snd_una, self.snd_nxt
+            ));
+        }
+        if synced
+            && self
+                .snd_una
+                .wrapping_sub(self.tx_seq)
+                .min(self.tx_seq.wrapping_sub(self.snd_una))
+                > 1
+        {
+            return Err(format!("snd_una {} tx_seq {}", self.snd_una, self.tx_seq));
+        }
+        for r in self.sacked.iter() {
+            if !within(self.snd_una, r.start, self.snd_nxt) || !within(r.start, r.end, self.snd_nxt)
+            {
+                return Err(format!(
+                    "SACKed {r:?} outside {}..{}",
+                    self.snd_una, self.snd_nxt
+                ));
+            }
+        }
+        let rx_end = self.rcv_nxt.wrapping_add(self.rx.free() as u32);
+        for r in self.ooo.iter() {
+            if !seq_lt(self.rcv_nxt, r.start) || !within(r.start, r.end, rx_end) {
+                return Err(format!("held {r:?} outside {}..{rx_end}", self.rcv_nxt));
+            }
+        }
+        if synced && seq_lt(rx_end, self.rcv_adv) {
+            return Err(format!(
+                "window to {} past the room to {rx_end}",
+                self.rcv_adv
+            ));
+        }
+        Ok(())
+    }
+
     pub fn set_nodelay(&mut self, on: bool) {
         self.set.nodelay = on;
     }
@@ -471,7 +523,7 @@ impl Tcb {
     }
 
     fn after_read(&mut self) {
-        let cur = self.rcv_adv.wrapping_sub(self.rcv_nxt);
+        let cur = self.adv_left();
         if (cur as usize) * 2 <= self.rx.capacity() {
             let new = self.window_to_offer();
             if new > 0 && new >= cur.saturating_mul(2) {
@@ -613,8 +665,14 @@ impl Tcb {
             if self.state == State::TimeWait {
                 self.ack_now = true;
                 self.time_wait_until = Some(now + TIME_WAIT_US);
-            } else if self.peer_fin.is_none() && self.may_recv() {
-                self.peer_fin = Some(seg.seq.wrapping_add(seg.payload.len() as u32));
+            } else if self.may_recv() {
+                // Kept only if its place is inside the buffer's room, so a FIN beyond it (whose
+                // data was not kept either) cannot stand in for the real one.
+                let fin = seg.seq.wrapping_add(seg.payload.len() as u32);
+                let room_end = self.rcv_nxt.wrapping_add(self.rx.free() as u32);
+                if !seq_lt(fin, self.rcv_nxt) && !seq_lt(room_end, fin) {
+                    self.peer_fin = Some(fin);
+                }
             }
         }
         self.take_fin(now);
@@ -622,14 +680,9 @@ impl Tcb {
 
     /// Whether a segment falls in the window (RFC 9293 3.10.7.4), for its ACK and RST at least.
     fn acceptable(&self, seg: &Seg) -> bool {
-        let wnd =
-            self.rcv_adv
-                .wrapping_sub(self.rcv_nxt)
-                .max(if self.state == State::SynReceived {
-                    1
-                } else {
-                    0
-                });
+        let wnd = self
+            .adv_left()
+            .max(u32::from(self.state == State::SynReceived));
         let len = seg.seq_len();
         let in_wnd = |s: u32| !seq_lt(s, self.rcv_nxt) && seq_lt(s, self.rcv_nxt.wrapping_add(wnd));
         if seg.seq == self.rcv_nxt {
@@ -973,6 +1026,8 @@ impl Tcb {
         }
         self.peer_fin = None;
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        // Nothing follows a FIN: bytes held beyond it are not the peer's.
+        self.ooo.clear();
         self.ack_now = true;
         match self.state {
             State::SynReceived | State::Established => self.state = State::CloseWait,
@@ -1121,12 +1176,21 @@ impl Tcb {
 
     // ---------------------------------------------------------------- output
 
+    /// What is left of the window last advertised.
+    fn adv_left(&self) -> u32 {
+        if seq_lt(self.rcv_nxt, self.rcv_adv) {
+            self.rcv_adv.wrapping_sub(self.rcv_nxt)
+        } else {
+            0
+        }
+    }
+
     /// The window we offer now: the buffer's room, in the scale's steps, never moving the
     /// right edge back.
     fn window_to_offer(&self) -> u32 {
         let max = 65535u32 << self.rcv_shift;
         let room = (self.rx.free() as u32).min(max) & !((1u32 << self.rcv_shift) - 1);
-        room.max(self.rcv_adv.wrapping_sub(self.rcv_nxt))
+        room.max(self.adv_left())
     }
 
     /// Queued bytes not sent yet.

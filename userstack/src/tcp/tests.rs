@@ -589,3 +589,27 @@ fn requests_and_replies_through_loss_are_repaired_by_probes_not_timeouts() {
         "{timeouts} timeouts, {probes} probes"
     );
 }
+
+#[test]
+fn bytes_held_beyond_the_peers_fin_are_dropped_with_it() {
+    // Found by the fuzz target: data held out of order past the FIN stayed held after the FIN
+    // was taken, with rcv_nxt at its start.
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let (nxt, ack) = (p.b.rcv_nxt, p.b.snd_nxt);
+    let data = |seq: u32, flags: u8, payload: &[u8]| {
+        let o = Out {
+            seq,
+            ack,
+            flags: ACK | flags,
+            wnd: 1000,
+            ..Out::default()
+        };
+        encode(&o, (payload, &[]))
+    };
+    feed(&mut p.b, p.now, &data(nxt.wrapping_add(4), 0, b"late"));
+    feed(&mut p.b, p.now, &data(nxt, seg::FIN, b"abc"));
+    assert_eq!(p.b.state(), State::CloseWait);
+    assert_eq!(p.b.recv_queue(), 3);
+    p.b.check().unwrap();
+}
