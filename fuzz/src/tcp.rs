@@ -154,7 +154,13 @@ pub fn tcp(data: &[u8]) {
                     let n = b.peek(&mut buf);
                     b.consume(n / 2);
                 }
-                4 => b.set_nodelay(input.byte() & 1 == 1),
+                4 => {
+                    let x = input.byte();
+                    b.set_nodelay(x & 1 == 1);
+                    b.set_cork(x & 2 == 2);
+                    b.set_window_clamp((x & 4 == 4).then_some(u32::from(x) * 64));
+                    b.set_quickack(x >> 5);
+                }
                 _ => {
                     a.recv(&mut buf);
                     a.send(&[b'q'; 700]);

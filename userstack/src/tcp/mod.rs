@@ -57,6 +57,11 @@ const PROBE_SLACK_US: Micros = 10_000;
 pub const TIME_WAIT_US: Micros = 60_000_000;
 /// Segments acknowledged at once after the handshake (Linux's quick-ACK mode at the start).
 const QUICK_ACKS: u8 = 16;
+/// How long TCP_CORK holds a partial segment at most (Linux's ceiling).
+const CORK_HOLD_US: Micros = 200_000;
+/// Pure ACKs to segments outside the window, and challenge ACKs, at most one per this time
+/// (Linux's tcp_invalid_ratelimit): two stacks cannot be made to ACK each other in a loop.
+const OOW_ACK_GAP_US: Micros = 500_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -162,6 +167,12 @@ pub struct Tcb {
     /// Largest payload per segment (the path's MSS less the timestamp option).
     payload_max: u32,
     fin_queued: bool,
+    /// TCP_CORK: partial segments wait (at most `CORK_HOLD_US`).
+    cork: bool,
+    /// Since when a partial segment has been held by the cork.
+    cork_since: Option<Micros>,
+    /// The cork's ceiling passed: what it held goes.
+    cork_lifted: bool,
     cwnd: u32,
     ssthresh: u32,
     /// Bytes acknowledged toward the next congestion-avoidance increase.
@@ -194,6 +205,10 @@ pub struct Tcb {
     persist_at: Option<Micros>,
     /// Since when data has been outstanding with nothing heard from the peer.
     silent_since: Option<Micros>,
+    /// Since when the peer's window has been shut while data waits to go.
+    zero_wnd_since: Option<Micros>,
+    /// When a rate-limited ACK (see `OOW_ACK_GAP_US`) was last sent.
+    oow_at: Option<Micros>,
     syn_due: bool,
     /// A reset to send: its sequence number, and whether it carries an ACK.
     rst_due: Option<(u32, bool)>,
@@ -207,6 +222,8 @@ pub struct Tcb {
     rcv_adv: u32,
     ooo: Ranges,
     peer_fin: Option<u32>,
+    /// TCP_WINDOW_CLAMP (or SO_RCVBUF lowered after the handshake): the most we offer.
+    clamp: Option<u32>,
     ack_now: bool,
     ack_at: Option<Micros>,
     unacked_bytes: u32,
@@ -260,6 +277,9 @@ impl Tcb {
             snd_shift: 0,
             payload_max: 536,
             fin_queued: false,
+            cork: false,
+            cork_since: None,
+            cork_lifted: false,
             cwnd: 0,
             ssthresh: u32::MAX,
             ca_acked: 0,
@@ -283,6 +303,8 @@ impl Tcb {
             probe_done: false,
             persist_at: None,
             silent_since: None,
+            zero_wnd_since: None,
+            oow_at: None,
             syn_due: true,
             rst_due: None,
             rx: Ring::new(set.rx_capacity),
@@ -292,6 +314,7 @@ impl Tcb {
             rcv_adv: 0,
             ooo: Ranges::default(),
             peer_fin: None,
+            clamp: None,
             ack_now: false,
             ack_at: None,
             unacked_bytes: 0,
@@ -479,6 +502,54 @@ impl Tcb {
         Ok(())
     }
 
+    /// TCP_CORK: on, partial segments wait for more data (200 ms at most); off, they go.
+    pub fn set_cork(&mut self, on: bool) {
+        self.cork = on;
+        if !on {
+            self.cork_since = None;
+        }
+    }
+
+    /// TCP_QUICKACK: the next `n` segments are acknowledged at once.
+    pub fn set_quickack(&mut self, n: u8) {
+        self.quick = n;
+    }
+
+    /// TCP_WINDOW_CLAMP: offer at most this window (the right edge already offered stays).
+    pub fn set_window_clamp(&mut self, clamp: Option<u32>) {
+        self.clamp = clamp;
+    }
+
+    /// Queued bytes not sent yet (TCP_NOTSENT_LOWAT, tcpi_notsent_bytes).
+    pub fn notsent(&self) -> usize {
+        self.unsent() as usize
+    }
+
+    /// Backoffs of the retransmission timer since data was last acknowledged.
+    pub fn backoff(&self) -> u32 {
+        self.backoff
+    }
+
+    pub fn ack_delay_us(&self) -> Micros {
+        self.set.ack_delay_us
+    }
+
+    /// The largest segment received so far (tcpi_rcv_mss).
+    pub fn rcv_mss(&self) -> u32 {
+        self.rcv_mss
+    }
+
+    /// The window we would offer now (tcpi_rcv_wnd).
+    pub fn rcv_wnd(&self) -> u32 {
+        self.window_to_offer()
+    }
+
+    /// Since when the peer's window has been shut with data waiting (TCP_USER_TIMEOUT gives
+    /// up on such a peer too).
+    pub fn zero_window_since(&self) -> Option<Micros> {
+        self.zero_wnd_since
+    }
+
     pub fn set_nodelay(&mut self, on: bool) {
         self.set.nodelay = on;
     }
@@ -573,6 +644,9 @@ impl Tcb {
             self.persist_at,
             self.keepalive_at(),
             self.time_wait_until,
+            self.cork_since
+                .filter(|_| self.cork)
+                .map(|t| t + CORK_HOLD_US),
         ]
         .into_iter()
         .flatten()
@@ -613,7 +687,7 @@ impl Tcb {
         }
         if !self.acceptable(seg) {
             if !seg.has(RST) {
-                self.ack_now = true;
+                self.oow_ack(now, seg);
             }
             return;
         }
@@ -623,12 +697,12 @@ impl Tcb {
             if seg.seq == self.rcv_nxt {
                 self.fail(Failure::Reset);
             } else {
-                self.ack_now = true; // RFC 5961: a challenge ACK
+                self.oow_ack(now, seg); // RFC 5961: a challenge ACK
             }
             return;
         }
         if seg.has(SYN) {
-            self.ack_now = true; // RFC 5961: a challenge ACK
+            self.oow_ack(now, seg); // RFC 5961: a challenge ACK
             return;
         }
         if !seg.has(ACK) {
@@ -676,6 +750,18 @@ impl Tcb {
             }
         }
         self.take_fin(now);
+    }
+
+    /// An ACK for a segment outside the window, or a challenge ACK: at once for data (the
+    /// peer retransmits what we have, having missed our ACK), else at most one per
+    /// `OOW_ACK_GAP_US` (Linux's tcp_oow_rate_limited).
+    fn oow_ack(&mut self, now: Micros, seg: &Seg) {
+        if !seg.payload.is_empty() && !seg.has(SYN) {
+            self.ack_now = true;
+        } else if self.oow_at.is_none_or(|t| now >= t + OOW_ACK_GAP_US) {
+            self.oow_at = Some(now);
+            self.ack_now = true;
+        }
     }
 
     /// Whether a segment falls in the window (RFC 9293 3.10.7.4), for its ACK and RST at least.
@@ -759,6 +845,9 @@ impl Tcb {
             self.snd_wl2 = ack;
             if wnd > 0 {
                 self.persist_at = None;
+                self.zero_wnd_since = None;
+            } else {
+                self.zero_wnd_since.get_or_insert(now);
             }
         }
         let mut new_sack = false;
@@ -1189,8 +1278,10 @@ impl Tcb {
     /// right edge back.
     fn window_to_offer(&self) -> u32 {
         let max = 65535u32 << self.rcv_shift;
-        let room = (self.rx.free() as u32).min(max) & !((1u32 << self.rcv_shift) - 1);
-        room.max(self.adv_left())
+        let room = (self.rx.free() as u32)
+            .min(max)
+            .min(self.clamp.unwrap_or(u32::MAX));
+        (room & !((1u32 << self.rcv_shift) - 1)).max(self.adv_left())
     }
 
     /// Queued bytes not sent yet.
@@ -1232,10 +1323,16 @@ impl Tcb {
     fn next_data(&self) -> u32 {
         let can = self.sendable();
         let n = can.min(self.payload_max);
-        if n == 0 || n == self.payload_max || self.snd_nxt == self.snd_una {
+        if n == 0 || n == self.payload_max {
             return n;
         }
         let unsent = self.unsent();
+        if self.cork && !self.cork_lifted && n == unsent && !self.fin_queued {
+            return 0; // corked: a partial segment waits (`output` lifts it after the ceiling)
+        }
+        if self.snd_nxt == self.snd_una {
+            return n;
+        }
         if n < unsent || (!self.set.nodelay && !self.fin_queued) {
             return 0;
         }
@@ -1440,7 +1537,11 @@ impl Tcb {
                 }
             }
         }
-        // New data.
+        // New data (what a cork held past its ceiling too).
+        if self.cork && self.unsent() > 0 {
+            let since = *self.cork_since.get_or_insert(now);
+            self.cork_lifted |= now >= since + CORK_HOLD_US;
+        }
         loop {
             let n = self.next_data();
             if n == 0 {
@@ -1456,6 +1557,10 @@ impl Tcb {
             }
             self.snd_nxt = e;
             self.timing.get_or_insert((e, now));
+            if self.unsent() == 0 {
+                self.cork_since = None;
+                self.cork_lifted = false;
+            }
             if self.rtx_at.is_none() {
                 self.rtx_at = Some(now + self.rto);
             }

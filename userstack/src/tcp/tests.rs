@@ -613,3 +613,70 @@ fn bytes_held_beyond_the_peers_fin_are_dropped_with_it() {
     assert_eq!(p.b.recv_queue(), 3);
     p.b.check().unwrap();
 }
+
+#[test]
+fn a_cork_holds_partial_segments_for_200_ms_at_most() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.a.set_cork(true);
+    p.a.send(&[1u8; 2000]);
+    let t0 = p.now;
+    // The whole segment goes and is acknowledged; the rest is held...
+    assert!(!p.run(t0 + CORK_HOLD_US - 1_000, |_| false));
+    assert_eq!(p.b.recv_queue(), 1448);
+    // ...until the ceiling.
+    assert!(p.run(t0 + CORK_HOLD_US + 1_000, |p| p.b.recv_queue() == 2000));
+    assert!(p.now >= t0 + CORK_HOLD_US);
+    // Uncorked, a partial segment goes at once.
+    p.a.set_cork(false);
+    p.a.send(&[2u8; 10]);
+    let t1 = p.now;
+    assert!(p.run(t1 + 1_000, |p| p.b.recv_queue() == 2010));
+}
+
+#[test]
+fn acks_to_pure_segments_outside_the_window_are_rate_limited() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let far = Out {
+        seq: p.b.rcv_nxt.wrapping_add(1 << 30),
+        ack: p.b.snd_nxt,
+        flags: ACK,
+        wnd: 100,
+        ..Out::default()
+    };
+    let bytes = encode(&far, (&[], &[]));
+    let t = p.now;
+    let mut acks = 0;
+    for i in 0..100 {
+        feed(&mut p.b, t + i * 10_000, &bytes);
+        acks += collect(&mut p.b, t + i * 10_000).len();
+    }
+    assert_eq!(acks, 2, "one per 500 ms over a second");
+    // Old data (the peer missed our ACK) is always answered.
+    let old = Out {
+        seq: p.b.rcv_nxt.wrapping_sub(10),
+        ack: p.b.snd_nxt,
+        flags: ACK,
+        wnd: 100,
+        ..Out::default()
+    };
+    let bytes = encode(&old, (b"0123456789", &[]));
+    feed(&mut p.b, t + 1_000_001, &bytes);
+    assert_eq!(collect(&mut p.b, t + 1_000_001).len(), 1);
+}
+
+#[test]
+fn a_window_clamp_limits_what_is_offered() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.b.set_window_clamp(Some(4096));
+    p.a.send(&[3u8; 60_000]);
+    p.b.set_quickack(0);
+    assert!(!p.run(p.now + 1_000, |_| false));
+    // What the peer was offered before the clamp stays; from then on at most 4 KiB beyond it.
+    p.b.check().unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let got = p.b.recv(&mut buf);
+    assert!(got >= 4096 && got < 60_000, "{got}");
+}
