@@ -14,14 +14,16 @@
 //!   2018): a receiver keeps out-of-order data in place in its buffer and reports up to three
 //!   SACK blocks, the most recent first.
 //! - Loss recovery by the SACK scoreboard (RFC 6675): a hole is lost once three segments' worth
-//!   (or three ranges) above it were SACKed, or after three duplicate ACKs; every lost hole is
+//!   (or three ranges) above it were SACKed, or everything sent after it (RFC 5827's early
+//!   retransmit, for small flights), or after three duplicate ACKs; every lost hole is
 //!   repaired while the estimated flight (`pipe`) is below the congestion window, so several
 //!   holes go in one round trip; a partial ACK keeps recovery going (RFC 6582 without SACK).
 //!   After a retransmission timeout everything unSACKed is lost and sent again from the first
 //!   hole, skipping what the peer holds: no go-back-N over data SACK says arrived.
-//! - A tail-loss probe (RFC 8985's TLP, simplified): when a flight's ACKs stop for
-//!   2 SRTT + max(10 ms, 4 RTTVAR), its last segment again, so a lost tail is found by SACK
-//!   instead of the timeout.
+//! - A tail-loss probe (RFC 8985's TLP, simplified): when a flight of more than one segment
+//!   stops being acknowledged for 2 SRTT + max(10 ms, 4 RTTVAR), its last segment again, so a
+//!   lost tail is found by SACK instead of the timeout. (One segment alone may be waiting for
+//!   a delayed ACK: the timer covers it.)
 //! - RTO per RFC 6298 (floor `rto_min`, Linux's 200 ms by default), Karn's rule; NewReno
 //!   congestion control with an initial window of ten segments (RFC 6928, Linux's), byte
 //!   counting (RFC 3465).
@@ -43,6 +45,7 @@ use ranges::Ranges;
 use ring::Ring;
 use seg::{Out, Seg, ACK, FIN, PSH, RST, SYN};
 
+pub use crate::recovery::DEFAULT_RTO_MIN_US;
 /// The retransmission timeout before any RTT sample (RFC 6298).
 const INITIAL_RTO_US: Micros = 1_000_000;
 /// The largest retransmission timeout (Linux's TCP_RTO_MAX).
@@ -77,6 +80,34 @@ pub enum State {
     Closed,
 }
 
+/// Congestion control (MTCP_CC, TCP_CONGESTION).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// None: only the peer's window limits what is in flight.
+    None,
+    /// NewReno (RFC 5681, 6582): the window halves on loss, grows a segment per round trip.
+    Reno,
+    /// CUBIC (RFC 9438, Linux's default): β = 0.7, C = 0.4, fast convergence, the
+    /// Reno-friendly region.
+    Cubic,
+}
+
+/// CUBIC's state since the last congestion event.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cubic {
+    /// The window before the last reduction, in bytes.
+    w_max: f64,
+    /// Time from the epoch's start to reach `w_max` again, in seconds.
+    k: f64,
+    /// When the current congestion-avoidance epoch started.
+    epoch: Option<Micros>,
+    /// The Reno-friendly estimate of the window, in bytes.
+    w_est: f64,
+}
+
+const CUBIC_BETA: f64 = 0.7;
+const CUBIC_C: f64 = 0.4;
+
 /// How a connection failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -110,6 +141,7 @@ pub struct Settings {
     pub sack: bool,
     pub window_scaling: bool,
     pub keepalive: Option<Keepalive>,
+    pub congestion: Congestion,
 }
 
 impl Default for Settings {
@@ -125,6 +157,7 @@ impl Default for Settings {
             sack: true,
             window_scaling: true,
             keepalive: None,
+            congestion: Congestion::Cubic,
         }
     }
 }
@@ -175,8 +208,9 @@ pub struct Tcb {
     cork_lifted: bool,
     cwnd: u32,
     ssthresh: u32,
-    /// Bytes acknowledged toward the next congestion-avoidance increase.
+    /// Bytes acknowledged toward the next congestion-avoidance increase (Reno).
     ca_acked: u32,
+    cubic: Cubic,
     dupacks: u32,
     in_recovery: bool,
     /// Recovery after a timeout: every unSACKed byte is lost.
@@ -222,6 +256,8 @@ pub struct Tcb {
     rcv_adv: u32,
     ooo: Ranges,
     peer_fin: Option<u32>,
+    /// The peer's FIN was taken.
+    fin_got: bool,
     /// TCP_WINDOW_CLAMP (or SO_RCVBUF lowered after the handshake): the most we offer.
     clamp: Option<u32>,
     ack_now: bool,
@@ -252,11 +288,28 @@ struct Rxt {
 /// Retransmissions followed per recovery for loss of their own.
 const MAX_RXTS: usize = 256;
 
+/// A connection's receive and send buffers, kept for the next connection.
+pub struct Buffers {
+    rx: Ring,
+    tx: Ring,
+}
+
 /// Where an emitted segment's payload comes from: up to two slices of the send queue.
 pub type Payload<'a> = (&'a [u8], &'a [u8]);
 
 impl Tcb {
-    fn new(set: Settings, now: Micros, iss: u32, state: State) -> Self {
+    fn new(set: Settings, now: Micros, iss: u32, state: State, bufs: Option<Buffers>) -> Self {
+        // Buffers of a finished connection, if their sizes fit: their pages are touched
+        // already (a fresh 64 KiB pair is zeroed page by page through page faults).
+        let (rx, tx) = match bufs {
+            Some(b) if b.rx.capacity() == set.rx_capacity && b.tx.capacity() == set.tx_capacity => {
+                let (mut rx, mut tx) = (b.rx, b.tx);
+                rx.clear();
+                tx.clear();
+                (rx, tx)
+            }
+            _ => (Ring::new(set.rx_capacity), Ring::new(set.tx_capacity)),
+        };
         let shift = if set.window_scaling {
             wscale_for(set.rx_capacity)
         } else {
@@ -266,7 +319,7 @@ impl Tcb {
             state,
             failure: None,
             set,
-            tx: Ring::new(set.tx_capacity),
+            tx,
             iss,
             tx_seq: iss.wrapping_add(1),
             snd_una: iss,
@@ -283,6 +336,7 @@ impl Tcb {
             cwnd: 0,
             ssthresh: u32::MAX,
             ca_acked: 0,
+            cubic: Cubic::default(),
             dupacks: 0,
             in_recovery: false,
             rto_recovery: false,
@@ -307,13 +361,14 @@ impl Tcb {
             oow_at: None,
             syn_due: true,
             rst_due: None,
-            rx: Ring::new(set.rx_capacity),
+            rx,
             irs: 0,
             rcv_nxt: 0,
             rcv_shift: shift,
             rcv_adv: 0,
             ooo: Ranges::default(),
             peer_fin: None,
+            fin_got: false,
             clamp: None,
             ack_now: false,
             ack_at: None,
@@ -332,14 +387,54 @@ impl Tcb {
 
     /// An active open: SYN-SENT, its SYN due now.
     pub fn connect(set: Settings, now: Micros, iss: u32) -> Self {
-        Self::new(set, now, iss, State::SynSent)
+        Self::new(set, now, iss, State::SynSent, None)
     }
 
     /// A passive open from a peer's SYN: SYN-RECEIVED, the SYN-ACK due now.
     pub fn accept(set: Settings, now: Micros, iss: u32, syn: &Seg) -> Self {
-        let mut t = Self::new(set, now, iss, State::SynReceived);
+        Self::accept_with(set, now, iss, syn, None)
+    }
+
+    /// `connect`, reusing the buffers of a finished connection if their sizes are the ones
+    /// `set` asks for.
+    pub fn connect_with(set: Settings, now: Micros, iss: u32, bufs: Option<Buffers>) -> Self {
+        Self::new(set, now, iss, State::SynSent, bufs)
+    }
+
+    /// `accept`, reusing buffers as `connect_with` does.
+    pub fn accept_with(
+        set: Settings,
+        now: Micros,
+        iss: u32,
+        syn: &Seg,
+        bufs: Option<Buffers>,
+    ) -> Self {
+        let mut t = Self::new(set, now, iss, State::SynReceived, bufs);
         t.take_syn(syn);
         t
+    }
+
+    /// The connection's buffers, for the next one (`connect_with`, `accept_with`).
+    pub fn into_buffers(self) -> Buffers {
+        Buffers {
+            rx: self.rx,
+            tx: self.tx,
+        }
+    }
+
+    /// Whether the application's `send` would take bytes now.
+    pub fn can_send(&self) -> bool {
+        self.may_send() && self.tx.free() > 0
+    }
+
+    /// Whether bytes wait to be read.
+    pub fn can_recv(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// The peer's FIN was taken (all its data arrived; reads end once the buffer is empty).
+    pub fn peer_finished(&self) -> bool {
+        self.fin_got && self.failure.is_none()
     }
 
     /// What a SYN from the peer tells: its sequence number and options.
@@ -443,6 +538,11 @@ impl Tcb {
     /// Bytes sent and not yet acknowledged.
     pub fn in_flight(&self) -> u32 {
         self.snd_nxt.wrapping_sub(self.snd_una)
+    }
+
+    /// The next sequence number expected from the peer.
+    pub fn rcv_nxt(&self) -> u32 {
+        self.rcv_nxt
     }
 
     /// Since when sent data has waited with nothing at all heard from the peer.
@@ -550,6 +650,13 @@ impl Tcb {
         self.zero_wnd_since
     }
 
+    /// TCP_CONGESTION: the algorithm from now on (the window as it is).
+    pub fn set_congestion(&mut self, cc: Congestion) {
+        self.set.congestion = cc;
+        self.cubic = Cubic::default();
+        self.ca_acked = 0;
+    }
+
     pub fn set_nodelay(&mut self, on: bool) {
         self.set.nodelay = on;
     }
@@ -593,7 +700,15 @@ impl Tcb {
         self.after_read();
     }
 
-    fn after_read(&mut self) {
+    /// Segments still to be acknowledged at once (quick-ACK mode: after the handshake, or
+    /// TCP_QUICKACK).
+    pub fn quick_acks_left(&self) -> u8 {
+        self.quick
+    }
+
+    /// After the application read (or a clamp on the window was lifted): a window update is
+    /// made due if the window grew enough (see the module's documentation).
+    pub fn after_read(&mut self) {
         let cur = self.adv_left();
         if (cur as usize) * 2 <= self.rx.capacity() {
             let new = self.window_to_offer();
@@ -647,6 +762,7 @@ impl Tcb {
             self.cork_since
                 .filter(|_| self.cork)
                 .map(|t| t + CORK_HOLD_US),
+            self.rxt_overdue_at(),
         ]
         .into_iter()
         .flatten()
@@ -846,7 +962,7 @@ impl Tcb {
             if wnd > 0 {
                 self.persist_at = None;
                 self.zero_wnd_since = None;
-            } else {
+            } else if self.unsent() > 0 {
                 self.zero_wnd_since.get_or_insert(now);
             }
         }
@@ -910,10 +1026,10 @@ impl Tcb {
                 }
                 self.rto_recovery = false;
             } else if self.rto_recovery {
-                self.grow(acked);
+                self.grow(acked, now);
             }
         } else {
-            self.grow(acked);
+            self.grow(acked, now);
         }
         if self.snd_una == self.snd_nxt {
             self.rtx_at = None;
@@ -933,23 +1049,87 @@ impl Tcb {
         }
     }
 
-    /// Slow start, then congestion avoidance, by bytes acknowledged (RFC 3465, L = 1 SMSS).
-    fn grow(&mut self, acked: u32) {
+    /// Slow start (by bytes acknowledged, RFC 3465 with L = 1 SMSS), then congestion
+    /// avoidance by the connection's algorithm.
+    fn grow(&mut self, acked: u32, now: Micros) {
         let smss = self.payload_max;
         if self.cwnd < self.ssthresh {
             self.cwnd = self.cwnd.saturating_add(acked.min(smss));
-        } else {
-            self.ca_acked = self.ca_acked.saturating_add(acked);
-            if self.ca_acked >= self.cwnd {
-                self.ca_acked -= self.cwnd;
-                self.cwnd = self.cwnd.saturating_add(smss);
+            return;
+        }
+        match self.set.congestion {
+            Congestion::None => {}
+            Congestion::Reno => {
+                self.ca_acked = self.ca_acked.saturating_add(acked);
+                if self.ca_acked >= self.cwnd {
+                    self.ca_acked -= self.cwnd;
+                    self.cwnd = self.cwnd.saturating_add(smss);
+                }
             }
+            Congestion::Cubic => self.cubic_grow(acked, now),
+        }
+    }
+
+    /// RFC 9438 4.2-4.4: the window follows W_cubic(t + RTT) = C (t + RTT - K)^3 + W_max,
+    /// or the Reno-friendly estimate where that is larger, growing at most by half a
+    /// segment per segment acknowledged.
+    fn cubic_grow(&mut self, acked: u32, now: Micros) {
+        let mss = f64::from(self.payload_max);
+        let cwnd = f64::from(self.cwnd);
+        let cu = &mut self.cubic;
+        let epoch = *cu.epoch.get_or_insert_with(|| {
+            // An epoch that starts without a reduction before it (slow start ended by the
+            // threshold alone): the curve starts at the window as it is.
+            if cu.w_max < cwnd {
+                cu.w_max = cwnd;
+                cu.k = 0.0;
+            }
+            cu.w_est = cwnd;
+            now
+        });
+        let rtt = self.srtt.unwrap_or(0) as f64 / 1e6;
+        let t = now.saturating_sub(epoch) as f64 / 1e6 + rtt;
+        let segs = (t - cu.k).powi(3) * CUBIC_C;
+        let mut target = (cu.w_max / mss + segs) * mss;
+        let alpha = 3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA);
+        cu.w_est += alpha * mss * f64::from(acked) / cwnd;
+        if cu.w_est > target {
+            target = cu.w_est;
+        }
+        let target = target.clamp(cwnd, 1.5 * cwnd);
+        let inc = (target - cwnd) / cwnd * f64::from(acked);
+        self.cwnd = (cwnd + inc.min(f64::from(acked) / 2.0)) as u32;
+    }
+
+    /// A congestion event: the threshold the window comes back to (RFC 9438 4.6, 4.7 for
+    /// CUBIC; half the flight for Reno).
+    fn reduce(&mut self) -> u32 {
+        let floor = 2 * self.payload_max;
+        match self.set.congestion {
+            Congestion::Cubic => {
+                let cwnd = f64::from(self.cwnd.max(floor));
+                let cu = &mut self.cubic;
+                // Fast convergence: a window that did not reach the last maximum releases
+                // bandwidth for newer flows.
+                cu.w_max = if cwnd < cu.w_max {
+                    cwnd * (1.0 + CUBIC_BETA) / 2.0
+                } else {
+                    cwnd
+                };
+                let ssthresh = (cwnd * CUBIC_BETA).max(f64::from(floor));
+                cu.k = ((cu.w_max - ssthresh) / f64::from(self.payload_max) / CUBIC_C)
+                    .max(0.0)
+                    .cbrt();
+                cu.epoch = None;
+                ssthresh as u32
+            }
+            _ => (self.in_flight() / 2).max(floor),
         }
     }
 
     fn enter_recovery(&mut self) {
         self.counters.fast_recoveries += 1;
-        self.ssthresh = (self.in_flight() / 2).max(2 * self.payload_max);
+        self.ssthresh = self.reduce();
         self.in_recovery = true;
         self.rto_recovery = false;
         self.recover = self.snd_nxt;
@@ -986,6 +1166,13 @@ impl Tcb {
             }
             i += 1;
         }
+    }
+
+    /// When the oldest retransmission followed is overdue (`check_retransmissions`).
+    fn rxt_overdue_at(&self) -> Option<Micros> {
+        let srtt = self.srtt?;
+        let oldest = self.rxts.iter().map(|r| r.sent).min()?;
+        Some(oldest + srtt + srtt / 4 + 1_000)
     }
 
     /// The next piece of a lost retransmission to send again: its start and end (at most a
@@ -1048,8 +1235,12 @@ impl Tcb {
         (base << self.backoff.min(16)).min(MAX_RTO_US)
     }
 
+    /// Arms the tail-loss probe. Not for a flight of one segment: its ACK may be a delayed
+    /// one (Linux's peers wait 40 ms and more; RFC 8985 adds the worst-case delayed-ACK time,
+    /// 200 ms, which is the RTO's floor anyway), so it is left to the retransmission timer.
     fn arm_probe(&mut self, now: Micros) {
-        if self.probe_done || self.in_recovery {
+        if self.probe_done || self.in_recovery || self.in_flight() <= self.payload_max {
+            self.probe_at = None;
             return;
         }
         if let Some(srtt) = self.srtt {
@@ -1098,6 +1289,8 @@ impl Tcb {
             } else if self.quick > 0 || self.unacked_bytes > self.rcv_mss {
                 self.quick = self.quick.saturating_sub(1);
                 self.ack_now = true;
+            } else if self.set.ack_delay_us == 0 {
+                self.ack_now = true;
             } else if self.ack_at.is_none() {
                 self.ack_at = Some(now + self.set.ack_delay_us);
             }
@@ -1114,6 +1307,7 @@ impl Tcb {
             return;
         }
         self.peer_fin = None;
+        self.fin_got = true;
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
         // Nothing follows a FIN: bytes held beyond it are not the peer's.
         self.ooo.clear();
@@ -1142,10 +1336,15 @@ impl Tcb {
 
     // ---------------------------------------------------------------- loss
 
-    /// Whether the hole at `seq` is lost by the SACK rule (RFC 6675 IsLost).
+    /// Whether the hole at `seq` is lost by the SACK rule (RFC 6675 IsLost), or because
+    /// everything sent after it was SACKed (early retransmit, RFC 5827: a flight too small to
+    /// bring three duplicates, such as a reply of two or three segments, has nothing else to
+    /// tell).
     fn is_lost(&self, seq: u32) -> bool {
         let (bytes, ranges) = self.sacked.above(seq);
-        ranges >= DUP_THRESH as usize || bytes > (DUP_THRESH - 1) * self.payload_max
+        ranges >= DUP_THRESH as usize
+            || bytes > (DUP_THRESH - 1) * self.payload_max
+            || (ranges == 1 && self.sacked.high() == Some(self.snd_nxt))
     }
 
     /// The end of the sequence space we have to send (the FIN included once queued).
@@ -1252,7 +1451,7 @@ impl Tcb {
             self.rtx_at = None;
             return;
         }
-        self.ssthresh = (self.in_flight() / 2).max(2 * self.payload_max);
+        self.ssthresh = self.reduce();
         self.cwnd = self.payload_max;
         self.ca_acked = 0;
         self.in_recovery = true;
@@ -1311,8 +1510,8 @@ impl Tcb {
     /// New bytes that may go now (window and congestion window permitting).
     fn sendable(&self) -> u32 {
         let can = self.sendable_ignoring_cwnd();
-        if can == 0 {
-            return 0;
+        if can == 0 || self.set.congestion == Congestion::None {
+            return can;
         }
         can.min(self.cwnd.saturating_sub(self.pipe()))
     }
@@ -1468,7 +1667,11 @@ impl Tcb {
             _ => {}
         }
 
-        // Retransmissions of lost holes, while the flight allows.
+        // Retransmissions of lost holes, while the flight allows; retransmissions overdue are
+        // lost too (also when no ACK comes to tell: the flight may be that retransmission).
+        if self.in_recovery && !self.rxts.is_empty() {
+            self.check_retransmissions(now);
+        }
         if self.in_recovery {
             while self.pipe() < self.cwnd {
                 let (s, e, again) = match self.next_again() {
@@ -1578,7 +1781,11 @@ impl Tcb {
                 self.rtx_at = Some(now + self.rto);
             }
         }
-        // Zero window: probe it (Linux: an old sequence number, no data).
+        // Zero window: probe it (Linux: an old sequence number, no data). Its clock for
+        // TCP_USER_TIMEOUT starts when data waits for it.
+        if self.snd_wnd == 0 && self.unsent() > 0 {
+            self.zero_wnd_since.get_or_insert(now);
+        }
         if self.snd_wnd == 0 && self.unsent() > 0 && self.snd_nxt == self.snd_una {
             match self.persist_at {
                 None => self.persist_at = Some(now + self.rto),

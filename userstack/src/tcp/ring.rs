@@ -77,6 +77,12 @@ impl Ring {
         (&self.buf[start..start + first], &self.buf[..n - first])
     }
 
+    /// Empties the ring (its bytes stay allocated).
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+
     /// Copies up to `out.len()` bytes from the front of the queue without taking them.
     pub fn peek(&self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.len);
