@@ -149,9 +149,18 @@ fn after_reset(fd: c_int, what: &str) {
 
 fn send_line(fd: c_int, s: &str) {
     let data = format!("{s}\n");
-    // SAFETY: our buffer.
-    let r = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    assert_eq!(r, data.len() as isize, "write of a control line");
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: our buffer, from `done` on.
+        let r = unsafe { libc::write(fd, data[done..].as_ptr().cast(), data.len() - done) };
+        // A write that blocks (the peer is still draining a sink) may be interrupted by the
+        // signals of `signal_interrupts`, whichever thread writes: it goes on.
+        if r < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        assert!(r > 0, "write of a control line: {r}, errno {}", errno());
+        done += r as usize;
+    }
 }
 
 fn getsockopt_int(fd: c_int, level: c_int, name: c_int, label: &str) {

@@ -880,22 +880,16 @@ impl Tcb {
         }
     }
 
-    /// Whether a segment falls in the window (RFC 9293 3.10.7.4), for its ACK and RST at least.
+    /// Whether a segment falls in the window, as Linux's tcp_sequence decides: it ends at or
+    /// after rcv_nxt and starts at or before the right edge of the window offered. (RFC 9293's
+    /// strict test refuses a pure ACK exactly at the edge, which a peer that filled the window
+    /// past a lost segment sends: its ACKs for our data would never count.)
     fn acceptable(&self, seg: &Seg) -> bool {
         let wnd = self
             .adv_left()
             .max(u32::from(self.state == State::SynReceived));
-        let len = seg.seq_len();
-        let in_wnd = |s: u32| !seq_lt(s, self.rcv_nxt) && seq_lt(s, self.rcv_nxt.wrapping_add(wnd));
-        if seg.seq == self.rcv_nxt {
-            return true; // zero window: its ACK and RST still count; data beyond is trimmed
-        }
-        if len == 0 {
-            return in_wnd(seg.seq);
-        }
-        in_wnd(seg.seq)
-            || in_wnd(seg.seq.wrapping_add(len - 1))
-            || (seq_lt(seg.seq, self.rcv_nxt) && seq_lt(self.rcv_nxt, seg.seq.wrapping_add(len)))
+        let end = seg.seq.wrapping_add(seg.seq_len());
+        !seq_lt(end, self.rcv_nxt) && !seq_lt(self.rcv_nxt.wrapping_add(wnd), seg.seq)
     }
 
     fn input_syn_sent(&mut self, now: Micros, seg: &Seg) {

@@ -881,3 +881,54 @@ fn a_slow_reader_behind_a_lossy_wire_gets_everything_without_long_stalls() {
         assert!(worst < 5_000_000, "a wait of {worst} us");
     }
 }
+
+#[test]
+fn a_pure_ack_at_the_right_edge_of_a_full_window_is_taken() {
+    // The peer filled our whole window but its first segment was lost: its next segments are
+    // held out of order up to the right edge, and its pure ACKs (for our data) carry a sequence
+    // number at that edge. Linux takes such an ACK (tcp_sequence: seq <= rcv_nxt + window);
+    // refusing it, the sender here never saw its data acknowledged and retransmitted in a loop.
+    let small = Settings {
+        rx_capacity: 4 * 1448,
+        nodelay: true,
+        ..Settings::default()
+    };
+    let mut p = Pair::new(
+        Settings {
+            nodelay: true,
+            ..Settings::default()
+        },
+        small,
+        no_faults(),
+        1,
+    );
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.a.send(&[1u8; 4 * 1448]);
+    let segs = collect(&mut p.a, p.now);
+    assert_eq!(segs.len(), 4);
+    for s in &segs[1..] {
+        feed(&mut p.b, p.now, s);
+    }
+    collect(&mut p.b, p.now);
+    assert_eq!(
+        p.b.adv_left(),
+        4 * 1448,
+        "the whole window is used up to its right edge"
+    );
+    // b sends data; a acknowledges it with a pure ACK at b's right edge (its next sequence
+    // number: a sent everything the window took).
+    p.b.send(b"reply");
+    collect(&mut p.b, p.now);
+    assert_eq!(p.b.in_flight(), 5);
+    let edge = p.b.rcv_nxt.wrapping_add(p.b.adv_left());
+    assert_eq!(edge, p.a.snd_nxt);
+    let o = Out {
+        seq: edge,
+        ack: p.b.snd_nxt,
+        flags: ACK,
+        wnd: 1000,
+        ..Out::default()
+    };
+    feed(&mut p.b, p.now, &encode(&o, (&[], &[])));
+    assert_eq!(p.b.in_flight(), 0, "the ACK was taken");
+}
