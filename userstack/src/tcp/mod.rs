@@ -266,6 +266,13 @@ pub struct Tcb {
     /// The largest segment received (Linux's rcv_mss).
     rcv_mss: u32,
     quick: u8,
+    /// Interactive mode (Linux's pingpong): data was sent while an ACK was owed, so replies
+    /// carry the ACKs and quick-ACK mode does not ACK every segment at once. Left when the
+    /// delayed-ACK timer fires (nothing was sent in time to carry the ACK).
+    pingpong: bool,
+    /// SO_RCVBUF lowered after the handshake: the buffer counts as this size (the window
+    /// offered is what it has room for).
+    rx_limit: Option<u32>,
     ts_ok: bool,
     ts_recent: u32,
     ts_offset: u32,
@@ -375,6 +382,8 @@ impl Tcb {
             unacked_bytes: 0,
             rcv_mss: 536,
             quick: QUICK_ACKS,
+            pingpong: false,
+            rx_limit: None,
             ts_ok: false,
             ts_recent: 0,
             ts_offset: iss.rotate_left(13),
@@ -620,6 +629,19 @@ impl Tcb {
         self.clamp = clamp;
     }
 
+    /// SO_RCVBUF lowered on an open connection: the receive buffer counts as `limit` bytes
+    /// (the window offered is its room; `None`: the whole buffer). The right edge already
+    /// offered stays.
+    pub fn set_recv_limit(&mut self, limit: Option<u32>) {
+        self.rx_limit = limit.filter(|&l| (l as usize) < self.rx.capacity());
+        self.after_read();
+    }
+
+    /// The receive buffer's size as SO_RCVBUF set it.
+    pub fn recv_limit(&self) -> usize {
+        self.rx_limit.map_or(self.rx.capacity(), |l| l as usize)
+    }
+
     /// Queued bytes not sent yet (TCP_NOTSENT_LOWAT, tcpi_notsent_bytes).
     pub fn notsent(&self) -> usize {
         self.unsent() as usize
@@ -710,7 +732,7 @@ impl Tcb {
     /// made due if the window grew enough (see the module's documentation).
     pub fn after_read(&mut self) {
         let cur = self.adv_left();
-        if (cur as usize) * 2 <= self.rx.capacity() {
+        if (cur as usize) * 2 <= self.recv_limit() {
             let new = self.window_to_offer();
             if new > 0 && new >= cur.saturating_mul(2) {
                 self.ack_now = true;
@@ -1280,7 +1302,7 @@ impl Tcb {
                     self.rcv_nxt = r.end;
                 }
                 self.ack_now = true;
-            } else if self.quick > 0 || self.unacked_bytes > self.rcv_mss {
+            } else if (self.quick > 0 && !self.pingpong) || self.unacked_bytes > self.rcv_mss {
                 self.quick = self.quick.saturating_sub(1);
                 self.ack_now = true;
             } else if self.set.ack_delay_us == 0 {
@@ -1471,9 +1493,13 @@ impl Tcb {
     /// right edge back.
     fn window_to_offer(&self) -> u32 {
         let max = 65535u32 << self.rcv_shift;
-        let room = (self.rx.free() as u32)
-            .min(max)
-            .min(self.clamp.unwrap_or(u32::MAX));
+        let free = match self.rx_limit {
+            Some(l) => (l as usize)
+                .saturating_sub(self.rx.len())
+                .min(self.rx.free()),
+            None => self.rx.free(),
+        };
+        let room = (free as u32).min(max).min(self.clamp.unwrap_or(u32::MAX));
         (room & !((1u32 << self.rcv_shift) - 1)).max(self.adv_left())
     }
 
@@ -1607,6 +1633,10 @@ impl Tcb {
         if !emit(&out, self.tx.slices(off, n as usize)) {
             return false;
         }
+        if n > 0 && (self.unacked_bytes > 0 || self.ack_at.is_some()) {
+            // A reply carries the ACK it owed: the exchange is interactive.
+            self.pingpong = true;
+        }
         self.acked_sent(&out);
         true
     }
@@ -1646,6 +1676,7 @@ impl Tcb {
         }
         if self.ack_at.is_some_and(|t| now >= t) {
             self.ack_now = true;
+            self.pingpong = false;
         }
         match self.state {
             State::SynSent | State::SynReceived => return self.output_syn(now, emit),
