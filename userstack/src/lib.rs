@@ -23,7 +23,6 @@ pub mod net;
 pub mod pcap;
 #[allow(unsafe_code)]
 mod prefetch;
-pub mod recovery;
 pub mod seq;
 pub mod stack;
 pub mod stats;

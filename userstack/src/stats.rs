@@ -80,15 +80,17 @@ counters! {
         /// Connections opened (passive and active) and freed.
         conns_opened,
         conns_freed,
-        /// Segments retransmitted by smoltcp (estimated from sequence numbers going backwards).
+        /// Segments retransmitted (counted from sequence numbers going backwards).
         tcp_retransmits,
-        /// Fast retransmissions our loss detection provoked (recovery.rs), and retransmission
-        /// timeouts it brought forward from smoltcp's 1 s minimum.
-        tcp_fast_retransmit_assists,
-        tcp_rto_assists,
-        /// Tail-loss probes (recovery.rs): the first unacknowledged segment sent again when a
-        /// flight's ACKs stopped coming for 2 SRTT + max(10 ms, 4 RTTVAR), before the retransmission timeout.
+        /// Loss recoveries entered on SACK or duplicate ACKs (fast retransmit, RFC 6675).
+        tcp_fast_recoveries,
+        /// Retransmission timeouts.
+        tcp_rto_timeouts,
+        /// Tail-loss probes: the last segment sent again when a flight's ACKs stopped coming
+        /// for 2 SRTT + max(10 ms, 4 RTTVAR), before the retransmission timeout.
         tcp_loss_probes,
+        /// Retransmissions found lost themselves and sent again.
+        tcp_lost_retransmits,
         /// Connections given up on, as Linux does: data unacknowledged and nothing heard from
         /// the peer for ~15 min (an orphan: 60 s), a connect unanswered for 127 s, an orphan
         /// in FIN-WAIT-2 for 60 s. The application (if it still has the socket) gets ETIMEDOUT.

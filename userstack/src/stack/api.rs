@@ -2,9 +2,9 @@
 //! keepalive parameters and per-socket TCP options.
 
 use smoltcp::socket::tcp;
-use smoltcp::time::Duration as SDuration;
 
 use crate::config::{Config, CongestionControl};
+use crate::net::Micros;
 
 /// A connection handle. The generation changes whenever a slot is reused, so a handle kept
 /// after its connection was freed can never reach the connection that took the slot.
@@ -152,26 +152,50 @@ impl TcpOptions {
         }
     }
 
-    pub(super) fn apply(&self, s: &mut tcp::Socket<'_>) {
-        s.set_nagle_enabled(!self.nodelay);
-        s.set_ack_delay(self.ack_delay.map(to_sdur));
-        s.set_keep_alive(self.keepalive.map(to_sdur));
-        s.set_hop_limit(self.ttl);
-        s.set_congestion_control(smoltcp_cc(self.cc));
+    /// What a connection with these options starts with, over an IP MTU of `mtu`.
+    pub(super) fn settings(&self, mtu: usize, rto_min_us: Micros) -> crate::tcp::Settings {
+        let us = |d: std::time::Duration| d.as_micros() as Micros;
+        crate::tcp::Settings {
+            mss: u16::try_from(mtu.saturating_sub(40)).unwrap_or(u16::MAX),
+            rx_capacity: self.rcvbuf,
+            tx_capacity: self.sndbuf,
+            nodelay: self.nodelay,
+            ack_delay_us: self.ack_delay.map_or(0, us),
+            rto_min_us,
+            timestamps: true,
+            sack: true,
+            window_scaling: true,
+            keepalive: self.keepalive.map(|d| crate::tcp::Keepalive {
+                idle_us: us(d),
+                interval_us: us(d),
+                probes: KEEPALIVE_PROBES,
+            }),
+            congestion: engine_cc(self.cc),
+        }
     }
 }
 
-/// smoltcp's name for a congestion control.
-pub(super) fn smoltcp_cc(cc: CongestionControl) -> tcp::CongestionControl {
+/// Unanswered keepalive probes before a connection is given up (Linux's tcp_keepalive_probes).
+const KEEPALIVE_PROBES: u32 = 9;
+
+/// The engine's name for a congestion control.
+pub(super) fn engine_cc(cc: CongestionControl) -> crate::tcp::Congestion {
     match cc {
-        CongestionControl::None => tcp::CongestionControl::None,
-        CongestionControl::Reno => tcp::CongestionControl::Reno,
-        CongestionControl::Cubic => tcp::CongestionControl::Cubic,
+        CongestionControl::None => crate::tcp::Congestion::None,
+        CongestionControl::Reno => crate::tcp::Congestion::Reno,
+        CongestionControl::Cubic => crate::tcp::Congestion::Cubic,
     }
 }
 
-pub(super) fn to_sdur(d: std::time::Duration) -> SDuration {
-    SDuration::from_micros(d.as_micros() as u64)
+impl Keepalive {
+    /// The engine's keepalive with these parameters.
+    pub(super) fn engine(self) -> crate::tcp::Keepalive {
+        crate::tcp::Keepalive {
+            idle_us: self.idle.as_micros() as Micros,
+            interval_us: self.intvl.as_micros() as Micros,
+            probes: self.cnt,
+        }
+    }
 }
 
 /// What the stack knows of a connection, as Linux's TCP_INFO and TCP_MAXSEG report it
@@ -217,7 +241,7 @@ pub struct TcpInfo {
     pub rcv_wnd: u32,
 }
 
-/// smoltcp's state in Linux's numbering (include/net/tcp_states.h): TCP_ESTABLISHED 1,
+/// A state in Linux's numbering (include/net/tcp_states.h): TCP_ESTABLISHED 1,
 /// TCP_SYN_SENT 2, TCP_SYN_RECV 3, TCP_FIN_WAIT1 4, TCP_FIN_WAIT2 5, TCP_TIME_WAIT 6,
 /// TCP_CLOSE 7, TCP_CLOSE_WAIT 8, TCP_LAST_ACK 9, TCP_LISTEN 10, TCP_CLOSING 11.
 pub fn linux_state(s: tcp::State) -> u8 {

@@ -6,14 +6,12 @@ use std::net::SocketAddrV4;
 
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::api::{
     linux_state, ConnId, Event, Keepalive, Readiness, SockError, TcpInfo, TcpOptions,
 };
-use super::conn::{readiness, Conn, Origin, CONNECT_TIMEOUT_US};
+use super::conn::{readiness, Conn, Open, Origin, CONNECT_TIMEOUT_US};
 use super::demux::key;
-use super::device::WinClamp;
 use super::{Listener, Stack, EPHEMERAL};
 use crate::config::CongestionControl;
 use crate::link::Link;
@@ -98,7 +96,7 @@ impl<L: Link> Stack<L> {
         l.queue.clear();
         for idx in victims {
             let c = self.slots[idx as usize].conn.as_mut().expect("live");
-            c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+            c.tcb.abort();
             c.origin = Origin::Owned;
             c.app_closed = true;
             self.mark_dirty(idx);
@@ -123,9 +121,8 @@ impl<L: Link> Stack<L> {
             };
             l.pending = l.pending.saturating_sub(1);
             c.origin = Origin::Owned;
-            let sock = c.sockets.get::<tcp::Socket>(c.handle);
-            c.last_ready = readiness(sock, c);
-            c.last_recv_queue = sock.recv_queue();
+            c.last_ready = readiness(c);
+            c.last_recv_queue = c.tcb.recv_queue();
             return Ok((id, c.peer));
         }
     }
@@ -193,23 +190,11 @@ impl<L: Link> Stack<L> {
         }
         let local_port = port.ok_or(SockError::AddrNotAvail)?;
         let k = key(*remote.ip(), remote.port(), local_port);
-        let local = IpEndpoint::new(IpAddress::Ipv4(self.net.addr().addr), local_port);
-        let remote_ep = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
-        // connect() needs the interface's context, so the socket is opened after the
-        // connection (and its interface) exists.
-        let idx = self.new_conn(now, k, remote, local_port, Origin::Owned, &opts, |_| Ok(()))?;
+        let idx = self.new_conn(now, k, remote, local_port, Origin::Owned, &opts, Open::Active);
         let c = self.slots[idx as usize]
             .conn
             .as_mut()
             .expect("just created");
-        let cx = c.iface.context();
-        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-        if sock.connect(cx, remote_ep, local).is_err() {
-            self.free_conn(idx);
-            return Err(SockError::Invalid);
-        }
-        self.shm.states.moved(c.last_state, tcp::State::SynSent);
-        c.last_state = tcp::State::SynSent;
         c.connect_expires = Some(now.total_micros() as Micros + CONNECT_TIMEOUT_US);
         let gen = self.slots[idx as usize].gen;
         self.mark_dirty(idx);
@@ -264,30 +249,26 @@ impl<L: Link> Stack<L> {
     pub fn slot_state(&self, id: ConnId) -> Option<(tcp::State, bool, usize)> {
         let slot = self.slots.get(id.slot as usize)?;
         let c = slot.conn.as_ref().filter(|_| slot.gen == id.gen)?;
-        let sock = c.sockets.get::<tcp::Socket>(c.handle);
-        Some((sock.state(), c.dirty, sock.recv_queue()))
+        Some((c.state(), c.dirty, c.tcb.recv_queue()))
     }
 
     pub fn state(&self, id: ConnId) -> Result<tcp::State, SockError> {
-        let c = self.conn(id)?;
-        Ok(c.sockets.get::<tcp::Socket>(c.handle).state())
+        Ok(self.conn(id)?.state())
     }
 
     pub fn readiness(&self, id: ConnId) -> Result<Readiness, SockError> {
-        let c = self.conn(id)?;
-        Ok(readiness(c.sockets.get::<tcp::Socket>(c.handle), c))
+        Ok(readiness(self.conn(id)?))
     }
 
-    /// Bytes [`Stack::send`] would take now (the send buffer's room, as SO_SNDBUF,
-    /// TCP_CORK and TCP_NOTSENT_LOWAT leave it).
+    /// Bytes [`Stack::send`] would take now (the send buffer's room, as SO_SNDBUF and
+    /// TCP_NOTSENT_LOWAT leave it).
     pub fn send_room(&self, id: ConnId) -> Result<usize, SockError> {
         Ok(self.conn(id)?.send_room())
     }
 
     /// Bytes waiting to be read (FIONREAD).
     pub fn recv_queue(&self, id: ConnId) -> Result<usize, SockError> {
-        let c = self.conn(id)?;
-        Ok(c.sockets.get::<tcp::Socket>(c.handle).recv_queue())
+        Ok(self.conn(id)?.tcb.recv_queue())
     }
 
     /// Reads into `buf`. `Ok(0)` is end of stream (the peer's FIN, after all data). A
@@ -303,124 +284,84 @@ impl<L: Link> Stack<L> {
     }
 
     fn recv_inner(&mut self, id: ConnId, buf: &mut [u8], peek: bool) -> Result<usize, SockError> {
-        let rcvbuf_half;
-        let n = {
-            let c = self.conn_mut(id)?;
-            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-            rcvbuf_half = sock.recv_capacity() / 2;
-            let queued = sock.recv_queue();
-            if buf.is_empty() && queued > 0 {
-                return Ok(0);
-            }
-            // An empty `buf` with nothing queued: as an empty read (would block, the end of
-            // the stream or an error), as Linux's recv of zero bytes.
-            let got = if buf.is_empty() {
-                Ok(0)
-            } else if peek {
-                sock.peek_slice(buf)
-            } else {
-                sock.recv_slice(buf)
-            };
-            match got {
-                Ok(0) | Err(tcp::RecvError::InvalidState) | Err(tcp::RecvError::Finished) => {
-                    if let Some(e) = c.error.take() {
-                        return Err(e);
-                    }
-                    if c.failed {
-                        return Ok(0);
-                    }
-                    return match sock.state() {
-                        tcp::State::SynSent | tcp::State::SynReceived => Err(SockError::WouldBlock),
-                        tcp::State::Listen => Err(SockError::NotConnected),
-                        _ if sock.may_recv() && !c.rd_shut => Err(SockError::WouldBlock),
-                        _ => Ok(0),
-                    };
-                }
-                Ok(n) => {
-                    c.last_recv_queue = sock.recv_queue();
-                    (n, queued)
-                }
-            }
+        let c = self.conn_mut(id)?;
+        let queued = c.tcb.recv_queue();
+        if buf.is_empty() && queued > 0 {
+            return Ok(0);
+        }
+        // An empty `buf` with nothing queued: as an empty read (would block, the end of the
+        // stream or an error), as Linux's recv of zero bytes.
+        let n = if peek {
+            c.tcb.peek(buf)
+        } else {
+            c.tcb.recv(buf)
         };
-        // Reading from a more than half full buffer may open the window enough to tell the
-        // peer now (smoltcp decides); otherwise the next segment carries the update.
-        if !peek && n.1 > rcvbuf_half {
-            self.mark_dirty(id.slot);
-        }
-        if !peek {
-            if let Ok(c) = self.conn_mut(id) {
-                if c.clamp.is_some() {
-                    c.note_read();
-                    if c.clamp.is_some_and(|w| w.nudge) {
-                        self.mark_dirty(id.slot);
-                    }
-                }
-            }
-        }
-        Ok(n.0)
-    }
-
-    /// Queues `data` for sending; it leaves on the next `poll` or `flush`.
-    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SockError> {
-        let n = {
-            let c = self.conn_mut(id)?;
+        if n == 0 {
             if let Some(e) = c.error.take() {
                 return Err(e);
             }
             if c.failed {
-                return Err(SockError::Pipe);
-            }
-            let limited = c.limits_sending();
-            let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-            match sock.state() {
-                tcp::State::SynSent | tcp::State::SynReceived => return Err(SockError::WouldBlock),
-                tcp::State::Listen => return Err(SockError::NotConnected),
-                _ => {}
-            }
-            if !sock.may_send() {
-                return Err(SockError::Pipe);
-            }
-            if data.is_empty() {
                 return Ok(0);
             }
-            // SO_SNDBUF set on the connection, or TCP_CORK holding bytes back: no more
-            // queued than the buffer takes.
-            if limited {
-                let room = c.send_room();
-                if room == 0 {
-                    return Err(SockError::WouldBlock);
+            return match c.tcb.state() {
+                crate::tcp::State::SynSent | crate::tcp::State::SynReceived => {
+                    Err(SockError::WouldBlock)
                 }
-                let data = &data[..data.len().min(room)];
-                let n = data.len();
-                match c.cork.is_some() {
-                    true => c.corked_send(data),
-                    false => {
-                        c.sockets
-                            .get_mut::<tcp::Socket>(c.handle)
-                            .send_slice(data)
-                            .map_err(|_| SockError::Pipe)?;
-                    }
-                }
-                if c.send_room() == 0 {
-                    c.last_ready.writable = false;
-                }
-                self.mark_dirty(id.slot);
-                return Ok(n);
-            }
-            let n = match sock.send_slice(data) {
-                Ok(0) => return Err(SockError::WouldBlock),
-                Ok(n) => n,
-                Err(_) => return Err(SockError::Pipe),
+                _ if c.tcb.may_recv() && !c.rd_shut => Err(SockError::WouldBlock),
+                _ => Ok(0),
             };
-            if !sock.can_send() {
-                // Events are queued when a poll finds the readiness changed since the last
-                // one. The buffer is full now: if the next poll takes an ACK that frees room
-                // before it polls this write, it finds "writable" again, and must see that as a
-                // change, or a writer waiting for EPOLLOUT is never woken.
-                c.last_ready.writable = false;
+        }
+        if !peek {
+            c.last_recv_queue = c.tcb.recv_queue();
+            // Reading may have opened the window enough to tell the peer now (the engine
+            // decides, as Linux's tcp_cleanup_rbuf); otherwise the next segment carries it.
+            if c.tcb.poll_at() == Some(0) {
+                self.mark_dirty(id.slot);
             }
-            n
+        }
+        Ok(n)
+    }
+
+    /// Queues `data` for sending; it leaves on the next `poll` or `flush`.
+    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SockError> {
+        let c = self.conn_mut(id)?;
+        if let Some(e) = c.error.take() {
+            return Err(e);
+        }
+        if c.failed {
+            return Err(SockError::Pipe);
+        }
+        if matches!(
+            c.tcb.state(),
+            crate::tcp::State::SynSent | crate::tcp::State::SynReceived
+        ) {
+            return Err(SockError::WouldBlock);
+        }
+        if !c.tcb.may_send() {
+            return Err(SockError::Pipe);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        // SO_SNDBUF set on the connection, or TCP_NOTSENT_LOWAT: no more queued than they
+        // allow.
+        let data = if c.limits_sending() {
+            let room = c.send_room();
+            &data[..data.len().min(room)]
+        } else {
+            data
         };
+        let n = c.tcb.send(data);
+        if n == 0 {
+            return Err(SockError::WouldBlock);
+        }
+        if !c.tcb.can_send() || (c.limits_sending() && c.send_room() == 0) {
+            // Events are queued when a poll finds the readiness changed since the last one.
+            // The buffer is full now: if the next poll takes an ACK that frees room before it
+            // polls this write, it finds "writable" again, and must see that as a change, or
+            // a writer waiting for EPOLLOUT is never woken.
+            c.last_ready.writable = false;
+        }
         self.mark_dirty(id.slot);
         Ok(n)
     }
@@ -430,25 +371,23 @@ impl<L: Link> Stack<L> {
     /// (the caller tells its epoll sets: no event is queued for its own call, as for `send`).
     pub fn shutdown_read(&mut self, id: ConnId) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let sock = c.sockets.get::<tcp::Socket>(c.handle);
         // Linux sets the flag and still says ENOTCONN for a closed (e.g. reset) socket.
         c.rd_shut = true;
-        if matches!(sock.state(), tcp::State::Closed | tcp::State::Listen) {
+        if c.tcb.state() == crate::tcp::State::Closed {
             return Err(SockError::NotConnected);
         }
-        c.last_ready = readiness(sock, c);
+        c.last_ready = readiness(c);
         Ok(())
     }
 
     /// shutdown(SHUT_WR): FIN after the queued data; reading goes on.
     pub fn shutdown_write(&mut self, id: ConnId) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let state = c.sockets.get::<tcp::Socket>(c.handle).state();
-        if matches!(state, tcp::State::Closed | tcp::State::Listen) {
+        if c.tcb.state() == crate::tcp::State::Closed {
             return Err(SockError::NotConnected);
         }
-        c.release_cork();
-        c.sockets.get_mut::<tcp::Socket>(c.handle).close();
+        c.tcb.set_cork(false);
+        c.tcb.close();
         self.mark_dirty(id.slot);
         Ok(())
     }
@@ -465,8 +404,7 @@ impl<L: Link> Stack<L> {
     /// buffer, which is also the most it can be).
     pub fn set_send_cap(&mut self, id: ConnId, cap: Option<usize>) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let sock = c.sockets.get::<tcp::Socket>(c.handle);
-        c.tuning.snd_cap = cap.filter(|&n| n < sock.send_capacity());
+        c.tuning.snd_cap = cap.filter(|&n| n < c.tcb.send_capacity());
         c.note_limits();
         c.recheck = true;
         self.mark_dirty(id.slot);
@@ -474,21 +412,17 @@ impl<L: Link> Stack<L> {
     }
 
     /// The size of a connection's receive and send buffers (the send buffer as SO_SNDBUF on
-    /// the connection limits it).
+    /// the connection limits it, the receive buffer as SO_RCVBUF did).
     pub fn buffer_sizes(&self, id: ConnId) -> Result<(usize, usize), SockError> {
         let c = self.conn(id)?;
-        let sock = c.sockets.get::<tcp::Socket>(c.handle);
         let snd = c.tuning.snd_cap.unwrap_or(usize::MAX);
-        let rcv = c.clamp.map_or(usize::MAX, |w| w.cap as usize);
-        Ok((sock.recv_capacity().min(rcv), sock.send_capacity().min(snd)))
+        Ok((c.tcb.recv_limit(), c.tcb.send_capacity().min(snd)))
     }
 
     /// TCP_CONGESTION: the connection's congestion control from now on.
     pub fn set_congestion(&mut self, id: ConnId, cc: CongestionControl) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        c.sockets
-            .get_mut::<tcp::Socket>(c.handle)
-            .set_congestion_control(super::api::smoltcp_cc(cc));
+        c.tcb.set_congestion(super::api::engine_cc(cc));
         Ok(())
     }
 
@@ -496,10 +430,12 @@ impl<L: Link> Stack<L> {
     /// allows). As for a lowered receive buffer, an edge offered before is never moved back.
     pub fn set_window_clamp(&mut self, id: ConnId, clamp: Option<usize>) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let capacity = c.sockets.get::<tcp::Socket>(c.handle).recv_capacity();
-        let cap = c.clamp.map_or(capacity, |w| w.cap as usize);
+        let capacity = c.tcb.recv_capacity();
         let clamp = clamp.filter(|&n| n < capacity);
-        Self::clamp_window(c, (cap < capacity).then_some(cap), clamp);
+        c.tcb.set_window_clamp(clamp.map(|n| n as u32));
+        // A clamp lifted may open the window enough to tell the peer now.
+        c.tcb.after_read();
+        self.mark_dirty(id.slot);
         Ok(())
     }
 
@@ -507,10 +443,9 @@ impl<L: Link> Stack<L> {
     /// buffer (as lowered by SO_RCVBUF).
     pub fn window_clamp(&self, id: ConnId) -> Result<usize, SockError> {
         let c = self.conn(id)?;
-        let capacity = c.sockets.get::<tcp::Socket>(c.handle).recv_capacity();
-        Ok(match c.clamp {
-            Some(w) => w.window.unwrap_or(w.cap) as usize,
-            None => capacity,
+        Ok(match c.tcb.window_clamp() {
+            Some(w) => w as usize,
+            None => c.tcb.recv_limit(),
         })
     }
 
@@ -544,35 +479,10 @@ impl<L: Link> Stack<L> {
     /// the most it can be). The edge offered before is never moved back.
     pub fn set_recv_cap(&mut self, id: ConnId, cap: Option<usize>) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let capacity = c.sockets.get::<tcp::Socket>(c.handle).recv_capacity();
-        let window = c.clamp.and_then(|w| w.window).map(|w| w as usize);
-        Self::clamp_window(c, cap.filter(|&n| n < capacity), window);
+        c.tcb
+            .set_recv_limit(cap.map(|n| u32::try_from(n).unwrap_or(u32::MAX)));
+        self.mark_dirty(id.slot);
         Ok(())
-    }
-
-    /// Lowers the window `c` offers to `cap` bytes of buffer and at most `window` bytes, or
-    /// lifts the clamp (both `None`).
-    fn clamp_window(c: &mut Conn, cap: Option<usize>, window: Option<usize>) {
-        let sock = c.sockets.get::<tcp::Socket>(c.handle);
-        let (capacity, queued) = (sock.recv_capacity(), sock.recv_queue());
-        if cap.is_none() && window.is_none() {
-            c.clamp = None;
-            return;
-        }
-        // What smoltcp may have offered last (at most its free room then): kept.
-        let edge = c.clamp.and_then(|w| w.edge).or_else(|| {
-            c.track
-                .last_ack_sent
-                .map(|a| a.wrapping_add(capacity.saturating_sub(queued) as u32))
-        });
-        c.clamp = Some(WinClamp {
-            cap: cap.unwrap_or(capacity) as u32,
-            window: window.map(|w| w as u32),
-            room: 0,
-            shift: c.track.wshift,
-            edge,
-            nudge: false,
-        });
     }
 
     /// TCP_QUICKACK: on, what is owed is acknowledged now and the next segments at once (16,
@@ -580,14 +490,7 @@ impl<L: Link> Stack<L> {
     /// setting is not kept: it switches the mode for now.
     pub fn set_quickack(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-        if on {
-            c.tuning.quick = QUICKACK_SEGMENTS;
-            sock.set_ack_delay(None);
-        } else {
-            c.tuning.quick = 0;
-            sock.set_ack_delay(c.tuning.ack_delay);
-        }
+        c.tcb.set_quickack(if on { QUICKACK_SEGMENTS } else { 0 });
         // Polled once: an ACK owed leaves now.
         self.mark_dirty(id.slot);
         Ok(())
@@ -596,9 +499,7 @@ impl<L: Link> Stack<L> {
     /// IP_TTL (`None`: the default, 64) and IP_TOS of what a connection sends from now on.
     pub fn set_ip_header(&mut self, id: ConnId, ttl: Option<u8>, tos: u8) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        c.sockets
-            .get_mut::<tcp::Socket>(c.handle)
-            .set_hop_limit(ttl);
+        c.tuning.ttl = ttl.unwrap_or(64);
         c.tuning.tos = tos;
         Ok(())
     }
@@ -607,15 +508,8 @@ impl<L: Link> Stack<L> {
     /// ceiling); off, what is held is sent now. shutdown(SHUT_WR) and close() send it too.
     pub fn set_cork(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        if on {
-            c.cork.get_or_insert_with(Default::default);
-            c.note_limits();
-        } else {
-            c.release_cork();
-            c.cork = None;
-            c.note_limits();
-            c.recheck = true;
-        }
+        c.tcb.set_cork(on);
+        c.tuning.corked = on;
         self.mark_dirty(id.slot);
         Ok(())
     }
@@ -623,24 +517,17 @@ impl<L: Link> Stack<L> {
     /// Sets TCP_NODELAY on an open connection.
     pub fn set_nodelay(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        c.sockets
-            .get_mut::<tcp::Socket>(c.handle)
-            .set_nagle_enabled(!on);
+        c.tcb.set_nodelay(on);
+        if on {
+            // What Nagle held goes now, as Linux's TCP_NODELAY pushes pending data.
+            self.mark_dirty(id.slot);
+        }
         Ok(())
     }
 
-    /// SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT, or off. smoltcp has one
-    /// keepalive interval and an inactivity timeout: the first probe goes after `idle` (then
-    /// every `idle`), and the connection is aborted (ETIMEDOUT) after `idle + intvl * cnt` without
-    /// hearing from the peer, which is when Linux gives up too.
-    ///
-    /// As on Linux the first probe goes out after `idle` without traffic. smoltcp, given a
-    /// keep-alive interval on an idle connection,
-    /// probes at once (its timer starts at time 0 until a segment moves it), which Redis's
-    /// SO_KEEPALIVE on every accepted client turned into a probe (and the client's duplicate
-    /// ACK) per connection, counted as a retransmission. So the setting waits: it is handed to
-    /// smoltcp just before the connection next sends (the send restarts smoltcp's idle timer)
-    /// or, if it stays silent, `idle` from now, when a probe is due anyway.
+    /// SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT, or off: as on Linux the
+    /// first probe goes after `idle` without traffic, then one every `intvl`, and the
+    /// connection is given up (ETIMEDOUT) after `cnt` unanswered probes.
     pub fn set_keepalive(
         &mut self,
         now: Instant,
@@ -648,21 +535,11 @@ impl<L: Link> Stack<L> {
         ka: Option<Keepalive>,
     ) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
-        match ka {
-            Some(k) => {
-                let due = now.total_micros() as Micros + k.idle.as_micros() as Micros;
-                c.keepalive = Some((k, due));
-                // Polled once so that its timer includes `due` (a silent connection is
-                // polled again only then).
-                self.mark_dirty(id.slot);
-            }
-            None => {
-                c.keepalive = None;
-                let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-                sock.set_keep_alive(None);
-                sock.set_timeout(None);
-            }
-        }
+        c.tcb
+            .set_keepalive(ka.map(Keepalive::engine), now.total_micros() as Micros);
+        // Polled once so that its timer includes the first probe's time (a silent connection
+        // is polled again only then).
+        self.mark_dirty(id.slot);
         Ok(())
     }
 
@@ -696,40 +573,34 @@ impl<L: Link> Stack<L> {
     }
 
     /// What the stack knows of the connection, for getsockopt(TCP_INFO) and TCP_MAXSEG: its
-    /// state, RTT estimates and timeout (recovery.rs), segment sizes (the MTU and the MSS of
-    /// the peer's SYN), retransmissions and queues. No per-packet work: everything is read
-    /// from what the connection keeps anyway.
+    /// state, RTT estimates and timeout, segment sizes (the MTU and the MSS of the peer's
+    /// SYN), retransmissions and queues. No per-packet work: everything is read from what the
+    /// connection's engine keeps anyway.
     pub fn tcp_info(&self, id: ConnId) -> Result<TcpInfo, SockError> {
         let c = self.conn(id)?;
-        let sock = c.sockets.get::<tcp::Socket>(c.handle);
+        let t = &c.tcb;
         let sat = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-        // smoltcp's local MSS (and the one its SYN announces): the IP MTU less the IPv4 and
-        // TCP headers.
         let pmtu = c.tuning.mtu;
-        let advmss = pmtu.saturating_sub(40);
-        let (path_mss, snd_mss) = c.mss();
-        let unacked = c.unacked();
-        let send_queue = sock.send_queue();
+        let (_, snd_mss) = c.mss();
+        let unacked = t.in_flight() as usize;
         Ok(TcpInfo {
-            state: linux_state(sock.state()),
-            rto_us: sat(c.rec.current_rto()),
-            ato_us: sock.ack_delay().map_or(0, |d| sat(d.total_micros())),
-            srtt_us: c.rec.srtt().map_or(0, sat),
-            rttvar_us: c.rec.srtt().map_or(0, |_| sat(c.rec.rttvar())),
-            backoff: c.rec.backoff().min(u32::from(u8::MAX)) as u8,
+            state: linux_state(c.state()),
+            rto_us: sat(t.rto_us()),
+            ato_us: sat(t.ack_delay_us()),
+            srtt_us: t.srtt_us().map_or(0, sat),
+            rttvar_us: t.srtt_us().map_or(0, |_| sat(t.rttvar_us())),
+            backoff: t.backoff().min(u32::from(u8::MAX)) as u8,
             snd_mss: snd_mss as u32,
-            rcv_mss: path_mss as u32,
-            advmss: advmss as u32,
+            rcv_mss: t.rcv_mss(),
+            advmss: pmtu.saturating_sub(40) as u32,
             pmtu: pmtu as u32,
-            total_retrans: c.track.retransmits,
+            total_retrans: sat(t.counters.retransmits),
             unacked_bytes: unacked as u32,
             unacked_segs: unacked.div_ceil(snd_mss) as u32,
-            // (The unacknowledged bytes may include a SYN or FIN, which take no buffer room.)
-            notsent_bytes: (send_queue.saturating_sub(unacked)
-                + c.cork.as_ref().map_or(0, |k| k.held.len())) as u32,
-            send_queue: send_queue as u32,
-            recv_queue: sock.recv_queue() as u32,
-            rcv_wnd: (sock.recv_capacity() - sock.recv_queue()) as u32,
+            notsent_bytes: t.notsent() as u32,
+            send_queue: t.send_queue() as u32,
+            recv_queue: t.recv_queue() as u32,
+            rcv_wnd: t.rcv_wnd(),
         })
     }
 
@@ -743,12 +614,11 @@ impl<L: Link> Stack<L> {
     pub fn close(&mut self, id: ConnId) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         c.app_closed = true;
-        c.release_cork();
-        let sock = c.sockets.get_mut::<tcp::Socket>(c.handle);
-        if sock.recv_queue() > 0 {
-            sock.abort();
+        if c.tcb.recv_queue() > 0 {
+            c.tcb.abort();
         } else {
-            sock.close();
+            c.tcb.set_cork(false);
+            c.tcb.close();
         }
         self.mark_dirty(id.slot);
         Ok(())
@@ -758,7 +628,7 @@ impl<L: Link> Stack<L> {
     pub fn abort(&mut self, id: ConnId) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         c.app_closed = true;
-        c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+        c.tcb.abort();
         self.mark_dirty(id.slot);
         Ok(())
     }

@@ -4,17 +4,17 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{IpListenEndpoint, Ipv4Packet, TcpPacket};
+use smoltcp::wire::Ipv4Packet;
 
-use super::api::SockError;
-use super::conn::{Conn, Handshake, Origin};
+use super::conn::{Conn, Handshake, Open, Origin};
 use super::device::IpDev;
 use super::Stack;
 use crate::faults::FaultAction;
 use crate::link::{Link, RxFrame};
 use crate::net::{Micros, ETHERTYPE_IPV4, ETH_HDR};
+use crate::tcp::seg::{ACK, FIN, RST, SYN};
+use crate::tcp::State;
 
 /// A half-open connection whose SYN-ACK goes unanswered is dropped silently when Linux drops
 /// it: after tcp_synack_retries (5) retransmissions, 1 + 2 + 4 + 8 + 16 + 32 s after the SYN
@@ -94,20 +94,23 @@ impl<L: Link> Stack<L> {
     }
 
     fn rx_tcp(&mut self, now: Instant, packet: &[u8], src: Ipv4Addr, ihl: usize) {
-        let Ok(tcp) = TcpPacket::new_checked(&packet[ihl..]) else {
-            self.net.stats_mut().drop_malformed += 1;
-            return;
-        };
         if !crate::csum::tcp_checksum_ok(packet, ihl) {
             self.net.stats_mut().drop_bad_checksum += 1;
             return;
         }
-        let (sport, dport) = (tcp.src_port(), tcp.dst_port());
+        let Some(seg) = crate::tcp::seg::parse(&packet[ihl..]) else {
+            self.net.stats_mut().drop_malformed += 1;
+            return;
+        };
+        let t = &packet[ihl..];
+        let sport = u16::from_be_bytes([t[0], t[1]]);
+        let dport = u16::from_be_bytes([t[2], t[3]]);
         if sport == 0 || dport == 0 {
             self.net.stats_mut().drop_malformed += 1;
             return;
         }
-        let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
+        let us = now.total_micros() as Micros;
+        let syn_only = seg.has(SYN) && !seg.has(ACK) && !seg.has(RST);
         let k = key(src, sport, dport);
         if let Some(&idx) = self.demux.get(&k) {
             // A new SYN on a 4-tuple whose old connection is over (TIME-WAIT, or closed: reset,
@@ -118,32 +121,29 @@ impl<L: Link> Stack<L> {
                     .conn
                     .as_ref()
                     .expect("demux points at live slots");
-                let st = c.sockets.get::<tcp::Socket>(c.handle).state();
-                st == tcp::State::TimeWait || st == tcp::State::Closed
+                matches!(c.tcb.state(), State::TimeWait | State::Closed)
             };
             if !reuse {
-                let us = now.total_micros() as Micros;
                 let c = self.slots[idx as usize].conn.as_mut().expect("live");
-                if syn_only && c.retransmitted_syn(&tcp, us) {
-                    // Its SYN-ACK was lost or is late. smoltcp ignores the SYN and would resend
-                    // the SYN-ACK only on its timer; Linux (tcp_check_req) resends it now.
-                    c.skip_to_smoltcp_timer(now);
+                if syn_only && c.syn_answer_limited(&seg, us) {
+                    // Its SYN-ACK was lost or is late: answered at once (as Linux's
+                    // tcp_check_req), but at most once per 500 ms.
+                    return;
+                }
+                if syn_only && c.handshake.is_some() {
                     self.net.stats_mut().tcp_dup_syn_answered += 1;
                 }
-                let payload = packet
-                    .len()
-                    .saturating_sub(ihl + usize::from(tcp.header_len()));
+                let payload = seg.payload.len();
                 if c.rd_shut && payload > 0 {
                     // New data after shutdown(SHUT_RD) once our FIN is out (SHUT_RDWR, or
                     // SHUT_RD then SHUT_WR): Linux resets the connection (RFC 1122, 4.2.2.13;
                     // tcp_rcv_state_process in FIN-WAIT-1/2), where RFC 793 would queue it for
                     // a reader that said it will not read.
-                    let end = (tcp.seq_number().0 as u32).wrapping_add(payload as u32);
-                    let st = c.sockets.get::<tcp::Socket>(c.handle).state();
-                    if matches!(st, tcp::State::FinWait1 | tcp::State::FinWait2)
-                        && c.rec.peer_next().is_none_or(|n| crate::seq::seq_lt(n, end))
+                    let end = seg.seq.wrapping_add(payload as u32);
+                    if matches!(c.tcb.state(), State::FinWait1 | State::FinWait2)
+                        && crate::seq::seq_lt(c.tcb.rcv_nxt(), end)
                     {
-                        c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                        c.tcb.abort();
                         self.poll_conn(now, idx, None, false);
                         return;
                     }
@@ -152,27 +152,11 @@ impl<L: Link> Stack<L> {
                     // Data for a connection the application closed has no reader: Linux resets
                     // the connection (tcp_rcv_state_process), which is how a writer learns the
                     // server is gone. Keeping it would fill the window and stall the peer.
-                    c.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                    c.tcb.abort();
                     self.poll_conn(now, idx, None, false);
                     return;
                 }
-                let retx =
-                    c.rec
-                        .on_segment(&tcp, payload, c.track.snd_max, now.total_micros() as Micros);
-                self.poll_conn(now, idx, Some(packet), self.in_rx_burst);
-                if let Some(c) = self.slots[idx as usize].conn.as_mut() {
-                    if c.rec.zero_window_since().is_some()
-                        && c.sockets.get::<tcp::Socket>(c.handle).send_queue() == 0
-                    {
-                        // A shut window with nothing waiting for it (the ACK just taken
-                        // emptied the buffer): TCP_USER_TIMEOUT's clock for it starts when
-                        // data waits (Linux: at the first window probe).
-                        c.rec.clear_zero_window();
-                    }
-                }
-                if retx {
-                    self.provoke_fast_retransmit(now, idx);
-                }
+                self.poll_conn(now, idx, Some(&seg), self.in_rx_burst);
                 return;
             }
             if self.slots[idx as usize]
@@ -191,10 +175,10 @@ impl<L: Link> Stack<L> {
             }
         }
         if let Some(&end) = self.time_wait.get(&k) {
-            if syn_only || end <= now.total_micros() as Micros {
+            if syn_only || end <= us {
                 // A new connection for the same addresses and ports (or the record ended).
                 self.time_wait.remove(&k);
-            } else if !tcp.fin() || tcp.rst() {
+            } else if !seg.has(FIN) || seg.has(RST) {
                 // The peer's last ACK, or a stray segment: no reset.
                 return;
             }
@@ -230,30 +214,22 @@ impl<L: Link> Stack<L> {
                     dport,
                     Origin::Passive(dport),
                     &opts,
-                    |s| {
-                        s.listen(IpListenEndpoint {
-                            addr: None,
-                            port: dport,
-                        })
-                        .map_err(|_| SockError::Invalid)
-                    },
+                    Open::Passive(&seg),
                 );
-                if let Ok(idx) = idx {
-                    if let Some(l) = self.listeners.get_mut(&dport) {
-                        l.pending += 1;
-                    }
-                    let c = self.slots[idx as usize]
-                        .conn
-                        .as_mut()
-                        .expect("just created");
-                    c.rec.note_syn(&tcp);
-                    c.handshake = Some(Handshake {
-                        peer_isn: tcp.seq_number().0 as u32,
-                        expires: now.total_micros() as Micros + SYN_RECV_LIFETIME_US,
-                        answered: None,
-                    });
-                    self.poll_conn(now, idx, Some(packet), false);
+                if let Some(l) = self.listeners.get_mut(&dport) {
+                    l.pending += 1;
                 }
+                let c = self.slots[idx as usize]
+                    .conn
+                    .as_mut()
+                    .expect("just created");
+                c.handshake = Some(Handshake {
+                    peer_isn: seg.seq,
+                    expires: us + SYN_RECV_LIFETIME_US,
+                    answered: None,
+                });
+                // Its SYN-ACK now.
+                self.poll_conn(now, idx, None, false);
                 return;
             }
             if self.closed_ports.contains(&dport) {
@@ -273,7 +249,7 @@ impl<L: Link> Stack<L> {
             self.net.stats_mut().steered_away += 1;
             return;
         }
-        if !tcp.rst() {
+        if !seg.has(RST) {
             self.net.stats_mut().tcp_rst_sent += 1;
         }
         self.control_input(now, packet);
@@ -307,11 +283,6 @@ impl<L: Link> Stack<L> {
         if let Some(&idx) = self.demux.get(&k) {
             if let Some(c) = self.slots[idx as usize].conn.as_ref() {
                 crate::prefetch::lines(c as *const Conn as *const u8, std::mem::size_of::<Conn>());
-                let sock = c.sockets.get::<tcp::Socket>(c.handle);
-                crate::prefetch::lines(
-                    sock as *const tcp::Socket as *const u8,
-                    std::mem::size_of::<tcp::Socket>(),
-                );
             }
         }
     }
@@ -321,10 +292,7 @@ impl<L: Link> Stack<L> {
             rx: Some(packet),
             net: &mut self.net,
             now: now.total_micros() as Micros,
-            track: None,
             caps: &self.control_caps,
-            tos: 0,
-            win: None,
         };
         self.control.poll(now, &mut dev, &mut self.control_sockets);
     }

@@ -1,9 +1,6 @@
-//! The stack: receive burst → demux → one small smoltcp interface per connection → transmit
-//! burst, with O(1) work per packet and per poll whatever the number of connections.
-//!
-//! smoltcp scans its whole socket set for every packet and every poll. Here every connection
-//! owns a smoltcp `Interface` (medium IP) and a `SocketSet` holding just its own socket, so
-//! those scans are over one socket. In front of them:
+//! The stack: receive burst → demux → the connection's TCP engine (`crate::tcp`) → transmit
+//! burst, with O(1) work per packet and per poll whatever the number of connections. In front
+//! of the connections:
 //! - a hash map from (peer address, peer port, local port) to the connection's slot (the local
 //!   address is always the stack's one address);
 //! - a timer heap of `(deadline, slot, generation)` fed from each interface's `poll_at`;
@@ -21,7 +18,8 @@
 //! - `demux`: a received IPv4 packet to its connection, a listener or the control interface;
 //! - `conn`: a connection's state and lifecycle (`poll_conn`), its timeouts and readiness;
 //! - `calls`: the socket calls (listen, accept, connect, recv, send, shutdown, close, options);
-//! - `device`: the smoltcp `Device` every connection's interface receives and sends through;
+//! - `device`: the smoltcp `Device` of the control interface (resets for segments no
+//!   connection wants, ICMP echo);
 //! - `publish`: the live statistics file.
 
 use std::cmp::Reverse;
@@ -29,8 +27,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
@@ -96,7 +94,6 @@ pub struct Stack<L: Link> {
     events: Vec<Event>,
     control: Interface,
     control_sockets: SocketSet<'static>,
-    conn_caps: DeviceCapabilities,
     control_caps: DeviceCapabilities,
     rx: Vec<L::Rx>,
     held_rx: Option<L::Rx>,
@@ -115,8 +112,8 @@ pub struct Stack<L: Link> {
     /// listeners on reload), and the client's retransmission finds the new owner, as on Linux,
     /// where the listener lives on in the new workers and nobody is refused.
     closed_ports: Vec<u16>,
-    /// Closed sockets of freed connections, reused by new ones (`conn::SPARE_SOCKETS` at most).
-    spare: Vec<(SocketSet<'static>, SocketHandle)>,
+    /// Buffers of freed connections, reused by new ones (`conn::SPARE_BUFFERS` at most).
+    spare: Vec<crate::tcp::Buffers>,
     /// Connections in TIME-WAIT that the application closed, by demux key: only their end
     /// time (conn.rs, `enter_time_wait`), in the order they end.
     time_wait: HashMap<u64, Micros, foldhash::fast::RandomState>,
@@ -165,18 +162,11 @@ impl<L: Link> Stack<L> {
         );
         seed ^= now.total_micros() as u64;
 
-        let mut conn_caps = DeviceCapabilities::default();
-        conn_caps.medium = Medium::Ip;
-        conn_caps.max_transmission_unit = mtu;
-        // The demux verifies IPv4 header and TCP checksums before a segment reaches a
-        // connection, so smoltcp only computes the IPv4 one on transmit; the TCP checksum of
-        // what it sends is ours too (csum.rs: the same result, a fraction of the work).
-        let mut cs = ChecksumCapabilities::default();
-        cs.ipv4 = Checksum::Tx;
-        cs.tcp = Checksum::None;
-        conn_caps.checksum = cs;
-
-        let mut control_caps = conn_caps.clone();
+        // The control interface answers segments no connection wants (with a reset) and ICMP
+        // echo; it checks and computes every checksum itself.
+        let mut control_caps = DeviceCapabilities::default();
+        control_caps.medium = Medium::Ip;
+        control_caps.max_transmission_unit = mtu;
         control_caps.checksum = ChecksumCapabilities::default();
         let mut control = Interface::new(
             IfaceConfig::new(HardwareAddress::Ip),
@@ -201,7 +191,6 @@ impl<L: Link> Stack<L> {
             events: Vec::new(),
             control,
             control_sockets: SocketSet::new(Vec::new()),
-            conn_caps,
             control_caps,
             rx: Vec::with_capacity(RX_BURST),
             held_rx: None,
@@ -218,7 +207,7 @@ impl<L: Link> Stack<L> {
                 + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
             defaults,
             live: 0,
-            rto_min_us: crate::recovery::DEFAULT_RTO_MIN_US,
+            rto_min_us: crate::tcp::DEFAULT_RTO_MIN_US,
             shm: publish::Shm::default(),
         }
     }
@@ -499,9 +488,7 @@ impl<L: Link> Stack<L> {
                 continue;
             }
             c.unreachable = true;
-            c.sockets
-                .get_mut::<smoltcp::socket::tcp::Socket>(c.handle)
-                .abort();
+            c.tcb.abort();
             // Its error and its event now, before the application looks at it again.
             self.poll_conn(now, idx, None, false);
         }
@@ -560,13 +547,7 @@ impl<L: Link> Stack<L> {
         for idx in dirty.drain(..) {
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
                 c.dirty = false;
-                // A read made room in a lowered receive buffer: the peer hears of it now.
-                let nudge = if c.clamp.is_some() {
-                    c.window_nudge()
-                } else {
-                    None
-                };
-                self.poll_conn(now, idx, nudge.as_ref().map(|s| &s[..]), false);
+                self.poll_conn(now, idx, None, false);
             }
         }
         // Keep the allocation; anything marked dirty meanwhile is in self.dirty.
@@ -618,7 +599,6 @@ impl<L: Link> Stack<L> {
                         _ => {
                             c.armed = None;
                             self.poll_conn(now, idx, None, false);
-                            self.probe_if_due(now, idx, gen);
                         }
                     }
                 }

@@ -45,7 +45,9 @@ use ranges::Ranges;
 use ring::Ring;
 use seg::{Out, Seg, ACK, FIN, PSH, RST, SYN};
 
-pub use crate::recovery::DEFAULT_RTO_MIN_US;
+/// The retransmission timeout's floor by default (Linux's TCP_RTO_MIN; MTCP_RTO_MIN lowers it
+/// on a path known to be short).
+pub const DEFAULT_RTO_MIN_US: Micros = 200_000;
 /// The retransmission timeout before any RTT sample (RFC 6298).
 const INITIAL_RTO_US: Micros = 1_000_000;
 /// The largest retransmission timeout (Linux's TCP_RTO_MAX).
@@ -299,6 +301,13 @@ const MAX_RXTS: usize = 256;
 pub struct Buffers {
     rx: Ring,
     tx: Ring,
+}
+
+impl Buffers {
+    /// The sizes of the receive and send buffers.
+    pub fn capacities(&self) -> (usize, usize) {
+        (self.rx.capacity(), self.tx.capacity())
+    }
 }
 
 /// Where an emitted segment's payload comes from: up to two slices of the send queue.
@@ -619,9 +628,14 @@ impl Tcb {
         }
     }
 
-    /// TCP_QUICKACK: the next `n` segments are acknowledged at once.
+    /// TCP_QUICKACK: on (`n` > 0), what is owed is acknowledged now and the next `n` segments
+    /// at once; off, ACKs are delayed (interactive mode), as Linux switches.
     pub fn set_quickack(&mut self, n: u8) {
         self.quick = n;
+        self.pingpong = n == 0;
+        if n > 0 && (self.unacked_bytes > 0 || self.ack_at.is_some()) {
+            self.ack_now = true;
+        }
     }
 
     /// TCP_WINDOW_CLAMP: offer at most this window (the right edge already offered stays).
@@ -640,6 +654,11 @@ impl Tcb {
     /// The receive buffer's size as SO_RCVBUF set it.
     pub fn recv_limit(&self) -> usize {
         self.rx_limit.map_or(self.rx.capacity(), |l| l as usize)
+    }
+
+    /// TCP_WINDOW_CLAMP as set.
+    pub fn window_clamp(&self) -> Option<u32> {
+        self.clamp
     }
 
     /// Queued bytes not sent yet (TCP_NOTSENT_LOWAT, tcpi_notsent_bytes).
