@@ -190,7 +190,15 @@ impl<L: Link> Stack<L> {
         }
         let local_port = port.ok_or(SockError::AddrNotAvail)?;
         let k = key(*remote.ip(), remote.port(), local_port);
-        let idx = self.new_conn(now, k, remote, local_port, Origin::Owned, &opts, Open::Active);
+        let idx = self.new_conn(
+            now,
+            k,
+            remote,
+            local_port,
+            Origin::Owned,
+            &opts,
+            Open::Active,
+        );
         let c = self.slots[idx as usize]
             .conn
             .as_mut()

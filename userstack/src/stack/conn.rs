@@ -221,8 +221,7 @@ impl Conn {
 
     /// Records whether an option limits sending (after one changed).
     pub(super) fn note_limits(&mut self) {
-        self.tuning.limited =
-            self.tuning.snd_cap.is_some() || self.tuning.notsent_lowat.is_some();
+        self.tuning.limited = self.tuning.snd_cap.is_some() || self.tuning.notsent_lowat.is_some();
     }
 
     /// When the stack gives up on this connection, as Linux does (see the constants).

@@ -62,6 +62,9 @@ const PROBE_SLACK_US: Micros = 10_000;
 pub const TIME_WAIT_US: Micros = 60_000_000;
 /// Segments acknowledged at once after the handshake (Linux's quick-ACK mode at the start).
 const QUICK_ACKS: u8 = 16;
+/// Data sent within this time (or the delayed-ACK time, if longer) of data received makes a
+/// connection interactive (Linux's TCP_ATO_MIN).
+const PINGPONG_US: Micros = 40_000;
 /// How long TCP_CORK holds a partial segment at most (Linux's ceiling).
 const CORK_HOLD_US: Micros = 200_000;
 /// Pure ACKs to segments outside the window, and challenge ACKs, at most one per this time
@@ -268,10 +271,12 @@ pub struct Tcb {
     /// The largest segment received (Linux's rcv_mss).
     rcv_mss: u32,
     quick: u8,
-    /// Interactive mode (Linux's pingpong): data was sent while an ACK was owed, so replies
-    /// carry the ACKs and quick-ACK mode does not ACK every segment at once. Left when the
-    /// delayed-ACK timer fires (nothing was sent in time to carry the ACK).
+    /// Interactive mode (Linux's pingpong): data was sent within the delayed-ACK time of data
+    /// received, so replies carry the ACKs and quick-ACK mode does not ACK every segment at
+    /// once. Left when the delayed-ACK timer fires (nothing was sent in time to carry the ACK).
     pingpong: bool,
+    /// When data last arrived in order.
+    data_rx_at: Option<Micros>,
     /// SO_RCVBUF lowered after the handshake: the buffer counts as this size (the window
     /// offered is what it has room for).
     rx_limit: Option<u32>,
@@ -392,6 +397,7 @@ impl Tcb {
             rcv_mss: 536,
             quick: QUICK_ACKS,
             pingpong: false,
+            data_rx_at: None,
             rx_limit: None,
             ts_ok: false,
             ts_recent: 0,
@@ -1313,6 +1319,7 @@ impl Tcb {
             self.rx.commit(n);
             self.rcv_nxt = self.rcv_nxt.wrapping_add(n as u32);
             self.unacked_bytes += n as u32;
+            self.data_rx_at = Some(now);
             if had_holes {
                 self.ooo.trim_below(self.rcv_nxt);
                 while let Some(r) = self.ooo.take_at(self.rcv_nxt) {
@@ -1652,8 +1659,13 @@ impl Tcb {
         if !emit(&out, self.tx.slices(off, n as usize)) {
             return false;
         }
-        if n > 0 && (self.unacked_bytes > 0 || self.ack_at.is_some()) {
-            // A reply carries the ACK it owed: the exchange is interactive.
+        if n > 0
+            && self
+                .data_rx_at
+                .is_some_and(|t| now.saturating_sub(t) < self.set.ack_delay_us.max(PINGPONG_US))
+        {
+            // A reply soon after a request: the exchange is interactive (Linux's
+            // tcp_event_data_sent).
             self.pingpong = true;
         }
         self.acked_sent(&out);

@@ -4,7 +4,7 @@
 use smoltcp::time::Duration;
 
 use super::{opts, Pair};
-use crate::stack::TcpOptions;
+use crate::stack::{ConnId, TcpOptions};
 
 /// The IPv4 headers of the frames waiting on the client's side (what the server sent; ARP
 /// aside).
@@ -94,9 +94,10 @@ fn a_listeners_options_size_the_buffers_and_the_mss_of_its_connections() {
     let (s, _) = p.server.accept(7777).unwrap();
     assert_eq!(p.server.buffer_sizes(s).unwrap(), (4096, 6000));
     let i = p.server.tcp_info(s).unwrap();
-    assert_eq!((i.advmss, i.pmtu, i.snd_mss), (1000, 1040, 1000));
+    // (988 bytes of payload beside the timestamp option.)
+    assert_eq!((i.advmss, i.pmtu, i.snd_mss), (1000, 1040, 988));
     // The client sends segments of at most 1,000 bytes into a window of at most 4 KiB.
-    assert_eq!(p.client.tcp_info(c).unwrap().snd_mss, 1000);
+    assert_eq!(p.client.tcp_info(c).unwrap().snd_mss, 988);
     assert_eq!(p.client.send(c, &[b'z'; 10_000]).unwrap(), 10_000);
     p.now += Duration::from_micros(10);
     p.client.poll(p.now);
@@ -135,30 +136,6 @@ fn so_sndbuf_on_a_connection_limits_what_is_queued() {
     assert_eq!(p.server.buffer_sizes(s).unwrap().1, 16 << 10);
 }
 
-#[test]
-fn quickack_acknowledges_at_once_for_a_while_then_delays_again() {
-    let mut p = Pair::new();
-    let o = TcpOptions {
-        ack_delay: Some(std::time::Duration::from_millis(40)),
-        ..opts()
-    };
-    let (c, s) = p.connected(o);
-    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
-    p.server.set_quickack(s, true).unwrap();
-    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 0);
-    let mut buf = [0u8; 64];
-    for _ in 0..16 {
-        p.client.send(c, b"q").unwrap();
-        p.run();
-        assert_eq!(p.server.recv(s, &mut buf).unwrap(), 1);
-    }
-    // Sixteen segments acknowledged at once: the delayed ACK is back.
-    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
-    p.server.set_quickack(s, true).unwrap();
-    p.server.set_quickack(s, false).unwrap();
-    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
-}
-
 /// Payload lengths of the TCP segments waiting on the client's side.
 fn payloads(p: &Pair) -> Vec<usize> {
     p.client
@@ -180,6 +157,55 @@ fn payloads(p: &Pair) -> Vec<usize> {
 fn server_poll(p: &mut Pair, after: Duration) {
     p.now += after;
     p.server.poll(p.now);
+}
+
+/// The client sends one byte; whether the server acknowledges it at once (within 20 us),
+/// rather than after its delayed-ACK time. Everything is acknowledged and read afterwards.
+fn acked_at_once(p: &mut Pair, c: ConnId, s: ConnId) -> bool {
+    p.client.send(c, b"q").unwrap();
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now);
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    let at_once = p.client.link().pending() > 0;
+    p.advance(Duration::from_millis(50), Duration::from_millis(1));
+    p.run();
+    let mut buf = [0u8; 64];
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 1);
+    at_once
+}
+
+#[test]
+fn quickack_acknowledges_at_once_for_a_while_then_delays_again() {
+    let mut p = Pair::new();
+    let o = TcpOptions {
+        ack_delay: Some(std::time::Duration::from_millis(40)),
+        ..opts()
+    };
+    let (c, s) = p.connected(o);
+    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
+    // A request answered at once makes the exchange interactive (Linux's pingpong mode): the
+    // next request's ACK waits to leave with its reply.
+    let mut buf = [0u8; 64];
+    p.client.send(c, b"request").unwrap();
+    p.run();
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+    p.server.send(s, b"reply").unwrap();
+    p.run();
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 5);
+    assert!(!acked_at_once(&mut p, c, s));
+    // TCP_QUICKACK: the next sixteen segments are acknowledged at once, then the delayed ACK
+    // is back.
+    p.server.set_quickack(s, true).unwrap();
+    for i in 0..16 {
+        assert!(acked_at_once(&mut p, c, s), "segment {i}");
+    }
+    assert!(!acked_at_once(&mut p, c, s));
+    // Switched on and off again: delayed.
+    p.server.set_quickack(s, true).unwrap();
+    p.server.set_quickack(s, false).unwrap();
+    assert!(!acked_at_once(&mut p, c, s));
+    assert_eq!(p.server.tcp_info(s).unwrap().ato_us, 40_000);
 }
 
 #[test]
