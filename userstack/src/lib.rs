@@ -3,7 +3,8 @@
 //! Layers, bottom up:
 //! - [`link`]: Ethernet frames in and out of a device without copies ([`dpdk`] for real ports).
 //! - [`net`]: Ethernet and ARP for the whole stack; routing to the gateway; pcap and faults.
-//! - [`stack`]: demux, one smoltcp interface per connection, timers, backlog, socket calls.
+//! - [`tcp`]: the TCP engine of one connection, without I/O (SACK recovery, Linux's timers).
+//! - [`stack`]: demux, one engine per connection, timers, backlog, socket calls.
 //! - [`config`]: every `MTCP_*` variable, parsed once (from `mtcp-common`, shared with mtcprun).
 //! - [`mtcp_common::statshm`]: live statistics in `/dev/shm/mtcpshim.<pid>`, published by `poll`.
 //!

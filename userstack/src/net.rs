@@ -2,9 +2,8 @@
 //! captured (ARP answered and learnt here, IPv4 handed to the stack's demux); frame building,
 //! neighbour resolution, routing to the gateway, pcap and fault injection on the way out.
 //!
-//! smoltcp runs with `Medium::Ip` inside each connection; this layer adds and strips the
-//! Ethernet header, so ARP lives in one table for the whole stack instead of one per
-//! interface.
+//! Connections (and the control interface) send and receive IPv4 packets; this layer adds and
+//! strips the Ethernet header, so ARP lives in one table for the whole stack.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -212,7 +211,8 @@ impl<L: Link> Net<L> {
     }
 
     /// Builds one IPv4 packet of `len` bytes with `f` and sends it in an Ethernet frame.
-    /// This is the only transmit path; smoltcp's tx tokens end here.
+    /// This is the only transmit path: connections' segments and the control interface's
+    /// answers end here.
     pub fn send_ip<R>(
         &mut self,
         now: Micros,

@@ -18,7 +18,7 @@ use crate::tcp::State;
 
 /// A half-open connection whose SYN-ACK goes unanswered is dropped silently when Linux drops
 /// it: after tcp_synack_retries (5) retransmissions, 1 + 2 + 4 + 8 + 16 + 32 s after the SYN
-/// (smoltcp's own SYN-ACK timer has the same schedule but never gives up, so vanished clients
+/// (the engine's SYN-ACK timer has the same schedule but never gives up, so vanished clients
 /// would hold backlog places for good).
 const SYN_RECV_LIFETIME_US: Micros = 63_000_000;
 /// Half-open connections a listener keeps at least (its backlog if larger): Linux's SYN queue
@@ -239,7 +239,7 @@ impl<L: Link> Stack<L> {
                 return;
             }
         }
-        // No connection wants it: smoltcp's control interface answers with RST (never to a RST),
+        // No connection wants it: the control interface answers with RST (never to a RST),
         // unless another process sharing the device may own the connection.
         let theirs = match self.flows.as_mut() {
             Some(f) => f.elsewhere(k),

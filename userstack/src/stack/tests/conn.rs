@@ -120,7 +120,7 @@ fn a_received_burst_is_acknowledged_once() {
         "the client sent only {segments} segments at once"
     );
 
-    // ack_delay None: smoltcp wants an ACK after every segment; the burst gets one.
+    // ack_delay None: an ACK is due after every segment; the burst gets one.
     let before = p.server.stats().tx_frames;
     p.now += Duration::from_micros(10);
     p.server.poll(p.now);

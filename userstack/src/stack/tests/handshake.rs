@@ -476,8 +476,7 @@ fn connection_waiting_long_in_the_accept_queue_is_kept() {
 /// The reported bug. Redis sets SO_KEEPALIVE (300 s idle, 100 s interval, 3 probes) on every
 /// connection it accepts; under load a client sends its first request a few hundred
 /// milliseconds after its handshake. Meanwhile the connection must stay established: no RST,
-/// no "timeout", and no probe (Linux's first comes after 300 s idle; smoltcp alone would send
-/// one at once when keepalive is switched on).
+/// no "timeout", and no probe (Linux's first comes after 300 s idle).
 #[test]
 fn idle_accepted_connection_with_keepalive_is_not_reset() {
     let mut b = Bed::new(4);

@@ -1,4 +1,4 @@
-//! Per-connection options beyond smoltcp's own settings: buffer sizes and MSS from the
+//! Per-connection options: buffer sizes and MSS from the
 //! listener, SO_SNDBUF on a connection, TCP_QUICKACK, IP_TTL and IP_TOS.
 
 use smoltcp::time::Duration;
