@@ -1196,7 +1196,11 @@ impl Tcb {
                 continue;
             }
             let later_arrived = high.is_some_and(|h| seq_lt(r.nxt, h));
-            if later_arrived || overdue.is_some_and(|d| now >= r.sent + d) {
+            // The time rule needs the path alive: something heard from the peer a round trip
+            // after the retransmission left (an answer to what was sent after it). On a dead
+            // path the retransmission timer, backing off, is what sends again.
+            let heard = self.srtt.is_some_and(|s| self.last_rx >= r.sent + s);
+            if later_arrived || (heard && overdue.is_some_and(|d| now >= r.sent + d)) {
                 self.rxts.swap_remove(i);
                 self.counters.lost_retransmits += 1;
                 if self.again.len() < MAX_RXTS {
@@ -1212,7 +1216,12 @@ impl Tcb {
     /// When the oldest retransmission followed is overdue (`check_retransmissions`).
     fn rxt_overdue_at(&self) -> Option<Micros> {
         let srtt = self.srtt?;
-        let oldest = self.rxts.iter().map(|r| r.sent).min()?;
+        let oldest = self
+            .rxts
+            .iter()
+            .filter(|r| self.last_rx >= r.sent + srtt)
+            .map(|r| r.sent)
+            .min()?;
         Some(oldest + srtt + srtt / 4 + 1_000)
     }
 

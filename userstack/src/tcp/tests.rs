@@ -932,3 +932,35 @@ fn a_pure_ack_at_the_right_edge_of_a_full_window_is_taken() {
     feed(&mut p.b, p.now, &encode(&o, (&[], &[])));
     assert_eq!(p.b.in_flight(), 0, "the ACK was taken");
 }
+
+#[test]
+fn a_retransmission_on_a_dead_path_is_sent_again_only_by_the_backing_off_timer() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p.a.send(&[5u8; 3 * 1448]);
+    let segs = collect(&mut p.a, p.now);
+    assert_eq!(segs.len(), 3);
+    // The first segment is lost; the SACKs of the others start recovery, whose retransmission
+    // is lost too, and from then on the path carries nothing.
+    for s in &segs[1..] {
+        feed(&mut p.b, p.now, s);
+        for ack in collect(&mut p.b, p.now) {
+            feed(&mut p.a, p.now, &ack);
+        }
+    }
+    assert!(p.a.in_recovery);
+    let mut sent = collect(&mut p.a, p.now).len();
+    assert_eq!(sent, 1);
+    let start = p.now;
+    let mut now = p.now;
+    while now < start + 1_000_000 {
+        now += 100;
+        if p.a.poll_at().is_some_and(|t| t <= now) {
+            sent += collect(&mut p.a, now).len();
+        }
+    }
+    // The fast retransmission, then the timeout's at ~200 ms and ~600 ms (200 ms backing off
+    // to 400): a retransmission nobody answered is not declared lost again and again.
+    assert!(sent <= 4, "{sent} segments sent into a dead path in 1 s");
+    assert!(p.a.counters.timeouts >= 2, "{:?}", p.a.counters);
+}
