@@ -143,7 +143,10 @@ impl<L: Link> Stack<L> {
                     if matches!(c.tcb.state(), State::FinWait1 | State::FinWait2)
                         && crate::seq::seq_lt(c.tcb.rcv_nxt(), end)
                     {
+                        // A reset (sent, and reported: ECONNRESET), as Linux's tcp_reset.
                         c.tcb.abort();
+                        c.error = Some(super::api::SockError::Reset);
+                        c.failed = true;
                         self.poll_conn(now, idx, None, false);
                         return;
                     }
