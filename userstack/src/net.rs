@@ -12,7 +12,6 @@ use crate::config::Cidr;
 use crate::faults::{FaultAction, FaultInjector};
 use crate::link::{Link, TxFrame};
 use crate::pcap::PcapWriter;
-use crate::seq::count_retransmit;
 use crate::stats::Stats;
 
 pub const ETH_HDR: usize = 14;
@@ -42,16 +41,9 @@ struct Neighbor {
     next_try: Micros,
 }
 
-/// What a connection's transmitted segments tell us: the highest sequence number sent (to
-/// count retransmissions), the last acknowledgement number sent (our rcv_nxt), and how many
-/// retransmissions left; and the connection's next hop, resolved.
+/// A connection's next hop, resolved (see `HopCache`).
 #[derive(Default, Clone, Copy)]
 pub struct TxTrack {
-    pub snd_max: Option<u32>,
-    pub last_ack_sent: Option<u32>,
-    pub retransmits: u32,
-    /// The window scale our SYN or SYN-ACK announced (0 without the option).
-    pub wshift: u8,
     hop: Option<HopCache>,
 }
 
@@ -217,7 +209,7 @@ impl<L: Link> Net<L> {
         &mut self,
         now: Micros,
         len: usize,
-        mut track: Option<&mut TxTrack>,
+        track: Option<&mut TxTrack>,
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> R {
         let Some(mut frame) = self.link.tx_alloc(ETH_HDR + len) else {
@@ -230,9 +222,6 @@ impl<L: Link> Net<L> {
         };
         let buf = frame.data_mut();
         let r = f(&mut buf[ETH_HDR..]);
-        if let Some(t) = track.as_deref_mut() {
-            count_retransmit(&buf[ETH_HDR..], t, &mut self.stats);
-        }
         let dst = ipv4_dst(&buf[ETH_HDR..]);
         let cached = track
             .as_ref()

@@ -80,7 +80,7 @@ counters! {
         /// Connections opened (passive and active) and freed.
         conns_opened,
         conns_freed,
-        /// Segments retransmitted (counted from sequence numbers going backwards).
+        /// Segments retransmitted.
         tcp_retransmits,
         /// Loss recoveries entered on SACK or duplicate ACKs (fast retransmit, RFC 6675).
         tcp_fast_recoveries,

@@ -323,7 +323,7 @@ impl<L: Link> Stack<L> {
             c.last_recv_queue = c.tcb.recv_queue();
             // Reading may have opened the window enough to tell the peer now (the engine
             // decides, as Linux's tcp_cleanup_rbuf); otherwise the next segment carries it.
-            if c.tcb.poll_at() == Some(0) {
+            if c.tcb.ack_due() {
                 self.mark_dirty(id.slot);
             }
         }

@@ -130,7 +130,7 @@ pub(super) struct Conn {
     /// the peer, before the connection is given up (in place of the default, also for an
     /// orphan). `None`: the default.
     pub(super) user_timeout: Option<Micros>,
-    /// Next hop cache and retransmission count of what it sends (`Net::send_ip`).
+    /// The next hop of what it sends (`Net::send_ip`).
     pub(super) track: TxTrack,
     /// What the connection's options change in the frames it sends and in what it queues.
     pub(super) tuning: Tuning,
@@ -324,6 +324,7 @@ impl Conn {
     fn count(&mut self, stats: &mut Stats) {
         let now = self.tcb.counters;
         if now != self.counted {
+            stats.tcp_retransmits += now.retransmits - self.counted.retransmits;
             stats.tcp_fast_recoveries += now.fast_recoveries - self.counted.fast_recoveries;
             stats.tcp_rto_timeouts += now.timeouts - self.counted.timeouts;
             stats.tcp_loss_probes += now.loss_probes - self.counted.loss_probes;

@@ -290,6 +290,16 @@ pub struct Tcb {
     pub counters: Counters,
 }
 
+/// The earlier of two optional times.
+#[inline(always)]
+fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
 /// A retransmission: what it covered, when it left, and snd_nxt then.
 #[derive(Debug, Clone, Copy)]
 struct Rxt {
@@ -798,28 +808,31 @@ impl Tcb {
         if self.state == State::Closed {
             return None;
         }
-        let mut at = None;
-        for t in [
-            self.ack_at,
-            self.rtx_at,
-            self.probe_at,
-            self.persist_at,
-            self.keepalive_at(),
-            self.time_wait_until,
-            self.cork_since
-                .filter(|_| self.cork)
-                .map(|t| t + CORK_HOLD_US),
-            self.rxt_overdue_at(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            at = Some(at.map_or(t, |a: Micros| a.min(t)));
+        if (self.unsent() > 0 && self.next_data() > 0) || self.fin_sendable() {
+            return Some(0);
         }
-        if self.next_data() > 0 || self.fin_sendable() {
-            at = Some(0);
+        // The timers, the rare ones only when they can be set (one request's path asks this
+        // several times).
+        let mut at = earliest(
+            earliest(self.ack_at, self.rtx_at),
+            earliest(self.probe_at, self.persist_at),
+        );
+        at = earliest(at, self.time_wait_until);
+        if self.set.keepalive.is_some() {
+            at = earliest(at, self.keepalive_at());
+        }
+        if self.cork {
+            at = earliest(at, self.cork_since.map(|t| t + CORK_HOLD_US));
+        }
+        if !self.rxts.is_empty() {
+            at = earliest(at, self.rxt_overdue_at());
         }
         at
+    }
+
+    /// An ACK is owed now (a read opened the window enough, TCP_QUICKACK, ...).
+    pub fn ack_due(&self) -> bool {
+        self.ack_now
     }
 
     fn keepalive_at(&self) -> Option<Micros> {
