@@ -549,6 +549,19 @@ impl Tcb {
         self.payload_max
     }
 
+    /// The largest payload of a segment sent now: `payload_max` less the SACK option while
+    /// out-of-order data is held (as Linux's tcp_current_mss), so that every segment, data
+    /// segments included, reports the holes and still fits the MSS.
+    #[inline]
+    fn seg_max(&self) -> u32 {
+        if self.sack_ok && !self.ooo.is_empty() {
+            let blocks = self.ooo.len().min(seg::MAX_SACK_OUT) as u32;
+            self.payload_max.saturating_sub(4 + 8 * blocks).max(1)
+        } else {
+            self.payload_max
+        }
+    }
+
     pub fn srtt_us(&self) -> Option<Micros> {
         self.srtt
     }
@@ -1254,8 +1267,8 @@ impl Tcb {
                 self.again.remove(0);
                 continue;
             }
-            let mut end = if seq_lt(s.wrapping_add(self.payload_max), e) {
-                s.wrapping_add(self.payload_max)
+            let mut end = if seq_lt(s.wrapping_add(self.seg_max()), e) {
+                s.wrapping_add(self.seg_max())
             } else {
                 e
             };
@@ -1589,8 +1602,8 @@ impl Tcb {
     /// short by a window while data is in flight) holds it back.
     fn next_data(&self) -> u32 {
         let can = self.sendable();
-        let n = can.min(self.payload_max);
-        if n == 0 || n == self.payload_max {
+        let n = can.min(self.seg_max());
+        if n == 0 || n == self.seg_max() {
             return n;
         }
         let unsent = self.unsent();
@@ -1758,8 +1771,8 @@ impl Tcb {
                         let Some((s, e)) = self.next_lost() else {
                             break;
                         };
-                        let e = if seq_lt(s.wrapping_add(self.payload_max), e) {
-                            s.wrapping_add(self.payload_max)
+                        let e = if seq_lt(s.wrapping_add(self.seg_max()), e) {
+                            s.wrapping_add(self.seg_max())
                         } else {
                             e
                         };
@@ -1798,11 +1811,11 @@ impl Tcb {
             let (s, e) = if fresh > 0 {
                 (
                     self.snd_nxt,
-                    self.snd_nxt.wrapping_add(fresh.min(self.payload_max)),
+                    self.snd_nxt.wrapping_add(fresh.min(self.seg_max())),
                 )
             } else {
                 let end = self.snd_nxt;
-                let start = end.wrapping_sub(self.payload_max.min(self.in_flight()));
+                let start = end.wrapping_sub(self.seg_max().min(self.in_flight()));
                 (start, end)
             };
             if seq_lt(s, e) {

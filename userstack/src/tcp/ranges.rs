@@ -35,6 +35,10 @@ impl Ranges {
         self.list.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Range> {
         self.list.iter()
     }

@@ -964,3 +964,29 @@ fn a_retransmission_on_a_dead_path_is_sent_again_only_by_the_backing_off_timer()
     assert!(sent <= 4, "{sent} segments sent into a dead path in 1 s");
     assert!(p.a.counters.timeouts >= 2, "{:?}", p.a.counters);
 }
+
+#[test]
+fn data_segments_carry_the_sack_blocks_within_the_mss() {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    // a's first segment is lost: b holds the second out of order.
+    p.a.send(&[1u8; 2 * 1448]);
+    let segs = collect(&mut p.a, p.now);
+    assert_eq!(segs.len(), 2);
+    feed(&mut p.b, p.now, &segs[1]);
+    // b's replies are full data segments; each reports the hole and fits the MSS (1460 bytes
+    // of options and payload), as Linux sizes them.
+    p.b.send(&[2u8; 4 * 1448]);
+    let out = collect(&mut p.b, p.now);
+    assert!(out.len() >= 4, "{} segments", out.len());
+    for bytes in &out {
+        let s = parsed(bytes);
+        let options = usize::from(bytes[12] >> 4) * 4 - 20;
+        assert!(s.opts.nsack >= 1, "a segment without the SACK block");
+        assert!(
+            options + s.payload.len() <= 1460,
+            "{options} + {}",
+            s.payload.len()
+        );
+    }
+}
