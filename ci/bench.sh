@@ -144,7 +144,7 @@ tcp_retrans() { # NS: retransmitted segments and retransmission timeouts of the 
 }
 
 stack_counters() { # FILE: the fault and retransmit counters from echo's final stats line
-    grep -o 'fault_dropped=[0-9]* fault_duplicated=[0-9]* fault_reordered=[0-9]*\|tcp_retransmits=[0-9]*' "$1" |
+    grep -o 'fault_dropped=[0-9]* fault_duplicated=[0-9]* fault_reordered=[0-9]*\|tcp_retransmits=[0-9]*\|tcp_rto_timeouts=[0-9]*\|tcp_loss_probes=[0-9]*' "$1" |
         sed 's/fault_//g; s/tcp_//' | paste -sd' '
 }
 

@@ -21,9 +21,11 @@
 //!   After a retransmission timeout everything unSACKed is lost and sent again from the first
 //!   hole, skipping what the peer holds: no go-back-N over data SACK says arrived.
 //! - A tail-loss probe (RFC 8985's TLP, simplified): when a flight of more than one segment
-//!   stops being acknowledged for 2 SRTT + max(10 ms, 4 RTTVAR), its last segment again, so a
-//!   lost tail is found by SACK instead of the timeout. (One segment alone may be waiting for
-//!   a delayed ACK: the timer covers it.)
+//!   stops being acknowledged for 2 SRTT + max(10 ms, 4 RTTVAR), its last segment again, also
+//!   during fast recovery, so a lost tail or a lost ACK is found by SACK instead of the
+//!   timeout. Always the last segment, never new data: a duplicate draws an ACK at once,
+//!   where new data may wait for the peer's delayed ACK (Linux's grows to 200 ms while its
+//!   reader lags). (One segment alone may be waiting for a delayed ACK: the timer covers it.)
 //! - RTO per RFC 6298 (floor `rto_min`, Linux's 200 ms by default), Karn's rule; NewReno
 //!   congestion control with an initial window of ten segments (RFC 6928, Linux's), byte
 //!   counting (RFC 3465).
@@ -1315,7 +1317,7 @@ impl Tcb {
     /// one (Linux's peers wait 40 ms and more; RFC 8985 adds the worst-case delayed-ACK time,
     /// 200 ms, which is the RTO's floor anyway), so it is left to the retransmission timer.
     fn arm_probe(&mut self, now: Micros) {
-        if self.probe_done || self.in_recovery || self.in_flight() <= self.payload_max {
+        if self.probe_done || self.rto_recovery || self.in_flight() <= self.payload_max {
             self.probe_at = None;
             return;
         }
@@ -1807,28 +1809,15 @@ impl Tcb {
         if self.probe_at.is_some_and(|t| now >= t) {
             self.probe_at = None;
             self.probe_done = true;
-            let fresh = self.sendable_ignoring_cwnd();
-            let (s, e) = if fresh > 0 {
-                (
-                    self.snd_nxt,
-                    self.snd_nxt.wrapping_add(fresh.min(self.seg_max())),
-                )
-            } else {
-                let end = self.snd_nxt;
-                let start = end.wrapping_sub(self.seg_max().min(self.in_flight()));
-                (start, end)
-            };
+            let e = self.snd_nxt;
+            let s = e.wrapping_sub(self.seg_max().min(self.in_flight()));
             if seq_lt(s, e) {
                 if !self.emit_range(now, s, e, emit) {
                     return;
                 }
                 self.counters.loss_probes += 1;
-                if s == self.snd_nxt {
-                    self.snd_nxt = e;
-                } else {
-                    self.counters.retransmits += 1;
-                    self.timing = None;
-                }
+                self.counters.retransmits += 1;
+                self.timing = None;
             }
         }
         // New data (what a cork held past its ceiling too).
