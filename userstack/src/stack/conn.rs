@@ -16,7 +16,7 @@ use crate::link::Link;
 use crate::net::{Micros, Net, TxTrack};
 use crate::stats::Stats;
 use crate::tcp::seg::{Out, Seg};
-use crate::tcp::{Counters, Failure, Payload, State, Tcb};
+use crate::tcp::{earliest, Counters, Failure, Payload, State, Tcb};
 
 /// How long a connection the application closed stays in TIME-WAIT (Linux's TCP_TIMEWAIT_LEN).
 pub(super) const TIME_WAIT_US: Micros = crate::tcp::TIME_WAIT_US;
@@ -334,17 +334,6 @@ impl Conn {
     }
 }
 
-/// The earlier of two optional deadlines (an iterator chain over five of them cost ~100
-/// instructions per request).
-#[inline(always)]
-fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
-    }
-}
-
 impl<L: Link> Stack<L> {
     pub(super) fn next_seed(&mut self) -> u64 {
         // splitmix64 step
@@ -355,6 +344,7 @@ impl<L: Link> Stack<L> {
         z ^ (z >> 31)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new_conn(
         &mut self,
         now: Instant,

@@ -292,9 +292,10 @@ pub struct Tcb {
     pub counters: Counters,
 }
 
-/// The earlier of two optional times.
+/// The earlier of two optional times (an iterator chain over five of them cost ~100
+/// instructions per request).
 #[inline(always)]
-fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
+pub(crate) fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,

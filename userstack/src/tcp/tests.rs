@@ -799,13 +799,20 @@ fn reno_halves_and_grows_a_segment_per_round_trip() {
     );
 }
 
-#[test]
-fn a_small_flight_missing_its_first_segment_is_repaired_at_the_first_sack() {
+/// Two established engines, and the `n` full segments a flight of `n * 1448` bytes from `a`
+/// makes (not delivered).
+fn flight_of(n: usize) -> (Pair, Vec<Vec<u8>>) {
     let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
     assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
-    p.a.send(&[5u8; 3 * 1448]);
+    p.a.send(&vec![5u8; n * 1448]);
     let segs = collect(&mut p.a, p.now);
-    assert_eq!(segs.len(), 3);
+    assert_eq!(segs.len(), n);
+    (p, segs)
+}
+
+#[test]
+fn a_small_flight_missing_its_first_segment_is_repaired_at_the_first_sack() {
+    let (mut p, segs) = flight_of(3);
     // The first is lost; the others draw one ACK each, with a SACK block.
     feed(&mut p.b, p.now, &segs[1]);
     let ack1 = collect(&mut p.b, p.now);
@@ -935,11 +942,7 @@ fn a_pure_ack_at_the_right_edge_of_a_full_window_is_taken() {
 
 #[test]
 fn a_retransmission_on_a_dead_path_is_sent_again_only_by_the_backing_off_timer() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
-    p.a.send(&[5u8; 3 * 1448]);
-    let segs = collect(&mut p.a, p.now);
-    assert_eq!(segs.len(), 3);
+    let (mut p, segs) = flight_of(3);
     // The first segment is lost; the SACKs of the others start recovery, whose retransmission
     // is lost too, and from then on the path carries nothing.
     for s in &segs[1..] {
@@ -967,12 +970,8 @@ fn a_retransmission_on_a_dead_path_is_sent_again_only_by_the_backing_off_timer()
 
 #[test]
 fn data_segments_carry_the_sack_blocks_within_the_mss() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
     // a's first segment is lost: b holds the second out of order.
-    p.a.send(&[1u8; 2 * 1448]);
-    let segs = collect(&mut p.a, p.now);
-    assert_eq!(segs.len(), 2);
+    let (mut p, segs) = flight_of(2);
     feed(&mut p.b, p.now, &segs[1]);
     // b's replies are full data segments; each reports the hole and fits the MSS (1460 bytes
     // of options and payload), as Linux sizes them.
