@@ -517,12 +517,16 @@ impl<L: Link> Stack<L> {
         }
         c.give_up_if_due(us, self.net.stats_mut());
         let mut deferred = false;
+        // The engine's next deadline, when nothing was sent since it was asked (one call of
+        // `poll_at` for a request instead of two).
+        let mut known_at = None;
         match rx {
             Some(seg) => {
                 c.tcb.input(us, seg);
                 // A request with a delayed ACK usually has nothing to send now: its ACK leaves
                 // with the reply, when the application writes.
-                if c.tcb.poll_at().is_some_and(|t| t <= us) {
+                let at = c.tcb.poll_at();
+                if at.is_some_and(|t| t <= us) {
                     if coalesce {
                         deferred = true;
                         if !c.dirty {
@@ -532,6 +536,8 @@ impl<L: Link> Stack<L> {
                     } else {
                         c.transmit(&mut self.net, local, us);
                     }
+                } else {
+                    known_at = Some(at);
                 }
             }
             None => c.transmit(&mut self.net, local, us),
@@ -660,7 +666,7 @@ impl<L: Link> Stack<L> {
             // The dirty pass after the burst polls it again and sets its timer.
             return;
         }
-        let tcb_at = c.tcb.poll_at();
+        let tcb_at = known_at.unwrap_or_else(|| c.tcb.poll_at());
         let at = earliest(
             earliest(tcb_at, c.deferred_until),
             earliest(c.handshake.map(|h| h.expires), c.give_up_at()),

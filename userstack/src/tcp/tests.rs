@@ -989,3 +989,21 @@ fn data_segments_carry_the_sack_blocks_within_the_mss() {
         );
     }
 }
+
+#[test]
+fn the_tail_loss_probe_is_the_last_segment_again_even_with_new_data_queued() {
+    let (mut p, segs) = flight_of(3);
+    // Every ACK of the flight is lost; more data waits behind a full congestion window.
+    p.a.cwnd = p.a.in_flight();
+    p.a.send(&[6u8; 1448]);
+    assert!(collect(&mut p.a, p.now).is_empty(), "the window is full");
+    let probe_at = p.a.probe_at.expect("a probe is armed");
+    assert!(probe_at < p.a.rtx_at.expect("and the timer"));
+    let probe = collect(&mut p.a, probe_at);
+    assert_eq!(probe.len(), 1);
+    // The duplicate of the last segment (the peer answers it at once), not new data (which
+    // the peer may acknowledge only with its delayed ACK).
+    assert_eq!(parsed(&probe[0]).seq, parsed(&segs[2]).seq);
+    assert_eq!(parsed(&probe[0]).payload.len(), 1448);
+    assert_eq!(p.a.counters.loss_probes, 1);
+}
