@@ -64,6 +64,20 @@ pub fn fill_ipv4_header_checksum(header: &mut [u8]) {
     header[10..12].copy_from_slice(&(!sum).to_ne_bytes());
 }
 
+/// The not yet folded sum of an IPv4 header template whose total length and checksum are
+/// zero (`ipv4_checksum` completes it per packet).
+pub fn ipv4_template_sum(header: &[u8; 20]) -> u64 {
+    ones_sum_words(header)
+}
+
+/// The checksum field of a header made from a template of sum `sum` (`ipv4_template_sum`)
+/// with its total length set to `len`: the template's sum plus the length's word.
+pub fn ipv4_checksum(sum: u64, len: u16) -> [u8; 2] {
+    let l = len.to_be_bytes();
+    let word = u32::from_ne_bytes([0, 0, l[0], l[1]]);
+    (!fold(sum + u64::from(word))).to_ne_bytes()
+}
+
 /// Computes and stores the TCP checksum of the IPv4 packet `ip` (header, then the segment, up
 /// to the header's total length). Anything but a well-formed TCP packet is left alone.
 pub fn fill_tcp_checksum(ip: &mut [u8]) {
@@ -119,6 +133,25 @@ mod tests {
     fn addrs(p: &[u8]) -> (IpAddress, IpAddress) {
         let a = |o: usize| IpAddress::Ipv4(Ipv4Address::new(p[o], p[o + 1], p[o + 2], p[o + 3]));
         (a(12), a(16))
+    }
+
+    #[test]
+    fn a_template_and_its_length_give_the_full_headers_checksum() {
+        let mut t = [0u8; 20];
+        t[0] = 0x45;
+        t[1] = 0x10;
+        t[6] = 0x40;
+        t[8] = 64;
+        t[9] = 6;
+        t[12..16].copy_from_slice(&[198, 18, 0, 2]);
+        t[16..20].copy_from_slice(&[198, 18, 0, 77]);
+        let sum = ipv4_template_sum(&t);
+        for len in [40u16, 52, 1500, 65535] {
+            let mut h = t;
+            h[2..4].copy_from_slice(&len.to_be_bytes());
+            fill_ipv4_header_checksum(&mut h);
+            assert_eq!(ipv4_checksum(sum, len), [h[10], h[11]], "length {len}");
+        }
     }
 
     #[test]

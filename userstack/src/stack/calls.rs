@@ -506,9 +506,11 @@ impl<L: Link> Stack<L> {
 
     /// IP_TTL (`None`: the default, 64) and IP_TOS of what a connection sends from now on.
     pub fn set_ip_header(&mut self, id: ConnId, ttl: Option<u8>, tos: u8) -> Result<(), SockError> {
+        let local = self.net.addr().addr;
         let c = self.conn_mut(id)?;
         c.tuning.ttl = ttl.unwrap_or(64);
         c.tuning.tos = tos;
+        c.tuning.set_ip_header(local, *c.peer.ip());
         Ok(())
     }
 

@@ -162,6 +162,10 @@ pub(super) struct Tuning {
     pub(super) fin_timeout: Option<Micros>,
     /// TCP_CORK is on.
     pub(super) corked: bool,
+    /// The IPv4 header of what it sends, total length and checksum zero, and its sum
+    /// (`set_ip_header`): a segment's header is this with its length and checksum filled in.
+    pub(super) ip_head: [u8; 20],
+    pub(super) ip_sum: u64,
     /// Any of SO_SNDBUF (lowered), TCP_NOTSENT_LOWAT is set: sends and readiness ask
     /// `send_room` (one test on every readiness check instead of two).
     pub(super) limited: bool,
@@ -181,6 +185,22 @@ pub(super) fn api_state(s: State) -> ApiState {
         State::LastAck => ApiState::LastAck,
         State::TimeWait => ApiState::TimeWait,
         State::Closed => ApiState::Closed,
+    }
+}
+
+impl Tuning {
+    /// Makes the IPv4 header template from `local` and `peer` and the TTL and TOS set.
+    pub(super) fn set_ip_header(&mut self, local: Ipv4Addr, peer: Ipv4Addr) {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[1] = self.tos;
+        h[6] = 0x40; // don't fragment
+        h[8] = self.ttl;
+        h[9] = 6;
+        h[12..16].copy_from_slice(&local.octets());
+        h[16..20].copy_from_slice(&peer.octets());
+        self.ip_head = h;
+        self.ip_sum = crate::csum::ipv4_template_sum(&h);
     }
 }
 
@@ -283,9 +303,9 @@ impl Conn {
     /// Hands the engine's segments to the link: an IPv4 header, the TCP header and options the
     /// engine describes, the payload straight from its send queue, the checksums.
     #[inline]
-    fn transmit<L: Link>(&mut self, net: &mut Net<L>, local: Ipv4Addr, us: Micros) {
-        let (lport, pport, peer) = (self.local_port, self.peer.port(), *self.peer.ip());
-        let (ttl, tos, mtu) = (self.tuning.ttl, self.tuning.tos, self.tuning.mtu);
+    fn transmit<L: Link>(&mut self, net: &mut Net<L>, us: Micros) {
+        let (lport, pport) = (self.local_port, self.peer.port());
+        let (head, sum, mtu) = (&self.tuning.ip_head, self.tuning.ip_sum, self.tuning.mtu);
         let track = &mut self.track;
         self.tcb.output(us, &mut |out: &Out, (a, b): Payload| {
             let pay = a.len() + b.len();
@@ -297,18 +317,9 @@ impl Conn {
             let hl = o.header_len();
             let len = 20 + hl + pay;
             net.send_ip(us, len, Some(&mut *track), |p| {
-                p[0] = 0x45;
-                p[1] = tos;
+                p[..20].copy_from_slice(head);
                 p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-                p[4..6].fill(0);
-                p[6] = 0x40; // don't fragment
-                p[7] = 0;
-                p[8] = ttl;
-                p[9] = 6;
-                p[10..12].fill(0);
-                p[12..16].copy_from_slice(&local.octets());
-                p[16..20].copy_from_slice(&peer.octets());
-                crate::csum::fill_ipv4_header_checksum(&mut p[..20]);
+                p[10..12].copy_from_slice(&crate::csum::ipv4_checksum(sum, len as u16));
                 o.write(lport, pport, &mut p[20..20 + hl]);
                 let d = 20 + hl;
                 p[d..d + a.len()].copy_from_slice(a);
@@ -377,7 +388,8 @@ impl<L: Link> Stack<L> {
             Open::Passive(syn) => Tcb::accept_with(set, us, iss, syn, spare),
         };
         let state = api_state(tcb.state());
-        let conn = Conn {
+        let local = self.net.addr().addr;
+        let mut conn = Conn {
             tcb,
             key: k,
             peer,
@@ -411,11 +423,14 @@ impl<L: Link> Stack<L> {
                 fin_timeout: None,
                 corked: false,
                 limited: false,
+                ip_head: [0; 20],
+                ip_sum: 0,
             },
             recheck: false,
             deferred_until: None,
             counted: Counters::default(),
         };
+        conn.tuning.set_ip_header(local, *peer.ip());
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize].conn = Some(conn);
@@ -505,7 +520,6 @@ impl<L: Link> Stack<L> {
     pub(super) fn poll_conn(&mut self, now: Instant, idx: u32, rx: Option<&Seg>, coalesce: bool) {
         let us = now.total_micros() as Micros;
         let gen = self.slots[idx as usize].gen;
-        let local = self.net.addr().addr;
         let c = self.slots[idx as usize]
             .conn
             .as_mut()
@@ -534,13 +548,13 @@ impl<L: Link> Stack<L> {
                             self.dirty.push(idx);
                         }
                     } else {
-                        c.transmit(&mut self.net, local, us);
+                        c.transmit(&mut self.net, us);
                     }
                 } else {
                     known_at = Some(at);
                 }
             }
-            None => c.transmit(&mut self.net, local, us),
+            None => c.transmit(&mut self.net, us),
         }
         c.count(self.net.stats_mut());
 
