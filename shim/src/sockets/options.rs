@@ -335,5 +335,11 @@ pub fn tcp_info_bytes(i: &TcpInfo) -> [u8; size_of::<libc::tcp_info>()] {
     set!(tcpi_total_retrans, i.total_retrans);
     set!(tcpi_notsent_bytes, i.notsent_bytes);
     set!(tcpi_rcv_wnd, i.rcv_wnd);
+    set!(tcpi_options, i.options);
+    set!(tcpi_snd_rcv_wscale, i.wscales);
+    set!(tcpi_snd_cwnd, i.snd_cwnd);
+    set!(tcpi_snd_ssthresh, i.snd_ssthresh);
+    set!(tcpi_segs_in, i.segs_in);
+    set!(tcpi_segs_out, i.segs_out);
     b
 }

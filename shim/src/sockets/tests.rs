@@ -1482,8 +1482,17 @@ fn tcp_info_and_tcp_maxseg_are_the_connections() {
     assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_rto)), 200_000);
     let handshake_rtt = field_u32(&b, offset_of!(libc::tcp_info, tcpi_rtt));
     assert!(handshake_rtt > 0);
-    // Fields the stack does not know are zero.
-    assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_snd_cwnd)), 0);
+    // The congestion window (ten segments to start, as Linux's), the options negotiated
+    // (timestamps, SACK, window scaling), segments counted; fields the stack does not know
+    // are zero.
+    assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_snd_cwnd)), 10);
+    assert_eq!(
+        field_u32(&b, offset_of!(libc::tcp_info, tcpi_snd_ssthresh)),
+        0x7fff_ffff
+    );
+    assert_eq!(b[offset_of!(libc::tcp_info, tcpi_options)], 1 | 2 | 4);
+    assert!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_segs_in)) >= 1);
+    assert_eq!(field_u32(&b, offset_of!(libc::tcp_info, tcpi_lost)), 0);
     assert_eq!(
         get_int(&mut n, fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG),
         Some(Ok(1448))

@@ -239,6 +239,19 @@ pub struct TcpInfo {
     /// The receive window we offer: free room in the receive buffer (tcpi_rcv_wnd,
     /// tcpi_rcv_space).
     pub rcv_wnd: u32,
+    /// TCPI_OPT_TIMESTAMPS (1), TCPI_OPT_SACK (2), TCPI_OPT_WSCALE (4) as negotiated
+    /// (tcpi_options).
+    pub options: u8,
+    /// The peer's window scale (low 4 bits) and ours (high 4 bits), as Linux's bit fields
+    /// tcpi_snd_wscale and tcpi_rcv_wscale lie on x86-64.
+    pub wscales: u8,
+    /// The congestion window and the slow-start threshold, in segments of `snd_mss`
+    /// (tcpi_snd_cwnd, tcpi_snd_ssthresh; 0x7fffffff before the first loss, as Linux).
+    pub snd_cwnd: u32,
+    pub snd_ssthresh: u32,
+    /// Segments received and sent (tcpi_segs_in, tcpi_segs_out).
+    pub segs_in: u32,
+    pub segs_out: u32,
 }
 
 /// A state in Linux's numbering (include/net/tcp_states.h): TCP_ESTABLISHED 1,

@@ -611,6 +611,17 @@ impl<L: Link> Stack<L> {
             send_queue: t.send_queue() as u32,
             recv_queue: t.recv_queue() as u32,
             rcv_wnd: t.rcv_wnd(),
+            options: u8::from(t.timestamps())
+                | (u8::from(t.sack_permitted()) << 1)
+                | (u8::from(t.window_scales().is_some()) << 2),
+            wscales: t.window_scales().map_or(0, |(s, r)| (s & 0xf) | (r << 4)),
+            snd_cwnd: t.cwnd() / snd_mss.max(1) as u32,
+            snd_ssthresh: match t.ssthresh() {
+                u32::MAX => 0x7fff_ffff,
+                b => b / snd_mss.max(1) as u32,
+            },
+            segs_in: t.counters.segs_in as u32,
+            segs_out: t.counters.segs_out as u32,
         })
     }
 

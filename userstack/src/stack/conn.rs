@@ -334,7 +334,8 @@ impl Conn {
     #[inline]
     fn count(&mut self, stats: &mut Stats) {
         let now = self.tcb.counters;
-        if now != self.counted {
+        // (Every one of these events retransmits or is a timeout: two comparisons per poll.)
+        if now.retransmits != self.counted.retransmits || now.timeouts != self.counted.timeouts {
             stats.tcp_retransmits += now.retransmits - self.counted.retransmits;
             stats.tcp_fast_recoveries += now.fast_recoveries - self.counted.fast_recoveries;
             stats.tcp_rto_timeouts += now.timeouts - self.counted.timeouts;

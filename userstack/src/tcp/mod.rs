@@ -547,6 +547,16 @@ impl Tcb {
         self.ts_ok
     }
 
+    /// Both SYNs carried SACK-permitted.
+    pub fn sack_permitted(&self) -> bool {
+        self.sack_ok
+    }
+
+    /// The window scales, the peer's and ours, when both SYNs carried the option.
+    pub fn window_scales(&self) -> Option<(u8, u8)> {
+        self.ws_on.then_some((self.snd_shift, self.rcv_shift))
+    }
+
     /// The path's largest payload per segment.
     pub fn payload_max(&self) -> u32 {
         self.payload_max
