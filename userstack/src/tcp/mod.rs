@@ -22,8 +22,8 @@
 //!   hole, skipping what the peer holds: no go-back-N over data SACK says arrived.
 //! - A tail-loss probe (RFC 8985's TLP, simplified): when a flight of more than one segment
 //!   stops being acknowledged for 2 SRTT + max(10 ms, 4 RTTVAR), its last segment again, also
-//!   during fast recovery, so a lost tail or a lost ACK is found by SACK instead of the
-//!   timeout. Always the last segment, never new data: a duplicate draws an ACK at once,
+//!   during fast recovery (armed again by each repair, whose ACK may be lost with nothing left
+//!   to send), so a lost tail or a lost ACK is found by SACK instead of the timeout. Always the last segment, never new data: a duplicate draws an ACK at once,
 //!   where new data may wait for the peer's delayed ACK (Linux's grows to 200 ms while its
 //!   reader lags). (One segment alone may be waiting for a delayed ACK: the timer covers it.)
 //! - RTO per RFC 6298 (floor `rto_min`, Linux's 200 ms by default), Karn's rule; NewReno
@@ -1813,6 +1813,11 @@ impl Tcb {
                 self.timing = None;
                 if self.rtx_at.is_none() || s == self.snd_una {
                     self.rtx_at = Some(now + self.rto);
+                }
+                // The ACK this repair draws may be lost too, and nothing may be left to send:
+                // a probe follows, not the timeout.
+                if self.probe_at.is_none() && !self.rto_recovery {
+                    self.arm_probe(now);
                 }
             }
         }

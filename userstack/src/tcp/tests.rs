@@ -1007,3 +1007,34 @@ fn the_tail_loss_probe_is_the_last_segment_again_even_with_new_data_queued() {
     assert_eq!(parsed(&probe[0]).payload.len(), 1448);
     assert_eq!(p.a.counters.loss_probes, 1);
 }
+
+#[test]
+fn a_repair_whose_ack_is_lost_is_followed_by_a_probe_not_the_timeout() {
+    let (mut p, segs) = flight_of(3);
+    // The first segment is lost; the SACKs of the others start recovery.
+    for s in &segs[1..] {
+        feed(&mut p.b, p.now, s);
+        for ack in collect(&mut p.b, p.now) {
+            feed(&mut p.a, p.now, &ack);
+        }
+    }
+    assert!(p.a.in_recovery);
+    let repair = collect(&mut p.a, p.now);
+    assert_eq!(repair.len(), 1);
+    // The repair arrives, but the ACK it draws is lost: nothing else is left to send.
+    feed(&mut p.b, p.now, &repair[0]);
+    collect(&mut p.b, p.now);
+    let probe_at = p.a.probe_at.expect("a probe is armed after the repair");
+    assert!(probe_at < p.a.rtx_at.expect("and the timer"));
+    let probe = collect(&mut p.a, probe_at);
+    assert_eq!(probe.len(), 1);
+    assert_eq!(parsed(&probe[0]).seq, parsed(&segs[2]).seq);
+    // The peer answers the duplicate at once: everything is acknowledged, recovery is over.
+    feed(&mut p.b, probe_at, &probe[0]);
+    for ack in collect(&mut p.b, probe_at) {
+        feed(&mut p.a, probe_at, &ack);
+    }
+    assert_eq!(p.a.in_flight(), 0);
+    assert!(!p.a.in_recovery);
+    assert_eq!(p.a.counters.timeouts, 0);
+}
