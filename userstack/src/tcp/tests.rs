@@ -810,6 +810,17 @@ fn flight_of(n: usize) -> (Pair, Vec<Vec<u8>>) {
     (p, segs)
 }
 
+/// The first of `segs` is lost; the others reach `b`, whose SACKs start `a`'s recovery.
+fn first_lost_then_sacked(p: &mut Pair, segs: &[Vec<u8>]) {
+    for s in &segs[1..] {
+        feed(&mut p.b, p.now, s);
+        for ack in collect(&mut p.b, p.now) {
+            feed(&mut p.a, p.now, &ack);
+        }
+    }
+    assert!(p.a.in_recovery);
+}
+
 #[test]
 fn a_small_flight_missing_its_first_segment_is_repaired_at_the_first_sack() {
     let (mut p, segs) = flight_of(3);
@@ -945,13 +956,7 @@ fn a_retransmission_on_a_dead_path_is_sent_again_only_by_the_backing_off_timer()
     let (mut p, segs) = flight_of(3);
     // The first segment is lost; the SACKs of the others start recovery, whose retransmission
     // is lost too, and from then on the path carries nothing.
-    for s in &segs[1..] {
-        feed(&mut p.b, p.now, s);
-        for ack in collect(&mut p.b, p.now) {
-            feed(&mut p.a, p.now, &ack);
-        }
-    }
-    assert!(p.a.in_recovery);
+    first_lost_then_sacked(&mut p, &segs);
     let mut sent = collect(&mut p.a, p.now).len();
     assert_eq!(sent, 1);
     let start = p.now;
@@ -1011,14 +1016,7 @@ fn the_tail_loss_probe_is_the_last_segment_again_even_with_new_data_queued() {
 #[test]
 fn a_repair_whose_ack_is_lost_is_followed_by_a_probe_not_the_timeout() {
     let (mut p, segs) = flight_of(3);
-    // The first segment is lost; the SACKs of the others start recovery.
-    for s in &segs[1..] {
-        feed(&mut p.b, p.now, s);
-        for ack in collect(&mut p.b, p.now) {
-            feed(&mut p.a, p.now, &ack);
-        }
-    }
-    assert!(p.a.in_recovery);
+    first_lost_then_sacked(&mut p, &segs);
     let repair = collect(&mut p.a, p.now);
     assert_eq!(repair.len(), 1);
     // The repair arrives, but the ACK it draws is lost: nothing else is left to send.
