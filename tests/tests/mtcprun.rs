@@ -232,7 +232,7 @@ fn stats_follow_traffic_and_vanish_when_the_server_exits() {
     ] {
         num(&before, "stack", key);
     }
-    // Connections by every TCP state smoltcp has.
+    // Connections by every TCP state the statistics name (eleven, LISTEN included).
     let tcp = before["tcp"].as_object().expect("tcp states");
     assert_eq!(tcp.len(), 11, "{tcp:?}");
     for state in [
@@ -273,8 +273,8 @@ fn stats_follow_traffic_and_vanish_when_the_server_exits() {
         num(v, "stack", "rx_frames") >= rx0 + 1000
     });
     assert!(num(&after, "stack", "tx_frames") > num(&before, "stack", "tx_frames"));
-    // A clean link retransmits nothing. (Redis's SO_KEEPALIVE on each client made smoltcp send
-    // a keepalive probe at once, counted here, on about every connection.)
+    // A clean link retransmits nothing. (Redis's SO_KEEPALIVE on each client must not send a
+    // keepalive probe at once, which would be counted here on about every connection.)
     assert_eq!(
         num(&after, "stack", "tcp_retransmits"),
         0,
