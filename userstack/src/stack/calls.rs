@@ -441,8 +441,6 @@ impl<L: Link> Stack<L> {
         let capacity = c.tcb.recv_capacity();
         let clamp = clamp.filter(|&n| n < capacity);
         c.tcb.set_window_clamp(clamp.map(|n| n as u32));
-        // A clamp lifted may open the window enough to tell the peer now.
-        c.tcb.after_read();
         self.mark_dirty(id.slot);
         Ok(())
     }
@@ -519,7 +517,6 @@ impl<L: Link> Stack<L> {
     pub fn set_cork(&mut self, id: ConnId, on: bool) -> Result<(), SockError> {
         let c = self.conn_mut(id)?;
         c.tcb.set_cork(on);
-        c.tuning.corked = on;
         self.mark_dirty(id.slot);
         Ok(())
     }
@@ -591,7 +588,8 @@ impl<L: Link> Stack<L> {
         let t = &c.tcb;
         let sat = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         let pmtu = c.tuning.mtu;
-        let (_, snd_mss) = c.mss();
+        // The payload of a full segment (the path's MSS less the timestamp option).
+        let snd_mss = (t.payload_max() as usize).max(1);
         let unacked = t.in_flight() as usize;
         Ok(TcpInfo {
             state: linux_state(c.state()),

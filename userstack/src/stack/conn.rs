@@ -160,8 +160,6 @@ pub(super) struct Tuning {
     /// TCP_LINGER2: how long an orphan waits in FIN-WAIT-2 for the peer's FIN (`None`:
     /// tcp_fin_timeout's 60 s; 0: not at all, it is reset).
     pub(super) fin_timeout: Option<Micros>,
-    /// TCP_CORK is on.
-    pub(super) corked: bool,
     /// The IPv4 header of what it sends, total length and checksum zero, and its sum
     /// (`set_ip_header`): a segment's header is this with its length and checksum filled in.
     pub(super) ip_head: [u8; 20],
@@ -209,14 +207,6 @@ impl Conn {
     #[inline]
     pub(super) fn state(&self) -> ApiState {
         api_state(self.tcb.state())
-    }
-
-    /// The MSS of the path (the smaller of ours and the peer's) and the payload of a full
-    /// segment (less the timestamp option's 12 bytes when it is in use).
-    pub(super) fn mss(&self) -> (usize, usize) {
-        let payload = self.tcb.payload_max() as usize;
-        let options = if self.tcb.timestamps() { 12 } else { 0 };
-        (payload + options, payload.max(1))
     }
 
     /// What may still be queued: the send buffer (as SO_SNDBUF limits it) less what is in it.
@@ -422,7 +412,6 @@ impl<L: Link> Stack<L> {
                 snd_cap: None,
                 notsent_lowat: None,
                 fin_timeout: None,
-                corked: false,
                 limited: false,
                 ip_head: [0; 20],
                 ip_sum: 0,

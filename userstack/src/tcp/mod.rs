@@ -683,6 +683,8 @@ impl Tcb {
     /// TCP_WINDOW_CLAMP: offer at most this window (the right edge already offered stays).
     pub fn set_window_clamp(&mut self, clamp: Option<u32>) {
         self.clamp = clamp;
+        // A clamp lifted may open the window enough to tell the peer now.
+        self.after_read();
     }
 
     /// SO_RCVBUF lowered on an open connection: the receive buffer counts as `limit` bytes
@@ -791,7 +793,7 @@ impl Tcb {
 
     /// After the application read (or a clamp on the window was lifted): a window update is
     /// made due if the window grew enough (see the module's documentation).
-    pub fn after_read(&mut self) {
+    fn after_read(&mut self) {
         let cur = self.adv_left();
         if (cur as usize) * 2 <= self.recv_limit() {
             let new = self.window_to_offer();

@@ -266,8 +266,7 @@ fn a_lost_syn_and_syn_ack_are_sent_again() {
 
 #[test]
 fn a_request_is_acknowledged_by_its_reply_or_after_the_delay() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     // Past quick-ACK mode.
     p.b.quick = 0;
     p.a.send(b"GET k\r\n");
@@ -292,8 +291,7 @@ fn a_request_is_acknowledged_by_its_reply_or_after_the_delay() {
 
 #[test]
 fn out_of_order_data_is_held_and_sacked() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     let data: Vec<u8> = (0..8 * 1448).map(pattern).collect();
     p.a.send(&data);
     let segs = collect(&mut p.a, p.now);
@@ -337,8 +335,7 @@ fn out_of_order_data_is_held_and_sacked() {
 
 #[test]
 fn a_d_sack_is_not_a_loss() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.send(&[7u8; 3000]);
     let segs = collect(&mut p.a, p.now);
     for s in &segs {
@@ -358,8 +355,7 @@ fn a_d_sack_is_not_a_loss() {
 
 #[test]
 fn the_close_handshake_walks_the_states_on_both_sides() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.send(b"bye");
     p.a.close();
     assert_eq!(p.a.state(), State::FinWait1);
@@ -382,8 +378,7 @@ fn the_close_handshake_walks_the_states_on_both_sides() {
 
 #[test]
 fn simultaneous_close_goes_through_closing() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.close();
     p.b.close();
     let fa = collect(&mut p.a, p.now);
@@ -397,8 +392,7 @@ fn simultaneous_close_goes_through_closing() {
 
 #[test]
 fn a_reset_in_the_window_is_challenged_and_one_at_rcv_nxt_resets() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     let rst = |seq: u32| {
         let o = Out {
             seq,
@@ -438,8 +432,7 @@ fn a_reset_in_the_window_is_challenged_and_one_at_rcv_nxt_resets() {
 
 #[test]
 fn abort_sends_a_reset() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.abort();
     let out = collect(&mut p.a, p.now);
     assert_eq!(parsed(&out[0]).flags, RST | ACK);
@@ -597,8 +590,7 @@ fn requests_and_replies_of_several_segments_arrive_whole_through_loss() {
 fn bytes_held_beyond_the_peers_fin_are_dropped_with_it() {
     // Found by the fuzz target: data held out of order past the FIN stayed held after the FIN
     // was taken, with rcv_nxt at its start.
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     let (nxt, ack) = (p.b.rcv_nxt, p.b.snd_nxt);
     let data = |seq: u32, flags: u8, payload: &[u8]| {
         let o = Out {
@@ -619,8 +611,7 @@ fn bytes_held_beyond_the_peers_fin_are_dropped_with_it() {
 
 #[test]
 fn a_cork_holds_partial_segments_for_200_ms_at_most() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.set_cork(true);
     p.a.send(&[1u8; 2000]);
     let t0 = p.now;
@@ -639,8 +630,7 @@ fn a_cork_holds_partial_segments_for_200_ms_at_most() {
 
 #[test]
 fn acks_to_pure_segments_outside_the_window_are_rate_limited() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     let far = Out {
         seq: p.b.rcv_nxt.wrapping_add(1 << 30),
         ack: p.b.snd_nxt,
@@ -671,8 +661,7 @@ fn acks_to_pure_segments_outside_the_window_are_rate_limited() {
 
 #[test]
 fn a_window_clamp_limits_what_is_offered() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.b.set_window_clamp(Some(4096));
     p.a.send(&[3u8; 60_000]);
     p.b.set_quickack(0);
@@ -686,8 +675,7 @@ fn a_window_clamp_limits_what_is_offered() {
 
 #[test]
 fn a_finished_connections_buffers_serve_the_next_one_empty() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.send(b"left unread");
     assert!(p.run(p.now + 10_000, |p| p.b.recv_queue() == 11));
     p.a.send(b"unsent");
@@ -711,8 +699,7 @@ fn a_finished_connections_buffers_serve_the_next_one_empty() {
 
 #[test]
 fn the_peers_fin_ends_reading_after_the_data() {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.send(b"last");
     p.a.close();
     assert!(p.run(p.now + 10_000, |p| p.b.state() == State::CloseWait));
@@ -799,11 +786,17 @@ fn reno_halves_and_grows_a_segment_per_round_trip() {
     );
 }
 
+/// Two engines with default settings over a clean wire, both established.
+fn established_pair() -> Pair {
+    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
+    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    p
+}
+
 /// Two established engines, and the `n` full segments a flight of `n * 1448` bytes from `a`
 /// makes (not delivered).
 fn flight_of(n: usize) -> (Pair, Vec<Vec<u8>>) {
-    let mut p = Pair::new(Settings::default(), Settings::default(), no_faults(), 1);
-    assert!(p.run(1_000_000, |p| p.b.state() == State::Established));
+    let mut p = established_pair();
     p.a.send(&vec![5u8; n * 1448]);
     let segs = collect(&mut p.a, p.now);
     assert_eq!(segs.len(), n);
