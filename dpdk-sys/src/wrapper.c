@@ -39,25 +39,9 @@ void mtcp_rte_pktmbuf_free(struct rte_mbuf *m)
 	rte_pktmbuf_free(m);
 }
 
-void *mtcp_rte_pktmbuf_mtod(struct rte_mbuf *m)
-{
-	return rte_pktmbuf_mtod(m, void *);
-}
 
-uint16_t mtcp_rte_pktmbuf_data_len(const struct rte_mbuf *m)
-{
-	return rte_pktmbuf_data_len(m);
-}
 
-uint32_t mtcp_rte_pktmbuf_pkt_len(const struct rte_mbuf *m)
-{
-	return rte_pktmbuf_pkt_len(m);
-}
 
-uint16_t mtcp_rte_pktmbuf_headroom(const struct rte_mbuf *m)
-{
-	return rte_pktmbuf_headroom(m);
-}
 
 uint16_t mtcp_rte_pktmbuf_tailroom(const struct rte_mbuf *m)
 {

@@ -30,10 +30,6 @@ int mtcp_rte_pktmbuf_alloc_bulk(struct rte_mempool *mp,
                                 struct rte_mbuf **mbufs, unsigned int count);
 void mtcp_rte_pktmbuf_free(struct rte_mbuf *m);
 
-void *mtcp_rte_pktmbuf_mtod(struct rte_mbuf *m);
-uint16_t mtcp_rte_pktmbuf_data_len(const struct rte_mbuf *m);
-uint32_t mtcp_rte_pktmbuf_pkt_len(const struct rte_mbuf *m);
-uint16_t mtcp_rte_pktmbuf_headroom(const struct rte_mbuf *m);
 uint16_t mtcp_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
 char *mtcp_rte_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 char *mtcp_rte_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);

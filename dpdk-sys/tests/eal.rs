@@ -139,6 +139,15 @@ fn eal_init_static_drivers_and_ring_loopback() {
         // Raw field access through the generated struct agrees.
         assert_eq!((*m).data_len, 64);
         assert_eq!((*m).pkt_len, 64);
+        // Past the tailroom: null, and the mbuf unchanged (as DPDK's own function).
+        let room = rte_pktmbuf_tailroom(m);
+        assert!(rte_pktmbuf_append(m, room + 1).is_null());
+        assert_eq!(rte_pktmbuf_data_len(m), 64);
+        assert_eq!(rte_pktmbuf_pkt_len(m), 64);
+        let q = rte_pktmbuf_append(m, 2);
+        assert_eq!(q, p.add(64));
+        assert_eq!(rte_pktmbuf_tailroom(m), room - 2);
+        assert!(rte_pktmbuf_trim(m, 2) == 0);
     }
 
     let mut tx = [m];

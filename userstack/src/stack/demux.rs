@@ -60,7 +60,7 @@ impl<L: Link> Stack<L> {
             self.net.stats_mut().drop_malformed += 1;
             return;
         };
-        if ip.version() != 4 || !ip.verify_checksum() {
+        if ip.version() != 4 || !crate::csum::ipv4_header_ok(&p[..usize::from(ip.header_len())]) {
             self.net.stats_mut().drop_malformed += 1;
             return;
         }

@@ -292,15 +292,13 @@ pub struct Tcb {
     pub counters: Counters,
 }
 
-/// The earlier of two optional times (an iterator chain over five of them cost ~100
-/// instructions per request).
+/// The earlier of two optional times. (Written as a minimum with "never" as the largest time,
+/// which compiles to conditional moves that chains of it fold together; a match on the pair
+/// branched on every one, ~40 instructions per poll of a connection.)
 #[inline(always)]
 pub(crate) fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
-    }
+    let m = a.unwrap_or(Micros::MAX).min(b.unwrap_or(Micros::MAX));
+    (m != Micros::MAX).then_some(m)
 }
 
 /// A retransmission: what it covered, when it left, and snd_nxt then.
