@@ -23,15 +23,34 @@ pub fn active() -> bool {
     DEPTH.with(|d| d.get() != 0)
 }
 
-/// Marks this thread as inside the library until the value is dropped (also on unwind).
+/// Marks this thread as inside the library until the value is dropped (also on unwind). It
+/// holds the thread's counter: entering is one TLS access, leaving none.
 #[must_use = "the guard is released when this value is dropped"]
-pub struct Entered(());
+pub struct Entered(*const Cell<u32>);
 
 impl Entered {
     #[inline]
     pub fn new() -> Entered {
-        DEPTH.with(|d| d.set(d.get() + 1));
-        Entered(())
+        let d = DEPTH.with(|d| d as *const Cell<u32>);
+        // SAFETY: the thread's own counter, const-initialised with no destructor: it lives as
+        // long as the thread, and `Entered` (a raw pointer) cannot leave the thread.
+        let c = unsafe { &*d };
+        c.set(c.get() + 1);
+        Entered(d)
+    }
+
+    /// Enters the library unless this thread is inside it already (`None`: a call the library
+    /// makes itself). The hooks' one TLS access.
+    #[inline]
+    pub fn outermost() -> Option<Entered> {
+        let d = DEPTH.with(|d| d as *const Cell<u32>);
+        // SAFETY: as in `new`.
+        let c = unsafe { &*d };
+        if c.get() != 0 {
+            return None;
+        }
+        c.set(1);
+        Some(Entered(d))
     }
 }
 
@@ -44,7 +63,9 @@ impl Default for Entered {
 impl Drop for Entered {
     #[inline]
     fn drop(&mut self) {
-        DEPTH.with(|d| d.set(d.get() - 1));
+        // SAFETY: the counter `new` found, on this same thread (see there).
+        let c = unsafe { &*self.0 };
+        c.set(c.get() - 1);
     }
 }
 
@@ -70,6 +91,19 @@ mod tests {
             }
             assert!(active());
         }
+        assert!(!active());
+    }
+
+    #[test]
+    fn outermost_only_outside() {
+        {
+            let _a = Entered::outermost().expect("outside the library");
+            assert!(active());
+            assert!(Entered::outermost().is_none(), "inside already");
+            let _b = Entered::new();
+        }
+        assert!(!active());
+        assert!(Entered::outermost().is_some());
         assert!(!active());
     }
 

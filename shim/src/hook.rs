@@ -252,16 +252,19 @@ pub(crate) fn slow<R: CRet>(
     // The gate first: it is a load or two, the guard is a TLS access. Inside the library
     // every call goes to libc, but one: the af_packet PMD's PACKET_FANOUT request while the
     // stack starts its port (runtime/fanout.rs).
-    if !gate()
-        || (crate::guard::active() && !(crate::runtime::starting_dpdk() && name == "setsockopt"))
-    {
+    if !gate() {
         return real();
     }
-    let saved = crate::errno::get();
-    let res = {
-        let _inside = crate::guard::Entered::new();
-        catch_unwind(AssertUnwindSafe(op))
+    let inside = match crate::guard::Entered::outermost() {
+        Some(e) => e,
+        None if crate::runtime::starting_dpdk() && name == "setsockopt" => {
+            crate::guard::Entered::new()
+        }
+        None => return real(),
     };
+    let saved = crate::errno::get();
+    let res = catch_unwind(AssertUnwindSafe(op));
+    drop(inside);
     match res {
         Ok(Outcome::Bypass(_why)) => {
             crate::errno::set(saved);

@@ -216,6 +216,8 @@ impl<L: Link> Stack<L> {
         if let Some(at) = c.connect_expires {
             let start = at - CONNECT_TIMEOUT_US;
             c.connect_expires = Some(start + super::conn::syn_timeout_us(retries));
+            // Polled once so that its timer includes the new give-up time.
+            self.mark_dirty(id.slot);
         }
         Ok(())
     }

@@ -519,7 +519,12 @@ impl<L: Link> Stack<L> {
             self.free_conn(idx);
             return;
         }
-        c.give_up_if_due(us, self.net.stats_mut());
+        if c.want.is_none_or(|w| w <= us) {
+            // (Its give-up time is among the deadlines `want` is the earliest of: a poll
+            // before that one cannot find it due. An option that brings it earlier polls the
+            // connection to set `want` again.)
+            c.give_up_if_due(us, self.net.stats_mut());
+        }
         let mut deferred = false;
         // The engine's next deadline, when nothing was sent since it was asked (one call of
         // `poll_at` for a request instead of two).
