@@ -92,6 +92,11 @@ fn pseudo_sum(ip: &[u8], tcp_len: usize) -> u64 {
 
 /// Whether an IPv4 header (its `ihl` bytes) has a correct checksum.
 pub fn ipv4_header_ok(header: &[u8]) -> bool {
+    if let Ok(h) = <&[u8; 20]>::try_from(header) {
+        // No options (nearly every packet): five words.
+        let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+        return fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff;
+    }
     fold(ones_sum_small(header)) == 0xffff
 }
 
@@ -260,6 +265,15 @@ mod tests {
             h[(seed % 20) as usize] ^= 1 << (seed % 8);
             assert!(!ipv4_header_ok(&h));
         }
+        // With options (24 bytes: the general sum).
+        let mut h = packet(0, 9)[..24].to_vec();
+        h[0] = 0x46;
+        h[20..24].copy_from_slice(&[1, 1, 1, 0]);
+        fill_ipv4_header_checksum(&mut h);
+        assert!(ipv4_header_ok(&h));
+        assert!(smoltcp::wire::Ipv4Packet::new_unchecked(&h[..]).verify_checksum());
+        h[22] ^= 4;
+        assert!(!ipv4_header_ok(&h));
     }
 
     #[test]

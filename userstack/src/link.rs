@@ -38,6 +38,11 @@ pub trait Link {
 
     /// Appends up to `max` received frames to `out`.
     fn rx_burst(&mut self, out: &mut Vec<Self::Rx>, max: usize);
+    /// Gives back the received frames of `done` (all of them, leaving it empty): at once where
+    /// the device frees a burst cheaper than frame by frame.
+    fn rx_release(&mut self, done: &mut Vec<Self::Rx>) {
+        done.clear();
+    }
     /// A buffer for one frame of `len` bytes, or `None` when the buffer pool is empty.
     fn tx_alloc(&mut self, len: usize) -> Option<Self::Tx>;
     /// Queues a finished frame; it leaves at the latest on the next `tx_flush`.

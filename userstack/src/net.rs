@@ -425,6 +425,11 @@ impl<L: Link> Net<L> {
     /// What fault injection does to a received frame (counted here); `Pass` on a clean link.
     /// The caller holds a reordered frame back.
     #[inline]
+    /// Whether received frames meet injected faults (MTCP_FAULTS).
+    pub(crate) fn rx_faults(&self) -> bool {
+        self.faults.is_some()
+    }
+
     pub(crate) fn rx_fault(&mut self) -> FaultAction {
         let action = self
             .faults

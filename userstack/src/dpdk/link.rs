@@ -21,6 +21,8 @@ use crate::config::{Config, DevSpec};
 use crate::link::{Link, LinkCounters};
 
 const TX_BATCH: usize = 64;
+/// Received mbufs freed per call of `rte_pktmbuf_free_bulk`.
+const RX_RELEASE_MAX: usize = 64;
 /// A transmit backlog the device took nothing of for this long is dropped (while frames wait
 /// the loop polls without sleeping; a memif peer that went away would keep it polling).
 const BACKLOG_GIVE_UP: std::time::Duration = std::time::Duration::from_millis(500);
@@ -357,6 +359,21 @@ impl Link for DpdkLink {
                 // We configure no scatter; a chained frame is larger than our MTU anyway.
                 self.rx_multiseg += 1;
             }
+        }
+    }
+
+    fn rx_release(&mut self, done: &mut Vec<Mbuf>) {
+        // One call for the burst (the pool's cache is found once, where freeing one mbuf at a
+        // time cost ~140 instructions each).
+        let mut ptrs = [std::ptr::null_mut::<sys::rte_mbuf>(); RX_RELEASE_MAX];
+        while !done.is_empty() {
+            let n = done.len().min(RX_RELEASE_MAX);
+            for (p, m) in ptrs.iter_mut().zip(done.drain(..n)) {
+                *p = m.0.as_ptr();
+                std::mem::forget(m);
+            }
+            // SAFETY: `n` mbufs we owned (their `Mbuf`s forgotten above), freed once.
+            unsafe { sys::rte_pktmbuf_free_bulk(ptrs.as_mut_ptr(), n as u32) };
         }
     }
 

@@ -299,12 +299,20 @@ impl Conn {
         let track = &mut self.track;
         self.tcb.output(us, &mut |out: &Out, (a, b): Payload| {
             let pay = a.len() + b.len();
-            let mut o = *out;
-            // SACK blocks beside a full segment: as many as fit in the MTU.
-            while o.nsack > 0 && 20 + o.header_len() + pay > mtu {
-                o.nsack -= 1;
-            }
-            let hl = o.header_len();
+            let mut hl = out.header_len();
+            let trimmed;
+            let o = if out.nsack > 0 && 20 + hl + pay > mtu {
+                // SACK blocks beside a full segment: as many as fit in the MTU.
+                let mut t = *out;
+                while t.nsack > 0 && 20 + t.header_len() + pay > mtu {
+                    t.nsack -= 1;
+                }
+                hl = t.header_len();
+                trimmed = t;
+                &trimmed
+            } else {
+                out
+            };
             let len = 20 + hl + pay;
             net.send_ip(us, len, Some(&mut *track), |p| {
                 p[..20].copy_from_slice(head);

@@ -429,8 +429,15 @@ impl<L: Link> Stack<L> {
         }
         // (A burst of one frame has nothing to coalesce: its egress goes at once.)
         self.in_rx_burst = rx.len() > 1;
-        for frame in rx.drain(..) {
-            self.rx_faulty(now, frame);
+        if self.net.rx_faults() {
+            for frame in rx.drain(..) {
+                self.rx_faulty(now, frame);
+            }
+        } else {
+            for frame in &rx {
+                self.rx_frame(now, frame.data());
+            }
+            self.net.link_mut().rx_release(&mut rx);
         }
         self.rx = rx;
         if let Some(held) = self.held_rx.take() {

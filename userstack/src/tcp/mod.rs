@@ -1865,6 +1865,10 @@ impl Tcb {
             }
             self.arm_probe(now);
             self.silent_since.get_or_insert(now);
+            if self.unsent() == 0 {
+                // (`next_data` would say 0: a reply is one segment, and this the usual end.)
+                break;
+            }
         }
         // The FIN alone, once all data went.
         if self.fin_sendable() {
