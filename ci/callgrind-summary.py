@@ -33,8 +33,13 @@ def resolve(kind, value):
     return names[kind].get(i, i)
 
 
+# Position columns before the cost: 1 ("line"), 2 with --dump-instr=yes ("instr line").
+npos = 1
 for line in open(path):
     line = line.rstrip("\n")
+    if line.startswith("positions:"):
+        npos = len(line.split()) - 1
+        continue
     key, _, value = line.partition("=")
     if key == "ob":
         ob = resolve("ob", value)
@@ -51,9 +56,9 @@ for line in open(path):
         after_calls = True
     elif line and (line[0].isdigit() or line[0] in "+-*"):
         parts = line.split()
-        if len(parts) < 2:
+        if len(parts) < npos + 1:
             continue
-        cost = int(parts[1])
+        cost = int(parts[npos])
         if after_calls:
             # The line after calls= is the inclusive cost of those calls.
             after_calls = False

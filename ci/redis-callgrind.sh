@@ -17,7 +17,8 @@
 # kcachegrind). Environment: N (default 20000), OUT (default bench-out), PATHS (default
 # "kernel af_packet"; af_packet-cache: af_packet with the GET cache, MTCP_REDIS_CACHE=64M), BENCH (redis-benchmark's options, default "-c 50 -t get"; e.g.
 # "-c 50 -t lrange_100 -d 1024", where each of the N LRANGEs comes after one of N LPUSHes,
-# so "per request" is per LPUSH+LRANGE pair), SKIP_BUILD=1, CARGO_TARGET_DIR.
+# so "per request" is per LPUSH+LRANGE pair), VG_OPTS (more callgrind options, e.g.
+# "--dump-instr=yes" for costs per instruction), SKIP_BUILD=1, CARGO_TARGET_DIR.
 
 set -uo pipefail
 NAME=redis-callgrind.sh
@@ -59,7 +60,7 @@ for path in $PATHS; do
     raw=$OUT/callgrind-$path.out
     rm -f "$raw"*
     start_bg "redis-$path" "" 30 ip netns exec "$SRV" env "${env[@]}" valgrind --tool=callgrind \
-        --callgrind-out-file="$raw" redis-server --port "$PORT" --bind 0.0.0.0 --save '' \
+        ${VG_OPTS:-} --callgrind-out-file="$raw" redis-server --port "$PORT" --bind 0.0.0.0 --save '' \
         --appendonly no --protected-mode no || exit 1
     pid=$LAST_PID
     ok=

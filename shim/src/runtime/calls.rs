@@ -350,6 +350,48 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
     if super::in_child() {
         return None;
     }
+    // One try first, for what ends in it: a non-blocking call (an event loop's), or a
+    // blocking one that moved what it asked for (or failed). Everything else, and the
+    // calls that are no connection of ours, take the general loop below, which tries again.
+    if flags & (libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_WAITALL) == 0 && !call.ended {
+        let mut s = shim()?;
+        if let Some(t) = s.io(fd, &mut op, defer_tx) {
+            let dontwait = t.nonblock || flags & libc::MSG_DONTWAIT != 0;
+            let (len, write) = match &op {
+                Io::Read(buf, _) => (buf.len(), false),
+                Io::Write(data) => (data.len(), true),
+            };
+            return match t.result {
+                Ok(n) if dontwait => Some(Ok(n)),
+                Ok(n) if write && n == len => Some(Ok(n)),
+                Ok(n) if !write && (n == 0 || n >= t.rcvlowat.clamp(1, len.max(1))) => {
+                    Some(Ok(n))
+                }
+                Err(SockError::WouldBlock) if dontwait => Some(Err(libc::EAGAIN)),
+                Err(SockError::WouldBlock) => {
+                    drop(s);
+                    io_loop(fd, op, flags, call, 0)
+                }
+                Err(e) => Some(Err(e.errno())),
+                Ok(n) => {
+                    drop(s);
+                    io_loop(fd, op, flags, call, n)
+                }
+            };
+        }
+    }
+    io_loop(fd, op, flags, call, 0)
+}
+
+/// `io` past its first try: `done` bytes moved already.
+#[inline(never)]
+fn io_loop(
+    fd: c_int,
+    mut op: Io<'_>,
+    flags: c_int,
+    call: &mut Call,
+    mut done: usize,
+) -> Answer<usize> {
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let (len, waitall, peek) = match &op {
         Io::Read(buf, peek) => (buf.len(), flags & libc::MSG_WAITALL != 0, *peek),
@@ -369,7 +411,6 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
         }));
     }
     let dontwait = dontwait || call.ended;
-    let mut done = 0usize;
     loop {
         let mut s = shim()?;
         // A peek looks at the whole buffer again each time (nothing was consumed).
