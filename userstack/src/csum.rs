@@ -30,7 +30,9 @@ fn ones_sum_small(b: &[u8]) -> u64 {
     let mut acc: u128 = 0;
     let mut chunks = b.chunks_exact(8);
     for c in &mut chunks {
-        acc += u128::from(u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        acc += u128::from(u64::from_ne_bytes([
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+        ]));
     }
     let r = chunks.remainder();
     let mut tail: u64 = 0;

@@ -35,24 +35,9 @@ pub const EPOLLWAKEUP: u32 = libc::EPOLLWAKEUP as u32;
 const FLAGS: u32 = EPOLLET | EPOLLONESHOT | EPOLLEXCLUSIVE | EPOLLWAKEUP;
 
 /// Readiness as epoll condition bits.
+#[inline]
 pub fn bits(r: Readiness) -> u32 {
-    let mut b = 0;
-    if r.readable {
-        b |= EPOLLIN;
-    }
-    if r.writable {
-        b |= EPOLLOUT;
-    }
-    if r.rdhup {
-        b |= EPOLLRDHUP;
-    }
-    if r.hup {
-        b |= EPOLLHUP;
-    }
-    if r.error {
-        b |= EPOLLERR;
-    }
-    b
+    r.bits()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,34 +361,10 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const R: Readiness = Readiness {
-        readable: true,
-        writable: false,
-        rdhup: false,
-        hup: false,
-        error: false,
-    };
-    const W: Readiness = Readiness {
-        readable: false,
-        writable: true,
-        rdhup: false,
-        hup: false,
-        error: false,
-    };
-    const RW: Readiness = Readiness {
-        readable: true,
-        writable: true,
-        rdhup: false,
-        hup: false,
-        error: false,
-    };
-    const NONE: Readiness = Readiness {
-        readable: false,
-        writable: false,
-        rdhup: false,
-        hup: false,
-        error: false,
-    };
+    const R: Readiness = Readiness::READABLE;
+    const W: Readiness = Readiness::WRITABLE;
+    const RW: Readiness = Readiness::new(true, true, false, false, false);
+    const NONE: Readiness = Readiness::NONE;
 
     fn wait_all(s: &mut EpollSet, state: &HashMap<i32, Readiness>) -> Vec<EpollEvent> {
         let mut out = Vec::new();
@@ -500,13 +461,7 @@ mod tests {
     #[test]
     fn err_and_hup_are_always_reported() {
         let mut s = EpollSet::new();
-        let gone = Readiness {
-            readable: true,
-            writable: true,
-            rdhup: true,
-            hup: true,
-            error: true,
-        };
+        let gone = Readiness::new(true, true, true, true, true);
         let st = HashMap::from([(9, gone)]);
         s.add(9, EPOLLOUT, 9, NONE).unwrap();
         s.notify(9, gone);

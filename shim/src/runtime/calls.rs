@@ -364,9 +364,7 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
             return match t.result {
                 Ok(n) if dontwait => Some(Ok(n)),
                 Ok(n) if write && n == len => Some(Ok(n)),
-                Ok(n) if !write && (n == 0 || n >= t.rcvlowat.clamp(1, len.max(1))) => {
-                    Some(Ok(n))
-                }
+                Ok(n) if !write && (n == 0 || n >= t.rcvlowat.clamp(1, len.max(1))) => Some(Ok(n)),
                 Err(SockError::WouldBlock) if dontwait => Some(Err(libc::EAGAIN)),
                 Err(SockError::WouldBlock) => {
                     drop(s);
@@ -927,10 +925,10 @@ pub fn epoll_wait(
 fn poll_bits(r: userstack::Readiness, events: i16) -> i16 {
     let b = userstack::epoll::bits(r) as i32;
     let mut rev = b & (events as i32 | libc::POLLERR as i32 | libc::POLLHUP as i32);
-    if r.readable && events & libc::POLLRDNORM != 0 {
+    if r.readable() && events & libc::POLLRDNORM != 0 {
         rev |= libc::POLLRDNORM as i32;
     }
-    if r.writable && events & libc::POLLWRNORM != 0 {
+    if r.writable() && events & libc::POLLWRNORM != 0 {
         rev |= libc::POLLWRNORM as i32;
     }
     rev as i16

@@ -327,9 +327,11 @@ fn so_errno(e: SockError) -> c_int {
 /// readiness of a connection without a mark is on every request's path.
 #[inline(never)]
 fn low_water<L: Link>(stack: &Stack<L>, id: ConnId, lowat: usize, mut r: Readiness) -> Readiness {
-    if r.readable && !(r.rdhup || r.hup || r.error) && stack.recv_queue(id).is_ok_and(|n| n < lowat)
+    if r.readable()
+        && !(r.rdhup() || r.hup() || r.error())
+        && stack.recv_queue(id).is_ok_and(|n| n < lowat)
     {
-        r.readable = false;
+        r.set_readable(false);
     }
     r
 }
@@ -687,9 +689,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     fn readiness_at(&self, i: u32) -> Option<Readiness> {
         let stack = self.stack.as_ref()?;
         match &self.objs.get(i as usize)?.as_ref()?.obj {
-            Obj::Listener { port, .. } => Some(Readiness {
-                readable: stack.accept_queue_len(*port) > 0,
-                ..Readiness::default()
+            Obj::Listener { port, .. } => Some(if stack.accept_queue_len(*port) > 0 {
+                Readiness::READABLE
+            } else {
+                Readiness::NONE
             }),
             Obj::Conn { id, opts, .. } => {
                 let r = stack.readiness(*id).ok()?;

@@ -629,15 +629,15 @@ fn accept_flags_give_a_nonblocking_connection() {
 fn a_listener_is_readable_while_a_connection_is_queued() {
     let mut n = Net::new();
     n.listen_dual();
-    assert!(!n.s.readiness(LISTEN_FD).unwrap().readable);
+    assert!(!n.s.readiness(LISTEN_FD).unwrap().readable());
     n.client_connects(PORT);
     n.settle();
-    assert!(n.s.readiness(LISTEN_FD).unwrap().readable);
+    assert!(n.s.readiness(LISTEN_FD).unwrap().readable());
     assert!(matches!(
         n.s.accept(LISTEN_FD, 0),
         Some(Ok(Accepted::Conn { .. }))
     ));
-    assert!(!n.s.readiness(LISTEN_FD).unwrap().readable);
+    assert!(!n.s.readiness(LISTEN_FD).unwrap().readable());
 }
 
 // ------------------------------------------------------------------ data
@@ -748,7 +748,7 @@ fn shutdown_read_keeps_buffered_data_then_says_end_of_stream() {
     n.settle();
     assert_eq!(n.s.shutdown(fd, libc::SHUT_RD), Some(Ok(0)));
     let r = n.s.readiness(fd).unwrap();
-    assert!(r.readable && r.rdhup);
+    assert!(r.readable() && r.rdhup());
     assert_eq!(n.read(fd, false).unwrap(), b"buffered");
     assert_eq!(n.read(fd, false).unwrap(), b"");
 }
@@ -986,7 +986,7 @@ fn so_rcvlowat_holds_readiness_until_enough_is_buffered() {
     n.client.send(c, b"abc").unwrap();
     n.client.flush(n.now.get());
     n.settle();
-    assert!(!n.s.readiness(fd).unwrap().readable);
+    assert!(!n.s.readiness(fd).unwrap().readable());
     assert_eq!(pass(&mut n, EPOLL_FD), vec![]);
     // A blocking receive is told to wait for five bytes.
     let mut buf = [0u8; 16];
@@ -997,7 +997,7 @@ fn so_rcvlowat_holds_readiness_until_enough_is_buffered() {
     n.client.send(c, b"de").unwrap();
     n.client.flush(n.now.get());
     n.settle();
-    assert!(n.s.readiness(fd).unwrap().readable);
+    assert!(n.s.readiness(fd).unwrap().readable());
     assert_eq!(pass(&mut n, EPOLL_FD), vec![(IN, 4)]);
     // Below the mark again, then the end of the stream: readable.
     assert_eq!(n.read(fd, false).unwrap(), b"abcde");
@@ -1005,7 +1005,7 @@ fn so_rcvlowat_holds_readiness_until_enough_is_buffered() {
     n.client.close(c).unwrap();
     n.client.flush(n.now.get());
     n.settle();
-    assert!(n.s.readiness(fd).unwrap().readable);
+    assert!(n.s.readiness(fd).unwrap().readable());
 }
 
 fn timeval_bytes(sec: i64, usec: i64) -> Vec<u8> {
@@ -1638,7 +1638,7 @@ fn a_connect_to_a_closed_port_is_refused_once() {
     );
     n.settle();
     let r = n.s.readiness(CONNECT_FD).unwrap();
-    assert!(r.error && r.hup, "{r:?}");
+    assert!(r.error() && r.hup(), "{r:?}");
     // A second connect() takes the error, as Linux's takes sk_err.
     assert_eq!(
         connect_to(&mut n, CLIENT, 7001, None),

@@ -104,13 +104,13 @@ fn connect(stack: &mut Stack<DpdkLink>, addr: SocketAddrV4) -> Result<ConnId> {
     loop {
         stack.poll(clock::now());
         match stack.readiness(id) {
-            Ok(r) if r.error => {
+            Ok(r) if r.error() => {
                 // The pending error comes back from recv.
                 let mut b = [0u8; 1];
                 let e = stack.recv(id, &mut b).err().unwrap_or(SockError::Reset);
                 bail!("connect {addr}: {e}");
             }
-            Ok(r) if r.writable => return Ok(id),
+            Ok(r) if r.writable() => return Ok(id),
             Ok(_) => {}
             Err(e) => bail!("connect {addr}: {e}"),
         }

@@ -25,28 +25,98 @@ pub enum Event {
     Accept(u16),
 }
 
-/// Readiness of a connection, with the meaning of the epoll bits of the same names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Readiness {
-    pub readable: bool,
-    pub writable: bool,
-    /// The peer sent FIN (EPOLLRDHUP).
-    pub rdhup: bool,
-    /// Both directions are closed, or the connection was reset (EPOLLHUP).
-    pub hup: bool,
-    /// A pending error (EPOLLERR).
-    pub error: bool,
-}
+/// Readiness of a connection, with the meaning of the epoll bits of the same names: a set of
+/// EPOLLIN (readable), EPOLLOUT (writable), EPOLLRDHUP (the peer sent FIN), EPOLLHUP (both
+/// directions closed, or reset) and EPOLLERR (a pending error). Kept as those bits: a request's
+/// path computes, compares and reports readiness several times.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Readiness(u32);
+
+const IN: u32 = libc::EPOLLIN as u32;
+const OUT: u32 = libc::EPOLLOUT as u32;
+const RDHUP: u32 = libc::EPOLLRDHUP as u32;
+const HUP: u32 = libc::EPOLLHUP as u32;
+const ERR: u32 = libc::EPOLLERR as u32;
 
 impl Readiness {
+    /// Nothing ready.
+    pub const NONE: Readiness = Readiness(0);
+    /// Readable only.
+    pub const READABLE: Readiness = Readiness(IN);
+    /// Writable only.
+    pub const WRITABLE: Readiness = Readiness(OUT);
+
+    #[inline]
+    pub const fn new(readable: bool, writable: bool, rdhup: bool, hup: bool, error: bool) -> Self {
+        Readiness(
+            (readable as u32 * IN)
+                | (writable as u32 * OUT)
+                | (rdhup as u32 * RDHUP)
+                | (hup as u32 * HUP)
+                | (error as u32 * ERR),
+        )
+    }
+
+    /// As epoll condition bits.
+    #[inline]
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    #[inline]
+    pub const fn readable(self) -> bool {
+        self.0 & IN != 0
+    }
+
+    #[inline]
+    pub const fn writable(self) -> bool {
+        self.0 & OUT != 0
+    }
+
+    /// The peer sent FIN (EPOLLRDHUP).
+    #[inline]
+    pub const fn rdhup(self) -> bool {
+        self.0 & RDHUP != 0
+    }
+
+    /// Both directions are closed, or the connection was reset (EPOLLHUP).
+    #[inline]
+    pub const fn hup(self) -> bool {
+        self.0 & HUP != 0
+    }
+
+    /// A pending error (EPOLLERR).
+    #[inline]
+    pub const fn error(self) -> bool {
+        self.0 & ERR != 0
+    }
+
+    #[inline]
+    pub fn set_readable(&mut self, on: bool) {
+        self.0 = (self.0 & !IN) | (on as u32 * IN);
+    }
+
+    #[inline]
+    pub fn set_writable(&mut self, on: bool) {
+        self.0 = (self.0 & !OUT) | (on as u32 * OUT);
+    }
+
     /// Whether a bit is set here that is not set in `before`.
     #[inline]
     pub fn gained_since(self, before: Readiness) -> bool {
-        (self.readable && !before.readable)
-            || (self.writable && !before.writable)
-            || (self.rdhup && !before.rdhup)
-            || (self.hup && !before.hup)
-            || (self.error && !before.error)
+        self.0 & !before.0 != 0
+    }
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("readable", &self.readable())
+            .field("writable", &self.writable())
+            .field("rdhup", &self.rdhup())
+            .field("hup", &self.hup())
+            .field("error", &self.error())
+            .finish()
     }
 }
 

@@ -370,7 +370,7 @@ impl<L: Link> Stack<L> {
             // The buffer is full now: if the next poll takes an ACK that frees room before it
             // polls this write, it finds "writable" again, and must see that as a change, or
             // a writer waiting for EPOLLOUT is never woken.
-            c.last_ready.writable = false;
+            c.last_ready.set_writable(false);
         }
         self.mark_dirty(id.slot);
         Ok(n)

@@ -738,11 +738,11 @@ pub(super) fn readiness(c: &Conn) -> Readiness {
     // the peer may not send. shutdown(SHUT_RD) is RCV_SHUTDOWN too.
     let rdhup = !handshaking && (c.rd_shut || !t.may_recv());
     let room = t.can_send() && (!c.limits_sending() || c.send_room() > 0);
-    Readiness {
-        readable: t.can_recv() || rdhup || failed,
-        writable: (!handshaking && room) || failed || (!handshaking && !t.may_send()),
-        rdhup: rdhup || failed,
-        hup: failed || closed || (rdhup && !t.may_send()),
-        error: error.is_some(),
-    }
+    Readiness::new(
+        t.can_recv() || rdhup || failed,
+        (!handshaking && room) || failed || (!handshaking && !t.may_send()),
+        rdhup || failed,
+        failed || closed || (rdhup && !t.may_send()),
+        error.is_some(),
+    )
 }

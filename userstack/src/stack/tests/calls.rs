@@ -43,7 +43,7 @@ fn handshake_echo_close() {
     assert_eq!(p.client.send(c, b"hello").unwrap(), 5);
     p.run();
     let mut buf = [0u8; 64];
-    assert!(p.server.readiness(s).unwrap().readable);
+    assert!(p.server.readiness(s).unwrap().readable());
     assert_eq!(p.server.recv(s, &mut buf).unwrap(), 5);
     assert_eq!(&buf[..5], b"hello");
     assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
@@ -56,7 +56,7 @@ fn handshake_echo_close() {
     p.client.shutdown_write(c).unwrap();
     p.run();
     assert_eq!(p.server.recv(s, &mut buf), Ok(0));
-    assert!(p.server.readiness(s).unwrap().rdhup);
+    assert!(p.server.readiness(s).unwrap().rdhup());
     p.server.send(s, b"late").unwrap();
     p.server.close(s).unwrap();
     p.run();
@@ -104,13 +104,13 @@ fn reset_is_reported_once_and_peek_does_not_consume() {
     // The client resets (close with SO_LINGER 0): the server sees ECONNRESET once via SO_ERROR.
     p.client.abort(c).unwrap();
     p.run();
-    assert!(p.server.readiness(s).unwrap().error);
+    assert!(p.server.readiness(s).unwrap().error());
     assert_eq!(p.server.take_error(s), Ok(Some(SockError::Reset)));
     assert_eq!(p.server.take_error(s), Ok(None));
     assert_eq!(p.server.recv(s, &mut buf), Ok(0));
     assert_eq!(p.server.send(s, b"x"), Err(SockError::Pipe));
     let r = p.server.readiness(s).unwrap();
-    assert!(r.hup && r.readable && !r.error, "{r:?}");
+    assert!(r.hup() && r.readable() && !r.error(), "{r:?}");
 }
 
 #[test]
@@ -149,18 +149,18 @@ fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
     p.now += Duration::from_micros(10);
     p.server.poll(p.now); // the first half leaves; room is left: writable
     p.server.take_events(&mut ev);
-    assert!(p.server.readiness(s).unwrap().writable);
+    assert!(p.server.readiness(s).unwrap().writable());
     while p.server.send(s, &half).is_ok() {}
-    assert!(!p.server.readiness(s).unwrap().writable);
+    assert!(!p.server.readiness(s).unwrap().writable());
     p.now += Duration::from_micros(10);
     p.client.poll(p.now); // the client takes the first half and ACKs it at once
     p.now += Duration::from_micros(10);
     p.server.poll(p.now); // the ACK, then the queued rest leaves
-    assert!(p.server.readiness(s).unwrap().writable);
+    assert!(p.server.readiness(s).unwrap().writable());
     p.server.take_events(&mut ev);
     assert!(
         ev.iter()
-            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.writable)),
+            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.writable())),
         "no writable event: {ev:?}"
     );
     let mut buf = vec![0u8; 32 << 10];

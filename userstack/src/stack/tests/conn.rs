@@ -149,11 +149,11 @@ fn a_connection_event_carries_its_current_readiness() {
     let mut ev = Vec::new();
     let chunk = [7u8; 4096];
     while p.server.send(s, &chunk).is_ok() {}
-    assert!(!p.server.readiness(s).unwrap().writable);
+    assert!(!p.server.readiness(s).unwrap().writable());
     p.run();
     p.server.take_events(&mut ev);
     let now = p.server.readiness(s).unwrap();
-    assert!(now.writable, "{now:?}");
+    assert!(now.writable(), "{now:?}");
     let carried: Vec<_> = ev
         .iter()
         .filter_map(|e| match *e {
@@ -176,7 +176,7 @@ fn the_peers_fin_is_reported_with_data_still_unread() {
     p.client.close(c).unwrap();
     p.run();
     let r = p.server.readiness(s).unwrap();
-    assert!(r.readable && r.rdhup && !r.hup, "{r:?}");
+    assert!(r.readable() && r.rdhup() && !r.hup(), "{r:?}");
     // Reading the data changes none of that.
     let mut buf = [0u8; 64];
     assert_eq!(p.server.recv(s, &mut buf[..4]).unwrap(), 4);
@@ -184,7 +184,7 @@ fn the_peers_fin_is_reported_with_data_still_unread() {
     p.server.shutdown_write(s).unwrap();
     p.run();
     let r = p.server.readiness(s).unwrap();
-    assert!(r.readable && r.rdhup && r.hup, "{r:?}");
+    assert!(r.readable() && r.rdhup() && r.hup(), "{r:?}");
     assert_eq!(p.server.recv(s, &mut buf).unwrap(), 6);
     assert_eq!(p.server.recv(s, &mut buf).unwrap(), 0);
 }
@@ -213,7 +213,7 @@ fn time_to_give_up(p: &mut Pair, s: ConnId, limit: Duration) -> Option<Duration>
     let chunk = [1u8; 4096];
     while p.server.send(s, &chunk).is_ok() {}
     let start = p.now;
-    let failed = server_alone_until(p, limit, |st| st.readiness(s).is_ok_and(|r| r.error))?;
+    let failed = server_alone_until(p, limit, |st| st.readiness(s).is_ok_and(|r| r.error()))?;
     Some(failed - start)
 }
 
@@ -234,7 +234,7 @@ fn a_vanished_peer_is_given_up_after_fifteen_minutes() {
     p.server.take_events(&mut ev);
     assert!(
         ev.iter()
-            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.error && r.hup)),
+            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.error() && r.hup())),
         "{ev:?}"
     );
     assert_eq!(p.server.send(s, b"x"), Err(SockError::TimedOut));
@@ -288,7 +288,7 @@ fn a_reset_with_data_outstanding_leaves_no_timer_due() {
     while p.server.send(s, &chunk).is_ok() {}
     p.client.abort(c).unwrap();
     p.run();
-    assert!(p.server.readiness(s).unwrap().error);
+    assert!(p.server.readiness(s).unwrap().error());
     for _ in 0..10 {
         p.now += Duration::from_secs(100);
         p.server.poll(p.now);
@@ -315,7 +315,7 @@ fn a_peer_that_does_not_read_is_not_given_up() {
         p.advance(Duration::from_secs(10), Duration::from_millis(100));
     }
     let r = p.server.readiness(s).unwrap();
-    assert!(!r.error && !r.writable, "{r:?}");
+    assert!(!r.error() && !r.writable(), "{r:?}");
     assert_eq!(p.server.stats().tcp_timeouts, 0);
 }
 
@@ -334,7 +334,7 @@ fn a_user_timeout_gives_up_on_a_window_that_stays_shut() {
     while p.now < start + Duration::from_secs(60) {
         while p.server.send(s, &chunk).is_ok() {}
         p.advance(Duration::from_millis(500), Duration::from_millis(50));
-        if p.server.readiness(s).unwrap().error {
+        if p.server.readiness(s).unwrap().error() {
             failed = Some(p.now - start);
             break;
         }
@@ -367,7 +367,7 @@ fn an_unanswered_connect_times_out() {
         .unwrap();
     let start = p.now;
     let end = p.now + Duration::from_secs(200);
-    while p.now < end && !p.client.readiness(c).unwrap().error {
+    while p.now < end && !p.client.readiness(c).unwrap().error() {
         p.now += Duration::from_millis(100);
         p.server.poll(p.now);
         p.client.poll(p.now);
@@ -478,9 +478,9 @@ fn a_window_shut_while_nothing_waits_starts_no_user_timeout_clock() {
     assert_eq!(p.server.send(s, &[1u8; 16 << 10]).unwrap(), 16 << 10);
     p.run();
     p.advance(Duration::from_secs(10), Duration::from_millis(100));
-    assert!(!p.server.readiness(s).unwrap().error);
+    assert!(!p.server.readiness(s).unwrap().error());
     // A write now waits behind the shut window: given up 5 s later, not at once.
     p.server.send(s, b"x").unwrap();
     p.advance(Duration::from_secs(1), Duration::from_millis(100));
-    assert!(!p.server.readiness(s).unwrap().error, "given up at once");
+    assert!(!p.server.readiness(s).unwrap().error(), "given up at once");
 }

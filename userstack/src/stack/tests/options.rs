@@ -120,7 +120,7 @@ fn so_sndbuf_on_a_connection_limits_what_is_queued() {
     p.server.set_send_cap(s, Some(3000)).unwrap();
     assert_eq!(p.server.buffer_sizes(s).unwrap().1, 3000);
     assert_eq!(p.server.send(s, &[b'a'; 10_000]).unwrap(), 3000);
-    assert!(!p.server.readiness(s).unwrap().writable);
+    assert!(!p.server.readiness(s).unwrap().writable());
     assert_eq!(
         p.server.send(s, b"b"),
         Err(crate::stack::SockError::WouldBlock)
@@ -129,7 +129,7 @@ fn so_sndbuf_on_a_connection_limits_what_is_queued() {
     p.run();
     let mut buf = vec![0u8; 10_000];
     assert_eq!(p.client.recv(c, &mut buf).unwrap(), 3000);
-    assert!(p.server.readiness(s).unwrap().writable);
+    assert!(p.server.readiness(s).unwrap().writable());
     assert_eq!(p.server.send(s, &[b'a'; 10_000]).unwrap(), 3000);
     // A cap at or above the buffer is the buffer.
     p.server.set_send_cap(s, Some(1 << 20)).unwrap();
@@ -399,7 +399,7 @@ fn notsent_lowat_limits_what_waits_unsent() {
     let mut buf = vec![0u8; 65536];
     while p.client.recv(c, &mut buf).unwrap_or(0) > 0 {}
     p.run();
-    assert!(p.server.readiness(s).unwrap().writable);
+    assert!(p.server.readiness(s).unwrap().writable());
 }
 
 #[test]
@@ -471,7 +471,7 @@ fn lifting_notsent_lowat_makes_the_connection_writable_at_once() {
     let (mut p, _c, s) = with_notsent_lowat(1000);
     // 1,000 bytes wait unsent (no poll sends them): not writable.
     while p.server.send(s, &[b'n'; 4096]).is_ok() {}
-    assert!(!p.server.readiness(s).unwrap().writable);
+    assert!(!p.server.readiness(s).unwrap().writable());
     let mut ev = Vec::new();
     p.server.take_events(&mut ev);
     ev.clear();
@@ -483,7 +483,7 @@ fn lifting_notsent_lowat_makes_the_connection_writable_at_once() {
     p.server.take_events(&mut ev);
     assert!(
         ev.iter()
-            .any(|e| matches!(e, crate::stack::Event::Conn(id, r) if *id == s && r.writable)),
+            .any(|e| matches!(e, crate::stack::Event::Conn(id, r) if *id == s && r.writable())),
         "{ev:?}"
     );
 }
