@@ -303,7 +303,7 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     objs: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
-    conn_fd: FastMap<ConnId, u32>,
+    conn_fd: ConnIndex,
     port_fds: FastMap<u16, Vec<c_int>>,
     /// Our fd -> the epoll fds watching it.
     watchers: FastMap<c_int, Vec<c_int>>,
@@ -320,6 +320,37 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
 
 fn so_errno(e: SockError) -> c_int {
     e.errno()
+}
+
+/// Stack connections -> their entries' indexes, by the connection's slot (slots are small and
+/// dense, and every event of a connection is looked up here).
+#[derive(Debug, Default)]
+struct ConnIndex(Vec<Option<(ConnId, u32)>>);
+
+impl ConnIndex {
+    #[inline]
+    fn get(&self, id: &ConnId) -> Option<&u32> {
+        match self.0.get(id.slot as usize)? {
+            Some((have, i)) if have == id => Some(i),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, id: ConnId, i: u32) {
+        let k = id.slot as usize;
+        if self.0.len() <= k {
+            self.0.resize(k + 1, None);
+        }
+        self.0[k] = Some((id, i));
+    }
+
+    fn remove(&mut self, id: &ConnId) {
+        if let Some(e) = self.0.get_mut(id.slot as usize) {
+            if e.is_some_and(|(have, _)| have == *id) {
+                *e = None;
+            }
+        }
+    }
 }
 
 /// SO_RCVLOWAT (`lowat` > 1): a connection is readable for poll, select and epoll only once
@@ -359,7 +390,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             nested: Vec::new(),
             objs: Vec::new(),
             free: Vec::new(),
-            conn_fd: FastMap::default(),
+            conn_fd: ConnIndex::default(),
             port_fds: FastMap::default(),
             watchers: FastMap::default(),
             binds: FastMap::default(),
