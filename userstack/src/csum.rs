@@ -143,6 +143,24 @@ pub fn fill_tcp_checksum(ip: &mut [u8]) {
     tcp[16..18].copy_from_slice(&(!sum).to_ne_bytes());
 }
 
+/// The sum of the pseudo-header of TCP segments between the addresses of IPv4 header `ip`,
+/// without their length (a connection's, made once: `fill_tcp_checksum_with`).
+pub fn tcp_pseudo_sum(ip: &[u8]) -> u64 {
+    pseudo_sum(ip, 0)
+}
+
+/// Computes and stores the checksum of TCP segment `tcp` (its header, then its payload) whose
+/// pseudo-header without the length sums to `pseudo` (`tcp_pseudo_sum`).
+#[inline]
+pub fn fill_tcp_checksum_with(pseudo: u64, tcp: &mut [u8]) {
+    tcp[16] = 0;
+    tcp[17] = 0;
+    let l = (tcp.len() as u16).to_be_bytes();
+    let len = u64::from(u32::from_ne_bytes([0, 0, l[0], l[1]]));
+    let sum = fold(pseudo + len + ones_sum(tcp));
+    tcp[16..18].copy_from_slice(&(!sum).to_ne_bytes());
+}
+
 /// Whether the TCP segment `ip[ihl..]` of the IPv4 packet `ip` (cut to its total length) has
 /// a correct checksum.
 pub fn tcp_checksum_ok(ip: &[u8], ihl: usize) -> bool {
@@ -215,6 +233,10 @@ mod tests {
             let mut q = packet(len, i as u32 + 7);
             TcpPacket::new_unchecked(&mut q[20..]).fill_checksum(&src, &dst);
             assert_eq!(p, q, "the same checksum as smoltcp's, payload {len}");
+            let mut r = packet(len, i as u32 + 7);
+            let pseudo = tcp_pseudo_sum(&r[..20]);
+            fill_tcp_checksum_with(pseudo, &mut r[20..]);
+            assert_eq!(p, r, "from a connection's pseudo-header sum, payload {len}");
         }
     }
 

@@ -164,6 +164,8 @@ pub(super) struct Tuning {
     /// (`set_ip_header`): a segment's header is this with its length and checksum filled in.
     pub(super) ip_head: [u8; 20],
     pub(super) ip_sum: u64,
+    /// The sum of its TCP pseudo-header without the length.
+    pub(super) tcp_pseudo: u64,
     /// Any of SO_SNDBUF (lowered), TCP_NOTSENT_LOWAT is set: sends and readiness ask
     /// `send_room` (one test on every readiness check instead of two).
     pub(super) limited: bool,
@@ -199,6 +201,7 @@ impl Tuning {
         h[16..20].copy_from_slice(&peer.octets());
         self.ip_head = h;
         self.ip_sum = crate::csum::ipv4_template_sum(&h);
+        self.tcp_pseudo = crate::csum::tcp_pseudo_sum(&h);
     }
 }
 
@@ -296,6 +299,7 @@ impl Conn {
     fn transmit<L: Link>(&mut self, net: &mut Net<L>, us: Micros) {
         let (lport, pport) = (self.local_port, self.peer.port());
         let (head, sum, mtu) = (&self.tuning.ip_head, self.tuning.ip_sum, self.tuning.mtu);
+        let pseudo = self.tuning.tcp_pseudo;
         let track = &mut self.track;
         self.tcb.output(us, &mut |out: &Out, (a, b): Payload| {
             let pay = a.len() + b.len();
@@ -322,7 +326,7 @@ impl Conn {
                 let d = 20 + hl;
                 p[d..d + a.len()].copy_from_slice(a);
                 p[d + a.len()..d + pay].copy_from_slice(b);
-                crate::csum::fill_tcp_checksum(p);
+                crate::csum::fill_tcp_checksum_with(pseudo, &mut p[20..len]);
             });
             true
         });
@@ -423,6 +427,7 @@ impl<L: Link> Stack<L> {
                 limited: false,
                 ip_head: [0; 20],
                 ip_sum: 0,
+                tcp_pseudo: 0,
             },
             recheck: false,
             deferred_until: None,
@@ -730,11 +735,19 @@ pub(super) fn readiness(c: &Conn) -> Readiness {
     let (error, failed) = (c.error, c.failed);
     let t = &c.tcb;
     let state = t.state();
-    if state == State::Established && !(failed || c.rd_shut || c.limits_sending()) && error.is_none()
+    if state == State::Established
+        && !(failed || c.rd_shut || c.limits_sending())
+        && error.is_none()
     {
         // The usual case, what the general rules below give for it (checked where debug
         // assertions are on: the fuzz targets).
-        let r = Readiness::new(t.can_recv(), t.can_send() || !t.may_send(), false, false, false);
+        let r = Readiness::new(
+            t.can_recv(),
+            t.can_send() || !t.may_send(),
+            false,
+            false,
+            false,
+        );
         debug_assert_eq!(r, readiness_by_rules(c));
         return r;
     }
