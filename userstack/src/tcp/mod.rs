@@ -238,12 +238,12 @@ pub struct Tcb {
     rttvar: Micros,
     rto: Micros,
     backoff: u32,
-    rtx_at: Option<Micros>,
+    rtx_at: At,
     /// One segment timed at a time: its end and when it left.
     timing: Option<(u32, Micros)>,
-    probe_at: Option<Micros>,
+    probe_at: At,
     probe_done: bool,
-    persist_at: Option<Micros>,
+    persist_at: At,
     /// Since when data has been outstanding with nothing heard from the peer.
     silent_since: Option<Micros>,
     /// Since when the peer's window has been shut while data waits to go.
@@ -268,7 +268,7 @@ pub struct Tcb {
     /// TCP_WINDOW_CLAMP (or SO_RCVBUF lowered after the handshake): the most we offer.
     clamp: Option<u32>,
     ack_now: bool,
-    ack_at: Option<Micros>,
+    ack_at: At,
     unacked_bytes: u32,
     /// The largest segment received (Linux's rcv_mss).
     rcv_mss: u32,
@@ -288,7 +288,7 @@ pub struct Tcb {
     /// Last time anything came from the peer (keepalive).
     last_rx: Micros,
     ka_sent: u32,
-    time_wait_until: Option<Micros>,
+    time_wait_until: At,
     pub counters: Counters,
 }
 
@@ -299,6 +299,46 @@ pub struct Tcb {
 pub(crate) fn earliest(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
     let m = a.unwrap_or(Micros::MAX).min(b.unwrap_or(Micros::MAX));
     (m != Micros::MAX).then_some(m)
+}
+
+/// A timer's deadline, or none: a time where "never" is the largest, so that the earliest of
+/// several is a minimum without branches (an engine asks for its next deadline twice a
+/// request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct At(Micros);
+
+impl At {
+    pub(crate) const NEVER: At = At(Micros::MAX);
+
+    #[inline]
+    pub(crate) fn at(t: Micros) -> At {
+        At(t.min(Micros::MAX - 1))
+    }
+
+    #[inline]
+    pub(crate) fn get(self) -> Option<Micros> {
+        (self != At::NEVER).then_some(self.0)
+    }
+
+    #[inline]
+    pub(crate) fn is_some(self) -> bool {
+        self != At::NEVER
+    }
+
+    #[inline]
+    pub(crate) fn is_none(self) -> bool {
+        self == At::NEVER
+    }
+
+    #[inline]
+    pub(crate) fn is_some_and(self, f: impl FnOnce(Micros) -> bool) -> bool {
+        self.get().is_some_and(f)
+    }
+
+    #[inline]
+    pub(crate) fn is_none_or(self, f: impl FnOnce(Micros) -> bool) -> bool {
+        self.get().is_none_or(f)
+    }
 }
 
 /// A retransmission: what it covered, when it left, and snd_nxt then.
@@ -383,11 +423,11 @@ impl Tcb {
             rttvar: 0,
             rto: INITIAL_RTO_US,
             backoff: 0,
-            rtx_at: None,
+            rtx_at: At::NEVER,
             timing: None,
-            probe_at: None,
+            probe_at: At::NEVER,
             probe_done: false,
-            persist_at: None,
+            persist_at: At::NEVER,
             silent_since: None,
             zero_wnd_since: None,
             oow_at: None,
@@ -403,7 +443,7 @@ impl Tcb {
             fin_got: false,
             clamp: None,
             ack_now: false,
-            ack_at: None,
+            ack_at: At::NEVER,
             unacked_bytes: 0,
             rcv_mss: 536,
             quick: QUICK_ACKS,
@@ -415,7 +455,7 @@ impl Tcb {
             ts_offset: iss.rotate_left(13),
             last_rx: now,
             ka_sent: 0,
-            time_wait_until: None,
+            time_wait_until: At::NEVER,
             counters: Counters::default(),
         }
     }
@@ -839,11 +879,12 @@ impl Tcb {
         }
         // The timers, the rare ones only when they can be set (one request's path asks this
         // several times).
-        let mut at = earliest(
-            earliest(self.ack_at, self.rtx_at),
-            earliest(self.probe_at, self.persist_at),
-        );
-        at = earliest(at, self.time_wait_until);
+        let mut at = self
+            .ack_at
+            .min(self.rtx_at)
+            .min(self.probe_at.min(self.persist_at))
+            .min(self.time_wait_until)
+            .get();
         if self.set.keepalive.is_some() {
             at = earliest(at, self.keepalive_at());
         }
@@ -882,7 +923,7 @@ impl Tcb {
             State::SynSent => return self.input_syn_sent(now, seg),
             State::SynReceived if seg.has(SYN) && !seg.has(ACK) && seg.seq == self.irs => {
                 self.syn_due = true; // its SYN again: our SYN-ACK was lost
-                self.rtx_at = None;
+                self.rtx_at = At::NEVER;
                 return;
             }
             _ => {}
@@ -940,7 +981,7 @@ impl Tcb {
         if seg.has(FIN) {
             if self.state == State::TimeWait {
                 self.ack_now = true;
-                self.time_wait_until = Some(now + TIME_WAIT_US);
+                self.time_wait_until = At::at(now + TIME_WAIT_US);
             } else if self.may_recv() {
                 // Kept only if its place is inside the buffer's room, so a FIN beyond it (whose
                 // data was not kept either) cannot stand in for the real one.
@@ -1011,7 +1052,7 @@ impl Tcb {
         self.snd_wnd = u32::from(seg.wnd) << shift;
         self.snd_wl1 = seg.seq;
         self.snd_wl2 = seg.ack;
-        self.rtx_at = None;
+        self.rtx_at = At::NEVER;
         self.syn_due = false;
         if let Some((_, sent)) = self.timing.take() {
             if self.backoff == 0 {
@@ -1025,7 +1066,7 @@ impl Tcb {
     fn fail(&mut self, f: Failure) {
         self.failure = Some(f);
         self.state = State::Closed;
-        self.rtx_at = None;
+        self.rtx_at = At::NEVER;
         self.ack_now = false;
     }
 
@@ -1040,7 +1081,7 @@ impl Tcb {
             self.snd_wl1 = seg.seq;
             self.snd_wl2 = ack;
             if wnd > 0 {
-                self.persist_at = None;
+                self.persist_at = At::NEVER;
                 self.zero_wnd_since = None;
             } else if self.unsent() > 0 {
                 self.zero_wnd_since.get_or_insert(now);
@@ -1112,10 +1153,10 @@ impl Tcb {
             self.grow(acked, now);
         }
         if self.snd_una == self.snd_nxt {
-            self.rtx_at = None;
-            self.probe_at = None;
+            self.rtx_at = At::NEVER;
+            self.probe_at = At::NEVER;
         } else {
-            self.rtx_at = Some(now + self.rto);
+            self.rtx_at = At::at(now + self.rto);
             self.arm_probe(now);
         }
         // Our FIN acknowledged.
@@ -1217,7 +1258,7 @@ impl Tcb {
         self.cwnd = self.ssthresh;
         self.ca_acked = 0;
         self.timing = None;
-        self.probe_at = None;
+        self.probe_at = At::NEVER;
     }
 
     /// A retransmission is lost too (RFC 8985's rule, for retransmissions): once data sent
@@ -1329,13 +1370,13 @@ impl Tcb {
     /// 200 ms, which is the RTO's floor anyway), so it is left to the retransmission timer.
     fn arm_probe(&mut self, now: Micros) {
         if self.probe_done || self.rto_recovery || self.in_flight() <= self.payload_max {
-            self.probe_at = None;
+            self.probe_at = At::NEVER;
             return;
         }
         if let Some(srtt) = self.srtt {
             let pto = 2 * srtt + PROBE_SLACK_US.max(4 * self.rttvar);
             if self.rtx_at.is_none_or(|r| now + pto < r) {
-                self.probe_at = Some(now + pto);
+                self.probe_at = At::at(now + pto);
             }
         }
     }
@@ -1382,7 +1423,7 @@ impl Tcb {
             } else if self.set.ack_delay_us == 0 {
                 self.ack_now = true;
             } else if self.ack_at.is_none() {
-                self.ack_at = Some(now + self.set.ack_delay_us);
+                self.ack_at = At::at(now + self.set.ack_delay_us);
             }
         } else {
             self.rx.write_at(self.rx.len() + off, &data[..n]);
@@ -1418,10 +1459,10 @@ impl Tcb {
 
     fn enter_time_wait(&mut self, now: Micros) {
         self.state = State::TimeWait;
-        self.time_wait_until = Some(now + TIME_WAIT_US);
-        self.rtx_at = None;
-        self.probe_at = None;
-        self.persist_at = None;
+        self.time_wait_until = At::at(now + TIME_WAIT_US);
+        self.rtx_at = At::NEVER;
+        self.probe_at = At::NEVER;
+        self.persist_at = At::NEVER;
     }
 
     // ---------------------------------------------------------------- loss
@@ -1535,10 +1576,10 @@ impl Tcb {
         self.backoff += 1;
         self.rto = self.rto_now();
         self.timing = None;
-        self.probe_at = None;
+        self.probe_at = At::NEVER;
         if matches!(self.state, State::SynSent | State::SynReceived) {
             self.syn_due = true;
-            self.rtx_at = None;
+            self.rtx_at = At::NEVER;
             return;
         }
         self.ssthresh = self.reduce();
@@ -1549,7 +1590,7 @@ impl Tcb {
         self.recover = self.snd_nxt;
         self.high_rxt = self.snd_una;
         self.dupacks = 0;
-        self.rtx_at = Some(now + self.rto);
+        self.rtx_at = At::at(now + self.rto);
     }
 
     // ---------------------------------------------------------------- output
@@ -1676,7 +1717,7 @@ impl Tcb {
                 .rcv_nxt
                 .wrapping_add(u32::from(out.wnd) << self.rcv_shift);
             self.ack_now = false;
-            self.ack_at = None;
+            self.ack_at = At::NEVER;
             self.unacked_bytes = 0;
         }
     }
@@ -1812,7 +1853,7 @@ impl Tcb {
                 self.counters.retransmits += 1;
                 self.timing = None;
                 if self.rtx_at.is_none() || s == self.snd_una {
-                    self.rtx_at = Some(now + self.rto);
+                    self.rtx_at = At::at(now + self.rto);
                 }
                 // The ACK this repair draws may be lost too, and nothing may be left to send:
                 // a probe follows, not the timeout.
@@ -1823,7 +1864,7 @@ impl Tcb {
         }
         // A tail-loss probe.
         if self.probe_at.is_some_and(|t| now >= t) {
-            self.probe_at = None;
+            self.probe_at = At::NEVER;
             self.probe_done = true;
             let e = self.snd_nxt;
             let s = e.wrapping_sub(self.seg_max().min(self.in_flight()));
@@ -1861,7 +1902,7 @@ impl Tcb {
                 self.cork_lifted = false;
             }
             if self.rtx_at.is_none() {
-                self.rtx_at = Some(now + self.rto);
+                self.rtx_at = At::at(now + self.rto);
             }
             self.arm_probe(now);
             self.silent_since.get_or_insert(now);
@@ -1878,7 +1919,7 @@ impl Tcb {
             }
             self.snd_nxt = s.wrapping_add(1);
             if self.rtx_at.is_none() {
-                self.rtx_at = Some(now + self.rto);
+                self.rtx_at = At::at(now + self.rto);
             }
         }
         // Zero window: probe it (Linux: an old sequence number, no data). Its clock for
@@ -1887,8 +1928,8 @@ impl Tcb {
             self.zero_wnd_since.get_or_insert(now);
         }
         if self.snd_wnd == 0 && self.unsent() > 0 && self.snd_nxt == self.snd_una {
-            match self.persist_at {
-                None => self.persist_at = Some(now + self.rto),
+            match self.persist_at.get() {
+                None => self.persist_at = At::at(now + self.rto),
                 Some(t) if now >= t => {
                     let out = self.header(now, self.snd_una.wrapping_sub(1), ACK);
                     if !emit(&out, (&[], &[])) {
@@ -1896,7 +1937,7 @@ impl Tcb {
                     }
                     self.acked_sent(&out);
                     self.backoff = (self.backoff + 1).min(16);
-                    self.persist_at = Some(now + self.rto_now());
+                    self.persist_at = At::at(now + self.rto_now());
                 }
                 Some(_) => {}
             }
@@ -1982,7 +2023,7 @@ impl Tcb {
         if self.backoff == 0 {
             self.timing = Some((self.iss.wrapping_add(1), now));
         }
-        self.rtx_at = Some(now + self.rto);
+        self.rtx_at = At::at(now + self.rto);
         if passive {
             self.rcv_adv = self.rcv_nxt.wrapping_add(u32::from(out.wnd));
         }

@@ -371,7 +371,7 @@ fn the_close_handshake_walks_the_states_on_both_sides() {
     assert!(p.run(p.now + 10_000, |p| p.a.state() == State::TimeWait
         && p.b.state() == State::Closed));
     assert_eq!(p.a.recv(&mut buf), 2);
-    let end = p.a.time_wait_until.unwrap();
+    let end = p.a.time_wait_until.get().unwrap();
     assert!(p.run(end + 1, |p| p.a.state() == State::Closed));
     assert!(p.now >= end);
 }
@@ -995,8 +995,8 @@ fn the_tail_loss_probe_is_the_last_segment_again_even_with_new_data_queued() {
     p.a.cwnd = p.a.in_flight();
     p.a.send(&[6u8; 1448]);
     assert!(collect(&mut p.a, p.now).is_empty(), "the window is full");
-    let probe_at = p.a.probe_at.expect("a probe is armed");
-    assert!(probe_at < p.a.rtx_at.expect("and the timer"));
+    let probe_at = p.a.probe_at.get().expect("a probe is armed");
+    assert!(probe_at < p.a.rtx_at.get().expect("and the timer"));
     let probe = collect(&mut p.a, probe_at);
     assert_eq!(probe.len(), 1);
     // The duplicate of the last segment (the peer answers it at once), not new data (which
@@ -1015,8 +1015,11 @@ fn a_repair_whose_ack_is_lost_is_followed_by_a_probe_not_the_timeout() {
     // The repair arrives, but the ACK it draws is lost: nothing else is left to send.
     feed(&mut p.b, p.now, &repair[0]);
     collect(&mut p.b, p.now);
-    let probe_at = p.a.probe_at.expect("a probe is armed after the repair");
-    assert!(probe_at < p.a.rtx_at.expect("and the timer"));
+    let probe_at =
+        p.a.probe_at
+            .get()
+            .expect("a probe is armed after the repair");
+    assert!(probe_at < p.a.rtx_at.get().expect("and the timer"));
     let probe = collect(&mut p.a, probe_at);
     assert_eq!(probe.len(), 1);
     assert_eq!(parsed(&probe[0]).seq, parsed(&segs[2]).seq);
