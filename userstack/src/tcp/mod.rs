@@ -311,7 +311,7 @@ impl At {
     pub(crate) const NEVER: At = At(Micros::MAX);
 
     #[inline]
-    pub(crate) fn at(t: Micros) -> At {
+    pub(crate) fn when(t: Micros) -> At {
         At(t.min(Micros::MAX - 1))
     }
 
@@ -981,7 +981,7 @@ impl Tcb {
         if seg.has(FIN) {
             if self.state == State::TimeWait {
                 self.ack_now = true;
-                self.time_wait_until = At::at(now + TIME_WAIT_US);
+                self.time_wait_until = At::when(now + TIME_WAIT_US);
             } else if self.may_recv() {
                 // Kept only if its place is inside the buffer's room, so a FIN beyond it (whose
                 // data was not kept either) cannot stand in for the real one.
@@ -1156,7 +1156,7 @@ impl Tcb {
             self.rtx_at = At::NEVER;
             self.probe_at = At::NEVER;
         } else {
-            self.rtx_at = At::at(now + self.rto);
+            self.rtx_at = At::when(now + self.rto);
             self.arm_probe(now);
         }
         // Our FIN acknowledged.
@@ -1376,7 +1376,7 @@ impl Tcb {
         if let Some(srtt) = self.srtt {
             let pto = 2 * srtt + PROBE_SLACK_US.max(4 * self.rttvar);
             if self.rtx_at.is_none_or(|r| now + pto < r) {
-                self.probe_at = At::at(now + pto);
+                self.probe_at = At::when(now + pto);
             }
         }
     }
@@ -1423,7 +1423,7 @@ impl Tcb {
             } else if self.set.ack_delay_us == 0 {
                 self.ack_now = true;
             } else if self.ack_at.is_none() {
-                self.ack_at = At::at(now + self.set.ack_delay_us);
+                self.ack_at = At::when(now + self.set.ack_delay_us);
             }
         } else {
             self.rx.write_at(self.rx.len() + off, &data[..n]);
@@ -1459,7 +1459,7 @@ impl Tcb {
 
     fn enter_time_wait(&mut self, now: Micros) {
         self.state = State::TimeWait;
-        self.time_wait_until = At::at(now + TIME_WAIT_US);
+        self.time_wait_until = At::when(now + TIME_WAIT_US);
         self.rtx_at = At::NEVER;
         self.probe_at = At::NEVER;
         self.persist_at = At::NEVER;
@@ -1590,7 +1590,7 @@ impl Tcb {
         self.recover = self.snd_nxt;
         self.high_rxt = self.snd_una;
         self.dupacks = 0;
-        self.rtx_at = At::at(now + self.rto);
+        self.rtx_at = At::when(now + self.rto);
     }
 
     // ---------------------------------------------------------------- output
@@ -1853,7 +1853,7 @@ impl Tcb {
                 self.counters.retransmits += 1;
                 self.timing = None;
                 if self.rtx_at.is_none() || s == self.snd_una {
-                    self.rtx_at = At::at(now + self.rto);
+                    self.rtx_at = At::when(now + self.rto);
                 }
                 // The ACK this repair draws may be lost too, and nothing may be left to send:
                 // a probe follows, not the timeout.
@@ -1902,7 +1902,7 @@ impl Tcb {
                 self.cork_lifted = false;
             }
             if self.rtx_at.is_none() {
-                self.rtx_at = At::at(now + self.rto);
+                self.rtx_at = At::when(now + self.rto);
             }
             self.arm_probe(now);
             self.silent_since.get_or_insert(now);
@@ -1919,7 +1919,7 @@ impl Tcb {
             }
             self.snd_nxt = s.wrapping_add(1);
             if self.rtx_at.is_none() {
-                self.rtx_at = At::at(now + self.rto);
+                self.rtx_at = At::when(now + self.rto);
             }
         }
         // Zero window: probe it (Linux: an old sequence number, no data). Its clock for
@@ -1929,7 +1929,7 @@ impl Tcb {
         }
         if self.snd_wnd == 0 && self.unsent() > 0 && self.snd_nxt == self.snd_una {
             match self.persist_at.get() {
-                None => self.persist_at = At::at(now + self.rto),
+                None => self.persist_at = At::when(now + self.rto),
                 Some(t) if now >= t => {
                     let out = self.header(now, self.snd_una.wrapping_sub(1), ACK);
                     if !emit(&out, (&[], &[])) {
@@ -1937,7 +1937,7 @@ impl Tcb {
                     }
                     self.acked_sent(&out);
                     self.backoff = (self.backoff + 1).min(16);
-                    self.persist_at = At::at(now + self.rto_now());
+                    self.persist_at = At::when(now + self.rto_now());
                 }
                 Some(_) => {}
             }
@@ -2023,7 +2023,7 @@ impl Tcb {
         if self.backoff == 0 {
             self.timing = Some((self.iss.wrapping_add(1), now));
         }
-        self.rtx_at = At::at(now + self.rto);
+        self.rtx_at = At::when(now + self.rto);
         if passive {
             self.rcv_adv = self.rcv_nxt.wrapping_add(u32::from(out.wnd));
         }
