@@ -39,7 +39,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// the stack and tries once more. `defer(pending)` says whether a write may leave its data
     /// for the next flush (`pending`: connections with writes queued); otherwise it is sent
     /// at once. `None`: not a connection of ours.
-    #[inline]
+    #[inline(always)]
     pub fn io(
         &mut self,
         fd: c_int,
