@@ -25,6 +25,12 @@
 # Environment: N (requests per run, default 200000; x5 for -P 16), WORKLOADS (default "get1k
 # get100k mix set"), PIPES (default "1 16"), DEV (af_packet or memif), ROUNDS, SKIP_BUILD=1,
 # CARGO_TARGET_DIR, OUT (default bench-out/; the rows go to $OUT/cache.csv).
+#
+# CLIENT=shim: redis-benchmark runs under the shim too, its stack the client end of a net_memif
+# pair whose server end is redis-server's (no kernel TCP on either side, no bridge; DEV is
+# ignored). Over the kernel a client costs more per request than the server with the cache
+# (the client's CPU bounds the rps); here it does not. The mix's 5 SET clients and the
+# script's own redis-cli calls go to the server's kernel side (127.0.0.1) then.
 
 set -uo pipefail
 NAME=cache-bench.sh
@@ -44,6 +50,8 @@ PIPES=${PIPES:-1 16}
 MODES=${MODES:-off on}
 ROUNDS=${ROUNDS:-2}
 DEV=${DEV:-af_packet}
+CLIENT=${CLIENT:-kernel}
+[[ $CLIENT == shim ]] && DEV=memif-pair
 OUT=${OUT:-bench-out}
 SRV_CPU=${SRV_CPU:-1}
 CLI_CPU=${CLI_CPU:-0}
@@ -77,6 +85,8 @@ start_server() { # MODE: namespaces, veth, redis-server under the shim (cache of
     env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_ADDR="$NET.2/24")
     if [[ $DEV == memif ]]; then
         ip netns exec "$SRV_NS" sh -c "printf %x $((1 << CLI_CPU)) >/sys/class/net/$sif/queues/rx-0/rps_cpus"
+        env+=(MTCP_DEV="memif:$TMP/memif.sock,server")
+    elif [[ $DEV == memif-pair ]]; then
         env+=(MTCP_DEV="memif:$TMP/memif.sock,server")
     else
         ip netns exec "$SRV_NS" sh -c "printf %x $((1 << SRV_CPU)) >/sys/class/net/$sif/queues/rx-0/rps_cpus"
@@ -113,11 +123,27 @@ stop_server() {
     del_ns "$SRV_NS"
 }
 
-cli() { ip netns exec "$CLI_NS" redis-cli -h "$NET.2" -p "$PORT" "$@"; }
+cli() {
+    if [[ $CLIENT == shim ]]; then
+        ip netns exec "$SRV_NS" redis-cli -h 127.0.0.1 -p "$PORT" "$@"
+    else
+        ip netns exec "$CLI_NS" redis-cli -h "$NET.2" -p "$PORT" "$@"
+    fi
+}
+
+# The prefix that runs a redis-benchmark of the client's (under the shim with CLIENT=shim).
+CLIENT_ENV=()
+if [[ $CLIENT == shim ]]; then
+    CLIENT_ENV=(env LD_PRELOAD="$LIB" MTCP_DEV="memif:$TMP/memif.sock,client" MTCP_ADDR="$NET.3/24")
+fi
 
 benchmark() { # ARGS...: redis-benchmark on the client's CPU, its CSV line
-    timeout 600 ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark -h "$NET.2" \
-        -p "$PORT" --csv "$@" 2>>"$TMP/bench.err" | tail -1 | tr -d '"'
+    # (With CLIENT=shim in the server's namespace: the memif socket is an abstract one, which
+    # only a process of the same network namespace reaches.)
+    local ns=$CLI_NS
+    [[ $CLIENT == shim ]] && ns=$SRV_NS
+    timeout 600 ip netns exec "$ns" "${CLIENT_ENV[@]}" taskset -c "$CLI_CPU" redis-benchmark \
+        -h "$NET.2" -p "$PORT" --csv "$@" 2>>"$TMP/bench.err" | tail -1 | tr -d '"'
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
@@ -150,7 +176,12 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
         IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
         ;;
     mix)
-        timeout 600 ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark -h "$NET.2" \
+        local setter=(ip netns exec "$CLI_NS" taskset -c "$CLI_CPU" redis-benchmark -h "$NET.2")
+        if [[ $CLIENT == shim ]]; then
+            # (One client process per memif pair: the SETs take the server's kernel side.)
+            setter=(ip netns exec "$SRV_NS" taskset -c "$CLI_CPU" redis-benchmark -h 127.0.0.1)
+        fi
+        timeout 600 "${setter[@]}" \
             -p "$PORT" --csv -t set -r "$keys" -n $((n / 10)) -c 5 -P "$p" 2>>"$TMP/bench.err" |
             tail -1 | tr -d '"' >"$TMP/sets.csv" &
         local spid=$!

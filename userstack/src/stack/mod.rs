@@ -82,7 +82,8 @@ pub struct Stack<L: Link> {
     expired: Vec<(Micros, u32, u32)>,
     /// Connections whose received segment made their deadline earlier than the armed one,
     /// queued during this poll (`arm_next`) and the previous one (`arm_now`); the heap gets
-    /// their deadline only after the next poll's writes ran. A request's segment arms the
+    /// their deadline only after the next poll's writes ran (and not while the request is
+    /// unread and the deadline not due: `arm_queued`). A request's segment arms the
     /// delayed-ACK timer, and the reply the application writes before the next poll carries
     /// that ACK and moves the deadline back to a retransmission time later than the armed
     /// one: then no heap entry is needed at all. Arming at once cost a push and, later, a pop
@@ -452,7 +453,7 @@ impl<L: Link> Stack<L> {
             work = true;
             self.run_dirty(now);
         }
-        self.arm_queued();
+        self.arm_queued(us);
         if let Some(&Reverse((t, _, _))) = self.timers.peek() {
             if t <= us {
                 work = true;
@@ -527,14 +528,22 @@ impl<L: Link> Stack<L> {
     }
 
     /// Gives the heap the deadlines queued in the previous poll (whatever they are now, after
-    /// this poll's writes); this poll's queue waits for the next one.
-    fn arm_queued(&mut self) {
+    /// this poll's writes); this poll's queue waits for the next one. A connection whose
+    /// request is still unread stays queued until it is read or its deadline is due: the
+    /// application has not answered yet (the data-path cache answers after the poll that hands
+    /// it the requests, and a thread polls twice more before it blocks), and its answer will
+    /// carry the ACK.
+    fn arm_queued(&mut self, us: Micros) {
         let mut now = std::mem::take(&mut self.arm_now);
         for (idx, gen) in now.drain(..) {
             let slot = &mut self.slots[idx as usize];
             let Some(c) = slot.conn.as_mut().filter(|_| slot.gen == gen) else {
                 continue;
             };
+            if c.tcb.recv_queue() > 0 && c.want.is_some_and(|w| w > us) {
+                self.arm_next.push((idx, gen));
+                continue;
+            }
             c.arm_queued = false;
             if let Some(w) = c.want {
                 if c.armed.is_none_or(|a| w < a) {

@@ -46,6 +46,39 @@ fn a_replied_request_arms_no_delayed_ack_timer() {
         p.advance(Duration::from_millis(3), Duration::from_micros(500));
     }
 
+    // The request read a few polls after the one that received it (the data-path cache
+    // answers after the poll that hands it the requests; a thread polls twice more before it
+    // blocks): still no timer entry, the reply carries the ACK.
+    for round in 0..20 {
+        assert_eq!(p.client.send(c, b"GET k\r\n").unwrap(), 7);
+        p.now += step;
+        p.client.poll(p.now);
+        let entries = p.server.timer_entries();
+        for _ in 0..3 {
+            p.now += step;
+            p.server.poll(p.now);
+        }
+        assert_eq!(
+            p.server.timer_entries(),
+            entries,
+            "round {round}: the unread request added a timer entry"
+        );
+        assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+        p.server.send(s, b"$1\r\nv\r\n").unwrap();
+        p.now += step;
+        p.server.poll(p.now);
+        p.now += step;
+        p.server.poll(p.now);
+        assert!(
+            p.server.timer_entries() <= entries + 1,
+            "round {round} (read late): {entries} -> {} timer entries",
+            p.server.timer_entries()
+        );
+        p.run();
+        assert_eq!(p.client.recv(c, &mut buf).unwrap(), 7);
+        p.advance(Duration::from_millis(3), Duration::from_micros(500));
+    }
+
     // No reply: the ACK alone, after the delay, and not much later. The deadline waits in the
     // queue, not in the heap, for a poll: `next_deadline` (what a blocked loop sleeps until)
     // must show it.
