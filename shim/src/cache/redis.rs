@@ -154,6 +154,9 @@ pub struct RedisCache {
     /// Keys answered from the cache whose last access Redis has not seen for
     /// [`SEEN_EVERY_MS`]: the next upkeep sends them in a TOUCH.
     touch: Vec<Box<[u8]>>,
+    /// The keys of the requests `answer` answered (start, end in its input), to take a
+    /// part back.
+    spans: Vec<(usize, usize)>,
 }
 
 /// The blocking commands: their reply comes when something happens, not in the loop
@@ -194,6 +197,7 @@ impl RedisCache {
             stack_addr: None,
             cold: Default::default(),
             touch: Vec::new(),
+            spans: Vec::new(),
         }
     }
 
@@ -771,41 +775,50 @@ impl Responder for RedisCache {
             self.stats.unavailable += 1;
             return 0;
         }
-        // A first look, without effects: the requests at the front the cache holds, and
-        // whether they are all the whole requests there are. Answering only a part of a
-        // pipeline splits its replies into two segments (the cache's now, Redis's later),
-        // which costs more than a few GETs save: a part is answered only from MIN_PART on.
-        let (mut n, mut at, mut bytes) = (0usize, 0usize, 0usize);
+        // The requests at the front the cache holds, answered in one pass, and whether they
+        // are all the whole requests there are. Answering only a part of a pipeline splits its
+        // replies into two segments (the cache's now, Redis's later), which costs more than a
+        // few GETs save: a part is answered only from MIN_PART on, and a smaller part is taken
+        // back (its replies dropped, its entries' hit counts restored).
+        let (mut at, mut bytes) = (0usize, 0usize);
+        let mark = out.len();
         let mut stop = None;
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
         while let Parsed::Done(c) = resp::command(&input[at..]) {
             let buf = &input[at..];
-            if c.inline || c.argc != 2 || !c.is(buf, b"GET") {
+            if c.inline || c.argc != 2 || !c.arg(buf, 0).is_some_and(resp::is_get) {
                 stop = Some(None);
                 break;
             }
-            let key = c.arg(buf, 1).unwrap_or_default();
-            let fits = match self.store.get(key) {
-                Some(e) => {
-                    conn_seen
-                        && e.expires.is_none_or(|t| now + 1 < t)
-                        && bytes + e.reply.len() <= room
-                        && {
-                            bytes += e.reply.len();
-                            true
-                        }
-                }
-                None => false,
-            };
-            if !fits {
-                stop = Some(Some(key));
+            let (k0, k1) = (at + c.args[1].0 as usize, at + c.args[1].1 as usize);
+            let key = &input[k0..k1];
+            let Some(e) = self.store.get_mut(key).filter(|e| {
+                conn_seen && e.expires.is_none_or(|t| now + 1 < t) && bytes + e.reply.len() <= room
+            }) else {
+                stop = Some(Some((k0, k1)));
                 break;
+            };
+            bytes += e.reply.len();
+            if now - e.seen >= SEEN_EVERY_MS {
+                // Redis's idea of the key's last access (OBJECT IDLETIME, LRU eviction) is
+                // brought up to date by a TOUCH, batched.
+                e.seen = now;
+                self.touch.push(key.into());
             }
-            n += 1;
+            out.extend_from_slice(&e.reply);
+            e.hits = e.hits.saturating_add(1);
+            if e.doomed {
+                self.store.remove(key);
+            }
+            spans.push((k0, k1));
             at += c.len;
         }
-        if let Some(Some(key)) = stop {
+        let n = spans.len();
+        if let Some(Some((k0, k1))) = stop {
             // The GET the cache cannot answer: Redis's (and a fill, or an expired entry gone).
             self.stats.misses += 1;
+            let key = &input[k0..k1];
             match self.store.get(key) {
                 None => {
                     let key = key.to_vec();
@@ -819,32 +832,18 @@ impl Responder for RedisCache {
             }
         }
         if n == 0 || (stop.is_some() && n < MIN_PART) {
+            out.truncate(mark);
+            for &(k0, k1) in &spans {
+                if let Some(e) = self.store.get_mut(&input[k0..k1]) {
+                    e.hits = e.hits.saturating_sub(1);
+                }
+            }
+            self.spans = spans;
             return 0;
         }
-        let mut used = 0;
-        for _ in 0..n {
-            let Parsed::Done(c) = resp::command(&input[used..]) else {
-                break;
-            };
-            let key = c.arg(&input[used..], 1).unwrap_or_default();
-            let Some(e) = self.store.get_mut(key) else {
-                break;
-            };
-            if now - e.seen >= SEEN_EVERY_MS {
-                // Redis's idea of the key's last access (OBJECT IDLETIME, LRU eviction) is
-                // brought up to date by a TOUCH, batched.
-                e.seen = now;
-                self.touch.push(key.into());
-            }
-            out.extend_from_slice(&e.reply);
-            e.hits = e.hits.saturating_add(1);
-            if e.doomed {
-                self.store.remove(key);
-            }
-            self.stats.hits += 1;
-            used += c.len;
-        }
-        used
+        self.stats.hits += n as u64;
+        self.spans = spans;
+        at
     }
 
     fn upkeep(&mut self, io: &mut dyn ControlIo, port: u16, now: UnixMs) -> Upkeep {

@@ -126,16 +126,23 @@ fn general(buf: &[u8]) -> Parsed {
     }
 }
 
+/// Whether `name` is GET in any case (one comparison: setting bit 5 turns exactly G, E and T
+/// into g, e and t, and nothing else into them).
+#[inline]
+pub fn is_get(name: &[u8]) -> bool {
+    match name {
+        [a, b, c] => [a | 0x20, b | 0x20, c | 0x20] == *b"get",
+        _ => false,
+    }
+}
+
 /// The common case on its own: a whole `*2 $3 GET $n key` at the front of `buf` (the general
 /// parser gives the same answer, at several times the cost).
 #[inline]
 fn get_request(buf: &[u8]) -> Option<Cmd> {
     const HEAD: &[u8; 14] = b"*2\r\n$3\r\nGET\r\n$";
     let head = buf.get(..HEAD.len())?;
-    if head[..8] != HEAD[..8]
-        || !head[8..11].eq_ignore_ascii_case(b"GET")
-        || head[11..] != HEAD[11..]
-    {
+    if head[..8] != HEAD[..8] || !is_get(&head[8..11]) || head[11..] != HEAD[11..] {
         return None;
     }
     // The key's length: 1 to 9 digits (longer keys take the general path), no leading zero.
@@ -506,6 +513,19 @@ pub fn get_reply(value: Option<&[u8]>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_get_is_a_case_blind_comparison() {
+        for a in 0..=255u8 {
+            for b in [b'e', b'E', b'x', 0x45 ^ 0x80] {
+                for c in [b't', b'T', 0x54 | 0x80, b'4'] {
+                    let n = [a, b, c];
+                    assert_eq!(is_get(&n), n.eq_ignore_ascii_case(b"GET"), "{n:?}");
+                }
+            }
+        }
+        assert!(!is_get(b"GETX") && !is_get(b"GE"));
+    }
 
     fn done(buf: &[u8]) -> Cmd {
         match command(buf) {
