@@ -252,10 +252,18 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let Some(stack) = self.stack.as_mut() else {
             return false;
         };
-        let mut head = [0u8; HEAD];
-        match stack.peek(id, &mut head) {
-            Ok(n) if c.r.may_answer(key(id), &head[..n]) => {}
-            _ => return false,
+        match stack.received(id) {
+            Ok((a, b)) => {
+                let mut head = [0u8; HEAD];
+                let n = a.len().min(HEAD);
+                head[..n].copy_from_slice(&a[..n]);
+                let m = b.len().min(HEAD - n);
+                head[n..n + m].copy_from_slice(&b[..m]);
+                if !c.r.may_answer(key(id), &head[..n + m]) {
+                    return false;
+                }
+            }
+            Err(_) => return false,
         }
         let Some(Some(Entry {
             obj: Obj::Conn { .. },
@@ -288,16 +296,25 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if queued == 0 || room == 0 {
             return false;
         }
-        c.input.resize(queued.min(64 * 1024), 0);
-        let Ok(n) = stack.peek(id, &mut c.input) else {
+        // The requests in place where the buffer does not wrap (at most 64 KiB of them).
+        let Ok((a, b)) = stack.received(id) else {
             return false;
         };
+        let limit = queued.min(64 * 1024);
+        let input: &[u8] = if a.len() >= limit {
+            &a[..limit]
+        } else {
+            c.input.clear();
+            c.input.extend_from_slice(a);
+            c.input.extend_from_slice(&b[..limit - a.len()]);
+            &c.input
+        };
         c.out.clear();
-        let used = c.r.answer(key(id), &c.input[..n], &mut c.out, room, now);
+        let used = c.r.answer(key(id), input, &mut c.out, room, now);
         if used == 0 {
             return false;
         }
-        let _ = stack.recv(id, &mut c.input[..used]);
+        let _ = stack.discard(id, used);
         let sent = stack.send(id, &c.out);
         debug_assert_eq!(sent, Ok(c.out.len()));
         true

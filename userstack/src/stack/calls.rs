@@ -293,6 +293,24 @@ impl<L: Link> Stack<L> {
         self.recv_inner(id, buf, true)
     }
 
+    /// The bytes waiting to be read on `id`, in place (two slices where its buffer wraps),
+    /// for a reader that looks before it takes (`discard` takes them).
+    pub fn received(&self, id: ConnId) -> Result<(&[u8], &[u8]), SockError> {
+        Ok(self.conn(id)?.tcb.received())
+    }
+
+    /// Takes the first `n` bytes waiting on `id` (at most what waits) as `recv` would, without
+    /// copying them: after `received`.
+    pub fn discard(&mut self, id: ConnId, n: usize) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        c.tcb.consume(n);
+        c.last_recv_queue = c.tcb.recv_queue();
+        if c.tcb.ack_due() {
+            self.mark_dirty(id.slot);
+        }
+        Ok(())
+    }
+
     fn recv_inner(&mut self, id: ConnId, buf: &mut [u8], peek: bool) -> Result<usize, SockError> {
         let c = self.conn_mut(id)?;
         let queued = c.tcb.recv_queue();

@@ -817,6 +817,11 @@ impl Tcb {
         self.rx.peek(out)
     }
 
+    /// The bytes waiting to be read, in place (two slices where the ring wraps).
+    pub fn received(&self) -> (&[u8], &[u8]) {
+        self.rx.slices(0, self.rx.len())
+    }
+
     /// Drops `n` read bytes (after `peek`).
     pub fn consume(&mut self, n: usize) {
         self.rx.consume(n.min(self.rx.len()));

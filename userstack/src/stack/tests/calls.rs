@@ -166,3 +166,26 @@ fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
     let mut buf = vec![0u8; 32 << 10];
     assert!(p.client.recv(c, &mut buf).unwrap() > 0);
 }
+
+#[test]
+fn received_lends_the_bytes_and_discard_takes_them_as_recv_would() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    assert_eq!(p.client.send(c, b"GET a\r\nGET b\r\n").unwrap(), 14);
+    p.run();
+    let (a, b) = p.server.received(s).unwrap();
+    assert_eq!([a, b].concat(), b"GET a\r\nGET b\r\n");
+    p.server.discard(s, 7).unwrap();
+    assert_eq!(p.server.recv_queue(s), Ok(7));
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+    assert_eq!(&buf[..7], b"GET b\r\n");
+    // At most what waits; a stale handle is an error, as for recv.
+    assert_eq!(p.client.send(c, b"x").unwrap(), 1);
+    p.run();
+    p.server.discard(s, 100).unwrap();
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
+    p.server.close(s).unwrap();
+    assert_eq!(p.server.received(s).err(), Some(SockError::BadHandle));
+    assert_eq!(p.server.discard(s, 1), Err(SockError::BadHandle));
+}
