@@ -94,7 +94,12 @@ unsafe fn each_iov(
     vfs: bool,
     mut each: impl FnMut(*mut u8, usize, c_int) -> Option<Result<usize, c_int>>,
 ) -> Outcome<ssize_t> {
-    if !runtime::is_conn(fd) {
+    let ours = if write {
+        runtime::takes_writes(fd)
+    } else {
+        runtime::is_conn(fd)
+    };
+    if !ours {
         return NOT_OURS_SZ;
     }
     if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
@@ -551,6 +556,9 @@ pub(crate) unsafe fn recvmmsg(
     flags: c_int,
     timeout: *mut timespec,
 ) -> Outcome<c_int> {
+    if !runtime::is_conn(fd) {
+        return NOT_OURS;
+    }
     // SAFETY: recvmmsg's contract.
     let until = match unsafe { timespec_arg(timeout) } {
         Ok(t) => t.map(|t| std::time::Instant::now() + t),
@@ -563,17 +571,17 @@ pub(crate) unsafe fn recvmmsg(
         first
     };
     // SAFETY: as above: vec holds vlen mmsghdrs.
-    unsafe { each_mmsg(fd, vec, vlen, first, rest, until, |m, f| recvmsg(fd, m, f)) }
+    unsafe { each_mmsg(vec, vlen, first, rest, until, |m, f| recvmsg(fd, m, f)) }
 }
 
-/// recvmmsg/sendmmsg on a connection of ours: one recvmsg/sendmsg per entry, its length in
-/// `msg_len`; stops at the first error (reported only if no entry was done), at end of stream,
-/// or when `until` has passed after an entry (recvmmsg's timeout, checked as Linux does).
+/// recvmmsg/sendmmsg on a connection of ours (the caller checked): one recvmsg/sendmsg per
+/// entry, its length in `msg_len`; stops at the first error (reported only if no entry was
+/// done), at end of stream, or when `until` has passed after an entry (recvmmsg's timeout,
+/// checked as Linux does).
 ///
 /// # Safety
 /// `vec` is null or points to `vlen` mmsghdrs valid for `one`.
 unsafe fn each_mmsg(
-    fd: c_int,
     vec: *mut mmsghdr,
     vlen: c_uint,
     first: c_int,
@@ -581,9 +589,6 @@ unsafe fn each_mmsg(
     until: Option<std::time::Instant>,
     mut one: impl FnMut(*mut msghdr, c_int) -> Outcome<ssize_t>,
 ) -> Outcome<c_int> {
-    if !runtime::is_conn(fd) {
-        return NOT_OURS;
-    }
     if vec.is_null() {
         return Outcome::Error(libc::EFAULT);
     }
@@ -642,7 +647,7 @@ pub(crate) unsafe fn sendto(
 }
 
 pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Outcome<ssize_t> {
-    if !runtime::is_conn(fd) {
+    if !runtime::takes_writes(fd) {
         return NOT_OURS_SZ;
     }
     if msg.is_null() {
@@ -658,8 +663,11 @@ pub(crate) unsafe fn sendmmsg(
     vlen: c_uint,
     flags: c_int,
 ) -> Outcome<c_int> {
+    if !runtime::takes_writes(fd) {
+        return NOT_OURS;
+    }
     // SAFETY: sendmmsg's contract: vec holds vlen mmsghdrs.
-    unsafe { each_mmsg(fd, vec, vlen, flags, flags, None, |m, f| sendmsg(fd, m, f)) }
+    unsafe { each_mmsg(vec, vlen, flags, flags, None, |m, f| sendmsg(fd, m, f)) }
 }
 
 pub(crate) unsafe fn sendfile(

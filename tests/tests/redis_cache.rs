@@ -317,3 +317,59 @@ fn a_redis_with_a_unix_socket_keeps_the_cache_off_and_says_why() {
     assert_eq!(counter(&bed, "hits"), 0);
     assert_eq!(counter(&bed, "up"), 0);
 }
+
+/// Thousands of keys changed by one command: Redis writes their invalidations to the cache's
+/// connection in one burst, larger than its output buffer, and so with writev (Redis writes a
+/// client's output with writev when it spills over the buffer, which Redis also shrinks for
+/// idle clients). Every one of them reaches the cache: no GET after the write returns an old
+/// value. (The cache's fills were answered the same way, and a key whose fill reply was lost
+/// stayed a miss for good.)
+#[test]
+fn a_burst_of_invalidations_written_with_writev_reaches_the_cache() {
+    let mut bed = cache_bed(&[]);
+    const KEYS: usize = 3000;
+    let set = |v: &str| {
+        format!(
+            "for i=0,{} do redis.call('set', string.format('key:%012d', i), '{v}') end",
+            KEYS - 1
+        )
+    };
+    kernel_cli(&bed, &["eval", &set("old"), "0"]);
+    // Through the stack, every key read often enough to be cached (redis-benchmark's keys).
+    bed.bench(&[
+        "-t",
+        "get",
+        "-r",
+        &KEYS.to_string(),
+        "-n",
+        "60000",
+        "-c",
+        "10",
+    ]);
+    let fills = counter(&bed, "fills");
+    assert!(
+        fills as usize >= KEYS * 9 / 10,
+        "{fills} fills of {KEYS} keys\n{}",
+        mtcp_tests::redis::stats_text(bed.server.pid())
+    );
+    // One command changes them all (through the kernel side).
+    kernel_cli(&bed, &["eval", &set("new"), "0"]);
+    let read_all = format!(
+        "import socket\n\
+         s = socket.create_connection(('{}', {}))\n\
+         keys = [b'key:%012d' % i for i in range({KEYS})]\n\
+         s.sendall(b''.join(b'*2\\r\\n$3\\r\\nGET\\r\\n$%d\\r\\n%s\\r\\n' % (len(k), k) for k in keys))\n\
+         want = {KEYS} * len(b'$3\\r\\nnew\\r\\n')\n\
+         buf = b''\n\
+         while len(buf) < want:\n\
+         \x20   d = s.recv(65536)\n\
+         \x20   if not d: break\n\
+         \x20   buf += d\n\
+         print(buf.count(b'old'), buf.count(b'new'))\n",
+        bed.addr(),
+        bed.port
+    );
+    let out = bed.run_ok("python3", &["-c", &read_all]);
+    assert_eq!(out.trim(), format!("0 {KEYS}"), "(old, new) values read");
+    assert!(counter(&bed, "invalidations") as usize >= KEYS * 9 / 10);
+}

@@ -317,6 +317,13 @@ pub fn is_conn(fd: c_int) -> bool {
     with(|s| Some(s.is_conn(fd))).unwrap_or(false)
 }
 
+/// Whether what the application writes to `fd` is ours to take: one of our connections, or its
+/// end of the data-path cache's connection (whose output goes to the cache, whatever call
+/// writes it).
+pub fn takes_writes(fd: c_int) -> bool {
+    with(|s| Some(s.takes_writes(fd))).unwrap_or(false)
+}
+
 /// The part of `op` after its first `done` bytes.
 fn rest<'b>(op: &'b mut Io<'_>, done: usize) -> Io<'b> {
     match op {

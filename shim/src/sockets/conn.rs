@@ -35,6 +35,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         matches!(self.obj(fd), Some(Obj::Conn { .. }))
     }
 
+    /// Whether writes to `fd` are ours: a connection of ours, or the application's end of
+    /// the data-path cache's connection (`Obj::Watch`).
+    pub fn takes_writes(&mut self, fd: c_int) -> bool {
+        matches!(self.obj(fd), Some(Obj::Conn { .. } | Obj::Watch))
+    }
+
     /// One transfer on connection `fd`, without blocking: a read that finds nothing polls
     /// the stack and tries once more. `defer(pending)` says whether a write may leave its data
     /// for the next flush (`pending`: connections with writes queued); otherwise it is sent
