@@ -498,6 +498,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// EPOLLEXCLUSIVE are told in the order they added it, up to the first one a thread is
     /// blocked on, as Linux wakes one waiting epoll instance: an event on a listener shared
     /// by a pool's per-thread sets wakes one thread, not the pool.
+    #[inline]
     fn notify_watchers(&mut self, fd: c_int, r: Readiness) {
         let Some(eps) = self.watchers.get(&fd) else {
             return;
@@ -526,8 +527,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
     }
 
-    /// Tells the watchers of every fd of entry `i` that its readiness is `r`.
-    #[inline]
+    /// Tells the watchers of every fd of entry `i` that its readiness is `r`. (Inlined: it
+    /// runs for every event of a poll.)
+    #[inline(always)]
     fn notify_entry_with(&mut self, i: u32, r: Readiness) {
         self.touched.push(i);
         let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
