@@ -59,6 +59,7 @@ for path in $PATHS; do
     esac
     raw=$OUT/callgrind-$path.out
     rm -f "$raw"*
+    # shellcheck disable=SC2086 # VG_OPTS is a list of words
     start_bg "redis-$path" "" 30 ip netns exec "$SRV" env "${env[@]}" valgrind --tool=callgrind \
         ${VG_OPTS:-} --callgrind-out-file="$raw" redis-server --port "$PORT" --bind 0.0.0.0 --save '' \
         --appendonly no --protected-mode no || exit 1
