@@ -322,8 +322,8 @@ fn a_redis_with_a_unix_socket_keeps_the_cache_off_and_says_why() {
 /// connection in one burst, larger than its output buffer, and so with writev (Redis writes a
 /// client's output with writev when it spills over the buffer, which Redis also shrinks for
 /// idle clients). Every one of them reaches the cache: no GET after the write returns an old
-/// value. (The cache's fills were answered the same way, and a key whose fill reply was lost
-/// stayed a miss for good.)
+/// value. (Redis answers the cache's fills the same way: a fill reply the cache did not see
+/// would leave its key a miss for good.)
 #[test]
 fn a_burst_of_invalidations_written_with_writev_reaches_the_cache() {
     let mut bed = cache_bed(&[]);
