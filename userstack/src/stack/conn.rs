@@ -731,6 +731,7 @@ impl<L: Link> Stack<L> {
     }
 }
 
+#[inline]
 pub(super) fn readiness(c: &Conn) -> Readiness {
     let (error, failed) = (c.error, c.failed);
     let t = &c.tcb;
@@ -754,6 +755,7 @@ pub(super) fn readiness(c: &Conn) -> Readiness {
     readiness_by_rules(c)
 }
 
+#[inline(never)]
 fn readiness_by_rules(c: &Conn) -> Readiness {
     let (error, failed) = (c.error, c.failed);
     let t = &c.tcb;
