@@ -872,6 +872,7 @@ impl Tcb {
     }
 
     /// When `output` is next needed without input (0: now).
+    #[inline]
     pub fn poll_at(&self) -> Option<Micros> {
         if self.ack_now || self.rst_due.is_some() || (self.syn_due && self.rtx_at.is_none()) {
             return Some(0);
@@ -1659,6 +1660,7 @@ impl Tcb {
     /// The length of the new data segment due now: 0 when there is none, or when Nagle (a
     /// partial segment while data is in flight) or silly-window avoidance (a segment cut
     /// short by a window while data is in flight) holds it back.
+    #[inline]
     fn next_data(&self) -> u32 {
         let can = self.sendable();
         let n = can.min(self.seg_max());
@@ -1687,6 +1689,7 @@ impl Tcb {
             )
     }
 
+    #[inline]
     fn header(&mut self, now: Micros, seq: u32, flags: u8) -> Out {
         let wnd = self.window_to_offer();
         let mut out = Out {

@@ -47,6 +47,7 @@ impl Seg<'_> {
 
 /// Parses a TCP header and its payload (`tcp` runs from the header to the end of the IP
 /// payload). `None` when the header is malformed (too short, data offset out of range).
+#[inline]
 pub fn parse(tcp: &[u8]) -> Option<Seg<'_>> {
     if tcp.len() < 20 {
         return None;
@@ -154,6 +155,7 @@ impl Out {
 
     /// Writes the header with its options into `buf` (at least `header_len()` long), checksum
     /// zero; returns its length.
+    #[inline]
     pub fn write(&self, src_port: u16, dst_port: u16, buf: &mut [u8]) -> usize {
         let len = self.header_len();
         let h = &mut buf[..len];
