@@ -371,9 +371,9 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
                 Io::Write(data) => (data.len(), true),
             };
             return match t.result {
-                Ok(n) if dontwait => Some(Ok(n)),
-                Ok(n) if write && n == len => Some(Ok(n)),
-                Ok(n) if !write && (n == 0 || n >= t.rcvlowat.clamp(1, len.max(1))) => Some(Ok(n)),
+                Ok(n) if dontwait || !more_to_do(write, false, n, n, len, t.rcvlowat) => {
+                    Some(Ok(n))
+                }
                 Err(SockError::WouldBlock) if dontwait => Some(Err(libc::EAGAIN)),
                 Err(SockError::WouldBlock) => {
                     drop(s);
@@ -388,6 +388,28 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
         }
     }
     io_loop(fd, op, flags, call, 0)
+}
+
+/// Whether a blocking transfer of `len` bytes goes on, its last try having moved `n` and all of
+/// them `done`: a send until everything is queued, a receive until SO_RCVLOWAT bytes (all of
+/// them with MSG_WAITALL) or the end of the stream.
+fn more_to_do(
+    write: bool,
+    waitall: bool,
+    n: usize,
+    done: usize,
+    len: usize,
+    rcvlowat: usize,
+) -> bool {
+    if write {
+        return done < len;
+    }
+    let target = if waitall {
+        len
+    } else {
+        rcvlowat.clamp(1, len.max(1))
+    };
+    n > 0 && done < target
 }
 
 /// `io` past its first try: `done` bytes moved already.
@@ -435,17 +457,7 @@ fn io_loop(
         match t.result {
             Ok(n) => {
                 done = if peek { n } else { done + n };
-                // A blocking receive waits for SO_RCVLOWAT bytes (all, with MSG_WAITALL).
-                let target = if waitall {
-                    len
-                } else {
-                    t.rcvlowat.clamp(1, len.max(1))
-                };
-                let more = if write {
-                    done < len
-                } else {
-                    n > 0 && done < target
-                };
+                let more = more_to_do(write, waitall, n, done, len, t.rcvlowat);
                 if !more || t.nonblock || dontwait {
                     return Some(Ok(done));
                 }

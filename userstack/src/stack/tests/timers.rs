@@ -19,64 +19,40 @@ fn a_replied_request_arms_no_delayed_ack_timer() {
     let (c, s) = p.connected(o);
     let step = Duration::from_micros(10);
     let mut buf = [0u8; 64];
-    for round in 0..20 {
-        assert_eq!(p.client.send(c, b"GET k\r\n").unwrap(), 7);
-        p.now += step;
-        p.client.poll(p.now);
-        let entries = p.server.timer_entries();
-        p.now += step;
-        p.server.poll(p.now); // the request: its ACK may wait 1 ms
-        assert_eq!(
-            p.server.timer_entries(),
-            entries,
-            "round {round}: the request added a timer entry"
-        );
-        assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
-        p.server.send(s, b"$1\r\nv\r\n").unwrap();
-        p.now += step;
-        p.server.poll(p.now); // the reply, with the ACK
-        assert!(
-            p.server.timer_entries() <= entries + 1,
-            "round {round}: {entries} -> {} timer entries",
-            p.server.timer_entries()
-        );
-        p.run();
-        assert_eq!(p.client.recv(c, &mut buf).unwrap(), 7);
-        // Longer than the ACK delay between requests: each request needs a fresh timer.
-        p.advance(Duration::from_millis(3), Duration::from_micros(500));
-    }
-
-    // The request read a few polls after the one that received it (the data-path cache
-    // answers after the poll that hands it the requests; a thread polls twice more before it
-    // blocks): still no timer entry, the reply carries the ACK.
-    for round in 0..20 {
-        assert_eq!(p.client.send(c, b"GET k\r\n").unwrap(), 7);
-        p.now += step;
-        p.client.poll(p.now);
-        let entries = p.server.timer_entries();
-        for _ in 0..3 {
+    // The request read in the poll after the one that received it; then read a few polls
+    // after it (the data-path cache answers after the poll that hands it the requests; a
+    // thread polls twice more before it blocks): the reply carries the ACK either way.
+    for (read_after, polls) in [("at once", 1), ("late", 3)] {
+        for round in 0..20 {
+            assert_eq!(p.client.send(c, b"GET k\r\n").unwrap(), 7);
             p.now += step;
-            p.server.poll(p.now);
+            p.client.poll(p.now);
+            let entries = p.server.timer_entries();
+            for _ in 0..polls {
+                p.now += step;
+                p.server.poll(p.now); // the request: its ACK may wait 1 ms
+            }
+            assert_eq!(
+                p.server.timer_entries(),
+                entries,
+                "round {round} (read {read_after}): the request added a timer entry"
+            );
+            assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+            p.server.send(s, b"$1\r\nv\r\n").unwrap();
+            for _ in 0..polls.min(2) {
+                p.now += step;
+                p.server.poll(p.now); // the reply, with the ACK
+            }
+            assert!(
+                p.server.timer_entries() <= entries + 1,
+                "round {round} (read {read_after}): {entries} -> {} timer entries",
+                p.server.timer_entries()
+            );
+            p.run();
+            assert_eq!(p.client.recv(c, &mut buf).unwrap(), 7);
+            // Longer than the ACK delay between requests: each request needs a fresh timer.
+            p.advance(Duration::from_millis(3), Duration::from_micros(500));
         }
-        assert_eq!(
-            p.server.timer_entries(),
-            entries,
-            "round {round}: the unread request added a timer entry"
-        );
-        assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
-        p.server.send(s, b"$1\r\nv\r\n").unwrap();
-        p.now += step;
-        p.server.poll(p.now);
-        p.now += step;
-        p.server.poll(p.now);
-        assert!(
-            p.server.timer_entries() <= entries + 1,
-            "round {round} (read late): {entries} -> {} timer entries",
-            p.server.timer_entries()
-        );
-        p.run();
-        assert_eq!(p.client.recv(c, &mut buf).unwrap(), 7);
-        p.advance(Duration::from_millis(3), Duration::from_micros(500));
     }
 
     // No reply: the ACK alone, after the delay, and not much later. The deadline waits in the
