@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 # other packages than the tests'), so build the whole workspace first.
 cargo build --release --workspace
 # Two test threads: each integration test runs a DPDK server and a client on a 2-core machine.
+# Every test binary runs even after a failure (--no-fail-fast): the closing line counts them all.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --release --workspace -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --release --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 # A minute of libFuzzer per fuzz target (alone: it takes a core).
 bash ci/fuzz.sh 2>&1 | tee -a "$log" || status=1
 # One closing line for the whole run (cargo's own last line is a crate's doc-tests; each fuzz

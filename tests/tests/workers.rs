@@ -61,6 +61,17 @@ impl Bed {
             .expect("the client starts")
     }
 
+    /// The Python server `script` (tests/py) with the port and `args`, started (it prints
+    /// `ready`).
+    fn python_server(&self, script: &str, args: &[&str]) -> ServerProcess {
+        let mut argv = vec![PYTHON.to_string(), py_file(script), self.port.to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        self.server(&argv)
+            .ready_prefix("ready")
+            .spawn()
+            .expect("the server starts")
+    }
+
     /// Waits until `GET /index.txt` is answered from the client's namespace (nginx's log is
     /// `error_log`).
     fn wait_serving(&self, server: &mut ServerProcess, error_log: &Path) {
@@ -495,6 +506,68 @@ fn reload_starts_new_workers_and_the_old_ones_finish() {
     );
 }
 
+/// A worker that stops listening leaves the connections its listener held, never accepted, to
+/// the workers that still listen, as Linux's one listening socket does: a pre-fork server's
+/// child that never accepts closes its listener while 24 connections wait, each with its
+/// request sent; the other child answers every one, on the kernel and under the shim (where
+/// the closing child's stack held its share and hands it over).
+#[test]
+fn connections_a_worker_held_when_it_stopped_listening_are_served_by_another() {
+    use std::io::BufRead;
+    for shim in [false, true] {
+        let bed = Bed::new(shim);
+        let mut server = bed.python_server("handover_server.py", &[]);
+        let out = server.stdout();
+        let pid_of = |role: &str| -> String {
+            out.lines()
+                .find_map(|l| l.strip_prefix(role).map(|p| p.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {role} in {out}"))
+        };
+        let (quitter, keeper) = (pid_of("quitter "), pid_of("keeper "));
+        if shim {
+            wait_stacks(&children(server.pid()));
+        }
+        let mut client = bed
+            .cns
+            .command("timeout")
+            .args(["60", PYTHON])
+            .arg(py_file("handover_client.py"))
+            .args([bed.addr(), bed.port.to_string(), "24".into()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the client starts");
+        let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
+        let mut head = String::new();
+        reader.read_line(&mut head).expect("client output");
+        assert_eq!(head, "sent\n", "{}", server.diagnostics());
+        let rc = Command::new("kill")
+            .args(["-USR1", &quitter])
+            .status()
+            .expect("kill");
+        assert!(rc.success());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut rest).expect("client output");
+        let status = client.wait().expect("the client ends");
+        let handed = ["conns_handed_over", "conns_taken_over", "handover_resets"]
+            .map(|c| (stack_stat(&quitter, c), stack_stat(&keeper, c)));
+        assert!(
+            status.success(),
+            "{}: {rest}\n(quitter, keeper): {handed:?}\n{}",
+            bed.side(),
+            server.diagnostics()
+        );
+        if shim {
+            let (given, _) = handed[0];
+            let (_, taken) = handed[1];
+            assert!(
+                given.is_some_and(|n| n > 0) && given == taken,
+                "the quitter's connections were not handed over: {handed:?}"
+            );
+        }
+    }
+}
+
 /// A pre-fork server in Python (listen, fork 2 children, each a blocking accept loop that
 /// echoes): both children serve, every byte comes back.
 #[test]
@@ -502,18 +575,7 @@ fn python_prefork_server() {
     let mut summaries = Vec::new();
     for shim in [false, true] {
         let bed = Bed::new(shim);
-        let argv: Vec<String> = [
-            PYTHON.to_string(),
-            py_file("prefork_server.py"),
-            bed.port.to_string(),
-            "2".into(),
-        ]
-        .to_vec();
-        let mut server = bed
-            .server(&argv)
-            .ready_prefix("ready")
-            .spawn()
-            .expect("the server starts");
+        let mut server = bed.python_server("prefork_server.py", &["2"]);
         if shim {
             // Each child starts its stack in its first accept.
             let kids = children(server.pid());

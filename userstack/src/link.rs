@@ -147,6 +147,23 @@ impl MemLink {
     pub fn inject(&self, frame: Vec<u8>) {
         self.inbox.lock().unwrap().push_back(frame);
     }
+
+    /// Takes the frames waiting to be received on this end.
+    pub fn take_waiting(&self) -> Vec<Vec<u8>> {
+        self.inbox.lock().unwrap().drain(..).collect()
+    }
+
+    /// A second end beside this one (another process's stack on the same device): what it
+    /// sends reaches this end's peer; it receives only what is injected into it.
+    pub fn twin(&self) -> MemLink {
+        MemLink {
+            mac: self.mac,
+            tx_queue: Vec::new(),
+            inbox: Arc::new(Mutex::new(VecDeque::new())),
+            peer_inbox: self.peer_inbox.clone(),
+            ip_mtu: self.ip_mtu,
+        }
+    }
 }
 
 pub struct VecFrame(pub Vec<u8>);

@@ -64,6 +64,13 @@ counters! {
         /// Buckets (of 32) whose new connections this stack takes, where worker processes
         /// share the device (32 alone). A level, not a count.
         steer_buckets,
+        /// Connections this stack's listener held, never accepted, when the application
+        /// closed it among worker processes: handed to a process that still listens (as
+        /// Linux's shared listening socket keeps them), and those of other processes taken
+        /// over here. `handover_resets`: handed, taken by nobody in time, reset.
+        conns_handed_over,
+        conns_taken_over,
+        handover_resets,
         /// Frames dropped, duplicated or reordered on purpose by MTCP_FAULTS.
         fault_dropped,
         fault_duplicated,

@@ -13,6 +13,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::tcp::Carry;
+
 /// How many buckets flows are spread over (the bits of a `u32` mask).
 pub const BUCKETS: u32 = 32;
 
@@ -74,6 +76,41 @@ pub trait FlowRegistry: Send {
     fn closed(&mut self, key: u64);
     /// Another live process has a connection for `key`.
     fn elsewhere(&mut self, key: u64) -> bool;
+
+    /// Offers this stack's connection `key` to the processes that still listen on its port: a
+    /// passive open its application never accepted, whose listener it closed (`carry`, and
+    /// `data`, the peer's bytes held, in two parts). Whether the offer is up (false: no room
+    /// for it); the connection stays registered as this process's until taken.
+    fn hand_over(&mut self, _key: u64, _carry: &Carry, _data: (&[u8], &[u8])) -> bool {
+        false
+    }
+
+    /// What became of this process's offer of `key`; with `withdraw`, an offer nobody took
+    /// yet is withdrawn (`Handed::Back`).
+    fn handed(&mut self, _key: u64, _withdraw: bool) -> Handed {
+        Handed::Back
+    }
+
+    /// Takes one offer of another process that `wants` (its key and how many bytes it
+    /// holds): its key and carry, its bytes in `data`.
+    fn take_offer(
+        &mut self,
+        _wants: &mut dyn FnMut(u64, usize) -> bool,
+        _data: &mut Vec<u8>,
+    ) -> Option<(u64, Carry)> {
+        None
+    }
+}
+
+/// What became of a connection offered to other processes (`FlowRegistry::hand_over`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// Nobody took it yet.
+    Waiting,
+    /// Another process carries it on.
+    Taken,
+    /// Nobody took it, and nobody will: it is the offering stack's again.
+    Back,
 }
 
 /// One classic BPF instruction (`struct sock_filter`).

@@ -27,12 +27,22 @@
 //! connections its buckets' new owner resets (its client learns at its next send), and in a
 //! bucket being handed over neither side resets the other's. A process alone in its group owns
 //! everything and filters nothing.
+//!
+//! A member that closes its listener offers the connections its stack's listener held and the
+//! application never accepted to the members that still listen (userstack's handover.rs), in
+//! a third shared area: per offer a header (state, offering pid, key, the connection's numbers)
+//! and the peer's bytes it held. The offering member fills a free slot and marks it ready; a
+//! taker (its round: the port is one it listens on, the flow one it takes new connections of)
+//! claims it, copies it out and marks it taken; the offering member frees the slot when it
+//! sees it taken, or withdraws a ready one after a while.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use userstack::link::Link;
-use userstack::steer::{frame_filter, FlowRegistry, Steering, ALL, BUCKETS};
+use userstack::steer::{frame_filter, FlowRegistry, Handed, Steering, ALL, BUCKETS};
+use userstack::tcp::{Carry, CARRY_WORDS};
 use userstack::Stack;
 
 const N: usize = BUCKETS as usize;
@@ -42,6 +52,8 @@ const N: usize = BUCKETS as usize;
 struct Page {
     /// The pid holding the lock, 0 if free.
     lock: AtomicU32,
+    /// The process that made the page (listened, then forked the others).
+    creator: AtomicU32,
     /// Per bucket: the pid that takes its new connections (0: nobody).
     owner: [AtomicU32; N],
     /// Per bucket: the pid that still serves its own connections there (0: none).
@@ -71,6 +83,62 @@ struct FlowSlot {
 
 static FLOWS: OnceLock<Option<&'static [FlowSlot]>> = OnceLock::new();
 
+/// Offers a process can have up at once (a listener's accept queue at the moment it closed).
+const OFFERS: usize = 256;
+/// The peer's bytes an offer carries at most: a request or two. A connection holding more is
+/// reset, as a listener's last close resets it on Linux.
+const OFFER_BYTES: usize = 8192;
+
+// An offer's states.
+const FREE: u32 = 0;
+/// Its offering process writes it.
+const FILLING: u32 = 1;
+const READY: u32 = 2;
+/// A taker copies it out.
+const TAKING: u32 = 3;
+const TAKEN: u32 = 4;
+
+/// An offer's header. The state's transitions are atomic; the other words are written only
+/// by whoever moved the state to FILLING or TAKING, and read after the state was loaded
+/// with Acquire.
+#[repr(C)]
+struct OfferHead {
+    state: AtomicU32,
+    giver: AtomicU32,
+    key: AtomicU64,
+    len: AtomicU32,
+    words: [AtomicU32; CARRY_WORDS],
+}
+
+/// The offers: headers together (a round reads them all), bytes apart (touched only by an
+/// offer).
+#[repr(C)]
+struct Offers {
+    head: [OfferHead; OFFERS],
+    data: [UnsafeCell<[u8; OFFER_BYTES]>; OFFERS],
+}
+
+// SAFETY: `data[i]` is written only by the process that moved `head[i].state` from FREE to
+// FILLING, and read only by the one that moved it from READY to TAKING (module comment).
+unsafe impl Sync for Offers {}
+
+static OFFERED: OnceLock<Option<&'static Offers>> = OnceLock::new();
+
+/// Whether another live member takes new connections (this one's last round saw one).
+static OTHERS_SERVE: AtomicBool = AtomicBool::new(false);
+
+/// Whether an offer may find a taker: another member takes new connections, or the process
+/// that made the page (the one that listened and forked: nginx's master) lives on and is not
+/// this one, so new workers may come (on reload, the old workers may close their listeners
+/// before the new ones ran their first round).
+fn takers_may_come(page: Option<&Page>, me: u32) -> bool {
+    OTHERS_SERVE.load(Ordering::Relaxed)
+        || page.is_some_and(|p| {
+            let creator = p.creator.load(Ordering::Relaxed);
+            creator != 0 && creator != me && alive(creator)
+        })
+}
+
 /// A fresh shared anonymous mapping of `len` bytes (zero-filled), or None.
 fn shared_mapping(len: usize) -> Option<*mut libc::c_void> {
     // SAFETY: a new mapping; no existing memory is affected.
@@ -87,9 +155,12 @@ fn shared_mapping(len: usize) -> Option<*mut libc::c_void> {
     (p != libc::MAP_FAILED).then_some(p)
 }
 
-/// This process's view of the shared connection table (userstack's `FlowRegistry`).
+/// This process's view of the shared connection table and offers (userstack's
+/// `FlowRegistry`).
 struct SharedFlows {
     table: &'static [FlowSlot],
+    offers: Option<&'static Offers>,
+    page: Option<&'static Page>,
     me: u32,
     /// Pids found dead (a dead process's connections are nobody's).
     dead: Vec<u32>,
@@ -159,6 +230,120 @@ impl FlowRegistry for SharedFlows {
         }
         false
     }
+
+    fn hand_over(&mut self, key: u64, carry: &Carry, data: (&[u8], &[u8])) -> bool {
+        let Some(offers) = self.offers else {
+            return false;
+        };
+        let len = data.0.len() + data.1.len();
+        if len > OFFER_BYTES || !takers_may_come(self.page, self.me) {
+            return false;
+        }
+        for (i, h) in offers.head.iter().enumerate() {
+            if h.state.load(Ordering::Relaxed) != FREE
+                || h.state
+                    .compare_exchange(FREE, FILLING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            h.giver.store(self.me, Ordering::Relaxed);
+            h.key.store(key, Ordering::Relaxed);
+            h.len.store(len as u32, Ordering::Relaxed);
+            for (w, v) in h.words.iter().zip(carry.to_words()) {
+                w.store(v, Ordering::Relaxed);
+            }
+            // SAFETY: this process moved the offer to FILLING: nobody else touches its bytes.
+            let bytes = unsafe { &mut *offers.data[i].get() };
+            bytes[..data.0.len()].copy_from_slice(data.0);
+            bytes[data.0.len()..len].copy_from_slice(data.1);
+            h.state.store(READY, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    fn handed(&mut self, key: u64, withdraw: bool) -> Handed {
+        let Some(offers) = self.offers else {
+            return Handed::Back;
+        };
+        let withdraw = withdraw || !takers_may_come(self.page, self.me);
+        for h in &offers.head {
+            let state = h.state.load(Ordering::Acquire);
+            if state < READY
+                || h.giver.load(Ordering::Relaxed) != self.me
+                || h.key.load(Ordering::Relaxed) != key
+            {
+                continue;
+            }
+            return match state {
+                TAKEN => {
+                    h.state.store(FREE, Ordering::Release);
+                    Handed::Taken
+                }
+                READY
+                    if withdraw
+                        && h.state
+                            .compare_exchange(READY, FREE, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok() =>
+                {
+                    Handed::Back
+                }
+                _ => Handed::Waiting,
+            };
+        }
+        Handed::Back
+    }
+
+    fn take_offer(
+        &mut self,
+        wants: &mut dyn FnMut(u64, usize) -> bool,
+        data: &mut Vec<u8>,
+    ) -> Option<(u64, Carry)> {
+        let offers = self.offers?;
+        for (i, h) in offers.head.iter().enumerate() {
+            let state = h.state.load(Ordering::Acquire);
+            if state != READY && state != TAKEN {
+                continue;
+            }
+            let giver = h.giver.load(Ordering::Relaxed);
+            if giver == self.me {
+                continue;
+            }
+            if !alive(giver) {
+                // Its connections are reset as a dead process's (`steer`); the slot is free.
+                let _ = h
+                    .state
+                    .compare_exchange(state, FREE, Ordering::AcqRel, Ordering::Relaxed);
+                continue;
+            }
+            let key = h.key.load(Ordering::Relaxed);
+            let len = h.len.load(Ordering::Relaxed) as usize;
+            if state != READY
+                || len > OFFER_BYTES
+                || !wants(key, len)
+                || h.state
+                    .compare_exchange(READY, TAKING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let words: [u32; CARRY_WORDS] =
+                std::array::from_fn(|w| h.words[w].load(Ordering::Relaxed));
+            let Some(carry) = Carry::from_words(&words) else {
+                // Not a connection's numbers: the offering process finds it gone and resets it.
+                h.state.store(FREE, Ordering::Release);
+                continue;
+            };
+            // SAFETY: this process moved the offer to TAKING: nobody else touches its bytes.
+            let bytes = unsafe { &*offers.data[i].get() };
+            data.clear();
+            data.extend_from_slice(&bytes[..len]);
+            h.state.store(TAKEN, Ordering::Release);
+            return Some((key, carry));
+        }
+        None
+    }
 }
 
 /// What this process last applied: the buckets its device delivers, and whether it takes
@@ -177,6 +362,11 @@ pub(super) fn ensure() {
         // lives for the rest of the process.
         shared_mapping(len)
             .map(|p| unsafe { std::slice::from_raw_parts(p as *const FlowSlot, FLOW_SLOTS) })
+    });
+    OFFERED.get_or_init(|| {
+        // SAFETY: the mapping is big enough, zeroed (every offer FREE), and lives for the rest
+        // of the process.
+        shared_mapping(std::mem::size_of::<Offers>()).map(|p| unsafe { &*(p as *const Offers) })
     });
     PAGE.get_or_init(|| {
         // SAFETY: a fresh shared anonymous mapping, zero-filled (every word free/nobody).
@@ -200,7 +390,11 @@ pub(super) fn ensure() {
         }
         // SAFETY: the mapping is page-aligned, big enough, zeroed (valid atomics), and lives
         // for the rest of the process.
-        Some(unsafe { &*(p as *const Page) })
+        let page = unsafe { &*(p as *const Page) };
+        // SAFETY: getpid has no preconditions.
+        page.creator
+            .store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
+        Some(page)
     });
 }
 
@@ -351,6 +545,7 @@ fn round(
     let rst = mask(&|b| owner[b] == me && before[b] == 0);
     let see = mine | mask(&|b| before[b] == me);
     let died: Vec<u32> = known.iter().filter(|(_, a)| !a).map(|(p, _)| *p).collect();
+    OTHERS_SERVE.store(owner.iter().any(|&o| o != 0 && o != me), Ordering::Relaxed);
     Some((Steering { syn, rst }, see, owner[0] == me, died))
 }
 
@@ -371,6 +566,8 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
         if let Some(Some(table)) = FLOWS.get() {
             stack.set_flow_registry(Box::new(SharedFlows {
                 table,
+                offers: OFFERED.get().copied().flatten(),
+                page: Some(page),
                 me,
                 dead: Vec::new(),
             }));
@@ -382,6 +579,8 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
     if SEEN.load(Ordering::Relaxed) != see || OTHER_IP.load(Ordering::Relaxed) != other {
         apply_filter(stack, see, other_ip);
     }
+    // Connections offered by members that stopped listening, and this one's own offers.
+    stack.settle_handovers(now);
     // Workers that died (this round saw it first): their connections are nobody's. The kernel
     // resets a dead process's connections; their peers are made to here, so that a client
     // waiting for a reply to a request the dead worker had acknowledged learns at once.

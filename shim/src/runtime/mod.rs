@@ -247,6 +247,9 @@ fn with<T>(f: impl FnOnce(&mut Table) -> Option<T>) -> Option<T> {
 /// How long exit(3) waits, at most, for the peers to acknowledge the FINs of the connections
 /// the process leaves open (and what was sent before them).
 const EXIT_DRAIN: Duration = Duration::from_millis(250);
+/// How long exit(3) waits, at most, for the worker processes that still listen to take the
+/// connections this one's listeners held (the stack withdraws an offer after 2 s).
+const HANDOVER_DRAIN: Duration = Duration::from_millis(2_500);
 
 /// At exit(3): the kernel would close every socket the process leaves open, sending FINs (or
 /// resets) that tell the peers; with the stack gone they would hear nothing and wait out
@@ -276,13 +279,23 @@ extern "C" fn close_at_exit() {
         }
     };
     s.close_all();
+    // Connections its listeners held, offered to worker processes that still listen: until
+    // they are taken (the others' next round) or withdrawn and reset (the stack's own limit).
+    let handover_deadline = Instant::now() + HANDOVER_DRAIN;
+    let mut next_round = Instant::now();
     loop {
         s.pump();
-        if s.closing_unacked() == 0 || Instant::now() >= deadline {
+        let now = Instant::now();
+        if s.handovers_pending() > 0 && now >= next_round {
+            s.steer();
+            next_round = now + Duration::from_millis(5);
+        }
+        let draining = s.closing_unacked() > 0 && now < deadline;
+        if !draining && (s.handovers_pending() == 0 || now >= handover_deadline) {
             break;
         }
         drop(s);
-        std::thread::sleep(Duration::from_micros(100));
+        std::thread::sleep(Duration::from_micros(if draining { 100 } else { 1_000 }));
         s = match lock.lock() {
             Ok(s) => s,
             Err(e) => e.into_inner(),

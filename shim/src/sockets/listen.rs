@@ -171,8 +171,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             if kernel {
                 if let Err(e) = self.host.kernel_listen(fd, backlog) {
+                    let now = self.host.now();
                     if let Some(st) = self.stack.as_mut() {
-                        st.unlisten(port);
+                        st.unlisten(now, port);
                     }
                     return Some(Err(e));
                 }

@@ -620,9 +620,21 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// [`Host::steer`]).
     pub fn steer(&mut self) {
         let serving = !self.port_fds.is_empty();
-        if let Some(st) = self.stack.as_mut() {
-            self.host.steer(st, serving);
+        let Some(st) = self.stack.as_mut() else {
+            return;
+        };
+        self.host.steer(st, serving);
+        if st.events_pending() {
+            // A connection another process handed over is queued for accept: its listener's
+            // waiters are told now, not at the next frame.
+            self.pump();
         }
+    }
+
+    /// Connections this process offered to the others when it stopped listening that are not
+    /// settled yet (taken, or withdrawn and reset).
+    pub fn handovers_pending(&self) -> usize {
+        self.stack.as_ref().map_or(0, |st| st.handovers_pending())
     }
 
     /// Transmits what the stack has queued, without receiving. Frames the device had no room
@@ -933,8 +945,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 if self.port_fds.get(&port).is_none_or(Vec::is_empty) {
                     self.port_fds.remove(&port);
                     self.deferred.retain(|&(p, _)| p != port);
+                    let now = self.host.now();
                     if let Some(stack) = self.stack.as_mut() {
-                        stack.unlisten(port);
+                        stack.unlisten(now, port);
                     }
                     if self.port_fds.is_empty() {
                         // Its last listener: worker processes sharing the device take its

@@ -25,6 +25,12 @@ pub const SOMAXCONN: usize = 4096;
 
 impl<L: Link> Stack<L> {
     /// Moves the pending events into `out` (cleared first).
+    /// Whether events wait for `take_events` (made outside `poll`: a connection another
+    /// process handed over, `settle_handovers`).
+    pub fn events_pending(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     pub fn take_events(&mut self, out: &mut Vec<Event>) {
         out.clear();
         std::mem::swap(out, &mut self.events);
@@ -74,8 +80,11 @@ impl<L: Link> Stack<L> {
         Ok(())
     }
 
-    /// Stops listening; connections not yet accepted are reset, as Linux does.
-    pub fn unlisten(&mut self, port: u16) {
+    /// Stops listening; connections not yet accepted are reset, as Linux does when the last
+    /// holder of a listening socket closes it. Among processes sharing the device (`flows`)
+    /// the listening socket lives on in the others: those connections are offered to them
+    /// (handover.rs), and only the ones that cannot be are reset.
+    pub fn unlisten(&mut self, now: Instant, port: u16) {
         let Some(mut l) = self.listeners.remove(&port) else {
             return;
         };
@@ -95,6 +104,9 @@ impl<L: Link> Stack<L> {
             .collect();
         l.queue.clear();
         for idx in victims {
+            if self.hand_over(now, idx) {
+                continue;
+            }
             let c = self.slots[idx as usize].conn.as_mut().expect("live");
             c.tcb.abort();
             c.origin = Origin::Owned;

@@ -84,6 +84,9 @@ pub(super) enum Open<'a> {
     Active,
     /// A peer's SYN to a listener: SYN-RECEIVED.
     Passive(&'a Seg<'a>),
+    /// A passive open another process's stack offered (handover.rs), with the peer's bytes
+    /// it held.
+    Carried(&'a crate::tcp::Carry, &'a [u8]),
 }
 
 /// One connection: its TCP engine and what the stack keeps around it.
@@ -377,7 +380,10 @@ impl<L: Link> Stack<L> {
         }
         let set = opts.settings(mtu, self.rto_min_us);
         // Unpredictable initial sequence numbers (RFC 6528's aim) from the seeded generator.
-        let iss = self.next_seed() as u32;
+        let iss = match open {
+            Open::Carried(c, _) => c.iss,
+            _ => self.next_seed() as u32,
+        };
         // Buffers of a finished connection, of these sizes, if one is kept: their pages are
         // touched already (a fresh 64 KiB pair is zeroed, page by page, through page faults:
         // most of what a connection's setup costs).
@@ -389,8 +395,14 @@ impl<L: Link> Stack<L> {
         let tcb = match open {
             Open::Active => Tcb::connect_with(set, us, iss, spare),
             Open::Passive(syn) => Tcb::accept_with(set, us, iss, syn, spare),
+            Open::Carried(c, data) => Tcb::carried_with(set, us, c, data, spare),
         };
-        let state = api_state(tcb.state());
+        // A carried connection past its handshake enters as if the handshake completed here:
+        // its first poll queues it for accept (`poll_conn`).
+        let state = match open {
+            Open::Carried(..) => ApiState::SynReceived,
+            _ => api_state(tcb.state()),
+        };
         let local = self.net.addr().addr;
         let mut conn = Conn {
             tcb,

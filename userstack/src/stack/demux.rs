@@ -209,30 +209,8 @@ impl<L: Link> Stack<L> {
                     self.net.stats_mut().drop_syn_backlog += 1;
                     return;
                 }
-                let opts = l.opts;
-                let idx = self.new_conn(
-                    now,
-                    k,
-                    SocketAddrV4::new(src, sport),
-                    dport,
-                    Origin::Passive(dport),
-                    &opts,
-                    Open::Passive(&seg),
-                );
-                if let Some(l) = self.listeners.get_mut(&dport) {
-                    l.pending += 1;
-                }
-                let c = self.slots[idx as usize]
-                    .conn
-                    .as_mut()
-                    .expect("just created");
-                c.handshake = Some(Handshake {
-                    peer_isn: seg.seq,
-                    expires: us + SYN_RECV_LIFETIME_US,
-                    answered: None,
-                });
-                // Its SYN-ACK now.
-                self.poll_conn(now, idx, None, false);
+                let peer = SocketAddrV4::new(src, sport);
+                self.open_passive(now, k, peer, dport, seg.seq, Open::Passive(&seg));
                 return;
             }
             if self.closed_ports.contains(&dport) {
@@ -243,7 +221,12 @@ impl<L: Link> Stack<L> {
             }
         }
         // No connection wants it: the control interface answers with RST (never to a RST),
-        // unless another process sharing the device may own the connection.
+        // unless another process sharing the device may own the connection, or this stack
+        // offered it to them (handover.rs).
+        if self.handed.iter().any(|&(h, _)| h == k) {
+            self.net.stats_mut().steered_away += 1;
+            return;
+        }
         let theirs = match self.flows.as_mut() {
             Some(f) => f.elsewhere(k),
             None => !self.steering.resets(bucket),
@@ -256,6 +239,37 @@ impl<L: Link> Stack<L> {
             self.net.stats_mut().tcp_rst_sent += 1;
         }
         self.control_input(now, packet);
+    }
+
+    /// A connection born in listener `port`'s queue, in SYN-RECEIVED (a peer's SYN) or
+    /// carried from another process (handover.rs), polled at once: its SYN-ACK, or its ACK.
+    pub(super) fn open_passive(
+        &mut self,
+        now: Instant,
+        k: u64,
+        peer: SocketAddrV4,
+        port: u16,
+        peer_isn: u32,
+        open: Open,
+    ) {
+        let Some(opts) = self.listeners.get(&port).map(|l| l.opts) else {
+            return;
+        };
+        let us = now.total_micros() as Micros;
+        let idx = self.new_conn(now, k, peer, port, Origin::Passive(port), &opts, open);
+        if let Some(l) = self.listeners.get_mut(&port) {
+            l.pending += 1;
+        }
+        let c = self.slots[idx as usize]
+            .conn
+            .as_mut()
+            .expect("just created");
+        c.handshake = Some(Handshake {
+            peer_isn,
+            expires: us + SYN_RECV_LIFETIME_US,
+            answered: None,
+        });
+        self.poll_conn(now, idx, None, false);
     }
 
     /// Looks up the connection a frame is for and prefetches its state. Parses only what the

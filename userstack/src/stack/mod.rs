@@ -44,6 +44,7 @@ mod calls;
 mod conn;
 mod demux;
 mod device;
+mod handover;
 mod publish;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -113,6 +114,9 @@ pub struct Stack<L: Link> {
     /// listeners on reload), and the client's retransmission finds the new owner, as on Linux,
     /// where the listener lives on in the new workers and nobody is refused.
     closed_ports: Vec<u16>,
+    /// Connections this stack offered to the other processes (`flows`) when it stopped
+    /// listening, by demux key, with when the offer is withdrawn (handover.rs).
+    handed: Vec<(u64, Micros)>,
     /// Buffers of freed connections, reused by new ones (`conn::SPARE_BUFFERS` at most).
     spare: Vec<crate::tcp::Buffers>,
     /// Connections in TIME-WAIT that the application closed, by demux key: only their end
@@ -200,6 +204,7 @@ impl<L: Link> Stack<L> {
             bucket_conns: [0; crate::steer::BUCKETS as usize],
             flows: None,
             closed_ports: Vec::new(),
+            handed: Vec::new(),
             spare: Vec::new(),
             time_wait: HashMap::default(),
             time_wait_order: VecDeque::new(),

@@ -35,6 +35,7 @@
 //! - Nagle (unless `nodelay`), sender-side silly-window avoidance, zero-window probes and
 //!   keepalive probes as Linux sends them (an old sequence number, no data).
 
+mod carry;
 pub mod ranges;
 pub mod ring;
 pub mod seg;
@@ -43,6 +44,7 @@ mod tests;
 
 use crate::net::Micros;
 use crate::seq::seq_lt;
+pub use carry::{Carry, CARRY_WORDS};
 use ranges::Ranges;
 use ring::Ring;
 use seg::{Out, Seg, ACK, FIN, PSH, RST, SYN};

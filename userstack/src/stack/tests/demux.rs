@@ -230,7 +230,7 @@ fn a_syn_for_a_port_given_up_among_processes_is_dropped_not_refused() {
         opened,
     }));
     p.server.listen(6379, 16, opts()).unwrap();
-    p.server.unlisten(6379);
+    p.server.unlisten(p.now, 6379);
     let c = p
         .client
         .connect(p.now, p.server_addr(6379), opts())

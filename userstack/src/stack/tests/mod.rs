@@ -6,6 +6,7 @@
 mod calls;
 mod conn;
 mod demux;
+mod handover;
 mod handshake;
 mod info;
 mod options;

@@ -1,0 +1,125 @@
+//! Connections handed between processes sharing the device: on Linux the processes that
+//! inherit a listening socket (nginx's master and workers, a pre-fork server's children) share
+//! its one accept queue, and a worker that closes its copy (an old worker after `nginx -s
+//! reload`) leaves the connections in it to the others. Here each process's stack has a
+//! listener of its own, so when one stops listening, the connections its listener held and
+//! the application never accepted are offered to the others (`FlowRegistry::hand_over`: the
+//! connection's few numbers, `tcp::Carry`, and the request bytes it held) instead of reset.
+//!
+//! The offering stack forgets the connection at once but stays silent about its segments (they
+//! are neither answered nor reset) until the offer settles: a process that listens on the
+//! port and takes the flow's new connections takes it over (`settle_handovers`), registers it
+//! as its own, acknowledges what was received and queues it for accept; the client's
+//! retransmissions fill in whatever was lost meanwhile. An offer nobody takes within
+//! `HANDOVER_WAIT_US` is withdrawn and its connection reset, as Linux resets what a listening
+//! socket held when its last holder closes it.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::time::Instant;
+
+use super::conn::Open;
+use super::Stack;
+use crate::link::Link;
+use crate::net::Micros;
+use crate::steer::Handed;
+
+/// How long an offer waits to be taken. The others take offers in their rounds (every 10-50
+/// ms), once the flow's bucket is theirs.
+const HANDOVER_WAIT_US: Micros = 2_000_000;
+
+impl<L: Link> Stack<L> {
+    /// Offers connection `idx` (a passive open never accepted, whose listener is gone) to the
+    /// other processes. True if offered: it is freed here, without a word to its peer.
+    pub(super) fn hand_over(&mut self, now: Instant, idx: u32) -> bool {
+        let Some(flows) = self.flows.as_mut() else {
+            return false;
+        };
+        let Some(c) = self.slots[idx as usize].conn.as_ref() else {
+            return false;
+        };
+        let Some(carry) = c.tcb.carry() else {
+            return false;
+        };
+        let key = c.key;
+        if !flows.hand_over(key, &carry, c.tcb.received()) {
+            return false;
+        }
+        // Out of the demux first: `free_conn` then leaves its registration, which stays this
+        // process's until the taker registers its own.
+        self.demux.remove(&key);
+        self.free_conn(idx);
+        let us = now.total_micros() as Micros;
+        self.handed.push((key, us + HANDOVER_WAIT_US));
+        self.net.stats_mut().conns_handed_over += 1;
+        true
+    }
+
+    /// Settles this stack's offers (taken: the taker's from now on; withdrawn: reset) and
+    /// takes the other processes' offers it can carry on: those for a port it listens on whose
+    /// flow is one it takes new connections of. For the embedder's periodic round (the shim's
+    /// steering), after `set_steering`.
+    pub fn settle_handovers(&mut self, now: Instant) {
+        let Some(flows) = self.flows.as_mut() else {
+            return;
+        };
+        let us = now.total_micros() as Micros;
+        let mut back = Vec::new();
+        self.handed
+            .retain(|&(key, until)| match flows.handed(key, until <= us) {
+                Handed::Waiting => true,
+                Handed::Taken => {
+                    flows.closed(key);
+                    false
+                }
+                Handed::Back => {
+                    flows.closed(key);
+                    back.push(key);
+                    false
+                }
+            });
+        let (listeners, steering, demux) = (&self.listeners, self.steering, &self.demux);
+        let mut wants = |key: u64, len: usize| {
+            let peer = Ipv4Addr::from((key >> 32) as u32);
+            let port = key as u16;
+            listeners.get(&port).is_some_and(|l| len <= l.opts.rcvbuf)
+                && steering.takes_syn(crate::steer::flow_bucket(peer, (key >> 16) as u16, port))
+                && !demux.contains_key(&key)
+        };
+        let mut data = Vec::new();
+        let mut taken = Vec::new();
+        while let Some((key, carry)) = flows.take_offer(&mut wants, &mut data) {
+            taken.push((key, carry, std::mem::take(&mut data)));
+        }
+        for key in back {
+            // Its peer learns as a dead process's do (its answer to the probe is reset by
+            // whichever process sees it: nobody has the connection any more).
+            self.net.stats_mut().handover_resets += 1;
+            self.provoke_reset(now, key);
+        }
+        for (key, carry, data) in taken {
+            self.take_over(now, key, &carry, &data);
+        }
+    }
+
+    /// Carries on another process's connection: registered, acknowledged (or its SYN-ACK sent
+    /// again) and, past the handshake, queued for accept.
+    fn take_over(&mut self, now: Instant, key: u64, carry: &crate::tcp::Carry, data: &[u8]) {
+        let peer = SocketAddrV4::new(Ipv4Addr::from((key >> 32) as u32), (key >> 16) as u16);
+        self.time_wait.remove(&key);
+        self.net.stats_mut().conns_taken_over += 1;
+        self.open_passive(
+            now,
+            key,
+            peer,
+            key as u16,
+            carry.irs,
+            Open::Carried(carry, data),
+        );
+    }
+
+    /// Offers of this stack not settled yet.
+    pub fn handovers_pending(&self) -> usize {
+        self.handed.len()
+    }
+}

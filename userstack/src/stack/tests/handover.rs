@@ -1,0 +1,239 @@
+//! Connections a listener held, never accepted, when its process stopped listening among
+//! processes sharing the device (stack/handover.rs): they go on in the process that still
+//! listens, or are reset if nobody takes them.
+
+use std::sync::{Arc, Mutex};
+
+use smoltcp::socket::tcp::State;
+use smoltcp::time::Duration;
+
+use super::{opts, stack_on, Pair};
+use crate::link::MemLink;
+use crate::stack::{SockError, Stack};
+use crate::steer::{FlowRegistry, Handed, Steering};
+use crate::tcp::Carry;
+
+struct Offer {
+    giver: u32,
+    key: u64,
+    carry: Carry,
+    data: Vec<u8>,
+    taken: bool,
+}
+
+/// What the processes of a group share, in memory (the shim's is shared memory).
+#[derive(Default)]
+struct Group {
+    flows: Vec<(u64, u32)>,
+    offers: Vec<Offer>,
+}
+
+struct Member {
+    group: Arc<Mutex<Group>>,
+    me: u32,
+}
+
+impl FlowRegistry for Member {
+    fn opened(&mut self, key: u64) {
+        self.group.lock().unwrap().flows.push((key, self.me));
+    }
+    fn closed(&mut self, key: u64) {
+        let me = self.me;
+        self.group.lock().unwrap().flows.retain(|&f| f != (key, me));
+    }
+    fn elsewhere(&mut self, key: u64) -> bool {
+        let me = self.me;
+        self.group
+            .lock()
+            .unwrap()
+            .flows
+            .iter()
+            .any(|&(k, p)| k == key && p != me)
+    }
+    fn hand_over(&mut self, key: u64, carry: &Carry, data: (&[u8], &[u8])) -> bool {
+        self.group.lock().unwrap().offers.push(Offer {
+            giver: self.me,
+            key,
+            carry: *carry,
+            data: [data.0, data.1].concat(),
+            taken: false,
+        });
+        true
+    }
+    fn handed(&mut self, key: u64, withdraw: bool) -> Handed {
+        let mut g = self.group.lock().unwrap();
+        let Some(i) = g
+            .offers
+            .iter()
+            .position(|o| o.giver == self.me && o.key == key)
+        else {
+            return Handed::Back;
+        };
+        if g.offers[i].taken {
+            g.offers.remove(i);
+            Handed::Taken
+        } else if withdraw {
+            g.offers.remove(i);
+            Handed::Back
+        } else {
+            Handed::Waiting
+        }
+    }
+    fn take_offer(
+        &mut self,
+        wants: &mut dyn FnMut(u64, usize) -> bool,
+        data: &mut Vec<u8>,
+    ) -> Option<(u64, Carry)> {
+        let mut g = self.group.lock().unwrap();
+        let o = g
+            .offers
+            .iter_mut()
+            .find(|o| o.giver != self.me && !o.taken && wants(o.key, o.data.len()))?;
+        o.taken = true;
+        data.clone_from(&o.data);
+        Some((o.key, o.carry))
+    }
+}
+
+/// A client, the process that held its connections (`p.server`) and the one that takes them
+/// (`other`, a second stack on the same device and address).
+struct Three {
+    p: Pair,
+    other: Stack<MemLink>,
+}
+
+impl Three {
+    fn new(group: &Arc<Mutex<Group>>) -> Three {
+        let mut p = Pair::new();
+        let mut other = stack_on(p.server.link().twin(), "198.18.0.2/24", p.now);
+        for (s, me) in [(&mut p.server, 1), (&mut other, 2)] {
+            s.set_flow_registry(Box::new(Member {
+                group: group.clone(),
+                me,
+            }));
+            s.listen(6379, 16, opts()).unwrap();
+        }
+        other.set_steering(Steering { syn: 0, rst: 0 }, p.now);
+        Three { p, other }
+    }
+
+    /// A connection established, its request (`GET a`) received and acknowledged, never
+    /// accepted: the client's end.
+    fn held(&mut self) -> crate::stack::ConnId {
+        let p = &mut self.p;
+        let a = p
+            .client
+            .connect(p.now, p.server_addr(6379), opts())
+            .unwrap();
+        p.run();
+        p.client.send(a, b"GET a\r\n").unwrap();
+        p.run();
+        a
+    }
+
+    /// The flows are the other process's from now on: the client's frames reach only it.
+    fn move_flows(&mut self) {
+        self.p
+            .server
+            .set_steering(Steering { syn: 0, rst: 0 }, self.p.now);
+        self.other.set_steering(Steering::ALONE, self.p.now);
+    }
+
+    /// Runs all three for `ms` milliseconds, each process settling handovers every 10 ms (its
+    /// rounds); the client's frames go to the other process.
+    fn run(&mut self, ms: u64) {
+        for i in 0..ms {
+            self.p.now += Duration::from_millis(1);
+            let now = self.p.now;
+            self.p.client.poll(now);
+            for f in self.p.server.link().take_waiting() {
+                self.other.link().inject(f);
+            }
+            if i % 10 == 0 {
+                self.p.server.settle_handovers(now);
+                self.other.settle_handovers(now);
+            }
+            self.other.poll(now);
+            self.p.server.poll(now);
+        }
+    }
+}
+
+#[test]
+fn connections_a_closed_listener_held_go_on_in_a_process_that_still_listens() {
+    let group = Arc::new(Mutex::new(Group::default()));
+    let mut t = Three::new(&group);
+    let a = t.held();
+    let p = &mut t.p;
+    // One in SYN-RECEIVED: the client's ACK of the SYN-ACK is lost.
+    let b = p
+        .client
+        .connect(p.now, p.server_addr(6379), opts())
+        .unwrap();
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now);
+    p.server.poll(p.now);
+    p.client.poll(p.now);
+    assert_eq!(p.server.link().discard(), 1, "the ACK lost");
+    assert_eq!(p.server.accept_queue_len(6379), 1);
+    assert_eq!(p.client.state(b).unwrap(), State::Established);
+
+    // The process stops listening: nothing is said to the client.
+    p.server.unlisten(p.now, 6379);
+    p.server.poll(p.now);
+    assert_eq!(p.client.link().pending(), 0, "a word to the client");
+    assert_eq!(p.server.stats().conns_handed_over, 2);
+    t.move_flows();
+    t.run(100);
+    assert_eq!(t.other.stats().conns_taken_over, 2);
+    assert_eq!(t.p.server.handovers_pending(), 0, "both taken");
+    assert!(
+        group.lock().unwrap().flows.iter().all(|&(_, pid)| pid == 2),
+        "the connections are the other process's"
+    );
+
+    // Both are accepted there, the request read as sent, the replies reach the client.
+    let mut got = Vec::new();
+    while let Ok((id, _)) = t.other.accept(6379) {
+        got.push(id);
+    }
+    assert_eq!(got.len(), 2);
+    t.p.client.send(b, b"GET b\r\n").unwrap();
+    t.run(50);
+    let mut asked = Vec::new();
+    for &id in &got {
+        let mut buf = [0u8; 64];
+        let n = t.other.recv(id, &mut buf).unwrap();
+        asked.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        t.other.send(id, &buf[..n]).unwrap();
+    }
+    asked.sort();
+    assert_eq!(asked, ["GET a\r\n", "GET b\r\n"]);
+    t.run(50);
+    for c in [a, b] {
+        let mut buf = [0u8; 64];
+        let n = t.p.client.recv(c, &mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"GET "), "{:?}", &buf[..n]);
+    }
+    for st in [t.p.server.stats(), t.other.stats()] {
+        assert_eq!(st.tcp_rst_sent, 0, "{st}");
+    }
+}
+
+#[test]
+fn a_connection_nobody_takes_is_reset() {
+    let group = Arc::new(Mutex::new(Group::default()));
+    let mut t = Three::new(&group);
+    let a = t.held();
+    // The other process does not listen: nobody takes the offer.
+    t.other.unlisten(t.p.now, 6379);
+    t.p.server.unlisten(t.p.now, 6379);
+    t.move_flows();
+    t.run(1900);
+    assert_eq!(t.p.client.state(a).unwrap(), State::Established);
+    t.run(300);
+    let st = t.p.server.stats();
+    assert_eq!((st.conns_handed_over, st.handover_resets), (1, 1), "{st}");
+    let mut buf = [0u8; 8];
+    assert_eq!(t.p.client.recv(a, &mut buf), Err(SockError::Reset));
+}
