@@ -38,7 +38,8 @@ impl<L: Link> Stack<L> {
         let Some(c) = self.slots[idx as usize].conn.as_ref() else {
             return false;
         };
-        let Some(carry) = c.tcb.carry() else {
+        let us = now.total_micros() as Micros;
+        let Some(carry) = c.tcb.carry(us) else {
             return false;
         };
         let key = c.key;
@@ -49,7 +50,6 @@ impl<L: Link> Stack<L> {
         // process's until the taker registers its own.
         self.demux.remove(&key);
         self.free_conn(idx);
-        let us = now.total_micros() as Micros;
         self.handed.push((key, us + HANDOVER_WAIT_US));
         self.net.stats_mut().conns_handed_over += 1;
         true

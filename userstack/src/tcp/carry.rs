@@ -29,6 +29,10 @@ pub struct Carry {
     pub sack_ok: bool,
     pub ts_ok: bool,
     pub ts_recent: u32,
+    /// Our timestamp clock's reading when the connection was carried: the taker's clock goes
+    /// on from it (processes' clocks need not agree; the peer discards a segment whose
+    /// timestamp goes back, RFC 7323's PAWS).
+    pub ts_val: u32,
     pub payload_max: u32,
     /// The smoothed round-trip time and its variance, if measured (µs).
     pub srtt: Option<Micros>,
@@ -36,7 +40,7 @@ pub struct Carry {
 }
 
 /// `Carry` as words, for memory the processes share.
-pub const CARRY_WORDS: usize = 12;
+pub const CARRY_WORDS: usize = 13;
 
 impl Carry {
     pub fn to_words(&self) -> [u32; CARRY_WORDS] {
@@ -60,6 +64,7 @@ impl Carry {
             (srtt >> 32) as u32,
             self.rttvar as u32,
             (self.rttvar >> 32) as u32,
+            self.ts_val,
         ]
     }
 
@@ -88,14 +93,16 @@ impl Carry {
             payload_max: w[7],
             srtt: flag(5).then(|| wide(w[8], w[9])),
             rttvar: wide(w[10], w[11]),
+            ts_val: w[12],
         })
     }
 }
 
 impl Tcb {
     /// The connection as another stack would carry it on, if it can be: a passive open the
-    /// application never had (nothing of ours sent but the SYN, no error).
-    pub fn carry(&self) -> Option<Carry> {
+    /// application never had (nothing of ours sent but the SYN, no error). `now`: this stack's
+    /// clock.
+    pub fn carry(&self, now: Micros) -> Option<Carry> {
         let established = match self.state {
             State::SynReceived => false,
             State::Established | State::CloseWait => true,
@@ -123,6 +130,7 @@ impl Tcb {
             sack_ok: self.sack_ok,
             ts_ok: self.ts_ok,
             ts_recent: self.ts_recent,
+            ts_val: self.ts_val(now),
             payload_max: self.payload_max,
             srtt: self.srtt,
             rttvar: self.rttvar,
@@ -157,6 +165,7 @@ impl Tcb {
         t.sack_ok = c.sack_ok;
         t.ts_ok = c.ts_ok;
         t.ts_recent = c.ts_recent;
+        t.ts_offset = c.ts_val.wrapping_sub((now / 1000) as u32);
         t.payload_max = c.payload_max;
         t.cwnd = INITIAL_CWND_SEGS * c.payload_max;
         t.rcv_mss = c.payload_max.min(536);
@@ -193,6 +202,7 @@ mod tests {
             sack_ok: false,
             ts_ok: true,
             ts_recent: 123_456,
+            ts_val: 0xfeed_0001,
             payload_max: 1448,
             srtt: Some(5_000_000_123),
             rttvar: 1 << 33,

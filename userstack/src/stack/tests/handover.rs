@@ -96,16 +96,47 @@ impl FlowRegistry for Member {
 }
 
 /// A client, the process that held its connections (`p.server`) and the one that takes them
-/// (`other`, a second stack on the same device and address).
+/// (`other`, a second stack on the same device and address, whose clock reads `SKEW` less:
+/// each process's clock starts with the process).
 struct Three {
     p: Pair,
     other: Stack<MemLink>,
+    /// The TCP timestamps of the segments the client received, in order, with the client's
+    /// port.
+    ts_seen: Vec<(u16, u32)>,
+}
+
+const SKEW: Duration = Duration::from_secs(30);
+
+/// The destination port and timestamp value of a TCP segment in an Ethernet frame, if it has
+/// a timestamp.
+fn ts_val(f: &[u8]) -> Option<(u16, u32)> {
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
+        return None;
+    }
+    let t = 14 + usize::from(f[14] & 0x0f) * 4;
+    let end = t + usize::from(f.get(t + 12)? >> 4) * 4;
+    let mut i = t + 20;
+    while i < end.min(f.len()) {
+        match f[i] {
+            0 => return None,
+            1 => i += 1,
+            8 => {
+                let port = u16::from_be_bytes([f[t + 2], f[t + 3]]);
+                let ts = u32::from_be_bytes(f.get(i + 2..i + 6)?.try_into().ok()?);
+                return Some((port, ts));
+            }
+            _ => i += usize::from(*f.get(i + 1)?).max(2),
+        }
+    }
+    None
 }
 
 impl Three {
     fn new(group: &Arc<Mutex<Group>>) -> Three {
         let mut p = Pair::new();
-        let mut other = stack_on(p.server.link().twin(), "198.18.0.2/24", p.now);
+        p.now += SKEW;
+        let mut other = stack_on(p.server.link().twin(), "198.18.0.2/24", p.now - SKEW);
         for (s, me) in [(&mut p.server, 1), (&mut other, 2)] {
             s.set_flow_registry(Box::new(Member {
                 group: group.clone(),
@@ -113,30 +144,50 @@ impl Three {
             }));
             s.listen(6379, 16, opts()).unwrap();
         }
-        other.set_steering(Steering { syn: 0, rst: 0 }, p.now);
-        Three { p, other }
+        other.set_steering(Steering { syn: 0, rst: 0 }, p.now - SKEW);
+        Three {
+            p,
+            other,
+            ts_seen: Vec::new(),
+        }
+    }
+
+    /// Polls the client, noting the timestamps of what it receives.
+    fn poll_client(&mut self) {
+        let frames = self.p.client.link().waiting();
+        self.ts_seen.extend(frames.iter().filter_map(|f| ts_val(f)));
+        self.p.client.poll(self.p.now);
+    }
+
+    /// The client and the first process, until neither has work.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            self.p.now += Duration::from_micros(10);
+            self.poll_client();
+            self.p.server.poll(self.p.now);
+            if self.p.server.link().pending() == 0 && self.p.client.link().pending() == 0 {
+                return;
+            }
+        }
+        panic!("never settled");
     }
 
     /// A connection established, its request (`GET a`) received and acknowledged, never
     /// accepted: the client's end.
     fn held(&mut self) -> crate::stack::ConnId {
-        let p = &mut self.p;
-        let a = p
-            .client
-            .connect(p.now, p.server_addr(6379), opts())
-            .unwrap();
-        p.run();
-        p.client.send(a, b"GET a\r\n").unwrap();
-        p.run();
+        let (now, to) = (self.p.now, self.p.server_addr(6379));
+        let a = self.p.client.connect(now, to, opts()).unwrap();
+        self.settle();
+        self.p.client.send(a, b"GET a\r\n").unwrap();
+        self.settle();
         a
     }
 
     /// The flows are the other process's from now on: the client's frames reach only it.
     fn move_flows(&mut self) {
-        self.p
-            .server
-            .set_steering(Steering { syn: 0, rst: 0 }, self.p.now);
-        self.other.set_steering(Steering::ALONE, self.p.now);
+        let now = self.p.now;
+        self.p.server.set_steering(Steering { syn: 0, rst: 0 }, now);
+        self.other.set_steering(Steering::ALONE, now - SKEW);
     }
 
     /// Runs all three for `ms` milliseconds, each process settling handovers every 10 ms (its
@@ -145,15 +196,15 @@ impl Three {
         for i in 0..ms {
             self.p.now += Duration::from_millis(1);
             let now = self.p.now;
-            self.p.client.poll(now);
+            self.poll_client();
             for f in self.p.server.link().take_waiting() {
                 self.other.link().inject(f);
             }
             if i % 10 == 0 {
                 self.p.server.settle_handovers(now);
-                self.other.settle_handovers(now);
+                self.other.settle_handovers(now - SKEW);
             }
-            self.other.poll(now);
+            self.other.poll(now - SKEW);
             self.p.server.poll(now);
         }
     }
@@ -173,7 +224,8 @@ fn connections_a_closed_listener_held_go_on_in_a_process_that_still_listens() {
     p.now += Duration::from_micros(10);
     p.client.poll(p.now);
     p.server.poll(p.now);
-    p.client.poll(p.now);
+    t.poll_client();
+    let p = &mut t.p;
     assert_eq!(p.server.link().discard(), 1, "the ACK lost");
     assert_eq!(p.server.accept_queue_len(6379), 1);
     assert_eq!(p.client.state(b).unwrap(), State::Established);
@@ -217,6 +269,17 @@ fn connections_a_closed_listener_held_go_on_in_a_process_that_still_listens() {
     }
     for st in [t.p.server.stats(), t.other.stats()] {
         assert_eq!(st.tcp_rst_sent, 0, "{st}");
+    }
+    // The taker's timestamps go on from the first process's, although its clock reads less: a
+    // peer discards a segment whose timestamp goes back (PAWS, RFC 7323).
+    assert!(t.ts_seen.len() > 6, "{:?}", t.ts_seen);
+    for (i, &(port, ts)) in t.ts_seen.iter().enumerate() {
+        let before = t.ts_seen[..i].iter().filter(|&&(p, _)| p == port);
+        assert!(
+            before.clone().all(|&(_, b)| ts.wrapping_sub(b) as i32 >= 0),
+            "{:?}",
+            t.ts_seen
+        );
     }
 }
 
