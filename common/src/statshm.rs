@@ -226,6 +226,17 @@ impl Mapping {
         unsafe { &*self.ptr.as_ptr().add(i * 8).cast::<AtomicU64>() }
     }
 
+    /// Words `i..i + n`.
+    fn words(&self, i: usize, n: usize) -> &[AtomicU64] {
+        assert!(
+            (i + n) * 8 <= self.len,
+            "words {i}..{} outside the mapping",
+            i + n
+        );
+        // SAFETY: in bounds (checked), 8-aligned, accessed only as AtomicU64 (see `word`).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(i * 8).cast::<AtomicU64>(), n) }
+    }
+
     fn bytes(&self, off: usize, len: usize) -> &[u8] {
         assert!(off + len <= self.len);
         // SAFETY: in bounds; names are written once before the file is visible under its name.
@@ -407,17 +418,16 @@ impl Writer {
         fence(Ordering::Release);
         m.word(W_NOW_US).store(now_us, Ordering::Relaxed);
         let base = values_offset(self.n_values) / 8;
-        for (i, v) in values.iter().take(self.n_values).enumerate() {
-            m.word(base + i).store(*v, Ordering::Relaxed);
+        for (w, v) in m.words(base, self.n_values).iter().zip(values) {
+            w.store(*v, Ordering::Relaxed);
         }
-        let lbase = base + self.n_values;
         let n = listeners.len().min(MAX_LISTENERS);
-        for (i, l) in listeners.iter().take(n).enumerate() {
-            let w = lbase + i * 4;
-            m.word(w).store(u64::from(l.port), Ordering::Relaxed);
-            m.word(w + 1).store(l.backlog, Ordering::Relaxed);
-            m.word(w + 2).store(l.syn_received, Ordering::Relaxed);
-            m.word(w + 3).store(l.accept_queue, Ordering::Relaxed);
+        let table = m.words(base + self.n_values, 4 * n);
+        for (w, l) in table.chunks_exact(4).zip(listeners) {
+            w[0].store(u64::from(l.port), Ordering::Relaxed);
+            w[1].store(l.backlog, Ordering::Relaxed);
+            w[2].store(l.syn_received, Ordering::Relaxed);
+            w[3].store(l.accept_queue, Ordering::Relaxed);
         }
         m.word(W_NLISTEN).store(n as u64, Ordering::Relaxed);
         seq.store((s | 1).wrapping_add(1), Ordering::Release);

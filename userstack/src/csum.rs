@@ -27,14 +27,21 @@ fn ones_sum(b: &[u8]) -> u64 {
 /// costs more than the sum below ~100 bytes). Less than 2^33, so callers may add a few.
 #[inline(always)]
 fn ones_sum_small(b: &[u8]) -> u64 {
-    let mut acc: u128 = 0;
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        acc += u128::from(u64::from_ne_bytes([
+    let word = |c: &[u8]| {
+        u128::from(u64::from_ne_bytes([
             c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-        ]));
+        ]))
+    };
+    let mut acc: u128 = 0;
+    let mut chunks = b.chunks_exact(16);
+    for c in &mut chunks {
+        acc += word(&c[..8]) + word(&c[8..]);
     }
-    let r = chunks.remainder();
+    let mut r = chunks.remainder();
+    if r.len() >= 8 {
+        acc += word(r);
+        r = &r[8..];
+    }
     let mut tail: u64 = 0;
     let mut i = 0;
     if r.len() >= 4 {
