@@ -91,8 +91,8 @@ pub trait FlowRegistry: Send {
         Handed::Back
     }
 
-    /// Takes one offer of another process that `wants` (its key and how many bytes it
-    /// holds): its key and carry, its bytes in `data`.
+    /// Claims one offer of another process that `wants` (its key and how many bytes it
+    /// holds): its key and carry, its bytes in `data`. The claim ends with `took`.
     fn take_offer(
         &mut self,
         _wants: &mut dyn FnMut(u64, usize) -> bool,
@@ -100,6 +100,12 @@ pub trait FlowRegistry: Send {
     ) -> Option<(u64, Carry)> {
         None
     }
+
+    /// Ends the claim of the offer of `key`: `taken`, the connection is this stack's now (and
+    /// registered: `opened` came first, so the offering process, which stops answering for it
+    /// when it sees it taken, never leaves a moment where nobody has it); else the offer is up
+    /// again.
+    fn took(&mut self, _key: u64, _taken: bool) {}
 }
 
 /// What became of a connection offered to other processes (`FlowRegistry::hand_over`).

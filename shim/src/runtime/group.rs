@@ -89,22 +89,42 @@ const OFFERS: usize = 256;
 /// reset, as a listener's last close resets it on Linux.
 const OFFER_BYTES: usize = 8192;
 
-// An offer's states.
+// An offer's states: the low bits of its state word, whose high bits count the offers the
+// slot held (a compare-exchange on the word cannot mistake a later offer for an earlier one).
 const FREE: u32 = 0;
 /// Its offering process writes it.
 const FILLING: u32 = 1;
 const READY: u32 = 2;
-/// A taker copies it out.
+/// A taker carries it on (registers the connection), then marks it taken.
 const TAKING: u32 = 3;
 const TAKEN: u32 = 4;
+const STATE_BITS: u32 = 3;
 
-/// An offer's header. The state's transitions are atomic; the other words are written only
-/// by whoever moved the state to FILLING or TAKING, and read after the state was loaded
-/// with Acquire.
+fn state_of(word: u32) -> u32 {
+    word & ((1 << STATE_BITS) - 1)
+}
+
+/// The word of the same offer in state `st`.
+fn moved(word: u32, st: u32) -> u32 {
+    word & !((1 << STATE_BITS) - 1) | st
+}
+
+/// The word of the slot's next use (a new offer, or a new claim of it) in state `st`.
+fn next(word: u32, st: u32) -> u32 {
+    (word >> STATE_BITS).wrapping_add(1) << STATE_BITS | st
+}
+
+/// An offer's header. The state word's transitions are compare-exchanges (but the ones made by
+/// the process holding the slot FILLING or TAKING); the other words are written only by
+/// whoever moved the state to FILLING (the offer) or TAKING (`taker`), and read after the state
+/// word was loaded with Acquire (the compare-exchange that acts on what was read checks the
+/// word unchanged: a new offer or a new claim changes its count).
 #[repr(C)]
 struct OfferHead {
     state: AtomicU32,
     giver: AtomicU32,
+    /// The process taking it (0 but while TAKING).
+    taker: AtomicU32,
     key: AtomicU64,
     len: AtomicU32,
     words: [AtomicU32; CARRY_WORDS],
@@ -161,6 +181,9 @@ struct SharedFlows {
     table: &'static [FlowSlot],
     offers: Option<&'static Offers>,
     page: Option<&'static Page>,
+    /// Offers this process claimed (`take_offer`) and has not settled (`took`): key, slot and
+    /// the state word it claimed.
+    claimed: Vec<(u64, usize, u32)>,
     me: u32,
     /// Pids found dead (a dead process's connections are nobody's).
     dead: Vec<u32>,
@@ -240,9 +263,11 @@ impl FlowRegistry for SharedFlows {
             return false;
         }
         for (i, h) in offers.head.iter().enumerate() {
-            if h.state.load(Ordering::Relaxed) != FREE
+            let w = h.state.load(Ordering::Relaxed);
+            let filling = next(w, FILLING);
+            if state_of(w) != FREE
                 || h.state
-                    .compare_exchange(FREE, FILLING, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(w, filling, Ordering::Acquire, Ordering::Relaxed)
                     .is_err()
             {
                 continue;
@@ -257,7 +282,7 @@ impl FlowRegistry for SharedFlows {
             let bytes = unsafe { &mut *offers.data[i].get() };
             bytes[..data.0.len()].copy_from_slice(data.0);
             bytes[data.0.len()..len].copy_from_slice(data.1);
-            h.state.store(READY, Ordering::Release);
+            h.state.store(moved(filling, READY), Ordering::Release);
             return true;
         }
         false
@@ -269,26 +294,16 @@ impl FlowRegistry for SharedFlows {
         };
         let withdraw = withdraw || !takers_may_come(self.page, self.me);
         for h in &offers.head {
-            let state = h.state.load(Ordering::Acquire);
-            if state < READY
+            let w = h.state.load(Ordering::Acquire);
+            if state_of(w) < READY
                 || h.giver.load(Ordering::Relaxed) != self.me
                 || h.key.load(Ordering::Relaxed) != key
             {
                 continue;
             }
-            return match state {
-                TAKEN => {
-                    h.state.store(FREE, Ordering::Release);
-                    Handed::Taken
-                }
-                READY
-                    if withdraw
-                        && h.state
-                            .compare_exchange(READY, FREE, Ordering::AcqRel, Ordering::Relaxed)
-                            .is_ok() =>
-                {
-                    Handed::Back
-                }
+            return match state_of(w) {
+                TAKEN if free_if(h, w) => Handed::Taken,
+                READY if withdraw && free_if(h, w) => Handed::Back,
                 _ => Handed::Waiting,
             };
         }
@@ -302,48 +317,94 @@ impl FlowRegistry for SharedFlows {
     ) -> Option<(u64, Carry)> {
         let offers = self.offers?;
         for (i, h) in offers.head.iter().enumerate() {
-            let state = h.state.load(Ordering::Acquire);
-            if state != READY && state != TAKEN {
-                continue;
-            }
+            let w = h.state.load(Ordering::Acquire);
             let giver = h.giver.load(Ordering::Relaxed);
-            if giver == self.me {
-                continue;
+            match state_of(w) {
+                // A taker that died carrying it on: the offer is up again.
+                TAKING => {
+                    let taker = h.taker.load(Ordering::Relaxed);
+                    if taker != 0
+                        && taker != self.me
+                        && !alive(taker)
+                        && h.state
+                            .compare_exchange(
+                                w,
+                                next(w, READY),
+                                Ordering::AcqRel,
+                                Ordering::Relaxed,
+                            )
+                            .is_ok()
+                    {
+                        h.taker.store(0, Ordering::Relaxed);
+                    }
+                }
+                // Offers of a process that died: its connections are reset as a dead
+                // process's (`steer`).
+                READY | TAKEN if giver != self.me && !alive(giver) => {
+                    free_if(h, w);
+                }
+                READY if giver != self.me => {
+                    let key = h.key.load(Ordering::Relaxed);
+                    let len = h.len.load(Ordering::Relaxed) as usize;
+                    if len > OFFER_BYTES
+                        || !wants(key, len)
+                        || h.state
+                            .compare_exchange(
+                                w,
+                                next(w, TAKING),
+                                Ordering::Acquire,
+                                Ordering::Relaxed,
+                            )
+                            .is_err()
+                    {
+                        continue;
+                    }
+                    let w = next(w, TAKING);
+                    h.taker.store(self.me, Ordering::Relaxed);
+                    let words: [u32; CARRY_WORDS] =
+                        std::array::from_fn(|k| h.words[k].load(Ordering::Relaxed));
+                    let Some(carry) = Carry::from_words(&words) else {
+                        // Not a connection's numbers: its giver finds it gone and resets it.
+                        h.taker.store(0, Ordering::Relaxed);
+                        h.state.store(moved(w, FREE), Ordering::Release);
+                        continue;
+                    };
+                    // SAFETY: this process moved the offer to TAKING: nobody else touches its
+                    // bytes.
+                    let bytes = unsafe { &*offers.data[i].get() };
+                    data.clear();
+                    data.extend_from_slice(&bytes[..len]);
+                    self.claimed.push((key, i, w));
+                    return Some((key, carry));
+                }
+                _ => {}
             }
-            if !alive(giver) {
-                // Its connections are reset as a dead process's (`steer`); the slot is free.
-                let _ = h
-                    .state
-                    .compare_exchange(state, FREE, Ordering::AcqRel, Ordering::Relaxed);
-                continue;
-            }
-            let key = h.key.load(Ordering::Relaxed);
-            let len = h.len.load(Ordering::Relaxed) as usize;
-            if state != READY
-                || len > OFFER_BYTES
-                || !wants(key, len)
-                || h.state
-                    .compare_exchange(READY, TAKING, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-            {
-                continue;
-            }
-            let words: [u32; CARRY_WORDS] =
-                std::array::from_fn(|w| h.words[w].load(Ordering::Relaxed));
-            let Some(carry) = Carry::from_words(&words) else {
-                // Not a connection's numbers: the offering process finds it gone and resets it.
-                h.state.store(FREE, Ordering::Release);
-                continue;
-            };
-            // SAFETY: this process moved the offer to TAKING: nobody else touches its bytes.
-            let bytes = unsafe { &*offers.data[i].get() };
-            data.clear();
-            data.extend_from_slice(&bytes[..len]);
-            h.state.store(TAKEN, Ordering::Release);
-            return Some((key, carry));
         }
         None
     }
+
+    fn took(&mut self, key: u64, taken: bool) {
+        let Some(offers) = self.offers else {
+            return;
+        };
+        let Some(at) = self.claimed.iter().position(|&(k, _, _)| k == key) else {
+            return;
+        };
+        let (_, i, w) = self.claimed.swap_remove(at);
+        let h = &offers.head[i];
+        h.taker.store(0, Ordering::Relaxed);
+        h.state.store(
+            moved(w, if taken { TAKEN } else { READY }),
+            Ordering::Release,
+        );
+    }
+}
+
+/// Frees the offer whose state word is `w`, if it still is.
+fn free_if(h: &OfferHead, w: u32) -> bool {
+    h.state
+        .compare_exchange(w, moved(w, FREE), Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
 }
 
 /// What this process last applied: the buckets its device delivers, and whether it takes
@@ -568,6 +629,7 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
                 table,
                 offers: OFFERED.get().copied().flatten(),
                 page: Some(page),
+                claimed: Vec::new(),
                 me,
                 dead: Vec::new(),
             }));
@@ -620,5 +682,139 @@ fn apply_filter<L: Link>(stack: &mut Stack<L>, see: u32, other_ip: bool) {
                 crate::shim_log!("{e}: every worker process receives every frame");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offers() -> &'static Offers {
+        let p = shared_mapping(std::mem::size_of::<Offers>()).expect("a mapping");
+        // SAFETY: zeroed (every offer FREE), big enough, never unmapped.
+        unsafe { &*(p as *const Offers) }
+    }
+
+    fn member(offers: &'static Offers, me: u32) -> SharedFlows {
+        static TABLE: OnceLock<&'static [FlowSlot]> = OnceLock::new();
+        let table = *TABLE.get_or_init(|| {
+            let len = FLOW_SLOTS * std::mem::size_of::<FlowSlot>();
+            let p = shared_mapping(len).expect("a mapping");
+            // SAFETY: zeroed, big enough, never unmapped.
+            unsafe { std::slice::from_raw_parts(p as *const FlowSlot, FLOW_SLOTS) }
+        });
+        SharedFlows {
+            table,
+            offers: Some(offers),
+            page: None,
+            claimed: Vec::new(),
+            me,
+            dead: Vec::new(),
+        }
+    }
+
+    /// A pid no process has any more.
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
+        let pid = c.id();
+        c.wait().expect("true ends");
+        pid
+    }
+
+    fn carry(iss: u32) -> Carry {
+        Carry {
+            established: true,
+            fin: false,
+            iss,
+            irs: 7,
+            rcv_nxt: 15,
+            snd_wnd: 65_535,
+            snd_shift: 7,
+            rcv_shift: 7,
+            ws_on: true,
+            sack_ok: true,
+            ts_ok: true,
+            ts_recent: 3,
+            ts_val: 4,
+            payload_max: 1448,
+            srtt: Some(250),
+            rttvar: 100,
+        }
+    }
+
+    #[test]
+    fn an_offer_is_taken_once_withdrawn_at_most_once_and_its_slot_used_again() {
+        OTHERS_SERVE.store(true, Ordering::Relaxed);
+        let offers = offers();
+        // The giver is pid 1 (alive: init), the taker this process.
+        let mut giver = member(offers, 1);
+        let mut taker = member(offers, std::process::id());
+        let mut data = Vec::new();
+        assert!(giver.hand_over(11, &carry(100), (b"GET ", b"a\r\n")));
+        // Not wanted: left alone.
+        assert_eq!(taker.take_offer(&mut |_, _| false, &mut data), None);
+        let got = taker.take_offer(&mut |k, n| k == 11 && n == 7, &mut data);
+        assert_eq!(got, Some((11, carry(100))));
+        assert_eq!(data, b"GET a\r\n");
+        // Claimed: waiting, and no withdrawing it now.
+        assert_eq!(giver.handed(11, true), Handed::Waiting);
+        assert_eq!(
+            taker.take_offer(&mut |_, _| true, &mut data),
+            None,
+            "taken once"
+        );
+        taker.took(11, true);
+        assert_eq!(giver.handed(11, false), Handed::Taken);
+        assert!(offers
+            .head
+            .iter()
+            .all(|h| state_of(h.state.load(Ordering::Relaxed)) == FREE));
+        // Withdrawn before anybody claimed it: nobody takes it after.
+        assert!(giver.hand_over(12, &carry(200), (b"", b"")));
+        assert_eq!(giver.handed(12, false), Handed::Waiting);
+        assert_eq!(giver.handed(12, true), Handed::Back);
+        assert_eq!(taker.take_offer(&mut |_, _| true, &mut data), None);
+        // A claim given back is up again.
+        assert!(giver.hand_over(13, &carry(300), (b"x", b"")));
+        assert!(taker.take_offer(&mut |_, _| true, &mut data).is_some());
+        taker.took(13, false);
+        assert_eq!(giver.handed(13, false), Handed::Waiting);
+        assert_eq!(
+            taker.take_offer(&mut |_, _| true, &mut data),
+            Some((13, carry(300)))
+        );
+        taker.took(13, true);
+        assert_eq!(giver.handed(13, false), Handed::Taken);
+    }
+
+    #[test]
+    fn offers_of_dead_processes_are_freed_and_a_dead_takers_claim_is_up_again() {
+        OTHERS_SERVE.store(true, Ordering::Relaxed);
+        let offers = offers();
+        let dead = dead_pid();
+        let mut data = Vec::new();
+        // A dead giver's offer: freed by the next scan, taken by nobody.
+        assert!(member(offers, dead).hand_over(21, &carry(1), (b"", b"")));
+        let mut taker = member(offers, std::process::id());
+        assert_eq!(taker.take_offer(&mut |_, _| true, &mut data), None);
+        assert!(offers
+            .head
+            .iter()
+            .all(|h| state_of(h.state.load(Ordering::Relaxed)) == FREE));
+        // A taker that died holding a claim: the next scan puts the offer up again.
+        let mut giver = member(offers, 1);
+        assert!(giver.hand_over(22, &carry(2), (b"", b"")));
+        let mut doomed = member(offers, dead);
+        assert!(doomed.take_offer(&mut |_, _| true, &mut data).is_some());
+        assert_eq!(giver.handed(22, true), Handed::Waiting);
+        assert_eq!(taker.take_offer(&mut |_, _| false, &mut data), None);
+        assert_eq!(
+            taker.take_offer(&mut |_, _| true, &mut data),
+            Some((22, carry(2)))
+        );
+        taker.took(22, true);
+        assert_eq!(giver.handed(22, false), Handed::Taken);
     }
 }

@@ -24,13 +24,13 @@ use crate::net::Micros;
 pub const SOMAXCONN: usize = 4096;
 
 impl<L: Link> Stack<L> {
-    /// Moves the pending events into `out` (cleared first).
     /// Whether events wait for `take_events` (made outside `poll`: a connection another
     /// process handed over, `settle_handovers`).
     pub fn events_pending(&self) -> bool {
         !self.events.is_empty()
     }
 
+    /// Moves the pending events into `out` (cleared first).
     pub fn take_events(&mut self, out: &mut Vec<Event>) {
         out.clear();
         std::mem::swap(out, &mut self.events);

@@ -32,6 +32,11 @@ impl<L: Link> Stack<L> {
     /// Offers connection `idx` (a passive open never accepted, whose listener is gone) to the
     /// other processes. True if offered: it is freed here, without a word to its peer.
     pub(super) fn hand_over(&mut self, now: Instant, idx: u32) -> bool {
+        // A process that still listens on other ports keeps its share of the flows: nobody
+        // else sees this connection's segments, so nobody could take it.
+        if !self.listeners.is_empty() {
+            return false;
+        }
         let Some(flows) = self.flows.as_mut() else {
             return false;
         };
@@ -87,9 +92,9 @@ impl<L: Link> Stack<L> {
                 && !demux.contains_key(&key)
         };
         let mut data = Vec::new();
-        let mut taken = Vec::new();
+        let mut claimed = Vec::new();
         while let Some((key, carry)) = flows.take_offer(&mut wants, &mut data) {
-            taken.push((key, carry, std::mem::take(&mut data)));
+            claimed.push((key, carry, std::mem::take(&mut data)));
         }
         for key in back {
             // Its peer learns as a dead process's do (its answer to the probe is reset by
@@ -97,25 +102,32 @@ impl<L: Link> Stack<L> {
             self.net.stats_mut().handover_resets += 1;
             self.provoke_reset(now, key);
         }
-        for (key, carry, data) in taken {
-            self.take_over(now, key, &carry, &data);
+        for (key, carry, data) in claimed {
+            let taken = self.take_over(now, key, &carry, &data);
+            if let Some(f) = self.flows.as_mut() {
+                f.took(key, taken);
+            }
         }
     }
 
     /// Carries on another process's connection: registered, acknowledged (or its SYN-ACK sent
-    /// again) and, past the handshake, queued for accept.
-    fn take_over(&mut self, now: Instant, key: u64, carry: &crate::tcp::Carry, data: &[u8]) {
+    /// again) and, past the handshake, queued for accept. False if its listener is gone.
+    fn take_over(
+        &mut self,
+        now: Instant,
+        key: u64,
+        carry: &crate::tcp::Carry,
+        data: &[u8],
+    ) -> bool {
+        let port = key as u16;
+        if !self.listeners.contains_key(&port) {
+            return false;
+        }
         let peer = SocketAddrV4::new(Ipv4Addr::from((key >> 32) as u32), (key >> 16) as u16);
         self.time_wait.remove(&key);
         self.net.stats_mut().conns_taken_over += 1;
-        self.open_passive(
-            now,
-            key,
-            peer,
-            key as u16,
-            carry.irs,
-            Open::Carried(carry, data),
-        );
+        self.open_passive(now, key, peer, port, carry.irs, Open::Carried(carry, data));
+        true
     }
 
     /// Offers of this stack not settled yet.

@@ -178,14 +178,79 @@ impl Tcb {
             t.fin_got = c.fin;
         }
         t.rx.push(data);
-        t.ack_now = true;
+        // Past the handshake, an ACK of everything received; in SYN-RECEIVED the SYN-ACK
+        // (`syn_due`) is that, and its retransmission timer takes over.
+        t.ack_now = c.established;
         t
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::seg::{self, Out, ACK, SYN};
+    use super::super::{Payload, Settings};
     use super::*;
+
+    fn segments(t: &mut Tcb, now: Micros) -> Vec<(u8, u32, u32)> {
+        let mut v = Vec::new();
+        t.output(now, &mut |o: &Out, _: Payload| {
+            v.push((o.flags, o.seq, o.ack));
+            true
+        });
+        v
+    }
+
+    #[test]
+    fn a_carried_handshake_sends_its_syn_ack_again_then_waits_for_its_timer() {
+        let mut client = Tcb::connect(Settings::default(), 0, 100);
+        let mut syn = Vec::new();
+        client.output(0, &mut |o: &Out, _: Payload| {
+            let mut buf = vec![0u8; o.header_len()];
+            o.write(1, 2, &mut buf);
+            syn = buf;
+            true
+        });
+        let server = Tcb::accept(Settings::default(), 0, 5000, &seg::parse(&syn).unwrap());
+        let carry = server.carry(0).expect("SYN-RECEIVED carries");
+        assert!(!carry.established);
+        let mut taken = Tcb::carried_with(Settings::default(), 10, &carry, &[], None);
+        assert_eq!(taken.state(), State::SynReceived);
+        assert_eq!(segments(&mut taken, 10), [(SYN | ACK, 5000, 101)]);
+        // Nothing more is due until the SYN-ACK's retransmission timer.
+        assert!(
+            taken.poll_at().is_some_and(|t| t > 10),
+            "{:?}",
+            taken.poll_at()
+        );
+        assert!(segments(&mut taken, 11).is_empty());
+    }
+
+    #[test]
+    fn an_established_carry_acknowledges_what_was_received_once() {
+        let carry = Carry {
+            established: true,
+            fin: false,
+            iss: 5000,
+            irs: 100,
+            rcv_nxt: 108,
+            snd_wnd: 65_535,
+            snd_shift: 7,
+            rcv_shift: 7,
+            ws_on: true,
+            sack_ok: true,
+            ts_ok: false,
+            ts_recent: 0,
+            ts_val: 0,
+            payload_max: 1460,
+            srtt: None,
+            rttvar: 0,
+        };
+        let mut t = Tcb::carried_with(Settings::default(), 10, &carry, b"GET a\r\n", None);
+        assert_eq!(t.state(), State::Established);
+        assert_eq!(t.recv_queue(), 7);
+        assert_eq!(segments(&mut t, 10), [(ACK, 5001, 108)]);
+        assert_eq!(t.poll_at(), None, "nothing due: no data, no timer");
+    }
 
     #[test]
     fn a_carry_comes_back_from_its_words_and_bad_words_are_refused() {

@@ -18,6 +18,7 @@ struct Offer {
     key: u64,
     carry: Carry,
     data: Vec<u8>,
+    claimed: bool,
     taken: bool,
 }
 
@@ -56,6 +57,7 @@ impl FlowRegistry for Member {
             key,
             carry: *carry,
             data: [data.0, data.1].concat(),
+            claimed: false,
             taken: false,
         });
         true
@@ -72,7 +74,7 @@ impl FlowRegistry for Member {
         if g.offers[i].taken {
             g.offers.remove(i);
             Handed::Taken
-        } else if withdraw {
+        } else if withdraw && !g.offers[i].claimed {
             g.offers.remove(i);
             Handed::Back
         } else {
@@ -88,10 +90,20 @@ impl FlowRegistry for Member {
         let o = g
             .offers
             .iter_mut()
-            .find(|o| o.giver != self.me && !o.taken && wants(o.key, o.data.len()))?;
-        o.taken = true;
+            .find(|o| o.giver != self.me && !o.taken && !o.claimed && wants(o.key, o.data.len()))?;
+        o.claimed = true;
         data.clone_from(&o.data);
         Some((o.key, o.carry))
+    }
+    fn took(&mut self, key: u64, taken: bool) {
+        let mut g = self.group.lock().unwrap();
+        let me = self.me;
+        // Registered before the offer shows taken.
+        assert!(!taken || g.flows.contains(&(key, me)));
+        if let Some(o) = g.offers.iter_mut().find(|o| o.key == key && o.claimed) {
+            o.claimed = false;
+            o.taken = taken;
+        }
     }
 }
 
@@ -297,6 +309,23 @@ fn a_connection_nobody_takes_is_reset() {
     t.run(300);
     let st = t.p.server.stats();
     assert_eq!((st.conns_handed_over, st.handover_resets), (1, 1), "{st}");
+    let mut buf = [0u8; 8];
+    assert_eq!(t.p.client.recv(a, &mut buf), Err(SockError::Reset));
+}
+
+/// A process that still listens on another port keeps its share of the flows, so nobody else
+/// sees the connection's segments: what its closed listener held is reset at once, as before.
+#[test]
+fn a_process_that_still_listens_elsewhere_resets_what_its_closed_listener_held() {
+    let group = Arc::new(Mutex::new(Group::default()));
+    let mut t = Three::new(&group);
+    t.p.server.listen(6380, 16, opts()).unwrap();
+    let a = t.held();
+    t.p.server.unlisten(t.p.now, 6379);
+    t.settle();
+    let st = t.p.server.stats();
+    assert_eq!(st.conns_handed_over, 0, "{st}");
+    assert!(group.lock().unwrap().offers.is_empty());
     let mut buf = [0u8; 8];
     assert_eq!(t.p.client.recv(a, &mut buf), Err(SockError::Reset));
 }
