@@ -2,12 +2,13 @@
 //! handshake, data both ways, some of it unread); then the input is a program run against the
 //! server side: raw bytes as a segment, the client's own segments with their header fields and
 //! SACK blocks rewritten, time passing (up to 65 s per step), the application's calls, and
-//! honest exchanges between the two. Checks that nothing panics, that the engine's invariants
-//! hold after every step (`Tcb::check`), and that every segment it sends parses back to what it
-//! said it sent, with a payload no larger than the path's.
+//! honest exchanges between the two; the server's end may first be carried to another stack
+//! (`Tcb::carry`, as worker processes hand over connections). Checks that nothing panics, that
+//! the engine's invariants hold after every step (`Tcb::check`), and that every segment it
+//! sends parses back to what it said it sent, with a payload no larger than the path's.
 
 use userstack::tcp::seg::{self, Out};
-use userstack::tcp::{Payload, Settings, State, Tcb};
+use userstack::tcp::{Carry, Payload, Settings, State, Tcb};
 
 use crate::Input;
 
@@ -46,6 +47,17 @@ fn feed(t: &mut Tcb, now: u64, bytes: &[u8]) {
     }
 }
 
+/// `t` carried on by another stack (a worker that stopped listening hands it over), through
+/// the words the processes share.
+fn carried(t: &Tcb, set: Settings, now: u64) -> Tcb {
+    let c = t.carry(now).expect("a passive open not yet accepted carries");
+    let c = Carry::from_words(&c.to_words()).expect("its own words");
+    let (x, y) = t.received();
+    let moved = Tcb::carried_with(set, now, &c, &[x, y].concat(), None);
+    check(&moved);
+    moved
+}
+
 fn check(t: &Tcb) {
     if let Err(e) = t.check() {
         panic!("invariant broken: {e}");
@@ -55,6 +67,8 @@ fn check(t: &Tcb) {
 /// One input through the `tcp` target.
 pub fn tcp(data: &[u8]) {
     let mut input = Input::new(data);
+    // 1: the server's end is carried to another stack in SYN-RECEIVED, 2: once established.
+    let carry_at = input.byte() % 4;
     let small = Settings {
         rx_capacity: 6000,
         tx_capacity: 8000,
@@ -67,6 +81,10 @@ pub fn tcp(data: &[u8]) {
         unreachable!()
     };
     let mut b = Tcb::accept(small, now, 0x8000_0000, &syn);
+    if carry_at == 1 {
+        drain(&mut b, now);
+        b = carried(&b, small, now + 7);
+    }
     let mut from_a: Vec<Vec<u8>> = Vec::new();
     let exchange = |a: &mut Tcb, b: &mut Tcb, now: u64, from_a: &mut Vec<Vec<u8>>| {
         for _ in 0..8 {
@@ -88,6 +106,10 @@ pub fn tcp(data: &[u8]) {
     };
     exchange(&mut a, &mut b, now, &mut from_a);
     assert_eq!(b.state(), State::Established);
+    if carry_at == 2 {
+        b = carried(&b, small, now + 7);
+        exchange(&mut a, &mut b, now + 7, &mut from_a);
+    }
     a.send(&[b'q'; 3000]);
     b.send(&[b'r'; 3000]);
     exchange(&mut a, &mut b, now, &mut from_a);
