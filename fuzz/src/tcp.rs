@@ -50,7 +50,9 @@ fn feed(t: &mut Tcb, now: u64, bytes: &[u8]) {
 /// `t` carried on by another stack (a worker that stopped listening hands it over), through
 /// the words the processes share.
 fn carried(t: &Tcb, set: Settings, now: u64) -> Tcb {
-    let c = t.carry(now).expect("a passive open not yet accepted carries");
+    let c = t
+        .carry(now)
+        .expect("a passive open not yet accepted carries");
     let c = Carry::from_words(&c.to_words()).expect("its own words");
     let (x, y) = t.received();
     let moved = Tcb::carried_with(set, now, &c, &[x, y].concat(), None);

@@ -324,8 +324,11 @@ fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
 /// (`(pid ^ ifindex) & 0xffff`), and group ids belong to the whole namespace, so with
 /// sequential pids and interface numbers two servers can ask for the same id, and the second
 /// one's DPDK port failed (EINVAL: the group is on another interface). Here another process
-/// holds exactly the id this server's PMD asks for, on another interface: the shim gives the
-/// PMD a free id (shim/src/runtime/fanout.rs) and the server is served through its stack.
+/// holds exactly the id this server's PMD asks for, on another interface, and the next id on
+/// the server's own interface (as a sibling worker whose id was replaced would): the shim
+/// gives the PMD a group of its own (shim/src/runtime/fanout.rs), not one it would share with
+/// the other socket (which would take the frames of some of the connections), and the server
+/// is served through its stack on every connection.
 #[test]
 fn a_fanout_group_another_process_holds_does_not_stop_the_stack() {
     let subnet = Subnet::allocate().expect("subnet");
@@ -366,7 +369,9 @@ fn a_fanout_group_another_process_holds_does_not_stop_the_stack() {
     let dir = mtcp_tests::redis::TempDir::new("fanout");
     let held = dir.path().join("held");
     // The holder: an AF_PACKET socket on the other interface in the group the PMD of process
-    // PID will ask for; it ends with its parent (the server, once the shell execs it).
+    // PID will ask for, and one on the server's interface in the next group (with the PMD's
+    // mode: a socket asking for that group would join it); it ends with its parent (the
+    // server, once the shell execs it).
     let holder = "import ctypes, socket, sys, time\n\
         ctypes.CDLL(None).prctl(1, 9)\n\
         pid, dpdk, other, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]\n\
@@ -374,6 +379,9 @@ fn a_fanout_group_another_process_holds_does_not_stop_the_stack() {
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
         s.bind((other, 0))\n\
         s.setsockopt(263, 18, (gid | ((0x8000 | 0x1000) << 16)).to_bytes(4, 'little'))\n\
+        t = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+        t.bind((dpdk, 0))\n\
+        t.setsockopt(263, 18, (((gid + 1) & 0xffff) | ((0x8000 | 0x1000) << 16)).to_bytes(4, 'little'))\n\
         open(out, 'w').write(str(gid))\n\
         time.sleep(120)\n";
     let script = format!(
@@ -399,8 +407,16 @@ fn a_fanout_group_another_process_holds_does_not_stop_the_stack() {
         server.diagnostics()
     );
     mtcp_tests::redis::wait_stack(&mut server);
-    let out = ns
-        .exec("redis-cli", ["-h", &h, "-p", &p, "PING"])
-        .expect("redis-cli runs");
-    assert_eq!(text(&out).trim(), "PONG", "{}", server.diagnostics());
+    // Connections from 16 source ports: a socket sharing the group would take some of them.
+    for i in 0..16 {
+        let out = ns
+            .exec("timeout", ["5", "redis-cli", "-h", &h, "-p", &p, "PING"])
+            .expect("redis-cli runs");
+        assert_eq!(
+            text(&out).trim(),
+            "PONG",
+            "connection {i}\n{}",
+            server.diagnostics()
+        );
+    }
 }

@@ -6,8 +6,11 @@
 //! servers under the shim in one namespace, each on its own interface, with sequential pids
 //! and interface numbers) gets EINVAL, and DPDK creates no port. The id means nothing but
 //! "the PMD's own sockets": while the stack starts its port, a PACKET_FANOUT request that
-//! fails with EINVAL is retried with the next free id, and later requests for the same id
-//! (the PMD's other queues) get the same replacement.
+//! fails with EINVAL is made again for a group of its own whose id the kernel picks
+//! (PACKET_FANOUT_FLAG_UNIQUEID), and later requests for the same id (the PMD's other queues)
+//! get the same replacement. Not the next id that works: that may be the group of another
+//! process on the same interface (a sibling worker whose own id was replaced), which the
+//! socket would join, and the kernel would then split the frames between the two processes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -21,8 +24,9 @@ static STARTING: AtomicBool = AtomicBool::new(false);
 /// set once an id was replaced.
 static REPLACED: AtomicU64 = AtomicU64::new(0);
 const REPLACED_SET: u64 = 1 << 32;
-/// How many other ids to try.
-const TRIES: u32 = 1024;
+/// Asks the kernel for a group id nobody uses (linux/if_packet.h; flags of the request's
+/// upper half).
+const FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 
 /// Whether the stack is starting its DPDK port now.
 #[inline]
@@ -68,6 +72,30 @@ fn set(fd: c_int, arg: u32) -> Result<(), c_int> {
     }
 }
 
+/// The id of the group socket `fd` is in.
+fn group_of(fd: c_int) -> Result<u32, c_int> {
+    let mut v: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: the raw system call, with a valid int and its length.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_FANOUT,
+            (&mut v as *mut c_int).cast::<c_void>(),
+            &mut len as *mut socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(v as u32 & 0xffff)
+    } else {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL))
+    }
+}
+
 /// setsockopt(SOL_PACKET, PACKET_FANOUT) on a socket that is not ours: see the module.
 ///
 /// # Safety
@@ -90,15 +118,17 @@ pub unsafe fn packet_fanout(fd: c_int, val: *const c_void, len: socklen_t) -> Ou
         Err(libc::EINVAL) => {}
         Err(e) => return Outcome::Error(e),
     }
-    for k in 1..=TRIES {
-        let other = (id + k) & 0xffff;
-        if set(fd, other | mode).is_ok() {
+    if let Err(e) = set(fd, mode | FANOUT_FLAG_UNIQUEID << 16) {
+        return Outcome::Error(e);
+    }
+    match group_of(fd) {
+        Ok(other) => {
             REPLACED.store(
                 REPLACED_SET | u64::from(id) << 16 | u64::from(other),
                 Ordering::Relaxed,
             );
-            return Outcome::Done(0);
+            Outcome::Done(0)
         }
+        Err(e) => Outcome::Error(e),
     }
-    Outcome::Error(libc::EINVAL)
 }
