@@ -89,42 +89,47 @@ const OFFERS: usize = 256;
 /// reset, as a listener's last close resets it on Linux.
 const OFFER_BYTES: usize = 8192;
 
-// An offer's states: the low bits of its state word, whose high bits count the offers the
-// slot held (a compare-exchange on the word cannot mistake a later offer for an earlier one).
-const FREE: u32 = 0;
+// An offer's state word: its state (low 3 bits), how many offers and claims the slot has seen
+// (29 bits: a compare-exchange on the word cannot mistake a later offer or claim for the one
+// it read) and the process acting on it (high 32 bits: the giver, or the taker while TAKING),
+// so that checking a process dead and acting on the slot is one compare-exchange.
+const FREE: u64 = 0;
 /// Its offering process writes it.
-const FILLING: u32 = 1;
-const READY: u32 = 2;
+const FILLING: u64 = 1;
+const READY: u64 = 2;
 /// A taker carries it on (registers the connection), then marks it taken.
-const TAKING: u32 = 3;
-const TAKEN: u32 = 4;
-const STATE_BITS: u32 = 3;
+const TAKING: u64 = 3;
+const TAKEN: u64 = 4;
+const STATE_MASK: u64 = 0b111;
+const COUNT_ONE: u64 = 1 << 3;
+const COUNT_MASK: u64 = 0xffff_ffff & !STATE_MASK;
 
-fn state_of(word: u32) -> u32 {
-    word & ((1 << STATE_BITS) - 1)
+fn state_of(word: u64) -> u64 {
+    word & STATE_MASK
 }
 
-/// The word of the same offer in state `st`.
-fn moved(word: u32, st: u32) -> u32 {
-    word & !((1 << STATE_BITS) - 1) | st
+fn pid_of(word: u64) -> u32 {
+    (word >> 32) as u32
 }
 
-/// The word of the slot's next use (a new offer, or a new claim of it) in state `st`.
-fn next(word: u32, st: u32) -> u32 {
-    (word >> STATE_BITS).wrapping_add(1) << STATE_BITS | st
+/// The word of the same offer (or claim) in state `st`, held by `pid`.
+fn moved(word: u64, st: u64, pid: u32) -> u64 {
+    u64::from(pid) << 32 | word & COUNT_MASK | st
+}
+
+/// The word of the slot's next offer or claim, in state `st`, held by `pid`.
+fn next(word: u64, st: u64, pid: u32) -> u64 {
+    u64::from(pid) << 32 | (word & COUNT_MASK).wrapping_add(COUNT_ONE) & COUNT_MASK | st
 }
 
 /// An offer's header. The state word's transitions are compare-exchanges (but the ones made by
-/// the process holding the slot FILLING or TAKING); the other words are written only by
-/// whoever moved the state to FILLING (the offer) or TAKING (`taker`), and read after the state
-/// word was loaded with Acquire (the compare-exchange that acts on what was read checks the
-/// word unchanged: a new offer or a new claim changes its count).
+/// the process holding the slot FILLING); the other words are written only by the process that
+/// moved the state to FILLING, and read after the state word was loaded with Acquire (the
+/// compare-exchange that acts on what was read checks the word unchanged).
 #[repr(C)]
 struct OfferHead {
-    state: AtomicU32,
+    state: AtomicU64,
     giver: AtomicU32,
-    /// The process taking it (0 but while TAKING).
-    taker: AtomicU32,
     key: AtomicU64,
     len: AtomicU32,
     words: [AtomicU32; CARRY_WORDS],
@@ -183,7 +188,7 @@ struct SharedFlows {
     page: Option<&'static Page>,
     /// Offers this process claimed (`take_offer`) and has not settled (`took`): key, slot and
     /// the state word it claimed.
-    claimed: Vec<(u64, usize, u32)>,
+    claimed: Vec<(u64, usize, u64)>,
     me: u32,
     /// Pids found dead (a dead process's connections are nobody's).
     dead: Vec<u32>,
@@ -264,7 +269,7 @@ impl FlowRegistry for SharedFlows {
         }
         for (i, h) in offers.head.iter().enumerate() {
             let w = h.state.load(Ordering::Relaxed);
-            let filling = next(w, FILLING);
+            let filling = next(w, FILLING, self.me);
             if state_of(w) != FREE
                 || h.state
                     .compare_exchange(w, filling, Ordering::Acquire, Ordering::Relaxed)
@@ -282,7 +287,8 @@ impl FlowRegistry for SharedFlows {
             let bytes = unsafe { &mut *offers.data[i].get() };
             bytes[..data.0.len()].copy_from_slice(data.0);
             bytes[data.0.len()..len].copy_from_slice(data.1);
-            h.state.store(moved(filling, READY), Ordering::Release);
+            h.state
+                .store(moved(filling, READY, self.me), Ordering::Release);
             return true;
         }
         false
@@ -302,8 +308,8 @@ impl FlowRegistry for SharedFlows {
                 continue;
             }
             return match state_of(w) {
-                TAKEN if free_if(h, w) => Handed::Taken,
-                READY if withdraw && free_if(h, w) => Handed::Back,
+                TAKEN if settle(h, w, FREE, 0) => Handed::Taken,
+                READY if withdraw && settle(h, w, FREE, 0) => Handed::Back,
                 _ => Handed::Waiting,
             };
         }
@@ -318,67 +324,49 @@ impl FlowRegistry for SharedFlows {
         let offers = self.offers?;
         for (i, h) in offers.head.iter().enumerate() {
             let w = h.state.load(Ordering::Acquire);
-            let giver = h.giver.load(Ordering::Relaxed);
-            match state_of(w) {
-                // A taker that died carrying it on: the offer is up again.
-                TAKING => {
-                    let taker = h.taker.load(Ordering::Relaxed);
-                    if taker != 0
-                        && taker != self.me
-                        && !alive(taker)
-                        && h.state
-                            .compare_exchange(
-                                w,
-                                next(w, READY),
-                                Ordering::AcqRel,
-                                Ordering::Relaxed,
-                            )
-                            .is_ok()
-                    {
-                        h.taker.store(0, Ordering::Relaxed);
-                    }
-                }
-                // Offers of a process that died: its connections are reset as a dead
-                // process's (`steer`).
-                READY | TAKEN if giver != self.me && !alive(giver) => {
-                    free_if(h, w);
-                }
-                READY if giver != self.me => {
-                    let key = h.key.load(Ordering::Relaxed);
-                    let len = h.len.load(Ordering::Relaxed) as usize;
-                    if len > OFFER_BYTES
-                        || !wants(key, len)
-                        || h.state
-                            .compare_exchange(
-                                w,
-                                next(w, TAKING),
-                                Ordering::Acquire,
-                                Ordering::Relaxed,
-                            )
-                            .is_err()
-                    {
-                        continue;
-                    }
-                    let w = next(w, TAKING);
-                    h.taker.store(self.me, Ordering::Relaxed);
-                    let words: [u32; CARRY_WORDS] =
-                        std::array::from_fn(|k| h.words[k].load(Ordering::Relaxed));
-                    let Some(carry) = Carry::from_words(&words) else {
-                        // Not a connection's numbers: its giver finds it gone and resets it.
-                        h.taker.store(0, Ordering::Relaxed);
-                        h.state.store(moved(w, FREE), Ordering::Release);
-                        continue;
-                    };
-                    // SAFETY: this process moved the offer to TAKING: nobody else touches its
-                    // bytes.
-                    let bytes = unsafe { &*offers.data[i].get() };
-                    data.clear();
-                    data.extend_from_slice(&bytes[..len]);
-                    self.claimed.push((key, i, w));
-                    return Some((key, carry));
-                }
-                _ => {}
+            let st = state_of(w);
+            let pid = pid_of(w);
+            if st == FREE || pid == self.me {
+                continue;
             }
+            if !alive(pid) {
+                match st {
+                    // A taker that died carrying it on: the offer is up again.
+                    TAKING => {
+                        let giver = h.giver.load(Ordering::Relaxed);
+                        let _ = settle_next(h, w, READY, giver);
+                    }
+                    // A giver that died: its connections are reset as a dead process's
+                    // (`steer`); the slot is free.
+                    _ => {
+                        let _ = settle(h, w, FREE, 0);
+                    }
+                }
+                continue;
+            }
+            if st != READY {
+                continue;
+            }
+            let key = h.key.load(Ordering::Relaxed);
+            let len = h.len.load(Ordering::Relaxed) as usize;
+            if len > OFFER_BYTES || !wants(key, len) || !settle_next(h, w, TAKING, self.me) {
+                continue;
+            }
+            let claim = next(w, TAKING, self.me);
+            let words: [u32; CARRY_WORDS] =
+                std::array::from_fn(|k| h.words[k].load(Ordering::Relaxed));
+            let Some(carry) = Carry::from_words(&words) else {
+                // Not a connection's numbers: its giver finds it gone and resets it.
+                let _ = settle(h, claim, FREE, 0);
+                continue;
+            };
+            // SAFETY: this process holds the offer TAKING: its giver wrote its bytes before
+            // it was READY, and nobody writes them before it is FREE again.
+            let bytes = unsafe { &*offers.data[i].get() };
+            data.clear();
+            data.extend_from_slice(&bytes[..len]);
+            self.claimed.push((key, i, claim));
+            return Some((key, carry));
         }
         None
     }
@@ -392,18 +380,22 @@ impl FlowRegistry for SharedFlows {
         };
         let (_, i, w) = self.claimed.swap_remove(at);
         let h = &offers.head[i];
-        h.taker.store(0, Ordering::Relaxed);
-        h.state.store(
-            moved(w, if taken { TAKEN } else { READY }),
-            Ordering::Release,
-        );
+        let giver = h.giver.load(Ordering::Relaxed);
+        let _ = settle(h, w, if taken { TAKEN } else { READY }, giver);
     }
 }
 
-/// Frees the offer whose state word is `w`, if it still is.
-fn free_if(h: &OfferHead, w: u32) -> bool {
+/// Moves the offer whose state word is `w`, if it still is, to state `st` held by `pid`.
+fn settle(h: &OfferHead, w: u64, st: u64, pid: u32) -> bool {
     h.state
-        .compare_exchange(w, moved(w, FREE), Ordering::AcqRel, Ordering::Relaxed)
+        .compare_exchange(w, moved(w, st, pid), Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// The same as the slot's next claim (or offer up again).
+fn settle_next(h: &OfferHead, w: u64, st: u64, pid: u32) -> bool {
+    h.state
+        .compare_exchange(w, next(w, st, pid), Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
 }
 

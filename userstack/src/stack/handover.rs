@@ -32,11 +32,6 @@ impl<L: Link> Stack<L> {
     /// Offers connection `idx` (a passive open never accepted, whose listener is gone) to the
     /// other processes. True if offered: it is freed here, without a word to its peer.
     pub(super) fn hand_over(&mut self, now: Instant, idx: u32) -> bool {
-        // A process that still listens on other ports keeps its share of the flows: nobody
-        // else sees this connection's segments, so nobody could take it.
-        if !self.listeners.is_empty() {
-            return false;
-        }
         let Some(flows) = self.flows.as_mut() else {
             return false;
         };
@@ -69,9 +64,13 @@ impl<L: Link> Stack<L> {
             return;
         };
         let us = now.total_micros() as Micros;
+        // A process that still listens (on another port: a process closes its listeners one
+        // by one, and this runs after the last) keeps its share of the flows: nobody else sees
+        // its offers' segments, so nobody could take them.
+        let serving = !self.listeners.is_empty();
         let mut back = Vec::new();
-        self.handed
-            .retain(|&(key, until)| match flows.handed(key, until <= us) {
+        self.handed.retain(
+            |&(key, until)| match flows.handed(key, until <= us || serving) {
                 Handed::Waiting => true,
                 Handed::Taken => {
                     flows.closed(key);
@@ -82,7 +81,8 @@ impl<L: Link> Stack<L> {
                     back.push(key);
                     false
                 }
-            });
+            },
+        );
         let (listeners, steering, demux) = (&self.listeners, self.steering, &self.demux);
         let mut wants = |key: u64, len: usize| {
             let peer = Ipv4Addr::from((key >> 32) as u32);
