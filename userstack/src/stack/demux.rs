@@ -210,7 +210,7 @@ impl<L: Link> Stack<L> {
                     return;
                 }
                 let peer = SocketAddrV4::new(src, sport);
-                self.open_passive(now, k, peer, dport, seg.seq, Open::Passive(&seg));
+                self.open_passive(now, k, peer, dport, Open::Passive(&seg));
                 return;
             }
             if self.closed_ports.contains(&dport) {
@@ -243,17 +243,22 @@ impl<L: Link> Stack<L> {
 
     /// A connection born in listener `port`'s queue, in SYN-RECEIVED (a peer's SYN) or
     /// carried from another process (handover.rs), polled at once: its SYN-ACK, or its ACK.
+    /// False if nobody listens on `port`.
     pub(super) fn open_passive(
         &mut self,
         now: Instant,
         k: u64,
         peer: SocketAddrV4,
         port: u16,
-        peer_isn: u32,
         open: Open,
-    ) {
+    ) -> bool {
         let Some(opts) = self.listeners.get(&port).map(|l| l.opts) else {
-            return;
+            return false;
+        };
+        let peer_isn = match &open {
+            Open::Passive(syn) => syn.seq,
+            Open::Carried(c, _) => c.irs,
+            Open::Active => unreachable!("an active open has no listener"),
         };
         let us = now.total_micros() as Micros;
         let idx = self.new_conn(now, k, peer, port, Origin::Passive(port), &opts, open);
@@ -270,6 +275,7 @@ impl<L: Link> Stack<L> {
             answered: None,
         });
         self.poll_conn(now, idx, None, false);
+        true
     }
 
     /// Looks up the connection a frame is for and prefetches its state. Parses only what the

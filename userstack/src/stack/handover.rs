@@ -119,15 +119,13 @@ impl<L: Link> Stack<L> {
         carry: &crate::tcp::Carry,
         data: &[u8],
     ) -> bool {
-        let port = key as u16;
-        if !self.listeners.contains_key(&port) {
-            return false;
-        }
         let peer = SocketAddrV4::new(Ipv4Addr::from((key >> 32) as u32), (key >> 16) as u16);
-        self.time_wait.remove(&key);
-        self.net.stats_mut().conns_taken_over += 1;
-        self.open_passive(now, key, peer, port, carry.irs, Open::Carried(carry, data));
-        true
+        let taken = self.open_passive(now, key, peer, key as u16, Open::Carried(carry, data));
+        if taken {
+            self.time_wait.remove(&key);
+            self.net.stats_mut().conns_taken_over += 1;
+        }
+        taken
     }
 
     /// Offers of this stack not settled yet.
