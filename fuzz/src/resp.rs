@@ -7,7 +7,7 @@
 //! whole GET requests.
 
 use mtcpshim::cache::redis::RedisCache;
-use mtcpshim::cache::resp::{command, elements, reply, Parsed, KEPT};
+use mtcpshim::cache::resp::{command, elements, reply, split_inline, Parsed, KEPT};
 use mtcpshim::cache::{ControlIo, Responder};
 
 /// The cache's kernel side: connects, takes everything, receives the handshake's replies.
@@ -91,6 +91,13 @@ fn parsers(data: &[u8]) {
                     assert!(a <= b && b as usize <= c.len);
                 }
                 at += c.len;
+            }
+            Parsed::Quoted(n) => {
+                assert!(n > 0 && at + n <= data.len());
+                if let Some(args) = split_inline(&data[at..at + n]) {
+                    assert!(args.iter().map(Vec::len).sum::<usize>() < n);
+                }
+                at += n;
             }
             Parsed::Partial | Parsed::Bad => break,
         }

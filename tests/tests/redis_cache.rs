@@ -235,7 +235,7 @@ fn kernel_cli(bed: &RedisBed, args: &[&str]) -> String {
 
 /// What clients on the kernel side do that Redis's tracking does not report is followed too:
 /// SWAPDB (the cached database's keys change), CLIENT PAUSE (Redis answers nobody meanwhile)
-/// and MONITOR (it must see every command).
+/// and MONITOR (it must see every command), also from connections the cache does not answer.
 #[test]
 fn swapdb_pause_and_monitor_through_the_kernel_side_are_followed() {
     let mut bed = cache_bed(&[]);
@@ -246,6 +246,26 @@ fn swapdb_pause_and_monitor_through_the_kernel_side_are_followed() {
     assert!(counter(&bed, "hits") > 0);
     assert_eq!(kernel_cli(&bed, &["swapdb", "0", "1"]), "OK");
     assert_eq!(bed.cli_ok(&["get", "k"]).trim(), "db1", "after SWAPDB");
+    // The same from connections that selected another database first (left to Redis, whose
+    // requests the cache still follows), through the stack and through the kernel side.
+    let hot = |bed: &mut RedisBed, want: &str| {
+        let out = bed.cli_ok(&["-r", "20", "get", "k"]);
+        assert!(out.lines().all(|l| l == want), "{out}");
+    };
+    hot(&mut bed, "db1");
+    assert_eq!(bed.cli_ok(&["-n", "1", "swapdb", "0", "1"]).trim(), "OK");
+    assert_eq!(
+        bed.cli_ok(&["get", "k"]).trim(),
+        "db0",
+        "after SWAPDB from db 1"
+    );
+    hot(&mut bed, "db0");
+    assert_eq!(kernel_cli(&bed, &["-n", "1", "swapdb", "0", "1"]), "OK");
+    assert_eq!(
+        bed.cli_ok(&["get", "k"]).trim(),
+        "db1",
+        "after SWAPDB from db 1"
+    );
 
     // A pause: a cached GET waits for its end, as Redis's own would.
     let _ = bed.cli_ok(&["-r", "20", "get", "k"]);

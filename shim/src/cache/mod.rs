@@ -54,7 +54,6 @@ impl CacheStats {
         "cache.aside_mode",
         "cache.aside_blocking",
         "cache.aside_unparsed",
-        "cache.aside_writer",
         "cachemem.entries",
         "cachemem.bytes",
         "cachemem.up",
@@ -92,15 +91,13 @@ pub enum Aside {
     Mode = 3,
     /// A blocking command (BLPOP, WAIT, XREAD, ...): its reply comes later.
     Blocking = 4,
-    /// Bytes the cache does not parse as Redis would.
+    /// Bytes the cache does not parse as Redis would (nobody is answered until the connection
+    /// closes).
     Unparsed = 5,
-    /// [`redis::WRITER_AFTER`] requests in a row without a GET: a writer, whose requests are
-    /// no longer followed (what following costs it is all it would get).
-    Writer = 6,
 }
 
 impl Aside {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 6;
 }
 
 /// How many bytes of a connection's data [`Responder::may_answer`] looks at.

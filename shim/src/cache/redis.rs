@@ -38,9 +38,6 @@ pub const SEEN_EVERY_MS: UnixMs = 500;
 /// A connection whose last this many requests held no GET is no longer looked at (its data is
 /// not peeked at in every wait); its next GET that Redis reads makes it looked at again.
 const QUIET_AFTER: u32 = 64;
-/// A connection whose last this many requests held no GET is left to Redis for good
-/// ([`Aside::Writer`]).
-pub const WRITER_AFTER: u32 = 1024;
 /// The fewest GETs at the front of a pipeline the cache answers when it cannot answer all of
 /// the pipeline's requests (see [`RedisCache::answer`]).
 pub const MIN_PART: usize = 4;
@@ -104,7 +101,10 @@ struct Track {
     db: i64,
     multi: bool,
     monitor: bool,
+    /// Left to Redis: not answered (still followed).
     aside: bool,
+    /// Its requests cannot be followed (see [`RedisCache::lost`]).
+    lost: bool,
     /// When Redis last read from it.
     read: UnixMs,
     /// Requests Redis read from it since its last GET (a connection that sends no GETs is not
@@ -134,6 +134,9 @@ pub struct RedisCache {
     /// Connections in MONITOR mode: while any is, every request goes to Redis (MONITOR shows
     /// what Redis executes).
     monitors: usize,
+    /// Connections whose requests the cache cannot follow: while any is open, nobody is
+    /// answered.
+    blind: usize,
     /// CLIENT PAUSE: Redis answers nobody until then.
     paused_until: UnixMs,
     /// `MTCP_REDIS_CACHE_FAULT=late`: invalidations take effect one reply late (for tests
@@ -189,6 +192,7 @@ impl RedisCache {
             conns: Default::default(),
             stats: CacheStats::default(),
             monitors: 0,
+            blind: 0,
             paused_until: 0,
             late,
             link_restart: false,
@@ -247,6 +251,20 @@ impl RedisCache {
         ));
         self.lose(io, now);
         self.link = Link::Off;
+    }
+
+    /// `conn` sent what the cache cannot follow: its requests may change what the cache could
+    /// answer for everyone, so nobody is answered until it closes (Redis closes a connection
+    /// that sends what it cannot parse either).
+    fn lost(&mut self, conn: u64) {
+        self.aside(conn, Aside::Unparsed);
+        if let Some(t) = self.conns.get_mut(&conn) {
+            if !t.lost {
+                t.lost = true;
+                t.partial = Vec::new();
+                self.blind += 1;
+            }
+        }
     }
 
     fn aside(&mut self, conn: u64, why: Aside) {
@@ -682,6 +700,9 @@ impl Responder for RedisCache {
             if t.monitor {
                 self.monitors -= 1;
             }
+            if t.lost {
+                self.blind -= 1;
+            }
         }
     }
 
@@ -694,10 +715,11 @@ impl Responder for RedisCache {
             return;
         };
         t.read = now;
-        if t.aside {
-            t.partial.clear();
+        if t.lost {
             return;
         }
+        // Every connection is followed, also those left to Redis: any of them may send what
+        // changes the cache for everyone (SWAPDB, CLIENT PAUSE, MONITOR, CONFIG SET).
         let mut buf = std::mem::take(&mut t.partial);
         let joined;
         let data: &[u8] = if buf.is_empty() {
@@ -724,9 +746,30 @@ impl Responder for RedisCache {
                     }
                     used += c.len;
                 }
+                Parsed::Quoted(len) => {
+                    let Some(args) = resp::split_inline(&data[used..used + len]) else {
+                        // Redis answers "unbalanced quotes" and closes the connection.
+                        self.lost(conn);
+                        return;
+                    };
+                    let mut req = Vec::new();
+                    resp::encode(&mut req, &args.iter().map(|a| &a[..]).collect::<Vec<_>>());
+                    if let Parsed::Done(c) = resp::command(&req) {
+                        let name = c.arg(&req, 0).unwrap_or_default();
+                        if resp::is_get(name) {
+                            since_get = 0;
+                        } else {
+                            since_get = since_get.saturating_add(1);
+                            if followed_name(name) {
+                                self.follow(conn, &req, &c, now);
+                            }
+                        }
+                    }
+                    used += len;
+                }
                 Parsed::Partial => break,
                 Parsed::Bad => {
-                    self.aside(conn, Aside::Unparsed);
+                    self.lost(conn);
                     return;
                 }
             }
@@ -736,9 +779,6 @@ impl Responder for RedisCache {
             if used < data.len() {
                 t.partial = data[used..].to_vec();
             }
-        }
-        if since_get >= WRITER_AFTER {
-            self.aside(conn, Aside::Writer);
         }
     }
 
@@ -771,7 +811,7 @@ impl Responder for RedisCache {
         // Under a `timeout`, Redis must see each connection's requests often enough that its
         // idle time stays true.
         let conn_seen = !self.idle_timeout || now - t.read < SEEN_EVERY_MS;
-        if !self.up() || self.monitors > 0 || now < self.paused_until {
+        if !self.up() || self.monitors > 0 || self.blind > 0 || now < self.paused_until {
             self.stats.unavailable += 1;
             return 0;
         }
@@ -1232,12 +1272,6 @@ mod tests {
         assert!(!c.wants(1));
         c.app_read(1, &get("k"), 2);
         assert!(c.wants(1));
-        for _ in 0..WRITER_AFTER {
-            c.app_read(1, &req(&["SET", "k", "v"]), 3);
-        }
-        c.app_read(1, &get("k"), 4);
-        assert!(!c.wants(1), "a writer for good");
-        assert_eq!(c.stats().aside[Aside::Writer as usize], 1);
     }
 
     #[test]
@@ -1259,6 +1293,39 @@ mod tests {
         fill(&mut c, &mut io, "k", "v", -1, 0);
         c.app_read(1, &req(&["SWAPDB", "0", "1"]), 1);
         assert_eq!(c.stats().entries, 0);
+    }
+
+    /// A connection left to Redis is still followed: its SWAPDB, CLIENT PAUSE and MONITOR
+    /// change what the cache may answer for everyone, also in an inline line with quotes.
+    #[test]
+    fn a_connection_left_to_redis_is_still_followed() {
+        let (mut c, mut io) = ready(false);
+        c.opened(2, 0);
+        c.app_read(2, &req(&["SELECT", "9"]), 0);
+        assert!(!c.wants(2));
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.app_read(2, &req(&["SWAPDB", "0", "9"]), 1);
+        assert_eq!(c.stats().entries, 0, "SWAPDB from db 9");
+        fill(&mut c, &mut io, "k", "v", -1, 2);
+        c.app_read(2, b"CLIENT \"PAUSE\" '100'\r\n", 3);
+        assert_eq!(answer(&mut c, &get("k"), 4).0, 0, "paused");
+        assert!(answer(&mut c, &get("k"), 104).0 > 0, "the pause is over");
+        c.app_read(2, b"\"monitor\"\n", 105);
+        assert_eq!(answer(&mut c, &get("k"), 106).0, 0, "a monitor is open");
+    }
+
+    /// A connection whose requests cannot be followed stops the cache for everyone until it
+    /// closes.
+    #[test]
+    fn a_connection_the_cache_cannot_follow_stops_it_until_it_closes() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.opened(2, 0);
+        c.app_read(2, b"SET \"a b\r\n", 1);
+        assert_eq!(answer(&mut c, &get("k"), 2).0, 0);
+        assert_eq!(c.stats().aside[Aside::Unparsed as usize], 1);
+        c.closed(2);
+        assert!(answer(&mut c, &get("k"), 3).0 > 0);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! Request parsing follows Redis 7's `processMultibulkBuffer` / `processInlineBuffer` on
 //! well-formed input; on anything Redis would treat differently or reject (a bad length, a
-//! bulk not followed by CRLF, an inline line with quotes, which Redis splits by its own
-//! rules), the answer is [`Parsed::Bad`] and the caller stops interpreting that stream.
+//! bulk not followed by CRLF, a NUL in an inline line), the answer is [`Parsed::Bad`] and the
+//! caller stops interpreting that stream. An inline line with quotes is
+//! [`Parsed::Quoted`]: [`split_inline`] splits it as Redis's `sdssplitargs` does.
 
 /// Bytes that are not RESP as Redis writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub enum Parsed {
     Done(Cmd),
     /// A request that is not complete yet.
     Partial,
+    /// An inline request of this many bytes whose line has quotes (see [`split_inline`]).
+    Quoted(usize),
     /// Bytes the cache does not interpret the way Redis would.
     Bad,
 }
@@ -320,11 +323,12 @@ fn inline(buf: &[u8]) -> Parsed {
     };
     let text = &buf[..nl];
     let text = text.strip_suffix(b"\r").unwrap_or(text);
-    if text
-        .iter()
-        .any(|&b| b == b'"' || b == b'\'' || b == b'\r' || b == 0)
-    {
+    if text.contains(&0) {
+        // Redis looks for the line's end with strchr(): it never sees this line whole.
         return Parsed::Bad;
+    }
+    if text.iter().any(|&b| b == b'"' || b == b'\'' || b == b'\r') {
+        return Parsed::Quoted(nl + 1);
     }
     let mut cmd = Cmd {
         len: nl + 1,
@@ -350,6 +354,94 @@ fn inline(buf: &[u8]) -> Parsed {
         cmd.argc += 1;
     }
     Parsed::Done(cmd)
+}
+
+/// The arguments of inline request `line` (its bytes, the line feed and a carriage return
+/// before it included) as Redis's `sdssplitargs` splits them: words separated by white space,
+/// double quotes with C escapes (`\\n`, `\\r`, `\\t`, `\\b`, `\\a`, `\\xHH`; another escaped
+/// character stands for itself), single quotes with `\\'`. `None` where Redis answers
+/// "unbalanced quotes" and closes the connection: an unterminated quote, or a closing quote
+/// followed by something other than white space.
+pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // sdssplitargs sees a C string: it ends at the first NUL.
+    let end = line.iter().position(|&b| b == 0).unwrap_or(line.len());
+    let p = &line[..end];
+    let at = |i: usize| p.get(i).copied().unwrap_or(0);
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < p.len() && matches!(p[i], b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+            i += 1;
+        }
+        if i == p.len() {
+            return Some(args);
+        }
+        let mut cur = Vec::new();
+        let (mut dq, mut sq) = (false, false);
+        loop {
+            let c = at(i);
+            if dq {
+                if c == b'\\'
+                    && at(i + 1) == b'x'
+                    && hex(at(i + 2)).is_some()
+                    && hex(at(i + 3)).is_some()
+                {
+                    cur.push(hex(at(i + 2))? * 16 + hex(at(i + 3))?);
+                    i += 3;
+                } else if c == b'\\' && at(i + 1) != 0 {
+                    i += 1;
+                    cur.push(match at(i) {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        o => o,
+                    });
+                } else if c == b'"' {
+                    if i + 1 < p.len() && !p[i + 1].is_ascii_whitespace() && p[i + 1] != 0x0b {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    cur.push(c);
+                }
+            } else if sq {
+                if c == b'\\' && at(i + 1) == b'\'' {
+                    cur.push(b'\'');
+                    i += 1;
+                } else if c == b'\'' {
+                    if i + 1 < p.len() && !p[i + 1].is_ascii_whitespace() && p[i + 1] != 0x0b {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    cur.push(c);
+                }
+            } else {
+                match c {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => dq = true,
+                    b'\'' => sq = true,
+                    o => cur.push(o),
+                }
+            }
+            i += 1;
+        }
+        args.push(cur);
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// The top of one RESP3 reply, as the cache needs it.
@@ -616,7 +708,7 @@ mod tests {
             b"*1\rx",
             b"*1\r\n$-1\r\n",
             b"*2000000\r\n",
-            b"SET \"a b\" c\r\n",
+            b"SET a\0b\r\n",
         ] {
             assert_eq!(command(b), Parsed::Bad, "{b:?}");
         }
@@ -632,6 +724,32 @@ mod tests {
         assert_eq!(done(&b[10..]).len, 5);
         assert_eq!(done(b"\r\n").argc, 0);
         assert_eq!(command(b"GET foo"), Parsed::Partial);
+    }
+
+    /// Inline lines with quotes, split as Redis's sdssplitargs splits them (the expected
+    /// arguments are what redis-server 7.0 executes for the same line).
+    #[test]
+    fn quoted_inline_requests() {
+        let line = b"SET \"a b\" 'c\\'d' \"\\x41\\n\\q\"\r\nPING\r\n";
+        let Parsed::Quoted(n) = command(line) else {
+            panic!("{:?}", command(line));
+        };
+        assert_eq!(&line[n..], b"PING\r\n");
+        let args = split_inline(&line[..n]).expect("balanced");
+        let want: [&[u8]; 4] = [b"SET", b"a b", b"c'd", b"A\nq"];
+        assert_eq!(args, want.map(|a| a.to_vec()));
+        // Quotes inside a word join what follows them; white space is any of isspace()'s.
+        let args = split_inline(b"swap\"db\"\x0b0 \t1\n").expect("balanced");
+        assert_eq!(args, [&b"swapdb"[..], b"0", b"1"].map(|a| a.to_vec()));
+        assert_eq!(split_inline(b"\"\"\r\n"), Some(vec![vec![]]));
+        for bad in [
+            &b"SET \"a\r\n"[..],
+            b"SET 'a\n",
+            b"SET \"a\"b\n",
+            b"GET 'a'b\n",
+        ] {
+            assert_eq!(split_inline(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
