@@ -2,7 +2,8 @@
 //! them, replies as Redis writes them), then through a whole `RedisCache` whose connection to
 //! Redis is up: the input is cut at each 0xff byte into pieces, the first byte of each piece
 //! picks what it is (bytes Redis read from a client, bytes a client sent that the cache may
-//! answer, bytes Redis wrote on the cache's connection, a moment of upkeep). Checks that nothing
+//! answer, bytes Redis wrote on the cache's connection, a moment of upkeep, bytes Redis
+//! writes to the client). Checks that nothing
 //! panics, that what a parser says it took is inside the input, and that the cache answers only
 //! whole GET requests.
 
@@ -53,8 +54,10 @@ pub fn resp(data: &[u8]) {
             continue;
         };
         now += i64::from(op >> 4);
-        match op % 4 {
-            0 => cache.app_read(1, bytes, now),
+        match op % 5 {
+            0 => {
+                cache.app_read(1, bytes, now);
+            }
             1 => {
                 let mut out = Vec::new();
                 let used = cache.answer(1, bytes, &mut out, 1 << 16, now);
@@ -73,8 +76,29 @@ pub fn resp(data: &[u8]) {
                 assert!(n == 0 || !out.is_empty());
             }
             2 => cache.control_output(bytes, now),
-            _ => {
+            3 => {
+                cache.loop_turn();
                 cache.upkeep(&mut io, 6379, now);
+            }
+            _ => {
+                // The application's output, through a connection that takes a few bytes a
+                // call: what the cache sends is a rewritten INFO reply or the bytes as given.
+                let cap = usize::from(op >> 4) + 1;
+                let mut sent = Vec::new();
+                let r = cache.app_write(1, bytes, &mut |b| {
+                    let n = b.len().min(cap);
+                    sent.extend_from_slice(&b[..n]);
+                    Ok(n)
+                });
+                if let Some(Ok(n)) = r {
+                    assert!(n <= bytes.len());
+                }
+                if r.is_none() {
+                    assert!(
+                        !cache.rewriting(),
+                        "the only connection's output is not rewritten"
+                    );
+                }
             }
         }
     }

@@ -393,3 +393,60 @@ fn a_burst_of_invalidations_written_with_writev_reaches_the_cache() {
     assert_eq!(out.trim(), format!("0 {KEYS}"), "(old, new) values read");
     assert!(counter(&bed, "invalidations") as usize >= KEYS * 9 / 10);
 }
+
+/// The figures of INFO that the cache would change, as a client through the stack reads them
+/// after `cli` ran the same requests.
+fn info_figures(bed: &mut RedisBed) -> Vec<(String, String)> {
+    const FIELDS: [&str; 10] = [
+        "connected_clients",
+        "tracking_clients",
+        "total_connections_received",
+        "total_commands_processed",
+        "total_net_input_bytes",
+        "total_net_output_bytes",
+        "keyspace_hits",
+        "keyspace_misses",
+        "cmdstat_get",
+        "cmdstat_set",
+    ];
+    let info = bed.cli_ok(&["info", "everything"]);
+    FIELDS
+        .iter()
+        .map(|f| {
+            let line = info
+                .lines()
+                .find(|l| l.starts_with(&format!("{f}:")))
+                .unwrap_or_else(|| panic!("no {f} in INFO:\n{info}"));
+            let value = line.split_once(':').unwrap().1.trim();
+            // A command's time is the server's own: only its counts compare.
+            let value = value.split(",usec=").next().unwrap();
+            (f.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+/// INFO shows what Redis would show without the cache: GETs the cache answered count as
+/// Redis's own (keyspace hits and misses, GET's calls, commands, bytes), and the cache's own
+/// connection and its commands do not. The same requests with the cache off and on give the
+/// same figures.
+#[test]
+fn info_shows_what_redis_would_show_without_the_cache() {
+    let run = |cache: bool| {
+        let mut bed = if cache {
+            cache_bed(&[])
+        } else {
+            RedisBed::new(BedOptions::default())
+        };
+        bed.cli_ok(&["set", "k", "v"]);
+        let out = bed.cli_ok(&["-r", "300", "get", "k"]);
+        assert_eq!(out.lines().filter(|l| *l == "v").count(), 300, "{out}");
+        let out = bed.cli_ok(&["-r", "100", "get", "nosuchkey"]);
+        assert_eq!(out.lines().count(), 100, "{out}");
+        let hits = if cache { counter(&bed, "hits") } else { 0 };
+        (info_figures(&mut bed), hits)
+    };
+    let (off, _) = run(false);
+    let (on, hits) = run(true);
+    assert!(hits >= 300, "the cache answered {hits} of the 400 GETs");
+    assert_eq!(on, off, "INFO with the cache on (left) and off (right)");
+}

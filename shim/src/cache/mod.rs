@@ -135,8 +135,28 @@ pub trait Responder: Send {
     fn opened(&mut self, conn: u64, now: UnixMs);
     /// It closed.
     fn closed(&mut self, conn: u64);
-    /// The application read `bytes` from `conn`: requests it will answer itself.
-    fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs);
+    /// The application read `bytes` from `conn`: requests it will answer itself. Returns
+    /// whether their replies are to be changed on their way out ([`Responder::app_write`]),
+    /// which takes that the application had written all its earlier output to `conn`
+    /// (otherwise the caller says [`Responder::output_unknown`]).
+    fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs) -> bool;
+    /// The application had output waiting for `conn` when it read what
+    /// [`Responder::app_read`] was just given: its replies cannot be found in the output.
+    fn output_unknown(&mut self, conn: u64);
+    /// The application's event loop waits for events: the requests it reads next are the next
+    /// iteration's.
+    fn loop_turn(&mut self);
+    /// Whether some connection's output goes through [`Responder::app_write`].
+    fn rewriting(&self) -> bool;
+    /// The application writes `data` to `conn`. `None`: it goes as it is. Otherwise the
+    /// cache sent what it must through `send` (which sends on the connection: `Ok(bytes
+    /// taken)` or `Err(())`, the error kept by the caller) and says how much of `data` it took.
+    fn app_write(
+        &mut self,
+        conn: u64,
+        data: &[u8],
+        send: &mut dyn FnMut(&[u8]) -> Result<usize, ()>,
+    ) -> Option<Result<usize, ()>>;
 
     /// Whether `conn` is worth a look at its received data now (its state allows answering,
     /// and it is the kind of connection that sends what the cache answers): the cheapest look,

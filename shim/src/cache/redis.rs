@@ -29,6 +29,7 @@
 
 use std::collections::VecDeque;
 
+use super::info::{Rewriter, Shown};
 use super::resp::{self, Parsed, Reply};
 use super::store::Store;
 use super::{Aside, CacheStats, ControlIo, Responder, UnixMs, Upkeep};
@@ -79,7 +80,8 @@ enum Expect {
     Timeout,
     Slowlog,
     Listeners,
-    Touch,
+    /// A TOUCH of this many keys.
+    Touch(usize),
     Get(Box<[u8]>),
     Ttl(Box<[u8]>),
 }
@@ -110,6 +112,15 @@ struct Track {
     /// Requests Redis read from it since its last GET (a connection that sends no GETs is not
     /// worth a look at its data: see [`Responder::wants`]).
     since_get: u32,
+    /// The loop iteration of its last read, and the requests Redis read from it in that
+    /// iteration: replies Redis writes after that iteration's reads.
+    epoch: u64,
+    replies_ahead: u64,
+    /// Its replies are not one per request (CLIENT REPLY, SUBSCRIBE, MONITOR): INFO's reply
+    /// cannot be found by counting.
+    uncounted: bool,
+    /// Puts INFO's replies as Redis would show them without the cache in its output.
+    info: Option<Box<Rewriter>>,
 }
 
 impl Track {
@@ -137,6 +148,12 @@ pub struct RedisCache {
     /// Connections whose requests the cache cannot follow: while any is open, nobody is
     /// answered.
     blind: usize,
+    /// What the cache changed in Redis's INFO figures (see `info`).
+    shown: Shown,
+    /// Iterations of the application's event loop (see [`Responder::loop_turn`]).
+    epoch: u64,
+    /// Connections whose output goes through their [`Rewriter`].
+    rewriting: usize,
     /// CLIENT PAUSE: Redis answers nobody until then.
     paused_until: UnixMs,
     /// `MTCP_REDIS_CACHE_FAULT=late`: invalidations take effect one reply late (for tests
@@ -193,6 +210,9 @@ impl RedisCache {
             stats: CacheStats::default(),
             monitors: 0,
             blind: 0,
+            shown: Shown::default(),
+            epoch: 0,
+            rewriting: 0,
             paused_until: 0,
             late,
             link_restart: false,
@@ -233,6 +253,8 @@ impl RedisCache {
         self.out.clear();
         self.input.clear();
         self.touch.clear();
+        self.shown.own_client = false;
+        self.shown.own_tracking = false;
         if self.link != Link::Off {
             self.link = Link::Down {
                 retry: now + RETRY_MS,
@@ -276,6 +298,66 @@ impl RedisCache {
         }
     }
 
+    /// One whole request Redis read from `conn` (`buf` holds it at its front): follows it,
+    /// counts it. Returns whether it is an INFO whose reply is to be rewritten.
+    fn request(
+        &mut self,
+        conn: u64,
+        buf: &[u8],
+        c: &resp::Cmd,
+        since_get: &mut u32,
+        now: UnixMs,
+    ) -> bool {
+        if c.argc == 0 {
+            // Redis skips an empty request: no reply.
+            return false;
+        }
+        let name = c.arg(buf, 0).unwrap_or_default();
+        let mut info = false;
+        if resp::is_get(name) {
+            *since_get = 0;
+        } else {
+            *since_get = since_get.saturating_add(1);
+            if name.eq_ignore_ascii_case(b"INFO") {
+                info = self.info_request(conn);
+            } else if followed_name(name) {
+                self.follow(conn, buf, c, now);
+            }
+        }
+        if let Some(t) = self.conns.get_mut(&conn) {
+            t.replies_ahead += 1;
+        }
+        info
+    }
+
+    /// `conn` sent INFO: its reply is to show Redis's figures without the cache's part in
+    /// them, as they are now (Redis executes the request now, in the same iteration).
+    fn info_request(&mut self, conn: u64) -> bool {
+        let (shown, epoch) = (self.shown, self.epoch);
+        let Some(t) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if t.uncounted || t.multi {
+            // Replies not one per request, or INFO's inside EXEC's: not rewritten.
+            return false;
+        }
+        let rw = t.info.get_or_insert_with(Default::default);
+        let was = rw.active();
+        if !rw.expect(t.replies_ahead, shown, epoch) {
+            return false;
+        }
+        if !was {
+            self.rewriting += 1;
+        }
+        true
+    }
+
+    fn uncounted(&mut self, conn: u64) {
+        if let Some(t) = self.conns.get_mut(&conn) {
+            t.uncounted = true;
+        }
+    }
+
     /// One request Redis read from `conn`.
     fn follow(&mut self, conn: u64, buf: &[u8], c: &resp::Cmd, now: UnixMs) {
         let name = c.arg(buf, 0).unwrap_or_default();
@@ -315,12 +397,19 @@ impl RedisCache {
                 self.paused_until = ms.map_or(UnixMs::MAX, |ms| now.saturating_add(ms.max(0) + 1));
             } else if c.arg_is(buf, 1, b"UNPAUSE") {
                 self.paused_until = 0;
-            } else if c.arg_is(buf, 1, b"REPLY") || c.arg_is(buf, 1, b"TRACKING") {
+            } else if c.arg_is(buf, 1, b"REPLY") {
+                self.aside(conn, Aside::Mode);
+                self.uncounted(conn);
+            } else if c.arg_is(buf, 1, b"TRACKING") {
+                // Its invalidations are RESP3 pushes, which are not replies, or go to another
+                // connection.
                 self.aside(conn, Aside::Mode);
             }
         } else if is(b"SUBSCRIBE") || is(b"PSUBSCRIBE") || is(b"SSUBSCRIBE") {
             self.aside(conn, Aside::Mode);
+            self.uncounted(conn);
         } else if is(b"MONITOR") {
+            self.uncounted(conn);
             if let Some(t) = self.conns.get_mut(&conn) {
                 if !t.monitor {
                     t.monitor = true;
@@ -333,6 +422,8 @@ impl RedisCache {
         } else if is(b"SWAPDB") {
             // Redis sends no invalidation for SWAPDB (its tracking keys are not per database).
             self.flush();
+        } else if is(b"CONFIG") && c.arg_is(buf, 1, b"RESETSTAT") {
+            self.shown.reset_stats();
         } else if is(b"CONFIG") && c.arg_is(buf, 1, b"SET")
             || is(b"ACL")
                 && [&b"SETUSER"[..], b"DELUSER", b"LOAD"]
@@ -383,6 +474,7 @@ impl RedisCache {
     }
 
     fn answered(&mut self, e: Expect, r: Got, now: UnixMs) -> Result<(), String> {
+        self.tally(&e, &r);
         match (e, r) {
             (Expect::Hello, Got::Other(_)) => {}
             (
@@ -421,7 +513,7 @@ impl RedisCache {
                         .into());
                 }
             }
-            (Expect::Touch, _) => {}
+            (Expect::Touch(_), _) => {}
             (Expect::Policy, Got::Other(raw)) => {
                 if raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lfu")) {
                     self.off_by_setting = true;
@@ -461,6 +553,42 @@ impl RedisCache {
             (e, _) => return Err(format!("Redis answered {e:?} unexpectedly")),
         }
         Ok(())
+    }
+
+    /// What Redis counted for a command of the cache's that it answered (INFO shows it: see
+    /// `info`): its calls, and the keyspace hits and misses of its lookups.
+    fn tally(&mut self, e: &Expect, r: &Got) {
+        let s = &mut self.shown;
+        let (cmd, found) = match (e, r) {
+            (Expect::Get(_), Got::Value(v)) => (0, Some(v.is_some())),
+            (Expect::Get(_), _) => (0, None),
+            (Expect::Ttl(_), Got::Int(t)) => (1, Some(*t != -2)),
+            (Expect::Ttl(_), _) => (1, None),
+            (Expect::Touch(keys), r) => {
+                let hits = match r {
+                    Got::Int(n) => (*n).clamp(0, *keys as i64) as u64,
+                    _ => 0,
+                };
+                s.own_hits += hits;
+                s.own_misses += *keys as u64 - hits;
+                (2, None)
+            }
+            (Expect::Hello, _) => (3, None),
+            (Expect::Ok("CLIENT SETNAME"), _) => (4, None),
+            (Expect::Ok(_), r) => {
+                s.own_tracking = matches!(r, Got::Simple(true));
+                (5, None)
+            }
+            (Expect::Policy | Expect::Timeout | Expect::Slowlog | Expect::Listeners, _) => {
+                (6, None)
+            }
+        };
+        s.own_calls[cmd] += 1;
+        match found {
+            Some(true) => s.own_hits += 1,
+            Some(false) => s.own_misses += 1,
+            None => {}
+        }
     }
 
     /// An invalidation: `None` for every key (a flush).
@@ -592,6 +720,7 @@ impl RedisCache {
             match io.send(fd, &self.out) {
                 Ok(n) => {
                     self.out.drain(..n);
+                    self.shown.own_in += n as u64;
                 }
                 Err(libc::EAGAIN) => return,
                 Err(_) => return self.lose(io, now),
@@ -605,7 +734,10 @@ impl RedisCache {
         loop {
             match io.recv(fd, &mut buf) {
                 Ok(0) => return self.lose(io, now),
-                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.shown.own_out += n as u64;
+                    self.input.extend_from_slice(&buf[..n]);
+                }
                 Err(_) => break,
             }
         }
@@ -697,6 +829,9 @@ impl Responder for RedisCache {
 
     fn closed(&mut self, conn: u64) {
         if let Some(t) = self.conns.remove(&conn) {
+            if t.info.is_some_and(|rw| rw.active()) {
+                self.rewriting -= 1;
+            }
             if t.monitor {
                 self.monitors -= 1;
             }
@@ -706,17 +841,17 @@ impl Responder for RedisCache {
         }
     }
 
-    fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs) {
+    fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs) -> bool {
         if self.link == Link::Off && !self.off_by_setting {
             // Off for good: nothing to follow.
-            return;
+            return false;
         }
         let Some(t) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
         t.read = now;
         if t.lost {
-            return;
+            return false;
         }
         // Every connection is followed, also those left to Redis: any of them may send what
         // changes the cache for everyone (SWAPDB, CLIENT PAUSE, MONITOR, CONFIG SET).
@@ -732,45 +867,34 @@ impl Responder for RedisCache {
         let mut used = 0;
         // Requests since the last GET, counted here and stored once.
         let mut since_get = t.since_get;
+        if t.epoch != self.epoch {
+            t.epoch = self.epoch;
+            t.replies_ahead = 0;
+        }
+        let mut info = false;
         loop {
             match resp::command(&data[used..]) {
                 Parsed::Done(c) => {
-                    let name = c.arg(&data[used..], 0).unwrap_or_default();
-                    if name.eq_ignore_ascii_case(b"GET") {
-                        since_get = 0;
-                    } else {
-                        since_get = since_get.saturating_add(1);
-                        if followed_name(name) {
-                            self.follow(conn, &data[used..], &c, now);
-                        }
-                    }
+                    info |= self.request(conn, &data[used..], &c, &mut since_get, now);
                     used += c.len;
                 }
                 Parsed::Quoted(len) => {
                     let Some(args) = resp::split_inline(&data[used..used + len]) else {
                         // Redis answers "unbalanced quotes" and closes the connection.
                         self.lost(conn);
-                        return;
+                        return false;
                     };
                     let mut req = Vec::new();
                     resp::encode(&mut req, &args.iter().map(|a| &a[..]).collect::<Vec<_>>());
                     if let Parsed::Done(c) = resp::command(&req) {
-                        let name = c.arg(&req, 0).unwrap_or_default();
-                        if resp::is_get(name) {
-                            since_get = 0;
-                        } else {
-                            since_get = since_get.saturating_add(1);
-                            if followed_name(name) {
-                                self.follow(conn, &req, &c, now);
-                            }
-                        }
+                        info |= self.request(conn, &req, &c, &mut since_get, now);
                     }
                     used += len;
                 }
                 Parsed::Partial => break,
                 Parsed::Bad => {
                     self.lost(conn);
-                    return;
+                    return false;
                 }
             }
         }
@@ -780,6 +904,41 @@ impl Responder for RedisCache {
                 t.partial = data[used..].to_vec();
             }
         }
+        info
+    }
+
+    fn loop_turn(&mut self) {
+        self.epoch += 1;
+    }
+
+    fn output_unknown(&mut self, conn: u64) {
+        if let Some(rw) = self.conns.get_mut(&conn).and_then(|t| t.info.as_mut()) {
+            if rw.active() && rw.epoch == self.epoch {
+                **rw = Rewriter::default();
+                self.rewriting -= 1;
+            }
+        }
+    }
+
+    fn rewriting(&self) -> bool {
+        self.rewriting > 0
+    }
+
+    fn app_write(
+        &mut self,
+        conn: u64,
+        data: &[u8],
+        send: &mut dyn FnMut(&[u8]) -> Result<usize, ()>,
+    ) -> Option<Result<usize, ()>> {
+        let rw = self.conns.get_mut(&conn)?.info.as_mut()?;
+        if !rw.active() {
+            return None;
+        }
+        let r = rw.write(data, send);
+        if !rw.active() {
+            self.rewriting -= 1;
+        }
+        Some(r)
     }
 
     fn wants(&self, conn: u64) -> bool {
@@ -820,7 +979,7 @@ impl Responder for RedisCache {
         // replies into two segments (the cache's now, Redis's later), which costs more than a
         // few GETs save: a part is answered only from MIN_PART on, and a smaller part is taken
         // back (its replies dropped, its entries' hit counts restored).
-        let (mut at, mut bytes) = (0usize, 0usize);
+        let (mut at, mut bytes, mut nil) = (0usize, 0usize, 0u64);
         let mark = out.len();
         let mut stop = None;
         let mut spans = std::mem::take(&mut self.spans);
@@ -847,6 +1006,7 @@ impl Responder for RedisCache {
                 self.touch.push(key.into());
             }
             out.extend_from_slice(&e.reply);
+            nil += u64::from(&e.reply[..] == b"$-1\r\n");
             e.hits = e.hits.saturating_add(1);
             if e.doomed {
                 self.store.remove(key);
@@ -882,6 +1042,10 @@ impl Responder for RedisCache {
             return 0;
         }
         self.stats.hits += n as u64;
+        self.shown.answered += n as u64 - nil;
+        self.shown.answered_nil += nil;
+        self.shown.answered_in += at as u64;
+        self.shown.answered_out += (out.len() - mark) as u64;
         self.spans = spans;
         at
     }
@@ -900,6 +1064,8 @@ impl Responder for RedisCache {
                     match io.connect(port) {
                         Ok(fd) => {
                             self.link = Link::Handshake { fd, since: now };
+                            self.shown.own_client = true;
+                            self.shown.own_connections += 1;
                             self.handshake();
                             self.send_out(io, fd, now);
                         }
@@ -935,7 +1101,7 @@ impl Responder for RedisCache {
                     args.push(b"TOUCH");
                     args.extend(keys.iter().map(|k| &k[..]));
                     resp::encode(&mut self.out, &args);
-                    self.expect.push_back(Expect::Touch);
+                    self.expect.push_back(Expect::Touch(keys.len()));
                 }
                 self.touch.clear();
                 self.send_out(io, fd, now);
@@ -963,6 +1129,7 @@ impl Responder for RedisCache {
     }
 
     fn control_output(&mut self, bytes: &[u8], now: UnixMs) {
+        self.shown.own_out += bytes.len() as u64;
         self.input.extend_from_slice(bytes);
         if let Err(why) = self.take(now) {
             // Nothing can be trusted; the next upkeep connects again.
@@ -1293,6 +1460,51 @@ mod tests {
         fill(&mut c, &mut io, "k", "v", -1, 0);
         c.app_read(1, &req(&["SWAPDB", "0", "1"]), 1);
         assert_eq!(c.stats().entries, 0);
+    }
+
+    /// INFO read from a connection: its reply, on its way out, shows Redis's figures without
+    /// the cache's part in them (its answers counted, its own connection and commands not).
+    #[test]
+    fn info_shows_what_redis_would_without_the_cache() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 1);
+        let three = [get("k"), get("k"), get("k")].concat();
+        assert_eq!(answer(&mut c, &three, 2).0, three.len());
+        c.loop_turn();
+        assert!(!c.rewriting());
+        assert!(c.app_read(1, &[req(&["SET", "a", "b"]), req(&["info"])].concat(), 3));
+        assert!(c.rewriting());
+        // Redis's figures: the GET that missed the cache, the fill's GET and PEXPIRETIME hit;
+        // the cache's connection is a tracking client.
+        let redis = "# Clients\r\nconnected_clients:2\r\ntracking_clients:1\r\n\r\n\
+                     # Stats\r\nkeyspace_hits:3\r\n";
+        let shown = "# Clients\r\nconnected_clients:1\r\ntracking_clients:0\r\n\r\n\
+                     # Stats\r\nkeyspace_hits:4\r\n";
+        let bulk = |t: &str| format!("${}\r\n{t}\r\n", t.len());
+        let output = format!("+OK\r\n{}", bulk(redis));
+        let mut sent = Vec::new();
+        let r = c.app_write(1, output.as_bytes(), &mut |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!(r, Some(Ok(output.len())));
+        assert_eq!(
+            String::from_utf8(sent).unwrap(),
+            format!("+OK\r\n{}", bulk(shown))
+        );
+        assert!(!c.rewriting());
+        assert_eq!(c.app_write(1, b"+OK\r\n", &mut |b| Ok(b.len())), None);
+        // Inside MULTI, or on a connection whose replies are not one per request: as written.
+        c.loop_turn();
+        assert!(!c.app_read(1, &[req(&["MULTI"]), req(&["INFO"])].concat(), 4));
+        c.app_read(
+            1,
+            &[req(&["EXEC"]), req(&["CLIENT", "REPLY", "SKIP"])].concat(),
+            4,
+        );
+        c.loop_turn();
+        assert!(!c.app_read(1, &req(&["INFO"]), 5));
+        assert!(!c.rewriting());
     }
 
     /// A connection left to Redis is still followed: its SWAPDB, CLIENT PAUSE and MONITOR

@@ -31,6 +31,8 @@ pub struct Cache {
     out: Vec<u8>,
     /// The fds a pass offers.
     fds: Vec<i32>,
+    /// Some connection's output goes through the cache ([`Responder::app_write`]).
+    pub(super) rewriting: bool,
 }
 
 impl Cache {
@@ -49,6 +51,7 @@ impl Cache {
             input: Vec::new(),
             out: Vec::new(),
             fds: Vec::new(),
+            rewriting: false,
         })
     }
 }
@@ -121,17 +124,79 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     pub fn cache_read_followed(&mut self, key: u64, bytes: &[u8]) {
         let now = self.host.unix_ms();
         if let Some(c) = self.cache.as_mut() {
-            c.r.app_read(key, bytes, now);
+            if c.r.app_read(key, bytes, now) {
+                // The kernel's connections' output is the kernel's: INFO goes as Redis wrote
+                // it.
+                c.r.output_unknown(key);
+            }
         }
     }
 
-    /// The application read `bytes` from connection `id`.
+    /// The application read `bytes` from connection `id` (fd `fd`).
     #[inline]
-    pub(super) fn cache_read(&mut self, id: ConnId, bytes: &[u8]) {
+    pub(super) fn cache_read(&mut self, id: ConnId, fd: c_int, bytes: &[u8]) {
         if self.cache.is_some() {
             let now = self.host.unix_ms();
+            let Some(c) = self.cache.as_mut() else { return };
+            if !c.r.app_read(key(id), bytes, now) {
+                return;
+            }
+            // Replies are found by counting them from the next byte the application writes:
+            // only if it had written everything before.
+            let pending = self.index_of(fd).is_some_and(|i| self.output_waits(i));
             if let Some(c) = self.cache.as_mut() {
-                c.r.app_read(key(id), bytes, now);
+                if pending {
+                    c.r.output_unknown(key(id));
+                }
+                c.rewriting = c.r.rewriting();
+            }
+        }
+    }
+
+    /// The application writes `data` to connection `id` while the cache rewrites some output:
+    /// `None` if this connection's goes as it is.
+    pub(super) fn cache_write(
+        &mut self,
+        id: ConnId,
+        data: &[u8],
+    ) -> Option<Result<usize, userstack::SockError>> {
+        let c = self.cache.as_mut()?;
+        let stack = self.stack.as_mut()?;
+        let mut error = None;
+        let r = c.r.app_write(key(id), data, &mut |b| {
+            stack.send(id, b).map_err(|e| {
+                error = Some(e);
+            })
+        })?;
+        c.rewriting = c.r.rewriting();
+        Some(r.map_err(|()| error.unwrap_or(userstack::SockError::WouldBlock)))
+    }
+
+    /// Whether the application has output waiting for the connection of entry `i`: an epoll
+    /// entry of one of its fds asks for EPOLLOUT.
+    fn output_waits(&self, i: u32) -> bool {
+        let Some(Some(Entry { fds, .. })) = self.objs.get(i as usize) else {
+            return false;
+        };
+        fds.iter().any(|fd| {
+            self.watchers
+                .get(fd)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .any(|ep| {
+                    matches!(self.obj_ref(*ep), Some(Obj::Epoll { set, .. })
+                    if set.interest(*fd).is_some_and(|ev| ev & libc::EPOLLOUT as u32 != 0))
+                })
+        })
+    }
+
+    /// The application's event loop on epoll set `epfd` waits: the cache's next reads are
+    /// the next iteration's.
+    pub(super) fn cache_loop_turn(&mut self, epfd: c_int) {
+        if matches!(self.obj_ref(epfd), Some(Obj::Epoll { listens: true, .. })) {
+            if let Some(c) = self.cache.as_mut() {
+                c.r.loop_turn();
             }
         }
     }
@@ -265,26 +330,18 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             Err(_) => return false,
         }
-        let Some(Some(Entry {
-            obj: Obj::Conn { .. },
-            fds,
-        })) = self.objs.get(i as usize)
-        else {
+        if !matches!(
+            self.objs.get(i as usize),
+            Some(Some(Entry {
+                obj: Obj::Conn { .. },
+                ..
+            }))
+        ) {
             return false;
-        };
+        }
         // Output the application has waiting for this connection goes first.
-        for fd in fds {
-            for ep in self.watchers.get(fd).map(Vec::as_slice).unwrap_or_default() {
-                let out = match self.obj_ref(*ep) {
-                    Some(Obj::Epoll { set, .. }) => set
-                        .interest(*fd)
-                        .is_some_and(|ev| ev & libc::EPOLLOUT as u32 != 0),
-                    _ => false,
-                };
-                if out {
-                    return false;
-                }
-            }
+        if self.output_waits(i) {
+            return false;
         }
         let now = self.host.unix_ms();
         let Some(stack) = self.stack.as_mut() else {

@@ -84,12 +84,17 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                     r
                 };
                 if let (Ok(n), false) = (r, *peek) {
-                    self.cache_read(id, &buf[..n]);
+                    self.cache_read(id, fd, &buf[..n]);
                 }
                 r
             }
             Io::Write(data) => {
-                let r = stack.send(id, data);
+                let r = match self.cache.as_ref().is_some_and(|c| c.rewriting) {
+                    true => self.cache_write(id, data),
+                    false => None,
+                };
+                let stack = self.stack.as_mut()?;
+                let r = r.unwrap_or_else(|| stack.send(id, data));
                 if r.is_ok() && !defer(stack.pending_writes()) {
                     self.flush();
                 }

@@ -116,6 +116,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if !self.is_epoll(epfd) {
             return None;
         }
+        if self.cache.is_some() {
+            self.cache_loop_turn(epfd);
+        }
         // Only in the event loop of the served listeners: another thread's epoll (a module's)
         // waits while that loop may be executing a command.
         let answering = answering
