@@ -305,7 +305,7 @@ impl RedisCache {
         conn: u64,
         buf: &[u8],
         c: &resp::Cmd,
-        since_get: &mut u32,
+        (since_get, ahead): (&mut u32, &mut u64),
         now: UnixMs,
     ) -> bool {
         if c.argc == 0 {
@@ -319,20 +319,18 @@ impl RedisCache {
         } else {
             *since_get = since_get.saturating_add(1);
             if name.eq_ignore_ascii_case(b"INFO") {
-                info = self.info_request(conn);
+                info = self.info_request(conn, *ahead);
             } else if followed_name(name) {
                 self.follow(conn, buf, c, now);
             }
         }
-        if let Some(t) = self.conns.get_mut(&conn) {
-            t.replies_ahead += 1;
-        }
+        *ahead += 1;
         info
     }
 
-    /// `conn` sent INFO: its reply is to show Redis's figures without the cache's part in
+    /// `conn` sent INFO, after requests whose `ahead` replies Redis writes first: its reply is to show Redis's figures without the cache's part in
     /// them, as they are now (Redis executes the request now, in the same iteration).
-    fn info_request(&mut self, conn: u64) -> bool {
+    fn info_request(&mut self, conn: u64, ahead: u64) -> bool {
         let (shown, epoch) = (self.shown, self.epoch);
         let Some(t) = self.conns.get_mut(&conn) else {
             return false;
@@ -343,7 +341,7 @@ impl RedisCache {
         }
         let rw = t.info.get_or_insert_with(Default::default);
         let was = rw.active();
-        if !rw.expect(t.replies_ahead, shown, epoch) {
+        if !rw.expect(ahead, shown, epoch) {
             return false;
         }
         if !was {
@@ -871,11 +869,14 @@ impl Responder for RedisCache {
             t.epoch = self.epoch;
             t.replies_ahead = 0;
         }
+        // Replies Redis will write before the next request's, counted here and stored once.
+        let mut ahead = t.replies_ahead;
         let mut info = false;
         loop {
             match resp::command(&data[used..]) {
                 Parsed::Done(c) => {
-                    info |= self.request(conn, &data[used..], &c, &mut since_get, now);
+                    info |=
+                        self.request(conn, &data[used..], &c, (&mut since_get, &mut ahead), now);
                     used += c.len;
                 }
                 Parsed::Quoted(len) => {
@@ -887,7 +888,7 @@ impl Responder for RedisCache {
                     let mut req = Vec::new();
                     resp::encode(&mut req, &args.iter().map(|a| &a[..]).collect::<Vec<_>>());
                     if let Parsed::Done(c) = resp::command(&req) {
-                        info |= self.request(conn, &req, &c, &mut since_get, now);
+                        info |= self.request(conn, &req, &c, (&mut since_get, &mut ahead), now);
                     }
                     used += len;
                 }
@@ -900,6 +901,7 @@ impl Responder for RedisCache {
         }
         if let Some(t) = self.conns.get_mut(&conn) {
             t.since_get = since_get;
+            t.replies_ahead = ahead;
             if used < data.len() {
                 t.partial = data[used..].to_vec();
             }
