@@ -196,6 +196,48 @@ fn small_number(buf: &[u8], at: usize) -> Option<(usize, usize)> {
     Some((v, i + 2))
 }
 
+/// A whole multibulk request at the front of `buf`, skimmed: `(its length, its name's range,
+/// its argument count)`. For requests whose arguments nobody looks at (most of a writer's):
+/// cheaper than [`command`], and `None` for anything but the common case (numbers of 1 to 9
+/// digits without a leading zero, the request complete), which [`command`] then parses.
+#[inline]
+pub fn skim(buf: &[u8]) -> Option<(usize, (usize, usize), usize)> {
+    // A digit's value, or more than 9.
+    let digit = |b: u8| usize::from(b.wrapping_sub(b'0'));
+    let (argc, mut at) = match buf.get(..4)? {
+        // `*N\r\n` with one digit, the most common count.
+        &[b'*', d, b'\r', b'\n'] if (1..=9).contains(&digit(d)) => (digit(d), 4),
+        _ => {
+            let (n, at) = small_number(buf, 0)?;
+            (buf[0] == b'*' && n > 0 && n as i64 <= MAX_MULTIBULK).then_some((n, at))?
+        }
+    };
+    let mut name = (0, 0);
+    for i in 0..argc {
+        // `$`, digits, CRLF: one or two digits looked at in place.
+        let head: &[u8; 5] = buf.get(at..at + 5)?.try_into().ok()?;
+        let (d, e) = (digit(head[1]), digit(head[2]));
+        let (len, data) = if head[0] != b'$' {
+            return None;
+        } else if d <= 9 && head[2] == b'\r' && head[3] == b'\n' {
+            (d, at + 4)
+        } else if (1..=9).contains(&d) && e <= 9 && head[3] == b'\r' && head[4] == b'\n' {
+            (d * 10 + e, at + 5)
+        } else {
+            small_number(buf, at)?
+        };
+        let end = data + len;
+        if buf.get(end..end + 2)? != b"\r\n" {
+            return None;
+        }
+        if i == 0 {
+            name = (data, end);
+        }
+        at = end + 2;
+    }
+    Some((at, name, argc))
+}
+
 /// A whole multibulk request with small numbers at the front of `buf`, in one tight pass (the
 /// general parser, [`multibulk`], gives the same answer for it; anything else, also an
 /// incomplete request, is left to that parser).
@@ -724,6 +766,36 @@ mod tests {
         assert_eq!(done(&b[10..]).len, 5);
         assert_eq!(done(b"\r\n").argc, 0);
         assert_eq!(command(b"GET foo"), Parsed::Partial);
+    }
+
+    /// Skimming gives the length, name and argument count that parsing gives, and declines
+    /// what is not a whole request of the common shape.
+    #[test]
+    fn skim_agrees_with_command() {
+        for b in [
+            &b"*3\r\n$3\r\nSET\r\n$16\r\nkey:__rand_int__\r\n$3\r\nxxx\r\n"[..],
+            b"*1\r\n$4\r\nPING\r\n*1",
+            b"*12\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n$1\r\ne\r\n$1\r\nf\r\n\
+              $1\r\ng\r\n$1\r\nh\r\n$1\r\ni\r\n$1\r\nj\r\n$1\r\nk\r\n$0\r\n\r\n",
+            b"*2\r\n$3\r\nGET\r\n$100\r\naaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        ] {
+            let c = done(b);
+            let (len, (n0, n1), argc) = skim(b).expect("skimmed");
+            assert_eq!((len, argc), (c.len, c.argc), "{b:?}");
+            assert_eq!(&b[n0..n1], c.arg(b, 0).unwrap());
+        }
+        for b in [
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n"[..],
+            b"*0\r\n",
+            b"*01\r\n$1\r\na\r\n",
+            b"*1\r\n$01\r\na\r\n",
+            b"*1\r\n$-1\r\n",
+            b"*1\r\n$1\r\nab\r\n",
+            b"GET k\r\n",
+            b"*1\r\n$1",
+        ] {
+            assert_eq!(skim(b), None, "{b:?}");
+        }
     }
 
     /// Inline lines with quotes, split as Redis's sdssplitargs splits them (the expected
