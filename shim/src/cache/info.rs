@@ -53,6 +53,9 @@ pub struct Shown {
     /// Bytes Redis read from and wrote to the cache's connection.
     pub own_in: u64,
     pub own_out: u64,
+    /// How much longer the rewritten INFO replies were than Redis's (Redis counts its own in
+    /// its output bytes).
+    pub rewritten_out: i64,
 }
 
 impl Shown {
@@ -123,16 +126,36 @@ pub fn rewrite(text: &[u8], s: &Shown) -> Vec<u8> {
     let mut section: &[u8] = b"";
     let mut get_seen = false;
     let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    fn field_of<'t>(raw: &&'t [u8]) -> Option<(&'t [u8], &'t [u8])> {
+        let line: &'t [u8] = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let c = line.iter().position(|&b| b == b':')?;
+        Some((&line[..c], &line[c + 1..]))
+    }
+    // Commands all of whose calls were the cache's: their lines go, in every section.
+    let gone: Vec<&[u8]> = lines
+        .iter()
+        .filter_map(field_of)
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix(b"cmdstat_")?;
+            let left = field_value(k, v, s, &mut false)?;
+            left.is_none().then_some(name)
+        })
+        .collect();
     for (i, raw) in lines.iter().enumerate() {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if let Some(name) = line.strip_prefix(b"# ") {
             section = name;
         }
-        let field = line
-            .iter()
-            .position(|&b| b == b':')
-            .map(|c| (&line[..c], &line[c + 1..]));
-        let adjusted = field.and_then(|(k, v)| field_value(k, v, s, &mut get_seen));
+        let field = field_of(raw);
+        let latency_gone = field.is_some_and(|(k, _)| {
+            k.strip_prefix(b"latency_percentiles_usec_")
+                .is_some_and(|name| gone.contains(&name))
+        });
+        let adjusted = if latency_gone {
+            Some(None)
+        } else {
+            field.and_then(|(k, v)| field_value(k, v, s, &mut get_seen))
+        };
         match adjusted {
             Some(Some(new)) => {
                 out.extend_from_slice(new.as_bytes());
@@ -182,7 +205,9 @@ fn field_value(key: &[u8], value: &[u8], s: &Shown, get_seen: &mut bool) -> Opti
                 - s.own_calls.iter().map(|&c| i128::from(c)).sum::<i128>()
         }
         "total_net_input_bytes" => i128::from(s.answered_in) - i128::from(s.own_in),
-        "total_net_output_bytes" => i128::from(s.answered_out) - i128::from(s.own_out),
+        "total_net_output_bytes" => {
+            i128::from(s.answered_out) - i128::from(s.own_out) + i128::from(s.rewritten_out)
+        }
         "keyspace_hits" => i128::from(s.answered) - i128::from(s.own_hits),
         "keyspace_misses" => i128::from(s.answered_nil) - i128::from(s.own_misses),
         _ => {
@@ -479,6 +504,8 @@ pub struct Rewriter {
     phase: Phase,
     /// The loop iteration the scan began in.
     pub epoch: u64,
+    /// Bytes the rewritten replies added (or took away) since [`Rewriter::take_resized`].
+    resized: i64,
 }
 
 impl Rewriter {
@@ -499,6 +526,11 @@ impl Rewriter {
         }
         self.targets.push_back((nth, shown));
         true
+    }
+
+    /// How many bytes the replies rewritten since the last call added to the output.
+    pub fn take_resized(&mut self) -> i64 {
+        std::mem::take(&mut self.resized)
     }
 
     /// Gives up (what was taken is sent as it was).
@@ -640,6 +672,7 @@ impl Rewriter {
                                 format!("{}{}\r\n", whole[0] as char, t.len()).into_bytes();
                             new.extend_from_slice(&t);
                             new.extend_from_slice(b"\r\n");
+                            self.resized += new.len() as i64 - whole.len() as i64;
                             new
                         }
                         _ => {
@@ -684,7 +717,9 @@ mod tests {
         keyspace_hits:40\r\nkeyspace_misses:5\r\n\r\n# Commandstats\r\n\
         cmdstat_get:calls=50,usec=100,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n\
         cmdstat_pexpiretime:calls=10,usec=20,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_set:calls=30,usec=90,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n";
+        cmdstat_set:calls=30,usec=90,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\r\n\
+        # Latencystats\r\nlatency_percentiles_usec_get:p50=1.003\r\n\
+        latency_percentiles_usec_pexpiretime:p50=1.003\r\n";
 
     fn shown() -> Shown {
         let mut s = Shown {
@@ -720,7 +755,8 @@ mod tests {
             .replace(
                 "cmdstat_pexpiretime:calls=10,usec=20,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n",
                 "",
-            );
+            )
+            .replace("latency_percentiles_usec_pexpiretime:p50=1.003\r\n", "");
         assert_eq!(out, want);
         // Nothing to change: the same text.
         assert_eq!(rewrite(INFO.as_bytes(), &Shown::default()), INFO.as_bytes());

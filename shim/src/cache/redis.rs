@@ -952,6 +952,7 @@ impl Responder for RedisCache {
             return None;
         }
         let r = rw.write(data, send);
+        self.shown.rewritten_out += rw.take_resized();
         if !rw.active() {
             self.rewriting -= 1;
         }

@@ -448,7 +448,31 @@ fn io_loop(
             &mut rest(&mut op, if peek { 0 } else { done }),
             defer_tx,
         ) else {
-            // Not a connection of ours: the kernel's, or one the data-path cache follows.
+            // Not a connection of ours: the kernel's, or one the data-path cache follows
+            // (whose writes may carry a reply the cache rewrites).
+            if write {
+                if !FOLLOWING.load(std::sync::atomic::Ordering::Relaxed) {
+                    return None;
+                }
+                let Io::Write(data) = &op else { return None };
+                let r = s.followed_write(fd, &data[done..], &mut |b| {
+                    // SAFETY: the application's socket; `b` is readable.
+                    let n = unsafe {
+                        libc::send(
+                            fd,
+                            b.as_ptr().cast(),
+                            b.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if n < 0 {
+                        Err(crate::errno::get())
+                    } else {
+                        Ok(n as usize)
+                    }
+                })?;
+                return Some(r.map(|n| done + n));
+            }
             let key = (!write && !peek && FOLLOWING.load(std::sync::atomic::Ordering::Relaxed))
                 .then(|| s.followed(fd))??;
             drop(s);
@@ -525,7 +549,7 @@ fn followed_read(fd: c_int, key: u64, op: &mut Io<'_>, flags: c_int) -> Result<u
     let n = n as usize;
     if n > 0 {
         if let Some(mut s) = shim() {
-            s.cache_read_followed(key, &buf[..n]);
+            s.cache_read_followed(fd, key, &buf[..n]);
         }
     }
     Ok(n)

@@ -144,6 +144,12 @@ impl Host<DpdkLink> for Proc {
         sockopt::check(family, level, name, value)
     }
 
+    fn kernel_nonblocking(&mut self, fd: c_int) -> bool {
+        // SAFETY: F_GETFL reads the fd's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        flags >= 0 && flags & libc::O_NONBLOCK != 0
+    }
+
     fn kernel_getsockopt_int(&mut self, fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
         sockopt::get_int(fd, level, name)
     }

@@ -120,16 +120,48 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
-    /// The application read `bytes` from followed connection `key`.
-    pub fn cache_read_followed(&mut self, key: u64, bytes: &[u8]) {
+    /// The application read `bytes` from followed connection `key` (fd `fd`).
+    pub fn cache_read_followed(&mut self, fd: c_int, key: u64, bytes: &[u8]) {
         let now = self.host.unix_ms();
+        let Some(c) = self.cache.as_mut() else { return };
+        if !c.r.app_read(key, bytes, now) {
+            return;
+        }
+        // Its writes go through the cache only if the application had written everything
+        // before, and they cannot block (the cache sends with the table held).
+        let pending = self.index_of(fd).is_some_and(|i| self.output_waits(i))
+            || !self.host.kernel_nonblocking(fd);
         if let Some(c) = self.cache.as_mut() {
-            if c.r.app_read(key, bytes, now) {
-                // The kernel's connections' output is the kernel's: INFO goes as Redis wrote
-                // it.
+            if pending {
                 c.r.output_unknown(key);
             }
+            c.rewriting = c.r.rewriting();
         }
+    }
+
+    /// The application writes `data` to followed connection `fd` (a kernel socket): `None` if
+    /// it goes to the kernel as it is; otherwise the cache sent what it must through `send`
+    /// (the kernel's send, without blocking: bytes taken or an errno), and this is how much of
+    /// `data` it took, or the errno.
+    pub fn followed_write(
+        &mut self,
+        fd: c_int,
+        data: &[u8],
+        send: &mut dyn FnMut(&[u8]) -> Result<usize, c_int>,
+    ) -> Option<Result<usize, c_int>> {
+        if !self.cache.as_ref().is_some_and(|c| c.rewriting) {
+            return None;
+        }
+        let key = self.followed(fd)?;
+        let c = self.cache.as_mut()?;
+        let mut error = libc::EAGAIN;
+        let r = c.r.app_write(key, data, &mut |b| {
+            send(b).map_err(|e| {
+                error = e;
+            })
+        })?;
+        c.rewriting = c.r.rewriting();
+        Some(r.map_err(|()| error))
     }
 
     /// The application read `bytes` from connection `id` (fd `fd`).

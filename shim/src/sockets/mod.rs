@@ -143,6 +143,11 @@ pub trait Host<L: Link> {
     fn control_io(&mut self) -> Option<&mut dyn crate::cache::ControlIo> {
         None
     }
+    /// Whether the kernel socket `fd` is non-blocking (O_NONBLOCK).
+    fn kernel_nonblocking(&mut self, fd: c_int) -> bool {
+        let _ = fd;
+        true
+    }
     /// The fd of this process whose socket is the other end of the local TCP connection `fd`
     /// (its peer address is `fd`'s local address, and the other way round).
     fn peer_end(&mut self, fd: c_int) -> Option<c_int> {
