@@ -22,6 +22,11 @@
 # the run, divided by requests), and the cache's hit rate (hits / (hits + misses), from
 # `mtcprun stats`).
 #
+# SRV_QUOTA=P: the server may use P% of a CPU (a cgroup of its own, CFS quota over 10 ms
+# periods, and MTCP_SPIN_US=0: spinning would spend the quota), so that the server, not the
+# client, bounds the rps in both modes: the rps ratio then shows what the cache saves of the
+# server's CPU (over the kernel path, on 2 CPUs, the client is the bound without it).
+#
 # Environment: N (requests per run, default 200000; x5 for -P 16), WORKLOADS (default "get1k
 # get100k mix set"), PIPES (default "1 16"), DEV (af_packet or memif), ROUNDS, SKIP_BUILD=1,
 # CARGO_TARGET_DIR, OUT (default bench-out/; the rows go to $OUT/cache.csv).
@@ -54,6 +59,8 @@ CLIENT=${CLIENT:-kernel}
 [[ $CLIENT == shim ]] && DEV=memif-pair
 OUT=${OUT:-bench-out}
 SRV_CPU=${SRV_CPU:-1}
+SRV_QUOTA=${SRV_QUOTA:-}
+CGROUP=
 CLI_CPU=${CLI_CPU:-0}
 PORT=6379
 export MTCP_HUGEPAGES=${MTCP_HUGEPAGES:-auto}
@@ -93,10 +100,14 @@ start_server() { # MODE: namespaces, veth, redis-server under the shim (cache of
         env+=(MTCP_DEV="$DEV:$sif")
     fi
     [[ $mode == on ]] && env+=(MTCP_REDIS_CACHE=64M)
+    [[ -n $SRV_QUOTA ]] && env+=(MTCP_SPIN_US=0)
     start_bg "redis-$mode" "" 30 ip netns exec "$SRV_NS" env "${env[@]}" taskset -c "$SRV_CPU" \
         redis-server --port "$PORT" --bind 0.0.0.0 --save '' --appendonly no \
         --protected-mode no --dir "$TMP" || return 1
     SRV_PID=$LAST_PID
+    if [[ -n $SRV_QUOTA ]]; then
+        quota_server "$SRV_PID" || return 1
+    fi
     for _ in $(seq 600); do
         grep -q "Ready to accept connections" "$TMP/redis-$mode.out" && break
         sleep 0.05
@@ -115,10 +126,33 @@ start_server() { # MODE: namespaces, veth, redis-server under the shim (cache of
     return 1
 }
 
+# The server's CPU limited to SRV_QUOTA% of one CPU: a cgroup of its own (v2's cpu.max, or
+# v1's CFS quota), removed when the server stops.
+quota_server() { # PID
+    local us=$((SRV_QUOTA * 100))
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        CGROUP=/sys/fs/cgroup/mtcp-cachebench-$$
+        mkdir -p "$CGROUP" && echo "$us 10000" >"$CGROUP/cpu.max"
+    else
+        CGROUP=/sys/fs/cgroup/cpu/mtcp-cachebench-$$
+        mkdir -p "$CGROUP" && echo 10000 >"$CGROUP/cpu.cfs_period_us" &&
+            echo "$us" >"$CGROUP/cpu.cfs_quota_us"
+    fi || { echo "$NAME: cannot make a CPU cgroup for SRV_QUOTA" >&2; return 1; }
+    echo "$1" >"$CGROUP/cgroup.procs"
+}
+
+drop_cgroup() {
+    [[ -n $CGROUP ]] || return 0
+    rmdir "$CGROUP" 2>/dev/null
+    CGROUP=
+}
+extra_cleanup() { drop_cgroup; }
+
 stop_server() {
     [[ -n $BRIDGE_PID ]] && stop_bg "$BRIDGE_PID"
     BRIDGE_PID=
     stop_bg "$SRV_PID"
+    drop_cgroup
     del_ns "$CLI_NS"
     del_ns "$SRV_NS"
 }

@@ -455,3 +455,22 @@ fn info_shows_what_redis_would_show_without_the_cache() {
     assert!(hits >= 300, "the cache answered {hits} of the 400 GETs");
     assert_eq!(on, off, "INFO with the cache on (left) and off (right)");
 }
+
+/// A key the cache answers does not look idle to Redis (OBJECT IDLETIME, and so LRU eviction):
+/// the cache tells Redis of its answers (a TOUCH) within half a second.
+#[test]
+fn a_key_only_the_cache_answers_does_not_look_idle_to_redis() {
+    let mut bed = cache_bed(&[]);
+    bed.cli_ok(&["set", "k", "v"]);
+    bed.cli_ok(&["-r", "20", "get", "k"]);
+    let before = counter(&bed, "hits");
+    // 3 seconds of GETs, each answered by the cache.
+    let out = bed.cli_ok(&["-r", "30", "-i", "0.1", "get", "k"]);
+    assert_eq!(out.lines().filter(|l| *l == "v").count(), 30, "{out}");
+    let hits = counter(&bed, "hits") - before;
+    assert!(hits >= 25, "the cache answered {hits} of 30 GETs");
+    let idle: u64 = kernel_cli(&bed, &["object", "idletime", "k"])
+        .parse()
+        .expect("a number");
+    assert!(idle <= 1, "Redis sees k idle for {idle} s");
+}

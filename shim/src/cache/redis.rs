@@ -36,6 +36,12 @@ use super::{Aside, CacheStats, ControlIo, Responder, UnixMs, Upkeep};
 
 /// The longest a connection or a key goes without Redis seeing a request for it.
 pub const SEEN_EVERY_MS: UnixMs = 500;
+/// How long keys to TOUCH wait to be sent together: one send to Redis (and one read of
+/// Redis's) per this time, not per loop iteration. A key is queued once Redis has not seen it
+/// for [`SEEN_EVERY_MS`] less this, so that Redis sees it within [`SEEN_EVERY_MS`].
+const TOUCH_EVERY_MS: UnixMs = 100;
+/// So many keys to TOUCH are sent at once.
+const TOUCH_BATCH: usize = 4096;
 /// A connection whose last this many requests held no GET is no longer looked at (its data is
 /// not peeked at in every wait); its next GET that Redis reads makes it looked at again.
 const QUIET_AFTER: u32 = 64;
@@ -171,9 +177,11 @@ pub struct RedisCache {
     stack_addr: Option<std::net::Ipv4Addr>,
     /// Keys not to fill until then (see [`COLD_MS`]).
     cold: userstack::FastMap<Box<[u8]>, UnixMs>,
-    /// Keys answered from the cache whose last access Redis has not seen for
-    /// [`SEEN_EVERY_MS`]: the next upkeep sends them in a TOUCH.
+    /// Keys answered from the cache whose last access Redis has not seen for a while: an
+    /// upkeep sends them in a TOUCH ([`TOUCH_EVERY_MS`]).
     touch: Vec<Box<[u8]>>,
+    /// When the first of them was queued.
+    touch_since: UnixMs,
     /// The keys of the requests `answer` answered (start, end in its input), to take a
     /// part back.
     spans: Vec<(usize, usize)>,
@@ -221,6 +229,7 @@ impl RedisCache {
             stack_addr: None,
             cold: Default::default(),
             touch: Vec::new(),
+            touch_since: 0,
             spans: Vec::new(),
         }
     }
@@ -1017,10 +1026,13 @@ impl Responder for RedisCache {
                 break;
             };
             bytes += e.reply.len();
-            if now - e.seen >= SEEN_EVERY_MS {
+            if now - e.seen >= SEEN_EVERY_MS - TOUCH_EVERY_MS {
                 // Redis's idea of the key's last access (OBJECT IDLETIME, LRU eviction) is
                 // brought up to date by a TOUCH, batched.
                 e.seen = now;
+                if self.touch.is_empty() {
+                    self.touch_since = now;
+                }
                 self.touch.push(key.into());
             }
             out.extend_from_slice(&e.reply);
@@ -1114,14 +1126,18 @@ impl Responder for RedisCache {
                 }
             }
             Link::Ready { fd } => {
-                for keys in self.touch.chunks(512) {
+                let due =
+                    now - self.touch_since >= TOUCH_EVERY_MS || self.touch.len() >= TOUCH_BATCH;
+                for keys in self.touch.chunks(512).take_while(|_| due) {
                     let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
                     args.push(b"TOUCH");
                     args.extend(keys.iter().map(|k| &k[..]));
                     resp::encode(&mut self.out, &args);
                     self.expect.push_back(Expect::Touch(keys.len()));
                 }
-                self.touch.clear();
+                if due {
+                    self.touch.clear();
+                }
                 self.send_out(io, fd, now);
             }
         }
@@ -1362,6 +1378,9 @@ mod tests {
         assert_eq!(answer(&mut c, &get("t"), 99).0, 0, "expires at 100");
     }
 
+    /// Redis sees every key the cache answers within SEEN_EVERY_MS of the answer: keys
+    /// queued from SEEN_EVERY_MS - TOUCH_EVERY_MS on, and sent together TOUCH_EVERY_MS after
+    /// the first.
     #[test]
     fn keys_answered_are_touched_in_redis_every_500_ms() {
         let (mut c, mut io) = ready(false);
@@ -1370,13 +1389,16 @@ mod tests {
         assert!(answer(&mut c, &get("k"), 100).0 > 0);
         c.upkeep(&mut io, 6379, 100);
         assert!(io.sent.is_empty(), "filled at 0: Redis saw the keys then");
-        assert!(answer(&mut c, &[get("k"), get("j")].concat(), SEEN_EVERY_MS).0 > 0);
-        assert!(answer(&mut c, &get("k"), SEEN_EVERY_MS + 1).0 > 0);
-        c.upkeep(&mut io, 6379, SEEN_EVERY_MS + 1);
+        let queued = SEEN_EVERY_MS - TOUCH_EVERY_MS;
+        assert!(answer(&mut c, &[get("k"), get("j")].concat(), queued).0 > 0);
+        assert!(answer(&mut c, &get("k"), queued + 1).0 > 0);
+        c.upkeep(&mut io, 6379, queued + 1);
+        assert!(io.sent.is_empty(), "the TOUCH waits for more keys");
+        c.upkeep(&mut io, 6379, SEEN_EVERY_MS);
         assert_eq!(
             io.sent,
             req(&["TOUCH", "k", "j"]),
-            "one TOUCH for both, once"
+            "one TOUCH for both, once, by SEEN_EVERY_MS"
         );
         c.control_output(b":2\r\n", SEEN_EVERY_MS + 2);
         assert!(c.up());
