@@ -474,6 +474,15 @@ impl Scan {
     }
 }
 
+/// A reply to change, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// INFO's: its figures without what the cache changed in them.
+    Info(Shown),
+    /// OBJECT IDLETIME's: at most this many seconds (the key was answered by the cache then).
+    Idle(i64),
+}
+
 /// Where a [`Rewriter`] stands in the output.
 #[derive(Debug, Default)]
 enum Phase {
@@ -498,8 +507,8 @@ const MAX_INFO: usize = 4 << 20;
 /// Puts rewritten INFO replies in a connection's output (see the module's documentation).
 #[derive(Debug, Default)]
 pub struct Rewriter {
-    /// Replies to rewrite: their number in the output since the scan began, and the figures.
-    targets: VecDeque<(u64, Shown)>,
+    /// Replies to rewrite: their number in the output since the scan began, and how.
+    targets: VecDeque<(u64, Edit)>,
     scan: Scan,
     phase: Phase,
     /// The loop iteration the scan began in.
@@ -514,17 +523,17 @@ impl Rewriter {
         !self.targets.is_empty() || !matches!(self.phase, Phase::Pass)
     }
 
-    /// INFO's reply is reply number `nth` of what the application writes from now on (if it
-    /// is already looking for replies, from the point it began at, which must have been in
-    /// loop iteration `epoch`). Returns whether it took it.
-    pub fn expect(&mut self, nth: u64, shown: Shown, epoch: u64) -> bool {
+    /// The reply to change (`edit`) is reply number `nth` of what the application writes
+    /// from now on (if it is already looking for replies, from the point it began at, which
+    /// must have been in loop iteration `epoch`). Returns whether it took it.
+    pub fn expect(&mut self, nth: u64, edit: Edit, epoch: u64) -> bool {
         if !self.active() {
             self.scan = Scan::default();
             self.epoch = epoch;
         } else if self.epoch != epoch {
             return false;
         }
-        self.targets.push_back((nth, shown));
+        self.targets.push_back((nth, edit));
         true
     }
 
@@ -591,8 +600,57 @@ impl Rewriter {
                     if rest.is_empty() {
                         return Ok(done);
                     }
-                    // The header, from what was taken and what is offered.
                     let first = taken.first().or(rest.first()).copied();
+                    if let Some(&(_, Edit::Idle(cap))) = self.targets.front() {
+                        // An integer: its line is taken but its last byte.
+                        let line_end = rest.iter().position(|&b| b == b'\n');
+                        if first != Some(b':')
+                            || (line_end.is_none() && taken.len() + rest.len() > 24)
+                        {
+                            let mut new = std::mem::take(taken);
+                            self.give_up();
+                            if new.is_empty() {
+                                self.phase = Phase::Pass;
+                            } else {
+                                new.push(rest[0]);
+                                self.phase = Phase::Flush {
+                                    new,
+                                    sent: 0,
+                                    hold: 1,
+                                };
+                            }
+                            continue;
+                        }
+                        let Some(p) = line_end else {
+                            taken.extend_from_slice(rest);
+                            return Ok(data.len());
+                        };
+                        taken.extend_from_slice(&rest[..p]);
+                        done += p;
+                        let mut whole = std::mem::take(taken);
+                        whole.push(b'\n');
+                        let n = whole
+                            .strip_suffix(b"\r\n")
+                            .and_then(|l| std::str::from_utf8(&l[1..]).ok())
+                            .and_then(|l| l.parse::<i64>().ok());
+                        self.targets.pop_front();
+                        let new = match n {
+                            Some(n) => format!(":{}\r\n", n.min(cap)).into_bytes(),
+                            None => {
+                                self.give_up();
+                                whole.clone()
+                            }
+                        };
+                        self.resized += new.len() as i64 - whole.len() as i64;
+                        self.scan.replies += 1;
+                        self.phase = Phase::Flush {
+                            new,
+                            sent: 0,
+                            hold: 1,
+                        };
+                        continue;
+                    }
+                    // The header, from what was taken and what is offered.
                     if !matches!(first, Some(b'$' | b'=')) {
                         // Not a bulk string: the count is wrong.
                         debug_assert!(taken.is_empty());
@@ -659,7 +717,7 @@ impl Rewriter {
                         body.is_some_and(looks_like_info)
                     };
                     let new = match (ok, self.targets.pop_front()) {
-                        (true, Some((_, shown))) => {
+                        (true, Some((_, Edit::Info(shown)))) => {
                             let verbatim = whole[0] == b'=';
                             let body = if verbatim { &text[4..] } else { text };
                             let mut t = if verbatim {
@@ -877,8 +935,8 @@ mod tests {
             (1, 1),
         ] {
             let mut w = Rewriter::default();
-            assert!(w.expect(2, shown(), 1));
-            assert!(w.expect(4, Shown::default(), 1));
+            assert!(w.expect(2, Edit::Info(shown()), 1));
+            assert!(w.expect(4, Edit::Info(Shown::default()), 1));
             assert_eq!(
                 write_all(&mut w, &stream, piece, cap),
                 want,
@@ -887,7 +945,7 @@ mod tests {
         }
         // RESP3's verbatim string.
         let mut w = Rewriter::default();
-        w.expect(0, shown(), 1);
+        w.expect(0, Edit::Info(shown()), 1);
         let verbatim = |t: &str| format!("={}\r\ntxt:{t}\r\n", t.len() + 4).into_bytes();
         assert_eq!(write_all(&mut w, &verbatim(INFO), 10, 10), verbatim(&new));
     }
@@ -902,13 +960,13 @@ mod tests {
         ] {
             for (piece, cap) in [(usize::MAX, usize::MAX), (2, 3), (1, 1)] {
                 let mut w = Rewriter::default();
-                w.expect(0, shown(), 1);
+                w.expect(0, Edit::Info(shown()), 1);
                 assert_eq!(write_all(&mut w, other, piece, cap), other, "{other:?}");
             }
         }
         // A full sink: the reply is taken but its last byte, which waits for the sink.
         let mut w = Rewriter::default();
-        w.expect(0, shown(), 1);
+        w.expect(0, Edit::Info(shown()), 1);
         let mut sink = Sink {
             out: Vec::new(),
             cap: 0,
@@ -925,10 +983,29 @@ mod tests {
     }
 
     #[test]
+    fn idle_times_are_capped_in_any_pieces() {
+        let stream = b"+OK\r\n:17\r\n:3\r\n$-1\r\n";
+        for (piece, cap) in [(usize::MAX, usize::MAX), (1, 1), (3, 2)] {
+            let mut w = Rewriter::default();
+            assert!(w.expect(1, Edit::Idle(5), 1));
+            assert!(w.expect(2, Edit::Idle(5), 1));
+            assert_eq!(
+                write_all(&mut w, stream, piece, cap),
+                b"+OK\r\n:5\r\n:3\r\n$-1\r\n"
+            );
+            assert_eq!(w.take_resized(), -1);
+            // Not an integer (the key is gone): as written.
+            let mut w = Rewriter::default();
+            assert!(w.expect(3, Edit::Idle(5), 1));
+            assert_eq!(write_all(&mut w, stream, piece, cap), stream);
+        }
+    }
+
+    #[test]
     fn a_later_iteration_does_not_add_to_a_scan_under_way() {
         let mut w = Rewriter::default();
-        assert!(w.expect(3, shown(), 1));
-        assert!(!w.expect(0, shown(), 2));
-        assert!(w.expect(5, shown(), 1));
+        assert!(w.expect(3, Edit::Info(shown()), 1));
+        assert!(!w.expect(0, Edit::Info(shown()), 2));
+        assert!(w.expect(5, Edit::Info(shown()), 1));
     }
 }

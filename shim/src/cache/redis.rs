@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 
-use super::info::{Rewriter, Shown};
+use super::info::{Edit, Rewriter, Shown};
 use super::resp::{self, Parsed, Reply};
 use super::store::Store;
 use super::{Aside, CacheStats, ControlIo, Responder, UnixMs, Upkeep};
@@ -182,6 +182,11 @@ pub struct RedisCache {
     touch: Vec<Box<[u8]>>,
     /// When the first of them was queued.
     touch_since: UnixMs,
+    /// Redis evicts the least recently used keys (`maxmemory-policy` `*-lru`): keys the cache
+    /// answers are TOUCHed in Redis within [`SEEN_EVERY_MS`]. Otherwise a key's last access
+    /// matters only to OBJECT IDLETIME, whose replies the cache corrects, and to nothing once
+    /// the key leaves the cache, which TOUCHes it then.
+    lru: bool,
     /// The keys of the requests `answer` answered (start, end in its input), to take a
     /// part back.
     spans: Vec<(usize, usize)>,
@@ -230,6 +235,7 @@ impl RedisCache {
             cold: Default::default(),
             touch: Vec::new(),
             touch_since: 0,
+            lru: false,
             spans: Vec::new(),
         }
     }
@@ -248,6 +254,17 @@ impl RedisCache {
         for f in self.fills.values_mut() {
             f.tainted = true;
         }
+    }
+
+    /// Keys the cache answered that Redis has not seen since: the next upkeeps TOUCH them.
+    fn touch_keys(&mut self, keys: Vec<Box<[u8]>>, now: UnixMs) {
+        if keys.is_empty() {
+            return;
+        }
+        if self.touch.is_empty() {
+            self.touch_since = now;
+        }
+        self.touch.extend(keys);
     }
 
     /// The connection is gone (or unusable): nothing cached can be trusted any more.
@@ -328,7 +345,17 @@ impl RedisCache {
         } else {
             *since_get = since_get.saturating_add(1);
             if name.eq_ignore_ascii_case(b"INFO") {
-                info = self.info_request(conn, *ahead);
+                info = self.edit_request(conn, *ahead, Edit::Info(self.shown));
+            } else if name.eq_ignore_ascii_case(b"OBJECT") && c.arg_is(buf, 1, b"IDLETIME") {
+                // The key's idle time is at most the time since the cache last answered it.
+                let answered = c
+                    .arg(buf, 2)
+                    .and_then(|k| self.store.get(k))
+                    .map(|e| e.hit_at);
+                if let Some(at) = answered.filter(|&at| at > 0) {
+                    let idle = now / 1000 - at / 1000;
+                    info = self.edit_request(conn, *ahead, Edit::Idle(idle));
+                }
             } else if followed_name(name) {
                 self.follow(conn, buf, c, now);
             }
@@ -337,10 +364,11 @@ impl RedisCache {
         info
     }
 
-    /// `conn` sent INFO, after requests whose `ahead` replies Redis writes first: its reply is to show Redis's figures without the cache's part in
-    /// them, as they are now (Redis executes the request now, in the same iteration).
-    fn info_request(&mut self, conn: u64, ahead: u64) -> bool {
-        let (shown, epoch) = (self.shown, self.epoch);
+    /// `conn` sent a request whose reply is to be changed (`edit`: INFO's figures without the
+    /// cache's part in them, as they are now, for Redis executes the request in this
+    /// iteration), after requests whose `ahead` replies Redis writes first.
+    fn edit_request(&mut self, conn: u64, ahead: u64, edit: Edit) -> bool {
+        let epoch = self.epoch;
         let Some(t) = self.conns.get_mut(&conn) else {
             return false;
         };
@@ -350,7 +378,7 @@ impl RedisCache {
         }
         let rw = t.info.get_or_insert_with(Default::default);
         let was = rw.active();
-        if !rw.expect(ahead, shown, epoch) {
+        if !rw.expect(ahead, edit, epoch) {
             return false;
         }
         if !was {
@@ -522,6 +550,7 @@ impl RedisCache {
             }
             (Expect::Touch(_), _) => {}
             (Expect::Policy, Got::Other(raw)) => {
+                self.lru = raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lru"));
                 if raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lfu")) {
                     self.off_by_setting = true;
                     return Err(
@@ -553,7 +582,11 @@ impl RedisCache {
                 };
                 let reply = resp::get_reply(value.as_deref()).into_boxed_slice();
                 if self.store.fits(&k, &reply) {
-                    self.store.insert(&k, reply, expires, now);
+                    let mut unseen = Vec::new();
+                    self.store.insert(&k, reply, expires, now, &mut unseen);
+                    // Keys answered since Redis last saw them, gone from the cache: Redis is
+                    // told they were used.
+                    self.touch_keys(unseen, now);
                     self.stats.fills += 1;
                 }
             }
@@ -763,7 +796,7 @@ fn followed_name(name: &[u8]) -> bool {
         (3, Some(b'A'))
             | (4, Some(b'A' | b'E' | b'W'))
             | (5, Some(b'H' | b'M' | b'B' | b'X'))
-            | (6, Some(b'S' | b'C' | b'B'))
+            | (6, Some(b'S' | b'C' | b'B' | b'O'))
             | (7, Some(b'D' | b'M' | b'W'))
             | (8, Some(b'B'))
             | (9, Some(b'S'))
@@ -1026,9 +1059,10 @@ impl Responder for RedisCache {
                 break;
             };
             bytes += e.reply.len();
-            if now - e.seen >= SEEN_EVERY_MS - TOUCH_EVERY_MS {
-                // Redis's idea of the key's last access (OBJECT IDLETIME, LRU eviction) is
-                // brought up to date by a TOUCH, batched.
+            e.hit_at = now;
+            if self.lru && now - e.seen >= SEEN_EVERY_MS - TOUCH_EVERY_MS {
+                // Redis evicts the least recently used keys: its idea of the key's last
+                // access is brought up to date by a TOUCH, batched.
                 e.seen = now;
                 if self.touch.is_empty() {
                     self.touch_since = now;
@@ -1381,9 +1415,16 @@ mod tests {
     /// Redis sees every key the cache answers within SEEN_EVERY_MS of the answer: keys
     /// queued from SEEN_EVERY_MS - TOUCH_EVERY_MS on, and sent together TOUCH_EVERY_MS after
     /// the first.
+    /// Redis evicting by LRU: the cache's answers are TOUCHed in Redis.
+    fn ready_lru() -> (RedisCache, Io) {
+        let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES)
+            .replace("$10\r\nnoeviction", "$11\r\nallkeys-lru");
+        ready_with(false, replies.into_bytes())
+    }
+
     #[test]
     fn keys_answered_are_touched_in_redis_every_500_ms() {
-        let (mut c, mut io) = ready(false);
+        let (mut c, mut io) = ready_lru();
         fill(&mut c, &mut io, "k", "v", -1, 0);
         fill(&mut c, &mut io, "j", "w", -1, 0);
         assert!(answer(&mut c, &get("k"), 100).0 > 0);
@@ -1402,6 +1443,38 @@ mod tests {
         );
         c.control_output(b":2\r\n", SEEN_EVERY_MS + 2);
         assert!(c.up());
+    }
+
+    /// Redis not evicting by LRU: no TOUCH for the answers; OBJECT IDLETIME's reply says at
+    /// most the time since the cache's last answer; a key answered since Redis saw it is
+    /// TOUCHed when it leaves the cache.
+    #[test]
+    fn without_lru_eviction_idle_times_are_corrected_instead() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        assert!(answer(&mut c, &get("k"), 2500).0 > 0);
+        c.upkeep(&mut io, 6379, 3000);
+        c.upkeep(&mut io, 6379, 9000);
+        assert!(io.sent.is_empty(), "no TOUCH");
+        c.loop_turn();
+        assert!(c.app_read(1, &req(&["OBJECT", "IDLETIME", "k"]), 5000));
+        let mut sent = Vec::new();
+        let r = c.app_write(1, b":5\r\n", &mut |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":3\r\n"[..]));
+        // A key never answered by the cache: Redis's reply as it is.
+        c.loop_turn();
+        assert!(!c.app_read(1, &req(&["OBJECT", "IDLETIME", "other"]), 5000));
+        // k leaves the cache (others fill it up): it is TOUCHed.
+        let big = "x".repeat(60_000);
+        for i in 0..20 {
+            fill(&mut c, &mut io, &format!("big{i}"), &big, -1, 6000);
+        }
+        assert!(!c.store.contains(b"k"));
+        c.upkeep(&mut io, 6379, 6200);
+        assert_eq!(io.sent, req(&["TOUCH", "k"]));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Entry {
     pub doomed: bool,
     /// Requests answered from it.
     pub hits: u32,
+    /// When the cache last answered a request for it (0: never).
+    pub hit_at: UnixMs,
     gen: u64,
 }
 
@@ -75,8 +77,16 @@ impl Store {
         self.map.contains_key(key)
     }
 
-    /// Puts an entry, replacing the key's; the oldest entries go while over budget.
-    pub fn insert(&mut self, key: &[u8], reply: Box<[u8]>, expires: Option<UnixMs>, now: UnixMs) {
+    /// Puts an entry, replacing the key's; the oldest entries go while over budget (those
+    /// answered since Redis last saw them are put in `unseen`).
+    pub fn insert(
+        &mut self,
+        key: &[u8],
+        reply: Box<[u8]>,
+        expires: Option<UnixMs>,
+        now: UnixMs,
+        unseen: &mut Vec<Box<[u8]>>,
+    ) {
         if !self.fits(key, &reply) {
             return;
         }
@@ -91,6 +101,7 @@ impl Store {
                 seen: now,
                 doomed: false,
                 hits: 0,
+                hit_at: 0,
                 gen: self.next_gen,
             },
         );
@@ -100,7 +111,9 @@ impl Store {
                 break;
             };
             if self.map.get(&k).is_some_and(|e| e.gen == g) {
-                self.remove(&k);
+                if self.take(&k).is_some_and(|e| e.hit_at > e.seen) {
+                    unseen.push(k);
+                }
             }
         }
         // Stale queue items (keys removed or refilled) are dropped once they are the many.
@@ -147,7 +160,7 @@ mod tests {
         let mut s = Store::new(16 * 200);
         for i in 0..100u32 {
             let k = i.to_be_bytes();
-            s.insert(&k, vec![0u8; 50].into(), None, 0);
+            s.insert(&k, vec![0u8; 50].into(), None, 0, &mut Vec::new());
             assert!(s.bytes() <= 16 * 200);
         }
         assert!(s.len() < 100 && s.len() > 10);
@@ -155,8 +168,20 @@ mod tests {
         assert!(!s.contains(&0u32.to_be_bytes()));
         // A refill moves a key to the back of the queue.
         let first_left = (0..100u32).find(|i| s.contains(&i.to_be_bytes())).unwrap();
-        s.insert(&first_left.to_be_bytes(), vec![1u8; 50].into(), None, 0);
-        s.insert(&1000u32.to_be_bytes(), vec![0u8; 50].into(), None, 0);
+        s.insert(
+            &first_left.to_be_bytes(),
+            vec![1u8; 50].into(),
+            None,
+            0,
+            &mut Vec::new(),
+        );
+        s.insert(
+            &1000u32.to_be_bytes(),
+            vec![0u8; 50].into(),
+            None,
+            0,
+            &mut Vec::new(),
+        );
         assert!(s.contains(&first_left.to_be_bytes()));
         s.remove(&first_left.to_be_bytes());
         s.clear();
@@ -166,7 +191,7 @@ mod tests {
     #[test]
     fn entries_larger_than_a_sixteenth_of_the_budget_are_not_kept() {
         let mut s = Store::new(16 * 1000);
-        s.insert(b"k", vec![0u8; 2000].into(), None, 0);
+        s.insert(b"k", vec![0u8; 2000].into(), None, 0, &mut Vec::new());
         assert_eq!(s.len(), 0);
     }
 }
