@@ -482,7 +482,10 @@ fn key_answered_by_the_cache_looks_used(lru: bool) {
     let idle: u64 = kernel_cli(&bed, &["object", "idletime", "k"])
         .parse()
         .expect("a number");
-    assert!(idle <= 1, "OBJECT IDLETIME k: {idle} s (LRU eviction: {lru})");
+    assert!(
+        idle <= 1,
+        "OBJECT IDLETIME k: {idle} s (LRU eviction: {lru})"
+    );
     if lru {
         // Redis's own idea of the key's last access, which LRU eviction goes by (DEBUG OBJECT
         // is not corrected by the cache).

@@ -22,10 +22,12 @@
 //! not in a transaction, nothing unanswered, no output waiting in Redis. A connection that
 //! leaves that state is left to Redis for good (`cache.aside_*`).
 //!
-//! **What Redis sees.** Every 500 ms at most, a connection's request and a key's request go
-//! to Redis although cached, so that Redis's idle times (CLIENT LIST's `idle`, the `timeout`
-//! setting, OBJECT IDLETIME and LRU eviction) stay true within that. docs/configuration.md
-//! lists what differs (INFO's command counts, MONITOR, the slowlog).
+//! **What Redis shows.** Under a `timeout`, a connection's request goes to Redis although
+//! cached every 500 ms at most (CLIENT LIST's `idle`, the `timeout` setting). A key's last
+//! use: when Redis evicts by LRU, the keys answered are TOUCHed in Redis within 500 ms;
+//! otherwise OBJECT IDLETIME's reply is corrected, and a key is TOUCHed when it leaves the
+//! cache. INFO's reply shows Redis's figures without the cache's part (`super::info`).
+//! docs/configuration.md lists what differs (MONITOR, the slowlog, ...).
 
 use std::collections::VecDeque;
 
@@ -918,8 +920,8 @@ impl Responder for RedisCache {
             // Most requests only need counting, which their name says.
             if let Some((len, (n0, n1), _)) = resp::skim(&data[used..]) {
                 let name = &data[used + n0..used + n1];
-                if !followed_name(name) && !(name.len() == 4 && name.eq_ignore_ascii_case(b"INFO"))
-                {
+                let is_info = name.len() == 4 && name.eq_ignore_ascii_case(b"INFO");
+                if !(followed_name(name) || is_info) {
                     since_get = if resp::is_get(name) {
                         0
                     } else {

@@ -110,10 +110,10 @@ impl Store {
             let Some((k, g)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.get(&k).is_some_and(|e| e.gen == g) {
-                if self.take(&k).is_some_and(|e| e.hit_at > e.seen) {
-                    unseen.push(k);
-                }
+            if self.map.get(&k).is_some_and(|e| e.gen == g)
+                && self.take(&k).is_some_and(|e| e.hit_at > e.seen)
+            {
+                unseen.push(k);
             }
         }
         // Stale queue items (keys removed or refilled) are dropped once they are the many.
