@@ -411,6 +411,9 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     let end = line.iter().position(|&b| b == 0).unwrap_or(line.len());
     let p = &line[..end];
     let at = |i: usize| p.get(i).copied().unwrap_or(0);
+    // A closing quote at `i` must be followed by white space or by the end (or it is an
+    // unterminated quote: the end of the line, where `at` gives 0).
+    let closes = |i: usize| i + 1 >= p.len() || matches!(p[i + 1], b' ' | b'\t'..=b'\r');
     let mut args = Vec::new();
     let mut i = 0;
     loop {
@@ -442,14 +445,12 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                         b'a' => 0x07,
                         o => o,
                     });
-                } else if c == b'"' {
-                    if i + 1 < p.len() && !p[i + 1].is_ascii_whitespace() && p[i + 1] != 0x0b {
+                } else if c == b'"' || c == 0 {
+                    if c == 0 || !closes(i) {
                         return None;
                     }
                     i += 1;
                     break;
-                } else if c == 0 {
-                    return None;
                 } else {
                     cur.push(c);
                 }
@@ -457,14 +458,12 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                 if c == b'\\' && at(i + 1) == b'\'' {
                     cur.push(b'\'');
                     i += 1;
-                } else if c == b'\'' {
-                    if i + 1 < p.len() && !p[i + 1].is_ascii_whitespace() && p[i + 1] != 0x0b {
+                } else if c == b'\'' || c == 0 {
+                    if c == 0 || !closes(i) {
                         return None;
                     }
                     i += 1;
                     break;
-                } else if c == 0 {
-                    return None;
                 } else {
                     cur.push(c);
                 }
