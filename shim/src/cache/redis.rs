@@ -349,9 +349,12 @@ impl RedisCache {
             if name.eq_ignore_ascii_case(b"INFO") {
                 info = self.edit_request(conn, *ahead, Edit::Info(self.shown));
             } else if name.eq_ignore_ascii_case(b"OBJECT") && c.arg_is(buf, 1, b"IDLETIME") {
-                // The key's idle time is at most the time since the cache last answered it.
+                // The key's idle time is at most the time since the cache last answered it
+                // (the cache holds database 0's keys).
+                let db0 = self.conns.get(&conn).is_some_and(|t| t.db == 0);
                 let answered = c
                     .arg(buf, 2)
+                    .filter(|_| db0)
                     .and_then(|k| self.store.get(k))
                     .map(|e| e.hit_at);
                 if let Some(at) = answered.filter(|&at| at > 0) {
@@ -615,7 +618,11 @@ impl RedisCache {
                 s.own_misses += *keys as u64 - hits;
                 (2, None)
             }
-            (Expect::Hello, _) => (3, None),
+            (Expect::Hello, _) => {
+                // Redis accepted the connection: it counts in total_connections_received.
+                s.own_connections += 1;
+                (3, None)
+            }
             (Expect::Ok("CLIENT SETNAME"), _) => (4, None),
             (Expect::Ok(_), r) => {
                 s.own_tracking = matches!(r, Got::Simple(true));
@@ -1131,7 +1138,6 @@ impl Responder for RedisCache {
                         Ok(fd) => {
                             self.link = Link::Handshake { fd, since: now };
                             self.shown.own_client = true;
-                            self.shown.own_connections += 1;
                             self.handshake();
                             self.send_out(io, fd, now);
                         }
@@ -1466,9 +1472,12 @@ mod tests {
             Ok(b.len())
         });
         assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":3\r\n"[..]));
-        // A key never answered by the cache: Redis's reply as it is.
+        // A key never answered by the cache, or another database's k: Redis's reply as it is.
         c.loop_turn();
         assert!(!c.app_read(1, &req(&["OBJECT", "IDLETIME", "other"]), 5000));
+        c.opened(2, 0);
+        c.app_read(2, &req(&["SELECT", "9"]), 5000);
+        assert!(!c.app_read(2, &req(&["OBJECT", "IDLETIME", "k"]), 5000));
         // k leaves the cache (others fill it up): it is TOUCHed.
         let big = "x".repeat(60_000);
         for i in 0..20 {
