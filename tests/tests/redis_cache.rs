@@ -433,7 +433,8 @@ fn info_figures(bed: &mut RedisBed) -> Vec<(String, String)> {
 /// INFO shows what Redis would show without the cache, to clients through the stack and
 /// through the kernel side: GETs the cache answered count as Redis's own (keyspace hits and
 /// misses, GET's calls, commands, bytes), and the cache's own connection and its commands do
-/// not. The same requests with the cache off and on give the same figures.
+/// not (nor in CLIENT KILL's count). The same requests with the cache off and on give the
+/// same figures.
 #[test]
 fn info_shows_what_redis_would_show_without_the_cache() {
     let run = |cache: bool| {
@@ -448,7 +449,12 @@ fn info_shows_what_redis_would_show_without_the_cache() {
         let out = bed.cli_ok(&["-r", "100", "get", "nosuchkey"]);
         assert_eq!(out.lines().count(), 100, "{out}");
         let hits = if cache { counter(&bed, "hits") } else { 0 };
-        (info_figures(&mut bed), hits)
+        let mut figures = info_figures(&mut bed);
+        // CLIENT KILL's count of the others (the cache's connection among them, with the cache
+        // on).
+        let killed = bed.cli_ok(&["client", "kill", "skipme", "yes"]);
+        figures.push(("killed".into(), killed.trim().to_string()));
+        (figures, hits)
     };
     let (off, _) = run(false);
     let (on, hits) = run(true);

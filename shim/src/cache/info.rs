@@ -481,6 +481,12 @@ pub enum Edit {
     Info(Shown),
     /// OBJECT IDLETIME's: at most this many seconds (the key was answered by the cache then).
     Idle(i64),
+    /// An integer reply, less this (CLIENT KILL's count, which the cache's connection was in).
+    Less(i64),
+    /// CLIENT KILL's count, the cache's connection closed by Redis so many times when the
+    /// request was read: [`Rewriter::resolve`] turns it into [`Edit::Less`] before the reply
+    /// is written.
+    Kill(u64),
 }
 
 /// Where a [`Rewriter`] stands in the output.
@@ -535,6 +541,15 @@ impl Rewriter {
         }
         self.targets.push_back((nth, edit));
         true
+    }
+
+    /// Turns edits that depend on what happened since the request was read into final ones.
+    pub fn resolve(&mut self, f: impl Fn(&Edit) -> Option<Edit>) {
+        for (_, e) in &mut self.targets {
+            if let Some(new) = f(e) {
+                *e = new;
+            }
+        }
     }
 
     /// How many bytes the replies rewritten since the last call added to the output.
@@ -601,7 +616,12 @@ impl Rewriter {
                         return Ok(done);
                     }
                     let first = taken.first().or(rest.first()).copied();
-                    if let Some(&(_, Edit::Idle(cap))) = self.targets.front() {
+                    let int_edit = match self.targets.front() {
+                        Some(&(_, Edit::Idle(cap))) => Some((cap, 0)),
+                        Some(&(_, Edit::Less(k))) => Some((i64::MAX, k)),
+                        _ => None,
+                    };
+                    if let Some((cap, less)) = int_edit {
                         // An integer: its line is taken but its last byte.
                         let line_end = rest.iter().position(|&b| b == b'\n');
                         if first != Some(b':')
@@ -635,7 +655,9 @@ impl Rewriter {
                             .and_then(|l| l.parse::<i64>().ok());
                         self.targets.pop_front();
                         let new = match n {
-                            Some(n) => format!(":{}\r\n", n.min(cap)).into_bytes(),
+                            Some(n) => {
+                                format!(":{}\r\n", n.min(cap) - less.min(n.max(0))).into_bytes()
+                            }
                             None => {
                                 self.give_up();
                                 whole.clone()
@@ -994,6 +1016,14 @@ mod tests {
                 b"+OK\r\n:5\r\n:3\r\n$-1\r\n"
             );
             assert_eq!(w.take_resized(), -1);
+            // A count less one; never below 0.
+            let mut w = Rewriter::default();
+            assert!(w.expect(1, Edit::Less(1), 1));
+            assert!(w.expect(2, Edit::Less(7), 1));
+            assert_eq!(
+                write_all(&mut w, stream, piece, cap),
+                b"+OK\r\n:16\r\n:0\r\n$-1\r\n"
+            );
             // Not an integer (the key is gone): as written.
             let mut w = Rewriter::default();
             assert!(w.expect(3, Edit::Idle(5), 1));

@@ -162,6 +162,9 @@ pub struct RedisCache {
     epoch: u64,
     /// Connections whose output goes through their [`Rewriter`].
     rewriting: usize,
+    /// Times Redis closed the cache's connection (CLIENT KILL counts it among the clients it
+    /// killed: see [`Edit::Kill`]).
+    own_closed: u64,
     /// CLIENT PAUSE: Redis answers nobody until then.
     paused_until: UnixMs,
     /// `MTCP_REDIS_CACHE_FAULT=late`: invalidations take effect one reply late (for tests
@@ -228,6 +231,7 @@ impl RedisCache {
             shown: Shown::default(),
             epoch: 0,
             rewriting: 0,
+            own_closed: 0,
             paused_until: 0,
             late,
             link_restart: false,
@@ -362,6 +366,12 @@ impl RedisCache {
                     info = self.edit_request(conn, *ahead, Edit::Idle(idle));
                 }
             } else if followed_name(name) {
+                if name.eq_ignore_ascii_case(b"CLIENT") && c.arg_is(buf, 1, b"KILL") && c.argc != 3
+                {
+                    // The filter form answers how many it killed; the cache's connection may
+                    // be one.
+                    info = self.edit_request(conn, *ahead, Edit::Kill(self.own_closed));
+                }
                 self.follow(conn, buf, c, now);
             }
         }
@@ -1002,6 +1012,13 @@ impl Responder for RedisCache {
         if !rw.active() {
             return None;
         }
+        // CLIENT KILL executed since it was read: its count less the cache's connection if
+        // Redis closed that meanwhile.
+        let closed = self.own_closed;
+        rw.resolve(|e| match *e {
+            Edit::Kill(then) => Some(Edit::Less(i64::from(closed > then))),
+            _ => None,
+        });
         let r = rw.write(data, send);
         self.shown.rewritten_out += rw.take_resized();
         if !rw.active() {
@@ -1216,6 +1233,7 @@ impl Responder for RedisCache {
     }
 
     fn control_closed(&mut self, io: &mut dyn ControlIo, now: UnixMs) {
+        self.own_closed += 1;
         self.lose(io, now);
     }
 
@@ -1629,6 +1647,30 @@ mod tests {
         c.loop_turn();
         assert!(!c.app_read(1, &req(&["INFO"]), 5));
         assert!(!c.rewriting());
+    }
+
+    /// CLIENT KILL's count leaves out the cache's connection when Redis closed it then.
+    #[test]
+    fn client_kill_counts_without_the_caches_connection() {
+        let (mut c, mut io) = ready(false);
+        c.loop_turn();
+        assert!(c.app_read(1, &req(&["CLIENT", "KILL", "SKIPME", "yes"]), 1));
+        c.control_closed(&mut io, 1);
+        let mut sent = Vec::new();
+        let r = c.app_write(1, b":7\r\n", &mut |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":6\r\n"[..]));
+        // The cache's connection not killed: the count as it is.
+        c.loop_turn();
+        assert!(c.app_read(1, &req(&["CLIENT", "KILL", "TYPE", "pubsub"]), 2));
+        let mut sent = Vec::new();
+        let r = c.app_write(1, b":2\r\n", &mut |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":2\r\n"[..]));
     }
 
     /// A connection left to Redis is still followed: its SWAPDB, CLIENT PAUSE and MONITOR
