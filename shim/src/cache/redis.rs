@@ -350,7 +350,7 @@ impl RedisCache {
             *since_get = 0;
         } else {
             *since_get = since_get.saturating_add(1);
-            if name.eq_ignore_ascii_case(b"INFO") {
+            if is_info(name) {
                 info = self.edit_request(conn, *ahead, Edit::Info(self.shown));
             } else if name.eq_ignore_ascii_case(b"OBJECT") && c.arg_is(buf, 1, b"IDLETIME") {
                 // The key's idle time is at most the time since the cache last answered it
@@ -823,6 +823,12 @@ fn followed_name(name: &[u8]) -> bool {
     )
 }
 
+/// Whether a request named `name` is INFO (whose reply the cache rewrites).
+#[inline]
+fn is_info(name: &[u8]) -> bool {
+    name.len() == 4 && name.eq_ignore_ascii_case(b"INFO")
+}
+
 /// How many arguments of a request the cache sees (`resp::KEPT`).
 const KEPT_ARGS: usize = resp::KEPT;
 
@@ -937,8 +943,7 @@ impl Responder for RedisCache {
             // Most requests only need counting, which their name says.
             if let Some((len, (n0, n1), _)) = resp::skim(&data[used..]) {
                 let name = &data[used + n0..used + n1];
-                let is_info = name.len() == 4 && name.eq_ignore_ascii_case(b"INFO");
-                if !(followed_name(name) || is_info) {
+                if !(followed_name(name) || is_info(name)) {
                     since_get = if resp::is_get(name) {
                         0
                     } else {
@@ -1441,6 +1446,17 @@ mod tests {
     /// Redis sees every key the cache answers within SEEN_EVERY_MS of the answer: keys
     /// queued from SEEN_EVERY_MS - TOUCH_EVERY_MS on, and sent together TOUCH_EVERY_MS after
     /// the first.
+    /// What the application writing `output` to connection 1 sends (the connection takes it
+    /// all), and what the cache says it took.
+    fn written(c: &mut RedisCache, output: &[u8]) -> (Option<Result<usize, ()>>, Vec<u8>) {
+        let mut sent = Vec::new();
+        let r = c.app_write(1, output, &mut |b| {
+            sent.extend_from_slice(b);
+            Ok(b.len())
+        });
+        (r, sent)
+    }
+
     /// Redis evicting by LRU: the cache's answers are TOUCHed in Redis.
     fn ready_lru() -> (RedisCache, Io) {
         let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES)
@@ -1484,11 +1500,7 @@ mod tests {
         assert!(io.sent.is_empty(), "no TOUCH");
         c.loop_turn();
         assert!(c.app_read(1, &req(&["OBJECT", "IDLETIME", "k"]), 5000));
-        let mut sent = Vec::new();
-        let r = c.app_write(1, b":5\r\n", &mut |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
-        });
+        let (r, sent) = written(&mut c, b":5\r\n");
         assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":3\r\n"[..]));
         // A key never answered by the cache, or another database's k: Redis's reply as it is.
         c.loop_turn();
@@ -1624,11 +1636,7 @@ mod tests {
                      # Stats\r\nkeyspace_hits:4\r\n";
         let bulk = |t: &str| format!("${}\r\n{t}\r\n", t.len());
         let output = format!("+OK\r\n{}", bulk(redis));
-        let mut sent = Vec::new();
-        let r = c.app_write(1, output.as_bytes(), &mut |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
-        });
+        let (r, sent) = written(&mut c, output.as_bytes());
         assert_eq!(r, Some(Ok(output.len())));
         assert_eq!(
             String::from_utf8(sent).unwrap(),
@@ -1656,20 +1664,12 @@ mod tests {
         c.loop_turn();
         assert!(c.app_read(1, &req(&["CLIENT", "KILL", "SKIPME", "yes"]), 1));
         c.control_closed(&mut io, 1);
-        let mut sent = Vec::new();
-        let r = c.app_write(1, b":7\r\n", &mut |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
-        });
+        let (r, sent) = written(&mut c, b":7\r\n");
         assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":6\r\n"[..]));
         // The cache's connection not killed: the count as it is.
         c.loop_turn();
         assert!(c.app_read(1, &req(&["CLIENT", "KILL", "TYPE", "pubsub"]), 2));
-        let mut sent = Vec::new();
-        let r = c.app_write(1, b":2\r\n", &mut |b| {
-            sent.extend_from_slice(b);
-            Ok(b.len())
-        });
+        let (r, sent) = written(&mut c, b":2\r\n");
         assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":2\r\n"[..]));
     }
 

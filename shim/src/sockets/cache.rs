@@ -223,13 +223,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         })
     }
 
-    /// The application's event loop on epoll set `epfd` waits: the cache's next reads are
-    /// the next iteration's.
-    pub(super) fn cache_loop_turn(&mut self, epfd: c_int) {
-        if matches!(self.obj_ref(epfd), Some(Obj::Epoll { listens: true, .. })) {
-            if let Some(c) = self.cache.as_mut() {
-                c.r.loop_turn();
-            }
+    /// The application's event loop (the served listeners') waits: the cache's next reads
+    /// are the next iteration's.
+    pub(super) fn cache_loop_turn(&mut self) {
+        if let Some(c) = self.cache.as_mut() {
+            c.r.loop_turn();
         }
     }
 

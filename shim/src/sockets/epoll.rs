@@ -116,14 +116,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if !self.is_epoll(epfd) {
             return None;
         }
-        if self.cache.is_some() {
-            self.cache_loop_turn(epfd);
-        }
-        // Only in the event loop of the served listeners: another thread's epoll (a module's)
-        // waits while that loop may be executing a command.
-        let answering = answering
-            && self.cache.is_some()
+        // The event loop of the served listeners: the cache counts its iterations, and answers
+        // only there (another thread's epoll, a module's, waits while that loop may be
+        // executing a command).
+        let served = self.cache.is_some()
             && matches!(self.obj_ref(epfd), Some(Obj::Epoll { listens: true, .. }));
+        if served {
+            self.cache_loop_turn();
+        }
+        let answering = answering && served;
         if answering {
             self.cache_upkeep();
         }
