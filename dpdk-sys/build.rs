@@ -211,6 +211,7 @@ fn generate_bindings(cflags: &[String], out: &Path) {
         "rte_lcore_.*",
         "rte_vdev_.*",
         "rte_version",
+        "rte_thread_is_intr",
         "rte_get_tsc_hz",
         "rte_log_set_global_level",
         "rte_log_set_level_pattern",

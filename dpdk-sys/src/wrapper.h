@@ -18,6 +18,7 @@
 #include <rte_mbuf.h>
 #include <rte_ether.h>
 #include <rte_ethdev.h>
+#include <rte_interrupts.h>
 #include <rte_bus_vdev.h>
 
 uint16_t mtcp_rte_eth_rx_burst(uint16_t port_id, uint16_t queue_id,

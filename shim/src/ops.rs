@@ -975,8 +975,21 @@ unsafe fn epoll_wait_with(
     sigmask: *const sigset_t,
     kernel: impl FnOnce() -> c_int,
 ) -> Outcome<c_int> {
-    if !runtime::is_ours(epfd) && (max <= 0 || events.is_null()) {
-        return NOT_OURS; // the kernel's errors (EBADF before EINVAL)
+    if !runtime::is_ours(epfd) {
+        if max <= 0 || events.is_null() {
+            return NOT_OURS; // the kernel's errors (EBADF before EINVAL)
+        }
+        if userstack::dpdk::on_interrupt_thread() {
+            // DPDK's own thread, between its drivers' callbacks: they run behind the fence
+            // that keeps them from unmapping a ring under a burst (userstack dpdk/fence.rs).
+            let (r, err) =
+                userstack::dpdk::interrupt_thread_waits(|| (kernel(), crate::errno::get()));
+            return if r < 0 {
+                Outcome::Error(err)
+            } else {
+                Outcome::Done(r)
+            };
+        }
     }
     if max <= 0 || events.is_null() {
         return Outcome::Error(libc::EINVAL);

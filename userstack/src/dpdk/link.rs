@@ -62,6 +62,8 @@ pub struct DpdkLink {
     /// drivers are not asked: a PCI NIC's link_update reads registers, and net_tap says down
     /// when its netdev is in another namespace while frames flow.
     link_is_peer: bool,
+    /// Bursts take the interrupt thread's fence (`fence::needs_fence`).
+    fenced: bool,
     /// net_af_packet: the PMD's packet sockets (found by what the port's start opened), where
     /// `steer` attaches its filter.
     rx_sockets: Vec<RawFd>,
@@ -170,6 +172,7 @@ impl DpdkLink {
             rx_multiseg: 0,
             lcores: eal_lcores(),
             link_is_peer: port_name.starts_with("net_memif"),
+            fenced: super::fence::needs_fence(&port_name),
             info,
             packet_wake: None,
             memif_wake: None,
@@ -346,9 +349,11 @@ impl Link for DpdkLink {
 
     fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) {
         let max = max.min(self.rx_burst.len());
+        let fence = self.fenced.then(super::fence::burst);
         // SAFETY: rx_burst has room for max pointers; each returned mbuf is ours to free.
         let n =
             unsafe { sys::rte_eth_rx_burst(self.port, 0, self.rx_burst.as_mut_ptr(), max as u16) };
+        drop(fence);
         for &m in &self.rx_burst[..usize::from(n)] {
             let m = Mbuf(NonNull::new(m).expect("rx_burst returns valid mbufs"));
             // SAFETY: valid mbuf.
@@ -413,8 +418,14 @@ impl Link for DpdkLink {
                     break;
                 }
                 // SAFETY: tx[done..ntx] are valid mbufs we own.
-                done +=
-                    unsafe { burst(self.port, self.tx.as_mut_ptr().add(done), self.ntx - done) };
+                done += unsafe {
+                    burst(
+                        self.port,
+                        self.fenced,
+                        self.tx.as_mut_ptr().add(done),
+                        self.ntx - done,
+                    )
+                };
             }
             self.tx_taken += done as u64;
             if done > 0 {
@@ -609,13 +620,14 @@ unsafe fn packed_pool(name: &CString, n: u32) -> *mut sys::rte_mempool {
     }
 }
 
-/// Offers `n` frames to `port`'s transmit queue; returns how many it took (the first ones,
-/// now the device's).
+/// Offers `n` frames to `port`'s transmit queue (behind the interrupt thread's fence if
+/// `fenced`); returns how many it took (the first ones, now the device's).
 ///
 /// # Safety
 /// `frames` points at `n` valid mbufs owned by the caller.
-unsafe fn burst(port: u16, frames: *mut *mut sys::rte_mbuf, n: usize) -> usize {
+unsafe fn burst(port: u16, fenced: bool, frames: *mut *mut sys::rte_mbuf, n: usize) -> usize {
     let n = n.min(usize::from(u16::MAX)) as u16;
+    let _fence = fenced.then(super::fence::burst);
     // SAFETY: as the caller promises; tx_burst takes ownership of those it sends.
     usize::from(unsafe { sys::rte_eth_tx_burst(port, 0, frames, n) })
 }
@@ -625,10 +637,10 @@ impl DpdkLink {
     /// nothing for `BACKLOG_GIVE_UP` (a memif peer that went away) gets the backlog dropped:
     /// the loop polls without sleeping while frames wait, and must not do so forever.
     fn drain_backlog(&mut self) {
-        let port = self.port;
+        let (port, fenced) = (self.port, self.fenced);
         let waiting = self.backlog.make_contiguous();
         // SAFETY: valid mbufs we own.
-        let n = unsafe { burst(port, waiting.as_mut_ptr(), waiting.len()) };
+        let n = unsafe { burst(port, fenced, waiting.as_mut_ptr(), waiting.len()) };
         self.backlog.drain(..n);
         self.tx_taken += n as u64;
         if self.backlog.is_empty() {
@@ -658,6 +670,8 @@ impl Drop for DpdkLink {
     fn drop(&mut self) {
         self.tx_flush();
         self.drop_backlog();
+        // Closing net_memif unmaps its rings as a disconnect does: not while a callback runs.
+        let _fence = super::fence::burst();
         // SAFETY: the port was started by us; stopping and closing it removes net_tap's netdev.
         unsafe {
             sys::rte_eth_dev_stop(self.port);

@@ -10,6 +10,7 @@
 //! - `log`: where DPDK's own messages go (stderr only if MTCP_LOG asks, or the start fails);
 //! - `netdev`: ioctls on the kernel side of a port (tap address, queue length);
 //! - `link`: the started port, [`DpdkLink`], and its transmit backlog.
+//! - `fence`: bursts on a port against the drivers' callbacks on DPDK's interrupt thread.
 
 use std::ffi::CStr;
 use std::fmt;
@@ -17,6 +18,7 @@ use std::fmt;
 use dpdk_sys as sys;
 
 mod eal;
+mod fence;
 mod link;
 mod log;
 mod mbuf;
@@ -26,6 +28,7 @@ mod signals;
 mod wake;
 
 pub use eal::{device_args, eal_args, StartInfo};
+pub use fence::{interrupt_thread_waits, on_interrupt_thread};
 pub use link::DpdkLink;
 pub use mbuf::Mbuf;
 
