@@ -241,32 +241,76 @@ fn ten_thousand_outgoing_connections_at_once() {
     assert_eq!(field("rejected_connections"), 0, "{stats}");
 }
 
+/// A net_memif pair between processes under the shim: the socket in a directory of its own,
+/// the server's stack (the memif server) at `.2` of the subnet, clients' at `.3`.
+struct MemifPair {
+    subnet: Subnet,
+    _dir: mtcp_tests::redis::TempDir,
+    sock: std::path::PathBuf,
+}
+
+impl MemifPair {
+    fn new(name: &str) -> MemifPair {
+        let subnet = Subnet::allocate().expect("subnet");
+        let dir = mtcp_tests::redis::TempDir::new(name);
+        let sock = dir.path().join("memif.sock");
+        MemifPair {
+            subnet,
+            _dir: dir,
+            sock,
+        }
+    }
+
+    fn host(&self) -> String {
+        self.subnet.addr(2).to_string()
+    }
+
+    fn port(&self) -> String {
+        (17600 + self.subnet.index()).to_string()
+    }
+
+    /// MTCP_DEV for the memif `role` ("server" or "client").
+    fn dev(&self, role: &str) -> String {
+        format!("memif:{},{role}", self.sock.display())
+    }
+
+    /// redis-server under the shim on the memif server's end, its stack running.
+    fn server(&self) -> ServerProcess {
+        let (h, p) = (self.host(), self.port());
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &p,
+            "--bind",
+            &h,
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ]);
+        under_shim(
+            &mut cmd,
+            &self.dev("server"),
+            &self.subnet.cidr(2),
+            Some(&p),
+        );
+        let mut server = mtcp_tests::redis::start_redis(cmd);
+        mtcp_tests::redis::wait_stack(&mut server);
+        server
+    }
+}
+
 /// No kernel anywhere on the path: redis-benchmark under the shim against redis-server under
 /// the shim over a net_memif pair (the server's stack the memif server, the client's the
 /// memif client), every request answered; then redis-cli, over the same pair, finds every
 /// LPUSH there.
 #[test]
 fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
-    let subnet = Subnet::allocate().expect("subnet");
-    let dir = mtcp_tests::redis::TempDir::new("memif-pair");
-    let sock = dir.path().join("memif.sock");
-    let port = 17600 + subnet.index();
-    let (h, p) = (subnet.addr(2).to_string(), port.to_string());
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &p,
-        "--bind",
-        &h,
-        "--save",
-        "",
-        "--protected-mode",
-        "no",
-    ]);
-    let memif = |role: &str| format!("memif:{},{role}", sock.display());
-    under_shim(&mut cmd, &memif("server"), &subnet.cidr(2), Some(&p));
-    let mut server = mtcp_tests::redis::start_redis(cmd);
-    mtcp_tests::redis::wait_stack(&mut server);
+    let pair = MemifPair::new("memif-pair");
+    let (h, p) = (pair.host(), pair.port());
+    let subnet = &pair.subnet;
+    let memif = |role: &str| pair.dev(role);
+    let mut server = pair.server();
     let client = |program: &str, args: &[&str]| {
         let mut cmd = Command::new(program);
         cmd.args(args);
@@ -329,30 +373,15 @@ fn redis_benchmark_under_the_shim_over_memif_against_redis_under_the_shim() {
 #[test]
 fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
     const ROUNDS: usize = 40;
-    let subnet = Subnet::allocate().expect("subnet");
-    let dir = mtcp_tests::redis::TempDir::new("memif-kill");
-    let sock = dir.path().join("memif.sock");
-    let port = 17600 + subnet.index();
-    let (h, p) = (subnet.addr(2).to_string(), port.to_string());
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &p,
-        "--bind",
-        &h,
-        "--save",
-        "",
-        "--protected-mode",
-        "no",
-    ]);
-    let memif = |role: &str| format!("memif:{},{role}", sock.display());
-    under_shim(&mut cmd, &memif("server"), &subnet.cidr(2), Some(&p));
-    let mut server = mtcp_tests::redis::start_redis(cmd);
-    mtcp_tests::redis::wait_stack(&mut server);
+    let pair = MemifPair::new("memif-kill");
+    let (h, p) = (pair.host(), pair.port());
+    let subnet = &pair.subnet;
+    let memif = |role: &str| pair.dev(role);
+    let mut server = pair.server();
     let pid = server.pid();
     let frames = || mtcp_tests::redis::stack_counter(pid, "rx_frames");
-    let signal = |sig: libc::c_int| {
-        // SAFETY: a signal to the server this test started.
+    let signal = |pid: u32, sig: libc::c_int| {
+        // SAFETY: a signal to a process this test started.
         assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
     };
     let alive = |server: &mut ServerProcess, round: usize| {
@@ -384,10 +413,12 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
             "100000000",
             "-q",
         ]);
-        under_shim(&mut flood, &memif("client"), &subnet.cidr(3), None)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let mut flood = flood.spawn().expect("redis-benchmark starts");
+        under_shim(&mut flood, &memif("client"), &subnet.cidr(3), None);
+        // Killed and reaped also if the test fails.
+        let mut flood = ServerProcess::builder_for(flood)
+            .no_ready_line()
+            .spawn()
+            .expect("redis-benchmark starts");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             alive(&mut server, round);
@@ -406,7 +437,7 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
                 server.diagnostics()
             );
             assert!(
-                flood.try_wait().expect("try_wait").is_none(),
+                flood.try_status().expect("status").is_none(),
                 "round {round}: redis-benchmark ended\n{}",
                 server.diagnostics()
             );
@@ -414,10 +445,13 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
         }
         // Stopped with frames of the flood still to read, the server resumes with them and
         // with its peer's disconnect at once.
-        signal(libc::SIGSTOP);
-        flood.kill().expect("SIGKILL");
-        flood.wait().expect("reaped");
-        signal(libc::SIGCONT);
+        signal(pid, libc::SIGSTOP);
+        signal(flood.pid(), libc::SIGKILL);
+        // Gone (its fds closed) once it can be reaped.
+        while flood.try_status().expect("status").is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        signal(pid, libc::SIGCONT);
         // The next round's flood reaches the server only once the disconnect ran (a memif
         // server takes no second peer), and the last round is followed by a PING.
     }
