@@ -433,7 +433,7 @@ fn info_figures(bed: &mut RedisBed) -> Vec<(String, String)> {
 /// INFO shows what Redis would show without the cache, to clients through the stack and
 /// through the kernel side: GETs the cache answered count as Redis's own (keyspace hits and
 /// misses, GET's calls, commands, bytes), and the cache's own connection and its commands do
-/// not (nor in CLIENT KILL's count). The same requests with the cache off and on give the
+/// not (nor in CLIENT LIST, nor in CLIENT KILL's count). The same requests with the cache off and on give the
 /// same figures.
 #[test]
 fn info_shows_what_redis_would_show_without_the_cache() {
@@ -450,6 +450,21 @@ fn info_shows_what_redis_would_show_without_the_cache() {
         assert_eq!(out.lines().count(), 100, "{out}");
         let hits = if cache { counter(&bed, "hits") } else { 0 };
         let mut figures = info_figures(&mut bed);
+        // CLIENT LIST's clients (their names), through the stack and the kernel side.
+        for (side, list) in [
+            ("stack", bed.cli_ok(&["client", "list"])),
+            ("kernel", kernel_cli(&bed, &["client", "list"])),
+        ] {
+            let names: Vec<&str> = list
+                .lines()
+                .map(|l| {
+                    l.split(' ')
+                        .find_map(|f| f.strip_prefix("name="))
+                        .unwrap_or_else(|| panic!("{list}"))
+                })
+                .collect();
+            figures.push((format!("{side} CLIENT LIST"), format!("{names:?}")));
+        }
         // CLIENT KILL's count of the others (the cache's connection among them, with the cache
         // on).
         let killed = bed.cli_ok(&["client", "kill", "skipme", "yes"]);

@@ -19,6 +19,8 @@
 
 use std::collections::VecDeque;
 
+use super::redis::CLIENT_NAME;
+
 /// The commands the cache sends on its own connection, as INFO names them (`cmdstat_*`).
 pub const OWN_COMMANDS: [&str; 7] = [
     "get",
@@ -82,6 +84,22 @@ impl Shown {
         };
         i128::from(answered) - i128::from(own)
     }
+}
+
+/// CLIENT LIST's reply `text` without the line of the cache's connection (named
+/// [`CLIENT_NAME`]); `None` if `text` is not one (every line `id=... name=...`).
+pub fn without_own_client(text: &[u8]) -> Option<Vec<u8>> {
+    let own = format!(" name={CLIENT_NAME} ");
+    let mut out = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if !line.starts_with(b"id=") || !line.ends_with(b"\n") {
+            return None;
+        }
+        if !line.windows(own.len()).any(|w| w == own.as_bytes()) {
+            out.extend_from_slice(line);
+        }
+    }
+    Some(out)
 }
 
 /// Whether `text` is the text of an INFO reply: empty (no such section), or lines of
@@ -487,6 +505,8 @@ pub enum Edit {
     /// request was read: [`Rewriter::resolve`] turns it into [`Edit::Less`] before the reply
     /// is written.
     Kill(u64),
+    /// CLIENT LIST's: without the cache's connection's line.
+    Clients,
 }
 
 /// Where a [`Rewriter`] stands in the output.
@@ -739,6 +759,35 @@ impl Rewriter {
                         body.is_some_and(looks_like_info)
                     };
                     let new = match (ok, self.targets.pop_front()) {
+                        (_, Some((_, Edit::Clients))) => {
+                            // RESP3 makes it a verbatim string.
+                            let verbatim = whole[0] == b'=';
+                            let body = if verbatim {
+                                text.strip_prefix(b"txt:")
+                            } else {
+                                Some(text)
+                            };
+                            match body.and_then(without_own_client) {
+                                Some(t) => {
+                                    let prefix: &[u8] = if verbatim { b"txt:" } else { b"" };
+                                    let mut new = format!(
+                                        "{}{}\r\n",
+                                        whole[0] as char,
+                                        prefix.len() + t.len()
+                                    )
+                                    .into_bytes();
+                                    new.extend_from_slice(prefix);
+                                    new.extend_from_slice(&t);
+                                    new.extend_from_slice(b"\r\n");
+                                    self.resized += new.len() as i64 - whole.len() as i64;
+                                    new
+                                }
+                                None => {
+                                    self.give_up();
+                                    whole
+                                }
+                            }
+                        }
                         (true, Some((_, Edit::Info(shown)))) => {
                             let verbatim = whole[0] == b'=';
                             let body = if verbatim { &text[4..] } else { text };
@@ -970,6 +1019,45 @@ mod tests {
         w.expect(0, Edit::Info(shown()), 1);
         let verbatim = |t: &str| format!("={}\r\ntxt:{t}\r\n", t.len() + 4).into_bytes();
         assert_eq!(write_all(&mut w, &verbatim(INFO), 10, 10), verbatim(&new));
+    }
+
+    #[test]
+    fn client_list_loses_the_caches_line_in_any_pieces() {
+        let line = |id: u32, name: &str| {
+            format!("id={id} addr=127.0.0.1:5{id} laddr=127.0.0.1:6379 fd=8 name={name} age=1 cmd=client|list\n")
+        };
+        let all = format!("{}{}{}", line(3, ""), line(4, CLIENT_NAME), line(5, "app"));
+        let without = format!("{}{}", line(3, ""), line(5, "app"));
+        let mut stream = b":1\r\n".to_vec();
+        stream.extend_from_slice(&bulk(&all));
+        let mut want = b":1\r\n".to_vec();
+        want.extend_from_slice(&bulk(&without));
+        for (piece, cap) in [(usize::MAX, usize::MAX), (5, 7), (1, 1)] {
+            let mut w = Rewriter::default();
+            assert!(w.expect(1, Edit::Clients, 1));
+            assert_eq!(
+                write_all(&mut w, &stream, piece, cap),
+                want,
+                "pieces of {piece}, sink {cap}"
+            );
+            assert!(!w.active());
+        }
+        // RESP3's verbatim string.
+        let verbatim = |t: &str| format!("={}\r\ntxt:{t}\r\n", t.len() + 4).into_bytes();
+        let mut w = Rewriter::default();
+        w.expect(0, Edit::Clients, 1);
+        assert_eq!(write_all(&mut w, &verbatim(&all), 9, 4), verbatim(&without));
+        // A user's client of another name is kept; a reply that is not CLIENT LIST's is left.
+        assert_eq!(
+            without_own_client(line(6, "mtcp-cache2").as_bytes()).as_deref(),
+            Some(line(6, "mtcp-cache2").as_bytes())
+        );
+        let mut w = Rewriter::default();
+        w.expect(0, Edit::Clients, 1);
+        assert_eq!(
+            write_all(&mut w, b"$5\r\nhello\r\n", 2, 3),
+            b"$5\r\nhello\r\n"
+        );
     }
 
     #[test]

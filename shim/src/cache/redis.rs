@@ -65,7 +65,7 @@ const FILL_BATCH: usize = 16;
 const RETRY_MS: UnixMs = 1000;
 /// A handshake that takes longer than this is given up (and tried again later).
 const HANDSHAKE_MS: UnixMs = 2000;
-/// The client name of the cache's connection (CLIENT LIST shows it).
+/// The client name of the cache's connection (what CLIENT LIST's rewritten reply leaves out).
 pub const CLIENT_NAME: &str = "mtcp-cache";
 
 /// The cache's connection to Redis.
@@ -381,6 +381,11 @@ impl RedisCache {
                     // The filter form answers how many it killed; the cache's connection may
                     // be one.
                     info = self.edit_request(conn, *ahead, Edit::Kill(self.own_closed));
+                } else if name.eq_ignore_ascii_case(b"CLIENT")
+                    && c.arg_is(buf, 1, b"LIST")
+                    && self.shown.own_client
+                {
+                    info = self.edit_request(conn, *ahead, Edit::Clients);
                 }
                 self.follow(conn, buf, c, now);
             }
