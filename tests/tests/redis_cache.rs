@@ -397,9 +397,11 @@ fn a_burst_of_invalidations_written_with_writev_reaches_the_cache() {
 /// The figures of INFO that the cache would change, as a client through the stack reads them,
 /// then a client through the kernel side (127.0.0.1).
 fn info_figures(bed: &mut RedisBed) -> Vec<(String, String)> {
-    const FIELDS: [&str; 10] = [
+    const FIELDS: [&str; 12] = [
         "connected_clients",
         "tracking_clients",
+        "tracking_total_keys",
+        "tracking_total_items",
         "total_connections_received",
         "total_commands_processed",
         "total_net_input_bytes",

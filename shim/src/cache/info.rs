@@ -58,6 +58,9 @@ pub struct Shown {
     /// How much longer the rewritten INFO replies were than Redis's (Redis counts its own in
     /// its output bytes).
     pub rewritten_out: i64,
+    /// Keys Redis tracks for the cache's connection (`tracking_total_items` counts them, and
+    /// `tracking_total_keys` those no other client tracks).
+    pub own_tracked: u64,
 }
 
 impl Shown {
@@ -149,13 +152,23 @@ pub fn rewrite(text: &[u8], s: &Shown) -> Vec<u8> {
         let c = line.iter().position(|&b| b == b':')?;
         Some((&line[..c], &line[c + 1..]))
     }
+    // Whether other clients' tracking counts in `tracking_total_items` (if not, no key is
+    // tracked without the cache).
+    let others_track = lines
+        .iter()
+        .filter_map(field_of)
+        .find(|(k, _)| *k == b"tracking_total_items")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+        .is_none_or(|items| items > s.own_tracked);
+    let field_value =
+        |k: &[u8], v: &[u8], get_seen: &mut bool| field_value(k, v, s, others_track, get_seen);
     // Commands all of whose calls were the cache's: their lines go, in every section.
     let gone: Vec<&[u8]> = lines
         .iter()
         .filter_map(field_of)
         .filter_map(|(k, v)| {
             let name = k.strip_prefix(b"cmdstat_")?;
-            let left = field_value(k, v, s, &mut false)?;
+            let left = field_value(k, v, &mut false)?;
             left.is_none().then_some(name)
         })
         .collect();
@@ -172,7 +185,7 @@ pub fn rewrite(text: &[u8], s: &Shown) -> Vec<u8> {
         let adjusted = if latency_gone {
             Some(None)
         } else {
-            field.and_then(|(k, v)| field_value(k, v, s, &mut get_seen))
+            field.and_then(|(k, v)| field_value(k, v, &mut get_seen))
         };
         match adjusted {
             Some(Some(new)) => {
@@ -209,7 +222,14 @@ pub fn rewrite(text: &[u8], s: &Shown) -> Vec<u8> {
 }
 
 /// The new text of field `key` (`Some(None)`: the line goes), or `None` if it stays as it is.
-fn field_value(key: &[u8], value: &[u8], s: &Shown, get_seen: &mut bool) -> Option<Option<String>> {
+/// `others_track`: clients other than the cache have keys tracked.
+fn field_value(
+    key: &[u8],
+    value: &[u8],
+    s: &Shown,
+    others_track: bool,
+    get_seen: &mut bool,
+) -> Option<Option<String>> {
     let key = std::str::from_utf8(key).ok()?;
     let value = std::str::from_utf8(value).ok()?;
     let n = |v: &str| v.parse::<i128>().ok();
@@ -228,6 +248,20 @@ fn field_value(key: &[u8], value: &[u8], s: &Shown, get_seen: &mut bool) -> Opti
         }
         "keyspace_hits" => i128::from(s.answered) - i128::from(s.own_hits),
         "keyspace_misses" => i128::from(s.answered_nil) - i128::from(s.own_misses),
+        "tracking_total_items" | "tracking_total_keys" if !others_track => {
+            return Some(Some(format!("{key}:0")));
+        }
+        // Each key the cache reads is one item; a key another client tracks too stays one of
+        // the keys (not known here: the figure is exact when no key is tracked by both).
+        "tracking_total_items" => -i128::from(s.own_tracked),
+        "tracking_total_keys" => {
+            let keys = n(value)?;
+            let min = i128::from(keys > 0);
+            return Some(Some(format!(
+                "{key}:{}",
+                (keys - i128::from(s.own_tracked)).max(min)
+            )));
+        }
         _ => {
             let name = key.strip_prefix("cmdstat_")?;
             if name == "get" {
@@ -864,6 +898,34 @@ mod tests {
         s.own_calls[0] = 10;
         s.own_calls[1] = 10;
         s
+    }
+
+    #[test]
+    fn tracked_keys_without_the_caches() {
+        let info = |items: u64, keys: u64| {
+            format!(
+                "# Stats\r\ntracking_total_keys:{keys}\r\ntracking_total_items:{items}\r\n\
+                 tracking_total_prefixes:0\r\n"
+            )
+        };
+        let own = |n: u64| Shown {
+            own_tracked: n,
+            ..Shown::default()
+        };
+        let out = |items, keys, s: &Shown| {
+            String::from_utf8(rewrite(info(items, keys).as_bytes(), s)).unwrap()
+        };
+        // Only the cache tracks: none.
+        assert_eq!(out(5, 5, &own(5)), info(0, 0));
+        // Another client tracks 3 keys the cache does not.
+        assert_eq!(out(8, 8, &own(5)), info(3, 3));
+        // ... and 1 of them is one of the cache's 5 too: 2 keys shown, where Redis without
+        // the cache would show 3 (which keys the others track is not known here).
+        assert_eq!(out(8, 7, &own(5)), info(3, 2));
+        // Two clients' keys, all the cache's too: still one key, at least.
+        assert_eq!(out(7, 5, &own(5)), info(2, 1));
+        // The cache tracks nothing: as Redis wrote it.
+        assert_eq!(out(4, 3, &own(0)), info(4, 3));
     }
 
     #[test]

@@ -92,8 +92,8 @@ enum Expect {
     Timeout,
     Slowlog,
     Listeners,
-    /// A TOUCH of this many keys.
-    Touch(usize),
+    /// A TOUCH of keys (their hashes: [`RedisCache::key_hash`]).
+    Touch(Vec<u64>),
     Get(Box<[u8]>),
     Ttl(Box<[u8]>),
 }
@@ -148,6 +148,9 @@ pub struct RedisCache {
     link: Link,
     expect: VecDeque<Expect>,
     fills: userstack::FastMap<Box<[u8]>, Fill>,
+    /// The keys Redis tracks for the cache's connection (hashes: [`RedisCache::key_hash`]):
+    /// read there, not invalidated since. INFO's `tracking_total_*` leave them out.
+    tracked: userstack::FastMap<u64, ()>,
     /// Keys whose fills wait to be sent together (`FILL_WAIT_MS`), since `fills_since`.
     queued_fills: Vec<Box<[u8]>>,
     fills_since: UnixMs,
@@ -229,6 +232,7 @@ impl RedisCache {
             link: Link::Down { retry: now },
             expect: VecDeque::new(),
             fills: Default::default(),
+            tracked: Default::default(),
             queued_fills: Vec::new(),
             fills_since: 0,
             out: Vec::new(),
@@ -291,6 +295,7 @@ impl RedisCache {
         self.flush();
         self.fills.clear();
         self.queued_fills.clear();
+        self.tracked.clear();
         self.expect.clear();
         self.out.clear();
         self.input.clear();
@@ -361,7 +366,11 @@ impl RedisCache {
         } else {
             *since_get = since_get.saturating_add(1);
             if is_info(name) {
-                info = self.edit_request(conn, *ahead, Edit::Info(self.shown));
+                let shown = Shown {
+                    own_tracked: self.tracked.len() as u64,
+                    ..self.shown
+                };
+                info = self.edit_request(conn, *ahead, Edit::Info(shown));
             } else if name.eq_ignore_ascii_case(b"OBJECT") && c.arg_is(buf, 1, b"IDLETIME") {
                 // The key's idle time is at most the time since the cache last answered it
                 // (the cache holds database 0's keys).
@@ -578,7 +587,10 @@ impl RedisCache {
                         .into());
                 }
             }
-            (Expect::Touch(_), _) => {}
+            (Expect::Touch(hashes), _) => {
+                // Redis tracks the keys of a read-only command it ran.
+                self.tracked.extend(hashes.into_iter().map(|h| (h, ())));
+            }
             (Expect::Policy, Got::Other(raw)) => {
                 self.lru = raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lru"));
                 if raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lfu")) {
@@ -591,6 +603,7 @@ impl RedisCache {
                 }
             }
             (Expect::Get(k), got) => {
+                self.tracked.insert(self.key_hash(&k), ());
                 if let Some(f) = self.fills.get_mut(&k) {
                     match got {
                         Got::Value(v) => f.value = Some(v),
@@ -635,12 +648,13 @@ impl RedisCache {
             (Expect::Ttl(_), Got::Int(t)) => (1, Some(*t != -2)),
             (Expect::Ttl(_), _) => (1, None),
             (Expect::Touch(keys), r) => {
+                let keys = keys.len();
                 let hits = match r {
-                    Got::Int(n) => (*n).clamp(0, *keys as i64) as u64,
+                    Got::Int(n) => (*n).clamp(0, keys as i64) as u64,
                     _ => 0,
                 };
                 s.own_hits += hits;
-                s.own_misses += *keys as u64 - hits;
+                s.own_misses += keys as u64 - hits;
                 (2, None)
             }
             (Expect::Hello, _) => {
@@ -665,8 +679,24 @@ impl RedisCache {
         }
     }
 
+    /// The hash a key is known by in `tracked`.
+    fn key_hash(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.tracked.hasher().hash_one(key)
+    }
+
     /// An invalidation: `None` for every key (a flush).
     fn invalidate(&mut self, keys: Option<Vec<Box<[u8]>>>, now: UnixMs) {
+        // Redis no longer tracks the keys it invalidated (a flush empties its whole table).
+        match &keys {
+            None => self.tracked.clear(),
+            Some(keys) => {
+                for k in keys {
+                    let h = self.key_hash(k);
+                    self.tracked.remove(&h);
+                }
+            }
+        }
         let Some(keys) = keys else {
             if self.late {
                 self.store.doom_all();
@@ -1234,7 +1264,8 @@ impl Responder for RedisCache {
                     args.push(b"TOUCH");
                     args.extend(keys.iter().map(|k| &k[..]));
                     resp::encode(&mut self.out, &args);
-                    self.expect.push_back(Expect::Touch(keys.len()));
+                    let hashes = keys.iter().map(|k| self.key_hash(k)).collect();
+                    self.expect.push_back(Expect::Touch(hashes));
                 }
                 if due {
                     self.touch.clear();
