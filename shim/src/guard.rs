@@ -69,6 +69,32 @@ impl Drop for Entered {
     }
 }
 
+/// Added to the depth of DPDK's interrupt thread while its drivers' callbacks run (from the
+/// return of its epoll wait to its next one): every hook those callbacks call goes to libc, as
+/// the library's own calls do (they hold the interrupt thread's fence, and must not wait for
+/// the socket table, whose holder may wait for the fence), but the next epoll wait
+/// ([`callbacks_end`]).
+const CALLBACKS: u32 = 1 << 30;
+
+/// On DPDK's interrupt thread, inside its epoll wait's hook: the callbacks that follow run as
+/// the library's own code.
+pub fn callbacks_begin() {
+    DEPTH.with(|d| d.set(d.get() + CALLBACKS));
+}
+
+/// At a hooked epoll wait: if this is DPDK's interrupt thread back from its callbacks, ends
+/// their state and enters the library for the wait; `None` otherwise.
+pub fn callbacks_end() -> Option<Entered> {
+    let d = DEPTH.with(|d| d as *const Cell<u32>);
+    // SAFETY: as in `Entered::new`.
+    let c = unsafe { &*d };
+    if c.get() != CALLBACKS {
+        return None;
+    }
+    c.set(1);
+    Some(Entered(d))
+}
+
 /// Marks the calling thread as the library's own for the rest of its life (for threads the
 /// library starts itself, e.g. DPDK's service threads): all its hooked calls go to libc.
 pub fn mark_thread_internal() {
@@ -123,6 +149,26 @@ mod tests {
         let other = std::thread::spawn(active).join().unwrap();
         assert!(!other);
         assert!(active());
+    }
+
+    #[test]
+    fn callbacks_run_as_the_librarys_own_until_the_next_wait() {
+        std::thread::spawn(|| {
+            assert!(callbacks_end().is_none(), "not in callbacks");
+            {
+                let _wait = Entered::outermost().expect("outermost");
+                callbacks_begin();
+            }
+            assert!(active(), "callbacks are inside");
+            assert!(Entered::outermost().is_none());
+            {
+                let _wait = callbacks_end().expect("the next wait ends them");
+                assert!(active());
+            }
+            assert!(!active());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

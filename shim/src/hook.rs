@@ -251,8 +251,9 @@ pub(crate) fn slow<R: CRet>(
         count.fetch_add(1, Ordering::Relaxed);
     }
     // The gate first: it is a load or two, the guard is a TLS access. Inside the library
-    // every call goes to libc, but one: the af_packet PMD's PACKET_FANOUT request while the
-    // stack starts its port (runtime/fanout.rs).
+    // every call goes to libc, but two: the af_packet PMD's PACKET_FANOUT request while the
+    // stack starts its port (runtime/fanout.rs), and the epoll wait of DPDK's interrupt thread
+    // after its callbacks ran (guard.rs).
     if !gate() {
         return real();
     }
@@ -260,6 +261,13 @@ pub(crate) fn slow<R: CRet>(
         Some(e) => e,
         None if crate::runtime::starting_dpdk() && name == "setsockopt" => {
             crate::guard::Entered::new()
+        }
+        // DPDK's interrupt thread, back from its callbacks (guard.rs): its next wait is ours.
+        None if matches!(name, "epoll_wait" | "epoll_pwait" | "epoll_pwait2") => {
+            match crate::guard::callbacks_end() {
+                Some(e) => e,
+                None => return real(),
+            }
         }
         None => return real(),
     };

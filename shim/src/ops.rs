@@ -984,6 +984,8 @@ unsafe fn epoll_wait_with(
             // that keeps them from unmapping a ring under a burst (userstack dpdk/fence.rs).
             let (r, err) =
                 userstack::dpdk::interrupt_thread_waits(|| (kernel(), crate::errno::get()));
+            // The callbacks this wait's events run make no call into the library.
+            crate::guard::callbacks_begin();
             return if r < 0 {
                 Outcome::Error(err)
             } else {

@@ -379,7 +379,6 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
     let memif = |role: &str| pair.dev(role);
     let mut server = pair.server();
     let pid = server.pid();
-    let frames = || mtcp_tests::redis::stack_counter(pid, "rx_frames");
     let signal = |pid: u32, sig: libc::c_int| {
         // SAFETY: a signal to a process this test started.
         assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
@@ -392,8 +391,18 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
             server.diagnostics()
         );
     };
-    let mut seen = 0;
+    // A server that dies publishes no counter: say that it died.
+    let counter = |server: &mut ServerProcess, round: usize, name: &str| {
+        std::panic::catch_unwind(|| mtcp_tests::redis::stack_counter(pid, name)).unwrap_or_else(
+            |e| {
+                alive(server, round);
+                std::panic::resume_unwind(e)
+            },
+        )
+    };
     for round in 1..=ROUNDS {
+        let opened0 = counter(&mut server, round, "conns_opened");
+        let mut frames0 = None;
         // Pipelined 4 kB SETs from 20 connections.
         let mut flood = Command::new("redis-benchmark");
         flood.args([
@@ -423,13 +432,17 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
         loop {
             alive(&mut server, round);
             // A server that dies meanwhile publishes no counter: say that it died.
-            let now = std::panic::catch_unwind(frames).unwrap_or_else(|e| {
-                alive(&mut server, round);
-                std::panic::resume_unwind(e)
-            });
-            if now >= seen + 5_000 {
-                seen = now;
-                break;
+            let counters = (
+                counter(&mut server, round, "conns_opened"),
+                counter(&mut server, round, "rx_frames"),
+            );
+            // This round's connections are in (the last peer's disconnect ran: a memif server
+            // takes no second peer), then frames from them.
+            if counters.0 >= opened0 + 20 {
+                let from = *frames0.get_or_insert(counters.1);
+                if counters.1 >= from + 5_000 {
+                    break;
+                }
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -446,14 +459,22 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
         // Stopped with frames of the flood still to read, the server resumes with them and
         // with its peer's disconnect at once.
         signal(pid, libc::SIGSTOP);
+        let stopped = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the command name in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        };
+        while !stopped() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         signal(flood.pid(), libc::SIGKILL);
         // Gone (its fds closed) once it can be reaped.
         while flood.try_status().expect("status").is_none() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         signal(pid, libc::SIGCONT);
-        // The next round's flood reaches the server only once the disconnect ran (a memif
-        // server takes no second peer), and the last round is followed by a PING.
+        // The last round is followed by a PING.
     }
     let mut cli = Command::new("redis-cli");
     cli.args(["-h", &h, "-p", &p, "PING"]);
@@ -462,6 +483,43 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
         .expect("redis-cli runs");
     alive(&mut server, ROUNDS + 1);
     assert_eq!(text(&out).trim(), "PONG", "{}", server.diagnostics());
+}
+
+/// A memif server whose stack cannot start (its capture file cannot be made): listen() fails at
+/// once and says why. (DPDK's interrupt thread, which runs the memif listener's callbacks,
+/// closes fds while the stack starts: those calls must not wait for the shim's table, which
+/// the failed start holds while it closes the port.)
+#[test]
+fn a_memif_server_whose_stack_cannot_start_fails_listen() {
+    let pair = MemifPair::new("memif-nostart");
+    let (h, p) = (pair.host(), pair.port());
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "-s",
+        "KILL",
+        "60",
+        "redis-server",
+        "--port",
+        &p,
+        "--bind",
+        &h,
+        "--save",
+        "",
+    ]);
+    under_shim(
+        &mut cmd,
+        &pair.dev("server"),
+        &pair.subnet.cidr(2),
+        Some(&p),
+    )
+    .env("MTCP_PCAP", "/nonexistent/mtcp-test/x.pcap");
+    let out = cmd.output().expect("redis-server runs");
+    let err = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("MTCP_PCAP=\"/nonexistent/mtcp-test/x.pcap\": cannot create the capture file"),
+        "{err}"
+    );
 }
 
 /// Servers under the shim in one network namespace, each on an interface of its own: DPDK's

@@ -16,9 +16,9 @@
 //! disconnect finds the connected flag clear and touches no ring. Only ports whose driver
 //! needs it are fenced ([`needs_fence`]): the rest pay nothing per burst.
 //!
-//! Nothing that holds the fence waits for anything the data path holds: a burst holds only
-//! the caller's own locks, and the callbacks make no call into the socket layer's locked
-//! state (their fds are never the application's).
+//! Nothing that holds the fence may wait for anything a burst's caller holds: a burst takes
+//! nothing else, and the caller of [`interrupt_thread_waits`] keeps the callbacks' own calls
+//! away from its locks (the shim runs them as its own code: straight to libc).
 
 use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard};
