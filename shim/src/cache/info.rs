@@ -19,8 +19,6 @@
 
 use std::collections::VecDeque;
 
-use super::redis::CLIENT_NAME;
-
 /// The commands the cache sends on its own connection, as INFO names them (`cmdstat_*`).
 pub const OWN_COMMANDS: [&str; 7] = [
     "get",
@@ -89,16 +87,16 @@ impl Shown {
     }
 }
 
-/// CLIENT LIST's reply `text` without the line of the cache's connection (named
-/// [`CLIENT_NAME`]); `None` if `text` is not one (every line `id=... name=...`).
-pub fn without_own_client(text: &[u8]) -> Option<Vec<u8>> {
-    let own = format!(" name={CLIENT_NAME} ");
+/// CLIENT LIST's reply `text` without the line of client `id` (the cache's connection);
+/// `None` if `text` is not one (every line `id=...`).
+pub fn without_client(text: &[u8], id: u64) -> Option<Vec<u8>> {
+    let own = format!("id={id} ");
     let mut out = Vec::with_capacity(text.len());
     for line in text.split_inclusive(|&b| b == b'\n') {
         if !line.starts_with(b"id=") || !line.ends_with(b"\n") {
             return None;
         }
-        if !line.windows(own.len()).any(|w| w == own.as_bytes()) {
+        if !line.starts_with(own.as_bytes()) {
             out.extend_from_slice(line);
         }
     }
@@ -539,8 +537,8 @@ pub enum Edit {
     /// request was read: [`Rewriter::resolve`] turns it into [`Edit::Less`] before the reply
     /// is written.
     Kill(u64),
-    /// CLIENT LIST's: without the cache's connection's line.
-    Clients,
+    /// CLIENT LIST's: without the line of the cache's connection (its client id).
+    Clients(u64),
 }
 
 /// Where a [`Rewriter`] stands in the output.
@@ -793,7 +791,7 @@ impl Rewriter {
                         body.is_some_and(looks_like_info)
                     };
                     let new = match (ok, self.targets.pop_front()) {
-                        (_, Some((_, Edit::Clients))) => {
+                        (_, Some((_, Edit::Clients(own)))) => {
                             // RESP3 makes it a verbatim string.
                             let verbatim = whole[0] == b'=';
                             let body = if verbatim {
@@ -801,7 +799,7 @@ impl Rewriter {
                             } else {
                                 Some(text)
                             };
-                            match body.and_then(without_own_client) {
+                            match body.and_then(|b| without_client(b, own)) {
                                 Some(t) => {
                                     let prefix: &[u8] = if verbatim { b"txt:" } else { b"" };
                                     let mut new = format!(
@@ -1088,7 +1086,7 @@ mod tests {
         let line = |id: u32, name: &str| {
             format!("id={id} addr=127.0.0.1:5{id} laddr=127.0.0.1:6379 fd=8 name={name} age=1 cmd=client|list\n")
         };
-        let all = format!("{}{}{}", line(3, ""), line(4, CLIENT_NAME), line(5, "app"));
+        let all = format!("{}{}{}", line(3, ""), line(4, "mtcp-cache"), line(5, "app"));
         let without = format!("{}{}", line(3, ""), line(5, "app"));
         let mut stream = b":1\r\n".to_vec();
         stream.extend_from_slice(&bulk(&all));
@@ -1096,7 +1094,7 @@ mod tests {
         want.extend_from_slice(&bulk(&without));
         for (piece, cap) in [(usize::MAX, usize::MAX), (5, 7), (1, 1)] {
             let mut w = Rewriter::default();
-            assert!(w.expect(1, Edit::Clients, 1));
+            assert!(w.expect(1, Edit::Clients(4), 1));
             assert_eq!(
                 write_all(&mut w, &stream, piece, cap),
                 want,
@@ -1107,15 +1105,19 @@ mod tests {
         // RESP3's verbatim string.
         let verbatim = |t: &str| format!("={}\r\ntxt:{t}\r\n", t.len() + 4).into_bytes();
         let mut w = Rewriter::default();
-        w.expect(0, Edit::Clients, 1);
+        w.expect(0, Edit::Clients(4), 1);
         assert_eq!(write_all(&mut w, &verbatim(&all), 9, 4), verbatim(&without));
-        // A user's client of another name is kept; a reply that is not CLIENT LIST's is left.
-        assert_eq!(
-            without_own_client(line(6, "mtcp-cache2").as_bytes()).as_deref(),
-            Some(line(6, "mtcp-cache2").as_bytes())
-        );
+        // The cache's connection is known by its id: not a user's client of the same name,
+        // nor one whose id begins with the same digits.
+        for other in [line(6, "mtcp-cache"), line(40, "")] {
+            assert_eq!(
+                without_client(other.as_bytes(), 4).as_deref(),
+                Some(other.as_bytes())
+            );
+        }
+        // A reply that is not CLIENT LIST's is left.
         let mut w = Rewriter::default();
-        w.expect(0, Edit::Clients, 1);
+        w.expect(0, Edit::Clients(4), 1);
         assert_eq!(
             write_all(&mut w, b"$5\r\nhello\r\n", 2, 3),
             b"$5\r\nhello\r\n"

@@ -57,7 +57,7 @@ const COLD_MS: UnixMs = 10;
 const MAX_COLD: usize = 65536;
 /// Fills on their way at most.
 const MAX_FILLS: usize = 256;
-/// How long a fill waits at most for others to be sent with ([`RedisCache::send_fills`]).
+/// Fills are sent at most once per this time ([`RedisCache::send_fills`]).
 const FILL_WAIT_MS: UnixMs = 1;
 /// So many fills are sent without waiting longer.
 const FILL_BATCH: usize = 16;
@@ -151,9 +151,11 @@ pub struct RedisCache {
     /// The keys Redis tracks for the cache's connection (hashes: [`RedisCache::key_hash`]):
     /// read there, not invalidated since. INFO's `tracking_total_*` leave them out.
     tracked: userstack::FastMap<u64, ()>,
-    /// Keys whose fills wait to be sent together (`FILL_WAIT_MS`), since `fills_since`.
+    /// The client id Redis gave the cache's connection (HELLO's reply).
+    own_id: Option<u64>,
+    /// Keys whose fills wait to be sent (`send_fills`); the last fills went at `fills_sent`.
     queued_fills: Vec<Box<[u8]>>,
-    fills_since: UnixMs,
+    fills_sent: UnixMs,
     /// Requests to send on the cache's connection.
     out: Vec<u8>,
     /// What Redis wrote on the cache's connection, not parsed yet.
@@ -233,8 +235,9 @@ impl RedisCache {
             expect: VecDeque::new(),
             fills: Default::default(),
             tracked: Default::default(),
+            own_id: None,
             queued_fills: Vec::new(),
-            fills_since: 0,
+            fills_sent: 0,
             out: Vec::new(),
             input: Vec::new(),
             conns: Default::default(),
@@ -390,11 +393,10 @@ impl RedisCache {
                     // The filter form answers how many it killed; the cache's connection may
                     // be one.
                     info = self.edit_request(conn, *ahead, Edit::Kill(self.own_closed));
-                } else if name.eq_ignore_ascii_case(b"CLIENT")
-                    && c.arg_is(buf, 1, b"LIST")
-                    && self.shown.own_client
-                {
-                    info = self.edit_request(conn, *ahead, Edit::Clients);
+                } else if name.eq_ignore_ascii_case(b"CLIENT") && c.arg_is(buf, 1, b"LIST") {
+                    if let Some(id) = self.own_id.filter(|_| self.shown.own_client) {
+                        info = self.edit_request(conn, *ahead, Edit::Clients(id));
+                    }
                 }
                 self.follow(conn, buf, c, now);
             }
@@ -550,7 +552,7 @@ impl RedisCache {
     fn answered(&mut self, e: Expect, r: Got, now: UnixMs) -> Result<(), String> {
         self.tally(&e, &r);
         match (e, r) {
-            (Expect::Hello, Got::Other(_)) => {}
+            (Expect::Hello, Got::Other(raw)) => self.own_id = hello_id(&raw),
             (
                 Expect::Hello
                 | Expect::Ok(_)
@@ -587,9 +589,11 @@ impl RedisCache {
                         .into());
                 }
             }
-            (Expect::Touch(hashes), _) => {
+            (Expect::Touch(hashes), got) => {
                 // Redis tracks the keys of a read-only command it ran.
-                self.tracked.extend(hashes.into_iter().map(|h| (h, ())));
+                if ran(&got) {
+                    self.tracked.extend(hashes.into_iter().map(|h| (h, ())));
+                }
             }
             (Expect::Policy, Got::Other(raw)) => {
                 self.lru = raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"lru"));
@@ -603,7 +607,9 @@ impl RedisCache {
                 }
             }
             (Expect::Get(k), got) => {
-                self.tracked.insert(self.key_hash(&k), ());
+                if ran(&got) {
+                    self.tracked.insert(self.key_hash(&k), ());
+                }
                 if let Some(f) = self.fills.get_mut(&k) {
                     match got {
                         Got::Value(v) => f.value = Some(v),
@@ -748,22 +754,24 @@ impl RedisCache {
             self.cold.remove(key);
         }
         self.fills.insert(key.into(), Fill::default());
-        if self.queued_fills.is_empty() {
-            self.fills_since = now;
-        }
         self.queued_fills.push(key.into());
     }
 
-    /// Sends the queued fills if the first has waited FILL_WAIT_MS or FILL_BATCH wait: a send
-    /// on the cache's connection (and Redis's read of it) costs the server ~10 µs of the
-    /// kernel's loopback TCP, paid once for many fills. A fill whose key changed meanwhile is
-    /// not sent (it would be discarded).
-    fn send_fills(&mut self, now: UnixMs) {
-        if self.queued_fills.is_empty()
-            || (now - self.fills_since < FILL_WAIT_MS && self.queued_fills.len() < FILL_BATCH)
-        {
+    /// Sends the queued fills (`force`: the application found nothing to do), otherwise at
+    /// most once per FILL_WAIT_MS unless FILL_BATCH wait: a send on the cache's connection
+    /// (and Redis's read of it) costs the server ~10 µs of the kernel's loopback TCP, paid once
+    /// for the fills of a busy millisecond, and a fill goes at once when Redis is idle. A fill
+    /// whose key changed meanwhile is not sent (it would be discarded).
+    fn send_fills(&mut self, now: UnixMs, force: bool) {
+        let due = force
+            || now - self.fills_sent >= FILL_WAIT_MS
+            // (The wall clock stepped back.)
+            || now < self.fills_sent
+            || self.queued_fills.len() >= FILL_BATCH;
+        if self.queued_fills.is_empty() || !due {
             return;
         }
+        self.fills_sent = now;
         for key in std::mem::take(&mut self.queued_fills) {
             if self.fills.get(&key).is_some_and(|f| f.tainted) {
                 self.fills.remove(&key);
@@ -888,6 +896,23 @@ fn followed_name(name: &[u8]) -> bool {
             | (9, Some(b'S'))
             | (10, Some(b'P' | b'S' | b'B' | b'X'))
     )
+}
+
+/// The client id in Redis's reply to HELLO (a RESP3 map with an `id` field).
+fn hello_id(raw: &[u8]) -> Option<u64> {
+    const FIELD: &[u8] = b"$2\r\nid\r\n:";
+    let at = raw.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let end = raw[at..].iter().position(|&b| b == b'\r')?;
+    std::str::from_utf8(&raw[at..at + end]).ok()?.parse().ok()
+}
+
+/// Whether Redis ran the command `got` answers (so tracks its keys): not one refused before it
+/// ran (-BUSY, -LOADING, -NOPERM, ...); a WRONGTYPE error is a GET that ran.
+fn ran(got: &Got) -> bool {
+    match got {
+        Got::Error(e) => e.starts_with("WRONGTYPE"),
+        _ => true,
+    }
 }
 
 /// Whether a request named `name` is INFO (whose reply the cache rewrites).
@@ -1270,11 +1295,20 @@ impl Responder for RedisCache {
                 if due {
                     self.touch.clear();
                 }
-                self.send_fills(now);
+                self.send_fills(now, false);
                 self.send_out(io, fd, now);
             }
         }
         Upkeep::Nothing
+    }
+
+    fn idle(&mut self, io: &mut dyn ControlIo, now: UnixMs) {
+        if let Link::Ready { fd } = self.link {
+            if !self.queued_fills.is_empty() {
+                self.send_fills(now, true);
+                self.send_out(io, fd, now);
+            }
+        }
     }
 
     fn watching(&mut self, io: &mut dyn ControlIo, fd: Option<i32>, now: UnixMs) {
@@ -1429,8 +1463,10 @@ mod tests {
     fn fill(c: &mut RedisCache, io: &mut Io, key: &str, value: &str, ttl: i64, now: UnixMs) {
         assert_eq!(answer(c, &get(key), now).0, 0);
         c.upkeep(io, 6379, now);
-        assert!(io.sent.is_empty(), "a fill waits for others");
-        c.upkeep(io, 6379, now + FILL_WAIT_MS);
+        if io.sent.is_empty() {
+            // Fills went less than FILL_WAIT_MS ago.
+            c.upkeep(io, 6379, now + FILL_WAIT_MS);
+        }
         let mut want = req(&["GET", key]);
         want.extend(req(&["PEXPIRETIME", key]));
         assert_eq!(io.sent, want);
@@ -1664,6 +1700,43 @@ mod tests {
         assert!(!c.wants(1));
         c.app_read(1, &get("k"), 2);
         assert!(c.wants(1));
+    }
+
+    #[test]
+    fn fills_go_at_most_once_a_millisecond_unless_many_wait() {
+        let (mut c, mut io) = ready(false);
+        let sent = |io: &mut Io| {
+            String::from_utf8_lossy(&std::mem::take(&mut io.sent))
+                .matches("PEXPIRETIME")
+                .count()
+        };
+        // A miss after a quiet time: its fill goes at once.
+        assert_eq!(answer(&mut c, &get("a"), 10).0, 0);
+        c.upkeep(&mut io, 6379, 10);
+        assert_eq!(sent(&mut io), 1);
+        // Misses within the millisecond: together, a millisecond later.
+        for k in ["b", "c"] {
+            assert_eq!(answer(&mut c, &get(k), 10).0, 0);
+        }
+        c.upkeep(&mut io, 6379, 10);
+        assert_eq!(sent(&mut io), 0);
+        c.upkeep(&mut io, 6379, 10 + FILL_WAIT_MS);
+        assert_eq!(sent(&mut io), 2);
+        // Redis found idle: they go at once.
+        assert_eq!(answer(&mut c, &get("d"), 11).0, 0);
+        c.upkeep(&mut io, 6379, 11);
+        assert_eq!(sent(&mut io), 0);
+        c.idle(&mut io, 11);
+        assert_eq!(sent(&mut io), 1);
+        // FILL_BATCH waiting go at once; a wall clock that stepped back does not hold them.
+        for i in 0..FILL_BATCH {
+            assert_eq!(answer(&mut c, &get(&format!("k{i}")), 11).0, 0);
+        }
+        c.upkeep(&mut io, 6379, 11);
+        assert_eq!(sent(&mut io), FILL_BATCH);
+        assert_eq!(answer(&mut c, &get("z"), 5).0, 0);
+        c.upkeep(&mut io, 6379, 5);
+        assert_eq!(sent(&mut io), 1);
     }
 
     #[test]

@@ -268,6 +268,17 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         self.cache = Some(c);
     }
 
+    /// The application's wait found nothing to report (see [`crate::cache::Responder::idle`]).
+    pub(super) fn cache_idle(&mut self) {
+        let Some(mut c) = self.cache.take() else {
+            return;
+        };
+        if let Some((now, io)) = self.cache_io() {
+            c.r.idle(io, now);
+        }
+        self.cache = Some(c);
+    }
+
     /// The cache's upkeep, at a point where it may answer.
     pub(super) fn cache_upkeep(&mut self) {
         let Some(mut c) = self.cache.take() else {

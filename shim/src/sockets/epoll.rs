@@ -172,6 +172,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             n += 1;
         }
         self.scratch = ready;
+        if answering && n == 0 {
+            self.cache_idle();
+        }
         Some((work, n))
     }
 
