@@ -140,8 +140,11 @@ def second_listener(s, host, port, out):
     request(s, "L2")
     if reply(s, "waiting for CONNECT (the second listener's idle accept)") != "CONNECT":
         raise Fail("no CONNECT")
-    a = socket.create_connection((host, port + 1), timeout=PATIENCE)
+    # From before the connect: the server's timer starts once it accepted, so the time seen
+    # here is never shorter than its timeout (from after the connect, a client that lost its
+    # CPU for a few ms in between would see it early).
     t0 = time.monotonic()
+    a = socket.create_connection((host, port + 1), timeout=PATIENCE)
     try:
         expect_eof(a, "connecting to the second listener and staying silent")
     finally:

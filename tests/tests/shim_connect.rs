@@ -5,7 +5,7 @@
 //! on one end of a veth pair.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use mtcp_tests::redis::{redis_in, shim_client, under_shim};
 use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
@@ -274,8 +274,8 @@ impl MemifPair {
         format!("memif:{},{role}", self.sock.display())
     }
 
-    /// redis-server under the shim on the memif server's end, its stack running.
-    fn server(&self) -> ServerProcess {
+    /// redis-server under the shim on the memif server's end.
+    fn server_command(&self) -> Command {
         let (h, p) = (self.host(), self.port());
         let mut cmd = Command::new("redis-server");
         cmd.args([
@@ -294,6 +294,12 @@ impl MemifPair {
             &self.subnet.cidr(2),
             Some(&p),
         );
+        cmd
+    }
+
+    /// That server, its stack running.
+    fn server(&self) -> ServerProcess {
+        let cmd = self.server_command();
         let mut server = mtcp_tests::redis::start_redis(cmd);
         mtcp_tests::redis::wait_stack(&mut server);
         server
@@ -492,28 +498,21 @@ fn a_memif_peer_killed_with_frames_unread_leaves_the_server_serving() {
 #[test]
 fn a_memif_server_whose_stack_cannot_start_fails_listen() {
     let pair = MemifPair::new("memif-nostart");
-    let (h, p) = (pair.host(), pair.port());
-    let mut cmd = Command::new("timeout");
-    cmd.args([
-        "-s",
-        "KILL",
-        "60",
-        "redis-server",
-        "--port",
-        &p,
-        "--bind",
-        &h,
-        "--save",
-        "",
-    ]);
-    under_shim(
-        &mut cmd,
-        &pair.dev("server"),
-        &pair.subnet.cidr(2),
-        Some(&p),
-    )
-    .env("MTCP_PCAP", "/nonexistent/mtcp-test/x.pcap");
-    let out = cmd.output().expect("redis-server runs");
+    let mut cmd = pair.server_command();
+    cmd.env("MTCP_PCAP", "/nonexistent/mtcp-test/x.pcap")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("redis-server runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server still runs after 30 s: listen() hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("its output");
     let err = text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

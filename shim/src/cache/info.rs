@@ -87,6 +87,16 @@ impl Shown {
     }
 }
 
+/// A reply of text `t`: a bulk string, or RESP3's verbatim string of format `txt`.
+fn text_reply(verbatim: bool, t: &[u8]) -> Vec<u8> {
+    let (kind, prefix): (char, &[u8]) = if verbatim { ('=', b"txt:") } else { ('$', b"") };
+    let mut new = format!("{kind}{}\r\n", prefix.len() + t.len()).into_bytes();
+    new.extend_from_slice(prefix);
+    new.extend_from_slice(t);
+    new.extend_from_slice(b"\r\n");
+    new
+}
+
 /// CLIENT LIST's reply `text` without the line of client `id` (the cache's connection);
 /// `None` if `text` is not one (every line `id=...`).
 pub fn without_client(text: &[u8], id: u64) -> Option<Vec<u8>> {
@@ -801,16 +811,7 @@ impl Rewriter {
                             };
                             match body.and_then(|b| without_client(b, own)) {
                                 Some(t) => {
-                                    let prefix: &[u8] = if verbatim { b"txt:" } else { b"" };
-                                    let mut new = format!(
-                                        "{}{}\r\n",
-                                        whole[0] as char,
-                                        prefix.len() + t.len()
-                                    )
-                                    .into_bytes();
-                                    new.extend_from_slice(prefix);
-                                    new.extend_from_slice(&t);
-                                    new.extend_from_slice(b"\r\n");
+                                    let new = text_reply(verbatim, &t);
                                     self.resized += new.len() as i64 - whole.len() as i64;
                                     new
                                 }
@@ -823,16 +824,7 @@ impl Rewriter {
                         (true, Some((_, Edit::Info(shown)))) => {
                             let verbatim = whole[0] == b'=';
                             let body = if verbatim { &text[4..] } else { text };
-                            let mut t = if verbatim {
-                                b"txt:".to_vec()
-                            } else {
-                                Vec::new()
-                            };
-                            t.extend_from_slice(&rewrite(body, &shown));
-                            let mut new =
-                                format!("{}{}\r\n", whole[0] as char, t.len()).into_bytes();
-                            new.extend_from_slice(&t);
-                            new.extend_from_slice(b"\r\n");
+                            let new = text_reply(verbatim, &rewrite(body, &shown));
                             self.resized += new.len() as i64 - whole.len() as i64;
                             new
                         }
