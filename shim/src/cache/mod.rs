@@ -180,6 +180,11 @@ pub trait Responder: Send {
     /// Work on the cache's own connection, at a point where [`Responder::answer`] may be
     /// called (`port`: a port the application listens on).
     fn upkeep(&mut self, io: &mut dyn ControlIo, port: u16, now: UnixMs) -> Upkeep;
+    /// Whether requests on the cache's own connection wait to go together ([`Responder::idle`]
+    /// has work): asked at every wait that finds nothing, before the clock is read.
+    fn idle_work(&self) -> bool {
+        false
+    }
     /// The application's wait found nothing to report (its thread is about to poll again or
     /// block): requests on the cache's own connection that wait to go together go now.
     fn idle(&mut self, io: &mut dyn ControlIo, now: UnixMs) {

@@ -694,16 +694,8 @@ impl RedisCache {
     /// An invalidation: `None` for every key (a flush).
     fn invalidate(&mut self, keys: Option<Vec<Box<[u8]>>>, now: UnixMs) {
         // Redis no longer tracks the keys it invalidated (a flush empties its whole table).
-        match &keys {
-            None => self.tracked.clear(),
-            Some(keys) => {
-                for k in keys {
-                    let h = self.key_hash(k);
-                    self.tracked.remove(&h);
-                }
-            }
-        }
         let Some(keys) = keys else {
+            self.tracked.clear();
             if self.late {
                 self.store.doom_all();
             } else {
@@ -715,6 +707,8 @@ impl RedisCache {
             return;
         };
         for k in keys {
+            let h = self.key_hash(&k);
+            self.tracked.remove(&h);
             if let Some(f) = self.fills.get_mut(&k) {
                 f.tainted = true;
             }
@@ -1302,12 +1296,14 @@ impl Responder for RedisCache {
         Upkeep::Nothing
     }
 
+    fn idle_work(&self) -> bool {
+        matches!(self.link, Link::Ready { .. }) && !self.queued_fills.is_empty()
+    }
+
     fn idle(&mut self, io: &mut dyn ControlIo, now: UnixMs) {
         if let Link::Ready { fd } = self.link {
-            if !self.queued_fills.is_empty() {
-                self.send_fills(now, true);
-                self.send_out(io, fd, now);
-            }
+            self.send_fills(now, true);
+            self.send_out(io, fd, now);
         }
     }
 

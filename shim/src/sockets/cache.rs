@@ -257,26 +257,28 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
-    /// The application closed its end of the cache's connection.
-    pub(super) fn cache_control_closed(&mut self) {
+    /// `f` on the cache with its clock and kernel calls (nothing without a cache, or if the
+    /// host gives it no connection).
+    fn with_cache_io(&mut self, f: impl FnOnce(&mut dyn Responder, &mut dyn ControlIo, UnixMs)) {
         let Some(mut c) = self.cache.take() else {
             return;
         };
         if let Some((now, io)) = self.cache_io() {
-            c.r.control_closed(io, now);
+            f(&mut *c.r, io, now);
         }
         self.cache = Some(c);
     }
 
-    /// The application's wait found nothing to report (see [`crate::cache::Responder::idle`]).
+    /// The application closed its end of the cache's connection.
+    pub(super) fn cache_control_closed(&mut self) {
+        self.with_cache_io(|r, io, now| r.control_closed(io, now));
+    }
+
+    /// The application's wait found nothing to report (see [`Responder::idle`]).
     pub(super) fn cache_idle(&mut self) {
-        let Some(mut c) = self.cache.take() else {
-            return;
-        };
-        if let Some((now, io)) = self.cache_io() {
-            c.r.idle(io, now);
+        if self.cache.as_ref().is_some_and(|c| c.r.idle_work()) {
+            self.with_cache_io(|r, io, now| r.idle(io, now));
         }
-        self.cache = Some(c);
     }
 
     /// The cache's upkeep, at a point where it may answer.
