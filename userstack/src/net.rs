@@ -259,6 +259,34 @@ impl<L: Link> Net<L> {
         r
     }
 
+    /// Sends a frame of `len` bytes that `f` writes whole (given the next hop's MAC and ours)
+    /// to `dst`, when `track` holds `dst`'s next hop still valid (see `HopCache`). False:
+    /// it does not, nothing was sent, and `send_ip` is the way (it resolves the hop).
+    #[inline]
+    pub fn send_to_cached_hop(
+        &mut self,
+        now: Micros,
+        track: &TxTrack,
+        dst: Ipv4Addr,
+        len: usize,
+        f: impl FnOnce(&mut [u8], ([u8; 6], [u8; 6])),
+    ) -> bool {
+        let Some(hop) = track
+            .hop
+            .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until)
+        else {
+            return false;
+        };
+        match self.link.tx_alloc(len) {
+            Some(mut frame) => {
+                f(frame.data_mut(), (hop.mac, self.mac));
+                self.emit(frame);
+            }
+            None => self.stats.drop_mempool_empty += 1,
+        }
+        true
+    }
+
     /// Sends a finished frame: pcap, fault injection, counters, then the link's tx batch.
     fn emit(&mut self, mut frame: L::Tx) {
         let action = self

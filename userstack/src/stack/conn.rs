@@ -11,7 +11,7 @@ use smoltcp::socket::tcp::State as ApiState;
 use smoltcp::time::Instant;
 
 use super::api::{ConnId, Event, Readiness, SockError, TcpOptions};
-use super::{Slot, Stack};
+use super::{frame, Slot, Stack};
 use crate::link::Link;
 use crate::net::{Micros, Net, TxTrack};
 use crate::stats::Stats;
@@ -304,8 +304,23 @@ impl Conn {
         let (head, sum, mtu) = (&self.tuning.ip_head, self.tuning.ip_sum, self.tuning.mtu);
         let pseudo = self.tuning.tcp_pseudo;
         let track = &mut self.track;
+        let peer = *self.peer.ip();
         self.tcb.output(us, &mut |out: &Out, (a, b): Payload| {
             let pay = a.len() + b.len();
+            if frame::ts_only(out) {
+                let heads = frame::Heads {
+                    ip: head,
+                    ip_sum: sum,
+                    pseudo,
+                    ports: (lport, pport),
+                };
+                let len = frame::TS_HEADERS + pay;
+                if net.send_to_cached_hop(us, track, peer, len, |f, macs| {
+                    frame::write_ts_frame(f, macs, &heads, out, (a, b))
+                }) {
+                    return true;
+                }
+            }
             let mut hl = out.header_len();
             let trimmed;
             let o = if out.nsack > 0 && 20 + hl + pay > mtu {

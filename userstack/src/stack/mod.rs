@@ -44,6 +44,7 @@ mod calls;
 mod conn;
 mod demux;
 mod device;
+mod frame;
 mod handover;
 mod publish;
 #[cfg(test)]
