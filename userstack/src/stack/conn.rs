@@ -475,6 +475,7 @@ impl<L: Link> Stack<L> {
             }
         };
         self.demux.insert(k, idx);
+        self.demux_changes += 1;
         if let Some(f) = self.flows.as_mut() {
             f.opened(k);
         }
@@ -520,6 +521,7 @@ impl<L: Link> Stack<L> {
         slot.gen = slot.gen.wrapping_add(1);
         if self.demux.get(&c.key) == Some(&idx) {
             self.demux.remove(&c.key);
+            self.demux_changes += 1;
             if let Some(f) = self.flows.as_mut() {
                 f.closed(c.key);
             }

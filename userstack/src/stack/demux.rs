@@ -29,33 +29,34 @@ const SYN_QUEUE_MIN: usize = 1024;
 impl<L: Link> Stack<L> {
     pub(super) fn rx_faulty(&mut self, now: Instant, frame: L::Rx) {
         match self.net.rx_fault() {
-            FaultAction::Pass => self.rx_frame(now, frame.data()),
+            FaultAction::Pass => self.rx_frame(now, frame.data(), None),
             FaultAction::Drop => return,
             FaultAction::Duplicate => {
-                self.rx_frame(now, frame.data());
-                self.rx_frame(now, frame.data());
+                self.rx_frame(now, frame.data(), None);
+                self.rx_frame(now, frame.data(), None);
             }
             FaultAction::Reorder => {
                 if let Some(prev) = self.held_rx.replace(frame) {
-                    self.rx_frame(now, prev.data());
+                    self.rx_frame(now, prev.data(), None);
                 }
                 return;
             }
         }
         if let Some(held) = self.held_rx.take() {
-            self.rx_frame(now, held.data());
+            self.rx_frame(now, held.data(), None);
         }
     }
 
-    /// One received Ethernet frame.
-    pub(super) fn rx_frame(&mut self, now: Instant, f: &[u8]) {
+    /// One received Ethernet frame; `found`: its connection's slot, if the demux was asked
+    /// already (`prefetch_conn`) and has not changed since.
+    pub(super) fn rx_frame(&mut self, now: Instant, f: &[u8], found: Option<u32>) {
         let us = now.total_micros() as Micros;
         if let Some(ip) = self.net.rx_frame(us, f) {
-            self.rx_ipv4(now, ip);
+            self.rx_ipv4(now, ip, found);
         }
     }
 
-    fn rx_ipv4(&mut self, now: Instant, p: &[u8]) {
+    fn rx_ipv4(&mut self, now: Instant, p: &[u8], found: Option<u32>) {
         let Ok(ip) = Ipv4Packet::new_checked(p) else {
             self.net.stats_mut().drop_malformed += 1;
             return;
@@ -86,14 +87,21 @@ impl<L: Link> Stack<L> {
         let packet = &p[..total];
         match ip.next_header() {
             smoltcp::wire::IpProtocol::Tcp => {
-                self.rx_tcp(now, packet, src, usize::from(ip.header_len()))
+                self.rx_tcp(now, packet, src, usize::from(ip.header_len()), found)
             }
             smoltcp::wire::IpProtocol::Icmp => self.control_input(now, packet),
             _ => self.net.stats_mut().drop_unsupported += 1,
         }
     }
 
-    fn rx_tcp(&mut self, now: Instant, packet: &[u8], src: Ipv4Addr, ihl: usize) {
+    fn rx_tcp(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        src: Ipv4Addr,
+        ihl: usize,
+        found: Option<u32>,
+    ) {
         if !crate::csum::tcp_checksum_ok(packet, ihl) {
             self.net.stats_mut().drop_bad_checksum += 1;
             return;
@@ -112,7 +120,10 @@ impl<L: Link> Stack<L> {
         let us = now.total_micros() as Micros;
         let syn_only = seg.has(SYN) && !seg.has(ACK) && !seg.has(RST);
         let k = key(src, sport, dport);
-        if let Some(&idx) = self.demux.get(&k) {
+        // (The prefetch's lookup read the same bytes of the same frame.)
+        debug_assert!(found.is_none() || found == self.demux.get(&k).copied());
+        let found = found.or_else(|| self.demux.get(&k).copied());
+        if let Some(idx) = found {
             // A new SYN on a 4-tuple whose old connection is over (TIME-WAIT, or closed: reset,
             // timed out, or closed by the application and draining) starts a new connection, as
             // on Linux, where such a socket is out of the lookup tables.
@@ -172,6 +183,7 @@ impl<L: Link> Stack<L> {
                 // The application still holds the old connection (to read its error or its
                 // last data): it stays, out of the demux.
                 self.demux.remove(&k);
+                self.demux_changes += 1;
                 if let Some(f) = self.flows.as_mut() {
                     f.closed(k);
                 }
@@ -278,19 +290,19 @@ impl<L: Link> Stack<L> {
         true
     }
 
-    /// Looks up the connection a frame is for and prefetches its state. Parses only what the
-    /// lookup needs; `rx_frame` validates everything afterwards.
-    pub(super) fn prefetch_conn(&self, f: &[u8]) {
+    /// Looks up the connection a frame is for and prefetches its state; returns its slot. Parses only what the lookup needs; `rx_frame` validates everything
+    /// afterwards.
+    pub(super) fn prefetch_conn(&self, f: &[u8]) -> Option<u32> {
         if f.len() < ETH_HDR + 40
             || f[12..14] != ETHERTYPE_IPV4.to_be_bytes()
             || f[ETH_HDR + 9] != 6
         {
-            return;
+            return None;
         }
         let ihl = usize::from(f[ETH_HDR] & 0x0f) * 4;
         let t = ETH_HDR + ihl;
         if f.len() < t + 4 {
-            return;
+            return None;
         }
         let src = Ipv4Addr::new(
             f[ETH_HDR + 12],
@@ -303,11 +315,11 @@ impl<L: Link> Stack<L> {
             u16::from_be_bytes([f[t], f[t + 1]]),
             u16::from_be_bytes([f[t + 2], f[t + 3]]),
         );
-        if let Some(&idx) = self.demux.get(&k) {
-            if let Some(c) = self.slots[idx as usize].conn.as_ref() {
-                crate::prefetch::lines(c as *const Conn as *const u8, std::mem::size_of::<Conn>());
-            }
+        let idx = *self.demux.get(&k)?;
+        if let Some(c) = self.slots[idx as usize].conn.as_ref() {
+            crate::prefetch::lines(c as *const Conn as *const u8, std::mem::size_of::<Conn>());
         }
+        Some(idx)
     }
 
     fn control_input(&mut self, now: Instant, packet: &[u8]) {

@@ -49,6 +49,7 @@ impl<L: Link> Stack<L> {
         // Out of the demux first: `free_conn` then leaves its registration, which stays this
         // process's until the taker registers its own.
         self.demux.remove(&key);
+        self.demux_changes += 1;
         self.free_conn(idx);
         self.handed.push((key, us + HANDOVER_WAIT_US));
         self.net.stats_mut().conns_handed_over += 1;

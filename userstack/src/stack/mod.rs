@@ -103,6 +103,13 @@ pub struct Stack<L: Link> {
     /// Set while `poll` hands a received burst to the connections: the egress a segment makes
     /// due (an ACK) waits for the end of the burst (see `poll_conn`).
     in_rx_burst: bool,
+    /// The demux's answers for a burst's frames, from the lookups that prefetched their
+    /// connections (`prefetch_conn`): a frame's connection's slot, `None` where nothing was
+    /// found. `rx_tcp` takes a frame's answer instead of its own lookup while the demux is as
+    /// it was then (`demux_changes`).
+    rx_found: Vec<Option<u32>>,
+    /// Moves at every insertion into and removal from the demux.
+    demux_changes: u64,
     /// Which flows are this stack's when processes share its device (steer.rs).
     steering: crate::steer::Steering,
     /// Connections per steering bucket.
@@ -201,6 +208,8 @@ impl<L: Link> Stack<L> {
             rx: Vec::with_capacity(RX_BURST),
             held_rx: None,
             in_rx_burst: false,
+            rx_found: Vec::with_capacity(RX_BURST),
+            demux_changes: 0,
             steering: crate::steer::Steering::ALONE,
             bucket_conns: [0; crate::steer::BUCKETS as usize],
             flows: None,
@@ -429,9 +438,13 @@ impl<L: Link> Stack<L> {
         // Start the cache misses of the whole burst's connections at once (hash bucket, slot,
         // socket), so they overlap instead of stalling one frame at a time; at 10,000
         // connections the stack is bound by these misses, not by instructions.
+        // Their answers save `rx_tcp` its own lookup while the demux stays as it is.
+        let mut found = std::mem::take(&mut self.rx_found);
+        found.clear();
+        let changes = self.demux_changes;
         if rx.len() > 1 {
             for frame in rx.iter() {
-                self.prefetch_conn(frame.data());
+                found.push(self.prefetch_conn(frame.data()));
             }
         }
         // (A burst of one frame has nothing to coalesce: its egress goes at once.)
@@ -441,14 +454,19 @@ impl<L: Link> Stack<L> {
                 self.rx_faulty(now, frame);
             }
         } else {
-            for frame in &rx {
-                self.rx_frame(now, frame.data());
+            for (i, frame) in rx.iter().enumerate() {
+                let slot = match self.demux_changes == changes {
+                    true => found.get(i).copied().flatten(),
+                    false => None,
+                };
+                self.rx_frame(now, frame.data(), slot);
             }
             self.net.link_mut().rx_release(&mut rx);
         }
+        self.rx_found = found;
         self.rx = rx;
         if let Some(held) = self.held_rx.take() {
-            self.rx_frame(now, held.data());
+            self.rx_frame(now, held.data(), None);
         }
         self.in_rx_burst = false;
 
