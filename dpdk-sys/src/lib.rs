@@ -73,6 +73,13 @@ mod wrap {
             count: c_uint,
         ) -> c_int;
         pub fn mtcp_rte_pktmbuf_free(m: *mut rte_mbuf);
+        pub fn mtcp_pktmbuf_recycle(
+            mp: *mut rte_mempool,
+            mbufs: *mut *mut rte_mbuf,
+            n: c_uint,
+            keep: *mut *mut rte_mbuf,
+            room: c_uint,
+        ) -> c_uint;
         pub fn mtcp_rte_pktmbuf_tailroom(m: *const rte_mbuf) -> u16;
         pub fn mtcp_rte_pktmbuf_append(m: *mut rte_mbuf, len: u16) -> *mut c_char;
         pub fn mtcp_rte_pktmbuf_prepend(m: *mut rte_mbuf, len: u16) -> *mut c_char;
@@ -155,6 +162,27 @@ pub unsafe fn rte_pktmbuf_alloc_bulk(
 ) -> i32 {
     // SAFETY: forwarded verbatim; the caller upholds the contract above.
     unsafe { wrap::mtcp_rte_pktmbuf_alloc_bulk(mp, mbufs, count) }
+}
+
+/// Of the `n` mbufs at `mbufs`, moves up to `room` that can serve as newly allocated ones
+/// (from `mp`, direct, one segment, no other reference) to `keep`, reset as
+/// `rte_pktmbuf_alloc` resets them, and frees the others. Returns how many went to `keep`.
+/// (Ours, in `src/wrapper.c`: not a DPDK function.)
+///
+/// # Safety
+/// `mp` must be a live pktmbuf pool; `mbufs` must hold `n` mbufs the caller owns (it owns
+/// none of them after the call but those moved to `keep`), and `keep` be valid for `room`
+/// writes.
+#[inline]
+pub unsafe fn pktmbuf_recycle(
+    mp: *mut rte_mempool,
+    mbufs: *mut *mut rte_mbuf,
+    n: u32,
+    keep: *mut *mut rte_mbuf,
+    room: u32,
+) -> u32 {
+    // SAFETY: forwarded verbatim; the caller upholds the contract above.
+    unsafe { wrap::mtcp_pktmbuf_recycle(mp, mbufs, n, keep, room) }
 }
 
 /// `rte_pktmbuf_free()`: free an mbuf chain (null is allowed).

@@ -39,6 +39,29 @@ void mtcp_rte_pktmbuf_free(struct rte_mbuf *m)
 	rte_pktmbuf_free(m);
 }
 
+unsigned int mtcp_pktmbuf_recycle(struct rte_mempool *mp, struct rte_mbuf **mbufs,
+                                  unsigned int n, struct rte_mbuf **keep,
+                                  unsigned int room)
+{
+	unsigned int kept = 0, freed = 0;
+
+	for (unsigned int i = 0; i < n; i++) {
+		struct rte_mbuf *m = mbufs[i];
+
+		if (kept < room && m->pool == mp && RTE_MBUF_DIRECT(m) &&
+		    m->next == NULL && m->nb_segs == 1 &&
+		    rte_mbuf_refcnt_read(m) == 1) {
+			rte_pktmbuf_reset(m);
+			keep[kept++] = m;
+		} else {
+			mbufs[freed++] = m;
+		}
+	}
+	if (freed > 0)
+		rte_pktmbuf_free_bulk(mbufs, freed);
+	return kept;
+}
+
 
 
 

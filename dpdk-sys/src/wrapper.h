@@ -39,6 +39,18 @@ int mtcp_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
 void mtcp_rte_pktmbuf_refcnt_update(struct rte_mbuf *m, int16_t v);
 uint16_t mtcp_rte_mbuf_refcnt_read(const struct rte_mbuf *m);
 
+/*
+ * Not a DPDK function: of the `n` mbufs in `mbufs` (all owned by the caller),
+ * moves up to `room` that can serve as newly allocated ones (from `mp`, direct,
+ * one segment, no other reference) to `keep`, reset as rte_pktmbuf_alloc
+ * resets them, and frees the others with rte_pktmbuf_free_bulk. Returns how
+ * many went to `keep`. (A received frame's mbuf becomes a frame to send
+ * without going through the pool: a free and an allocation less.)
+ */
+unsigned int mtcp_pktmbuf_recycle(struct rte_mempool *mp, struct rte_mbuf **mbufs,
+                                  unsigned int n, struct rte_mbuf **keep,
+                                  unsigned int room);
+
 int mtcp_rte_errno(void);
 unsigned int mtcp_rte_lcore_id(void);
 

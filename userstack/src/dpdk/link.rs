@@ -25,6 +25,8 @@ const TX_BATCH: usize = 64;
 const RX_RELEASE_MAX: usize = 64;
 /// Mbufs taken from the pool in one call for frames to send (`tx_alloc`).
 const TX_SPARE: usize = 16;
+/// At most this many spare mbufs are kept (received frames' mbufs, `rx_release`).
+const SPARE_MAX: usize = 64;
 /// A transmit backlog the device took nothing of for this long is dropped (while frames wait
 /// the loop polls without sleeping; a memif peer that went away would keep it polling).
 const BACKLOG_GIVE_UP: std::time::Duration = std::time::Duration::from_millis(500);
@@ -44,10 +46,11 @@ pub struct DpdkLink {
     rx_burst: [*mut sys::rte_mbuf; 64],
     tx: [*mut sys::rte_mbuf; TX_BATCH],
     ntx: usize,
-    /// Reset mbufs from the pool, handed out from the end, one per frame to send: one bulk
-    /// allocation per TX_SPARE frames (a single allocation cost ~65 instructions, most of it
-    /// finding the pool's per-lcore cache).
-    spare: [*mut sys::rte_mbuf; TX_SPARE],
+    /// Reset mbufs, handed out from the end, one per frame to send: received frames' mbufs
+    /// once the stack is done with them (`rx_release`), else TX_SPARE at a time from the
+    /// pool. A request's mbuf carries its reply: a free and an allocation less per request
+    /// (each ~40-65 instructions, most of it finding the pool's per-lcore cache).
+    spare: [*mut sys::rte_mbuf; SPARE_MAX],
     nspare: usize,
     /// Frames the device's transmit ring had no room for, oldest first (see `tx_flush`).
     backlog: VecDeque<*mut sys::rte_mbuf>,
@@ -169,7 +172,7 @@ impl DpdkLink {
             rx_burst: [std::ptr::null_mut(); 64],
             tx: [std::ptr::null_mut(); TX_BATCH],
             ntx: 0,
-            spare: [std::ptr::null_mut(); TX_SPARE],
+            spare: [std::ptr::null_mut(); SPARE_MAX],
             nspare: 0,
             backlog: VecDeque::new(),
             backlog_cap: cfg.mbufs as usize / 4,
@@ -386,8 +389,18 @@ impl Link for DpdkLink {
                 *p = m.0.as_ptr();
                 std::mem::forget(m);
             }
-            // SAFETY: `n` mbufs we owned (their `Mbuf`s forgotten above), freed once.
-            unsafe { sys::rte_pktmbuf_free_bulk(ptrs.as_mut_ptr(), n as u32) };
+            // SAFETY: `n` mbufs we owned (their `Mbuf`s forgotten above), kept as spares or
+            // freed, once; `spare` has room for SPARE_MAX - nspare more.
+            let kept = unsafe {
+                sys::pktmbuf_recycle(
+                    self.pool.as_ptr(),
+                    ptrs.as_mut_ptr(),
+                    n as u32,
+                    self.spare.as_mut_ptr().add(self.nspare),
+                    (SPARE_MAX - self.nspare) as u32,
+                )
+            };
+            self.nspare += kept as usize;
         }
     }
 

@@ -126,7 +126,7 @@ mod tests {
         };
         for n in 0..600 {
             // Payload lengths of both parities, split anywhere (the send ring's wrap).
-            let len = (n * 37 % 1449) as usize * usize::from(n % 5 != 0);
+            let len = (n * 37 % 1449) * usize::from(n % 5 != 0);
             let cut = next() as usize % (len + 1);
             let (a, b) = (&data[..cut], &data[cut..len]);
             let out = Out {
