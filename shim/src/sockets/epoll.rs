@@ -80,7 +80,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
         }
         match op {
-            libc::EPOLL_CTL_ADD => self.watchers.entry(fd).or_default().push(epfd),
+            libc::EPOLL_CTL_ADD => self.watchers.push(fd, epfd),
             libc::EPOLL_CTL_DEL => {
                 if let Some(v) = self.watchers.get_mut(&fd) {
                     v.retain(|&e| e != epfd);
