@@ -171,13 +171,6 @@ impl EpollSet {
         self.entries.get(&key).map(|e| e.events)
     }
 
-    /// Whether `key`'s entry was added with EPOLLEXCLUSIVE.
-    pub fn is_exclusive(&self, key: i32) -> bool {
-        self.entries
-            .get(&key)
-            .is_some_and(|e| e.events & EPOLLEXCLUSIVE != 0)
-    }
-
     /// The keys of the entries, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = i32> + '_ {
         self.entries.keys()
@@ -254,6 +247,28 @@ impl EpollSet {
     /// whether the entry was queued as ready by this call (a waiter on the set must look).
     pub fn notify(&mut self, key: i32, now: Readiness) -> bool {
         self.consider(key, bits(now))
+    }
+
+    /// `notify`, but an EPOLLEXCLUSIVE entry is left alone when `skip_exclusive` (another
+    /// set's exclusive entry took this wake-up). Returns whether the entry was queued, and
+    /// whether it is an EPOLLEXCLUSIVE one (one lookup for both).
+    #[inline]
+    pub fn notify_unless_exclusive(
+        &mut self,
+        key: i32,
+        now: Readiness,
+        skip_exclusive: bool,
+    ) -> (bool, bool) {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return (false, false);
+        };
+        let exclusive = e.events & EPOLLEXCLUSIVE != 0;
+        if (exclusive && skip_exclusive) || e.disabled || e.queued || !wanted(e.events, bits(now)) {
+            return (false, exclusive);
+        }
+        e.queued = true;
+        self.ready.push_back((key, e.gen));
+        (true, exclusive)
     }
 
     #[inline]

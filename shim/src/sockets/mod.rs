@@ -563,14 +563,11 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 ..
             })) = self.objs.get_mut(j as usize)
             {
-                let exclusive = set.is_exclusive(fd);
-                if exclusive && woke_exclusive {
-                    continue;
-                }
-                if set.notify(fd, r) {
+                let (queued, exclusive) = set.notify_unless_exclusive(fd, r, woke_exclusive);
+                if queued {
                     self.touched.push(j);
                 }
-                if exclusive && self.host.waits_on(j) {
+                if exclusive && !woke_exclusive && self.host.waits_on(j) {
                     woke_exclusive = true;
                 }
             }
