@@ -142,8 +142,10 @@ impl Scene {
     /// what the stack sent is checked, and reaches the peer if `deliver` (else it is lost).
     fn step(&mut self, deliver: bool) {
         self.now += Duration::from_millis(1);
+        // (Frames injected and held wait there too: only the peer's are templates.)
+        let held = self.stack.link().waiting().len();
         self.peer.poll(self.now);
-        for f in self.stack.link().waiting() {
+        for f in self.stack.link().waiting().into_iter().skip(held) {
             if self.templates.len() < MAX_TEMPLATES {
                 self.templates.push(f);
             }
@@ -168,10 +170,15 @@ impl Scene {
         self.sent = out.len();
     }
 
-    fn inject(&mut self, frame: Vec<u8>) {
+    /// Delivers `frame`; the stack polls unless `hold` (the frames held and the next one
+    /// arrive as one burst: the stack's burst handling, e.g. each frame's connection found
+    /// by the burst's prefetch while earlier frames open and close connections).
+    fn inject(&mut self, frame: Vec<u8>, hold: bool) {
         self.stack.link().inject(frame);
-        self.stack.poll(self.now);
-        self.check_sent();
+        if !hold {
+            self.stack.poll(self.now);
+            self.check_sent();
+        }
     }
 
     fn conn(&self, pick: u8) -> Option<ConnId> {
@@ -307,12 +314,13 @@ pub fn frames(data: &[u8]) {
         ops += 1;
         let op = inp.byte();
         let kind = if s.templates.is_empty() { 0 } else { op % 6 };
+        let hold = op >= 0xc0;
         match kind {
             // A raw frame.
             0 => {
                 let n = usize::from(inp.u16() % 1600);
                 let f = inp.bytes(n).to_vec();
-                s.inject(f);
+                s.inject(f, hold);
             }
             // A template with bytes changed.
             1 => {
@@ -327,14 +335,14 @@ pub fn frames(data: &[u8]) {
                     let keep = usize::from(inp.u16()) % (f.len() + 1);
                     f.truncate(keep);
                 }
-                s.inject(f);
+                s.inject(f, hold);
             }
             // A template's TCP header rewritten, checksums right.
             2 | 3 => {
                 let t = usize::from(inp.byte()) % s.templates.len();
                 let template = s.templates[t].clone();
                 if let Some(f) = rewrite(&template, &mut inp) {
-                    s.inject(f);
+                    s.inject(f, hold);
                 }
             }
             // Time passes (up to ~65 s) and the stack polls.
