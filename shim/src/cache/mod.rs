@@ -8,6 +8,7 @@
 //! the cache's own (`MTCP_REDIS_CACHE`). Another protocol (memcached's) would be another
 //! implementation of the same trait.
 
+mod conns;
 pub mod info;
 pub mod redis;
 pub mod resp;

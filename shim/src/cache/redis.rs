@@ -160,7 +160,7 @@ pub struct RedisCache {
     out: Vec<u8>,
     /// What Redis wrote on the cache's connection, not parsed yet.
     input: Vec<u8>,
-    conns: userstack::FastMap<u64, Track>,
+    conns: super::conns::ConnMap<Track>,
     stats: CacheStats,
     /// Connections in MONITOR mode: while any is, every request goes to Redis (MONITOR shows
     /// what Redis executes).
