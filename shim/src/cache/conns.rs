@@ -28,7 +28,7 @@ impl<T> Default for ConnMap<T> {
 impl<T> ConnMap<T> {
     #[inline]
     fn index(key: u64) -> Option<(usize, u32)> {
-        (key >> 32 < DENSE).then(|| ((key >> 32) as usize, key as u32))
+        (key >> 32 < DENSE).then_some(((key >> 32) as usize, key as u32))
     }
 
     #[inline]
