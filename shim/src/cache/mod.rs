@@ -132,8 +132,14 @@ pub enum Upkeep {
 /// A cache in the data path of the connections of the served listeners. Connections are
 /// named by a key unique while they live.
 pub trait Responder: Send {
-    /// A connection of a served listener opened.
+    /// A connection of a served listener opened, whose received data may be offered
+    /// ([`Responder::answer`]).
     fn opened(&mut self, conn: u64, now: UnixMs);
+    /// One that is followed only (what the application reads from it and writes to it), never
+    /// offered: the kernel side's clients.
+    fn opened_followed(&mut self, conn: u64, now: UnixMs) {
+        self.opened(conn, now);
+    }
     /// It closed.
     fn closed(&mut self, conn: u64);
     /// The application read `bytes` from `conn`: requests it will answer itself. Returns
@@ -159,6 +165,11 @@ pub trait Responder: Send {
         send: &mut dyn FnMut(&[u8]) -> Result<usize, ()>,
     ) -> Option<Result<usize, ()>>;
 
+    /// Whether any connection may be worth a look ([`Responder::wants`] false for all if
+    /// not): a wait that finds this false offers the cache none.
+    fn wants_any(&self) -> bool {
+        true
+    }
     /// Whether `conn` is worth a look at its received data now (its state allows answering,
     /// and it is the kind of connection that sends what the cache answers): the cheapest look,
     /// before any data is touched.

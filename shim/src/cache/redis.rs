@@ -133,9 +133,17 @@ struct Track {
     uncounted: bool,
     /// Puts INFO's replies as Redis would show them without the cache in its output.
     info: Option<Box<Rewriter>>,
+    /// Its data may be offered to the cache (`Responder::opened`, not `opened_followed`):
+    /// counted in `looked_at` while it sends GETs.
+    offered: bool,
 }
 
 impl Track {
+    /// Counted in `RedisCache::looked_at`.
+    fn looked_at(&self) -> bool {
+        self.offered && self.since_get < QUIET_AFTER
+    }
+
     /// Whether Redis's reply to the next request would simply be the next reply: not left to
     /// Redis, not in a transaction, no request of it half read.
     fn answerable(&self) -> bool {
@@ -161,6 +169,9 @@ pub struct RedisCache {
     /// What Redis wrote on the cache's connection, not parsed yet.
     input: Vec<u8>,
     conns: super::conns::ConnMap<Track>,
+    /// Offered connections with fewer than QUIET_AFTER requests since their last GET: those
+    /// looked at (`wants`). None: no epoll wait offers any connection (`wants_any`).
+    looked_at: usize,
     stats: CacheStats,
     /// Connections in MONITOR mode: while any is, every request goes to Redis (MONITOR shows
     /// what Redis executes).
@@ -227,6 +238,24 @@ const BLOCKING: [&[u8]; 12] = [
 ];
 
 impl RedisCache {
+    /// A connection opened: its state, counted in `looked_at` if `offered`.
+    fn track(&mut self, conn: u64, now: UnixMs, offered: bool) {
+        let t = Track {
+            read: now,
+            offered,
+            ..Track::default()
+        };
+        let counted = t.looked_at();
+        if let Some(old) = self.conns.insert(conn, t) {
+            if old.looked_at() {
+                self.looked_at -= 1;
+            }
+        }
+        if counted {
+            self.looked_at += 1;
+        }
+    }
+
     /// A cache of at most `budget` bytes (`late`: see [`RedisCache::late`]).
     pub fn new(budget: usize, late: bool, now: UnixMs) -> RedisCache {
         RedisCache {
@@ -241,6 +270,7 @@ impl RedisCache {
             out: Vec::new(),
             input: Vec::new(),
             conns: Default::default(),
+            looked_at: 0,
             stats: CacheStats::default(),
             monitors: 0,
             blind: 0,
@@ -969,17 +999,18 @@ fn invalidated(push: &[u8]) -> Result<Option<Vec<Box<[u8]>>>, String> {
 
 impl Responder for RedisCache {
     fn opened(&mut self, conn: u64, now: UnixMs) {
-        self.conns.insert(
-            conn,
-            Track {
-                read: now,
-                ..Track::default()
-            },
-        );
+        self.track(conn, now, true);
+    }
+
+    fn opened_followed(&mut self, conn: u64, now: UnixMs) {
+        self.track(conn, now, false);
     }
 
     fn closed(&mut self, conn: u64) {
         if let Some(t) = self.conns.remove(&conn) {
+            if t.looked_at() {
+                self.looked_at -= 1;
+            }
             if t.info.is_some_and(|rw| rw.active()) {
                 self.rewriting -= 1;
             }
@@ -1067,7 +1098,13 @@ impl Responder for RedisCache {
             }
         }
         if let Some(t) = self.conns.get_mut(&conn) {
+            let before = t.looked_at();
             t.since_get = since_get;
+            match (before, t.looked_at()) {
+                (true, false) => self.looked_at -= 1,
+                (false, true) => self.looked_at += 1,
+                _ => {}
+            }
             t.replies_ahead = ahead;
             if used < data.len() {
                 t.partial = data[used..].to_vec();
@@ -1116,6 +1153,10 @@ impl Responder for RedisCache {
             self.rewriting -= 1;
         }
         Some(r)
+    }
+
+    fn wants_any(&self) -> bool {
+        self.looked_at > 0
     }
 
     fn wants(&self, conn: u64) -> bool {
@@ -1690,12 +1731,31 @@ mod tests {
     fn a_connection_that_sends_no_gets_is_not_looked_at_until_it_does() {
         let (mut c, _io) = ready(false);
         assert!(c.wants(1));
-        for _ in 0..QUIET_AFTER {
-            c.app_read(1, &req(&["SET", "k", "v"]), 1);
+        c.opened(2, 0);
+        for conn in [1, 2] {
+            for _ in 0..QUIET_AFTER {
+                c.app_read(conn, &req(&["SET", "k", "v"]), 1);
+            }
+            assert!(!c.wants(conn));
+            assert_eq!(c.wants_any(), conn == 1, "connection 2 is still looked at");
         }
-        assert!(!c.wants(1));
         c.app_read(1, &get("k"), 2);
         assert!(c.wants(1));
+        assert!(c.wants_any());
+        c.closed(1);
+        assert!(!c.wants_any(), "the one looked at closed");
+        c.opened(3, 3);
+        assert!(c.wants_any(), "a new connection is looked at");
+        c.opened(3, 4);
+        c.closed(3);
+        assert!(!c.wants_any(), "counted once when opened twice");
+        c.opened_followed(4, 5);
+        assert!(
+            !c.wants_any(),
+            "a connection only followed is never offered"
+        );
+        c.closed(4);
+        assert!(!c.wants_any());
     }
 
     #[test]

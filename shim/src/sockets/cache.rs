@@ -107,7 +107,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let Some(k) = self.followed(fd) {
             let now = self.host.unix_ms();
             if let Some(c) = self.cache.as_mut() {
-                c.r.opened(k, now);
+                c.r.opened_followed(k, now);
             }
         }
     }
@@ -322,6 +322,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// Offers the connections queued as ready in epoll set `epfd` to the cache; transmits the
     /// replies.
     pub(super) fn cache_answer_queued(&mut self, epfd: libc::c_int) {
+        if !self.cache.as_ref().is_some_and(|c| c.r.wants_any()) {
+            return;
+        }
         let Some(mut c) = self.cache.take() else {
             return;
         };
