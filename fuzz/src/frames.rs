@@ -170,9 +170,10 @@ impl Scene {
         self.sent = out.len();
     }
 
-    /// Delivers `frame`; the stack polls unless `hold` (the frames held and the next one
-    /// arrive as one burst: the stack's burst handling, e.g. each frame's connection found
-    /// by the burst's prefetch while earlier frames open and close connections).
+    /// Delivers `frame`; the stack polls unless `hold` (held frames arrive in one burst with
+    /// those of the next operation that polls: the stack's burst handling, e.g. each frame's
+    /// connection found by the burst's prefetch while earlier frames open and close
+    /// connections).
     fn inject(&mut self, frame: Vec<u8>, hold: bool) {
         self.stack.link().inject(frame);
         if !hold {
@@ -314,7 +315,9 @@ pub fn frames(data: &[u8]) {
         ops += 1;
         let op = inp.byte();
         let kind = if s.templates.is_empty() { 0 } else { op % 6 };
-        let hold = op >= 0xc0;
+        // A frame injected with the two high bits set waits for the next operation that polls:
+        // frames of several operations in one burst.
+        let hold = op >= 0xc0 && kind < 4;
         match kind {
             // A raw frame.
             0 => {
@@ -390,8 +393,10 @@ pub fn frames(data: &[u8]) {
             }
         }
         // The high bit: the peer answers (and the stack hears it), else what the stack sent
-        // is lost.
-        s.step(op & 0x80 != 0);
+        // is lost. (Not after a held frame: the stack would poll it.)
+        if !hold {
+            s.step(op & 0x80 != 0);
+        }
     }
     // The stack still serves: time passes, every connection is closed and the stack lets
     // them go.
