@@ -7,6 +7,8 @@
 //! The one's-complement sum does not depend on byte order (RFC 1071, 2.(B)): words are loaded
 //! in native order and the folded result is stored in native order.
 
+use std::net::Ipv4Addr;
+
 /// One's-complement sum of `b` in native-order 32-bit words (odd tail padded with zeros), not
 /// yet folded. Callers sum buffers that start at even offsets of the checksummed stream.
 fn ones_sum(b: &[u8]) -> u64 {
@@ -117,6 +119,21 @@ pub fn fill_ipv4_header_checksum(header: &mut [u8]) {
     header[10..12].copy_from_slice(&(!sum).to_ne_bytes());
 }
 
+/// The IPv4 header of a connection's TCP segments from `local` to `peer` with TOS `tos` and
+/// TTL `ttl`, don't-fragment set, total length and checksum zero: the template
+/// `ipv4_template_sum` and `ipv4_checksum` complete per packet.
+pub fn ipv4_tcp_template(local: Ipv4Addr, peer: Ipv4Addr, tos: u8, ttl: u8) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[1] = tos;
+    h[6] = 0x40; // don't fragment
+    h[8] = ttl;
+    h[9] = 6;
+    h[12..16].copy_from_slice(&local.octets());
+    h[16..20].copy_from_slice(&peer.octets());
+    h
+}
+
 /// The not yet folded sum of an IPv4 header template whose total length and checksum are
 /// zero (`ipv4_checksum` completes it per packet).
 pub fn ipv4_template_sum(header: &[u8; 20]) -> u64 {
@@ -208,14 +225,12 @@ mod tests {
 
     #[test]
     fn a_template_and_its_length_give_the_full_headers_checksum() {
-        let mut t = [0u8; 20];
-        t[0] = 0x45;
-        t[1] = 0x10;
-        t[6] = 0x40;
-        t[8] = 64;
-        t[9] = 6;
-        t[12..16].copy_from_slice(&[198, 18, 0, 2]);
-        t[16..20].copy_from_slice(&[198, 18, 0, 77]);
+        let t = ipv4_tcp_template(
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv4Addr::new(198, 18, 0, 77),
+            0x10,
+            64,
+        );
         let sum = ipv4_template_sum(&t);
         for len in [40u16, 52, 1500, 65535] {
             let mut h = t;

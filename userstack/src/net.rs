@@ -223,10 +223,7 @@ impl<L: Link> Net<L> {
         let buf = frame.data_mut();
         let r = f(&mut buf[ETH_HDR..]);
         let dst = ipv4_dst(&buf[ETH_HDR..]);
-        let cached = track
-            .as_ref()
-            .and_then(|t| t.hop)
-            .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until);
+        let cached = track.as_ref().and_then(|t| self.cached_hop(now, t, dst));
         let hop = match cached {
             Some(h) => NextHop::Mac(h.mac, None),
             None => {
@@ -259,6 +256,14 @@ impl<L: Link> Net<L> {
         r
     }
 
+    /// `track`'s next hop for `dst`, if still valid (see `HopCache`).
+    #[inline]
+    fn cached_hop(&self, now: Micros, track: &TxTrack, dst: Ipv4Addr) -> Option<HopCache> {
+        track
+            .hop
+            .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until)
+    }
+
     /// Sends a frame of `len` bytes that `f` writes whole (given the next hop's MAC and ours)
     /// to `dst`, when `track` holds `dst`'s next hop still valid (see `HopCache`). False:
     /// it does not, nothing was sent, and `send_ip` is the way (it resolves the hop).
@@ -271,10 +276,7 @@ impl<L: Link> Net<L> {
         len: usize,
         f: impl FnOnce(&mut [u8], ([u8; 6], [u8; 6])),
     ) -> bool {
-        let Some(hop) = track
-            .hop
-            .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until)
-        else {
+        let Some(hop) = self.cached_hop(now, track, dst) else {
             return false;
         };
         match self.link.tx_alloc(len) {

@@ -194,14 +194,7 @@ pub(super) fn api_state(s: State) -> ApiState {
 impl Tuning {
     /// Makes the IPv4 header template from `local` and `peer` and the TTL and TOS set.
     pub(super) fn set_ip_header(&mut self, local: Ipv4Addr, peer: Ipv4Addr) {
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[1] = self.tos;
-        h[6] = 0x40; // don't fragment
-        h[8] = self.ttl;
-        h[9] = 6;
-        h[12..16].copy_from_slice(&local.octets());
-        h[16..20].copy_from_slice(&peer.octets());
+        let h = crate::csum::ipv4_tcp_template(local, peer, self.tos, self.ttl);
         self.ip_head = h;
         self.ip_sum = crate::csum::ipv4_template_sum(&h);
         self.tcp_pseudo = crate::csum::tcp_pseudo_sum(&h);

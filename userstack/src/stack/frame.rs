@@ -101,14 +101,12 @@ mod tests {
 
     #[test]
     fn writes_what_the_general_path_writes() {
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[1] = 0x10;
-        ip[6] = 0x40;
-        ip[8] = 64;
-        ip[9] = 6;
-        ip[12..16].copy_from_slice(&[198, 18, 0, 2]);
-        ip[16..20].copy_from_slice(&[198, 18, 0, 1]);
+        let ip = csum::ipv4_tcp_template(
+            std::net::Ipv4Addr::new(198, 18, 0, 2),
+            std::net::Ipv4Addr::new(198, 18, 0, 1),
+            0x10,
+            64,
+        );
         let heads = Heads {
             ip: &ip,
             ip_sum: csum::ipv4_template_sum(&ip),
