@@ -56,7 +56,7 @@ pub fn resp(data: &[u8]) {
         now += i64::from(op >> 4);
         match op % 5 {
             0 => {
-                cache.app_read(1, bytes, now);
+                cache.app_read(1, bytes, &|| now);
             }
             1 => {
                 let mut out = Vec::new();

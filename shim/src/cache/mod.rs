@@ -145,8 +145,9 @@ pub trait Responder: Send {
     /// The application read `bytes` from `conn`: requests it will answer itself. Returns
     /// whether their replies are to be changed on their way out ([`Responder::app_write`]),
     /// which takes that the application had written all its earlier output to `conn`
-    /// (otherwise the caller says [`Responder::output_unknown`]).
-    fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs) -> bool;
+    /// (otherwise the caller says [`Responder::output_unknown`]). `clock` tells the time, if
+    /// it is needed.
+    fn app_read(&mut self, conn: u64, bytes: &[u8], clock: &dyn Fn() -> UnixMs) -> bool;
     /// The application had output waiting for `conn` when it read what
     /// [`Responder::app_read`] was just given: its replies cannot be found in the output.
     fn output_unknown(&mut self, conn: u64);

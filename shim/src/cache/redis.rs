@@ -144,6 +144,20 @@ impl Track {
         self.offered && self.since_get < QUIET_AFTER
     }
 
+    /// Stores what a read counted: requests since the last GET (keeping `looked_at`, the
+    /// cache's count of connections [`Track::looked_at`], true) and replies ahead.
+    #[inline]
+    fn store_counts(&mut self, since_get: u32, ahead: u64, looked_at: &mut usize) {
+        let before = self.looked_at();
+        self.since_get = since_get;
+        match (before, self.looked_at()) {
+            (true, false) => *looked_at -= 1,
+            (false, true) => *looked_at += 1,
+            _ => {}
+        }
+        self.replies_ahead = ahead;
+    }
+
     /// Whether Redis's reply to the next request would simply be the next reply: not left to
     /// Redis, not in a transaction, no request of it half read.
     fn answerable(&self) -> bool {
@@ -376,6 +390,77 @@ impl RedisCache {
                 self.stats.aside[why as usize] += 1;
             }
         }
+    }
+
+    /// What [`Responder::app_read`] does not count at its front: requests with a name the
+    /// cache follows, or a request's end joined to its beginning read before.
+    #[inline(never)]
+    fn app_read_rest(&mut self, conn: u64, bytes: &[u8], now: UnixMs) -> bool {
+        let Some(t) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut t.partial);
+        let joined;
+        let data: &[u8] = if buf.is_empty() {
+            bytes
+        } else {
+            buf.extend_from_slice(bytes);
+            joined = buf;
+            &joined
+        };
+        let mut used = 0;
+        // Requests since the last GET, counted here and stored once.
+        let mut since_get = t.since_get;
+        // Replies Redis will write before the next request's, counted here and stored once.
+        let mut ahead = t.replies_ahead;
+        let mut info = false;
+        while used < data.len() {
+            if let Some((len, (n0, n1), _)) = resp::skim(&data[used..]) {
+                let name = &data[used + n0..used + n1];
+                if !(followed_name(name) || is_info(name)) {
+                    since_get = if resp::is_get(name) {
+                        0
+                    } else {
+                        since_get.saturating_add(1)
+                    };
+                    ahead += 1;
+                    used += len;
+                    continue;
+                }
+            }
+            match resp::command(&data[used..]) {
+                Parsed::Done(c) => {
+                    info |=
+                        self.request(conn, &data[used..], &c, (&mut since_get, &mut ahead), now);
+                    used += c.len;
+                }
+                Parsed::Quoted(len) => {
+                    let Some(args) = resp::split_inline(&data[used..used + len]) else {
+                        // Redis answers "unbalanced quotes" and closes the connection.
+                        self.lost(conn);
+                        return false;
+                    };
+                    let mut req = Vec::new();
+                    resp::encode(&mut req, &args.iter().map(|a| &a[..]).collect::<Vec<_>>());
+                    if let Parsed::Done(c) = resp::command(&req) {
+                        info |= self.request(conn, &req, &c, (&mut since_get, &mut ahead), now);
+                    }
+                    used += len;
+                }
+                Parsed::Partial => break,
+                Parsed::Bad => {
+                    self.lost(conn);
+                    return false;
+                }
+            }
+        }
+        if let Some(t) = self.conns.get_mut(&conn) {
+            t.store_counts(since_get, ahead, &mut self.looked_at);
+            if used < data.len() {
+                t.partial = data[used..].to_vec();
+            }
+        }
+        info
     }
 
     /// One whole request Redis read from `conn` (`buf` holds it at its front): follows it,
@@ -1023,94 +1108,54 @@ impl Responder for RedisCache {
         }
     }
 
-    fn app_read(&mut self, conn: u64, bytes: &[u8], now: UnixMs) -> bool {
+    fn app_read(&mut self, conn: u64, bytes: &[u8], clock: &dyn Fn() -> UnixMs) -> bool {
         if self.link == Link::Off && !self.off_by_setting {
             // Off for good: nothing to follow.
             return false;
         }
+        let (epoch, looked_at) = (self.epoch, &mut self.looked_at);
         let Some(t) = self.conns.get_mut(&conn) else {
             return false;
         };
-        t.read = now;
+        if self.idle_timeout {
+            // (Only a `timeout` asks when Redis last read from it.)
+            t.read = clock();
+        }
         if t.lost {
             return false;
         }
-        // Every connection is followed, also those left to Redis: any of them may send what
-        // changes the cache for everyone (SWAPDB, CLIENT PAUSE, MONITOR, CONFIG SET).
-        let mut buf = std::mem::take(&mut t.partial);
-        let joined;
-        let data: &[u8] = if buf.is_empty() {
-            bytes
-        } else {
-            buf.extend_from_slice(bytes);
-            joined = buf;
-            &joined
-        };
-        let mut used = 0;
-        // Requests since the last GET, counted here and stored once.
-        let mut since_get = t.since_get;
-        if t.epoch != self.epoch {
-            t.epoch = self.epoch;
+        if t.epoch != epoch {
+            t.epoch = epoch;
             t.replies_ahead = 0;
         }
-        // Replies Redis will write before the next request's, counted here and stored once.
-        let mut ahead = t.replies_ahead;
-        let mut info = false;
-        while used < data.len() {
-            // Most requests only need counting, which their name says.
-            if let Some((len, (n0, n1), _)) = resp::skim(&data[used..]) {
-                let name = &data[used + n0..used + n1];
-                if !(followed_name(name) || is_info(name)) {
-                    since_get = if resp::is_get(name) {
-                        0
-                    } else {
-                        since_get.saturating_add(1)
-                    };
-                    ahead += 1;
-                    used += len;
-                    continue;
+        // Every connection is followed, also those left to Redis: any of them may send what
+        // changes the cache for everyone (SWAPDB, CLIENT PAUSE, MONITOR, CONFIG SET). Most
+        // requests only need counting, which their name says: those at the front are counted
+        // here, with the connection's state in hand.
+        let mut used = 0;
+        if t.partial.is_empty() {
+            let (mut since_get, mut ahead) = (t.since_get, t.replies_ahead);
+            while let Some((len, (n0, n1), _)) = resp::skim(&bytes[used..]) {
+                let name = &bytes[used + n0..used + n1];
+                if followed_name(name) || is_info(name) {
+                    break;
                 }
-            }
-            match resp::command(&data[used..]) {
-                Parsed::Done(c) => {
-                    info |=
-                        self.request(conn, &data[used..], &c, (&mut since_get, &mut ahead), now);
-                    used += c.len;
-                }
-                Parsed::Quoted(len) => {
-                    let Some(args) = resp::split_inline(&data[used..used + len]) else {
-                        // Redis answers "unbalanced quotes" and closes the connection.
-                        self.lost(conn);
-                        return false;
-                    };
-                    let mut req = Vec::new();
-                    resp::encode(&mut req, &args.iter().map(|a| &a[..]).collect::<Vec<_>>());
-                    if let Parsed::Done(c) = resp::command(&req) {
-                        info |= self.request(conn, &req, &c, (&mut since_get, &mut ahead), now);
-                    }
-                    used += len;
-                }
-                Parsed::Partial => break,
-                Parsed::Bad => {
-                    self.lost(conn);
+                since_get = if resp::is_get(name) {
+                    0
+                } else {
+                    since_get.saturating_add(1)
+                };
+                ahead += 1;
+                used += len;
+                if used == bytes.len() {
+                    // (The usual end: no call to find nothing after the last request.)
+                    t.store_counts(since_get, ahead, looked_at);
                     return false;
                 }
             }
+            t.store_counts(since_get, ahead, looked_at);
         }
-        if let Some(t) = self.conns.get_mut(&conn) {
-            let before = t.looked_at();
-            t.since_get = since_get;
-            match (before, t.looked_at()) {
-                (true, false) => self.looked_at -= 1,
-                (false, true) => self.looked_at += 1,
-                _ => {}
-            }
-            t.replies_ahead = ahead;
-            if used < data.len() {
-                t.partial = data[used..].to_vec();
-            }
-        }
-        info
+        self.app_read_rest(conn, &bytes[used..], clock())
     }
 
     fn loop_turn(&mut self) {
@@ -1643,15 +1688,15 @@ mod tests {
         c.upkeep(&mut io, 6379, 9000);
         assert!(io.sent.is_empty(), "no TOUCH");
         c.loop_turn();
-        assert!(c.app_read(1, &req(&["OBJECT", "IDLETIME", "k"]), 5000));
+        assert!(c.app_read(1, &req(&["OBJECT", "IDLETIME", "k"]), &|| 5000));
         let (r, sent) = written(&mut c, b":5\r\n");
         assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":3\r\n"[..]));
         // A key never answered by the cache, or another database's k: Redis's reply as it is.
         c.loop_turn();
-        assert!(!c.app_read(1, &req(&["OBJECT", "IDLETIME", "other"]), 5000));
+        assert!(!c.app_read(1, &req(&["OBJECT", "IDLETIME", "other"]), &|| 5000));
         c.opened(2, 0);
-        c.app_read(2, &req(&["SELECT", "9"]), 5000);
-        assert!(!c.app_read(2, &req(&["OBJECT", "IDLETIME", "k"]), 5000));
+        c.app_read(2, &req(&["SELECT", "9"]), &|| 5000);
+        assert!(!c.app_read(2, &req(&["OBJECT", "IDLETIME", "k"]), &|| 5000));
         // k leaves the cache (others fill it up): it is TOUCHed.
         let big = "x".repeat(60_000);
         for i in 0..20 {
@@ -1671,7 +1716,7 @@ mod tests {
         assert!(answer(&mut c, &get("k"), 100).0 > 0);
         // The connection has not been read by Redis since 0.
         assert_eq!(answer(&mut c, &get("k"), SEEN_EVERY_MS).0, 0);
-        c.app_read(1, &get("k"), SEEN_EVERY_MS);
+        c.app_read(1, &get("k"), &|| SEEN_EVERY_MS);
         assert!(answer(&mut c, &get("k"), SEEN_EVERY_MS + 1).0 > 0);
     }
 
@@ -1691,7 +1736,7 @@ mod tests {
         for (cmd, why) in cases {
             let (mut c, mut io) = ready(false);
             fill(&mut c, &mut io, "k", "v", -1, 0);
-            c.app_read(1, &req(cmd), 1);
+            c.app_read(1, &req(cmd), &|| 1);
             let answered = answer(&mut c, &get("k"), 2).0 > 0;
             let want = cmd == ["SELECT", "0"];
             assert_eq!(answered, want, "after {cmd:?}");
@@ -1702,14 +1747,14 @@ mod tests {
         // A transaction ends with EXEC.
         let (mut c, mut io) = ready(false);
         fill(&mut c, &mut io, "k", "v", -1, 0);
-        c.app_read(1, &req(&["MULTI"]), 1);
-        c.app_read(1, &req(&["EXEC"]), 1);
+        c.app_read(1, &req(&["MULTI"]), &|| 1);
+        c.app_read(1, &req(&["EXEC"]), &|| 1);
         assert!(answer(&mut c, &get("k"), 2).0 > 0);
         // Half a request read by Redis: what follows it is not the next request.
         let g = get("k");
-        c.app_read(1, &g[..5], 3);
+        c.app_read(1, &g[..5], &|| 3);
         assert_eq!(answer(&mut c, &g, 4).0, 0);
-        c.app_read(1, &g[5..], 5);
+        c.app_read(1, &g[5..], &|| 5);
         assert!(answer(&mut c, &g, 6).0 > 0);
     }
 
@@ -1718,10 +1763,10 @@ mod tests {
         let (mut c, mut io) = ready(false);
         fill(&mut c, &mut io, "k", "v", -1, 0);
         c.opened(2, 0);
-        c.app_read(2, &req(&["CLIENT", "PAUSE", "100"]), 10);
+        c.app_read(2, &req(&["CLIENT", "PAUSE", "100"]), &|| 10);
         assert_eq!(answer(&mut c, &get("k"), 50).0, 0);
         assert!(answer(&mut c, &get("k"), 112).0 > 0);
-        c.app_read(2, &req(&["MONITOR"]), 120);
+        c.app_read(2, &req(&["MONITOR"]), &|| 120);
         assert_eq!(answer(&mut c, &get("k"), 130).0, 0);
         c.closed(2);
         assert!(answer(&mut c, &get("k"), 140).0 > 0);
@@ -1734,12 +1779,12 @@ mod tests {
         c.opened(2, 0);
         for conn in [1, 2] {
             for _ in 0..QUIET_AFTER {
-                c.app_read(conn, &req(&["SET", "k", "v"]), 1);
+                c.app_read(conn, &req(&["SET", "k", "v"]), &|| 1);
             }
             assert!(!c.wants(conn));
             assert_eq!(c.wants_any(), conn == 1, "connection 2 is still looked at");
         }
-        c.app_read(1, &get("k"), 2);
+        c.app_read(1, &get("k"), &|| 2);
         assert!(c.wants(1));
         assert!(c.wants_any());
         c.closed(1);
@@ -1812,7 +1857,7 @@ mod tests {
     fn swapdb_empties_the_cache() {
         let (mut c, mut io) = ready(false);
         fill(&mut c, &mut io, "k", "v", -1, 0);
-        c.app_read(1, &req(&["SWAPDB", "0", "1"]), 1);
+        c.app_read(1, &req(&["SWAPDB", "0", "1"]), &|| 1);
         assert_eq!(c.stats().entries, 0);
     }
 
@@ -1826,7 +1871,11 @@ mod tests {
         assert_eq!(answer(&mut c, &three, 2).0, three.len());
         c.loop_turn();
         assert!(!c.rewriting());
-        assert!(c.app_read(1, &[req(&["SET", "a", "b"]), req(&["info"])].concat(), 3));
+        assert!(c.app_read(
+            1,
+            &[req(&["SET", "a", "b"]), req(&["info"])].concat(),
+            &|| 3
+        ));
         assert!(c.rewriting());
         // Redis's figures: the GET that missed the cache, the fill's GET and PEXPIRETIME hit;
         // the cache's connection is a tracking client.
@@ -1846,14 +1895,14 @@ mod tests {
         assert_eq!(c.app_write(1, b"+OK\r\n", &mut |b| Ok(b.len())), None);
         // Inside MULTI, or on a connection whose replies are not one per request: as written.
         c.loop_turn();
-        assert!(!c.app_read(1, &[req(&["MULTI"]), req(&["INFO"])].concat(), 4));
+        assert!(!c.app_read(1, &[req(&["MULTI"]), req(&["INFO"])].concat(), &|| 4));
         c.app_read(
             1,
             &[req(&["EXEC"]), req(&["CLIENT", "REPLY", "SKIP"])].concat(),
-            4,
+            &|| 4,
         );
         c.loop_turn();
-        assert!(!c.app_read(1, &req(&["INFO"]), 5));
+        assert!(!c.app_read(1, &req(&["INFO"]), &|| 5));
         assert!(!c.rewriting());
     }
 
@@ -1862,13 +1911,13 @@ mod tests {
     fn client_kill_counts_without_the_caches_connection() {
         let (mut c, mut io) = ready(false);
         c.loop_turn();
-        assert!(c.app_read(1, &req(&["CLIENT", "KILL", "SKIPME", "yes"]), 1));
+        assert!(c.app_read(1, &req(&["CLIENT", "KILL", "SKIPME", "yes"]), &|| 1));
         c.control_closed(&mut io, 1);
         let (r, sent) = written(&mut c, b":7\r\n");
         assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":6\r\n"[..]));
         // The cache's connection not killed: the count as it is.
         c.loop_turn();
-        assert!(c.app_read(1, &req(&["CLIENT", "KILL", "TYPE", "pubsub"]), 2));
+        assert!(c.app_read(1, &req(&["CLIENT", "KILL", "TYPE", "pubsub"]), &|| 2));
         let (r, sent) = written(&mut c, b":2\r\n");
         assert_eq!((r, &sent[..]), (Some(Ok(4)), &b":2\r\n"[..]));
     }
@@ -1879,16 +1928,16 @@ mod tests {
     fn a_connection_left_to_redis_is_still_followed() {
         let (mut c, mut io) = ready(false);
         c.opened(2, 0);
-        c.app_read(2, &req(&["SELECT", "9"]), 0);
+        c.app_read(2, &req(&["SELECT", "9"]), &|| 0);
         assert!(!c.wants(2));
         fill(&mut c, &mut io, "k", "v", -1, 0);
-        c.app_read(2, &req(&["SWAPDB", "0", "9"]), 1);
+        c.app_read(2, &req(&["SWAPDB", "0", "9"]), &|| 1);
         assert_eq!(c.stats().entries, 0, "SWAPDB from db 9");
         fill(&mut c, &mut io, "k", "v", -1, 2);
-        c.app_read(2, b"CLIENT \"PAUSE\" '100'\r\n", 3);
+        c.app_read(2, b"CLIENT \"PAUSE\" '100'\r\n", &|| 3);
         assert_eq!(answer(&mut c, &get("k"), 4).0, 0, "paused");
         assert!(answer(&mut c, &get("k"), 104).0 > 0, "the pause is over");
-        c.app_read(2, b"\"monitor\"\n", 105);
+        c.app_read(2, b"\"monitor\"\n", &|| 105);
         assert_eq!(answer(&mut c, &get("k"), 106).0, 0, "a monitor is open");
     }
 
@@ -1899,7 +1948,7 @@ mod tests {
         let (mut c, mut io) = ready(false);
         fill(&mut c, &mut io, "k", "v", -1, 0);
         c.opened(2, 0);
-        c.app_read(2, b"SET \"a b\r\n", 1);
+        c.app_read(2, b"SET \"a b\r\n", &|| 1);
         assert_eq!(answer(&mut c, &get("k"), 2).0, 0);
         assert_eq!(c.stats().aside[Aside::Unparsed as usize], 1);
         c.closed(2);
@@ -1970,7 +2019,7 @@ mod tests {
         c.app_read(
             1,
             &req(&["CONFIG", "SET", "slowlog-log-slower-than", "10000"]),
-            5_001,
+            &|| 5_001,
         );
         io.incoming = HANDSHAKE_REPLIES.to_vec();
         c.upkeep(&mut io, 6379, 5_002);

@@ -122,9 +122,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
 
     /// The application read `bytes` from followed connection `key` (fd `fd`).
     pub fn cache_read_followed(&mut self, fd: c_int, key: u64, bytes: &[u8]) {
-        let now = self.host.unix_ms();
         let Some(c) = self.cache.as_mut() else { return };
-        if !c.r.app_read(key, bytes, now) {
+        let host = &self.host;
+        if !c.r.app_read(key, bytes, &|| host.unix_ms()) {
             return;
         }
         // Its writes go through the cache only if the application had written everything
@@ -167,10 +167,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// The application read `bytes` from connection `id` (fd `fd`).
     #[inline]
     pub(super) fn cache_read(&mut self, id: ConnId, fd: c_int, bytes: &[u8]) {
-        if self.cache.is_some() {
-            let now = self.host.unix_ms();
-            let Some(c) = self.cache.as_mut() else { return };
-            if !c.r.app_read(key(id), bytes, now) {
+        if let Some(c) = self.cache.as_mut() {
+            let host = &self.host;
+            if !c.r.app_read(key(id), bytes, &|| host.unix_ms()) {
                 return;
             }
             // Replies are found by counting them from the next byte the application writes:
