@@ -289,6 +289,14 @@ impl EpollSet {
         self.ready.iter().map(|&(k, _)| k)
     }
 
+    /// The entries queued as ready (maybe stale), in report order: their keys and the events
+    /// they ask for.
+    pub fn queued(&self) -> impl Iterator<Item = (i32, u32)> + '_ {
+        self.ready
+            .iter()
+            .filter_map(|&(k, _)| Some((k, self.entries.get(&k)?.events)))
+    }
+
     /// Whether entries are queued as ready (maybe stale: a wait looks at each again).
     pub fn has_queued(&self) -> bool {
         !self.ready.is_empty()

@@ -29,8 +29,8 @@ pub struct Cache {
     port: Option<u16>,
     input: Vec<u8>,
     out: Vec<u8>,
-    /// The fds a pass offers.
-    fds: Vec<i32>,
+    /// The fds a pass offers, with the events their entries ask for.
+    fds: Vec<(i32, u32)>,
     /// Some connection's output goes through the cache ([`Responder::app_write`]).
     pub(super) rewriting: bool,
 }
@@ -330,18 +330,27 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let mut fds = std::mem::take(&mut c.fds);
         fds.clear();
         if let Some(Obj::Epoll { set, .. }) = self.obj_ref(epfd) {
-            fds.extend(set.queued_keys());
+            fds.extend(set.queued());
         }
         let mut answered = false;
-        for &fd in &fds {
+        for &(fd, events) in &fds {
             let Some(i) = self.index_of(fd) else { continue };
             if let Some(Some(Entry {
                 obj: Obj::Conn { id, .. },
-                ..
+                fds,
             })) = self.objs.get(i as usize)
             {
                 let id = *id;
-                answered |= self.answer_with(&mut c, id, i);
+                // Output the application has waiting for this connection goes first: the
+                // usual connection has one fd, watched by this set alone, whose entry says.
+                let only_here = fds.len() == 1
+                    && self.watchers.get(&fd).map(Vec::as_slice) == Some(&[epfd][..]);
+                let waits = if only_here {
+                    events & libc::EPOLLOUT as u32 != 0
+                } else {
+                    self.output_waits(i)
+                };
+                answered |= !waits && self.answer_with(&mut c, id);
             }
         }
         c.fds = fds;
@@ -351,9 +360,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
-    /// Offers connection `id` (entry `i`) to the cache. Returns whether it answered anything
-    /// (its replies are queued, not sent).
-    fn answer_with(&mut self, c: &mut Cache, id: ConnId, i: u32) -> bool {
+    /// Offers connection `id` to the cache (the application has no output waiting for it).
+    /// Returns whether it answered anything (its replies are queued, not sent).
+    fn answer_with(&mut self, c: &mut Cache, id: ConnId) -> bool {
         // A look at the first bytes before anything else: most requests that are not answered
         // cost only this.
         if !c.r.wants(key(id)) {
@@ -362,47 +371,27 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let Some(stack) = self.stack.as_mut() else {
             return false;
         };
-        match stack.received(id) {
-            Ok((a, b)) => {
-                let mut head = [0u8; HEAD];
-                let n = a.len().min(HEAD);
-                head[..n].copy_from_slice(&a[..n]);
-                let m = b.len().min(HEAD - n);
-                head[n..n + m].copy_from_slice(&b[..m]);
-                if !c.r.may_answer(key(id), &head[..n + m]) {
-                    return false;
-                }
-            }
-            Err(_) => return false,
-        }
-        if !matches!(
-            self.objs.get(i as usize),
-            Some(Some(Entry {
-                obj: Obj::Conn { .. },
-                ..
-            }))
-        ) {
+        let Ok((a, b, room)) = stack.look(id) else {
+            return false;
+        };
+        if a.is_empty() || room == 0 {
             return false;
         }
-        // Output the application has waiting for this connection goes first.
-        if self.output_waits(i) {
+        let mut head = [0u8; HEAD];
+        let first: &[u8] = if a.len() >= HEAD || b.is_empty() {
+            &a[..a.len().min(HEAD)]
+        } else {
+            let m = b.len().min(HEAD - a.len());
+            head[..a.len()].copy_from_slice(a);
+            head[a.len()..a.len() + m].copy_from_slice(&b[..m]);
+            &head[..a.len() + m]
+        };
+        if !c.r.may_answer(key(id), first) {
             return false;
         }
         let now = self.host.unix_ms();
-        let Some(stack) = self.stack.as_mut() else {
-            return false;
-        };
-        let (Ok(queued), Ok(room)) = (stack.recv_queue(id), stack.send_room(id)) else {
-            return false;
-        };
-        if queued == 0 || room == 0 {
-            return false;
-        }
         // The requests in place where the buffer does not wrap (at most 64 KiB of them).
-        let Ok((a, b)) = stack.received(id) else {
-            return false;
-        };
-        let limit = queued.min(64 * 1024);
+        let limit = (a.len() + b.len()).min(64 * 1024);
         let input: &[u8] = if a.len() >= limit {
             &a[..limit]
         } else {
@@ -416,8 +405,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if used == 0 {
             return false;
         }
-        let _ = stack.discard(id, used);
-        let sent = stack.send(id, &c.out);
+        let sent = stack.answer(id, used, &c.out);
         debug_assert_eq!(sent, Ok(c.out.len()));
         true
     }

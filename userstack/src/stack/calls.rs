@@ -311,6 +311,27 @@ impl<L: Link> Stack<L> {
         Ok(self.conn(id)?.tcb.received())
     }
 
+    /// For a responder that answers requests in place ([`Stack::answer`]): the bytes waiting
+    /// on `id` (as [`Stack::received`]) and what [`Stack::send`] would take now (as
+    /// [`Stack::send_room`]), in one look.
+    pub fn look(&self, id: ConnId) -> Result<(&[u8], &[u8], usize), SockError> {
+        let c = self.conn(id)?;
+        let (a, b) = c.tcb.received();
+        Ok((a, b, c.send_room()))
+    }
+
+    /// Takes the first `n` bytes waiting on `id` (at most what waits) and queues `reply`: what
+    /// [`Stack::discard`] and then [`Stack::send`] do, in one step. Returns what `send` would.
+    pub fn answer(&mut self, id: ConnId, n: usize, reply: &[u8]) -> Result<usize, SockError> {
+        let c = self.conn_mut(id)?;
+        c.tcb.consume(n);
+        c.last_recv_queue = c.tcb.recv_queue();
+        if c.tcb.ack_due() {
+            self.mark_dirty(id.slot);
+        }
+        self.send(id, reply)
+    }
+
     /// Takes the first `n` bytes waiting on `id` (at most what waits) as `recv` would, without
     /// copying them: after `received`.
     pub fn discard(&mut self, id: ConnId, n: usize) -> Result<(), SockError> {
