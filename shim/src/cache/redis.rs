@@ -229,9 +229,6 @@ pub struct RedisCache {
     /// matters only to OBJECT IDLETIME, whose replies the cache corrects, and to nothing once
     /// the key leaves the cache, which TOUCHes it then.
     lru: bool,
-    /// The keys of the requests `answer` answered (start, end in its input), to take a
-    /// part back.
-    spans: Vec<(usize, usize)>,
 }
 
 /// The blocking commands: their reply comes when something happens, not in the loop
@@ -302,7 +299,6 @@ impl RedisCache {
             touch: Vec::new(),
             touch_since: 0,
             lru: false,
-            spans: Vec::new(),
         }
     }
 
@@ -1015,6 +1011,22 @@ fn hello_id(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(&raw[at..at + end]).ok()?.parse().ok()
 }
 
+/// The request at the front of `buf`: `Some(Some((its length, its key's range)))` for a GET
+/// of one key, `Some(None)` for another whole request, `None` without a whole request.
+#[inline]
+fn front_get(buf: &[u8]) -> Option<Option<(usize, std::ops::Range<usize>)>> {
+    if let Some(g) = resp::get_key(buf) {
+        return Some(Some(g));
+    }
+    match resp::command(buf) {
+        Parsed::Done(c) if !c.inline && c.argc == 2 && c.arg(buf, 0).is_some_and(resp::is_get) => {
+            Some(Some((c.len, c.args[1].0 as usize..c.args[1].1 as usize)))
+        }
+        Parsed::Done(_) => Some(None),
+        _ => None,
+    }
+}
+
 /// Whether Redis ran the command `got` answers (so tracks its keys): not one refused before it
 /// ran (-BUSY, -LOADING, -NOPERM, ...); a WRONGTYPE error is a GET that ran.
 fn ran(got: &Got) -> bool {
@@ -1242,18 +1254,18 @@ impl Responder for RedisCache {
         // replies into two segments (the cache's now, Redis's later), which costs more than a
         // few GETs save: a part is answered only from MIN_PART on, and a smaller part is taken
         // back (its replies dropped, its entries' hit counts restored).
-        let (mut at, mut bytes, mut nil) = (0usize, 0usize, 0u64);
+        let (mut at, mut bytes, mut nil, mut n) = (0usize, 0usize, 0u64, 0usize);
         let mark = out.len();
         let mut stop = None;
-        let mut spans = std::mem::take(&mut self.spans);
-        spans.clear();
-        while let Parsed::Done(c) = resp::command(&input[at..]) {
-            let buf = &input[at..];
-            if c.inline || c.argc != 2 || !c.arg(buf, 0).is_some_and(resp::is_get) {
+        while at < input.len() {
+            let Some(got) = front_get(&input[at..]) else {
+                break;
+            };
+            let Some((len, k)) = got else {
                 stop = Some(None);
                 break;
-            }
-            let (k0, k1) = (at + c.args[1].0 as usize, at + c.args[1].1 as usize);
+            };
+            let (k0, k1) = (at + k.start, at + k.end);
             let key = &input[k0..k1];
             let Some(e) = self.store.get_mut(key).filter(|e| {
                 conn_seen && e.expires.is_none_or(|t| now + 1 < t) && bytes + e.reply.len() <= room
@@ -1278,10 +1290,9 @@ impl Responder for RedisCache {
             if e.doomed {
                 self.store.remove(key);
             }
-            spans.push((k0, k1));
-            at += c.len;
+            n += 1;
+            at += len;
         }
-        let n = spans.len();
         if let Some(Some((k0, k1))) = stop {
             // The GET the cache cannot answer: Redis's (and a fill, or an expired entry gone).
             self.stats.misses += 1;
@@ -1300,12 +1311,14 @@ impl Responder for RedisCache {
         }
         if n == 0 || (stop.is_some() && n < MIN_PART) {
             out.truncate(mark);
-            for &(k0, k1) in &spans {
-                if let Some(e) = self.store.get_mut(&input[k0..k1]) {
+            // (The GETs answered, found again.)
+            let mut back = 0;
+            while let Some(Some((len, k))) = front_get(&input[back..at]) {
+                if let Some(e) = self.store.get_mut(&input[back + k.start..back + k.end]) {
                     e.hits = e.hits.saturating_sub(1);
                 }
+                back += len;
             }
-            self.spans = spans;
             return 0;
         }
         self.stats.hits += n as u64;
@@ -1313,7 +1326,6 @@ impl Responder for RedisCache {
         self.shown.answered_nil += nil;
         self.shown.answered_in += at as u64;
         self.shown.answered_out += (out.len() - mark) as u64;
-        self.spans = spans;
         at
     }
 

@@ -143,6 +143,23 @@ pub fn is_get(name: &[u8]) -> bool {
 /// parser gives the same answer, at several times the cost).
 #[inline]
 fn get_request(buf: &[u8]) -> Option<Cmd> {
+    let (len, key) = get_key(buf)?;
+    let mut args = [(0, 0); KEPT];
+    args[0] = (8, 11);
+    args[1] = (key.start as u32, key.end as u32);
+    Some(Cmd {
+        len,
+        argc: 2,
+        args,
+        inline: false,
+    })
+}
+
+/// A whole `*2 $3 GET $n key` at the front of `buf` (GET in any case, a key length of 1 to 9
+/// digits without a leading zero): `(its length, its key's range)`. `None` for anything else,
+/// which [`command`] parses (also a GET it does not take).
+#[inline]
+pub fn get_key(buf: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
     const HEAD: &[u8; 14] = b"*2\r\n$3\r\nGET\r\n$";
     let head = buf.get(..HEAD.len())?;
     if head[..8] != HEAD[..8] || !is_get(&head[8..11]) || head[11..] != HEAD[11..] {
@@ -166,15 +183,7 @@ fn get_request(buf: &[u8]) -> Option<Cmd> {
     if buf.get(end..end + 2)? != b"\r\n" {
         return None;
     }
-    let mut args = [(0, 0); KEPT];
-    args[0] = (8, 11);
-    args[1] = (key as u32, end as u32);
-    Some(Cmd {
-        len: end + 2,
-        argc: 2,
-        args,
-        inline: false,
-    })
+    Some((end + 2, key..end))
 }
 
 /// A number of 1 to 9 digits (no leading zero) after the type byte at `at`, then CRLF:
