@@ -297,6 +297,20 @@ impl EpollSet {
             .filter_map(|&(k, _)| Some((k, self.entries.get(&k)?.events)))
     }
 
+    /// The socket of `key` is now `r`, and nothing changes that before the next wait: if its
+    /// entry wants none of it, the entry leaves the ready list (its queued place goes stale),
+    /// so the wait need not ask. (What the wait would find: it drops such an entry too.)
+    pub fn settle(&mut self, key: i32, r: Readiness) {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        if e.queued && !wanted(e.events, bits(r)) {
+            e.queued = false;
+            self.next_gen = self.next_gen.wrapping_add(1);
+            e.gen = self.next_gen;
+        }
+    }
+
     /// Whether entries are queued as ready (maybe stale: a wait looks at each again).
     pub fn has_queued(&self) -> bool {
         !self.ready.is_empty()
@@ -419,6 +433,34 @@ mod tests {
         s.notify(6, R);
         assert!(s.ready_now(|k| st.get(&k).copied()));
         assert_eq!(wait_all(&mut s, &st).len(), 1);
+    }
+
+    #[test]
+    fn a_settled_entry_leaves_the_list_only_when_it_wants_nothing_of_its_readiness() {
+        let mut s = EpollSet::new();
+        let mut st = HashMap::from([(5, NONE), (6, NONE), (7, NONE)]);
+        s.add(5, EPOLLIN, 5, NONE).unwrap();
+        s.add(6, EPOLLIN | EPOLLET, 6, NONE).unwrap();
+        s.add(7, EPOLLIN, 7, NONE).unwrap();
+        for k in [5, 6, 7] {
+            st.insert(k, R);
+            s.notify(k, R);
+        }
+        // 5 and 6 were drained (only writable: not asked for); 7 still has data.
+        for k in [5, 6] {
+            st.insert(k, W);
+            s.settle(k, W);
+        }
+        s.settle(7, R);
+        assert_eq!(s.queued_keys().count(), 3, "settled places stay, stale");
+        let got = wait_all(&mut s, &st);
+        assert_eq!(got.iter().map(|e| e.data).collect::<Vec<_>>(), [7]);
+        // A settled entry comes back with the next notification, once.
+        st.insert(5, R);
+        s.notify(5, R);
+        let got = wait_all(&mut s, &st);
+        assert_eq!(got.iter().map(|e| e.data).collect::<Vec<_>>(), [7, 5]);
+        assert_eq!(s.queued_keys().count(), 2);
     }
 
     #[test]

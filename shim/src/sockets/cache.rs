@@ -15,7 +15,7 @@
 
 use libc::c_int;
 use userstack::link::Link;
-use userstack::{Config, ConnId};
+use userstack::{Config, ConnId, Readiness};
 
 use super::conn::IoTry;
 use super::{Entry, Host, Io, Obj, Sockets};
@@ -336,21 +336,34 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         for &(fd, events) in &fds {
             let Some(i) = self.index_of(fd) else { continue };
             if let Some(Some(Entry {
-                obj: Obj::Conn { id, .. },
-                fds,
+                obj: Obj::Conn { id, opts, .. },
+                fds: its_fds,
             })) = self.objs.get(i as usize)
             {
-                let id = *id;
+                let (id, lowat) = (*id, opts.rcvlowat > 1);
                 // Output the application has waiting for this connection goes first: the
                 // usual connection has one fd, watched by this set alone, whose entry says.
-                let only_here = fds.len() == 1
+                let only_here = its_fds.len() == 1
                     && self.watchers.get(&fd).map(Vec::as_slice) == Some(&[epfd][..]);
                 let waits = if only_here {
                     events & libc::EPOLLOUT as u32 != 0
                 } else {
                     self.output_waits(i)
                 };
-                answered |= !waits && self.answer_with(&mut c, id);
+                if waits {
+                    continue;
+                }
+                if let Some(r) = self.answer_with(&mut c, id) {
+                    answered = true;
+                    // The wait after this pass would ask the connection's readiness again
+                    // and, when the cache took all it had, drop it: the set is told now
+                    // (the readiness the wait asks is the stack's, but under SO_RCVLOWAT).
+                    if !lowat {
+                        if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
+                            set.settle(fd, r);
+                        }
+                    }
+                }
             }
         }
         c.fds = fds;
@@ -361,21 +374,20 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     }
 
     /// Offers connection `id` to the cache (the application has no output waiting for it).
-    /// Returns whether it answered anything (its replies are queued, not sent).
-    fn answer_with(&mut self, c: &mut Cache, id: ConnId) -> bool {
+    /// Returns the connection's readiness if the cache answered anything (its replies are
+    /// queued, not sent).
+    fn answer_with(&mut self, c: &mut Cache, id: ConnId) -> Option<Readiness> {
         // A look at the first bytes before anything else: most requests that are not answered
         // cost only this.
         if !c.r.wants(key(id)) {
-            return false;
+            return None;
         }
-        let Some(stack) = self.stack.as_mut() else {
-            return false;
-        };
+        let stack = self.stack.as_mut()?;
         let Ok((a, b, room)) = stack.look(id) else {
-            return false;
+            return None;
         };
         if a.is_empty() || room == 0 {
-            return false;
+            return None;
         }
         let mut head = [0u8; HEAD];
         let first: &[u8] = if a.len() >= HEAD || b.is_empty() {
@@ -387,7 +399,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             &head[..a.len() + m]
         };
         if !c.r.may_answer(key(id), first) {
-            return false;
+            return None;
         }
         let now = self.host.unix_ms();
         // The requests in place where the buffer does not wrap (at most 64 KiB of them).
@@ -403,10 +415,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         c.out.clear();
         let used = c.r.answer(key(id), input, &mut c.out, room, now);
         if used == 0 {
-            return false;
+            return None;
         }
         let sent = stack.answer(id, used, &c.out);
-        debug_assert_eq!(sent, Ok(c.out.len()));
-        true
+        debug_assert_eq!(sent.map(|(n, _)| n), Ok(c.out.len()));
+        sent.ok().map(|(_, r)| r)
     }
 }

@@ -317,19 +317,34 @@ impl<L: Link> Stack<L> {
     pub fn look(&self, id: ConnId) -> Result<(&[u8], &[u8], usize), SockError> {
         let c = self.conn(id)?;
         let (a, b) = c.tcb.received();
-        Ok((a, b, c.send_room()))
+        let room = if c.limits_sending() {
+            c.send_room()
+        } else {
+            // (What `send_room` gives without the options.)
+            c.tcb.send_capacity().saturating_sub(c.tcb.send_queue())
+        };
+        Ok((a, b, room))
     }
 
     /// Takes the first `n` bytes waiting on `id` (at most what waits) and queues `reply`: what
-    /// [`Stack::discard`] and then [`Stack::send`] do, in one step. Returns what `send` would.
-    pub fn answer(&mut self, id: ConnId, n: usize, reply: &[u8]) -> Result<usize, SockError> {
+    /// [`Stack::discard`] and then [`Stack::send`] do, in one step. Returns what `send` would,
+    /// and the connection's readiness after both.
+    pub fn answer(
+        &mut self,
+        id: ConnId,
+        n: usize,
+        reply: &[u8],
+    ) -> Result<(usize, Readiness), SockError> {
         let c = self.conn_mut(id)?;
         c.tcb.consume(n);
         c.last_recv_queue = c.tcb.recv_queue();
-        if c.tcb.ack_due() {
+        let ack = c.tcb.ack_due();
+        let sent = queue_send(c, reply);
+        let ready = readiness(c);
+        if ack || sent.is_ok_and(|k| k > 0) {
             self.mark_dirty(id.slot);
         }
-        self.send(id, reply)
+        Ok((sent?, ready))
     }
 
     /// Takes the first `n` bytes waiting on `id` (at most what waits) as `recv` would, without
@@ -385,45 +400,10 @@ impl<L: Link> Stack<L> {
 
     /// Queues `data` for sending; it leaves on the next `poll` or `flush`.
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SockError> {
-        let c = self.conn_mut(id)?;
-        if let Some(e) = c.error.take() {
-            return Err(e);
+        let n = queue_send(self.conn_mut(id)?, data)?;
+        if n > 0 {
+            self.mark_dirty(id.slot);
         }
-        if c.failed {
-            return Err(SockError::Pipe);
-        }
-        if matches!(
-            c.tcb.state(),
-            crate::tcp::State::SynSent | crate::tcp::State::SynReceived
-        ) {
-            return Err(SockError::WouldBlock);
-        }
-        if !c.tcb.may_send() {
-            return Err(SockError::Pipe);
-        }
-        if data.is_empty() {
-            return Ok(0);
-        }
-        // SO_SNDBUF set on the connection, or TCP_NOTSENT_LOWAT: no more queued than they
-        // allow.
-        let data = if c.limits_sending() {
-            let room = c.send_room();
-            &data[..data.len().min(room)]
-        } else {
-            data
-        };
-        let n = c.tcb.send(data);
-        if n == 0 {
-            return Err(SockError::WouldBlock);
-        }
-        if !c.tcb.can_send() || (c.limits_sending() && c.send_room() == 0) {
-            // Events are queued when a poll finds the readiness changed since the last one.
-            // The buffer is full now: if the next poll takes an ACK that frees room before it
-            // polls this write, it finds "writable" again, and must see that as a change, or
-            // a writer waiting for EPOLLOUT is never woken.
-            c.last_ready.set_writable(false);
-        }
-        self.mark_dirty(id.slot);
         Ok(n)
     }
 
@@ -704,4 +684,48 @@ impl<L: Link> Stack<L> {
         self.mark_dirty(id.slot);
         Ok(())
     }
+}
+
+/// What [`Stack::send`] does to the connection: `data` queued (as much as it may take), or why
+/// not. (Its caller marks the connection dirty when bytes were queued.)
+#[inline]
+fn queue_send(c: &mut Conn, data: &[u8]) -> Result<usize, SockError> {
+    if let Some(e) = c.error.take() {
+        return Err(e);
+    }
+    if c.failed {
+        return Err(SockError::Pipe);
+    }
+    if matches!(
+        c.tcb.state(),
+        crate::tcp::State::SynSent | crate::tcp::State::SynReceived
+    ) {
+        return Err(SockError::WouldBlock);
+    }
+    if !c.tcb.may_send() {
+        return Err(SockError::Pipe);
+    }
+    if data.is_empty() {
+        return Ok(0);
+    }
+    // SO_SNDBUF set on the connection, or TCP_NOTSENT_LOWAT: no more queued than they
+    // allow.
+    let data = if c.limits_sending() {
+        let room = c.send_room();
+        &data[..data.len().min(room)]
+    } else {
+        data
+    };
+    let n = c.tcb.send(data);
+    if n == 0 {
+        return Err(SockError::WouldBlock);
+    }
+    if !c.tcb.can_send() || (c.limits_sending() && c.send_room() == 0) {
+        // Events are queued when a poll finds the readiness changed since the last one.
+        // The buffer is full now: if the next poll takes an ACK that frees room before it
+        // polls this write, it finds "writable" again, and must see that as a change, or
+        // a writer waiting for EPOLLOUT is never woken.
+        c.last_ready.set_writable(false);
+    }
+    Ok(n)
 }
