@@ -61,6 +61,9 @@ fn key(id: ConnId) -> u64 {
     (u64::from(id.slot) << 32) | u64::from(id.gen)
 }
 
+/// Connections offered to the cache per reading of its clock.
+const ANSWERS_PER_CLOCK: u32 = 16;
+
 /// Followed kernel connections are named by their entry's index with this bit (a stack
 /// connection's slot never reaches it).
 const FOLLOWED: u64 = 1 << 63;
@@ -333,6 +336,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             fds.extend(set.queued());
         }
         let mut answered = false;
+        // The cache's clock, read once for several connections: it answers a key only while
+        // its TTL has more than a millisecond left, and a pass over ANSWERS_PER_CLOCK
+        // connections takes microseconds.
+        let mut clock = (self.host.unix_ms(), 0);
         for &(fd, events) in &fds {
             let Some(i) = self.index_of(fd) else { continue };
             if let Some(Some(Entry {
@@ -353,7 +360,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 if waits {
                     continue;
                 }
-                if let Some(r) = self.answer_with(&mut c, id) {
+                if clock.1 == ANSWERS_PER_CLOCK {
+                    clock = (self.host.unix_ms(), 0);
+                }
+                clock.1 += 1;
+                if let Some(r) = self.answer_with(&mut c, id, clock.0) {
                     answered = true;
                     // The wait after this pass would ask the connection's readiness again
                     // and, when the cache took all it had, drop it: the set is told now
@@ -376,7 +387,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// Offers connection `id` to the cache (the application has no output waiting for it).
     /// Returns the connection's readiness if the cache answered anything (its replies are
     /// queued, not sent).
-    fn answer_with(&mut self, c: &mut Cache, id: ConnId) -> Option<Readiness> {
+    fn answer_with(&mut self, c: &mut Cache, id: ConnId, now: UnixMs) -> Option<Readiness> {
         // A look at the first bytes before anything else: most requests that are not answered
         // cost only this.
         if !c.r.wants(key(id)) {
@@ -401,7 +412,6 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if !c.r.may_answer(key(id), first) {
             return None;
         }
-        let now = self.host.unix_ms();
         // The requests in place where the buffer does not wrap (at most 64 KiB of them).
         let limit = (a.len() + b.len()).min(64 * 1024);
         let input: &[u8] = if a.len() >= limit {
