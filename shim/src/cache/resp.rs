@@ -188,7 +188,7 @@ pub fn get_key(buf: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
 
 /// A number of 1 to 9 digits (no leading zero) after the type byte at `at`, then CRLF:
 /// `(value, where the next line starts)`; `None` for anything else, also an incomplete line.
-#[inline]
+#[inline(never)]
 fn small_number(buf: &[u8], at: usize) -> Option<(usize, usize)> {
     let mut i = at + 1;
     let mut v = 0usize;
@@ -209,7 +209,7 @@ fn small_number(buf: &[u8], at: usize) -> Option<(usize, usize)> {
 /// its argument count)`. For requests whose arguments nobody looks at (most of a writer's):
 /// cheaper than [`command`], and `None` for anything but the common case (numbers of 1 to 9
 /// digits without a leading zero, the request complete), which [`command`] then parses.
-#[inline]
+#[inline(always)]
 pub fn skim(buf: &[u8]) -> Option<(usize, (usize, usize), usize)> {
     // A digit's value, or more than 9.
     let digit = |b: u8| usize::from(b.wrapping_sub(b'0'));
