@@ -326,9 +326,10 @@ impl<L: Link> Stack<L> {
         Ok((a, b, room))
     }
 
-    /// Takes the first `n` bytes waiting on `id` (at most what waits) and queues `reply`: what
-    /// [`Stack::discard`] and then [`Stack::send`] do, in one step. Returns what `send` would,
-    /// and the connection's readiness after both.
+    /// Queues `reply` and takes the first `n` bytes waiting on `id` (at most what waits): what
+    /// [`Stack::send`] and [`Stack::discard`] do, in one step. Returns what `send` would, and
+    /// the connection's readiness after both; when `send` fails nothing is taken (the
+    /// requests stay for the application, whose own reply meets the same error).
     pub fn answer(
         &mut self,
         id: ConnId,
@@ -336,15 +337,14 @@ impl<L: Link> Stack<L> {
         reply: &[u8],
     ) -> Result<(usize, Readiness), SockError> {
         let c = self.conn_mut(id)?;
+        let sent = queue_send(c, reply)?;
         c.tcb.consume(n);
         c.last_recv_queue = c.tcb.recv_queue();
-        let ack = c.tcb.ack_due();
-        let sent = queue_send(c, reply);
         let ready = readiness(c);
-        if ack || sent.is_ok_and(|k| k > 0) {
+        if sent > 0 || c.tcb.ack_due() {
             self.mark_dirty(id.slot);
         }
-        Ok((sent?, ready))
+        Ok((sent, ready))
     }
 
     /// Takes the first `n` bytes waiting on `id` (at most what waits) as `recv` would, without

@@ -168,6 +168,41 @@ fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
 }
 
 #[test]
+fn look_and_answer_do_what_received_send_room_discard_and_send_do() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    assert_eq!(p.client.send(c, b"GET a\r\nGET b\r\n").unwrap(), 14);
+    p.run();
+    let room = p.server.send_room(s).unwrap();
+    let (a, b, r) = p.server.look(s).unwrap();
+    assert_eq!([a, b].concat(), b"GET a\r\nGET b\r\n");
+    assert_eq!(r, room);
+    // The first request answered: taken, its reply queued; the rest still readable.
+    let (n, ready) = p.server.answer(s, 7, b"+a\r\n").unwrap();
+    assert_eq!(n, 4);
+    assert!(ready.readable() && ready.writable(), "{ready:?}");
+    assert_eq!(ready, p.server.readiness(s).unwrap());
+    assert_eq!(p.server.look(s).unwrap().2, room - 4);
+    // The second: nothing left to read.
+    let (_, ready) = p.server.answer(s, 7, b"+b\r\n").unwrap();
+    assert!(!ready.readable() && ready.writable(), "{ready:?}");
+    p.run();
+    let mut buf = [0u8; 16];
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 8);
+    assert_eq!(&buf[..8], b"+a\r\n+b\r\n");
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
+    // A connection that can no longer send says so as send does, and takes nothing.
+    assert_eq!(p.client.send(c, b"GET c\r\n").unwrap(), 7);
+    p.run();
+    p.server.shutdown_write(s).unwrap();
+    assert_eq!(p.server.answer(s, 7, b"+c\r\n"), Err(SockError::Pipe));
+    assert_eq!(p.server.recv_queue(s), Ok(7));
+    p.server.close(s).unwrap();
+    assert_eq!(p.server.look(s).err(), Some(SockError::BadHandle));
+    assert_eq!(p.server.answer(s, 1, b"x"), Err(SockError::BadHandle));
+}
+
+#[test]
 fn received_lends_the_bytes_and_discard_takes_them_as_recv_would() {
     let mut p = Pair::new();
     let (c, s) = p.connected(opts());
