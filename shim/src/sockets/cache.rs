@@ -336,9 +336,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             fds.extend(set.queued());
         }
         let mut answered = false;
-        // The cache's clock, read once for several connections: it answers a key only while
-        // its TTL has more than a millisecond left, and a pass over ANSWERS_PER_CLOCK
-        // connections takes microseconds.
+        // The cache's clock, read once for several connections. A time read after the poll
+        // that brought their requests, while nothing but the cache acts (Redis waits; the
+        // entries change only by what Redis writes), is an instant at which every answer of
+        // the pass is the one Redis would have given: after the request, before the reply.
+        // (Re-read every ANSWERS_PER_CLOCK connections: a pass over thousands of them.)
         let mut clock = (self.host.unix_ms(), 0);
         for &(fd, events) in &fds {
             let Some(i) = self.index_of(fd) else { continue };

@@ -317,7 +317,13 @@ impl<L: Link> Stack<L> {
     pub fn look(&self, id: ConnId) -> Result<(&[u8], &[u8], usize), SockError> {
         let c = self.conn(id)?;
         let (a, b) = c.tcb.received();
-        let room = if c.limits_sending() {
+        // A connection `send` would refuse (an error to report, failed, shut for sending, in
+        // its handshake) has no room: a responder leaves its requests, and the error, to the
+        // application.
+        let refuses = c.error.is_some() || c.failed || !c.tcb.may_send();
+        let room = if refuses {
+            0
+        } else if c.limits_sending() {
             c.send_room()
         } else {
             // (What `send_room` gives without the options.)
@@ -328,8 +334,9 @@ impl<L: Link> Stack<L> {
 
     /// Queues `reply` and takes the first `n` bytes waiting on `id` (at most what waits): what
     /// [`Stack::send`] and [`Stack::discard`] do, in one step. Returns what `send` would, and
-    /// the connection's readiness after both; when `send` fails nothing is taken (the
-    /// requests stay for the application, whose own reply meets the same error).
+    /// the connection's readiness after both; when `send` fails (as it would: a pending error
+    /// is reported here, once) nothing is taken. [`Stack::look`] gives no room where it
+    /// would fail.
     pub fn answer(
         &mut self,
         id: ConnId,

@@ -195,6 +195,11 @@ fn look_and_answer_do_what_received_send_room_discard_and_send_do() {
     assert_eq!(p.client.send(c, b"GET c\r\n").unwrap(), 7);
     p.run();
     p.server.shutdown_write(s).unwrap();
+    assert_eq!(
+        p.server.look(s).unwrap().2,
+        0,
+        "no room where send would fail"
+    );
     assert_eq!(p.server.answer(s, 7, b"+c\r\n"), Err(SockError::Pipe));
     assert_eq!(p.server.recv_queue(s), Ok(7));
     p.server.close(s).unwrap();
