@@ -434,8 +434,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 debug_assert_eq!(sent, c.out.len(), "the room was looked at");
                 Some(r)
             }
-            // It cannot send (shut down for writing, reset): the requests stay for Redis,
-            // whose reply meets the same error (the cache's figures count them as hits).
+            // (Not reached: `look` gives no room where the send fails. Were it, the requests
+            // would stay for Redis, and the cache's figures would count them as hits too.)
             Err(_) => None,
         }
     }

@@ -305,15 +305,9 @@ impl<L: Link> Stack<L> {
         self.recv_inner(id, buf, true)
     }
 
-    /// The bytes waiting to be read on `id`, in place (two slices where its buffer wraps),
-    /// for a reader that looks before it takes (`discard` takes them).
-    pub fn received(&self, id: ConnId) -> Result<(&[u8], &[u8]), SockError> {
-        Ok(self.conn(id)?.tcb.received())
-    }
-
     /// For a responder that answers requests in place ([`Stack::answer`]): the bytes waiting
-    /// on `id` (as [`Stack::received`]) and what [`Stack::send`] would take now (as
-    /// [`Stack::send_room`]), in one look.
+    /// to be read on `id`, in place (two slices where its buffer wraps), and what
+    /// [`Stack::send`] would take now (as [`Stack::send_room`]), in one look.
     pub fn look(&self, id: ConnId) -> Result<(&[u8], &[u8], usize), SockError> {
         let c = self.conn(id)?;
         let (a, b) = c.tcb.received();
@@ -332,8 +326,9 @@ impl<L: Link> Stack<L> {
         Ok((a, b, room))
     }
 
-    /// Queues `reply` and takes the first `n` bytes waiting on `id` (at most what waits): what
-    /// [`Stack::send`] and [`Stack::discard`] do, in one step. Returns what `send` would, and
+    /// Queues `reply` and takes the first `n` bytes waiting on `id` (at most what waits, as
+    /// `recv` takes them, the window updated as a read updates it): [`Stack::send`] and a read
+    /// without the copy, in one step. Returns what `send` would, and
     /// the connection's readiness after both; when `send` fails (as it would: a pending error
     /// is reported here, once) nothing is taken. [`Stack::look`] gives no room where it
     /// would fail.
@@ -352,18 +347,6 @@ impl<L: Link> Stack<L> {
             self.mark_dirty(id.slot);
         }
         Ok((sent, ready))
-    }
-
-    /// Takes the first `n` bytes waiting on `id` (at most what waits) as `recv` would, without
-    /// copying them: after `received`.
-    pub fn discard(&mut self, id: ConnId, n: usize) -> Result<(), SockError> {
-        let c = self.conn_mut(id)?;
-        c.tcb.consume(n);
-        c.last_recv_queue = c.tcb.recv_queue();
-        if c.tcb.ack_due() {
-            self.mark_dirty(id.slot);
-        }
-        Ok(())
     }
 
     fn recv_inner(&mut self, id: ConnId, buf: &mut [u8], peek: bool) -> Result<usize, SockError> {

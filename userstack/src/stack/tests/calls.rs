@@ -168,7 +168,7 @@ fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
 }
 
 #[test]
-fn look_and_answer_do_what_received_send_room_discard_and_send_do() {
+fn look_and_answer_do_what_a_read_send_room_and_send_do() {
     let mut p = Pair::new();
     let (c, s) = p.connected(opts());
     assert_eq!(p.client.send(c, b"GET a\r\nGET b\r\n").unwrap(), 14);
@@ -191,6 +191,17 @@ fn look_and_answer_do_what_received_send_room_discard_and_send_do() {
     assert_eq!(p.client.recv(c, &mut buf).unwrap(), 8);
     assert_eq!(&buf[..8], b"+a\r\n+b\r\n");
     assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
+    // Nothing to send: the bytes taken as recv takes them, at most what waits.
+    assert_eq!(p.client.send(c, b"GET x\r\nGET y\r\n").unwrap(), 14);
+    p.run();
+    assert_eq!(p.server.answer(s, 7, b"").unwrap().0, 0);
+    assert_eq!(p.server.recv_queue(s), Ok(7));
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+    assert_eq!(&buf[..7], b"GET y\r\n");
+    assert_eq!(p.client.send(c, b"x").unwrap(), 1);
+    p.run();
+    p.server.answer(s, 100, b"").unwrap();
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
     // A connection that can no longer send says so as send does, and takes nothing.
     assert_eq!(p.client.send(c, b"GET c\r\n").unwrap(), 7);
     p.run();
@@ -205,27 +216,4 @@ fn look_and_answer_do_what_received_send_room_discard_and_send_do() {
     p.server.close(s).unwrap();
     assert_eq!(p.server.look(s).err(), Some(SockError::BadHandle));
     assert_eq!(p.server.answer(s, 1, b"x"), Err(SockError::BadHandle));
-}
-
-#[test]
-fn received_lends_the_bytes_and_discard_takes_them_as_recv_would() {
-    let mut p = Pair::new();
-    let (c, s) = p.connected(opts());
-    assert_eq!(p.client.send(c, b"GET a\r\nGET b\r\n").unwrap(), 14);
-    p.run();
-    let (a, b) = p.server.received(s).unwrap();
-    assert_eq!([a, b].concat(), b"GET a\r\nGET b\r\n");
-    p.server.discard(s, 7).unwrap();
-    assert_eq!(p.server.recv_queue(s), Ok(7));
-    let mut buf = [0u8; 16];
-    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
-    assert_eq!(&buf[..7], b"GET b\r\n");
-    // At most what waits; a stale handle is an error, as for recv.
-    assert_eq!(p.client.send(c, b"x").unwrap(), 1);
-    p.run();
-    p.server.discard(s, 100).unwrap();
-    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
-    p.server.close(s).unwrap();
-    assert_eq!(p.server.received(s).err(), Some(SockError::BadHandle));
-    assert_eq!(p.server.discard(s, 1), Err(SockError::BadHandle));
 }
