@@ -415,18 +415,9 @@ impl RedisCache {
         let mut ahead = t.replies_ahead;
         let mut info = false;
         while used < data.len() {
-            if let Some((len, (n0, n1), _)) = resp::skim(&data[used..]) {
-                let name = &data[used + n0..used + n1];
-                if !(followed_name(name) || is_info(name)) {
-                    since_get = if resp::is_get(name) {
-                        0
-                    } else {
-                        since_get.saturating_add(1)
-                    };
-                    ahead += 1;
-                    used += len;
-                    continue;
-                }
+            used += count_plain(&data[used..], &mut since_get, &mut ahead);
+            if used == data.len() {
+                break;
             }
             match resp::command(&data[used..]) {
                 Parsed::Done(c) => {
@@ -1015,6 +1006,31 @@ fn hello_id(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(&raw[at..at + end]).ok()?.parse().ok()
 }
 
+/// Counts the whole requests at the front of `buf` that need only counting (a name the cache
+/// does not follow, skimmed): `since_get` and `ahead` as [`Track`] keeps them. Returns the
+/// bytes they take; what follows (if anything) needs the general parser, or more bytes.
+#[inline(always)]
+fn count_plain(buf: &[u8], since_get: &mut u32, ahead: &mut u64) -> usize {
+    let mut used = 0;
+    while used < buf.len() {
+        let Some((len, (n0, n1), _)) = resp::skim(&buf[used..]) else {
+            break;
+        };
+        let name = &buf[used + n0..used + n1];
+        if followed_name(name) || is_info(name) {
+            break;
+        }
+        *since_get = if resp::is_get(name) {
+            0
+        } else {
+            since_get.saturating_add(1)
+        };
+        *ahead += 1;
+        used += len;
+    }
+    used
+}
+
 /// The request at the front of `buf`: `Some(Some((its length, its key's range)))` for a GET
 /// of one key, `Some(None)` for another whole request, `None` without a whole request.
 #[inline]
@@ -1151,25 +1167,11 @@ impl Responder for RedisCache {
         let mut used = 0;
         if t.partial.is_empty() {
             let (mut since_get, mut ahead) = (t.since_get, t.replies_ahead);
-            while let Some((len, (n0, n1), _)) = resp::skim(&bytes[used..]) {
-                let name = &bytes[used + n0..used + n1];
-                if followed_name(name) || is_info(name) {
-                    break;
-                }
-                since_get = if resp::is_get(name) {
-                    0
-                } else {
-                    since_get.saturating_add(1)
-                };
-                ahead += 1;
-                used += len;
-                if used == bytes.len() {
-                    // (The usual end: no call to find nothing after the last request.)
-                    t.store_counts(since_get, ahead, looked_at);
-                    return false;
-                }
-            }
+            used = count_plain(bytes, &mut since_get, &mut ahead);
             t.store_counts(since_get, ahead, looked_at);
+            if used == bytes.len() {
+                return false;
+            }
         }
         self.app_read_rest(conn, &bytes[used..], clock())
     }
