@@ -171,6 +171,16 @@ impl EpollSet {
         self.entries.get(&key).map(|e| e.events)
     }
 
+    /// The events `key`'s entry asks for, if it may report anything now (not a ONESHOT entry
+    /// reported and not re-armed).
+    #[inline]
+    pub fn armed_interest(&self, key: i32) -> Option<u32> {
+        self.entries
+            .get(&key)
+            .filter(|e| !e.disabled)
+            .map(|e| e.events)
+    }
+
     /// The keys of the entries, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = i32> + '_ {
         self.entries.keys()

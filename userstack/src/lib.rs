@@ -31,7 +31,9 @@ pub mod steer;
 pub mod tcp;
 
 pub use config::Config;
-pub use stack::{ConnId, Event, Keepalive, Readiness, SockError, Stack, TcpInfo, TcpOptions};
+pub use stack::{
+    ConnId, Event, Keepalive, Readiness, Respond, SockError, Stack, TcpInfo, TcpOptions,
+};
 pub use stats::Stats;
 
 /// The hash map for the per-packet and per-call lookups (connections, fds, epoll entries):

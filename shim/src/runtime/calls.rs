@@ -946,7 +946,9 @@ pub fn epoll_wait(
                 Look::Wait
             }
         };
-        let Some(b) = prepare_block(&mut last_work, Some(key), look) else {
+        // (The cache answers in the poll after arming as in the pass: `epoll_pass`.)
+        let answer_in = (timeout_ms != 0).then_some(epfd);
+        let Some(b) = prepare_block(&mut last_work, Some(key), look, answer_in) else {
             continue;
         };
         let t = block_for(deadline, &b);
@@ -1048,7 +1050,8 @@ pub fn poll(
             continue;
         }
         turn.release();
-        let Some(b) = prepare_block(&mut last_work, None, |s| changed(s, seen, Look::Wait)) else {
+        let Some(b) = prepare_block(&mut last_work, None, |s| changed(s, seen, Look::Wait), None)
+        else {
             continue;
         };
         let wake = b.wake;

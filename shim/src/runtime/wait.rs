@@ -310,8 +310,9 @@ pub(super) fn prepare_block(
     last_work: &mut Instant,
     key: WaitKey,
     look: impl FnOnce(&mut Table) -> Look,
+    answer_in: Option<c_int>,
 ) -> Option<Blocking> {
-    match prepare(key, look) {
+    match prepare(key, look, answer_in) {
         Prep::Block(b) => Some(b),
         Prep::Work => {
             *last_work = Instant::now();
@@ -359,7 +360,10 @@ pub(super) enum Look {
 /// Arms the device's wake-up fd and counts the thread as blocked, unless frames arrived
 /// meanwhile or wait for room in the device, or what the thread waits for came meanwhile
 /// (`look`): other threads' polls wake only the threads counted here, under the same lock.
-fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
+///
+/// `answer_in`: the application's event loop waits on that epoll set, and the data-path cache
+/// may answer in the poll after arming (`Sockets::pump_with`).
+fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look, answer_in: Option<c_int>) -> Prep {
     let Some(mut s) = shim() else {
         return Prep::Block(NOT_COUNTED);
     };
@@ -416,13 +420,16 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look) -> Prep {
     // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
     if wake.is_none() {
         st.note_sleep();
-    } else if !st.arm_wake(clock::now(), WATCHERS.load(Ordering::Relaxed) > 0) {
+    } else if !s.arm_wake(WATCHERS.load(Ordering::Relaxed) > 0, answer_in) {
         // That poll may have taken frames for other threads' connections: their events go to
         // their epoll sets and blocked threads now (a blocking recv that retries and succeeds
         // would not poll again, and those threads' device wake-up is spent).
         s.pump();
         return Prep::Work;
     }
+    let Some(st) = s.stack_mut() else {
+        return Prep::Block(NOT_COUNTED);
+    };
     BLOCKED_WAITERS.fetch_add(1, Ordering::Relaxed);
     WATCHERS.fetch_add(1, Ordering::Relaxed);
     register(key);
@@ -635,7 +642,7 @@ pub(super) fn wait_once(
         return Waited::TimedOut;
     }
     let mut last_work = Instant::now();
-    let Some(b) = prepare_block(&mut last_work, key, look) else {
+    let Some(b) = prepare_block(&mut last_work, key, look, None) else {
         return Waited::Again;
     };
     if kernel_fd.is_none() {

@@ -14,13 +14,15 @@
 //!   once found, becomes an [`Obj::Watch`] of the table, whose writes go to the cache.
 
 use libc::c_int;
+use userstack::epoll::EpollSet;
 use userstack::link::Link;
-use userstack::{Config, ConnId, Readiness};
+use userstack::{Config, ConnId, Readiness, Respond};
 
 use super::conn::IoTry;
-use super::{Entry, Host, Io, Obj, Sockets};
+use super::{ConnIndex, Entry, Host, Io, Obj, Sockets, Watchers};
 use crate::cache::redis::RedisCache;
 use crate::cache::{CacheStats, ControlIo, Responder, UnixMs, Upkeep, HEAD};
+use crate::fdtable::{FdState, FdTable};
 
 /// The cache, its port and its buffers.
 pub struct Cache {
@@ -209,20 +211,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// Whether the application has output waiting for the connection of entry `i`: an epoll
     /// entry of one of its fds asks for EPOLLOUT.
     fn output_waits(&self, i: u32) -> bool {
-        let Some(Some(Entry { fds, .. })) = self.objs.get(i as usize) else {
-            return false;
-        };
-        fds.iter().any(|fd| {
-            self.watchers
-                .get(fd)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .any(|ep| {
-                    matches!(self.obj_ref(*ep), Some(Obj::Epoll { set, .. })
-                    if set.interest(*fd).is_some_and(|ev| ev & libc::EPOLLOUT as u32 != 0))
-                })
-        })
+        output_waits(self.table, &self.objs, &self.watchers, i)
     }
 
     /// The application's event loop (the served listeners') waits: the cache's next reads
@@ -399,33 +388,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let Ok((a, b, room)) = stack.look(id) else {
             return None;
         };
-        if a.is_empty() || room == 0 {
-            return None;
-        }
-        let mut head = [0u8; HEAD];
-        let first: &[u8] = if a.len() >= HEAD || b.is_empty() {
-            &a[..a.len().min(HEAD)]
-        } else {
-            let m = b.len().min(HEAD - a.len());
-            head[..a.len()].copy_from_slice(a);
-            head[a.len()..a.len() + m].copy_from_slice(&b[..m]);
-            &head[..a.len() + m]
-        };
-        if !c.r.may_answer(key(id), first) {
-            return None;
-        }
-        // The requests in place where the buffer does not wrap (at most 64 KiB of them).
-        let limit = (a.len() + b.len()).min(64 * 1024);
-        let input: &[u8] = if a.len() >= limit {
-            &a[..limit]
-        } else {
-            c.input.clear();
-            c.input.extend_from_slice(a);
-            c.input.extend_from_slice(&b[..limit - a.len()]);
-            &c.input
-        };
-        c.out.clear();
-        let used = c.r.answer(key(id), input, &mut c.out, room, now);
+        let used = c.answer(id, a, b, room, || now);
         if used == 0 {
             return None;
         }
@@ -438,5 +401,140 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             // would stay for Redis, and the cache's figures would count them as hits too.)
             Err(_) => None,
         }
+    }
+}
+
+impl Cache {
+    /// What the cache answers of connection `id`'s waiting bytes (`a` then `b`, in place) with
+    /// `room` bytes of send room: how many bytes, its replies in `self.out` (0: none). `now`
+    /// is read only if the requests are looked at.
+    fn answer(
+        &mut self,
+        id: ConnId,
+        a: &[u8],
+        b: &[u8],
+        room: usize,
+        now: impl FnOnce() -> UnixMs,
+    ) -> usize {
+        if a.is_empty() || room == 0 {
+            return 0;
+        }
+        let mut head = [0u8; HEAD];
+        let first: &[u8] = if a.len() >= HEAD || b.is_empty() {
+            &a[..a.len().min(HEAD)]
+        } else {
+            let m = b.len().min(HEAD - a.len());
+            head[..a.len()].copy_from_slice(a);
+            head[a.len()..a.len() + m].copy_from_slice(&b[..m]);
+            &head[..a.len() + m]
+        };
+        if !self.r.may_answer(key(id), first) {
+            return 0;
+        }
+        // The requests in place where the buffer does not wrap (at most 64 KiB of them).
+        let limit = (a.len() + b.len()).min(64 * 1024);
+        let input: &[u8] = if a.len() >= limit {
+            &a[..limit]
+        } else {
+            self.input.clear();
+            self.input.extend_from_slice(a);
+            self.input.extend_from_slice(&b[..limit - a.len()]);
+            &self.input
+        };
+        self.out.clear();
+        self.r.answer(key(id), input, &mut self.out, room, now())
+    }
+}
+
+/// Whether the application has output waiting for the connection of entry `i`: an epoll
+/// entry of one of its fds asks for EPOLLOUT.
+fn output_waits(table: &FdTable, objs: &[Option<Entry>], watchers: &Watchers, i: u32) -> bool {
+    let Some(Some(Entry { fds, .. })) = objs.get(i as usize) else {
+        return false;
+    };
+    fds.iter().any(|fd| {
+        watchers
+            .get(fd)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .any(|ep| {
+                let set = match table.lookup(*ep) {
+                    FdState::Ours(k) => objs.get(k as usize).and_then(Option::as_ref),
+                    FdState::NotOurs => None,
+                };
+                matches!(set, Some(Entry { obj: Obj::Epoll { set, .. }, .. })
+                    if set.interest(*fd).is_some_and(|ev| ev & libc::EPOLLOUT as u32 != 0))
+            })
+    })
+}
+
+/// The cache answering inside the stack's poll ([`Respond`]), in an epoll_wait of the
+/// application's event loop (`epfd`, the set it waits on) where the cache may answer: a
+/// connection's requests are answered right after the segment that brought them, and one
+/// answered entirely raises no event. It is offered what the pass after the poll
+/// (`cache_answer_queued`) would be offered, in the usual case only: a connection with one fd,
+/// watched by this set alone, whose entry may report its data (EPOLLIN, not a spent ONESHOT)
+/// and asks for no EPOLLOUT (the application has no output waiting). Anything else raises its
+/// event as without the cache, and the pass after the poll looks at it.
+pub(super) struct InPoll<'a, F> {
+    pub(super) cache: &'a mut Cache,
+    pub(super) objs: &'a [Option<Entry>],
+    pub(super) conns: &'a ConnIndex,
+    pub(super) watchers: &'a Watchers,
+    pub(super) set: &'a EpollSet,
+    pub(super) epfd: c_int,
+    pub(super) clock: Clock<F>,
+}
+
+/// The cache's clock in a poll: read at the first answer, then once per ANSWERS_PER_CLOCK
+/// connections answered. (The poll received its frames before its first answer: every request
+/// it answers came before the reading, and the reading comes before the replies; Redis waits
+/// in this very call, so nothing but the cache acts between the two.)
+pub(super) struct Clock<F> {
+    read: F,
+    at: Option<(UnixMs, u32)>,
+}
+
+impl<F: Fn() -> UnixMs> Clock<F> {
+    pub(super) fn new(read: F) -> Clock<F> {
+        Clock { read, at: None }
+    }
+
+    fn now(&mut self) -> UnixMs {
+        match &mut self.at {
+            Some((t, n)) if *n < ANSWERS_PER_CLOCK => {
+                *n += 1;
+                *t
+            }
+            _ => {
+                let t = (self.read)();
+                self.at = Some((t, 1));
+                t
+            }
+        }
+    }
+}
+
+impl<F: Fn() -> UnixMs> Respond for InPoll<'_, F> {
+    fn respond(&mut self, id: ConnId, a: &[u8], b: &[u8], room: usize) -> Option<(usize, &[u8])> {
+        if !self.cache.r.wants(key(id)) {
+            return None;
+        }
+        let &i = self.conns.get(&id)?;
+        let Some(Entry { fds, .. }) = self.objs.get(i as usize)?.as_ref() else {
+            return None;
+        };
+        let [fd] = fds[..] else { return None };
+        if self.watchers.get(&fd).map(Vec::as_slice) != Some(&[self.epfd][..]) {
+            return None;
+        }
+        let events = self.set.armed_interest(fd)?;
+        if events & libc::EPOLLIN as u32 == 0 || events & libc::EPOLLOUT as u32 != 0 {
+            return None;
+        }
+        let clock = &mut self.clock;
+        let used = self.cache.answer(id, a, b, room, || clock.now());
+        (used > 0).then_some((used, &self.cache.out[..]))
     }
 }

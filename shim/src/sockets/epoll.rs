@@ -128,7 +128,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if answering {
             self.cache_upkeep();
         }
-        let work = self.pump();
+        let work = self.pump_with(answering.then_some(epfd));
         if answering {
             // Every connection with requests is queued in the set now, also those whose data
             // came in polls the cache could not answer in (the application's own reads poll

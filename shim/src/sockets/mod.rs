@@ -699,14 +699,22 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// Polls the stack and tells every epoll set watching a changed fd. Returns whether the
     /// stack did work (frames, timers, events).
     pub fn pump(&mut self) -> bool {
+        self.pump_with(None)
+    }
+
+    /// [`Sockets::pump`]; `answer_in`: an epoll set the application's event loop waits on,
+    /// where the data-path cache may answer requests inside the poll (`cache::InPoll`).
+    pub(super) fn pump_with(&mut self, answer_in: Option<c_int>) -> bool {
         if !self.deferred.is_empty() && self.failed.is_none() {
             let _ = self.serve_listeners();
         }
         let now = self.host.poll_time();
+        let Some(mut work) = self.with_responder(answer_in, |st, r| st.poll_with(now, r)) else {
+            return false;
+        };
         let Some(stack) = self.stack.as_mut() else {
             return false;
         };
-        let mut work = stack.poll(now);
         stack.take_events(&mut self.events);
         work |= !self.events.is_empty();
         let events = std::mem::take(&mut self.events);
@@ -751,6 +759,62 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
         self.events = events;
         work
+    }
+
+    /// `f` on the stack, with the data-path cache as its responder when `answer_in` is an
+    /// epoll set of the served listeners' event loop, waited on where the cache may answer
+    /// (`cache::InPoll`), and the cache wants to look at requests. `None`: no stack.
+    fn with_responder<R>(
+        &mut self,
+        answer_in: Option<c_int>,
+        f: impl FnOnce(&mut Stack<L>, Option<&mut dyn userstack::Respond>) -> R,
+    ) -> Option<R> {
+        let set_at = answer_in.and_then(|ep| Some((ep, self.index_of(ep)?)));
+        let Sockets {
+            stack,
+            cache,
+            objs,
+            conn_fd,
+            watchers,
+            host,
+            ..
+        } = self;
+        let stack = stack.as_mut()?;
+        // (The served listeners' event loop: see `epoll_pass`.)
+        let set = set_at.and_then(|(ep, i)| match objs.get(i as usize)? {
+            Some(Entry {
+                obj: Obj::Epoll {
+                    set, listens: true, ..
+                },
+                ..
+            }) => Some((ep, set)),
+            _ => None,
+        });
+        Some(match (cache.as_mut().filter(|c| c.r.wants_any()), set) {
+            (Some(c), Some((epfd, set))) => {
+                let host = &*host;
+                let mut r = cache::InPoll {
+                    cache: c,
+                    objs,
+                    conns: conn_fd,
+                    watchers,
+                    set,
+                    epfd,
+                    clock: cache::Clock::new(|| host.unix_ms()),
+                };
+                f(stack, Some(&mut r))
+            }
+            _ => f(stack, None),
+        })
+    }
+
+    /// Before a thread blocks on the device's wake-up: arms it and polls once more
+    /// ([`Stack::arm_wake`]), with the cache answering as in [`Sockets::pump_with`] when
+    /// `answer_in` says. Returns false if that poll found work (do not block).
+    pub fn arm_wake(&mut self, others_blocked: bool, answer_in: Option<c_int>) -> bool {
+        let now = self.host.now();
+        self.with_responder(answer_in, |st, r| st.arm_wake_with(now, others_blocked, r))
+            .unwrap_or(true)
     }
 
     /// The bells of nested sets follow their readiness: rung while a set has ready entries.

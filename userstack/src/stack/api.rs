@@ -14,6 +14,19 @@ pub struct ConnId {
     pub gen: u32,
 }
 
+/// What answers requests in place, inside the poll that receives them (the shim's data-path
+/// cache): [`Stack::poll_with`] offers it every connection a segment brought data to, right
+/// after that segment and before the connection's readiness is computed, so that a connection
+/// it answers entirely raises no event and its replies leave in the same poll.
+pub trait Respond {
+    /// Connection `id` has `a` then `b` waiting to be read (in place: two slices where the
+    /// buffer wraps; never empty) and `room` bytes of send room (never 0: a connection whose
+    /// `send` would fail is not offered). Returns how many of the waiting bytes it answers and
+    /// the reply (at most `room` bytes), which the stack takes and queues as
+    /// [`Stack::answer`](super::Stack::answer) does; `None`: the application reads them.
+    fn respond(&mut self, id: ConnId, a: &[u8], b: &[u8], room: usize) -> Option<(usize, &[u8])>;
+}
+
 /// What changed since the last `take_events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

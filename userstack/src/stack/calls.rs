@@ -8,7 +8,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
 use super::api::{
-    linux_state, ConnId, Event, Keepalive, Readiness, SockError, TcpInfo, TcpOptions,
+    linux_state, ConnId, Event, Keepalive, Readiness, Respond, SockError, TcpInfo, TcpOptions,
 };
 use super::conn::{readiness, Conn, Open, Origin, CONNECT_TIMEOUT_US};
 use super::demux::key;
@@ -309,21 +309,7 @@ impl<L: Link> Stack<L> {
     /// to be read on `id`, in place (two slices where its buffer wraps), and what
     /// [`Stack::send`] would take now (as [`Stack::send_room`]), in one look.
     pub fn look(&self, id: ConnId) -> Result<(&[u8], &[u8], usize), SockError> {
-        let c = self.conn(id)?;
-        let (a, b) = c.tcb.received();
-        // A connection `send` would refuse (an error to report, failed, shut for sending, in
-        // its handshake) has no room: a responder leaves its requests, and the error, to the
-        // application.
-        let refuses = c.error.is_some() || c.failed || !c.tcb.may_send();
-        let room = if refuses {
-            0
-        } else if c.limits_sending() {
-            c.send_room()
-        } else {
-            // (What `send_room` gives without the options.)
-            c.tcb.send_capacity().saturating_sub(c.tcb.send_queue())
-        };
-        Ok((a, b, room))
+        Ok(look(self.conn(id)?))
     }
 
     /// Queues `reply` and takes the first `n` bytes waiting on `id` (at most what waits, as
@@ -674,6 +660,51 @@ impl<L: Link> Stack<L> {
         self.mark_dirty(id.slot);
         Ok(())
     }
+}
+
+/// What [`Stack::look`] gives.
+#[inline]
+fn look(c: &Conn) -> (&[u8], &[u8], usize) {
+    let (a, b) = c.tcb.received();
+    // A connection `send` would refuse (an error to report, failed, shut for sending, in its
+    // handshake) has no room: a responder leaves its requests, and the error, to the
+    // application.
+    let refuses = c.error.is_some() || c.failed || !c.tcb.may_send();
+    let room = if refuses {
+        0
+    } else if c.limits_sending() {
+        c.send_room()
+    } else {
+        // (What `send_room` gives without the options.)
+        c.tcb.send_capacity().saturating_sub(c.tcb.send_queue())
+    };
+    (a, b, room)
+}
+
+/// Offers connection `c` (`id`), which a segment just brought data to, to `r`, and takes
+/// and queues what it answers ([`Respond`]). The poll that called it goes on with the
+/// connection: its output is due, and its readiness is computed after this. An event follows
+/// if bytes are left for the application (as one follows every segment with data without a
+/// responder), none if the responder took them all.
+pub(super) fn respond_in_place(c: &mut Conn, id: ConnId, r: &mut (dyn Respond + '_)) {
+    let (a, b, room) = look(c);
+    if a.is_empty() || room == 0 {
+        return;
+    }
+    let Some((n, reply)) = r.respond(id, a, b, room) else {
+        return;
+    };
+    if n == 0 {
+        return;
+    }
+    debug_assert!(reply.len() <= room, "a reply within the room it was given");
+    match queue_send(c, reply) {
+        Ok(sent) => debug_assert_eq!(sent, reply.len(), "the room was looked at"),
+        // (Not reached: `look` gives no room where `send` fails; the requests stay.)
+        Err(_) => return,
+    }
+    c.tcb.consume(n);
+    c.last_recv_queue = 0;
 }
 
 /// What [`Stack::send`] does to the connection: `data` queued (as much as it may take), or why

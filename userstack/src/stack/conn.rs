@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::socket::tcp::State as ApiState;
 use smoltcp::time::Instant;
 
-use super::api::{ConnId, Event, Readiness, SockError, TcpOptions};
+use super::api::{ConnId, Event, Readiness, Respond, SockError, TcpOptions};
 use super::{frame, Slot, Stack};
 use crate::link::Link;
 use crate::net::{Micros, Net, TxTrack};
@@ -542,7 +542,15 @@ impl<L: Link> Stack<L> {
     /// burst (the connection goes on the dirty list, which `poll` runs right after the burst):
     /// one ACK after a burst of 32 segments acknowledges all of them, as Linux's NAPI/GRO
     /// batching does, where one per two full segments would cost 16 frames.
-    pub(super) fn poll_conn(&mut self, now: Instant, idx: u32, rx: Option<&Seg>, coalesce: bool) {
+    /// `respond`: offered the connection after `rx` if it brought data ([`Respond`]).
+    pub(super) fn poll_conn(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        rx: Option<&Seg>,
+        coalesce: bool,
+        respond: Option<&mut (dyn Respond + '_)>,
+    ) {
         let us = now.total_micros() as Micros;
         let gen = self.slots[idx as usize].gen;
         let c = self.slots[idx as usize]
@@ -567,6 +575,9 @@ impl<L: Link> Stack<L> {
         match rx {
             Some(seg) => {
                 c.tcb.input(us, seg);
+                if let Some(r) = respond.filter(|_| !seg.payload.is_empty()) {
+                    super::calls::respond_in_place(c, ConnId { slot: idx, gen }, r);
+                }
                 // A request with a delayed ACK usually has nothing to send now: its ACK leaves
                 // with the reply, when the application writes.
                 let at = c.tcb.poll_at();

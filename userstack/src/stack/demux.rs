@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::time::Instant;
 use smoltcp::wire::Ipv4Packet;
 
+use super::api::Respond;
 use super::conn::{Conn, Handshake, Open, Origin};
 use super::device::IpDev;
 use super::Stack;
@@ -29,34 +30,47 @@ const SYN_QUEUE_MIN: usize = 1024;
 impl<L: Link> Stack<L> {
     pub(super) fn rx_faulty(&mut self, now: Instant, frame: L::Rx) {
         match self.net.rx_fault() {
-            FaultAction::Pass => self.rx_frame(now, frame.data(), None),
+            FaultAction::Pass => self.rx_frame(now, frame.data(), None, None),
             FaultAction::Drop => return,
             FaultAction::Duplicate => {
-                self.rx_frame(now, frame.data(), None);
-                self.rx_frame(now, frame.data(), None);
+                self.rx_frame(now, frame.data(), None, None);
+                self.rx_frame(now, frame.data(), None, None);
             }
             FaultAction::Reorder => {
                 if let Some(prev) = self.held_rx.replace(frame) {
-                    self.rx_frame(now, prev.data(), None);
+                    self.rx_frame(now, prev.data(), None, None);
                 }
                 return;
             }
         }
         if let Some(held) = self.held_rx.take() {
-            self.rx_frame(now, held.data(), None);
+            self.rx_frame(now, held.data(), None, None);
         }
     }
 
     /// One received Ethernet frame; `found`: its connection's slot, if the demux was asked
     /// already (`prefetch_conn`) and has not changed since.
-    pub(super) fn rx_frame(&mut self, now: Instant, f: &[u8], found: Option<u32>) {
+    /// `respond`: offered the connection if the frame brings it data ([`Respond`]).
+    pub(super) fn rx_frame(
+        &mut self,
+        now: Instant,
+        f: &[u8],
+        found: Option<u32>,
+        respond: Option<&mut (dyn Respond + '_)>,
+    ) {
         let us = now.total_micros() as Micros;
         if let Some(ip) = self.net.rx_frame(us, f) {
-            self.rx_ipv4(now, ip, found);
+            self.rx_ipv4(now, ip, found, respond);
         }
     }
 
-    fn rx_ipv4(&mut self, now: Instant, p: &[u8], found: Option<u32>) {
+    fn rx_ipv4(
+        &mut self,
+        now: Instant,
+        p: &[u8],
+        found: Option<u32>,
+        respond: Option<&mut (dyn Respond + '_)>,
+    ) {
         let Ok(ip) = Ipv4Packet::new_checked(p) else {
             self.net.stats_mut().drop_malformed += 1;
             return;
@@ -86,9 +100,14 @@ impl<L: Link> Stack<L> {
         let total = usize::from(ip.total_len());
         let packet = &p[..total];
         match ip.next_header() {
-            smoltcp::wire::IpProtocol::Tcp => {
-                self.rx_tcp(now, packet, src, usize::from(ip.header_len()), found)
-            }
+            smoltcp::wire::IpProtocol::Tcp => self.rx_tcp(
+                now,
+                packet,
+                src,
+                usize::from(ip.header_len()),
+                found,
+                respond,
+            ),
             smoltcp::wire::IpProtocol::Icmp => self.control_input(now, packet),
             _ => self.net.stats_mut().drop_unsupported += 1,
         }
@@ -101,6 +120,7 @@ impl<L: Link> Stack<L> {
         src: Ipv4Addr,
         ihl: usize,
         found: Option<u32>,
+        respond: Option<&mut (dyn Respond + '_)>,
     ) {
         if !crate::csum::tcp_checksum_ok(packet, ihl) {
             self.net.stats_mut().drop_bad_checksum += 1;
@@ -158,7 +178,7 @@ impl<L: Link> Stack<L> {
                         c.tcb.abort();
                         c.error = Some(super::api::SockError::Reset);
                         c.failed = true;
-                        self.poll_conn(now, idx, None, false);
+                        self.poll_conn(now, idx, None, false, None);
                         return;
                     }
                 }
@@ -167,10 +187,10 @@ impl<L: Link> Stack<L> {
                     // the connection (tcp_rcv_state_process), which is how a writer learns the
                     // server is gone. Keeping it would fill the window and stall the peer.
                     c.tcb.abort();
-                    self.poll_conn(now, idx, None, false);
+                    self.poll_conn(now, idx, None, false, None);
                     return;
                 }
-                self.poll_conn(now, idx, Some(&seg), self.in_rx_burst);
+                self.poll_conn(now, idx, Some(&seg), self.in_rx_burst, respond);
                 return;
             }
             if self.slots[idx as usize]
@@ -286,7 +306,7 @@ impl<L: Link> Stack<L> {
             expires: us + SYN_RECV_LIFETIME_US,
             answered: None,
         });
-        self.poll_conn(now, idx, None, false);
+        self.poll_conn(now, idx, None, false, None);
         true
     }
 

@@ -50,7 +50,9 @@ mod publish;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use api::{linux_state, ConnId, Event, Keepalive, Readiness, SockError, TcpInfo, TcpOptions};
+pub use api::{
+    linux_state, ConnId, Event, Keepalive, Readiness, Respond, SockError, TcpInfo, TcpOptions,
+};
 pub use calls::SOMAXCONN;
 use conn::Conn;
 use device::CapsDev;
@@ -363,13 +365,24 @@ impl<L: Link> Stack<L> {
     /// before arming is not left waiting. Returns false if that poll found work (do not block);
     /// the wake-up is then disarmed unless `others_blocked` (other threads blocked on it).
     pub fn arm_wake(&mut self, now: Instant, others_blocked: bool) -> bool {
+        self.arm_wake_with(now, others_blocked, None)
+    }
+
+    /// [`Stack::arm_wake`], its poll offering `respond` the connections it brings data to
+    /// ([`Stack::poll_with`]).
+    pub fn arm_wake_with(
+        &mut self,
+        now: Instant,
+        others_blocked: bool,
+        respond: Option<&mut dyn Respond>,
+    ) -> bool {
         if self.net.link().wake_fd().is_none() {
             // Nothing to arm, no race to close: the caller's own poll just found nothing.
             self.note_sleep();
             return true;
         }
         self.net.link_mut().arm_wake();
-        if self.poll(now) {
+        if self.poll_with(now, respond) {
             if !others_blocked {
                 self.net.link_mut().disarm_wake();
             }
@@ -424,6 +437,12 @@ impl<L: Link> Stack<L> {
     /// Does all pending work: received frames, queued writes, expired timers, then one
     /// transmit burst. Returns whether anything was done.
     pub fn poll(&mut self, now: Instant) -> bool {
+        self.poll_with(now, None)
+    }
+
+    /// [`Stack::poll`], with `respond` offered the connections its received segments bring
+    /// data to (see [`Respond`]).
+    pub fn poll_with(&mut self, now: Instant, mut respond: Option<&mut dyn Respond>) -> bool {
         let us = now.total_micros() as Micros;
         self.net.stats_mut().polls += 1;
         let mut work = false;
@@ -459,14 +478,14 @@ impl<L: Link> Stack<L> {
                     true => found.get(i).copied().flatten(),
                     false => None,
                 };
-                self.rx_frame(now, frame.data(), slot);
+                self.rx_frame(now, frame.data(), slot, respond.as_deref_mut());
             }
             self.net.link_mut().rx_release(&mut rx);
         }
         self.rx_found = found;
         self.rx = rx;
         if let Some(held) = self.held_rx.take() {
-            self.rx_frame(now, held.data(), None);
+            self.rx_frame(now, held.data(), None, None);
         }
         self.in_rx_burst = false;
 
@@ -522,7 +541,7 @@ impl<L: Link> Stack<L> {
             c.unreachable = true;
             c.tcb.abort();
             // Its error and its event now, before the application looks at it again.
-            self.poll_conn(now, idx, None, false);
+            self.poll_conn(now, idx, None, false, None);
         }
     }
 
@@ -587,7 +606,7 @@ impl<L: Link> Stack<L> {
         for idx in dirty.drain(..) {
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
                 c.dirty = false;
-                self.poll_conn(now, idx, None, false);
+                self.poll_conn(now, idx, None, false, None);
             }
         }
         // Keep the allocation; anything marked dirty meanwhile is in self.dirty.
@@ -638,7 +657,7 @@ impl<L: Link> Stack<L> {
                         }
                         _ => {
                             c.armed = None;
-                            self.poll_conn(now, idx, None, false);
+                            self.poll_conn(now, idx, None, false, None);
                         }
                     }
                 }

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::time::Duration;
 
 use super::{opts, Pair, CLIENT_MAC, SERVER_MAC};
-use crate::stack::{Event, SockError};
+use crate::stack::{ConnId, Event, Respond, SockError};
 
 #[test]
 fn handshake_echo_close() {
@@ -165,6 +165,104 @@ fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
     );
     let mut buf = vec![0u8; 32 << 10];
     assert!(p.client.recv(c, &mut buf).unwrap() > 0);
+}
+
+/// A responder for the tests: answers each whole `GET k\r\n` line at the front with `+k\r\n`
+/// (within the room), and leaves the rest from the first other line on.
+#[derive(Default)]
+struct Gets {
+    out: Vec<u8>,
+    offered: Vec<ConnId>,
+}
+
+impl Respond for Gets {
+    fn respond(&mut self, id: ConnId, a: &[u8], b: &[u8], room: usize) -> Option<(usize, &[u8])> {
+        assert!(!a.is_empty() && room > 0, "offered only with data and room");
+        self.offered.push(id);
+        self.out.clear();
+        let all = [a, b].concat();
+        let mut used = 0;
+        for line in all.split_inclusive(|&c| c == b'\n') {
+            let Some(k) = line
+                .strip_prefix(b"GET ")
+                .and_then(|l| l.strip_suffix(b"\r\n"))
+            else {
+                break;
+            };
+            if self.out.len() + k.len() + 3 > room {
+                break;
+            }
+            self.out.extend_from_slice(b"+");
+            self.out.extend_from_slice(k);
+            self.out.extend_from_slice(b"\r\n");
+            used += line.len();
+        }
+        (used > 0).then_some((used, &self.out[..]))
+    }
+}
+
+fn conn_events(p: &mut Pair, id: ConnId) -> usize {
+    let mut ev = Vec::new();
+    p.server.take_events(&mut ev);
+    ev.iter()
+        .filter(|e| matches!(e, Event::Conn(c, _) if *c == id))
+        .count()
+}
+
+/// A responder given to the poll answers in that poll: its replies leave in it, what it takes
+/// the application never reads, and a connection it answered entirely raises no event; what
+/// it leaves is read as without it, after an event.
+#[test]
+fn a_responder_answers_in_the_poll_that_brings_the_requests() {
+    let mut p = Pair::new();
+    let (c, s) = p.connected(opts());
+    let mut r = Gets::default();
+    let mut buf = [0u8; 64];
+
+    assert_eq!(p.client.send(c, b"GET a\r\nGET b\r\n").unwrap(), 14);
+    p.client.poll(p.now);
+    p.server.poll_with(p.now, Some(&mut r));
+    assert_eq!(r.offered, [s]);
+    assert_eq!(conn_events(&mut p, s), 0, "answered entirely: no event");
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::WouldBlock));
+    // The replies left in that poll: one poll of the client finds them.
+    p.client.poll(p.now);
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 8);
+    assert_eq!(&buf[..8], b"+a\r\n+b\r\n");
+    p.run();
+
+    // Part of it answered: the rest is the application's, with an event.
+    assert_eq!(p.client.send(c, b"GET c\r\nSET d\r\n").unwrap(), 14);
+    p.client.poll(p.now);
+    p.server.poll_with(p.now, Some(&mut r));
+    assert_eq!(conn_events(&mut p, s), 1);
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+    assert_eq!(&buf[..7], b"SET d\r\n");
+    p.client.poll(p.now);
+    assert_eq!(p.client.recv(c, &mut buf).unwrap(), 4);
+    assert_eq!(&buf[..4], b"+c\r\n");
+
+    // Declined: as without a responder.
+    assert_eq!(p.client.send(c, b"SET e\r\n").unwrap(), 7);
+    p.run_with(&mut r);
+    assert_eq!(conn_events(&mut p, s), 1);
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+
+    // A poll without the responder leaves everything to the application.
+    assert_eq!(p.client.send(c, b"GET f\r\n").unwrap(), 7);
+    p.run();
+    assert_eq!(conn_events(&mut p, s), 1);
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+
+    // A connection that can no longer send is not offered: its data and its state are the
+    // application's.
+    let offered = r.offered.len();
+    p.server.shutdown_write(s).unwrap();
+    p.run();
+    assert_eq!(p.client.send(c, b"GET g\r\n").unwrap(), 7);
+    p.run_with(&mut r);
+    assert_eq!(r.offered.len(), offered);
+    assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use smoltcp::time::{Duration, Instant};
 
 use crate::config::{parse_cidr, CongestionControl};
 use crate::link::MemLink;
-use crate::stack::{ConnId, Stack, TcpOptions};
+use crate::stack::{ConnId, Respond, Stack, TcpOptions};
 
 pub(crate) const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub(crate) const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -93,6 +93,19 @@ impl Pair {
 
     pub(crate) fn run(&mut self) {
         self.settle(Duration::from_micros(10));
+    }
+
+    /// `run`, the server's polls offering `r` what they receive.
+    pub(crate) fn run_with(&mut self, r: &mut dyn Respond) {
+        for _ in 0..10_000 {
+            self.now += Duration::from_micros(10);
+            let a = self.server.poll_with(self.now, Some(&mut *r));
+            let b = self.client.poll(self.now);
+            if !a && !b && self.server.link().pending() == 0 && self.client.link().pending() == 0 {
+                return;
+            }
+        }
+        panic!("the stacks never settled");
     }
 
     /// A connection from the client to the server's port 7777, both ends with `o`, accepted:
