@@ -522,9 +522,7 @@ impl<F: Fn() -> UnixMs> Respond for InPoll<'_, F> {
             return None;
         }
         let &i = self.conns.get(&id)?;
-        let Some(Entry { fds, .. }) = self.objs.get(i as usize)?.as_ref() else {
-            return None;
-        };
+        let Entry { fds, .. } = self.objs.get(i as usize)?.as_ref()?;
         let [fd] = fds[..] else { return None };
         if self.watchers.get(&fd).map(Vec::as_slice) != Some(&[self.epfd][..]) {
             return None;
