@@ -51,11 +51,25 @@ impl Ring {
             return 0;
         }
         let n = data.len().min(cap - off);
-        let start = (self.head + off) % cap;
+        let start = self.at(off);
         let first = n.min(cap - start);
         self.buf[start..start + first].copy_from_slice(&data[..first]);
-        self.buf[..n - first].copy_from_slice(&data[first..n]);
+        if first < n {
+            self.buf[..n - first].copy_from_slice(&data[first..n]);
+        }
         n
+    }
+
+    /// The index of the byte `off` (at most the capacity) bytes from the head. (A compare, not
+    /// a division: the head is below the capacity.)
+    #[inline]
+    fn at(&self, off: usize) -> usize {
+        let i = self.head + off;
+        if i >= self.buf.len() {
+            i - self.buf.len()
+        } else {
+            i
+        }
     }
 
     /// Makes `n` bytes written ahead of the queue (`write_at`) part of it.
@@ -72,7 +86,7 @@ impl Ring {
         if n == 0 {
             return (&[], &[]);
         }
-        let start = (self.head + off) % cap;
+        let start = self.at(off);
         let first = n.min(cap - start);
         (&self.buf[start..start + first], &self.buf[..n - first])
     }
@@ -88,17 +102,18 @@ impl Ring {
         let n = out.len().min(self.len);
         let (a, b) = self.slices(0, n);
         out[..a.len()].copy_from_slice(a);
-        out[a.len()..n].copy_from_slice(b);
+        if !b.is_empty() {
+            out[a.len()..n].copy_from_slice(b);
+        }
         n
     }
 
     /// Takes `n` bytes from the front of the queue.
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len);
-        let cap = self.buf.len();
         self.len -= n;
         // Not reset to 0 when empty: bytes written ahead of the queue keep their place.
-        self.head = (self.head + n) % cap;
+        self.head = self.at(n);
     }
 
     /// Copies and takes up to `out.len()` bytes from the front of the queue.
