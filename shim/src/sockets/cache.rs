@@ -3,13 +3,15 @@
 //!
 //! - Connections accepted from the stack's listeners are the cache's clients: it follows what
 //!   the application reads from them (`io`), and is told when they close.
-//! - It answers only in a poll made by an epoll_wait of the application's with a timeout other
-//!   than zero (`epoll_pass`): Redis's event loop waiting between
-//!   iterations. After that wait's poll, the connections queued as readable in the set are
-//!   offered to the cache before the set reports them; what the cache answers is consumed
-//!   from the connection's receive buffer and its replies sent, and the application sees only
-//!   what is left. A connection whose epoll entry asks for EPOLLOUT (the application has
-//!   output waiting for it) is not offered.
+//! - It answers only in an epoll_wait of the application's with a timeout other than zero
+//!   (`epoll_pass`, and the poll after arming the device's wake-up in that wait): Redis's
+//!   event loop waiting between iterations. Inside that wait's polls, the stack offers it each
+//!   usual connection right after a segment brought it data ([`InPoll`]); after the poll, the
+//!   connections still queued as readable in the set are offered before the set reports them
+//!   (`cache_answer_queued`). What the cache answers is consumed from the connection's
+//!   receive buffer and its replies sent, and the application sees only what is left. A
+//!   connection whose epoll entry asks for EPOLLOUT (the application has output waiting for
+//!   it) is not offered.
 //! - The cache's own connection: its upkeep runs at the same points; the application's end,
 //!   once found, becomes an [`Obj::Watch`] of the table, whose writes go to the cache.
 

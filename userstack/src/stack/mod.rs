@@ -573,9 +573,7 @@ impl<L: Link> Stack<L> {
     /// Gives the heap the deadlines queued in the previous poll (whatever they are now, after
     /// this poll's writes); this poll's queue waits for the next one. A connection whose
     /// request is still unread stays queued until it is read or its deadline is due: the
-    /// application has not answered yet (the data-path cache answers after the poll that hands
-    /// it the requests, and a thread polls twice more before it blocks), and its answer will
-    /// carry the ACK.
+    /// application has not answered yet, and its answer will carry the ACK.
     fn arm_queued(&mut self, us: Micros) {
         let mut now = std::mem::take(&mut self.arm_now);
         for (idx, gen) in now.drain(..) {
