@@ -7,7 +7,10 @@
 //! numbers, flags, window, options or payload rewritten and its checksums made right again
 //! (so it gets past the checks into the connection's state machine); time passing; an
 //! application call on one of the stack's connections. The peer answers when the input says
-//! so, which keeps real conversations going among the fuzzed frames.
+//! so, which keeps real conversations going among the fuzzed frames. Every poll of the stack
+//! has a responder ([`userstack::Respond`], as the shim's data-path cache): it answers some
+//! of what segments bring, by the data's first byte, so received data is also taken and
+//! replied to inside the poll, in every state the frames lead to.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -15,7 +18,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber};
 use userstack::config::{parse_cidr, CongestionControl};
 use userstack::link::MemLink;
-use userstack::{ConnId, Stack, TcpOptions};
+use userstack::{ConnId, Respond, Stack, TcpOptions};
 
 use crate::Input;
 
@@ -55,6 +58,29 @@ struct Scene {
     conns: Vec<ConnId>,
     /// Frames the stack sent so far (all checked).
     sent: usize,
+    answers: Answers,
+}
+
+/// The responder of the stack's polls: by the first byte `b` of what a connection received,
+/// it leaves everything (`b % 4 == 0`) or answers `b % 4` bytes with a reply of `b / 4` bytes
+/// (at most the room).
+#[derive(Default)]
+struct Answers {
+    out: Vec<u8>,
+}
+
+impl Respond for Answers {
+    fn respond(&mut self, _id: ConnId, a: &[u8], b: &[u8], room: usize) -> Option<(usize, &[u8])> {
+        assert!(!a.is_empty() && room > 0, "offered with data and room");
+        let first = a[0];
+        let n = usize::from(first % 4).min(a.len() + b.len());
+        if n == 0 {
+            return None;
+        }
+        self.out.clear();
+        self.out.resize(usize::from(first / 4).min(room), b'r');
+        Some((n, &self.out))
+    }
 }
 
 impl Scene {
@@ -78,6 +104,7 @@ impl Scene {
             templates: Vec::new(),
             conns: Vec::new(),
             sent: 0,
+            answers: Answers::default(),
         };
         s.stack.listen(80, 8, options()).expect("listen");
         s.stack.listen(81, 1, options()).expect("listen");
@@ -150,8 +177,7 @@ impl Scene {
                 self.templates.push(f);
             }
         }
-        self.stack.poll(self.now);
-        self.check_sent();
+        self.poll();
         if deliver {
             self.peer.poll(self.now);
             self.sent = 0;
@@ -177,9 +203,14 @@ impl Scene {
     fn inject(&mut self, frame: Vec<u8>, hold: bool) {
         self.stack.link().inject(frame);
         if !hold {
-            self.stack.poll(self.now);
-            self.check_sent();
+            self.poll();
         }
+    }
+
+    /// The stack polls, with its responder; what it sent is checked.
+    fn poll(&mut self) {
+        self.stack.poll_with(self.now, Some(&mut self.answers));
+        self.check_sent();
     }
 
     fn conn(&self, pick: u8) -> Option<ConnId> {
@@ -352,8 +383,7 @@ pub fn frames(data: &[u8]) {
             4 => {
                 let ms = u64::from(inp.byte()) * u64::from(inp.byte());
                 s.now += Duration::from_millis(ms);
-                s.stack.poll(s.now);
-                s.check_sent();
+                s.poll();
             }
             // The application calls.
             _ => {
@@ -388,8 +418,7 @@ pub fn frames(data: &[u8]) {
                 }
                 let _ = s.stack.readiness(c);
                 let _ = s.stack.tcp_info(c);
-                s.stack.poll(s.now);
-                s.check_sent();
+                s.poll();
             }
         }
         // The high bit: the peer answers (and the stack hears it), else what the stack sent
