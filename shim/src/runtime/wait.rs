@@ -424,7 +424,7 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look, answer_in: Optio
         // That poll may have taken frames for other threads' connections: their events go to
         // their epoll sets and blocked threads now (a blocking recv that retries and succeeds
         // would not poll again, and those threads' device wake-up is spent).
-        s.pump();
+        s.pump_with(answer_in);
         return Prep::Work;
     }
     let Some(st) = s.stack_mut() else {

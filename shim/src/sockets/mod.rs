@@ -704,7 +704,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
 
     /// [`Sockets::pump`]; `answer_in`: an epoll set the application's event loop waits on,
     /// where the data-path cache may answer requests inside the poll (`cache::InPoll`).
-    pub(super) fn pump_with(&mut self, answer_in: Option<c_int>) -> bool {
+    pub fn pump_with(&mut self, answer_in: Option<c_int>) -> bool {
         if !self.deferred.is_empty() && self.failed.is_none() {
             let _ = self.serve_listeners();
         }
