@@ -219,6 +219,10 @@ pub struct RedisCache {
     /// The cache is off because of one of Redis's settings (LFU eviction, every command in the
     /// slowlog): a CONFIG SET makes it connect and check again.
     off_by_setting: bool,
+    /// Redis logs every command in its slowlog (`slowlog-log-slower-than 0`, as the handshake
+    /// found or a client's CONFIG SET said): the cache stays off and does not connect, since
+    /// Redis would log the handshake's commands among its clients'.
+    slowlog_all: bool,
     /// The stack's address (a bind address of Redis's the shim serves).
     stack_addr: Option<std::net::Ipv4Addr>,
     /// Keys not to fill until then (see [`COLD_MS`]).
@@ -298,6 +302,7 @@ impl RedisCache {
             link_restart: false,
             idle_timeout: false,
             off_by_setting: false,
+            slowlog_all: false,
             stack_addr: None,
             cold: Default::default(),
             touch: Vec::new(),
@@ -615,6 +620,14 @@ impl RedisCache {
             // Settings the handshake checked (maxmemory-policy), or the users' rules, may
             // have changed: connect again and check again.
             self.link_restart = true;
+            if is(b"CONFIG") && c.argc == 4 && c.arg_is(buf, 2, b"slowlog-log-slower-than") {
+                // (Known without asking: while Redis logs every command, the handshake's
+                // would be logged too. Several pairs in one CONFIG SET: the handshake asks.)
+                self.slowlog_all = c
+                    .arg(buf, 3)
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                    == Some(0);
+            }
         }
     }
 
@@ -687,12 +700,10 @@ impl RedisCache {
                 }
             }
             (Expect::Slowlog, Got::Other(raw)) => {
-                if config_value(&raw) == Some(b"0") {
+                self.slowlog_all = config_value(&raw) == Some(b"0");
+                if self.slowlog_all {
                     self.off_by_setting = true;
-                    return Err("Redis logs every command in its slowlog \
-                                (slowlog-log-slower-than 0), where the requests the cache \
-                                answered would be missing"
-                        .into());
+                    return Err(SLOWLOG_ALL.into());
                 }
             }
             (Expect::Touch(hashes), got) => {
@@ -1075,6 +1086,10 @@ enum Got {
 }
 
 /// The value in Redis's RESP3 reply to `CONFIG GET name` (a map of one).
+/// Why the cache is off while Redis logs every command.
+const SLOWLOG_ALL: &str = "Redis logs every command in its slowlog (slowlog-log-slower-than \
+                           0), where the requests the cache answered would be missing";
+
 fn config_value(raw: &[u8]) -> Option<&[u8]> {
     config_values(raw).get(1).copied()
 }
@@ -1338,9 +1353,16 @@ impl Responder for RedisCache {
     fn upkeep(&mut self, io: &mut dyn ControlIo, port: u16, now: UnixMs) -> Upkeep {
         if std::mem::take(&mut self.link_restart) && (self.link != Link::Off || self.off_by_setting)
         {
-            self.off_by_setting = false;
-            self.lose(io, now);
-            self.link = Link::Down { retry: now };
+            if self.slowlog_all {
+                if self.link != Link::Off {
+                    self.off_by_setting = true;
+                    self.off(io, SLOWLOG_ALL, now);
+                }
+            } else {
+                self.off_by_setting = false;
+                self.lose(io, now);
+                self.link = Link::Down { retry: now };
+            }
         }
         match self.link {
             Link::Off | Link::Locating { .. } => {}
@@ -1971,6 +1993,46 @@ mod tests {
         assert_eq!(c.stats().aside[Aside::Unparsed as usize], 1);
         c.closed(2);
         assert!(answer(&mut c, &get("k"), 3).0 > 0);
+    }
+
+    /// While Redis logs every command (slowlog-log-slower-than 0), the cache sends nothing:
+    /// it goes off at a client's CONFIG SET that says so, without connecting again (Redis
+    /// would log the handshake among the clients' commands), stays off through the ACL and
+    /// CONFIG changes that would make it check again, and connects once the setting allows it.
+    #[test]
+    fn while_redis_logs_every_command_the_cache_sends_nothing() {
+        let (mut c, mut io) = ready(false);
+        let set = |v: &str| req(&["CONFIG", "SET", "slowlog-log-slower-than", v]);
+        c.app_read(1, &set("0"), &|| 1);
+        c.upkeep(&mut io, 6379, 2);
+        assert!(!c.up());
+        assert!(
+            io.sent.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&io.sent)
+        );
+        assert_eq!(io.said.len(), 1, "{:?}", io.said);
+        assert!(io.said[0].contains("slowlog"), "{:?}", io.said);
+        for r in [
+            req(&["ACL", "SETUSER", "u", "+get"]),
+            req(&["CONFIG", "SET", "masterauth", ""]),
+            set("00"),
+        ] {
+            c.app_read(1, &r, &|| 3);
+            c.upkeep(&mut io, 6379, 4);
+            c.upkeep(&mut io, 6379, 10_000);
+            assert!(
+                io.sent.is_empty(),
+                "{:?}",
+                String::from_utf8_lossy(&io.sent)
+            );
+        }
+        assert_eq!(io.said.len(), 1, "said once");
+        c.app_read(1, &set("10000"), &|| 10_001);
+        io.incoming = HANDSHAKE_REPLIES.to_vec();
+        c.upkeep(&mut io, 6379, 10_002);
+        assert!(String::from_utf8_lossy(&io.sent).contains("HELLO"));
+        assert_eq!(c.upkeep(&mut io, 6379, 10_002), Upkeep::Watch(7));
     }
 
     #[test]

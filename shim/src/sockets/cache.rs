@@ -478,7 +478,8 @@ fn output_waits(table: &FdTable, objs: &[Option<Entry>], watchers: &Watchers, i:
 /// (`cache_answer_queued`) would be offered, in the usual case only: a connection with one fd,
 /// watched by this set alone, whose entry may report its data (EPOLLIN, not a spent ONESHOT)
 /// and asks for no EPOLLOUT (the application has no output waiting). Anything else raises its
-/// event as without the cache, and the pass after the poll looks at it.
+/// event as without the cache, and the pass after the poll looks at it. (Nor a connection
+/// under SO_RCVLOWAT: its entry is queued only once that many bytes wait.)
 pub(super) struct InPoll<'a, F> {
     pub(super) cache: &'a mut Cache,
     pub(super) objs: &'a [Option<Entry>],
@@ -524,7 +525,18 @@ impl<F: Fn() -> UnixMs> Respond for InPoll<'_, F> {
             return None;
         }
         let &i = self.conns.get(&id)?;
-        let Entry { fds, .. } = self.objs.get(i as usize)?.as_ref()?;
+        let Entry {
+            obj: Obj::Conn { opts, .. },
+            fds,
+        } = self.objs.get(i as usize)?.as_ref()?
+        else {
+            return None;
+        };
+        // (Under SO_RCVLOWAT the set reports data only from that many bytes on: the pass
+        // offers the connection when it does.)
+        if opts.rcvlowat > 1 {
+            return None;
+        }
         let [fd] = fds[..] else { return None };
         if self.watchers.get(&fd).map(Vec::as_slice) != Some(&[self.epfd][..]) {
             return None;

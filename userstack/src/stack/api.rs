@@ -15,9 +15,10 @@ pub struct ConnId {
 }
 
 /// What answers requests in place, inside the poll that receives them (the shim's data-path
-/// cache): [`Stack::poll_with`] offers it every connection a segment brought data to, right
-/// after that segment and before the connection's readiness is computed, so that a connection
-/// it answers entirely raises no event and its replies leave in the same poll.
+/// cache): [`Stack::poll_with`] offers it every connection of the application's (accepted or
+/// connected, not closed) that a segment brought new bytes to read, right after that segment
+/// and before the connection's readiness is computed, so that a connection it answers
+/// entirely raises no event and its replies leave in the same poll.
 pub trait Respond {
     /// Connection `id` has `a` then `b` waiting to be read (in place: two slices where the
     /// buffer wraps; never empty) and `room` bytes of send room (never 0: a connection whose

@@ -574,8 +574,13 @@ impl<L: Link> Stack<L> {
         let mut known_at = None;
         match rx {
             Some(seg) => {
+                let queued = c.tcb.recv_queue();
                 c.tcb.input(us, seg);
-                if let Some(r) = respond.filter(|_| !seg.payload.is_empty()) {
+                // Offered: new bytes to read (not a duplicate, nor data out of order), on a
+                // connection the application accepted and has not closed.
+                if let Some(r) = respond.filter(|_| {
+                    c.tcb.recv_queue() > queued && c.origin == Origin::Owned && !c.app_closed
+                }) {
                     super::calls::respond_in_place(c, ConnId { slot: idx, gen }, r);
                 }
                 // A request with a delayed ACK usually has nothing to send now: its ACK leaves

@@ -211,7 +211,8 @@ fn conn_events(p: &mut Pair, id: ConnId) -> usize {
 
 /// A responder given to the poll answers in that poll: its replies leave in it, what it takes
 /// the application never reads, and a connection it answered entirely raises no event; what
-/// it leaves is read as without it, after an event.
+/// it leaves is read as without it, after an event. Only the application's connections are
+/// offered.
 #[test]
 fn a_responder_answers_in_the_poll_that_brings_the_requests() {
     let mut p = Pair::new();
@@ -253,6 +254,19 @@ fn a_responder_answers_in_the_poll_that_brings_the_requests() {
     p.run();
     assert_eq!(conn_events(&mut p, s), 1);
     assert_eq!(p.server.recv(s, &mut buf).unwrap(), 7);
+
+    // Nor is one its listener still holds: it is not the application's yet.
+    let c2 = p
+        .client
+        .connect(p.now, p.server_addr(7777), opts())
+        .unwrap();
+    p.run();
+    assert_eq!(p.client.send(c2, b"GET h\r\n").unwrap(), 7);
+    let offered = r.offered.len();
+    p.run_with(&mut r);
+    assert_eq!(r.offered.len(), offered, "not accepted yet");
+    let (s2, _) = p.server.accept(7777).unwrap();
+    assert_eq!(p.server.recv(s2, &mut buf).unwrap(), 7);
 
     // A connection that can no longer send is not offered: its data and its state are the
     // application's.
