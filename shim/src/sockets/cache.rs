@@ -410,6 +410,7 @@ impl Cache {
     /// What the cache answers of connection `id`'s waiting bytes (`a` then `b`, in place) with
     /// `room` bytes of send room: how many bytes, its replies in `self.out` (0: none). `now`
     /// is read only if the requests are looked at.
+    #[inline]
     fn answer(
         &mut self,
         id: ConnId,

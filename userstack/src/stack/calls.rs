@@ -698,10 +698,10 @@ pub(super) fn respond_in_place(c: &mut Conn, id: ConnId, r: &mut (dyn Respond + 
         return;
     }
     debug_assert!(reply.len() <= room, "a reply within the room it was given");
-    match queue_send(c, reply) {
-        Ok(sent) => debug_assert_eq!(sent, reply.len(), "the room was looked at"),
-        // (Not reached: `look` gives no room where `send` fails; the requests stay.)
-        Err(_) => return,
+    // (`look` gave room: `queue_send`'s refusals do not apply.)
+    if !reply.is_empty() {
+        let sent = queue_checked(c, reply);
+        debug_assert_eq!(sent, reply.len(), "the room was looked at");
     }
     c.tcb.consume(n);
     c.last_recv_queue = 0;
@@ -729,6 +729,16 @@ fn queue_send(c: &mut Conn, data: &[u8]) -> Result<usize, SockError> {
     if data.is_empty() {
         return Ok(0);
     }
+    match queue_checked(c, data) {
+        0 => Err(SockError::WouldBlock),
+        n => Ok(n),
+    }
+}
+
+/// `queue_send` past its refusals (a connection that may send, `data` not empty): how much
+/// of `data` it queued.
+#[inline]
+fn queue_checked(c: &mut Conn, data: &[u8]) -> usize {
     // SO_SNDBUF set on the connection, or TCP_NOTSENT_LOWAT: no more queued than they
     // allow.
     let data = if c.limits_sending() {
@@ -739,7 +749,7 @@ fn queue_send(c: &mut Conn, data: &[u8]) -> Result<usize, SockError> {
     };
     let n = c.tcb.send(data);
     if n == 0 {
-        return Err(SockError::WouldBlock);
+        return 0;
     }
     if !c.tcb.can_send() || (c.limits_sending() && c.send_room() == 0) {
         // Events are queued when a poll finds the readiness changed since the last one.
@@ -748,5 +758,5 @@ fn queue_send(c: &mut Conn, data: &[u8]) -> Result<usize, SockError> {
         // a writer waiting for EPOLLOUT is never woken.
         c.last_ready.set_writable(false);
     }
-    Ok(n)
+    n
 }
