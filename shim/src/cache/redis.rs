@@ -1085,11 +1085,11 @@ enum Got {
     Other(Vec<u8>),
 }
 
-/// The value in Redis's RESP3 reply to `CONFIG GET name` (a map of one).
 /// Why the cache is off while Redis logs every command.
 const SLOWLOG_ALL: &str = "Redis logs every command in its slowlog (slowlog-log-slower-than \
                            0), where the requests the cache answered would be missing";
 
+/// The value in Redis's RESP3 reply to `CONFIG GET name` (a map of one).
 fn config_value(raw: &[u8]) -> Option<&[u8]> {
     config_values(raw).get(1).copied()
 }

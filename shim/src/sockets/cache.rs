@@ -332,7 +332,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         // entries change only by what Redis writes), is an instant at which every answer of
         // the pass is the one Redis would have given: after the request, before the reply.
         // (Re-read every ANSWERS_PER_CLOCK connections: a pass over thousands of them.)
-        let mut clock = (self.host.unix_ms(), 0);
+        let mut clock = Clock::default();
         for &(fd, events) in &fds {
             let Some(i) = self.index_of(fd) else { continue };
             if let Some(Some(Entry {
@@ -353,11 +353,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 if waits {
                     continue;
                 }
-                if clock.1 == ANSWERS_PER_CLOCK {
-                    clock = (self.host.unix_ms(), 0);
-                }
-                clock.1 += 1;
-                if let Some(r) = self.answer_with(&mut c, id, clock.0) {
+                let now = clock.now(|| self.host.unix_ms());
+                if let Some(r) = self.answer_with(&mut c, id, now) {
                     answered = true;
                     // The wait after this pass would ask the connection's readiness again
                     // and, when the cache took all it had, drop it: the set is told now
@@ -488,31 +485,30 @@ pub(super) struct InPoll<'a, F> {
     pub(super) watchers: &'a Watchers,
     pub(super) set: &'a EpollSet,
     pub(super) epfd: c_int,
-    pub(super) clock: Clock<F>,
+    /// Reads the cache's wall clock (through `clock`).
+    pub(super) read_clock: F,
+    pub(super) clock: Clock,
 }
 
-/// The cache's clock in a poll: read at the first answer, then once per ANSWERS_PER_CLOCK
-/// connections answered. (The poll received its frames before its first answer: every request
-/// it answers came before the reading, and the reading comes before the replies; Redis waits
-/// in this very call, so nothing but the cache acts between the two.)
-pub(super) struct Clock<F> {
-    read: F,
+/// The cache's clock in a poll or a pass: read at the first answer, then once per
+/// ANSWERS_PER_CLOCK connections. (The poll received its frames before the first reading:
+/// every request answered came before it, and the reading comes before the replies; Redis
+/// waits in this very call, so nothing but the cache acts between the two.)
+#[derive(Default)]
+pub(super) struct Clock {
     at: Option<(UnixMs, u32)>,
 }
 
-impl<F: Fn() -> UnixMs> Clock<F> {
-    pub(super) fn new(read: F) -> Clock<F> {
-        Clock { read, at: None }
-    }
-
-    fn now(&mut self) -> UnixMs {
+impl Clock {
+    /// The time to answer at, from `read` when it is due for a reading.
+    fn now(&mut self, read: impl FnOnce() -> UnixMs) -> UnixMs {
         match &mut self.at {
             Some((t, n)) if *n < ANSWERS_PER_CLOCK => {
                 *n += 1;
                 *t
             }
             _ => {
-                let t = (self.read)();
+                let t = read();
                 self.at = Some((t, 1));
                 t
             }
@@ -546,8 +542,8 @@ impl<F: Fn() -> UnixMs> Respond for InPoll<'_, F> {
         if events & libc::EPOLLIN as u32 == 0 || events & libc::EPOLLOUT as u32 != 0 {
             return None;
         }
-        let clock = &mut self.clock;
-        let used = self.cache.answer(id, a, b, room, || clock.now());
+        let (clock, read) = (&mut self.clock, &self.read_clock);
+        let used = self.cache.answer(id, a, b, room, || clock.now(read));
         (used > 0).then_some((used, &self.cache.out[..]))
     }
 }

@@ -800,7 +800,8 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     watchers,
                     set,
                     epfd,
-                    clock: cache::Clock::new(|| host.unix_ms()),
+                    read_clock: || host.unix_ms(),
+                    clock: cache::Clock::default(),
                 };
                 f(stack, Some(&mut r))
             }
