@@ -5,7 +5,8 @@
 //! honest exchanges between the two; the server's end may first be carried to another stack
 //! (`Tcb::carry`, as worker processes hand over connections). Checks that nothing panics, that
 //! the engine's invariants hold after every step (`Tcb::check`), and that every segment it
-//! sends parses back to what it said it sent, with a payload no larger than the path's.
+//! sends parses back to what it said it sent, with a payload no larger than the path's, and
+//! that a segment header prediction takes leaves the engine as the general path would.
 
 use userstack::tcp::seg::{self, Out};
 use userstack::tcp::{Carry, Payload, Settings, State, Tcb};
@@ -41,8 +42,25 @@ fn drain(t: &mut Tcb, now: u64) -> Vec<(Out, Vec<u8>)> {
     v
 }
 
+/// A segment into `t`; one that header prediction takes must leave the engine as the general
+/// path leaves it.
 fn feed(t: &mut Tcb, now: u64, bytes: &[u8]) {
-    if let Some(s) = seg::parse(bytes) {
+    let Some(s) = seg::parse(bytes) else {
+        return;
+    };
+    if t.predicted(&s) {
+        let mut general = t.clone();
+        general.input_general(now, &s);
+        t.input(now, &s);
+        assert!(
+            *t == general,
+            "header prediction differs from the general path (seq {} ack {} flags {:#x}, {} bytes)",
+            s.seq,
+            s.ack,
+            s.flags,
+            s.payload.len()
+        );
+    } else {
         t.input(now, &s);
     }
 }

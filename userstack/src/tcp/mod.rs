@@ -102,7 +102,7 @@ pub enum Congestion {
 }
 
 /// CUBIC's state since the last congestion event.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Cubic {
     /// The window before the last reduction, in bytes.
     w_max: f64,
@@ -137,7 +137,7 @@ pub struct Keepalive {
 }
 
 /// What a connection starts with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     /// The MSS we announce (the device's MTU less 40).
     pub mss: u16,
@@ -186,7 +186,9 @@ pub struct Counters {
     pub segs_out: u64,
 }
 
-/// One connection.
+/// One connection. (Cloned and compared by the checks of header prediction against the
+/// general path.)
+#[derive(Clone, PartialEq)]
 pub struct Tcb {
     state: State,
     failure: Option<Failure>,
@@ -344,7 +346,7 @@ impl At {
 }
 
 /// A retransmission: what it covered, when it left, and snd_nxt then.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Rxt {
     start: u32,
     end: u32,
@@ -924,7 +926,67 @@ impl Tcb {
     // ---------------------------------------------------------------- input
 
     /// A received segment.
+    #[inline]
     pub fn input(&mut self, now: Micros, seg: &Seg) {
+        if self.predicted(seg) {
+            self.input_predicted(now, seg);
+        } else {
+            self.input_general(now, seg);
+        }
+    }
+
+    /// Header prediction (the common case BSD's and Linux's fast paths take): the next
+    /// in-order segment of an established connection, an ACK with or without data, no SYN,
+    /// FIN, RST or other flag but PSH, no SACK block, acknowledging nothing that was not sent
+    /// and, while data is in flight, something new (not a duplicate ACK), its data fitting in
+    /// the buffer, no hole before it or FIN after it waiting, no recovery in progress. Such a
+    /// segment is in the window, and of the general path's steps only the timestamp, the send
+    /// window, the ACK's progress and the in-order data apply to it.
+    #[doc(hidden)]
+    #[inline]
+    pub fn predicted(&self, seg: &Seg) -> bool {
+        let acked = seg.ack.wrapping_sub(self.snd_una);
+        let flight = self.snd_nxt.wrapping_sub(self.snd_una);
+        self.state == State::Established
+            && seg.flags & !PSH == ACK
+            && seg.seq == self.rcv_nxt
+            && seg.opts.nsack == 0
+            && acked <= flight
+            && (acked > 0 || flight == 0)
+            && !self.in_recovery
+            && self.ooo.is_empty()
+            && self.peer_fin.is_none()
+            && seg.payload.len() <= self.rx.free()
+    }
+
+    /// [`Tcb::input`] for a segment [`Tcb::predicted`] accepts: what the general path does
+    /// with it, without the tests that cannot fail for it.
+    #[inline]
+    fn input_predicted(&mut self, now: Micros, seg: &Seg) {
+        self.counters.segs_in += 1;
+        self.last_rx = now;
+        self.ka_sent = 0;
+        self.take_ts(seg);
+        self.take_window(now, seg);
+        self.silent_since = None;
+        if seg.ack != self.snd_una {
+            self.take_acked(now, seg.ack);
+        }
+        if self.snd_una != self.snd_nxt {
+            self.silent_since = Some(now);
+        }
+        if !seg.payload.is_empty() {
+            self.rcv_mss = self.rcv_mss.max(seg.payload.len() as u32);
+            self.take_in_order(now, seg.payload);
+            self.ack_policy(now);
+        }
+    }
+
+    /// A received segment, by the general rules (every state, every flag, every case of the
+    /// sequence and acknowledgment numbers). Public for the checks that compare it with header
+    /// prediction.
+    #[doc(hidden)]
+    pub fn input_general(&mut self, now: Micros, seg: &Seg) {
         self.counters.segs_in += 1;
         match self.state {
             State::Closed => return,
@@ -959,11 +1021,7 @@ impl Tcb {
         if !seg.has(ACK) {
             return;
         }
-        if let (true, Some((val, _))) = (self.ts_ok, seg.opts.ts) {
-            if !seq_lt(self.rcv_nxt, seg.seq) && seq_lt(self.ts_recent, val.wrapping_add(1)) {
-                self.ts_recent = val;
-            }
-        }
+        self.take_ts(seg);
         if self.state == State::SynReceived {
             if seg.ack != self.iss.wrapping_add(1) {
                 self.rst_due = Some((seg.ack, false));
@@ -1078,16 +1136,28 @@ impl Tcb {
         self.ack_now = false;
     }
 
-    fn on_ack(&mut self, now: Micros, seg: &Seg) {
-        let ack = seg.ack;
-        let acked = ack.wrapping_sub(self.snd_una);
+    /// The peer's timestamp, kept for our echo (RFC 7323's rule: from a segment that does
+    /// not start beyond what we expect).
+    #[inline]
+    fn take_ts(&mut self, seg: &Seg) {
+        if let (true, Some((val, _))) = (self.ts_ok, seg.opts.ts) {
+            if !seq_lt(self.rcv_nxt, seg.seq) && seq_lt(self.ts_recent, val.wrapping_add(1)) {
+                self.ts_recent = val;
+            }
+        }
+    }
+
+    /// The send window from an acceptable ACK, if the segment is not older than the one that
+    /// set it last (RFC 9293's SND.WL1/SND.WL2 rule).
+    #[inline]
+    fn take_window(&mut self, now: Micros, seg: &Seg) {
         let wnd = u32::from(seg.wnd) << self.snd_shift;
-        let wnd_changed = wnd != self.snd_wnd;
-        if seq_lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && !seq_lt(ack, self.snd_wl2))
+        if seq_lt(self.snd_wl1, seg.seq)
+            || (self.snd_wl1 == seg.seq && !seq_lt(seg.ack, self.snd_wl2))
         {
             self.snd_wnd = wnd;
             self.snd_wl1 = seg.seq;
-            self.snd_wl2 = ack;
+            self.snd_wl2 = seg.ack;
             if wnd > 0 {
                 self.persist_at = At::NEVER;
                 self.zero_wnd_since = None;
@@ -1095,6 +1165,13 @@ impl Tcb {
                 self.zero_wnd_since.get_or_insert(now);
             }
         }
+    }
+
+    fn on_ack(&mut self, now: Micros, seg: &Seg) {
+        let ack = seg.ack;
+        let acked = ack.wrapping_sub(self.snd_una);
+        let wnd_changed = (u32::from(seg.wnd) << self.snd_shift) != self.snd_wnd;
+        self.take_window(now, seg);
         let mut new_sack = false;
         if self.sack_ok {
             for &(s, e) in &seg.opts.sack[..usize::from(seg.opts.nsack)] {
@@ -1411,12 +1488,7 @@ impl Tcb {
         let n = data.len().min(room - off);
         if off == 0 {
             let had_holes = !self.ooo.is_empty();
-            let len = self.rx.len();
-            self.rx.write_at(len, &data[..n]);
-            self.rx.commit(n);
-            self.rcv_nxt = self.rcv_nxt.wrapping_add(n as u32);
-            self.unacked_bytes += n as u32;
-            self.data_rx_at = Some(now);
+            self.take_in_order(now, &data[..n]);
             if had_holes {
                 self.ooo.trim_below(self.rcv_nxt);
                 while let Some(r) = self.ooo.take_at(self.rcv_nxt) {
@@ -1425,18 +1497,38 @@ impl Tcb {
                     self.rcv_nxt = r.end;
                 }
                 self.ack_now = true;
-            } else if (self.quick > 0 && !self.pingpong) || self.unacked_bytes > self.rcv_mss {
-                self.quick = self.quick.saturating_sub(1);
-                self.ack_now = true;
-            } else if self.set.ack_delay_us == 0 {
-                self.ack_now = true;
-            } else if self.ack_at.is_none() {
-                self.ack_at = At::when(now + self.set.ack_delay_us);
+            } else {
+                self.ack_policy(now);
             }
         } else {
             self.rx.write_at(self.rx.len() + off, &data[..n]);
             self.ooo.add(seq, seq.wrapping_add(n as u32));
             self.ack_now = true;
+        }
+    }
+
+    /// Data at `rcv_nxt`, which fits in the buffer: queued for the application.
+    #[inline]
+    fn take_in_order(&mut self, now: Micros, data: &[u8]) {
+        let len = self.rx.len();
+        self.rx.write_at(len, data);
+        self.rx.commit(data.len());
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(data.len() as u32);
+        self.unacked_bytes += data.len() as u32;
+        self.data_rx_at = Some(now);
+    }
+
+    /// When in-order data (no hole filled) is acknowledged: at once in quick-ACK mode or for
+    /// more than a full segment unacknowledged, else after the delayed-ACK time.
+    #[inline]
+    fn ack_policy(&mut self, now: Micros) {
+        if (self.quick > 0 && !self.pingpong) || self.unacked_bytes > self.rcv_mss {
+            self.quick = self.quick.saturating_sub(1);
+            self.ack_now = true;
+        } else if self.set.ack_delay_us == 0 {
+            self.ack_now = true;
+        } else if self.ack_at.is_none() {
+            self.ack_at = At::when(now + self.set.ack_delay_us);
         }
     }
 

@@ -24,7 +24,7 @@ impl Range {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Ranges {
     list: Vec<Range>,
     clock: u32,

@@ -4,6 +4,7 @@
 
 /// A fixed-capacity ring of bytes. `len` bytes from `head` are the queue; the rest of the
 /// capacity may hold bytes written ahead of the queue (`write_at`) until `commit` takes them.
+#[derive(Clone, PartialEq)]
 pub struct Ring {
     buf: Box<[u8]>,
     head: usize,
