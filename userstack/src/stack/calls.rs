@@ -685,26 +685,28 @@ fn look(c: &Conn) -> (&[u8], &[u8], usize) {
 /// and queues what it answers ([`Respond`]). The poll that called it goes on with the
 /// connection: its output is due, and its readiness is computed after this. An event follows
 /// if bytes are left for the application (as one follows every segment with data without a
-/// responder), none if the responder took them all.
-pub(super) fn respond_in_place(c: &mut Conn, id: ConnId, r: &mut (dyn Respond + '_)) {
+/// responder), none if the responder took them all. Returns whether a reply was queued.
+pub(super) fn respond_in_place(c: &mut Conn, id: ConnId, r: &mut (dyn Respond + '_)) -> bool {
     let (a, b, room) = look(c);
     if a.is_empty() || room == 0 {
-        return;
+        return false;
     }
     let Some((n, reply)) = r.respond(id, a, b, room) else {
-        return;
+        return false;
     };
     if n == 0 {
-        return;
+        return false;
     }
     debug_assert!(reply.len() <= room, "a reply within the room it was given");
     // (`look` gave room: `queue_send`'s refusals do not apply.)
-    if !reply.is_empty() {
+    let replied = !reply.is_empty();
+    if replied {
         let sent = queue_checked(c, reply);
         debug_assert_eq!(sent, reply.len(), "the room was looked at");
     }
     c.tcb.consume(n);
     c.last_recv_queue = 0;
+    replied
 }
 
 /// What [`Stack::send`] does to the connection: `data` queued (as much as it may take), or why

@@ -578,14 +578,18 @@ impl<L: Link> Stack<L> {
                 c.tcb.input(us, seg);
                 // Offered: new bytes to read (not a duplicate, nor data out of order), on a
                 // connection the application accepted and has not closed.
-                if let Some(r) = respond.filter(|_| {
-                    c.tcb.recv_queue() > queued && c.origin == Origin::Owned && !c.app_closed
-                }) {
-                    super::calls::respond_in_place(c, ConnId { slot: idx, gen }, r);
-                }
+                let replied = respond
+                    .filter(|_| {
+                        c.tcb.recv_queue() > queued && c.origin == Origin::Owned && !c.app_closed
+                    })
+                    .is_some_and(|r| {
+                        super::calls::respond_in_place(c, ConnId { slot: idx, gen }, r)
+                    });
                 // A request with a delayed ACK usually has nothing to send now: its ACK leaves
-                // with the reply, when the application writes.
-                let at = c.tcb.poll_at();
+                // with the reply, when the application writes. A reply queued here is taken as
+                // due without asking (if Nagle holds it, the transmit finds nothing to send
+                // and sets the deadlines as usual).
+                let at = if replied { Some(0) } else { c.tcb.poll_at() };
                 if at.is_some_and(|t| t <= us) {
                     if coalesce {
                         deferred = true;
