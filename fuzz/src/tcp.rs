@@ -6,7 +6,8 @@
 //! (`Tcb::carry`, as worker processes hand over connections). Checks that nothing panics, that
 //! the engine's invariants hold after every step (`Tcb::check`), and that every segment it
 //! sends parses back to what it said it sent, with a payload no larger than the path's, and
-//! that a segment header prediction takes leaves the engine as the general path would.
+//! that a segment header prediction takes (and an `output` that takes its short path) leaves
+//! the engine as the general path would.
 
 use userstack::tcp::seg::{self, Out};
 use userstack::tcp::{Carry, Payload, Settings, State, Tcb};
@@ -22,8 +23,30 @@ fn encode(out: &Out, payload: Payload) -> Vec<u8> {
     buf
 }
 
-/// Everything `t` sends now, checked.
+/// Everything `t` sends now, checked; when `output` takes its short path, against the general
+/// path run on a copy (the same segments, the same state after).
 fn drain(t: &mut Tcb, now: u64) -> Vec<(Out, Vec<u8>)> {
+    let general = t.output_predicted(now).then(|| {
+        let mut g = t.clone();
+        let mut v = Vec::new();
+        g.output_general(now, &mut |o: &Out, p: Payload| {
+            v.push(encode(o, p));
+            true
+        });
+        (g, v)
+    });
+    let v = drain_checked(t, now);
+    if let Some((g, gv)) = general {
+        assert!(
+            gv.iter().eq(v.iter().map(|(_, b)| b)),
+            "the short path of output sent other segments"
+        );
+        assert!(*t == g, "the short path of output left another state");
+    }
+    v
+}
+
+fn drain_checked(t: &mut Tcb, now: u64) -> Vec<(Out, Vec<u8>)> {
     let mut v = Vec::new();
     let max = t.payload_max() as usize;
     t.output(now, &mut |o: &Out, p: Payload| {

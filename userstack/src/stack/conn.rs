@@ -599,14 +599,18 @@ impl<L: Link> Stack<L> {
                         }
                     } else {
                         c.transmit(&mut self.net, us);
+                        c.count(self.net.stats_mut());
                     }
                 } else {
                     known_at = Some(at);
                 }
             }
-            None => c.transmit(&mut self.net, us),
+            None => {
+                c.transmit(&mut self.net, us);
+                // (Only sending retransmits or times out: input changes neither count.)
+                c.count(self.net.stats_mut());
+            }
         }
-        c.count(self.net.stats_mut());
 
         let state = c.state();
         let prev = c.last_state;

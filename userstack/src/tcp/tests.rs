@@ -13,12 +13,28 @@ fn encode(out: &Out, payload: Payload) -> Vec<u8> {
     buf
 }
 
+/// What `t` sends now. When the short path of `output` is taken, the general path is run on
+/// a copy and must send the same segments and leave the same state.
 fn collect(t: &mut Tcb, now: Micros) -> Vec<Vec<u8>> {
+    let general = t.output_predicted(now).then(|| {
+        let mut g = t.clone();
+        let mut v = Vec::new();
+        g.output_general(now, &mut |o: &Out, p: Payload| {
+            v.push(encode(o, p));
+            true
+        });
+        (g, v)
+    });
     let mut v = Vec::new();
     t.output(now, &mut |o: &Out, p: Payload| {
         v.push(encode(o, p));
         true
     });
+    if let Some((g, gv)) = general {
+        PREDICTED_OUT.with(|n| n.set(n.get() + 1));
+        assert!(gv == v, "the short path of output sent other segments");
+        assert!(*t == g, "the short path of output left another state");
+    }
     v
 }
 
@@ -48,6 +64,8 @@ fn feed(t: &mut Tcb, now: Micros, bytes: &[u8]) {
 thread_local! {
     /// Segments this thread's tests fed that header prediction took.
     static PREDICTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Calls of `output` that took its short path.
+    static PREDICTED_OUT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn parsed(bytes: &[u8]) -> Seg<'_> {
@@ -291,6 +309,7 @@ fn a_lost_syn_and_syn_ack_are_sent_again() {
 fn requests_and_replies_take_the_predicted_path() {
     let mut p = established_pair();
     let before = PREDICTED.with(|n| n.get());
+    let out_before = PREDICTED_OUT.with(|n| n.get());
     let mut buf = [0u8; 64];
     for _ in 0..10 {
         p.a.send(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
@@ -308,6 +327,9 @@ fn requests_and_replies_take_the_predicted_path() {
     // it), every one checked against the general path by `feed`.
     let taken = PREDICTED.with(|n| n.get()) - before;
     assert!(taken >= 20, "{taken} of 20 segments predicted");
+    // Each request and each reply left by the short path of `output`.
+    let sent = PREDICTED_OUT.with(|n| n.get()) - out_before;
+    assert!(sent >= 20, "{sent} of 20 segments sent by the short path");
 }
 
 #[test]
