@@ -942,9 +942,8 @@ impl Tcb {
     /// the buffer, no hole before it or FIN after it waiting, no recovery in progress. Such a
     /// segment is in the window, and of the general path's steps only the timestamp, the send
     /// window, the ACK's progress and the in-order data apply to it.
-    #[doc(hidden)]
     #[inline]
-    pub fn predicted(&self, seg: &Seg) -> bool {
+    fn predicted(&self, seg: &Seg) -> bool {
         let acked = seg.ack.wrapping_sub(self.snd_una);
         let flight = self.snd_nxt.wrapping_sub(self.snd_una);
         self.state == State::Established
@@ -957,6 +956,70 @@ impl Tcb {
             && self.ooo.is_empty()
             && self.peer_fin.is_none()
             && seg.payload.len() <= self.rx.free()
+    }
+
+    /// [`Tcb::input`], for tests and fuzzing: where header prediction takes the segment, the
+    /// general path runs on a copy and must leave the same state (else a panic). Returns
+    /// whether the prediction took it.
+    #[doc(hidden)]
+    pub fn input_compared(&mut self, now: Micros, seg: &Seg) -> bool {
+        if !self.predicted(seg) {
+            self.input_general(now, seg);
+            return false;
+        }
+        let mut general = self.clone();
+        general.input_general(now, seg);
+        self.input_predicted(now, seg);
+        assert!(
+            *self == general,
+            "header prediction and the general path differ after a segment with seq {} ack {} \
+             flags {:#x} and {} bytes",
+            seg.seq,
+            seg.ack,
+            seg.flags,
+            seg.payload.len()
+        );
+        true
+    }
+
+    /// [`Tcb::output`], for tests and fuzzing, with an `emit` that takes every segment: where
+    /// the short path is taken, the general path runs on a copy and must send the same
+    /// segments and leave the same state (else a panic). Returns whether the short path was
+    /// taken.
+    #[doc(hidden)]
+    pub fn output_compared<F>(&mut self, now: Micros, emit: &mut F) -> bool
+    where
+        F: FnMut(&Out, Payload) -> bool,
+    {
+        let record = |sent: &mut Vec<(Out, Vec<u8>)>, o: &Out, (a, b): Payload| {
+            sent.push((*o, [a, b].concat()));
+        };
+        if !self.output_predicted(now) {
+            self.output_general(now, emit);
+            return false;
+        }
+        let mut general = self.clone();
+        let mut by_general = Vec::new();
+        general.output_general(now, &mut |o: &Out, p: Payload| {
+            record(&mut by_general, o, p);
+            true
+        });
+        let mut sent = Vec::new();
+        self.output(now, &mut |o: &Out, p: Payload| {
+            record(&mut sent, o, p);
+            let took = emit(o, p);
+            assert!(took, "output_compared's emit takes every segment");
+            took
+        });
+        assert!(
+            sent == by_general,
+            "the short path of output sent other segments"
+        );
+        assert!(
+            *self == general,
+            "the short path of output left another state"
+        );
+        true
     }
 
     /// [`Tcb::input`] for a segment [`Tcb::predicted`] accepts: what the general path does
@@ -983,10 +1046,8 @@ impl Tcb {
     }
 
     /// A received segment, by the general rules (every state, every flag, every case of the
-    /// sequence and acknowledgment numbers). Public for the checks that compare it with header
-    /// prediction.
-    #[doc(hidden)]
-    pub fn input_general(&mut self, now: Micros, seg: &Seg) {
+    /// sequence and acknowledgment numbers).
+    fn input_general(&mut self, now: Micros, seg: &Seg) {
         self.counters.segs_in += 1;
         match self.state {
             State::Closed => return,
@@ -1890,9 +1951,8 @@ impl Tcb {
     /// cork, no recovery, no timer due but the delayed ACK's. Of the general path's steps only
     /// those can do anything then (the engine's tests and the tcp fuzz target run both and
     /// compare).
-    #[doc(hidden)]
     #[inline]
-    pub fn output_predicted(&self, now: Micros) -> bool {
+    fn output_predicted(&self, now: Micros) -> bool {
         self.state == State::Established
             && self.rst_due.is_none()
             && !(self.in_recovery || self.cork || self.fin_queued)
@@ -1902,8 +1962,7 @@ impl Tcb {
     }
 
     /// [`Tcb::output`] by the general rules: every state, timer and repair.
-    #[doc(hidden)]
-    pub fn output_general<F>(&mut self, now: Micros, emit: &mut F)
+    fn output_general<F>(&mut self, now: Micros, emit: &mut F)
     where
         F: FnMut(&Out, Payload) -> bool,
     {
