@@ -24,6 +24,7 @@
 #                 memif ring overflows: frames lost, seconds of p99) (not in the default
 #                 PATHS; needs the mtcp-tests binaries built); `memif`: the same with the
 #                 default MTCP_SPIN_US
+#   (-sN)         af_packet, af_xdp and memif with any MTCP_SPIN_US: `memif-s10` spins 10 µs
 #   tap           under the shim over net_tap (the tap moved into the client's namespace)
 #   unix          kernel redis-server over a unix socket (client in the server's namespace):
 #                 the ceiling without TCP at all
@@ -116,7 +117,7 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
     local args=(--port "$PORT" --bind 0.0.0.0 --save '' --appendonly no --protected-mode no
         --maxclients 20000 --dir "$TMP")
     case $path in
-    kernel | af_packet | af_packet-s0 | af_xdp-s0)
+    kernel | af_packet | af_packet-s[0-9]* | af_xdp-s[0-9]*)
         new_if sif s
         new_if cif c
         veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
@@ -132,10 +133,10 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         else
             setup_end "$SRV_NS" "$sif" || return 1
             env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="${path%%-*}:$sif" MTCP_ADDR="$NET.2/24")
-            [[ $path == *-s0 ]] && env+=(MTCP_SPIN_US=0)
+            [[ $path =~ -s([0-9]+)$ ]] && env+=(MTCP_SPIN_US="${BASH_REMATCH[1]}")
         fi
         ;;
-    memif | memif-s0)
+    memif | memif-s[0-9]*)
         new_if sif s
         new_if cif c
         veth "$SRV_NS" "$sif" "$CLI_NS" "$cif" || return 1
@@ -148,7 +149,7 @@ start_path() { # PATH: namespaces, devices and a redis-server for it; sets SRV_P
         MEMIF_SOCK=$TMP/memif.sock
         env=(LD_PRELOAD="$LIB" MTCP_PORTS=$PORT MTCP_DEV="memif:$MEMIF_SOCK,server"
             MTCP_ADDR="$NET.2/24")
-        [[ $path == *-s0 ]] && env+=(MTCP_SPIN_US=0)
+        [[ $path =~ -s([0-9]+)$ ]] && env+=(MTCP_SPIN_US="${BASH_REMATCH[1]}")
         ;;
     tap)
         new_if tap t
