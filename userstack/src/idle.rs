@@ -65,11 +65,6 @@ impl Backoff {
         self.next = FIRST_SLEEP;
     }
 
-    /// The sleeps have grown to their cap: the loop has been idle for a while (a few ms).
-    pub fn at_cap(&self) -> bool {
-        self.next >= self.max
-    }
-
     /// The next sleep, at most `limit`; the one after it is twice as long (up to
     /// `LINK_DOWN_NAP` instead of the configured cap while the device's link is down).
     pub fn take(&mut self, limit: Duration, link_down: bool) -> Duration {
@@ -178,13 +173,9 @@ impl Idler {
         let peer_cap = stack.link().wake_cap();
         let cap = peer_cap.unwrap_or(MAX_BLOCK).min(MAX_BLOCK);
         let limit = until_timer.unwrap_or(cap).min(cap);
-        // A wake-up a memif peer gives costs it a system call: while traffic comes in bursts
-        // the loop naps (polling at the end of each), and blocks on the wake fd only once the
-        // naps have grown to their cap.
-        let wake = match peer_cap {
-            Some(_) if !self.sleep.at_cap() => None,
-            _ => stack.wake_fd(),
-        };
+        // Blocked on the device's wake-up fd at once where it has one (a memif peer that
+        // takes part too: napping to spare it a system call cost more than it saved).
+        let wake = stack.wake_fd();
         match wake {
             Some(fd) => {
                 if !stack.arm_wake(crate::clock::now(), false) {

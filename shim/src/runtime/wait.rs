@@ -284,11 +284,6 @@ pub(super) fn naps_reset() {
     });
 }
 
-/// Whether this thread's naps have grown to their cap (no work for a few ms).
-fn naps_at_cap() -> bool {
-    NAPS.with(|n| n.get().is_some_and(|b| b.at_cap()))
-}
-
 /// This thread's next nap, at most `limit` (longer naps while the device's link is down).
 fn nap(limit: Duration, link_down: bool) -> Duration {
     NAPS.with(|n| {
@@ -409,14 +404,12 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look, answer_in: Optio
             ..NOT_COUNTED
         });
     }
-    // A wake-up a memif peer gives costs it a system call: while traffic comes in bursts this
-    // thread naps (polling at the end of each), and blocks on the wake fd only once its naps
-    // have grown to their cap (a few ms without work).
+    // A device with a wake-up fd (a memif peer that takes part, af_packet, af_xdp): blocked
+    // on it at once. (Napping instead, to spare a memif peer the system call of a wake-up,
+    // cost more than it saved: most naps ended with nothing to do, each the CPU of a timer
+    // wake-up; docs/architecture.md.)
     let cap = st.link().wake_cap();
-    let wake = match cap {
-        Some(_) if !naps_at_cap() => None,
-        _ => st.wake_fd(),
-    };
+    let wake = st.wake_fd();
     // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
     if wake.is_none() {
         st.note_sleep();
