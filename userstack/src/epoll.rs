@@ -72,6 +72,10 @@ struct Entry {
     /// Which ADD made this entry: a key left in `ready` by a deleted entry (DEL, or close and
     /// the fd number reused by the next accept) must not be taken for the new one's.
     gen: u32,
+    /// The readiness last told (notify, settle), and the pass it was told in: within the
+    /// pass it is the socket's readiness still (`EpollSet::start_pass`).
+    told: u32,
+    told_pass: u64,
 }
 
 /// The entries of a set, indexed by key: keys are file descriptors, small and dense, and a
@@ -140,6 +144,10 @@ pub struct EpollSet {
     ready: VecDeque<(i32, u32)>,
     /// The next entry's `gen`.
     next_gen: u32,
+    /// The current pass (`start_pass`); 0: none started since the last wait.
+    pass: u64,
+    /// The pass the next `start_pass` starts.
+    next_pass: u64,
 }
 
 /// One reported event, as `struct epoll_event` holds it.
@@ -215,6 +223,8 @@ impl EpollSet {
                 disabled: false,
                 queued: false,
                 gen: self.next_gen,
+                told: 0,
+                told_pass: 0,
             },
         );
         self.consider(key, bits(now));
@@ -272,6 +282,7 @@ impl EpollSet {
         let Some(e) = self.entries.get_mut(&key) else {
             return (false, false);
         };
+        (e.told, e.told_pass) = (bits(now), self.pass);
         let exclusive = e.events & EPOLLEXCLUSIVE != 0;
         if (exclusive && skip_exclusive) || e.disabled || e.queued || !wanted(e.events, bits(now)) {
             return (false, exclusive);
@@ -286,6 +297,7 @@ impl EpollSet {
         let Some(e) = self.entries.get_mut(&key) else {
             return false;
         };
+        (e.told, e.told_pass) = (now, self.pass);
         if e.disabled || e.queued || !wanted(e.events, now) {
             return false;
         }
@@ -309,11 +321,29 @@ impl EpollSet {
         let Some(e) = self.entries.get_mut(&key) else {
             return;
         };
+        (e.told, e.told_pass) = (bits(r), self.pass);
         if e.queued && !wanted(e.events, bits(r)) {
             e.queued = false;
             self.next_gen = self.next_gen.wrapping_add(1);
             e.gen = self.next_gen;
         }
+    }
+
+    /// The socket of `key` changed in a way the set was not told: the next wait asks for its
+    /// readiness.
+    pub fn untell(&mut self, key: i32) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.told_pass = 0;
+        }
+    }
+
+    /// Starts a pass: from now until the next `wait`, the owner tells the set every change of
+    /// its sockets' readiness (`notify`, `settle`), so that the wait takes what it was told in
+    /// the pass instead of asking (a poll's events and the wait that reports them, under one
+    /// lock). A wait without a pass asks for every candidate's readiness.
+    pub fn start_pass(&mut self) {
+        self.next_pass += 1;
+        self.pass = self.next_pass;
     }
 
     /// Whether entries are queued as ready (maybe stale: a wait looks at each again).
@@ -369,8 +399,13 @@ impl EpollSet {
             if e.disabled {
                 continue;
             }
-            let Some(r) = readiness(key) else { continue };
-            let got = report_bits(e.events, bits(r));
+            let now = if self.pass != 0 && e.told_pass == self.pass {
+                e.told
+            } else {
+                let Some(r) = readiness(key) else { continue };
+                bits(r)
+            };
+            let got = report_bits(e.events, now);
             if got == 0 {
                 continue;
             }
@@ -385,6 +420,8 @@ impl EpollSet {
                 self.ready.push_back((key, gen));
             }
         }
+        // What was told in the pass may not hold once the application acts on the events.
+        self.pass = 0;
         out.len()
     }
 }
@@ -412,6 +449,44 @@ mod tests {
         let mut out = Vec::new();
         s.wait(&mut out, 64, |k| state.get(&k).copied());
         out
+    }
+
+    /// Within a pass the wait takes the readiness it was told; outside one, or for what was
+    /// told before the pass began, or untold, it asks.
+    #[test]
+    fn a_pass_reports_what_it_was_told_and_asks_for_the_rest() {
+        let mut s = EpollSet::new();
+        s.add(5, EPOLLIN, 5, NONE).unwrap();
+        s.add(6, EPOLLIN, 6, NONE).unwrap();
+        s.add(7, EPOLLIN, 7, NONE).unwrap();
+        // Told before the pass: asked (and found read meanwhile: not reported).
+        s.notify(7, R);
+        s.start_pass();
+        s.notify(5, R);
+        s.notify(6, R);
+        s.untell(6);
+        let mut asked = Vec::new();
+        let mut out = Vec::new();
+        s.wait(&mut out, 64, |k| {
+            asked.push(k);
+            Some(if k == 6 { R } else { NONE })
+        });
+        assert_eq!(asked, [7, 6]);
+        assert_eq!(out.iter().map(|e| e.data).collect::<Vec<_>>(), [5, 6]);
+        // The wait ended the pass: the level-triggered entries still queued are asked again.
+        asked.clear();
+        s.wait(&mut out, 64, |k| {
+            asked.push(k);
+            Some(NONE)
+        });
+        assert_eq!(asked, [5, 6]);
+        assert!(out.is_empty());
+        // A settle in the pass is what the wait takes.
+        s.start_pass();
+        s.notify(5, R);
+        s.settle(5, NONE);
+        s.wait(&mut out, 64, |_| panic!("nothing to ask"));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -356,12 +356,26 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 let now = clock.now(|| self.host.unix_ms());
                 if let Some(r) = self.answer_with(&mut c, id, now) {
                     answered = true;
-                    // The wait after this pass would ask the connection's readiness again
-                    // and, when the cache took all it had, drop it: the set is told now
-                    // (the readiness the wait asks is the stack's, but under SO_RCVLOWAT).
-                    if !lowat {
-                        if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
-                            set.settle(fd, r);
+                    // The set is told the connection's readiness now (for each of its fds
+                    // there), so that the wait after this pass neither asks for it nor takes
+                    // what the poll told: when the cache took all it had, the entry leaves the
+                    // ready list. Under SO_RCVLOWAT the set's readiness is not the stack's:
+                    // the wait asks.
+                    let fds_here: Vec<c_int> = if only_here {
+                        Vec::new()
+                    } else {
+                        self.objs[i as usize]
+                            .as_ref()
+                            .map_or_else(Vec::new, |e| e.fds.clone())
+                    };
+                    if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
+                        for &f in std::iter::once(&fd).chain(fds_here.iter().filter(|&&f| f != fd))
+                        {
+                            if lowat {
+                                set.untell(f);
+                            } else {
+                                set.settle(f, r);
+                            }
                         }
                     }
                 }

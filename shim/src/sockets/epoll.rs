@@ -128,6 +128,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if answering {
             self.cache_upkeep();
         }
+        // The poll's events and the cache's settling reach the set from here to its wait, and
+        // nothing else changes its sockets in between: the wait takes their readiness as told.
+        if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
+            set.start_pass();
+        }
         let work = self.pump_with(answering.then_some(epfd));
         if answering {
             // Every connection with requests is queued in the set now, also those whose data
