@@ -361,16 +361,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                     // what the poll told: when the cache took all it had, the entry leaves the
                     // ready list. Under SO_RCVLOWAT the set's readiness is not the stack's:
                     // the wait asks.
-                    let fds_here: Vec<c_int> = if only_here {
-                        Vec::new()
-                    } else {
-                        self.objs[i as usize]
-                            .as_ref()
-                            .map_or_else(Vec::new, |e| e.fds.clone())
-                    };
-                    if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
-                        for &f in std::iter::once(&fd).chain(fds_here.iter().filter(|&&f| f != fd))
-                        {
+                    let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
+                    for k in 0..n {
+                        let f = self.objs[i as usize].as_ref().map_or(-1, |e| e.fds[k]);
+                        if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
                             if lowat {
                                 set.untell(f);
                             } else {

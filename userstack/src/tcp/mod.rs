@@ -1937,16 +1937,22 @@ impl Tcb {
         F: FnMut(&Out, Payload) -> bool,
     {
         if self.output_predicted(now) {
-            if self.ack_at.0 <= now {
-                // The delayed ACK's time came (the data carries it).
-                self.ack_now = true;
-                self.pingpong = false;
-            }
+            self.take_due_ack(now);
             if self.send_new_data(now, emit) {
                 self.send_owed_ack(now, emit);
             }
         } else {
             self.output_general(now, emit);
+        }
+    }
+
+    /// The delayed ACK's time came: it is owed now (what is sent next carries it), and the
+    /// exchange is no longer interactive (nothing was sent in time to carry it).
+    #[inline]
+    fn take_due_ack(&mut self, now: Micros) {
+        if self.ack_at.is_some_and(|t| now >= t) {
+            self.ack_now = true;
+            self.pingpong = false;
         }
     }
 
@@ -1996,10 +2002,7 @@ impl Tcb {
         if self.rtx_at.is_some_and(|t| now >= t) {
             self.on_rto(now);
         }
-        if self.ack_at.is_some_and(|t| now >= t) {
-            self.ack_now = true;
-            self.pingpong = false;
-        }
+        self.take_due_ack(now);
         match self.state {
             State::SynSent | State::SynReceived => return self.output_syn(now, emit),
             State::TimeWait => {
