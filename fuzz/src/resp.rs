@@ -8,7 +8,7 @@
 //! whole GET requests.
 
 use mtcpshim::cache::redis::RedisCache;
-use mtcpshim::cache::resp::{command, elements, reply, split_inline, Parsed, KEPT};
+use mtcpshim::cache::resp::{command, elements, reply, set_len, skim, split_inline, Parsed, KEPT};
 use mtcpshim::cache::{ControlIo, Responder};
 
 /// The cache's kernel side: connects, takes everything, receives the handshake's replies.
@@ -111,6 +111,14 @@ fn parsers(data: &[u8]) {
         match command(&data[at..]) {
             Parsed::Done(c) => {
                 assert!(c.len > 0 && at + c.len <= data.len());
+                let here = &data[at..];
+                if let Some((len, (n0, n1), argc)) = skim(here) {
+                    assert_eq!((len, argc), (c.len, c.argc), "skim agrees with command");
+                    assert_eq!(Some(&here[n0..n1]), c.arg(here, 0));
+                }
+                if let Some(len) = set_len(here) {
+                    assert!(len == c.len && c.argc == 3 && c.is(here, b"SET") && !c.inline);
+                }
                 for &(a, b) in &c.args[..c.argc.min(KEPT)] {
                     assert!(a <= b && b as usize <= c.len);
                 }

@@ -223,28 +223,57 @@ pub fn skim(buf: &[u8]) -> Option<(usize, (usize, usize), usize)> {
     };
     let mut name = (0, 0);
     for i in 0..argc {
-        // `$`, digits, CRLF: one or two digits looked at in place.
-        let head: &[u8; 5] = buf.get(at..at + 5)?.try_into().ok()?;
-        let (d, e) = (digit(head[1]), digit(head[2]));
-        let (len, data) = if head[0] != b'$' {
-            return None;
-        } else if d <= 9 && head[2] == b'\r' && head[3] == b'\n' {
-            (d, at + 4)
-        } else if (1..=9).contains(&d) && e <= 9 && head[3] == b'\r' && head[4] == b'\n' {
-            (d * 10 + e, at + 5)
-        } else {
-            small_number(buf, at)?
-        };
-        let end = data + len;
-        if buf.get(end..end + 2)? != b"\r\n" {
-            return None;
-        }
+        let (data, end) = bulk(buf, at)?;
         if i == 0 {
-            name = (data, end);
+            name = (data, end - 2);
         }
-        at = end + 2;
+        at = end;
     }
     Some((at, name, argc))
+}
+
+/// A whole bulk string whose `$` is at `at`, its length of 1 to 9 digits without a leading
+/// zero: `(where its data starts, where the next line starts)`. One or two digits are looked
+/// at in place.
+#[inline(always)]
+fn bulk(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    // A digit's value, or more than 9.
+    let digit = |b: u8| usize::from(b.wrapping_sub(b'0'));
+    let head: &[u8; 5] = buf.get(at..at + 5)?.try_into().ok()?;
+    let (d, e) = (digit(head[1]), digit(head[2]));
+    let (len, data) = if head[0] != b'$' {
+        return None;
+    } else if d <= 9 && head[2] == b'\r' && head[3] == b'\n' {
+        (d, at + 4)
+    } else if (1..=9).contains(&d) && e <= 9 && head[3] == b'\r' && head[4] == b'\n' {
+        (d * 10 + e, at + 5)
+    } else {
+        small_number(buf, at)?
+    };
+    let end = data + len;
+    if buf.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((data, end + 2))
+}
+
+/// A whole `SET key value` (SET in any case, no option) at the front of `buf`, its lengths of
+/// 1 to 9 digits without a leading zero: its length. A writer's most common request, skimmed
+/// without looking at its name twice ([`skim`] gives the same length for it).
+#[inline(always)]
+pub fn set_len(buf: &[u8]) -> Option<usize> {
+    let head: &[u8; 13] = buf.get(..13)?.try_into().ok()?;
+    let a = u64::from_le_bytes(head[..8].try_into().ok()?);
+    let b = u32::from_le_bytes(head[8..12].try_into().ok()?);
+    // Bit 5 set turns exactly S, E and T into s, e and t (as in [`is_get`]).
+    if a != u64::from_le_bytes(*b"*3\r\n$3\r\n")
+        || b | 0x0020_2020 != u32::from_le_bytes(*b"set\r")
+        || head[12] != b'\n'
+    {
+        return None;
+    }
+    let (_, at) = bulk(buf, 13)?;
+    bulk(buf, at).map(|(_, end)| end)
 }
 
 /// A whole multibulk request with small numbers at the front of `buf`, in one tight pass (the
@@ -791,6 +820,23 @@ mod tests {
             let (len, (n0, n1), argc) = skim(b).expect("skimmed");
             assert_eq!((len, argc), (c.len, c.argc), "{b:?}");
             assert_eq!(&b[n0..n1], c.arg(b, 0).unwrap());
+            assert_eq!(set_len(b), c.is(b, b"SET").then_some(c.len), "{b:?}");
+        }
+        // Every length of one to three digits, the request ending where its last bulk does.
+        for n in 0..=1000 {
+            let mut b = format!("*3\r\n$3\r\nset\r\n$1\r\nk\r\n${n}\r\n").into_bytes();
+            b.extend(std::iter::repeat_n(b'v', n));
+            b.extend_from_slice(b"\r\n");
+            let c = done(&b);
+            assert_eq!(skim(&b).map(|(len, _, argc)| (len, argc)), Some((c.len, 3)));
+            assert_eq!(set_len(&b), Some(c.len));
+            assert_eq!(set_len(&b[..b.len() - 1]), None);
+        }
+        for b in [
+            &b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$10\r\n0123456789\r\n"[..],
+            b"*3\r\n$3\r\nsEt\r\n$1\r\nk\r\n$0\r\n\r\n*1",
+        ] {
+            assert_eq!(set_len(b), Some(done(b).len), "{b:?}");
         }
         for b in [
             &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n"[..],
@@ -803,6 +849,15 @@ mod tests {
             b"*1\r\n$1",
         ] {
             assert_eq!(skim(b), None, "{b:?}");
+        }
+        for b in [
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n"[..],
+            b"*3\r\n$3\r\nSEX\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            b"*3\r\n$3\r\nS\xc5T\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nNX\r\n",
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$01\r\nv\r\n",
+        ] {
+            assert_eq!(set_len(b), None, "{b:?}");
         }
     }
 

@@ -176,18 +176,25 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     pub(super) fn cache_read(&mut self, id: ConnId, fd: c_int, bytes: &[u8]) {
         if let Some(c) = self.cache.as_mut() {
             let host = &self.host;
-            if !c.r.app_read(key(id), bytes, &|| host.unix_ms()) {
-                return;
+            if c.r.app_read(key(id), bytes, &|| host.unix_ms()) {
+                self.cache_read_rewrites(id, fd);
             }
-            // Replies are found by counting them from the next byte the application writes:
-            // only if it had written everything before.
-            let pending = self.index_of(fd).is_some_and(|i| self.output_waits(i));
-            if let Some(c) = self.cache.as_mut() {
-                if pending {
-                    c.r.output_unknown(key(id));
-                }
-                c.rewriting = c.r.rewriting();
+        }
+    }
+
+    /// The cache may rewrite what the application writes next to connection `id` (fd `fd`),
+    /// after a read.
+    #[cold]
+    #[inline(never)]
+    fn cache_read_rewrites(&mut self, id: ConnId, fd: c_int) {
+        // Replies are found by counting them from the next byte the application writes: only
+        // if it had written everything before.
+        let pending = self.index_of(fd).is_some_and(|i| self.output_waits(i));
+        if let Some(c) = self.cache.as_mut() {
+            if pending {
+                c.r.output_unknown(key(id));
             }
+            c.rewriting = c.r.rewriting();
         }
     }
 
