@@ -37,6 +37,8 @@ pub struct Cache {
     fds: Vec<(i32, u32)>,
     /// Some connection's output goes through the cache ([`Responder::app_write`]).
     pub(super) rewriting: bool,
+    /// When its statistics were last handed to the stack (`publish_cache`).
+    published: UnixMs,
 }
 
 impl Cache {
@@ -56,6 +58,7 @@ impl Cache {
             out: Vec::new(),
             fds: Vec::new(),
             rewriting: false,
+            published: UnixMs::MIN,
         })
     }
 }
@@ -289,8 +292,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if c.port.is_none() {
             c.port = self.port_fds.keys().next().copied();
         }
+        let mut at = None;
         let upkeep = match (c.port, self.cache_io()) {
-            (Some(port), Some((now, io))) => c.r.upkeep(io, port, now),
+            (Some(port), Some((now, io))) => {
+                at = Some(now);
+                c.r.upkeep(io, port, now)
+            }
             _ => Upkeep::Nothing,
         };
         if let Upkeep::Watch(ours) = upkeep {
@@ -305,11 +312,25 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 c.r.watching(io, watched, now);
             }
         }
-        self.publish_cache(&c);
+        // The stack writes its statistics out at most once a millisecond: the cache's are
+        // handed over at most that often here, and before the application waits
+        // (`cache_publish`).
+        if at.is_none_or(|t| t != c.published) {
+            self.publish_cache(&mut c, at);
+        }
         self.cache = Some(c);
     }
 
-    fn publish_cache(&mut self, c: &Cache) {
+    /// The cache's statistics handed to the stack now (the application is about to wait).
+    pub(super) fn cache_publish(&mut self) {
+        if let Some(mut c) = self.cache.take() {
+            self.publish_cache(&mut c, None);
+            self.cache = Some(c);
+        }
+    }
+
+    fn publish_cache(&mut self, c: &mut Cache, at: Option<UnixMs>) {
+        c.published = at.unwrap_or(UnixMs::MIN);
         let values = c.r.stats().values(c.r.up());
         if let Some(st) = self.stack.as_mut() {
             let extra = st.extra_stats_mut();

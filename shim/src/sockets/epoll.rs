@@ -179,6 +179,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         self.scratch = ready;
         if answering && n == 0 {
             self.cache_idle();
+            self.cache_publish();
         }
         Some((work, n))
     }
