@@ -1422,6 +1422,10 @@ impl Responder for RedisCache {
                 }
             }
             Link::Ready { fd } => {
+                if self.touch.is_empty() && self.queued_fills.is_empty() && self.out.is_empty() {
+                    // Nothing to send: the usual pass.
+                    return Upkeep::Nothing;
+                }
                 let due =
                     now - self.touch_since >= TOUCH_EVERY_MS || self.touch.len() >= TOUCH_BATCH;
                 for keys in self.touch.chunks(512).take_while(|_| due) {

@@ -18,7 +18,7 @@
 use libc::c_int;
 use userstack::epoll::EpollSet;
 use userstack::link::Link;
-use userstack::{Config, ConnId, Readiness, Respond};
+use userstack::{Config, ConnId, Readiness, Respond, Stack};
 
 use super::conn::IoTry;
 use super::{ConnIndex, Entry, Host, Io, Obj, Sockets, Watchers};
@@ -39,6 +39,17 @@ pub struct Cache {
     pub(super) rewriting: bool,
     /// When its statistics were last handed to the stack (`publish_cache`).
     published: UnixMs,
+}
+
+/// Hands the statistics of cache `c` to `stack`, which publishes them with its own.
+fn publish<L: Link>(c: &mut Cache, stack: Option<&mut Stack<L>>) {
+    let values = c.r.stats().values(c.r.up());
+    if let Some(st) = stack {
+        let extra = st.extra_stats_mut();
+        if extra.len() == values.len() {
+            extra.copy_from_slice(&values);
+        }
+    }
 }
 
 impl Cache {
@@ -284,58 +295,62 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
-    /// The cache's upkeep, at a point where it may answer.
+    /// The cache's upkeep, at a point where it may answer. (The cache stays in its place: a
+    /// move of it out and back cost more than the upkeep of a connection to Redis with
+    /// nothing to send.)
     pub(super) fn cache_upkeep(&mut self) {
-        let Some(mut c) = self.cache.take() else {
+        let Some(c) = self.cache.as_mut() else {
             return;
         };
         if c.port.is_none() {
             c.port = self.port_fds.keys().next().copied();
         }
-        let mut at = None;
-        let upkeep = match (c.port, self.cache_io()) {
-            (Some(port), Some((now, io))) => {
-                at = Some(now);
-                c.r.upkeep(io, port, now)
-            }
+        let now = self.host.unix_ms();
+        let upkeep = match (c.port, self.host.control_io()) {
+            (Some(port), Some(io)) => c.r.upkeep(io, port, now),
             _ => Upkeep::Nothing,
         };
-        if let Upkeep::Watch(ours) = upkeep {
-            let theirs = self.host.peer_end(ours);
-            if let Some((fd, key)) = theirs.and_then(|fd| Some((fd, self.followed(fd)?))) {
-                // Accepted on the kernel side and followed as a client: it is the cache's.
-                self.cache_closed_key(key);
-                let _ = self.remove(fd);
-            }
-            let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
-            if let Some((now, io)) = self.cache_io() {
-                c.r.watching(io, watched, now);
-            }
-        }
         // The stack writes its statistics out at most once a millisecond: the cache's are
         // handed over at most that often here, and before the application waits
         // (`cache_publish`).
-        if at.is_none_or(|t| t != c.published) {
-            self.publish_cache(&mut c, at);
+        if c.published != now {
+            c.published = now;
+            publish(c, self.stack.as_mut());
         }
+        if let Upkeep::Watch(ours) = upkeep {
+            self.cache_watch(ours);
+        }
+    }
+
+    /// The cache's connection to Redis is `ours`: Redis's end of it, accepted on the kernel
+    /// side, is watched (and no longer followed as a client).
+    #[cold]
+    fn cache_watch(&mut self, ours: c_int) {
+        let Some(mut c) = self.cache.take() else {
+            return;
+        };
+        let theirs = self.host.peer_end(ours);
+        if let Some((fd, key)) = theirs.and_then(|fd| Some((fd, self.followed(fd)?))) {
+            // Accepted on the kernel side and followed as a client: it is the cache's.
+            self.cache_closed_key(key);
+            let _ = self.remove(fd);
+        }
+        let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
+        if let Some((now, io)) = self.cache_io() {
+            c.r.watching(io, watched, now);
+        }
+        publish(&mut c, self.stack.as_mut());
         self.cache = Some(c);
     }
 
-    /// The cache's statistics handed to the stack now (the application is about to wait).
+    /// The cache's statistics handed to the stack, if not yet in this millisecond (the
+    /// application is about to wait).
     pub(super) fn cache_publish(&mut self) {
-        if let Some(mut c) = self.cache.take() {
-            self.publish_cache(&mut c, None);
-            self.cache = Some(c);
-        }
-    }
-
-    fn publish_cache(&mut self, c: &mut Cache, at: Option<UnixMs>) {
-        c.published = at.unwrap_or(UnixMs::MIN);
-        let values = c.r.stats().values(c.r.up());
-        if let Some(st) = self.stack.as_mut() {
-            let extra = st.extra_stats_mut();
-            if extra.len() == values.len() {
-                extra.copy_from_slice(&values);
+        if let Some(c) = self.cache.as_mut() {
+            let now = self.host.unix_ms();
+            if c.published != now {
+                c.published = now;
+                publish(c, self.stack.as_mut());
             }
         }
     }
