@@ -79,18 +79,22 @@ const CORK_HOLD_US: Micros = 200_000;
 /// (Linux's tcp_invalid_ratelimit): two stacks cannot be made to ACK each other in a loop.
 const OOW_ACK_GAP_US: Micros = 500_000;
 
+/// A connection's TCP state. Numbered as smoltcp's `tcp::State`, the names the socket calls
+/// use, so that the stack's mapping of one to the other (`stack::conn::api_state`, by name)
+/// compiles to nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum State {
-    SynSent,
-    SynReceived,
-    Established,
-    FinWait1,
-    FinWait2,
-    CloseWait,
-    Closing,
-    LastAck,
-    TimeWait,
-    Closed,
+    SynSent = 2,
+    SynReceived = 3,
+    Established = 4,
+    FinWait1 = 5,
+    FinWait2 = 6,
+    CloseWait = 7,
+    Closing = 8,
+    LastAck = 9,
+    TimeWait = 10,
+    Closed = 0,
 }
 
 /// Congestion control (MTCP_CC, TCP_CONGESTION).
