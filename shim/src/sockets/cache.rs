@@ -185,8 +185,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         Some(r.map_err(|()| error))
     }
 
-    /// The application read `bytes` from connection `id` (fd `fd`).
-    #[inline]
+    /// The application read `bytes` from connection `id` (fd `fd`). (Inlined in the read:
+    /// with the cache on, every read of every connection comes here.)
+    #[inline(always)]
     pub(super) fn cache_read(&mut self, id: ConnId, fd: c_int, bytes: &[u8]) {
         if let Some(c) = self.cache.as_mut() {
             let host = &self.host;
