@@ -22,8 +22,10 @@ fn monotonic_us() -> i64 {
 }
 
 pub fn now() -> smoltcp::time::Instant {
+    // The base first: a reading after it is never below it, also on a thread that lost the
+    // race to set it.
+    let base = *BASE.get_or_init(monotonic_us);
     let us = monotonic_us();
-    let base = *BASE.get_or_init(|| us);
     // Start at 1 s so that "time 0" never means "now".
     smoltcp::time::Instant::from_micros(us - base + 1_000_000)
 }

@@ -333,7 +333,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let theirs = self.host.peer_end(ours);
         if let Some((fd, key)) = theirs.and_then(|fd| Some((fd, self.followed(fd)?))) {
             // Accepted on the kernel side and followed as a client: it is the cache's.
-            self.cache_closed_key(key);
+            c.r.closed(key);
             let _ = self.remove(fd);
         }
         let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
@@ -344,15 +344,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         self.cache = Some(c);
     }
 
-    /// The cache's statistics handed to the stack, if not yet in this millisecond (the
-    /// application is about to wait).
+    /// The cache's statistics handed to the stack: the application is about to wait, and the
+    /// answers of the pass are in them (the pass's upkeep handed over those before it).
     pub(super) fn cache_publish(&mut self) {
         if let Some(c) = self.cache.as_mut() {
-            let now = self.host.unix_ms();
-            if c.published != now {
-                c.published = now;
-                publish(c, self.stack.as_mut());
-            }
+            publish(c, self.stack.as_mut());
         }
     }
 
