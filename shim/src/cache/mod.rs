@@ -190,6 +190,11 @@ pub trait Responder: Send {
         room: usize,
         now: UnixMs,
     ) -> usize;
+    /// Whether [`Responder::upkeep`] has anything to do (false: it would do nothing): asked
+    /// at every wait, before the clock is read.
+    fn upkeep_due(&self) -> bool {
+        true
+    }
     /// Work on the cache's own connection, at a point where [`Responder::answer`] may be
     /// called (`port`: a port the application listens on).
     fn upkeep(&mut self, io: &mut dyn ControlIo, port: u16, now: UnixMs) -> Upkeep;

@@ -397,6 +397,12 @@ impl RedisCache {
         }
     }
 
+    /// Whether the cache has something to send to Redis (TOUCHes, fills, requests not sent
+    /// yet): otherwise the upkeep of a ready connection has nothing to do (the usual pass).
+    fn ready_work(&self) -> bool {
+        !(self.touch.is_empty() && self.queued_fills.is_empty() && self.out.is_empty())
+    }
+
     /// What [`Responder::app_read`] does not count at its front: requests with a name the
     /// cache follows, or a request's end joined to its beginning read before.
     #[inline(never)]
@@ -1422,8 +1428,7 @@ impl Responder for RedisCache {
                 }
             }
             Link::Ready { fd } => {
-                if self.touch.is_empty() && self.queued_fills.is_empty() && self.out.is_empty() {
-                    // Nothing to send: the usual pass.
+                if !self.ready_work() {
                     return Upkeep::Nothing;
                 }
                 let due =
@@ -1444,6 +1449,15 @@ impl Responder for RedisCache {
             }
         }
         Upkeep::Nothing
+    }
+
+    fn upkeep_due(&self) -> bool {
+        self.link_restart
+            || match self.link {
+                Link::Off | Link::Locating { .. } => false,
+                Link::Down { .. } | Link::Handshake { .. } => true,
+                Link::Ready { .. } => self.ready_work(),
+            }
     }
 
     fn idle_work(&self) -> bool {

@@ -37,8 +37,9 @@ pub struct Cache {
     fds: Vec<(i32, u32)>,
     /// Some connection's output goes through the cache ([`Responder::app_write`]).
     pub(super) rewriting: bool,
-    /// When its statistics were last handed to the stack (`publish_cache`).
-    published: UnixMs,
+    /// When its statistics were last handed to the stack (`cache_publish`), in milliseconds of
+    /// the poll's clock.
+    published: i64,
 }
 
 /// Hands the statistics of cache `c` to `stack`, which publishes them with its own.
@@ -69,7 +70,7 @@ impl Cache {
             out: Vec::new(),
             fds: Vec::new(),
             rewriting: false,
-            published: UnixMs::MIN,
+            published: i64::MIN,
         })
     }
 }
@@ -296,13 +297,16 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
     }
 
-    /// The cache's upkeep, at a point where it may answer. (The cache stays in its place: a
-    /// move of it out and back cost more than the upkeep of a connection to Redis with
-    /// nothing to send.)
+    /// The cache's upkeep, at a point where it may answer. (Nothing, not even the clock,
+    /// while the cache has nothing to do on its connection: the usual pass. The cache stays
+    /// in its place: a move of it out and back cost more than the upkeep itself.)
     pub(super) fn cache_upkeep(&mut self) {
         let Some(c) = self.cache.as_mut() else {
             return;
         };
+        if !c.r.upkeep_due() {
+            return;
+        }
         if c.port.is_none() {
             c.port = self.port_fds.keys().next().copied();
         }
@@ -311,13 +315,6 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             (Some(port), Some(io)) => c.r.upkeep(io, port, now),
             _ => Upkeep::Nothing,
         };
-        // The stack writes its statistics out at most once a millisecond: the cache's are
-        // handed over at most that often here, and before the application waits
-        // (`cache_publish`).
-        if c.published != now {
-            c.published = now;
-            publish(c, self.stack.as_mut());
-        }
         if let Upkeep::Watch(ours) = upkeep {
             self.cache_watch(ours);
         }
@@ -344,11 +341,16 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         self.cache = Some(c);
     }
 
-    /// The cache's statistics handed to the stack: the application is about to wait, and the
-    /// answers of the pass are in them (the pass's upkeep handed over those before it).
-    pub(super) fn cache_publish(&mut self) {
+    /// The cache's statistics handed to the stack after a pass: always when the application
+    /// is about to wait (`waits`; the pass's answers are in them), otherwise at most once a
+    /// millisecond of the poll's clock (the stack writes its statistics out no more often).
+    pub(super) fn cache_publish(&mut self, waits: bool) {
+        let ms = self.last_poll.total_millis();
         if let Some(c) = self.cache.as_mut() {
-            publish(c, self.stack.as_mut());
+            if waits || c.published != ms {
+                c.published = ms;
+                publish(c, self.stack.as_mut());
+            }
         }
     }
 

@@ -177,9 +177,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             n += 1;
         }
         self.scratch = ready;
-        if answering && n == 0 {
-            self.cache_idle();
-            self.cache_publish();
+        if answering {
+            if n == 0 {
+                self.cache_idle();
+            }
+            self.cache_publish(n == 0);
         }
         Some((work, n))
     }

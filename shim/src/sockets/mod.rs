@@ -325,6 +325,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     refused_v6only: Vec<u16>,
     events: Vec<Event>,
     scratch: Vec<EpollEvent>,
+    /// The time of the last poll (`pump_with`).
+    last_poll: smoltcp::time::Instant,
 
     /// The data-path cache (`MTCP_REDIS_CACHE`), and its buffers.
     cache: Option<cache::Cache>,
@@ -447,6 +449,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             refused_v6only: Vec::new(),
             events: Vec::new(),
             scratch: Vec::new(),
+            last_poll: smoltcp::time::Instant::ZERO,
         }
     }
 
@@ -709,6 +712,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             let _ = self.serve_listeners();
         }
         let now = self.host.poll_time();
+        self.last_poll = now;
         let Some(mut work) = self.with_responder(answer_in, |st, r| st.poll_with(now, r)) else {
             return false;
         };
