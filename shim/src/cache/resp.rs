@@ -248,13 +248,21 @@ fn bulk(buf: &[u8], at: usize) -> Option<(usize, usize)> {
     } else if (1..=9).contains(&d) && e <= 9 && head[3] == b'\r' && head[4] == b'\n' {
         (d * 10 + e, at + 5)
     } else {
-        small_number(buf, at)?
+        bulk_length(buf, at)?
     };
     let end = data + len;
     if buf.get(end..end + 2)? != b"\r\n" {
         return None;
     }
     Some((data, end + 2))
+}
+
+/// A bulk's length line at `at` (`small_number`), within Redis's limit on a bulk
+/// (`proto-max-bulk-len`, [`MAX_BULK`]): Redis refuses a longer one, which the general parser
+/// says is [`Parsed::Bad`].
+fn bulk_length(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let (len, data) = small_number(buf, at)?;
+    (len as i64 <= MAX_BULK).then_some((len, data))
 }
 
 /// A whole `SET key value` (SET in any case, no option) at the front of `buf`, its lengths of
@@ -298,7 +306,7 @@ fn whole_multibulk(buf: &[u8]) -> Option<Cmd> {
         if buf.get(at) != Some(&b'$') {
             return None;
         }
-        let (len, data) = small_number(buf, at)?;
+        let (len, data) = bulk_length(buf, at)?;
         let end = data + len;
         if buf.get(end..end + 2)? != b"\r\n" {
             return None;
@@ -775,6 +783,15 @@ mod tests {
     fn empty_multibulk_requests_are_skipped_as_redis_skips_them() {
         assert_eq!(done(b"*0\r\n").argc, 0);
         assert_eq!(done(b"*-1\r\n").len, 5);
+    }
+
+    /// A bulk longer than Redis's limit is not taken by the fast parsers (the general one
+    /// says it is bad, as Redis refuses it).
+    #[test]
+    fn bulk_lengths_stop_at_redis_limit() {
+        assert_eq!(bulk_length(b"$536870912\r\n", 0), Some((536_870_912, 12)));
+        assert_eq!(bulk_length(b"$536870913\r\n", 0), None);
+        assert_eq!(command(b"*1\r\n$536870913\r\n"), Parsed::Bad);
     }
 
     #[test]
