@@ -1030,10 +1030,9 @@ fn hello_id(raw: &[u8]) -> Option<u64> {
 fn count_plain(buf: &[u8], since_get: &mut u32, ahead: &mut u64) -> usize {
     let mut used = 0;
     while used < buf.len() {
-        if let Some(len) = resp::set_len(&buf[used..]) {
-            *since_get = since_get.saturating_add(1);
-            *ahead += 1;
-            used += len;
+        let sets = count_sets(&buf[used..], since_get, ahead);
+        used += sets;
+        if sets > 0 {
             continue;
         }
         let Some((len, (n0, n1), _)) = resp::skim(&buf[used..]) else {
@@ -1048,6 +1047,19 @@ fn count_plain(buf: &[u8], since_get: &mut u32, ahead: &mut u64) -> usize {
         } else {
             since_get.saturating_add(1)
         };
+        *ahead += 1;
+        used += len;
+    }
+    used
+}
+
+/// Counts the SETs of one value at the front of `buf` (`resp::set_len`) as [`count_plain`]
+/// does; returns the bytes they take.
+#[inline(always)]
+fn count_sets(buf: &[u8], since_get: &mut u32, ahead: &mut u64) -> usize {
+    let mut used = 0;
+    while let Some(len) = resp::set_len(&buf[used..]) {
+        *since_get = since_get.saturating_add(1);
         *ahead += 1;
         used += len;
     }
@@ -1201,11 +1213,7 @@ impl Responder for RedisCache {
         if t.partial.is_empty() {
             let (mut since_get, mut ahead) = (t.since_get, t.replies_ahead);
             // A writer's reads, SETs only, counted without a call.
-            while let Some(len) = resp::set_len(&bytes[used..]) {
-                since_get = since_get.saturating_add(1);
-                ahead += 1;
-                used += len;
-            }
+            used = count_sets(bytes, &mut since_get, &mut ahead);
             if used < bytes.len() {
                 used += count_plain_apart(&bytes[used..], &mut since_get, &mut ahead);
             }
