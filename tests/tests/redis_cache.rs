@@ -338,6 +338,49 @@ fn a_redis_with_a_unix_socket_keeps_the_cache_off_and_says_why() {
     assert_eq!(counter(&bed, "up"), 0);
 }
 
+/// A Redis whose default user may not turn CLIENT TRACKING on: the cache asks for it with its
+/// first fill, is refused, turns off and says why, once; Redis serves every GET as without it,
+/// until an ACL change allows it.
+#[test]
+fn a_redis_that_refuses_tracking_turns_the_cache_off_and_says_why() {
+    let user = [
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-client|tracking",
+    ];
+    let mut bed = cache_bed_with(&[], &user);
+    bed.cli_ok(&["set", "k", "v"]);
+    let out = bed.cli_ok(&["-r", "50", "get", "k"]);
+    assert!(out.lines().all(|l| l == "v"), "{out}");
+    bed.wait_for(
+        "the cache says why it is off",
+        Duration::from_secs(10),
+        |b| {
+            b.server
+                .stderr()
+                .contains("MTCP_REDIS_CACHE: Redis refused CLIENT TRACKING: NOPERM")
+        },
+    );
+    let out = bed.cli_ok(&["-r", "50", "get", "k"]);
+    assert!(out.lines().all(|l| l == "v"), "{out}");
+    let said = bed.server.stderr().matches("MTCP_REDIS_CACHE").count();
+    assert_eq!(said, 1, "{}", bed.server.stderr());
+    assert_eq!(counter(&bed, "hits"), 0);
+    assert_eq!(counter(&bed, "up"), 0);
+    // An ACL change is checked again: allowed now, the cache fills and answers.
+    bed.cli_ok(&["acl", "setuser", "default", "+client|tracking"]);
+    bed.wait_for("the cache answers", Duration::from_secs(10), |b| {
+        let out = b.cli_ok(&["-r", "20", "get", "k"]);
+        assert!(out.lines().all(|l| l == "v"), "{out}");
+        counter(b, "hits") > 0
+    });
+}
+
 /// Thousands of keys changed by one command: Redis writes their invalidations to the cache's
 /// connection in one burst, larger than its output buffer, and so with writev (Redis writes a
 /// client's output with writev when it spills over the buffer, which Redis also shrinks for

@@ -1,9 +1,13 @@
 //! The Redis GET cache (`MTCP_REDIS_CACHE=SIZE`).
 //!
 //! **Consistency.** The cache opens a connection of its own to Redis (to 127.0.0.1 on a port
-//! Redis listens on), speaks RESP3 on it and turns on CLIENT TRACKING: every key the cache
-//! reads there is one Redis sends an invalidation for when it changes (a write by any client,
-//! a script, expiry, eviction, a flush, a master's stream). The socket table routes what Redis
+//! Redis listens on), speaks RESP3 on it and turns on CLIENT TRACKING before its first fill:
+//! every key the cache reads there is one Redis sends an invalidation for when it changes (a
+//! write by any client, a script, expiry, eviction, a flush, a master's stream). (Not at the
+//! handshake: once any client has turned tracking on, Redis 7.0 keeps its tracking table for
+//! good and looks up every key written in it, and checks the table's size before every
+//! command while a client tracks, ~90 instructions a SET: a Redis that is only written to
+//! never pays them.) The socket table routes what Redis
 //! writes to that connection straight here ([`Responder::control_output`]) instead of the
 //! kernel, so an invalidation is applied at the moment Redis writes it. Redis writes every
 //! client's output, that connection's included, before its event loop waits again; the cache
@@ -71,6 +75,8 @@ const RETRY_MS: UnixMs = 1000;
 const HANDSHAKE_MS: UnixMs = 2000;
 /// The client name of the cache's connection (what CLIENT LIST's rewritten reply leaves out).
 pub const CLIENT_NAME: &str = "mtcp-cache";
+/// What [`Expect::Ok`] names the tracking request by.
+const TRACKING: &str = "CLIENT TRACKING";
 
 /// The cache's connection to Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +222,11 @@ pub struct RedisCache {
     link_restart: bool,
     /// Redis closes idle clients (its `timeout` setting is not 0).
     idle_timeout: bool,
+    /// CLIENT TRACKING ON is sent on this connection (before its first fill).
+    tracking: bool,
+    /// Redis refused what the cache needs on its ready connection (CLIENT TRACKING): the next
+    /// upkeep turns the cache off, saying why.
+    refused: Option<String>,
     /// The cache is off because of one of Redis's settings (LFU eviction, every command in the
     /// slowlog): a CONFIG SET makes it connect and check again.
     off_by_setting: bool,
@@ -301,6 +312,8 @@ impl RedisCache {
             late,
             link_restart: false,
             idle_timeout: false,
+            tracking: false,
+            refused: None,
             off_by_setting: false,
             slowlog_all: false,
             stack_addr: None,
@@ -354,6 +367,7 @@ impl RedisCache {
         self.touch.clear();
         self.shown.own_client = false;
         self.shown.own_tracking = false;
+        self.tracking = false;
         if self.link != Link::Off {
             self.link = Link::Down {
                 retry: now + RETRY_MS,
@@ -363,7 +377,7 @@ impl RedisCache {
 
     fn off(&mut self, io: &mut dyn ControlIo, why: &str, now: UnixMs) {
         let until = if self.off_by_setting {
-            "while that holds (checked again after a CONFIG SET)"
+            "while that holds (checked again after a CONFIG SET or an ACL change)"
         } else {
             "from now on"
         };
@@ -677,6 +691,15 @@ impl RedisCache {
     fn answered(&mut self, e: Expect, r: Got, now: UnixMs) -> Result<(), String> {
         self.tally(&e, &r);
         match (e, r) {
+            (Expect::Ok(TRACKING), r) if !matches!(r, Got::Simple(true)) => {
+                // Sent on the ready connection: a new connection would be refused the same.
+                let why = match r {
+                    Got::Error(e) => format!("Redis refused CLIENT TRACKING: {e}"),
+                    _ => "Redis did not take CLIENT TRACKING".into(),
+                };
+                self.refused = Some(why.clone());
+                return Err(why);
+            }
             (Expect::Hello, Got::Other(raw)) => self.own_id = hello_id(&raw),
             (
                 Expect::Hello
@@ -870,8 +893,19 @@ impl RedisCache {
             }
             self.cold.remove(key);
         }
+        self.start_tracking();
         self.fills.insert(key.into(), Fill::default());
         self.queued_fills.push(key.into());
+    }
+
+    /// Turns tracking on, if not yet on this connection: ahead of a fill on the same
+    /// connection, so that Redis tracks the key the fill reads.
+    fn start_tracking(&mut self) {
+        if !self.tracking {
+            self.tracking = true;
+            resp::encode(&mut self.out, &[b"CLIENT", b"TRACKING", b"ON"]);
+            self.expect.push_back(Expect::Ok(TRACKING));
+        }
     }
 
     /// Sends the queued fills (`force`: the application found nothing to do), otherwise at
@@ -962,8 +996,6 @@ impl RedisCache {
             &[b"CONFIG", b"GET", b"unixsocket", b"tls-port", b"bind"],
         );
         self.expect.push_back(Expect::Listeners);
-        resp::encode(&mut self.out, &[b"CLIENT", b"TRACKING", b"ON"]);
-        self.expect.push_back(Expect::Ok("CLIENT TRACKING"));
     }
 
     fn send_out(&mut self, io: &mut dyn ControlIo, fd: i32, now: UnixMs) {
@@ -1385,6 +1417,12 @@ impl Responder for RedisCache {
     }
 
     fn upkeep(&mut self, io: &mut dyn ControlIo, port: u16, now: UnixMs) -> Upkeep {
+        if let Some(why) = self.refused.take() {
+            // (An ACL change may allow it: checked again by connecting, as after a CONFIG SET.)
+            self.link_restart = false;
+            self.off_by_setting = true;
+            self.off(io, &why, now);
+        }
         if std::mem::take(&mut self.link_restart) && (self.link != Link::Off || self.off_by_setting)
         {
             if self.slowlog_all {
@@ -1570,7 +1608,7 @@ mod tests {
         %1\r\n$7\r\ntimeout\r\n$1\r\n0\r\n\
         %1\r\n$23\r\nslowlog-log-slower-than\r\n$5\r\n10000\r\n\
         %3\r\n$10\r\nunixsocket\r\n$0\r\n\r\n$8\r\ntls-port\r\n$1\r\n0\r\n\
-        $4\r\nbind\r\n$7\r\n0.0.0.0\r\n+OK\r\n";
+        $4\r\nbind\r\n$7\r\n0.0.0.0\r\n";
 
     fn get(key: &str) -> Vec<u8> {
         let mut v = Vec::new();
@@ -1593,13 +1631,25 @@ mod tests {
         v
     }
 
-    /// A cache whose connection is up, with client connection 1 open.
+    /// A cache whose connection is up and tracks, with client connection 1 open.
     fn ready(late: bool) -> (RedisCache, Io) {
         ready_with(late, HANDSHAKE_REPLIES.to_vec())
     }
 
     /// The same with Redis's handshake replies `replies`.
     fn ready_with(late: bool, replies: Vec<u8>) -> (RedisCache, Io) {
+        let (mut c, mut io) = connected(late, replies);
+        c.start_tracking();
+        c.upkeep(&mut io, 6379, 0);
+        assert_eq!(io.sent, req(&["CLIENT", "TRACKING", "ON"]));
+        io.sent.clear();
+        c.control_output(b"+OK\r\n", 0);
+        assert!(c.up() && c.shown.own_tracking);
+        (c, io)
+    }
+
+    /// A cache whose connection is up, tracking nothing yet, with client connection 1 open.
+    fn connected(late: bool, replies: Vec<u8>) -> (RedisCache, Io) {
         let mut c = RedisCache::new(1 << 20, late, 0);
         let mut io = Io {
             incoming: replies,
@@ -1608,7 +1658,7 @@ mod tests {
         assert_eq!(c.upkeep(&mut io, 6379, 0), Upkeep::Nothing);
         let sent = String::from_utf8_lossy(&io.sent).into_owned();
         assert!(
-            sent.contains("HELLO") && sent.contains("TRACKING"),
+            sent.contains("HELLO") && !sent.contains("TRACKING"),
             "{sent}"
         );
         assert_eq!(c.upkeep(&mut io, 6379, 0), Upkeep::Watch(7));
@@ -1643,6 +1693,58 @@ mod tests {
             format!("${}\r\n{value}\r\n:{ttl}\r\n", value.len()).as_bytes(),
             now,
         );
+    }
+
+    /// Tracking goes on with the first fill, ahead of it, and not at the handshake: a Redis
+    /// that is only written to keeps no tracking table.
+    #[test]
+    fn tracking_starts_with_the_first_fill() {
+        let (mut c, mut io) = connected(false, HANDSHAKE_REPLIES.to_vec());
+        assert!(!c.shown.own_tracking);
+        c.app_read(1, &req(&["SET", "k", "v"]), &|| 1);
+        c.upkeep(&mut io, 6379, 1);
+        assert!(
+            io.sent.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&io.sent)
+        );
+        assert_eq!(answer(&mut c, &get("k"), 2).0, 0);
+        c.upkeep(&mut io, 6379, 2 + FILL_WAIT_MS);
+        let mut want = req(&["CLIENT", "TRACKING", "ON"]);
+        want.extend(req(&["GET", "k"]));
+        want.extend(req(&["PEXPIRETIME", "k"]));
+        assert_eq!(io.sent, want);
+        io.sent.clear();
+        c.control_output(b"+OK\r\n$1\r\nv\r\n:-1\r\n", 3);
+        assert!(c.shown.own_tracking);
+        assert_eq!(answer(&mut c, &get("k"), 4).1, b"$1\r\nv\r\n");
+        // Once per connection.
+        assert_eq!(answer(&mut c, &get("j"), 5).0, 0);
+        c.upkeep(&mut io, 6379, 5 + FILL_WAIT_MS);
+        assert_eq!(
+            io.sent,
+            [req(&["GET", "j"]), req(&["PEXPIRETIME", "j"])].concat()
+        );
+    }
+
+    /// A Redis that refuses CLIENT TRACKING (an ACL without it) turns the cache off, said
+    /// once, instead of making its connection again at every miss.
+    #[test]
+    fn tracking_refused_turns_the_cache_off_said_once() {
+        let (mut c, mut io) = connected(false, HANDSHAKE_REPLIES.to_vec());
+        assert_eq!(answer(&mut c, &get("k"), 1).0, 0);
+        c.upkeep(&mut io, 6379, 1 + FILL_WAIT_MS);
+        c.control_output(
+            b"-NOPERM this user has no permissions to run the 'client|tracking' command\r\n",
+            2,
+        );
+        assert!(!c.up());
+        c.upkeep(&mut io, 6379, 3);
+        c.upkeep(&mut io, 6379, 3 + 10 * RETRY_MS);
+        assert_eq!(io.said.len(), 1, "{:?}", io.said);
+        assert!(io.said[0].contains("NOPERM"), "{:?}", io.said);
+        assert_eq!(io.closed, [7]);
+        assert_eq!(answer(&mut c, &get("k"), 4 + 10 * RETRY_MS).0, 0);
     }
 
     #[test]
