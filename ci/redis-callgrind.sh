@@ -17,7 +17,9 @@
 # kcachegrind). Environment: N (default 20000), OUT (default bench-out), PATHS (default
 # "kernel af_packet"; af_packet-cache: af_packet with the GET cache, MTCP_REDIS_CACHE=64M), BENCH (redis-benchmark's options, default "-c 50 -t get"; e.g.
 # "-c 50 -t lrange_100 -d 1024", where each of the N LRANGEs comes after one of N LPUSHes,
-# so "per request" is per LPUSH+LRANGE pair), VG_OPTS (more callgrind options, e.g.
+# so "per request" is per LPUSH+LRANGE pair), WARMUP (the warm-up runs' redis-benchmark
+# options, runs separated by ";", default "-n 2000 $BENCH"; e.g. "-n 2000 -c 50 -t get; -n 20000
+# -c 50 -t set" for SETs after the cache has been filled and has gone quiet), VG_OPTS (more callgrind options, e.g.
 # "--dump-instr=yes" for costs per instruction), SKIP_BUILD=1, CARGO_TARGET_DIR.
 
 set -uo pipefail
@@ -71,8 +73,11 @@ for path in $PATHS; do
         sleep 0.1
     done
     [[ -n $ok ]] || { echo "$NAME: $path: redis-server under valgrind did not answer" >&2; cat "$TMP/redis-$path.err" >&2; exit 1; }
-    # shellcheck disable=SC2086 # BENCH is a list of words
-    ip netns exec "$CLI" redis-benchmark -h "$NET.2" -p "$PORT" -q -n 2000 $BENCH >/dev/null 2>&1
+    IFS=';' read -ra warmups <<<"${WARMUP:--n 2000 $BENCH}"
+    for w in "${warmups[@]}"; do
+        # shellcheck disable=SC2086 # a list of words
+        ip netns exec "$CLI" redis-benchmark -h "$NET.2" -p "$PORT" -q $w >/dev/null 2>&1
+    done
     callgrind_control -z "$pid" >/dev/null 2>&1
     # shellcheck disable=SC2086
     ip netns exec "$CLI" redis-benchmark -h "$NET.2" -p "$PORT" -q -n "$N" $BENCH 2>/dev/null | tr '\r' '\n' | tail -1
