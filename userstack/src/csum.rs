@@ -98,6 +98,7 @@ fn fold(s: u64) -> u16 {
 }
 
 /// The IPv4 pseudo-header of a TCP segment of `tcp_len` bytes between the addresses in `ip`.
+#[inline]
 fn pseudo_sum(ip: &[u8], tcp_len: usize) -> u64 {
     let a = &ip[12..20];
     let l = (tcp_len as u16).to_be_bytes();
@@ -107,6 +108,7 @@ fn pseudo_sum(ip: &[u8], tcp_len: usize) -> u64 {
 }
 
 /// Whether an IPv4 header (its `ihl` bytes) has a correct checksum.
+#[inline]
 pub fn ipv4_header_ok(header: &[u8]) -> bool {
     if let Ok(h) = <&[u8; 20]>::try_from(header) {
         // No options (nearly every packet): five words.
@@ -192,6 +194,7 @@ pub fn fill_tcp_checksum_with(pseudo: u64, tcp: &mut [u8]) {
 
 /// Whether the TCP segment `ip[ihl..]` of the IPv4 packet `ip` (cut to its total length) has
 /// a correct checksum.
+#[inline]
 pub fn tcp_checksum_ok(ip: &[u8], ihl: usize) -> bool {
     let tcp = &ip[ihl..];
     fold(pseudo_sum(ip, tcp.len()) + ones_sum(tcp)) == 0xffff

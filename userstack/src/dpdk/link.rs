@@ -439,6 +439,7 @@ impl Link for DpdkLink {
         }
     }
 
+    #[inline]
     fn tx_push(&mut self, frame: Mbuf) {
         self.tx[self.ntx] = frame.0.as_ptr();
         std::mem::forget(frame);

@@ -14,6 +14,10 @@ use super::Stack;
 use crate::faults::FaultAction;
 use crate::link::{Link, RxFrame};
 use crate::net::{Micros, ETHERTYPE_IPV4, ETH_HDR};
+
+/// IPv4's protocol numbers (its header's byte 9) the stack takes.
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
 use crate::tcp::seg::{ACK, FIN, RST, SYN};
 use crate::tcp::State;
 
@@ -99,8 +103,9 @@ impl<L: Link> Stack<L> {
         }
         let total = usize::from(ip.total_len());
         let packet = &p[..total];
-        match ip.next_header() {
-            smoltcp::wire::IpProtocol::Tcp => self.rx_tcp(
+        // (The protocol's byte itself: smoltcp's `next_header` is a call, of a table.)
+        match p[9] {
+            PROTO_TCP => self.rx_tcp(
                 now,
                 packet,
                 src,
@@ -108,7 +113,7 @@ impl<L: Link> Stack<L> {
                 found,
                 respond,
             ),
-            smoltcp::wire::IpProtocol::Icmp => self.control_input(now, packet),
+            PROTO_ICMP => self.control_input(now, packet),
             _ => self.net.stats_mut().drop_unsupported += 1,
         }
     }

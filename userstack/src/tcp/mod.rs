@@ -883,8 +883,9 @@ impl Tcb {
         self.state = State::Closed;
     }
 
-    /// When `output` is next needed without input (0: now).
-    #[inline]
+    /// When `output` is next needed without input (0: now). (Inlined into its two callers in
+    /// the stack's per-connection poll, once per request each.)
+    #[inline(always)]
     pub fn poll_at(&self) -> Option<Micros> {
         if self.ack_now || self.rst_due.is_some() || (self.syn_due && self.rtx_at.is_none()) {
             return Some(0);
@@ -920,6 +921,7 @@ impl Tcb {
         self.ack_now
     }
 
+    #[inline]
     fn keepalive_at(&self) -> Option<Micros> {
         let ka = self.set.keepalive?;
         if !matches!(self.state, State::Established | State::CloseWait)
@@ -1326,6 +1328,7 @@ impl Tcb {
 
     /// Slow start (by bytes acknowledged, RFC 3465 with L = 1 SMSS), then congestion
     /// avoidance by the connection's algorithm.
+    #[inline]
     fn grow(&mut self, acked: u32, now: Micros) {
         let smss = self.payload_max;
         if self.cwnd < self.ssthresh {
@@ -1522,6 +1525,7 @@ impl Tcb {
     /// Arms the tail-loss probe. Not for a flight of one segment: its ACK may be a delayed
     /// one (Linux's peers wait 40 ms and more; RFC 8985 adds the worst-case delayed-ACK time,
     /// 200 ms, which is the RTO's floor anyway), so it is left to the retransmission timer.
+    #[inline]
     fn arm_probe(&mut self, now: Micros) {
         if self.probe_done || self.rto_recovery || self.in_flight() <= self.payload_max {
             self.probe_at = At::NEVER;
@@ -1775,6 +1779,7 @@ impl Tcb {
 
     /// The window we offer now: the buffer's room, in the scale's steps, never moving the
     /// right edge back.
+    #[inline]
     fn window_to_offer(&self) -> u32 {
         let max = 65535u32 << self.rcv_shift;
         let free = match self.rx_limit {

@@ -81,6 +81,7 @@ impl Ring {
 
     /// The queue's bytes `off..off + n` as at most two slices (the second empty unless the
     /// range wraps).
+    #[inline]
     pub fn slices(&self, off: usize, n: usize) -> (&[u8], &[u8]) {
         debug_assert!(off + n <= self.len);
         let cap = self.buf.len();
