@@ -236,6 +236,22 @@ impl Conn {
     /// When the stack gives up on this connection, as Linux does (see the constants).
     #[inline]
     pub(super) fn give_up_at(&self) -> Option<Micros> {
+        if !(self.failed | self.timed_out | self.app_closed)
+            && self.user_timeout.is_none()
+            && self.connect_expires.is_none()
+            && self.orphan_expires.is_none()
+        {
+            // The usual connection: what the general rules give for it (checked where debug
+            // assertions are on: the fuzz targets).
+            let at = self.tcb.silent_since().map(|t| t + GIVE_UP_US);
+            debug_assert_eq!(at, self.give_up_at_by_rules());
+            return at;
+        }
+        self.give_up_at_by_rules()
+    }
+
+    #[inline(never)]
+    fn give_up_at_by_rules(&self) -> Option<Micros> {
         if self.failed || self.timed_out {
             // Over already (reset, timed out, refused): nothing to give up on.
             return None;
@@ -735,10 +751,14 @@ impl<L: Link> Stack<L> {
             return;
         }
         let tcb_at = known_at.unwrap_or_else(|| c.tcb.poll_at());
-        let at = earliest(
-            earliest(tcb_at, c.deferred_until),
-            earliest(c.handshake.map(|h| h.expires), c.give_up_at()),
-        );
+        let at = if c.deferred_until.is_none() && c.handshake.is_none() {
+            earliest(tcb_at, c.give_up_at())
+        } else {
+            earliest(
+                earliest(tcb_at, c.deferred_until),
+                earliest(c.handshake.map(|h| h.expires), c.give_up_at()),
+            )
+        };
         // A later deadline keeps the earlier heap entry (it fires, finds work or not, and
         // re-arms), so the heap does not grow by an entry per packet when a retransmission
         // timer restarts on every ACK; no deadline at all makes the pending entry stale.
