@@ -64,6 +64,8 @@ pub struct Net<L: Link> {
     link: L,
     mac: [u8; 6],
     addr: Cidr,
+    /// The subnet's broadcast address (`addr`'s).
+    broadcast: Ipv4Addr,
     gateway: Option<Ipv4Addr>,
     stats: Stats,
     neighbors: HashMap<Ipv4Addr, Neighbor, foldhash::fast::RandomState>,
@@ -94,6 +96,7 @@ impl<L: Link> Net<L> {
             link,
             mac,
             addr,
+            broadcast: addr.broadcast(),
             gateway,
             stats: Stats::default(),
             neighbors: HashMap::default(),
@@ -126,6 +129,11 @@ impl<L: Link> Net<L> {
     #[inline]
     pub(crate) fn addr(&self) -> Cidr {
         self.addr
+    }
+
+    #[inline]
+    pub(crate) fn broadcast(&self) -> Ipv4Addr {
+        self.broadcast
     }
 
     #[inline]
@@ -290,7 +298,18 @@ impl<L: Link> Net<L> {
     }
 
     /// Sends a finished frame: pcap, fault injection, counters, then the link's tx batch.
-    fn emit(&mut self, mut frame: L::Tx) {
+    #[inline]
+    fn emit(&mut self, frame: L::Tx) {
+        if self.faults.is_none() && self.held_tx.is_none() {
+            self.emit_now(frame);
+        } else {
+            self.emit_faulty(frame);
+        }
+    }
+
+    /// [`Net::emit`] with faults injected or a frame held back.
+    #[inline(never)]
+    fn emit_faulty(&mut self, mut frame: L::Tx) {
         let action = self
             .faults
             .as_mut()
@@ -323,6 +342,7 @@ impl<L: Link> Net<L> {
         }
     }
 
+    #[inline]
     fn emit_now(&mut self, mut frame: L::Tx) {
         let data = frame.data_mut();
         self.stats.tx_frames += 1;

@@ -5,7 +5,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::time::Instant;
-use smoltcp::wire::Ipv4Packet;
 
 use super::api::Respond;
 use super::conn::{Conn, Handshake, Open, Origin};
@@ -75,16 +74,25 @@ impl<L: Link> Stack<L> {
         found: Option<u32>,
         respond: Option<&mut (dyn Respond + '_)>,
     ) {
-        let Ok(ip) = Ipv4Packet::new_checked(p) else {
-            self.net.stats_mut().drop_malformed += 1;
-            return;
-        };
-        if ip.version() != 4 || !crate::csum::ipv4_header_ok(&p[..usize::from(ip.header_len())]) {
+        // The header's fields where they are (RFC 791): a version 4 header of at least 20
+        // bytes, its checksum right, inside a total length the frame holds.
+        if p.len() < 20 {
             self.net.stats_mut().drop_malformed += 1;
             return;
         }
-        let src = ip.src_addr();
-        let dst = ip.dst_addr();
+        let ihl = usize::from(p[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+        if p[0] >> 4 != 4
+            || ihl < 20
+            || ihl > total
+            || total > p.len()
+            || !crate::csum::ipv4_header_ok(&p[..ihl])
+        {
+            self.net.stats_mut().drop_malformed += 1;
+            return;
+        }
+        let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+        let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
         if dst != self.net.addr().addr {
             self.net.stats_mut().drop_not_ours += 1;
             return;
@@ -92,27 +100,20 @@ impl<L: Link> Stack<L> {
         if src.is_broadcast()
             || src.is_multicast()
             || src.is_unspecified()
-            || src == self.net.addr().broadcast()
+            || src == self.net.broadcast()
         {
             self.net.stats_mut().drop_malformed += 1;
             return;
         }
-        if ip.more_frags() || ip.frag_offset() != 0 {
+        // More fragments, or an offset.
+        if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
             self.net.stats_mut().drop_fragment += 1;
             return;
         }
-        let total = usize::from(ip.total_len());
         let packet = &p[..total];
         // (The protocol's byte itself: smoltcp's `next_header` is a call, of a table.)
         match p[9] {
-            PROTO_TCP => self.rx_tcp(
-                now,
-                packet,
-                src,
-                usize::from(ip.header_len()),
-                found,
-                respond,
-            ),
+            PROTO_TCP => self.rx_tcp(now, packet, src, ihl, found, respond),
             PROTO_ICMP => self.control_input(now, packet),
             _ => self.net.stats_mut().drop_unsupported += 1,
         }

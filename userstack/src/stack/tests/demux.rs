@@ -107,8 +107,32 @@ fn malformed_frames_are_counted_and_dropped() {
     let mut other = f;
     other[0] = 0x04;
     inject(&mut p, other);
+    // IPv4 headers that are not what they say, each with a right checksum over what it says
+    // is its header: an IHL below 5, version 6, a total length below the header's or beyond
+    // the frame. Then fragments: more to come, or an offset.
+    let ipv4 = |p: &mut Pair, vihl: u8, total: u16, frag: u16| {
+        let mut f = vec![0u8; 54];
+        f[..6].copy_from_slice(&mac);
+        f[6..12].copy_from_slice(&CLIENT_MAC);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let [t0, t1] = total.to_be_bytes();
+        let [f0, f1] = frag.to_be_bytes();
+        f[14..34].copy_from_slice(&[
+            vihl, 0, t0, t1, 0, 1, f0, f1, 64, 6, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+        ]);
+        let hl = usize::from(vihl & 0x0f) * 4;
+        crate::csum::fill_ipv4_header_checksum(&mut f[14..14 + hl]);
+        inject(p, f);
+    };
+    ipv4(&mut p, 0x44, 40, 0);
+    ipv4(&mut p, 0x65, 40, 0);
+    ipv4(&mut p, 0x45, 19, 0);
+    ipv4(&mut p, 0x45, 41, 0);
+    ipv4(&mut p, 0x45, 40, 0x2000);
+    ipv4(&mut p, 0x45, 40, 0x0001);
     let st = p.server.stats();
-    assert_eq!(st.drop_malformed, 2, "{st}");
+    assert_eq!(st.drop_malformed, 6, "{st}");
+    assert_eq!(st.drop_fragment, 2, "{st}");
     assert_eq!(st.drop_bad_checksum, 1, "{st}");
     assert_eq!(st.drop_unsupported, 1, "{st}");
     assert_eq!(st.drop_not_ours, 1, "{st}");
