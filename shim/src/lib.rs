@@ -52,5 +52,6 @@ mod raw;
 mod runtime;
 pub mod sockets;
 pub mod table;
+mod tls;
 
 pub use table::{Id, COUNT, NAMES};

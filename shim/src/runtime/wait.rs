@@ -178,9 +178,6 @@ thread_local! {
         ),
         Cell::new(false),
     );
-    /// Whether this thread is between a wait of ours that returned events and its next wait:
-    /// an event loop's iteration, at whose end the thread comes back to wait.
-    pub(super) static IN_LOOP: Cell<bool> = const { Cell::new(false) };
     /// This thread's naps on a device without a wake-up fd. It outlives each call: an idle
     /// application calls epoll_wait again and again (Redis: every 100 ms or sooner), and
     /// starting each call over at 20 µs doubled the wake-ups of an idle Redis on memif
@@ -188,6 +185,13 @@ thread_local! {
     static NAPS: Cell<Option<Backoff>> = const { Cell::new(None) };
     /// This thread's wait for a full transmit ring (`prepare_block`).
     static TX_WAIT: Cell<Option<TxWait>> = const { Cell::new(None) };
+}
+
+/// Whether this thread is between a wait of ours that returned events and its next wait: an
+/// event loop's iteration, at whose end the thread comes back to wait.
+#[inline(always)]
+pub(super) fn in_loop() -> &'static Cell<bool> {
+    crate::tls::in_loop()
 }
 
 /// This thread's wake-up eventfd (-1 if it has none).
@@ -233,13 +237,13 @@ pub(super) fn defer_tx(pending: usize) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| config().as_ref().map_or(true, |c| c.tx_defer))
         && pending <= DEFER_MAX
-        && IN_LOOP.with(Cell::get)
+        && in_loop().get()
 }
 
 /// Ends this thread's event-loop iteration at a wait that is not ours (the kernel's fds only):
 /// writes it deferred leave now, as that wait will not poll the stack.
 pub(super) fn leave_loop_for_kernel() {
-    if IN_LOOP.replace(false) {
+    if in_loop().replace(false) {
         if let Some(mut s) = shim() {
             s.flush();
         }
