@@ -342,7 +342,7 @@ impl<L: Link> Net<L> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn emit_now(&mut self, mut frame: L::Tx) {
         let data = frame.data_mut();
         self.stats.tx_frames += 1;

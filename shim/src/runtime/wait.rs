@@ -233,6 +233,7 @@ const DEFER_MAX: usize = 32;
 /// system call) per iteration instead of one per reply. Only inside an event loop's
 /// iteration, and for at most `DEFER_MAX` connections; the keeper thread sends whatever a
 /// thread that stops waiting leaves behind. `MTCP_TX_DEFER=0` sends every write at once.
+#[inline]
 pub(super) fn defer_tx(pending: usize) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| config().as_ref().map_or(true, |c| c.tx_defer))

@@ -921,7 +921,7 @@ impl Tcb {
         self.ack_now
     }
 
-    #[inline]
+    #[inline(always)]
     fn keepalive_at(&self) -> Option<Micros> {
         let ka = self.set.keepalive?;
         if !matches!(self.state, State::Established | State::CloseWait)
