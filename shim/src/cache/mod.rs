@@ -176,7 +176,8 @@ pub trait Responder: Send {
     /// before any data is touched.
     fn wants(&self, conn: u64) -> bool;
     /// Whether [`Responder::answer`] could answer anything on `conn` whose received data
-    /// starts with `head` (at most [`HEAD`] bytes): a cheap look before the data is copied.
+    /// starts with `head` (at most [`HEAD`] bytes): a cheap look before data that wraps in the
+    /// receive buffer is copied together (`answer` looks itself).
     fn may_answer(&self, conn: u64, head: &[u8]) -> bool;
     /// The application is between two iterations of its event loop and executes nothing:
     /// answers what it can from the front of `input` (bytes `conn` received that the

@@ -1309,6 +1309,7 @@ impl Responder for RedisCache {
             .is_some_and(|t| t.answerable() && t.since_get < QUIET_AFTER)
     }
 
+    #[inline]
     fn may_answer(&self, _conn: u64, head: &[u8]) -> bool {
         head.len() >= 11
             && head.starts_with(b"*2\r\n$3\r\n")
@@ -1326,7 +1327,7 @@ impl Responder for RedisCache {
         let Some(t) = self.conns.get(&conn) else {
             return 0;
         };
-        if !t.answerable() {
+        if !t.answerable() || !self.may_answer(conn, &input[..input.len().min(super::HEAD)]) {
             return 0;
         }
         // Under a `timeout`, Redis must see each connection's requests often enough that its

@@ -469,23 +469,24 @@ impl Cache {
         if a.is_empty() || room == 0 {
             return 0;
         }
-        let mut head = [0u8; HEAD];
-        let first: &[u8] = if a.len() >= HEAD || b.is_empty() {
-            &a[..a.len().min(HEAD)]
-        } else {
-            let m = b.len().min(HEAD - a.len());
-            head[..a.len()].copy_from_slice(a);
-            head[a.len()..a.len() + m].copy_from_slice(&b[..m]);
-            &head[..a.len() + m]
-        };
-        if !self.r.may_answer(key(id), first) {
-            return 0;
-        }
         // The requests in place where the buffer does not wrap (at most 64 KiB of them).
         let limit = (a.len() + b.len()).min(64 * 1024);
         let input: &[u8] = if a.len() >= limit {
             &a[..limit]
         } else {
+            // Copied together only if the head says the cache may answer them.
+            let mut head = [0u8; HEAD];
+            let first: &[u8] = if a.len() >= HEAD {
+                &a[..HEAD]
+            } else {
+                let m = b.len().min(HEAD - a.len());
+                head[..a.len()].copy_from_slice(a);
+                head[a.len()..a.len() + m].copy_from_slice(&b[..m]);
+                &head[..a.len() + m]
+            };
+            if !self.r.may_answer(key(id), first) {
+                return 0;
+            }
             self.input.clear();
             self.input.extend_from_slice(a);
             self.input.extend_from_slice(&b[..limit - a.len()]);

@@ -111,7 +111,6 @@ impl<L: Link> Stack<L> {
             return;
         }
         let packet = &p[..total];
-        // (The protocol's byte itself: smoltcp's `next_header` is a call, of a table.)
         match p[9] {
             PROTO_TCP => self.rx_tcp(now, packet, src, ihl, found, respond),
             PROTO_ICMP => self.control_input(now, packet),
