@@ -1311,9 +1311,7 @@ impl Responder for RedisCache {
 
     #[inline]
     fn may_answer(&self, _conn: u64, head: &[u8]) -> bool {
-        head.len() >= 11
-            && head.starts_with(b"*2\r\n$3\r\n")
-            && head[8..11].eq_ignore_ascii_case(b"GET")
+        head.len() >= 11 && head.starts_with(b"*2\r\n$3\r\n") && resp::is_get(&head[8..11])
     }
 
     fn answer(
