@@ -320,22 +320,31 @@ fn a_redis_with_a_unix_socket_keeps_the_cache_off_and_says_why() {
     let dir = mtcp_tests::redis::TempDir::new("cacheunix");
     let sock = dir.path().join("redis.sock");
     let mut bed = cache_bed_with(&[], &["--unixsocket", sock.to_str().unwrap()]);
+    off_and_said_once(
+        &mut bed,
+        "MTCP_REDIS_CACHE: Redis also listens on the unix socket",
+    );
+}
+
+/// Redis serves GETs as without the cache, which says `why` it is off, once, on stderr, and
+/// answers none.
+fn off_and_said_once(bed: &mut RedisBed, why: &str) {
     bed.cli_ok(&["set", "k", "v"]);
-    let out = bed.cli_ok(&["-r", "50", "get", "k"]);
-    assert!(out.lines().all(|l| l == "v"), "{out}");
+    let gets = |b: &mut RedisBed| {
+        let out = b.cli_ok(&["-r", "50", "get", "k"]);
+        assert!(out.lines().all(|l| l == "v"), "{out}");
+    };
+    gets(bed);
     bed.wait_for(
         "the cache says why it is off",
         Duration::from_secs(10),
-        |b| {
-            b.server
-                .stderr()
-                .contains("MTCP_REDIS_CACHE: Redis also listens on the unix socket")
-        },
+        |b| b.server.stderr().contains(why),
     );
+    gets(bed);
     let said = bed.server.stderr().matches("MTCP_REDIS_CACHE").count();
     assert_eq!(said, 1, "{}", bed.server.stderr());
-    assert_eq!(counter(&bed, "hits"), 0);
-    assert_eq!(counter(&bed, "up"), 0);
+    assert_eq!(counter(bed, "hits"), 0);
+    assert_eq!(counter(bed, "up"), 0);
 }
 
 /// A Redis whose default user may not turn CLIENT TRACKING on: the cache asks for it with its
@@ -354,24 +363,10 @@ fn a_redis_that_refuses_tracking_turns_the_cache_off_and_says_why() {
         "-client|tracking",
     ];
     let mut bed = cache_bed_with(&[], &user);
-    bed.cli_ok(&["set", "k", "v"]);
-    let out = bed.cli_ok(&["-r", "50", "get", "k"]);
-    assert!(out.lines().all(|l| l == "v"), "{out}");
-    bed.wait_for(
-        "the cache says why it is off",
-        Duration::from_secs(10),
-        |b| {
-            b.server
-                .stderr()
-                .contains("MTCP_REDIS_CACHE: Redis refused CLIENT TRACKING: NOPERM")
-        },
+    off_and_said_once(
+        &mut bed,
+        "MTCP_REDIS_CACHE: Redis refused CLIENT TRACKING: NOPERM",
     );
-    let out = bed.cli_ok(&["-r", "50", "get", "k"]);
-    assert!(out.lines().all(|l| l == "v"), "{out}");
-    let said = bed.server.stderr().matches("MTCP_REDIS_CACHE").count();
-    assert_eq!(said, 1, "{}", bed.server.stderr());
-    assert_eq!(counter(&bed, "hits"), 0);
-    assert_eq!(counter(&bed, "up"), 0);
     // An ACL change is checked again: allowed now, the cache fills and answers.
     bed.cli_ok(&["acl", "setuser", "default", "+client|tracking"]);
     bed.wait_for("the cache answers", Duration::from_secs(10), |b| {
