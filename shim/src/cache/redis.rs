@@ -691,12 +691,11 @@ impl RedisCache {
     fn answered(&mut self, e: Expect, r: Got, now: UnixMs) -> Result<(), String> {
         self.tally(&e, &r);
         match (e, r) {
-            (Expect::Ok(TRACKING), r) if !matches!(r, Got::Simple(true)) => {
-                // Sent on the ready connection: a new connection would be refused the same.
-                let why = match r {
-                    Got::Error(e) => format!("Redis refused CLIENT TRACKING: {e}"),
-                    _ => "Redis did not take CLIENT TRACKING".into(),
-                };
+            (Expect::Ok(TRACKING), Got::Error(e)) if e.starts_with("NOPERM") => {
+                // Sent on the ready connection: a new connection would be refused the same
+                // until the users' rules change. (Another error, e.g. BUSY while a script
+                // runs, makes the connection again.)
+                let why = format!("Redis refused CLIENT TRACKING: {e}");
                 self.refused = Some(why.clone());
                 return Err(why);
             }
@@ -814,6 +813,9 @@ impl RedisCache {
                 s.own_connections += 1;
                 (3, None)
             }
+            // A command Redis refused before running it counts in its rejected calls, not its
+            // calls.
+            (Expect::Ok(_), Got::Error(_)) => return,
             (Expect::Ok("CLIENT SETNAME"), _) => (4, None),
             (Expect::Ok(_), r) => {
                 s.own_tracking = matches!(r, Got::Simple(true));
@@ -1744,6 +1746,29 @@ mod tests {
         assert!(io.said[0].contains("NOPERM"), "{:?}", io.said);
         assert_eq!(io.closed, [7]);
         assert_eq!(answer(&mut c, &get("k"), 4 + 10 * RETRY_MS).0, 0);
+    }
+
+    /// Another error (BUSY while a script runs) is not a refusal: the connection is made
+    /// again, nothing is said, and Redis's refused call is not counted among its calls.
+    #[test]
+    fn tracking_busy_makes_the_connection_again() {
+        let (mut c, mut io) = connected(false, HANDSHAKE_REPLIES.to_vec());
+        assert_eq!(answer(&mut c, &get("k"), 1).0, 0);
+        c.upkeep(&mut io, 6379, 1 + FILL_WAIT_MS);
+        let calls = c.shown.own_calls;
+        c.control_output(
+            b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n",
+            2,
+        );
+        assert_eq!(c.shown.own_calls, calls);
+        assert!(!c.up());
+        io.incoming = HANDSHAKE_REPLIES.to_vec();
+        io.sent.clear();
+        c.upkeep(&mut io, 6379, 3);
+        assert!(io.said.is_empty(), "{:?}", io.said);
+        assert_eq!(io.closed, [7]);
+        assert!(String::from_utf8_lossy(&io.sent).contains("HELLO"));
+        assert_eq!(c.upkeep(&mut io, 6379, 3), Upkeep::Watch(7));
     }
 
     #[test]
