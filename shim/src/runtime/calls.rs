@@ -10,8 +10,8 @@ use libc::{c_int, sigset_t};
 use userstack::SockError;
 
 use super::wait::{
-    after_block, block_for, block_in, defer_tx, in_loop, leave_loop_for_kernel, naps_reset,
-    prepare_block, restarts, wait_once, woke_for_work, Look, SigHold, Waited,
+    after_block, block_for, block_in, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
+    restarts, wait_once, woke_for_work, Look, SigHold, Waited,
 };
 use super::{child, config, kwait, shim, with};
 use crate::sockets::{Accepted, Answer, Family, Io, PollKind};
@@ -866,7 +866,7 @@ pub fn epoll_wait(
         return Some(Err(libc::EINVAL));
     }
     // The first pass below transmits what this thread deferred.
-    let was_in_loop = in_loop().replace(false);
+    let was_in_loop = crate::tls::in_loop().replace(false);
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let spin = spin();
@@ -917,7 +917,7 @@ pub fn epoll_wait(
             }
         }
         if n > 0 {
-            in_loop().set(true);
+            crate::tls::in_loop().set(true);
             return Some(Ok(n as c_int));
         }
         let now = Instant::now();
@@ -995,7 +995,7 @@ pub fn poll(
         return None;
     }
     // The first pump below transmits what this thread deferred.
-    in_loop().set(false);
+    crate::tls::in_loop().set(false);
     let deadline = timeout.map(|t| Instant::now() + t);
     let spin = spin();
     let mut turn = SpinTurn::new();
@@ -1040,7 +1040,7 @@ pub fn poll(
         }
         let n = fds.iter().filter(|p| p.revents != 0).count();
         if n > 0 {
-            in_loop().set(true);
+            crate::tls::in_loop().set(true);
             return Some(Ok(n as c_int));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

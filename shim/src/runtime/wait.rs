@@ -187,13 +187,6 @@ thread_local! {
     static TX_WAIT: Cell<Option<TxWait>> = const { Cell::new(None) };
 }
 
-/// Whether this thread is between a wait of ours that returned events and its next wait: an
-/// event loop's iteration, at whose end the thread comes back to wait.
-#[inline(always)]
-pub(super) fn in_loop() -> &'static Cell<bool> {
-    crate::tls::in_loop()
-}
-
 /// This thread's wake-up eventfd (-1 if it has none).
 pub(super) fn my_eventfd() -> c_int {
     WAITER.try_with(|w| w.0.get().efd).unwrap_or(-1)
@@ -238,13 +231,13 @@ pub(super) fn defer_tx(pending: usize) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| config().as_ref().map_or(true, |c| c.tx_defer))
         && pending <= DEFER_MAX
-        && in_loop().get()
+        && crate::tls::in_loop().get()
 }
 
 /// Ends this thread's event-loop iteration at a wait that is not ours (the kernel's fds only):
 /// writes it deferred leave now, as that wait will not poll the stack.
 pub(super) fn leave_loop_for_kernel() {
-    if in_loop().replace(false) {
+    if crate::tls::in_loop().replace(false) {
         if let Some(mut s) = shim() {
             s.flush();
         }

@@ -13,12 +13,12 @@ use super::Stack;
 use crate::faults::FaultAction;
 use crate::link::{Link, RxFrame};
 use crate::net::{Micros, ETHERTYPE_IPV4, ETH_HDR};
+use crate::tcp::seg::{ACK, FIN, RST, SYN};
+use crate::tcp::State;
 
 /// IPv4's protocol numbers (its header's byte 9) the stack takes.
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
-use crate::tcp::seg::{ACK, FIN, RST, SYN};
-use crate::tcp::State;
 
 /// A half-open connection whose SYN-ACK goes unanswered is dropped silently when Linux drops
 /// it: after tcp_synack_retries (5) retransmissions, 1 + 2 + 4 + 8 + 16 + 32 s after the SYN
