@@ -554,10 +554,13 @@ impl<L: Link> Stack<L> {
     /// Runs one connection: the engine takes `rx` if given, then sends what is due; then its
     /// timer, its readiness and the listener's accept queue are brought up to date.
     ///
-    /// `coalesce`: what the segment makes due now (an ACK) waits until the end of the received
-    /// burst (the connection goes on the dirty list, which `poll` runs right after the burst):
-    /// one ACK after a burst of 32 segments acknowledges all of them, as Linux's NAPI/GRO
-    /// batching does, where one per two full segments would cost 16 frames.
+    /// `coalesce`: `rx` is a segment of a received burst. If another frame of the burst may
+    /// follow for the connection, what this one makes due now (an ACK) waits until the end of
+    /// the burst (the connection goes on the dirty list, which `poll` runs right after the
+    /// burst): one ACK after a burst of 32 segments acknowledges all of them, as Linux's
+    /// NAPI/GRO batching does, where one per two full segments would cost 16 frames. A
+    /// connection's last segment of the burst (a request the data-path cache answered) sends
+    /// at once, in this pass, unless the connection is on the dirty list already.
     /// `respond`: offered the connection after `rx` if it brought data ([`Respond`]).
     pub(super) fn poll_conn(
         &mut self,
@@ -607,7 +610,10 @@ impl<L: Link> Stack<L> {
                 // and sets the deadlines as usual).
                 let at = if replied { Some(0) } else { c.tcb.poll_at() };
                 if at.is_some_and(|t| t <= us) {
-                    if coalesce {
+                    if c.dirty
+                        || (coalesce
+                            && super::rx_may_follow(&self.rx_found, &mut self.rx_followed, self.rx_at))
+                    {
                         deferred = true;
                         if !c.dirty {
                             c.dirty = true;

@@ -58,6 +58,36 @@ use conn::Conn;
 use device::CapsDev;
 
 const RX_BURST: usize = 32;
+
+/// `Stack::rx_at` while the frame handed over has no slot from the prefetch.
+const NO_FRAME: u32 = u32::MAX;
+
+/// Which frames of a burst another frame of the same connection may follow (bit `i` for
+/// frame `i`, from the prefetch's slots): set where a later frame's slot falls in the same of
+/// 64 buckets, so a frame left clear is surely its connection's last of the burst.
+fn followed_frames(found: &[Option<u32>]) -> u32 {
+    const _: () = assert!(RX_BURST <= 32);
+    let (mut seen, mut followed) = (0u64, 0u32);
+    for (i, slot) in found.iter().enumerate().rev() {
+        if let Some(s) = slot {
+            let b = 1u64 << (s & 63);
+            if seen & b != 0 {
+                followed |= 1 << i;
+            }
+            seen |= b;
+        }
+    }
+    followed
+}
+
+/// Whether another frame of the burst may follow frame `at` for the same connection (see
+/// `Stack::rx_at`); the burst's `followed_frames`, computed at the first question.
+fn rx_may_follow(found: &[Option<u32>], followed: &mut Option<u32>, at: u32) -> bool {
+    if at == NO_FRAME {
+        return true;
+    }
+    *followed.get_or_insert_with(|| followed_frames(found)) & (1 << at) != 0
+}
 const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
 
 /// A listening port: its backlog, and the connections it gave birth to, accepted or not.
@@ -103,8 +133,14 @@ pub struct Stack<L: Link> {
     rx: Vec<L::Rx>,
     held_rx: Option<L::Rx>,
     /// Set while `poll` hands a received burst to the connections: the egress a segment makes
-    /// due (an ACK) waits for the end of the burst (see `poll_conn`).
+    /// due (an ACK) waits for the end of the burst if another frame of the burst may follow
+    /// for its connection (see `poll_conn`).
     in_rx_burst: bool,
+    /// The frame of the burst being handed over (its index in `rx_found`), `NO_FRAME` when
+    /// the prefetch gave it no slot (a new connection, a demux changed since).
+    rx_at: u32,
+    /// `followed_frames` of the burst, once asked (`rx_may_follow`).
+    rx_followed: Option<u32>,
     /// The demux's answers for a burst's frames, from the lookups that prefetched their
     /// connections (`prefetch_conn`): a frame's connection's slot, `None` where nothing was
     /// found. `rx_tcp` takes a frame's answer instead of its own lookup while the demux is as
@@ -210,6 +246,8 @@ impl<L: Link> Stack<L> {
             rx: Vec::with_capacity(RX_BURST),
             held_rx: None,
             in_rx_burst: false,
+            rx_at: NO_FRAME,
+            rx_followed: None,
             rx_found: Vec::with_capacity(RX_BURST),
             demux_changes: 0,
             steering: crate::steer::Steering::ALONE,
@@ -458,16 +496,17 @@ impl<L: Link> Stack<L> {
         // socket), so they overlap instead of stalling one frame at a time; at 10,000
         // connections the stack is bound by these misses, not by instructions.
         // Their answers save `rx_tcp` its own lookup while the demux stays as it is.
-        let mut found = std::mem::take(&mut self.rx_found);
-        found.clear();
+        self.rx_found.clear();
         let changes = self.demux_changes;
         if rx.len() > 1 {
             for frame in rx.iter() {
-                found.push(self.prefetch_conn(frame.data()));
+                let slot = self.prefetch_conn(frame.data());
+                self.rx_found.push(slot);
             }
         }
         // (A burst of one frame has nothing to coalesce: its egress goes at once.)
         self.in_rx_burst = rx.len() > 1;
+        self.rx_followed = None;
         if self.net.rx_faults() {
             for frame in rx.drain(..) {
                 self.rx_faulty(now, frame);
@@ -475,14 +514,15 @@ impl<L: Link> Stack<L> {
         } else {
             for (i, frame) in rx.iter().enumerate() {
                 let slot = match self.demux_changes == changes {
-                    true => found.get(i).copied().flatten(),
+                    true => self.rx_found.get(i).copied().flatten(),
                     false => None,
                 };
+                self.rx_at = if slot.is_some() { i as u32 } else { NO_FRAME };
                 self.rx_frame(now, frame.data(), slot, respond.as_deref_mut());
             }
             self.net.link_mut().rx_release(&mut rx);
         }
-        self.rx_found = found;
+        self.rx_at = NO_FRAME;
         self.rx = rx;
         if let Some(held) = self.held_rx.take() {
             self.rx_frame(now, held.data(), None, None);

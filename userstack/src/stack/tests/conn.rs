@@ -138,6 +138,67 @@ fn a_received_burst_is_acknowledged_once() {
     assert_eq!(p.client.send(c, &data).unwrap(), data.len());
 }
 
+/// A burst that brings segments of several connections gets one ACK per connection: each
+/// connection's last segment of the burst sends at once, the earlier ones wait for it.
+#[test]
+fn a_burst_of_several_connections_gets_one_ack_each() {
+    let mut p = Pair::new();
+    let o = TcpOptions {
+        rcvbuf: 64 << 10,
+        sndbuf: 64 << 10,
+        cc: CongestionControl::None,
+        ..opts()
+    };
+    p.server.listen(7777, 16, o).unwrap();
+    let a = p.client.connect(p.now, p.server_addr(7777), o).unwrap();
+    let b = p.client.connect(p.now, p.server_addr(7777), o).unwrap();
+    p.run();
+    let (sa, _) = p.server.accept(7777).unwrap();
+    let (sb, _) = p.server.accept(7777).unwrap();
+
+    // A dozen full segments of one connection, then one of the other, in one burst.
+    let data = vec![5u8; 12 << 10];
+    assert_eq!(p.client.send(a, &data).unwrap(), data.len());
+    assert_eq!(p.client.send(b, &[1, 2, 3]).unwrap(), 3);
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now);
+    let segments = p.server.link().pending();
+    assert!(segments >= 8, "the client sent only {segments} segments at once");
+
+    // ack_delay None: an ACK is due after every segment; each connection gets one.
+    let before = p.server.stats().tx_frames;
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    assert_eq!(
+        p.server.stats().tx_frames - before,
+        2,
+        "frames the server sent for a burst of {segments} segments of two connections"
+    );
+    p.run();
+    let mut got = vec![0u8; data.len() + 1];
+    assert_eq!(p.server.recv(sa, &mut got).unwrap(), data.len());
+    assert_eq!(p.server.recv(sb, &mut got).unwrap(), 3);
+    assert_eq!(p.client.send(a, &data).unwrap(), data.len(), "all of it acknowledged");
+}
+
+/// A burst's frames that another of the same connection may follow: every one but a
+/// connection's last, and those whose slot shares its bucket of 64 with a later frame's.
+#[test]
+fn frames_followed_in_their_burst() {
+    use crate::stack::{followed_frames, rx_may_follow, NO_FRAME};
+    assert_eq!(followed_frames(&[]), 0);
+    assert_eq!(followed_frames(&[Some(3), Some(4), Some(3), None, Some(4)]), 0b00011);
+    // Slots 1 and 65 share a bucket: taken as the same connection (it only delays an ACK).
+    assert_eq!(followed_frames(&[Some(1), Some(65), Some(2)]), 0b001);
+    let found = [Some(7), Some(7), Some(8)];
+    let mut followed = None;
+    assert!(rx_may_follow(&found, &mut followed, 0));
+    assert_eq!(followed, Some(0b001));
+    assert!(!rx_may_follow(&found, &mut followed, 1));
+    assert!(!rx_may_follow(&found, &mut followed, 2));
+    assert!(rx_may_follow(&found, &mut followed, NO_FRAME));
+}
+
 /// A connection event carries the readiness the shim hands to epoll without asking again: it
 /// must be the connection's readiness when the events are taken, also when a later poll in the
 /// same round changed it after the event was queued (the send buffer filled: not writable, an
