@@ -355,31 +355,9 @@ impl DpdkLink {
     }
 }
 
-impl Link for DpdkLink {
-    type Rx = Mbuf;
-    type Tx = Mbuf;
-
-    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) {
-        let max = max.min(self.rx_burst.len());
-        let fence = self.fenced.then(super::fence::burst);
-        // SAFETY: rx_burst has room for max pointers; each returned mbuf is ours to free.
-        let n =
-            unsafe { sys::rte_eth_rx_burst(self.port, 0, self.rx_burst.as_mut_ptr(), max as u16) };
-        drop(fence);
-        for &m in &self.rx_burst[..usize::from(n)] {
-            let m = Mbuf(NonNull::new(m).expect("rx_burst returns valid mbufs"));
-            // SAFETY: valid mbuf.
-            let single = unsafe { (*m.0.as_ptr()).nb_segs == 1 };
-            if single {
-                out.push(m);
-            } else {
-                // We configure no scatter; a chained frame is larger than our MTU anyway.
-                self.rx_multiseg += 1;
-            }
-        }
-    }
-
-    fn rx_release(&mut self, done: &mut Vec<Mbuf>) {
+impl DpdkLink {
+    /// [`Link::rx_release`] of a burst of at least one frame.
+    fn release_burst(&mut self, done: &mut Vec<Mbuf>) {
         // One call for the burst (the pool's cache is found once, where freeing one mbuf at a
         // time cost ~140 instructions each).
         let mut ptrs = [std::ptr::null_mut::<sys::rte_mbuf>(); RX_RELEASE_MAX];
@@ -404,52 +382,8 @@ impl Link for DpdkLink {
         }
     }
 
-    fn tx_alloc(&mut self, len: usize) -> Option<Mbuf> {
-        if self.nspare == 0 {
-            // SAFETY: the pool is valid and `spare` has room for TX_SPARE pointers, all ours
-            // (reset) when the call succeeds; it takes none when it fails.
-            let got = unsafe {
-                sys::rte_pktmbuf_alloc_bulk(
-                    self.pool.as_ptr(),
-                    self.spare.as_mut_ptr(),
-                    TX_SPARE as u32,
-                )
-            };
-            if got == 0 {
-                self.nspare = TX_SPARE;
-            }
-        }
-        // SAFETY: pool is valid; a spare mbuf is a reset one we own; append returns NULL if the
-        // tailroom is too small.
-        unsafe {
-            let m = if self.nspare > 0 {
-                self.nspare -= 1;
-                NonNull::new_unchecked(self.spare[self.nspare])
-            } else {
-                // (Fewer than TX_SPARE left in the pool: one at a time.)
-                NonNull::new(sys::rte_pktmbuf_alloc(self.pool.as_ptr()))?
-            };
-            let m = Mbuf(m);
-            if len > usize::from(u16::MAX)
-                || sys::rte_pktmbuf_append(m.0.as_ptr(), len as u16).is_null()
-            {
-                return None;
-            }
-            Some(m)
-        }
-    }
-
-    #[inline]
-    fn tx_push(&mut self, frame: Mbuf) {
-        self.tx[self.ntx] = frame.0.as_ptr();
-        std::mem::forget(frame);
-        self.ntx += 1;
-        if self.ntx == TX_BATCH {
-            self.tx_flush();
-        }
-    }
-
-    fn tx_flush(&mut self) {
+    /// [`Link::tx_flush`] with frames queued or waiting.
+    fn flush_queued(&mut self) {
         let taken_before = self.tx_taken;
         if !self.backlog.is_empty() {
             self.drain_backlog();
@@ -498,6 +432,92 @@ impl Link for DpdkLink {
             }
         }
         self.ntx = 0;
+    }
+}
+
+impl Link for DpdkLink {
+    type Rx = Mbuf;
+    type Tx = Mbuf;
+
+    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) {
+        let max = max.min(self.rx_burst.len());
+        let fence = self.fenced.then(super::fence::burst);
+        // SAFETY: rx_burst has room for max pointers; each returned mbuf is ours to free.
+        let n =
+            unsafe { sys::rte_eth_rx_burst(self.port, 0, self.rx_burst.as_mut_ptr(), max as u16) };
+        drop(fence);
+        for &m in &self.rx_burst[..usize::from(n)] {
+            let m = Mbuf(NonNull::new(m).expect("rx_burst returns valid mbufs"));
+            // SAFETY: valid mbuf.
+            let single = unsafe { (*m.0.as_ptr()).nb_segs == 1 };
+            if single {
+                out.push(m);
+            } else {
+                // We configure no scatter; a chained frame is larger than our MTU anyway.
+                self.rx_multiseg += 1;
+            }
+        }
+    }
+
+    #[inline]
+    fn rx_release(&mut self, done: &mut Vec<Mbuf>) {
+        // (An empty poll's: nothing, and no call.)
+        if !done.is_empty() {
+            self.release_burst(done);
+        }
+    }
+
+    fn tx_alloc(&mut self, len: usize) -> Option<Mbuf> {
+        if self.nspare == 0 {
+            // SAFETY: the pool is valid and `spare` has room for TX_SPARE pointers, all ours
+            // (reset) when the call succeeds; it takes none when it fails.
+            let got = unsafe {
+                sys::rte_pktmbuf_alloc_bulk(
+                    self.pool.as_ptr(),
+                    self.spare.as_mut_ptr(),
+                    TX_SPARE as u32,
+                )
+            };
+            if got == 0 {
+                self.nspare = TX_SPARE;
+            }
+        }
+        // SAFETY: pool is valid; a spare mbuf is a reset one we own; append returns NULL if the
+        // tailroom is too small.
+        unsafe {
+            let m = if self.nspare > 0 {
+                self.nspare -= 1;
+                NonNull::new_unchecked(self.spare[self.nspare])
+            } else {
+                // (Fewer than TX_SPARE left in the pool: one at a time.)
+                NonNull::new(sys::rte_pktmbuf_alloc(self.pool.as_ptr()))?
+            };
+            let m = Mbuf(m);
+            if len > usize::from(u16::MAX)
+                || sys::rte_pktmbuf_append(m.0.as_ptr(), len as u16).is_null()
+            {
+                return None;
+            }
+            Some(m)
+        }
+    }
+
+    #[inline]
+    fn tx_push(&mut self, frame: Mbuf) {
+        self.tx[self.ntx] = frame.0.as_ptr();
+        std::mem::forget(frame);
+        self.ntx += 1;
+        if self.ntx == TX_BATCH {
+            self.tx_flush();
+        }
+    }
+
+    #[inline]
+    fn tx_flush(&mut self) {
+        // (An empty poll's: nothing queued, nothing waiting; no call.)
+        if self.ntx > 0 || !self.backlog.is_empty() {
+            self.flush_queued();
+        }
     }
 
     fn tx_pending(&self) -> usize {

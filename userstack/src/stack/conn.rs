@@ -612,7 +612,11 @@ impl<L: Link> Stack<L> {
                 if at.is_some_and(|t| t <= us) {
                     if c.dirty
                         || (coalesce
-                            && super::rx_may_follow(&self.rx_found, &mut self.rx_followed, self.rx_at))
+                            && super::rx_may_follow(
+                                &self.rx_found,
+                                &mut self.rx_followed,
+                                self.rx_at,
+                            ))
                     {
                         deferred = true;
                         if !c.dirty {

@@ -536,7 +536,9 @@ impl<L: Link> Stack<L> {
             work = true;
             self.run_dirty(now);
         }
-        self.arm_queued(us);
+        if !(self.arm_now.is_empty() && self.arm_next.is_empty()) {
+            self.arm_queued(us);
+        }
         if let Some(&Reverse((t, _, _))) = self.timers.peek() {
             if t <= us {
                 work = true;

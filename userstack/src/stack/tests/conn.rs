@@ -163,7 +163,10 @@ fn a_burst_of_several_connections_gets_one_ack_each() {
     p.now += Duration::from_micros(10);
     p.client.poll(p.now);
     let segments = p.server.link().pending();
-    assert!(segments >= 8, "the client sent only {segments} segments at once");
+    assert!(
+        segments >= 8,
+        "the client sent only {segments} segments at once"
+    );
 
     // ack_delay None: an ACK is due after every segment; each connection gets one.
     let before = p.server.stats().tx_frames;
@@ -178,7 +181,11 @@ fn a_burst_of_several_connections_gets_one_ack_each() {
     let mut got = vec![0u8; data.len() + 1];
     assert_eq!(p.server.recv(sa, &mut got).unwrap(), data.len());
     assert_eq!(p.server.recv(sb, &mut got).unwrap(), 3);
-    assert_eq!(p.client.send(a, &data).unwrap(), data.len(), "all of it acknowledged");
+    assert_eq!(
+        p.client.send(a, &data).unwrap(),
+        data.len(),
+        "all of it acknowledged"
+    );
 }
 
 /// A burst's frames that another of the same connection may follow: every one but a
@@ -187,7 +194,10 @@ fn a_burst_of_several_connections_gets_one_ack_each() {
 fn frames_followed_in_their_burst() {
     use crate::stack::{followed_frames, rx_may_follow, NO_FRAME};
     assert_eq!(followed_frames(&[]), 0);
-    assert_eq!(followed_frames(&[Some(3), Some(4), Some(3), None, Some(4)]), 0b00011);
+    assert_eq!(
+        followed_frames(&[Some(3), Some(4), Some(3), None, Some(4)]),
+        0b00011
+    );
     // Slots 1 and 65 share a bucket: taken as the same connection (it only delays an ACK).
     assert_eq!(followed_frames(&[Some(1), Some(65), Some(2)]), 0b001);
     let found = [Some(7), Some(7), Some(8)];
