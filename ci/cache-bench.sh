@@ -29,7 +29,10 @@
 #
 # Environment: N (requests per run, default 200000; x5 for -P 16), WORKLOADS (default "get1k
 # get100k mix set"), PIPES (default "1 16"), DEV (af_packet or memif), ROUNDS, SKIP_BUILD=1,
-# CARGO_TARGET_DIR, OUT (default bench-out/; the rows go to $OUT/cache.csv).
+# CARGO_TARGET_DIR, OUT (default bench-out/; the rows go to $OUT/cache.csv), PERF=1 (each run's
+# server sampled by `perf record -e cpu-clock -g` into $OUT/perf-MODE-WORKLOAD-pP.data; the
+# sampling costs both modes alike), SYSCALLS=1 (the server's system calls per request, counted
+# by `perf stat -e raw_syscalls:sys_enter`).
 #
 # CLIENT=shim: redis-benchmark runs under the shim too, its stack the client end of a net_memif
 # pair whose server end is redis-server's (no kernel TCP on either side, no bridge; DEV is
@@ -200,6 +203,15 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
     u0=$(user_ticks)
     h0=$(stat_value hits)
     m0=$(stat_value misses)
+    local perf_pid= count_pid=
+    if [[ -n ${PERF:-} ]]; then
+        perf record -q -e cpu-clock -g -p "$SRV_PID" -o "$OUT/perf-$mode-$w-p$p.data" 2>/dev/null &
+        perf_pid=$!
+    fi
+    if [[ -n ${SYSCALLS:-} ]]; then
+        perf stat -x, -e raw_syscalls:sys_enter -p "$SRV_PID" -o "$TMP/syscalls.csv" 2>/dev/null &
+        count_pid=$!
+    fi
     case $w in
     get1k | get100k)
         line=$(benchmark -t get -r "$keys" -n "$n" -c 50 -P "$p")
@@ -228,6 +240,14 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
     esac
     t1=$(cpu_ticks)
     u1=$(user_ticks)
+    local pid sys=
+    for pid in $perf_pid $count_pid; do
+        kill -INT "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [[ -n $count_pid ]]; then
+        sys=$(awk -F, -v n="$n" '/sys_enter/ {printf "  syscalls %.3f/req", $1 / n}' "$TMP/syscalls.csv")
+    fi
     h1=$(stat_value hits)
     m1=$(stat_value misses)
     if [[ -z ${rps:-} || $rps == rps ]]; then
@@ -238,8 +258,8 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
     cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')
     usr=$(awk -v d=$((u1 - u0)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')
     hit=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) 'BEGIN{printf "%.3f", (h + m) ? h / (h + m) : 0}')
-    printf '  %-3s %-8s -P %-3s %12s rps  p50 %7s ms  p99 %7s ms  cpu %6s us/req (user %s)  hits %s\n' \
-        "$mode" "$w" "$p" "$rps" "$p50" "$p99" "$cpu" "$usr" "$hit"
+    printf '  %-3s %-8s -P %-3s %12s rps  p50 %7s ms  p99 %7s ms  cpu %6s us/req (user %s)  hits %s%s\n' \
+        "$mode" "$w" "$p" "$rps" "$p50" "$p99" "$cpu" "$usr" "$hit" "$sys"
     echo "$round,$mode,$w,$p,$rps,$p50,$p99,$cpu,$usr,$hit" >>"$CSV"
 }
 

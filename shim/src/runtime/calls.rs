@@ -872,7 +872,10 @@ pub fn epoll_wait(
     let spin = spin();
     let mut turn = SpinTurn::new();
     let mut last_work = Instant::now();
-    let mut kernel_quiet = false;
+    // When the kernel's fds were last looked at while ours had nothing; whether the next
+    // look at them is due anyway (after a block, which may have ended for one of them).
+    let mut kernel_looked = last_work;
+    let mut kernel_due = true;
     let mut kernel_first = false;
     let mut hold = None;
     // The set's entry index and uid, for blocking.
@@ -900,10 +903,22 @@ pub fn epoll_wait(
             }
         };
         kernel_first = !kernel_first;
-        // The kernel's fds, without blocking. Not right after a nap that timed out: its ppoll
-        // saw none of them ready, and the next one returns at once if one is (a system call
-        // less per nap of an idle thread on memif).
-        if n < max && !std::mem::take(&mut kernel_quiet) {
+        // The kernel's fds, without blocking: with ours to report, or when ours have none,
+        // at the deadline, after a block, and at most every KERNEL_LOOK_EVERY while the stack
+        // keeps the loop busy (answers of the data-path cache, a spin). A block watches them
+        // itself, and returns at once if one is ready: no look before it.
+        let now = (n == 0).then(Instant::now);
+        let expired = now.is_some_and(|now| deadline.is_some_and(|d| now >= d));
+        let look = match now {
+            None => n < max,
+            Some(now) => {
+                expired || kernel_due || now.duration_since(kernel_looked) >= KERNEL_LOOK_EVERY
+            }
+        };
+        if look {
+            if let Some(now) = now {
+                (kernel_looked, kernel_due) = (now, false);
+            }
             let rest = &mut events[n..];
             // SAFETY: the remaining room of the caller's array.
             let k =
@@ -920,8 +935,8 @@ pub fn epoll_wait(
             crate::tls::in_loop().set(true);
             return Some(Ok(n as c_int));
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
+        let now = now.unwrap_or_else(Instant::now);
+        if expired {
             return Some(Ok(0));
         }
         if now.duration_since(last_work) < spin && turn.take() {
@@ -962,9 +977,16 @@ pub fn epoll_wait(
         if woke_for_work(&b, r) {
             last_work = Instant::now();
         }
-        kernel_quiet = b.nap && r == 0;
+        // (Not after a nap that timed out: its ppoll saw none of them ready, and the next
+        // one returns at once if one is: a system call less per nap of an idle thread on
+        // memif.)
+        kernel_due = !(b.nap && r == 0);
     }
 }
+
+/// How long epoll_wait goes without looking at the kernel's fds while the stack keeps it
+/// busy without events to report (the data-path cache answering every request, a spin).
+const KERNEL_LOOK_EVERY: Duration = Duration::from_micros(20);
 
 // ------------------------------------------------------------------ poll / select
 
