@@ -939,7 +939,7 @@ pub fn epoll_wait(
         if expired {
             return Some(Ok(0));
         }
-        if now.duration_since(last_work) < spin && turn.take() {
+        if !spin.is_zero() && now.duration_since(last_work) < spin && turn.take() {
             continue;
         }
         turn.release();
@@ -1068,7 +1068,7 @@ pub fn poll(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Some(Ok(0));
         }
-        if last_work.elapsed() < spin && turn.take() {
+        if !spin.is_zero() && last_work.elapsed() < spin && turn.take() {
             continue;
         }
         turn.release();
