@@ -979,8 +979,11 @@ pub fn epoll_wait(
         }
         // (Not after a nap that timed out: its ppoll saw none of them ready, and the next
         // one returns at once if one is: a system call less per nap of an idle thread on
-        // memif.)
+        // memif. The nap counts as the look.)
         kernel_due = !(b.nap && r == 0);
+        if !kernel_due {
+            kernel_looked = Instant::now();
+        }
     }
 }
 

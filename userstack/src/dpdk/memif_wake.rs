@@ -47,9 +47,10 @@ pub(super) struct MemifWake {
     /// Whether the peer takes part, and when that was asked.
     present: std::cell::Cell<Option<(bool, Instant)>>,
     armed: bool,
-    /// The peer cleared our flag, so its datagram is sent or on its way, and it was not there
-    /// to read yet: the next `disarm` reads it.
-    owed: bool,
+    /// Datagrams the peer sent (it cleared our flag for each) that are not read yet: one
+    /// not there yet at a `disarm`, or one whose cleared flag another thread's `arm` set
+    /// again. The next `disarm` reads them.
+    owed: u32,
 }
 
 // SAFETY: `page` is a shared mapping owned by this value; it is only reached through atomics.
@@ -136,7 +137,7 @@ impl MemifWake {
             peer_addr: abstract_addr(&name(peer)),
             present: std::cell::Cell::new(None),
             armed: false,
-            owed: false,
+            owed: 0,
         };
         w.flag(me).store(0, Ordering::SeqCst);
         let a = abstract_addr(&name(me));
@@ -181,10 +182,15 @@ impl MemifWake {
         present.then(|| self.sock.as_raw_fd())
     }
 
-    /// About to block on the wake fd (the caller then looks at the ring once more).
+    /// About to block on the wake fd (the caller then looks at the ring once more). Armed
+    /// already (another thread blocks on it): a flag the peer cleared meanwhile is a datagram
+    /// `disarm` must read.
     pub(super) fn arm(&mut self) {
+        let was = self.flag(self.me).swap(1, Ordering::SeqCst);
+        if self.armed && was == 0 {
+            self.owed = self.owed.saturating_add(1);
+        }
         self.armed = true;
-        self.flag(self.me).store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
     }
 
@@ -196,18 +202,17 @@ impl MemifWake {
             return;
         }
         let sent = self.flag(self.me).swap(0, Ordering::SeqCst) == 0;
-        // One datagram per flag the peer cleared (one a while ago, perhaps, still owed).
-        let mut due = u32::from(sent) + u32::from(self.owed);
-        self.owed = false;
+        // One datagram per flag the peer cleared (and those still owed).
+        let mut due = self.owed.saturating_add(u32::from(sent));
         let mut b = [0u8; 16];
         while due > 0 {
             // SAFETY: a non-blocking read into a buffer of ours.
             if unsafe { libc::recv(self.sock.as_raw_fd(), b.as_mut_ptr().cast(), b.len(), 0) } < 0 {
-                self.owed = true;
                 break;
             }
             due -= 1;
         }
+        self.owed = due;
     }
 
     /// Frames were put on the ring: wake the peer if it sleeps.
@@ -278,13 +283,13 @@ mod tests {
         // Armed, and awake again without a wake-up: nothing to read, none read.
         server.arm();
         server.disarm();
-        assert!(!server.owed);
+        assert_eq!(server.owed, 0);
         // The peer cleared the flag but its datagram is not there yet: read at the next
         // disarm, also if no wake-up comes in between.
         server.arm();
         client.flag(client.peer).store(0, Ordering::SeqCst);
         server.disarm();
-        assert!(server.owed);
+        assert_eq!(server.owed, 1);
         // SAFETY: one byte to the server's socket, as `notify` sends it.
         unsafe {
             libc::sendto(
@@ -299,7 +304,20 @@ mod tests {
         assert!(readable(fd));
         server.arm();
         server.disarm();
-        assert!(!readable(fd) && !server.owed, "the late datagram was read");
+        assert!(
+            !readable(fd) && server.owed == 0,
+            "the late datagram was read"
+        );
+        // Armed again by another thread after the peer's wake-up: the datagram is still read.
+        server.arm();
+        client.notify();
+        assert!(readable(fd));
+        server.arm();
+        server.disarm();
+        assert!(
+            !readable(fd) && server.owed == 0,
+            "read though the flag was set again"
+        );
         drop(client);
         server.present.set(None);
         assert_eq!(server.wake_fd(), None, "the client went away");
