@@ -220,18 +220,22 @@ impl MemifWake {
         fence(Ordering::SeqCst);
         let f = self.flag(self.peer);
         if f.load(Ordering::Relaxed) != 0 && f.swap(0, Ordering::SeqCst) != 0 {
-            // SAFETY: one byte to the peer's socket; a failure (the peer went away) is
-            // harmless.
-            unsafe {
-                libc::sendto(
-                    self.sock.as_raw_fd(),
-                    [1u8].as_ptr().cast(),
-                    1,
-                    libc::MSG_DONTWAIT,
-                    (&self.peer_addr as *const libc::sockaddr_un).cast(),
-                    ADDR_LEN,
-                );
-            }
+            self.send_wake();
+        }
+    }
+
+    /// One byte to the peer's socket; a failure (the peer went away) is harmless.
+    fn send_wake(&self) {
+        // SAFETY: a one-byte buffer of ours and the peer's address.
+        unsafe {
+            libc::sendto(
+                self.sock.as_raw_fd(),
+                [1u8].as_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT,
+                (&self.peer_addr as *const libc::sockaddr_un).cast(),
+                ADDR_LEN,
+            );
         }
     }
 }
@@ -290,17 +294,7 @@ mod tests {
         client.flag(client.peer).store(0, Ordering::SeqCst);
         server.disarm();
         assert_eq!(server.owed, 1);
-        // SAFETY: one byte to the server's socket, as `notify` sends it.
-        unsafe {
-            libc::sendto(
-                client.sock.as_raw_fd(),
-                [1u8].as_ptr().cast(),
-                1,
-                libc::MSG_DONTWAIT,
-                (&client.peer_addr as *const libc::sockaddr_un).cast(),
-                ADDR_LEN,
-            );
-        }
+        client.send_wake();
         assert!(readable(fd));
         server.arm();
         server.disarm();

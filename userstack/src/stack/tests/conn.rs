@@ -93,8 +93,9 @@ fn bulk_transfer_with_faults_is_intact() {
     assert!(st.fault_dropped > 0 && st.tcp_retransmits > 0, "{st}");
 }
 
-#[test]
-fn a_received_burst_is_acknowledged_once() {
+/// A pair whose server listens on 7777, with 64 KiB buffers and no congestion window (what a
+/// client sends leaves in one poll).
+fn burst_pair() -> (Pair, TcpOptions) {
     let mut p = Pair::new();
     let o = TcpOptions {
         rcvbuf: 64 << 10,
@@ -103,6 +104,28 @@ fn a_received_burst_is_acknowledged_once() {
         ..opts()
     };
     p.server.listen(7777, 16, o).unwrap();
+    (p, o)
+}
+
+/// What the client queued leaves in one poll (at least 8 segments), and the server takes it
+/// in one poll: the segments, and the frames the server sent for them.
+fn one_burst(p: &mut Pair) -> (usize, u64) {
+    p.now += Duration::from_micros(10);
+    p.client.poll(p.now);
+    let segments = p.server.link().pending();
+    assert!(
+        segments >= 8,
+        "the client sent only {segments} segments at once"
+    );
+    let before = p.server.stats().tx_frames;
+    p.now += Duration::from_micros(10);
+    p.server.poll(p.now);
+    (segments, p.server.stats().tx_frames - before)
+}
+
+#[test]
+fn a_received_burst_is_acknowledged_once() {
+    let (mut p, o) = burst_pair();
     let c = p.client.connect(p.now, p.server_addr(7777), o).unwrap();
     p.run();
     let (s, _) = p.server.accept(7777).unwrap();
@@ -112,21 +135,10 @@ fn a_received_burst_is_acknowledged_once() {
         .map(|i: u32| (i * 7 + i / 251) as u8)
         .collect();
     assert_eq!(p.client.send(c, &data).unwrap(), data.len());
-    p.now += Duration::from_micros(10);
-    p.client.poll(p.now);
-    let segments = p.server.link().pending();
-    assert!(
-        segments >= 8,
-        "the client sent only {segments} segments at once"
-    );
-
     // ack_delay None: an ACK is due after every segment; the burst gets one.
-    let before = p.server.stats().tx_frames;
-    p.now += Duration::from_micros(10);
-    p.server.poll(p.now);
+    let (segments, frames) = one_burst(&mut p);
     assert_eq!(
-        p.server.stats().tx_frames - before,
-        1,
+        frames, 1,
         "frames the server sent for a burst of {segments} segments"
     );
 
@@ -142,14 +154,7 @@ fn a_received_burst_is_acknowledged_once() {
 /// connection's last segment of the burst sends at once, the earlier ones wait for it.
 #[test]
 fn a_burst_of_several_connections_gets_one_ack_each() {
-    let mut p = Pair::new();
-    let o = TcpOptions {
-        rcvbuf: 64 << 10,
-        sndbuf: 64 << 10,
-        cc: CongestionControl::None,
-        ..opts()
-    };
-    p.server.listen(7777, 16, o).unwrap();
+    let (mut p, o) = burst_pair();
     let a = p.client.connect(p.now, p.server_addr(7777), o).unwrap();
     let b = p.client.connect(p.now, p.server_addr(7777), o).unwrap();
     p.run();
@@ -160,21 +165,10 @@ fn a_burst_of_several_connections_gets_one_ack_each() {
     let data = vec![5u8; 12 << 10];
     assert_eq!(p.client.send(a, &data).unwrap(), data.len());
     assert_eq!(p.client.send(b, &[1, 2, 3]).unwrap(), 3);
-    p.now += Duration::from_micros(10);
-    p.client.poll(p.now);
-    let segments = p.server.link().pending();
-    assert!(
-        segments >= 8,
-        "the client sent only {segments} segments at once"
-    );
-
     // ack_delay None: an ACK is due after every segment; each connection gets one.
-    let before = p.server.stats().tx_frames;
-    p.now += Duration::from_micros(10);
-    p.server.poll(p.now);
+    let (segments, frames) = one_burst(&mut p);
     assert_eq!(
-        p.server.stats().tx_frames - before,
-        2,
+        frames, 2,
         "frames the server sent for a burst of {segments} segments of two connections"
     );
     p.run();
