@@ -35,6 +35,10 @@ fn spin() -> Duration {
 static SPINNER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 thread_local! {
+    /// Whether this thread's next epoll_wait gives the kernel's fds the first share of its
+    /// room: flipped at every call, so that neither kind starves the other when more are
+    /// ready than the caller has room for.
+    static KERNEL_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static SPIN_ID: u64 = {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -876,12 +880,31 @@ pub fn epoll_wait(
     // look at them is due anyway (after a block, which may have ended for one of them).
     let mut kernel_looked = last_work;
     let mut kernel_due = true;
-    let mut kernel_first = false;
+    let mut kernel_first = KERNEL_FIRST
+        .try_with(|k| k.replace(!k.get()))
+        .unwrap_or(false);
     let mut hold = None;
     // The set's entry index and uid, for blocking.
     let mut ids = None;
     loop {
-        // Our fds first (or the kernel's, alternately, so neither kind starves the other).
+        // Room for one event, and the kernel's turn: its fds are looked at first.
+        let mut kernel_done = false;
+        if kernel_first && max == 1 {
+            kernel_done = true;
+            // SAFETY: the caller's array, room for one event.
+            let k = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr().cast(), 1, 0) };
+            if k > 0 && kwait::drop_bells(events, k as usize) > 0 {
+                if was_in_loop {
+                    if let Some(mut s) = shim() {
+                        s.flush();
+                    }
+                }
+                crate::tls::in_loop().set(true);
+                return Some(Ok(1));
+            }
+        }
+        // Our fds first, or half the room for them on the kernel's turn (so that neither kind
+        // starves the other).
         let mut n = {
             let mut s = shim()?;
             let room = if kernel_first { max.div_ceil(2) } else { max };
@@ -909,12 +932,13 @@ pub fn epoll_wait(
         // itself, and returns at once if one is ready: no look before it.
         let now = (n == 0).then(Instant::now);
         let expired = now.is_some_and(|now| deadline.is_some_and(|d| now >= d));
-        let look = match now {
-            None => n < max,
-            Some(now) => {
-                expired || kernel_due || now.duration_since(kernel_looked) >= KERNEL_LOOK_EVERY
-            }
-        };
+        let look = !kernel_done
+            && match now {
+                None => n < max,
+                Some(now) => {
+                    expired || kernel_due || now.duration_since(kernel_looked) >= KERNEL_LOOK_EVERY
+                }
+            };
         if look {
             if let Some(now) = now {
                 (kernel_looked, kernel_due) = (now, false);

@@ -1037,6 +1037,29 @@ fn server(port: u16) {
         note(format!("value={n}"));
         select_one(c, true, 1_000_000, "select(read, 1s)");
         recv_note(c, 0, 0, "recv(len 0, data buffered)");
+        step("epoll_wait with room for one event takes turns between a readable connection and a readable kernel fd (level-triggered)");
+        let ep = call_fd("epoll_create1", || libc::epoll_create1(libc::EPOLL_CLOEXEC));
+        for (fd, data) in [(c, 1u64), (pipe[0], 2)] {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: data,
+            };
+            call("epoll_ctl(ADD IN)", || {
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev)
+            });
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let mut one = [libc::epoll_event { events: 0, u64: 0 }];
+            call("epoll_wait(room 1, 0)", || {
+                libc::epoll_wait(ep, one.as_mut_ptr(), 1, 0)
+            });
+            seen.push(one[0].u64);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        note(format!("reported={seen:?}"));
+        libc::close(ep);
         step("MSG_PEEK leaves the data; recv and readv take it in order, then EAGAIN");
         recv_note(c, 4, libc::MSG_PEEK, "recv(MSG_PEEK)");
         recv_note(c, 4, 0, "recv");
