@@ -871,11 +871,10 @@ pub fn epoll_wait(
     }
     // The first pass below transmits what this thread deferred.
     let was_in_loop = crate::tls::in_loop().replace(false);
-    let deadline =
-        (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    let mut last_work = Instant::now();
+    let deadline = (timeout_ms >= 0).then(|| last_work + Duration::from_millis(timeout_ms as u64));
     let spin = spin();
     let mut turn = SpinTurn::new();
-    let mut last_work = Instant::now();
     // When the kernel's fds were last looked at while ours had nothing; whether the next
     // look at them is due anyway (after a block, which may have ended for one of them).
     let mut kernel_looked = last_work;
@@ -1045,10 +1044,10 @@ pub fn poll(
     }
     // The first pump below transmits what this thread deferred.
     crate::tls::in_loop().set(false);
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut last_work = Instant::now();
+    let deadline = timeout.map(|t| last_work + t);
     let spin = spin();
     let mut turn = SpinTurn::new();
-    let mut last_work = Instant::now();
     let mut mine = vec![0i16; fds.len()];
     let mut hold = None;
     loop {
