@@ -885,23 +885,23 @@ pub fn epoll_wait(
     let mut hold = None;
     // The set's entry index and uid, for blocking.
     let mut ids = None;
-    loop {
-        // Room for one event, and the kernel's turn: its fds are looked at first.
-        let mut kernel_done = false;
-        if kernel_first && max == 1 {
-            kernel_done = true;
-            // SAFETY: the caller's array, room for one event.
-            let k = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr().cast(), 1, 0) };
-            if k > 0 && kwait::drop_bells(events, k as usize) > 0 {
-                if was_in_loop {
-                    if let Some(mut s) = shim() {
-                        s.flush();
-                    }
+    if kernel_first && max == 1 {
+        // Room for one event, and the kernel's turn: its fds are looked at first (and that
+        // is this call's first look).
+        kernel_due = false;
+        // SAFETY: the caller's array, room for one event.
+        let k = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr().cast(), 1, 0) };
+        if k > 0 && kwait::drop_bells(events, k as usize) > 0 {
+            if was_in_loop {
+                if let Some(mut s) = shim() {
+                    s.flush();
                 }
-                crate::tls::in_loop().set(true);
-                return Some(Ok(1));
             }
+            crate::tls::in_loop().set(true);
+            return Some(Ok(1));
         }
+    }
+    loop {
         // Our fds first, or half the room for them on the kernel's turn (so that neither kind
         // starves the other).
         let mut n = {
@@ -931,13 +931,12 @@ pub fn epoll_wait(
         // itself, and returns at once if one is ready: no look before it.
         let now = (n == 0).then(Instant::now);
         let expired = now.is_some_and(|now| deadline.is_some_and(|d| now >= d));
-        let look = !kernel_done
-            && match now {
-                None => n < max,
-                Some(now) => {
-                    expired || kernel_due || now.duration_since(kernel_looked) >= KERNEL_LOOK_EVERY
-                }
-            };
+        let look = match now {
+            None => n < max,
+            Some(now) => {
+                expired || kernel_due || now.duration_since(kernel_looked) >= KERNEL_LOOK_EVERY
+            }
+        };
         if look {
             if let Some(now) = now {
                 (kernel_looked, kernel_due) = (now, false);

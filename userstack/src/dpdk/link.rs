@@ -353,9 +353,7 @@ impl DpdkLink {
         }
         Ok(())
     }
-}
 
-impl DpdkLink {
     /// [`Link::rx_release`] of a burst of at least one frame.
     fn release_burst(&mut self, done: &mut Vec<Mbuf>) {
         // One call for the burst (the pool's cache is found once, where freeing one mbuf at a

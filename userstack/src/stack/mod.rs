@@ -88,6 +88,7 @@ fn rx_may_follow(found: &[Option<u32>], followed: &mut Option<u32>, at: u32) -> 
     }
     *followed.get_or_insert_with(|| followed_frames(found)) & (1 << at) != 0
 }
+
 const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
 
 /// A listening port: its backlog, and the connections it gave birth to, accepted or not.
