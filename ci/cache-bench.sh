@@ -23,9 +23,10 @@
 # `mtcprun stats`).
 #
 # SRV_QUOTA=P: the server may use P% of a CPU (a cgroup of its own, CFS quota over 10 ms
-# periods, and MTCP_SPIN_US=0: spinning would spend the quota), so that the server, not the
-# client, bounds the rps in both modes: the rps ratio then shows what the cache saves of the
-# server's CPU (over the kernel path, on 2 CPUs, the client is the bound without it).
+# periods, and MTCP_SPIN_US=0: spinning would spend the quota; SRV_SPIN_US=N spins N µs
+# instead), so that the server, not the client, bounds the rps in both modes: the rps ratio
+# then shows what the cache saves of the server's CPU (over the kernel path, on 2 CPUs, the
+# client is the bound without it).
 #
 # Environment: N (requests per run, default 200000; x5 for -P 16), WORKLOADS (default "get1k
 # get100k mix set"), PIPES (default "1 16"), DEV (af_packet or memif), ROUNDS, SKIP_BUILD=1,
@@ -103,7 +104,7 @@ start_server() { # MODE: namespaces, veth, redis-server under the shim (cache of
         env+=(MTCP_DEV="$DEV:$sif")
     fi
     [[ $mode == on ]] && env+=(MTCP_REDIS_CACHE=64M)
-    [[ -n $SRV_QUOTA ]] && env+=(MTCP_SPIN_US=0)
+    [[ -n $SRV_QUOTA ]] && env+=(MTCP_SPIN_US="${SRV_SPIN_US:-0}")
     start_bg "redis-$mode" "" 30 ip netns exec "$SRV_NS" env "${env[@]}" taskset -c "$SRV_CPU" \
         redis-server --port "$PORT" --bind 0.0.0.0 --save '' --appendonly no \
         --protected-mode no --dir "$TMP" || return 1

@@ -405,3 +405,13 @@ pub fn wait_stdout_contains(
     }
     Ok(())
 }
+
+/// CPU time (ns) the threads of process `pid` have run so far (/proc/PID/task/*/schedstat; a
+/// thread that ended no longer counts).
+pub fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use mtcp_tests::redis::{py_file, shim_lib, Dev};
 use mtcp_tests::stackdev::StackDevice;
-use mtcp_tests::{Netns, ServerProcess, Subnet, VethPair};
+use mtcp_tests::{cpu_ns, Netns, ServerProcess, Subnet, VethPair};
 
 const PYTHON: &str = "/usr/bin/python3";
 /// A timeout may end this much before its SO_RCVTIMEO or this much after it (as the scripts'
@@ -141,18 +141,32 @@ fn kernel_run() -> Run {
     )
 }
 
-fn shim_run(dev: Dev) -> Run {
+/// The blocking server under the shim over `dev` (with `env` too), its clients' namespace.
+struct ShimBed {
+    subnet: Subnet,
+    cns: Netns,
+    port: u16,
+    // Dropped after the server (declared first): a memif bridge stops, the veth goes.
+    server: ServerProcess,
+    device: StackDevice,
+}
+
+fn shim_bed(dev: Dev, env: &[(&str, &str)]) -> ShimBed {
     let subnet = Subnet::allocate().expect("subnet");
     let cns = Netns::new().expect("netns");
     let port = 21000 + 2 * subnet.index();
-    // Dropped after the server (declared first): a memif bridge stops, the veth goes.
     let mut device = StackDevice::new(dev, &cns, &subnet.cidr(1)).expect("the device");
-    let mut server = ServerProcess::builder(PYTHON)
+    let mut builder = ServerProcess::builder(PYTHON);
+    builder = builder
         .args([py_file("blocking_server.py"), port.to_string()])
         .env("LD_PRELOAD", shim_lib())
         .env("MTCP_PORTS", format!("{port},{}", port + 1))
         .env("MTCP_DEV", device.mtcp_dev())
-        .env("MTCP_ADDR", subnet.cidr(2))
+        .env("MTCP_ADDR", subnet.cidr(2));
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    let mut server = builder
         .ready_prefix("ready")
         .spawn()
         .expect("the server starts under the shim");
@@ -161,6 +175,25 @@ fn shim_run(dev: Dev) -> Run {
     device
         .attach(&cns, &subnet.cidr(1), &mut server)
         .expect("the device attached");
+    ShimBed {
+        subnet,
+        cns,
+        port,
+        server,
+        device,
+    }
+}
+
+fn shim_run(dev: Dev) -> Run {
+    // (Bound in the order of their drops' reverse: the server, then the device, then the
+    // namespace.)
+    let ShimBed {
+        subnet,
+        cns,
+        port,
+        device,
+        server,
+    } = shim_bed(dev, &[]);
     let dev_if = device.kernel_if().to_string();
     run(
         format!("shim over {dev:?}"),
@@ -348,8 +381,79 @@ fn a_blocking_thread_per_connection_server_over_af_xdp_is_served_as_by_the_kerne
     same_as_the_kernel(Dev::AfXdp);
 }
 
-/// Over net_memif (mtcp-faultbridge as its NIC): no wake-up fd, the blocked threads nap.
+/// Over net_memif (mtcp-faultbridge as its NIC, which wakes the blocked threads: it takes
+/// part in the wake-ups).
 #[test]
 fn a_blocking_thread_per_connection_server_over_memif_is_served_as_by_the_kernel() {
     same_as_the_kernel(Dev::Memif);
+}
+
+/// A client of the blocking server's four connections: each says HELLO, then one ECHO of ten
+/// bytes every 50 ms in turn, 40 in all.
+const SPACED_ECHOES: &str = r#"
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+conns = []
+for k in range(4):
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(f"HELLO {k}".encode().ljust(32))
+    conns.append(s)
+for i in range(40):
+    time.sleep(0.05)
+    s = conns[i % 4]
+    s.sendall(b"ECHO 10".ljust(32) + b"0123456789")
+    got = b""
+    while len(got) < 10:
+        part = s.recv(10 - len(got))
+        if not part:
+            sys.exit(f"echo {i}: closed after {got!r}")
+        got += part
+    if got != b"0123456789":
+        sys.exit(f"echo {i}: {got!r}")
+print("40 echoes")
+"#;
+
+/// Five threads blocked over net_memif at once (four in recv, one in accept), each woken by a
+/// frame in turn: the thread a wake-up ends reads its datagram though it is not the last one
+/// blocked (it does not disarm), so its next block sleeps instead of returning at once. (Left
+/// unread, the datagram keeps the thread spinning: a whole core.)
+#[test]
+fn threads_blocked_over_memif_sleep_between_requests() {
+    let ShimBed {
+        subnet,
+        cns,
+        port,
+        device: _device,
+        mut server,
+    } = shim_bed(Dev::Memif, &[("MTCP_SPIN_US", "0")]);
+    let (c0, t0) = (cpu_ns(server.pid()), Instant::now());
+    let out = cns
+        .exec(
+            "timeout",
+            [
+                "60",
+                PYTHON,
+                "-c",
+                SPACED_ECHOES,
+                &subnet.addr(2).to_string(),
+                &port.to_string(),
+            ],
+        )
+        .expect("the client runs");
+    let (cpu, secs) = (cpu_ns(server.pid()) - c0, t0.elapsed().as_secs_f64());
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("40 echoes"),
+        "client: {}{}\nserver: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.diagnostics()
+    );
+    let share = cpu as f64 / 1e9 / secs * 100.0;
+    eprintln!("server: {share:.1}% of a core over {secs:.2} s of spaced echoes");
+    // Asleep between requests: a few percent (a thread spinning on the unread datagram
+    // takes a whole core).
+    assert!(
+        share < 25.0,
+        "the server used {share:.1}% of a core for 40 echoes 50 ms apart"
+    );
 }

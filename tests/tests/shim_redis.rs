@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mtcp_tests::redis::{bench_results, py_file, BedOptions, Dev, RedisBed, TempDir};
-use mtcp_tests::ServerProcess;
+use mtcp_tests::{cpu_ns, ServerProcess};
 
 /// The bed most tests here use: net_tap, Redis bound as given.
 fn bed(bind: &str) -> RedisBed {
@@ -1039,13 +1039,4 @@ print("replies=%d" % n, flush=True)
         bed.stack_counter("drop_tx_ring_full") - dropped0,
         cpu,
     )
-}
-
-/// CPU time (ns) all threads of `pid` have run so far (/proc/PID/task/*/schedstat).
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the server's threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }

@@ -189,6 +189,9 @@ impl Idler {
                     revents: 0,
                 };
                 ppoll(&mut pfd, &ts);
+                if pfd.revents != 0 {
+                    stack.wake_seen();
+                }
                 stack.disarm_wake();
             }
             None => {

@@ -79,6 +79,10 @@ pub trait Link {
     fn arm_wake(&mut self) {}
     /// Disarms it after the caller woke up.
     fn disarm_wake(&mut self) {}
+    /// A block returned with the wake-up fd readable (the caller may not be the last one
+    /// blocked on it, and does not disarm then): what made it readable is consumed, where a
+    /// later block would otherwise return at once.
+    fn wake_seen(&mut self) {}
     fn counters(&self) -> LinkCounters;
     /// Receives from now on only the frames `filter` keeps (a classic BPF program over
     /// Ethernet frames, `steer::frame_filter`), where other processes share the device. Devices

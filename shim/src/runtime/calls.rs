@@ -990,9 +990,9 @@ pub fn epoll_wait(
         };
         let t = block_for(deadline, &b);
         let hold = hold.get_or_insert_with(SigHold::new);
-        let (r, notified) = block_in(b.wake, Some((epfd, uid)), t, mask_or(sigmask, hold));
+        let (r, notified, woke) = block_in(b.wake, Some((epfd, uid)), t, mask_or(sigmask, hold));
         let err = crate::errno::get();
-        after_block(notified, &b);
+        after_block(notified, woke, &b);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }
@@ -1130,7 +1130,8 @@ pub fn poll(
         };
         let err = crate::errno::get();
         let notified = me >= 0 && blk.last().is_some_and(|p| p.fd == me && p.revents != 0);
-        after_block(notified, &b);
+        let woke = wake.is_some_and(|w| blk.iter().any(|p| p.fd == w && p.revents != 0));
+        after_block(notified, woke, &b);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }

@@ -448,9 +448,10 @@ fn register(key: WaitKey) {
     }
 }
 
-/// After a waiter blocked: unregisters it, drains its eventfd if it was written, and disarms
-/// the device's wake-up if no other thread still watches it.
-pub(super) fn after_block(notified: bool, b: &Blocking) {
+/// After a waiter blocked: unregisters it, drains its eventfd if it was written, consumes the
+/// device's wake-up if the block returned for it (`woke`), and disarms the wake-up if no other
+/// thread still watches it.
+pub(super) fn after_block(notified: bool, woke: bool, b: &Blocking) {
     let me = my_eventfd();
     if notified {
         let mut v = 0u64;
@@ -472,9 +473,14 @@ pub(super) fn after_block(notified: bool, b: &Blocking) {
             }
         }
     }
-    if last {
+    if woke || last {
         if let Some(st) = s.as_mut().and_then(|s| s.stack_mut()) {
-            st.disarm_wake();
+            if woke {
+                st.wake_seen();
+            }
+            if last {
+                st.disarm_wake();
+            }
         }
     }
 }
@@ -482,17 +488,17 @@ pub(super) fn after_block(notified: bool, b: &Blocking) {
 /// Blocks in this thread's epoll instance for at most `t`, with the caller's signal mask: until
 /// its eventfd is written, the application's epoll set `set` (fd, uid) has kernel events, or a
 /// frame arrives for which the kernel picks this thread among those blocked on the device's
-/// wake-up `wake`. Returns the wait's result (events, 0, or -1 with errno) and whether the
-/// eventfd was written. Without an epoll instance of its own (EMFILE) the thread blocks at
+/// wake-up `wake`. Returns the wait's result (events, 0, or -1 with errno), whether the
+/// eventfd was written, and whether the wake-up fd was readable. Without an epoll instance of its own (EMFILE) the thread blocks at
 /// most a millisecond on the device and its eventfd alone.
 pub(super) fn block_in(
     wake: Option<c_int>,
     set: Option<(c_int, u64)>,
     t: Duration,
     sigmask: *const sigset_t,
-) -> (c_int, bool) {
+) -> (c_int, bool, bool) {
     let Ok(mut w) = WAITER.try_with(|w| w.0.get()) else {
-        return (0, false);
+        return (0, false, false);
     };
     let held = w.hold(wake, set);
     let _ = WAITER.try_with(|c| c.0.set(w));
@@ -506,12 +512,12 @@ pub(super) fn block_in(
         let ts = clock::timespec(t.min(Duration::from_millis(1)));
         // SAFETY: a local array of two pollfds (a negative fd is ignored); the caller's mask.
         let r = unsafe { libc::ppoll(p.as_mut_ptr(), 2, &ts, sigmask) };
-        return (r, w.efd >= 0 && p[1].revents != 0);
+        return (r, w.efd >= 0 && p[1].revents != 0, p[0].revents != 0);
     }
     let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 3];
     let r = epoll_pwait2(w.ep, &mut evs, t, sigmask);
-    let notified = r > 0 && evs[..r as usize].iter().any(|e| e.u64 == TAG_EFD);
-    (r, notified)
+    let got = |tag| r > 0 && evs[..r as usize].iter().any(|e| e.u64 == tag);
+    (r, got(TAG_EFD), got(TAG_WAKE))
 }
 
 /// epoll_pwait2 (a timeout in nanoseconds: naps are microseconds); epoll_pwait with the timeout
@@ -638,9 +644,9 @@ pub(super) fn wait_once(
     };
     if kernel_fd.is_none() {
         let t = block_for(deadline, &b);
-        let (r, notified) = block_in(b.wake, None, t, mask);
+        let (r, notified, woke) = block_in(b.wake, None, t, mask);
         let err = crate::errno::get();
-        after_block(notified, &b);
+        after_block(notified, woke, &b);
         return if r < 0 && err == libc::EINTR {
             Waited::Interrupted
         } else {
@@ -662,7 +668,7 @@ pub(super) fn wait_once(
     // SAFETY: a local array of three pollfds (negative fds are ignored); the caller's mask.
     let r = unsafe { libc::ppoll(p.as_mut_ptr(), 3, &ts, mask) };
     let err = crate::errno::get();
-    after_block(p[2].revents != 0, &b);
+    after_block(p[2].revents != 0, p[1].revents != 0, &b);
     if r < 0 && err == libc::EINTR {
         return Waited::Interrupted;
     }

@@ -575,6 +575,13 @@ impl Link for DpdkLink {
         }
     }
 
+    fn wake_seen(&mut self) {
+        // (The packet socket's queue is emptied when it is armed.)
+        if let Some(w) = self.memif_wake.as_mut() {
+            w.woken();
+        }
+    }
+
     fn steer(&mut self, filter: &[crate::steer::SockFilter]) -> Result<(), String> {
         if self.rx_sockets.is_empty() {
             return Err(format!(

@@ -47,10 +47,11 @@ pub(super) struct MemifWake {
     /// Whether the peer takes part, and when that was asked.
     present: std::cell::Cell<Option<(bool, Instant)>>,
     armed: bool,
-    /// Datagrams the peer sent (it cleared our flag for each) that are not read yet: one
-    /// not there yet at a `disarm`, or one whose cleared flag another thread's `arm` set
-    /// again. The next `disarm` reads them.
-    owed: u32,
+    /// The socket was drained since the last `arm` (a block returned for it): `disarm` need
+    /// not read for a flag the peer cleared.
+    drained: bool,
+    /// Reads of the socket (system calls), for the tests.
+    reads: u64,
 }
 
 // SAFETY: `page` is a shared mapping owned by this value; it is only reached through atomics.
@@ -137,7 +138,8 @@ impl MemifWake {
             peer_addr: abstract_addr(&name(peer)),
             present: std::cell::Cell::new(None),
             armed: false,
-            owed: 0,
+            drained: false,
+            reads: 0,
         };
         w.flag(me).store(0, Ordering::SeqCst);
         let a = abstract_addr(&name(me));
@@ -182,37 +184,65 @@ impl MemifWake {
         present.then(|| self.sock.as_raw_fd())
     }
 
-    /// About to block on the wake fd (the caller then looks at the ring once more). Armed
-    /// already (another thread blocks on it): a flag the peer cleared meanwhile is a datagram
-    /// `disarm` must read.
+    /// About to block on the wake fd (the caller then looks at the ring once more).
     pub(super) fn arm(&mut self) {
-        let was = self.flag(self.me).swap(1, Ordering::SeqCst);
-        if self.armed && was == 0 {
-            self.owed = self.owed.saturating_add(1);
-        }
+        self.flag(self.me).store(1, Ordering::SeqCst);
         self.armed = true;
+        self.drained = false;
         fence(Ordering::SeqCst);
     }
 
     /// Awake again: the flag is cleared, and the datagram read if the peer sent one. (A flag
     /// still set says it did not: the peer clears it before it sends. Most arms end without a
-    /// wake-up, the look after arming finding frames: no system call for them.)
+    /// wake-up, the look after arming finding frames: no system call for them.) A datagram
+    /// not there yet, or one sent for a flag another thread set again, is left for the block
+    /// it ends ([`MemifWake::woken`]): nothing is owed, so a peer that dies between clearing
+    /// the flag and sending costs nothing later.
     pub(super) fn disarm(&mut self) {
         if !std::mem::replace(&mut self.armed, false) {
             return;
         }
         let sent = self.flag(self.me).swap(0, Ordering::SeqCst) == 0;
-        // One datagram per flag the peer cleared (and those still owed).
-        let mut due = self.owed.saturating_add(u32::from(sent));
-        let mut b = [0u8; 16];
-        while due > 0 {
-            // SAFETY: a non-blocking read into a buffer of ours.
-            if unsafe { libc::recv(self.sock.as_raw_fd(), b.as_mut_ptr().cast(), b.len(), 0) } < 0 {
-                break;
-            }
-            due -= 1;
+        if sent && !self.drained {
+            self.drain();
         }
-        self.owed = due;
+    }
+
+    /// A block returned with the wake fd readable (the caller may not be the last thread
+    /// blocked on it): its datagrams are read, or the fd would end every later block at once.
+    pub(super) fn woken(&mut self) {
+        self.drain();
+        self.drained = true;
+    }
+
+    /// Reads every datagram waiting (one system call: they are a byte each, one per flag the
+    /// peer cleared, so rarely more than one).
+    fn drain(&mut self) {
+        const N: usize = 8;
+        let mut b = [[0u8; 1]; N];
+        // SAFETY: all-zero iovec and mmsghdr values are valid; filled in below.
+        let mut iov: [libc::iovec; N] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
+        for ((m, v), b) in msgs.iter_mut().zip(iov.iter_mut()).zip(b.iter_mut()) {
+            *v = libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        self.reads += 1;
+        // SAFETY: N message headers, each with one iovec of a byte of ours; non-blocking.
+        unsafe {
+            libc::recvmmsg(
+                self.sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                N as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
     }
 
     /// Frames were put on the ring: wake the peer if it sleeps.
@@ -285,33 +315,53 @@ mod tests {
         client.notify();
         assert!(!readable(fd), "awake again");
         // Armed, and awake again without a wake-up: nothing to read, none read.
+        let reads = server.reads;
         server.arm();
         server.disarm();
-        assert_eq!(server.owed, 0);
-        // The peer cleared the flag but its datagram is not there yet: read at the next
-        // disarm, also if no wake-up comes in between.
-        server.arm();
-        client.flag(client.peer).store(0, Ordering::SeqCst);
-        server.disarm();
-        assert_eq!(server.owed, 1);
-        client.send_wake();
-        assert!(readable(fd));
-        server.arm();
-        server.disarm();
-        assert!(
-            !readable(fd) && server.owed == 0,
-            "the late datagram was read"
-        );
-        // Armed again by another thread after the peer's wake-up: the datagram is still read.
+        assert_eq!(server.reads, reads, "no system call");
+        // Woken: the block's thread reads the datagram, and the disarm reads no more.
         server.arm();
         client.notify();
         assert!(readable(fd));
-        server.arm();
+        server.woken();
+        assert!(!readable(fd), "drained by the woken thread");
+        let reads = server.reads;
         server.disarm();
-        assert!(
-            !readable(fd) && server.owed == 0,
-            "read though the flag was set again"
-        );
+        assert_eq!(server.reads, reads, "read already");
+        // The peer cleared the flag but its datagram is not there yet: the disarm's read
+        // finds nothing and owes nothing; the datagram, when it comes, ends the next block,
+        // whose thread reads it.
+        server.arm();
+        client.flag(client.peer).store(0, Ordering::SeqCst);
+        server.disarm();
+        client.send_wake();
+        assert!(readable(fd));
+        server.arm();
+        server.woken();
+        server.disarm();
+        assert!(!readable(fd), "the late datagram was read");
+        // A peer that never sends it (it died after clearing the flag): later arms and
+        // disarms make no system call for it.
+        server.arm();
+        client.flag(client.peer).store(0, Ordering::SeqCst);
+        server.disarm();
+        let reads = server.reads;
+        for _ in 0..10 {
+            server.arm();
+            server.disarm();
+        }
+        assert_eq!(server.reads, reads, "nothing owed");
+        // Armed again by another thread after the peer's wake-up, and the thread woken is
+        // not the last one blocked (it does not disarm): it reads the datagram, so its next
+        // block does not return at once.
+        server.arm();
+        client.notify();
+        server.arm();
+        assert!(readable(fd));
+        server.woken();
+        assert!(!readable(fd), "read by the woken thread");
+        server.disarm();
+        assert!(!readable(fd));
         drop(client);
         server.present.set(None);
         assert_eq!(server.wake_fd(), None, "the client went away");

@@ -436,6 +436,12 @@ impl<L: Link> Stack<L> {
         self.net.link_mut().disarm_wake();
     }
 
+    /// A block returned with `wake_fd` readable: see [`crate::link::Link::wake_seen`]. Call it from every
+    /// thread whose block did, before `disarm_wake` where that follows.
+    pub fn wake_seen(&mut self) {
+        self.net.link_mut().wake_seen();
+    }
+
     /// Turns fault injection on or off at run time (tests start clean, then degrade the link).
     pub fn set_faults(&mut self, faults: Option<crate::config::Faults>) {
         self.net
