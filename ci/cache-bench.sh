@@ -303,5 +303,16 @@ for k in keys:
         f(c["cpu_us_per_req"][0], "%.2f"), f(c["cpu_us_per_req"][1], "%.2f"),
         f(c["user_us_per_req"][0], "%.2f"), f(c["user_us_per_req"][1], "%.2f"),
         f(c["hit_rate"][1], "%.2f"), f(ratio, "%.2fx")))
+# Each round ran off then on back to back: their ratio sees the same hour of this VM, which
+# drifts from one round to the next as much as the modes differ.
+print("rps on/off within each round (and their median):")
+for k in keys:
+    by = {}
+    for r in rows:
+        if (r["workload"], r["pipeline"]) == k:
+            by.setdefault(r["round"], {})[r["mode"]] = float(r["rps"])
+    ratios = [b["on"] / b["off"] for b in by.values() if b.get("on") and b.get("off")]
+    if ratios:
+        print("%-14s %s  median %.2fx" % ("%s -P %s" % k, " ".join("%.2fx" % x for x in ratios), statistics.median(ratios)))
 EOF
 echo "results: $CSV"

@@ -216,7 +216,18 @@ pub trait Responder: Send {
     fn control_output(&mut self, bytes: &[u8], now: UnixMs);
     /// The application closed its end of the cache's connection.
     fn control_closed(&mut self, io: &mut dyn ControlIo, now: UnixMs);
+    /// The application wrote `n` bytes to its end of a connection the cache has left
+    /// ([`Responder::link_gen`]): not read, only counted.
+    fn stale_output(&mut self, n: usize) {
+        let _ = n;
+    }
     fn stats(&self) -> CacheStats;
     /// Whether the cache can answer requests now.
     fn up(&self) -> bool;
+    /// Counts the cache's connections: when it changes, the application's end of an earlier
+    /// one (watched after [`Upkeep::Watch`]) is no longer the cache's (its writes and its
+    /// close concern a connection the cache has left: [`Responder::stale_output`]).
+    fn link_gen(&self) -> u64 {
+        0
+    }
 }

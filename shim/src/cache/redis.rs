@@ -146,6 +146,26 @@ struct Track {
     /// Its data may be offered to the cache (`Responder::opened`, not `opened_followed`):
     /// counted in `looked_at` while it sends GETs.
     offered: bool,
+    /// What commands queued in its transaction do to every connection's answers, taken
+    /// when EXEC runs them (dropped by DISCARD).
+    deferred: Vec<Global>,
+}
+
+/// What a command does to every connection's answers (`RedisCache::apply`), when it runs:
+/// inside a transaction, at its EXEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Global {
+    /// Nothing cached can be trusted (SWAPDB, which Redis tells no tracking client of, or a
+    /// script that may run it).
+    Flush,
+    /// CLIENT UNPAUSE.
+    Unpause,
+    /// CONFIG RESETSTAT: INFO's figures start again.
+    ResetStat,
+    /// A setting the handshake checked, or the users' rules, may have changed (CONFIG SET,
+    /// ACL, REPLICAOF): the connection is made and checked again. `slowlog_all`: what a
+    /// CONFIG SET of slowlog-log-slower-than alone says of it.
+    Restart { slowlog_all: Option<bool> },
 }
 
 impl Track {
@@ -212,8 +232,21 @@ pub struct RedisCache {
     /// Times Redis closed the cache's connection (CLIENT KILL counts it among the clients it
     /// killed: see [`Edit::Kill`]).
     own_closed: u64,
-    /// CLIENT PAUSE: Redis answers nobody until then.
+    /// CLIENT PAUSE (or a SHUTDOWN waiting for replicas): the cache answers nobody until then.
+    /// Redis lifts a pause that ran out in its cron, up to 1000/hz ms later, and runs the
+    /// requests it held back then: the end is kept that much later (`pause_grace`).
     paused_until: UnixMs,
+    /// The pause holds back every command (CLIENT PAUSE ... ALL, the default), CLIENT UNPAUSE
+    /// included: Redis runs an UNPAUSE only when the pause ends.
+    pause_all: bool,
+    /// 1000/hz ms, and one more (Redis's `hz`, as the handshake found it).
+    pause_grace: UnixMs,
+    /// Redis's `shutdown-timeout`, in ms: how long a SHUTDOWN may hold back writes while
+    /// replicas catch up.
+    shutdown_ms: UnixMs,
+    /// Connections made so far: a watched end of an earlier one is no longer the cache's
+    /// ([`Responder::link_gen`]).
+    link_gen: u64,
     /// `MTCP_REDIS_CACHE_FAULT=late`: invalidations take effect one reply late (for tests
     /// that must show they catch it).
     late: bool,
@@ -309,6 +342,10 @@ impl RedisCache {
             rewriting: 0,
             own_closed: 0,
             paused_until: 0,
+            pause_all: false,
+            pause_grace: 1000 / 10 + 1,
+            shutdown_ms: 10_000,
+            link_gen: 0,
             late,
             link_restart: false,
             idle_timeout: false,
@@ -353,6 +390,7 @@ impl RedisCache {
 
     /// The connection is gone (or unusable): nothing cached can be trusted any more.
     fn lose(&mut self, io: &mut dyn ControlIo, now: UnixMs) {
+        self.link_gen += 1;
         match self.link {
             Link::Handshake { fd, .. } | Link::Locating { fd } | Link::Ready { fd } => io.close(fd),
             Link::Down { .. } | Link::Off => {}
@@ -590,20 +628,47 @@ impl RedisCache {
             self.aside(conn, Aside::Auth);
         } else if is(b"MULTI") {
             if let Some(t) = self.conns.get_mut(&conn) {
-                t.multi = true;
+                if !t.multi {
+                    t.multi = true;
+                    t.deferred.clear();
+                }
             }
-        } else if is(b"EXEC") || is(b"DISCARD") {
-            if let Some(t) = self.conns.get_mut(&conn) {
-                t.multi = false;
+        } else if is(b"EXEC") || (is(b"DISCARD") && c.argc == 1) {
+            // (A DISCARD Redis refuses leaves the transaction open; an EXEC it refuses, for
+            // its arguments, ends it unrun.)
+            let run = is(b"EXEC") && c.argc == 1;
+            let deferred = match self.conns.get_mut(&conn) {
+                Some(t) if t.multi => {
+                    t.multi = false;
+                    std::mem::take(&mut t.deferred)
+                }
+                _ => Vec::new(),
+            };
+            if run {
+                for g in deferred {
+                    self.apply(g, now);
+                }
             }
         } else if is(b"CLIENT") {
             if c.arg_is(buf, 1, b"PAUSE") {
+                // Held back from the moment it is read, also inside a transaction (early is
+                // safe: nobody is answered).
                 let ms = c
                     .arg(buf, 2)
                     .and_then(|d| std::str::from_utf8(d).ok()?.parse::<i64>().ok());
-                self.paused_until = ms.map_or(UnixMs::MAX, |ms| now.saturating_add(ms.max(0) + 1));
+                let until = ms.map_or(UnixMs::MAX, |ms| {
+                    now.saturating_add(ms.max(0) + 1)
+                        .saturating_add(self.pause_grace)
+                });
+                let all = !c.arg_is(buf, 3, b"WRITE");
+                if now >= self.paused_until {
+                    self.pause_all = all;
+                } else {
+                    self.pause_all |= all;
+                }
+                self.paused_until = self.paused_until.max(until);
             } else if c.arg_is(buf, 1, b"UNPAUSE") {
-                self.paused_until = 0;
+                self.global(conn, Global::Unpause, now);
             } else if c.arg_is(buf, 1, b"REPLY") {
                 self.aside(conn, Aside::Mode);
                 self.uncounted(conn);
@@ -626,27 +691,72 @@ impl RedisCache {
             self.aside(conn, Aside::Mode);
         } else if BLOCKING.iter().any(|b| is(b)) {
             self.aside(conn, Aside::Blocking);
-        } else if is(b"SWAPDB") {
-            // Redis sends no invalidation for SWAPDB (its tracking keys are not per database).
-            self.flush();
+        } else if is(b"SWAPDB") || is(b"EVAL") || is(b"EVALSHA") || is(b"FCALL") {
+            // Redis sends no invalidation for SWAPDB (its tracking keys are not per
+            // database), and a script that may write may run it (EVAL_RO and FCALL_RO may
+            // not).
+            self.global(conn, Global::Flush, now);
         } else if is(b"CONFIG") && c.arg_is(buf, 1, b"RESETSTAT") {
-            self.shown.reset_stats();
+            self.global(conn, Global::ResetStat, now);
         } else if is(b"CONFIG") && c.arg_is(buf, 1, b"SET")
             || is(b"ACL")
                 && [&b"SETUSER"[..], b"DELUSER", b"LOAD"]
                     .iter()
                     .any(|s| c.arg_is(buf, 1, s))
+            || is(b"REPLICAOF")
+            || is(b"SLAVEOF")
         {
-            // Settings the handshake checked (maxmemory-policy), or the users' rules, may
-            // have changed: connect again and check again.
-            self.link_restart = true;
-            if is(b"CONFIG") && c.argc == 4 && c.arg_is(buf, 2, b"slowlog-log-slower-than") {
-                // (Known without asking: while Redis logs every command, the handshake's
-                // would be logged too. Several pairs in one CONFIG SET: the handshake asks.)
-                self.slowlog_all = c
-                    .arg(buf, 3)
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-                    == Some(0);
+            // Settings the handshake checked (maxmemory-policy, replicaof), or the users'
+            // rules, may have changed: connect again and check again.
+            // (Known without asking: while Redis logs every command, the handshake's would be
+            // logged too. Several pairs in one CONFIG SET: the handshake asks.)
+            let slowlog_all =
+                (is(b"CONFIG") && c.argc == 4 && c.arg_is(buf, 2, b"slowlog-log-slower-than"))
+                    .then(|| {
+                        c.arg(buf, 3)
+                            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                            == Some(0)
+                    });
+            self.global(conn, Global::Restart { slowlog_all }, now);
+        } else if is(b"FAILOVER") {
+            // Writes held back, then Redis a replica (or not, if it fails): the cache stays
+            // off until a CONFIG SET or an ACL change has it check again.
+            if !c.arg_is(buf, 1, b"ABORT") {
+                self.refused = Some("Redis was asked to FAIL OVER to a replica".into());
+            }
+        } else if is(b"SHUTDOWN") && !(1..c.argc).any(|i| c.arg_is(buf, i, b"ABORT")) {
+            // Writes held back while replicas catch up, for at most shutdown-timeout.
+            let until = now
+                .saturating_add(self.shutdown_ms)
+                .saturating_add(self.pause_grace);
+            self.paused_until = self.paused_until.max(until);
+        }
+    }
+
+    /// `g`, read from `conn`: now, or at the EXEC of the transaction it is queued in.
+    fn global(&mut self, conn: u64, g: Global, now: UnixMs) {
+        match self.conns.get_mut(&conn) {
+            Some(t) if t.multi => t.deferred.push(g),
+            _ => self.apply(g, now),
+        }
+    }
+
+    fn apply(&mut self, g: Global, now: UnixMs) {
+        match g {
+            Global::Flush => self.flush(),
+            Global::Unpause => {
+                if !self.pause_all {
+                    // (Under a pause of every command, Redis runs the UNPAUSE only when the
+                    // pause ends: the pause's own end stands.)
+                    self.paused_until = self.paused_until.min(now.saturating_add(self.pause_grace));
+                }
+            }
+            Global::ResetStat => self.shown.reset_stats(),
+            Global::Restart { slowlog_all } => {
+                self.link_restart = true;
+                if let Some(all) = slowlog_all {
+                    self.slowlog_all = all;
+                }
             }
         }
     }
@@ -722,7 +832,10 @@ impl RedisCache {
                 self.idle_timeout = config_value(&raw).is_some_and(|v| v != b"0");
             }
             (Expect::Listeners, Got::Other(raw)) => {
-                if let Some(why) = self.unfollowed_listener(&raw) {
+                if let Some(why) = self
+                    .unfollowed_listener(&raw)
+                    .or_else(|| self.settings(&raw))
+                {
                     self.off_by_setting = true;
                     return Err(why);
                 }
@@ -976,6 +1089,51 @@ impl RedisCache {
         })
     }
 
+    /// The settings of the listeners' CONFIG GET that the cache follows; why it cannot work
+    /// with them, if it cannot.
+    fn settings(&mut self, raw: &[u8]) -> Option<String> {
+        let mut it = config_values(raw).into_iter();
+        let mut why = None;
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            let num = || std::str::from_utf8(v).ok()?.parse::<i64>().ok();
+            match k {
+                b"replicaof" if !v.is_empty() => {
+                    why = Some(format!(
+                        "Redis is a replica of {} (its master's writes reach it unseen)",
+                        String::from_utf8_lossy(v)
+                    ));
+                }
+                b"cluster-enabled" if v == b"yes" => {
+                    why = Some(
+                        "Redis runs in cluster mode (a key's slot may move, where Redis \
+                         answers MOVED or ASK)"
+                            .into(),
+                    );
+                }
+                b"notify-keyspace-events" if v.contains(&b'm') => {
+                    why = Some(
+                        "Redis sends key-miss events (notify-keyspace-events with m): the \
+                         cache's own lookups would show among them, and its answers of missing \
+                         keys would not"
+                            .into(),
+                    );
+                }
+                b"hz" => {
+                    if let Some(hz) = num() {
+                        self.pause_grace = 1000 / hz.max(1) + 1;
+                    }
+                }
+                b"shutdown-timeout" => {
+                    if let Some(s) = num() {
+                        self.shutdown_ms = s.saturating_mul(1000);
+                    }
+                }
+                _ => {}
+            }
+        }
+        why
+    }
+
     fn handshake(&mut self) {
         resp::encode(&mut self.out, &[b"HELLO", b"3"]);
         self.expect.push_back(Expect::Hello);
@@ -995,7 +1153,18 @@ impl RedisCache {
         self.expect.push_back(Expect::Slowlog);
         resp::encode(
             &mut self.out,
-            &[b"CONFIG", b"GET", b"unixsocket", b"tls-port", b"bind"],
+            &[
+                b"CONFIG",
+                b"GET",
+                b"unixsocket",
+                b"tls-port",
+                b"bind",
+                b"replicaof",
+                b"cluster-enabled",
+                b"notify-keyspace-events",
+                b"hz",
+                b"shutdown-timeout",
+            ],
         );
         self.expect.push_back(Expect::Listeners);
     }
@@ -1040,11 +1209,11 @@ fn followed_name(name: &[u8]) -> bool {
         (name.len(), name.first().map(u8::to_ascii_uppercase)),
         (3, Some(b'A'))
             | (4, Some(b'A' | b'E' | b'W'))
-            | (5, Some(b'H' | b'M' | b'B' | b'X'))
+            | (5, Some(b'H' | b'M' | b'B' | b'X' | b'F'))
             | (6, Some(b'S' | b'C' | b'B' | b'O'))
-            | (7, Some(b'D' | b'M' | b'W'))
-            | (8, Some(b'B'))
-            | (9, Some(b'S'))
+            | (7, Some(b'D' | b'M' | b'W' | b'E' | b'S'))
+            | (8, Some(b'B' | b'F' | b'S'))
+            | (9, Some(b'S' | b'R'))
             | (10, Some(b'P' | b'S' | b'B' | b'X'))
     )
 }
@@ -1562,6 +1731,15 @@ impl Responder for RedisCache {
     fn up(&self) -> bool {
         matches!(self.link, Link::Ready { .. }) && !self.link_restart
     }
+
+    fn link_gen(&self) -> u64 {
+        self.link_gen
+    }
+
+    fn stale_output(&mut self, n: usize) {
+        // (Redis counts them in its output bytes, as the cache's.)
+        self.shown.own_out += n as u64;
+    }
 }
 
 #[cfg(test)]
@@ -1608,8 +1786,10 @@ mod tests {
         %1\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n\
         %1\r\n$7\r\ntimeout\r\n$1\r\n0\r\n\
         %1\r\n$23\r\nslowlog-log-slower-than\r\n$5\r\n10000\r\n\
-        %3\r\n$10\r\nunixsocket\r\n$0\r\n\r\n$8\r\ntls-port\r\n$1\r\n0\r\n\
-        $4\r\nbind\r\n$7\r\n0.0.0.0\r\n";
+        %8\r\n$10\r\nunixsocket\r\n$0\r\n\r\n$8\r\ntls-port\r\n$1\r\n0\r\n\
+        $4\r\nbind\r\n$7\r\n0.0.0.0\r\n$9\r\nreplicaof\r\n$0\r\n\r\n\
+        $15\r\ncluster-enabled\r\n$2\r\nno\r\n$22\r\nnotify-keyspace-events\r\n$0\r\n\r\n\
+        $2\r\nhz\r\n$2\r\n10\r\n$16\r\nshutdown-timeout\r\n$2\r\n10\r\n";
 
     fn get(key: &str) -> Vec<u8> {
         let mut v = Vec::new();
@@ -1977,11 +2157,11 @@ mod tests {
         c.opened(2, 0);
         c.app_read(2, &req(&["CLIENT", "PAUSE", "100"]), &|| 10);
         assert_eq!(answer(&mut c, &get("k"), 50).0, 0);
-        assert!(answer(&mut c, &get("k"), 112).0 > 0);
-        c.app_read(2, &req(&["MONITOR"]), &|| 120);
-        assert_eq!(answer(&mut c, &get("k"), 130).0, 0);
+        assert!(answer(&mut c, &get("k"), 212).0 > 0);
+        c.app_read(2, &req(&["MONITOR"]), &|| 220);
+        assert_eq!(answer(&mut c, &get("k"), 230).0, 0);
         c.closed(2);
-        assert!(answer(&mut c, &get("k"), 140).0 > 0);
+        assert!(answer(&mut c, &get("k"), 240).0 > 0);
     }
 
     #[test]
@@ -2071,6 +2251,86 @@ mod tests {
         fill(&mut c, &mut io, "k", "v", -1, 0);
         c.app_read(1, &req(&["SWAPDB", "0", "1"]), &|| 1);
         assert_eq!(c.stats().entries, 0);
+        // A script that may write may run SWAPDB: the same; a read-only one may not.
+        for (cmd, empties) in [
+            (&["EVAL", "return 1", "0"][..], true),
+            (&["EVALSHA", "abc", "0"][..], true),
+            (&["FCALL", "f", "0"][..], true),
+            (&["EVAL_RO", "return 1", "0"][..], false),
+            (&["FCALL_RO", "f", "0"][..], false),
+        ] {
+            fill(&mut c, &mut io, "k", "v", -1, 0);
+            c.app_read(1, &req(cmd), &|| 1);
+            assert_eq!(c.stats().entries == 0, empties, "{cmd:?}");
+            c.app_read(1, &req(&["SWAPDB", "0", "1"]), &|| 1);
+        }
+    }
+
+    /// A transaction's SWAPDB (and the other commands that change every connection's
+    /// answers) takes effect when EXEC runs it, and not at all after DISCARD; a DISCARD
+    /// Redis refuses leaves the transaction open, an EXEC it refuses ends it unrun.
+    #[test]
+    fn a_transactions_swapdb_takes_effect_at_its_exec() {
+        let (mut c, mut io) = ready(false);
+        c.opened(2, 0);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.app_read(2, &req(&["MULTI"]), &|| 1);
+        c.app_read(2, &req(&["SWAPDB", "0", "1"]), &|| 1);
+        assert_eq!(c.stats().entries, 1, "queued, not run");
+        c.app_read(2, &req(&["EXEC"]), &|| 2);
+        assert_eq!(c.stats().entries, 0, "run by EXEC");
+        fill(&mut c, &mut io, "k", "v", -1, 3);
+        c.app_read(2, &req(&["MULTI"]), &|| 4);
+        c.app_read(2, &req(&["SWAPDB", "0", "1"]), &|| 4);
+        c.app_read(2, &req(&["DISCARD"]), &|| 5);
+        assert_eq!(c.stats().entries, 1, "discarded");
+        c.app_read(2, &req(&["MULTI"]), &|| 6);
+        c.app_read(2, &req(&["SWAPDB", "0", "1"]), &|| 6);
+        c.app_read(2, &req(&["EXEC", "x"]), &|| 7);
+        assert_eq!(c.stats().entries, 1, "refused EXEC: not run");
+        // A refused DISCARD: still in the transaction, whose GETs Redis queues.
+        c.app_read(1, &req(&["MULTI"]), &|| 8);
+        c.app_read(1, &req(&["DISCARD", "x"]), &|| 8);
+        assert_eq!(answer(&mut c, &get("k"), 9).0, 0);
+        c.app_read(1, &req(&["DISCARD"]), &|| 10);
+        assert!(answer(&mut c, &get("k"), 11).0 > 0);
+    }
+
+    /// A pause ends for the cache 1000/hz ms after it ends for Redis (whose cron lifts it,
+    /// and then runs what it held back); under a pause of every command an UNPAUSE waits for
+    /// the pause's end; SHUTDOWN holds back writes for up to shutdown-timeout; FAILOVER turns
+    /// the cache off.
+    #[test]
+    fn pauses_last_until_redis_has_run_what_it_held_back() {
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 0);
+        c.opened(2, 0);
+        c.app_read(2, &req(&["CLIENT", "PAUSE", "100"]), &|| 10);
+        assert_eq!(answer(&mut c, &get("k"), 150).0, 0, "hz 10: 100 ms more");
+        assert!(answer(&mut c, &get("k"), 212).0 > 0);
+        c.app_read(2, &req(&["CLIENT", "PAUSE", "10000"]), &|| 300);
+        c.app_read(2, &req(&["CLIENT", "UNPAUSE"]), &|| 310);
+        assert_eq!(answer(&mut c, &get("k"), 1000).0, 0, "ALL: UNPAUSE waits");
+        c.app_read(2, &req(&["CLIENT", "PAUSE", "10000", "WRITE"]), &|| 20_000);
+        c.app_read(2, &req(&["CLIENT", "UNPAUSE"]), &|| 20_010);
+        assert_eq!(answer(&mut c, &get("k"), 20_050).0, 0);
+        assert!(
+            answer(&mut c, &get("k"), 20_112).0 > 0,
+            "WRITE: UNPAUSE runs"
+        );
+        c.app_read(2, &req(&["SHUTDOWN", "ABORT"]), &|| 20_200);
+        assert!(answer(&mut c, &get("k"), 20_201).0 > 0);
+        c.app_read(2, &req(&["SHUTDOWN"]), &|| 20_300);
+        assert_eq!(answer(&mut c, &get("k"), 30_000).0, 0);
+        assert!(answer(&mut c, &get("k"), 30_402).0 > 0);
+        c.app_read(2, &req(&["FAILOVER"]), &|| 30_500);
+        c.upkeep(&mut io, 6379, 30_500);
+        assert!(!c.up());
+        assert!(
+            io.said.iter().any(|s| s.contains("FAIL OVER")),
+            "{:?}",
+            io.said
+        );
     }
 
     /// INFO read from a connection: its reply, on its way out, shows Redis's figures without
@@ -2148,9 +2408,9 @@ mod tests {
         fill(&mut c, &mut io, "k", "v", -1, 2);
         c.app_read(2, b"CLIENT \"PAUSE\" '100'\r\n", &|| 3);
         assert_eq!(answer(&mut c, &get("k"), 4).0, 0, "paused");
-        assert!(answer(&mut c, &get("k"), 104).0 > 0, "the pause is over");
-        c.app_read(2, b"\"monitor\"\n", &|| 105);
-        assert_eq!(answer(&mut c, &get("k"), 106).0, 0, "a monitor is open");
+        assert!(answer(&mut c, &get("k"), 205).0 > 0, "the pause is over");
+        c.app_read(2, b"\"monitor\"\n", &|| 206);
+        assert_eq!(answer(&mut c, &get("k"), 207).0, 0, "a monitor is open");
     }
 
     /// A connection whose requests cannot be followed stops the cache for everyone until it
@@ -2236,6 +2496,17 @@ mod tests {
             ("$0\r\n\r\n$8", "$5\r\n/tmp/\r\n$8", "unix socket /tmp/"),
             ("$1\r\n0\r\n$4", "$4\r\n6380\r\n$4", "TLS on port 6380"),
             ("$7\r\n0.0.0.0", "$7\r\n0.0.0.1", "0.0.0.1 (bind)"),
+            (
+                "$9\r\nreplicaof\r\n$0\r\n\r\n",
+                "$9\r\nreplicaof\r\n$8\r\n10.0.0.1\r\n",
+                "replica of 10.0.0.1",
+            ),
+            ("$2\r\nno\r\n", "$3\r\nyes\r\n", "cluster mode"),
+            (
+                "events\r\n$0\r\n\r\n",
+                "events\r\n$3\r\nKEm\r\n",
+                "key-miss events",
+            ),
         ] {
             let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES).replace(from, to);
             let mut io = Io {

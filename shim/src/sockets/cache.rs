@@ -40,6 +40,9 @@ pub struct Cache {
     /// When its statistics were last handed to the stack (`cache_publish`), in milliseconds of
     /// the poll's clock.
     published: i64,
+    /// The application's end of the cache's connection, watched ([`Obj::Watch`]), and the
+    /// connection's number ([`Responder::link_gen`]).
+    watched: Option<(c_int, u64)>,
 }
 
 /// Hands the statistics of cache `c` to `stack`, which publishes them with its own.
@@ -71,6 +74,7 @@ impl Cache {
             fds: Vec::new(),
             rewriting: false,
             published: i64::MIN,
+            watched: None,
         })
     }
 }
@@ -249,11 +253,16 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
 
     /// A transfer on the application's end of the cache's connection: a write goes to the
     /// cache (all of it taken), a read to the kernel.
-    pub(super) fn watch_io(&mut self, op: &mut Io<'_>) -> Option<IoTry> {
+    pub(super) fn watch_io(&mut self, fd: c_int, op: &mut Io<'_>) -> Option<IoTry> {
         match op {
             Io::Write(data) => {
                 let n = data.len();
-                self.cache_control_output(data);
+                if self.watches_current(fd) {
+                    self.cache_control_output(data);
+                } else if let Some(c) = self.cache.as_mut() {
+                    // Replies to what the cache sent on a connection it has left.
+                    c.r.stale_output(n);
+                }
                 Some(IoTry {
                     result: Ok(n),
                     nonblock: true,
@@ -263,6 +272,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             Io::Read(..) => None,
         }
+    }
+
+    /// Whether `fd` (an [`Obj::Watch`]) is the application's end of the cache's current
+    /// connection, not of one the cache has left (closed and made again: Redis's writes to
+    /// the old one, and its close of it, do not concern the new one).
+    pub(super) fn watches_current(&self, fd: c_int) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.watched == Some((fd, c.r.link_gen())))
     }
 
     /// The application writes `data` to its end of the cache's connection.
@@ -334,6 +352,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             let _ = self.remove(fd);
         }
         let watched = theirs.filter(|&fd| self.insert(fd, Obj::Watch).is_ok());
+        // (Taken before `watching`, which may leave the connection at once.)
+        c.watched = watched.map(|fd| (fd, c.r.link_gen()));
         if let Some((now, io)) = self.cache_io() {
             c.r.watching(io, watched, now);
         }

@@ -56,7 +56,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Some(Obj::Conn {
                 id, nonblock, opts, ..
             }) => (*id, *nonblock, *opts),
-            Some(Obj::Watch) => return self.watch_io(op),
+            Some(Obj::Watch) => return self.watch_io(fd, op),
             _ => return None,
         };
         let timeout = match op {

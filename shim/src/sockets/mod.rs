@@ -1002,6 +1002,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             _ => None,
         };
         let followed = self.cache.as_ref().and_then(|_| self.followed(fd));
+        let current_watch = self.watches_current(fd);
         let Some(last) = self.remove(fd) else {
             return false;
         };
@@ -1034,7 +1035,8 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             return true;
         };
         match obj {
-            Obj::Watch => self.cache_control_closed(),
+            Obj::Watch if current_watch => self.cache_control_closed(),
+            Obj::Watch => {}
             Obj::Follow => {
                 if let Some(key) = followed {
                     self.cache_closed_key(key);
