@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 
 /// The commands the cache sends on its own connection, as INFO names them (`cmdstat_*`).
-pub const OWN_COMMANDS: [&str; 7] = [
+pub const OWN_COMMANDS: [&str; 8] = [
     "get",
     "pexpiretime",
     "touch",
@@ -28,6 +28,7 @@ pub const OWN_COMMANDS: [&str; 7] = [
     "client|setname",
     "client|tracking",
     "config|get",
+    "module|list",
 ];
 
 /// What the cache changed in Redis's figures, at one moment.

@@ -102,6 +102,7 @@ enum Expect {
     Timeout,
     Slowlog,
     Listeners,
+    Modules,
     /// A TOUCH of keys (their hashes: [`RedisCache::key_hash`]).
     Touch(Vec<u64>),
     Get(Box<[u8]>),
@@ -705,6 +706,7 @@ impl RedisCache {
                     .any(|s| c.arg_is(buf, 1, s))
             || is(b"REPLICAOF")
             || is(b"SLAVEOF")
+            || is(b"MODULE") && !c.arg_is(buf, 1, b"LIST")
         {
             // Settings the handshake checked (maxmemory-policy, replicaof), or the users'
             // rules, may have changed: connect again and check again.
@@ -816,7 +818,8 @@ impl RedisCache {
                 | Expect::Policy
                 | Expect::Timeout
                 | Expect::Slowlog
-                | Expect::Listeners,
+                | Expect::Listeners
+                | Expect::Modules,
                 Got::Error(e),
             ) => {
                 return Err(if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") {
@@ -830,6 +833,18 @@ impl RedisCache {
             (Expect::Timeout, Got::Other(raw)) => {
                 // A map of one: `timeout` and its value, in seconds.
                 self.idle_timeout = config_value(&raw).is_some_and(|v| v != b"0");
+            }
+            (Expect::Modules, Got::Other(raw)) => {
+                // An array of one map per module (RESP3): "*0" when none is loaded.
+                if !raw.starts_with(b"*0\r\n") {
+                    self.off_by_setting = true;
+                    return Err(
+                        "Redis has modules loaded (MODULE LIST): a module's command \
+                                may hold a client's reply back, which the cache would \
+                                overtake"
+                            .into(),
+                    );
+                }
             }
             (Expect::Listeners, Got::Other(raw)) => {
                 if let Some(why) = self
@@ -937,6 +952,7 @@ impl RedisCache {
             (Expect::Policy | Expect::Timeout | Expect::Slowlog | Expect::Listeners, _) => {
                 (6, None)
             }
+            (Expect::Modules, _) => (7, None),
         };
         s.own_calls[cmd] += 1;
         match found {
@@ -1167,6 +1183,8 @@ impl RedisCache {
             ],
         );
         self.expect.push_back(Expect::Listeners);
+        resp::encode(&mut self.out, &[b"MODULE", b"LIST"]);
+        self.expect.push_back(Expect::Modules);
     }
 
     fn send_out(&mut self, io: &mut dyn ControlIo, fd: i32, now: UnixMs) {
@@ -1210,7 +1228,7 @@ fn followed_name(name: &[u8]) -> bool {
         (3, Some(b'A'))
             | (4, Some(b'A' | b'E' | b'W'))
             | (5, Some(b'H' | b'M' | b'B' | b'X' | b'F'))
-            | (6, Some(b'S' | b'C' | b'B' | b'O'))
+            | (6, Some(b'S' | b'C' | b'B' | b'O' | b'M'))
             | (7, Some(b'D' | b'M' | b'W' | b'E' | b'S'))
             | (8, Some(b'B' | b'F' | b'S'))
             | (9, Some(b'S' | b'R'))
@@ -1789,7 +1807,7 @@ mod tests {
         %8\r\n$10\r\nunixsocket\r\n$0\r\n\r\n$8\r\ntls-port\r\n$1\r\n0\r\n\
         $4\r\nbind\r\n$7\r\n0.0.0.0\r\n$9\r\nreplicaof\r\n$0\r\n\r\n\
         $15\r\ncluster-enabled\r\n$2\r\nno\r\n$22\r\nnotify-keyspace-events\r\n$0\r\n\r\n\
-        $2\r\nhz\r\n$2\r\n10\r\n$16\r\nshutdown-timeout\r\n$2\r\n10\r\n";
+        $2\r\nhz\r\n$2\r\n10\r\n$16\r\nshutdown-timeout\r\n$2\r\n10\r\n*0\r\n";
 
     fn get(key: &str) -> Vec<u8> {
         let mut v = Vec::new();
@@ -2506,6 +2524,11 @@ mod tests {
                 "events\r\n$0\r\n\r\n",
                 "events\r\n$3\r\nKEm\r\n",
                 "key-miss events",
+            ),
+            (
+                "*0\r\n",
+                "*1\r\n%2\r\n$4\r\nname\r\n$4\r\njson\r\n$3\r\nver\r\n:1\r\n",
+                "modules loaded",
             ),
         ] {
             let replies = String::from_utf8_lossy(HANDSHAKE_REPLIES).replace(from, to);
