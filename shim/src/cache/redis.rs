@@ -150,6 +150,10 @@ struct Track {
     /// What commands queued in its transaction do to every connection's answers, taken
     /// when EXEC runs them (dropped by DISCARD).
     deferred: Vec<Global>,
+    /// The loop iteration and the length of the input of its last request counted as not
+    /// answered (`cache.misses`, `cache.unavailable`): a wait offers a connection in its poll
+    /// and again from the set's ready list, and a request counts once.
+    counted: (u64, usize),
 }
 
 /// What a command does to every connection's answers (`RedisCache::apply`), when it runs:
@@ -732,6 +736,15 @@ impl RedisCache {
                 .saturating_add(self.shutdown_ms)
                 .saturating_add(self.pause_grace);
             self.paused_until = self.paused_until.max(until);
+        }
+    }
+
+    /// A request of `conn` (its input `len` bytes) was counted as not answered in this loop
+    /// iteration: offered again in it, it is not counted again.
+    fn count_once(&mut self, conn: u64, len: usize) {
+        let epoch = self.epoch;
+        if let Some(t) = self.conns.get_mut(&conn) {
+            t.counted = (epoch, len);
         }
     }
 
@@ -1520,8 +1533,12 @@ impl Responder for RedisCache {
         // Under a `timeout`, Redis must see each connection's requests often enough that its
         // idle time stays true.
         let conn_seen = !self.idle_timeout || now - t.read < SEEN_EVERY_MS;
+        let counted = t.counted == (self.epoch, input.len());
         if !self.up() || self.monitors > 0 || self.blind > 0 || now < self.paused_until {
-            self.stats.unavailable += 1;
+            if !counted {
+                self.stats.unavailable += 1;
+                self.count_once(conn, input.len());
+            }
             return 0;
         }
         // The requests at the front the cache holds, answered in one pass, and whether they
@@ -1570,7 +1587,10 @@ impl Responder for RedisCache {
         }
         if let Some(Some((k0, k1))) = stop {
             // The GET the cache cannot answer: Redis's (and a fill, or an expired entry gone).
-            self.stats.misses += 1;
+            if !counted {
+                self.stats.misses += 1;
+                self.count_once(conn, input.len());
+            }
             let key = &input[k0..k1];
             match self.store.get(key) {
                 None => {
@@ -1992,6 +2012,16 @@ mod tests {
         c.control_output(&push(&["k"]), 3);
         assert_eq!(answer(&mut c, &get("k"), 3).0, 0);
         assert_eq!(c.stats().invalidations, 1);
+        // A miss offered twice in one loop iteration (in the poll, then from the ready
+        // list) counts once; in the next, again.
+        c.loop_turn();
+        let misses = c.stats().misses;
+        assert_eq!(answer(&mut c, &get("k"), 4).0, 0);
+        assert_eq!(answer(&mut c, &get("k"), 4).0, 0);
+        assert_eq!(c.stats().misses, misses + 1);
+        c.loop_turn();
+        assert_eq!(answer(&mut c, &get("k"), 5).0, 0);
+        assert_eq!(c.stats().misses, misses + 2);
     }
 
     #[test]
