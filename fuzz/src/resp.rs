@@ -42,8 +42,9 @@ fn libc_eagain() -> i32 {
 pub fn resp(data: &[u8]) {
     parsers(data);
     let mut cache = RedisCache::new(1 << 20, false, 0);
-    // HELLO, CLIENT SETNAME, the four CONFIG GETs (tracking goes on with the first fill).
-    let mut io = Io(b"%1\r\n$5\r\nproto\r\n:3\r\n+OK\r\n%0\r\n%0\r\n%0\r\n%0\r\n".to_vec());
+    // HELLO, CLIENT SETNAME, the four CONFIG GETs, MODULE LIST (tracking goes on with the
+    // first fill).
+    let mut io = Io(b"%1\r\n$5\r\nproto\r\n:3\r\n+OK\r\n%0\r\n%0\r\n%0\r\n%0\r\n*0\r\n".to_vec());
     cache.upkeep(&mut io, 6379, 0);
     cache.upkeep(&mut io, 6379, 0);
     cache.watching(&mut io, Some(4), 0);

@@ -249,6 +249,8 @@ pub struct RedisCache {
     /// Redis's `shutdown-timeout`, in ms: how long a SHUTDOWN may hold back writes while
     /// replicas catch up.
     shutdown_ms: UnixMs,
+    /// A SHUTDOWN holds writes back: the cache answers nobody until then.
+    held_until: UnixMs,
     /// Connections made so far: a watched end of an earlier one is no longer the cache's
     /// ([`Responder::link_gen`]).
     link_gen: u64,
@@ -350,6 +352,7 @@ impl RedisCache {
             pause_all: false,
             pause_grace: 1000 / 10 + 1,
             shutdown_ms: 10_000,
+            held_until: 0,
             link_gen: 0,
             late,
             link_restart: false,
@@ -631,12 +634,19 @@ impl RedisCache {
             }
         } else if is(b"AUTH") {
             self.aside(conn, Aside::Auth);
-        } else if is(b"MULTI") {
+        } else if is(b"MULTI") && c.argc == 1 {
             if let Some(t) = self.conns.get_mut(&conn) {
                 if !t.multi {
                     t.multi = true;
                     t.deferred.clear();
                 }
+            }
+        } else if is(b"RESET") {
+            // Ends a transaction unrun (what else it resets leaves the connection as the
+            // cache's rules left it: aside stays aside).
+            if let Some(t) = self.conns.get_mut(&conn) {
+                t.multi = false;
+                t.deferred.clear();
             }
         } else if is(b"EXEC") || (is(b"DISCARD") && c.argc == 1) {
             // (A DISCARD Redis refuses leaves the transaction open; an EXEC it refuses, for
@@ -658,20 +668,22 @@ impl RedisCache {
             if c.arg_is(buf, 1, b"PAUSE") {
                 // Held back from the moment it is read, also inside a transaction (early is
                 // safe: nobody is answered).
+                // (A timeout that is not a number: Redis refuses it, and pauses nothing.)
                 let ms = c
                     .arg(buf, 2)
                     .and_then(|d| std::str::from_utf8(d).ok()?.parse::<i64>().ok());
-                let until = ms.map_or(UnixMs::MAX, |ms| {
-                    now.saturating_add(ms.max(0) + 1)
-                        .saturating_add(self.pause_grace)
-                });
-                let all = !c.arg_is(buf, 3, b"WRITE");
-                if now >= self.paused_until {
-                    self.pause_all = all;
-                } else {
-                    self.pause_all |= all;
+                if let Some(ms) = ms {
+                    let until = now
+                        .saturating_add(ms.max(0))
+                        .saturating_add(1 + self.pause_grace);
+                    let all = !c.arg_is(buf, 3, b"WRITE");
+                    if now >= self.paused_until {
+                        self.pause_all = all;
+                    } else {
+                        self.pause_all |= all;
+                    }
+                    self.paused_until = self.paused_until.max(until);
                 }
-                self.paused_until = self.paused_until.max(until);
             } else if c.arg_is(buf, 1, b"UNPAUSE") {
                 self.global(conn, Global::Unpause, now);
             } else if c.arg_is(buf, 1, b"REPLY") {
@@ -731,11 +743,12 @@ impl RedisCache {
                 self.refused = Some("Redis was asked to FAIL OVER to a replica".into());
             }
         } else if is(b"SHUTDOWN") && !(1..c.argc).any(|i| c.arg_is(buf, i, b"ABORT")) {
-            // Writes held back while replicas catch up, for at most shutdown-timeout.
+            // Writes held back while replicas catch up, for at most shutdown-timeout (a hold
+            // of its own: CLIENT UNPAUSE does not lift it).
             let until = now
                 .saturating_add(self.shutdown_ms)
                 .saturating_add(self.pause_grace);
-            self.paused_until = self.paused_until.max(until);
+            self.held_until = self.held_until.max(until);
         }
     }
 
@@ -751,7 +764,13 @@ impl RedisCache {
     /// `g`, read from `conn`: now, or at the EXEC of the transaction it is queued in.
     fn global(&mut self, conn: u64, g: Global, now: UnixMs) {
         match self.conns.get_mut(&conn) {
-            Some(t) if t.multi => t.deferred.push(g),
+            // (A transaction's UNPAUSE is not taken: its EXEC may run nothing, or wait for
+            // the pause; the pause's own end stands.)
+            Some(t) if t.multi => {
+                if g != Global::Unpause {
+                    t.deferred.push(g);
+                }
+            }
             _ => self.apply(g, now),
         }
     }
@@ -1240,7 +1259,7 @@ fn followed_name(name: &[u8]) -> bool {
         (name.len(), name.first().map(u8::to_ascii_uppercase)),
         (3, Some(b'A'))
             | (4, Some(b'A' | b'E' | b'W'))
-            | (5, Some(b'H' | b'M' | b'B' | b'X' | b'F'))
+            | (5, Some(b'H' | b'M' | b'B' | b'X' | b'F' | b'R'))
             | (6, Some(b'S' | b'C' | b'B' | b'O' | b'M'))
             | (7, Some(b'D' | b'M' | b'W' | b'E' | b'S'))
             | (8, Some(b'B' | b'F' | b'S'))
@@ -1534,7 +1553,11 @@ impl Responder for RedisCache {
         // idle time stays true.
         let conn_seen = !self.idle_timeout || now - t.read < SEEN_EVERY_MS;
         let counted = t.counted == (self.epoch, input.len());
-        if !self.up() || self.monitors > 0 || self.blind > 0 || now < self.paused_until {
+        if !self.up()
+            || self.monitors > 0
+            || self.blind > 0
+            || now < self.paused_until.max(self.held_until)
+        {
             if !counted {
                 self.stats.unavailable += 1;
                 self.count_once(conn, input.len());
@@ -1621,6 +1644,10 @@ impl Responder for RedisCache {
         self.shown.answered_nil += nil;
         self.shown.answered_in += at as u64;
         self.shown.answered_out += (out.len() - mark) as u64;
+        if let Some(Some(_)) = stop {
+            // The miss counted is the front of what is left, offered again as that.
+            self.count_once(conn, input.len() - at);
+        }
         at
     }
 
@@ -2022,6 +2049,16 @@ mod tests {
         c.loop_turn();
         assert_eq!(answer(&mut c, &get("k"), 5).0, 0);
         assert_eq!(c.stats().misses, misses + 2);
+        // A pipeline answered in part: its miss, offered again as what is left, counts once.
+        let (mut c, mut io) = ready(false);
+        fill(&mut c, &mut io, "k", "v", -1, 6);
+        c.loop_turn();
+        let misses = c.stats().misses;
+        let part = [vec![get("k"); MIN_PART].concat(), get("other")].concat();
+        let (n, _) = answer(&mut c, &part, 7);
+        assert!(n > 0);
+        assert_eq!(answer(&mut c, &part[n..], 7).0, 0);
+        assert_eq!(c.stats().misses, misses + 1);
     }
 
     #[test]
@@ -2342,6 +2379,17 @@ mod tests {
         assert_eq!(answer(&mut c, &get("k"), 9).0, 0);
         c.app_read(1, &req(&["DISCARD"]), &|| 10);
         assert!(answer(&mut c, &get("k"), 11).0 > 0);
+        // A MULTI Redis refuses starts nothing; RESET ends a transaction unrun.
+        c.app_read(2, &req(&["MULTI", "x"]), &|| 12);
+        c.app_read(2, &req(&["SWAPDB", "0", "1"]), &|| 12);
+        assert_eq!(c.stats().entries, 0, "not in a transaction: run");
+        fill(&mut c, &mut io, "k", "v", -1, 13);
+        c.app_read(2, &req(&["MULTI"]), &|| 14);
+        c.app_read(2, &req(&["SWAPDB", "0", "1"]), &|| 14);
+        c.app_read(2, &req(&["RESET"]), &|| 14);
+        assert_eq!(c.stats().entries, 1, "reset: not run");
+        c.app_read(2, &req(&["SWAPDB", "0", "1"]), &|| 15);
+        assert_eq!(c.stats().entries, 0, "after RESET: run");
     }
 
     /// A pause ends for the cache 1000/hz ms after it ends for Redis (whose cron lifts it,
@@ -2369,8 +2417,16 @@ mod tests {
         c.app_read(2, &req(&["SHUTDOWN", "ABORT"]), &|| 20_200);
         assert!(answer(&mut c, &get("k"), 20_201).0 > 0);
         c.app_read(2, &req(&["SHUTDOWN"]), &|| 20_300);
-        assert_eq!(answer(&mut c, &get("k"), 30_000).0, 0);
+        c.app_read(2, &req(&["CLIENT", "UNPAUSE"]), &|| 20_400);
+        assert_eq!(
+            answer(&mut c, &get("k"), 30_000).0,
+            0,
+            "UNPAUSE: SHUTDOWN holds"
+        );
         assert!(answer(&mut c, &get("k"), 30_402).0 > 0);
+        // A pause Redis refuses (its timeout not a number) pauses nothing.
+        c.app_read(2, &req(&["CLIENT", "PAUSE", "soon"]), &|| 30_500);
+        assert!(answer(&mut c, &get("k"), 30_501).0 > 0);
         c.app_read(2, &req(&["FAILOVER"]), &|| 30_500);
         c.upkeep(&mut io, 6379, 30_500);
         assert!(!c.up());
