@@ -87,6 +87,7 @@ fn env_flag(name: &std::ffi::CStr) -> bool {
 /// At load: if MTCP_PORTS is set, a thread checks once the program runs that every flagged
 /// port it listens on goes through the shim (runtime::watch). Reads one variable, nothing else.
 extern "C" fn watch_at_load() {
+    crate::runtime::own_memory();
     // SAFETY: getenv with a NUL-terminated name; the result is only tested.
     let p = unsafe { libc::getenv(c"MTCP_PORTS".as_ptr()) };
     // SAFETY: a non-null getenv result is a NUL-terminated string.

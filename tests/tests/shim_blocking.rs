@@ -143,22 +143,28 @@ fn kernel_run() -> Run {
 
 /// The blocking server under the shim over `dev` (with `env` too), its clients' namespace.
 struct ShimBed {
-    subnet: Subnet,
-    cns: Netns,
-    port: u16,
-    // Dropped after the server (declared first): a memif bridge stops, the veth goes.
+    // Dropped in this order: the server, the device (a memif bridge stops, the veth goes),
+    // the namespace.
     server: ServerProcess,
     device: StackDevice,
+    cns: Netns,
+    subnet: Subnet,
+    port: u16,
 }
 
 fn shim_bed(dev: Dev, env: &[(&str, &str)]) -> ShimBed {
+    shim_bed_of("blocking_server.py", dev, env)
+}
+
+/// [`shim_bed`] with another of tests/py's servers (`script PORT`, printing `ready`).
+fn shim_bed_of(script: &str, dev: Dev, env: &[(&str, &str)]) -> ShimBed {
     let subnet = Subnet::allocate().expect("subnet");
     let cns = Netns::new().expect("netns");
     let port = 21000 + 2 * subnet.index();
     let mut device = StackDevice::new(dev, &cns, &subnet.cidr(1)).expect("the device");
     let mut builder = ServerProcess::builder(PYTHON);
     builder = builder
-        .args([py_file("blocking_server.py"), port.to_string()])
+        .args([py_file(script), port.to_string()])
         .env("LD_PRELOAD", shim_lib())
         .env("MTCP_PORTS", format!("{port},{}", port + 1))
         .env("MTCP_DEV", device.mtcp_dev())
@@ -388,6 +394,23 @@ fn a_blocking_thread_per_connection_server_over_memif_is_served_as_by_the_kernel
     same_as_the_kernel(Dev::Memif);
 }
 
+/// Python `script` in the clients' namespace, given the server's address and `port` (at most a
+/// minute).
+fn python_client(cns: &Netns, script: &str, subnet: &Subnet, port: u16) -> Output {
+    cns.exec(
+        "timeout",
+        [
+            "60",
+            PYTHON,
+            "-c",
+            script,
+            &subnet.addr(2).to_string(),
+            &port.to_string(),
+        ],
+    )
+    .expect("the client runs")
+}
+
 /// A client of the blocking server's four connections: each says HELLO, then one ECHO of ten
 /// bytes every 50 ms in turn, 40 in all.
 const SPACED_ECHOES: &str = r#"
@@ -419,27 +442,10 @@ print("40 echoes")
 /// unread, the datagram keeps the thread spinning: a whole core.)
 #[test]
 fn threads_blocked_over_memif_sleep_between_requests() {
-    let ShimBed {
-        subnet,
-        cns,
-        port,
-        device: _device,
-        mut server,
-    } = shim_bed(Dev::Memif, &[("MTCP_SPIN_US", "0")]);
+    let mut bed = shim_bed(Dev::Memif, &[("MTCP_SPIN_US", "0")]);
+    let server = &mut bed.server;
     let (c0, t0) = (cpu_ns(server.pid()), Instant::now());
-    let out = cns
-        .exec(
-            "timeout",
-            [
-                "60",
-                PYTHON,
-                "-c",
-                SPACED_ECHOES,
-                &subnet.addr(2).to_string(),
-                &port.to_string(),
-            ],
-        )
-        .expect("the client runs");
+    let out = python_client(&bed.cns, SPACED_ECHOES, &bed.subnet, bed.port);
     let (cpu, secs) = (cpu_ns(server.pid()) - c0, t0.elapsed().as_secs_f64());
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("40 echoes"),
@@ -455,5 +461,31 @@ fn threads_blocked_over_memif_sleep_between_requests() {
     assert!(
         share < 25.0,
         "the server used {share:.1}% of a core for 40 echoes 50 ms apart"
+    );
+}
+
+/// A server that runs a child process for every request keeps its connection: CPython's
+/// subprocess starts the child with vfork, which shares the server's memory, and the child
+/// closes every fd from 3 up (close_range) before exec. Those closes are the child's own: the
+/// server's socket table must not see them (it used to: the connection was closed under the
+/// server at its first request).
+#[test]
+fn a_server_that_spawns_a_child_per_request_keeps_its_connection() {
+    let mut bed = shim_bed_of("spawn_server.py", Dev::AfPacket, &[]);
+    let client = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+f = s.makefile("rb")
+for i in range(3):
+    s.sendall(b"run\n")
+    print(f.readline().decode().strip())
+"#;
+    let out = python_client(&bed.cns, client, &bed.subnet, bed.port);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok 1 0\nok 2 0\nok 3 0\n",
+        "client: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.server.diagnostics()
     );
 }

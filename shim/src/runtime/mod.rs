@@ -221,6 +221,33 @@ fn in_child() -> bool {
     IN_CHILD.load(Ordering::Relaxed)
 }
 
+/// The process whose memory this is: set when the library is loaded, and in every forked
+/// child. A child of vfork() (or of clone with CLONE_VM) shares its parent's memory, so its
+/// socket table, but runs no atfork handler: what it closes or dups is its own kernel fds,
+/// and the table must not change (CPython's subprocess closes every fd from 3 up with
+/// close_range in a vfork child).
+static OWNER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn owner_after_fork() {
+    // SAFETY: getpid has no preconditions.
+    OWNER_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);
+}
+
+/// At load: records the owner, and has every forked child record itself.
+pub(crate) fn own_memory() {
+    owner_after_fork();
+    // SAFETY: registering a handler that only stores an atomic.
+    unsafe { libc::pthread_atfork(None, None, Some(owner_after_fork)) };
+}
+
+/// Whether the caller runs in a child that shares this process's memory (vfork): one system
+/// call, asked only by the calls that close or duplicate fds.
+pub(crate) fn in_shared_child() -> bool {
+    let owner = OWNER_PID.load(Ordering::Relaxed);
+    // SAFETY: getpid has no preconditions (glibc does not cache it).
+    owner != 0 && owner != unsafe { libc::getpid() }
+}
+
 /// A forked child's view of its fds (`None` in the parent, or before any fd was ours).
 fn child() -> Option<Child<'static>> {
     if !in_child() {

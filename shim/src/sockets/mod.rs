@@ -1018,6 +1018,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                         *e = other;
                     }
                 }
+                // (Nested sets are named by number too.)
+                for e in self.nested.iter_mut().filter(|e| **e == fd) {
+                    *e = other;
+                }
             }
         }
         for ep in self.watchers.remove(&fd).unwrap_or_default() {

@@ -1202,7 +1202,7 @@ fn server(port: u16) {
             libc::write(d, msg.as_ptr().cast(), msg.len())
         });
         note(read_line(d));
-        step("F_DUPFD_CLOEXEC, dup2 and dup3 choose the fd number; dup3 to itself or with bad flags is EINVAL, dup2 of a bad fd EBADF");
+        step("F_DUPFD_CLOEXEC, dup2 and dup3 choose the fd number; dup3 to itself or with bad flags is EINVAL (also from a bad fd: the flags are checked first), dup2 of a bad fd EBADF");
         let f = libc::fcntl(d, libc::F_DUPFD_CLOEXEC, 50);
         call("fcntl(F_DUPFD_CLOEXEC, 50) >= 50", || (f >= 50) as c_int);
         call("close(F_DUPFD)", || libc::close(f));
@@ -1210,6 +1210,9 @@ fn server(port: u16) {
         call("dup3(60, 60)", || libc::dup3(60, 60, 0));
         call("dup3(d, 61, bad flags)", || libc::dup3(d, 61, 0x4000_0000));
         call("dup2(bad, 62)", || libc::dup2(9999, 62));
+        call("dup3(bad, 60, bad flags)", || {
+            libc::dup3(9999, 60, 0x4000_0000)
+        });
         call("close(d)", || libc::close(d));
         let mut a: sockaddr_in = zeroed();
         let mut alen = slen;
