@@ -757,11 +757,8 @@ pub(crate) unsafe fn sendfile64(
 // --- fds ------------------------------------------------------------------------------------
 
 pub(crate) unsafe fn close(fd: c_int) -> Outcome<c_int> {
-    if runtime::in_shared_child() {
-        return NOT_OURS;
-    }
     // Our bookkeeping goes; the kernel then closes the fd (the eventfd or the kernel socket).
-    if crate::candidates::is(fd) {
+    if crate::candidates::is(fd) && !runtime::in_shared_child() {
         crate::candidates::forget(fd);
     }
     runtime::close(fd);
@@ -776,6 +773,8 @@ pub(crate) unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> O
         && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0
         && !runtime::in_shared_child()
     {
+        // (A vfork child's closes are its own: `runtime::in_shared_child`. One system call
+        // per close_range, which closes many fds at once.)
         let clamp = |v: c_uint| c_int::try_from(v).unwrap_or(c_int::MAX);
         crate::candidates::forget_range(clamp(first), clamp(last));
         runtime::close_range(clamp(first), clamp(last));
@@ -816,10 +815,6 @@ fn dup_done(old: c_int, new: c_int) -> Outcome<c_int> {
     if new < 0 {
         return Outcome::Error(crate::errno::get());
     }
-    if runtime::in_shared_child() {
-        // A vfork child's new fd is its own (`runtime::in_shared_child`).
-        return Outcome::Done(new);
-    }
     match runtime::alias(old, new) {
         Ok(()) => Outcome::Done(new),
         Err(e) => {
@@ -848,10 +843,8 @@ pub(crate) unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> Outcome<c_int
 /// dup2 (`flags` None) and dup3: the kernel closes `new` silently if `old` is valid and
 /// different; our side of `new` goes first.
 unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int> {
-    if old == new || runtime::in_shared_child() {
-        // dup2: `new` if valid; dup3: EINVAL (the kernel says which). A vfork child's dups
-        // are its own fds' (`runtime::in_shared_child`).
-        return NOT_OURS;
+    if old == new {
+        return NOT_OURS; // dup2: `new` if valid; dup3: EINVAL (the kernel says which).
     }
     // (dup3's flags are checked first, as the kernel does.)
     if flags.is_some_and(|f| f & !libc::O_CLOEXEC != 0) {

@@ -163,8 +163,6 @@ enum Global {
     /// Nothing cached can be trusted (SWAPDB, which Redis tells no tracking client of, or a
     /// script that may run it).
     Flush,
-    /// CLIENT UNPAUSE.
-    Unpause,
     /// CONFIG RESETSTAT: INFO's figures start again.
     ResetStat,
     /// A setting the handshake checked, or the users' rules, may have changed (CONFIG SET,
@@ -237,7 +235,7 @@ pub struct RedisCache {
     /// Times Redis closed the cache's connection (CLIENT KILL counts it among the clients it
     /// killed: see [`Edit::Kill`]).
     own_closed: u64,
-    /// CLIENT PAUSE (or a SHUTDOWN waiting for replicas): the cache answers nobody until then.
+    /// CLIENT PAUSE: the cache answers nobody until then.
     /// Redis lifts a pause that ran out in its cron, up to 1000/hz ms later, and runs the
     /// requests it held back then: the end is kept that much later (`pause_grace`).
     paused_until: UnixMs,
@@ -661,7 +659,7 @@ impl RedisCache {
             };
             if run {
                 for g in deferred {
-                    self.apply(g, now);
+                    self.apply(g);
                 }
             }
         } else if is(b"CLIENT") {
@@ -684,8 +682,14 @@ impl RedisCache {
                     }
                     self.paused_until = self.paused_until.max(until);
                 }
-            } else if c.arg_is(buf, 1, b"UNPAUSE") {
-                self.global(conn, Global::Unpause, now);
+            } else if c.arg_is(buf, 1, b"UNPAUSE")
+                && !self.pause_all
+                && !self.conns.get(&conn).is_some_and(|t| t.multi)
+            {
+                // (Not under a pause of every command, where Redis runs the UNPAUSE only when
+                // the pause ends, nor inside a transaction, whose EXEC may run nothing or wait
+                // for the pause: the pause's own end stands.)
+                self.paused_until = self.paused_until.min(now.saturating_add(self.pause_grace));
             } else if c.arg_is(buf, 1, b"REPLY") {
                 self.aside(conn, Aside::Mode);
                 self.uncounted(conn);
@@ -712,9 +716,9 @@ impl RedisCache {
             // Redis sends no invalidation for SWAPDB (its tracking keys are not per
             // database), and a script that may write may run it (EVAL_RO and FCALL_RO may
             // not).
-            self.global(conn, Global::Flush, now);
+            self.global(conn, Global::Flush);
         } else if is(b"CONFIG") && c.arg_is(buf, 1, b"RESETSTAT") {
-            self.global(conn, Global::ResetStat, now);
+            self.global(conn, Global::ResetStat);
         } else if is(b"CONFIG") && c.arg_is(buf, 1, b"SET")
             || is(b"ACL")
                 && [&b"SETUSER"[..], b"DELUSER", b"LOAD"]
@@ -735,7 +739,7 @@ impl RedisCache {
                             .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
                             == Some(0)
                     });
-            self.global(conn, Global::Restart { slowlog_all }, now);
+            self.global(conn, Global::Restart { slowlog_all });
         } else if is(b"FAILOVER") {
             // Writes held back, then Redis a replica (or not, if it fails): the cache stays
             // off until a CONFIG SET or an ACL change has it check again.
@@ -762,29 +766,16 @@ impl RedisCache {
     }
 
     /// `g`, read from `conn`: now, or at the EXEC of the transaction it is queued in.
-    fn global(&mut self, conn: u64, g: Global, now: UnixMs) {
+    fn global(&mut self, conn: u64, g: Global) {
         match self.conns.get_mut(&conn) {
-            // (A transaction's UNPAUSE is not taken: its EXEC may run nothing, or wait for
-            // the pause; the pause's own end stands.)
-            Some(t) if t.multi => {
-                if g != Global::Unpause {
-                    t.deferred.push(g);
-                }
-            }
-            _ => self.apply(g, now),
+            Some(t) if t.multi => t.deferred.push(g),
+            _ => self.apply(g),
         }
     }
 
-    fn apply(&mut self, g: Global, now: UnixMs) {
+    fn apply(&mut self, g: Global) {
         match g {
             Global::Flush => self.flush(),
-            Global::Unpause => {
-                if !self.pause_all {
-                    // (Under a pause of every command, Redis runs the UNPAUSE only when the
-                    // pause ends: the pause's own end stands.)
-                    self.paused_until = self.paused_until.min(now.saturating_add(self.pause_grace));
-                }
-            }
             Global::ResetStat => self.shown.reset_stats(),
             Global::Restart { slowlog_all } => {
                 self.link_restart = true;

@@ -606,6 +606,9 @@ pub fn close(fd: c_int) -> bool {
     if !table.lookup(fd).is_ours() && !crate::fdtable::pending_binds() {
         return false;
     }
+    if super::in_shared_child() {
+        return false;
+    }
     shim().is_some_and(|mut s| {
         let ours = s.close(fd);
         crate::fdtable::set_pending_binds(s.has_pending_binds());
@@ -689,6 +692,9 @@ pub fn alias(old: c_int, new: c_int) -> Result<(), c_int> {
     match crate::fdtable::global() {
         Some(t) if t.lookup(old).is_ours() => {}
         _ => return Ok(()),
+    }
+    if super::in_shared_child() {
+        return Ok(());
     }
     match shim() {
         Some(mut s) => s.alias(old, new),

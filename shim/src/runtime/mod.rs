@@ -241,7 +241,8 @@ pub(crate) fn own_memory() {
 }
 
 /// Whether the caller runs in a child that shares this process's memory (vfork): one system
-/// call, asked only by the calls that close or duplicate fds.
+/// call, asked only by the calls that close or duplicate fds, once the fd is known to be ours
+/// (`calls::close`, `calls::alias`, `ops::close`'s candidates, `ops::close_range`).
 pub(crate) fn in_shared_child() -> bool {
     let owner = OWNER_PID.load(Ordering::Relaxed);
     // SAFETY: getpid has no preconditions (glibc does not cache it).

@@ -489,8 +489,9 @@ pub(super) fn after_block(notified: bool, woke: bool, b: &Blocking) {
 /// its eventfd is written, the application's epoll set `set` (fd, uid) has kernel events, or a
 /// frame arrives for which the kernel picks this thread among those blocked on the device's
 /// wake-up `wake`. Returns the wait's result (events, 0, or -1 with errno), whether the
-/// eventfd was written, and whether the wake-up fd was readable. Without an epoll instance of its own (EMFILE) the thread blocks at
-/// most a millisecond on the device and its eventfd alone.
+/// eventfd was written, and whether the wake-up fd was readable. Without an epoll instance of
+/// its own (EMFILE) the thread blocks at most a millisecond on the device and its eventfd
+/// alone.
 pub(super) fn block_in(
     wake: Option<c_int>,
     set: Option<(c_int, u64)>,
