@@ -489,3 +489,69 @@ for i in range(3):
         bed.server.diagnostics()
     );
 }
+
+/// A server that stops its acceptor thread with shutdown() of the listener, as Linux allows: the
+/// thread blocked in accept() wakes with EINVAL, the port refuses clients, and listen() starts
+/// it again on the same port (a stack-only listener: bound to MTCP_ADDR).
+#[test]
+fn shutdown_of_a_listener_wakes_its_blocked_acceptor_and_stops_it() {
+    let mut bed = shim_bed_of("acceptor_server.py", Dev::AfPacket, &[]);
+    let client = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+ctl = socket.create_connection((host, port), timeout=10)
+answers = ctl.makefile("rb")
+def greeted():
+    with socket.create_connection((host, port + 1), timeout=10) as c:
+        return c.makefile("rb").readline().decode().strip()
+def ask(cmd):
+    ctl.sendall(cmd.encode() + b"\n")
+    return answers.readline().decode().strip()
+print(greeted())
+print(ask("shut"))
+try:
+    socket.create_connection((host, port + 1), timeout=10).close()
+    print("connected to a stopped listener")
+except ConnectionRefusedError:
+    print("refused")
+print(ask("listen"))
+print(greeted())
+"#;
+    let out = python_client(&bed.cns, client, &bed.subnet, bed.port);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\nacceptor ended EINVAL\nrefused\nlistening\nhello\n",
+        "client: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.server.diagnostics()
+    );
+}
+
+/// A connection closed while another thread is blocked reading it, and the next connection
+/// accepted (whose fd may get the same number): the blocked reader never takes the new
+/// connection's data, which goes to the thread that reads it; the reader ends (end of stream
+/// on Linux once the first client closes, EBADF under the shim).
+#[test]
+fn a_reader_blocked_on_a_closed_fd_never_reads_the_next_connection() {
+    let mut bed = shim_bed_of("close_under_reader.py", Dev::AfPacket, &[]);
+    let client = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+first = socket.create_connection((host, port), timeout=10)
+second = socket.create_connection((host, port), timeout=10)
+second.sendall(b"second\n")
+answers = second.makefile("rb")
+print(answers.readline().decode().strip())
+first.close()
+print(answers.readline().decode().strip())
+"#;
+    let out = python_client(&bed.cns, client, &bed.subnet, bed.port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout == "main read second\nreader ended EBADF\n"
+            || stdout == "main read second\nreader ended eof\n",
+        "client: {stdout}{}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.server.diagnostics()
+    );
+}

@@ -77,6 +77,12 @@ pub trait FlowRegistry: Send {
     /// Another live process has a connection for `key`.
     fn elsewhere(&mut self, key: u64) -> bool;
 
+    /// Whether another process may listen on a port this one gave up: one serves already, or
+    /// may come (a worker's parent lives on, and forks the next generation on reload).
+    fn others_may_listen(&self) -> bool {
+        true
+    }
+
     /// Offers this stack's connection `key` to the processes that still listen on its port: a
     /// passive open its application never accepted, whose listener it closed (`carry`, and
     /// `data`, the peer's bytes held, in two parts). Whether the offer is up (false: no room

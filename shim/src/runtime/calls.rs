@@ -198,13 +198,23 @@ fn bound_port(fd: c_int) -> Option<u16> {
 
 /// accept4() on a listener of ours: a stack connection if one is queued, else the kernel's
 /// (a dual listener), else, on a blocking socket, wait for either (at most SO_RCVTIMEO).
-pub fn accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
+pub fn accept(mut fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
     let mut deadline = None;
     let mut hold = None;
+    // The listener this call started on.
+    let mut started = None;
     loop {
         // (What blocked threads were last woken for, as this attempt saw it.)
-        let (accepted, seen, key) =
-            with(|s| s.accept(fd, flags).map(|r| (r, s.wakes(), s.key_of(fd))))?;
+        let (accepted, seen, key) = with(|s| {
+            if let Some(ident) = started {
+                match s.still(fd, ident) {
+                    Some(f) => fd = f,
+                    None => return Some((Err(libc::EBADF), 0, None)),
+                }
+            }
+            started = s.ident(fd);
+            s.accept(fd, flags).map(|r| (r, s.wakes(), s.key_of(fd)))
+        })?;
         let kernel = match accepted {
             Ok(Accepted::Conn { fd, peer }) => return Some(Ok((fd, peer))),
             Ok(Accepted::Empty { kernel }) => kernel,
@@ -419,7 +429,7 @@ fn more_to_do(
 /// `io` past its first try: `done` bytes moved already.
 #[inline(never)]
 fn io_loop(
-    fd: c_int,
+    mut fd: c_int,
     mut op: Io<'_>,
     flags: c_int,
     call: &mut Call,
@@ -444,8 +454,17 @@ fn io_loop(
         }));
     }
     let dontwait = dontwait || call.ended;
+    // The connection this call started on.
+    let mut started = None;
     loop {
         let mut s = shim()?;
+        if let Some(ident) = started {
+            match s.still(fd, ident) {
+                Some(f) => fd = f,
+                None => return Some(closed_meanwhile(done)),
+            }
+        }
+        started = s.ident(fd);
         // A peek looks at the whole buffer again each time (nothing was consumed).
         let Some(t) = s.io(
             fd,
@@ -532,6 +551,18 @@ fn io_loop(
                 return Some(if done > 0 { Ok(done) } else { Err(libc::EINTR) });
             }
         }
+    }
+}
+
+/// The answer of a call whose fd another thread closed while it waited (the number may name
+/// another socket by now, which the call must not touch): what it moved, or EBADF. Linux keeps
+/// such a call on the socket it started on until data or an error comes (the close takes
+/// effect when it returns); ours closed the connection at once, so nothing would come.
+fn closed_meanwhile(done: usize) -> Result<usize, c_int> {
+    if done > 0 {
+        Ok(done)
+    } else {
+        Err(libc::EBADF)
     }
 }
 
@@ -912,6 +943,12 @@ pub fn epoll_wait(
         // starves the other).
         let mut n = {
             let mut s = shim()?;
+            if let Some((_, uid)) = ids {
+                // Blocked before: another thread may have closed the set meanwhile.
+                if s.epoll_ids(epfd).map(|(_, u)| u) != Some(uid) {
+                    return Some(Err(libc::EBADF));
+                }
+            }
             let room = if kernel_first { max.div_ceil(2) } else { max };
             match s.epoll_pass(epfd, room, events, timeout_ms != 0) {
                 Some((work, n)) => {

@@ -201,6 +201,10 @@ impl SharedFlows {
 }
 
 impl FlowRegistry for SharedFlows {
+    fn others_may_listen(&self) -> bool {
+        takers_may_come(self.page, self.me)
+    }
+
     fn opened(&mut self, key: u64) {
         let s = Self::start(key);
         for i in 0..PROBES {

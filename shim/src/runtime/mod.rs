@@ -121,6 +121,14 @@ impl Host<DpdkLink> for Proc {
         Ok(())
     }
 
+    fn kernel_shutdown(&mut self, fd: c_int, how: c_int) -> Result<(), c_int> {
+        // SAFETY: plain shutdown of the application's own socket.
+        if unsafe { libc::shutdown(fd, how) } < 0 {
+            return Err(crate::errno::get());
+        }
+        Ok(())
+    }
+
     fn identity_fd(
         &mut self,
         flags: c_int,

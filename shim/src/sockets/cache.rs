@@ -400,6 +400,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             if let Some(Some(Entry {
                 obj: Obj::Conn { id, opts, .. },
                 fds: its_fds,
+                ..
             })) = self.objs.get(i as usize)
             {
                 let (id, lowat) = (*id, opts.rcvlowat > 1);
@@ -596,6 +597,7 @@ impl<F: Fn() -> UnixMs> Respond for InPoll<'_, F> {
         let Entry {
             obj: Obj::Conn { opts, .. },
             fds,
+            ..
         } = self.objs.get(i as usize)?.as_ref()?
         else {
             return None;

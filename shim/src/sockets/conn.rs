@@ -109,10 +109,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         })
     }
 
-    /// shutdown() of connection `fd`.
+    /// shutdown() of connection or listener `fd`.
     pub fn shutdown(&mut self, fd: c_int, how: c_int) -> Answer<c_int> {
         let Some(Obj::Conn { id, .. }) = self.obj(fd) else {
-            return None;
+            return self.shutdown_listener(fd, how);
         };
         let id = *id;
         if how != libc::SHUT_RD && how != libc::SHUT_WR && how != libc::SHUT_RDWR {

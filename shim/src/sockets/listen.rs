@@ -97,11 +97,27 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// to a flagged port (the kernel's).
     pub fn listen(&mut self, fd: c_int, backlog: c_int) -> Answer<c_int> {
         let depth = backlog.max(0) as usize;
-        if let Some(Obj::Listener { port, kernel, .. }) = self.obj(fd) {
+        if let Some(Obj::Listener {
+            port, kernel, shut, ..
+        }) = self.obj(fd)
+        {
+            let (port, kernel, shut) = (*port, *kernel, *shut);
+            if shut {
+                // Listening again after shutdown(): on the port it is still bound to.
+                if let Err(e) = self.start_listening(fd, port, kernel, backlog) {
+                    return Some(Err(e));
+                }
+                let fds = self.fds_of(fd);
+                if let Some(Obj::Listener { shut, .. }) = self.obj(fd) {
+                    *shut = false;
+                }
+                self.port_fds.entry(port).or_default().extend(fds);
+                self.sync_listen_options(port);
+                return Some(Ok(0));
+            }
             // listen() again: a new backlog, on both sides. The kernel side of a stack-only
             // listener is not bound: a listen() there would bind it to an ephemeral port on
             // every address.
-            let (port, kernel) = (*port, *kernel);
             if kernel {
                 if let Err(e) = self.host.kernel_listen(fd, backlog) {
                     return Some(Err(e));
@@ -122,6 +138,36 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             } => (port, kernel, family),
             Bound::V6Only { port } => return Some(Err(self.refuse_v6only(port))),
         };
+        if let Err(e) = self.start_listening(fd, port, kernel, backlog) {
+            return Some(Err(e));
+        }
+        let inherit = self.host.listener_options(fd, family);
+        let listener = Obj::Listener {
+            port,
+            kernel,
+            family,
+            inherit,
+            shut: false,
+        };
+        if let Err(e) = self.insert(fd, listener) {
+            return Some(Err(e));
+        }
+        self.binds.remove(&fd);
+        self.port_fds.entry(port).or_default().push(fd);
+        self.sync_listen_options(port);
+        Some(Ok(0))
+    }
+
+    /// The stack (and, for a dual listener, the kernel) starts listening on `port` for
+    /// socket `fd`, or joins the port's listener if another socket of ours listens on it.
+    fn start_listening(
+        &mut self,
+        fd: c_int,
+        port: u16,
+        kernel: bool,
+        backlog: c_int,
+    ) -> Result<(), c_int> {
+        let depth = backlog.max(0) as usize;
         // Another listener of ours on this port: SO_REUSEPORT on both, as the kernel (which
         // bound a dual listener's kernel side) allowed; they share the stack's listener, and
         // each accepts from its queue (nginx's `listen ... reuseport`: one listener per
@@ -133,17 +179,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 .kernel_getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)
                 != Some(1)
         {
-            return Some(Err(libc::EADDRINUSE));
+            return Err(libc::EADDRINUSE);
         }
         if shared {
             if kernel {
-                if let Err(e) = self.host.kernel_listen(fd, backlog) {
-                    return Some(Err(e));
-                }
+                self.host.kernel_listen(fd, backlog)?;
             }
         } else if self.defers_start() {
             if self.failed.is_some() {
-                return Some(Err(libc::EADDRNOTAVAIL));
+                return Err(libc::EADDRNOTAVAIL);
             }
             let checked = match &self.cfg {
                 Ok(cfg) => self.host.preflight(cfg),
@@ -151,47 +195,87 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             };
             if let Err(why) = checked {
                 self.fail(why);
-                return Some(Err(libc::EADDRNOTAVAIL));
+                return Err(libc::EADDRNOTAVAIL);
             }
             if kernel {
-                if let Err(e) = self.host.kernel_listen(fd, backlog) {
-                    return Some(Err(e));
-                }
+                self.host.kernel_listen(fd, backlog)?;
             }
             self.deferred.push((port, depth));
         } else {
-            let stack = match self.ensure_stack() {
-                Ok(st) => st,
-                Err(e) => return Some(Err(e)),
-            };
+            let stack = self.ensure_stack()?;
             let mut opts = stack.default_options();
             opts.nodelay = false;
-            if let Err(e) = stack.listen(port, depth, opts) {
-                return Some(Err(so_errno(e)));
-            }
+            stack.listen(port, depth, opts).map_err(so_errno)?;
             if kernel {
                 if let Err(e) = self.host.kernel_listen(fd, backlog) {
                     let now = self.host.now();
                     if let Some(st) = self.stack.as_mut() {
                         st.unlisten(now, port);
                     }
-                    return Some(Err(e));
+                    return Err(e);
                 }
             }
         }
-        let inherit = self.host.listener_options(fd, family);
-        let listener = Obj::Listener {
-            port,
-            kernel,
-            family,
-            inherit,
-        };
-        if let Err(e) = self.insert(fd, listener) {
-            return Some(Err(e));
+        Ok(())
+    }
+
+    /// No socket of ours listens on `port` any more: the stack stops listening there and
+    /// resets what its queue held, as Linux's listener does when closed.
+    pub(super) fn stop_listening(&mut self, port: u16) {
+        if !self.port_fds.get(&port).is_none_or(Vec::is_empty) {
+            return;
         }
-        self.binds.remove(&fd);
-        self.port_fds.entry(port).or_default().push(fd);
-        self.sync_listen_options(port);
+        self.port_fds.remove(&port);
+        self.deferred.retain(|&(p, _)| p != port);
+        let now = self.host.now();
+        if let Some(stack) = self.stack.as_mut() {
+            stack.unlisten(now, port);
+        }
+        if self.port_fds.is_empty() {
+            // Its last listener: worker processes sharing the device take its buckets' new
+            // connections from now on (an old worker finishing after `nginx -s reload` would
+            // refuse them until its next round).
+            self.steer();
+        }
+    }
+
+    /// shutdown() of listener `fd`, as Linux: SHUT_WR changes nothing; SHUT_RD or SHUT_RDWR
+    /// stops it listening (its queued connections are reset, accept() fails with EINVAL,
+    /// threads blocked in accept() wake to that), and it stays bound to its port for a next
+    /// listen(). A stopped listener is not connected: ENOTCONN.
+    pub(super) fn shutdown_listener(&mut self, fd: c_int, how: c_int) -> Answer<c_int> {
+        let Some(Obj::Listener {
+            port, kernel, shut, ..
+        }) = self.obj(fd)
+        else {
+            return None;
+        };
+        let (port, kernel) = (*port, *kernel);
+        if how != libc::SHUT_RD && how != libc::SHUT_WR && how != libc::SHUT_RDWR {
+            return Some(Err(libc::EINVAL));
+        }
+        if *shut {
+            return Some(Err(libc::ENOTCONN));
+        }
+        if how == libc::SHUT_WR {
+            return Some(Ok(0));
+        }
+        *shut = true;
+        if kernel {
+            // (Its own threads blocked in the kernel's accept wake with EINVAL.)
+            let _ = self.host.kernel_shutdown(fd, how);
+        }
+        let fds = self.fds_of(fd);
+        if let Some(v) = self.port_fds.get_mut(&port) {
+            v.retain(|f| !fds.contains(f));
+        }
+        self.stop_listening(port);
+        self.flush();
+        if let (Some(i), Some(r)) = (self.index_of(fd), self.readiness(fd)) {
+            self.notify_entry_with(i, r);
+            self.touched.push(i);
+        }
+        self.wake_touched();
         Some(Ok(0))
     }
 
@@ -231,10 +315,14 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             kernel,
             family,
             inherit,
+            shut,
         }) = self.obj(fd)
         else {
             return None;
         };
+        if *shut {
+            return Some(Err(libc::EINVAL));
+        }
         let (port, kernel, family, inherit) = (*port, *kernel, *family, inherit.clone());
         self.pump();
         if self.stack.is_none() && self.failed.is_some() {

@@ -89,6 +89,8 @@ pub trait Host<L: Link> {
     }
     /// listen() on the kernel side of a dual listener.
     fn kernel_listen(&mut self, fd: c_int, backlog: c_int) -> Result<(), c_int>;
+    /// shutdown() of the kernel side of a dual listener.
+    fn kernel_shutdown(&mut self, fd: c_int, how: c_int) -> Result<(), c_int>;
     /// A new fd to stand for a connection: a kernel TCP socket of `family`, never connected,
     /// that keeps its options (`flags`: SOCK_NONBLOCK, SOCK_CLOEXEC; `inherit`: the options set
     /// on the listener that its accepted sockets inherit).
@@ -225,6 +227,9 @@ pub(crate) enum Obj {
         family: Family,
         /// The options its accepted connections inherit.
         inherit: Vec<SockOpt>,
+        /// shutdown(SHUT_RD or SHUT_RDWR) stopped it: bound, no longer listening, until the
+        /// next listen().
+        shut: bool,
     },
     Conn {
         id: ConnId,
@@ -267,6 +272,9 @@ pub(crate) enum Obj {
 struct Entry {
     obj: Obj,
     fds: Vec<c_int>,
+    /// Which object this is, never reused: a call that waits tells by it whether its fd
+    /// still names the object it started on (see [`Sockets::ident`]).
+    serial: u64,
 }
 
 /// How poll/select must look at one fd.
@@ -308,6 +316,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     touched: Vec<u32>,
     /// The last epoll set's uid.
     epoll_uids: u64,
+    /// The last entry's serial.
+    serials: u64,
     /// A connect() said that the stack cannot start (once).
     said_connect: bool,
     /// A connect() is starting the stack.
@@ -437,6 +447,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             lingerers: 0,
             touched: Vec::new(),
             epoll_uids: 0,
+            serials: 0,
             said_connect: false,
             connecting: false,
             nested: Vec::new(),
@@ -497,6 +508,39 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         self.objs.get(i as usize)?.as_ref().map(|e| &e.obj)
     }
 
+    /// Which object of ours `fd` names (`None`: none), as its entry and serial. A call that
+    /// waits re-reads its fd on every pass; another thread may close the fd meanwhile (and
+    /// the number may come back as another socket): [`Sockets::still`] tells the call where
+    /// the object it started on is.
+    pub fn ident(&self, fd: c_int) -> Option<(u32, u64)> {
+        let i = self.index_of(fd)?;
+        self.objs.get(i as usize)?.as_ref().map(|e| (i, e.serial))
+    }
+
+    /// An fd that names the object `ident` stands for: `fd` itself if it still does, else a
+    /// dup left open (a close of one fd leaves the socket to its dups, and a call blocked on
+    /// it goes on, as on Linux). `None`: the object was closed.
+    pub fn still(&self, fd: c_int, ident: (u32, u64)) -> Option<c_int> {
+        let e = self.objs.get(ident.0 as usize)?.as_ref()?;
+        if e.serial != ident.1 {
+            return None;
+        }
+        if e.fds.contains(&fd) {
+            Some(fd)
+        } else {
+            e.fds.first().copied()
+        }
+    }
+
+    /// Every fd number (dups) that refers to `fd`'s object.
+    fn fds_of(&self, fd: c_int) -> Vec<c_int> {
+        let i = self.index_of(fd);
+        match i.and_then(|i| self.objs.get(i as usize)?.as_ref()) {
+            Some(e) => e.fds.clone(),
+            None => vec![fd],
+        }
+    }
+
     pub(crate) fn obj(&mut self, fd: c_int) -> Option<&mut Obj> {
         let i = self.index_of(fd)?;
         self.objs.get_mut(i as usize)?.as_mut().map(|e| &mut e.obj)
@@ -513,7 +557,12 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
 
     /// Makes `fd` ours, as a new object. Returns its index.
     fn insert(&mut self, fd: c_int, obj: Obj) -> Result<u32, c_int> {
-        let entry = Entry { obj, fds: vec![fd] };
+        self.serials += 1;
+        let entry = Entry {
+            obj,
+            fds: vec![fd],
+            serial: self.serials,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 self.objs[i as usize] = Some(entry);
@@ -850,6 +899,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     fn readiness_at(&self, i: u32) -> Option<Readiness> {
         let stack = self.stack.as_ref()?;
         match &self.objs.get(i as usize)?.as_ref()?.obj {
+            // A listener stopped by shutdown(): as Linux's closed socket, writable and hung up.
+            Obj::Listener { shut: true, .. } => {
+                Some(Readiness::new(false, true, false, true, false))
+            }
             Obj::Listener { port, .. } => Some(if stack.accept_queue_len(*port) > 0 {
                 Readiness::READABLE
             } else {
@@ -1003,6 +1056,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         };
         let followed = self.cache.as_ref().and_then(|_| self.followed(fd));
         let current_watch = self.watches_current(fd);
+        let entry = self.index_of(fd);
         let Some(last) = self.remove(fd) else {
             return false;
         };
@@ -1038,6 +1092,17 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         let Some(obj) = last else {
             return true;
         };
+        // Threads blocked on it (another thread's recv, accept, epoll_wait) wake and find it
+        // gone.
+        if let Some(i) = entry {
+            if matches!(
+                obj,
+                Obj::Conn { .. } | Obj::Listener { .. } | Obj::Epoll { .. }
+            ) {
+                self.touched.push(i);
+                self.wake_touched();
+            }
+        }
         match obj {
             Obj::Watch if current_watch => self.cache_control_closed(),
             Obj::Watch => {}
@@ -1063,22 +1128,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                     self.flush();
                 }
             }
-            Obj::Listener { port, .. } => {
-                if self.port_fds.get(&port).is_none_or(Vec::is_empty) {
-                    self.port_fds.remove(&port);
-                    self.deferred.retain(|&(p, _)| p != port);
-                    let now = self.host.now();
-                    if let Some(stack) = self.stack.as_mut() {
-                        stack.unlisten(now, port);
-                    }
-                    if self.port_fds.is_empty() {
-                        // Its last listener: worker processes sharing the device take its
-                        // buckets' new connections from now on (an old worker finishing after
-                        // `nginx -s reload` would refuse them until its next round).
-                        self.steer();
-                    }
-                }
-            }
+            Obj::Listener {
+                port, shut: false, ..
+            } => self.stop_listening(port),
+            Obj::Listener { shut: true, .. } => {}
             Obj::Epoll { bell, .. } => {
                 for list in self.watchers.values_mut() {
                     list.retain(|&e| e != fd);
@@ -1106,7 +1159,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             Some(Some(e)) => {
                 e.fds.push(new);
                 match e.obj {
-                    Obj::Listener { port, .. } => Some(port),
+                    Obj::Listener {
+                        port, shut: false, ..
+                    } => Some(port),
                     _ => None,
                 }
             }

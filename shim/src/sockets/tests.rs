@@ -34,6 +34,7 @@ struct Log {
     started: usize,
     said: Vec<String>,
     kernel_listens: Vec<(c_int, c_int)>,
+    kernel_shutdowns: Vec<(c_int, c_int)>,
     closed: Vec<c_int>,
     wakes: usize,
     /// The entries the last wake-up was for (`None`: every blocked thread).
@@ -88,6 +89,11 @@ impl Host<MemLink> for TestHost {
 
     fn kernel_listen(&mut self, fd: c_int, backlog: c_int) -> Result<(), c_int> {
         self.log.borrow_mut().kernel_listens.push((fd, backlog));
+        Ok(())
+    }
+
+    fn kernel_shutdown(&mut self, fd: c_int, how: c_int) -> Result<(), c_int> {
+        self.log.borrow_mut().kernel_shutdowns.push((fd, how));
         Ok(())
     }
 
@@ -300,6 +306,20 @@ impl Net {
             Some(Ok(Accepted::Conn { fd, peer })) => (c, fd, peer),
             other => panic!("accept: {other:?}"),
         }
+    }
+
+    /// A client connection to PORT is refused.
+    fn refused(&mut self) -> bool {
+        let c = self.client_connects(PORT);
+        self.settle();
+        self.client.take_error(c) == Ok(Some(SockError::Refused))
+    }
+
+    /// A client connection to PORT is accepted on listener `fd`.
+    fn accepted_on(&mut self, fd: c_int) -> bool {
+        self.client_connects(PORT);
+        self.settle();
+        matches!(self.s.accept(fd, 0), Some(Ok(Accepted::Conn { .. })))
     }
 
     fn read(&mut self, fd: c_int, peek: bool) -> Result<Vec<u8>, SockError> {
@@ -770,9 +790,64 @@ fn closing_the_last_listener_fd_stops_listening() {
     let mut n = Net::new();
     n.listen_dual();
     assert!(n.s.close(LISTEN_FD));
-    let c = n.client_connects(PORT);
+    assert!(n.refused());
+}
+
+#[test]
+fn shutdown_of_a_listener_stops_it_and_listen_starts_it_again() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let dup = 53;
+    assert_eq!(n.s.alias(LISTEN_FD, dup), Ok(()));
+    assert_eq!(n.s.shutdown(LISTEN_FD, 9), Some(Err(libc::EINVAL)));
+    // SHUT_WR: nothing changes, as on Linux.
+    assert_eq!(n.s.shutdown(LISTEN_FD, libc::SHUT_WR), Some(Ok(0)));
+    let queued = n.client_connects(PORT);
     n.settle();
-    assert_eq!(n.client.take_error(c), Ok(Some(SockError::Refused)));
+    assert!(n.s.readiness(LISTEN_FD).unwrap().readable());
+    // SHUT_RD: the queued connection is reset, accept fails on every dup, the socket reads as
+    // Linux's closed one (writable, hung up), the kernel side is shut too.
+    assert_eq!(n.s.shutdown(dup, libc::SHUT_RD), Some(Ok(0)));
+    assert_eq!(n.log.borrow().kernel_shutdowns, vec![(dup, libc::SHUT_RD)]);
+    n.settle();
+    assert_eq!(n.client.take_error(queued), Ok(Some(SockError::Reset)));
+    assert_eq!(n.s.accept(LISTEN_FD, 0), Some(Err(libc::EINVAL)));
+    assert_eq!(n.s.accept(dup, 0), Some(Err(libc::EINVAL)));
+    let r = n.s.readiness(LISTEN_FD).unwrap();
+    assert_eq!(r.bits(), (libc::EPOLLOUT | libc::EPOLLHUP) as u32);
+    assert!(n.refused());
+    assert_eq!(
+        n.s.shutdown(LISTEN_FD, libc::SHUT_RDWR),
+        Some(Err(libc::ENOTCONN))
+    );
+    assert_eq!(
+        n.s.shutdown(LISTEN_FD, libc::SHUT_WR),
+        Some(Err(libc::ENOTCONN))
+    );
+    // listen() again: on the same port, through either fd.
+    assert_eq!(n.s.listen(dup, 4), Some(Ok(0)));
+    assert!(!n.s.readiness(LISTEN_FD).unwrap().readable());
+    n.connect(0);
+    // Closing one fd leaves the listener to the other; the last close stops it.
+    assert!(n.s.close(LISTEN_FD));
+    assert!(n.accepted_on(dup));
+    assert!(n.s.close(dup));
+    assert!(n.refused());
+}
+
+#[test]
+fn a_stopped_listener_that_closes_leaves_the_ports_other_listener_alone() {
+    let mut n = Net::new();
+    assert_eq!(n.s.bind(LISTEN_FD, SERVER, PORT), Some(Ok(0)));
+    assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Ok(0)));
+    assert_eq!(n.s.shutdown(LISTEN_FD, libc::SHUT_RDWR), Some(Ok(0)));
+    // (A stack-only listener has no kernel side to shut.)
+    assert!(n.log.borrow().kernel_shutdowns.is_empty());
+    let other = 54;
+    assert_eq!(n.s.bind(other, SERVER, PORT), Some(Ok(0)));
+    assert_eq!(n.s.listen(other, 16), Some(Ok(0)));
+    assert!(n.s.close(LISTEN_FD));
+    assert!(n.accepted_on(other));
 }
 
 // ------------------------------------------------------------------ dup
@@ -808,12 +883,7 @@ fn a_dup_of_a_listener_accepts_too() {
     let dup = 52;
     assert_eq!(n.s.alias(LISTEN_FD, dup), Ok(()));
     assert!(n.s.close(LISTEN_FD));
-    n.client_connects(PORT);
-    n.settle();
-    assert!(matches!(
-        n.s.accept(dup, 0),
-        Some(Ok(Accepted::Conn { .. }))
-    ));
+    assert!(n.accepted_on(dup));
 }
 
 // ------------------------------------------------------------------ options

@@ -1663,9 +1663,72 @@ fn server(port: u16) {
             libc::SO_ACCEPTCONN,
             "getsockopt(SO_ACCEPTCONN)",
         );
+
+        step("shutdown of a listener: SHUT_WR is 0 and changes nothing; SHUT_RD stops it (a thread blocked in accept wakes with EINVAL, poll says POLLOUT|POLLHUP, accept is EINVAL, shutdown again ENOTCONN); listen() again listens on the same port");
+        libc::fcntl(s, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        call("shutdown(listener, SHUT_WR)", || {
+            libc::shutdown(s, libc::SHUT_WR)
+        });
+        poll_one(
+            s,
+            libc::POLLIN | libc::POLLOUT,
+            0,
+            "poll(listener after SHUT_WR)",
+        );
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let acceptor = std::thread::spawn(move || {
+            let _ = tid_tx.send(libc::gettid());
+            set_errno(SENTINEL);
+            let r = libc::accept(s, null_mut(), null_mut());
+            (r, errno())
+        });
+        let tid = tid_rx.recv().expect("the acceptor's thread id");
+        wait_until_sleeping(tid);
+        call("shutdown(listener, SHUT_RD)", || {
+            libc::shutdown(s, libc::SHUT_RD)
+        });
+        let (r, e) = acceptor.join().expect("the acceptor");
+        println!("blocked accept {r} {e}");
+        poll_one(s, libc::POLLIN | libc::POLLOUT, 0, "poll(shut listener)");
+        call("accept(shut listener)", || {
+            libc::accept(s, null_mut(), null_mut())
+        });
+        call("shutdown(shut listener)", || {
+            libc::shutdown(s, libc::SHUT_RDWR)
+        });
+        call("listen(again)", || libc::listen(s, 16));
+        poll_one(s, libc::POLLIN | libc::POLLOUT, 0, "poll(listening again)");
+        let mut alen = slen;
+        libc::getsockname(s, (&mut a as *mut sockaddr_in).cast(), &mut alen);
+        note(format!(
+            "listening again port={}",
+            u16::from_be(a.sin_port) == port
+        ));
+        getsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            "getsockopt(SO_ACCEPTCONN, again)",
+        );
         call("close(listener)", || libc::close(s));
     }
     println!("done");
+}
+
+/// Returns once thread `tid` of this process sleeps (blocked in a call), as /proc shows it.
+fn wait_until_sleeping(tid: libc::pid_t) {
+    let path = format!("/proc/self/task/{tid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(&path).unwrap_or_default();
+        // The state follows the command name's closing parenthesis.
+        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        if state == Some('S') {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("thread {tid} never blocked");
 }
 
 /// An address the kernel or the shim wrote into a 28-byte buffer (`room` of it offered): its

@@ -250,9 +250,12 @@ impl<L: Link> Stack<L> {
                 self.open_passive(now, k, peer, dport, Open::Passive(&seg));
                 return;
             }
-            if self.closed_ports.contains(&dport) {
+            if self.closed_ports.contains(&dport)
+                && self.flows.as_ref().is_some_and(|f| f.others_may_listen())
+            {
                 // A port this process gave up among processes sharing the device: another
-                // takes its share of the flows (see `closed_ports`).
+                // takes its share of the flows (see `closed_ports`). A process with nobody
+                // to take over refuses it, as Linux does a port nobody listens on.
                 self.net.stats_mut().steered_away += 1;
                 return;
             }

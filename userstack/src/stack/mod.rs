@@ -159,7 +159,8 @@ pub struct Stack<L: Link> {
     /// (`flows`): a SYN for one is dropped, not refused. It comes in the moments before
     /// another process takes this one's share of the flows (nginx's old workers close their
     /// listeners on reload), and the client's retransmission finds the new owner, as on Linux,
-    /// where the listener lives on in the new workers and nobody is refused.
+    /// where the listener lives on in the new workers and nobody is refused. (Refused after
+    /// all when the registry says no other process may listen there.)
     closed_ports: Vec<u16>,
     /// Connections this stack offered to the other processes (`flows`) when it stopped
     /// listening, by demux key, with when the offer is withdrawn (handover.rs).

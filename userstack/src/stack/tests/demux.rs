@@ -200,6 +200,8 @@ fn data_after_close_resets_like_linux() {
 struct Others {
     theirs: Vec<u64>,
     opened: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    /// Whether another process may take over a port this one gives up.
+    takers: bool,
 }
 
 impl crate::steer::FlowRegistry for Others {
@@ -211,6 +213,9 @@ impl crate::steer::FlowRegistry for Others {
     }
     fn elsewhere(&mut self, key: u64) -> bool {
         self.theirs.contains(&key)
+    }
+    fn others_may_listen(&self) -> bool {
+        self.takers
     }
 }
 
@@ -241,6 +246,27 @@ fn syns_of_buckets_another_process_takes_are_left_to_it() {
     );
 }
 
+/// A port this process stopped listening on when no other process may take it over (a
+/// process alone on its device): a SYN is refused, as Linux refuses a port nobody listens on.
+#[test]
+fn a_syn_for_a_port_given_up_with_nobody_to_take_it_is_refused() {
+    let mut p = Pair::new();
+    p.server.set_flow_registry(Box::new(Others {
+        theirs: Vec::new(),
+        opened: Default::default(),
+        takers: false,
+    }));
+    p.server.listen(6379, 16, opts()).unwrap();
+    p.server.unlisten(p.now, 6379);
+    let c = p
+        .client
+        .connect(p.now, p.server_addr(6379), opts())
+        .unwrap();
+    p.advance(Duration::from_millis(50), Duration::from_millis(1));
+    assert_eq!(p.server.stats().tcp_rst_sent, 1);
+    assert_eq!(p.client.take_error(c), Ok(Some(crate::SockError::Refused)));
+}
+
 /// A port this process stopped listening on while it shares the device with others (nginx's
 /// old worker on reload): a SYN that still reaches it is dropped, not refused, and its
 /// retransmission finds the process that took the flows over.
@@ -252,6 +278,7 @@ fn a_syn_for_a_port_given_up_among_processes_is_dropped_not_refused() {
     p.server.set_flow_registry(Box::new(Others {
         theirs: Vec::new(),
         opened,
+        takers: true,
     }));
     p.server.listen(6379, 16, opts()).unwrap();
     p.server.unlisten(p.now, 6379);
@@ -292,6 +319,7 @@ fn an_unknown_segment_is_reset_only_if_no_other_process_has_its_connection() {
             p.server.set_flow_registry(Box::new(Others {
                 theirs: Vec::new(),
                 opened: opened.clone(),
+                takers: true,
             }));
             let keys = opened.lock().unwrap().clone();
             assert_eq!(keys.len(), 1, "the open connection is registered");
@@ -307,6 +335,7 @@ fn an_unknown_segment_is_reset_only_if_no_other_process_has_its_connection() {
         p.server.set_flow_registry(Box::new(Others {
             theirs: if theirs { vec![key] } else { Vec::new() },
             opened: opened.clone(),
+            takers: true,
         }));
         p.server.set_steering(Steering { syn: 0, rst: 0 }, p.now);
         let before = p.server.stats().tcp_rst_sent;
