@@ -199,6 +199,7 @@ fn bound_port(fd: c_int) -> Option<u16> {
 /// accept4() on a listener of ours: a stack connection if one is queued, else the kernel's
 /// (a dual listener), else, on a blocking socket, wait for either (at most SO_RCVTIMEO).
 pub fn accept(mut fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
+    let asked = fd;
     let mut deadline = None;
     let mut hold = None;
     // The listener this call started on.
@@ -222,14 +223,14 @@ pub fn accept(mut fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
         };
         // A connection on the kernel side: the kernel's accept takes it.
         if kernel && kernel_readable(fd) {
-            return kernel_accept(fd, flags);
+            return kernel_accept(fd, flags, fd != asked);
         }
         // SAFETY: F_GETFL on the application's socket.
         let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
             // The kernel says EAGAIN for a dual listener; a stack-only one's is ours to say.
             return if kernel {
-                kernel_accept(fd, flags)
+                kernel_accept(fd, flags, fd != asked)
             } else {
                 Some(Err(libc::EAGAIN))
             };
@@ -250,10 +251,12 @@ pub fn accept(mut fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
 
 /// The kernel side of dual listener `fd` accepts (`flags`: accept4's). `None` (the kernel's
 /// own accept, as the application called it) unless the socket table follows the kernel's
-/// connections (the data-path cache): then the kernel's accept4 here, and the new fd is
-/// followed ([`Sockets::follow`]).
-fn kernel_accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
-    if !with(|s| Some(s.follows_kernel_clients()))? {
+/// connections (the data-path cache), or `moved` (the fd the application named was closed
+/// while the call waited, and `fd` is a dup of it): then the kernel's accept4 here, and the
+/// new fd is followed ([`Sockets::follow`]) if the table follows them.
+fn kernel_accept(fd: c_int, flags: c_int, moved: bool) -> Answer<(c_int, SocketAddr)> {
+    let follow = with(|s| Some(s.follows_kernel_clients()))?;
+    if !follow && !moved {
         return None;
     }
     // SAFETY: sockaddr_storage is plain data, large enough for any address.
@@ -275,11 +278,13 @@ fn kernel_accept(fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
         // Not an IP peer (cannot be, on a TCP listener): the connection is not followed.
         return Some(Ok((new, SocketAddr::from(([0, 0, 0, 0], 0)))));
     };
-    with(|s| {
-        s.follow(new);
-        Some(())
-    });
-    FOLLOWING.store(true, std::sync::atomic::Ordering::Relaxed);
+    if follow {
+        with(|s| {
+            s.follow(new);
+            Some(())
+        });
+        FOLLOWING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Some(Ok((new, peer)))
 }
 
@@ -390,18 +395,20 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
                 }
                 Err(SockError::WouldBlock) if dontwait => Some(Err(libc::EAGAIN)),
                 Err(SockError::WouldBlock) => {
+                    let started = s.ident(fd);
                     drop(s);
-                    io_loop(fd, op, flags, call, 0)
+                    io_loop(fd, op, flags, call, 0, started)
                 }
                 Err(e) => Some(Err(e.errno())),
                 Ok(n) => {
+                    let started = s.ident(fd);
                     drop(s);
-                    io_loop(fd, op, flags, call, n)
+                    io_loop(fd, op, flags, call, n, started)
                 }
             };
         }
     }
-    io_loop(fd, op, flags, call, 0)
+    io_loop(fd, op, flags, call, 0, None)
 }
 
 /// Whether a blocking transfer of `len` bytes goes on, its last try having moved `n` and all of
@@ -426,7 +433,8 @@ fn more_to_do(
     n > 0 && done < target
 }
 
-/// `io` past its first try: `done` bytes moved already.
+/// `io` past its first try: `done` bytes moved already, on the object `started` names (if
+/// that try found one of ours).
 #[inline(never)]
 fn io_loop(
     mut fd: c_int,
@@ -434,6 +442,7 @@ fn io_loop(
     flags: c_int,
     call: &mut Call,
     mut done: usize,
+    mut started: Option<(u32, u64)>,
 ) -> Answer<usize> {
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let (len, waitall, peek) = match &op {
@@ -454,8 +463,6 @@ fn io_loop(
         }));
     }
     let dontwait = dontwait || call.ended;
-    // The connection this call started on.
-    let mut started = None;
     loop {
         let mut s = shim()?;
         if let Some(ident) = started {
@@ -894,7 +901,7 @@ fn changed(s: &super::Table, seen: u64, wait: Look) -> Look {
 /// epoll_wait / epoll_pwait on an epoll instance of ours: our fds' events and the kernel's,
 /// alternately first, then the spin and the block.
 pub fn epoll_wait(
-    epfd: c_int,
+    mut epfd: c_int,
     events: &mut [std::mem::MaybeUninit<libc::epoll_event>],
     timeout_ms: c_int,
     sigmask: Option<&sigset_t>,
@@ -920,8 +927,9 @@ pub fn epoll_wait(
         .try_with(|k| k.replace(!k.get()))
         .unwrap_or(false);
     let mut hold = None;
-    // The set's entry index and uid, for blocking.
+    // The set's entry index and uid, for blocking; the set (from the first block on).
     let mut ids = None;
+    let mut started = None;
     if kernel_first && max == 1 {
         // Room for one event, and the kernel's turn: its fds are looked at first (and that
         // is this call's first look).
@@ -943,10 +951,12 @@ pub fn epoll_wait(
         // starves the other).
         let mut n = {
             let mut s = shim()?;
-            if let Some((_, uid)) = ids {
-                // Blocked before: another thread may have closed the set meanwhile.
-                if s.epoll_ids(epfd).map(|(_, u)| u) != Some(uid) {
-                    return Some(Err(libc::EBADF));
+            if let Some(ident) = started {
+                // Blocked before: another thread may have closed the set's fd meanwhile (a
+                // dup of it goes on naming the set).
+                match s.still(epfd, ident) {
+                    Some(f) => epfd = f,
+                    None => return Some(Err(libc::EBADF)),
                 }
             }
             let room = if kernel_first { max.div_ceil(2) } else { max };
@@ -1011,7 +1021,8 @@ pub fn epoll_wait(
         // Block: in this thread's epoll instance, which holds the application's epoll fd, the
         // device's wake-up fd and the thread's eventfd.
         if ids.is_none() {
-            ids = shim().and_then(|mut s| s.epoll_ids(epfd));
+            (ids, started) =
+                shim().map_or((None, None), |mut s| (s.epoll_ids(epfd), s.ident(epfd)));
         }
         let Some((key, uid)) = ids else {
             // Another thread closed the epoll fd meanwhile.

@@ -54,6 +54,10 @@ struct Page {
     lock: AtomicU32,
     /// The process that made the page (listened, then forked the others).
     creator: AtomicU32,
+    /// The parent of the last member that is not the creator: the process that forks the
+    /// workers when it is not the one that listened (nginx as a daemon listens, then forks
+    /// its master and exits).
+    forker: AtomicU32,
     /// Per bucket: the pid that takes its new connections (0: nobody).
     owner: [AtomicU32; N],
     /// Per bucket: the pid that still serves its own connections there (0: none).
@@ -153,14 +157,14 @@ static OFFERED: OnceLock<Option<&'static Offers>> = OnceLock::new();
 static OTHERS_SERVE: AtomicBool = AtomicBool::new(false);
 
 /// Whether an offer may find a taker: another member takes new connections, or the process
-/// that made the page (the one that listened and forked: nginx's master) lives on and is not
-/// this one, so new workers may come (on reload, the old workers may close their listeners
-/// before the new ones ran their first round).
+/// that made the page (the one that listened and forked: nginx's master), or the one that
+/// forked the members, lives on and is not this one, so new workers may come (on reload, the
+/// old workers may close their listeners before the new ones ran their first round).
 fn takers_may_come(page: Option<&Page>, me: u32) -> bool {
+    let lives = |pid: u32| pid != 0 && pid != me && alive(pid);
     OTHERS_SERVE.load(Ordering::Relaxed)
         || page.is_some_and(|p| {
-            let creator = p.creator.load(Ordering::Relaxed);
-            creator != 0 && creator != me && alive(creator)
+            lives(p.creator.load(Ordering::Relaxed)) || lives(p.forker.load(Ordering::Relaxed))
         })
 }
 
@@ -620,6 +624,11 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
     };
     // The first round of this process's stack: its connections go in the shared table.
     if REGISTERED.swap(me, Ordering::Relaxed) != me {
+        if page.creator.load(Ordering::Relaxed) != me {
+            // SAFETY: getppid has no preconditions.
+            page.forker
+                .store(unsafe { libc::getppid() } as u32, Ordering::Relaxed);
+        }
         if let Some(Some(table)) = FLOWS.get() {
             stack.set_flow_registry(Box::new(SharedFlows {
                 table,

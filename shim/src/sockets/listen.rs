@@ -108,8 +108,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                     return Some(Err(e));
                 }
                 let fds = self.fds_of(fd);
-                if let Some(Obj::Listener { shut, .. }) = self.obj(fd) {
-                    *shut = false;
+                if let Some(Obj::Listener {
+                    shut, read_shut, ..
+                }) = self.obj(fd)
+                {
+                    (*shut, *read_shut) = (false, false);
                 }
                 self.port_fds.entry(port).or_default().extend(fds);
                 self.sync_listen_options(port);
@@ -148,6 +151,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             family,
             inherit,
             shut: false,
+            read_shut: false,
         };
         if let Err(e) = self.insert(fd, listener) {
             return Some(Err(e));
@@ -245,7 +249,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// listen(). A stopped listener is not connected: ENOTCONN.
     pub(super) fn shutdown_listener(&mut self, fd: c_int, how: c_int) -> Answer<c_int> {
         let Some(Obj::Listener {
-            port, kernel, shut, ..
+            port,
+            kernel,
+            shut,
+            read_shut,
+            ..
         }) = self.obj(fd)
         else {
             return None;
@@ -255,6 +263,15 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             return Some(Err(libc::EINVAL));
         }
         if *shut {
+            if how != libc::SHUT_WR && !*read_shut {
+                *read_shut = true;
+                if kernel {
+                    let _ = self.host.kernel_shutdown(fd, how);
+                }
+                if let (Some(i), Some(r)) = (self.index_of(fd), self.readiness(fd)) {
+                    self.notify_entry_with(i, r);
+                }
+            }
             return Some(Err(libc::ENOTCONN));
         }
         if how == libc::SHUT_WR {
@@ -316,6 +333,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             family,
             inherit,
             shut,
+            ..
         }) = self.obj(fd)
         else {
             return None;

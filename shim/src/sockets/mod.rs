@@ -230,6 +230,9 @@ pub(crate) enum Obj {
         /// shutdown(SHUT_RD or SHUT_RDWR) stopped it: bound, no longer listening, until the
         /// next listen().
         shut: bool,
+        /// A shutdown(SHUT_RD or SHUT_RDWR) came again after that (Linux refuses it but marks
+        /// the socket's reads shut: readable, RDHUP).
+        read_shut: bool,
     },
     Conn {
         id: ConnId,
@@ -412,6 +415,18 @@ impl ConnIndex {
                 *e = None;
             }
         }
+    }
+}
+
+/// A listener shutdown() stopped reads as Linux's closed socket: writable and hung up, and
+/// readable with RDHUP once a second shutdown(SHUT_RD) (refused, ENOTCONN) has marked its
+/// reads shut. A dual listener's kernel side says so itself (its kernel socket was shut too):
+/// nothing of ours, or epoll would report it twice.
+fn stopped_listener(kernel: bool, read_shut: bool) -> Readiness {
+    if kernel {
+        Readiness::NONE
+    } else {
+        Readiness::new(read_shut, true, read_shut, true, false)
     }
 }
 
@@ -897,12 +912,19 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
 
     #[inline]
     fn readiness_at(&self, i: u32) -> Option<Readiness> {
+        let obj = &self.objs.get(i as usize)?.as_ref()?.obj;
+        if let Obj::Listener {
+            shut: true,
+            kernel,
+            read_shut,
+            ..
+        } = obj
+        {
+            return Some(stopped_listener(*kernel, *read_shut));
+        }
         let stack = self.stack.as_ref()?;
-        match &self.objs.get(i as usize)?.as_ref()?.obj {
-            // A listener stopped by shutdown(): as Linux's closed socket, writable and hung up.
-            Obj::Listener { shut: true, .. } => {
-                Some(Readiness::new(false, true, false, true, false))
-            }
+        match obj {
+            Obj::Listener { shut: true, .. } => None,
             Obj::Listener { port, .. } => Some(if stack.accept_queue_len(*port) > 0 {
                 Readiness::READABLE
             } else {
@@ -1098,7 +1120,8 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             if matches!(
                 obj,
                 Obj::Conn { .. } | Obj::Listener { .. } | Obj::Epoll { .. }
-            ) {
+            ) && self.host.waits_on(i)
+            {
                 self.touched.push(i);
                 self.wake_touched();
             }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use libc::c_int;
 use smoltcp::time::{Duration, Instant};
 use userstack::link::MemLink;
-use userstack::{Config, ConnId, SockError, Stack};
+use userstack::{Config, ConnId, Readiness, SockError, Stack};
 
 use super::fork::Child;
 use super::{Accepted, Family, Host, Io, PollKind, SockOpt, Sockets};
@@ -805,16 +805,15 @@ fn shutdown_of_a_listener_stops_it_and_listen_starts_it_again() {
     let queued = n.client_connects(PORT);
     n.settle();
     assert!(n.s.readiness(LISTEN_FD).unwrap().readable());
-    // SHUT_RD: the queued connection is reset, accept fails on every dup, the socket reads as
-    // Linux's closed one (writable, hung up), the kernel side is shut too.
+    // SHUT_RD: the queued connection is reset, accept fails on every dup, the kernel side is
+    // shut too (and says what the socket's readiness is: nothing of ours).
     assert_eq!(n.s.shutdown(dup, libc::SHUT_RD), Some(Ok(0)));
     assert_eq!(n.log.borrow().kernel_shutdowns, vec![(dup, libc::SHUT_RD)]);
     n.settle();
     assert_eq!(n.client.take_error(queued), Ok(Some(SockError::Reset)));
     assert_eq!(n.s.accept(LISTEN_FD, 0), Some(Err(libc::EINVAL)));
     assert_eq!(n.s.accept(dup, 0), Some(Err(libc::EINVAL)));
-    let r = n.s.readiness(LISTEN_FD).unwrap();
-    assert_eq!(r.bits(), (libc::EPOLLOUT | libc::EPOLLHUP) as u32);
+    assert_eq!(n.s.readiness(LISTEN_FD), Some(Readiness::NONE));
     assert!(n.refused());
     assert_eq!(
         n.s.shutdown(LISTEN_FD, libc::SHUT_RDWR),
@@ -843,6 +842,21 @@ fn a_stopped_listener_that_closes_leaves_the_ports_other_listener_alone() {
     assert_eq!(n.s.shutdown(LISTEN_FD, libc::SHUT_RDWR), Some(Ok(0)));
     // (A stack-only listener has no kernel side to shut.)
     assert!(n.log.borrow().kernel_shutdowns.is_empty());
+    // It reads as Linux's closed socket: writable, hung up; once shut again (refused),
+    // readable with RDHUP too.
+    let bits = |n: &Net| n.s.readiness(LISTEN_FD).unwrap().bits();
+    assert_eq!(bits(&n), (libc::EPOLLOUT | libc::EPOLLHUP) as u32);
+    assert_eq!(
+        n.s.shutdown(LISTEN_FD, libc::SHUT_WR),
+        Some(Err(libc::ENOTCONN))
+    );
+    assert_eq!(bits(&n), (libc::EPOLLOUT | libc::EPOLLHUP) as u32);
+    assert_eq!(
+        n.s.shutdown(LISTEN_FD, libc::SHUT_RD),
+        Some(Err(libc::ENOTCONN))
+    );
+    let all = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLHUP;
+    assert_eq!(bits(&n), all as u32);
     let other = 54;
     assert_eq!(n.s.bind(other, SERVER, PORT), Some(Ok(0)));
     assert_eq!(n.s.listen(other, 16), Some(Ok(0)));

@@ -1664,7 +1664,7 @@ fn server(port: u16) {
             "getsockopt(SO_ACCEPTCONN)",
         );
 
-        step("shutdown of a listener: SHUT_WR is 0 and changes nothing; SHUT_RD stops it (a thread blocked in accept wakes with EINVAL, poll says POLLOUT|POLLHUP, accept is EINVAL, shutdown again ENOTCONN); listen() again listens on the same port");
+        step("shutdown of a listener: SHUT_WR is 0 and changes nothing; SHUT_RD stops it (a thread blocked in accept wakes with EINVAL, poll says POLLOUT|POLLHUP, accept is EINVAL, shutdown again ENOTCONN and marks reads shut); listen() again listens on the same port");
         libc::fcntl(s, libc::F_SETFL, fl & !libc::O_NONBLOCK);
         call("shutdown(listener, SHUT_WR)", || {
             libc::shutdown(s, libc::SHUT_WR)
@@ -1696,6 +1696,12 @@ fn server(port: u16) {
         call("shutdown(shut listener)", || {
             libc::shutdown(s, libc::SHUT_RDWR)
         });
+        poll_one(
+            s,
+            libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
+            0,
+            "poll(shut twice)",
+        );
         call("listen(again)", || libc::listen(s, 16));
         poll_one(s, libc::POLLIN | libc::POLLOUT, 0, "poll(listening again)");
         let mut alen = slen;
