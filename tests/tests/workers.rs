@@ -10,7 +10,8 @@
 //! request; the replies are the same as the kernel's nginx gives. A worker killed with SIGKILL
 //! is respawned by the master, the connections of the other workers go on undisturbed, and the
 //! new worker takes its share of new connections; `nginx -s reload` starts new workers while
-//! the old ones finish, again without disturbing a connection the old workers do not close.
+//! the old ones finish, again without disturbing a connection the old workers do not close,
+//! also with nginx as a daemon (its default).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -712,4 +713,162 @@ fn nginx_workers_proxy_through_their_own_stacks() {
         "one upstream connection per request"
     );
     assert_eq!(from, BTreeSet::from([stack.as_str()]), "{peers}");
+}
+
+/// An nginx master that runs as a daemon (nginx's default: the process that listens forks the
+/// master and exits), known by its pid file; stopped (SIGTERM, by that pid) when dropped.
+struct Daemon {
+    master: u32,
+    dir: TempDir,
+}
+
+impl Daemon {
+    fn start(bed: &Bed, workers: u32) -> Daemon {
+        let dir = TempDir::new("nginx");
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(&www).expect("docroot");
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("temp dir");
+        make_docroot(&www);
+        let conf = nginx_conf(dir.path(), bed.port, workers, false, false)
+            .replace("daemon off;", "daemon on;");
+        let conf_file = dir.path().join("nginx.conf");
+        std::fs::write(&conf_file, conf).expect("nginx.conf");
+        let argv: Vec<String> = [
+            "nginx".to_string(),
+            "-c".into(),
+            conf_file.display().to_string(),
+            "-p".into(),
+            dir.path().display().to_string(),
+        ]
+        .to_vec();
+        let mut launcher = bed
+            .server(&argv)
+            .no_ready_line()
+            .spawn()
+            .expect("nginx starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = launcher.try_status().expect("status") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "nginx never became a daemon");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let pid_file = dir.path().join("nginx.pid");
+        let master = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let daemon = Daemon {
+            master: master.unwrap_or(0),
+            dir,
+        };
+        assert!(
+            status.success() && daemon.master != 0,
+            "nginx as a daemon: {status}, no pid in {}\n{}\n{}",
+            pid_file.display(),
+            launcher.diagnostics(),
+            daemon.error_log()
+        );
+        daemon
+    }
+
+    fn workers(&self) -> BTreeSet<String> {
+        children(self.master)
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.master == 0 {
+            return;
+        }
+        // SAFETY: a signal to the master this test started (its pid file names it).
+        unsafe { libc::kill(self.master as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(self.master as libc::pid_t, 0) } == 0 && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// nginx as users start it by default, a daemon: the process that listened (and made the page
+/// the workers share) is gone before any worker runs a stack. Its workers serve, and `nginx -s
+/// reload` replaces them while clients open a new connection for every request: every request
+/// is answered (a SYN that reaches an old worker which stopped listening is left to the new
+/// ones, whose parent, the master, lives on), and new workers answer some.
+#[test]
+fn nginx_as_a_daemon_serves_and_reloads_without_refusing_a_connection() {
+    use std::io::BufRead;
+    let bed = Bed::new(true);
+    let ng = Daemon::start(&bed, 2);
+    let old = ng.workers();
+    assert_eq!(old.len(), 2, "workers of {}: {old:?}", ng.master);
+    let args: Vec<String> = ["static", "8", "150", "close", "10"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut client = bed.client(&args);
+    let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("client output") == 0 {
+            break;
+        }
+        head += &line;
+        if line.trim() == "started" {
+            break;
+        }
+    }
+    assert!(
+        head.ends_with("started\n"),
+        "the load did not start: {head}\n{}",
+        ng.error_log()
+    );
+    wait_stacks(&old);
+    let rc = Command::new("nginx")
+        .args(["-s", "reload", "-c"])
+        .arg(ng.dir.path().join("nginx.conf"))
+        .arg("-p")
+        .arg(ng.dir.path())
+        .output()
+        .expect("nginx -s reload");
+    assert!(
+        rc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rc.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ng.workers().iter().any(|p| old.contains(p)) || ng.workers().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "old workers {old:?} still there: {:?}\n{}",
+            ng.workers(),
+            ng.error_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).expect("client output");
+    let out = client.wait_with_output().expect("client output");
+    let text = head + &rest;
+    assert!(
+        out.status.success(),
+        "the client failed ({}):\n{text}{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        ng.error_log()
+    );
+    let new = ng.workers();
+    let served: BTreeSet<String> = parse_lines(&text).iter().map(|l| l.pid.clone()).collect();
+    assert!(
+        served.iter().any(|p| new.contains(p)),
+        "no new worker {new:?} answered: {served:?}\n{text}"
+    );
 }
