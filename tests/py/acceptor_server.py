@@ -2,9 +2,9 @@
 stop accepting without closing do: `acceptor_server.py PORT`. A control connection on
 0.0.0.0:PORT; the served listener on MTCP_ADDR:PORT+1 (the stack's alone under the shim),
 where a thread blocks in accept() and greets each client with `hello`. Control lines:
-`shut` -> shutdown(SHUT_RD) of the served listener, then `acceptor ended ERRNO` once the
-acceptor thread has returned (or `acceptor still blocked` after 10 s); `listen` -> listen()
-on it again, a new acceptor, `listening`. Prints `ready` once it listens."""
+`shut` -> shutdown(SHUT_RD) of the served listener, then `acceptor ended ERRNO, accepting
+N` once the acceptor thread has returned (or `acceptor still blocked` after 10 s; N: its
+SO_ACCEPTCONN); `listen` -> listen() on it again, a new acceptor, `listening, accepting N`. Prints `ready` once it listens."""
 import errno
 import os
 import socket
@@ -44,11 +44,12 @@ for line in conn.makefile("rb"):
         served.shutdown(socket.SHUT_RD)
         thread.join(10)
         answer = f"acceptor ended {ended[-1]}" if not thread.is_alive() else "acceptor still blocked"
+        answer += f", accepting {served.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)}"
     elif cmd == "listen":
         served.listen(8)
         thread = threading.Thread(target=acceptor)
         thread.start()
-        answer = "listening"
+        answer = f"listening, accepting {served.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)}"
     else:
         answer = f"unknown {cmd}"
     conn.sendall(f"{answer}\n".encode())

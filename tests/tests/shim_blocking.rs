@@ -520,7 +520,7 @@ print(greeted())
     let out = python_client(&bed.cns, client, &bed.subnet, bed.port);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "hello\nacceptor ended EINVAL\nrefused\nlistening\nhello\n",
+        "hello\nacceptor ended EINVAL, accepting 0\nrefused\nlistening, accepting 1\nhello\n",
         "client: {}\nserver: {}",
         String::from_utf8_lossy(&out.stderr),
         bed.server.diagnostics()

@@ -363,10 +363,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         name: c_int,
         out: &mut [u8],
     ) -> Answer<usize> {
-        let Some(Obj::Conn { id, .. }) = self.obj(fd) else {
-            return None;
+        let id = match self.obj(fd) {
+            Some(Obj::Conn { id, .. }) => *id,
+            // A stack-only listener's kernel socket never listens: whether it does is ours to
+            // say (a dual listener's kernel side listens, or was shut, as ours).
+            Some(Obj::Listener {
+                kernel: false,
+                shut,
+                ..
+            }) if (level, name) == (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
+                return Some(Ok(int_out(out, c_int::from(!*shut))));
+            }
+            _ => return None,
         };
-        let id = *id;
         if !options::answered_by_connection(level, name) {
             return None;
         }
@@ -413,11 +422,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             },
             _ => return Some(Err(libc::ENOPROTOOPT)),
         };
-        // An int, truncated to the caller's room as Linux does.
-        let bytes = v.to_ne_bytes();
-        let n = out.len().min(bytes.len());
-        out[..n].copy_from_slice(&bytes[..n]);
-        Some(Ok(n))
+        Some(Ok(int_out(out, v)))
     }
 
     /// fcntl F_SETFL and ioctl FIONBIO: track O_NONBLOCK (the kernel applies it to the
@@ -437,4 +442,13 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let stack = self.stack.as_ref()?;
         Some(stack.recv_queue(id).map(|n| n as c_int).map_err(so_errno))
     }
+}
+
+/// An int option's value written to `out`, truncated to the caller's room as Linux does; the
+/// length written.
+fn int_out(out: &mut [u8], v: c_int) -> usize {
+    let bytes = v.to_ne_bytes();
+    let n = out.len().min(bytes.len());
+    out[..n].copy_from_slice(&bytes[..n]);
+    n
 }

@@ -839,7 +839,11 @@ fn a_stopped_listener_that_closes_leaves_the_ports_other_listener_alone() {
     let mut n = Net::new();
     assert_eq!(n.s.bind(LISTEN_FD, SERVER, PORT), Some(Ok(0)));
     assert_eq!(n.s.listen(LISTEN_FD, 16), Some(Ok(0)));
+    // SO_ACCEPTCONN is ours to say (its kernel socket never listens).
+    let accepting = |n: &mut Net| get_int(n, LISTEN_FD, libc::SOL_SOCKET, libc::SO_ACCEPTCONN);
+    assert_eq!(accepting(&mut n), Some(Ok(1)));
     assert_eq!(n.s.shutdown(LISTEN_FD, libc::SHUT_RDWR), Some(Ok(0)));
+    assert_eq!(accepting(&mut n), Some(Ok(0)));
     // (A stack-only listener has no kernel side to shut.)
     assert!(n.log.borrow().kernel_shutdowns.is_empty());
     // It reads as Linux's closed socket: writable, hung up; once shut again (refused),

@@ -1664,7 +1664,7 @@ fn server(port: u16) {
             "getsockopt(SO_ACCEPTCONN)",
         );
 
-        step("shutdown of a listener: SHUT_WR is 0 and changes nothing; SHUT_RD stops it (a thread blocked in accept wakes with EINVAL, poll says POLLOUT|POLLHUP, accept is EINVAL, shutdown again ENOTCONN and marks reads shut); listen() again listens on the same port");
+        step("shutdown of a listener: SHUT_WR is 0 and changes nothing; SHUT_RD stops it (a thread blocked in accept wakes with EINVAL, poll says POLLOUT|POLLHUP, accept is EINVAL, SO_ACCEPTCONN 0, shutdown again ENOTCONN and marks reads shut); listen() again listens on the same port");
         libc::fcntl(s, libc::F_SETFL, fl & !libc::O_NONBLOCK);
         call("shutdown(listener, SHUT_WR)", || {
             libc::shutdown(s, libc::SHUT_WR)
@@ -1690,6 +1690,12 @@ fn server(port: u16) {
         let (r, e) = acceptor.join().expect("the acceptor");
         println!("blocked accept {r} {e}");
         poll_one(s, libc::POLLIN | libc::POLLOUT, 0, "poll(shut listener)");
+        getsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            "getsockopt(SO_ACCEPTCONN, shut)",
+        );
         call("accept(shut listener)", || {
             libc::accept(s, null_mut(), null_mut())
         });
