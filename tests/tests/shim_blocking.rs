@@ -555,3 +555,56 @@ print(answers.readline().decode().strip())
         bed.server.diagnostics()
     );
 }
+
+/// Over net_memif, a thread woken by a frame while other threads stay blocked may go back to
+/// the application for long (here 300 ms of work): the frames that come meanwhile for the
+/// others' connections still wake one of them at once. Every echo of a second connection,
+/// sent while the first connection's thread works, is answered well within the keeper's idle
+/// period (50 ms while threads are blocked: the poll that would otherwise find it; the first
+/// echo of a round took that long when the woken thread left the device's wake-up disarmed).
+/// Each round: an echo (its thread answers and blocks again), then the busy request, whose
+/// frame wakes the first thread through the device's wake-up while the second is blocked.
+#[test]
+fn a_thread_busy_in_the_application_holds_back_no_other_threads_replies_over_memif() {
+    let mut bed = shim_bed_of("busy_server.py", Dev::Memif, &[("MTCP_SPIN_US", "0")]);
+    let client = r#"
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+busy = socket.create_connection((host, port), timeout=10)
+other = socket.create_connection((host, port), timeout=10)
+answers = other.makefile("rb")
+done = busy.makefile("rb")
+rtts = []
+for round in range(6):
+    time.sleep(0.05)
+    other.sendall(b"echo warm\n"); answers.readline()
+    busy.sendall(b"busy 300\n")
+    time.sleep(0.05)
+    for i in range(5):
+        t = time.monotonic()
+        other.sendall(f"echo {i}\n".encode())
+        assert answers.readline() == f"{i}\n".encode()
+        rtts.append((time.monotonic() - t) * 1000)
+        time.sleep(0.02)
+    assert done.readline() == b"done\n"
+print(f"slowest {max(rtts):.2f} ms, all {' '.join(f'{r:.1f}' for r in rtts)}")
+"#;
+    let out = python_client(&bed.cns, client, &bed.subnet, bed.port);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    let slowest: f64 = stdout
+        .strip_prefix("slowest ")
+        .and_then(|r| r.split_once(' '))
+        .and_then(|(m, _)| m.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "client: {stdout}{}\nserver: {}",
+                String::from_utf8_lossy(&out.stderr),
+                bed.server.diagnostics()
+            )
+        });
+    assert!(
+        slowest < 25.0,
+        "an echo waited for the keeper's poll: {stdout}"
+    );
+}

@@ -190,7 +190,7 @@ impl Idler {
                 };
                 ppoll(&mut pfd, &ts);
                 if pfd.revents != 0 {
-                    stack.wake_seen();
+                    stack.wake_seen(false);
                 }
                 stack.disarm_wake();
             }

@@ -81,8 +81,12 @@ pub trait Link {
     fn disarm_wake(&mut self) {}
     /// A block returned with the wake-up fd readable (the caller may not be the last one
     /// blocked on it, and does not disarm then): what made it readable is consumed, where a
-    /// later block would otherwise return at once.
-    fn wake_seen(&mut self) {}
+    /// later block would otherwise return at once. `others_blocked`: other threads stay
+    /// blocked on it, and must be woken by the next frames (the woken thread may go back to
+    /// the application for long).
+    fn wake_seen(&mut self, others_blocked: bool) {
+        let _ = others_blocked;
+    }
     fn counters(&self) -> LinkCounters;
     /// Receives from now on only the frames `filter` keeps (a classic BPF program over
     /// Ethernet frames, `steer::frame_filter`), where other processes share the device. Devices

@@ -476,7 +476,7 @@ pub(super) fn after_block(notified: bool, woke: bool, b: &Blocking) {
     if woke || last {
         if let Some(st) = s.as_mut().and_then(|s| s.stack_mut()) {
             if woke {
-                st.wake_seen();
+                st.wake_seen(!last);
             }
             if last {
                 st.disarm_wake();

@@ -575,10 +575,11 @@ impl Link for DpdkLink {
         }
     }
 
-    fn wake_seen(&mut self) {
-        // (The packet socket's queue is emptied when it is armed.)
+    fn wake_seen(&mut self, others_blocked: bool) {
+        // (The packet socket's queue is emptied when it is armed; the kernel wakes a blocked
+        // thread for every frame.)
         if let Some(w) = self.memif_wake.as_mut() {
-            w.woken();
+            w.woken(others_blocked);
         }
     }
 

@@ -210,9 +210,18 @@ impl MemifWake {
 
     /// A block returned with the wake fd readable (the caller may not be the last thread
     /// blocked on it): its datagrams are read, or the fd would end every later block at once.
-    pub(super) fn woken(&mut self) {
+    /// With `others_blocked`, the flag is set again: the peer cleared it to send, and the
+    /// threads still blocked would sleep through the next frames while this one works in the
+    /// application (until the keeper's poll, tens of milliseconds).
+    pub(super) fn woken(&mut self, others_blocked: bool) {
         self.drain();
-        self.drained = true;
+        if others_blocked && self.armed {
+            self.flag(self.me).store(1, Ordering::SeqCst);
+            self.drained = false;
+            fence(Ordering::SeqCst);
+        } else {
+            self.drained = true;
+        }
     }
 
     /// Reads every datagram waiting (one system call: they are a byte each, one per flag the
@@ -323,7 +332,7 @@ mod tests {
         server.arm();
         client.notify();
         assert!(readable(fd));
-        server.woken();
+        server.woken(false);
         assert!(!readable(fd), "drained by the woken thread");
         let reads = server.reads;
         server.disarm();
@@ -337,7 +346,7 @@ mod tests {
         client.send_wake();
         assert!(readable(fd));
         server.arm();
-        server.woken();
+        server.woken(false);
         server.disarm();
         assert!(!readable(fd), "the late datagram was read");
         // A peer that never sends it (it died after clearing the flag): later arms and
@@ -358,10 +367,23 @@ mod tests {
         client.notify();
         server.arm();
         assert!(readable(fd));
-        server.woken();
+        server.woken(true);
         assert!(!readable(fd), "read by the woken thread");
+        // Others stay blocked: the flag is set again, so the peer's next frames wake one of
+        // them (the woken thread may be away in the application for long).
+        client.notify();
+        assert!(readable(fd), "the next frames wake the others");
+        server.woken(true);
         server.disarm();
         assert!(!readable(fd));
+        // The last thread out disarms: a datagram the peer sent for the flag set again is
+        // read then.
+        server.arm();
+        client.notify();
+        server.woken(true);
+        client.notify();
+        server.disarm();
+        assert!(!readable(fd), "read at the disarm");
         drop(client);
         server.present.set(None);
         assert_eq!(server.wake_fd(), None, "the client went away");

@@ -439,8 +439,8 @@ impl<L: Link> Stack<L> {
 
     /// A block returned with `wake_fd` readable: see [`crate::link::Link::wake_seen`]. Call it from every
     /// thread whose block did, before `disarm_wake` where that follows.
-    pub fn wake_seen(&mut self) {
-        self.net.link_mut().wake_seen();
+    pub fn wake_seen(&mut self, others_blocked: bool) {
+        self.net.link_mut().wake_seen(others_blocked);
     }
 
     /// Turns fault injection on or off at run time (tests start clean, then degrade the link).
