@@ -1176,13 +1176,20 @@ unsafe fn select_with(
     if nfds < 0 {
         return Outcome::Error(libc::EINVAL);
     }
+    // Sets may be larger than FD_SETSIZE (a program allocates them for its nfds); Linux looks
+    // at no more bits than its fd table has room for.
+    let nfds = if nfds as usize > libc::FD_SETSIZE {
+        nfds.min(fd_limit())
+    } else {
+        nfds
+    };
     let sets = [(r, libc::POLLIN), (w, libc::POLLOUT), (e, libc::POLLPRI)];
     let mut list: Vec<pollfd> = Vec::new();
     for fd in 0..nfds {
         let mut events = 0;
         for (set, ev) in sets {
             // SAFETY: the set holds nfds bits (select contract).
-            if !set.is_null() && unsafe { libc::FD_ISSET(fd, set) } {
+            if !set.is_null() && unsafe { fd_bit(set, fd) } {
                 events |= ev;
             }
         }
@@ -1217,7 +1224,7 @@ unsafe fn select_with(
         if !set.is_null() {
             for p in &list {
                 // SAFETY: as above.
-                unsafe { libc::FD_CLR(p.fd, set) };
+                unsafe { set_fd_bit(set, p.fd, false) };
             }
         }
     }
@@ -1226,12 +1233,54 @@ unsafe fn select_with(
         for ((set, ev), mask) in sets.iter().zip(ready) {
             if !set.is_null() && p.events & ev != 0 && p.revents & mask != 0 {
                 // SAFETY: as above.
-                unsafe { libc::FD_SET(p.fd, *set) };
+                unsafe { set_fd_bit(*set, p.fd, true) };
                 n += 1;
             }
         }
     }
     Outcome::Done(n)
+}
+
+/// Bit `fd` of a select set of any size (libc's FD_ISSET refuses fds past FD_SETSIZE).
+///
+/// # Safety
+/// `set` holds more than `fd` bits.
+unsafe fn fd_bit(set: *const fd_set, fd: c_int) -> bool {
+    let bits = libc::c_ulong::BITS as usize;
+    let (word, bit) = (fd as usize / bits, fd as usize % bits);
+    // SAFETY: the caller's set holds the word of bit `fd`.
+    let w = unsafe { set.cast::<libc::c_ulong>().add(word).read_unaligned() };
+    w >> bit & 1 != 0
+}
+
+/// Sets (`on`) or clears bit `fd` of a select set of any size.
+///
+/// # Safety
+/// As [`fd_bit`], and the set is writable.
+unsafe fn set_fd_bit(set: *mut fd_set, fd: c_int, on: bool) {
+    let bits = libc::c_ulong::BITS as usize;
+    let (word, bit) = (fd as usize / bits, fd as usize % bits);
+    // SAFETY: as above.
+    unsafe {
+        let p = set.cast::<libc::c_ulong>().add(word);
+        let w = p.read_unaligned();
+        let m: libc::c_ulong = 1 << bit;
+        p.write_unaligned(if on { w | m } else { w & !m });
+    }
+}
+
+/// How many fds the process may have (RLIMIT_NOFILE's soft limit): no fd at or past it is
+/// open, so select looks no further.
+fn fd_limit() -> c_int {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct of ours.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return c_int::MAX;
+    }
+    c_int::try_from(rl.rlim_cur).unwrap_or(c_int::MAX)
 }
 
 pub(crate) unsafe fn pselect(

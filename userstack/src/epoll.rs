@@ -211,6 +211,17 @@ impl EpollSet {
         if key < 0 {
             return Err(CtlError::Invalid);
         }
+        // EPOLLEXCLUSIVE takes only these with it (Linux's EPOLLEXCLUSIVE_OK_BITS).
+        let exclusive_ok = EPOLLIN
+            | EPOLLOUT
+            | EPOLLERR
+            | EPOLLHUP
+            | libc::EPOLLWAKEUP as u32
+            | EPOLLET
+            | EPOLLEXCLUSIVE;
+        if events & EPOLLEXCLUSIVE != 0 && events & !exclusive_ok != 0 {
+            return Err(CtlError::Invalid);
+        }
         if self.entries.contains_key(&key) {
             return Err(CtlError::Exists);
         }
@@ -432,7 +443,11 @@ fn wanted(events: u32, now: u32) -> bool {
 }
 
 fn report_bits(events: u32, now: u32) -> u32 {
-    now & ((events & !FLAGS) | EPOLLERR | EPOLLHUP)
+    // A readable TCP socket is EPOLLRDNORM too, a writable one EPOLLWRNORM (Linux's tcp_poll):
+    // each is its plain bit moved up 6 places.
+    const NORM: u32 = (EPOLLIN | EPOLLOUT) << 6;
+    const _: () = assert!(NORM == (libc::EPOLLRDNORM | libc::EPOLLWRNORM) as u32);
+    (now | (now & (EPOLLIN | EPOLLOUT)) << 6) & ((events & !FLAGS) | EPOLLERR | EPOLLHUP)
 }
 
 #[cfg(test)]

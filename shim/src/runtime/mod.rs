@@ -194,13 +194,24 @@ impl Host<DpdkLink> for Proc {
     }
 
     fn check_epoll(&mut self, fd: c_int) -> Result<(), c_int> {
-        // SAFETY: fstat-free check that fd is an epoll instance: a zero-timeout wait on it
-        // (EINVAL for the empty array, EBADF or EINVAL for what is no epoll).
-        let probe = unsafe { libc::epoll_wait(fd, std::ptr::null_mut(), 0, 0) };
-        if probe < 0 && crate::errno::get() != libc::EINVAL {
+        // Whether fd is an epoll instance, as epoll_ctl finds out: deleting a pollable fd
+        // that is not in it (a fresh eventfd) is ENOENT from an epoll instance, EINVAL from
+        // any other file, EBADF from a closed fd.
+        // SAFETY: a new eventfd of ours, closed below.
+        let probe = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if probe < 0 {
             return Err(crate::errno::get());
         }
-        Ok(())
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: an epoll_ctl DEL of our eventfd (it is in no set); `ev` is ours.
+        let r = unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_DEL, probe, &mut ev) };
+        let err = crate::errno::get();
+        // SAFETY: the eventfd made above.
+        unsafe { libc::close(probe) };
+        match (r, err) {
+            (0, _) | (_, libc::ENOENT) => Ok(()),
+            (_, e) => Err(e),
+        }
     }
 
     #[inline]

@@ -37,11 +37,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         };
         let created = self.obj(epfd).is_none();
         if created {
-            if op != libc::EPOLL_CTL_ADD {
-                return Some(Err(libc::ENOENT));
+            // Linux's order: the event (copied first), the epoll fd, the operation, then
+            // whether the fd is in the set (ours never is in a kernel one).
+            if op != libc::EPOLL_CTL_DEL && event.is_none() {
+                return Some(Err(libc::EFAULT));
             }
             if let Err(e) = self.host.check_epoll(epfd) {
                 return Some(Err(e));
+            }
+            if op == libc::EPOLL_CTL_MOD || op == libc::EPOLL_CTL_DEL {
+                return Some(Err(libc::ENOENT));
+            }
+            if op != libc::EPOLL_CTL_ADD {
+                return Some(Err(libc::EINVAL));
             }
             let set = self.new_epoll();
             if let Err(e) = self.insert(epfd, set) {

@@ -1023,6 +1023,28 @@ fn server(port: u16) {
             "revents={:#x},{:#x}",
             two[0].revents, two[1].revents
         ));
+        step("select with sets larger than FD_SETSIZE (nfds 2048) sees the connection writable");
+        // A program that sizes its sets for its nfds: 2048 bits, the connection's set.
+        let mut big = [0 as libc::c_ulong; 2048 / 64];
+        big[c as usize / 64] |= 1 << (c as usize % 64);
+        let mut tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        call("select(2048, write)", || {
+            libc::select(
+                2048,
+                null_mut(),
+                big.as_mut_ptr().cast(),
+                null_mut(),
+                &mut tv,
+            )
+        });
+        note(format!(
+            "isset={} others={}",
+            big[c as usize / 64] >> (c as usize % 64) & 1,
+            big.iter().map(|w| w.count_ones()).sum::<u32>() - 1
+        ));
 
         step("arrived data makes the connection readable and FIONREAD counts it");
         // Data arrives.
@@ -1116,6 +1138,62 @@ fn server(port: u16) {
             libc::ioctl(c, libc::FIONREAD, &mut n);
         }
         recv_note(c, 16, 0, "recv(xyz)");
+        step("epoll_ctl errors with a connection: a NULL event is EFAULT, a pipe or closed fd as the epoll fd EINVAL or EBADF, MOD or DEL in a set without it ENOENT, an unknown op EINVAL, EPOLLEXCLUSIVE with ONESHOT or RDHUP or in a MOD EINVAL; EPOLLRDNORM/EPOLLWRNORM reported");
+        let mut pipe = [0 as c_int; 2];
+        libc::pipe(pipe.as_mut_ptr());
+        let fresh = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 1,
+        };
+        call("epoll_ctl(ADD, NULL event)", || {
+            libc::epoll_ctl(fresh, libc::EPOLL_CTL_ADD, c, null_mut())
+        });
+        call("epoll_ctl(pipe as epoll fd)", || {
+            libc::epoll_ctl(pipe[0], libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        call("epoll_ctl(closed epoll fd)", || {
+            libc::epoll_ctl(SENTINEL, libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        call("epoll_ctl(MOD, not in the set)", || {
+            libc::epoll_ctl(fresh, libc::EPOLL_CTL_MOD, c, &mut ev)
+        });
+        call("epoll_ctl(DEL, not in the set)", || {
+            libc::epoll_ctl(fresh, libc::EPOLL_CTL_DEL, c, &mut ev)
+        });
+        call("epoll_ctl(op 9)", || libc::epoll_ctl(fresh, 9, c, &mut ev));
+        ev.events = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE | libc::EPOLLONESHOT) as u32;
+        call("epoll_ctl(ADD, EXCLUSIVE|ONESHOT)", || {
+            libc::epoll_ctl(fresh, libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        ev.events = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE | libc::EPOLLRDHUP) as u32;
+        call("epoll_ctl(ADD, EXCLUSIVE|RDHUP)", || {
+            libc::epoll_ctl(fresh, libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        ev.events = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+        call("epoll_ctl(ADD, EXCLUSIVE)", || {
+            libc::epoll_ctl(fresh, libc::EPOLL_CTL_ADD, c, &mut ev)
+        });
+        call("epoll_ctl(MOD, EXCLUSIVE entry)", || {
+            libc::epoll_ctl(fresh, libc::EPOLL_CTL_MOD, c, &mut ev)
+        });
+        libc::close(fresh);
+        // EPOLLRDNORM and EPOLLWRNORM are reported as poll's are: an idle connection is
+        // writable.
+        let norm = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        ev.events = (libc::EPOLLRDNORM | libc::EPOLLWRNORM) as u32;
+        libc::epoll_ctl(norm, libc::EPOLL_CTL_ADD, c, &mut ev);
+        let mut got = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        let k = call("epoll_wait(RDNORM|WRNORM)", || {
+            libc::epoll_wait(norm, got.as_mut_ptr(), 2, 0)
+        });
+        if k > 0 {
+            let e = got[0].events;
+            note(format!("events={e:#x}"));
+        }
+        libc::close(norm);
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
         step("a write is sent at once, with no further call (the answer is back within 300 ms)");
         // A write inside an event-loop iteration (the poll above returned), then no socket
         // call for 300 ms: the kernel sends it at once; the stack may keep it for the thread's
