@@ -52,6 +52,15 @@ def ephemeral(port):
     return 32768 <= port < 61000
 
 
+def peer(s):
+    """getpeername as a program tests whether a connect completed: ok, or the errno."""
+    try:
+        s.getpeername()
+        return "ok"
+    except OSError as e:
+        return name(e.errno)
+
+
 # Blocking connect to a listener: 0, the names, data both ways.
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("blocking connect", name(s.connect_ex((server, open_port))))
@@ -66,6 +75,20 @@ out("connect again", name(s.connect_ex((server, open_port))))
 t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("a new socket's fd", t.fileno())
 t.close()
+s.close()
+
+# Options set before connect() hold on the connection: SO_RCVTIMEO ends a blocking recv that
+# gets nothing (the server waits for a line first).
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, b"\x00" * 8 + (300000).to_bytes(8, "little"))
+out("connect with SO_RCVTIMEO set before", name(s.connect_ex((server, open_port))))
+t = time.monotonic()
+try:
+    s.recv(64)
+    r = "data"
+except OSError as e:
+    r = name(e.errno)
+out("recv with nothing sent", r, "after the timeout", 0.25 < time.monotonic() - t < 2)
 s.close()
 
 # Refused.
@@ -96,6 +119,7 @@ s.close()
 # connection failed with its error taken (ECONNABORTED), and the next one starts anew.
 s = nonblocking(closed_port, " to a closed port")
 out("SO_ERROR again", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+out("getpeername after the refusal", peer(s))
 out("connect again", name(s.connect_ex((server, closed_port))))
 out("connect again", name(s.connect_ex((server, closed_port))))
 s.close()
@@ -107,6 +131,7 @@ t = time.monotonic()
 r = s.connect_ex((silent, open_port))
 took = time.monotonic() - t
 out("blocking connect to nobody, SO_SNDTIMEO 300 ms", name(r), "after the timeout", 0.25 < took < 2)
+out("getpeername while connecting", peer(s))
 out("connect again", name(s.connect_ex((silent, open_port))))
 s.close()
 

@@ -134,8 +134,17 @@ pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
     };
     let until = timeout_of(fd, libc::SO_SNDTIMEO).map(|(at, _)| at);
     let mut hold = None;
+    // The connection this call started (another thread may close the fd meanwhile).
+    let started = with(|s| Some(s.ident(fd)))?;
+    let mut fd = fd;
     loop {
         let (result, seen, key) = with(|s| {
+            if let Some(ident) = started {
+                match s.still(fd, ident) {
+                    Some(f) => fd = f,
+                    None => return Some((Some(Err(libc::EBADF)), 0, None)),
+                }
+            }
             s.pump();
             Some((s.connect_result(fd), s.wakes(), s.key_of(fd)))
         })?;

@@ -152,7 +152,16 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         };
         let stack = self.stack.as_ref()?;
         let a = if peer {
-            stack.peer_addr(id)
+            // Linux has no peer for a socket still connecting or closed (a reset, both FINs,
+            // a failed connect): ENOTCONN, which is how a program tells whether a
+            // non-blocking connect completed.
+            use smoltcp::socket::tcp::State;
+            match stack.state(id) {
+                Ok(State::SynSent | State::Closed | State::TimeWait) => {
+                    Err(SockError::NotConnected)
+                }
+                _ => stack.peer_addr(id),
+            }
         } else {
             stack.local_addr(id)
         };

@@ -12,15 +12,8 @@ use libc::c_int;
 use userstack::link::Link;
 use userstack::{ConnId, SockError};
 
-use super::options::{ConnOpts, Effect};
+use super::options::{self, ConnOpts, Policy};
 use super::{so_errno, Answer, Family, Host, Obj, Phase, Sockets};
-
-/// Options the application may have set on the kernel socket before connect(), carried to
-/// the stack's connection.
-const CARRIED: [(c_int, c_int); 2] = [
-    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
-    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-];
 
 impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// connect() of stream socket `fd` (of `family`) to `to`. `None`: the kernel's (the rule
@@ -78,20 +71,35 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             return Some(Err(libc::EADDRNOTAVAIL));
         }
-        let mut tcp = stack.default_options();
-        tcp.nodelay = false;
+        // The options the application set on the socket before connect() (the ones an
+        // accepted socket would inherit from its listener): the connection's sizes, MSS,
+        // congestion control and IP header at its start, and the rest (timeouts, linger,
+        // keepalive, TCP_NODELAY, SO_RCVLOWAT...) as setsockopt on it would take them.
+        let set = self.host.listener_options(fd, family);
+        let stack = self.stack.as_mut().expect("started");
+        let tcp = options::listen_options(stack.default_options(), &set);
         let id = match stack.connect_from(self.host.now(), to, bound, tcp) {
             Ok(id) => id,
             Err(e) => return Some(Err(connect_errno(e))),
         };
+        let mut opts = ConnOpts::default();
+        for o in &set {
+            if options::policy(o.level, o.name) == Policy::Mirror {
+                let effect = opts.apply(o.level, o.name, &o.value);
+                let _ = self.take_effect(fd, id, effect, &opts);
+            }
+        }
         if again {
             self.reconnect(fd, id);
+            if let Some(Obj::Conn { opts: o, .. }) = self.obj(fd) {
+                *o = opts;
+            }
         } else {
             let conn = Obj::Conn {
                 id,
                 family,
                 nonblock,
-                opts: ConnOpts::default(),
+                opts,
                 phase: Phase::Connecting,
             };
             let i = match self.insert(fd, conn) {
@@ -104,13 +112,6 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 }
             };
             self.conn_fd.insert(id, i);
-        }
-        for (level, name) in CARRIED {
-            if let Some(v) = self.host.kernel_getsockopt_int(fd, level, name) {
-                if v != 0 {
-                    self.carry(fd, id, level, name, v);
-                }
-            }
         }
         // How many SYN retransmissions before ETIMEDOUT: the socket's TCP_SYNCNT, or the
         // system's tcp_syn_retries (the kernel answers either).
@@ -143,16 +144,6 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let Some(st) = self.stack.as_mut() {
             let _ = st.close(old);
         }
-    }
-
-    /// An option set on the kernel socket before connect(), applied to connection `id`.
-    fn carry(&mut self, fd: c_int, id: ConnId, level: c_int, name: c_int, v: c_int) {
-        let Some(Obj::Conn { opts, .. }) = self.obj(fd) else {
-            return;
-        };
-        let effect: Effect = opts.apply(level, name, &v.to_ne_bytes());
-        let opts = *opts;
-        let _ = self.take_effect(fd, id, effect, &opts);
     }
 
     /// connect() again on connection `fd` of ours, not unconnected: see [`Sockets::connect`].
