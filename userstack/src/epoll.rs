@@ -76,6 +76,8 @@ struct Entry {
     /// pass it is the socket's readiness still (`EpollSet::start_pass`).
     told: u32,
     told_pass: u64,
+    /// The wait (`EpollSet::call`) that last reported it.
+    reported: u32,
 }
 
 /// The entries of a set, indexed by key: keys are file descriptors, small and dense, and a
@@ -148,6 +150,8 @@ pub struct EpollSet {
     pass: u64,
     /// The pass the next `start_pass` starts.
     next_pass: u64,
+    /// Which wait this is (`wait_more` continues it).
+    call: u32,
 }
 
 /// One reported event, as `struct epoll_event` holds it.
@@ -236,6 +240,7 @@ impl EpollSet {
                 gen: self.next_gen,
                 told: 0,
                 told_pass: 0,
+                reported: self.call.wrapping_sub(1),
             },
         );
         self.consider(key, bits(now));
@@ -390,6 +395,28 @@ impl EpollSet {
         &mut self,
         out: &mut Vec<EpollEvent>,
         max: usize,
+        readiness: impl FnMut(i32) -> Option<Readiness>,
+    ) -> usize {
+        self.call = self.call.wrapping_add(1);
+        self.report(out, max, false, readiness)
+    }
+
+    /// More events for the same epoll_wait call as the last `wait` (which filled the room it
+    /// was given; the caller has more): never an entry that wait reported.
+    pub fn wait_more(
+        &mut self,
+        out: &mut Vec<EpollEvent>,
+        max: usize,
+        readiness: impl FnMut(i32) -> Option<Readiness>,
+    ) -> usize {
+        self.report(out, max, true, readiness)
+    }
+
+    fn report(
+        &mut self,
+        out: &mut Vec<EpollEvent>,
+        max: usize,
+        more: bool,
         mut readiness: impl FnMut(i32) -> Option<Readiness>,
     ) -> usize {
         out.clear();
@@ -406,6 +433,11 @@ impl EpollSet {
             let Some(e) = self.entries.get_mut(&key).filter(|e| e.gen == gen) else {
                 continue;
             };
+            if more && e.reported == self.call {
+                // Reported by this call already: stays queued for the next.
+                self.ready.push_back((key, gen));
+                continue;
+            }
             e.queued = false;
             if e.disabled {
                 continue;
@@ -424,6 +456,7 @@ impl EpollSet {
                 events: got,
                 data: e.data,
             });
+            e.reported = self.call;
             if e.events & EPOLLONESHOT != 0 {
                 e.disabled = true;
             } else if e.events & EPOLLET == 0 {
@@ -464,6 +497,28 @@ mod tests {
         let mut out = Vec::new();
         s.wait(&mut out, 64, |k| state.get(&k).copied());
         out
+    }
+
+    /// A wait that filled its room, continued for the same call: the entries it did not
+    /// reach, never one it reported (level-triggered ones are queued again at once).
+    #[test]
+    fn wait_more_reports_what_the_wait_left_and_nothing_twice() {
+        let mut s = EpollSet::new();
+        let state: HashMap<i32, Readiness> = (0..6).map(|k| (k, R)).collect();
+        for k in 0..6 {
+            s.add(k, EPOLLIN, k as u64, R).unwrap();
+        }
+        let mut out = Vec::new();
+        s.wait(&mut out, 2, |k| state.get(&k).copied());
+        let first: Vec<u64> = out.iter().map(|e| e.data).collect();
+        assert_eq!(first, [0, 1]);
+        s.wait_more(&mut out, 64, |k| state.get(&k).copied());
+        let more: Vec<u64> = out.iter().map(|e| e.data).collect();
+        assert_eq!(more, [2, 3, 4, 5]);
+        // The next call: every entry again, once.
+        let mut next: Vec<u64> = wait_all(&mut s, &state).iter().map(|e| e.data).collect();
+        next.sort_unstable();
+        assert_eq!(next, [0, 1, 2, 3, 4, 5]);
     }
 
     /// Within a pass the wait takes the readiness it was told; outside one, or for what was

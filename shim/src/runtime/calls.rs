@@ -958,6 +958,7 @@ pub fn epoll_wait(
     loop {
         // Our fds first, or half the room for them on the kernel's turn (so that neither kind
         // starves the other).
+        let room = if kernel_first { max.div_ceil(2) } else { max };
         let mut n = {
             let mut s = shim()?;
             if let Some(ident) = started {
@@ -968,7 +969,6 @@ pub fn epoll_wait(
                     None => return Some(Err(libc::EBADF)),
                 }
             }
-            let room = if kernel_first { max.div_ceil(2) } else { max };
             match s.epoll_pass(epfd, room, events, timeout_ms != 0) {
                 Some((work, n)) => {
                     if work {
@@ -1012,7 +1012,15 @@ pub fn epoll_wait(
                     return Some(Err(crate::errno::get()));
                 }
             } else {
+                let ours = n;
                 n += kwait::drop_bells(rest, k as usize);
+                if ours == room && n < max {
+                    // Our half was full and the kernel's fds left room: more of ours, as
+                    // Linux fills the array from one ready list.
+                    if let Some(mut s) = shim() {
+                        n += s.epoll_more(epfd, &mut events[n..]);
+                    }
+                }
             }
         }
         if n > 0 {

@@ -194,6 +194,34 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         Some((work, n))
     }
 
+    /// More of `epfd`'s ready entries, after a pass that filled the room it had (the kernel's
+    /// fds left room over): up to `out.len()`, without polling the stack again. How many.
+    pub fn epoll_more(
+        &mut self,
+        epfd: c_int,
+        out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
+    ) -> usize {
+        let mut ready = std::mem::take(&mut self.scratch);
+        let mut set = match self.obj(epfd) {
+            Some(Obj::Epoll { set, .. }) => std::mem::take(set),
+            _ => return 0,
+        };
+        set.wait_more(&mut ready, out.len(), |fd| self.readiness(fd));
+        if let Some(Obj::Epoll { set: slot, .. }) = self.obj(epfd) {
+            *slot = set;
+        }
+        let mut n = 0;
+        for (slot, e) in out.iter_mut().zip(&ready) {
+            slot.write(libc::epoll_event {
+                events: e.events,
+                u64: e.data,
+            });
+            n += 1;
+        }
+        self.scratch = ready;
+        n
+    }
+
     /// The rung bells of nested sets, checked against their sets' readiness now (the outer
     /// set's wait is about to read them): a set whose entries are no longer ready (read by the
     /// application since) stops making the outer one readable.
