@@ -306,7 +306,11 @@ pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Out
     if !ours
         && (!runtime::connect_takes(ip)
             || !is_stream(fd)
-            || sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) != Some(family))
+            || sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) != Some(family)
+            // A v4-mapped address on an IPv6-only socket: the kernel refuses it
+            // (ENETUNREACH), as it would any IPv4 peer of that socket.
+            || family == libc::AF_INET6
+                && sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1))
     {
         // The kernel's connection: the socket stays the kernel's.
         if crate::candidates::is(fd) {

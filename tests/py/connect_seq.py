@@ -91,6 +91,16 @@ except OSError as e:
 out("recv with nothing sent", r, "after the timeout", 0.25 < time.monotonic() - t < 2)
 s.close()
 
+# An AF_INET6 socket: a v4-mapped address connects as IPv4; with IPV6_V6ONLY the address is
+# unreachable.
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+out("v4-mapped connect", name(s.connect_ex(("::ffff:" + server, open_port))))
+s.close()
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+out("v4-mapped connect, IPV6_V6ONLY", name(s.connect_ex(("::ffff:" + server, open_port))))
+s.close()
+
 # Refused.
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("blocking connect to a closed port", name(s.connect_ex((server, closed_port))))
