@@ -101,6 +101,11 @@ s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 out("v4-mapped connect, IPV6_V6ONLY", name(s.connect_ex(("::ffff:" + server, open_port))))
 s.close()
 
+# The subnet's broadcast address (the tests' subnets are /24s): unreachable for TCP.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+out("connect to the subnet's broadcast address", name(s.connect_ex((server.rsplit(".", 1)[0] + ".255", open_port))))
+s.close()
+
 # Refused.
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("blocking connect to a closed port", name(s.connect_ex((server, closed_port))))

@@ -160,12 +160,17 @@ impl<L: Link> Stack<L> {
         local_port: Option<u16>,
         opts: TcpOptions,
     ) -> Result<ConnId, SockError> {
-        if remote.port() == 0
-            || remote.ip().is_unspecified()
-            || remote.ip().is_broadcast()
+        if remote.ip().is_unspecified() {
+            return Err(SockError::Invalid);
+        }
+        // Linux routes no TCP connection to a broadcast or multicast address (the subnet's
+        // own broadcast address among them): ENETUNREACH. Port 0 is a port like another (a
+        // SYN to it is sent; the peer answers or not).
+        if remote.ip().is_broadcast()
+            || *remote.ip() == self.net.broadcast()
             || remote.ip().is_multicast()
         {
-            return Err(SockError::Invalid);
+            return Err(SockError::NetUnreachable);
         }
         if !self.net.addr().contains(*remote.ip()) && self.net.gateway().is_none() {
             return Err(SockError::NetUnreachable);
