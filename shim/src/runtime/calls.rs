@@ -1107,7 +1107,7 @@ pub fn poll(
     timeout: Option<Duration>,
     sigmask: Option<&sigset_t>,
 ) -> Answer<c_int> {
-    let kinds: Vec<PollKind> = with(|s| Some(fds.iter().map(|p| s.poll_kind(p.fd)).collect()))?;
+    let mut kinds: Vec<PollKind> = with(|s| Some(fds.iter().map(|p| s.poll_kind(p.fd)).collect()))?;
     if kinds.iter().all(|k| *k == PollKind::Kernel) {
         leave_loop_for_kernel();
         return None;
@@ -1129,6 +1129,9 @@ pub fn poll(
                 naps_reset();
             }
             for (i, p) in fds.iter().enumerate() {
+                // Looked at again on every pass: another thread may close one of ours
+                // meanwhile (the kernel then says POLLNVAL, or sees the number's next file).
+                kinds[i] = s.poll_kind(p.fd);
                 mine[i] = match kinds[i] {
                     PollKind::Kernel => 0,
                     _ => s.readiness(p.fd).map_or(0, |r| poll_bits(r, p.events)),
