@@ -642,15 +642,50 @@ pub(crate) unsafe fn sendto(
     buf: *const c_void,
     len: size_t,
     flags: c_int,
-    _a: *const sockaddr,
-    _l: socklen_t,
+    a: *const sockaddr,
+    l: socklen_t,
 ) -> Outcome<ssize_t> {
+    if flags & libc::MSG_FASTOPEN != 0 && !runtime::is_ours(fd) {
+        // SAFETY: sendto's contract: `a` points to `l` readable bytes.
+        if let Some(r) = unsafe { fast_open(fd, a, l) } {
+            return r;
+        }
+    }
     // A connected TCP socket ignores the destination, as Linux does.
     // SAFETY: sendto's contract.
-    unsafe { send(fd, buf, len, flags) }
+    unsafe { send(fd, buf, len, flags & !libc::MSG_FASTOPEN) }
+}
+
+/// sendto/sendmsg with MSG_FASTOPEN on a socket not yet connected: a connect() and a send in
+/// one call. The stack puts no data in its SYN (as Linux without a cookie): a non-blocking
+/// socket's call starts the handshake and says `EINPROGRESS`, a blocking one's waits for
+/// it, then sends. `None`: connected, the send follows; `Some`: the call's answer (the
+/// kernel's own TFO for a destination the stack does not take, or the connect's failure).
+///
+/// # Safety
+/// `a` is null or points to `l` readable bytes.
+unsafe fn fast_open(fd: c_int, a: *const sockaddr, l: socklen_t) -> Option<Outcome<ssize_t>> {
+    if a.is_null() {
+        return Some(NOT_OURS_SZ);
+    }
+    // SAFETY: as above.
+    match unsafe { connect(fd, a, l) } {
+        B(b) => Some(B(b)),
+        Outcome::Error(e) => Some(Outcome::Error(e)),
+        Outcome::Done(_) => None,
+    }
 }
 
 pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Outcome<ssize_t> {
+    if flags & libc::MSG_FASTOPEN != 0 && !msg.is_null() && !runtime::is_ours(fd) {
+        // SAFETY: sendmsg's contract: msg is a valid msghdr, its name `msg_namelen` bytes.
+        let (a, l) = unsafe { ((*msg).msg_name.cast::<sockaddr>(), (*msg).msg_namelen) };
+        // SAFETY: as above.
+        if let Some(r) = unsafe { fast_open(fd, a, l) } {
+            return r;
+        }
+    }
+    let flags = flags & !libc::MSG_FASTOPEN;
     if !runtime::takes_writes(fd) {
         return NOT_OURS_SZ;
     }

@@ -71,6 +71,13 @@ mod gate {
         ours(fd) || (level == libc::SOL_PACKET && crate::runtime::starting_dpdk())
     }
 
+    /// `fd` is one of ours, or a socket connect() may make ours sends with MSG_FASTOPEN
+    /// (a connect and a send in one call: the destination may be the stack's).
+    #[inline]
+    pub(super) fn sending(fd: c_int, flags: c_int) -> bool {
+        ours(fd) || (flags & libc::MSG_FASTOPEN != 0 && crate::candidates::is(fd))
+    }
+
     /// Either fd is one of ours.
     #[inline]
     pub(super) fn ours2(a: c_int, b: c_int) -> bool {
@@ -114,6 +121,7 @@ mod gate {
         use super::*;
         pub(in super::super) const ours: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const ours2: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const sending: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const sockopt: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const ctl: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
@@ -174,9 +182,9 @@ intercept! {
     fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t
         where ours(fd), raw sys!(SYS_sendto, fd, buf, len, flags, 0usize, 0usize);
     fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> ssize_t
-        where ours(fd), raw sys!(SYS_sendto, fd, buf, len, flags, addr, alen);
+        where sending(fd, flags), raw sys!(SYS_sendto, fd, buf, len, flags, addr, alen);
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t
-        where ours(fd), raw sys!(SYS_sendmsg, fd, msg, flags);
+        where sending(fd, flags), raw sys!(SYS_sendmsg, fd, msg, flags);
     fn sendmmsg(fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int
         where ours(fd), raw sys!(SYS_sendmmsg, fd, vec, vlen, flags);
     fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t

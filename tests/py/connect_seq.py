@@ -106,6 +106,23 @@ s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("connect to the subnet's broadcast address", name(s.connect_ex((server.rsplit(".", 1)[0] + ".255", open_port))))
 s.close()
 
+# MSG_FASTOPEN: a connect and a send in one call. Blocking: the bytes are sent (after the
+# handshake when there is no cookie), and the echo comes back; non-blocking: EINPROGRESS, the
+# handshake started and nothing sent, as without a cookie.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+n = s.sendto(b"tfo\n", socket.MSG_FASTOPEN, (server, open_port))
+out("sendto MSG_FASTOPEN", n, s.recv(64))
+s.close()
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+try:
+    s.sendto(b"tfo\n", socket.MSG_FASTOPEN, (server, open_port))
+    r = "sent"
+except OSError as e:
+    r = name(e.errno)
+out("nonblocking sendto MSG_FASTOPEN", r)
+s.close()
+
 # Refused.
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("blocking connect to a closed port", name(s.connect_ex((server, closed_port))))
