@@ -412,6 +412,8 @@ impl EpollSet {
         self.report(out, max, true, readiness)
     }
 
+    // (Inlined into `wait`, the call on every request's path, with the caller's readiness.)
+    #[inline(always)]
     fn report(
         &mut self,
         out: &mut Vec<EpollEvent>,

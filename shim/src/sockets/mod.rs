@@ -913,18 +913,25 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     #[inline]
     fn readiness_at(&self, i: u32) -> Option<Readiness> {
         let obj = &self.objs.get(i as usize)?.as_ref()?.obj;
-        if let Obj::Listener {
-            shut: true,
-            kernel,
-            read_shut,
-            ..
-        } = obj
-        {
-            return Some(stopped_listener(*kernel, *read_shut));
-        }
-        let stack = self.stack.as_ref()?;
+        let Some(stack) = self.stack.as_ref() else {
+            // (A listener stopped before its stack started.)
+            return match obj {
+                Obj::Listener {
+                    shut: true,
+                    kernel,
+                    read_shut,
+                    ..
+                } => Some(stopped_listener(*kernel, *read_shut)),
+                _ => None,
+            };
+        };
         match obj {
-            Obj::Listener { shut: true, .. } => None,
+            Obj::Listener {
+                shut: true,
+                kernel,
+                read_shut,
+                ..
+            } => Some(stopped_listener(*kernel, *read_shut)),
             Obj::Listener { port, .. } => Some(if stack.accept_queue_len(*port) > 0 {
                 Readiness::READABLE
             } else {
