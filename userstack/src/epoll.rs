@@ -391,6 +391,9 @@ impl EpollSet {
     /// Fills `out` (up to its capacity, at least 1) with events, reading each candidate's
     /// current readiness through `readiness` (`None`: the socket is gone; its entry stays until
     /// DEL, as a closed fd's entry would on Linux, but reports nothing). Returns how many.
+    // (Out of line, with `report` and the caller's readiness inlined: its loop's own calls,
+    // the queue's, stay inlined too.)
+    #[inline(never)]
     pub fn wait(
         &mut self,
         out: &mut Vec<EpollEvent>,
@@ -412,7 +415,6 @@ impl EpollSet {
         self.report(out, max, true, readiness)
     }
 
-    // (Inlined into `wait`, the call on every request's path, with the caller's readiness.)
     #[inline(always)]
     fn report(
         &mut self,
