@@ -14,7 +14,7 @@
 //! also with nginx as a daemon (its default).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -270,10 +270,6 @@ impl Nginx {
         Nginx { dir, server }
     }
 
-    fn conf(&self) -> PathBuf {
-        self.dir.path().join("nginx.conf")
-    }
-
     /// The master's children (its workers), by pid.
     fn workers(&self) -> BTreeSet<String> {
         children(self.server.pid())
@@ -354,25 +350,13 @@ fn under_load(
     what: &str,
     during: impl FnOnce(&mut Nginx),
 ) -> Vec<ConnLine> {
-    use std::io::BufRead;
     let args: Vec<String> = ["static", "32", "150", "keepalive", "20"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     let mut client = bed.client(&args);
-    // Until every connection had its first reply.
-    let mut head = String::new();
     let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("client output") == 0 {
-            break;
-        }
-        head += &line;
-        if line.trim() == "started" {
-            break;
-        }
-    }
+    let head = until_started(&mut reader);
     assert!(
         head.ends_with("started\n"),
         "the load did not start: {head}"
@@ -459,6 +443,57 @@ fn a_killed_worker_is_respawned_and_disturbs_no_other() {
     );
 }
 
+/// The check client's lines up to `started` (every client thread had its first reply), or
+/// all it printed if it ended before.
+fn until_started(reader: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("client output") == 0 {
+            break;
+        }
+        head += &line;
+        if line.trim() == "started" {
+            break;
+        }
+    }
+    head
+}
+
+/// `nginx -s reload` of the nginx in `dir` (its nginx.conf), then waits until none of the
+/// `old` workers runs and two new ones do (`workers`: the master's children now; `log`: its
+/// error log, for a failure).
+fn reload(
+    dir: &Path,
+    old: &BTreeSet<String>,
+    workers: impl Fn() -> BTreeSet<String>,
+    log: impl Fn() -> String,
+) {
+    let rc = Command::new("nginx")
+        .args(["-s", "reload", "-c"])
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(dir)
+        .output()
+        .expect("nginx -s reload");
+    assert!(
+        rc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rc.stderr)
+    );
+    // The old workers exit once their connections are done; new ones serve.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workers().iter().any(|p| old.contains(p)) || workers().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "old workers {old:?} still there: {:?}\n{}",
+            workers(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn reload_starts_new_workers_and_the_old_ones_finish() {
     let bed = Bed::new(true);
@@ -466,29 +501,7 @@ fn reload_starts_new_workers_and_the_old_ones_finish() {
     let old = ng.workers();
     wait_stacks(&old);
     let lines = under_load(&bed, &mut ng, "reload", |ng| {
-        let rc = Command::new("nginx")
-            .args(["-s", "reload", "-c"])
-            .arg(ng.conf())
-            .arg("-p")
-            .arg(ng.dir.path())
-            .output()
-            .expect("nginx -s reload");
-        assert!(
-            rc.status.success(),
-            "{}",
-            String::from_utf8_lossy(&rc.stderr)
-        );
-        // The old workers exit once their connections are done; new ones serve.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ng.workers().iter().any(|p| old.contains(p)) || ng.workers().len() < 2 {
-            assert!(
-                Instant::now() < deadline,
-                "old workers {old:?} still there: {:?}\n{}",
-                ng.workers(),
-                ng.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        reload(ng.dir.path(), &old, || ng.workers(), || ng.error_log());
     });
     for l in &lines {
         assert!(l.ok, "{lines:?}");
@@ -804,7 +817,6 @@ impl Drop for Daemon {
 /// ones, whose parent, the master, lives on), and new workers answer some.
 #[test]
 fn nginx_as_a_daemon_serves_and_reloads_without_refusing_a_connection() {
-    use std::io::BufRead;
     let bed = Bed::new(true);
     let ng = Daemon::start(&bed, 2);
     let old = ng.workers();
@@ -815,45 +827,14 @@ fn nginx_as_a_daemon_serves_and_reloads_without_refusing_a_connection() {
         .collect();
     let mut client = bed.client(&args);
     let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("client output") == 0 {
-            break;
-        }
-        head += &line;
-        if line.trim() == "started" {
-            break;
-        }
-    }
+    let head = until_started(&mut reader);
     assert!(
         head.ends_with("started\n"),
         "the load did not start: {head}\n{}",
         ng.error_log()
     );
     wait_stacks(&old);
-    let rc = Command::new("nginx")
-        .args(["-s", "reload", "-c"])
-        .arg(ng.dir.path().join("nginx.conf"))
-        .arg("-p")
-        .arg(ng.dir.path())
-        .output()
-        .expect("nginx -s reload");
-    assert!(
-        rc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rc.stderr)
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ng.workers().iter().any(|p| old.contains(p)) || ng.workers().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "old workers {old:?} still there: {:?}\n{}",
-            ng.workers(),
-            ng.error_log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    reload(ng.dir.path(), &old, || ng.workers(), || ng.error_log());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut reader, &mut rest).expect("client output");
     let out = client.wait_with_output().expect("client output");

@@ -176,14 +176,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if unring >= 0 {
             self.host.ring(unring, false);
         }
-        let mut n = 0;
-        for (slot, e) in out.iter_mut().zip(&ready) {
-            slot.write(libc::epoll_event {
-                events: e.events,
-                u64: e.data,
-            });
-            n += 1;
-        }
+        let n = write_events(out, &ready);
         self.scratch = ready;
         if answering {
             if n == 0 {
@@ -210,14 +203,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let Some(Obj::Epoll { set: slot, .. }) = self.obj(epfd) {
             *slot = set;
         }
-        let mut n = 0;
-        for (slot, e) in out.iter_mut().zip(&ready) {
-            slot.write(libc::epoll_event {
-                events: e.events,
-                u64: e.data,
-            });
-            n += 1;
-        }
+        let n = write_events(out, &ready);
         self.scratch = ready;
         n
     }
@@ -275,4 +261,21 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             let _ = self.insert(outer, set);
         }
     }
+}
+
+/// The set's events into the caller's array, as many as fit. How many.
+#[inline]
+fn write_events(
+    out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
+    ready: &[userstack::epoll::EpollEvent],
+) -> usize {
+    let mut n = 0;
+    for (slot, e) in out.iter_mut().zip(ready) {
+        slot.write(libc::epoll_event {
+            events: e.events,
+            u64: e.data,
+        });
+        n += 1;
+    }
+    n
 }

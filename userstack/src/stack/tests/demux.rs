@@ -246,15 +246,14 @@ fn syns_of_buckets_another_process_takes_are_left_to_it() {
     );
 }
 
-/// A port this process stopped listening on when no other process may take it over (a
-/// process alone on its device): a SYN is refused, as Linux refuses a port nobody listens on.
-#[test]
-fn a_syn_for_a_port_given_up_with_nobody_to_take_it_is_refused() {
+/// A server stack among processes sharing its device (`takers`: whether another may take a
+/// port over) that listened on 6379 and stopped; a client's connect to it, 50 ms later.
+fn syn_for_a_port_given_up(takers: bool) -> (Pair, crate::ConnId) {
     let mut p = Pair::new();
     p.server.set_flow_registry(Box::new(Others {
         theirs: Vec::new(),
         opened: Default::default(),
-        takers: false,
+        takers,
     }));
     p.server.listen(6379, 16, opts()).unwrap();
     p.server.unlisten(p.now, 6379);
@@ -263,6 +262,14 @@ fn a_syn_for_a_port_given_up_with_nobody_to_take_it_is_refused() {
         .connect(p.now, p.server_addr(6379), opts())
         .unwrap();
     p.advance(Duration::from_millis(50), Duration::from_millis(1));
+    (p, c)
+}
+
+/// A port this process stopped listening on when no other process may take it over (a
+/// process alone on its device): a SYN is refused, as Linux refuses a port nobody listens on.
+#[test]
+fn a_syn_for_a_port_given_up_with_nobody_to_take_it_is_refused() {
+    let (mut p, c) = syn_for_a_port_given_up(false);
     assert_eq!(p.server.stats().tcp_rst_sent, 1);
     assert_eq!(p.client.take_error(c), Ok(Some(crate::SockError::Refused)));
 }
@@ -273,20 +280,7 @@ fn a_syn_for_a_port_given_up_with_nobody_to_take_it_is_refused() {
 #[test]
 fn a_syn_for_a_port_given_up_among_processes_is_dropped_not_refused() {
     use crate::steer::Steering;
-    let mut p = Pair::new();
-    let opened = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    p.server.set_flow_registry(Box::new(Others {
-        theirs: Vec::new(),
-        opened,
-        takers: true,
-    }));
-    p.server.listen(6379, 16, opts()).unwrap();
-    p.server.unlisten(p.now, 6379);
-    let c = p
-        .client
-        .connect(p.now, p.server_addr(6379), opts())
-        .unwrap();
-    p.advance(Duration::from_millis(50), Duration::from_millis(1));
+    let (mut p, c) = syn_for_a_port_given_up(true);
     assert_eq!(p.server.stats().tcp_rst_sent, 0);
     assert_eq!(
         p.client.state(c).unwrap(),
