@@ -123,9 +123,19 @@ except OSError as e:
 out("nonblocking sendto MSG_FASTOPEN", r)
 s.close()
 
-# Refused.
+# Refused. connect() told the error: the socket is unconnected (recv ENOTCONN, writable and
+# hung up).
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 out("blocking connect to a closed port", name(s.connect_ex((server, closed_port))))
+s.setblocking(False)
+try:
+    s.recv(16)
+    r = "data"
+except OSError as e:
+    r = name(e.errno)
+p = select.poll()
+p.register(s, select.POLLIN | select.POLLOUT | select.POLLRDHUP)
+out("after the refusal: recv", r, "poll", [e for _, e in p.poll(0)])
 s.close()
 
 def nonblocking(port, what):

@@ -178,6 +178,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                     Ok(Some(e)) => so_errno(e),
                     _ => libc::ECONNABORTED,
                 };
+                stack.disconnect(id);
                 (Phase::Unconnected, Err(e))
             }
             Some(_) => (Phase::Connected, Ok(0)),

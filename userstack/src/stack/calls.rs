@@ -261,6 +261,15 @@ impl<L: Link> Stack<L> {
         }
     }
 
+    /// The application learnt from connect() that connection `id`'s handshake failed: from
+    /// now on it is an unconnected socket (reads `NotConnected`; writable and hung up), until
+    /// the application closes it or connects it anew.
+    pub fn disconnect(&mut self, id: ConnId) {
+        if let Ok(c) = self.conn_mut(id) {
+            c.disconnected = true;
+        }
+    }
+
     pub fn peer_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
         Ok(self.conn(id)?.peer)
     }
@@ -356,6 +365,9 @@ impl<L: Link> Stack<L> {
         if n == 0 {
             if let Some(e) = c.error.take() {
                 return Err(e);
+            }
+            if c.disconnected {
+                return Err(SockError::NotConnected);
             }
             if c.failed {
                 return Ok(0);

@@ -118,6 +118,10 @@ pub(super) struct Conn {
     /// The connection ended by an error (reset, timeout, refused): after the error was reported,
     /// reads give end of stream and writes EPIPE.
     pub(super) failed: bool,
+    /// The application was told how its connect() failed (`Stack::disconnect`): the socket
+    /// is unconnected, as Linux's after tcp_disconnect: reads are ENOTCONN, and it polls as
+    /// writable and hung up.
+    pub(super) disconnected: bool,
     /// shutdown(SHUT_RD): reads give what is buffered, then end of stream instead of EAGAIN;
     /// readable and RDHUP from now on (and HUP once sending is shut too), as on Linux.
     pub(super) rd_shut: bool,
@@ -446,6 +450,7 @@ impl<L: Link> Stack<L> {
             last_recv_queue: 0,
             error: None,
             failed: false,
+            disconnected: false,
             rd_shut: false,
             connect_expires: None,
             orphan_expires: None,
@@ -833,6 +838,9 @@ pub(super) fn readiness(c: &Conn) -> Readiness {
 
 #[inline(never)]
 fn readiness_by_rules(c: &Conn) -> Readiness {
+    if c.disconnected {
+        return Readiness::new(false, true, false, true, false);
+    }
     let (error, failed) = (c.error, c.failed);
     let t = &c.tcb;
     let state = t.state();
