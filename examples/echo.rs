@@ -131,7 +131,7 @@ fn main() {
                         serve(&mut stack, id, &mut clients, &mut buf);
                     }
                 }
-                Event::Conn(id, _) => serve(&mut stack, id, &mut clients, &mut buf),
+                Event::Conn(id, _, _) => serve(&mut stack, id, &mut clients, &mut buf),
             }
         }
         stack.flush(clock::now());

@@ -270,7 +270,7 @@ fn turn(server: &mut Stack<MemLink>, now: Instant, events: &mut Vec<Event>, buf:
         server.poll(now);
         server.take_events(events);
         for ev in events.iter() {
-            if let Event::Conn(id, _) = *ev {
+            if let Event::Conn(id, _, _) = *ev {
                 loop {
                     match server.recv(id, buf) {
                         Ok(0) => break,

@@ -285,14 +285,16 @@ impl EpollSet {
         self.consider(key, bits(now))
     }
 
-    /// `notify`, but an EPOLLEXCLUSIVE entry is left alone when `skip_exclusive` (another
-    /// set's exclusive entry took this wake-up). Returns whether the entry was queued, and
+    /// `notify`, for an event whose edge is `edge` (`Event::Conn`'s), but an EPOLLEXCLUSIVE
+    /// entry is left alone when `skip_exclusive` (another set's exclusive entry took this
+    /// wake-up). Returns whether the entry was queued, and
     /// whether it is an EPOLLEXCLUSIVE one (one lookup for both).
     #[inline]
     pub fn notify_unless_exclusive(
         &mut self,
         key: i32,
         now: Readiness,
+        edge: u32,
         skip_exclusive: bool,
     ) -> (bool, bool) {
         let Some(e) = self.entries.get_mut(&key) else {
@@ -301,6 +303,11 @@ impl EpollSet {
         (e.told, e.told_pass) = (bits(now), self.pass);
         let exclusive = e.events & EPOLLEXCLUSIVE != 0;
         if (exclusive && skip_exclusive) || e.disabled || e.queued || !wanted(e.events, bits(now)) {
+            return (false, exclusive);
+        }
+        // An edge-triggered entry wakes only for an edge of a condition it watches (Linux's
+        // wake-up carries the event's conditions; EPOLLERR and EPOLLHUP are always watched).
+        if e.events & EPOLLET != 0 && edge & (e.events | EPOLLERR | EPOLLHUP) == 0 {
             return (false, exclusive);
         }
         e.queued = true;

@@ -418,6 +418,10 @@ impl ConnIndex {
     }
 }
 
+/// The edge of a change that wakes every watcher (a state change: a shutdown, a listener's
+/// new connection).
+const EVERY_EDGE: u32 = u32::MAX;
+
 /// A listener shutdown() stopped reads as Linux's closed socket: writable and hung up, and
 /// readable with RDHUP once a second shutdown(SHUT_RD) (refused, ENOTCONN) has marked its
 /// reads shut. A dual listener's kernel side says so itself (its kernel socket was shut too):
@@ -616,7 +620,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// blocked on, as Linux wakes one waiting epoll instance: an event on a listener shared
     /// by a pool's per-thread sets wakes one thread, not the pool.
     #[inline]
-    fn notify_watchers(&mut self, fd: c_int, r: Readiness) {
+    fn notify_watchers(&mut self, fd: c_int, r: Readiness, edge: u32) {
         let Some(eps) = self.watchers.get(&fd) else {
             return;
         };
@@ -630,7 +634,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 ..
             })) = self.objs.get_mut(j as usize)
             {
-                let (queued, exclusive) = set.notify_unless_exclusive(fd, r, woke_exclusive);
+                let (queued, exclusive) = set.notify_unless_exclusive(fd, r, edge, woke_exclusive);
                 if queued {
                     self.touched.push(j);
                 }
@@ -645,11 +649,17 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// runs for every event of a poll.)
     #[inline(always)]
     fn notify_entry_with(&mut self, i: u32, r: Readiness) {
+        self.notify_entry_edge(i, r, EVERY_EDGE);
+    }
+
+    /// `notify_entry_with` for an event of the stack (`edge`: its `Event::Conn` edge).
+    #[inline(always)]
+    fn notify_entry_edge(&mut self, i: u32, r: Readiness, edge: u32) {
         self.touched.push(i);
         let n = self.objs[i as usize].as_ref().map_or(0, |e| e.fds.len());
         for k in 0..n {
             let fd = self.objs[i as usize].as_ref().map_or(-1, |e| e.fds[k]);
-            self.notify_watchers(fd, r);
+            self.notify_watchers(fd, r, edge);
         }
     }
 
@@ -788,7 +798,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         let events = std::mem::take(&mut self.events);
         for ev in &events {
             match *ev {
-                Event::Conn(id, r) => {
+                Event::Conn(id, r, edge) => {
                     if let Some(&i) = self.conn_fd.get(&id) {
                         let r = match &self.objs[i as usize] {
                             Some(Entry {
@@ -800,7 +810,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                             },
                             _ => r,
                         };
-                        self.notify_entry_with(i, r);
+                        self.notify_entry_edge(i, r, edge);
                     }
                 }
                 Event::Accept(port) => {
@@ -811,7 +821,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                             if let Some(i) = self.index_of(fd) {
                                 self.touched.push(i);
                             }
-                            self.notify_watchers(fd, r);
+                            self.notify_watchers(fd, r, EVERY_EDGE);
                         }
                     }
                 }

@@ -1230,6 +1230,27 @@ fn server(port: u16) {
         call("epoll_ctl(DEL again)", || {
             libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, c, null_mut())
         });
+        step("an EPOLLOUT|EPOLLET entry on a writable connection is reported once, and not again when data arrives");
+        let et = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        ev.events = (libc::EPOLLOUT | libc::EPOLLET) as u32;
+        libc::epoll_ctl(et, libc::EPOLL_CTL_ADD, c, &mut ev);
+        call("epoll_wait(OUT|ET)", || {
+            libc::epoll_wait(et, out.as_mut_ptr(), 4, 0)
+        });
+        call("epoll_wait(OUT|ET, again)", || {
+            libc::epoll_wait(et, out.as_mut_ptr(), 4, 0)
+        });
+        send_line(c, "B");
+        let mut n: c_int = -1;
+        while n < 3 {
+            wait_in(c);
+            libc::ioctl(c, libc::FIONREAD, &mut n);
+        }
+        call("epoll_wait(OUT|ET, data arrived)", || {
+            libc::epoll_wait(et, out.as_mut_ptr(), 4, 0)
+        });
+        recv_note(c, 16, 0, "recv(xyz)");
+        libc::close(et);
         step("an epoll fd's dup keeps reporting after the original is closed");
         // The epoll fd dup'd and the original closed: the dup still reports what arrives.
         ev.events = libc::EPOLLIN as u32;

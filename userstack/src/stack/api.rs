@@ -33,8 +33,11 @@ pub trait Respond {
 pub enum Event {
     /// A connection became ready in a way it was not (a readiness bit set), or more data
     /// arrived; its readiness as of `take_events` (what `readiness` would return then, without
-    /// computing it again). Readiness lost makes no event.
-    Conn(ConnId, Readiness),
+    /// computing it again), and the edge: the epoll bits of what happened since its last
+    /// event (the bits gained, EPOLLIN for more data; every bit for a change of state: the
+    /// peer's FIN, an error, a hang-up), as Linux's wake-ups carry them to epoll. Readiness
+    /// lost makes no event.
+    Conn(ConnId, Readiness, u32),
     /// A connection joined a listener's accept queue (one event per connection).
     Accept(u16),
 }

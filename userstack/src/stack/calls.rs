@@ -35,9 +35,10 @@ impl<L: Link> Stack<L> {
         out.clear();
         std::mem::swap(out, &mut self.events);
         for e in out.iter_mut() {
-            if let Event::Conn(id, ready) = e {
+            if let Event::Conn(id, ready, edge) = e {
                 if let Some(c) = self.slots[id.slot as usize].conn.as_mut() {
                     c.event_queued = false;
+                    *edge = std::mem::take(&mut c.edge);
                     // What the connection's last poll_conn computed. Application calls since
                     // then (an event queued by `flush` waits for the next poll) can only have
                     // cleared bits: recv (readable), send (writable), SO_ERROR (error); epoll

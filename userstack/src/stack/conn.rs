@@ -109,6 +109,8 @@ pub(super) struct Conn {
     pub(super) arm_queued: bool,
     pub(super) dirty: bool,
     pub(super) event_queued: bool,
+    /// The edge of the event queued (`Event::Conn`), gathered until `take_events`.
+    pub(super) edge: u32,
     /// The state as the socket calls name it (kept for the statistics' state counts).
     pub(super) last_state: ApiState,
     pub(super) last_ready: Readiness,
@@ -445,6 +447,7 @@ impl<L: Link> Stack<L> {
             arm_queued: false,
             dirty: false,
             event_queued: false,
+            edge: 0,
             last_state: state,
             last_ready: Readiness::default(),
             last_recv_queue: 0,
@@ -745,10 +748,13 @@ impl<L: Link> Stack<L> {
             // edge for EPOLLET). A lost bit (the application read everything, filled the send
             // buffer) wakes nobody, and every epoll wait re-reads the readiness of what it
             // reports.
-            if (ready.gained_since(c.last_ready) || rq > c.last_recv_queue) && !c.event_queued {
-                c.event_queued = true;
-                self.events
-                    .push(Event::Conn(ConnId { slot: idx, gen }, ready));
+            if ready.gained_since(c.last_ready) || rq > c.last_recv_queue {
+                c.edge |= edge_of(ready, c.last_ready, rq > c.last_recv_queue);
+                if !c.event_queued {
+                    c.event_queued = true;
+                    self.events
+                        .push(Event::Conn(ConnId { slot: idx, gen }, ready, 0));
+                }
             }
             c.last_ready = ready;
             c.last_recv_queue = rq;
@@ -809,6 +815,20 @@ impl<L: Link> Stack<L> {
                 }
             }
         }
+    }
+}
+
+/// The epoll bits of an event (`Event::Conn`): the readiness bits gained, EPOLLIN for more
+/// data, and every bit for a change of state (the peer's FIN, an error, a hang-up wake every
+/// waiter, as Linux's state change does).
+#[inline]
+fn edge_of(now: Readiness, before: Readiness, more_data: bool) -> u32 {
+    let gained = now.bits() & !before.bits();
+    let state = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+    if gained & state != 0 {
+        u32::MAX
+    } else {
+        gained | if more_data { libc::EPOLLIN as u32 } else { 0 }
     }
 }
 

@@ -160,7 +160,7 @@ fn room_freed_right_after_a_send_filled_the_buffer_is_reported() {
     p.server.take_events(&mut ev);
     assert!(
         ev.iter()
-            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.writable())),
+            .any(|e| matches!(*e, Event::Conn(id, r, _) if id == s && r.writable())),
         "no writable event: {ev:?}"
     );
     let mut buf = vec![0u8; 32 << 10];
@@ -205,7 +205,7 @@ fn conn_events(p: &mut Pair, id: ConnId) -> usize {
     let mut ev = Vec::new();
     p.server.take_events(&mut ev);
     ev.iter()
-        .filter(|e| matches!(e, Event::Conn(c, _) if *c == id))
+        .filter(|e| matches!(e, Event::Conn(c, _, _) if *c == id))
         .count()
 }
 

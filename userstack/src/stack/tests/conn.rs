@@ -222,7 +222,7 @@ fn a_connection_event_carries_its_current_readiness() {
     let carried: Vec<_> = ev
         .iter()
         .filter_map(|e| match *e {
-            Event::Conn(id, r) if id == s => Some(r),
+            Event::Conn(id, r, _) if id == s => Some(r),
             _ => None,
         })
         .collect();
@@ -299,7 +299,7 @@ fn a_vanished_peer_is_given_up_after_fifteen_minutes() {
     p.server.take_events(&mut ev);
     assert!(
         ev.iter()
-            .any(|e| matches!(*e, Event::Conn(id, r) if id == s && r.error() && r.hup())),
+            .any(|e| matches!(*e, Event::Conn(id, r, _) if id == s && r.error() && r.hup())),
         "{ev:?}"
     );
     assert_eq!(p.server.send(s, b"x"), Err(SockError::TimedOut));

@@ -483,7 +483,7 @@ fn lifting_notsent_lowat_makes_the_connection_writable_at_once() {
     p.server.take_events(&mut ev);
     assert!(
         ev.iter()
-            .any(|e| matches!(e, crate::stack::Event::Conn(id, r) if *id == s && r.writable())),
+            .any(|e| matches!(e, crate::stack::Event::Conn(id, r, _) if *id == s && r.writable())),
         "{ev:?}"
     );
 }
