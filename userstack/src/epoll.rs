@@ -411,14 +411,26 @@ impl EpollSet {
         self.report(out, max, false, readiness)
     }
 
-    /// More events for the same epoll_wait call as the last `wait` (which filled the room it
-    /// was given; the caller has more): never an entry that wait reported.
+    /// Which `wait` ran last ([`EpollSet::wait_more`] continues it).
+    pub fn last_wait(&self) -> u32 {
+        self.call
+    }
+
+    /// More events for the same epoll_wait call as `wait` number `call` (which filled the
+    /// room it was given; the caller has more): never an entry that wait reported. Nothing if
+    /// another wait ran since (another thread's, on the same set): what it reported cannot
+    /// be told from this call's.
     pub fn wait_more(
         &mut self,
+        call: u32,
         out: &mut Vec<EpollEvent>,
         max: usize,
         readiness: impl FnMut(i32) -> Option<Readiness>,
     ) -> usize {
+        if call != self.call {
+            out.clear();
+            return 0;
+        }
         self.report(out, max, true, readiness)
     }
 
@@ -523,13 +535,46 @@ mod tests {
         s.wait(&mut out, 2, |k| state.get(&k).copied());
         let first: Vec<u64> = out.iter().map(|e| e.data).collect();
         assert_eq!(first, [0, 1]);
-        s.wait_more(&mut out, 64, |k| state.get(&k).copied());
+        let call = s.last_wait();
+        s.wait_more(call, &mut out, 64, |k| state.get(&k).copied());
         let more: Vec<u64> = out.iter().map(|e| e.data).collect();
         assert_eq!(more, [2, 3, 4, 5]);
         // The next call: every entry again, once.
         let mut next: Vec<u64> = wait_all(&mut s, &state).iter().map(|e| e.data).collect();
         next.sort_unstable();
         assert_eq!(next, [0, 1, 2, 3, 4, 5]);
+        // A wait continued after another (another thread's on the same set) adds nothing.
+        s.wait(&mut out, 2, |k| state.get(&k).copied());
+        let call = s.last_wait();
+        wait_all(&mut s, &state);
+        assert_eq!(
+            s.wait_more(call, &mut out, 64, |k| state.get(&k).copied()),
+            0
+        );
+    }
+
+    /// An edge-triggered entry wakes for an edge of a condition it watches (EPOLLRDNORM is
+    /// one with EPOLLIN, as Linux's data-ready wake-up carries both), not for another's.
+    #[test]
+    fn edge_triggered_entries_wake_for_their_own_conditions() {
+        let mut s = EpollSet::new();
+        let rdnorm = libc::EPOLLRDNORM as u32;
+        s.add(1, EPOLLOUT | EPOLLET, 1, NONE).unwrap();
+        s.add(2, rdnorm | EPOLLET, 2, NONE).unwrap();
+        let rw = RW;
+        let data_edge = EPOLLIN | rdnorm;
+        assert_eq!(
+            s.notify_unless_exclusive(1, rw, data_edge, false),
+            (false, false)
+        );
+        assert_eq!(
+            s.notify_unless_exclusive(2, rw, data_edge, false),
+            (true, false)
+        );
+        assert_eq!(
+            s.notify_unless_exclusive(1, rw, EPOLLOUT, false),
+            (true, false)
+        );
     }
 
     /// Within a pass the wait takes the readiness it was told; outside one, or for what was

@@ -959,6 +959,8 @@ pub fn epoll_wait(
         // Our fds first, or half the room for them on the kernel's turn (so that neither kind
         // starves the other).
         let room = if kernel_first { max.div_ceil(2) } else { max };
+        // The set's wait in this pass, if it filled a room that leaves the kernel's fds some.
+        let mut filled = None;
         let mut n = {
             let mut s = shim()?;
             if let Some(ident) = started {
@@ -974,6 +976,9 @@ pub fn epoll_wait(
                     if work {
                         last_work = Instant::now();
                         naps_reset();
+                    }
+                    if n == room && room < max {
+                        filled = s.epoll_last_wait(epfd);
                     }
                     n
                 }
@@ -1012,13 +1017,12 @@ pub fn epoll_wait(
                     return Some(Err(crate::errno::get()));
                 }
             } else {
-                let ours = n;
                 n += kwait::drop_bells(rest, k as usize);
-                if ours == room && n < max {
+                if let (Some(call), true) = (filled, n < max) {
                     // Our half was full and the kernel's fds left room: more of ours, as
                     // Linux fills the array from one ready list.
                     if let Some(mut s) = shim() {
-                        n += s.epoll_more(epfd, &mut events[n..]);
+                        n += s.epoll_more(epfd, call, &mut events[n..]);
                     }
                 }
             }

@@ -45,6 +45,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             if let Err(e) = self.host.check_epoll(epfd) {
                 return Some(Err(e));
             }
+            let exclusive = event.is_some_and(|(ev, _)| ev & libc::EPOLLEXCLUSIVE as u32 != 0);
+            if op == libc::EPOLL_CTL_MOD && exclusive {
+                return Some(Err(libc::EINVAL));
+            }
             if op == libc::EPOLL_CTL_MOD || op == libc::EPOLL_CTL_DEL {
                 return Some(Err(libc::ENOENT));
             }
@@ -187,11 +191,20 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         Some((work, n))
     }
 
+    /// Which wait of `epfd`'s set ran last (a pass's: see [`Sockets::epoll_more`]).
+    pub fn epoll_last_wait(&mut self, epfd: c_int) -> Option<u32> {
+        match self.obj(epfd) {
+            Some(Obj::Epoll { set, .. }) => Some(set.last_wait()),
+            _ => None,
+        }
+    }
+
     /// More of `epfd`'s ready entries, after a pass that filled the room it had (the kernel's
     /// fds left room over): up to `out.len()`, without polling the stack again. How many.
     pub fn epoll_more(
         &mut self,
         epfd: c_int,
+        call: u32,
         out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
     ) -> usize {
         let mut ready = std::mem::take(&mut self.scratch);
@@ -199,7 +212,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Some(Obj::Epoll { set, .. }) => std::mem::take(set),
             _ => return 0,
         };
-        set.wait_more(&mut ready, out.len(), |fd| self.readiness(fd));
+        set.wait_more(call, &mut ready, out.len(), |fd| self.readiness(fd));
         if let Some(Obj::Epoll { set: slot, .. }) = self.obj(epfd) {
             *slot = set;
         }

@@ -36,7 +36,13 @@ impl<L: Link> Stack<L> {
         std::mem::swap(out, &mut self.events);
         for e in out.iter_mut() {
             if let Event::Conn(id, ready, edge) = e {
-                if let Some(c) = self.slots[id.slot as usize].conn.as_mut() {
+                let slot = &mut self.slots[id.slot as usize];
+                // (An event of a connection freed since, whose slot another took, leaves the
+                // new one's edge alone.)
+                if slot.gen != id.gen {
+                    continue;
+                }
+                if let Some(c) = slot.conn.as_mut() {
                     c.event_queued = false;
                     *edge = std::mem::take(&mut c.edge);
                     // What the connection's last poll_conn computed. Application calls since

@@ -828,7 +828,9 @@ fn edge_of(now: Readiness, before: Readiness, more_data: bool) -> u32 {
     if gained & state != 0 {
         u32::MAX
     } else {
-        gained | if more_data { libc::EPOLLIN as u32 } else { 0 }
+        let edge = gained | if more_data { libc::EPOLLIN as u32 } else { 0 };
+        // With EPOLLRDNORM and EPOLLWRNORM, as Linux's data-ready and write-space wake-ups.
+        edge | (edge & (libc::EPOLLIN | libc::EPOLLOUT) as u32) << 6
     }
 }
 
