@@ -231,6 +231,18 @@ fn nginx_conf(dir: &Path, port: u16, workers: u32, accept_mutex: bool, reuseport
     )
 }
 
+/// An nginx directory: `www` with the check client's files, `tmp`, and the configuration
+/// `conf` makes for the directory in `nginx.conf`.
+fn nginx_dir(conf: impl FnOnce(&Path) -> String) -> TempDir {
+    let dir = TempDir::new("nginx");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("docroot");
+    std::fs::create_dir_all(dir.path().join("tmp")).expect("temp dir");
+    make_docroot(&www);
+    std::fs::write(dir.path().join("nginx.conf"), conf(dir.path())).expect("nginx.conf");
+    dir
+}
+
 impl Nginx {
     fn start(bed: &Bed, workers: u32, accept_mutex: bool, reuseport: bool) -> Nginx {
         Nginx::start_with(bed, |dir| {
@@ -241,14 +253,8 @@ impl Nginx {
     /// nginx with the configuration `conf` makes for its directory (which holds `www`, the
     /// check client's files).
     fn start_with(bed: &Bed, conf: impl FnOnce(&Path) -> String) -> Nginx {
-        let dir = TempDir::new("nginx");
-        let www = dir.path().join("www");
-        std::fs::create_dir_all(&www).expect("docroot");
-        std::fs::create_dir_all(dir.path().join("tmp")).expect("temp dir");
-        make_docroot(&www);
-        let conf_file = dir.path().join("nginx.conf");
-        std::fs::write(&conf_file, conf(dir.path())).expect("nginx.conf");
-        let conf = conf_file;
+        let dir = nginx_dir(conf);
+        let conf = dir.path().join("nginx.conf");
         let argv: Vec<String> = [
             "nginx",
             "-c",
@@ -350,16 +356,10 @@ fn under_load(
     what: &str,
     during: impl FnOnce(&mut Nginx),
 ) -> Vec<ConnLine> {
-    let args: Vec<String> = ["static", "32", "150", "keepalive", "20"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut client = bed.client(&args);
-    let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
-    let head = until_started(&mut reader);
-    assert!(
-        head.ends_with("started\n"),
-        "the load did not start: {head}"
+    let (client, mut reader, head) = start_load(
+        bed,
+        &["static", "32", "150", "keepalive", "20"],
+        String::new,
     );
     during(ng);
     let mut rest = String::new();
@@ -441,6 +441,25 @@ fn a_killed_worker_is_respawned_and_disturbs_no_other() {
         "the respawned worker {new:?} answered none of {pids:?}\n{}",
         ng.error_log()
     );
+}
+
+/// The check client with `args`, once every client thread had its first reply: the client,
+/// its output from there on, and its lines so far (`log`: the server's, for a failure).
+fn start_load(
+    bed: &Bed,
+    args: &[&str],
+    log: impl Fn() -> String,
+) -> (Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut client = bed.client(&args);
+    let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
+    let head = until_started(&mut reader);
+    assert!(
+        head.ends_with("started\n"),
+        "the load did not start: {head}\n{}",
+        log()
+    );
+    (client, reader, head)
 }
 
 /// The check client's lines up to `started` (every client thread had its first reply), or
@@ -737,15 +756,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(bed: &Bed, workers: u32) -> Daemon {
-        let dir = TempDir::new("nginx");
-        let www = dir.path().join("www");
-        std::fs::create_dir_all(&www).expect("docroot");
-        std::fs::create_dir_all(dir.path().join("tmp")).expect("temp dir");
-        make_docroot(&www);
-        let conf = nginx_conf(dir.path(), bed.port, workers, false, false)
-            .replace("daemon off;", "daemon on;");
+        let dir = nginx_dir(|d| {
+            nginx_conf(d, bed.port, workers, false, false).replace("daemon off;", "daemon on;")
+        });
         let conf_file = dir.path().join("nginx.conf");
-        std::fs::write(&conf_file, conf).expect("nginx.conf");
         let argv: Vec<String> = [
             "nginx".to_string(),
             "-c".into(),
@@ -821,18 +835,10 @@ fn nginx_as_a_daemon_serves_and_reloads_without_refusing_a_connection() {
     let ng = Daemon::start(&bed, 2);
     let old = ng.workers();
     assert_eq!(old.len(), 2, "workers of {}: {old:?}", ng.master);
-    let args: Vec<String> = ["static", "8", "150", "close", "10"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut client = bed.client(&args);
-    let mut reader = std::io::BufReader::new(client.stdout.take().expect("piped"));
-    let head = until_started(&mut reader);
-    assert!(
-        head.ends_with("started\n"),
-        "the load did not start: {head}\n{}",
-        ng.error_log()
-    );
+    let (client, mut reader, head) =
+        start_load(&bed, &["static", "8", "150", "close", "10"], || {
+            ng.error_log()
+        });
     wait_stacks(&old);
     reload(ng.dir.path(), &old, || ng.workers(), || ng.error_log());
     let mut rest = String::new();

@@ -139,11 +139,8 @@ pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
     let mut fd = fd;
     loop {
         let (result, seen, key) = with(|s| {
-            if let Some(ident) = started {
-                match s.still(fd, ident) {
-                    Some(f) => fd = f,
-                    None => return Some((Some(Err(libc::EBADF)), 0, None)),
-                }
+            if !s.keep_on(&mut fd, started) {
+                return Some((Some(Err(libc::EBADF)), 0, None));
             }
             s.pump();
             Some((s.connect_result(fd), s.wakes(), s.key_of(fd)))
@@ -216,13 +213,10 @@ pub fn accept(mut fd: c_int, flags: c_int) -> Answer<(c_int, SocketAddr)> {
     loop {
         // (What blocked threads were last woken for, as this attempt saw it.)
         let (accepted, seen, key) = with(|s| {
-            if let Some(ident) = started {
-                match s.still(fd, ident) {
-                    Some(f) => fd = f,
-                    None => return Some((Err(libc::EBADF), 0, None)),
-                }
+            if !s.keep_on(&mut fd, started) {
+                return Some((Err(libc::EBADF), 0, None));
             }
-            started = s.ident(fd);
+            started = started.or_else(|| s.ident(fd));
             s.accept(fd, flags).map(|r| (r, s.wakes(), s.key_of(fd)))
         })?;
         let kernel = match accepted {
@@ -474,13 +468,10 @@ fn io_loop(
     let dontwait = dontwait || call.ended;
     loop {
         let mut s = shim()?;
-        if let Some(ident) = started {
-            match s.still(fd, ident) {
-                Some(f) => fd = f,
-                None => return Some(closed_meanwhile(done)),
-            }
+        if !s.keep_on(&mut fd, started) {
+            return Some(closed_meanwhile(done));
         }
-        started = s.ident(fd);
+        started = started.or_else(|| s.ident(fd));
         // A peek looks at the whole buffer again each time (nothing was consumed).
         let Some(t) = s.io(
             fd,
@@ -963,13 +954,10 @@ pub fn epoll_wait(
         let mut filled = None;
         let mut n = {
             let mut s = shim()?;
-            if let Some(ident) = started {
-                // Blocked before: another thread may have closed the set's fd meanwhile (a
-                // dup of it goes on naming the set).
-                match s.still(epfd, ident) {
-                    Some(f) => epfd = f,
-                    None => return Some(Err(libc::EBADF)),
-                }
+            // Blocked before: another thread may have closed the set's fd meanwhile (a dup
+            // of it goes on naming the set).
+            if !s.keep_on(&mut epfd, started) {
+                return Some(Err(libc::EBADF));
             }
             match s.epoll_pass(epfd, room, events, timeout_ms != 0) {
                 Some((work, n)) => {

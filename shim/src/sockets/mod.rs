@@ -529,26 +529,34 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
 
     /// Which object of ours `fd` names (`None`: none), as its entry and serial. A call that
     /// waits re-reads its fd on every pass; another thread may close the fd meanwhile (and
-    /// the number may come back as another socket): [`Sockets::still`] tells the call where
-    /// the object it started on is.
+    /// the number may come back as another socket): [`Sockets::keep_on`] keeps the call on
+    /// the object it started on.
     pub fn ident(&self, fd: c_int) -> Option<(u32, u64)> {
         let i = self.index_of(fd)?;
         self.objs.get(i as usize)?.as_ref().map(|e| (i, e.serial))
     }
 
-    /// An fd that names the object `ident` stands for: `fd` itself if it still does, else a
-    /// dup left open (a close of one fd leaves the socket to its dups, and a call blocked on
-    /// it goes on, as on Linux). `None`: the object was closed.
-    pub fn still(&self, fd: c_int, ident: (u32, u64)) -> Option<c_int> {
-        let e = self.objs.get(ident.0 as usize)?.as_ref()?;
-        if e.serial != ident.1 {
-            return None;
+    /// Keeps `fd` naming the object `started` stands for (the call's first [`Sockets::ident`];
+    /// `None`: nothing to follow): `fd` itself if it still does, else a dup left open (a close
+    /// of one fd leaves the socket to its dups, and a call blocked on it goes on, as on
+    /// Linux). `false`: the object was closed.
+    pub fn keep_on(&self, fd: &mut c_int, started: Option<(u32, u64)>) -> bool {
+        let Some((i, serial)) = started else {
+            return true;
+        };
+        let Some(e) = self.objs.get(i as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        if e.serial != serial {
+            return false;
         }
-        if e.fds.contains(&fd) {
-            Some(fd)
-        } else {
-            e.fds.first().copied()
+        if !e.fds.contains(fd) {
+            match e.fds.first() {
+                Some(&f) => *fd = f,
+                None => return false,
+            }
         }
+        true
     }
 
     /// Every fd number (dups) that refers to `fd`'s object.
