@@ -178,7 +178,8 @@ pub fn tcp(data: &[u8]) {
                     b.recv(&mut buf);
                 }
                 1 => b.close(),
-                2 => b.abort(),
+                2 if input.byte() & 1 == 0 => b.abort(),
+                2 => b.reset_after_sent(),
                 3 => {
                     let n = b.peek(&mut buf);
                     b.consume(n / 2);

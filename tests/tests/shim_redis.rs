@@ -810,6 +810,37 @@ fn replies_match_the_kernels(bed: &mut RedisBed) {
     }
 }
 
+/// Redis's answer to a malformed request, written just before it closes the connection with the
+/// client's next data unread, reaches the client ahead of the reset, as through the kernel
+/// (Redis's own suite, "Protocol desync regression test"): every round, through the stack and
+/// through the kernel side of the same server.
+#[test]
+fn a_protocol_errors_reply_goes_ahead_of_the_reset() {
+    let mut bed = bed("0.0.0.0");
+    bed.wait_ready();
+    let (h, p) = (bed.addr(), bed.port.to_string());
+    let rounds = "3000";
+    let script = py_file("protocol_error.py");
+    let through_stack = bed
+        .ns
+        .exec("/usr/bin/python3", [&script, &h, &p, rounds])
+        .expect("python3 runs");
+    let through_stack = String::from_utf8_lossy(&through_stack.stdout).into_owned();
+    let through_kernel = Command::new("/usr/bin/python3")
+        .args([&script, "127.0.0.1", &p, rounds])
+        .output()
+        .expect("python3 runs");
+    let through_kernel = String::from_utf8_lossy(&through_kernel.stdout).into_owned();
+    let all = format!("{rounds} of {rounds} rounds read the error\n");
+    assert_eq!(through_kernel, all, "through the kernel");
+    assert_eq!(
+        through_stack,
+        all,
+        "through the stack\n{}",
+        bed.server.diagnostics()
+    );
+}
+
 /// redis-py (Debian's python3-redis) through the stack: pipelines of 1,000, WATCH aborted by a
 /// concurrent write, pub/sub, a 10 MB value, 50 threads on a pool, 100 asyncio clients.
 #[test]

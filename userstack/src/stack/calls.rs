@@ -667,7 +667,7 @@ impl<L: Link> Stack<L> {
         let c = self.conn_mut(id)?;
         c.app_closed = true;
         if c.tcb.recv_queue() > 0 {
-            c.tcb.abort();
+            c.tcb.reset_after_sent();
         } else {
             c.tcb.set_cork(false);
             c.tcb.close();

@@ -265,6 +265,8 @@ pub struct Tcb {
     syn_due: bool,
     /// A reset to send: its sequence number, and whether it carries an ACK.
     rst_due: Option<(u32, bool)>,
+    /// The reset (`rst_due`) follows the data the windows let go now ([`Tcb::reset_after_sent`]).
+    data_before_rst: bool,
 
     // Receiving.
     rx: Ring,
@@ -445,6 +447,7 @@ impl Tcb {
             oow_at: None,
             syn_due: true,
             rst_due: None,
+            data_before_rst: false,
             rx,
             irs: 0,
             rcv_nxt: 0,
@@ -880,7 +883,21 @@ impl Tcb {
         if !matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
             self.rst_due = Some((self.snd_nxt, true));
         }
+        self.data_before_rst = false;
         self.state = State::Closed;
+    }
+
+    /// Resets the connection as close(2) with unread data does on Linux: what the windows let
+    /// go now goes first, then the RST; the rest of the queue is dropped. Linux transmits a
+    /// write in the call that makes it, so a reply written before such a close reaches the
+    /// peer ahead of the reset; here the write waited for the next output. Closed once
+    /// [`Tcb::output`] ran.
+    pub fn reset_after_sent(&mut self) {
+        if self.next_data() == 0 {
+            return self.abort();
+        }
+        self.rst_due = Some((self.snd_nxt, true));
+        self.data_before_rst = true;
     }
 
     /// When `output` is next needed without input (0: now). (Inlined into its two callers in
@@ -1985,7 +2002,16 @@ impl Tcb {
     where
         F: FnMut(&Out, Payload) -> bool,
     {
-        if let Some((seq, with_ack)) = self.rst_due {
+        if let Some((mut seq, with_ack)) = self.rst_due {
+            if self.data_before_rst {
+                if !self.send_new_data(now, emit) {
+                    return;
+                }
+                self.data_before_rst = false;
+                self.state = State::Closed;
+                seq = self.snd_nxt;
+                self.rst_due = Some((seq, with_ack));
+            }
             let mut out = Out {
                 seq,
                 flags: RST,

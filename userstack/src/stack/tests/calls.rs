@@ -114,6 +114,27 @@ fn reset_is_reported_once_and_peek_does_not_consume() {
 }
 
 #[test]
+fn a_reply_written_just_before_a_close_with_unread_data_goes_ahead_of_the_reset() {
+    // Redis answers a protocol error and closes in one pass of its loop, with the client's
+    // next data unread: Linux sent the reply in its write, then resets at close.
+    let mut p = Pair::new();
+    p.server.listen(10, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(10), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(10).unwrap();
+    p.client.send(c, b"never read").unwrap();
+    p.run();
+    p.server.send(s, b"-ERR Protocol error\r\n").unwrap();
+    p.server.close(s).unwrap();
+    p.run();
+    assert_eq!(p.server.connections(), 0, "the server's connection is gone");
+    let mut buf = [0u8; 64];
+    assert_eq!(p.client.recv(c, &mut buf), Ok(21));
+    assert_eq!(&buf[..21], b"-ERR Protocol error\r\n");
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
+}
+
+#[test]
 fn close_with_unread_data_resets_like_linux() {
     let mut p = Pair::new();
     p.server.listen(10, 4, opts()).unwrap();
