@@ -629,6 +629,11 @@ pub(crate) unsafe fn send(
     if let Some(r) = null_buffer(fd, len, buf.is_null()) {
         return r;
     }
+    if flags & libc::MSG_FASTOPEN != 0 {
+        if let Some(Err(e)) = runtime::fast_open(fd, false) {
+            return Outcome::Error(e);
+        }
+    }
     // SAFETY: send's contract: buf holds len readable bytes.
     let b = unsafe { buf_ref(buf.cast::<u8>(), len) };
     sigpipe(
@@ -645,7 +650,7 @@ pub(crate) unsafe fn sendto(
     a: *const sockaddr,
     l: socklen_t,
 ) -> Outcome<ssize_t> {
-    if flags & libc::MSG_FASTOPEN != 0 && !runtime::is_ours(fd) {
+    if flags & libc::MSG_FASTOPEN != 0 {
         // SAFETY: sendto's contract: `a` points to `l` readable bytes.
         if let Some(r) = unsafe { fast_open(fd, a, l) } {
             return r;
@@ -665,6 +670,15 @@ pub(crate) unsafe fn sendto(
 /// # Safety
 /// `a` is null or points to `l` readable bytes.
 unsafe fn fast_open(fd: c_int, a: *const sockaddr, l: socklen_t) -> Option<Outcome<ssize_t>> {
+    if runtime::is_ours(fd) {
+        // Connected already, or connecting: as Linux answers; failed since: a new connect,
+        // as below.
+        match runtime::fast_open(fd, !a.is_null()) {
+            Some(Err(e)) => return Some(Outcome::Error(e)),
+            Some(Ok(false)) => return None,
+            Some(Ok(true)) | None => {}
+        }
+    }
     if a.is_null() {
         return Some(NOT_OURS_SZ);
     }
@@ -677,7 +691,7 @@ unsafe fn fast_open(fd: c_int, a: *const sockaddr, l: socklen_t) -> Option<Outco
 }
 
 pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Outcome<ssize_t> {
-    if flags & libc::MSG_FASTOPEN != 0 && !msg.is_null() && !runtime::is_ours(fd) {
+    if flags & libc::MSG_FASTOPEN != 0 && !msg.is_null() {
         // SAFETY: sendmsg's contract: msg is a valid msghdr, its name `msg_namelen` bytes.
         let (a, l) = unsafe { ((*msg).msg_name.cast::<sockaddr>(), (*msg).msg_namelen) };
         // SAFETY: as above.
@@ -1039,24 +1053,37 @@ unsafe fn epoll_wait_with(
             };
         }
     }
-    if max <= 0 || events.is_null() {
+    // Linux's EP_MAX_EVENTS.
+    const MAX_EVENTS: usize = i32::MAX as usize / std::mem::size_of::<epoll_event>();
+    if max <= 0 || max as usize > MAX_EVENTS {
         return Outcome::Error(libc::EINVAL);
     }
-    // SAFETY: see above; the entries are only written.
-    let slots = unsafe {
-        std::slice::from_raw_parts_mut(
-            events.cast::<std::mem::MaybeUninit<epoll_event>>(),
-            max as usize,
-        )
+    // A null array: Linux waits as usual and fails with EFAULT when it has an event to copy
+    // out (0 if none came by the timeout). The wait writes into one slot of its own then.
+    let mut one = [std::mem::MaybeUninit::<epoll_event>::uninit(); 1];
+    let slots = if events.is_null() {
+        &mut one[..]
+    } else {
+        // SAFETY: see above; the entries are only written.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                events.cast::<std::mem::MaybeUninit<epoll_event>>(),
+                max as usize,
+            )
+        }
+    };
+    let copied = |a: Option<Result<c_int, c_int>>| match a {
+        Some(Ok(n)) if n > 0 && events.is_null() => Outcome::Error(libc::EFAULT),
+        a => out(a),
     };
     match runtime::kernel_epoll_wait(epfd, slots, timeout_ms, kernel) {
         runtime::KernelWait::NotTaken => {}
-        runtime::KernelWait::Done(a) => return out(a),
+        runtime::KernelWait::Done(a) => return copied(a),
         runtime::KernelWait::Rest(ms) => timeout_ms = ms,
     }
     // SAFETY: see above.
     let mask = unsafe { sigmask.as_ref() };
-    out(runtime::epoll_wait(epfd, slots, timeout_ms, mask))
+    copied(runtime::epoll_wait(epfd, slots, timeout_ms, mask))
 }
 
 pub(crate) unsafe fn epoll_pwait(

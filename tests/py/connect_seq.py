@@ -112,6 +112,24 @@ s.close()
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 n = s.sendto(b"tfo\n", socket.MSG_FASTOPEN, (server, open_port))
 out("sendto MSG_FASTOPEN", n, s.recv(64))
+
+
+def fast_open_again(s, what, address=True):
+    """Another MSG_FASTOPEN send on `s`: Linux connects first, so a connected socket says
+    EISCONN, one still connecting EALREADY, a failed one without an address EINVAL."""
+    try:
+        if address:
+            s.sendto(b"again\n", socket.MSG_FASTOPEN, (server, open_port))
+        else:
+            s.send(b"again\n", socket.MSG_FASTOPEN)
+        r = "sent"
+    except OSError as e:
+        r = name(e.errno)
+    out("MSG_FASTOPEN " + what, r)
+
+
+fast_open_again(s, "sendto on the connected socket")
+fast_open_again(s, "send on the connected socket", address=False)
 s.close()
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.setblocking(False)
@@ -121,6 +139,10 @@ try:
 except OSError as e:
     r = name(e.errno)
 out("nonblocking sendto MSG_FASTOPEN", r)
+p = select.poll()
+p.register(s, select.POLLOUT)
+p.poll(5000)
+fast_open_again(s, "sendto once the handshake is done")
 s.close()
 
 # Refused. connect() told the error: the socket is unconnected (recv ENOTCONN, writable and
@@ -136,6 +158,7 @@ except OSError as e:
 p = select.poll()
 p.register(s, select.POLLIN | select.POLLOUT | select.POLLRDHUP)
 out("after the refusal: recv", r, "poll", [e for _, e in p.poll(0)])
+fast_open_again(s, "send after the refusal", address=False)
 s.close()
 
 def nonblocking(port, what):
@@ -175,6 +198,7 @@ took = time.monotonic() - t
 out("blocking connect to nobody, SO_SNDTIMEO 300 ms", name(r), "after the timeout", 0.25 < took < 2)
 out("getpeername while connecting", peer(s))
 out("connect again", name(s.connect_ex((silent, open_port))))
+fast_open_again(s, "sendto while connecting")
 s.close()
 
 # Added to an epoll set before connect() (as nginx adds an upstream socket), edge-triggered:

@@ -152,6 +152,8 @@ pub struct EpollSet {
     next_pass: u64,
     /// Which wait this is (`wait_more` continues it).
     call: u32,
+    /// Keys whose socket another set reports too ([`EpollSet::pair`]).
+    paired: Vec<i32>,
 }
 
 /// One reported event, as `struct epoll_event` holds it.
@@ -271,11 +273,40 @@ impl EpollSet {
 
     /// EPOLL_CTL_DEL.
     pub fn delete(&mut self, key: i32) -> Result<(), CtlError> {
+        if !self.paired.is_empty() {
+            self.paired.retain(|&k| k != key);
+        }
         self.entries
             .remove(&key)
             .map(|_| ())
             .ok_or(CtlError::NotFound)
         // A key left in `ready` is skipped by `wait` (no entry, or one of another `gen`).
+    }
+
+    /// Marks `key`'s entry as paired: the owner has its socket in another set as well (a
+    /// socket served in two places, each reporting its own readiness), and folds the two
+    /// reports of one call into one ([`EpollSet::paired_reported`]). Until DEL.
+    pub fn pair(&mut self, key: i32) {
+        if self.entries.contains_key(&key) && !self.paired.contains(&key) {
+            self.paired.push(key);
+        }
+    }
+
+    /// Whether any entry is paired ([`EpollSet::pair`]).
+    #[inline]
+    pub fn has_paired(&self) -> bool {
+        !self.paired.is_empty()
+    }
+
+    /// The `data` of the paired entries that wait number `call` reported (its `wait` and
+    /// `wait_more`).
+    pub fn paired_reported(&self, call: u32) -> impl Iterator<Item = u64> + '_ {
+        self.paired.iter().filter_map(move |k| {
+            self.entries
+                .get(k)
+                .filter(|e| e.reported == call)
+                .map(|e| e.data)
+        })
     }
 
     /// The socket's readiness may have changed (data arrived, buffer space freed, state
@@ -853,5 +884,35 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    /// A paired entry (its socket reported by another set too) is named by the waits that
+    /// reported it, by data, until it is deleted.
+    #[test]
+    fn paired_entries_reported_by_a_wait_are_named_by_their_data() {
+        let mut s = EpollSet::new();
+        let state: HashMap<i32, Readiness> = [(3, R), (4, R), (5, NONE)].into();
+        for k in [3, 4, 5] {
+            s.add(k, EPOLLIN, 100 + k as u64, state[&k]).unwrap();
+        }
+        s.pair(4);
+        s.pair(5);
+        s.pair(9); // not in the set: nothing
+        s.pair(4); // once
+        assert!(s.has_paired());
+        assert_eq!(wait_all(&mut s, &state).len(), 2);
+        let call = s.last_wait();
+        assert_eq!(s.paired_reported(call).collect::<Vec<_>>(), [104]);
+        // The next wait's report is its own.
+        let mut out = Vec::new();
+        s.wait(&mut out, 1, |k| state.get(&k).copied());
+        let call = s.last_wait();
+        let by_it: Vec<u64> = s.paired_reported(call).collect();
+        assert_eq!(by_it == [104], out[0].data == 104, "{out:?} {by_it:?}");
+        s.delete(4).unwrap();
+        s.delete(5).unwrap();
+        assert!(!s.has_paired());
+        s.add(4, EPOLLIN, 7, R).unwrap();
+        assert!(!s.has_paired(), "a new entry of the key is not paired");
     }
 }

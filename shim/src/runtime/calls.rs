@@ -334,6 +334,11 @@ pub fn is_ours(fd: c_int) -> bool {
     crate::fdtable::is_ours(fd)
 }
 
+/// A send with MSG_FASTOPEN on `fd`, one of ours: see `Sockets::fast_open`.
+pub fn fast_open(fd: c_int, with_address: bool) -> Option<Result<bool, c_int>> {
+    with(|s| s.fast_open(fd, with_address))
+}
+
 /// Whether `fd` is one of our connections: the data ops only act then.
 pub fn is_conn(fd: c_int) -> bool {
     with(|s| Some(s.is_conn(fd))).unwrap_or(false)
@@ -950,8 +955,10 @@ pub fn epoll_wait(
         // Our fds first, or half the room for them on the kernel's turn (so that neither kind
         // starves the other).
         let room = if kernel_first { max.div_ceil(2) } else { max };
-        // The set's wait in this pass, if it filled a room that leaves the kernel's fds some.
+        // The set's wait in this pass, if it filled a room that leaves the kernel's fds some;
+        // if the set has dual listeners, whose kernel sides the kernel's set reports too.
         let mut filled = None;
+        let mut paired = None;
         let mut n = {
             let mut s = shim()?;
             // Blocked before: another thread may have closed the set's fd meanwhile (a dup
@@ -960,15 +967,18 @@ pub fn epoll_wait(
                 return Some(Err(libc::EBADF));
             }
             match s.epoll_pass(epfd, room, events, timeout_ms != 0) {
-                Some((work, n)) => {
-                    if work {
+                Some(pass) => {
+                    if pass.work {
                         last_work = Instant::now();
                         naps_reset();
                     }
-                    if n == room && room < max {
-                        filled = s.epoll_last_wait(epfd);
+                    if pass.n == room && room < max {
+                        filled = Some(pass.call);
                     }
-                    n
+                    if pass.paired {
+                        paired = Some(pass.call);
+                    }
+                    pass.n
                 }
                 None => {
                     // The kernel's epoll: what this thread deferred leaves now.
@@ -1005,12 +1015,24 @@ pub fn epoll_wait(
                     return Some(Err(crate::errno::get()));
                 }
             } else {
+                let ours = n;
                 n += kwait::drop_bells(rest, k as usize);
+                let more = n;
                 if let (Some(call), true) = (filled, n < max) {
                     // Our half was full and the kernel's fds left room: more of ours, as
                     // Linux fills the array from one ready list.
                     if let Some(mut s) = shim() {
                         n += s.epoll_more(epfd, call, &mut events[n..]);
+                    }
+                }
+                if let (Some(call), true) = (paired, more > ours && n > more - ours) {
+                    // A dual listener's two sides, both ready: one event.
+                    if let Some(mut s) = shim() {
+                        // SAFETY: the first n entries are written (ours and the kernel's).
+                        let written = unsafe {
+                            std::slice::from_raw_parts_mut(events.as_mut_ptr().cast(), n)
+                        };
+                        n = s.epoll_fold_paired(epfd, call, written, ours, more);
                     }
                 }
             }

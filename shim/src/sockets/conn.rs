@@ -8,7 +8,7 @@ use userstack::link::Link;
 use userstack::{ConnId, Keepalive, SockError};
 
 use super::options::{self, ConnOpts, Effect, Policy};
-use super::{so_errno, Answer, Host, Obj, Sockets};
+use super::{so_errno, Answer, Host, Obj, Phase, Sockets};
 
 /// One data transfer on a connection.
 pub enum Io<'a> {
@@ -33,6 +33,28 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// Whether `fd` is one of our connections: the data calls only act then.
     pub fn is_conn(&mut self, fd: c_int) -> bool {
         matches!(self.obj(fd), Some(Obj::Conn { .. }))
+    }
+
+    /// A send with MSG_FASTOPEN on connection `fd` of ours, as Linux's (its TFO path is a
+    /// connect first, `__inet_stream_connect`): `Err` is what it says instead of sending:
+    /// `EISCONN` once connected (accepted, or connect() saw the handshake end); while
+    /// connect() has not seen the outcome, what a connect() would say (`EALREADY` during the
+    /// handshake, its error after a failure); after a failed connect, without an address,
+    /// `EINVAL`. `Ok(true)`: a failed connection given an address connects again, then sends;
+    /// `Ok(false)`: the handshake completed, the send goes on. `None`: not a connection.
+    pub fn fast_open(&mut self, fd: c_int, with_address: bool) -> Option<Result<bool, c_int>> {
+        let Obj::Conn { phase, .. } = self.obj(fd)? else {
+            return None;
+        };
+        Some(match phase {
+            Phase::Connected => Err(libc::EISCONN),
+            Phase::Connecting => match self.connect_result(fd) {
+                None => Err(libc::EALREADY),
+                Some(r) => r.map(|_| false),
+            },
+            Phase::Unconnected if with_address => Ok(true),
+            Phase::Unconnected => Err(libc::EINVAL),
+        })
     }
 
     /// Whether writes to `fd` are ours: a connection of ours, or the application's end of

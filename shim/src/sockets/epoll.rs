@@ -79,6 +79,10 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let Err(e) = r {
             return Some(Err(e.errno()));
         }
+        if kernel_side && op == libc::EPOLL_CTL_ADD {
+            // Reported by the kernel's set too, for its kernel side: a wait folds the two.
+            set.pair(fd);
+        }
         // An fd added (or re-armed) while ready: a thread blocked on this set must look, as
         // Linux wakes it (an acceptor thread handing connections to workers' sets, a worker
         // re-arming an EPOLLONESHOT entry).
@@ -112,8 +116,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     }
 
     /// One pass of epoll_wait over our fds in `epfd`'s set: polls the stack, then writes up
-    /// to `room` ready entries (at most `out.len()`) to `out`. Returns whether the poll found
-    /// work and how many entries were written; `None`: `epfd` is not an epoll of ours.
+    /// to `room` ready entries (at most `out.len()`) to `out`. `None`: `epfd` is not an epoll
+    /// of ours.
     ///
     /// `answering`: the application waits between two iterations of its event loop (an
     /// epoll_wait with a timeout other than zero), and the data-path cache may answer requests
@@ -124,7 +128,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         room: usize,
         out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
         answering: bool,
-    ) -> Option<(bool, usize)> {
+    ) -> Option<Pass> {
         if !self.is_epoll(epfd) {
             return None;
         }
@@ -162,6 +166,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             _ => return None,
         };
         set.wait(&mut ready, room, |fd| self.readiness(fd));
+        let (call, paired) = (set.last_wait(), set.has_paired());
         let mut unring = -1;
         if let Some(Obj::Epoll {
             set: slot,
@@ -188,15 +193,46 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             self.cache_publish(n == 0);
         }
-        Some((work, n))
+        Some(Pass {
+            work,
+            n,
+            call,
+            paired,
+        })
     }
 
-    /// Which wait of `epfd`'s set ran last (a pass's: see [`Sockets::epoll_more`]).
-    pub fn epoll_last_wait(&mut self, epfd: c_int) -> Option<u32> {
-        match self.obj(epfd) {
-            Some(Obj::Epoll { set, .. }) => Some(set.last_wait()),
-            _ => None,
+    /// One epoll_wait's events: ours at `out[..ours]` and `out[more..]`, the kernel's set's
+    /// at `out[ours..more]`. A dual listener's two sides, each ready, are one socket to the
+    /// application, reported once as on Linux: the kernel's event for it (the same data as
+    /// ours, from the pair `epoll_ctl` made) joins ours. Returns how many events are left
+    /// (the kernel's after the fold close the gap).
+    pub fn epoll_fold_paired(
+        &mut self,
+        epfd: c_int,
+        call: u32,
+        out: &mut [libc::epoll_event],
+        ours: usize,
+        more: usize,
+    ) -> usize {
+        let Some(Obj::Epoll { set, .. }) = self.obj_ref(epfd) else {
+            return out.len();
+        };
+        let mut len = out.len();
+        let mut kernel_end = more;
+        for data in set.paired_reported(call) {
+            let is_ours = |i: &usize| *i < ours || *i >= kernel_end;
+            let Some(mine) = (0..len).filter(is_ours).find(|&i| out[i].u64 == data) else {
+                continue;
+            };
+            let Some(k) = (ours..kernel_end).find(|&i| out[i].u64 == data) else {
+                continue;
+            };
+            out[mine].events |= out[k].events;
+            out.copy_within(k + 1..len, k);
+            len -= 1;
+            kernel_end -= 1;
         }
+        len
     }
 
     /// More of `epfd`'s ready entries, after a pass that filled the room it had (the kernel's
@@ -274,6 +310,20 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             let _ = self.insert(outer, set);
         }
     }
+}
+
+/// What one [`Sockets::epoll_pass`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass {
+    /// The stack's poll found work.
+    pub work: bool,
+    /// Events written.
+    pub n: usize,
+    /// The set's wait that wrote them ([`Sockets::epoll_more`] continues it).
+    pub call: u32,
+    /// The set has paired entries: dual listeners the kernel's set reports too
+    /// ([`Sockets::epoll_fold_paired`]).
+    pub paired: bool,
 }
 
 /// The set's events into the caller's array, as many as fit. How many.

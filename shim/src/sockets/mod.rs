@@ -47,7 +47,7 @@ use crate::fdtable::{FdState, FdTable};
 pub use crate::outcome::Answer;
 
 pub use conn::Io;
-pub use epoll::Ctl;
+pub use epoll::{Ctl, Pass};
 pub use listen::Accepted;
 pub use options::{ConnOpts, SockOpt};
 

@@ -1302,9 +1302,10 @@ fn peer_and_local_names_of_a_connection() {
 
 fn pass(n: &mut Net, epfd: c_int) -> Vec<(u32, u64)> {
     let mut out = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); 8];
-    let (_, k) =
+    let k =
         n.s.epoll_pass(epfd, 8, &mut out, true)
-            .expect("an epoll of ours");
+            .expect("an epoll of ours")
+            .n;
     out[..k]
         .iter()
         // SAFETY: epoll_pass wrote the first k entries.
@@ -1365,6 +1366,43 @@ fn epoll_ctl_follows_linux() {
         n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_DEL, fd, None),
         Some(Err(libc::ENOENT))
     );
+}
+
+/// A dual listener with connections on both sides is one socket ready to read: the kernel's
+/// event for its kernel side joins ours (same data), as Linux reports a socket once; another
+/// kernel fd's event stays.
+#[test]
+fn a_dual_listener_ready_on_both_sides_is_reported_once() {
+    let mut n = Net::new();
+    n.listen_dual();
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_ADD, LISTEN_FD, Some((IN, 1)))
+        .unwrap()
+        .unwrap();
+    n.client_connects(PORT);
+    n.settle();
+    let mut out = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); 8];
+    let p = n.s.epoll_pass(EPOLL_FD, 8, &mut out, true).expect("ours");
+    assert_eq!(p.n, 1);
+    assert!(p.paired);
+    let ev = |events: u32, u64| libc::epoll_event { events, u64 };
+    // What the kernel's set gives after ours: the listener's kernel side, and a pipe.
+    let mut all = [ev(IN, 1), ev(IN, 1), ev(IN | OUT, 5)];
+    let left = n.s.epoll_fold_paired(EPOLL_FD, p.call, &mut all, 1, 3);
+    assert_eq!(left, 2);
+    let got: Vec<(u32, u64)> = all[..left].iter().map(|e| (e.events, e.u64)).collect();
+    assert_eq!(got, [(IN, 1), (IN | OUT, 5)]);
+    // A wait that did not report it folds nothing.
+    let mut all = [ev(IN, 5), ev(IN, 1)];
+    assert_eq!(
+        n.s.epoll_fold_paired(EPOLL_FD, p.call + 1, &mut all, 1, 2),
+        2
+    );
+    // Deleted from the set: not paired any more.
+    n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_DEL, LISTEN_FD, None)
+        .unwrap()
+        .unwrap();
+    let p = n.s.epoll_pass(EPOLL_FD, 8, &mut out, true).expect("ours");
+    assert!(!p.paired);
 }
 
 #[test]

@@ -1194,6 +1194,25 @@ fn server(port: u16) {
         libc::close(norm);
         libc::close(pipe[0]);
         libc::close(pipe[1]);
+        step("epoll_wait with a null array: 0 with nothing to report, EFAULT with an event; maxevents 0 or past EP_MAX_EVENTS is EINVAL");
+        let set = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        ev.events = libc::EPOLLIN as u32;
+        libc::epoll_ctl(set, libc::EPOLL_CTL_ADD, c, &mut ev);
+        call("epoll_wait(NULL, nothing readable)", || {
+            libc::epoll_wait(set, null_mut(), 4, 0)
+        });
+        ev.events = libc::EPOLLOUT as u32;
+        libc::epoll_ctl(set, libc::EPOLL_CTL_MOD, c, &mut ev);
+        call("epoll_wait(NULL, writable)", || {
+            libc::epoll_wait(set, null_mut(), 4, 0)
+        });
+        call("epoll_wait(maxevents 0)", || {
+            libc::epoll_wait(set, got.as_mut_ptr(), 0, 0)
+        });
+        call("epoll_wait(maxevents 200,000,000)", || {
+            libc::epoll_wait(set, got.as_mut_ptr(), 200_000_000, 0)
+        });
+        libc::close(set);
         step("a write is sent at once, with no further call (the answer is back within 300 ms)");
         // A write inside an event-loop iteration (the poll above returned), then no socket
         // call for 300 ms: the kernel sends it at once; the stack may keep it for the thread's
@@ -1596,6 +1615,41 @@ fn server(port: u16) {
                 "getsockopt(SO_RCVBUF, the listener's)",
             );
         }
+        call("close(epoll)", || libc::close(ep));
+        step("a listener with a connection from the client and one from 127.0.0.1 queued is one event of epoll_wait");
+        // Under the shim the wildcard listener is served twice (the stack, the kernel for
+        // loopback): still one socket, one event.
+        send_line(c, "connect");
+        poll_one(s, libc::POLLIN, 10_000, "poll(listener, a connection)");
+        let lo = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut lo_addr = sin;
+        lo_addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        call("connect(127.0.0.1)", || {
+            libc::connect(lo, (&lo_addr as *const sockaddr_in).cast(), slen)
+        });
+        let ep = libc::epoll_create1(0);
+        let mut reg = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 9,
+        };
+        call("epoll_ctl(ADD listener)", || {
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s, &mut reg)
+        });
+        let k = call("epoll_wait(listener, two queued)", || {
+            libc::epoll_wait(ep, got.as_mut_ptr(), 4, 10_000)
+        });
+        for e in &got[..k.max(0) as usize] {
+            note(format!("event {:#x} data {}", { e.events }, { e.u64 }));
+        }
+        for _ in 0..2 {
+            let q = libc::accept4(s, null_mut(), null_mut(), libc::SOCK_NONBLOCK);
+            note(format!("accepted a queued connection: {}", q >= 0));
+            libc::close(q);
+        }
+        call("epoll_wait(listener, none queued)", || {
+            libc::epoll_wait(ep, got.as_mut_ptr(), 4, 0)
+        });
+        libc::close(lo);
         call("close(epoll)", || libc::close(ep));
 
         step("close with SO_LINGER waits until the peer acknowledges the FIN, at most the linger time, also on a non-blocking socket");
