@@ -196,12 +196,16 @@ pub(crate) unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> Outcom
     }
     let stream = ty & 0xf == libc::SOCK_STREAM;
     if stream && matches!(domain, libc::AF_INET | libc::AF_INET6) && runtime::connects() {
-        crate::candidates::mark(fd);
+        crate::candidates::mark(fd, domain);
     }
     Outcome::Done(fd)
 }
 
 pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Outcome<c_int> {
+    if crate::candidates::is(fd) {
+        // connect() asks for the bound port then (and only then).
+        crate::candidates::note_bind(fd);
+    }
     // SAFETY: bind's contract: `addr` points to `len` readable bytes (or is invalid, and then
     // the kernel answers EFAULT; we only read it when `len` covers what we read).
     let Some(port) = (unsafe { sockaddr_port(addr, len) }) else {
@@ -303,14 +307,35 @@ pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Out
         std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
     };
     let ours = runtime::is_ours(fd);
+    // A socket of ours, or one whose kind is known since socket() (a candidate), or else asked.
+    let known = (!ours).then(|| crate::candidates::known(fd)).flatten();
+    let (stream, domain, v6only) = match &known {
+        Some(k) => (
+            true,
+            k.domain,
+            // Its default unless set: the system's (net.ipv6.bindv6only).
+            if k.set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
+                sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+            } else {
+                runtime::default_v6only()
+            },
+        ),
+        None if ours => (true, None, None),
+        None => (
+            is_stream(fd),
+            sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN),
+            (family == libc::AF_INET6)
+                .then(|| sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY))
+                .flatten(),
+        ),
+    };
     if !ours
         && (!runtime::connect_takes(ip)
-            || !is_stream(fd)
-            || sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) != Some(family)
+            || !stream
+            || domain != Some(family)
             // A v4-mapped address on an IPv6-only socket: the kernel refuses it
             // (ENETUNREACH), as it would any IPv4 peer of that socket.
-            || family == libc::AF_INET6
-                && sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1))
+            || family == libc::AF_INET6 && v6only == Some(1))
     {
         // The kernel's connection: the socket stays the kernel's.
         if crate::candidates::is(fd) {
@@ -327,6 +352,7 @@ pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Out
         fd,
         std::net::SocketAddrV4::new(ip, port),
         fam,
+        known.as_ref(),
     ))
 }
 
@@ -377,6 +403,16 @@ pub(crate) unsafe fn setsockopt(
         if level == libc::SOL_PACKET && name == libc::PACKET_FANOUT {
             // SAFETY: setsockopt's contract.
             return unsafe { runtime::packet_fanout(fd, val, len) };
+        }
+        if crate::candidates::is(fd) {
+            // The kernel's call, noted when it succeeds: connect() reads back what was set.
+            // SAFETY: the raw system call with the application's arguments.
+            let r = unsafe { libc::syscall(libc::SYS_setsockopt, fd, level, name, val, len) };
+            if r < 0 {
+                return Outcome::Error(crate::errno::get());
+            }
+            crate::candidates::note_option(fd, level, name);
+            return Outcome::Done(0);
         }
         return NOT_OURS;
     }

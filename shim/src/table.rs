@@ -64,11 +64,14 @@ mod gate {
         ours(epfd) || active()
     }
 
-    /// An fd of ours, or an AF_PACKET socket's option while the stack starts its DPDK port
+    /// An fd of ours, a socket connect() may make ours (the options set on it are noted:
+    /// `candidates`), or an AF_PACKET socket's option while the stack starts its DPDK port
     /// (the PMD's fanout group: `runtime::packet_fanout`).
     #[inline]
     pub(super) fn sockopt(fd: c_int, level: c_int) -> bool {
-        ours(fd) || (level == libc::SOL_PACKET && crate::runtime::starting_dpdk())
+        ours(fd)
+            || crate::candidates::is(fd)
+            || (level == libc::SOL_PACKET && crate::runtime::starting_dpdk())
     }
 
     /// `fd` is one of ours, or a socket connect() may make ours sends with MSG_FASTOPEN

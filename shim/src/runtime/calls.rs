@@ -117,13 +117,24 @@ pub fn connect_takes(ip: Ipv4Addr) -> bool {
 /// at most SO_SNDTIMEO (then EINPROGRESS, or EALREADY for a handshake an earlier call
 /// started, as Linux); a signal handler that runs meanwhile ends the call with EINTR (unless
 /// it restarts: SA_RESTART and no SO_SNDTIMEO), and the handshake goes on.
-pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
+/// `known`: what is known of the socket since socket() (`candidates`): then only the options
+/// the application set are read back, and the bound port only if it bound it.
+pub fn connect(
+    fd: c_int,
+    to: SocketAddrV4,
+    family: Family,
+    known: Option<&crate::candidates::Known>,
+) -> Answer<c_int> {
     // SAFETY: F_GETFL on the application's socket.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     let nonblock = fl >= 0 && fl & libc::O_NONBLOCK != 0;
-    let bound = bound_port(fd);
+    let bound = match known {
+        Some(k) if !k.bound => None,
+        _ => bound_port(fd),
+    };
+    let set = known.map(|k| k.options.as_slice());
     let was_ours = is_ours(fd);
-    let first = with(|s| s.connect(fd, to, family, nonblock, bound))?;
+    let first = with(|s| s.connect(fd, to, family, nonblock, bound, set))?;
     if !was_ours && is_ours(fd) {
         adopt_entries(fd);
     }
@@ -156,6 +167,11 @@ pub fn connect(fd: c_int, to: SocketAddrV4, family: Family) -> Answer<c_int> {
             Waited::Interrupted => return Some(Err(libc::EINTR)),
         }
     }
+}
+
+/// IPV6_V6ONLY of a fresh AF_INET6 socket (net.ipv6.bindv6only).
+pub fn default_v6only() -> Option<c_int> {
+    super::sockopt::default_int(Family::Inet6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
 }
 
 /// Whether connect() may give the stack some destination (MTCP_CONNECT is not `off`).

@@ -142,6 +142,19 @@ impl Host<DpdkLink> for Proc {
         sockopt::listener_options(fd, family)
     }
 
+    fn connect_options(
+        &mut self,
+        fd: c_int,
+        family: Family,
+        set: Option<&[(c_int, c_int)]>,
+    ) -> Vec<SockOpt> {
+        sockopt::connect_options(fd, family, set)
+    }
+
+    fn default_int(&mut self, family: Family, level: c_int, name: c_int) -> Option<c_int> {
+        sockopt::default_int(family, level, name)
+    }
+
     fn kernel_check(
         &mut self,
         family: Family,

@@ -107,6 +107,44 @@ pub(super) fn listener_options(fd: c_int, family: Family) -> Vec<SockOpt> {
         .collect()
 }
 
+/// The options a connection connect() makes of kernel socket `fd` takes (see
+/// `Host::connect_options`): those the application set (`set`), read back, or else the ones
+/// an accepted socket would inherit that are not at their default, and TCP_SYNCNT.
+pub(super) fn connect_options(
+    fd: c_int,
+    family: Family,
+    set: Option<&[(c_int, c_int)]>,
+) -> Vec<SockOpt> {
+    let read = |&(level, name): &(c_int, c_int)| {
+        get(fd, level, name).map(|value| SockOpt { level, name, value })
+    };
+    match set {
+        Some(set) => set.iter().filter_map(read).collect(),
+        None => {
+            let mut v = listener_options(fd, family);
+            v.extend(read(&(libc::IPPROTO_TCP, libc::TCP_SYNCNT)));
+            v
+        }
+    }
+}
+
+/// Int option (`level`, `name`) of a fresh TCP socket of `family`: the system's default.
+/// TCP_SYNCNT (net.ipv4.tcp_syn_retries) and IPV6_V6ONLY (net.ipv6.bindv6only) are read once.
+pub(super) fn default_int(family: Family, level: c_int, name: c_int) -> Option<c_int> {
+    static SYNCNT: [OnceLock<Option<c_int>>; 2] = [OnceLock::new(), OnceLock::new()];
+    static V6ONLY: OnceLock<Option<c_int>> = OnceLock::new();
+    let fresh = || get_int(checker(family), level, name);
+    match (level, name) {
+        (libc::IPPROTO_TCP, libc::TCP_SYNCNT) => {
+            *SYNCNT[usize::from(family == Family::Inet6)].get_or_init(fresh)
+        }
+        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) if family == Family::Inet6 => {
+            *V6ONLY.get_or_init(fresh)
+        }
+        _ => fresh(),
+    }
+}
+
 /// A connection's identity: a TCP socket that is never connected, with the listener's
 /// inherited options.
 pub(super) fn identity_socket(
@@ -132,18 +170,24 @@ pub(super) fn identity_socket(
 /// Whether the kernel takes setsockopt(`level`, `name`, `value`) on a TCP socket of `family`:
 /// tried on a socket of our own, one per family, that nobody else uses.
 pub(super) fn check(family: Family, level: c_int, name: c_int, value: &[u8]) -> Result<(), c_int> {
+    let fd = checker(family);
+    if fd < 0 {
+        // No socket to try on (EMFILE): the option is not one the stack honours anyway.
+        return Ok(());
+    }
+    set(fd, level, name, value)
+}
+
+/// The socket of `family` options are tried on (`check`) and defaults read from
+/// (`default_int`), made once, above the application's fds; -1 if it could not be.
+fn checker(family: Family) -> c_int {
     static INET: OnceLock<c_int> = OnceLock::new();
     static INET6: OnceLock<c_int> = OnceLock::new();
     let cell = match family {
         Family::Inet => &INET,
         Family::Inet6 => &INET6,
     };
-    let fd = *cell.get_or_init(|| socket(family, libc::SOCK_CLOEXEC).unwrap_or(-1));
-    if fd < 0 {
-        // No socket to try on (EMFILE): the option is not one the stack honours anyway.
-        return Ok(());
-    }
-    set(fd, level, name, value)
+    *cell.get_or_init(|| socket(family, libc::SOCK_CLOEXEC).map_or(-1, super::fds::lift))
 }
 
 /// getsockopt of an int option.

@@ -23,7 +23,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// `EALREADY` while the handshake runs (a blocking caller waits for it), `EISCONN` after
     /// it, and once it failed its error (or `ECONNABORTED` if SO_ERROR took it), after which
     /// the next connect() starts a new handshake.
-    /// `nonblock`: the socket's O_NONBLOCK; `bound`: the port the kernel socket was bound to.
+    /// `nonblock`: the socket's O_NONBLOCK; `bound`: the port the kernel socket was bound to;
+    /// `set`: the options the application set on it, if known (see `Host::connect_options`).
     pub fn connect(
         &mut self,
         fd: c_int,
@@ -31,6 +32,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         family: Family,
         nonblock: bool,
         bound: Option<u16>,
+        set: Option<&[(c_int, c_int)]>,
     ) -> Answer<c_int> {
         let again = match self.obj(fd) {
             Some(Obj::Conn {
@@ -75,7 +77,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         // accepted socket would inherit from its listener): the connection's sizes, MSS,
         // congestion control and IP header at its start, and the rest (timeouts, linger,
         // keepalive, TCP_NODELAY, SO_RCVLOWAT...) as setsockopt on it would take them.
-        let set = self.host.listener_options(fd, family);
+        let set = self.host.connect_options(fd, family, set);
         let stack = self.stack.as_mut().expect("started");
         let tcp = options::listen_options(stack.default_options(), &set);
         let id = match stack.connect_from(self.host.now(), to, bound, tcp) {
@@ -115,10 +117,14 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         // How many SYN retransmissions before ETIMEDOUT: the socket's TCP_SYNCNT, or the
         // system's tcp_syn_retries (the kernel answers either).
-        if let Some(n) = self
-            .host
-            .kernel_getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT)
-        {
+        let syncnt = set
+            .iter()
+            .find(|o| (o.level, o.name) == (libc::IPPROTO_TCP, libc::TCP_SYNCNT))
+            .and_then(|o| Some(c_int::from_ne_bytes(o.value.get(..4)?.try_into().ok()?)));
+        if let Some(n) = syncnt.or_else(|| {
+            self.host
+                .default_int(family, libc::IPPROTO_TCP, libc::TCP_SYNCNT)
+        }) {
             if let (Some(st), Ok(n)) = (self.stack.as_mut(), u32::try_from(n)) {
                 let _ = st.set_syn_retries(id, n);
             }

@@ -103,6 +103,19 @@ pub trait Host<L: Link> {
     /// The options of listener `fd` (a kernel socket) that its accepted sockets inherit on
     /// Linux, those not at their default.
     fn listener_options(&mut self, fd: c_int, family: Family) -> Vec<SockOpt>;
+    /// The options of kernel socket `fd` that a connection connect() makes of it takes:
+    /// `set`, the options the application set on it (all it set since socket(), when that is
+    /// known), read back; otherwise (`None`) those an accepted socket would inherit that are
+    /// not at their default, and TCP_SYNCNT.
+    fn connect_options(
+        &mut self,
+        fd: c_int,
+        family: Family,
+        set: Option<&[(c_int, c_int)]>,
+    ) -> Vec<SockOpt>;
+    /// The value of int option (`level`, `name`) on a fresh TCP socket of `family` (the
+    /// system's default: TCP_SYNCNT is tcp_syn_retries).
+    fn default_int(&mut self, family: Family, level: c_int, name: c_int) -> Option<c_int>;
     /// Whether the kernel takes setsockopt(`level`, `name`, `value`) on a TCP socket of
     /// `family` (Linux's checks of the length and the value), without changing any socket of
     /// the application.

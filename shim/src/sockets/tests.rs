@@ -127,6 +127,24 @@ impl Host<MemLink> for TestHost {
         v
     }
 
+    /// What was set on the socket: all of it, or the options `set` names.
+    fn connect_options(
+        &mut self,
+        fd: c_int,
+        family: Family,
+        set: Option<&[(c_int, c_int)]>,
+    ) -> Vec<SockOpt> {
+        let mut v = self.listener_options(fd, family);
+        if let Some(set) = set {
+            v.retain(|o| set.contains(&(o.level, o.name)));
+        }
+        v
+    }
+
+    fn default_int(&mut self, _family: Family, level: c_int, name: c_int) -> Option<c_int> {
+        ((level, name) == (libc::IPPROTO_TCP, libc::TCP_SYNCNT)).then_some(6)
+    }
+
     fn kernel_check(
         &mut self,
         _family: Family,
@@ -1704,7 +1722,7 @@ const CONNECT_FD: c_int = 70;
 
 fn connect_to(n: &mut Net, ip: Ipv4Addr, port: u16, bound: Option<u16>) -> super::Answer<c_int> {
     let to = SocketAddrV4::new(ip, port);
-    n.s.connect(CONNECT_FD, to, Family::Inet, true, bound)
+    n.s.connect(CONNECT_FD, to, Family::Inet, true, bound, None)
 }
 
 #[test]
