@@ -11,11 +11,12 @@
 //! gives the stack destinations) until it is closed, listens, or connects through the kernel
 //! or the stack. A number that stops naming the socket unseen (dup2 over it) keeps its bit:
 //! its entries are then checked against the kernel's before they move, and the options read
-//! back are those set on the number (an option set on the other socket before the dup2 is
-//! not seen).
+//! back are those set on the number. A candidate duplicated, or a number dup2() made name
+//! another socket, is asked about as any other socket.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use libc::c_int;
 
@@ -37,13 +38,87 @@ enum Record {
     Opt(c_int, c_int),
     /// bind() was called on it.
     Bound,
+    /// It was duplicated: an option set or a bind through the other number is not seen here.
+    Shared,
 }
 
-/// Each candidate's records, by fd.
-static RECORDS: Mutex<Vec<(c_int, Record)>> = Mutex::new(Vec::new());
+/// Each candidate's records, by fd, behind a lock that fork() takes first (pthread_atfork):
+/// a child forked while another thread held it (in socket(), setsockopt, bind) neither finds
+/// it held for ever nor the list half changed.
+struct Records {
+    locked: AtomicBool,
+    list: UnsafeCell<Vec<(c_int, Record)>>,
+}
 
-fn records() -> std::sync::MutexGuard<'static, Vec<(c_int, Record)>> {
-    RECORDS.lock().unwrap_or_else(|e| e.into_inner())
+// SAFETY: `list` is only reached through `RecordsGuard`, which holds `locked`.
+unsafe impl Sync for Records {}
+
+static RECORDS: Records = Records {
+    locked: AtomicBool::new(false),
+    list: UnsafeCell::new(Vec::new()),
+};
+
+impl Records {
+    fn lock(&self) {
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+    }
+
+    fn unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+struct RecordsGuard;
+
+impl std::ops::Deref for RecordsGuard {
+    type Target = Vec<(c_int, Record)>;
+    fn deref(&self) -> &Self::Target {
+        // SAFETY: the guard holds the lock.
+        unsafe { &*RECORDS.list.get() }
+    }
+}
+
+impl std::ops::DerefMut for RecordsGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        // SAFETY: the guard holds the lock.
+        unsafe { &mut *RECORDS.list.get() }
+    }
+}
+
+impl Drop for RecordsGuard {
+    fn drop(&mut self) {
+        RECORDS.unlock();
+    }
+}
+
+extern "C" fn lock_for_fork() {
+    RECORDS.lock();
+}
+
+extern "C" fn unlock_after_fork() {
+    RECORDS.unlock();
+}
+
+fn records() -> RecordsGuard {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registering handlers that only take and release this lock.
+        unsafe {
+            libc::pthread_atfork(
+                Some(lock_for_fork),
+                Some(unlock_after_fork),
+                Some(unlock_after_fork),
+            )
+        };
+    });
+    RECORDS.lock();
+    RecordsGuard
 }
 
 fn word(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
@@ -140,8 +215,18 @@ pub fn note_bind(fd: c_int) {
     }
 }
 
+/// Candidate `fd` was duplicated (dup, dup2/dup3 or F_DUPFD from it): from now on connect()
+/// asks the kernel about it.
+pub fn note_dup(fd: c_int) {
+    let mut all = records();
+    if !all.contains(&(fd, Record::Shared)) {
+        all.push((fd, Record::Shared));
+    }
+}
+
 /// What connect() needs of candidate `fd`: its domain, the options the application set on it
-/// (level, name), whether it was bound. `None`: not a candidate (connect() asks the kernel).
+/// (level, name), whether it was bound. `None`: not a candidate, or one whose socket another
+/// number shares (connect() asks the kernel).
 pub fn known(fd: c_int) -> Option<Known> {
     if !is(fd) {
         return None;
@@ -158,6 +243,7 @@ pub fn known(fd: c_int) -> Option<Known> {
             Record::Domain(d) => k.domain = Some(d),
             Record::Opt(level, name) => k.options.push((level, name)),
             Record::Bound => k.bound = true,
+            Record::Shared => return None,
             Record::Entry(..) => {}
         }
     }
@@ -235,6 +321,8 @@ mod tests {
             (k.domain, k.options.len(), k.bound),
             (Some(libc::AF_INET), 0, false)
         );
+        note_dup(fd);
+        assert_eq!(known(fd), None, "a duplicated socket is asked about");
         assert_eq!(forget(fd), Vec::new());
         assert_eq!(known(fd), None);
     }

@@ -197,6 +197,9 @@ pub(crate) unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> Outcom
     let stream = ty & 0xf == libc::SOCK_STREAM;
     if stream && matches!(domain, libc::AF_INET | libc::AF_INET6) && runtime::connects() {
         crate::candidates::mark(fd, domain);
+    } else if crate::candidates::is(fd) {
+        // A candidate's number closed unseen (a close inside libc): the records were its.
+        crate::candidates::forget(fd);
     }
     Outcome::Done(fd)
 }
@@ -287,6 +290,19 @@ pub(crate) unsafe fn accept4(
 /// address v4-mapped on an AF_INET6 socket), on a stream socket of the address's family; or
 /// again on a connection of ours. Everything else is the kernel's.
 pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Outcome<c_int> {
+    // SAFETY: connect's contract: `a` points to `l` readable bytes (the family read only when
+    // `l` covers it).
+    let unspec = !a.is_null()
+        && l as usize >= std::mem::size_of::<libc::sa_family_t>()
+        && c_int::from(unsafe { std::ptr::addr_of!((*a).sa_family).read_unaligned() })
+            == libc::AF_UNSPEC;
+    if unspec && runtime::is_ours(fd) {
+        // Linux disconnects the socket.
+        return match runtime::unconnect(fd) {
+            None => NOT_OURS,
+            a => out(a),
+        };
+    }
     // SAFETY: connect's contract: `a` points to `l` readable bytes (or the kernel answers
     // EFAULT; we read only what `l` covers).
     let Some(port) = (unsafe { sockaddr_port(a, l) }) else {
@@ -309,25 +325,19 @@ pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Out
     let ours = runtime::is_ours(fd);
     // A socket of ours, or one whose kind is known since socket() (a candidate), or else asked.
     let known = (!ours).then(|| crate::candidates::known(fd)).flatten();
-    let (stream, domain, v6only) = match &known {
-        Some(k) => (
-            true,
-            k.domain,
-            // Its default unless set: the system's (net.ipv6.bindv6only).
-            if k.set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) {
-                sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
-            } else {
-                runtime::default_v6only()
-            },
-        ),
-        None if ours => (true, None, None),
+    let (stream, domain) = match &known {
+        Some(k) => (true, k.domain),
+        None if ours => (true, None),
         None => (
             is_stream(fd),
             sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN),
-            (family == libc::AF_INET6)
-                .then(|| sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY))
-                .flatten(),
         ),
+    };
+    // IPV6_V6ONLY: its default unless the application set it, the system's
+    // (net.ipv6.bindv6only).
+    let v6only = || match &known {
+        Some(k) if !k.set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) => runtime::default_v6only(),
+        _ => sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
     };
     if !ours
         && (!runtime::connect_takes(ip)
@@ -335,7 +345,7 @@ pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Out
             || domain != Some(family)
             // A v4-mapped address on an IPv6-only socket: the kernel refuses it
             // (ENETUNREACH), as it would any IPv4 peer of that socket.
-            || family == libc::AF_INET6 && v6only == Some(1))
+            || family == libc::AF_INET6 && v6only() != Some(0))
     {
         // The kernel's connection: the socket stays the kernel's.
         if crate::candidates::is(fd) {
@@ -904,6 +914,9 @@ fn dup_done(old: c_int, new: c_int) -> Outcome<c_int> {
     if new < 0 {
         return Outcome::Error(crate::errno::get());
     }
+    if crate::candidates::is(old) {
+        crate::candidates::note_dup(old);
+    }
     match runtime::alias(old, new) {
         Ok(()) => Outcome::Done(new),
         Err(e) => {
@@ -944,6 +957,10 @@ unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int>
         return Outcome::Error(libc::EBADF);
     }
     runtime::close(new);
+    if crate::candidates::is(new) {
+        // The number names `old`'s socket from now on.
+        crate::candidates::forget(new);
+    }
     // SAFETY: the application's own arguments.
     let r = unsafe {
         match flags {
@@ -956,7 +973,9 @@ unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int>
 
 pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> Outcome<c_int> {
     match cmd {
-        libc::F_SETFL => runtime::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
+        libc::F_SETFL if runtime::is_ours(fd) => {
+            runtime::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0);
+        }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             // SAFETY: the application's own arguments.
             return dup_done(fd, unsafe { libc::fcntl(fd, cmd, arg as c_int) });

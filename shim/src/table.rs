@@ -81,6 +81,19 @@ mod gate {
         ours(fd) || (flags & libc::MSG_FASTOPEN != 0 && crate::candidates::is(fd))
     }
 
+    /// dup or fcntl of `fd`: one of ours, or a socket connect() may make ours (what the shim
+    /// knows of it holds for one number only: `candidates`).
+    #[inline]
+    pub(super) fn duping(fd: c_int) -> bool {
+        ours(fd) || crate::candidates::is(fd)
+    }
+
+    /// dup2/dup3: either fd is ours or such a socket.
+    #[inline]
+    pub(super) fn duping2(old: c_int, new: c_int) -> bool {
+        ours2(old, new) || crate::candidates::is(old) || crate::candidates::is(new)
+    }
+
     /// Either fd is one of ours.
     #[inline]
     pub(super) fn ours2(a: c_int, b: c_int) -> bool {
@@ -124,6 +137,8 @@ mod gate {
         use super::*;
         pub(in super::super) const ours: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const ours2: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const duping: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
+        pub(in super::super) const duping2: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const sending: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const sockopt: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const closing: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
@@ -203,15 +218,15 @@ intercept! {
     fn syscall(nr: c_long; ... a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long
         where fd_syscall(nr, a1, a2), raw raw::syscall6(nr, [a1, a2, a3, a4, a5, a6]);
     fn dup(fd: c_int) -> c_int
-        where ours(fd), raw sys!(SYS_dup, fd);
+        where duping(fd), raw sys!(SYS_dup, fd);
     fn dup2(old: c_int, new: c_int) -> c_int
-        where ours2(old, new), raw sys!(SYS_dup2, old, new);
+        where duping2(old, new), raw sys!(SYS_dup2, old, new);
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int
-        where ours2(old, new), raw sys!(SYS_dup3, old, new, flags);
+        where duping2(old, new), raw sys!(SYS_dup3, old, new, flags);
     fn fcntl(fd: c_int, cmd: c_int; ... arg: c_ulong) -> c_int
-        where ours(fd), raw sys!(SYS_fcntl, fd, cmd, arg);
+        where duping(fd), raw sys!(SYS_fcntl, fd, cmd, arg);
     fn fcntl64(fd: c_int, cmd: c_int; ... arg: c_ulong) -> c_int
-        where ours(fd), raw sys!(SYS_fcntl, fd, cmd, arg);
+        where duping(fd), raw sys!(SYS_fcntl, fd, cmd, arg);
     fn ioctl(fd: c_int, request: c_ulong; ... arg: *mut c_void) -> c_int
         where ours(fd), raw sys!(SYS_ioctl, fd, request, arg);
 

@@ -91,6 +91,40 @@ except OSError as e:
 out("recv with nothing sent", r, "after the timeout", 0.25 < time.monotonic() - t < 2)
 s.close()
 
+# connect() with AF_UNSPEC disconnects: the connection is reset, received data unread is
+# dropped, ECONNRESET is pending (poll says so, the first read takes it), then reads are
+# ENOTCONN; connect() again starts a new connection on the same socket.
+def unconnect(s):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspec = (ctypes.c_ubyte * 16)()
+    r = libc.connect(s.fileno(), unspec, 16)
+    return name(ctypes.get_errno()) if r else "0"
+
+
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.connect((server, open_port))
+s.sendall(b"unspec\n")
+p = select.poll()
+p.register(s, select.POLLIN)
+p.poll(5000)
+out("connect(AF_UNSPEC) with the echo unread", unconnect(s))
+p = select.poll()
+p.register(s, select.POLLIN | select.POLLOUT | select.POLLRDHUP)
+out("after it: poll", [e for _, e in p.poll(0)], "getpeername", peer(s))
+for _ in range(2):
+    try:
+        r = s.recv(64)
+    except OSError as e:
+        r = name(e.errno)
+    out("after it: recv", r)
+out("after it: poll", [e for _, e in p.poll(0)], "SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+out("connect again", name(s.connect_ex((server, open_port))), "getpeername", peer(s))
+s.sendall(b"again\n")
+out("echo", s.recv(64))
+s.close()
+
 # TCP_CORK set before connect() holds a partial segment back (Linux: up to 200 ms) until it
 # is lifted: the echo does not come within 50 ms, then comes once uncorked.
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

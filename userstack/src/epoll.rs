@@ -298,14 +298,14 @@ impl EpollSet {
         !self.paired.is_empty()
     }
 
-    /// The `data` of the paired entries that wait number `call` reported (its `wait` and
-    /// `wait_more`).
-    pub fn paired_reported(&self, call: u32) -> impl Iterator<Item = u64> + '_ {
-        self.paired.iter().filter_map(move |k| {
+    /// The keys and `data` of the paired entries that wait number `call` reported (its `wait`
+    /// and `wait_more`).
+    pub fn paired_reported(&self, call: u32) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.paired.iter().filter_map(move |&k| {
             self.entries
-                .get(k)
+                .get(&k)
                 .filter(|e| e.reported == call)
-                .map(|e| e.data)
+                .map(|e| (k, e.data))
         })
     }
 
@@ -902,13 +902,13 @@ mod tests {
         assert!(s.has_paired());
         assert_eq!(wait_all(&mut s, &state).len(), 2);
         let call = s.last_wait();
-        assert_eq!(s.paired_reported(call).collect::<Vec<_>>(), [104]);
+        assert_eq!(s.paired_reported(call).collect::<Vec<_>>(), [(4, 104)]);
         // The next wait's report is its own.
         let mut out = Vec::new();
         s.wait(&mut out, 1, |k| state.get(&k).copied());
         let call = s.last_wait();
-        let by_it: Vec<u64> = s.paired_reported(call).collect();
-        assert_eq!(by_it == [104], out[0].data == 104, "{out:?} {by_it:?}");
+        let by_it: Vec<(i32, u64)> = s.paired_reported(call).collect();
+        assert_eq!(by_it == [(4, 104)], out[0].data == 104, "{out:?} {by_it:?}");
         s.delete(4).unwrap();
         s.delete(5).unwrap();
         assert!(!s.has_paired());

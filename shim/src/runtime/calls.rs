@@ -169,6 +169,11 @@ pub fn connect(
     }
 }
 
+/// connect() with AF_UNSPEC on `fd`: see `Sockets::unconnect`.
+pub fn unconnect(fd: c_int) -> Answer<c_int> {
+    with(|s| s.unconnect(fd))
+}
+
 /// IPV6_V6ONLY of a fresh AF_INET6 socket (net.ipv6.bindv6only).
 pub fn default_v6only() -> Option<c_int> {
     super::sockopt::default_int(Family::Inet6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)

@@ -121,6 +121,16 @@ impl Host<DpdkLink> for Proc {
         Ok(())
     }
 
+    fn kernel_readable(&mut self, fd: c_int) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of our own, no wait.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
+    }
+
     fn kernel_shutdown(&mut self, fd: c_int, how: c_int) -> Result<(), c_int> {
         // SAFETY: plain shutdown of the application's own socket.
         if unsafe { libc::shutdown(fd, how) } < 0 {

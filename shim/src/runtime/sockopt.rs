@@ -123,6 +123,14 @@ pub(super) fn connect_options(
         None => {
             let mut v = listener_options(fd, family);
             v.extend(read(&(libc::IPPROTO_TCP, libc::TCP_SYNCNT)));
+            // The options a connection takes that a listener's accepted sockets do not.
+            for o in [
+                libc::TCP_CORK,
+                libc::TCP_NOTSENT_LOWAT,
+                libc::TCP_WINDOW_CLAMP,
+            ] {
+                v.extend(read(&(libc::IPPROTO_TCP, o)).filter(|o| o.value.iter().any(|&b| b != 0)));
+            }
             v
         }
     }
@@ -131,17 +139,20 @@ pub(super) fn connect_options(
 /// Int option (`level`, `name`) of a fresh TCP socket of `family`: the system's default.
 /// TCP_SYNCNT (net.ipv4.tcp_syn_retries) and IPV6_V6ONLY (net.ipv6.bindv6only) are read once.
 pub(super) fn default_int(family: Family, level: c_int, name: c_int) -> Option<c_int> {
-    static SYNCNT: [OnceLock<Option<c_int>>; 2] = [OnceLock::new(), OnceLock::new()];
-    static V6ONLY: OnceLock<Option<c_int>> = OnceLock::new();
-    let fresh = || get_int(checker(family), level, name);
-    match (level, name) {
-        (libc::IPPROTO_TCP, libc::TCP_SYNCNT) => {
-            *SYNCNT[usize::from(family == Family::Inet6)].get_or_init(fresh)
+    static SYNCNT: [OnceLock<c_int>; 2] = [OnceLock::new(), OnceLock::new()];
+    static V6ONLY: OnceLock<c_int> = OnceLock::new();
+    let cell = match (level, name) {
+        (libc::IPPROTO_TCP, libc::TCP_SYNCNT) => &SYNCNT[usize::from(family == Family::Inet6)],
+        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) if family == Family::Inet6 => &V6ONLY,
+        _ => return get_int(checker(family), level, name),
+    };
+    // (Not remembered while it cannot be read: no socket to read it from, EMFILE.)
+    match cell.get() {
+        Some(v) => Some(*v),
+        None => {
+            let v = get_int(checker(family), level, name)?;
+            Some(*cell.get_or_init(|| v))
         }
-        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) if family == Family::Inet6 => {
-            *V6ONLY.get_or_init(fresh)
-        }
-        _ => fresh(),
     }
 }
 

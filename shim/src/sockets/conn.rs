@@ -165,6 +165,27 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         Some(result)
     }
 
+    /// connect() with AF_UNSPEC on connection `fd` of ours: it is reset and unconnected, as
+    /// Linux's tcp_disconnect leaves a socket (`Stack::unconnect`); the next connect() starts
+    /// a new handshake. `None`: not a connection of ours (the kernel's call).
+    pub fn unconnect(&mut self, fd: c_int) -> Answer<c_int> {
+        let Some(Obj::Conn { id, phase, .. }) = self.obj(fd) else {
+            return None;
+        };
+        let id = *id;
+        *phase = Phase::Unconnected;
+        let stack = self.stack.as_mut()?;
+        let _ = stack.unconnect(id);
+        self.flush();
+        // Readiness changed now (hung up, the error): the epoll sets and blocked threads.
+        let ready = self.stack.as_mut()?.readiness(id);
+        if let (Some(i), Ok(r)) = (self.index_of(fd), ready) {
+            self.notify_entry_with(i, r);
+        }
+        self.wake_touched();
+        Some(Ok(0))
+    }
+
     /// getpeername (`peer`) or getsockname of a connection or stack-only listener of ours.
     pub fn name(&mut self, fd: c_int, peer: bool) -> Answer<SocketAddr> {
         let (id, family) = match self.obj(fd)? {

@@ -204,8 +204,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// One epoll_wait's events: ours at `out[..ours]` and `out[more..]`, the kernel's set's
     /// at `out[ours..more]`. A dual listener's two sides, each ready, are one socket to the
     /// application, reported once as on Linux: the kernel's event for it (the same data as
-    /// ours, from the pair `epoll_ctl` made) joins ours. Returns how many events are left
-    /// (the kernel's after the fold close the gap).
+    /// ours, from the pair `epoll_ctl` made, while its kernel side is readable: not another
+    /// fd's event with the same data) joins ours. Returns how many events are left (the
+    /// kernel's after the fold close the gap).
     pub fn epoll_fold_paired(
         &mut self,
         epfd: c_int,
@@ -217,10 +218,14 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         let Some(Obj::Epoll { set, .. }) = self.obj_ref(epfd) else {
             return out.len();
         };
+        let pairs: Vec<(c_int, u64)> = set.paired_reported(call).collect();
         let mut len = out.len();
         let mut kernel_end = more;
-        for data in set.paired_reported(call) {
+        for (fd, data) in pairs {
             let is_ours = |i: &usize| *i < ours || *i >= kernel_end;
+            if !(ours..kernel_end).any(|i| out[i].u64 == data) || !self.host.kernel_readable(fd) {
+                continue;
+            }
             let Some(mine) = (0..len).filter(is_ours).find(|&i| out[i].u64 == data) else {
                 continue;
             };

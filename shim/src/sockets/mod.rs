@@ -91,6 +91,8 @@ pub trait Host<L: Link> {
     fn kernel_listen(&mut self, fd: c_int, backlog: c_int) -> Result<(), c_int>;
     /// shutdown() of the kernel side of a dual listener.
     fn kernel_shutdown(&mut self, fd: c_int, how: c_int) -> Result<(), c_int>;
+    /// Whether the kernel socket `fd` (a dual listener's kernel side) is readable now.
+    fn kernel_readable(&mut self, fd: c_int) -> bool;
     /// A new fd to stand for a connection: a kernel TCP socket of `family`, never connected,
     /// that keeps its options (`flags`: SOCK_NONBLOCK, SOCK_CLOEXEC; `inherit`: the options set
     /// on the listener that its accepted sockets inherit).

@@ -277,6 +277,26 @@ impl<L: Link> Stack<L> {
         }
     }
 
+    /// connect() with AF_UNSPEC on connection `id` (Linux's tcp_disconnect): a reset if it
+    /// was synchronized, what was received and not read is dropped, and it is an unconnected
+    /// socket from now on, as after a failed connect (`disconnect`), with `ECONNRESET` pending
+    /// as Linux leaves it (its first read or SO_ERROR takes it) when there was a connection to
+    /// reset or a handshake to abort.
+    pub fn unconnect(&mut self, id: ConnId) -> Result<(), SockError> {
+        let c = self.conn_mut(id)?;
+        use crate::tcp::State;
+        let live = !matches!(c.tcb.state(), State::Closed | State::TimeWait);
+        let queued = c.tcb.recv_queue();
+        c.tcb.consume(queued);
+        c.tcb.abort();
+        c.disconnected = true;
+        if live {
+            c.error = Some(SockError::Reset);
+        }
+        self.mark_dirty(id.slot);
+        Ok(())
+    }
+
     pub fn peer_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
         Ok(self.conn(id)?.peer)
     }

@@ -861,7 +861,8 @@ pub(super) fn readiness(c: &Conn) -> Readiness {
 #[inline(never)]
 fn readiness_by_rules(c: &Conn) -> Readiness {
     if c.disconnected {
-        return Readiness::new(false, true, false, true, false);
+        // (With the error connect(AF_UNSPEC) leaves pending until it is read.)
+        return Readiness::new(false, true, false, true, c.error.is_some());
     }
     let (error, failed) = (c.error, c.failed);
     let t = &c.tcb;
