@@ -105,18 +105,19 @@ extern "C" fn unlock_after_fork() {
     RECORDS.unlock();
 }
 
+/// Has fork() take the records' lock first (at load, before any thread can hold it).
+pub fn lock_across_fork() {
+    // SAFETY: registering handlers that only take and release this lock.
+    unsafe {
+        libc::pthread_atfork(
+            Some(lock_for_fork),
+            Some(unlock_after_fork),
+            Some(unlock_after_fork),
+        )
+    };
+}
+
 fn records() -> RecordsGuard {
-    static AT_FORK: std::sync::Once = std::sync::Once::new();
-    AT_FORK.call_once(|| {
-        // SAFETY: registering handlers that only take and release this lock.
-        unsafe {
-            libc::pthread_atfork(
-                Some(lock_for_fork),
-                Some(unlock_after_fork),
-                Some(unlock_after_fork),
-            )
-        };
-    });
     RECORDS.lock();
     RecordsGuard
 }

@@ -914,8 +914,14 @@ fn dup_done(old: c_int, new: c_int) -> Outcome<c_int> {
     if new < 0 {
         return Outcome::Error(crate::errno::get());
     }
-    if crate::candidates::is(old) {
-        crate::candidates::note_dup(old);
+    if (crate::candidates::is(old) || crate::candidates::is(new)) && !runtime::in_shared_child() {
+        // `old`'s socket has two numbers now; `new` had none of a candidate's (a stale bit).
+        if crate::candidates::is(old) {
+            crate::candidates::note_dup(old);
+        }
+        if crate::candidates::is(new) {
+            crate::candidates::forget(new);
+        }
     }
     match runtime::alias(old, new) {
         Ok(()) => Outcome::Done(new),
@@ -957,7 +963,7 @@ unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int>
         return Outcome::Error(libc::EBADF);
     }
     runtime::close(new);
-    if crate::candidates::is(new) {
+    if crate::candidates::is(new) && !runtime::in_shared_child() {
         // The number names `old`'s socket from now on.
         crate::candidates::forget(new);
     }

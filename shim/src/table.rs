@@ -115,7 +115,7 @@ mod gate {
         match nr {
             libc::SYS_close => closing(a as c_int),
             libc::SYS_close_range => closing_any(),
-            libc::SYS_dup2 | libc::SYS_dup3 => ours2(a as c_int, b as c_int),
+            libc::SYS_dup2 | libc::SYS_dup3 => duping2(a as c_int, b as c_int),
             _ => false,
         }
     }
@@ -147,7 +147,7 @@ mod gate {
         pub(in super::super) const any_ours: u32 = MODE_TRACE | MODE_TABLE;
         pub(in super::super) const waiting: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
         pub(in super::super) const closing_any: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
-        pub(in super::super) const fd_syscall: u32 = MODE_TRACE | MODE_TABLE;
+        pub(in super::super) const fd_syscall: u32 = MODE_TRACE | MODE_TABLE | MODE_CONFIG;
     }
 }
 

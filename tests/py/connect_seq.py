@@ -344,5 +344,13 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 40321))
 out("bound connect", name(s.connect_ex((server, open_port))))
 out("local port", s.getsockname()[1])
+# Disconnected with AF_UNSPEC (after its echo: the server has let it go), it connects again
+# from the same port to the same peer.
+s.sendall(b"first\n")
+out("echo", s.recv(64))
+out("connect(AF_UNSPEC) on the bound connection", unconnect(s))
+out("connect again from the bound port", name(s.connect_ex((server, open_port))), "local port", s.getsockname()[1])
+s.sendall(b"bound\n")
+out("echo", s.recv(64))
 s.close()
 out("done")

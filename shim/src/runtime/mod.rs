@@ -280,6 +280,7 @@ pub(crate) fn own_memory() {
     owner_after_fork();
     // SAFETY: registering a handler that only stores an atomic.
     unsafe { libc::pthread_atfork(None, None, Some(owner_after_fork)) };
+    crate::candidates::lock_across_fork();
 }
 
 /// Whether the caller runs in a child that shares this process's memory (vfork): one system

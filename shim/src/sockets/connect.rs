@@ -147,6 +147,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         *phase = Phase::Connecting;
         self.conn_fd.remove(&old);
         self.conn_fd.insert(id, i);
+        self.cache_closed(old);
         if let Some(st) = self.stack.as_mut() {
             let _ = st.close(old);
         }

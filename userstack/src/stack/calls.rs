@@ -272,8 +272,19 @@ impl<L: Link> Stack<L> {
     /// now on it is an unconnected socket (reads `NotConnected`; writable and hung up), until
     /// the application closes it or connects it anew.
     pub fn disconnect(&mut self, id: ConnId) {
-        if let Ok(c) = self.conn_mut(id) {
-            c.disconnected = true;
+        let Ok(c) = self.conn_mut(id) else {
+            return;
+        };
+        c.disconnected = true;
+        // Out of the demux, as Linux unhashes a closed socket: a new connection from the same
+        // port to the same peer (connect() again on a bound socket) is not refused for it.
+        let k = c.key;
+        if self.demux.get(&k) == Some(&id.slot) {
+            self.demux.remove(&k);
+            self.demux_changes += 1;
+            if let Some(f) = self.flows.as_mut() {
+                f.closed(k);
+            }
         }
     }
 
@@ -283,17 +294,28 @@ impl<L: Link> Stack<L> {
     /// as Linux leaves it (its first read or SO_ERROR takes it) when there was a connection to
     /// reset or a handshake to abort.
     pub fn unconnect(&mut self, id: ConnId) -> Result<(), SockError> {
-        let c = self.conn_mut(id)?;
         use crate::tcp::State;
-        let live = !matches!(c.tcb.state(), State::Closed | State::TimeWait);
+        let c = self.conn_mut(id)?;
+        // (Linux: the states tcp_need_reset names, and a handshake it aborts.)
+        let live = matches!(
+            c.tcb.state(),
+            State::SynSent
+                | State::SynReceived
+                | State::Established
+                | State::CloseWait
+                | State::FinWait1
+                | State::FinWait2
+        );
         let queued = c.tcb.recv_queue();
         c.tcb.consume(queued);
         c.tcb.abort();
-        c.disconnected = true;
+        // Over: no give-up timer runs for it any more.
+        c.failed = true;
         if live {
             c.error = Some(SockError::Reset);
         }
         self.mark_dirty(id.slot);
+        self.disconnect(id);
         Ok(())
     }
 

@@ -884,7 +884,15 @@ impl Tcb {
             self.rst_due = Some((self.snd_nxt, true));
         }
         self.data_before_rst = false;
+        self.close_now();
+    }
+
+    /// Closed, nothing owed: no ACK or retransmission is due any more (`poll_at` asks for the
+    /// owed ACK before it looks at the state).
+    fn close_now(&mut self) {
         self.state = State::Closed;
+        self.rtx_at = At::NEVER;
+        self.ack_now = false;
     }
 
     /// Resets the connection as close(2) with unread data does on Linux: what the windows let
@@ -1219,9 +1227,7 @@ impl Tcb {
 
     fn fail(&mut self, f: Failure) {
         self.failure = Some(f);
-        self.state = State::Closed;
-        self.rtx_at = At::NEVER;
-        self.ack_now = false;
+        self.close_now();
     }
 
     /// The peer's timestamp, kept for our echo (RFC 7323's rule: from a segment that does
@@ -2008,7 +2014,7 @@ impl Tcb {
                     return;
                 }
                 self.data_before_rst = false;
-                self.state = State::Closed;
+                self.close_now();
                 seq = self.snd_nxt;
                 self.rst_due = Some((seq, with_ack));
             }

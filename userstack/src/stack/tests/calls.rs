@@ -134,6 +134,47 @@ fn a_reply_written_just_before_a_close_with_unread_data_goes_ahead_of_the_reset(
     assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
 }
 
+/// connect(AF_UNSPEC) (`unconnect`) with much unread data: the peer is reset, the error is
+/// pending once, the connection is unconnected and out of the demux, and no timer stays due
+/// (the dropped data made an ACK due; a closed connection owes none).
+#[test]
+fn unconnect_resets_drops_unread_data_and_leaves_nothing_due() {
+    let mut p = Pair::new();
+    p.server.listen(10, 4, opts()).unwrap();
+    let c = p.client.connect(p.now, p.server_addr(10), opts()).unwrap();
+    p.run();
+    let (s, _) = p.server.accept(10).unwrap();
+    // Three quarters of the client's 16 KiB buffer, left unread.
+    let big = vec![b'x'; 12 * 1024];
+    let mut sent = 0;
+    for _ in 0..100 {
+        if sent == big.len() {
+            break;
+        }
+        sent += p.server.send(s, &big[sent..]).unwrap_or(0);
+        p.run();
+    }
+    assert_eq!(sent, big.len());
+    assert_eq!(p.client.recv_queue(c).unwrap(), big.len());
+    p.client.unconnect(c).unwrap();
+    p.run();
+    let mut buf = [0u8; 16];
+    assert_eq!(p.server.recv(s, &mut buf), Err(SockError::Reset));
+    let r = p.client.readiness(c).unwrap();
+    assert!(!r.readable() && r.writable() && r.hup() && r.error(), "{r:?}");
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
+    assert_eq!(p.client.recv(c, &mut buf), Err(SockError::NotConnected));
+    assert!(!p.client.readiness(c).unwrap().error());
+    p.now += Duration::from_millis(100);
+    p.client.poll(p.now);
+    assert!(
+        p.client.next_deadline().is_none_or(|d| d > p.now),
+        "{:?} at {}",
+        p.client.next_deadline(),
+        p.now
+    );
+}
+
 #[test]
 fn close_with_unread_data_resets_like_linux() {
     let mut p = Pair::new();
