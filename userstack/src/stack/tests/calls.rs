@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::time::Duration;
 
-use super::{opts, Pair, CLIENT_MAC, SERVER_MAC};
+use super::{nothing_due, opts, Pair, CLIENT_MAC, SERVER_MAC};
 use crate::stack::{ConnId, Event, Respond, SockError};
 
 #[test]
@@ -118,10 +118,7 @@ fn a_reply_written_just_before_a_close_with_unread_data_goes_ahead_of_the_reset(
     // Redis answers a protocol error and closes in one pass of its loop, with the client's
     // next data unread: Linux sent the reply in its write, then resets at close.
     let mut p = Pair::new();
-    p.server.listen(10, 4, opts()).unwrap();
-    let c = p.client.connect(p.now, p.server_addr(10), opts()).unwrap();
-    p.run();
-    let (s, _) = p.server.accept(10).unwrap();
+    let (c, s) = p.connected(opts());
     p.client.send(c, b"never read").unwrap();
     p.run();
     p.server.send(s, b"-ERR Protocol error\r\n").unwrap();
@@ -140,10 +137,7 @@ fn a_reply_written_just_before_a_close_with_unread_data_goes_ahead_of_the_reset(
 #[test]
 fn unconnect_resets_drops_unread_data_and_leaves_nothing_due() {
     let mut p = Pair::new();
-    p.server.listen(10, 4, opts()).unwrap();
-    let c = p.client.connect(p.now, p.server_addr(10), opts()).unwrap();
-    p.run();
-    let (s, _) = p.server.accept(10).unwrap();
+    let (c, s) = p.connected(opts());
     // Three quarters of the client's 16 KiB buffer, left unread.
     let big = vec![b'x'; 12 * 1024];
     let mut sent = 0;
@@ -161,18 +155,15 @@ fn unconnect_resets_drops_unread_data_and_leaves_nothing_due() {
     let mut buf = [0u8; 16];
     assert_eq!(p.server.recv(s, &mut buf), Err(SockError::Reset));
     let r = p.client.readiness(c).unwrap();
-    assert!(!r.readable() && r.writable() && r.hup() && r.error(), "{r:?}");
+    assert!(
+        !r.readable() && r.writable() && r.hup() && r.error(),
+        "{r:?}"
+    );
     assert_eq!(p.client.recv(c, &mut buf), Err(SockError::Reset));
     assert_eq!(p.client.recv(c, &mut buf), Err(SockError::NotConnected));
     assert!(!p.client.readiness(c).unwrap().error());
     p.now += Duration::from_millis(100);
-    p.client.poll(p.now);
-    assert!(
-        p.client.next_deadline().is_none_or(|d| d > p.now),
-        "{:?} at {}",
-        p.client.next_deadline(),
-        p.now
-    );
+    nothing_due(&mut p.client, p.now);
 }
 
 #[test]

@@ -127,3 +127,11 @@ impl Pair {
         SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), port)
     }
 }
+
+/// A poll of `stack` at `now` leaves no timer due (a deadline in the past would make every
+/// loop poll at once, for as long as the socket stays open).
+pub(crate) fn nothing_due(stack: &mut Stack<MemLink>, now: Instant) {
+    stack.poll(now);
+    let due = stack.next_deadline();
+    assert!(due.is_none_or(|d| d > now), "{due:?} at {now}");
+}
