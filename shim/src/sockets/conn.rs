@@ -167,8 +167,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
 
     /// connect() with AF_UNSPEC on connection `fd` of ours: it is reset and unconnected, as
     /// Linux's tcp_disconnect leaves a socket (`Stack::unconnect`); the next connect() starts
-    /// a new handshake. `None`: not a connection of ours (the kernel's call).
+    /// a new handshake. On a listener of ours: it stops listening, as shutdown(SHUT_RDWR)
+    /// stops it (Linux's tcp_disconnect of a listener), and again is 0. `None`: not a socket
+    /// of ours (the kernel's call).
     pub fn unconnect(&mut self, fd: c_int) -> Answer<c_int> {
+        match self.obj(fd) {
+            Some(Obj::Listener { shut: false, .. }) => {
+                return self
+                    .shutdown_listener(fd, libc::SHUT_RDWR)
+                    .map(|r| r.or(Ok(0)));
+            }
+            Some(Obj::Listener { shut: true, .. }) => return Some(Ok(0)),
+            _ => {}
+        }
         let Some(Obj::Conn { id, phase, .. }) = self.obj(fd) else {
             return None;
         };

@@ -1875,6 +1875,36 @@ fn server(port: u16) {
             libc::SO_ACCEPTCONN,
             "getsockopt(SO_ACCEPTCONN, again)",
         );
+        step("connect(AF_UNSPEC) on a listener stops it as shutdown does (poll POLLOUT|POLLHUP, SO_ACCEPTCONN 0, accept EINVAL); again it is 0; listen() again listens");
+        let unspec: sockaddr_in = zeroed();
+        call("connect(listener, AF_UNSPEC)", || {
+            libc::connect(s, (&unspec as *const sockaddr_in).cast(), slen)
+        });
+        poll_one(
+            s,
+            libc::POLLIN | libc::POLLOUT,
+            0,
+            "poll(disconnected listener)",
+        );
+        getsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            "getsockopt(SO_ACCEPTCONN, disconnected)",
+        );
+        call("accept(disconnected listener)", || {
+            libc::accept(s, null_mut(), null_mut())
+        });
+        call("connect(listener, AF_UNSPEC, again)", || {
+            libc::connect(s, (&unspec as *const sockaddr_in).cast(), slen)
+        });
+        call("listen(after AF_UNSPEC)", || libc::listen(s, 16));
+        getsockopt_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            "getsockopt(SO_ACCEPTCONN, listening after AF_UNSPEC)",
+        );
         call("close(listener)", || libc::close(s));
     }
     println!("done");
