@@ -323,11 +323,16 @@ impl<L: Link> Stack<L> {
         Ok(self.conn(id)?.peer)
     }
 
+    /// The connection's own address; once unconnected (`disconnect`), the wildcard address
+    /// with its port, as Linux resets a closed socket's source address and keeps its port.
     pub fn local_addr(&self, id: ConnId) -> Result<SocketAddrV4, SockError> {
-        Ok(SocketAddrV4::new(
-            self.net.addr().addr,
-            self.conn(id)?.local_port,
-        ))
+        let c = self.conn(id)?;
+        let ip = if c.disconnected {
+            std::net::Ipv4Addr::UNSPECIFIED
+        } else {
+            self.net.addr().addr
+        };
+        Ok(SocketAddrV4::new(ip, c.local_port))
     }
 
     /// The TCP state of a slot's connection, also after the application closed it (diagnostics).
