@@ -201,12 +201,17 @@ pub enum Family {
 }
 
 impl Family {
-    /// The stack's address as this family shows it (`::ffff:a.b.c.d`, flow info and scope 0).
+    /// The stack's address as this family shows it (`::ffff:a.b.c.d`, flow info and scope 0;
+    /// the wildcard address, an unconnected socket's, is `::`).
     pub fn addr(self, a: SocketAddrV4) -> SocketAddr {
         match self {
             Family::Inet => SocketAddr::V4(a),
             Family::Inet6 => {
-                SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+                let ip = match *a.ip() {
+                    std::net::Ipv4Addr::UNSPECIFIED => std::net::Ipv6Addr::UNSPECIFIED,
+                    ip => ip.to_ipv6_mapped(),
+                };
+                SocketAddr::V6(SocketAddrV6::new(ip, a.port(), 0, 0))
             }
         }
     }

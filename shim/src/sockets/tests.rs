@@ -1961,3 +1961,17 @@ fn at_exit_every_connection_closes_as_the_kernels_would() {
     assert_eq!(n.client.recv(unread, &mut buf), Err(SockError::Reset));
     assert_eq!(n.client.recv(queued, &mut buf), Err(SockError::Reset));
 }
+
+/// An AF_INET6 socket shows the stack's addresses v4-mapped, and the wildcard (an unconnected
+/// socket's source) as `::`, as Linux resets an IPv6 socket's source address.
+#[test]
+fn an_inet6_socket_shows_addresses_v4_mapped_and_the_wildcard_as_unspecified() {
+    let a = SocketAddrV4::new(SERVER, 40_000);
+    assert_eq!(
+        Family::Inet6.addr(a).to_string(),
+        format!("[::ffff:{SERVER}]:40000")
+    );
+    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 40_001);
+    assert_eq!(Family::Inet6.addr(any).to_string(), "[::]:40001");
+    assert_eq!(Family::Inet.addr(any).to_string(), "0.0.0.0:40001");
+}

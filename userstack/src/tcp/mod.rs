@@ -887,12 +887,13 @@ impl Tcb {
         self.close_now();
     }
 
-    /// Closed, nothing owed: no ACK or retransmission is due any more (`poll_at` asks for the
-    /// owed ACK before it looks at the state).
+    /// Closed, nothing owed: no ACK, SYN or retransmission is due any more (`poll_at` asks
+    /// for them before it looks at the state).
     fn close_now(&mut self) {
         self.state = State::Closed;
         self.rtx_at = At::NEVER;
         self.ack_now = false;
+        self.syn_due = false;
     }
 
     /// Resets the connection as close(2) with unread data does on Linux: what the windows let
