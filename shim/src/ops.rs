@@ -915,7 +915,8 @@ fn dup_done(old: c_int, new: c_int) -> Outcome<c_int> {
         return Outcome::Error(crate::errno::get());
     }
     if (crate::candidates::is(old) || crate::candidates::is(new)) && !runtime::in_shared_child() {
-        // `old`'s socket has two numbers now; `new` had none of a candidate's (a stale bit).
+        // `old`'s socket has two numbers now; `new` names it, not a candidate's socket (one
+        // dup2 replaced, or a stale bit).
         if crate::candidates::is(old) {
             crate::candidates::note_dup(old);
         }
@@ -963,10 +964,6 @@ unsafe fn dup_to(old: c_int, new: c_int, flags: Option<c_int>) -> Outcome<c_int>
         return Outcome::Error(libc::EBADF);
     }
     runtime::close(new);
-    if crate::candidates::is(new) && !runtime::in_shared_child() {
-        // The number names `old`'s socket from now on.
-        crate::candidates::forget(new);
-    }
     // SAFETY: the application's own arguments.
     let r = unsafe {
         match flags {

@@ -279,13 +279,7 @@ impl<L: Link> Stack<L> {
         // Out of the demux, as Linux unhashes a closed socket: a new connection from the same
         // port to the same peer (connect() again on a bound socket) is not refused for it.
         let k = c.key;
-        if self.demux.get(&k) == Some(&id.slot) {
-            self.demux.remove(&k);
-            self.demux_changes += 1;
-            if let Some(f) = self.flows.as_mut() {
-                f.closed(k);
-            }
-        }
+        self.unhash(k, id.slot);
     }
 
     /// connect() with AF_UNSPEC on connection `id` (Linux's tcp_disconnect): a reset if it

@@ -532,17 +532,23 @@ impl<L: Link> Stack<L> {
         }
     }
 
+    /// Takes `key` out of the demux if it still leads to slot `idx` (and tells the processes
+    /// sharing the device: its flow is closed).
+    pub(super) fn unhash(&mut self, key: u64, idx: u32) {
+        if self.demux.get(&key) == Some(&idx) {
+            self.demux.remove(&key);
+            self.demux_changes += 1;
+            if let Some(f) = self.flows.as_mut() {
+                f.closed(key);
+            }
+        }
+    }
+
     pub(super) fn free_conn(&mut self, idx: u32) {
         let slot = &mut self.slots[idx as usize];
         let Some(c) = slot.conn.take() else { return };
         slot.gen = slot.gen.wrapping_add(1);
-        if self.demux.get(&c.key) == Some(&idx) {
-            self.demux.remove(&c.key);
-            self.demux_changes += 1;
-            if let Some(f) = self.flows.as_mut() {
-                f.closed(c.key);
-            }
-        }
+        self.unhash(c.key, idx);
         if let Origin::Passive(port) = c.origin {
             if let Some(l) = self.listeners.get_mut(&port) {
                 l.pending = l.pending.saturating_sub(1);

@@ -207,11 +207,7 @@ impl<L: Link> Stack<L> {
             } else {
                 // The application still holds the old connection (to read its error or its
                 // last data): it stays, out of the demux.
-                self.demux.remove(&k);
-                self.demux_changes += 1;
-                if let Some(f) = self.flows.as_mut() {
-                    f.closed(k);
-                }
+                self.unhash(k, idx);
             }
         }
         if let Some(&end) = self.time_wait.get(&k) {
