@@ -412,16 +412,14 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
     // calls that are no connection of ours, take the general loop below, which tries again.
     if flags & (libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_WAITALL) == 0 && !call.ended {
         let mut s = shim()?;
-        if let Some(t) = s.io(fd, &mut op, defer_tx) {
-            let dontwait = t.nonblock || flags & libc::MSG_DONTWAIT != 0;
+        if let Some((result, nonblock)) = s.io_once(fd, &mut op, defer_tx) {
+            let dontwait = nonblock || flags & libc::MSG_DONTWAIT != 0;
             let (len, write) = match &op {
                 Io::Read(buf, _) => (buf.len(), false),
                 Io::Write(data) => (data.len(), true),
             };
-            return match t.result {
-                Ok(n) if dontwait || !more_to_do(write, false, n, n, len, t.rcvlowat) => {
-                    Some(Ok(n))
-                }
+            return match result {
+                Ok(n) if dontwait => Some(Ok(n)),
                 Err(SockError::WouldBlock) if dontwait => Some(Err(libc::EAGAIN)),
                 Err(SockError::WouldBlock) => {
                     let started = s.ident(fd);
@@ -430,6 +428,10 @@ fn io(fd: c_int, mut op: Io<'_>, flags: c_int, call: &mut Call) -> Answer<usize>
                 }
                 Err(e) => Some(Err(e.errno())),
                 Ok(n) => {
+                    let rcvlowat = s.io_waits(fd, write).1;
+                    if !more_to_do(write, false, n, n, len, rcvlowat) {
+                        return Some(Ok(n));
+                    }
                     let started = s.ident(fd);
                     drop(s);
                     io_loop(fd, op, flags, call, n, started)

@@ -67,25 +67,50 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// the stack and tries once more. `defer(pending)` says whether a write may leave its data
     /// for the next flush (`pending`: connections with writes queued); otherwise it is sent
     /// at once. `None`: not a connection of ours.
-    #[inline(always)]
     pub fn io(
         &mut self,
         fd: c_int,
         op: &mut Io<'_>,
         defer: impl FnOnce(usize) -> bool,
     ) -> Option<IoTry> {
-        let (id, nonblock, opts) = match self.obj(fd) {
-            Some(Obj::Conn {
-                id, nonblock, opts, ..
-            }) => (*id, *nonblock, *opts),
-            Some(Obj::Watch) => return self.watch_io(fd, op),
+        let (result, nonblock) = self.io_once(fd, op, defer)?;
+        let (timeout, rcvlowat) = self.io_waits(fd, matches!(op, Io::Write(_)));
+        Some(IoTry {
+            result,
+            nonblock,
+            timeout,
+            rcvlowat,
+        })
+    }
+
+    /// SO_RCVTIMEO (`write`: SO_SNDTIMEO) and SO_RCVLOWAT of connection `fd` (none and 1
+    /// for anything else): what a blocking transfer waits for.
+    pub fn io_waits(&mut self, fd: c_int, write: bool) -> (Option<Duration>, usize) {
+        match self.obj(fd) {
+            Some(Obj::Conn { opts, .. }) => (
+                if write { opts.sndtimeo } else { opts.rcvtimeo },
+                opts.rcvlowat,
+            ),
+            _ => (None, 1),
+        }
+    }
+
+    /// [`Sockets::io`]'s transfer alone, for the calls that end in it: its result and whether
+    /// the socket is in non-blocking mode.
+    #[inline(always)]
+    pub fn io_once(
+        &mut self,
+        fd: c_int,
+        op: &mut Io<'_>,
+        defer: impl FnOnce(usize) -> bool,
+    ) -> Option<(Result<usize, SockError>, bool)> {
+        let (id, nonblock) = match self.obj(fd) {
+            Some(Obj::Conn { id, nonblock, .. }) => (*id, *nonblock),
+            Some(Obj::Watch) => {
+                return self.watch_io(fd, op).map(|t| (t.result, t.nonblock));
+            }
             _ => return None,
         };
-        let timeout = match op {
-            Io::Read(..) => opts.rcvtimeo,
-            Io::Write(_) => opts.sndtimeo,
-        };
-        let rcvlowat = opts.rcvlowat;
         let stack = self.stack.as_mut()?;
         let result = match op {
             Io::Read(buf, peek) => {
@@ -123,12 +148,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
                 r
             }
         };
-        Some(IoTry {
-            result,
-            nonblock,
-            timeout,
-            rcvlowat,
-        })
+        Some((result, nonblock))
     }
 
     /// shutdown() of connection or listener `fd`.
