@@ -196,6 +196,83 @@ pub struct Config {
     /// Names of values a layer above the stack publishes after the stack's own (set by that
     /// layer before the stack starts; see `Stack::extra_stats_mut`).
     pub extra_stats: Vec<&'static str>,
+    /// The local ports connect() picks from (the system's `ip_local_port_range` and
+    /// `ip_local_reserved_ports`, read by [`Config::from_env`]; Linux's defaults otherwise).
+    pub local_ports: LocalPorts,
+}
+
+/// The ports an outgoing connection may take when the application bound none: Linux's
+/// `net.ipv4.ip_local_port_range` (`low..=high`) less `net.ipv4.ip_local_reserved_ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPorts {
+    pub low: u16,
+    pub high: u16,
+    /// Inclusive ranges never picked.
+    pub reserved: Vec<(u16, u16)>,
+}
+
+impl Default for LocalPorts {
+    /// Linux's defaults: 32768-60999, nothing reserved.
+    fn default() -> Self {
+        LocalPorts {
+            low: 32768,
+            high: 60999,
+            reserved: Vec::new(),
+        }
+    }
+}
+
+impl LocalPorts {
+    /// The system's, as this process's network namespace has them (the defaults where
+    /// /proc cannot be read).
+    pub fn system() -> LocalPorts {
+        let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"));
+        match read("ip_local_port_range") {
+            Ok(range) => {
+                let reserved = read("ip_local_reserved_ports").unwrap_or_default();
+                LocalPorts::parse(&range, &reserved).unwrap_or_default()
+            }
+            Err(_) => LocalPorts::default(),
+        }
+    }
+
+    /// From the two sysctls' text: `range` as "LOW HIGH", `reserved` as a comma-separated
+    /// list of ports and ranges ("8080,9000-9010", or empty).
+    pub fn parse(range: &str, reserved: &str) -> Result<LocalPorts, String> {
+        let mut it = range.split_whitespace().map(str::parse::<u16>);
+        let (low, high) = match (it.next(), it.next(), it.next()) {
+            (Some(Ok(l)), Some(Ok(h)), None) if l >= 1 && l <= h => (l, h),
+            _ => return Err(format!("not a port range: {range:?}")),
+        };
+        let mut list = Vec::new();
+        for item in reserved
+            .trim()
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            let (a, b) = item.split_once('-').unwrap_or((item, item));
+            match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+                (Ok(a), Ok(b)) if a <= b => list.push((a, b)),
+                _ => return Err(format!("not a port or port range: {item:?}")),
+            }
+        }
+        Ok(LocalPorts {
+            low,
+            high,
+            reserved: list,
+        })
+    }
+
+    /// How many ports the range holds.
+    pub fn span(&self) -> u32 {
+        u32::from(self.high) - u32::from(self.low) + 1
+    }
+
+    /// Whether `port` is reserved.
+    pub fn is_reserved(&self, port: u16) -> bool {
+        self.reserved.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
 }
 
 /// A configuration value that cannot be used. `Display` is the message users see.
@@ -623,12 +700,15 @@ impl Config {
         Config::from_map(&vars)
     }
 
-    /// Reads the configuration from the process environment.
+    /// Reads the configuration from the process environment (and the system's local port
+    /// range, see [`LocalPorts::system`]).
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_pairs(
+        let mut cfg = Config::from_pairs(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-        )
+        )?;
+        cfg.local_ports = LocalPorts::system();
+        Ok(cfg)
     }
 
     /// Reads the configuration from a map of variables (the environment, or a test's).
@@ -813,6 +893,7 @@ impl Config {
             redis_cache,
             cache_fault_late,
             extra_stats: Vec::new(),
+            local_ports: LocalPorts::default(),
         })
     }
 
@@ -900,6 +981,34 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_map(&m)
+    }
+
+    #[test]
+    fn local_ports_read_as_the_sysctls_write_them() {
+        let p = LocalPorts::parse("32768\t60999\n", "\n").unwrap();
+        assert_eq!(p, LocalPorts::default());
+        assert_eq!(p.span(), 28232);
+        let p = LocalPorts::parse("1024 65535", "8080,9000-9010\n").unwrap();
+        assert_eq!((p.low, p.high, p.span()), (1024, 65535, 64512));
+        assert!(p.is_reserved(8080) && p.is_reserved(9005) && p.is_reserved(9010));
+        assert!(!p.is_reserved(8081) && !p.is_reserved(9011));
+        for (range, reserved) in [
+            ("", ""),
+            ("60999 32768", ""),
+            ("0 100", ""),
+            ("1 2 3", ""),
+            ("1024 65536", ""),
+            ("1024 2048", "9010-9000"),
+            ("1024 2048", "x"),
+        ] {
+            assert!(
+                LocalPorts::parse(range, reserved).is_err(),
+                "{range:?} {reserved:?}"
+            );
+        }
+        // This machine's own, whatever they are, read as a range.
+        let sys = LocalPorts::system();
+        assert!(sys.low >= 1 && sys.low <= sys.high, "{sys:?}");
     }
 
     fn msg(pairs: &[(&str, &str)]) -> String {

@@ -95,7 +95,8 @@ fn redis_clients_connect_through_the_stack_to_a_kernel_server() {
 
 /// redis-benchmark under the shim against redis-server under the shim: each in a namespace of
 /// its own, each with a stack on its end of a veth pair (the kernel's addresses on the ends are
-/// other ones, and the kernel takes no part in the TCP of either), every request answered.
+/// other ones, and the kernel takes no part in the TCP of either), every request answered; the
+/// client's local ports from its namespace's ip_local_port_range.
 #[test]
 fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
     let subnet = Subnet::allocate().expect("subnet");
@@ -111,6 +112,17 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
         &[],
         Some((veth.root_if(), &subnet.cidr(2))),
     );
+    // The client's namespace has a local port range of its own: its stack takes it, as the
+    // kernel's connect() would.
+    ns_client
+        .exec_checked(
+            "sh",
+            [
+                "-c",
+                "echo '45000 45999' > /proc/sys/net/ipv4/ip_local_port_range",
+            ],
+        )
+        .expect("the namespace's port range is set");
     let (h, p) = (server_ip.to_string(), port.to_string());
     let mut cmd = ns_client.command("redis-benchmark");
     cmd.args(bench_args(&h, &p));
@@ -141,10 +153,12 @@ fn redis_benchmark_under_the_shim_against_redis_under_the_shim() {
     // Both ends are stacks: the server sees the client's stack address, and its own stack
     // opened the benchmark's connections.
     let list = cli(&["CLIENT", "LIST"]);
-    assert!(
-        list.contains(&format!("addr={}:", subnet.addr(3))),
-        "{list}"
-    );
+    let from = list
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("addr={}:", subnet.addr(3))))
+        .unwrap_or_else(|| panic!("no client from the stack's address in {list}"));
+    let from: u16 = from.parse().expect("a port");
+    assert!((45000..=45999).contains(&from), "{list}");
     assert!(mtcp_tests::redis::stack_counter(server.pid(), "conns_opened") >= 50);
 }
 

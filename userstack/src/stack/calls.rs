@@ -12,7 +12,7 @@ use super::api::{
 };
 use super::conn::{readiness, Conn, Open, Origin, CONNECT_TIMEOUT_US};
 use super::demux::key;
-use super::{Listener, Stack, EPHEMERAL};
+use super::{Listener, Stack, PORT_PERTURB};
 use crate::config::CongestionControl;
 use crate::link::Link;
 
@@ -157,8 +157,8 @@ impl<L: Link> Stack<L> {
     }
 
     /// Opens a connection to `remote` from `local_port` (a port the caller bound), or from an
-    /// ephemeral port: the next one in Linux's range (32768-60999) that no listener and no
-    /// connection to the same peer holds. `AddrNotAvail` (Linux's EADDRNOTAVAIL) if
+    /// ephemeral port (see [`Stack::set_local_ports`] and `pick_port`) that no listener and
+    /// no connection to the same peer holds. `AddrNotAvail` (Linux's EADDRNOTAVAIL) if
     /// `local_port` already has a connection to `remote`, or if no ephemeral port is free.
     pub fn connect_from(
         &mut self,
@@ -182,7 +182,6 @@ impl<L: Link> Stack<L> {
         if !self.net.addr().contains(*remote.ip()) && self.net.gateway().is_none() {
             return Err(SockError::NetUnreachable);
         }
-        let span = EPHEMERAL.end - EPHEMERAL.start;
         // A port is free for this peer unless a connection or a TIME-WAIT record holds the
         // same four-tuple; where processes share the device, only a port whose flow falls in
         // a bucket this stack owns gets the replies.
@@ -193,25 +192,13 @@ impl<L: Link> Stack<L> {
                 && !s.time_wait.contains_key(&k)
                 && s.steering.owns(crate::steer::flow_bucket(ip, rport, p))
         };
-        let mut port = None;
-        if let Some(p) = local_port.filter(|&p| p != 0) {
-            if !free(self, p) {
-                return Err(SockError::AddrNotAvail);
-            }
-            port = Some(p);
-        }
-        for _ in 0..if port.is_some() { 0 } else { span } {
-            let p = self.next_ephemeral;
-            self.next_ephemeral = if p + 1 >= EPHEMERAL.end {
-                EPHEMERAL.start
-            } else {
-                p + 1
-            };
-            if !self.listeners.contains_key(&p) && free(self, p) {
-                port = Some(p);
-                break;
-            }
-        }
+        let port = match local_port.filter(|&p| p != 0) {
+            Some(p) if !free(self, p) => return Err(SockError::AddrNotAvail),
+            Some(p) => Some(p),
+            None => self.pick_port(remote, |s, p| {
+                !s.listeners.contains_key(&p) && !s.local_ports.is_reserved(p) && free(s, p)
+            }),
+        };
         let local_port = port.ok_or(SockError::AddrNotAvail)?;
         let k = key(*remote.ip(), remote.port(), local_port);
         let idx = self.new_conn(
@@ -231,6 +218,48 @@ impl<L: Link> Stack<L> {
         let gen = self.slots[idx as usize].gen;
         self.mark_dirty(idx);
         Ok(ConnId { slot: idx, gen })
+    }
+
+    /// The ports connect() picks from when the application bound none: Linux's
+    /// `ip_local_port_range` and `ip_local_reserved_ports` (the configuration's
+    /// `local_ports`, read from the system at start; Linux's defaults for a stack made
+    /// with [`Stack::with_link`]).
+    pub fn set_local_ports(&mut self, ports: crate::config::LocalPorts) {
+        self.local_ports = ports;
+    }
+
+    /// An ephemeral port for a connection to `remote` that `usable` accepts, chosen as Linux's
+    /// connect() chooses (RFC 6056's double-hash algorithm): a keyed hash of the destination
+    /// gives an offset into the range, unpredictable from outside, and a counter of that
+    /// destination's bucket moves it on after each pick, so that connections to one peer
+    /// take ports spread apart rather than in sequence, and another peer's start elsewhere.
+    /// (Linux's connect() also tries ports of one parity first, to leave the others to
+    /// bind() to port 0; here the kernel's bind() and the stack's ports do not meet, and a
+    /// worker process sharing the device could own flows reached only by the other parity.)
+    fn pick_port(
+        &mut self,
+        remote: SocketAddrV4,
+        usable: impl Fn(&Self, u16) -> bool,
+    ) -> Option<u16> {
+        let span = self.local_ports.span();
+        let h = std::hash::BuildHasher::hash_one(&self.port_key, (*remote.ip(), remote.port()));
+        let bucket = (h as usize) & (PORT_PERTURB - 1);
+        let start = ((h >> 32) as u32).wrapping_add(self.port_perturb[bucket]) % span;
+        for i in 0..span {
+            let off = (start + i) % span;
+            let p = (u32::from(self.local_ports.low) + off) as u16;
+            if usable(self, p) {
+                // Past this port, and by a small random step more (as Linux's does), so
+                // that the distance between two connections' ports tells nothing either.
+                self.port_rng ^= self.port_rng << 13;
+                self.port_rng ^= self.port_rng >> 7;
+                self.port_rng ^= self.port_rng << 17;
+                let step = i.max(2 * (self.port_rng % 8) as u32) + 2;
+                self.port_perturb[bucket] = self.port_perturb[bucket].wrapping_add(step);
+                return Some(p);
+            }
+        }
+        None
     }
 
     /// TCP_SYNCNT (or the system's tcp_syn_retries) of a connection still connecting: it is

@@ -89,7 +89,9 @@ fn rx_may_follow(found: &[Option<u32>], followed: &mut Option<u32>, at: u32) -> 
     *followed.get_or_insert_with(|| followed_frames(found)) & (1 << at) != 0
 }
 
-const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
+/// Counters that spread the local ports of connections to one destination (`connect_from`):
+/// how many, a power of two.
+const PORT_PERTURB: usize = 256;
 
 /// A listening port: its backlog, and the connections it gave birth to, accepted or not.
 struct Listener {
@@ -172,7 +174,13 @@ pub struct Stack<L: Link> {
     time_wait: HashMap<u64, Micros, foldhash::fast::RandomState>,
     time_wait_order: VecDeque<(Micros, u64)>,
     seed: u64,
-    next_ephemeral: u16,
+    /// The ports connect() picks from, and how it spreads them: a keyed hash of the
+    /// destination and one counter per bucket of destinations (`connect_from`).
+    local_ports: crate::config::LocalPorts,
+    port_key: std::collections::hash_map::RandomState,
+    port_perturb: Box<[u32; PORT_PERTURB]>,
+    /// xorshift64 state for the random part of that counter's steps (never 0).
+    port_rng: u64,
     defaults: TcpOptions,
     live: usize,
     rto_min_us: Micros,
@@ -200,6 +208,7 @@ impl<L: Link> Stack<L> {
         }
         let mut stack = Self::with_net(net, TcpOptions::from_config(cfg), now);
         stack.rto_min_us = cfg.rto_min.as_micros() as Micros;
+        stack.local_ports = cfg.local_ports.clone();
         stack.start_publishing(cfg, now);
         Ok(stack)
     }
@@ -261,8 +270,10 @@ impl<L: Link> Stack<L> {
             time_wait: HashMap::default(),
             time_wait_order: VecDeque::new(),
             seed,
-            next_ephemeral: EPHEMERAL.start
-                + (seed % u64::from(EPHEMERAL.end - EPHEMERAL.start)) as u16,
+            local_ports: crate::config::LocalPorts::default(),
+            port_key: std::collections::hash_map::RandomState::new(),
+            port_perturb: Box::new([0; PORT_PERTURB]),
+            port_rng: (seed >> 1) | 1,
             defaults,
             live: 0,
             rto_min_us: crate::tcp::DEFAULT_RTO_MIN_US,

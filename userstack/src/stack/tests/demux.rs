@@ -408,6 +408,54 @@ fn outgoing_connections_take_local_ports_in_the_buckets_the_process_owns() {
     );
 }
 
+/// The local ports connect() picks: inside the system's range, never a reserved one, every
+/// free one used before EADDRNOTAVAIL; spread rather than in sequence (a peer cannot guess
+/// the next one from the last).
+#[test]
+fn ephemeral_ports_come_from_the_range_spread_and_never_reserved() {
+    use crate::config::LocalPorts;
+    let mut p = Pair::new();
+    p.server.listen(6379, 64, opts()).unwrap();
+    let server = p.server_addr(6379);
+    p.client.set_local_ports(LocalPorts {
+        low: 40000,
+        high: 40009,
+        reserved: vec![(40003, 40003), (40006, 40007)],
+    });
+    let mut ports = Vec::new();
+    for _ in 0..7 {
+        let c = p.client.connect(p.now, server, opts()).unwrap();
+        ports.push(p.client.local_addr(c).unwrap().port());
+    }
+    let mut sorted = ports.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [40000, 40001, 40002, 40004, 40005, 40008, 40009],
+        "{ports:?}"
+    );
+    assert_eq!(
+        p.client.connect(p.now, server, opts()),
+        Err(SockError::AddrNotAvail)
+    );
+    // Another peer may use the same ports.
+    assert!(p.client.connect(p.now, p.server_addr(6380), opts()).is_ok());
+
+    // Linux's default range: successive connections to one peer are not consecutive ports.
+    let mut p = Pair::new();
+    p.server.listen(6379, 64, opts()).unwrap();
+    let mut last: Option<u16> = None;
+    for _ in 0..20 {
+        let c = p.client.connect(p.now, server, opts()).unwrap();
+        let port = p.client.local_addr(c).unwrap().port();
+        assert!((32768..=60999).contains(&port), "{port}");
+        if let Some(l) = last {
+            assert!(port.abs_diff(l) > 1, "{l} then {port}");
+        }
+        last = Some(port);
+    }
+}
+
 /// A local port whose connection to a peer waits out TIME-WAIT is not used again for that peer
 /// (Linux's connect() skips it too), but is for another.
 #[test]
