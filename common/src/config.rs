@@ -201,6 +201,19 @@ pub struct Config {
     pub local_ports: LocalPorts,
 }
 
+/// The text of sysctl `net.ipv4.NAME`, in one read: the kernel answers only a read that
+/// starts at the file's beginning, so a second read (which `read_to_string` makes after a
+/// first one of 32 bytes, /proc files having no size) would end the text early. The largest
+/// text, a reserved-ports list of every other port, is ~190 KB.
+fn read_sysctl(name: &str) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/sys/net/ipv4/{name}")).ok()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = f.read(&mut buf).ok()?;
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
+}
+
 /// The ports an outgoing connection may take when the application bound none: Linux's
 /// `net.ipv4.ip_local_port_range` (`low..=high`) less `net.ipv4.ip_local_reserved_ports`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,13 +239,16 @@ impl LocalPorts {
     /// The system's, as this process's network namespace has them (the defaults where
     /// /proc cannot be read).
     pub fn system() -> LocalPorts {
-        let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"));
-        match read("ip_local_port_range") {
-            Ok(range) => {
-                let reserved = read("ip_local_reserved_ports").unwrap_or_default();
-                LocalPorts::parse(&range, &reserved).unwrap_or_default()
-            }
-            Err(_) => LocalPorts::default(),
+        let (Some(range), reserved) = (
+            read_sysctl("ip_local_port_range"),
+            read_sysctl("ip_local_reserved_ports"),
+        ) else {
+            return LocalPorts::default();
+        };
+        // (A reserved list that cannot be read keeps the range.)
+        match LocalPorts::parse(&range, reserved.as_deref().unwrap_or("")) {
+            Ok(p) => p,
+            Err(_) => LocalPorts::parse(&range, "").unwrap_or_default(),
         }
     }
 

@@ -358,12 +358,33 @@ pub(crate) unsafe fn connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> Out
     } else {
         crate::sockets::Family::Inet
     };
-    out(runtime::connect(
+    let r = runtime::connect(
         fd,
         std::net::SocketAddrV4::new(ip, port),
         fam,
         known.as_ref(),
-    ))
+    );
+    if r.is_none() && ours {
+        // A failed connection of ours connects anew through the kernel: its epoll entries
+        // move to the kernel's instances once the kernel's connect() started.
+        let entries = runtime::take_released();
+        if !entries.is_empty() {
+            // SAFETY: connect's contract, forwarded (inside the hook: libc's own).
+            let rc = unsafe { libc::connect(fd, a, l) };
+            let e = crate::errno::get();
+            for (epfd, events, data) in entries {
+                let mut ev = libc::epoll_event { events, u64: data };
+                // SAFETY: the application's epoll instance and socket.
+                unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            }
+            return if rc == 0 {
+                Outcome::Done(0)
+            } else {
+                Outcome::Error(e)
+            };
+        }
+    }
+    out(r)
 }
 
 pub(crate) unsafe fn shutdown(fd: c_int, how: c_int) -> Outcome<c_int> {

@@ -357,4 +357,34 @@ out("connect again from the bound port", name(s.connect_ex((server, open_port)))
 s.sendall(b"bound\n")
 out("echo", s.recv(64))
 s.close()
+
+# Refused, then connected again to a destination the kernel serves (a listener on loopback),
+# non-blocking, in an epoll set all along: the entry follows the socket to its new connection
+# (writable, then the data the listener sends).
+lo = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+lo.bind(("127.0.0.1", 0))
+lo.listen(1)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLIN | select.EPOLLOUT)
+mask = select.EPOLLIN | select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+out("in epoll, to a closed port", name(s.connect_ex((server, closed_port))))
+out("epoll", [(fd == s.fileno(), e & mask) for fd, e in ep.poll(5)])
+out("SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+out("connect to loopback", name(s.connect_ex(lo.getsockname())))
+out("connect to loopback again", name(s.connect_ex(lo.getsockname())))
+ev = ep.poll(5)
+out("epoll", [(fd == s.fileno(), e & mask) for fd, e in ev])
+c, _ = lo.accept()
+c.sendall(b"lo\n")
+deadline = time.monotonic() + 5
+got = []
+while time.monotonic() < deadline and not got:
+    got = [(fd == s.fileno(), e & mask) for fd, e in ep.poll(1) if e & select.EPOLLIN]
+out("epoll with the listener's data", got, s.recv(64))
+c.close()
+lo.close()
+ep.close()
+s.close()
 out("done")

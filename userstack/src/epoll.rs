@@ -195,6 +195,14 @@ impl EpollSet {
             .map(|e| e.events)
     }
 
+    /// `key`'s entry: the events it asks for, its data, and whether it is disarmed (a
+    /// ONESHOT entry reported and not re-armed).
+    pub fn entry(&self, key: i32) -> Option<(u32, u64, bool)> {
+        self.entries
+            .get(&key)
+            .map(|e| (e.events, e.data, e.disabled))
+    }
+
     /// The keys of the entries, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = i32> + '_ {
         self.entries.keys()

@@ -169,6 +169,12 @@ pub fn connect(
     }
 }
 
+/// The epoll entries the last connect() released to the kernel (see
+/// `Sockets::take_released`).
+pub fn take_released() -> Vec<(c_int, u32, u64)> {
+    with(|s| Some(s.take_released())).unwrap_or_default()
+}
+
 /// connect() with AF_UNSPEC on `fd`: see `Sockets::unconnect`.
 pub fn unconnect(fd: c_int) -> Answer<c_int> {
     with(|s| s.unconnect(fd))

@@ -48,7 +48,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if !cfg.connect.takes(&cfg.addr, cfg.gateway, *to.ip()) {
             if again {
                 // A failed connection of ours connects anew to a destination the kernel
-                // serves: the fd is the kernel socket's again.
+                // serves: the fd is the kernel socket's again, and its entries in our epoll
+                // sets go to the kernel's instances (`take_released`).
+                self.released = self.epoll_entries(fd);
                 self.close(fd);
             }
             return None;
@@ -132,6 +134,30 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         // The SYN leaves now, not at the next poll.
         self.flush();
         Some(Err(libc::EINPROGRESS))
+    }
+
+    /// The entries of `fd` in our epoll sets, as the kernel's instances would hold them:
+    /// (epoll fd, events, data); a disarmed ONESHOT entry asks for no condition (what Linux
+    /// leaves of one).
+    fn epoll_entries(&mut self, fd: c_int) -> Vec<(c_int, u32, u64)> {
+        let eps = self.watchers.get(&fd).cloned().unwrap_or_default();
+        let mut v = Vec::new();
+        for ep in eps {
+            if let Some(Obj::Epoll { set, .. }) = self.obj(ep) {
+                if let Some((events, data, disarmed)) = set.entry(fd) {
+                    let kept = (libc::EPOLLONESHOT | libc::EPOLLET | libc::EPOLLWAKEUP) as u32;
+                    v.push((ep, if disarmed { events & kept } else { events }, data));
+                }
+            }
+        }
+        v
+    }
+
+    /// What connect() left for the caller to move into the kernel's epoll instances: the
+    /// entries of a connection of ours that connected anew to a destination the kernel
+    /// serves (connect() answered `None`; the caller makes the kernel's connect first).
+    pub fn take_released(&mut self) -> Vec<(c_int, u32, u64)> {
+        std::mem::take(&mut self.released)
     }
 
     /// Connection `fd`, whose handshake failed, takes new connection `id`; the failed one is

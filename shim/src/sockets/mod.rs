@@ -349,6 +349,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     free: Vec<u32>,
     /// A stack connection -> its entry's index.
     conn_fd: ConnIndex,
+    /// Epoll entries a connect() released to the kernel (`Sockets::take_released`).
+    released: Vec<(c_int, u32, u64)>,
     port_fds: FastMap<u16, Vec<c_int>>,
     /// Our fd -> the epoll fds watching it.
     watchers: Watchers,
@@ -493,6 +495,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             objs: Vec::new(),
             free: Vec::new(),
             conn_fd: ConnIndex::default(),
+            released: Vec::new(),
             port_fds: FastMap::default(),
             watchers: Watchers::default(),
             binds: FastMap::default(),
