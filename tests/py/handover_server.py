@@ -1,11 +1,13 @@
 """A pre-fork echo server one of whose children stops listening without ever accepting (an old
 worker on `nginx -s reload`): the connections waiting for it must be served by the other.
 
-Run as `handover_server.py PORT`. Listens, then forks two children: the keeper accepts in a
-loop and echoes each connection's line; the quitter never accepts: it waits (under the shim
-its stack runs, takes its share of the connections and holds them), and on SIGUSR1 closes its
-listener and prints `closed`. Prints `quitter PID` and `keeper PID`, then `ready`. SIGTERM
-stops the children and the parent.
+Run as `handover_server.py PORT [idle]`. Listens, then forks two children: the keeper accepts
+in a loop and echoes each connection's line; the quitter never accepts: it waits with the
+listener in an epoll set (under the shim its stack runs, takes its share of the connections
+and holds them), and on SIGUSR1 closes its listener and prints `closed`. With `idle`, the
+quitter looks at the listener once and then neither watches it nor closes it (an nginx worker
+that does not get the accept mutex: its listener is out of its epoll set). Prints
+`quitter PID` and `keeper PID`, then `ready`. SIGTERM stops the children and the parent.
 """
 import os
 import select
@@ -39,12 +41,20 @@ def quitter(lsock):
     waiter = select.poll()
     waiter.register(lsock, select.POLLIN)
     waiter.poll(0)
+    if IDLE:
+        while True:
+            signal.pause()
+    watch = select.epoll()
+    watch.register(lsock, select.EPOLLIN)
     while not asked:
         signal.pause()
     lsock.close()
     os.write(1, b"closed\n")
     while True:
         signal.pause()
+
+
+IDLE = len(sys.argv) > 2 and sys.argv[2] == "idle"
 
 
 def main():

@@ -601,6 +601,39 @@ fn connections_a_worker_held_when_it_stopped_listening_are_served_by_another() {
     }
 }
 
+/// A worker whose application does not accept (it keeps its listener open but out of its
+/// epoll set, as an nginx worker without the accept mutex does) leaves the connections of its
+/// share to the worker that accepts, as Linux's one accept queue does: a pre-fork server's
+/// child that looks at its listener once and never again, the other child accepting; 24
+/// connections, each with its request sent, all answered, on the kernel and under the shim
+/// (where the idle child's stack stops taking new connections after a second without an
+/// accept and hands over what its listener held).
+#[test]
+fn connections_of_a_worker_that_does_not_accept_are_served_by_another() {
+    for shim in [false, true] {
+        let bed = Bed::new(shim);
+        let mut server = bed.python_server("handover_server.py", &["idle"]);
+        if shim {
+            wait_stacks(&children(server.pid()));
+        }
+        let out = bed
+            .cns
+            .command("timeout")
+            .args(["60", PYTHON])
+            .arg(py_file("handover_client.py"))
+            .args([bed.addr(), bed.port.to_string(), "24".into()])
+            .output()
+            .expect("the client runs");
+        assert!(
+            out.status.success(),
+            "{}: {}\n{}",
+            bed.side(),
+            String::from_utf8_lossy(&out.stdout),
+            server.diagnostics()
+        );
+    }
+}
+
 /// A pre-fork server in Python (listen, fork 2 children, each a blocking accept loop that
 /// echoes): both children serve, every byte comes back.
 #[test]

@@ -646,6 +646,11 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
     if SEEN.load(Ordering::Relaxed) != see || OTHER_IP.load(Ordering::Relaxed) != other {
         apply_filter(stack, see, other_ip);
     }
+    // A member whose application does not accept gave its flows away: what its listeners
+    // hold goes to the members that took them.
+    if !serving && steering.syn == 0 {
+        stack.hand_over_waiting(now);
+    }
     // Connections offered by members that stopped listening, and this one's own offers.
     stack.settle_handovers(now);
     // Workers that died (this round saw it first): their connections are nobody's. The kernel

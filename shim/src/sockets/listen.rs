@@ -327,6 +327,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     /// connection becomes a new fd of ours (`flags`: SOCK_NONBLOCK, SOCK_CLOEXEC). `None`:
     /// `fd` is not a listener of ours.
     pub fn accept(&mut self, fd: c_int, flags: c_int) -> Answer<Accepted> {
+        if matches!(self.obj(fd), Some(Obj::Listener { .. })) {
+            self.note_accepting();
+        }
         let Some(Obj::Listener {
             port,
             kernel,

@@ -351,6 +351,8 @@ pub struct Sockets<'t, L: Link, H: Host<L>> {
     conn_fd: ConnIndex,
     /// Epoll entries a connect() released to the kernel (`Sockets::take_released`).
     released: Vec<(c_int, u32, u64)>,
+    /// When the application was last seen accepting on a listener of ours (`steer`).
+    accepting_at: Option<smoltcp::time::Instant>,
     port_fds: FastMap<u16, Vec<c_int>>,
     /// Our fd -> the epoll fds watching it.
     watchers: Watchers,
@@ -440,6 +442,11 @@ impl ConnIndex {
     }
 }
 
+/// How long a process's application may go without accepting on its listeners before the
+/// other processes sharing the device take its flows (`Sockets::steer`): longer than
+/// nginx's accept_mutex_delay (500 ms), the pause between a worker's tries for the mutex.
+const ACCEPT_IDLE: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(1000);
+
 /// The edge of a change that wakes every watcher (a state change: a shutdown, a listener's
 /// new connection).
 const EVERY_EDGE: u32 = u32::MAX;
@@ -496,6 +503,7 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
             free: Vec::new(),
             conn_fd: ConnIndex::default(),
             released: Vec::new(),
+            accepting_at: None,
             port_fds: FastMap::default(),
             watchers: Watchers::default(),
             binds: FastMap::default(),
@@ -598,11 +606,45 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
 
     /// How poll/select sees `fd`.
     pub fn poll_kind(&mut self, fd: c_int) -> PollKind {
-        match self.obj(fd) {
-            Some(Obj::Conn { .. }) | Some(Obj::Listener { kernel: false, .. }) => PollKind::Stack,
+        let kind = match self.obj(fd) {
+            Some(Obj::Conn { .. }) => return PollKind::Stack,
+            Some(Obj::Listener { kernel: false, .. }) => PollKind::Stack,
             Some(Obj::Listener { kernel: true, .. }) => PollKind::Both,
-            _ => PollKind::Kernel,
+            _ => return PollKind::Kernel,
+        };
+        // A poll or select on a listener: the application accepts there.
+        self.note_accepting();
+        kind
+    }
+
+    /// The application acts on a listener of ours (accept, poll, select): see `steer`.
+    pub(crate) fn note_accepting(&mut self) {
+        self.accepting_at = Some(self.host.now());
+    }
+
+    /// Whether the application watches a listener of ours for connections: one is in an
+    /// epoll set of ours with EPOLLIN armed, or a thread waits on one (accept, poll).
+    fn listeners_watched(&mut self) -> bool {
+        let fds: Vec<c_int> = self.port_fds.values().flatten().copied().collect();
+        for fd in fds {
+            let eps = self.watchers.get(&fd).cloned().unwrap_or_default();
+            for ep in eps {
+                if let Some(Obj::Epoll { set, .. }) = self.obj(ep) {
+                    if set
+                        .armed_interest(fd)
+                        .is_some_and(|e| e & libc::EPOLLIN as u32 != 0)
+                    {
+                        return true;
+                    }
+                }
+            }
+            if let Some(i) = self.index_of(fd) {
+                if self.host.waits_on(i) {
+                    return true;
+                }
+            }
         }
+        false
     }
 
     /// Makes `fd` ours, as a new object. Returns its index.
@@ -773,8 +815,21 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
 
     /// Worker processes sharing the device: this process's share of the flows, again (see
     /// [`Host::steer`]).
+    ///
+    /// A process serves the flows' new connections while it listens and its application
+    /// accepts: a process whose application has not watched or called accept() on any of its
+    /// listeners for `ACCEPT_IDLE` (an nginx worker without the accept mutex, which removes
+    /// its listeners from its epoll set; a pre-fork child busy with one client) gives its
+    /// flows to those that accept, with the connections its listeners hold, as Linux's one
+    /// accept queue lets another process accept them. (It takes its share back once it
+    /// accepts again.)
     pub fn steer(&mut self) {
-        let serving = !self.port_fds.is_empty();
+        let listening = !self.port_fds.is_empty();
+        let now = self.host.now();
+        if listening && self.listeners_watched() {
+            self.accepting_at = Some(now);
+        }
+        let serving = listening && self.accepting_at.is_none_or(|t| now - t < ACCEPT_IDLE);
         let Some(st) = self.stack.as_mut() else {
             return;
         };

@@ -122,6 +122,44 @@ impl<L: Link> Stack<L> {
         }
     }
 
+    /// Offers the connections its listeners hold, not accepted, to the other processes
+    /// sharing the device (handover.rs), the listeners staying: for a process whose
+    /// application stopped accepting while the others take the flows' new connections (an
+    /// nginx worker without the accept mutex: on Linux the workers share one accept queue,
+    /// and another one accepts them). Returns how many were offered; the others stay queued.
+    pub fn hand_over_waiting(&mut self, now: Instant) -> usize {
+        if self.flows.is_none() || self.listeners.is_empty() {
+            return 0;
+        }
+        let waiting: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.conn.as_ref().is_some_and(|c| {
+                    matches!(c.origin, Origin::Passive(port) if self.listeners.contains_key(&port))
+                        && !c.app_closed
+                })
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        let n = waiting
+            .into_iter()
+            .filter(|&idx| self.hand_over(now, idx))
+            .count();
+        if n > 0 {
+            let slots = &self.slots;
+            for l in self.listeners.values_mut() {
+                l.queue.retain(|id| {
+                    slots
+                        .get(id.slot as usize)
+                        .is_some_and(|s| s.gen == id.gen && s.conn.is_some())
+                });
+            }
+        }
+        n
+    }
+
     pub fn accept_queue_len(&self, port: u16) -> usize {
         self.listeners.get(&port).map_or(0, |l| l.queue.len())
     }

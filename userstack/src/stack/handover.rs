@@ -66,9 +66,11 @@ impl<L: Link> Stack<L> {
         };
         let us = now.total_micros() as Micros;
         // A process that still listens (on another port: a process closes its listeners one
-        // by one, and this runs after the last) keeps its share of the flows: nobody else sees
-        // its offers' segments, so nobody could take them.
-        let serving = !self.listeners.is_empty();
+        // by one, and this runs after the last) and takes new connections keeps its share of
+        // the flows: nobody else sees its offers' segments, so nobody could take them. (One
+        // that listens but gave its flows away, its application not accepting, offered what
+        // it held to the processes that took them: `hand_over_waiting`.)
+        let serving = !self.listeners.is_empty() && self.steering.syn != 0;
         let mut back = Vec::new();
         self.handed.retain(
             |&(key, until)| match flows.handed(key, until <= us || serving) {

@@ -295,6 +295,41 @@ fn connections_a_closed_listener_held_go_on_in_a_process_that_still_listens() {
     }
 }
 
+/// A process whose application stopped accepting, still listening, gives its flows away and
+/// offers what its listener holds: the process that took the flows accepts the connection,
+/// its request intact; the first one's listener stays, empty.
+#[test]
+fn what_a_listener_holds_goes_on_where_the_flows_went_while_its_process_does_not_accept() {
+    let group = Arc::new(Mutex::new(Group::default()));
+    let mut t = Three::new(&group);
+    let a = t.held();
+    assert_eq!(t.p.server.accept_queue_len(6379), 1);
+    t.move_flows();
+    assert_eq!(t.p.server.hand_over_waiting(t.p.now), 1);
+    assert_eq!(
+        t.p.server.accept_queue_len(6379),
+        0,
+        "nothing left to accept"
+    );
+    t.run(100);
+    assert_eq!(t.other.stats().conns_taken_over, 1);
+    assert_eq!(t.p.server.handovers_pending(), 0, "taken");
+    let (id, _) = t.other.accept(6379).expect("accepted where the flows went");
+    let mut buf = [0u8; 64];
+    let n = t.other.recv(id, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"GET a\r\n");
+    t.other.send(id, b"+OK\r\n").unwrap();
+    t.run(50);
+    let n = t.p.client.recv(a, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"+OK\r\n");
+    assert_eq!(
+        t.p.server.accept(6379),
+        Err(SockError::WouldBlock),
+        "still listening"
+    );
+    assert_eq!(t.p.server.stats().handover_resets, 0);
+}
+
 #[test]
 fn a_connection_nobody_takes_is_reset() {
     let group = Arc::new(Mutex::new(Group::default()));
