@@ -1,10 +1,13 @@
 """A pre-fork echo server: listen, fork N children, each a blocking accept loop with a thread
 per connection (gunicorn's sync workers, Apache's prefork, uwsgi take this shape).
 
-Run as `prefork_server.py PORT N`. Prints `ready` once the children run, and `served by PID`
-when child PID serves its first connection. SIGTERM stops the children and the parent.
+Run as `prefork_server.py PORT N [select]`. Prints `ready` once the children run, and
+`served by PID` when child PID serves its first connection. With `select`, each child waits in
+select() on the listener (no timeout) and then accepts, as gunicorn's sync workers do. SIGTERM
+stops the children and the parent.
 """
 import os
+import select
 import signal
 import socket
 import sys
@@ -20,10 +23,20 @@ def echo(conn):
             conn.sendall(data)
 
 
-def child(lsock):
+def child(lsock, wait_in_select):
     said = False
+    if wait_in_select:
+        lsock.setblocking(False)
     while True:
-        conn, _ = lsock.accept()
+        if wait_in_select:
+            select.select([lsock], [], [])
+            try:
+                conn, _ = lsock.accept()
+            except BlockingIOError:
+                continue  # another child took it
+            conn.setblocking(True)
+        else:
+            conn, _ = lsock.accept()
         if not said:
             os.write(1, f"served by {os.getpid()}\n".encode())
             said = True
@@ -32,6 +45,7 @@ def child(lsock):
 
 def main():
     port, n = int(sys.argv[1]), int(sys.argv[2])
+    wait_in_select = len(sys.argv) > 3 and sys.argv[3] == "select"
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind(("0.0.0.0", port))
@@ -41,7 +55,7 @@ def main():
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            child(lsock)
+            child(lsock, wait_in_select)
             os._exit(0)
         kids.append(pid)
 

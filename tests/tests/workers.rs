@@ -634,23 +634,43 @@ fn connections_of_a_worker_that_does_not_accept_are_served_by_another() {
     }
 }
 
+/// A pre-fork server whose children wait in select() on the listener, with no timeout, then
+/// accept (gunicorn's sync workers): after two idle seconds, both children still serve, every
+/// byte comes back. (A child blocked in select() on its listener accepts there: under the shim
+/// it keeps its share of the flows, which a child idle past a second would give away.)
+#[test]
+fn python_prefork_server_waiting_in_select() {
+    prefork_serves(&["2", "select"], Some(Duration::from_secs(2)));
+}
+
 /// A pre-fork server in Python (listen, fork 2 children, each a blocking accept loop that
 /// echoes): both children serve, every byte comes back.
 #[test]
 fn python_prefork_server() {
+    prefork_serves(&["2"], None);
+}
+
+/// tests/py/prefork_server.py with `args` (two children), idle for `idle` once its children
+/// run (longer than a worker may go without accepting before it gives its flows away:
+/// shim/src/sockets/mod.rs, ACCEPT_IDLE), then 16 echo clients: both children serve, the
+/// replies are the same as on the kernel.
+fn prefork_serves(args: &[&str], idle: Option<Duration>) {
     let mut summaries = Vec::new();
     for shim in [false, true] {
         let bed = Bed::new(shim);
-        let mut server = bed.python_server("prefork_server.py", &["2"]);
+        let mut server = bed.python_server("prefork_server.py", args);
         if shim {
-            // Each child starts its stack in its first accept.
+            // Each child starts its stack in its first accept (or wait on the listener).
             let kids = children(server.pid());
             assert_eq!(kids.len(), 2, "{kids:?}");
             wait_stacks(&kids);
         }
-        let args: Vec<String> = ["echo", "16", "50"].iter().map(|s| s.to_string()).collect();
-        let (summary, _) = finish(bed.client(&args), "prefork", &mut server);
-        eprintln!("prefork on the {}: {summary}", bed.side());
+        if let Some(d) = idle {
+            std::thread::sleep(d);
+        }
+        let client: Vec<String> = ["echo", "16", "50"].iter().map(|s| s.to_string()).collect();
+        let (summary, _) = finish(bed.client(&client), "prefork", &mut server);
+        eprintln!("prefork {args:?} on the {}: {summary}", bed.side());
         let served = server.stdout();
         let children: BTreeSet<&str> = served
             .lines()

@@ -1165,6 +1165,7 @@ pub fn poll(
     let mut hold = None;
     loop {
         // (What blocked threads were last woken for, as this look saw it.)
+        let mut listens = false;
         let seen = {
             let mut s = shim()?;
             if s.pump() {
@@ -1175,6 +1176,7 @@ pub fn poll(
                 // Looked at again on every pass: another thread may close one of ours
                 // meanwhile (the kernel then says POLLNVAL, or sees the number's next file).
                 kinds[i] = s.poll_kind(p.fd);
+                listens |= kinds[i] != PollKind::Kernel && s.is_listener(p.fd);
                 mine[i] = match kinds[i] {
                     PollKind::Kernel => 0,
                     _ => s.readiness(p.fd).map_or(0, |r| poll_bits(r, p.events)),
@@ -1236,6 +1238,10 @@ pub fn poll(
         }
         let ts = userstack::clock::timespec(block_for(deadline, &b));
         let hold = hold.get_or_insert_with(SigHold::new);
+        // (The application accepts on the listener it waits on: see `Sockets::steer`.)
+        if listens {
+            super::LISTEN_POLLERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         // SAFETY: a local array; the caller's signal mask while blocked.
         let r = unsafe {
             libc::ppoll(
@@ -1246,6 +1252,9 @@ pub fn poll(
             )
         };
         let err = crate::errno::get();
+        if listens {
+            super::LISTEN_POLLERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let notified = me >= 0 && blk.last().is_some_and(|p| p.fd == me && p.revents != 0);
         let woke = wake.is_some_and(|w| blk.iter().any(|p| p.fd == w && p.revents != 0));
         after_block(notified, woke, &b);

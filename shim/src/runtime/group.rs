@@ -543,16 +543,24 @@ fn round(
         members.push(me);
     }
     let count = |owner: &[u32; N], pid: u32| owner.iter().filter(|&&o| o == pid).count();
-    // A member that stopped listening hands its buckets to the others.
+    // A member that stopped listening, or whose application stopped accepting, hands its
+    // buckets to the others. A bucket where another process's connections still get their
+    // frames (`before`) stays while this one has connections there too: `before` names one.
     if !serving && !members.is_empty() {
         for b in 0..N {
             if owner[b] == me {
+                let held_by_another = before[b] != 0 && before[b] != me;
+                if held_by_another && conns[b] > 0 {
+                    continue;
+                }
                 let to = *members
                     .iter()
                     .min_by_key(|&&p| count(&owner, p))
                     .expect("non-empty");
                 owner[b] = to;
-                before[b] = if conns[b] > 0 { me } else { 0 };
+                if conns[b] > 0 {
+                    before[b] = me;
+                }
             }
         }
     }
@@ -618,7 +626,7 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
     };
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() } as u32;
-    let Some((steering, see, other_ip, died)) = round(page, me, serving, stack.bucket_conns())
+    let Some((steering, see, other_ip, died)) = round(page, me, serving, &stack.bucket_conns())
     else {
         return;
     };
@@ -647,8 +655,8 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
         apply_filter(stack, see, other_ip);
     }
     // A member whose application does not accept gave its flows away: what its listeners
-    // hold goes to the members that took them.
-    if !serving && steering.syn == 0 {
+    // hold there goes to the members that took them.
+    if !serving {
         stack.hand_over_waiting(now);
     }
     // Connections offered by members that stopped listening, and this one's own offers.
@@ -698,6 +706,36 @@ fn apply_filter<L: Link>(stack: &mut Stack<L>, see: u32, other_ip: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member whose application stopped accepting gives its buckets away, but where another
+    /// process's connections still get their frames (`before`) that stays: a bucket where
+    /// both have connections stays this one's; one where only the other has them goes, the
+    /// other still named.
+    #[test]
+    fn giving_buckets_away_keeps_another_process_s_connections_seen() {
+        let p = shared_mapping(std::mem::size_of::<Page>()).expect("a mapping");
+        // SAFETY: zeroed (free lock, nobody owns anything), big enough, never unmapped.
+        let page = unsafe { &*(p as *const Page) };
+        // SAFETY: getpid and getppid have no preconditions.
+        let (me, parent) = unsafe { (libc::getpid() as u32, libc::getppid() as u32) };
+        for b in 0..N {
+            page.owner[b].store(if b < 2 { me } else { parent }, Ordering::Relaxed);
+        }
+        page.before[0].store(parent, Ordering::Relaxed);
+        page.before[1].store(parent, Ordering::Relaxed);
+        let mut conns = [0u32; N];
+        conns[0] = 1;
+        let (steering, see, ..) = round(page, me, false, &conns).expect("the lock");
+        assert_eq!(
+            page.owner[0].load(Ordering::Relaxed),
+            me,
+            "both have connections there"
+        );
+        assert_eq!(page.before[0].load(Ordering::Relaxed), parent);
+        assert_eq!(page.owner[1].load(Ordering::Relaxed), parent, "given away");
+        assert_eq!(steering.syn, 1, "the bucket kept");
+        assert_eq!(see, 1);
+    }
 
     fn offers() -> &'static Offers {
         let p = shared_mapping(std::mem::size_of::<Offers>()).expect("a mapping");

@@ -24,7 +24,7 @@ pub(crate) mod watch;
 pub(crate) use calls::*;
 pub(crate) use fanout::{packet_fanout, starting_dpdk};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ use wait::{notify_waiters, BLOCKED_WAITERS, WATCHERS};
 type Table = Sockets<'static, DpdkLink, Proc>;
 
 static SHIM: OnceLock<Option<Mutex<Table>>> = OnceLock::new();
+
+/// Threads blocked in poll() or select() with a listener of ours among their fds.
+pub(crate) static LISTEN_POLLERS: AtomicUsize = AtomicUsize::new(0);
 
 /// When the stack was last polled (µs on the stack clock), by anyone.
 static LAST_POLL: AtomicU64 = AtomicU64::new(0);
@@ -240,6 +243,10 @@ impl Host<DpdkLink> for Proc {
     #[inline]
     fn waits_on(&mut self, key: u32) -> bool {
         BLOCKED_WAITERS.load(Ordering::Relaxed) > 0 && wait::waits_on(key)
+    }
+
+    fn polls_listeners(&mut self) -> bool {
+        LISTEN_POLLERS.load(Ordering::Relaxed) > 0
     }
 
     fn wake_waiters(&mut self, only: Option<&[u32]>) {

@@ -167,6 +167,11 @@ pub trait Host<L: Link> {
     fn control_io(&mut self) -> Option<&mut dyn crate::cache::ControlIo> {
         None
     }
+    /// Whether a thread of the application is blocked in poll() or select() on a listener
+    /// of ours (those waits name no key `waits_on` could see).
+    fn polls_listeners(&mut self) -> bool {
+        false
+    }
     /// Whether the kernel socket `fd` is non-blocking (O_NONBLOCK).
     fn kernel_nonblocking(&mut self, fd: c_int) -> bool {
         let _ = fd;
@@ -644,7 +649,12 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
                 }
             }
         }
-        false
+        self.host.polls_listeners()
+    }
+
+    /// Whether `fd` is a listener of ours.
+    pub fn is_listener(&mut self, fd: c_int) -> bool {
+        matches!(self.obj(fd), Some(Obj::Listener { .. }))
     }
 
     /// Makes `fd` ours, as a new object. Returns its index.

@@ -122,15 +122,17 @@ impl<L: Link> Stack<L> {
         }
     }
 
-    /// Offers the connections its listeners hold, not accepted, to the other processes
-    /// sharing the device (handover.rs), the listeners staying: for a process whose
-    /// application stopped accepting while the others take the flows' new connections (an
-    /// nginx worker without the accept mutex: on Linux the workers share one accept queue,
-    /// and another one accepts them). Returns how many were offered; the others stay queued.
+    /// Offers the connections its listeners hold, not accepted, whose flows this stack no
+    /// longer takes new connections of (`set_steering`) to the other processes sharing the
+    /// device (handover.rs), the listeners staying: for a process whose application stopped
+    /// accepting while the others took its flows (an nginx worker without the accept mutex:
+    /// on Linux the workers share one accept queue, and another one accepts them). Returns
+    /// how many were offered; the others stay queued.
     pub fn hand_over_waiting(&mut self, now: Instant) -> usize {
         if self.flows.is_none() || self.listeners.is_empty() {
             return 0;
         }
+        let steering = self.steering;
         let waiting: Vec<u32> = self
             .slots
             .iter()
@@ -139,6 +141,11 @@ impl<L: Link> Stack<L> {
                 s.conn.as_ref().is_some_and(|c| {
                     matches!(c.origin, Origin::Passive(port) if self.listeners.contains_key(&port))
                         && !c.app_closed
+                        && !steering.takes_syn(crate::steer::flow_bucket(
+                            *c.peer.ip(),
+                            c.peer.port(),
+                            c.local_port,
+                        ))
                 })
             })
             .map(|(i, _)| i as u32)

@@ -24,6 +24,15 @@ use crate::link::Link;
 use crate::net::Micros;
 use crate::steer::Handed;
 
+/// The bucket of the flow of demux key `key` (peer address, peer port, local port).
+pub(super) fn bucket_of(key: u64) -> u32 {
+    crate::steer::flow_bucket(
+        Ipv4Addr::from((key >> 32) as u32),
+        (key >> 16) as u16,
+        key as u16,
+    )
+}
+
 /// How long an offer waits to be taken. The others take offers in their rounds (every 10-50
 /// ms), once the flow's bucket is theirs.
 const HANDOVER_WAIT_US: Micros = 2_000_000;
@@ -65,15 +74,17 @@ impl<L: Link> Stack<L> {
             return;
         };
         let us = now.total_micros() as Micros;
-        // A process that still listens (on another port: a process closes its listeners one
-        // by one, and this runs after the last) and takes new connections keeps its share of
-        // the flows: nobody else sees its offers' segments, so nobody could take them. (One
-        // that listens but gave its flows away, its application not accepting, offered what
-        // it held to the processes that took them: `hand_over_waiting`.)
-        let serving = !self.listeners.is_empty() && self.steering.syn != 0;
+        // An offer whose flow this process still takes new connections of (it still listens,
+        // on another port: a process closes its listeners one by one, and this runs after the
+        // last) is withdrawn: nobody else sees its segments, so nobody could take it. One
+        // whose flow went to another process (this one stopped listening, or its
+        // application stopped accepting: `hand_over_waiting`) waits for that one to claim it.
+        let listening = !self.listeners.is_empty();
+        let steering = self.steering;
         let mut back = Vec::new();
-        self.handed.retain(
-            |&(key, until)| match flows.handed(key, until <= us || serving) {
+        self.handed.retain(|&(key, until)| {
+            let ours = listening && steering.takes_syn(bucket_of(key));
+            match flows.handed(key, until <= us || ours) {
                 Handed::Waiting => true,
                 Handed::Taken => {
                     flows.closed(key);
@@ -84,8 +95,8 @@ impl<L: Link> Stack<L> {
                     back.push(key);
                     false
                 }
-            },
-        );
+            }
+        });
         let (listeners, steering, demux) = (&self.listeners, self.steering, &self.demux);
         let mut wants = |key: u64, len: usize| {
             let peer = Ipv4Addr::from((key >> 32) as u32);

@@ -383,8 +383,14 @@ impl<L: Link> Stack<L> {
 
     /// Live connections per steering bucket (a process hands a bucket over, and stops seeing
     /// its frames once its own connections there are gone).
-    pub fn bucket_conns(&self) -> &[u32; crate::steer::BUCKETS as usize] {
-        &self.bucket_conns
+    pub fn bucket_conns(&self) -> [u32; crate::steer::BUCKETS as usize] {
+        // Offers not settled count too: their flows' segments must keep reaching this stack
+        // (it stays silent about them) until the taker has them.
+        let mut n = self.bucket_conns;
+        for &(key, _) in &self.handed {
+            n[handover::bucket_of(key) as usize] += 1;
+        }
+        n
     }
 
     pub fn link_mut(&mut self) -> &mut L {
