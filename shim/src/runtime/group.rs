@@ -65,7 +65,14 @@ struct Page {
     /// Per bucket: the pid it was taken from, until that process stopped taking its SYNs
     /// (the taker takes none before: a SYN is never answered by two processes).
     handing: [AtomicU32; N],
+    /// Members that listen but whose application does not accept (`Sockets::steer`): no
+    /// bucket is given to them. (0: a free slot; a member past the last slot counts as
+    /// accepting.)
+    idle: [AtomicU32; IDLE_SLOTS],
 }
+
+/// How many members the page can name as not accepting at once.
+const IDLE_SLOTS: usize = 64;
 
 static PAGE: OnceLock<Option<&'static Page>> = OnceLock::new();
 
@@ -532,10 +539,22 @@ fn round(
             handing[b] = 0;
         }
     }
-    // The members that take new connections.
+    // Who does not accept: this process (if so), and the others that said so and live.
+    let mut idle: Vec<u32> = (0..IDLE_SLOTS)
+        .map(|i| page.idle[i].load(Ordering::Relaxed))
+        .filter(|&p| p != 0 && p != me && is_alive(p))
+        .collect();
+    if !serving {
+        idle.push(me);
+    }
+    idle.truncate(IDLE_SLOTS);
+    for i in 0..IDLE_SLOTS {
+        page.idle[i].store(idle.get(i).copied().unwrap_or(0), Ordering::Relaxed);
+    }
+    // The members that take new connections: the owners whose application accepts.
     let mut members: Vec<u32> = Vec::new();
     for &o in owner.iter().filter(|&&o| o != 0 && o != me) {
-        if !members.contains(&o) {
+        if !members.contains(&o) && !idle.contains(&o) {
             members.push(o);
         }
     }
@@ -544,23 +563,33 @@ fn round(
     }
     let count = |owner: &[u32; N], pid: u32| owner.iter().filter(|&&o| o == pid).count();
     // A member that stopped listening, or whose application stopped accepting, hands its
-    // buckets to the others. A bucket where another process's connections still get their
-    // frames (`before`) stays while this one has connections there too: `before` names one.
+    // buckets to the members that accept (none: it keeps them). A bucket where another
+    // process's connections still get their frames (`before`) goes to that process if it
+    // accepts (both go on seeing its frames); else it stays while this one has connections
+    // there too (`before` names one process).
     if !serving && !members.is_empty() {
         for b in 0..N {
-            if owner[b] == me {
-                let held_by_another = before[b] != 0 && before[b] != me;
-                if held_by_another && conns[b] > 0 {
+            if owner[b] != me {
+                continue;
+            }
+            let other = before[b];
+            if other != 0 && other != me {
+                if members.contains(&other) {
+                    owner[b] = other;
+                    before[b] = if conns[b] > 0 { me } else { 0 };
                     continue;
                 }
-                let to = *members
-                    .iter()
-                    .min_by_key(|&&p| count(&owner, p))
-                    .expect("non-empty");
-                owner[b] = to;
                 if conns[b] > 0 {
-                    before[b] = me;
+                    continue;
                 }
+            }
+            let to = *members
+                .iter()
+                .min_by_key(|&&p| count(&owner, p))
+                .expect("non-empty");
+            owner[b] = to;
+            if conns[b] > 0 {
+                before[b] = me;
             }
         }
     }
@@ -581,8 +610,19 @@ fn round(
             }
         }
     }
-    // Up to a fair share, taken from the member with the most (it keeps its connections).
+    // The buckets of owners that do not accept (they are not members: a member that just
+    // started owns nothing yet, and nobody gives it any) are taken, as from a member, when
+    // no other process's connections are seen there (`before`); then up to a fair share,
+    // taken from the member with the most (it keeps its connections).
     if serving {
+        for b in 0..N {
+            let o = owner[b];
+            if o != 0 && o != me && idle.contains(&o) && before[b] == 0 {
+                owner[b] = me;
+                before[b] = o;
+                handing[b] = o;
+            }
+        }
         let share = N / members.len();
         while count(&owner, me) < share {
             let Some(&richest) = members
@@ -707,10 +747,10 @@ fn apply_filter<L: Link>(stack: &mut Stack<L>, see: u32, other_ip: bool) {
 mod tests {
     use super::*;
 
-    /// A member whose application stopped accepting gives its buckets away, but where another
-    /// process's connections still get their frames (`before`) that stays: a bucket where
-    /// both have connections stays this one's; one where only the other has them goes, the
-    /// other still named.
+    /// A member whose application stopped accepting gives its buckets to the members that
+    /// accept (none: it keeps them); a bucket where both it and another process have
+    /// connections goes to that one, this one still seeing its frames; accepting again, it
+    /// is off the page's list and takes its share back.
     #[test]
     fn giving_buckets_away_keeps_another_process_s_connections_seen() {
         let p = shared_mapping(std::mem::size_of::<Page>()).expect("a mapping");
@@ -725,16 +765,62 @@ mod tests {
         page.before[1].store(parent, Ordering::Relaxed);
         let mut conns = [0u32; N];
         conns[0] = 1;
+        let idle = |pid: u32| (0..IDLE_SLOTS).any(|i| page.idle[i].load(Ordering::Relaxed) == pid);
+        // The other process does not accept either: this one keeps its buckets.
+        page.idle[0].store(parent, Ordering::Relaxed);
+        let (steering, ..) = round(page, me, false, &conns).expect("the lock");
+        assert_eq!(steering.syn, 0b11, "nobody to give them to");
+        assert!(idle(parent) && idle(me), "both on the list");
+        // It accepts: bucket 0, where both have connections, goes to it, this one still
+        // seeing its frames; bucket 1 too.
+        for i in 0..IDLE_SLOTS {
+            if page.idle[i].load(Ordering::Relaxed) == parent {
+                page.idle[i].store(0, Ordering::Relaxed);
+            }
+        }
         let (steering, see, ..) = round(page, me, false, &conns).expect("the lock");
+        assert_eq!(page.owner[0].load(Ordering::Relaxed), parent);
         assert_eq!(
-            page.owner[0].load(Ordering::Relaxed),
+            page.before[0].load(Ordering::Relaxed),
             me,
-            "both have connections there"
+            "its connections there"
         );
-        assert_eq!(page.before[0].load(Ordering::Relaxed), parent);
         assert_eq!(page.owner[1].load(Ordering::Relaxed), parent, "given away");
-        assert_eq!(steering.syn, 1, "the bucket kept");
-        assert_eq!(see, 1);
+        assert_eq!((steering.syn, see), (0, 1), "seen, not taken");
+        assert!(idle(me), "still not accepting");
+        // Accepting again: off the list, and its share taken back (its SYNs once the other
+        // process's round stopped taking them).
+        round(page, me, true, &conns).expect("the lock");
+        assert!(!idle(me));
+        let mine = (0..N).filter(|&b| page.owner[b].load(Ordering::Relaxed) == me);
+        assert_eq!(mine.count(), N / 2);
+        round(page, parent, true, &[0; N]).expect("the lock");
+        let (steering, ..) = round(page, me, true, &conns).expect("the lock");
+        assert_eq!(steering.syn.count_ones() as usize, N / 2);
+    }
+
+    /// A member that starts serving while the owners do not accept (an old worker after
+    /// `nginx -s reload`, a worker without the accept mutex) takes their buckets, their SYNs
+    /// once their next round stopped taking them; they go on seeing their connections there.
+    #[test]
+    fn a_serving_member_takes_the_buckets_of_owners_that_do_not_accept() {
+        let p = shared_mapping(std::mem::size_of::<Page>()).expect("a mapping");
+        // SAFETY: zeroed (free lock, nobody owns anything), big enough, never unmapped.
+        let page = unsafe { &*(p as *const Page) };
+        // SAFETY: getpid and getppid have no preconditions.
+        let (me, parent) = unsafe { (libc::getpid() as u32, libc::getppid() as u32) };
+        for b in 0..N {
+            page.owner[b].store(parent, Ordering::Relaxed);
+        }
+        page.idle[0].store(parent, Ordering::Relaxed);
+        let (steering, ..) = round(page, me, true, &[0; N]).expect("the lock");
+        assert!((0..N).all(|b| page.owner[b].load(Ordering::Relaxed) == me));
+        assert!((0..N).all(|b| page.before[b].load(Ordering::Relaxed) == parent));
+        assert_eq!(steering.syn, 0, "not before the other's round");
+        let (theirs, _, _, _) = round(page, parent, false, &[1; N]).expect("the lock");
+        assert_eq!(theirs.syn, 0, "it takes no SYNs any more");
+        let (steering, ..) = round(page, me, true, &[0; N]).expect("the lock");
+        assert_eq!(steering.syn, u32::MAX);
     }
 
     fn offers() -> &'static Offers {

@@ -839,7 +839,9 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         if listening && self.listeners_watched() {
             self.accepting_at = Some(now);
         }
-        let serving = listening && self.accepting_at.is_none_or(|t| now - t < ACCEPT_IDLE);
+        // (The clock starts with the stack's first round.)
+        let since = *self.accepting_at.get_or_insert(now);
+        let serving = listening && now - since < ACCEPT_IDLE;
         let Some(st) = self.stack.as_mut() else {
             return;
         };

@@ -330,6 +330,48 @@ fn what_a_listener_holds_goes_on_where_the_flows_went_while_its_process_does_not
     assert_eq!(t.p.server.stats().handover_resets, 0);
 }
 
+/// Only the connections of flows the stack no longer takes are offered, and an offer waits
+/// for its taker while the stack still takes other flows' SYNs: of two connections in two
+/// buckets, the one whose bucket stays is kept queued.
+#[test]
+fn only_what_a_listener_holds_of_flows_given_away_is_offered() {
+    use crate::steer::flow_bucket;
+    let group = Arc::new(Mutex::new(Group::default()));
+    let mut t = Three::new(&group);
+    let bucket = |t: &Three, c| {
+        let from = t.p.client.local_addr(c).unwrap();
+        flow_bucket(*from.ip(), from.port(), 6379)
+    };
+    let a = t.held();
+    let mut b = t.held();
+    for _ in 0..8 {
+        if bucket(&t, b) != bucket(&t, a) {
+            break;
+        }
+        b = t.held();
+    }
+    let (ka, kb) = (bucket(&t, a), bucket(&t, b));
+    assert_ne!(ka, kb);
+    let queued = t.p.server.accept_queue_len(6379);
+    let now = t.p.now;
+    t.p.server.set_steering(
+        Steering {
+            syn: 1 << ka,
+            rst: 1 << ka,
+        },
+        now,
+    );
+    assert_eq!(t.p.server.hand_over_waiting(now), 1, "b's bucket only");
+    assert_eq!(t.p.server.accept_queue_len(6379), queued - 1);
+    t.p.server.settle_handovers(now);
+    assert_eq!(
+        t.p.server.handovers_pending(),
+        1,
+        "the offer waits for its taker"
+    );
+    assert_eq!(t.p.server.stats().handover_resets, 0);
+}
+
 #[test]
 fn a_connection_nobody_takes_is_reset() {
     let group = Arc::new(Mutex::new(Group::default()));
