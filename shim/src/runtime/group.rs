@@ -544,7 +544,8 @@ fn round(
         .map(|i| page.idle[i].load(Ordering::Relaxed))
         .filter(|&p| p != 0 && p != me && is_alive(p))
         .collect();
-    if !serving {
+    // (Only an owner's not accepting matters: no more than N are listed.)
+    if !serving && owner.contains(&me) {
         idle.push(me);
     }
     idle.truncate(IDLE_SLOTS);
@@ -563,25 +564,20 @@ fn round(
     }
     let count = |owner: &[u32; N], pid: u32| owner.iter().filter(|&&o| o == pid).count();
     // A member that stopped listening, or whose application stopped accepting, hands its
-    // buckets to the members that accept (none: it keeps them). A bucket where another
-    // process's connections still get their frames (`before`) goes to that process if it
-    // accepts (both go on seeing its frames); else it stays while this one has connections
-    // there too (`before` names one process).
+    // buckets to the members that accept (none: it keeps them): to the process named in
+    // `before` if that one accepts (its connections are there), else to the one with the
+    // fewest. (Every process sees the frames of the buckets where it has connections, `see`
+    // below, whoever `before` names.)
     if !serving && !members.is_empty() {
         for b in 0..N {
             if owner[b] != me {
                 continue;
             }
             let other = before[b];
-            if other != 0 && other != me {
-                if members.contains(&other) {
-                    owner[b] = other;
-                    before[b] = if conns[b] > 0 { me } else { 0 };
-                    continue;
-                }
-                if conns[b] > 0 {
-                    continue;
-                }
+            if other != 0 && other != me && members.contains(&other) {
+                owner[b] = other;
+                before[b] = if conns[b] > 0 { me } else { 0 };
+                continue;
             }
             let to = *members
                 .iter()
@@ -611,13 +607,12 @@ fn round(
         }
     }
     // The buckets of owners that do not accept (they are not members: a member that just
-    // started owns nothing yet, and nobody gives it any) are taken, as from a member, when
-    // no other process's connections are seen there (`before`); then up to a fair share,
-    // taken from the member with the most (it keeps its connections).
+    // started owns nothing yet, and nobody gives it any) are taken, as from a member; then
+    // up to a fair share, taken from the member with the most (it keeps its connections).
     if serving {
         for b in 0..N {
             let o = owner[b];
-            if o != 0 && o != me && idle.contains(&o) && before[b] == 0 {
+            if o != 0 && o != me && idle.contains(&o) {
                 owner[b] = me;
                 before[b] = o;
                 handing[b] = o;
@@ -652,7 +647,9 @@ fn round(
     let mine = mask(&|b| owner[b] == me);
     let syn = mine & mask(&|b| handing[b] == 0);
     let rst = mask(&|b| owner[b] == me && before[b] == 0);
-    let see = mine | mask(&|b| before[b] == me);
+    // The frames of this process's own connections (and offers) wherever they are, besides
+    // its buckets'.
+    let see = mine | mask(&|b| before[b] == me || conns[b] > 0);
     let died: Vec<u32> = known.iter().filter(|(_, a)| !a).map(|(p, _)| *p).collect();
     OTHERS_SERVE.store(owner.iter().any(|&o| o != 0 && o != me), Ordering::Relaxed);
     Some((Steering { syn, rst }, see, owner[0] == me, died))
