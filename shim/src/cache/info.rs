@@ -714,7 +714,7 @@ impl Rewriter {
                         whole.push(b'\n');
                         let n = whole
                             .strip_suffix(b"\r\n")
-                            .and_then(|l| std::str::from_utf8(&l[1..]).ok())
+                            .and_then(|l| std::str::from_utf8(l.get(1..)?).ok())
                             .and_then(|l| l.parse::<i64>().ok());
                         self.targets.pop_front();
                         let new = match n {
@@ -762,8 +762,10 @@ impl Rewriter {
                         taken.extend_from_slice(rest);
                         return Ok(data.len());
                     };
-                    let len = std::str::from_utf8(&head[1..cr.saturating_sub(1)])
-                        .ok()
+                    // (A header that ends at once, "$\n", has no length: not INFO's.)
+                    let len = head
+                        .get(1..cr.saturating_sub(1))
+                        .and_then(|l| std::str::from_utf8(l).ok())
                         .and_then(|l| l.parse::<i64>().ok());
                     let total = match len {
                         Some(l) if l >= 0 && (l as usize) <= MAX_INFO => cr + 1 + l as usize + 2,
@@ -1038,6 +1040,19 @@ mod tests {
 
     fn bulk(t: &str) -> Vec<u8> {
         format!("${}\r\n{t}\r\n", t.len()).into_bytes()
+    }
+
+    /// A bulk header that ends at once ("$" and a newline, no length; found by the resp
+    /// fuzz target): not an INFO reply, it goes as it came, in any pieces.
+    #[test]
+    fn a_bulk_header_without_a_length_goes_as_it_came() {
+        for stream in [&b"$\n+OK\r\n"[..], b"$\r\n+OK\r\n", b"=\n+OK\r\n"] {
+            for (piece, cap) in [(usize::MAX, usize::MAX), (1, 1), (2, 3)] {
+                let mut w = Rewriter::default();
+                assert!(w.expect(0, Edit::Info(shown()), 1));
+                assert_eq!(write_all(&mut w, stream, piece, cap), stream);
+            }
+        }
     }
 
     #[test]
