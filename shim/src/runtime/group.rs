@@ -744,17 +744,24 @@ fn apply_filter<L: Link>(stack: &mut Stack<L>, see: u32, other_ip: bool) {
 mod tests {
     use super::*;
 
+    /// A fresh page (nobody owns anything), this process's pid and its parent's: two live
+    /// processes for `round`.
+    fn page_of_two() -> (&'static Page, u32, u32) {
+        let p = shared_mapping(std::mem::size_of::<Page>()).expect("a mapping");
+        // SAFETY: zeroed (free lock, nobody owns anything), big enough, never unmapped.
+        let page = unsafe { &*(p as *const Page) };
+        // SAFETY: getpid and getppid have no preconditions.
+        let (me, parent) = unsafe { (libc::getpid() as u32, libc::getppid() as u32) };
+        (page, me, parent)
+    }
+
     /// A member whose application stopped accepting gives its buckets to the members that
     /// accept (none: it keeps them); a bucket where both it and another process have
     /// connections goes to that one, this one still seeing its frames; accepting again, it
     /// is off the page's list and takes its share back.
     #[test]
     fn giving_buckets_away_keeps_another_process_s_connections_seen() {
-        let p = shared_mapping(std::mem::size_of::<Page>()).expect("a mapping");
-        // SAFETY: zeroed (free lock, nobody owns anything), big enough, never unmapped.
-        let page = unsafe { &*(p as *const Page) };
-        // SAFETY: getpid and getppid have no preconditions.
-        let (me, parent) = unsafe { (libc::getpid() as u32, libc::getppid() as u32) };
+        let (page, me, parent) = page_of_two();
         for b in 0..N {
             page.owner[b].store(if b < 2 { me } else { parent }, Ordering::Relaxed);
         }
@@ -801,11 +808,7 @@ mod tests {
     /// once their next round stopped taking them; they go on seeing their connections there.
     #[test]
     fn a_serving_member_takes_the_buckets_of_owners_that_do_not_accept() {
-        let p = shared_mapping(std::mem::size_of::<Page>()).expect("a mapping");
-        // SAFETY: zeroed (free lock, nobody owns anything), big enough, never unmapped.
-        let page = unsafe { &*(p as *const Page) };
-        // SAFETY: getpid and getppid have no preconditions.
-        let (me, parent) = unsafe { (libc::getpid() as u32, libc::getppid() as u32) };
+        let (page, me, parent) = page_of_two();
         for b in 0..N {
             page.owner[b].store(parent, Ordering::Relaxed);
         }
