@@ -66,8 +66,9 @@ counters! {
         steer_buckets,
         /// Connections this stack's listener held, never accepted, when the application
         /// closed it among worker processes: handed to a process that still listens (as
-        /// Linux's shared listening socket keeps them), and those of other processes taken
-        /// over here. `handover_resets`: handed, taken by nobody in time, reset.
+        /// Linux's shared listening socket keeps them), and those taken over here (other
+        /// processes', or this one's own back when its flows came back before anyone took
+        /// them). `handover_resets`: handed, taken by nobody in time, reset.
         conns_handed_over,
         conns_taken_over,
         handover_resets,

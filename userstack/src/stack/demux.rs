@@ -259,7 +259,7 @@ impl<L: Link> Stack<L> {
         // No connection wants it: the control interface answers with RST (never to a RST),
         // unless another process sharing the device may own the connection, or this stack
         // offered it to them (handover.rs).
-        if self.handed.iter().any(|&(h, _)| h == k) {
+        if self.handed.iter().any(|h| h.key == k) {
             self.net.stats_mut().steered_away += 1;
             return;
         }

@@ -12,7 +12,10 @@
 //! as its own, acknowledges what was received and queues it for accept; the client's
 //! retransmissions fill in whatever was lost meanwhile. An offer nobody takes within
 //! `HANDOVER_WAIT_US` is withdrawn and its connection reset, as Linux resets what a listening
-//! socket held when its last holder closes it.
+//! socket held when its last holder closes it. An offer withdrawn while the offering stack
+//! listens on its port and takes its flow's SYNs again (a worker whose application accepts
+//! again before another took what it offered) goes back into that stack's own accept queue,
+//! from the numbers and bytes it kept.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -23,6 +26,18 @@ use super::Stack;
 use crate::link::Link;
 use crate::net::Micros;
 use crate::steer::Handed;
+use crate::tcp::Carry;
+
+/// A connection this stack offered (`Stack::hand_over`), with what it needs to take it back.
+pub(super) struct Handing {
+    /// Its demux key.
+    pub key: u64,
+    /// When the offer is withdrawn.
+    until: Micros,
+    carry: Carry,
+    /// The peer's bytes it held.
+    data: Vec<u8>,
+}
 
 /// The bucket of the flow of demux key `key` (peer address, peer port, local port).
 pub(super) fn bucket_of(key: u64) -> u32 {
@@ -52,20 +67,28 @@ impl<L: Link> Stack<L> {
             return false;
         };
         let key = c.key;
-        if !flows.hand_over(key, &carry, c.tcb.received()) {
+        let received = c.tcb.received();
+        if !flows.hand_over(key, &carry, received) {
             return false;
         }
+        let data = [received.0, received.1].concat();
         // Out of the demux first: `free_conn` then leaves its registration, which stays this
         // process's until the taker registers its own.
         self.demux.remove(&key);
         self.demux_changes += 1;
         self.free_conn(idx);
-        self.handed.push((key, us + HANDOVER_WAIT_US));
+        self.handed.push(Handing {
+            key,
+            until: us + HANDOVER_WAIT_US,
+            carry,
+            data,
+        });
         self.net.stats_mut().conns_handed_over += 1;
         true
     }
 
-    /// Settles this stack's offers (taken: the taker's from now on; withdrawn: reset) and
+    /// Settles this stack's offers (taken: the taker's from now on; withdrawn: back in its
+    /// listener's queue if this stack takes the flow's SYNs again, else reset) and
     /// takes the other processes' offers it can carry on: those for a port it listens on whose
     /// flow is one it takes new connections of. For the embedder's periodic round (the shim's
     /// steering), after `set_steering`.
@@ -82,21 +105,17 @@ impl<L: Link> Stack<L> {
         let listening = !self.listeners.is_empty();
         let steering = self.steering;
         let mut back = Vec::new();
-        self.handed.retain(|&(key, until)| {
-            let ours = listening && steering.takes_syn(bucket_of(key));
-            match flows.handed(key, until <= us || ours) {
-                Handed::Waiting => true,
-                Handed::Taken => {
-                    flows.closed(key);
-                    false
-                }
+        for h in std::mem::take(&mut self.handed) {
+            let ours = listening && steering.takes_syn(bucket_of(h.key));
+            match flows.handed(h.key, h.until <= us || ours) {
+                Handed::Waiting => self.handed.push(h),
+                Handed::Taken => flows.closed(h.key),
                 Handed::Back => {
-                    flows.closed(key);
-                    back.push(key);
-                    false
+                    flows.closed(h.key);
+                    back.push((h, ours));
                 }
             }
-        });
+        }
         let (listeners, steering, demux) = (&self.listeners, self.steering, &self.demux);
         let mut wants = |key: u64, len: usize| {
             let peer = Ipv4Addr::from((key >> 32) as u32);
@@ -110,11 +129,16 @@ impl<L: Link> Stack<L> {
         while let Some((key, carry)) = flows.take_offer(&mut wants, &mut data) {
             claimed.push((key, carry, std::mem::take(&mut data)));
         }
-        for key in back {
+        for (h, ours) in back {
+            // This stack sees the flow's segments again and takes its SYNs: nobody else
+            // could take it, and its listener (if it still has one) carries it on.
+            if ours && self.take_over(now, h.key, &h.carry, &h.data) {
+                continue;
+            }
             // Its peer learns as a dead process's do (its answer to the probe is reset by
             // whichever process sees it: nobody has the connection any more).
             self.net.stats_mut().handover_resets += 1;
-            self.provoke_reset(now, key);
+            self.provoke_reset(now, h.key);
         }
         for (key, carry, data) in claimed {
             let taken = self.take_over(now, key, &carry, &data);

@@ -165,8 +165,8 @@ pub struct Stack<L: Link> {
     /// all when the registry says no other process may listen there.)
     closed_ports: Vec<u16>,
     /// Connections this stack offered to the other processes (`flows`) when it stopped
-    /// listening, by demux key, with when the offer is withdrawn (handover.rs).
-    handed: Vec<(u64, Micros)>,
+    /// listening (handover.rs).
+    handed: Vec<handover::Handing>,
     /// Buffers of freed connections, reused by new ones (`conn::SPARE_BUFFERS` at most).
     spare: Vec<crate::tcp::Buffers>,
     /// Connections in TIME-WAIT that the application closed, by demux key: only their end
@@ -387,8 +387,8 @@ impl<L: Link> Stack<L> {
         // Offers not settled count too: their flows' segments must keep reaching this stack
         // (it stays silent about them) until the taker has them.
         let mut n = self.bucket_conns;
-        for &(key, _) in &self.handed {
-            n[handover::bucket_of(key) as usize] += 1;
+        for h in &self.handed {
+            n[handover::bucket_of(h.key) as usize] += 1;
         }
         n
     }

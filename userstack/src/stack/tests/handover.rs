@@ -330,6 +330,41 @@ fn what_a_listener_holds_goes_on_where_the_flows_went_while_its_process_does_not
     assert_eq!(t.p.server.stats().handover_resets, 0);
 }
 
+/// A process whose application stopped accepting offered what its listener held, and its
+/// flows came back (its application accepts again) before another process took the offer:
+/// the connection goes back into its own accept queue, its request intact, nobody resets it.
+#[test]
+fn an_offer_nobody_took_goes_back_to_its_listener_when_its_flows_come_back() {
+    let group = Arc::new(Mutex::new(Group::default()));
+    let mut t = Three::new(&group);
+    let a = t.held();
+    t.move_flows();
+    assert_eq!(t.p.server.hand_over_waiting(t.p.now), 1);
+    assert_eq!(t.p.server.accept_queue_len(6379), 0);
+    // The flows come back before the other process's round.
+    let now = t.p.now;
+    t.other
+        .set_steering(Steering { syn: 0, rst: 0 }, now - SKEW);
+    t.p.server.set_steering(Steering::ALONE, now);
+    t.p.server.settle_handovers(now);
+    assert_eq!(t.p.server.handovers_pending(), 0, "withdrawn");
+    assert!(group.lock().unwrap().offers.is_empty());
+    assert_eq!(t.p.server.accept_queue_len(6379), 1, "back in its queue");
+    t.settle();
+    let (id, _) = t.p.server.accept(6379).expect("accepted where it was");
+    let mut buf = [0u8; 64];
+    let n = t.p.server.recv(id, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"GET a\r\n");
+    t.p.server.send(id, b"+OK\r\n").unwrap();
+    t.settle();
+    let n = t.p.client.recv(a, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"+OK\r\n");
+    assert_eq!(t.other.stats().conns_taken_over, 0);
+    for st in [t.p.server.stats(), t.other.stats()] {
+        assert_eq!((st.handover_resets, st.tcp_rst_sent), (0, 0), "{st}");
+    }
+}
+
 /// Only the connections of flows the stack no longer takes are offered, and an offer waits
 /// for its taker while the stack still takes other flows' SYNs: of two connections in two
 /// buckets, the one whose bucket stays is kept queued.
