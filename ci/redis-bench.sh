@@ -34,7 +34,8 @@
 # Per run: rps, p50 and p99 (ms) from `redis-benchmark --csv`, server CPU µs per request
 # (utime+stime of the server from /proc/PID/stat across the run, divided by requests), and
 # frames per request each way (the client's end of the link: its tx and rx packet counters). Per path:
-# syscalls per request (strace -c -f on every server thread during 50,000 GETs at -c 50) and
+# syscalls per request (strace -c -f on every server thread during 50,000 GETs at -c 50, or
+# with STRACE_ARGS, e.g. "-c 1") and
 # idle CPU (% of one core over 5 s with connections closed).
 #
 # Results: a table on stdout, $OUT/redis.csv (default bench-out/), and, if python3 has
@@ -273,7 +274,8 @@ traced_gets() { # N "BENCH ARGS" TRACER...: TRACER runs (in the background) whil
 syscalls_per_request() { # PATH: strace -c over every server thread during 50,000 GETs
     local tids=() t total
     for t in /proc/"$SRV_PID"/task/*; do tids+=(-p "${t##*/}"); done
-    traced_gets 50000 "-c 50" strace -c -f -o "$TMP/strace.txt" "${tids[@]}"
+    # shellcheck disable=SC2086 # STRACE_ARGS is a list of words
+    traced_gets 50000 "${STRACE_ARGS:--c 50}" strace -c -f -o "$TMP/strace.txt" "${tids[@]}"
     cp "$TMP/strace.txt" "$OUT/strace-$1.txt"
     total=$(awk '$NF == "total" {print $4}' "$TMP/strace.txt")
     awk -v t="${total:-0}" 'BEGIN{printf "%.2f", t / 50000}'

@@ -198,6 +198,93 @@ fn benchmark_has_no_errors(bed: &mut RedisBed) {
     }
 }
 
+/// One client's requests through the stack do not make the server ask the kernel about its
+/// own fds each time: over memif, 5,000 GETs of one client at a time, every server thread
+/// traced by strace. Redis's epoll set also holds kernel fds (the 127.0.0.1 side of its
+/// listener): an epoll_wait that looked at them (a system call, epoll_wait with a zero
+/// timeout) before and after each request made two a request; they are looked at again only
+/// once a look, or a block watching them, is 100 µs old (docs/shim.md, epoll). (Whether the
+/// loop blocks between requests, system calls of their own, depends on the machine's load.)
+#[test]
+fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
+    over_memif(|bed| {
+        bed.wait_ready();
+        const N: u64 = 5000;
+        let out = bed.dir.path().join("strace.txt");
+        let mut strace = Command::new("strace");
+        strace.args(["-c", "-f", "-o"]).arg(&out);
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", bed.server.pid()))
+            .expect("the server's threads");
+        for t in tasks {
+            strace.arg("-p").arg(t.unwrap().file_name());
+        }
+        let mut tracer = strace
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace runs (apt-get install strace)");
+        // Traced once every thread names strace as its tracer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_traced(bed.server.pid(), tracer.id()) {
+            assert!(Instant::now() < deadline, "strace never attached");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (h, p) = (bed.addr(), bed.port.to_string());
+        let bench = bed
+            .ns
+            .exec(
+                "redis-benchmark",
+                [
+                    "-h",
+                    &h,
+                    "-p",
+                    &p,
+                    "-q",
+                    "-n",
+                    &N.to_string(),
+                    "-c",
+                    "1",
+                    "-t",
+                    "get",
+                ],
+            )
+            .expect("redis-benchmark runs");
+        // SAFETY: a signal to the strace this test started, by its pid.
+        unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+        tracer.wait().unwrap();
+        assert!(bench.status.success(), "{bench:?}");
+        let table = std::fs::read_to_string(&out).unwrap();
+        // A line of the summary: "<% time>  <seconds>  <usecs/call>  <calls>  [<errors>]  name"
+        // (none for a call never made).
+        let calls: u64 = table
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some("epoll_wait"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .map_or(0, |c| c.parse().expect("a count"));
+        assert!(
+            table.lines().any(|l| l.trim_end().ends_with("total")),
+            "no summary:\n{table}"
+        );
+        assert!(
+            calls < N / 2,
+            "{calls} epoll_wait calls for {N} requests of one client:\n{table}"
+        );
+    });
+}
+
+/// Whether every thread of process `pid` is traced by process `tracer`.
+fn all_traced(pid: u32, tracer: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let want = tracer.to_string();
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().eq(["TracerPid:", want.as_str()]))
+        })
+    })
+}
+
 /// Requests after pauses, on every device with a wake-up fd, without spinning: each one must
 /// wake Redis's blocked event loop through the device's wake-up (tap: its fd; af_packet: our
 /// AF_PACKET socket; af_xdp: the PMD's AF_XDP socket). A lost wake-up leaves the request to the

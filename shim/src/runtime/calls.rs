@@ -39,6 +39,10 @@ thread_local! {
     /// room: flipped at every call, so that neither kind starves the other when more are
     /// ready than the caller has room for.
     static KERNEL_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The epoll fd whose kernel fds this thread's epoll_wait last looked at, when, and
+    /// whether it found one ready (see `kernel_quiet`).
+    static KERNEL_LOOKED: std::cell::Cell<Option<(c_int, Instant, bool)>> =
+        const { std::cell::Cell::new(None) };
     static SPIN_ID: u64 = {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -953,24 +957,26 @@ pub fn epoll_wait(
     let deadline = (timeout_ms >= 0).then(|| last_work + Duration::from_millis(timeout_ms as u64));
     let spin = spin();
     let mut turn = SpinTurn::new();
-    // When the kernel's fds were last looked at while ours had nothing; whether the next
-    // look at them is due anyway (after a block, which may have ended for one of them).
-    let mut kernel_looked = last_work;
-    let mut kernel_due = true;
-    let mut kernel_first = KERNEL_FIRST
+    // Whether a look at the kernel's fds is due whatever `kernel_quiet` says (after a block
+    // that ended for one of them).
+    let mut kernel_due = false;
+    // While the kernel's fds are quiet (`kernel_quiet`), ours take the whole room.
+    let kernel_first = KERNEL_FIRST
         .try_with(|k| k.replace(!k.get()))
-        .unwrap_or(false);
+        .unwrap_or(false)
+        && !kernel_quiet(epfd, last_work);
+    let mut kernel_first = kernel_first;
     let mut hold = None;
     // The set's entry index and uid, for blocking; the set (from the first block on).
     let mut ids = None;
     let mut started = None;
     if kernel_first && max == 1 {
-        // Room for one event, and the kernel's turn: its fds are looked at first (and that
-        // is this call's first look).
-        kernel_due = false;
+        // Room for one event, and the kernel's turn: its fds are looked at first.
         // SAFETY: the caller's array, room for one event.
         let k = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr().cast(), 1, 0) };
-        if k > 0 && kwait::drop_bells(events, k as usize) > 0 {
+        let found = k > 0 && kwait::drop_bells(events, k as usize) > 0;
+        note_kernel_look(epfd, last_work, found);
+        if found {
             if was_in_loop {
                 if let Some(mut s) = shim() {
                     s.flush();
@@ -1019,22 +1025,19 @@ pub fn epoll_wait(
             }
         };
         kernel_first = !kernel_first;
-        // The kernel's fds, without blocking: with ours to report, or when ours have none,
-        // at the deadline, after a block, and at most every KERNEL_LOOK_EVERY while the stack
-        // keeps the loop busy (answers of the data-path cache, a spin). A block watches them
-        // itself, and returns at once if one is ready: no look before it.
+        // The kernel's fds, without blocking, where the array has room: unless they are
+        // quiet (`kernel_quiet`: the last look, or a block watching them, found none ready
+        // less than KERNEL_QUIET_FOR ago), so that a loop kept busy by our sockets (events,
+        // answers of the data-path cache, a spin) makes that system call at most every
+        // KERNEL_QUIET_FOR; and whatever they were, at the deadline and after a block that
+        // ended for one of them. A block watches them itself and returns at once if one is
+        // ready: no look before it.
         let now = (n == 0).then(Instant::now);
         let expired = now.is_some_and(|now| deadline.is_some_and(|d| now >= d));
-        let look = match now {
-            None => n < max,
-            Some(now) => {
-                expired || kernel_due || now.duration_since(kernel_looked) >= KERNEL_LOOK_EVERY
-            }
-        };
+        let look =
+            n < max && (expired || kernel_due || !kernel_quiet(epfd, now.unwrap_or(last_work)));
         if look {
-            if let Some(now) = now {
-                (kernel_looked, kernel_due) = (now, false);
-            }
+            kernel_due = false;
             let rest = &mut events[n..];
             // SAFETY: the remaining room of the caller's array.
             let k =
@@ -1046,6 +1049,7 @@ pub fn epoll_wait(
             } else {
                 let ours = n;
                 n += kwait::drop_bells(rest, k as usize);
+                note_kernel_look(epfd, now.unwrap_or(last_work), n > ours);
                 let more = n;
                 if let (Some(call), true) = (filled, n < max) {
                     // Our half was full and the kernel's fds left room: more of ours, as
@@ -1104,7 +1108,8 @@ pub fn epoll_wait(
         };
         let t = block_for(deadline, &b);
         let hold = hold.get_or_insert_with(SigHold::new);
-        let (r, notified, woke) = block_in(b.wake, Some((epfd, uid)), t, mask_or(sigmask, hold));
+        let (r, notified, woke, kernel) =
+            block_in(b.wake, Some((epfd, uid)), t, mask_or(sigmask, hold));
         let err = crate::errno::get();
         after_block(notified, woke, &b);
         if r < 0 && err == libc::EINTR {
@@ -1113,19 +1118,41 @@ pub fn epoll_wait(
         if woke_for_work(&b, r) {
             last_work = Instant::now();
         }
-        // (Not after a nap that timed out: its ppoll saw none of them ready, and the next
-        // one returns at once if one is: a system call less per nap of an idle thread on
-        // memif. The nap counts as the look.)
-        kernel_due = !(b.nap && r == 0);
-        if !kernel_due {
-            kernel_looked = Instant::now();
+        // The block watched the kernel's fds: one of them ready (or maybe: no epoll instance
+        // of the thread's) asks for a look; none counts as a look that found none (a system
+        // call less per block, and per nap of an idle thread on memif; the next block
+        // returns at once if one is ready by then).
+        kernel_due = kernel;
+        if !kernel {
+            note_kernel_look(epfd, Instant::now(), false);
         }
     }
 }
 
-/// How long epoll_wait goes without looking at the kernel's fds while the stack keeps it
-/// busy without events to report (the data-path cache answering every request, a spin).
-const KERNEL_LOOK_EVERY: Duration = Duration::from_micros(20);
+/// How long the kernel's fds count as quiet after a look found none of them ready: while
+/// our sockets keep an event loop busy, its epoll_wait looks at the kernel's fds at most this
+/// often (a system call each time) unless the last look found one ready. A kernel fd that
+/// becomes ready meanwhile is reported up to this much later than on Linux (OpenOnload's
+/// EF_SELECT_NONBLOCK_FAST_USEC, 200 µs by default, makes the same trade for select()).
+const KERNEL_QUIET_FOR: Duration = Duration::from_micros(100);
+
+/// Whether this thread's last look at the kernel's fds was one of epoll set `epfd`'s, less
+/// than KERNEL_QUIET_FOR before `now`, and found none ready.
+fn kernel_quiet(epfd: c_int, now: Instant) -> bool {
+    KERNEL_LOOKED
+        .try_with(|k| {
+            k.get().is_some_and(|(fd, at, found)| {
+                fd == epfd && !found && now.saturating_duration_since(at) < KERNEL_QUIET_FOR
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Notes a look at the kernel's fds of epoll set `epfd` at `now`, and whether it found one
+/// ready.
+fn note_kernel_look(epfd: c_int, now: Instant, found: bool) {
+    let _ = KERNEL_LOOKED.try_with(|k| k.set(Some((epfd, now, found))));
+}
 
 // ------------------------------------------------------------------ poll / select
 

@@ -489,17 +489,18 @@ pub(super) fn after_block(notified: bool, woke: bool, b: &Blocking) {
 /// its eventfd is written, the application's epoll set `set` (fd, uid) has kernel events, or a
 /// frame arrives for which the kernel picks this thread among those blocked on the device's
 /// wake-up `wake`. Returns the wait's result (events, 0, or -1 with errno), whether the
-/// eventfd was written, and whether the wake-up fd was readable. Without an epoll instance of
-/// its own (EMFILE) the thread blocks at most a millisecond on the device and its eventfd
-/// alone.
+/// eventfd was written, whether the wake-up fd was readable, and whether `set` had kernel
+/// events. Without an epoll instance of its own (EMFILE) the thread blocks at most a
+/// millisecond on the device and its eventfd alone (and `set`'s kernel events count as
+/// possible then).
 pub(super) fn block_in(
     wake: Option<c_int>,
     set: Option<(c_int, u64)>,
     t: Duration,
     sigmask: *const sigset_t,
-) -> (c_int, bool, bool) {
+) -> (c_int, bool, bool, bool) {
     let Ok(mut w) = WAITER.try_with(|w| w.0.get()) else {
-        return (0, false, false);
+        return (0, false, false, true);
     };
     let held = w.hold(wake, set);
     let _ = WAITER.try_with(|c| c.0.set(w));
@@ -513,12 +514,12 @@ pub(super) fn block_in(
         let ts = clock::timespec(t.min(Duration::from_millis(1)));
         // SAFETY: a local array of two pollfds (a negative fd is ignored); the caller's mask.
         let r = unsafe { libc::ppoll(p.as_mut_ptr(), 2, &ts, sigmask) };
-        return (r, w.efd >= 0 && p[1].revents != 0, p[0].revents != 0);
+        return (r, w.efd >= 0 && p[1].revents != 0, p[0].revents != 0, true);
     }
     let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 3];
     let r = epoll_pwait2(w.ep, &mut evs, t, sigmask);
     let got = |tag| r > 0 && evs[..r as usize].iter().any(|e| e.u64 == tag);
-    (r, got(TAG_EFD), got(TAG_WAKE))
+    (r, got(TAG_EFD), got(TAG_WAKE), r < 0 || got(TAG_SET))
 }
 
 /// epoll_pwait2 (a timeout in nanoseconds: naps are microseconds); epoll_pwait with the timeout
@@ -645,7 +646,7 @@ pub(super) fn wait_once(
     };
     if kernel_fd.is_none() {
         let t = block_for(deadline, &b);
-        let (r, notified, woke) = block_in(b.wake, None, t, mask);
+        let (r, notified, woke, _) = block_in(b.wake, None, t, mask);
         let err = crate::errno::get();
         after_block(notified, woke, &b);
         return if r < 0 && err == libc::EINTR {
