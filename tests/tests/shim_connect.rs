@@ -40,8 +40,11 @@ fn text(o: &Output) -> String {
 /// namespace through its stack: the server sees the stack's address and an ephemeral port; a
 /// closed port is refused as the kernel refuses it; redis-benchmark's 50 non-blocking
 /// connections (hiredis: connect, EINPROGRESS, EPOLLOUT, SO_ERROR) run 20,000 SETs and GETs
-/// without an error. (The root namespace has no route to the subnet: a connect() the stack did
-/// not take would not reach the server.)
+/// without an error; a Python client that waits for each reply in poll() on its connection
+/// alone gets every reply without the kernel's poll being asked about that array (only the
+/// blocks that wait for a frame are system calls: strace counts no `poll` for it). (The root
+/// namespace has no route to the subnet: a connect() the stack did not take would not reach
+/// the server.)
 #[test]
 fn redis_clients_connect_through_the_stack_to_a_kernel_server() {
     let subnet = Subnet::allocate().expect("subnet");
@@ -99,6 +102,64 @@ fn redis_clients_connect_through_the_stack_to_a_kernel_server() {
         .exec("redis-cli", ["-h", &h, "-p", &p, "DBSIZE"])
         .expect("redis-cli in the namespace");
     assert_eq!(String::from_utf8_lossy(&dbsize.stdout).trim(), "1");
+
+    const PINGS: u32 = 2000;
+    let script = format!(
+        r#"
+import select, socket
+s = socket.create_connection(("{h}", {p}))
+p = select.poll()
+p.register(s, select.POLLIN)
+for i in range({PINGS}):
+    s.sendall(b"PING\r\n")
+    got = b""
+    while not got.endswith(b"\r\n"):
+        assert p.poll(5000), "no reply in 5 s"
+        got += s.recv(64)
+    assert got == b"+PONG\r\n", got
+print("pinged")
+"#
+    );
+    let trace = tempfile_path("poll-strace");
+    let out = client(
+        "strace",
+        &[
+            "-f",
+            "-c",
+            "-e",
+            "trace=poll",
+            "-o",
+            &trace,
+            "python3",
+            "-c",
+            &script,
+        ],
+    );
+    let summary = std::fs::read_to_string(&trace).unwrap_or_default();
+    let _ = std::fs::remove_file(&trace);
+    assert!(
+        out.status.success() && text(&out).contains("pinged"),
+        "{}\n{summary}",
+        text(&out)
+    );
+    // strace's summary has a line for each call made, "... <calls> [<errors>] poll".
+    let polls: u32 = summary
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("poll"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .map_or(0, |c| c.parse().expect("a count"));
+    assert!(
+        polls < PINGS / 2,
+        "{polls} poll calls for {PINGS} pings:\n{summary}"
+    );
+}
+
+/// A path for a file of this test's own in the temporary directory.
+fn tempfile_path(what: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("mtcp-{what}-{}", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// redis-benchmark under the shim against redis-server under the shim: each in a namespace of

@@ -1190,6 +1190,10 @@ pub fn poll(
     let mut turn = SpinTurn::new();
     let mut mine = vec![0i16; fds.len()];
     let mut hold = None;
+    // When a look at the kernel's fds (or a block watching them) last found none ready: they
+    // are looked at again (a system call) once that is KERNEL_QUIET_FOR old, or at the
+    // deadline, as in epoll_wait; never if the array has none.
+    let mut kernel_quiet_since: Option<Instant> = None;
     loop {
         // (What blocked threads were last woken for, as this look saw it.)
         let mut listens = false;
@@ -1212,17 +1216,39 @@ pub fn poll(
             s.wakes()
         };
         // The kernel's fds, without blocking; ours hidden from it.
-        for (p, k) in fds.iter_mut().zip(&kinds) {
-            if *k == PollKind::Stack {
-                p.fd = !p.fd;
+        let kernel = fds
+            .iter()
+            .zip(&kinds)
+            .any(|(p, k)| *k != PollKind::Stack && p.fd >= 0);
+        let now = Instant::now();
+        let expired = deadline.is_some_and(|d| now >= d);
+        let look = kernel
+            && (expired
+                || kernel_quiet_since.is_none_or(|t| now.duration_since(t) >= KERNEL_QUIET_FOR));
+        let (k, err) = if look {
+            for (p, k) in fds.iter_mut().zip(&kinds) {
+                if *k == PollKind::Stack {
+                    p.fd = !p.fd;
+                }
             }
-        }
-        // SAFETY: the caller's array of fds.len() entries.
-        let k = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
-        let err = crate::errno::get();
+            // SAFETY: the caller's array of fds.len() entries.
+            let k = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            let err = crate::errno::get();
+            for (p, kind) in fds.iter_mut().zip(&kinds) {
+                if *kind == PollKind::Stack {
+                    p.fd = !p.fd;
+                }
+            }
+            kernel_quiet_since = (k == 0).then_some(now);
+            (k, err)
+        } else {
+            for p in fds.iter_mut() {
+                p.revents = 0;
+            }
+            (0, 0)
+        };
         for ((p, kind), m) in fds.iter_mut().zip(&kinds).zip(&mine) {
             if *kind == PollKind::Stack {
-                p.fd = !p.fd;
                 p.revents = *m;
             } else {
                 p.revents |= *m;
@@ -1236,7 +1262,7 @@ pub fn poll(
             crate::tls::in_loop().set(true);
             return Some(Ok(n as c_int));
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if expired {
             return Some(Ok(0));
         }
         if !spin.is_zero() && last_work.elapsed() < spin && turn.take() {
@@ -1256,12 +1282,14 @@ pub fn poll(
             .map(|(p, _)| libc::pollfd { revents: 0, ..*p })
             .collect();
         let me = super::wait::my_eventfd();
+        let mut extra = 0;
         for fd in [wake, (me >= 0).then_some(me)].into_iter().flatten() {
             blk.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
+            extra += 1;
         }
         let ts = userstack::clock::timespec(block_for(deadline, &b));
         let hold = hold.get_or_insert_with(SigHold::new);
@@ -1284,6 +1312,9 @@ pub fn poll(
         }
         let notified = me >= 0 && blk.last().is_some_and(|p| p.fd == me && p.revents != 0);
         let woke = wake.is_some_and(|w| blk.iter().any(|p| p.fd == w && p.revents != 0));
+        // The block watched the kernel's fds (the first entries): none ready counts as a look.
+        let kernel_ready = r < 0 || blk[..blk.len() - extra].iter().any(|p| p.revents != 0);
+        kernel_quiet_since = (!kernel_ready).then(Instant::now);
         after_block(notified, woke, &b);
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
