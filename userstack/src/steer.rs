@@ -72,7 +72,9 @@ impl Steering {
 pub trait FlowRegistry: Send {
     /// This stack has a connection for `key` from now on.
     fn opened(&mut self, key: u64);
-    /// This stack's connection for `key` is gone.
+    /// This stack's connection for `key` is gone. (A key opened twice, as a connection taken
+    /// back from this stack's own offer is while the offer's registration stays, is closed
+    /// twice: each call takes one registration away.)
     fn closed(&mut self, key: u64);
     /// Another live process has a connection for `key`.
     fn elsewhere(&mut self, key: u64) -> bool;

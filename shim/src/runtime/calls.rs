@@ -960,17 +960,14 @@ pub fn epoll_wait(
     // Whether a look at the kernel's fds is due whatever `kernel_quiet` says (after a block
     // that ended for one of them).
     let mut kernel_due = false;
-    // While the kernel's fds are quiet (`kernel_quiet`), ours take the whole room.
-    let kernel_first = KERNEL_FIRST
+    let mut kernel_first = KERNEL_FIRST
         .try_with(|k| k.replace(!k.get()))
-        .unwrap_or(false)
-        && !kernel_quiet(epfd, last_work);
-    let mut kernel_first = kernel_first;
+        .unwrap_or(false);
     let mut hold = None;
     // The set's entry index and uid, for blocking; the set (from the first block on).
     let mut ids = None;
     let mut started = None;
-    if kernel_first && max == 1 {
+    if kernel_first && max == 1 && !kernel_quiet(epfd, last_work) {
         // Room for one event, and the kernel's turn: its fds are looked at first.
         // SAFETY: the caller's array, room for one event.
         let k = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr().cast(), 1, 0) };
@@ -988,13 +985,19 @@ pub fn epoll_wait(
     }
     loop {
         // Our fds first, or half the room for them on the kernel's turn (so that neither kind
-        // starves the other).
-        let room = if kernel_first { max.div_ceil(2) } else { max };
+        // starves the other), unless the kernel's fds are quiet (`kernel_quiet`): the whole
+        // room then.
+        let quiet = !kernel_due && kernel_quiet(epfd, last_work);
+        let room = if kernel_first && !quiet {
+            max.div_ceil(2)
+        } else {
+            max
+        };
         // The set's wait in this pass, if it filled a room that leaves the kernel's fds some;
         // if the set has dual listeners, whose kernel sides the kernel's set reports too.
         let mut filled = None;
         let mut paired = None;
-        let mut n = {
+        let (mut n, nested) = {
             let mut s = shim()?;
             // Blocked before: another thread may have closed the set's fd meanwhile (a dup
             // of it goes on naming the set).
@@ -1013,7 +1016,7 @@ pub fn epoll_wait(
                     if pass.paired {
                         paired = Some(pass.call);
                     }
-                    pass.n
+                    (pass.n, pass.nested)
                 }
                 None => {
                     // The kernel's epoll: what this thread deferred leaves now.
@@ -1029,13 +1032,14 @@ pub fn epoll_wait(
         // quiet (`kernel_quiet`: the last look, or a block watching them, found none ready
         // less than KERNEL_QUIET_FOR ago), so that a loop kept busy by our sockets (events,
         // answers of the data-path cache, a spin) makes that system call at most every
-        // KERNEL_QUIET_FOR; and whatever they were, at the deadline and after a block that
-        // ended for one of them. A block watches them itself and returns at once if one is
-        // ready: no look before it.
+        // KERNEL_QUIET_FOR; and whatever they were, at the deadline, after a block that
+        // ended for one of them, and while a set of ours is nested in another (its events
+        // reach the outer set's kernel instance). A block watches them itself and returns at
+        // once if one is ready: no look before it.
         let now = (n == 0).then(Instant::now);
         let expired = now.is_some_and(|now| deadline.is_some_and(|d| now >= d));
-        let look =
-            n < max && (expired || kernel_due || !kernel_quiet(epfd, now.unwrap_or(last_work)));
+        let look = n < max
+            && (expired || kernel_due || nested || !kernel_quiet(epfd, now.unwrap_or(last_work)));
         if look {
             kernel_due = false;
             let rest = &mut events[n..];

@@ -198,6 +198,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             n,
             call,
             paired,
+            nested: !self.nested.is_empty(),
         })
     }
 
@@ -329,6 +330,9 @@ pub struct Pass {
     /// The set has paired entries: dual listeners the kernel's set reports too
     /// ([`Sockets::epoll_fold_paired`]).
     pub paired: bool,
+    /// Some epoll set of ours is in another set: its events reach that one's kernel instance
+    /// only (its bell), so a wait there must look at the kernel's fds.
+    pub nested: bool,
 }
 
 /// The set's events into the caller's array, as many as fit. How many.

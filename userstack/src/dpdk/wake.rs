@@ -180,18 +180,6 @@ impl PacketWake {
             };
             w.set_filter(false)?;
             let one: libc::c_int = 1;
-            // Room for a frame or two (the kernel's least: SOCK_MIN_RCVBUF): a wake-up needs
-            // one, the kernel drops the rest before copying them, and arming again drains it
-            // in a call or two. (With the default ~200 KiB, the frames of a burst that came
-            // before the poll disarmed it queued here, each a clone, and each a recv() to
-            // drain: ~66 per wake-up of Redis at -c 50.)
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&one as *const libc::c_int).cast(),
-                4,
-            );
             // Frames the stack itself sends must not wake it (Linux >= 4.20; ignored if older).
             libc::setsockopt(
                 fd,
@@ -266,9 +254,11 @@ impl PacketWake {
         if !self.armed && self.set_filter(true).is_ok() {
             self.armed = true;
         }
-        // Drop what was queued before: readiness from now on means a new frame. (A few at
-        // most, SO_RCVBUF: one call.)
-        const AT_ONCE: usize = 8;
+        // Drop what was queued before: readiness from now on means a new frame. (Every frame
+        // that arrives while it is armed is queued, and wakes one more of the threads
+        // blocked on it: the frames of a burst that came before the poll disarmed it wait
+        // here, ~66 per block of Redis at -c 50; a call takes up to AT_ONCE of them.)
+        const AT_ONCE: usize = 64;
         let mut b = [0u8; AT_ONCE];
         loop {
             // SAFETY: all-zero iovecs and headers, pointed at below.

@@ -110,10 +110,8 @@ impl<L: Link> Stack<L> {
             match flows.handed(h.key, h.until <= us || ours) {
                 Handed::Waiting => self.handed.push(h),
                 Handed::Taken => flows.closed(h.key),
-                Handed::Back => {
-                    flows.closed(h.key);
-                    back.push((h, ours));
-                }
+                // (Still registered: see below.)
+                Handed::Back => back.push((h, ours)),
             }
         }
         let (listeners, steering, demux) = (&self.listeners, self.steering, &self.demux);
@@ -130,9 +128,19 @@ impl<L: Link> Stack<L> {
             claimed.push((key, carry, std::mem::take(&mut data)));
         }
         for (h, ours) in back {
-            // This stack sees the flow's segments again and takes its SYNs: nobody else
-            // could take it, and its listener (if it still has one) carries it on.
-            if ours && self.take_over(now, h.key, &h.carry, &h.data) {
+            // A connection of this stack has the flow already (its SYN came again meanwhile):
+            // it stays, and only the offer's registration goes.
+            let anew = self.demux.contains_key(&h.key);
+            // Else, if this stack sees the flow's segments again and takes its SYNs, nobody
+            // else could take the connection, and its listener (if it still has one) carries
+            // it on: registered anew before the offer's registration goes, so that no moment
+            // finds the flow nobody's (another process that sees the bucket's frames would
+            // answer them with a reset).
+            let taken = !anew && ours && self.take_over(now, h.key, &h.carry, &h.data);
+            if let Some(f) = self.flows.as_mut() {
+                f.closed(h.key);
+            }
+            if anew || taken {
                 continue;
             }
             // Its peer learns as a dead process's do (its answer to the probe is reset by

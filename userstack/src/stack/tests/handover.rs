@@ -27,6 +27,8 @@ struct Offer {
 struct Group {
     flows: Vec<(u64, u32)>,
     offers: Vec<Offer>,
+    /// Every registration's change, in order: opened (true) or closed, key, process.
+    log: Vec<(bool, u64, u32)>,
 }
 
 struct Member {
@@ -36,11 +38,17 @@ struct Member {
 
 impl FlowRegistry for Member {
     fn opened(&mut self, key: u64) {
-        self.group.lock().unwrap().flows.push((key, self.me));
+        let mut g = self.group.lock().unwrap();
+        g.flows.push((key, self.me));
+        g.log.push((true, key, self.me));
     }
     fn closed(&mut self, key: u64) {
         let me = self.me;
-        self.group.lock().unwrap().flows.retain(|&f| f != (key, me));
+        let mut g = self.group.lock().unwrap();
+        if let Some(i) = g.flows.iter().position(|&f| f == (key, me)) {
+            g.flows.remove(i);
+        }
+        g.log.push((false, key, me));
     }
     fn elsewhere(&mut self, key: u64) -> bool {
         let me = self.me;
@@ -362,6 +370,22 @@ fn an_offer_nobody_took_goes_back_to_its_listener_when_its_flows_come_back() {
     assert_eq!(t.other.stats().conns_taken_over, 0);
     for st in [t.p.server.stats(), t.other.stats()] {
         assert_eq!((st.handover_resets, st.tcp_rst_sent), (0, 0), "{st}");
+    }
+    // Registered as the first process's all along: never a moment when another process
+    // seeing the flow's frames would find it nobody's.
+    let g = group.lock().unwrap();
+    assert_eq!(
+        g.flows.iter().filter(|f| f.1 == 1).count(),
+        1,
+        "{:?}",
+        g.flows
+    );
+    let mut held = 0i32;
+    for (i, &(open, _, pid)) in g.log.iter().enumerate() {
+        if pid == 1 {
+            held += if open { 1 } else { -1 };
+            assert!(held > 0, "nobody's after change {i}: {:?}", g.log);
+        }
     }
 }
 
