@@ -960,6 +960,8 @@ pub fn epoll_wait(
     // Whether a look at the kernel's fds is due whatever `kernel_quiet` says (after a block
     // that ended for one of them).
     let mut kernel_due = false;
+    // Passes in a row that did work without events to report.
+    let mut busy = 0;
     let mut kernel_first = KERNEL_FIRST
         .try_with(|k| k.replace(!k.get()))
         .unwrap_or(false);
@@ -997,7 +999,7 @@ pub fn epoll_wait(
         // if the set has dual listeners, whose kernel sides the kernel's set reports too.
         let mut filled = None;
         let mut paired = None;
-        let (mut n, nested) = {
+        let (mut n, nested, worked) = {
             let mut s = shim()?;
             // Blocked before: another thread may have closed the set's fd meanwhile (a dup
             // of it goes on naming the set).
@@ -1016,7 +1018,7 @@ pub fn epoll_wait(
                     if pass.paired {
                         paired = Some(pass.call);
                     }
-                    (pass.n, pass.nested)
+                    (pass.n, pass.nested, pass.work)
                 }
                 None => {
                     // The kernel's epoll: what this thread deferred leaves now.
@@ -1082,6 +1084,17 @@ pub fn epoll_wait(
         if expired {
             return Some(Ok(0));
         }
+        // A pass that did work for nobody waiting here (the data-path cache answered, frames
+        // for other threads' connections) is followed by another, not by arming the device's
+        // wake-up for a last poll before blocking, which a loop kept busy would end at once,
+        // each time (memif: a flag the peer then wakes us through, with a system call on
+        // each side). Up to BUSY_PASSES in a row: a pass that keeps finding work goes through
+        // the block's preparation, which waits for a full transmit ring.
+        if worked && busy < BUSY_PASSES {
+            busy += 1;
+            continue;
+        }
+        busy = 0;
         if !spin.is_zero() && now.duration_since(last_work) < spin && turn.take() {
             continue;
         }
@@ -1132,6 +1145,9 @@ pub fn epoll_wait(
         }
     }
 }
+
+/// See `busy` in [`epoll_wait`].
+const BUSY_PASSES: u32 = 16;
 
 /// How long the kernel's fds count as quiet after a look found none of them ready: while
 /// our sockets keep an event loop busy, its epoll_wait looks at the kernel's fds at most this
