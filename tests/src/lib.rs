@@ -46,7 +46,7 @@ pub use command::{built_artifact, run_checked};
 pub use links::{Bridge, LinkGuard, VethPair};
 pub use names::{cleanup_stale, unique_ifname, IFNAME_PREFIX, NETNS_PREFIX};
 pub use netns::{run_in_netns, Netns};
-pub use report::{kv_get, parse_kv, parse_summary};
+pub use report::{kv_get, parse_kv, parse_summary, strace_calls};
 pub use server::{cpu_ns, wait_stdout_contains, ServerBuilder, ServerProcess};
 pub use sides::Side;
 pub use subnet::Subnet;

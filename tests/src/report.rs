@@ -1,5 +1,5 @@
 //! Reading what the load clients report: the `key=value` summary line every `mtcp-client`
-//! subcommand prints last.
+//! subcommand prints last; and the summary `strace -c` writes.
 
 use std::collections::HashMap;
 
@@ -32,4 +32,19 @@ pub fn kv_get<T: std::str::FromStr>(kv: &HashMap<String, String>, key: &str) -> 
         .ok_or_else(|| anyhow!("summary has no {key}=: {kv:?}"))?;
     v.parse()
         .map_err(|_| anyhow!("summary value {key}={v} does not parse"))
+}
+
+/// How many calls of system call `name` a `strace -c` summary counts (0 if it has no line for
+/// it: never made). Panics if `summary` is not one (no `total` line).
+pub fn strace_calls(summary: &str, name: &str) -> u64 {
+    assert!(
+        summary.lines().any(|l| l.trim_end().ends_with("total")),
+        "not a strace summary:\n{summary}"
+    );
+    // "<% time>  <seconds>  <usecs/call>  <calls>  [<errors>]  <name>"
+    summary
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .map_or(0, |c| c.parse().expect("a count"))
 }

@@ -103,7 +103,7 @@ fn redis_clients_connect_through_the_stack_to_a_kernel_server() {
         .expect("redis-cli in the namespace");
     assert_eq!(String::from_utf8_lossy(&dbsize.stdout).trim(), "1");
 
-    const PINGS: u32 = 2000;
+    const PINGS: u64 = 2000;
     let script = format!(
         r#"
 import select, socket
@@ -142,12 +142,7 @@ print("pinged")
         "{}\n{summary}",
         text(&out)
     );
-    // strace's summary has a line for each call made, "... <calls> [<errors>] poll".
-    let polls: u32 = summary
-        .lines()
-        .find(|l| l.split_whitespace().last() == Some("poll"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .map_or(0, |c| c.parse().expect("a count"));
+    let polls = mtcp_tests::strace_calls(&summary, "poll");
     assert!(
         polls < PINGS / 2,
         "{polls} poll calls for {PINGS} pings:\n{summary}"

@@ -253,17 +253,7 @@ fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
         tracer.wait().unwrap();
         assert!(bench.status.success(), "{bench:?}");
         let table = std::fs::read_to_string(&out).unwrap();
-        // A line of the summary: "<% time>  <seconds>  <usecs/call>  <calls>  [<errors>]  name"
-        // (none for a call never made).
-        let calls: u64 = table
-            .lines()
-            .find(|l| l.split_whitespace().last() == Some("epoll_wait"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .map_or(0, |c| c.parse().expect("a count"));
-        assert!(
-            table.lines().any(|l| l.trim_end().ends_with("total")),
-            "no summary:\n{table}"
-        );
+        let calls = mtcp_tests::strace_calls(&table, "epoll_wait");
         assert!(
             calls < N / 2,
             "{calls} epoll_wait calls for {N} requests of one client:\n{table}"
