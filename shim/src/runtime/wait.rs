@@ -148,6 +148,12 @@ impl Waiter {
     }
 }
 
+/// Whether at most one thread waits for data: the process's one event loop (Redis), not a
+/// pool whose threads share the stack (memcached's workers).
+pub(super) fn one_data_thread() -> bool {
+    DATA_THREADS.load(Ordering::Relaxed) <= 1
+}
+
 /// A thread's [`Waiter`], handed back to `SPARE_FDS` when the thread exits, and whether it
 /// is counted in DATA_THREADS.
 struct ThreadWaiter(Cell<Waiter>, Cell<bool>);
