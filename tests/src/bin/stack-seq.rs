@@ -1082,6 +1082,44 @@ fn server(port: u16) {
         seen.dedup();
         note(format!("reported={seen:?}"));
         libc::close(ep);
+        step("a pipe that becomes readable beside a connection that stays readable is reported (level-triggered epoll_wait: no starvation)");
+        let ep = call_fd("epoll_create1", || libc::epoll_create1(libc::EPOLL_CLOEXEC));
+        let mut late = [0 as c_int; 2];
+        libc::pipe(late.as_mut_ptr());
+        for (fd, data) in [(c, 1u64), (late[0], 2)] {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: data,
+            };
+            call("epoll_ctl(ADD IN)", || {
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev)
+            });
+        }
+        let wait8 = |timeout: c_int| {
+            let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
+            let n = libc::epoll_wait(ep, evs.as_mut_ptr(), 8, timeout);
+            let mut got: Vec<u64> = evs[..n.max(0) as usize].iter().map(|e| e.u64).collect();
+            got.sort_unstable();
+            got
+        };
+        note(format!("before={:?}", wait8(0)));
+        libc::write(late[1], b"p".as_ptr().cast(), 1);
+        // Each call reports the connection at once; the pipe must follow within a few of
+        // them (the shim looks at the kernel's fds at most every 100 µs while ours keep the
+        // loop busy).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut with_pipe = Vec::new();
+        while Instant::now() < deadline {
+            let got = wait8(1000);
+            if got.contains(&2) {
+                with_pipe = got;
+                break;
+            }
+        }
+        note(format!("reported={with_pipe:?}"));
+        libc::close(ep);
+        libc::close(late[0]);
+        libc::close(late[1]);
         step("MSG_PEEK leaves the data; recv and readv take it in order, then EAGAIN");
         recv_note(c, 4, libc::MSG_PEEK, "recv(MSG_PEEK)");
         recv_note(c, 4, 0, "recv");
