@@ -208,57 +208,85 @@ fn benchmark_has_no_errors(bed: &mut RedisBed) {
 #[test]
 fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
     over_memif(|bed| {
-        bed.wait_ready();
         const N: u64 = 5000;
-        let out = bed.dir.path().join("strace.txt");
-        let mut strace = Command::new("strace");
-        strace.args(["-c", "-f", "-o"]).arg(&out);
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", bed.server.pid()))
-            .expect("the server's threads");
-        for t in tasks {
-            strace.arg("-p").arg(t.unwrap().file_name());
-        }
-        let mut tracer = strace
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("strace runs (apt-get install strace)");
-        // Traced once every thread names strace as its tracer.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_traced(bed.server.pid(), tracer.id()) {
-            assert!(Instant::now() < deadline, "strace never attached");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let (h, p) = (bed.addr(), bed.port.to_string());
-        let bench = bed
-            .ns
-            .exec(
-                "redis-benchmark",
-                [
-                    "-h",
-                    &h,
-                    "-p",
-                    &p,
-                    "-q",
-                    "-n",
-                    &N.to_string(),
-                    "-c",
-                    "1",
-                    "-t",
-                    "get",
-                ],
-            )
-            .expect("redis-benchmark runs");
-        // SAFETY: a signal to the strace this test started, by its pid.
-        unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
-        tracer.wait().unwrap();
-        assert!(bench.status.success(), "{bench:?}");
-        let table = std::fs::read_to_string(&out).unwrap();
+        let table = one_client_traced(bed, N);
         let calls = mtcp_tests::strace_calls(&table, "epoll_wait");
         assert!(
             calls < N / 2,
             "{calls} epoll_wait calls for {N} requests of one client:\n{table}"
         );
     });
+}
+
+/// Redis over af_packet without spinning arms the device's wake-up before it blocks between
+/// one client's requests (our AF_PACKET socket's filter lets frames through; the socket is
+/// drained then, one recvmmsg each) and disarms it after: a store into a BPF map the filter
+/// reads, not a setsockopt swapping the filter each way (two system calls each time).
+#[test]
+fn blocking_between_requests_over_af_packet_arms_the_wake_up_without_a_system_call() {
+    let mut bed = RedisBed::new(BedOptions {
+        dev: Dev::AfPacket,
+        env: vec![("MTCP_SPIN_US".into(), "0".into())],
+        ..Default::default()
+    });
+    const N: u64 = 2000;
+    let table = one_client_traced(&mut bed, N);
+    let armed = mtcp_tests::strace_calls(&table, "recvmmsg");
+    assert!(armed >= N / 4, "it did not arm between requests:\n{table}");
+    let calls = mtcp_tests::strace_calls(&table, "setsockopt");
+    assert!(
+        calls < N / 10,
+        "{calls} setsockopt calls for {armed} armings:\n{table}"
+    );
+}
+
+/// `strace -c`'s summary of every thread of `bed`'s server while one client sends `n` GETs,
+/// one at a time.
+fn one_client_traced(bed: &mut RedisBed, n: u64) -> String {
+    bed.wait_ready();
+    let out = bed.dir.path().join("strace.txt");
+    let mut strace = Command::new("strace");
+    strace.args(["-c", "-f", "-o"]).arg(&out);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", bed.server.pid()))
+        .expect("the server's threads");
+    for t in tasks {
+        strace.arg("-p").arg(t.unwrap().file_name());
+    }
+    let mut tracer = strace
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace runs (apt-get install strace)");
+    // Traced once every thread names strace as its tracer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_traced(bed.server.pid(), tracer.id()) {
+        assert!(Instant::now() < deadline, "strace never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (h, p) = (bed.addr(), bed.port.to_string());
+    let bench = bed
+        .ns
+        .exec(
+            "redis-benchmark",
+            [
+                "-h",
+                &h,
+                "-p",
+                &p,
+                "-q",
+                "-n",
+                &n.to_string(),
+                "-c",
+                "1",
+                "-t",
+                "get",
+            ],
+        )
+        .expect("redis-benchmark runs");
+    // SAFETY: a signal to the strace this test started, by its pid.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    tracer.wait().unwrap();
+    assert!(bench.status.success(), "{bench:?}");
+    std::fs::read_to_string(&out).unwrap()
 }
 
 /// Whether every thread of process `pid` is traced by process `tracer`.

@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 const AF_XDP: libc::c_int = 44;
 
@@ -74,13 +75,17 @@ fn socket_fds(family: libc::c_int) -> Vec<RawFd> {
 }
 
 /// A wake-up fd for af_packet, whose PMD has none: our own AF_PACKET socket
-/// on the same kernel interface, whose classic-BPF filter drops every frame while the stack
+/// on the same kernel interface, whose filter drops every frame while the stack
 /// runs, and keeps one byte of each while the stack sleeps, so `poll` on it wakes the loop when a
-/// frame arrives. Two setsockopt calls per sleep; nothing per packet while busy beyond the
-/// kernel running a one-instruction filter.
+/// frame arrives. Nothing per packet while busy beyond the kernel running a filter of a few
+/// instructions. Arming and disarming is a store into a BPF array map the filter reads
+/// (`flag`), or, where the kernel gives none, a setsockopt each that swaps the filter.
 pub(super) struct PacketWake {
     pub(super) fd: RawFd,
     armed: bool,
+    /// The attached filter returns this word (bytes to keep: 1 armed, 0 not): an mmapped
+    /// BPF_F_MMAPABLE array map, and the map's and the program's fds.
+    flag: Option<(*const AtomicU32, RawFd, RawFd)>,
     /// Two loaded eBPF socket filters, [drop, keep 1 byte]: switching is attaching an already
     /// verified and compiled program (SO_ATTACH_BPF), where a classic filter is checked and
     /// JIT-compiled again on every SO_ATTACH_FILTER (with cross-CPU calls to install the
@@ -89,10 +94,20 @@ pub(super) struct PacketWake {
     progs: Option<[RawFd; 2]>,
 }
 
+// SAFETY: `flag` points into a mapping this value owns until it drops; it is only reached
+// through an atomic.
+unsafe impl Send for PacketWake {}
+
 const SO_ATTACH_FILTER: libc::c_int = 26;
 const SO_ATTACH_BPF: libc::c_int = 50;
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// `src_reg` of a 64-bit immediate load whose immediate is a map fd and an offset into its
+/// value: the instruction loads that address.
+const BPF_PSEUDO_MAP_VALUE: u64 = 2;
 
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -111,19 +126,97 @@ struct BpfProgLoad {
     prog_flags: u32,
 }
 
+/// The start of `union bpf_attr` for BPF_MAP_CREATE.
+#[repr(C)]
+struct BpfMapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
 /// Loads `r0 = keep; exit` as a socket filter: the bytes of each frame to queue (0 drops it).
 fn load_socket_filter(keep: i32) -> Option<RawFd> {
     // struct bpf_insn: code, dst/src registers, offset, immediate.
-    let insns: [u64; 2] = [
+    load_program(&[
         // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm = keep
         0xb7 | (u64::from(keep as u32) << 32),
         // BPF_JMP | BPF_EXIT
         0x95,
-    ];
+    ])
+}
+
+/// A one-word array map, mapped into memory, and a socket filter that returns that word (the
+/// bytes of each frame to queue): the word, the map's fd and the program's. `None` if the
+/// kernel refuses any of it (no BPF_F_MMAPABLE before Linux 5.5, no bpf() for the user).
+fn flag_filter() -> Option<(*const AtomicU32, RawFd, RawFd)> {
+    let attr = BpfMapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: BPF_F_MMAPABLE,
+    };
+    // SAFETY: bpf(BPF_MAP_CREATE) reads attr, alive for the call; a new fd or -1.
+    let map = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const BpfMapCreate,
+            std::mem::size_of::<BpfMapCreate>(),
+        )
+    };
+    if map < 0 {
+        return None;
+    }
+    let map = map as RawFd;
+    // SAFETY: mapping the map's one page of values, shared with the kernel; checked below.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map,
+            0,
+        )
+    };
+    let prog = (page != libc::MAP_FAILED)
+        .then(|| {
+            load_program(&[
+                // BPF_LD | BPF_DW | BPF_IMM, dst r1, src BPF_PSEUDO_MAP_VALUE: r1 = &value[0]
+                // of the map (the immediate's two halves: the map's fd, the offset 0)
+                0x18 | (1 << 8) | (BPF_PSEUDO_MAP_VALUE << 12) | (u64::from(map as u32) << 32),
+                0,
+                // BPF_LDX | BPF_W | BPF_MEM, dst r0, src r1: r0 = *(u32 *)r1
+                0x61 | (1 << 12),
+                // BPF_JMP | BPF_EXIT
+                0x95,
+            ])
+        })
+        .flatten();
+    match prog {
+        Some(prog) => Some((page.cast::<AtomicU32>().cast_const(), map, prog)),
+        None => {
+            // SAFETY: our own mapping (if made) and fd, released once.
+            unsafe {
+                if page != libc::MAP_FAILED {
+                    libc::munmap(page, 4096);
+                }
+                libc::close(map);
+            }
+            None
+        }
+    }
+}
+
+/// Loads `insns` as a socket filter program.
+fn load_program(insns: &[u64]) -> Option<RawFd> {
     let license = b"GPL\0";
     let attr = BpfProgLoad {
         prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
-        insn_cnt: 2,
+        insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: 0,
@@ -173,12 +266,31 @@ impl PacketWake {
                     None
                 }
             };
-            let w = PacketWake {
+            let mut w = PacketWake {
                 fd,
                 armed: true,
+                flag: None,
                 progs,
             };
             w.set_filter(false)?;
+            // The flag's filter in place of the two, where the kernel has what it needs.
+            if let Some((word, map, prog)) = flag_filter() {
+                (*word).store(0, Ordering::SeqCst);
+                if libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    SO_ATTACH_BPF,
+                    (&prog as *const RawFd).cast(),
+                    4,
+                ) == 0
+                {
+                    w.flag = Some((word, map, prog));
+                } else {
+                    libc::munmap(word.cast_mut().cast(), 4096);
+                    libc::close(map);
+                    libc::close(prog);
+                }
+            }
             let one: libc::c_int = 1;
             // Frames the stack itself sends must not wake it (Linux >= 4.20; ignored if older).
             libc::setsockopt(
@@ -250,8 +362,20 @@ impl PacketWake {
         Ok(())
     }
 
+    /// The flag's word.
+    fn word(&self) -> Option<&AtomicU32> {
+        // SAFETY: mapped for as long as `self` lives (unmapped in drop), aligned.
+        self.flag.map(|(w, _, _)| unsafe { &*w })
+    }
+
     pub(super) fn arm(&mut self) {
-        if !self.armed && self.set_filter(true).is_ok() {
+        if let Some(w) = self.word() {
+            // Before the poll that follows: a frame the filter lets through after this store
+            // is one that poll may have missed (the fence orders the store before its reads).
+            w.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            self.armed = true;
+        } else if !self.armed && self.set_filter(true).is_ok() {
             self.armed = true;
         }
         // Drop what was queued before: readiness from now on means a new frame. (Every frame
@@ -289,7 +413,10 @@ impl PacketWake {
     }
 
     pub(super) fn disarm(&mut self) {
-        if self.armed && self.set_filter(false).is_ok() {
+        if let Some(w) = self.word() {
+            w.store(0, Ordering::SeqCst);
+            self.armed = false;
+        } else if self.armed && self.set_filter(false).is_ok() {
             self.armed = false;
         }
     }
@@ -297,11 +424,16 @@ impl PacketWake {
 
 impl Drop for PacketWake {
     fn drop(&mut self) {
-        // SAFETY: our own fds, closed once.
+        // SAFETY: our own fds and mapping, released once.
         unsafe {
             libc::close(self.fd);
             for f in self.progs.into_iter().flatten() {
                 libc::close(f);
+            }
+            if let Some((word, map, prog)) = self.flag {
+                libc::munmap(word.cast_mut().cast(), 4096);
+                libc::close(map);
+                libc::close(prog);
             }
         }
     }
