@@ -1090,10 +1090,10 @@ pub fn epoll_wait(
         // (memif: a flag the peer then wakes us through, with a system call on each side).
         // Up to BUSY_PASSES in a row: a pass that keeps finding work goes through the
         // block's preparation, which waits for a full transmit ring. Not in a pool of
-        // threads waiting for data: there the work was often another thread's, delivered to
-        // it, and the passes took the stack's lock from it (memcached -t 2: 7% fewer
-        // requests).
-        if worked && busy < BUSY_PASSES && super::wait::one_data_thread() {
+        // threads waiting for data, nor in a thread beside one: there the work was often
+        // another thread's, delivered to it, and the passes took the stack's lock from it
+        // (memcached -t 2: 7% fewer requests).
+        if worked && busy < BUSY_PASSES && super::wait::sole_data_thread() {
             busy += 1;
             continue;
         }
@@ -1139,13 +1139,11 @@ pub fn epoll_wait(
             last_work = Instant::now();
         }
         // The block watched the kernel's fds: one of them ready (or maybe: no epoll instance
-        // of the thread's) asks for a look; none counts as a look that found none (a system
-        // call less per block, and per nap of an idle thread on memif; the next block
-        // returns at once if one is ready by then).
+        // of the thread's) asks for a look, in this call or, if ours fill its room, the next;
+        // none counts as a look that found none (a system call less per block, and per nap of
+        // an idle thread on memif; the next block returns at once if one is ready by then).
         kernel_due = kernel;
-        if !kernel {
-            note_kernel_look(epfd, Instant::now(), false);
-        }
+        note_kernel_look(epfd, Instant::now(), kernel);
     }
 }
 

@@ -148,10 +148,17 @@ impl Waiter {
     }
 }
 
-/// Whether at most one thread waits for data: the process's one event loop (Redis), not a
-/// pool whose threads share the stack (memcached's workers).
-pub(super) fn one_data_thread() -> bool {
-    DATA_THREADS.load(Ordering::Relaxed) <= 1
+/// Whether the calling thread is the only one that waits for data (or none has yet): the
+/// process's one event loop (Redis), not one of a pool whose threads share the stack
+/// (memcached's workers), nor a thread that waits only for connections beside one that waits
+/// for data (memcached's main thread). (`DATA_THREADS` counts the threads whose last block
+/// waited for data.)
+pub(super) fn sole_data_thread() -> bool {
+    match DATA_THREADS.load(Ordering::Relaxed) {
+        0 => true,
+        1 => WAITER.try_with(|w| w.1.get()).unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// A thread's [`Waiter`], handed back to `SPARE_FDS` when the thread exits, and whether it
