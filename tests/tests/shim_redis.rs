@@ -209,7 +209,16 @@ fn benchmark_has_no_errors(bed: &mut RedisBed) {
 fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
     over_memif(|bed| {
         const N: u64 = 5000;
-        let table = one_client_traced(bed, N, &["-c"]);
+        let table = traced(bed, &["-c"], |bed| {
+            let (h, p) = (bed.addr(), bed.port.to_string());
+            let n = N.to_string();
+            let args = ["-h", &h, "-p", &p, "-q", "-n", &n, "-c", "1", "-t", "get"];
+            let bench = bed
+                .ns
+                .exec("redis-benchmark", args)
+                .expect("redis-benchmark runs");
+            assert!(bench.status.success(), "{bench:?}");
+        });
         let calls = mtcp_tests::strace_calls(&table, "epoll_wait");
         assert!(
             calls < N / 2,
@@ -218,10 +227,11 @@ fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
     });
 }
 
-/// Redis over af_packet without spinning arms the device's wake-up before it blocks between
-/// one client's requests (our AF_PACKET socket's filter lets frames through; the socket is
-/// drained then, one recvmmsg each) and disarms it after: a store into a BPF map the filter
-/// reads, not a setsockopt swapping the filter each way (two system calls each time).
+/// Redis over af_packet without spinning arms the device's wake-up before it blocks for each
+/// of a client's PINGs that come 2 ms apart (our AF_PACKET socket's filter lets frames
+/// through; the socket is drained then, one recvmmsg each) and disarms it after: a store into
+/// a BPF map the filter reads, not a setsockopt swapping the filter each way (two system calls
+/// each time).
 #[test]
 fn blocking_between_requests_over_af_packet_arms_the_wake_up_without_a_system_call() {
     let mut bed = RedisBed::new(BedOptions {
@@ -229,13 +239,26 @@ fn blocking_between_requests_over_af_packet_arms_the_wake_up_without_a_system_ca
         env: vec![("MTCP_SPIN_US".into(), "0".into())],
         ..Default::default()
     });
-    const N: u64 = 2000;
+    // A PING after each 2 ms pause: the loop blocks (and arms) before each one.
+    const PINGS: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+for _ in range(200):
+    time.sleep(0.002)
+    s.sendall(b"PING\r\n")
+    got = b""
+    while not got.endswith(b"\r\n"):
+        got += s.recv(64)
+    assert got == b"+PONG\r\n", got
+print("pinged")
+"#;
     // Every setsockopt and recvmmsg of the server's, one line each.
-    let trace = one_client_traced(&mut bed, N, &["-e", "trace=setsockopt,recvmmsg"]);
-    // (How often it blocks depends on the machine's load: a loop still busy when the next
-    // request comes does not arm.)
+    let trace = traced(&mut bed, &["-e", "trace=setsockopt,recvmmsg"], |bed| {
+        let (h, p) = (bed.addr(), bed.port.to_string());
+        bed.run_ok("python3", &["-c", PINGS, &h, &p]);
+    });
     let armed = trace.lines().filter(|l| l.contains("recvmmsg(")).count();
-    assert!(armed >= 10, "it hardly armed between requests:\n{trace}");
+    assert!(armed >= 100, "it hardly armed between requests:\n{trace}");
     let swaps = trace
         .lines()
         .filter(|l| l.contains("SO_ATTACH_BPF"))
@@ -243,9 +266,8 @@ fn blocking_between_requests_over_af_packet_arms_the_wake_up_without_a_system_ca
     assert_eq!(swaps, 0, "filters swapped for {armed} armings:\n{trace}");
 }
 
-/// What strace with `args` wrote of every thread of `bed`'s server while one client sent `n`
-/// GETs, one at a time.
-fn one_client_traced(bed: &mut RedisBed, n: u64, args: &[&str]) -> String {
+/// What strace with `args` wrote of every thread of `bed`'s server while `client` ran.
+fn traced(bed: &mut RedisBed, args: &[&str], client: impl FnOnce(&mut RedisBed)) -> String {
     bed.wait_ready();
     let out = bed.dir.path().join("strace.txt");
     let mut strace = Command::new("strace");
@@ -265,30 +287,10 @@ fn one_client_traced(bed: &mut RedisBed, n: u64, args: &[&str]) -> String {
         assert!(Instant::now() < deadline, "strace never attached");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (h, p) = (bed.addr(), bed.port.to_string());
-    let bench = bed
-        .ns
-        .exec(
-            "redis-benchmark",
-            [
-                "-h",
-                &h,
-                "-p",
-                &p,
-                "-q",
-                "-n",
-                &n.to_string(),
-                "-c",
-                "1",
-                "-t",
-                "get",
-            ],
-        )
-        .expect("redis-benchmark runs");
+    client(bed);
     // SAFETY: a signal to the strace this test started, by its pid.
     unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
     tracer.wait().unwrap();
-    assert!(bench.status.success(), "{bench:?}");
     std::fs::read_to_string(&out).unwrap()
 }
 
