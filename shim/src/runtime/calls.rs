@@ -1302,15 +1302,14 @@ pub fn poll(
             .filter(|(_, k)| **k != PollKind::Stack)
             .map(|(p, _)| libc::pollfd { revents: 0, ..*p })
             .collect();
+        let kernel_fds = blk.len();
         let me = super::wait::my_eventfd();
-        let mut extra = 0;
         for fd in [wake, (me >= 0).then_some(me)].into_iter().flatten() {
             blk.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
-            extra += 1;
         }
         let ts = userstack::clock::timespec(block_for(deadline, &b));
         let hold = hold.get_or_insert_with(SigHold::new);
@@ -1333,8 +1332,8 @@ pub fn poll(
         }
         let notified = me >= 0 && blk.last().is_some_and(|p| p.fd == me && p.revents != 0);
         let woke = wake.is_some_and(|w| blk.iter().any(|p| p.fd == w && p.revents != 0));
-        // The block watched the kernel's fds (the first entries): none ready counts as a look.
-        let kernel_ready = r < 0 || blk[..blk.len() - extra].iter().any(|p| p.revents != 0);
+        // The block watched the kernel's fds: none ready counts as a look.
+        let kernel_ready = r < 0 || blk[..kernel_fds].iter().any(|p| p.revents != 0);
         kernel_quiet_since = (!kernel_ready).then(Instant::now);
         after_block(notified, woke, &b);
         if r < 0 && err == libc::EINTR {

@@ -82,6 +82,25 @@ fn call_fd(name: &str, f: impl FnOnce() -> c_int) -> c_int {
     r
 }
 
+/// A new epoll set (epoll_create1) with each of `fds` added for EPOLLIN with its data: the
+/// calls printed.
+fn epoll_reading(fds: &[(c_int, u64)]) -> c_int {
+    // SAFETY: plain calls on the caller's fds and a local event.
+    unsafe {
+        let ep = call_fd("epoll_create1", || libc::epoll_create1(libc::EPOLL_CLOEXEC));
+        for &(fd, data) in fds {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: data,
+            };
+            call("epoll_ctl(ADD IN)", || {
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev)
+            });
+        }
+        ep
+    }
+}
+
 /// As `call`, with a note after the errno (what the call wrote back).
 fn note(what: impl std::fmt::Display) {
     println!("  -> {what}");
@@ -1060,16 +1079,7 @@ fn server(port: u16) {
         select_one(c, true, 1_000_000, "select(read, 1s)");
         recv_note(c, 0, 0, "recv(len 0, data buffered)");
         step("epoll_wait with room for one event takes turns between a readable connection and a readable kernel fd (level-triggered)");
-        let ep = call_fd("epoll_create1", || libc::epoll_create1(libc::EPOLL_CLOEXEC));
-        for (fd, data) in [(c, 1u64), (pipe[0], 2)] {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: data,
-            };
-            call("epoll_ctl(ADD IN)", || {
-                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev)
-            });
-        }
+        let ep = epoll_reading(&[(c, 1), (pipe[0], 2)]);
         let mut seen = Vec::new();
         for _ in 0..4 {
             let mut one = [libc::epoll_event { events: 0, u64: 0 }];
@@ -1083,18 +1093,9 @@ fn server(port: u16) {
         note(format!("reported={seen:?}"));
         libc::close(ep);
         step("a pipe that becomes readable beside a connection that stays readable is reported (level-triggered epoll_wait: no starvation)");
-        let ep = call_fd("epoll_create1", || libc::epoll_create1(libc::EPOLL_CLOEXEC));
         let mut late = [0 as c_int; 2];
         libc::pipe(late.as_mut_ptr());
-        for (fd, data) in [(c, 1u64), (late[0], 2)] {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: data,
-            };
-            call("epoll_ctl(ADD IN)", || {
-                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev)
-            });
-        }
+        let ep = epoll_reading(&[(c, 1), (late[0], 2)]);
         let wait8 = |timeout: c_int| {
             let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
             let n = libc::epoll_wait(ep, evs.as_mut_ptr(), 8, timeout);

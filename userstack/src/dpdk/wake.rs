@@ -83,9 +83,9 @@ fn socket_fds(family: libc::c_int) -> Vec<RawFd> {
 pub(super) struct PacketWake {
     pub(super) fd: RawFd,
     armed: bool,
-    /// The attached filter returns this word (bytes to keep: 1 armed, 0 not): an mmapped
-    /// BPF_F_MMAPABLE array map, and the map's and the program's fds.
-    flag: Option<(*const AtomicU32, RawFd, RawFd)>,
+    /// The attached filter, returning a word of memory this process writes (bytes to keep: 1
+    /// armed, 0 not).
+    flag: Option<FlagFilter>,
     /// Two loaded eBPF socket filters, [drop, keep 1 byte]: switching is attaching an already
     /// verified and compiled program (SO_ATTACH_BPF), where a classic filter is checked and
     /// JIT-compiled again on every SO_ATTACH_FILTER (with cross-CPU calls to install the
@@ -94,9 +94,9 @@ pub(super) struct PacketWake {
     progs: Option<[RawFd; 2]>,
 }
 
-// SAFETY: `flag` points into a mapping this value owns until it drops; it is only reached
+// SAFETY: `word` points into a mapping this value owns until it drops; it is only reached
 // through an atomic.
-unsafe impl Send for PacketWake {}
+unsafe impl Send for FlagFilter {}
 
 const SO_ATTACH_FILTER: libc::c_int = 26;
 const SO_ATTACH_BPF: libc::c_int = 50;
@@ -150,7 +150,7 @@ fn load_socket_filter(keep: i32) -> Option<RawFd> {
 /// A one-word array map, mapped into memory, and a socket filter that returns that word (the
 /// bytes of each frame to queue): the word, the map's fd and the program's. `None` if the
 /// kernel refuses any of it (no BPF_F_MMAPABLE before Linux 5.5, no bpf() for the user).
-fn flag_filter() -> Option<(*const AtomicU32, RawFd, RawFd)> {
+fn flag_filter() -> Option<FlagFilter> {
     let attr = BpfMapCreate {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
@@ -158,19 +158,7 @@ fn flag_filter() -> Option<(*const AtomicU32, RawFd, RawFd)> {
         max_entries: 1,
         map_flags: BPF_F_MMAPABLE,
     };
-    // SAFETY: bpf(BPF_MAP_CREATE) reads attr, alive for the call; a new fd or -1.
-    let map = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &attr as *const BpfMapCreate,
-            std::mem::size_of::<BpfMapCreate>(),
-        )
-    };
-    if map < 0 {
-        return None;
-    }
-    let map = map as RawFd;
+    let map = bpf(BPF_MAP_CREATE, &attr)?;
     // SAFETY: mapping the map's one page of values, shared with the kernel; checked below.
     let page = unsafe {
         libc::mmap(
@@ -182,31 +170,53 @@ fn flag_filter() -> Option<(*const AtomicU32, RawFd, RawFd)> {
             0,
         )
     };
-    let prog = (page != libc::MAP_FAILED)
-        .then(|| {
-            load_program(&[
-                // BPF_LD | BPF_DW | BPF_IMM, dst r1, src BPF_PSEUDO_MAP_VALUE: r1 = &value[0]
-                // of the map (the immediate's two halves: the map's fd, the offset 0)
-                0x18 | (1 << 8) | (BPF_PSEUDO_MAP_VALUE << 12) | (u64::from(map as u32) << 32),
-                0,
-                // BPF_LDX | BPF_W | BPF_MEM, dst r0, src r1: r0 = *(u32 *)r1
-                0x61 | (1 << 12),
-                // BPF_JMP | BPF_EXIT
-                0x95,
-            ])
-        })
-        .flatten();
-    match prog {
-        Some(prog) => Some((page.cast::<AtomicU32>().cast_const(), map, prog)),
-        None => {
-            // SAFETY: our own mapping (if made) and fd, released once.
-            unsafe {
-                if page != libc::MAP_FAILED {
-                    libc::munmap(page, 4096);
-                }
-                libc::close(map);
+    if page == libc::MAP_FAILED {
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(map) };
+        return None;
+    }
+    let mut f = FlagFilter {
+        word: page.cast::<AtomicU32>().cast_const(),
+        map,
+        prog: -1,
+    };
+    f.prog = load_program(&[
+        // BPF_LD | BPF_DW | BPF_IMM, dst r1, src BPF_PSEUDO_MAP_VALUE: r1 = &value[0] of the
+        // map (the immediate's two halves: the map's fd, the offset 0)
+        0x18 | (1 << 8) | (BPF_PSEUDO_MAP_VALUE << 12) | (u64::from(map as u32) << 32),
+        0,
+        // BPF_LDX | BPF_W | BPF_MEM, dst r0, src r1: r0 = *(u32 *)r1
+        0x61 | (1 << 12),
+        // BPF_JMP | BPF_EXIT
+        0x95,
+    ])?;
+    Some(f)
+}
+
+/// A socket filter that returns a word of memory shared with the kernel (`flag_filter`): the
+/// word, the map that holds it, the program. Released when dropped.
+struct FlagFilter {
+    word: *const AtomicU32,
+    map: RawFd,
+    prog: RawFd,
+}
+
+impl FlagFilter {
+    fn word(&self) -> &AtomicU32 {
+        // SAFETY: mapped for as long as `self` lives (unmapped in drop), aligned.
+        unsafe { &*self.word }
+    }
+}
+
+impl Drop for FlagFilter {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping and fds, released once.
+        unsafe {
+            libc::munmap(self.word.cast_mut().cast(), 4096);
+            libc::close(self.map);
+            if self.prog >= 0 {
+                libc::close(self.prog);
             }
-            None
         }
     }
 }
@@ -225,14 +235,20 @@ fn load_program(insns: &[u64]) -> Option<RawFd> {
         kern_version: 0,
         prog_flags: 0,
     };
-    // SAFETY: bpf(BPF_PROG_LOAD) reads attr and the instructions it points at, both alive
-    // for the call; it returns a new fd (close-on-exec) or -1.
+    // (It points at the instructions and the license, alive for the call.)
+    bpf(BPF_PROG_LOAD, &attr)
+}
+
+/// bpf(`cmd`, `attr`): the fd it makes (close-on-exec), or `None`.
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> Option<RawFd> {
+    // SAFETY: bpf(2) reads `size_of::<T>()` bytes of attr (and what they point at, alive
+    // for the call: the callers' attrs point only at their own locals), returns an fd or -1.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const BpfProgLoad,
-            std::mem::size_of::<BpfProgLoad>(),
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
         )
     };
     (fd >= 0).then_some(fd as RawFd)
@@ -274,21 +290,17 @@ impl PacketWake {
             };
             w.set_filter(false)?;
             // The flag's filter in place of the two, where the kernel has what it needs.
-            if let Some((word, map, prog)) = flag_filter() {
-                (*word).store(0, Ordering::SeqCst);
+            if let Some(f) = flag_filter() {
+                f.word().store(0, Ordering::SeqCst);
                 if libc::setsockopt(
                     fd,
                     libc::SOL_SOCKET,
                     SO_ATTACH_BPF,
-                    (&prog as *const RawFd).cast(),
+                    (&f.prog as *const RawFd).cast(),
                     4,
                 ) == 0
                 {
-                    w.flag = Some((word, map, prog));
-                } else {
-                    libc::munmap(word.cast_mut().cast(), 4096);
-                    libc::close(map);
-                    libc::close(prog);
+                    w.flag = Some(f);
                 }
             }
             let one: libc::c_int = 1;
@@ -364,8 +376,7 @@ impl PacketWake {
 
     /// The flag's word.
     fn word(&self) -> Option<&AtomicU32> {
-        // SAFETY: mapped for as long as `self` lives (unmapped in drop), aligned.
-        self.flag.map(|(w, _, _)| unsafe { &*w })
+        self.flag.as_ref().map(FlagFilter::word)
     }
 
     pub(super) fn arm(&mut self) {
@@ -424,16 +435,11 @@ impl PacketWake {
 
 impl Drop for PacketWake {
     fn drop(&mut self) {
-        // SAFETY: our own fds and mapping, released once.
+        // SAFETY: our own fds, closed once. (`flag` releases its own.)
         unsafe {
             libc::close(self.fd);
             for f in self.progs.into_iter().flatten() {
                 libc::close(f);
-            }
-            if let Some((word, map, prog)) = self.flag {
-                libc::munmap(word.cast_mut().cast(), 4096);
-                libc::close(map);
-                libc::close(prog);
             }
         }
     }
