@@ -442,6 +442,12 @@ impl RedisBed {
         self.subnet.addr(2).to_string()
     }
 
+    /// The root end of the bed's veth pair (the device of [`Dev::AfPacket`] and
+    /// [`Dev::AfXdp`], the bridge's kernel side for [`Dev::Memif`]).
+    pub fn root_if(&self) -> Option<&str> {
+        self._veth.as_ref().map(VethPair::root_if)
+    }
+
     /// The same (the name mtcprun's tests use).
     pub fn stack_addr(&self) -> String {
         self.addr()

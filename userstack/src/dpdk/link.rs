@@ -108,6 +108,24 @@ impl DpdkLink {
         let tap = port_name.starts_with("net_tap") || port_name.starts_with("net_tun");
         let no_signals = tap.then(|| (RtSignalsTaken::take(), QuietRtSignals::new()));
         let is_packet = matches!(cfg.dev, DevSpec::AfPacket { .. });
+        // af_packet's wake-up socket is bound before the PMD's sockets: the kernel hands a
+        // frame to an interface's packet sockets newest first, so the PMD's ring holds each
+        // frame before the wake-up's filter reads whether the stack sleeps. Bound after them,
+        // a frame could pass the filter while the stack ran its last poll and reach the ring
+        // only after it (or be queued and drained just before that poll), and the stack slept
+        // on it until its next timer (PacketWake::arm).
+        let packet_wake = match cfg.dev.kernel_iface().filter(|_| is_packet) {
+            Some(iface) => match PacketWake::open(iface) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(
+                        "no wake-up fd on {iface} ({e}): idle loops will sleep and poll"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let packet_before = if is_packet {
             packet_socket_fds()
         } else {
@@ -225,16 +243,9 @@ impl DpdkLink {
                     "cannot tell net_af_xdp's socket: idle loops will sleep and poll"
                 ),
             }
-        } else if let Some(iface) = cfg.dev.kernel_iface() {
-            match PacketWake::open(iface) {
-                Ok(w) => {
-                    link.wake_fd = Some(w.fd);
-                    link.packet_wake = Some(w);
-                }
-                Err(e) => {
-                    tracing::warn!("no wake-up fd on {iface} ({e}): idle loops will sleep and poll")
-                }
-            }
+        } else if let Some(w) = packet_wake {
+            link.wake_fd = Some(w.fd);
+            link.packet_wake = Some(w);
         }
         Ok(link)
     }

@@ -379,10 +379,13 @@ impl PacketWake {
         self.flag.as_ref().map(FlagFilter::word)
     }
 
+    /// Arms the wake-up; the caller polls the device once more before it blocks. No frame is
+    /// slept on because the socket is bound before the PMD's (`DpdkLink::start_port`): the
+    /// kernel hands each frame to the PMD's ring before it runs our filter, with a full barrier
+    /// between. Either the poll after this store sees the frame, or the filter sees the store.
     pub(super) fn arm(&mut self) {
         if let Some(w) = self.word() {
-            // Before the poll that follows: a frame the filter lets through after this store
-            // is one that poll may have missed (the fence orders the store before its reads).
+            // Before the poll that follows (the fence orders the store before its reads).
             w.store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             self.armed = true;
