@@ -19,8 +19,8 @@
 # both modes: with the cache on, the runs measure it warm.
 #   each at -P 1 and -P 16 (suffix p1, p16).
 # Per run: rps, p50 and p99 (ms), server CPU µs per request (utime+stime of the server across
-# the run, divided by requests), and the cache's hit rate (hits / (hits + misses), from
-# `mtcprun stats`).
+# the run, divided by requests), requests per sleep of the server (its threads' voluntary
+# context switches), and the cache's hit rate (hits / (hits + misses), from `mtcprun stats`).
 #
 # SRV_QUOTA=P: the server may use P% of a CPU (a cgroup of its own, CFS quota over 10 ms
 # periods, and MTCP_SPIN_US=0: spinning would spend the quota; SRV_SPIN_US=N spins N µs
@@ -186,13 +186,15 @@ benchmark() { # ARGS...: redis-benchmark on the client's CPU, its CSV line
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 user_ticks() { awk '{print $14}' "/proc/$SRV_PID/stat"; }
+# The server's voluntary context switches (its threads' sleeps), all threads.
+sleeps() { cat /proc/"$SRV_PID"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 
 stat_value() { # NAME: a counter of the server's stack (0 without one)
     "$MTCPRUN" stats "$SRV_PID" 2>/dev/null | awk -v n="$1" '$1 == n {print $2; exit}' | grep . || echo 0
 }
 
 run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
-    local round=$1 mode=$2 w=$3 p=$4 n=$N keys=1000 t0 t1 u0 u1 h0 h1 m0 m1 line rps p50 p99 r2
+    local round=$1 mode=$2 w=$3 p=$4 n=$N keys=1000 t0 t1 u0 u1 s0 s1 h0 h1 m0 m1 line rps p50 p99 r2
     [[ $p -gt 1 ]] && n=$((N * 5))
     [[ $w == get100k ]] && keys=100000
     cli flushall >/dev/null
@@ -202,6 +204,7 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
     [[ $w != set ]] && benchmark -t get -r "$keys" -n $((keys * 10)) -c 50 -P 1 >/dev/null
     t0=$(cpu_ticks)
     u0=$(user_ticks)
+    s0=$(sleeps)
     h0=$(stat_value hits)
     m0=$(stat_value misses)
     local perf_pid= count_pid=
@@ -241,6 +244,7 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
     esac
     t1=$(cpu_ticks)
     u1=$(user_ticks)
+    s1=$(sleeps)
     local pid sys=
     for pid in $perf_pid $count_pid; do
         kill -INT "$pid" 2>/dev/null
@@ -255,12 +259,13 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
         echo "  $mode $w -P $p: failed: $(tail -2 "$TMP/bench.err")" >&2
         return
     fi
-    local cpu usr hit
+    local cpu usr hit per
     cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')
     usr=$(awk -v d=$((u1 - u0)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')
+    per=$(awk -v s=$((s1 - s0)) -v n="$n" 'BEGIN{printf "%.0f", s ? n / s : n}')
     hit=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) 'BEGIN{printf "%.3f", (h + m) ? h / (h + m) : 0}')
-    printf '  %-3s %-8s -P %-3s %12s rps  p50 %7s ms  p99 %7s ms  cpu %6s us/req (user %s)  hits %s%s\n' \
-        "$mode" "$w" "$p" "$rps" "$p50" "$p99" "$cpu" "$usr" "$hit" "$sys"
+    printf '  %-3s %-8s -P %-3s %12s rps  p50 %7s ms  p99 %7s ms  cpu %6s us/req (user %s)  req/sleep %s  hits %s%s\n' \
+        "$mode" "$w" "$p" "$rps" "$p50" "$p99" "$cpu" "$usr" "$per" "$hit" "$sys"
     echo "$round,$mode,$w,$p,$rps,$p50,$p99,$cpu,$usr,$hit" >>"$CSV"
 }
 

@@ -269,18 +269,48 @@ print("pinged")
 /// A request that reaches af_packet's ring while the loop is arming its wake-up (its last
 /// poll, then the block) wakes it: the PMD's ring holds each frame before the wake-up's filter
 /// sees it. Bound the other way round, about one request in a thousand of this client waited
-/// for the loop's next timer (30-190 ms with Redis at `hz 1`).
+/// for the loop's next timer (30-190 ms with Redis at `hz 1`). The kernel registers an
+/// interface's packet sockets again when it comes back up: the order holds after that too.
 #[test]
 fn requests_that_arrive_as_the_loop_blocks_over_af_packet_wake_it() {
+    let mut bed = woken_at_once(Dev::AfPacket);
+    let iface = bed.root_if().expect("a veth bed").to_string();
+    for state in ["down", "up"] {
+        let st = Command::new("ip")
+            .args(["link", "set", "dev", &iface, state])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip link set dev {iface} {state}");
+    }
+    pings_wake_it(&mut bed, &format!("after {iface} went down and up"));
+}
+
+/// The same over memif (the peer, a stack of ours, wakes the loop through a flag and a
+/// datagram) and af_xdp (the PMD's socket, readable while its ring holds frames).
+#[test]
+fn requests_that_arrive_as_the_loop_blocks_over_memif_and_af_xdp_wake_it() {
+    woken_at_once(Dev::Memif);
+    woken_at_once(Dev::AfXdp);
+}
+
+/// Redis over `dev`, its loop woken at once by requests that come at any point of its
+/// polling, spinning and blocking ([`pings_wake_it`]).
+fn woken_at_once(dev: Dev) -> RedisBed {
     let mut bed = RedisBed::new(BedOptions {
-        dev: Dev::AfPacket,
+        dev,
         // Redis's own timer once a second: a missed wake-up waits for the stack's next timer
         // or that one, far longer than any round trip here.
         args: vec!["--hz".into(), "1".into()],
         ..Default::default()
     });
-    // PINGs after pauses of 0-60 µs drawn at random: the loop polls, spins (MTCP_SPIN_US's
-    // 50 µs) and blocks at every point of a request's arrival.
+    bed.wait_ready();
+    pings_wake_it(&mut bed, &format!("over {dev:?}"));
+    bed
+}
+
+/// 20,000 PINGs, each after a pause of 0-60 µs drawn at random, so that requests come while
+/// the loop polls, spins (MTCP_SPIN_US's 50 µs) and blocks: none waits for a timer.
+fn pings_wake_it(bed: &mut RedisBed, what: &str) {
     const PINGS: &str = r#"
 import socket, sys, time, random
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -300,33 +330,16 @@ for _ in range(20000):
 rtts.sort()
 print("median", rtts[len(rtts) // 2], "slowest", *rtts[-5:])
 "#;
-    bed.wait_ready();
     let (h, p) = (bed.addr(), bed.port.to_string());
-    let slowest = |out: &str| -> u64 {
-        out.split_whitespace()
-            .last()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no round trips: {out}"))
-    };
     let out = bed.run_ok("python3", &["-c", PINGS, &h, &p]);
+    let slowest: u64 = out
+        .split_whitespace()
+        .last()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no round trips: {out}"));
     assert!(
-        slowest(&out) < 50_000,
-        "a request waited for the loop to wake (µs): {out}"
-    );
-    // The kernel registers an interface's packet sockets again when it comes back up: the
-    // order holds.
-    let iface = bed.root_if().expect("a veth bed").to_string();
-    for state in ["down", "up"] {
-        let st = Command::new("ip")
-            .args(["link", "set", "dev", &iface, state])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip link set dev {iface} {state}");
-    }
-    let out = bed.run_ok("python3", &["-c", PINGS, &h, &p]);
-    assert!(
-        slowest(&out) < 50_000,
-        "after {iface} went down and up, a request waited for the loop to wake (µs): {out}"
+        slowest < 50_000,
+        "{what}: a request waited for the loop to wake (µs): {out}"
     );
 }
 
