@@ -11,7 +11,7 @@ use userstack::SockError;
 
 use super::wait::{
     after_block, block_for, block_in, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
-    restarts, wait_once, woke_for_work, Look, SigHold, Waited,
+    restarts, wait_once, Look, SigHold, Waited,
 };
 use super::{child, config, kwait, shim, with};
 use crate::sockets::{Accepted, Answer, Family, Io, PollKind};
@@ -1135,9 +1135,11 @@ pub fn epoll_wait(
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }
-        if woke_for_work(&b, r) {
-            last_work = Instant::now();
-        }
+        // (A wake-up is not work: the pass after it finds the frames that woke it, and spins
+        // after them. One that finds none (another worker process's frames, which wake every
+        // process on the interface; a timer with nothing to do; a nap's end) blocks again at
+        // once: with MTCP_SPIN_US's spin after every wake-up, nginx's 4 workers spent 4
+        // spins a request.)
         // The block watched the kernel's fds: one of them ready (or maybe: no epoll instance
         // of the thread's) asks for a look, in this call or, if ours fill its room, the next;
         // none counts as a look that found none (a system call less per block, and per nap of
@@ -1339,8 +1341,6 @@ pub fn poll(
         if r < 0 && err == libc::EINTR {
             return Some(Err(libc::EINTR));
         }
-        if woke_for_work(&b, r) {
-            last_work = Instant::now();
-        }
+        // (No spin for the wake-up itself: see epoll_wait.)
     }
 }

@@ -277,14 +277,6 @@ pub(super) struct Blocking {
     link_down: bool,
 }
 
-/// Whether a waiter that blocked with `b` and got `r` from the blocking call goes back to
-/// spinning (MTCP_SPIN_US): after a wake-up, yes (work is likely to follow); after a nap that
-/// timed out, no: it polls once and naps again, or an idle thread on memif would spin after
-/// every nap (2.5-3% of a core instead of well under 1%).
-pub(super) fn woke_for_work(b: &Blocking, r: c_int) -> bool {
-    !b.nap || r > 0
-}
-
 /// Work was found: this thread's next nap is the shortest again.
 pub(super) fn naps_reset() {
     NAPS.with(|n| {

@@ -32,8 +32,10 @@
 //! - Delayed ACKs as Linux's: at once for more than one full segment unacknowledged,
 //!   out-of-order data, a filled hole, a FIN, or in quick-ACK mode; else after `ack_delay`.
 //!   A window update is sent when reading doubles a window that was at most half the buffer.
-//! - Nagle (unless `nodelay`), sender-side silly-window avoidance, zero-window probes and
-//!   keepalive probes as Linux sends them (an old sequence number, no data).
+//! - Nagle (unless `nodelay`) in Minshall's form, as Linux's: a partial segment waits only
+//!   while an earlier partial segment is unacknowledged, so a reply's last piece leaves behind
+//!   its full segments; sender-side silly-window avoidance, zero-window probes and keepalive
+//!   probes as Linux sends them (an old sequence number, no data).
 //! - Header prediction both ways: an established connection's next in-order segment, and new
 //!   data to send with nothing else due, take short paths of the general one's steps that can
 //!   apply (`Tcb::input_compared` and `Tcb::output_compared` run both and compare, in the
@@ -210,6 +212,9 @@ pub struct Tcb {
     snd_una: u32,
     /// The next new sequence number to send (the highest sent + 1).
     snd_nxt: u32,
+    /// The end of the last partial segment of new data sent (Linux's `snd_sml`): Nagle holds
+    /// another partial segment while that one is unacknowledged.
+    snd_sml: u32,
     /// The peer's window, in bytes.
     snd_wnd: u32,
     snd_wl1: u32,
@@ -410,6 +415,7 @@ impl Tcb {
             tx_seq: iss.wrapping_add(1),
             snd_una: iss,
             snd_nxt: iss.wrapping_add(1),
+            snd_sml: iss,
             snd_wnd: 0,
             snd_wl1: 0,
             snd_wl2: 0,
@@ -1850,8 +1856,9 @@ impl Tcb {
     }
 
     /// The length of the new data segment due now: 0 when there is none, or when Nagle (a
-    /// partial segment while data is in flight) or silly-window avoidance (a segment cut
-    /// short by a window while data is in flight) holds it back.
+    /// partial segment while an earlier partial segment is in flight: Minshall's form, which
+    /// Linux's `tcp_nagle_check` uses) or silly-window avoidance (a segment cut short by a
+    /// window while data is in flight) holds it back.
     #[inline]
     fn next_data(&self) -> u32 {
         let can = self.sendable();
@@ -1866,10 +1873,16 @@ impl Tcb {
         if self.snd_nxt == self.snd_una {
             return n;
         }
-        if n < unsent || (!self.set.nodelay && !self.fin_queued) {
+        if n < unsent || (!self.set.nodelay && !self.fin_queued && self.small_in_flight()) {
             return 0;
         }
         n
+    }
+
+    /// A partial segment sent is not acknowledged yet (Linux's `tcp_minshall_check`).
+    #[inline]
+    fn small_in_flight(&self) -> bool {
+        seq_lt(self.snd_una, self.snd_sml) && !seq_lt(self.snd_nxt, self.snd_sml)
     }
 
     fn fin_sendable(&self) -> bool {
@@ -2203,6 +2216,9 @@ impl Tcb {
                 return false;
             }
             self.snd_nxt = e;
+            if n < self.seg_max() {
+                self.snd_sml = e;
+            }
             self.timing.get_or_insert((e, now));
             if self.unsent() == 0 {
                 self.cork_since = None;
