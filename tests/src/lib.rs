@@ -22,6 +22,7 @@
 //! * [`links`] — [`VethPair`], [`LinkGuard`];
 //! * [`server`] — [`ServerProcess`], [`ServerBuilder`], [`wait_stdout_contains`];
 //! * [`report`] — the load clients' summary lines ([`parse_summary`]);
+//! * [`strace`] — [`strace::traced`], the system calls of running processes;
 //! * [`steps`] — the comparison programs' step-headed output and its comparison;
 //! * [`stackdev`] — [`stackdev::StackDevice`], the device under any server run with the shim;
 //! * [`redis`] — Redis test beds; [`workload`] — the load clients' request streams.
@@ -38,6 +39,7 @@ pub mod server;
 pub mod sides;
 pub mod stackdev;
 pub mod steps;
+pub mod strace;
 pub mod subnet;
 pub mod tcpinfo;
 pub mod workload;

@@ -346,43 +346,8 @@ print("median", rtts[len(rtts) // 2], "slowest", *rtts[-5:])
 /// What strace with `args` wrote of every thread of `bed`'s server while `client` ran.
 fn traced(bed: &mut RedisBed, args: &[&str], client: impl FnOnce(&mut RedisBed)) -> String {
     bed.wait_ready();
-    let out = bed.dir.path().join("strace.txt");
-    let mut strace = Command::new("strace");
-    strace.args(args).args(["-f", "-o"]).arg(&out);
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", bed.server.pid()))
-        .expect("the server's threads");
-    for t in tasks {
-        strace.arg("-p").arg(t.unwrap().file_name());
-    }
-    let mut tracer = strace
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("strace runs (apt-get install strace)");
-    // Traced once every thread names strace as its tracer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !all_traced(bed.server.pid(), tracer.id()) {
-        assert!(Instant::now() < deadline, "strace never attached");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    client(bed);
-    // SAFETY: a signal to the strace this test started, by its pid.
-    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
-    tracer.wait().unwrap();
-    std::fs::read_to_string(&out).unwrap()
-}
-
-/// Whether every thread of process `pid` is traced by process `tracer`.
-fn all_traced(pid: u32, tracer: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    let want = tracer.to_string();
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.split_whitespace().eq(["TracerPid:", want.as_str()]))
-        })
-    })
+    let (pid, out) = (bed.server.pid(), bed.dir.path().join("strace.txt"));
+    mtcp_tests::strace::traced(&[pid], args, &out, || client(bed)).0
 }
 
 /// Requests after pauses, on every device with a wake-up fd, without spinning: each one must

@@ -312,6 +312,29 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             _ => {}
         }
+        if level == libc::IPPROTO_TCP && matches!(name, libc::TCP_CORK | libc::TCP_NODELAY) {
+            // Any int is a valid value (a shorter one is the kernel's EINVAL, below): taken
+            // without asking the identity socket, and answered from `opts` (getsockopt).
+            if let Some(v) = options::int_value(value) {
+                let on = v != 0;
+                let effect = if name == libc::TCP_CORK {
+                    opts.cork = Some(on);
+                    Effect::Cork(on)
+                } else {
+                    opts.nodelay = Some(on);
+                    Effect::Nodelay(on)
+                };
+                if let Some(Obj::Conn { opts: slot, .. }) = self.obj(fd) {
+                    *slot = opts;
+                }
+                self.stack.as_ref()?;
+                return Some(
+                    self.take_effect(fd, id, effect, &opts)
+                        .map(|_| 0)
+                        .map_err(so_errno),
+                );
+            }
+        }
         match options::policy(level, name) {
             Policy::Kept => {
                 return Some(
@@ -447,7 +470,17 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         out: &mut [u8],
     ) -> Answer<usize> {
         let id = match self.obj(fd) {
-            Some(Obj::Conn { id, .. }) => *id,
+            Some(Obj::Conn { id, opts, .. }) => {
+                let set = match (level, name) {
+                    (libc::IPPROTO_TCP, libc::TCP_CORK) => opts.cork,
+                    (libc::IPPROTO_TCP, libc::TCP_NODELAY) => opts.nodelay,
+                    _ => None,
+                };
+                if let Some(on) = set {
+                    return Some(Ok(int_out(out, c_int::from(on))));
+                }
+                *id
+            }
             // A stack-only listener's kernel socket never listens: whether it does is ours to
             // say (a dual listener's kernel side listens, or was shut, as ours).
             Some(Obj::Listener {

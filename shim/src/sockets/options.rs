@@ -137,6 +137,12 @@ pub struct ConnOpts {
     /// SO_RCVLOWAT: bytes that must be buffered for the connection to be readable, and that a
     /// blocking receive waits for (0 here: never set, which is 1).
     pub rcvlowat: usize,
+    /// TCP_CORK and TCP_NODELAY as last set on the connection. Set without a system call
+    /// (nginx's tcp_nopush takes the cork on and off around every response), so the identity
+    /// socket does not hold them; `None`: never set, and the identity socket's (inherited from
+    /// the listener, or the default) is the value.
+    pub cork: Option<bool>,
+    pub nodelay: Option<bool>,
 }
 
 /// Linux's keepalive defaults (tcp_keepalive_time, _intvl, _probes), if the kernel socket

@@ -947,6 +947,21 @@ fn server(port: u16) {
         setsockopt_int(c, tcp, libc::TCP_CORK, 0, "setsockopt(TCP_CORK 0)");
         note(read_line(c));
 
+        step("TCP_CORK and TCP_NODELAY read back 1 for any non-zero value and 0 for 0, through a dup too; a short value is EINVAL and changes nothing");
+        let d = call_fd("dup", || libc::dup(c));
+        for name in [libc::TCP_CORK, libc::TCP_NODELAY] {
+            setsockopt_int(c, tcp, name, 7, "setsockopt(7)");
+            getsockopt_int(c, tcp, name, "getsockopt");
+            getsockopt_int(d, tcp, name, "getsockopt through the dup");
+            call("setsockopt(2 bytes)", || {
+                libc::setsockopt(c, tcp, name, (&0 as *const c_int).cast(), 2)
+            });
+            getsockopt_int(c, tcp, name, "getsockopt after the short value");
+            setsockopt_int(d, tcp, name, 0, "setsockopt(0) through the dup");
+            getsockopt_int(c, tcp, name, "getsockopt");
+        }
+        call("close(dup)", || libc::close(d));
+
         step("SO_LINGER, SO_RCVTIMEO and SO_SNDTIMEO read back as set (rounded to the kernel's tick)");
         let lin = |on, secs| libc::linger {
             l_onoff: on,
