@@ -88,11 +88,11 @@ pub trait Link {
         let _ = others_blocked;
     }
     fn counters(&self) -> LinkCounters;
-    /// Receives from now on only the frames `filter` keeps (a classic BPF program over
-    /// Ethernet frames, `steer::frame_filter`), where other processes share the device. Devices
-    /// that cannot be shared say why.
-    fn steer(&mut self, filter: &[crate::steer::SockFilter]) -> Result<(), String> {
-        let _ = filter;
+    /// Receives (and is woken by) from now on only the frames of the buckets in `see`, other
+    /// IPv4 if `other_ip`, and everything that is not IPv4 (`steer::frame_filter`), where other
+    /// processes share the device. Devices that cannot be shared say why.
+    fn steer(&mut self, see: u32, other_ip: bool) -> Result<(), String> {
+        let _ = (see, other_ip);
         Err("this device cannot be shared by processes".into())
     }
 }

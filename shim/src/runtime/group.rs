@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use userstack::link::Link;
-use userstack::steer::{frame_filter, FlowRegistry, Handed, Steering, ALL, BUCKETS};
+use userstack::steer::{FlowRegistry, Handed, Steering, ALL, BUCKETS};
 use userstack::tcp::{Carry, CARRY_WORDS};
 use userstack::Stack;
 
@@ -724,7 +724,7 @@ pub(super) fn steer<L: Link>(stack: &mut Stack<L>, serving: bool) {
 /// Attaches the filter for `see` (and other IPv4 if `other_ip`) to the device.
 fn apply_filter<L: Link>(stack: &mut Stack<L>, see: u32, other_ip: bool) {
     let other = u32::from(other_ip);
-    match stack.link_mut().steer(&frame_filter(see, other_ip)) {
+    match stack.link_mut().steer(see, other_ip) {
         Ok(()) => {
             SEEN.store(see, Ordering::Relaxed);
             OTHER_IP.store(other, Ordering::Relaxed);

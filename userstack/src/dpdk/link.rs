@@ -594,16 +594,23 @@ impl Link for DpdkLink {
         }
     }
 
-    fn steer(&mut self, filter: &[crate::steer::SockFilter]) -> Result<(), String> {
+    fn steer(&mut self, see: u32, other_ip: bool) -> Result<(), String> {
         if self.rx_sockets.is_empty() {
             return Err(format!(
                 "{} cannot be shared by processes (net_af_packet can)",
                 self.info.port_name
             ));
         }
+        if let Some(w) = self.packet_wake.as_ref() {
+            w.widen(see, other_ip);
+        }
+        let filter = crate::steer::frame_filter(see, other_ip);
         for &fd in &self.rx_sockets {
-            attach_filter(fd, filter)
+            attach_filter(fd, &filter)
                 .map_err(|e| format!("cannot filter {}'s frames: {e}", self.info.port_name))?;
+        }
+        if let Some(w) = self.packet_wake.as_ref() {
+            w.steer(see, other_ip);
         }
         Ok(())
     }

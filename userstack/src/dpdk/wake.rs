@@ -79,7 +79,9 @@ fn socket_fds(family: libc::c_int) -> Vec<RawFd> {
 /// runs, and keeps one byte of each while the stack sleeps, so `poll` on it wakes the loop when a
 /// frame arrives. Nothing per packet while busy beyond the kernel running a filter of a few
 /// instructions. Arming and disarming is a store into a BPF array map the filter reads
-/// (`flag`), or, where the kernel gives none, a setsockopt each that swaps the filter.
+/// (`flag`), or, where the kernel gives none, a setsockopt each that swaps the filter. Among
+/// worker processes sharing the interface the map also says which buckets are this one's
+/// (`steer`): a frame wakes the worker it is for.
 pub(super) struct PacketWake {
     pub(super) fd: RawFd,
     armed: bool,
@@ -147,14 +149,102 @@ fn load_socket_filter(keep: i32) -> Option<RawFd> {
     ])
 }
 
-/// A one-word array map, mapped into memory, and a socket filter that returns that word (the
-/// bytes of each frame to queue): the word, the map's fd and the program's. `None` if the
-/// kernel refuses any of it (no BPF_F_MMAPABLE before Linux 5.5, no bpf() for the user).
+/// The words of the flag filter's map value (`flag_filter`), by index.
+const FLAG: usize = 0;
+/// Non-zero: only the frames of the buckets in `SEE` (and other IPv4 if `OTHER_IP`) wake.
+const STEERED: usize = 1;
+const SEE: usize = 2;
+const OTHER_IP: usize = 3;
+const WORDS: usize = 4;
+
+/// One eBPF instruction (`struct bpf_insn`: opcode, destination and source registers, offset,
+/// immediate), as the kernel reads it on little-endian machines.
+const fn ebpf(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    code as u64
+        | (dst as u64) << 8
+        | (src as u64) << 12
+        | (off as u16 as u64) << 16
+        | (imm as u32 as u64) << 32
+}
+
+/// The wake-up's filter, given the map value's address in two instruction slots: 0 (drop) while
+/// the stack runs (`FLAG` 0); while it sleeps, 1 (keep a byte: the socket becomes readable) for
+/// every frame, or, once the stack is steered (`STEERED`, worker processes sharing the
+/// interface), for what its packet sockets keep: TCP over IPv4 of the buckets in `SEE`
+/// (`steer::flow_bucket`'s hash, as `steer::frame_filter` computes it), other IPv4 if
+/// `OTHER_IP`, everything that is not IPv4. So a frame wakes the worker it is for, not all of
+/// them.
+fn wake_program(value: [u64; 2]) -> Vec<u64> {
+    const MOV_X: u8 = 0xbf; // r_dst = r_src
+    const MOV_K: u8 = 0xb7; // r_dst = imm
+    const LDX_W: u8 = 0x61; // r_dst = *(u32 *)(r_src + off)
+    const STX_W: u8 = 0x63; // *(u32 *)(r_dst + off) = r_src
+    const JEQ_K: u8 = 0x15;
+    const JNE_K: u8 = 0x55;
+    const ABS_B: u8 = 0x30; // r0 = the frame's byte at imm (these loads need r6 = the context)
+    const ABS_H: u8 = 0x28; // r0 = the big-endian half-word at imm
+    const ABS_W: u8 = 0x20;
+    const IND_H: u8 = 0x48; // r0 = the half-word at r_src + imm
+    const AND_K: u8 = 0x57;
+    const LSH_K: u8 = 0x67;
+    const RSH_K: u8 = 0x77;
+    const RSH_X: u8 = 0x7f;
+    const XOR_X: u8 = 0xaf;
+    const EXIT: u8 = 0x95;
+    let w = |i: usize| (i * 4) as i16;
+    let mut p = vec![
+        /* 0 */ ebpf(MOV_X, 6, 1, 0, 0),
+        /* 1 */ value[0],
+        /* 2 */ value[1], // r7 = the map value
+        /* 3 */ ebpf(LDX_W, 0, 7, w(FLAG), 0),
+        /* 4 */ ebpf(JEQ_K, 0, 0, 30, 0), // disarmed: return 0 (35)
+        /* 5 */ ebpf(LDX_W, 8, 7, w(STEERED), 0),
+        /* 6 */ ebpf(JEQ_K, 8, 0, 28, 0), // not steered: return the flag (35)
+        /* 7 */ ebpf(ABS_H, 0, 0, 0, 12), // EtherType
+        /* 8 */ ebpf(JNE_K, 0, 0, 25, 0x0800), // not IPv4: keep (34)
+        /* 9 */ ebpf(ABS_B, 0, 0, 0, 23), // IP protocol
+        /* 10 */ ebpf(JNE_K, 0, 0, 25, 6), // not TCP: other IPv4 (36)
+        /* 11 */ ebpf(ABS_H, 0, 0, 0, 20), // flags, fragment offset
+        /* 12 */ ebpf(AND_K, 0, 0, 0, 0x1fff),
+        /* 13 */
+        ebpf(JNE_K, 0, 0, 22, 0), // a later fragment (no ports): other IPv4 (36)
+        /* 14 */ ebpf(ABS_B, 0, 0, 0, 14),
+        /* 15 */ ebpf(AND_K, 0, 0, 0, 0xf),
+        /* 16 */ ebpf(LSH_K, 0, 0, 0, 2),
+        /* 17 */ ebpf(MOV_X, 8, 0, 0, 0), // r8 = the IP header's length
+        /* 18 */ ebpf(IND_H, 0, 8, 0, 14), // source port
+        /* 19 */ ebpf(STX_W, 10, 0, -4, 0), // (the loads clobber r1-r5)
+        /* 20 */ ebpf(IND_H, 0, 8, 0, 16), // destination port
+        /* 21 */ ebpf(LDX_W, 9, 10, -4, 0),
+        /* 22 */ ebpf(XOR_X, 9, 0, 0, 0), // source port ^ destination port
+        /* 23 */ ebpf(ABS_W, 0, 0, 0, 26), // source address
+        /* 24 */ ebpf(XOR_X, 0, 9, 0, 0), // h = address ^ ports
+        /* 25 */ ebpf(MOV_X, 9, 0, 0, 0),
+        /* 26 */ ebpf(RSH_K, 9, 0, 0, 16),
+        /* 27 */ ebpf(XOR_X, 0, 9, 0, 0), // h ^ (h >> 16)
+        /* 28 */ ebpf(AND_K, 0, 0, 0, crate::steer::BUCKETS as i32 - 1), // the bucket
+        /* 29 */ ebpf(LDX_W, 8, 7, w(SEE), 0),
+        /* 30 */ ebpf(RSH_X, 8, 0, 0, 0),
+        /* 31 */ ebpf(AND_K, 8, 0, 0, 1),
+        /* 32 */ ebpf(MOV_K, 0, 0, 0, 0),
+        /* 33 */ ebpf(JEQ_K, 8, 0, 1, 0), // not this worker's bucket: return 0 (35)
+        /* 34 */ ebpf(MOV_K, 0, 0, 0, 1),
+        /* 35 */ ebpf(EXIT, 0, 0, 0, 0),
+        /* 36 */ ebpf(LDX_W, 0, 7, w(OTHER_IP), 0),
+        /* 37 */ ebpf(EXIT, 0, 0, 0, 0),
+    ];
+    p.shrink_to_fit();
+    p
+}
+
+/// A small array map, mapped into memory, and the wake-up's socket filter that reads it
+/// (`wake_program`): the words, the map's fd and the program's. `None` if the kernel refuses
+/// any of it (no BPF_F_MMAPABLE before Linux 5.5, no bpf() for the user).
 fn flag_filter() -> Option<FlagFilter> {
     let attr = BpfMapCreate {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
-        value_size: 4,
+        value_size: (WORDS * 4) as u32,
         max_entries: 1,
         map_flags: BPF_F_MMAPABLE,
     };
@@ -176,35 +266,33 @@ fn flag_filter() -> Option<FlagFilter> {
         return None;
     }
     let mut f = FlagFilter {
-        word: page.cast::<AtomicU32>().cast_const(),
+        words: page.cast::<AtomicU32>().cast_const(),
         map,
         prog: -1,
     };
-    f.prog = load_program(&[
-        // BPF_LD | BPF_DW | BPF_IMM, dst r1, src BPF_PSEUDO_MAP_VALUE: r1 = &value[0] of the
+    f.word(OTHER_IP).store(1, Ordering::SeqCst);
+    f.prog = load_program(&wake_program([
+        // BPF_LD | BPF_DW | BPF_IMM, dst r7, src BPF_PSEUDO_MAP_VALUE: r7 = &value[0] of the
         // map (the immediate's two halves: the map's fd, the offset 0)
-        0x18 | (1 << 8) | (BPF_PSEUDO_MAP_VALUE << 12) | (u64::from(map as u32) << 32),
+        0x18 | (7 << 8) | (BPF_PSEUDO_MAP_VALUE << 12) | (u64::from(map as u32) << 32),
         0,
-        // BPF_LDX | BPF_W | BPF_MEM, dst r0, src r1: r0 = *(u32 *)r1
-        0x61 | (1 << 12),
-        // BPF_JMP | BPF_EXIT
-        0x95,
-    ])?;
+    ]))?;
     Some(f)
 }
 
-/// A socket filter that returns a word of memory shared with the kernel (`flag_filter`): the
-/// word, the map that holds it, the program. Released when dropped.
+/// A socket filter that reads words of memory shared with the kernel (`flag_filter`): the
+/// words, the map that holds them, the program. Released when dropped.
 struct FlagFilter {
-    word: *const AtomicU32,
+    words: *const AtomicU32,
     map: RawFd,
     prog: RawFd,
 }
 
 impl FlagFilter {
-    fn word(&self) -> &AtomicU32 {
-        // SAFETY: mapped for as long as `self` lives (unmapped in drop), aligned.
-        unsafe { &*self.word }
+    fn word(&self, i: usize) -> &AtomicU32 {
+        assert!(i < WORDS);
+        // SAFETY: WORDS words mapped for as long as `self` lives (unmapped in drop), aligned.
+        unsafe { &*self.words.add(i) }
     }
 }
 
@@ -212,7 +300,7 @@ impl Drop for FlagFilter {
     fn drop(&mut self) {
         // SAFETY: our own mapping and fds, released once.
         unsafe {
-            libc::munmap(self.word.cast_mut().cast(), 4096);
+            libc::munmap(self.words.cast_mut().cast(), 4096);
             libc::close(self.map);
             if self.prog >= 0 {
                 libc::close(self.prog);
@@ -291,7 +379,7 @@ impl PacketWake {
             w.set_filter(false)?;
             // The flag's filter in place of the two, where the kernel has what it needs.
             if let Some(f) = flag_filter() {
-                f.word().store(0, Ordering::SeqCst);
+                f.word(FLAG).store(0, Ordering::SeqCst);
                 if libc::setsockopt(
                     fd,
                     libc::SOL_SOCKET,
@@ -376,7 +464,7 @@ impl PacketWake {
 
     /// The flag's word.
     fn word(&self) -> Option<&AtomicU32> {
-        self.flag.as_ref().map(FlagFilter::word)
+        self.flag.as_ref().map(|f| f.word(FLAG))
     }
 
     /// Arms the wake-up; the caller polls the device once more before it blocks. No frame is
@@ -426,6 +514,29 @@ impl PacketWake {
         }
     }
 
+    /// Worker processes share the interface, each keeping the frames of its own buckets: from
+    /// now on only those of the buckets in `see` (and other IPv4 if `other_ip`, and whatever
+    /// is not IPv4) wake this stack, as its packet sockets keep only those. Without the flag's
+    /// filter every frame wakes it.
+    pub(super) fn steer(&self, see: u32, other_ip: bool) {
+        if let Some(f) = self.flag.as_ref() {
+            f.word(SEE).store(see, Ordering::SeqCst);
+            f.word(OTHER_IP)
+                .store(u32::from(other_ip), Ordering::SeqCst);
+            f.word(STEERED).store(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The frames of `see` (and other IPv4 if `other_ip`) wake this stack too, beside those
+    /// that did: before the packet sockets take them, so that none reaches the ring unwoken.
+    pub(super) fn widen(&self, see: u32, other_ip: bool) {
+        if let Some(f) = self.flag.as_ref() {
+            f.word(SEE).fetch_or(see, Ordering::SeqCst);
+            f.word(OTHER_IP)
+                .fetch_or(u32::from(other_ip), Ordering::SeqCst);
+        }
+    }
+
     pub(super) fn disarm(&mut self) {
         if let Some(w) = self.word() {
             w.store(0, Ordering::SeqCst);
@@ -445,5 +556,122 @@ impl Drop for PacketWake {
                 libc::close(f);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steer::flow_bucket;
+    use std::net::Ipv4Addr;
+
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+    /// The start of `union bpf_attr` for BPF_PROG_TEST_RUN.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+    }
+
+    /// What the kernel's run of `prog` says of `frame`: the bytes to keep. (A socket filter's
+    /// test run takes the frame's first 14 bytes as the link header and starts the packet
+    /// after them, where a packet socket's filter sees the Ethernet header: a dummy header
+    /// goes first.)
+    fn run(prog: RawFd, frame: &[u8]) -> u32 {
+        let mut data = vec![0u8; 14];
+        data[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        data.extend_from_slice(frame);
+        let mut attr = TestRun {
+            prog_fd: prog as u32,
+            data_size_in: data.len() as u32,
+            data_in: data.as_ptr() as u64,
+            repeat: 1,
+            ..TestRun::default()
+        };
+        // SAFETY: bpf(2) reads and writes `attr` and reads `data`, both alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRun,
+                std::mem::size_of::<TestRun>(),
+            )
+        };
+        assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
+        attr.retval
+    }
+
+    fn tcp_frame(src: Ipv4Addr, sport: u16, dport: u16, ihl_words: u8, frag: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + usize::from(ihl_words) * 4 + 20];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x40 | ihl_words;
+        f[20..22].copy_from_slice(&frag.to_be_bytes());
+        f[23] = 6;
+        f[26..30].copy_from_slice(&src.octets());
+        let t = 14 + usize::from(ihl_words) * 4;
+        f[t..t + 2].copy_from_slice(&sport.to_be_bytes());
+        f[t + 2..t + 4].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    /// The wake-up's filter, run by the kernel: nothing while disarmed; armed, every frame
+    /// until steered, then a TCP frame only if its flow's bucket (`flow_bucket`, as the packet
+    /// sockets' filter computes it) is among the worker's, other IPv4 as told, and ARP always.
+    #[test]
+    fn the_wake_up_filter_wakes_for_the_frames_of_the_workers_buckets() {
+        let f = flag_filter().expect("bpf() with a mapped array map (Linux 5.5, root)");
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let mut icmp = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 0, 0, 5, 0);
+        icmp[23] = 1;
+        let later_fragment = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 1, 2, 5, 0x2010);
+        let some = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 40000, 6379, 5, 0);
+        assert_eq!(run(f.prog, &some), 0, "disarmed");
+        f.word(FLAG).store(1, Ordering::SeqCst);
+        assert_eq!(run(f.prog, &some), 1, "armed, not steered");
+        assert_eq!(run(f.prog, &icmp), 1);
+        for _ in 0..300 {
+            let r = next();
+            let see = r as u32;
+            let other_ip = r & (1 << 40) != 0;
+            let pf = &f;
+            pf.word(SEE).store(see, Ordering::SeqCst);
+            pf.word(OTHER_IP)
+                .store(u32::from(other_ip), Ordering::SeqCst);
+            pf.word(STEERED).store(1, Ordering::SeqCst);
+            for _ in 0..10 {
+                let r = next();
+                let (ip, port, local) =
+                    (Ipv4Addr::from(r as u32), (r >> 32) as u16, (r >> 48) as u16);
+                let ihl = 5 + (r >> 60) as u8 % 3;
+                let want = see >> flow_bucket(ip, port, local) & 1;
+                assert_eq!(
+                    run(f.prog, &tcp_frame(ip, port, local, ihl, 0x4000)),
+                    want,
+                    "{ip}:{port} -> {local} see {see:#x}"
+                );
+            }
+            assert_eq!(run(f.prog, &arp), 1, "ARP wakes every worker");
+            assert_eq!(run(f.prog, &icmp), u32::from(other_ip));
+            assert_eq!(run(f.prog, &later_fragment), u32::from(other_ip));
+            assert_eq!(run(f.prog, &some[..30]), 0, "a frame cut short is dropped");
+        }
+        f.word(FLAG).store(0, Ordering::SeqCst);
+        assert_eq!(run(f.prog, &arp), 0, "disarmed");
     }
 }
