@@ -368,6 +368,21 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         )
     }
 
+    /// Writes TCP_CORK and TCP_NODELAY, which setsockopt takes on a connection without the
+    /// kernel (see `setsockopt`), to connection `fd`'s identity socket.
+    pub(super) fn options_to_identity(&mut self, fd: c_int) {
+        let Some(Obj::Conn { opts, .. }) = self.obj(fd) else {
+            return;
+        };
+        let (cork, nodelay) = (opts.cork, opts.nodelay);
+        for (name, on) in [(libc::TCP_CORK, cork), (libc::TCP_NODELAY, nodelay)] {
+            if let Some(on) = on {
+                let v = c_int::from(on).to_ne_bytes();
+                let _ = self.host.kernel_setsockopt(fd, libc::IPPROTO_TCP, name, &v);
+            }
+        }
+    }
+
     /// Makes an option's effect real on the stack's connection `id`, whose identity socket is
     /// `fd` (`opts`: its options with the new value).
     pub(super) fn take_effect(

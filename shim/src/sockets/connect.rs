@@ -44,6 +44,12 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             Some(Obj::Epoll { .. } | Obj::Watch | Obj::Follow) => return None,
             None => false,
         };
+        if again {
+            // The options the connection took without the kernel's socket go there now: the
+            // next connection reads its options from it, and a destination the kernel serves
+            // gets the fd back as that socket.
+            self.options_to_identity(fd);
+        }
         let cfg = self.cfg.as_ref().ok()?;
         if !cfg.connect.takes(&cfg.addr, cfg.gateway, *to.ip()) {
             if again {

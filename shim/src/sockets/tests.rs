@@ -994,8 +994,10 @@ fn options_go_to_the_kernel_socket_first_then_take_effect() {
         .iter()
         .map(|o| (o.0, o.2))
         .collect();
+    // TCP_NODELAY (as TCP_CORK) with an int's worth of value is the connection's own: no
+    // call of the kernel's.
     assert!(
-        kernel.contains(&(fd, libc::TCP_KEEPIDLE)) && kernel.contains(&(fd, libc::TCP_NODELAY))
+        kernel.contains(&(fd, libc::TCP_KEEPIDLE)) && !kernel.contains(&(fd, libc::TCP_NODELAY))
     );
     // What only the connection knows.
     assert_eq!(get_int(&mut n, fd, sol, libc::SO_ERROR), Some(Ok(0)));
@@ -1026,10 +1028,17 @@ fn options_go_to_the_kernel_socket_first_then_take_effect() {
         n.s.getsockopt(fd, sol, libc::SO_KEEPALIVE, &mut [0; 4]),
         None
     );
+    assert_eq!(get_int(&mut n, fd, tcp, libc::TCP_NODELAY), Some(Ok(1)));
     assert_eq!(
-        n.s.getsockopt(fd, tcp, libc::TCP_NODELAY, &mut [0; 4]),
-        None
+        n.s.getsockopt(fd, tcp, libc::TCP_CORK, &mut [0; 4]),
+        None,
+        "never set on the connection: the kernel socket's"
     );
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_CORK, &int(5)),
+        Some(Ok(0))
+    );
+    assert_eq!(get_int(&mut n, fd, tcp, libc::TCP_CORK), Some(Ok(1)));
     // A short buffer gets the first bytes, as Linux gives.
     let mut one = [0u8; 1];
     assert_eq!(
@@ -1807,10 +1816,30 @@ fn a_connect_to_a_closed_port_is_refused_once() {
     n.client
         .listen(7001, 8, n.client.default_options())
         .unwrap();
+    // TCP_NODELAY taken on the failed connection (no call of the kernel's) reaches the kernel
+    // socket before the next connection reads its options there.
+    assert_eq!(
+        n.s.setsockopt(
+            CONNECT_FD,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &1i32.to_ne_bytes()
+        ),
+        Some(Ok(0))
+    );
+    let nodelay_in_kernel = |n: &Net| {
+        n.log
+            .borrow()
+            .kernel_opts
+            .iter()
+            .any(|o| (o.0, o.2) == (CONNECT_FD, libc::TCP_NODELAY) && o.3 == 1i32.to_ne_bytes())
+    };
+    assert!(!nodelay_in_kernel(&n));
     assert_eq!(
         connect_to(&mut n, CLIENT, 7001, None),
         Some(Err(libc::EINPROGRESS))
     );
+    assert!(nodelay_in_kernel(&n));
     n.settle();
     assert_eq!(pass(&mut n, EPOLL_FD), vec![(OUT, 9)]);
     assert_eq!(connect_to(&mut n, CLIENT, 7001, None), Some(Ok(0)));

@@ -172,8 +172,8 @@ const fn ebpf(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
 /// every frame, or, once the stack is steered (`STEERED`, worker processes sharing the
 /// interface), for what its packet sockets keep: TCP over IPv4 of the buckets in `SEE`
 /// (`steer::flow_bucket`'s hash, as `steer::frame_filter` computes it), other IPv4 if
-/// `OTHER_IP`, everything that is not IPv4. So a frame wakes the worker it is for, not all of
-/// them.
+/// `OTHER_IP`, everything that is not IPv4, and every IPv4 fragment. So a frame wakes the
+/// worker it is for, not all of them.
 fn wake_program(value: [u64; 2]) -> Vec<u64> {
     const MOV_X: u8 = 0xbf; // r_dst = r_src
     const MOV_K: u8 = 0xb7; // r_dst = imm
@@ -205,9 +205,12 @@ fn wake_program(value: [u64; 2]) -> Vec<u64> {
         /* 9 */ ebpf(ABS_B, 0, 0, 0, 23), // IP protocol
         /* 10 */ ebpf(JNE_K, 0, 0, 25, 6), // not TCP: other IPv4 (36)
         /* 11 */ ebpf(ABS_H, 0, 0, 0, 20), // flags, fragment offset
-        /* 12 */ ebpf(AND_K, 0, 0, 0, 0x1fff),
+        /* 12 */ ebpf(AND_K, 0, 0, 0, 0x3fff),
+        // A fragment (more to come, or a later one): the PMD's fanout group reassembles the
+        // datagram (PACKET_FANOUT_FLAG_DEFRAG) before its filter sees the ports; this socket
+        // sees the fragments, and the last one may be the worker's: keep (34).
         /* 13 */
-        ebpf(JNE_K, 0, 0, 22, 0), // a later fragment (no ports): other IPv4 (36)
+        ebpf(JNE_K, 0, 0, 20, 0),
         /* 14 */ ebpf(ABS_B, 0, 0, 0, 14),
         /* 15 */ ebpf(AND_K, 0, 0, 0, 0xf),
         /* 16 */ ebpf(LSH_K, 0, 0, 0, 2),
@@ -470,7 +473,10 @@ impl PacketWake {
     /// Arms the wake-up; the caller polls the device once more before it blocks. No frame is
     /// slept on because the socket is bound before the PMD's (`DpdkLink::start_port`): the
     /// kernel hands each frame to the PMD's ring before it runs our filter, with a full barrier
-    /// between. Either the poll after this store sees the frame, or the filter sees the store.
+    /// between (the `smp_mb` of `sock_def_readable`, which `tpacket_rcv` calls after setting
+    /// the frame's status; and the locked increment of the frame's reference count before the
+    /// next socket's turn). Either the poll after this store sees the frame, or the filter sees
+    /// the store.
     pub(super) fn arm(&mut self) {
         if let Some(w) = self.word() {
             // Before the poll that follows (the fence orders the store before its reads).
@@ -639,7 +645,8 @@ mod tests {
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         let mut icmp = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 0, 0, 5, 0);
         icmp[23] = 1;
-        let later_fragment = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 1, 2, 5, 0x2010);
+        let later_fragment = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 1, 2, 5, 0x0010);
+        let first_fragment = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 1, 2, 5, 0x2000);
         let some = tcp_frame(Ipv4Addr::new(198, 18, 0, 1), 40000, 6379, 5, 0);
         assert_eq!(run(f.prog, &some), 0, "disarmed");
         f.word(FLAG).store(1, Ordering::SeqCst);
@@ -668,7 +675,10 @@ mod tests {
             }
             assert_eq!(run(f.prog, &arp), 1, "ARP wakes every worker");
             assert_eq!(run(f.prog, &icmp), u32::from(other_ip));
-            assert_eq!(run(f.prog, &later_fragment), u32::from(other_ip));
+            // (The PMD's sockets get the datagram reassembled: any fragment may be the
+            // worker's.)
+            assert_eq!(run(f.prog, &later_fragment), 1);
+            assert_eq!(run(f.prog, &first_fragment), 1);
             assert_eq!(run(f.prog, &some[..30]), 0, "a frame cut short is dropped");
         }
         f.word(FLAG).store(0, Ordering::SeqCst);
