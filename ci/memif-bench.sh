@@ -12,7 +12,7 @@
 # Environment: APPS (default "redis nginx"), N (Redis requests per run, default 100000),
 # LOADS (Redis, default "1:1 50:1 50:16 1000:1", clients:pipeline), WRK_LOADS (nginx
 # connections, default "1 50 1000"), DURATION (seconds per wrk run, default 5), PATHS (default
-# "memif memif-spin loopback veth unix"; memif-spin is memif with MTCP_SPIN_US=1000 on both
+# "memif memif-spin loopback veth unix"; memif-spin is memif with MTCP_SPIN_US=1000 MTCP_SPIN_ADAPT=off on both
 # sides, mtcprun's latency profile; nginx skips unix: wrk has no unix sockets). The server runs
 # on CPU 1, the client on CPU 0.
 set -euo pipefail
@@ -64,9 +64,9 @@ paths_for() {
     case $path in
         memif | memif-spin)
             local sock=$TMP/memif.sock spin=()
-            # memif-spin: both sides keep polling 1 ms after their last work (MTCP_SPIN_US=1000,
-            # mtcprun's latency profile) instead of 50 µs.
-            [[ $path == memif-spin ]] && spin=(MTCP_SPIN_US=1000)
+            # memif-spin: both sides keep polling 1 ms after their last work (MTCP_SPIN_US=1000
+            # MTCP_SPIN_ADAPT=off, mtcprun's latency profile) instead of up to 50 µs.
+            [[ $path == memif-spin ]] && spin=(MTCP_SPIN_US=1000 MTCP_SPIN_ADAPT=off)
             SERVER=(taskset -c 1 env LD_PRELOAD="$SHIM" MTCP_PORTS=$PORT
                 MTCP_DEV="memif:$sock,server" MTCP_ADDR=$NET.2/24 "${spin[@]}")
             CLIENT=(taskset -c 0 env LD_PRELOAD="$SHIM" MTCP_DEV="memif:$sock,client"

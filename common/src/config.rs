@@ -179,7 +179,11 @@ pub struct Config {
     pub sndbuf: usize,
     pub ack_delay: Option<Duration>,
     pub cc: CongestionControl,
+    /// The longest a polling loop keeps polling after its last work (`MTCP_SPIN_US`).
     pub spin: Duration,
+    /// The spin adapts to what it finds (`MTCP_SPIN_ADAPT`): each thread spins only as long as
+    /// work has been coming within it, up to `spin`.
+    pub spin_adapt: bool,
     pub idle_sleep: Duration,
     pub rto_min: Duration,
     /// Publish live statistics in `/dev/shm/mtcpshim.<pid>` (`MTCP_STATS`).
@@ -586,6 +590,7 @@ pub const VARIABLES: &[&str] = &[
     "MTCP_CC",
     "MTCP_RTO_MIN_MS",
     "MTCP_SPIN_US",
+    "MTCP_SPIN_ADAPT",
     "MTCP_IDLE_SLEEP_US",
     "MTCP_STATS",
     "MTCP_TX_DEFER",
@@ -859,6 +864,7 @@ impl Config {
         };
         let stats = on_off("MTCP_STATS")?;
         let tx_defer = on_off("MTCP_TX_DEFER")?;
+        let spin_adapt = on_off("MTCP_SPIN_ADAPT")?;
         let redis_cache = match get("MTCP_REDIS_CACHE") {
             None | Some("0") => 0,
             Some(s) => parse_size("MTCP_REDIS_CACHE", s, 1 << 20, 1 << 40)?,
@@ -901,6 +907,7 @@ impl Config {
             ack_delay,
             cc,
             spin,
+            spin_adapt,
             idle_sleep,
             rto_min,
             stats,
@@ -1216,6 +1223,8 @@ mod tests {
         );
         assert!(cfg(&[("MTCP_REDIS_CACHE_FAULT", "early")]).is_err());
         assert!(!cfg(&[("MTCP_TX_DEFER", "off")]).unwrap().tx_defer);
+        assert!(cfg(&[]).unwrap().spin_adapt);
+        assert!(!cfg(&[("MTCP_SPIN_ADAPT", "off")]).unwrap().spin_adapt);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub const PROFILES: &[Profile] = &[
                 and more ACK frames",
         settings: &[
             ("MTCP_SPIN_US", "1000"),
+            ("MTCP_SPIN_ADAPT", "off"),
             ("MTCP_ACK_DELAY_US", "0"),
             ("MTCP_IDLE_SLEEP_US", "100"),
         ],
