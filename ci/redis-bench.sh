@@ -24,7 +24,8 @@
 #                 memif ring overflows: frames lost, seconds of p99) (not in the default
 #                 PATHS; needs the mtcp-tests binaries built); `memif`: the same with the
 #                 default MTCP_SPIN_US
-#   (-sN)         af_packet, af_xdp and memif with any MTCP_SPIN_US: `memif-s10` spins 10 µs
+#   (-sN)         af_packet, af_xdp and memif with any MTCP_SPIN_US: `memif-s10` spins up to
+#                 10 µs (as long as spinning catches requests: MTCP_SPIN_ADAPT)
 #   tap           under the shim over net_tap (the tap moved into the client's namespace)
 #   unix          kernel redis-server over a unix socket (client in the server's namespace):
 #                 the ceiling without TCP at all

@@ -23,20 +23,25 @@ fn mask_or(m: Option<&sigset_t>, hold: &SigHold) -> *const sigset_t {
 }
 
 /// How long a wait of this thread polls after its last work before it blocks: MTCP_SPIN_US,
-/// or, with MTCP_SPIN_ADAPT (the default), as much of it as has been paying, like Linux's
-/// haltpoll governor. An idle stretch (from the last work to the next, through empty passes,
-/// spinning or a block) no longer than the window: the spin caught it. Longer, but within
-/// MTCP_SPIN_US: a longer spin would have; the window doubles (from a quarter of the
-/// maximum). Longer than MTCP_SPIN_US: spinning would not have, and only burnt the CPU; the
-/// window halves, to nothing below an eighth of the maximum. A server under load keeps the
-/// whole spin (its work comes within it); one whose requests come further apart than
-/// MTCP_SPIN_US blocks at once, as the kernel's loop would (nginx with requests 0-1 ms apart:
-/// 137 µs of CPU a request with a fixed 50 µs spin, 57 without, the kernel's 47).
+/// or, with MTCP_SPIN_ADAPT (the default), as much of it as has been paying, in the way of
+/// Linux's haltpoll governor. What counts is a wait's idle stretch: from its start to the
+/// events it returns, when a pass found nothing on the way (it spun, or blocked). No longer
+/// than the window: the spin caught the events, the window stays. Longer, but within twice
+/// MTCP_SPIN_US (a stretch that blocked holds the wake-up's own latency, tens of µs on a VM, so
+/// a spin of MTCP_SPIN_US may have caught it): the window doubles, from a quarter of the
+/// maximum. Longer than that, or a wait that reaches its timeout: spinning would not have
+/// caught anything, only burnt the CPU; the window halves, to nothing below an eighth of the
+/// maximum. Work of the stack's own (ACKs, timers) keeps a spin going (from `last_work`) but
+/// ends no stretch: an ACK after a reply says nothing of when the next request comes. A server
+/// under load keeps the whole spin; one whose requests come further apart blocks at once, as
+/// the kernel's loop would.
 struct Spin {
     max: Duration,
     adapt: bool,
     window: Duration,
-    /// A pass found nothing since the last work: the thread is idle (`found` adapts).
+    /// The wait's start, its idle stretch's.
+    start: Instant,
+    /// A pass found nothing: the wait is idle (`found` and `expired` adapt only then).
     idle: bool,
 }
 
@@ -46,7 +51,8 @@ thread_local! {
 }
 
 impl Spin {
-    fn new() -> Spin {
+    /// The spin of a wait that starts at `start`.
+    fn new(start: Instant) -> Spin {
         let (max, adapt) = config()
             .as_ref()
             .map_or((Duration::ZERO, false), |c| (c.spin, c.spin_adapt));
@@ -64,6 +70,7 @@ impl Spin {
             max,
             adapt,
             window,
+            start,
             idle: false,
         }
     }
@@ -78,11 +85,21 @@ impl Spin {
         self.idle = true;
     }
 
-    /// A pass found work `gap` after the last work.
-    fn found(&mut self, gap: Duration) {
-        if !std::mem::take(&mut self.idle) || !self.adapt || self.max.is_zero() {
-            return;
+    /// The wait returns events.
+    fn found(&mut self) {
+        if self.idle && self.adapt {
+            self.adapt_to(Some(self.start.elapsed()));
         }
+    }
+
+    /// The wait reached its timeout with nothing to return.
+    fn expired(&mut self) {
+        if self.idle && self.adapt {
+            self.adapt_to(None);
+        }
+    }
+
+    fn adapt_to(&mut self, gap: Option<Duration>) {
         let w = self.window;
         self.window = adapted(w, gap, self.max);
         if self.window != w {
@@ -91,16 +108,14 @@ impl Spin {
     }
 }
 
-/// A spin window `w` (at most `max`) after an idle stretch of `gap` ([`Spin`]).
-fn adapted(w: Duration, gap: Duration, max: Duration) -> Duration {
-    if gap <= w {
-        w
-    } else if gap <= max {
-        (w * 2).max(max / 4).min(max)
-    } else if w / 2 < max / 8 {
-        Duration::ZERO
-    } else {
-        w / 2
+/// A spin window `w` (at most `max`) after an idle stretch of `gap` (`None`: one that ended
+/// with nothing) ([`Spin`]).
+fn adapted(w: Duration, gap: Option<Duration>, max: Duration) -> Duration {
+    match gap {
+        Some(g) if g <= w => w,
+        Some(g) if g <= max * 2 => (w * 2).max(max / 4).min(max),
+        _ if w / 2 < max / 8 => Duration::ZERO,
+        _ => w / 2,
     }
 }
 
@@ -1032,7 +1047,7 @@ pub fn epoll_wait(
     let was_in_loop = crate::tls::in_loop().replace(false);
     let mut last_work = Instant::now();
     let deadline = (timeout_ms >= 0).then(|| last_work + Duration::from_millis(timeout_ms as u64));
-    let mut spin = Spin::new();
+    let mut spin = Spin::new(last_work);
     let mut turn = SpinTurn::new();
     // Whether a look at the kernel's fds is due whatever `kernel_quiet` says (after a block
     // that ended for one of them).
@@ -1085,9 +1100,6 @@ pub fn epoll_wait(
             }
             match s.epoll_pass(epfd, room, events, timeout_ms != 0) {
                 Some(pass) => {
-                    if pass.work || pass.n > 0 {
-                        spin.found(last_work.elapsed());
-                    }
                     if pass.work {
                         last_work = Instant::now();
                         naps_reset();
@@ -1157,11 +1169,13 @@ pub fn epoll_wait(
             }
         }
         if n > 0 {
+            spin.found();
             crate::tls::in_loop().set(true);
             return Some(Ok(n as c_int));
         }
         let now = now.unwrap_or_else(Instant::now);
         if expired {
+            spin.expired();
             return Some(Ok(0));
         }
         // A pass that did work but had nothing to report (the data-path cache answered, the
@@ -1291,7 +1305,7 @@ pub fn poll(
     crate::tls::in_loop().set(false);
     let mut last_work = Instant::now();
     let deadline = timeout.map(|t| last_work + t);
-    let mut spin = Spin::new();
+    let mut spin = Spin::new(last_work);
     let mut turn = SpinTurn::new();
     let mut mine = vec![0i16; fds.len()];
     let mut hold = None;
@@ -1305,7 +1319,6 @@ pub fn poll(
         let seen = {
             let mut s = shim()?;
             if s.pump() {
-                spin.found(last_work.elapsed());
                 last_work = Instant::now();
                 naps_reset();
             }
@@ -1365,11 +1378,12 @@ pub fn poll(
         }
         let n = fds.iter().filter(|p| p.revents != 0).count();
         if n > 0 {
-            spin.found(last_work.elapsed());
+            spin.found();
             crate::tls::in_loop().set(true);
             return Some(Ok(n as c_int));
         }
         if expired {
+            spin.expired();
             return Some(Ok(0));
         }
         spin.idle();
@@ -1439,30 +1453,32 @@ mod tests {
     const US: Duration = Duration::from_micros(1);
 
     /// The spin window keeps what it catches, grows toward the maximum when work came within
-    /// it, shrinks to nothing when work comes later than the maximum, and comes back.
+    /// twice it, shrinks to nothing when work comes later than that or not at all, and comes
+    /// back.
     #[test]
     fn the_spin_window_follows_the_idle_stretches() {
         let max = 50 * US;
         // Caught by the spin: unchanged.
-        assert_eq!(adapted(max, 30 * US, max), max);
-        // Work further apart than the maximum: halves, then nothing.
+        assert_eq!(adapted(max, Some(30 * US), max), max);
+        // Work further apart than twice the maximum, or a timeout: halves, then nothing.
         let mut w = max;
         let mut seen = Vec::new();
-        for _ in 0..4 {
-            w = adapted(w, 300 * US, max);
+        for gap in [Some(300 * US), None, Some(101 * US), None] {
+            w = adapted(w, gap, max);
             seen.push(w.as_micros());
         }
         assert_eq!(seen, [25, 12, 6, 0]);
-        // Work within the maximum again: a quarter of it, then doubling to it.
+        // Work within twice the maximum again (a blocked stretch holds the wake-up's latency):
+        // a quarter of it, then doubling to it.
         let mut seen = Vec::new();
         for _ in 0..4 {
-            w = adapted(w, 40 * US, max);
+            w = adapted(w, Some(70 * US), max);
             seen.push(w.as_micros());
         }
         assert_eq!(seen, [12, 25, 50, 50]);
         // No spin configured: nothing to adapt.
         assert_eq!(
-            adapted(Duration::ZERO, 10 * US, Duration::ZERO),
+            adapted(Duration::ZERO, Some(10 * US), Duration::ZERO),
             Duration::ZERO
         );
     }
