@@ -922,23 +922,18 @@ fn nginx_as_a_daemon_serves_and_reloads_without_refusing_a_connection() {
     );
 }
 
-/// Light load on several workers costs about what it costs one: a frame wakes only the worker
-/// it is for (each worker's wake-up filter keeps that worker's buckets, as its packet sockets
-/// do), and only work starts a spin (MTCP_SPIN_US). (With every worker woken by every frame and
-/// a spin after every wake-up, 4 workers spent 2.6 times one worker's CPU per request here,
-/// and slept ~3.6 times a request.) One client's requests on 16 keep-alive connections, each
-/// after a pause of 0-200 µs drawn at random, to nginx with 1 and then 4 workers.
-#[test]
-fn idle_workers_do_not_spin_for_another_workers_requests() {
-    const PROBE: &str = r#"
+/// One client's light load on `bed`'s nginx: `requests` GETs of a missing file (a one-segment
+/// 404) on 16 keep-alive connections, each after a pause of 0-`pause_us` µs drawn at random.
+fn light_load(bed: &Bed, requests: u32, pause_us: u32) {
+    const CLIENT: &str = r#"
 import random, socket, sys, time
-host, port = sys.argv[1], int(sys.argv[2])
+host, port, requests, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 conns = [socket.create_connection((host, port)) for _ in range(16)]
 for s in conns:
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 clock = time.perf_counter_ns
-for _ in range(5000):
-    end = clock() + random.randint(0, 200) * 1000
+for _ in range(requests):
+    end = clock() + random.randint(0, pause) * 1000
     while clock() < end:
         pass
     s = random.choice(conns)
@@ -953,6 +948,30 @@ for _ in range(5000):
         body += s.recv(4096)
 print("served")
 "#;
+    let (port, n, pause) = (
+        bed.port.to_string(),
+        requests.to_string(),
+        pause_us.to_string(),
+    );
+    let out = bed
+        .cns
+        .exec(PYTHON, ["-c", CLIENT, &bed.addr(), &port, &n, &pause])
+        .expect("the client runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("served"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Light load on several workers costs about what it costs one: a frame wakes only the worker
+/// it is for (each worker's wake-up filter keeps that worker's buckets, as its packet sockets
+/// do), and only work starts a spin (MTCP_SPIN_US). (With every worker woken by every frame and
+/// a spin after every wake-up, 4 workers spent 2.6 times one worker's CPU per request here,
+/// and slept ~3.6 times a request.) One client's requests on 16 keep-alive connections, each
+/// after a pause of 0-200 µs drawn at random, to nginx with 1 and then 4 workers.
+#[test]
+fn idle_workers_do_not_spin_for_another_workers_requests() {
     let per_request = |workers: u32| -> (f64, u64) {
         let bed = Bed::new(true);
         let ng = Nginx::start(&bed, workers, false, false);
@@ -969,15 +988,7 @@ print("served")
                 .sum()
         };
         let (before, slept) = (cpu(), sleeps());
-        let out = bed
-            .cns
-            .exec(PYTHON, ["-c", PROBE, &bed.addr(), &bed.port.to_string()])
-            .expect("the client runs");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("served"),
-            "{workers} workers: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        light_load(&bed, 5000, 200);
         let us = (cpu() - before) as f64 / 1e3 / 5000.0;
         let slept = sleeps() - slept;
         eprintln!("nginx, {workers} workers: {us:.1} µs of CPU a request, {slept} sleeps");
@@ -1081,29 +1092,6 @@ print("slowest", slowest)
 /// (The window's rules: `the_spin_window_follows_the_idle_stretches`.)
 #[test]
 fn the_spin_after_work_lasts_only_while_it_pays() {
-    const PROBE: &str = r#"
-import random, socket, sys, time
-host, port = sys.argv[1], int(sys.argv[2])
-conns = [socket.create_connection((host, port)) for _ in range(16)]
-for s in conns:
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-clock = time.perf_counter_ns
-for _ in range(4000):
-    end = clock() + random.randint(0, 1000) * 1000
-    while clock() < end:
-        pass
-    s = random.choice(conns)
-    s.sendall(b"GET /missing HTTP/1.1\r\nHost: a\r\n\r\n")
-    got = b""
-    while b"\r\n\r\n" not in got:
-        got += s.recv(4096)
-    head, body = got.split(b"\r\n\r\n", 1)
-    length = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
-    want = int(length[0].split(b":")[1])
-    while len(body) < want:
-        body += s.recv(4096)
-print("served")
-"#;
     // Polls that found nothing, per request, and CPU µs per request, of the worker.
     let measure = |env: &[(&str, &str)]| -> f64 {
         let bed = Bed::new(true);
@@ -1113,15 +1101,7 @@ print("served")
         let pid = pids.iter().next().expect("a worker").clone();
         let idle = || stack_stat(&pid, "polls_idle").expect("a stack");
         let (cpu, polls) = (mtcp_tests::cpu_ns(pid.parse().unwrap()), idle());
-        let out = bed
-            .cns
-            .exec(PYTHON, ["-c", PROBE, &bed.addr(), &bed.port.to_string()])
-            .expect("the client runs");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("served"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        light_load(&bed, 4000, 1000);
         let per = |v: u64| v as f64 / 4000.0;
         let (polls, cpu) = (
             per(idle() - polls),

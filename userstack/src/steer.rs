@@ -200,6 +200,28 @@ pub fn frame_filter(see: u32, ip_other: bool) -> Vec<SockFilter> {
     ]
 }
 
+/// An Ethernet frame of TCP over IPv4 from `src`:`sport` to port `dport`, with an IP header of
+/// `ihl_words` words and the flags and fragment offset `frag`: what the filters read (tests).
+#[cfg(test)]
+pub(crate) fn tcp_frame(
+    src: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ihl_words: u8,
+    frag: u16,
+) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + usize::from(ihl_words) * 4 + 20];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x40 | ihl_words;
+    f[20..22].copy_from_slice(&frag.to_be_bytes());
+    f[23] = 6;
+    f[26..30].copy_from_slice(&src.octets());
+    let t = 14 + usize::from(ihl_words) * 4;
+    f[t..t + 2].copy_from_slice(&sport.to_be_bytes());
+    f[t + 2..t + 4].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,19 +274,6 @@ mod tests {
                 c => panic!("opcode {c:#x} not interpreted"),
             }
         }
-    }
-
-    fn tcp_frame(src: Ipv4Addr, sport: u16, dport: u16, ihl_words: u8, frag: u16) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + usize::from(ihl_words) * 4 + 20];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[14] = 0x40 | ihl_words;
-        f[20..22].copy_from_slice(&frag.to_be_bytes());
-        f[23] = 6;
-        f[26..30].copy_from_slice(&src.octets());
-        let t = 14 + usize::from(ihl_words) * 4;
-        f[t..t + 2].copy_from_slice(&sport.to_be_bytes());
-        f[t + 2..t + 4].copy_from_slice(&dport.to_be_bytes());
-        f
     }
 
     #[test]

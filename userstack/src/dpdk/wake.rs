@@ -568,7 +568,7 @@ impl Drop for PacketWake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steer::flow_bucket;
+    use crate::steer::{flow_bucket, tcp_frame};
     use std::net::Ipv4Addr;
 
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -613,19 +613,6 @@ mod tests {
         };
         assert_eq!(rc, 0, "test run: {}", std::io::Error::last_os_error());
         attr.retval
-    }
-
-    fn tcp_frame(src: Ipv4Addr, sport: u16, dport: u16, ihl_words: u8, frag: u16) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + usize::from(ihl_words) * 4 + 20];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[14] = 0x40 | ihl_words;
-        f[20..22].copy_from_slice(&frag.to_be_bytes());
-        f[23] = 6;
-        f[26..30].copy_from_slice(&src.octets());
-        let t = 14 + usize::from(ihl_words) * 4;
-        f[t..t + 2].copy_from_slice(&sport.to_be_bytes());
-        f[t + 2..t + 4].copy_from_slice(&dport.to_be_bytes());
-        f
     }
 
     /// The wake-up's filter, run by the kernel: nothing while disarmed; armed, every frame
