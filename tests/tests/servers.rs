@@ -349,3 +349,76 @@ fn an_epoll_set_nested_in_another_reports_our_connections() {
         );
     }
 }
+
+/// A listener with TCP_CORK and TCP_NODELAY set: its accepted socket reads both back as set,
+/// and its first small write waits for the cork to come off, on the kernel and under the shim
+/// alike (Linux clones the listener's Nagle flags into each accepted socket).
+#[test]
+fn a_corked_listeners_accepted_socket_starts_corked_as_on_the_kernel() {
+    const SERVER: &str = r#"
+import socket, sys, time
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+l.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+l.bind(("0.0.0.0", int(sys.argv[1])))
+l.listen()
+print("ready", flush=True)
+a, _ = l.accept()
+cork = a.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+nodelay = a.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+print("accepted: TCP_CORK", cork, "TCP_NODELAY", nodelay, flush=True)
+a.sendall(b"held")
+time.sleep(0.1)
+a.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+a.recv(1)
+"#;
+    const CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+t = time.monotonic()
+got = s.recv(64)
+print("got", got, "after the cork came off:", time.monotonic() - t > 0.05)
+s.close()
+"#;
+    let run = |shim: bool| -> String {
+        let bed = Side::new(shim, 23500);
+        let argv: Vec<String> = [PYTHON, "-c", SERVER, &bed.port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut server = bed
+            .server(&argv)
+            .ready_prefix("ready")
+            .spawn()
+            .expect("the server starts");
+        bed.wait_stack(&mut server);
+        let out = bed
+            .cns
+            .exec(PYTHON, ["-c", CLIENT, &bed.addr(), &bed.port.to_string()])
+            .expect("the client runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.stdout().contains("accepted") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let seen = format!(
+            "{}\n{}",
+            server
+                .stdout()
+                .lines()
+                .filter(|l| l.starts_with("accepted"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        eprintln!("{}: {seen}", bed.name());
+        seen
+    };
+    let kernel = run(false);
+    assert!(
+        kernel.contains("TCP_CORK 1") && kernel.contains("True"),
+        "{kernel}"
+    );
+    assert_eq!(run(true), kernel);
+}

@@ -8,7 +8,7 @@ use crate::sockets::{Family, SockOpt};
 
 /// The options a socket accepted on Linux inherits from its listener (the child socket is a
 /// copy of the listener's), as far as a program can read them back.
-const INHERITED: [(c_int, c_int); 21] = [
+const INHERITED: [(c_int, c_int); 22] = [
     (libc::SOL_SOCKET, libc::SO_REUSEADDR),
     (libc::SOL_SOCKET, libc::SO_REUSEPORT),
     (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
@@ -22,6 +22,8 @@ const INHERITED: [(c_int, c_int); 21] = [
     (libc::SOL_SOCKET, libc::SO_OOBINLINE),
     (libc::SOL_SOCKET, libc::SO_DEBUG),
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    // (Linux clones the listener's Nagle flags: a corked listener's sockets start corked.)
+    (libc::IPPROTO_TCP, libc::TCP_CORK),
     (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
     (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
     (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
@@ -124,11 +126,7 @@ pub(super) fn connect_options(
             let mut v = listener_options(fd, family);
             v.extend(read(&(libc::IPPROTO_TCP, libc::TCP_SYNCNT)));
             // The options a connection takes that a listener's accepted sockets do not.
-            for o in [
-                libc::TCP_CORK,
-                libc::TCP_NOTSENT_LOWAT,
-                libc::TCP_WINDOW_CLAMP,
-            ] {
+            for o in [libc::TCP_NOTSENT_LOWAT, libc::TCP_WINDOW_CLAMP] {
                 v.extend(read(&(libc::IPPROTO_TCP, o)).filter(|o| o.value.iter().any(|&b| b != 0)));
             }
             v

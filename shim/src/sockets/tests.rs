@@ -1091,6 +1091,27 @@ fn accepted_connections_inherit_the_listeners_options() {
     assert!(n.s.stack().unwrap().readiness(id).is_ok());
 }
 
+/// A corked listener's connections start corked, as Linux's (it clones the listener's Nagle
+/// flags): a partial segment waits until the connection takes the cork off.
+#[test]
+fn a_corked_listeners_connections_start_corked() {
+    let mut n = Net::new();
+    n.listen_dual();
+    let tcp = libc::IPPROTO_TCP;
+    assert_eq!(
+        n.s.setsockopt(LISTEN_FD, tcp, libc::TCP_CORK, &int(1)),
+        Some(Ok(0))
+    );
+    let (c, fd) = n.connect(0);
+    assert_eq!(n.write(fd, b"held"), Ok(4));
+    assert_eq!(n.client_reads(c), Err(SockError::WouldBlock));
+    assert_eq!(
+        n.s.setsockopt(fd, tcp, libc::TCP_CORK, &int(0)),
+        Some(Ok(0))
+    );
+    assert_eq!(n.client_reads(c).unwrap(), b"held");
+}
+
 #[test]
 fn so_rcvlowat_holds_readiness_until_enough_is_buffered() {
     let mut n = Net::new();
