@@ -1861,22 +1861,30 @@ impl Tcb {
     /// window while data is in flight) holds it back.
     #[inline]
     fn next_data(&self) -> u32 {
+        self.next_segment().0
+    }
+
+    /// [`Tcb::next_data`], and whether that segment is a partial one (shorter than the MSS
+    /// allows).
+    #[inline]
+    fn next_segment(&self) -> (u32, bool) {
         let can = self.sendable();
-        let n = can.min(self.seg_max());
-        if n == 0 || n == self.seg_max() {
-            return n;
+        let max = self.seg_max();
+        let n = can.min(max);
+        if n == 0 || n == max {
+            return (n, false);
         }
         let unsent = self.unsent();
         if self.cork && !self.cork_lifted && n == unsent && !self.fin_queued {
-            return 0; // corked: a partial segment waits (`output` lifts it after the ceiling)
+            return (0, true); // corked: a partial segment waits (`output` lifts it after the ceiling)
         }
         if self.snd_nxt == self.snd_una {
-            return n;
+            return (n, true);
         }
         if n < unsent || (!self.set.nodelay && !self.fin_queued && self.small_in_flight()) {
-            return 0;
+            return (0, true);
         }
-        n
+        (n, true)
     }
 
     /// A partial segment sent is not acknowledged yet (Linux's `tcp_minshall_check`).
@@ -2203,7 +2211,7 @@ impl Tcb {
         F: FnMut(&Out, Payload) -> bool,
     {
         loop {
-            let n = self.next_data();
+            let (n, partial) = self.next_segment();
             if n == 0 {
                 break;
             }
@@ -2216,7 +2224,7 @@ impl Tcb {
                 return false;
             }
             self.snd_nxt = e;
-            if n < self.seg_max() {
+            if partial {
                 self.snd_sml = e;
             }
             self.timing.get_or_insert((e, now));
