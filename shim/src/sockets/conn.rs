@@ -312,29 +312,6 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             _ => {}
         }
-        if level == libc::IPPROTO_TCP && matches!(name, libc::TCP_CORK | libc::TCP_NODELAY) {
-            // Any int is a valid value (a shorter one is the kernel's EINVAL, below): taken
-            // without asking the identity socket, and answered from `opts` (getsockopt).
-            if let Some(v) = options::int_value(value) {
-                let on = v != 0;
-                let effect = if name == libc::TCP_CORK {
-                    opts.cork = Some(on);
-                    Effect::Cork(on)
-                } else {
-                    opts.nodelay = Some(on);
-                    Effect::Nodelay(on)
-                };
-                if let Some(Obj::Conn { opts: slot, .. }) = self.obj(fd) {
-                    *slot = opts;
-                }
-                self.stack.as_ref()?;
-                return Some(
-                    self.take_effect(fd, id, effect, &opts)
-                        .map(|_| 0)
-                        .map_err(so_errno),
-                );
-            }
-        }
         match options::policy(level, name) {
             Policy::Kept => {
                 return Some(
@@ -353,8 +330,17 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
             }
             Policy::Mirror => {}
         }
-        if let Err(e) = self.host.kernel_setsockopt(fd, level, name, value) {
-            return Some(Err(e));
+        // TCP_CORK and TCP_NODELAY with an int's worth of value (any int is valid; a shorter
+        // one is the kernel's EINVAL) are the connection's own, without a system call (nginx's
+        // tcp_nopush sets and clears the cork around every response): `opts` holds them for
+        // getsockopt.
+        let own = level == libc::IPPROTO_TCP
+            && matches!(name, libc::TCP_CORK | libc::TCP_NODELAY)
+            && options::int_value(value).is_some();
+        if !own {
+            if let Err(e) = self.host.kernel_setsockopt(fd, level, name, value) {
+                return Some(Err(e));
+            }
         }
         let effect = opts.apply(level, name, value);
         if let Some(Obj::Conn { opts: slot, .. }) = self.obj(fd) {

@@ -137,10 +137,10 @@ pub struct ConnOpts {
     /// SO_RCVLOWAT: bytes that must be buffered for the connection to be readable, and that a
     /// blocking receive waits for (0 here: never set, which is 1).
     pub rcvlowat: usize,
-    /// TCP_CORK and TCP_NODELAY as last set on the connection. Set without a system call
-    /// (nginx's tcp_nopush takes the cork on and off around every response), so the identity
-    /// socket does not hold them; `None`: never set, and the identity socket's (inherited from
-    /// the listener, or the default) is the value.
+    /// TCP_CORK and TCP_NODELAY as last set on the connection or taken from its listener.
+    /// Set without a system call (nginx's tcp_nopush takes the cork on and off around every
+    /// response), so the identity socket does not hold them; `None`: never set, and the
+    /// identity socket's default is the value.
     pub cork: Option<bool>,
     pub nodelay: Option<bool>,
 }
@@ -213,9 +213,15 @@ impl ConnOpts {
     pub fn apply(&mut self, level: c_int, name: c_int, value: &[u8]) -> Effect {
         let v = int(value).unwrap_or(0);
         match (level, name) {
-            (libc::IPPROTO_TCP, libc::TCP_NODELAY) => return Effect::Nodelay(v != 0),
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY) => {
+                self.nodelay = Some(v != 0);
+                return Effect::Nodelay(v != 0);
+            }
             (libc::IPPROTO_TCP, libc::TCP_QUICKACK) => return Effect::QuickAck(v != 0),
-            (libc::IPPROTO_TCP, libc::TCP_CORK) => return Effect::Cork(v != 0),
+            (libc::IPPROTO_TCP, libc::TCP_CORK) => {
+                self.cork = Some(v != 0);
+                return Effect::Cork(v != 0);
+            }
             (libc::IPPROTO_TCP, libc::TCP_CONGESTION) => {
                 return congestion(value).map_or(Effect::None, Effect::Congestion)
             }
