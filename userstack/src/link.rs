@@ -87,6 +87,18 @@ pub trait Link {
     fn wake_seen(&mut self, others_blocked: bool) {
         let _ = others_blocked;
     }
+    /// [`Link::wake_seen`] for a block that watched the fd edge-triggered ([`Link::wake_edge`]):
+    /// what made it readable may stay.
+    fn wake_seen_edge(&mut self, others_blocked: bool) {
+        self.wake_seen(others_blocked);
+    }
+    /// Asks that the wake-up fd be watched edge-triggered (EPOLLET) from now on, by every
+    /// waiter of this link: what wakes a waiter is then consumed only where it could otherwise
+    /// fill, not after every wake-up. Returns whether the link does that; a waiter that gets
+    /// false watches the fd level-triggered, as one that never asked.
+    fn wake_edge(&mut self) -> bool {
+        false
+    }
     fn counters(&self) -> LinkCounters;
     /// Receives (and is woken by) from now on only the frames of the buckets in `see`, other
     /// IPv4 if `other_ip`, and everything that is not IPv4 (`steer::frame_filter`), where other

@@ -1225,7 +1225,7 @@ pub fn epoll_wait(
         let t = block_for(deadline, &b);
         let hold = hold.get_or_insert_with(SigHold::new);
         let (r, notified, woke, kernel) =
-            block_in(b.wake, Some((epfd, uid)), t, mask_or(sigmask, hold));
+            block_in(b.watch(), Some((epfd, uid)), t, mask_or(sigmask, hold));
         let err = crate::errno::get();
         after_block(notified, woke, &b);
         if r < 0 && err == libc::EINTR {
@@ -1396,6 +1396,7 @@ pub fn poll(
         else {
             continue;
         };
+        let b = b.level();
         let wake = b.wake;
         // Block on the kernel's fds, the wake-up fd and the keeper's notification.
         let mut blk: Vec<libc::pollfd> = fds

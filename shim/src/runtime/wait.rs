@@ -71,6 +71,8 @@ struct Waiter {
     efd: c_int,
     ep: c_int,
     wake: c_int,
+    /// `wake` is watched edge-triggered.
+    wake_edge: bool,
     set: Option<(c_int, u64)>,
 }
 
@@ -94,14 +96,16 @@ impl Waiter {
                 efd,
                 ep,
                 wake: -1,
+                wake_edge: false,
                 set: None,
             }
         }
     }
 
-    /// Makes the epoll instance hold `wake` and the application's set `set` (and no other).
-    /// False if it cannot: the caller blocks briefly without it.
-    fn hold(&mut self, wake: Option<c_int>, set: Option<(c_int, u64)>) -> bool {
+    /// Makes the epoll instance hold `wake` (edge-triggered if its flag says so) and the
+    /// application's set `set` (and no other). False if it cannot: the caller blocks briefly
+    /// without it.
+    fn hold(&mut self, wake: Option<(c_int, bool)>, set: Option<(c_int, u64)>) -> bool {
         if self.ep < 0 {
             return false;
         }
@@ -110,7 +114,7 @@ impl Waiter {
             // SAFETY: adding a live fd to our own epoll instance.
             unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) == 0 }
         };
-        if wake != Some(self.wake) {
+        if wake != Some((self.wake, self.wake_edge)) {
             if self.wake >= 0 {
                 // SAFETY: removing an entry of our own epoll instance.
                 unsafe {
@@ -123,12 +127,16 @@ impl Waiter {
                 };
                 self.wake = -1;
             }
-            if let Some(w) = wake {
-                let exclusive = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+            if let Some((w, edge)) = wake {
+                let mut exclusive = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+                if edge {
+                    exclusive |= libc::EPOLLET as u32;
+                }
                 if !add(w, exclusive, TAG_WAKE) {
                     return false;
                 }
                 self.wake = w;
+                self.wake_edge = edge;
             }
         }
         if set != self.set {
@@ -267,6 +275,8 @@ pub(super) struct Blocking {
     watching: bool,
     /// The device's wake-up fd, if it has one and this thread watches it.
     pub(super) wake: Option<c_int>,
+    /// It is watched edge-triggered (`Stack::wake_edge`).
+    wake_edge: bool,
     /// Time to the stack's next timer.
     until_timer: Option<Duration>,
     /// The stack runs over a device without a wake-up fd (net_memif): no frame ends the
@@ -275,6 +285,19 @@ pub(super) struct Blocking {
     pub(super) nap: bool,
     /// That device says its link is down (memif: no peer): the naps may grow longer.
     link_down: bool,
+}
+
+impl Blocking {
+    /// The device's wake-up fd to watch, and whether edge-triggered.
+    pub(super) fn watch(&self) -> Option<(c_int, bool)> {
+        self.wake.map(|w| (w, self.wake_edge))
+    }
+
+    /// The block watches the wake-up fd level-triggered (ppoll): what woke it is consumed.
+    pub(super) fn level(mut self) -> Blocking {
+        self.wake_edge = false;
+        self
+    }
 }
 
 /// Work was found: this thread's next nap is the shortest again.
@@ -336,6 +359,7 @@ const NOT_COUNTED: Blocking = Blocking {
     counted: false,
     watching: false,
     wake: None,
+    wake_edge: false,
     until_timer: None,
     nap: false,
     link_down: false,
@@ -413,6 +437,7 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look, answer_in: Optio
     // wake-up; docs/architecture.md.)
     let cap = st.link().wake_cap();
     let wake = st.wake_fd();
+    let wake_edge = wake.is_some() && st.wake_edge();
     // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
     if wake.is_none() {
         st.note_sleep();
@@ -433,6 +458,7 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look, answer_in: Optio
         counted: true,
         watching: true,
         wake,
+        wake_edge,
         until_timer: match (st.next_deadline().map(clock::until), cap) {
             (Some(t), Some(cap)) => Some(t.min(cap)),
             (t, cap) => t.or(cap),
@@ -480,7 +506,9 @@ pub(super) fn after_block(notified: bool, woke: bool, b: &Blocking) {
     }
     if woke || last {
         if let Some(st) = s.as_mut().and_then(|s| s.stack_mut()) {
-            if woke {
+            if woke && b.wake_edge {
+                st.wake_seen_edge(!last);
+            } else if woke {
                 st.wake_seen(!last);
             }
             if last {
@@ -497,9 +525,10 @@ pub(super) fn after_block(notified: bool, woke: bool, b: &Blocking) {
 /// eventfd was written, whether the wake-up fd was readable, and whether `set` had kernel
 /// events. Without an epoll instance of its own (EMFILE) the thread blocks at most a
 /// millisecond on the device and its eventfd alone (and `set`'s kernel events count as
-/// possible then).
+/// possible then; a device watched edge-triggered is not watched then: what woke the last
+/// block may still be there, and ppoll would return at once).
 pub(super) fn block_in(
-    wake: Option<c_int>,
+    wake: Option<(c_int, bool)>,
     set: Option<(c_int, u64)>,
     t: Duration,
     sigmask: *const sigset_t,
@@ -515,7 +544,8 @@ pub(super) fn block_in(
             events: libc::POLLIN,
             revents: 0,
         };
-        let mut p = [watch(wake.unwrap_or(-1)), watch(w.efd)];
+        let level = wake.and_then(|(fd, edge)| (!edge).then_some(fd));
+        let mut p = [watch(level.unwrap_or(-1)), watch(w.efd)];
         let ts = clock::timespec(t.min(Duration::from_millis(1)));
         // SAFETY: a local array of two pollfds (a negative fd is ignored); the caller's mask.
         let r = unsafe { libc::ppoll(p.as_mut_ptr(), 2, &ts, sigmask) };
@@ -651,7 +681,7 @@ pub(super) fn wait_once(
     };
     if kernel_fd.is_none() {
         let t = block_for(deadline, &b);
-        let (r, notified, woke, _) = block_in(b.wake, None, t, mask);
+        let (r, notified, woke, _) = block_in(b.watch(), None, t, mask);
         let err = crate::errno::get();
         after_block(notified, woke, &b);
         return if r < 0 && err == libc::EINTR {
@@ -660,6 +690,7 @@ pub(super) fn wait_once(
             Waited::Again
         };
     }
+    let b = b.level();
     let me = my_eventfd();
     let watch = |fd: Option<c_int>| libc::pollfd {
         fd: fd.unwrap_or(-1),

@@ -590,7 +590,24 @@ impl Link for DpdkLink {
         // (The packet socket's queue is emptied when it is armed; the kernel wakes a blocked
         // thread for every frame.)
         if let Some(w) = self.memif_wake.as_mut() {
-            w.woken(others_blocked);
+            w.woken(others_blocked, false);
+        }
+    }
+
+    fn wake_seen_edge(&mut self, others_blocked: bool) {
+        if let Some(w) = self.memif_wake.as_mut() {
+            w.woken(others_blocked, true);
+        }
+    }
+
+    fn wake_edge(&mut self) -> bool {
+        // (net_memif's datagrams; the packet socket's queue is emptied at each arm.)
+        match self.memif_wake.as_mut() {
+            Some(w) => {
+                w.set_edge();
+                true
+            }
+            None => false,
         }
     }
 

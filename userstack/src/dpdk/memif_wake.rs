@@ -17,6 +17,13 @@
 //! (`Stack::arm_wake`); the sender fills the ring, then reads the flag; a full fence between
 //! the write and the read on both sides, so at least one of them sees the other's write.
 //!
+//! A waiter that watches the socket edge-triggered (the shim's epoll instances,
+//! [`MemifWake::set_edge`]) leaves the datagrams unread: each one still makes an edge, and a
+//! queued one no longer ends every later block. They are read, one system call for several,
+//! before they could fill the socket's queue (`net.unix.max_dgram_qlen`, 10 by default, past
+//! which the peer's send fails and its wake-up is lost): the side counts the clearings of its
+//! flag it sees (each the peer's one datagram at most) and reads at half the queue.
+//!
 //! A peer that takes no part (another memif implementation) must never be waited for: the wake
 //! fd is given out only while a live process has the peer's socket bound (a connect() to it
 //! succeeds; asked at most once a second, ten times a second while the answer is no), and a
@@ -48,10 +55,21 @@ pub(super) struct MemifWake {
     present: std::cell::Cell<Option<(bool, Instant)>>,
     armed: bool,
     /// The socket was drained since the last `arm` (a block returned for it): `disarm` need
-    /// not read for a flag the peer cleared.
+    /// not read for a flag the peer cleared. (Level-triggered waiters.)
     drained: bool,
+    /// Waiters watch the socket edge-triggered: datagrams are read only by the count below.
+    edge: bool,
+    /// Our flag holds the 1 we wrote last (not yet seen cleared).
+    flag_set: bool,
+    /// Datagrams that may wait in the socket: clearings of our flag seen since the last read.
+    pending: u32,
+    /// Edge-triggered, the socket is read once `pending` reaches this.
+    read_at: u32,
     /// Reads of the socket (system calls), for the tests.
     reads: u64,
+    /// Wake-ups of the peer whose datagram could not be sent (its queue full, or it went
+    /// away), for the tests.
+    lost: std::cell::Cell<u64>,
 }
 
 // SAFETY: `page` is a shared mapping owned by this value; it is only reached through atomics.
@@ -74,6 +92,20 @@ const ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_un>() as li
 fn last_err<T>() -> std::io::Result<T> {
     Err(std::io::Error::last_os_error())
 }
+
+/// How many datagrams may wait in the socket before it is read, for edge-triggered waiters:
+/// half the queue a unix datagram socket may hold (`net.unix.max_dgram_qlen`, read in this
+/// network namespace; 10 if it cannot be), at most the `drain`'s batch.
+fn read_at() -> u32 {
+    let qlen = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(10);
+    (qlen / 2).clamp(1, DRAIN_BATCH as u32)
+}
+
+/// Datagrams one `drain` reads at most.
+const DRAIN_BATCH: usize = 8;
 
 fn dgram_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket creation.
@@ -139,7 +171,12 @@ impl MemifWake {
             present: std::cell::Cell::new(None),
             armed: false,
             drained: false,
+            edge: false,
+            flag_set: false,
+            pending: 0,
+            read_at: read_at(),
             reads: 0,
+            lost: std::cell::Cell::new(0),
         };
         w.flag(me).store(0, Ordering::SeqCst);
         let a = abstract_addr(&name(me));
@@ -184,12 +221,39 @@ impl MemifWake {
         present.then(|| self.sock.as_raw_fd())
     }
 
+    /// Waiters watch the wake fd edge-triggered (EPOLLET) from now on: what wakes them is
+    /// left unread until it could fill the socket's queue.
+    pub(super) fn set_edge(&mut self) {
+        self.edge = true;
+    }
+
+    /// Writes our flag (`v`: 1 asleep, 0 awake), and counts a clearing by the peer since we
+    /// last set it: its datagram, sent or on the way.
+    fn write_flag(&mut self, v: u32) -> bool {
+        let cleared = self.flag(self.me).swap(v, Ordering::SeqCst) == 0 && self.flag_set;
+        self.flag_set = v != 0;
+        if cleared {
+            self.pending = self.pending.saturating_add(1);
+        }
+        cleared
+    }
+
+    /// Edge-triggered: reads the datagrams that may wait once they are `read_at`.
+    fn read_if_many(&mut self) {
+        if self.pending >= self.read_at {
+            self.drain();
+        }
+    }
+
     /// About to block on the wake fd (the caller then looks at the ring once more).
     pub(super) fn arm(&mut self) {
-        self.flag(self.me).store(1, Ordering::SeqCst);
+        self.write_flag(1);
         self.armed = true;
         self.drained = false;
         fence(Ordering::SeqCst);
+        if self.edge {
+            self.read_if_many();
+        }
     }
 
     /// Awake again: the flag is cleared, and the datagram read if the peer sent one. (A flag
@@ -197,26 +261,38 @@ impl MemifWake {
     /// wake-up, the look after arming finding frames: no system call for them.) A datagram
     /// not there yet, or one sent for a flag another thread set again, is left for the block
     /// it ends ([`MemifWake::woken`]): nothing is owed, so a peer that dies between clearing
-    /// the flag and sending costs nothing later.
+    /// the flag and sending costs nothing later. Edge-triggered, it is left in any case (it
+    /// ends one block at most) and read with others.
     pub(super) fn disarm(&mut self) {
         if !std::mem::replace(&mut self.armed, false) {
             return;
         }
-        let sent = self.flag(self.me).swap(0, Ordering::SeqCst) == 0;
-        if sent && !self.drained {
+        let sent = self.write_flag(0);
+        if self.edge {
+            self.read_if_many();
+        } else if sent && !self.drained {
             self.drain();
         }
     }
 
     /// A block returned with the wake fd readable (the caller may not be the last thread
-    /// blocked on it): its datagrams are read, or the fd would end every later block at once.
-    /// With `others_blocked`, the flag is set again: the peer cleared it to send, and the
-    /// threads still blocked would sleep through the next frames while this one works in the
+    /// blocked on it): its datagrams are read, or the fd would end every later block at once
+    /// (a block that watched it edge-triggered, `edge_block`: only once they are many). With
+    /// `others_blocked`, the flag is set again: the peer cleared it to send, and the threads
+    /// still blocked would sleep through the next frames while this one works in the
     /// application (until the keeper's poll, tens of milliseconds).
-    pub(super) fn woken(&mut self, others_blocked: bool) {
+    pub(super) fn woken(&mut self, others_blocked: bool, edge_block: bool) {
+        if self.edge && edge_block {
+            if others_blocked && self.armed {
+                self.write_flag(1);
+                fence(Ordering::SeqCst);
+            }
+            self.read_if_many();
+            return;
+        }
         self.drain();
         if others_blocked && self.armed {
-            self.flag(self.me).store(1, Ordering::SeqCst);
+            self.write_flag(1);
             self.drained = false;
             fence(Ordering::SeqCst);
         } else {
@@ -225,9 +301,10 @@ impl MemifWake {
     }
 
     /// Reads every datagram waiting (one system call: they are a byte each, one per flag the
-    /// peer cleared, so rarely more than one).
+    /// peer cleared, so rarely more than one; edge-triggered, at most `read_at`).
     fn drain(&mut self) {
-        const N: usize = 8;
+        const N: usize = DRAIN_BATCH;
+        self.pending = 0;
         let mut b = [[0u8; 1]; N];
         // SAFETY: all-zero iovec and mmsghdr values are valid; filled in below.
         let mut iov: [libc::iovec; N] = unsafe { std::mem::zeroed() };
@@ -266,7 +343,7 @@ impl MemifWake {
     /// One byte to the peer's socket; a failure (the peer went away) is harmless.
     fn send_wake(&self) {
         // SAFETY: a one-byte buffer of ours and the peer's address.
-        unsafe {
+        let r = unsafe {
             libc::sendto(
                 self.sock.as_raw_fd(),
                 [1u8].as_ptr().cast(),
@@ -274,7 +351,10 @@ impl MemifWake {
                 libc::MSG_DONTWAIT,
                 (&self.peer_addr as *const libc::sockaddr_un).cast(),
                 ADDR_LEN,
-            );
+            )
+        };
+        if r < 0 {
+            self.lost.set(self.lost.get() + 1);
         }
     }
 }
@@ -300,17 +380,29 @@ mod tests {
         unsafe { libc::poll(&mut p, 1, 0) == 1 }
     }
 
-    #[test]
-    fn a_sleeping_side_is_woken_once_and_an_awake_one_not_at_all() {
-        let dir = std::env::temp_dir().join(format!("memif-wake-{}", std::process::id()));
+    /// A directory of its own for `name`'s memif socket path, and the path.
+    fn socket_path(name: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("m.sock").to_str().unwrap().to_string();
+        (dir, sock)
+    }
+
+    /// The client side for `server`'s socket, and the server's wake fd now that it takes part.
+    fn client_of(server: &MemifWake, sock: &str) -> (MemifWake, RawFd) {
+        let client = MemifWake::open(sock, false).unwrap();
+        server.present.set(None);
+        let fd = server.wake_fd().expect("the client takes part");
+        (client, fd)
+    }
+
+    #[test]
+    fn a_sleeping_side_is_woken_once_and_an_awake_one_not_at_all() {
+        let (dir, sock) = socket_path("memif-wake");
         let mut server = MemifWake::open(&sock, true).unwrap();
         // Alone: the peer takes no part, no fd to block on.
         assert_eq!(server.wake_fd(), None);
-        let client = MemifWake::open(&sock, false).unwrap();
-        server.present.set(None);
-        let fd = server.wake_fd().expect("the client takes part");
+        let (client, fd) = client_of(&server, &sock);
         // Awake: sending costs nothing and wakes nothing.
         client.notify();
         assert!(!readable(fd));
@@ -332,7 +424,7 @@ mod tests {
         server.arm();
         client.notify();
         assert!(readable(fd));
-        server.woken(false);
+        server.woken(false, false);
         assert!(!readable(fd), "drained by the woken thread");
         let reads = server.reads;
         server.disarm();
@@ -346,7 +438,7 @@ mod tests {
         client.send_wake();
         assert!(readable(fd));
         server.arm();
-        server.woken(false);
+        server.woken(false, false);
         server.disarm();
         assert!(!readable(fd), "the late datagram was read");
         // A peer that never sends it (it died after clearing the flag): later arms and
@@ -367,26 +459,83 @@ mod tests {
         client.notify();
         server.arm();
         assert!(readable(fd));
-        server.woken(true);
+        server.woken(true, false);
         assert!(!readable(fd), "read by the woken thread");
         // Others stay blocked: the flag is set again, so the peer's next frames wake one of
         // them (the woken thread may be away in the application for long).
         client.notify();
         assert!(readable(fd), "the next frames wake the others");
-        server.woken(true);
+        server.woken(true, false);
         server.disarm();
         assert!(!readable(fd));
         // The last thread out disarms: a datagram the peer sent for the flag set again is
         // read then.
         server.arm();
         client.notify();
-        server.woken(true);
+        server.woken(true, false);
         client.notify();
         server.disarm();
         assert!(!readable(fd), "read at the disarm");
         drop(client);
         server.present.set(None);
         assert_eq!(server.wake_fd(), None, "the client went away");
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Events of `fd` in epoll instance `ep` right now.
+    fn events(ep: RawFd) -> i32 {
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 1];
+        // SAFETY: our epoll instance and a local array of one event; no wait.
+        unsafe { libc::epoll_wait(ep, ev.as_mut_ptr(), 1, 0) }
+    }
+
+    #[test]
+    fn edge_triggered_waiters_read_the_datagrams_only_before_they_could_fill_the_queue() {
+        let (dir, sock) = socket_path("memif-wake-edge");
+        let mut server = MemifWake::open(&sock, true).unwrap();
+        let (client, fd) = client_of(&server, &sock);
+        server.set_edge();
+        // SAFETY: a new epoll instance of ours, the wake socket in it edge-triggered.
+        let ep = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: as above.
+        let added = unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        assert_eq!(added, 0);
+        // Each wake-up ends one block, and its datagram, left unread, ends no later one.
+        let qlen: u32 = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+            .map_or(10, |s| s.trim().parse().unwrap());
+        let cycles = 4 * qlen.max(4);
+        let reads = server.reads;
+        for i in 0..cycles {
+            server.arm();
+            client.notify();
+            assert_eq!(events(ep.as_raw_fd()), 1, "wake-up {i} ends the block");
+            assert_eq!(events(ep.as_raw_fd()), 0, "and no later one");
+            if i % 2 == 0 {
+                server.woken(false, true);
+            }
+            server.disarm();
+        }
+        // Read a few at a time, never letting the queue fill: no wake-up was lost.
+        let read = server.reads - reads;
+        assert!(
+            read >= u64::from(cycles / server.read_at) && read <= u64::from(cycles / 2),
+            "{read} reads for {cycles} wake-ups, reading at {}",
+            server.read_at
+        );
+        assert_eq!(client.lost.get(), 0, "wake-ups lost to a full queue");
+        // A block that watched the fd level-triggered (ppoll) reads what is there.
+        server.arm();
+        client.notify();
+        assert!(readable(fd));
+        server.woken(false, false);
+        assert!(!readable(fd), "read for a level-triggered block");
+        server.disarm();
+        drop(client);
         drop(server);
         std::fs::remove_dir_all(&dir).unwrap();
     }

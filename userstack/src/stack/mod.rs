@@ -460,6 +460,18 @@ impl<L: Link> Stack<L> {
         self.net.link_mut().wake_seen(others_blocked);
     }
 
+    /// [`Stack::wake_seen`] for a block that watched `wake_fd` edge-triggered
+    /// ([`Stack::wake_edge`]).
+    pub fn wake_seen_edge(&mut self, others_blocked: bool) {
+        self.net.link_mut().wake_seen_edge(others_blocked);
+    }
+
+    /// Asks that every waiter watch `wake_fd` edge-triggered: see
+    /// [`crate::link::Link::wake_edge`]. Returns whether they must (true) or level-triggered.
+    pub fn wake_edge(&mut self) -> bool {
+        self.net.link_mut().wake_edge()
+    }
+
     /// Turns fault injection on or off at run time (tests start clean, then degrade the link).
     pub fn set_faults(&mut self, faults: Option<crate::config::Faults>) {
         self.net
