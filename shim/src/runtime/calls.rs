@@ -1219,7 +1219,7 @@ pub fn epoll_wait(
         };
         // (The cache answers in the poll after arming as in the pass: `epoll_pass`.)
         let answer_in = (timeout_ms != 0).then_some(epfd);
-        let Some(b) = prepare_block(&mut last_work, Some(key), look, answer_in) else {
+        let Some(b) = prepare_block(&mut last_work, Some(key), look, answer_in, true) else {
             continue;
         };
         let t = block_for(deadline, &b);
@@ -1392,11 +1392,15 @@ pub fn poll(
             continue;
         }
         turn.release();
-        let Some(b) = prepare_block(&mut last_work, None, |s| changed(s, seen, Look::Wait), None)
-        else {
+        let Some(b) = prepare_block(
+            &mut last_work,
+            None,
+            |s| changed(s, seen, Look::Wait),
+            None,
+            false,
+        ) else {
             continue;
         };
-        let b = b.level();
         let wake = b.wake;
         // Block on the kernel's fds, the wake-up fd and the keeper's notification.
         let mut blk: Vec<libc::pollfd> = fds

@@ -292,12 +292,6 @@ impl Blocking {
     pub(super) fn watch(&self) -> Option<(c_int, bool)> {
         self.wake.map(|w| (w, self.wake_edge))
     }
-
-    /// The block watches the wake-up fd level-triggered (ppoll): what woke it is consumed.
-    pub(super) fn level(mut self) -> Blocking {
-        self.wake_edge = false;
-        self
-    }
 }
 
 /// Work was found: this thread's next nap is the shortest again.
@@ -327,13 +321,16 @@ fn nap(limit: Duration, link_down: bool) -> Duration {
 /// `last_work` now, so the caller spins; after a wait for the device's ring, without).
 /// `key` is what the waiter waits for (other threads wake it when they deliver to it); `look`
 /// says, under the table's lock, whether that is there already and what kind of wait it is.
+/// `epoll`: the waiter blocks in its epoll instance (`block_in`), where the device's wake-up
+/// fd may be watched edge-triggered (`Stack::wake_edge`); a ppoll watches it level-triggered.
 pub(super) fn prepare_block(
     last_work: &mut Instant,
     key: WaitKey,
     look: impl FnOnce(&mut Table) -> Look,
     answer_in: Option<c_int>,
+    epoll: bool,
 ) -> Option<Blocking> {
-    match prepare(key, look, answer_in) {
+    match prepare(key, look, answer_in, epoll) {
         Prep::Block(b) => Some(b),
         Prep::Work => {
             *last_work = Instant::now();
@@ -385,7 +382,12 @@ pub(super) enum Look {
 ///
 /// `answer_in`: the application's event loop waits on that epoll set, and the data-path cache
 /// may answer in the poll after arming (`Sockets::pump_with`).
-fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look, answer_in: Option<c_int>) -> Prep {
+fn prepare(
+    key: WaitKey,
+    look: impl FnOnce(&mut Table) -> Look,
+    answer_in: Option<c_int>,
+    epoll: bool,
+) -> Prep {
     let Some(mut s) = shim() else {
         return Prep::Block(NOT_COUNTED);
     };
@@ -437,7 +439,7 @@ fn prepare(key: WaitKey, look: impl FnOnce(&mut Table) -> Look, answer_in: Optio
     // wake-up; docs/architecture.md.)
     let cap = st.link().wake_cap();
     let wake = st.wake_fd();
-    let wake_edge = wake.is_some() && st.wake_edge();
+    let wake_edge = epoll && wake.is_some() && st.wake_edge();
     // Other threads blocked on the device's wake-up keep it armed if this poll finds work.
     if wake.is_none() {
         st.note_sleep();
@@ -676,7 +678,7 @@ pub(super) fn wait_once(
         return Waited::TimedOut;
     }
     let mut last_work = Instant::now();
-    let Some(b) = prepare_block(&mut last_work, key, look, None) else {
+    let Some(b) = prepare_block(&mut last_work, key, look, None, kernel_fd.is_none()) else {
         return Waited::Again;
     };
     if kernel_fd.is_none() {
@@ -690,7 +692,6 @@ pub(super) fn wait_once(
             Waited::Again
         };
     }
-    let b = b.level();
     let me = my_eventfd();
     let watch = |fd: Option<c_int>| libc::pollfd {
         fd: fd.unwrap_or(-1),
