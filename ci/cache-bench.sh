@@ -40,6 +40,7 @@
 # ignored). Over the kernel a client costs more per request than the server with the cache
 # (the client's CPU bounds the rps); here it does not. The mix's 5 SET clients and the
 # script's own redis-cli calls go to the server's kernel side (127.0.0.1) then.
+# MEMIF_RING=N: the pair's rings of 2^N slots (`ring=N` in both MTCP_DEVs; default 13).
 
 set -uo pipefail
 NAME=cache-bench.sh
@@ -61,6 +62,7 @@ ROUNDS=${ROUNDS:-2}
 DEV=${DEV:-af_packet}
 CLIENT=${CLIENT:-kernel}
 [[ $CLIENT == shim ]] && DEV=memif-pair
+RING=${MEMIF_RING:+,ring=$MEMIF_RING}
 OUT=${OUT:-bench-out}
 SRV_CPU=${SRV_CPU:-1}
 SRV_QUOTA=${SRV_QUOTA:-}
@@ -98,7 +100,7 @@ start_server() { # MODE: namespaces, veth, redis-server under the shim (cache of
         ip netns exec "$SRV_NS" sh -c "printf %x $((1 << CLI_CPU)) >/sys/class/net/$sif/queues/rx-0/rps_cpus"
         env+=(MTCP_DEV="memif:$TMP/memif.sock,server")
     elif [[ $DEV == memif-pair ]]; then
-        env+=(MTCP_DEV="memif:$TMP/memif.sock,server")
+        env+=(MTCP_DEV="memif:$TMP/memif.sock,server$RING")
     else
         ip netns exec "$SRV_NS" sh -c "printf %x $((1 << SRV_CPU)) >/sys/class/net/$sif/queues/rx-0/rps_cpus"
         env+=(MTCP_DEV="$DEV:$sif")
@@ -172,7 +174,7 @@ cli() {
 # The prefix that runs a redis-benchmark of the client's (under the shim with CLIENT=shim).
 CLIENT_ENV=()
 if [[ $CLIENT == shim ]]; then
-    CLIENT_ENV=(env LD_PRELOAD="$LIB" MTCP_DEV="memif:$TMP/memif.sock,client" MTCP_ADDR="$NET.3/24")
+    CLIENT_ENV=(env LD_PRELOAD="$LIB" MTCP_DEV="memif:$TMP/memif.sock,client$RING" MTCP_ADDR="$NET.3/24")
 fi
 
 benchmark() { # ARGS...: redis-benchmark on the client's CPU, its CSV line

@@ -18,8 +18,13 @@ pub enum DevSpec {
     AfPacket { iface: String },
     /// `net_af_xdp` on an existing kernel interface, queue 0.
     AfXdp { iface: String },
-    /// `net_memif` over a unix socket; `server` chooses the role.
-    Memif { socket: String, server: bool },
+    /// `net_memif` over a unix socket; `server` chooses the role; `ring`: 2^ring slots per
+    /// ring (`None`: [`MEMIF_RING_LOG2`]). (The client's value is the pair's.)
+    Memif {
+        socket: String,
+        server: bool,
+        ring: Option<u8>,
+    },
     /// A PCI NIC bound to a DPDK-compatible driver (needs the `pci` feature of dpdk-sys).
     Pci { addr: String },
     /// Any `--vdev` string, passed to the EAL as is.
@@ -33,11 +38,16 @@ impl DevSpec {
             DevSpec::Tap { iface } => format!("tap:{iface}"),
             DevSpec::AfPacket { iface } => format!("af_packet:{iface}"),
             DevSpec::AfXdp { iface } => format!("af_xdp:{iface}"),
-            DevSpec::Memif { socket, server } => {
-                format!(
-                    "memif:{socket},{}",
-                    if *server { "server" } else { "client" }
-                )
+            DevSpec::Memif {
+                socket,
+                server,
+                ring,
+            } => {
+                let role = if *server { "server" } else { "client" };
+                match ring {
+                    Some(r) => format!("memif:{socket},{role},ring={r}"),
+                    None => format!("memif:{socket},{role}"),
+                }
             }
             DevSpec::Pci { addr } => format!("pci:{addr}"),
             DevSpec::Vdev { raw } => format!("vdev:{raw}"),
@@ -313,6 +323,14 @@ impl std::error::Error for ConfigError {}
 
 pub const DEFAULT_ADDR: &str = "198.18.0.2/24";
 pub const DEFAULT_TAP_IFACE: &str = "mtcp0";
+/// net_memif's rings: 2^13 slots each unless `ring=N` says otherwise (the client's value is
+/// the pair's). Deep enough for bursts of large replies to a slow peer; a ring of 2^10 slots
+/// or fewer keeps its buffers (2 KB a slot) within the CPU's TLB and cache reach and is
+/// cheaper per frame (docs/configuration.md).
+pub const MEMIF_RING_LOG2: u8 = 13;
+/// The ring sizes DPDK's memif driver takes (log2 of the slots).
+pub const MEMIF_RING_MIN: u8 = 1;
+pub const MEMIF_RING_MAX: u8 = 14;
 
 fn err(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -440,15 +458,34 @@ pub fn parse_dev(s: &str) -> Result<DevSpec, ConfigError> {
         }
         "memif" => {
             let a = need("a socket path")?;
-            let (socket, role) = match a.rsplit_once(',') {
-                Some((p, r)) => (p, r),
-                None => (a, "server"),
-            };
-            let server = match role {
-                "server" => true,
-                "client" => false,
-                _ => return Err(err(V, s, "the memif role must be 'server' or 'client'")),
-            };
+            let mut parts = a.split(',');
+            let socket = parts.next().unwrap_or_default();
+            let (mut server, mut ring) = (true, None);
+            for p in parts {
+                match p.split_once('=') {
+                    None if p == "server" || p == "client" => server = p == "server",
+                    Some(("ring", n)) => match n.parse::<u8>() {
+                        Ok(n) if (MEMIF_RING_MIN..=MEMIF_RING_MAX).contains(&n) => ring = Some(n),
+                        _ => {
+                            return Err(err(
+                                V,
+                                s,
+                                format!(
+                                    "the memif ring is a power of two: ring=N takes N from \
+                                     {MEMIF_RING_MIN} to {MEMIF_RING_MAX} (2^N slots)"
+                                ),
+                            ))
+                        }
+                    },
+                    _ => {
+                        return Err(err(
+                            V,
+                            s,
+                            "after the memif socket: 'server' or 'client', and ring=N",
+                        ))
+                    }
+                }
+            }
             if !socket.starts_with('/') {
                 return Err(err(V, s, "the memif socket must be an absolute path"));
             }
@@ -458,6 +495,7 @@ pub fn parse_dev(s: &str) -> Result<DevSpec, ConfigError> {
             Ok(DevSpec::Memif {
                 socket: socket.to_string(),
                 server,
+                ring,
             })
         }
         "pci" => {
@@ -480,7 +518,7 @@ pub fn parse_dev(s: &str) -> Result<DevSpec, ConfigError> {
             V,
             s,
             "unknown device kind; expected tap[:IFNAME], af_packet:IFACE, af_xdp:IFACE, \
-             memif:SOCKET[,server|client], pci:ADDR or vdev:RAW",
+             memif:SOCKET[,server|client][,ring=N], pci:ADDR or vdev:RAW",
         )),
     }
 }
@@ -1075,16 +1113,32 @@ mod tests {
             parse_dev("memif:/tmp/m.sock,client").unwrap(),
             DevSpec::Memif {
                 socket: "/tmp/m.sock".into(),
-                server: false
+                server: false,
+                ring: None
             }
         );
         assert_eq!(
             parse_dev("memif:/tmp/m.sock").unwrap(),
             DevSpec::Memif {
                 socket: "/tmp/m.sock".into(),
-                server: true
+                server: true,
+                ring: None
             }
         );
+        let small = parse_dev("memif:/tmp/m.sock,client,ring=10").unwrap();
+        assert_eq!(
+            small,
+            DevSpec::Memif {
+                socket: "/tmp/m.sock".into(),
+                server: false,
+                ring: Some(10)
+            }
+        );
+        assert_eq!(small.describe(), "memif:/tmp/m.sock,client,ring=10");
+        for bad in ["ring=15", "ring=0", "ring=x", "rings=10", "primary"] {
+            let e = parse_dev(&format!("memif:/tmp/m.sock,{bad}")).unwrap_err();
+            assert!(e.problem.contains("memif"), "{bad}: {e}");
+        }
         assert_eq!(
             parse_dev("pci:0000:03:00.0").unwrap(),
             DevSpec::Pci {
@@ -1104,7 +1158,7 @@ mod tests {
         assert_eq!(
             msg(&[("MTCP_DEV", "eth9")]),
             "MTCP_DEV=\"eth9\": unknown device kind; expected tap[:IFNAME], af_packet:IFACE, \
-             af_xdp:IFACE, memif:SOCKET[,server|client], pci:ADDR or vdev:RAW"
+             af_xdp:IFACE, memif:SOCKET[,server|client][,ring=N], pci:ADDR or vdev:RAW"
         );
         assert_eq!(
             msg(&[("MTCP_DEV", "af_packet")]),

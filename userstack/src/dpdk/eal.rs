@@ -94,16 +94,23 @@ pub fn device_args(dev: &DevSpec) -> (Vec<String>, String) {
             ],
             "net_af_xdp0".into(),
         ),
-        // 2^13 slots per ring instead of the PMD's 2^10 (the client side's value is used):
-        // a burst of large replies (redis-benchmark's LRANGE_600, ~100 frames each, 50 at a
-        // time) overflowed 1024 slots while the peer drained them, and every frame dropped
-        // there costs a retransmission. 16 MB of shared memory per ring.
-        DevSpec::Memif { socket, server } => (
+        // 2^13 slots per ring by default instead of the PMD's 2^10 (the client side's value
+        // is used): a burst of large replies (redis-benchmark's LRANGE_600, ~100 frames each,
+        // 50 at a time) to a slow peer fills 1024 slots, and what the ring cannot take waits
+        // in the link's backlog (or is dropped once that is full). 16 MB of shared memory per
+        // ring, whose slots the driver uses in turn: 2^10 keeps them within the TLB's reach
+        // (`ring=N`).
+        DevSpec::Memif {
+            socket,
+            server,
+            ring,
+        } => (
             vec![
                 "--vdev".into(),
                 format!(
-                    "net_memif0,role={},socket={socket},id=0,rsize=13",
-                    if *server { "server" } else { "client" }
+                    "net_memif0,role={},socket={socket},id=0,rsize={}",
+                    if *server { "server" } else { "client" },
+                    ring.unwrap_or(crate::config::MEMIF_RING_LOG2)
                 ),
             ],
             "net_memif0".into(),
@@ -196,5 +203,27 @@ pub(super) fn eal_lcores() -> Vec<u32> {
             id += 1;
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memif_ring_size_given_reaches_the_driver() {
+        let memif = |ring| DevSpec::Memif {
+            socket: "/run/m.sock".into(),
+            server: false,
+            ring,
+        };
+        let (args, port) = device_args(&memif(Some(10)));
+        assert_eq!(port, "net_memif0");
+        assert_eq!(
+            args,
+            ["--vdev", "net_memif0,role=client,socket=/run/m.sock,id=0,rsize=10"]
+        );
+        let (args, _) = device_args(&memif(None));
+        assert!(args[1].ends_with(&format!(",rsize={}", crate::config::MEMIF_RING_LOG2)));
     }
 }

@@ -209,7 +209,7 @@ impl DpdkLink {
             rx_sockets: Vec::new(),
         };
         // Bound before the port starts: by the time a peer sees the link up, it can wake us.
-        if let DevSpec::Memif { socket, server } = &cfg.dev {
+        if let DevSpec::Memif { socket, server, .. } = &cfg.dev {
             match MemifWake::open(socket, *server) {
                 Ok(w) => link.memif_wake = Some(w),
                 Err(e) => tracing::warn!(
