@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(port, "net_memif0");
         assert_eq!(
             args,
-            ["--vdev", "net_memif0,role=client,socket=/run/m.sock,id=0,rsize=10"]
+            [
+                "--vdev",
+                "net_memif0,role=client,socket=/run/m.sock,id=0,rsize=10"
+            ]
         );
         let (args, _) = device_args(&memif(None));
         assert!(args[1].ends_with(&format!(",rsize={}", crate::config::MEMIF_RING_LOG2)));
