@@ -73,7 +73,7 @@ fn bad_configuration_is_refused_before_anything_starts() {
          "mtcprun: --addr needs a value, e.g. --addr 198.18.0.2/24".into()),
         (vec!["--dev", "eth9", "--ports", "1"], vec![],
          "mtcprun: --dev=\"eth9\": unknown device kind; expected tap[:IFNAME], af_packet:IFACE, \
-          af_xdp:IFACE, memif:SOCKET[,server|client], pci:ADDR or vdev:RAW".into()),
+          af_xdp:IFACE, memif:SOCKET[,server|client][,ring=N], pci:ADDR or vdev:RAW".into()),
         (vec!["--addr", "198.18.0.300/24", "--ports", "1"], vec![],
          "mtcprun: --addr=\"198.18.0.300/24\": expected an IPv4 address with a prefix length, \
           e.g. 198.18.0.2/24".into()),

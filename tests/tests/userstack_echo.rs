@@ -305,7 +305,7 @@ fn echo_fails(env: &[(&str, &str)]) -> (i32, String) {
 #[test]
 fn bad_configuration_values_give_their_exact_message() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("MTCP_DEV", "eth9")], "echo: MTCP_DEV=\"eth9\": unknown device kind; expected tap[:IFNAME], af_packet:IFACE, af_xdp:IFACE, memif:SOCKET[,server|client], pci:ADDR or vdev:RAW\n"),
+        (&[("MTCP_DEV", "eth9")], "echo: MTCP_DEV=\"eth9\": unknown device kind; expected tap[:IFNAME], af_packet:IFACE, af_xdp:IFACE, memif:SOCKET[,server|client][,ring=N], pci:ADDR or vdev:RAW\n"),
         (&[("MTCP_ADDR", "198.18.0.256/24")], "echo: MTCP_ADDR=\"198.18.0.256/24\": expected an IPv4 address with a prefix length, e.g. 198.18.0.2/24\n"),
         (&[("MTCP_GW", "203.0.113.1")], "echo: MTCP_GW=\"203.0.113.1\": the gateway must be another address inside MTCP_ADDR's subnet 198.18.0.2/24\n"),
         (&[("MTCP_MAC", "ff:ff:ff:ff:ff:ff")], "echo: MTCP_MAC=\"ff:ff:ff:ff:ff:ff\": a multicast MAC address cannot be an interface address\n"),

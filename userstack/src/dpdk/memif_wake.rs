@@ -298,41 +298,12 @@ impl MemifWake {
     }
 
     /// Reads every datagram waiting (one system call: they are a byte each, one per flag the
-    /// peer cleared, so rarely more than one; edge-triggered, at most `read_at`).
+    /// peer cleared, so rarely more than one; edge-triggered, at most `read_at`; a full batch
+    /// may leave one the count had not seen yet, sent by a peer between its clearing of the
+    /// flag and this read).
     fn drain(&mut self) {
-        const N: usize = DRAIN_BATCH;
         self.pending = 0;
-        let mut b = [[0u8; 1]; N];
-        // SAFETY: all-zero iovec and mmsghdr values are valid; filled in below.
-        let mut iov: [libc::iovec; N] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
-        for ((m, v), b) in msgs.iter_mut().zip(iov.iter_mut()).zip(b.iter_mut()) {
-            *v = libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: 1,
-            };
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-        }
-        // (A full batch may leave more: one the count had not seen yet, sent by a peer between
-        // its clearing of the flag and this read.)
-        loop {
-            self.reads += 1;
-            // SAFETY: N message headers, each with one iovec of a byte of ours; non-blocking.
-            let n = unsafe {
-                libc::recvmmsg(
-                    self.sock.as_raw_fd(),
-                    msgs.as_mut_ptr(),
-                    N as u32,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < N as libc::c_int {
-                break;
-            }
-        }
+        self.reads += super::wake::discard_queued::<DRAIN_BATCH>(self.sock.as_raw_fd());
     }
 
     /// Frames were put on the ring: wake the peer if it sleeps.

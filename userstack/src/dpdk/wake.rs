@@ -345,6 +345,40 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> Option<RawFd> {
     (fd >= 0).then_some(fd as RawFd)
 }
 
+/// Reads and drops every message waiting on the non-blocking socket `fd` (a byte of each, the
+/// rest truncated), `N` a system call until one returns fewer. Returns the calls made.
+pub(super) fn discard_queued<const N: usize>(fd: RawFd) -> u64 {
+    let mut b = [0u8; N];
+    let mut calls = 0;
+    loop {
+        // SAFETY: all-zero iovecs and headers are valid; pointed at below.
+        let mut iov: [libc::iovec; N] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdr: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
+        for (i, (v, h)) in iov.iter_mut().zip(hdr.iter_mut()).enumerate() {
+            v.iov_base = b[i..].as_mut_ptr().cast();
+            v.iov_len = 1;
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        calls += 1;
+        // SAFETY: N headers, each with one iovec of one byte of `b`, all alive for the call;
+        // non-blocking, no timeout.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdr.as_mut_ptr(),
+                N as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < N as libc::c_int {
+            return calls;
+        }
+    }
+}
+
 impl PacketWake {
     pub(super) fn open(iface: &str) -> std::io::Result<PacketWake> {
         let name = CString::new(iface)
@@ -489,35 +523,8 @@ impl PacketWake {
         // Drop what was queued before: readiness from now on means a new frame. (Every frame
         // that arrives while it is armed is queued, and wakes one more of the threads
         // blocked on it: the frames of a burst that came before the poll disarmed it wait
-        // here, ~66 per block of Redis at -c 50; a call takes up to AT_ONCE of them.)
-        const AT_ONCE: usize = 64;
-        let mut b = [0u8; AT_ONCE];
-        loop {
-            // SAFETY: all-zero iovecs and headers, pointed at below.
-            let mut iov: [libc::iovec; AT_ONCE] = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            let mut hdr: [libc::mmsghdr; AT_ONCE] = unsafe { std::mem::zeroed() };
-            for (i, (v, h)) in iov.iter_mut().zip(hdr.iter_mut()).enumerate() {
-                v.iov_base = b[i..].as_mut_ptr().cast();
-                v.iov_len = 1;
-                h.msg_hdr.msg_iov = v;
-                h.msg_hdr.msg_iovlen = 1;
-            }
-            // SAFETY: AT_ONCE headers, each with one iovec of one byte of `b`, all alive for
-            // the call; non-blocking, no timeout. Frames longer than a byte are truncated.
-            let n = unsafe {
-                libc::recvmmsg(
-                    self.fd,
-                    hdr.as_mut_ptr(),
-                    AT_ONCE as u32,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < AT_ONCE as libc::c_int {
-                break;
-            }
-        }
+        // here, ~66 per block of Redis at -c 50; a call takes up to 64 of them.)
+        discard_queued::<64>(self.fd);
     }
 
     /// Worker processes share the interface, each keeping the frames of its own buckets: from
