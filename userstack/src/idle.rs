@@ -190,7 +190,7 @@ impl Idler {
                 };
                 ppoll(&mut pfd, &ts);
                 if pfd.revents != 0 {
-                    stack.wake_seen(false);
+                    stack.wake_seen(false, false);
                 }
                 stack.disarm_wake();
             }

@@ -83,14 +83,10 @@ pub trait Link {
     /// blocked on it, and does not disarm then): what made it readable is consumed, where a
     /// later block would otherwise return at once. `others_blocked`: other threads stay
     /// blocked on it, and must be woken by the next frames (the woken thread may go back to
-    /// the application for long).
-    fn wake_seen(&mut self, others_blocked: bool) {
-        let _ = others_blocked;
-    }
-    /// [`Link::wake_seen`] for a block that watched the fd edge-triggered ([`Link::wake_edge`]):
-    /// what made it readable may stay.
-    fn wake_seen_edge(&mut self, others_blocked: bool) {
-        self.wake_seen(others_blocked);
+    /// the application for long). `edge_block`: the block watched the fd edge-triggered
+    /// ([`Link::wake_edge`]), and what made it readable may stay.
+    fn wake_seen(&mut self, others_blocked: bool, edge_block: bool) {
+        let _ = (others_blocked, edge_block);
     }
     /// Asks that the wake-up fd be watched edge-triggered (EPOLLET) from now on, by every
     /// waiter of this link: what wakes a waiter is then consumed only where it could otherwise

@@ -508,10 +508,8 @@ pub(super) fn after_block(notified: bool, woke: bool, b: &Blocking) {
     }
     if woke || last {
         if let Some(st) = s.as_mut().and_then(|s| s.stack_mut()) {
-            if woke && b.wake_edge {
-                st.wake_seen_edge(!last);
-            } else if woke {
-                st.wake_seen(!last);
+            if woke {
+                st.wake_seen(!last, b.wake_edge);
             }
             if last {
                 st.disarm_wake();

@@ -586,17 +586,11 @@ impl Link for DpdkLink {
         }
     }
 
-    fn wake_seen(&mut self, others_blocked: bool) {
+    fn wake_seen(&mut self, others_blocked: bool, edge_block: bool) {
         // (The packet socket's queue is emptied when it is armed; the kernel wakes a blocked
         // thread for every frame.)
         if let Some(w) = self.memif_wake.as_mut() {
-            w.woken(others_blocked, false);
-        }
-    }
-
-    fn wake_seen_edge(&mut self, others_blocked: bool) {
-        if let Some(w) = self.memif_wake.as_mut() {
-            w.woken(others_blocked, true);
+            w.woken(others_blocked, edge_block);
         }
     }
 

@@ -98,11 +98,10 @@ fn last_err<T>() -> std::io::Result<T> {
 /// network namespace; if it cannot be, 1: read after every wake-up), at most the `drain`'s
 /// batch.
 fn read_at() -> u32 {
-    let qlen = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+    std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(2);
-    (qlen / 2).clamp(1, DRAIN_BATCH as u32)
+        .map_or(1, |qlen| (qlen / 2).clamp(1, DRAIN_BATCH as u32))
 }
 
 /// Datagrams one `drain` reads at most.
@@ -241,7 +240,7 @@ impl MemifWake {
 
     /// Edge-triggered: reads the datagrams that may wait once they are `read_at`.
     fn read_if_many(&mut self) {
-        if self.pending >= self.read_at {
+        if self.edge && self.pending >= self.read_at {
             self.drain();
         }
     }
@@ -252,9 +251,7 @@ impl MemifWake {
         self.armed = true;
         self.drained = false;
         fence(Ordering::SeqCst);
-        if self.edge {
-            self.read_if_many();
-        }
+        self.read_if_many();
     }
 
     /// Awake again: the flag is cleared, and the datagram read if the peer sent one. (A flag
@@ -271,7 +268,7 @@ impl MemifWake {
         let sent = self.write_flag(0);
         if sent && !self.drained {
             self.drain();
-        } else if self.edge {
+        } else {
             self.read_if_many();
         }
     }

@@ -456,14 +456,9 @@ impl<L: Link> Stack<L> {
 
     /// A block returned with `wake_fd` readable: see [`crate::link::Link::wake_seen`]. Call it from every
     /// thread whose block did, before `disarm_wake` where that follows.
-    pub fn wake_seen(&mut self, others_blocked: bool) {
-        self.net.link_mut().wake_seen(others_blocked);
-    }
-
-    /// [`Stack::wake_seen`] for a block that watched `wake_fd` edge-triggered
-    /// ([`Stack::wake_edge`]).
-    pub fn wake_seen_edge(&mut self, others_blocked: bool) {
-        self.net.link_mut().wake_seen_edge(others_blocked);
+    /// `edge_block`: the block watched it edge-triggered ([`Stack::wake_edge`]).
+    pub fn wake_seen(&mut self, others_blocked: bool, edge_block: bool) {
+        self.net.link_mut().wake_seen(others_blocked, edge_block);
     }
 
     /// Asks that every waiter watch `wake_fd` edge-triggered: see
