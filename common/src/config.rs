@@ -489,7 +489,8 @@ pub fn parse_dev(s: &str) -> Result<DevSpec, ConfigError> {
             if !socket.starts_with('/') {
                 return Err(err(V, s, "the memif socket must be an absolute path"));
             }
-            if socket.contains(',') || socket.contains('=') {
+            // (A ',' ends the path: what follows is parsed above.)
+            if socket.contains('=') {
                 return Err(err(V, s, "the memif socket path cannot contain ',' or '='"));
             }
             Ok(DevSpec::Memif {
