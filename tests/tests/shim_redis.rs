@@ -203,8 +203,11 @@ fn benchmark_has_no_errors(bed: &mut RedisBed) {
 /// traced by strace. Redis's epoll set also holds kernel fds (the 127.0.0.1 side of its
 /// listener): an epoll_wait that looked at them (a system call, epoll_wait with a zero
 /// timeout) before and after each request made two a request; they are looked at again only
-/// once a look, or a block watching them, is 100 µs old (docs/shim.md, epoll). (Whether the
-/// loop blocks between requests, system calls of their own, depends on the machine's load.)
+/// once a look, or a block watching them, is 100 µs old (docs/shim.md, epoll): at most one
+/// look per iteration of Redis's loop, one per request here. How many fewer depends on the
+/// machine's load, which stretches the time between a block and the next wait (about a
+/// third of the requests look on an idle machine, half and more beside other tests), and so
+/// does whether the loop blocks between requests (system calls of their own).
 #[test]
 fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
     over_memif(|bed| {
@@ -221,7 +224,7 @@ fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
         });
         let calls = mtcp_tests::strace_calls(&table, "epoll_wait");
         assert!(
-            calls < N / 2,
+            calls < N,
             "{calls} epoll_wait calls for {N} requests of one client:\n{table}"
         );
     });
