@@ -8,7 +8,8 @@
 # DEV (default af_packet, on the server's end of a veth pair), redis-benchmark in another
 # namespace on CPU 0 (CLI_CPU) at the other end. MODES (default "off on"): the cache off, and
 # on with 64 MiB; each mode its own fresh server, the modes alternating ROUNDS times (default
-# 2), and the medians shown.
+# 2; every other round in reverse order, so that a drift of the machine's speed favours neither
+# mode), and the medians shown.
 #
 # Workloads (KEYS and -P from the name; -c 50 each):
 #   get1k / get100k       GET of keys from a set of 1,000 / 100,000 (all written first)
@@ -271,8 +272,16 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
     echo "$round,$mode,$w,$p,$rps,$p50,$p99,$cpu,$usr,$hit" >>"$CSV"
 }
 
+read -ra modes <<<"$MODES"
 for round in $(seq "$ROUNDS"); do
-    for mode in $MODES; do
+    # Every other round runs the modes in reverse order (off on, on off, ...): a machine that
+    # speeds up or slows down over the run favours neither mode.
+    order=("${modes[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((k = ${#modes[@]} - 1; k >= 0; k--)); do order+=("${modes[k]}"); done
+    fi
+    for mode in "${order[@]}"; do
         echo "== round $round, cache $mode"
         start_server "$mode" || { echo "$NAME: server did not start" >&2; exit 1; }
         for w in $WORKLOADS; do
