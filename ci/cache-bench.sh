@@ -275,8 +275,8 @@ run() { # ROUND MODE WORKLOAD PIPELINE: one run, one CSV row
 read -ra modes <<<"$MODES"
 for round in $(seq "$ROUNDS"); do
     # Every other round runs the modes in reverse order (off on, on off, ...): a machine that
-    # speeds up or slows down over the run, or a round's second server that runs slower (at
-    # -P 1 on this project's VM: ~8% in 7 of 8 rounds), favours neither mode.
+    # speeds up or slows down over the run, or a round's second server that runs slower (seen
+    # once at -P 1 on this project's VM: ~8% in 7 of 8 rounds), favours neither mode.
     order=("${modes[@]}")
     if ((round % 2 == 0)); then
         order=()
