@@ -70,6 +70,8 @@ pub(super) struct MemifWake {
     /// Wake-ups of the peer whose datagram could not be sent (its queue full, or it went
     /// away), for the tests.
     lost: std::cell::Cell<u64>,
+    /// Reads the socket's datagrams.
+    drain: Box<super::wake::Drain<DRAIN_BATCH>>,
 }
 
 // SAFETY: `page` is a shared mapping owned by this value; it is only reached through atomics.
@@ -177,6 +179,7 @@ impl MemifWake {
             read_at: read_at(),
             reads: 0,
             lost: std::cell::Cell::new(0),
+            drain: super::wake::Drain::new(),
         };
         w.flag(me).store(0, Ordering::SeqCst);
         let a = abstract_addr(&name(me));
@@ -300,7 +303,7 @@ impl MemifWake {
     /// flag and this read).
     fn drain(&mut self) {
         self.pending = 0;
-        self.reads += super::wake::discard_queued::<DRAIN_BATCH>(self.sock.as_raw_fd());
+        self.reads += self.drain.run(self.sock.as_raw_fd());
     }
 
     /// Frames were put on the ring: wake the peer if it sleeps.
