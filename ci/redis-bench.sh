@@ -29,7 +29,8 @@
 #   tap           under the shim over net_tap (the tap moved into the client's namespace)
 #   unix          kernel redis-server over a unix socket (client in the server's namespace):
 #                 the ceiling without TCP at all
-# Scenarios: c50 (-c 50 -P 1), p16 (-c 50 -P 16), d1024 (-d 1024), d65536 (-d 65536),
+# Scenarios: c1 (-c 1: light load, a wait and a wake-up per request; not in the default
+# SCENARIOS), c50 (-c 50 -P 1), p16 (-c 50 -P 16), d1024 (-d 1024), d65536 (-d 65536),
 # c1000 (-c 1000), c10000 (-c 10000); tests GET SET INCR LPUSH LRANGE_100, each its own run.
 #
 # Per run: rps, p50 and p99 (ms) from `redis-benchmark --csv`, server CPU µs per request
@@ -324,6 +325,7 @@ for path in $PATHS; do
     fi
     for scen in $SCENARIOS; do
         case $scen in
+        c1) a=(-c 1) ;;
         c50) a=(-c 50) ;;
         p16) a=(-c 50 -P 16) ;;
         d1024) a=(-c 50 -d 1024) ;;

@@ -47,6 +47,7 @@ pub mod rawio;
 #[macro_use]
 pub mod hook;
 mod init;
+mod mono;
 pub mod ops;
 mod raw;
 mod runtime;

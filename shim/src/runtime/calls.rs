@@ -2,16 +2,17 @@
 //! the socket table, and where the call blocks, waits as `wait` says. Answers as in
 //! `sockets`: `None` hands the call to the kernel.
 
+use crate::mono::Instant;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::MutexGuard;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libc::{c_int, sigset_t};
 use userstack::SockError;
 
 use super::wait::{
     after_block, block_for, block_in, defer_tx, leave_loop_for_kernel, naps_reset, prepare_block,
-    restarts, wait_once, Look, SigHold, Waited,
+    restarts, wait_once, Again, Look, SigHold, Waited,
 };
 use super::{child, config, kwait, shim, with};
 use crate::sockets::{Accepted, Answer, Family, Io, PollKind};
@@ -1061,6 +1062,9 @@ pub fn epoll_wait(
     // The set's entry index and uid, for blocking; the set (from the first block on).
     let mut ids = None;
     let mut started = None;
+    // The poll that armed the device's wake-up before a block found work and delivered its
+    // events: the next pass reports them without polling again.
+    let mut delivered = false;
     if kernel_first && max == 1 && !kernel_quiet(epfd, last_work) {
         // Room for one event, and the kernel's turn: its fds are looked at first.
         // SAFETY: the caller's array, room for one event.
@@ -1091,6 +1095,7 @@ pub fn epoll_wait(
         // if the set has dual listeners, whose kernel sides the kernel's set reports too.
         let mut filled = None;
         let mut paired = None;
+        let poll = !std::mem::take(&mut delivered);
         let (mut n, nested, worked) = {
             let mut s = shim()?;
             // Blocked before: another thread may have closed the set's fd meanwhile (a dup
@@ -1098,7 +1103,7 @@ pub fn epoll_wait(
             if !s.keep_on(&mut epfd, started) {
                 return Some(Err(libc::EBADF));
             }
-            match s.epoll_pass(epfd, room, events, timeout_ms != 0) {
+            match s.epoll_pass_with(epfd, room, events, timeout_ms != 0, poll) {
                 Some(pass) => {
                     if pass.work {
                         last_work = Instant::now();
@@ -1219,8 +1224,12 @@ pub fn epoll_wait(
         };
         // (The cache answers in the poll after arming as in the pass: `epoll_pass`.)
         let answer_in = (timeout_ms != 0).then_some(epfd);
-        let Some(b) = prepare_block(&mut last_work, Some(key), look, answer_in, true) else {
-            continue;
+        let b = match prepare_block(&mut last_work, Some(key), look, answer_in, true) {
+            Ok(b) => b,
+            Err(again) => {
+                delivered = again == Again::Delivered;
+                continue;
+            }
         };
         let t = block_for(deadline, &b);
         let hold = hold.get_or_insert_with(SigHold::new);
@@ -1392,7 +1401,7 @@ pub fn poll(
             continue;
         }
         turn.release();
-        let Some(b) = prepare_block(
+        let Ok(b) = prepare_block(
             &mut last_work,
             None,
             |s| changed(s, seen, Look::Wait),

@@ -17,11 +17,12 @@
 //! Writes inside an event-loop iteration may leave together at its end (`defer_tx`): one
 //! transmit burst per iteration.
 
+use crate::mono::Instant;
 use std::cell::Cell;
 use std::mem::zeroed;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libc::{c_int, sigset_t};
 use userstack::clock;
@@ -329,25 +330,36 @@ pub(super) fn prepare_block(
     look: impl FnOnce(&mut Table) -> Look,
     answer_in: Option<c_int>,
     epoll: bool,
-) -> Option<Blocking> {
+) -> Result<Blocking, Again> {
     match prepare(key, look, answer_in, epoll) {
-        Prep::Block(b) => Some(b),
-        Prep::Work => {
+        Prep::Block(b) => Ok(b),
+        Prep::Work(again) => {
             *last_work = Instant::now();
             naps_reset();
-            None
+            Err(again)
         }
         // Waited for the device's ring: poll again, without the spin of a wake-up.
-        Prep::TxWait => None,
+        Prep::TxWait => Err(Again::Poll),
     }
+}
+
+/// Why a thread about to block looks again instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Again {
+    /// Poll again.
+    Poll,
+    /// The poll after arming the device's wake-up found work, and its events are delivered:
+    /// the next look need not poll at once.
+    Delivered,
 }
 
 /// What `prepare` found.
 enum Prep {
     /// Nothing to do: block.
     Block(Blocking),
-    /// The last poll found work: poll again (and spin, work is likely to follow).
-    Work,
+    /// The last poll found work, or what the thread waits for is there: look again (and
+    /// spin, work is likely to follow).
+    Work(Again),
     /// Frames wait for room in the device; the thread yielded or napped: poll again.
     TxWait,
 }
@@ -393,7 +405,7 @@ fn prepare(
     };
     let look = look(&mut s);
     if look == Look::Ready {
-        return Prep::Work;
+        return Prep::Work(Again::Poll);
     }
     let data = look == Look::Wait;
     let _ = WAITER.try_with(|w| {
@@ -447,8 +459,8 @@ fn prepare(
         // That poll may have taken frames for other threads' connections: their events go to
         // their epoll sets and blocked threads now (a blocking recv that retries and succeeds
         // would not poll again, and those threads' device wake-up is spent).
-        s.pump_with(answer_in);
-        return Prep::Work;
+        s.deliver(true);
+        return Prep::Work(Again::Delivered);
     }
     let Some(st) = s.stack_mut() else {
         return Prep::Block(NOT_COUNTED);
@@ -676,7 +688,7 @@ pub(super) fn wait_once(
         return Waited::TimedOut;
     }
     let mut last_work = Instant::now();
-    let Some(b) = prepare_block(&mut last_work, key, look, None, kernel_fd.is_none()) else {
+    let Ok(b) = prepare_block(&mut last_work, key, look, None, kernel_fd.is_none()) else {
         return Waited::Again;
     };
     if kernel_fd.is_none() {

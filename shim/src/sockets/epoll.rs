@@ -129,6 +129,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
         answering: bool,
     ) -> Option<Pass> {
+        self.epoll_pass_with(epfd, room, out, answering, true)
+    }
+
+    /// [`Sockets::epoll_pass`]; `poll`: false to report what the last poll left without
+    /// polling again (its events are delivered: `Sockets::deliver`).
+    pub fn epoll_pass_with(
+        &mut self,
+        epfd: c_int,
+        room: usize,
+        out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
+        answering: bool,
+        poll: bool,
+    ) -> Option<Pass> {
         if !self.is_epoll(epfd) {
             return None;
         }
@@ -149,7 +162,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
             set.start_pass();
         }
-        let work = self.pump_with(answering.then_some(epfd));
+        let work = if poll {
+            self.pump_with(answering.then_some(epfd))
+        } else {
+            self.deliver(false)
+        };
         if answering {
             // Every connection with requests is queued in the set now, also those whose data
             // came in polls the cache could not answer in (the application's own reads poll

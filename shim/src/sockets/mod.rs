@@ -885,9 +885,17 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
         }
         let now = self.host.poll_time();
         self.last_poll = now;
-        let Some(mut work) = self.with_responder(answer_in, |st, r| st.poll_with(now, r)) else {
+        let Some(work) = self.with_responder(answer_in, |st, r| st.poll_with(now, r)) else {
             return false;
         };
+        self.deliver(work)
+    }
+
+    /// Delivers the events the stack's last poll left to the epoll sets and the threads
+    /// blocked on them, without polling again (also after the poll that armed the device's
+    /// wake-up found work: `arm_wake`). `work`: whether that poll did any. Returns whether it
+    /// did or left events.
+    pub fn deliver(&mut self, mut work: bool) -> bool {
         let Some(stack) = self.stack.as_mut() else {
             return false;
         };
