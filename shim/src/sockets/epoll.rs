@@ -3,7 +3,7 @@
 use libc::c_int;
 use userstack::link::Link;
 
-use super::{Answer, Host, Obj, Sockets};
+use super::{Answer, Entry, Host, Obj, Sockets};
 
 /// What an epoll_ctl of ours leaves to the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,14 +142,19 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         answering: bool,
         poll: bool,
     ) -> Option<Pass> {
-        if !self.is_epoll(epfd) {
-            return None;
-        }
+        // (The set's entry, found once: nothing in the pass closes an fd.)
+        let i = self.index_of(epfd)? as usize;
+        let listens = match self.objs.get(i) {
+            Some(Some(Entry {
+                obj: Obj::Epoll { listens, .. },
+                ..
+            })) => *listens,
+            _ => return None,
+        };
         // The event loop of the served listeners: the cache counts its iterations, and answers
         // only there (another thread's epoll, a module's, waits while that loop may be
         // executing a command).
-        let served = self.cache.is_some()
-            && matches!(self.obj_ref(epfd), Some(Obj::Epoll { listens: true, .. }));
+        let served = self.cache.is_some() && listens;
         if served {
             self.cache_loop_turn();
         }
@@ -159,7 +164,11 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         // The poll's events and the cache's settling reach the set from here to its wait, and
         // nothing else changes its sockets in between: the wait takes their readiness as told.
-        if let Some(Obj::Epoll { set, .. }) = self.obj(epfd) {
+        if let Some(Some(Entry {
+            obj: Obj::Epoll { set, .. },
+            ..
+        })) = self.objs.get_mut(i)
+        {
             set.start_pass();
         }
         let work = if poll {
@@ -178,19 +187,26 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         let mut ready = std::mem::take(&mut self.scratch);
         // The set is taken out of its slot while it reads the other objects' readiness.
-        let mut set = match self.obj(epfd) {
-            Some(Obj::Epoll { set, .. }) => std::mem::take(set),
+        let mut set = match self.objs.get_mut(i) {
+            Some(Some(Entry {
+                obj: Obj::Epoll { set, .. },
+                ..
+            })) => std::mem::take(set),
             _ => return None,
         };
         set.wait(&mut ready, room, |fd| self.readiness(fd));
         let (call, paired) = (set.last_wait(), set.has_paired());
         let mut unring = -1;
-        if let Some(Obj::Epoll {
-            set: slot,
-            bell,
-            rung,
+        if let Some(Some(Entry {
+            obj:
+                Obj::Epoll {
+                    set: slot,
+                    bell,
+                    rung,
+                    ..
+                },
             ..
-        }) = self.obj(epfd)
+        })) = self.objs.get_mut(i)
         {
             *slot = set;
             // A nested set drained: the outer set stops reporting it.
