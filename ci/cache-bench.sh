@@ -9,7 +9,7 @@
 # namespace on CPU 0 (CLI_CPU) at the other end. MODES (default "off on"): the cache off, and
 # on with 64 MiB; each mode its own fresh server, the modes alternating ROUNDS times (default
 # 2; every other round in reverse order, so that neither a drift of the machine's speed nor
-# the slower second server of a round, seen at -P 1, favours one mode), and the medians shown.
+# the order of a round's two servers favours one mode), and the medians shown.
 #
 # Workloads (KEYS and -P from the name; -c 50 each):
 #   get1k / get100k       GET of keys from a set of 1,000 / 100,000 (all written first)
@@ -276,7 +276,8 @@ read -ra modes <<<"$MODES"
 for round in $(seq "$ROUNDS"); do
     # Every other round runs the modes in reverse order (off on, on off, ...): a machine that
     # speeds up or slows down over the run, or a round's second server that runs slower (seen
-    # once at -P 1 on this project's VM: ~8% in 7 of 8 rounds), favours neither mode.
+    # in one run at -P 1 on this project's VM, ~8% in 7 of 8 rounds; not in an A/A run of
+    # 6 rounds, MODES="off off"), favours neither mode.
     order=("${modes[@]}")
     if ((round % 2 == 0)); then
         order=()
