@@ -28,7 +28,10 @@ use crate::fdtable::{FdState, FdTable};
 
 /// The cache, its port and its buffers.
 pub struct Cache {
-    pub(super) r: Box<dyn Responder>,
+    /// The protocol's cache, by its type (a [`Responder`]): the socket layer's calls into it,
+    /// one on every read, are direct and may be inlined. (Caches of two protocols would be an
+    /// enum of the two.)
+    pub(super) r: Box<RedisCache>,
     /// A port the application listens on (the first served), for the cache's connection.
     port: Option<u16>,
     input: Vec<u8>,

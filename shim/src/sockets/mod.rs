@@ -43,6 +43,7 @@ use userstack::epoll::{EpollEvent, EpollSet};
 use userstack::link::Link;
 use userstack::{Config, ConnId, Event, FastMap, Readiness, SockError, Stack};
 
+use crate::cache::Responder as _;
 use crate::fdtable::{FdState, FdTable};
 pub use crate::outcome::Answer;
 
