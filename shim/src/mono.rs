@@ -57,10 +57,12 @@ impl Instant {
 impl Add<Duration> for Instant {
     type Output = Instant;
 
-    /// Panics on overflow, as `std::time::Instant`'s does.
+    /// `d` later, or the last instant there is (~584 years after boot) if that is later:
+    /// a deadline of a timeout that long is one that never comes. (`std::time::Instant`'s
+    /// panics only past ~2^63 seconds, and an application may give poll, select or
+    /// SO_RCVTIMEO any number of seconds.)
     fn add(self, d: Duration) -> Instant {
-        self.checked_add(d)
-            .expect("overflow when adding duration to instant")
+        self.checked_add(d).unwrap_or(Instant(u64::MAX))
     }
 }
 
@@ -90,5 +92,9 @@ mod tests {
             Duration::new(3, 7)
         );
         assert_eq!(a.checked_add(Duration::MAX), None);
+        // A timeout of ~1e18 s (a select's or a ppoll's time_t) is a deadline that never comes.
+        let far = a + Duration::from_secs(1 << 60);
+        assert!(far > a + Duration::from_secs(1 << 33));
+        assert_eq!(far, a + Duration::MAX);
     }
 }

@@ -212,6 +212,7 @@ fn benchmark_has_no_errors(bed: &mut RedisBed) {
 fn one_clients_requests_over_memif_do_not_look_at_the_kernels_fds_each_time() {
     over_memif(|bed| {
         const N: u64 = 5000;
+        let _timed = TIMED.read().unwrap_or_else(|e| e.into_inner());
         let table = traced(bed, &["-c"], |bed| {
             let (h, p) = (bed.addr(), bed.port.to_string());
             let n = N.to_string();
@@ -466,6 +467,7 @@ print("median_us=%d max_us=%d" % (rtt[len(rtt) // 2] * 1e6, rtt[-1] * 1e6))
     bed.wait_ready();
     let (h, p) = (bed.addr(), bed.port.to_string());
     eprintln!("{dev:?}: PING after a 20 ms pause, 30 times");
+    let _timed = TIMED.read().unwrap_or_else(|e| e.into_inner());
     let text = bed.run_ok("python3", &["-c", PINGS, &h, &p]);
     eprintln!("{dev:?}: {}", text.trim());
     text.split_whitespace()
@@ -773,9 +775,10 @@ fn redis_client_behaviours_through_the_stack() {
     assert!(through_stack.starts_with("PONG\n"), "{through_stack}");
 }
 
-/// Held (read) by the tests that time round trips, and (write) by [`CpuHogs`]: this binary's
-/// tests run side by side, and 8 busy loops on the same CPUs delay a server or its peer by up
-/// to ~100 ms, which a test of wake-ups would take for a missed one.
+/// Held (read) by the tests that time round trips or count what time decides, and (write) by
+/// [`CpuHogs`]: this binary's tests run side by side, and 8 busy loops on the same CPUs delay
+/// a server or its peer by up to ~100 ms, which a test of wake-ups would take for a missed
+/// one.
 static TIMED: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Busy-loop processes keeping the CPUs loaded while they live; each is killed by its pid on

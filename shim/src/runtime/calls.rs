@@ -448,7 +448,7 @@ fn timeout_of(fd: c_int, opt: c_int) -> Option<(Instant, Duration)> {
         return None;
     }
     let d = Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);
-    Some((Instant::now().checked_add(d)?, d))
+    Some((Instant::now() + d, d))
 }
 
 // ------------------------------------------------------------------ connections
@@ -671,7 +671,7 @@ fn io_loop(
         drop(s);
         let until = *call
             .deadline
-            .get_or_insert_with(|| t.timeout.and_then(|d| Instant::now().checked_add(d)));
+            .get_or_insert_with(|| t.timeout.map(|d| Instant::now() + d));
         let mask = call.hold.get_or_insert_with(SigHold::new).mask();
         match wait_once(key, None, until, mask, |s| changed(s, seen, Look::Wait)) {
             Waited::Again => {}
@@ -797,7 +797,7 @@ fn linger(mut s: MutexGuard<'static, super::Table>) {
     let mut hold = None;
     s.linger_wait(true);
     for (id, t) in list {
-        let until = Instant::now().checked_add(t);
+        let until = Some(Instant::now() + t);
         loop {
             if !s.lingers(id) {
                 break;

@@ -998,7 +998,10 @@ impl<'t, L: Link, H: Host<L>> Sockets<'t, L, H> {
     /// ([`Stack::arm_wake`]), with the cache answering as in [`Sockets::pump_with`] when
     /// `answer_in` says. Returns false if that poll found work (do not block).
     pub fn arm_wake(&mut self, others_blocked: bool, answer_in: Option<c_int>) -> bool {
-        let now = self.host.now();
+        // (A poll like `pump_with`'s: when it finds work, the thread does not poll again
+        // before it reports it, `deliver`.)
+        let now = self.host.poll_time();
+        self.last_poll = now;
         self.with_responder(answer_in, |st, r| st.arm_wake_with(now, others_blocked, r))
             .unwrap_or(true)
     }

@@ -305,13 +305,17 @@ fn poll_one(fd: c_int, events: i16, timeout: c_int, label: &str) {
 }
 
 fn select_one(fd: c_int, read: bool, timeout_us: i64, label: &str) {
+    select_tv(fd, read, 0, timeout_us, label);
+}
+
+fn select_tv(fd: c_int, read: bool, sec: libc::time_t, us: libc::suseconds_t, label: &str) {
     // SAFETY: zeroed fd_sets are empty.
     let mut set: libc::fd_set = unsafe { zeroed() };
     // SAFETY: fd < FD_SETSIZE in these tests.
     unsafe { libc::FD_SET(fd, &mut set) };
     let mut tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: timeout_us,
+        tv_sec: sec,
+        tv_usec: us,
     };
     let (r, w) = if read {
         (&mut set as *mut libc::fd_set, null_mut())
@@ -1092,6 +1096,8 @@ fn server(port: u16) {
         call("ioctl(FIONREAD)", || libc::ioctl(c, libc::FIONREAD, &mut n));
         note(format!("value={n}"));
         select_one(c, true, 1_000_000, "select(read, 1s)");
+        // A timeout of centuries (beyond 2^64 ns): the kernel saturates its deadline.
+        select_tv(c, true, 1 << 40, 0, "select(read, 2^40 s)");
         recv_note(c, 0, 0, "recv(len 0, data buffered)");
         step("epoll_wait with room for one event takes turns between a readable connection and a readable kernel fd (level-triggered)");
         let ep = epoll_reading(&[(c, 1), (pipe[0], 2)]);
