@@ -176,6 +176,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         } else {
             self.deliver(false)
         };
+        let received = poll && self.stack.as_ref().is_some_and(|st| st.received());
         if answering {
             // Every connection with requests is queued in the set now, also those whose data
             // came in polls the cache could not answer in (the application's own reads poll
@@ -228,6 +229,7 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
         }
         Some(Pass {
             work,
+            received,
             n,
             call,
             paired,
@@ -356,6 +358,8 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
 pub struct Pass {
     /// The stack's poll found work.
     pub work: bool,
+    /// The pass polled and received frames.
+    pub received: bool,
     /// Events written.
     pub n: usize,
     /// The set's wait that wrote them ([`Sockets::epoll_more`] continues it).

@@ -139,6 +139,8 @@ pub struct Stack<L: Link> {
     /// due (an ACK) waits for the end of the burst if another frame of the burst may follow
     /// for its connection (see `poll_conn`).
     in_rx_burst: bool,
+    /// The last poll received frames ([`Stack::received`]).
+    received: bool,
     /// The frame of the burst being handed over (its index in `rx_found`), `NO_FRAME` when
     /// the prefetch gave it no slot (a new connection, a demux changed since).
     rx_at: u32,
@@ -258,6 +260,7 @@ impl<L: Link> Stack<L> {
             held_rx: None,
             in_rx_burst: false,
             rx_at: NO_FRAME,
+            received: false,
             rx_followed: None,
             rx_found: Vec::with_capacity(RX_BURST),
             demux_changes: 0,
@@ -449,6 +452,12 @@ impl<L: Link> Stack<L> {
         true
     }
 
+    /// Whether the last poll received frames (work of its own, beside what the application
+    /// asked of it: writes, timers).
+    pub fn received(&self) -> bool {
+        self.received
+    }
+
     /// After waking up from `wake_fd`.
     pub fn disarm_wake(&mut self) {
         self.net.link_mut().disarm_wake();
@@ -521,9 +530,8 @@ impl<L: Link> Stack<L> {
         let mut rx = std::mem::take(&mut self.rx);
         self.net.link_mut().rx_burst(&mut rx, RX_BURST);
         self.shm.after_rx(!rx.is_empty(), self.net.stats_mut());
-        if !rx.is_empty() {
-            work = true;
-        }
+        self.received = !rx.is_empty();
+        work |= self.received;
         // Start the cache misses of the whole burst's connections at once (hash bucket, slot,
         // socket), so they overlap instead of stalling one frame at a time; at 10,000
         // connections the stack is bound by these misses, not by instructions.
