@@ -1429,7 +1429,6 @@ impl Responder for RedisCache {
         }
     }
 
-    #[inline]
     fn app_read(&mut self, conn: u64, bytes: &[u8], clock: &dyn Fn() -> UnixMs) -> bool {
         if self.link == Link::Off && !self.off_by_setting {
             // Off for good: nothing to follow.

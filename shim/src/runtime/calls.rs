@@ -1103,7 +1103,7 @@ pub fn epoll_wait(
             if !s.keep_on(&mut epfd, started) {
                 return Some(Err(libc::EBADF));
             }
-            match s.epoll_pass_with(epfd, room, events, timeout_ms != 0, poll) {
+            match s.epoll_pass(epfd, room, events, timeout_ms != 0, poll) {
                 Some(pass) => {
                     if pass.work {
                         last_work = Instant::now();

@@ -121,20 +121,9 @@ impl<L: Link, H: Host<L>> Sockets<'_, L, H> {
     ///
     /// `answering`: the application waits between two iterations of its event loop (an
     /// epoll_wait with a timeout other than zero), and the data-path cache may answer requests
-    /// in this poll (see `cache`).
-    pub fn epoll_pass(
-        &mut self,
-        epfd: c_int,
-        room: usize,
-        out: &mut [std::mem::MaybeUninit<libc::epoll_event>],
-        answering: bool,
-    ) -> Option<Pass> {
-        self.epoll_pass_with(epfd, room, out, answering, true)
-    }
-
-    /// [`Sockets::epoll_pass`]; `poll`: false to report what the last poll left without
+    /// in this poll (see `cache`). `poll`: false to report what the last poll left without
     /// polling again (its events are delivered: `Sockets::deliver`).
-    pub fn epoll_pass_with(
+    pub fn epoll_pass(
         &mut self,
         epfd: c_int,
         room: usize,

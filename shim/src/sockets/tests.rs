@@ -1358,7 +1358,7 @@ fn peer_and_local_names_of_a_connection() {
 fn pass(n: &mut Net, epfd: c_int) -> Vec<(u32, u64)> {
     let mut out = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); 8];
     let k =
-        n.s.epoll_pass(epfd, 8, &mut out, true)
+        n.s.epoll_pass(epfd, 8, &mut out, true, true)
             .expect("an epoll of ours")
             .n;
     out[..k]
@@ -1436,7 +1436,9 @@ fn a_dual_listener_ready_on_both_sides_is_reported_once() {
     n.client_connects(PORT);
     n.settle();
     let mut out = [std::mem::MaybeUninit::<libc::epoll_event>::uninit(); 8];
-    let p = n.s.epoll_pass(EPOLL_FD, 8, &mut out, true).expect("ours");
+    let p =
+        n.s.epoll_pass(EPOLL_FD, 8, &mut out, true, true)
+            .expect("ours");
     assert_eq!(p.n, 1);
     assert!(p.paired);
     let ev = |events: u32, u64| libc::epoll_event { events, u64 };
@@ -1460,7 +1462,9 @@ fn a_dual_listener_ready_on_both_sides_is_reported_once() {
     n.s.epoll_ctl(EPOLL_FD, libc::EPOLL_CTL_DEL, LISTEN_FD, None)
         .unwrap()
         .unwrap();
-    let p = n.s.epoll_pass(EPOLL_FD, 8, &mut out, true).expect("ours");
+    let p =
+        n.s.epoll_pass(EPOLL_FD, 8, &mut out, true, true)
+            .expect("ours");
     assert!(!p.paired);
 }
 
