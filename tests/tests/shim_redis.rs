@@ -289,18 +289,38 @@ print("pinged")
 /// sees it. Bound the other way round, about one request in a thousand of this client waited
 /// for the loop's next timer (30-190 ms with Redis at `hz 1`). The kernel registers an
 /// interface's packet sockets again when it comes back up: the order holds after that too.
+/// Going down leaves an error on the wake-up socket (ENETDOWN), which makes it readable until
+/// someone reads the error: the idle loop must block all the same, not wake for it again and
+/// again (asserted on the stack's `sleeps`, a second of idle each time: a handful, where a
+/// loop woken by the error at once counts tens of thousands).
 #[test]
 fn requests_that_arrive_as_the_loop_blocks_over_af_packet_wake_it() {
     let mut bed = woken_at_once(Dev::AfPacket);
     let iface = bed.root_if().expect("a veth bed").to_string();
+    let idle_sleeps = |bed: &RedisBed| {
+        let (s0, t0) = (bed.stack_counter("sleeps"), Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        (bed.stack_counter("sleeps") - s0) as f64 / t0.elapsed().as_secs_f64()
+    };
     for state in ["down", "up"] {
         let st = Command::new("ip")
             .args(["link", "set", "dev", &iface, state])
             .status()
             .unwrap();
         assert!(st.success(), "ip link set dev {iface} {state}");
+        let rate = idle_sleeps(&bed);
+        assert!(
+            rate < 100.0,
+            "{iface} {state}, idle: {rate:.0} sleeps a second\n{}",
+            bed.diagnostics()
+        );
     }
     pings_wake_it(&mut bed, &format!("after {iface} went down and up"));
+    let rate = idle_sleeps(&bed);
+    assert!(
+        rate < 100.0,
+        "idle after the PINGs: {rate:.0} sleeps a second"
+    );
 }
 
 /// The same over memif (the peer, a stack of ours, wakes the loop through a flag and a

@@ -587,8 +587,11 @@ impl Link for DpdkLink {
     }
 
     fn wake_seen(&mut self, others_blocked: bool, edge_block: bool) {
-        // (The packet socket's queue is emptied when it is armed; the kernel wakes a blocked
-        // thread for every frame.)
+        // (The packet socket's frames are handed back when it is armed; the kernel wakes a
+        // blocked thread for every frame. An error on it is taken here.)
+        if let Some(w) = self.packet_wake.as_mut() {
+            w.woken();
+        }
         if let Some(w) = self.memif_wake.as_mut() {
             w.woken(others_blocked, edge_block);
         }

@@ -211,6 +211,11 @@ impl WakeRing {
         unsafe { &*self.map.add(i * RING_SLOT).cast::<AtomicU32>() }
     }
 
+    /// Whether the kernel filled the next slot (a frame `release` has not handed back).
+    fn holds_frame(&self) -> bool {
+        self.status(self.next).load(Ordering::Acquire) & TP_STATUS_USER != 0
+    }
+
     /// Hands every slot the kernel filled back to it, in the order it fills them. Returns how
     /// many.
     fn release(&mut self) -> usize {
@@ -695,6 +700,28 @@ impl PacketWake {
             None => {
                 self.drain.run(self.fd);
             }
+        }
+    }
+
+    /// A block returned with the socket readable. With a ring, a frame in it did that, or an
+    /// error the kernel left on the socket: ENETDOWN when the interface goes down (also when
+    /// it comes back up at once), which keeps the socket readable until someone reads it. With
+    /// no frame there it is read (SO_ERROR clears it), or every block from now on would return
+    /// at once. (Without a ring, the arm's `recvmmsg` takes the error.)
+    pub(super) fn woken(&mut self) {
+        if self.ring.as_ref().is_some_and(|r| !r.holds_frame()) {
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: SO_ERROR writes one int into a valid buffer, on our own socket.
+            unsafe {
+                libc::getsockopt(
+                    self.fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut err as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
         }
     }
 
