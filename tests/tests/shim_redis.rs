@@ -290,12 +290,28 @@ print("pinged")
 /// for the loop's next timer (30-190 ms with Redis at `hz 1`). The kernel registers an
 /// interface's packet sockets again when it comes back up: the order holds after that too.
 /// Going down leaves an error on the wake-up socket (ENETDOWN), which makes it readable until
-/// someone reads the error: the idle loop must block all the same, not wake for it again and
-/// again (asserted on the stack's `sleeps`, a second of idle each time: a handful, where a
-/// loop woken by the error at once counts tens of thousands).
+/// someone reads the error: the idle loop must block all the same ([`flap_and_idle`]).
 #[test]
 fn requests_that_arrive_as_the_loop_blocks_over_af_packet_wake_it() {
     let mut bed = woken_at_once(Dev::AfPacket);
+    flap_and_idle(&mut bed, Dev::AfPacket);
+}
+
+/// The same over memif (the peer, a stack of ours, wakes the loop through a flag and a
+/// datagram) and af_xdp (the PMD's socket, readable while its ring holds frames; its interface
+/// taken down and up too).
+#[test]
+fn requests_that_arrive_as_the_loop_blocks_over_memif_and_af_xdp_wake_it() {
+    woken_at_once(Dev::Memif);
+    let mut bed = woken_at_once(Dev::AfXdp);
+    flap_and_idle(&mut bed, Dev::AfXdp);
+}
+
+/// Takes the interface of `bed` (over `dev`) down and up: after each step the idle loop
+/// sleeps (asserted on the stack's `sleeps`, a second of idle each time: a handful, where a
+/// loop that a device's error wakes at once counts up to millions), and requests then wake it
+/// as before ([`pings_wake_it`]).
+fn flap_and_idle(bed: &mut RedisBed, dev: Dev) {
     let iface = bed.root_if().expect("a veth bed").to_string();
     let idle_sleeps = |bed: &RedisBed| {
         let (s0, t0) = (bed.stack_counter("sleeps"), Instant::now());
@@ -308,27 +324,19 @@ fn requests_that_arrive_as_the_loop_blocks_over_af_packet_wake_it() {
             .status()
             .unwrap();
         assert!(st.success(), "ip link set dev {iface} {state}");
-        let rate = idle_sleeps(&bed);
+        let rate = idle_sleeps(bed);
         assert!(
             rate < 100.0,
-            "{iface} {state}, idle: {rate:.0} sleeps a second\n{}",
+            "{dev:?}: {iface} {state}, idle: {rate:.0} sleeps a second\n{}",
             bed.diagnostics()
         );
     }
-    pings_wake_it(&mut bed, &format!("after {iface} went down and up"));
-    let rate = idle_sleeps(&bed);
+    pings_wake_it(bed, &format!("{dev:?} after {iface} went down and up"));
+    let rate = idle_sleeps(bed);
     assert!(
         rate < 100.0,
-        "idle after the PINGs: {rate:.0} sleeps a second"
+        "{dev:?}: idle after the PINGs: {rate:.0} sleeps a second"
     );
-}
-
-/// The same over memif (the peer, a stack of ours, wakes the loop through a flag and a
-/// datagram) and af_xdp (the PMD's socket, readable while its ring holds frames).
-#[test]
-fn requests_that_arrive_as_the_loop_blocks_over_memif_and_af_xdp_wake_it() {
-    woken_at_once(Dev::Memif);
-    woken_at_once(Dev::AfXdp);
 }
 
 /// Redis over `dev`, its loop woken at once by requests that come at any point of its

@@ -898,31 +898,12 @@ mod tests {
                 std::io::Error::last_os_error()
             );
             // ldh [12]; jeq #0x88b5, keep 1 byte, drop.
+            let ins = |code, jt, jf, k| crate::steer::SockFilter { code, jt, jf, k };
             let only_ours = [
-                crate::steer::SockFilter {
-                    code: 0x28,
-                    jt: 0,
-                    jf: 0,
-                    k: 12,
-                },
-                crate::steer::SockFilter {
-                    code: 0x15,
-                    jt: 0,
-                    jf: 1,
-                    k: 0x88b5,
-                },
-                crate::steer::SockFilter {
-                    code: 0x06,
-                    jt: 0,
-                    jf: 0,
-                    k: 1,
-                },
-                crate::steer::SockFilter {
-                    code: 0x06,
-                    jt: 0,
-                    jf: 0,
-                    k: 0,
-                },
+                ins(0x28, 0, 0, 12),
+                ins(0x15, 0, 1, 0x88b5),
+                ins(0x06, 0, 0, 1),
+                ins(0x06, 0, 0, 0),
             ];
             attach_filter(rx, &only_ours).unwrap();
             let one: libc::c_int = 1;
