@@ -272,6 +272,13 @@ impl<L: Link> Net<L> {
             .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until)
     }
 
+    /// Whether `track` holds `dst`'s next hop still valid ([`Net::send_to_cached_hop`] sends
+    /// then).
+    #[inline]
+    pub fn has_cached_hop(&self, now: Micros, track: &TxTrack, dst: Ipv4Addr) -> bool {
+        self.cached_hop(now, track, dst).is_some()
+    }
+
     /// Sends a frame of `len` bytes that `f` writes whole (given the next hop's MAC and ours)
     /// to `dst`, when `track` holds `dst`'s next hop still valid (see `HopCache`). False:
     /// it does not, nothing was sent, and `send_ip` is the way (it resolves the hop).

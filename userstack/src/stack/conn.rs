@@ -320,6 +320,25 @@ impl Conn {
         let pseudo = self.tuning.tcp_pseudo;
         let track = &mut self.track;
         let peer = *self.peer.ip();
+        if self.tcb.reply_ready(us) && net.has_cached_hop(us, track, peer) {
+            // A request's reply, usually: the engine's one step, the frame in one pass.
+            let (out, (a, b)) = self.tcb.reply(us);
+            let heads = frame::Heads {
+                ip: head,
+                ip_sum: sum,
+                pseudo,
+                ports: (lport, pport),
+            };
+            let sent = net.send_to_cached_hop(
+                us,
+                track,
+                peer,
+                frame::TS_HEADERS + a.len() + b.len(),
+                |f, macs| frame::write_ts_frame(f, macs, &heads, &out, (a, b)),
+            );
+            debug_assert!(sent);
+            return;
+        }
         self.tcb.output(us, &mut |out: &Out, (a, b): Payload| {
             let pay = a.len() + b.len();
             if frame::ts_only(out) {

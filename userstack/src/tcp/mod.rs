@@ -1047,12 +1047,30 @@ impl Tcb {
             true
         });
         let mut sent = Vec::new();
-        self.output(now, &mut |o: &Out, p: Payload| {
-            record(&mut sent, o, p);
-            let took = emit(o, p);
-            assert!(took, "output_compared's emit takes every segment");
-            took
-        });
+        if self.reply_ready(now) {
+            // The reply's one step (itself checked against the general path), and the short
+            // path of `output` on a copy.
+            let mut short = self.clone();
+            let mut by_short = Vec::new();
+            short.output(now, &mut |o: &Out, p: Payload| {
+                record(&mut by_short, o, p);
+                true
+            });
+            assert!(
+                by_short == by_general && short == general,
+                "the short path of output differs from the general path"
+            );
+            let (o, p) = self.reply(now);
+            record(&mut sent, &o, p);
+            assert!(emit(&o, p), "output_compared's emit takes every segment");
+        } else {
+            self.output(now, &mut |o: &Out, p: Payload| {
+                record(&mut sent, o, p);
+                let took = emit(o, p);
+                assert!(took, "output_compared's emit takes every segment");
+                took
+            });
+        }
         assert!(
             sent == by_general,
             "the short path of output sent other segments"
@@ -1902,7 +1920,7 @@ impl Tcb {
             )
     }
 
-    #[inline]
+    #[inline(always)]
     fn header(&mut self, now: Micros, seq: u32, flags: u8) -> Out {
         let wnd = self.window_to_offer();
         let mut out = Out {
@@ -1998,6 +2016,83 @@ impl Tcb {
         } else {
             self.output_general(now, emit);
         }
+    }
+
+    /// Whether [`Tcb::reply`] takes what is due now: [`Tcb::output`]'s short path, for
+    /// everything queued in one segment with the timestamp option alone, nothing in flight
+    /// (so neither Nagle nor the congestion window's use holds it) and the windows open for
+    /// it. A request's reply, usually.
+    #[inline]
+    pub fn reply_ready(&self, now: Micros) -> bool {
+        let unsent = self.unsent();
+        self.output_predicted(now)
+            && self.ts_ok
+            && self.snd_nxt == self.snd_una
+            && (!self.sack_ok || self.ooo.is_empty())
+            && unsent <= self.payload_max
+            && unsent <= self.snd_wnd
+            && (self.set.congestion == Congestion::None || unsent <= self.cwnd)
+    }
+
+    /// What [`Tcb::output`] does when [`Tcb::reply_ready`] says so, in one step: the segment
+    /// (its header, with the timestamp option alone, and its payload, the whole send queue
+    /// not sent yet), the connection's state as `output` leaves it after sending that. The
+    /// caller sends it. (Where debug assertions are on, the general path runs on a copy and
+    /// must send the same segment and leave the same state.)
+    #[inline]
+    pub fn reply(&mut self, now: Micros) -> (Out, Payload<'_>) {
+        debug_assert!(self.reply_ready(now));
+        #[cfg(debug_assertions)]
+        let (general, by_general) = {
+            let mut g = self.clone();
+            let mut sent = Vec::new();
+            g.output_general(now, &mut |o: &Out, (a, b): Payload| {
+                sent.push((*o, [a, b].concat()));
+                true
+            });
+            (g, sent)
+        };
+        self.take_due_ack(now);
+        let s = self.snd_nxt;
+        let n = self.unsent();
+        let e = s.wrapping_add(n);
+        let out = self.header(now, s, ACK | PSH);
+        if self
+            .data_rx_at
+            .is_some_and(|t| now.saturating_sub(t) < self.set.ack_delay_us.max(PINGPONG_US))
+        {
+            // (As `emit_range`: a reply soon after a request.)
+            self.pingpong = true;
+        }
+        self.acked_sent(&out);
+        self.snd_nxt = e;
+        if n < self.payload_max {
+            self.snd_sml = e;
+        }
+        self.timing.get_or_insert((e, now));
+        self.cork_since = None;
+        self.cork_lifted = false;
+        if self.rtx_at.is_none() {
+            self.rtx_at = At::when(now + self.rto);
+        }
+        self.arm_probe(now);
+        self.silent_since.get_or_insert(now);
+        #[cfg(debug_assertions)]
+        {
+            let (a, b) = self
+                .tx
+                .slices(s.wrapping_sub(self.tx_seq) as usize, n as usize);
+            assert!(
+                by_general == [(out, [a, b].concat())],
+                "the reply's step sent another segment than output"
+            );
+            assert!(
+                *self == general,
+                "the reply's step left another state than output"
+            );
+        }
+        let off = s.wrapping_sub(self.tx_seq) as usize;
+        (out, self.tx.slices(off, n as usize))
     }
 
     /// The delayed ACK's time came: it is owed now (what is sent next carries it), and the
