@@ -35,7 +35,7 @@ pub(super) struct Heads<'a> {
 
 /// Writes `out` (`ts_only`) with payload `a` then `b` as a whole frame into `frame`, exactly
 /// `TS_HEADERS` + payload bytes long, from MAC `src` to MAC `dst`.
-#[inline]
+#[inline(always)]
 pub(super) fn write_ts_frame(
     frame: &mut [u8],
     (dst, src): ([u8; 6], [u8; 6]),

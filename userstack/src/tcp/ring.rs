@@ -46,6 +46,7 @@ impl Ring {
 
     /// Writes `data` at `off` bytes from the head (at or after the queue's end), as far as the
     /// capacity goes, without making it part of the queue; returns how much was written.
+    #[inline]
     pub fn write_at(&mut self, off: usize, data: &[u8]) -> usize {
         let cap = self.buf.len();
         if off >= cap {
