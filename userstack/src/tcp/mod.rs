@@ -2065,18 +2065,7 @@ impl Tcb {
             self.pingpong = true;
         }
         self.acked_sent(&out);
-        self.snd_nxt = e;
-        if n < self.payload_max {
-            self.snd_sml = e;
-        }
-        self.timing.get_or_insert((e, now));
-        self.cork_since = None;
-        self.cork_lifted = false;
-        if self.rtx_at.is_none() {
-            self.rtx_at = At::when(now + self.rto);
-        }
-        self.arm_probe(now);
-        self.silent_since.get_or_insert(now);
+        self.new_data_sent(now, e, n < self.payload_max);
         #[cfg(debug_assertions)]
         {
             let (a, b) = self
@@ -2318,26 +2307,34 @@ impl Tcb {
             if !self.emit_range(now, s, e, emit) {
                 return false;
             }
-            self.snd_nxt = e;
-            if partial {
-                self.snd_sml = e;
-            }
-            self.timing.get_or_insert((e, now));
-            if self.unsent() == 0 {
-                self.cork_since = None;
-                self.cork_lifted = false;
-            }
-            if self.rtx_at.is_none() {
-                self.rtx_at = At::when(now + self.rto);
-            }
-            self.arm_probe(now);
-            self.silent_since.get_or_insert(now);
+            self.new_data_sent(now, e, partial);
             if self.unsent() == 0 {
                 // (`next_data` would say 0: a reply is one segment, and this the usual end.)
                 break;
             }
         }
         true
+    }
+
+    /// After a segment of new data ending at `e` left (`partial`: shorter than the MSS
+    /// allows, for Nagle): the sequence space, the RTT sample, the cork, the retransmission
+    /// timer, the loss probe, the silence the give-up time counts from.
+    #[inline(always)]
+    fn new_data_sent(&mut self, now: Micros, e: u32, partial: bool) {
+        self.snd_nxt = e;
+        if partial {
+            self.snd_sml = e;
+        }
+        self.timing.get_or_insert((e, now));
+        if self.unsent() == 0 {
+            self.cork_since = None;
+            self.cork_lifted = false;
+        }
+        if self.rtx_at.is_none() {
+            self.rtx_at = At::when(now + self.rto);
+        }
+        self.arm_probe(now);
+        self.silent_since.get_or_insert(now);
     }
 
     /// A pure ACK, if one is still owed after what was sent.
