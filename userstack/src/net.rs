@@ -272,11 +272,10 @@ impl<L: Link> Net<L> {
             .filter(|h| h.dst == dst && h.epoch == self.hop_epoch && now <= h.until)
     }
 
-    /// Whether `track` holds `dst`'s next hop still valid ([`Net::send_to_cached_hop`] sends
-    /// then).
+    /// `dst`'s next hop's MAC, if `track` holds it still valid (see `HopCache`).
     #[inline]
-    pub fn has_cached_hop(&self, now: Micros, track: &TxTrack, dst: Ipv4Addr) -> bool {
-        self.cached_hop(now, track, dst).is_some()
+    pub fn cached_hop_mac(&self, now: Micros, track: &TxTrack, dst: Ipv4Addr) -> Option<[u8; 6]> {
+        self.cached_hop(now, track, dst).map(|h| h.mac)
     }
 
     /// Sends a frame of `len` bytes that `f` writes whole (given the next hop's MAC and ours)
@@ -291,17 +290,29 @@ impl<L: Link> Net<L> {
         len: usize,
         f: impl FnOnce(&mut [u8], ([u8; 6], [u8; 6])),
     ) -> bool {
-        let Some(hop) = self.cached_hop(now, track, dst) else {
+        let Some(mac) = self.cached_hop_mac(now, track, dst) else {
             return false;
         };
+        self.send_to_mac(mac, len, f);
+        true
+    }
+
+    /// Sends a frame of `len` bytes that `f` writes whole (given `mac`, the next hop's, and
+    /// ours), a cached hop's ([`Net::cached_hop_mac`]).
+    #[inline]
+    pub fn send_to_mac(
+        &mut self,
+        mac: [u8; 6],
+        len: usize,
+        f: impl FnOnce(&mut [u8], ([u8; 6], [u8; 6])),
+    ) {
         match self.link.tx_alloc(len) {
             Some(mut frame) => {
-                f(frame.data_mut(), (hop.mac, self.mac));
+                f(frame.data_mut(), (mac, self.mac));
                 self.emit(frame);
             }
             None => self.stats.drop_mempool_empty += 1,
         }
-        true
     }
 
     /// Sends a finished frame: pcap, fault injection, counters, then the link's tx batch.

@@ -320,7 +320,11 @@ impl Conn {
         let pseudo = self.tuning.tcp_pseudo;
         let track = &mut self.track;
         let peer = *self.peer.ip();
-        if self.tcb.reply_ready(us) && net.has_cached_hop(us, track, peer) {
+        let reply_to = match self.tcb.reply_ready(us) {
+            true => net.cached_hop_mac(us, track, peer),
+            false => None,
+        };
+        if let Some(mac) = reply_to {
             // A request's reply, usually: the engine's one step, the frame in one pass.
             let (out, (a, b)) = self.tcb.reply(us);
             let heads = frame::Heads {
@@ -329,14 +333,9 @@ impl Conn {
                 pseudo,
                 ports: (lport, pport),
             };
-            let sent = net.send_to_cached_hop(
-                us,
-                track,
-                peer,
-                frame::TS_HEADERS + a.len() + b.len(),
-                |f, macs| frame::write_ts_frame(f, macs, &heads, &out, (a, b)),
-            );
-            debug_assert!(sent);
+            net.send_to_mac(mac, frame::TS_HEADERS + a.len() + b.len(), |f, macs| {
+                frame::write_ts_frame(f, macs, &heads, &out, (a, b))
+            });
             return;
         }
         self.tcb.output(us, &mut |out: &Out, (a, b): Payload| {

@@ -1987,16 +1987,7 @@ impl Tcb {
         if !emit(&out, self.tx.slices(off, n as usize)) {
             return false;
         }
-        if n > 0
-            && self
-                .data_rx_at
-                .is_some_and(|t| now.saturating_sub(t) < self.set.ack_delay_us.max(PINGPONG_US))
-        {
-            // A reply soon after a request: the exchange is interactive (Linux's
-            // tcp_event_data_sent).
-            self.pingpong = true;
-        }
-        self.acked_sent(&out);
+        self.segment_sent(now, &out, n > 0);
         true
     }
 
@@ -2057,14 +2048,7 @@ impl Tcb {
         let n = self.unsent();
         let e = s.wrapping_add(n);
         let out = self.header(now, s, ACK | PSH);
-        if self
-            .data_rx_at
-            .is_some_and(|t| now.saturating_sub(t) < self.set.ack_delay_us.max(PINGPONG_US))
-        {
-            // (As `emit_range`: a reply soon after a request.)
-            self.pingpong = true;
-        }
-        self.acked_sent(&out);
+        self.segment_sent(now, &out, true);
         self.new_data_sent(now, e, n < self.payload_max);
         #[cfg(debug_assertions)]
         {
@@ -2314,6 +2298,20 @@ impl Tcb {
             }
         }
         true
+    }
+
+    /// After segment `out` left (`data`: with a payload): a reply soon after a request makes
+    /// the exchange interactive (Linux's tcp_event_data_sent); its ACK is sent.
+    #[inline(always)]
+    fn segment_sent(&mut self, now: Micros, out: &Out, data: bool) {
+        if data
+            && self
+                .data_rx_at
+                .is_some_and(|t| now.saturating_sub(t) < self.set.ack_delay_us.max(PINGPONG_US))
+        {
+            self.pingpong = true;
+        }
+        self.acked_sent(out);
     }
 
     /// After a segment of new data ending at `e` left (`partial`: shorter than the MSS
